@@ -1,0 +1,170 @@
+"""Small public data sets for trying and testing linear mixed models.
+
+Each loader reads a CSV bundled with the package and returns a fresh
+:class:`pandas.DataFrame` with the data set's original column names.
+
+Columns that are factors in the R original (grouping factors and other
+categorical codes) come back as strings, even where the labels look like
+numbers (sleepstudy ``Subject`` is ``"308"``, not ``308``): a subject number
+is a label, and treating it as a number would invite it into a fixed-effects
+design by mistake. Measurements come back as ``float64`` or ``int64``, and
+missing values as ``NaN``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+__all__ = [
+    "load_dietox",
+    "load_insteval",
+    "load_orthodont",
+    "load_penicillin",
+    "load_sleepstudy",
+]
+
+
+def _read_csv(filename: str, string_columns: tuple[str, ...]) -> pd.DataFrame:
+    # Reading the factor columns as str up front (rather than converting after
+    # parsing) keeps labels such as "0" or "04601" exactly as written.
+    path = resources.files(__name__).joinpath("data", filename)
+    with path.open("rb") as handle:
+        return pd.read_csv(handle, dtype=dict.fromkeys(string_columns, str))
+
+
+def load_sleepstudy() -> pd.DataFrame:
+    """Reaction times in a sleep-deprivation study.
+
+    Source: R package lme4 (``sleepstudy``), from Belenky et al. (2003),
+    Journal of Sleep Research 12, 1-12.
+
+    Returns
+    -------
+    pandas.DataFrame
+        180 rows (18 subjects x 10 days), columns:
+
+        - ``Reaction`` (float): average reaction time in ms;
+        - ``Days`` (int): days of sleep deprivation, 0 to 9;
+        - ``Subject`` (str): subject label, e.g. ``"308"``.
+
+    Notes
+    -----
+    Classic model: ``Reaction ~ Days + (Days | Subject)``, a random intercept
+    and a random slope on ``Days`` per subject.
+    """
+    return _read_csv("sleepstudy.csv", ("Subject",))
+
+
+def load_dietox() -> pd.DataFrame:
+    """Weights of slaughter pigs measured weekly for 12 weeks.
+
+    Source: R package geepack (``dietox``), from Lauridsen, Hojsgaard and
+    Sorensen (1999), Journal of Animal Science 77, 906-916; the data set of
+    the statsmodels MixedLM documentation example.
+
+    Returns
+    -------
+    pandas.DataFrame
+        861 rows (72 pigs), columns:
+
+        - ``Pig`` (str): pig label, e.g. ``"4601"``;
+        - ``Evit`` (str): vitamin E dose, ``"Evit000"``, ``"Evit100"``,
+          ``"Evit200"``;
+        - ``Cu`` (str): copper dose, ``"Cu000"``, ``"Cu035"``, ``"Cu175"``;
+        - ``Litter`` (str): litter label;
+        - ``Start`` (float): start weight in kg;
+        - ``Weight`` (float): weight in kg;
+        - ``Feed`` (float): cumulated feed intake in kg, ``NaN`` in each
+          pig's first week (72 missing values);
+        - ``Time`` (int): week, 1 to 12.
+
+    Notes
+    -----
+    Classic model: ``Weight ~ Time + (1 | Pig)``, or with random slopes
+    ``Weight ~ Time + (Time | Pig)``.
+    """
+    return _read_csv("dietox.csv", ("Pig", "Evit", "Cu", "Litter"))
+
+
+def load_penicillin() -> pd.DataFrame:
+    """Diameters of growth-inhibition zones in a penicillin assay.
+
+    Source: R package lme4 (``Penicillin``), from Davies and Goldsmith (1972),
+    Statistical Methods in Research and Production.
+
+    Returns
+    -------
+    pandas.DataFrame
+        144 rows (24 plates x 6 samples, fully crossed), columns:
+
+        - ``diameter`` (int): zone diameter in mm;
+        - ``plate`` (str): assay plate, ``"a"`` to ``"x"``;
+        - ``sample`` (str): penicillin sample, ``"A"`` to ``"F"``.
+
+    Notes
+    -----
+    Classic model: ``diameter ~ 1 + (1 | plate) + (1 | sample)``, two crossed
+    random intercepts.
+    """
+    return _read_csv("penicillin.csv", ("plate", "sample"))
+
+
+def load_orthodont() -> pd.DataFrame:
+    """Growth of the pituitary-pterygomaxillary distance in children.
+
+    Source: R package nlme (``Orthodont``), from Potthoff and Roy (1964),
+    Biometrika 51, 313-326.
+
+    Returns
+    -------
+    pandas.DataFrame
+        108 rows (27 children x 4 ages), columns:
+
+        - ``distance`` (float): distance in mm;
+        - ``age`` (int): age in years, 8, 10, 12 or 14;
+        - ``Subject`` (str): child label, ``"M01"`` to ``"M16"`` and
+          ``"F01"`` to ``"F11"``;
+        - ``Sex`` (str): ``"Male"`` or ``"Female"``.
+
+    Notes
+    -----
+    Classic model: ``distance ~ age * Sex + (age | Subject)``.
+    """
+    return _read_csv("orthodont.csv", ("Subject", "Sex"))
+
+
+def load_insteval() -> pd.DataFrame:
+    """Lecture evaluations by students at ETH Zurich.
+
+    Source: R package lme4 (``InstEval``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        73,421 rows, columns:
+
+        - ``s`` (str): student label (2,972 students);
+        - ``d`` (str): lecturer label (1,128 lecturers);
+        - ``studage`` (str): student's semester of enrolment, banded as
+          ``"2"``, ``"4"``, ``"6"``, ``"8"``;
+        - ``lectage`` (str): how many semesters ago the rated lecture took
+          place, banded as ``"1"`` to ``"6"``;
+        - ``service`` (str): ``"1"`` if the lecture is a service course
+          for another department, else ``"0"``;
+        - ``dept`` (str): department code (14 departments);
+        - ``y`` (int): rating, 1 (poor) to 5 (very good).
+
+    ``studage``, ``lectage`` and ``service`` are factors in lme4 and are
+    therefore strings here too; convert them with ``astype(int)`` to use them
+    as numbers.
+
+    Notes
+    -----
+    Classic model: ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``, three
+    crossed random intercepts.
+    """
+    return _read_csv(
+        "insteval.csv", ("s", "d", "studage", "lectage", "service", "dept")
+    )

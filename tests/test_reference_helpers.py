@@ -1,0 +1,115 @@
+"""The reference helpers turn R's JSON into arrays of the documented shapes."""
+
+import numpy as np
+import pytest
+from _reference import (
+    CROSSED_CASES,
+    REFERENCE_DIR,
+    SINGLE_FACTOR_CASES,
+    VARIDENT_CASES,
+    load_case,
+    reference_path,
+    single_factor_arrays,
+)
+
+
+def test_case_lists_cover_every_reference_file():
+    cases = SINGLE_FACTOR_CASES + CROSSED_CASES + VARIDENT_CASES
+    assert len(set(cases)) == len(cases)
+    expected = {f"{case}.{ext}" for case in cases for ext in ("csv", "json")}
+    expected.add("lrt.json")
+    assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
+
+
+def test_reference_path_rejects_unknown_file():
+    with pytest.raises(FileNotFoundError):
+        reference_path("no_such_case.json")
+
+
+def test_q1_p1_case_unboxes_scalars():
+    # dyestuff2: p = q = 1, so R wrote bare numbers, and a singular fit.
+    case = single_factor_arrays("dyestuff2_singular_reml")
+    n, m = 30, 6
+    assert case["X"].shape == (n, 1)
+    assert case["Z"].shape == (n, 1)
+    assert case["y"].shape == (n,)
+    assert case["groups"].shape == (n,)
+    assert case["groups"].dtype == object
+    assert all(isinstance(label, str) for label in case["groups"])
+    for key in ("fe_params", "bse_fe", "t_values", "satterthwaite_df", "satterthwaite_p"):
+        assert case[key].shape == (1,), key
+    assert case["fe_params"][0] == 5.6656
+    assert case["wald_ci_fe"]["lower"].shape == (1,)
+    assert case["cov_re"].shape == (1, 1)
+    assert case["cov_re"][0, 0] == 0.0
+    assert case["ranef"].shape == (m, 1)
+    assert list(case["ranef"].index) == list("ABCDEF")
+    assert list(case["ranef"].columns) == ["(Intercept)"]
+    assert (case["ranef"].to_numpy() == 0.0).all()
+    assert case["ranef_condvar"].shape == (m, 1, 1)
+    assert case["fitted"].shape == (n,)
+    assert case["x_names"] == ["(Intercept)"]
+    assert case["profile_ci"]["lower"].shape == (3,)
+    # The raw JSON is kept untouched next to the normalised values.
+    assert case["json"]["fe_params"] == 5.6656
+
+
+def test_q1_p2_case():
+    case = single_factor_arrays("sleepstudy_intercept_reml")
+    assert case["X"].shape == (180, 2)
+    assert case["fe_params"].shape == (2,)
+    assert case["cov_re"].shape == (1, 1)
+    assert case["cov_re"][0, 0] == pytest.approx(1378.17853923869)
+    assert case["ranef"].shape == (18, 1)
+    assert case["ranef"].loc["308", "(Intercept)"] == pytest.approx(40.7837098934643)
+    assert case["ranef_condvar"].shape == (18, 1, 1)
+    assert case["ranef_condvar"][0, 0, 0] == pytest.approx(89.788286260176)
+
+
+def test_q2_case():
+    case = single_factor_arrays("sleepstudy_slopes_reml")
+    assert case["X"].shape == (180, 2)
+    assert case["Z"].shape == (180, 2)
+    np.testing.assert_array_equal(case["Z"][:, 1], case["X"][:, 1])  # Days in both
+    assert case["cov_re"].shape == (2, 2)
+    np.testing.assert_allclose(
+        case["cov_re"],
+        [[612.089746819563, 9.60433412009733], [9.60433412009733, 35.0716625139281]],
+        rtol=1e-15,
+    )
+    assert case["ranef"].shape == (18, 2)
+    assert list(case["ranef"].columns) == ["(Intercept)", "Days"]
+    assert case["ranef"].index.name == "Subject"
+    np.testing.assert_allclose(
+        case["ranef"].loc["309"], [-40.3985768564895, -8.61970319060992], rtol=1e-15
+    )
+    assert case["ranef_condvar"].shape == (18, 2, 2)
+    np.testing.assert_allclose(
+        case["ranef_condvar"][0],
+        [[145.705094430851, -21.4444252275531], [-21.4444252275531, 5.3122735145934]],
+        rtol=1e-15,
+    )
+
+
+@pytest.mark.parametrize("name", SINGLE_FACTOR_CASES)
+def test_normalised_case_reproduces_r_fitted_values(name):
+    # X beta + Z_i b_i must give lme4's conditional fitted values: this fails
+    # if BLUP rows, labels or columns were paired up wrongly.
+    case = single_factor_arrays(name)
+    assert sorted(case["ranef"].index) == sorted(set(case["groups"]))
+    blups = case["ranef"].loc[case["groups"]].to_numpy()
+    fitted = case["X"] @ case["fe_params"] + np.sum(case["Z"] * blups, axis=1)
+    np.testing.assert_allclose(fitted, case["fitted"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        case["fe_params"] / case["bse_fe"], case["t_values"], rtol=1e-9
+    )
+
+
+@pytest.mark.parametrize("name", CROSSED_CASES + VARIDENT_CASES)
+def test_label_columns_are_strings(name):
+    frame, answers = load_case(name)
+    label_columns = [c for c in frame.columns if c in ("group", "stratum") or c[:1] == "g"]
+    assert label_columns
+    for column in label_columns:
+        assert all(isinstance(value, str) for value in frame[column])
+    assert len(frame) == answers["n"]
