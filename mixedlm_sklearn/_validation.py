@@ -1,0 +1,106 @@
+"""Turning user input into float arrays and integer group codes; every input error message.
+
+Each check names what is wrong and where (column names, row numbers), so that a bad input
+fails here with a readable message instead of as a NaN or a LinAlgError deep inside the
+solver.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import linalg
+
+__all__ = [
+    "encode_groups",
+    "as_design",
+    "check_full_rank",
+    "check_weights",
+    "first_rows",
+]
+
+
+def first_rows(mask: np.ndarray, limit: int = 5) -> str:
+    """Human-readable list of the first row numbers where ``mask`` holds."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f", ... ({rows.size} rows)" if rows.size > limit else "")
+
+
+def encode_groups(groups: Any, n_rows: int, name: str = "groups") -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes ``0..m-1`` and the sorted labels of one grouping factor.
+
+    Labels may be any hashable values (ints, strings, categoricals). Missing labels are
+    an error: a row with no group cannot be placed in the model.
+    """
+    if isinstance(groups, (pd.DataFrame,)) or (hasattr(groups, "ndim") and groups.ndim > 1):
+        values = np.asarray(groups)
+        if values.ndim != 2 or values.shape[1] != 1:
+            raise ValueError(f"{name} must be one label per row (1-D), got shape {values.shape}")
+        groups = values[:, 0]
+    series = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups)
+    if len(series) != n_rows:
+        raise ValueError(f"{name} has {len(series)} entries but X has {n_rows} rows")
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"{name} has missing labels (NaN/None) in rows {first_rows(missing)}")
+    try:
+        codes, labels = pd.factorize(series, sort=True)
+    except TypeError:  # labels of mixed, unorderable types: keep order of appearance
+        codes, labels = pd.factorize(series, sort=False)
+    return codes.astype(np.intp), np.asarray(labels)
+
+
+def as_design(values: Any, n_rows: int, name: str) -> np.ndarray:
+    """A finite 2-D float array with ``n_rows`` rows (a 1-D input becomes one column)."""
+    if hasattr(values, "sparse") or type(values).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} must be dense; convert it with .toarray()")
+    arr = np.asarray(values)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = arr.astype(float, copy=False)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{name} contains NaN or infinity in rows {first_rows(bad.any(axis=1))}")
+    return arr
+
+
+def check_full_rank(xtx: np.ndarray, names: Sequence[str], what: str = "X") -> None:
+    """Refuse a rank-deficient fixed-effects design, naming the dependent columns."""
+    scale = np.sqrt(np.diag(xtx))
+    zero = scale == 0
+    if zero.any():
+        cols = [names[j] for j in np.flatnonzero(zero)]
+        raise ValueError(f"{what} column(s) {cols} are all zeros")
+    corr = xtx / np.outer(scale, scale)
+    _, r, piv = linalg.qr(corr, pivoting=True)
+    diag = np.abs(np.diag(r))
+    rank = int(np.sum(diag > 1e-10 * diag[0]))
+    if rank < len(names):
+        cols = [names[j] for j in piv[rank:]]
+        raise ValueError(
+            f"{what} is rank deficient (rank {rank} < {len(names)} columns): column(s) {cols} "
+            "are linear combinations of the others; drop them"
+        )
+
+
+def check_weights(weights: Any, n_rows: int) -> np.ndarray:
+    """Prior weights: finite and strictly positive, one per row."""
+    w = np.asarray(weights, dtype=float).ravel()
+    if w.shape[0] != n_rows:
+        raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {n_rows} rows")
+    bad = ~np.isfinite(w) | (w <= 0)
+    if bad.any():
+        raise ValueError(
+            "sample_weight must be finite and > 0 (zero, negative, NaN or infinite weights "
+            f"are not allowed); rows {first_rows(bad)} are not"
+        )
+    return w
