@@ -81,14 +81,14 @@ def check_full_rank(xtx: np.ndarray, names: Sequence[str], what: str = "X") -> N
         cols = [names[j] for j in np.flatnonzero(zero)]
         raise ValueError(f"{what} column(s) {cols} are all zeros")
     corr = xtx / np.outer(scale, scale)
-    _, r, piv = linalg.qr(corr, pivoting=True)
-    diag = np.abs(np.diag(r))
-    rank = int(np.sum(diag > 1e-10 * diag[0]))
-    if rank < len(names):
-        cols = [names[j] for j in piv[rank:]]
+    eigval, eigvec = linalg.eigh(corr)
+    null = eigval <= 1e-10 * eigval[-1]
+    if null.any():
+        involved = np.flatnonzero(np.abs(eigvec[:, null]).max(axis=1) > 1e-6)
+        cols = [names[j] for j in involved]
         raise ValueError(
-            f"{what} is rank deficient (rank {rank} < {len(names)} columns): column(s) {cols} "
-            "are linear combinations of the others; drop them"
+            f"{what} is rank deficient (rank {len(names) - int(null.sum())} < {len(names)} "
+            f"columns): column(s) {cols} are linearly dependent; drop one of them"
         )
 
 

@@ -354,6 +354,48 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         pred[seen] += np.einsum("ij,ij->i", z_design[seen], blups[idx[seen]])
         return pred
 
+    # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
+
+    def summary(self, alpha: float = 0.05):
+        """Fixed effects with Satterthwaite tests, random effects and model information.
+
+        See :func:`mixedlm_sklearn.inference.summary`.
+        """
+        from .inference import summary
+
+        check_is_fitted(self)
+        return summary(self, alpha=alpha)
+
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
+        """Confidence intervals: ``method="wald"`` (fixed effects) or ``"profile"``.
+
+        See :func:`mixedlm_sklearn.inference.conf_int`.
+        """
+        from .inference import conf_int
+
+        check_is_fitted(self)
+        return conf_int(self, alpha=alpha, method=method, **kwargs)
+
+    def profile(self, **kwargs):
+        """Profile zeta (signed square-root deviance) of each parameter over a grid.
+
+        See :func:`mixedlm_sklearn.inference.profile`.
+        """
+        from .inference import profile
+
+        check_is_fitted(self)
+        return profile(self, **kwargs)
+
+    def wald_test(self, L: Any, **kwargs):
+        """Wald test of linear hypotheses ``L beta = c`` on the fixed effects.
+
+        See :func:`mixedlm_sklearn.inference.wald_test`.
+        """
+        from .inference import wald_test
+
+        check_is_fitted(self)
+        return wald_test(self, L, **kwargs)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
