@@ -31,6 +31,9 @@ from scipy import linalg
 from ._stats import GroupStats
 
 __all__ = [
+    "batched_cholesky",
+    "batched_solve_lower",
+    "batched_solve_lower_t",
     "ProfiledDeviance",
     "Solution",
     "lambda_from_theta",
@@ -71,7 +74,7 @@ def theta_lower_bounds(q: int, diagonal: bool = False) -> np.ndarray:
 
 # ---- batched small-matrix algebra; group index on the last axis -------------------------
 
-def _cholesky(T: np.ndarray) -> np.ndarray:
+def batched_cholesky(T: np.ndarray) -> np.ndarray:
     q = T.shape[0]
     C = np.zeros_like(T)
     for j in range(q):
@@ -82,26 +85,23 @@ def _cholesky(T: np.ndarray) -> np.ndarray:
     return C
 
 
-def _solve_lower(C: np.ndarray, B: np.ndarray) -> np.ndarray:
+def batched_solve_lower(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """``C^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
-    X = np.empty_like(B)
+    X = B if overwrite else B.copy()
     for j in range(C.shape[0]):
-        acc = B[j].copy()
         for l in range(j):
-            acc -= C[j, l] * X[l]
-        X[j] = acc / C[j, j]
+            X[j] -= C[j, l] * X[l]
+        X[j] /= C[j, j]
     return X
 
 
-def _solve_lower_t(C: np.ndarray, B: np.ndarray) -> np.ndarray:
+def batched_solve_lower_t(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """``C'^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
-    q = C.shape[0]
-    X = np.empty_like(B)
-    for j in reversed(range(q)):
-        acc = B[j].copy()
-        for l in range(j + 1, q):
-            acc -= C[l, j] * X[l]
-        X[j] = acc / C[j, j]
+    X = B if overwrite else B.copy()
+    for j in reversed(range(C.shape[0])):
+        for l in range(j + 1, C.shape[0]):
+            X[j] -= C[l, j] * X[l]
+        X[j] /= C[j, j]
     return X
 
 
@@ -155,7 +155,7 @@ class Solution:
     def conditional_cov(self) -> np.ndarray:
         """``scale * L T_i^{-1} L'`` per group, shape (m, q, q) (lme4's condVar)."""
         q = self.lam.shape[0]
-        cinv_lt = _solve_lower(self.chol, np.broadcast_to(self.lam.T[:, :, None], self.chol.shape))
+        cinv_lt = batched_solve_lower(self.chol, np.broadcast_to(self.lam.T[:, :, None], self.chol.shape))
         cov = np.einsum("kam,kbm->mab", cinv_lt, cinv_lt)
         return self.scale * cov.reshape(-1, q, q)
 
@@ -213,11 +213,12 @@ class ProfiledDeviance:
         S = st.ztz
         T = (np.kron(lam.T, lam.T) @ S.reshape(q * q, m)).reshape(q, q, m)
         T[np.arange(q), np.arange(q)] += 1.0
-        C = _cholesky(T)
-        B = (lam.T @ st.ztxy.reshape(q, -1)).reshape(q, p + 1, m)
-        W = _solve_lower(C, B)
-        W_flat = W.transpose(1, 0, 2).reshape(p + 1, q * m)
-        F = st.xyxy - W_flat @ W_flat.T
+        C = batched_cholesky(T)
+        W = batched_solve_lower(C, (lam.T @ st.ztxy.reshape(q, -1)).reshape(q, p + 1, m), overwrite=True)
+        G = W[0] @ W[0].T
+        for j in range(1, q):
+            G += W[j] @ W[j].T
+        F = st.xyxy - G
         try:
             a_factor = linalg.cho_factor(F[:p, :p], lower=True, check_finite=False)
         except linalg.LinAlgError:
@@ -229,23 +230,24 @@ class ProfiledDeviance:
         if self.reml:
             dev += 2.0 * np.log(np.diag(a_factor[0])).sum()
         coef = np.append(-beta, 1.0)
-        u = _solve_lower_t(C, np.einsum("jkm,k->jm", W, coef))
+        u = batched_solve_lower_t(C, coef @ W, overwrite=True)
         sol = Solution(theta, lam, beta, float(r2), float(dev), float(r2 / self.dof), a_factor, C, u)
         if not gradient:
             return sol, None
 
-        resid_z = np.einsum("jkm,k->jm", st.ztxy, coef) - np.einsum("abm,bm->am", S, lam @ u)
-        d_r2 = -2.0 * resid_z @ u.T
-        c_inv = _solve_lower(C, np.broadcast_to(np.eye(q)[:, :, None], C.shape))
+        resid_z = coef @ st.ztxy - np.einsum("abm,bm->am", S, lam @ u)
+        c_inv = batched_solve_lower(C, np.broadcast_to(np.eye(q)[:, :, None], C.shape))
         t_inv = np.einsum("kam,kbm->abm", c_inv, c_inv)
         s_lam = np.einsum("abm,bc->acm", S, lam)
-        grad = 2.0 * np.einsum("abm,bcm->ac", s_lam, t_inv) + (self.dof / r2) * d_r2
+        grad = 2.0 * np.einsum("abm,bcm->ac", s_lam, t_inv) - (2.0 * self.dof / r2) * (resid_z @ u.T)
         if self.reml:
-            zx = st.ztxy[:, :p, :]
-            zx_ainv = linalg.cho_solve(
-                a_factor, zx.transpose(1, 0, 2).reshape(p, q * m), check_finite=False
-            ).reshape(p, q, m).transpose(1, 0, 2)
-            K = np.einsum("akm,bkm->abm", zx_ainv, zx)
+            # K_i = Z_i'X_i A^{-1} X_i'Z_i = Y_i'Y_i with Y_i = R_A^{-T} X_i'Z_i
+            r_inv = linalg.solve_triangular(a_factor[0], np.eye(p), lower=True, check_finite=False)
+            Y = r_inv @ st.ztxy[:, :p, :]
+            K = np.empty((q, q, m))
+            for a in range(q):
+                for b in range(a + 1):
+                    K[a, b] = K[b, a] = np.einsum("km,km->m", Y[a], Y[b])
             H = np.einsum("acm,bc->abm", t_inv, lam)
             N = np.einsum("acm,bcm->abm", K, H)
             grad -= 2.0 * (N - _bmm(s_lam, _bmm(H, N))).sum(axis=2)

@@ -94,6 +94,7 @@ def compute_stats(
     codes: np.ndarray,
     n_groups: int,
     weights: np.ndarray | None = None,
+    intercept: bool = False,
 ) -> GroupStats:
     """One pass over the rows: the statistics of ``(X, y, Z)`` grouped by ``codes``.
 
@@ -107,12 +108,15 @@ def compute_stats(
     n_groups : int
     weights : ndarray of shape (n,), optional
         Prior weights (residual variance of row r is ``scale / w_r``).
+    intercept : bool
+        Prepend a column of ones to ``X`` (block by block, so X is never copied whole).
 
     Returns
     -------
     GroupStats
     """
     n, p = X.shape
+    p += int(intercept)
     q = Z.shape[1]
     k = q + p + 1
     zw = np.zeros((n_groups * q, k))
@@ -123,7 +127,9 @@ def compute_stats(
         rows = stop - start
         zb = Z[start:stop]
         xyb = np.empty((rows, p + 1))
-        xyb[:, :p] = X[start:stop]
+        if intercept:
+            xyb[:, 0] = 1.0
+        xyb[:, int(intercept):p] = X[start:stop]
         xyb[:, p] = y[start:stop]
         if weights is not None:
             root_w = np.sqrt(weights[start:stop])

@@ -35,22 +35,23 @@ def encode_groups(groups: Any, n_rows: int, name: str = "groups") -> tuple[np.nd
     Labels may be any hashable values (ints, strings, categoricals). Missing labels are
     an error: a row with no group cannot be placed in the model.
     """
-    if isinstance(groups, (pd.DataFrame,)) or (hasattr(groups, "ndim") and groups.ndim > 1):
+    if isinstance(groups, pd.DataFrame) or (hasattr(groups, "ndim") and groups.ndim > 1):
         values = np.asarray(groups)
         if values.ndim != 2 or values.shape[1] != 1:
             raise ValueError(f"{name} must be one label per row (1-D), got shape {values.shape}")
         groups = values[:, 0]
-    series = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups)
-    if len(series) != n_rows:
-        raise ValueError(f"{name} has {len(series)} entries but X has {n_rows} rows")
-    missing = series.isna().to_numpy()
-    if missing.any():
-        raise ValueError(f"{name} has missing labels (NaN/None) in rows {first_rows(missing)}")
+    if not isinstance(groups, (pd.Series, pd.Categorical, np.ndarray, pd.Index)):
+        groups = np.asarray(groups, dtype=object)
+    if len(groups) != n_rows:
+        raise ValueError(f"{name} has {len(groups)} entries but X has {n_rows} rows")
+    missing = pd.isna(groups)
+    if np.any(missing):
+        raise ValueError(f"{name} has missing labels (NaN/None) in rows {first_rows(np.asarray(missing))}")
     try:
-        codes, labels = pd.factorize(series, sort=True)
+        codes, labels = pd.factorize(groups, sort=True)
     except TypeError:  # labels of mixed, unorderable types: keep order of appearance
-        codes, labels = pd.factorize(series, sort=False)
-    return codes.astype(np.intp), np.asarray(labels)
+        codes, labels = pd.factorize(groups, sort=False)
+    return codes.astype(np.intp, copy=False), np.asarray(labels, dtype=object)
 
 
 def as_design(values: Any, n_rows: int, name: str) -> np.ndarray:

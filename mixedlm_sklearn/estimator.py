@@ -95,8 +95,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         (lme4 ``(x || g)``).
     max_iter : int, default=1000
         Iteration limit of the optimiser.
-    tol : float, default=1e-12
-        Relative tolerance of the optimiser on the deviance and the projected gradient.
+    tol : float, default=1e-10
+        Relative change of the deviance at which the quasi-Newton phase stops; a Newton
+        step with a finite-difference Hessian then finishes and checks the optimum.
     verbose : int, default=0
         Print progress (statistics pass, optimiser) when positive.
 
@@ -160,7 +161,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         fit_intercept: bool = True,
         cov_type: str = "unstructured",
         max_iter: int = 1000,
-        tol: float = 1e-12,
+        tol: float = 1e-10,
         verbose: int = 0,
     ) -> None:
         self.reml = reml
@@ -202,13 +203,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
         fe_names = _column_names(X_names_src, "x", X.shape[1])
         if self.fit_intercept:
-            design = np.empty((n, X.shape[1] + 1))
-            design[:, 0] = 1.0
-            design[:, 1:] = X
             fe_names = ["(Intercept)"] + fe_names
-        else:
-            design = X
-        if design.shape[1] == 0:
+        if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
 
@@ -232,7 +228,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(
                     f"random effects need at least two groups; groups has {labels.size} level"
                 )
-        self._fit_stats(design, y, z_design, codes, labels, weights, fe_names, re_names,
+        self._fit_stats(X, y, z_design, codes, labels, weights, fe_names, re_names,
                         group_name=getattr(groups, "name", None) or "group",
                         random=groups is not None)
         return self
@@ -240,7 +236,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     def _fit_stats(self, design, y, z_design, codes, labels, weights, fe_names, re_names,
                    group_name, random) -> None:
         started = time.perf_counter()
-        stats = compute_stats(design, y, z_design, codes, labels.size, weights)
+        stats = compute_stats(design, y, z_design, codes, labels.size, weights,
+                              intercept=self.fit_intercept)
         if self.verbose:
             print(f"[MixedLMRegressor] statistics: {stats.n_obs} rows, {labels.size} groups "
                   f"({time.perf_counter() - started:.3f} s)")
