@@ -20,9 +20,11 @@ import scipy.sparse as sp
 
 __all__ = ["GroupStats", "compute_stats"]
 
-# Rows per block in the statistics pass: big enough that the sparse product dominates,
-# small enough that the block's temporaries stay a few MB whatever n is.
-_BLOCK_ROWS = 1 << 17
+# Rows per block in the statistics pass. Each block's sparse product writes a dense
+# (groups * q, k) result, so a block must hold at least about groups * q rows for that
+# cost to stay proportional to the rows; the cap bounds the temporaries (~0.5 GB).
+_MIN_BLOCK_ROWS = 1 << 17
+_MAX_BLOCK_ROWS = 1 << 22
 
 
 @dataclass
@@ -122,8 +124,9 @@ def compute_stats(
     zw = np.zeros((n_groups * q, k))
     xyxy = np.zeros((p + 1, p + 1))
     counts = np.bincount(codes, minlength=n_groups)
-    for start in range(0, n, _BLOCK_ROWS):
-        stop = min(n, start + _BLOCK_ROWS)
+    block_rows = int(min(max(_MIN_BLOCK_ROWS, 2 * n_groups * q), _MAX_BLOCK_ROWS))
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
         rows = stop - start
         zb = Z[start:stop]
         xyb = np.empty((rows, p + 1))
@@ -154,3 +157,71 @@ def compute_stats(
         n_obs=n,
         sum_log_weights=sum_log_w,
     )
+
+
+class StatsAccumulator:
+    """Sums statistics whose groups are known by label, each part with its own coding.
+
+    Chunks of rows or Dask partitions see different subsets of the groups. Each part is
+    reduced to statistics over its own groups; this adds them into running totals indexed
+    by label, so memory stays proportional to the number of groups, never the rows.
+    """
+
+    def __init__(self) -> None:
+        self._labels: list[np.ndarray] = []
+        self._index = None
+        self._total: GroupStats | None = None
+        self._size = 0
+
+    def add(self, labels: np.ndarray, part: GroupStats) -> None:
+        import pandas as pd
+
+        if self._total is None:
+            self._index = pd.Index(labels)
+            self._total = GroupStats(part.ztz.copy(), part.ztxy.copy(), part.xyxy.copy(),
+                                     part.counts.copy(), part.n_obs, part.sum_log_weights)
+            self._size = labels.size
+            return
+        if part.ztz.shape[0] != self._total.ztz.shape[0] or part.xyxy.shape != self._total.xyxy.shape:
+            raise ValueError("chunks have different numbers of columns")
+        idx = self._index.get_indexer(labels)
+        new = idx < 0
+        if new.any():
+            idx[new] = self._size + np.arange(new.sum())
+            self._index = self._index.append(pd.Index(labels[new]))
+            self._grow(self._size + int(new.sum()))
+        t = self._total
+        t.ztz[:, :, idx] += part.ztz
+        t.ztxy[:, :, idx] += part.ztxy
+        t.counts[idx] += part.counts
+        t.xyxy += part.xyxy
+        t.n_obs += part.n_obs
+        t.sum_log_weights += part.sum_log_weights
+
+    def _grow(self, size: int) -> None:
+        t = self._total
+        capacity = t.counts.size
+        if size > capacity:
+            extra = max(size, 2 * capacity) - capacity
+            pad = lambda a: np.concatenate([a, np.zeros(a.shape[:-1] + (extra,), a.dtype)], axis=-1)
+            t.ztz, t.ztxy, t.counts = pad(t.ztz), pad(t.ztxy), pad(t.counts)
+        self._size = size
+
+    def result(self) -> tuple[np.ndarray, GroupStats]:
+        """Sorted labels and the statistics in that order (as an in-memory fit codes them)."""
+        if self._total is None:
+            raise ValueError("no data: every chunk was empty")
+        t, size = self._total, self._size
+        try:
+            labels, order = self._index.sort_values(return_indexer=True)
+        except TypeError:  # unorderable mixed labels: keep order of appearance
+            labels, order = self._index, np.arange(size)
+        stats = GroupStats(
+            np.ascontiguousarray(t.ztz[:, :, :size][:, :, order]),
+            np.ascontiguousarray(t.ztxy[:, :, :size][:, :, order]),
+            t.xyxy,
+            t.counts[:size][order],
+            t.n_obs,
+            t.sum_log_weights,
+        )
+        return np.asarray(labels, dtype=object), stats

@@ -6,6 +6,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._chunked import INTERCEPT, is_dask_collection, stats_from_chunks, stats_from_dask
 from ._deviance import ProfiledDeviance, Solution
 from ._optimize import OptimizerInfo, fit_deviance
 from ._stats import GroupStats, compute_stats
@@ -195,6 +197,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         -------
         self
         """
+        if is_dask_collection(X):
+            labels, stats = stats_from_dask(X, y, groups, Z, sample_weight,
+                                            intercept=self.fit_intercept, verbose=self.verbose)
+            re_names = [INTERCEPT] if Z is None else [str(c) for c in Z.columns]
+            return self._fit_external(stats, labels, [str(c) for c in X.columns], re_names,
+                                      getattr(groups, "name", None))
         _check_frame(X)
         X_names_src = X
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False)
@@ -231,6 +239,73 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._fit_stats(X, y, z_design, codes, labels, weights, fe_names, re_names,
                         group_name=getattr(groups, "name", None) or "group",
                         random=groups is not None)
+        return self
+
+    def fit_chunks(
+        self,
+        chunks: Iterable[pd.DataFrame],
+        *,
+        y: str,
+        groups: str,
+        X: Sequence[str],
+        Z: Sequence[str] | None = None,
+        sample_weight: str | None = None,
+    ) -> "MixedLMRegressor":
+        """Fit from an iterable of DataFrames, e.g. a file read in chunks.
+
+        The sufficient statistics of each chunk are added up by group label, so peak
+        memory is one chunk plus a few numbers per group; a group may span chunks. The
+        result equals :meth:`fit` on the concatenated data (to rounding).
+
+        Parameters
+        ----------
+        chunks : iterable of DataFrame
+            For example ``pd.read_csv(path, chunksize=1_000_000)`` or
+            ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``.
+        y, groups : str
+            Columns of the response and of the group labels.
+        X : list of str
+            Fixed-effects columns (the intercept is added when ``fit_intercept``).
+        Z : list of str, optional
+            Random-effects columns; ``"(Intercept)"`` stands for a column of ones.
+            Default: a random intercept.
+        sample_weight : str, optional
+            Column of prior weights.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> chunks = (df.iloc[i:i + 50] for i in range(0, len(df), 50))
+        >>> est = MixedLMRegressor().fit_chunks(
+        ...     chunks, y="Reaction", groups="Subject", X=["Days"], Z=["(Intercept)", "Days"])
+        >>> round(est.llf_, 3)
+        -871.814
+        """
+        self._validate_params()
+        if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
+            raise TypeError("X and Z must be lists of column names")
+        labels, stats = stats_from_chunks(chunks, y=y, groups=groups, X=list(X), Z=Z,
+                                          sample_weight=sample_weight,
+                                          intercept=self.fit_intercept, verbose=self.verbose)
+        re_names = [INTERCEPT] if Z is None else [str(c) for c in Z]
+        return self._fit_external(stats, labels, [str(c) for c in X], re_names, groups)
+
+    def _fit_external(self, stats: GroupStats, labels: np.ndarray, x_names: list[str],
+                      re_names: list[str], group_name: str | None) -> "MixedLMRegressor":
+        """Finish a fit whose statistics were computed outside ``fit`` (chunks, Dask)."""
+        if labels.size < 2:
+            raise ValueError(f"random effects need at least two groups; the data have {labels.size}")
+        self.n_features_in_ = len(x_names)
+        self.feature_names_in_ = np.asarray(x_names, dtype=object)
+        fe_names = (["(Intercept)"] if self.fit_intercept else []) + list(x_names)
+        self._fit_from_stats(stats, labels, fe_names, re_names, group_name or "group")
         return self
 
     def _fit_stats(self, design, y, z_design, codes, labels, weights, fe_names, re_names,
