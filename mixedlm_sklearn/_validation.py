@@ -18,6 +18,8 @@ __all__ = [
     "as_design",
     "check_full_rank",
     "check_weights",
+    "check_response",
+    "check_random_design",
     "first_rows",
 ]
 
@@ -105,3 +107,45 @@ def check_weights(weights: Any, n_rows: int) -> np.ndarray:
             f"are not allowed); rows {first_rows(bad)} are not"
         )
     return w
+
+
+def check_response(stats) -> None:
+    """Refuse a response that the fixed effects reproduce exactly (e.g. a constant y).
+
+    The residual variance would be 0 and the likelihood unbounded.
+    """
+    p = stats.n_fe
+    xtx, xty, yty = stats.xyxy[:p, :p], stats.xyxy[:p, p], stats.xyxy[p, p]
+    beta = linalg.lstsq(xtx, xty)[0]
+    rss = yty - xty @ beta
+    if rss <= 1e-12 * max(yty, np.finfo(float).tiny):
+        raise ValueError(
+            "y is constant or an exact linear function of X: the residual variance would be 0"
+        )
+
+
+def check_random_design(stats, names: Sequence[str]) -> None:
+    """Refuse random-effects designs whose covariance cannot be estimated.
+
+    A column of zeros has no variance to estimate. Two columns proportional within every
+    group (a slope on a covariate that is constant within each group, next to a random
+    intercept) cannot be told apart within any group: their variances and correlation
+    are not identified from within-group information.
+    """
+    diag = stats.ztz[np.arange(stats.n_re), np.arange(stats.n_re)]
+    zero = diag.sum(axis=1) == 0
+    if zero.any():
+        raise ValueError(f"Z column(s) {[names[j] for j in np.flatnonzero(zero)]} are all zeros")
+    several = stats.counts >= 2
+    if not several.any() or stats.n_re < 2:
+        return
+    for j in range(stats.n_re):
+        for c in range(j):
+            sjj, scc, sjc = diag[j, several], diag[c, several], stats.ztz[j, c, several]
+            if np.all(sjj * scc - sjc**2 <= 1e-10 * sjj * scc):
+                raise ValueError(
+                    f"Z columns {names[c]!r} and {names[j]!r} are proportional within every "
+                    "group (e.g. a random slope on a covariate that is constant within each "
+                    "group, next to a random intercept); their random effects are not "
+                    "identifiable: drop one of them"
+                )

@@ -20,7 +20,14 @@ from ._chunked import INTERCEPT, is_dask_collection, stats_from_chunks, stats_fr
 from ._deviance import ProfiledDeviance, Solution
 from ._optimize import OptimizerInfo, fit_deviance
 from ._stats import GroupStats, compute_stats
-from ._validation import as_design, check_full_rank, check_weights, encode_groups
+from ._validation import (
+    as_design,
+    check_full_rank,
+    check_random_design,
+    check_response,
+    check_weights,
+    encode_groups,
+)
 
 __all__ = ["MixedLMRegressor", "SingularFitWarning", "FittedModel"]
 
@@ -322,9 +329,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                         re_names: list[str], group_name: str, random: bool = True) -> None:
         """Everything after the statistics pass: checks, optimisation, fitted attributes."""
         check_full_rank(stats.xyxy[:-1, :-1], fe_names)
-        zero_z = np.diag(stats.ztz.sum(axis=2)) == 0
-        if zero_z.any():
-            raise ValueError(f"Z column(s) {[re_names[j] for j in np.flatnonzero(zero_z)]} are all zeros")
+        if random:  # least squares without groups may fit exactly (sklearn's checks do)
+            check_response(stats)
+        check_random_design(stats, re_names)
         diagonal = self.cov_type == "diagonal"
         started = time.perf_counter()
         if random:

@@ -129,3 +129,22 @@ def test_predict_checks_feature_count(data):
     est = _fit(X, y, groups=groups, Z=Z)
     with pytest.raises(ValueError, match="features"):
         est.predict(X.to_numpy()[:, :1])
+
+
+def test_constant_y(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match="y is constant"):
+        _fit(X, np.full_like(y, 3.0), groups=groups, Z=Z)
+
+
+def test_slope_constant_within_every_group(data):
+    X, y, groups, _ = data
+    per_group = np.repeat(np.arange(6.0), 10)  # constant within each group
+    Z = np.column_stack([np.ones(len(y)), per_group])
+    with pytest.raises(ValueError, match="'z0' and 'z1' are proportional within every group"):
+        _fit(X, y, groups=groups, Z=Z)
+
+
+def test_empty_input():
+    with pytest.raises(ValueError, match="0 sample"):
+        MixedLMRegressor().fit(np.empty((0, 2)), np.empty(0), groups=np.empty(0))
