@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg, optimize
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._deviance import (
     ProfiledDeviance,
@@ -38,6 +38,8 @@ __all__ = ["OptimizerInfo", "fit_deviance"]
 # Largest |H^{-1} g| on free parameters accepted as converged (lme4 warns above 2e-3 on
 # its own scale; we ask for much less because an analytic gradient makes it cheap).
 _SCALED_GRADIENT_TOL = 1e-4
+
+_THREADPOOLS: ThreadpoolController | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def _leavable_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> 
     """
     lower = dev.lower_bounds()
     on_bound = np.isfinite(lower) & (theta <= lower)
+    if not on_bound.any():
+        return on_bound
     _, grad = dev.value_and_grad(theta)
     leavable = on_bound & (grad < -1e-8 * max(1.0, abs(value)))
     for j in np.flatnonzero(on_bound & ~leavable):
@@ -164,7 +168,9 @@ def _leavable_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> 
     return leavable
 
 
-def _newton_polish(dev: ProfiledDeviance, theta: np.ndarray) -> tuple[np.ndarray, float, bool, int]:
+def _newton_polish(
+    dev: ProfiledDeviance, theta: np.ndarray, value: float | None = None, grad: np.ndarray | None = None
+) -> tuple[np.ndarray, float, bool, int]:
     """One Newton step on the free parameters, and lme4's convergence measure.
 
     The Hessian comes from forward differences of the analytic gradient. The step both
@@ -176,7 +182,8 @@ def _newton_polish(dev: ProfiledDeviance, theta: np.ndarray) -> tuple[np.ndarray
     lower = dev.lower_bounds()
     at_bound = np.isfinite(lower) & (theta <= lower)
     free = np.flatnonzero(~at_bound)
-    value, grad = dev.value_and_grad(theta)
+    if value is None or grad is None:
+        value, grad = dev.value_and_grad(theta)
     if free.size == 0:
         return theta, 0.0, True, 1
     step = 1e-6 * np.maximum(np.abs(theta[free]), 1e-2)
@@ -212,7 +219,10 @@ def fit_deviance(*args, **kwargs) -> tuple[ProfiledDeviance, Solution, Optimizer
     a vector per group). Multi-threaded BLAS only adds synchronisation to those, and on a
     busy machine it made evaluations 5-10x slower, so the optimiser runs single-threaded.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    global _THREADPOOLS
+    if _THREADPOOLS is None:  # inspecting the loaded libraries costs milliseconds: once
+        _THREADPOOLS = ThreadpoolController()
+    with _THREADPOOLS.limit(limits=1, user_api="blas"):
         return _fit_deviance(*args, **kwargs)
 
 
@@ -268,7 +278,7 @@ def _fit_deviance(
         if retry.fun < res.fun:
             res = retry
 
-    x, scaled_grad, pos_def, n_check = _newton_polish(white, res.x)
+    x, scaled_grad, pos_def, n_check = _newton_polish(white, res.x, res.fun, res.jac)
     n_fev += n_check
     lam_white = lambda_from_theta(x, q, diagonal)
     lam = P @ lam_white if diagonal else _lower_factor(P @ lam_white)
