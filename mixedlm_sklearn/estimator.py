@@ -155,6 +155,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     -871.814
     """
 
+    # score() conditions on the BLUPs only when asked: by default a routed `groups` goes
+    # to fit and to the CV splitter, not to score (held-out groups are new anyway).
+    __metadata_request__score = {"groups": False, "Z": False}
+
     _parameter_constraints: dict = {
         "reml": ["boolean"],
         "fit_intercept": ["boolean"],
@@ -432,6 +436,25 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         blups = self.random_effects_.to_numpy()
         pred[seen] += np.einsum("ij,ij->i", z_design[seen], blups[idx[seen]])
         return pred
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None, Z: Any = None) -> float:
+        """R^2 of the predictions: conditional on the BLUPs where ``groups`` are given.
+
+        Parameters
+        ----------
+        X, y : test data
+        sample_weight : array-like, optional
+        groups, Z : optional
+            As in :meth:`predict`; route them with ``set_score_request(groups=True, Z=True)``
+            to score conditional predictions inside model selection.
+
+        Returns
+        -------
+        float
+        """
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
 
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
 
