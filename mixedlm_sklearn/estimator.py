@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._chunked import INTERCEPT, is_dask_collection, stats_from_chunks, stats_from_dask
 from ._deviance import ProfiledDeviance, Solution
+from ._heteroscedastic import fit_heteroscedastic, stratum_stats
 from ._optimize import OptimizerInfo, fit_deviance
 from ._stats import GroupStats, compute_stats
 from ._validation import (
@@ -119,7 +120,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     cov_re_ : ndarray of shape (q, q)
         Covariance of the random effects.
     scale_ : float
-        Residual variance.
+        Residual variance (of the reference stratum when ``residual_groups`` is given).
+    residual_var_ : dict
+        Residual variance per stratum of ``residual_groups`` (``{"(all)": scale_}``
+        without strata).
     llf_ : float
         Log-likelihood; for REML fits the REML criterion as lme4's ``logLik`` reports it.
     aic_, bic_ : float
@@ -187,7 +191,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     # ---- fitting --------------------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None):
+    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
+            residual_groups: Any = None):
         """Fit the model.
 
         Parameters
@@ -203,6 +208,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         sample_weight : array-like of shape (n,), optional
             Prior weights: the residual variance of row ``r`` is ``scale / w_r``
             (lme4's ``weights``).
+        residual_groups : array-like of shape (n,), optional
+            Stratum of each row: each stratum gets its own residual variance (nlme's
+            ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
+            first stratum in sorted order and ``residual_var_`` holds them all.
 
         Returns
         -------
@@ -247,9 +256,19 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(
                     f"random effects need at least two groups; groups has {labels.size} level"
                 )
+        group_name = getattr(groups, "name", None) or "group"
+        if residual_groups is not None:
+            if groups is None:
+                raise ValueError("residual_groups needs groups: a residual variance per stratum is "
+                                 "estimated together with the random effects")
+            strata, strata_labels = encode_groups(residual_groups, n, name="residual_groups")
+            parts = stratum_stats(X, y, z_design, codes, labels.size, strata, strata_labels.size,
+                                  weights, strata_labels, intercept=self.fit_intercept)
+            self._fit_from_stats(sum(parts[1:], parts[0]), labels, fe_names, re_names, group_name,
+                                 strata=(parts, strata_labels))
+            return self
         self._fit_stats(X, y, z_design, codes, labels, weights, fe_names, re_names,
-                        group_name=getattr(groups, "name", None) or "group",
-                        random=groups is not None)
+                        group_name=group_name, random=groups is not None)
         return self
 
     def fit_chunks(
@@ -330,7 +349,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._fit_from_stats(stats, labels, fe_names, re_names, group_name, random)
 
     def _fit_from_stats(self, stats: GroupStats, labels: np.ndarray, fe_names: list[str],
-                        re_names: list[str], group_name: str, random: bool = True) -> None:
+                        re_names: list[str], group_name: str, random: bool = True,
+                        strata: tuple[list[GroupStats], np.ndarray] | None = None) -> None:
         """Everything after the statistics pass: checks, optimisation, fitted attributes."""
         check_full_rank(stats.xyxy[:-1, :-1], fe_names)
         if random:  # least squares without groups may fit exactly (sklearn's checks do)
@@ -338,7 +358,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         check_random_design(stats, re_names)
         diagonal = self.cov_type == "diagonal"
         started = time.perf_counter()
-        if random:
+        ratios = None
+        if strata is not None:
+            dev, sol, info, ratios = fit_heteroscedastic(
+                strata[0], reml=self.reml, diagonal=diagonal, max_iter=self.max_iter,
+                tol=self.tol, labels=list(strata[1]))
+        elif random:
             dev, sol, info = fit_deviance(stats, reml=self.reml, diagonal=diagonal,
                                           max_iter=self.max_iter, tol=self.tol)
         else:
@@ -349,6 +374,13 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         self._set_fitted(dev, sol, info, labels, fe_names, re_names, group_name, random)
+        if ratios is None:
+            self.residual_var_ = {"(all)": self.scale_}
+        else:
+            self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(strata[1], ratios)}
+            self.df_model_ += ratios.size - 1
+            self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
+            self.bic_ = -2.0 * self.llf_ + np.log(stats.n_obs) * self.df_model_
 
     def _set_fitted(self, dev, sol, info, labels, fe_names, re_names, group_name, random) -> None:
         n_fe = len(fe_names)
