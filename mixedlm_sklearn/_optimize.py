@@ -168,6 +168,26 @@ def _leavable_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> 
     return leavable
 
 
+def _snap_to_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> tuple[np.ndarray, float]:
+    """Put near-zero bounded parameters exactly on their bound when that costs nothing.
+
+    Near a zero variance the deviance is flat (even in that entry), so a quasi-Newton
+    method approaches the bound without reaching it. lme4 reports such fits as singular
+    with the variance exactly 0; so do we, when the deviance at the bound is not higher
+    beyond rounding.
+    """
+    lower = dev.lower_bounds()
+    near = np.flatnonzero(np.isfinite(lower) & (theta > lower) & (theta - lower < 1e-4))
+    if near.size == 0:
+        return theta, value
+    trial = theta.copy()
+    trial[near] = lower[near]
+    trial_value = dev(trial)
+    if trial_value <= value + 1e-12 * max(1.0, abs(value)):
+        return trial, trial_value
+    return theta, value
+
+
 def _newton_polish(
     dev: ProfiledDeviance, theta: np.ndarray, value: float | None = None, grad: np.ndarray | None = None
 ) -> tuple[np.ndarray, float, bool, int]:
@@ -278,7 +298,11 @@ def _fit_deviance(
         if retry.fun < res.fun:
             res = retry
 
-    x, scaled_grad, pos_def, n_check = _newton_polish(white, res.x, res.fun, res.jac)
+    x, value = _snap_to_bounds(white, res.x, res.fun)
+    if x is res.x:
+        x, scaled_grad, pos_def, n_check = _newton_polish(white, x, res.fun, res.jac)
+    else:
+        x, scaled_grad, pos_def, n_check = _newton_polish(white, x)
     n_fev += n_check
     lam_white = lambda_from_theta(x, q, diagonal)
     lam = P @ lam_white if diagonal else _lower_factor(P @ lam_white)

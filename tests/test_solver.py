@@ -122,3 +122,18 @@ def test_zero_variance_lands_exactly_on_the_boundary():
     dev, sol, info = fit_deviance(_intercept_only(5, centre_groups=True), reml=True)
     assert dev(np.array([1e-2])) > dev(np.zeros(1))
     assert sol.theta[0] == 0.0 and info.at_bound[0] and info.converged
+
+
+def test_zero_variance_of_a_diagonal_fit_lands_exactly_on_the_boundary():
+    # random intercept with real variance, random slope with none: lme4 reports the
+    # slope's variance as exactly 0 (a singular fit)
+    rng = np.random.default_rng(13)
+    m, per = 40, 8
+    codes = np.repeat(np.arange(m), per)
+    x = rng.standard_normal(m * per)
+    X = np.column_stack([np.ones(m * per), x])
+    y = X @ [1.0, 0.5] + rng.standard_normal(m)[codes] + rng.standard_normal(m * per)
+    stats = compute_stats(X, y, X, codes, m)
+    dev, sol, info = fit_deviance(stats, reml=True, diagonal=True)
+    assert sol.theta[1] == 0.0 and info.at_bound[1] and not info.at_bound[0]
+    assert dev(sol.theta + [0, 1e-3]) > sol.deviance
