@@ -4,7 +4,8 @@ Main entry point: :class:`MixedLMRegressor`.
 """
 
 from .estimator import MixedLMRegressor, SingularFitWarning
+from .formula import lmer
 
 __version__ = "0.1.0"
 
-__all__ = ["MixedLMRegressor", "SingularFitWarning", "__version__"]
+__all__ = ["MixedLMRegressor", "SingularFitWarning", "lmer", "__version__"]
