@@ -232,6 +232,14 @@ def _newton_polish(
     return theta, float(np.max(np.abs(newton))), True, n_eval
 
 
+def single_threaded_blas():
+    """Context in which BLAS runs on one thread (see :func:`fit_deviance` for why)."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:  # inspecting the loaded libraries costs milliseconds: once
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
+
+
 def fit_deviance(*args, **kwargs) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
     """Fit ``theta``; see :func:`_fit_deviance` for the parameters.
 
@@ -239,10 +247,7 @@ def fit_deviance(*args, **kwargs) -> tuple[ProfiledDeviance, Solution, Optimizer
     a vector per group). Multi-threaded BLAS only adds synchronisation to those, and on a
     busy machine it made evaluations 5-10x slower, so the optimiser runs single-threaded.
     """
-    global _THREADPOOLS
-    if _THREADPOOLS is None:  # inspecting the loaded libraries costs milliseconds: once
-        _THREADPOOLS = ThreadpoolController()
-    with _THREADPOOLS.limit(limits=1, user_api="blas"):
+    with single_threaded_blas():
         return _fit_deviance(*args, **kwargs)
 
 

@@ -109,13 +109,14 @@ def check_weights(weights: Any, n_rows: int) -> np.ndarray:
     return w
 
 
-def check_response(stats) -> None:
+def check_response(xyxy: np.ndarray) -> None:
     """Refuse a response that the fixed effects reproduce exactly (e.g. a constant y).
 
-    The residual variance would be 0 and the likelihood unbounded.
+    ``xyxy`` is ``[X, y]'[X, y]``. The residual variance would be 0 and the likelihood
+    unbounded.
     """
-    p = stats.n_fe
-    xtx, xty, yty = stats.xyxy[:p, :p], stats.xyxy[:p, p], stats.xyxy[p, p]
+    p = xyxy.shape[0] - 1
+    xtx, xty, yty = xyxy[:p, :p], xyxy[:p, p], xyxy[p, p]
     beta = linalg.lstsq(xtx, xty)[0]
     rss = yty - xty @ beta
     if rss <= 1e-12 * max(yty, np.finfo(float).tiny):

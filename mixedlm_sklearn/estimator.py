@@ -16,10 +16,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._crossed import CrossedDeviance, build_crossed_model, fit_crossed
 from ._chunked import INTERCEPT, is_dask_collection, stats_from_chunks, stats_from_dask
 from ._deviance import ProfiledDeviance, Solution
 from ._heteroscedastic import fit_heteroscedastic, stratum_stats
-from ._optimize import OptimizerInfo, fit_deviance
+from ._optimize import OptimizerInfo, fit_deviance, single_threaded_blas
 from ._stats import GroupStats, compute_stats
 from ._validation import (
     as_design,
@@ -83,6 +84,45 @@ def _check_frame(X: Any) -> None:
             f"X columns {bad} are not numeric; encode them first (e.g. OneHotEncoder in a "
             "ColumnTransformer)"
         )
+
+
+def _z_by_factor(Z: Any) -> dict | None:
+    """Z given per grouping factor: a dict, or a DataFrame with (factor, column) columns.
+
+    The DataFrame form is what cross-validation can split by rows (a dict is passed to
+    every fold whole).
+    """
+    if isinstance(Z, dict):
+        return {str(k): v for k, v in Z.items()}
+    if isinstance(Z, pd.DataFrame) and isinstance(Z.columns, pd.MultiIndex):
+        return {str(k): Z[k] for k in Z.columns.get_level_values(0).unique()}
+    return None
+
+
+def _several_factors(groups: Any, Z: Any) -> bool:
+    """Several grouping factors: a table of them, or Z given per factor."""
+    if _z_by_factor(Z) is not None:
+        return True
+    if isinstance(groups, pd.DataFrame):
+        return groups.shape[1] > 1
+    return getattr(groups, "ndim", 1) == 2 and np.shape(groups)[1] > 1
+
+
+def _factor_frame(groups: Any, n: int) -> pd.DataFrame:
+    if isinstance(groups, pd.DataFrame):
+        frame = groups
+    elif isinstance(groups, pd.Series):
+        frame = groups.to_frame(name=groups.name if groups.name is not None else "group")
+    else:
+        values = np.asarray(groups, dtype=object)
+        values = values[:, None] if values.ndim == 1 else values
+        frame = pd.DataFrame(values, columns=[f"g{k}" for k in range(values.shape[1])])
+    if len(frame) != n:
+        raise ValueError(f"groups has {len(frame)} rows but X has {n}")
+    dup = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"groups has duplicate column names {dup}")
+    return frame
 
 
 class MixedLMRegressor(RegressorMixin, BaseEstimator):
@@ -236,6 +276,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
 
+        if _several_factors(groups, Z):
+            self._fit_several(X, y, groups, Z, weights, fe_names)
+            return self
         if Z is None:
             z_design = np.ones((n, 1))
             re_names = ["(Intercept)"]
@@ -338,6 +381,83 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._fit_from_stats(stats, labels, fe_names, re_names, group_name or "group")
         return self
 
+    def _fit_several(self, X, y, groups, Z, weights, fe_names) -> None:
+        """Several grouping factors (crossed or nested): the sparse penalised system."""
+        n = X.shape[0]
+        frame = _factor_frame(groups, n)
+        names = [str(c) for c in frame.columns]
+        z_by_name = {} if Z is None else _z_by_factor(Z)
+        if z_by_name is None:
+            raise TypeError("with several grouping factors, Z must be a dict from factor name to "
+                            "that factor's (n, q) design, or a DataFrame with (factor, column) "
+                            "MultiIndex columns; a factor missing from it gets a random intercept")
+        unknown = [k for k in z_by_name if k not in names]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {names}")
+        diagonal = self.cov_type == "diagonal"
+        terms, labels, re_names = [], {}, {}
+        for col, name in zip(frame.columns, names):
+            codes, levels = encode_groups(frame[col], n, name=f"groups[{name!r}]")
+            if levels.size < 2:
+                raise ValueError(f"grouping factor {name!r} has a single level; a random effect "
+                                 "needs at least two")
+            if name in z_by_name:
+                z_k = as_design(z_by_name[name], n, f"Z[{name!r}]")
+                re_names[name] = _column_names(z_by_name[name], "z", z_k.shape[1])
+            else:
+                z_k, re_names[name] = np.ones((n, 1)), [INTERCEPT]
+            zero = ~np.any(z_k != 0, axis=0)
+            if zero.any():
+                raise ValueError(f"Z[{name!r}] column(s) {[re_names[name][j] for j in np.flatnonzero(zero)]} "
+                                 "are all zeros")
+            terms.append((codes, z_k, diagonal))
+            labels[name] = levels
+        design = np.column_stack([np.ones(n), X]) if self.fit_intercept else X
+        root_w = None if weights is None else np.sqrt(weights)
+        xw = design if root_w is None else design * root_w[:, None]
+        yw = y if root_w is None else y * root_w
+        xy = np.column_stack([xw, yw])
+        xyxy = xy.T @ xy
+        check_full_rank(xyxy[:-1, :-1], fe_names)
+        check_response(xyxy)
+        started = time.perf_counter()
+        with single_threaded_blas():
+            model = build_crossed_model(design, y, terms, weights)
+            fit = fit_crossed(model, reml=self.reml, max_iter=self.max_iter, tol=self.tol)
+        if self.verbose:
+            print(f"[MixedLMRegressor] {len(terms)} random-effects terms: {fit.n_fev} evaluations, "
+                  f"converged={fit.converged} ({time.perf_counter() - started:.3f} s)")
+        dev = CrossedDeviance(model, reml=self.reml)
+        sol = dev.solve(fit.theta)
+        at_bound = (model.lower_bounds() == 0.0) & (fit.theta <= 0.0)
+        info = OptimizerInfo(fit.converged, fit.message, fit.n_iter, fit.n_fev, 0.0, at_bound)
+        self.model_ = FittedModel(dev, sol, info, list(fe_names), re_names, names)
+        beta = fit.beta
+        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
+        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
+        self.cov_fe_ = fit.cov_beta
+        self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
+        self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
+        self.theta_ = fit.theta.copy()
+        self.scale_ = fit.scale
+        self.residual_var_ = {"(all)": fit.scale}
+        self.cov_re_ = dict(zip(names, fit.cov_re))
+        self.llf_ = fit.llf
+        self.df_model_ = len(fe_names) + model.n_theta + 1
+        self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
+        self.bic_ = -2.0 * self.llf_ + np.log(n) * self.df_model_
+        self.groups_ = labels
+        self.n_groups_ = {name: int(labels[name].size) for name in names}
+        self.random_effects_ = {
+            name: pd.DataFrame(b, index=pd.Index(labels[name], name=name), columns=re_names[name])
+            for name, b in zip(names, fit.blups)
+        }
+        self.random_effects_cov_ = dict(zip(names, fit.condvar))
+        self.converged_ = fit.converged
+        self.n_iter_ = max(fit.n_iter, 1)
+        self.singular_ = bool(at_bound.any())
+        self._warn_fit(info)
+
     def _fit_stats(self, design, y, z_design, codes, labels, weights, fe_names, re_names,
                    group_name, random) -> None:
         started = time.perf_counter()
@@ -354,7 +474,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Everything after the statistics pass: checks, optimisation, fitted attributes."""
         check_full_rank(stats.xyxy[:-1, :-1], fe_names)
         if random:  # least squares without groups may fit exactly (sklearn's checks do)
-            check_response(stats)
+            check_response(stats.xyxy)
         check_random_design(stats, re_names)
         diagonal = self.cov_type == "diagonal"
         started = time.perf_counter()
@@ -406,7 +526,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.converged_ = info.converged
         self.n_iter_ = info.n_iter
         self.singular_ = bool(random and info.at_bound.any())
-        if random and not info.converged:
+        if random:
+            self._warn_fit(info)
+
+    def _warn_fit(self, info: OptimizerInfo) -> None:
+        if not info.converged:
             warnings.warn(
                 f"the optimiser did not converge ({info.message}). Try: max_iter larger than "
                 f"{self.max_iter}, covariates on comparable scales (centre/standardise), or a "
@@ -447,6 +571,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         pred = X @ self.coef_ + self.intercept_
         if groups is None or self.n_groups_ == 0:
             return pred
+        if isinstance(self.random_effects_, dict):
+            return pred + self._several_blup_part(X.shape[0], groups, Z)
         n = X.shape[0]
         if Z is None:
             if self.random_effects_.shape[1] != 1 or self.model_.re_names != ["(Intercept)"]:
@@ -468,6 +594,30 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         blups = self.random_effects_.to_numpy()
         pred[seen] += np.einsum("ij,ij->i", z_design[seen], blups[idx[seen]])
         return pred
+
+    def _several_blup_part(self, n: int, groups: Any, Z: Any) -> np.ndarray:
+        """Sum over grouping factors of ``Z_k @ BLUP`` for rows of seen levels."""
+        frame = _factor_frame(groups, n)
+        Z = {} if Z is None else _z_by_factor(Z)
+        if Z is None:
+            raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
+        out = np.zeros(n)
+        for col in frame.columns:
+            name = str(col)
+            if name not in self.random_effects_:
+                raise ValueError(f"groups column {name!r} is not a grouping factor of the fit "
+                                 f"({list(self.random_effects_)})")
+            blups = self.random_effects_[name]
+            if name in Z:
+                z_k = as_design(Z[name], n, f"Z[{name!r}]")
+            elif list(blups.columns) == [INTERCEPT]:
+                z_k = np.ones((n, 1))
+            else:
+                raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
+            idx = pd.Index(self.groups_[name]).get_indexer(np.asarray(frame[col], dtype=object))
+            seen = idx >= 0
+            out[seen] += np.einsum("ij,ij->i", z_k[seen], blups.to_numpy()[idx[seen]])
+        return out
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None, Z: Any = None) -> float:
         """R^2 of the predictions: conditional on the BLUPs where ``groups`` are given.

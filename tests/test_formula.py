@@ -208,23 +208,6 @@ def test_all_rows_missing_is_an_error():
 # ---- several random-effects terms --------------------------------------------------------
 
 
-def _multi_supported():
-    """Whether the estimator takes a DataFrame of grouping factors and a dict of designs."""
-    df = load_penicillin()
-    ones = pd.DataFrame({"(Intercept)": np.ones(len(df))})
-    try:
-        MixedLMRegressor().fit(ones, df["diameter"].astype(float), groups=df[["plate", "sample"]],
-                               Z={"plate": ones, "sample": ones})
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-MULTI_FACTOR_FIT = pytest.mark.xfail(
-    not _multi_supported(), raises=(TypeError, ValueError), strict=False,
-    reason="MixedLMRegressor does not accept several grouping factors yet (issue 5)")
-
-
 def _pastes():
     """Pastes (lme4) rebuilt from the reference CSV: batch, cask within batch, strength."""
     frame, _ = load_case("pastes_nested_reml")
@@ -284,7 +267,6 @@ def test_double_bar_with_another_term_is_split_as_lme4_does():
     assert frame.estimator_params()["cov_type"] == "unstructured"
 
 
-@MULTI_FACTOR_FIT
 @pytest.mark.parametrize("name, formula, loader", [
     ("penicillin_crossed_reml", "diameter ~ 1 + (1 | plate) + (1 | sample)", load_penicillin),
     ("pastes_nested_reml", "strength ~ 1 + (1 | batch/cask)", _pastes),
@@ -297,6 +279,9 @@ def test_several_terms_reproduce_lme4(name, formula, loader):
     assert est.scale_ == pytest.approx(ref["scale"], rel=RTOL)
     pred = est.predict(**est.model_frame_.new_data(loader()))
     np.testing.assert_allclose(pred[:50], ref["fitted_head"], rtol=1e-6)
+    lme4_names = {"plate": "plate", "sample": "sample", "batch": "batch", "bc": "batch:cask"}
+    for term in ref["terms"]:  # covariances belong to vc_key (see test_crossed_estimator)
+        np.testing.assert_allclose(est.cov_re_[lme4_names[term["vc_key"]]], term["cov_re"], rtol=RTOL)
 
 
 # ---- parsing ---------------------------------------------------------------------------------
