@@ -5,7 +5,17 @@ Main entry point: :class:`MixedLMRegressor`.
 
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .formula import lmer
+from .inference import LRTestResult, Summary, WaldTestResult, lr_test
 
 __version__ = "0.1.0"
 
-__all__ = ["MixedLMRegressor", "SingularFitWarning", "lmer", "__version__"]
+__all__ = [
+    "MixedLMRegressor",
+    "SingularFitWarning",
+    "lmer",
+    "lr_test",
+    "Summary",
+    "WaldTestResult",
+    "LRTestResult",
+    "__version__",
+]

@@ -1,0 +1,419 @@
+"""Inference against lme4 1.1-31 and lmerTest (issue 3), for every single-factor reference.
+
+Targets: standard errors and Wald intervals within 1e-4 relative, Satterthwaite df within
+1e-3 relative (and their p-values), profile-interval bounds within 1% of the interval's
+width, LR statistics within 1e-4, log-likelihood/AIC/BIC within 1e-6.
+"""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from _oracle import profiled_dense_loglik
+from _reference import SINGLE_FACTOR_CASES, reference_path, single_factor_arrays
+from scipy import optimize, stats
+from threadpoolctl import threadpool_limits
+
+from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
+from mixedlm_sklearn.datasets import load_sleepstudy
+from mixedlm_sklearn.inference import Summary, lr_test, wald_test
+
+Z95 = stats.norm.ppf(0.975)
+FIXED_COLUMNS = ["estimate", "std_error", "df", "t_value", "p_value", "ci_lower", "ci_upper"]
+
+# Reference profile bounds that are lme4 failures, not profile bounds; each is checked
+# against the dense brute-force likelihood in test_orthodont_sigma_profile_by_brute_force.
+# Orthodont (age | Subject): along sigma's profile the optimal correlation jumps from
+# about -0.3 to the boundary +1 (between sigma = 1.4 and 1.5); lme4's profile breaks
+# there: its upper bound is Inf (the deviance diverges as sigma grows, so a finite bound
+# exists), and its lower bound 1.2036 has zeta = -0.91 on the true profile.
+LME4_PROFILE_FAILURES = {
+    ("orthodont_slopes_ml", "sigma", "lower"),
+    ("orthodont_slopes_ml", "sigma", "upper"),
+}
+
+
+def _fit(case, **params):
+    est = MixedLMRegressor(reml=case["reml"], fit_intercept=False, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        return est.fit(case["X"], case["y"], groups=case["groups"], Z=case["Z"])
+
+
+@pytest.fixture(scope="module", params=SINGLE_FACTOR_CASES)
+def fitted(request):
+    case = single_factor_arrays(request.param)
+    return case, _fit(case)
+
+
+@pytest.fixture(scope="module")
+def profile_ci(fitted):
+    case, est = fitted
+    return case, est, est.conf_int(method="profile")
+
+
+# ---- standard errors, Wald intervals, Satterthwaite ---------------------------------------
+
+
+def test_standard_errors(fitted):
+    case, est = fitted
+    np.testing.assert_allclose(est.bse_.to_numpy(), case["bse_fe"], rtol=1e-4)
+
+
+def test_wald_intervals(fitted):
+    case, est = fitted
+    ci = est.conf_int()
+    assert list(ci.columns) == ["lower", "upper"]
+    assert list(ci.index) == list(est.fe_params_.index)
+    np.testing.assert_allclose(ci["lower"].to_numpy(), case["wald_ci_fe"]["lower"], rtol=1e-4)
+    np.testing.assert_allclose(ci["upper"].to_numpy(), case["wald_ci_fe"]["upper"], rtol=1e-4)
+
+
+def test_satterthwaite_df_t_and_p(fitted):
+    case, est = fitted
+    fe = est.summary().fixed_effects
+    assert list(fe.columns) == FIXED_COLUMNS
+    np.testing.assert_allclose(fe["df"].to_numpy(), case["satterthwaite_df"], rtol=1e-3)
+    np.testing.assert_allclose(fe["t_value"].to_numpy(), case["t_values"], rtol=1e-4)
+    ref_p = case["satterthwaite_p"]
+    # R printed p-values below the double range as 0: ours must underflow there too.
+    assert np.all(fe["p_value"].to_numpy()[ref_p == 0] < 1e-300)
+    np.testing.assert_allclose(fe["p_value"].to_numpy()[ref_p > 0], ref_p[ref_p > 0], rtol=1e-3)
+
+
+def test_information_criteria(fitted):
+    case, est = fitted
+    assert est.df_model_ == case["df_model"]
+    for ours, ref in [(est.llf_, case["llf"]), (est.aic_, case["aic"]), (est.bic_, case["bic"])]:
+        assert abs(ours - ref) <= 1e-6
+
+
+def test_summary_tables(fitted):
+    case, est = fitted
+    s = est.summary(alpha=0.1)
+    assert isinstance(s, Summary)
+    fe = s.fixed_effects
+    np.testing.assert_allclose(fe["estimate"], est.fe_params_, rtol=1e-12)
+    np.testing.assert_allclose(fe["std_error"], est.bse_, rtol=1e-12)
+    # the interval is the one the t test inverts: it excludes 0 iff p < alpha
+    half = stats.t.ppf(0.95, fe["df"]) * fe["std_error"]
+    np.testing.assert_allclose(fe["ci_lower"], fe["estimate"] - half, rtol=1e-12)
+    np.testing.assert_allclose(fe["ci_upper"], fe["estimate"] + half, rtol=1e-12)
+    assert ((fe["ci_lower"] > 0) | (fe["ci_upper"] < 0)).equals(fe["p_value"] < 0.1)
+
+    re = s.random_effects
+    assert list(re.columns) == ["group", "name", "name2", "variance", "std_dev", "correlation"]
+    q = case["cov_re"].shape[0]
+    variances = re[(re["group"] != "Residual") & (re["name2"] == "")]
+    np.testing.assert_allclose(variances["variance"], np.diag(case["cov_re"]), rtol=1e-4, atol=1e-10)
+    np.testing.assert_allclose(variances["std_dev"] ** 2, variances["variance"], rtol=1e-12)
+    cors = re[re["name2"] != ""]
+    assert len(cors) == q * (q - 1) // 2
+    ref_cov = case["cov_re"]
+    for _, row in cors.iterrows():
+        names = list(est.model_.re_names)
+        r, c = names.index(row["name"]), names.index(row["name2"])
+        expected = ref_cov[r, c] / np.sqrt(ref_cov[r, r] * ref_cov[c, c])
+        assert abs(row["correlation"] - expected) < 1e-4
+    residual = re[re["group"] == "Residual"].iloc[0]
+    assert residual["variance"] == pytest.approx(case["scale"], rel=1e-4)
+
+    assert s.method == ("REML" if case["reml"] else "ML")
+    assert s.n_obs == case["n"] and list(s.n_groups.values()) == [case["n_groups"]]
+    assert s.singular == case["singular"]
+    assert (s.llf, s.aic, s.bic) == (est.llf_, est.aic_, est.bic_)
+
+
+def test_summary_renders():
+    case = single_factor_arrays("sleepstudy_slopes_reml")
+    df = load_sleepstudy()
+    Z = pd.DataFrame({"(Intercept)": 1.0, "Days": df["Days"]})
+    est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    text = str(est.summary())
+    for piece in ["REML", "Subject (18)", "Residual", "(Intercept)", "Days", "Satterthwaite",
+                  f"{case['aic']:.4f}", "0.066"]:  # 0.066: lme4's printed correlation
+        assert piece in text, piece
+    page = est.summary()._repr_html_()
+    assert page.count("<table>") == 2 and "Subject" in page and "Pr(&gt;|t|)" in page
+
+
+# ---- profile likelihood ------------------------------------------------------------------
+
+
+def test_profile_intervals(profile_ci):
+    case, est, ci = profile_ci
+    ref = case["profile_ci"]
+    group = case["group"]
+    # lme4's names, with our names of the columns (the reference was fitted from arrays)
+    z_names, x_names = list(est.model_.re_names), list(est.fe_params_.index)
+    renamed = []
+    for name in ref["names"]:
+        for ref_name, ours in zip(case["z_names"], z_names):
+            name = name.replace(f"_{ref_name}|", f"_{ours}|").replace(f".{ref_name}|", f".{ours}|")
+            name = name.replace(f"_{ref_name}.", f"_{ours}.")
+        name = name.replace(f"|{group}", "|group")
+        renamed.append(x_names[case["x_names"].index(name)] if name in case["x_names"] else name)
+    assert list(ci.index) == renamed
+    width = ref["upper"].astype(float) - ref["lower"]
+    checked = 0
+    for i, name in enumerate(ref["names"]):
+        for side in ("lower", "upper"):
+            if (case["name"], name, side) in LME4_PROFILE_FAILURES:
+                continue
+            ours, theirs = ci[side].iloc[i], ref[side][i]
+            assert abs(ours - theirs) <= 0.01 * width[i], (name, side, ours, theirs)
+            checked += 1
+    assert checked >= 2 * len(ref["names"]) - 2
+
+
+def test_profile_boundaries_are_exact(profile_ci):
+    case, est, ci = profile_ci
+    ref = case["profile_ci"]
+    for i, name in enumerate(ref["names"]):
+        # where lme4 reports a bound on the parameter's limit, ours is exactly that limit
+        if name.startswith("sd_") and ref["lower"][i] == 0:
+            assert ci["lower"].iloc[i] == 0.0
+        if name.startswith("cor_"):
+            for side in ("lower", "upper"):
+                if abs(ref[side][i]) == 1:
+                    assert ci[side].iloc[i] == ref[side][i]
+
+
+def test_orthodont_sigma_profile_by_brute_force():
+    """The skipped reference bounds are wrong, and ours are right, by the dense likelihood."""
+    case = single_factor_arrays("orthodont_slopes_ml")
+    est = _fit(case)
+    ci = est.conf_int(method="profile", which="sigma")
+    lower, upper = ci.loc["sigma"]
+    codes = np.unique(case["groups"], return_inverse=True)[1]
+    dev_min = -2.0 * est.llf_
+
+    def profiled(sigma, start):
+        # ML deviance with sigma fixed, minimised over (sd_1, cor, sd_2); beta by GLS
+        def dev(v):
+            sd0, sd1, cor = abs(v[0]), abs(v[2]), np.clip(v[1], -1.0, 1.0)
+            cov = np.array([[sd0**2, cor * sd0 * sd1], [cor * sd0 * sd1, sd1**2]])
+            return -2.0 * profiled_dense_loglik(case["X"], case["y"], case["Z"], codes, cov,
+                                                sigma**2, reml=False)[0]
+        with threadpool_limits(limits=1):  # 108 x 108 solves: threads only add overhead
+            res = optimize.minimize(dev, start, method="Nelder-Mead",
+                                    options={"xatol": 1e-6, "fatol": 1e-7, "maxiter": 2000})
+        return res.fun - dev_min
+
+    at_estimate = [2.13, -0.60, 0.154]
+    # lme4's lower bound 1.2036 is well inside the interval: |zeta| < 1 there
+    assert profiled(1.20364687536162, at_estimate) < 1.0
+    # ours sit where the deviance has risen by exactly the chi2(1) cutoff; the upper one
+    # only with the correlation at +1, the branch lme4 lost
+    assert profiled(lower, at_estimate) == pytest.approx(Z95**2, abs=2e-3)
+    assert profiled(upper, [1.3, 0.99, 0.036]) == pytest.approx(Z95**2, abs=2e-3)
+    assert profiled(upper, at_estimate) >= Z95**2 - 2e-3
+    assert 1.0 < lower < 1.2 and 1.5 < upper < 1.7
+
+
+def test_profile_reml_fits_use_ml_deviance():
+    # lme4 profiles a REML fit on the ML deviance: zeta is 0 at the ML estimates
+    case = single_factor_arrays("dyestuff_reml")
+    reml, ml = _fit(case), _fit({**case, "reml": False})
+    prof = reml.profile(which=["sd_z0|group", "sigma"], n_points=5)
+    at_zero = prof[prof["zeta"] == 0.0].set_index("param")["value"]
+    assert at_zero["sd_z0|group"] == pytest.approx(np.sqrt(ml.cov_re_[0, 0]), rel=1e-6)
+    assert at_zero["sigma"] == pytest.approx(np.sqrt(ml.scale_), rel=1e-6)
+    # and the REML and ML fits have the same profile intervals
+    ci_reml = reml.conf_int(method="profile", which="variance")
+    ci_ml = ml.conf_int(method="profile", which="variance")
+    np.testing.assert_allclose(ci_reml.to_numpy(), ci_ml.to_numpy(), rtol=1e-6)
+
+
+def test_profile_zeta_curves():
+    case = single_factor_arrays("sleepstudy_slopes_ml")
+    est = _fit(case)
+    which = ["sd_z0|group", "cor_z1.z0|group", "sigma", "x1"]
+    prof = est.profile(which=which, n_points=9, alpha_max=0.01)
+    assert list(prof.columns) == ["param", "value", "zeta"]
+    assert list(prof["param"].unique()) == which
+    ci = est.conf_int(method="profile", which=which)
+    z_max = stats.norm.ppf(0.995)
+    estimates = dict(zip(which, [np.sqrt(est.cov_re_[0, 0]),
+                                 est.cov_re_[1, 0] / np.sqrt(est.cov_re_[0, 0] * est.cov_re_[1, 1]),
+                                 np.sqrt(est.scale_), est.fe_params_["x1"]]))
+    for name, curve in prof.groupby("param", sort=False):
+        value, zeta = curve["value"].to_numpy(), curve["zeta"].to_numpy()
+        assert len(curve) == 9
+        assert np.all(np.diff(value) > 0) and np.all(np.diff(zeta) > 0), name
+        assert zeta[4] == 0.0 and value[4] == pytest.approx(estimates[name], rel=1e-6)
+        assert zeta[0] == pytest.approx(-z_max, abs=1e-5) and zeta[-1] == pytest.approx(z_max, abs=1e-5)
+        # the 95% bounds lie on the curve (linear interpolation on 9 points: 2% of width)
+        lo, hi = np.interp([-Z95, Z95], zeta, value)
+        width = ci.loc[name, "upper"] - ci.loc[name, "lower"]
+        assert abs(lo - ci.loc[name, "lower"]) < 0.02 * width
+        assert abs(hi - ci.loc[name, "upper"]) < 0.02 * width
+
+
+def test_profile_of_a_zero_variance_starts_at_zero():
+    case = single_factor_arrays("dyestuff2_singular_reml")
+    est = _fit(case)
+    prof = est.profile(which="sd_z0|group", n_points=7)
+    assert prof["value"].iloc[0] == 0.0 and prof["zeta"].iloc[0] == 0.0
+    assert np.all(np.diff(prof["zeta"]) > 0)
+
+
+def test_conf_int_rejects_bad_arguments():
+    est = _fit(single_factor_arrays("dyestuff_reml"))
+    with pytest.raises(ValueError, match="method"):
+        est.conf_int(method="bootstrap")
+    with pytest.raises(ValueError, match="alpha"):
+        est.conf_int(alpha=1.5)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        est.conf_int(method="profile", which=["sd_nothing|group"])
+
+
+# ---- Wald tests ----------------------------------------------------------------------------
+
+
+def test_wald_test_single_coefficient_is_the_t_test():
+    est = _fit(single_factor_arrays("sleepstudy_slopes_reml"))
+    fe = est.summary().fixed_effects
+    by_name = wald_test(est, "x1")
+    by_matrix = est.wald_test([[0.0, 1.0]])
+    for res in (by_name, by_matrix):
+        assert res.df_num == 1
+        assert res.statistic == pytest.approx(fe.loc["x1", "t_value"] ** 2, rel=1e-10)
+        assert res.df_denom == pytest.approx(fe.loc["x1", "df"], rel=1e-10)
+        assert res.pvalue == pytest.approx(fe.loc["x1", "p_value"], rel=1e-8)
+    # a hypothesis at the estimate: nothing to reject
+    at_estimate = est.wald_test(["x1"], rhs=[est.fe_params_["x1"]])
+    assert at_estimate.statistic == pytest.approx(0.0, abs=1e-20) and at_estimate.pvalue == 1.0
+
+
+def test_wald_test_joint_hypothesis():
+    case = single_factor_arrays("orthodont_slopes_ml")
+    est = _fit(case)
+    names = ["x2", "x3"]  # the sex effects on intercept and slope
+    chi2 = est.wald_test(names, ddf="chi2")
+    b = est.fe_params_[names].to_numpy()
+    C = est.cov_fe_[np.ix_([2, 3], [2, 3])]
+    assert chi2.statistic * chi2.df_num == pytest.approx(b @ np.linalg.solve(C, b), rel=1e-10)
+    assert chi2.pvalue == pytest.approx(stats.chi2.sf(b @ np.linalg.solve(C, b), 2), rel=1e-8)
+    F = est.wald_test(names)
+    assert F.statistic == pytest.approx(chi2.statistic, rel=1e-12)
+    # every contrast of this balanced design has lmerTest's df 27 (the reference), so the
+    # F test's denominator df is 27 as well
+    assert F.df_denom == pytest.approx(27.0, rel=1e-3)
+    assert F.pvalue == pytest.approx(stats.f.sf(F.statistic, 2, F.df_denom), rel=1e-10)
+    # a linearly dependent row does not change the test
+    dependent = est.wald_test(np.array([[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 1, 1]]))
+    assert dependent.df_num == 2
+    assert dependent.statistic == pytest.approx(F.statistic, rel=1e-8)
+
+
+def test_wald_test_rejects_bad_contrasts():
+    est = _fit(single_factor_arrays("sleepstudy_slopes_reml"))
+    with pytest.raises(ValueError, match="unknown fixed effect"):
+        est.wald_test(["Days"])
+    with pytest.raises(ValueError, match="2 columns"):
+        est.wald_test([[1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="rhs"):
+        est.wald_test(["x0", "x1"], rhs=[0.0])
+
+
+# ---- likelihood-ratio tests -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sleep_fits():
+    df = load_sleepstudy()
+    Z = pd.DataFrame({"(Intercept)": 1.0, "Days": df["Days"]})
+    ones = pd.DataFrame({"(Intercept)": np.ones(len(df))})
+
+    def fit(X, Z=None, reml=False, intercept=True, **kw):
+        return MixedLMRegressor(reml=reml, fit_intercept=intercept, **kw).fit(
+            X, df["Reaction"], groups=df["Subject"], Z=Z)
+
+    return {
+        "slopes": fit(df[["Days"]], Z),
+        "intercept": fit(df[["Days"]]),
+        "no_days": fit(ones, Z, intercept=False),
+        "diagonal": fit(df[["Days"]], Z, cov_type="diagonal"),
+        "slopes_reml": fit(df[["Days"]], Z, reml=True),
+        "intercept_reml": fit(df[["Days"]], reml=True),
+        "no_days_reml": fit(ones, Z, reml=True, intercept=False),
+    }
+
+
+@pytest.mark.parametrize("test, restricted", [("sleepstudy_re_slopes", "intercept"),
+                                              ("sleepstudy_fe_days", "no_days")])
+def test_lr_statistics_match_lme4(sleep_fits, test, restricted):
+    with reference_path("lrt.json").open() as handle:
+        ref = json.load(handle)[test]
+    res = lr_test(sleep_fits[restricted], sleep_fits["slopes"])
+    assert abs(res.statistic - ref["chisq"]) <= 1e-4
+    assert res.df == ref["df"]
+    assert res.pvalue == pytest.approx(ref["p"], rel=1e-4)
+    assert abs(res.llf_restricted - ref["llf_null"]) <= 1e-6
+    assert abs(res.llf_full - ref["llf_alt"]) <= 1e-6
+    assert not res.boundary
+
+
+def test_lr_boundary_mixture(sleep_fits):
+    # (Days || Subject) against (1 | Subject): one variance on its boundary, df = 1
+    plain = lr_test(sleep_fits["intercept"], sleep_fits["diagonal"])
+    mixed = lr_test(sleep_fits["intercept"], sleep_fits["diagonal"], boundary=True)
+    assert plain.df == 1 and mixed.boundary
+    assert mixed.statistic == plain.statistic
+    assert mixed.pvalue == pytest.approx(0.5 * stats.chi2.sf(plain.statistic, 1), rel=1e-12)
+    # df = 2: the 50:50 mixture of chi2(1) and chi2(2)
+    two = lr_test(sleep_fits["intercept"], sleep_fits["slopes"], boundary=True)
+    expected = 0.5 * (stats.chi2.sf(two.statistic, 1) + stats.chi2.sf(two.statistic, 2))
+    assert two.df == 2 and two.pvalue == pytest.approx(expected, rel=1e-12)
+
+
+def test_lr_test_reml(sleep_fits):
+    with pytest.raises(ValueError, match="reml=False"):
+        lr_test(sleep_fits["no_days_reml"], sleep_fits["slopes_reml"])
+    with pytest.raises(ValueError, match="reml=False"):
+        lr_test(sleep_fits["intercept"], sleep_fits["slopes_reml"])
+    # same fixed effects: REML likelihoods compare random effects, as lme4's anova(refit = FALSE)
+    res = lr_test(sleep_fits["intercept_reml"], sleep_fits["slopes_reml"])
+    expected = 2.0 * (sleep_fits["slopes_reml"].llf_ - sleep_fits["intercept_reml"].llf_)
+    assert res.statistic == pytest.approx(expected, rel=1e-12) and res.df == 2
+
+
+def test_lr_test_refuses_different_data(sleep_fits):
+    df = load_sleepstudy()
+    shifted = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"] + 1.0, groups=df["Subject"])
+    with pytest.raises(ValueError, match="different data"):
+        lr_test(shifted, sleep_fits["slopes"])
+    fewer = df.iloc[:170]
+    subset = MixedLMRegressor(reml=False).fit(
+        fewer[["Days"]], fewer["Reaction"], groups=fewer["Subject"])
+    with pytest.raises(ValueError, match="different data"):
+        lr_test(subset, sleep_fits["slopes"])
+    regrouped = MixedLMRegressor(reml=False).fit(
+        df[["Days"]], df["Reaction"], groups=df["Subject"].rename("Subject").replace({"308": "309"}))
+    with pytest.raises(ValueError, match="different data"):
+        lr_test(regrouped, sleep_fits["slopes"])
+
+
+def test_lr_test_needs_the_smaller_model_first(sleep_fits):
+    with pytest.raises(ValueError, match="smaller"):
+        lr_test(sleep_fits["slopes"], sleep_fits["intercept"])
+    with pytest.raises(TypeError, match="fitted"):
+        lr_test(MixedLMRegressor(), sleep_fits["slopes"])
+
+
+def test_without_random_effects_the_tests_are_least_squares():
+    df = load_sleepstudy()
+    with pytest.warns(UserWarning, match="no groups"):
+        est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"])
+    fe = est.summary().fixed_effects
+    X = np.column_stack([np.ones(len(df)), df["Days"]])
+    beta, rss = np.linalg.lstsq(X, df["Reaction"], rcond=None)[:2]
+    se = np.sqrt(rss[0] / (len(df) - 2) * np.diag(np.linalg.inv(X.T @ X)))
+    np.testing.assert_allclose(fe["std_error"], se, rtol=1e-10)
+    np.testing.assert_allclose(fe["df"], len(df) - 2, rtol=1e-6)
+    np.testing.assert_allclose(fe["p_value"], 2 * stats.t.sf(np.abs(beta / se), len(df) - 2), rtol=1e-5)
+    ci = est.conf_int(method="profile")
+    assert list(ci.index) == ["sigma", "(Intercept)", "Days"]
