@@ -41,3 +41,30 @@ def test_large_data_example():
     np.testing.assert_allclose(chunked.cov_re_, in_memory.cov_re_, rtol=1e-8)
     if dask_fit is not None:
         np.testing.assert_allclose(dask_fit.llf_, in_memory.llf_, rtol=1e-10)
+
+
+def test_dietox_example_reaches_lme4(capsys):
+    intercept, slopes = _load("dietox").main()
+    assert slopes.converged_ and intercept.converged_
+    assert slopes.llf_ == pytest.approx(-2217.04745914549, abs=1e-6)  # lme4
+    out = capsys.readouterr().out
+    assert "Fixed effects (Satterthwaite df)" in out and "Linear mixed model fit by REML" in out
+
+
+def test_sleepstudy_example_matches_lme4(tmp_path):
+    from _reference import single_factor_arrays
+
+    ref = single_factor_arrays("sleepstudy_slopes_reml")
+    fit, intervals, test = _load("sleepstudy").main(plot_path=str(tmp_path / "cat.png"))
+    assert fit.llf_ == pytest.approx(ref["llf"], abs=1e-6)
+    width = np.asarray(ref["profile_ci"]["upper"]) - np.asarray(ref["profile_ci"]["lower"])
+    np.testing.assert_allclose(intervals["lower"].to_numpy(), ref["profile_ci"]["lower"], atol=0.01 * width)
+    np.testing.assert_allclose(intervals["upper"].to_numpy(), ref["profile_ci"]["upper"], atol=0.01 * width)
+    assert test.statistic == pytest.approx(42.1392985162349, rel=1e-4)  # lrt.json
+    assert (tmp_path / "cat.png").stat().st_size > 1000
+
+
+def test_insteval_example_matches_lme4():
+    est = _load("insteval").main()
+    assert est.llf_ == pytest.approx(-118866.91706376, abs=1e-6)
+    assert est.n_groups_ == {"s": 2972, "d": 1128, "dept": 14}
