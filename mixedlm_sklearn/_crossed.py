@@ -57,7 +57,7 @@ import numpy as np
 from scipy import linalg, optimize, sparse
 from scipy.linalg import lapack
 
-from ._deviance import theta_index
+from ._deviance import batched_cholesky, batched_cholesky_inverse, batched_matmul, theta_index
 
 __all__ = ["CrossedModel", "CrossedFit", "build_crossed_model", "fit_crossed", "crossed_fitted"]
 
@@ -90,36 +90,6 @@ class _Term:
     @property
     def size(self) -> int:
         return self.n_levels * self.q
-
-
-# ---- batched small-matrix algebra, level index on the last axis --------------------------
-# A Python loop over q (tiny) acting on (m,) rows beats stacked LAPACK calls, whose cost is
-# per-matrix overhead when the matrices are 1x1 or 2x2.
-
-
-def _chol(B: np.ndarray) -> np.ndarray:
-    q = B.shape[0]
-    C = np.zeros_like(B)
-    for j in range(q):
-        C[j, j] = np.sqrt(B[j, j] - np.einsum("km,km->m", C[j, :j], C[j, :j]))
-        for i in range(j + 1, q):
-            C[i, j] = (B[i, j] - np.einsum("km,km->m", C[i, :j], C[j, :j])) / C[j, j]
-    return C
-
-
-def _chol_inverse(C: np.ndarray) -> np.ndarray:
-    """``(C C')^{-1}`` from the batched Cholesky factor ``C``."""
-    q = C.shape[0]
-    Ci = np.zeros_like(C)  # C^{-1}, lower triangular
-    for j in range(q):
-        Ci[j, j] = 1.0 / C[j, j]
-        for i in range(j + 1, q):
-            Ci[i, j] = -np.einsum("km,km->m", C[i, j:i], Ci[j:i, j]) / C[i, i]
-    return np.einsum("kam,kbm->abm", Ci, Ci)
-
-
-def _bmm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return np.einsum("abm,bcm->acm", A, B)
 
 
 class _Point(NamedTuple):
@@ -237,12 +207,12 @@ class CrossedModel:
         # First term, level by level.
         B = np.einsum("ba,bcm,cd->adm", L1, self.a11, L1)
         B[np.arange(q1), np.arange(q1)] += 1.0
-        C = _chol(B)
+        C = batched_cholesky(B)
         logdet = 2.0 * np.log(np.einsum("aam->am", C)).sum()
-        Binv = _chol_inverse(C)
+        Binv = batched_cholesky_inverse(C)
         J = np.einsum("abm,cb->acm", Binv, L1)
         D = np.einsum("ab,bcm->acm", L1, J)
-        DR = _bmm(D, self.r1)
+        DR = batched_matmul(D, self.r1)
         G = np.einsum("akm,ajm->kj", self.r1, DR)
         T = chol_S = None
         r = self.r
@@ -313,14 +283,14 @@ class CrossedModel:
 
     def _zz(self, c1: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``Z'Z c`` for ``c`` split into first-term (q1, k, m1) and other (r, k) blocks."""
-        z1 = _bmm(self.a11, c1)
+        z1 = batched_matmul(self.a11, c1)
         if not self.r:
             return z1, c2
         return z1 + self._unflat(self.a21.T @ c2), self.a21 @ self._flat(c1) + self.a22 @ c2
 
     def _solve_M(self, pt: _Point, b1: np.ndarray, b2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``M^{-1} b`` by block elimination, ``b`` split as in :meth:`_zz`."""
-        x1 = _bmm(pt.Binv, b1)
+        x1 = batched_matmul(pt.Binv, b1)
         if not self.r:
             return x1, b2
         # x2 = S^{-1}(b2 - M21 M11^{-1} b1), M21 M11^{-1} = L2' A21 L1 B^{-1}
@@ -330,7 +300,7 @@ class CrossedModel:
         x2 = linalg.solve_triangular(pt.chol_S, x2, check_finite=False)
         # x1 = B^{-1}(b1 - M12 x2), M12 = L1' A12 L2 and B^{-1} L1' = J
         z = self._unflat(self.a21.T @ self._lam_rows(pt.lams, x2, False))
-        return x1 - _bmm(pt.J, z), x2
+        return x1 - batched_matmul(pt.J, z), x2
 
     def _average_information(self, pt: _Point, md: "_Modes", reml: bool) -> np.ndarray:
         """Average-information approximation of the Hessian of the profiled deviance.
@@ -394,8 +364,8 @@ class CrossedModel:
             if k == 0:
                 Rk, Vk = md.R1, md.V1
                 A, D, J = self.a11, pt.D, pt.J
-                IDA = np.eye(t.q)[:, :, None] - _bmm(D, A)
-                dlogM = 2.0 * (_bmm(J, A) - _bmm(_bmm(J, md.K), IDA)).sum(axis=2)
+                IDA = np.eye(t.q)[:, :, None] - batched_matmul(D, A)
+                dlogM = 2.0 * (batched_matmul(J, A) - batched_matmul(batched_matmul(J, md.K), IDA)).sum(axis=2)
             else:
                 rows = slice(t.offset, t.offset + t.size)
 
@@ -812,7 +782,7 @@ def _finish(
         if k == 0:
             blups[t.position] = np.einsum("akm,k->ma", md.LV1, gamma)
             D = pt.D
-            cv = D + _bmm(_bmm(D, md.K), D)
+            cv = D + batched_matmul(batched_matmul(D, md.K), D)
             condvar[t.position] = scale * cv.transpose(2, 0, 1)
         else:
             rows = slice(t.offset, t.offset + t.size)

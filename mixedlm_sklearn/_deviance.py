@@ -32,6 +32,8 @@ from ._stats import GroupStats
 
 __all__ = [
     "batched_cholesky",
+    "batched_cholesky_inverse",
+    "batched_matmul",
     "batched_solve_lower",
     "batched_solve_lower_t",
     "ProfiledDeviance",
@@ -105,9 +107,15 @@ def batched_solve_lower_t(C: np.ndarray, B: np.ndarray, overwrite: bool = False)
     return X
 
 
-def _bmm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def batched_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Per-group matrix product of (a, b, m) and (b, c, m) arrays."""
     return np.einsum("abm,bcm->acm", A, B)
+
+
+def batched_cholesky_inverse(C: np.ndarray) -> np.ndarray:
+    """``(C C')^{-1}`` per group from lower-triangular factors ``C`` (q, q, m)."""
+    c_inv = batched_solve_lower(C, np.broadcast_to(np.eye(C.shape[0])[:, :, None], C.shape))
+    return np.einsum("kam,kbm->abm", c_inv, c_inv)
 
 
 @dataclass(frozen=True)
@@ -236,8 +244,7 @@ class ProfiledDeviance:
             return sol, None
 
         resid_z = coef @ st.ztxy - np.einsum("abm,bm->am", S, lam @ u)
-        c_inv = batched_solve_lower(C, np.broadcast_to(np.eye(q)[:, :, None], C.shape))
-        t_inv = np.einsum("kam,kbm->abm", c_inv, c_inv)
+        t_inv = batched_cholesky_inverse(C)
         s_lam = np.einsum("abm,bc->acm", S, lam)
         grad = 2.0 * np.einsum("abm,bcm->ac", s_lam, t_inv) - (2.0 * self.dof / r2) * (resid_z @ u.T)
         if self.reml:
@@ -250,5 +257,5 @@ class ProfiledDeviance:
                     K[a, b] = K[b, a] = np.einsum("km,km->m", Y[a], Y[b])
             H = np.einsum("acm,bc->abm", t_inv, lam)
             N = np.einsum("acm,bcm->abm", K, H)
-            grad -= 2.0 * (N - _bmm(s_lam, _bmm(H, N))).sum(axis=2)
+            grad -= 2.0 * (N - batched_matmul(s_lam, batched_matmul(H, N))).sum(axis=2)
         return sol, grad[self._rows, self._cols]
