@@ -17,6 +17,7 @@ Hessian positive definite.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
@@ -134,14 +135,23 @@ def _lower_factor(M: np.ndarray) -> np.ndarray:
     return (signs[:, None] * r).T
 
 
-def _minimize(dev: ProfiledDeviance, theta0: np.ndarray, max_iter: int, tol: float):
+def _minimize(dev: ProfiledDeviance, theta0: np.ndarray, max_iter: int, tol: float,
+              callback: Callable[[int, float], None] | None = None):
     bounds = optimize.Bounds(dev.lower_bounds(), np.full(dev.n_theta, np.inf))
+    iteration = 0
+
+    def report(intermediate_result):
+        nonlocal iteration
+        iteration += 1
+        callback(iteration, float(intermediate_result.fun))
+
     return optimize.minimize(
         dev.value_and_grad,
         theta0,
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
+        callback=None if callback is None else report,
         options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-6, "maxcor": 20},
     )
 
@@ -258,6 +268,7 @@ def _fit_deviance(
     theta0: np.ndarray | None = None,
     max_iter: int = 1000,
     tol: float = 1e-10,
+    callback: Callable[[int, float], None] | None = None,
 ) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
     """Fit ``theta`` by minimising the profiled deviance.
 
@@ -274,6 +285,8 @@ def _fit_deviance(
         Iteration limit of the optimiser.
     tol : float
         Relative change of the deviance that stops the quasi-Newton phase.
+    callback : callable, optional
+        Called as ``callback(iteration, deviance)`` after each quasi-Newton iteration.
 
     Returns
     -------
@@ -291,7 +304,13 @@ def _fit_deviance(
     else:
         lam0 = lambda_from_theta(np.asarray(theta0, float), q, diagonal)
         start = theta_from_lambda(_lower_factor(linalg.solve(P, lam0)), diagonal)
-    res = _minimize(white, start, max_iter, tol)
+    if callback is not None:  # report deviances on the caller's scale, not the whitened one
+        lam0 = P @ lambda_from_theta(start, q, diagonal)
+        theta_start = theta_from_lambda(lam0 if diagonal else _lower_factor(lam0), diagonal)
+        shift = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)(theta_start) - white(start)
+        user_callback = callback
+        callback = lambda iteration, value: user_callback(iteration, value + shift)  # noqa: E731
+    res = _minimize(white, start, max_iter, tol, callback)
     n_iter, n_fev = res.nit, res.nfev
     lower = white.lower_bounds()
     stuck = _leavable_bounds(white, res.x, res.fun)

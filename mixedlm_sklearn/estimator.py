@@ -86,6 +86,10 @@ def _check_frame(X: Any) -> None:
         )
 
 
+def _print_iteration(iteration: int, deviance: float) -> None:
+    print(f"[MixedLMRegressor] iteration {iteration:3d}: deviance {deviance:.10g}")
+
+
 def _z_by_factor(Z: Any) -> dict | None:
     """Z given per grouping factor: a dict, or a DataFrame with (factor, column) columns.
 
@@ -485,7 +489,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 tol=self.tol, labels=list(strata[1]))
         elif random:
             dev, sol, info = fit_deviance(stats, reml=self.reml, diagonal=diagonal,
-                                          max_iter=self.max_iter, tol=self.tol)
+                                          max_iter=self.max_iter, tol=self.tol,
+                                          callback=_print_iteration if self.verbose else None)
         else:
             dev = ProfiledDeviance(stats, reml=self.reml, diagonal=diagonal)
             sol = dev.solve(np.zeros(dev.n_theta))

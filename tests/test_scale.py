@@ -103,3 +103,13 @@ def test_dask_on_a_local_cluster_with_two_workers(data, in_memory):
         ddf = dd.from_pandas(data.assign(one=1.0), npartitions=4)
         est = MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], Z=ddf[["one", "x0", "x1"]])
     _assert_same_fit(est, in_memory)
+
+
+def test_verbose_reports_chunks_and_iterations(data, capsys):
+    chunks = (data.iloc[i:i + 3000] for i in range(0, len(data), 3000))
+    est = MixedLMRegressor(verbose=1).fit_chunks(chunks, y="y", groups="g", X=X_COLS, Z=Z_COLS)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("chunk" in line for line in lines) == 2
+    deviances = [float(line.rsplit(" ", 1)[1]) for line in lines if "iteration" in line]
+    assert len(deviances) >= 2 and np.all(np.diff(deviances) <= 1e-9)  # monotone
+    assert deviances[-1] == pytest.approx(-2 * est.llf_, abs=1e-4)
