@@ -77,13 +77,19 @@ def theta_lower_bounds(q: int, diagonal: bool = False) -> np.ndarray:
 # ---- batched small-matrix algebra; group index on the last axis -------------------------
 
 def batched_cholesky(T: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of the (q, q) matrices ``T[:, :, g]``, column by column."""
     q = T.shape[0]
     C = np.zeros_like(T)
     for j in range(q):
-        d = T[j, j] - np.einsum("km,km->m", C[j, :j], C[j, :j])
-        C[j, j] = np.sqrt(d)
+        d = T[j, j].copy()
+        for k in range(j):
+            d -= C[j, k] * C[j, k]
+        np.sqrt(d, out=C[j, j])
         for i in range(j + 1, q):
-            C[i, j] = (T[i, j] - np.einsum("km,km->m", C[i, :j], C[j, :j])) / C[j, j]
+            v = T[i, j].copy()
+            for k in range(j):
+                v -= C[i, k] * C[j, k]
+            np.divide(v, C[j, j], out=C[i, j])
     return C
 
 

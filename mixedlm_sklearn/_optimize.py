@@ -267,7 +267,7 @@ def _fit_deviance(
     diagonal: bool = False,
     theta0: np.ndarray | None = None,
     max_iter: int = 1000,
-    tol: float = 1e-10,
+    tol: float = 1e-8,
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
     """Fit ``theta`` by minimising the profiled deviance.

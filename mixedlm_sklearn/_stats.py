@@ -128,16 +128,16 @@ def compute_stats(
     for start in range(0, n, block_rows):
         stop = min(n, start + block_rows)
         rows = stop - start
-        zb = Z[start:stop]
-        xyb = np.empty((rows, p + 1))
+        # [Z, X, y] of the block in one buffer: the right-hand side of the sparse product
+        block = np.empty((rows, k))
+        zb, xyb = block[:, :q], block[:, q:]
+        zb[:] = Z[start:stop]
         if intercept:
             xyb[:, 0] = 1.0
         xyb[:, int(intercept):p] = X[start:stop]
         xyb[:, p] = y[start:stop]
         if weights is not None:
-            root_w = np.sqrt(weights[start:stop])
-            zb = zb * root_w[:, None]
-            xyb *= root_w[:, None]
+            block *= np.sqrt(weights[start:stop])[:, None]
         # Row r of the block-sparse Z has its q entries in columns codes[r]*q + (0..q-1);
         # Z_blocks' @ [Z, X, y] then yields every per-group cross-product in one product.
         cols = (codes[start:stop, None] * q + np.arange(q)).ravel()
@@ -145,7 +145,7 @@ def compute_stats(
             (np.ascontiguousarray(zb).ravel(), cols, np.arange(0, rows * q + 1, q)),
             shape=(rows, n_groups * q),
         )
-        zw += z_blocks.T @ np.hstack([zb, xyb])
+        zw += z_blocks.T @ block
         xyxy += xyb.T @ xyb
     per_group = zw.reshape(n_groups, q, k).transpose(1, 2, 0)
     sum_log_w = float(np.log(weights).sum()) if weights is not None else 0.0

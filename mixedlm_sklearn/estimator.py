@@ -149,7 +149,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         (lme4 ``(x || g)``).
     max_iter : int, default=1000
         Iteration limit of the optimiser.
-    tol : float, default=1e-10
+    tol : float, default=1e-8
         Relative change of the deviance at which the quasi-Newton phase stops; a Newton
         step with a finite-difference Hessian then finishes and checks the optimum.
     verbose : int, default=0
@@ -222,7 +222,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         fit_intercept: bool = True,
         cov_type: str = "unstructured",
         max_iter: int = 1000,
-        tol: float = 1e-10,
+        tol: float = 1e-8,
         verbose: int = 0,
     ) -> None:
         self.reml = reml
