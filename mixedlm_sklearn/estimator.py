@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,7 +53,11 @@ class FittedModel:
     fe_names, re_names : list of str
         Names of the fixed-effects columns (intercept first) and of the Z columns.
     group_name : str
-        Name of the grouping factor (``"group"`` when unnamed).
+        Name of the grouping factor (``"group"`` when unnamed); a list of names with
+        several factors.
+    strata : tuple, optional
+        With ``residual_groups``: the statistics of each stratum (reference first) and
+        the stratum labels, for inference that treats the variance ratios as parameters.
     """
 
     deviance: ProfiledDeviance
@@ -61,6 +66,7 @@ class FittedModel:
     fe_names: list[str]
     re_names: list[str]
     group_name: str
+    strata: tuple | None = None
 
 
 def _column_names(values: Any, prefix: str, width: int) -> list[str]:
@@ -281,6 +287,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         weights = None if sample_weight is None else check_weights(sample_weight, n)
 
         if _several_factors(groups, Z):
+            if residual_groups is not None:
+                raise ValueError("residual_groups is supported with one grouping factor only; "
+                                 "with several factors the residual variance is common")
             self._fit_several(X, y, groups, Z, weights, fe_names)
             return self
         if Z is None:
@@ -499,6 +508,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         self._set_fitted(dev, sol, info, labels, fe_names, re_names, group_name, random)
+        if strata is not None:
+            self.model_ = dataclasses.replace(self.model_, strata=strata)
         if ratios is None:
             self.residual_var_ = {"(all)": self.scale_}
         else:

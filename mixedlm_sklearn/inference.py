@@ -19,10 +19,20 @@
 * Likelihood-ratio tests between nested fits, AIC/BIC with lme4's parameter count.
 
 Everything is computed from the deviance object of the fit: ``solve(theta)`` (beta,
-``r2``, ``deviance``, ``scale``, ``cov_beta()``), ``dof``, ``n_theta``, ``reml`` and
-``stats``. Two functions know the single-factor model (:func:`_terms`, the map from
-``theta`` to the covariance of each random-effects term, and :func:`_ml_fit`, the ML
-refit); a model with several terms needs only those two extended.
+``r2``, ``deviance``, ``scale``, ``cov_beta()``), ``dof``, ``n_theta`` and ``reml``;
+single-factor fits (:class:`~mixedlm_sklearn._deviance.ProfiledDeviance`) and fits with
+several grouping factors (:class:`~mixedlm_sklearn._crossed.CrossedDeviance`) share that
+interface. What differs between them is confined to :func:`_terms` (the map from
+``theta`` to the covariance of each random-effects term), :func:`_ml_fit` (the ML refit)
+and :func:`_data` (what identifies the data of a fit, for the LR test's checks).
+
+Heteroscedastic fits (``residual_groups``, nlme's ``varIdent``) have one more parameter
+per non-reference stratum, the ratio ``delta_s`` of its residual standard deviation to
+the reference stratum's. Wald intervals and LR tests need nothing beyond the fit; the
+Satterthwaite df and the profiles treat the ratios as parameters like ``theta`` (their
+uncertainty enters ``V`` and every profile is minimised over them), which needs each
+stratum's statistics (``model_.strata``). Without them those two raise
+``NotImplementedError`` rather than silently treating the ratios as known.
 """
 
 from __future__ import annotations
@@ -31,15 +41,17 @@ import html
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
-from threadpoolctl import threadpool_limits
 
-from ._deviance import ProfiledDeviance, Solution, lambda_from_theta, theta_index
-from ._optimize import fit_deviance
+from ._crossed import CrossedDeviance, fit_crossed
+from ._deviance import ProfiledDeviance, lambda_from_theta, theta_index
+from ._heteroscedastic import combine_stats, fit_heteroscedastic
+from ._optimize import fit_deviance, single_threaded_blas
+from ._stats import GroupStats
 
 __all__ = [
     "Summary",
@@ -88,27 +100,114 @@ class _ReTerm:
         ]
 
 
+def _several(est: Any) -> bool:
+    """Whether the fit has several random-effects terms (the crossed/nested solver)."""
+    return isinstance(est.model_.deviance, CrossedDeviance)
+
+
 def _terms(est: Any) -> list[_ReTerm]:
-    """The random-effects terms of a fitted model (one grouping factor, or none)."""
+    """The random-effects terms of a fitted model, in the order of their ``theta`` entries."""
     model = est.model_
+    dev = model.deviance
+    if _several(est):
+        return [_ReTerm(name, tuple(model.re_names[name]), diagonal, sl)
+                for name, (_, diagonal, sl) in zip(model.group_name, dev.term_slices())]
     if not est.n_groups_:
         return []
-    dev = model.deviance
     return [_ReTerm(model.group_name, tuple(model.re_names), dev.diagonal, slice(0, dev.n_theta))]
 
 
-def _ml_fit(est: Any) -> tuple[ProfiledDeviance, Solution]:
+def _n_obs(est: Any) -> int:
+    dev = est.model_.deviance
+    return int(dev.model.n if _several(est) else dev.stats.n_obs)
+
+
+# ---- heteroscedastic residuals ------------------------------------------------------------
+
+
+def _heteroscedastic(est: Any) -> bool:
+    """Whether the fit has a residual variance per stratum (``residual_groups``)."""
+    return len(getattr(est, "residual_var_", {})) > 1
+
+
+@dataclass(frozen=True)
+class _Strata:
+    """The residual strata of a heteroscedastic fit: what the variance ratios act on.
+
+    ``ratios`` are the fitted ``delta_s^2`` (reference stratum first, exactly 1).
+    """
+
+    stats: tuple
+    labels: tuple
+    ratios: np.ndarray
+    diagonal: bool
+
+    def deviance(self, ratios: np.ndarray, reml: bool) -> ProfiledDeviance:
+        """The deviance in ``theta`` with the variance ratios held at ``ratios``."""
+        return ProfiledDeviance(combine_stats(self.stats, ratios), reml=reml, diagonal=self.diagonal)
+
+
+def _strata(est: Any, purpose: str) -> _Strata | None:
+    """The strata of a heteroscedastic fit (None for one residual variance).
+
+    Raises
+    ------
+    NotImplementedError
+        For a heteroscedastic fit that does not keep its per-stratum statistics: without
+        them the ratios could only be treated as known, which understates uncertainty.
+    """
+    if not _heteroscedastic(est):
+        return None
+    stored = getattr(est.model_, "strata", None)
+    if stored is None:
+        raise NotImplementedError(
+            f"{purpose} of a fit with residual_groups treat the residual variance ratios as "
+            "parameters, which needs each stratum's sufficient statistics, and this fit does "
+            "not keep them (model_.strata). Available: conf_int(method='wald'), "
+            "wald_test(..., ddf='chi2') and lr_test."
+        )
+    stats, labels = list(stored[0]), list(stored[1])
+    # residual_var_ is in stratum order, the reference (ratio 1) first
+    ratios = np.array(list(est.residual_var_.values()), dtype=float) / est.scale_
+    if len(stats) != ratios.size:
+        raise ValueError(f"model_.strata holds {len(stats)} strata but residual_var_ {ratios.size}")
+    return _Strata(tuple(stats), tuple(labels), ratios, bool(est.model_.deviance.diagonal))
+
+
+# ---- the maximum-likelihood fit (profiles use it) ---------------------------------------
+
+
+class _MLFit(NamedTuple):
+    """The ML deviance in ``theta``, its optimum and (heteroscedastic fits) the ratios there."""
+
+    dev: Any
+    sol: Any
+    ratios: np.ndarray | None = None
+
+
+def _ml_fit(est: Any, strata: _Strata | None = None) -> _MLFit:
     """The ML deviance and its optimum (a REML fit is refitted, starting from its theta)."""
     model = est.model_
-    dev = model.deviance
+    dev, sol = model.deviance, model.solution
+    if strata is not None:
+        if not dev.reml:
+            return _MLFit(dev, sol, strata.ratios)
+        ml_dev, ml_sol, _, ratios = fit_heteroscedastic(
+            list(strata.stats), reml=False, diagonal=strata.diagonal, labels=list(strata.labels))
+        return _MLFit(ml_dev, ml_sol, ratios)
     if not dev.reml:
-        return dev, model.solution
+        return _MLFit(dev, sol)
+    if isinstance(dev, CrossedDeviance):
+        ml_dev = CrossedDeviance(dev.model, reml=False)
+        with single_threaded_blas():
+            fit = fit_crossed(dev.model, reml=False, theta0=sol.theta)
+            return _MLFit(ml_dev, ml_dev.solve(fit.theta))
     if not est.n_groups_:  # no random effects: theta stays 0, only the criterion changes
         ml_dev = ProfiledDeviance(dev.stats, reml=False, diagonal=dev.diagonal)
-        return ml_dev, ml_dev.solve(model.solution.theta)
+        return _MLFit(ml_dev, ml_dev.solve(sol.theta))
     ml_dev, ml_sol, _ = fit_deviance(dev.stats, reml=False, diagonal=dev.diagonal,
-                                     theta0=model.solution.theta)
-    return ml_dev, ml_sol
+                                     theta0=sol.theta)
+    return _MLFit(ml_dev, ml_sol)
 
 
 def _theta_to_sdcor(theta: np.ndarray, sigma: float, terms: list[_ReTerm]) -> np.ndarray:
@@ -172,7 +271,7 @@ def _sdcor_to_theta(
     return theta
 
 
-def _deviance_at_sigma(dev: ProfiledDeviance, sol: Solution, sigma: float) -> float:
+def _deviance_at_sigma(dev: Any, sol: Any, sigma: float) -> float:
     """The deviance at ``(theta, sigma)`` with sigma *not* profiled out.
 
     For fixed ``theta`` the (ML or REML) deviance in sigma is ``c + dof log(sigma^2) +
@@ -220,7 +319,7 @@ def _jacobian(F: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: np.ndarra
 
 @dataclass(frozen=True)
 class _VarparModel:
-    """Cov(beta) as a function of ``varpar = (theta, sigma)`` at the optimum (lmerTest)."""
+    """Cov(beta) as a function of ``varpar = (theta, [eta,] sigma)`` at the optimum (lmerTest)."""
 
     cov_beta: np.ndarray  # (p, p) at the optimum
     jacobian: np.ndarray  # (k, p, p): d Cov(beta) / d varpar_k
@@ -237,21 +336,42 @@ class _VarparModel:
 
 
 def _varpar_model(est: Any) -> _VarparModel:
+    """lmerTest's variance-parameter model of the fit.
+
+    ``varpar`` is ``(theta, sigma)``, with heteroscedastic residuals ``(theta, eta, sigma)``
+    where ``eta_s = log delta_s`` are the log ratios of the non-reference strata's residual
+    standard deviations to the reference's (``sigma``): the ratios are estimated like
+    ``theta``, so their uncertainty belongs in ``V``. (The df do not depend on how the
+    variance parameters are parametrised: at the optimum ``g'H^{-1}g`` is invariant.)
+    """
     model = est.model_
     dev, sol = model.deviance, model.solution
+    strata = _strata(est, "Satterthwaite degrees of freedom")
     # Without random effects theta is not a parameter: varpar is sigma alone, and the df
     # come out as the residual df of least squares (n - p for REML).
     n_free = dev.n_theta if est.n_groups_ else 0
-    x0 = np.append(sol.theta[:n_free], np.sqrt(sol.scale))
+    eta0 = np.empty(0) if strata is None else 0.5 * np.log(strata.ratios[1:])
+    x0 = np.concatenate([sol.theta[:n_free], eta0, [np.sqrt(sol.scale)]])
+    solved: dict[bytes, tuple[Any, Any]] = {}
 
     def solve(v):
-        return dev.solve(np.concatenate([v[:-1], sol.theta[n_free:]]))
+        # Steps in sigma alone reuse the solution at the same (theta, eta): on a crossed
+        # model that halves the number of factorisations.
+        key = v[:-1].tobytes()
+        if key not in solved:
+            theta = np.concatenate([v[:n_free], sol.theta[n_free:]])
+            d = dev
+            if strata is not None:
+                d = strata.deviance(np.exp(2.0 * np.concatenate([[0.0], v[n_free:-1]])), dev.reml)
+            solved[key] = (d, d.solve(theta))
+        return solved[key]
 
     def deviance(v):
-        return _deviance_at_sigma(dev, solve(v), v[-1])
+        d, s = solve(v)
+        return _deviance_at_sigma(d, s, v[-1])
 
     def cov_beta(v):
-        s = solve(v)
+        s = solve(v)[1]
         return v[-1] ** 2 * s.cov_beta() / s.scale
 
     # Steps of 1% of the parameter: the Richardson step removes the O(h^2) error, and
@@ -259,10 +379,10 @@ def _varpar_model(est: Any) -> _VarparModel:
     # 0.1% steps move the df by 6e-5 relative, 1% steps agree with lmerTest to 3e-7).
     # theta entries are relative scales (order 0.01-10), so 1e-3 is a sensible absolute
     # step at 0 (a singular fit); the deviance is even in a zero diagonal entry of Lambda,
-    # so stepping to negative values is harmless.
+    # so stepping to negative values is harmless. Log ratios near 0 get the same 1e-3.
     h = 1e-2 * np.maximum(np.abs(x0), 0.1)
     h[-1] = 1e-2 * x0[-1]
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         H = _hessian(deviance, x0, h)
         J = _jacobian(cov_beta, x0, h)
     # lmerTest's choice: a generalised inverse on the positive eigenvalues, so a flat
@@ -285,6 +405,12 @@ def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
     Returns
     -------
     ndarray of shape (r,)
+
+    Raises
+    ------
+    NotImplementedError
+        For a heteroscedastic fit that does not keep its per-stratum statistics: its
+        variance ratios are parameters whose uncertainty the df must include.
     """
     vp = _varpar_model(est)
     p = vp.cov_beta.shape[0]
@@ -430,54 +556,81 @@ _ROOT_ZTOL = 1e-6
 class _Profiler:
     """Profiles of lme4's parameters on the ML deviance of a fit.
 
-    Parameters are ``psi = (sd/cor of each term, sigma, beta)``. The deviance as a function
-    of ``psi`` comes from the PLS solution at ``theta(psi)``: sigma enters through
-    :func:`_deviance_at_sigma`, and fixing ``beta_j = b`` adds ``(b - beta_j(theta))^2 /
-    (A^{-1}_jj sigma^2)`` (the penalised RSS is quadratic in beta with Hessian ``A``, so
-    minimising over the other fixed effects leaves this term). Every profile point
-    minimises over the variance parameters (``sigma`` included) with L-BFGS-B,
-    warm-started from the nearest point already computed.
+    Parameters are ``psi = (sd/cor of each term, sigma, [delta,] beta)``, ``delta`` the
+    residual standard-deviation ratios of a heteroscedastic fit's non-reference strata
+    (``sigma`` is then the reference stratum's). The deviance as a function of ``psi``
+    comes from the PLS solution at ``theta(psi)`` (on the statistics reweighted by
+    ``delta``): sigma enters through :func:`_deviance_at_sigma`, and fixing ``beta_j = b``
+    adds ``(b - beta_j(theta))^2 / (A^{-1}_jj sigma^2)`` (the penalised RSS is quadratic in
+    beta with Hessian ``A``, so minimising over the other fixed effects leaves this term).
+    Every profile point minimises over the variance parameters (``sigma`` and ``delta``
+    included) with L-BFGS-B, warm-started from the nearest point already computed.
     """
 
     def __init__(self, est: Any) -> None:
         model = est.model_
-        self.dev, sol = _ml_fit(est)
         self.terms = _terms(est)
+        self.strata = _strata(est, "Profile-likelihood intervals")
+        ml = _ml_fit(est, self.strata)
+        self.dev, sol = ml.dev, ml.sol
         sigma = float(np.sqrt(sol.scale))
         sdcor = _theta_to_sdcor(sol.theta, sigma, self.terms)
-        self.n_var = sdcor.size + 1
-        self.names = [n for t in self.terms for n in t.param_names()] + ["sigma"] + list(model.fe_names)
-        self.estimate = np.concatenate([sdcor, [sigma], sol.beta])
+        self.n_sdcor = sdcor.size
+        delta, ratio_names = np.empty(0), []
+        if self.strata is not None:
+            delta = np.sqrt(ml.ratios[1:])
+            ref = self.strata.labels[0]
+            ratio_names = [f"sigma_{label}/sigma_{ref}" for label in self.strata.labels[1:]]
+        self.n_var = sdcor.size + 1 + delta.size
+        self.names = ([n for t in self.terms for n in t.param_names()] + ["sigma"] + ratio_names
+                      + list(model.fe_names))
+        self.estimate = np.concatenate([sdcor, [sigma], delta, sol.beta])
         self.dev_min = sol.deviance
         kinds = [("sd" if r == c else "cor") for t in self.terms for r, c in zip(*t.layout)]
-        self.kinds = kinds + ["sigma"] + ["beta"] * sol.beta.size
+        self.kinds = kinds + ["sigma"] + ["ratio"] * delta.size + ["beta"] * sol.beta.size
         inf = np.inf
-        limits = {"sd": (0.0, inf), "cor": (-1.0, 1.0), "sigma": (0.0, inf), "beta": (-inf, inf)}
+        limits = {"sd": (0.0, inf), "cor": (-1.0, 1.0), "sigma": (0.0, inf), "ratio": (0.0, inf),
+                  "beta": (-inf, inf)}
         self.lower = np.array([limits[k][0] for k in self.kinds])
         self.upper = np.array([limits[k][1] for k in self.kinds])
         # Scales of the optimiser's variables (so finite-difference steps mean the same
-        # thing for every parameter) and of the first steps of the root search.
-        var_scale = np.array([max(v, 0.1 * sigma) if k == "sd" else 1.0
-                              for v, k in zip(sdcor, kinds)] + [sigma])
-        self.var_scale = var_scale
-        self.var_lower = np.append(self.lower[: self.n_var - 1], 1e-6 * sigma) / var_scale
-        self.var_upper = self.upper[: self.n_var] / var_scale
+        # thing for every parameter) and of the first steps of the root search. sigma and
+        # the ratios never reach 0 (the deviance diverges there): a small positive floor.
+        var_est, var_kinds = self.estimate[: self.n_var], self.kinds[: self.n_var]
+        self.var_scale = np.array([max(v, 0.1 * sigma) if k == "sd" else 1.0 if k == "cor" else v
+                                   for v, k in zip(var_est, var_kinds)])
+        floor = np.where(np.isin(var_kinds, ["sigma", "ratio"]), 1e-6 * var_est, self.lower[: self.n_var])
+        self.var_lower = floor / self.var_scale
+        self.var_upper = self.upper[: self.n_var] / self.var_scale
         se_beta = np.sqrt(np.diag(sol.cov_beta()))
-        self.step = np.concatenate([
-            [(0.5 * v if v > 0 else 0.5 * sigma) if k == "sd" else 0.3 for v, k in zip(sdcor, kinds)],
-            [0.1 * sigma],
-            2.0 * se_beta,
-        ])
+        first_step = {"cor": lambda v: 0.3, "sigma": lambda v: 0.1 * v, "ratio": lambda v: 0.1 * v,
+                      "sd": lambda v: 0.5 * v if v > 0 else 0.5 * sigma}
+        self.step = np.concatenate([[first_step[k](v) for v, k in zip(var_est, var_kinds)],
+                                    2.0 * se_beta])
         self._warm: dict[int, list[tuple[float, np.ndarray]]] = {}
         self._zeta: dict[tuple[int, float], float] = {}
+        self._reweighted: tuple[bytes, Any] | None = None
+
+    def _deviance_at_ratios(self, delta: np.ndarray) -> Any:
+        """The ML deviance in theta with the strata's SD ratios at ``delta``."""
+        if self.strata is None:
+            return self.dev
+        key = delta.tobytes()
+        # Consecutive evaluations mostly share delta (finite differences move one variable).
+        if self._reweighted is None or self._reweighted[0] != key:
+            ratios = np.concatenate([[1.0], delta**2])
+            self._reweighted = (key, self.strata.deviance(ratios, reml=False))
+        return self._reweighted[1]
 
     def _deviance(self, var: np.ndarray, fixed_beta: tuple[int, float] | None) -> float:
-        sigma = var[-1]
-        theta = _sdcor_to_theta(var[:-1], sigma, self.terms, self.dev.n_theta)
+        k = self.n_sdcor
+        sigma = var[k]
+        theta = _sdcor_to_theta(var[:k], sigma, self.terms, self.dev.n_theta)
         if theta is None:  # correlations outside the correlation matrices (q >= 3 only)
             return self.dev_min + 1e10
-        sol = self.dev.solve(theta)
-        value = _deviance_at_sigma(self.dev, sol, sigma)
+        dev = self._deviance_at_ratios(var[k + 1:self.n_var])
+        sol = dev.solve(theta)
+        value = _deviance_at_sigma(dev, sol, sigma)
         if fixed_beta is not None:
             j, b = fixed_beta
             a_inv_jj = sol.cov_beta()[j, j] / sol.scale
@@ -536,7 +689,7 @@ class _Profiler:
             return float(limit)
         # A limit of 0 for sigma is never reached (the deviance diverges); for a standard
         # deviation it is a real value of the parameter whose zeta decides the bound.
-        open_limit = self.kinds[k] == "sigma" and side < 0
+        open_limit = self.kinds[k] in ("sigma", "ratio") and side < 0
         target = side * z
         inner, z_inner = est, 0.0
         x = est + side * self.step[k]
@@ -624,6 +777,11 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
         Columns ``param``, ``value``, ``zeta`` (signed square root of the deviance increase;
         0 at the ML estimate, increasing in ``value``), rows sorted by value per parameter.
 
+    Raises
+    ------
+    NotImplementedError
+        For a heteroscedastic fit without its per-stratum statistics (see :func:`conf_int`).
+
     Notes
     -----
     REML fits are profiled on the ML deviance, as lme4 does.
@@ -632,7 +790,7 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
     if n_points < 3:
         raise ValueError(f"n_points must be at least 3, got {n_points}")
     rows = []
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         prof = _Profiler(est)
         for k in prof.indices(which):
             est_k = prof.estimate[k]
@@ -668,15 +826,26 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     -------
     DataFrame
         Columns ``lower`` and ``upper``, indexed by parameter name. Profile names follow
-        lme4: per random-effects term ``sd_<effect>|<group>`` and
-        ``cor_<effect1>.<effect2>|<group>`` (the covariance's lower triangle column by
-        column), then ``sigma``, then the fixed effects.
+        lme4: per random-effects term (grouping factors in the order of the fit)
+        ``sd_<effect>|<group>`` and ``cor_<effect1>.<effect2>|<group>`` (the covariance's
+        lower triangle column by column), then ``sigma``, then the fixed effects. A
+        heteroscedastic fit adds, after ``sigma`` (the reference stratum's residual
+        standard deviation), the ratio of each other stratum's to it,
+        ``sigma_<stratum>/sigma_<reference>`` (nlme's ``varIdent`` parameters).
+
+    Raises
+    ------
+    NotImplementedError
+        ``method="profile"`` on a heteroscedastic fit that does not keep its per-stratum
+        statistics: the profiles must be minimised over the variance ratios too.
 
     Notes
     -----
     Profile intervals of REML fits use the ML deviance, as lme4 does. A standard
     deviation whose profile does not reach the cutoff before 0 (always the case for an
     estimate of exactly 0) has the lower bound 0; a correlation likewise -1 or 1.
+    Wald intervals use the covariance of the fixed effects at the estimates (for a
+    heteroscedastic fit, at the estimated variance ratios, as nlme's ``intervals``).
     """
     z = stats.norm.ppf(1.0 - _check_alpha(alpha) / 2.0)
     if method == "wald":
@@ -686,7 +855,7 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
     if method != "profile":
         raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         prof = _Profiler(est)
         idx = prof.indices(which)
         bounds = [(prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx]
@@ -698,7 +867,7 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
 
 
 def _random_effects_table(est: Any) -> pd.DataFrame:
-    """Per term its variances, then its correlations; the residual last."""
+    """Per term its variances, then its correlations; the residual (per stratum) last."""
     sol = est.model_.solution
     rows = []
     for t in _terms(est):
@@ -711,7 +880,11 @@ def _random_effects_table(est: Any) -> pd.DataFrame:
             if r != c:
                 cor = cov[r, c] / (sd[r] * sd[c]) if sd[r] > 0 and sd[c] > 0 else np.nan
                 rows.append((t.group, t.names[r], t.names[c], cov[r, c], np.nan, cor))
-    rows.append(("Residual", "", "", est.scale_, np.sqrt(est.scale_), np.nan))
+    if _heteroscedastic(est):
+        for label, var in est.residual_var_.items():
+            rows.append((f"Residual ({label})", "", "", var, np.sqrt(var), np.nan))
+    else:
+        rows.append(("Residual", "", "", est.scale_, np.sqrt(est.scale_), np.nan))
     return pd.DataFrame(rows, columns=["group", "name", "name2", "variance", "std_dev", "correlation"])
 
 
@@ -750,7 +923,8 @@ class Summary:
         Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``.
         Per term a row per variance (``name2`` empty), then a row per pair of effects
         (``name``, ``name2``; ``variance`` holds their covariance, ``correlation`` their
-        correlation); ``Residual`` last.
+        correlation); ``Residual`` last, or with heteroscedastic residuals a row
+        ``Residual (<stratum>)`` per stratum.
     method : {"REML", "ML"}
     n_obs : int
     n_groups : dict
@@ -762,6 +936,9 @@ class Summary:
         Parameters counted by AIC/BIC (lme4's ``df``).
     converged, singular : bool
     alpha : float
+    ddf : {"Satterthwaite", "normal"}
+        How ``df`` was obtained: Satterthwaite, or ``inf`` (normal approximation) for a
+        heteroscedastic fit that lacks what the Satterthwaite df need (printed as such).
     """
 
     fixed_effects: pd.DataFrame
@@ -776,6 +953,7 @@ class Summary:
     converged: bool = True
     singular: bool = False
     alpha: float = 0.05
+    ddf: str = "Satterthwaite"
 
     def _header(self) -> list[str]:
         groups = ", ".join(f"{g} ({n})" for g, n in self.n_groups.items()) or "none"
@@ -810,15 +988,22 @@ class Summary:
         lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0
         header = ["", "Estimate", "Std.Error", "df", "t value", "Pr(>|t|)", f"[{lo:g}", f"{hi:g}]"]
         fe = self.fixed_effects
-        rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error), _fmt(r.df, ".4g"),
+        # df = inf is the normal approximation (see ``ddf``), not a missing value
+        rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error),
+                 "inf" if r.df == np.inf else _fmt(r.df, ".4g"),
                  _fmt(r.t_value, ".4g"), _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
                 for name, r in zip(fe.index, fe.itertuples())]
         return header, rows
 
+    def _fixed_title(self) -> str:
+        if self.ddf == "Satterthwaite":
+            return "Fixed effects (Satterthwaite df)"
+        return "Fixed effects (normal approximation: Satterthwaite df unavailable for this fit)"
+
     def __str__(self) -> str:
         return "\n".join(self._header() + [
             "", "Random effects:", _text_table(*self._random_rows(), left=2),
-            "", "Fixed effects (Satterthwaite df):", _text_table(*self._fixed_rows(), left=1),
+            "", self._fixed_title() + ":", _text_table(*self._fixed_rows(), left=1),
         ])
 
     def __repr__(self) -> str:
@@ -837,7 +1022,7 @@ class Summary:
 
         head = "<br>".join(html.escape(line) for line in self._header())
         return (f"<div><p>{head}</p><p><b>Random effects</b></p>{table(*self._random_rows(), 2)}"
-                f"<p><b>Fixed effects</b> (Satterthwaite df)</p>{table(*self._fixed_rows(), 1)}</div>")
+                f"<p><b>{html.escape(self._fixed_title())}</b></p>{table(*self._fixed_rows(), 1)}</div>")
 
 
 def summary(est: Any, alpha: float = 0.05) -> Summary:
@@ -856,7 +1041,13 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
     """
     alpha = _check_alpha(alpha)
     beta, se = est.fe_params_, est.bse_
-    df = satterthwaite_df(est)
+    ddf = "Satterthwaite"
+    try:
+        df = satterthwaite_df(est)
+    except NotImplementedError:
+        # A heteroscedastic fit without its per-stratum statistics: the summary still
+        # has everything else; its tests say they are normal approximations.
+        ddf, df = "normal", np.full(beta.size, np.inf)
     t_value = beta / se
     q = stats.t.ppf(1.0 - alpha / 2.0, df)
     fixed = pd.DataFrame({
@@ -873,8 +1064,9 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
         fixed_effects=fixed,
         random_effects=_random_effects_table(est),
         method="REML" if model.deviance.reml else "ML",
-        n_obs=int(model.deviance.stats.n_obs),
-        n_groups={t.group: est.n_groups_ for t in _terms(est)},
+        n_obs=_n_obs(est),
+        n_groups={t.group: int(est.n_groups_[t.group] if _several(est) else est.n_groups_)
+                  for t in _terms(est)},
         llf=float(est.llf_),
         aic=float(est.aic_),
         bic=float(est.bic_),
@@ -882,6 +1074,7 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
         converged=bool(est.converged_),
         singular=bool(est.singular_),
         alpha=alpha,
+        ddf=ddf,
     )
 
 
@@ -924,32 +1117,79 @@ def _check_fitted(est: Any, role: str) -> None:
         raise TypeError(f"{role} must be a fitted MixedLMRegressor")
 
 
+@dataclass(frozen=True)
+class _Data:
+    """What identifies the data of a fit, for the LR test's same-data checks.
+
+    ``xyxy`` is ``[X y]' W [X y]`` with the prior weights ``W`` only, and None (with
+    ``sum_log_weights``) for a heteroscedastic fit that keeps only the statistics
+    reweighted by its variance ratios. ``factors`` maps each grouping factor to its
+    sorted levels, ``counts`` to its rows per level where the fit keeps them.
+    """
+
+    n_obs: int
+    xyxy: np.ndarray | None
+    sum_log_weights: float | None
+    factors: dict
+    counts: dict
+
+
+def _data(est: Any) -> _Data:
+    model = est.model_
+    dev = model.deviance
+    if _several(est):
+        m = dev.model
+        return _Data(m.n, m.xyxy, m.sum_log_weights, dict(est.groups_), {})
+    random = bool(est.n_groups_)
+    factors = {model.group_name: est.groups_} if random else {}
+    counts = {model.group_name: dev.stats.counts} if random else {}
+    st: GroupStats = dev.stats
+    if _heteroscedastic(est):
+        stored = getattr(model, "strata", None)
+        if stored is None:
+            return _Data(st.n_obs, None, None, factors, counts)
+        st = combine_stats(list(stored[0]), np.ones(len(stored[0])))  # undo the ratios
+    return _Data(st.n_obs, st.xyxy, st.sum_log_weights, factors, counts)
+
+
 def _same_data(a: Any, b: Any) -> None:
     """Raise unless two fits saw the same response (and, where comparable, the same groups)."""
-    sa, sb = a.model_.deviance.stats, b.model_.deviance.stats
+    da, db = _data(a), _data(b)
     problems = []
-    if sa.n_obs != sb.n_obs:
-        problems.append(f"{sa.n_obs} vs {sb.n_obs} observations")
+    if da.n_obs != db.n_obs:
+        problems.append(f"{da.n_obs} vs {db.n_obs} observations")
     else:
-        if not np.isclose(sa.xyxy[-1, -1], sb.xyxy[-1, -1], rtol=1e-10, atol=0.0):
-            problems.append("different responses (sum of y^2 differs)")
-        if not np.isclose(sa.sum_log_weights, sb.sum_log_weights, rtol=1e-10, atol=1e-10):
+        if da.xyxy is not None and db.xyxy is not None:
+            if not np.isclose(da.xyxy[-1, -1], db.xyxy[-1, -1], rtol=1e-10, atol=0.0):
+                problems.append("different responses (sum of y^2 differs)")
+            # sum(y) is visible when both designs have the intercept column.
+            if a.fe_params_.index[0] == "(Intercept)" == b.fe_params_.index[0] and not np.isclose(
+                    da.xyxy[0, -1], db.xyxy[0, -1], rtol=1e-10,
+                    atol=1e-12 * np.sqrt(da.xyxy[-1, -1])):
+                problems.append("different responses (sum of y differs)")
+        if da.sum_log_weights is not None and db.sum_log_weights is not None and not np.isclose(
+                da.sum_log_weights, db.sum_log_weights, rtol=1e-10, atol=1e-10):
             problems.append("different sample weights")
-        # sum(y) is visible when both designs have the intercept column.
-        if a.fe_params_.index[0] == "(Intercept)" == b.fe_params_.index[0] and not np.isclose(
-                sa.xyxy[0, -1], sb.xyxy[0, -1], rtol=1e-10, atol=1e-12 * np.sqrt(sa.xyxy[-1, -1])):
-            problems.append("different responses (sum of y differs)")
-        if (a.n_groups_ and b.n_groups_ and a.model_.group_name == b.model_.group_name
-                and not (np.array_equal(a.groups_, b.groups_)
-                         and np.array_equal(sa.counts, sb.counts))):
-            problems.append(f"different levels of the grouping factor {a.model_.group_name!r}")
+        # Grouping factors of the same name in both fits must have the same levels (a
+        # single-factor fit nested in a crossed one shares one of its factors).
+        for name in [f for f in da.factors if f in db.factors]:
+            la, lb = da.factors[name], db.factors[name]
+            same = np.array_equal(la, lb)
+            if same and name in da.counts and name in db.counts:
+                same = np.array_equal(da.counts[name], db.counts[name])
+            if not same:
+                problems.append(f"different levels of the grouping factor {name!r}")
     if problems:
         raise ValueError("the two fits used different data: " + "; ".join(problems)
                          + ". A likelihood-ratio test needs both models fitted to the same rows.")
 
 
 def _same_fixed_effects(a: Any, b: Any) -> bool:
-    xa, xb = a.model_.deviance.stats.xyxy, b.model_.deviance.stats.xyxy
+    xa, xb = _data(a).xyxy, _data(b).xyxy
+    if xa is None or xb is None:
+        # A heteroscedastic fit without its unweighted statistics: the fixed-effects
+        # columns can only be compared by name.
+        return list(a.fe_params_.index) == list(b.fe_params_.index)
     return xa.shape == xb.shape and np.allclose(xa[:-1], xb[:-1], rtol=1e-10, atol=0.0)
 
 
@@ -977,6 +1217,17 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
         ``restricted``; if one fit is REML and the other ML; or if REML fits differ in
         their fixed effects (REML likelihoods of different fixed effects are not comparable:
         refit both with ``reml=False``).
+
+    Notes
+    -----
+    The fits may differ in their grouping factors (a single-factor fit against one with
+    several, or crossed against nested) and in their residual variances (one against one
+    per stratum, ``df`` counting the variance ratios). The same-data check compares the
+    number of rows, ``y'y``, ``sum(y)`` (with intercepts), the prior weights, and the
+    levels of every grouping factor the two fits share. A heteroscedastic fit that does
+    not keep its per-stratum statistics (``model_.strata``) only has the response's
+    statistics reweighted by its variance ratios: then only the rows and the groups are
+    compared, and the fixed effects of REML fits by their names.
     """
     _check_fitted(restricted, "restricted")
     _check_fitted(full, "full")

@@ -70,3 +70,13 @@ def test_routed_through_cross_validation():
     for fitted in cv["estimator"]:
         assert set(fitted.residual_var_) == {"Female", "Male"}
         assert fitted.residual_var_["Male"] > fitted.residual_var_["Female"]
+
+
+def test_residual_groups_with_several_factors_is_refused():
+    from mixedlm_sklearn.datasets import load_penicillin
+
+    df = load_penicillin()
+    with pytest.raises(ValueError, match="residual_groups is supported with one grouping factor only"):
+        MixedLMRegressor().fit(np.arange(len(df))[:, None] % 2,
+                               df["diameter"], groups=df[["plate", "sample"]],
+                               residual_groups=df["sample"])
