@@ -1,0 +1,257 @@
+"""Dense brute-force helpers for the property tests (issue 8): random designs, an
+independent maximiser of the dense likelihood, an independent convergence check.
+
+Nothing here calls the package: the likelihood is the n x n multivariate normal density
+of ``tests/_oracle.py``, maximised with scipy over the natural parameters
+``(Cholesky factor of cov_re, log scale)`` with beta profiled out by GLS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg, optimize
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass
+class Design:
+    """One random data set; ``X`` excludes the intercept, ``X_full`` includes it if fitted."""
+
+    X: np.ndarray
+    y: np.ndarray
+    Z: np.ndarray
+    codes: np.ndarray
+    weights: np.ndarray | None
+    fit_intercept: bool
+
+    @property
+    def X_full(self) -> np.ndarray:
+        if self.fit_intercept:
+            return np.column_stack([np.ones(len(self.y)), self.X])
+        return self.X
+
+
+def make_design(sizes, p_extra, q, log_ratio, seed, fit_intercept=True, weights=False,
+                slope_on_x=True) -> Design:
+    """A random LMM data set.
+
+    Parameters
+    ----------
+    sizes : list of int
+        Rows per group (unbalanced, possibly 1).
+    p_extra : int
+        Covariates in X besides the intercept.
+    q : int
+        Columns of Z: an intercept, then slopes (on the first X covariates when
+        ``slope_on_x``, otherwise on fresh covariates).
+    log_ratio : float or None
+        log10 of the random-effects variance over the residual variance; None for 0.
+    """
+    rng = np.random.default_rng(seed)
+    m = len(sizes)
+    codes = np.repeat(np.arange(m), sizes)
+    rng.shuffle(codes)  # groups interleaved, as in real data
+    n = codes.size
+    X = rng.standard_normal((n, p_extra)) * rng.uniform(0.5, 3.0, p_extra) + rng.uniform(-2, 2, p_extra)
+    slopes = []
+    for j in range(q - 1):
+        if slope_on_x and j < p_extra:
+            slopes.append(X[:, j])
+        else:
+            slopes.append(rng.standard_normal(n) + rng.uniform(-1, 1))
+    Z = np.column_stack([np.ones(n)] + slopes)
+    if log_ratio is None:
+        b = np.zeros((m, q))
+    else:
+        A = rng.standard_normal((q, q)) * 0.5 + np.eye(q)
+        b = rng.standard_normal((m, q)) @ A.T * 10.0 ** (0.5 * log_ratio)
+    if p_extra == 0:
+        # intercept-only model: scikit-learn refuses an X without columns, so the
+        # intercept is passed as a column of X
+        X, fit_intercept = np.ones((n, 1)), False
+    Xf = np.column_stack([np.ones(n), X]) if fit_intercept else X
+    beta = rng.uniform(-2, 2, Xf.shape[1])
+    w = rng.uniform(0.3, 3.0, n) if weights else None
+    noise = rng.standard_normal(n) / (np.sqrt(w) if weights else 1.0)
+    y = Xf @ beta + np.einsum("ij,ij->i", Z, b[codes]) + noise
+    return Design(X, y, Z, codes, w, fit_intercept)
+
+
+# ---- dense likelihood in natural parameters ---------------------------------------------
+
+def _pack(cov_re: np.ndarray, log_scale: float, diagonal: bool) -> np.ndarray:
+    q = cov_re.shape[0]
+    if diagonal:
+        return np.append(np.sqrt(np.maximum(np.diag(cov_re), 0.0)), log_scale)
+    # a tiny ridge: a singular fit's cov_re has no Cholesky factor
+    jitter = 1e-12 * max(np.trace(cov_re), 1e-300) * np.eye(q)
+    L = np.linalg.cholesky(cov_re + jitter)
+    return np.append(L[np.tril_indices(q)], log_scale)
+
+
+class DenseLikelihood:
+    """``(Cholesky entries of cov_re, log scale) -> log L``, beta profiled by GLS, dense.
+
+    Written with an explicit ``V^{-1}`` (n is small) so that the analytic gradient is
+    cheap: with ``P = V^{-1}`` (ML) or ``P = V^{-1} - V^{-1}X(X'V^{-1}X)^{-1}X'V^{-1}``
+    (REML) and ``a = P y``, ``d log L = tr(G dV)`` with ``G = (a a' - P) / 2`` (Harville
+    1977; beta at its GLS value, so it needs no derivative). ``dV/dL`` and ``dV/d log s``
+    then give ``2 Z'(G o same)Z L`` and ``s tr(G W^{-1})``. The value agrees with
+    ``_oracle.profiled_dense_loglik`` and the gradient with finite differences (tested).
+    """
+
+    def __init__(self, d: Design, reml: bool, diagonal: bool) -> None:
+        self.X, self.y, self.Z, self.reml, self.diagonal = d.X_full, d.y, d.Z, reml, diagonal
+        self.same = d.codes[:, None] == d.codes[None, :]
+        self.inv_w = np.ones(len(d.y)) if d.weights is None else 1.0 / d.weights
+        self.q = d.Z.shape[1]
+        if diagonal:
+            self._rows = self._cols = np.arange(self.q)
+        else:
+            self._rows, self._cols = np.tril_indices(self.q)
+
+    def _evaluate(self, cov_re: np.ndarray, scale: float, gradient: bool):
+        X, y, n, p = self.X, self.y, len(self.y), self.X.shape[1]
+        V = self.same * (self.Z @ cov_re @ self.Z.T)
+        V[np.diag_indices(n)] += scale * self.inv_w
+        try:
+            cf = linalg.cho_factor(V, lower=True, check_finite=False)
+            v_inv = linalg.cho_solve(cf, np.eye(n), check_finite=False)
+            vi_x = v_inv @ X
+            xf = linalg.cho_factor(X.T @ vi_x, lower=True, check_finite=False)
+        except (linalg.LinAlgError, ValueError):
+            return -np.inf, None
+        beta = linalg.cho_solve(xf, vi_x.T @ y, check_finite=False)
+        a = v_inv @ (y - X @ beta)  # = P y in both cases
+        logdet = 2.0 * np.log(np.diag(cf[0])).sum()
+        llf = -0.5 * (n * _LOG_2PI + logdet + a @ (y - X @ beta))
+        if self.reml:
+            llf += 0.5 * p * _LOG_2PI - np.log(np.diag(xf[0])).sum()
+        if not np.isfinite(llf):
+            return -np.inf, None
+        if not gradient:
+            return float(llf), None
+        P = v_inv
+        if self.reml:
+            P = v_inv - vi_x @ linalg.cho_solve(xf, vi_x.T, check_finite=False)
+        G = 0.5 * (np.outer(a, a) - P)
+        return float(llf), G
+
+    def loglik(self, cov_re: np.ndarray, scale: float) -> float:
+        return self._evaluate(cov_re, scale, gradient=False)[0]
+
+    def _unpack(self, params):
+        L = np.zeros((self.q, self.q))
+        L[self._rows, self._cols] = params[:-1]
+        return L, float(params[-1])
+
+    def __call__(self, params: np.ndarray) -> float:
+        L, log_scale = self._unpack(params)
+        if not -80.0 < log_scale < 80.0:
+            return -np.inf
+        return self.loglik(L @ L.T, np.exp(log_scale))
+
+    def neg_value_and_grad(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        L, log_scale = self._unpack(params)
+        if not -80.0 < log_scale < 80.0:
+            return np.inf, np.zeros_like(params)
+        scale = np.exp(log_scale)
+        llf, G = self._evaluate(L @ L.T, scale, gradient=True)
+        if G is None:
+            return np.inf, np.zeros_like(params)
+        M = self.Z.T @ (G * self.same) @ self.Z
+        d_l = 2.0 * M @ L
+        grad = np.append(d_l[self._rows, self._cols], scale * np.dot(np.diag(G), self.inv_w))
+        return -llf, -grad
+
+    def multistart_max(self, cov_re: np.ndarray, scale: float, n_random: int = 3,
+                       seed: int = 0, local: bool = False) -> tuple[float, np.ndarray]:
+        """Best log L found by L-BFGS-B (unconstrained: the Cholesky entries may take any
+        sign, so no bound can trap it) from the fit's own estimates, a start with
+        the variance of y split evenly, and ``n_random`` random starts; ``local``: from
+        the fit's estimates only. Returns (max, params)."""
+        rng = np.random.default_rng(seed)
+        var_y = float(np.var(self.y))
+        z_rms = np.sqrt(np.mean(self.Z**2, axis=0))
+        starts = [_pack(cov_re, np.log(scale), self.diagonal)]
+        if local:
+            n_random = 0
+        else:
+            starts.append(_pack(np.diag(0.5 * var_y / z_rms**2), np.log(0.5 * var_y), self.diagonal))
+        k = starts[0].size - 1
+        for _ in range(n_random):
+            cov = rng.standard_normal((self.q, self.q)) * np.sqrt(var_y * 10.0 ** rng.uniform(-2, 1)) / z_rms[:, None]
+            start = _pack(cov @ cov.T, np.log(var_y * 10.0 ** rng.uniform(-2, 0)), self.diagonal)
+            starts.append(start[: k + 1])
+        best_val, best_x = -np.inf, starts[0]
+        for x0 in starts:
+            if not np.isfinite(self(x0)):
+                continue
+            res = optimize.minimize(self.neg_value_and_grad, x0, jac=True, method="L-BFGS-B",
+                                    options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+            if -res.fun > best_val:
+                best_val, best_x = -res.fun, res.x
+        return best_val, best_x
+
+
+# ---- an independent profiled deviance of theta, for the convergence check -----------------
+
+def dense_profiled_deviance(d: Design, theta: np.ndarray, reml: bool, diagonal: bool) -> float:
+    """-2 log L (or the REML criterion) at ``theta``, beta and the scale profiled, dense.
+
+    With ``V = scale * V0`` and ``V0 = W^{-1} + Z_blk (I kron L L') Z_blk'``, the scale's
+    optimum is ``r' V0^{-1} r / dof`` (dof = n, or n - p for REML), which gives
+    ``log|V0| + dof (1 + log(2 pi r'V0^{-1}r / dof)) [+ log|X'V0^{-1}X| - ...]``.
+    """
+    X, y, Z = d.X_full, d.y, d.Z
+    n, p, q = len(y), X.shape[1], Z.shape[1]
+    L = np.zeros((q, q))
+    if diagonal:
+        L[np.diag_indices(q)] = theta
+    else:
+        cols, rows = np.triu_indices(q)  # lme4's order: lower triangle column by column
+        L[rows, cols] = theta
+    same = d.codes[:, None] == d.codes[None, :]
+    V0 = same * (Z @ L @ L.T @ Z.T)
+    V0[np.diag_indices(n)] += 1.0 if d.weights is None else 1.0 / d.weights
+    cf = linalg.cho_factor(V0, lower=True)
+    vi_x = linalg.cho_solve(cf, X)
+    xf = linalg.cho_factor(X.T @ vi_x, lower=True)
+    beta = linalg.cho_solve(xf, vi_x.T @ y)
+    r = y - X @ beta
+    dof = n - p if reml else n
+    r2 = r @ linalg.cho_solve(cf, r)
+    # log|V0| carries -sum(log w), as the package's -2 log L of a weighted fit does
+    dev = 2.0 * np.log(np.diag(cf[0])).sum() + dof * (1.0 + _LOG_2PI + np.log(r2 / dof))
+    if reml:
+        dev += 2.0 * np.log(np.diag(xf[0])).sum()
+    return float(dev)
+
+
+def scaled_gradient(f, theta: np.ndarray, free: np.ndarray, h: float = 1e-4) -> tuple[float, np.ndarray]:
+    """lme4's convergence measure ``max |H^{-1} g|`` over the ``free`` entries, from
+    central finite differences of ``f``; also returns the Hessian's eigenvalues."""
+    idx = np.flatnonzero(free)
+    k = idx.size
+    if k == 0:
+        return 0.0, np.ones(0)
+    steps = h * np.maximum(np.abs(theta[idx]), 0.1)
+    f0 = f(theta)
+    g = np.empty(k)
+    H = np.empty((k, k))
+    E = np.zeros((k, theta.size))
+    E[np.arange(k), idx] = steps
+    for a in range(k):
+        fp, fm = f(theta + E[a]), f(theta - E[a])
+        g[a] = (fp - fm) / (2 * steps[a])
+        H[a, a] = (fp - 2 * f0 + fm) / steps[a] ** 2
+        for b in range(a):
+            H[a, b] = H[b, a] = (f(theta + E[a] + E[b]) - f(theta + E[a] - E[b])
+                                 - f(theta - E[a] + E[b]) + f(theta - E[a] - E[b])) / (4 * steps[a] * steps[b])
+    eig = np.linalg.eigvalsh(H)
+    if eig.min() <= 0:
+        return np.inf, eig
+    return float(np.max(np.abs(np.linalg.solve(H, g)))), eig

@@ -1,0 +1,332 @@
+"""Hostile inputs (issue 8): each gets a clear error naming the problem and where it is.
+
+Complements tests/test_bad_input.py (which covers NaN/inf detection, missing labels,
+mismatched lengths, one group, rank-deficient X, a zero Z column, object and duplicate X
+columns, sparse X, bad weights, constant y, a slope constant within groups, empty input).
+Tests marked xfail(strict=True) document a bug found here; the reason says what is wrong.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import InvalidParameterError
+
+from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    n = 60
+    X = pd.DataFrame({"a": rng.standard_normal(n), "b": rng.standard_normal(n)})
+    groups = np.repeat(np.arange(6), 10)
+    y = X["a"].to_numpy() + np.repeat(rng.standard_normal(6), 10) + rng.standard_normal(n)
+    Z = np.column_stack([np.ones(n), X["a"]])
+    return X, y, groups, Z
+
+
+def _fit(X, y, **kw):
+    params = kw.pop("params", {})
+    return MixedLMRegressor(**params).fit(X, y, **kw)
+
+
+# ---- non-finite values: the rows (and the column) must be named ------------------------------
+
+@pytest.mark.xfail(strict=True, reason="bug: NaN/inf in X or y is caught by sklearn's "
+                   "validate_data, whose message ('Input X contains NaN.') names neither rows nor "
+                   "column; Z and sample_weight name the rows. Check X and y with as_design-style "
+                   "row reporting before validate_data.")
+@pytest.mark.parametrize("where", ["X", "y"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_x_and_y_name_the_rows(data, where, value):
+    X, y, groups, Z = data
+    X, y = X.copy(), y.copy()
+    if where == "X":
+        X.iloc[[4, 17], 1] = value
+    else:
+        y[[4, 17]] = value
+    with pytest.raises(ValueError, match=r"(?i)(nan|inf).*rows? 4, 17"):
+        _fit(X, y, groups=groups, Z=Z)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_z_names_the_rows(data, value):
+    X, y, groups, Z = data
+    Z = Z.copy()
+    Z[[4, 17], 1] = value
+    with pytest.raises(ValueError, match=r"Z contains NaN or infinity in rows 4, 17"):
+        _fit(X, y, groups=groups, Z=Z)
+
+
+@pytest.mark.parametrize("kind", ["float nan", "None", "pd.NA", "NaT", "categorical nan"])
+def test_missing_group_labels_of_every_kind(data, kind):
+    X, y, groups, Z = data
+    rows = np.isin(np.arange(len(y)), [3, 41])
+    if kind == "float nan":
+        g = np.where(rows, np.nan, groups.astype(float))
+    elif kind == "None":
+        g = np.where(rows, None, groups.astype(object))
+    elif kind == "pd.NA":
+        g = pd.array(np.where(rows, None, groups.astype(object)), dtype="Int64")
+    elif kind == "NaT":
+        g = pd.Series(pd.to_datetime(groups, unit="D")).mask(rows)
+    else:
+        g = pd.Categorical(np.where(rows, None, groups.astype(str).astype(object)))
+    with pytest.raises(ValueError, match=r"groups has missing labels.*rows 3, 41"):
+        _fit(X, y, groups=g, Z=Z)
+
+
+# ---- empty and degenerate shapes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda X, y, g: (X.iloc[:0], y[:0], g[:0]),
+    lambda X, y, g: (X.to_numpy()[:0], y[:0], []),
+])
+def test_empty_input_variants(data, make):
+    X, y, groups, _ = data
+    X0, y0, g0 = make(X, y, groups)
+    with pytest.raises(ValueError, match="0 sample"):
+        MixedLMRegressor().fit(X0, y0, groups=g0)
+
+
+def test_x_without_columns_in_numpy(data):
+    _, y, groups, _ = data
+    with pytest.raises(ValueError, match="0 feature"):
+        MixedLMRegressor().fit(np.empty((len(y), 0)), y, groups=groups)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a DataFrame with no columns (intercept-only model "
+                   "with fit_intercept=True) fails inside validate_data with numpy's 'at least "
+                   "one array or dtype is required', which names neither X nor the problem")
+def test_x_without_columns_in_a_dataframe(data):
+    X, y, groups, _ = data
+    with pytest.raises(ValueError, match="(?i)0 feature|no columns|column of ones"):
+        MixedLMRegressor().fit(X[[]], y, groups=groups)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: Z with zero columns raises ZeroDivisionError "
+                   "(np.arange(0, rows * q + 1, q) with q = 0 in _stats.compute_stats) instead "
+                   "of a ValueError naming Z")
+def test_z_without_columns(data):
+    X, y, groups, _ = data
+    with pytest.raises(ValueError, match="Z"):
+        _fit(X, y, groups=groups, Z=np.empty((len(y), 0)))
+
+
+def test_single_group_from_a_categorical_with_unused_levels(data):
+    X, y, _, Z = data
+    g = pd.Categorical(np.full(len(y), "a"), categories=["a", "b", "c"])
+    with pytest.raises(ValueError, match="at least two groups"):
+        _fit(X, y, groups=g, Z=Z)
+
+
+# ---- y that the model fits exactly ---------------------------------------------------------------
+
+@pytest.mark.parametrize("params", [{"reml": True}, {"reml": False}, {"cov_type": "diagonal"}])
+@pytest.mark.parametrize("weights", [False, True])
+def test_constant_y_variants(data, params, weights):
+    X, y, groups, Z = data
+    w = np.linspace(0.5, 2.0, len(y)) if weights else None
+    with pytest.raises(ValueError, match="y is constant"):
+        _fit(X, np.full_like(y, -2.5), groups=groups, Z=Z, sample_weight=w, params=params)
+
+
+def test_y_an_exact_linear_function_of_x(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match="exact linear function of X"):
+        _fit(X, 3.0 - 2.0 * X["a"].to_numpy() + 0.5 * X["b"].to_numpy(), groups=groups, Z=Z)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: y constant within every group (y = a group effect, "
+                   "no within-group variation) makes the residual variance 0 and the likelihood "
+                   "unbounded; with a random intercept the deviance raises FloatingPointError "
+                   "\"X'V^{-1}X is not positive definite\", with a random slope as well the fit "
+                   "returns llf_ = +642, scale_ = 4e-13 with generic Convergence/SingularFit "
+                   "warnings. A ValueError saying so is wanted")
+@pytest.mark.parametrize("with_slope", [False, True])
+def test_y_constant_within_every_group(data, with_slope):
+    X, _, groups, Z = data
+    y = np.repeat(np.arange(6.0) ** 2, 10)
+    with pytest.raises(ValueError, match="(?i)within (every|each) group"):
+        _fit(X, y, groups=groups, Z=Z if with_slope else None)
+
+
+# ---- too few rows for the parameters ---------------------------------------------------------------
+
+def test_more_columns_than_rows(data):
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.standard_normal((10, 12)), columns=[f"c{j}" for j in range(12)])
+    with pytest.raises(ValueError, match=r"rank deficient \(rank 10 < 13 columns\)"):
+        MixedLMRegressor().fit(X, rng.standard_normal(10), groups=np.repeat([0, 1], 5))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: one row per group makes a random intercept "
+                   "indistinguishable from the residual; lme4 stops ('number of levels of each "
+                   "grouping factor must be < number of observations'), the package splits the "
+                   "variance arbitrarily (cov_re_ = scale_ = 0.937 here), converged_ True, no "
+                   "warning")
+def test_one_row_per_group_is_refused(data):
+    X, y, _, _ = data
+    with pytest.raises(ValueError, match="(?i)levels|groups.*observations|one row"):
+        _fit(X, y, groups=np.arange(len(y)))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: with no more rows than random effects "
+                   "(n <= m q; lme4 stops: check.nobs.vs.nRE) the variances are not identified "
+                   "and the package returns an arbitrary singular fit (cov_re_ = 0) reported "
+                   "converged; with n <= p + m q, X beta + Z b fits y exactly and the ML "
+                   "likelihood is unbounded: llf_ ~ +41, scale_ ~ 3e-15 with a generic "
+                   "ConvergenceWarning. Both deserve a ValueError naming the counts")
+@pytest.mark.parametrize("case", ["n <= m q", "n <= p + m q"])
+def test_more_random_effects_than_rows_is_refused(case):
+    rng = np.random.default_rng(2)
+    if case == "n <= m q":  # 5 groups of 2 rows, random intercept and slope: 10 effects
+        g = np.repeat(np.arange(5), 2)
+        x = rng.standard_normal(10)
+        X, Z = x[:, None], np.column_stack([np.ones(10), x])
+        y = x + rng.standard_normal(10)
+    else:  # 5 rows, 2 fixed effects, 2 groups x 2 random effects
+        X = np.array([[-0.96, -4.77], [2.54, 3.02], [-0.82, 2.21], [0.14, -0.67], [1.24, -0.14]])
+        y = np.array([-7.78, 8.08, 3.21, -2.17, 0.05])
+        Z = np.column_stack([np.ones(5), [0.57, -0.59, 0.15, -0.87, 0.86]])
+        g = np.array([0, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="(?i)observations|rows"):
+        MixedLMRegressor(reml=False, fit_intercept=False).fit(X, y, groups=g, Z=Z)
+
+
+# ---- random-effects design ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cov_type", ["unstructured", "diagonal"])
+def test_slope_constant_within_groups_names_the_columns(data, cov_type):
+    X, y, groups, _ = data
+    n = len(y)
+    rng = np.random.default_rng(3)
+    Z = pd.DataFrame({"one": np.ones(n), "dose": np.repeat(rng.uniform(1, 5, 6), 10),
+                      "a": X["a"]})
+    with pytest.raises(ValueError, match="'one' and 'dose' are proportional within every group"):
+        _fit(X, y, groups=groups, Z=Z, params={"cov_type": cov_type})
+
+
+def test_slope_constant_within_groups_with_singleton_groups(data):
+    """Groups of one row are constant in anything; they must not hide the problem."""
+    X, y, groups, _ = data
+    g = groups.copy()
+    g[[0, 10, 20]] = [100, 101, 102]  # three singletons
+    w = (g % 7).astype(float) + 1.0  # constant within every group
+    Z = pd.DataFrame({"(Intercept)": np.ones(len(y)), "w": w})
+    with pytest.raises(ValueError, match=r"'\(Intercept\)' and 'w' are proportional"):
+        _fit(X, y, groups=g, Z=Z)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a Z DataFrame with duplicate column names is "
+                   "accepted (random_effects_ then has two columns of the same name); X's "
+                   "duplicates are refused")
+def test_duplicate_z_column_names(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match=r"duplicate column names \['a'\]"):
+        _fit(X, y, groups=groups, Z=pd.DataFrame(Z, columns=["a", "a"]))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a complex Z is cast to float with only numpy's "
+                   "ComplexWarning (imaginary part dropped); complex X and y are refused")
+def test_complex_z_is_refused(data):
+    X, y, groups, Z = data
+    with pytest.raises((ValueError, TypeError), match="(?i)complex"):
+        _fit(X, y, groups=groups, Z=Z + 1j)
+
+
+def test_object_z_column_is_refused(data):
+    X, y, groups, _ = data
+    Z = pd.DataFrame({"one": 1.0, "kind": "x"}, index=range(len(y)))
+    with pytest.raises(TypeError, match="Z must be numeric"):
+        _fit(X, y, groups=groups, Z=Z)
+
+
+@pytest.mark.parametrize("column", [pd.Categorical(np.repeat(list("abcdef"), 10)),
+                                    pd.array(["x"] * 60, dtype="string"),
+                                    pd.to_datetime(np.arange(60), unit="D")])
+def test_non_numeric_x_columns_of_every_kind(data, column):
+    X, y, groups, Z = data
+    with pytest.raises(TypeError, match=r"X columns \['kind'\] are not numeric"):
+        _fit(X.assign(kind=column), y, groups=groups, Z=Z)
+
+
+@pytest.mark.parametrize("which", ["X pandas sparse", "Z scipy sparse", "Z pandas sparse"])
+def test_sparse_inputs_are_refused_with_advice(data, which):
+    X, y, groups, Z = data
+    kw = {"groups": groups, "Z": Z}
+    if which == "X pandas sparse":
+        X = X.astype(pd.SparseDtype(float, 0.0))
+    elif which == "Z scipy sparse":
+        kw["Z"] = sp.csr_matrix(Z)
+    else:
+        kw["Z"] = pd.DataFrame(Z).astype(pd.SparseDtype(float, 0.0))
+    with pytest.raises(TypeError, match="(?i)sparse|dense"):
+        _fit(X, y, **kw)
+
+
+# ---- parameters of the wrong type or value (scikit-learn's parameter validation) -------------------
+
+@pytest.mark.parametrize("params, name", [
+    ({"reml": 1}, "reml"),
+    ({"reml": None}, "reml"),
+    ({"fit_intercept": "no"}, "fit_intercept"),
+    ({"cov_type": 3}, "cov_type"),
+    ({"cov_type": "Unstructured"}, "cov_type"),
+    ({"max_iter": 2.5}, "max_iter"),
+    ({"max_iter": "10"}, "max_iter"),
+    ({"max_iter": -3}, "max_iter"),
+    ({"tol": "1e-3"}, "tol"),
+    ({"tol": np.nan}, "tol"),
+    ({"tol": 0.0}, "tol"),
+    ({"verbose": "x"}, "verbose"),
+])
+def test_parameters_of_the_wrong_type(data, params, name):
+    X, y, groups, Z = data
+    with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of MixedLMRegressor"):
+        _fit(X, y, groups=groups, Z=Z, params=params)
+    # also through set_params and in fit_chunks
+    est = MixedLMRegressor().set_params(**params)
+    with pytest.raises(InvalidParameterError, match=name):
+        est.fit_chunks([X.assign(y=y, g=groups)], y="y", groups="g", X=["a", "b"])
+
+
+# ---- units beyond double precision's comfort -------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="bug: with y in 1e160 units the cross-products y'y "
+                   "overflow; the fit returns llf_ = nan, scale_ = nan and coef_ off by 0.9% "
+                   "with RuntimeWarnings and a generic ConvergenceWarning, rather than rescaling "
+                   "y before the statistics pass or raising a ValueError that says so")
+def test_y_whose_squares_overflow(data):
+    X, y, groups, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            est = _fit(X, y * 1e160, groups=groups)
+        except ValueError as err:
+            assert "overflow" in str(err) or "scale" in str(err)
+            return
+    ref = _fit(X, y, groups=groups)
+    np.testing.assert_allclose(est.coef_, ref.coef_ * 1e160, rtol=1e-6)
+    assert np.isfinite(est.llf_)
+
+
+def test_hashable_labels_of_unusual_types(data):
+    """Labels may be any hashable values (the docstring says so): tuples, frozensets, bools."""
+    X, y, groups, Z = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        ref = _fit(X, y, groups=groups, Z=Z)
+    for g in (pd.Series([(int(k), "a") for k in groups]), [frozenset([int(k)]) for k in groups],
+              np.where(groups < 3, groups, groups + 0.5)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SingularFitWarning)
+            est = _fit(X, y, groups=g, Z=Z)
+        assert est.llf_ == pytest.approx(ref.llf_, rel=1e-10)
