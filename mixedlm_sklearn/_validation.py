@@ -18,6 +18,8 @@ __all__ = [
     "as_design",
     "check_full_rank",
     "check_weights",
+    "check_finite",
+    "check_counts",
     "check_response",
     "check_random_design",
     "first_rows",
@@ -63,6 +65,12 @@ def as_design(values: Any, n_rows: int, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got complex values")
+    if isinstance(values, pd.DataFrame):
+        dup = values.columns[values.columns.duplicated()].unique().tolist()
+        if dup:
+            raise ValueError(f"{name} has duplicate column names {dup}")
     arr = arr.astype(float, copy=False)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -70,10 +78,20 @@ def as_design(values: Any, n_rows: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no columns")
+    check_finite(arr, name)
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str, columns: Sequence[str] | None = None) -> None:
+    """Refuse NaN and infinity, naming the rows (and the columns when names are known)."""
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise ValueError(f"{name} contains NaN or infinity in rows {first_rows(bad.any(axis=1))}")
-    return arr
+        where = f" in rows {first_rows(bad.any(axis=1) if bad.ndim == 2 else bad)}"
+        if columns is not None and bad.ndim == 2:
+            where += f", column(s) {[columns[j] for j in np.flatnonzero(bad.any(axis=0))]}"
+        raise ValueError(f"Input {name} contains NaN or infinity{where}")
 
 
 def check_full_rank(xtx: np.ndarray, names: Sequence[str], what: str = "X") -> None:
@@ -150,3 +168,36 @@ def check_random_design(stats, names: Sequence[str]) -> None:
                     "group, next to a random intercept); their random effects are not "
                     "identifiable: drop one of them"
                 )
+
+
+def check_counts(n_obs: int, levels: dict[str, int], n_random: int) -> None:
+    """lme4's identifiability checks on counts (``check.nobs.vs.nlev``, ``check.nobs.vs.nRE``).
+
+    With as many levels as rows a random intercept cannot be told from the residual;
+    with as many random effects as rows the variances are not identified.
+    """
+    for name, m in levels.items():
+        if m >= n_obs:
+            raise ValueError(
+                f"grouping factor {name!r} has {m} levels for {n_obs} observations: the number "
+                "of levels must be smaller than the number of observations (one row per group "
+                "confounds the random effect with the residual)"
+            )
+    if n_random >= n_obs:
+        raise ValueError(
+            f"{n_random} random effects for {n_obs} observations: the number of observations "
+            "must exceed the number of random effects"
+        )
+
+
+def check_residual_variance(scale: float, xyxy: np.ndarray, n_obs: int) -> None:
+    """Refuse a fit whose residual variance collapsed to 0 (an unbounded likelihood)."""
+    p = xyxy.shape[0] - 1
+    beta = linalg.lstsq(xyxy[:p, :p], xyxy[:p, p])[0]
+    ols_scale = (xyxy[p, p] - xyxy[:p, p] @ beta) / max(n_obs - p, 1)
+    if not scale > 1e-10 * ols_scale:
+        raise ValueError(
+            f"the residual variance is 0: with {n_obs} observations the fixed and random "
+            "effects reproduce y exactly within every group (e.g. y constant within each "
+            "group), so the likelihood is unbounded"
+        )

@@ -25,6 +25,9 @@ from ._optimize import OptimizerInfo, fit_deviance, single_threaded_blas
 from ._stats import GroupStats, compute_stats
 from ._validation import (
     as_design,
+    check_counts,
+    check_finite,
+    check_residual_variance,
     check_full_rank,
     check_random_design,
     check_response,
@@ -81,6 +84,10 @@ def _check_frame(X: Any) -> None:
     """Errors for DataFrame problems that array conversion would hide or garble."""
     if not isinstance(X, pd.DataFrame):
         return
+    if X.shape[1] == 0:
+        raise ValueError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required: X has "
+                         "no columns; for an intercept-only model pass a column of ones with "
+                         "fit_intercept=False")
     dup = X.columns[X.columns.duplicated()].unique().tolist()
     if dup:
         raise ValueError(f"X has duplicate column names {dup}")
@@ -275,7 +282,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                       getattr(groups, "name", None))
         _check_frame(X)
         X_names_src = X
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False)
+        y_values = np.asarray(y) if not hasattr(y, "sparse") else None
+        if y_values is not None and y_values.dtype.kind in "fc":  # sklearn would not name rows
+            check_finite(y_values, "y")
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False,
+                             ensure_all_finite=False)
+        check_finite(X, "X", _column_names(X_names_src, "x", X.shape[1]))
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
@@ -433,6 +445,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         xyxy = xy.T @ xy
         check_full_rank(xyxy[:-1, :-1], fe_names)
         check_response(xyxy)
+        check_counts(n, {name: labels[name].size for name in names},
+                     sum(labels[name].size * t[1].shape[1] for name, t in zip(names, terms)))
         started = time.perf_counter()
         with single_threaded_blas():
             model = build_crossed_model(design, y, terms, weights)
@@ -440,6 +454,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if self.verbose:
             print(f"[MixedLMRegressor] {len(terms)} random-effects terms: {fit.n_fev} evaluations, "
                   f"converged={fit.converged} ({time.perf_counter() - started:.3f} s)")
+        check_residual_variance(fit.scale, xyxy, n)
         dev = CrossedDeviance(model, reml=self.reml)
         sol = dev.solve(fit.theta)
         at_bound = (model.lower_bounds() == 0.0) & (fit.theta <= 0.0)
@@ -488,6 +503,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         check_full_rank(stats.xyxy[:-1, :-1], fe_names)
         if random:  # least squares without groups may fit exactly (sklearn's checks do)
             check_response(stats.xyxy)
+            check_counts(stats.n_obs, {group_name: stats.n_groups}, stats.n_groups * stats.n_re)
         check_random_design(stats, re_names)
         diagonal = self.cov_type == "diagonal"
         started = time.perf_counter()
@@ -497,13 +513,21 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 strata[0], reml=self.reml, diagonal=diagonal, max_iter=self.max_iter,
                 tol=self.tol, labels=list(strata[1]))
         elif random:
-            dev, sol, info = fit_deviance(stats, reml=self.reml, diagonal=diagonal,
-                                          max_iter=self.max_iter, tol=self.tol,
-                                          callback=_print_iteration if self.verbose else None)
+            try:
+                dev, sol, info = fit_deviance(stats, reml=self.reml, diagonal=diagonal,
+                                              max_iter=self.max_iter, tol=self.tol,
+                                              callback=_print_iteration if self.verbose else None)
+            except FloatingPointError as err:
+                raise ValueError(
+                    f"the fit broke down numerically ({err}) as the residual variance went to 0: "
+                    "the random effects reproduce y (almost) exactly within every group, e.g. "
+                    "y constant within each group") from None
         else:
             dev = ProfiledDeviance(stats, reml=self.reml, diagonal=diagonal)
             sol = dev.solve(np.zeros(dev.n_theta))
             info = OptimizerInfo(True, "no random effects", 1, 1, 0.0, np.ones(dev.n_theta, bool))
+        if random:
+            check_residual_variance(sol.scale, stats.xyxy, stats.n_obs)
         if self.verbose:
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")

@@ -38,10 +38,6 @@ def _fit(X, y, **kw):
 
 # ---- non-finite values: the rows (and the column) must be named ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug: NaN/inf in X or y is caught by sklearn's "
-                   "validate_data, whose message ('Input X contains NaN.') names neither rows nor "
-                   "column; Z and sample_weight name the rows. Check X and y with as_design-style "
-                   "row reporting before validate_data.")
 @pytest.mark.parametrize("where", ["X", "y"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_x_and_y_name_the_rows(data, where, value):
@@ -101,18 +97,12 @@ def test_x_without_columns_in_numpy(data):
         MixedLMRegressor().fit(np.empty((len(y), 0)), y, groups=groups)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a DataFrame with no columns (intercept-only model "
-                   "with fit_intercept=True) fails inside validate_data with numpy's 'at least "
-                   "one array or dtype is required', which names neither X nor the problem")
 def test_x_without_columns_in_a_dataframe(data):
     X, y, groups, _ = data
     with pytest.raises(ValueError, match="(?i)0 feature|no columns|column of ones"):
         MixedLMRegressor().fit(X[[]], y, groups=groups)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Z with zero columns raises ZeroDivisionError "
-                   "(np.arange(0, rows * q + 1, q) with q = 0 in _stats.compute_stats) instead "
-                   "of a ValueError naming Z")
 def test_z_without_columns(data):
     X, y, groups, _ = data
     with pytest.raises(ValueError, match="Z"):
@@ -143,12 +133,6 @@ def test_y_an_exact_linear_function_of_x(data):
         _fit(X, 3.0 - 2.0 * X["a"].to_numpy() + 0.5 * X["b"].to_numpy(), groups=groups, Z=Z)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: y constant within every group (y = a group effect, "
-                   "no within-group variation) makes the residual variance 0 and the likelihood "
-                   "unbounded; with a random intercept the deviance raises FloatingPointError "
-                   "\"X'V^{-1}X is not positive definite\", with a random slope as well the fit "
-                   "returns llf_ = +642, scale_ = 4e-13 with generic Convergence/SingularFit "
-                   "warnings. A ValueError saying so is wanted")
 @pytest.mark.parametrize("with_slope", [False, True])
 def test_y_constant_within_every_group(data, with_slope):
     X, _, groups, Z = data
@@ -166,23 +150,12 @@ def test_more_columns_than_rows(data):
         MixedLMRegressor().fit(X, rng.standard_normal(10), groups=np.repeat([0, 1], 5))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: one row per group makes a random intercept "
-                   "indistinguishable from the residual; lme4 stops ('number of levels of each "
-                   "grouping factor must be < number of observations'), the package splits the "
-                   "variance arbitrarily (cov_re_ = scale_ = 0.937 here), converged_ True, no "
-                   "warning")
 def test_one_row_per_group_is_refused(data):
     X, y, _, _ = data
     with pytest.raises(ValueError, match="(?i)levels|groups.*observations|one row"):
         _fit(X, y, groups=np.arange(len(y)))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with no more rows than random effects "
-                   "(n <= m q; lme4 stops: check.nobs.vs.nRE) the variances are not identified "
-                   "and the package returns an arbitrary singular fit (cov_re_ = 0) reported "
-                   "converged; with n <= p + m q, X beta + Z b fits y exactly and the ML "
-                   "likelihood is unbounded: llf_ ~ +41, scale_ ~ 3e-15 with a generic "
-                   "ConvergenceWarning. Both deserve a ValueError naming the counts")
 @pytest.mark.parametrize("case", ["n <= m q", "n <= p + m q"])
 def test_more_random_effects_than_rows_is_refused(case):
     rng = np.random.default_rng(2)
@@ -224,17 +197,12 @@ def test_slope_constant_within_groups_with_singleton_groups(data):
         _fit(X, y, groups=g, Z=Z)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a Z DataFrame with duplicate column names is "
-                   "accepted (random_effects_ then has two columns of the same name); X's "
-                   "duplicates are refused")
 def test_duplicate_z_column_names(data):
     X, y, groups, Z = data
     with pytest.raises(ValueError, match=r"duplicate column names \['a'\]"):
         _fit(X, y, groups=groups, Z=pd.DataFrame(Z, columns=["a", "a"]))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a complex Z is cast to float with only numpy's "
-                   "ComplexWarning (imaginary part dropped); complex X and y are refused")
 def test_complex_z_is_refused(data):
     X, y, groups, Z = data
     with pytest.raises((ValueError, TypeError), match="(?i)complex"):

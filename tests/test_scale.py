@@ -80,7 +80,7 @@ def test_chunk_errors_name_the_chunk(data):
     bad = data.copy()
     bad.loc[2500, "x1"] = np.nan
     chunks = (bad.iloc[i:i + 1000] for i in range(0, len(bad), 1000))
-    with pytest.raises(ValueError, match="chunk 2: X contains NaN"):
+    with pytest.raises(ValueError, match="chunk 2: Input X contains NaN"):
         MixedLMRegressor().fit_chunks(chunks, y="y", groups="g", X=X_COLS, Z=Z_COLS)
     with pytest.raises(ValueError, match=r"chunk 0 lacks column\(s\) \['x9'\]"):
         MixedLMRegressor().fit_chunks([data], y="y", groups="g", X=["x9"])
