@@ -61,7 +61,7 @@ from ._optimize import (
     _SCALED_GRADIENT_TOL,
     OptimizerInfo,
     _basis,
-    _leavable_bounds,
+    _escape_start,
     _lower_factor,
     _newton_polish,
     _transform,
@@ -444,10 +444,8 @@ def _fit(
         res = _lbfgsb(white.value_and_grad, np.concatenate([white.from_theta(theta), eta]),
                       bounds, max_iter, tol)
         n_iter += res.nit
-        stuck = _leavable_bounds(white, res.x, res.fun)
-        if stuck.any():
-            nudged = res.x.copy()
-            nudged[stuck] = 0.1
+        nudged = _escape_start(white, res.x, res.fun)
+        if nudged is not None:
             retry = _lbfgsb(white.value_and_grad, nudged, bounds, max_iter, tol)
             n_iter += retry.nit
             if retry.fun < res.fun:

@@ -42,6 +42,15 @@ _SCALED_GRADIENT_TOL = 1e-4
 
 _THREADPOOLS: ThreadpoolController | None = None
 
+# With this many groups or fewer the optimiser also starts from these multiples of the
+# identity (whitened basis) and from a few seeded random factors, and keeps the best
+# answer: small data are where the profiled deviance has several local minima (found by
+# the property tests against a dense likelihood), and there each start costs little.
+_MULTISTART_MAX_GROUPS = 100
+_EXTRA_STARTS = (1.0, 0.1, 10.0)
+_RANDOM_STARTS = 6
+_MULTISTART_SEED = 20261126
+
 
 @dataclass(frozen=True)
 class OptimizerInfo:
@@ -156,26 +165,43 @@ def _minimize(dev: ProfiledDeviance, theta0: np.ndarray, max_iter: int, tol: flo
     )
 
 
-def _leavable_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> np.ndarray:
-    """Parameters on their bound from which the deviance still decreases inwards.
+def _extra_starts(q: int, diagonal: bool) -> list[np.ndarray]:
+    """Further starts for small problems: multiples of the identity and a few fixed,
+    pseudo-random factors (seeded: the same data always give the same fit)."""
+    eye = theta_from_lambda(np.eye(q), diagonal)
+    starts = [s * eye for s in _EXTRA_STARTS]
+    rng = np.random.default_rng(_MULTISTART_SEED)
+    for _ in range(_RANDOM_STARTS):
+        lam = np.tril(rng.standard_normal((q, q)))
+        lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
+        starts.append(theta_from_lambda(lam, diagonal))
+    return starts
 
-    L-BFGS-B stops on a bound whenever the projected gradient vanishes. That includes
-    stationary points that are not minima: the deviance is even in each column of ``L``
-    (flipping its sign leaves ``L L'`` unchanged), so a zero diagonal entry with a zero
-    column has zero gradient even when the variance should be positive. A small step
-    inwards tells the two apart.
+
+def _escape_start(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> np.ndarray | None:
+    """A start off the bound from which the deviance is lower, if ``theta`` is not a minimum.
+
+    L-BFGS-B stops on a bound whenever the projected gradient vanishes, which includes
+    stationary points that are not minima. Where a diagonal entry of ``L`` is 0, the
+    deviance depends on the rest of that column only up to its sign (flipping a column of
+    ``L`` leaves ``L L'`` unchanged), but only one sign can be left by raising the
+    diagonal entry: both are tried, with a small step inwards.
     """
     lower = dev.lower_bounds()
-    on_bound = np.isfinite(lower) & (theta <= lower)
-    if not on_bound.any():
-        return on_bound
-    _, grad = dev.value_and_grad(theta)
-    leavable = on_bound & (grad < -1e-8 * max(1.0, abs(value)))
-    for j in np.flatnonzero(on_bound & ~leavable):
-        step = theta.copy()
-        step[j] += 1e-3
-        leavable[j] = dev(step) < value
-    return leavable
+    on_bound = np.flatnonzero(np.isfinite(lower) & (theta <= lower))
+    best, best_value = None, value - 1e-10 * max(1.0, abs(value))
+    rows, cols = getattr(dev, "_rows", None), getattr(dev, "_cols", None)
+    for j in on_bound:
+        column = (np.flatnonzero((cols == cols[j]) & (rows > rows[j]))
+                  if rows is not None and j < rows.size else np.empty(0, dtype=int))
+        for sign in (1.0, -1.0) if column.size and np.any(theta[column] != 0) else (1.0,):
+            trial = theta.copy()
+            trial[column] *= sign
+            trial[j] = lower[j] + 1e-3 * max(1.0, np.abs(theta).max())
+            trial_value = dev(trial)
+            if trial_value < best_value:
+                best, best_value = trial, trial_value
+    return best
 
 
 def _snap_to_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> tuple[np.ndarray, float]:
@@ -196,6 +222,14 @@ def _snap_to_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> t
     if trial_value <= value + 1e-12 * max(1.0, abs(value)):
         return trial, trial_value
     return theta, value
+
+
+def _settle(dev: ProfiledDeviance, res) -> tuple[np.ndarray, float, bool, int]:
+    """Snap near-zero variances onto the bound, then the Newton step and check."""
+    x, _ = _snap_to_bounds(dev, res.x, res.fun)
+    if x is res.x:
+        return _newton_polish(dev, x, res.fun, res.jac)
+    return _newton_polish(dev, x)
 
 
 def _newton_polish(
@@ -313,21 +347,48 @@ def _fit_deviance(
     res = _minimize(white, start, max_iter, tol, callback)
     n_iter, n_fev = res.nit, res.nfev
     lower = white.lower_bounds()
-    stuck = _leavable_bounds(white, res.x, res.fun)
-    if stuck.any():
-        nudged = res.x.copy()
-        nudged[stuck] = 0.1
-        retry = _minimize(white, nudged, max_iter, tol)
+    # The profiled deviance can have several local minima, mostly with few groups: there
+    # further starts are cheap. The all-zero end (no random effects) is always compared.
+    # max_iter bounds the work: a first run that hits it is reported as such, not retried
+    limited = res.status == 1
+    starts = _extra_starts(q, diagonal) if stats.n_groups <= _MULTISTART_MAX_GROUPS and not limited else []
+    zero = np.zeros_like(res.x)
+    zero_value = white(zero)
+    n_fev += 1
+    if zero_value < res.fun:
+        starts.append(np.maximum(zero, 1e-3 * theta_from_lambda(np.eye(q), diagonal)))
+    for other in starts:
+        retry = _minimize(white, other, max_iter, tol)
         n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
         if retry.fun < res.fun:
             res = retry
+    if zero_value < res.fun:
+        res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=white.value_and_grad(zero)[1],
+                                      nit=0, nfev=1, status=0, success=True,
+                                      message="no random-effects variance")
+    for _ in range(0 if limited else 3):  # leave bound points that are not minima
+        escape = _escape_start(white, res.x, res.fun)
+        if escape is None:
+            break
+        retry = _minimize(white, escape, max_iter, tol)
+        n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
+        if retry.fun >= res.fun:
+            break
+        res = retry
 
-    x, value = _snap_to_bounds(white, res.x, res.fun)
-    if x is res.x:
-        x, scaled_grad, pos_def, n_check = _newton_polish(white, x, res.fun, res.jac)
-    else:
-        x, scaled_grad, pos_def, n_check = _newton_polish(white, x)
+    x, scaled_grad, pos_def, n_check = _settle(white, res)
     n_fev += n_check
+    if not limited and (not pos_def or scaled_grad >= _SCALED_GRADIENT_TOL):
+        # A saddle or a flat valley near a zero variance (the deviance is even there):
+        # restart with the small diagonal entries raised, and keep what is lower.
+        nudged = x.copy()
+        small = np.isfinite(lower) & (x < 0.05 * max(1.0, np.abs(x).max()))
+        nudged[small] = 0.1 * max(1.0, np.abs(x).max())
+        retry = _minimize(white, nudged, max_iter, tol)
+        n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
+        if retry.fun < white(x):
+            x, scaled_grad, pos_def, n_check = _settle(white, retry)
+            n_fev += n_check
     lam_white = lambda_from_theta(x, q, diagonal)
     lam = P @ lam_white if diagonal else _lower_factor(P @ lam_white)
     theta = theta_from_lambda(lam, diagonal)
@@ -346,7 +407,7 @@ def _fit_deviance(
     at_bound = np.isfinite(dev.lower_bounds()) & (theta <= dev.lower_bounds())
     # L-BFGS-B's own verdict is not used: at the optimum its line search can fail on
     # rounding ("ABNORMAL"), which the Newton check tells apart from a real failure.
-    hit_limit = res.status == 1
+    hit_limit = limited
     converged = not hit_limit and scaled_grad < _SCALED_GRADIENT_TOL and pos_def
     if hit_limit:
         message = f"iteration limit reached ({res.message})"

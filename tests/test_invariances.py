@@ -187,9 +187,6 @@ _TWO_OPTIMA = (make_design([9, 8, 8, 8, 4, 6, 8, 6], 2, 3, 0.22913595626613725, 
                False, False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the optimiser's result depends on the basis of Z "
-                   "(local optima on the boundary, see test_properties._LOCAL_OPTIMA); with "
-                   "Z -> Z A the fit lands on another optimum")
 @settings(SETTINGS, phases=[Phase.explicit, Phase.generate])
 @example(problem=_TWO_OPTIMA, stretch=1.0, shift=1.0)
 @given(problems(), st.floats(0.1, 10.0), st.floats(-3.0, 3.0))

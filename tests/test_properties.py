@@ -205,7 +205,6 @@ Q3_OTHER_BOUNDARY_FACE = Case(make_design([4, 2, 1, 7, 3, 1, 7, 3], 1, 3, 0.7105
                                           fit_intercept=False, weights=True), reml=False, diagonal=False)
 
 
-@pytest.mark.xfail(strict=True, reason=_LOCAL_OPTIMA)
 @_settings(150, shrink=False)
 @example(case=ML_INTERCEPT_LOCAL_MAX)
 @example(case=SIGN_FLIP_Q2)
@@ -217,7 +216,6 @@ def test_no_start_finds_a_higher_likelihood(case):
     assert best <= est.llf_ + 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason=_LOCAL_OPTIMA)
 @_settings(150, shrink=False)
 @example(case=SIGN_FLIP_Q3)
 @given(cases(max_m=8))
@@ -244,8 +242,6 @@ def _ml_intercept(x, y, g):
     return est, max(profile), best
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the ML random-intercept fit stops at theta=0, a "
-                   "local maximum (llf -15.473); the profile peaks near theta=1.5 (llf -15.020)")
 def test_ml_random_intercept_local_maximum_on_the_boundary():
     est, profile_max, best = _ml_intercept(
         [-1.3, -0.4, 1.1, -0.7, -0.0, -0.3, -0.2, -0.4, 1.4, 0.6],
@@ -254,8 +250,6 @@ def test_ml_random_intercept_local_maximum_on_the_boundary():
     assert est.llf_ >= max(profile_max, best) - 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the ML random-intercept fit returns an interior "
-                   "local maximum (theta=1.28, llf -7.237, converged_=True); theta=0 gives -7.089")
 def test_ml_random_intercept_local_maximum_inside():
     est, profile_max, best = _ml_intercept(
         [-0.4, 0.2, 0.3, 0.0, -0.4, -0.5], [-0.3, 0.1, -0.9, -1.4, 1.6, 0.9], [0, 0, 0, 1, 2, 2])
@@ -280,9 +274,6 @@ def _boundary_is_a_local_minimum(dev, theta, q, step=1e-2):
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="bug: boundary point theta=(0, -0.62, 0) reported "
-                   "converged; with the sub-column of L's first column negated (same cov_re) "
-                   "d deviance / d L[0,0] < 0, and REML log L rises by 0.035 inwards")
 def test_boundary_sign_flip_is_not_a_minimum():
     x = np.array([-0.8, 1.7, 0.3, -0.3, 0.2, 0.3, 1.0, 0.1, 1.3, -0.5, -0.1, -0.6, 0.1, 2.1, -1.7, -1.5])
     y = np.array([-2.7, 4.0, -0.8, -0.3, -1.6, 2.7, -1.0, -2.1, -0.3, 0.1, 0.9, -1.1, -3.4, -1.5, 0.4, -2.5])
