@@ -23,10 +23,12 @@ with ``E`` the unit matrix of entry (r, c) of ``L``,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg import lapack
 
 from ._stats import GroupStats
 
@@ -47,12 +49,14 @@ __all__ = [
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+@functools.lru_cache(maxsize=64)
 def theta_index(q: int, diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices in ``L`` of each entry of ``theta`` (lme4's order)."""
     if diagonal:
-        idx = np.arange(q)
-        return idx, idx
-    cols, rows = np.triu_indices(q)  # upper triangle row-major == lower triangle column-major
+        rows = cols = np.arange(q)
+    else:
+        cols, rows = np.triu_indices(q)  # upper triangle row-major == lower triangle column-major
+    rows.flags.writeable = cols.flags.writeable = False  # cached: shared by every caller
     return rows, cols
 
 
@@ -225,7 +229,9 @@ class ProfiledDeviance:
         m = st.n_groups
         lam = lambda_from_theta(theta, q, self.diagonal)
         S = st.ztz
-        T = (np.kron(lam.T, lam.T) @ S.reshape(q * q, m)).reshape(q, q, m)
+        # vec(L' S L) = (L' kron L') vec(S): one product for all groups
+        kron = (lam.T[:, None, :, None] * lam.T[None, :, None, :]).reshape(q * q, q * q)
+        T = (kron @ S.reshape(q * q, m)).reshape(q, q, m)
         T[np.arange(q), np.arange(q)] += 1.0
         C = batched_cholesky(T)
         W = batched_solve_lower(C, (lam.T @ st.ztxy.reshape(q, -1)).reshape(q, p + 1, m), overwrite=True)
@@ -233,11 +239,12 @@ class ProfiledDeviance:
         for j in range(1, q):
             G += W[j] @ W[j].T
         F = st.xyxy - G
-        try:
-            a_factor = linalg.cho_factor(F[:p, :p], lower=True, check_finite=False)
-        except linalg.LinAlgError:
-            raise FloatingPointError("X'V^{-1}X is not positive definite") from None
-        beta = linalg.cho_solve(a_factor, F[:p, p], check_finite=False)
+        # LAPACK directly: scipy.linalg's wrappers cost more than these p x p solves
+        chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
+        if info != 0:
+            raise FloatingPointError("X'V^{-1}X is not positive definite")
+        a_factor = (chol_a, True)
+        beta = lapack.dpotrs(chol_a, F[:p, p], lower=1)[0]
         r2 = max(F[p, p] - F[:p, p] @ beta, np.finfo(float).tiny)
         logdet_t = 2.0 * np.log(C[np.arange(q), np.arange(q)]).sum()
         dev = logdet_t + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - st.sum_log_weights
@@ -255,7 +262,7 @@ class ProfiledDeviance:
         grad = 2.0 * np.einsum("abm,bcm->ac", s_lam, t_inv) - (2.0 * self.dof / r2) * (resid_z @ u.T)
         if self.reml:
             # K_i = Z_i'X_i A^{-1} X_i'Z_i = Y_i'Y_i with Y_i = R_A^{-T} X_i'Z_i
-            r_inv = linalg.solve_triangular(a_factor[0], np.eye(p), lower=True, check_finite=False)
+            r_inv = lapack.dtrtri(chol_a, lower=1)[0]
             Y = r_inv @ st.ztxy[:, :p, :]
             K = np.empty((q, q, m))
             for a in range(q):
