@@ -778,7 +778,7 @@ def _finish(
     cov_re, blups, condvar = [None] * n_terms, [None] * n_terms, [None] * n_terms
     for k, t in enumerate(model.terms):
         lam = pt.lams[k]
-        cov_re[t.position] = scale * lam @ lam.T
+        cov_re[t.position] = scale * 0.5 * (lam @ lam.T + (lam @ lam.T).T)
         if k == 0:
             blups[t.position] = np.einsum("akm,k->ma", md.LV1, gamma)
             D = pt.D

@@ -553,7 +553,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
         self.theta_ = sol.theta.copy()
         self.scale_ = sol.scale
-        self.cov_re_ = sol.scale * sol.lam @ sol.lam.T
+        cov_re = sol.scale * sol.lam @ sol.lam.T
+        self.cov_re_ = 0.5 * (cov_re + cov_re.T)  # exactly symmetric, whatever BLAS did
         self.llf_ = -0.5 * sol.deviance
         self.df_model_ = n_fe + (dev.n_theta if random else 0) + 1
         self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
