@@ -273,6 +273,20 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> round(est.llf_, 4), est.n_groups_, est.converged_
+        (-871.8141, 18, True)
+        >>> est.cov_re_.round(2)
+        array([[612.09,   9.6 ],
+               [  9.6 ,  35.07]])
         """
         if is_dask_collection(X):
             labels, stats = stats_from_dask(X, y, groups, Z, sample_weight,
@@ -606,6 +620,19 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> est.predict(df[["Days"]].head(3), groups=df["Subject"].head(3), Z=Z[:3]).round(2)
+        array([253.66, 273.33, 293.  ])
+        >>> est.predict(df[["Days"]].head(3)).round(2)  # population level
+        array([251.41, 261.87, 272.34])
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64, accept_sparse=False)
@@ -674,6 +701,19 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Returns
         -------
         float
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> round(est.score(df[["Days"]], df["Reaction"]), 3)  # population predictions
+        0.286
+        >>> round(est.score(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z), 3)
+        0.826
         """
         from sklearn.metrics import r2_score
 
@@ -685,6 +725,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Fixed effects with Satterthwaite tests, random effects and model information.
 
         See :func:`mixedlm_sklearn.inference.summary`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> est.summary().fixed_effects.loc["Days", ["estimate", "df"]].round(3).tolist()
+        [10.467, 17.0]
         """
         from .inference import summary
 
@@ -695,6 +746,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Confidence intervals: ``method="wald"`` (fixed effects) or ``"profile"``.
 
         See :func:`mixedlm_sklearn.inference.conf_int`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> est.conf_int().round(2).loc["Days"].tolist()
+        [7.44, 13.5]
         """
         from .inference import conf_int
 

@@ -411,6 +411,18 @@ def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
     NotImplementedError
         For a heteroscedastic fit that does not keep its per-stratum statistics: its
         variance ratios are parameters whose uncertainty the df must include.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> from mixedlm_sklearn.inference import satterthwaite_df
+    >>> satterthwaite_df(est).round(3)
+    array([17., 17.])
     """
     vp = _varpar_model(est)
     p = vp.cov_beta.shape[0]
@@ -518,6 +530,17 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     ``L C L'`` is diagonalised, ``L C L' = P D P'``; the rows of ``P'L`` are independent
     t statistics whose Satterthwaite df ``nu_m`` combine into the F test's denominator
     df (Kuznetsova et al. 2017, sec. 3.2). A rank-deficient ``L`` is tested on its rank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> print(est.wald_test("Days"))
+    Wald F test (Satterthwaite): F = 45.85, df = (1, 17), p = 3.264e-06
     """
     if ddf not in ("satterthwaite", "chi2"):
         raise ValueError(f"ddf must be 'satterthwaite' or 'chi2', got {ddf!r}")
@@ -785,6 +808,22 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
     Notes
     -----
     REML fits are profiled on the ML deviance, as lme4 does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> est.profile(which=["sigma"], n_points=5).round(3)
+       param   value   zeta
+    0  sigma  22.149 -2.576
+    1  sigma  23.870 -1.210
+    2  sigma  25.592  0.000
+    3  sigma  27.810  1.373
+    4  sigma  30.028  2.576
     """
     z_max = stats.norm.ppf(1.0 - _check_alpha(alpha_max) / 2.0)
     if n_points < 3:
@@ -846,6 +885,23 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     estimate of exactly 0) has the lower bound 0; a correlation likewise -1 or 1.
     Wald intervals use the covariance of the fixed effects at the estimates (for a
     heteroscedastic fit, at the estimated variance ratios, as nlme's ``intervals``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> est.conf_int().round(2)
+                  lower   upper
+    (Intercept)  238.03  264.78
+    Days           7.44   13.50
+    >>> est.conf_int(method="profile", which=["sigma"]).round(2)
+               lower  upper
+    parameter
+    sigma       22.9  28.86
     """
     z = stats.norm.ppf(1.0 - _check_alpha(alpha) / 2.0)
     if method == "wald":
@@ -1038,6 +1094,20 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
     -------
     Summary
         Prints as a compact table; renders as HTML in notebooks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> s = est.summary()
+    >>> s.fixed_effects[["estimate", "std_error", "df"]].round(3)
+                 estimate  std_error    df
+    (Intercept)   251.405      6.825  17.0
+    Days           10.467      1.546  17.0
     """
     alpha = _check_alpha(alpha)
     beta, se = est.fe_params_, est.bse_
@@ -1228,6 +1298,20 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
     not keep its per-stratum statistics (``model_.strata``) only has the response's
     statistics reweighted by its variance ratios: then only the rows and the groups are
     compared, and the fixed effects of REML fits by their names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> slopes = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> intercept = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
+    >>> from mixedlm_sklearn import lr_test
+    >>> test = lr_test(intercept, slopes)
+    >>> round(test.statistic, 3), test.df
+    (42.139, 2)
     """
     _check_fitted(restricted, "restricted")
     _check_fitted(full, "full")

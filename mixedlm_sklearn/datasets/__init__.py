@@ -53,6 +53,12 @@ def load_sleepstudy() -> pd.DataFrame:
     -----
     Classic model: ``Reaction ~ Days + (Days | Subject)``, a random intercept
     and a random slope on ``Days`` per subject.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> load_sleepstudy().shape
+    (180, 3)
     """
     return _read_csv("sleepstudy.csv", ("Subject",))
 
@@ -84,6 +90,12 @@ def load_dietox() -> pd.DataFrame:
     -----
     Classic model: ``Weight ~ Time + (1 | Pig)``, or with random slopes
     ``Weight ~ Time + (Time | Pig)``.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_dietox
+    >>> load_dietox().shape
+    (861, 8)
     """
     return _read_csv("dietox.csv", ("Pig", "Evit", "Cu", "Litter"))
 
@@ -107,6 +119,12 @@ def load_penicillin() -> pd.DataFrame:
     -----
     Classic model: ``diameter ~ 1 + (1 | plate) + (1 | sample)``, two crossed
     random intercepts.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_penicillin
+    >>> load_penicillin().shape
+    (144, 3)
     """
     return _read_csv("penicillin.csv", ("plate", "sample"))
 
@@ -131,6 +149,12 @@ def load_orthodont() -> pd.DataFrame:
     Notes
     -----
     Classic model: ``distance ~ age * Sex + (age | Subject)``.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> load_orthodont().shape
+    (108, 4)
     """
     return _read_csv("orthodont.csv", ("Subject", "Sex"))
 
@@ -164,6 +188,12 @@ def load_insteval() -> pd.DataFrame:
     -----
     Classic model: ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``, three
     crossed random intercepts.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_insteval
+    >>> load_insteval().shape
+    (73421, 7)
     """
     return _read_csv(
         "insteval.csv", ("s", "d", "studage", "lectage", "service", "dept")

@@ -1,0 +1,21 @@
+"""The examples in the public docstrings run and print what they show."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "mixedlm_sklearn.estimator",
+    "mixedlm_sklearn.inference",
+    "mixedlm_sklearn.design",
+    "mixedlm_sklearn.datasets",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
