@@ -18,6 +18,7 @@ __all__ = [
     "as_design",
     "check_full_rank",
     "check_weights",
+    "check_cross_products",
     "check_finite",
     "check_counts",
     "check_response",
@@ -200,4 +201,13 @@ def check_residual_variance(scale: float, xyxy: np.ndarray, n_obs: int) -> None:
             f"the residual variance is 0: with {n_obs} observations the fixed and random "
             "effects reproduce y exactly within every group (e.g. y constant within each "
             "group), so the likelihood is unbounded"
+        )
+
+
+def check_cross_products(*arrays: np.ndarray) -> None:
+    """Refuse data whose cross-products overflow double precision (values beyond ~1e154)."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ValueError(
+            "the cross-products of the data overflow double precision (values beyond about "
+            "1e154): rescale y, X or Z, e.g. divide by a power of 10"
         )

@@ -26,6 +26,7 @@ from ._stats import GroupStats, compute_stats
 from ._validation import (
     as_design,
     check_counts,
+    check_cross_products,
     check_finite,
     check_residual_variance,
     check_full_rank,
@@ -456,7 +457,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         xw = design if root_w is None else design * root_w[:, None]
         yw = y if root_w is None else y * root_w
         xy = np.column_stack([xw, yw])
-        xyxy = xy.T @ xy
+        with np.errstate(over="ignore"):
+            xyxy = xy.T @ xy
+        check_cross_products(xyxy)
         check_full_rank(xyxy[:-1, :-1], fe_names)
         check_response(xyxy)
         check_counts(n, {name: labels[name].size for name in names},
@@ -514,6 +517,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                         re_names: list[str], group_name: str, random: bool = True,
                         strata: tuple[list[GroupStats], np.ndarray] | None = None) -> None:
         """Everything after the statistics pass: checks, optimisation, fitted attributes."""
+        check_cross_products(stats.xyxy, stats.ztz, stats.ztxy)
         check_full_rank(stats.xyxy[:-1, :-1], fe_names)
         if random:  # least squares without groups may fit exactly (sklearn's checks do)
             check_response(stats.xyxy)

@@ -267,10 +267,6 @@ def test_parameters_of_the_wrong_type(data, params, name):
 
 # ---- units beyond double precision's comfort -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug: with y in 1e160 units the cross-products y'y "
-                   "overflow; the fit returns llf_ = nan, scale_ = nan and coef_ off by 0.9% "
-                   "with RuntimeWarnings and a generic ConvergenceWarning, rather than rescaling "
-                   "y before the statistics pass or raising a ValueError that says so")
 def test_y_whose_squares_overflow(data):
     X, y, groups, _ = data
     with warnings.catch_warnings():
