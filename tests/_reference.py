@@ -153,3 +153,15 @@ def single_factor_arrays(name: str) -> dict[str, Any]:
     out["Z"] = frame[z_columns].to_numpy(dtype=float)
     out["json"] = answers
     return out
+
+
+def fit_single_factor(case: dict[str, Any], **params: Any):
+    """``MixedLMRegressor`` fitted to a single-factor case as lme4 fitted it."""
+    import warnings
+
+    from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
+
+    est = MixedLMRegressor(reml=case["reml"], fit_intercept=False, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        return est.fit(case["X"], case["y"], groups=case["groups"], Z=case["Z"])

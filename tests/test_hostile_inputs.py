@@ -17,23 +17,12 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 
+from conftest import fit_with  # shared with the other input tests
+
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
 
 
-@pytest.fixture
-def data():
-    rng = np.random.default_rng(0)
-    n = 60
-    X = pd.DataFrame({"a": rng.standard_normal(n), "b": rng.standard_normal(n)})
-    groups = np.repeat(np.arange(6), 10)
-    y = X["a"].to_numpy() + np.repeat(rng.standard_normal(6), 10) + rng.standard_normal(n)
-    Z = np.column_stack([np.ones(n), X["a"]])
-    return X, y, groups, Z
-
-
-def _fit(X, y, **kw):
-    params = kw.pop("params", {})
-    return MixedLMRegressor(**params).fit(X, y, **kw)
+_fit = fit_with
 
 
 # ---- non-finite values: the rows (and the column) must be named ------------------------------

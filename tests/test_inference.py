@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _oracle import profiled_dense_loglik
-from _reference import SINGLE_FACTOR_CASES, reference_path, single_factor_arrays
+from _reference import fit_single_factor, SINGLE_FACTOR_CASES, reference_path, single_factor_arrays
 from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
 
@@ -35,11 +35,7 @@ LME4_PROFILE_FAILURES = {
 }
 
 
-def _fit(case, **params):
-    est = MixedLMRegressor(reml=case["reml"], fit_intercept=False, **params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SingularFitWarning)
-        return est.fit(case["X"], case["y"], groups=case["groups"], Z=case["Z"])
+_fit = fit_single_factor
 
 
 @pytest.fixture(scope="module", params=SINGLE_FACTOR_CASES)

@@ -9,18 +9,14 @@ import warnings
 
 import numpy as np
 import pytest
-from _reference import SINGLE_FACTOR_CASES, single_factor_arrays
+from _reference import fit_single_factor, SINGLE_FACTOR_CASES, single_factor_arrays
 
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
 
 RTOL = 1e-4
 
 
-def _fit(case, **params):
-    est = MixedLMRegressor(reml=case["reml"], fit_intercept=False, **params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SingularFitWarning)
-        return est.fit(case["X"], case["y"], groups=case["groups"], Z=case["Z"])
+_fit = fit_single_factor
 
 
 @pytest.fixture(scope="module", params=SINGLE_FACTOR_CASES)
