@@ -467,3 +467,15 @@ def test_docstring_examples():
         result = doctest.testmod(formula_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5
     assert result.failed == 0
+
+
+def test_insteval_crossed_from_the_raw_data():
+    from mixedlm_sklearn.datasets import load_insteval
+
+    _, ref = load_case("insteval_crossed_reml")
+    est = lmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", load_insteval())
+    assert abs(est.llf_ - ref["llf"]) < 1e-6
+    assert list(est.fe_params_.index) == ref["x_names"]  # lme4's "service1"
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-6)
+    for term in ref["terms"]:
+        np.testing.assert_allclose(est.cov_re_[term["vc_key"]], term["cov_re"], rtol=1e-3)
