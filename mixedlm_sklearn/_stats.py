@@ -141,9 +141,9 @@ def compute_stats(
         # Row r of the block-sparse Z has its q entries in columns codes[r]*q + (0..q-1);
         # Z_blocks' @ [Z, X, y] then yields every per-group cross-product in one product.
         cols = (codes[start:stop, None] * q + np.arange(q)).ravel()
+        z_values = zb.ravel() if weights is not None else np.ascontiguousarray(Z[start:stop]).ravel()
         z_blocks = sp.csr_matrix(
-            (np.ascontiguousarray(zb).ravel(), cols, np.arange(0, rows * q + 1, q)),
-            shape=(rows, n_groups * q),
+            (z_values, cols, np.arange(0, rows * q + 1, q)), shape=(rows, n_groups * q)
         )
         zw += z_blocks.T @ block
         xyxy += xyb.T @ xyb
