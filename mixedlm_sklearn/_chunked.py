@@ -114,9 +114,11 @@ def stats_from_dask(
     """
     import dask
 
-    pieces = [X, y, groups] + [c for c in (Z, sample_weight) if c is not None]
-    not_dask = [name for name, c in zip(("X", "y", "groups", "Z", "sample_weight"), pieces)
-                if not is_dask_collection(c)]
+    named = [(name, c) for name, c in
+             zip(("X", "y", "groups", "Z", "sample_weight"), (X, y, groups, Z, sample_weight))
+             if c is not None]
+    pieces = [c for _, c in named]
+    not_dask = [name for name, c in named if not is_dask_collection(c)]
     if not_dask:
         raise TypeError(f"with a Dask X, {not_dask} must be Dask collections too (columns of the same DataFrame)")
     counts = {c.npartitions for c in pieces}

@@ -209,6 +209,11 @@ class ProfiledDeviance:
     def n_theta(self) -> int:
         return self._rows.size
 
+    @property
+    def theta_position(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column in ``L`` of each entry of ``theta``."""
+        return self._rows, self._cols
+
     def lower_bounds(self) -> np.ndarray:
         return theta_lower_bounds(self.q, self.diagonal)
 

@@ -190,10 +190,11 @@ def _escape_start(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> np.
     lower = dev.lower_bounds()
     on_bound = np.flatnonzero(np.isfinite(lower) & (theta <= lower))
     best, best_value = None, value - 1e-10 * max(1.0, abs(value))
-    rows, cols = getattr(dev, "_rows", None), getattr(dev, "_cols", None)
+    # deviances over theta and more (the joint heteroscedastic one) have no such layout
+    rows, cols = getattr(dev, "theta_position", (np.empty(0, int), np.empty(0, int)))
     for j in on_bound:
         column = (np.flatnonzero((cols == cols[j]) & (rows > rows[j]))
-                  if rows is not None and j < rows.size else np.empty(0, dtype=int))
+                  if j < rows.size else np.empty(0, dtype=int))
         for sign in (1.0, -1.0) if column.size and np.any(theta[column] != 0) else (1.0,):
             trial = theta.copy()
             trial[column] *= sign
@@ -407,9 +408,8 @@ def _fit_deviance(
     at_bound = np.isfinite(dev.lower_bounds()) & (theta <= dev.lower_bounds())
     # L-BFGS-B's own verdict is not used: at the optimum its line search can fail on
     # rounding ("ABNORMAL"), which the Newton check tells apart from a real failure.
-    hit_limit = limited
-    converged = not hit_limit and scaled_grad < _SCALED_GRADIENT_TOL and pos_def
-    if hit_limit:
+    converged = not limited and scaled_grad < _SCALED_GRADIENT_TOL and pos_def
+    if limited:
         message = f"iteration limit reached ({res.message})"
     elif not pos_def:
         message = "the Hessian of the deviance is not positive definite at the optimum"

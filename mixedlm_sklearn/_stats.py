@@ -76,18 +76,6 @@ class GroupStats:
             self.sum_log_weights + other.sum_log_weights,
         )
 
-    def rescaled(self, z_scale: np.ndarray, xy_scale: np.ndarray) -> "GroupStats":
-        """Statistics of ``Z / z_scale`` and ``[X, y] / xy_scale`` (column-wise)."""
-        zs = z_scale
-        return GroupStats(
-            self.ztz / (zs[:, None, None] * zs[None, :, None]),
-            self.ztxy / (zs[:, None, None] * xy_scale[None, :, None]),
-            self.xyxy / np.outer(xy_scale, xy_scale),
-            self.counts,
-            self.n_obs,
-            self.sum_log_weights,
-        )
-
 
 def compute_stats(
     X: np.ndarray,

@@ -19,6 +19,7 @@ __all__ = [
     "check_full_rank",
     "check_weights",
     "check_cross_products",
+    "check_residual_variance",
     "check_finite",
     "check_counts",
     "check_response",
@@ -47,6 +48,9 @@ def encode_groups(groups: Any, n_rows: int, name: str = "groups") -> tuple[np.nd
         groups = values[:, 0]
     if not isinstance(groups, (pd.Series, pd.Categorical, np.ndarray, pd.Index)):
         groups = np.asarray(groups, dtype=object)
+    if np.ndim(groups) != 1:
+        raise ValueError(f"{name} must be one label per row (1-D), got shape {np.shape(groups)}; "
+                         "several grouping factors go in a DataFrame, one column each")
     if len(groups) != n_rows:
         raise ValueError(f"{name} has {len(groups)} entries but X has {n_rows} rows")
     missing = pd.isna(groups)
@@ -54,7 +58,7 @@ def encode_groups(groups: Any, n_rows: int, name: str = "groups") -> tuple[np.nd
         raise ValueError(f"{name} has missing labels (NaN/None) in rows {first_rows(np.asarray(missing))}")
     try:
         codes, labels = pd.factorize(groups, sort=True)
-    except TypeError:  # labels of mixed, unorderable types: keep order of appearance
+    except TypeError:  # labels that cannot be sorted together: keep order of appearance
         codes, labels = pd.factorize(groups, sort=False)
     return codes.astype(np.intp, copy=False), np.asarray(labels, dtype=object)
 
@@ -116,7 +120,9 @@ def check_full_rank(xtx: np.ndarray, names: Sequence[str], what: str = "X") -> N
 
 def check_weights(weights: Any, n_rows: int) -> np.ndarray:
     """Prior weights: finite and strictly positive, one per row."""
-    w = np.asarray(weights, dtype=float).ravel()
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 1:
+        raise ValueError(f"sample_weight must be one weight per row (1-D), got shape {w.shape}")
     if w.shape[0] != n_rows:
         raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {n_rows} rows")
     bad = ~np.isfinite(w) | (w <= 0)

@@ -69,7 +69,7 @@ class FittedModel:
     info: OptimizerInfo
     fe_names: list[str]
     re_names: list[str]
-    group_name: str
+    group_name: str | list[str]
     strata: tuple | None = None
 
 
@@ -98,6 +98,25 @@ def _check_frame(X: Any) -> None:
             f"X columns {bad} are not numeric; encode them first (e.g. OneHotEncoder in a "
             "ColumnTransformer)"
         )
+
+
+def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
+    if seen.size and not seen.any():
+        warnings.warn(
+            f"none of the {what} labels passed to predict was seen in fit (e.g. {labels[0]!r}; "
+            f"fitted labels look like {fitted[0]!r}): the predictions are population-level. "
+            "Check that the labels have the type they had in fit.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _group_name(groups: Any) -> str:
+    """The grouping factor's name: a Series' name or a one-column DataFrame's column."""
+    if isinstance(groups, pd.DataFrame) and groups.shape[1] == 1:
+        return str(groups.columns[0])
+    name = getattr(groups, "name", None)
+    return "group" if name is None else str(name)
 
 
 def _print_iteration(iteration: int, deviance: float) -> None:
@@ -162,7 +181,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Covariance of the random effects: full (lme4 ``(x | g)``) or independent
         (lme4 ``(x || g)``).
     max_iter : int, default=1000
-        Iteration limit of the optimiser.
+        Iteration limit of each optimiser run (small problems are also started from a
+        few other points, each run with this limit; a first run that reaches it ends
+        the fit with a ConvergenceWarning).
     tol : float, default=1e-8
         Relative change of the deviance at which the quasi-Newton phase stops; a Newton
         step with a finite-difference Hessian then finishes and checks the optimum.
@@ -199,7 +220,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     theta_ : ndarray
         Relative covariance factor entries (lme4's ``getME(fit, "theta")``).
     groups_ : ndarray
-        Group labels, sorted; the rows of ``random_effects_``.
+        Group labels (sorted; a Categorical's in category order): the rows of
+        ``random_effects_``.
     n_groups_, n_iter_, converged_, singular_, df_model_ : fit information.
     model_ : FittedModel
         Deviance function and optimum, used by the inference methods.
@@ -290,6 +312,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                [  9.6 ,  35.07]])
         """
         if is_dask_collection(X):
+            if residual_groups is not None or _z_by_factor(Z) is not None:
+                raise NotImplementedError("Dask input supports one grouping factor and one "
+                                          "residual variance (no residual_groups, no Z per factor)")
             labels, stats = stats_from_dask(X, y, groups, Z, sample_weight,
                                             intercept=self.fit_intercept, verbose=self.verbose)
             re_names = [INTERCEPT] if Z is None else [str(c) for c in Z.columns]
@@ -303,12 +328,13 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False,
                              ensure_all_finite=False)
         check_finite(X, "X", _column_names(X_names_src, "x", X.shape[1]))
+        check_finite(y, "y")  # labels such as None only become NaN in validate_data
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
         fe_names = _column_names(X_names_src, "x", X.shape[1])
         if self.fit_intercept:
-            fe_names = ["(Intercept)"] + fe_names
+            fe_names = [INTERCEPT] + fe_names
         if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
@@ -321,7 +347,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             return self
         if Z is None:
             z_design = np.ones((n, 1))
-            re_names = ["(Intercept)"]
+            re_names = [INTERCEPT]
         else:
             z_design = as_design(Z, n, "Z")
             re_names = _column_names(Z, "z", z_design.shape[1])
@@ -339,7 +365,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(
                     f"random effects need at least two groups; groups has {labels.size} level"
                 )
-        group_name = getattr(groups, "name", None) or "group"
+        group_name = _group_name(groups)
         if residual_groups is not None:
             if groups is None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "
@@ -417,7 +443,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"random effects need at least two groups; the data have {labels.size}")
         self.n_features_in_ = len(x_names)
         self.feature_names_in_ = np.asarray(x_names, dtype=object)
-        fe_names = (["(Intercept)"] if self.fit_intercept else []) + list(x_names)
+        fe_names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
         self._fit_from_stats(stats, labels, fe_names, re_names, group_name or "group")
         return self
 
@@ -467,7 +493,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         started = time.perf_counter()
         with single_threaded_blas():
             model = build_crossed_model(design, y, terms, weights)
-            fit = fit_crossed(model, reml=self.reml, max_iter=self.max_iter, tol=self.tol)
+            # fit_crossed's tol bounds the Newton decrement, which must be far smaller than
+            # the quasi-Newton stopping rule `tol` to give lme4's digits
+            fit = fit_crossed(model, reml=self.reml, max_iter=self.max_iter,
+                              tol=min(self.tol, 1e-10))
         if self.verbose:
             print(f"[MixedLMRegressor] {len(terms)} random-effects terms: {fit.n_fev} evaluations, "
                   f"converged={fit.converged} ({time.perf_counter() - started:.3f} s)")
@@ -477,20 +506,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         at_bound = (model.lower_bounds() == 0.0) & (fit.theta <= 0.0)
         info = OptimizerInfo(fit.converged, fit.message, fit.n_iter, fit.n_fev, 0.0, at_bound)
         self.model_ = FittedModel(dev, sol, info, list(fe_names), re_names, names)
-        beta = fit.beta
-        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
-        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = fit.cov_beta
-        self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-        self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
-        self.theta_ = fit.theta.copy()
-        self.scale_ = fit.scale
-        self.residual_var_ = {"(all)": fit.scale}
+        self._set_common(fit.beta, fit.cov_beta, fe_names, fit.theta, fit.scale, fit.llf,
+                         len(fe_names) + model.n_theta + 1, n)
         self.cov_re_ = dict(zip(names, fit.cov_re))
-        self.llf_ = fit.llf
-        self.df_model_ = len(fe_names) + model.n_theta + 1
-        self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
-        self.bic_ = -2.0 * self.llf_ + np.log(n) * self.df_model_
         self.groups_ = labels
         self.n_groups_ = {name: int(labels[name].size) for name in names}
         self.random_effects_ = {
@@ -552,36 +570,47 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._set_fitted(dev, sol, info, labels, fe_names, re_names, group_name, random)
         if strata is not None:
             self.model_ = dataclasses.replace(self.model_, strata=strata)
-        if ratios is None:
-            self.residual_var_ = {"(all)": self.scale_}
-        else:
             self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(strata[1], ratios)}
-            self.df_model_ += ratios.size - 1
-            self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
-            self.bic_ = -2.0 * self.llf_ + np.log(stats.n_obs) * self.df_model_
+            self._set_information(self.llf_, self.df_model_ + ratios.size - 1, stats.n_obs)
 
-    def _set_fitted(self, dev, sol, info, labels, fe_names, re_names, group_name, random) -> None:
-        n_fe = len(fe_names)
-        self.model_ = FittedModel(dev, sol, info, list(fe_names), list(re_names), str(group_name))
-        beta = sol.beta
+    def _set_common(self, beta: np.ndarray, cov_fe: np.ndarray, fe_names: list[str],
+                    theta: np.ndarray, scale: float, llf: float, df_model: int, n_obs: int) -> None:
+        """Attributes that every kind of fit sets the same way."""
         self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
         self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = sol.cov_beta()
+        self.cov_fe_ = cov_fe
         self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-        self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
-        self.theta_ = sol.theta.copy()
-        self.scale_ = sol.scale
+        self.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
+        self.theta_ = theta.copy()
+        self.scale_ = scale
+        self.residual_var_ = {"(all)": scale}
+        self._set_information(llf, df_model, n_obs)
+
+    def _set_information(self, llf: float, df_model: int, n_obs: int) -> None:
+        """Log-likelihood and lme4's AIC/BIC (BIC with log n, also for REML fits)."""
+        self.llf_ = llf
+        self.df_model_ = df_model
+        self.aic_ = -2.0 * llf + 2.0 * df_model
+        self.bic_ = -2.0 * llf + np.log(n_obs) * df_model
+
+    def _set_fitted(self, dev, sol, info, labels, fe_names, re_names, group_name, random) -> None:
+        self.model_ = FittedModel(dev, sol, info, list(fe_names), list(re_names), str(group_name))
+        self._set_common(sol.beta, sol.cov_beta(), fe_names, sol.theta, sol.scale,
+                         -0.5 * sol.deviance, len(fe_names) + (dev.n_theta if random else 0) + 1,
+                         dev.stats.n_obs)
         cov_re = sol.scale * sol.lam @ sol.lam.T
         self.cov_re_ = 0.5 * (cov_re + cov_re.T)  # exactly symmetric, whatever BLAS did
-        self.llf_ = -0.5 * sol.deviance
-        self.df_model_ = n_fe + (dev.n_theta if random else 0) + 1
-        self.aic_ = -2.0 * self.llf_ + 2.0 * self.df_model_
-        self.bic_ = -2.0 * self.llf_ + np.log(dev.stats.n_obs) * self.df_model_
-        self.groups_ = labels
-        self.n_groups_ = int(labels.size) if random else 0
-        self.random_effects_ = pd.DataFrame(sol.blups(), index=pd.Index(labels, name=group_name),
-                                            columns=re_names)
-        self.random_effects_cov_ = sol.conditional_cov()
+        if random:
+            self.groups_ = labels
+            self.n_groups_ = int(labels.size)
+            self.random_effects_ = pd.DataFrame(
+                sol.blups(), index=pd.Index(labels, name=group_name), columns=re_names)
+            self.random_effects_cov_ = sol.conditional_cov()
+        else:  # least squares: no groups, no random effects
+            self.groups_ = np.array([], dtype=object)
+            self.n_groups_ = 0
+            self.random_effects_ = pd.DataFrame(columns=re_names, dtype=float)
+            self.random_effects_cov_ = np.zeros((0, len(re_names), len(re_names)))
         self.converged_ = info.converged
         self.n_iter_ = info.n_iter
         self.singular_ = bool(random and info.at_bound.any())
@@ -616,14 +645,23 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         X : array-like of shape (n, p)
         groups : array-like of shape (n,), optional
             Without it (or for labels not seen in ``fit``) the prediction is the population
-            (fixed-effects) prediction.
+            (fixed-effects) prediction. With several grouping factors: a DataFrame with
+            the factors' columns; a factor left out contributes nothing (its population
+            value, as lme4's ``re.form`` leaving a term out).
         Z : array-like of shape (n, q), optional
-            Random-effects design of the new rows; may be omitted when the model has a
-            random intercept only.
+            Random-effects design of the new rows (with several factors, a dict or a
+            (factor, column) DataFrame as in ``fit``); may be omitted for a random
+            intercept.
 
         Returns
         -------
         ndarray of shape (n,)
+
+        Warns
+        -----
+        UserWarning
+            When none of the given labels was seen in ``fit`` (often labels of another
+            type, e.g. "12" for 12).
 
         Examples
         --------
@@ -647,10 +685,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             return pred + self._several_blup_part(X.shape[0], groups, Z)
         n = X.shape[0]
         if Z is None:
-            if self.random_effects_.shape[1] != 1 or self.model_.re_names != ["(Intercept)"]:
+            if self.model_.re_names != [INTERCEPT]:
                 raise ValueError(
-                    f"Z is required: the model was fitted with a {self.random_effects_.shape[1]}"
-                    "-column random-effects design"
+                    f"Z is required: the model was fitted with an explicit random-effects "
+                    f"design (columns {self.model_.re_names})"
                 )
             z_design = np.ones((n, 1))
         else:
@@ -663,6 +701,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"groups has {labels.shape[0]} entries but X has {n} rows")
         idx = pd.Index(self.groups_).get_indexer(labels)
         seen = idx >= 0
+        _warn_if_none_seen(seen, labels, self.groups_, "groups")
         blups = self.random_effects_.to_numpy()
         pred[seen] += np.einsum("ij,ij->i", z_design[seen], blups[idx[seen]])
         return pred
@@ -686,8 +725,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 z_k = np.ones((n, 1))
             else:
                 raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
-            idx = pd.Index(self.groups_[name]).get_indexer(np.asarray(frame[col], dtype=object))
+            labels = np.asarray(frame[col], dtype=object)
+            idx = pd.Index(self.groups_[name]).get_indexer(labels)
             seen = idx >= 0
+            _warn_if_none_seen(seen, labels, self.groups_[name], f"groups[{name!r}]")
             out[seen] += np.einsum("ij,ij->i", z_k[seen], blups.to_numpy()[idx[seen]])
         return out
 

@@ -137,3 +137,21 @@ def test_slope_constant_within_every_group(data):
 def test_empty_input():
     with pytest.raises(ValueError, match="0 sample"):
         MixedLMRegressor().fit(np.empty((0, 2)), np.empty(0), groups=np.empty(0))
+
+
+def test_groups_as_nested_lists_get_a_clear_error(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match="one label per row"):
+        _fit(X, y, groups=[[g] for g in groups.tolist()], Z=Z)
+
+
+def test_y_with_none_names_the_problem(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match="(?i)y contains NaN"):
+        _fit(X, list(y[:-1]) + [None], groups=groups, Z=Z)
+
+
+def test_two_dimensional_sample_weight(data):
+    X, y, groups, Z = data
+    with pytest.raises(ValueError, match="one weight per row"):
+        _fit(X, y, groups=groups, Z=Z, sample_weight=np.ones((len(y), 2)))

@@ -151,3 +151,26 @@ def test_group_label_types_do_not_change_the_fit(sleep):
     fits = [MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=g, Z=Z).llf_
             for g in (ints, df["Subject"], ints.astype("category"))]
     np.testing.assert_allclose(fits, fits[0], rtol=0, atol=1e-10)
+
+
+def test_predict_warns_when_no_label_was_seen(sleep):
+    df, Z = sleep
+    est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"].astype(int), Z=Z)
+    with pytest.warns(UserWarning, match="none of the groups labels passed to predict was seen"):
+        pred = est.predict(df[["Days"]], groups=df["Subject"], Z=Z)  # str labels, int in fit
+    np.testing.assert_allclose(pred, est.predict(df[["Days"]]))
+
+
+def test_group_name_from_a_named_series_or_one_column_frame(sleep):
+    df, _ = sleep
+    by_frame = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df[["Subject"]])
+    by_zero = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"].rename(0))
+    assert by_frame.random_effects_.index.name == "Subject"
+    assert by_zero.random_effects_.index.name == "0"
+
+
+def test_least_squares_fit_has_no_random_effects(sleep):
+    df, _ = sleep
+    with pytest.warns(UserWarning, match="no groups"):
+        est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"])
+    assert est.n_groups_ == 0 and est.random_effects_.shape == (0, 1) and est.groups_.size == 0

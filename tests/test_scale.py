@@ -113,3 +113,12 @@ def test_verbose_reports_chunks_and_iterations(data, capsys):
     deviances = [float(line.rsplit(" ", 1)[1]) for line in lines if ": deviance " in line]
     assert len(deviances) >= 2 and np.all(np.diff(deviances) <= 1e-9)  # monotone
     assert deviances[-1] == pytest.approx(-2 * est.llf_, abs=1e-4)
+
+
+def test_dask_refuses_what_it_cannot_do(data):
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(data, npartitions=2)
+    with pytest.raises(NotImplementedError, match="residual_groups"):
+        MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], residual_groups=ddf["g"])
+    with pytest.raises(TypeError, match=r"\['sample_weight'\] must be Dask collections"):
+        MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], sample_weight=np.ones(len(data)))
