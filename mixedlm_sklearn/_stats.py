@@ -128,10 +128,12 @@ def compute_stats(
             block *= np.sqrt(weights[start:stop])[:, None]
         # Row r of the block-sparse Z has its q entries in columns codes[r]*q + (0..q-1);
         # Z_blocks' @ [Z, X, y] then yields every per-group cross-product in one product.
-        cols = (codes[start:stop, None] * q + np.arange(q)).ravel()
+        index_type = np.int32 if n_groups * q < 2**31 else np.int64  # scipy's own index type
+        cols = (codes[start:stop, None].astype(index_type) * q + np.arange(q, dtype=index_type)).ravel()
         z_values = zb.ravel() if weights is not None else np.ascontiguousarray(Z[start:stop]).ravel()
         z_blocks = sp.csr_matrix(
-            (z_values, cols, np.arange(0, rows * q + 1, q)), shape=(rows, n_groups * q)
+            (z_values, cols, np.arange(0, rows * q + 1, q, dtype=index_type)),
+            shape=(rows, n_groups * q),
         )
         zw += z_blocks.T @ block
         xyxy += xyb.T @ xyb

@@ -53,6 +53,13 @@ def encode_groups(groups: Any, n_rows: int, name: str = "groups") -> tuple[np.nd
                          "several grouping factors go in a DataFrame, one column each")
     if len(groups) != n_rows:
         raise ValueError(f"{name} has {len(groups)} entries but X has {n_rows} rows")
+    values = np.asarray(groups) if not isinstance(groups, pd.Categorical) else None
+    if values is not None and values.dtype.kind in "iu" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if high - low < 4 * values.size:  # dense integer ids: counting beats hashing
+            present = np.bincount(values - low, minlength=high - low + 1) > 0
+            position = np.cumsum(present) - 1
+            return position[values - low].astype(np.intp), (np.flatnonzero(present) + low).astype(object)
     missing = pd.isna(groups)
     if np.any(missing):
         raise ValueError(f"{name} has missing labels (NaN/None) in rows {first_rows(np.asarray(missing))}")
