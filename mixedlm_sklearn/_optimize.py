@@ -277,6 +277,71 @@ def _newton_polish(
     return theta, float(np.max(np.abs(newton))), True, n_eval
 
 
+class _Counter:
+    """Counts iterations and evaluations over all optimiser runs of one fit."""
+
+    def __init__(self) -> None:
+        self.n_iter = 0
+        self.n_fev = 0
+
+    def run(self, dev, start, max_iter, tol, callback=None):
+        res = _minimize(dev, start, max_iter, tol, callback)
+        self.n_iter += res.nit
+        self.n_fev += res.nfev
+        return res
+
+
+def _search(white: ProfiledDeviance, res, q: int, diagonal: bool, n_groups: int,
+            max_iter: int, tol: float, counter: _Counter):
+    """Improve a first L-BFGS-B answer: other starts, the zero end, escapes from bounds.
+
+    The profiled deviance can have several local minima, mostly with few groups: there
+    further starts are cheap. The all-zero end (no random effects) is always compared, and
+    bound points that are not minima are left (:func:`_escape_start`).
+    """
+    starts = _extra_starts(q, diagonal) if n_groups <= _MULTISTART_MAX_GROUPS else []
+    zero = np.zeros_like(res.x)
+    zero_value = white(zero)
+    counter.n_fev += 1
+    if zero_value < res.fun:
+        starts.append(1e-3 * theta_from_lambda(np.eye(q), diagonal))
+    for other in starts:
+        retry = counter.run(white, other, max_iter, tol)
+        if retry.fun < res.fun:
+            res = retry
+    if zero_value < res.fun:
+        res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=white.value_and_grad(zero)[1],
+                                      nit=0, nfev=1, status=0, success=True,
+                                      message="no random-effects variance")
+    for _ in range(3):
+        escape = _escape_start(white, res.x, res.fun)
+        if escape is None:
+            break
+        retry = counter.run(white, escape, max_iter, tol)
+        if retry.fun >= res.fun:
+            break
+        res = retry
+    return res
+
+
+def _lme4_theta(dev: ProfiledDeviance, P: np.ndarray, x: np.ndarray, lower: np.ndarray,
+                max_iter: int, tol: float, counter: _Counter) -> np.ndarray | None:
+    """For a fit singular in the whitened basis, lme4's theta exactly on its boundary.
+
+    Mapped back from the whitened basis, a zero variance is zero only to rounding; a short
+    polish in lme4's basis, from the mapped point with rounding-level entries set to 0,
+    lands on the bound exactly. None when the fit is not singular there (or cannot be:
+    diagonal and scalar fits map entry by entry).
+    """
+    q = dev.q
+    if dev.diagonal or q == 1 or not np.any(np.isfinite(lower) & (x <= lower)):
+        return None
+    theta = theta_from_lambda(_lower_factor(P @ lambda_from_theta(x, q)))
+    theta[np.isfinite(dev.lower_bounds()) & (np.abs(theta) <= 1e-10 * np.abs(theta).max())] = 0.0
+    polish = counter.run(dev, theta, max_iter, tol)
+    return polish.x if polish.fun <= dev(theta) else theta
+
+
 def single_threaded_blas():
     """Context in which BLAS runs on one thread (see :func:`fit_deviance` for why)."""
     global _THREADPOOLS
@@ -345,65 +410,32 @@ def _fit_deviance(
         shift = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)(theta_start) - white(start)
         user_callback = callback
         callback = lambda iteration, value: user_callback(iteration, value + shift)  # noqa: E731
-    res = _minimize(white, start, max_iter, tol, callback)
-    n_iter, n_fev = res.nit, res.nfev
-    lower = white.lower_bounds()
-    # The profiled deviance can have several local minima, mostly with few groups: there
-    # further starts are cheap. The all-zero end (no random effects) is always compared.
-    # max_iter bounds the work: a first run that hits it is reported as such, not retried
-    limited = res.status == 1
-    starts = _extra_starts(q, diagonal) if stats.n_groups <= _MULTISTART_MAX_GROUPS and not limited else []
-    zero = np.zeros_like(res.x)
-    zero_value = white(zero)
-    n_fev += 1
-    if zero_value < res.fun:
-        starts.append(np.maximum(zero, 1e-3 * theta_from_lambda(np.eye(q), diagonal)))
-    for other in starts:
-        retry = _minimize(white, other, max_iter, tol)
-        n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
-        if retry.fun < res.fun:
-            res = retry
-    if zero_value < res.fun:
-        res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=white.value_and_grad(zero)[1],
-                                      nit=0, nfev=1, status=0, success=True,
-                                      message="no random-effects variance")
-    for _ in range(0 if limited else 3):  # leave bound points that are not minima
-        escape = _escape_start(white, res.x, res.fun)
-        if escape is None:
-            break
-        retry = _minimize(white, escape, max_iter, tol)
-        n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
-        if retry.fun >= res.fun:
-            break
-        res = retry
-
+    counter = _Counter()
+    res = counter.run(white, start, max_iter, tol, callback)
+    limited = res.status == 1  # max_iter bounds the work: such a run is reported, not retried
+    if not limited:
+        res = _search(white, res, q, diagonal, stats.n_groups, max_iter, tol, counter)
     x, scaled_grad, pos_def, n_check = _settle(white, res)
-    n_fev += n_check
+    counter.n_fev += n_check
     if not limited and (not pos_def or scaled_grad >= _SCALED_GRADIENT_TOL):
         # A saddle or a flat valley near a zero variance (the deviance is even there):
         # restart with the small diagonal entries raised, and keep what is lower.
         nudged = x.copy()
-        small = np.isfinite(lower) & (x < 0.05 * max(1.0, np.abs(x).max()))
+        small = np.isfinite(white.lower_bounds()) & (x < 0.05 * max(1.0, np.abs(x).max()))
         nudged[small] = 0.1 * max(1.0, np.abs(x).max())
-        retry = _minimize(white, nudged, max_iter, tol)
-        n_iter, n_fev = n_iter + retry.nit, n_fev + retry.nfev
+        retry = counter.run(white, nudged, max_iter, tol)
         if retry.fun < white(x):
             x, scaled_grad, pos_def, n_check = _settle(white, retry)
-            n_fev += n_check
-    lam_white = lambda_from_theta(x, q, diagonal)
-    lam = P @ lam_white if diagonal else _lower_factor(P @ lam_white)
-    theta = theta_from_lambda(lam, diagonal)
+            counter.n_fev += n_check
     dev = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)
-    on_bound = np.isfinite(lower) & (x <= lower)
-    if on_bound.any() and not diagonal and q > 1:
-        # Singular in the whitened basis; land exactly on lme4's boundary as well.
-        theta[np.isfinite(dev.lower_bounds()) & (np.abs(theta) <= 1e-10 * np.abs(theta).max())] = 0.0
-        polish = _minimize(dev, theta, max_iter, tol)
-        n_iter, n_fev = n_iter + polish.nit, n_fev + polish.nfev
-        if polish.fun <= dev(theta):
-            theta = polish.x
+    theta = _lme4_theta(dev, P, x, white.lower_bounds(), max_iter, tol, counter)
+    if theta is not None:  # re-polished on lme4's boundary: check there
         theta, scaled_grad, pos_def, n_check = _newton_polish(dev, theta)
-        n_fev += n_check
+        counter.n_fev += n_check
+    else:
+        lam = P @ lambda_from_theta(x, q, diagonal)
+        theta = theta_from_lambda(lam if diagonal else _lower_factor(lam), diagonal)
+    n_iter, n_fev = counter.n_iter, counter.n_fev
     solution = dev.solve(theta)
     at_bound = np.isfinite(dev.lower_bounds()) & (theta <= dev.lower_bounds())
     # L-BFGS-B's own verdict is not used: at the optimum its line search can fail on
