@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -98,6 +99,18 @@ def _check_frame(X: Any) -> None:
             f"X columns {bad} are not numeric; encode them first (e.g. OneHotEncoder in a "
             "ColumnTransformer)"
         )
+
+
+@contextlib.contextmanager
+def _unchanged_on_error(est: "MixedLMRegressor"):
+    """A fit that raises leaves the estimator as it was (no half-updated attributes)."""
+    before = dict(est.__dict__)
+    try:
+        yield
+    except BaseException:
+        est.__dict__.clear()
+        est.__dict__.update(before)
+        raise
 
 
 def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
@@ -311,6 +324,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
         """
+        with _unchanged_on_error(self):
+            return self._fit(X, y, groups, Z, sample_weight, residual_groups)
+
+    def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
         if is_dask_collection(X):
             if residual_groups is not None or _z_by_factor(Z) is not None:
                 raise NotImplementedError("Dask input supports one grouping factor and one "
@@ -430,6 +447,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
+        with _unchanged_on_error(self):
+            return self._fit_chunks(chunks, y, groups, X, Z, sample_weight)
+
+    def _fit_chunks(self, chunks, y, groups, X, Z, sample_weight) -> "MixedLMRegressor":
         labels, stats = stats_from_chunks(chunks, y=y, groups=groups, X=list(X), Z=Z,
                                           sample_weight=sample_weight,
                                           intercept=self.fit_intercept, verbose=self.verbose)

@@ -174,3 +174,14 @@ def test_least_squares_fit_has_no_random_effects(sleep):
     with pytest.warns(UserWarning, match="no groups"):
         est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"])
     assert est.n_groups_ == 0 and est.random_effects_.shape == (0, 1) and est.groups_.size == 0
+
+
+def test_a_failed_refit_leaves_the_fitted_model_unchanged(sleep):
+    df, Z = sleep
+    est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    before = est.predict(df[["Days"]], groups=df["Subject"], Z=Z)
+    X2 = df[["Days"]].assign(other=np.arange(len(df), dtype=float))
+    with pytest.raises(ValueError, match="groups has 179 entries"):
+        est.fit(X2, df["Reaction"], groups=df["Subject"].iloc[:-1], Z=Z)
+    assert est.n_features_in_ == 1 and list(est.feature_names_in_) == ["Days"]
+    np.testing.assert_array_equal(est.predict(df[["Days"]], groups=df["Subject"], Z=Z), before)
