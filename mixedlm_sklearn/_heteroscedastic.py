@@ -48,13 +48,11 @@ from typing import Sequence
 
 import numpy as np
 from scipy import linalg, optimize
-from threadpoolctl import threadpool_limits
 
 from ._deviance import (
     ProfiledDeviance,
     Solution,
     lambda_from_theta,
-    theta_from_lambda,
     theta_lower_bounds,
 )
 from ._optimize import (
@@ -62,10 +60,11 @@ from ._optimize import (
     OptimizerInfo,
     _basis,
     _escape_start,
-    _lower_factor,
+    _theta_of,
     _newton_polish,
     _transform,
     fit_deviance,
+    single_threaded_blas,
 )
 from ._stats import GroupStats, compute_stats
 
@@ -330,12 +329,11 @@ class _WhitenedJoint:
         return self.value_and_grad(x)[0]
 
     def to_theta(self, theta_w: np.ndarray) -> np.ndarray:
-        lam = self.P @ lambda_from_theta(theta_w, self.q, self.diagonal)
-        return theta_from_lambda(lam if self.diagonal else _lower_factor(lam), self.diagonal)
+        return _theta_of(self.P @ lambda_from_theta(theta_w, self.q, self.diagonal), self.diagonal)
 
     def from_theta(self, theta: np.ndarray) -> np.ndarray:
-        lam_w = linalg.solve(self.P, lambda_from_theta(theta, self.q, self.diagonal))
-        return theta_from_lambda(lam_w if self.diagonal else _lower_factor(lam_w), self.diagonal)
+        return _theta_of(linalg.solve(self.P, lambda_from_theta(theta, self.q, self.diagonal)),
+                         self.diagonal)
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.n_eval += 1
@@ -406,7 +404,7 @@ def fit_heteroscedastic(
                 "residual variance"
             )
     # Single-threaded BLAS, as fit_deviance: evaluations are many small products.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         return _fit(stats_by_stratum, reml, diagonal, max_iter, tol, labels=labels)
 
 

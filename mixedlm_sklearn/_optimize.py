@@ -107,7 +107,7 @@ def _moment_start(stats: GroupStats, diagonal: bool) -> np.ndarray:
     large data; eigenvalues are floored so that the start stays off the boundary, where
     the deviance is flat in sign-symmetric directions.
     """
-    q, p, m = stats.n_re, stats.n_fe, stats.n_groups
+    q, p = stats.n_re, stats.n_fe
     identity = theta_from_lambda(np.eye(q), diagonal)
     xtx = stats.xyxy[:p, :p]
     try:
@@ -142,6 +142,14 @@ def _lower_factor(M: np.ndarray) -> np.ndarray:
     r = linalg.qr(M.T, mode="r")[0]
     signs = np.where(np.diag(r) < 0, -1.0, 1.0)
     return (signs[:, None] * r).T
+
+
+def _theta_of(lam: np.ndarray, diagonal: bool) -> np.ndarray:
+    """``theta`` of the lower-triangular factor of ``lam lam'`` (``lam`` itself if diagonal).
+
+    Maps between the whitened basis and lme4's, where ``P @ lam`` is no longer triangular.
+    """
+    return theta_from_lambda(lam if diagonal else _lower_factor(lam), diagonal)
 
 
 def _minimize(dev: ProfiledDeviance, theta0: np.ndarray, max_iter: int, tol: float,
@@ -336,7 +344,7 @@ def _lme4_theta(dev: ProfiledDeviance, P: np.ndarray, x: np.ndarray, lower: np.n
     q = dev.q
     if dev.diagonal or q == 1 or not np.any(np.isfinite(lower) & (x <= lower)):
         return None
-    theta = theta_from_lambda(_lower_factor(P @ lambda_from_theta(x, q)))
+    theta = _theta_of(P @ lambda_from_theta(x, q), diagonal=False)
     theta[np.isfinite(dev.lower_bounds()) & (np.abs(theta) <= 1e-10 * np.abs(theta).max())] = 0.0
     polish = counter.run(dev, theta, max_iter, tol)
     return polish.x if polish.fun <= dev(theta) else theta
@@ -380,7 +388,7 @@ def _fit_deviance(
     diagonal : bool
         Independent random effects (lme4's ``||``).
     theta0 : ndarray, optional
-        Start in lme4's parametrisation; default: the identity in the whitened basis.
+        Start in lme4's parametrisation; default: a method-of-moments estimate.
     max_iter : int
         Iteration limit of the optimiser.
     tol : float
@@ -403,10 +411,9 @@ def _fit_deviance(
         start = _moment_start(white.stats, diagonal)
     else:
         lam0 = lambda_from_theta(np.asarray(theta0, float), q, diagonal)
-        start = theta_from_lambda(_lower_factor(linalg.solve(P, lam0)), diagonal)
+        start = _theta_of(linalg.solve(P, lam0), diagonal)
     if callback is not None:  # report deviances on the caller's scale, not the whitened one
-        lam0 = P @ lambda_from_theta(start, q, diagonal)
-        theta_start = theta_from_lambda(lam0 if diagonal else _lower_factor(lam0), diagonal)
+        theta_start = _theta_of(P @ lambda_from_theta(start, q, diagonal), diagonal)
         shift = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)(theta_start) - white(start)
         user_callback = callback
         callback = lambda iteration, value: user_callback(iteration, value + shift)  # noqa: E731
@@ -433,8 +440,7 @@ def _fit_deviance(
         theta, scaled_grad, pos_def, n_check = _newton_polish(dev, theta)
         counter.n_fev += n_check
     else:
-        lam = P @ lambda_from_theta(x, q, diagonal)
-        theta = theta_from_lambda(lam if diagonal else _lower_factor(lam), diagonal)
+        theta = _theta_of(P @ lambda_from_theta(x, q, diagonal), diagonal)
     n_iter, n_fev = counter.n_iter, counter.n_fev
     solution = dev.solve(theta)
     at_bound = np.isfinite(dev.lower_bounds()) & (theta <= dev.lower_bounds())
