@@ -1,9 +1,11 @@
-"""Statistics from data that does not sit in memory as one array: chunks and Dask.
+"""Cross-products of data that does not sit in memory as one array: chunks and Dask.
 
 Each chunk (a DataFrame from ``pd.read_csv(..., chunksize=...)``, a Parquet batch, ...)
-or Dask partition is reduced to the statistics of its own groups; the statistics add up
-by group label (:class:`~mixedlm_sklearn._stats.StatsAccumulator`). Peak memory is one
-chunk plus statistics proportional to the number of groups.
+or Dask partition is reduced to the cross-products of its own levels
+(:func:`~mixedlm_sklearn._crossprod.cross_products`), and those add up by label
+(:class:`~mixedlm_sklearn._crossprod.Accumulator`), for any number of grouping factors and
+residual strata. Peak memory is one chunk plus what is proportional to the levels and
+level pairs.
 """
 
 from __future__ import annotations
@@ -14,76 +16,101 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._stats import GroupStats, StatsAccumulator, compute_stats
+from ._crossprod import Accumulator, CrossProducts, cross_products
+from ._design import INTERCEPT, term_is_diagonal
+from ._terms import Term, Terms
 from ._validation import as_design, check_weights, encode_groups
 
-__all__ = ["INTERCEPT", "is_dask_collection", "stats_from_chunks", "stats_from_dask", "partition_stats"]
-
-#: Name that stands for a column of ones in a ``Z`` column list.
-INTERCEPT = "(Intercept)"
+__all__ = ["is_dask_collection", "cross_products_from_chunks", "cross_products_from_dask",
+           "partition_cross_products"]
 
 
 def is_dask_collection(obj: Any) -> bool:
-    """True for Dask DataFrames/Series (checked without importing dask)."""
+    """True for Dask collections (checked without importing dask)."""
     return type(obj).__module__.startswith("dask") and hasattr(obj, "to_delayed")
 
 
-def partition_stats(
-    x: Any, y: Any, groups: Any, z: Any = None, weights: Any = None, intercept: bool = True,
-    where: str = "data",
-) -> tuple[np.ndarray, GroupStats]:
-    """Statistics of one chunk with its own group coding.
+def partition_cross_products(
+    x: Any, y: Any, groups: pd.DataFrame, z: dict, weights: Any = None, strata: Any = None,
+    intercept: bool = True, cov_type: str | dict = "unstructured", where: str = "data",
+) -> tuple[dict, np.ndarray | None, CrossProducts]:
+    """Cross-products of one chunk with its own level coding.
 
     Parameters
     ----------
-    x, y, groups, z, weights : DataFrame / Series / arrays of one chunk
-        ``z=None`` means a random intercept only.
+    x, y : the chunk's fixed-effects columns and response
+    groups : DataFrame
+        One column per term (the term's name).
+    z : dict
+        Term name -> the term's design (absent: a random intercept).
+    weights, strata : optional columns
     intercept : bool
         Add the fixed intercept.
+    cov_type : str or dict
+        Covariance structure of the terms.
     where : str
         Names the chunk in error messages.
 
     Returns
     -------
-    labels : ndarray
-        The chunk's group labels (sorted), the last axis of the statistics.
-    stats : GroupStats
+    labels : dict
+        Term name -> the chunk's level labels (its codes 0..m-1).
+    strata_labels : ndarray or None
+    cp : CrossProducts
     """
     try:
         y_arr = as_design(y, len(y), "y")[:, 0]
         n = y_arr.shape[0]
-        x_arr = as_design(x, n, "X")
-        z_arr = np.ones((n, 1)) if z is None else as_design(z, n, "Z")
+        x_arr = as_design(x, n, "X") if np.shape(x)[1] else np.empty((n, 0))
         w_arr = None if weights is None else check_weights(weights, n)
-        codes, labels = encode_groups(groups, n)
+        factors, terms, labels = [], [], {}
+        for name in groups.columns:
+            codes, levels = encode_groups(groups[name], n, name=f"groups[{name!r}]")
+            if name in z:
+                z_arr = as_design(z[name], n, f"Z[{name!r}]")
+                z_names = tuple(str(c) for c in z[name].columns)
+            else:
+                z_arr, z_names = np.ones((n, 1)), (INTERCEPT,)
+            factors.append((codes, z_arr))
+            terms.append(Term(str(name), z_names, levels.size, term_is_diagonal(cov_type, str(name))))
+            labels[str(name)] = levels
+        strata_codes, strata_labels, n_strata = None, None, 1
+        if strata is not None:
+            strata_codes, strata_labels = encode_groups(strata, n, name="residual_groups")
+            n_strata = strata_labels.size
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
-    return labels, compute_stats(x_arr, y_arr, z_arr, codes, labels.size, w_arr, intercept=intercept)
+    cp = cross_products(x_arr, y_arr, factors, Terms(terms), w_arr, strata_codes, n_strata,
+                        intercept=intercept)
+    return labels, strata_labels, cp
 
 
-def _z_columns(frame: pd.DataFrame, z: Sequence[str] | None) -> pd.DataFrame | None:
-    if z is None:
-        return None
-    cols = {name: (1.0 if name == INTERCEPT and name not in frame else frame[name]) for name in z}
+def _z_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The named columns of a chunk; ``"(Intercept)"`` stands for a column of ones."""
+    cols = {c: (1.0 if c == INTERCEPT and c not in frame else frame[c]) for c in columns}
     return pd.DataFrame(cols, index=frame.index)
 
 
-def stats_from_chunks(
+def cross_products_from_chunks(
     chunks: Iterable[pd.DataFrame],
     *,
     y: str,
-    groups: str,
+    groups: Sequence[str],
     X: Sequence[str],
-    Z: Sequence[str] | None = None,
+    Z: dict[str, Sequence[str]],
     sample_weight: str | None = None,
+    residual_groups: str | None = None,
     intercept: bool = True,
+    cov_type: str | dict = "unstructured",
     verbose: int = 0,
-) -> tuple[np.ndarray, GroupStats]:
-    """Statistics summed over an iterable of DataFrames, columns named by the caller."""
-    acc = StatsAccumulator()
-    needed = [y, groups, *X, *(c for c in (Z or []) if c != INTERCEPT)]
-    if sample_weight is not None:
-        needed.append(sample_weight)
+) -> tuple[dict, np.ndarray, CrossProducts]:
+    """Cross-products summed over an iterable of DataFrames, columns named by the caller.
+
+    Returns the labels per term (sorted), the stratum labels and the cross-products.
+    """
+    acc = Accumulator()
+    needed = [y, *groups, *X, *(c for cols in Z.values() for c in cols if c != INTERCEPT)]
+    needed += [c for c in (sample_weight, residual_groups) if c is not None]
     for number, frame in enumerate(chunks):
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"chunk {number} is a {type(frame).__name__}, expected a pandas DataFrame")
@@ -92,51 +119,65 @@ def stats_from_chunks(
             raise ValueError(f"chunk {number} lacks column(s) {missing}")
         if len(frame) == 0:
             continue
-        labels, part = partition_stats(
-            frame[list(X)], frame[y], frame[groups], _z_columns(frame, Z),
-            None if sample_weight is None else frame[sample_weight], intercept, f"chunk {number}",
+        labels, strata_labels, part = partition_cross_products(
+            frame[list(X)], frame[y], frame[list(groups)],
+            {name: _z_columns(frame, cols) for name, cols in Z.items()},
+            None if sample_weight is None else frame[sample_weight],
+            None if residual_groups is None else frame[residual_groups],
+            intercept, cov_type, f"chunk {number}",
         )
-        acc.add(labels, part)
+        acc.add(labels, part, strata_labels)
         if verbose:
-            print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, {labels.size} groups")
+            sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())
+            print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, levels {sizes}")
     return acc.result()
 
 
-def stats_from_dask(
-    X: Any, y: Any, groups: Any, Z: Any = None, sample_weight: Any = None,
-    intercept: bool = True, verbose: int = 0,
-) -> tuple[np.ndarray, GroupStats]:
-    """Statistics of Dask collections, computed partition by partition where the data live.
+def cross_products_from_dask(
+    X: Any, y: Any, groups: Any, Z: dict, sample_weight: Any = None, residual_groups: Any = None,
+    intercept: bool = True, cov_type: str | dict = "unstructured", verbose: int = 0,
+) -> tuple[dict, np.ndarray, CrossProducts]:
+    """Cross-products of Dask collections, computed partition by partition where the data live.
 
-    ``X``, ``y``, ``groups`` (and ``Z``, ``sample_weight``) must be partitioned alike, as
-    columns selected from one Dask DataFrame are. Uses the active scheduler (a
-    ``dask.distributed.Client`` if one exists).
+    ``X``, ``y``, ``groups`` (a Series or a DataFrame with a column per term), the designs
+    in ``Z`` and the optional columns must be partitioned alike, as columns selected from
+    one Dask DataFrame are. Uses the active scheduler (a ``dask.distributed.Client`` if
+    one exists).
     """
     import dask
 
-    named = [(name, c) for name, c in
-             zip(("X", "y", "groups", "Z", "sample_weight"), (X, y, groups, Z, sample_weight))
-             if c is not None]
-    pieces = [c for _, c in named]
-    not_dask = [name for name, c in named if not is_dask_collection(c)]
+    names = list(Z)
+    named = [("X", X), ("y", y), ("groups", groups)] + [(f"Z[{k!r}]", Z[k]) for k in names] \
+        + [("sample_weight", sample_weight), ("residual_groups", residual_groups)]
+    named = [(label, c) for label, c in named if c is not None]
+    not_dask = [label for label, c in named if not is_dask_collection(c)]
     if not_dask:
-        raise TypeError(f"with a Dask X, {not_dask} must be Dask collections too (columns of the same DataFrame)")
-    counts = {c.npartitions for c in pieces}
-    if len(counts) != 1:
+        raise TypeError(f"with a Dask X, {not_dask} must be Dask collections too (columns of "
+                        "the same DataFrame)")
+    if len({c.npartitions for _, c in named}) != 1:
         raise ValueError("X, y, groups and Z must have the same Dask partitions")
-    parts = [c.to_delayed() for c in pieces]
-    has_z, has_w = Z is not None, sample_weight is not None
-    tasks = []
-    for number, part in enumerate(zip(*parts)):
-        xp, yp, gp, *rest = part
-        zp = rest.pop(0) if has_z else None
+    parts = [c.to_delayed() for _, c in named]
+    has_w, has_s = sample_weight is not None, residual_groups is not None
+
+    def one(number, xp, yp, gp, *rest):
+        rest = list(rest)
+        zp = {k: rest.pop(0) for k in names}
         wp = rest.pop(0) if has_w else None
-        tasks.append(dask.delayed(partition_stats)(xp, yp, gp, zp, wp, intercept, f"partition {number}"))
+        sp_ = rest.pop(0) if has_s else None
+        frame = gp.to_frame() if isinstance(gp, pd.Series) else gp
+        if len(frame) == 0:
+            return None
+        return partition_cross_products(xp, yp, frame, zp, wp, sp_, intercept, cov_type,
+                                        f"partition {number}")
+
+    tasks = [dask.delayed(one)(number, *part) for number, part in enumerate(zip(*parts))]
     results = dask.compute(*tasks)
-    acc = StatsAccumulator()
-    for number, (labels, part) in enumerate(results):
-        if part.n_obs:
-            acc.add(labels, part)
+    acc = Accumulator()
+    for number, result in enumerate(results):
+        if result is None:
+            continue
+        labels, strata_labels, part = result
+        acc.add(labels, part, strata_labels)
         if verbose:
-            print(f"[MixedLMRegressor] partition {number}: {part.n_obs} rows, {labels.size} groups")
+            print(f"[MixedLMRegressor] partition {number}: {part.n} rows")
     return acc.result()

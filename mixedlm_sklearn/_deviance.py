@@ -1,279 +1,450 @@
-"""Profiled deviance of the single-factor linear mixed model, its gradient and the BLUPs.
+"""The profiled deviance of the linear mixed model: value, analytic gradient, solution.
 
-Notation follows Bates, Maechler, Bolker & Walker (2015), "Fitting linear mixed-effects
-models using lme4", JSS 67(1), sec. 3: ``cov_re = scale * L L'`` with ``L`` (``lam``) lower
-triangular, ``theta`` its free entries (lower triangle column by column, lme4's order).
-Per group ``T_i = L' S_i L + I`` with ``S_i = Z_i'Z_i`` and Cholesky ``T_i = C_i C_i'``.
-The fixed effects and the scale are profiled out, leaving a function of ``theta`` alone.
+Parameters ``x = (theta, eta)``: ``theta`` the relative covariance factors of all terms
+(:mod:`._terms`), ``eta_s = log delta_s`` the log ratio of stratum ``s``'s residual
+standard deviation to the reference stratum's (``s = 1..S-1``; none without strata).
+With row weights ``v_s = delta_s^{-2}`` on stratum ``s`` the model is a weighted
+homoscedastic one, whose deviance (Bates et al. 2015, JSS 67(1), sec. 3.4; nlme's
+varIdent, Pinheiro & Bates 2000, sec. 5.2) is, with ``G = [X y]'Z Lambda M^{-1} Lambda'
+Z'[X y]``, ``A = X'WX - G_xx``, ``beta = A^{-1}(X'Wy - G_xy)``,
+``r2 = y'Wy - G_yy - beta'(X'Wy - G_xy)``,
 
-All per-group arrays carry the group index on the last axis and every per-group matrix
-operation below is written as a loop over the (small) dimension ``q`` acting on ``(m,)``
-rows: for q <= 4 this is an order of magnitude faster than stacked LAPACK calls, whose
-cost is dominated by per-matrix overhead.
+    ML:    log|M| + n (1 + log(2 pi r2 / n))           - sum log w
+    REML:  log|M| + log|A| + (n-p)(1 + log(2 pi r2 / (n-p))) - sum log w
 
-Gradient (derived for this module; checked against finite differences in the tests):
-with ``E`` the unit matrix of entry (r, c) of ``L``,
+(``sum log w`` over the prior weights times ``v_s``). Derivatives, derived for this module
+and checked against finite differences in the tests; for the entry ``(a, c)`` of ``L_k``:
 
-* ``d log|T_i|      = 2 (S_i L T_i^{-1})[r, c]``,
-* ``d r2            = -2 sum_i (Z_i' e_i)[r] u_i[c]`` (envelope theorem: r2 is a minimum
-  over beta and u; ``e_i`` the conditional residuals, ``u_i`` the spherical modes),
-* ``d log|A|        = -2 sum_i ((I - S_i L H_i) K_i H_i')[r, c]`` with
-  ``H_i = T_i^{-1} L'``, ``K_i = Z_i'X_i A^{-1} X_i'Z_i`` (REML only).
+* ``d log|M| = 2 [sum_l (Sigma Lambda' G)_{(k,l),(k,l)}]_{c,a}`` with ``Sigma = M^{-1}``
+  needed on the pattern of ``G`` only (the selected inverse of :mod:`._factor`);
+* ``d r2 = -2 sum_l e_{k,l,a} u_{k,l,c}`` (envelope theorem: r2 is a minimum over beta
+  and u), ``u = M^{-1} Lambda' Z'W(y - X beta)`` the spherical modes, ``e = Z'W(y - X
+  beta - Z Lambda u)``;
+* ``d log|A| = -2 tr(A^{-1} sum_l R_{k,l,a,x}' V_{k,l,c,x})`` with ``V = M^{-1} Lambda'
+  Z'WX`` and ``R = Z'WX - G Lambda V`` (REML only).
+
+For a stratum weight ``v_s`` (``G_s``, ``X_s`` ... the stratum's own cross-products):
+``d log|M| = tr(Sigma Lambda' G_s Lambda)``, ``d r2 = e_s' e_s`` (its conditional residuals),
+``dA = X_s'X_s - V_x'Lambda'Z_s'X_s - (.)' + V_x'Lambda'G_s Lambda V_x``, and the weights
+term gives ``-n_s / v_s``; then ``d/d eta_s = -2 v_s d/dv_s``.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg
 from scipy.linalg import lapack
 
-from ._stats import GroupStats
+from ._batched import left_matmul
+from ._crossprod import CrossProducts
+from ._factor import BlockOps, Factor, NotPositiveDefinite, Plan, Prepared
 
-__all__ = [
-    "batched_cholesky",
-    "batched_cholesky_inverse",
-    "batched_matmul",
-    "batched_solve_lower",
-    "batched_solve_lower_t",
-    "ProfiledDeviance",
-    "Solution",
-    "lambda_from_theta",
-    "theta_from_lambda",
-    "theta_lower_bounds",
-    "theta_index",
-]
+__all__ = ["Deviance", "Solution", "MAX_LOG_RATIO"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+# Bounds on |log delta| (variance ratios within 1e-12 .. 1e12 of the reference).
+MAX_LOG_RATIO = 0.5 * np.log(1e12)
 
 
-@functools.lru_cache(maxsize=64)
-def theta_index(q: int, diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices in ``L`` of each entry of ``theta`` (lme4's order)."""
-    if diagonal:
-        rows = cols = np.arange(q)
-    else:
-        cols, rows = np.triu_indices(q)  # upper triangle row-major == lower triangle column-major
-    rows.flags.writeable = cols.flags.writeable = False  # cached: shared by every caller
-    return rows, cols
+def _combine(blocks: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``sum_j coef_j blocks[:, j, :]`` for a (q, k, m) array: (q, m)."""
+    out = coef[0] * blocks[:, 0, :]
+    for j in range(1, coef.size):
+        out += coef[j] * blocks[:, j, :]
+    return out
 
 
-def lambda_from_theta(theta: np.ndarray, q: int, diagonal: bool = False) -> np.ndarray:
-    """Lower-triangular relative covariance factor ``L`` from ``theta``."""
-    lam = np.zeros((q, q))
-    lam[theta_index(q, diagonal)] = theta
-    return lam
+def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``sum_{a, l} A[a, i, l] B[a, j, l]`` for (q, i, m) and (q, j, m) arrays: (i, j)."""
+    q = A.shape[0]
+    return A.transpose(1, 0, 2).reshape(A.shape[1], -1) @ B.transpose(1, 0, 2).reshape(B.shape[1], -1).T
 
 
-def theta_from_lambda(lam: np.ndarray, diagonal: bool = False) -> np.ndarray:
-    """Inverse of :func:`lambda_from_theta`."""
-    return lam[theta_index(lam.shape[0], diagonal)].copy()
+@dataclass
+class _Point:
+    """Everything one evaluation computes, reused by the gradient and the solution."""
 
-
-def theta_lower_bounds(q: int, diagonal: bool = False) -> np.ndarray:
-    """0 for diagonal entries of ``L`` (so a variance can reach exactly 0), -inf otherwise."""
-    rows, cols = theta_index(q, diagonal)
-    return np.where(rows == cols, 0.0, -np.inf)
-
-
-# ---- batched small-matrix algebra; group index on the last axis -------------------------
-
-def batched_cholesky(T: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factors of the (q, q) matrices ``T[:, :, g]``, column by column."""
-    q = T.shape[0]
-    C = np.zeros_like(T)
-    for j in range(q):
-        d = T[j, j].copy()
-        for k in range(j):
-            d -= C[j, k] * C[j, k]
-        np.sqrt(d, out=C[j, j])
-        for i in range(j + 1, q):
-            v = T[i, j].copy()
-            for k in range(j):
-                v -= C[i, k] * C[j, k]
-            np.divide(v, C[j, j], out=C[i, j])
-    return C
-
-
-def batched_solve_lower(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
-    """``C^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
-    X = B if overwrite else B.copy()
-    for j in range(C.shape[0]):
-        for l in range(j):
-            X[j] -= C[j, l] * X[l]
-        X[j] /= C[j, j]
-    return X
-
-
-def batched_solve_lower_t(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
-    """``C'^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
-    X = B if overwrite else B.copy()
-    for j in reversed(range(C.shape[0])):
-        for l in range(j + 1, C.shape[0]):
-            X[j] -= C[l, j] * X[l]
-        X[j] /= C[j, j]
-    return X
-
-
-def batched_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Per-group matrix product of (a, b, m) and (b, c, m) arrays."""
-    return np.einsum("abm,bcm->acm", A, B)
-
-
-def batched_cholesky_inverse(C: np.ndarray) -> np.ndarray:
-    """``(C C')^{-1}`` per group from lower-triangular factors ``C`` (q, q, m)."""
-    c_inv = batched_solve_lower(C, np.broadcast_to(np.eye(C.shape[0])[:, :, None], C.shape))
-    return np.einsum("kam,kbm->abm", c_inv, c_inv)
+    x: np.ndarray
+    prep: Prepared
+    lams: list
+    factor: Factor
+    w: list  # forward-solved Lambda' Z'[X y] per term
+    chol_a: np.ndarray  # lower Cholesky factor of A (p x p)
+    beta: np.ndarray
+    r2: float
+    deviance: float
+    cache: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Solution:
-    """Everything the deviance computes at one ``theta``.
+    """The fit at given parameters.
 
     Attributes
     ----------
-    theta, lam : the relative covariance factor
-    beta : ndarray (p,)
-        Fixed effects (conditional on ``theta``).
+    x : ndarray
+        ``(theta, eta)``.
+    theta : ndarray
+    ratios : ndarray of shape (S,)
+        Residual variance ratios ``delta_s^2`` (reference first, 1).
+    beta : ndarray of shape (p,)
     r2 : float
         Penalised residual sum of squares.
     deviance : float
         -2 log-likelihood (ML) or the REML criterion, profiled over beta and the scale.
     scale : float
-        Residual variance estimate ``r2 / n`` (ML) or ``r2 / (n - p)`` (REML).
-    a_factor : tuple
-        ``scipy.linalg.cho_factor`` of ``A = X'V^{-1}X * scale``; ``scale * A^{-1}`` is
-        the covariance of beta.
-    chol : ndarray (q, q, m)
-        Cholesky factors of ``T_i``.
-    u : ndarray (q, m)
-        Spherical random effects; the BLUPs are ``lam @ u``.
+        Residual variance of the reference stratum (``r2 / n``, REML ``r2 / (n - p)``).
+    a_inv : ndarray (p, p)
+        ``A^{-1}``: ``scale * a_inv`` is the covariance of beta.
+    lams : list of (q_k, q_k)
     """
 
+    x: np.ndarray
     theta: np.ndarray
-    lam: np.ndarray
+    ratios: np.ndarray
     beta: np.ndarray
     r2: float
     deviance: float
     scale: float
-    a_factor: tuple
-    chol: np.ndarray
-    u: np.ndarray
+    a_inv: np.ndarray
+    lams: list
+    _point: _Point = field(repr=False, compare=False)
+    _modes: object = field(repr=False, compare=False, default=None)
+
+    @property
+    def u(self) -> list:
+        """Spherical modes per term, each (q_k, m_k); the BLUPs are ``L_k u_k``."""
+        V = self._modes(self._point)
+        gamma = np.append(-self.beta, 1.0)
+        return [_combine(Vk, gamma) for Vk in V]
 
     def cov_beta(self) -> np.ndarray:
-        p = self.beta.shape[0]
-        return self.scale * linalg.cho_solve(self.a_factor, np.eye(p))
+        return self.scale * self.a_inv
 
-    def blups(self) -> np.ndarray:
-        """Conditional modes of the random effects, shape (m, q)."""
-        return (self.lam @ self.u).T
+    def blups(self) -> list:
+        """Conditional modes per term, each (m_k, q_k)."""
+        return [(lam @ u).T for lam, u in zip(self.lams, self.u)]
 
-    def conditional_cov(self) -> np.ndarray:
-        """``scale * L T_i^{-1} L'`` per group, shape (m, q, q) (lme4's condVar)."""
-        q = self.lam.shape[0]
-        cinv_lt = batched_solve_lower(self.chol, np.broadcast_to(self.lam.T[:, :, None], self.chol.shape))
-        cov = np.einsum("kam,kbm->mab", cinv_lt, cinv_lt)
-        return self.scale * cov.reshape(-1, q, q)
+    def conditional_cov(self) -> list:
+        """``scale * L_k Sigma_kk,l L_k'`` per term and level, each (m_k, q_k, q_k) (lme4's condVar)."""
+        pt = self._point
+        diag, _ = pt.factor.selected_inverse(with_crossing_pairs=False)
+        out = []
+        for lam, d in zip(self.lams, diag):
+            cv = np.einsum("ab,bcm,dc->mad", lam, d, lam)
+            out.append(self.scale * 0.5 * (cv + cv.transpose(0, 2, 1)))
+        return out
+
+    def cov_re(self) -> list:
+        """``scale * L_k L_k'`` per term."""
+        out = []
+        for lam in self.lams:
+            c = self.scale * lam @ lam.T
+            out.append(0.5 * (c + c.T))
+        return out
 
 
-class ProfiledDeviance:
-    """The profiled deviance ``theta -> -2 log L`` (ML) or the REML criterion.
+class Deviance:
+    """The profiled deviance as a function of ``x = (theta, eta)``.
 
     Parameters
     ----------
-    stats : GroupStats
-        Sufficient statistics (see :func:`mixedlm_sklearn._stats.compute_stats`).
+    cp : CrossProducts
+        The data (any number of terms and strata).
     reml : bool
-    diagonal : bool
-        Independent random effects: only the diagonal of ``L`` is free.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn._terms import Term, Terms
+    >>> from mixedlm_sklearn._crossprod import cross_products
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> y = rng.standard_normal(10)[g] + rng.standard_normal(50)
+    >>> terms = Terms([Term("g", ("(Intercept)",), 10)])
+    >>> cp = cross_products(np.ones((50, 1)), y, [(g, np.ones((50, 1)))], terms)
+    >>> dev = Deviance(cp, reml=True)
+    >>> value, grad = dev.value_and_grad(np.array([1.0]))
+    >>> bool(np.isfinite(value)) and grad.shape
+    (1,)
     """
 
-    def __init__(self, stats: GroupStats, reml: bool = True, diagonal: bool = False) -> None:
-        self.stats = stats
+    def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None) -> None:
+        self.cp = cp
         self.reml = reml
-        self.diagonal = diagonal
-        self.q = stats.n_re
-        self.p = stats.n_fe
-        self._rows, self._cols = theta_index(self.q, diagonal)
-        n = stats.n_obs
-        self.dof = n - self.p if reml else n
+        self.terms = cp.terms
+        self.p = cp.p
+        self.n = cp.n
+        self.dof = self.n - self.p if reml else self.n
         if self.dof <= 0:
-            raise ValueError(
-                f"{n} observations are too few for {self.p} fixed effects"
-                + (" with REML" if reml else "")
-            )
+            raise ValueError(f"{self.n} observations are too few for {self.p} fixed effects"
+                             + (" with REML" if reml else ""))
+        self.n_theta = self.terms.n_theta
+        self.n_eta = cp.n_strata - 1
+        self.plan = plan if plan is not None else Plan(cp.combined())
+        self._prepared: dict[bytes, Prepared] = {}
+        self._strata_ops: list[BlockOps] | None = None
+        self._last: _Point | None = None
+        self.n_evaluations = 0
+
+    # ---- parameters -----------------------------------------------------------------------
 
     @property
-    def n_theta(self) -> int:
-        return self._rows.size
-
-    @property
-    def theta_position(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column in ``L`` of each entry of ``theta``."""
-        return self._rows, self._cols
+    def n_params(self) -> int:
+        return self.n_theta + self.n_eta
 
     def lower_bounds(self) -> np.ndarray:
-        return theta_lower_bounds(self.q, self.diagonal)
+        return np.concatenate([self.terms.lower_bounds(), np.full(self.n_eta, -MAX_LOG_RATIO)])
 
-    def __call__(self, theta: np.ndarray) -> float:
-        return self.solve(theta).deviance
+    def upper_bounds(self) -> np.ndarray:
+        return np.concatenate([np.full(self.n_theta, np.inf), np.full(self.n_eta, MAX_LOG_RATIO)])
 
-    def solve(self, theta: np.ndarray) -> Solution:
-        """Solve the penalised least-squares problem at ``theta``."""
-        sol, _ = self._evaluate(np.asarray(theta, dtype=float), gradient=False)
-        return sol
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``theta`` and the stratum weights ``v_s = exp(-2 eta_s)`` (reference first)."""
+        x = np.asarray(x, dtype=float)
+        return x[:self.n_theta], np.exp(-2.0 * np.concatenate([[0.0], x[self.n_theta:]]))
 
-    def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        sol, grad = self._evaluate(np.asarray(theta, dtype=float), gradient=True)
-        return sol.deviance, grad
+    def _prepare(self, v: np.ndarray) -> Prepared:
+        if self.n_eta == 0:
+            key = b""
+        else:
+            key = v.tobytes()
+        prep = self._prepared.get(key)
+        if prep is None:
+            if len(self._prepared) > 8:  # keep the reference (eta = 0) and a few recent ones
+                for k in list(self._prepared)[1:5]:
+                    del self._prepared[k]
+            prep = Prepared(self.plan, self.cp.combined(v if self.n_eta else None))
+            self._prepared[key] = prep
+        return prep
 
-    def _evaluate(self, theta: np.ndarray, gradient: bool) -> tuple[Solution, np.ndarray | None]:
-        st, q, p = self.stats, self.q, self.p
-        m = st.n_groups
-        lam = lambda_from_theta(theta, q, self.diagonal)
-        S = st.ztz
-        # vec(L' S L) = (L' kron L') vec(S): one product for all groups
-        kron = (lam.T[:, None, :, None] * lam.T[None, :, None, :]).reshape(q * q, q * q)
-        T = (kron @ S.reshape(q * q, m)).reshape(q, q, m)
-        T[np.arange(q), np.arange(q)] += 1.0
-        C = batched_cholesky(T)
-        W = batched_solve_lower(C, (lam.T @ st.ztxy.reshape(q, -1)).reshape(q, p + 1, m), overwrite=True)
-        G = W[0] @ W[0].T
-        for j in range(1, q):
-            G += W[j] @ W[j].T
-        F = st.xyxy - G
-        # LAPACK directly: scipy.linalg's wrappers cost more than these p x p solves
-        chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
-        if info != 0:
-            raise FloatingPointError("X'V^{-1}X is not positive definite")
-        a_factor = (chol_a, True)
-        beta = lapack.dpotrs(chol_a, F[:p, p], lower=1)[0]
-        r2 = max(F[p, p] - F[:p, p] @ beta, np.finfo(float).tiny)
-        logdet_t = 2.0 * np.log(C[np.arange(q), np.arange(q)]).sum()
-        dev = logdet_t + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - st.sum_log_weights
-        if self.reml:
-            dev += 2.0 * np.log(np.diag(a_factor[0])).sum()
-        coef = np.append(-beta, 1.0)
-        u = batched_solve_lower_t(C, coef @ W, overwrite=True)
-        sol = Solution(theta, lam, beta, float(r2), float(dev), float(r2 / self.dof), a_factor, C, u)
-        if not gradient:
-            return sol, None
+    # ---- evaluation -----------------------------------------------------------------------
 
-        resid_z = coef @ st.ztxy - np.einsum("abm,bm->am", S, lam @ u)
-        t_inv = batched_cholesky_inverse(C)
-        s_lam = np.einsum("abm,bc->acm", S, lam)
-        grad = 2.0 * np.einsum("abm,bcm->ac", s_lam, t_inv) - (2.0 * self.dof / r2) * (resid_z @ u.T)
-        if self.reml:
-            # K_i = Z_i'X_i A^{-1} X_i'Z_i = Y_i'Y_i with Y_i = R_A^{-T} X_i'Z_i
-            r_inv = lapack.dtrtri(chol_a, lower=1)[0]
-            Y = r_inv @ st.ztxy[:, :p, :]
-            K = np.empty((q, q, m))
-            for a in range(q):
-                for b in range(a + 1):
-                    K[a, b] = K[b, a] = np.einsum("km,km->m", Y[a], Y[b])
-            H = np.einsum("acm,bc->abm", t_inv, lam)
-            N = np.einsum("acm,bcm->abm", K, H)
-            grad -= 2.0 * (N - batched_matmul(s_lam, batched_matmul(H, N))).sum(axis=2)
-        return sol, grad[self._rows, self._cols]
+    def _evaluate(self, x: np.ndarray) -> _Point:
+        x = np.asarray(x, dtype=float)
+        if self._last is not None and np.array_equal(self._last.x, x):
+            return self._last
+        self.n_evaluations += 1
+        theta, v = self.split(x)
+        prep = self._prepare(v)
+        lams = self.terms.lams(theta)
+        factor = Factor(prep, lams)
+        rhs = [left_matmul(lam.T, z) if lam.shape[0] > 1 else lam[0, 0] * z
+               for lam, z in zip(lams, prep.zxy)]
+        w = factor.forward(rhs)
+        p = self.p
+        G = np.zeros((p + 1, p + 1))
+        for wk in w:
+            for wa in wk:  # (p + 1, m): a product with a long inner dimension
+                G += wa @ wa.T
+        F = prep.xyxy - G
+        if p:
+            chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
+            if info != 0:
+                raise NotPositiveDefinite("X'V^{-1}X is not positive definite")
+            beta = lapack.dpotrs(chol_a, F[:p, p], lower=1)[0]
+        else:
+            chol_a, beta = np.zeros((0, 0)), np.zeros(0)
+        # An exact fit (least squares through the points) has r2 = 0 to rounding: a tiny
+        # floor keeps the deviance finite; the estimator refuses such mixed-model fits.
+        r2 = max(float(F[p, p] - F[:p, p] @ beta), np.finfo(float).tiny)
+        if not np.isfinite(r2):
+            raise NotPositiveDefinite("the penalised residual sum of squares is not finite")
+        dev = factor.logdet + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) \
+            - float(prep.cp.sum_log_weights[0])
+        if self.reml and p:
+            dev += 2.0 * float(np.log(np.diag(chol_a)).sum())
+        self._last = _Point(x.copy(), prep, lams, factor, w, chol_a, beta, r2, float(dev))
+        return self._last
+
+    def __call__(self, x: np.ndarray) -> float:
+        return self._evaluate(x).deviance
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        pt = self._evaluate(x)
+        return pt.deviance, self._gradient(pt)
+
+    def solution(self, x: np.ndarray) -> Solution:
+        pt = self._evaluate(x)
+        theta, v = self.split(pt.x)
+        return Solution(pt.x.copy(), theta.copy(), 1.0 / v, pt.beta.copy(), pt.r2, pt.deviance,
+                        pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes)
+
+    # ---- derivatives ----------------------------------------------------------------------
+
+    def _modes(self, pt: _Point) -> list:
+        """``V = M^{-1} Lambda' Z'[X y]`` per term, (q_k, p + 1, m_k)."""
+        if "V" not in pt.cache:
+            pt.cache["V"] = pt.factor.backward(pt.w)
+        return pt.cache["V"]
+
+    def _a_inv(self, pt: _Point) -> np.ndarray:
+        if "a_inv" not in pt.cache:
+            a_inv = lapack.dpotri(pt.chol_a, lower=1)[0] if self.p else np.zeros((0, 0))
+            pt.cache["a_inv"] = np.tril(a_inv) + np.tril(a_inv, -1).T
+        return pt.cache["a_inv"]
+
+    def _gradient(self, pt: _Point) -> np.ndarray:
+        prep, p, lams = pt.prep, self.p, pt.lams
+        V = self._modes(pt)
+        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, V)]
+        GLV = prep.g_times(LV)
+        R = [z - g for z, g in zip(prep.zxy, GLV)]
+        gamma = np.append(-pt.beta, 1.0)
+        a_inv = self._a_inv(pt)
+        dlogm = self._logdet_gradient(pt)
+        grad = np.empty(self.n_params)
+        for k, (term, sl) in enumerate(zip(self.terms, self.terms.slices)):
+            e, u = _combine(R[k], gamma), _combine(V[k], gamma)
+            g = dlogm[k].T - (2.0 * self.dof / pt.r2) * (e @ u.T)
+            if self.reml and p:
+                AR = left_matmul(a_inv, R[k][:, :p].transpose(1, 0, 2))  # (p, q, m)
+                Vx = V[k][:, :p].transpose(1, 0, 2)
+                g -= 2.0 * (AR.transpose(1, 0, 2).reshape(term.q, -1)
+                            @ Vx.transpose(1, 0, 2).reshape(term.q, -1).T)
+            rows, cols = term.theta_position
+            grad[sl] = g[rows, cols]
+        if self.n_eta:
+            grad[self.n_theta:] = self._ratio_gradient(pt, LV, R, gamma)[1:]
+        return grad
+
+    def _logdet_gradient(self, pt: _Point) -> list:
+        """``2 sum_l (Sigma Lambda' G)_{(k,l),(k,l)}`` per term (q_k, q_k), indexed [c, a]."""
+        plan = self.plan
+        if plan.crossing is not None:
+            return self._logdet_gradient_crossing(pt)
+        diag, pairs = pt.factor.selected_inverse()
+        pt.cache["selected"] = (diag, pairs)
+        prep, lams = pt.prep, pt.lams
+        # X_k = sum_l Sigma_l L_k' A_l: (q, q m) times (q m, q), the long inner dimension last
+        X = []
+        for d, lam, A in zip(diag, lams, prep.diag):
+            LA = left_matmul(lam.T, A)  # (q, q, m): L' A_l
+            q = lam.shape[0]
+            X.append(d.reshape(q, -1) @ LA.transpose(1, 0, 2).reshape(q, -1).T)
+        for j, b in enumerate(prep.cp.pairs):
+            vals, sig = b.values[0], pairs[j]
+            X[b.k] += np.einsum("eab,cb,edc->ad", sig, lams[b.l], vals)
+            X[b.l] += np.einsum("eba,cb,ecd->ad", sig, lams[b.k], vals)
+        return [2.0 * x for x in X]
+
+    def _logdet_gradient_crossing(self, pt: _Point) -> list:
+        """The same for a crossing first term and a dense rest, without ``Sigma_1R``.
+
+        First term: ``2 sum_l [J_l A_l - J_l K_l (I - D_l A_l)]`` (``J = B^{-1} L_1'``,
+        ``D = L_1 J``, ``K_l = (A_1R Omega A_R1)_ll``, ``Omega = L_R S^{-1} L_R'``); a
+        dense term: ``2 [S^{-1} L_R' (A_RR - A_R1 D A_1R)]`` summed over its diagonal blocks.
+        """
+        plan, prep, fac = self.plan, pt.prep, pt.factor
+        t, layout = plan.crossing, plan.dense
+        r = layout.r
+        Sinv = fac.dense_inverse()
+        pt.cache["Sinv"] = Sinv
+        out = [None] * plan.n_terms
+        cross = fac.cross
+        K = fac.crossing_K(Sinv)
+        A = prep.diag[t]
+        q1 = plan.q[t]
+        IDA = np.eye(q1)[:, :, None] - np.einsum("abm,bcm->acm", cross["D"], A)
+        JA = np.einsum("abm,bcm->acm", cross["J"], A)
+        JK = np.einsum("abm,bcm->acm", cross["J"], K)
+        out[t] = 2.0 * (JA - np.einsum("abm,bcm->acm", JK, IDA)).sum(axis=2)
+        W = prep.a22 - cross["T"]  # lower triangle valid
+        scale = fac._rest_scale()
+        if scale is not None:
+            P = np.tril(Sinv) * W  # S^{-1} o W, symmetric, held as its lower triangle
+            rest = 2.0 * (P @ scale + P.T @ scale - np.diag(P) * scale)
+        else:
+            W = np.tril(W) + np.tril(W, -1).T
+        for k, off in zip(layout.terms, layout.offsets):
+            q, m = plan.q[k], plan.m[k]
+            rows = slice(off, off + m * q)
+            if scale is not None:
+                out[k] = rest[rows].sum().reshape(1, 1)
+            else:
+                # (S^{-1} L_R')[rows, :] = (L_R S^{-1})[:, rows]'
+                Phi = fac.lam_rows(Sinv[:, rows], False).reshape(r, m, q)
+                out[k] = 2.0 * np.einsum("jlc,jla->ca", Phi, W[:, rows].reshape(r, m, q))
+        return out
+
+    def average_information(self, x: np.ndarray) -> np.ndarray:
+        """Average-information approximation of the Hessian in ``theta`` (no strata).
+
+        Gilmour, Thompson & Cullis (1995, Biometrics 51): with ``P`` the REML projection
+        and ``w_j = (dV/dphi_j) P y``, ``-2 log L`` has Hessian ``~ w_i' P w_j``. Here
+        ``phi = (theta, sigma^2)``: ``w_j = Z (E_j u + L E_j' Z'e)`` for a theta entry
+        and ``(y - X beta) / sigma^2`` for the scale, which is then profiled out (Schur
+        complement). All products come from the cross-products and one solve with ``M``
+        (no pass over the rows).
+        """
+        if self.n_eta:
+            raise NotImplementedError("the average information covers theta only")
+        pt = self._evaluate(x)
+        prep, p, lams = pt.prep, self.p, pt.lams
+        V = self._modes(pt)
+        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, V)]
+        R = [z - g for z, g in zip(prep.zxy, prep.g_times(LV))]
+        gamma = np.append(-pt.beta, 1.0)
+        n = self.n_theta
+        C = []
+        for term, sl, lam, Vk, Rk in zip(self.terms, self.terms.slices, lams, V, R):
+            u, e = _combine(Vk, gamma), _combine(Rk, gamma)
+            Ck = np.zeros((term.q, n, term.n_levels))
+            rows, cols = term.theta_position
+            for j, a, c in zip(range(sl.start, sl.stop), rows, cols):
+                Ck[a, j] += u[c]
+                Ck[:, j] += lam[:, c, None] * e[a]
+            C.append(Ck)
+        GC = prep.g_times(C)
+        b = [left_matmul(lam.T, g) for lam, g in zip(lams, GC)]
+        Y = pt.factor.solve(b)
+        PW = np.zeros((n, n))
+        XW = np.zeros((p, n))
+        we = np.zeros(n)
+        for Ck, g, bk, yk, z, lv, Rk in zip(C, GC, b, Y, prep.zxy, LV, R):
+            PW += _gram(Ck, g) - _gram(bk, yk)
+            XW += _gram(z[:, :p], Ck) - _gram(lv[:, :p], g)
+            we += np.einsum("ajm,am->j", Ck, _combine(Rk, gamma))
+        if p:
+            PW -= XW.T @ self._a_inv(pt) @ XW
+        return (PW - np.outer(we, we) / pt.r2) * self.dof / pt.r2
+
+    def _strata(self) -> list[BlockOps]:
+        """Per-stratum block operations (for the ratio gradient)."""
+        if self._strata_ops is None:
+            self._strata_ops = [BlockOps(self.cp.stratum(s)) for s in range(self.cp.n_strata)]
+        return self._strata_ops
+
+    def _ratio_gradient(self, pt: _Point, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
+        """d deviance / d eta_s for every stratum (the reference's entry included)."""
+        if "selected" in pt.cache:
+            diag, pairs = pt.cache["selected"]
+        else:
+            diag, pairs = pt.factor.selected_inverse()
+        p, lams = self.p, pt.lams
+        theta, v = self.split(pt.x)
+        b = [np.einsum("ab,bjm,j->am", lam, Vk, gamma) for lam, Vk in zip(lams, self._modes(pt))]
+        a_inv = self._a_inv(pt)
+        LVx = [x[:, :p, :] for x in LV]
+        grad = np.empty(self.cp.n_strata)
+        for s, ops in enumerate(self._strata()):
+            dlogm = sum(float(np.einsum("abl,ca,cdl,db->", d, lam, A, lam))
+                        for d, lam, A in zip(diag, lams, ops.diag))
+            for j, blk in enumerate(ops.cp.pairs):
+                dlogm += 2.0 * float(np.einsum("eab,ca,ecd,db->", pairs[j], lams[blk.k], blk.values[0],
+                                               lams[blk.l]))
+            Gb = ops.g_times([bk[:, None, :] for bk in b])
+            zr = sum(float(np.einsum("am,ajm,j->", bk, z, gamma)) for bk, z in zip(b, ops.zxy))
+            quad = sum(float(np.einsum("am,am->", bk, g[:, 0, :])) for bk, g in zip(b, Gb))
+            d_r2 = float(gamma @ ops.xyxy @ gamma) - 2.0 * zr + quad
+            d = dlogm + self.dof / pt.r2 * d_r2
+            if self.reml and p:
+                cross = sum(np.einsum("axm,aym->xy", lv, z[:, :p, :]) for lv, z in zip(LVx, ops.zxy))
+                GLVx = ops.g_times(LVx)
+                quad_x = sum(np.einsum("axm,aym->xy", lv, g) for lv, g in zip(LVx, GLVx))
+                dA = ops.xyxy[:p, :p] - cross - cross.T + quad_x
+                d += float(np.sum(a_inv * dA))
+            n_s = float(self.cp.n_obs[s])
+            grad[s] = -2.0 * v[s] * (d - n_s / v[s])
+        return grad

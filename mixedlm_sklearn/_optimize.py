@@ -1,17 +1,33 @@
-"""Minimising the profiled deviance over ``theta``: transformation, optimiser, checks.
+"""Minimising the profiled deviance: one optimiser for every model.
 
-The optimiser works in a *whitened* random-effects basis: ``Z P`` with ``P`` the inverse
-Cholesky factor of the pooled ``Z'Z / n``. For an unstructured covariance the model is
-invariant under this change of basis, and removing the scale and the collinearity of the
-``Z`` columns (age and age^2, an intercept next to an uncentred slope) turns a badly
-conditioned problem into a well conditioned one: L-BFGS-B in the raw basis can stall on a
-bound far from the optimum (Orthodont, ``(age | Subject)``). With ``diagonal=True`` only
-column scaling is allowed, since mixing columns would change the model.
+Phases (each written once, for any number of terms and strata):
 
-The answer is mapped back to lme4's parametrisation, re-polished there when it lies on
-the boundary (a singular fit), and checked as lme4 checks (Bates et al. 2015, sec. 5.2):
-the gradient scaled by the inverse Hessian must be small on the free parameters, and the
-Hessian positive definite.
+1. **Whitening.** The optimiser sees ``Z_k P_k`` instead of ``Z_k``, ``P_k`` the inverse
+   Cholesky factor of the pooled ``Z_k'Z_k / n`` (column scaling only for a diagonal
+   covariance, where mixing columns would change the model), and ``[X y]`` scaled to unit
+   mean square. For an unstructured covariance the model is invariant under this change of
+   basis; it removes the scale and collinearity of ``Z``'s columns (an intercept next to an
+   uncentred slope), under which L-BFGS-B can stall on a bound far from the optimum
+   (Orthodont, ``(age | Subject)``).
+2. **Local search** from a method-of-moments start (one term) or the identity (lme4's
+   start): Newton's method with the average-information Hessian (Gilmour, Thompson &
+   Cullis 1995) while the iterates stay inside, then bounded L-BFGS-B with the analytic
+   gradient (it lands exactly on a bound: a singular fit). With strata, L-BFGS-B over
+   ``(theta, eta)`` jointly.
+3. **Global safeguards.** The profiled deviance can have several local minima, mostly with
+   few levels: small problems also start from multiples of the identity and a few seeded
+   random factors. The all-zero end is always compared. Where a diagonal entry of some
+   ``L_k`` is 0 the deviance is even in the rest of that column (flipping a column of ``L``
+   leaves ``L L'`` unchanged), so a gradient method never leaves such a point even when it
+   is not a minimum: both signs are probed inwards (:func:`_escape_start`).
+4. **Settle and check.** Near-zero variances are put exactly on their bound when that
+   costs nothing; a Newton step with a Hessian from differences of the analytic gradient
+   gains the last digits and gives lme4's convergence measure (Bates et al. 2015, sec.
+   5.2): the gradient scaled by the inverse Hessian, on the parameters off their bounds,
+   with a positive definite Hessian. A saddle or flat valley is restarted once.
+5. **lme4's basis.** The answer is mapped back (``theta`` of the lower-triangular factor
+   of ``P L L' P'``); a fit singular in the whitened basis is re-polished in lme4's basis
+   so that its zero lands exactly on the bound, and checked there.
 """
 
 from __future__ import annotations
@@ -21,35 +37,32 @@ from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
-from threadpoolctl import ThreadpoolController
 
-from ._deviance import (
-    ProfiledDeviance,
-    Solution,
-    batched_cholesky,
-    batched_solve_lower,
-    batched_solve_lower_t,
-    lambda_from_theta,
-    theta_from_lambda,
-)
-from ._stats import GroupStats
+from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
+from ._crossprod import CrossProducts
+from ._deviance import Deviance, Solution
+from ._factor import NotPositiveDefinite
+from ._terms import theta_from_lambda
 
-__all__ = ["OptimizerInfo", "fit_deviance"]
+__all__ = ["OptimizerInfo", "fit", "SCALED_GRADIENT_TOL"]
 
 # Largest |H^{-1} g| on free parameters accepted as converged (lme4 warns above 2e-3 on
 # its own scale; we ask for much less because an analytic gradient makes it cheap).
-_SCALED_GRADIENT_TOL = 1e-4
+SCALED_GRADIENT_TOL = 1e-4
+# |log delta| beyond which a stratum's residual variance counts as running off to 0 or
+# infinity (a degenerate fit, reported as not converged).
+_RUNAWAY_LOG_RATIO = 0.5 * np.log(1e10)
 
-_THREADPOOLS: ThreadpoolController | None = None
-
-# With this many groups or fewer the optimiser also starts from these multiples of the
-# identity (whitened basis) and from a few seeded random factors, and keeps the best
+# With this many levels or fewer (all terms together) the optimiser also starts from
+# these multiples of the identity and from a few seeded random factors and keeps the best
 # answer: small data are where the profiled deviance has several local minima (found by
 # the property tests against a dense likelihood), and there each start costs little.
-_MULTISTART_MAX_GROUPS = 100
+_MULTISTART_MAX_LEVELS = 100
 _EXTRA_STARTS = (1.0, 0.1, 10.0)
 _RANDOM_STARTS = 6
 _MULTISTART_SEED = 20261126
+# Newton steps may shrink a bounded theta entry by at most this fraction.
+_MAX_SHRINK = 0.75
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ class OptimizerInfo:
     scaled_gradient : float
         ``max |H^{-1} g|`` on the parameters off their bounds (0 when all are on bounds).
     at_bound : ndarray of bool
-        Which entries of ``theta`` sit exactly on their lower bound.
+        Which entries of ``theta`` sit exactly on their lower bound (0).
     """
 
     converged: bool
@@ -76,65 +89,17 @@ class OptimizerInfo:
     at_bound: np.ndarray
 
 
-def _basis(stats: GroupStats, diagonal: bool) -> np.ndarray:
-    """Matrix ``P`` (q x q): the optimiser sees ``Z P`` instead of ``Z``."""
-    pooled = stats.ztz.sum(axis=2) / stats.n_obs
-    if diagonal or stats.n_re == 1:
-        return np.diag(1.0 / np.sqrt(np.diag(pooled)))
-    chol = linalg.cholesky(pooled, lower=True)
-    return linalg.solve_triangular(chol, np.eye(stats.n_re), lower=True).T
+def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A^{-1} b`` for a symmetric positive definite ``A`` by Cholesky.
 
-
-def _transform(stats: GroupStats, P: np.ndarray) -> GroupStats:
-    xy_scale = np.sqrt(np.maximum(np.diag(stats.xyxy), np.finfo(float).tiny) / stats.n_obs)
-    return GroupStats(
-        np.einsum("ba,bcm,cd->adm", P, stats.ztz, P),
-        np.einsum("ba,bkm->akm", P, stats.ztxy) / xy_scale[None, :, None],
-        stats.xyxy / np.outer(xy_scale, xy_scale),
-        stats.counts,
-        stats.n_obs,
-        stats.sum_log_weights,
-    )
-
-
-def _moment_start(stats: GroupStats, diagonal: bool) -> np.ndarray:
-    """A method-of-moments start for ``theta`` (whitened basis), or the identity.
-
-    Per group the least-squares random effects ``b_i = S_i^{-1} Z_i'r_i`` of the pooled
-    OLS residuals have covariance ``cov_re + scale * E[S_i^{-1}]``; subtracting the
-    second term estimates ``cov_re / scale``. Only groups whose ``S_i`` is well
-    conditioned take part. A start near the optimum saves a third of the evaluations on
-    large data; eigenvalues are floored so that the start stays off the boundary, where
-    the deviance is flat in sign-symmetric directions.
+    Raises ``LinAlgError`` when ``A`` is not positive definite. (scipy's ``solve`` would
+    also warn about ill-conditioning, a warning the fit must not leak: an ill-conditioned
+    Hessian is a normal event the checks handle.)
     """
-    q, p = stats.n_re, stats.n_fe
-    identity = theta_from_lambda(np.eye(q), diagonal)
-    xtx = stats.xyxy[:p, :p]
-    try:
-        beta = linalg.solve(xtx, stats.xyxy[:p, p], assume_a="pos")
-    except (linalg.LinAlgError, ValueError):
-        return identity
-    coef = np.append(-beta, 1.0)
-    scale = float(coef @ stats.xyxy @ coef) / max(stats.n_obs - p, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chol = batched_cholesky(stats.ztz)
-    diag = chol[np.arange(q), np.arange(q)]
-    tiny = 1e-6 * np.sqrt(stats.ztz[np.arange(q), np.arange(q)].max(axis=1))
-    usable = np.all(np.isfinite(diag) & (diag > tiny[:, None]), axis=0) & (stats.counts > q)
-    if usable.sum() <= 2 * q or not np.isfinite(scale) or scale <= 0:
-        return identity
-    chol = chol[:, :, usable]
-    b = batched_solve_lower_t(chol, batched_solve_lower(chol, coef @ stats.ztxy[:, :, usable]))
-    s_inv_diag = batched_solve_lower(chol, np.broadcast_to(np.eye(q)[:, :, None], chol.shape))
-    mean_s_inv = np.einsum("kam,kbm->ab", s_inv_diag, s_inv_diag) / usable.sum()
-    cov = np.cov(b).reshape(q, q) / scale - mean_s_inv
-    if diagonal:
-        cov = np.diag(np.diag(cov))
-    vals, vecs = linalg.eigh(cov)
-    top = max(vals.max(), 1.0)
-    cov = (vecs * np.maximum(vals, 1e-2 * top)) @ vecs.T
-    lam = linalg.cholesky(cov, lower=True)
-    return theta_from_lambda(lam, diagonal)
+    return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
+
+
+# ---- the whitened basis ------------------------------------------------------------------
 
 
 def _lower_factor(M: np.ndarray) -> np.ndarray:
@@ -144,316 +109,512 @@ def _lower_factor(M: np.ndarray) -> np.ndarray:
     return (signs[:, None] * r).T
 
 
-def _theta_of(lam: np.ndarray, diagonal: bool) -> np.ndarray:
-    """``theta`` of the lower-triangular factor of ``lam lam'`` (``lam`` itself if diagonal).
+class _Basis:
+    """The change of basis ``Z_k -> Z_k P_k`` and the map of ``theta`` between the bases."""
 
-    Maps between the whitened basis and lme4's, where ``P @ lam`` is no longer triangular.
+    def __init__(self, cp: CrossProducts) -> None:
+        comb = cp.combined()
+        n = comb.n
+        self.terms = cp.terms
+        self.P = []
+        for term, d in zip(cp.terms, comb.diag):
+            pooled = d[0].sum(axis=2) / n
+            if term.diagonal or term.q == 1:
+                self.P.append(np.diag(1.0 / np.sqrt(np.diag(pooled))))
+            else:
+                chol = linalg.cholesky(pooled, lower=True)
+                self.P.append(linalg.solve_triangular(chol, np.eye(term.q), lower=True).T)
+        self.xy_scale = np.sqrt(np.maximum(np.diag(comb.xyxy[0]), np.finfo(float).tiny) / n)
+        self.white = cp.transformed(self.P, self.xy_scale)
+
+    def _map(self, theta: np.ndarray, forward: bool) -> np.ndarray:
+        out = []
+        for term, sl, P in zip(self.terms, self.terms.slices, self.P):
+            lam = term.lam(theta[sl])
+            lam = P @ lam if forward else linalg.solve(P, lam)
+            out.append(theta_from_lambda(lam if term.diagonal else _lower_factor(lam), term.diagonal))
+        return np.concatenate(out) if out else np.empty(0)
+
+    def to_original(self, x: np.ndarray) -> np.ndarray:
+        """Whitened ``(theta, eta)`` -> lme4's (``eta`` is the same in both)."""
+        k = self.terms.n_theta
+        return np.concatenate([self._map(x[:k], True), x[k:]])
+
+    def from_original(self, x: np.ndarray) -> np.ndarray:
+        k = self.terms.n_theta
+        return np.concatenate([self._map(x[:k], False), x[k:]])
+
+
+# ---- starting values -----------------------------------------------------------------------
+
+
+def _moment_start(cp: CrossProducts) -> np.ndarray | None:
+    """A method-of-moments start for ``theta`` of a single term (whitened basis).
+
+    Per level the least-squares random effects ``b_l = S_l^{-1} Z_l'r_l`` of the pooled
+    OLS residuals have covariance ``cov_re + scale * E[S_l^{-1}]``; subtracting the second
+    term estimates ``cov_re / scale``. Only levels whose ``S_l`` is well conditioned take
+    part. A start near the optimum saves a third of the evaluations on large data;
+    eigenvalues are floored so that the start stays off the boundary, where the deviance
+    is flat in sign-symmetric directions. None when it cannot be formed.
     """
-    return theta_from_lambda(lam if diagonal else _lower_factor(lam), diagonal)
+    if len(cp.terms) != 1 or cp.n_strata != 1:
+        return None
+    term = cp.terms[0]
+    q, p = term.q, cp.p
+    ztz, ztxy, xyxy = cp.diag[0][0], cp.zxy[0][0], cp.xyxy[0]
+    try:
+        beta = _solve_pd(xyxy[:p, :p], xyxy[:p, p]) if p else np.zeros(0)
+    except (linalg.LinAlgError, ValueError):
+        return None
+    coef = np.append(-beta, 1.0)
+    scale = float(coef @ xyxy @ coef) / max(cp.n - p, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chol = batched_cholesky(ztz)
+    diag = chol[np.arange(q), np.arange(q)]
+    tiny = 1e-6 * np.sqrt(ztz[np.arange(q), np.arange(q)].max(axis=1))
+    usable = np.all(np.isfinite(diag) & (diag > tiny[:, None]), axis=0) & (cp.counts[0] > q)
+    if usable.sum() <= 2 * q or not np.isfinite(scale) or scale <= 0:
+        return None
+    chol = chol[:, :, usable]
+    b = batched_solve_lower_t(chol, batched_solve_lower(chol, np.einsum("akm,k->am", ztxy[:, :, usable], coef)))
+    s_inv = batched_solve_lower(chol, np.broadcast_to(np.eye(q)[:, :, None], chol.shape))
+    mean_s_inv = np.einsum("kam,kbm->ab", s_inv, s_inv) / usable.sum()
+    cov = np.cov(b).reshape(q, q) / scale - mean_s_inv
+    if term.diagonal:
+        cov = np.diag(np.diag(cov))
+    vals, vecs = linalg.eigh(cov)
+    top = max(vals.max(), 1.0)
+    cov = (vecs * np.maximum(vals, 1e-2 * top)) @ vecs.T
+    return theta_from_lambda(linalg.cholesky(cov, lower=True), term.diagonal)
 
 
-def _minimize(dev: ProfiledDeviance, theta0: np.ndarray, max_iter: int, tol: float,
-              callback: Callable[[int, float], None] | None = None):
-    bounds = optimize.Bounds(dev.lower_bounds(), np.full(dev.n_theta, np.inf))
-    iteration = 0
-
-    def report(intermediate_result):
-        nonlocal iteration
-        iteration += 1
-        callback(iteration, float(intermediate_result.fun))
-
-    return optimize.minimize(
-        dev.value_and_grad,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        callback=None if callback is None else report,
-        options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-6, "maxcor": 20},
-    )
+def _ratio_start(cp: CrossProducts) -> np.ndarray:
+    """``log delta_s`` from each stratum's mean squared residual of the pooled OLS fit."""
+    if cp.n_strata == 1:
+        return np.empty(0)
+    comb = cp.combined()
+    p = cp.p
+    xyxy = comb.xyxy[0]
+    try:
+        beta = linalg.lstsq(xyxy[:p, :p], xyxy[:p, p])[0] if p else np.zeros(0)
+    except (linalg.LinAlgError, ValueError):
+        return np.zeros(cp.n_strata - 1)
+    coef = np.append(-beta, 1.0)
+    mean_sq = np.array([max(float(coef @ cp.xyxy[s] @ coef), np.finfo(float).tiny) / cp.n_obs[s]
+                        for s in range(cp.n_strata)])
+    return np.clip(0.5 * np.log(mean_sq[1:] / mean_sq[0]), -_RUNAWAY_LOG_RATIO, _RUNAWAY_LOG_RATIO)
 
 
-def _extra_starts(q: int, diagonal: bool) -> list[np.ndarray]:
+def _extra_starts(dev: Deviance) -> list[np.ndarray]:
     """Further starts for small problems: multiples of the identity and a few fixed,
     pseudo-random factors (seeded: the same data always give the same fit)."""
-    eye = theta_from_lambda(np.eye(q), diagonal)
-    starts = [s * eye for s in _EXTRA_STARTS]
+    terms = dev.terms
+    eye = terms.identity_theta()
+    eta = np.zeros(dev.n_eta)
+    starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
     for _ in range(_RANDOM_STARTS):
-        lam = np.tril(rng.standard_normal((q, q)))
-        lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
-        starts.append(theta_from_lambda(lam, diagonal))
+        parts = []
+        for term in terms:
+            q = term.q
+            lam = np.tril(rng.standard_normal((q, q)))
+            lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
+            parts.append(theta_from_lambda(lam, term.diagonal))
+        starts.append(np.concatenate(parts + [eta]))
     return starts
 
 
-def _escape_start(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> np.ndarray | None:
-    """A start off the bound from which the deviance is lower, if ``theta`` is not a minimum.
+# ---- one local search ----------------------------------------------------------------------
+
+
+class _Tracker:
+    """Counts iterations and evaluations over all runs of one fit, and records failures."""
+
+    def __init__(self, dev: Deviance, callback: Callable[[int, float], None] | None = None,
+                 shift: float = 0.0) -> None:
+        self.dev, self.callback, self.shift = dev, callback, shift
+        self.n_iter = 0
+        self.iteration = 0
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        try:
+            return self.dev.value_and_grad(x)
+        except NotPositiveDefinite:
+            # A trial step far out (an extreme ratio making A numerically singular): tell
+            # the line search the step is bad rather than stopping the fit.
+            return np.inf, np.zeros(x.size)
+
+    def value(self, x: np.ndarray) -> float:
+        try:
+            return self.dev(x)
+        except NotPositiveDefinite:
+            return np.inf
+
+    def report(self, value: float) -> None:
+        self.iteration += 1
+        if self.callback is not None:
+            self.callback(self.iteration, value + self.shift)
+
+    def lbfgsb(self, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
+        dev = self.dev
+        bounds = optimize.Bounds(dev.lower_bounds(), dev.upper_bounds())
+
+        def on_iteration(intermediate_result):
+            self.report(float(intermediate_result.fun))
+
+        res = optimize.minimize(
+            self.value_and_grad, np.clip(x0, dev.lower_bounds(), dev.upper_bounds()), jac=True,
+            method="L-BFGS-B", bounds=bounds, callback=on_iteration if report else None,
+            options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-6, "maxcor": 20},
+        )
+        self.n_iter += res.nit
+        return res
+
+    def newton(self, x: np.ndarray, max_iter: int, tol: float):
+        """Newton iterations with the average-information Hessian and backtracking.
+
+        Each coordinate of a step may shrink a bounded entry by at most ``_MAX_SHRINK`` so
+        the iterates stay strictly inside; reaching a bound (a singular fit) is left to
+        L-BFGS-B. Returns ``(x, value, gradient, converged, limited)``.
+        """
+        dev = self.dev
+        lower = dev.lower_bounds()
+        bounded = np.isfinite(lower)
+        value, grad = self.value_and_grad(x)
+        for it in range(1, max_iter + 1):
+            self.n_iter += 1
+            if not np.isfinite(value):
+                return x, value, grad, False, False
+            try:
+                H = dev.average_information(x)
+                step = -_solve_pd(H, grad)
+            except (linalg.LinAlgError, ValueError, NotPositiveDefinite):
+                return x, value, grad, False, False
+            decrement = -grad @ step  # ~ twice the predicted decrease
+            if decrement < tol * max(1.0, abs(value)) * 1e-2:
+                return x, value, grad, True, False
+            # Far from the optimum the average information can be a poor model: a step
+            # longer than the parameters themselves (whitened, so of order 1) can throw
+            # the iterates onto the plateau of a variance going to infinity, where the
+            # deviance is nearly flat. Such steps are shortened to that length.
+            longest = np.max(np.abs(step))
+            reach = max(1.0, np.max(np.abs(x)))
+            if longest > reach:
+                step *= reach / longest
+            limit = np.where(bounded, -_MAX_SHRINK * (x - lower), -np.inf)
+            clipped = np.maximum(step, limit)
+            if np.any(clipped != step) and it > 3:
+                return x, value, grad, False, False  # heading for a bound: L-BFGS-B's job
+            slope = grad @ clipped
+            if slope >= 0:
+                return x, value, grad, False, False
+            t = 1.0
+            for _ in range(30):
+                trial = x + t * clipped
+                trial_value = self.value(trial)
+                if trial_value <= value + 1e-4 * t * slope:
+                    break
+                t *= 0.5
+            else:
+                return x, value, grad, False, False
+            x = trial
+            value, grad = self.value_and_grad(x)
+            self.report(value)
+        return x, value, grad, False, True
+
+
+def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
+    """One local minimisation from ``x0``: Newton (no strata), then L-BFGS-B."""
+    dev = tracker.dev
+    if dev.n_eta == 0:
+        x, value, grad, converged, limited = tracker.newton(x0, max_iter, tol)
+        if converged or limited:
+            return optimize.OptimizeResult(x=x, fun=value, jac=grad, status=int(limited),
+                                           message="Newton (average information)", nit=0)
+        x0 = x
+    return tracker.lbfgsb(x0, max_iter, tol, report=report)
+
+
+# ---- safeguards ----------------------------------------------------------------------------
+
+
+def _columns_below(dev: Deviance) -> list[np.ndarray]:
+    """For each parameter: the entries of the same column of its ``L_k`` below it."""
+    out = []
+    for term, sl in zip(dev.terms, dev.terms.slices):
+        rows, cols = term.theta_position
+        for j in range(rows.size):
+            out.append(sl.start + np.flatnonzero((cols == cols[j]) & (rows > rows[j])))
+    out.extend(np.empty(0, dtype=int) for _ in range(dev.n_eta))
+    return out
+
+
+def _escape_start(tracker: _Tracker, x: np.ndarray, value: float) -> np.ndarray | None:
+    """A start off the bound from which the deviance is lower, if ``x`` is not a minimum.
 
     L-BFGS-B stops on a bound whenever the projected gradient vanishes, which includes
     stationary points that are not minima. Where a diagonal entry of ``L`` is 0, the
-    deviance depends on the rest of that column only up to its sign (flipping a column of
-    ``L`` leaves ``L L'`` unchanged), but only one sign can be left by raising the
-    diagonal entry: both are tried, with a small step inwards.
+    deviance depends on the rest of that column only up to its sign, but only one sign
+    can be left by raising the diagonal entry: both are tried, with a small step inwards.
     """
-    lower = dev.lower_bounds()
-    on_bound = np.flatnonzero(np.isfinite(lower) & (theta <= lower))
+    dev = tracker.dev
+    lower = dev.lower_bounds()[:dev.n_theta]
+    on_bound = np.flatnonzero(np.isfinite(lower) & (x[:dev.n_theta] <= lower))
+    below = _columns_below(dev)
     best, best_value = None, value - 1e-10 * max(1.0, abs(value))
-    # deviances over theta and more (the joint heteroscedastic one) have no such layout
-    rows, cols = getattr(dev, "theta_position", (np.empty(0, int), np.empty(0, int)))
     for j in on_bound:
-        column = (np.flatnonzero((cols == cols[j]) & (rows > rows[j]))
-                  if j < rows.size else np.empty(0, dtype=int))
-        for sign in (1.0, -1.0) if column.size and np.any(theta[column] != 0) else (1.0,):
-            trial = theta.copy()
+        column = below[j]
+        for sign in (1.0, -1.0) if column.size and np.any(x[column] != 0) else (1.0,):
+            trial = x.copy()
             trial[column] *= sign
-            trial[j] = lower[j] + 1e-3 * max(1.0, np.abs(theta).max())
-            trial_value = dev(trial)
+            trial[j] = lower[j] + 1e-3 * max(1.0, np.abs(x[:dev.n_theta]).max())
+            trial_value = tracker.value(trial)
             if trial_value < best_value:
                 best, best_value = trial, trial_value
     return best
 
 
-def _snap_to_bounds(dev: ProfiledDeviance, theta: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-    """Put near-zero bounded parameters exactly on their bound when that costs nothing.
-
-    Near a zero variance the deviance is flat (even in that entry), so a quasi-Newton
-    method approaches the bound without reaching it. lme4 reports such fits as singular
-    with the variance exactly 0; so do we, when the deviance at the bound is not higher
-    beyond rounding.
-    """
-    lower = dev.lower_bounds()
-    near = np.flatnonzero(np.isfinite(lower) & (theta > lower) & (theta - lower < 1e-4))
-    if near.size == 0:
-        return theta, value
-    trial = theta.copy()
-    trial[near] = lower[near]
-    trial_value = dev(trial)
-    if trial_value <= value + 1e-12 * max(1.0, abs(value)):
-        return trial, trial_value
-    return theta, value
-
-
-def _settle(dev: ProfiledDeviance, res) -> tuple[np.ndarray, float, bool, int]:
-    """Snap near-zero variances onto the bound, then the Newton step and check."""
-    x, _ = _snap_to_bounds(dev, res.x, res.fun)
-    if x is res.x:
-        return _newton_polish(dev, x, res.fun, res.jac)
-    return _newton_polish(dev, x)
-
-
-def _newton_polish(
-    dev: ProfiledDeviance, theta: np.ndarray, value: float | None = None, grad: np.ndarray | None = None
-) -> tuple[np.ndarray, float, bool, int]:
-    """One Newton step on the free parameters, and lme4's convergence measure.
-
-    The Hessian comes from forward differences of the analytic gradient. The step both
-    checks convergence (``max |H^{-1} g|``, invariant to rescaling the parameters) and,
-    from an L-BFGS-B answer, gains the last digits. Returns the (possibly improved)
-    theta, the scaled gradient there, whether the Hessian is positive definite, and the
-    number of evaluations used.
-    """
-    lower = dev.lower_bounds()
-    at_bound = np.isfinite(lower) & (theta <= lower)
-    free = np.flatnonzero(~at_bound)
-    if value is None or grad is None:
-        value, grad = dev.value_and_grad(theta)
-    if free.size == 0:
-        return theta, 0.0, True, 1
-    step = 1e-6 * np.maximum(np.abs(theta[free]), 1e-2)
-    hess = np.empty((free.size, free.size))
-    for k, j in enumerate(free):
-        shifted = theta.copy()
-        shifted[j] += step[k]
-        hess[:, k] = (dev.value_and_grad(shifted)[1][free] - grad[free]) / step[k]
-    hess = 0.5 * (hess + hess.T)
-    try:
-        newton = linalg.solve(hess, grad[free], assume_a="pos")
-    except (linalg.LinAlgError, ValueError):
-        return theta, float(np.max(np.abs(grad[free]))), False, free.size + 1
-    trial = theta.copy()
-    trial[free] -= newton
-    n_eval = free.size + 1
-    if np.all(trial[free] >= lower[free]):
-        trial_value, trial_grad = dev.value_and_grad(trial)
-        n_eval += 1
-        trial_scaled = float(np.max(np.abs(linalg.solve(hess, trial_grad[free], assume_a="pos"))))
-        # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the
-        # deviance itself; then the smaller gradient decides.
-        rounding = 1e-13 * max(1.0, abs(value))
-        if trial_value <= value or (trial_value <= value + rounding and trial_scaled < np.max(np.abs(newton))):
-            return trial, trial_scaled, True, n_eval
-    return theta, float(np.max(np.abs(newton))), True, n_eval
-
-
-class _Counter:
-    """Counts iterations and evaluations over all optimiser runs of one fit."""
-
-    def __init__(self) -> None:
-        self.n_iter = 0
-        self.n_fev = 0
-
-    def run(self, dev, start, max_iter, tol, callback=None):
-        res = _minimize(dev, start, max_iter, tol, callback)
-        self.n_iter += res.nit
-        self.n_fev += res.nfev
-        return res
-
-
-def _search(white: ProfiledDeviance, res, q: int, diagonal: bool, n_groups: int,
-            max_iter: int, tol: float, counter: _Counter):
-    """Improve a first L-BFGS-B answer: other starts, the zero end, escapes from bounds.
-
-    The profiled deviance can have several local minima, mostly with few groups: there
-    further starts are cheap. The all-zero end (no random effects) is always compared, and
-    bound points that are not minima are left (:func:`_escape_start`).
-    """
-    starts = _extra_starts(q, diagonal) if n_groups <= _MULTISTART_MAX_GROUPS else []
-    zero = np.zeros_like(res.x)
-    zero_value = white(zero)
-    counter.n_fev += 1
+def _search(tracker: _Tracker, res, max_iter: int, tol: float):
+    """Improve a first answer: other starts (small problems), the zero end, escapes."""
+    dev = tracker.dev
+    n_levels = sum(t.n_levels for t in dev.terms)
+    starts = _extra_starts(dev) if n_levels <= _MULTISTART_MAX_LEVELS else []
+    zero = res.x.copy()
+    zero[:dev.n_theta] = 0.0
+    zero_value = tracker.value(zero)
     if zero_value < res.fun:
-        starts.append(1e-3 * theta_from_lambda(np.eye(q), diagonal))
+        small = zero.copy()
+        small[:dev.n_theta] = 1e-3 * dev.terms.identity_theta()
+        starts.append(small)
     for other in starts:
-        retry = counter.run(white, other, max_iter, tol)
+        retry = _local(tracker, other, max_iter, tol)
         if retry.fun < res.fun:
             res = retry
     if zero_value < res.fun:
-        res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=white.value_and_grad(zero)[1],
-                                      nit=0, nfev=1, status=0, success=True,
-                                      message="no random-effects variance")
+        res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=tracker.value_and_grad(zero)[1],
+                                      status=0, message="no random-effects variance", nit=0)
     for _ in range(3):
-        escape = _escape_start(white, res.x, res.fun)
+        escape = _escape_start(tracker, res.x, res.fun)
         if escape is None:
             break
-        retry = counter.run(white, escape, max_iter, tol)
+        retry = _local(tracker, escape, max_iter, tol)
         if retry.fun >= res.fun:
             break
         res = retry
     return res
 
 
-def _lme4_theta(dev: ProfiledDeviance, P: np.ndarray, x: np.ndarray, lower: np.ndarray,
-                max_iter: int, tol: float, counter: _Counter) -> np.ndarray | None:
-    """For a fit singular in the whitened basis, lme4's theta exactly on its boundary.
+def _snap_to_bounds(tracker: _Tracker, x: np.ndarray, value: float) -> tuple[np.ndarray, float]:
+    """Put near-zero bounded ``theta`` entries exactly on their bound when that costs nothing.
 
-    Mapped back from the whitened basis, a zero variance is zero only to rounding; a short
-    polish in lme4's basis, from the mapped point with rounding-level entries set to 0,
-    lands on the bound exactly. None when the fit is not singular there (or cannot be:
-    diagonal and scalar fits map entry by entry).
+    Near a zero variance the deviance is flat (even in that entry), so a quasi-Newton
+    method approaches the bound without reaching it. lme4 reports such fits as singular
+    with the variance exactly 0; so do we, when the deviance at the bound is not higher
+    beyond rounding.
     """
-    q = dev.q
-    if dev.diagonal or q == 1 or not np.any(np.isfinite(lower) & (x <= lower)):
-        return None
-    theta = _theta_of(P @ lambda_from_theta(x, q), diagonal=False)
-    theta[np.isfinite(dev.lower_bounds()) & (np.abs(theta) <= 1e-10 * np.abs(theta).max())] = 0.0
-    polish = counter.run(dev, theta, max_iter, tol)
-    return polish.x if polish.fun <= dev(theta) else theta
+    dev = tracker.dev
+    lower = dev.lower_bounds()[:dev.n_theta]
+    theta = x[:dev.n_theta]
+    near = np.flatnonzero(np.isfinite(lower) & (theta > lower) & (theta - lower < 1e-4))
+    if near.size == 0:
+        return x, value
+    trial = x.copy()
+    trial[near] = lower[near]
+    trial_value = tracker.value(trial)
+    if trial_value <= value + 1e-12 * max(1.0, abs(value)):
+        return trial, trial_value
+    return x, value
 
 
-def single_threaded_blas():
-    """Context in which BLAS runs on one thread (see :func:`fit_deviance` for why)."""
-    global _THREADPOOLS
-    if _THREADPOOLS is None:  # inspecting the loaded libraries costs milliseconds: once
-        _THREADPOOLS = ThreadpoolController()
-    return _THREADPOOLS.limit(limits=1, user_api="blas")
+def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
+                   grad: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
+    """One Newton step on the free parameters, and lme4's convergence measure.
 
-
-def fit_deviance(*args, **kwargs) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
-    """Fit ``theta``; see :func:`_fit_deviance` for the parameters.
-
-    Every deviance evaluation is a string of small matrix products (q x q or p x p times
-    a vector per group). Multi-threaded BLAS only adds synchronisation to those, and on a
-    busy machine it made evaluations 5-10x slower, so the optimiser runs single-threaded.
+    The Hessian comes from forward differences of the analytic gradient. The step both
+    checks convergence (``max |H^{-1} g|``, invariant to rescaling the parameters) and,
+    from an L-BFGS-B answer, gains the last digits. A step that leaves the feasible region
+    or does not lower the deviance is projected onto the bounds and halved until it does
+    (in a flat valley ending on a zero variance the quasi-Newton phase can stop short).
+    Returns the (possibly improved) ``x``, the scaled gradient there and whether the
+    Hessian is positive definite.
     """
-    with single_threaded_blas():
-        return _fit_deviance(*args, **kwargs)
+    dev = tracker.dev
+    lower, upper = dev.lower_bounds(), dev.upper_bounds()
+    at_bound = np.zeros(x.size, dtype=bool)
+    at_bound[:dev.n_theta] = np.isfinite(lower[:dev.n_theta]) & (x[:dev.n_theta] <= lower[:dev.n_theta])
+    free = np.flatnonzero(~at_bound)
+    if value is None or grad is None:
+        value, grad = tracker.value_and_grad(x)
+    if free.size == 0:
+        return x, 0.0, True
+    step = 1e-6 * np.maximum(np.abs(x[free]), 1e-2)
+    hess = np.empty((free.size, free.size))
+    for k, j in enumerate(free):
+        shifted = x.copy()
+        shifted[j] += step[k]
+        hess[:, k] = (tracker.value_and_grad(shifted)[1][free] - grad[free]) / step[k]
+    hess = 0.5 * (hess + hess.T)
+    if not np.all(np.isfinite(hess)):
+        return x, float(np.max(np.abs(grad[free]))), False
+    try:
+        newton = _solve_pd(hess, grad[free])
+    except (linalg.LinAlgError, ValueError):
+        return x, float(np.max(np.abs(grad[free]))), False
+    scaled = float(np.max(np.abs(newton)))
+    # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the deviance
+    # itself; then the smaller gradient decides.
+    rounding = 1e-13 * max(1.0, abs(value))
+    t = 1.0
+    for _ in range(12):
+        trial = x.copy()
+        trial[free] = np.clip(x[free] - t * newton, lower[free], upper[free])
+        trial_value, trial_grad = tracker.value_and_grad(trial)
+        if np.isfinite(trial_value):
+            on_bound = np.isfinite(lower) & (trial <= lower)
+            on_bound[dev.n_theta:] = False
+            if on_bound[free].any():  # the step reached a bound: measured at the next step
+                if trial_value < value - rounding:
+                    return trial, scaled, True
+            else:
+                trial_scaled = float(np.max(np.abs(_solve_pd(hess, trial_grad[free]))))
+                if trial_value <= value or (trial_value <= value + rounding and trial_scaled < scaled):
+                    return trial, trial_scaled, True
+        if scaled < SCALED_GRADIENT_TOL:
+            break  # already converged: nothing to gain from shorter steps
+        t *= 0.5
+    return x, scaled, True
 
 
-def _fit_deviance(
-    stats: GroupStats,
-    reml: bool = True,
-    diagonal: bool = False,
-    theta0: np.ndarray | None = None,
+def _settle(tracker: _Tracker, res, polish_steps: int = 1) -> tuple[np.ndarray, float, bool]:
+    """Snap near-zero variances onto the bound, then Newton steps and the check.
+
+    Steps continue (up to 10) while the check fails and a step still moves, and at least
+    ``polish_steps`` are taken while they improve the last digits.
+    """
+    x, value = _snap_to_bounds(tracker, res.x, res.fun)
+    if x is res.x and res.jac is not None:
+        x_new, scaled, pos_def = _newton_polish(tracker, x, res.fun, res.jac)
+    else:
+        x_new, scaled, pos_def = _newton_polish(tracker, x)
+    for k in range(1, 10):
+        moved = not np.array_equal(x_new, x)
+        x = x_new
+        if not pos_def or not moved:
+            break
+        if scaled < SCALED_GRADIENT_TOL and (k >= polish_steps or scaled < 1e-8):
+            break
+        x_new, scaled, pos_def = _newton_polish(tracker, x)
+    # The polish may have walked a variance down towards 0 (a valley ending on the
+    # bound): put it there if that costs nothing, and check there.
+    snapped, _ = _snap_to_bounds(tracker, x_new, tracker.value(x_new))
+    if snapped is not x_new:
+        x_new, scaled, pos_def = _newton_polish(tracker, snapped)
+    return x_new, scaled, pos_def
+
+
+# ---- the driver ----------------------------------------------------------------------------
+
+
+def fit(
+    dev: Deviance,
+    x0: np.ndarray | None = None,
     max_iter: int = 1000,
     tol: float = 1e-8,
     callback: Callable[[int, float], None] | None = None,
-) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
-    """Fit ``theta`` by minimising the profiled deviance.
+    search: bool = True,
+) -> tuple[Solution, OptimizerInfo]:
+    """Minimise the profiled deviance.
 
     Parameters
     ----------
-    stats : GroupStats
-    reml : bool
-        REML criterion (True) or maximum likelihood.
-    diagonal : bool
-        Independent random effects (lme4's ``||``).
-    theta0 : ndarray, optional
-        Start in lme4's parametrisation; default: a method-of-moments estimate.
+    dev : Deviance
+    x0 : ndarray, optional
+        Start ``(theta, eta)`` in lme4's parametrisation; default a method-of-moments
+        estimate (one term) or the identity, and ratios from the OLS residuals.
     max_iter : int
-        Iteration limit of the optimiser.
+        Iteration limit of each local search (a first search that reaches it ends the fit,
+        reported as not converged).
     tol : float
         Relative change of the deviance that stops the quasi-Newton phase.
     callback : callable, optional
-        Called as ``callback(iteration, deviance)`` after each quasi-Newton iteration.
+        ``callback(iteration, deviance)`` after each iteration of the first search.
+    search : bool
+        Run the global safeguards (other starts, zero end, escapes). Refits started from
+        a nearby optimum (profiles) skip them.
 
     Returns
     -------
-    deviance : ProfiledDeviance
-        The deviance on the caller's statistics (for inference).
     solution : Solution
-        The fit at the optimum.
+        The fit at the optimum, in lme4's parametrisation.
     info : OptimizerInfo
     """
-    q = stats.n_re
-    P = _basis(stats, diagonal)
-    white = ProfiledDeviance(_transform(stats, P), reml=reml, diagonal=diagonal)
-    if theta0 is None:
-        start = _moment_start(white.stats, diagonal)
+    basis = _Basis(dev.cp)
+    white = Deviance(basis.white, reml=dev.reml, plan=dev.plan)
+    if x0 is None:
+        theta0 = _moment_start(basis.white)
+        if theta0 is None:
+            theta0 = dev.terms.identity_theta()
+        start = np.concatenate([theta0, _ratio_start(dev.cp)])
     else:
-        lam0 = lambda_from_theta(np.asarray(theta0, float), q, diagonal)
-        start = _theta_of(linalg.solve(P, lam0), diagonal)
+        start = basis.from_original(np.asarray(x0, dtype=float))
+    shift = 0.0
     if callback is not None:  # report deviances on the caller's scale, not the whitened one
-        theta_start = _theta_of(P @ lambda_from_theta(start, q, diagonal), diagonal)
-        shift = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)(theta_start) - white(start)
-        user_callback = callback
-        callback = lambda iteration, value: user_callback(iteration, value + shift)  # noqa: E731
-    counter = _Counter()
-    res = counter.run(white, start, max_iter, tol, callback)
+        shift = dev(basis.to_original(start)) - white(start)
+    tracker = _Tracker(white, callback, shift)
+    res = _local(tracker, start, max_iter, tol, report=True)
     limited = res.status == 1  # max_iter bounds the work: such a run is reported, not retried
-    if not limited:
-        res = _search(white, res, q, diagonal, stats.n_groups, max_iter, tol, counter)
-    x, scaled_grad, pos_def, n_check = _settle(white, res)
-    counter.n_fev += n_check
-    if not limited and (not pos_def or scaled_grad >= _SCALED_GRADIENT_TOL):
+    if not limited and search:
+        res = _search(tracker, res, max_iter, tol)
+    polish = 5 if dev.n_eta else 1
+    if limited:  # max_iter bounds the work: report the check where the search stopped
+        x = res.x
+        scaled, pos_def = _newton_polish(tracker, x)[1:]
+    else:
+        x, scaled, pos_def = _settle(tracker, res, polish)
+    if not limited and (not pos_def or scaled >= SCALED_GRADIENT_TOL):
         # A saddle or a flat valley near a zero variance (the deviance is even there):
         # restart with the small diagonal entries raised, and keep what is lower.
         nudged = x.copy()
-        small = np.isfinite(white.lower_bounds()) & (x < 0.05 * max(1.0, np.abs(x).max()))
-        nudged[small] = 0.1 * max(1.0, np.abs(x).max())
-        retry = counter.run(white, nudged, max_iter, tol)
-        if retry.fun < white(x):
-            x, scaled_grad, pos_def, n_check = _settle(white, retry)
-            counter.n_fev += n_check
-    dev = ProfiledDeviance(stats, reml=reml, diagonal=diagonal)
-    theta = _lme4_theta(dev, P, x, white.lower_bounds(), max_iter, tol, counter)
-    if theta is not None:  # re-polished on lme4's boundary: check there
-        theta, scaled_grad, pos_def, n_check = _newton_polish(dev, theta)
-        counter.n_fev += n_check
-    else:
-        theta = _theta_of(P @ lambda_from_theta(x, q, diagonal), diagonal)
-    n_iter, n_fev = counter.n_iter, counter.n_fev
-    solution = dev.solve(theta)
-    at_bound = np.isfinite(dev.lower_bounds()) & (theta <= dev.lower_bounds())
-    # L-BFGS-B's own verdict is not used: at the optimum its line search can fail on
-    # rounding ("ABNORMAL"), which the Newton check tells apart from a real failure.
-    converged = not limited and scaled_grad < _SCALED_GRADIENT_TOL and pos_def
+        theta = x[:dev.n_theta]
+        lower = dev.lower_bounds()[:dev.n_theta]
+        small = np.isfinite(lower) & (theta < 0.05 * max(1.0, np.abs(theta).max()))
+        nudged[:dev.n_theta][small] = 0.1 * max(1.0, np.abs(theta).max())
+        retry = _local(tracker, nudged, max_iter, tol)
+        if retry.fun < tracker.value(x):
+            x, scaled, pos_def = _settle(tracker, retry, polish)
+    # lme4's basis
+    original = _Tracker(dev)
+    x_orig = basis.to_original(x)
+    at_bound_white = np.isfinite(white.lower_bounds()[:dev.n_theta]) & (x[:dev.n_theta] <= 0.0)
+    if not limited and at_bound_white.any() and not all(t.diagonal or t.q == 1 for t in dev.terms):
+        # Mapped back, a zero is zero only to rounding: polish in lme4's basis from the
+        # mapped point with rounding-level entries set to 0 so the zero lands exactly.
+        theta = x_orig[:dev.n_theta]
+        tiny = np.isfinite(dev.lower_bounds()[:dev.n_theta]) & (np.abs(theta) <= 1e-10 * max(np.abs(theta).max(), 1e-300))
+        theta[tiny] = 0.0
+        polished = original.lbfgsb(x_orig, max_iter, tol)
+        if polished.fun <= original.value(x_orig):
+            x_orig = polished.x
+        x_orig, scaled, pos_def = _settle(original, optimize.OptimizeResult(
+            x=x_orig, fun=original.value(x_orig), jac=None), polish)
+    n_iter = tracker.n_iter + original.n_iter
+    n_fev = white.n_evaluations + dev.n_evaluations
+    solution = dev.solution(x_orig)
+    theta = x_orig[:dev.n_theta]
+    at_bound = np.isfinite(dev.lower_bounds()[:dev.n_theta]) & (theta <= dev.lower_bounds()[:dev.n_theta])
+    eta = x_orig[dev.n_theta:]
+    runaway = np.abs(eta) > _RUNAWAY_LOG_RATIO
+    converged = bool(not limited and scaled < SCALED_GRADIENT_TOL and pos_def and not runaway.any())
     if limited:
         message = f"iteration limit reached ({res.message})"
+    elif runaway.any():
+        message = "degenerate residual variances: a stratum's variance ratio runs off to 0 or infinity"
     elif not pos_def:
         message = "the Hessian of the deviance is not positive definite at the optimum"
-    elif scaled_grad >= _SCALED_GRADIENT_TOL:
-        message = f"scaled gradient {scaled_grad:.2g} at the optimum exceeds {_SCALED_GRADIENT_TOL:g}"
+    elif scaled >= SCALED_GRADIENT_TOL:
+        message = f"scaled gradient {scaled:.2g} at the optimum exceeds {SCALED_GRADIENT_TOL:g}"
     else:
-        message = str(res.message)
-    info = OptimizerInfo(converged, message, int(n_iter), int(n_fev), scaled_grad, at_bound)
-    return dev, solution, info
+        message = "converged: scaled gradient below tolerance"
+    info = OptimizerInfo(converged, message, int(n_iter), int(n_fev), float(scaled), at_bound)
+    return solution, info

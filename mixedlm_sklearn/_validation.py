@@ -157,24 +157,26 @@ def check_response(xyxy: np.ndarray) -> None:
         )
 
 
-def check_random_design(stats, names: Sequence[str]) -> None:
+def check_random_design(ztz: np.ndarray, counts: np.ndarray, names: Sequence[str]) -> None:
     """Refuse random-effects designs whose covariance cannot be estimated.
 
-    A column of zeros has no variance to estimate. Two columns proportional within every
-    group (a slope on a covariate that is constant within each group, next to a random
-    intercept) cannot be told apart within any group: their variances and correlation
-    are not identified from within-group information.
+    ``ztz`` holds one term's ``Z_l'Z_l`` per level (q, q, m) and ``counts`` its rows per
+    level. A column of zeros has no variance to estimate. Two columns proportional within
+    every group (a slope on a covariate that is constant within each group, next to a
+    random intercept) cannot be told apart within any group: their variances and
+    correlation are not identified from within-group information.
     """
-    diag = stats.ztz[np.arange(stats.n_re), np.arange(stats.n_re)]
+    q = ztz.shape[0]
+    diag = ztz[np.arange(q), np.arange(q)]
     zero = diag.sum(axis=1) == 0
     if zero.any():
         raise ValueError(f"Z column(s) {[names[j] for j in np.flatnonzero(zero)]} are all zeros")
-    several = stats.counts >= 2
-    if not several.any() or stats.n_re < 2:
+    several = counts >= 2
+    if not several.any() or q < 2:
         return
-    for j in range(stats.n_re):
+    for j in range(q):
         for c in range(j):
-            sjj, scc, sjc = diag[j, several], diag[c, several], stats.ztz[j, c, several]
+            sjj, scc, sjc = diag[j, several], diag[c, several], ztz[j, c, several]
             if np.all(sjj * scc - sjc**2 <= 1e-10 * sjj * scc):
                 raise ValueError(
                     f"Z columns {names[c]!r} and {names[j]!r} are proportional within every "

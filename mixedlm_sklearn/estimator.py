@@ -1,14 +1,17 @@
-"""``MixedLMRegressor``: the linear mixed model as a scikit-learn regressor."""
+"""``MixedLMRegressor``: the linear mixed model as a scikit-learn regressor.
+
+A thin estimator over the engine: ``fit`` validates its arguments, builds the terms and
+the cross-products (:mod:`._design`, :mod:`._crossprod`), runs the fit
+(:func:`._model.fit_model`) and stores the result as fitted attributes.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 import warnings
-from dataclasses import dataclass
-from numbers import Integral, Real
 from collections.abc import Iterable, Sequence
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -18,68 +21,39 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._crossed import CrossedDeviance, build_crossed_model, fit_crossed
-from ._chunked import INTERCEPT, is_dask_collection, stats_from_chunks, stats_from_dask
-from ._deviance import ProfiledDeviance, Solution
-from ._heteroscedastic import fit_heteroscedastic, stratum_stats
-from ._optimize import OptimizerInfo, fit_deviance, single_threaded_blas
-from ._stats import GroupStats, compute_stats
+from ._chunked import cross_products_from_chunks, cross_products_from_dask, is_dask_collection
+from ._crossprod import CrossProducts, cross_products
+from ._design import (
+    INTERCEPT,
+    Design,
+    column_names,
+    factor_frame,
+    group_name,
+    random_terms,
+    several_factors,
+    z_by_factor,
+)
+from ._model import FittedModel, fit_model
+from ._optimize import OptimizerInfo
+from ._terms import Term, Terms
 from ._validation import (
     as_design,
     check_counts,
     check_cross_products,
     check_finite,
-    check_residual_variance,
     check_full_rank,
     check_random_design,
+    check_residual_variance,
     check_response,
     check_weights,
     encode_groups,
 )
 
-__all__ = ["MixedLMRegressor", "SingularFitWarning", "FittedModel"]
+__all__ = ["MixedLMRegressor", "SingularFitWarning"]
 
 
 class SingularFitWarning(UserWarning):
     """The random-effects covariance is singular: a variance or a correlation is on its bound."""
-
-
-@dataclass(frozen=True)
-class FittedModel:
-    """What inference needs from a fit: the deviance function, the optimum and the names.
-
-    Attributes
-    ----------
-    deviance : ProfiledDeviance
-        ``theta -> deviance`` on the fitted data (re-optimised by profiles).
-    solution : Solution
-        The fit at the optimum.
-    info : OptimizerInfo
-    fe_names, re_names : list of str
-        Names of the fixed-effects columns (intercept first) and of the Z columns.
-    group_name : str
-        Name of the grouping factor (``"group"`` when unnamed); a list of names with
-        several factors.
-    strata : tuple, optional
-        With ``residual_groups``: the statistics of each stratum (reference first) and
-        the stratum labels, for inference that treats the variance ratios as parameters.
-    """
-
-    deviance: ProfiledDeviance
-    solution: Solution
-    info: OptimizerInfo
-    fe_names: list[str]
-    re_names: list[str]
-    group_name: str | list[str]
-    strata: tuple | None = None
-
-
-def _column_names(values: Any, prefix: str, width: int) -> list[str]:
-    if isinstance(values, pd.DataFrame):
-        return [str(c) for c in values.columns]
-    if isinstance(values, pd.Series) and values.name is not None:
-        return [str(values.name)]
-    return [f"{prefix}{j}" for j in range(width)]
 
 
 def _check_frame(X: Any) -> None:
@@ -124,55 +98,8 @@ def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray,
         )
 
 
-def _group_name(groups: Any) -> str:
-    """The grouping factor's name: a Series' name or a one-column DataFrame's column."""
-    if isinstance(groups, pd.DataFrame) and groups.shape[1] == 1:
-        return str(groups.columns[0])
-    name = getattr(groups, "name", None)
-    return "group" if name is None else str(name)
-
-
 def _print_iteration(iteration: int, deviance: float) -> None:
     print(f"[MixedLMRegressor] iteration {iteration:3d}: deviance {deviance:.10g}")
-
-
-def _z_by_factor(Z: Any) -> dict | None:
-    """Z given per grouping factor: a dict, or a DataFrame with (factor, column) columns.
-
-    The DataFrame form is what cross-validation can split by rows (a dict is passed to
-    every fold whole).
-    """
-    if isinstance(Z, dict):
-        return {str(k): v for k, v in Z.items()}
-    if isinstance(Z, pd.DataFrame) and isinstance(Z.columns, pd.MultiIndex):
-        return {str(k): Z[k] for k in Z.columns.get_level_values(0).unique()}
-    return None
-
-
-def _several_factors(groups: Any, Z: Any) -> bool:
-    """Several grouping factors: a table of them, or Z given per factor."""
-    if _z_by_factor(Z) is not None:
-        return True
-    if isinstance(groups, pd.DataFrame):
-        return groups.shape[1] > 1
-    return getattr(groups, "ndim", 1) == 2 and np.shape(groups)[1] > 1
-
-
-def _factor_frame(groups: Any, n: int) -> pd.DataFrame:
-    if isinstance(groups, pd.DataFrame):
-        frame = groups
-    elif isinstance(groups, pd.Series):
-        frame = groups.to_frame(name=groups.name if groups.name is not None else "group")
-    else:
-        values = np.asarray(groups, dtype=object)
-        values = values[:, None] if values.ndim == 1 else values
-        frame = pd.DataFrame(values, columns=[f"g{k}" for k in range(values.shape[1])])
-    if len(frame) != n:
-        raise ValueError(f"groups has {len(frame)} rows but X has {n}")
-    dup = frame.columns[frame.columns.duplicated()].unique().tolist()
-    if dup:
-        raise ValueError(f"groups has duplicate column names {dup}")
-    return frame
 
 
 class MixedLMRegressor(RegressorMixin, BaseEstimator):
@@ -265,11 +192,24 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
+    # score() conditions on the BLUPs only when asked: by default a routed `groups` goes
+    # to fit and to the CV splitter, not to score (held-out groups are new anyway).
+    __metadata_request__score = {"groups": False, "Z": False}
+
+    _parameter_constraints: dict = {
+        "reml": ["boolean"],
+        "fit_intercept": ["boolean"],
+        "cov_type": [StrOptions({"unstructured", "diagonal"}), dict],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         reml: bool = True,
         fit_intercept: bool = True,
-        cov_type: str = "unstructured",
+        cov_type: str | dict = "unstructured",
         max_iter: int = 1000,
         tol: float = 1e-8,
         verbose: int = 0,
@@ -293,11 +233,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         X : array-like of shape (n, p)
             Fixed-effects covariates (a DataFrame keeps its column names).
         y : array-like of shape (n,)
-        groups : array-like of shape (n,), optional
-            Group label of each row (any hashable values). Without it the model has no
-            random effects and reduces to least squares (with a warning).
-        Z : array-like of shape (n, q), optional
-            Random-effects design; default a random intercept (a column of ones).
+        groups : array-like of shape (n,) or DataFrame, optional
+            Group label of each row (any hashable values); with several grouping factors
+            (crossed or nested) a DataFrame with one column per factor. Without it the
+            model has no random effects and reduces to least squares (with a warning).
+        Z : array-like of shape (n, q), dict or DataFrame, optional
+            Random-effects design; default a random intercept (a column of ones). With
+            several factors: a dict from factor name to that factor's design, or a
+            DataFrame with (factor, column) MultiIndex columns; a factor left out gets a
+            random intercept.
         sample_weight : array-like of shape (n,), optional
             Prior weights: the residual variance of row ``r`` is ``scale / w_r``
             (lme4's ``weights``).
@@ -327,16 +271,19 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         with _unchanged_on_error(self):
             return self._fit(X, y, groups, Z, sample_weight, residual_groups)
 
+    def _check_cov_type(self, names: Sequence[str]) -> None:
+        if isinstance(self.cov_type, dict):
+            unknown = [k for k in self.cov_type if k not in names]
+            bad = {k: v for k, v in self.cov_type.items() if v not in ("unstructured", "diagonal")}
+            if unknown:
+                raise ValueError(f"cov_type names {unknown}, which are not grouping factors of the "
+                                 f"fit {list(names)}")
+            if bad:
+                raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
+
     def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
         if is_dask_collection(X):
-            if residual_groups is not None or _z_by_factor(Z) is not None:
-                raise NotImplementedError("Dask input supports one grouping factor and one "
-                                          "residual variance (no residual_groups, no Z per factor)")
-            labels, stats = stats_from_dask(X, y, groups, Z, sample_weight,
-                                            intercept=self.fit_intercept, verbose=self.verbose)
-            re_names = [INTERCEPT] if Z is None else [str(c) for c in Z.columns]
-            return self._fit_external(stats, labels, [str(c) for c in X.columns], re_names,
-                                      getattr(groups, "name", None))
+            return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
         _check_frame(X)
         X_names_src = X
         y_values = np.asarray(y) if not hasattr(y, "sparse") else None
@@ -344,57 +291,44 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             check_finite(y_values, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False,
                              ensure_all_finite=False)
-        check_finite(X, "X", _column_names(X_names_src, "x", X.shape[1]))
+        x_names = column_names(X_names_src, "x", X.shape[1])
+        check_finite(X, "X", x_names)
         check_finite(y, "y")  # labels such as None only become NaN in validate_data
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
-        fe_names = _column_names(X_names_src, "x", X.shape[1])
-        if self.fit_intercept:
-            fe_names = [INTERCEPT] + fe_names
-        if not fe_names:
+        if not self.fit_intercept and X.shape[1] == 0:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
-
-        if _several_factors(groups, Z):
-            if residual_groups is not None:
-                raise ValueError("residual_groups is supported with one grouping factor only; "
-                                 "with several factors the residual variance is common")
-            self._fit_several(X, y, groups, Z, weights, fe_names)
-            return self
-        if Z is None:
-            z_design = np.ones((n, 1))
-            re_names = [INTERCEPT]
-        else:
-            z_design = as_design(Z, n, "Z")
-            re_names = _column_names(Z, "z", z_design.shape[1])
         if groups is None:
+            if residual_groups is not None:
+                raise ValueError("residual_groups needs groups: a residual variance per stratum is "
+                                 "estimated together with the random effects")
             warnings.warn(
                 "no groups were given: fitting without random effects (ordinary least "
                 "squares). Pass groups=... to fit the mixed model.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            codes, labels = np.zeros(n, dtype=np.intp), np.array(["(all)"], dtype=object)
+            terms_in = []
         else:
-            codes, labels = encode_groups(groups, n)
-            if labels.size < 2:
-                raise ValueError(
-                    f"random effects need at least two groups; groups has {labels.size} level"
-                )
-        group_name = _group_name(groups)
+            terms_in = random_terms(groups, Z, n, self.cov_type)
+        self._check_cov_type([t.name for t in terms_in])
+        strata, strata_labels, n_strata = None, None, 1
         if residual_groups is not None:
-            if groups is None:
-                raise ValueError("residual_groups needs groups: a residual variance per stratum is "
-                                 "estimated together with the random effects")
             strata, strata_labels = encode_groups(residual_groups, n, name="residual_groups")
-            parts = stratum_stats(X, y, z_design, codes, labels.size, strata, strata_labels.size,
-                                  weights, strata_labels, intercept=self.fit_intercept)
-            self._fit_from_stats(sum(parts[1:], parts[0]), labels, fe_names, re_names, group_name,
-                                 strata=(parts, strata_labels))
-            return self
-        self._fit_stats(X, y, z_design, codes, labels, weights, fe_names, re_names,
-                        group_name=group_name, random=groups is not None)
+            n_strata = strata_labels.size
+        terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
+        factors = tuple((t.codes, t.Z) for t in terms_in)
+        started = time.perf_counter()
+        cp = cross_products(X, y, factors, terms, weights, strata, n_strata, intercept=self.fit_intercept)
+        if self.verbose:
+            print(f"[MixedLMRegressor] cross-products: {n} rows, "
+                  f"{sum(t.n_levels for t in terms)} levels ({time.perf_counter() - started:.3f} s)")
+        design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata)
+        several = several_factors(groups, Z) if groups is not None else False
+        self._fit_cross_products(cp, x_names, {t.name: t.labels for t in terms_in}, strata_labels,
+                                 several, design)
         return self
 
     def fit_chunks(
@@ -402,31 +336,38 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         chunks: Iterable[pd.DataFrame],
         *,
         y: str,
-        groups: str,
+        groups: str | Sequence[str],
         X: Sequence[str],
-        Z: Sequence[str] | None = None,
+        Z: Sequence[str] | dict | None = None,
         sample_weight: str | None = None,
+        residual_groups: str | None = None,
     ) -> "MixedLMRegressor":
         """Fit from an iterable of DataFrames, e.g. a file read in chunks.
 
-        The sufficient statistics of each chunk are added up by group label, so peak
-        memory is one chunk plus a few numbers per group; a group may span chunks. The
-        result equals :meth:`fit` on the concatenated data (to rounding).
+        The cross-products of each chunk are added up by level label, so peak memory is one
+        chunk plus a few numbers per level (and per pair of levels of crossed factors that
+        share a row); a level may span chunks. The result equals :meth:`fit` on the
+        concatenated data (to rounding).
 
         Parameters
         ----------
         chunks : iterable of DataFrame
             For example ``pd.read_csv(path, chunksize=1_000_000)`` or
             ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``.
-        y, groups : str
-            Columns of the response and of the group labels.
+        y : str
+            Column of the response.
+        groups : str or list of str
+            Column(s) of the grouping factor(s): one term per column.
         X : list of str
             Fixed-effects columns (the intercept is added when ``fit_intercept``).
-        Z : list of str, optional
-            Random-effects columns; ``"(Intercept)"`` stands for a column of ones.
-            Default: a random intercept.
+        Z : list of str or dict, optional
+            Random-effects columns (``"(Intercept)"`` stands for a column of ones); with
+            several factors a dict from factor column to its list of columns. Default: a
+            random intercept for every factor.
         sample_weight : str, optional
             Column of prior weights.
+        residual_groups : str, optional
+            Column of the residual strata (a residual variance per stratum).
 
         Returns
         -------
@@ -447,195 +388,151 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
+        group_cols = [groups] if isinstance(groups, str) else list(groups)
+        if isinstance(Z, dict):
+            z_cols = {str(k): list(v) for k, v in Z.items()}
+            unknown = [k for k in z_cols if k not in group_cols]
+            if unknown:
+                raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {group_cols}")
+        elif Z is not None:
+            if len(group_cols) != 1:
+                raise TypeError("with several grouping factors, Z must be a dict from factor to columns")
+            z_cols = {group_cols[0]: list(Z)}
+        else:
+            z_cols = {}
         with _unchanged_on_error(self):
-            return self._fit_chunks(chunks, y, groups, X, Z, sample_weight)
+            labels, strata_labels, cp = cross_products_from_chunks(
+                chunks, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
+                residual_groups=residual_groups, intercept=self.fit_intercept,
+                cov_type=self.cov_type, verbose=self.verbose)
+            self._fit_external(cp, [str(c) for c in X], labels, strata_labels, len(group_cols) > 1)
+            return self
 
-    def _fit_chunks(self, chunks, y, groups, X, Z, sample_weight) -> "MixedLMRegressor":
-        labels, stats = stats_from_chunks(chunks, y=y, groups=groups, X=list(X), Z=Z,
-                                          sample_weight=sample_weight,
-                                          intercept=self.fit_intercept, verbose=self.verbose)
-        re_names = [INTERCEPT] if Z is None else [str(c) for c in Z]
-        return self._fit_external(stats, labels, [str(c) for c in X], re_names, groups)
-
-    def _fit_external(self, stats: GroupStats, labels: np.ndarray, x_names: list[str],
-                      re_names: list[str], group_name: str | None) -> "MixedLMRegressor":
-        """Finish a fit whose statistics were computed outside ``fit`` (chunks, Dask)."""
-        if labels.size < 2:
-            raise ValueError(f"random effects need at least two groups; the data have {labels.size}")
-        self.n_features_in_ = len(x_names)
-        self.feature_names_in_ = np.asarray(x_names, dtype=object)
-        fe_names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
-        self._fit_from_stats(stats, labels, fe_names, re_names, group_name or "group")
+    def _fit_dask(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+        if groups is None or y is None:
+            raise TypeError("a Dask fit needs y and groups as Dask collections (columns of the "
+                            "same DataFrame as X)")
+        names = list(groups.columns) if hasattr(groups, "columns") else [group_name(groups)]
+        if Z is None:
+            z = {}
+        elif isinstance(Z, dict):
+            z = {str(k): v for k, v in Z.items()}
+        else:
+            z = {names[0]: Z}
+        if not hasattr(groups, "columns"):
+            groups = groups.rename(names[0]) if getattr(groups, "name", None) != names[0] else groups
+        labels, strata_labels, cp = cross_products_from_dask(
+            X, y, groups, z, sample_weight, residual_groups, intercept=self.fit_intercept,
+            cov_type=self.cov_type, verbose=self.verbose)
+        self._fit_external(cp, [str(c) for c in X.columns], labels, strata_labels, len(names) > 1)
         return self
 
-    def _fit_several(self, X, y, groups, Z, weights, fe_names) -> None:
-        """Several grouping factors (crossed or nested): the sparse penalised system."""
-        n = X.shape[0]
-        frame = _factor_frame(groups, n)
-        names = [str(c) for c in frame.columns]
-        z_by_name = {} if Z is None else _z_by_factor(Z)
-        if z_by_name is None:
-            raise TypeError("with several grouping factors, Z must be a dict from factor name to "
-                            "that factor's (n, q) design, or a DataFrame with (factor, column) "
-                            "MultiIndex columns; a factor missing from it gets a random intercept")
-        unknown = [k for k in z_by_name if k not in names]
-        if unknown:
-            raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {names}")
-        diagonal = self.cov_type == "diagonal"
-        terms, labels, re_names = [], {}, {}
-        for col, name in zip(frame.columns, names):
-            codes, levels = encode_groups(frame[col], n, name=f"groups[{name!r}]")
-            if levels.size < 2:
-                raise ValueError(f"grouping factor {name!r} has a single level; a random effect "
-                                 "needs at least two")
-            if name in z_by_name:
-                z_k = as_design(z_by_name[name], n, f"Z[{name!r}]")
-                re_names[name] = _column_names(z_by_name[name], "z", z_k.shape[1])
-            else:
-                z_k, re_names[name] = np.ones((n, 1)), [INTERCEPT]
-            zero = ~np.any(z_k != 0, axis=0)
-            if zero.any():
-                raise ValueError(f"Z[{name!r}] column(s) {[re_names[name][j] for j in np.flatnonzero(zero)]} "
-                                 "are all zeros")
-            terms.append((codes, z_k, diagonal))
-            labels[name] = levels
-        design = np.column_stack([np.ones(n), X]) if self.fit_intercept else X
-        root_w = None if weights is None else np.sqrt(weights)
-        xw = design if root_w is None else design * root_w[:, None]
-        yw = y if root_w is None else y * root_w
-        xy = np.column_stack([xw, yw])
-        with np.errstate(over="ignore"):
-            xyxy = xy.T @ xy
-        check_cross_products(xyxy)
+    def _fit_external(self, cp: CrossProducts, x_names: list[str], labels: dict,
+                      strata_labels: np.ndarray | None, several: bool) -> None:
+        """Finish a fit whose cross-products were computed outside ``fit`` (chunks, Dask)."""
+        for name, lab in labels.items():
+            if lab.size < 2:
+                raise ValueError(f"random effects need at least two groups; {name!r} has {lab.size}")
+        self._check_cov_type(list(labels))
+        self.n_features_in_ = len(x_names)
+        self.feature_names_in_ = np.asarray(x_names, dtype=object)
+        if strata_labels is not None and strata_labels.size == 1 and strata_labels[0] == "(all)":
+            strata_labels = None
+        self._fit_cross_products(cp, x_names, labels, strata_labels, several, None)
+
+    def _fit_cross_products(self, cp: CrossProducts, x_names: list[str], labels: dict,
+                            strata_labels: np.ndarray | None, several: bool,
+                            design: Design | None) -> None:
+        """Everything after the cross-products: checks, optimisation, fitted attributes."""
+        fe_names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
+        if not fe_names:
+            raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
+        comb = cp.combined()
+        xyxy = comb.xyxy[0]
+        check_cross_products(xyxy, *[d for d in comb.diag], *[z for z in comb.zxy])
         check_full_rank(xyxy[:-1, :-1], fe_names)
-        check_response(xyxy)
-        check_counts(n, {name: labels[name].size for name in names},
-                     sum(labels[name].size * t[1].shape[1] for name, t in zip(names, terms)))
+        terms = cp.terms
+        if len(terms):  # least squares without groups may fit exactly (sklearn's checks do)
+            check_response(xyxy)
+            check_counts(cp.n, {t.factor: t.n_levels for t in terms}, sum(t.size for t in terms))
+            for term, d, counts in zip(terms, comb.diag, cp.counts):
+                check_random_design(d[0], counts, list(term.z_names))
+        if strata_labels is not None:
+            _check_strata(cp, strata_labels)
         started = time.perf_counter()
-        with single_threaded_blas():
-            model = build_crossed_model(design, y, terms, weights)
-            # fit_crossed's tol bounds the Newton decrement, which must be far smaller than
-            # the quasi-Newton stopping rule `tol` to give lme4's digits
-            fit = fit_crossed(model, reml=self.reml, max_iter=self.max_iter,
-                              tol=min(self.tol, 1e-10))
-        if self.verbose:
-            print(f"[MixedLMRegressor] {len(terms)} random-effects terms: {fit.n_fev} evaluations, "
-                  f"converged={fit.converged} ({time.perf_counter() - started:.3f} s)")
-        check_residual_variance(fit.scale, xyxy, n)
-        dev = CrossedDeviance(model, reml=self.reml)
-        sol = dev.solve(fit.theta)
-        at_bound = (model.lower_bounds() == 0.0) & (fit.theta <= 0.0)
-        info = OptimizerInfo(fit.converged, fit.message, fit.n_iter, fit.n_fev, 0.0, at_bound)
-        self.model_ = FittedModel(dev, sol, info, list(fe_names), re_names, names)
-        self._set_common(fit.beta, fit.cov_beta, fe_names, fit.theta, fit.scale, fit.llf,
-                         len(fe_names) + model.n_theta + 1, n)
-        self.cov_re_ = dict(zip(names, fit.cov_re))
-        self.groups_ = labels
-        self.n_groups_ = {name: int(labels[name].size) for name in names}
-        self.random_effects_ = {
-            name: pd.DataFrame(b, index=pd.Index(labels[name], name=name), columns=re_names[name])
-            for name, b in zip(names, fit.blups)
-        }
-        self.random_effects_cov_ = dict(zip(names, fit.condvar))
-        self.converged_ = fit.converged
-        self.n_iter_ = max(fit.n_iter, 1)
-        self.singular_ = bool(at_bound.any())
-        self._warn_fit(info)
-
-    def _fit_stats(self, design, y, z_design, codes, labels, weights, fe_names, re_names,
-                   group_name, random) -> None:
-        started = time.perf_counter()
-        stats = compute_stats(design, y, z_design, codes, labels.size, weights,
-                              intercept=self.fit_intercept)
-        if self.verbose:
-            print(f"[MixedLMRegressor] statistics: {stats.n_obs} rows, {labels.size} groups "
-                  f"({time.perf_counter() - started:.3f} s)")
-        self._fit_from_stats(stats, labels, fe_names, re_names, group_name, random)
-
-    def _fit_from_stats(self, stats: GroupStats, labels: np.ndarray, fe_names: list[str],
-                        re_names: list[str], group_name: str, random: bool = True,
-                        strata: tuple[list[GroupStats], np.ndarray] | None = None) -> None:
-        """Everything after the statistics pass: checks, optimisation, fitted attributes."""
-        check_cross_products(stats.xyxy, stats.ztz, stats.ztxy)
-        check_full_rank(stats.xyxy[:-1, :-1], fe_names)
-        if random:  # least squares without groups may fit exactly (sklearn's checks do)
-            check_response(stats.xyxy)
-            check_counts(stats.n_obs, {group_name: stats.n_groups}, stats.n_groups * stats.n_re)
-        check_random_design(stats, re_names)
-        diagonal = self.cov_type == "diagonal"
-        started = time.perf_counter()
-        ratios = None
-        if strata is not None:
-            dev, sol, info, ratios = fit_heteroscedastic(
-                strata[0], reml=self.reml, diagonal=diagonal, max_iter=self.max_iter,
-                tol=self.tol, labels=list(strata[1]))
-        elif random:
-            try:
-                dev, sol, info = fit_deviance(stats, reml=self.reml, diagonal=diagonal,
-                                              max_iter=self.max_iter, tol=self.tol,
-                                              callback=_print_iteration if self.verbose else None)
-            except FloatingPointError as err:
-                raise ValueError(
-                    f"the fit broke down numerically ({err}) as the residual variance went to 0: "
-                    "the random effects reproduce y (almost) exactly within every group, e.g. "
-                    "y constant within each group") from None
-        else:
-            dev = ProfiledDeviance(stats, reml=self.reml, diagonal=diagonal)
-            sol = dev.solve(np.zeros(dev.n_theta))
-            info = OptimizerInfo(True, "no random effects", 1, 1, 0.0, np.ones(dev.n_theta, bool))
-        if random:
-            check_residual_variance(sol.scale, stats.xyxy, stats.n_obs)
+        callback = _print_iteration if self.verbose and len(terms) else None
+        try:
+            with np.errstate(all="ignore"):
+                dev, sol, info = fit_model(cp, self.reml, max_iter=self.max_iter, tol=self.tol,
+                                           callback=callback)
+        except FloatingPointError as err:
+            raise ValueError(
+                f"the fit broke down numerically ({err}) as the residual variance went to 0: "
+                "the random effects reproduce y (almost) exactly within every group, e.g. "
+                "y constant within each group") from None
+        if len(terms):
+            check_residual_variance(sol.scale, xyxy, cp.n)
         if self.verbose:
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
-        self._set_fitted(dev, sol, info, labels, fe_names, re_names, group_name, random)
-        if strata is not None:
-            self.model_ = dataclasses.replace(self.model_, strata=strata)
-            self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(strata[1], ratios)}
-            self._set_information(self.llf_, self.df_model_ + ratios.size - 1, stats.n_obs)
+        self.model_ = FittedModel(dev, sol, info, fe_names, terms, dict(labels), strata_labels, design,
+                                  self.max_iter, self.tol)
+        self._set_fitted(several)
 
-    def _set_common(self, beta: np.ndarray, cov_fe: np.ndarray, fe_names: list[str],
-                    theta: np.ndarray, scale: float, llf: float, df_model: int, n_obs: int) -> None:
-        """Attributes that every kind of fit sets the same way."""
+    def _set_fitted(self, several: bool) -> None:
+        model = self.model_
+        sol, info, terms = model.solution, model.info, model.terms
+        beta = sol.beta
+        fe_names = model.fe_names
         self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
         self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = cov_fe
+        self.cov_fe_ = sol.cov_beta()
         self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-        self.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
-        self.theta_ = theta.copy()
-        self.scale_ = scale
-        self.residual_var_ = {"(all)": scale}
-        self._set_information(llf, df_model, n_obs)
-
-    def _set_information(self, llf: float, df_model: int, n_obs: int) -> None:
-        """Log-likelihood and lme4's AIC/BIC (BIC with log n, also for REML fits)."""
+        self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
+        self.theta_ = sol.theta.copy()
+        self.scale_ = float(sol.scale)
+        if model.strata is not None:
+            self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(model.strata, sol.ratios)}
+        else:
+            self.residual_var_ = {"(all)": float(sol.scale)}
+        df_model = len(fe_names) + terms.n_theta + 1 + model.n_eta
+        llf = -0.5 * sol.deviance
         self.llf_ = llf
         self.df_model_ = df_model
         self.aic_ = -2.0 * llf + 2.0 * df_model
-        self.bic_ = -2.0 * llf + np.log(n_obs) * df_model
-
-    def _set_fitted(self, dev, sol, info, labels, fe_names, re_names, group_name, random) -> None:
-        self.model_ = FittedModel(dev, sol, info, list(fe_names), list(re_names), str(group_name))
-        self._set_common(sol.beta, sol.cov_beta(), fe_names, sol.theta, sol.scale,
-                         -0.5 * sol.deviance, len(fe_names) + (dev.n_theta if random else 0) + 1,
-                         dev.stats.n_obs)
-        cov_re = sol.scale * sol.lam @ sol.lam.T
-        self.cov_re_ = 0.5 * (cov_re + cov_re.T)  # exactly symmetric, whatever BLAS did
-        if random:
-            self.groups_ = labels
-            self.n_groups_ = int(labels.size)
-            self.random_effects_ = pd.DataFrame(
-                sol.blups(), index=pd.Index(labels, name=group_name), columns=re_names)
-            self.random_effects_cov_ = sol.conditional_cov()
-        else:  # least squares: no groups, no random effects
+        self.bic_ = -2.0 * llf + np.log(model.n_obs) * df_model  # lme4: log n, also for REML
+        if not len(terms):  # least squares: no groups, no random effects
+            self.cov_re_ = np.zeros((1, 1))
             self.groups_ = np.array([], dtype=object)
             self.n_groups_ = 0
-            self.random_effects_ = pd.DataFrame(columns=re_names, dtype=float)
-            self.random_effects_cov_ = np.zeros((0, len(re_names), len(re_names)))
+            self.random_effects_ = pd.DataFrame(columns=[INTERCEPT], dtype=float)
+            self.random_effects_cov_ = np.zeros((0, 1, 1))
+        else:
+            cov_re = sol.cov_re()
+            blups = sol.blups()
+            condvar = sol.conditional_cov()
+            tables = {
+                t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
+                                       columns=list(t.z_names))
+                for t, b in zip(terms, blups)
+            }
+            if several:
+                self.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
+                self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
+                self.n_groups_ = {t.factor: t.n_levels for t in terms}
+                self.random_effects_ = tables
+                self.random_effects_cov_ = {t.factor: c for t, c in zip(terms, condvar)}
+            else:
+                term = terms[0]
+                self.cov_re_ = cov_re[0]
+                self.groups_ = model.labels[term.factor]
+                self.n_groups_ = term.n_levels
+                self.random_effects_ = tables[term.factor]
+                self.random_effects_cov_ = condvar[0]
         self.converged_ = info.converged
-        self.n_iter_ = info.n_iter
-        self.singular_ = bool(random and info.at_bound.any())
-        if random:
+        self.n_iter_ = max(info.n_iter, 1)
+        self.singular_ = bool(info.at_bound.any())
+        if len(terms):
             self._warn_fit(info)
 
     def _warn_fit(self, info: OptimizerInfo) -> None:
@@ -645,7 +542,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 f"{self.max_iter}, covariates on comparable scales (centre/standardise), or a "
                 "simpler random-effects structure (cov_type='diagonal', fewer slopes).",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=6,
             )
         if self.singular_:
             warnings.warn(
@@ -653,7 +550,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 "+-1. The data do not support this random-effects structure; consider "
                 "removing the degenerate term (see lme4's ?isSingular).",
                 SingularFitWarning,
-                stacklevel=3,
+                stacklevel=6,
             )
 
     # ---- prediction -----------------------------------------------------------------------
@@ -706,10 +603,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             return pred + self._several_blup_part(X.shape[0], groups, Z)
         n = X.shape[0]
         if Z is None:
-            if self.model_.re_names != [INTERCEPT]:
+            z_names = list(self.model_.terms[0].z_names)
+            if z_names != [INTERCEPT]:
                 raise ValueError(
                     f"Z is required: the model was fitted with an explicit random-effects "
-                    f"design (columns {self.model_.re_names})"
+                    f"design (columns {z_names})"
                 )
             z_design = np.ones((n, 1))
         else:
@@ -729,8 +627,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def _several_blup_part(self, n: int, groups: Any, Z: Any) -> np.ndarray:
         """Sum over grouping factors of ``Z_k @ BLUP`` for rows of seen levels."""
-        frame = _factor_frame(groups, n)
-        Z = {} if Z is None else _z_by_factor(Z)
+        frame = factor_frame(groups, n)
+        Z = {} if Z is None else z_by_factor(Z)
         if Z is None:
             raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
         out = np.zeros(n)
@@ -853,3 +751,18 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         return tags
+
+
+def _check_strata(cp: CrossProducts, labels: np.ndarray) -> None:
+    """Refuse strata whose residual variance cannot be estimated.
+
+    A stratum with fewer than two rows: with one row its residual can be absorbed by the
+    random effects and the fixed part, and the likelihood grows without bound as that
+    stratum's variance goes to 0.
+    """
+    for s in np.flatnonzero(cp.n_obs < 2):
+        raise ValueError(
+            f"stratum {labels[s]!r} of the residual variance has "
+            f"{'no rows' if cp.n_obs[s] == 0 else 'a single row'}; a stratum needs at least two "
+            "rows to estimate its own residual variance (merge it with another stratum)"
+        )

@@ -38,6 +38,13 @@ CROSSED_CASES = (
     "insteval_crossed_reml",
 )
 
+#: Several terms and a residual variance per stratum (nlme): the multi-term layout plus
+#: ``stratum``.
+NESTED_VARIDENT_CASES = ("oats_nested_varident_reml",)
+
+#: Crossed terms whose JSON comes without its CSV (rebuilt from the bundled data set).
+JSON_ONLY_CASES = ("insteval_slope_crossed_reml",)
+
 #: nlme varIdent fits: CSV columns ``y``, ``group``, ``stratum``, ``X_*``, ``Z_*``.
 VARIDENT_CASES = (
     "orthodont_varident_reml",

@@ -7,7 +7,12 @@ import pytest
 
 MODULES = [
     "mixedlm_sklearn.estimator",
-    "mixedlm_sklearn.inference",
+    "mixedlm_sklearn.inference.summary",
+    "mixedlm_sklearn.inference.satterthwaite",
+    "mixedlm_sklearn.inference.wald",
+    "mixedlm_sklearn.inference.profile",
+    "mixedlm_sklearn.inference.lrt",
+    "mixedlm_sklearn._deviance",
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
 ]

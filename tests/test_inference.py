@@ -109,7 +109,7 @@ def test_summary_tables(fitted):
     assert len(cors) == q * (q - 1) // 2
     ref_cov = case["cov_re"]
     for _, row in cors.iterrows():
-        names = list(est.model_.re_names)
+        names = list(est.model_.terms[0].z_names)
         r, c = names.index(row["name"]), names.index(row["name2"])
         expected = ref_cov[r, c] / np.sqrt(ref_cov[r, r] * ref_cov[c, c])
         assert abs(row["correlation"] - expected) < 1e-4
@@ -143,7 +143,7 @@ def test_profile_intervals(profile_ci):
     ref = case["profile_ci"]
     group = case["group"]
     # lme4's names, with our names of the columns (the reference was fitted from arrays)
-    z_names, x_names = list(est.model_.re_names), list(est.fe_params_.index)
+    z_names, x_names = list(est.model_.terms[0].z_names), list(est.fe_params_.index)
     renamed = []
     for name in ref["names"]:
         for ref_name, ours in zip(case["z_names"], z_names):

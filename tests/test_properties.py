@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
-from mixedlm_sklearn._deviance import theta_index
+from mixedlm_sklearn._terms import theta_index
 
 
 def _settings(n: int, shrink: bool = True) -> settings:

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from _reference import (
     CROSSED_CASES,
+    JSON_ONLY_CASES,
+    NESTED_VARIDENT_CASES,
     REFERENCE_DIR,
     SINGLE_FACTOR_CASES,
     VARIDENT_CASES,
@@ -14,10 +16,11 @@ from _reference import (
 
 
 def test_case_lists_cover_every_reference_file():
-    cases = SINGLE_FACTOR_CASES + CROSSED_CASES + VARIDENT_CASES
+    cases = SINGLE_FACTOR_CASES + CROSSED_CASES + VARIDENT_CASES + NESTED_VARIDENT_CASES
     assert len(set(cases)) == len(cases)
     expected = {f"{case}.{ext}" for case in cases for ext in ("csv", "json")}
-    expected.add("lrt.json")
+    expected |= {f"{case}.json" for case in JSON_ONLY_CASES}
+    expected |= {"lrt.json", "extras"}
     assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
 
 

@@ -72,11 +72,31 @@ def test_routed_through_cross_validation():
         assert fitted.residual_var_["Male"] > fitted.residual_var_["Female"]
 
 
-def test_residual_groups_with_several_factors_is_refused():
-    from mixedlm_sklearn.datasets import load_penicillin
-
-    df = load_penicillin()
-    with pytest.raises(ValueError, match="residual_groups is supported with one grouping factor only"):
-        MixedLMRegressor().fit(np.arange(len(df))[:, None] % 2,
-                               df["diameter"], groups=df[["plate", "sample"]],
-                               residual_groups=df["sample"])
+def test_several_factors_with_a_residual_variance_per_stratum_match_nlme():
+    """nlme: lme(yield ~ nitro, random = ~ 1 | Block/Variety, weights = varIdent(~ 1 | Variety))."""
+    df, ref = load_case("oats_nested_varident_reml")
+    X = df.filter(regex="^X_").to_numpy()
+    groups = df[["g1", "g2"]]
+    est = MixedLMRegressor(fit_intercept=False).fit(X, df["y"], groups=groups,
+                                                    residual_groups=df["stratum"])
+    assert est.llf_ >= ref["llf"] - 1e-6 and est.llf_ - ref["llf"] < 1e-4
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    np.testing.assert_allclose(est.bse_.to_numpy(), ref["bse_fe"], rtol=1e-3)
+    for name, term in zip(["g1", "g2"], ref["terms"]):
+        np.testing.assert_allclose(est.cov_re_[name], np.atleast_2d(term["cov_re"]), rtol=1e-3)
+    for label, value in ref["residual_var_by_stratum"].items():
+        assert est.residual_var_[label] == pytest.approx(value, rel=1e-3)
+    assert est.df_model_ == ref["df_model"]
+    assert est.aic_ == pytest.approx(ref["aic"], abs=1e-4)
+    # BIC: lme4's log(n) where nlme's REML BIC uses log(n - p) (README, limitations)
+    n, p = len(df), X.shape[1]
+    assert est.bic_ - np.log(n) * est.df_model_ == pytest.approx(ref["bic"] - np.log(n - p) * ref["df_model"], abs=1e-4)
+    # inference runs on it: Satterthwaite df, profile of the ratios, LR test against one variance
+    summary = est.summary()
+    assert np.all(np.isfinite(summary.fixed_effects["df"]))
+    ci = est.conf_int(method="profile", which=["sigma_Marvellous/sigma_Golden Rain"])
+    ratio = np.sqrt(est.residual_var_["Marvellous"] / est.residual_var_["Golden Rain"])
+    assert ci["lower"].iloc[0] < ratio < ci["upper"].iloc[0]
+    one = MixedLMRegressor(fit_intercept=False).fit(X, df["y"], groups=groups)
+    from mixedlm_sklearn import lr_test
+    assert lr_test(one, est).df == 2

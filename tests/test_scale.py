@@ -118,7 +118,5 @@ def test_verbose_reports_chunks_and_iterations(data, capsys):
 def test_dask_refuses_what_it_cannot_do(data):
     dd = pytest.importorskip("dask.dataframe")
     ddf = dd.from_pandas(data, npartitions=2)
-    with pytest.raises(NotImplementedError, match="residual_groups"):
-        MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], residual_groups=ddf["g"])
     with pytest.raises(TypeError, match=r"\['sample_weight'\] must be Dask collections"):
         MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], sample_weight=np.ones(len(data)))

@@ -1,0 +1,513 @@
+"""Additive blocked cross-products: everything the likelihood needs from the rows.
+
+For terms ``k = 1..K`` with level codes ``c_k`` and designs ``Z_k`` (row weights ``W``)
+the profiled likelihood of Bates et al. (2015, JSS 67(1), sec. 3) needs only
+
+* per term and level ``l``: ``Z_kl' W Z_kl`` (``diag``) and ``Z_kl' W [X y]`` (``zxy``),
+* per pair of terms ``k < l``: ``Z_k' W Z_l``, one ``q_k x q_l`` block per pair of levels
+  that share a row (:class:`PairBlock`; at most one entry per distinct level pair),
+* ``[X y]' W [X y]``, the number of rows and ``sum log w``.
+
+They *add*: the cross-products of two sets of rows with the same level coding sum to
+those of their union, which is how chunks and Dask partitions are combined
+(:class:`Accumulator`). A residual variance per stratum (nlme's ``varIdent``) is a
+reweighting of the rows of each stratum by ``v_s = 1 / delta_s^2``, so every array
+carries a leading stratum axis and :meth:`CrossProducts.combined` forms
+``sum_s v_s (cross-products of stratum s)`` for the deviance at given ratios.
+
+Layout: the level index is the last axis of the per-level arrays (``(S, q, q, m)``) so
+the batched kernels of :mod:`._batched` act on contiguous ``(m,)`` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._terms import Terms
+
+__all__ = ["PairBlock", "CrossProducts", "cross_products", "Accumulator"]
+
+# Rows per block in the pass over the rows. Each block's sparse product writes a dense
+# (levels * q, k) result, so a block must hold at least about levels * q rows for that
+# cost to stay proportional to the rows; the cap bounds the temporaries (~0.5 GB).
+_MIN_BLOCK_ROWS = 1 << 17
+_MAX_BLOCK_ROWS = 1 << 22
+
+
+@dataclass(frozen=True)
+class PairBlock:
+    """``Z_k' W Z_l`` for two terms ``k < l``: a ``q_k x q_l`` block per level pair.
+
+    Attributes
+    ----------
+    k, l : int
+        The terms, in the model's order.
+    level_k, level_l : int ndarray of shape (nnz,)
+        Level pairs that share at least one row, sorted by ``(level_k, level_l)``.
+    values : ndarray of shape (S, nnz, q_k, q_l)
+        The blocks, per stratum.
+    """
+
+    k: int
+    l: int
+    level_k: np.ndarray
+    level_l: np.ndarray
+    values: np.ndarray
+
+    @property
+    def nnz(self) -> int:
+        return self.level_k.size
+
+    def nested(self, m_k: int) -> bool:
+        """Every level of term ``k`` meets a single level of term ``l`` (``k`` nested in ``l``)."""
+        return self.nnz == m_k and np.array_equal(self.level_k, np.arange(m_k))
+
+    def nested_reverse(self, m_l: int) -> bool:
+        """Every level of term ``l`` meets a single level of term ``k``."""
+        return self.nnz == m_l and np.unique(self.level_l).size == m_l
+
+
+@dataclass(frozen=True)
+class CrossProducts:
+    """The additive cross-products of one data set (see the module docstring).
+
+    Attributes
+    ----------
+    terms : Terms
+        The random-effects terms (their levels and ``q`` give the shapes below).
+    diag : tuple of ndarray, each (S, q_k, q_k, m_k)
+    zxy : tuple of ndarray, each (S, q_k, p + 1, m_k); the last column is ``Z'W y``
+    pairs : tuple of PairBlock
+        One per pair of terms ``k < l`` (in that order).
+    xyxy : ndarray of shape (S, p + 1, p + 1)
+    n_obs : int ndarray of shape (S,)
+    sum_log_weights : ndarray of shape (S,)
+        ``sum log w`` of the prior weights of each stratum's rows.
+    counts : tuple of int ndarray, each (m_k,)
+        Rows per level of each term.
+    """
+
+    terms: Terms
+    diag: tuple
+    zxy: tuple
+    pairs: tuple
+    xyxy: np.ndarray
+    n_obs: np.ndarray
+    sum_log_weights: np.ndarray
+    counts: tuple
+
+    @property
+    def n_strata(self) -> int:
+        return self.xyxy.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.xyxy.shape[1] - 1
+
+    @property
+    def n(self) -> int:
+        return int(self.n_obs.sum())
+
+    def pair(self, k: int, l: int) -> PairBlock | None:
+        """The block of terms ``k < l``."""
+        for block in self.pairs:
+            if block.k == k and block.l == l:
+                return block
+        return None
+
+    def combined(self, weights: np.ndarray | None = None) -> "CrossProducts":
+        """``sum_s weights_s * (stratum s)``: one stratum (all ones by default).
+
+        The log-weights become ``sum_s (sum_log_weights_s + n_s log weights_s)``: row
+        weights ``weights_s`` on top of the prior weights.
+        """
+        if weights is None:
+            if self.n_strata == 1:
+                return self
+            weights = np.ones(self.n_strata)
+        w = np.asarray(weights, dtype=float)
+
+        def comb(a: np.ndarray) -> np.ndarray:
+            if a.shape[0] == 1:
+                return a * w[0] if w[0] != 1.0 else a
+            return np.tensordot(w, a, axes=1)[None]
+
+        return CrossProducts(
+            terms=self.terms,
+            diag=tuple(comb(d) for d in self.diag),
+            zxy=tuple(comb(z) for z in self.zxy),
+            pairs=tuple(dataclasses.replace(b, values=comb(b.values)) for b in self.pairs),
+            xyxy=comb(self.xyxy),
+            n_obs=np.array([self.n]),
+            sum_log_weights=np.array([float(self.sum_log_weights.sum() + self.n_obs @ np.log(w))]),
+            counts=self.counts,
+        )
+
+    def stratum(self, s: int) -> "CrossProducts":
+        """The cross-products of stratum ``s`` alone (one stratum)."""
+        return CrossProducts(
+            terms=self.terms,
+            diag=tuple(d[s:s + 1] for d in self.diag),
+            zxy=tuple(z[s:s + 1] for z in self.zxy),
+            pairs=tuple(dataclasses.replace(b, values=b.values[s:s + 1]) for b in self.pairs),
+            xyxy=self.xyxy[s:s + 1],
+            n_obs=self.n_obs[s:s + 1],
+            sum_log_weights=self.sum_log_weights[s:s + 1],
+            counts=self.counts,
+        )
+
+    def transformed(self, bases: Sequence[np.ndarray], xy_scale: np.ndarray) -> "CrossProducts":
+        """Cross-products of ``Z_k P_k`` and ``[X y] / xy_scale`` (a change of basis).
+
+        Parameters
+        ----------
+        bases : sequence of (q_k, q_k) arrays ``P_k``
+        xy_scale : ndarray of shape (p + 1,)
+        """
+        inv = 1.0 / np.asarray(xy_scale, dtype=float)
+        return dataclasses.replace(
+            self,
+            diag=tuple(np.einsum("ba,sbcm,cd->sadm", P, d, P) for P, d in zip(bases, self.diag)),
+            zxy=tuple(np.einsum("ba,sbjm,j->sajm", P, z, inv) for P, z in zip(bases, self.zxy)),
+            pairs=tuple(dataclasses.replace(
+                b, values=np.einsum("ba,sebc,cd->sead", bases[b.k], b.values, bases[b.l]))
+                for b in self.pairs),
+            xyxy=self.xyxy * inv[None, :, None] * inv[None, None, :],
+        )
+
+    def with_terms(self, terms: Terms) -> "CrossProducts":
+        """The same cross-products under other covariance structures (same levels and q)."""
+        if [(t.n_levels, t.q) for t in terms] != [(t.n_levels, t.q) for t in self.terms]:
+            raise ValueError("terms must have the same levels and columns")
+        return dataclasses.replace(self, terms=terms)
+
+    def select_fixed(self, keep: np.ndarray) -> "CrossProducts":
+        """Keep the fixed-effects columns ``keep`` (indices into X; y stays last)."""
+        cols = np.append(np.asarray(keep, dtype=int), self.p)
+        return dataclasses.replace(
+            self,
+            zxy=tuple(np.ascontiguousarray(z[:, :, cols, :]) for z in self.zxy),
+            xyxy=np.ascontiguousarray(self.xyxy[:, cols][:, :, cols]),
+        )
+
+    def __add__(self, other: "CrossProducts") -> "CrossProducts":
+        """Cross-products of the union of two sets of rows with the same coding."""
+        if self.terms != other.terms or self.xyxy.shape != other.xyxy.shape:
+            raise ValueError("cross-products of different models cannot be added")
+        pairs = tuple(_merge_pairs(a, b, self.terms[a.l].n_levels)
+                      for a, b in zip(self.pairs, other.pairs))
+        return CrossProducts(
+            terms=self.terms,
+            diag=tuple(a + b for a, b in zip(self.diag, other.diag)),
+            zxy=tuple(a + b for a, b in zip(self.zxy, other.zxy)),
+            pairs=pairs,
+            xyxy=self.xyxy + other.xyxy,
+            n_obs=self.n_obs + other.n_obs,
+            sum_log_weights=self.sum_log_weights + other.sum_log_weights,
+            counts=tuple(a + b for a, b in zip(self.counts, other.counts)),
+        )
+
+
+def _merge_pairs(a: PairBlock, b: PairBlock, m_l: int) -> PairBlock:
+    """Sum of two pair blocks of the same terms (entries for the same level pair added)."""
+    return _coalesce(a.k, a.l, np.concatenate([a.level_k, b.level_k]),
+                     np.concatenate([a.level_l, b.level_l]),
+                     np.concatenate([a.values, b.values], axis=1), m_l)
+
+
+def _coalesce(k: int, l: int, level_k: np.ndarray, level_l: np.ndarray, values: np.ndarray,
+              m_l: int) -> PairBlock:
+    """Pair entries summed per distinct ``(level_k, level_l)``, sorted."""
+    key = level_k.astype(np.int64) * m_l + level_l
+    codes, uniq = pd.factorize(key, sort=True)
+    out = np.zeros((values.shape[0], uniq.size) + values.shape[2:])
+    np.add.at(out, (slice(None), codes), values)
+    lk, ll = np.divmod(np.asarray(uniq, dtype=np.int64), m_l)
+    return PairBlock(k, l, lk, ll, out)
+
+
+# ---- the pass over the rows -------------------------------------------------------------------
+
+
+def _term_blocks(Z: np.ndarray, codes: np.ndarray, n_levels: int, X: np.ndarray, y: np.ndarray,
+                 sqrt_w: np.ndarray | None, intercept: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``Z'W Z`` and ``Z'W [X y]`` per level, and ``[X y]'W[X y]``, in one pass.
+
+    The rows are processed in blocks; each block's ``[Z, X, y]`` sits in one buffer and a
+    sparse block matrix with the level structure of ``Z`` multiplies it, giving every
+    level's cross-products in one product (no loop over levels).
+    """
+    n, p = X.shape
+    p += int(intercept)
+    q = Z.shape[1]
+    k = q + p + 1
+    zw = np.zeros((n_levels * q, k))
+    xyxy = np.zeros((p + 1, p + 1))
+    block_rows = int(min(max(_MIN_BLOCK_ROWS, 2 * n_levels * q), _MAX_BLOCK_ROWS))
+    index_type = np.int32 if n_levels * q < 2**31 else np.int64  # scipy's own index type
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        rows = stop - start
+        block = np.empty((rows, k))
+        zb, xyb = block[:, :q], block[:, q:]
+        zb[:] = Z[start:stop]
+        if intercept:
+            xyb[:, 0] = 1.0
+        xyb[:, int(intercept):p] = X[start:stop]
+        xyb[:, p] = y[start:stop]
+        if sqrt_w is not None:
+            block *= sqrt_w[start:stop, None]
+        # Row r of the block-sparse Z has its q entries in columns codes[r]*q + (0..q-1).
+        cols = (codes[start:stop, None].astype(index_type) * q + np.arange(q, dtype=index_type)).ravel()
+        z_values = zb.ravel() if sqrt_w is not None else np.ascontiguousarray(Z[start:stop]).ravel()
+        z_blocks = sp.csr_matrix((z_values, cols, np.arange(0, rows * q + 1, q, dtype=index_type)),
+                                 shape=(rows, n_levels * q))
+        zw += z_blocks.T @ block
+        xyxy += xyb.T @ xyb
+    per_level = zw.reshape(n_levels, q, k).transpose(1, 2, 0)
+    return (np.ascontiguousarray(per_level[:, :q, :]), np.ascontiguousarray(per_level[:, q:, :]),
+            xyxy)
+
+
+def _pair_values(codes_k: np.ndarray, Z_k: np.ndarray, codes_l: np.ndarray, Z_l: np.ndarray,
+                 m_l: int, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level pairs that share a row and their ``Z_k' W Z_l`` blocks (one stratum)."""
+    key = codes_k.astype(np.int64) * m_l + codes_l
+    inv, uniq = pd.factorize(key, sort=True)
+    nnz = uniq.size
+    qk, ql = Z_k.shape[1], Z_l.shape[1]
+    values = np.empty((nnz, qk, ql))
+    for a in range(qk):
+        za = Z_k[:, a] if w is None else Z_k[:, a] * w
+        for b in range(ql):
+            values[:, a, b] = np.bincount(inv, za * Z_l[:, b], minlength=nnz)
+    lk, ll = np.divmod(np.asarray(uniq, dtype=np.int64), m_l)
+    return lk, ll, values
+
+
+def cross_products(
+    X: np.ndarray,
+    y: np.ndarray,
+    factors: Sequence[tuple[np.ndarray, np.ndarray]],
+    terms: Terms,
+    weights: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
+    n_strata: int = 1,
+    intercept: bool = False,
+) -> CrossProducts:
+    """The cross-products of arrays.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+    y : ndarray of shape (n,)
+    factors : sequence of (codes, Z)
+        Per term: level codes in ``[0, n_levels)`` (n,) and the design ``Z_k`` (n, q_k).
+    terms : Terms
+    weights : ndarray of shape (n,), optional
+        Prior weights (residual variance of row r is ``scale / w_r``).
+    strata : int ndarray of shape (n,), optional
+        Stratum of each row in ``[0, n_strata)``.
+    n_strata : int
+    intercept : bool
+        Prepend a column of ones to ``X`` (block by block, so X is never copied whole).
+
+    Returns
+    -------
+    CrossProducts
+    """
+    if strata is not None and n_strata > 1:
+        parts = []
+        for s in range(n_strata):
+            rows = np.flatnonzero(strata == s)
+            parts.append(cross_products(
+                X[rows], y[rows], [(c[rows], Z[rows]) for c, Z in factors], terms,
+                None if weights is None else weights[rows], intercept=intercept))
+        return _stack_strata(parts)
+    sqrt_w = None if weights is None else np.sqrt(weights)
+    diag, zxy, counts = [], [], []
+    xyxy = None
+    for (codes, Z), term in zip(factors, terms):
+        d, z, xx = _term_blocks(Z, codes, term.n_levels, X, y, sqrt_w, intercept)
+        diag.append(d[None])
+        zxy.append(z[None])
+        counts.append(np.bincount(codes, minlength=term.n_levels))
+        xyxy = xx if xyxy is None else xyxy
+    if xyxy is None:  # no terms (least squares)
+        _, _, xyxy = _term_blocks(np.ones((len(y), 1)), np.zeros(len(y), np.intp), 1, X, y, sqrt_w,
+                                  intercept)
+    pairs = []
+    for k in range(len(factors)):
+        for l in range(k + 1, len(factors)):
+            lk, ll, values = _pair_values(factors[k][0], factors[k][1], factors[l][0], factors[l][1],
+                                          terms[l].n_levels, weights)
+            pairs.append(PairBlock(k, l, lk, ll, values[None]))
+    return CrossProducts(
+        terms=terms,
+        diag=tuple(diag),
+        zxy=tuple(zxy),
+        pairs=tuple(pairs),
+        xyxy=xyxy[None],
+        n_obs=np.array([len(y)]),
+        sum_log_weights=np.array([0.0 if weights is None else float(np.log(weights).sum())]),
+        counts=tuple(counts),
+    )
+
+
+def _stack_strata(parts: Sequence[CrossProducts]) -> CrossProducts:
+    """Stack one-stratum cross-products of the same coding on the stratum axis.
+
+    Pair blocks are put on the union of the strata's level pairs (zeros where a stratum
+    has no row of that pair), so that combining strata is a weighted sum of arrays.
+    """
+    first = parts[0]
+    pairs = []
+    for j, block in enumerate(first.pairs):
+        blocks = [p.pairs[j] for p in parts]
+        m_l = first.terms[block.l].n_levels
+        union = _coalesce(block.k, block.l, np.concatenate([b.level_k for b in blocks]),
+                          np.concatenate([b.level_l for b in blocks]),
+                          np.concatenate([b.values for b in blocks], axis=1), m_l)
+        key_union = union.level_k * m_l + union.level_l
+        values = np.zeros((len(parts),) + union.values.shape[1:])
+        for s, b in enumerate(blocks):
+            values[s, np.searchsorted(key_union, b.level_k * m_l + b.level_l)] = b.values[0]
+        pairs.append(dataclasses.replace(union, values=values))
+    return CrossProducts(
+        terms=first.terms,
+        diag=tuple(np.concatenate([p.diag[k] for p in parts]) for k in range(len(first.diag))),
+        zxy=tuple(np.concatenate([p.zxy[k] for p in parts]) for k in range(len(first.zxy))),
+        pairs=tuple(pairs),
+        xyxy=np.concatenate([p.xyxy for p in parts]),
+        n_obs=np.concatenate([p.n_obs for p in parts]),
+        sum_log_weights=np.concatenate([p.sum_log_weights for p in parts]),
+        counts=tuple(sum(p.counts[k] for p in parts) for k in range(len(first.counts))),
+    )
+
+
+# ---- adding up parts whose levels are known by label ----------------------------------------
+
+
+class Accumulator:
+    """Sums cross-products of parts (chunks, Dask partitions) that code levels by label.
+
+    Each part is reduced to cross-products over its own levels and strata; this adds them
+    into running totals indexed by label, so memory stays proportional to the levels (and
+    level pairs), never the rows. Terms on the same grouping factor share one label index.
+    """
+
+    def __init__(self) -> None:
+        self._factor_labels: dict[str, pd.Index] = {}
+        self._strata_labels: pd.Index | None = None
+        self._parts: list[tuple[list[np.ndarray], np.ndarray, CrossProducts]] = []
+        self._template: CrossProducts | None = None
+
+    def add(self, labels: dict[str, np.ndarray], part: CrossProducts,
+            strata_labels: np.ndarray | None = None) -> None:
+        """Add a part.
+
+        Parameters
+        ----------
+        labels : dict
+            Grouping factor name -> the part's labels of its levels (codes 0..m-1).
+        part : CrossProducts
+            The part's cross-products in its own coding.
+        strata_labels : ndarray, optional
+            The part's stratum labels (its strata axis), when there are strata.
+        """
+        if self._template is not None:
+            t = self._template
+            if [(x.factor, x.q) for x in part.terms] != [(x.factor, x.q) for x in t.terms] \
+                    or part.p != t.p:
+                raise ValueError("chunks have different columns")
+        else:
+            self._template = part
+        codes = []
+        for term in part.terms:
+            index = self._factor_labels.get(term.factor)
+            new_labels = pd.Index(labels[term.factor])
+            if index is None:
+                index = new_labels
+            else:
+                fresh = new_labels[index.get_indexer(new_labels) < 0]
+                index = index.append(fresh) if len(fresh) else index
+            self._factor_labels[term.factor] = index
+            codes.append(index.get_indexer(new_labels))
+        if strata_labels is None:
+            strata_labels = np.array(["(all)"], dtype=object)
+        index = self._strata_labels
+        new = pd.Index(strata_labels)
+        if index is None:
+            index = new
+        else:
+            fresh = new[index.get_indexer(new) < 0]
+            index = index.append(fresh) if len(fresh) else index
+        self._strata_labels = index
+        self._parts.append((codes, index.get_indexer(new), part))
+
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
+        """Sorted labels per factor, sorted stratum labels, and the summed cross-products.
+
+        Levels are numbered in sorted label order, as an in-memory fit codes them.
+        """
+        if self._template is None:
+            raise ValueError("no data: every chunk was empty")
+        order, labels = {}, {}
+        for factor, index in self._factor_labels.items():
+            try:
+                sorted_labels, perm = index.sort_values(return_indexer=True)
+            except TypeError:  # unorderable mixed labels: keep order of appearance
+                sorted_labels, perm = index, np.arange(len(index))
+            rank = np.empty(len(index), dtype=np.int64)
+            rank[perm] = np.arange(len(index))
+            order[factor] = rank
+            labels[factor] = np.asarray(sorted_labels, dtype=object)
+        try:
+            strata_sorted, strata_perm = self._strata_labels.sort_values(return_indexer=True)
+        except TypeError:
+            strata_sorted, strata_perm = self._strata_labels, np.arange(len(self._strata_labels))
+        strata_rank = np.empty(len(strata_perm), dtype=np.int64)
+        strata_rank[strata_perm] = np.arange(len(strata_perm))
+        n_strata = len(strata_perm)
+
+        template = self._template
+        terms = Terms([dataclasses.replace(t, n_levels=len(labels[t.factor])) for t in template.terms])
+        S, p1 = n_strata, template.p + 1
+        diag = [np.zeros((S, t.q, t.q, t.n_levels)) for t in terms]
+        zxy = [np.zeros((S, t.q, p1, t.n_levels)) for t in terms]
+        counts = [np.zeros(t.n_levels, dtype=np.int64) for t in terms]
+        xyxy = np.zeros((S, p1, p1))
+        n_obs = np.zeros(S, dtype=np.int64)
+        sum_log_w = np.zeros(S)
+        pair_parts: list[list] = [[] for _ in template.pairs]
+        for codes, strata_codes, part in self._parts:
+            gl = [order[t.factor][c] for t, c in zip(part.terms, codes)]
+            st = strata_rank[strata_codes]
+            for k in range(len(terms)):
+                for s_local, s in enumerate(st):
+                    diag[k][s][:, :, gl[k]] += part.diag[k][s_local]
+                    zxy[k][s][:, :, gl[k]] += part.zxy[k][s_local]
+                counts[k][gl[k]] += part.counts[k]
+            for s_local, s in enumerate(st):
+                xyxy[s] += part.xyxy[s_local]
+                n_obs[s] += part.n_obs[s_local]
+                sum_log_w[s] += part.sum_log_weights[s_local]
+            for j, block in enumerate(part.pairs):
+                values = np.zeros((S,) + block.values.shape[1:])
+                values[st] = block.values
+                pair_parts[j].append((gl[block.k][block.level_k], gl[block.l][block.level_l], values))
+        pairs = []
+        for j, block in enumerate(template.pairs):
+            lk = np.concatenate([a for a, _, _ in pair_parts[j]])
+            ll = np.concatenate([b for _, b, _ in pair_parts[j]])
+            values = np.concatenate([v for _, _, v in pair_parts[j]], axis=1)
+            pairs.append(_coalesce(block.k, block.l, lk, ll, values, terms[block.l].n_levels))
+        total = CrossProducts(terms, tuple(diag), tuple(zxy), tuple(pairs), xyxy, n_obs, sum_log_w,
+                              tuple(counts))
+        return labels, np.asarray(strata_sorted, dtype=object), total

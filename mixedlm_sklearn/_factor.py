@@ -1,0 +1,689 @@
+"""Factorising the penalised system ``M = Lambda' Z'WZ Lambda + I``, term by term.
+
+Notation of Bates et al. (2015, JSS 67(1), sec. 3): ``Lambda = blockdiag_k(I_{m_k} (x)
+L_k)``, ``G = Z'WZ`` with the blocks of :mod:`._crossprod`. ``M`` is factored by block
+elimination of whole terms, largest first (lme4's and MixedModels.jl's order):
+
+* A term whose block of ``M`` is block diagonal (one ``q x q`` block per level) is
+  eliminated level by level with the batched kernels (:mod:`._batched`). If the term is
+  *nested* in every term still to come (each of its levels meets a single level of each),
+  the update ``F' B^{-1} F`` of the remaining blocks falls on level pairs that already
+  exist: the rest keeps its sparsity and is eliminated the same way (``_Stage``). A
+  single term, and any chain of nested factors (lme4's ``(1 | a/b/c)``), is factored
+  without a dense matrix.
+* A first term that is crossed with the rest (not nested in some later term) is still
+  eliminated level by level, but its update fills the rest, which becomes one dense block
+  ``S`` of size ``r = sum m_k q_k`` over the remaining terms (``_Crossing``): the Schur
+  complement ``S = L_R'(A_RR - A_R1 D A_1R)L_R + I`` with ``D_l = L_1 B_l^{-1} L_1'``,
+  whose fill ``A_R1 D A_1R`` is a fixed sparse linear map of ``D`` built once from the
+  data (:func:`_pair_map`).
+* Otherwise (nested stages, then crossed terms) the remaining blocks are assembled into
+  one dense matrix.
+
+Besides ``log|M|`` and solves with ``M``, the factor gives the *selected inverse*: the
+blocks of ``M^{-1}`` on the pattern of ``G`` (the diagonal blocks of every term and the
+level pairs of every pair of terms), computed backwards through the stages (Takahashi,
+Fagan & Chen 1973) without forming ``M^{-1}``. The gradient of ``log|M|`` and the
+conditional variances of the random effects need exactly those blocks.
+
+Vectors in random-effects space are lists with one ``(q_k, c, m_k)`` array per term
+(``c`` columns, level last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import linalg
+from scipy.linalg import lapack
+
+from ._batched import (
+    batched_cholesky,
+    batched_cholesky_inverse,
+    batched_logdet,
+    batched_matmul,
+    batched_sandwich,
+    batched_solve_lower,
+    batched_solve_lower_t,
+)
+from ._crossprod import CrossProducts
+
+__all__ = ["Plan", "BlockOps", "Prepared", "Factor", "NotPositiveDefinite"]
+
+# Largest dense block that is factored (doubles: 8 r^2 bytes, 0.8 GB at 10^4).
+MAX_DENSE = 10_000
+
+
+class NotPositiveDefinite(FloatingPointError):
+    """A block of M (or of X'V^{-1}X) is not numerically positive definite."""
+
+
+def _agg(index: np.ndarray, size: int) -> sp.csr_matrix:
+    """Sparse (size, len(index)) matrix summing entries with the same ``index``."""
+    n = index.size
+    return sp.csr_matrix((np.ones(n), (index, np.arange(n))), shape=(size, n))
+
+
+def _segment_sum(agg: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """``values`` (..., m_t) summed into (..., size) by ``agg``."""
+    lead = values.shape[:-1]
+    out = agg @ values.reshape(-1, values.shape[-1]).T
+    return np.asarray(out).T.reshape(lead + (agg.shape[0],))
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    """A term's (q, c, m) block as rows ``(level, effect)`` of an (m q, c) array."""
+    return x.transpose(2, 0, 1).reshape(-1, x.shape[1])
+
+
+def _unflat(x: np.ndarray, q: int) -> np.ndarray:
+    return x.reshape(-1, q, x.shape[1]).transpose(1, 2, 0)
+
+
+# ---- the symbolic plan (from the pattern of the cross-products only) -------------------------
+
+
+@dataclass(frozen=True)
+class _Link:
+    """How the levels of an eliminated term ``t`` meet a later term ``u`` (t nested in u)."""
+
+    u: int
+    block: int  # index into cp.pairs
+    t_first: bool  # the block is (t, u): its entries are (q_t, q_u)
+    entry: np.ndarray  # (m_t,): the block's entry for each level of t
+    parent: np.ndarray  # (m_t,): the level of u each level of t meets
+    agg: sp.csr_matrix  # (m_u, m_t): sums over the levels of t within a level of u
+
+
+@dataclass(frozen=True)
+class _PairUpdate:
+    """Where the elimination of ``t`` updates the block of two later terms."""
+
+    block: int
+    first: int  # position in the stage's links of the block's k term
+    second: int  # ... and of its l term
+    entry: np.ndarray  # (m_t,): entry of the block touched by each level of t
+    agg: sp.csr_matrix  # (nnz, m_t)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    t: int
+    links: tuple
+    updates: tuple
+
+
+@dataclass(frozen=True)
+class _DenseLayout:
+    """The terms of a dense block and where their levels sit in it."""
+
+    terms: tuple  # model indices, in the block's order
+    offsets: tuple  # first row of each term
+    r: int
+
+    def rows(self, k: int, levels: np.ndarray, q: int) -> np.ndarray:
+        """Rows of term ``k``'s ``levels`` (each with its q effects): shape (len(levels), q)."""
+        return self.offsets[self.terms.index(k)] + levels[:, None] * q + np.arange(q)
+
+
+class Plan:
+    """How ``M`` is eliminated, from the sparsity pattern of the cross-products.
+
+    Attributes
+    ----------
+    order : tuple of int
+        Terms by decreasing size ``m_k q_k`` (ties in the model's order).
+    stages : tuple of _Stage
+        Terms eliminated level by level with pattern-preserving updates (each nested in
+        every later term).
+    crossing : int or None
+        A first term eliminated level by level whose update makes the rest dense.
+    dense : _DenseLayout or None
+        The remaining terms, factored as one dense block.
+    """
+
+    def __init__(self, cp: CrossProducts, max_dense: int = MAX_DENSE) -> None:
+        terms = cp.terms
+        K = len(terms)
+        self.n_terms = K
+        self.q = tuple(t.q for t in terms)
+        self.m = tuple(t.n_levels for t in terms)
+        self.order = tuple(sorted(range(K), key=lambda k: -terms[k].size))
+        self._pair_index = {(b.k, b.l): j for j, b in enumerate(cp.pairs)}
+        remaining = list(self.order)
+        stages: list[_Stage] = []
+        self.crossing: int | None = None
+        dense_terms: list[int] = []
+        while remaining:
+            t, later = remaining[0], remaining[1:]
+            if all(self._nested(cp, t, u) for u in later):
+                stages.append(self._stage(cp, t, later))
+                remaining = later
+                continue
+            if not stages:
+                self.crossing, dense_terms = t, later
+            else:
+                dense_terms = remaining
+            break
+        self.stages = tuple(stages)
+        self.dense = None
+        if dense_terms:
+            sizes = [terms[k].size for k in dense_terms]
+            offsets = tuple(int(o) for o in np.cumsum([0] + sizes[:-1]))
+            self.dense = _DenseLayout(tuple(dense_terms), offsets, int(sum(sizes)))
+            if self.dense.r > max_dense:
+                raise ValueError(
+                    f"the random-effects terms {[terms[k].factor for k in dense_terms]} need a "
+                    f"dense block of {self.dense.r} random effects (more than {max_dense}); "
+                    "such crossed designs need a sparse or iterative solver"
+                )
+
+    def block_index(self, k: int, l: int) -> int:
+        return self._pair_index[(min(k, l), max(k, l))]
+
+    def describe(self) -> str:
+        parts = [f"level by level: {[s.t for s in self.stages]}"]
+        if self.crossing is not None:
+            parts.append(f"crossing term {self.crossing}")
+        if self.dense is not None:
+            parts.append(f"dense block of {self.dense.r} over terms {list(self.dense.terms)}")
+        return "; ".join(parts)
+
+    def _nested(self, cp: CrossProducts, t: int, u: int) -> bool:
+        block = cp.pairs[self.block_index(t, u)]
+        m_t = self.m[t]
+        if t < u:
+            return block.nested(m_t)
+        return block.nested_reverse(m_t)
+
+    def _stage(self, cp: CrossProducts, t: int, later: list[int]) -> _Stage:
+        m_t = self.m[t]
+        links = []
+        for u in later:
+            j = self.block_index(t, u)
+            block = cp.pairs[j]
+            if t < u:
+                entry = np.arange(m_t)  # nested: one entry per level of t, in level order
+                parent = block.level_l
+            else:
+                entry = np.empty(m_t, dtype=np.int64)
+                entry[block.level_l] = np.arange(block.nnz)
+                parent = block.level_k[entry]
+            links.append(_Link(u, j, t < u, entry, parent, _agg(parent, self.m[u])))
+        updates = []
+        for a in range(len(links)):
+            for b in range(a + 1, len(links)):
+                u, v = links[a].u, links[b].u
+                first, second = (a, b) if u < v else (b, a)
+                j = self.block_index(u, v)
+                block = cp.pairs[j]
+                m_l = self.m[block.l]
+                keys = block.level_k * m_l + block.level_l
+                want = links[first].parent * m_l + links[second].parent
+                entry = np.searchsorted(keys, want)
+                updates.append(_PairUpdate(j, first, second, entry, _agg(entry, block.nnz)))
+        return _Stage(t, tuple(links), tuple(updates))
+
+
+# ---- data-dependent constants of a plan -----------------------------------------------------
+
+
+def _pair_map(a21: sp.csr_matrix, m1: int, q1: int) -> sp.csc_matrix:
+    """Sparse map from ``vec(D)`` to the lower triangle of ``A_21 D A_12``.
+
+    ``(A_21 D A_12)_{ij} = sum_l sum_{ab} A_21[i, (l,a)] D_l[a,b] A_21[j, (l,b)]``: one
+    entry per level ``l`` and pair of rows ``i >= j`` that level touches. Rows of the map
+    are ``i * r + j``; columns ``(l, a, b)`` in C order, i.e. ``D`` stored (m1, q1, q1).
+    Built column by column (CSC) so no sort is needed.
+    """
+    r = a21.shape[0]
+    coo = a21.tocoo()
+    level, comp = np.divmod(coo.col, q1)
+    # Group the entries of A_21 by (level, row): keys sorted by level, then row.
+    keys, inv = np.unique(level.astype(np.int64) * r + coo.row, return_inverse=True)
+    vals = np.zeros((keys.size, q1))
+    np.add.at(vals, (inv.ravel(), comp), coo.data)
+    key_level, key_row = np.divmod(keys, r)
+    key_row = key_row.astype(np.int64)
+    # Key number s within its level pairs with the s + 1 keys before it and itself.
+    count = np.bincount(key_level, minlength=m1)
+    first_key = np.repeat(np.cumsum(count) - count, count)
+    partners = np.arange(1, keys.size + 1) - first_key
+    pair_start = np.cumsum(partners) - partners
+    ka = np.repeat(np.arange(keys.size, dtype=np.int64), partners)
+    kb = np.arange(ka.size, dtype=np.int64) - np.repeat(pair_start - first_key, partners)
+    rows = key_row[ka] * r + key_row[kb]
+    n_pairs = np.bincount(key_level, weights=partners, minlength=m1).astype(np.int64)
+    if q1 == 1:
+        data = vals[ka, 0] * vals[kb, 0]
+    else:
+        # Column (l, a, b) holds all of level l's pairs in pair order: scatter the
+        # (pair, a, b) products there.
+        lev = key_level[ka]
+        lev_start = np.cumsum(n_pairs) - n_pairs
+        local = np.arange(ka.size) - lev_start[lev]
+        dest = (q1 * q1 * lev_start[lev] + local)[:, None] + np.arange(q1 * q1) * n_pairs[lev][:, None]
+        data = np.empty(dest.size)
+        data[dest.ravel()] = (vals[ka][:, :, None] * vals[kb][:, None, :]).ravel()
+        rows_all = np.empty(dest.size, dtype=rows.dtype)
+        rows_all[dest.ravel()] = np.repeat(rows, q1 * q1)
+        rows = rows_all
+    indptr = np.concatenate([[0], np.cumsum(np.repeat(n_pairs, q1 * q1))])
+    return sp.csc_matrix((data, rows, indptr), shape=(r * r, m1 * q1 * q1))
+
+
+class BlockOps:
+    """One (single-stratum) set of cross-products with products by ``G = Z'WZ``."""
+
+    def __init__(self, cp: CrossProducts) -> None:
+        if cp.n_strata != 1:
+            raise ValueError("combine the strata first")
+        self.cp = cp
+        self.q = tuple(t.q for t in cp.terms)
+        self.diag = [d[0] for d in cp.diag]
+        self.zxy = [z[0] for z in cp.zxy]
+        self.xyxy = cp.xyxy[0]
+        # Pair blocks as sparse matrices over (level, effect) rows and columns.
+        self.pair_mats = []
+        for b in cp.pairs:
+            qk, ql = self.q[b.k], self.q[b.l]
+            rows = np.broadcast_to(b.level_k[:, None, None] * qk + np.arange(qk)[:, None], b.values.shape[1:])
+            cols = np.broadcast_to(b.level_l[:, None, None] * ql + np.arange(ql), b.values.shape[1:])
+            self.pair_mats.append(sp.csr_matrix(
+                (b.values[0].ravel(), (rows.ravel(), cols.ravel())),
+                shape=(cp.terms[b.k].n_levels * qk, cp.terms[b.l].n_levels * ql)))
+
+    def g_times(self, x: list) -> list:
+        """``G x`` for a random-effects-space vector (list of (q_k, c, m_k) blocks)."""
+        out = [batched_matmul(d, xk) for d, xk in zip(self.diag, x)]
+        if self.pair_mats:
+            flat = [_flat(xk) for xk in x]
+            acc = [np.zeros_like(f) for f in flat]
+            for b, mat in zip(self.cp.pairs, self.pair_mats):
+                acc[b.k] += mat @ flat[b.l]
+                acc[b.l] += mat.T @ flat[b.k]
+            out = [o + _unflat(a, q) for o, a, q in zip(out, acc, self.q)]
+        return out
+
+
+class Prepared(BlockOps):
+    """A plan with the data-dependent constants of one (combined) set of cross-products.
+
+    Besides the products with ``G``, holds for a crossing first term the dense ``A_RR``
+    and the fill map. Built once per fit (once per value of the residual variance ratios
+    when there are strata).
+    """
+
+    def __init__(self, plan: Plan, cp: CrossProducts) -> None:
+        super().__init__(cp)
+        self.plan = plan
+        self.a21 = self.a22 = self.pairs = None
+        if plan.crossing is not None:
+            self._prepare_crossing()
+
+    def _prepare_crossing(self) -> None:
+        plan, dense = self.plan, self.plan.dense
+        t = plan.crossing
+        # A_R1: rows of the dense block, columns (level, effect) of the crossing term.
+        blocks = []
+        for u in dense.terms:
+            j = plan.block_index(t, u)
+            mat = self.pair_mats[j]
+            blocks.append(mat.T if t < u else mat)
+        self.a21 = sp.vstack(blocks).tocsr()
+        self.a21.sum_duplicates()
+        self.a22 = self.assemble_dense(self.diag, [b.values[0] for b in self.cp.pairs], add_identity=False)
+        self.pairs = _pair_map(self.a21, plan.m[t], plan.q[t])
+
+    def assemble_dense(self, diag: list, pair_values: list, add_identity: bool) -> np.ndarray:
+        """Dense block over the dense terms from per-term diagonal blocks and pair blocks."""
+        plan, layout = self.plan, self.plan.dense
+        S = np.zeros((layout.r, layout.r))
+        for k in layout.terms:
+            q, m = plan.q[k], plan.m[k]
+            idx = layout.rows(k, np.arange(m), q)  # (m, q)
+            S[idx[:, :, None], idx[:, None, :]] = diag[k].transpose(2, 0, 1)
+        for j, b in enumerate(self.cp.pairs):
+            if b.k in layout.terms and b.l in layout.terms:
+                rk = layout.rows(b.k, b.level_k, plan.q[b.k])
+                rl = layout.rows(b.l, b.level_l, plan.q[b.l])
+                S[rk[:, :, None], rl[:, None, :]] = pair_values[j]
+                S[rl[:, :, None], rk[:, None, :]] = pair_values[j].transpose(0, 2, 1)
+        if add_identity:
+            S.flat[:: layout.r + 1] += 1.0
+        return S
+
+
+# ---- the numeric factor at one theta --------------------------------------------------------
+
+
+def _lam_left(lam: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
+    """``L' x`` (transpose) or ``L x`` for a (q, c, m) block."""
+    L = lam.T if transpose else lam
+    if L.shape[0] == 1:
+        return L[0, 0] * x
+    return np.einsum("ab,bcm->acm", L, x)
+
+
+class Factor:
+    """``M`` factored at one ``theta`` (see the module docstring).
+
+    Parameters
+    ----------
+    prep : Prepared
+    lams : list of (q_k, q_k) arrays
+        ``L_k`` of every term (model order).
+
+    Raises
+    ------
+    NotPositiveDefinite
+        When a block is not numerically positive definite (only with non-finite or
+        absurd parameters: ``M`` is ``I`` plus a positive semi-definite matrix).
+    """
+
+    def __init__(self, prep: Prepared, lams: list) -> None:
+        self.prep, self.lams = prep, lams
+        plan = prep.plan
+        self.logdet = 0.0
+        # M-space blocks the stages and the assembled dense block read (copies: updated).
+        needed_terms = {s.t for s in plan.stages} | {lk.u for s in plan.stages for lk in s.links}
+        if plan.dense is not None and plan.crossing is None:
+            needed_terms |= set(plan.dense.terms)
+        self.Md = [None] * plan.n_terms
+        for k in needed_terms:
+            B = batched_sandwich(lams[k], prep.diag[k])
+            B[np.arange(plan.q[k]), np.arange(plan.q[k])] += 1.0
+            self.Md[k] = B
+        self.Mp = [None] * len(prep.cp.pairs)
+        needed_blocks = {lk.block for s in plan.stages for lk in s.links}
+        if plan.dense is not None and plan.crossing is None:
+            needed_blocks |= {j for j, b in enumerate(prep.cp.pairs)
+                              if b.k in plan.dense.terms and b.l in plan.dense.terms}
+        for j in needed_blocks:
+            b = prep.cp.pairs[j]
+            self.Mp[j] = np.einsum("ba,ebc,cd->ead", lams[b.k], b.values[0], lams[b.l])
+        # Stages: eliminate level by level; W_u = C^{-1} F_u per link.
+        self.chol, self.W = {}, {}
+        for stage in plan.stages:
+            self._eliminate(stage)
+        self.cross = None
+        if plan.crossing is not None:
+            self._eliminate_crossing()
+        self.chol_S = None
+        if plan.dense is not None:
+            if plan.crossing is None:
+                S = prep.assemble_dense(self.Md, self.Mp, add_identity=False)
+            else:
+                S = self.cross["S"]
+            # LAPACK on the Fortran view S' (no copy): its upper factor U is L'.
+            chol_S, info = lapack.dpotrf(S.T, lower=0, overwrite_a=1, clean=1)
+            if info:
+                raise NotPositiveDefinite("the dense block of the penalised system is not positive definite")
+            self.chol_S = chol_S
+            self.logdet += 2.0 * float(np.log(np.diag(chol_S)).sum())
+
+    # ---- elimination ----------------------------------------------------------------------
+
+    def _eliminate(self, stage: _Stage) -> None:
+        t = stage.t
+        C = batched_cholesky(self.Md[t])
+        logdet = batched_logdet(C)
+        if not np.isfinite(logdet):
+            raise NotPositiveDefinite("a block of the penalised system is not positive definite")
+        self.logdet += logdet
+        self.chol[t] = C
+        Ws = []
+        for link in stage.links:
+            F = self.Mp[link.block][link.entry]  # (m_t, ., .)
+            F = F.transpose(1, 2, 0) if link.t_first else F.transpose(2, 1, 0)  # (q_t, q_u, m_t)
+            W = batched_solve_lower(C, F)
+            Ws.append(W)
+            self.Md[link.u] = self.Md[link.u] - _segment_sum(link.agg, np.einsum("aul,avl->uvl", W, W))
+        for up in stage.updates:
+            b = self.prep.cp.pairs[up.block]
+            prod = np.einsum("aul,avl->luv", Ws[up.first], Ws[up.second])  # (m_t, q_k, q_l)
+            upd = up.agg @ prod.reshape(prod.shape[0], -1)
+            self.Mp[up.block] = self.Mp[up.block] - np.asarray(upd).reshape(b.nnz, *prod.shape[1:])
+        self.W[t] = Ws
+
+    def _eliminate_crossing(self) -> None:
+        prep, plan = self.prep, self.prep.plan
+        t = plan.crossing
+        L1 = self.lams[t]
+        q1 = plan.q[t]
+        B = batched_sandwich(L1, prep.diag[t])
+        B[np.arange(q1), np.arange(q1)] += 1.0
+        C = batched_cholesky(B)
+        logdet = batched_logdet(C)
+        if not np.isfinite(logdet):
+            raise NotPositiveDefinite("a block of the penalised system is not positive definite")
+        self.logdet += logdet
+        Binv = batched_cholesky_inverse(C)
+        J = np.einsum("abm,cb->acm", Binv, L1)  # B^{-1} L_1'
+        D = np.einsum("ab,bcm->acm", L1, J)  # L_1 B^{-1} L_1'
+        r = plan.dense.r
+        T = (prep.pairs @ D.transpose(2, 0, 1).ravel()).reshape(r, r)  # lower triangle of A_R1 D A_1R
+        S = self._sandwich_rest(prep.a22 - T, transpose=True)
+        S.flat[:: r + 1] += 1.0
+        self.chol[t] = C
+        self.cross = {"Binv": Binv, "J": J, "D": D, "T": T, "S": S}
+
+    # ---- helpers on the dense block ------------------------------------------------------
+
+    def _rest_scale(self) -> np.ndarray | None:
+        """Diagonal of ``L_R`` when every dense term is scalar, else None."""
+        plan = self.prep.plan
+        if any(plan.q[k] != 1 for k in plan.dense.terms):
+            return None
+        return np.repeat([self.lams[k][0, 0] for k in plan.dense.terms],
+                         [plan.m[k] for k in plan.dense.terms])
+
+    def lam_rows(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        """``L_R' X`` (transpose) or ``L_R X`` for ``X`` with one row per dense row."""
+        plan, layout = self.prep.plan, self.prep.plan.dense
+        out = np.empty_like(X)
+        for k, off in zip(layout.terms, layout.offsets):
+            q, m = plan.q[k], plan.m[k]
+            rows = slice(off, off + m * q)
+            if q == 1:
+                out[rows] = self.lams[k][0, 0] * X[rows]
+            else:
+                L = self.lams[k].T if transpose else self.lams[k]
+                blk = X[rows].reshape(m, q, -1)
+                out[rows] = np.einsum("ab,mb...->ma...", L, blk).reshape(X[rows].shape)
+        return out
+
+    def _sandwich_rest(self, W: np.ndarray, transpose: bool) -> np.ndarray:
+        """``L_R' W L_R`` (transpose) or ``L_R W L_R'`` for symmetric ``W`` (r, r).
+
+        Only the lower triangle of ``W`` is read, and with scalar terms only (``W`` then
+        scaled in place) only that of the result is valid: all a lower Cholesky
+        factorisation reads.
+        """
+        scale = self._rest_scale()
+        if scale is not None:
+            W *= scale[:, None]
+            W *= scale
+            return W
+        W = np.tril(W) + np.tril(W, -1).T
+        return self.lam_rows(self.lam_rows(W, transpose).T, transpose)
+
+    def _dense_rows(self, x: list) -> np.ndarray:
+        layout = self.prep.plan.dense
+        return np.concatenate([_flat(x[k]) for k in layout.terms], axis=0)
+
+    def _from_dense_rows(self, flat: np.ndarray, out: list) -> None:
+        plan, layout = self.prep.plan, self.prep.plan.dense
+        for k, off in zip(layout.terms, layout.offsets):
+            out[k] = _unflat(flat[off:off + plan.m[k] * plan.q[k]], plan.q[k])
+
+    def _dense_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
+        """``U'^{-1} b`` (trans="T") or ``U^{-1} b`` (trans="N") with ``S = U'U``."""
+        return linalg.solve_triangular(self.chol_S, b, trans=trans, check_finite=False)
+
+    # ---- solves ---------------------------------------------------------------------------
+
+    def forward(self, rhs: list) -> list:
+        """``w = L^{-1} rhs`` with ``M = L L'`` the block factor; ``G = w'w`` block-wise.
+
+        Returns a list with, per term, the transformed block; for the dense terms (and the
+        crossing term) see :meth:`backward`'s expectations. ``sum_k <w_k, w_k>`` over all
+        blocks equals ``rhs' M^{-1} rhs``.
+        """
+        plan = self.prep.plan
+        w = [None if b is None else b.copy() for b in rhs]
+        for stage in plan.stages:
+            t = stage.t
+            w[t] = batched_solve_lower(self.chol[t], w[t], overwrite=True)
+            for link, W in zip(stage.links, self.W[t]):
+                w[link.u] = w[link.u] - _segment_sum(link.agg, np.einsum("aul,acl->ucl", W, w[t]))
+        if plan.crossing is not None:
+            t = plan.crossing
+            w[t] = batched_solve_lower(self.chol[t], w[t], overwrite=True)
+            # rest -= L_R' A_R1 L_1 C^{-T} w_t = F' B^{-1} rhs_t
+            y = _lam_left(self.lams[t], batched_solve_lower_t(self.chol[t], w[t]), False)
+            rest = self._dense_rows(w) - self.lam_rows(self.prep.a21 @ _flat(y), True)
+            self._from_dense_rows(self._dense_solve(rest, "T"), w)
+        elif plan.dense is not None:
+            self._from_dense_rows(self._dense_solve(self._dense_rows(w), "T"), w)
+        return w
+
+    def backward(self, w: list) -> list:
+        """``x = L'^{-1} w``: with :meth:`forward`, ``x = M^{-1} rhs``."""
+        plan = self.prep.plan
+        x = [None] * plan.n_terms
+        if plan.dense is not None:
+            self._from_dense_rows(self._dense_solve(self._dense_rows(w), "N"), x)
+        if plan.crossing is not None:
+            t = plan.crossing
+            # x_t = C^{-T} w_t - B^{-1} L_1' A_1R L_R x_R
+            z = _unflat(self.prep.a21.T @ self.lam_rows(self._dense_rows(x), False), plan.q[t])
+            x[t] = batched_solve_lower_t(self.chol[t], w[t]) - batched_matmul(self.cross["J"], z)
+        for stage in reversed(plan.stages):
+            t = stage.t
+            acc = w[t].copy()
+            for link, W in zip(stage.links, self.W[t]):
+                acc -= np.einsum("aul,ucl->acl", W, x[link.u][:, :, link.parent])
+            x[t] = batched_solve_lower_t(self.chol[t], acc, overwrite=True)
+        return x
+
+    def solve(self, rhs: list) -> list:
+        return self.backward(self.forward(rhs))
+
+    # ---- selected inverse -----------------------------------------------------------------
+
+    def dense_inverse(self) -> np.ndarray:
+        """``S^{-1}`` of the dense block (full symmetric matrix)."""
+        Sinv, info = lapack.dpotri(self.chol_S, lower=0)
+        if info:
+            raise NotPositiveDefinite("potri failed on the dense block")
+        # potri fills the upper triangle of the Fortran factor, i.e. the lower in C order.
+        Sinv = Sinv.T
+        return np.tril(Sinv) + np.tril(Sinv, -1).T
+
+    def selected_inverse(self, with_crossing_pairs: bool = True):
+        """Blocks of ``M^{-1}`` on the pattern of ``G``.
+
+        Returns
+        -------
+        diag : list of (q_k, q_k, m_k) arrays
+        pairs : list of (nnz, q_k, q_l) arrays (None for blocks between the crossing term
+            and the dense terms unless ``with_crossing_pairs``)
+        """
+        prep, plan = self.prep, self.prep.plan
+        cp = prep.cp
+        diag = [None] * plan.n_terms
+        pairs = [None] * len(cp.pairs)
+        if plan.dense is not None:
+            Sinv = self.dense_inverse()
+            layout = plan.dense
+            for k in layout.terms:
+                idx = layout.rows(k, np.arange(plan.m[k]), plan.q[k])
+                diag[k] = Sinv[idx[:, :, None], idx[:, None, :]].transpose(1, 2, 0)
+            for j, b in enumerate(cp.pairs):
+                if b.k in layout.terms and b.l in layout.terms:
+                    rk = layout.rows(b.k, b.level_k, plan.q[b.k])
+                    rl = layout.rows(b.l, b.level_l, plan.q[b.l])
+                    pairs[j] = Sinv[rk[:, :, None], rl[:, None, :]]
+            if plan.crossing is not None:
+                self._crossing_inverse(Sinv, diag, pairs, with_crossing_pairs)
+        for stage in reversed(plan.stages):
+            self._stage_inverse(stage, diag, pairs)
+        return diag, pairs
+
+    def _stage_inverse(self, stage: _Stage, diag: list, pairs: list) -> None:
+        """Takahashi's recursion for one level-by-level stage (nested in all later terms)."""
+        t = stage.t
+        C = self.chol[t]
+        # Y_u = B^{-1} F_u = C^{-T} W_u
+        Y = [batched_solve_lower_t(C, W) for W in self.W[t]]
+        n = len(stage.links)
+        # Sigma_{vu} at (parent_v(l), parent_u(l)) for all link pairs
+        sig = [[None] * n for _ in range(n)]
+        for a, link in enumerate(stage.links):
+            sig[a][a] = diag[link.u][:, :, link.parent]
+        for up in stage.updates:
+            vals = pairs[up.block][up.entry]  # (m_t, q_k, q_l)
+            sig[up.first][up.second] = vals.transpose(1, 2, 0)
+            sig[up.second][up.first] = vals.transpose(2, 1, 0)
+        cross = []
+        for a in range(n):  # Sigma_{t,u_a}[l] = - sum_v Y_v[l] Sigma_{v,u_a}
+            acc = -np.einsum("tvl,vul->tul", Y[0], sig[0][a])
+            for v in range(1, n):
+                acc -= np.einsum("tvl,vul->tul", Y[v], sig[v][a])
+            cross.append(acc)
+        Sd = batched_cholesky_inverse(C)
+        for a in range(n):
+            Sd = Sd - np.einsum("tul,sul->tsl", cross[a], Y[a])
+        diag[t] = 0.5 * (Sd + Sd.transpose(1, 0, 2))
+        for a, link in enumerate(stage.links):
+            # the block (t, u) has exactly the entries link.entry, one per level of t
+            vals = cross[a].transpose(2, 0, 1) if link.t_first else cross[a].transpose(2, 1, 0)
+            out = np.empty_like(vals)
+            out[link.entry] = vals
+            pairs[link.block] = out
+
+    def _crossing_inverse(self, Sinv: np.ndarray, diag: list, pairs: list, with_pairs: bool) -> None:
+        """Blocks of ``M^{-1}`` involving the crossing term (first term, dense rest).
+
+        ``Sigma_11 = B^{-1} + J K J'`` per level with ``K_l = (A_1R Omega A_R1)_ll``,
+        ``Omega = L_R S^{-1} L_R'``; ``Sigma_1R = -J A_1R L_R S^{-1}`` on the pattern.
+        """
+        plan, prep = self.prep.plan, self.prep
+        t, q1 = plan.crossing, plan.q[plan.crossing]
+        K = self.crossing_K(Sinv)
+        J = self.cross["J"]
+        diag[t] = self.cross["Binv"] + np.einsum("abm,bcm,dcm->adm", J, K, J)
+        if not with_pairs:
+            return
+        # Sigma_1R = -J (A_1R L_R S^{-1}) restricted to the pattern of A_1R.
+        # (A_1R L_R S^{-1}) as a dense (m1 q1, r) array, read on the pattern of A_1R: only
+        # fits with strata need these blocks.
+        AP = prep.a21.T @ self.lam_rows(Sinv, False)
+        layout = plan.dense
+        for u in layout.terms:
+            j = plan.block_index(t, u)
+            b = prep.cp.pairs[j]
+            qu = plan.q[u]
+            if t < u:
+                lt, lu = b.level_k, b.level_l
+            else:
+                lt, lu = b.level_l, b.level_k
+            rows_t = lt[:, None] * q1 + np.arange(q1)  # (nnz, q1)
+            cols_u = layout.rows(u, lu, qu)  # (nnz, qu)
+            Yb = AP[rows_t[:, :, None], cols_u[:, None, :]]  # (nnz, q1, qu)
+            vals = -np.einsum("abe,ebu->eau", J[:, :, lt], Yb)
+            pairs[j] = vals if t < u else vals.transpose(0, 2, 1)
+
+    def crossing_K(self, Sinv: np.ndarray) -> np.ndarray:
+        """``K_l = (A_1R Omega A_R1)_ll``, ``Omega = L_R S^{-1} L_R'`` (q1, q1, m1)."""
+        plan, prep = self.prep.plan, self.prep
+        q1, r = plan.q[plan.crossing], plan.dense.r
+        Omega = self.lam_rows(self.lam_rows(Sinv, False).T, False)
+        Omega = np.tril(Omega)
+        # The map holds pairs i >= j only: halve the diagonal, add the (a, b) transpose.
+        Omega.flat[:: r + 1] *= 0.5
+        K = (prep.pairs.T @ Omega.ravel()).reshape(-1, q1, q1)
+        return (K + K.transpose(0, 2, 1)).transpose(1, 2, 0)

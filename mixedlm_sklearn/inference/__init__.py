@@ -1,0 +1,30 @@
+"""Inference for a fitted :class:`~mixedlm_sklearn.MixedLMRegressor`: lme4's and lmerTest's numbers.
+
+Written once against :class:`~mixedlm_sklearn._model.FittedModel` (the deviance of the
+variance parameters, the solution there, a refit), with no branch on the kind of model:
+one or several grouping factors, a residual variance per stratum, prior weights.
+
+* :mod:`.summary`: lme4's ``summary`` with lmerTest's Satterthwaite t tests.
+* :mod:`.satterthwaite`: Satterthwaite degrees of freedom (Kuznetsova et al. 2017).
+* :mod:`.wald`: Wald F tests of linear hypotheses (lmerTest's ``contest``).
+* :mod:`.profile`: profile-likelihood intervals (lme4's ``profile``/``confint``).
+* :mod:`.lrt`: likelihood-ratio tests between nested fits.
+"""
+
+from .lrt import LRTestResult, lr_test
+from .profile import conf_int, profile
+from .satterthwaite import satterthwaite_df
+from .summary import Summary, summary
+from .wald import WaldTestResult, wald_test
+
+__all__ = [
+    "Summary",
+    "WaldTestResult",
+    "LRTestResult",
+    "summary",
+    "conf_int",
+    "profile",
+    "wald_test",
+    "lr_test",
+    "satterthwaite_df",
+]

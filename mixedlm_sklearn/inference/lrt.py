@@ -1,0 +1,249 @@
+"""Likelihood-ratio tests between nested fits of the same data."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, stats
+
+from .._model import FittedModel
+from ._parameters import fitted_model
+
+__all__ = ["LRTestResult", "lr_test", "check_same_data", "check_nested"]
+
+# Relative residual below which a column counts as lying in the span of others.
+_SPAN_TOL = 1e-8
+
+
+@dataclass(frozen=True)
+class LRTestResult:
+    """Likelihood-ratio test of a restricted model against a fuller one.
+
+    Attributes
+    ----------
+    statistic : float
+        ``2 (llf_full - llf_restricted)``.
+    df : int
+        Difference in the number of parameters (``df_model_``).
+    pvalue : float
+        Chi-square p-value, or with ``boundary=True`` the p-value of the 50:50 mixture of
+        chi-square distributions with ``df - 1`` and ``df`` degrees of freedom.
+    llf_restricted, llf_full : float
+    boundary : bool
+        Whether ``pvalue`` is the boundary-corrected one.
+    """
+
+    statistic: float
+    df: int
+    pvalue: float
+    llf_restricted: float
+    llf_full: float
+    boundary: bool = False
+
+    def __str__(self) -> str:
+        kind = "50:50 chi2 mixture (boundary)" if self.boundary else "chi2"
+        return (f"Likelihood-ratio test: statistic = {self.statistic:.4f}, df = {self.df}, "
+                f"p = {self.pvalue:.4g} ({kind}); llf {self.llf_restricted:.4f} -> {self.llf_full:.4f}")
+
+
+def _statistics(model: FittedModel) -> tuple[np.ndarray, float]:
+    """``[X y]'W[X y]`` with the prior weights only, and ``sum log w``."""
+    comb = model.cross_products.combined()
+    return comb.xyxy[0], float(comb.sum_log_weights[0])
+
+
+def check_same_data(a: FittedModel, b: FittedModel) -> None:
+    """Raise unless two fits saw the same rows (same response in the same order).
+
+    With the rows of both fits at hand (in-memory fits) ``y`` and the weights are compared
+    row by row; otherwise (chunks, Dask) ``y'y``, ``sum y`` and ``sum log w``. Grouping
+    factors of the same name must have the same levels.
+    """
+    problems = []
+    if a.n_obs != b.n_obs:
+        problems.append(f"{a.n_obs} vs {b.n_obs} observations")
+    elif a.design is not None and b.design is not None:
+        if not np.array_equal(a.design.y, b.design.y):
+            problems.append("different responses (y differs row by row: other data, or the rows "
+                            "in another order)")
+        wa, wb = a.design.weights, b.design.weights
+        if (wa is None) != (wb is None) or (wa is not None and not np.array_equal(wa, wb)):
+            problems.append("different sample weights")
+    else:
+        xa, la = _statistics(a)
+        xb, lb = _statistics(b)
+        if not np.isclose(xa[-1, -1], xb[-1, -1], rtol=1e-10, atol=0.0):
+            problems.append("different responses (sum of y^2 differs)")
+        # sum(y) is visible when both designs have the intercept column.
+        if a.fe_names[:1] == ["(Intercept)"] == b.fe_names[:1] and not np.isclose(
+                xa[0, -1], xb[0, -1], rtol=1e-10, atol=1e-12 * np.sqrt(xa[-1, -1])):
+            problems.append("different responses (sum of y differs)")
+        if not np.isclose(la, lb, rtol=1e-10, atol=1e-10):
+            problems.append("different sample weights")
+    if not problems:
+        for name in [f for f in a.labels if f in b.labels]:
+            if not np.array_equal(np.asarray(a.labels[name], dtype=object),
+                                  np.asarray(b.labels[name], dtype=object)):
+                problems.append(f"different levels of the grouping factor {name!r}")
+    if problems:
+        raise ValueError("the two fits used different data: " + "; ".join(problems)
+                         + ". A likelihood-ratio test needs both models fitted to the same rows.")
+
+
+def _in_span(columns: np.ndarray, basis: np.ndarray) -> bool:
+    """Whether every column of ``columns`` lies in the column space of ``basis``."""
+    if columns.shape[1] == 0:
+        return True
+    if basis.shape[1] == 0:
+        return not np.any(columns)
+    coef = linalg.lstsq(basis, columns)[0]
+    resid = columns - basis @ coef
+    return bool(np.all(np.linalg.norm(resid, axis=0) <= _SPAN_TOL * np.maximum(np.linalg.norm(columns, axis=0), 1e-300)))
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two level codings of the rows group them identically."""
+    pairs = np.unique(np.column_stack([a, b]), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def _coarser(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every class of the coding ``a`` is a union of classes of ``b``."""
+    pairs = np.unique(np.column_stack([a, b]), axis=0)
+    return len(np.unique(pairs[:, 1])) == len(pairs)
+
+
+def check_nested(small: FittedModel, big: FittedModel) -> list[str]:
+    """Why ``small`` is not nested in ``big`` (an empty list when it is).
+
+    With the rows of both fits: the fixed-effects columns of ``small`` must lie in the
+    column space of ``big``'s; each random-effects term of ``small`` must have a term of
+    ``big`` that groups the rows the same way and whose ``Z`` columns span its own (an
+    unstructured covariance is not within a diagonal one); ``small``'s residual strata must
+    be unions of ``big``'s. Without the rows (chunks, Dask) what the names allow: fixed
+    effects and terms by name.
+    """
+    problems = []
+    ds, db = small.design, big.design
+    if ds is not None and db is not None:
+        if not _in_span(ds.X_full, db.X_full):
+            problems.append("the fixed effects of the restricted model are not within the full "
+                            "model's (its X columns are not in the span of the full X)")
+        for ts, (cs, zs) in zip(small.terms, ds.factors):
+            ok = False
+            for tb, (cb, zb) in zip(big.terms, db.factors):
+                if not _same_partition(cs, cb) or not _in_span(zs, zb):
+                    continue
+                if tb.diagonal and not ts.diagonal and ts.q > 1:
+                    continue
+                ok = True
+                break
+            if not ok:
+                problems.append(f"the random-effects term {ts.factor!r} "
+                                f"({' + '.join(ts.z_names)}) of the restricted model has no "
+                                "counterpart in the full model")
+        strata_s = ds.strata if ds.strata is not None else np.zeros(len(ds.y), dtype=int)
+        strata_b = db.strata if db.strata is not None else np.zeros(len(db.y), dtype=int)
+        if not _coarser(strata_s, strata_b):
+            problems.append("the residual strata of the restricted model are not unions of the "
+                            "full model's")
+        return problems
+    missing = [n for n in small.fe_names if n not in big.fe_names]
+    if missing:
+        problems.append(f"fixed effects {missing} of the restricted model are not in the full model")
+    for ts in small.terms:
+        tb = next((t for t in big.terms if t.factor == ts.factor), None)
+        if tb is None or not set(ts.z_names) <= set(tb.z_names):
+            problems.append(f"the random-effects term {ts.factor!r} of the restricted model has no "
+                            "counterpart in the full model")
+    return problems
+
+
+def _same_fixed_effects(a: FittedModel, b: FittedModel) -> bool:
+    if a.design is not None and b.design is not None:
+        return _in_span(a.design.X_full, b.design.X_full) and _in_span(b.design.X_full, a.design.X_full)
+    xa, xb = _statistics(a)[0], _statistics(b)[0]
+    return xa.shape == xb.shape and np.allclose(xa[:-1], xb[:-1], rtol=1e-10, atol=0.0)
+
+
+def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
+    """Likelihood-ratio test of ``restricted`` against ``full`` (nested fits, same data).
+
+    Parameters
+    ----------
+    restricted, full : fitted MixedLMRegressor
+        The smaller and the larger model, fitted to the same rows.
+    boundary : bool, default False
+        For a test of a variance component (the restricted model puts a variance on its
+        boundary 0), use the 50:50 mixture of chi-square distributions with ``df - 1`` and
+        ``df`` degrees of freedom (Self & Liang 1987; Stram & Lee 1994); with ``df = 1``
+        this halves the chi-square p-value. The plain chi-square test is conservative there.
+
+    Returns
+    -------
+    LRTestResult
+
+    Raises
+    ------
+    ValueError
+        If the fits used different data (other rows, or the same rows in another order);
+        if ``restricted`` is not nested in ``full``; if ``full`` has no more parameters than
+        ``restricted``; if one fit is REML and the other ML; or if REML fits differ in
+        their fixed effects (REML likelihoods of different fixed effects are not comparable:
+        refit both with ``reml=False``).
+
+    Notes
+    -----
+    The fits may differ in their grouping factors (a single-factor fit against one with
+    several, or crossed against nested) and in their residual variances (one against one
+    per stratum, ``df`` counting the variance ratios). Nesting and the same data are
+    checked on the rows of both fits (:func:`check_nested`); fits from chunks or Dask keep
+    only cross-products, and are compared by ``y'y``, ``sum(y)``, the weights and names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> slopes = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> intercept = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
+    >>> from mixedlm_sklearn import lr_test
+    >>> test = lr_test(intercept, slopes)
+    >>> round(test.statistic, 3), test.df
+    (42.139, 2)
+    """
+    small = fitted_model(restricted, "restricted")
+    big = fitted_model(full, "full")
+    check_same_data(small, big)
+    if small.reml != big.reml:
+        raise ValueError("one fit is REML and the other ML; their likelihoods are not "
+                         "comparable. Refit both with reml=False.")
+    if small.reml and not _same_fixed_effects(small, big):
+        raise ValueError("REML likelihoods of models with different fixed effects are not "
+                         "comparable (REML integrates the fixed effects out). Refit both "
+                         "models with reml=False (maximum likelihood) to test fixed effects.")
+    df = int(full.df_model_ - restricted.df_model_)
+    if df <= 0:
+        raise ValueError(f"full has {full.df_model_} parameters and restricted "
+                         f"{restricted.df_model_}: pass the smaller (nested) model first")
+    problems = check_nested(small, big)
+    if problems:
+        raise ValueError("the restricted model is not nested in the full one: " + "; ".join(problems)
+                         + ". A likelihood-ratio test compares nested models only.")
+    statistic = 2.0 * (full.llf_ - restricted.llf_)
+    if statistic < -1e-6 * max(1.0, abs(full.llf_)):
+        warnings.warn(f"the restricted model fits better than the full one (statistic "
+                      f"{statistic:.3g}): a fit may not have converged", UserWarning, stacklevel=2)
+    s = max(statistic, 0.0)
+    p = float(stats.chi2.sf(s, df))
+    if boundary:
+        # chi2 with 0 df is a point mass at 0: its tail beyond s > 0 is 0.
+        below = float(stats.chi2.sf(s, df - 1)) if df > 1 else float(s <= 0.0)
+        p = 0.5 * (below + p)
+    return LRTestResult(float(statistic), df, p, float(restricted.llf_), float(full.llf_), boundary)

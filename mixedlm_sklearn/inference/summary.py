@@ -1,0 +1,235 @@
+"""The summary of a fitted model: lme4's ``summary`` with lmerTest's tests."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._parameters import check_alpha, fitted_model
+from .satterthwaite import satterthwaite_df
+
+__all__ = ["Summary", "summary"]
+
+
+def _random_effects_table(est: Any) -> pd.DataFrame:
+    """Per term its variances, then its correlations; the residual (per stratum) last."""
+    model = fitted_model(est)
+    sol = model.solution
+    rows = []
+    for t, lam in zip(model.terms, sol.lams):
+        cov = sol.scale * lam @ lam.T
+        sd = np.sqrt(np.diag(cov))
+        for r in range(t.q):
+            rows.append((t.factor, t.z_names[r], "", cov[r, r], sd[r], np.nan))
+        for r, c in zip(*t.theta_position):
+            if r != c:
+                cor = cov[r, c] / (sd[r] * sd[c]) if sd[r] > 0 and sd[c] > 0 else np.nan
+                rows.append((t.factor, t.z_names[r], t.z_names[c], cov[r, c], np.nan, cor))
+    if model.strata is not None:
+        for label, ratio in zip(model.strata, sol.ratios):
+            var = sol.scale * ratio
+            rows.append((f"Residual ({label})", "", "", var, np.sqrt(var), np.nan))
+    else:
+        rows.append(("Residual", "", "", sol.scale, np.sqrt(sol.scale), np.nan))
+    return pd.DataFrame(rows, columns=["group", "name", "name2", "variance", "std_dev", "correlation"])
+
+
+def _fmt(value: float, spec: str = ".6g") -> str:
+    return "" if not np.isfinite(value) else format(value, spec)
+
+
+def _fmt_p(value: float) -> str:
+    # below R's printing floor the digits are meaningless (as R's format.pval)
+    return "<2e-16" if value < 2e-16 else _fmt(value, ".3g")
+
+
+def _text_table(header: list[str], rows: list[list[str]], left: int) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned."""
+    cells = [header] + rows
+    widths = [max(len(row[j]) for row in cells) for j in range(len(header))]
+    lines = []
+    for row in cells:
+        parts = [v.ljust(w) if j < left else v.rjust(w) for j, (v, w) in enumerate(zip(row, widths))]
+        lines.append(" " + "  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary of a fitted linear mixed model (lme4's ``summary`` with lmerTest's tests).
+
+    Attributes
+    ----------
+    fixed_effects : DataFrame
+        Indexed by fixed effect; columns ``estimate``, ``std_error``, ``df`` (Satterthwaite),
+        ``t_value``, ``p_value`` (two-sided t test on ``df``), ``ci_lower``, ``ci_upper``
+        (``estimate -+ t_{df, 1-alpha/2} * std_error``, the interval matching the test;
+        :func:`conf_int` gives lme4's normal-quantile Wald intervals).
+    random_effects : DataFrame
+        Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``.
+        Per term a row per variance (``name2`` empty), then a row per pair of effects
+        (``name``, ``name2``; ``variance`` holds their covariance, ``correlation`` their
+        correlation); ``Residual`` last, or with heteroscedastic residuals a row
+        ``Residual (<stratum>)`` per stratum.
+    method : {"REML", "ML"}
+    n_obs : int
+    n_groups : dict
+        Levels per grouping factor.
+    llf : float
+        Log-likelihood (for REML fits -1/2 the REML criterion, as lme4's ``logLik``).
+    aic, bic : float
+    df_model : int
+        Parameters counted by AIC/BIC (lme4's ``df``).
+    converged, singular : bool
+    alpha : float
+    ddf : {"Satterthwaite", "normal"}
+        How ``df`` was obtained: Satterthwaite, or ``inf`` (normal approximation) for a
+        heteroscedastic fit that lacks what the Satterthwaite df need (printed as such).
+    """
+
+    fixed_effects: pd.DataFrame
+    random_effects: pd.DataFrame
+    method: str
+    n_obs: int
+    n_groups: dict = field(default_factory=dict)
+    llf: float = np.nan
+    aic: float = np.nan
+    bic: float = np.nan
+    df_model: int = 0
+    converged: bool = True
+    singular: bool = False
+    alpha: float = 0.05
+    ddf: str = "Satterthwaite"
+
+    def _header(self) -> list[str]:
+        groups = ", ".join(f"{g} ({n})" for g, n in self.n_groups.items()) or "none"
+        crit = "REML criterion" if self.method == "REML" else "deviance"
+        return [
+            f"Linear mixed model fit by {'REML' if self.method == 'REML' else 'maximum likelihood'}",
+            f"Observations: {self.n_obs}   Groups: {groups}",
+            f"{crit}: {-2.0 * self.llf:.4f}   log-likelihood: {self.llf:.4f}   "
+            f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   df: {self.df_model}",
+            f"Converged: {'yes' if self.converged else 'NO'}   "
+            f"Singular fit: {'YES' if self.singular else 'no'}",
+        ]
+
+    def _random_rows(self) -> tuple[list[str], list[list[str]]]:
+        """lme4's layout: a row per variance, correlations to the earlier effects beside it."""
+        re = self.random_effects
+        var = re[re["name2"] == ""]
+        cors = re[re["name2"] != ""]
+        n_corr = int(cors.groupby(["group", "name"]).size().max()) if len(cors) else 0
+        header = ["Group", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (n_corr - 1))[:n_corr]
+        rows, previous = [], None
+        for _, row in var.iterrows():
+            mine = cors[(cors["group"] == row["group"]) & (cors["name"] == row["name"])]
+            corr = [_fmt(v, ".3f") for v in mine["correlation"]]
+            rows.append([row["group"] if row["group"] != previous else "", row["name"],
+                         _fmt(row["variance"]), _fmt(row["std_dev"])]
+                        + corr + [""] * (n_corr - len(corr)))
+            previous = row["group"]
+        return header, rows
+
+    def _fixed_rows(self) -> tuple[list[str], list[list[str]]]:
+        lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0
+        header = ["", "Estimate", "Std.Error", "df", "t value", "Pr(>|t|)", f"[{lo:g}", f"{hi:g}]"]
+        fe = self.fixed_effects
+        # df = inf is the normal approximation (see ``ddf``), not a missing value
+        rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error),
+                 "inf" if r.df == np.inf else _fmt(r.df, ".4g"),
+                 _fmt(r.t_value, ".4g"), _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
+                for name, r in zip(fe.index, fe.itertuples())]
+        return header, rows
+
+    def _fixed_title(self) -> str:
+        if self.ddf == "Satterthwaite":
+            return "Fixed effects (Satterthwaite df)"
+        return "Fixed effects (normal approximation: Satterthwaite df unavailable for this fit)"
+
+    def __str__(self) -> str:
+        return "\n".join(self._header() + [
+            "", "Random effects:", _text_table(*self._random_rows(), left=2),
+            "", self._fixed_title() + ":", _text_table(*self._fixed_rows(), left=1),
+        ])
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _repr_html_(self) -> str:
+        def table(header, rows, left):
+            def cell(tag, v, j):
+                align = "left" if j < left else "right"
+                return f'<{tag} style="text-align:{align}">{html.escape(v)}</{tag}>'
+            head = "".join(cell("th", v, j) for j, v in enumerate(header))
+            body = "".join(
+                "<tr>" + "".join(cell("td", v, j) for j, v in enumerate(r)) + "</tr>" for r in rows
+            )
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+        head = "<br>".join(html.escape(line) for line in self._header())
+        return (f"<div><p>{head}</p><p><b>Random effects</b></p>{table(*self._random_rows(), 2)}"
+                f"<p><b>{html.escape(self._fixed_title())}</b></p>{table(*self._fixed_rows(), 1)}</div>")
+
+
+def summary(est: Any, alpha: float = 0.05) -> Summary:
+    """Fixed effects with Satterthwaite t tests, random effects and model information.
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    alpha : float, default 0.05
+        1 - level of the fixed effects' confidence intervals.
+
+    Returns
+    -------
+    Summary
+        Prints as a compact table; renders as HTML in notebooks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> s = est.summary()
+    >>> s.fixed_effects[["estimate", "std_error", "df"]].round(3)
+                 estimate  std_error    df
+    (Intercept)   251.405      6.825  17.0
+    Days           10.467      1.546  17.0
+    """
+    alpha = check_alpha(alpha)
+    model = fitted_model(est)
+    beta, se = est.fe_params_, est.bse_
+    df = satterthwaite_df(est)
+    t_value = beta / se
+    q = stats.t.ppf(1.0 - alpha / 2.0, df)
+    fixed = pd.DataFrame({
+        "estimate": beta,
+        "std_error": se,
+        "df": df,
+        "t_value": t_value,
+        "p_value": 2.0 * stats.t.sf(np.abs(t_value), df),
+        "ci_lower": beta - q * se,
+        "ci_upper": beta + q * se,
+    }, index=beta.index)
+    return Summary(
+        fixed_effects=fixed,
+        random_effects=_random_effects_table(est),
+        method="REML" if model.reml else "ML",
+        n_obs=model.n_obs,
+        n_groups={t.factor: int(t.n_levels) for t in model.terms},
+        llf=float(est.llf_),
+        aic=float(est.aic_),
+        bic=float(est.bic_),
+        df_model=int(est.df_model_),
+        converged=bool(est.converged_),
+        singular=bool(est.singular_),
+        alpha=alpha,
+    )
