@@ -1,12 +1,22 @@
-"""Offsets (issue 11): ``offset=`` of the estimator, and the stale model frame of lmer.
+"""Offsets (issue 11): lme4's ``offset()`` in a formula, and ``offset=`` of the estimator.
+
+``offset(x)`` was refused. Now the formula's offsets are summed, the model is fitted to
+``y - offset`` and ``predict`` adds the new rows' offset back, as lme4 does; lme4's numbers
+for the offset models are in ``tests/data/formula_lme4.json`` (``tests/data/formula_lme4.R``).
 """
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mixedlm_sklearn import MixedLMRegressor, lmer
-from mixedlm_sklearn.datasets import load_orthodont, load_sleepstudy
+from mixedlm_sklearn.datasets import load_sleepstudy
+from mixedlm_sklearn.formula import parse_formula
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "formula_lme4.json").read_text())
 
 
 @pytest.fixture
@@ -14,6 +24,65 @@ def df():
     data = load_sleepstudy()
     data["off"] = (data["Days"] - 4.5) ** 2 / 2
     return data
+
+
+# ---- offsets in formulas ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sleep_offset_expression", "sleep_offset_column",
+                                  "sleep_two_offsets"])
+def test_offset_models_match_lme4(df, name):
+    ref = REFERENCE[name]
+    est = lmer(ref["formula"], df, reml=ref["reml"])
+    assert abs(est.llf_ - ref["loglik"]) < 1e-6
+    assert list(est.fe_params_.index) == ref["fe_names"]  # the offset is no column
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    assert est.scale_ == pytest.approx(ref["scale"], rel=1e-4)
+    # lme4's fitted values include the offset; so do ours from the model frame
+    np.testing.assert_allclose(est.predict(**est.model_frame_.new_data(df)), ref["fitted"],
+                               rtol=1e-6)
+    new = pd.DataFrame(ref["newdata"])
+    args = est.model_frame_.new_data(new)
+    assert "offset" in args
+    np.testing.assert_allclose(est.predict(**args), ref["predict_new"], rtol=1e-6)
+
+
+def test_offsets_are_summed_and_passed_to_fit(df):
+    frame = parse_formula("Reaction ~ Days + offset(off) + offset(2 * Days) + (1 | Subject)", df)
+    np.testing.assert_allclose(frame.offset, df["off"] + 2 * df["Days"])
+    assert list(frame.X.columns) == ["Days"] and frame.fit_intercept
+    np.testing.assert_array_equal(frame.fit_arguments()["offset"], frame.offset)
+    assert "offset" not in parse_formula("Reaction ~ Days + (1 | Subject)", df).fit_arguments()
+    # an offset alone keeps the intercept, as in R
+    only = parse_formula("Reaction ~ offset(off) + (1 | Subject)", df)
+    assert only.fit_intercept and only.X.shape[1] == 0
+
+
+def test_offset_variables_count_for_missing_rows(df):
+    df.loc[[3, 7], "off"] = np.nan
+    frame = parse_formula("Reaction ~ Days + offset(off) + (1 | Subject)", df)
+    assert list(frame.dropped) == [3, 7] and len(frame.offset) == 178
+
+
+def test_offset_with_a_stateful_transform_keeps_its_state(df):
+    est = lmer("Reaction ~ Days + offset(10 * scale(off)) + (1 | Subject)", df)
+    new = df.head(3)
+    off = est.model_frame_.new_data(new)["offset"]
+    z = (df["off"] - df["off"].mean()) / df["off"].std()
+    np.testing.assert_allclose(off, 10 * z[:3])  # the fitted data's mean and sd
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("Reaction ~ Days - offset(off) + (1 | Subject)", "an offset cannot be subtracted"),
+    ("Reaction ~ Days + offset(Subject) + (1 | Subject)", "an offset must be numeric"),
+    ("Reaction ~ Days + offset(off, 2) + (1 | Subject)", "offset\\(\\) takes one argument"),
+    ("Reaction ~ Days + offset(off):Days + (1 | Subject)", "must be a term of its own"),
+    ("Reaction ~ Days + (offset(off) | Subject)", "must be a term of its own"),
+    ("offset(Reaction) ~ Days + (1 | Subject)", "must be a term of its own"),
+])
+def test_misplaced_offsets(df, formula, message):
+    with pytest.raises(ValueError, match=message):
+        parse_formula(formula, df)
 
 
 # ---- the estimator's offset= --------------------------------------------------------------
@@ -49,17 +118,3 @@ def test_estimator_offset_is_validated(df, offset, error, message):
     fitted = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
     with pytest.raises(error, match=message):
         fitted.predict(df[["Days"]], offset=offset)
-
-
-def test_a_plain_refit_drops_the_model_frame(df):
-    """Issue 11: model_frame_ of lmer survived a later fit() on other data."""
-    est = lmer("Reaction ~ Days + (1 | Subject)", df)
-    assert len(est.model_frame_.y) == 180
-    other = load_orthodont()
-    est.fit(other[["age"]], other["distance"], groups=other["Subject"])
-    assert not hasattr(est, "model_frame_")
-    # a refit that fails leaves the estimator as it was, model frame included
-    est = lmer("Reaction ~ Days + (1 | Subject)", df)
-    with pytest.raises(ValueError):
-        est.fit(df[["Days"]], df["Reaction"], groups=df["Subject"], offset=np.ones(3))
-    assert len(est.model_frame_.y) == 180

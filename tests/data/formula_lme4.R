@@ -82,7 +82,10 @@ cases <- list(
   list("dietox_colon", "Weight ~ Time:Feed + (1 | Pig)", "dietox", TRUE),
   list("dietox_power", "Weight ~ (Time + Feed + Evit)^2 + (1 | Pig)", "dietox", TRUE),
   list("orthodont_minus_one", "distance ~ age + Sex - 1 + (1 | Subject)", "orthodont", FALSE),
-  list("orthodont_colon_factor", "distance ~ age:Sex + (1 | Subject)", "orthodont", TRUE)
+  list("orthodont_colon_factor", "distance ~ age:Sex + (1 | Subject)", "orthodont", TRUE),
+  # b %in% a is the term a:b; an interaction's variables come in the formula's order
+  list("orthodont_in", "distance ~ Sex + age %in% Sex + (1 | Subject)", "orthodont", TRUE),
+  list("orthodont_order", "distance ~ Sex + I(age - 11):Sex + (1 | Subject)", "orthodont", TRUE)
 )
 
 datasets <- list(sleepstudy = sleep, dietox = dietox, orthodont = orthodont)
