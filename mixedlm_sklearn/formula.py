@@ -1407,7 +1407,15 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     if context is not None and not isinstance(context, Mapping):
         raise TypeError(f"context must be a mapping of names to numbers or arrays, got "
                         f"{type(context).__name__}")
+    try:
+        return _parse_formula(formulaic, formula, data, context)
+    except RecursionError:  # Python's parser and ast walks: x + x + ... a thousand times
+        raise ValueError(f"formula {formula[:60]!r}... is too long or too deeply nested "
+                         "to be checked") from None
 
+
+def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
+                   context: Mapping[str, Any] | None) -> ModelFrame:
     sides = _split_top(formula, "~")
     if len(sides) != 2 or not sides[0].strip():
         raise ValueError(f"formula {formula!r} must have the form 'response ~ terms' "

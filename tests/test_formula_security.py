@@ -128,6 +128,7 @@ def test_error_messages_name_the_piece_and_list_the_allowed_functions(df):
 
 @pytest.mark.parametrize("expression, reason", [
     ("Days.__class__", "dunder name '__class__'"),
+    ("Days.__\uff43lass__", "dunder name '__class__'"),  # Python reads a fullwidth c as c
     ("Days.real", "attribute access"),
     ("Days.values.sum()", "'Days.values.sum' is not an allowed function"),
     ("Days.values", "attribute access"),
@@ -288,6 +289,12 @@ def test_huge_powers_are_floats_not_endless_integers(df):
     assert np.isinf(frame.X["I(Days^1000)"][df["Days"] > 2]).all()
     with pytest.raises(ValueError, match="NaN or infinity"):
         lmer("Reaction ~ Days + I(Days^1000) + (1|Subject)", df)
+
+
+def test_expressions_too_deep_for_python_are_a_value_error(df):
+    # Python's parser and the checker recurse; a RecursionError would be a crash
+    with pytest.raises(ValueError, match="too long or too deeply nested"):
+        parse_formula("Reaction ~ I(" + "+".join(["Days"] * 5000) + ") + (1|Subject)", df)
 
 
 # ---- context= -------------------------------------------------------------------------------
