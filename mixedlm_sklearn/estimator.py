@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 from ._chunked import cross_products_from_chunks, cross_products_from_dask, is_dask_collection
 from ._crossprod import CrossProducts, cross_products
@@ -85,6 +85,40 @@ def _unchanged_on_error(est: "MixedLMRegressor"):
         est.__dict__.clear()
         est.__dict__.update(before)
         raise
+
+
+def _check_offset(offset: Any, n: int) -> np.ndarray:
+    """A known offset: one finite number per row."""
+    try:
+        values = np.asarray(offset, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"offset must be numbers, one per row: {err}") from None
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or values.shape[0] != n:
+        raise ValueError(f"offset must have one value per row ({n} rows), got shape "
+                         f"{values.shape}")
+    check_finite(values, "offset")
+    return values
+
+
+def _minus_offset(y: Any, offset: Any, X: Any) -> Any:
+    """``y - offset``, keeping a Series' index and name."""
+    if is_dask_collection(X):
+        raise NotImplementedError("offset is not supported with Dask input")
+    values = _check_offset(offset, _num_samples(X))
+    try:
+        y_values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"y must be numeric to subtract the offset: {err}") from None
+    if y_values.ndim == 2 and y_values.shape[1] == 1:
+        y_values = y_values[:, 0]
+    if y_values.shape != values.shape:
+        raise ValueError(f"y has shape {y_values.shape}, offset {values.shape}: both need one "
+                         "value per row of X")
+    if isinstance(y, pd.Series):
+        return pd.Series(y_values - values, index=y.index, name=y.name)
+    return y_values - values
 
 
 def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
@@ -225,7 +259,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            residual_groups: Any = None):
+            residual_groups: Any = None, offset: Any = None):
         """Fit the model.
 
         Parameters
@@ -249,6 +283,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
             first stratum in sorted order and ``residual_var_`` holds them all.
+        offset : array-like of shape (n,), optional
+            A known part of the linear predictor (lme4's ``offset``): the model is fitted to
+            ``y - offset``. Pass the new rows' offset to :meth:`predict`.
 
         Returns
         -------
@@ -269,6 +306,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                [  9.6 ,  35.07]])
         """
         with _unchanged_on_error(self):
+            # lmer sets model_frame_ after its fit; a refit on other data makes it stale.
+            self.__dict__.pop("model_frame_", None)
+            if offset is not None:
+                y = _minus_offset(y, offset, X)
             return self._fit(X, y, groups, Z, sample_weight, residual_groups)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
@@ -555,7 +596,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     # ---- prediction -----------------------------------------------------------------------
 
-    def predict(self, X: Any, *, groups: Any = None, Z: Any = None) -> np.ndarray:
+    def predict(self, X: Any, *, groups: Any = None, Z: Any = None,
+                offset: Any = None) -> np.ndarray:
         """Predict: fixed part, plus ``Z @ BLUP`` for rows of groups seen in ``fit``.
 
         Parameters
@@ -570,6 +612,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             Random-effects design of the new rows (with several factors, a dict or a
             (factor, column) DataFrame as in ``fit``); may be omitted for a random
             intercept.
+        offset : array-like of shape (n,), optional
+            The rows' offset, for a model fitted with one; added to the prediction.
 
         Returns
         -------
@@ -597,6 +641,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64, accept_sparse=False)
         pred = X @ self.coef_ + self.intercept_
+        if offset is not None:
+            pred = pred + _check_offset(offset, X.shape[0])
         if groups is None or self.n_groups_ == 0:
             return pred
         if isinstance(self.random_effects_, dict):

@@ -1,40 +1,71 @@
 """lme4-style model formulas: ``lmer("Reaction ~ Days + (Days | Subject)", data)``.
 
-The fixed-effects part and the left side of each random-effects term are handed to
-`formulaic <https://matthewwardrop.github.io/formulaic/>`_ (an optional dependency:
-``pip install formulaic``); the random-effects terms themselves (``( ... | ... )``,
-``||``, nesting with ``/``) are parsed here, because formulaic gives ``|`` another
-meaning. Supported syntax:
+The random-effects terms (``( ... | ... )``, ``||``, nesting with ``/``) are parsed here;
+the fixed part, the response and the left side of each bar are checked here and then
+evaluated by `formulaic <https://matthewwardrop.github.io/formulaic/>`_ (an optional
+dependency: ``pip install formulaic``). Supported syntax, with R's meaning:
 
-======================  ==============================================================
-``y ~ x + (x | g)``      correlated random intercept and slope per level of ``g``
-``(1 | a) + (1 | b)``    several terms: crossed or nested factors
-``(x || g)``             intercept and slope independent (diagonal covariance)
-``(0 + x | g)``          slope only (``- 1`` works too)
-``(1 | a/b)``            nesting: ``(1 | a) + (1 | a:b)``; ``(1 | a:b)`` for the
-                         interaction factor alone (labels ``"a1:b1"``)
-``x:z``, ``x * z``,      fixed-effects interactions, categorical expansion and
-``C(f)``, ``np.log(x)``  transformations, as formulaic evaluates them
-======================  ==============================================================
+=========================  ===========================================================
+``y ~ x + (x | g)``         correlated random intercept and slope per level of ``g``
+``(1 | a) + (1 | b)``       several terms: crossed or nested factors
+``(x || g)``                intercept and slope independent (diagonal covariance)
+``(0 + x | g)``             slope only (``- 1`` works too)
+``(1 | a/b)``               nesting: ``(1 | a) + (1 | a:b)``; ``(1 | a:b)`` for the
+                            interaction factor alone (labels ``"a1:b1"``)
+``x:z``, ``x * z``,         interactions; ``(a + b)^2``: all terms up to order 2
+``(a + b)^2``, ``a/b``
+``0 +``, ``- 1``            no fixed intercept
+``I(x^2)``, ``log(x)``      expressions: ``^`` is a power (as in R), never Python's XOR
+``factor(x)``, ``C(x)``     ``x`` as a categorical variable (treatment contrasts)
+``scale(x)``, ``poly(x,2)`` R's ``scale`` (sd with n - 1) and orthogonal polynomials;
+``center(x)``, ``bs(x)``    their state (mean, sd, coefficients, knots) is kept for
+                            :meth:`ModelFrame.new_data`
+``offset(x)``               a known term added to the linear predictor (several sum)
+``Days.x``, `` `my var` ``  column names with dots, or anything in backticks
+=========================  ===========================================================
 
-Column names follow lme4: the intercept is ``"(Intercept)"`` and a treatment-contrast
+What a formula may contain
+--------------------------
+A formula is not Python code. Every name and expression in it is checked before
+anything is evaluated, and evaluated with nothing but:
+
+- columns of ``data``, and names given explicitly through ``context=`` (numbers, or
+  arrays with one value per row of ``data``, which then act as columns); the caller's
+  variables are never looked up;
+- numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
+  ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
+- calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
+  ``FALSE``, ``c(...)`` of numbers) as their extra parameters.
+
+Anything else (attributes such as ``x.__class__`` or ``np.random``, subscripts, strings,
+lambdas, comprehensions, ``:=``, keyword arguments a function does not have, other
+functions, callables in ``context=``) is refused with a :class:`ValueError` or
+:class:`TypeError` naming the offending piece.
+
+Column names follow lme4: the intercept is ``"(Intercept)"``, a treatment-contrast
 column of factor ``Sex`` at level ``Female`` is ``"SexFemale"`` (formulaic's
-``"Sex[T.Female]"``). The reference level is the first level: the first category of a
-:class:`pandas.Categorical`, otherwise the smallest label, as in R.
+``"Sex[T.Female]"``), expressions are written as R deparses them (``"I(Days^2)"``,
+``"exp(Days/5)"``, ``"poly(Days, 2)1"``, ``"factor(Days)1"``, ``"I(x > 3)TRUE"``). The
+reference level is the first level: the first category of a :class:`pandas.Categorical`,
+otherwise the smallest label, as in R.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections import ChainMap
-from collections.abc import Mapping
+import ast
+import math
+import numbers
+import re
+import types
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["RandomTerm", "ModelFrame", "parse_formula", "lmer"]
+__all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "ModelFrame", "parse_formula", "lmer"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -52,7 +83,90 @@ def _import_formulaic():
     return formulaic
 
 
-# ---- scanning ------------------------------------------------------------------------------
+# ---- the allow-list ------------------------------------------------------------------------
+#
+# Everything a formula may call is declared here, once: the checker, the evaluation
+# context handed to formulaic and the error messages use these tables (the README and
+# the module docstring list the same names; a test keeps the README in step).
+
+# Elementwise numpy ufuncs, callable as ``log(x)`` or ``np.log(x)``. One argument each:
+# a ufunc's second positional argument is ``out``, which would write into an array.
+_UFUNCS: dict[str, np.ufunc] = {
+    name: getattr(np, name) for name in (
+        "log", "log2", "log10", "log1p", "exp", "expm1", "sqrt", "abs", "sign", "floor",
+        "ceil", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
+    )
+}
+_NP_UFUNCS: dict[str, np.ufunc] = {**_UFUNCS, "absolute": np.absolute}
+# R's spellings of the same functions (bare names only: R has no np.)
+_UFUNCS.update(ceiling=np.ceil, asin=np.arcsin, acos=np.arccos, atan=np.arctan)
+
+
+@dataclass(frozen=True)
+class _Transform:
+    """A function of a formula's variables other than a ufunc.
+
+    ``params`` are the parameters after the data argument, each with the kind of literal
+    it takes; the first ``positional`` of them may be given by position (R's order).
+    """
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+    positional: int = 0
+    usage: str = ""
+
+
+# Kinds of parameter: "count" a positive integer smaller than the number of rows,
+# "bool" TRUE/FALSE, "bool_or_number" either, "numbers" c(...) or [...] of numbers.
+_TRANSFORMS: dict[str, _Transform] = {t.name: t for t in (
+    _Transform("I", usage="I(x): arithmetic, as computed"),
+    _Transform("C", usage="C(x): x as a categorical variable"),
+    _Transform("factor", usage="factor(x): R's name for C(x)"),
+    _Transform("center", usage="center(x): x minus its mean"),
+    _Transform("scale", (("center", "bool_or_number"), ("scale", "bool_or_number")), 2,
+               "scale(x, center = TRUE, scale = TRUE): R's scale"),
+    _Transform("poly", (("degree", "count"), ("raw", "bool")), 1,
+               "poly(x, degree = 1, raw = FALSE): R's orthogonal polynomials"),
+    _Transform("bs", (("df", "count"), ("knots", "numbers"), ("degree", "count")), 3,
+               "bs(x, df, knots, degree = 3): B-spline basis as R's splines::bs"),
+)}
+
+#: Every function a formula may call (``offset`` only as a term of the fixed part).
+ALLOWED_FUNCTIONS: tuple[str, ...] = (
+    *_TRANSFORMS, *_UFUNCS, *(f"np.{name}" for name in _NP_UFUNCS), "offset",
+)
+
+# R's logical constants, accepted as function parameters (``poly(x, 2, raw = TRUE)``).
+_R_LOGICAL = {"TRUE": True, "FALSE": False}
+
+
+def _allowed_text() -> str:
+    return ("A formula may contain columns of data, names given in context= (numbers or "
+            "arrays), numbers, the operators + - * / ^ (power, as in R; also **) %% %/% "
+            "(also % //) and comparisons, and calls of " + ", ".join(ALLOWED_FUNCTIONS[:-1]) +
+            "; offset(x) only as a term of the fixed part")
+
+
+def _evaluation_functions() -> dict[str, Any]:
+    """The functions formulaic may call, by the names the checked code uses."""
+    from formulaic.transforms import C, basis_spline, center, identity, poly, scale
+
+    functions: dict[str, Any] = {"I": identity, "C": C, "factor": C, "center": center,
+                                 "scale": scale, "poly": poly, "bs": basis_spline}
+    functions.update(_UFUNCS)
+    # ``np`` is a namespace holding only the allowed ufuncs, not the numpy module.
+    functions["np"] = types.SimpleNamespace(**_NP_UFUNCS)
+    return functions
+
+
+def _allowed_object(name: str) -> Any:
+    """The object an allowed function name stands for (for comparing with context=)."""
+    if name == "np":
+        return np
+    return _UFUNCS.get(name)
+
+
+# ---- scanning ----------------------------------------------------------------------------
 
 
 def _depths(text: str) -> list[int]:
@@ -188,40 +302,796 @@ def _grouping_factors(right: str, formula: str) -> list[tuple[str, ...]]:
     return factors
 
 
-# ---- column names --------------------------------------------------------------------------
+# ---- names: data columns and context= ---------------------------------------------------
 
 
-def _lme4_names(spec: Any) -> list[str]:
+def _is_array_like(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index, pd.Categorical,
+                              pd.api.extensions.ExtensionArray))
+
+
+class _Names:
+    """What the names of one formula refer to: columns of ``data``, then ``context=``.
+
+    Each variable the formula uses gets an alias (``_v0``, ``_v1``, ...): formulaic sees
+    only the aliases, so column names with dots, spaces or Python keywords need no
+    quoting, and no name of the formula can reach anything but its own column.
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame, context: Mapping[str, Any] | None):
+        self.formula = formula
+        self.data = data
+        self.columns = {c for c in data.columns if isinstance(c, str)}
+        self.context = {} if context is None else context
+        self.aliases: dict[str, str] = {}        # variable -> alias, in order of use
+        self.arrays: dict[str, pd.Series] = {}   # context= arrays, aligned with data
+        self.scalars: dict[str, float] = {}      # alias -> context= number
+        # Variables of the terms (not only of the response): what new data must have.
+        self.predictors: set[str] = set()
+        self.in_response = False
+        # Factor expressions (aliases, checked code) in order of first appearance: R
+        # writes the variables of an interaction in this order (Sex + age:Sex -> Sex:age).
+        self.order: dict[str, int] = {}
+
+    def appear(self, expr: str) -> str:
+        self.order.setdefault(expr, len(self.order))
+        return expr
+
+    def is_variable(self, name: str) -> bool:
+        return name in self.columns or name in self.context
+
+    def variable(self, name: str) -> str:
+        """The alias of a variable, checking a context= value on first use."""
+        if not self.in_response:
+            self.predictors.add(name)
+        if name in self.aliases:
+            return self.aliases[name]
+        if name not in self.columns:
+            if name not in self.context:
+                self.unknown(name)
+            self._take_context(name)
+        alias = f"_v{len(self.aliases)}"
+        self.aliases[name] = alias
+        if name in self.context and name not in self.columns and name not in self.arrays:
+            self.scalars[alias] = self._context_number(name)
+        return alias
+
+    def group(self, name: str) -> str:
+        """A grouping factor: a column of data or a context= array."""
+        self.variable(name)
+        if name not in self.columns and name not in self.arrays:
+            raise TypeError(f"in formula {self.formula!r}, grouping factor {name!r} from "
+                            "context= is a number; a grouping factor needs one label per row")
+        return name
+
+    def unknown(self, name: str) -> None:
+        hint = ""
+        if name in _TRANSFORMS or name in _UFUNCS or name == "offset":
+            hint = f"; {name} is a function: call it, {name}(x)"
+        raise ValueError(f"formula {self.formula!r} uses [{name!r}], which are not columns of "
+                         f"data (columns: {list(map(str, self.data.columns))}) nor names given "
+                         f"in context={hint}")
+
+    def function(self, name: str) -> None:
+        """Refuse a call whose function name is also a column or a different context value."""
+        if name in self.columns:
+            raise ValueError(f"in formula {self.formula!r}, {name!r} is both a column of data "
+                             f"and the function {name}(); rename the column")
+        if name in self.context and self.context[name] is not _allowed_object(name):
+            raise TypeError(f"in formula {self.formula!r}, context[{name!r}] would replace the "
+                            f"allowed function {name}(); remove it from context")
+
+    def _take_context(self, name: str) -> None:
+        value = self.context[name]
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, numbers.Real):
+            return  # a number: checked by _context_number
+        if _is_array_like(value):
+            if np.ndim(value) != 1:
+                raise ValueError(f"context[{name!r}] must be one-dimensional (one value per row "
+                                 f"of data), got shape {np.shape(value)}")
+            # by position, in the row order of data (R does not align either)
+            values = pd.Series(value).reset_index(drop=True)
+            if len(values) != len(self.data):
+                raise ValueError(f"context[{name!r}] has {len(values)} values, data has "
+                                 f"{len(self.data)} rows: an array in context= is a variable "
+                                 "with one value per row of data")
+            values.index = self.data.index
+            self.arrays[name] = values
+            return
+        what = ("a function or module" if callable(value) or isinstance(value, types.ModuleType)
+                else f"a {type(value).__name__}")
+        raise TypeError(f"in formula {self.formula!r}, context[{name!r}] is {what}: context= "
+                        "may hold numbers and arrays (one value per row of data) only. "
+                        + _allowed_text())
+
+    def _context_number(self, name: str) -> float:
+        value = self.context[name]
+        value = value.item() if isinstance(value, np.ndarray) else value
+        if isinstance(value, bool) or not math.isfinite(float(value)):
+            raise ValueError(f"context[{name!r}] must be a finite number, got {value!r}")
+        return float(value)
+
+    def frame(self) -> pd.DataFrame:
+        """The variables the formula uses, by their names, with the index of data."""
+        return pd.DataFrame({name: self.data[name] if name in self.columns else
+                             self.arrays[name] for name in self.aliases
+                             if name in self.columns or name in self.arrays},
+                            index=self.data.index)
+
+    def naming(self) -> _Naming:
+        return _Naming({alias: _r_name(name) for name, alias in self.aliases.items()},
+                       dict(self.order))
+
+
+@dataclass(frozen=True)
+class _Naming:
+    """What lme4's column names need: the variables' names as R writes them (by alias) and
+    the order in which factors first appear in the formula."""
+
+    display: dict[str, str]
+    order: dict[str, int]
+
+
+# ---- checking expressions -------------------------------------------------------------------
+
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**",
+           ast.Mod: "%", ast.FloorDiv: "//"}
+_UNARY = (ast.USub, ast.UAdd)
+_COMPARE = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
+# Plain-words names of the refused Python constructs, for the error messages.
+_REFUSED = {
+    ast.Subscript: "a subscript", ast.Lambda: "a lambda", ast.ListComp: "a comprehension",
+    ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+    ast.GeneratorExp: "a generator expression", ast.NamedExpr: "an assignment expression (:=)",
+    ast.IfExp: "a conditional expression", ast.BoolOp: "'and'/'or'",
+    ast.JoinedStr: "an f-string", ast.Starred: "a starred argument", ast.Dict: "a dict",
+    ast.Set: "a set", ast.List: "a list", ast.Tuple: "a tuple", ast.Slice: "a slice",
+    ast.Await: "'await'", ast.Yield: "'yield'", ast.YieldFrom: "'yield'",
+}
+
+
+class _Refused(Exception):
+    """A piece of an expression outside the allow-list (becomes a ValueError)."""
+
+    def __init__(self, what: str, node: ast.AST):
+        super().__init__(what)
+        self.what, self.node = what, node
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name (R's dotted names), else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+class _Checker:
+    """Checks the Python parts of a formula against the allow-list and rewrites them.
+
+    The rewritten code uses the variables' aliases, R's ``^`` as ``**``, numbers as
+    floats in arithmetic (R's numbers are doubles: no integer overflow, no huge Python
+    integers from ``10^10^10``) and TRUE/FALSE as Python booleans. Only that code is
+    handed to formulaic.
+    """
+
+    def __init__(self, formula: str, names: _Names):
+        self.formula = formula
+        self.names = names
+
+    # -- entry points --
+
+    def expression(self, text: str, piece: str) -> str:
+        """Checked and rewritten Python code for the expression ``text``."""
+        tree, quoted, code = self._parse(text, piece)
+        try:
+            self._no_dunders(tree, quoted)
+            node = self._value(tree.body, quoted)
+        except _Refused as refused:
+            raise self._error(refused, code, quoted, piece) from None
+        return ast.unparse(node)
+
+    def offset_argument(self, text: str, piece: str) -> str | None:
+        """The checked argument of ``offset(...)`` when ``text`` is such a call, else None."""
+        if not re.match(r"\s*offset\s*\(", text):
+            return None
+        tree, quoted, code = self._parse(text, piece)
+        call = tree.body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id == "offset"):
+            return None
+        if self.names.is_variable("offset"):
+            self.names.function("offset")
+        try:
+            self._no_dunders(tree, quoted)
+            if len(call.args) != 1 or call.keywords or isinstance(call.args[0], ast.Starred):
+                raise _Refused("offset() takes one argument", call)
+            node = self._value(call.args[0], quoted)
+        except _Refused as refused:
+            raise self._error(refused, code, quoted, piece) from None
+        return ast.unparse(node)
+
+    # -- parsing and messages --
+
+    def _parse(self, text: str, piece: str) -> tuple[ast.Expression, dict[str, str], str]:
+        # Backticks quote a name (formulaic's and R's convention): replace each by a
+        # placeholder identifier that occurs nowhere else in the text.
+        prefix = "_q"
+        while prefix in text:
+            prefix += "_"
+        quoted: dict[str, str] = {}
+
+        def placeholder(match: re.Match) -> str:
+            key = f"{prefix}{len(quoted)}"
+            quoted[key] = match.group(1)
+            return key
+
+        code = re.sub(r"`([^`]*)`", placeholder, text)
+        # R's power, remainder and integer division, in Python's spelling. ``^`` becomes
+        # ``**`` in the text, not in the tree: Python's ``^`` (XOR) binds more loosely than
+        # ``+`` and associates to the left, ``**`` like R's ``^`` binds tightest and
+        # associates to the right (``2*x^2 + 1``, ``x^2^0.5``).
+        code = code.replace("^", "**").replace("%/%", "//").replace("%%", "%")
+        if "`" in code:
+            raise ValueError(f"in formula {self.formula!r}, {piece!r} has an unmatched backtick")
+        try:
+            tree = ast.parse(code.strip(), mode="eval")
+        except SyntaxError as err:
+            raise ValueError(f"in formula {self.formula!r}, {text.strip()!r} is not a valid "
+                             f"expression ({err.msg}). " + _allowed_text()) from None
+        return tree, quoted, code.strip()
+
+    def _error(self, refused: _Refused, code: str, quoted: dict[str, str],
+               piece: str) -> ValueError:
+        segment = ast.get_source_segment(code, refused.node) or ast.unparse(refused.node)
+        for key, name in quoted.items():
+            segment = segment.replace(key, f"`{name}`")
+        return ValueError(f"in formula {self.formula!r}: {segment!r} in {piece.strip()!r} is not "
+                          f"allowed ({refused.what}). " + _allowed_text())
+
+    @staticmethod
+    def _no_dunders(tree: ast.AST, quoted: dict[str, str]) -> None:
+        # Reported first, whatever else the expression does: the clearest message for
+        # the classic escapes through __class__, __globals__, __builtins__, __import__.
+        for node in ast.walk(tree):
+            name = node.attr if isinstance(node, ast.Attribute) else \
+                node.id if isinstance(node, ast.Name) and node.id not in quoted else None
+            if name is not None and name.startswith("__"):
+                raise _Refused(f"it uses the dunder name {name!r}", node)
+
+    # -- the rules --
+
+    def _value(self, node: ast.AST, quoted: dict[str, str]) -> ast.expr:
+        """An expression that computes values from the data."""
+        if isinstance(node, ast.Constant):
+            value = node.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                what = "a string" if isinstance(value, (str, bytes)) else \
+                    f"the constant {value!r}"
+                raise _Refused(f"{what}; only numbers are allowed", node)
+            if not math.isfinite(value):
+                raise _Refused("a number that is not finite", node)
+            return ast.Constant(float(value))
+        if isinstance(node, ast.Name):
+            name = quoted.get(node.id, node.id)
+            if node.id not in quoted and not self.names.is_variable(name) and (
+                    name in _TRANSFORMS or name in _UFUNCS or name in ("np", "offset")
+                    or name in _R_LOGICAL):
+                what = "a logical constant (only as a function's parameter)" \
+                    if name in _R_LOGICAL else f"the function {name} without a call"
+                raise _Refused(what, node)
+            return ast.Name(self.names.variable(name), ast.Load())
+        if isinstance(node, ast.Attribute):
+            dotted = _dotted(node)
+            if dotted is not None and self.names.is_variable(dotted):
+                return ast.Name(self.names.variable(dotted), ast.Load())  # R's Days.x
+            raise _Refused("attribute access; only calls np.<function>(x) of the allowed "
+                           "functions", node)
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINARY:
+                raise _Refused(f"the operator {_op_text(node.op)!r}", node)
+            return ast.BinOp(self._value(node.left, quoted), node.op,
+                             self._value(node.right, quoted))
+        if isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, _UNARY):
+                raise _Refused(f"the operator {_op_text(node.op)!r}", node)
+            return ast.UnaryOp(node.op, self._value(node.operand, quoted))
+        if isinstance(node, ast.Compare):
+            if len(node.ops) != 1:
+                raise _Refused("a chained comparison", node)
+            if not isinstance(node.ops[0], _COMPARE):
+                raise _Refused(f"the operator {_op_text(node.ops[0])!r}", node)
+            return ast.Compare(self._value(node.left, quoted), node.ops,
+                               [self._value(node.comparators[0], quoted)])
+        if isinstance(node, ast.Call):
+            return self._call(node, quoted)
+        raise _Refused(_REFUSED.get(type(node), f"a {type(node).__name__} expression"), node)
+
+    def _function(self, func: ast.AST, quoted: dict[str, str]) -> tuple[str, ast.expr]:
+        """The allowed function a call names, and the node that calls it."""
+        if isinstance(func, ast.Name) and func.id not in quoted:
+            name = func.id
+            if name in _TRANSFORMS or name in _UFUNCS:
+                self.names.function(name)
+                return name, ast.Name(name, ast.Load())
+            if name == "offset":
+                raise _Refused("offset() inside an expression or a random-effects term "
+                               "(it must be a term of its own in the fixed part: "
+                               "y ~ x + offset(z) + (1 | g))", func)
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
+                func.value.id == "np" and func.attr in _NP_UFUNCS:
+            self.names.function("np")
+            return f"np.{func.attr}", ast.Attribute(ast.Name("np", ast.Load()), func.attr,
+                                                    ast.Load())
+        described = ast.unparse(func)
+        for key, name in quoted.items():
+            described = described.replace(key, f"`{name}`")
+        raise _Refused(f"{described!r} is not an allowed function", func)
+
+    def _call(self, node: ast.Call, quoted: dict[str, str]) -> ast.Call:
+        name, func = self._function(node.func, quoted)
+        for arg in [*node.args, *node.keywords]:
+            if isinstance(arg, ast.Starred) or (isinstance(arg, ast.keyword) and arg.arg is None):
+                raise _Refused("*args or **kwargs", arg)
+        if not node.args:
+            raise _Refused(f"{name}() without its data argument", node)
+        spec = _TRANSFORMS.get(name, _Transform(name))
+        params = dict(spec.params)
+        if len(node.args) - 1 > spec.positional:
+            plural = "s" if spec.positional else ""
+            raise _Refused(f"{name}() takes at most {1 + spec.positional} positional "
+                           f"argument{plural}: {spec.usage or name + '(x)'}", node)
+        args = [self._value(node.args[0], quoted)]
+        given = set()
+        for (param, kind), arg in zip(spec.params, node.args[1:]):
+            given.add(param)
+            args.append(self._parameter(name, param, kind, arg))
+        keywords = []
+        for keyword in node.keywords:
+            if keyword.arg not in params:
+                raise _Refused(f"{name}() has no parameter {keyword.arg!r}: "
+                               f"{spec.usage or name + '(x)'}", keyword)
+            if keyword.arg in given:
+                raise _Refused(f"{keyword.arg!r} given twice", keyword)
+            given.add(keyword.arg)
+            keywords.append(ast.keyword(keyword.arg, self._parameter(
+                name, keyword.arg, params[keyword.arg], keyword.value)))
+        return ast.Call(func, args, keywords)
+
+    def _parameter(self, function: str, param: str, kind: str, node: ast.AST) -> ast.expr:
+        """A literal parameter value (no variables, no arithmetic: nothing to evaluate)."""
+        value = _literal(node)
+        bad = _Refused(f"{function}(): {param} must be {_KIND_TEXT[kind]}", node)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+        elif kind == "bool_or_number":
+            if not isinstance(value, (bool, float)):
+                raise bad
+        elif kind == "count":
+            if isinstance(value, bool) or not isinstance(value, float) or \
+                    not value.is_integer() or not 1 <= value < max(len(self.names.data), 2):
+                raise _Refused(f"{function}(): {param} must be a whole number from 1 to the "
+                               f"number of rows - 1 ({len(self.names.data) - 1})", node)
+            value = int(value)
+        elif kind == "numbers":
+            if not isinstance(value, list):
+                raise bad
+        if isinstance(value, list):
+            return ast.List([ast.Constant(v) for v in value], ast.Load())
+        return ast.Constant(value)
+
+
+_KIND_TEXT = {"bool": "TRUE or FALSE", "bool_or_number": "TRUE, FALSE or a number",
+              "numbers": "c(...) of numbers", "count": "a whole number"}
+
+
+def _literal(node: ast.AST) -> Any:
+    """The value of a literal parameter: a number, TRUE/FALSE, or c(...)/[...] of numbers.
+
+    Returns float, bool or list of float; None when ``node`` is no such literal.
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value) if math.isfinite(node.value) else None
+    if isinstance(node, ast.Name) and node.id in _R_LOGICAL:
+        return _R_LOGICAL[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, _UNARY):
+        inner = _literal(node.operand)
+        if isinstance(inner, float):
+            return -inner if isinstance(node.op, ast.USub) else inner
+        return None
+    items = None
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = node.elts
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == "c" and not node.keywords:
+        items = node.args
+    if items is not None:
+        values = [_literal(item) for item in items]
+        if all(isinstance(v, float) for v in values):
+            return values
+    return None
+
+
+def _op_text(op: ast.AST) -> str:
+    return {ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>",
+            ast.MatMult: "@", ast.Invert: "~", ast.Not: "not", ast.Is: "is",
+            ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in"}.get(type(op),
+                                                                        type(op).__name__)
+
+
+# ---- the formula language around the expressions --------------------------------------------
+
+_WORD = re.compile(r"[\w.]+")  # R's names: letters (any alphabet), digits, "_", "."
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_OPERATOR = re.compile(r"[+\-*/:^~|!&<>=,;@$?]+")
+_FORMULA_OPERATOR = re.compile(r"[+\-]+|(?:\*\*|[*/:^])[+\-]*")
+
+
+def _closing(text: str, start: int, formula: str) -> int:
+    """Index of the bracket closing the one at ``start`` (quotes and backticks skipped)."""
+    stack, pos, quote = [], start, None
+    while pos < len(text):
+        char = text[pos]
+        if quote is not None:
+            if char == "\\":
+                pos += 1
+            elif char == quote:
+                quote = None
+        elif char in _QUOTES:
+            quote = char
+        elif char in _OPEN:
+            stack.append(_OPEN[char])
+        elif char in _CLOSE:
+            if not stack or stack.pop() != char:
+                break
+            if not stack:
+                return pos
+        pos += 1
+    raise ValueError(f"in formula {formula!r}, the bracket at {text[start:start + 20]!r} is "
+                     "never closed")
+
+
+def _tokens(text: str, formula: str) -> Iterator[tuple[str, str]]:
+    """Tokens of a formula part: ``("name" | "number" | "code" | "op" | "(" | ")", text)``.
+
+    ``code`` is Python evaluated by formulaic: a call ``f(...)`` (a name followed at once
+    by a bracket, as formulaic reads it, with whatever brackets and names follow) or the
+    inside of ``{...}``. Everything else is the formula language, whose names are
+    variables.
+    """
+    pos = 0
+    while pos < len(text):
+        char = text[pos]
+        if char.isspace():
+            pos += 1
+        elif char == "`":
+            end = text.find("`", pos + 1)
+            if end < 0:
+                raise ValueError(f"in formula {formula!r}, {text.strip()!r} has an unmatched "
+                                 "backtick")
+            yield "name", text[pos + 1:end]
+            pos = end + 1
+        elif char == "{":
+            end = _closing(text, pos, formula)
+            yield "code", text[pos + 1:end]
+            pos = end + 1
+        elif char in "()":
+            yield char, char
+            pos += 1
+        elif char == "%":
+            end = text.find("%", pos + 1)
+            operator = text[pos:end + 1] if end > 0 else text[pos:]
+            if operator != "%in%":
+                raise ValueError(f"in formula {formula!r}, the operator {operator!r} is not "
+                                 "part of the formula language (%in% is)")
+            yield "op", operator
+            pos = end + 1
+        elif _WORD.match(text, pos):
+            end = _WORD.match(text, pos).end()
+            if end < len(text) and text[end] in "([":
+                # A call (or subscript): formulaic hands all of it to Python, so we check
+                # all of it, including brackets and names chained after it.
+                while end < len(text) and (text[end] in "([" or _WORD.match(text, end)):
+                    end = _closing(text, end, formula) + 1 if text[end] in "([" else \
+                        _WORD.match(text, end).end()
+                yield "code", text[pos:end]
+            elif _NUMBER.fullmatch(text, pos, end):
+                yield "number", text[pos:end]
+            else:
+                yield "name", text[pos:end]
+            pos = end
+        elif _OPERATOR.match(text, pos):
+            end = _OPERATOR.match(text, pos).end()
+            yield "op", text[pos:end]
+            pos = end
+        elif char in "'\"":
+            raise ValueError(f"in formula {formula!r}, {text.strip()!r}: strings are not allowed "
+                             "in a formula. " + _allowed_text())
+        else:
+            raise ValueError(f"in formula {formula!r}, unexpected character {char!r} in "
+                             f"{text.strip()!r}")
+
+
+def _compile_part(text: str, checker: _Checker, what: str) -> str:
+    """A checked formula part (terms), rewritten for formulaic with aliases and code blocks."""
+    formula = checker.formula
+    out = []
+    for kind, token in _tokens(text, formula):
+        if kind == "name":
+            if token == ".":
+                raise ValueError(f"in formula {formula!r}, '.' (all other columns) is not "
+                                 "supported: list the variables")
+            out.append(checker.names.appear(checker.names.variable(token)))
+        elif kind == "code":
+            out.append("{" + checker.names.appear(checker.expression(token, text)) + "}")
+        elif kind == "op":
+            if token == "~":
+                raise ValueError(f"in formula {formula!r}, '~' may appear once, between the "
+                                 "response and the terms")
+            if token == "|":
+                raise ValueError(f"in formula {formula!r}, {text.strip()!r}: a random-effects "
+                                 "term must be written '(left | group)'")
+            if token != "%in%" and not _FORMULA_OPERATOR.fullmatch(token):
+                raise ValueError(f"in formula {formula!r}, the operator {token!r} in "
+                                 f"{text.strip()!r} is not part of the formula language "
+                                 "(+ - * / : ^ %in% are)")
+            # R's "b %in% a" is the term a:b (formulaic's %in% adds a as well); ":" binds
+            # tighter than %in% in R, but the terms come out the same.
+            out.append(":" if token == "%in%" else token)
+        else:
+            out.append(token)
+    if not out:
+        raise ValueError(f"in formula {formula!r}, the {what} is empty")
+    return " ".join(out)
+
+
+def _compile_response(text: str, checker: _Checker) -> str:
+    tokens = list(_tokens(text, checker.formula))
+    if len(tokens) != 1 or tokens[0][0] not in ("name", "code"):
+        raise ValueError(f"in formula {checker.formula!r}, the response {text.strip()!r} must "
+                         "be one variable or one expression such as log(y)")
+    kind, token = tokens[0]
+    checker.names.in_response = True
+    try:
+        if kind == "name":
+            return checker.names.appear(checker.names.variable(token))
+        return "{" + checker.names.appear(checker.expression(token, text)) + "}"
+    finally:
+        checker.names.in_response = False
+
+
+def _formula(formulaic: Any, text: str, names: _Names, formula: str) -> Any:
+    """formulaic's parse of checked text, with every factor checked once more."""
+    try:
+        parsed = formulaic.Formula(text)
+    except Exception as err:  # formulaic's grammar errors: report them on the user's formula
+        raise ValueError(f"formula {formula!r} could not be parsed: {err}") from None
+    allowed_names = set(names.aliases.values()) | set(names.scalars)
+    for factor in _factors(parsed):
+        method = factor.eval_method.value
+        if (method == "lookup" and factor.expr not in allowed_names) or \
+                (method == "literal" and not _NUMBER.fullmatch(factor.expr)) or \
+                (method == "python" and not _verified(factor.expr, allowed_names)) or \
+                method not in ("lookup", "literal", "python"):
+            # Cannot happen for text built by _compile_part; a second line of defence.
+            raise ValueError(f"formula {formula!r}: refused the factor {factor.expr!r}")
+    return parsed
+
+
+def _factors(parsed: Any) -> Iterator[Any]:
+    if hasattr(parsed, "lhs") or hasattr(parsed, "rhs"):
+        for side in ("lhs", "rhs"):
+            if hasattr(parsed, side):
+                yield from _factors(getattr(parsed, side))
+        return
+    for term in parsed:
+        yield from term.factors
+
+
+def _verified(code: str, variables: set[str]) -> bool:
+    """An independent whitelist walk over code produced by :class:`_Checker`."""
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        return False
+    functions = set(_TRANSFORMS) | set(_UFUNCS)
+    parameters = {param for transform in _TRANSFORMS.values() for param, _ in transform.params}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in variables and node.id not in functions and node.id != "np":
+                return False
+        elif isinstance(node, ast.Attribute):
+            if not (isinstance(node.value, ast.Name) and node.value.id == "np"
+                    and node.attr in _NP_UFUNCS):
+                return False
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float)):  # bool is an int
+                return False
+        elif isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in functions) and not \
+                    isinstance(node.func, ast.Attribute):
+                return False
+        elif isinstance(node, ast.keyword):
+            if node.arg not in parameters:
+                return False
+        elif not isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare,
+                                   ast.List, ast.Load, ast.operator,
+                                   ast.unaryop, ast.cmpop)):
+            return False
+    return True
+
+
+# ---- column names as lme4 writes them -------------------------------------------------------
+
+_R_RESERVED = {"if", "else", "repeat", "while", "function", "for", "next", "break", "TRUE",
+               "FALSE", "NULL", "Inf", "NaN", "NA", "in"}
+# R's operator precedence (higher binds tighter) and spelling in deparsed names.
+_R_PRECEDENCE = {ast.Pow: 15, ast.Mod: 12, ast.FloorDiv: 12, ast.Mult: 11, ast.Div: 11,
+                 ast.Add: 10, ast.Sub: 10}
+_R_UNARY_PRECEDENCE, _R_COMPARE_PRECEDENCE = 14, 9
+_R_BINARY = {ast.Pow: "^", ast.Mod: "%%", ast.FloorDiv: "%/%", ast.Mult: " * ", ast.Div: "/",
+             ast.Add: " + ", ast.Sub: " - "}
+_R_COMPARE = {ast.Lt: " < ", ast.LtE: " <= ", ast.Gt: " > ", ast.GtE: " >= ", ast.Eq: " == ",
+              ast.NotEq: " != "}
+
+
+def _r_name(name: str) -> str:
+    """A variable name as R writes it: backticks unless it is a syntactic name."""
+    syntactic = re.fullmatch(r"(?:[^\W\d_]|\.(?!\d))[\w.]*|\.", name)  # [^\W\d_]: a letter
+    return name if syntactic and name not in _R_RESERVED else f"`{name}`"
+
+
+def _r_number(value: float) -> str:
+    """A number as R's deparse writes it: 15 significant digits, the shorter notation."""
+    value = float(f"{value:.15g}")
+    fixed = np.format_float_positional(value, trim="-")
+    scientific = np.format_float_scientific(value, trim="-", exp_digits=2)
+    return fixed if len(fixed) <= len(scientific) else scientific
+
+
+def _deparse(node: ast.AST, names: Mapping[str, str]) -> str:
+    """Checked code written back as R would deparse it (aliases -> names, ** -> ^)."""
+
+    def precedence(n: ast.AST) -> int:
+        if isinstance(n, ast.BinOp):
+            return _R_PRECEDENCE[type(n.op)]
+        if isinstance(n, ast.UnaryOp) or (isinstance(n, ast.Constant) and
+                                          isinstance(n.value, (int, float)) and n.value < 0):
+            return _R_UNARY_PRECEDENCE
+        return _R_COMPARE_PRECEDENCE if isinstance(n, ast.Compare) else 100
+
+    def wrapped(n: ast.AST, needed: int) -> str:
+        text = go(n)
+        return f"({text})" if precedence(n) < needed else text
+
+    def go(n: ast.AST) -> str:
+        if isinstance(n, ast.Name):
+            return names.get(n.id, n.id)
+        if isinstance(n, ast.Constant):
+            if isinstance(n.value, bool):
+                return "TRUE" if n.value else "FALSE"
+            return _r_number(n.value)
+        if isinstance(n, ast.Attribute):
+            return f"{go(n.value)}.{n.attr}"
+        if isinstance(n, ast.BinOp):
+            level = _R_PRECEDENCE[type(n.op)]
+            if isinstance(n.op, ast.Pow):  # right-associative; R writes x^-1 unbracketed
+                right = go(n.right) if isinstance(n.right, ast.UnaryOp) else \
+                    wrapped(n.right, level)
+                return f"{wrapped(n.left, level + 1)}^{right}"
+            return f"{wrapped(n.left, level)}{_R_BINARY[type(n.op)]}{wrapped(n.right, level + 1)}"
+        if isinstance(n, ast.UnaryOp):
+            sign = "-" if isinstance(n.op, ast.USub) else "+"
+            return sign + wrapped(n.operand, _R_UNARY_PRECEDENCE)
+        if isinstance(n, ast.Compare):
+            return (wrapped(n.left, _R_COMPARE_PRECEDENCE + 1) + _R_COMPARE[type(n.ops[0])]
+                    + wrapped(n.comparators[0], _R_COMPARE_PRECEDENCE + 1))
+        if isinstance(n, ast.Call):
+            args = [go(a) for a in n.args] + [f"{k.arg} = {go(k.value)}" for k in n.keywords]
+            return f"{go(n.func)}({', '.join(args)})"
+        if isinstance(n, (ast.List, ast.Tuple)):
+            return f"c({', '.join(go(e) for e in n.elts)})"
+        return ast.unparse(n)  # pragma: no cover - the checker admits nothing else
+
+    return go(node)
+
+
+def _is_logical(node: ast.AST) -> bool:
+    """A comparison, or I() of one: lme4 names its column with the suffix TRUE."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "I" \
+            and len(node.args) == 1:
+        node = node.args[0]
+    return isinstance(node, ast.Compare)
+
+
+def _raw_poly(node: ast.AST) -> bool:
+    """``poly(x, k, raw = TRUE)``: formulaic numbers its columns from 0, R from 1."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+        node.func.id == "poly" and any(k.arg == "raw" and isinstance(k.value, ast.Constant)
+                                       and k.value.value is True for k in node.keywords)
+
+
+def _factor_name(expr: str, names: Mapping[str, str]) -> tuple[str, str, int]:
+    """A formulaic factor as lme4 names it, the suffix lme4 adds for a logical, and the
+    shift from formulaic's column numbers to R's."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:  # pragma: no cover - factors come from checked code
+        return expr, "", 0
+    return (_deparse(tree.body, names), "TRUE" if _is_logical(tree.body) else "",
+            int(_raw_poly(tree.body)))
+
+
+def _lme4_names(spec: Any, naming: _Naming) -> list[str]:
     """formulaic's column names in lme4's spelling.
 
-    ``Intercept`` -> ``(Intercept)``; a dummy column of a categorical variable ``Sex``
-    (``Sex[T.Female]`` with treatment contrasts, ``Sex[Female]`` with full dummy coding)
-    -> ``SexFemale``, also inside interactions (``age:SexFemale``). Other codings keep
-    formulaic's names.
+    ``Intercept`` -> ``(Intercept)``; each factor of a column's term written as R
+    deparses it (``I(_v0 ** 2.0)`` -> ``I(Days^2)``); a dummy column of a categorical
+    variable ``Sex`` (``Sex[T.Female]`` with treatment contrasts, ``Sex[Female]`` with full
+    dummy coding) -> ``SexFemale``, also inside interactions (``age:SexFemale``); the
+    column ``k`` of a multi-column transform (``poly(Days, 2)[1]``) -> ``poly(Days, 2)1``;
+    the factors of an interaction in the order they first appear in the formula.
     """
-    levels: dict[str, list[str]] = {}
+    levels: dict[str, dict[str, str]] = {}  # factor -> formulaic's level name -> R's
     for var, (kind, state) in spec.encoder_state.items():
         contrasts = state.get("contrasts") if isinstance(state, Mapping) else None
         if getattr(kind, "value", kind) == "categorical" and contrasts is not None and \
                 type(contrasts.contrasts).__name__ == "TreatmentContrasts":
-            levels[str(var)] = [str(level) for level in contrasts.levels]
+            levels[str(var)] = {str(level): str(level).upper() if isinstance(
+                level, (bool, np.bool_)) else str(level) for level in contrasts.levels}
+    out = list(spec.column_names)
+    for term, columns in spec.term_indices.items():
+        exprs = [factor.expr for factor in term.factors]
+        for i in columns:
+            out[i] = "(Intercept)" if str(term) == "1" else \
+                _column_name(out[i], exprs, levels, naming)
+    return out
 
-    def factor_name(piece: str) -> str:
-        for var, var_levels in levels.items():
-            if piece.startswith(var + "[") and piece.endswith("]"):
-                inside = piece[len(var) + 1:-1]
-                for candidate in (inside[2:] if inside.startswith("T.") else None, inside):
-                    if candidate is not None and candidate in var_levels:
-                        return var + candidate
-        return piece
 
-    names = []
-    for column in spec.column_names:
-        if column == "Intercept":
-            names.append("(Intercept)")
-        else:
-            names.append(":".join(factor_name(p) for p in _split_top(column, ":")))
-    return names
+def _column_name(column: str, exprs: list[str], levels: dict[str, dict[str, str]],
+                 naming: _Naming) -> str:
+    names = naming.display
+    pieces, pos = [], 0
+    for k, expr in enumerate(exprs):
+        if not column.startswith(expr, pos):
+            return _fallback_name(column, names)
+        pos += len(expr)
+        name, suffix, shift = _factor_name(expr, names)
+        if column.startswith("[", pos):
+            end = column.find("]:" + exprs[k + 1], pos) if k + 1 < len(exprs) else \
+                len(column) - 1 if column.endswith("]") else -1
+            if end < 0:
+                return _fallback_name(column, names)
+            suffix = column[pos + 1:end]
+            factor_levels = levels.get(expr, {})
+            if suffix.startswith("T.") and suffix[2:] in factor_levels:
+                suffix = factor_levels[suffix[2:]]
+            elif suffix in factor_levels:
+                suffix = factor_levels[suffix]
+            elif shift and suffix.isdigit():
+                suffix = str(int(suffix) + shift)
+            pos = end + 1
+        pieces.append((naming.order.get(expr, len(naming.order)), name + suffix))
+        if k + 1 < len(exprs):
+            if not column.startswith(":", pos):
+                return _fallback_name(column, names)
+            pos += 1
+    if pos != len(column):
+        return _fallback_name(column, names)
+    return ":".join(piece for _, piece in sorted(pieces, key=lambda p: p[0]))
+
+
+def _fallback_name(column: str, names: Mapping[str, str]) -> str:  # pragma: no cover
+    # A column name of a shape formulaic did not use so far: at least no aliases in it.
+    return re.sub(r"\b_v\d+\b", lambda m: names.get(m.group(0), m.group(0)), column)
 
 
 def _intercept_columns(spec: Any) -> list[int]:
@@ -284,6 +1154,8 @@ class ModelFrame:
     dropped : Index
         Labels of the rows of ``data`` left out because a model variable is missing
         (lme4's ``na.action = na.omit``).
+    offset : Series of shape (n,) or None
+        The sum of the formula's ``offset(...)`` terms (None without one).
     """
 
     formula: str
@@ -294,11 +1166,19 @@ class ModelFrame:
     dropped: pd.Index = field(default_factory=lambda: pd.Index([]))
     _fixed_spec: Any = field(default=None, repr=False)
     _term_specs: list = field(default_factory=list, repr=False)
+    offset: pd.Series | None = None
+    _offset_spec: Any = field(default=None, repr=False)
+    # variable name -> alias for the columns formulaic sees, and the evaluation context
+    # (the allowed functions and the context= numbers): what new_data needs.
+    _variables: dict[str, str] = field(default_factory=dict, repr=False)
+    _environment: dict[str, Any] = field(default_factory=dict, repr=False)
+    _naming: _Naming | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         fixed = (["(Intercept)"] if self.fit_intercept else []) + list(self.X.columns)
+        offset = "" if self.offset is None else ", with an offset"
         return (f"ModelFrame({self.formula!r}: {len(self.y)} rows ({len(self.dropped)} dropped), "
-                f"fixed {fixed}, terms {self.terms})")
+                f"fixed {fixed}{offset}, terms {self.terms})")
 
     # The estimator cannot take a design with no columns (scikit-learn needs one feature),
     # so an intercept-only fixed part is passed as an explicit "(Intercept)" column.
@@ -340,15 +1220,29 @@ class ModelFrame:
         }
 
     def fit_arguments(self) -> dict[str, Any]:
-        """``X``, ``y``, ``groups``, ``Z`` for :meth:`MixedLMRegressor.fit`.
+        """``X``, ``y``, ``groups``, ``Z`` (and ``offset``) for :meth:`MixedLMRegressor.fit`.
 
         One term: ``groups`` a Series and ``Z`` a DataFrame. Several terms: ``groups`` a
         DataFrame with a column per term and ``Z`` a dict from that column name to the
-        term's design.
+        term's design. ``offset`` is there only when the formula has ``offset(...)``.
+
+        Raises
+        ------
+        ValueError
+            When the formula has no fixed effects (``y ~ 0 + (1 | g)``), which lme4 fits
+            but the estimator cannot (it needs at least one fixed-effects column).
         """
+        if not self.fit_intercept and self.X.shape[1] == 0:
+            raise ValueError(
+                f"formula {self.formula!r} has no fixed effects ('0 +' or '- 1' removed the "
+                "intercept and there is no other fixed term); the estimator needs at least one "
+                "fixed-effects column. Keep the intercept (drop '0 +' / '- 1') or add a "
+                "covariate; an intercept fixed at 0 is not supported")
         args = self._design_arguments(self.X, self.terms if self.single_factor else None,
                                       self._pieces())
         args["y"] = self.y
+        if self.offset is not None:
+            args["offset"] = self.offset
         return args
 
     def _design_arguments(self, X, single_terms, pieces) -> dict[str, Any]:
@@ -363,8 +1257,11 @@ class ModelFrame:
     def new_data(self, data: pd.DataFrame) -> dict[str, Any]:
         """Designs of new rows for :meth:`MixedLMRegressor.predict`: ``X``, ``groups``, ``Z``.
 
-        Categorical levels and stateful transforms (``center(x)``) are those of the
-        fitted data. No response is needed; rows with missing values are an error.
+        Categorical levels and stateful transforms (``center(x)``, ``scale(x)``,
+        ``poly(x, 2)``, ``bs(x)``) are those of the fitted data; numbers given through
+        ``context=`` are those of the fit, arrays given through ``context=`` must be
+        columns of ``data`` now. With ``offset(...)`` in the formula the result has an
+        ``offset`` entry too. No response is needed; rows with missing values are an error.
 
         Examples
         --------
@@ -377,24 +1274,68 @@ class ModelFrame:
         """
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-        X = _evaluate(self._fixed_spec, data, na_action="raise")
+        absent = [name for name in self._variables if name not in data.columns]
+        if absent:
+            raise ValueError(f"new data has no column {absent} (variables of the formula "
+                             f"{self.formula!r}; columns: {list(map(str, data.columns))})")
+        missing = [name for name in self._variables if data[name].isna().any()]
+        if missing:
+            raise ValueError(f"new data has missing values in {missing}: predictions need "
+                             "every model variable")
+        aliased = pd.DataFrame({alias: data[name] for name, alias in self._variables.items()},
+                               index=data.index)
+        X = _evaluate(self._fixed_spec, aliased, self._environment, self._naming, self.formula)
         intercept = _intercept_columns(self._fixed_spec)
         X = X.drop(columns=[X.columns[i] for i in intercept])
         terms = []
         for term, spec in zip(self.terms, self._term_specs):
             labels = _group_labels(data, list(term.factors), term.group)
-            terms.append(RandomTerm(term.group, labels, _evaluate(spec, data, na_action="raise"),
-                                    term.diagonal, term.left, term.factors))
+            Z = _evaluate(spec, aliased, self._environment, self._naming, self.formula)
+            terms.append(RandomTerm(term.group, labels, Z, term.diagonal, term.left,
+                                    term.factors))
         pieces = ModelFrame(self.formula, X, pd.Series(dtype=float), terms,
                             self.fit_intercept)._pieces()
-        return self._design_arguments(X, terms if self.single_factor else None, pieces)
+        args = self._design_arguments(X, terms if self.single_factor else None, pieces)
+        if self._offset_spec is not None:
+            offsets = _evaluate(self._offset_spec, aliased, self._environment, self._naming,
+                                self.formula)
+            args["offset"] = offsets.sum(axis=1).rename("offset")
+        return args
 
 
-def _evaluate(spec: Any, data: pd.DataFrame, **overrides: Any) -> pd.DataFrame:
-    """A formulaic model spec applied to data, as a float DataFrame with lme4 names."""
-    matrix = spec.get_model_matrix(data, **overrides)
+def _evaluate(spec: Any, data: pd.DataFrame, environment: Mapping[str, Any],
+              naming: _Naming, formula: str) -> pd.DataFrame:
+    """A formulaic model spec applied to new data, as a float DataFrame with lme4 names."""
+    from formulaic.errors import DataMismatchWarning
+
+    try:
+        # formulaic only warns about a factor level the fit has not seen and codes the row
+        # as the reference level: a wrong prediction. lme4 refuses new levels; so do we.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataMismatchWarning)
+            matrix = spec.get_model_matrix(data, context=dict(environment), na_action="raise")
+    except DataMismatchWarning as err:
+        unseen = re.search(r"\{.*\}", str(err))
+        raise ValueError(f"the new data of formula {formula!r} has factor levels the fit has "
+                         f"not seen: {unseen.group(0) if unseen else err}") from None
+    except Exception as err:  # formulaic's evaluation errors
+        raise ValueError(f"could not evaluate formula {formula!r} on the new data: "
+                         f"{_short(err, naming.display)}") from None
     return pd.DataFrame(np.asarray(matrix, dtype=float), index=matrix.index,
-                        columns=_lme4_names(spec))
+                        columns=_lme4_names(spec, naming))
+
+
+def _short(err: Exception, names: Mapping[str, str]) -> str:
+    """formulaic's error message, first line, with its code in the formula's terms."""
+    text = f"{type(err).__name__}: {err}".split("\n")[0]
+
+    def readable(match: re.Match) -> str:
+        try:
+            return f"`{_deparse(ast.parse(match.group(1), mode='eval').body, names)}`"
+        except SyntaxError:
+            return match.group(0)
+
+    return re.sub(r"`([^`]+)`", readable, text)
 
 
 def _group_labels(data: pd.DataFrame, names: list[str], group: str) -> pd.Series:
@@ -407,13 +1348,6 @@ def _group_labels(data: pd.DataFrame, names: list[str], group: str) -> pd.Series
     return pd.Series(labels.to_numpy(), index=data.index, name=group)
 
 
-def _caller_context(depth: int) -> Mapping[str, Any]:
-    frame = inspect.currentframe()
-    for _ in range(depth + 1):
-        frame = frame.f_back
-    return ChainMap(dict(frame.f_locals), frame.f_globals)
-
-
 def parse_formula(formula: str, data: pd.DataFrame, *,
                   context: Mapping[str, Any] | None = None) -> ModelFrame:
     """Evaluate an lme4 formula on a data frame.
@@ -421,14 +1355,17 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     Parameters
     ----------
     formula : str
-        ``response ~ fixed part + (left | group) + ...`` (see the module docstring).
+        ``response ~ fixed part + (left | group) + ...`` (see the module docstring for
+        the syntax and for what a formula may contain).
     data : DataFrame
         The variables. Rows where any model variable (response, fixed-effects or
-        random-effects covariate, grouping factor) is missing are dropped, as lme4's
-        default ``na.action = na.omit`` does; unused categories are dropped too.
+        random-effects covariate, offset, grouping factor) is missing are dropped, as
+        lme4's default ``na.action = na.omit`` does; unused categories are dropped too.
     context : mapping, optional
-        Names available to expressions in the formula (``np.log(x)``); default the
-        caller's variables.
+        Further names the formula may use (the caller's variables are not looked up):
+        numbers (``{"k": 4.5}`` for ``I(Days - k)``), or arrays with one value per row of
+        ``data``, which act as columns. Functions and modules are refused; the allowed
+        functions (:data:`ALLOWED_FUNCTIONS`) need no context.
 
     Returns
     -------
@@ -439,7 +1376,10 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     ValueError
         Malformed formulas (unbalanced parentheses, a bar without a grouping factor or
         without a left side, a bar that is not a term of its own, no response, no
-        random-effects term) and names that are not columns of ``data``.
+        random-effects term), names that are neither columns of ``data`` nor in
+        ``context``, and anything outside the allow-list (a message names the piece).
+    TypeError
+        A ``context`` value that is not a number or an array.
 
     Examples
     --------
@@ -453,15 +1393,29 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     ('Subject', ['(Intercept)', 'age'], 27)
     >>> [t.group for t in parse_formula("distance ~ 1 + (1 | Sex/Subject)", df).terms]
     ['Sex', 'Sex:Subject']
+    >>> list(parse_formula("distance ~ I(age^2) + poly(age, 2) + (1 | Subject)", df).X.columns)
+    ['I(age^2)', 'poly(age, 2)1', 'poly(age, 2)2']
+    >>> frame = parse_formula("distance ~ I(age - k) + (1 | Subject)", df, context={"k": 11})
+    >>> frame.X["I(age - k)"].tolist()[:4]
+    [-3.0, -1.0, 1.0, 3.0]
     """
     formulaic = _import_formulaic()
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    if context is None:
-        context = _caller_context(1)
+    if context is not None and not isinstance(context, Mapping):
+        raise TypeError(f"context must be a mapping of names to numbers or arrays, got "
+                        f"{type(context).__name__}")
+    try:
+        return _parse_formula(formulaic, formula, data, context)
+    except RecursionError:  # Python's parser and ast walks: x + x + ... a thousand times
+        raise ValueError(f"formula {formula[:60]!r}... is too long or too deeply nested "
+                         "to be checked") from None
 
+
+def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
+                   context: Mapping[str, Any] | None) -> ModelFrame:
     sides = _split_top(formula, "~")
     if len(sides) != 2 or not sides[0].strip():
         raise ValueError(f"formula {formula!r} must have the form 'response ~ terms' "
@@ -498,44 +1452,77 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
         raise ValueError(f"formula {formula!r} has no random-effects term '(left | group)'; "
                          "for a model without random effects use ordinary least squares")
 
+    # Check everything (and learn which variables the model uses) before formulaic
+    # evaluates anything: even parsing a formula makes formulaic evaluate function names.
+    names = _Names(formula, data, context)
+    checker = _Checker(formula, names)
+    response = _compile_response(lhs, checker)
+    fixed_parts, offsets = [], []
+    for sign, piece in fixed:
+        tokens = list(_tokens(piece, formula))
+        argument = checker.offset_argument(tokens[0][1], piece) \
+            if len(tokens) == 1 and tokens[0][0] == "code" else None
+        if argument is None:
+            fixed_parts.append(f"{sign} {_compile_part(piece, checker, 'fixed part')}")
+        elif sign == "-":
+            raise ValueError(f"in formula {formula!r}: an offset cannot be subtracted "
+                             f"(- {piece}); write offset(-x)")
+        else:
+            offsets.append(argument)
+    lefts = [_compile_part(left, checker, "left side of a bar") for left, _, _ in bars]
+    for _, factors, _ in bars:
+        for group in factors:
+            for name in group:
+                names.group(name)
+
     # lme4 (like R) keeps the intercept unless the formula removes it: "1" if nothing is left.
-    fixed_rhs = " ".join(f"{sign} {piece}" for sign, piece in fixed) if fixed else "1"
+    fixed_rhs = " ".join(fixed_parts) if fixed_parts else "1"
     if fixed_rhs.startswith("+ "):
         fixed_rhs = fixed_rhs[2:]
-    fixed_formula = formulaic.Formula(f"{lhs} ~ {fixed_rhs}")
-    left_formulas = [formulaic.Formula(f"~ {left}") for left, _, _ in bars]
+    fixed_formula = _formula(formulaic, f"{response} ~ {fixed_rhs}", names, formula)
+    left_formulas = [_formula(formulaic, f"~ {left}", names, formula) for left in lefts]
+    offset_formula = None
+    if offsets:
+        offset_formula = _formula(formulaic, "~ 0 + " + " + ".join(f"{{{code}}}" for code in
+                                                                 offsets), names, formula)
 
-    # Which columns of data the model uses: they decide the rows (NA) and unknown names.
-    group_names = {name for _, factors, _ in bars for names in factors for name in names}
-    needed = set(fixed_formula.required_variables)
-    for f in left_formulas:
-        needed |= set(f.required_variables)
-    unknown = sorted(name for name in needed if name not in data.columns and name not in context)
-    unknown += sorted(name for name in group_names if name not in data.columns)
-    if unknown:
-        raise ValueError(f"formula {formula!r} uses {unknown}, which are not columns of data "
-                         f"(columns: {list(map(str, data.columns))})")
-    columns = [c for c in data.columns if c in needed or c in group_names]
-    missing = data[columns].isna().any(axis=1).to_numpy()
-    work = data.loc[~missing, columns].reset_index(drop=True)
+    # Rows: those without a missing value in any variable of the model.
+    variables = names.frame()
+    missing = variables.isna().any(axis=1).to_numpy()
+    work = variables.loc[~missing].reset_index(drop=True)
     for column in work.columns:
         if isinstance(work[column].dtype, pd.CategoricalDtype):
             # R's model.frame drops unused levels: an empty level would give a zero column.
             work[column] = work[column].cat.remove_unused_categories()
     if len(work) == 0:
-        raise ValueError(f"no rows left: every row of data has a missing value in {columns}")
+        raise ValueError(f"no rows left: every row of data has a missing value in "
+                         f"{list(variables.columns)}")
+    aliased = pd.DataFrame({names.aliases[name]: work[name] for name in work.columns})
+    environment = {**_evaluation_functions(), **names.scalars}
+    naming = names.naming()
 
-    ctx = dict(context)
-    matrices = formulaic.model_matrix(fixed_formula, work, context=ctx)
+    def materialize(parsed: Any) -> Any:
+        try:
+            return formulaic.model_matrix(parsed, aliased, context=dict(environment))
+        except Exception as err:  # evaluation errors of formulaic: name the formula
+            raise ValueError(f"could not evaluate formula {formula!r}: "
+                             f"{_short(err, naming.display)}") from None
+
+    matrices = materialize(fixed_formula)
     lhs_matrix, rhs_matrix = matrices.lhs, matrices.rhs
     if lhs_matrix.shape[1] != 1:
         raise ValueError(f"the response {lhs!r} must be one numeric column, got "
-                         f"{list(lhs_matrix.columns)}")
+                         f"{_lme4_names(lhs_matrix.model_spec, naming)}")
     fixed_spec = rhs_matrix.model_spec
-    term_mats = [formulaic.model_matrix(f, work, context=ctx) for f in left_formulas]
+    term_mats = [materialize(f) for f in left_formulas]
+    offset_matrix = None if offset_formula is None else materialize(offset_formula)
+    if offset_matrix is not None and offset_matrix.shape[1] != len(offset_matrix.model_spec.terms):
+        columns = _lme4_names(offset_matrix.model_spec, naming)
+        raise ValueError(f"in formula {formula!r}, an offset must be numeric (one number per "
+                         f"row), got {len(columns)} columns {columns[:3]}...")
     # Transformations can still produce missing values (log of 0); keep rows every part has.
     keep = lhs_matrix.index.intersection(rhs_matrix.index)
-    for m in term_mats:
+    for m in [*term_mats, *([] if offset_matrix is None else [offset_matrix])]:
         keep = keep.intersection(m.index)
     keep = keep.sort_values()
     kept_rows = np.flatnonzero(~missing)[keep.to_numpy()]
@@ -543,43 +1530,55 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     dropped = data.index[np.setdiff1d(np.arange(len(data)), kept_rows)]
 
     y = pd.Series(np.asarray(lhs_matrix.loc[keep].iloc[:, 0], dtype=float), index=row_index,
-                  name=str(lhs_matrix.columns[0]))
+                  name=_lme4_names(lhs_matrix.model_spec, naming)[0])
     X = pd.DataFrame(np.asarray(rhs_matrix.loc[keep], dtype=float), index=row_index,
-                     columns=_lme4_names(fixed_spec))
+                     columns=_lme4_names(fixed_spec, naming))
     intercept = _intercept_columns(fixed_spec)
     X = X.drop(columns=[X.columns[i] for i in intercept])
+    offset = None
+    if offset_matrix is not None:
+        offset = pd.Series(np.asarray(offset_matrix.loc[keep], dtype=float).sum(axis=1),
+                           index=row_index, name="offset")
 
     terms, term_specs = [], []
     rows = work.loc[keep]
     for (left, factors, diagonal), m in zip(bars, term_mats):
         spec = m.model_spec
         Z = pd.DataFrame(np.asarray(m.loc[keep], dtype=float), index=row_index,
-                         columns=_lme4_names(spec))
+                         columns=_lme4_names(spec, naming))
         if Z.shape[1] == 0:
             raise ValueError(f"in formula {formula!r}, the random-effects term with left side "
                              f"{left!r} has no columns")
-        for names in factors:
-            group = ":".join(names)
-            labels = _group_labels(rows, list(names), group)
+        for group_names in factors:
+            group = ":".join(group_names)
+            labels = _group_labels(rows, list(group_names), group)
             labels.index = row_index
-            terms.append(RandomTerm(group, labels, Z, diagonal, left, tuple(names)))
+            terms.append(RandomTerm(group, labels, Z, diagonal, left, tuple(group_names)))
             term_specs.append(spec)
-    return ModelFrame(formula, X, y, terms, bool(intercept), dropped, fixed_spec, term_specs)
+    return ModelFrame(formula, X, y, terms, bool(intercept), dropped, fixed_spec, term_specs,
+                      offset, None if offset_matrix is None else offset_matrix.model_spec,
+                      {name: names.aliases[name] for name in work.columns
+                       if name in names.predictors}, environment, naming)
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, **estimator_params: Any):
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
+         context: Mapping[str, Any] | None = None, **estimator_params: Any):
     """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
 
     Parameters
     ----------
     formula : str
         For example ``"Reaction ~ Days + (Days | Subject)"``; see
-        :mod:`mixedlm_sklearn.formula` for the syntax.
+        :mod:`mixedlm_sklearn.formula` for the syntax and for what a formula may contain.
     data : DataFrame
         Rows with a missing value in any model variable are dropped first (lme4's
         ``na.action = na.omit``); the estimator itself refuses missing values.
     reml : bool, default=True
         REML (lme4's default) or maximum likelihood.
+    context : mapping, optional
+        Names the formula may use besides the columns of ``data``: numbers, or arrays
+        with one value per row (see :func:`parse_formula`). The caller's variables are
+        not looked up.
     **estimator_params
         Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``).
         ``fit_intercept`` and ``cov_type`` come from the formula.
@@ -589,7 +1588,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, **estimator_params
     MixedLMRegressor
         Fitted, with the extra attribute ``model_frame_`` (the :class:`ModelFrame`), whose
         :meth:`ModelFrame.fit_arguments` and :meth:`ModelFrame.new_data` give the designs
-        ``predict`` takes.
+        ``predict`` takes (and the offset, for a formula with ``offset(...)``). A later
+        plain ``fit`` removes ``model_frame_``.
 
     Notes
     -----
@@ -606,6 +1606,11 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, **estimator_params
     that is lme4's model; with a factor on the left lme4 differs (it expands ``(f || g)`` to
     ``(1 | g) + (0 + f | g)`` and keeps the dummy columns of ``f`` correlated).
 
+    ``offset(x)`` terms are summed and passed to ``fit`` as ``offset=``: the model is fitted
+    to ``y - offset``, and ``predict(**model_frame_.new_data(new))`` adds the offset of the
+    new rows, as lme4's ``predict(fit, newdata)``. A formula without fixed effects
+    (``y ~ 0 + (1 | g)``) is refused.
+
     Examples
     --------
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
@@ -617,6 +1622,9 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, **estimator_params
     >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), reml=False)
     >>> est.cov_type, float(est.cov_re_[0, 1])
     ('diagonal', 0.0)
+    >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
+    >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
+    (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
     """
     from .estimator import MixedLMRegressor
 
@@ -624,8 +1632,9 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, **estimator_params
     if clash:
         raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
                         "'||' makes the covariance diagonal); do not pass them to lmer")
-    frame = parse_formula(formula, data, context=_caller_context(1))
+    frame = parse_formula(formula, data, context=context)
+    arguments = frame.fit_arguments()
     est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
-    est.fit(**frame.fit_arguments())
+    est.fit(**arguments)
     est.model_frame_ = frame
     return est

@@ -385,17 +385,19 @@ def test_categorical_in_random_part(toy):
     assert list(frame.terms[0].Z.columns) == ["(Intercept)", "fB", "fC"]
 
 
-def test_transformations_and_caller_variables(toy):
+def test_transformations_and_context_variables(toy):
+    # columns named as R deparses the expressions (lme4 writes I(x^2) for I(x ** 2))
     frame = parse_formula("y ~ np.log(z) + I(x ** 2) + (np.log(z) | g)", toy)
     np.testing.assert_allclose(frame.X["np.log(z)"], np.log(toy["z"]))
-    np.testing.assert_allclose(frame.X["I(x ** 2)"], toy["x"] ** 2)
+    np.testing.assert_allclose(frame.X["I(x^2)"], toy["x"] ** 2)
     assert list(frame.terms[0].Z.columns) == ["(Intercept)", "np.log(z)"]
 
-    def shift(values):
-        return values + 100.0
-
-    frame = parse_formula("y ~ shift(x) + (1 | g)", toy)  # a local of the caller
-    np.testing.assert_allclose(frame.X["shift(x)"], toy["x"] + 100.0)
+    # the caller's variables are not looked up (issue 11); numbers come through context=
+    shift = 100.0
+    with pytest.raises(ValueError, match=r"\['shift'\], which are not columns"):
+        parse_formula("y ~ I(x + shift) + (1 | g)", toy)
+    frame = parse_formula("y ~ I(x + shift) + (1 | g)", toy, context={"shift": shift})
+    np.testing.assert_allclose(frame.X["I(x + shift)"], toy["x"] + 100.0)
 
 
 def test_backticked_grouping_factor(toy):

@@ -1,0 +1,91 @@
+"""The model frame around a fit (issue 11's formula crashes and stale state).
+
+Prediction from a formula that uses ``context=`` names, formulas without fixed effects,
+``model_frame_`` after a refit, and new data that cannot be evaluated.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixedlm_sklearn import lmer
+from mixedlm_sklearn.datasets import load_orthodont, load_sleepstudy
+
+
+@pytest.fixture
+def df():
+    data = load_sleepstudy()
+    data["off"] = (data["Days"] - 4.5) ** 2 / 2
+    return data
+
+
+# ---- prediction with context= names -------------------------------------------------------
+
+
+def test_a_formula_with_context_names_predicts(df):
+    """Issue 11: a formula using a caller variable fitted but new_data raised NameError."""
+    est = lmer("Reaction ~ I(Days - centre) + (1 | Subject)", df, context={"centre": 4.5})
+    fitted = est.predict(**est.model_frame_.new_data(df))
+    same = lmer("Reaction ~ I(Days - 4.5) + (1 | Subject)", df)
+    np.testing.assert_allclose(fitted, same.predict(**same.model_frame_.new_data(df)))
+    assert est.llf_ == pytest.approx(same.llf_, abs=1e-9)
+
+
+def test_context_arrays_are_columns_and_new_data_must_have_them(df):
+    w = np.where(df["Days"].to_numpy() > 4, 1.0, 0.0)
+    est = lmer("Reaction ~ Days + late + (1 | Subject)", df, context={"late": w})
+    assert list(est.fe_params_.index) == ["(Intercept)", "Days", "late"]
+    with pytest.raises(ValueError, match=r"new data has no column \['late'\]"):
+        est.model_frame_.new_data(df)
+    pred = est.predict(**est.model_frame_.new_data(df.assign(late=w)))
+    assert np.isfinite(pred).all()
+
+
+# ---- formulas without fixed effects, stale model frames -----------------------------------
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ 0 + (1 | Subject)",
+                                     "Reaction ~ -1 + (Days | Subject)",
+                                     "Reaction ~ 0 + offset(off) + (1 | Subject)"])
+def test_no_fixed_effects_is_refused_with_advice_for_lmer_users(df, formula):
+    with pytest.raises(ValueError, match="has no fixed effects") as info:
+        lmer(formula, df)
+    assert "fit_intercept" not in str(info.value)  # lmer refuses that parameter
+    assert "Keep the intercept" in str(info.value)
+
+
+def test_a_plain_refit_drops_the_model_frame(df):
+    """Issue 11: model_frame_ of lmer survived a later fit() on other data."""
+    est = lmer("Reaction ~ Days + (1 | Subject)", df)
+    assert len(est.model_frame_.y) == 180
+    other = load_orthodont()
+    est.fit(other[["age"]], other["distance"], groups=other["Subject"])
+    assert not hasattr(est, "model_frame_")
+    # a refit that fails leaves the estimator as it was, model frame included
+    est = lmer("Reaction ~ Days + (1 | Subject)", df)
+    with pytest.raises(ValueError):
+        est.fit(df[["Days"]], df["Reaction"], groups=df["Subject"], offset=np.ones(3))
+    assert len(est.model_frame_.y) == 180
+
+
+# ---- new data -------------------------------------------------------------------------------
+
+
+def test_new_data_errors_are_clear(df):
+    est = lmer("Reaction ~ Days + factor(Days > 4) + (Days | Subject)", df)
+    with pytest.raises(ValueError, match=r"new data has no column \['Days'\]"):
+        est.model_frame_.new_data(df[["Subject"]])
+    with pytest.raises(ValueError, match=r"missing values in \['Days'\]"):
+        est.model_frame_.new_data(df.assign(Days=np.r_[np.nan, df["Days"].to_numpy()[1:]]))
+    with pytest.raises(TypeError, match="DataFrame"):
+        est.model_frame_.new_data(df.to_dict())
+    # the response is not needed to predict
+    args = est.model_frame_.new_data(df.drop(columns="Reaction"))
+    assert list(args["X"].columns) == ["Days", "factor(Days > 4)TRUE"]  # lme4's name
+
+
+def test_unseen_factor_level_in_new_data_is_a_value_error():
+    df = load_sleepstudy()
+    est = lmer("Reaction ~ factor(Days) + (1 | Subject)", df)
+    with pytest.raises(ValueError, match=r"has factor levels the fit has not seen: \{.*100"):
+        est.model_frame_.new_data(df.assign(Days=df["Days"] + 100))
