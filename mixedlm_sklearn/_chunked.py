@@ -17,7 +17,7 @@ import pandas as pd
 from ._stats import GroupStats, StatsAccumulator, compute_stats
 from ._validation import as_design, check_weights, encode_groups
 
-__all__ = ["INTERCEPT", "is_dask_collection", "stats_from_chunks", "stats_from_dask", "partition_stats"]
+__all__ = ["INTERCEPT", "check_dask_inputs", "is_dask_collection", "stats_from_chunks", "stats_from_dask", "partition_stats"]
 
 #: Name that stands for a column of ones in a ``Z`` column list.
 INTERCEPT = "(Intercept)"
@@ -26,6 +26,27 @@ INTERCEPT = "(Intercept)"
 def is_dask_collection(obj: Any) -> bool:
     """True for Dask DataFrames/Series (checked without importing dask)."""
     return type(obj).__module__.startswith("dask") and hasattr(obj, "to_delayed")
+
+
+def check_dask_inputs(**inputs: Any) -> None:
+    """Refuse Dask input that the partition-wise statistics cannot take, naming it.
+
+    ``X``, ``y`` and ``groups`` are required (the statistics need a response and one
+    grouping factor); each must be a Dask DataFrame or Series, not a ``dask.array``
+    (whose blocks carry no column names and may split columns).
+    """
+    for name in ("X", "y", "groups"):
+        if inputs.get(name) is None:
+            raise ValueError(f"with Dask input, {name} is required: a Dask fit needs X, y and "
+                             "groups (one grouping factor), each a Dask DataFrame or Series")
+    arrays = [name for name, value in inputs.items()
+              if value is not None and type(value).__module__.startswith("dask.array")]
+    if arrays:
+        raise TypeError(
+            f"{arrays} {'is a dask.array' if len(arrays) == 1 else 'are dask.arrays'}: Dask "
+            "input must be Dask DataFrames/Series (columns of one DataFrame), e.g. "
+            "dask.dataframe.from_dask_array(x, columns=[...]); or compute() the arrays first"
+        )
 
 
 def partition_stats(
@@ -114,6 +135,7 @@ def stats_from_dask(
     """
     import dask
 
+    check_dask_inputs(X=X, y=y, groups=groups, Z=Z, sample_weight=sample_weight)
     named = [(name, c) for name, c in
              zip(("X", "y", "groups", "Z", "sample_weight"), (X, y, groups, Z, sample_weight))
              if c is not None]

@@ -162,11 +162,21 @@ class StatsAccumulator:
         self._index = None
         self._total: GroupStats | None = None
         self._size = 0
+        self._kind = ""
 
     def add(self, labels: np.ndarray, part: GroupStats) -> None:
         import pandas as pd
 
+        from ._validation import canonical_labels, label_kind
+
+        if self._total is not None and label_kind(labels) != self._kind:
+            # parts whose labels came with different types (int ids in one chunk, str in
+            # another): one canonical form, so that no group is split in two
+            known, labels = canonical_labels([np.asarray(self._index, dtype=object), labels])
+            self._index = pd.Index(known, dtype=object)
+            self._kind = label_kind(self._index)
         if self._total is None:
+            self._kind = label_kind(labels)
             self._index = pd.Index(labels)
             self._total = GroupStats(part.ztz.copy(), part.ztxy.copy(), part.xyxy.copy(),
                                      part.counts.copy(), part.n_obs, part.sum_log_weights)
@@ -179,6 +189,7 @@ class StatsAccumulator:
         if new.any():
             idx[new] = self._size + np.arange(new.sum())
             self._index = self._index.append(pd.Index(labels[new]))
+            self._kind = label_kind(self._index)
             self._grow(self._size + int(new.sum()))
         t = self._total
         t.ztz[:, :, idx] += part.ztz

@@ -26,15 +26,22 @@ from ._optimize import OptimizerInfo, fit_deviance, single_threaded_blas
 from ._stats import GroupStats, compute_stats
 from ._validation import (
     as_design,
+    as_response,
     check_counts,
     check_cross_products,
     check_finite,
-    check_residual_variance,
     check_full_rank,
     check_random_design,
+    check_residual_variance,
     check_response,
     check_weights,
+    align_columns,
+    clean_failure,
+    column_names_of,
     encode_groups,
+    is_sparse,
+    object_columns_to_float,
+    unseen_labels_warning,
 )
 
 __all__ = ["MixedLMRegressor", "SingularFitWarning", "FittedModel"]
@@ -82,10 +89,16 @@ def _column_names(values: Any, prefix: str, width: int) -> list[str]:
     return [f"{prefix}{j}" for j in range(width)]
 
 
-def _check_frame(X: Any) -> None:
-    """Errors for DataFrame problems that array conversion would hide or garble."""
+def _check_frame(X: Any) -> Any:
+    """Errors for DataFrame problems that array conversion would hide or garble.
+
+    Returns X with object columns (DataFrame or array) converted to floats by the one
+    rule of :func:`object_columns_to_float`.
+    """
     if not isinstance(X, pd.DataFrame):
-        return
+        if getattr(X, "dtype", None) == object and np.ndim(X) == 2:
+            return object_columns_to_float(X, list(range(np.shape(X)[1])), "X")
+        return X
     if X.shape[1] == 0:
         raise ValueError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required: X has "
                          "no columns; for an intercept-only model pass a column of ones with "
@@ -93,12 +106,14 @@ def _check_frame(X: Any) -> None:
     dup = X.columns[X.columns.duplicated()].unique().tolist()
     if dup:
         raise ValueError(f"X has duplicate column names {dup}")
-    bad = [str(c) for c, dt in X.dtypes.items() if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))]
+    bad = [str(c) for c, dt in X.dtypes.items() if dt != object and not (
+        pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))]
     if bad:
         raise TypeError(
             f"X columns {bad} are not numeric; encode them first (e.g. OneHotEncoder in a "
             "ColumnTransformer)"
         )
+    return object_columns_to_float(X, [str(c) for c in X.columns], "X")
 
 
 @contextlib.contextmanager
@@ -114,14 +129,9 @@ def _unchanged_on_error(est: "MixedLMRegressor"):
 
 
 def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
-    if seen.size and not seen.any():
-        warnings.warn(
-            f"none of the {what} labels passed to predict was seen in fit (e.g. {labels[0]!r}; "
-            f"fitted labels look like {fitted[0]!r}): the predictions are population-level. "
-            "Check that the labels have the type they had in fit.",
-            UserWarning,
-            stacklevel=3,
-        )
+    message = unseen_labels_warning(seen, labels, fitted, what)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _group_name(groups: Any) -> str:
@@ -324,10 +334,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
         """
-        with _unchanged_on_error(self):
+        with _unchanged_on_error(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, residual_groups)
 
     def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+        self._remember_z_names(Z)
         if is_dask_collection(X):
             if residual_groups is not None or _z_by_factor(Z) is not None:
                 raise NotImplementedError("Dask input supports one grouping factor and one "
@@ -337,9 +348,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             re_names = [INTERCEPT] if Z is None else [str(c) for c in Z.columns]
             return self._fit_external(stats, labels, [str(c) for c in X.columns], re_names,
                                       getattr(groups, "name", None))
-        _check_frame(X)
+        X = _check_frame(X)
         X_names_src = X
-        y_values = np.asarray(y) if not hasattr(y, "sparse") else None
+        y_values = np.asarray(y) if y is not None and not is_sparse(y) else None
+        if y_values is not None and y_values.dtype.kind in "USO":  # numpy's isfinite refuses text
+            y = y_values = as_response(y_values)
         if y_values is not None and y_values.dtype.kind in "fc":  # sklearn would not name rows
             check_finite(y_values, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False,
@@ -447,7 +460,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
-        with _unchanged_on_error(self):
+        if len(X) == 0:
+            raise ValueError("X is an empty list: give at least one fixed-effects column (for an "
+                             "intercept-only model, a column of ones with fit_intercept=False)")
+        with _unchanged_on_error(self), clean_failure():
             return self._fit_chunks(chunks, y, groups, X, Z, sample_weight)
 
     def _fit_chunks(self, chunks, y, groups, X, Z, sample_weight) -> "MixedLMRegressor":
@@ -455,6 +471,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                           sample_weight=sample_weight,
                                           intercept=self.fit_intercept, verbose=self.verbose)
         re_names = [INTERCEPT] if Z is None else [str(c) for c in Z]
+        self._z_names_in = {} if Z is None else {None: re_names}
         return self._fit_external(stats, labels, [str(c) for c in X], re_names, groups)
 
     def _fit_external(self, stats: GroupStats, labels: np.ndarray, x_names: list[str],
@@ -698,7 +715,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([251.41, 261.87, 272.34])
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64, accept_sparse=False)
+        X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64, accept_sparse=False)
         pred = X @ self.coef_ + self.intercept_
         if groups is None or self.n_groups_ == 0:
             return pred
@@ -713,7 +730,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 )
             z_design = np.ones((n, 1))
         else:
-            z_design = as_design(Z, n, "Z")
+            z_design = as_design(self._aligned_z(Z, None, "Z"), n, "Z")
             if z_design.shape[1] != self.random_effects_.shape[1]:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
                                  f"{self.random_effects_.shape[1]}")
@@ -733,6 +750,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Z = {} if Z is None else _z_by_factor(Z)
         if Z is None:
             raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
+        unknown = [k for k in Z if k not in self.random_effects_]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor of the fit "
+                             f"({list(self.random_effects_)})")
         out = np.zeros(n)
         for col in frame.columns:
             name = str(col)
@@ -741,7 +762,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                  f"({list(self.random_effects_)})")
             blups = self.random_effects_[name]
             if name in Z:
-                z_k = as_design(Z[name], n, f"Z[{name!r}]")
+                z_k = as_design(self._aligned_z(Z[name], name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
             elif list(blups.columns) == [INTERCEPT]:
                 z_k = np.ones((n, 1))
             else:
@@ -752,6 +773,22 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             _warn_if_none_seen(seen, labels, self.groups_[name], f"groups[{name!r}]")
             out[seen] += np.einsum("ij,ij->i", z_k[seen], blups.to_numpy()[idx[seen]])
         return out
+
+    def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
+        """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""
+        fitted = getattr(self, "_z_names_in", {})
+        if factor not in fitted:  # no Z in fit (a random intercept)
+            return Z
+        return align_columns(Z, fitted[factor], what, type(self).__name__)
+
+    def _remember_z_names(self, Z: Any) -> None:
+        """The column names of fit's Z, per factor, for predict's name checks."""
+        if Z is None:
+            self._z_names_in = {}
+        elif (by_factor := _z_by_factor(Z)) is not None:
+            self._z_names_in = {k: column_names_of(v) for k, v in by_factor.items()}
+        else:
+            self._z_names_in = {None: column_names_of(Z)}
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None, Z: Any = None) -> float:
         """R^2 of the predictions: conditional on the BLUPs where ``groups`` are given.

@@ -483,7 +483,10 @@ def _contrast_matrix(L: Any, names: list[str]) -> np.ndarray:
             raise ValueError(f"unknown fixed effect(s) {unknown}; the fixed effects are {names}")
         return np.eye(p)[[names.index(v) for v in L]]
     M = np.atleast_2d(np.asarray(L, dtype=float))
-    if M.ndim != 2 or M.shape[1] != p:
+    if M.ndim != 2:
+        raise ValueError(f"L must be a vector or a matrix (one row per hypothesis, {p} columns "
+                         f"for the fixed effects {names}); got a {M.ndim}-D array of shape {M.shape}")
+    if M.shape[1] != p:
         raise ValueError(f"L must have {p} columns (one per fixed effect {names}); got shape {M.shape}")
     if not np.all(np.isfinite(M)):
         raise ValueError("L contains NaN or infinite values")
