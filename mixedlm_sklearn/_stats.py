@@ -211,7 +211,7 @@ class StatsAccumulator:
     def result(self) -> tuple[np.ndarray, GroupStats]:
         """Sorted labels and the statistics in that order (as an in-memory fit codes them)."""
         if self._total is None:
-            raise ValueError("no data: every chunk was empty")
+            raise ValueError("no data: every chunk was empty (or had only rows of weight 0)")
         t, size = self._total, self._size
         try:
             labels, order = self._index.sort_values(return_indexer=True)
