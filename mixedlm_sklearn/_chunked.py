@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ._stats import GroupStats, StatsAccumulator, compute_stats
-from ._validation import as_design, check_weights, encode_groups
+from ._validation import as_design, check_weights, encode_groups, take_rows
 
 __all__ = ["INTERCEPT", "check_dask_inputs", "is_dask_collection", "stats_from_chunks", "stats_from_dask", "partition_stats"]
 
@@ -76,6 +76,13 @@ def partition_stats(
         x_arr = as_design(x, n, "X")
         z_arr = np.ones((n, 1)) if z is None else as_design(z, n, "Z")
         w_arr = None if weights is None else check_weights(weights, n)
+        if w_arr is not None and not w_arr.all():
+            # rows of weight 0 carry no information: removed before anything else, so a
+            # group whose rows all have weight 0 is not a group of the fit
+            keep = w_arr > 0
+            x_arr, y_arr, z_arr, w_arr = x_arr[keep], y_arr[keep], z_arr[keep], w_arr[keep]
+            groups = take_rows(groups, keep, "groups")
+            n = y_arr.shape[0]
         codes, labels = encode_groups(groups, n)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
@@ -117,7 +124,8 @@ def stats_from_chunks(
             frame[list(X)], frame[y], frame[groups], _z_columns(frame, Z),
             None if sample_weight is None else frame[sample_weight], intercept, f"chunk {number}",
         )
-        acc.add(labels, part)
+        if part.n_obs:  # not a chunk whose weights are all 0
+            acc.add(labels, part)
         if verbose:
             print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, {labels.size} groups")
     return acc.result()

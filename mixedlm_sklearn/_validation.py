@@ -8,9 +8,11 @@ solver.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,7 +22,10 @@ from scipy import linalg
 __all__ = [
     "encode_groups",
     "as_design",
-    "check_full_rank",
+    "RankDeficientWarning",
+    "FixedEffectsRank",
+    "fixed_effects_rank",
+    "drop_aliased_columns",
     "check_weights",
     "check_cross_products",
     "check_residual_variance",
@@ -36,6 +41,8 @@ __all__ = [
     "is_sparse",
     "object_columns_to_float",
     "as_response",
+    "take_rows",
+    "least_squares_reml",
     "column_names_of",
     "align_columns",
 ]
@@ -402,39 +409,204 @@ def check_finite(arr: np.ndarray, name: str, columns: Sequence[str] | None = Non
         raise ValueError(f"Input {name} contains NaN or infinity{where}")
 
 
-def check_full_rank(xtx: np.ndarray, names: Sequence[str], what: str = "X") -> None:
-    """Refuse a rank-deficient fixed-effects design, naming the dependent columns."""
-    scale = np.sqrt(np.diag(xtx))
-    zero = scale == 0
-    if zero.any():
-        cols = [names[j] for j in np.flatnonzero(zero)]
-        raise ValueError(f"{what} column(s) {cols} are all zeros")
-    corr = xtx / np.outer(scale, scale)
-    eigval, eigvec = linalg.eigh(corr)
-    null = eigval <= 1e-10 * eigval[-1]
-    if null.any():
-        involved = np.flatnonzero(np.abs(eigvec[:, null]).max(axis=1) > 1e-6)
-        cols = [names[j] for j in involved]
-        raise ValueError(
-            f"{what} is rank deficient (rank {len(names) - int(null.sum())} < {len(names)} "
-            f"columns): column(s) {cols} are linearly dependent; drop one of them"
-        )
+class RankDeficientWarning(UserWarning):
+    """The fixed-effects design is rank deficient: aliased columns were dropped (as lme4)."""
+
+
+@dataclass(frozen=True)
+class FixedEffectsRank:
+    """Which fixed-effects columns a fit keeps, and how the dropped ones are aliased.
+
+    Attributes
+    ----------
+    names : list of str
+        All fixed-effects columns, intercept first.
+    kept : ndarray of bool
+        The columns the model is fitted with.
+    """
+
+    names: list[str]
+    kept: np.ndarray
+
+    @property
+    def deficient(self) -> bool:
+        return not bool(self.kept.all())
+
+    @property
+    def kept_names(self) -> list[str]:
+        return [n for n, k in zip(self.names, self.kept) if k]
+
+    @property
+    def dropped_names(self) -> list[str]:
+        return [n for n, k in zip(self.names, self.kept) if not k]
+
+    def subset_stats(self, stats: Any) -> Any:
+        """The sufficient statistics of the kept columns (the response column stays last).
+
+        Works on any statistics object with ``ztxy`` (``(q, p + 1, m)``) and ``xyxy``
+        (``(p + 1, p + 1)``) fields, so that arrays, chunks and Dask partitions, which
+        all end in such statistics, share it.
+        """
+        cols = np.append(np.flatnonzero(self.kept), self.kept.size)
+        return dataclasses.replace(stats, ztxy=np.ascontiguousarray(stats.ztxy[:, cols, :]),
+                                   xyxy=stats.xyxy[np.ix_(cols, cols)])
+
+    def expand(self, values: np.ndarray, fill: float) -> np.ndarray:
+        """A vector over the kept columns as one over all columns, ``fill`` for the dropped."""
+        out = np.full(self.kept.size, fill)
+        out[self.kept] = values
+        return out
+
+    def expand_cov(self, cov: np.ndarray) -> np.ndarray:
+        """A kept-columns covariance with NaN rows and columns for the dropped ones."""
+        out = np.full((self.kept.size, self.kept.size), np.nan)
+        out[np.ix_(self.kept, self.kept)] = cov
+        return out
+
+    def estimable(self, L: np.ndarray) -> np.ndarray:
+        """For each row of ``L`` (over all columns): does it leave the dropped columns out?
+
+        The model is the model of the kept columns (as lme4 refits without the dropped
+        ones), so a contrast that puts weight on a dropped coefficient has no estimate.
+        """
+        return np.all(np.atleast_2d(L)[:, ~self.kept] == 0, axis=1)
+
+    def message(self) -> str:
+        k = int((~self.kept).sum())
+        return (f"fixed-effect model matrix is rank deficient so dropping {k} column"
+                f"{'s' if k > 1 else ''} / coefficient{'s' if k > 1 else ''}: "
+                f"{self.dropped_names} (aliased with the columns before them; their "
+                "coefficients are reported as 0, their standard errors as NaN)")
+
+
+def fixed_effects_rank(xtx: np.ndarray, names: Sequence[str], n_obs: int,
+                       tol: float = 1e-7) -> FixedEffectsRank:
+    """lme4's rank check of the fixed effects, on ``X'X``: which columns to keep.
+
+    lme4 (``chkRank.drop.cols``) takes R's ``qr(X, tol = 1e-7)``, a QR with limited
+    pivoting that keeps the earlier columns: column ``j`` is dropped when the part of it
+    that the kept columns before it do not explain has a norm below ``tol`` times its
+    own. The same test on ``X'X`` (all that chunked and Dask fits have) is a Cholesky
+    factorisation of the scaled cross-products that keeps the earlier columns: with
+    ``A = D^-1/2 X'X D^-1/2`` and ``K`` the columns kept so far, ``d_j = A_jj -
+    A_jK A_KK^-1 A_Kj`` is that squared norm ratio, and ``j`` is dropped when
+    ``d_j <= tol^2``. Forming ``X'X`` rounds it, so ``d_j`` of an exactly aliased
+    column comes out as a rounding error of about ``eps (1 + |c|_1)^2`` (``c`` its
+    coefficients on the kept columns, in scaled units; measured up to 12 eps at 10^6
+    rows): that much is added to the threshold, so exact aliases are found whatever
+    their coefficients. All-zero columns are dropped.
+
+    Parameters
+    ----------
+    xtx : ndarray of shape (p, p)
+        ``X' W X`` of the fixed-effects design (intercept first, if any).
+    names : sequence of str
+        The column names.
+    n_obs : int
+        Rows summed in ``xtx`` (the rounding error grows with it).
+    tol : float, default 1e-7
+        lme4's tolerance on the norm ratio.
+
+    Returns
+    -------
+    FixedEffectsRank
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn._validation import fixed_effects_rank
+    >>> a = np.array([1.0, 0.0, 1.0, 0.0]); X = np.column_stack([np.ones(4), a, 1 - a])
+    >>> rank = fixed_effects_rank(X.T @ X, ["(Intercept)", "a", "b"], 4)
+    >>> rank.kept_names, rank.dropped_names
+    (['(Intercept)', 'a'], ['b'])
+    """
+    p = xtx.shape[0]
+    diag = np.diag(xtx).copy()
+    scale = np.sqrt(np.where(diag > 0, diag, 1.0))
+    A = xtx / np.outer(scale, scale)
+    gamma = np.finfo(float).eps * (4.0 + np.sqrt(max(n_obs, 1)) / 32.0)
+    kept: list[int] = []
+    factor = np.zeros((p, p))  # lower Cholesky factor of A over the kept columns
+    for j in range(p):
+        if diag[j] <= 0:
+            continue
+        w = linalg.solve_triangular(factor[np.ix_(kept, kept)], A[kept, j], lower=True) if kept else np.zeros(0)
+        d_j = A[j, j] - w @ w
+        c = linalg.solve_triangular(factor[np.ix_(kept, kept)].T, w, lower=False) if kept else np.zeros(0)
+        if d_j > tol**2 + gamma * (1.0 + np.abs(c).sum()) ** 2:
+            factor[j, kept] = w
+            factor[j, j] = np.sqrt(d_j)
+            kept.append(j)
+    mask = np.zeros(p, dtype=bool)
+    mask[kept] = True
+    return FixedEffectsRank(list(names), mask)
+
+
+def drop_aliased_columns(xtx: np.ndarray, names: Sequence[str], n_obs: int,
+                         what: str = "X") -> FixedEffectsRank:
+    """:func:`fixed_effects_rank`, with lme4's warning when it drops columns.
+
+    Refuses a design none of whose columns can be kept (all zeros).
+    """
+    rank = fixed_effects_rank(xtx, names, n_obs)
+    if not rank.kept.any():
+        raise ValueError(f"{what} column(s) {list(names)} are all zeros: the model has no fixed effects")
+    if rank.deficient:
+        warnings.warn(rank.message(), RankDeficientWarning, stacklevel=4)
+    return rank
 
 
 def check_weights(weights: Any, n_rows: int) -> np.ndarray:
-    """Prior weights: finite and strictly positive, one per row."""
+    """Prior weights: finite and non-negative, one per row (0 removes the row)."""
     w = np.asarray(weights, dtype=float)
     if w.ndim != 1:
         raise ValueError(f"sample_weight must be one weight per row (1-D), got shape {w.shape}")
     if w.shape[0] != n_rows:
         raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {n_rows} rows")
-    bad = ~np.isfinite(w) | (w <= 0)
+    bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
         raise ValueError(
-            "sample_weight must be finite and > 0 (zero, negative, NaN or infinite weights "
-            f"are not allowed); rows {first_rows(bad)} are not"
+            "sample_weight must be finite and >= 0 (negative, NaN or infinite weights are "
+            f"not allowed; a weight of 0 removes the row); rows {first_rows(bad)} are not"
         )
     return w
+
+
+def take_rows(values: Any, keep: np.ndarray, name: str) -> Any:
+    """The rows ``keep`` (a boolean mask) of a per-row input, in the input's own type.
+
+    For removing rows of weight 0 before anything else: DataFrames and Series keep their
+    names, dicts (a Z per grouping factor) are taken value by value, None stays None.
+    A length other than the mask's is refused here, in the words the later checks use,
+    since the rows could not be matched.
+    """
+    if values is None:
+        return None
+    if isinstance(values, dict):
+        return {k: take_rows(v, keep, f"{name}[{k!r}]") for k, v in values.items()}
+    if not isinstance(values, (pd.DataFrame, pd.Series, pd.Categorical, pd.Index, np.ndarray)):
+        values = np.asarray(values, dtype=object)
+    if len(values) != keep.size:
+        raise ValueError(f"{name} has {len(values)} entries but X has {keep.size} rows")
+    if isinstance(values, (pd.DataFrame, pd.Series)):
+        return values.iloc[keep]
+    return values[keep]
+
+
+def least_squares_reml(reml: bool, n_obs: int, n_fixed: int) -> bool:
+    """Whether a fit without random effects can use REML.
+
+    REML needs residual degrees of freedom (``n > p``). Least squares with as many rows
+    as (kept) columns interpolates y; its coefficients exist (R's ``lm`` gives them, with
+    0 residual df), so it is fitted by maximum likelihood, with a warning, rather than
+    refused. (Rows of weight 0 do not count, as in ``lm``.)
+    """
+    if reml and n_obs <= n_fixed:
+        warnings.warn(f"{n_obs} observations for {n_fixed} fixed effects leave REML no residual "
+                      "degrees of freedom: this least-squares fit (no random effects) is by "
+                      "maximum likelihood; it reproduces y exactly", UserWarning, stacklevel=4)
+        return False
+    return reml
 
 
 def check_response(xyxy: np.ndarray) -> None:

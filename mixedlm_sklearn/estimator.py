@@ -25,22 +25,26 @@ from ._heteroscedastic import fit_heteroscedastic, stratum_stats
 from ._optimize import OptimizerInfo, fit_deviance, single_threaded_blas
 from ._stats import GroupStats, compute_stats
 from ._validation import (
+    FixedEffectsRank,
+    RankDeficientWarning,
+    align_columns,
     as_design,
     as_response,
     check_counts,
     check_cross_products,
     check_finite,
-    check_full_rank,
     check_random_design,
     check_residual_variance,
     check_response,
     check_weights,
-    align_columns,
     clean_failure,
     column_names_of,
+    drop_aliased_columns,
     encode_groups,
     is_sparse,
+    least_squares_reml,
     object_columns_to_float,
+    take_rows,
     unseen_labels_warning,
 )
 
@@ -79,6 +83,7 @@ class FittedModel:
     re_names: list[str]
     group_name: str | list[str]
     strata: tuple | None = None
+    rank: FixedEffectsRank | None = None  # set when aliased fixed-effects columns were dropped
 
 
 def _column_names(values: Any, prefix: str, width: int) -> list[str]:
@@ -368,6 +373,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
+        if weights is not None and not weights.all():
+            # a weight of 0 is an infinite residual variance: the row carries no information
+            keep = weights > 0
+            if keep.sum() < 2:
+                raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
+                                 "model needs at least 2 rows of positive weight")
+            X, y, weights = X[keep], y[keep], weights[keep]
+            groups = take_rows(groups, keep, "groups")
+            Z = take_rows(Z, keep, "Z")
+            residual_groups = take_rows(residual_groups, keep, "residual_groups")
+            n = X.shape[0]
 
         if _several_factors(groups, Z):
             if residual_groups is not None:
@@ -524,7 +540,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         with np.errstate(over="ignore"):
             xyxy = xy.T @ xy
         check_cross_products(xyxy)
-        check_full_rank(xyxy[:-1, :-1], fe_names)
+        rank = drop_aliased_columns(xyxy[:-1, :-1], fe_names, n)
+        if rank.deficient:  # fit the kept columns (lme4's rule)
+            cols = np.append(np.flatnonzero(rank.kept), rank.kept.size)
+            design, xyxy, fe_names = design[:, rank.kept], xyxy[np.ix_(cols, cols)], rank.kept_names
         check_response(xyxy)
         check_counts(n, {name: labels[name].size for name in names},
                      sum(labels[name].size * t[1].shape[1] for name, t in zip(names, terms)))
@@ -557,6 +576,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.converged_ = fit.converged
         self.n_iter_ = max(fit.n_iter, 1)
         self.singular_ = bool(at_bound.any())
+        self._set_aliased(rank)
         self._warn_fit(info)
 
     def _fit_stats(self, design, y, z_design, codes, labels, weights, fe_names, re_names,
@@ -574,7 +594,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                         strata: tuple[list[GroupStats], np.ndarray] | None = None) -> None:
         """Everything after the statistics pass: checks, optimisation, fitted attributes."""
         check_cross_products(stats.xyxy, stats.ztz, stats.ztxy)
-        check_full_rank(stats.xyxy[:-1, :-1], fe_names)
+        rank = drop_aliased_columns(stats.xyxy[:-1, :-1], fe_names, stats.n_obs)
+        if rank.deficient:  # fit the kept columns (lme4's rule)
+            stats, fe_names = rank.subset_stats(stats), rank.kept_names
+            if strata is not None:
+                strata = ([rank.subset_stats(part) for part in strata[0]], strata[1])
         if random:  # least squares without groups may fit exactly (sklearn's checks do)
             check_response(stats.xyxy)
             check_counts(stats.n_obs, {group_name: stats.n_groups}, stats.n_groups * stats.n_re)
@@ -597,7 +621,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                     "the random effects reproduce y (almost) exactly within every group, e.g. "
                     "y constant within each group") from None
         else:
-            dev = ProfiledDeviance(stats, reml=self.reml, diagonal=diagonal)
+            dev = ProfiledDeviance(stats, reml=least_squares_reml(self.reml, stats.n_obs, len(fe_names)),
+                                   diagonal=diagonal)
             sol = dev.solve(np.zeros(dev.n_theta))
             info = OptimizerInfo(True, "no random effects", 1, 1, 0.0, np.ones(dev.n_theta, bool))
         if random:
@@ -610,6 +635,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             self.model_ = dataclasses.replace(self.model_, strata=strata)
             self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(strata[1], ratios)}
             self._set_information(self.llf_, self.df_model_ + ratios.size - 1, stats.n_obs)
+        self._set_aliased(rank)
 
     def _set_common(self, beta: np.ndarray, cov_fe: np.ndarray, fe_names: list[str],
                     theta: np.ndarray, scale: float, llf: float, df_model: int, n_obs: int) -> None:
@@ -623,6 +649,24 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.scale_ = scale
         self.residual_var_ = {"(all)": scale}
         self._set_information(llf, df_model, n_obs)
+
+    def _set_aliased(self, rank: FixedEffectsRank) -> None:
+        """Fixed-effects attributes over all columns after aliased ones were dropped.
+
+        As lme4's ``fixef(fit, add.dropped = TRUE)``: a dropped column's coefficient is
+        0 (so predict is unchanged), its standard error and covariances NaN; ``df_model_``
+        counts the kept columns only (set by the fit of the kept columns).
+        """
+        if not rank.deficient:
+            return
+        beta = rank.expand(self.fe_params_.to_numpy(), 0.0)
+        cov = rank.expand_cov(self.cov_fe_)
+        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
+        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
+        self.cov_fe_ = cov
+        self.fe_params_ = pd.Series(beta, index=rank.names, name="estimate")
+        self.bse_ = pd.Series(np.sqrt(np.diag(cov)), index=rank.names, name="std_error")
+        self.model_ = dataclasses.replace(self.model_, rank=rank)
 
     def _set_information(self, llf: float, df_model: int, n_obs: int) -> None:
         """Log-likelihood and lme4's AIC/BIC (BIC with log n, also for REML fits)."""

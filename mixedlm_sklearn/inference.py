@@ -117,6 +117,18 @@ def _terms(est: Any) -> list[_ReTerm]:
     return [_ReTerm(model.group_name, tuple(model.re_names), dev.diagonal, slice(0, dev.n_theta))]
 
 
+def _rank(est: Any) -> Any:
+    """The fit's :class:`~mixedlm_sklearn._validation.FixedEffectsRank` when aliased
+    fixed-effects columns were dropped (the deviance knows the kept columns only), else None."""
+    return getattr(est.model_, "rank", None)
+
+
+def _kept_cov(est: Any) -> np.ndarray:
+    """Cov(beta) of the kept fixed effects (``cov_fe_`` has NaN rows for dropped ones)."""
+    rank = _rank(est)
+    return est.cov_fe_ if rank is None else est.cov_fe_[np.ix_(rank.kept, rank.kept)]
+
+
 def _n_obs(est: Any) -> int:
     dev = est.model_.deviance
     return int(dev.model.n if _several(est) else dev.stats.n_obs)
@@ -390,7 +402,7 @@ def _varpar_model(est: Any) -> _VarparModel:
     w, U = np.linalg.eigh(0.5 * (H + H.T))
     pos = w > 1e-8
     vcov = 2.0 * (U[:, pos] / w[pos]) @ U[:, pos].T
-    return _VarparModel(est.cov_fe_, J, vcov)
+    return _VarparModel(_kept_cov(est), J, vcov)
 
 
 def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
@@ -425,9 +437,17 @@ def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
     array([17., 17.])
     """
     vp = _varpar_model(est)
-    p = vp.cov_beta.shape[0]
+    p = len(est.fe_params_)
     L = np.eye(p) if L is None else np.atleast_2d(np.asarray(L, dtype=float))
-    return vp.contrast_df(L)
+    rank = _rank(est)
+    if rank is None:
+        return vp.contrast_df(L)
+    # over all columns: a contrast of dropped (aliased) columns is not estimable: NaN
+    ok = rank.estimable(L)
+    df = np.full(L.shape[0], np.nan)
+    if ok.any():
+        df[ok] = vp.contrast_df(L[ok][:, rank.kept])
+    return df
 
 
 # ---- Wald tests --------------------------------------------------------------------------
@@ -554,7 +574,20 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     if c.shape != (r,):
         raise ValueError(f"rhs must have {r} values (one per row of L), got {c.size}")
     estimate = M @ est.fe_params_.to_numpy() - c
-    d, P = np.linalg.eigh(M @ est.cov_fe_ @ M.T)
+    rank = _rank(est)
+    if rank is not None:
+        ok = rank.estimable(M)
+        if not ok.all():
+            # as lmerTest: a hypothesis on aliased (dropped) columns has no test
+            involved = [n for n, used in zip(rank.names, np.any(M[~ok] != 0, axis=0))
+                        if used and n in rank.dropped_names]
+            warnings.warn(f"rows {np.flatnonzero(~ok).tolist()} of L involve the fixed effect(s) "
+                          f"{involved}, dropped from the fit as aliased: the hypothesis is not "
+                          "estimable, its test is NaN", UserWarning, stacklevel=2)
+            estimate[~ok] = np.nan
+            return WaldTestResult(np.nan, r, np.nan, np.nan, estimate, ddf if ddf == "chi2" else "satterthwaite")
+        M = M[:, rank.kept]
+    d, P = np.linalg.eigh(M @ _kept_cov(est) @ M.T)
     d, P = d[::-1], P[:, ::-1]
     # rank as lmerTest's contestMD decides it: eigenvalues above sqrt(eps) * the largest
     keep = d > max(np.sqrt(np.finfo(float).eps) * d[0], 0.0)
@@ -610,6 +643,9 @@ class _Profiler:
         self.n_var = sdcor.size + 1 + delta.size
         self.names = ([n for t in self.terms for n in t.param_names()] + ["sigma"] + ratio_names
                       + list(model.fe_names))
+        rank = _rank(est)
+        self.dropped = [] if rank is None else rank.dropped_names
+        self.all_fixed = list(model.fe_names) if rank is None else list(rank.names)
         self.estimate = np.concatenate([sdcor, [sigma], delta, sol.beta])
         self.dev_min = sol.deviance
         kinds = [("sd" if r == c else "cor") for t in self.terms for r, c in zip(*t.layout)]
@@ -770,10 +806,24 @@ class _Profiler:
             if which == "fixed":
                 return list(range(self.n_var, len(self.names)))
             which = [which]
+        dropped = [w for w in which if w in self.dropped]
+        if dropped:
+            raise ValueError(f"fixed effect(s) {dropped} were dropped from the fit as aliased "
+                             "(rank-deficient X): they have no profile")
         unknown = [w for w in which if w not in self.names]
         if unknown:
             raise ValueError(f"unknown parameter(s) {unknown}; the parameters are {self.names}")
         return [self.names.index(w) for w in which]
+
+    def requested(self, which: Any) -> list[str]:
+        """The parameter names ``which`` asks for, dropped (aliased) fixed effects included."""
+        fixed = self.all_fixed
+        if which is None:
+            return self.names[: self.n_var] + fixed
+        if isinstance(which, str):
+            return (self.names[: self.n_var] if which == "variance" else fixed if which == "fixed"
+                    else [which])
+        return list(which)
 
 
 def _check_alpha(alpha: float) -> float:
@@ -916,10 +966,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
     with single_threaded_blas():
         prof = _Profiler(est)
-        idx = prof.indices(which)
-        bounds = [(prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx]
-    return pd.DataFrame(bounds, index=pd.Index([prof.names[k] for k in idx], name="parameter"),
-                        columns=["lower", "upper"])
+        wanted = prof.requested(which)
+        idx = prof.indices([w for w in wanted if w not in prof.dropped])
+        bounds = {prof.names[k]: (prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx}
+    # fixed effects dropped as aliased (rank-deficient X) have no interval: NaN, as lme4's NA
+    return pd.DataFrame([bounds.get(w, (np.nan, np.nan)) for w in wanted],
+                        index=pd.Index(wanted, name="parameter"), columns=["lower", "upper"])
 
 
 # ---- summary ------------------------------------------------------------------------------
@@ -1051,6 +1103,7 @@ class Summary:
         rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error),
                  "inf" if r.df == np.inf else _fmt(r.df, ".4g"),
                  _fmt(r.t_value, ".4g"), _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
+                if np.isfinite(r.estimate) else [str(name)] + ["NA"] * 7  # dropped as aliased
                 for name, r in zip(fe.index, fe.itertuples())]
         return header, rows
 
@@ -1114,6 +1167,8 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
     """
     alpha = _check_alpha(alpha)
     beta, se = est.fe_params_, est.bse_
+    if _rank(est) is not None:  # dropped (aliased) columns: NaN as lm's NA, not the 0 of coef_
+        beta = beta.where(_rank(est).kept)
     ddf = "Satterthwaite"
     try:
         df = satterthwaite_df(est)
