@@ -48,7 +48,7 @@ from ._validation import (
     unseen_labels_warning,
 )
 
-__all__ = ["MixedLMRegressor", "SingularFitWarning", "FittedModel"]
+__all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning", "FittedModel"]
 
 
 class SingularFitWarning(UserWarning):
@@ -240,11 +240,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     random_effects_cov_ : ndarray of shape (n_groups_, q, q)
         Conditional covariance of each group's random effects (lme4's ``condVar``).
     fe_params_ : Series
-        All fixed effects, intercept first, named.
+        All fixed effects, intercept first, named; 0 for a column dropped as aliased
+        (lme4's ``fixef(fit, add.dropped = TRUE)`` has NA there; 0 keeps predict working).
     bse_ : Series
-        Standard errors of ``fe_params_``.
+        Standard errors of ``fe_params_`` (NaN for a dropped column).
     cov_fe_ : ndarray
-        Covariance matrix of ``fe_params_``.
+        Covariance matrix of ``fe_params_`` (NaN rows and columns for dropped ones).
     theta_ : ndarray
         Relative covariance factor entries (lme4's ``getME(fit, "theta")``).
     groups_ : ndarray
@@ -306,16 +307,26 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, p)
-            Fixed-effects covariates (a DataFrame keeps its column names).
+            Fixed-effects covariates (a DataFrame keeps its column names). Object columns
+            are numeric when ``float()`` takes every value, in a DataFrame as in an array.
+            Columns aliased with earlier ones (e.g. every level of a one-hot encoded
+            factor next to the intercept) are dropped as lme4 does, with a
+            :class:`RankDeficientWarning` naming them: their ``coef_`` is 0, their
+            ``bse_`` and ``cov_fe_`` entries NaN, and ``df_model_`` does not count them.
         y : array-like of shape (n,)
         groups : array-like of shape (n,), optional
-            Group label of each row (any hashable values). Without it the model has no
-            random effects and reduces to least squares (with a warning).
+            Group label of each row (any hashable values; integers and their decimal
+            text are one label, see :func:`~mixedlm_sklearn._validation.canonical_labels`).
+            Without it the model has no random effects and reduces to least squares (with
+            a warning).
         Z : array-like of shape (n, q), optional
             Random-effects design; default a random intercept (a column of ones).
         sample_weight : array-like of shape (n,), optional
             Prior weights: the residual variance of row ``r`` is ``scale / w_r``
-            (lme4's ``weights``).
+            (lme4's ``weights``). A weight of 0 (an infinite residual variance) removes
+            the row before anything else: the fit equals the fit without those rows, and
+            a group whose rows all have weight 0 is not a group of the fit (predict treats
+            it as unseen). Negative and non-finite weights are refused.
         residual_groups : array-like of shape (n,), optional
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
@@ -440,7 +451,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         The sufficient statistics of each chunk are added up by group label, so peak
         memory is one chunk plus a few numbers per group; a group may span chunks. The
-        result equals :meth:`fit` on the concatenated data (to rounding).
+        result equals :meth:`fit` on the concatenated data (to rounding). Group labels
+        that are integers in some chunks and strings in others (``read_csv`` infers the
+        type per chunk) are compared by the rule of
+        :func:`~mixedlm_sklearn._validation.canonical_labels`; aliased columns are
+        dropped from the summed cross-products as in :meth:`fit`.
 
         Parameters
         ----------
@@ -455,7 +470,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             Random-effects columns; ``"(Intercept)"`` stands for a column of ones.
             Default: a random intercept.
         sample_weight : str, optional
-            Column of prior weights.
+            Column of prior weights (a weight of 0 removes the row, as in :meth:`fit`).
 
         Returns
         -------
@@ -733,7 +748,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Z : array-like of shape (n, q), optional
             Random-effects design of the new rows (with several factors, a dict or a
             (factor, column) DataFrame as in ``fit``); may be omitted for a random
-            intercept.
+            intercept. If ``fit`` had a DataFrame, its columns are matched by name (and
+            reordered), and other names are refused; an array where ``fit`` had names,
+            or the reverse, is taken by position with a warning (scikit-learn's rule for
+            X's feature names).
 
         Returns
         -------
@@ -742,8 +760,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Warns
         -----
         UserWarning
-            When none of the given labels was seen in ``fit`` (often labels of another
-            type, e.g. "12" for 12).
+            When none of the given labels was seen in ``fit``, or when some were not and
+            their type differs from the fitted labels' (e.g. "12" for 12): the warning
+            says how many rows got population predictions.
 
         Examples
         --------

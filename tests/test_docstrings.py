@@ -10,6 +10,7 @@ MODULES = [
     "mixedlm_sklearn.inference",
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
+    "mixedlm_sklearn._validation",
 ]
 
 
