@@ -526,16 +526,23 @@ def fixed_effects_rank(xtx: np.ndarray, names: Sequence[str], n_obs: int,
     A = xtx / np.outer(scale, scale)
     gamma = np.finfo(float).eps * (4.0 + np.sqrt(max(n_obs, 1)) / 32.0)
     kept: list[int] = []
-    factor = np.zeros((p, p))  # lower Cholesky factor of A over the kept columns
+    # lower Cholesky factor of A over the kept columns, in the order kept: its leading
+    # k x k block is a view, so each step costs two triangular solves and no copy
+    factor = np.zeros((p, p))
     for j in range(p):
         if diag[j] <= 0:
             continue
-        w = linalg.solve_triangular(factor[np.ix_(kept, kept)], A[kept, j], lower=True) if kept else np.zeros(0)
+        k = len(kept)
+        if k:
+            block = factor[:k, :k]
+            w = linalg.solve_triangular(block, A[kept, j], lower=True, check_finite=False)
+            c = linalg.solve_triangular(block, w, lower=True, trans="T", check_finite=False)
+        else:
+            w = c = np.zeros(0)
         d_j = A[j, j] - w @ w
-        c = linalg.solve_triangular(factor[np.ix_(kept, kept)].T, w, lower=False) if kept else np.zeros(0)
         if d_j > tol**2 + gamma * (1.0 + np.abs(c).sum()) ** 2:
-            factor[j, kept] = w
-            factor[j, j] = np.sqrt(d_j)
+            factor[k, :k] = w
+            factor[k, k] = np.sqrt(d_j)
             kept.append(j)
     mask = np.zeros(p, dtype=bool)
     mask[kept] = True
