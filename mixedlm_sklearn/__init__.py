@@ -3,6 +3,7 @@
 Main entry point: :class:`MixedLMRegressor`.
 """
 
+from ._validation import RankDeficientWarning
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .formula import lmer
 from .inference import LRTestResult, Summary, WaldTestResult, lr_test
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MixedLMRegressor",
     "SingularFitWarning",
+    "RankDeficientWarning",
     "lmer",
     "lr_test",
     "Summary",

@@ -19,15 +19,35 @@ import pandas as pd
 from ._crossprod import Accumulator, CrossProducts, cross_products
 from ._design import INTERCEPT, term_is_diagonal
 from ._terms import Term, Terms
-from ._validation import as_design, check_weights, encode_groups
+from ._validation import as_design, check_weights, encode_groups, take_rows
 
-__all__ = ["is_dask_collection", "cross_products_from_chunks", "cross_products_from_dask",
+__all__ = ["check_dask_inputs", "is_dask_collection", "cross_products_from_chunks", "cross_products_from_dask",
            "partition_cross_products"]
 
 
 def is_dask_collection(obj: Any) -> bool:
     """True for Dask collections (checked without importing dask)."""
     return type(obj).__module__.startswith("dask") and hasattr(obj, "to_delayed")
+
+
+def check_dask_inputs(**inputs: Any) -> None:
+    """Refuse Dask input that the partition-wise cross-products cannot take, naming it.
+
+    ``X``, ``y`` and ``groups`` are required; each must be a Dask DataFrame or Series,
+    not a ``dask.array`` (whose blocks carry no column names and may split columns).
+    """
+    for name in ("X", "y", "groups"):
+        if inputs.get(name) is None:
+            raise ValueError(f"with Dask input, {name} is required: a Dask fit needs X, y and "
+                             "groups, each a Dask DataFrame or Series")
+    arrays = [name for name, value in inputs.items()
+              if value is not None and type(value).__module__.startswith("dask.array")]
+    if arrays:
+        raise TypeError(
+            f"{arrays} {'is a dask.array' if len(arrays) == 1 else 'are dask.arrays'}: Dask "
+            "input must be Dask DataFrames/Series (columns of one DataFrame), e.g. "
+            "dask.dataframe.from_dask_array(x, columns=[...]); or compute() the arrays first"
+        )
 
 
 def partition_cross_products(
@@ -57,12 +77,24 @@ def partition_cross_products(
         Term name -> the chunk's level labels (its codes 0..m-1).
     strata_labels : ndarray or None
     cp : CrossProducts
+        (None instead of the triple when every row has weight 0.)
     """
     try:
         y_arr = as_design(y, len(y), "y")[:, 0]
         n = y_arr.shape[0]
         x_arr = as_design(x, n, "X") if np.shape(x)[1] else np.empty((n, 0))
         w_arr = None if weights is None else check_weights(weights, n)
+        if w_arr is not None and not w_arr.all():
+            # rows of weight 0 carry no information: removed before anything else, so a
+            # level whose rows all have weight 0 is not a level of the fit
+            keep = w_arr > 0
+            x_arr, y_arr, w_arr = x_arr[keep], y_arr[keep], w_arr[keep]
+            groups = groups.iloc[keep]
+            z = {k: take_rows(v, keep, f"Z[{k!r}]") for k, v in z.items()}
+            strata = take_rows(strata, keep, "residual_groups")
+            n = y_arr.shape[0]
+            if n == 0:
+                return None
         factors, terms, labels = [], [], {}
         for name in groups.columns:
             codes, levels = encode_groups(groups[name], n, name=f"groups[{name!r}]")
@@ -119,13 +151,16 @@ def cross_products_from_chunks(
             raise ValueError(f"chunk {number} lacks column(s) {missing}")
         if len(frame) == 0:
             continue
-        labels, strata_labels, part = partition_cross_products(
+        result = partition_cross_products(
             frame[list(X)], frame[y], frame[list(groups)],
             {name: _z_columns(frame, cols) for name, cols in Z.items()},
             None if sample_weight is None else frame[sample_weight],
             None if residual_groups is None else frame[residual_groups],
             intercept, cov_type, f"chunk {number}",
         )
+        if result is None:  # every row of the chunk has weight 0
+            continue
+        labels, strata_labels, part = result
         acc.add(labels, part, strata_labels)
         if verbose:
             sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())

@@ -394,6 +394,28 @@ def _stack_strata(parts: Sequence[CrossProducts]) -> CrossProducts:
 # ---- adding up parts whose levels are known by label ----------------------------------------
 
 
+def _merge_labels(index: pd.Index | None, labels: np.ndarray, name: str) -> tuple[pd.Index, np.ndarray]:
+    """The labels known so far extended by a part's, and the part's codes in them.
+
+    Labels are compared in one canonical form (:func:`._validation.canonical_labels`):
+    ``read_csv`` reading ids in chunks gives ``22`` in one and ``"22"`` in another.
+    """
+    from ._validation import canonical_labels
+
+    labels = np.asarray(labels, dtype=object)
+    if index is None:
+        index = pd.Index(labels, dtype=object)
+    else:
+        known, labels = canonical_labels([np.asarray(index, dtype=object), labels], name)
+        if known is not index:
+            index = pd.Index(known, dtype=object)
+        new = pd.Index(labels, dtype=object)
+        fresh = new[index.get_indexer(new) < 0]
+        if len(fresh):
+            index = index.append(fresh)
+    return index, index.get_indexer(pd.Index(labels, dtype=object))
+
+
 class Accumulator:
     """Sums cross-products of parts (chunks, Dask partitions) that code levels by label.
 
@@ -430,26 +452,15 @@ class Accumulator:
             self._template = part
         codes = []
         for term in part.terms:
-            index = self._factor_labels.get(term.factor)
-            new_labels = pd.Index(labels[term.factor])
-            if index is None:
-                index = new_labels
-            else:
-                fresh = new_labels[index.get_indexer(new_labels) < 0]
-                index = index.append(fresh) if len(fresh) else index
+            index, code = _merge_labels(self._factor_labels.get(term.factor), labels[term.factor],
+                                        f"groups[{term.factor!r}]")
             self._factor_labels[term.factor] = index
-            codes.append(index.get_indexer(new_labels))
+            codes.append(code)
         if strata_labels is None:
             strata_labels = np.array(["(all)"], dtype=object)
-        index = self._strata_labels
-        new = pd.Index(strata_labels)
-        if index is None:
-            index = new
-        else:
-            fresh = new[index.get_indexer(new) < 0]
-            index = index.append(fresh) if len(fresh) else index
-        self._strata_labels = index
-        self._parts.append((codes, index.get_indexer(new), part))
+        self._strata_labels, strata_codes = _merge_labels(self._strata_labels, strata_labels,
+                                                          "residual_groups")
+        self._parts.append((codes, strata_codes, part))
 
     def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
         """Sorted labels per factor, sorted stratum labels, and the summed cross-products.
@@ -457,7 +468,7 @@ class Accumulator:
         Levels are numbered in sorted label order, as an in-memory fit codes them.
         """
         if self._template is None:
-            raise ValueError("no data: every chunk was empty")
+            raise ValueError("no data: every chunk was empty (or had only rows of weight 0)")
         order, labels = {}, {}
         for factor, index in self._factor_labels.items():
             try:

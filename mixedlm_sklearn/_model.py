@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class FittedModel:
         Residual strata labels (reference first) with ``residual_groups``.
     design : Design or None
         The rows of an in-memory fit (None for chunks and Dask).
+    rank : FixedEffectsRank or None
+        Set when aliased fixed-effects columns were dropped: ``fe_names`` are the kept ones.
     """
 
     deviance: Deviance
@@ -59,6 +61,7 @@ class FittedModel:
     design: Design | None = field(default=None, repr=False)
     max_iter: int = 1000
     tol: float = 1e-8
+    rank: Any = None
 
     @property
     def reml(self) -> bool:

@@ -21,7 +21,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
-from ._chunked import cross_products_from_chunks, cross_products_from_dask, is_dask_collection
+from ._chunked import (
+    check_dask_inputs,
+    cross_products_from_chunks,
+    cross_products_from_dask,
+    is_dask_collection,
+)
 from ._crossprod import CrossProducts, cross_products
 from ._design import (
     INTERCEPT,
@@ -37,29 +42,46 @@ from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
 from ._validation import (
+    RankDeficientWarning,
+    align_columns,
     as_design,
+    as_response,
+    caller_stacklevel,
     check_counts,
     check_cross_products,
     check_finite,
-    check_full_rank,
     check_random_design,
     check_residual_variance,
     check_response,
     check_weights,
+    clean_failure,
+    column_names_of,
+    drop_aliased_columns,
     encode_groups,
+    is_sparse,
+    least_squares_reml,
+    object_columns_to_float,
+    take_rows,
+    unseen_labels_warning,
 )
 
-__all__ = ["MixedLMRegressor", "SingularFitWarning"]
+__all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]
 
 
 class SingularFitWarning(UserWarning):
     """The random-effects covariance is singular: a variance or a correlation is on its bound."""
 
 
-def _check_frame(X: Any) -> None:
-    """Errors for DataFrame problems that array conversion would hide or garble."""
+def _check_frame(X: Any) -> Any:
+    """Errors for DataFrame problems that array conversion would hide or garble.
+
+    Returns X with object columns (DataFrame or array) converted to floats by the one
+    rule of :func:`~mixedlm_sklearn._validation.object_columns_to_float`.
+    """
     if not isinstance(X, pd.DataFrame):
-        return
+        if getattr(X, "dtype", None) == object and np.ndim(X) == 2:
+            return object_columns_to_float(X, list(range(np.shape(X)[1])), "X")
+        return X
     if X.shape[1] == 0:
         raise ValueError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required: X has "
                          "no columns; for an intercept-only model pass a column of ones with "
@@ -67,12 +89,14 @@ def _check_frame(X: Any) -> None:
     dup = X.columns[X.columns.duplicated()].unique().tolist()
     if dup:
         raise ValueError(f"X has duplicate column names {dup}")
-    bad = [str(c) for c, dt in X.dtypes.items() if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))]
+    bad = [str(c) for c, dt in X.dtypes.items() if dt != object and not (
+        pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))]
     if bad:
         raise TypeError(
             f"X columns {bad} are not numeric; encode them first (e.g. OneHotEncoder in a "
             "ColumnTransformer)"
         )
+    return object_columns_to_float(X, [str(c) for c in X.columns], "X")
 
 
 @contextlib.contextmanager
@@ -122,14 +146,9 @@ def _minus_offset(y: Any, offset: Any, X: Any) -> Any:
 
 
 def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
-    if seen.size and not seen.any():
-        warnings.warn(
-            f"none of the {what} labels passed to predict was seen in fit (e.g. {labels[0]!r}; "
-            f"fitted labels look like {fitted[0]!r}): the predictions are population-level. "
-            "Check that the labels have the type they had in fit.",
-            UserWarning,
-            stacklevel=3,
-        )
+    message = unseen_labels_warning(seen, labels, fitted, what)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _print_iteration(iteration: int, deviance: float) -> None:
@@ -265,10 +284,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, p)
-            Fixed-effects covariates (a DataFrame keeps its column names).
+            Fixed-effects covariates (a DataFrame keeps its column names). Object columns
+            are numeric when ``float()`` takes every value, in a DataFrame as in an array.
+            Columns aliased with earlier ones (e.g. every level of a one-hot encoded
+            factor next to the intercept) are dropped as lme4 does, with a
+            :class:`RankDeficientWarning` naming them: their ``coef_`` is 0, their
+            ``bse_`` and ``cov_fe_`` entries NaN, and ``df_model_`` does not count them.
         y : array-like of shape (n,)
         groups : array-like of shape (n,) or DataFrame, optional
-            Group label of each row (any hashable values); with several grouping factors
+            Group label of each row (any hashable values; integers and their decimal text
+            are one label, see :func:`~mixedlm_sklearn._validation.canonical_labels`); with
+            several grouping factors
             (crossed or nested) a DataFrame with one column per factor. Without it the
             model has no random effects and reduces to least squares (with a warning).
         Z : array-like of shape (n, q), dict or DataFrame, optional
@@ -278,7 +304,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             random intercept.
         sample_weight : array-like of shape (n,), optional
             Prior weights: the residual variance of row ``r`` is ``scale / w_r``
-            (lme4's ``weights``).
+            (lme4's ``weights``). A weight of 0 (an infinite residual variance) removes
+            the row before anything else: the fit equals the fit without those rows, and
+            a group whose rows all have weight 0 is not a group of the fit (predict treats
+            it as unseen). Negative and non-finite weights are refused.
         residual_groups : array-like of shape (n,), optional
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
@@ -305,7 +334,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
         """
-        with _unchanged_on_error(self):
+        with _unchanged_on_error(self), clean_failure():
             # lmer sets model_frame_ after its fit; a refit on other data makes it stale.
             self.__dict__.pop("model_frame_", None)
             if offset is not None:
@@ -323,11 +352,14 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
 
     def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+        self._remember_z_names(Z)
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
-        _check_frame(X)
+        X = _check_frame(X)
         X_names_src = X
-        y_values = np.asarray(y) if not hasattr(y, "sparse") else None
+        y_values = np.asarray(y) if y is not None and not is_sparse(y) else None
+        if y_values is not None and y_values.dtype.kind in "USO":  # numpy's isfinite refuses text
+            y = y_values = as_response(y_values)
         if y_values is not None and y_values.dtype.kind in "fc":  # sklearn would not name rows
             check_finite(y_values, "y")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, accept_sparse=False,
@@ -341,6 +373,18 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if not self.fit_intercept and X.shape[1] == 0:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
+        if weights is not None and not weights.all():
+            # a weight of 0 is an infinite residual variance: the row carries no information,
+            # so it is removed before anything else (a group of such rows is no group)
+            keep = weights > 0
+            if keep.sum() < 2:
+                raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
+                                 "model needs at least 2 rows of positive weight")
+            X, y, weights = X[keep], y[keep], weights[keep]
+            groups = take_rows(groups, keep, "groups")
+            Z = take_rows(Z, keep, "Z")
+            residual_groups = take_rows(residual_groups, keep, "residual_groups")
+            n = X.shape[0]
         if groups is None:
             if residual_groups is not None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "
@@ -349,7 +393,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 "no groups were given: fitting without random effects (ordinary least "
                 "squares). Pass groups=... to fit the mixed model.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
             terms_in = []
         else:
@@ -429,6 +473,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
+        if len(X) == 0:
+            raise ValueError("X is an empty list: give at least one fixed-effects column (for an "
+                             "intercept-only model, a column of ones with fit_intercept=False)")
         group_cols = [groups] if isinstance(groups, str) else list(groups)
         if isinstance(Z, dict):
             z_cols = {str(k): list(v) for k, v in Z.items()}
@@ -441,7 +488,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             z_cols = {group_cols[0]: list(Z)}
         else:
             z_cols = {}
-        with _unchanged_on_error(self):
+        with _unchanged_on_error(self), clean_failure():
+            self.__dict__.pop("model_frame_", None)
+            self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
+                                else {None: v for v in map(list, z_cols.values())})
             labels, strata_labels, cp = cross_products_from_chunks(
                 chunks, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
                 residual_groups=residual_groups, intercept=self.fit_intercept,
@@ -450,9 +500,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             return self
 
     def _fit_dask(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
-        if groups is None or y is None:
-            raise TypeError("a Dask fit needs y and groups as Dask collections (columns of the "
-                            "same DataFrame as X)")
+        check_dask_inputs(X=X, y=y, groups=groups, sample_weight=sample_weight,
+                          residual_groups=residual_groups,
+                          **({f"Z[{k!r}]": v for k, v in Z.items()} if isinstance(Z, dict) else {"Z": Z}))
         names = list(groups.columns) if hasattr(groups, "columns") else [group_name(groups)]
         if Z is None:
             z = {}
@@ -489,9 +539,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         comb = cp.combined()
+        check_cross_products(comb.xyxy[0], *[d for d in comb.diag], *[z for z in comb.zxy])
+        rank = drop_aliased_columns(comb.xyxy[0][:-1, :-1], fe_names, cp.n)
+        if rank.deficient:  # fit the kept columns (lme4's rule)
+            cp = cp.select_fixed(np.flatnonzero(rank.kept))
+            comb, fe_names = cp.combined(), rank.kept_names
         xyxy = comb.xyxy[0]
-        check_cross_products(xyxy, *[d for d in comb.diag], *[z for z in comb.zxy])
-        check_full_rank(xyxy[:-1, :-1], fe_names)
         terms = cp.terms
         if len(terms):  # least squares without groups may fit exactly (sklearn's checks do)
             check_response(xyxy)
@@ -503,8 +556,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         started = time.perf_counter()
         callback = _print_iteration if self.verbose and len(terms) else None
         try:
+            # least squares with as many rows as kept columns: no residual df for REML
+            reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
             with np.errstate(all="ignore"):
-                dev, sol, info = fit_model(cp, self.reml, max_iter=self.max_iter, tol=self.tol,
+                dev, sol, info = fit_model(cp, reml, max_iter=self.max_iter, tol=self.tol,
                                            callback=callback)
         except FloatingPointError as err:
             raise ValueError(
@@ -512,22 +567,27 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 "the random effects reproduce y (almost) exactly within every group, e.g. "
                 "y constant within each group") from None
         if len(terms):
-            check_residual_variance(sol.scale, xyxy, cp.n)
+            check_residual_variance(sol.scale, xyxy, cp.n, None if strata_labels is None else
+                                    dict(zip(strata_labels, sol.scale * sol.ratios)))
         if self.verbose:
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         self.model_ = FittedModel(dev, sol, info, fe_names, terms, dict(labels), strata_labels, design,
-                                  self.max_iter, self.tol)
+                                  self.max_iter, self.tol, rank if rank.deficient else None)
         self._set_fitted(several)
 
     def _set_fitted(self, several: bool) -> None:
         model = self.model_
         sol, info, terms = model.solution, model.info, model.terms
-        beta = sol.beta
-        fe_names = model.fe_names
+        beta, cov_fe, fe_names = sol.beta, sol.cov_beta(), model.fe_names
+        if model.rank is not None:
+            # As lme4's fixef(fit, add.dropped = TRUE): a dropped (aliased) column's
+            # coefficient is 0 (so predict is unchanged), its standard error NaN.
+            beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
+            fe_names = model.rank.names
         self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
         self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = sol.cov_beta()
+        self.cov_fe_ = cov_fe
         self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
         self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
         self.theta_ = sol.theta.copy()
@@ -536,7 +596,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(model.strata, sol.ratios)}
         else:
             self.residual_var_ = {"(all)": float(sol.scale)}
-        df_model = len(fe_names) + terms.n_theta + 1 + model.n_eta
+        df_model = len(model.fe_names) + terms.n_theta + 1 + model.n_eta
         llf = -0.5 * sol.deviance
         self.llf_ = llf
         self.df_model_ = df_model
@@ -583,7 +643,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 f"{self.max_iter}, covariates on comparable scales (centre/standardise), or a "
                 "simpler random-effects structure (cov_type='diagonal', fewer slopes).",
                 ConvergenceWarning,
-                stacklevel=6,
+                stacklevel=caller_stacklevel(),
             )
         if self.singular_:
             warnings.warn(
@@ -591,7 +651,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 "+-1. The data do not support this random-effects structure; consider "
                 "removing the degenerate term (see lme4's ?isSingular).",
                 SingularFitWarning,
-                stacklevel=6,
+                stacklevel=caller_stacklevel(),
             )
 
     # ---- prediction -----------------------------------------------------------------------
@@ -639,7 +699,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([251.41, 261.87, 272.34])
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64, accept_sparse=False)
+        X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64, accept_sparse=False)
         pred = X @ self.coef_ + self.intercept_
         if offset is not None:
             pred = pred + _check_offset(offset, X.shape[0])
@@ -657,7 +717,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 )
             z_design = np.ones((n, 1))
         else:
-            z_design = as_design(Z, n, "Z")
+            z_design = as_design(self._aligned_z(Z, None, "Z"), n, "Z")
             if z_design.shape[1] != self.random_effects_.shape[1]:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
                                  f"{self.random_effects_.shape[1]}")
@@ -677,6 +737,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Z = {} if Z is None else z_by_factor(Z)
         if Z is None:
             raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
+        unknown = [k for k in Z if k not in self.random_effects_]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor of the fit "
+                             f"({list(self.random_effects_)})")
         out = np.zeros(n)
         for col in frame.columns:
             name = str(col)
@@ -685,7 +749,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                  f"({list(self.random_effects_)})")
             blups = self.random_effects_[name]
             if name in Z:
-                z_k = as_design(Z[name], n, f"Z[{name!r}]")
+                z_k = as_design(self._aligned_z(Z[name], name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
             elif list(blups.columns) == [INTERCEPT]:
                 z_k = np.ones((n, 1))
             else:
@@ -696,6 +760,22 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             _warn_if_none_seen(seen, labels, self.groups_[name], f"groups[{name!r}]")
             out[seen] += np.einsum("ij,ij->i", z_k[seen], blups.to_numpy()[idx[seen]])
         return out
+
+    def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
+        """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""
+        fitted = getattr(self, "_z_names_in", {})
+        if factor not in fitted:  # no Z in fit (a random intercept)
+            return Z
+        return align_columns(Z, fitted[factor], what, type(self).__name__)
+
+    def _remember_z_names(self, Z: Any) -> None:
+        """The column names of fit's Z, per factor, for predict's name checks."""
+        if Z is None:
+            self._z_names_in = {}
+        elif (by_factor := z_by_factor(Z)) is not None:
+            self._z_names_in = {k: column_names_of(v) for k, v in by_factor.items()}
+        else:
+            self._z_names_in = {None: column_names_of(Z)}
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None, Z: Any = None) -> float:
         """R^2 of the predictions: conditional on the BLUPs where ``groups`` are given.

@@ -15,6 +15,7 @@ MODULES = [
     "mixedlm_sklearn._deviance",
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
+    "mixedlm_sklearn._validation",
 ]
 
 

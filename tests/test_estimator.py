@@ -29,14 +29,15 @@ def sleep():
 
 
 def test_check_estimator():
-    # Expected: zero weights and a rank-deficient X (15 rows, 31 columns) are refused by
-    # design (issue 2/6: clear errors instead of silent minimum-norm answers).
-    expected = {"check_sample_weight_equivalence_on_dense_data": "zero weights and rank-deficient X are refused"}
+    # No expected failures: sample-weight equivalence passes since a weight of 0 removes the
+    # row and a rank-deficient X (15 rows, 31 columns) has its aliased columns dropped.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = check_estimator(MixedLMRegressor(), expected_failed_checks=expected, on_fail=None)
+        results = check_estimator(MixedLMRegressor(), on_fail=None)
     failed = [r["check_name"] for r in results if r["status"] == "failed"]
     assert failed == []
+    passed = {r["check_name"] for r in results if r["status"] == "passed"}
+    assert "check_sample_weight_equivalence_on_dense_data" in passed
 
 
 def test_fitted_attributes_sleepstudy(sleep):

@@ -62,6 +62,8 @@ class _Profiler:
         delta = np.sqrt(sol.ratios[1:])
         self.n_var = sdcor.size + 1 + delta.size
         self.names = self.terms.param_names() + ["sigma"] + ratio_names(model) + list(model.fe_names)
+        self.dropped = [] if model.rank is None else model.rank.dropped_names
+        self.all_fixed = list(model.fe_names) if model.rank is None else list(model.rank.names)
         self.estimate = np.concatenate([sdcor, [sigma], delta, sol.beta])
         self.dev_min = sol.deviance
         kinds = [("sd" if r == c else "cor") for t in self.terms for r, c in zip(*t.theta_position)]
@@ -209,10 +211,24 @@ class _Profiler:
             if which == "fixed":
                 return list(range(self.n_var, len(self.names)))
             which = [which]
+        dropped = [w for w in which if w in self.dropped]
+        if dropped:
+            raise ValueError(f"fixed effect(s) {dropped} were dropped from the fit as aliased "
+                             "(rank-deficient X): they have no profile")
         unknown = [w for w in which if w not in self.names]
         if unknown:
             raise ValueError(f"unknown parameter(s) {unknown}; the parameters are {self.names}")
         return [self.names.index(w) for w in which]
+
+    def requested(self, which: Any) -> list[str]:
+        """The parameter names ``which`` asks for, dropped (aliased) fixed effects included."""
+        fixed = self.all_fixed
+        if which is None:
+            return self.names[: self.n_var] + fixed
+        if isinstance(which, str):
+            return (self.names[: self.n_var] if which == "variance" else fixed if which == "fixed"
+                    else [which])
+        return list(which)
 
 
 
@@ -351,10 +367,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
     with single_threaded_blas():
         prof = _Profiler(est)
-        idx = prof.indices(which)
-        bounds = [(prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx]
-    return pd.DataFrame(bounds, index=pd.Index([prof.names[k] for k in idx], name="parameter"),
-                        columns=["lower", "upper"])
+        wanted = prof.requested(which)
+        idx = prof.indices([w for w in wanted if w not in prof.dropped])
+        bounds = {prof.names[k]: (prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx}
+    # fixed effects dropped as aliased (rank-deficient X) have no interval: NaN, as lme4's NA
+    return pd.DataFrame([bounds.get(w, (np.nan, np.nan)) for w in wanted],
+                        index=pd.Index(wanted, name="parameter"), columns=["lower", "upper"])
 
 
 # ---- summary ------------------------------------------------------------------------------

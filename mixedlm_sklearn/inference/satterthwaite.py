@@ -112,6 +112,14 @@ def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
     array([17., 17.])
     """
     vp = varpar_model(est)
-    p = vp.cov_beta.shape[0]
+    p = len(est.fe_params_)
     L = np.eye(p) if L is None else np.atleast_2d(np.asarray(L, dtype=float))
-    return vp.contrast_df(L)
+    rank = fitted_model(est).rank
+    if rank is None:
+        return vp.contrast_df(L)
+    # over all columns: a contrast of dropped (aliased) columns is not estimable: NaN
+    ok = rank.estimable(L)
+    df = np.full(L.shape[0], np.nan)
+    if ok.any():
+        df[ok] = vp.contrast_df(L[ok][:, rank.kept])
+    return df

@@ -143,6 +143,7 @@ class Summary:
         rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error),
                  "inf" if r.df == np.inf else _fmt(r.df, ".4g"),
                  _fmt(r.t_value, ".4g"), _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
+                if np.isfinite(r.estimate) else [str(name)] + ["NA"] * 7  # dropped as aliased
                 for name, r in zip(fe.index, fe.itertuples())]
         return header, rows
 
@@ -207,6 +208,8 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
     alpha = check_alpha(alpha)
     model = fitted_model(est)
     beta, se = est.fe_params_, est.bse_
+    if model.rank is not None:  # dropped (aliased) columns: NaN as lm's NA, not the 0 of coef_
+        beta = beta.where(model.rank.kept)
     df = satterthwaite_df(est)
     t_value = beta / se
     q = stats.t.ppf(1.0 - alpha / 2.0, df)

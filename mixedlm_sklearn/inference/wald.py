@@ -7,6 +7,7 @@ statistics whose Satterthwaite df ``nu_m`` combine into the F test's denominator
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._parameters import fitted_model
 from .satterthwaite import varpar_model
 
 __all__ = ["WaldTestResult", "wald_test", "contrast_matrix", "combined_ddf"]
@@ -70,7 +72,10 @@ def contrast_matrix(L: Any, names: list[str]) -> np.ndarray:
             raise ValueError(f"unknown fixed effect(s) {unknown}; the fixed effects are {names}")
         return np.eye(p)[[names.index(v) for v in L]]
     M = np.atleast_2d(np.asarray(L, dtype=float))
-    if M.ndim != 2 or M.shape[1] != p:
+    if M.ndim != 2:
+        raise ValueError(f"L must be a vector or a matrix (one row per hypothesis, {p} columns "
+                         f"for the fixed effects {names}); got a {M.ndim}-D array of shape {M.shape}")
+    if M.shape[1] != p:
         raise ValueError(f"L must have {p} columns (one per fixed effect {names}); got shape {M.shape}")
     if not np.all(np.isfinite(M)):
         raise ValueError("L contains NaN or infinite values")
@@ -138,7 +143,23 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     if c.shape != (r,):
         raise ValueError(f"rhs must have {r} values (one per row of L), got {c.size}")
     estimate = M @ est.fe_params_.to_numpy() - c
-    d, P = np.linalg.eigh(M @ est.cov_fe_ @ M.T)
+    rank = fitted_model(est).rank
+    cov = est.cov_fe_
+    if rank is not None:
+        ok = rank.estimable(M)
+        if not ok.all():
+            # as lmerTest: a hypothesis on aliased (dropped) columns has no test
+            involved = [n for n, used in zip(rank.names, np.any(M[~ok] != 0, axis=0))
+                        if used and n in rank.dropped_names]
+            warnings.warn(f"rows {np.flatnonzero(~ok).tolist()} of L involve the fixed effect(s) "
+                          f"{involved}, dropped from the fit as aliased: the hypothesis is not "
+                          "estimable, its test is NaN", UserWarning, stacklevel=2)
+            estimate[~ok] = np.nan
+            return WaldTestResult(np.nan, r, np.nan, np.nan, estimate,
+                                  "chi2" if ddf == "chi2" else "satterthwaite")
+        M = M[:, rank.kept]
+        cov = cov[np.ix_(rank.kept, rank.kept)]
+    d, P = np.linalg.eigh(M @ cov @ M.T)
     d, P = d[::-1], P[:, ::-1]
     # rank as lmerTest's contestMD decides it: eigenvalues above sqrt(eps) * the largest
     keep = d > max(np.sqrt(np.finfo(float).eps) * d[0], 0.0)
