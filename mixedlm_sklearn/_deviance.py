@@ -34,13 +34,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import linalg
 from scipy.linalg import lapack
 
 from ._batched import left_matmul
 from ._crossprod import CrossProducts
 from ._factor import BlockOps, Factor, NotPositiveDefinite, Plan, Prepared
 
-__all__ = ["Deviance", "Solution", "MAX_LOG_RATIO"]
+__all__ = ["Deviance", "Solution", "Shift", "MAX_LOG_RATIO"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 # Bounds on |log delta| (variance ratios within 1e-12 .. 1e12 of the reference).
@@ -61,6 +62,31 @@ def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return A.transpose(1, 0, 2).reshape(A.shape[1], -1) @ B.transpose(1, 0, 2).reshape(B.shape[1], -1).T
 
 
+@dataclass(frozen=True)
+class Shift:
+    """The data moved by a point of random-effects space, for precision.
+
+    ``D = [X y]`` is written ``D = D' + Z C`` with ``C`` (per term (q_k, p + 1, m_k)) the
+    conditional modes of each column at a reference fit, and ``cp`` the cross-products of
+    the residual ``D'`` (same terms, levels and weights). The response is first moved by
+    ``X beta0`` (the reference fixed effects: a shift of beta that changes no likelihood)
+    so that ``r2`` too is a sum of small numbers rather than a difference of large ones.
+    With ``A = Lambda^{-1} C``,
+
+        D'V^{-1}D = D''WD' + A'A - (Lambda'Z'WD' - A)' M^{-1} (Lambda'Z'WD' - A)
+
+    exactly (derived from ``Z'V^{-1} = Lambda^{-T} M^{-1} Lambda'Z'W``). Where most of a
+    column lies in the span of ``Z`` (a very high intra-class correlation, covariates
+    with random slopes), every term on the right is small, while the unshifted form
+    subtracts two nearly equal large numbers and loses as many digits as the
+    random-effects variance exceeds the residual one.
+    """
+
+    cp: CrossProducts
+    C: list
+    beta0: np.ndarray  # the y column of D' is y - X beta0 - Z C_y: beta is found relative to it
+
+
 @dataclass
 class _Point:
     """Everything one evaluation computes, reused by the gradient and the solution."""
@@ -69,11 +95,15 @@ class _Point:
     prep: Prepared
     lams: list
     factor: Factor
-    w: list  # forward-solved Lambda' Z'[X y] per term
+    w: list  # forward-solved Lambda' Z'[X y] per term (shifted: Lambda'Z'WD' - A)
     chol_a: np.ndarray  # lower Cholesky factor of A (p x p)
-    beta: np.ndarray
+    beta: np.ndarray  # relative to the shift's beta0 when shifted
     r2: float
     deviance: float
+    F: np.ndarray  # D'V^{-1}D in units of sigma^2, (p + 1) x (p + 1)
+    zxy: list  # the Z'W[X y] the point used (of D' when shifted)
+    A: list | None  # Lambda^{-1} C per term when shifted
+    ops: Prepared  # where zxy and the strata's cross-products come from
     cache: dict = field(default_factory=dict)
 
 
@@ -116,7 +146,7 @@ class Solution:
     def u(self) -> list:
         """Spherical modes per term, each (q_k, m_k); the BLUPs are ``L_k u_k``."""
         V = self._modes(self._point)
-        gamma = np.append(-self.beta, 1.0)
+        gamma = np.append(-self._point.beta, 1.0)  # in the coordinates of the data it used
         return [_combine(Vk, gamma) for Vk in V]
 
     def cov_beta(self) -> np.ndarray:
@@ -170,8 +200,11 @@ class Deviance:
     (1,)
     """
 
-    def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None) -> None:
+    def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None,
+                 shift: Shift | None = None) -> None:
         self.cp = cp
+        self.shift = shift
+        self._shifted: dict[bytes, Prepared] = {}
         self.reml = reml
         self.terms = cp.terms
         self.p = cp.p
@@ -184,7 +217,7 @@ class Deviance:
         self.n_eta = cp.n_strata - 1
         self.plan = plan if plan is not None else Plan(cp.combined())
         self._prepared: dict[bytes, Prepared] = {}
-        self._strata_ops: list[BlockOps] | None = None
+        self._strata_ops: dict[bool, list[BlockOps]] = {}
         self._last: _Point | None = None
         self.n_evaluations = 0
 
@@ -205,19 +238,33 @@ class Deviance:
         x = np.asarray(x, dtype=float)
         return x[:self.n_theta], np.exp(-2.0 * np.concatenate([[0.0], x[self.n_theta:]]))
 
-    def _prepare(self, v: np.ndarray) -> Prepared:
-        if self.n_eta == 0:
-            key = b""
-        else:
-            key = v.tobytes()
-        prep = self._prepared.get(key)
+    def _prepare(self, v: np.ndarray, shifted: bool = False) -> Prepared:
+        cache, cp = (self._shifted, self.shift.cp) if shifted else (self._prepared, self.cp)
+        key = b"" if self.n_eta == 0 else v.tobytes()
+        prep = cache.get(key)
         if prep is None:
-            if len(self._prepared) > 8:  # keep the reference (eta = 0) and a few recent ones
-                for k in list(self._prepared)[1:5]:
-                    del self._prepared[k]
-            prep = Prepared(self.plan, self.cp.combined(v if self.n_eta else None))
-            self._prepared[key] = prep
+            if len(cache) > 8:  # keep the reference (eta = 0) and a few recent ones
+                for k in list(cache)[1:5]:
+                    del cache[k]
+            combined = cp.combined(v if self.n_eta else None)
+            prep = BlockOps(combined) if shifted else Prepared(self.plan, combined)
+            cache[key] = prep
         return prep
+
+    def _shift_at(self, lams: list) -> list | None:
+        """``A_k = L_k^{-1} C_k`` of the shift, or None where ``L`` is too close to singular
+        for it (then the unshifted form is the accurate one)."""
+        if self.shift is None:
+            return None
+        out = []
+        for lam, C in zip(lams, self.shift.C):
+            d = np.abs(np.diag(lam))
+            if d.min() <= 1e-6 * max(1.0, np.abs(lam).max()):
+                return None
+            q = lam.shape[0]
+            A = linalg.solve_triangular(lam, C.reshape(q, -1), lower=True, check_finite=False)
+            out.append(A.reshape(C.shape))
+        return out
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -230,15 +277,21 @@ class Deviance:
         prep = self._prepare(v)
         lams = self.terms.lams(theta)
         factor = Factor(prep, lams)
+        A = self._shift_at(lams)
+        ops = prep if A is None else self._prepare(v, shifted=True)
         rhs = [left_matmul(lam.T, z) if lam.shape[0] > 1 else lam[0, 0] * z
-               for lam, z in zip(lams, prep.zxy)]
+               for lam, z in zip(lams, ops.zxy)]
+        xyxy = ops.xyxy
+        if A is not None:
+            rhs = [r - a for r, a in zip(rhs, A)]
+            xyxy = xyxy + sum(_gram(a, a) for a in A)
         w = factor.forward(rhs)
         p = self.p
         G = np.zeros((p + 1, p + 1))
         for wk in w:
             for wa in wk:  # (p + 1, m): a product with a long inner dimension
                 G += wa @ wa.T
-        F = prep.xyxy - G
+        F = xyxy - G
         if p:
             chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
             if info != 0:
@@ -255,11 +308,48 @@ class Deviance:
             - float(prep.cp.sum_log_weights[0])
         if self.reml and p:
             dev += 2.0 * float(np.log(np.diag(chol_a)).sum())
-        self._last = _Point(x.copy(), prep, lams, factor, w, chol_a, beta, r2, float(dev))
+        self._last = _Point(x.copy(), prep, lams, factor, w, chol_a, beta, r2, float(dev),
+                            F, ops.zxy, A, ops)
         return self._last
 
     def __call__(self, x: np.ndarray) -> float:
         return self._evaluate(x).deviance
+
+    def rounding_of_scale(self, x: np.ndarray) -> float:
+        """The size of a rounding error in the residual variance at ``x``.
+
+        ``r2`` comes from ``y'Wy`` minus what the model explains, so it carries the rounding
+        of ``y'Wy`` (of the shifted response when the point is shifted): a residual
+        variance of that size means y was reproduced exactly.
+        """
+        pt = self._evaluate(x)
+        yy = float(pt.ops.xyxy[-1, -1]) + (sum(float(np.sum(a[:, -1, :] ** 2)) for a in pt.A)
+                                           if pt.A is not None else 0.0)
+        return np.finfo(float).eps * yy / self.dof
+
+    def in_basis(self, bases: list, xy_scale: np.ndarray) -> "Deviance":
+        """The deviance of ``Z_k P_k`` and ``[X y] / xy_scale`` (the optimiser's basis)."""
+        shift = None
+        if self.shift is not None:
+            inv = 1.0 / np.asarray(xy_scale, dtype=float)
+            C = [linalg.solve(P, c.reshape(P.shape[0], -1)).reshape(c.shape) * inv[None, :, None]
+                 for P, c in zip(bases, self.shift.C)]
+            beta0 = self.shift.beta0 * xy_scale[:-1] * inv[-1]
+            shift = Shift(self.shift.cp.transformed(bases, xy_scale), C, beta0)
+        return Deviance(self.cp.transformed(bases, xy_scale), self.reml, plan=self.plan, shift=shift)
+
+    def digits_lost(self, x: np.ndarray) -> float:
+        """How many digits forming ``D'V^{-1}D`` from the cross-products cancels at ``x``.
+
+        ``log10`` of the largest ratio ``(D'WD)_jj / (D'V^{-1}D)_jj`` over the columns of
+        ``[X y]``: the share of a column that the random effects absorb.
+        """
+        pt = self._evaluate(x)
+        if pt.A is not None:
+            return 0.0
+        raw = np.diag(pt.prep.xyxy)
+        kept = np.maximum(np.diag(pt.F), np.finfo(float).tiny)
+        return float(np.log10(np.max(raw / kept)))
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         pt = self._evaluate(x)
@@ -268,16 +358,23 @@ class Deviance:
     def solution(self, x: np.ndarray) -> Solution:
         pt = self._evaluate(x)
         theta, v = self.split(pt.x)
-        return Solution(pt.x.copy(), theta.copy(), 1.0 / v, pt.beta.copy(), pt.r2, pt.deviance,
-                        pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes)
+        beta = pt.beta if pt.A is None else pt.beta + self.shift.beta0
+        return Solution(pt.x.copy(), theta.copy(), 1.0 / v, beta.copy(), pt.r2, pt.deviance,
+                        pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes_of_data)
 
     # ---- derivatives ----------------------------------------------------------------------
 
     def _modes(self, pt: _Point) -> list:
-        """``V = M^{-1} Lambda' Z'[X y]`` per term, (q_k, p + 1, m_k)."""
+        """``V = M^{-1} Lambda' Z'[X y]`` per term, (q_k, p + 1, m_k): the spherical modes of
+        each column (of ``D'`` when shifted: add ``A`` for those of ``D``)."""
         if "V" not in pt.cache:
             pt.cache["V"] = pt.factor.backward(pt.w)
         return pt.cache["V"]
+
+    def _modes_of_data(self, pt: _Point) -> list:
+        """The spherical modes of the columns of ``D`` itself."""
+        V = self._modes(pt)
+        return V if pt.A is None else [v + a for v, a in zip(V, pt.A)]
 
     def _a_inv(self, pt: _Point) -> np.ndarray:
         if "a_inv" not in pt.cache:
@@ -287,10 +384,10 @@ class Deviance:
 
     def _gradient(self, pt: _Point) -> np.ndarray:
         prep, p, lams = pt.prep, self.p, pt.lams
-        V = self._modes(pt)
-        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, V)]
-        GLV = prep.g_times(LV)
-        R = [z - g for z, g in zip(prep.zxy, GLV)]
+        # Z' times the residuals of each column, from the (shifted) modes: no cancellation
+        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))]
+        R = [z - g for z, g in zip(pt.zxy, prep.g_times(LV))]
+        V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
         a_inv = self._a_inv(pt)
         dlogm = self._logdet_gradient(pt)
@@ -382,9 +479,9 @@ class Deviance:
             raise NotImplementedError("the average information covers theta only")
         pt = self._evaluate(x)
         prep, p, lams = pt.prep, self.p, pt.lams
-        V = self._modes(pt)
-        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, V)]
-        R = [z - g for z, g in zip(prep.zxy, prep.g_times(LV))]
+        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))]
+        R = [z - g for z, g in zip(pt.zxy, prep.g_times(LV))]
+        V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
         n = self.n_theta
         C = []
@@ -402,19 +499,20 @@ class Deviance:
         PW = np.zeros((n, n))
         XW = np.zeros((p, n))
         we = np.zeros(n)
-        for Ck, g, bk, yk, z, lv, Rk in zip(C, GC, b, Y, prep.zxy, LV, R):
+        for Ck, g, bk, yk, Rk in zip(C, GC, b, Y, R):
             PW += _gram(Ck, g) - _gram(bk, yk)
-            XW += _gram(z[:, :p], Ck) - _gram(lv[:, :p], g)
+            XW += _gram(Rk[:, :p], Ck)  # (X - Z Lambda V_x)' W Z C_j
             we += np.einsum("ajm,am->j", Ck, _combine(Rk, gamma))
         if p:
             PW -= XW.T @ self._a_inv(pt) @ XW
         return (PW - np.outer(we, we) / pt.r2) * self.dof / pt.r2
 
-    def _strata(self) -> list[BlockOps]:
-        """Per-stratum block operations (for the ratio gradient)."""
-        if self._strata_ops is None:
-            self._strata_ops = [BlockOps(self.cp.stratum(s)) for s in range(self.cp.n_strata)]
-        return self._strata_ops
+    def _strata(self, shifted: bool) -> list[BlockOps]:
+        """Per-stratum block operations (for the ratio gradient), of ``D`` or of ``D'``."""
+        if shifted not in self._strata_ops:
+            cp = self.shift.cp if shifted else self.cp
+            self._strata_ops[shifted] = [BlockOps(cp.stratum(s)) for s in range(cp.n_strata)]
+        return self._strata_ops[shifted]
 
     def _ratio_gradient(self, pt: _Point, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
         """d deviance / d eta_s for every stratum (the reference's entry included)."""
@@ -424,11 +522,12 @@ class Deviance:
             diag, pairs = pt.factor.selected_inverse()
         p, lams = self.p, pt.lams
         theta, v = self.split(pt.x)
+        # residual terms from the modes of the data the point used (D' when shifted)
         b = [np.einsum("ab,bjm,j->am", lam, Vk, gamma) for lam, Vk in zip(lams, self._modes(pt))]
         a_inv = self._a_inv(pt)
         LVx = [x[:, :p, :] for x in LV]
         grad = np.empty(self.cp.n_strata)
-        for s, ops in enumerate(self._strata()):
+        for s, ops in enumerate(self._strata(pt.A is not None)):
             dlogm = sum(float(np.einsum("abl,ca,cdl,db->", d, lam, A, lam))
                         for d, lam, A in zip(diag, lams, ops.diag))
             for j, blk in enumerate(ops.cp.pairs):

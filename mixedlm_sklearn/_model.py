@@ -18,7 +18,8 @@ import numpy as np
 
 from ._crossprod import CrossProducts
 from ._design import Design
-from ._deviance import Deviance, Solution
+from ._crossprod import cross_products
+from ._deviance import Deviance, Shift, Solution
 from ._optimize import OptimizerInfo, fit
 from ._terms import Terms
 from ._threads import single_threaded_blas
@@ -102,14 +103,59 @@ class FittedModel:
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
 
 
+# Digits the cross-products may cancel before the fit is redone on data moved by the
+# random effects' conditional modes (a row pass): beyond 6, the deviance's last digits
+# are rounding and the optimum is found only to about that precision.
+_MAX_DIGITS_LOST = 6.0
+
+
+def shifted_deviance(dev: Deviance, sol: Solution, design: Design, kept: np.ndarray | None = None
+                     ) -> Deviance | None:
+    """The deviance of the same data written ``D = D' + Z C`` (see :class:`._deviance.Shift`).
+
+    ``C`` holds the conditional modes of every column of ``D = [X y]`` at ``sol``; ``D'`` is
+    computed from the rows of ``design`` (one pass). None where ``sol`` has a
+    (near-)singular covariance factor, for which the unshifted form is the accurate one.
+    """
+    lams = sol.lams
+    if any(np.abs(np.diag(lam)).min() <= 1e-6 * max(1.0, np.abs(lam).max()) for lam in lams):
+        return None
+    pt = sol._point
+    C = [np.einsum("ab,bjm->ajm", lam, V) for lam, V in zip(lams, dev._modes_of_data(pt))]
+    X = design.X_full if kept is None else design.X_full[:, kept]
+    # the response relative to the fitted fixed part: its conditional modes move with it
+    for c in C:
+        c[:, -1, :] -= np.einsum("ajm,j->am", c[:, :-1, :], sol.beta)
+    D = np.column_stack([X, design.y - X @ sol.beta])
+    for (codes, Z), Ck in zip(design.factors, C):
+        D -= np.einsum("ra,ajr->rj", Z, Ck[:, :, codes])
+    cp = cross_products(D[:, :-1], D[:, -1], design.factors, dev.terms, design.weights,
+                        design.strata, design.n_strata)
+    return Deviance(dev.cp, dev.reml, plan=dev.plan, shift=Shift(cp, C, sol.beta.copy()))
+
+
 def fit_model(cp: CrossProducts, reml: bool, *, max_iter: int = 1000, tol: float = 1e-8,
-              callback: Callable[[int, float], None] | None = None) -> tuple[Deviance, Solution, OptimizerInfo]:
-    """Deviance, optimum and optimiser report of one data set (BLAS on one thread)."""
+              callback: Callable[[int, float], None] | None = None, design: Design | None = None,
+              kept: np.ndarray | None = None) -> tuple[Deviance, Solution, OptimizerInfo]:
+    """Deviance, optimum and optimiser report of one data set (BLAS on one thread).
+
+    Where the random effects absorb nearly all of some column of ``[X y]`` (a very high
+    intra-class correlation; covariates with random slopes) and the rows are at hand
+    (``design``; ``kept`` the fixed-effects columns kept), the fit is finished on the
+    shifted deviance, whose value keeps its digits there.
+    """
     dev = Deviance(cp, reml)
     with single_threaded_blas():
         if dev.n_params == 0:
             sol = dev.solution(np.empty(0))
             info = OptimizerInfo(True, "no variance parameters", 0, 1, 0.0, np.zeros(0, dtype=bool))
-        else:
-            sol, info = fit(dev, max_iter=max_iter, tol=tol, callback=callback)
+            return dev, sol, info
+        sol, info = fit(dev, max_iter=max_iter, tol=tol, callback=callback)
+        if design is not None and dev.digits_lost(sol.x) > _MAX_DIGITS_LOST:
+            precise = shifted_deviance(dev, sol, design, kept)
+            if precise is not None:
+                refit, refit_info = fit(precise, x0=sol.x, max_iter=max_iter, tol=tol, search=False)
+                refit_info = dataclasses.replace(refit_info, n_iter=info.n_iter + refit_info.n_iter,
+                                                 n_fev=info.n_fev + refit_info.n_fev)
+                return precise, refit, refit_info
     return dev, sol, info

@@ -42,6 +42,7 @@ from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower
 from ._crossprod import CrossProducts
 from ._deviance import Deviance, Solution
 from ._factor import NotPositiveDefinite
+from ._basis import Basis
 from ._terms import theta_from_lambda
 
 __all__ = ["OptimizerInfo", "fit", "SCALED_GRADIENT_TOL"]
@@ -100,49 +101,6 @@ def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ---- the whitened basis ------------------------------------------------------------------
-
-
-def _lower_factor(M: np.ndarray) -> np.ndarray:
-    """Lower-triangular ``L`` with non-negative diagonal and ``L L' = M M'`` (M may be singular)."""
-    r = linalg.qr(M.T, mode="r")[0]
-    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
-    return (signs[:, None] * r).T
-
-
-class _Basis:
-    """The change of basis ``Z_k -> Z_k P_k`` and the map of ``theta`` between the bases."""
-
-    def __init__(self, cp: CrossProducts) -> None:
-        comb = cp.combined()
-        n = comb.n
-        self.terms = cp.terms
-        self.P = []
-        for term, d in zip(cp.terms, comb.diag):
-            pooled = d[0].sum(axis=2) / n
-            if term.diagonal or term.q == 1:
-                self.P.append(np.diag(1.0 / np.sqrt(np.diag(pooled))))
-            else:
-                chol = linalg.cholesky(pooled, lower=True)
-                self.P.append(linalg.solve_triangular(chol, np.eye(term.q), lower=True).T)
-        self.xy_scale = np.sqrt(np.maximum(np.diag(comb.xyxy[0]), np.finfo(float).tiny) / n)
-        self.white = cp.transformed(self.P, self.xy_scale)
-
-    def _map(self, theta: np.ndarray, forward: bool) -> np.ndarray:
-        out = []
-        for term, sl, P in zip(self.terms, self.terms.slices, self.P):
-            lam = term.lam(theta[sl])
-            lam = P @ lam if forward else linalg.solve(P, lam)
-            out.append(theta_from_lambda(lam if term.diagonal else _lower_factor(lam), term.diagonal))
-        return np.concatenate(out) if out else np.empty(0)
-
-    def to_original(self, x: np.ndarray) -> np.ndarray:
-        """Whitened ``(theta, eta)`` -> lme4's (``eta`` is the same in both)."""
-        k = self.terms.n_theta
-        return np.concatenate([self._map(x[:k], True), x[k:]])
-
-    def from_original(self, x: np.ndarray) -> np.ndarray:
-        k = self.terms.n_theta
-        return np.concatenate([self._map(x[:k], False), x[k:]])
 
 
 # ---- starting values -----------------------------------------------------------------------
@@ -461,7 +419,11 @@ def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
         newton = _solve_pd(hess, grad[free])
     except (linalg.LinAlgError, ValueError):
         return x, float(np.max(np.abs(grad[free]))), False
-    scaled = float(np.max(np.abs(newton)))
+    # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
+    # (a very high intra-class correlation) is not known to 1e-4 absolute, whose deviance
+    # changes by less than its own rounding over such a step
+    unit = np.maximum(1.0, np.abs(x[free]))
+    scaled = float(np.max(np.abs(newton) / unit))
     # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the deviance
     # itself; then the smaller gradient decides.
     rounding = 1e-13 * max(1.0, abs(value))
@@ -477,7 +439,7 @@ def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
                 if trial_value < value - rounding:
                     return trial, scaled, True
             else:
-                trial_scaled = float(np.max(np.abs(_solve_pd(hess, trial_grad[free]))))
+                trial_scaled = float(np.max(np.abs(_solve_pd(hess, trial_grad[free])) / unit))
                 if trial_value <= value or (trial_value <= value + rounding and trial_scaled < scaled):
                     return trial, trial_scaled, True
         if scaled < SCALED_GRADIENT_TOL:
@@ -549,8 +511,8 @@ def fit(
         The fit at the optimum, in lme4's parametrisation.
     info : OptimizerInfo
     """
-    basis = _Basis(dev.cp)
-    white = Deviance(basis.white, reml=dev.reml, plan=dev.plan)
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
     if x0 is None:
         theta0 = _moment_start(basis.white)
         if theta0 is None:

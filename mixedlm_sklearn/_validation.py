@@ -698,22 +698,27 @@ def check_counts(n_obs: int, levels: dict[str, int], n_random: int) -> None:
 
 
 def check_residual_variance(scale: float, xyxy: np.ndarray, n_obs: int,
-                            strata: dict | None = None) -> None:
+                            strata: dict | None = None, rounding: float = 0.0) -> None:
     """Refuse a fit whose residual variance collapsed to 0 (an unbounded likelihood).
 
-    ``strata`` (label -> residual variance) checks each stratum's variance: a stratum
-    whose rows the fixed and random effects reproduce exactly has no finite optimum.
+    ``rounding`` is the size of a rounding error in ``scale`` (see
+    :meth:`._deviance.Deviance.rounding_of_scale`): a residual variance within 1000 of
+    those, or below 1e-20 of the least-squares one, means y was reproduced exactly. Data
+    with a real residual SD of 1e-6 of the group effects are fitted. ``strata`` (label ->
+    residual variance) checks each stratum's: a stratum whose rows the fixed and random
+    effects reproduce exactly has no finite optimum.
     """
     p = xyxy.shape[0] - 1
     beta = linalg.lstsq(xyxy[:p, :p], xyxy[:p, p])[0]
     ols_scale = (xyxy[p, p] - xyxy[:p, p] @ beta) / max(n_obs - p, 1)
-    if not scale > 1e-10 * ols_scale:
+    floor = max(1e-20 * ols_scale, 1e3 * rounding)
+    if not scale > floor:
         raise ValueError(
             f"the residual variance is 0: with {n_obs} observations the fixed and random "
             "effects reproduce y exactly within every group (e.g. y constant within each "
             "group), so the likelihood is unbounded"
         )
-    collapsed = [label for label, var in (strata or {}).items() if not var > 1e-10 * ols_scale]
+    collapsed = [label for label, var in (strata or {}).items() if not var > floor]
     if collapsed:
         raise ValueError(
             f"the residual variance of stratum(s) {collapsed} is 0: the fixed and random effects "

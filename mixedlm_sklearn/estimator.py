@@ -560,7 +560,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
             with np.errstate(all="ignore"):
                 dev, sol, info = fit_model(cp, reml, max_iter=self.max_iter, tol=self.tol,
-                                           callback=callback)
+                                           callback=callback, design=design,
+                                           kept=None if not rank.deficient else rank.kept)
         except FloatingPointError as err:
             raise ValueError(
                 f"the fit broke down numerically ({err}) as the residual variance went to 0: "
@@ -568,7 +569,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 "y constant within each group") from None
         if len(terms):
             check_residual_variance(sol.scale, xyxy, cp.n, None if strata_labels is None else
-                                    dict(zip(strata_labels, sol.scale * sol.ratios)))
+                                    dict(zip(strata_labels, sol.scale * sol.ratios)),
+                                    rounding=dev.rounding_of_scale(sol.x))
         if self.verbose:
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")

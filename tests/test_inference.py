@@ -413,3 +413,50 @@ def test_without_random_effects_the_tests_are_least_squares():
     np.testing.assert_allclose(fe["p_value"], 2 * stats.t.sf(np.abs(beta / se), len(df) - 2), rtol=1e-5)
     ci = est.conf_int(method="profile")
     assert list(ci.index) == ["sigma", "(Intercept)", "Days"]
+
+
+# ---- likelihood-ratio tests refuse what is not a comparison of nested fits (issue 11) -------
+
+
+def _sleep_fits(**cols):
+    from mixedlm_sklearn.datasets import load_sleepstudy
+
+    df = load_sleepstudy()
+    rng = np.random.default_rng(0)
+    df = df.assign(noise1=rng.standard_normal(len(df)), noise2=rng.standard_normal(len(df)))
+    return df
+
+
+def test_lr_test_refuses_models_that_are_not_nested():
+    df = _sleep_fits()
+    small = MixedLMRegressor(reml=False).fit(df[["noise1"]], df["Reaction"], groups=df["Subject"])
+    big = MixedLMRegressor(reml=False).fit(df[["noise2", "Days"]], df["Reaction"], groups=df["Subject"])
+    with pytest.raises(ValueError, match="not nested.*fixed effects"):
+        lr_test(small, big)
+    # random parts: a slope on Days is not within a random intercept for another factor
+    Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    slopes = MixedLMRegressor(reml=False).fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    other = MixedLMRegressor(reml=False).fit(  # Subject: an intercept only; a slope on another factor
+        df[["Days"]], df["Reaction"], groups=pd.DataFrame({"Subject": df["Subject"], "half": df["Days"] > 4}),
+        Z={"half": Z})
+    assert other.df_model_ > slopes.df_model_
+    with pytest.raises(ValueError, match="random-effects term 'Subject'"):
+        lr_test(slopes, other)
+
+
+def test_lr_test_refuses_fits_whose_rows_were_shuffled():
+    df = _sleep_fits()
+    order = np.random.default_rng(1).permutation(len(df))
+    small = MixedLMRegressor(reml=False).fit(df[["noise1"]], df["Reaction"], groups=df["Subject"])
+    shuffled_x = df[["noise1", "Days"]].to_numpy()[order]
+    big = MixedLMRegressor(reml=False).fit(shuffled_x, df["Reaction"], groups=df["Subject"])
+    with pytest.raises(ValueError, match="not nested"):
+        lr_test(small, big)
+    shuffled = df.iloc[order]
+    big2 = MixedLMRegressor(reml=False).fit(shuffled[["noise1", "Days"]], shuffled["Reaction"],
+                                            groups=shuffled["Subject"])
+    with pytest.raises(ValueError, match="y differs row by row"):
+        lr_test(small, big2)
+    # the same rows, nested: accepted
+    ok = MixedLMRegressor(reml=False).fit(df[["noise1", "Days"]], df["Reaction"], groups=df["Subject"])
+    assert lr_test(small, ok).df == 1

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .._basis import Conditioned
+from .._factor import NotPositiveDefinite
 from .._threads import single_threaded_blas
 from ._parameters import (
     check_alpha,
@@ -56,6 +58,9 @@ class _Profiler:
         self.terms = model.terms
         ml = model.refit(reml=False) if model.reml else model
         self.dev, sol = ml.deviance, ml.solution
+        # evaluated in the whitened basis: profiles reach variances far from the estimate,
+        # where lme4's basis of uncentred slopes loses every digit
+        self.conditioned = Conditioned(self.dev)
         sigma = float(np.sqrt(sol.scale))
         sdcor = theta_to_sdcor(sol.theta, sigma, self.terms)
         self.n_sdcor = sdcor.size
@@ -97,7 +102,10 @@ class _Profiler:
         if theta is None:  # correlations outside the correlation matrices (q >= 3 only)
             return self.dev_min + 1e10
         x = np.concatenate([theta, np.log(var[k + 1:self.n_var])])
-        sol = self.dev.solution(x)
+        try:
+            sol = self.conditioned.evaluate(x)
+        except NotPositiveDefinite:  # a trial point beyond what double precision holds
+            return self.dev_min + 1e10
         value = deviance_at_sigma(sol, self.dev.dof, sigma)
         if fixed_beta is not None:
             j, b = fixed_beta

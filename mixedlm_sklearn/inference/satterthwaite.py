@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._basis import Conditioned
 from .._threads import single_threaded_blas
 from ._parameters import deviance_at_sigma, fitted_model, hessian, jacobian
 
@@ -48,6 +49,7 @@ def varpar_model(est: Any) -> VarparModel:
     """lmerTest's variance-parameter model of a fit."""
     model = fitted_model(est)
     dev, sol = model.deviance, model.solution
+    conditioned = Conditioned(dev)  # steps in badly scaled slopes stay accurate
     x_fit = sol.x
     x0 = np.append(x_fit, np.sqrt(sol.scale))
     solved: dict[bytes, Any] = {}
@@ -57,7 +59,7 @@ def varpar_model(est: Any) -> VarparModel:
         # halves the number of factorisations.
         key = v[:-1].tobytes()
         if key not in solved:
-            solved[key] = dev.solution(v[:-1])
+            solved[key] = conditioned.evaluate(v[:-1])
         return solved[key]
 
     def deviance(v):
