@@ -93,6 +93,9 @@ CASES = {
     "dietox_q3": ("Weight ~ Time + T2 + (Time + T2 | Pig)", dietox_q3),
     "sleepstudy_weighted": ("Reaction ~ Days + (Days | Subject)", sleepstudy_weighted),
     "penicillin_crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", load_penicillin),
+    "dietox_factorial": ("Weight ~ Time + Evit * Cu + (1 | Pig)", load_dietox),
+    "dietox_factorial_sum": ("Weight ~ Time + C(Evit, contr.sum) * C(Cu, contr.sum) + (1 | Pig)",
+                             load_dietox),
 }
 
 
@@ -225,7 +228,7 @@ def at_r_point(case: str):
 
     est = fitted(case)
     ref = supplementary(case)
-    sol = est.model_.deviance.solve(np.asarray(ref["theta"], dtype=float))
+    sol = est.model_.deviance.solve(np.atleast_1d(np.asarray(ref["theta"], dtype=float)))
     moved = copy.copy(est)
     moved.model_ = dataclasses.replace(est.model_, solution=sol)
     moved.cov_fe_ = sol.cov_beta()

@@ -149,3 +149,18 @@ d <- rd("penicillin")
 m <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), d)
 write(fit_entry(m, "penicillin_crossed", "diameter ~ 1 + (1 | plate) + (1 | sample)", "none",
                 anova = FALSE), "penicillin_crossed")
+
+# H. dietox with a factor x factor interaction (unbalanced cells): type III contrasts of
+#    main effects contained in the interaction; emmeans averaging over Cu
+d <- rd("dietox")
+m <- lmer(Weight ~ Time + Evit * Cu + (1 | Pig), d)
+write(fit_entry(m, "dietox_factorial", "Weight ~ Time + Evit * Cu + (1 | Pig)", "none",
+                emm = list(emm_entry(m, "Evit"), emm_entry(m, c("Cu", "Evit")))),
+      "dietox_factorial")
+
+# I. the same with sum-to-zero contrasts: lmerTest remakes the design with treatment
+#    contrasts and maps the type III contrasts back
+m <- lmer(Weight ~ Time + Evit * Cu + (1 | Pig), d, contrasts = list(Evit = "contr.sum", Cu = "contr.sum"))
+write(fit_entry(m, "dietox_factorial_sum", "Weight ~ Time + Evit * Cu + (1 | Pig), contr.sum",
+                "contrasts = list(Evit = 'contr.sum', Cu = 'contr.sum')",
+                emm = list(emm_entry(m, "Evit")), r2 = FALSE), "dietox_factorial_sum")
