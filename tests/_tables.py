@@ -93,6 +93,7 @@ CASES = {
     "dietox_q3": ("Weight ~ Time + T2 + (Time + T2 | Pig)", dietox_q3),
     "sleepstudy_weighted": ("Reaction ~ Days + (Days | Subject)", sleepstudy_weighted),
     "penicillin_crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", load_penicillin),
+    "orthodont_logage": ("distance ~ np.log(age) * Sex + (1 | Subject)", orthodont),
     "dietox_factorial": ("Weight ~ Time + Evit * Cu + (1 | Pig)", load_dietox),
     "dietox_factorial_sum": ("Weight ~ Time + C(Evit, contr.sum) * C(Cu, contr.sum) + (1 | Pig)",
                              load_dietox),

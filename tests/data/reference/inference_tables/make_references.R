@@ -40,9 +40,9 @@ anova_entry <- function(m, type, ddf) {
   list(table = tab(as.data.frame(a)), hypotheses = lapply(hyp, mat))
 }
 
-emm_entry <- function(m, specs, at = NULL, custom = NULL) {
-  e <- if (is.null(at)) emmeans(m, specs) else emmeans(m, specs, at = at)
-  out <- list(specs = specs, at = at, table = tab(as.data.frame(summary(e))),
+emm_entry <- function(m, specs, at = NULL, custom = NULL, mode = "kenward-roger") {
+  e <- if (is.null(at)) emmeans(m, specs, lmer.df = mode) else emmeans(m, specs, at = at, lmer.df = mode)
+  out <- list(specs = specs, at = at, mode = mode, table = tab(as.data.frame(summary(e))),
               grid_X = unname(e@linfct))
   out$pairs <- lapply(setNames(nm = c("tukey", "holm", "bonferroni", "none")), function(adj)
     tab(as.data.frame(summary(pairs(e, adjust = adj)))))
@@ -103,7 +103,8 @@ write <- function(x, name) {
 # A. Orthodont, balanced, one factor with a correlated slope (the shared reference's model)
 d <- rd("orthodont"); d$Sex <- factor(d$Sex, levels = c("Male", "Female"))
 m <- lmer(distance ~ age * Sex + (age | Subject), d)
-e <- list(emm_entry(m, "Sex"), emm_entry(m, "Sex", at = list(age = 14)))
+e <- list(emm_entry(m, "Sex"), emm_entry(m, "Sex", at = list(age = 14)),
+          emm_entry(m, "Sex", mode = "satterthwaite"), emm_entry(m, "Sex", mode = "asymptotic"))
 x <- fit_entry(m, "orthodont_slopes", "distance ~ age * Sex + (age | Subject)",
                "Sex as a factor with levels Male, Female", emm = e)
 x$r2_intercept_model <- r2_entry(lmer(distance ~ age * Sex + (1 | Subject), d))
@@ -164,3 +165,10 @@ m <- lmer(Weight ~ Time + Evit * Cu + (1 | Pig), d, contrasts = list(Evit = "con
 write(fit_entry(m, "dietox_factorial_sum", "Weight ~ Time + Evit * Cu + (1 | Pig), contr.sum",
                 "contrasts = list(Evit = 'contr.sum', Cu = 'contr.sum')",
                 emm = list(emm_entry(m, "Evit")), r2 = FALSE), "dietox_factorial_sum")
+
+# J. a transformed covariate: emmeans evaluates log(age) at the mean of age
+d <- rd("orthodont"); d$Sex <- factor(d$Sex, levels = c("Male", "Female"))
+m <- lmer(distance ~ log(age) * Sex + (1 | Subject), d)
+write(fit_entry(m, "orthodont_logage", "distance ~ log(age) * Sex + (1 | Subject)",
+                "Sex as a factor with levels Male, Female", anova = FALSE, r2 = FALSE,
+                emm = list(emm_entry(m, "Sex"))), "orthodont_logage")
