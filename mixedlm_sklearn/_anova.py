@@ -62,6 +62,9 @@ __all__ = [
     "satterthwaite_f_test",
     "kenward_roger_f_test",
     "anova_table",
+    "ranova_formulas",
+    "ranova_table",
+    "ols_loglik",
     "TABLE_COLUMNS",
 ]
 
@@ -602,3 +605,176 @@ def anova_table(contrasts: Mapping[str, np.ndarray], test: Callable[[np.ndarray]
     if len(table) and table["NumDF"].notna().all():
         table["NumDF"] = table["NumDF"].astype(int)
     return table
+
+
+# ---- random effects: lmerTest's ranova ---------------------------------------------------------
+
+
+def _deparse(text: str) -> str:
+    """R's spacing of a formula piece: spaces around + - * / |, none around : and ^."""
+    import re
+
+    text = re.sub(r"\s+", " ", text.strip())
+    text = re.sub(r"\s*([+*/|-])\s*", r" \1 ", text)
+    text = re.sub(r"\s*([:^])\s*", r"\1", text)
+    return re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", text)).strip()
+
+
+def _random_bars(formula: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """Response, fixed part and lme4's ``findbars`` terms ``(left, group)`` of a formula.
+
+    ``(x || g)`` becomes ``(1 | g)`` and ``(0 + x | g)`` (lme4's ``expandDoubleVerts``);
+    ``(1 | a/b)`` becomes ``(1 | b:a)`` and ``(1 | a)`` (its ``expandSlash``).
+    """
+    from .formula import _as_bar, _bar_positions, _signed_pieces, _split_top
+    import formulaic
+
+    lhs, rhs = (s.strip() for s in _split_top(formula, "~"))
+    fixed, bars = [], []
+    for sign, piece in _signed_pieces(rhs):
+        inner = _as_bar(piece)
+        if inner is None:
+            fixed.append(piece if sign == "+" else f"- {piece}")
+            continue
+        positions = _bar_positions(inner)
+        left, right = inner[:positions[0]].strip(), inner[positions[-1] + 1:].strip()
+        groups = [p.strip() for p in _split_top(right, "/")]
+        # expandSlash: a/b -> b:a, a (innermost first)
+        expanded = [":".join(reversed(groups[:i])) for i in range(len(groups), 0, -1)]
+        for group in expanded:
+            if len(positions) == 2:  # ||
+                terms = [str(t) for t in formulaic.Formula(f"~ {left}")]
+                if "1" in terms:
+                    bars.append(("1", group))
+                bars.extend((f"0 + {t}", group) for t in terms if t != "1")
+            else:
+                bars.append((_deparse(left), _deparse(group)))
+    fixed_text = " + ".join(fixed).replace("+ -", "-") if fixed else "1"
+    return lhs, fixed_text, bars
+
+
+def ranova_formulas(formula: str) -> dict[str, str | None]:
+    """The reduced models of lmerTest's ``ranova``: one per random-effects term.
+
+    A term ``(left | g)`` whose left side has terms (besides the intercept) is reduced by
+    each of its marginal terms (``"age in (age | Subject)"``: ``(age | Subject)`` becomes
+    ``(1 | Subject)``); a term without (``(1 | plate)``) is removed. Identical random terms
+    left after a reduction are merged, as R's formula algebra does. ``None`` for a model
+    without random effects (lmerTest fits it with ``lm``; see :func:`ols_loglik`).
+
+    Parameters
+    ----------
+    formula : str
+        An lme4 formula.
+
+    Returns
+    -------
+    dict
+        Row name -> formula of the reduced model.
+
+    Examples
+    --------
+    >>> ranova_formulas("distance ~ age * Sex + (age | Subject)")
+    {'age in (age | Subject)': 'distance ~ age * Sex + (1 | Subject)'}
+    >>> ranova_formulas("diameter ~ 1 + (1 | plate) + (1 | sample)")
+    {'(1 | plate)': 'diameter ~ 1 + (1 | sample)', '(1 | sample)': 'diameter ~ 1 + (1 | plate)'}
+    """
+    import formulaic
+
+    lhs, fixed, bars = _random_bars(formula)
+    labels = [f"{left} | {group}" for left, group in bars]
+    out: dict[str, str | None] = {}
+
+    def assemble(terms: list[str]) -> str | None:
+        unique = list(dict.fromkeys(terms))
+        if not unique:
+            return None
+        return f"{lhs} ~ {fixed} + " + " + ".join(f"({t})" for t in unique)
+
+    for i, (left, group) in enumerate(bars):
+        others = labels[:i] + labels[i + 1:]
+        f = formulaic.Formula(f"~ {left}")
+        names = [str(t) for t in f if str(t) != "1"]
+        variables = {str(t): {str(x.expr) for x in t.factors} for t in f if str(t) != "1"}
+        scope = [n for n in names if not any(variables[n] < variables[m] for m in names if m != n)]
+        if not names or not scope:
+            out[f"({labels[i]})"] = assemble(others)
+            continue
+        intercept = any(str(t) == "1" for t in f)
+        for term in scope:
+            rest = [n for n in names if n != term]
+            if not rest:
+                new_left = "1"
+            else:
+                new_left = ("" if intercept else "0 + ") + " + ".join(rest)
+            reduced = labels[:i] + [f"{new_left} | {group}"] + labels[i + 1:]
+            out[f"{term} in ({labels[i]})"] = assemble(reduced)
+    return out
+
+
+def ranova_table(full: tuple[float, int], reduced: Mapping[str, tuple[float, int]]) -> pd.DataFrame:
+    """lmerTest's ``ranova`` table: likelihood-ratio tests of the reduced models.
+
+    Parameters
+    ----------
+    full : (loglik, npar)
+        The model's log-likelihood (REML criterion scale for REML fits, as ``logLik``) and
+        number of parameters (fixed effects, variance parameters, residual variance).
+    reduced : mapping
+        Row name -> (loglik, npar) of each reduced model, refitted the same way.
+
+    Returns
+    -------
+    DataFrame
+        Rows ``<none>`` then the reduced models; columns ``npar``, ``logLik``, ``AIC``,
+        ``LRT``, ``Df``, ``Pr(>Chisq)`` (NaN in the first row).
+
+    Examples
+    --------
+    >>> ranova_table((-216.29, 8), {"age in (age | Subject)": (-216.88, 6)}).round(3)
+                            npar  logLik     AIC   LRT   Df  Pr(>Chisq)
+    <none>                     8 -216.29  448.58   NaN  NaN         NaN
+    age in (age | Subject)     6 -216.88  445.76  1.18  2.0       0.554
+    """
+    rows = [("<none>", full[0], full[1])] + [(k, v[0], v[1]) for k, v in reduced.items()]
+    table = pd.DataFrame({
+        "npar": [int(r[2]) for r in rows],
+        "logLik": [float(r[1]) for r in rows],
+    }, index=pd.Index([r[0] for r in rows], dtype=object))
+    table["AIC"] = -2.0 * table["logLik"] + 2.0 * table["npar"]
+    lrt = 2.0 * (full[0] - table["logLik"].to_numpy())
+    df = full[1] - table["npar"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        p = np.where(df > 0, stats.chi2.sf(lrt, np.where(df > 0, df, 1.0)), np.nan)
+    table["LRT"] = np.r_[np.nan, lrt[1:]]
+    table["Df"] = np.r_[np.nan, df[1:]]
+    table["Pr(>Chisq)"] = np.r_[np.nan, p[1:]]
+    return table
+
+
+def ols_loglik(X: Any, y: Any, reml: bool = True) -> tuple[float, int]:
+    """Log-likelihood and parameter count of least squares, as R's ``logLik.lm``.
+
+    For the row of ``ranova`` whose reduced model has no random effects left; with
+    ``reml=True`` the REML log-likelihood ``-(n-p)/2 (log(2 pi RSS/(n-p)) + 1) - log|R|``
+    (``R`` the QR factor of ``X``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.column_stack([np.ones(5), np.arange(5.0)]); y = np.array([1.0, 3, 2, 5, 4])
+    >>> [round(float(v), 6) for v in ols_loglik(X, y, reml=False)]  # R: -6.273432 (df=3)
+    [-6.273432, 3.0]
+    >>> round(float(ols_loglik(X, y)[0]), 6)  # R: logLik(lm(y ~ x), REML = TRUE)
+    -6.486309
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    n, p = X.shape
+    Q, R = np.linalg.qr(X)
+    rss = float(np.sum((y - Q @ (Q.T @ y)) ** 2))
+    N = n - p if reml else n
+    val = 0.5 * (-N * (np.log(2.0 * np.pi) + 1.0 - np.log(N) + np.log(rss)))
+    if reml:
+        val -= float(np.sum(np.log(np.abs(np.diag(R)))))
+    return float(val), p + 1

@@ -14,6 +14,8 @@ suppressMessages({
   library(performance); library(jsonlite)
 })
 data_dir <- "/work/shared/datasets"
+deparse2 <- function(x) paste(safeDeparse(x), collapse = " ")
+safeDeparse <- function(x) deparse(x, width.cutoff = 500L)
 rd <- function(name) read.csv(file.path(data_dir, paste0(name, ".csv")), stringsAsFactors = FALSE)
 
 tab <- function(df) {
@@ -90,6 +92,8 @@ fit_entry <- function(m, name, formula, prep, anova = TRUE, emm = list(), r2 = T
     d1 <- drop1(m)
     out$drop1 <- list(table = tab(as.data.frame(d1)), hypotheses = lapply(attr(d1, "hypotheses"), mat))
   }
+  rv <- ranova(m)
+  out$ranova <- c(tab(as.data.frame(rv)), list(formulae = sapply(attr(rv, "formulae"), deparse2)))
   if (length(emm)) out$emmeans <- emm
   if (r2) out$r2 <- r2_entry(m)
   out
