@@ -421,7 +421,8 @@ def _dense(a: Any) -> np.ndarray:
 def _apply_blocks(M: np.ndarray, block: RandomBlock, D: np.ndarray) -> np.ndarray:
     """``M (I_m (x) D)`` for the columns ``M`` of one term (level by level, q effects each)."""
     rows = M.shape[0]
-    return (M.reshape(rows, block.n_levels, block.q) @ D).reshape(rows, -1)
+    # one (rows * m, q) @ (q, q) product, much faster than a stack of tiny matmuls
+    return (M.reshape(rows * block.n_levels, block.q) @ D).reshape(rows, -1)
 
 
 def kenward_roger(
@@ -511,10 +512,10 @@ def kenward_roger(
     LtK = np.asarray((Lam.T @ K[p:, :]))  # Lambda' K_{z.}, (N, D)
     M = np.eye(N) + np.asarray(Lam.T @ LtK[:, p:].T).T
     cho = linalg.cho_factor(0.5 * (M + M.T), lower=True)
-    MinvLtK = linalg.cho_solve(cho, LtK)
-    H = K - LtK.T @ MinvLtK  # Y'V^{-1}Y
+    half = linalg.solve_triangular(cho[0], LtK, lower=True)  # L^{-1} Lambda' K_{z.}, M = L L'
+    H = K - half.T @ half  # Y'V^{-1}Y = K - K_{.z} Lambda M^{-1} Lambda' K_{z.}
     H = 0.5 * (H + H.T)
-    CK = np.asarray(Lam @ MinvLtK)  # C K_{z.}, (N, D)
+    CK = np.asarray(Lam @ linalg.solve_triangular(cho[0], half, lower=True, trans="T"))  # C K_{z.}
     Phi = linalg.inv(H[:p, :p])
     Phi = 0.5 * (Phi + Phi.T)
 
@@ -526,13 +527,36 @@ def kenward_roger(
         for d, name in zip(b.derivatives, b.param_names()):
             kinds.append(("re", k, d, _apply_blocks(Hk, b, d)))
             names.append(name)
-    Gamma = np.eye(D)
-    Gamma[p:, :] -= CK  # V^{-1} Y = T Y Gamma
-    C = np.asarray(Lam @ linalg.cho_solve(cho, Lam.T.toarray())) if N else np.zeros((0, 0))
-    F_res, a_res = [], []
+    # Residual parameters need only some blocks of F_s = Gamma'K_sGamma / sigma_s^4: its
+    # first p columns and the level-diagonal blocks of its random-effects part. With
+    # Gamma = I - J_z C K_{z.}: Gamma_{.x} = [I; -C K_zx], Gamma_zz = I - C K_zz, Gamma_xz = 0.
+    Gx = np.vstack([np.eye(p), -CK[:, :p]])
+    Gzz = np.eye(N) - CK[:, p:]
+
+    def C_times(A: np.ndarray) -> np.ndarray:
+        """``C A = Lambda M^{-1} Lambda' A`` without forming C."""
+        return np.asarray(Lam @ linalg.cho_solve(cho, np.asarray(Lam.T @ A)))
+
+    Fx, Fdiag, a_res, CKs = [], [], [], []
     for s in range(S):
-        F_res.append(Gamma.T @ K_s[s] @ Gamma / s2[s] ** 2)
-        a_res.append(K_s[s][p:, :] @ Gamma[:, :p])  # K_{s,z.} Gamma_{.x}, (N, p)
+        KsGx = K_s[s] @ Gx
+        Fx.append((KsGx - CK.T @ KsGx[p:]) / s2[s] ** 2)  # F_s[:, :p] = Gamma' K_s Gx / s^4
+        a_res.append(KsGx[p:])  # K_{s,z.} Gamma_{.x}
+        if S == 1:  # K_s = sigma^2 K, so K_{s,zz} Gamma_zz = sigma^2 H_zz and C K_{s,zz} = sigma^2 C K_zz
+            Wz = s2[0] * H[p:, p:]
+            CKs.append(s2[0] * CK[:, p:])
+        else:
+            Wz = K_s[s][p:, p:] @ Gzz
+            CKs.append(C_times(K_s[s][p:, p:]))
+        blocks_s = []
+        for k, b in enumerate(blocks):
+            cols = slice(starts[k], starts[k + 1])
+            # sum over levels of the level's diagonal block of Gamma_zz' K_s,zz Gamma_zz:
+            # one (N m, q)' (N m, q) product
+            G3 = np.ascontiguousarray(Gzz[:, cols]).reshape(N * b.n_levels, b.q)
+            W3 = np.ascontiguousarray(Wz[:, cols]).reshape(N * b.n_levels, b.q)
+            blocks_s.append(G3.T @ W3 / s2[s] ** 2)
+        Fdiag.append(blocks_s)
         kinds.append(("res", s))
         names.append("sigma2" if S == 1 else f"sigma2|{s}")
     n_par = len(kinds)
@@ -543,7 +567,7 @@ def kenward_roger(
             k, HE = kind[1], kind[3]
             P[i] = -HE[:p] @ H[zsl[k], :p]
         else:
-            P[i] = -F_res[kind[1]][:p, :p]
+            P[i] = -Fx[kind[1]][:p]
         P[i] = 0.5 * (P[i] + P[i].T)
 
     Q = np.empty((n_par, n_par, p, p))
@@ -558,21 +582,15 @@ def kenward_roger(
                 Ktr[i, j] = np.sum(HEi[zsl[l]] * HEj[zsl[k]].T)
             elif ki[0] == "re":
                 k, d, HEi, s = ki[1], ki[2], ki[3], kj[1]
-                Fz = F_res[s][zsl[k], :]
-                Q[i, j] = HEi[:p] @ Fz[:, :p]
-                b = blocks[k]
-                diag_blocks = Fz[:, zsl[k]].reshape(b.n_levels, b.q, b.n_levels, b.q)
-                Ktr[i, j] = float(np.sum(np.einsum("iaib->ab", diag_blocks) * d))
+                Q[i, j] = HEi[:p] @ Fx[s][zsl[k]]  # H_xz E_i (F_s)_zx
+                Ktr[i, j] = float(np.sum(Fdiag[s][k] * d))  # tr(E_i (F_s)_zz)
             else:
                 s, t = ki[1], kj[1]
-                cross = a_res[s].T @ C @ a_res[t] / (s2[s] ** 2 * s2[t] ** 2)
-                Czs = C @ K_s[s][p:, p:]
-                Czt = C @ K_s[t][p:, p:]
-                trace = float(np.sum(Czs * Czt.T)) / (s2[s] ** 2 * s2[t] ** 2)
+                cross = a_res[s].T @ C_times(a_res[t]) / (s2[s] ** 2 * s2[t] ** 2)
+                trace = float(np.sum(CKs[s] * CKs[t].T)) / (s2[s] ** 2 * s2[t] ** 2)
                 if s == t:
-                    Gx = Gamma[:, :p]
                     cross = Gx.T @ K_s[s] @ Gx / s2[s] ** 3 - cross
-                    trace += n_l[s] / s2[s] ** 2 - 2.0 * float(np.trace(Czs)) / s2[s] ** 3
+                    trace += n_l[s] / s2[s] ** 2 - 2.0 * float(np.trace(CKs[s])) / s2[s] ** 3
                 else:
                     cross = -cross
                 Q[i, j] = cross
