@@ -62,6 +62,9 @@ __all__ = [
     "satterthwaite_f_test",
     "kenward_roger_f_test",
     "anova_table",
+    "terms_from_columns",
+    "contrasts",
+    "anova",
     "ranova_formulas",
     "ranova_table",
     "ols_loglik",
@@ -605,6 +608,149 @@ def anova_table(contrasts: Mapping[str, np.ndarray], test: Callable[[np.ndarray]
     if len(table) and table["NumDF"].notna().all():
         table["NumDF"] = table["NumDF"].astype(int)
     return table
+
+
+# ---- one entry point ---------------------------------------------------------------------------
+
+
+def terms_from_columns(names: Sequence[str], groups: Mapping[str, Sequence[str]] | None = None
+                       ) -> tuple[list[FixedTerm], bool]:
+    """Terms of a fit without a formula: one per column, or as ``groups`` gathers them.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The fixed effects in order (``fe_params_.index``); ``"(Intercept)"`` is the
+        intercept, not a term.
+    groups : mapping, optional
+        Term name -> its columns (``{"Machine": ["MachineB", "MachineC"]}``); columns in no
+        group are terms of their own.
+
+    Returns
+    -------
+    terms : list of FixedTerm
+        Each term its own variable: no term contains another, so type III contrasts are
+        the identity rows of each term's columns.
+    intercept : bool
+
+    Examples
+    --------
+    >>> terms, intercept = terms_from_columns(["(Intercept)", "x", "MachineB", "MachineC"],
+    ...                                       {"Machine": ["MachineB", "MachineC"]})
+    >>> [(t.name, t.columns) for t in terms], intercept
+    ([('x', (1,)), ('Machine', (2, 3))], True)
+    """
+    names = list(names)
+    groups = dict(groups or {})
+    grouped = {c: g for g, cols in groups.items() for c in cols}
+    unknown = sorted(set(grouped) - set(names))
+    if unknown:
+        raise ValueError(f"terms name columns {unknown} that are not fixed effects {names}")
+    terms: list[FixedTerm] = []
+    seen = set()
+    for j, name in enumerate(names):
+        if name == "(Intercept)":
+            continue
+        term = grouped.get(name, name)
+        if term in seen:
+            continue
+        seen.add(term)
+        cols = tuple(names.index(c) for c in groups[term]) if term in groups else (j,)
+        terms.append(FixedTerm(term, cols, (term,)))
+    return terms, "(Intercept)" in names
+
+
+def contrasts(kind: Any, terms: Sequence[FixedTerm], p: int, intercept: bool, xtx: Any,
+              over: Overparametrised | None = None) -> dict[str, np.ndarray]:
+    """The contrast matrices of an ANOVA table.
+
+    Parameters
+    ----------
+    kind : {1, 3, "I", "III", "marginal"}
+        Type I (sequential), type III, or ``drop1``'s marginal tests.
+    terms : sequence of FixedTerm
+    p : int
+        Number of fixed effects.
+    intercept : bool
+    xtx : array-like of shape (p, p)
+        ``X'X`` (type I; lmerTest's fallbacks).
+    over : Overparametrised, optional
+        Type III of a formula fit (:func:`overparametrised_design`). Without it, type III
+        needs terms of which none contains another (a fit from arrays): then the contrasts
+        are the identity rows of each term's columns.
+
+    Returns
+    -------
+    dict
+        Term name -> contrast matrix.
+    """
+    kind = {"I": 1, "1": 1, "III": 3, "3": 3}.get(str(kind), kind)
+    if kind == 1:
+        return type1_contrasts(xtx, terms, intercept)
+    if kind == "marginal":
+        return marginal_contrasts(terms, p, intercept, xtx)
+    if kind != 3:
+        raise ValueError(f"type must be 1, 3 or 'marginal', got {kind!r}")
+    if over is not None:
+        return type3_contrasts(over, terms, intercept, xtx)
+    if any(containment(terms).values()):
+        raise ValueError("type III contrasts of terms that contain others need the "
+                         "over-parametrised design (overparametrised_design)")
+    if p <= 1 or len(terms) <= 1:
+        return type1_contrasts(xtx, terms, intercept)
+    eye = np.eye(p)
+    return {t.name: eye[list(t.columns)] for t in terms}
+
+
+def anova(contrast_matrices: Mapping[str, np.ndarray], beta: Any, cov_beta: Any, sigma2: float,
+          ddf: str = "satterthwaite", t_df: Callable[[np.ndarray], np.ndarray] | None = None,
+          kr: Any = None) -> pd.DataFrame:
+    """The ANOVA table (lmerTest's ``anova``/``drop1``) for given contrasts.
+
+    Parameters
+    ----------
+    contrast_matrices : mapping
+        From :func:`contrasts`.
+    beta, cov_beta : array-like
+        Estimates and their (unadjusted) covariance.
+    sigma2 : float
+        Residual variance.
+    ddf : {"satterthwaite", "kenward-roger"}
+    t_df : callable, optional
+        Satterthwaite df of contrast rows (``lambda L: satterthwaite_df(est, L)``); needed
+        for Satterthwaite and for Kenward-Roger's fallback on rank-deficient contrasts.
+    kr : KenwardRoger, optional
+        Needed for Kenward-Roger.
+
+    Returns
+    -------
+    DataFrame
+        A row per term; ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``, ``F value``, ``Pr(>F)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> L = {"x": np.array([[0.0, 1.0]])}
+    >>> anova(L, [1.0, 2.0], np.diag([1.0, 0.25]), 2.0, t_df=lambda M: np.full(len(M), 10.0)).round(4)
+       Sum Sq  Mean Sq  NumDF  DenDF  F value  Pr(>F)
+    x    32.0     32.0      1   10.0     16.0  0.0025
+    """
+    from functools import partial
+
+    ddf = ddf.lower().replace("_", "-")
+    beta = np.asarray(beta, dtype=float).reshape(-1)
+    if ddf == "satterthwaite":
+        if t_df is None:
+            raise ValueError("Satterthwaite's method needs t_df (the df of contrast rows)")
+        test = partial(satterthwaite_f_test, beta=beta, cov_beta=cov_beta, sigma2=sigma2, t_df=t_df)
+    elif ddf == "kenward-roger":
+        if kr is None:
+            raise ValueError("Kenward-Roger's method needs kr (kenward_roger(...))")
+        test = partial(kenward_roger_f_test, beta=beta, kr=kr, sigma2=sigma2, t_df=t_df,
+                       cov_beta=cov_beta)
+    else:
+        raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
+    return anova_table(contrast_matrices, test)
 
 
 # ---- random effects: lmerTest's ranova ---------------------------------------------------------

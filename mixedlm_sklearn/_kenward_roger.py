@@ -83,6 +83,7 @@ __all__ = [
     "KRFTest",
     "covariance_derivatives",
     "design_cross_products",
+    "cross_products_from_group_stats",
     "kenward_roger",
 ]
 
@@ -267,6 +268,48 @@ def design_cross_products(
         ztz.append((Zs.T @ sp.diags(ws) @ Zs).tocsr())
         n_obs.append(int(np.sum(groups == g)))
     return CrossProducts(xtx, ztx, ztz, n_obs, n_levels, labels)
+
+
+def cross_products_from_group_stats(stats: Any) -> CrossProducts:
+    """The cross-products of a single-factor fit from its per-group sufficient statistics.
+
+    Parameters
+    ----------
+    stats : GroupStats or sequence of GroupStats
+        One grouping factor's statistics (``ztz`` of shape ``(q, q, m)``, ``ztxy`` of shape
+        ``(q, p + 1, m)``, ``xyxy``, ``n_obs``), or one per residual stratum with a common
+        group coding (``model_.strata[0]`` of a ``residual_groups`` fit).
+
+    Returns
+    -------
+    CrossProducts
+        ``Z'Z`` block diagonal (sparse), the random effects level by level.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> cp = cross_products_from_group_stats(est.model_.deviance.stats)
+    >>> cp.ztz[0].shape, cp.ztx[0].shape, cp.n_levels
+    ((36, 36), (36, 2), [18])
+    """
+    many = isinstance(stats, (list, tuple))
+    stats = list(stats) if many else [stats]
+    xtx, ztx, ztz, n_obs = [], [], [], []
+    for st in stats:
+        q, _, m = st.ztz.shape
+        p = st.xyxy.shape[0] - 1
+        xtx.append(np.array(st.xyxy[:p, :p], dtype=float))
+        # (q, p, m) -> rows level by level, effect by effect
+        ztx.append(np.transpose(st.ztxy[:, :p, :], (2, 0, 1)).reshape(m * q, p))
+        ztz.append(sp.block_diag([st.ztz[:, :, j] for j in range(m)], format="csr"))
+        n_obs.append(int(st.n_obs))
+    return CrossProducts(xtx, ztx, ztz, n_obs, [stats[0].ztz.shape[2]],
+                         list(range(len(stats))) if many else [None])
 
 
 class KRFTest(NamedTuple):

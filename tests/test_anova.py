@@ -318,3 +318,61 @@ def test_shared_reference_ranova(case, ref_name):
         _assert_ranova(_ranova(case, full=full), ref, lrt_rtol=1e-7, p_atol=1e-8)
     else:
         _assert_ranova(_ranova(case), ref)
+
+
+# ---- the entry points the estimator will call -----------------------------------------------
+
+
+def test_entry_points_reproduce_the_tables():
+    """contrasts() + anova() give lmerTest's tables (Orthodont, at lme4's estimates)."""
+    from mixedlm_sklearn._anova import anova, contrasts
+
+    est = at_r_point("orthodont_slopes")
+    terms, intercept = fixed_terms(est.model_frame_._fixed_spec)
+    X = design(est)
+    over = overparametrised_design(est.model_frame_._fixed_spec, CASES["orthodont_slopes"][1]())
+    t_df = _varpar_model(est).contrast_df
+    for kind, ddf, key in [(3, "satterthwaite", "type3_satterthwaite"),
+                           ("I", "kenward-roger", "type1_kenward_roger"),
+                           ("marginal", "satterthwaite", None)]:
+        L = contrasts(kind, terms, X.shape[1], intercept, X.T @ X, over)
+        table = anova(L, est.fe_params_, est.cov_fe_, est.scale_, ddf=ddf, t_df=t_df,
+                      kr=kr_at_r("orthodont_slopes"))
+        ref = (supplementary("orthodont_slopes")["anova"][key]["table"] if key
+               else supplementary("orthodont_slopes")["drop1"]["table"])
+        np.testing.assert_allclose(table["F value"], r_column(ref, "F value"), rtol=1e-8)
+    with pytest.raises(ValueError, match="t_df"):
+        anova(L, est.fe_params_, est.cov_fe_, est.scale_)
+    with pytest.raises(ValueError, match="kr"):
+        anova(L, est.fe_params_, est.cov_fe_, est.scale_, ddf="kenward-roger")
+    with pytest.raises(ValueError, match="type"):
+        contrasts(2, terms, X.shape[1], intercept, X.T @ X, over)
+
+
+def test_fit_from_arrays_one_term_per_column_or_grouped():
+    """Without a formula: terms are columns (or groups of them); type III is then the
+    identity rows (no term contains another), type I sequential as usual."""
+    from mixedlm_sklearn._anova import anova, contrasts, terms_from_columns
+
+    est = fitted("dietox_unbalanced")
+    names = list(est.fe_params_.index)
+    X = design(est)
+    groups = {"Evit": ["EvitEvit100", "EvitEvit200"], "Cu": ["CuCu035", "CuCu175"]}
+    terms, intercept = terms_from_columns(names, groups)
+    assert [t.name for t in terms] == ["Time", "Evit", "Cu", "Time:EvitEvit100", "Time:EvitEvit200"]
+    L3 = contrasts(3, terms, len(names), intercept, X.T @ X)
+    assert L3["Evit"].tolist() == np.eye(8)[[2, 3]].tolist()
+    t_df = _varpar_model(est).contrast_df
+    table = anova(contrasts(1, terms, len(names), intercept, X.T @ X), est.fe_params_,
+                  est.cov_fe_, est.scale_, t_df=t_df)
+    # the grouped factor Evit tested jointly, as in the formula fit's type I table
+    formula_terms, _ = fixed_terms(est.model_frame_._fixed_spec)
+    ref = anova(contrasts(1, formula_terms, len(names), True, X.T @ X), est.fe_params_,
+                est.cov_fe_, est.scale_, t_df=t_df)
+    assert table.loc["Evit", "NumDF"] == 2
+    np.testing.assert_allclose(table.loc[["Time", "Evit", "Cu"]].to_numpy(),
+                               ref.loc[["Time", "Evit", "Cu"]].to_numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="not fixed effects"):
+        terms_from_columns(names, {"Machine": ["MachineB"]})
+    with pytest.raises(ValueError, match="over-parametrised"):
+        contrasts(3, formula_terms, len(names), True, X.T @ X)
