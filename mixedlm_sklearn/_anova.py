@@ -49,6 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+# lmerTest's get_Fstat_ddf (Fai & Cornelius 1996): the package's one implementation
+from .inference import _combined_ddf
+
 __all__ = [
     "FixedTerm",
     "Overparametrised",
@@ -459,18 +462,6 @@ def marginal_contrasts(terms: Sequence[FixedTerm], p: int, intercept: bool = Tru
 # ---- F tests --------------------------------------------------------------------------------
 
 
-def _fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
-    """lmerTest ``get_Fstat_ddf`` (Fai & Cornelius 1996)."""
-    if nu.size == 1:
-        return float(nu[0])
-    if np.all(np.abs(np.diff(nu)) < tol):
-        return float(np.mean(nu))
-    if np.any(nu <= 2):
-        return 2.0
-    E = float(np.sum(nu / (nu - 2.0)))
-    return 2.0 * E / (E - nu.size)
-
-
 def _row(F: float, ndf: float, ddf: float, sigma2: float, F_ms: float | None = None) -> dict:
     ms = (F if F_ms is None else F_ms) * sigma2
     p = float(stats.f.sf(F, ndf, ddf)) if np.isfinite(F) else np.nan
@@ -533,7 +524,7 @@ def satterthwaite_f_test(L: Any, beta: Any, cov_beta: Any, sigma2: float,
         t = float(PtL[0] @ beta) / np.sqrt(float(PtL[0] @ C @ PtL[0]))
         return _row(t * t, 1, float(nu[0]), sigma2)
     F = float(np.sum((PtL @ beta) ** 2 / d[keep]) / q)
-    return _row(F, q, _fstat_ddf(nu), sigma2)
+    return _row(F, q, _combined_ddf(nu), sigma2)
 
 
 def kenward_roger_f_test(L: Any, beta: Any, kr: Any, sigma2: float, rhs: Any = None,

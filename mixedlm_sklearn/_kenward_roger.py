@@ -533,6 +533,8 @@ def kenward_roger(
     if np.any(s2 <= 0):
         raise ValueError(f"residual variances must be positive, got {s2}")
     blocks = list(blocks)
+    if not blocks:
+        raise ValueError("Kenward-Roger needs at least one random-effects term")
     p = xtx_l[0].shape[0]
     sizes = [b.n_levels * b.q for b in blocks]
     N = int(sum(sizes))

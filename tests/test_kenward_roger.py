@@ -311,6 +311,8 @@ def test_bad_inputs_are_refused():
         kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks, -1.0)
     with pytest.raises(ValueError, match="one entry per stratum"):
         kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks, [1.0, 2.0])
+    with pytest.raises(ValueError, match="at least one"):
+        kenward_roger(cp.xtx, np.zeros((0, 4)), np.zeros((0, 0)), cp.n_obs, [], s2)
     with pytest.raises(ValueError, match="square"):
         RandomBlock(3, np.ones((2, 3)))
     with pytest.raises(ValueError, match="shape of cov"):
