@@ -354,7 +354,8 @@ def _factor_matrix(spec: Any, data: pd.DataFrame, expr: str, context: Mapping[st
                    ) -> tuple[np.ndarray, list[str] | None]:
     """A factor's columns on the data: full indicators (levels as encoded) or its values."""
     one = spec.update(formula=f"0 + {expr}", structure=None, ensure_full_rank=False)
-    matrix = one.get_model_matrix(data, context=dict(context))
+    # na_action="raise": every factor must keep every row, or the products misalign
+    matrix = one.get_model_matrix(data, context=dict(context), na_action="raise")
     values = np.asarray(matrix, dtype=float)
     if _kind(spec, expr) != "categorical":
         return values, None
@@ -404,8 +405,9 @@ def overparametrised_design(spec: Any, data: pd.DataFrame,
     structure = {str(s.term): s for s in spec.structure}
     blocks = [np.ones((len(data), 1))] if intercept else []
     full_columns, treatment_of_term = {}, {}
+    factors: dict[str, tuple[np.ndarray, list[str] | None]] = {}  # a factor is in several terms
     start = 1 if intercept else 0
-    for term, t in zip([tm for tm in spec.term_indices if str(tm) != "1"], terms):
+    for t in terms:
         scoped = structure[t.name].scoped_terms
         if len(scoped) != 1 or [str(f.factor) for f in scoped[0].factors] != list(t.variables):
             raise NotImplementedError(
@@ -417,7 +419,9 @@ def overparametrised_design(spec: Any, data: pd.DataFrame,
         block = np.ones((len(data), 1))
         keep = np.ones(1, dtype=bool)
         for expr in t.variables:
-            F, levels = _factor_matrix(spec, data, expr, context)
+            if expr not in factors:
+                factors[expr] = _factor_matrix(spec, data, expr, context)
+            F, levels = factors[expr]
             block = (F[:, :, None] * block[:, None, :]).reshape(len(data), -1)
             k = F.shape[1]
             # treatment coding drops the first level of a factor encoded with contrasts
@@ -438,7 +442,8 @@ def overparametrised_design(spec: Any, data: pd.DataFrame,
     treatment = np.zeros(p, dtype=int)
     for t in terms:
         treatment[list(t.columns)] = treatment_of_term[t.name]
-    X = np.asarray(spec.get_model_matrix(data, context=dict(context)), dtype=float)[:, _fe_order(spec)]
+    X = np.asarray(spec.get_model_matrix(data, context=dict(context), na_action="raise"),
+                   dtype=float)[:, _fe_order(spec)]
     same = np.allclose(X_full[:, treatment], X, rtol=0.0, atol=1e-12 * max(1.0, np.max(np.abs(X))))
     return Overparametrised(X_full, full_columns, treatment, None if same else X)
 
@@ -450,10 +455,14 @@ def marginal_contrasts(terms: Sequence[FixedTerm], p: int, intercept: bool = Tru
                        xtx: Any = None) -> dict[str, np.ndarray]:
     """lmerTest's ``drop1`` contrasts: identity rows of each marginal term's columns.
 
-    With at most one column or one term lmerTest falls back to type I (needs ``xtx``).
+    With at most one column or one term lmerTest falls back to type I, which needs ``xtx``
+    (``X'X``).
     """
     if p <= 1 or len(terms) <= 1:
-        return type1_contrasts(np.eye(p) if xtx is None else xtx, terms, intercept)
+        if xtx is None:
+            raise ValueError("with at most one column or term drop1 uses the type I "
+                             "contrasts: pass xtx")
+        return type1_contrasts(xtx, terms, intercept)
     eye = np.eye(p)
     keep = set(marginal_terms(terms))
     return {t.name: eye[list(t.columns)] for t in terms if t.name in keep}
