@@ -120,11 +120,14 @@ def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None =
     if unknown:
         raise ValueError(f"at= names {unknown}, which are not variables of the model {variables}")
     values: dict[str, list] = {}
+    factors: list[str] = []
     for v in variables:
         # a variable is a factor when its column is not numeric or when it only enters the
         # model through categorical factors (C(x)); otherwise a covariate
         uses = [str(f.expr) for f in spec.factors if v in factor_vars.get(f, set())]
         is_factor = _is_categorical(data[v]) or not any(u in numeric_factors for u in uses)
+        if is_factor:
+            factors.append(v)
         if v in at:
             given = at[v]
             given = list(given) if isinstance(given, (list, tuple, np.ndarray, pd.Series)) else [given]
@@ -146,8 +149,8 @@ def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None =
             grid[v] = pd.Categorical(grid[v], categories=data[v].cat.categories)
     matrix = spec.get_model_matrix(grid, context=context, na_action="raise")
     X = np.asarray(matrix, dtype=float)[:, _fe_order(spec)]
-    factors = [v for v in names if len(values[v]) > 1 or _is_categorical(data[v])]
-    return ReferenceGrid(grid, X, factors)
+    varying = [v for v in names if v in factors or len(values[v]) > 1]
+    return ReferenceGrid(grid, X, varying)
 
 
 def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: int = 0
