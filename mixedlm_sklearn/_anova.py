@@ -50,7 +50,7 @@ import pandas as pd
 from scipy import stats
 
 # lmerTest's get_Fstat_ddf (Fai & Cornelius 1996): the package's one implementation
-from .inference import _combined_ddf
+from .inference.wald import combined_ddf as _combined_ddf
 
 __all__ = [
     "FixedTerm",

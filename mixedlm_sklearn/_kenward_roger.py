@@ -78,12 +78,12 @@ from scipy import linalg, stats
 
 __all__ = [
     "RandomBlock",
-    "CrossProducts",
+    "KRInputs",
     "KenwardRoger",
     "KRFTest",
     "covariance_derivatives",
     "design_cross_products",
-    "cross_products_from_group_stats",
+    "inputs_from_cross_products",
     "kenward_roger",
 ]
 
@@ -179,7 +179,7 @@ class RandomBlock:
 
 
 @dataclass(frozen=True)
-class CrossProducts:
+class KRInputs:
     """Per residual stratum: ``X'W_sX``, ``Z'W_sX``, ``Z'W_sZ`` and the stratum's rows.
 
     Attributes
@@ -208,7 +208,7 @@ def design_cross_products(
     re_terms: Sequence[tuple[Any, Any]],
     weights: Any = None,
     strata: Any = None,
-) -> CrossProducts:
+) -> KRInputs:
     """The cross-products :func:`kenward_roger` takes, from the designs of a model.
 
     Parameters
@@ -226,7 +226,7 @@ def design_cross_products(
 
     Returns
     -------
-    CrossProducts
+    KRInputs
 
     Examples
     --------
@@ -267,23 +267,22 @@ def design_cross_products(
         ztx.append(np.asarray(Zs.T @ WX))
         ztz.append((Zs.T @ sp.diags(ws) @ Zs).tocsr())
         n_obs.append(int(np.sum(groups == g)))
-    return CrossProducts(xtx, ztx, ztz, n_obs, n_levels, labels)
+    return KRInputs(xtx, ztx, ztz, n_obs, n_levels, labels)
 
 
-def cross_products_from_group_stats(stats: Any) -> CrossProducts:
-    """The cross-products of a single-factor fit from its per-group sufficient statistics.
+def inputs_from_cross_products(cp: Any) -> KRInputs:
+    """The inputs of :func:`kenward_roger` from the engine's cross-products of a fit.
 
     Parameters
     ----------
-    stats : GroupStats or sequence of GroupStats
-        One grouping factor's statistics (``ztz`` of shape ``(q, q, m)``, ``ztxy`` of shape
-        ``(q, p + 1, m)``, ``xyxy``, ``n_obs``), or one per residual stratum with a common
-        group coding (``model_.strata[0]`` of a ``residual_groups`` fit).
+    cp : mixedlm_sklearn._crossprod.KRInputs
+        Any number of terms and residual strata (``model_.cross_products`` of a fit).
 
     Returns
     -------
-    CrossProducts
-        ``Z'Z`` block diagonal (sparse), the random effects level by level.
+    KRInputs
+        Per stratum ``X'WX``, ``Z'WX`` and the sparse ``Z'WZ``, the random effects term by
+        term, level by level, effect by effect.
 
     Examples
     --------
@@ -293,23 +292,43 @@ def cross_products_from_group_stats(stats: Any) -> CrossProducts:
     >>> df = load_sleepstudy()
     >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
     >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
-    >>> cp = cross_products_from_group_stats(est.model_.deviance.stats)
-    >>> cp.ztz[0].shape, cp.ztx[0].shape, cp.n_levels
+    >>> kr = inputs_from_cross_products(est.model_.cross_products)
+    >>> kr.ztz[0].shape, kr.ztx[0].shape, kr.n_levels
     ((36, 36), (36, 2), [18])
     """
-    many = isinstance(stats, (list, tuple))
-    stats = list(stats) if many else [stats]
+    terms = cp.terms
+    sizes = [t.size for t in terms]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    N, p = int(offsets[-1]), cp.p
     xtx, ztx, ztz, n_obs = [], [], [], []
-    for st in stats:
-        q, _, m = st.ztz.shape
-        p = st.xyxy.shape[0] - 1
-        xtx.append(np.array(st.xyxy[:p, :p], dtype=float))
-        # (q, p, m) -> rows level by level, effect by effect
-        ztx.append(np.transpose(st.ztxy[:, :p, :], (2, 0, 1)).reshape(m * q, p))
-        ztz.append(sp.block_diag([st.ztz[:, :, j] for j in range(m)], format="csr"))
-        n_obs.append(int(st.n_obs))
-    return CrossProducts(xtx, ztx, ztz, n_obs, [stats[0].ztz.shape[2]],
-                         list(range(len(stats))) if many else [None])
+    for s in range(cp.n_strata):
+        xtx.append(np.array(cp.xyxy[s][:p, :p], dtype=float))
+        ztx.append(np.concatenate([z[s][:, :p, :].transpose(2, 0, 1).reshape(-1, p) for z in cp.zxy])
+                   if terms else np.zeros((0, p)))
+        rows, cols, vals = [], [], []
+        for k, (t, d) in enumerate(zip(terms, cp.diag)):
+            q, m = t.q, t.n_levels
+            r = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, :, None]
+            c = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, None, :]
+            rows.append(np.broadcast_to(r, (m, q, q)).ravel())
+            cols.append(np.broadcast_to(c, (m, q, q)).ravel())
+            vals.append(d[s].transpose(2, 0, 1).ravel())
+        for b in cp.pairs:
+            qk, ql = terms[b.k].q, terms[b.l].q
+            r = np.broadcast_to(offsets[b.k] + b.level_k[:, None, None] * qk + np.arange(qk)[:, None],
+                                b.values.shape[1:])
+            c = np.broadcast_to(offsets[b.l] + b.level_l[:, None, None] * ql + np.arange(ql),
+                                b.values.shape[1:])
+            for rr, cc in ((r, c), (c, r)):
+                rows.append(rr.ravel())
+                cols.append(cc.ravel())
+                vals.append(b.values[s].ravel())
+        ztz.append(sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
+                                  (np.concatenate(rows) if rows else np.zeros(0, int),
+                                   np.concatenate(cols) if cols else np.zeros(0, int))), shape=(N, N)))
+        n_obs.append(int(cp.n_obs[s]))
+    return KRInputs(xtx, ztx, ztz, n_obs, [t.n_levels for t in terms],
+                    list(range(cp.n_strata)) if cp.n_strata > 1 else [None])
 
 
 class KRFTest(NamedTuple):

@@ -229,7 +229,7 @@ def at_r_point(case: str):
 
     est = fitted(case)
     ref = supplementary(case)
-    sol = est.model_.deviance.solve(np.atleast_1d(np.asarray(ref["theta"], dtype=float)))
+    sol = est.model_.deviance.solution(np.atleast_1d(np.asarray(ref["theta"], dtype=float)))
     moved = copy.copy(est)
     moved.model_ = dataclasses.replace(est.model_, solution=sol)
     moved.cov_fe_ = sol.cov_beta()

@@ -21,7 +21,7 @@ from mixedlm_sklearn._anova import (TABLE_COLUMNS, FixedTerm, anova_table, conta
                                     fixed_terms, kenward_roger_f_test, marginal_contrasts,
                                     marginal_terms, overparametrised_design,
                                     satterthwaite_f_test, type1_contrasts, type3_contrasts)
-from mixedlm_sklearn.inference import _varpar_model
+from mixedlm_sklearn.inference.satterthwaite import varpar_model as _varpar_model
 
 from _tables import (CASES, at_r_point, design, extras, fitted, kr_at, kr_at_r, our_covs,
                      r_column, r_matrix, r_rows, supplementary)

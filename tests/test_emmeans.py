@@ -15,7 +15,7 @@ from scipy import stats
 
 import mixedlm_sklearn._emmeans as emmeans_module
 from mixedlm_sklearn._emmeans import adjust_pvalues, emmeans, reference_grid
-from mixedlm_sklearn.inference import _varpar_model
+from mixedlm_sklearn.inference.satterthwaite import varpar_model as _varpar_model
 
 from _tables import (CASES, at_r_point, extras, fitted, kr_at, kr_at_r, orthodont, our_covs,
                      r_column, supplementary)

@@ -319,27 +319,27 @@ def test_bad_inputs_are_refused():
         RandomBlock(3, np.eye(2), derivatives=[np.eye(3)])
 
 
-def test_cross_products_from_the_fits_group_statistics():
-    """A single-factor fit's per-group statistics (and per-stratum ones) give the same
-    cross-products as the designs, so the estimator can feed kenward_roger directly."""
-    from mixedlm_sklearn._kenward_roger import cross_products_from_group_stats
+def test_inputs_from_the_fits_cross_products():
+    """A fit's cross-products (one term, and per stratum) give the same inputs as the
+    designs, so the estimator can feed kenward_roger directly."""
+    from mixedlm_sklearn._kenward_roger import inputs_from_cross_products
     from mixedlm_sklearn.datasets import load_orthodont
 
     est = fitted("orthodont_slopes")
-    a = cross_products_from_group_stats(est.model_.deviance.stats)
+    a = inputs_from_cross_products(est.model_.cross_products)
     b = design_cross_products(design(est), [(lab, Z) for _, lab, Z in re_designs(est)])
     assert rel_err(a.xtx[0], b.xtx[0]) < 1e-14 and rel_err(a.ztx[0], b.ztx[0]) < 1e-14
     assert rel_err(a.ztz[0].toarray(), b.ztz[0].toarray()) < 1e-14
     df = load_orthodont()
     het = MixedLMRegressor().fit(df[["age"]], df["distance"], groups=df["Subject"],
                                  residual_groups=df["Sex"])
-    cp = cross_products_from_group_stats(het.model_.strata[0])
-    strata = pd.Categorical(df["Sex"], categories=list(het.model_.strata[1]))
+    cp = inputs_from_cross_products(het.model_.cross_products)
+    strata = pd.Categorical(df["Sex"], categories=list(het.model_.strata))
     ref = design_cross_products(np.column_stack([np.ones(len(df)), df["age"]]),
                                 [(df["Subject"], np.ones((len(df), 1)))], strata=strata)
     for s in range(2):
         assert rel_err(cp.ztx[s], ref.ztx[s]) < 1e-14 and cp.n_obs[s] == ref.n_obs[s]
     kr = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs,
                        [RandomBlock(cp.n_levels[0], np.atleast_2d(het.cov_re_))],
-                       [het.residual_var_[k] for k in het.model_.strata[1]])
+                       [het.residual_var_[k] for k in het.model_.strata])
     assert rel_err(kr.cov_beta, het.cov_fe_) < 1e-8
