@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mixedlm_sklearn import lmer
-from mixedlm_sklearn._kenward_roger import (RandomBlock, covariance_derivatives,
-                                            design_cross_products, kenward_roger)
+from mixedlm_sklearn import MixedLMRegressor, lmer
+from mixedlm_sklearn.inference.kenward_roger import (KRInputs, RandomBlock,
+                                                     covariance_derivatives, kenward_roger)
 from mixedlm_sklearn.datasets import (load_dietox, load_orthodont, load_penicillin,
                                       load_sleepstudy)
 
@@ -84,7 +84,31 @@ def sleepstudy_weighted() -> pd.DataFrame:
     return df
 
 
-#: case -> (formula for our lmer, data loader)
+def sum_coded_design(rows: pd.DataFrame) -> np.ndarray:
+    """``Time + Evit * Cu`` with R's ``contr.sum`` (the last level -1), R's column order:
+    (Intercept), Time, Evit1, Evit2, Cu1, Cu2, Evit1:Cu1, Evit2:Cu1, Evit1:Cu2, Evit2:Cu2.
+
+    The formula front end has treatment contrasts only; this design, fitted from arrays,
+    keeps lmerTest's mapping of type III contrasts to another coding under test.
+    """
+    def contr_sum(values, levels):
+        codes = pd.Categorical(values, categories=levels).codes
+        out = np.zeros((len(values), len(levels) - 1))
+        for j in range(len(levels) - 1):
+            out[:, j] = np.where(codes == j, 1.0, np.where(codes == len(levels) - 1, -1.0, 0.0))
+        return out
+
+    evit = contr_sum(rows["Evit"], ["Evit000", "Evit100", "Evit200"])
+    cu = contr_sum(rows["Cu"], ["Cu000", "Cu035", "Cu175"])
+    inter = (evit[:, :, None] * cu[:, None, :]).transpose(0, 2, 1).reshape(len(rows), -1)
+    return np.column_stack([np.ones(len(rows)), rows["Time"], evit, cu, inter])
+
+
+SUM_CODED_NAMES = ["Time", "Evit1", "Evit2", "Cu1", "Cu2", "Evit1:Cu1", "Evit2:Cu1",
+                   "Evit1:Cu2", "Evit2:Cu2"]
+
+#: case -> (formula for our lmer, data loader); dietox_factorial_sum is fitted from arrays
+#: (sum_coded_design) with the random part of its formula
 CASES = {
     "orthodont_slopes": ("distance ~ age * Sex + (age | Subject)", orthodont),
     "dietox_unbalanced": ("Weight ~ Time * Evit + Cu + (Time | Pig)", load_dietox),
@@ -95,9 +119,17 @@ CASES = {
     "penicillin_crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", load_penicillin),
     "orthodont_logage": ("distance ~ np.log(age) * Sex + (1 | Subject)", orthodont),
     "dietox_factorial": ("Weight ~ Time + Evit * Cu + (1 | Pig)", load_dietox),
-    "dietox_factorial_sum": ("Weight ~ Time + C(Evit, contr.sum) * C(Cu, contr.sum) + (1 | Pig)",
-                             load_dietox),
+    "dietox_factorial_sum": ("Weight ~ Time + Evit * Cu + (1 | Pig)", load_dietox),
 }
+
+
+@lru_cache(maxsize=None)
+def frame(case: str):
+    """The ModelFrame of a case (the sum-coded case: that of its treatment-coded twin, whose
+    rows, terms and random part are the same)."""
+    formula, load = CASES[case]
+    from mixedlm_sklearn.formula import parse_formula
+    return parse_formula(formula, load())
 
 
 @lru_cache(maxsize=None)
@@ -106,39 +138,34 @@ def fitted(case: str):
     formula, load = CASES[case]
     data = load()
     if case == "sleepstudy_weighted":
-        from mixedlm_sklearn import MixedLMRegressor
-        frame = lmer(formula, data).model_frame_
-        args = frame.fit_arguments()
+        mf = lmer(formula, data).model_frame_
+        args = mf.fit_arguments()
         est = MixedLMRegressor().fit(args["X"], args["y"], groups=args["groups"], Z=args["Z"],
                                      sample_weight=data["w"].to_numpy())
-        est.model_frame_ = frame
+        est.model_frame_ = mf  # the tables read its terms; lmer has no weights
         return est
+    if case == "dietox_factorial_sum":
+        mf = frame(case)
+        X = pd.DataFrame(sum_coded_design(mf.rows)[:, 1:], columns=SUM_CODED_NAMES,
+                         index=mf.rows.index)
+        return MixedLMRegressor().fit(X, mf.y, groups=mf.rows["Pig"])
     return lmer(formula, data)
 
 
 def design(est) -> np.ndarray:
-    """The fixed-effects design of a formula fit, intercept first (``fe_params_`` order)."""
-    frame = est.model_frame_
-    X = frame.X.to_numpy()
-    if frame.fit_intercept:
-        X = np.column_stack([np.ones(len(X)), X])
-    return X
+    """The fixed-effects design of a fit, intercept first (``fe_params_`` order)."""
+    return est.model_.design.X_full
 
 
-def re_designs(est) -> list[tuple[str, pd.Series, np.ndarray]]:
+def re_designs(est, case: str | None = None) -> list[tuple[str, pd.Series, np.ndarray]]:
     """(name, labels, Z) per random-effects term, ``||`` split as lme4 splits it."""
-    return [(name, labels, Z.to_numpy()) for name, labels, Z in est.model_frame_._pieces()]
+    mf = getattr(est, "model_frame_", None) if case is None else frame(case)
+    return [(name, labels, Z.to_numpy()) for name, labels, Z in mf._pieces()]
 
 
-def blocks_from_covs(est, covs: dict[str, np.ndarray]) -> list[RandomBlock]:
-    """One :class:`RandomBlock` per term of ``re_designs`` with the given covariances."""
-    return [RandomBlock(labels.nunique(), np.atleast_2d(covs[name]), name=name)
-            for name, labels, _ in re_designs(est)]
-
-
-def our_covs(est) -> dict[str, np.ndarray]:
+def our_covs(est, case: str | None = None) -> dict[str, np.ndarray]:
     """The fit's covariance per term (split ``||`` terms get their diagonal entries)."""
-    pieces = re_designs(est)
+    pieces = re_designs(est, case)
     if isinstance(est.cov_re_, dict):
         return {name: np.atleast_2d(est.cov_re_[name]) for name, _, _ in pieces}
     if len(pieces) == 1:
@@ -151,17 +178,21 @@ def r_covs(ref: dict) -> dict[str, np.ndarray]:
     return {vc["group"]: np.atleast_2d(np.asarray(vc["cov"], dtype=float)) for vc in ref["varcorr"]}
 
 
-def kr_at(est, covs: dict[str, np.ndarray], sigma2: float, weights: Any = None):
+def kr_at(est, covs: dict[str, np.ndarray], sigma2: float, weights: Any = None,
+          case: str | None = None):
     """:func:`kenward_roger` for the fit's designs at given variance parameters."""
-    cp = design_cross_products(design(est), [(lab, Z) for _, lab, Z in re_designs(est)],
-                               weights=weights)
-    return kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks_from_covs(est, covs), sigma2)
+    pieces = re_designs(est, case)
+    inputs = KRInputs.from_designs(design(est), [(lab, Z) for _, lab, Z in pieces],
+                                   weights=weights)
+    blocks = [RandomBlock(labels.nunique(), np.atleast_2d(covs[name]), name=name)
+              for name, labels, _ in pieces]
+    return kenward_roger(inputs, blocks, sigma2)
 
 
 def kr_at_r(case: str, weights: Any = None):
     """:func:`kenward_roger` at lme4's estimates of a supplementary case."""
     ref = supplementary(case)
-    return kr_at(fitted(case), r_covs(ref), ref["sigma"] ** 2, weights=weights)
+    return kr_at(fitted(case), r_covs(ref), ref["sigma"] ** 2, weights=weights, case=case)
 
 
 # ---- the dense oracle -----------------------------------------------------------------------
@@ -232,7 +263,5 @@ def at_r_point(case: str):
     sol = est.model_.deviance.solution(np.atleast_1d(np.asarray(ref["theta"], dtype=float)))
     moved = copy.copy(est)
     moved.model_ = dataclasses.replace(est.model_, solution=sol)
-    moved.cov_fe_ = sol.cov_beta()
-    moved.fe_params_ = pd.Series(sol.beta, index=est.fe_params_.index, name=est.fe_params_.name)
-    moved.scale_ = float(sol.scale)
+    moved._set_fitted(isinstance(est.random_effects_, dict))
     return moved

@@ -2,12 +2,14 @@
 Satterthwaite and Kenward-Roger denominator df, and ``drop1``.
 
 R's tables are compared at lme4's estimates (see ``tests/_tables.py``: ``at_r_point``);
-the Satterthwaite df come from the package's own ``_varpar_model`` (numerical
-derivatives, agreeing with lmerTest's numDeriv to about 4e-7 relative).
+the Satterthwaite df come from the package's own ``varpar_model`` (numerical
+derivatives, agreeing with lmerTest's numDeriv to about 4e-7 relative). The public
+methods (``est.anova()``, ``drop1``, ``ranova``) are tested in test_inference_tables.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 from functools import partial
 
@@ -15,16 +17,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mixedlm_sklearn._anova as anova_module
-from mixedlm_sklearn.formula import parse_formula
-from mixedlm_sklearn._anova import (TABLE_COLUMNS, FixedTerm, anova_table, containment,
-                                    fixed_terms, kenward_roger_f_test, marginal_contrasts,
-                                    marginal_terms, overparametrised_design,
-                                    satterthwaite_f_test, type1_contrasts, type3_contrasts)
+import mixedlm_sklearn.inference.anova as anova_module
+from mixedlm_sklearn.formula import FixedTerm, parse_formula
+from mixedlm_sklearn.inference.anova import (TABLE_COLUMNS, anova_table, containment,
+                                             kenward_roger_f_test, marginal_contrasts,
+                                             marginal_terms, overparametrised_design,
+                                             satterthwaite_f_test, type1_contrasts,
+                                             type3_contrasts)
 from mixedlm_sklearn.inference.satterthwaite import varpar_model as _varpar_model
 
-from _tables import (CASES, at_r_point, design, extras, fitted, kr_at, kr_at_r, our_covs,
-                     r_column, r_matrix, r_rows, supplementary)
+from _tables import (at_r_point, design, extras, fitted, frame, kr_at, kr_at_r, our_covs,
+                     r_column, r_matrix, r_rows, sum_coded_design, supplementary)
 
 TABLE_CASES = ["orthodont_slopes", "dietox_unbalanced", "grouseticks_crossed",
                "dietox_factorial", "dietox_factorial_sum"]
@@ -39,12 +42,20 @@ def test_docstring_examples():
 
 
 def _r_name(name):
-    """R's label of a term: R sets sum contrasts outside the formula, formulaic inside."""
-    return name.replace("C(Evit, contr.sum)", "Evit").replace("C(Cu, contr.sum)", "Cu")
+    return name
 
 
 def _terms(case):
-    return fixed_terms(fitted(case).model_frame_._fixed_spec)
+    return frame(case).fixed_terms(), frame(case).fit_intercept
+
+
+def _over(case):
+    """The over-parametrised design; for the sum-coded case with its own coding ``X`` (the
+    formula front end has treatment contrasts only: that fit is made from arrays)."""
+    over = overparametrised_design(frame(case))
+    if case == "dietox_factorial_sum":
+        over = dataclasses.replace(over, X=sum_coded_design(frame(case).rows))
+    return over
 
 
 def _contrasts(case, kind):
@@ -54,16 +65,14 @@ def _contrasts(case, kind):
     if kind == "type1":
         return type1_contrasts(X.T @ X, terms, intercept)
     if kind == "type3":
-        formula, load = CASES[case]
-        over = overparametrised_design(est.model_frame_._fixed_spec, load())
-        return type3_contrasts(over, terms, intercept)
+        return type3_contrasts(_over(case), terms, intercept)
     return marginal_contrasts(terms, X.shape[1], intercept, X.T @ X)
 
 
 def test_terms_of_a_formula():
     terms, intercept = _terms("dietox_factorial")
     assert intercept
-    assert [(t.name, t.columns, t.variables, sorted(t.numeric)) for t in terms] == [
+    assert [(t.name, t.columns, t.factors, sorted(t.numeric)) for t in terms] == [
         ("Time", (1,), ("Time",), ["Time"]),
         ("Evit", (2, 3), ("Evit",), []),
         ("Cu", (4, 5), ("Cu",), []),
@@ -170,7 +179,7 @@ def test_from_our_fit(case, rtol):
     """From our own fit the tables agree with R as far as the optima do: on Orthodont ours
     is 5.6e-6 lower in the REML criterion than lme4's, which moves F by up to 1.1e-3."""
     est = fitted(case)
-    kr = kr_at(est, our_covs(est), est.scale_)
+    kr = kr_at(est, our_covs(est, case), est.scale_, case=case)
     for kind, ddf in [("type3", "satterthwaite"), ("type3", "kenward_roger"),
                       ("type1", "satterthwaite")]:
         ref = supplementary(case)["anova"][f"{kind}_{ddf}"]["table"]
@@ -184,8 +193,8 @@ def test_type3_does_not_depend_on_the_coding():
     tables = []
     for case in ("dietox_factorial", "dietox_factorial_sum"):
         est = fitted(case)
-        tables.append(anova_table(_contrasts(case, "type3"),
-                                  _test(est, "kenward_roger", kr_at(est, our_covs(est), est.scale_))))
+        kr = kr_at(est, our_covs(est, case), est.scale_, case=case)
+        tables.append(anova_table(_contrasts(case, "type3"), _test(est, "kenward_roger", kr)))
     np.testing.assert_allclose(tables[0].to_numpy(), tables[1].to_numpy(), rtol=1e-6)
 
 
@@ -242,9 +251,8 @@ def test_nonzero_rhs_tests_the_shifted_hypothesis():
 def test_term_without_its_margins_is_refused_for_type3():
     df = pd.DataFrame({"y": np.arange(12.0), "a": list("pq") * 6, "b": list("uvw") * 4,
                        "g": np.repeat(list("ABCD"), 3)})
-    frame = parse_formula("y ~ a:b + (1 | g)", df)
-    with pytest.raises(NotImplementedError, match="pieces"):
-        overparametrised_design(frame._fixed_spec, df)
+    with pytest.raises(NotImplementedError, match="product of its factors"):
+        overparametrised_design(parse_formula("y ~ a:b + (1 | g)", df))
 
 
 # ---- random effects: ranova -----------------------------------------------------------------
@@ -254,20 +262,15 @@ RANOVA_CASES = ["dietox_unbalanced", "grouseticks_crossed", "sleepstudy_diagonal
 
 
 def _ranova(case, full=None):
-    from mixedlm_sklearn import lmer
-    from mixedlm_sklearn._anova import ols_loglik, ranova_formulas, ranova_table
+    """Our ranova (lmerTest's reduced models refitted on the fit's rows); ``full`` replaces
+    the full model's (logLik, npar) to recompute the tests from R's full model."""
+    from mixedlm_sklearn.inference.anova import ranova_table
 
-    formula, load = CASES[case]
-    data = load()
-    est = fitted(case)
-    reduced = {}
-    for name, reduced_formula in ranova_formulas(formula).items():
-        if reduced_formula is None:  # no random effects left: lmerTest fits lm
-            reduced[name] = ols_loglik(design(est), est.model_frame_.y, reml=True)
-        else:
-            fit = lmer(reduced_formula, data)
-            reduced[name] = (fit.llf_, fit.df_model_)
-    return ranova_table(full or (est.llf_, est.df_model_), reduced)
+    table = fitted(case).ranova()
+    if full is None:
+        return table
+    reduced = {name: (row.logLik, row.npar) for name, row in table.iloc[1:].iterrows()}
+    return ranova_table(full, reduced)
 
 
 def _assert_ranova(table, ref, lrt_rtol=1e-8, p_atol=1e-10, ll_rtol=1e-9):
@@ -283,13 +286,13 @@ def _assert_ranova(table, ref, lrt_rtol=1e-8, p_atol=1e-10, ll_rtol=1e-9):
 @pytest.mark.parametrize("case", RANOVA_CASES)
 def test_ranova_matches_lmerTest(case):
     """Reduced models named and built as lmerTest's (a slope dropped from a correlated term,
-    an intercept-only term removed, ``||`` split first, lm when nothing random is left),
-    refitted with our lmer."""
+    an intercept-only term removed, ``||`` split first, least squares when nothing random
+    is left), refitted on the fit's rows."""
     _assert_ranova(_ranova(case), supplementary(case)["ranova"])
 
 
 def test_ranova_formulas_are_lmerTests():
-    from mixedlm_sklearn._anova import ranova_formulas
+    from mixedlm_sklearn.inference.anova import ranova_formulas
 
     assert ranova_formulas("y ~ x + (x || g)") == {
         "(1 | g)": "y ~ x + (0 + x | g)", "x in (0 + x | g)": "y ~ x + (1 | g)"}
@@ -324,13 +327,13 @@ def test_shared_reference_ranova(case, ref_name):
 
 
 def test_entry_points_reproduce_the_tables():
-    """contrasts() + anova() give lmerTest's tables (Orthodont, at lme4's estimates)."""
-    from mixedlm_sklearn._anova import anova, contrasts
+    """contrasts() + f_tests() give lmerTest's tables (Orthodont, at lme4's estimates)."""
+    from mixedlm_sklearn.inference.anova import contrasts, f_tests as anova
 
     est = at_r_point("orthodont_slopes")
-    terms, intercept = fixed_terms(est.model_frame_._fixed_spec)
+    terms, intercept = _terms("orthodont_slopes")
     X = design(est)
-    over = overparametrised_design(est.model_frame_._fixed_spec, CASES["orthodont_slopes"][1]())
+    over = overparametrised_design(est.model_frame_)
     t_df = _varpar_model(est).contrast_df
     for kind, ddf, key in [(3, "satterthwaite", "type3_satterthwaite"),
                            ("I", "kenward-roger", "type1_kenward_roger"),
@@ -352,7 +355,7 @@ def test_entry_points_reproduce_the_tables():
 def test_fit_from_arrays_one_term_per_column_or_grouped():
     """Without a formula: terms are columns (or groups of them); type III is then the
     identity rows (no term contains another), type I sequential as usual."""
-    from mixedlm_sklearn._anova import anova, contrasts, terms_from_columns
+    from mixedlm_sklearn.inference.anova import contrasts, f_tests as anova, terms_from_columns
 
     est = fitted("dietox_unbalanced")
     names = list(est.fe_params_.index)
@@ -366,7 +369,7 @@ def test_fit_from_arrays_one_term_per_column_or_grouped():
     table = anova(contrasts(1, terms, len(names), intercept, X.T @ X), est.fe_params_,
                   est.cov_fe_, est.scale_, t_df=t_df)
     # the grouped factor Evit tested jointly, as in the formula fit's type I table
-    formula_terms, _ = fixed_terms(est.model_frame_._fixed_spec)
+    formula_terms = est.model_frame_.fixed_terms()
     ref = anova(contrasts(1, formula_terms, len(names), True, X.T @ X), est.fe_params_,
                 est.cov_fe_, est.scale_, t_df=t_df)
     assert table.loc["Evit", "NumDF"] == 2

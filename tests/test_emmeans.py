@@ -1,11 +1,13 @@
 """Estimated marginal means (issue 14): reference grids, means, pairwise and custom
 contrasts as emmeans 1.8 computes them for lmer fits (Kenward-Roger by default).
 
-R's numbers are compared at lme4's estimates (``tests/_tables.py``).
+R's numbers are compared at lme4's estimates (``tests/_tables.py``); ``est.emmeans()`` is
+tested in test_inference_tables.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 
 import numpy as np
@@ -13,12 +15,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import mixedlm_sklearn._emmeans as emmeans_module
-from mixedlm_sklearn._emmeans import adjust_pvalues, emmeans, reference_grid
+import mixedlm_sklearn.inference.emmeans as emmeans_module
+from mixedlm_sklearn.inference.emmeans import adjust_pvalues, reference_grid
+from mixedlm_sklearn.inference.emmeans import marginal_means as emmeans
 from mixedlm_sklearn.inference.satterthwaite import varpar_model as _varpar_model
 
-from _tables import (CASES, at_r_point, extras, fitted, kr_at, kr_at_r, orthodont, our_covs,
-                     r_column, supplementary)
+from _tables import (at_r_point, extras, fitted, frame, kr_at, kr_at_r,
+                     our_covs, r_column, sum_coded_design, supplementary)
 
 EMM_CASES = ["orthodont_slopes", "dietox_unbalanced", "grouseticks_crossed",
              "dietox_factorial", "dietox_factorial_sum", "orthodont_logage"]
@@ -38,9 +41,9 @@ def _as_list(v):
 def _emm(case, entry):
     """Our emmeans of a reference entry, at lme4's estimates, with the entry's df mode."""
     ref = supplementary(case)
-    est = fitted(case)
-    data = CASES[case][1]()
-    grid = reference_grid(est.model_frame_._fixed_spec, data, at=entry.get("at"))
+    grid = reference_grid(frame(case), at=entry.get("at"))
+    if case == "dietox_factorial_sum":  # fitted from arrays with R's sum coding
+        grid = dataclasses.replace(grid, X=sum_coded_design(grid.grid))
     beta = np.array(list(ref["fixef"].values()), dtype=float)
     mode = entry.get("mode", "kenward-roger")
     if mode == "kenward-roger":
@@ -117,7 +120,7 @@ def test_from_our_fit():
     with the variance parameters (our optimum is 5.6e-6 below lme4's criterion)."""
     est = fitted("orthodont_slopes")
     kr = kr_at(est, our_covs(est), est.scale_)
-    grid = reference_grid(est.model_frame_._fixed_spec, orthodont())
+    grid = reference_grid(est.model_frame_)
     emm = emmeans(grid, "Sex", est.fe_params_, kr.cov_beta_adj, kr.row_ddf)
     ref = extras("orthodont_agesex_slopes_reml")["emmeans_sex"]
     np.testing.assert_allclose(emm.table["emmean"], ref["emmean"], rtol=1e-10)
@@ -130,7 +133,7 @@ def test_from_our_fit():
 
 def test_grid_covariates_at_their_mean_factors_in_level_order():
     est = fitted("orthodont_logage")
-    grid = reference_grid(est.model_frame_._fixed_spec, orthodont())
+    grid = reference_grid(est.model_frame_)
     assert list(grid.grid.columns) == ["age", "Sex"]
     assert grid.grid["age"].tolist() == [11.0, 11.0]  # the mean of age, not of log(age)
     assert grid.factors == ["Sex"]
@@ -139,13 +142,12 @@ def test_grid_covariates_at_their_mean_factors_in_level_order():
 
 def test_at_gives_covariate_values_and_restricts_levels():
     est = fitted("dietox_factorial")
-    data = CASES["dietox_factorial"][1]()
-    grid = reference_grid(est.model_frame_._fixed_spec, data, at={"Time": [2, 10], "Cu": "Cu035"})
+    grid = reference_grid(est.model_frame_, at={"Time": [2, 10], "Cu": "Cu035"})
     assert len(grid.grid) == 2 * 3
     assert set(grid.grid["Cu"]) == {"Cu035"} and sorted(set(grid.grid["Time"])) == [2, 10]
     assert grid.factors == ["Time", "Evit", "Cu"]
     # averaging over Time's two values: the mean at Time = 6
-    at6 = reference_grid(est.model_frame_._fixed_spec, data, at={"Time": 6, "Cu": "Cu035"})
+    at6 = reference_grid(est.model_frame_, at={"Time": 6, "Cu": "Cu035"})
     beta = est.fe_params_.to_numpy()
     a = emmeans(grid, "Evit", beta, est.cov_fe_).table["emmean"]
     b = emmeans(at6, "Evit", beta, est.cov_fe_).table["emmean"]
@@ -154,12 +156,11 @@ def test_at_gives_covariate_values_and_restricts_levels():
 
 def test_bad_specs_and_at_are_refused():
     est = fitted("orthodont_slopes")
-    spec = est.model_frame_._fixed_spec
     with pytest.raises(ValueError, match="not variables of the model"):
-        reference_grid(spec, orthodont(), at={"height": 3})
+        reference_grid(est.model_frame_, at={"height": 3})
     with pytest.raises(ValueError, match="not in the data"):
-        reference_grid(spec, orthodont(), at={"Sex": ["Other"]})
-    grid = reference_grid(spec, orthodont())
+        reference_grid(est.model_frame_, at={"Sex": ["Other"]})
+    grid = reference_grid(est.model_frame_)
     with pytest.raises(ValueError, match="not variables of the reference grid"):
         emmeans(grid, "Subject", est.fe_params_, est.cov_fe_)
     emm = emmeans(grid, "Sex", est.fe_params_, est.cov_fe_)
@@ -188,7 +189,7 @@ def test_tukey_with_two_means_is_the_t_test():
 
 def test_tukey_for_custom_contrasts_becomes_sidak():
     est = fitted("dietox_unbalanced")
-    grid = reference_grid(est.model_frame_._fixed_spec, CASES["dietox_unbalanced"][1]())
+    grid = reference_grid(est.model_frame_)
     emm = emmeans(grid, "Evit", est.fe_params_, est.cov_fe_)
     raw = emm.contrast({"a": [1, -1, 0], "b": [0, 1, -1]})
     sidak = emm.contrast({"a": [1, -1, 0], "b": [0, 1, -1]}, adjust="tukey")

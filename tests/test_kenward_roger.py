@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-import mixedlm_sklearn._kenward_roger as kr_module
+import mixedlm_sklearn.inference.kenward_roger as kr_module
 from mixedlm_sklearn import MixedLMRegressor
-from mixedlm_sklearn._kenward_roger import (RandomBlock, covariance_derivatives,
-                                            design_cross_products, kenward_roger)
+from mixedlm_sklearn.inference.kenward_roger import (KRInputs, RandomBlock,
+                                                     covariance_derivatives, kenward_roger)
 
 from _tables import (dense_kenward_roger, design, extras, fitted, kr_at, kr_at_r, our_covs,
                      r_column, r_covs, r_matrix, r_rows, re_designs, sleepstudy_weighted,
@@ -179,10 +179,9 @@ DENSE = {
 def test_cross_products_equal_the_dense_n_by_n_computation(name):
     kw = DENSE[name]
     X, terms, covs, w, strata, s2 = _random_model(singular=name == "singular covariance", **kw)
-    cp = design_cross_products(X, terms, weights=w, strata=strata if len(s2) > 1 else None)
+    cp = KRInputs.from_designs(X, terms, weights=w, strata=strata if len(s2) > 1 else None)
     blocks = [RandomBlock(n, c) for n, c in zip(cp.n_levels, covs)]
-    got = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks,
-                        list(s2) if len(s2) > 1 else float(s2[0]))
+    got = kenward_roger(cp, blocks, list(s2) if len(s2) > 1 else float(s2[0]))
     residual = s2[strata] / w
     derivs = [np.where(strata == s, 1.0 / w, 0.0) for s in range(len(s2))]
     Phi, Phi_A, P, W = dense_kenward_roger(X, terms, covs, residual, derivs)
@@ -228,11 +227,10 @@ def test_per_stratum_residual_variances_of_a_fit():
                                  residual_groups=df["Sex"])
     labels = list(est.residual_var_)
     strata = pd.Categorical(df["Sex"], categories=labels)
-    cp = design_cross_products(X, [(df["Subject"], np.ones((len(df), 1)))], strata=strata)
+    cp = KRInputs.from_designs(X, [(df["Subject"], np.ones((len(df), 1)))], strata=strata)
     assert cp.strata == labels
     s2 = [est.residual_var_[k] for k in labels]
-    got = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs,
-                        [RandomBlock(cp.n_levels[0], np.atleast_2d(est.cov_re_))], s2)
+    got = kenward_roger(cp, [RandomBlock(cp.n_levels[0], np.atleast_2d(est.cov_re_))], s2)
     assert rel_err(got.cov_beta, est.cov_fe_) < 1e-8
     codes = np.asarray(strata.codes)
     residual = np.asarray(s2)[codes]
@@ -240,7 +238,7 @@ def test_per_stratum_residual_variances_of_a_fit():
     dense = dense_kenward_roger(X, [(df["Subject"], np.ones((len(df), 1)))],
                                 [np.atleast_2d(est.cov_re_)], residual, derivs)
     assert rel_err(got.cov_beta_adj, dense[1]) < 1e-9
-    assert got.param_names == ["cov[0,0]|", "sigma2|0", "sigma2|1"]
+    assert got.param_names == ["cov[0,0]|", "sigma2|Female", "sigma2|Male"]
 
 
 # ---- properties -----------------------------------------------------------------------------
@@ -248,7 +246,7 @@ def test_per_stratum_residual_variances_of_a_fit():
 
 def _small():
     X, terms, covs, w, strata, s2 = _random_model(seed=11, sizes_a=[4, 6, 3, 5, 7, 2], n_b=3)
-    cp = design_cross_products(X, terms)
+    cp = KRInputs.from_designs(X, terms)
     return X, cp, covs, float(s2[0])
 
 
@@ -260,8 +258,8 @@ def test_linear_reparametrisation_of_the_covariance_changes_nothing():
     E = covariance_derivatives(2)
     mixed = [RandomBlock(cp.n_levels[0], covs[0], derivatives=[E[0] + E[2], E[1] - E[0], 2 * E[2]]),
              base[1]]
-    a = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, base, s2)
-    b = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, mixed, s2)
+    a = kenward_roger(cp, base, s2)
+    b = kenward_roger(cp, mixed, s2)
     assert rel_err(b.cov_beta_adj, a.cov_beta_adj) < 1e-10
     L = np.array([[0, 1, -1, 0], [0, 0, 1, 1.0]])
     assert b.ddf(L) == pytest.approx(a.ddf(L), rel=1e-10)
@@ -270,8 +268,7 @@ def test_linear_reparametrisation_of_the_covariance_changes_nothing():
 def test_one_row_f_test_is_the_squared_t_test():
     """q = 1: pbkrtest's F scaling is exactly 1 and F = t^2 with the same df."""
     X, cp, covs, s2 = _small()
-    kr = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs,
-                       [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)], s2)
+    kr = kenward_roger(cp, [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)], s2)
     beta = np.array([1.0, -0.5, 0.25, 2.0])
     l = np.array([[0.0, 1.0, 0.5, -1.0]])
     f = kr.f_test(l, beta)
@@ -284,8 +281,7 @@ def test_one_row_f_test_is_the_squared_t_test():
 
 def test_t_test_interval_uses_the_kr_df():
     X, cp, covs, s2 = _small()
-    kr = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs,
-                       [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)], s2)
+    kr = kenward_roger(cp, [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)], s2)
     t = kr.t_test(np.eye(4), np.zeros(4), alpha=0.1, names=list("abcd"))
     from scipy import stats
     half = stats.t.ppf(0.95, t["df"]) * t["std_error"]
@@ -296,8 +292,9 @@ def test_t_test_interval_uses_the_kr_df():
 def test_dense_and_sparse_ztz_agree():
     X, cp, covs, s2 = _small()
     blocks = [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)]
-    a = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks, s2)
-    b = kenward_roger(cp.xtx[0], cp.ztx[0], cp.ztz[0].toarray(), cp.n_obs[0], blocks, s2)
+    a = kenward_roger(cp, blocks, s2)
+    dense = KRInputs(cp.xtx, cp.ztx, [cp.ztz[0].toarray()], cp.n_obs, cp.n_levels, cp.strata)
+    b = kenward_roger(dense, blocks, s2)
     assert sp.issparse(cp.ztz[0])
     assert rel_err(b.cov_beta_adj, a.cov_beta_adj) < 1e-13
 
@@ -306,13 +303,14 @@ def test_bad_inputs_are_refused():
     X, cp, covs, s2 = _small()
     blocks = [RandomBlock(m, c) for m, c in zip(cp.n_levels, covs)]
     with pytest.raises(ValueError, match="shapes"):
-        kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks[:1], s2)
+        kenward_roger(cp, blocks[:1], s2)
     with pytest.raises(ValueError, match="positive"):
-        kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks, -1.0)
+        kenward_roger(cp, blocks, -1.0)
     with pytest.raises(ValueError, match="one entry per stratum"):
-        kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, blocks, [1.0, 2.0])
+        kenward_roger(cp, blocks, [1.0, 2.0])
     with pytest.raises(ValueError, match="at least one"):
-        kenward_roger(cp.xtx, np.zeros((0, 4)), np.zeros((0, 0)), cp.n_obs, [], s2)
+        kenward_roger(KRInputs(cp.xtx, [np.zeros((0, 4))], [np.zeros((0, 0))], cp.n_obs, [],
+                               cp.strata), [], s2)
     with pytest.raises(ValueError, match="square"):
         RandomBlock(3, np.ones((2, 3)))
     with pytest.raises(ValueError, match="shape of cov"):
@@ -322,24 +320,22 @@ def test_bad_inputs_are_refused():
 def test_inputs_from_the_fits_cross_products():
     """A fit's cross-products (one term, and per stratum) give the same inputs as the
     designs, so the estimator can feed kenward_roger directly."""
-    from mixedlm_sklearn._kenward_roger import inputs_from_cross_products
     from mixedlm_sklearn.datasets import load_orthodont
 
     est = fitted("orthodont_slopes")
-    a = inputs_from_cross_products(est.model_.cross_products)
-    b = design_cross_products(design(est), [(lab, Z) for _, lab, Z in re_designs(est)])
+    a = KRInputs.from_cross_products(est.model_.cross_products)
+    b = KRInputs.from_designs(design(est), [(lab, Z) for _, lab, Z in re_designs(est)])
     assert rel_err(a.xtx[0], b.xtx[0]) < 1e-14 and rel_err(a.ztx[0], b.ztx[0]) < 1e-14
     assert rel_err(a.ztz[0].toarray(), b.ztz[0].toarray()) < 1e-14
     df = load_orthodont()
     het = MixedLMRegressor().fit(df[["age"]], df["distance"], groups=df["Subject"],
                                  residual_groups=df["Sex"])
-    cp = inputs_from_cross_products(het.model_.cross_products)
+    cp = KRInputs.from_cross_products(het.model_.cross_products, het.model_.strata)
     strata = pd.Categorical(df["Sex"], categories=list(het.model_.strata))
-    ref = design_cross_products(np.column_stack([np.ones(len(df)), df["age"]]),
+    ref = KRInputs.from_designs(np.column_stack([np.ones(len(df)), df["age"]]),
                                 [(df["Subject"], np.ones((len(df), 1)))], strata=strata)
     for s in range(2):
         assert rel_err(cp.ztx[s], ref.ztx[s]) < 1e-14 and cp.n_obs[s] == ref.n_obs[s]
-    kr = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs,
-                       [RandomBlock(cp.n_levels[0], np.atleast_2d(het.cov_re_))],
+    kr = kenward_roger(cp, [RandomBlock(cp.n_levels[0], np.atleast_2d(het.cov_re_))],
                        [het.residual_var_[k] for k in het.model_.strata])
     assert rel_err(kr.cov_beta, het.cov_fe_) < 1e-8

@@ -8,10 +8,10 @@ import doctest
 import numpy as np
 import pytest
 
-import mixedlm_sklearn._r2 as r2_module
+import mixedlm_sklearn.inference.r2 as r2_module
 from mixedlm_sklearn import lmer
-from mixedlm_sklearn._r2 import (VarianceComponents, icc, r2_nakagawa, variance_components,
-                                 variance_components_from_moments)
+from mixedlm_sklearn.inference.r2 import (VarianceComponents, components_from_designs,
+                                          components_from_moments)
 
 from _tables import (design, extras, fitted, orthodont, our_covs, r_covs, re_designs,
                      supplementary)
@@ -27,12 +27,12 @@ def test_docstring_examples():
 
 def _components(est, covs, beta, sigma2, drop=()):
     pieces = [p for p in re_designs(est) if p[0] not in drop]
-    return variance_components(design(est), beta, [Z for _, _, Z in pieces],
-                               [covs[name] for name, _, _ in pieces], sigma2)
+    return components_from_designs(design(est), beta, [Z for _, _, Z in pieces],
+                                   [covs[name] for name, _, _ in pieces], sigma2)
 
 
 def _values(vc):
-    r, i = r2_nakagawa(vc), icc(vc)
+    r, i = vc.r2(), vc.icc()
     return np.array([r.marginal, r.conditional, i.adjusted, i.unadjusted])
 
 
@@ -96,9 +96,9 @@ def test_from_moments_equals_from_designs():
     X = design(est)
     pieces = re_designs(est)
     covs = [our_covs(est)[n] for n, _, _ in pieces]
-    a = variance_components(X, est.fe_params_, [Z for _, _, Z in pieces], covs, est.scale_)
-    b = variance_components_from_moments(est.fe_params_, X.T @ X, X.sum(0), len(X),
-                                         [Z.T @ Z for _, _, Z in pieces], covs, est.scale_)
+    a = components_from_designs(X, est.fe_params_, [Z for _, _, Z in pieces], covs, est.scale_)
+    b = components_from_moments(est.fe_params_, X.T @ X, X.sum(0), len(X),
+                                [Z.T @ Z for _, _, Z in pieces], covs, est.scale_)
     assert a.fixed == pytest.approx(np.var(X @ est.fe_params_, ddof=1), rel=1e-10)
     np.testing.assert_allclose([a.fixed, a.random, a.residual], [b.fixed, b.random, b.residual],
                                rtol=1e-12)
@@ -106,13 +106,13 @@ def test_from_moments_equals_from_designs():
 
 def test_observation_level_terms_are_left_out():
     X = np.column_stack([np.ones(6), np.arange(6.0)])
-    vc = variance_components(X, [0.0, 1.0], [np.ones((6, 1)), np.ones((6, 1))],
-                             [[[2.0]], [[5.0]]], 1.0, n_levels=[3, 6])
+    vc = components_from_designs(X, [0.0, 1.0], [np.ones((6, 1)), np.ones((6, 1))],
+                                 [[[2.0]], [[5.0]]], 1.0, n_levels=[3, 6])
     assert vc.random == 2.0
 
 
 def test_singular_fit_has_no_random_variance():
-    vc = VarianceComponents(2.0, 0.0, 1.0)
-    r = r2_nakagawa(vc, singular=True)
+    vc = VarianceComponents(2.0, 0.0, 1.0, singular=True)
+    r = vc.r2()
     assert r.marginal == pytest.approx(2.0 / 3.0) and np.isnan(r.conditional)
-    assert all(np.isnan(v) for v in (icc(vc, singular=True).adjusted, icc(vc, True).unadjusted))
+    assert all(np.isnan(v) for v in (vc.icc().adjusted, vc.icc().unadjusted))

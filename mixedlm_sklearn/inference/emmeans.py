@@ -29,9 +29,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._anova import _fe_order, _kind
+from ._parameters import check_ddf, fitted_model
+from .kenward_roger import kenward_roger_model
+from .satterthwaite import varpar_model
 
-__all__ = ["ReferenceGrid", "EMMeans", "reference_grid", "emmeans", "adjust_pvalues"]
+__all__ = ["emmeans", "ReferenceGrid", "EMMeans", "reference_grid", "marginal_means",
+           "adjust_pvalues"]
 
 DfFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -68,21 +71,17 @@ def _levels(series: pd.Series) -> list:
     return sorted(series.dropna().unique().tolist())
 
 
-def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None = None,
-                   context: Mapping[str, Any] | None = None) -> ReferenceGrid:
-    """emmeans' reference grid of a formulaic model spec.
+def reference_grid(frame: Any, at: Mapping[str, Any] | None = None) -> ReferenceGrid:
+    """emmeans' reference grid of a formula fit.
 
     Parameters
     ----------
-    spec : formulaic.ModelSpec
-        ``ModelFrame._fixed_spec``.
-    data : DataFrame
-        The rows the model was fitted to (covariate means are over them).
+    frame : ModelFrame
+        ``model_frame_`` of an :func:`~mixedlm_sklearn.lmer` fit (covariate means are over
+        its fitted rows).
     at : mapping, optional
         Variable -> value or list of values: covariates at these values instead of their
         mean, factors restricted to these levels.
-    context : mapping, optional
-        Names used by the formula's expressions (default ``{"np": numpy}``).
 
     Returns
     -------
@@ -95,8 +94,7 @@ def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None =
     >>> from mixedlm_sklearn.datasets import load_orthodont
     >>> df = load_orthodont()
     >>> df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])
-    >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", df)
-    >>> rg = reference_grid(mf._fixed_spec, df)
+    >>> rg = reference_grid(parse_formula("distance ~ age * Sex + (age | Subject)", df))
     >>> rg.grid
         age     Sex
     0  11.0    Male
@@ -104,39 +102,35 @@ def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None =
     >>> rg.X.tolist()
     [[1.0, 11.0, 0.0, 0.0], [1.0, 11.0, 1.0, 11.0]]
     """
-    context = {"np": np} if context is None else dict(context)
     at = dict(at or {})
-    categorical = {str(f.expr) for f in spec.factors if _kind(spec, str(f.expr)) == "categorical"}
-    numeric_factors = {str(f.expr) for f in spec.factors} - categorical
+    data = frame.rows
+    factors_of = frame.fixed_factors()
     # the model's variables in order of first appearance in its terms
     variables: list[str] = []
-    factor_vars = spec.factor_variables
-    for term in spec.term_indices:
-        for f in term.factors:
-            for v in sorted(factor_vars.get(f, set())):
-                if v in data.columns and v not in variables:
+    for term in frame.fixed_terms():
+        for factor in term.factors:
+            for v in factors_of[factor].variables:
+                if v not in variables:
                     variables.append(v)
     unknown = sorted(set(at) - set(variables))
     if unknown:
         raise ValueError(f"at= names {unknown}, which are not variables of the model {variables}")
     values: dict[str, list] = {}
-    factors: list[str] = []
+    is_factor: dict[str, bool] = {}
     for v in variables:
         # a variable is a factor when its column is not numeric or when it only enters the
         # model through categorical factors (C(x)); otherwise a covariate
-        uses = [str(f.expr) for f in spec.factors if v in factor_vars.get(f, set())]
-        is_factor = _is_categorical(data[v]) or not any(u in numeric_factors for u in uses)
-        if is_factor:
-            factors.append(v)
+        uses = [f for f in factors_of.values() if v in f.variables]
+        is_factor[v] = _is_categorical(data[v]) or all(f.categorical for f in uses)
         if v in at:
             given = at[v]
             given = list(given) if isinstance(given, (list, tuple, np.ndarray, pd.Series)) else [given]
-            if is_factor:
+            if is_factor[v]:
                 missing = [g for g in given if g not in _levels(data[v])]
                 if missing:
                     raise ValueError(f"at[{v!r}] has levels {missing} not in the data")
             values[v] = given
-        elif is_factor:
+        elif is_factor[v]:
             values[v] = _levels(data[v])
         else:
             values[v] = [float(np.mean(data[v]))]
@@ -147,9 +141,8 @@ def reference_grid(spec: Any, data: pd.DataFrame, at: Mapping[str, Any] | None =
     for v in names:
         if isinstance(data[v].dtype, pd.CategoricalDtype):
             grid[v] = pd.Categorical(grid[v], categories=data[v].cat.categories)
-    matrix = spec.get_model_matrix(grid, context=context, na_action="raise")
-    X = np.asarray(matrix, dtype=float)[:, _fe_order(spec)]
-    varying = [v for v in names if v in factors or len(values[v]) > 1]
+    X = frame.fixed_design(grid).to_numpy(dtype=float)
+    varying = [v for v in names if is_factor[v] or len(values[v]) > 1]
     return ReferenceGrid(grid, X, varying)
 
 
@@ -203,7 +196,7 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
 
 @dataclass(frozen=True)
 class EMMeans:
-    """Estimated marginal means; see :func:`emmeans`.
+    """Estimated marginal means; see :func:`emmeans` and :func:`marginal_means`.
 
     Attributes
     ----------
@@ -290,8 +283,8 @@ def _df(df_function: DfFunction | None, L: np.ndarray) -> np.ndarray:
     return np.asarray(df_function(L), dtype=float).reshape(-1)
 
 
-def emmeans(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, cov_beta: Any,
-            df: DfFunction | None = None, level: float = 0.95) -> EMMeans:
+def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, cov_beta: Any,
+                   df: DfFunction | None = None, level: float = 0.95) -> EMMeans:
     """Estimated marginal means of ``specs`` over a reference grid.
 
     Parameters
@@ -319,7 +312,7 @@ def emmeans(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, cov_beta
     >>> import numpy as np, pandas as pd
     >>> X = np.array([[1.0, 0.0], [1.0, 1.0]])
     >>> rg = ReferenceGrid(pd.DataFrame({"g": ["a", "b"]}), X, ["g"])
-    >>> emm = emmeans(rg, "g", beta=[10.0, 2.0], cov_beta=np.diag([1.0, 0.5]))
+    >>> emm = marginal_means(rg, "g", beta=[10.0, 2.0], cov_beta=np.diag([1.0, 0.5]))
     >>> emm.table[["g", "emmean", "SE", "df", "asymp.LCL"]].round(4)
        g  emmean      SE   df  asymp.LCL
     0  a    10.0  1.0000  inf     8.0400
@@ -377,3 +370,77 @@ def _labels(table: pd.DataFrame, specs: list[str]) -> list[str]:
         parts.append([s + v for v in values] if all(_is_number(v) for v in values) else values)
     labels = [" ".join(p) for p in zip(*parts)]
     return [f"({x})" if any(c in x for c in "-+/*") else x for x in labels]
+
+
+def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None = None,
+            ddf: str = "kenward-roger", level: float = 0.95) -> EMMeans:
+    """Estimated marginal means of a formula fit (emmeans' ``emmeans(fit, specs)``).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor fitted by :func:`~mixedlm_sklearn.lmer`
+    specs : str or sequence of str
+        The factor(s) whose levels get a mean; with several, every combination (the first
+        varies fastest).
+    at : dict, optional
+        Variable -> value(s): covariates at these values instead of their mean over the
+        fitted rows, factors restricted to these levels (emmeans' ``at``).
+    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}
+        emmeans' ``lmer.df``: the Kenward-Roger adjusted covariance and df (emmeans'
+        default for lmer fits; REML fits only), Satterthwaite's df with ``cov_fe_``, or
+        normal quantiles.
+    level : float, default 0.95
+        Confidence level of the intervals.
+
+    Returns
+    -------
+    EMMeans
+        ``.table`` (the ``specs`` columns, ``emmean``, ``SE``, ``df``, ``lower.CL``,
+        ``upper.CL``), ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
+
+    Notes
+    -----
+    emmeans uses Kenward-Roger only up to 3,000 rows (its ``pbkrtest.limit``; above, it
+    switches to Satterthwaite, and above ``lmerTest.limit`` to asymptotic df) because
+    pbkrtest works with ``n x n`` matrices. Ours works with cross-products, at a cost
+    independent of the number of rows (it grows with the number of random effects, see
+    :data:`~mixedlm_sklearn.inference.kenward_roger.MAX_DIMENSION`), so there is no row
+    limit: on more than 3,000 rows pass ``ddf="satterthwaite"`` to reproduce emmeans'
+    default numbers.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> df = load_orthodont()
+    >>> df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])  # R's order
+    >>> est = lmer("distance ~ age * Sex + (age | Subject)", df)
+    >>> emm = est.emmeans("Sex")
+    >>> emm.table.round(3)
+          Sex  emmean     SE    df  lower.CL  upper.CL
+    0    Male  24.969  0.486  25.0    23.968    25.970
+    1  Female  22.648  0.586  25.0    21.441    23.855
+    >>> emm.pairs().round(4)  # emmeans: 2.321, 0.7614, 25, 3.048, 0.0054
+            contrast  estimate      SE    df  t.ratio  p.value
+    0  Male - Female     2.321  0.7614  25.0   3.0483   0.0054
+    """
+    frame = getattr(est, "model_frame_", None)
+    model = fitted_model(est)
+    if frame is None:
+        raise ValueError("emmeans needs a formula fit (mixedlm_sklearn.lmer): the reference "
+                         "grid is made of the levels of the model's factors")
+    if model.rank is not None:
+        raise NotImplementedError("marginal means of a fit with fixed effects dropped as aliased "
+                                  f"({model.rank.dropped_names}) are not supported: remove the "
+                                  "aliased terms from the formula")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    ddf = check_ddf(ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    grid = reference_grid(frame, at)
+    sol = model.solution
+    if ddf == "kenward-roger":
+        kr = kenward_roger_model(est)
+        return marginal_means(grid, specs, sol.beta, kr.cov_beta_adj, kr.row_ddf, level)
+    df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
+    return marginal_means(grid, specs, sol.beta, sol.cov_beta(), df, level)

@@ -41,6 +41,7 @@ a formulaic model spec by :func:`fixed_terms`), ``X'X`` or the over-parametrised
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -49,13 +50,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._crossprod import cross_products
+from .._design import INTERCEPT
+from .._model import fit_model
+from .._terms import Term, Terms
+from ..formula import FixedTerm
+from ._parameters import check_ddf, fitted_model, log_likelihood, n_parameters
+from .kenward_roger import kenward_roger_model
+from .satterthwaite import varpar_model
 # lmerTest's get_Fstat_ddf (Fai & Cornelius 1996): the package's one implementation
-from .inference.wald import combined_ddf as _combined_ddf
+from .wald import combined_ddf as _combined_ddf
 
 __all__ = [
+    "anova",
+    "drop1",
+    "ranova",
     "FixedTerm",
     "Overparametrised",
-    "fixed_terms",
     "overparametrised_design",
     "containment",
     "marginal_terms",
@@ -67,43 +78,15 @@ __all__ = [
     "anova_table",
     "terms_from_columns",
     "contrasts",
-    "anova",
+    "f_tests",
     "ranova_formulas",
     "ranova_table",
-    "ols_loglik",
     "TABLE_COLUMNS",
 ]
 
 TABLE_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
 
 _EPS = np.finfo(float).eps
-
-
-@dataclass(frozen=True)
-class FixedTerm:
-    """One fixed-effects term of a model.
-
-    Attributes
-    ----------
-    name : str
-        The term as R labels it (``"age:Sex"``).
-    columns : tuple of int
-        Its columns in the design, in ``fe_params_`` order (intercept first).
-    variables : tuple of str
-        The variables whose interaction the term is (``("age", "Sex")``).
-    numeric : frozenset of str
-        Those of ``variables`` that are numeric (covariates), not factors.
-    """
-
-    name: str
-    columns: tuple[int, ...]
-    variables: tuple[str, ...]
-    numeric: frozenset = frozenset()
-
-    @property
-    def order(self) -> int:
-        """Number of variables (R's ``attr(terms, "order")``)."""
-        return len(self.variables)
 
 
 def _zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
@@ -141,9 +124,9 @@ def containment(terms: Sequence[FixedTerm]) -> dict[str, list[str]]:
     """
     out = {}
     for a in terms:
-        va = set(a.variables)
+        va = set(a.factors)
         out[a.name] = [b.name for b in terms
-                       if va <= set(b.variables) and set(b.variables) - va
+                       if va <= set(b.factors) and set(b.factors) - va
                        and set(a.numeric) == set(b.numeric)]
     return out
 
@@ -151,58 +134,7 @@ def containment(terms: Sequence[FixedTerm]) -> dict[str, list[str]]:
 def marginal_terms(terms: Sequence[FixedTerm]) -> list[str]:
     """Terms whose variables are not all in another term (R's ``drop.scope``)."""
     return [a.name for a in terms
-            if not any(set(a.variables) <= set(b.variables) for b in terms if b is not a)]
-
-
-def fixed_terms(spec: Any) -> tuple[list[FixedTerm], bool]:
-    """The fixed-effects terms of a formulaic model spec, and whether it has an intercept.
-
-    Column indices follow ``fe_params_``: the intercept first, then the spec's other
-    columns in order (``ModelFrame.X``'s order). A factor is numeric when formulaic
-    encoded it as numerical.
-
-    Parameters
-    ----------
-    spec : formulaic.ModelSpec
-        ``ModelFrame._fixed_spec``.
-
-    Returns
-    -------
-    terms : list of FixedTerm
-    intercept : bool
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from mixedlm_sklearn.formula import parse_formula
-    >>> from mixedlm_sklearn.datasets import load_orthodont
-    >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
-    >>> terms, intercept = fixed_terms(mf._fixed_spec)
-    >>> [(t.name, t.columns, sorted(t.numeric)) for t in terms], intercept
-    ([('age', (1,), ['age']), ('Sex', (2,), []), ('age:Sex', (3,), ['age'])], True)
-    """
-    order = _fe_order(spec)
-    position = {c: i for i, c in enumerate(order)}
-    terms, intercept = [], False
-    for term, cols in spec.term_indices.items():
-        if str(term) == "1":
-            intercept = True
-            continue
-        variables = tuple(str(f.expr) for f in term.factors)
-        numeric = frozenset(v for v in variables if _kind(spec, v) == "numerical")
-        terms.append(FixedTerm(str(term), tuple(position[c] for c in cols), variables, numeric))
-    return terms, intercept
-
-
-def _kind(spec: Any, expr: str) -> str:
-    kind = spec.encoder_state.get(expr, (None, None))[0]
-    return str(getattr(kind, "value", kind))
-
-
-def _fe_order(spec: Any) -> list[int]:
-    """Spec column indices in ``fe_params_`` order: intercept column(s) first."""
-    intercept = [i for t, cols in spec.term_indices.items() if str(t) == "1" for i in cols]
-    return intercept + [i for i in range(len(spec.column_names)) if i not in intercept]
+            if not any(set(a.factors) <= set(b.factors) for b in terms if b is not a)]
 
 
 # ---- type I --------------------------------------------------------------------------------
@@ -350,35 +282,13 @@ def type3_contrasts(over: Overparametrised, terms: Sequence[FixedTerm],
     return out
 
 
-def _factor_matrix(spec: Any, data: pd.DataFrame, expr: str, context: Mapping[str, Any]
-                   ) -> tuple[np.ndarray, list[str] | None]:
-    """A factor's columns on the data: full indicators (levels as encoded) or its values."""
-    one = spec.update(formula=f"0 + {expr}", structure=None, ensure_full_rank=False)
-    # na_action="raise": every factor must keep every row, or the products misalign
-    matrix = one.get_model_matrix(data, context=dict(context), na_action="raise")
-    values = np.asarray(matrix, dtype=float)
-    if _kind(spec, expr) != "categorical":
-        return values, None
-    state = spec.encoder_state[expr][1]
-    levels = [str(v) for v in state["contrasts"].levels]
-    names = [str(c) for c in matrix.columns]
-    order = [names.index(f"{expr}[{lev}]") for lev in levels]
-    return values[:, order], levels
-
-
-def overparametrised_design(spec: Any, data: pd.DataFrame,
-                            context: Mapping[str, Any] | None = None) -> Overparametrised:
-    """The over-parametrised design of a formulaic model spec on its data.
+def overparametrised_design(frame: Any) -> Overparametrised:
+    """The over-parametrised design of a formula fit on its fitted rows.
 
     Parameters
     ----------
-    spec : formulaic.ModelSpec
-        ``ModelFrame._fixed_spec``.
-    data : DataFrame
-        The rows the model was fitted to (any rows on which its design has full column
-        rank give the same contrasts).
-    context : mapping, optional
-        Names used by the formula's expressions (``np`` for ``np.log(x)``).
+    frame : ModelFrame
+        ``model_frame_`` of an :func:`~mixedlm_sklearn.lmer` fit.
 
     Returns
     -------
@@ -387,46 +297,41 @@ def overparametrised_design(spec: Any, data: pd.DataFrame,
     Raises
     ------
     NotImplementedError
-        For a term formulaic encodes in several pieces (a term without the terms it is
-        marginal to, such as ``a:b`` without ``a`` or ``b``).
+        For a term whose columns are not one product of its factors (a term without the
+        terms it is marginal to, such as ``a:b`` without ``a`` or ``b``).
 
     Examples
     --------
     >>> from mixedlm_sklearn.formula import parse_formula
     >>> from mixedlm_sklearn.datasets import load_orthodont
-    >>> df = load_orthodont()
-    >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", df)
-    >>> over = overparametrised_design(mf._fixed_spec, df)
+    >>> frame = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> over = overparametrised_design(frame)
     >>> over.X_full.shape, over.full_columns, over.treatment.tolist()
     ((108, 6), {'age': [1], 'Sex': [2, 3], 'age:Sex': [4, 5]}, [0, 1, 3, 5])
     """
-    context = {"np": np} if context is None else context
-    terms, intercept = fixed_terms(spec)
-    structure = {str(s.term): s for s in spec.structure}
-    blocks = [np.ones((len(data), 1))] if intercept else []
+    terms = frame.fixed_terms()
+    n = len(frame.y)
+    intercept = frame.fit_intercept
+    blocks = [np.ones((n, 1))] if intercept else []
     full_columns, treatment_of_term = {}, {}
-    factors: dict[str, tuple[np.ndarray, list[str] | None]] = {}  # a factor is in several terms
+    factors: dict[str, np.ndarray] = {}  # a factor is in several terms: evaluate it once
     start = 1 if intercept else 0
     for t in terms:
-        scoped = structure[t.name].scoped_terms
-        if len(scoped) != 1 or [str(f.factor) for f in scoped[0].factors] != list(t.variables):
+        if t.contrasts is None:
             raise NotImplementedError(
-                f"the term {t.name!r} is encoded in pieces {[str(s) for s in scoped]}; type III "
-                "contrasts need each term to be a product of its factors (include the terms it "
-                "is marginal to)")
-        reduced = {str(f.factor): bool(f.reduced) for f in scoped[0].factors}
+                f"the term {t.name!r} is not one product of its factors; type III contrasts "
+                "need each term to be (include the terms it is marginal to)")
         # the term's columns: the row-wise product of its factors, the first varying fastest
-        block = np.ones((len(data), 1))
+        block = np.ones((n, 1))
         keep = np.ones(1, dtype=bool)
-        for expr in t.variables:
-            if expr not in factors:
-                factors[expr] = _factor_matrix(spec, data, expr, context)
-            F, levels = factors[expr]
-            block = (F[:, :, None] * block[:, None, :]).reshape(len(data), -1)
-            k = F.shape[1]
+        for factor, coded in zip(t.factors, t.contrasts):
+            if factor not in factors:
+                factors[factor] = frame.factor_columns(factor)
+            F = factors[factor]
+            block = (F[:, :, None] * block[:, None, :]).reshape(n, -1)
             # treatment coding drops the first level of a factor encoded with contrasts
-            mine = np.ones(k, dtype=bool)
-            if levels is not None and reduced[expr]:
+            mine = np.ones(F.shape[1], dtype=bool)
+            if coded:
                 mine[0] = False
             keep = (mine[:, None] & keep[None, :]).reshape(-1)
         blocks.append(block)
@@ -437,13 +342,12 @@ def overparametrised_design(spec: Any, data: pd.DataFrame,
         if len(treatment_of_term[t.name]) != len(t.columns):
             raise NotImplementedError(f"cannot match the columns of term {t.name!r} with its "
                                       "treatment coding")
-    X_full = np.hstack(blocks) if blocks else np.zeros((len(data), 0))
+    X_full = np.hstack(blocks) if blocks else np.zeros((n, 0))
     p = sum(len(t.columns) for t in terms) + int(intercept)
     treatment = np.zeros(p, dtype=int)
     for t in terms:
         treatment[list(t.columns)] = treatment_of_term[t.name]
-    X = np.asarray(spec.get_model_matrix(data, context=dict(context), na_action="raise"),
-                   dtype=float)[:, _fe_order(spec)]
+    X = frame.fixed_design(frame.rows).to_numpy(dtype=float)
     same = np.allclose(X_full[:, treatment], X, rtol=0.0, atol=1e-12 * max(1.0, np.max(np.abs(X))))
     return Overparametrised(X_full, full_columns, treatment, None if same else X)
 
@@ -702,10 +606,10 @@ def contrasts(kind: Any, terms: Sequence[FixedTerm], p: int, intercept: bool, xt
     return {t.name: eye[list(t.columns)] for t in terms}
 
 
-def anova(contrast_matrices: Mapping[str, np.ndarray], beta: Any, cov_beta: Any, sigma2: float,
-          ddf: str = "satterthwaite", t_df: Callable[[np.ndarray], np.ndarray] | None = None,
-          kr: Any = None) -> pd.DataFrame:
-    """The ANOVA table (lmerTest's ``anova``/``drop1``) for given contrasts.
+def f_tests(contrast_matrices: Mapping[str, np.ndarray], beta: Any, cov_beta: Any, sigma2: float,
+            ddf: str = "satterthwaite", t_df: Callable[[np.ndarray], np.ndarray] | None = None,
+            kr: Any = None) -> pd.DataFrame:
+    """The F test of each term's contrasts (lmerTest's ``anova``/``drop1`` tables).
 
     Parameters
     ----------
@@ -731,25 +635,23 @@ def anova(contrast_matrices: Mapping[str, np.ndarray], beta: Any, cov_beta: Any,
     --------
     >>> import numpy as np
     >>> L = {"x": np.array([[0.0, 1.0]])}
-    >>> anova(L, [1.0, 2.0], np.diag([1.0, 0.25]), 2.0, t_df=lambda M: np.full(len(M), 10.0)).round(4)
+    >>> f_tests(L, [1.0, 2.0], np.diag([1.0, 0.25]), 2.0, t_df=lambda M: np.full(len(M), 10.0)).round(4)
        Sum Sq  Mean Sq  NumDF  DenDF  F value  Pr(>F)
     x    32.0     32.0      1   10.0     16.0  0.0025
     """
     from functools import partial
 
-    ddf = ddf.lower().replace("_", "-")
+    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
     beta = np.asarray(beta, dtype=float).reshape(-1)
     if ddf == "satterthwaite":
         if t_df is None:
             raise ValueError("Satterthwaite's method needs t_df (the df of contrast rows)")
         test = partial(satterthwaite_f_test, beta=beta, cov_beta=cov_beta, sigma2=sigma2, t_df=t_df)
-    elif ddf == "kenward-roger":
+    else:
         if kr is None:
             raise ValueError("Kenward-Roger's method needs kr (kenward_roger(...))")
         test = partial(kenward_roger_f_test, beta=beta, kr=kr, sigma2=sigma2, t_df=t_df,
                        cov_beta=cov_beta)
-    else:
-        raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
     return anova_table(contrast_matrices, test)
 
 
@@ -772,7 +674,7 @@ def _random_bars(formula: str) -> tuple[str, str, list[tuple[str, str]]]:
     ``(x || g)`` becomes ``(1 | g)`` and ``(0 + x | g)`` (lme4's ``expandDoubleVerts``);
     ``(1 | a/b)`` becomes ``(1 | b:a)`` and ``(1 | a)`` (its ``expandSlash``).
     """
-    from .formula import _as_bar, _bar_positions, _signed_pieces, _split_top
+    from ..formula import _as_bar, _bar_positions, _signed_pieces, _split_top
     import formulaic
 
     lhs, rhs = (s.strip() for s in _split_top(formula, "~"))
@@ -898,29 +800,295 @@ def ranova_table(full: tuple[float, int], reduced: Mapping[str, tuple[float, int
     return table
 
 
-def ols_loglik(X: Any, y: Any, reml: bool = True) -> tuple[float, int]:
-    """Log-likelihood and parameter count of least squares, as R's ``logLik.lm``.
 
-    For the row of ``ranova`` whose reduced model has no random effects left; with
-    ``reml=True`` the REML log-likelihood ``-(n-p)/2 (log(2 pi RSS/(n-p)) + 1) - log|R|``
-    (``R`` the QR factor of ``X``).
+# ---- a fitted model ----------------------------------------------------------------------------
+
+
+def _on_kept_columns(terms: Sequence[FixedTerm], kept: np.ndarray) -> list[FixedTerm]:
+    """Terms with their columns among the kept fixed effects (aliased ones dropped, as
+    lmerTest sees the model: lme4 refits without them); a term left without columns goes."""
+    index = np.cumsum(kept) - 1
+    out = []
+    for t in terms:
+        cols = tuple(int(index[c]) for c in t.columns if kept[c])
+        if cols:
+            out.append(dataclasses.replace(t, columns=cols))
+    return out
+
+
+def _type(kind: Any) -> Any:
+    canonical = {"1": 1, "I": 1, "3": 3, "III": 3}.get(str(kind).upper(), None)
+    if canonical is None:
+        raise ValueError(f"type must be 1 (sequential) or 3 (lmerTest's type III), got {kind!r}")
+    return canonical
+
+
+def _term_table(est: Any, kind: Any, ddf: str, terms: Mapping[str, Sequence[str]] | None
+                ) -> pd.DataFrame:
+    """F tests of the terms of a fit (``kind``: 1, 3 or "marginal")."""
+    model = fitted_model(est)
+    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
+    rank = model.rank
+    names = list(model.fe_names) if rank is None else list(rank.names)
+    kept = np.ones(len(names), dtype=bool) if rank is None else rank.kept
+    frame = getattr(est, "model_frame_", None) if terms is None else None
+    if frame is not None:
+        fixed, intercept = frame.fixed_terms(), "(Intercept)" in names
+    else:
+        fixed, intercept = terms_from_columns(names, terms)
+    fixed = _on_kept_columns(fixed, kept)
+    p = int(kept.sum())
+    # lmerTest's crossprod(X): X'X of the rows, without the prior weights
+    if model.design is not None:
+        X = model.design.X_full[:, kept]
+        xtx = X.T @ X
+    else:  # chunks and Dask keep X'WX only
+        xtx = model.cross_products.combined().xyxy[0][:p, :p]
+    over = None
+    if kind == 3 and frame is not None:
+        full = overparametrised_design(frame)
+        over = Overparametrised(full.X_full, full.full_columns, full.treatment[kept],
+                                None if full.X is None else full.X[:, kept])
+    L = contrasts(kind, fixed, p, intercept, xtx, over)
+    sol = model.solution
+    varpar = []
+
+    def t_df(M: np.ndarray) -> np.ndarray:  # Satterthwaite: one variance-parameter model
+        if not varpar:
+            varpar.append(varpar_model(est))
+        return varpar[0].contrast_df(M)
+
+    kr = kenward_roger_model(est) if ddf == "kenward-roger" else None
+    return f_tests(L, sol.beta, sol.cov_beta(), float(sol.scale), ddf, t_df, kr)
+
+
+def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
+          terms: Mapping[str, Sequence[str]] | None = None, names: Sequence[str] | None = None,
+          refit: bool = True) -> pd.DataFrame:
+    """ANOVA table of a fit's fixed effects, or the comparison of several nested fits.
+
+    With one fit, lmerTest's ``anova(fit, type, ddf)``: an F test per fixed-effects term.
+    With several, lme4's ``anova(m0, m1, ...)``: likelihood-ratio tests of each model
+    against the previous one (see :func:`mixedlm_sklearn.inference.lrt.compare_models`).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    *others : fitted MixedLMRegressor
+        Further fits of the same data: then the comparison table.
+    type : {3, 1}, default 3
+        lmerTest's type III (each term adjusted for all others, marginal to the terms that
+        contain it) or type I (sequential, in the formula's order).
+    ddf : {"satterthwaite", "kenward-roger"}
+        Denominator df of the F tests (Kenward-Roger: REML fits only).
+    terms : dict, optional
+        Term name -> its fixed-effects columns (``{"Machine": ["MachineB", "MachineC"]}``),
+        for a fit from arrays: columns in no group are terms of their own. Formula fits
+        take their terms from the formula unless ``terms`` is given.
+    names, refit
+        The comparison of several fits only: see
+        :func:`~mixedlm_sklearn.inference.lrt.compare_models`.
+
+    Returns
+    -------
+    DataFrame
+        One fit: a row per term, columns ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``,
+        ``F value``, ``Pr(>F)`` (lmerTest's; ``Mean Sq`` is ``F sigma^2``). Several fits:
+        ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``,
+        ``Pr(>Chisq)``.
+
+    Notes
+    -----
+    The contrasts are lmerTest 3.1's (module docstring): type III needs, for a formula
+    fit, each term's columns to be the product of its factors (``a:b`` with ``a`` and
+    ``b`` in the model). A fit from arrays has no formula: its terms are columns (or the
+    groups ``terms`` names), none contains another, and type III tests each term's
+    coefficients jointly. Fixed effects dropped as aliased are left out of the contrasts.
 
     Examples
     --------
-    >>> import numpy as np
-    >>> X = np.column_stack([np.ones(5), np.arange(5.0)]); y = np.array([1.0, 3, 2, 5, 4])
-    >>> [round(float(v), 6) for v in ols_loglik(X, y, reml=False)]  # R: -6.273432 (df=3)
-    [-6.273432, 3.0]
-    >>> round(float(ols_loglik(X, y)[0]), 6)  # R: logLik(lm(y ~ x), REML = TRUE)
-    -6.486309
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> est.anova().round(4)  # lmerTest at lme4's (less converged) optimum: F 88.04, 0.419, 5.121
+               Sum Sq   Mean Sq  NumDF  DenDF  F value  Pr(>F)
+    age      151.0238  151.0238      1   25.0  87.9987  0.0000
+    Sex        0.7179    0.7179      1   25.0   0.4183  0.5237
+    age:Sex    8.7846    8.7846      1   25.0   5.1186  0.0326
     """
-    X = np.asarray(X, dtype=float)
-    y = np.asarray(y, dtype=float).reshape(-1)
-    n, p = X.shape
-    Q, R = np.linalg.qr(X)
-    rss = float(np.sum((y - Q @ (Q.T @ y)) ** 2))
-    N = n - p if reml else n
-    val = 0.5 * (-N * (np.log(2.0 * np.pi) + 1.0 - np.log(N) + np.log(rss)))
-    if reml:
-        val -= float(np.sum(np.log(np.abs(np.diag(R)))))
-    return float(val), p + 1
+    if others:
+        from .lrt import compare_models
+
+        return compare_models([est, *others], names=names, refit=refit)
+    return _term_table(est, _type(type), ddf, terms)
+
+
+def drop1(est: Any, ddf: str = "satterthwaite",
+          terms: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """F tests of dropping each term that no other term contains (lmerTest's ``drop1``).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    ddf : {"satterthwaite", "kenward-roger"}
+    terms : dict, optional
+        As in :func:`anova`.
+
+    Returns
+    -------
+    DataFrame
+        A row per droppable term; columns as :func:`anova`'s.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> est.drop1()[["NumDF", "F value"]].round(4)
+             NumDF  F value
+    age:Sex      1   5.1186
+    """
+    return _term_table(est, "marginal", ddf, terms)
+
+
+# ---- ranova: refits with reduced random effects ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RandomTerm:
+    """A random-effects term of a reduced model, on the fitted rows."""
+
+    name: str
+    codes: np.ndarray
+    Z: np.ndarray
+    z_names: tuple
+    diagonal: bool = False
+
+
+def _same_term(a: _RandomTerm, b: _RandomTerm) -> bool:
+    return (a.Z.shape == b.Z.shape and np.array_equal(a.codes, b.codes)
+            and np.array_equal(a.Z, b.Z))
+
+
+def _formula_reductions(frame: Any) -> dict[str, list[_RandomTerm]]:
+    """lmerTest's reduced models of a formula fit, evaluated on its fitted rows."""
+    out = {}
+    for name, formula in ranova_formulas(frame.formula).items():
+        terms = []
+        if formula is not None:
+            for group, labels, Z in frame.reduced(formula)._pieces():
+                codes = pd.factorize(labels, sort=True)[0]
+                terms.append(_RandomTerm(group, codes, Z.to_numpy(dtype=float), tuple(Z.columns)))
+        out[name] = terms
+    return out
+
+
+def _array_reductions(model: Any) -> dict[str, list[_RandomTerm]]:
+    """The reductions of a fit from arrays, by lmerTest's rules with each column of ``Z``
+    a term of the left side: a random intercept alone is removed; otherwise each slope
+    column is dropped in turn (a term of one slope without intercept becomes a random
+    intercept); a diagonal term is lme4's ``||``, one term per column. A reduced term
+    identical to another term of the model merges with it."""
+    terms = [_RandomTerm(t.factor, codes, Z, tuple(t.z_names), t.diagonal)
+             for t, (codes, Z) in zip(model.terms, model.design.factors)]
+    out: dict[str, list[_RandomTerm]] = {}
+
+    def with_term(k: int, columns: list[int], add_intercept: bool = False) -> list[_RandomTerm]:
+        t = terms[k]
+        Z, names = t.Z[:, columns], [t.z_names[j] for j in columns]
+        if add_intercept:
+            Z, names = np.column_stack([np.ones(len(t.codes)), Z]), [INTERCEPT, *names]
+        rest = terms[:k] + terms[k + 1:]
+        new = _RandomTerm(t.factor, t.codes, Z, tuple(names), t.diagonal and len(names) > 1)
+        if not names or any(_same_term(new, r) for r in rest):
+            return rest
+        return terms[:k] + [new] + terms[k + 1:]
+
+    for k, t in enumerate(terms):
+        names = list(t.z_names)
+        has_intercept = INTERCEPT in names
+        slopes = [c for c in names if c != INTERCEPT]
+        if t.diagonal:  # (1 | g) + (0 + x | g) + ...: each column its own term
+            for j, c in enumerate(names):
+                others = [i for i in range(len(names)) if i != j]
+                if c == INTERCEPT:
+                    out[f"(1 | {t.factor})"] = with_term(k, others)
+                else:  # (0 + x | g) becomes (1 | g), which merges with an intercept column
+                    out[f"{c} in (0 + {c} | {t.factor})"] = with_term(k, others, not has_intercept)
+        elif not slopes:
+            out[f"(1 | {t.factor})"] = with_term(k, [])
+        else:
+            left = " + ".join(slopes) if has_intercept else "0 + " + " + ".join(slopes)
+            for j, c in enumerate(names):
+                if c == INTERCEPT:
+                    continue
+                others = [i for i in range(len(names)) if i != j]
+                out[f"{c} in ({left} | {t.factor})"] = with_term(k, others, not others)
+    return out
+
+
+def _fit_random(model: Any, terms: Sequence[_RandomTerm]) -> tuple[float, int]:
+    """Log-likelihood and parameter count of the fit's data with other random effects."""
+    d = model.design
+    model_terms = Terms([Term(t.name, t.z_names, int(t.codes.max()) + 1, t.diagonal)
+                         for t in terms])
+    cp = cross_products(d.X, d.y, [(t.codes, t.Z) for t in terms], model_terms, d.weights,
+                        d.strata, d.n_strata, intercept=d.intercept)
+    if model.rank is not None:
+        cp = cp.select_fixed(np.flatnonzero(model.rank.kept))
+    with np.errstate(all="ignore"):
+        dev, sol, _ = fit_model(cp, model.reml, max_iter=model.max_iter, tol=model.tol)
+    return -0.5 * float(sol.deviance), len(model.fe_names) + model_terms.n_theta + d.n_strata
+
+
+def ranova(est: Any) -> pd.DataFrame:
+    """Likelihood-ratio tests of the random effects, as lmerTest's ``ranova``.
+
+    Each random-effects term is reduced and the model refitted (REML fits by REML, ML
+    fits by ML) on the same rows: a term whose left side has slopes loses each marginal
+    slope term in turn (``age in (age | Subject)``: ``(age | Subject)`` becomes
+    ``(1 | Subject)``), a random intercept alone is removed, ``||`` and ``/`` are expanded
+    as lme4 expands them first (:func:`ranova_formulas`); a fit from arrays treats each
+    column of ``Z`` as a term of the left side. A model left without random effects is
+    least squares, whose REML log-likelihood is R's ``logLik(lm, REML = TRUE)``.
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+        An in-memory fit (the reduced models are refitted from its rows).
+
+    Returns
+    -------
+    DataFrame
+        Rows ``<none>`` (the model) and one per reduction; columns ``npar``, ``logLik``,
+        ``AIC``, ``LRT``, ``Df``, ``Pr(>Chisq)`` (the plain chi-square p-value, as
+        lmerTest; see :func:`~mixedlm_sklearn.inference.lrt.lr_test` with
+        ``boundary=True`` for the boundary-corrected one).
+
+    Raises
+    ------
+    ValueError
+        For a model without random effects.
+    NotImplementedError
+        For a fit from chunks or Dask, which keeps cross-products, not rows.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> est.ranova().round(3)
+                            npar   logLik      AIC    LRT   Df  Pr(>Chisq)
+    <none>                     8 -216.291  448.582    NaN  NaN         NaN
+    age in (age | Subject)     6 -216.879  445.757  1.176  2.0       0.556
+    """
+    model = fitted_model(est)
+    if not len(model.terms):
+        raise ValueError("the model has no random effects to test")
+    if model.design is None:
+        raise NotImplementedError("ranova refits reduced models from the fit's rows; a fit from "
+                                  "chunks or Dask keeps only their cross-products")
+    frame = getattr(est, "model_frame_", None)
+    reductions = _formula_reductions(frame) if frame is not None else _array_reductions(model)
+    reduced = {name: _fit_random(model, terms) for name, terms in reductions.items()}
+    return ranova_table((log_likelihood(model), n_parameters(model)), reduced)

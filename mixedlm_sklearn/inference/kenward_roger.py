@@ -76,15 +76,17 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import linalg, stats
 
+from ._parameters import fitted_model
+
 __all__ = [
     "RandomBlock",
     "KRInputs",
     "KenwardRoger",
     "KRFTest",
     "covariance_derivatives",
-    "design_cross_products",
-    "inputs_from_cross_products",
     "kenward_roger",
+    "kenward_roger_model",
+    "cov_fe",
 ]
 
 # pbkrtest inverts the information with solve() unless its smallest absolute eigenvalue
@@ -180,17 +182,22 @@ class RandomBlock:
 
 @dataclass(frozen=True)
 class KRInputs:
-    """Per residual stratum: ``X'W_sX``, ``Z'W_sX``, ``Z'W_sZ`` and the stratum's rows.
+    """What :func:`kenward_roger` needs from the data: per residual stratum ``X'W_sX``,
+    ``Z'W_sX``, ``Z'W_sZ`` and the stratum's number of rows.
+
+    ``W_s`` holds the prior weights of stratum ``s``'s rows (0 elsewhere); the random
+    effects are ordered term by term, level by level, effect by effect (lme4's order).
+    Built from a fit's cross-products (:meth:`from_cross_products`, what the estimator
+    uses) or from designs (:meth:`from_designs`, for tests and oracles).
 
     Attributes
     ----------
     xtx : list of (p, p) arrays
     ztx : list of (N, p) arrays
-    ztz : list of (N, N) sparse matrices
+    ztz : list of (N, N) sparse (or dense) matrices
     n_obs : list of int
     n_levels : list of int
-        Levels per random-effects term (the random effects are ordered term by term,
-        level by level, effect by effect).
+        Levels per random-effects term.
     strata : list
         The stratum labels, in the order of the lists (``[None]`` for one stratum).
     """
@@ -202,133 +209,123 @@ class KRInputs:
     n_levels: list
     strata: list
 
+    @classmethod
+    def from_designs(cls, X: Any, re_terms: Sequence[tuple[Any, Any]], weights: Any = None,
+                     strata: Any = None) -> "KRInputs":
+        """The inputs of a model given by its designs.
 
-def design_cross_products(
-    X: Any,
-    re_terms: Sequence[tuple[Any, Any]],
-    weights: Any = None,
-    strata: Any = None,
-) -> KRInputs:
-    """The cross-products :func:`kenward_roger` takes, from the designs of a model.
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects design (intercept column included).
+        re_terms : sequence of (labels, Z)
+            Per random-effects term: the group label of each row and the term's ``(n, q_k)``
+            design. Levels are sorted (lme4 orders a factor's levels).
+        weights : array-like of shape (n,), optional
+            Prior weights (``Var(e_r) = sigma^2 / w_r``).
+        strata : array-like of shape (n,), optional
+            Residual stratum of each row (a residual variance per stratum); strata in
+            sorted order unless ``strata`` is a Categorical (its categories' order).
 
-    Parameters
-    ----------
-    X : array-like of shape (n, p)
-        Fixed-effects design (intercept column included).
-    re_terms : sequence of (labels, Z)
-        Per random-effects term: the group label of each row and the term's ``(n, q_k)``
-        design. Levels are sorted (lme4 orders a factor's levels).
-    weights : array-like of shape (n,), optional
-        Prior weights (``Var(e_r) = sigma^2 / w_r``).
-    strata : array-like of shape (n,), optional
-        Residual stratum of each row (a residual variance per stratum); strata in sorted
-        order unless ``strata`` is a Categorical (its categories' order).
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X = np.column_stack([np.ones(4), [0.0, 1.0, 0.0, 1.0]])
+        >>> kr = KRInputs.from_designs(X, [(["a", "a", "b", "b"], np.ones((4, 1)))])
+        >>> kr.ztz[0].toarray().tolist(), kr.ztx[0].tolist(), kr.n_levels
+        ([[2.0, 0.0], [0.0, 2.0]], [[2.0, 1.0], [2.0, 1.0]], [2])
+        """
+        X = np.asarray(X, dtype=float)
+        n = X.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float).reshape(-1)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have {n} values, got {w.size}")
+        blocks, n_levels = [], []
+        for labels, Z in re_terms:
+            Z = np.asarray(Z, dtype=float)
+            if Z.ndim == 1:
+                Z = Z[:, None]
+            codes, levels = pd.factorize(pd.Series(np.asarray(labels)), sort=True)
+            m, q = len(levels), Z.shape[1]
+            rows = np.repeat(np.arange(n), q)
+            cols = (codes[:, None] * q + np.arange(q)).reshape(-1)
+            blocks.append(sp.csr_matrix((Z.reshape(-1), (rows, cols)), shape=(n, m * q)))
+            n_levels.append(m)
+        Zs = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((n, 0))
+        if strata is None:
+            groups, labels = np.zeros(n, dtype=int), [None]
+        else:
+            s = pd.Series(np.asarray(strata) if not isinstance(strata, pd.Categorical) else strata)
+            groups, uniques = pd.factorize(s, sort=True)
+            labels = list(uniques)
+        xtx, ztx, ztz, n_obs = [], [], [], []
+        for g in range(len(labels)):
+            ws = np.where(groups == g, w, 0.0)
+            WX = X * ws[:, None]
+            xtx.append(X.T @ WX)
+            ztx.append(np.asarray(Zs.T @ WX))
+            ztz.append((Zs.T @ sp.diags(ws) @ Zs).tocsr())
+            n_obs.append(int(np.sum(groups == g)))
+        return cls(xtx, ztx, ztz, n_obs, n_levels, labels)
 
-    Returns
-    -------
-    KRInputs
+    @classmethod
+    def from_cross_products(cls, cp: Any, strata: Any = None) -> "KRInputs":
+        """The inputs of a fit from the engine's cross-products (any terms and strata).
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.column_stack([np.ones(4), [0.0, 1.0, 0.0, 1.0]])
-    >>> cp = design_cross_products(X, [(["a", "a", "b", "b"], np.ones((4, 1)))])
-    >>> cp.ztz[0].toarray().tolist(), cp.ztx[0].tolist(), cp.n_levels
-    ([[2.0, 0.0], [0.0, 2.0]], [[2.0, 1.0], [2.0, 1.0]], [2])
-    """
-    X = np.asarray(X, dtype=float)
-    n = X.shape[0]
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float).reshape(-1)
-    if w.shape != (n,):
-        raise ValueError(f"weights must have {n} values, got {w.size}")
-    blocks, n_levels = [], []
-    for labels, Z in re_terms:
-        Z = np.asarray(Z, dtype=float)
-        if Z.ndim == 1:
-            Z = Z[:, None]
-        codes, levels = pd.factorize(pd.Series(np.asarray(labels)), sort=True)
-        m, q = len(levels), Z.shape[1]
-        rows = np.repeat(np.arange(n), q)
-        cols = (codes[:, None] * q + np.arange(q)).reshape(-1)
-        blocks.append(sp.csr_matrix((Z.reshape(-1), (rows, cols)), shape=(n, m * q)))
-        n_levels.append(m)
-    Zs = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((n, 0))
-    if strata is None:
-        groups, labels = np.zeros(n, dtype=int), [None]
-    else:
-        s = pd.Series(np.asarray(strata) if not isinstance(strata, pd.Categorical) else strata)
-        groups, uniques = pd.factorize(s, sort=True)
-        labels = list(uniques)
-    xtx, ztx, ztz, n_obs = [], [], [], []
-    for g in range(len(labels)):
-        ws = np.where(groups == g, w, 0.0)
-        WX = X * ws[:, None]
-        xtx.append(X.T @ WX)
-        ztx.append(np.asarray(Zs.T @ WX))
-        ztz.append((Zs.T @ sp.diags(ws) @ Zs).tocsr())
-        n_obs.append(int(np.sum(groups == g)))
-    return KRInputs(xtx, ztx, ztz, n_obs, n_levels, labels)
+        Parameters
+        ----------
+        cp : mixedlm_sklearn._crossprod.CrossProducts
+            ``model_.cross_products`` of a fit (the kept fixed-effects columns).
+        strata : sequence, optional
+            The strata's labels (``model_.strata``).
 
-
-def inputs_from_cross_products(cp: Any) -> KRInputs:
-    """The inputs of :func:`kenward_roger` from the engine's cross-products of a fit.
-
-    Parameters
-    ----------
-    cp : mixedlm_sklearn._crossprod.KRInputs
-        Any number of terms and residual strata (``model_.cross_products`` of a fit).
-
-    Returns
-    -------
-    KRInputs
-        Per stratum ``X'WX``, ``Z'WX`` and the sparse ``Z'WZ``, the random effects term by
-        term, level by level, effect by effect.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixedlm_sklearn import MixedLMRegressor
-    >>> from mixedlm_sklearn.datasets import load_sleepstudy
-    >>> df = load_sleepstudy()
-    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
-    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
-    >>> kr = inputs_from_cross_products(est.model_.cross_products)
-    >>> kr.ztz[0].shape, kr.ztx[0].shape, kr.n_levels
-    ((36, 36), (36, 2), [18])
-    """
-    terms = cp.terms
-    sizes = [t.size for t in terms]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    N, p = int(offsets[-1]), cp.p
-    xtx, ztx, ztz, n_obs = [], [], [], []
-    for s in range(cp.n_strata):
-        xtx.append(np.array(cp.xyxy[s][:p, :p], dtype=float))
-        ztx.append(np.concatenate([z[s][:, :p, :].transpose(2, 0, 1).reshape(-1, p) for z in cp.zxy])
-                   if terms else np.zeros((0, p)))
-        rows, cols, vals = [], [], []
-        for k, (t, d) in enumerate(zip(terms, cp.diag)):
-            q, m = t.q, t.n_levels
-            r = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, :, None]
-            c = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, None, :]
-            rows.append(np.broadcast_to(r, (m, q, q)).ravel())
-            cols.append(np.broadcast_to(c, (m, q, q)).ravel())
-            vals.append(d[s].transpose(2, 0, 1).ravel())
-        for b in cp.pairs:
-            qk, ql = terms[b.k].q, terms[b.l].q
-            r = np.broadcast_to(offsets[b.k] + b.level_k[:, None, None] * qk + np.arange(qk)[:, None],
-                                b.values.shape[1:])
-            c = np.broadcast_to(offsets[b.l] + b.level_l[:, None, None] * ql + np.arange(ql),
-                                b.values.shape[1:])
-            for rr, cc in ((r, c), (c, r)):
-                rows.append(rr.ravel())
-                cols.append(cc.ravel())
-                vals.append(b.values[s].ravel())
-        ztz.append(sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
-                                  (np.concatenate(rows) if rows else np.zeros(0, int),
-                                   np.concatenate(cols) if cols else np.zeros(0, int))), shape=(N, N)))
-        n_obs.append(int(cp.n_obs[s]))
-    return KRInputs(xtx, ztx, ztz, n_obs, [t.n_levels for t in terms],
-                    list(range(cp.n_strata)) if cp.n_strata > 1 else [None])
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+        >>> kr = KRInputs.from_cross_products(est.model_.cross_products)
+        >>> kr.ztz[0].shape, kr.ztx[0].shape, kr.n_levels
+        ((36, 36), (36, 2), [18])
+        """
+        terms = cp.terms
+        sizes = [t.size for t in terms]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        N, p = int(offsets[-1]), cp.p
+        xtx, ztx, ztz, n_obs = [], [], [], []
+        for s in range(cp.n_strata):
+            xtx.append(np.array(cp.xyxy[s][:p, :p], dtype=float))
+            ztx.append(np.concatenate([z[s][:, :p, :].transpose(2, 0, 1).reshape(-1, p)
+                                       for z in cp.zxy]) if terms else np.zeros((0, p)))
+            rows, cols, vals = [], [], []
+            for k, (t, d) in enumerate(zip(terms, cp.diag)):
+                q, m = t.q, t.n_levels
+                r = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, :, None]
+                c = offsets[k] + np.arange(m)[:, None, None] * q + np.arange(q)[None, None, :]
+                rows.append(np.broadcast_to(r, (m, q, q)).ravel())
+                cols.append(np.broadcast_to(c, (m, q, q)).ravel())
+                vals.append(d[s].transpose(2, 0, 1).ravel())
+            for b in cp.pairs:
+                qk, ql = terms[b.k].q, terms[b.l].q
+                r = np.broadcast_to(offsets[b.k] + b.level_k[:, None, None] * qk
+                                    + np.arange(qk)[:, None], b.values.shape[1:])
+                c = np.broadcast_to(offsets[b.l] + b.level_l[:, None, None] * ql + np.arange(ql),
+                                    b.values.shape[1:])
+                for rr, cc in ((r, c), (c, r)):
+                    rows.append(rr.ravel())
+                    cols.append(cc.ravel())
+                    vals.append(b.values[s].ravel())
+            ztz.append(sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
+                                      (np.concatenate(rows) if rows else np.zeros(0, int),
+                                       np.concatenate(cols) if cols else np.zeros(0, int))),
+                                     shape=(N, N)))
+            n_obs.append(int(cp.n_obs[s]))
+        labels = list(strata) if strata is not None else (
+            list(range(cp.n_strata)) if cp.n_strata > 1 else [None])
+        return cls(xtx, ztx, ztz, n_obs, [t.n_levels for t in terms], labels)
 
 
 class KRFTest(NamedTuple):
@@ -487,27 +484,13 @@ def _apply_blocks(M: np.ndarray, block: RandomBlock, D: np.ndarray) -> np.ndarra
     return (M.reshape(rows * block.n_levels, block.q) @ D).reshape(rows, -1)
 
 
-def kenward_roger(
-    xtx: Any,
-    ztx: Any,
-    ztz: Any,
-    n_obs: Any,
-    blocks: Sequence[RandomBlock],
-    sigma2: Any,
-) -> KenwardRoger:
+def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) -> KenwardRoger:
     """Kenward-Roger quantities from the cross-products of a linear mixed model.
 
     Parameters
     ----------
-    xtx : (p, p) array, or a list of them (one per residual stratum)
-        ``X'W_sX`` (``W_s`` the prior weights of stratum ``s``'s rows, 0 elsewhere).
-    ztx : (N, p) array, or a list
-        ``Z'W_sX``, the random effects ordered term by term, level by level, effect by
-        effect (``N = sum_k m_k q_k``).
-    ztz : (N, N) array or sparse matrix, or a list
-        ``Z'W_sZ``.
-    n_obs : int, or a list of int
-        Rows of each stratum.
+    inputs : KRInputs
+        ``X'W_sX``, ``Z'W_sX``, ``Z'W_sZ`` and the rows of each residual stratum.
     blocks : sequence of RandomBlock
         The random-effects terms in the order of ``Z``'s columns, with their covariances
         at the (REML) estimates.
@@ -524,7 +507,8 @@ def kenward_roger(
     -----
     The formulas are in the module docstring (Kenward & Roger 1997; Halekoh & Hojsgaard
     2014). As pbkrtest, use REML estimates; the residual variances are parameters like
-    the random-effects variances and covariances.
+    the random-effects variances and covariances. For a fitted estimator use
+    :func:`kenward_roger_model`.
 
     Examples
     --------
@@ -534,18 +518,18 @@ def kenward_roger(
     >>> import numpy as np
     >>> g = np.repeat(np.arange(6), 4)
     >>> X = np.column_stack([np.ones(24), np.tile([-1.5, -0.5, 0.5, 1.5], 6)])
-    >>> cp = design_cross_products(X, [(g, np.ones((24, 1)))])
-    >>> kr = kenward_roger(cp.xtx, cp.ztx, cp.ztz, cp.n_obs, [RandomBlock(6, [[2.0]])], 1.0)
+    >>> inputs = KRInputs.from_designs(X, [(g, np.ones((24, 1)))])
+    >>> kr = kenward_roger(inputs, [RandomBlock(6, [[2.0]])], 1.0)
     >>> np.allclose(kr.cov_beta_adj, kr.cov_beta)
     True
     >>> round(kr.ddf([0.0, 1.0]), 6), round(kr.ddf([1.0, 0.0]), 6)
     (17.0, 5.0)
     """
-    xtx_l = [_dense(a) for a in _as_list(xtx)]
-    S = len(xtx_l)
-    ztx_l = [_dense(a) for a in _as_list(ztx, S)]
-    ztz_l = [_dense(a) for a in _as_list(ztz, S)]
-    n_l = [float(v) for v in _as_list(n_obs, S)]
+    S = len(inputs.xtx)
+    xtx_l = [_dense(a) for a in inputs.xtx]
+    ztx_l = [_dense(a) for a in inputs.ztx]
+    ztz_l = [_dense(a) for a in inputs.ztz]
+    n_l = [float(v) for v in inputs.n_obs]
     s2 = np.asarray(_as_list(sigma2, S), dtype=float).reshape(-1)
     if not (len(ztx_l) == len(ztz_l) == len(n_l) == s2.size == S):
         raise ValueError("xtx, ztx, ztz, n_obs and sigma2 need one entry per stratum")
@@ -622,7 +606,7 @@ def kenward_roger(
             blocks_s.append(G3.T @ W3 / s2[s] ** 2)
         Fdiag.append(blocks_s)
         kinds.append(("res", s))
-        names.append("sigma2" if S == 1 else f"sigma2|{s}")
+        names.append("sigma2" if S == 1 else f"sigma2|{inputs.strata[s]}")
     n_par = len(kinds)
 
     P = np.empty((n_par, p, p))
@@ -676,3 +660,103 @@ def kenward_roger(
     U = 0.5 * (U + U.T)
     Phi_A = Phi + 2.0 * Phi @ U @ Phi
     return KenwardRoger(Phi, 0.5 * (Phi_A + Phi_A.T), P, W, info, names)
+
+
+# ---- a fitted model --------------------------------------------------------------------------
+
+#: Largest number of fixed plus random effects (``p + N``) for which the adjustment is
+#: computed. The dense algebra holds about a dozen ``(p + N)^2`` arrays: 2.4 GB at 5,000.
+MAX_DIMENSION = 5_000
+
+
+def kenward_roger_model(est: Any) -> KenwardRoger:
+    """The Kenward-Roger quantities of a fitted model, at its REML estimates.
+
+    Any random-effects terms (one or several grouping factors, diagonal or full
+    covariances), prior weights and a residual variance per stratum: the inputs come from
+    the fit's cross-products (:meth:`KRInputs.from_cross_products`), the covariances and
+    residual variances from its solution. Fixed effects dropped as aliased are left out
+    (the model is the model of the kept columns).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+        Fitted by REML.
+
+    Returns
+    -------
+    KenwardRoger
+
+    Raises
+    ------
+    ValueError
+        For a fit by maximum likelihood (Kenward & Roger's adjustment is defined at REML
+        estimates; pbkrtest silently refits such a model by REML, we ask for the REML fit
+        instead, so the adjusted covariance belongs to the estimates shown); for a model
+        without random effects; when ``p + N`` exceeds :data:`MAX_DIMENSION`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> kr = kenward_roger_model(est)
+    >>> kr.row_ddf(np.eye(2)).round(6).tolist(), bool(np.allclose(kr.cov_beta_adj, est.cov_fe_))
+    ([17.0, 17.0], True)
+    """
+    model = fitted_model(est)
+    if not model.reml:
+        raise ValueError("Kenward-Roger's adjustment is defined at REML estimates and this model "
+                         "was fitted by maximum likelihood: refit it with reml=True (pbkrtest "
+                         "refits such a model by REML behind the scenes)")
+    if not len(model.terms):
+        raise ValueError("Kenward-Roger needs random effects: this model has none (least "
+                         "squares); its t and F tests are exact with n - p df")
+    dimension = model.cross_products.p + sum(t.size for t in model.terms)
+    if dimension > MAX_DIMENSION:
+        raise ValueError(f"Kenward-Roger works with dense matrices of size p + N = {dimension} "
+                         f"(fixed plus random effects), above the limit {MAX_DIMENSION}; use "
+                         "ddf='satterthwaite', whose cost does not grow with N")
+    sol = model.solution
+    blocks = [RandomBlock(t.n_levels, cov, diagonal=t.diagonal, name=t.factor)
+              for t, cov in zip(model.terms, sol.cov_re())]
+    sigma2 = [float(v) for v in sol.scale * sol.ratios]
+    inputs = KRInputs.from_cross_products(model.cross_products, model.strata)
+    return kenward_roger(inputs, blocks, sigma2 if len(sigma2) > 1 else sigma2[0])
+
+
+def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
+    """Covariance of the fixed effects, plain or with Kenward-Roger's adjustment.
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    adjust : {None, "kenward-roger"}
+        None: ``cov_fe_`` (lme4's ``vcov``). ``"kenward-roger"``: pbkrtest's ``vcovAdj``
+        (REML fits), the small-sample adjusted covariance ``Phi_A`` of the module docstring.
+
+    Returns
+    -------
+    ndarray of shape (p, p)
+        In ``fe_params_`` order; NaN rows and columns for fixed effects dropped as aliased.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> est = lmer("distance ~ age + (age | Subject)", load_orthodont())
+    >>> est.cov_fe(adjust="kenward-roger").round(5)
+    array([[ 0.60101, -0.04685],
+           [-0.04685,  0.00508]])
+    """
+    from ._parameters import check_ddf
+
+    model = fitted_model(est)
+    if adjust is None:
+        return np.array(est.cov_fe_, dtype=float)
+    check_ddf(adjust, ("kenward-roger",), "adjust")
+    cov = kenward_roger_model(est).cov_beta_adj
+    return cov if model.rank is None else model.rank.expand_cov(cov)
