@@ -742,7 +742,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         index among the fitted ones (-1 unseen) and the rows' design; None for a term
         whose factor is not given (no ``groups``, or a factor left out of them)."""
         terms = self.model_.terms
-        if groups is None or not len(terms):
+        if not len(terms) or (groups is None and Z is None):
             return [None] * len(terms)
         if isinstance(self.random_effects_, dict):
             return self._several_levels(n, groups, Z)
@@ -759,6 +759,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if z_design.shape[1] != self.random_effects_.shape[1]:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
                                  f"{self.random_effects_.shape[1]}")
+        if groups is None:  # a design without levels: every row of a new group
+            return [(np.full(n, -1), z_design)]
         labels = np.asarray(groups, dtype=object).ravel()
         if labels.shape[0] != n:
             raise ValueError(f"groups has {labels.shape[0]} entries but X has {n} rows")
@@ -768,7 +770,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def _several_levels(self, n: int, groups: Any, Z: Any) -> list:
         """:meth:`_new_levels` with several grouping factors."""
-        frame = factor_frame(groups, n)
+        frame = factor_frame(groups, n) if groups is not None else pd.DataFrame(index=range(n))
         Z = {} if Z is None else z_by_factor(Z)
         if Z is None:
             raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
@@ -793,6 +795,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             idx = pd.Index(self.groups_[name]).get_indexer(labels)
             _warn_if_none_seen(idx >= 0, labels, self.groups_[name], f"groups[{name!r}]")
             parts[name] = (idx, z_k)
+        for name, z in Z.items():  # a design without levels: rows of a new level
+            if name not in parts:
+                z_k = as_design(self._aligned_z(z, name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
+                parts[name] = (np.full(n, -1), z_k)
         return [parts.get(t.factor) for t in self.model_.terms]
 
     def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:

@@ -999,7 +999,7 @@ def _array_reductions(model: Any) -> dict[str, list[_RandomTerm]]:
         if add_intercept:
             Z, names = np.column_stack([np.ones(len(t.codes)), Z]), [INTERCEPT, *names]
         rest = terms[:k] + terms[k + 1:]
-        new = _RandomTerm(t.factor, t.codes, Z, tuple(names), t.diagonal and len(names) > 1)
+        new = _RandomTerm(t.name, t.codes, Z, tuple(names), t.diagonal and len(names) > 1)
         if not names or any(_same_term(new, r) for r in rest):
             return rest
         return terms[:k] + [new] + terms[k + 1:]
@@ -1012,18 +1012,18 @@ def _array_reductions(model: Any) -> dict[str, list[_RandomTerm]]:
             for j, c in enumerate(names):
                 others = [i for i in range(len(names)) if i != j]
                 if c == INTERCEPT:
-                    out[f"(1 | {t.factor})"] = with_term(k, others)
+                    out[f"(1 | {t.name})"] = with_term(k, others)
                 else:  # (0 + x | g) becomes (1 | g), which merges with an intercept column
-                    out[f"{c} in (0 + {c} | {t.factor})"] = with_term(k, others, not has_intercept)
+                    out[f"{c} in (0 + {c} | {t.name})"] = with_term(k, others, not has_intercept)
         elif not slopes:
-            out[f"(1 | {t.factor})"] = with_term(k, [])
+            out[f"(1 | {t.name})"] = with_term(k, [])
         else:
             left = " + ".join(slopes) if has_intercept else "0 + " + " + ".join(slopes)
             for j, c in enumerate(names):
                 if c == INTERCEPT:
                     continue
                 others = [i for i in range(len(names)) if i != j]
-                out[f"{c} in ({left} | {t.factor})"] = with_term(k, others, not others)
+                out[f"{c} in ({left} | {t.name})"] = with_term(k, others, not others)
     return out
 
 
