@@ -421,3 +421,21 @@ def test_reml_profile_is_the_dense_reml_criterion():
         est.conf_int(method="profile", which="Days", criterion="reml")
     with pytest.raises(ValueError, match="criterion"):
         est.profile(criterion="aic")
+
+
+@pytest.mark.parametrize("case", ["orthodont_slopes", "dietox_unbalanced", "grouseticks_crossed",
+                                  "dietox_factorial", "orthodont_logage"])
+def test_emmeans_method_reproduces_every_supplementary_entry(case):
+    """``est.emmeans(specs, at, ddf)`` at lme4's estimates: Kenward-Roger, Satterthwaite and
+    asymptotic df, covariates fixed by ``at``, several factors."""
+    for entry in supplementary(case)["emmeans"]:
+        mode = entry.get("mode", "kenward-roger")
+        emm = at_r_point(case).emmeans(entry["specs"], at=entry.get("at"), ddf=mode)
+        ref = entry["table"]
+        for column in list(emm.table.columns)[len(np.atleast_1d(entry["specs"])):]:
+            # Satterthwaite df: numerical derivatives, ours and lmerTest's, agree to ~4e-7
+            np.testing.assert_allclose(emm.table[column], r_column(ref, column), rtol=RTOL,
+                                       err_msg=f"{mode} {column}")
+        pairs = emm.pairs("tukey")
+        np.testing.assert_allclose(pairs["p.value"], r_column(entry["pairs"]["tukey"], "p.value"),
+                                   atol=P_ATOL)

@@ -28,15 +28,18 @@ The F statistics (lmerTest ``contestMD``):
   ``F = sum_m (p_m'L beta)^2 / d_m / q`` over the ``q`` kept components; each component's
   t df ``nu_m`` combine into ``ddf = 2E / (E - q)``, ``E = sum nu_m / (nu_m - 2)`` (the mean
   if all equal, 2 if any ``nu_m <= 2``). One row: the t test, ``F = t^2``.
-* Kenward-Roger: pbkrtest's ``KRmodcomp`` (see :mod:`._kenward_roger`); ``F value`` is the
+* Kenward-Roger: pbkrtest's ``KRmodcomp`` (see :mod:`.kenward_roger`); ``F value`` is the
   scaled statistic, ``Mean Sq`` uses the unscaled one, as lmerTest prints them.
 
 ``Mean Sq = F sigma^2`` and ``Sum Sq = NumDF Mean Sq`` (lmerTest's convention: the sums of
 squares a linear model with the same F statistic would have).
 
-The functions take explicit inputs: the term structure (:class:`FixedTerm`, derived from
-a formulaic model spec by :func:`fixed_terms`), ``X'X`` or the over-parametrised design
-(:func:`overparametrised_design`), the estimates, their covariance and a df function.
+A fit's tables (:func:`anova`, :func:`drop1`, :func:`ranova`) take its terms from its
+formula (:meth:`~mixedlm_sklearn.formula.ModelFrame.fixed_terms`) or, for a fit from
+arrays, from its columns (:func:`terms_from_columns`). The building blocks take explicit
+inputs: the terms (:class:`~mixedlm_sklearn.formula.FixedTerm`), ``X'X`` or the
+over-parametrised design (:func:`overparametrised_design`), the estimates, their
+covariance and a df function.
 """
 
 from __future__ import annotations
@@ -455,7 +458,7 @@ def kenward_roger_f_test(L: Any, beta: Any, kr: Any, sigma2: float, rhs: Any = N
     L : array-like of shape (r, p)
     beta : array-like of shape (p,)
     kr : KenwardRoger
-        From :func:`mixedlm_sklearn._kenward_roger.kenward_roger`.
+        From :func:`mixedlm_sklearn.inference.kenward_roger.kenward_roger_model`.
     sigma2 : float
     rhs : array-like of shape (r,), optional
     t_df, cov_beta : optional

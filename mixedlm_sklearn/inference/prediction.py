@@ -120,10 +120,10 @@ def residuals(est: Any, type: str = "response", level: str = "conditional") -> A
     >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
-    >>> est.residuals().head(3).round(3).tolist()  # lme4: -4.1, -14.63, -42.19
-    [-4.1, -14.632, -42.186]
+    >>> est.residuals().head(3).round(3).tolist()  # lme4: -4.104, -14.625, -42.196
+    [-4.104, -14.625, -42.196]
     >>> est.residuals(type="pearson").head(3).round(4).tolist()
-    [-0.1602, -0.5717, -1.6484]
+    [-0.1604, -0.5715, -1.6488]
     """
     if type not in ("response", "pearson"):
         raise ValueError(f"type must be 'response' or 'pearson', got {type!r}")
@@ -366,8 +366,8 @@ def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, off
     >>> lower, upper = est.predict_interval(df[["Days"]].head(2), groups=df["Subject"].head(2),
     ...                                     Z=Z[:2])
     >>> np.column_stack([lower, upper]).round(1)
-    array([[201. , 306.3],
-           [221. , 325.6]])
+    array([[198.1, 309.3],
+           [219.1, 327.6]])
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
     fitted_model(est)
