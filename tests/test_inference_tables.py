@@ -439,3 +439,26 @@ def test_emmeans_method_reproduces_every_supplementary_entry(case):
         pairs = emm.pairs("tukey")
         np.testing.assert_allclose(pairs["p.value"], r_column(entry["pairs"]["tukey"], "p.value"),
                                    atol=P_ATOL)
+
+
+def test_an_aliased_column_changes_no_table():
+    """lme4 drops an aliased column and lmerTest tests the model of the kept ones: every
+    table of the rank-deficient fit is that of the fit without the column."""
+    df = load_sleepstudy()
+    X = df[["Days"]].assign(D2=2 * df["Days"], W=(df["Days"] % 3).astype(float))
+    Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RankDeficientWarning
+        aliased = MixedLMRegressor().fit(X, df["Reaction"], groups=df["Subject"], Z=Z)
+    kept = MixedLMRegressor().fit(X[["Days", "W"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    for kwargs in ({}, {"type": 1, "ddf": "kenward-roger"}):
+        pd.testing.assert_frame_equal(aliased.anova(**kwargs), kept.anova(**kwargs), rtol=1e-8)
+    pd.testing.assert_frame_equal(aliased.ranova(), kept.ranova(), rtol=1e-8)
+    summary = aliased.summary(ddf="kenward-roger").fixed_effects
+    assert np.isnan(summary.loc["D2", "std_error"])
+    np.testing.assert_allclose(summary.drop("D2").to_numpy(),
+                               kept.summary(ddf="kenward-roger").fixed_effects.to_numpy(), rtol=1e-8)
+    _, std = aliased.predict(X.head(3), groups=df["Subject"].head(3), Z=Z[:3], return_std=True)
+    _, ref = kept.predict(X[["Days", "W"]].head(3), groups=df["Subject"].head(3), Z=Z[:3],
+                          return_std=True)
+    np.testing.assert_allclose(std, ref, rtol=1e-10)
