@@ -7,6 +7,7 @@ from ._validation import RankDeficientWarning
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .formula import lmer
 from .inference import LRTestResult, Summary, WaldTestResult, lr_test
+from .inference.anova import anova
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "RankDeficientWarning",
     "lmer",
     "lr_test",
+    "anova",
     "Summary",
     "WaldTestResult",
     "LRTestResult",

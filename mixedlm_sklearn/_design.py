@@ -41,6 +41,8 @@ class Design:
     """The rows of an in-memory fit, kept (by reference) for simulation and data checks.
 
     ``X`` excludes the intercept column, which :attr:`X_full` adds when ``intercept``.
+    ``y`` is the response minus ``offset`` (the fitted one); ``index`` is the row labels of
+    a DataFrame ``X`` (for fitted values and residuals indexed like the input).
     """
 
     X: np.ndarray
@@ -50,6 +52,8 @@ class Design:
     weights: np.ndarray | None
     strata: np.ndarray | None
     n_strata: int = 1
+    offset: np.ndarray | None = None
+    index: pd.Index | None = None
 
     @property
     def X_full(self) -> np.ndarray:

@@ -148,7 +148,7 @@ def _minus_offset(y: Any, offset: Any, X: Any) -> Any:
 def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray, what: str) -> None:
     message = unseen_labels_warning(seen, labels, fitted, what)
     if message is not None:
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=caller_stacklevel())
 
 
 def _print_iteration(iteration: int, deviance: float) -> None:
@@ -231,19 +231,6 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     >>> round(est.llf_, 3)
     -871.814
     """
-
-    # score() conditions on the BLUPs only when asked: by default a routed `groups` goes
-    # to fit and to the CV splitter, not to score (held-out groups are new anyway).
-    __metadata_request__score = {"groups": False, "Z": False}
-
-    _parameter_constraints: dict = {
-        "reml": ["boolean"],
-        "fit_intercept": ["boolean"],
-        "cov_type": [StrOptions({"unstructured", "diagonal"})],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="neither")],
-        "verbose": ["verbose"],
-    }
 
     # score() conditions on the BLUPs only when asked: by default a routed `groups` goes
     # to fit and to the CV splitter, not to score (held-out groups are new anyway).
@@ -337,9 +324,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         with _unchanged_on_error(self), clean_failure():
             # lmer sets model_frame_ after its fit; a refit on other data makes it stale.
             self.__dict__.pop("model_frame_", None)
+            offset_values = None
             if offset is not None:
                 y = _minus_offset(y, offset, X)
-            return self._fit(X, y, groups, Z, sample_weight, residual_groups)
+                offset_values = _check_offset(offset, _num_samples(X))
+            return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset_values)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
         if isinstance(self.cov_type, dict):
@@ -351,10 +340,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if bad:
                 raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
 
-    def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+    def _fit(self, X, y, groups, Z, sample_weight, residual_groups,
+             offset: np.ndarray | None = None) -> "MixedLMRegressor":
         self._remember_z_names(Z)
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
+        index = X.index if isinstance(X, pd.DataFrame) else None
         X = _check_frame(X)
         X_names_src = X
         y_values = np.asarray(y) if y is not None and not is_sparse(y) else None
@@ -384,6 +375,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             groups = take_rows(groups, keep, "groups")
             Z = take_rows(Z, keep, "Z")
             residual_groups = take_rows(residual_groups, keep, "residual_groups")
+            offset = None if offset is None else offset[keep]
+            index = None if index is None else index[keep]
             n = X.shape[0]
         if groups is None:
             if residual_groups is not None:
@@ -410,7 +403,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if self.verbose:
             print(f"[MixedLMRegressor] cross-products: {n} rows, "
                   f"{sum(t.n_levels for t in terms)} levels ({time.perf_counter() - started:.3f} s)")
-        design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata)
+        design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata, offset, index)
         several = several_factors(groups, Z) if groups is not None else False
         self._fit_cross_products(cp, x_names, {t.name: t.labels for t in terms_in}, strata_labels,
                                  several, design)
@@ -658,8 +651,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     # ---- prediction -----------------------------------------------------------------------
 
-    def predict(self, X: Any, *, groups: Any = None, Z: Any = None,
-                offset: Any = None) -> np.ndarray:
+    def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                return_std: bool = False, residual_groups: Any = None) -> Any:
         """Predict: fixed part, plus ``Z @ BLUP`` for rows of groups seen in ``fit``.
 
         Parameters
@@ -676,10 +669,16 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             intercept.
         offset : array-like of shape (n,), optional
             The rows' offset, for a model fitted with one; added to the prediction.
+        return_std : bool, default=False
+            Also return the standard deviation of each row's prediction error as a
+            prediction of a new observation (see :meth:`predict_interval`).
+        residual_groups : array-like of shape (n,), optional
+            With ``return_std``, for a model with a residual variance per stratum: the
+            rows' strata.
 
         Returns
         -------
-        ndarray of shape (n,)
+        ndarray of shape (n,), or (mean, std) with ``return_std``
 
         Warns
         -----
@@ -699,19 +698,45 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([253.66, 273.33, 293.  ])
         >>> est.predict(df[["Days"]].head(3)).round(2)  # population level
         array([251.41, 261.87, 272.34])
+        >>> mean, std = est.predict(df[["Days"]].head(2), groups=df["Subject"].head(2),
+        ...                         Z=Z[:2], return_std=True)
+        >>> std.round(2)
+        array([28.37, 27.68])
         """
+        pred, X, parts = self._predict_rows(X, groups, Z, offset)
+        if return_std:
+            from .inference.prediction import prediction_std
+
+            return pred, prediction_std(self, X, parts, residual_groups, kind="prediction")
+        return pred
+
+    def _predict_rows(self, X: Any, groups: Any, Z: Any, offset: Any) -> tuple:
+        """Predictions, the validated ``X`` and the rows' levels (:meth:`_new_levels`)."""
         check_is_fitted(self)
         X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64, accept_sparse=False)
         pred = X @ self.coef_ + self.intercept_
         if offset is not None:
             pred = pred + _check_offset(offset, X.shape[0])
-        if groups is None or self.n_groups_ == 0:
-            return pred
+        parts = self._new_levels(X.shape[0], groups, Z)
+        blups = self.model_.solution.blups() if len(self.model_.terms) else []
+        for part, b in zip(parts, blups):
+            if part is not None:
+                idx, z = part
+                seen = idx >= 0
+                pred[seen] += np.einsum("ij,ij->i", z[seen], b[idx[seen]])
+        return pred, X, parts
+
+    def _new_levels(self, n: int, groups: Any, Z: Any) -> list:
+        """Per random-effects term (model order): ``(level, z)`` of new rows, the level's
+        index among the fitted ones (-1 unseen) and the rows' design; None for a term
+        whose factor is not given (no ``groups``, or a factor left out of them)."""
+        terms = self.model_.terms
+        if not len(terms) or (groups is None and Z is None):
+            return [None] * len(terms)
         if isinstance(self.random_effects_, dict):
-            return pred + self._several_blup_part(X.shape[0], groups, Z)
-        n = X.shape[0]
+            return self._several_levels(n, groups, Z)
         if Z is None:
-            z_names = list(self.model_.terms[0].z_names)
+            z_names = list(terms[0].z_names)
             if z_names != [INTERCEPT]:
                 raise ValueError(
                     f"Z is required: the model was fitted with an explicit random-effects "
@@ -723,19 +748,18 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if z_design.shape[1] != self.random_effects_.shape[1]:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
                                  f"{self.random_effects_.shape[1]}")
+        if groups is None:  # a design without levels: every row of a new group
+            return [(np.full(n, -1), z_design)]
         labels = np.asarray(groups, dtype=object).ravel()
         if labels.shape[0] != n:
             raise ValueError(f"groups has {labels.shape[0]} entries but X has {n} rows")
         idx = pd.Index(self.groups_).get_indexer(labels)
-        seen = idx >= 0
-        _warn_if_none_seen(seen, labels, self.groups_, "groups")
-        blups = self.random_effects_.to_numpy()
-        pred[seen] += np.einsum("ij,ij->i", z_design[seen], blups[idx[seen]])
-        return pred
+        _warn_if_none_seen(idx >= 0, labels, self.groups_, "groups")
+        return [(idx, z_design)]
 
-    def _several_blup_part(self, n: int, groups: Any, Z: Any) -> np.ndarray:
-        """Sum over grouping factors of ``Z_k @ BLUP`` for rows of seen levels."""
-        frame = factor_frame(groups, n)
+    def _several_levels(self, n: int, groups: Any, Z: Any) -> list:
+        """:meth:`_new_levels` with several grouping factors."""
+        frame = factor_frame(groups, n) if groups is not None else pd.DataFrame(index=range(n))
         Z = {} if Z is None else z_by_factor(Z)
         if Z is None:
             raise TypeError("Z must be a dict or a (factor, column) DataFrame for this model")
@@ -743,7 +767,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"Z key(s) {unknown} name no grouping factor of the fit "
                              f"({list(self.random_effects_)})")
-        out = np.zeros(n)
+        parts = {}
         for col in frame.columns:
             name = str(col)
             if name not in self.random_effects_:
@@ -758,10 +782,13 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
             labels = np.asarray(frame[col], dtype=object)
             idx = pd.Index(self.groups_[name]).get_indexer(labels)
-            seen = idx >= 0
-            _warn_if_none_seen(seen, labels, self.groups_[name], f"groups[{name!r}]")
-            out[seen] += np.einsum("ij,ij->i", z_k[seen], blups.to_numpy()[idx[seen]])
-        return out
+            _warn_if_none_seen(idx >= 0, labels, self.groups_[name], f"groups[{name!r}]")
+            parts[name] = (idx, z_k)
+        for name, z in Z.items():  # a design without levels: rows of a new level
+            if name not in parts:
+                z_k = as_design(self._aligned_z(z, name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
+                parts[name] = (np.full(n, -1), z_k)
+        return [parts.get(t.factor) for t in self.model_.terms]
 
     def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
         """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""
@@ -813,8 +840,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
 
-    def summary(self, alpha: float = 0.05):
-        """Fixed effects with Satterthwaite tests, random effects and model information.
+    def summary(self, alpha: float = 0.05, ddf: str = "satterthwaite"):
+        """Fixed effects with t tests (Satterthwaite or Kenward-Roger df), random effects and
+        model information.
 
         See :func:`mixedlm_sklearn.inference.summary`.
 
@@ -832,10 +860,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         from .inference import summary
 
         check_is_fitted(self)
-        return summary(self, alpha=alpha)
+        return summary(self, alpha=alpha, ddf=ddf)
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
-        """Confidence intervals: ``method="wald"`` (fixed effects) or ``"profile"``.
+        """Confidence intervals: ``method="wald"`` (fixed effects; ``ddf=None`` normal
+        quantiles, ``"satterthwaite"`` or ``"kenward-roger"`` t quantiles) or ``"profile"``
+        (``criterion="ml"`` as lme4, or ``"reml"``).
 
         See :func:`mixedlm_sklearn.inference.conf_int`.
 
@@ -856,7 +886,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return conf_int(self, alpha=alpha, method=method, **kwargs)
 
     def profile(self, **kwargs):
-        """Profile zeta (signed square-root deviance) of each parameter over a grid.
+        """Profile zeta (signed square-root deviance) of each parameter over a grid:
+        ``criterion="ml"`` (lme4's, also for REML fits) or ``"reml"``.
 
         See :func:`mixedlm_sklearn.inference.profile`.
         """
@@ -866,7 +897,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return profile(self, **kwargs)
 
     def wald_test(self, L: Any, **kwargs):
-        """Wald test of linear hypotheses ``L beta = c`` on the fixed effects.
+        """Wald test of linear hypotheses ``L beta = c`` on the fixed effects
+        (``ddf="satterthwaite"``, ``"kenward-roger"`` or ``"chi2"``).
 
         See :func:`mixedlm_sklearn.inference.wald_test`.
         """
@@ -874,6 +906,119 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         check_is_fitted(self)
         return wald_test(self, L, **kwargs)
+
+    # ---- inference tables (mixedlm_sklearn.inference: anova, kenward_roger, emmeans, r2) ---
+
+    def cov_fe(self, adjust: str | None = None) -> np.ndarray:
+        """Covariance of the fixed effects: ``cov_fe_``, or Kenward-Roger's adjusted one
+        (``adjust="kenward-roger"``, pbkrtest's ``vcovAdj``; REML fits).
+
+        See :func:`mixedlm_sklearn.inference.kenward_roger.cov_fe`.
+        """
+        from .inference.kenward_roger import cov_fe
+
+        check_is_fitted(self)
+        return cov_fe(self, adjust=adjust)
+
+    def anova(self, type: Any = 3, ddf: str = "satterthwaite", terms: dict | None = None
+              ) -> pd.DataFrame:
+        """ANOVA table of the fixed effects (lmerTest's ``anova``): an F test per term,
+        ``type`` 3 or 1, ``ddf`` ``"satterthwaite"`` or ``"kenward-roger"``.
+
+        See :func:`mixedlm_sklearn.inference.anova.anova`; to compare fits,
+        :func:`mixedlm_sklearn.anova` with several of them.
+        """
+        from .inference.anova import anova
+
+        check_is_fitted(self)
+        return anova(self, type=type, ddf=ddf, terms=terms)
+
+    def drop1(self, ddf: str = "satterthwaite", terms: dict | None = None) -> pd.DataFrame:
+        """F tests of dropping each term no other contains (lmerTest's ``drop1``).
+
+        See :func:`mixedlm_sklearn.inference.anova.drop1`.
+        """
+        from .inference.anova import drop1
+
+        check_is_fitted(self)
+        return drop1(self, ddf=ddf, terms=terms)
+
+    def ranova(self) -> pd.DataFrame:
+        """Likelihood-ratio tests of the random-effects terms (lmerTest's ``ranova``).
+
+        See :func:`mixedlm_sklearn.inference.anova.ranova`.
+        """
+        from .inference.anova import ranova
+
+        check_is_fitted(self)
+        return ranova(self)
+
+    def emmeans(self, specs: Any, at: dict | None = None, ddf: str = "kenward-roger",
+                level: float = 0.95):
+        """Estimated marginal means of a formula fit (emmeans), with ``.table``,
+        ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
+
+        See :func:`mixedlm_sklearn.inference.emmeans.emmeans`.
+        """
+        from .inference.emmeans import emmeans
+
+        check_is_fitted(self)
+        return emmeans(self, specs, at=at, ddf=ddf, level=level)
+
+    def r2(self):
+        """Nakagawa's marginal and conditional R2 (performance's ``r2_nakagawa``).
+
+        See :func:`mixedlm_sklearn.inference.r2.r2`.
+        """
+        from .inference.r2 import r2
+
+        check_is_fitted(self)
+        return r2(self)
+
+    def icc(self):
+        """Adjusted and unadjusted intraclass correlation (performance's ``icc``).
+
+        See :func:`mixedlm_sklearn.inference.r2.icc`.
+        """
+        from .inference.r2 import icc
+
+        check_is_fitted(self)
+        return icc(self)
+
+    def fitted(self, level: str = "conditional") -> Any:
+        """Fitted values of the fit's rows, ``"conditional"`` (with the BLUPs) or
+        ``"marginal"``; a Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See :func:`mixedlm_sklearn.inference.prediction.fitted`.
+        """
+        from .inference.prediction import fitted
+
+        check_is_fitted(self)
+        return fitted(self, level=level)
+
+    def residuals(self, type: str = "response", level: str = "conditional") -> Any:
+        """Residuals of the fit's rows, ``"response"`` or ``"pearson"``.
+
+        See :func:`mixedlm_sklearn.inference.prediction.residuals`.
+        """
+        from .inference.prediction import residuals
+
+        check_is_fitted(self)
+        return residuals(self, type=type, level=level)
+
+    def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                         residual_groups: Any = None, alpha: float = 0.05,
+                         kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of prediction (``kind="prediction"``, a new observation)
+        or confidence (``"confidence"``, the conditional mean) intervals of :meth:`predict`.
+
+        See :func:`mixedlm_sklearn.inference.prediction.predict_interval`.
+        """
+        from .inference.prediction import predict_interval
+
+        check_is_fitted(self)
+        return predict_interval(self, X, groups=groups, Z=Z, offset=offset,
+                                residual_groups=residual_groups, alpha=alpha, kind=kind)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

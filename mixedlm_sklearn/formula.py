@@ -65,7 +65,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "ModelFrame", "parse_formula", "lmer"]
+__all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
+           "parse_formula", "lmer"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -1094,6 +1095,14 @@ def _fallback_name(column: str, names: Mapping[str, str]) -> str:  # pragma: no 
     return re.sub(r"\b_v\d+\b", lambda m: names.get(m.group(0), m.group(0)), column)
 
 
+def _factor_key(spec: Any, expr: str) -> Any:
+    """The key of ``spec.factor_variables`` whose expression is ``expr``."""
+    for key in spec.factor_variables:
+        if str(key) == expr:
+            return key
+    return expr
+
+
 def _intercept_columns(spec: Any) -> list[int]:
     return [i for term, cols in spec.term_indices.items() if str(term) == "1" for i in cols]
 
@@ -1136,6 +1145,66 @@ class RandomTerm:
                 f"{self.labels.nunique()} groups)")
 
 
+@dataclass(frozen=True)
+class FixedTerm:
+    """One term of the fixed part: the fixed effects it contributes and what it is made of.
+
+    A fit from arrays has terms too (one per column, or columns grouped by the caller): see
+    :func:`mixedlm_sklearn.inference.anova.terms_from_columns`.
+
+    Attributes
+    ----------
+    name : str
+        The term as R labels it (``"age:Sex"``: its factors in the order they first appear
+        in the formula).
+    columns : tuple of int
+        Its columns among the fixed effects (``fe_params_`` order, intercept first).
+    factors : tuple of str
+        The factors whose product the term is, as R writes them (``"Sex"``,
+        ``"log(age)"``), in the order their columns are crossed (the first varies fastest).
+    numeric : frozenset of str
+        Those of ``factors`` that are numeric (covariates), not categorical.
+    contrasts : tuple of bool or None
+        Per factor, whether it enters through contrasts (``k - 1`` columns for ``k``
+        levels, as a factor next to its margins) rather than one column per level. None
+        when the term's columns are not one product of its factors (a term without the
+        terms it is marginal to, such as ``a:b`` without ``a``).
+    """
+
+    name: str
+    columns: tuple[int, ...]
+    factors: tuple[str, ...]
+    numeric: frozenset = frozenset()
+    contrasts: tuple[bool, ...] | None = None
+
+    @property
+    def order(self) -> int:
+        """Number of factors (R's ``attr(terms, "order")``)."""
+        return len(self.factors)
+
+
+@dataclass(frozen=True)
+class FixedFactor:
+    """One factor of the fixed part (a variable or an expression of variables).
+
+    Attributes
+    ----------
+    name : str
+        As R writes it (``"Sex"``, ``"I(age^2)"``, ``"factor(Days)"``).
+    variables : tuple of str
+        The variables of the data it is computed from.
+    categorical : bool
+        Encoded by its levels (a non-numeric column, ``factor(x)``, ``C(x)``), not as numbers.
+    levels : tuple or None
+        A categorical factor's levels in the fit's order (the first is the reference).
+    """
+
+    name: str
+    variables: tuple[str, ...]
+    categorical: bool
+    levels: tuple | None = None
+
+
 @dataclass
 class ModelFrame:
     """A formula evaluated on a data frame: the arrays :class:`MixedLMRegressor` fits.
@@ -1156,6 +1225,10 @@ class ModelFrame:
         (lme4's ``na.action = na.omit``).
     offset : Series of shape (n,) or None
         The sum of the formula's ``offset(...)`` terms (None without one).
+    rows : DataFrame of shape (n, k)
+        The model's variables (by their names: response, covariates, grouping factors,
+        ``context=`` arrays) on the fitted rows, indexed like ``X``: the rows after
+        dropping those with a missing value, categoricals without their unused levels.
     """
 
     formula: str
@@ -1173,6 +1246,9 @@ class ModelFrame:
     _variables: dict[str, str] = field(default_factory=dict, repr=False)
     _environment: dict[str, Any] = field(default_factory=dict, repr=False)
     _naming: _Naming | None = field(default=None, repr=False)
+    rows: pd.DataFrame | None = field(default=None, repr=False)
+    # context= numbers by name: what a formula derived from this one (ranova) is evaluated with
+    _context_numbers: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         fixed = (["(Intercept)"] if self.fit_intercept else []) + list(self.X.columns)
@@ -1272,18 +1348,7 @@ class ModelFrame:
         >>> est.predict(**est.model_frame_.new_data(new)).round(2).tolist()
         [430.66, 227.63]
         """
-        if not isinstance(data, pd.DataFrame):
-            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-        absent = [name for name in self._variables if name not in data.columns]
-        if absent:
-            raise ValueError(f"new data has no column {absent} (variables of the formula "
-                             f"{self.formula!r}; columns: {list(map(str, data.columns))})")
-        missing = [name for name in self._variables if data[name].isna().any()]
-        if missing:
-            raise ValueError(f"new data has missing values in {missing}: predictions need "
-                             "every model variable")
-        aliased = pd.DataFrame({alias: data[name] for name, alias in self._variables.items()},
-                               index=data.index)
+        aliased = self._aliased(data, list(self._variables))
         X = _evaluate(self._fixed_spec, aliased, self._environment, self._naming, self.formula)
         intercept = _intercept_columns(self._fixed_spec)
         X = X.drop(columns=[X.columns[i] for i in intercept])
@@ -1301,6 +1366,171 @@ class ModelFrame:
                                 self.formula)
             args["offset"] = offsets.sum(axis=1).rename("offset")
         return args
+
+
+    def reduced(self, formula: str) -> "ModelFrame":
+        """Another formula (a reduced model, e.g. of ``ranova``) on this frame's fitted rows,
+        with the same ``context=`` numbers.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> frame = parse_formula("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> [list(t.Z.columns) for t in frame.reduced("Reaction ~ Days + (1 | Subject)").terms]
+        [['(Intercept)']]
+        """
+        return parse_formula(formula, self.rows, context=self._context_numbers or None)
+
+    def _aliased(self, data: pd.DataFrame, variables: list[str]) -> pd.DataFrame:
+        """``variables`` of ``data`` under the aliases formulaic knows them by (checked)."""
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        absent = [name for name in variables if name not in data.columns]
+        if absent:
+            raise ValueError(f"new data has no column {absent} (variables of the formula "
+                             f"{self.formula!r}; columns: {list(map(str, data.columns))})")
+        missing = [name for name in variables if data[name].isna().any()]
+        if missing:
+            raise ValueError(f"new data has missing values in {missing}: predictions need "
+                             "every model variable")
+        return pd.DataFrame({self._variables[name]: data[name] for name in variables},
+                            index=data.index)
+
+    # ---- the fixed part's structure (what anova tables and marginal means need) ---------
+
+    def _fe_order(self) -> list[int]:
+        """Columns of the fixed spec in ``fe_params_`` order: the intercept first."""
+        intercept = _intercept_columns(self._fixed_spec)
+        return intercept + [i for i in range(len(self._fixed_spec.column_names))
+                            if i not in intercept]
+
+    def _factor_kind(self, expr: str) -> str:
+        kind = self._fixed_spec.encoder_state.get(expr, (None, None))[0]
+        return str(getattr(kind, "value", kind))
+
+    def _factor_exprs(self) -> dict[str, str]:
+        """R's name of each factor of the fixed part -> its checked (aliased) code."""
+        out = {}
+        for term in self._fixed_spec.term_indices:
+            for factor in term.factors:
+                expr = str(factor.expr)
+                if expr != "1":
+                    out[_factor_name(expr, self._naming.display)[0]] = expr
+        return out
+
+    def fixed_factors(self) -> dict[str, FixedFactor]:
+        """The factors of the fixed part, by R's name, in order of appearance.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> mf = parse_formula("distance ~ log(age) * Sex + (1 | Subject)", load_orthodont())
+        >>> {name: (f.variables, f.categorical, f.levels) for name, f in mf.fixed_factors().items()}
+        {'log(age)': (('age',), False, None), 'Sex': (('Sex',), True, ('Female', 'Male'))}
+        """
+        spec = self._fixed_spec
+        names_of = {alias: name for name, alias in self._variables.items()}
+        out = {}
+        for name, expr in self._factor_exprs().items():
+            uses = [v for v in spec.factor_variables.get(_factor_key(spec, expr), set())
+                    if v in names_of]
+            variables = tuple(sorted((names_of[v] for v in uses),
+                                     key=lambda n: list(self._variables).index(n)))
+            categorical = self._factor_kind(expr) == "categorical"
+            levels = None
+            if categorical:
+                state = spec.encoder_state[expr][1]
+                levels = tuple(state["contrasts"].levels if "contrasts" in state
+                               else state["categories"])
+            out[name] = FixedFactor(name, variables, categorical, levels)
+        return out
+
+    def fixed_terms(self) -> list[FixedTerm]:
+        """The terms of the fixed part (the intercept is not a term), in the formula's order.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> [(t.name, t.columns, t.factors, sorted(t.numeric)) for t in mf.fixed_terms()]
+        [('age', (1,), ('age',), ['age']), ('Sex', (2,), ('Sex',), []), ('age:Sex', (3,), ('age', 'Sex'), ['age'])]
+        """
+        spec, display = self._fixed_spec, self._naming.display
+        position = {c: i for i, c in enumerate(self._fe_order())}
+        structure = {str(s.term): s for s in spec.structure}
+        terms = []
+        for term, cols in spec.term_indices.items():
+            if str(term) == "1":
+                continue
+            exprs = [str(f.expr) for f in term.factors]
+            names = [_factor_name(e, display)[0] for e in exprs]
+            label = ":".join(n for _, n in sorted(
+                zip(exprs, names), key=lambda en: self._naming.order.get(en[0], len(exprs))))
+            numeric = frozenset(n for e, n in zip(exprs, names)
+                                if self._factor_kind(e) != "categorical")
+            scoped = structure[str(term)].scoped_terms
+            contrasts = None
+            if len(scoped) == 1 and [str(f.factor) for f in scoped[0].factors] == exprs:
+                reduced = {str(f.factor): bool(f.reduced) for f in scoped[0].factors}
+                contrasts = tuple(reduced[e] and self._factor_kind(e) == "categorical"
+                                  for e in exprs)
+            terms.append(FixedTerm(label, tuple(position[c] for c in cols), tuple(names),
+                                   numeric, contrasts))
+        return terms
+
+    def factor_columns(self, factor: str) -> np.ndarray:
+        """A factor of the fixed part on the fitted rows: one column per level (in the
+        order of :attr:`FixedFactor.levels`) for a categorical factor, else its values.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf.factor_columns("Sex")[:2].tolist(), mf.factor_columns("age")[:2].tolist()
+        ([[0.0, 1.0], [0.0, 1.0]], [[8.0], [10.0]])
+        """
+        exprs = self._factor_exprs()
+        if factor not in exprs:
+            raise ValueError(f"{factor!r} is not a factor of the fixed part {list(exprs)}")
+        expr = exprs[factor]
+        one = self._fixed_spec.update(formula=f"0 + {expr}", structure=None,
+                                      ensure_full_rank=False)
+        rows = self._aliased(self.rows, self._fixed_variables())
+        matrix = one.get_model_matrix(rows, context=dict(self._environment), na_action="raise")
+        values = np.asarray(matrix, dtype=float)
+        if self._factor_kind(expr) != "categorical":
+            return values
+        state = self._fixed_spec.encoder_state[expr][1]
+        names = [str(c) for c in matrix.columns]
+        return values[:, [names.index(f"{expr}[{level}]") for level in state["contrasts"].levels]]
+
+    def _fixed_variables(self) -> list[str]:
+        """The variables the fixed part reads (by name, in the order of the formula)."""
+        used = set()
+        for variables in self._fixed_spec.factor_variables.values():
+            used |= set(variables)
+        return [name for name, alias in self._variables.items() if alias in used]
+
+    def fixed_design(self, data: pd.DataFrame) -> pd.DataFrame:
+        """The fixed-effects design of rows of ``data``, intercept column included.
+
+        Columns in ``fe_params_`` order with lme4's names; evaluated as :meth:`new_data`
+        evaluates new rows (the fit's levels and transforms); ``data`` needs the variables
+        of the fixed part only.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf.fixed_design(pd.DataFrame({"age": [11.0, 11.0], "Sex": ["Female", "Male"]}))
+           (Intercept)   age  SexMale  age:SexMale
+        0          1.0  11.0      0.0          0.0
+        1          1.0  11.0      1.0         11.0
+        """
+        aliased = self._aliased(data, self._fixed_variables())
+        X = _evaluate(self._fixed_spec, aliased, self._environment, self._naming, self.formula)
+        return X.iloc[:, self._fe_order()]
 
 
 def _evaluate(spec: Any, data: pd.DataFrame, environment: Mapping[str, Any],
@@ -1555,10 +1785,14 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
             labels.index = row_index
             terms.append(RandomTerm(group, labels, Z, diagonal, left, tuple(group_names)))
             term_specs.append(spec)
+    fitted_rows = rows.copy()
+    fitted_rows.index = row_index
+    numbers = {name: names.scalars[alias] for name, alias in names.aliases.items()
+               if alias in names.scalars}
     return ModelFrame(formula, X, y, terms, bool(intercept), dropped, fixed_spec, term_specs,
                       offset, None if offset_matrix is None else offset_matrix.model_spec,
                       {name: names.aliases[name] for name in work.columns
-                       if name in names.predictors}, environment, naming)
+                       if name in names.predictors}, environment, naming, fitted_rows, numbers)
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,

@@ -8,10 +8,15 @@ one or several grouping factors, a residual variance per stratum, prior weights.
 * :mod:`.satterthwaite`: Satterthwaite degrees of freedom (Kuznetsova et al. 2017).
 * :mod:`.wald`: Wald F tests of linear hypotheses (lmerTest's ``contest``).
 * :mod:`.profile`: profile-likelihood intervals (lme4's ``profile``/``confint``).
-* :mod:`.lrt`: likelihood-ratio tests between nested fits.
+* :mod:`.lrt`: likelihood-ratio tests between nested fits, lme4's ``anova(m0, m1, ...)``.
+* :mod:`.kenward_roger`: Kenward-Roger's adjusted covariance and df (pbkrtest).
+* :mod:`.anova`: lmerTest's ``anova`` (type I and III F tests), ``drop1``, ``ranova``.
+* :mod:`.emmeans`: estimated marginal means and their contrasts (emmeans).
+* :mod:`.r2`: Nakagawa's R2 and the ICC (performance).
+* :mod:`.prediction`: fitted values, residuals, prediction intervals.
 """
 
-from .lrt import LRTestResult, lr_test
+from .lrt import LRTestResult, compare_models, lr_test
 from .profile import conf_int, profile
 from .satterthwaite import satterthwaite_df
 from .summary import Summary, summary
@@ -26,5 +31,6 @@ __all__ = [
     "profile",
     "wald_test",
     "lr_test",
+    "compare_models",
     "satterthwaite_df",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 from .._model import FittedModel
 from .._terms import Terms
 
-__all__ = ["fitted_model", "theta_to_sdcor", "sdcor_to_theta", "deviance_at_sigma", "hessian",
+__all__ = ["fitted_model", "check_ddf", "n_parameters", "log_likelihood", "theta_to_sdcor", "sdcor_to_theta", "deviance_at_sigma", "hessian",
            "jacobian", "check_alpha", "ratio_names"]
 
 
@@ -28,10 +28,29 @@ def fitted_model(est: Any, role: str = "est") -> FittedModel:
     return model
 
 
+def n_parameters(model: FittedModel) -> int:
+    """lme4's parameter count: fixed effects (kept), theta, sigma, the variance ratios."""
+    return len(model.fe_names) + model.n_theta + 1 + model.n_eta
+
+
+def log_likelihood(model: FittedModel) -> float:
+    """lme4's ``logLik``: -1/2 the deviance (the REML criterion of a REML fit)."""
+    return -0.5 * float(model.solution.deviance)
+
+
 def check_alpha(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     return float(alpha)
+
+
+def check_ddf(ddf: Any, allowed: tuple[str, ...], name: str = "ddf") -> str:
+    """A denominator-df method in canonical spelling (``"Kenward-Roger"``, ``"kenward_roger"``
+    -> ``"kenward-roger"``), or a ValueError listing the allowed ones."""
+    canonical = ddf.lower().replace("_", "-") if isinstance(ddf, str) else ddf
+    if canonical not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {ddf!r}")
+    return canonical
 
 
 def ratio_names(model: FittedModel) -> list[str]:

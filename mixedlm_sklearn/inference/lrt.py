@@ -11,9 +11,10 @@ import pandas as pd
 from scipy import linalg, stats
 
 from .._model import FittedModel
-from ._parameters import fitted_model
+from .._validation import caller_stacklevel
+from ._parameters import fitted_model, log_likelihood, n_parameters
 
-__all__ = ["LRTestResult", "lr_test", "check_same_data", "check_nested"]
+__all__ = ["LRTestResult", "lr_test", "compare_models", "check_same_data", "check_nested"]
 
 # Relative residual below which a column counts as lying in the span of others.
 _SPAN_TOL = 1e-8
@@ -247,3 +248,100 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
         below = float(stats.chi2.sf(s, df - 1)) if df > 1 else float(s <= 0.0)
         p = 0.5 * (below + p)
     return LRTestResult(float(statistic), df, p, float(restricted.llf_), float(full.llf_), boundary)
+
+
+def compare_models(models: Any, names: Any = None, refit: bool = True) -> pd.DataFrame:
+    """Likelihood-ratio tests of a sequence of nested fits (lme4's ``anova(m0, m1, ...)``).
+
+    Parameters
+    ----------
+    models : sequence of fitted MixedLMRegressor
+        Two or more fits of the same rows, each nested in the next once ordered by their
+        number of parameters.
+    names : sequence of str, optional
+        Row names (default ``model1``, ``model2``, ... in the order given).
+    refit : bool, default True
+        As lme4: if any fit is REML, every fit is refitted by maximum likelihood first,
+        with a warning saying so (REML likelihoods of different fixed effects are not
+        comparable; the estimators are not changed). With False, REML fits are compared
+        by their REML criterion, which requires the same fixed effects in all of them.
+
+    Returns
+    -------
+    DataFrame
+        A row per model in order of complexity (parameters, then the order given); columns
+        ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance`` (``-2 logLik``), ``Chisq``
+        (twice the log-likelihood gain over the previous row, 0 if negative), ``Df``,
+        ``Pr(>Chisq)`` (NaN in the first row).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two fits; fits of different data (:func:`check_same_data`); a fit not
+        nested in the next one (:func:`check_nested`); with ``refit=False``, REML and ML
+        fits mixed or REML fits of different fixed effects.
+
+    Warns
+    -----
+    UserWarning
+        "refitting model(s) with ML (instead of REML)", lme4's message, when it does.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from mixedlm_sklearn import anova, lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> m0 = lmer("Reaction ~ 1 + (Days | Subject)", df)
+    >>> m1 = lmer("Reaction ~ Days + (Days | Subject)", df)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # lme4's "refitting model(s) with ML"
+    ...     table = anova(m0, m1, names=["m0", "m1"])
+    >>> table.round(3)
+        npar       AIC       BIC   logLik  deviance   Chisq   Df  Pr(>Chisq)
+    m0     5  1785.476  1801.441 -887.738  1775.476     NaN  NaN         NaN
+    m1     6  1763.939  1783.097 -875.970  1751.939  23.537  1.0         0.0
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError("compare at least two models")
+    fits = [fitted_model(m, f"model {i + 1}") for i, m in enumerate(models)]
+    names = [f"model{i + 1}" for i in range(len(fits))] if names is None else [str(n) for n in names]
+    if len(names) != len(fits) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(fits)} distinct names, one per model, got {names}")
+    for i in range(1, len(fits)):
+        check_same_data(fits[0], fits[i])
+    if refit and any(f.reml for f in fits):
+        warnings.warn("refitting model(s) with ML (instead of REML)", UserWarning,
+                      stacklevel=caller_stacklevel())
+        fits = [f.refit(reml=False) if f.reml else f for f in fits]
+    elif len({f.reml for f in fits}) > 1:
+        raise ValueError("some fits are REML and others ML; their likelihoods are not comparable "
+                         "(refit=True refits the REML ones by ML)")
+    elif fits[0].reml and not all(_same_fixed_effects(fits[0], f) for f in fits[1:]):
+        raise ValueError("REML likelihoods of models with different fixed effects are not "
+                         "comparable (REML integrates the fixed effects out): use refit=True")
+    npar = np.array([n_parameters(f) for f in fits])
+    order = np.argsort(npar, kind="stable")
+    for a, b in zip(order[:-1], order[1:]):
+        problems = check_nested(fits[a], fits[b])
+        if problems:
+            raise ValueError(f"{names[a]} is not nested in {names[b]}: " + "; ".join(problems)
+                             + ". Models compared by likelihood-ratio tests must be nested.")
+    llf = np.array([log_likelihood(fits[i]) for i in order])
+    k = npar[order].astype(float)
+    n_obs = fits[0].n_obs
+    chisq = np.r_[np.nan, 2.0 * np.maximum(0.0, np.diff(llf))]
+    df = np.r_[np.nan, np.diff(k)]
+    with np.errstate(invalid="ignore"):
+        p = np.where(df > 0, stats.chi2.sf(chisq, np.where(df > 0, df, 1.0)), np.nan)
+    return pd.DataFrame({
+        "npar": npar[order],
+        "AIC": -2.0 * llf + 2.0 * k,
+        "BIC": -2.0 * llf + np.log(n_obs) * k,
+        "logLik": llf,
+        "deviance": -2.0 * llf,
+        "Chisq": chisq,
+        "Df": df,
+        "Pr(>Chisq)": np.r_[np.nan, p[1:]],
+    }, index=pd.Index([names[i] for i in order], dtype=object))

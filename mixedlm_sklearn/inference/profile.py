@@ -6,9 +6,18 @@ ratio of each stratum's residual standard deviation to the reference's, then the
 effects. For a parameter ``psi``, ``zeta(psi) = sign(psi - psi_hat) sqrt(dev(psi) -
 dev_min)`` with ``dev(psi)`` the deviance minimised over all other parameters; the bounds
 solve ``|zeta| = z_{1-alpha/2}`` (root finding, not read off a grid). As in lme4, REML
-fits are profiled on the *maximum-likelihood* deviance (``profile.merMod`` refits with ML
-first; the shared references confirm it: lme4's REML and ML sleepstudy intervals agree to
-2e-6 relative).
+fits are profiled on the *maximum-likelihood* deviance by default (``profile.merMod``
+refits with ML first, its ``devfun2``; the shared references confirm it: lme4's REML and
+ML sleepstudy intervals agree to 2e-6 relative).
+
+``criterion="reml"`` profiles the REML criterion instead (a fit by ML is refitted by REML
+first). The difference: the REML criterion accounts for the degrees of freedom the fixed
+effects use (it is the likelihood of the residual contrasts, Patterson & Thompson 1971),
+so its profiles of the variance parameters sit where the REML estimates are and are
+wider for small samples; the ML profiles centre on the ML estimates, which are biased
+towards 0 (``sigma^2`` by the factor ``(n - p) / n``). The REML criterion does not
+depend on the fixed effects (they are integrated out), so only the variance parameters
+have REML profiles.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from scipy import optimize, stats
 from .._basis import Conditioned
 from .._factor import NotPositiveDefinite
 from .._threads import single_threaded_blas
+from .summary import summary
 from ._parameters import (
     check_alpha,
     deviance_at_sigma,
@@ -53,11 +63,14 @@ class _Profiler:
     included) with L-BFGS-B, warm-started from the nearest point already computed.
     """
 
-    def __init__(self, est: Any) -> None:
+    def __init__(self, est: Any, criterion: str = "ml") -> None:
+        if criterion not in ("ml", "reml"):
+            raise ValueError(f"criterion must be 'ml' or 'reml', got {criterion!r}")
         model = fitted_model(est)
         self.terms = model.terms
-        ml = model.refit(reml=False) if model.reml else model
-        self.dev, sol = ml.deviance, ml.solution
+        reml = criterion == "reml"
+        profiled = model if model.reml == reml else model.refit(reml=reml)
+        self.dev, sol = profiled.deviance, profiled.solution
         # evaluated in the whitened basis: profiles reach variances far from the estimate,
         # where lme4's basis of uncentred slopes loses every digit
         self.conditioned = Conditioned(self.dev)
@@ -66,13 +79,19 @@ class _Profiler:
         self.n_sdcor = sdcor.size
         delta = np.sqrt(sol.ratios[1:])
         self.n_var = sdcor.size + 1 + delta.size
-        self.names = self.terms.param_names() + ["sigma"] + ratio_names(model) + list(model.fe_names)
+        # the REML criterion does not depend on the fixed effects: they have no REML profile
+        fixed = [] if reml else list(model.fe_names)
+        self.names = self.terms.param_names() + ["sigma"] + ratio_names(model) + fixed
         self.dropped = [] if model.rank is None else model.rank.dropped_names
         self.all_fixed = list(model.fe_names) if model.rank is None else list(model.rank.names)
-        self.estimate = np.concatenate([sdcor, [sigma], delta, sol.beta])
+        self.reml = reml
+        self._fe_names = list(model.fe_names if model.rank is None else model.rank.names)
+        if reml:
+            self.all_fixed = []
+        self.estimate = np.concatenate([sdcor, [sigma], delta, sol.beta if not reml else []])
         self.dev_min = sol.deviance
         kinds = [("sd" if r == c else "cor") for t in self.terms for r, c in zip(*t.theta_position)]
-        self.kinds = kinds + ["sigma"] + ["ratio"] * delta.size + ["beta"] * sol.beta.size
+        self.kinds = kinds + ["sigma"] + ["ratio"] * delta.size + ["beta"] * len(fixed)
         inf = np.inf
         limits = {"sd": (0.0, inf), "cor": (-1.0, 1.0), "sigma": (0.0, inf), "ratio": (0.0, inf),
                   "beta": (-inf, inf)}
@@ -91,7 +110,7 @@ class _Profiler:
         first_step = {"cor": lambda v: 0.3, "sigma": lambda v: 0.1 * v, "ratio": lambda v: 0.1 * v,
                       "sd": lambda v: 0.5 * v if v > 0 else 0.5 * sigma}
         self.step = np.concatenate([[first_step[k](v) for v, k in zip(var_est, var_kinds)],
-                                    2.0 * se_beta])
+                                    2.0 * se_beta[:len(fixed)]])
         self._warm: dict[int, list[tuple[float, np.ndarray]]] = {}
         self._zeta: dict[tuple[int, float], float] = {}
 
@@ -216,9 +235,15 @@ class _Profiler:
         if isinstance(which, str):
             if which == "variance":
                 return list(range(self.n_var))
-            if which == "fixed":
-                return list(range(self.n_var, len(self.names)))
             which = [which]
+        if self.reml:
+            fixed = [w for w in which if w == "fixed" or w in self._fe_names]
+            if fixed:
+                raise ValueError(f"the REML criterion does not depend on the fixed effects "
+                                 f"({fixed}: they are integrated out); profile them with "
+                                 "criterion='ml'")
+        if which == ["fixed"]:
+            return list(range(self.n_var, len(self.names)))
         dropped = [w for w in which if w in self.dropped]
         if dropped:
             raise ValueError(f"fixed effect(s) {dropped} were dropped from the fit as aliased "
@@ -231,6 +256,8 @@ class _Profiler:
     def requested(self, which: Any) -> list[str]:
         """The parameter names ``which`` asks for, dropped (aliased) fixed effects included."""
         fixed = self.all_fixed
+        if self.reml and which is not None:
+            self.indices(which)  # refuses fixed effects, which have no REML profile
         if which is None:
             return self.names[: self.n_var] + fixed
         if isinstance(which, str):
@@ -241,7 +268,8 @@ class _Profiler:
 
 
 
-def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int = 21) -> pd.DataFrame:
+def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int = 21,
+            criterion: str = "ml") -> pd.DataFrame:
     """Profile zeta of lme4's parameters: the data behind the profile intervals.
 
     Parameters
@@ -255,6 +283,9 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
         parameter's limit: 0 for a standard deviation, +-1 for a correlation).
     n_points : int, default 21
         Points per parameter, equally spaced on each side of the estimate (which is one).
+    criterion : {"ml", "reml"}, default "ml"
+        The deviance profiled: the ML deviance (lme4's ``profile``, also for REML fits) or
+        the REML criterion (variance parameters only; see the module docstring).
 
     Returns
     -------
@@ -269,7 +300,7 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
 
     Notes
     -----
-    REML fits are profiled on the ML deviance, as lme4 does.
+    REML fits are profiled on the ML deviance, as lme4 does, unless ``criterion="reml"``.
 
     Examples
     --------
@@ -292,7 +323,7 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
         raise ValueError(f"n_points must be at least 3, got {n_points}")
     rows = []
     with single_threaded_blas():
-        prof = _Profiler(est)
+        prof = _Profiler(est, criterion)
         for k in prof.indices(which):
             est_k = prof.estimate[k]
             lo, hi = prof.bound(k, z_max, -1), prof.bound(k, z_max, +1)
@@ -307,7 +338,8 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
     return pd.DataFrame(rows, columns=["param", "value", "zeta"])
 
 
-def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
+def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None,
+             ddf: str | None = None, criterion: str = "ml") -> pd.DataFrame:
     """Confidence intervals.
 
     Parameters
@@ -322,6 +354,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         ``confint(method = "profile")``).
     which : None, str or list of str
         Profile only: parameter names, or ``"variance"`` / ``"fixed"``; default all.
+    ddf : {None, "satterthwaite", "kenward-roger"}
+        Wald only: None for normal quantiles (lme4); otherwise ``estimate -+ t_{df} SE``
+        with Satterthwaite's df, or with Kenward-Roger's adjusted SE and df (lmerTest's
+        ``confint`` of its summary).
+    criterion : {"ml", "reml"}
+        Profile only: see :func:`profile`.
 
     Returns
     -------
@@ -369,12 +407,18 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     if method == "wald":
         if which is not None:
             raise ValueError("which= applies to method='profile' only")
-        fe, se = est.fe_params_, est.bse_
-        return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
+        if ddf is None:
+            fe, se = est.fe_params_, est.bse_
+            return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
+        table = summary(est, alpha=alpha, ddf=ddf).fixed_effects
+        return pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
+                            index=table.index)
     if method != "profile":
         raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
+    if ddf is not None:
+        raise ValueError("ddf= applies to method='wald' only")
     with single_threaded_blas():
-        prof = _Profiler(est)
+        prof = _Profiler(est, criterion)
         wanted = prof.requested(which)
         idx = prof.indices([w for w in wanted if w not in prof.dropped])
         bounds = {prof.names[k]: (prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx}

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._parameters import check_alpha, fitted_model
+from ._parameters import check_alpha, check_ddf, fitted_model
+from .kenward_roger import kenward_roger_model
 from .satterthwaite import satterthwaite_df
 
 __all__ = ["Summary", "summary"]
@@ -66,7 +67,8 @@ class Summary:
     Attributes
     ----------
     fixed_effects : DataFrame
-        Indexed by fixed effect; columns ``estimate``, ``std_error``, ``df`` (Satterthwaite),
+        Indexed by fixed effect; columns ``estimate``, ``std_error``, ``df`` (Satterthwaite,
+        or with Kenward-Roger the adjusted standard errors and their df),
         ``t_value``, ``p_value`` (two-sided t test on ``df``), ``ci_lower``, ``ci_upper``
         (``estimate -+ t_{df, 1-alpha/2} * std_error``, the interval matching the test;
         :func:`conf_int` gives lme4's normal-quantile Wald intervals).
@@ -87,8 +89,8 @@ class Summary:
         Parameters counted by AIC/BIC (lme4's ``df``).
     converged, singular : bool
     alpha : float
-    ddf : {"Satterthwaite", "normal"}
-        How ``df`` was obtained: Satterthwaite, or ``inf`` (normal approximation) for a
+    ddf : {"Satterthwaite", "Kenward-Roger", "normal"}
+        How ``df`` was obtained: Satterthwaite, Kenward-Roger, or ``inf`` (normal approximation) for a
         heteroscedastic fit that lacks what the Satterthwaite df need (printed as such).
     """
 
@@ -148,8 +150,8 @@ class Summary:
         return header, rows
 
     def _fixed_title(self) -> str:
-        if self.ddf == "Satterthwaite":
-            return "Fixed effects (Satterthwaite df)"
+        if self.ddf in ("Satterthwaite", "Kenward-Roger"):
+            return f"Fixed effects ({self.ddf} df)"
         return "Fixed effects (normal approximation: Satterthwaite df unavailable for this fit)"
 
     def __str__(self) -> str:
@@ -177,14 +179,18 @@ class Summary:
                 f"<p><b>{html.escape(self._fixed_title())}</b></p>{table(*self._fixed_rows(), 1)}</div>")
 
 
-def summary(est: Any, alpha: float = 0.05) -> Summary:
-    """Fixed effects with Satterthwaite t tests, random effects and model information.
+def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summary:
+    """Fixed effects with t tests, random effects and model information.
 
     Parameters
     ----------
     est : fitted MixedLMRegressor
     alpha : float, default 0.05
         1 - level of the fixed effects' confidence intervals.
+    ddf : {"satterthwaite", "kenward-roger"}
+        lmerTest's ``summary(fit, ddf = ...)``: Satterthwaite's df with ``cov_fe_``, or
+        Kenward-Roger's adjusted standard errors and df (REML fits;
+        :mod:`~mixedlm_sklearn.inference.kenward_roger`).
 
     Returns
     -------
@@ -206,11 +212,23 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
     Days           10.467      1.546  17.0
     """
     alpha = check_alpha(alpha)
+    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
     model = fitted_model(est)
     beta, se = est.fe_params_, est.bse_
     if model.rank is not None:  # dropped (aliased) columns: NaN as lm's NA, not the 0 of coef_
         beta = beta.where(model.rank.kept)
-    df = satterthwaite_df(est)
+    if ddf == "kenward-roger":
+        kr = kenward_roger_model(est)
+        p = kr.cov_beta.shape[0]
+        kept = np.ones(p, dtype=bool) if model.rank is None else model.rank.kept
+        se_kept = np.sqrt(np.diag(kr.cov_beta_adj))
+        df_kept = kr.row_ddf(np.eye(p))
+        se = pd.Series(np.nan, index=beta.index, name=se.name)
+        se[kept] = se_kept
+        df = np.full(len(beta), np.nan)
+        df[kept] = df_kept
+    else:
+        df = satterthwaite_df(est)
     t_value = beta / se
     q = stats.t.ppf(1.0 - alpha / 2.0, df)
     fixed = pd.DataFrame({
@@ -235,4 +253,5 @@ def summary(est: Any, alpha: float = 0.05) -> Summary:
         converged=bool(est.converged_),
         singular=bool(est.singular_),
         alpha=alpha,
+        ddf="Kenward-Roger" if ddf == "kenward-roger" else "Satterthwaite",
     )

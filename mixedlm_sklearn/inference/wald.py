@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._parameters import fitted_model
+from ._parameters import check_ddf, fitted_model
+from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 
 __all__ = ["WaldTestResult", "wald_test", "contrast_matrix", "combined_ddf"]
@@ -34,12 +35,14 @@ class WaldTestResult:
     df_num : int
         Rank of ``L C L'``.
     df_denom : float
-        Denominator degrees of freedom (Satterthwaite); ``inf`` for the chi-square test.
+        Denominator degrees of freedom (Satterthwaite or Kenward-Roger); ``inf`` for the
+        chi-square test.
     pvalue : float
     estimate : ndarray
         ``L b - rhs``.
     method : str
-        ``"satterthwaite"`` (F test) or ``"chi2"``.
+        ``"satterthwaite"`` or ``"kenward-roger"`` (F tests) or ``"chi2"``. With
+        Kenward-Roger ``statistic`` is pbkrtest's scaled F (``KRmodcomp``'s ``Ftest``).
     """
 
     statistic: float
@@ -53,7 +56,8 @@ class WaldTestResult:
         if self.method == "chi2":
             return (f"Wald chi2 test: chi2 = {self.statistic * self.df_num:.4g}, "
                     f"df = {self.df_num}, p = {self.pvalue:.4g}")
-        return (f"Wald F test (Satterthwaite): F = {self.statistic:.4g}, df = "
+        name = "Kenward-Roger" if self.method == "kenward-roger" else "Satterthwaite"
+        return (f"Wald F test ({name}): F = {self.statistic:.4g}, df = "
                 f"({self.df_num}, {self.df_denom:.4g}), p = {self.pvalue:.4g}")
 
 
@@ -109,9 +113,10 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
         columns follow ``est.fe_params_``, or a DataFrame with fixed-effect names as columns.
     rhs : array-like of shape (r,), optional
         Hypothesised values of ``L beta``; default 0.
-    ddf : {"satterthwaite", "chi2"}
-        F test with Satterthwaite denominator df (lmerTest's ``contest``), or the
-        asymptotic chi-square test.
+    ddf : {"satterthwaite", "kenward-roger", "chi2"}
+        F test with Satterthwaite denominator df (lmerTest's ``contest``), Kenward-Roger's
+        F test (pbkrtest's ``KRmodcomp``: adjusted covariance, scaled statistic; REML fits),
+        or the asymptotic chi-square test.
 
     Returns
     -------
@@ -134,8 +139,7 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     >>> print(est.wald_test("Days"))
     Wald F test (Satterthwaite): F = 45.85, df = (1, 17), p = 3.264e-06
     """
-    if ddf not in ("satterthwaite", "chi2"):
-        raise ValueError(f"ddf must be 'satterthwaite' or 'chi2', got {ddf!r}")
+    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger", "chi2"))
     names = list(est.fe_params_.index)
     M = contrast_matrix(L, names)
     r = M.shape[0]
@@ -155,8 +159,7 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
                           f"{involved}, dropped from the fit as aliased: the hypothesis is not "
                           "estimable, its test is NaN", UserWarning, stacklevel=2)
             estimate[~ok] = np.nan
-            return WaldTestResult(np.nan, r, np.nan, np.nan, estimate,
-                                  "chi2" if ddf == "chi2" else "satterthwaite")
+            return WaldTestResult(np.nan, r, np.nan, np.nan, estimate, ddf)
         M = M[:, rank.kept]
         cov = cov[np.ix_(rank.kept, rank.kept)]
     d, P = np.linalg.eigh(M @ cov @ M.T)
@@ -170,6 +173,12 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     F = float(np.sum((P.T @ estimate) ** 2 / d) / rank)
     if ddf == "chi2":
         return WaldTestResult(F, rank, np.inf, float(stats.chi2.sf(F * rank, rank)), estimate, "chi2")
+    if ddf == "kenward-roger":
+        # the hypothesis on its rank: the rows P'L span the same space with full row rank
+        sol = fitted_model(est).solution
+        test = kenward_roger_model(est).f_test(P.T @ M, sol.beta, P.T @ c)
+        return WaldTestResult(test.statistic, test.ndf, test.ddf, test.pvalue, estimate,
+                              "kenward-roger")
     nu = varpar_model(est).contrast_df(P.T @ M)
     df_denom = combined_ddf(nu)
     return WaldTestResult(F, rank, df_denom, float(stats.f.sf(F, rank, df_denom)), estimate,

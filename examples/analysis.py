@@ -1,0 +1,91 @@
+"""Orthodont: from the fit to the tables of a paper (issue 14).
+
+``distance ~ age * Sex + (age | Subject)`` (nlme's Orthodont: the distance from the
+pituitary to the pterygomaxillary fissure of 27 children, measured at ages 8 to 14):
+
+1. the fit and its summary with Kenward-Roger t tests (lmerTest's ``summary(ddf = "K-R")``),
+2. the type III ANOVA table (lmerTest's ``anova``) and the random-effects tests (``ranova``),
+3. the marginal means of Sex at the mean age with Tukey-adjusted pairs (emmeans),
+4. Nakagawa's R2 and the ICC of the random-intercept model (performance),
+5. 95% prediction intervals of new measurements, for three children and a new child,
+   plotted to ``orthodont_prediction_intervals.png`` (when matplotlib is installed).
+
+Run: ``python examples/analysis.py``
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixedlm_sklearn import lmer
+from mixedlm_sklearn.datasets import load_orthodont
+
+
+def main(plot_path: str | None = "orthodont_prediction_intervals.png") -> dict:
+    df = load_orthodont()
+    df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])  # R's level order
+    fit = lmer("distance ~ age * Sex + (age | Subject)", df)
+    print(fit.summary(ddf="kenward-roger"))
+
+    print("\nType III ANOVA (Kenward-Roger):")
+    table = fit.anova(type=3, ddf="kenward-roger")
+    print(table.round(4).to_string())
+    print("\nRandom effects (likelihood-ratio tests):")
+    ranova = fit.ranova()
+    print(ranova.round(4).to_string())
+
+    emm = fit.emmeans("Sex")
+    pairs = emm.pairs(adjust="tukey")
+    print("\nMarginal means of Sex at the mean age (Kenward-Roger df):")
+    print(emm.table.round(4).to_string(index=False))
+    print(pairs.round(4).to_string(index=False))
+
+    intercept_model = lmer("distance ~ age * Sex + (1 | Subject)", df)
+    r2, icc = intercept_model.r2(), intercept_model.icc()
+    print(f"\nRandom-intercept model: R2 marginal {r2.marginal:.4f}, conditional "
+          f"{r2.conditional:.4f}; ICC adjusted {icc.adjusted:.4f}")
+
+    # 95% prediction intervals of a new measurement, ages 8 to 14, for three children seen
+    # in the fit and for a child who was not (the random effects' full variance enters)
+    ages = np.linspace(8.0, 14.0, 25)
+    children = ["M01", "F05", "M16", "new girl"]
+    curves = {}
+    for child in children:
+        sex = "Female" if child.startswith("F") or child == "new girl" else "Male"
+        rows = pd.DataFrame({"age": ages, "Sex": pd.Categorical([sex] * ages.size,
+                                                              categories=["Male", "Female"]),
+                             "Subject": child, "distance": 0.0})
+        args = fit.model_frame_.new_data(rows)
+        if child not in set(df["Subject"]):
+            del args["groups"]  # a child of no group of the fit: a new level
+        mean = fit.predict(**args)
+        lower, upper = fit.predict_interval(**args)
+        curves[child] = (mean, lower, upper)
+    if plot_path is not None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib not installed: no plot")
+        else:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for child, (mean, lower, upper) in curves.items():
+                line, = ax.plot(ages, mean, label=child)
+                ax.fill_between(ages, lower, upper, color=line.get_color(), alpha=0.15)
+                seen = df[df["Subject"] == child]
+                ax.plot(seen["age"], seen["distance"], "o", color=line.get_color())
+            ax.set(xlabel="age (years)", ylabel="distance (mm)",
+                   title="95% prediction intervals of a new measurement")
+            ax.legend()
+            fig.savefig(plot_path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            print(f"\nprediction intervals: {Path(plot_path).resolve()}")
+    return {"fit": fit, "anova": table, "ranova": ranova, "emmeans": emm.table, "pairs": pairs,
+            "r2": r2, "icc": icc, "intervals": curves}
+
+
+if __name__ == "__main__":
+    main()

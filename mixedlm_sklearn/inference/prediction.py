@@ -1,0 +1,376 @@
+"""Fitted values, residuals and the uncertainty of predictions.
+
+Prediction errors (Henderson 1975, Biometrics 31(2); in lme4's spherical form, Bates et
+al. 2015, JSS 67(1), sec. 3). With ``u`` the spherical random effects (``b = Lambda u``,
+``u ~ N(0, sigma^2 I)``), ``Omega`` the rows' prior weights times their strata's
+variance ratios, ``M = Lambda'Z'Omega Z Lambda + I`` and ``A = X'Omega X - X'Omega Z
+Lambda M^{-1} Lambda'Z'Omega X``, the estimation errors ``(beta_hat - beta, u_hat - u)``
+have covariance ``sigma^2 C^{-1}``, ``C`` the coefficient matrix of the mixed model
+equations. For a new row with fixed-effects design ``x`` and, for each term whose level
+was seen in the fit, ``r = Lambda' z`` placed at that level,
+
+    Var(x'beta_hat + r'u_hat - x'beta - r'u) = sigma^2 (d'A^{-1}d + r'M^{-1}r),
+    d = x - X'Omega Z Lambda M^{-1} r
+
+(the Schur complement of ``C``: fixed-effects uncertainty, the BLUP's conditional
+variance and their covariance). ``X'Omega Z Lambda M^{-1}`` is read from the fit's
+modes, ``r'M^{-1}r`` from the blocks of ``M^{-1}`` the factorisation already provides
+for the levels of a row (its selected inverse); a row whose combination of levels of
+crossed factors never occurred in the data is solved for. A term whose level is new (or
+whose factor is not given) adds its random effect's full variance ``z'Sigma_k z``, and
+a new observation adds the residual variance ``sigma_s^2`` of its stratum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._design import INTERCEPT
+from ._parameters import check_alpha, fitted_model
+
+__all__ = ["fitted", "residuals", "prediction_std", "predict_interval"]
+
+# Doubles of the right-hand sides of one batch of solves (rows without a selected block).
+_SOLVE_BUDGET = 1 << 22
+
+
+def _rows(est: Any) -> Any:
+    model = fitted_model(est)
+    if model.design is None:
+        raise NotImplementedError("fitted values and residuals need the fit's rows; a fit from "
+                                  "chunks or Dask keeps only their cross-products")
+    return model, model.design
+
+
+def _check_level(level: str) -> str:
+    if level not in ("conditional", "marginal"):
+        raise ValueError(f"level must be 'conditional' or 'marginal', got {level!r}")
+    return level
+
+
+def _as_output(values: np.ndarray, design: Any, name: str) -> Any:
+    if design.index is None:
+        return values
+    return pd.Series(values, index=design.index, name=name)
+
+
+def _fitted_values(est: Any, model: Any, design: Any, level: str) -> np.ndarray:
+    """``X beta`` (+ ``Z b`` at the conditional level) + the offset, on the fitted rows."""
+    values = design.X @ est.coef_ + est.intercept_
+    if level == "conditional":
+        for (codes, Z), b in zip(design.factors, model.solution.blups()):
+            values = values + np.einsum("ij,ij->i", Z, b[codes])
+    if design.offset is not None:
+        values = values + design.offset
+    return values
+
+
+def fitted(est: Any, level: str = "conditional") -> Any:
+    """Fitted values of the rows of the fit (lme4's ``fitted``).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    level : {"conditional", "marginal"}
+        ``X beta + Z b`` (with the BLUPs, lme4's ``fitted``) or ``X beta`` (lme4's
+        ``predict(fit, re.form = NA)``); the offset included.
+
+    Returns
+    -------
+    Series indexed like the input's rows when ``X`` was a DataFrame (a formula fit: the
+    rows of ``data`` that were used), else ndarray. Rows of weight 0 are not rows of the
+    fit.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> est.fitted().head(3).round(2).tolist()
+    [253.66, 273.33, 293.0]
+    >>> est.fitted(level="marginal").head(3).round(2).tolist()
+    [251.41, 261.87, 272.34]
+    """
+    model, design = _rows(est)
+    return _as_output(_fitted_values(est, model, design, _check_level(level)), design, "fitted")
+
+
+def residuals(est: Any, type: str = "response", level: str = "conditional") -> Any:
+    """Residuals of the rows of the fit (lme4's ``residuals``).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    type : {"response", "pearson"}
+        ``y - fitted``, or that divided by the row's residual standard deviation
+        ``sigma_s / sqrt(w_r)`` (its stratum's, its prior weight's).
+    level : {"conditional", "marginal"}
+        Against the conditional or the marginal fitted values (:func:`fitted`).
+
+    Returns
+    -------
+    Series or ndarray, as :func:`fitted`.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> est.residuals().head(3).round(3).tolist()  # lme4: -4.104, -14.625, -42.196
+    [-4.104, -14.625, -42.196]
+    >>> est.residuals(type="pearson").head(3).round(4).tolist()
+    [-0.1604, -0.5715, -1.6488]
+    """
+    if type not in ("response", "pearson"):
+        raise ValueError(f"type must be 'response' or 'pearson', got {type!r}")
+    model, design = _rows(est)
+    fit = _fitted_values(est, model, design, _check_level(level))
+    offset = 0.0 if design.offset is None else design.offset
+    values = design.y + offset - fit
+    if type == "pearson":
+        sol = model.solution
+        variance = np.full(values.shape, float(sol.scale))
+        if design.strata is not None:
+            variance = variance * sol.ratios[design.strata]
+        if design.weights is not None:
+            variance = variance / design.weights
+        values = values / np.sqrt(variance)
+    return _as_output(values, design, "residuals")
+
+
+# ---- prediction errors ------------------------------------------------------------------------
+
+
+def _engine(sol: Any) -> tuple[Any, list]:
+    """The factorisation at the solution and the forward-solved ``Lambda'Z'Omega[X y]``.
+
+    Both are the engine's own state at the fitted parameters (the solution keeps the point
+    it was computed at); read here rather than recomputed.
+    """
+    point = sol._point
+    return point.factor, point.w
+
+
+def _modes(sol: Any) -> list:
+    """``M^{-1} Lambda'Z'Omega[X y]`` per term, (q_k, p + 1, m_k): the engine's cached modes."""
+    return sol._modes(sol._point)
+
+
+def _seen_designs(model: Any, parts: list) -> list:
+    """Per term: ``(level, r)`` with ``r = z Lambda_k`` rows (zeros where unseen), or None."""
+    out = []
+    for lam, part in zip(model.solution.lams, parts):
+        if part is None:
+            out.append(None)
+            continue
+        idx, z = part
+        r = np.where((idx >= 0)[:, None], z @ lam, 0.0)
+        out.append((idx, r))
+    return out
+
+
+def _block_quadratic(factor: Any, model: Any, seen: list, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``r'M^{-1}r`` and ``X'Omega Z Lambda M^{-1} r`` per row (see the module docstring)."""
+    p = model.cross_products.p
+    seen_terms = np.zeros(n, dtype=int)
+    for s in seen:
+        if s is not None:
+            seen_terms += s[0] >= 0
+    several = bool(np.any(seen_terms > 1))
+    diag, pairs = factor.selected_inverse(with_crossing_pairs=several)
+    modes = _modes(model.solution)
+    quad = np.zeros(n)
+    shift = np.zeros((n, p))
+    unsolved = np.zeros(n, dtype=bool)
+    for k, s in enumerate(seen):
+        if s is None:
+            continue
+        idx, r = s
+        rows = np.flatnonzero(idx >= 0)
+        levels = idx[rows]
+        quad[rows] += np.einsum("ia,abi,ib->i", r[rows], diag[k][:, :, levels], r[rows])
+        shift[rows] += np.einsum("ia,api->ip", r[rows], modes[k][:, :p, levels])
+    if several:
+        cp_pairs = factor.prep.cp.pairs
+        for j, block in enumerate(cp_pairs):
+            sk, sl = seen[block.k], seen[block.l]
+            if sk is None or sl is None:
+                continue
+            rows = np.flatnonzero((sk[0] >= 0) & (sl[0] >= 0))
+            if not rows.size:
+                continue
+            m_l = model.terms[block.l].n_levels
+            keys = block.level_k.astype(np.int64) * m_l + block.level_l
+            wanted = sk[0][rows].astype(np.int64) * m_l + sl[0][rows]
+            pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+            found = np.zeros(rows.size, dtype=bool)
+            if keys.size and pairs[j] is not None:
+                found = keys[pos] == wanted
+            unsolved[rows[~found]] = True
+            rows, pos = rows[found], pos[found]
+            if rows.size:
+                quad[rows] += 2.0 * np.einsum("ia,iab,ib->i", sk[1][rows], pairs[j][pos],
+                                              sl[1][rows])
+    if unsolved.any():
+        rows = np.flatnonzero(unsolved)
+        quad[rows], shift[rows] = _solved(factor, model, seen, rows)
+    return quad, shift
+
+
+def _solved(factor: Any, model: Any, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
+    p = model.cross_products.p
+    w_xy = _engine(model.solution)[1]
+    size = sum(t.size for t in model.terms)
+    batch = max(1, _SOLVE_BUDGET // max(size, 1))
+    quad, shift = np.empty(rows.size), np.empty((rows.size, p))
+    for start in range(0, rows.size, batch):
+        chunk = rows[start:start + batch]
+        c = chunk.size
+        rhs = []
+        for t, s in zip(model.terms, seen):
+            block = np.zeros((t.q, c, t.n_levels))
+            if s is not None:
+                idx, r = s
+                ok = idx[chunk] >= 0
+                block[:, np.flatnonzero(ok), idx[chunk][ok]] = r[chunk][ok].T
+            rhs.append(block)
+        w = factor.forward(rhs)
+        quad[start:start + c] = sum(np.einsum("aic,aic->i", wk, wk) for wk in w)
+        shift[start:start + c] = sum(np.einsum("apl,ail->ip", wx[:, :p, :], wk)
+                                     for wx, wk in zip(w_xy, w))
+    return quad, shift
+
+
+def _term_design(est: Any, k: int, n: int, part: Any) -> np.ndarray:
+    """The design of term ``k`` for rows whose level it does not know."""
+    if part is not None:
+        return part[1]
+    term = est.model_.terms[k]
+    if list(term.z_names) == [INTERCEPT]:
+        return np.ones((n, 1))
+    raise ValueError(f"the random-effects term {term.factor!r} has slopes "
+                     f"({list(term.z_names)}): give its Z (and groups) to predict with its "
+                     "uncertainty")
+
+
+def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: Any = None,
+                        kind: str = "prediction") -> np.ndarray:
+    """Variance of each row's prediction error (module docstring).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    X : ndarray of shape (n, n_features_in_)
+        Validated fixed-effects covariates (without the intercept column).
+    parts : list
+        Per random-effects term, ``(level index, z)`` of the rows or None
+        (``MixedLMRegressor._new_levels``).
+    residual_groups : array-like, optional
+        The rows' strata (a model with a residual variance per stratum, ``kind="prediction"``).
+    kind : {"prediction", "confidence"}
+    """
+    if kind not in ("prediction", "confidence"):
+        raise ValueError(f"kind must be 'prediction' or 'confidence', got {kind!r}")
+    model = fitted_model(est)
+    sol = model.solution
+    n = X.shape[0]
+    X_full = np.column_stack([np.ones(n), X]) if est.fit_intercept else X
+    if model.rank is not None:
+        X_full = X_full[:, model.rank.kept]
+    d = X_full
+    quad = np.zeros(n)
+    unknown = np.zeros(n)
+    if len(model.terms):
+        seen = _seen_designs(model, parts)
+        if any(s is not None and np.any(s[0] >= 0) for s in seen):
+            factor, _ = _engine(sol)
+            quad, shift = _block_quadratic(factor, model, seen, n)
+            d = X_full - shift
+        for k, (part, cov) in enumerate(zip(parts, sol.cov_re())):
+            z = _term_design(est, k, n, part)
+            new = np.ones(n, dtype=bool) if part is None else part[0] < 0
+            unknown[new] += np.einsum("ia,ab,ib->i", z[new], cov, z[new])
+    variance = sol.scale * (np.einsum("ia,ab,ib->i", d, sol.a_inv, d) + quad) + unknown
+    if kind == "prediction":
+        variance = variance + sol.scale * _residual_ratio(model, residual_groups, n)
+    return variance
+
+
+def _residual_ratio(model: Any, residual_groups: Any, n: int) -> np.ndarray:
+    """Each new observation's residual variance over ``sigma^2``: its stratum's ratio."""
+    if model.strata is None:
+        return np.ones(n)
+    if residual_groups is None:
+        raise ValueError("the model has a residual variance per stratum: give residual_groups "
+                         "(the stratum of each new row) for the prediction of new observations")
+    labels = np.asarray(residual_groups, dtype=object).ravel()
+    if labels.shape[0] != n:
+        raise ValueError(f"residual_groups has {labels.shape[0]} entries but X has {n} rows")
+    idx = pd.Index(np.asarray(model.strata, dtype=object)).get_indexer(labels)
+    if np.any(idx < 0):
+        raise ValueError(f"residual_groups has strata {sorted(set(labels[idx < 0].tolist()))} "
+                         f"that the fit does not have ({list(model.strata)})")
+    return model.solution.ratios[idx]
+
+
+def prediction_std(est: Any, X: np.ndarray, parts: list, residual_groups: Any = None,
+                   kind: str = "prediction") -> np.ndarray:
+    """Standard deviation of each row's prediction error (:func:`prediction_variance`)."""
+    return np.sqrt(prediction_variance(est, X, parts, residual_groups, kind))
+
+
+def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                     residual_groups: Any = None, alpha: float = 0.05,
+                     kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+    """Prediction (or confidence) intervals of :meth:`MixedLMRegressor.predict`.
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+    X, groups, Z, offset : as in ``predict``
+    residual_groups : array-like, optional
+        The rows' strata, for a model with a residual variance per stratum.
+    alpha : float, default 0.05
+        1 - coverage.
+    kind : {"prediction", "confidence"}
+        ``"prediction"``: for a new observation of the row (the residual variance
+        included); ``"confidence"``: for its conditional mean ``x'beta + z'b``.
+
+    Returns
+    -------
+    lower, upper : ndarray of shape (n,)
+        ``predict -+ z_{1 - alpha/2} std``: normal quantiles, the prediction error being
+        Gaussian at given variance parameters (their estimation error is not included).
+
+    Notes
+    -----
+    The standard deviation (module docstring) combines the fixed effects' uncertainty,
+    the BLUPs' conditional variance and their covariance with the fixed effects, for the
+    levels seen in the fit; a level not seen (or a factor not given) contributes its
+    random effect's full variance, as the prediction of a new group; ``"prediction"`` adds
+    the residual variance (prior weight 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
+    >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
+    >>> lower, upper = est.predict_interval(df[["Days"]].head(2), groups=df["Subject"].head(2),
+    ...                                     Z=Z[:2])
+    >>> np.column_stack([lower, upper]).round(1)
+    array([[198.1, 309.3],
+           [219.1, 327.6]])
+    """
+    z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
+    fitted_model(est)
+    mean, rows, parts = est._predict_rows(X, groups, Z, offset)
+    std = prediction_std(est, rows, parts, residual_groups, kind)
+    return mean - z * std, mean + z * std
