@@ -41,6 +41,7 @@ class Design:
     """The rows of an in-memory fit, kept (by reference) for simulation and data checks.
 
     ``X`` excludes the intercept column, which :attr:`X_full` adds when ``intercept``.
+    ``y`` is the response the model is fitted to: the data's minus ``offset``.
     """
 
     X: np.ndarray
@@ -50,6 +51,7 @@ class Design:
     weights: np.ndarray | None
     strata: np.ndarray | None
     n_strata: int = 1
+    offset: np.ndarray | None = None  # the known part of the linear predictor (y excludes it)
 
     @property
     def X_full(self) -> np.ndarray:

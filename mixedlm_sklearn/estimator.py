@@ -339,7 +339,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             self.__dict__.pop("model_frame_", None)
             if offset is not None:
                 y = _minus_offset(y, offset, X)
-            return self._fit(X, y, groups, Z, sample_weight, residual_groups)
+                offset = _check_offset(offset, _num_samples(X))
+            return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
         if isinstance(self.cov_type, dict):
@@ -351,7 +352,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if bad:
                 raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
 
-    def _fit(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+    def _fit(self, X, y, groups, Z, sample_weight, residual_groups, offset=None) -> "MixedLMRegressor":
         self._remember_z_names(Z)
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
@@ -381,6 +382,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
                                  "model needs at least 2 rows of positive weight")
             X, y, weights = X[keep], y[keep], weights[keep]
+            offset = None if offset is None else offset[keep]
             groups = take_rows(groups, keep, "groups")
             Z = take_rows(Z, keep, "Z")
             residual_groups = take_rows(residual_groups, keep, "residual_groups")
@@ -410,7 +412,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if self.verbose:
             print(f"[MixedLMRegressor] cross-products: {n} rows, "
                   f"{sum(t.n_levels for t in terms)} levels ({time.perf_counter() - started:.3f} s)")
-        design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata)
+        design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata, offset)
         several = several_factors(groups, Z) if groups is not None else False
         self._fit_cross_products(cp, x_names, {t.name: t.labels for t in terms_in}, strata_labels,
                                  several, design)
@@ -576,7 +578,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                   self.max_iter, self.tol, rank if rank.deficient else None)
         self._set_fitted(several)
 
-    def _set_fitted(self, several: bool) -> None:
+    def _set_fitted(self, several: bool, warn: bool = True) -> None:
+        """The fitted attributes from ``model_`` (``warn=False``: no convergence or
+        singularity warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms = model.solution, model.info, model.terms
         beta, cov_fe, fe_names = sol.beta, sol.cov_beta(), model.fe_names
@@ -633,7 +637,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
-        if len(terms):
+        if len(terms) and warn:
             self._warn_fit(info)
 
     def _warn_fit(self, info: OptimizerInfo) -> None:
@@ -833,7 +837,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return summary(self, alpha=alpha)
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
-        """Confidence intervals: ``method="wald"`` (fixed effects) or ``"profile"``.
+        """Confidence intervals: ``method="wald"`` (fixed effects), ``"profile"`` or ``"boot"``.
 
         See :func:`mixedlm_sklearn.inference.conf_int`.
 
@@ -872,6 +876,28 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         check_is_fitted(self)
         return wald_test(self, L, **kwargs)
+
+    def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
+        """Responses drawn from the fitted model, shape (n_obs, n_sim) (lme4's ``simulate``).
+
+        See :func:`mixedlm_sklearn.inference.simulate`.
+        """
+        from .inference import simulate
+
+        check_is_fitted(self)
+        return simulate(self, n_sim=n_sim, random_state=random_state, conditional=conditional)
+
+    def bootstrap(self, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
+                  statistic: Any = None):
+        """Parametric bootstrap: refits to responses drawn from the fit (lme4's ``bootMer``).
+
+        See :func:`mixedlm_sklearn.inference.bootstrap`.
+        """
+        from .inference import bootstrap
+
+        check_is_fitted(self)
+        return bootstrap(self, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs,
+                         statistic=statistic)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -9,11 +9,18 @@ one or several grouping factors, a residual variance per stratum, prior weights.
 * :mod:`.wald`: Wald F tests of linear hypotheses (lmerTest's ``contest``).
 * :mod:`.profile`: profile-likelihood intervals (lme4's ``profile``/``confint``).
 * :mod:`.lrt`: likelihood-ratio tests between nested fits.
+* :mod:`.simulation`: responses drawn from a fit (lme4's ``simulate``).
+* :mod:`.bootstrap`: the parametric bootstrap (lme4's ``bootMer``) and its LR test
+  (pbkrtest's ``PBmodcomp``).
+* :mod:`.power`: simulation-based power (simr's ``powerSim`` and ``powerCurve``).
 """
 
+from .bootstrap import BootstrapResult, PBTestResult, bootstrap, pb_test
 from .lrt import LRTestResult, lr_test
+from .power import PowerResult, power, power_curve
 from .profile import conf_int, profile
 from .satterthwaite import satterthwaite_df
+from .simulation import simulate
 from .summary import Summary, summary
 from .wald import WaldTestResult, wald_test
 
@@ -27,4 +34,12 @@ __all__ = [
     "wald_test",
     "lr_test",
     "satterthwaite_df",
+    "simulate",
+    "bootstrap",
+    "BootstrapResult",
+    "pb_test",
+    "PBTestResult",
+    "power",
+    "power_curve",
+    "PowerResult",
 ]
