@@ -313,20 +313,20 @@ def test_conf_int_method_boot(sleep_fit):
 
 
 def test_failed_and_nonconverged_refits_are_counted(sleep_fit, monkeypatch):
-    real_fit = simulation_module.fit
-    calls = {"n": 0}
+    real = simulation_module.Refitter.refit_all
 
-    def flaky(dev, **kwargs):
-        calls["n"] += 1
-        if calls["n"] % 3 == 0:
-            raise FloatingPointError("injected")
-        sol, info = real_fit(dev, **kwargs)
-        if calls["n"] % 3 == 1:
-            info = type(info)(False, "injected: not converged", info.n_iter, info.n_fev,
-                              info.scaled_gradient, info.at_bound)
-        return sol, info
+    def flaky(self, products):
+        out = real(self, products)
+        for j in range(len(out)):
+            if j % 3 == 2:
+                out[j] = "FloatingPointError: injected"
+            elif j % 3 == 0:
+                info = out[j].info
+                out[j].info = type(info)(False, "injected: not converged", info.n_iter, info.n_fev,
+                                         info.scaled_gradient, info.at_bound)
+        return out
 
-    monkeypatch.setattr(simulation_module, "fit", flaky)
+    monkeypatch.setattr(simulation_module.Refitter, "refit_all", flaky)
     with pytest.warns(ConvergenceWarning, match=r"3 failed .* 3 did not converge"):
         boot = bootstrap(sleep_fit, n_boot=9, random_state=0)
     assert boot.n_failed == 3 and boot.n_nonconverged == 3
@@ -336,6 +336,41 @@ def test_failed_and_nonconverged_refits_are_counted(sleep_fit, monkeypatch):
     assert all("injected" in boot.messages[j] for j in (2, 5, 8))
     kept = boot.replicates.dropna()
     np.testing.assert_allclose(boot.conf_int()["lower"], kept.quantile(0.025), rtol=1e-12)
+
+
+def test_engine_failures_are_recorded(sleep_fit, monkeypatch):
+    """A refit the engine cannot do (here: every one, with the batched path off) is a
+    failure with its reason, not an exception."""
+    def broken(dev, **kwargs):
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(simulation_module, "fit", broken)
+    refitter = simulation_module.Refitter.of_model(sleep_fit.model_)
+    refitter.batch = None
+    products = refitter.products(sleep_fit.simulate(3, random_state=0))
+    assert refitter.refit_all(products) == ["FloatingPointError: injected"] * 3
+
+
+def test_batched_refits_equal_the_engine(sleep_fit):
+    """The one-term batched path against the engine's refit of every replicate: both
+    paths are used (singular replicates go to the engine) and agree."""
+    model = sleep_fit.model_
+    refitter = simulation_module.Refitter.of_model(model)
+    assert refitter.batch is not None
+    products = refitter.products(sleep_fit.simulate(300, random_state=12))
+    fits = refitter.refit_all(products)
+    batched = [f.info.message.endswith("batched Newton") for f in fits]
+    assert 250 < sum(batched) < 300
+    assert any(f.info.at_bound.any() for f in fits)  # singular ones: the engine's
+    for j, f in enumerate(fits):
+        dev, sol, info = refitter.refit(products, j)
+        assert f.deviance <= sol.deviance + 1e-8
+        assert abs(f.deviance - sol.deviance) < 1e-8
+        np.testing.assert_allclose(f.theta, sol.theta, rtol=1e-4, atol=1e-6 * np.abs(sol.theta).max())
+        np.testing.assert_allclose(f.beta, sol.beta, rtol=1e-6)
+        assert f.scale == pytest.approx(sol.scale, rel=1e-6)
+        d2, s2 = f.solved()
+        assert s2.deviance == pytest.approx(f.deviance, abs=1e-9)
 
 
 def test_bootstrap_refits_with_the_fit_settings(sleep):

@@ -198,17 +198,16 @@ class _BootstrapJob:
         values = np.full((k, n_par + self.n_statistic), np.nan)
         status = np.full(k, FAILED, dtype=np.int8)
         messages = []
-        for j in range(k):
-            out = self.refitter.refit(products, j)
+        for j, out in enumerate(self.refitter.refit_all(products)):
             if isinstance(out, str):
                 messages.append((j, out))
                 continue
-            dev, sol, info = out
-            status[j] = _status(info)
-            values[j, :n_par] = lme4_parameters(sol, self.model)
+            status[j] = _status(out.info)
+            values[j, :n_par] = lme4_parameters(out, self.model)
             if self.statistic is not None:
-                values[j, n_par:] = _statistic_values(self.statistic(self._estimator(Y[:, j], dev, sol, info)),
-                                                      self.n_statistic)
+                dev, sol = out.solved()
+                values[j, n_par:] = _statistic_values(
+                    self.statistic(self._estimator(Y[:, j], dev, sol, out.info)), self.n_statistic)
         return {"values": values, "status": status, "messages": messages}
 
     def _estimator(self, y: np.ndarray, dev, sol, info):
@@ -313,7 +312,7 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
         estimate = np.concatenate([estimate, t0_values])
     job = _BootstrapJob(model, sampler, refitter, est if statistic is not None else None, statistic,
                         isinstance(getattr(est, "cov_re_", None), dict), len(stat_names))
-    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs)
+    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs, refitter.batch_size)
     status, messages = out["status"], out.get("messages", [])
     _report(status, messages, "bootstrap")
     columns = names + stat_names
@@ -395,14 +394,13 @@ class _PBJob:
         lr = np.full(k, np.nan)
         status = np.full(k, FAILED, dtype=np.int8)
         messages = []
-        for j in range(k):
-            a = self.small.refit(ps, j)
-            b = self.big.refit(pb, j) if not isinstance(a, str) else a
-            if isinstance(b, str):
-                messages.append((j, b))
+        for j, (a, b) in enumerate(zip(self.small.refit_all(ps), self.big.refit_all(pb))):
+            failure = a if isinstance(a, str) else b if isinstance(b, str) else None
+            if failure is not None:
+                messages.append((j, failure))
                 continue
-            lr[j] = a[1].deviance - b[1].deviance
-            status[j] = max(_status(a[2]), _status(b[2]))
+            lr[j] = a.deviance - b.deviance
+            status[j] = max(_status(a.info), _status(b.info))
         return {"lr": lr, "status": status, "messages": messages}
 
 
@@ -466,7 +464,8 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     ml_s, ml_b = _ml(model_s), _ml(model_b)
     sampler = Sampler(rows, Parameters.of(ml_s.solution))
     job = _PBJob(sampler, Refitter.of_model(ml_s), Refitter.of_model(ml_b))
-    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs)
+    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs,
+                         min(job.small.batch_size, job.big.batch_size))
     status, messages, lr_star = out["status"], out.get("messages", []), out["lr"]
     _report(status, messages, "pb_test")
     statistic = float(ml_s.solution.deviance - ml_b.solution.deviance)

@@ -258,23 +258,21 @@ class _PowerJob:
         pvalues = np.full(k, np.nan)
         status = np.full(k, FAILED, dtype=np.int8)
         messages = []
-        for j in range(k):
-            out = self.full.refit(pf, j)
-            if not isinstance(out, str) and self.reduced is not None:
-                small = self.reduced.refit(pr, j)
-                if isinstance(small, str):
-                    out = small
-            if isinstance(out, str):
-                messages.append((j, out))
+        fulls = self.full.refit_all(pf)
+        smalls = self.reduced.refit_all(pr) if self.reduced is not None else [None] * k
+        for j, (out, small) in enumerate(zip(fulls, smalls)):
+            failure = out if isinstance(out, str) else small if isinstance(small, str) else None
+            if failure is not None:
+                messages.append((j, failure))
                 continue
-            dev, sol, info = out
-            converged = info.converged
+            converged = out.converged
             if self.test == "lr":
-                converged = converged and small[2].converged
-                stat = max(small[1].deviance - sol.deviance, 0.0)
+                converged = converged and small.converged
+                stat = max(small.deviance - out.deviance, 0.0)
                 pvalues[j] = stats.chi2.sf(stat, self.cols.size)
             else:
-                rep = dataclasses.replace(self.model, deviance=dev, solution=sol, info=info,
+                dev, sol = out.solved()
+                rep = dataclasses.replace(self.model, deviance=dev, solution=sol, info=out.info,
                                           terms=self.full.rows.terms, design=None)
                 pvalues[j] = _wald_pvalue(rep, sol, self.cols, self.test == "satterthwaite")
             status[j] = OK if converged else NOT_CONVERGED
@@ -381,7 +379,7 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
                            template.select_fixed(keep), False, x0, plan, max_iter=model.max_iter,
                            tol=model.tol)
     job = _PowerJob(model, Sampler(rows, params), full, reduced, cols, test)
-    out = run_replicates(job, replicate_generators(random_state, n_sim), n_jobs)
+    out = run_replicates(job, replicate_generators(random_state, n_sim), n_jobs, full.batch_size)
     pvalues, status, messages = out["pvalues"], out["status"], out.get("messages", [])
     failed, slow = int(np.sum(status == FAILED)), int(np.sum(status == NOT_CONVERGED))
     if failed or slow:

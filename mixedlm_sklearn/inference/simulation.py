@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .._batched_refit import OneTermBatch
 from .._crossprod import CrossProducts, ResponseMap, ResponseProducts
 from .._deviance import Deviance, Solution
 from .._model import FittedModel
@@ -42,13 +43,16 @@ from .._terms import Terms
 from .._threads import single_threaded_blas
 from ._parameters import fitted_model, ratio_names, theta_to_sdcor
 
-__all__ = ["simulate", "Rows", "Parameters", "Sampler", "Refitter", "run_replicates",
+__all__ = ["simulate", "Rows", "Parameters", "Sampler", "Refit", "Refitter", "run_replicates",
            "replicate_generators", "parameter_names", "lme4_parameters", "model_rows"]
 
 # Responses simulated and refitted together: their cross-products come from one sparse
 # product, and the (n, batch) block of responses stays small (73,421 x 32 doubles for
-# InstEval: 19 MB).
+# InstEval: 19 MB). The batched one-term path gains from larger batches (one numpy call
+# serves the whole batch): 250 to 1,000 responses cost the same per response on
+# sleepstudy, 50 a third more.
 _BATCH = 32
+_BATCH_TOGETHER = 500
 
 # Refits to simulated responses start from the generating parameters and skip the
 # optimiser's other starts, keeping its zero-end comparison and escapes from bounds.
@@ -230,9 +234,9 @@ def parameter_names(model: FittedModel) -> list[str]:
     return model.terms.param_names() + ["sigma"] + ratio_names(model) + fixed
 
 
-def lme4_parameters(solution: Solution, model: FittedModel) -> np.ndarray:
-    """A solution's parameters on lme4's scale, in :func:`parameter_names`' order (NaN for
-    fixed effects dropped as aliased)."""
+def lme4_parameters(solution: Any, model: FittedModel) -> np.ndarray:
+    """A solution's (or :class:`Refit`'s) parameters on lme4's scale, in
+    :func:`parameter_names`' order (NaN for fixed effects dropped as aliased)."""
     sigma = float(np.sqrt(solution.scale))
     beta = solution.beta if model.rank is None else model.rank.expand(solution.beta, np.nan)
     return np.concatenate([theta_to_sdcor(solution.theta, sigma, model.terms), [sigma],
@@ -240,6 +244,42 @@ def lme4_parameters(solution: Solution, model: FittedModel) -> np.ndarray:
 
 
 # ---- refitting a model to new responses -----------------------------------------------------
+
+
+@dataclass
+class Refit:
+    """One refit: its optimum, how the optimiser went, and the engine's solution on demand.
+
+    ``theta``, ``ratios``, ``beta``, ``scale`` and ``deviance`` are those of
+    :class:`~mixedlm_sklearn._deviance.Solution`; :meth:`solved` gives the engine's
+    deviance function and solution there (computed when first asked for a refit of the
+    batched path, which does not form them).
+    """
+
+    theta: np.ndarray
+    ratios: np.ndarray
+    beta: np.ndarray
+    scale: float
+    deviance: float
+    info: OptimizerInfo
+    _solved: tuple | None = None
+    _source: tuple | None = None  # (refitter, products, j) to solve on demand
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.concatenate([self.theta, 0.5 * np.log(self.ratios[1:])])
+
+    @property
+    def converged(self) -> bool:
+        return self.info.converged
+
+    def solved(self) -> tuple[Deviance, Solution]:
+        if self._solved is None:
+            refitter, products, j = self._source
+            dev = Deviance(refitter.template.with_response(products, j), refitter.reml, plan=refitter.plan)
+            self._solved = (dev, dev.solution(self.x))
+        return self._solved
+
 
 
 class Refitter:
@@ -271,6 +311,22 @@ class Refitter:
         self.multistart, self.max_iter, self.tol = multistart, max_iter, tol
         self.response_map = ResponseMap(rows.X, rows.factors, rows.terms, rows.weights, rows.strata,
                                         rows.n_strata)
+        # One term and one stratum: the responses of a batch are refitted together
+        # (:mod:`.._batched_refit`), the engine taking over replicates that do not settle.
+        self.batch = None
+        if len(template.terms) == 1 and template.n_strata == 1 and not multistart:
+            self.batch = OneTermBatch(template, reml)
+            theta0 = self.x0[:template.terms.n_theta].copy()
+            # From a zero variance Newton's method cannot leave (the deviance is even in
+            # that entry): the batch starts off the bound.
+            zero = np.isfinite(template.terms.lower_bounds()) & (theta0 <= 0.0)
+            theta0[zero] = 0.1 * max(1.0, float(np.abs(theta0).max()))
+            self.batch_start = theta0
+
+    @property
+    def batch_size(self) -> int:
+        """Responses per batch: many for the batched path, fewer for the engine's."""
+        return _BATCH_TOGETHER if self.batch is not None else _BATCH
 
     @classmethod
     def of_model(cls, model: FittedModel, reml: bool | None = None, x0: np.ndarray | None = None,
@@ -287,8 +343,30 @@ class Refitter:
             Y = Y - self.rows.offset[:, None]
         return self.response_map(Y)
 
+    def refit_all(self, products: ResponseProducts) -> list:
+        """The refit (:class:`Refit`) to every response of ``products``, or why it failed."""
+        k = products.n_responses
+        out: list = [None] * k
+        if self.batch is not None:
+            with np.errstate(all="ignore"):
+                batch = self.batch.fit(products, self.batch_start, self.max_iter)
+            ratios = np.ones(1)
+            for j in np.flatnonzero(batch.settled):
+                info = OptimizerInfo(True, "converged: batched Newton", int(batch.n_iter[j]),
+                                     int(batch.n_iter[j]), float(batch.scaled_gradient[j]),
+                                     np.zeros(self.batch.n_theta, dtype=bool))
+                out[j] = Refit(batch.theta[j], ratios, batch.beta[j], float(batch.scale[j]),
+                               float(batch.deviance[j]), info, _source=(self, products, j))
+        for j in range(k):
+            if out[j] is None:
+                res = self.refit(products, j)
+                out[j] = res if isinstance(res, str) else Refit(
+                    res[1].theta, res[1].ratios, res[1].beta, float(res[1].scale),
+                    float(res[1].deviance), res[2], _solved=(res[0], res[1]))
+        return out
+
     def refit(self, products: ResponseProducts, j: int) -> tuple[Deviance, Solution, OptimizerInfo] | str:
-        """The fit to response ``j``, or the reason it failed."""
+        """The engine's fit to response ``j``, or the reason it failed."""
         cp = self.template.with_response(products, j)
         try:
             dev = Deviance(cp, self.reml, plan=self.plan)
@@ -314,7 +392,8 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def run_replicates(job: Callable[[list], dict], generators: list, n_jobs: int | None) -> dict:
+def run_replicates(job: Callable[[list], dict], generators: list, n_jobs: int | None,
+                   batch_size: int = _BATCH) -> dict:
     """``job(generators)`` over batches of replicates, serially or with joblib, concatenated
     in replicate order (so ``n_jobs`` does not change the result).
 
@@ -328,11 +407,11 @@ def run_replicates(job: Callable[[list], dict], generators: list, n_jobs: int | 
     if workers <= 1:
         parts = []
         with single_threaded_blas():
-            for sl in _batches(n, _BATCH):
+            for sl in _batches(n, batch_size):
                 parts.append(job(generators[sl]))
     else:
         # A few batches per worker balance the load; each batch pickles the job once.
-        size = max(1, min(_BATCH * 4, math.ceil(n / (4 * workers))))
+        size = max(1, min(batch_size, math.ceil(n / (2 * workers))))
         slices = _batches(n, size)
         parts = joblib.Parallel(n_jobs=workers)(
             joblib.delayed(_run_batch)(job, generators[sl]) for sl in slices)
