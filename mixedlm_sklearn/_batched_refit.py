@@ -12,10 +12,12 @@ stratum, prior weights — the case where overhead dominates. The formulas are t
 derived there), with ``M = blockdiag_l(L' A_l L + I)``, ``A_l = Z_l'W Z_l``, on the same
 cross-products; the tests check value and gradient against the engine. Each replicate
 runs Newton's method with a Hessian from differences of the analytic gradient and a
-backtracking line search, from the generating parameters. A replicate that does not
-settle cleanly — not converged in a few iterations, a Hessian that is not positive
-definite, or a variance near zero (a singular fit, where the engine's bound handling and
-escapes are needed) — is handed back to the engine's optimiser by the caller.
+backtracking line search, from the generating parameters. A diagonal entry of ``L``
+with nothing below it in its column that heads for 0 is held there (a singular fit), and
+the answer is accepted only if the deviance does not fall moving inwards. A replicate
+that does not settle cleanly — not converged in a few iterations, a Hessian that is not
+positive definite, another entry heading for 0 (where the engine's escapes are needed) —
+is handed back to the engine's optimiser by the caller.
 
 The deviance depends on ``L`` only through ``L L'``, so the iterations run unconstrained
 in ``theta`` and the answer is normalised to lme4's (non-negative diagonal) by flipping
@@ -100,7 +102,9 @@ class BatchFit:
         Converged to an interior optimum here; the others need the engine.
     n_iter : ndarray of int (K,)
     scaled_gradient : ndarray (K,)
-        ``max |H^{-1} g|`` at the answer.
+        ``max |H^{-1} g|`` at the answer (on the entries off the bound).
+    at_bound : ndarray of bool (K, n_theta)
+        Entries held at 0 (a singular fit).
     """
 
     theta: np.ndarray
@@ -110,6 +114,7 @@ class BatchFit:
     settled: np.ndarray
     n_iter: np.ndarray
     scaled_gradient: np.ndarray
+    at_bound: np.ndarray
 
 
 class OneTermBatch:
@@ -202,29 +207,44 @@ class OneTermBatch:
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,), at most
-        ``max_iter`` iterations (and at most 25)."""
+        ``max_iter`` iterations (and at most 25).
+
+        A diagonal entry of ``L`` with nothing below it in its column (the last one of an
+        unstructured term, any of a diagonal term) that heads for 0 is put there and held
+        (a singular fit: the deviance is even in that entry, so the optimum is on the
+        bound when the curvature there is not negative, which is checked at the end).
+        Other entries heading for 0 are left to the engine.
+        """
         K = products.n_responses
         nt = self.n_theta
+        diagonal = self.rows == self.cols
+        below = np.array([np.any((self.cols == c) & (self.rows > r)) for r, c in zip(self.rows, self.cols)])
+        fixable = diagonal & ~below if self.term.diagonal else diagonal & (self.cols == self.q - 1)
         x = np.tile(np.asarray(theta0, dtype=float), (K, 1))
-        # Steps of the difference Hessian: relative to the entries, floored for zeros.
+        fixed = np.zeros((K, nt), dtype=bool)
         active = np.ones(K, dtype=bool)
         settled = np.zeros(K, dtype=bool)
         n_iter = np.zeros(K, dtype=int)
         scaled = np.full(K, np.inf)
         value, grad, _, _ = self.evaluate(x, products)
+        eye = np.eye(nt, dtype=bool)
         for _ in range(min(max_iter, _MAX_NEWTON)):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
             sub = _subset(products, idx)
-            xa, ga, va = x[idx], grad[idx], value[idx]
+            xa, va, fa = x[idx], value[idx], fixed[idx]
+            ga = np.where(fa, 0.0, grad[idx])
+            # Hessian from differences of the gradient (steps relative to the entries).
             h = 1e-6 * np.maximum(np.abs(xa), 1e-2)
             H = np.empty((idx.size, nt, nt))
             for j in range(nt):
                 shifted = xa.copy()
                 shifted[:, j] += h[:, j]
-                H[:, :, j] = (self.evaluate(shifted, sub)[1] - ga) / h[:, j, None]
+                H[:, :, j] = (self.evaluate(shifted, sub)[1] - grad[idx]) / h[:, j, None]
             H = 0.5 * (H + np.swapaxes(H, 1, 2))
+            held = fa[:, :, None] | fa[:, None, :]
+            H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
             ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
             active[idx[~ok]] = False
             step = np.zeros_like(xa)
@@ -243,12 +263,19 @@ class OneTermBatch:
             scaled[idx[done]] = size[done]
             settled[idx[done]] = True
             active[idx[done]] = False
-            # Heading for a zero variance: Newton's method slows down to linear
-            # convergence there, and the bound is the engine's business.
-            diag = np.abs(xa[:, self.rows == self.cols])
-            heading = ~done & (diag.min(axis=1) < _SINGULAR_TOL * np.maximum(np.abs(xa).max(axis=1), 1e-300))
-            active[idx[heading]] = False
-            move = ok & ~done & ~heading
+            # Heading for a zero variance (Newton's method slows down to linear
+            # convergence there): hold a fixable entry at 0, else leave it to the engine.
+            reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
+            small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
+            to_engine = np.any(small & ~fixable, axis=1)
+            active[idx[to_engine]] = False
+            to_hold = np.any(small & fixable, axis=1) & ~to_engine
+            if to_hold.any():
+                hidx = idx[to_hold]
+                x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
+                fixed[hidx] |= small[to_hold] & fixable
+                value[hidx], grad[hidx] = self.evaluate(x[hidx], _subset(products, hidx))[:2]
+            move = ok & ~done & ~to_engine & ~to_hold
             if not move.any():
                 continue
             midx, xm, sm, vm, gm = idx[move], xa[move], step[move], va[move], ga[move]
@@ -256,7 +283,7 @@ class OneTermBatch:
             t = np.ones(midx.size)
             accepted = np.zeros(midx.size, dtype=bool)
             sub_m = _subset(products, midx)
-            new_v, new_g = vm.copy(), gm.copy()
+            new_v, new_g = vm.copy(), grad[midx].copy()
             new_x = xm.copy()
             for _ in range(20):
                 todo = np.flatnonzero(~accepted)
@@ -274,16 +301,25 @@ class OneTermBatch:
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
             stuck = ~accepted
-            small = stuck & pos_def[move] & (size[move] < 1e-4)
-            settled[midx[small]] = True
-            scaled[midx[small]] = size[move][small]
+            small_step = stuck & pos_def[move] & (size[move] < 1e-4)
+            settled[midx[small_step]] = True
+            scaled[midx[small_step]] = size[move][small_step]
             active[midx[stuck]] = False
+        # A held entry is a minimum on the bound only if the deviance does not fall
+        # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
+        for j in np.flatnonzero(fixable):
+            check = np.flatnonzero(settled & fixed[:, j])
+            if check.size:
+                inside = x[check].copy()
+                inside[:, j] = 1e-4 * np.maximum(np.abs(inside).max(axis=1), 1.0)
+                g_in = self.evaluate(inside, _subset(products, check))[1][:, j]
+                settled[check[~(g_in >= 0.0)]] = False
         theta = self.normalised(x)
         value, _, scale, beta = self.evaluate(theta, products, gradient=False)
-        diag = theta[:, self.rows == self.cols]
-        singular = np.min(diag, axis=1) < _SINGULAR_TOL * np.maximum(np.max(np.abs(theta), axis=1), 1e-300)
-        settled &= ~singular & np.isfinite(value)
-        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled)
+        reach = np.maximum(np.max(np.abs(theta), axis=1), 1e-300)[:, None]
+        near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
+        settled &= ~near_zero.any(axis=1) & np.isfinite(value)
+        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed)
 
 
 def _subset(products: ResponseProducts, idx: np.ndarray) -> ResponseProducts:

@@ -352,18 +352,20 @@ def test_engine_failures_are_recorded(sleep_fit, monkeypatch):
 
 
 def test_batched_refits_equal_the_engine(sleep_fit):
-    """The one-term batched path against the engine's refit of every replicate: both
-    paths are used (singular replicates go to the engine) and agree."""
+    """The one-term batched path against the engine's refit of the replicates: singular
+    ones (on the bound in the batch or handed to the engine) and every 20th."""
     model = sleep_fit.model_
     refitter = simulation_module.Refitter.of_model(model)
     assert refitter.batch is not None
-    products = refitter.products(sleep_fit.simulate(300, random_state=12))
+    products = refitter.products(sleep_fit.simulate(1000, random_state=12))
     fits = refitter.refit_all(products)
-    batched = [f.info.message.endswith("batched Newton") for f in fits]
-    assert 250 < sum(batched) < 300
-    assert any(f.info.at_bound.any() for f in fits)  # singular ones: the engine's
-    for j, f in enumerate(fits):
+    batched = np.array([f.info.message.endswith("batched Newton") for f in fits])
+    singular = np.array([f.info.at_bound.any() for f in fits])
+    assert batched.sum() > 950 and (singular & batched).sum() > 5 and (singular & ~batched).any()
+    for j in np.flatnonzero(singular | ~batched | (np.arange(1000) % 20 == 0)):
+        f = fits[j]
         dev, sol, info = refitter.refit(products, j)
+        np.testing.assert_array_equal(f.info.at_bound, info.at_bound)
         assert f.deviance <= sol.deviance + 1e-8
         assert abs(f.deviance - sol.deviance) < 1e-8
         np.testing.assert_allclose(f.theta, sol.theta, rtol=1e-4, atol=1e-6 * np.abs(sol.theta).max())

@@ -40,6 +40,7 @@ from .simulation import (
     Sampler,
     check_count,
     lme4_parameters,
+    lme4_parameters_many,
     model_rows,
     parameter_names,
     replicate_generators,
@@ -198,12 +199,15 @@ class _BootstrapJob:
         values = np.full((k, n_par + self.n_statistic), np.nan)
         status = np.full(k, FAILED, dtype=np.int8)
         messages = []
-        for j, out in enumerate(self.refitter.refit_all(products)):
+        fits = self.refitter.refit_all(products)
+        done = [j for j, out in enumerate(fits) if not isinstance(out, str)]
+        if done:
+            values[done, :n_par] = lme4_parameters_many([fits[j] for j in done], self.model)
+        for j, out in enumerate(fits):
             if isinstance(out, str):
                 messages.append((j, out))
                 continue
             status[j] = _status(out.info)
-            values[j, :n_par] = lme4_parameters(out, self.model)
             if self.statistic is not None:
                 dev, sol = out.solved()
                 values[j, n_par:] = _statistic_values(

@@ -44,7 +44,8 @@ from .._threads import single_threaded_blas
 from ._parameters import fitted_model, ratio_names, theta_to_sdcor
 
 __all__ = ["simulate", "Rows", "Parameters", "Sampler", "Refit", "Refitter", "run_replicates",
-           "replicate_generators", "parameter_names", "lme4_parameters", "model_rows"]
+           "replicate_generators", "parameter_names", "lme4_parameters", "lme4_parameters_many",
+           "model_rows"]
 
 # Responses simulated and refitted together: their cross-products come from one sparse
 # product, and the (n, batch) block of responses stays small (73,421 x 32 doubles for
@@ -243,6 +244,29 @@ def lme4_parameters(solution: Any, model: FittedModel) -> np.ndarray:
                            np.sqrt(solution.ratios[1:]), beta])
 
 
+def lme4_parameters_many(fits: Sequence[Any], model: FittedModel) -> np.ndarray:
+    """:func:`lme4_parameters` of many solutions or refits at once, (K, n_params)."""
+    theta = np.array([f.theta for f in fits], dtype=float).reshape(len(fits), -1)
+    sigma = np.sqrt(np.array([f.scale for f in fits], dtype=float))
+    ratios = np.array([f.ratios for f in fits], dtype=float).reshape(len(fits), -1)
+    beta = np.array([f.beta for f in fits], dtype=float).reshape(len(fits), -1)
+    if model.rank is not None:
+        full = np.full((len(fits), model.rank.kept.size), np.nan)
+        full[:, model.rank.kept] = beta
+        beta = full
+    parts = []
+    for t, sl in zip(model.terms, model.terms.slices):
+        lam = np.zeros((len(fits), t.q, t.q))
+        rows, cols = t.theta_position
+        lam[:, rows, cols] = theta[:, sl]
+        rel = lam @ np.swapaxes(lam, 1, 2)
+        sd = np.sqrt(np.diagonal(rel, axis1=1, axis2=2))
+        denom = sd[:, rows] * sd[:, cols]
+        cor = np.divide(rel[:, rows, cols], denom, out=np.zeros_like(denom), where=denom > 0)
+        parts.append(np.where(rows == cols, sigma[:, None] * sd[:, rows], cor))
+    return np.column_stack(parts + [sigma, np.sqrt(ratios[:, 1:]), beta])
+
+
 # ---- refitting a model to new responses -----------------------------------------------------
 
 
@@ -354,7 +378,7 @@ class Refitter:
             for j in np.flatnonzero(batch.settled):
                 info = OptimizerInfo(True, "converged: batched Newton", int(batch.n_iter[j]),
                                      int(batch.n_iter[j]), float(batch.scaled_gradient[j]),
-                                     np.zeros(self.batch.n_theta, dtype=bool))
+                                     batch.at_bound[j].copy())
                 out[j] = Refit(batch.theta[j], ratios, batch.beta[j], float(batch.scale[j]),
                                float(batch.deviance[j]), info, _source=(self, products, j))
         for j in range(k):
