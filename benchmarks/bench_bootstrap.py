@@ -78,7 +78,7 @@ def ours(df, case, n_boot, repeat, n_jobs):
     formula, slope = CASES[case]
     est = lmer(formula, df)
     slope_name = slope if case == "sleepstudy" else [c for c in est.fe_params_.index if c != "(Intercept)"][0]
-    est.bootstrap(n_boot=min(n_boot, 10), random_state=0, n_jobs=n_jobs)  # warm-up (workers, imports)
+    est.bootstrap(n_boot=2 * max(n_jobs, 1), random_state=0, n_jobs=n_jobs)  # warm-up (workers, imports)
     t, boot = best_of(lambda: est.bootstrap(n_boot=n_boot, random_state=1, n_jobs=n_jobs), repeat)
     return t, float(boot.replicates[slope_name].std()), boot.n_failed, boot.n_nonconverged
 

@@ -176,7 +176,7 @@ def test_simulate_includes_the_offset(sleep):
 
 def test_simulate_is_reproducible(sleep_fit):
     a = sleep_fit.simulate(3, random_state=5)
-    np.testing.assert_array_equal(a, sleep_fit.simulate(3, random_state=5))
+    np.testing.assert_array_equal(a, simulate(sleep_fit, 3, random_state=5))
     np.testing.assert_array_equal(a[:, :2], sleep_fit.simulate(2, random_state=5))
     assert not np.array_equal(a, sleep_fit.simulate(3, random_state=6))
     gen = np.random.default_rng(5)
@@ -375,6 +375,44 @@ def test_batched_refits_equal_the_engine(sleep_fit):
         assert s2.deviance == pytest.approx(f.deviance, abs=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["diagonal", "weighted_intercept", "three_effects"])
+def test_batched_refits_equal_the_engine_other_terms(sleep, kind):
+    """Independent effects (every entry can be held at 0), prior weights with a random
+    intercept, and q = 3 (entries other than the last heading for 0 go to the engine)."""
+    days = sleep["Days"].to_numpy()
+    if kind == "diagonal":
+        est = lmer("Reaction ~ Days + (Days || Subject)", sleep)
+    elif kind == "weighted_intercept":
+        w = np.random.default_rng(1).uniform(0.3, 3.0, len(sleep))
+        est = MixedLMRegressor().fit(sleep[["Days"]], sleep["Reaction"], groups=sleep["Subject"],
+                                     sample_weight=w)
+    else:
+        est = _quiet(lmer, "Reaction ~ Days + (Days + I(Days^2) | Subject)", sleep.assign(Days=days / 3))
+    refitter = simulation_module.Refitter.of_model(est.model_)
+    assert refitter.batch is not None
+    products = refitter.products(est.simulate(200, random_state=3))
+    fits = refitter.refit_all(products)
+    batched = np.array([f.info.message.endswith("batched Newton") for f in fits])
+    assert batched.sum() > 100
+    for j in range(0, 200, 4):
+        f = fits[j]
+        dev, sol, info = refitter.refit(products, j)
+        np.testing.assert_array_equal(f.info.at_bound, info.at_bound)
+        assert abs(f.deviance - sol.deviance) < 1e-8
+        scale = np.abs(sol.theta).max()
+        np.testing.assert_allclose(f.theta, sol.theta, rtol=1e-4, atol=1e-6 * scale)
+        np.testing.assert_allclose(f.beta, sol.beta, rtol=1e-6)
+
+
+def test_bootstrap_without_random_effects(sleep):
+    """A least-squares fit (no groups) simulates and refits too (sigma and beta only)."""
+    est = _quiet(MixedLMRegressor().fit, sleep[["Days"]], sleep["Reaction"])
+    boot = bootstrap(est, n_boot=400, random_state=0)
+    assert list(boot.estimate.index) == ["sigma", "(Intercept)", "Days"]
+    # OLS: the bootstrap SE of the slope is the OLS standard error (to Monte Carlo error)
+    assert boot.replicates["Days"].std() == pytest.approx(est.bse_["Days"], rel=0.15)
+
+
 def test_bootstrap_refits_with_the_fit_settings(sleep):
     """A fit stopped by max_iter: its refits are stopped too, and reported."""
     Z = np.column_stack([np.ones(len(sleep)), sleep["Days"]])
@@ -476,6 +514,15 @@ def test_power_pvalues_are_those_of_plain_fits(sleep):
         full = lmer("Reaction ~ Days + (1 | Subject)", data, reml=False)
         small = lmer("Reaction ~ 1 + (1 | Subject)", data, reml=False)
         assert lr.pvalues[j] == pytest.approx(lr_test(small, full).pvalue, rel=1e-4)
+
+
+def test_power_of_a_formula_is_that_of_its_fit(sleep):
+    formula = "Reaction ~ Days + (1 | Subject)"
+    a = power(formula, "Days", data=sleep, effect=2.0, test="wald", n_sim=8, random_state=2)
+    b = power(lmer(formula, sleep), "Days", effect=2.0, test="wald", n_sim=8, random_state=2)
+    np.testing.assert_array_equal(a.pvalues, b.pvalues)
+    with pytest.raises(ValueError, match="data"):
+        power(formula, "Days", n_sim=2)
 
 
 def test_power_refuses_bad_input(sleep_fit):

@@ -263,10 +263,11 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
         ``np.random.default_rng(random_state)``: the same ``random_state`` gives the same
         replicates whatever ``n_jobs`` is.
     n_jobs : int, optional
-        Worker processes (joblib; ``-1`` all cores). None: one, unless inside a
-        ``joblib.parallel_config`` context. Workers are separate processes, so a script
-        that uses them needs the ``if __name__ == "__main__":`` guard on platforms that
-        spawn.
+        Workers (joblib, its default process backend unless a ``joblib.parallel_config``
+        context says otherwise; ``-1`` all cores). None: one, unless inside such a
+        context. Workers pay off for models whose refits take more than a few
+        milliseconds (several grouping factors, large data); one-term models refit a
+        whole batch of responses together and are fastest in one process.
     statistic : callable, optional
         ``statistic(fitted_estimator)`` -> a number, array, Series or dict, evaluated on
         the fit (the estimate) and on the estimator refitted to each replicate; its values

@@ -26,7 +26,6 @@ of a bootstrap with the same ``random_state``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -305,7 +304,6 @@ class Refit:
         return self._solved
 
 
-
 class Refitter:
     """Refits one model to responses of its rows, reusing everything that does not depend
     on the response: the response-free cross-products, the elimination plan and a start.
@@ -344,7 +342,8 @@ class Refitter:
             # From a zero variance Newton's method cannot leave (the deviance is even in
             # that entry): the batch starts off the bound.
             zero = np.isfinite(template.terms.lower_bounds()) & (theta0 <= 0.0)
-            theta0[zero] = 0.1 * max(1.0, float(np.abs(theta0).max()))
+            largest = float(np.abs(theta0).max())
+            theta0[zero] = 0.1 * largest if largest > 0 else 0.1
             self.batch_start = theta0
 
     @property
