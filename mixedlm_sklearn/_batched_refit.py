@@ -232,16 +232,17 @@ class OneTermBatch:
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            sub = _subset(products, idx)
             xa, va, fa = x[idx], value[idx], fixed[idx]
             ga = np.where(fa, 0.0, grad[idx])
-            # Hessian from differences of the gradient (steps relative to the entries).
+            # Hessian from differences of the gradient (steps relative to the entries), the
+            # nt shifted points of every replicate in one evaluation.
             h = 1e-6 * np.maximum(np.abs(xa), 1e-2)
-            H = np.empty((idx.size, nt, nt))
+            shifted = np.repeat(xa[None], nt, axis=0)  # (nt, K_active, nt)
             for j in range(nt):
-                shifted = xa.copy()
-                shifted[:, j] += h[:, j]
-                H[:, :, j] = (self.evaluate(shifted, sub)[1] - grad[idx]) / h[:, j, None]
+                shifted[j, :, j] += h[:, j]
+            g_shift = self.evaluate(shifted.reshape(-1, nt), _subset(products, np.tile(idx, nt)))[1]
+            H = np.swapaxes((g_shift.reshape(nt, idx.size, nt) - grad[idx][None]) / h.T[:, :, None], 0, 1)
+            H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
             H = 0.5 * (H + np.swapaxes(H, 1, 2))
             held = fa[:, :, None] | fa[:, None, :]
             H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
