@@ -6,7 +6,7 @@ Main entry point: :class:`MixedLMRegressor`.
 from ._validation import RankDeficientWarning
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .formula import lmer
-from .inference import LRTestResult, Summary, WaldTestResult, lr_test
+from .inference import LRTestResult, Summary, WaldTestResult, lr_test, pb_test, power, power_curve
 from .inference.anova import anova
 
 __version__ = "0.1.0"
@@ -18,6 +18,9 @@ __all__ = [
     "lmer",
     "lr_test",
     "anova",
+    "pb_test",
+    "power",
+    "power_curve",
     "Summary",
     "WaldTestResult",
     "LRTestResult",

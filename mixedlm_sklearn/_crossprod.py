@@ -31,7 +31,8 @@ import scipy.sparse as sp
 
 from ._terms import Terms
 
-__all__ = ["PairBlock", "CrossProducts", "cross_products", "Accumulator"]
+__all__ = ["PairBlock", "CrossProducts", "cross_products", "Accumulator", "ResponseProducts",
+           "ResponseMap"]
 
 # Rows per block in the pass over the rows. Each block's sparse product writes a dense
 # (levels * q, k) result, so a block must hold at least about levels * q rows for that
@@ -180,6 +181,25 @@ class CrossProducts:
                 for b in self.pairs),
             xyxy=self.xyxy * inv[None, :, None] * inv[None, None, :],
         )
+
+    def with_response(self, response: "ResponseProducts", j: int = 0) -> "CrossProducts":
+        """The same design with response ``j`` of ``response`` in place of ``y``.
+
+        Only ``Z_k'W y``, ``X'W y`` and ``y'W y`` depend on the response: every other
+        array (``Z'WZ``, the pair blocks, ``X'WX``, ``Z'WX``, the counts) is shared with
+        ``self``. A refit to a simulated response (the parametric bootstrap) needs nothing
+        else, and keeps the pattern, hence the :class:`~._factor.Plan`, of the original.
+        """
+        p = self.p
+        zxy = []
+        for z, zy in zip(self.zxy, response.zy):
+            new = z.copy()
+            new[:, :, p, :] = zy[:, :, j, :]
+            zxy.append(new)
+        xyxy = self.xyxy.copy()
+        xyxy[:, :p, p] = xyxy[:, p, :p] = response.xy[:, :, j]
+        xyxy[:, p, p] = response.yy[:, j]
+        return dataclasses.replace(self, zxy=tuple(zxy), xyxy=xyxy)
 
     def with_terms(self, terms: Terms) -> "CrossProducts":
         """The same cross-products under other covariance structures (same levels and q)."""
@@ -389,6 +409,99 @@ def _stack_strata(parts: Sequence[CrossProducts]) -> CrossProducts:
         sum_log_weights=np.concatenate([p.sum_log_weights for p in parts]),
         counts=tuple(sum(p.counts[k] for p in parts) for k in range(len(first.counts))),
     )
+
+
+# ---- the response-dependent part, for many responses -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ResponseProducts:
+    """The response-dependent cross-products of ``k`` responses on one design.
+
+    Attributes
+    ----------
+    zy : tuple of ndarray, each (S, q_k, k, m_k)
+        ``Z_kl' W y`` per level, per response.
+    xy : ndarray of shape (S, p, k)
+        ``X'W y``.
+    yy : ndarray of shape (S, k)
+        ``y'W y``.
+    """
+
+    zy: tuple
+    xy: np.ndarray
+    yy: np.ndarray
+
+    @property
+    def n_responses(self) -> int:
+        return self.yy.shape[1]
+
+
+class ResponseMap:
+    """``y -> (Z_k'W y per level, X'W y, y'W y)`` per stratum, for a fixed design.
+
+    The linear part is one sparse operator built once (a row per stratum, term, column of
+    ``Z_k`` and level, then per stratum and column of ``X``), so the products of a batch
+    of responses ``Y`` (n, k) are one sparse-dense product; ``y'W y`` is the stratum sums
+    of ``w Y**2``. With :meth:`CrossProducts.with_response` this replaces the pass over
+    the rows when only the response changes.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        The fixed-effects columns of the model (intercept included when ``intercept``
+        is False; aliased columns already dropped).
+    factors, terms, weights, strata, n_strata, intercept
+        As in :func:`cross_products`.
+    """
+
+    def __init__(self, X: np.ndarray, factors: Sequence[tuple[np.ndarray, np.ndarray]], terms: Terms,
+                 weights: np.ndarray | None = None, strata: np.ndarray | None = None,
+                 n_strata: int = 1, intercept: bool = False) -> None:
+        X = np.asarray(X, dtype=float)
+        n = X.shape[0]
+        if intercept:
+            X = np.column_stack([np.ones(n), X])
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        s = np.zeros(n, dtype=np.int64) if strata is None or n_strata == 1 else np.asarray(strata, np.int64)
+        S = n_strata if strata is not None else 1
+        self.shapes = [(t.q, t.n_levels) for t in terms]
+        self.n_strata, self.p, self.n = S, X.shape[1], n
+        rows, cols, values = [], [], []
+        offset = 0
+        all_rows = np.arange(n)
+        for (codes, Z), term in zip(factors, terms):
+            q, m = term.q, term.n_levels
+            for a in range(q):
+                rows.append(offset + (s * q + a) * m + codes)
+                cols.append(all_rows)
+                values.append(w * Z[:, a])
+            offset += S * q * m
+        for a in range(self.p):
+            rows.append(offset + s * self.p + a)
+            cols.append(all_rows)
+            values.append(w * X[:, a])
+        self._linear = sp.csr_matrix(
+            (np.concatenate(values) if values else np.empty(0),
+             (np.concatenate(rows) if rows else np.empty(0, np.int64),
+              np.concatenate(cols) if cols else np.empty(0, np.int64))),
+            shape=(offset + S * self.p, n))
+        self._squares = sp.csr_matrix((w, (s, all_rows)), shape=(S, n))
+
+    def __call__(self, Y: np.ndarray) -> ResponseProducts:
+        """The products of the responses ``Y`` (n,) or (n, k)."""
+        Y = np.asarray(Y, dtype=float)
+        Y = Y[:, None] if Y.ndim == 1 else Y
+        k, S = Y.shape[1], self.n_strata
+        lin = np.asarray(self._linear @ Y)
+        zy, offset = [], 0
+        for q, m in self.shapes:
+            size = S * q * m
+            zy.append(np.ascontiguousarray(lin[offset:offset + size].reshape(S, q, m, k).transpose(0, 1, 3, 2)))
+            offset += size
+        xy = lin[offset:].reshape(S, self.p, k)
+        yy = np.asarray(self._squares @ (Y * Y))
+        return ResponseProducts(tuple(zy), xy, yy)
 
 
 # ---- adding up parts whose levels are known by label ----------------------------------------

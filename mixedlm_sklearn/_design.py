@@ -52,7 +52,7 @@ class Design:
     weights: np.ndarray | None
     strata: np.ndarray | None
     n_strata: int = 1
-    offset: np.ndarray | None = None
+    offset: np.ndarray | None = None  # the known part of the linear predictor (y excludes it)
     index: pd.Index | None = None
 
     @property

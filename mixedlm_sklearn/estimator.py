@@ -372,6 +372,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
                                  "model needs at least 2 rows of positive weight")
             X, y, weights = X[keep], y[keep], weights[keep]
+            offset = None if offset is None else offset[keep]
             groups = take_rows(groups, keep, "groups")
             Z = take_rows(Z, keep, "Z")
             residual_groups = take_rows(residual_groups, keep, "residual_groups")
@@ -571,7 +572,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                                   self.max_iter, self.tol, rank if rank.deficient else None)
         self._set_fitted(several)
 
-    def _set_fitted(self, several: bool) -> None:
+    def _set_fitted(self, several: bool, warn: bool = True) -> None:
+        """The fitted attributes from ``model_`` (``warn=False``: no convergence or
+        singularity warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms = model.solution, model.info, model.terms
         beta, cov_fe, fe_names = sol.beta, sol.cov_beta(), model.fe_names
@@ -628,7 +631,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
-        if len(terms):
+        if len(terms) and warn:
             self._warn_fit(info)
 
     def _warn_fit(self, info: OptimizerInfo) -> None:
@@ -864,8 +867,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
         """Confidence intervals: ``method="wald"`` (fixed effects; ``ddf=None`` normal
-        quantiles, ``"satterthwaite"`` or ``"kenward-roger"`` t quantiles) or ``"profile"``
-        (``criterion="ml"`` as lme4, or ``"reml"``).
+        quantiles, ``"satterthwaite"`` or ``"kenward-roger"`` t quantiles), ``"profile"``
+        (``criterion="ml"`` as lme4, or ``"reml"``) or ``"boot"`` (parametric bootstrap).
 
         See :func:`mixedlm_sklearn.inference.conf_int`.
 
@@ -1019,6 +1022,27 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return predict_interval(self, X, groups=groups, Z=Z, offset=offset,
                                 residual_groups=residual_groups, alpha=alpha, kind=kind)
+    def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
+        """Responses drawn from the fitted model, shape (n_obs, n_sim) (lme4's ``simulate``).
+
+        See :func:`mixedlm_sklearn.inference.simulate`.
+        """
+        from .inference import simulate
+
+        check_is_fitted(self)
+        return simulate(self, n_sim=n_sim, random_state=random_state, conditional=conditional)
+
+    def bootstrap(self, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
+                  statistic: Any = None):
+        """Parametric bootstrap: refits to responses drawn from the fit (lme4's ``bootMer``).
+
+        See :func:`mixedlm_sklearn.inference.bootstrap`.
+        """
+        from .inference import bootstrap
+
+        check_is_fitted(self)
+        return bootstrap(self, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs,
+                         statistic=statistic)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

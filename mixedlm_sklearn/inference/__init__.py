@@ -14,11 +14,18 @@ one or several grouping factors, a residual variance per stratum, prior weights.
 * :mod:`.emmeans`: estimated marginal means and their contrasts (emmeans).
 * :mod:`.r2`: Nakagawa's R2 and the ICC (performance).
 * :mod:`.prediction`: fitted values, residuals, prediction intervals.
+* :mod:`.simulation`: responses drawn from a fit (lme4's ``simulate``).
+* :mod:`.bootstrap`: the parametric bootstrap (lme4's ``bootMer``) and its LR test
+  (pbkrtest's ``PBmodcomp``).
+* :mod:`.power`: simulation-based power (simr's ``powerSim`` and ``powerCurve``).
 """
 
+from .bootstrap import BootstrapResult, PBTestResult, bootstrap, pb_test
 from .lrt import LRTestResult, compare_models, lr_test
+from .power import PowerResult, power, power_curve
 from .profile import conf_int, profile
 from .satterthwaite import satterthwaite_df
+from .simulation import simulate
 from .summary import Summary, summary
 from .wald import WaldTestResult, wald_test
 
@@ -33,4 +40,12 @@ __all__ = [
     "lr_test",
     "compare_models",
     "satterthwaite_df",
+    "simulate",
+    "bootstrap",
+    "BootstrapResult",
+    "pb_test",
+    "PBTestResult",
+    "power",
+    "power_curve",
+    "PowerResult",
 ]

@@ -21,7 +21,9 @@ __all__ = ["fitted_model", "check_ddf", "n_parameters", "log_likelihood", "theta
 
 
 def fitted_model(est: Any, role: str = "est") -> FittedModel:
-    """The fitted model of an estimator, or a TypeError naming the argument."""
+    """The fitted model of an estimator (or the model itself), or a TypeError naming the argument."""
+    if isinstance(est, FittedModel):
+        return est
     model = getattr(est, "model_", None)
     if not isinstance(model, FittedModel):
         raise TypeError(f"{role} must be a fitted MixedLMRegressor")

@@ -339,7 +339,9 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
 
 
 def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None,
-             ddf: str | None = None, criterion: str = "ml") -> pd.DataFrame:
+             ddf: str | None = None, criterion: str = "ml", *, n_boot: int = 1000,
+             boot_type: str = "percentile", random_state: Any = None,
+             n_jobs: int | None = None) -> pd.DataFrame:
     """Confidence intervals.
 
     Parameters
@@ -347,19 +349,24 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     est : fitted MixedLMRegressor
     alpha : float, default 0.05
         1 - confidence level.
-    method : {"wald", "profile"}
+    method : {"wald", "profile", "boot"}
         ``"wald"``: fixed effects, ``estimate -+ z_{1-alpha/2} * std_error`` (lme4's
         ``confint(method = "Wald")``). ``"profile"``: profile-likelihood intervals of the
         variance parameters on lme4's scale, then of the fixed effects (lme4's
-        ``confint(method = "profile")``).
+        ``confint(method = "profile")``). ``"boot"``: parametric bootstrap intervals of
+        the same parameters (lme4's ``confint(method = "boot")``; see
+        :func:`~mixedlm_sklearn.inference.bootstrap`).
     which : None, str or list of str
-        Profile only: parameter names, or ``"variance"`` / ``"fixed"``; default all.
+        Profile and boot: parameter names, or ``"variance"`` / ``"fixed"``; default all.
     ddf : {None, "satterthwaite", "kenward-roger"}
         Wald only: None for normal quantiles (lme4); otherwise ``estimate -+ t_{df} SE``
         with Satterthwaite's df, or with Kenward-Roger's adjusted SE and df (lmerTest's
         ``confint`` of its summary).
     criterion : {"ml", "reml"}
         Profile only: see :func:`profile`.
+    n_boot, boot_type, random_state, n_jobs
+        Boot only: replicates, interval type (``"percentile"``, ``"basic"``, ``"normal"``;
+        lme4's ``boot.type``), seed and worker processes.
 
     Returns
     -------
@@ -404,6 +411,24 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     sigma       22.9  28.86
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
+    if method == "boot":
+        from .bootstrap import BOOT_METHODS, bootstrap
+
+        from .simulation import parameter_names
+
+        model = fitted_model(est)
+        names = parameter_names(model)
+        n_var = model.n_theta + 1 + model.n_eta
+        groups = {"variance": names[:n_var], "fixed": names[n_var:]}
+        wanted = names if which is None else groups.get(which, [which]) if isinstance(which, str) \
+            else list(which)
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; the parameters are {names}")
+        if boot_type not in BOOT_METHODS:
+            raise ValueError(f"boot_type must be one of {BOOT_METHODS}, got {boot_type!r}")
+        boot = bootstrap(est, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs)
+        return boot.conf_int(alpha, boot_type).loc[wanted]
     if method == "wald":
         if which is not None:
             raise ValueError("which= applies to method='profile' only")
@@ -414,7 +439,7 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         return pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
                             index=table.index)
     if method != "profile":
-        raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
+        raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     if ddf is not None:
         raise ValueError("ddf= applies to method='wald' only")
     with single_threaded_blas():

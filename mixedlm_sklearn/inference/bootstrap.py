@@ -1,0 +1,487 @@
+"""The parametric bootstrap: refits to responses drawn from a fitted model.
+
+* :func:`bootstrap` — lme4's ``bootMer``: the replicates of every parameter (and of a
+  statistic of the caller's), with percentile, basic and normal intervals (lme4's
+  ``confint(method = "boot")``, Davison & Hinkley 1997, sec. 5.2-5.3).
+* :func:`pb_test` — pbkrtest's ``PBmodcomp`` (Halekoh & Hojsgaard 2014, JSS 59(9)): the
+  reference distribution of the likelihood-ratio statistic simulated under the smaller
+  model, both models refitted by maximum likelihood to every response.
+
+Replicates are drawn and refitted by :mod:`.simulation` (shared cross-products, a start
+at the generating parameters, per-replicate generators so that ``n_jobs`` does not change
+the result). A refit that fails or does not converge is counted and reported, never
+dropped silently: failed replicates are NaN rows, non-converged ones are kept and
+flagged, and a warning gives both counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.exceptions import ConvergenceWarning
+
+from .._model import FittedModel
+from .._validation import caller_stacklevel
+from ._parameters import check_alpha, fitted_model
+from .lrt import check_nested, check_same_data
+from .simulation import (
+    FAILED,
+    NOT_CONVERGED,
+    OK,
+    Parameters,
+    Refitter,
+    Sampler,
+    check_count,
+    lme4_parameters,
+    lme4_parameters_many,
+    model_rows,
+    parameter_names,
+    replicate_generators,
+    run_replicates,
+)
+
+__all__ = ["BootstrapResult", "bootstrap", "PBTestResult", "pb_test", "BOOT_METHODS"]
+
+BOOT_METHODS = ("percentile", "basic", "normal")
+
+
+def _status(info) -> int:
+    return OK if info.converged else NOT_CONVERGED
+
+
+def _report(status: np.ndarray, messages: list, what: str) -> None:
+    """One warning with the counts of failed and non-converged refits."""
+    failed = int(np.sum(status == FAILED))
+    slow = int(np.sum(status == NOT_CONVERGED))
+    if not failed and not slow:
+        return
+    parts = []
+    if failed:
+        first = messages[0][1] if messages else ""
+        parts.append(f"{failed} failed (their rows are NaN; first reason: {first})")
+    if slow:
+        parts.append(f"{slow} did not converge (kept, flagged in .converged)")
+    warnings.warn(f"{what}: of {status.size} refits, " + " and ".join(parts) + ".",
+                  ConvergenceWarning, stacklevel=caller_stacklevel())
+
+
+# ---- bootstrap ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Parametric bootstrap replicates (lme4's ``bootMer``).
+
+    Attributes
+    ----------
+    estimate : Series
+        The fit's own values: lme4's parameters (as in ``conf_int(method="profile")``:
+        per term ``sd_<effect>|<group>`` and ``cor_<e1>.<e2>|<group>``, ``sigma``, the
+        residual standard-deviation ratios of a heteroscedastic fit, the fixed effects),
+        then the statistic's values, if any (lme4's ``t0``).
+    replicates : DataFrame of shape (n_boot, len(estimate))
+        One row per replicate (lme4's ``t``); NaN rows for refits that failed.
+    converged : ndarray of bool
+        Whether each refit converged (failed ones: False).
+    failed : ndarray of bool
+        Whether each refit failed (no estimates).
+    messages : dict
+        Replicate index -> why its refit failed.
+    n_params : int
+        The first ``n_params`` columns are lme4's parameters, the rest the statistic's.
+    """
+
+    estimate: pd.Series
+    replicates: pd.DataFrame
+    converged: np.ndarray
+    failed: np.ndarray
+    messages: dict = field(default_factory=dict)
+    n_params: int = 0
+
+    @property
+    def n_boot(self) -> int:
+        return len(self.replicates)
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.failed.sum())
+
+    @property
+    def n_nonconverged(self) -> int:
+        return int(np.sum(~self.converged & ~self.failed))
+
+    def summary(self) -> pd.DataFrame:
+        """Estimate, bootstrap bias (mean of the replicates minus the estimate) and
+        standard error per column (lme4's ``print(bootMer(...))``), over the replicates
+        that did not fail."""
+        rep = self.replicates
+        return pd.DataFrame({"estimate": self.estimate, "bias": rep.mean() - self.estimate,
+                             "std_error": rep.std(ddof=1), "n": rep.notna().sum()})
+
+    def conf_int(self, alpha: float = 0.05, method: str = "percentile") -> pd.DataFrame:
+        """Bootstrap confidence intervals of every column.
+
+        Parameters
+        ----------
+        alpha : float, default 0.05
+            1 - confidence level.
+        method : {"percentile", "basic", "normal"}
+            With ``t`` the estimate and ``q_a`` the ``a`` quantile of the replicates
+            (numpy's default, linear interpolation): ``"percentile"`` ``(q_{alpha/2},
+            q_{1-alpha/2})``; ``"basic"`` ``(2t - q_{1-alpha/2}, 2t - q_{alpha/2})``;
+            ``"normal"`` ``t - bias -+ z_{1-alpha/2} sd`` (bias and sd of the
+            replicates), as the boot package's ``boot.ci`` types ``perc``, ``basic`` and
+            ``norm``. Replicates whose refit failed are left out (they are counted in
+            :attr:`n_failed`); non-converged ones are used, as lme4 does.
+
+        Returns
+        -------
+        DataFrame
+            ``lower`` and ``upper``, indexed by parameter (fixed effects dropped as
+            aliased: NaN).
+        """
+        a = check_alpha(alpha)
+        if method not in BOOT_METHODS:
+            raise ValueError(f"method must be one of {BOOT_METHODS}, got {method!r}")
+        lower, upper = [], []
+        for name in self.replicates.columns:
+            values = self.replicates[name].to_numpy()
+            values = values[np.isfinite(values)]
+            t0 = float(self.estimate[name])
+            if values.size < 2 or not np.isfinite(t0):
+                lower.append(np.nan)
+                upper.append(np.nan)
+                continue
+            if method == "normal":
+                z = stats.norm.ppf(1.0 - a / 2.0)
+                centre, sd = 2.0 * t0 - values.mean(), values.std(ddof=1)
+                lower.append(centre - z * sd)
+                upper.append(centre + z * sd)
+                continue
+            lo, hi = np.quantile(values, [a / 2.0, 1.0 - a / 2.0])
+            if method == "basic":
+                lo, hi = 2.0 * t0 - hi, 2.0 * t0 - lo
+            lower.append(float(lo))
+            upper.append(float(hi))
+        return pd.DataFrame({"lower": lower, "upper": upper},
+                            index=pd.Index(self.replicates.columns, name="parameter"))
+
+    def __str__(self) -> str:
+        head = (f"Parametric bootstrap: {self.n_boot} replicates, {self.n_failed} failed, "
+                f"{self.n_nonconverged} not converged")
+        return head + "\n" + self.summary().to_string()
+
+
+@dataclass
+class _BootstrapJob:
+    """Draws responses from the fit and refits it to each (a picklable unit of work)."""
+
+    model: FittedModel
+    sampler: Sampler
+    refitter: Refitter
+    estimator: Any = None
+    statistic: Callable | None = None
+    several: bool = False
+    n_statistic: int = 0
+
+    def __call__(self, generators: list) -> dict:
+        Y = self.sampler.draw(generators)
+        products = self.refitter.products(Y)
+        k = len(generators)
+        n_par = len(parameter_names(self.model))
+        values = np.full((k, n_par + self.n_statistic), np.nan)
+        status = np.full(k, FAILED, dtype=np.int8)
+        messages = []
+        fits = self.refitter.refit_all(products)
+        done = [j for j, out in enumerate(fits) if not isinstance(out, str)]
+        if done:
+            values[done, :n_par] = lme4_parameters_many([fits[j] for j in done], self.model)
+        for j, out in enumerate(fits):
+            if isinstance(out, str):
+                messages.append((j, out))
+                continue
+            status[j] = _status(out.info)
+            if self.statistic is not None:
+                dev, sol = out.solved()
+                values[j, n_par:] = _statistic_values(
+                    self.statistic(self._estimator(Y[:, j], dev, sol, out.info)), self.n_statistic)
+        return {"values": values, "status": status, "messages": messages}
+
+    def _estimator(self, y: np.ndarray, dev, sol, info):
+        """The estimator as fitted to one replicate (for the caller's statistic)."""
+        design = self.model.design
+        offset = getattr(design, "offset", None)
+        y_model = y - offset if offset is not None else y
+        model = dataclasses.replace(self.model, deviance=dev, solution=sol, info=info,
+                                    design=dataclasses.replace(design, y=y_model))
+        rep = copy.copy(self.estimator)
+        rep.model_ = model
+        rep._set_fitted(self.several, warn=False)
+        return rep
+
+
+def _statistic_values(value: Any, size: int | None = None) -> np.ndarray:
+    out = np.asarray(value, dtype=float).reshape(-1)
+    if size is not None and out.size != size:
+        raise ValueError(f"statistic returned {out.size} values for a replicate and {size} for "
+                         "the fit: it must return the same number every time")
+    return out
+
+
+def _statistic_names(value: Any, size: int) -> list[str]:
+    if isinstance(value, pd.Series):
+        return [str(k) for k in value.index]
+    if isinstance(value, dict):
+        return [str(k) for k in value]
+    if np.ndim(value) == 0:
+        return ["statistic"]
+    return [f"statistic_{j}" for j in range(size)]
+
+
+def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
+              statistic: Callable[[Any], Any] | None = None) -> BootstrapResult:
+    """Parametric bootstrap of a fit (lme4's ``bootMer``).
+
+    Each replicate draws a response from the fitted model (new random effects and
+    residuals, as :func:`~mixedlm_sklearn.inference.simulate`) and refits the model to it
+    (REML or ML as fitted).
+
+    Parameters
+    ----------
+    est : fitted MixedLMRegressor
+        Fitted in memory.
+    n_boot : int, default 1000
+    random_state : None, int, numpy SeedSequence or Generator
+        Replicate ``j`` draws from the ``j``-th child generator of
+        ``np.random.default_rng(random_state)``: the same ``random_state`` gives the same
+        replicates whatever ``n_jobs`` is.
+    n_jobs : int, optional
+        Workers (joblib, its default process backend unless a ``joblib.parallel_config``
+        context says otherwise; ``-1`` all cores). None: one, unless inside such a
+        context. Workers pay off for models whose refits take more than a few
+        milliseconds (several grouping factors, large data); one-term models refit a
+        whole batch of responses together and are fastest in one process.
+    statistic : callable, optional
+        ``statistic(fitted_estimator)`` -> a number, array, Series or dict, evaluated on
+        the fit (the estimate) and on the estimator refitted to each replicate; its values
+        are added as columns (a Series' or dict's keys name them).
+
+    Returns
+    -------
+    BootstrapResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        When refits fail (NaN rows) or do not converge (kept), with the counts.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> boot = est.bootstrap(n_boot=200, random_state=1)
+    >>> boot.replicates.shape, boot.n_failed
+    ((200, 6), 0)
+    >>> list(boot.estimate.index)
+    ['sd_(Intercept)|Subject', 'cor_Days.(Intercept)|Subject', 'sd_Days|Subject', 'sigma', '(Intercept)', 'Days']
+    >>> ci = boot.conf_int()
+    >>> bool(ci.loc["Days", "lower"] < 10.467 < ci.loc["Days", "upper"])
+    True
+    """
+    model = fitted_model(est)
+    n_boot = check_count(n_boot, "n_boot")
+    if statistic is not None and not callable(statistic):
+        raise TypeError(f"statistic must be a callable taking the fitted estimator, got {statistic!r}")
+    rows = model_rows(model, "bootstrap")
+    sampler = Sampler(rows, Parameters.of(model.solution))
+    refitter = Refitter.of_model(model)
+    names = parameter_names(model)
+    estimate = lme4_parameters(model.solution, model)
+    stat_names: list[str] = []
+    if statistic is not None:
+        t0 = statistic(est)
+        t0_values = _statistic_values(t0)
+        stat_names = _statistic_names(t0, t0_values.size)
+        clash = sorted(set(stat_names) & set(names))
+        if clash:
+            raise ValueError(f"statistic names {clash} are also parameter names; return a Series "
+                             "or dict with other keys")
+        estimate = np.concatenate([estimate, t0_values])
+    job = _BootstrapJob(model, sampler, refitter, est if statistic is not None else None, statistic,
+                        isinstance(getattr(est, "cov_re_", None), dict), len(stat_names))
+    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs, refitter.batch_size)
+    status, messages = out["status"], out.get("messages", [])
+    _report(status, messages, "bootstrap")
+    columns = names + stat_names
+    return BootstrapResult(pd.Series(estimate, index=columns, name="estimate"),
+                           pd.DataFrame(out["values"], columns=columns), status == OK,
+                           status == FAILED, dict(messages), len(names))
+
+
+# ---- parametric bootstrap likelihood-ratio test -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PBTestResult:
+    """Parametric bootstrap likelihood-ratio test (pbkrtest's ``PBmodcomp``).
+
+    Attributes
+    ----------
+    statistic : float
+        ``LR = 2 (llf_full - llf_restricted)`` of the maximum-likelihood fits.
+    df : int
+        Difference in the number of parameters.
+    pvalue_chi2 : float
+        ``P(chi2_df >= LR)``.
+    pvalue : float
+        The bootstrap p-value ``(1 + #{LR* >= LR}) / (1 + n)``, ``n`` the replicates whose
+        refits did not fail.
+    pvalue_bartlett : float
+        ``P(chi2_df >= LR df / mean(LR*))`` (pbkrtest's Bartlett correction).
+    replicates : ndarray of shape (n_boot,)
+        ``LR*`` of each simulated response (NaN where a refit failed).
+    converged, failed : ndarray of bool
+        Per replicate: both refits converged; a refit failed.
+    llf_restricted, llf_full : float
+        Maximum-likelihood log-likelihoods.
+    """
+
+    statistic: float
+    df: int
+    pvalue_chi2: float
+    pvalue: float
+    pvalue_bartlett: float
+    replicates: np.ndarray
+    converged: np.ndarray
+    failed: np.ndarray
+    llf_restricted: float
+    llf_full: float
+    messages: dict = field(default_factory=dict)
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.replicates.size)
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.failed.sum())
+
+    @property
+    def n_nonconverged(self) -> int:
+        return int(np.sum(~self.converged & ~self.failed))
+
+    def __str__(self) -> str:
+        return (f"Parametric bootstrap LR test: LR = {self.statistic:.4f}, df = {self.df}; "
+                f"p = {self.pvalue:.4g} ({self.n_boot - self.n_failed} simulations), "
+                f"chi2 p = {self.pvalue_chi2:.4g}, Bartlett p = {self.pvalue_bartlett:.4g}")
+
+
+@dataclass
+class _PBJob:
+    """Draws responses from the restricted model and refits both models to each."""
+
+    sampler: Sampler
+    small: Refitter
+    big: Refitter
+
+    def __call__(self, generators: list) -> dict:
+        Y = self.sampler.draw(generators)
+        ps, pb = self.small.products(Y), self.big.products(Y)
+        k = len(generators)
+        lr = np.full(k, np.nan)
+        status = np.full(k, FAILED, dtype=np.int8)
+        messages = []
+        for j, (a, b) in enumerate(zip(self.small.refit_all(ps), self.big.refit_all(pb))):
+            failure = a if isinstance(a, str) else b if isinstance(b, str) else None
+            if failure is not None:
+                messages.append((j, failure))
+                continue
+            lr[j] = a.deviance - b.deviance
+            status[j] = max(_status(a.info), _status(b.info))
+        return {"lr": lr, "status": status, "messages": messages}
+
+
+def _ml(model: FittedModel) -> FittedModel:
+    """The maximum-likelihood fit of a model (a REML fit refitted by ML, with the search)."""
+    return model.refit(reml=False, search=True) if model.reml else model
+
+
+def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
+            n_jobs: int | None = None) -> PBTestResult:
+    """Parametric bootstrap likelihood-ratio test of nested models (pbkrtest's ``PBmodcomp``).
+
+    Responses are drawn from the restricted model, both models are refitted to each by
+    maximum likelihood, and the observed ``LR`` is compared with the ``LR*`` of the
+    replicates. Useful where the chi-square reference is doubtful: few groups, or a
+    variance on its boundary under the null hypothesis.
+
+    Parameters
+    ----------
+    small, big : fitted MixedLMRegressor
+        The restricted and the full model, fitted in memory to the same rows. REML fits
+        are refitted by maximum likelihood first (as pbkrtest does).
+    n_boot : int, default 1000
+    random_state, n_jobs
+        As in :func:`bootstrap`.
+
+    Returns
+    -------
+    PBTestResult
+
+    Raises
+    ------
+    ValueError
+        As :func:`~mixedlm_sklearn.lr_test`: different data, models not nested, or
+        ``big`` not larger than ``small``.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer, pb_test
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> m0 = lmer("Reaction ~ 1 + (Days | Subject)", df, reml=False)
+    >>> m1 = lmer("Reaction ~ Days + (Days | Subject)", df, reml=False)
+    >>> test = pb_test(m0, m1, n_boot=200, random_state=1)
+    >>> round(test.statistic, 3), test.df, test.pvalue == 1 / 201
+    (23.537, 1, True)
+    """
+    model_s, model_b = fitted_model(small, "small"), fitted_model(big, "big")
+    n_boot = check_count(n_boot, "n_boot")
+    check_same_data(model_s, model_b)
+    problems = check_nested(model_s, model_b)
+    if problems:
+        raise ValueError("the restricted model is not nested in the full one: " + "; ".join(problems)
+                         + ". A likelihood-ratio test compares nested models only.")
+    df = int(big.df_model_ - small.df_model_)
+    if df <= 0:
+        raise ValueError(f"big has {big.df_model_} parameters and small {small.df_model_}: pass "
+                         "the smaller (nested) model first")
+    rows = model_rows(model_s, "pb_test")
+    model_rows(model_b, "pb_test")  # refuse before the refits below
+    ml_s, ml_b = _ml(model_s), _ml(model_b)
+    sampler = Sampler(rows, Parameters.of(ml_s.solution))
+    job = _PBJob(sampler, Refitter.of_model(ml_s), Refitter.of_model(ml_b))
+    out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs,
+                         min(job.small.batch_size, job.big.batch_size))
+    status, messages, lr_star = out["status"], out.get("messages", []), out["lr"]
+    _report(status, messages, "pb_test")
+    statistic = float(ml_s.solution.deviance - ml_b.solution.deviance)
+    valid = lr_star[np.isfinite(lr_star)]
+    s = max(statistic, 0.0)
+    if valid.size:
+        p_boot = float((1 + np.sum(valid >= statistic)) / (1 + valid.size))
+        mean = float(valid.mean())
+        p_bartlett = float(stats.chi2.sf(s * df / mean, df)) if mean > 0 else np.nan
+    else:
+        p_boot = p_bartlett = np.nan
+    return PBTestResult(statistic, df, float(stats.chi2.sf(s, df)), p_boot, p_bartlett, lr_star,
+                        status == OK, status == FAILED, -0.5 * ml_s.solution.deviance,
+                        -0.5 * ml_b.solution.deviance, dict(messages))
