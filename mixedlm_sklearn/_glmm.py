@@ -33,6 +33,7 @@ finite-difference gradients (a handful of parameters).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,7 +97,8 @@ class _Logit(Link):
         return mu, d1, d1 * (1.0 - 2.0 * mu)
 
     def log_mu_pair(self, eta):
-        return -np.logaddexp(0.0, -eta), -np.logaddexp(0.0, eta)
+        log_mu = -np.logaddexp(0.0, -eta)
+        return log_mu, log_mu - eta  # log(1 - mu) = log mu - eta
 
 
 class _Probit(Link):
@@ -166,10 +168,19 @@ class Family:
         """``V(mu)`` and ``V'(mu)``."""
         raise NotImplementedError
 
+    def log_constant(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The part of each row's log-density free of ``mu`` (binomial coefficients, ``log y!``)."""
+        raise NotImplementedError
+
+    def log_kernel(self, y: np.ndarray, eta: np.ndarray, mu: np.ndarray, w: np.ndarray,
+                   link: Link) -> np.ndarray:
+        """The rest of each row's log-density."""
+        raise NotImplementedError
+
     def loglik(self, y: np.ndarray, eta: np.ndarray, mu: np.ndarray, w: np.ndarray,
                link: Link) -> np.ndarray:
         """Log-density of each row (constants included, as R's ``family$aic``)."""
-        raise NotImplementedError
+        return self.log_constant(y, w) + self.log_kernel(y, eta, mu, w, link)
 
     def saturated_loglik(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Log-density of each row at ``mu = y``."""
@@ -195,16 +206,17 @@ class _Binomial(Family):
     def variance(self, mu):
         return mu * (1.0 - mu), 1.0 - 2.0 * mu
 
-    def loglik(self, y, eta, mu, w, link):
+    def log_constant(self, y, w):
+        k = w * y
+        return special.gammaln(w + 1.0) - special.gammaln(k + 1.0) - special.gammaln(w - k + 1.0)
+
+    def log_kernel(self, y, eta, mu, w, link):
         log_mu, log_1m = link.log_mu_pair(eta)
         k = w * y
-        const = special.gammaln(w + 1.0) - special.gammaln(k + 1.0) - special.gammaln(w - k + 1.0)
-        return const + k * log_mu + (w - k) * log_1m
+        return k * log_mu + (w - k) * log_1m
 
     def saturated_loglik(self, y, w):
-        k = w * y
-        const = special.gammaln(w + 1.0) - special.gammaln(k + 1.0) - special.gammaln(w - k + 1.0)
-        return const + w * (_xlogy(y, y) + _xlogy(1.0 - y, 1.0 - y))
+        return self.log_constant(y, w) + w * (_xlogy(y, y) + _xlogy(1.0 - y, 1.0 - y))
 
     def check_response(self, y, w):
         bad = (y < 0) | (y > 1)
@@ -223,8 +235,11 @@ class _Poisson(Family):
     def variance(self, mu):
         return mu, np.ones_like(mu)
 
-    def loglik(self, y, eta, mu, w, link):
-        return w * (y * eta - mu - special.gammaln(y + 1.0))
+    def log_constant(self, y, w):
+        return -w * special.gammaln(y + 1.0)
+
+    def log_kernel(self, y, eta, mu, w, link):
+        return w * (y * eta - mu)
 
     def saturated_loglik(self, y, w):
         return w * (_xlogy(y, y) - y - special.gammaln(y + 1.0))
@@ -337,8 +352,11 @@ class GLMMDeviance:
         if self.n_agq > 1 and (len(terms) != 1 or terms[0].q != 1):
             raise ValueError("adaptive Gauss-Hermite quadrature (n_agq > 1) needs a single grouping "
                              "factor with a scalar random effect (as lme4); use n_agq=1 (Laplace)")
+        self._log_constant = float(family.log_constant(self.y, self.prior).sum())
         self.pattern = DesignPattern(np.empty((self.n, 0)), self.factors, terms)
-        self.plan = Plan(self.pattern.cross_products(np.zeros(self.n), np.ones(self.n)))
+        cp0 = self.pattern.cross_products(np.zeros(self.n), np.ones(self.n))
+        self.plan = Plan(cp0)
+        self._prepared = Prepared(self.plan, cp0)  # the sparse structure, reused for new weights
         self._entries = [self.pattern.pair_entry(j) for j in range(len(self.pattern._pairs))]
         self._pairs_kl = [(k, l) for k, l, *_ in self.pattern._pairs]
         self._last: _Modes | None = None
@@ -358,6 +376,14 @@ class GLMMDeviance:
 
     def lower_bounds(self) -> np.ndarray:
         return np.concatenate([self.terms.lower_bounds(), np.full(self.p, -np.inf)])
+
+    def with_nodes(self, n_agq: int) -> "GLMMDeviance":
+        """The same data and structure with another number of quadrature nodes."""
+        other = copy.copy(self)
+        other.n_agq = int(n_agq)
+        other._last, other._u_start = None, None
+        other.n_evaluations = other.n_pirls = 0
+        return other
 
     def upper_bounds(self) -> np.ndarray:
         return np.full(self.n_params, np.inf)
@@ -398,7 +424,7 @@ class GLMMDeviance:
         return mu, d1, d2, var, dvar
 
     def _loglik(self, eta: np.ndarray, mu: np.ndarray) -> float:
-        return float(self.family.loglik(self.y, eta, mu, self.prior, self.link).sum())
+        return self._log_constant + float(self.family.log_kernel(self.y, eta, mu, self.prior, self.link).sum())
 
     # ---- PIRLS ----------------------------------------------------------------------------
 
@@ -431,7 +457,7 @@ class GLMMDeviance:
                 raise PIRLSDivergence("the working weights are not finite (the linear predictor "
                                       "ran off to infinity)")
             cp = self.pattern.cross_products(r / W, W)
-            factor = Factor(Prepared(self.plan, cp), lams)
+            factor = Factor(self._prepared.reweighted(cp), lams)
             self.n_pirls += 1
             if decrement < tol:
                 return _Modes(theta, beta, u, eta, mu, d1, d2, var, dvar, W, r, ll, pen, factor,
@@ -496,13 +522,15 @@ class GLMMDeviance:
             mu = self.link.inverse(eta)
             if self.family.name == "binomial" and self.link.name != "logit":
                 mu = np.clip(mu, _EPS * 1e-10, 1.0 - _EPS * 1e-10)
-            ll = self.family.loglik(self.y[:, None], eta, mu, self.prior[:, None], self.link)
+            # the mu-free constants cancel in each group's differences
+            ll = self.family.log_kernel(self.y[:, None], eta, mu, self.prior[:, None], self.link)
         devc = -2.0 * (self._group_sum @ ll) + (u[:, None] + sd[:, None] * nodes[None, :]) ** 2
-        ll0 = self.family.loglik(self.y, m.eta, m.mu, self.prior, self.link)
+        ll0 = self.family.log_kernel(self.y, m.eta, m.mu, self.prior, self.link)
         devc0 = -2.0 * (self._group_sum @ ll0) + u * u
         expo = -0.5 * (devc - devc0[:, None]) + self._log_node_weights[None, :]
         log_mult = special.logsumexp(expo, axis=1)
-        value = float(devc0.sum() + np.log(Mg).sum() - 2.0 * log_mult.sum())
+        value = float(devc0.sum() - 2.0 * self._log_constant + np.log(Mg).sum()
+                      - 2.0 * log_mult.sum())
         if not np.isfinite(value):
             value = np.inf
         m.cache["agq"] = value
@@ -565,7 +593,7 @@ class GLMMDeviance:
             H = W - prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / var ** 2
             try:
                 cp_h = self.pattern.cross_products(np.zeros(self.n), H)
-                factor_h = Factor(Prepared(self.plan, cp_h), m.lams)
+                factor_h = Factor(self._prepared.reweighted(cp_h), m.lams)
                 if not np.isfinite(factor_h.logdet):
                     return None
             except (NotPositiveDefinite, FloatingPointError, ValueError):
@@ -706,105 +734,142 @@ class GLMMOptimizerInfo:
 SCALED_GRADIENT_TOL = 1e-4
 
 
-def _hessian(dev: GLMMDeviance, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Hessian of the deviance by central differences of the gradient (of values for AGQ)."""
+def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Hessian of the deviance on the free parameters by forward differences of the gradient."""
     k = x.size
     H = np.zeros((k, k))
-    if dev.n_agq == 1:
-        for j in np.flatnonzero(free):
-            h = 1e-5 * max(1.0, abs(x[j]))
-            up, down = x.copy(), x.copy()
-            up[j] += h
-            down[j] -= h
-            H[:, j] = (dev.value_and_grad(up)[1] - dev.value_and_grad(down)[1]) / (2.0 * h)
-        H = 0.5 * (H + H.T)
-    else:
-        f0 = dev(x)
-        steps = 1e-4 * np.maximum(1.0, np.abs(x))
-        idx = np.flatnonzero(free)
-        for a in idx:
-            for b in idx:
-                if b < a:
-                    continue
-                ea, eb = np.zeros(k), np.zeros(k)
-                ea[a], eb[b] = steps[a], steps[b]
-                if a == b:
-                    H[a, a] = (dev(x + ea) - 2 * f0 + dev(x - ea)) / steps[a] ** 2
-                else:
-                    H[a, b] = H[b, a] = (dev(x + ea + eb) - dev(x + ea - eb) - dev(x - ea + eb)
-                                         + dev(x - ea - eb)) / (4 * steps[a] * steps[b])
+    for j in np.flatnonzero(free):
+        h = 1e-5 * max(1.0, abs(x[j]))
+        up = x.copy()
+        up[j] += h
+        H[:, j] = (dev.value_and_grad(up)[1] - g) / h
     dev.modes(x)
-    return H
+    return 0.5 * (H + H.T)
 
 
-def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, scale: np.ndarray, max_iter: int = 1000,
-             tol: float = 1e-10) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
-    """Minimise the deviance over ``(theta, beta)``.
+def _safe(dev: GLMMDeviance, x: np.ndarray) -> tuple[float, np.ndarray | None]:
+    try:
+        value, grad = dev.value_and_grad(x)
+    except (PIRLSDivergence, NotPositiveDefinite):
+        return np.inf, None
+    return (value, grad) if np.isfinite(value) else (np.inf, None)
 
-    Bounded L-BFGS-B on ``beta`` in a whitened basis (``scale``: the inverse Cholesky factor
-    of the GLM's ``X'WX``, so that the fixed effects enter on comparable scales), then Newton
-    steps with a Hessian from differences of the gradient, which also give lme4's
-    convergence check (the gradient scaled by the inverse Hessian on free parameters).
+
+def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-9):
+    """Bounded L-BFGS-B in a basis where the deviance is well scaled.
+
+    With ``H`` the finite-difference Hessian at the start, ``beta = beta0 + T z`` with
+    ``T'H_bb T = I`` and each ``theta`` entry divided by ``sqrt(H_tt)`` (a diagonal map
+    keeps the bounds on ``theta`` box bounds). Without this scaling L-BFGS-B needs several
+    times as many iterations (the fixed effects' scales and the random-effects variances
+    differ by orders of magnitude). It stops at a relative change ``ftol``: Newton's
+    method (:func:`_newton`) converges faster from there than L-BFGS-B's last iterations.
     """
-    nt = dev.n_theta
-    x0 = np.asarray(x0, dtype=float)
+    nt, p = dev.n_theta, dev.p
+    value, g = _safe(dev, x0)
+    if g is None:
+        raise PIRLSDivergence("the deviance is not finite at the starting values")
+    H = _hessian(dev, x0, g, np.ones(x0.size, dtype=bool))
+    d = np.sqrt(np.maximum(np.diag(H)[:nt], 1e-8 * max(1.0, np.abs(np.diag(H)).max())))
+    try:
+        T = linalg.solve_triangular(linalg.cholesky(H[nt:, nt:], lower=True), np.eye(p), lower=True).T
+    except (linalg.LinAlgError, ValueError):
+        T = np.diag(1.0 / np.sqrt(np.maximum(np.abs(np.diag(H)[nt:]), 1e-8)))
     beta0 = x0[nt:].copy()
-    T = np.asarray(scale, dtype=float)
 
     def to_x(z):
-        return np.concatenate([z[:nt], beta0 + T @ z[nt:]])
+        return np.concatenate([z[:nt] / d, beta0 + T @ z[nt:]])
 
     def fun(z):
-        try:
-            value, grad = dev.value_and_grad(to_x(z))
-        except (PIRLSDivergence, NotPositiveDefinite):
+        value, grad = _safe(dev, to_x(z))
+        if grad is None:
             return np.inf, np.zeros(z.size)
-        if not np.isfinite(value):
-            return np.inf, np.zeros(z.size)
-        return value, np.concatenate([grad[:nt], T.T @ grad[nt:]])
+        return value, np.concatenate([grad[:nt] / d, T.T @ grad[nt:]])
 
-    lower = np.concatenate([dev.terms.lower_bounds(), np.full(dev.p, -np.inf)])
-    bounds = optimize.Bounds(lower, np.full(lower.size, np.inf))
-    z0 = np.concatenate([x0[:nt], np.zeros(dev.p)])
-    if not np.isfinite(fun(z0)[0]):
-        raise PIRLSDivergence("the deviance is not finite at the starting values")
-    res = optimize.minimize(fun, z0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-9 * (1 + abs(fun(z0)[0])),
-                                     "maxcor": 20})
-    limited = res.status == 1
-    x = to_x(res.x)
-    value = dev(x)
-    # Newton polish and the convergence check in lme4's basis.
-    lower_x = dev.lower_bounds()
-    scaled, pos_def, H = np.inf, False, None
-    for _ in range(4):
-        at_bound = np.isfinite(lower_x) & (x <= lower_x)
-        free = ~at_bound
-        _, g = dev.value_and_grad(x)
-        H = _hessian(dev, x, free)
-        Hf = H[np.ix_(free, free)]
+    lower = np.concatenate([dev.terms.lower_bounds(), np.full(p, -np.inf)])
+    z0 = np.concatenate([x0[:nt] * d, np.zeros(p)])
+    res = optimize.minimize(fun, z0, jac=True, method="L-BFGS-B",
+                            bounds=optimize.Bounds(lower, np.full(lower.size, np.inf)),
+                            options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-6, "maxcor": 20})
+    return to_x(res.x), int(res.nit), res.status == 1
+
+
+def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8):
+    """Newton steps with one finite-difference Hessian; lme4's convergence measure.
+
+    Returns the point, its Hessian (recomputed if the point moved), the scaled gradient
+    ``max |H^{-1} g|`` on the free parameters and whether ``H`` is positive definite.
+    """
+    lower = dev.lower_bounds()
+    value, g = _safe(dev, x)
+    if g is None:
+        return x, None, np.inf, False
+    free = ~(np.isfinite(lower) & (x <= lower))
+    H = _hessian(dev, x, g, free)
+    x_h = x.copy()
+    scaled, pos_def = np.inf, False
+    for _ in range(max_steps):
+        free = ~(np.isfinite(lower) & (x <= lower))
         try:
-            step = linalg.cho_solve(linalg.cho_factor(Hf, check_finite=False), g[free], check_finite=False)
+            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
+                                    g[free], check_finite=False)
             pos_def = True
         except (linalg.LinAlgError, ValueError):
             pos_def = False
             break
         scaled = float(np.max(np.abs(step))) if step.size else 0.0
-        if scaled < 1e-9:
+        if scaled < 1e-10:
             break
-        trial = x.copy()
-        trial[free] -= step
-        trial = np.maximum(trial, lower_x)
-        try:
-            new_value = dev(trial)
-        except (PIRLSDivergence, NotPositiveDefinite):
-            break
-        if new_value <= value + 1e-12 * abs(value):
-            x, value = trial, new_value
+        t = 1.0
+        for _ in range(8):
+            trial = x.copy()
+            trial[free] -= t * step
+            trial = np.maximum(trial, lower)
+            new_value, new_g = _safe(dev, trial)
+            if new_g is not None and new_value <= value + 1e-13 * abs(value):
+                break
+            t *= 0.5
         else:
             break
-    at_bound = np.isfinite(lower_x) & (x <= lower_x)
-    theta_bound = at_bound[:nt]
+        x, value, g = trial, new_value, new_g
+    if np.max(np.abs(x - x_h)) > 1e-3:
+        free = ~(np.isfinite(lower) & (x <= lower))
+        H = _hessian(dev, x, g, free)
+        try:
+            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
+                                    g[free], check_finite=False)
+            scaled, pos_def = float(np.max(np.abs(step))) if step.size else 0.0, True
+        except (linalg.LinAlgError, ValueError):
+            pos_def = False
+    dev.modes(x)
+    return x, H, scaled, pos_def
+
+
+def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000,
+             ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+    """Minimise the deviance over ``(theta, beta)`` (BLAS on one thread).
+
+    Laplace: bounded L-BFGS-B with the analytic gradient in a basis scaled by the
+    Hessian at the start (:func:`_lbfgsb`). AGQ: the same Laplace fit first (lme4 also
+    starts its quadrature from a cheaper fit), then, as for the Laplace fit, Newton steps
+    with a Hessian from differences of the gradient (central differences of the AGQ
+    deviance), which also give lme4's convergence check: the gradient scaled by the
+    inverse Hessian on the parameters off their bounds.
+    """
+    from ._threads import single_threaded_blas
+
+    x0 = np.asarray(x0, dtype=float)
+    with single_threaded_blas():
+        laplace = dev if dev.n_agq == 1 else dev.with_nodes(1)
+        x, n_iter, limited = _lbfgsb(laplace, x0, max_iter)
+        x, H, scaled, pos_def = _newton(dev, x)
+        if not pos_def and dev.n_agq > 1:  # far from the Laplace optimum: search first
+            x, more, limited = _lbfgsb(dev, x, max_iter)
+            n_iter += more
+            x, H, scaled, pos_def = _newton(dev, x)
+        sol = dev.solution(x)
+    lower = dev.lower_bounds()
+    at_bound = (np.isfinite(lower) & (x <= lower))[:dev.n_theta]
     converged = bool(not limited and pos_def and scaled < SCALED_GRADIENT_TOL)
     if converged:
         message = "converged"
@@ -814,7 +879,5 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, scale: np.ndarray, max_iter: int
         message = "the Hessian is not positive definite at the optimum"
     else:
         message = f"scaled gradient {scaled:.2g} above {SCALED_GRADIENT_TOL}"
-    sol = dev.solution(x)
-    info = GLMMOptimizerInfo(converged, message, int(res.nit), dev.n_evaluations, scaled,
-                             theta_bound, H)
-    return sol, info
+    n_fev = dev.n_evaluations + (laplace.n_evaluations if laplace is not dev else 0)
+    return sol, GLMMOptimizerInfo(converged, message, n_iter, n_fev, scaled, at_bound, H)
