@@ -1,17 +1,22 @@
 """Linear mixed-effects models as scikit-learn estimators, with lme4's answers.
 
-Main entry point: :class:`MixedLMRegressor`.
+Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
+:class:`MixedGLMRegressor` (and :func:`lmer`, :func:`glmer` for R formulas).
 """
 
 from ._validation import RankDeficientWarning
 from .estimator import MixedLMRegressor, SingularFitWarning
-from .formula import lmer
+from .formula import glmer, lmer
+from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor
 from .inference import LRTestResult, Summary, WaldTestResult, lr_test
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MixedLMRegressor",
+    "MixedGLMClassifier",
+    "MixedGLMRegressor",
+    "glmer",
     "SingularFitWarning",
     "RankDeficientWarning",
     "lmer",
