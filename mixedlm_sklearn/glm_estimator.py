@@ -283,6 +283,13 @@ class _MixedGLMBase(BaseEstimator):
         self.singular_ = bool(info.at_bound.any())
         if len(terms):
             self._warn_fit(info)
+        if dev.family.name == "binomial":
+            eps = 10.0 * np.finfo(float).eps  # R's glm.fit threshold
+            if np.any((sol.mu < eps) | (sol.mu > 1.0 - eps)):
+                warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
+                              "be (quasi-)separated by the covariates, and the estimates of the "
+                              "coefficients involved are then not finite", UserWarning,
+                              stacklevel=caller_stacklevel())
 
     # ---- prediction -------------------------------------------------------------------
 
@@ -471,14 +478,15 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         return family_and_link("binomial", self.link)
 
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
-        kind = type_of_target(y, input_name="y")
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
         if kind not in ("binary", "multiclass"):
-            raise ValueError(f"MixedGLMClassifier needs class labels; y is of type {kind!r}")
+            raise ValueError(f"Unknown label type: MixedGLMClassifier needs class labels; y is of "
+                             f"type {kind!r}")
         classes, codes = np.unique(y, return_inverse=True)
         if classes.size != 2:
-            raise ValueError(f"MixedGLMClassifier is a binary classifier: y has {classes.size} "
+            raise ValueError(f"Only binary classification is supported: y has {classes.size} "
                              f"class{'es' if classes.size != 1 else ''} ({list(classes[:5])}); "
-                             "it needs exactly 2")
+                             "MixedGLMClassifier needs exactly 2")
         self.classes_ = classes
         return codes.astype(float)
 
