@@ -364,13 +364,17 @@ class GLMMDeviance:
         self.n_evaluations = 0
         self.n_pirls = 0
         if self.n_agq > 1:
-            nodes, w = np.polynomial.hermite_e.hermegauss(self.n_agq)
-            self._nodes = nodes
-            # weights for E[g(z)], z ~ N(0,1), times exp(z^2 / 2) (the integrand is over dz/sqrt(2 pi))
-            self._log_node_weights = np.log(w / np.sqrt(2.0 * np.pi)) + 0.5 * nodes ** 2
+            self._set_nodes(self.n_agq)
             codes = self.factors[0][0]
             self._group_sum = sp.csr_matrix((np.ones(self.n), (codes, np.arange(self.n))),
                                             shape=(terms[0].n_levels, self.n))
+
+    def _set_nodes(self, n_agq: int) -> None:
+        """Gauss-Hermite nodes ``z_k`` and log weights for ``int g(z) dz / sqrt(2 pi)``."""
+        nodes, w = np.polynomial.hermite_e.hermegauss(n_agq)
+        self._nodes = nodes
+        # hermegauss integrates against exp(-z^2 / 2); the integrand is over dz / sqrt(2 pi)
+        self._log_node_weights = np.log(w / np.sqrt(2.0 * np.pi)) + 0.5 * nodes ** 2
 
     # ---- parameters ---------------------------------------------------------------------
 
@@ -430,15 +434,22 @@ class GLMMDeviance:
 
     def _modes(self, theta: np.ndarray, beta: np.ndarray, u0: list | None = None,
                tol: float = 1e-10, max_iter: int = 60) -> _Modes:
-        """Conditional modes at ``(theta, beta)``: Fisher scoring with step halving."""
+        """Conditional modes at ``(theta, beta)``: Newton's method with step halving.
+
+        The step solves with the Fisher weights ``W`` (scoring; for a canonical link the
+        observed information, so Newton's method). For another link the observed weights
+        ``H`` are used where all positive (otherwise scoring), so that the iteration
+        converges quadratically: the modes must be exact for ``log|M|`` and the gradient.
+        Returns with the factor of ``M`` (Fisher weights, lme4's definition) at the modes.
+        """
         lams = self.terms.lams(theta)
         fixed = self.offset + self.X @ beta if self.p else self.offset.copy()
         u = [np.zeros((t.q, t.n_levels)) for t in self.terms] if u0 is None else [a.copy() for a in u0]
 
         def objective(u):
             eta = fixed + self._z_times([lam @ a for lam, a in zip(lams, u)])
-            mu = self.link.inverse(eta)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                mu = self.link.inverse(eta)
                 ll = self._loglik(eta, mu)
             pen = float(sum((a * a).sum() for a in u))
             return eta, -2.0 * ll + pen, ll, pen
@@ -464,7 +475,16 @@ class GLMMDeviance:
                               cp, lams, it)
             zr = [z[0, :, 0, :] for z in cp.zxy]  # Z'r per level (q, m)
             rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, zr, u)]
-            delta = [d[:, 0, :] for d in factor.solve(rhs)]
+            step_factor = factor
+            if not self.canonical:
+                H = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
+                if np.all(H > 0) and np.all(np.isfinite(H)):
+                    try:
+                        step_factor = Factor(self._prepared.reweighted(
+                            self.pattern.cross_products(np.zeros(self.n), H)), lams)
+                    except NotPositiveDefinite:
+                        step_factor = factor
+            delta = [d[:, 0, :] for d in step_factor.solve(rhs)]
             decrement = float(sum((d * b[:, 0, :]).sum() for d, b in zip(delta, rhs)))
             step = 1.0
             for _ in range(30):
