@@ -1689,7 +1689,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     >>> from mixedlm_sklearn.datasets import load_cbpp
     >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
     >>> round(fit.llf_, 3), fit.fe_params_.round(3).to_dict()
-    (-92.026, {'(Intercept)': -1.398, 'period2': -0.992, 'period3': -1.128, 'period4': -1.58})
+    (-92.026, {'(Intercept)': -1.399, 'period2': -0.992, 'period3': -1.129, 'period4': -1.58})
     >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp(),
     ...             n_agq=25)
     >>> round(float(fit.cov_re_[0, 0]), 4)  # lme4: 0.4193

@@ -452,10 +452,12 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
     >>> X = df[["Anger"]].assign(male=(df["Gender"] == "M") * 1.0)
     >>> clf = MixedGLMClassifier().fit(X, df["r2"], groups=df[["id", "item"]])
     >>> round(clf.llf_, 2), clf.n_groups_
-    (-4323.39, {'id': 316, 'item': 24})
-    >>> clf.predict_proba(X.head(2)).round(3)
-    array([[0.47 , 0.53 ],
-           [0.689, 0.311]])
+    (-4094.56, {'id': 316, 'item': 24})
+    >>> clf.predict_proba(X.head(2)).round(3)  # population level (new respondents, items)
+    array([[0.479, 0.521],
+           [0.607, 0.393]])
+    >>> clf.predict_proba(X.head(2), groups=df[["id", "item"]].head(2)).round(3)[:, 1]
+    array([0.673, 0.205])
     """
 
     _parameter_constraints: dict = {
@@ -594,12 +596,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     >>> from mixedlm_sklearn import MixedGLMRegressor
     >>> from mixedlm_sklearn.datasets import load_cbpp
     >>> df = load_cbpp()
-    >>> X = (df[["period"]] == ["2", "3", "4"]).astype(float)
-    >>> X = df["period"].str.get_dummies().iloc[:, 1:]
+    >>> X = df["period"].str.get_dummies().iloc[:, 1:]  # periods 2, 3, 4 against 1
     >>> reg = MixedGLMRegressor(family="binomial").fit(
     ...     X, df["incidence"] / df["size"], groups=df["herd"], sample_weight=df["size"])
     >>> round(reg.llf_, 3), reg.fe_params_.round(3).tolist()
-    (-92.026, [-1.398, -0.992, -1.128, -1.58])
+    (-92.026, [-1.399, -0.992, -1.129, -1.58])
     """
 
     _parameter_constraints: dict = {
