@@ -361,6 +361,7 @@ class GLMMDeviance:
         self._pairs_kl = [(k, l) for k, l, *_ in self.pattern._pairs]
         self._last: _Modes | None = None
         self._u_start: list | None = None
+        self._pattern_x: DesignPattern | None = None
         self.n_evaluations = 0
         self.n_pirls = 0
         if self.n_agq > 1:
@@ -548,7 +549,8 @@ class GLMMDeviance:
         ll0 = self.family.log_kernel(self.y, m.eta, m.mu, self.prior, self.link)
         devc0 = -2.0 * (self._group_sum @ ll0) + u * u
         expo = -0.5 * (devc - devc0[:, None]) + self._log_node_weights[None, :]
-        log_mult = special.logsumexp(expo, axis=1)
+        top = expo.max(axis=1)
+        log_mult = top + np.log(np.exp(expo - top[:, None]).sum(axis=1))
         value = float(devc0.sum() - 2.0 * self._log_constant + np.log(Mg).sum()
                       - 2.0 * log_mult.sum())
         if not np.isfinite(value):
@@ -635,6 +637,28 @@ class GLMMDeviance:
         if not np.all(np.isfinite(grad)):
             return None
         return grad
+
+    def beta_information(self, m: _Modes) -> np.ndarray:
+        """``2 (X'WX - X'WZ Lambda M^{-1} Lambda'Z'WX)`` at the modes ``m``.
+
+        The Fisher information of the fixed effects with the random effects integrated
+        out (Laplace): the ``beta`` block of the deviance's Hessian up to the change of the
+        weights with ``beta``; ``2 / it`` is lme4's ``vcov(use.hessian = FALSE)``.
+        """
+        if self._pattern_x is None:
+            self._pattern_x = DesignPattern(self.X, self.factors, self.terms)
+        p = self.p
+        cp = self._pattern_x.cross_products(np.zeros(self.n), m.weights)
+        xtwx = cp.xyxy[0][:p, :p]
+        if not len(self.terms):
+            return 2.0 * xtwx
+        rhs = [np.einsum("ba,bjm->ajm", lam, z[0, :, :p, :]) for lam, z in zip(m.lams, cp.zxy)]
+        w = m.factor.forward(rhs)
+        G = np.zeros((p, p))
+        for wk in w:
+            for wa in wk:
+                G += wa @ wa.T
+        return 2.0 * (xtwx - G)
 
     # ---- results ----------------------------------------------------------------------------
 
@@ -812,12 +836,18 @@ def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-9
     value, g = _safe(dev, x0)
     if g is None:
         raise PIRLSDivergence("the deviance is not finite at the starting values")
-    H = _hessian(dev, x0, g, np.ones(x0.size, dtype=bool))
-    d = np.sqrt(np.maximum(np.diag(H)[:nt], 1e-8 * max(1.0, np.abs(np.diag(H)).max())))
+    # theta: the diagonal of the Hessian by differences of the gradient; beta: the Fisher
+    # information at the modes (one solve instead of p gradients)
+    free = np.zeros(x0.size, dtype=bool)
+    free[:nt] = True
+    H = _hessian(dev, x0, g, free)
+    H_beta = dev.beta_information(dev.modes(x0))
+    top = max(1.0, np.abs(np.diag(H)[:nt]).max(initial=0.0), np.abs(np.diag(H_beta)).max(initial=0.0))
+    d = np.sqrt(np.maximum(np.diag(H)[:nt], 1e-8 * top))
     try:
-        T = linalg.solve_triangular(linalg.cholesky(H[nt:, nt:], lower=True), np.eye(p), lower=True).T
+        T = linalg.solve_triangular(linalg.cholesky(H_beta, lower=True), np.eye(p), lower=True).T
     except (linalg.LinAlgError, ValueError):
-        T = np.diag(1.0 / np.sqrt(np.maximum(np.abs(np.diag(H)[nt:]), 1e-8)))
+        T = np.diag(1.0 / np.sqrt(np.maximum(np.abs(np.diag(H_beta)), 1e-8 * top)))
     beta0 = x0[nt:].copy()
 
     def to_x(z):
@@ -837,18 +867,27 @@ def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-9
     return to_x(res.x), int(res.nit), res.status == 1
 
 
-def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8):
+def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
+            approximation: GLMMDeviance | None = None):
     """Newton steps with one finite-difference Hessian; lme4's convergence measure.
 
-    Returns the point, its Hessian (recomputed if the point moved), the scaled gradient
-    ``max |H^{-1} g|`` on the free parameters and whether ``H`` is positive definite.
+    With ``approximation`` (the Laplace deviance of an AGQ fit) the steps use its Hessian,
+    cheap with the analytic gradient and close to the AGQ one, and the AGQ Hessian is
+    computed once, at the end. Returns the point, its Hessian (recomputed if the point
+    moved), the scaled gradient ``max |H^{-1} g|`` on the free parameters and whether
+    ``H`` is positive definite.
     """
     lower = dev.lower_bounds()
     value, g = _safe(dev, x)
     if g is None:
         return x, None, np.inf, False
     free = ~(np.isfinite(lower) & (x <= lower))
-    H = _hessian(dev, x, g, free)
+    if approximation is not None:
+        g_approx = _safe(approximation, x)[1]
+        H = None if g_approx is None else _hessian(approximation, x, g_approx, free)
+    if approximation is None or H is None:
+        H = _hessian(dev, x, g, free)
+        approximation = None
     x_h = x.copy()
     scaled, pos_def = np.inf, False
     for _ in range(max_steps):
@@ -861,7 +900,7 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8):
             pos_def = False
             break
         scaled = float(np.max(np.abs(step))) if step.size else 0.0
-        if scaled < 1e-10:
+        if scaled < (1e-10 if approximation is None else 1e-7):
             break
         t = 1.0
         for _ in range(8):
@@ -875,7 +914,7 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8):
         else:
             break
         x, value, g = trial, new_value, new_g
-    if np.max(np.abs(x - x_h)) > 1e-3:
+    if approximation is not None or np.max(np.abs(x - x_h)) > 1e-3:
         free = ~(np.isfinite(lower) & (x <= lower))
         H = _hessian(dev, x, g, free)
         try:
@@ -905,7 +944,7 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000,
     with single_threaded_blas():
         laplace = dev if dev.n_agq == 1 else dev.with_nodes(1)
         x, n_iter, limited = _lbfgsb(laplace, x0, max_iter)
-        x, H, scaled, pos_def = _newton(dev, x)
+        x, H, scaled, pos_def = _newton(dev, x, approximation=laplace if laplace is not dev else None)
         if not pos_def and dev.n_agq > 1:  # far from the Laplace optimum: search first
             x, more, limited = _lbfgsb(dev, x, max_iter)
             n_iter += more
