@@ -68,3 +68,13 @@ def test_insteval_example_matches_lme4():
     est = _load("insteval").main()
     assert est.llf_ == pytest.approx(-118866.91706376, abs=1e-6)
     assert est.n_groups_ == {"s": 2972, "d": 1128, "dept": 14}
+
+
+def test_glmm_example(capsys):
+    clf, cv, cbpp = _load("glmm").main()
+    assert clf.llf_ == pytest.approx(-4075.69986, abs=1e-5)  # lme4 stops at -4075.70025
+    assert clf.n_groups_ == {"id": 316, "item": 24}
+    assert np.all((-cv["test_score"] > 0.55) & (-cv["test_score"] < 0.7))
+    # lme4 (nAGQ = 25) logLik -50.00502 omits the saturated log-density -41.97835
+    assert cbpp.llf_ == pytest.approx(-50.005015268375 - 41.97835376893558, abs=1e-4)
+    assert "Wald z tests" in capsys.readouterr().out
