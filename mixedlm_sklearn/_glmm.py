@@ -97,7 +97,8 @@ class _Logit(Link):
         return mu, d1, d1 * (1.0 - 2.0 * mu)
 
     def log_mu_pair(self, eta):
-        log_mu = -np.logaddexp(0.0, -eta)
+        # log mu = -log(1 + e^-eta), written so that exp never overflows (3x np.logaddexp)
+        log_mu = np.minimum(eta, 0.0) - np.log1p(np.exp(-np.abs(eta)))
         return log_mu, log_mu - eta  # log(1 - mu) = log mu - eta
 
 
@@ -822,7 +823,7 @@ def _safe(dev: GLMMDeviance, x: np.ndarray) -> tuple[float, np.ndarray | None]:
     return (value, grad) if np.isfinite(value) else (np.inf, None)
 
 
-def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-9):
+def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-8):
     """Bounded L-BFGS-B in a basis where the deviance is well scaled.
 
     With ``H`` the finite-difference Hessian at the start, ``beta = beta0 + T z`` with
