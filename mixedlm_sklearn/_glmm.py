@@ -834,8 +834,11 @@ def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-8
     method (:func:`_newton`) converges faster from there than L-BFGS-B's last iterations.
     """
     nt, p = dev.n_theta, dev.p
-    value, g = _safe(dev, x0)
-    if g is None:
+    try:
+        value, g = dev.value_and_grad(x0)
+    except (PIRLSDivergence, NotPositiveDefinite) as err:
+        raise PIRLSDivergence(f"at the starting values: {err}") from None
+    if not np.isfinite(value):
         raise PIRLSDivergence("the deviance is not finite at the starting values")
     # theta: the diagonal of the Hessian by differences of the gradient; beta: the Fisher
     # information at the modes (one solve instead of p gradients)
@@ -928,7 +931,7 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
     return x, H, scaled, pos_def
 
 
-def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000,
+def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
              ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
     """Minimise the deviance over ``(theta, beta)`` (BLAS on one thread).
 
@@ -944,7 +947,7 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000,
     x0 = np.asarray(x0, dtype=float)
     with single_threaded_blas():
         laplace = dev if dev.n_agq == 1 else dev.with_nodes(1)
-        x, n_iter, limited = _lbfgsb(laplace, x0, max_iter)
+        x, n_iter, limited = _lbfgsb(laplace, x0, max_iter, ftol)
         x, H, scaled, pos_def = _newton(dev, x, approximation=laplace if laplace is not dev else None)
         if not pos_def and dev.n_agq > 1:  # far from the Laplace optimum: search first
             x, more, limited = _lbfgsb(dev, x, max_iter)

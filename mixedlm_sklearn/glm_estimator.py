@@ -9,6 +9,7 @@ on the one factorisation, Laplace or adaptive Gauss-Hermite deviance).
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -23,8 +24,10 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._design import INTERCEPT, Design, column_names, factor_frame, random_terms, several_factors
+from ._factor import NotPositiveDefinite
 from ._glmm import (
     FAMILIES,
+    PIRLSDivergence,
     GLMMDeviance,
     GLMMOptimizerInfo,
     GLMMSolution,
@@ -225,7 +228,18 @@ class _MixedGLMBase(BaseEstimator):
         dev = GLMMDeviance(X_kept, y, weights, off, factors, terms, family, link, self.n_agq)
         beta0, _ = glm_start(X_kept, y, weights, off, family, link)
         x0 = np.concatenate([terms.identity_theta(), beta0])
-        sol, info = fit_glmm(dev, x0, self.max_iter)
+        started = time.perf_counter()
+        try:
+            sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
+        except (PIRLSDivergence, NotPositiveDefinite) as err:
+            raise ValueError(
+                f"the GLMM fit broke down numerically ({err}). Usual causes: covariates on very "
+                "different scales (centre and scale them), counts or a linear predictor so "
+                "extreme that the mean over- or underflows, or classes separated by the "
+                "covariates.") from None
+        if self.verbose:
+            print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} PIRLS "
+                  f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         design = Design(X, self.fit_intercept, y, factors, weights, None)
         self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
                               {t.name: t.labels for t in terms_in}, design,
@@ -417,9 +431,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
     max_iter : int, default=1000
         Iteration limit of the optimiser.
     tol : float, default=1e-8
-        Kept for symmetry with :class:`~mixedlm_sklearn.MixedLMRegressor`; the optimiser
-        stops on lme4's convergence check (scaled gradient below 1e-4) after Newton steps.
+        Relative change of the deviance at which the quasi-Newton phase hands over to
+        Newton steps (with a finite-difference Hessian), which finish the fit and check
+        it as lme4 does (scaled gradient below 1e-4).
     verbose : int, default=0
+        Print the optimiser's work when positive.
 
     Attributes
     ----------

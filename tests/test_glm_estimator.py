@@ -222,3 +222,35 @@ def test_agq_needs_one_scalar_term():
     df = load_verbagg().head(600)
     with pytest.raises(ValueError, match="single grouping factor with a scalar"):
         MixedGLMClassifier(n_agq=5).fit(df[["Anger"]], df["r2"], groups=df[["id", "item"]])
+
+
+def test_a_large_offset_shifts_only_the_intercept(bernoulli):
+    # an offset of 800 on the log scale: the start and the inner iteration must not overflow
+    rng = np.random.default_rng(1)
+    X, g = rng.standard_normal((80, 1)), np.repeat(np.arange(16), 5)
+    y = rng.poisson(np.exp(0.5 + 0.8 * rng.standard_normal(16)[g])).astype(float)
+    plain = MixedGLMRegressor().fit(X, y, groups=g)
+    shifted = MixedGLMRegressor().fit(X, y, groups=g, offset=np.full(80, 800.0))
+    assert shifted.intercept_ == pytest.approx(plain.intercept_ - 800.0, abs=1e-5)
+    assert shifted.llf_ == pytest.approx(plain.llf_, abs=1e-6)
+    np.testing.assert_allclose(shifted.cov_re_, plain.cov_re_, rtol=1e-4)
+
+
+def test_pirls_breakdown_becomes_a_clear_error(monkeypatch, bernoulli):
+    from mixedlm_sklearn import _glmm
+
+    def diverge(*args, **kwargs):
+        raise _glmm.PIRLSDivergence("step halving failed")
+
+    monkeypatch.setattr(_glmm.GLMMDeviance, "_modes", diverge)
+    X, y, g = bernoulli
+    est = MixedGLMClassifier()
+    with pytest.raises(ValueError, match="GLMM fit broke down numerically \\(at the starting values: step halving failed\\)"):
+        est.fit(X, y, groups=g)
+    assert not hasattr(est, "coef_")
+
+
+def test_verbose_reports_the_optimiser(bernoulli, capsys):
+    X, y, g = bernoulli
+    MixedGLMClassifier(verbose=1).fit(X, y, groups=g)
+    assert "[MixedGLMClassifier]" in capsys.readouterr().out
