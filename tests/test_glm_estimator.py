@@ -254,3 +254,20 @@ def test_verbose_reports_the_optimiser(bernoulli, capsys):
     X, y, g = bernoulli
     MixedGLMClassifier(verbose=1).fit(X, y, groups=g)
     assert "[MixedGLMClassifier]" in capsys.readouterr().out
+
+
+def test_singular_fit_matches_lme4():
+    # No group effect in the data: the variance lands on its bound, as in lme4, where
+    # glmer(y ~ x + (1 | g), d, family = binomial) on these rows reports a singular fit,
+    # logLik -135.162788828 and fixed effects -0.02751098717, 0.39583314326.
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(10), 20)
+    x = rng.standard_normal(200)
+    y = rng.binomial(1, special.expit(0.3 + 0.5 * x))
+    from mixedlm_sklearn import SingularFitWarning
+
+    with pytest.warns(SingularFitWarning):
+        clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+    assert clf.singular_ and clf.converged_ and clf.theta_[0] == 0.0
+    assert clf.llf_ == pytest.approx(-135.162788828, abs=1e-8)
+    np.testing.assert_allclose([clf.intercept_, clf.coef_[0]], [-0.02751098717, 0.39583314326], atol=1e-7)
