@@ -385,8 +385,9 @@ def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
 
     As lme4's ``vcov`` for a GLMM (``use.hessian = TRUE``): the Hessian of the deviance
     over all parameters (those of ``theta`` on their bound held fixed), from differences
-    of the gradient at the optimum. Falls back to the Hessian in ``beta`` alone when the
-    full one is not positive definite.
+    of the gradient at the optimum. When that Hessian is not positive definite, lme4's
+    ``use.hessian = FALSE`` covariance: the inverse Fisher information of ``beta`` with the
+    random effects integrated out (:meth:`._glmm.GLMMDeviance.beta_information`).
     """
     info, nt = model.info, model.n_theta
     H = info.hessian
@@ -401,12 +402,14 @@ def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
             return 2.0 * inv[-p:, -p:] if p else np.zeros((0, 0))
         except (linalg.LinAlgError, ValueError):
             pass
-        try:
-            Hb = H[nt:, nt:]
-            return 2.0 * linalg.inv(Hb)
-        except (linalg.LinAlgError, ValueError):
-            pass
-    return np.full((p, p), np.nan)
+    # lme4's vcov(use.hessian = FALSE): the Fisher information of beta at the modes
+    dev = model.deviance
+    info_beta = dev.beta_information(dev.modes(model.x))
+    try:
+        return 2.0 * linalg.cho_solve(linalg.cho_factor(info_beta, check_finite=False), np.eye(p),
+                                      check_finite=False) if p else np.zeros((0, 0))
+    except (linalg.LinAlgError, ValueError):
+        return np.full((p, p), np.nan)
 
 
 _CLASSIFIER_DOC_EXAMPLE = ""

@@ -271,3 +271,35 @@ def test_singular_fit_matches_lme4():
     assert clf.singular_ and clf.converged_ and clf.theta_[0] == 0.0
     assert clf.llf_ == pytest.approx(-135.162788828, abs=1e-8)
     np.testing.assert_allclose([clf.intercept_, clf.coef_[0]], [-0.02751098717, 0.39583314326], atol=1e-7)
+
+
+def test_crossed_random_slope_with_a_singular_correlation():
+    # lme4: glmer(y ~ x + (x | g) + (1 | h), d, binomial) on these rows: a singular fit
+    # (correlation -1), logLik -355.9309512, sd 0.730910, 0.081822, 0.662663; with
+    # (x | g) alone logLik -369.52653672. Ours reach at least as high.
+    rng = np.random.default_rng(3)
+    n = 600
+    g, h, x = np.repeat(np.arange(30), 20), rng.integers(0, 8, n), rng.standard_normal(n)
+    b, c = rng.standard_normal((30, 2)) * [0.8, 0.5], rng.standard_normal(8) * 0.6
+    y = rng.binomial(1, special.expit(0.2 + 0.7 * x + b[g, 0] + b[g, 1] * x + c[h]))
+    X, Z = pd.DataFrame({"x": x}), pd.DataFrame({"(Intercept)": np.ones(n), "x": x})
+    with pytest.warns(UserWarning, match="singular"):
+        crossed = MixedGLMClassifier().fit(X, y, groups=pd.DataFrame({"g": g, "h": h}), Z={"g": Z})
+    assert crossed.singular_ and crossed.converged_
+    assert crossed.llf_ >= -355.9309512 - 1e-6
+    sd = np.sqrt(np.diag(crossed.cov_re_["g"]))
+    np.testing.assert_allclose(sd, [0.730910, 0.081822], rtol=2e-3)
+    cov = crossed.cov_re_["g"]
+    assert cov[0, 1] / np.prod(sd) == pytest.approx(-1.0, abs=1e-8)
+    with pytest.warns(UserWarning, match="singular"):
+        single = MixedGLMClassifier().fit(X, y, groups=pd.Series(g, name="g"), Z=Z)
+    assert single.llf_ >= -369.52653672 - 1e-6
+    # marginal predictions integrate over the unseen term only
+    new = pd.DataFrame({"g": g[:4], "h": 99})
+    with pytest.warns(UserWarning, match="none of the groups"):
+        conditional = crossed.decision_function(X.head(4), groups=new, Z={"g": Z.head(4)})
+        marginal = crossed.predict_proba(X.head(4), groups=new, Z={"g": Z.head(4)}, marginal=True)[:, 1]
+    s = np.sqrt(crossed.cov_re_["h"][0, 0])
+    for eta, p in zip(conditional, marginal):
+        expected = integrate.quad(lambda u: special.expit(eta + u) * stats.norm.pdf(u, scale=s), -12 * s, 12 * s)[0]
+        assert p == pytest.approx(expected, abs=1e-10)

@@ -224,3 +224,16 @@ def test_family_checks_of_the_response():
         fam.check_response(np.array([0.0, 2.0]), np.ones(2))
     with pytest.raises(ValueError, match="takes the links"):
         family_and_link("poisson", "logit")
+
+
+def test_beta_information_is_lme4s_rx_covariance():
+    # lme4: sqrt(diag(vcov(fit, use.hessian = FALSE))) for cbpp's Laplace fit is
+    # 0.22785237 0.30534751 0.32600119 0.42870187 at lme4's estimates
+    from mixedlm_sklearn import glmer
+    from mixedlm_sklearn.datasets import load_cbpp
+
+    fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    dev = fit.model_.deviance
+    x = np.array([0.6420699, -1.39833155181282, -0.991923809038708, -1.12821438763116, -1.57975005595514])
+    se = np.sqrt(np.diag(2.0 * np.linalg.inv(dev.beta_information(dev.modes(x)))))
+    np.testing.assert_allclose(se, [0.22785237, 0.30534751, 0.32600119, 0.42870187], rtol=1e-4)
