@@ -369,6 +369,16 @@ class _MixedGLMBase(BaseEstimator):
         check_is_fitted(self)
         return summary(self, alpha=alpha)
 
+    def wald_test(self, L: Any, rhs: Any = None):
+        """Wald chi-square test of ``L beta = rhs`` on the fixed effects.
+
+        See :func:`mixedlm_sklearn.inference.wald_test` (here always ``ddf="chi2"``).
+        """
+        from .inference import wald_test
+
+        check_is_fitted(self)
+        return wald_test(self, L, rhs=rhs, ddf="chi2")
+
     def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
         """Confidence intervals: ``"wald"`` (fixed effects) or ``"profile"`` (likelihood).
 

@@ -303,3 +303,21 @@ def test_crossed_random_slope_with_a_singular_correlation():
     for eta, p in zip(conditional, marginal):
         expected = integrate.quad(lambda u: special.expit(eta + u) * stats.norm.pdf(u, scale=s), -12 * s, 12 * s)[0]
         assert p == pytest.approx(expected, abs=1e-10)
+
+
+def test_wald_chi_square_test_of_the_periods(cbpp):
+    # lme4 + car::linearHypothesis(fit, c("period2 = 0", "period3 = 0", "period4 = 0")) is
+    # the quadratic form of beta over vcov(beta): checked here against its definition
+    df = cbpp[0]
+    fit = glmer(CBPP, df)
+    test = fit.wald_test(["period2", "period3", "period4"])
+    b = fit.fe_params_.to_numpy()[1:]
+    V = fit.cov_fe_[1:, 1:]
+    chi2 = float(b @ np.linalg.solve(V, b))
+    assert test.method == "chi2" and test.df_num == 3
+    assert test.statistic * test.df_num == pytest.approx(chi2, rel=1e-10)
+    assert test.pvalue == pytest.approx(stats.chi2.sf(chi2, 3), rel=1e-10)
+    from mixedlm_sklearn.inference import wald_test
+
+    with pytest.raises(ValueError, match="ddf='chi2'"):
+        wald_test(fit, "period2")
