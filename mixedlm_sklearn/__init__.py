@@ -1,11 +1,13 @@
 """Linear mixed-effects models as scikit-learn estimators, with lme4's answers.
 
-Main entry point: :class:`MixedLMRegressor`.
+Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
+:class:`MixedGLMRegressor` (and :func:`lmer`, :func:`glmer` for R formulas).
 """
 
 from ._validation import RankDeficientWarning
 from .estimator import MixedLMRegressor, SingularFitWarning
-from .formula import lmer
+from .formula import glmer, lmer
+from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor
 from .inference import LRTestResult, Summary, WaldTestResult, lr_test, pb_test, power, power_curve
 from .inference.anova import anova
 
@@ -13,6 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MixedLMRegressor",
+    "MixedGLMClassifier",
+    "MixedGLMRegressor",
+    "glmer",
     "SingularFitWarning",
     "RankDeficientWarning",
     "lmer",

@@ -31,8 +31,8 @@ import scipy.sparse as sp
 
 from ._terms import Terms
 
-__all__ = ["PairBlock", "CrossProducts", "cross_products", "Accumulator", "ResponseProducts",
-           "ResponseMap"]
+__all__ = ["PairBlock", "CrossProducts", "cross_products", "DesignPattern", "Accumulator",
+           "ResponseProducts", "ResponseMap"]
 
 # Rows per block in the pass over the rows. Each block's sparse product writes a dense
 # (levels * q, k) result, so a block must hold at least about levels * q rows for that
@@ -378,6 +378,107 @@ def cross_products(
         sum_log_weights=np.array([0.0 if weights is None else float(np.log(weights).sum())]),
         counts=tuple(counts),
     )
+
+
+class DesignPattern:
+    """One design's index structure, for its cross-products under new row weights and responses.
+
+    :func:`cross_products` finds the level pairs of crossed terms and lays out the sparse
+    level structure of every ``Z_k`` each time it is called. A fit that reweights the same
+    rows many times (the working weights of penalised iteratively reweighted least squares
+    in a GLMM, a new simulated response in a parametric bootstrap) builds this once: each
+    call of :meth:`cross_products` then only recomputes values (one sparse product per term
+    and a ``bincount`` per entry of each pair block).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Fixed-effects columns (the intercept included if wanted; may have 0 columns).
+    factors : sequence of (codes, Z)
+    terms : Terms
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn._terms import Term, Terms
+    >>> rng = np.random.default_rng(0)
+    >>> g, h = rng.integers(0, 4, 30), rng.integers(0, 3, 30)
+    >>> terms = Terms([Term("g", ("(Intercept)",), 4), Term("h", ("(Intercept)",), 3)])
+    >>> factors = [(g, np.ones((30, 1))), (h, np.ones((30, 1)))]
+    >>> X, y, w = np.ones((30, 1)), rng.standard_normal(30), rng.uniform(1, 2, 30)
+    >>> a = DesignPattern(X, factors, terms).cross_products(y, w)
+    >>> b = cross_products(X, y, factors, terms, weights=w)
+    >>> bool(np.allclose(a.pairs[0].values, b.pairs[0].values) and np.allclose(a.xyxy, b.xyxy))
+    True
+    """
+
+    def __init__(self, X: np.ndarray, factors: Sequence[tuple[np.ndarray, np.ndarray]],
+                 terms: Terms) -> None:
+        self.X = np.ascontiguousarray(X, dtype=float)
+        self.factors = [(np.asarray(c), np.ascontiguousarray(Z, dtype=float)) for c, Z in factors]
+        self.terms = terms
+        n = self.X.shape[0]
+        self.n = n
+        # Z_k' as a sparse (m_k q_k, n) matrix: Z_k' [W Z_k, W X, W y] holds every level's blocks.
+        self._zt = []
+        for (codes, Z), term in zip(self.factors, terms):
+            q = Z.shape[1]
+            rows = (codes[:, None].astype(np.int64) * q + np.arange(q)).ravel()
+            cols = np.repeat(np.arange(n), q)
+            self._zt.append(sp.csr_matrix((Z.ravel(), (rows, cols)), shape=(term.n_levels * q, n)))
+        self.counts = tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(self.factors, terms))
+        # Level pairs of crossed terms: each row's pair entry, found once.
+        self._pairs = []
+        for k in range(len(self.factors)):
+            for l in range(k + 1, len(self.factors)):
+                m_l = terms[l].n_levels
+                key = self.factors[k][0].astype(np.int64) * m_l + self.factors[l][0]
+                inv, uniq = pd.factorize(key, sort=True)
+                lk, ll = np.divmod(np.asarray(uniq, dtype=np.int64), m_l)
+                self._pairs.append((k, l, inv, lk, ll))
+
+    def pair_entry(self, j: int) -> np.ndarray:
+        """The entry of pair block ``j`` (in :attr:`CrossProducts.pairs` order) of each row."""
+        return self._pairs[j][2]
+
+    def cross_products(self, y: np.ndarray, weights: np.ndarray | None = None) -> CrossProducts:
+        """The cross-products of ``[X y]`` under row weights ``weights`` (one stratum).
+
+        Equal to :func:`cross_products` on the same rows (to rounding).
+        """
+        y = np.asarray(y, dtype=float)
+        w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=float)
+        p = self.X.shape[1]
+        xy = np.empty((self.n, p + 1))
+        xy[:, :p] = self.X
+        xy[:, p] = y
+        wxy = xy * w[:, None]
+        diag, zxy = [], []
+        for (codes, Z), term, zt in zip(self.factors, self.terms, self._zt):
+            q = Z.shape[1]
+            blocks = zt @ np.hstack([Z * w[:, None], wxy])  # (m q, q + p + 1)
+            per_level = blocks.reshape(term.n_levels, q, q + p + 1).transpose(1, 2, 0)
+            diag.append(np.ascontiguousarray(per_level[:, :q])[None])
+            zxy.append(np.ascontiguousarray(per_level[:, q:])[None])
+        pairs = []
+        for k, l, inv, lk, ll in self._pairs:
+            Zk, Zl = self.factors[k][1], self.factors[l][1]
+            values = np.empty((lk.size, Zk.shape[1], Zl.shape[1]))
+            for a in range(Zk.shape[1]):
+                za = Zk[:, a] * w
+                for b in range(Zl.shape[1]):
+                    values[:, a, b] = np.bincount(inv, za * Zl[:, b], minlength=lk.size)
+            pairs.append(PairBlock(k, l, lk, ll, values[None]))
+        return CrossProducts(
+            terms=self.terms,
+            diag=tuple(diag),
+            zxy=tuple(zxy),
+            pairs=tuple(pairs),
+            xyxy=(xy.T @ wxy)[None],
+            n_obs=np.array([self.n]),
+            sum_log_weights=np.array([float(np.log(w).sum()) if weights is not None else 0.0]),
+            counts=self.counts,
+        )
 
 
 def _stack_strata(parts: Sequence[CrossProducts]) -> CrossProducts:

@@ -230,21 +230,44 @@ class Plan:
 # ---- data-dependent constants of a plan -----------------------------------------------------
 
 
-def _pair_map(a21: sp.csr_matrix, m1: int, q1: int) -> sp.csc_matrix:
-    """Sparse map from ``vec(D)`` to the lower triangle of ``A_21 D A_12``.
+@dataclass(frozen=True)
+class _PairMapPattern:
+    """The structure of :func:`_pair_map` for one pattern of ``A_21``.
 
-    ``(A_21 D A_12)_{ij} = sum_l sum_{ab} A_21[i, (l,a)] D_l[a,b] A_21[j, (l,b)]``: one
-    entry per level ``l`` and pair of rows ``i >= j`` that level touches. Rows of the map
-    are ``i * r + j``; columns ``(l, a, b)`` in C order, i.e. ``D`` stored (m1, q1, q1).
-    Built column by column (CSC) so no sort is needed.
+    ``slots[key, a]`` is the index into ``A_21.data`` (CSR order) of the entry of key
+    ``key = (level, row)`` and component ``a`` (``-1`` where there is none); the map's data
+    are products ``vals[ka] vals[kb]`` scattered to ``dest`` (or in order when ``q1 = 1``).
     """
+
+    slots: np.ndarray
+    ka: np.ndarray
+    kb: np.ndarray
+    rows: np.ndarray
+    indptr: np.ndarray
+    dest: np.ndarray | None
+    shape: tuple
+    q1: int
+
+    def values(self, a21_data: np.ndarray) -> sp.csc_matrix:
+        """The map for ``A_21`` with these data (same pattern)."""
+        vals = np.append(a21_data, 0.0)[self.slots]  # slot -1 reads the appended 0
+        if self.q1 == 1:
+            data = vals[self.ka, 0] * vals[self.kb, 0]
+        else:
+            data = np.empty(self.dest.size)
+            data[self.dest] = (vals[self.ka][:, :, None] * vals[self.kb][:, None, :]).ravel()
+        return sp.csc_matrix((data, self.rows, self.indptr), shape=self.shape)
+
+
+def _pair_map_pattern(a21: sp.csr_matrix, m1: int, q1: int) -> _PairMapPattern:
+    """The structure of :func:`_pair_map` (see there), independent of ``A_21``'s values."""
     r = a21.shape[0]
     coo = a21.tocoo()
     level, comp = np.divmod(coo.col, q1)
     # Group the entries of A_21 by (level, row): keys sorted by level, then row.
     keys, inv = np.unique(level.astype(np.int64) * r + coo.row, return_inverse=True)
-    vals = np.zeros((keys.size, q1))
-    np.add.at(vals, (inv.ravel(), comp), coo.data)
+    slots = np.full((keys.size, q1), -1, dtype=np.int64)
+    slots[inv.ravel(), comp] = np.arange(coo.nnz)
     key_level, key_row = np.divmod(keys, r)
     key_row = key_row.astype(np.int64)
     # Key number s within its level pairs with the s + 1 keys before it and itself.
@@ -256,22 +279,73 @@ def _pair_map(a21: sp.csr_matrix, m1: int, q1: int) -> sp.csc_matrix:
     kb = np.arange(ka.size, dtype=np.int64) - np.repeat(pair_start - first_key, partners)
     rows = key_row[ka] * r + key_row[kb]
     n_pairs = np.bincount(key_level, weights=partners, minlength=m1).astype(np.int64)
-    if q1 == 1:
-        data = vals[ka, 0] * vals[kb, 0]
-    else:
+    dest = None
+    if q1 > 1:
         # Column (l, a, b) holds all of level l's pairs in pair order: scatter the
         # (pair, a, b) products there.
         lev = key_level[ka]
         lev_start = np.cumsum(n_pairs) - n_pairs
         local = np.arange(ka.size) - lev_start[lev]
-        dest = (q1 * q1 * lev_start[lev] + local)[:, None] + np.arange(q1 * q1) * n_pairs[lev][:, None]
-        data = np.empty(dest.size)
-        data[dest.ravel()] = (vals[ka][:, :, None] * vals[kb][:, None, :]).ravel()
+        dest = ((q1 * q1 * lev_start[lev] + local)[:, None]
+                + np.arange(q1 * q1) * n_pairs[lev][:, None]).ravel()
         rows_all = np.empty(dest.size, dtype=rows.dtype)
-        rows_all[dest.ravel()] = np.repeat(rows, q1 * q1)
+        rows_all[dest] = np.repeat(rows, q1 * q1)
         rows = rows_all
     indptr = np.concatenate([[0], np.cumsum(np.repeat(n_pairs, q1 * q1))])
-    return sp.csc_matrix((data, rows, indptr), shape=(r * r, m1 * q1 * q1))
+    return _PairMapPattern(slots, ka, kb, rows, indptr, dest, (r * r, m1 * q1 * q1), q1)
+
+
+def _pair_map(a21: sp.csr_matrix, m1: int, q1: int) -> sp.csc_matrix:
+    """Sparse map from ``vec(D)`` to the lower triangle of ``A_21 D A_12``.
+
+    ``(A_21 D A_12)_{ij} = sum_l sum_{ab} A_21[i, (l,a)] D_l[a,b] A_21[j, (l,b)]``: one
+    entry per level ``l`` and pair of rows ``i >= j`` that level touches. Rows of the map
+    are ``i * r + j``; columns ``(l, a, b)`` in C order, i.e. ``D`` stored (m1, q1, q1).
+    Built column by column (CSC) so no sort is needed.
+    """
+    return _pair_map_pattern(a21, m1, q1).values(a21.tocoo().data)
+
+
+class _DenseFill:
+    """The fill map of :func:`_pair_map` as products with a dense ``A_21`` (r, m1 q1).
+
+    When most levels of the crossing term meet most rows of the rest (VerbAgg's persons
+    and items), ``A_21`` is dense and ``A_21 D A_12`` one matrix product: cheaper than
+    gathering the map's entries anew each time ``A_21`` changes (a GLMM's reweighting).
+    ``fill @ vec(D)`` and ``fill.T @ vec(Omega)`` act as the sparse map's do.
+    """
+
+    def __init__(self, a21: np.ndarray, q1: int) -> None:
+        self.a21, self.q1 = a21, q1
+
+    def __matmul__(self, vec_d: np.ndarray) -> np.ndarray:
+        A, q1 = self.a21, self.q1
+        D = vec_d.reshape(-1, q1, q1)
+        if q1 == 1:
+            return ((A * D[:, 0, 0]) @ A.T).ravel()
+        r = A.shape[0]
+        AD = np.einsum("ila,lab->ilb", A.reshape(r, -1, q1), D).reshape(r, -1)
+        return (AD @ A.T).ravel()
+
+    @property
+    def T(self) -> "_DenseFillTranspose":
+        return _DenseFillTranspose(self)
+
+
+class _DenseFillTranspose:
+    def __init__(self, fill: _DenseFill) -> None:
+        self.fill = fill
+
+    def __matmul__(self, vec_omega: np.ndarray) -> np.ndarray:
+        A, q1 = self.fill.a21, self.fill.q1
+        r = A.shape[0]
+        P = vec_omega.reshape(r, r) @ A
+        return np.einsum("ila,ilb->lab", A.reshape(r, -1, q1), P.reshape(r, -1, q1)).ravel()
+
+
+# A_21 at least this dense (and at most this large) is handled as a dense array on reweighting.
+_DENSE_FILL_DENSITY = 0.25
+_DENSE_FILL_SIZE = 4_000_000
 
 
 class BlockOps:
@@ -320,8 +394,77 @@ class Prepared(BlockOps):
         super().__init__(cp)
         self.plan = plan
         self.a21 = self.a22 = self.pairs = None
+        self._value_maps = None
         if plan.crossing is not None:
             self._prepare_crossing()
+
+    def reweighted(self, cp: CrossProducts) -> "Prepared":
+        """The same plan and sparsity with the values of ``cp``.
+
+        ``cp`` must have the levels and level pairs of this one's cross-products (the same
+        rows under new weights, as :class:`._crossprod.DesignPattern` gives them). The
+        sparse structure (pair matrices, ``A_R1`` and its fill map) is taken from here
+        and only values are recomputed: what a GLMM's inner iteration needs at every step.
+        """
+        if self._value_maps is None:
+            self._value_maps = self._build_value_maps()
+        pair_order, a21_order, fill = self._value_maps
+        new = object.__new__(Prepared)
+        new.cp, new.plan, new.q = cp, self.plan, self.q
+        new.diag = [d[0] for d in cp.diag]
+        new.zxy = [z[0] for z in cp.zxy]
+        new.xyxy = cp.xyxy[0]
+        new.pair_mats = []
+        for b, mat, order in zip(cp.pairs, self.pair_mats, pair_order):
+            new.pair_mats.append(sp.csr_matrix((b.values[0].ravel()[order], mat.indices, mat.indptr),
+                                               shape=mat.shape))
+        new.a21 = new.a22 = new.pairs = None
+        new._value_maps = self._value_maps
+        if self.plan.crossing is not None:
+            flat = np.concatenate([b.values[0].ravel() for b in cp.pairs])
+            a21_data = flat[a21_order]
+            new.a21 = sp.csr_matrix((a21_data, self.a21.indices, self.a21.indptr), shape=self.a21.shape)
+            new.a22 = new.assemble_dense(new.diag, [b.values[0] for b in cp.pairs], add_identity=False)
+            if fill is None:
+                new.pairs = _DenseFill(new.a21.toarray(), self.plan.q[self.plan.crossing])
+            else:
+                new.pairs = fill.values(a21_data)
+        return new
+
+    def _build_value_maps(self) -> tuple:
+        """Where each stored value of the sparse structures comes from in ``cp.pairs``."""
+        cp = self.cp
+        sizes = [b.values[0].size for b in cp.pairs]
+        offsets = np.cumsum([0] + sizes[:-1])
+        pair_order, tagged = [], []
+        for b, mat, off in zip(cp.pairs, self.pair_mats, offsets):
+            # Rebuild each pair matrix with its entries' positions as values.
+            qk, ql = self.q[b.k], self.q[b.l]
+            shape = b.values.shape[1:]
+            rows = np.broadcast_to(b.level_k[:, None, None] * qk + np.arange(qk)[:, None], shape)
+            cols = np.broadcast_to(b.level_l[:, None, None] * ql + np.arange(ql), shape)
+            tag = sp.csr_matrix((np.arange(1, b.values[0].size + 1, dtype=float), (rows.ravel(), cols.ravel())),
+                                shape=mat.shape)
+            if not (np.array_equal(tag.indices, mat.indices) and np.array_equal(tag.indptr, mat.indptr)):
+                raise RuntimeError("pair matrix layout changed")
+            order = tag.data.astype(np.int64) - 1
+            pair_order.append(order)
+            tagged.append(sp.csr_matrix((order + off + 1.0, mat.indices, mat.indptr), shape=mat.shape))
+        a21_order = fill = None
+        if self.plan.crossing is not None:
+            t, blocks = self.plan.crossing, []
+            for u in self.plan.dense.terms:
+                mat = tagged[self.plan.block_index(t, u)]
+                blocks.append(mat.T if t < u else mat)
+            a21 = sp.vstack(blocks).tocsr()
+            a21.sum_duplicates()
+            if not (np.array_equal(a21.indices, self.a21.indices) and np.array_equal(a21.indptr, self.a21.indptr)):
+                raise RuntimeError("A_R1 layout changed")
+            a21_order = a21.data.astype(np.int64) - 1
+            size = a21.shape[0] * a21.shape[1]
+            if a21.nnz < _DENSE_FILL_DENSITY * size or size > _DENSE_FILL_SIZE:
+                fill = _pair_map_pattern(a21, self.plan.m[t], self.plan.q[t])
+        return pair_order, a21_order, fill
 
     def _prepare_crossing(self) -> None:
         plan, dense = self.plan, self.plan.dense

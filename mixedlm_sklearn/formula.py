@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
-           "parse_formula", "lmer"]
+           "parse_formula", "lmer", "glmer"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -1870,5 +1870,97 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     arguments = frame.fit_arguments()
     est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
     est.fit(**arguments)
+    est.model_frame_ = frame
+    return est
+
+
+def _cbind(response: str, formula: str) -> tuple[str, str] | None:
+    """The two columns of a ``cbind(successes, failures)`` response, or None."""
+    match = re.fullmatch(r"\s*cbind\s*\((.*)\)\s*", response, flags=re.S)
+    if match is None:
+        return None
+    parts = _split_top(match.group(1), ",")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"in formula {formula!r}, cbind() takes two arguments: "
+                         "cbind(successes, failures)")
+    return parts[0].strip(), parts[1].strip()
+
+
+def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
+          n_agq: int = 1, *, context: Mapping[str, Any] | None = None, **estimator_params: Any):
+    """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"r2 ~ Anger + (1 | id) + (1 | item)"``; for binomial counts the
+        response may be ``cbind(successes, failures)`` (each an expression such as
+        ``size - incidence``): the model is then fitted to the proportion of successes
+        with the number of trials as ``sample_weight`` (R's ``glm`` convention). The rest
+        of the syntax is :func:`lmer`'s.
+    data : DataFrame
+    family : {"binomial", "poisson"}, default="binomial"
+    link : str, optional
+        Default the family's canonical link (logit, log); binomial also takes "probit"
+        and "cloglog".
+    n_agq : int, default=1
+        lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
+        random effect.
+    context : mapping, optional
+        As in :func:`lmer`.
+    **estimator_params
+        Other :class:`MixedGLMRegressor` parameters (``max_iter``, ``verbose``).
+
+    Returns
+    -------
+    MixedGLMRegressor
+        Fitted (its ``predict`` gives the mean response: probabilities, rates), with
+        ``model_frame_`` as :func:`lmer`'s.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> round(fit.llf_, 3), fit.fe_params_.round(3).to_dict()
+    (-92.026, {'(Intercept)': -1.399, 'period2': -0.992, 'period3': -1.129, 'period4': -1.58})
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp(),
+    ...             n_agq=25)
+    >>> round(float(fit.cov_re_[0, 0]), 4)  # lme4: 0.4193
+    0.4193
+    """
+    from .glm_estimator import MixedGLMRegressor
+
+    clash = {"fit_intercept", "cov_type"} & set(estimator_params)
+    if clash:
+        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
+                        "'||' makes the covariance diagonal); do not pass them to glmer")
+    sides = _split_top(formula, "~")
+    pair = _cbind(sides[0], formula) if len(sides) == 2 else None
+    weights = None
+    if pair is None:
+        frame = parse_formula(formula, data, context=context)
+    else:
+        if family != "binomial":
+            raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
+        frame = parse_formula(f"I({pair[0]}) ~ {sides[1]}", data, context=context)
+        other = parse_formula(f"I({pair[1]}) ~ {sides[1]}", data, context=context)
+        if not frame.y.index.equals(other.y.index):
+            raise ValueError(f"in formula {formula!r}, the two columns of cbind() are missing in "
+                             "different rows")
+        successes, failures = frame.y.to_numpy(), other.y.to_numpy()
+        bad = (successes < 0) | (failures < 0)
+        if bad.any():
+            rows = list(frame.y.index[bad][:5])
+            raise ValueError(f"cbind(successes, failures) needs counts >= 0; rows {rows} are negative")
+        trials = successes + failures
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proportion = np.where(trials > 0, successes / np.where(trials > 0, trials, 1.0), 0.0)
+        frame.y = pd.Series(proportion, index=frame.y.index, name=f"cbind({pair[0]}, {pair[1]})")
+        weights = trials  # a row with no trials carries no information (weight 0 removes it)
+    arguments = frame.fit_arguments()
+    est = MixedGLMRegressor(family=family, link=link, n_agq=n_agq, **frame.estimator_params(),
+                            **estimator_params)
+    est.fit(**arguments, sample_weight=weights)
     est.model_frame_ = frame
     return est

@@ -24,6 +24,11 @@ MODULES = [
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
     "mixedlm_sklearn._validation",
+    "mixedlm_sklearn._crossprod",
+    "mixedlm_sklearn._glmm",
+    "mixedlm_sklearn.glm_estimator",
+    "mixedlm_sklearn.inference.glmm",
+    "mixedlm_sklearn.formula",
 ]
 
 

@@ -101,3 +101,13 @@ def test_analysis_example_reproduces_the_shared_references(tmp_path):
     seen = out["intervals"]["F05"]
     assert np.all(upper - lower > seen[2] - seen[1])
     assert (tmp_path / "intervals.png").stat().st_size > 1000
+
+
+def test_glmm_example(capsys):
+    clf, cv, cbpp = _load("glmm").main()
+    assert clf.llf_ == pytest.approx(-4075.69986, abs=1e-5)  # lme4 stops at -4075.70025
+    assert clf.n_groups_ == {"id": 316, "item": 24}
+    assert np.all((-cv["test_score"] > 0.55) & (-cv["test_score"] < 0.7))
+    # lme4 (nAGQ = 25) logLik -50.00502 omits the saturated log-density -41.97835
+    assert cbpp.llf_ == pytest.approx(-50.005015268375 - 41.97835376893558, abs=1e-4)
+    assert "Wald z tests" in capsys.readouterr().out

@@ -18,11 +18,14 @@ from importlib import resources
 import pandas as pd
 
 __all__ = [
+    "load_cbpp",
     "load_dietox",
+    "load_grouseticks",
     "load_insteval",
     "load_orthodont",
     "load_penicillin",
     "load_sleepstudy",
+    "load_verbagg",
 ]
 
 
@@ -198,3 +201,91 @@ def load_insteval() -> pd.DataFrame:
     return _read_csv(
         "insteval.csv", ("s", "d", "studage", "lectage", "service", "dept")
     )
+
+
+def load_cbpp() -> pd.DataFrame:
+    """Contagious bovine pleuropneumonia in zebu herds of Ethiopia.
+
+    Source: R package lme4 (``cbpp``), from Lesnoff et al. (2004), Preventive
+    Veterinary Medicine 64, 149-162.
+
+    Returns
+    -------
+    pandas.DataFrame
+        56 rows, columns:
+
+        - ``herd`` (str): herd label, ``"1"`` to ``"15"``;
+        - ``incidence`` (int): new serological cases in the period;
+        - ``size`` (int): herd size at the start of the period;
+        - ``period`` (str): period, ``"1"`` to ``"4"``.
+
+    Notes
+    -----
+    Classic model: ``cbind(incidence, size - incidence) ~ period + (1 | herd)``,
+    binomial (proportion ``incidence / size`` with ``size`` trials).
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> load_cbpp().shape
+    (56, 4)
+    """
+    return _read_csv("cbpp.csv", ("herd", "period"))
+
+
+def load_verbagg() -> pd.DataFrame:
+    """Verbal aggression item responses.
+
+    Source: R package lme4 (``VerbAgg``), from De Boeck & Wilson (2004),
+    Explanatory Item Response Models, Springer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        7,584 rows (316 respondents x 24 items), columns ``Anger`` (int,
+        trait anger score), ``Gender`` (``"F"``/``"M"``), ``item`` (str),
+        ``resp`` (``"no"``, ``"perhaps"``, ``"yes"``), ``id`` (str,
+        respondent), ``btype`` (``"curse"``, ``"scold"``, ``"shout"``),
+        ``situ`` (``"other"``, ``"self"``), ``mode`` (``"want"``, ``"do"``)
+        and ``r2`` (int: 1 when ``resp`` is not ``"no"``).
+
+    Notes
+    -----
+    Classic model: ``r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)``,
+    Bernoulli with crossed random intercepts.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_verbagg
+    >>> load_verbagg().shape
+    (7584, 9)
+    """
+    return _read_csv("verbagg.csv", ("Gender", "item", "resp", "id", "btype", "situ", "mode"))
+
+
+def load_grouseticks() -> pd.DataFrame:
+    """Ticks on red grouse chicks.
+
+    Source: R package lme4 (``grouseticks``), from Elston et al. (2001),
+    Parasitology 122, 563-569.
+
+    Returns
+    -------
+    pandas.DataFrame
+        403 rows, columns ``INDEX`` (str, chick), ``TICKS`` (int, count),
+        ``BROOD`` (str), ``HEIGHT`` (int, altitude in m), ``YEAR`` (str,
+        ``"95"``, ``"96"``, ``"97"``), ``LOCATION`` (str) and ``cHEIGHT``
+        (float, ``HEIGHT`` centred).
+
+    Notes
+    -----
+    Classic model: ``TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)``,
+    Poisson with crossed random intercepts.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_grouseticks
+    >>> load_grouseticks().shape
+    (403, 7)
+    """
+    return _read_csv("grouseticks.csv", ("INDEX", "BROOD", "YEAR", "LOCATION"))

@@ -171,13 +171,20 @@ def _same_fixed_effects(a: FittedModel, b: FittedModel) -> bool:
     return xa.shape == xb.shape and np.allclose(xa[:-1], xb[:-1], rtol=1e-10, atol=0.0)
 
 
+def _is_glmm(est: Any) -> bool:
+    from ..glm_estimator import GLMMFit
+
+    return isinstance(getattr(est, "model_", None), GLMMFit)
+
+
 def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
     """Likelihood-ratio test of ``restricted`` against ``full`` (nested fits, same data).
 
     Parameters
     ----------
-    restricted, full : fitted MixedLMRegressor
-        The smaller and the larger model, fitted to the same rows.
+    restricted, full : fitted MixedLMRegressor (or both GLMM estimators)
+        The smaller and the larger model, fitted to the same rows. GLMMs are compared by
+        :func:`.glmm.lr_test_glmm`.
     boundary : bool, default False
         For a test of a variance component (the restricted model puts a variance on its
         boundary 0), use the 50:50 mixture of chi-square distributions with ``df - 1`` and
@@ -219,6 +226,10 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
     >>> round(test.statistic, 3), test.df
     (42.139, 2)
     """
+    if _is_glmm(restricted) or _is_glmm(full):
+        from .glmm import lr_test_glmm
+
+        return lr_test_glmm(restricted, full, boundary=boundary)
     small = fitted_model(restricted, "restricted")
     big = fitted_model(full, "full")
     check_same_data(small, big)

@@ -107,7 +107,7 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : fitted MixedLMRegressor (or a GLMM estimator, with ``ddf="chi2"``)
     L : str, sequence of str, array-like of shape (r, p) or (p,), or DataFrame
         Names of fixed effects (joint test that they are all 0), a contrast matrix whose
         columns follow ``est.fe_params_``, or a DataFrame with fixed-effect names as columns.
@@ -140,6 +140,12 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     Wald F test (Satterthwaite): F = 45.85, df = (1, 17), p = 3.264e-06
     """
     ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger", "chi2"))
+    from .lrt import _is_glmm
+
+    glmm = _is_glmm(est)
+    if glmm and ddf != "chi2":
+        raise ValueError("a GLMM's dispersion is fixed: its Wald test is the chi-square test "
+                         "(ddf='chi2')")
     names = list(est.fe_params_.index)
     M = contrast_matrix(L, names)
     r = M.shape[0]
@@ -147,7 +153,7 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     if c.shape != (r,):
         raise ValueError(f"rhs must have {r} values (one per row of L), got {c.size}")
     estimate = M @ est.fe_params_.to_numpy() - c
-    rank = fitted_model(est).rank
+    rank = est.model_.rank if glmm else fitted_model(est).rank
     cov = est.cov_fe_
     if rank is not None:
         ok = rank.estimable(M)

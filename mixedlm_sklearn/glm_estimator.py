@@ -1,0 +1,709 @@
+"""Generalized linear mixed models as scikit-learn estimators (lme4's ``glmer``).
+
+:class:`MixedGLMClassifier` (binary outcomes) and :class:`MixedGLMRegressor` (Poisson
+counts, binomial proportions) share the validation, the random-effects terms and the
+prediction of the linear predictor with :class:`~mixedlm_sklearn.MixedLMRegressor`
+(:mod:`._design`, :mod:`._validation`), and fit on the same engine (:mod:`._glmm`: PIRLS
+on the one factorisation, Laplace or adaptive Gauss-Hermite deviance).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, special
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._design import INTERCEPT, Design, column_names, factor_frame, random_terms, several_factors
+from ._factor import NotPositiveDefinite
+from ._glmm import (
+    FAMILIES,
+    PIRLSDivergence,
+    GLMMDeviance,
+    GLMMOptimizerInfo,
+    GLMMSolution,
+    family_and_link,
+    fit_glmm,
+    glm_start,
+)
+from ._terms import Term, Terms
+from ._validation import (
+    as_design,
+    caller_stacklevel,
+    check_finite,
+    check_weights,
+    clean_failure,
+    drop_aliased_columns,
+    take_rows,
+)
+from .estimator import MixedLMRegressor, _check_frame, _check_offset, _unchanged_on_error
+
+__all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
+
+# Gauss-Hermite nodes for the marginal (population-averaged) mean of a new group.
+_MARGINAL_NODES = 40
+
+
+@dataclass(frozen=True)
+class GLMMFit:
+    """A fitted GLMM as inference sees it (the GLMM counterpart of :class:`._model.FittedModel`).
+
+    Attributes
+    ----------
+    deviance : GLMMDeviance
+        ``x = (theta, beta) -> -2 log L`` on the fitted rows.
+    solution : GLMMSolution
+    info : GLMMOptimizerInfo
+    fe_names : list of str
+        Fixed effects estimated (aliased columns dropped).
+    terms : Terms
+    labels : dict
+        Term name -> level labels.
+    design : Design
+    rank : FixedEffectsRank or None
+    fixed_scale : bool
+        The dispersion is fixed at 1 (z tests, no residual variance): always True here.
+    """
+
+    deviance: GLMMDeviance
+    solution: GLMMSolution
+    info: GLMMOptimizerInfo
+    fe_names: list
+    terms: Terms
+    labels: dict
+    design: Design | None = field(default=None, repr=False)
+    rank: Any = None
+    max_iter: int = 1000
+    fixed_scale: bool = True
+    strata: Any = None
+
+    @property
+    def n_obs(self) -> int:
+        return self.deviance.n
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.solution.x
+
+    @property
+    def n_theta(self) -> int:
+        return self.deviance.n_theta
+
+    @property
+    def family(self) -> str:
+        return self.deviance.family.name
+
+    @property
+    def link(self) -> str:
+        return self.deviance.link.name
+
+    @property
+    def n_agq(self) -> int:
+        return self.deviance.n_agq
+
+    def refit(self, x0: np.ndarray | None = None, fixed: dict | None = None) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+        """The same data fitted again from ``x0``, with the parameters ``fixed`` (index -> value) held."""
+        dev = self.deviance
+        x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
+        if not fixed:
+            return fit_glmm(dev.with_nodes(dev.n_agq), x0, self.max_iter)
+        return _fit_with_fixed(dev, x0, fixed)
+
+
+def _fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[float, np.ndarray]:
+    """Minimum of the deviance over the parameters not in ``fixed`` (for profiles)."""
+    from scipy import optimize
+
+    from ._glmm import PIRLSDivergence
+    from ._factor import NotPositiveDefinite
+
+    idx = np.array(sorted(fixed), dtype=int)
+    free = np.setdiff1d(np.arange(dev.n_params), idx)
+    base = x0.copy()
+    base[idx] = [fixed[i] for i in idx]
+
+    def fun(z):
+        x = base.copy()
+        x[free] = z
+        try:
+            value, grad = dev.value_and_grad(x)
+        except (PIRLSDivergence, NotPositiveDefinite):
+            return np.inf, np.zeros(z.size)
+        return value, grad[free]
+
+    lower = dev.lower_bounds()[free]
+    res = optimize.minimize(fun, np.maximum(base[free], lower), jac=True, method="L-BFGS-B",
+                            bounds=optimize.Bounds(lower, np.full(free.size, np.inf)),
+                            options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 500})
+    x = base.copy()
+    x[free] = res.x
+    return float(res.fun), x
+
+
+class _MixedGLMBase(BaseEstimator):
+    """What the GLMM classifier and regressor share: fit, attributes, linear predictor."""
+
+    # score() conditions on the BLUPs only when asked (see MixedLMRegressor).
+    __metadata_request__score = {"groups": False, "Z": False}
+
+    _shared_constraints: dict = {
+        "n_agq": [Interval(Integral, 1, 100, closed="both")],
+        "fit_intercept": ["boolean"],
+        "cov_type": [StrOptions({"unstructured", "diagonal"}), dict],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "verbose": ["verbose"],
+    }
+
+    # The linear predictor, its random-effects part and Z's column names are computed as
+    # MixedLMRegressor computes its predictions (one implementation, shared).
+    _linear_predictor = MixedLMRegressor.predict
+    _predict_rows = MixedLMRegressor._predict_rows
+    _new_levels = MixedLMRegressor._new_levels
+    _several_levels = MixedLMRegressor._several_levels
+    _aligned_z = MixedLMRegressor._aligned_z
+    _remember_z_names = MixedLMRegressor._remember_z_names
+    _check_cov_type = MixedLMRegressor._check_cov_type
+    _warn_fit = MixedLMRegressor._warn_fit
+
+    def _family_link(self):
+        raise NotImplementedError
+
+    def _encode_y(self, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # ---- fitting --------------------------------------------------------------------------
+
+    def _fit(self, X, y, groups, Z, sample_weight, offset):
+        family, link = self._family_link()
+        self._remember_z_names(Z)
+        X = _check_frame(X)
+        x_names_src = X
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False, accept_sparse=False,
+                             ensure_all_finite=False)
+        x_names = column_names(x_names_src, "x", X.shape[1])
+        check_finite(X, "X", x_names)
+        y = self._encode_y(y)
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
+        if not self.fit_intercept and X.shape[1] == 0:
+            raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
+        weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
+        off = np.zeros(n) if offset is None else _check_offset(offset, n)
+        if not weights.all():
+            keep = weights > 0
+            if keep.sum() < 2:
+                raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
+                                 "model needs at least 2 rows of positive weight")
+            X, y, weights, off = X[keep], y[keep], weights[keep], off[keep]
+            groups = take_rows(groups, keep, "groups")
+            Z = take_rows(Z, keep, "Z")
+            n = X.shape[0]
+        family.check_response(y, weights)
+        if groups is None:
+            warnings.warn("no groups were given: fitting without random effects (a GLM). Pass "
+                          "groups=... to fit the mixed model.", UserWarning,
+                          stacklevel=caller_stacklevel())
+            terms_in = []
+        else:
+            terms_in = random_terms(groups, Z, n, self.cov_type)
+        self._check_cov_type([t.name for t in terms_in])
+        if self.n_agq > 1 and (len(terms_in) != 1 or terms_in[0].Z.shape[1] != 1):
+            raise ValueError("n_agq > 1 (adaptive Gauss-Hermite quadrature) needs a single grouping "
+                             "factor with a scalar random effect, as in lme4; use n_agq=1 (Laplace)")
+        X_full = np.column_stack([np.ones(n), X]) if self.fit_intercept else X
+        names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
+        rank = drop_aliased_columns(X_full.T @ (weights[:, None] * X_full), names, n)
+        X_kept = np.ascontiguousarray(X_full[:, rank.kept])
+        terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
+        factors = tuple((t.codes, t.Z) for t in terms_in)
+        dev = GLMMDeviance(X_kept, y, weights, off, factors, terms, family, link, self.n_agq)
+        beta0, _ = glm_start(X_kept, y, weights, off, family, link)
+        x0 = np.concatenate([terms.identity_theta(), beta0])
+        started = time.perf_counter()
+        try:
+            sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
+        except (PIRLSDivergence, NotPositiveDefinite) as err:
+            raise ValueError(
+                f"the GLMM fit broke down numerically ({err}). Usual causes: covariates on very "
+                "different scales (centre and scale them), counts or a linear predictor so "
+                "extreme that the mean over- or underflows, or classes separated by the "
+                "covariates.") from None
+        if self.verbose:
+            print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} PIRLS "
+                  f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
+        design = Design(X, self.fit_intercept, y, factors, weights, None)
+        self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
+                              {t.name: t.labels for t in terms_in}, design,
+                              rank if rank.deficient else None, self.max_iter)
+        self._offset_fitted = offset is not None
+        self._set_fitted(several_factors(groups, Z) if groups is not None else False)
+        return self
+
+    def _set_fitted(self, several: bool) -> None:
+        model = self.model_
+        sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
+        cov_fe = _fixed_effects_cov(model)
+        beta, fe_names = sol.beta, model.fe_names
+        if model.rank is not None:
+            beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
+            fe_names = model.rank.names
+        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
+        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
+        self.cov_fe_ = cov_fe
+        self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
+        self.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
+        self.theta_ = sol.theta.copy()
+        self.llf_ = -0.5 * sol.deviance
+        self.df_model_ = len(model.fe_names) + terms.n_theta
+        self.aic_ = sol.deviance + 2.0 * self.df_model_
+        self.bic_ = sol.deviance + np.log(model.n_obs) * self.df_model_
+        self.deviance_ = float(dev.family.deviance_residuals(dev.y, sol.eta, sol.mu, dev.prior,
+                                                              dev.link).sum())
+        if not len(terms):
+            self.cov_re_ = np.zeros((1, 1))
+            self.groups_ = np.array([], dtype=object)
+            self.n_groups_ = 0
+            self.random_effects_ = pd.DataFrame(columns=[INTERCEPT], dtype=float)
+            self.random_effects_cov_ = np.zeros((0, 1, 1))
+        else:
+            cov_re, blups, condvar = sol.cov_re(), sol.blups(), sol.conditional_cov()
+            tables = {t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
+                                             columns=list(t.z_names))
+                      for t, b in zip(terms, blups)}
+            if several:
+                self.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
+                self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
+                self.n_groups_ = {t.factor: t.n_levels for t in terms}
+                self.random_effects_ = tables
+                self.random_effects_cov_ = {t.factor: c for t, c in zip(terms, condvar)}
+            else:
+                term = terms[0]
+                self.cov_re_ = cov_re[0]
+                self.groups_ = model.labels[term.factor]
+                self.n_groups_ = term.n_levels
+                self.random_effects_ = tables[term.factor]
+                self.random_effects_cov_ = condvar[0]
+        self.converged_ = info.converged
+        self.n_iter_ = max(info.n_iter, 1)
+        self.singular_ = bool(info.at_bound.any())
+        if len(terms):
+            self._warn_fit(info)
+        if dev.family.name == "binomial":
+            eps = 10.0 * np.finfo(float).eps  # R's glm.fit threshold
+            if np.any((sol.mu < eps) | (sol.mu > 1.0 - eps)):
+                warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
+                              "be (quasi-)separated by the covariates, and the estimates of the "
+                              "coefficients involved are then not finite", UserWarning,
+                              stacklevel=caller_stacklevel())
+
+    # ---- prediction -------------------------------------------------------------------
+
+    def _mean(self, X: Any, groups: Any, Z: Any, offset: Any, marginal: bool) -> np.ndarray:
+        """The mean response: conditional on the BLUPs of seen levels; for the other levels
+        the population value (effect 0) or, with ``marginal``, the mean over their effects."""
+        eta = self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
+        link = self.model_.deviance.link
+        if not marginal or self.model_.terms is None or not len(self.model_.terms):
+            return link.inverse(eta)
+        var = self._unseen_variance(eta.shape[0], groups, Z)
+        nodes, w = np.polynomial.hermite_e.hermegauss(_MARGINAL_NODES)
+        w = w / w.sum()
+        mu = link.inverse(eta[:, None] + np.sqrt(var)[:, None] * nodes[None, :]) @ w
+        return mu
+
+    def _unseen_variance(self, n: int, groups: Any, Z: Any) -> np.ndarray:
+        """Variance of the random part of the linear predictor over the terms at an unseen level."""
+        var = np.zeros(n)
+        terms = self.model_.terms
+        if groups is None:
+            frame = None
+        elif len(terms) == 1 and not isinstance(self.random_effects_, dict):
+            frame = pd.DataFrame({terms[0].factor: np.asarray(groups, dtype=object).ravel()})
+        else:
+            frame = factor_frame(groups, n)
+            frame.columns = [str(c) for c in frame.columns]
+        by_factor = None
+        if Z is not None and isinstance(self.random_effects_, dict):
+            from ._design import z_by_factor
+            by_factor = z_by_factor(Z)
+        for k, term in enumerate(terms):
+            cov = self.model_.solution.cov_re()[k]
+            if Z is None or (by_factor is not None and term.factor not in by_factor):
+                z = np.ones((n, 1))
+            elif by_factor is not None:
+                z = as_design(self._aligned_z(by_factor[term.factor], term.factor, "Z"), n, "Z")
+            else:
+                z = as_design(self._aligned_z(Z, None, "Z"), n, "Z")
+            if z.shape[1] != term.q:
+                raise ValueError(f"Z has {z.shape[1]} columns for {term.factor!r}, the model {term.q}")
+            unseen = np.ones(n, dtype=bool)
+            if frame is not None and term.factor in frame.columns:
+                labels = np.asarray(frame[term.factor], dtype=object)
+                unseen = pd.Index(self.model_.labels[term.factor]).get_indexer(labels) < 0
+            var += unseen * np.einsum("ia,ab,ib->i", z, cov, z)
+        return var
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+    # ---- inference -------------------------------------------------------------------
+
+    def summary(self, alpha: float = 0.05):
+        """Fixed effects with Wald z tests, random effects and model information (glmer's summary).
+
+        See :func:`mixedlm_sklearn.inference.glmm.summary`.
+        """
+        from .inference.glmm import summary
+
+        check_is_fitted(self)
+        return summary(self, alpha=alpha)
+
+    def wald_test(self, L: Any, rhs: Any = None):
+        """Wald chi-square test of ``L beta = rhs`` on the fixed effects.
+
+        See :func:`mixedlm_sklearn.inference.wald_test` (here always ``ddf="chi2"``).
+        """
+        from .inference import wald_test
+
+        check_is_fitted(self)
+        return wald_test(self, L, rhs=rhs, ddf="chi2")
+
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
+        """Confidence intervals: ``"wald"`` (fixed effects) or ``"profile"`` (likelihood).
+
+        See :func:`mixedlm_sklearn.inference.glmm.conf_int`.
+        """
+        from .inference.glmm import conf_int
+
+        check_is_fitted(self)
+        return conf_int(self, alpha=alpha, method=method, which=which)
+
+
+def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
+    """``2 H^{-1}`` on the fixed effects, ``H`` the Hessian of ``-2 log L`` in ``(theta, beta)``.
+
+    As lme4's ``vcov`` for a GLMM (``use.hessian = TRUE``): the Hessian of the deviance
+    over all parameters (those of ``theta`` on their bound held fixed), from differences
+    of the gradient at the optimum. When that Hessian is not positive definite, lme4's
+    ``use.hessian = FALSE`` covariance: the inverse Fisher information of ``beta`` with the
+    random effects integrated out (:meth:`._glmm.GLMMDeviance.beta_information`).
+    """
+    info, nt = model.info, model.n_theta
+    H = info.hessian
+    p = len(model.fe_names)
+    if H is not None:
+        free = np.ones(H.shape[0], dtype=bool)
+        free[:nt] = ~info.at_bound
+        Hf = H[np.ix_(free, free)]
+        try:
+            inv = linalg.cho_solve(linalg.cho_factor(Hf, check_finite=False), np.eye(Hf.shape[0]),
+                                   check_finite=False)
+            return 2.0 * inv[-p:, -p:] if p else np.zeros((0, 0))
+        except (linalg.LinAlgError, ValueError):
+            pass
+    # lme4's vcov(use.hessian = FALSE): the Fisher information of beta at the modes
+    dev = model.deviance
+    info_beta = dev.beta_information(dev.modes(model.x))
+    try:
+        return 2.0 * linalg.cho_solve(linalg.cho_factor(info_beta, check_finite=False), np.eye(p),
+                                      check_finite=False) if p else np.zeros((0, 0))
+    except (linalg.LinAlgError, ValueError):
+        return np.full((p, p), np.nan)
+
+
+_CLASSIFIER_DOC_EXAMPLE = ""
+
+
+class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
+    """Mixed-effects logistic (probit, cloglog) regression: lme4's binomial ``glmer``.
+
+    For row ``i`` of group ``g``: ``P(y_i = classes_[1]) = g^{-1}(x_i'b + z_i'u_g)`` with
+    ``u_g ~ N(0, cov_re)``, fitted by maximum likelihood with the Laplace approximation
+    (any number of crossed or nested grouping factors and random slopes) or adaptive
+    Gauss-Hermite quadrature (``n_agq > 1``, one grouping factor with a random intercept).
+
+    Parameters
+    ----------
+    link : {"logit", "probit", "cloglog"}, default="logit"
+    n_agq : int, default=1
+        Quadrature nodes per group: 1 is the Laplace approximation (lme4's ``nAGQ``).
+    fit_intercept : bool, default=True
+    cov_type : {"unstructured", "diagonal"} or dict, default="unstructured"
+        Covariance of each term's random effects (a dict per grouping factor).
+    max_iter : int, default=1000
+        Iteration limit of the optimiser.
+    tol : float, default=1e-8
+        Relative change of the deviance at which the quasi-Newton phase hands over to
+        Newton steps (with a finite-difference Hessian), which finish the fit and check
+        it as lme4 does (scaled gradient below 1e-4).
+    verbose : int, default=0
+        Print the optimiser's work when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The two labels; the model is for ``classes_[1]``.
+    coef_, intercept_ : fixed effects (link scale).
+    cov_re_ : ndarray (q, q) or dict
+        Covariance of the random effects (one term: an array; several: a dict by factor).
+    random_effects_ : DataFrame or dict
+        Conditional modes of the random effects, a row per level.
+    random_effects_cov_ : ndarray or dict
+        Their conditional covariance (lme4's ``condVar``).
+    llf_ : float
+        Log-likelihood (Laplace or AGQ approximation, constants included).
+    aic_, bic_ : float
+    deviance_ : float
+        Sum of squared deviance residuals at the conditional modes (lme4's ``deviance``).
+    fe_params_, bse_, cov_fe_ : fixed effects, their standard errors and covariance
+        (lme4's ``vcov``: from the Hessian of the deviance in ``(theta, beta)``).
+    theta_ : ndarray
+        Relative covariance factors (lme4's ``getME(fit, "theta")``).
+    groups_, n_groups_, n_iter_, converged_, singular_, df_model_ : fit information.
+    model_ : GLMMFit
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import MixedGLMClassifier
+    >>> from mixedlm_sklearn.datasets import load_verbagg
+    >>> df = load_verbagg()
+    >>> X = df[["Anger"]].assign(male=(df["Gender"] == "M") * 1.0)
+    >>> clf = MixedGLMClassifier().fit(X, df["r2"], groups=df[["id", "item"]])
+    >>> round(clf.llf_, 2), clf.n_groups_
+    (-4094.56, {'id': 316, 'item': 24})
+    >>> clf.predict_proba(X.head(2)).round(3)  # population level (new respondents, items)
+    array([[0.479, 0.521],
+           [0.607, 0.393]])
+    >>> clf.predict_proba(X.head(2), groups=df[["id", "item"]].head(2)).round(3)[:, 1]
+    array([0.673, 0.205])
+    """
+
+    _parameter_constraints: dict = {
+        **_MixedGLMBase._shared_constraints,
+        "link": [StrOptions({"logit", "probit", "cloglog"})],
+    }
+
+    def __init__(self, link: str = "logit", n_agq: int = 1, fit_intercept: bool = True,
+                 cov_type: str | dict = "unstructured", max_iter: int = 1000, tol: float = 1e-8,
+                 verbose: int = 0) -> None:
+        self.link = link
+        self.n_agq = n_agq
+        self.fit_intercept = fit_intercept
+        self.cov_type = cov_type
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+
+    def _family_link(self):
+        return family_and_link("binomial", self.link)
+
+    def _encode_y(self, y: np.ndarray) -> np.ndarray:
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"Unknown label type: MixedGLMClassifier needs class labels; y is of "
+                             f"type {kind!r}")
+        classes, codes = np.unique(y, return_inverse=True)
+        if classes.size != 2:
+            raise ValueError(f"Only binary classification is supported: y has {classes.size} "
+                             f"class{'es' if classes.size != 1 else ''} ({list(classes[:5])}); "
+                             "MixedGLMClassifier needs exactly 2")
+        self.classes_ = classes
+        return codes.astype(float)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
+            offset: Any = None) -> "MixedGLMClassifier":
+        """Fit the model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+        y : array-like of shape (n,)
+            Two class labels (any values).
+        groups : array-like of shape (n,) or DataFrame, optional
+            Group labels; a DataFrame with a column per grouping factor for several.
+            Without it the model is a GLM (with a warning).
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design (default: a random intercept per factor), as in
+            :meth:`MixedLMRegressor.fit`.
+        sample_weight : array-like of shape (n,), optional
+            Prior weights (a row of weight 2 counts as two identical rows).
+        offset : array-like of shape (n,), optional
+            Known part of the linear predictor.
+
+        Returns
+        -------
+        self
+        """
+        with _unchanged_on_error(self), clean_failure():
+            return self._fit(X, y, groups, Z, sample_weight, offset)
+
+    def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
+                          offset: Any = None) -> np.ndarray:
+        """The linear predictor: ``X b`` plus the BLUPs of seen groups (link scale)."""
+        check_is_fitted(self)
+        return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
+
+    def predict_proba(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                      marginal: bool = False) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+        groups, Z : optional
+            Rows of seen groups are conditional on their BLUPs.
+        offset : array-like, optional
+        marginal : bool, default=False
+            For rows of unseen groups (all rows without ``groups``): False gives the
+            population prediction (random effect 0); True the probability averaged over
+            the random effect's distribution (what a new group's rows have on average).
+
+        Returns
+        -------
+        ndarray of shape (n, 2)
+        """
+        check_is_fitted(self)
+        p1 = np.clip(self._mean(X, groups, Z, offset, marginal), 0.0, 1.0)
+        return np.column_stack([1.0 - p1, p1])
+
+    def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                marginal: bool = False) -> np.ndarray:
+        """The more probable class of each row (see :meth:`predict_proba`)."""
+        proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal)
+        return self.classes_[(proba[:, 1] > 0.5).astype(int)]
+
+    def predict_log_proba(self, X: Any, **kwargs) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X, **kwargs))
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+              Z: Any = None) -> float:
+        """Accuracy (conditional on the BLUPs where ``groups`` are given)."""
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
+    """Poisson and binomial mixed models for counts and proportions: lme4's ``glmer``.
+
+    ``E[y_i | u] = g^{-1}(x_i'b + z_i'u_g)``, ``u_g ~ N(0, cov_re)``; Poisson counts, or
+    binomial proportions with ``sample_weight`` the number of trials (R's ``glm``
+    convention: ``cbind(successes, failures)`` is ``y = successes / trials``).
+
+    Parameters
+    ----------
+    family : {"poisson", "binomial"}, default="poisson"
+    link : str, optional
+        Default the canonical link (log, logit); binomial also takes probit, cloglog.
+    n_agq, fit_intercept, cov_type, max_iter, tol, verbose
+        As :class:`MixedGLMClassifier`.
+
+    Attributes
+    ----------
+    As :class:`MixedGLMClassifier` (without ``classes_``).
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import MixedGLMRegressor
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> df = load_cbpp()
+    >>> X = df["period"].str.get_dummies().iloc[:, 1:]  # periods 2, 3, 4 against 1
+    >>> reg = MixedGLMRegressor(family="binomial").fit(
+    ...     X, df["incidence"] / df["size"], groups=df["herd"], sample_weight=df["size"])
+    >>> round(reg.llf_, 3), reg.fe_params_.round(3).tolist()
+    (-92.026, [-1.399, -0.992, -1.129, -1.58])
+    """
+
+    _parameter_constraints: dict = {
+        **_MixedGLMBase._shared_constraints,
+        "family": [StrOptions(set(FAMILIES))],
+        "link": [StrOptions({"logit", "probit", "cloglog", "log"}), None],
+    }
+
+    def __init__(self, family: str = "poisson", link: str | None = None, n_agq: int = 1,
+                 fit_intercept: bool = True, cov_type: str | dict = "unstructured",
+                 max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0) -> None:
+        self.family = family
+        self.link = link
+        self.n_agq = n_agq
+        self.fit_intercept = fit_intercept
+        self.cov_type = cov_type
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+
+    def _family_link(self):
+        return family_and_link(self.family, self.link)
+
+    def _encode_y(self, y: np.ndarray) -> np.ndarray:
+        try:
+            values = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"y must be numeric for a {self.family} model: {err}") from None
+        check_finite(values, "y")
+        return values
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
+            offset: Any = None) -> "MixedGLMRegressor":
+        """Fit the model (arguments as :meth:`MixedGLMClassifier.fit`).
+
+        For ``family="binomial"``, ``y`` is the proportion of successes and
+        ``sample_weight`` the number of trials (default 1: Bernoulli).
+        """
+        with _unchanged_on_error(self), clean_failure():
+            return self._fit(X, y, groups, Z, sample_weight, offset)
+
+    def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                marginal: bool = False) -> np.ndarray:
+        """The mean response (counts per unit offset, proportions), conditional on the BLUPs
+        of seen groups; ``marginal`` as in :meth:`MixedGLMClassifier.predict_proba`."""
+        check_is_fitted(self)
+        return self._mean(X, groups, Z, offset, marginal)
+
+    def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
+                          offset: Any = None) -> np.ndarray:
+        """The linear predictor (link scale)."""
+        check_is_fitted(self)
+        return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+              Z: Any = None) -> float:
+        """D^2, the fraction of deviance explained (as scikit-learn's ``d2_tweedie_score``).
+
+        ``1 - D(y, mu) / D(y, mean(y))`` with the family's deviance; for binomial
+        proportions pass the trials as ``sample_weight``.
+        """
+        check_is_fitted(self)
+        mu = self.predict(X, groups=groups, Z=Z)
+        y = np.asarray(y, dtype=float)
+        w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        dev = self.model_.deviance
+        fam, link = dev.family, dev.link
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            eta = link(np.clip(mu, 1e-300, 1 - 1e-16) if fam.name == "binomial" else np.maximum(mu, 1e-300))
+            ybar = np.full_like(y, np.average(y, weights=w))
+            eta0 = link(ybar)
+            num = fam.deviance_residuals(y, eta, mu, w, link).sum()
+            den = fam.deviance_residuals(y, eta0, ybar, w, link).sum()
+        return float(1.0 - num / den) if den > 0 else float("nan")

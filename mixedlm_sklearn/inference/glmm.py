@@ -1,0 +1,337 @@
+"""Inference for generalized linear mixed models: glmer's ``summary``, ``confint``, ``anova``.
+
+A GLMM's dispersion is fixed at 1, so the fixed effects are tested with Wald z statistics
+(lme4's ``summary.merMod`` for a GLMM), their covariance being lme4's: twice the inverse
+Hessian of the deviance in ``(theta, beta)`` (:func:`..glm_estimator._fixed_effects_cov`).
+Profile intervals invert the likelihood-ratio statistic of one parameter, the others
+re-optimised (lme4's ``profile``/``confint(method = "profile")``); likelihood-ratio tests
+compare nested fits of the same rows.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from ._parameters import check_alpha
+from .lrt import LRTestResult
+from .summary import _fmt, _fmt_p, _text_table
+
+__all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model"]
+
+
+def glmm_model(est: Any, role: str = "est"):
+    """The :class:`~mixedlm_sklearn.glm_estimator.GLMMFit` of a fitted GLMM estimator."""
+    from ..glm_estimator import GLMMFit
+
+    model = getattr(est, "model_", None)
+    if not isinstance(model, GLMMFit):
+        raise TypeError(f"{role} must be a fitted MixedGLMClassifier or MixedGLMRegressor")
+    return model
+
+
+@dataclass(frozen=True)
+class GLMMSummary:
+    """Summary of a fitted GLMM (lme4's ``summary`` of a ``glmer`` fit).
+
+    Attributes
+    ----------
+    fixed_effects : DataFrame
+        Columns ``estimate``, ``std_error``, ``z_value``, ``p_value`` (two-sided, normal),
+        ``ci_lower``, ``ci_upper`` (Wald).
+    random_effects : DataFrame
+        Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``
+        (as :class:`~mixedlm_sklearn.inference.Summary`; no residual row).
+    family, link, method : str
+        ``method`` is ``"Laplace"`` or ``"AGQ (n nodes)"``.
+    n_obs : int
+    n_groups : dict
+    llf, aic, bic, deviance : float
+        ``deviance`` is lme4's ``deviance()``: the sum of squared deviance residuals.
+    df_model : int
+    converged, singular : bool
+    alpha : float
+    """
+
+    fixed_effects: pd.DataFrame
+    random_effects: pd.DataFrame
+    family: str
+    link: str
+    method: str
+    n_obs: int
+    n_groups: dict = field(default_factory=dict)
+    llf: float = np.nan
+    aic: float = np.nan
+    bic: float = np.nan
+    deviance: float = np.nan
+    df_model: int = 0
+    converged: bool = True
+    singular: bool = False
+    alpha: float = 0.05
+
+    def _header(self) -> list[str]:
+        groups = ", ".join(f"{g} ({n})" for g, n in self.n_groups.items()) or "none"
+        return [
+            f"Generalized linear mixed model fit by maximum likelihood ({self.method})",
+            f"Family: {self.family} ({self.link})",
+            f"Observations: {self.n_obs}   Groups: {groups}",
+            f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   log-likelihood: {self.llf:.4f}   "
+            f"deviance: {self.deviance:.4f}   df: {self.df_model}",
+            f"Converged: {'yes' if self.converged else 'NO'}   "
+            f"Singular fit: {'YES' if self.singular else 'no'}",
+        ]
+
+    def _random_rows(self) -> tuple[list[str], list[list[str]]]:
+        re = self.random_effects
+        var = re[re["name2"] == ""]
+        cors = re[re["name2"] != ""]
+        n_corr = int(cors.groupby(["group", "name"]).size().max()) if len(cors) else 0
+        header = ["Group", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (n_corr - 1))[:n_corr]
+        rows, previous = [], None
+        for _, row in var.iterrows():
+            mine = cors[(cors["group"] == row["group"]) & (cors["name"] == row["name"])]
+            corr = [_fmt(v, ".3f") for v in mine["correlation"]]
+            rows.append([row["group"] if row["group"] != previous else "", row["name"],
+                         _fmt(row["variance"]), _fmt(row["std_dev"])] + corr + [""] * (n_corr - len(corr)))
+            previous = row["group"]
+        return header, rows
+
+    def _fixed_rows(self) -> tuple[list[str], list[list[str]]]:
+        lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0
+        header = ["", "Estimate", "Std.Error", "z value", "Pr(>|z|)", f"[{lo:g}", f"{hi:g}]"]
+        fe = self.fixed_effects
+        rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error), _fmt(r.z_value, ".4g"),
+                 _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
+                if np.isfinite(r.estimate) else [str(name)] + ["NA"] * 6
+                for name, r in zip(fe.index, fe.itertuples())]
+        return header, rows
+
+    def __str__(self) -> str:
+        return "\n".join(self._header() + [
+            "", "Random effects:", _text_table(*self._random_rows(), left=2),
+            "", "Fixed effects (Wald z tests):", _text_table(*self._fixed_rows(), left=1),
+        ])
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(self.__str__()) + "</pre>"
+
+
+def summary(est: Any, alpha: float = 0.05) -> GLMMSummary:
+    """Fixed effects with Wald z tests, random effects and model information.
+
+    Parameters
+    ----------
+    est : fitted MixedGLMClassifier or MixedGLMRegressor
+    alpha : float, default 0.05
+
+    Returns
+    -------
+    GLMMSummary
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> fit.summary().fixed_effects[["estimate", "z_value"]].round(2)
+                 estimate  z_value
+    (Intercept)     -1.40    -6.02
+    period2         -0.99    -3.24
+    period3         -1.13    -3.46
+    period4         -1.58    -3.70
+    """
+    alpha = check_alpha(alpha)
+    model = glmm_model(est)
+    beta, se = est.fe_params_, est.bse_
+    if model.rank is not None:
+        beta = beta.where(model.rank.kept)
+    z = beta / se
+    q = stats.norm.ppf(1.0 - alpha / 2.0)
+    fixed = pd.DataFrame({
+        "estimate": beta, "std_error": se, "z_value": z,
+        "p_value": 2.0 * stats.norm.sf(np.abs(z)),
+        "ci_lower": beta - q * se, "ci_upper": beta + q * se,
+    }, index=beta.index)
+    table = _random_effects_table(model)
+    return GLMMSummary(
+        fixed_effects=fixed, random_effects=table, family=model.family, link=model.link,
+        method="Laplace" if model.n_agq == 1 else f"AGQ ({model.n_agq} nodes)",
+        n_obs=model.n_obs, n_groups={t.factor: int(t.n_levels) for t in model.terms},
+        llf=float(est.llf_), aic=float(est.aic_), bic=float(est.bic_),
+        deviance=float(est.deviance_), df_model=int(est.df_model_),
+        converged=bool(est.converged_), singular=bool(est.singular_), alpha=alpha)
+
+
+def _random_effects_table(model) -> pd.DataFrame:
+    """Per term its variances, then its correlations (no residual: the dispersion is 1)."""
+    rows = []
+    for t, cov in zip(model.terms, model.solution.cov_re()):
+        sd = np.sqrt(np.diag(cov))
+        for r in range(t.q):
+            rows.append((t.factor, t.z_names[r], "", cov[r, r], sd[r], np.nan))
+        for r, c in zip(*t.theta_position):
+            if r != c:
+                cor = cov[r, c] / (sd[r] * sd[c]) if sd[r] > 0 and sd[c] > 0 else np.nan
+                rows.append((t.factor, t.z_names[r], t.z_names[c], cov[r, c], np.nan, cor))
+    return pd.DataFrame(rows, columns=["group", "name", "name2", "variance", "std_dev", "correlation"])
+
+
+def _profile_parameters(model) -> list[tuple[str, int]]:
+    """Names and indices in ``x = (theta, beta)`` of the parameters a profile can vary alone:
+    the standard deviation of a scalar or diagonal term's effect (its theta entry) and each
+    fixed effect."""
+    out = []
+    for term, sl in zip(model.terms, model.terms.slices):
+        if term.q == 1 or term.diagonal:
+            for j, name in enumerate(term.param_names()):
+                out.append((name, sl.start + j))
+    out.extend((name, model.n_theta + j) for j, name in enumerate(model.fe_names))
+    return out
+
+
+def _profile_bound(model, index: int, side: int, target: float, d_min: float) -> float:
+    """The value of parameter ``index`` on ``side`` where the profiled deviance rises by ``target``."""
+    from ..glm_estimator import _fit_with_fixed
+
+    dev = model.deviance
+    x_hat = model.x
+    center = x_hat[index]
+    lower = dev.lower_bounds()[index]
+    cache = {}
+
+    def rise(v: float) -> float:
+        if v not in cache:
+            start = cache.get("start", x_hat)
+            value, x = _fit_with_fixed(dev, start, {index: v})
+            cache[v] = value - d_min
+            if np.isfinite(value):
+                cache["start"] = x
+        return cache[v]
+
+    se = np.sqrt(max(2.0 / max(model.info.hessian[index, index], 1e-12), 1e-12)) \
+        if model.info.hessian is not None else max(abs(center), 1.0)
+    step = se * np.sqrt(target)
+    a, b = center, center + side * step
+    for _ in range(30):
+        if side < 0 and b <= lower:
+            b = lower
+            if rise(b) < target:
+                return lower  # the interval reaches the bound (a variance of 0)
+            break
+        if rise(b) >= target:
+            break
+        a, b = b, b + side * step
+        step *= 1.6
+    else:
+        return np.inf * side
+    lo, hi = (b, a) if side < 0 else (a, b)
+    return float(optimize.brentq(lambda v: rise(v) - target, lo, hi, xtol=1e-6 * max(se, 1e-8)))
+
+
+def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
+    """Confidence intervals of a GLMM's parameters.
+
+    Parameters
+    ----------
+    est : fitted MixedGLMClassifier or MixedGLMRegressor
+    alpha : float, default 0.05
+    method : {"wald", "profile"}
+        ``"wald"``: fixed effects, estimate -+ z * std. error (lme4's ``method = "Wald"``).
+        ``"profile"``: likelihood-ratio intervals, the other parameters re-optimised at
+        each value (lme4's ``method = "profile"``), for the fixed effects and the standard
+        deviations of scalar or diagonal random-effects terms (named as
+        :meth:`~mixedlm_sklearn._terms.Term.param_names`).
+    which : list of str, optional
+        Parameters to profile (default all that can be).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``lower``, ``upper``.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> fit.conf_int(method="profile", which=["sd_(Intercept)|herd"]).round(4)  # lme4: 0.3461 1.1000
+                          lower  upper
+    sd_(Intercept)|herd  0.3461    1.1
+    """
+    alpha = check_alpha(alpha)
+    model = glmm_model(est)
+    if method == "wald":
+        q = stats.norm.ppf(1.0 - alpha / 2.0)
+        fe, se = est.fe_params_, est.bse_
+        if model.rank is not None:
+            fe = fe.where(model.rank.kept)
+        return pd.DataFrame({"lower": fe - q * se, "upper": fe + q * se}, index=fe.index)
+    if method != "profile":
+        raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
+    available = _profile_parameters(model)
+    names = [n for n, _ in available]
+    if which is None:
+        chosen = available
+    else:
+        which = [which] if isinstance(which, str) else list(which)
+        unknown = [w for w in which if w not in names]
+        if unknown:
+            raise ValueError(f"cannot profile {unknown}; the parameters that can be profiled are "
+                             f"{names} (correlated random effects are not profiled one by one)")
+        chosen = [(n, i) for n, i in available if n in which]
+    target = float(stats.chi2.ppf(1.0 - alpha, 1))
+    d_min = float(model.solution.deviance)
+    rows = {}
+    from .._threads import single_threaded_blas
+
+    with single_threaded_blas():
+        for name, index in chosen:
+            rows[name] = (_profile_bound(model, index, -1, target, d_min),
+                          _profile_bound(model, index, +1, target, d_min))
+            model.deviance.modes(model.x)
+    return pd.DataFrame(rows, index=["lower", "upper"]).T
+
+
+def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
+    """Likelihood-ratio test between nested GLMMs fitted to the same rows.
+
+    The fits must share the family, link, number of quadrature nodes and response (and
+    prior weights); ``df`` is the difference in ``df_model_``. Nesting of the designs is
+    the caller's responsibility beyond these checks (a statistic below 0 warns).
+    """
+    import warnings
+
+    small, big = glmm_model(restricted, "restricted"), glmm_model(full, "full")
+    a, b = small.deviance, big.deviance
+    if (a.family.name, a.link.name) != (b.family.name, b.link.name):
+        raise ValueError(f"the fits have different families or links ({a.family.name}/{a.link.name} "
+                         f"and {b.family.name}/{b.link.name}): their likelihoods are not comparable")
+    if a.n_agq != b.n_agq:
+        raise ValueError(f"the fits use different approximations (n_agq {a.n_agq} and {b.n_agq}); "
+                         "refit with the same n_agq")
+    if a.n != b.n or not (np.array_equal(a.y, b.y) and np.array_equal(a.prior, b.prior)):
+        raise ValueError("the fits used different data (rows, response or weights differ); a "
+                         "likelihood-ratio test compares fits of the same rows")
+    df = int(full.df_model_ - restricted.df_model_)
+    if df <= 0:
+        raise ValueError(f"full has {full.df_model_} parameters and restricted "
+                         f"{restricted.df_model_}: pass the smaller (nested) model first")
+    statistic = 2.0 * (full.llf_ - restricted.llf_)
+    if statistic < -1e-6 * max(1.0, abs(full.llf_)):
+        warnings.warn(f"the restricted model fits better than the full one (statistic "
+                      f"{statistic:.3g}): the models may not be nested, or a fit did not converge",
+                      UserWarning, stacklevel=3)
+    s = max(statistic, 0.0)
+    p = float(stats.chi2.sf(s, df))
+    if boundary:
+        below = float(stats.chi2.sf(s, df - 1)) if df > 1 else float(s <= 0.0)
+        p = 0.5 * (below + p)
+    return LRTestResult(float(statistic), df, p, float(restricted.llf_), float(full.llf_), boundary)
