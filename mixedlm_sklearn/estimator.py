@@ -181,7 +181,22 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Relative change of the deviance at which the quasi-Newton phase stops; a Newton
         step with a finite-difference Hessian then finishes and checks the optimum.
     verbose : int, default=0
-        Print progress (statistics pass, optimiser) when positive.
+        Print progress (statistics pass, solver chosen and why, optimiser) when positive.
+    solver : {"auto", "exact", "iterative"}, default="auto"
+        How the penalised system is solved (scikit-learn's ``Ridge(solver=...)`` naming).
+        "exact": factorisations (nested terms level by level; crossed terms with the
+        largest eliminated level by level and the rest as a dense block or, when cheaper,
+        by sparse rounds of rare levels and a dense core), any number of random effects
+        while that fits in memory. "iterative": for crossed factors with too many levels
+        to factor (user x item data): preconditioned conjugate gradients, stochastic
+        Lanczos quadrature for the log-determinant with a fixed set of probe vectors (the
+        fit is deterministic and reproducible), Newton steps with the average-information
+        matrix; log-likelihood within ~1e-3 of the exact one. It takes two or more
+        grouping factors and no ``residual_groups``; its conditional variances are
+        stochastic and expensive, so ``random_effects_cov_`` is None and
+        ``model_.solution.conditional_cov()`` computes them on request. "auto": exact when
+        its cost estimate (time and memory) is affordable, iterative beyond;
+        ``verbose`` says which was chosen.
 
     Attributes
     ----------
@@ -243,6 +258,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
+        "solver": [StrOptions({"auto", "exact", "iterative"})],
     }
 
     # score() conditions on the BLUPs only when asked: by default a routed `groups` goes
@@ -256,6 +272,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
+        "solver": [StrOptions({"auto", "exact", "iterative"})],
     }
 
     def __init__(
@@ -266,6 +283,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         max_iter: int = 1000,
         tol: float = 1e-8,
         verbose: int = 0,
+        solver: str = "auto",
     ) -> None:
         self.reml = reml
         self.fit_intercept = fit_intercept
@@ -273,6 +291,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+        self.solver = solver
 
     # ---- fitting --------------------------------------------------------------------------
 
@@ -559,7 +578,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             # least squares with as many rows as kept columns: no residual df for REML
             reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
             with np.errstate(all="ignore"):
-                dev, sol, info = fit_model(cp, reml, max_iter=self.max_iter, tol=self.tol,
+                dev, sol, info = fit_model(cp, reml, solver=self.solver, verbose=self.verbose,
+                                           max_iter=self.max_iter, tol=self.tol,
                                            callback=callback)
         except FloatingPointError as err:
             raise ValueError(
@@ -611,7 +631,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         else:
             cov_re = sol.cov_re()
             blups = sol.blups()
-            condvar = sol.conditional_cov()
+            # The iterative solver's conditional variances are stochastic and cost about a
+            # gradient: on request only (model_.solution.conditional_cov()).
+            on_request = getattr(sol, "conditional_cov_on_request", False)
+            condvar = [None] * len(terms) if on_request else sol.conditional_cov()
             tables = {
                 t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
                                        columns=list(t.z_names))
@@ -622,14 +645,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
                 self.n_groups_ = {t.factor: t.n_levels for t in terms}
                 self.random_effects_ = tables
-                self.random_effects_cov_ = {t.factor: c for t, c in zip(terms, condvar)}
+                self.random_effects_cov_ = None if on_request else \
+                    {t.factor: c for t, c in zip(terms, condvar)}
             else:
                 term = terms[0]
                 self.cov_re_ = cov_re[0]
                 self.groups_ = model.labels[term.factor]
                 self.n_groups_ = term.n_levels
                 self.random_effects_ = tables[term.factor]
-                self.random_effects_cov_ = condvar[0]
+                self.random_effects_cov_ = None if on_request else condvar[0]
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
