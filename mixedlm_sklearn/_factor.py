@@ -157,9 +157,10 @@ class Plan:
         Estimated flops of one factorisation and selected inverse of the rest block.
     """
 
-    def __init__(self, cp: CrossProducts, max_dense: int = MAX_DENSE, rest: str = "auto") -> None:
+    def __init__(self, cp: CrossProducts, max_dense: int | None = None, rest: str = "auto") -> None:
         if rest not in ("auto", "dense", "rounds"):
             raise ValueError("rest must be 'auto', 'dense' or 'rounds'")
+        max_dense = MAX_DENSE if max_dense is None else max_dense
         terms = cp.terms
         K = len(terms)
         self.n_terms = K
