@@ -41,6 +41,7 @@ from ._design import (
 from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
+from ._threads import single_threaded_blas
 from ._validation import (
     RankDeficientWarning,
     align_columns,
@@ -634,7 +635,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             # The iterative solver's conditional variances are stochastic and cost about a
             # gradient: on request only (model_.solution.conditional_cov()).
             on_request = getattr(sol, "conditional_cov_on_request", False)
-            condvar = [None] * len(terms) if on_request else sol.conditional_cov()
+            if on_request:
+                condvar = [None] * len(terms)
+            else:
+                with single_threaded_blas():  # a dense inverse: threads collapse under load
+                    condvar = sol.conditional_cov()
             tables = {
                 t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
                                        columns=list(t.z_names))
