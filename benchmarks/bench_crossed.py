@@ -7,9 +7,10 @@ by maximum likelihood (gpboost fits ML only). Every (solver, size) runs in a fre
 process that generates the same data, so each run's peak memory is its own; the time is
 the best of ``--repeat`` whole fits from the arrays (cross-products included). The table
 gives time, log-likelihood, variance components (user, item, residual) and memory: the
-input arrays (X, y and the two id columns), and the peak resident memory of the fit above
-the process's resident memory just before it (which holds the inputs), as a multiple of
-the input arrays.
+input in the peer's own form (ours: X, y and a DataFrame of the two ids; gpboost: X with
+its intercept column, y, group_data), and the peak resident memory of the fit above the
+process's resident memory just before it (which holds the input), as a multiple of the
+input ("peak/input" 1.0: the fit's peak is the input once more).
 
 Peers, each skipped when not installed: gpboost (``GPModel(group_data=...,
 likelihood="gaussian")``; "gpboost" = its default, "gpboost-chol" =
@@ -58,43 +59,60 @@ def synthetic(n: int, users: int, items: int):
 
 
 # ---- the fits (run inside a worker) -------------------------------------------------------------
+# Each prepare_* builds the peer's own input from the arrays (outside the measured fit:
+# it is the caller's data) and returns the fit and the input's size in bytes.
 
 
-def fit_ours(x, y, u, item, solver):
+def prepare_ours(x, y, u, item, solver):
     import pandas as pd
 
     from mixedlm_sklearn import MixedLMRegressor
 
-    est = MixedLMRegressor(reml=False, solver=solver).fit(x, y, groups=pd.DataFrame({"u": u, "item": item}))
-    vc = (est.cov_re_["u"][0, 0], est.cov_re_["item"][0, 0], est.scale_)
-    dev = est.model_.deviance
-    info = f"{est.model_.info.n_fev} fev, {est.n_iter_} it; " + (
-        dev.plan.describe() if solver == "iterative" else dev.plan.describe().split("; ", 1)[-1])
-    return est.llf_, vc, info
+    groups = pd.DataFrame({"u": u, "item": item})
+
+    def run():
+        est = MixedLMRegressor(reml=False, solver=solver).fit(x, y, groups=groups)
+        vc = (est.cov_re_["u"][0, 0], est.cov_re_["item"][0, 0], est.scale_)
+        plan = est.model_.deviance.plan.describe()
+        info = f"{est.model_.info.n_fev} fev, {est.n_iter_} it; " + (
+            plan if solver == "iterative" else plan.split("; ", 1)[-1])
+        return est.llf_, vc, info
+
+    return run, x.nbytes + y.nbytes + int(groups.memory_usage(index=False).sum())
 
 
-def fit_gpboost(x, y, u, item, method):
+def prepare_gpboost(x, y, u, item, method):
     import gpboost as gpb
 
     kw = {} if method == "default" else {"matrix_inversion_method": method}
-    model = gpb.GPModel(group_data=np.column_stack([u, item]), likelihood="gaussian", **kw)
-    model.fit(y=y, X=np.column_stack([np.ones(len(y)), x]))
-    cov = np.asarray(model.get_cov_pars(format_pandas=False)).ravel()
-    llf = -float(model.get_current_neg_log_likelihood())
-    # gpboost's order: error variance, then the grouped effects in group_data's order.
-    return llf, (cov[1], cov[2], cov[0]), f"gpboost {gpb.__version__} ({method})"
+    group_data = np.column_stack([u, item])
+    X = np.column_stack([np.ones(len(y)), x])
+
+    def run():
+        model = gpb.GPModel(group_data=group_data, likelihood="gaussian", **kw)
+        model.fit(y=y, X=X)
+        cov = np.asarray(model.get_cov_pars(format_pandas=False)).ravel()
+        llf = -float(model.get_current_neg_log_likelihood())
+        # gpboost's order: error variance, then the grouped effects in group_data's order.
+        return llf, (cov[1], cov[2], cov[0]), f"gpboost {gpb.__version__} ({method})"
+
+    return run, X.nbytes + y.nbytes + group_data.nbytes
 
 
-def fit_mixedlm(x, y, u, item):
+def prepare_mixedlm(x, y, u, item):
     import mixedlm
     import pandas as pd
 
     df = pd.DataFrame({"y": y, "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2],
                        "u": pd.Categorical(u), "item": pd.Categorical(item)})
-    res = mixedlm.lmer("y ~ x1 + x2 + x3 + (1 | u) + (1 | item)", df, REML=False)
-    groups = res.VarCorr().groups
-    vc = [float(np.asarray(groups[g].cov).ravel()[0]) for g in ("u", "item")]
-    return float(res.logLik()), (vc[0], vc[1], float(res.sigma) ** 2), "mixedlm (ML)"
+
+    def run():
+        res = mixedlm.lmer("y ~ x1 + x2 + x3 + (1 | u) + (1 | item)", df, REML=False)
+        groups = res.VarCorr().groups
+        vc = [float(np.asarray(groups[g].cov).ravel()[0]) for g in ("u", "item")]
+        return float(res.logLik()), (vc[0], vc[1], float(res.sigma) ** 2), "mixedlm (ML)"
+
+    return run, int(df.memory_usage(index=False).sum())
 
 
 def _rss(field: str) -> int:
@@ -110,24 +128,15 @@ def worker(solver: str, size: str, repeat: int) -> dict:
     n, users, items = parse_size(size)
     x, y, u, item = synthetic(n, users, items)
     if solver in ("exact", "iterative", "auto"):
-        run = lambda: fit_ours(x, y, u, item, solver)  # noqa: E731
-    elif solver == "gpboost":
-        run = lambda: fit_gpboost(x, y, u, item, "default")  # noqa: E731
-    elif solver == "gpboost-chol":
-        run = lambda: fit_gpboost(x, y, u, item, "cholesky")  # noqa: E731
+        sys.path.insert(0, ROOT)
+        run, input_bytes = prepare_ours(x, y, u, item, solver)
+    elif solver in ("gpboost", "gpboost-chol"):
+        run, input_bytes = prepare_gpboost(x, y, u, item, "default" if solver == "gpboost" else "cholesky")
     elif solver == "mixedlm":
-        run = lambda: fit_mixedlm(x, y, u, item)  # noqa: E731
+        run, input_bytes = prepare_mixedlm(x, y, u, item)
     else:
         raise ValueError(solver)
-    # Imports (and their memory) outside the timed fit.
-    if solver in ("exact", "iterative", "auto"):
-        sys.path.insert(0, ROOT)
-        import pandas  # noqa: F401
-
-        import mixedlm_sklearn  # noqa: F401
-    else:
-        __import__({"gpboost": "gpboost", "gpboost-chol": "gpboost", "mixedlm": "mixedlm"}[solver])
-    input_bytes = x.nbytes + y.nbytes + u.nbytes + item.nbytes
+    del u, item
     best, out, peak = np.inf, None, 0
     for _ in range(repeat):
         gc.collect()

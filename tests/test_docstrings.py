@@ -13,6 +13,7 @@ MODULES = [
     "mixedlm_sklearn.inference.profile",
     "mixedlm_sklearn.inference.lrt",
     "mixedlm_sklearn._deviance",
+    "mixedlm_sklearn._iterative",
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
     "mixedlm_sklearn._validation",

@@ -68,3 +68,16 @@ def test_insteval_example_matches_lme4():
     est = _load("insteval").main()
     assert est.llf_ == pytest.approx(-118866.91706376, abs=1e-6)
     assert est.n_groups_ == {"s": 2972, "d": 1128, "dept": 14}
+
+
+def test_crossed_ratings_example(capsys):
+    exact = _load("crossed_ratings").main(n=20_000, users=1_000, items=500)
+    iterative = _load("crossed_ratings").main(n=20_000, users=1_000, items=500, solver="iterative")
+    # New users are predicted by the items' effects and the covariates: about half the
+    # variance (item and covariate variance 1.3 + 0.25 of a total 2.9).
+    assert np.all((exact["test_score"] > 0.4) & (exact["test_score"] < 0.6))
+    np.testing.assert_allclose(iterative["test_score"], exact["test_score"], atol=1e-3)
+    for a, b in zip(exact["estimator"], iterative["estimator"]):
+        assert abs(a["lmm"].llf_ - b["lmm"].llf_) < 1e-3
+    out = capsys.readouterr().out
+    assert "R^2 on new users" in out and "iterative solver" in out and "exact solver" in out
