@@ -71,11 +71,6 @@ PROBE_SEED = 20261202
 # in the gradient; at 10^7 rows (10^6 users) this is a block of 2 columns, and the sparse
 # products cost the same flops in any blocking.
 _BLOCK_DOUBLES = 1 << 21
-# The PCG holds only two such arrays at once (the product with Z_1'WZ_R and its scaling),
-# so it solves wider blocks: 2^23 doubles = 64 MiB, 8 columns at 10^6 first-term levels
-# (each block is one pass over the cross block per iteration: fewer, wider blocks are
-# faster).
-_PCG_BLOCK_DOUBLES = 1 << 23
 
 
 def _colsum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -264,7 +259,6 @@ class IterativePlan:
             base += t.m
         self.rest_block_id = np.concatenate(ids)  # rest row -> its (term, level) block
         self.block_size = max(1, _BLOCK_DOUBLES // max(1, f.size))
-        self.pcg_block_size = max(1, _PCG_BLOCK_DOUBLES // max(1, f.size))
 
     def describe(self) -> str:
         f = self.blocks[self.first]
@@ -333,7 +327,6 @@ class IterativeDeviance:
         self.probes, self.n_probes, self.n_deflate = pl.probes, pl.n_probes, pl.n_deflate
         self._all_scalar, self._frob_chunks, self._a1R_sq = pl.all_scalar, pl.frob_chunks, pl.a1R_sq
         self._rest_block_id, self.block_size = pl.rest_block_id, pl.block_size
-        self.pcg_block_size = pl.pcg_block_size
         self.n_evaluations = 0
         self._cache: tuple | None = None
 
@@ -567,10 +560,10 @@ class IterativeDeviance:
         return float(w @ (np.log(lam) - x + 0.5 * x * x))
 
     def _solve_blocks(self, st: _State, b: np.ndarray, lanczos: bool):
-        """:meth:`_pcg` over blocks of at most ``pcg_block_size`` columns."""
+        """:meth:`_pcg` over blocks of at most ``block_size`` columns."""
         out = np.empty_like(b, dtype=float)
         coeffs, its = [], 0
-        size = self.pcg_block_size
+        size = self.block_size
         for s in range(0, b.shape[1], size):
             X, it, co = self._pcg(st, np.asarray(b[:, s: s + size], dtype=float), lanczos)
             out[:, s: s + size] = X
@@ -712,17 +705,20 @@ class IterativeDeviance:
         bid = self._rest_block_id
         if self._all_scalar:
             # K = diag(sqrt g) A_1R diag(lambda / c), sharing A_1R's index arrays; row
-            # chunks of K'K as K[:, J]' K (no transposed copy of K).
+            # chunks of K'K as K'[J] K with K' converted to CSR once (a product of a
+            # transposed view with a CSR matrix would convert the whole K per chunk:
+            # measured 6 s and ~300 MiB at 10^7 rows).
             a = self.a1R
             scale = st.lam_rest / st.P_chol_flat
             kdata = scale[a.indices]  # in place from here: one nnz-long temporary at a time
             kdata *= a.data
             kdata *= np.repeat(np.sqrt(st.G[:, 0, 0]), np.diff(a.indptr))
             K = sparse.csr_matrix((kdata, a.indices, a.indptr), shape=a.shape)
+            Kt = K.T.tocsr()
             R = sparse.csr_matrix(sparse.diags(scale) @ self.aRR @ sparse.diags(scale))
             total = 0.0
             for lo, hi in self._frob_chunks:
-                E = (R[lo:hi] - K[:, lo:hi].T @ K).tocoo()
+                E = (R[lo:hi] - Kt[lo:hi] @ K).tocoo()
                 keep = bid[E.row + lo] != bid[E.col]
                 total += float(np.square(E.data[keep]).sum())
             return total
