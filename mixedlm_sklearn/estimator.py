@@ -218,8 +218,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Information criteria with lme4's parameter count ``df_model_``.
     random_effects_ : DataFrame of shape (n_groups_, q)
         BLUPs (conditional modes) of the random effects, a row per group.
-    random_effects_cov_ : ndarray of shape (n_groups_, q, q)
-        Conditional covariance of each group's random effects (lme4's ``condVar``).
+    random_effects_cov_ : ndarray of shape (n_groups_, q, q) or None
+        Conditional covariance of each group's random effects (lme4's ``condVar``); None
+        for the iterative solver (``model_.solution.conditional_cov()`` on request).
     fe_params_ : Series
         All fixed effects, intercept first, named.
     bse_ : Series
