@@ -617,6 +617,9 @@ class IterativeDeviance:
         self.n_evaluations += 1
         st = self._state(theta)
         p = self.p
+        # ||E||_F^2 (see below) first: its sparse products' temporaries then do not meet
+        # the first-term-sized arrays of the solves (the peak memory of an evaluation).
+        e2 = self._frob2(st) + self._diag_block_frob2(st)
         # Near-null directions of A~ = C^{-1} S C^{-T} (the grand mean shared by the
         # eliminated term and each other term: one per other term), exactly.
         mu, Vd = self._deflation(st)
@@ -631,14 +634,15 @@ class IterativeDeviance:
         z = self._prec_apply(st, wq, "half")
         X2, its, coeffs = self._solve_blocks(st, np.hstack([rhs_xy, z]), True)
         V2 = X2[:, : p + 1]
-        V1 = y1 - self._back1(st, V2)
+        V1 = self._back1(st, V2)
+        np.subtract(y1, V1, out=V1)
+        del y1
         # log|A~| = sum log mu + tr(Q E Q) - tr(Q E^2 Q)/2 + tr(Q f(E) Q), E = A~ - I,
         # f(x) = log(1+x) - x + x^2/2 = O(x^3): the first three exactly (tr E = 0 for
         # the block-Jacobi P, ||E||_F^2 from the sparse Schur complement), only the small
         # remainder by Lanczos quadrature on the deflated probes.
         wn = _colsum(wq, wq)
         quad = np.array([self._quadrature(*coeffs[p + 1 + j]) for j in range(self.n_probes)]) * wn
-        e2 = self._frob2(st) + self._diag_block_frob2(st)
         # tr E: 0 when P holds S's diagonal blocks, else sum_c tr(P_c^{-1} S_cc) - r.
         tr_e = 0.0 if self.preconditioner == "schur" else self._trace_Pinv_S(st, st.S_blocks) - self.r
         exact = float(np.log(mu).sum() + tr_e - (mu - 1.0).sum() - 0.5 * (e2 - ((mu - 1.0) ** 2).sum()))
