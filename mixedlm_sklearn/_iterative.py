@@ -225,12 +225,6 @@ class IterativePlan:
         self.aRR.sum_duplicates()
         self.aRR.sort_indices()
         self.all_scalar = all(t.q == 1 for t in self.blocks)
-        # Squared entries (scalar terms): the diagonal of A_R1 G A_1R is (A_1R o A_1R)' g;
-        # shares the index arrays of a1R, only the values are new.
-        self.a1R_sq = None
-        if self.all_scalar:
-            self.a1R_sq = sparse.csr_matrix((self.a1R.data ** 2, self.a1R.indices, self.a1R.indptr),
-                                            shape=self.a1R.shape)
         # Column ranges of K'K (for ||E||_F^2) holding at most ~2^20 entries each: column
         # j of K'K has at most sum over j's first-term levels of their rest entries.
         deg = np.diff(self.a1R.indptr).astype(np.float64)
@@ -241,7 +235,9 @@ class IterativePlan:
         edges = np.unique(np.concatenate([[0], cuts, [self.a1R.shape[1]]]))
         self.frob_chunks = list(zip(edges[:-1], edges[1:]))
         # Z_1'W[X y] and Z_R'W[X y] as rows (level, effect).
-        self.r1 = _flat(cp.zxy[self.first][0])
+        # (a view of the cross-products for a scalar first term: no m_1-long copy)
+        z1 = cp.zxy[self.first][0]
+        self.r1 = z1[0].T if z1.shape[0] == 1 else _flat(z1)
         self.rR = np.concatenate([_flat(cp.zxy[k][0]) for k in self.rest], axis=0)
         self.xyxy = cp.xyxy[0]
         self.n_probes = int(n_probes)
@@ -325,7 +321,7 @@ class IterativeDeviance:
         self.a11, self.a1R, self.aRR, self.aRR_diag = pl.a11, pl.a1R, pl.aRR, pl.aRR_diag
         self.r1, self.rR, self.xyxy = pl.r1, pl.rR, pl.xyxy
         self.probes, self.n_probes, self.n_deflate = pl.probes, pl.n_probes, pl.n_deflate
-        self._all_scalar, self._frob_chunks, self._a1R_sq = pl.all_scalar, pl.frob_chunks, pl.a1R_sq
+        self._all_scalar, self._frob_chunks = pl.all_scalar, pl.frob_chunks
         self._rest_block_id, self.block_size = pl.rest_block_id, pl.block_size
         self.n_evaluations = 0
         self._cache: tuple | None = None
@@ -394,7 +390,13 @@ class IterativeDeviance:
         # Diagonal blocks of S = M_22 - M_21 M_11^{-1} M_12: per rest level c,
         # L' (A_RR,cc - sum_l A_1R[l,c]' G_l A_1R[l,c]) L + I.
         if self._all_scalar:
-            corr = np.asarray(self._a1R_sq.T @ G[:, 0, 0]).ravel()
+            # The diagonal of A_R1 G A_1R is (A_1R o A_1R)' g: the squared values on A_1R's
+            # indices, made here and dropped (kept, they would hold an nnz-long array
+            # through the whole fit: 58 MiB at 10^7 rows).
+            a = self.a1R
+            squared = sparse.csr_matrix((a.data * a.data, a.indices, a.indptr), shape=a.shape)
+            corr = np.asarray(squared.T @ G[:, 0, 0]).ravel()
+            del squared
             corr_blocks = None
         else:
             corr = None
