@@ -157,10 +157,12 @@ class Plan:
         Estimated flops of one factorisation and selected inverse of the rest block.
     """
 
-    def __init__(self, cp: CrossProducts, max_dense: int | None = None, rest: str = "auto") -> None:
+    def __init__(self, cp: CrossProducts, max_dense: int | None = None, rest: str = "auto",
+                 max_fill_pairs: int | None = None) -> None:
         if rest not in ("auto", "dense", "rounds"):
             raise ValueError("rest must be 'auto', 'dense' or 'rounds'")
         max_dense = MAX_DENSE if max_dense is None else max_dense
+        self.max_fill_pairs = MAX_FILL_PAIRS if max_fill_pairs is None else max_fill_pairs
         terms = cp.terms
         K = len(terms)
         self.n_terms = K
@@ -249,13 +251,13 @@ class Plan:
         if any(self.q[k] != 1 for k in layout.terms) or (r <= _ROUNDS_MIN and not force):
             return
         fill = self.fill_pairs(cp)
-        if fill > MAX_FILL_PAIRS:
+        if fill > self.max_fill_pairs:
             if r <= max_dense:
                 return
             raise ValueError(
                 f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} are crossed "
                 f"with {cp.terms[self.crossing].factor!r} in {fill} level pairs (more than "
-                f"{MAX_FILL_PAIRS}): too many for the exact solver; use solver='iterative'")
+                f"{self.max_fill_pairs}): too many for the exact solver; use solver='iterative'")
         # Pattern of S: A_RR plus the fill A_R1 A_1R (every pair of rest rows that share a
         # level of the crossing term), by one sparse product of patterns.
         levels, rows = self._crossing_rows(cp)

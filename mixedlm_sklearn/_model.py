@@ -32,6 +32,10 @@ SOLVERS = ("auto", "exact", "iterative")
 # its rest block cost at most this many flops (~2-5 s on one core) and it fits in memory
 # (:class:`._factor.Plan` refuses it otherwise), the iterative solver beyond.
 AUTO_MAX_EXACT_FLOPS = 1e11
+# ... and while the symbolic phase of its sparse rest block (the crossing term's fill,
+# enumerated once) stays cheap: beyond this many level pairs "auto" does not even plan
+# it (at 10^7 rows, 10^6 users and 10^5 items: 3.4e7 pairs, a dense core far beyond 10^4).
+AUTO_MAX_FILL_PAIRS = 20_000_000
 # An exact fit whose sparse rest block costs more than this many flops per evaluation
 # starts from the iterative optimum (its path is ~3x cheaper per step) and finishes with
 # exact Newton steps (typically one exact value and gradient).
@@ -126,8 +130,8 @@ def choose_solver(cp: CrossProducts, solver: str = "auto") -> tuple[str, Plan | 
     """The solver for ``solver`` ("auto", "exact" or "iterative"), the exact plan, and why.
 
     "auto" is exact when its plan exists (no block beyond the memory limits of
-    :class:`._factor.Plan`) and one factorisation of it costs at most
-    ``AUTO_MAX_EXACT_FLOPS``, iterative beyond; with one term or residual strata always
+    :class:`._factor.Plan`, a fill of at most ``AUTO_MAX_FILL_PAIRS`` level pairs) and one
+    factorisation of it costs at most ``AUTO_MAX_EXACT_FLOPS``, iterative beyond; with one term or residual strata always
     exact (the iterative solver takes neither).
 
     Returns
@@ -146,7 +150,7 @@ def choose_solver(cp: CrossProducts, solver: str = "auto") -> tuple[str, Plan | 
         why = "solver='exact'" if solver == "exact" else "one term or residual strata"
         return "exact", plan, f"{why}: {plan.describe()}"
     try:
-        plan = Plan(cp.combined())
+        plan = Plan(cp.combined(), max_fill_pairs=AUTO_MAX_FILL_PAIRS)
     except ValueError as err:
         return "iterative", None, f"the exact solver would not fit ({err})"
     if plan.rest_cost > AUTO_MAX_EXACT_FLOPS:

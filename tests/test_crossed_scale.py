@@ -312,15 +312,19 @@ def test_auto_chooses_by_cost(data, exact_fit, monkeypatch, capsys):
     est = MixedLMRegressor(reml=False, verbose=1).fit(x, y, groups=g)
     assert "solver iterative" in capsys.readouterr().out
     assert abs(est.llf_ - exact_fit.llf_) < 1e-3
-    # ... and so does a fill beyond memory (the exact plan refuses to be built).
+    # ... and so does a fill too large to plan (the exact plan refuses to be built).
     monkeypatch.setattr(model_module, "AUTO_MAX_EXACT_FLOPS", 1e11)
     import mixedlm_sklearn._factor as factor_module
-    monkeypatch.setattr(factor_module, "MAX_FILL_PAIRS", 10)
+    monkeypatch.setattr(model_module, "AUTO_MAX_FILL_PAIRS", 10)
     monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
     assert choose_solver(cp)[0] == "exact"  # r <= MAX_DENSE: the dense block still fits
     monkeypatch.setattr(factor_module, "MAX_DENSE", 100)
     solver, _, why = choose_solver(cp)
-    assert solver == "iterative" and "solver='iterative'" in why
+    assert solver == "iterative" and "level pairs" in why and "solver='iterative'" in why
+    # solver="exact" plans such fills (up to MAX_FILL_PAIRS) and says why it cannot.
+    monkeypatch.setattr(factor_module, "MAX_FILL_PAIRS", 10)
+    with pytest.raises(ValueError, match="too many for the exact solver; use solver='iterative'"):
+        choose_solver(cp, "exact")
     # One term or residual strata: always exact.
     one = MixedLMRegressor(reml=False).fit(x, y, groups=g["u"])
     assert one.model_.deviance.__class__ is Deviance
