@@ -609,6 +609,7 @@ class IterativeDeviance:
         if self._cache is not None and np.array_equal(self._cache[0], theta):
             res = self._cache[1]  # value known, only the gradient is missing
         else:
+            self._cache = None  # another theta: its first-term-sized arrays go first (memory)
             res = self._value(theta)
         if grad:
             res["grad"] = self._gradient(res)
