@@ -436,7 +436,7 @@ class Deviance:
         plan, prep, fac = self.plan, pt.prep, pt.factor
         t, layout = plan.crossing, plan.dense
         r = layout.r
-        Sinv = fac.dense_inverse()
+        Sinv = fac.rest_inverse()  # dense, or on the lower pattern of sparse rounds
         pt.cache["Sinv"] = Sinv
         out = [None] * plan.n_terms
         cross = fac.cross
@@ -447,6 +447,10 @@ class Deviance:
         JA = np.einsum("abm,bcm->acm", cross["J"], A)
         JK = np.einsum("abm,bcm->acm", cross["J"], K)
         out[t] = 2.0 * (JA - np.einsum("abm,bcm->acm", JK, IDA)).sum(axis=2)
+        if plan.rounds is not None:
+            for k, g in zip(layout.terms, fac.rounds_rest_gradient(Sinv)):
+                out[k] = g
+            return out
         W = prep.a22 - cross["T"]  # lower triangle valid
         scale = fac._rest_scale()
         if scale is not None:

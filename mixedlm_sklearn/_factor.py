@@ -49,11 +49,17 @@ from ._batched import (
     batched_solve_lower_t,
 )
 from ._crossprod import CrossProducts
+from ._rounds import NotPositiveDefiniteRest, RoundsFactor, RoundsPlan
 
 __all__ = ["Plan", "BlockOps", "Prepared", "Factor", "NotPositiveDefinite"]
 
 # Largest dense block that is factored (doubles: 8 r^2 bytes, 0.8 GB at 10^4).
 MAX_DENSE = 10_000
+# A crossing plan's rest block of at most this many effects is always dense (milliseconds).
+_ROUNDS_MIN = 1_000
+# Largest number of level pairs the fill of a crossing term may have for the exact solver
+# (its symbolic map holds ~40 bytes per pair while it is built: 2 GB).
+MAX_FILL_PAIRS = 50_000_000
 
 
 class NotPositiveDefinite(FloatingPointError):
@@ -139,12 +145,24 @@ class Plan:
         Terms eliminated level by level with pattern-preserving updates (each nested in
         every later term).
     crossing : int or None
-        A first term eliminated level by level whose update makes the rest dense.
+        A first term eliminated level by level whose update fills the rest.
     dense : _DenseLayout or None
-        The remaining terms, factored as one dense block.
+        The remaining terms (the rest block's layout), factored as one dense block, or
+        with a crossing term and scalar rest terms possibly by ``rounds``.
+    rounds : RoundsPlan or None
+        The rest block of a crossing plan factored sparsely (:mod:`._rounds`: rounds of
+        independent sets and a dense core), chosen over the dense block by a cost
+        estimate (:meth:`_choose_rest`).
+    rest_cost : float
+        Estimated flops of one factorisation and selected inverse of the rest block.
     """
 
-    def __init__(self, cp: CrossProducts, max_dense: int = MAX_DENSE) -> None:
+    def __init__(self, cp: CrossProducts, max_dense: int | None = None, rest: str = "auto",
+                 max_fill_pairs: int | None = None) -> None:
+        if rest not in ("auto", "dense", "rounds"):
+            raise ValueError("rest must be 'auto', 'dense' or 'rounds'")
+        max_dense = MAX_DENSE if max_dense is None else max_dense
+        self.max_fill_pairs = MAX_FILL_PAIRS if max_fill_pairs is None else max_fill_pairs
         terms = cp.terms
         K = len(terms)
         self.n_terms = K
@@ -169,11 +187,16 @@ class Plan:
             break
         self.stages = tuple(stages)
         self.dense = None
+        self.rounds: RoundsPlan | None = None
+        self.rest_cost = 0.0
         if dense_terms:
             sizes = [terms[k].size for k in dense_terms]
             offsets = tuple(int(o) for o in np.cumsum([0] + sizes[:-1]))
             self.dense = _DenseLayout(tuple(dense_terms), offsets, int(sum(sizes)))
-            if self.dense.r > max_dense:
+            self.rest_cost = float(self.dense.r) ** 3
+            if self.crossing is not None and rest != "dense":
+                self._choose_rest(cp, max_dense, force=rest == "rounds")
+            if self.rounds is None and self.dense.r > max_dense:
                 raise ValueError(
                     f"the random-effects terms {[terms[k].factor for k in dense_terms]} need a "
                     f"dense block of {self.dense.r} random effects (more than {max_dense}); "
@@ -187,9 +210,85 @@ class Plan:
         parts = [f"level by level: {[s.t for s in self.stages]}"]
         if self.crossing is not None:
             parts.append(f"crossing term {self.crossing}")
-        if self.dense is not None:
+        if self.rounds is not None:
+            parts.append(f"sparse rest block of {self.dense.r} over terms {list(self.dense.terms)}: "
+                         f"{self.rounds.describe()}")
+        elif self.dense is not None:
             parts.append(f"dense block of {self.dense.r} over terms {list(self.dense.terms)}")
         return "; ".join(parts)
+
+    # ---- the rest block of a crossing plan: dense or sparse rounds ---------------------------
+
+    def _crossing_rows(self, cp: CrossProducts) -> tuple[np.ndarray, np.ndarray]:
+        """Level of the crossing term and rest row of every entry of ``A_1R`` (scalar rest)."""
+        t, layout = self.crossing, self.dense
+        levels, rows = [], []
+        for u, off in zip(layout.terms, layout.offsets):
+            block = cp.pairs[self.block_index(t, u)]
+            lt, lu = (block.level_k, block.level_l) if t < u else (block.level_l, block.level_k)
+            levels.append(lt)
+            rows.append(off + lu)
+        return np.concatenate(levels), np.concatenate(rows)
+
+    def fill_pairs(self, cp: CrossProducts) -> int:
+        """Level pairs of the crossing term's fill of the rest block (lower, with diagonal)."""
+        t, layout = self.crossing, self.dense
+        deg = np.zeros(self.m[t], dtype=np.int64)
+        for u in layout.terms:
+            block = cp.pairs[self.block_index(t, u)]
+            deg += np.bincount(block.level_k if t < u else block.level_l, minlength=self.m[t]) * self.q[u]
+        return int((deg * (deg + 1) // 2).sum()) * self.q[t] ** 2
+
+    def _choose_rest(self, cp: CrossProducts, max_dense: int, force: bool = False) -> None:
+        """Dense rest block or sparse rounds, by a cost estimate (flops; memory by size).
+
+        Dense: ``r^3`` (Cholesky and inverse) and ``8 r^2`` bytes per copy. Rounds
+        (scalar rest terms only): the symbolic rounds of :mod:`._rounds` on the pattern of
+        ``S`` (``A_RR`` plus the crossing term's fill), costed by :meth:`RoundsPlan.flops`.
+        ``force``: rounds whenever the rest terms are scalar (tests).
+        """
+        layout, r = self.dense, self.dense.r
+        if any(self.q[k] != 1 for k in layout.terms) or (r <= _ROUNDS_MIN and not force):
+            return
+        fill = self.fill_pairs(cp)
+        if fill > self.max_fill_pairs:
+            if r <= max_dense:
+                return
+            raise ValueError(
+                f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} are crossed "
+                f"with {cp.terms[self.crossing].factor!r} in {fill} level pairs (more than "
+                f"{self.max_fill_pairs}): too many for the exact solver; use solver='iterative'")
+        # Pattern of S: A_RR plus the fill A_R1 A_1R (every pair of rest rows that share a
+        # level of the crossing term), by one sparse product of patterns.
+        levels, rows = self._crossing_rows(cp)
+        ones = np.ones(levels.size)
+        a1r = sp.csr_matrix((ones, (levels, rows)), shape=(self.m[self.crossing], r))
+        pattern = sp.csr_matrix(a1r.T @ a1r)
+        del a1r, levels, rows, ones
+        pr, pc = [], []
+        for block in cp.pairs:
+            if block.k in layout.terms and block.l in layout.terms:
+                pr.append(layout.offsets[layout.terms.index(block.k)] + block.level_k)
+                pc.append(layout.offsets[layout.terms.index(block.l)] + block.level_l)
+        if pr:
+            rr, cc = np.concatenate(pr), np.concatenate(pc)
+            pattern = pattern + sp.csr_matrix((np.ones(rr.size), (np.maximum(rr, cc), np.minimum(rr, cc))),
+                                              shape=(r, r))
+        pattern = sp.tril(pattern + sp.eye(r, format="csr"), format="csr")
+        pattern.sum_duplicates()  # canonical: sorted indices, so the keys come out sorted
+        keys = np.repeat(np.arange(r, dtype=np.int64) * r, np.diff(pattern.indptr)) + pattern.indices
+        del pattern
+        rounds = RoundsPlan(keys, r)
+        if rounds.core > max_dense:
+            if r <= max_dense:
+                return
+            raise ValueError(
+                f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} leave a "
+                f"dense core of {rounds.core} random effects after sparse elimination (more than "
+                f"{max_dense}); use solver='iterative'")
+        if force or rounds.flops() < self.rest_cost or r > max_dense:
+            self.rounds = rounds
+            self.rest_cost = rounds.flops()
 
     def _nested(self, cp: CrossProducts, t: int, u: int) -> bool:
         block = cp.pairs[self.block_index(t, u)]
@@ -477,8 +576,33 @@ class Prepared(BlockOps):
             blocks.append(mat.T if t < u else mat)
         self.a21 = sp.vstack(blocks).tocsr()
         self.a21.sum_duplicates()
+        if plan.rounds is not None:
+            self._prepare_rounds()
+            return
         self.a22 = self.assemble_dense(self.diag, [b.values[0] for b in self.cp.pairs], add_identity=False)
         self.pairs = _pair_map(self.a21, plan.m[t], plan.q[t])
+
+    def _prepare_rounds(self) -> None:
+        """``A_RR`` and the fill map on the sparse rest block's lower pattern."""
+        plan, layout = self.plan, self.plan.dense
+        rounds, r = plan.rounds, layout.r
+        keys = rounds.keys
+        self.rest_rows, self.rest_cols = np.divmod(keys, r)
+        self.rest_off_diag = np.flatnonzero(self.rest_rows != self.rest_cols)
+        full = _pair_map(self.a21, plan.m[plan.crossing], plan.q[plan.crossing])
+        self.pairs = sp.csc_matrix((full.data, np.searchsorted(keys, full.indices), full.indptr),
+                                   shape=(keys.size, full.shape[1]))
+        del full
+        self.a22 = np.zeros(keys.size)
+        self.a22[rounds.diag_pos] = np.concatenate([self.diag[k][0, 0] for k in layout.terms])
+        self.rest_pair_pos = {}
+        for j, b in enumerate(self.cp.pairs):
+            if b.k in layout.terms and b.l in layout.terms:
+                i = layout.offsets[layout.terms.index(b.k)] + b.level_k
+                l = layout.offsets[layout.terms.index(b.l)] + b.level_l
+                pos = np.searchsorted(keys, np.maximum(i, l) * r + np.minimum(i, l))
+                self.a22[pos] = b.values[0, :, 0, 0]
+                self.rest_pair_pos[j] = pos
 
     def assemble_dense(self, diag: list, pair_values: list, add_identity: bool) -> np.ndarray:
         """Dense block over the dense terms from per-term diagonal blocks and pair blocks."""
@@ -552,10 +676,12 @@ class Factor:
         for stage in plan.stages:
             self._eliminate(stage)
         self.cross = None
+        self.rest_factor: RoundsFactor | None = None
+        self._rest_inverse: np.ndarray | None = None
         if plan.crossing is not None:
             self._eliminate_crossing()
         self.chol_S = None
-        if plan.dense is not None:
+        if plan.dense is not None and plan.rounds is None:
             if plan.crossing is None:
                 S = prep.assemble_dense(self.Md, self.Mp, add_identity=False)
             else:
@@ -607,10 +733,22 @@ class Factor:
         J = np.einsum("abm,cb->acm", Binv, L1)  # B^{-1} L_1'
         D = np.einsum("ab,bcm->acm", L1, J)  # L_1 B^{-1} L_1'
         r = plan.dense.r
+        self.chol[t] = C
+        if plan.rounds is not None:
+            T = prep.pairs @ D.transpose(2, 0, 1).ravel()  # A_R1 D A_1R on the lower pattern
+            scale = self._rest_scale()
+            S = (prep.a22 - T) * scale[prep.rest_rows] * scale[prep.rest_cols]
+            S[plan.rounds.diag_pos] += 1.0
+            try:
+                self.rest_factor = RoundsFactor(plan.rounds, S)
+            except NotPositiveDefiniteRest as err:
+                raise NotPositiveDefinite(str(err)) from None
+            self.logdet += self.rest_factor.logdet
+            self.cross = {"Binv": Binv, "J": J, "D": D, "T": T, "S": None}
+            return
         T = (prep.pairs @ D.transpose(2, 0, 1).ravel()).reshape(r, r)  # lower triangle of A_R1 D A_1R
         S = self._sandwich_rest(prep.a22 - T, transpose=True)
         S.flat[:: r + 1] += 1.0
-        self.chol[t] = C
         self.cross = {"Binv": Binv, "J": J, "D": D, "T": T, "S": S}
 
     # ---- helpers on the dense block ------------------------------------------------------
@@ -663,7 +801,12 @@ class Factor:
             out[k] = _unflat(flat[off:off + plan.m[k] * plan.q[k]], plan.q[k])
 
     def _dense_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
-        """``U'^{-1} b`` (trans="T") or ``U^{-1} b`` (trans="N") with ``S = U'U``."""
+        """``U'^{-1} b`` (trans="T") or ``U^{-1} b`` (trans="N") with ``S = U'U``.
+
+        With sparse rounds the same with their factor ``S = L L'`` (``U = L'``).
+        """
+        if self.rest_factor is not None:
+            return self.rest_factor.forward(b) if trans == "T" else self.rest_factor.backward(b)
         return linalg.solve_triangular(self.chol_S, b, trans=trans, check_finite=False)
 
     # ---- solves ---------------------------------------------------------------------------
@@ -739,7 +882,9 @@ class Factor:
         cp = prep.cp
         diag = [None] * plan.n_terms
         pairs = [None] * len(cp.pairs)
-        if plan.dense is not None:
+        if plan.rounds is not None:
+            self._rounds_inverse(diag, pairs, with_crossing_pairs)
+        elif plan.dense is not None:
             Sinv = self.dense_inverse()
             layout = plan.dense
             for k in layout.terms:
@@ -820,10 +965,70 @@ class Factor:
             vals = -np.einsum("abe,ebu->eau", J[:, :, lt], Yb)
             pairs[j] = vals if t < u else vals.transpose(0, 2, 1)
 
+    def rest_inverse(self) -> np.ndarray:
+        """``S^{-1}`` of the rest block: dense, or on the lower pattern with sparse rounds."""
+        if self.rest_factor is not None:
+            if self._rest_inverse is None:  # the gradient and the conditional variances share it
+                self._rest_inverse = self.rest_factor.selected_inverse()
+            return self._rest_inverse
+        return self.dense_inverse()
+
+    def _rounds_inverse(self, diag: list, pairs: list, with_pairs: bool) -> None:
+        """:meth:`selected_inverse` for a crossing term and a sparse (rounds) rest block."""
+        prep, plan = self.prep, self.prep.plan
+        layout, t, q1 = plan.dense, plan.crossing, plan.q[plan.crossing]
+        sig = self.rest_inverse()
+        on_diag = sig[plan.rounds.diag_pos]
+        for k, off in zip(layout.terms, layout.offsets):
+            diag[k] = on_diag[off:off + plan.m[k]].reshape(1, 1, -1).copy()
+        for j, pos in prep.rest_pair_pos.items():
+            pairs[j] = sig[pos].reshape(-1, 1, 1)
+        K = self.crossing_K(sig)
+        J = self.cross["J"]
+        diag[t] = self.cross["Binv"] + np.einsum("abm,bcm,dcm->adm", J, K, J)
+        if not with_pairs:
+            return
+        # Sigma_1R = -J (A_1R L_R S^{-1}) on the pattern of A_1R (fits with strata only).
+        r, scale = layout.r, self._rest_scale()
+        lower = sp.csr_matrix((sig, (prep.rest_rows, prep.rest_cols)), shape=(r, r))
+        full = lower + sp.triu(lower.T, k=1)
+        AP = sp.csr_matrix(prep.a21.T @ (full.multiply(scale[:, None]).tocsr()))
+        for u in layout.terms:
+            j = plan.block_index(t, u)
+            b = prep.cp.pairs[j]
+            lt, lu = (b.level_k, b.level_l) if t < u else (b.level_l, b.level_k)
+            rows_t = lt[:, None] * q1 + np.arange(q1)  # (nnz, q1)
+            col_u = layout.offsets[layout.terms.index(u)] + lu
+            Yb = np.asarray(AP[rows_t.ravel(), np.repeat(col_u, q1)]).reshape(-1, q1, 1)
+            vals = -np.einsum("abe,ebu->eau", J[:, :, lt], Yb)
+            pairs[j] = vals if t < u else vals.transpose(0, 2, 1)
+
+    def rounds_rest_gradient(self, sig: np.ndarray) -> list:
+        """``d log|M|`` of the scalar rest terms with sparse rounds (see the dense formula in
+        :meth:`._deviance.Deviance._logdet_gradient_crossing`): ``2 sum_{i in k} sum_j
+        Sigma_ij W_ij lambda_j`` with ``W = A_RR - A_R1 D A_1R`` on the lower pattern."""
+        prep, plan = self.prep, self.prep.plan
+        layout, r = plan.dense, plan.dense.r
+        scale = self._rest_scale()
+        P = sig * (prep.a22 - self.cross["T"])
+        rows, cols, off = prep.rest_rows, prep.rest_cols, prep.rest_off_diag
+        rest = np.bincount(rows, weights=P * scale[cols], minlength=r)
+        rest += np.bincount(cols[off], weights=P[off] * scale[rows[off]], minlength=r)
+        return [2.0 * rest[o:o + plan.m[k]].sum().reshape(1, 1) for k, o in zip(layout.terms, layout.offsets)]
+
     def crossing_K(self, Sinv: np.ndarray) -> np.ndarray:
-        """``K_l = (A_1R Omega A_R1)_ll``, ``Omega = L_R S^{-1} L_R'`` (q1, q1, m1)."""
+        """``K_l = (A_1R Omega A_R1)_ll``, ``Omega = L_R S^{-1} L_R'`` (q1, q1, m1).
+
+        ``Sinv`` as :meth:`rest_inverse` gives it (dense, or on the sparse lower pattern).
+        """
         plan, prep = self.prep.plan, self.prep
         q1, r = plan.q[plan.crossing], plan.dense.r
+        if plan.rounds is not None:
+            scale = self._rest_scale()
+            omega = Sinv * scale[prep.rest_rows] * scale[prep.rest_cols]
+            omega[plan.rounds.diag_pos] *= 0.5  # the map holds pairs i >= j only
+            K = (prep.pairs.T @ omega).reshape(-1, q1, q1)
+            return (K + K.transpose(0, 2, 1)).transpose(1, 2, 0)
         Omega = self.lam_rows(self.lam_rows(Sinv, False).T, False)
         Omega = np.tril(Omega)
         # The map holds pairs i >= j only: halve the diagonal, add the (a, b) transpose.

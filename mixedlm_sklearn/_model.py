@@ -20,11 +20,32 @@ from ._crossprod import CrossProducts
 from ._design import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
-from ._optimize import OptimizerInfo, fit
+from ._factor import Plan
+from ._iterative import IterativeDeviance, IterativePlan
+from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
-__all__ = ["FittedModel", "fit_model"]
+__all__ = ["FittedModel", "fit_model", "choose_solver", "SOLVERS"]
+
+SOLVERS = ("auto", "exact", "iterative")
+# solver="auto" takes the exact solver while one factorisation and selected inverse of
+# its rest block cost at most this many flops (~2-5 s on one core) and it fits in memory
+# (:class:`._factor.Plan` refuses it otherwise), the iterative solver beyond.
+AUTO_MAX_EXACT_FLOPS = 1e11
+# ... and while the symbolic phase of its sparse rest block (the crossing term's fill,
+# enumerated once) stays cheap: beyond this many level pairs "auto" does not even plan
+# it (at 10^7 rows, 10^6 users and 10^5 items: 3.4e7 pairs, a dense core far beyond 10^4).
+AUTO_MAX_FILL_PAIRS = 20_000_000
+# An exact fit whose sparse rest block costs more than this many flops per evaluation
+# starts from the iterative optimum (its path is ~3x cheaper per step) and finishes with
+# exact Newton steps (typically one exact value and gradient).
+HYBRID_MIN_FLOPS = 1e9
+# Probes of that path: it only has to land near the optimum (the exact steps finish).
+_PATH_PROBES = 8
+# Newton-decrement tolerance of the stochastic optimiser (its objective's own error is
+# ~1e-3 in deviance units).
+_STOCHASTIC_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -93,11 +114,14 @@ class FittedModel:
               search: bool = False) -> "FittedModel":
         """The same data fitted again (by ML with ``reml=False``), from ``x0`` (default the fit)."""
         reml = self.reml if reml is None else reml
-        dev = self.deviance if reml == self.reml else Deviance(self.deviance.cp, reml, plan=self.deviance.plan)
+        dev = self.deviance if reml == self.reml else \
+            type(self.deviance)(self.deviance.cp, reml, plan=self.deviance.plan)
         x0 = self.x if x0 is None else x0
         with single_threaded_blas():
             if dev.n_params == 0:
                 sol, info = dev.solution(x0), self.info
+            elif isinstance(dev, IterativeDeviance):
+                sol, info = fit_stochastic(dev, x0=x0, max_iter=self.max_iter, tol=_STOCHASTIC_TOL)
             else:
                 sol, info = fit(dev, x0=x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
@@ -134,21 +158,82 @@ def shifted_deviance(dev: Deviance, sol: Solution, design: Design, kept: np.ndar
     return Deviance(dev.cp, dev.reml, plan=dev.plan, shift=Shift(cp, C, sol.beta.copy()))
 
 
-def fit_model(cp: CrossProducts, reml: bool, *, max_iter: int = 1000, tol: float = 1e-8,
-              callback: Callable[[int, float], None] | None = None, design: Design | None = None,
-              kept: np.ndarray | None = None) -> tuple[Deviance, Solution, OptimizerInfo]:
+def choose_solver(cp: CrossProducts, solver: str = "auto") -> tuple[str, Plan | None, str]:
+    """The solver for ``solver`` ("auto", "exact" or "iterative"), the exact plan, and why.
+
+    "auto" is exact when its plan exists (no block beyond the memory limits of
+    :class:`._factor.Plan`, a fill of at most ``AUTO_MAX_FILL_PAIRS`` level pairs) and one
+    factorisation of it costs at most ``AUTO_MAX_EXACT_FLOPS``, iterative beyond; with one term or residual strata always
+    exact (the iterative solver takes neither).
+
+    Returns
+    -------
+    solver : {"exact", "iterative"}
+    plan : Plan or None
+        The exact solver's plan (None for the iterative solver).
+    reason : str
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "iterative":
+        return "iterative", None, "solver='iterative'"
+    if solver == "exact" or len(cp.terms) < 2 or cp.n_strata > 1:
+        plan = Plan(cp.combined())
+        why = "solver='exact'" if solver == "exact" else "one term or residual strata"
+        return "exact", plan, f"{why}: {plan.describe()}"
+    try:
+        plan = Plan(cp.combined(), max_fill_pairs=AUTO_MAX_FILL_PAIRS)
+    except ValueError as err:
+        return "iterative", None, f"the exact solver would not fit ({err})"
+    if plan.rest_cost > AUTO_MAX_EXACT_FLOPS:
+        return "iterative", None, (f"the exact solver would cost ~{plan.rest_cost:.1e} flops per "
+                                   f"evaluation ({plan.describe()})")
+    return "exact", plan, f"exact ({plan.describe()}; ~{plan.rest_cost:.1e} flops per evaluation)"
+
+
+def fit_model(cp: CrossProducts, reml: bool, *, solver: str = "auto", max_iter: int = 1000,
+              tol: float = 1e-8, callback: Callable[[int, float], None] | None = None,
+              verbose: int = 0, design: Design | None = None, kept: np.ndarray | None = None
+              ) -> tuple[Deviance | IterativeDeviance, Solution, OptimizerInfo]:
     """Deviance, optimum and optimiser report of one data set (BLAS on one thread).
 
-    Where the random effects absorb nearly all of some column of ``[X y]`` (a very high
-    intra-class correlation; covariates with random slopes) and the rows are at hand
-    (``design``; ``kept`` the fixed-effects columns kept), the fit is finished on the
-    shifted deviance, whose value keeps its digits there.
+    ``solver`` as :func:`choose_solver`; ``verbose`` prints the choice and why. Where the
+    random effects absorb nearly all of some column of ``[X y]`` (a very high intra-class
+    correlation; covariates with random slopes) and the rows are at hand (``design``;
+    ``kept`` the fixed-effects columns kept), an exact fit is finished on the shifted
+    deviance, whose value keeps its digits there.
     """
-    dev = Deviance(cp, reml)
+    chosen, plan, reason = choose_solver(cp, solver)
+    if verbose:
+        print(f"[MixedLMRegressor] solver {chosen}: {reason}")
+    if chosen == "iterative":
+        dev = IterativeDeviance(cp, reml)
+        if verbose:
+            print(f"[MixedLMRegressor] {dev.plan.describe()}")
+        with single_threaded_blas():
+            sol, info = fit_stochastic(dev, max_iter=max_iter, tol=_STOCHASTIC_TOL, callback=callback)
+        return dev, sol, info
+    dev = Deviance(cp, reml, plan=plan)
     with single_threaded_blas():
         if dev.n_params == 0:
             sol = dev.solution(np.empty(0))
             info = OptimizerInfo(True, "no variance parameters", 0, 1, 0.0, np.zeros(0, dtype=bool))
+            return dev, sol, info
+        if plan.rounds is not None and plan.rest_cost > HYBRID_MIN_FLOPS and cp.n_strata == 1:
+            # The iterative path, then exact Newton steps (the log-likelihood reported is
+            # the exact one); the full optimiser when they do not converge.
+            path = IterativeDeviance(cp, reml, plan=IterativePlan(cp, n_probes=_PATH_PROBES))
+            x_path, path_info = fit_stochastic(path, max_iter=max_iter, tol=_STOCHASTIC_TOL, callback=callback)
+            del path
+            finished = finish_from(dev, x_path.x)
+            if verbose:
+                print(f"[MixedLMRegressor] iterative path: {path_info.n_fev} evaluations; exact finish "
+                      + ("converged" if finished is not None else "did not converge: full optimiser"))
+            if finished is not None:
+                sol, info = finished
+                info = dataclasses.replace(info, n_iter=info.n_iter + path_info.n_iter)
+                return dev, sol, info
+            sol, info = fit(dev, x0=x_path.x, max_iter=max_iter, tol=tol, callback=callback)
             return dev, sol, info
         sol, info = fit(dev, max_iter=max_iter, tol=tol, callback=callback)
         if design is not None and dev.digits_lost(sol.x) > _MAX_DIGITS_LOST:

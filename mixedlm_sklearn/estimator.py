@@ -41,6 +41,7 @@ from ._design import (
 from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
+from ._threads import single_threaded_blas
 from ._validation import (
     RankDeficientWarning,
     align_columns,
@@ -181,7 +182,22 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Relative change of the deviance at which the quasi-Newton phase stops; a Newton
         step with a finite-difference Hessian then finishes and checks the optimum.
     verbose : int, default=0
-        Print progress (statistics pass, optimiser) when positive.
+        Print progress (statistics pass, solver chosen and why, optimiser) when positive.
+    solver : {"auto", "exact", "iterative"}, default="auto"
+        How the penalised system is solved (scikit-learn's ``Ridge(solver=...)`` naming).
+        "exact": factorisations (nested terms level by level; crossed terms with the
+        largest eliminated level by level and the rest as a dense block or, when cheaper,
+        by sparse rounds of rare levels and a dense core), any number of random effects
+        while that fits in memory. "iterative": for crossed factors with too many levels
+        to factor (user x item data): preconditioned conjugate gradients, stochastic
+        Lanczos quadrature for the log-determinant with a fixed set of probe vectors (the
+        fit is deterministic and reproducible), Newton steps with the average-information
+        matrix; log-likelihood within ~1e-3 of the exact one. It takes two or more
+        grouping factors and no ``residual_groups``; its conditional variances are
+        stochastic and expensive, so ``random_effects_cov_`` is None and
+        ``model_.solution.conditional_cov()`` computes them on request. "auto": exact when
+        its cost estimate (time and memory) is affordable, iterative beyond;
+        ``verbose`` says which was chosen.
 
     Attributes
     ----------
@@ -202,8 +218,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Information criteria with lme4's parameter count ``df_model_``.
     random_effects_ : DataFrame of shape (n_groups_, q)
         BLUPs (conditional modes) of the random effects, a row per group.
-    random_effects_cov_ : ndarray of shape (n_groups_, q, q)
-        Conditional covariance of each group's random effects (lme4's ``condVar``).
+    random_effects_cov_ : ndarray of shape (n_groups_, q, q) or None
+        Conditional covariance of each group's random effects (lme4's ``condVar``); None
+        for the iterative solver (``model_.solution.conditional_cov()`` on request).
     fe_params_ : Series
         All fixed effects, intercept first, named.
     bse_ : Series
@@ -243,6 +260,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
+        "solver": [StrOptions({"auto", "exact", "iterative"})],
     }
 
     def __init__(
@@ -253,6 +271,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         max_iter: int = 1000,
         tol: float = 1e-8,
         verbose: int = 0,
+        solver: str = "auto",
     ) -> None:
         self.reml = reml
         self.fit_intercept = fit_intercept
@@ -260,6 +279,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+        self.solver = solver
 
     # ---- fitting --------------------------------------------------------------------------
 
@@ -553,7 +573,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             # least squares with as many rows as kept columns: no residual df for REML
             reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
             with np.errstate(all="ignore"):
-                dev, sol, info = fit_model(cp, reml, max_iter=self.max_iter, tol=self.tol,
+                dev, sol, info = fit_model(cp, reml, solver=self.solver, verbose=self.verbose,
+                                           max_iter=self.max_iter, tol=self.tol,
                                            callback=callback, design=design,
                                            kept=None if not rank.deficient else rank.kept)
         except FloatingPointError as err:
@@ -609,7 +630,14 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         else:
             cov_re = sol.cov_re()
             blups = sol.blups()
-            condvar = sol.conditional_cov()
+            # The iterative solver's conditional variances are stochastic and cost about a
+            # gradient: on request only (model_.solution.conditional_cov()).
+            on_request = getattr(sol, "conditional_cov_on_request", False)
+            if on_request:
+                condvar = [None] * len(terms)
+            else:
+                with single_threaded_blas():  # a dense inverse: threads collapse under load
+                    condvar = sol.conditional_cov()
             tables = {
                 t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
                                        columns=list(t.z_names))
@@ -620,14 +648,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
                 self.n_groups_ = {t.factor: t.n_levels for t in terms}
                 self.random_effects_ = tables
-                self.random_effects_cov_ = {t.factor: c for t, c in zip(terms, condvar)}
+                self.random_effects_cov_ = None if on_request else \
+                    {t.factor: c for t, c in zip(terms, condvar)}
             else:
                 term = terms[0]
                 self.cov_re_ = cov_re[0]
                 self.groups_ = model.labels[term.factor]
                 self.n_groups_ = term.n_levels
                 self.random_effects_ = tables[term.factor]
-                self.random_effects_cov_ = condvar[0]
+                self.random_effects_cov_ = None if on_request else condvar[0]
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())

@@ -21,6 +21,7 @@ MODULES = [
     "mixedlm_sklearn.inference.bootstrap",
     "mixedlm_sklearn.inference.power",
     "mixedlm_sklearn._deviance",
+    "mixedlm_sklearn._iterative",
     "mixedlm_sklearn.design",
     "mixedlm_sklearn.datasets",
     "mixedlm_sklearn._validation",

@@ -111,3 +111,16 @@ def test_glmm_example(capsys):
     # lme4 (nAGQ = 25) logLik -50.00502 omits the saturated log-density -41.97835
     assert cbpp.llf_ == pytest.approx(-50.005015268375 - 41.97835376893558, abs=1e-4)
     assert "Wald z tests" in capsys.readouterr().out
+
+
+def test_crossed_ratings_example(capsys):
+    exact = _load("crossed_ratings").main(n=20_000, users=1_000, items=500)
+    iterative = _load("crossed_ratings").main(n=20_000, users=1_000, items=500, solver="iterative")
+    # New users are predicted by the items' effects and the covariates: about half the
+    # variance (item and covariate variance 1.3 + 0.25 of a total 2.9).
+    assert np.all((exact["test_score"] > 0.4) & (exact["test_score"] < 0.6))
+    np.testing.assert_allclose(iterative["test_score"], exact["test_score"], atol=1e-3)
+    for a, b in zip(exact["estimator"], iterative["estimator"]):
+        assert abs(a["lmm"].llf_ - b["lmm"].llf_) < 1e-3
+    out = capsys.readouterr().out
+    assert "R^2 on new users" in out and "iterative solver" in out and "exact solver" in out
