@@ -33,7 +33,7 @@ import numpy as np
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts, ResponseProducts
 
-__all__ = ["OneTermBatch", "BatchFit"]
+__all__ = ["OneTermBatch", "BatchFit", "repeated_response"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 # Newton iterations before a replicate is handed to the engine; a refit from the
@@ -105,6 +105,8 @@ class BatchFit:
         ``max |H^{-1} g|`` at the answer (on the entries off the bound).
     at_bound : ndarray of bool (K, n_theta)
         Entries held at 0 (a singular fit).
+    joined : ndarray of bool (K,)
+        Stopped on reaching the ``known`` minimum (see :meth:`OneTermBatch.fit`).
     """
 
     theta: np.ndarray
@@ -115,6 +117,7 @@ class BatchFit:
     n_iter: np.ndarray
     scaled_gradient: np.ndarray
     at_bound: np.ndarray
+    joined: np.ndarray
 
 
 class OneTermBatch:
@@ -205,22 +208,29 @@ class OneTermBatch:
         L = L * signs[None]
         return L[self.rows, self.cols].T
 
-    def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON) -> BatchFit:
-        """Newton's method for every response from ``theta0`` (n_theta,), at most
-        ``max_iter`` iterations (and at most 25).
+    def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
+            known: np.ndarray | None = None) -> BatchFit:
+        """Newton's method for every response from ``theta0`` (n_theta,) or from a start
+        of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
+        at most 25).
 
         A diagonal entry of ``L`` with nothing below it in its column (the last one of an
         unstructured term, any of a diagonal term) that heads for 0 is put there and held
         (a singular fit: the deviance is even in that entry, so the optimum is on the
         bound when the curvature there is not negative, which is checked at the end).
         Other entries heading for 0 are left to the engine.
+
+        ``known`` (n_theta,), a minimum found already (several starts of one fit): a
+        replicate that comes within 1e-4 of it (relative, in ``L L'``'s terms) stops there,
+        reported with ``joined`` set (Newton's method from so close converges to it).
         """
         K = products.n_responses
         nt = self.n_theta
         diagonal = self.rows == self.cols
         below = np.array([np.any((self.cols == c) & (self.rows > r)) for r, c in zip(self.rows, self.cols)])
         fixable = diagonal & ~below if self.term.diagonal else diagonal & (self.cols == self.q - 1)
-        x = np.tile(np.asarray(theta0, dtype=float), (K, 1))
+        theta0 = np.asarray(theta0, dtype=float)
+        x = np.tile(theta0, (K, 1)) if theta0.ndim == 1 else theta0.copy()
         fixed = np.zeros((K, nt), dtype=bool)
         active = np.ones(K, dtype=bool)
         settled = np.zeros(K, dtype=bool)
@@ -228,7 +238,15 @@ class OneTermBatch:
         scaled = np.full(K, np.inf)
         value, grad, _, _ = self.evaluate(x, products)
         eye = np.eye(nt, dtype=bool)
+        joined = np.zeros(K, dtype=bool)
+        if known is not None:
+            known = self.normalised(np.asarray(known, dtype=float)[None])[0]
+            reach_known = max(1.0, float(np.abs(known).max()))
         for _ in range(min(max_iter, _MAX_NEWTON)):
+            if known is not None:
+                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < 1e-3 * reach_known)
+                joined |= near
+                active &= ~near
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
@@ -320,7 +338,16 @@ class OneTermBatch:
         reach = np.maximum(np.max(np.abs(theta), axis=1), 1e-300)[:, None]
         near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
         settled &= ~near_zero.any(axis=1) & np.isfinite(value)
-        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed)
+        settled &= ~joined
+        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
+
+
+def repeated_response(cp: CrossProducts, k: int) -> ResponseProducts:
+    """The response of ``cp`` as ``k`` identical responses (several starts of one fit)."""
+    p = cp.p
+    zy = tuple(np.repeat(z[:, :, p:p + 1, :], k, axis=2) for z in cp.zxy)
+    return ResponseProducts(zy, np.repeat(cp.xyxy[:, :p, p:p + 1], k, axis=2),
+                            np.repeat(cp.xyxy[:, p, p][:, None], k, axis=1))
 
 
 def _subset(products: ResponseProducts, idx: np.ndarray) -> ResponseProducts:

@@ -43,6 +43,7 @@ from ._crossprod import CrossProducts
 from ._deviance import Deviance, Solution
 from ._factor import NotPositiveDefinite
 from ._basis import Basis
+from ._batched_refit import OneTermBatch, repeated_response
 from ._terms import theta_from_lambda
 
 __all__ = ["OptimizerInfo", "fit", "fit_stochastic", "SCALED_GRADIENT_TOL"]
@@ -333,6 +334,38 @@ def _escape_start(tracker: _Tracker, x: np.ndarray, value: float) -> np.ndarray 
     return best
 
 
+def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
+                   best_x: np.ndarray) -> list[np.ndarray]:
+    """The starts that still need a local search of their own.
+
+    With one term and one stratum the starts run together, in the batched kernel of
+    :mod:`._batched_refit` (every numpy call serves all of them, so ten starts cost about
+    what one does). A start that settles there at a deviance no lower than ``best`` is
+    done: it found a minimum no better than the first search's. One that settles lower is
+    handed on from where it settled (the engine's search finishes it with its
+    safeguards); one that does not settle (a zero variance on the way, a Hessian that is
+    not positive definite) is searched from its own start, as without the screening. A
+    start that reaches ``best_x`` (the first search's answer) stops there.
+    """
+    if not starts or len(dev.terms) != 1 or dev.n_eta or dev.cp.n_strata != 1 or dev.shift is not None:
+        return starts
+    batch = OneTermBatch(dev.cp, dev.reml)
+    theta0 = np.array([s[:dev.n_theta] for s in starts])
+    with np.errstate(all="ignore"):
+        found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta])
+    margin = 1e-10 * max(1.0, abs(best))
+    out = []
+    for start, settled, joined, value, theta in zip(starts, found.settled, found.joined,
+                                                    found.deviance, found.theta):
+        if joined:
+            continue
+        if not settled or not np.isfinite(value):
+            out.append(start)
+        elif value < best - margin:
+            out.append(theta.copy())
+    return out
+
+
 def _search(tracker: _Tracker, res, max_iter: int, tol: float, multistart: bool = True):
     """Improve a first answer: other starts (small problems), the zero end, escapes."""
     dev = tracker.dev
@@ -345,7 +378,7 @@ def _search(tracker: _Tracker, res, max_iter: int, tol: float, multistart: bool 
         small = zero.copy()
         small[:dev.n_theta] = 1e-3 * dev.terms.identity_theta()
         starts.append(small)
-    for other in starts:
+    for other in _screen_starts(dev, starts, res.fun, res.x):
         retry = _local(tracker, other, max_iter, tol)
         if retry.fun < res.fun:
             res = retry
