@@ -598,18 +598,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         singularity warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms = model.solution, model.info, model.terms
-        beta, cov_fe, fe_names = sol.beta, sol.cov_beta(), model.fe_names
-        if model.rank is not None:
-            # As lme4's fixef(fit, add.dropped = TRUE): a dropped (aliased) column's
-            # coefficient is 0 (so predict is unchanged), its standard error NaN.
-            beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
-            fe_names = model.rank.names
-        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
-        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = cov_fe
-        self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-        self.bse_ = pd.Series(np.sqrt(np.diag(self.cov_fe_)), index=fe_names, name="std_error")
-        self.theta_ = sol.theta.copy()
+        store_fixed_effects(self, model, sol.cov_beta())
         self.scale_ = float(sol.scale)
         if model.strata is not None:
             self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(model.strata, sol.ratios)}
@@ -621,42 +610,14 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.df_model_ = df_model
         self.aic_ = -2.0 * llf + 2.0 * df_model
         self.bic_ = -2.0 * llf + np.log(model.n_obs) * df_model  # lme4: log n, also for REML
-        if not len(terms):  # least squares: no groups, no random effects
-            self.cov_re_ = np.zeros((1, 1))
-            self.groups_ = np.array([], dtype=object)
-            self.n_groups_ = 0
-            self.random_effects_ = pd.DataFrame(columns=[INTERCEPT], dtype=float)
-            self.random_effects_cov_ = np.zeros((0, 1, 1))
+        if not len(terms) or not getattr(sol, "conditional_cov_on_request", False):
+            with single_threaded_blas():  # a dense inverse: threads collapse under load
+                condvar = sol.conditional_cov() if len(terms) else None
         else:
-            cov_re = sol.cov_re()
-            blups = sol.blups()
             # The iterative solver's conditional variances are stochastic and cost about a
             # gradient: on request only (model_.solution.conditional_cov()).
-            on_request = getattr(sol, "conditional_cov_on_request", False)
-            if on_request:
-                condvar = [None] * len(terms)
-            else:
-                with single_threaded_blas():  # a dense inverse: threads collapse under load
-                    condvar = sol.conditional_cov()
-            tables = {
-                t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
-                                       columns=list(t.z_names))
-                for t, b in zip(terms, blups)
-            }
-            if several:
-                self.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
-                self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
-                self.n_groups_ = {t.factor: t.n_levels for t in terms}
-                self.random_effects_ = tables
-                self.random_effects_cov_ = None if on_request else \
-                    {t.factor: c for t, c in zip(terms, condvar)}
-            else:
-                term = terms[0]
-                self.cov_re_ = cov_re[0]
-                self.groups_ = model.labels[term.factor]
-                self.n_groups_ = term.n_levels
-                self.random_effects_ = tables[term.factor]
-                self.random_effects_cov_ = None if on_request else condvar[0]
+            condvar = None
+        store_random_effects(self, model, several, condvar)
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
@@ -1092,3 +1053,51 @@ def _check_strata(cp: CrossProducts, labels: np.ndarray) -> None:
             f"{'no rows' if cp.n_obs[s] == 0 else 'a single row'}; a stratum needs at least two "
             "rows to estimate its own residual variance (merge it with another stratum)"
         )
+
+
+def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
+    """``intercept_``, ``coef_``, ``cov_fe_``, ``fe_params_``, ``bse_``, ``theta_`` of a fit
+    (the linear and the generalized estimators alike)."""
+    beta, fe_names = model.solution.beta, model.fe_names
+    if model.rank is not None:
+        # As lme4's fixef(fit, add.dropped = TRUE): a dropped (aliased) column's
+        # coefficient is 0 (so predict is unchanged), its standard error NaN.
+        beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
+        fe_names = model.rank.names
+    est.intercept_ = float(beta[0]) if est.fit_intercept else 0.0
+    est.coef_ = beta[1:].copy() if est.fit_intercept else beta.copy()
+    est.cov_fe_ = cov_fe
+    est.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
+    est.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
+    est.theta_ = model.solution.theta.copy()
+
+
+def store_random_effects(est: Any, model: Any, several: bool, condvar: list | None) -> None:
+    """``cov_re_``, ``groups_``, ``n_groups_``, ``random_effects_``, ``random_effects_cov_``:
+    arrays and a DataFrame for one term, dicts keyed by factor for several; ``condvar``
+    (the conditional covariances per term) None when they are left to be asked for."""
+    terms, sol = model.terms, model.solution
+    if not len(terms):  # least squares: no groups, no random effects
+        est.cov_re_ = np.zeros((1, 1))
+        est.groups_ = np.array([], dtype=object)
+        est.n_groups_ = 0
+        est.random_effects_ = pd.DataFrame(columns=[INTERCEPT], dtype=float)
+        est.random_effects_cov_ = np.zeros((0, 1, 1))
+        return
+    cov_re = sol.cov_re()
+    tables = {t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
+                                     columns=list(t.z_names))
+              for t, b in zip(terms, sol.blups())}
+    if several:
+        est.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
+        est.groups_ = {t.factor: model.labels[t.factor] for t in terms}
+        est.n_groups_ = {t.factor: t.n_levels for t in terms}
+        est.random_effects_ = tables
+        est.random_effects_cov_ = None if condvar is None else {t.factor: c for t, c in zip(terms, condvar)}
+    else:
+        term = terms[0]
+        est.cov_re_ = cov_re[0]
+        est.groups_ = model.labels[term.factor]
+        est.n_groups_ = term.n_levels
+        est.random_effects_ = tables[term.factor]
+        est.random_effects_cov_ = None if condvar is None else condvar[0]

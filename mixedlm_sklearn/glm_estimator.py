@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, special
+from scipy import linalg
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
@@ -45,7 +45,8 @@ from ._validation import (
     drop_aliased_columns,
     take_rows,
 )
-from .estimator import MixedLMRegressor, _check_frame, _check_offset, _unchanged_on_error
+from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _unchanged_on_error,
+                        store_fixed_effects, store_random_effects)
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
 
@@ -253,47 +254,14 @@ class _MixedGLMBase(BaseEstimator):
     def _set_fitted(self, several: bool) -> None:
         model = self.model_
         sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
-        cov_fe = _fixed_effects_cov(model)
-        beta, fe_names = sol.beta, model.fe_names
-        if model.rank is not None:
-            beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
-            fe_names = model.rank.names
-        self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
-        self.coef_ = beta[1:].copy() if self.fit_intercept else beta.copy()
-        self.cov_fe_ = cov_fe
-        self.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-        self.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
-        self.theta_ = sol.theta.copy()
+        store_fixed_effects(self, model, _fixed_effects_cov(model))
         self.llf_ = -0.5 * sol.deviance
         self.df_model_ = len(model.fe_names) + terms.n_theta
         self.aic_ = sol.deviance + 2.0 * self.df_model_
         self.bic_ = sol.deviance + np.log(model.n_obs) * self.df_model_
         self.deviance_ = float(dev.family.deviance_residuals(dev.y, sol.eta, sol.mu, dev.prior,
                                                               dev.link).sum())
-        if not len(terms):
-            self.cov_re_ = np.zeros((1, 1))
-            self.groups_ = np.array([], dtype=object)
-            self.n_groups_ = 0
-            self.random_effects_ = pd.DataFrame(columns=[INTERCEPT], dtype=float)
-            self.random_effects_cov_ = np.zeros((0, 1, 1))
-        else:
-            cov_re, blups, condvar = sol.cov_re(), sol.blups(), sol.conditional_cov()
-            tables = {t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
-                                             columns=list(t.z_names))
-                      for t, b in zip(terms, blups)}
-            if several:
-                self.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
-                self.groups_ = {t.factor: model.labels[t.factor] for t in terms}
-                self.n_groups_ = {t.factor: t.n_levels for t in terms}
-                self.random_effects_ = tables
-                self.random_effects_cov_ = {t.factor: c for t, c in zip(terms, condvar)}
-            else:
-                term = terms[0]
-                self.cov_re_ = cov_re[0]
-                self.groups_ = model.labels[term.factor]
-                self.n_groups_ = term.n_levels
-                self.random_effects_ = tables[term.factor]
-                self.random_effects_cov_ = condvar[0]
+        store_random_effects(self, model, several, sol.conditional_cov() if len(terms) else None)
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
