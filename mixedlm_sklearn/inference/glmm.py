@@ -20,7 +20,7 @@ from scipy import optimize, stats
 
 from ._parameters import check_alpha
 from .lrt import LRTestResult
-from .summary import _fmt, _fmt_p, _text_table
+from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
 
 __all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model"]
 
@@ -87,19 +87,7 @@ class GLMMSummary:
         ]
 
     def _random_rows(self) -> tuple[list[str], list[list[str]]]:
-        re = self.random_effects
-        var = re[re["name2"] == ""]
-        cors = re[re["name2"] != ""]
-        n_corr = int(cors.groupby(["group", "name"]).size().max()) if len(cors) else 0
-        header = ["Group", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (n_corr - 1))[:n_corr]
-        rows, previous = [], None
-        for _, row in var.iterrows():
-            mine = cors[(cors["group"] == row["group"]) & (cors["name"] == row["name"])]
-            corr = [_fmt(v, ".3f") for v in mine["correlation"]]
-            rows.append([row["group"] if row["group"] != previous else "", row["name"],
-                         _fmt(row["variance"]), _fmt(row["std_dev"])] + corr + [""] * (n_corr - len(corr)))
-            previous = row["group"]
-        return header, rows
+        return random_effects_rows(self.random_effects)
 
     def _fixed_rows(self) -> tuple[list[str], list[list[str]]]:
         lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0

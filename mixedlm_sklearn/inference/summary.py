@@ -60,6 +60,24 @@ def _text_table(header: list[str], rows: list[list[str]], left: int) -> str:
     return "\n".join(lines)
 
 
+def random_effects_rows(re: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """lme4's layout of a random-effects table: a row per variance, correlations to the
+    earlier effects beside it (the linear and the generalized summaries alike)."""
+    var = re[re["name2"] == ""]
+    cors = re[re["name2"] != ""]
+    n_corr = int(cors.groupby(["group", "name"]).size().max()) if len(cors) else 0
+    header = ["Group", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (n_corr - 1))[:n_corr]
+    rows, previous = [], None
+    for _, row in var.iterrows():
+        mine = cors[(cors["group"] == row["group"]) & (cors["name"] == row["name"])]
+        corr = [_fmt(v, ".3f") for v in mine["correlation"]]
+        rows.append([row["group"] if row["group"] != previous else "", row["name"],
+                     _fmt(row["variance"]), _fmt(row["std_dev"])]
+                    + corr + [""] * (n_corr - len(corr)))
+        previous = row["group"]
+    return header, rows
+
+
 @dataclass(frozen=True)
 class Summary:
     """Summary of a fitted linear mixed model (lme4's ``summary`` with lmerTest's tests).
@@ -121,21 +139,7 @@ class Summary:
         ]
 
     def _random_rows(self) -> tuple[list[str], list[list[str]]]:
-        """lme4's layout: a row per variance, correlations to the earlier effects beside it."""
-        re = self.random_effects
-        var = re[re["name2"] == ""]
-        cors = re[re["name2"] != ""]
-        n_corr = int(cors.groupby(["group", "name"]).size().max()) if len(cors) else 0
-        header = ["Group", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (n_corr - 1))[:n_corr]
-        rows, previous = [], None
-        for _, row in var.iterrows():
-            mine = cors[(cors["group"] == row["group"]) & (cors["name"] == row["name"])]
-            corr = [_fmt(v, ".3f") for v in mine["correlation"]]
-            rows.append([row["group"] if row["group"] != previous else "", row["name"],
-                         _fmt(row["variance"]), _fmt(row["std_dev"])]
-                        + corr + [""] * (n_corr - len(corr)))
-            previous = row["group"]
-        return header, rows
+        return random_effects_rows(self.random_effects)
 
     def _fixed_rows(self) -> tuple[list[str], list[list[str]]]:
         lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0
