@@ -194,6 +194,14 @@ class Family:
         """``2 (saturated - fitted)`` log-density per row (R's ``dev.resids``)."""
         return np.maximum(2.0 * (self.saturated_loglik(y, w) - self.loglik(y, eta, mu, w, link)), 0.0)
 
+    def check_simulation_weights(self, w: np.ndarray) -> None:
+        """Refuse prior weights that give no response distribution to draw from."""
+        raise NotImplementedError
+
+    def sample(self, generator: np.random.Generator, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """A response drawn with mean ``mu`` and prior weights ``w`` (R's ``family$simulate``)."""
+        raise NotImplementedError
+
 
 def _xlogy(x, y):
     return special.xlogy(x, y)
@@ -218,6 +226,19 @@ class _Binomial(Family):
 
     def saturated_loglik(self, y, w):
         return self.log_constant(y, w) + w * (_xlogy(y, y) + _xlogy(1.0 - y, 1.0 - y))
+
+    def check_simulation_weights(self, w):
+        frac = np.abs(w - np.round(w)) > 1e-8 * np.maximum(1.0, w)
+        if frac.any():
+            row = int(np.flatnonzero(frac)[0])
+            raise ValueError(
+                f"simulating a binomial response needs whole numbers of trials (sample_weight); "
+                f"row {row} has {w[row]!r}")
+
+    def sample(self, generator, mu, w):
+        # successes of w trials as a proportion (R's glm convention; Bernoulli for w = 1)
+        trials = np.round(w).astype(np.int64)
+        return generator.binomial(trials, np.clip(mu, 0.0, 1.0)) / w
 
     def check_response(self, y, w):
         bad = (y < 0) | (y > 1)
@@ -244,6 +265,17 @@ class _Poisson(Family):
 
     def saturated_loglik(self, y, w):
         return w * (_xlogy(y, y) - y - special.gammaln(y + 1.0))
+
+    def check_simulation_weights(self, w):
+        # R's poisson()$simulate ignores the weights, drawing another model than the one
+        # fitted (w identical rows would have a mean count, not a count): refuse instead.
+        if np.any(w != 1.0):
+            raise ValueError("simulating a Poisson model fitted with sample_weight is not defined "
+                             "(a weighted row stands for several identical counts); fit without "
+                             "weights, or with an offset for exposures, to simulate")
+
+    def sample(self, generator, mu, w):
+        return generator.poisson(mu).astype(float)
 
     def check_response(self, y, w):
         if (y < 0).any():
@@ -387,6 +419,16 @@ class GLMMDeviance:
         """The same data and structure with another number of quadrature nodes."""
         other = copy.copy(self)
         other.n_agq = int(n_agq)
+        other._last, other._base = None, None
+        other.n_evaluations = other.n_pirls = 0
+        return other
+
+    def with_response(self, y: np.ndarray) -> "GLMMDeviance":
+        """The same rows and structure (pattern, elimination plan) with another response:
+        a refit to a simulated response needs no new symbolic work."""
+        other = copy.copy(self)
+        other.y = np.asarray(y, dtype=float)
+        other._log_constant = float(self.family.log_constant(other.y, self.prior).sum())
         other._last, other._base = None, None
         other.n_evaluations = other.n_pirls = 0
         return other
@@ -714,6 +756,11 @@ class GLMMSolution:
     _modes: _Modes = field(repr=False, compare=False)
 
     scale: float = 1.0  # a GLMM's dispersion is fixed at 1
+
+    @property
+    def ratios(self) -> np.ndarray:
+        """Residual variance ratios of the strata: a GLMM has none (one, the reference)."""
+        return np.ones(1)
 
     @property
     def lams(self) -> list:
