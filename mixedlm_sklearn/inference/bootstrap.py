@@ -223,6 +223,8 @@ class _BootstrapJob:
 
 
 def _statistic_values(value: Any, size: int | None = None) -> np.ndarray:
+    if isinstance(value, dict):  # named values (the keys name the columns)
+        value = list(value.values())
     out = np.asarray(value, dtype=float).reshape(-1)
     if size is not None and out.size != size:
         raise ValueError(f"statistic returned {out.size} values for a replicate and {size} for "
