@@ -5,6 +5,9 @@ Cases (REML fits, as lme4's default):
 * ``sleepstudy``: ``Reaction ~ Days + (Days | Subject)`` (180 rows, 18 subjects).
 * ``insteval``: ``y ~ service + (1 | s) + (1 | d) + (1 | dept)`` (73,421 rows; 2,972 x
   1,128 x 14 crossed levels).
+* ``cbpp`` (a GLMM, Laplace): ``cbind(incidence, size - incidence) ~ period + (1 | herd)``
+  (56 rows, 15 herds; binomial responses, each refit by PIRLS from the fit's parameters);
+  lme4 ``glmer``; mixedlm has no GLMM bootstrap.
 
 Each peer fits the model once (untimed), then ``n_boot`` parametric bootstrap replicates
 are timed: ours ``est.bootstrap(n_boot, n_jobs=...)`` (simulation and refits, every
@@ -24,6 +27,7 @@ Usage
     python benchmarks/bench_bootstrap.py --n-jobs 1,2 --repeat 5
     python benchmarks/bench_bootstrap.py --case insteval --n-boot 1000 --peers ours --repeat 1
     python benchmarks/bench_bootstrap.py --case insteval --n-boot 20 --peers ours,lme4
+    python benchmarks/bench_bootstrap.py --case cbpp --n-boot 1000 --peers ours,lme4
 """
 
 from __future__ import annotations
@@ -44,14 +48,17 @@ from bench_fit import best_of, unavailable  # noqa: E402
 CASES = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "Days"),
     "insteval": ("y ~ service + (1 | s) + (1 | d) + (1 | dept)", "service"),
+    "cbpp": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "period2"),
 }
+# GLMM cases: their family (fitted by glmer); the others by lmer
+FAMILY = {"cbpp": "binomial"}
 
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
 a <- commandArgs(TRUE)
 d <- read.csv(a[1])
 for (v in strsplit(a[5], ",")[[1]]) if (nchar(v)) d[[v]] <- factor(d[[v]])
-fit <- lmer(as.formula(a[2]), d)
+fit <- if (a[7] == "gaussian") lmer(as.formula(a[2]), d) else glmer(as.formula(a[2]), d, family = a[7])
 best <- Inf
 for (i in seq_len(as.integer(a[4]))) {
   t <- system.time(b <- bootMer(fit, function(m) c(fixef(m), sigma(m), getME(m, "theta")),
@@ -64,20 +71,22 @@ cat(sprintf("RESULT %.6f %.10f %d\n", best, se, sum(is.na(b$t[, 1]))))
 
 
 def load(case: str):
-    from mixedlm_sklearn.datasets import load_insteval, load_sleepstudy
+    from mixedlm_sklearn.datasets import load_cbpp, load_insteval, load_sleepstudy
 
     if case == "sleepstudy":
         return load_sleepstudy(), []
+    if case == "cbpp":
+        return load_cbpp(), ["herd", "period"]
     df = load_insteval()
     return df, ["s", "d", "dept", "service"]
 
 
 def ours(df, case, n_boot, repeat, n_jobs):
-    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn import glmer, lmer
 
     formula, slope = CASES[case]
-    est = lmer(formula, df)
-    slope_name = slope if case == "sleepstudy" else [c for c in est.fe_params_.index if c != "(Intercept)"][0]
+    est = glmer(formula, df, family=FAMILY[case]) if case in FAMILY else lmer(formula, df)
+    slope_name = slope if case != "insteval" else [c for c in est.fe_params_.index if c != "(Intercept)"][0]
     est.bootstrap(n_boot=2 * max(n_jobs, 1), random_state=0, n_jobs=n_jobs)  # warm-up (workers, imports)
     t, boot = best_of(lambda: est.bootstrap(n_boot=n_boot, random_state=1, n_jobs=n_jobs), repeat)
     return t, float(boot.replicates[slope_name].std()), boot.n_failed, boot.n_nonconverged
@@ -102,9 +111,10 @@ def lme4_peer(df, case, factors, n_boot, repeat):
         df.to_csv(csv, index=False)
         with open(script, "w") as fh:
             fh.write(R_SCRIPT)
-        column = slope if case == "sleepstudy" else "service1"
+        column = slope if case != "insteval" else "service1"
         out = subprocess.run(["Rscript", script, csv, formula, str(n_boot), str(repeat), ",".join(factors),
-                              column], capture_output=True, text=True, timeout=24 * 3600)
+                              column, FAMILY.get(case, "gaussian")], capture_output=True, text=True,
+                             timeout=24 * 3600)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT"):
             _, t, se, failed = line.split()
@@ -146,7 +156,7 @@ def main() -> None:
             rows.append(("lme4 bootMer", n, t, t * args.n_boot / n, se, f"{failed} failed"))
     if "mixedlm" in peers:
         n = peer_n.get("mixedlm", args.n_boot)
-        why = unavailable("mixedlm")
+        why = "no GLMM bootstrap" if args.case in FAMILY else unavailable("mixedlm")
         if why:
             rows.append(("mixedlm bootMer", n, np.nan, np.nan, np.nan, why))
         else:

@@ -41,7 +41,8 @@ class Design:
     """The rows of an in-memory fit, kept (by reference) for simulation and data checks.
 
     ``X`` excludes the intercept column, which :attr:`X_full` adds when ``intercept``.
-    ``y`` is the response minus ``offset`` (the fitted one); ``index`` is the row labels of
+    ``y`` is the fitted response: for a linear model the response minus ``offset``, for a
+    GLMM the response itself (its offset is inside the link); ``index`` is the row labels of
     a DataFrame ``X`` (for fitted values and residuals indexed like the input).
     """
 
@@ -52,7 +53,7 @@ class Design:
     weights: np.ndarray | None
     strata: np.ndarray | None
     n_strata: int = 1
-    offset: np.ndarray | None = None  # the known part of the linear predictor (y excludes it)
+    offset: np.ndarray | None = None  # the known part of the linear predictor
     index: pd.Index | None = None
 
     @property

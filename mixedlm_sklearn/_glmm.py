@@ -194,6 +194,14 @@ class Family:
         """``2 (saturated - fitted)`` log-density per row (R's ``dev.resids``)."""
         return np.maximum(2.0 * (self.saturated_loglik(y, w) - self.loglik(y, eta, mu, w, link)), 0.0)
 
+    def check_simulation_weights(self, w: np.ndarray) -> None:
+        """Refuse prior weights that give no response distribution to draw from."""
+        raise NotImplementedError
+
+    def sample(self, generator: np.random.Generator, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """A response drawn with mean ``mu`` and prior weights ``w`` (R's ``family$simulate``)."""
+        raise NotImplementedError
+
 
 def _xlogy(x, y):
     return special.xlogy(x, y)
@@ -218,6 +226,19 @@ class _Binomial(Family):
 
     def saturated_loglik(self, y, w):
         return self.log_constant(y, w) + w * (_xlogy(y, y) + _xlogy(1.0 - y, 1.0 - y))
+
+    def check_simulation_weights(self, w):
+        frac = np.abs(w - np.round(w)) > 1e-8 * np.maximum(1.0, w)
+        if frac.any():
+            row = int(np.flatnonzero(frac)[0])
+            raise ValueError(
+                f"simulating a binomial response needs whole numbers of trials (sample_weight); "
+                f"row {row} has {w[row]!r}")
+
+    def sample(self, generator, mu, w):
+        # successes of w trials as a proportion (R's glm convention; Bernoulli for w = 1)
+        trials = np.round(w).astype(np.int64)
+        return generator.binomial(trials, np.clip(mu, 0.0, 1.0)) / w
 
     def check_response(self, y, w):
         bad = (y < 0) | (y > 1)
@@ -244,6 +265,17 @@ class _Poisson(Family):
 
     def saturated_loglik(self, y, w):
         return w * (_xlogy(y, y) - y - special.gammaln(y + 1.0))
+
+    def check_simulation_weights(self, w):
+        # R's poisson()$simulate ignores the weights, drawing another model than the one
+        # fitted (w identical rows would have a mean count, not a count): refuse instead.
+        if np.any(w != 1.0):
+            raise ValueError("simulating a Poisson model fitted with sample_weight is not defined "
+                             "(a weighted row stands for several identical counts); fit without "
+                             "weights, or with an offset for exposures, to simulate")
+
+    def sample(self, generator, mu, w):
+        return generator.poisson(mu).astype(float)
 
     def check_response(self, y, w):
         if (y < 0).any():
@@ -387,6 +419,16 @@ class GLMMDeviance:
         """The same data and structure with another number of quadrature nodes."""
         other = copy.copy(self)
         other.n_agq = int(n_agq)
+        other._last, other._base = None, None
+        other.n_evaluations = other.n_pirls = 0
+        return other
+
+    def with_response(self, y: np.ndarray) -> "GLMMDeviance":
+        """The same rows and structure (pattern, elimination plan) with another response:
+        a refit to a simulated response needs no new symbolic work."""
+        other = copy.copy(self)
+        other.y = np.asarray(y, dtype=float)
+        other._log_constant = float(self.family.log_constant(other.y, self.prior).sum())
         other._last, other._base = None, None
         other.n_evaluations = other.n_pirls = 0
         return other
@@ -716,6 +758,11 @@ class GLMMSolution:
     scale: float = 1.0  # a GLMM's dispersion is fixed at 1
 
     @property
+    def ratios(self) -> np.ndarray:
+        """Residual variance ratios of the strata: a GLMM has none (one, the reference)."""
+        return np.ones(1)
+
+    @property
     def lams(self) -> list:
         return self._modes.lams
 
@@ -955,6 +1002,42 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
     return x, H, scaled, pos_def
 
 
+# Values of a variance parameter on its bound (theta_k = 0) probed for a lower deviance.
+_BOUND_PROBES = (0.05, 0.2, 0.5)
+
+
+def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
+    """A point off the variance bounds where the deviance is lower than at ``x``, or None.
+
+    On its bound ``theta_k = 0`` the Laplace deviance is even in ``theta_k``, so its
+    gradient there is 0 whether 0 is a minimum along ``theta_k`` or a maximum: a gradient
+    method that reaches the bound stops there even when the deviance falls off it (seen
+    on simulated cbpp responses: 0 chosen where ``theta = 0.22`` is 0.6 lower; lme4's
+    derivative-free optimiser does not stop there). Each entry on its bound is probed at
+    a few positive values, the other parameters held.
+    """
+    lower = dev.lower_bounds()
+    at = np.flatnonzero(np.isfinite(lower) & (x <= lower))
+    if not at.size:
+        return None
+    f0 = _safe(dev, x)[0]
+    if not np.isfinite(f0):
+        return None
+    best, best_x = f0 - 1e-8 * max(1.0, abs(f0)), None
+    for k in at:
+        for h in _BOUND_PROBES:
+            trial = x.copy()
+            trial[k] = lower[k] + h
+            try:
+                value = dev(trial)
+            except (PIRLSDivergence, NotPositiveDefinite):
+                continue
+            if value < best:
+                best, best_x = value, trial
+    dev.modes(x)
+    return best_x
+
+
 def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
              ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
     """Minimise the deviance over ``(theta, beta)`` (BLAS on one thread).
@@ -964,7 +1047,8 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: floa
     starts its quadrature from a cheaper fit), then, as for the Laplace fit, Newton steps
     with a Hessian from differences of the gradient (central differences of the AGQ
     deviance), which also give lme4's convergence check: the gradient scaled by the
-    inverse Hessian on the parameters off their bounds.
+    inverse Hessian on the parameters off their bounds. A fit that ends with a variance
+    on its bound restarts from a lower point off it if there is one (:func:`_off_bound`).
     """
     from ._threads import single_threaded_blas
 
@@ -972,6 +1056,12 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: floa
     with single_threaded_blas():
         laplace = dev if dev.n_agq == 1 else dev.with_nodes(1)
         x, n_iter, limited = _lbfgsb(laplace, x0, max_iter, ftol)
+        escape = _off_bound(laplace, x)
+        if escape is not None:
+            x_esc, more, limited_esc = _lbfgsb(laplace, escape, max_iter, ftol)
+            n_iter += more
+            if _safe(laplace, x_esc)[0] < _safe(laplace, x)[0]:
+                x, limited = x_esc, limited_esc
         x, H, scaled, pos_def = _newton(dev, x, approximation=laplace if laplace is not dev else None)
         if not pos_def and dev.n_agq > 1:  # far from the Laplace optimum: search first
             x, more, limited = _lbfgsb(dev, x, max_iter)

@@ -70,7 +70,10 @@ class GLMMFit:
     labels : dict
         Term name -> level labels.
     design : Design
+        The fitted rows (``y`` the response as fitted: 0/1 or proportions, counts;
+        ``offset`` the known part of the linear predictor).
     rank : FixedEffectsRank or None
+    max_iter, tol : the estimator's (refits use them too).
     fixed_scale : bool
         The dispersion is fixed at 1 (z tests, no residual variance): always True here.
     """
@@ -86,6 +89,10 @@ class GLMMFit:
     max_iter: int = 1000
     fixed_scale: bool = True
     strata: Any = None
+    tol: float = 1e-8
+
+    # A GLMM is fitted by maximum likelihood (code comparing fits asks).
+    reml = False
 
     @property
     def n_obs(self) -> int:
@@ -243,15 +250,18 @@ class _MixedGLMBase(BaseEstimator):
         if self.verbose:
             print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} PIRLS "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
-        design = Design(X, self.fit_intercept, y, factors, weights, None)
+        design = Design(X, self.fit_intercept, y, factors, weights, None,
+                        offset=off if offset is not None else None)
         self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
                               {t.name: t.labels for t in terms_in}, design,
-                              rank if rank.deficient else None, self.max_iter)
+                              rank if rank.deficient else None, self.max_iter, tol=self.tol)
         self._offset_fitted = offset is not None
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
-    def _set_fitted(self, several: bool) -> None:
+    def _set_fitted(self, several: bool, warn: bool = True) -> None:
+        """The fitted attributes of ``model_`` (``warn=False``: without the convergence and
+        separation warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
         store_fixed_effects(self, model, _fixed_effects_cov(model))
@@ -265,9 +275,9 @@ class _MixedGLMBase(BaseEstimator):
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
-        if len(terms):
+        if len(terms) and warn:
             self._warn_fit(info)
-        if dev.family.name == "binomial":
+        if dev.family.name == "binomial" and warn:
             eps = 10.0 * np.finfo(float).eps  # R's glm.fit threshold
             if np.any((sol.mu < eps) | (sol.mu > 1.0 - eps)):
                 warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
@@ -349,15 +359,70 @@ class _MixedGLMBase(BaseEstimator):
         check_is_fitted(self)
         return wald_test(self, L, rhs=rhs, ddf="chi2")
 
-    def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
-        """Confidence intervals: ``"wald"`` (fixed effects) or ``"profile"`` (likelihood).
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None,
+                 **kwargs) -> pd.DataFrame:
+        """Confidence intervals: ``"wald"`` (fixed effects), ``"profile"`` (likelihood) or
+        ``"boot"`` (parametric bootstrap; ``n_boot``, ``boot_type``, ``random_state``,
+        ``n_jobs``).
 
         See :func:`mixedlm_sklearn.inference.glmm.conf_int`.
         """
         from .inference.glmm import conf_int
 
         check_is_fitted(self)
-        return conf_int(self, alpha=alpha, method=method, which=which)
+        return conf_int(self, alpha=alpha, method=method, which=which, **kwargs)
+
+    def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
+        """Responses drawn from the fitted model, shape (n_obs, n_sim) (lme4's ``simulate``):
+        new random effects from ``cov_re_`` (``conditional=True``: the conditional modes),
+        the linear predictor with the offset, the response from the family (binomial
+        proportions of ``sample_weight`` trials, Poisson counts).
+
+        See :func:`mixedlm_sklearn.inference.simulate`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> x = rng.standard_normal(200)
+        >>> y = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * rng.standard_normal(20)[g]))
+        >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
+        >>> Y = reg.simulate(n_sim=4000, random_state=1)
+        >>> Y.shape
+        (200, 4000)
+        >>> # the mean count of a row: exp(x'b + var_re / 2) (lognormal random effect)
+        >>> mean = np.exp(reg.intercept_ + reg.coef_[0] * x[0] + reg.cov_re_[0, 0] / 2)
+        >>> bool(abs(Y[0].mean() / mean - 1) < 0.05)
+        True
+        """
+        from .inference import simulate
+
+        check_is_fitted(self)
+        return simulate(self, n_sim=n_sim, random_state=random_state, conditional=conditional)
+
+    def bootstrap(self, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
+                  statistic: Any = None):
+        """Parametric bootstrap: refits to responses drawn from the fit (lme4's ``bootMer``),
+        each started from the fit's parameters.
+
+        See :func:`mixedlm_sklearn.inference.bootstrap`.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> boot = fit.bootstrap(n_boot=40, random_state=0)
+        >>> boot.replicates.shape, boot.n_failed
+        ((40, 5), 0)
+        """
+        from .inference import bootstrap
+
+        check_is_fitted(self)
+        return bootstrap(self, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs,
+                         statistic=statistic)
 
 
 def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
@@ -553,6 +618,42 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         """The more probable class of each row (see :meth:`predict_proba`)."""
         proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal)
         return self.classes_[(proba[:, 1] > 0.5).astype(int)]
+
+    def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
+        """Class labels drawn from the fitted model, shape (n_obs, n_sim) (lme4's
+        ``simulate``): new random effects from ``cov_re_`` (``conditional=True``: the
+        conditional modes), then a Bernoulli draw per row with the model's probability of
+        ``classes_[1]``.
+
+        A fit with ``sample_weight`` other than 1 has no label per row to draw (a row of
+        weight ``w`` stands for ``w`` rows): use
+        :func:`mixedlm_sklearn.inference.simulate`, which returns the proportion of
+        ``classes_[1]`` among them.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = np.where(x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0, "yes", "no")
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> Y = clf.simulate(n_sim=3, random_state=1)
+        >>> Y.shape, Y[:4, 0].tolist()
+        ((240, 3), ['yes', 'no', 'no', 'yes'])
+        """
+        from .inference import simulate
+
+        check_is_fitted(self)
+        weights = self.model_.design.weights
+        if np.any(weights != 1.0):
+            raise ValueError("a classifier fitted with sample_weight has no single label per row "
+                             "to simulate (a row of weight w stands for w rows); "
+                             "mixedlm_sklearn.inference.simulate gives the proportion of "
+                             "classes_[1] among them")
+        Y = simulate(self, n_sim=n_sim, random_state=random_state, conditional=conditional)
+        return self.classes_[Y.astype(np.intp)]
 
     def predict_log_proba(self, X: Any, **kwargs) -> np.ndarray:
         with np.errstate(divide="ignore"):

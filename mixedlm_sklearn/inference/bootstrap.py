@@ -9,7 +9,8 @@
 
 Replicates are drawn and refitted by :mod:`.simulation` (shared cross-products, a start
 at the generating parameters, per-replicate generators so that ``n_jobs`` does not change
-the result). A refit that fails or does not converge is counted and reported, never
+the result). The same code serves linear mixed models and GLMMs: the sampler draws from
+the model's family, and the refitter is the model's own fitting path. A refit that fails or does not converge is counted and reported, never
 dropped silently: failed replicates are NaN rows, non-converged ones are kept and
 flagged, and a warning gives both counts.
 """
@@ -17,7 +18,6 @@ flagged, and a warning gives both counts.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,27 +27,28 @@ import pandas as pd
 from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 
-from .._model import FittedModel
 from .._validation import caller_stacklevel
-from ._parameters import check_alpha, fitted_model
+from ._parameters import check_alpha
 from .lrt import check_nested, check_same_data
 from .simulation import (
     FAILED,
     NOT_CONVERGED,
     OK,
     Parameters,
-    Refitter,
     Sampler,
     check_count,
+    is_glmm,
     lme4_parameters,
     lme4_parameters_many,
     model_rows,
     parameter_names,
+    refitter_for,
     replicate_generators,
     run_replicates,
+    simulation_model,
 )
 
-__all__ = ["BootstrapResult", "bootstrap", "PBTestResult", "pb_test", "BOOT_METHODS"]
+__all__ = ["BootstrapResult", "bootstrap", "boot_conf_int", "PBTestResult", "pb_test", "BOOT_METHODS"]
 
 BOOT_METHODS = ("percentile", "basic", "normal")
 
@@ -183,9 +184,9 @@ class BootstrapResult:
 class _BootstrapJob:
     """Draws responses from the fit and refits it to each (a picklable unit of work)."""
 
-    model: FittedModel
+    model: Any
     sampler: Sampler
-    refitter: Refitter
+    refitter: Any
     estimator: Any = None
     statistic: Callable | None = None
     several: bool = False
@@ -209,25 +210,21 @@ class _BootstrapJob:
                 continue
             status[j] = _status(out.info)
             if self.statistic is not None:
-                dev, sol = out.solved()
                 values[j, n_par:] = _statistic_values(
-                    self.statistic(self._estimator(Y[:, j], dev, sol, out.info)), self.n_statistic)
+                    self.statistic(self._estimator(Y[:, j], out)), self.n_statistic)
         return {"values": values, "status": status, "messages": messages}
 
-    def _estimator(self, y: np.ndarray, dev, sol, info):
+    def _estimator(self, y: np.ndarray, refit):
         """The estimator as fitted to one replicate (for the caller's statistic)."""
-        design = self.model.design
-        offset = getattr(design, "offset", None)
-        y_model = y - offset if offset is not None else y
-        model = dataclasses.replace(self.model, deviance=dev, solution=sol, info=info,
-                                    design=dataclasses.replace(design, y=y_model))
         rep = copy.copy(self.estimator)
-        rep.model_ = model
+        rep.model_ = self.refitter.replicate_model(self.model, y, refit)
         rep._set_fitted(self.several, warn=False)
         return rep
 
 
 def _statistic_values(value: Any, size: int | None = None) -> np.ndarray:
+    if isinstance(value, dict):  # named values (the keys name the columns)
+        value = list(value.values())
     out = np.asarray(value, dtype=float).reshape(-1)
     if size is not None and out.size != size:
         raise ValueError(f"statistic returned {out.size} values for a replicate and {size} for "
@@ -255,8 +252,10 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-        Fitted in memory.
+    est : fitted MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
+        Fitted in memory. A GLMM's replicates are drawn from its family
+        (:func:`~mixedlm_sklearn.inference.simulate`) and refitted by its own fitting path
+        (PIRLS with the Laplace or AGQ deviance), started from the fit.
     n_boot : int, default 1000
     random_state : None, int, numpy SeedSequence or Generator
         Replicate ``j`` draws from the ``j``-th child generator of
@@ -295,14 +294,23 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     >>> ci = boot.conf_int()
     >>> bool(ci.loc["Days", "lower"] < 10.467 < ci.loc["Days", "upper"])
     True
+
+    A GLMM (lme4's parameters of a binomial ``glmer``: no ``sigma``):
+
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> boot = fit.bootstrap(n_boot=40, random_state=1)
+    >>> list(boot.estimate.index), boot.n_failed
+    (['sd_(Intercept)|herd', '(Intercept)', 'period2', 'period3', 'period4'], 0)
     """
-    model = fitted_model(est)
+    model = simulation_model(est)
     n_boot = check_count(n_boot, "n_boot")
     if statistic is not None and not callable(statistic):
         raise TypeError(f"statistic must be a callable taking the fitted estimator, got {statistic!r}")
     rows = model_rows(model, "bootstrap")
     sampler = Sampler(rows, Parameters.of(model.solution))
-    refitter = Refitter.of_model(model)
+    refitter = refitter_for(model)
     names = parameter_names(model)
     estimate = lme4_parameters(model.solution, model)
     stat_names: list[str] = []
@@ -324,6 +332,33 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     return BootstrapResult(pd.Series(estimate, index=columns, name="estimate"),
                            pd.DataFrame(out["values"], columns=columns), status == OK,
                            status == FAILED, dict(messages), len(names))
+
+
+def boot_conf_int(est: Any, alpha: float = 0.05, which: Any = None, n_boot: int = 1000,
+                  boot_type: str = "percentile", random_state: Any = None,
+                  n_jobs: int | None = None) -> pd.DataFrame:
+    """Bootstrap intervals of lme4's parameters (``conf_int(method="boot")`` of the linear
+    and the generalized estimators; lme4's ``confint(method = "boot")``).
+
+    ``which``: parameter names, or ``"variance"`` (the random-effects and residual
+    parameters) / ``"fixed"``; default all. ``boot_type`` as :meth:`BootstrapResult.conf_int`'s
+    ``method``; the rest as :func:`bootstrap`.
+    """
+    a = check_alpha(alpha)
+    model = simulation_model(est)
+    names = parameter_names(model)
+    n_fixed = len(model.fe_names) if model.rank is None else len(model.rank.names)
+    n_var = len(names) - n_fixed
+    groups = {"variance": names[:n_var], "fixed": names[n_var:]}
+    wanted = names if which is None else groups.get(which, [which]) if isinstance(which, str) \
+        else list(which)
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; the parameters are {names}")
+    if boot_type not in BOOT_METHODS:
+        raise ValueError(f"boot_type must be one of {BOOT_METHODS}, got {boot_type!r}")
+    boot = bootstrap(est, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs)
+    return boot.conf_int(a, boot_type).loc[wanted]
 
 
 # ---- parametric bootstrap likelihood-ratio test -------------------------------------------------
@@ -389,8 +424,8 @@ class _PBJob:
     """Draws responses from the restricted model and refits both models to each."""
 
     sampler: Sampler
-    small: Refitter
-    big: Refitter
+    small: Any
+    big: Any
 
     def __call__(self, generators: list) -> dict:
         Y = self.sampler.draw(generators)
@@ -409,7 +444,7 @@ class _PBJob:
         return {"lr": lr, "status": status, "messages": messages}
 
 
-def _ml(model: FittedModel) -> FittedModel:
+def _ml(model: Any) -> Any:
     """The maximum-likelihood fit of a model (a REML fit refitted by ML, with the search)."""
     return model.refit(reml=False, search=True) if model.reml else model
 
@@ -425,9 +460,11 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
 
     Parameters
     ----------
-    small, big : fitted MixedLMRegressor
+    small, big : fitted MixedLMRegressor, or both GLMM estimators
         The restricted and the full model, fitted in memory to the same rows. REML fits
-        are refitted by maximum likelihood first (as pbkrtest does).
+        are refitted by maximum likelihood first (as pbkrtest does). GLMMs (fitted by
+        maximum likelihood) must share the family, link, ``n_agq`` and offset; their
+        responses are drawn from the restricted model's family.
     n_boot : int, default 1000
     random_state, n_jobs
         As in :func:`bootstrap`.
@@ -440,7 +477,10 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     ------
     ValueError
         As :func:`~mixedlm_sklearn.lr_test`: different data, models not nested, or
-        ``big`` not larger than ``small``.
+        ``big`` not larger than ``small``; GLMMs of different families, links, ``n_agq``
+        or offsets.
+    TypeError
+        A linear mixed model against a GLMM.
 
     Examples
     --------
@@ -453,8 +493,15 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     >>> round(test.statistic, 3), test.df, test.pvalue == 1 / 201
     (23.537, 1, True)
     """
-    model_s, model_b = fitted_model(small, "small"), fitted_model(big, "big")
+    model_s, model_b = simulation_model(small, "small"), simulation_model(big, "big")
     n_boot = check_count(n_boot, "n_boot")
+    if is_glmm(model_s) != is_glmm(model_b):
+        raise TypeError("pb_test compares two linear mixed models or two GLMMs; got one of each "
+                        "(their likelihoods are not comparable)")
+    if is_glmm(model_s):
+        from .glmm import check_comparable
+
+        check_comparable(model_s, model_b, ("small", "big"))
     check_same_data(model_s, model_b)
     problems = check_nested(model_s, model_b)
     if problems:
@@ -468,7 +515,7 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     model_rows(model_b, "pb_test")  # refuse before the refits below
     ml_s, ml_b = _ml(model_s), _ml(model_b)
     sampler = Sampler(rows, Parameters.of(ml_s.solution))
-    job = _PBJob(sampler, Refitter.of_model(ml_s), Refitter.of_model(ml_b))
+    job = _PBJob(sampler, refitter_for(ml_s), refitter_for(ml_b))
     out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs,
                          min(job.small.batch_size, job.big.batch_size))
     status, messages, lr_star = out["status"], out.get("messages", []), out["lr"]

@@ -22,7 +22,7 @@ from ._parameters import check_alpha
 from .lrt import LRTestResult
 from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
 
-__all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model"]
+__all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model", "check_comparable"]
 
 
 def glmm_model(est: Any, role: str = "est"):
@@ -224,21 +224,30 @@ def _profile_bound(model, index: int, side: int, target: float, d_min: float) ->
     return float(optimize.brentq(lambda v: rise(v) - target, lo, hi, xtol=1e-6 * max(se, 1e-8)))
 
 
-def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None) -> pd.DataFrame:
+def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None, *,
+             n_boot: int = 1000, boot_type: str = "percentile", random_state: Any = None,
+             n_jobs: int | None = None) -> pd.DataFrame:
     """Confidence intervals of a GLMM's parameters.
 
     Parameters
     ----------
     est : fitted MixedGLMClassifier or MixedGLMRegressor
     alpha : float, default 0.05
-    method : {"wald", "profile"}
+    method : {"wald", "profile", "boot"}
         ``"wald"``: fixed effects, estimate -+ z * std. error (lme4's ``method = "Wald"``).
         ``"profile"``: likelihood-ratio intervals, the other parameters re-optimised at
         each value (lme4's ``method = "profile"``), for the fixed effects and the standard
         deviations of scalar or diagonal random-effects terms (named as
         :meth:`~mixedlm_sklearn._terms.Term.param_names`).
+        ``"boot"``: parametric bootstrap intervals of every parameter (random-effects
+        standard deviations and correlations, fixed effects; lme4's ``method = "boot"``;
+        see :func:`~mixedlm_sklearn.inference.bootstrap`).
     which : list of str, optional
-        Parameters to profile (default all that can be).
+        Parameters to profile (default all that can be); boot: names, or ``"variance"`` /
+        ``"fixed"``.
+    n_boot, boot_type, random_state, n_jobs
+        Boot only: replicates, interval type (``"percentile"``, ``"basic"``,
+        ``"normal"``; lme4's ``boot.type``), seed and worker processes.
 
     Returns
     -------
@@ -253,9 +262,16 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     >>> fit.conf_int(method="profile", which=["sd_(Intercept)|herd"]).round(4)  # lme4: 0.3461 1.1000
                           lower  upper
     sd_(Intercept)|herd  0.3461    1.1
+    >>> ci = fit.conf_int(method="boot", n_boot=40, random_state=1, which="fixed")
+    >>> list(ci.index)
+    ['(Intercept)', 'period2', 'period3', 'period4']
     """
     alpha = check_alpha(alpha)
     model = glmm_model(est)
+    if method == "boot":
+        from .bootstrap import boot_conf_int
+
+        return boot_conf_int(est, alpha, which, n_boot, boot_type, random_state, n_jobs)
     if method == "wald":
         q = stats.norm.ppf(1.0 - alpha / 2.0)
         fe, se = est.fe_params_, est.bse_
@@ -263,7 +279,7 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
             fe = fe.where(model.rank.kept)
         return pd.DataFrame({"lower": fe - q * se, "upper": fe + q * se}, index=fe.index)
     if method != "profile":
-        raise ValueError(f"method must be 'wald' or 'profile', got {method!r}")
+        raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     available = _profile_parameters(model)
     names = [n for n, _ in available]
     if which is None:
@@ -288,16 +304,9 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     return pd.DataFrame(rows, index=["lower", "upper"]).T
 
 
-def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
-    """Likelihood-ratio test between nested GLMMs fitted to the same rows.
-
-    The fits must share the family, link, number of quadrature nodes and response (and
-    prior weights); ``df`` is the difference in ``df_model_``. Nesting of the designs is
-    the caller's responsibility beyond these checks (a statistic below 0 warns).
-    """
-    import warnings
-
-    small, big = glmm_model(restricted, "restricted"), glmm_model(full, "full")
+def check_comparable(small, big, roles: tuple[str, str] = ("restricted", "full")) -> None:
+    """Refuse two GLMM fits whose likelihoods are not comparable: other families or links,
+    other numbers of quadrature nodes, other rows (response, prior weights) or offsets."""
     a, b = small.deviance, big.deviance
     if (a.family.name, a.link.name) != (b.family.name, b.link.name):
         raise ValueError(f"the fits have different families or links ({a.family.name}/{a.link.name} "
@@ -308,6 +317,22 @@ def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTes
     if a.n != b.n or not (np.array_equal(a.y, b.y) and np.array_equal(a.prior, b.prior)):
         raise ValueError("the fits used different data (rows, response or weights differ); a "
                          "likelihood-ratio test compares fits of the same rows")
+    if not np.array_equal(a.offset, b.offset):
+        raise ValueError(f"the fits used different offsets ({roles[0]} and {roles[1]}); a "
+                         "likelihood-ratio test compares models with the same known part of the "
+                         "linear predictor")
+
+
+def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
+    """Likelihood-ratio test between nested GLMMs fitted to the same rows.
+
+    The fits must share the family, link, number of quadrature nodes and response (and
+    prior weights); ``df`` is the difference in ``df_model_``. Nesting of the designs is
+    the caller's responsibility beyond these checks (a statistic below 0 warns).
+    """
+    import warnings
+
+    check_comparable(glmm_model(restricted, "restricted"), glmm_model(full, "full"))
     df = int(full.df_model_ - restricted.df_model_)
     if df <= 0:
         raise ValueError(f"full has {full.df_model_} parameters and restricted "

@@ -412,23 +412,10 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
     if method == "boot":
-        from .bootstrap import BOOT_METHODS, bootstrap
+        from .bootstrap import boot_conf_int
 
-        from .simulation import parameter_names
-
-        model = fitted_model(est)
-        names = parameter_names(model)
-        n_var = model.n_theta + 1 + model.n_eta
-        groups = {"variance": names[:n_var], "fixed": names[n_var:]}
-        wanted = names if which is None else groups.get(which, [which]) if isinstance(which, str) \
-            else list(which)
-        unknown = [w for w in wanted if w not in names]
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; the parameters are {names}")
-        if boot_type not in BOOT_METHODS:
-            raise ValueError(f"boot_type must be one of {BOOT_METHODS}, got {boot_type!r}")
-        boot = bootstrap(est, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs)
-        return boot.conf_int(alpha, boot_type).loc[wanted]
+        fitted_model(est)
+        return boot_conf_int(est, alpha, which, n_boot, boot_type, random_state, n_jobs)
     if method == "wald":
         if which is not None:
             raise ValueError("which= applies to method='profile' only")

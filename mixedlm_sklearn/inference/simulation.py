@@ -8,6 +8,17 @@ e`` (lme4's ``simulate.merMod``; Bates et al. 2015, JSS 67(1), sec. 1). With
 ``conditional=True`` the random effects are the fit's conditional modes instead
 (lme4's ``use.u = TRUE``).
 
+A generalized linear mixed model (:class:`~mixedlm_sklearn.MixedGLMRegressor`,
+:class:`~mixedlm_sklearn.MixedGLMClassifier`) is the same up to its last step: the random
+effects ``b_kl ~ N(0, L_k L_k')`` (dispersion 1) give the linear predictor
+``eta = offset + X beta + sum_k Z_k b_k``, and the response is drawn from the family with
+mean ``g^{-1}(eta)`` (R's ``family$simulate``): binomial successes of ``w_r`` trials as a
+proportion (Bernoulli 0/1 for ``w_r = 1``; R's ``glm`` convention), Poisson counts. So
+:class:`Sampler` draws the linear predictor once for both kinds of model, and only the
+response's distribution (:class:`GaussianResponse`, :class:`FamilyResponse`) differs;
+refits go through the model's own fitting path (:class:`Refitter`: the linear engine;
+:class:`GLMMRefitter`: PIRLS and the Laplace or AGQ deviance), both started from the fit.
+
 Everything simulation-based (:mod:`.bootstrap`, :mod:`.power`) refits models to such
 responses. Only ``Z'Wy``, ``X'Wy`` and ``y'Wy`` depend on the response, so a refit needs
 neither a pass over the rows nor a new elimination plan:
@@ -26,6 +37,7 @@ of a bootstrap with the same ``random_state``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,15 +48,18 @@ import numpy as np
 from .._batched_refit import OneTermBatch
 from .._crossprod import CrossProducts, ResponseMap, ResponseProducts
 from .._deviance import Deviance, Solution
+from .._factor import NotPositiveDefinite
+from .._glmm import Family, GLMMDeviance, Link, PIRLSDivergence, fit_glmm
 from .._model import FittedModel
 from .._optimize import OptimizerInfo, fit
 from .._terms import Terms
 from .._threads import single_threaded_blas
-from ._parameters import fitted_model, ratio_names, theta_to_sdcor
+from ._parameters import ratio_names, theta_to_sdcor
 
-__all__ = ["simulate", "Rows", "Parameters", "Sampler", "Refit", "Refitter", "run_replicates",
+__all__ = ["simulate", "Rows", "Parameters", "Sampler", "GaussianResponse", "FamilyResponse",
+           "Refit", "Refitter", "GLMMRefitter", "refitter_for", "run_replicates",
            "replicate_generators", "parameter_names", "lme4_parameters", "lme4_parameters_many",
-           "model_rows"]
+           "model_rows", "simulation_model", "is_glmm"]
 
 # Responses simulated and refitted together: their cross-products come from one sparse
 # product, and the (n, batch) block of responses stays small (73,421 x 32 doubles for
@@ -90,6 +105,9 @@ class Rows:
     n_strata : int
     offset : ndarray or None
         The known part of the linear predictor (lme4's ``offset``).
+    family, link : Family and Link, or None
+        A GLMM's response distribution and link; None for a linear mixed model (normal
+        residuals, identity link).
     """
 
     X: np.ndarray
@@ -99,14 +117,36 @@ class Rows:
     strata: np.ndarray | None
     n_strata: int
     offset: np.ndarray | None
+    family: Family | None = None
+    link: Link | None = None
 
     @property
     def n(self) -> int:
         return self.X.shape[0]
 
 
-def model_rows(model: FittedModel, what: str = "simulation") -> Rows:
-    """The rows of an in-memory fit; a clear error for fits that do not keep them."""
+def is_glmm(model: Any) -> bool:
+    """Whether a fitted model is a GLMM's (:class:`~mixedlm_sklearn.glm_estimator.GLMMFit`)."""
+    from ..glm_estimator import GLMMFit
+
+    return isinstance(model, GLMMFit)
+
+
+def simulation_model(est: Any, role: str = "est") -> Any:
+    """The fitted model of a linear or generalized linear mixed-model estimator (or the
+    model itself), or a TypeError naming the argument."""
+    if isinstance(est, FittedModel) or is_glmm(est):
+        return est
+    model = getattr(est, "model_", None)
+    if not (isinstance(model, FittedModel) or is_glmm(model)):
+        raise TypeError(f"{role} must be a fitted MixedLMRegressor, MixedGLMClassifier or "
+                        "MixedGLMRegressor")
+    return model
+
+
+def model_rows(model: Any, what: str = "simulation") -> Rows:
+    """The rows of an in-memory fit (linear or GLMM); a clear error for fits that do not
+    keep them."""
     design = model.design
     if design is None:
         raise NotImplementedError(
@@ -115,8 +155,10 @@ def model_rows(model: FittedModel, what: str = "simulation") -> Rows:
     X = design.X_full
     if model.rank is not None:
         X = X[:, model.rank.kept]
+    family, link = (model.deviance.family, model.deviance.link) if is_glmm(model) else (None, None)
     return Rows(np.ascontiguousarray(X, dtype=float), tuple(design.factors), model.terms,
-                design.weights, design.strata, design.n_strata, getattr(design, "offset", None))
+                design.weights, design.strata, design.n_strata, getattr(design, "offset", None),
+                family, link)
 
 
 @dataclass(frozen=True)
@@ -152,6 +194,36 @@ class Parameters:
         return np.concatenate([terms.theta_of(self.lams), 0.5 * np.log(self.ratios[1:])])
 
 
+class GaussianResponse:
+    """A linear mixed model's response: the linear predictor plus a normal residual of
+    variance ``scale * ratio_s / w_r`` (stratum ratio, prior weight)."""
+
+    def __init__(self, rows: Rows, params: Parameters) -> None:
+        variance = params.scale * (params.ratios[rows.strata] if rows.strata is not None
+                                   else np.full(rows.n, params.ratios[0]))
+        if rows.weights is not None:
+            variance = variance / rows.weights
+        self.residual_sd = np.sqrt(variance)
+
+    def draw(self, generator: np.random.Generator, eta: np.ndarray) -> np.ndarray:
+        return eta + self.residual_sd * generator.standard_normal(eta.size)
+
+
+class FamilyResponse:
+    """A GLMM's response: drawn from the family with mean ``g^{-1}(eta)`` and the rows'
+    prior weights (binomial: the number of trials)."""
+
+    def __init__(self, rows: Rows) -> None:
+        self.family, self.link = rows.family, rows.link
+        self.weights = np.ones(rows.n) if rows.weights is None else rows.weights
+        self.family.check_simulation_weights(self.weights)
+
+    def draw(self, generator: np.random.Generator, eta: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", under="ignore"):
+            mu = self.link.inverse(eta)
+        return self.family.sample(generator, mu, self.weights)
+
+
 class Sampler:
     """Draws responses of given rows from given parameters.
 
@@ -163,6 +235,7 @@ class Sampler:
         Keep the conditional modes ``params.modes`` instead of drawing new random effects.
     with_offset : bool
         Add the rows' offset (the response as the user sees it); refits subtract it again.
+        A GLMM's offset is inside the link: always added.
     """
 
     def __init__(self, rows: Rows, params: Parameters, conditional: bool = False,
@@ -171,38 +244,34 @@ class Sampler:
             raise ValueError("conditional simulation needs the conditional modes")
         self.rows, self.conditional = rows, conditional
         mean = rows.X @ params.beta
-        if with_offset and rows.offset is not None:
+        if (with_offset or rows.family is not None) and rows.offset is not None:
             mean = mean + rows.offset
         if conditional:
             for (codes, Z), modes in zip(rows.factors, params.modes):
                 mean = mean + np.einsum("rq,rq->r", Z, modes[codes])
         self.mean = mean
-        variance = params.scale * (params.ratios[rows.strata] if rows.strata is not None
-                                   else np.full(rows.n, params.ratios[0]))
-        if rows.weights is not None:
-            variance = variance / rows.weights
-        self.residual_sd = np.sqrt(variance)
+        self.response = GaussianResponse(rows, params) if rows.family is None else FamilyResponse(rows)
         # b_l = sigma L u_l with u_l standard normal: rows of U times (sigma L)'.
         self.factors_t = [np.sqrt(params.scale) * lam.T for lam in params.lams]
 
     def draw(self, generators: Sequence[np.random.Generator]) -> np.ndarray:
         """One response per generator, (n, k). Each generator draws, in this order, the
         standard normal random effects of every term (levels by rows, ``(m_k, q_k)``; not
-        when conditional) and then the ``n`` residuals."""
+        when conditional) and then the response given the linear predictor (the ``n``
+        standard normal residuals; a GLMM's family draws)."""
         rows, k = self.rows, len(generators)
         U = [np.empty((k, t.n_levels, t.q)) for t in rows.terms] if not self.conditional else []
-        E = np.empty((rows.n, k))
         for j, gen in enumerate(generators):
             for u, t in zip(U, rows.terms):
                 u[j] = gen.standard_normal((t.n_levels, t.q))
-            E[:, j] = gen.standard_normal(rows.n)
-        Y = E
-        Y *= self.residual_sd[:, None]
-        Y += self.mean[:, None]
+        eta = np.repeat(self.mean[:, None], k, axis=1)
         for u, (codes, Z), factor_t in zip(U, rows.factors, self.factors_t):
             B = u @ factor_t  # (k, m, q): the random effects of each replicate
             for a in range(Z.shape[1]):
-                Y += Z[:, a, None] * B[:, codes, a].T
+                eta += Z[:, a, None] * B[:, codes, a].T
+        Y = np.empty((rows.n, k))
+        for j, gen in enumerate(generators):
+            Y[:, j] = self.response.draw(gen, eta[:, j])
         return Y
 
 
@@ -228,19 +297,25 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
 # ---- parameters on lme4's scale -------------------------------------------------------------
 
 
-def parameter_names(model: FittedModel) -> list[str]:
+def _sigma_names(model: Any) -> list[str]:
+    """``sigma`` when the model estimates a residual scale (a GLMM's dispersion is fixed at 1,
+    and lme4 reports no sigma for a binomial or Poisson glmer)."""
+    return [] if getattr(model, "fixed_scale", False) else ["sigma"]
+
+
+def parameter_names(model: Any) -> list[str]:
     """lme4's names of the parameters (as in ``conf_int(method="profile")``)."""
     fixed = list(model.fe_names) if model.rank is None else list(model.rank.names)
-    return model.terms.param_names() + ["sigma"] + ratio_names(model) + fixed
+    return model.terms.param_names() + _sigma_names(model) + ratio_names(model) + fixed
 
 
-def lme4_parameters(solution: Any, model: FittedModel) -> np.ndarray:
+def lme4_parameters(solution: Any, model: Any) -> np.ndarray:
     """A solution's (or :class:`Refit`'s) parameters on lme4's scale, in
     :func:`parameter_names`' order (NaN for fixed effects dropped as aliased)."""
     sigma = float(np.sqrt(solution.scale))
     beta = solution.beta if model.rank is None else model.rank.expand(solution.beta, np.nan)
-    return np.concatenate([theta_to_sdcor(solution.theta, sigma, model.terms), [sigma],
-                           np.sqrt(solution.ratios[1:]), beta])
+    return np.concatenate([theta_to_sdcor(solution.theta, sigma, model.terms),
+                           [sigma] * len(_sigma_names(model)), np.sqrt(solution.ratios[1:]), beta])
 
 
 def lme4_parameters_many(fits: Sequence[Any], model: FittedModel) -> np.ndarray:
@@ -263,7 +338,8 @@ def lme4_parameters_many(fits: Sequence[Any], model: FittedModel) -> np.ndarray:
         denom = sd[:, rows] * sd[:, cols]
         cor = np.divide(rel[:, rows, cols], denom, out=np.zeros_like(denom), where=denom > 0)
         parts.append(np.where(rows == cols, sigma[:, None] * sd[:, rows], cor))
-    return np.column_stack(parts + [sigma, np.sqrt(ratios[:, 1:]), beta])
+    sigmas = [sigma] * len(_sigma_names(model))
+    return np.column_stack(parts + sigmas + [np.sqrt(ratios[:, 1:]), beta])
 
 
 # ---- refitting a model to new responses -----------------------------------------------------
@@ -407,6 +483,82 @@ class Refitter:
             return "the refit gave a non-finite deviance or a zero residual variance"
         return dev, sol, info
 
+    def replicate_model(self, model: FittedModel, y: np.ndarray, refit: Refit) -> FittedModel:
+        """``model`` as refitted to the response ``y`` (offset included) by ``refit``."""
+        dev, sol = refit.solved()
+        design = model.design
+        y_model = y - design.offset if design.offset is not None else y
+        return dataclasses.replace(model, deviance=dev, solution=sol, info=refit.info,
+                                   design=dataclasses.replace(design, y=y_model))
+
+
+class GLMMRefitter:
+    """Refits a GLMM to responses of its rows through its own fitting path
+    (:func:`~mixedlm_sklearn._glmm.fit_glmm`: PIRLS inside, the Laplace or AGQ deviance
+    outside), reusing the deviance's structure (the design's sparsity pattern and
+    elimination plan: :meth:`~mixedlm_sklearn._glmm.GLMMDeviance.with_response`) and
+    starting from the fit's ``(theta, beta)``.
+
+    Parameters
+    ----------
+    deviance : GLMMDeviance
+        The fit's deviance (any response).
+    x0 : ndarray
+        Start of every refit: the parameters the responses are drawn from. A variance
+        parameter on its bound 0 starts off it (at a tenth of the largest, or 0.1): the
+        deviance is even in it, so a gradient method could not leave 0.
+    max_iter, tol : as the estimator's.
+    """
+
+    batch_size = _BATCH
+
+    def __init__(self, deviance: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000,
+                 tol: float = 1e-8) -> None:
+        self.deviance, self.max_iter, self.tol = deviance, max_iter, tol
+        x0 = np.array(x0, dtype=float)
+        theta = x0[:deviance.n_theta]
+        zero = np.isfinite(deviance.terms.lower_bounds()) & (theta <= 0.0)
+        largest = float(np.abs(theta).max(initial=0.0))
+        theta[zero] = 0.1 * largest if largest > 0 else 0.1
+        self.x0 = x0
+
+    @classmethod
+    def of_model(cls, model: Any) -> "GLMMRefitter":
+        return cls(model.deviance, model.x, model.max_iter, model.tol)
+
+    def products(self, Y: np.ndarray) -> np.ndarray:
+        """What a refit needs of responses ``Y`` (n, k): the responses themselves (PIRLS
+        weights change with the response; nothing is computed ahead)."""
+        return Y
+
+    def refit_all(self, Y: np.ndarray) -> list:
+        """The refit (:class:`Refit`) to every column of ``Y``, or why it failed."""
+        return [self.refit(Y[:, j]) for j in range(Y.shape[1])]
+
+    def refit(self, y: np.ndarray) -> Refit | str:
+        dev = self.deviance.with_response(y)
+        try:
+            with np.errstate(all="ignore"):
+                sol, info = fit_glmm(dev, self.x0, self.max_iter, ftol=self.tol)
+        except (PIRLSDivergence, NotPositiveDefinite, FloatingPointError, ValueError,
+                np.linalg.LinAlgError) as err:
+            return f"{type(err).__name__}: {err}"
+        if not (np.isfinite(sol.deviance) and np.all(np.isfinite(sol.x))):
+            return "the refit gave a non-finite deviance or estimates"
+        return Refit(sol.theta, sol.ratios, sol.beta, sol.scale, float(sol.deviance), info,
+                     _solved=(dev, sol))
+
+    def replicate_model(self, model: Any, y: np.ndarray, refit: Refit) -> Any:
+        """``model`` as refitted to the response ``y`` by ``refit``."""
+        dev, sol = refit.solved()
+        return dataclasses.replace(model, deviance=dev, solution=sol, info=refit.info,
+                                   design=dataclasses.replace(model.design, y=np.asarray(y, dtype=float)))
+
+
+def refitter_for(model: Any) -> "Refitter | GLMMRefitter":
+    """The refitter of a fit's own rows, started from its parameters."""
+    return GLMMRefitter.of_model(model) if is_glmm(model) else Refitter.of_model(model)
+
 
 # ---- running replicates ----------------------------------------------------------------------
 
@@ -465,7 +617,7 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : fitted MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
         Fitted in memory (a fit from chunks or Dask keeps no rows to simulate).
     n_sim : int, default 1
         Number of responses.
@@ -481,14 +633,26 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
     -------
     ndarray of shape (n_obs, n_sim)
         One column per response, one row per row of the fit (rows of weight 0 are not
-        part of the fit). The offset, if any, is included.
+        part of the fit). The offset, if any, is included. A GLMM's responses are on the
+        scale it was fitted to: 0/1 (a classifier's ``classes_`` codes; its
+        :meth:`~mixedlm_sklearn.MixedGLMClassifier.simulate` gives the labels), binomial
+        proportions of ``sample_weight`` trials, Poisson counts.
+
+    Raises
+    ------
+    ValueError
+        A binomial GLMM whose ``sample_weight`` (trials) are not whole numbers, or a
+        Poisson GLMM fitted with ``sample_weight``: no response distribution to draw from
+        (R's ``simulate`` ignores a Poisson model's weights; this refuses).
 
     Notes
     -----
     Works for every model kind: several grouping factors, a residual variance per stratum
     (``residual_groups``; row variance ``scale * ratio``), prior weights (variance
     ``scale / w``). Aliased fixed-effects columns contribute nothing (their coefficient is
-    0, as in ``predict``).
+    0, as in ``predict``). For a GLMM the random effects are drawn from ``cov_re_``, the
+    linear predictor includes the offset, and the response is drawn from the family
+    (binomial, Poisson) with mean ``g^{-1}(eta)``.
 
     Examples
     --------
@@ -502,8 +666,18 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
     >>> # the variance of the first row: sd_(Intercept)^2 + sigma^2 (Days = 0)
     >>> bool(abs(Y[0].var() / (est.cov_re_[0, 0] + est.scale_) - 1) < 0.1)
     True
+
+    A GLMM's responses come from its family: here binomial proportions of ``size`` trials.
+
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> cbpp = load_cbpp()
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp)
+    >>> Y = fit.simulate(n_sim=500, random_state=1)
+    >>> bool(np.allclose(Y * cbpp["size"].to_numpy()[:, None], np.round(Y * cbpp["size"].to_numpy()[:, None])))
+    True
     """
-    model = fitted_model(est)
+    model = simulation_model(est)
     n_sim = check_count(n_sim, "n_sim")
     if not isinstance(conditional, (bool, np.bool_)):
         raise TypeError(f"conditional must be True or False, got {conditional!r}")
