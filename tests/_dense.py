@@ -255,3 +255,193 @@ def scaled_gradient(f, theta: np.ndarray, free: np.ndarray, h: float = 1e-4) -> 
     if eig.min() <= 0:
         return np.inf, eig
     return float(np.max(np.abs(np.linalg.solve(H, g)))), eig
+
+
+# ---- several random-effects terms (issue 12) ---------------------------------------------------
+
+@dataclass
+class TermsDesign:
+    """A random data set with several random-effects terms (crossed or nested).
+
+    ``factors`` holds per term ``(name, codes, Z, diagonal)``; ``X`` excludes the
+    intercept, which is always fitted.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    factors: list
+
+    @property
+    def X_full(self) -> np.ndarray:
+        return np.column_stack([np.ones(len(self.y)), self.X])
+
+    @property
+    def groups(self) -> dict:
+        return {name: codes for name, codes, _, _ in self.factors}
+
+    @property
+    def Z(self) -> dict:
+        return {name: Z for name, _, Z, _ in self.factors}
+
+
+def make_terms_design(nested: bool, m_a: int, m_b: int, sizes: list[int], slopes: str,
+                      log_ratios: tuple, diagonal: tuple, x_scale: float, x_shift: float,
+                      seed: int) -> TermsDesign:
+    """Two factors ``a`` and ``b``; ``m_b`` is the number of inner levels per outer level
+    when ``nested``; ``sizes`` the rows per level of ``b`` (nested) or the rows of each
+    of ``len(sizes)`` blocks of random assignments (crossed)."""
+    rng = np.random.default_rng(seed)
+    if nested:
+        inner = np.repeat(np.arange(m_a * m_b), sizes[: m_a * m_b])
+        a, b = inner // m_b, inner
+    else:
+        n = sum(sizes)
+        a, b = rng.integers(0, m_a, n), rng.integers(0, m_b, n)
+        a[:m_a], b[:m_b] = np.arange(m_a), np.arange(m_b)  # every level present
+    n = a.size
+    x = x_scale * (x_shift + rng.standard_normal(n))
+    X = np.column_stack([x, rng.standard_normal(n) * 100.0 + 50.0])
+    y = 3.0 + X @ (rng.uniform(-1, 1, 2) / np.std(X, axis=0)) + rng.standard_normal(n)
+    factors = []
+    for name, codes, slope, log_ratio, diag in (("a", a, slopes in ("a", "both"), log_ratios[0], diagonal[0]),
+                                                ("b", b, slopes in ("b", "both"), log_ratios[1], diagonal[1])):
+        Z = np.column_stack([np.ones(n), x]) if slope else np.ones((n, 1))
+        m, q = int(codes.max()) + 1, Z.shape[1]
+        if log_ratio is not None:
+            # effects of comparable size on the intercept and on the (scaled) slope, correlated
+            A = np.eye(q) + 0.5 * rng.standard_normal((q, q))
+            sd = 10.0 ** (0.5 * log_ratio) / np.array([1.0, np.std(x)][:q])
+            y = y + np.einsum("ij,ij->i", Z, (rng.standard_normal((m, q)) @ A.T * sd)[codes])
+        factors.append((name, codes, Z, bool(diag and q > 1)))
+    return TermsDesign(X, y, factors)
+
+
+class DenseTermsDeviance:
+    """The profiled deviance of ``theta`` for several terms, from the n x n covariance.
+
+    ``theta`` is per term the free entries of the relative factor ``L_k`` (``cov_k =
+    scale L_k L_k'``): the lower triangle row by row, or the diagonal for a diagonal term.
+    The entries are unconstrained (``L_k L_k'`` does not care about signs), so scipy may
+    minimise over them without bounds. With ``V0 = I + sum_k Zb_k (I kron L_k L_k') Zb_k'``
+    (``Zb_k`` the n x m_k q_k block design of term k), beta by GLS and the scale at its
+    optimum ``r'V0^{-1}r / dof``:
+
+        dev = log|V0| + dof (1 + log(2 pi r'V0^{-1}r / dof)) [+ log|X'V0^{-1}X| for REML]
+
+    and, with ``P = V0^{-1}`` (ML) or ``V0^{-1} - V0^{-1}X(X'V0^{-1}X)^{-1}X'V0^{-1}``
+    (REML) and ``a = P y``, ``d dev = tr((P - dof a a' / r'V0^{-1}r) dV0)`` (the GLS beta
+    needs no derivative), so ``d dev / d L_k = 2 (sum over levels of the q_k x q_k diagonal
+    blocks of Zb_k' H Zb_k) L_k``. No code is shared with the package.
+    """
+
+    def __init__(self, d: TermsDesign, reml: bool) -> None:
+        self.X, self.y, self.reml = d.X_full, d.y, reml
+        n = len(d.y)
+        self.blocks, self.layout, self.sizes = [], [], []
+        self.z_rms = [np.sqrt(np.mean(Z**2, axis=0)) for _, _, Z, _ in d.factors]
+        for _, codes, Z, diagonal in d.factors:
+            m, q = int(codes.max()) + 1, Z.shape[1]
+            Zb = np.zeros((n, m * q))
+            for j in range(q):
+                Zb[np.arange(n), codes * q + j] = Z[:, j]
+            self.blocks.append((Zb, m, q))
+            idx = (np.arange(q), np.arange(q)) if diagonal else np.tril_indices(q)
+            self.layout.append(idx)
+            self.sizes.append(idx[0].size)
+        self.n_theta = sum(self.sizes)
+
+    def lams(self, theta: np.ndarray) -> list[np.ndarray]:
+        out, off = [], 0
+        for (_, _, q), idx, k in zip(self.blocks, self.layout, self.sizes):
+            L = np.zeros((q, q))
+            L[idx] = theta[off:off + k]
+            out.append(L)
+            off += k
+        return out
+
+    def theta_of(self, covs: list[np.ndarray], scale: float) -> np.ndarray:
+        """theta of relative covariances ``covs / scale`` (a tiny ridge for singular ones)."""
+        parts = []
+        for cov, idx in zip(covs, self.layout):
+            rel = np.asarray(cov, dtype=float) / scale
+            q = rel.shape[0]
+            L = np.linalg.cholesky(rel + 1e-12 * max(np.trace(rel), 1e-300) * np.eye(q))
+            parts.append(L[idx])
+        return np.concatenate(parts)
+
+    def _V0(self, theta):
+        V0 = np.eye(len(self.y))
+        for (Zb, m, q), L in zip(self.blocks, self.lams(theta)):
+            ZL = Zb @ np.kron(np.eye(m), L)
+            V0 += ZL @ ZL.T
+        return V0
+
+    def loglik(self, covs: list[np.ndarray], scale: float) -> tuple[float, np.ndarray]:
+        """log L (REML criterion) at the given covariances and scale, beta by GLS."""
+        n = len(self.y)
+        V = scale * np.eye(n)
+        for (Zb, m, q), cov in zip(self.blocks, covs):
+            V += Zb @ np.kron(np.eye(m), np.asarray(cov, dtype=float)) @ Zb.T
+        cf = linalg.cho_factor(V, lower=True)
+        vi_x = linalg.cho_solve(cf, self.X)
+        xf = linalg.cho_factor(self.X.T @ vi_x, lower=True)
+        beta = linalg.cho_solve(xf, vi_x.T @ self.y)
+        r = self.y - self.X @ beta
+        llf = -0.5 * (n * _LOG_2PI + 2.0 * np.log(np.diag(cf[0])).sum() + r @ linalg.cho_solve(cf, r))
+        if self.reml:
+            llf += 0.5 * self.X.shape[1] * _LOG_2PI - np.log(np.diag(xf[0])).sum()
+        return float(llf), beta
+
+    def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        X, y, n, p = self.X, self.y, len(self.y), self.X.shape[1]
+        try:
+            cf = linalg.cho_factor(self._V0(theta), lower=True, check_finite=False)
+            v_inv = linalg.cho_solve(cf, np.eye(n), check_finite=False)
+            vi_x = v_inv @ X
+            xf = linalg.cho_factor(X.T @ vi_x, lower=True, check_finite=False)
+        except (linalg.LinAlgError, ValueError):
+            return np.inf, np.zeros_like(theta)
+        beta = linalg.cho_solve(xf, vi_x.T @ y, check_finite=False)
+        r = y - X @ beta
+        a = v_inv @ r
+        r2 = float(r @ a)
+        dof = n - p if self.reml else n
+        dev = 2.0 * np.log(np.diag(cf[0])).sum() + dof * (1.0 + _LOG_2PI + np.log(r2 / dof))
+        P = v_inv
+        if self.reml:
+            dev += 2.0 * np.log(np.diag(xf[0])).sum()
+            P = v_inv - vi_x @ linalg.cho_solve(xf, vi_x.T, check_finite=False)
+        H = P - (dof / r2) * np.outer(a, a)
+        grad = []
+        for (Zb, m, q), L, idx in zip(self.blocks, self.lams(theta), self.layout):
+            M = (Zb.T @ H @ Zb).reshape(m, q, m, q)[np.arange(m), :, np.arange(m), :].sum(axis=0)
+            grad.append((2.0 * M @ L)[idx])
+        if not np.isfinite(dev):
+            return np.inf, np.zeros_like(theta)
+        return float(dev), np.concatenate(grad)
+
+    def __call__(self, theta: np.ndarray) -> float:
+        return self.value_and_grad(theta)[0]
+
+    def multistart_min(self, starts: list[np.ndarray], n_random: int = 3, seed: int = 0) -> float:
+        """Smallest deviance L-BFGS-B finds from ``starts``, from ``L_k = I``, from a small
+        start and from ``n_random`` random ones. It works on ``theta`` with row ``i`` of
+        each ``L_k`` divided by the root mean square of column ``i`` of ``Z_k`` (so that a
+        badly scaled slope does not stall it) and without bounds (signs are free)."""
+        rng = np.random.default_rng(seed)
+        unit = np.concatenate([1.0 / rms[idx[0]] for rms, idx in zip(self.z_rms, self.layout)])
+        on_diag = np.concatenate([(idx[0] == idx[1]).astype(float) for idx in self.layout])
+        scaled = [np.asarray(x0, dtype=float) / unit for x0 in starts] + [on_diag, 0.1 * on_diag]
+        scaled += [on_diag * 10.0 ** rng.uniform(-2, 1, self.n_theta)
+                   + (1 - on_diag) * rng.standard_normal(self.n_theta) for _ in range(n_random)]
+
+        def f(w):
+            value, grad = self.value_and_grad(w * unit)
+            return value, grad * unit
+
+        best = np.inf
+        for w0 in scaled:
+            res = optimize.minimize(f, w0, jac=True, method="L-BFGS-B",
+                                    options={"maxiter": 3000, "ftol": 1e-15, "gtol": 1e-9})
+            best = min(best, float(res.fun))
+        return best

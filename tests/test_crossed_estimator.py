@@ -117,3 +117,57 @@ def test_bad_multi_factor_input():
     with pytest.raises(ValueError, match=r"Z key\(s\) \['plates'\] name no grouping factor"):
         MixedLMRegressor(fit_intercept=False).fit(X, df["diameter"], groups=df[["plate", "sample"]],
                                                   Z={"plates": np.ones((len(df), 1))})
+
+
+def test_nested_fit_with_many_levels_keeps_memory_linear_and_the_exact_likelihood():
+    """20,000 outer levels x up to 5 inner each, 2 x 10^5 rows, through the estimator (issue 12).
+
+    A dense block of the inner factor (86,716 levels) would take 6 x 10^10 bytes; the fit
+    must stay within a few hundred bytes per row and level. The groups of the outer factor
+    are independent, so the exact log-likelihood is a sum over 20,000 small dense blocks
+    (computed here batched, padded with identity rows), against which the fit's is checked.
+    """
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    outer_m, per, n = 20_000, 5, 200_000
+    outer = rng.integers(0, outer_m, n)
+    outer[:outer_m] = np.arange(outer_m)
+    inner = np.unique(outer * per + rng.integers(0, per, n), return_inverse=True)[1]
+    x = rng.standard_normal(n)
+    y = 1 + 2 * x + rng.standard_normal(outer_m)[outer] + 0.5 * rng.standard_normal(inner.max() + 1)[inner] \
+        + rng.standard_normal(n)
+    groups = pd.DataFrame({"outer": outer, "inner": inner})
+    tracemalloc.start()
+    est = MixedLMRegressor().fit(x[:, None], y, groups=groups)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    n_levels = outer_m + int(inner.max()) + 1
+    assert est.model_.deviance.plan.dense is None
+    assert peak < 1_000 * (n + n_levels), peak  # measured: 54 MB, 2.5e2 bytes per row and level
+    assert est.converged_ and not est.singular_
+
+    # the REML log-likelihood at the fit's estimates, outer group by outer group
+    order = np.argsort(outer, kind="stable")
+    sizes = np.bincount(outer)
+    k = sizes.max()
+    slot = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position within its group
+    cell = (outer[order], slot)
+    Xf = np.zeros((outer_m, k, 2))
+    Xf[cell] = np.column_stack([np.ones(n), x])[order]
+    yf = np.zeros((outer_m, k))
+    yf[cell] = y[order]
+    inn = np.full((outer_m, k), -1)
+    inn[cell] = inner[order]
+    real = inn >= 0
+    s2, v_o, v_i = est.scale_, est.cov_re_["outer"][0, 0], est.cov_re_["inner"][0, 0]
+    V = (v_o * (real[:, :, None] & real[:, None, :]) + v_i * (real[:, :, None] & (inn[:, :, None] == inn[:, None, :]))
+         + np.eye(k) * np.where(real, s2, 1.0)[:, :, None])
+    r = yf - Xf @ est.fe_params_.to_numpy()
+    logdet = np.linalg.slogdet(V)[1].sum()
+    quad = np.einsum("gi,gi->", r, np.linalg.solve(V, r[..., None])[..., 0])
+    xvx = np.einsum("gia,gib->ab", Xf, np.linalg.solve(V, Xf))
+    llf = -0.5 * (n * np.log(2 * np.pi) + logdet + quad) + np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(xvx)[1]
+    assert est.llf_ == pytest.approx(llf, rel=1e-9)
+    # and the simulated variances (1, 0.25, 1) are recovered
+    np.testing.assert_allclose([v_o, v_i, s2], [1.0, 0.25, 1.0], rtol=0.06)

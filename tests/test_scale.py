@@ -120,3 +120,80 @@ def test_dask_refuses_what_it_cannot_do(data):
     ddf = dd.from_pandas(data, npartitions=2)
     with pytest.raises(TypeError, match=r"\['sample_weight'\] must be Dask collections"):
         MixedLMRegressor().fit(ddf[X_COLS], ddf["y"], groups=ddf["g"], sample_weight=np.ones(len(data)))
+
+
+# ---- several factors: InstEval (issue 12) ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def insteval():
+    """InstEval with lme4's service dummy; rows shuffled so that every level spans chunks."""
+    from mixedlm_sklearn.datasets import load_insteval
+
+    df = load_insteval()
+    df = df.assign(service1=(df["service"] == "1").astype(float), y=df["y"].astype(float))
+    return df.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def _assert_same_crossed_fit(a, b, tol=1e-8):
+    np.testing.assert_allclose(a.llf_, b.llf_, rtol=tol)
+    np.testing.assert_allclose(a.fe_params_.to_numpy(), b.fe_params_.to_numpy(), rtol=tol)
+    np.testing.assert_allclose(a.scale_, b.scale_, rtol=tol)
+    assert list(a.cov_re_) == list(b.cov_re_)
+    for name in b.cov_re_:
+        np.testing.assert_allclose(a.cov_re_[name], b.cov_re_[name], rtol=tol)
+        assert list(a.random_effects_[name].index) == list(b.random_effects_[name].index)
+        ref = b.random_effects_[name].to_numpy()
+        np.testing.assert_allclose(a.random_effects_[name].to_numpy(), ref, rtol=1e-6, atol=tol * np.abs(ref).max())
+
+
+def test_insteval_chunks_and_dask_with_three_crossed_factors_equal_in_memory(insteval):
+    """lme4: lmer(y ~ service + (1 | s) + (1 | d) + (1 | dept), InstEval)."""
+    from _reference import load_case
+
+    _, ref = load_case("insteval_crossed_reml")
+    factors = ["s", "d", "dept"]
+    whole = MixedLMRegressor().fit(insteval[["service1"]], insteval["y"], groups=insteval[factors])
+    assert whole.llf_ >= ref["llf"] - 1e-6
+    chunks = (insteval.iloc[i:i + 10_000] for i in range(0, len(insteval), 10_000))
+    est = MixedLMRegressor().fit_chunks(chunks, y="y", groups=factors, X=["service1"])
+    _assert_same_crossed_fit(est, whole)
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(insteval[["service1", "y", *factors]], npartitions=4)
+    est = MixedLMRegressor().fit(ddf[["service1"]], ddf["y"], groups=ddf[factors])
+    _assert_same_crossed_fit(est, whole)
+    np.testing.assert_allclose(est.predict(insteval[["service1"]].iloc[:100], groups=insteval[factors].iloc[:100]),
+                               whole.predict(insteval[["service1"]].iloc[:100], groups=insteval[factors].iloc[:100]),
+                               rtol=1e-8)
+
+
+def test_chunks_with_several_factors_slopes_and_strata_equal_in_memory():
+    """Oats (Block/Variety, a residual variance per Variety), plus a random nitro slope per
+    Block given as a Z dict (its correlation lands on 1: a boundary fit, which chunks and
+    Dask must reproduce too): chunks of 20 rows, Dask in 3 partitions."""
+    from _reference import load_case
+
+    from mixedlm_sklearn import SingularFitWarning
+
+    df, _ = load_case("oats_nested_varident_reml")
+    df = df.sample(frac=1.0, random_state=2).reset_index(drop=True).assign(one=1.0)
+    X = list(df.filter(regex="^X_").columns)
+    Z = {"g1": np.column_stack([np.ones(len(df)), df["X_nitro"]])}
+    with pytest.warns(SingularFitWarning):
+        whole = MixedLMRegressor(fit_intercept=False).fit(df[X], df["y"], groups=df[["g1", "g2"]], Z=Z,
+                                                          residual_groups=df["stratum"])
+    assert whole.singular_ and len(whole.residual_var_) == 3
+    chunks = (df.iloc[i:i + 20] for i in range(0, len(df), 20))
+    with pytest.warns(SingularFitWarning):
+        est = MixedLMRegressor(fit_intercept=False).fit_chunks(
+            chunks, y="y", groups=["g1", "g2"], X=X, Z={"g1": ["(Intercept)", "X_nitro"]},
+            residual_groups="stratum")
+    _assert_same_crossed_fit(est, whole)
+    assert est.residual_var_ == pytest.approx(whole.residual_var_, rel=1e-8)
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(df, npartitions=3)
+    with pytest.warns(SingularFitWarning):
+        est = MixedLMRegressor(fit_intercept=False).fit(
+            ddf[X], ddf["y"], groups=ddf[["g1", "g2"]], Z={"g1": ddf[["one", "X_nitro"]]},
+            residual_groups=ddf["stratum"])
+    _assert_same_crossed_fit(est, whole)
+    assert est.residual_var_ == pytest.approx(whole.residual_var_, rel=1e-8)
