@@ -94,7 +94,11 @@ class Conditioned:
         self.offset = 2.0 * dev.dof * np.log(self.sy) + (2.0 * np.log(self.sx).sum() if dev.reml else 0.0)
 
     def evaluate(self, x: np.ndarray) -> Evaluation:
-        sol = self.white.solution(self.basis.from_original(np.asarray(x, dtype=float)))
+        return self.evaluate_white(self.basis.from_original(np.asarray(x, dtype=float)))
+
+    def evaluate_white(self, x: np.ndarray) -> Evaluation:
+        """As :meth:`evaluate`, at parameters already in the whitened basis."""
+        sol = self.white.solution(x)
         r2 = sol.r2 * self.sy**2
         return Evaluation(sol.deviance + self.offset, r2, sol.beta * self.sy / self.sx,
                           sol.a_inv / np.outer(self.sx, self.sx), r2 / self.dev.dof)

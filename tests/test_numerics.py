@@ -155,8 +155,6 @@ def test_profiles_step_through_random_slopes_on_uncentred_age_and_age_squared():
     assert ci.loc["x1", "lower"] < est.coef_[1] < ci.loc["x1", "upper"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the profile's inner minimisation over the other "
-                   "parameters in sd/cor space stops 0.012 short in deviance at sigma's bounds here")
 def test_growth_profile_bounds_reach_the_cutoff_by_brute_force():
     est, ci = _growth_fit()
     cond = Conditioned(est.model_.deviance)

@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .._basis import Conditioned
+from .._basis import Conditioned, lower_factor
+from .._deviance import MAX_LOG_RATIO
 from .._factor import NotPositiveDefinite
+from .._terms import theta_from_lambda
 from .._threads import single_threaded_blas
 from .summary import summary
 from ._parameters import (
@@ -37,7 +39,6 @@ from ._parameters import (
     deviance_at_sigma,
     fitted_model,
     ratio_names,
-    sdcor_to_theta,
     theta_to_sdcor,
 )
 
@@ -54,13 +55,27 @@ class _Profiler:
 
     Parameters are ``psi = (sd/cor of each term, sigma, delta, beta)``, ``delta`` the
     residual standard-deviation ratios of the non-reference strata (``sigma`` is then the
-    reference stratum's). The deviance as a function of ``psi`` comes from the solution at
-    ``x = (theta(psi), log delta)``: sigma enters through
-    :func:`~._parameters.deviance_at_sigma`, and fixing ``beta_j = b`` adds
-    ``(b - beta_j(theta))^2 / (A^{-1}_jj sigma^2)`` (the penalised RSS is quadratic in
-    beta with Hessian ``A``, so minimising over the other fixed effects leaves this term).
-    Every profile point minimises over the variance parameters (``sigma`` and ``delta``
-    included) with L-BFGS-B, warm-started from the nearest point already computed.
+    reference stratum's). Every profile point minimises the deviance over everything but
+    ``psi_k``, in the whitened basis's ``x = (theta, eta)`` (:mod:`.._basis`), where the
+    problem is well conditioned and every point is a valid model, with ``psi_k`` imposed
+    exactly on each trial point (:meth:`_impose`):
+
+    - ``sigma = s``: ``x`` is free, the deviance at ``sigma`` fixed is
+      :func:`~._parameters.deviance_at_sigma`.
+    - a standard deviation ``sd_j = s``: ``x`` is free and ``sigma = s / |a_j|``, ``a_j``
+      the row of ``Lambda`` in lme4's basis that gives ``sd_j = sigma |a_j|``.
+    - a correlation ``cor_ij = r``: row ``a_i`` of ``Lambda`` is turned, keeping its
+      length and the direction of its part orthogonal to ``a_j``, to ``|a_i| (r a_j/|a_j|
+      + sqrt(1 - r^2) w)``; sigma is profiled out. Every trial point is a covariance matrix
+      with that correlation; in the correlations themselves a third correlation's range
+      shrinks to a point as one approaches +-1, a wall a minimiser stops at.
+    - a ratio ``delta_s``: ``eta_s = log delta_s`` fixed, the rest free, sigma profiled.
+    - a fixed effect ``beta_j = b``: the penalised RSS is quadratic in beta with Hessian
+      ``A``, so minimising over the other fixed effects adds ``c = (b - beta_j)^2 /
+      A^{-1}_jj`` to ``r2``; minimising over sigma then gives ``D(x) + dof log(1 + c/r2)``.
+
+    Each point is minimised by L-BFGS-B from the nearest points already computed
+    (extrapolated along the profile) and from the estimate, keeping the lower minimum.
     """
 
     def __init__(self, est: Any, criterion: str = "ml") -> None:
@@ -92,21 +107,29 @@ class _Profiler:
         self.dev_min = sol.deviance
         kinds = [("sd" if r == c else "cor") for t in self.terms for r, c in zip(*t.theta_position)]
         self.kinds = kinds + ["sigma"] + ["ratio"] * delta.size + ["beta"] * len(fixed)
+        # per sd/cor: its term, and its row and column in the term's Lambda
+        self.position = [(i, r, c) for i, t in enumerate(self.terms) for r, c in zip(*t.theta_position)]
         inf = np.inf
         limits = {"sd": (0.0, inf), "cor": (-1.0, 1.0), "sigma": (0.0, inf), "ratio": (0.0, inf),
                   "beta": (-inf, inf)}
         self.lower = np.array([limits[k][0] for k in self.kinds])
         self.upper = np.array([limits[k][1] for k in self.kinds])
-        # Scales of the optimiser's variables (so finite-difference steps mean the same
-        # thing for every parameter) and of the first steps of the root search. sigma and
-        # the ratios never reach 0 (the deviance diverges there): a small positive floor.
+        # the minimisation's variables, whitened x = (theta, eta), and their scales (so that
+        # finite-difference steps mean the same thing for every term: theta is relative to
+        # sigma, around 1e4 for a very high intra-class correlation)
+        self.n_theta = self.terms.n_theta
+        basis = self.conditioned.basis
+        self.x_hat = self._canonical(basis.from_original(np.concatenate([sol.theta, np.log(delta)])))
+        self.x_scale = np.ones(self.x_hat.size)
+        for sl in self.terms.slices:
+            self.x_scale[sl] = max(float(np.abs(self.x_hat[sl]).max(initial=0.0)), 0.1)
+        n_eta = self.x_hat.size - self.n_theta
+        # theta is unbounded (Lambda and -Lambda are the same model: no bound to stop at)
+        self.x_lower = np.concatenate([np.full(self.n_theta, -inf), np.full(n_eta, -MAX_LOG_RATIO)])
+        self.x_upper = -self.x_lower
         var_est, var_kinds = self.estimate[: self.n_var], self.kinds[: self.n_var]
-        self.var_scale = np.array([max(v, 0.1 * sigma) if k == "sd" else 1.0 if k == "cor" else v
-                                   for v, k in zip(var_est, var_kinds)])
-        floor = np.where(np.isin(var_kinds, ["sigma", "ratio"]), 1e-6 * var_est, self.lower[: self.n_var])
-        self.var_lower = floor / self.var_scale
-        self.var_upper = self.upper[: self.n_var] / self.var_scale
         se_beta = np.sqrt(np.diag(sol.cov_beta()))
+        # first steps of the root search
         first_step = {"cor": lambda v: 0.3, "sigma": lambda v: 0.1 * v, "ratio": lambda v: 0.1 * v,
                       "sd": lambda v: 0.5 * v if v > 0 else 0.5 * sigma}
         self.step = np.concatenate([[first_step[k](v) for v, k in zip(var_est, var_kinds)],
@@ -114,56 +137,143 @@ class _Profiler:
         self._warm: dict[int, list[tuple[float, np.ndarray]]] = {}
         self._zeta: dict[tuple[int, float], float] = {}
 
-    def _deviance(self, var: np.ndarray, fixed_beta: tuple[int, float] | None) -> float:
-        k = self.n_sdcor
-        sigma = var[k]
-        theta = sdcor_to_theta(var[:k], sigma, self.terms)
-        if theta is None:  # correlations outside the correlation matrices (q >= 3 only)
-            return self.dev_min + 1e10
-        x = np.concatenate([theta, np.log(var[k + 1:self.n_var])])
+    # ---- the constrained deviance ---------------------------------------------------------
+
+    def _canonical(self, x: np.ndarray) -> np.ndarray:
+        """The same model with each ``Lambda`` lower triangular with a non-negative diagonal."""
+        x = x.copy()
+        for t, sl in zip(self.terms, self.terms.slices):
+            lam = t.lam(x[sl])
+            x[sl] = theta_from_lambda(np.abs(lam) if t.diagonal else lower_factor(lam), t.diagonal)
+        return x
+
+    def _set_row(self, x: np.ndarray, term: int, row: int, new: np.ndarray, old: np.ndarray) -> None:
+        """Replace row ``row`` of the term's ``Lambda`` in lme4's basis (``old``) by ``new``."""
+        t, sl, P = self.terms[term], self.terms.slices[term], self.conditioned.basis.P[term]
+        e = np.zeros(t.q)
+        e[row] = 1.0
+        lam = t.lam(x[sl]) + np.outer(np.linalg.solve(P, e), new - old)
+        x[sl] = theta_from_lambda(np.diag(np.abs(np.diag(lam))) if t.diagonal else lower_factor(lam),
+                                  t.diagonal)
+
+    def _impose(self, k: int, value: float, x: np.ndarray) -> tuple[np.ndarray, float | None] | None:
+        """``(x, sigma)`` with parameter ``k`` at ``value`` (sigma None: profiled out), the
+        point nearest ``x`` in the sense of the class docstring; None if there is none."""
+        kind = self.kinds[k]
+        if kind == "sigma":
+            return x, value
+        if kind == "ratio":
+            x = x.copy()
+            x[self.n_theta + k - self.n_sdcor - 1] = np.log(value)
+            return x, None
+        if kind == "beta":
+            return x, None
+        term, r, c = self.position[k]
+        t, sl = self.terms[term], self.terms.slices[term]
+        A = self.conditioned.basis.P[term] @ t.lam(x[sl])  # Lambda in lme4's basis, up to a rotation
+        norms = np.sqrt(np.einsum("ij,ij->i", A, A))
+        if kind == "sd":
+            if value == 0.0:  # the row is 0: sigma is free again
+                x = x.copy()
+                self._set_row(x, term, r, np.zeros(t.q), A[r])
+                return x, None
+            return (x, value / norms[r]) if norms[r] > 0 else None
+        if norms[r] == 0 or norms[c] == 0:  # the correlation is undefined (reported as 0)
+            return x, None
+        unit_c = A[c] / norms[c]
+        w = A[r] - (A[r] @ unit_c) * unit_c
+        if np.linalg.norm(w) <= 1e-12 * norms[r]:  # a_r along a_j: any orthogonal direction
+            w = np.eye(t.q)[np.argmin(np.abs(unit_c))]
+            w -= (w @ unit_c) * unit_c
+        w /= np.linalg.norm(w)
+        x = x.copy()
+        self._set_row(x, term, r, norms[r] * (value * unit_c + np.sqrt(max(1.0 - value**2, 0.0)) * w), A[r])
+        return x, None
+
+    def _deviance(self, k: int, value: float, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The deviance with parameter ``k`` at ``value``, and the point (imposed) it is at."""
+        imposed = self._impose(k, value, x)
+        if imposed is None:
+            return self.dev_min + 1e10, x
+        x, sigma = imposed
         try:
-            sol = self.conditioned.evaluate(x)
+            ev = self.conditioned.evaluate_white(x)
         except NotPositiveDefinite:  # a trial point beyond what double precision holds
-            return self.dev_min + 1e10
-        value = deviance_at_sigma(sol, self.dev.dof, sigma)
-        if fixed_beta is not None:
-            j, b = fixed_beta
-            value += (b - sol.beta[j]) ** 2 / (sol.a_inv[j, j] * sigma**2)
-        return value
+            return self.dev_min + 1e10, x
+        dof = self.dev.dof
+        if sigma is not None:
+            return deviance_at_sigma(ev, dof, sigma), x
+        if self.kinds[k] == "beta":
+            j = k - self.n_var
+            excess = (value - ev.beta[j]) ** 2 / ev.a_inv[j, j]
+            return ev.deviance + dof * np.log1p(excess / ev.r2), x
+        return ev.deviance, x
+
+    def _boundary_starts(self, k: int) -> list[np.ndarray]:
+        """The estimate with one row of the parameter's term's ``Lambda`` shrunk towards 0.
+
+        A standard deviation or correlation pinned far from its estimate can be cheapest
+        with another effect's variance at (nearly) 0, where the correlation no longer
+        matters: a second minimum, separated from the one the neighbours lead to (the
+        correlation of Orthodont's slopes profiles flat to -1 along it).
+        """
+        if self.kinds[k] not in ("sd", "cor"):
+            return []
+        term = self.position[k][0]
+        t, sl = self.terms[term], self.terms.slices[term]
+        if t.q == 1:
+            return []
+        A = self.conditioned.basis.P[term] @ t.lam(self.x_hat[sl])
+        starts = []
+        for row in range(t.q):
+            x = self.x_hat.copy()
+            self._set_row(x, term, row, 1e-3 * A[row], A[row])
+            starts.append(x)
+        return starts
 
     def profiled_deviance(self, k: int, value: float) -> float:
         """Minimum of the deviance over everything else, with parameter ``k`` at ``value``."""
-        n_var = self.n_var
-        free = np.arange(n_var) if k >= n_var else np.delete(np.arange(n_var), k)
-        fixed_beta = (k - n_var, value) if k >= n_var else None
-        warm = self._warm.setdefault(k, [(self.estimate[k], self.estimate[:n_var] / self.var_scale)])
+        free = np.ones(self.x_hat.size, dtype=bool)
+        if self.kinds[k] == "ratio":
+            free[self.n_theta + k - self.n_sdcor - 1] = False
+        warm = self._warm.setdefault(k, [(self.estimate[k], self.x_hat)])
         near = sorted(warm, key=lambda item: abs(item[0] - value))[:2]
-        start = near[0][1].copy()
+        starts = [near[0][1].copy()]
         if len(near) == 2 and near[0][0] != near[1][0]:
             # The optimum moves smoothly along a profile: extrapolate from the two nearest points.
             (c1, v1), (c2, v2) = near
-            start += (value - c1) / (c1 - c2) * (v1 - v2)
-            start = np.clip(start, self.var_lower, self.var_upper)
-        # The deviance is even in a standard deviation, so 0 is a stationary point that a
-        # gradient method never leaves, even where the minimum has moved inside (profiling
-        # the mean of a singular fit): start such entries off the bound.
-        start[(self.var_lower == 0.0) & (start == 0.0)] = 0.1
-        var = start.copy()
-        if k < n_var:
-            var[k] = value / self.var_scale[k]
+            starts = [v1 + (value - c1) / (c1 - c2) * (v1 - v2)]
+        # and from the estimate: where the profile turns (a correlation nearing +-1) the
+        # neighbours' optimum can lie on a branch that no longer holds the minimum
+        if not np.array_equal(near[0][1], self.x_hat):
+            starts.append(self.x_hat.copy())
+        starts += self._boundary_starts(k)
+        best_value, best_x = np.inf, self.x_hat
+        for start in starts:
+            # The deviance is even in Lambda, so Lambda = 0 is a stationary point that a
+            # gradient method never leaves, even where the minimum has moved inside
+            # (profiling the mean of a singular fit): start zero diagonals off it.
+            for t, sl in zip(self.terms, self.terms.slices):
+                diag = np.flatnonzero(np.equal(*t.theta_position)) + sl.start
+                start[diag] = np.where(start[diag] == 0.0, 0.1 * self.x_scale[diag], start[diag])
+            start = np.clip(start, self.x_lower, self.x_upper)
+            x = start.copy()
+            scale = self.x_scale[free]
 
-        def objective(x):
-            var[free] = x
-            return self._deviance(var * self.var_scale, fixed_beta)
+            def objective(z):
+                x[free] = z * scale
+                return self._deviance(k, value, x)[0]
 
-        res = optimize.minimize(
-            objective, start[free], method="L-BFGS-B",
-            bounds=optimize.Bounds(self.var_lower[free], self.var_upper[free]),
-            options={"ftol": _INNER_FTOL, "gtol": _INNER_GTOL, "maxiter": 500},
-        )
-        var[free] = res.x
-        warm.append((value, var.copy()))
-        return float(res.fun)
+            res = optimize.minimize(
+                objective, start[free] / scale, method="L-BFGS-B",
+                bounds=optimize.Bounds(self.x_lower[free] / scale, self.x_upper[free] / scale),
+                options={"ftol": _INNER_FTOL, "gtol": _INNER_GTOL, "maxiter": 1000},
+            )
+            if res.fun < best_value:
+                x[free] = res.x * scale
+                best_value, best_x = float(res.fun), self._canonical(self._deviance(k, value, x)[1])
+        warm.append((value, best_x))
+        return best_value
 
     def zeta(self, k: int, value: float) -> float:
         """Signed square root of the deviance increase with parameter ``k`` at ``value``."""
