@@ -209,6 +209,117 @@ def test_orthodont_sigma_profile_by_brute_force():
     assert 1.0 < lower < 1.2 and 1.5 < upper < 1.7
 
 
+# ---- three correlated random effects: every endpoint by brute force (issue 11) ------------
+
+def _three_levels(seed: int):
+    """A random effect per level of a 3-level factor, 6 groups, 3 replicates per cell:
+    ``y ~ cond + (0 + cond | group)``; the first two levels' effects correlate at -0.9."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(6), 9)
+    Z = np.eye(3)[np.tile(np.repeat(np.arange(3), 3), 6)]
+    R = np.array([[1.0, -0.9, 0.3], [-0.9, 1.0, 0.1], [0.3, 0.1, 1.0]])
+    b = rng.multivariate_normal(np.zeros(3), np.outer([3.0, 2.0, 1.5], [3.0, 2.0, 1.5]) * R, 6)
+    y = 50.0 + Z @ [0.0, 2.0, -1.0] + np.einsum("ij,ij->i", Z, b[g]) + rng.standard_normal(g.size)
+    return Z[:, 1:], y, Z, g
+
+
+class _BruteProfile:
+    """ML deviance with one of ``(sd_0, cor_10, cor_20, sd_1, cor_21, sd_2, sigma)`` fixed,
+    minimised over the others by Nelder-Mead from several starts on the dense likelihood
+    (beta by GLS). The correlation matrix is written with unit rows ``(1, 0, 0)``,
+    ``(cos a, sin a, 0)``, ``(cos b, sin b cos c, sin b sin c)`` (every 3 x 3 correlation
+    matrix, singular ones included, and nothing else), ordered so that a fixed correlation
+    is ``cos a``: no constraint is left for the minimiser to trip on."""
+
+    NAMES = ["sd_z0|group", "cor_z1.z0|group", "cor_z2.z0|group", "sd_z1|group", "cor_z2.z1|group",
+             "sd_z2|group", "sigma"]
+    SD = {"sd_z0|group": 0, "sd_z1|group": 1, "sd_z2|group": 2}
+    COR = {"cor_z1.z0|group": (1, 0), "cor_z2.z0|group": (2, 0), "cor_z2.z1|group": (2, 1)}
+
+    def __init__(self, X, y, Z, g, est):
+        self.args = (np.column_stack([np.ones(len(y)), X]), y, Z, g)
+        self.dev_min = -2.0 * est.llf_
+        self.sd = np.sqrt(np.diag(est.cov_re_))
+        self.R = est.cov_re_ / np.outer(self.sd, self.sd)
+        self.sigma = np.sqrt(est.scale_)
+
+    @staticmethod
+    def _corr(a, b, c):
+        L = np.array([[1.0, 0.0, 0.0], [np.cos(a), np.sin(a), 0.0],
+                      [np.cos(b), np.sin(b) * np.cos(c), np.sin(b) * np.sin(c)]])
+        return L @ L.T
+
+    @staticmethod
+    def _angles(R):
+        a, b = np.arccos(np.clip(R[1, 0], -1, 1)), np.arccos(np.clip(R[2, 0], -1, 1))
+        den = np.sin(a) * np.sin(b)
+        c = np.arccos(np.clip((R[2, 1] - np.cos(a) * np.cos(b)) / den, -1, 1)) if den > 1e-12 else 0.0
+        return [a, b, c]
+
+    def __call__(self, name: str, value: float) -> float:
+        """Profile deviance increase at ``name = value``."""
+        i, j = self.COR.get(name, (1, 0))
+        perm = [j, i, 3 - i - j]
+        inv = np.argsort(perm)
+        n_sd = 2 if name in self.SD else 3
+
+        def unpack(z):
+            sd = np.exp(z[:n_sd])
+            if name in self.SD:
+                sd = np.insert(sd, self.SD[name], value)
+            sigma, angles = (value, z[n_sd:]) if name == "sigma" else (np.exp(z[-1]), z[n_sd:-1])
+            if name in self.COR:
+                angles = [np.arccos(value), *angles]
+            return sd, self._corr(*angles)[np.ix_(inv, inv)], sigma
+
+        def deviance(z):
+            sd, R, sigma = unpack(z)
+            return -2.0 * profiled_dense_loglik(*self.args, np.outer(sd, sd) * R, sigma**2, reml=False)[0]
+
+        best = np.inf
+        for shrink in (1.0, 0.0):  # the estimate, and the same with its correlations at 0
+            R = shrink * self.R + (1 - shrink) * np.eye(3)
+            sd = [s for k, s in enumerate(self.sd) if name not in self.SD or k != self.SD[name]]
+            angles = self._angles(R[np.ix_(perm, perm)])[1 if name in self.COR else 0:]
+            z = np.array([*np.log(sd), *angles] + ([] if name == "sigma" else [np.log(self.sigma)]))
+            with threadpool_limits(limits=1):
+                for _ in range(3):  # restarted: Nelder-Mead's simplex collapses
+                    res = optimize.minimize(deviance, z, method="Nelder-Mead", options={
+                        "xatol": 1e-10, "fatol": 1e-12, "maxfev": 20000, "adaptive": True})
+                    z = res.x
+            best = min(best, res.fun)
+        return best - self.dev_min
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_three_correlated_effects_profile_endpoints_by_brute_force(seed):
+    """Every endpoint of every variance parameter's interval lies where the brute-force
+    profile deviance has risen by the chi2(1) cutoff. Seed 3's correlation of the first two
+    effects profiles to -0.9987, seed 1's below the cutoff all the way to -1."""
+    X, y, Z, g = _three_levels(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        est = MixedLMRegressor(reml=False).fit(X, y, groups=g, Z=Z)
+    ci = est.conf_int(method="profile", which="variance")
+    assert list(ci.index) == _BruteProfile.NAMES
+    brute = _BruteProfile(X, y, Z, g, est)
+    for name in _BruteProfile.NAMES:
+        for side in ("lower", "upper"):
+            value = ci.loc[name, side]
+            if abs(value) == 1.0:
+                continue
+            assert brute(name, value) == pytest.approx(Z95**2, abs=1e-4), (name, side, value)
+    # a correlation interval ends at exactly -1 only where the profile stays below the cutoff
+    # all the way to it
+    lower = ci.loc["cor_z1.z0|group", "lower"]
+    if seed == 1:
+        assert lower == -1.0
+        assert all(brute("cor_z1.z0|group", r) < Z95**2 for r in (-0.9, -0.99, -1.0))
+    else:
+        assert -0.9995 < lower < -0.998
+        assert brute("cor_z1.z0|group", -1.0) > Z95**2
+
+
 def test_profile_reml_fits_use_ml_deviance():
     # lme4 profiles a REML fit on the ML deviance: zeta is 0 at the ML estimates
     case = single_factor_arrays("dyestuff_reml")
