@@ -334,6 +334,27 @@ def _escape_start(tracker: _Tracker, x: np.ndarray, value: float) -> np.ndarray 
     return best
 
 
+def _face_starts(dev: Deviance, x: np.ndarray) -> list[np.ndarray]:
+    """With several terms: ``x`` with one term's ``Lambda`` at 0, for each term not already there.
+
+    Two terms can explain the same variation (one factor nested in the other, or a
+    random slope that mimics an intercept), so the likelihood can have a maximum on each
+    face where one of them vanishes. A search that settles on one face with the other
+    term non-zero never visits the other face: the deviance is even in each ``Lambda_k``,
+    so from ``Lambda_k = 0`` a local search optimises the rest with term ``k`` absent,
+    and the escapes from the bounds then tell whether leaving that face pays.
+    """
+    if len(dev.terms) < 2:
+        return []
+    out = []
+    for sl in dev.terms.slices:
+        if np.any(x[sl] != 0.0):
+            face = x.copy()
+            face[sl] = 0.0
+            out.append(face)
+    return out
+
+
 def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
                    best_x: np.ndarray) -> list[np.ndarray]:
     """The starts that still need a local search of their own.
@@ -370,7 +391,9 @@ def _search(tracker: _Tracker, res, max_iter: int, tol: float, multistart: bool 
     """Improve a first answer: other starts (small problems), the zero end, escapes."""
     dev = tracker.dev
     n_levels = sum(t.n_levels for t in dev.terms)
-    starts = _extra_starts(dev) if multistart and n_levels <= _MULTISTART_MAX_LEVELS else []
+    starts = []
+    if multistart and n_levels <= _MULTISTART_MAX_LEVELS:
+        starts = _extra_starts(dev) + _face_starts(dev, res.x)
     zero = res.x.copy()
     zero[:dev.n_theta] = 0.0
     zero_value = tracker.value(zero)

@@ -166,13 +166,11 @@ def _literal_two_boundary_faces() -> Case:
     return Case(TermsDesign(np.column_stack([x, w]), y, factors), reml=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug (issue 12 audit): on this 15-row REML fit the optimiser stops on one boundary "
-    "face (var(a) = 307, corr(b) = -1; log L = -34.44696, reported converged) while the maximum is "
-    "on another (var(a) = 0, corr(b) = -1; the dense likelihood from 6 starts and lme4 1.1-31 both "
-    "reach log L = -34.35870), 0.088 log-lik units higher; multistart/boundary escape do not "
-    "try var(a) -> 0 from there"))
 def test_two_boundary_faces_reach_the_better_one():
+    """The search used to stop on one boundary face (var(a) = 307, corr(b) = -1; log L =
+    -34.44696, reported converged) while the maximum is on another (var(a) = 0, corr(b) =
+    -1), 0.088 log-lik units higher: it now also starts from each face where one term is
+    absent (``_optimize._face_starts``)."""
     case = _literal_two_boundary_faces()
     est, _ = _fit(case)
     # lme4: lmer(y ~ x + w + (1 | a) + (x | b), REML = TRUE) gives logLik -34.3587028276
