@@ -57,9 +57,15 @@ def _combine(blocks: np.ndarray, coef: np.ndarray) -> np.ndarray:
 
 
 def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``sum_{a, l} A[a, i, l] B[a, j, l]`` for (q, i, m) and (q, j, m) arrays: (i, j)."""
-    q = A.shape[0]
-    return A.transpose(1, 0, 2).reshape(A.shape[1], -1) @ B.transpose(1, 0, 2).reshape(B.shape[1], -1).T
+    """``sum_{a, l} A[a, i, l] B[a, j, l]`` for (q, i, m) and (q, j, m) arrays: (i, j).
+
+    One product per ``a`` on views: a transposed reshape would copy both arrays, which
+    at 10^5 levels is most of a fit's memory.
+    """
+    out = A[0] @ B[0].T
+    for a in range(1, A.shape[0]):
+        out += A[a] @ B[a].T
+    return out
 
 
 @dataclass(frozen=True)
@@ -386,7 +392,11 @@ class Deviance:
         prep, p, lams = pt.prep, self.p, pt.lams
         # Z' times the residuals of each column, from the (shifted) modes: no cancellation
         LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))]
-        R = [z - g for z, g in zip(pt.zxy, prep.g_times(LV))]
+        R = prep.g_times(LV)
+        for z, r in zip(pt.zxy, R):
+            np.subtract(z, r, out=r)
+        if not self.n_eta:
+            del LV  # (q, p + 1, m) per term: at 10^5 levels the arrays are what the memory holds
         V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
         a_inv = self._a_inv(pt)
@@ -396,10 +406,13 @@ class Deviance:
             e, u = _combine(R[k], gamma), _combine(V[k], gamma)
             g = dlogm[k].T - (2.0 * self.dof / pt.r2) * (e @ u.T)
             if self.reml and p:
-                AR = left_matmul(a_inv, R[k][:, :p].transpose(1, 0, 2))  # (p, q, m)
-                Vx = V[k][:, :p].transpose(1, 0, 2)
-                g -= 2.0 * (AR.transpose(1, 0, 2).reshape(term.q, -1)
-                            @ Vx.transpose(1, 0, 2).reshape(term.q, -1).T)
+                # sum over levels of R_x A^{-1} V_x': A^{-1} applied per row of R_x, so that
+                # both factors are (q, p m) views with no transposed copies
+                AR = np.empty((term.q, p, term.n_levels))
+                for a in range(term.q):
+                    AR[a] = left_matmul(a_inv, R[k][a, :p])
+                g -= 2.0 * (AR.reshape(term.q, -1) @ V[k][:, :p].reshape(term.q, -1).T)
+                del AR
             rows, cols = term.theta_position
             grad[sl] = g[rows, cols]
         if self.n_eta:
@@ -483,8 +496,9 @@ class Deviance:
             raise NotImplementedError("the average information covers theta only")
         pt = self._evaluate(x)
         prep, p, lams = pt.prep, self.p, pt.lams
-        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))]
-        R = [z - g for z, g in zip(pt.zxy, prep.g_times(LV))]
+        R = prep.g_times([left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))])
+        for z, r in zip(pt.zxy, R):
+            np.subtract(z, r, out=r)
         V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
         n = self.n_theta
