@@ -449,8 +449,10 @@ class Deviance:
         plan, prep, fac = self.plan, pt.prep, pt.factor
         t, layout = plan.crossing, plan.dense
         r = layout.r
-        Sinv = fac.rest_inverse()  # dense, or on the lower pattern of sparse rounds
-        pt.cache["Sinv"] = Sinv
+        scale = fac._rest_scale()
+        # dense, or on the lower pattern of sparse rounds; with scalar dense terms (a
+        # diagonal L_R) only the lower triangle is read below
+        Sinv = fac.rest_inverse(lower=scale is not None)
         out = [None] * plan.n_terms
         cross = fac.cross
         K = fac.crossing_K(Sinv)
@@ -465,7 +467,6 @@ class Deviance:
                 out[k] = g
             return out
         W = prep.a22 - cross["T"]  # lower triangle valid
-        scale = fac._rest_scale()
         if scale is not None:
             P = np.tril(Sinv) * W  # S^{-1} o W, symmetric, held as its lower triangle
             rest = 2.0 * (P @ scale + P.T @ scale - np.diag(P) * scale)

@@ -860,13 +860,17 @@ class Factor:
 
     # ---- selected inverse -----------------------------------------------------------------
 
-    def dense_inverse(self) -> np.ndarray:
-        """``S^{-1}`` of the dense block (full symmetric matrix)."""
+    def dense_inverse(self, lower: bool = False) -> np.ndarray:
+        """``S^{-1}`` of the dense block: the full symmetric matrix, or (``lower``) an array
+        whose lower triangle holds it and whose upper triangle is not to be read (filling
+        it in is a transposed pass over the matrix, a third of the inverse's time)."""
         Sinv, info = lapack.dpotri(self.chol_S, lower=0)
         if info:
             raise NotPositiveDefinite("potri failed on the dense block")
         # potri fills the upper triangle of the Fortran factor, i.e. the lower in C order.
         Sinv = Sinv.T
+        if lower:
+            return Sinv
         return np.tril(Sinv) + np.tril(Sinv, -1).T
 
     def selected_inverse(self, with_crossing_pairs: bool = True):
@@ -965,13 +969,14 @@ class Factor:
             vals = -np.einsum("abe,ebu->eau", J[:, :, lt], Yb)
             pairs[j] = vals if t < u else vals.transpose(0, 2, 1)
 
-    def rest_inverse(self) -> np.ndarray:
-        """``S^{-1}`` of the rest block: dense, or on the lower pattern with sparse rounds."""
+    def rest_inverse(self, lower: bool = False) -> np.ndarray:
+        """``S^{-1}`` of the rest block: dense (``lower`` as :meth:`dense_inverse`), or on
+        the lower pattern with sparse rounds."""
         if self.rest_factor is not None:
             if self._rest_inverse is None:  # the gradient and the conditional variances share it
                 self._rest_inverse = self.rest_factor.selected_inverse()
             return self._rest_inverse
-        return self.dense_inverse()
+        return self.dense_inverse(lower)
 
     def _rounds_inverse(self, diag: list, pairs: list, with_pairs: bool) -> None:
         """:meth:`selected_inverse` for a crossing term and a sparse (rounds) rest block."""
@@ -1019,7 +1024,8 @@ class Factor:
     def crossing_K(self, Sinv: np.ndarray) -> np.ndarray:
         """``K_l = (A_1R Omega A_R1)_ll``, ``Omega = L_R S^{-1} L_R'`` (q1, q1, m1).
 
-        ``Sinv`` as :meth:`rest_inverse` gives it (dense, or on the sparse lower pattern).
+        ``Sinv`` as :meth:`rest_inverse` gives it (dense, or on the sparse lower pattern);
+        with scalar dense terms only its lower triangle is read.
         """
         plan, prep = self.prep.plan, self.prep
         q1, r = plan.q[plan.crossing], plan.dense.r
@@ -1029,9 +1035,15 @@ class Factor:
             omega[plan.rounds.diag_pos] *= 0.5  # the map holds pairs i >= j only
             K = (prep.pairs.T @ omega).reshape(-1, q1, q1)
             return (K + K.transpose(0, 2, 1)).transpose(1, 2, 0)
-        Omega = self.lam_rows(self.lam_rows(Sinv, False).T, False)
-        Omega = np.tril(Omega)
-        # The map holds pairs i >= j only: halve the diagonal, add the (a, b) transpose.
+        scale = self._rest_scale()
+        if scale is not None:  # scalar terms: Omega = S^{-1} o s s', from its lower triangle
+            Omega = np.tril(Sinv)
+            Omega *= scale[:, None]
+            Omega *= scale
+        else:
+            Omega = np.tril(self.lam_rows(self.lam_rows(Sinv, False).T, False))
+        # The map holds pairs i >= j only (the dense fill reads the zero upper triangle):
+        # halve the diagonal, add the (a, b) transpose.
         Omega.flat[:: r + 1] *= 0.5
         K = (prep.pairs.T @ Omega.ravel()).reshape(-1, q1, q1)
         return (K + K.transpose(0, 2, 1)).transpose(1, 2, 0)
