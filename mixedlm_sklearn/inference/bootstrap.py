@@ -35,6 +35,7 @@ from .simulation import (
     NOT_CONVERGED,
     OK,
     Parameters,
+    RefitCounts,
     Sampler,
     check_count,
     is_glmm,
@@ -77,7 +78,7 @@ def _report(status: np.ndarray, messages: list, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class BootstrapResult:
+class BootstrapResult(RefitCounts):
     """Parametric bootstrap replicates (lme4's ``bootMer``).
 
     Attributes
@@ -109,14 +110,6 @@ class BootstrapResult:
     @property
     def n_boot(self) -> int:
         return len(self.replicates)
-
-    @property
-    def n_failed(self) -> int:
-        return int(self.failed.sum())
-
-    @property
-    def n_nonconverged(self) -> int:
-        return int(np.sum(~self.converged & ~self.failed))
 
     def summary(self) -> pd.DataFrame:
         """Estimate, bootstrap bias (mean of the replicates minus the estimate) and
@@ -365,7 +358,7 @@ def boot_conf_int(est: Any, alpha: float = 0.05, which: Any = None, n_boot: int 
 
 
 @dataclass(frozen=True)
-class PBTestResult:
+class PBTestResult(RefitCounts):
     """Parametric bootstrap likelihood-ratio test (pbkrtest's ``PBmodcomp``).
 
     Attributes
@@ -404,14 +397,6 @@ class PBTestResult:
     @property
     def n_boot(self) -> int:
         return int(self.replicates.size)
-
-    @property
-    def n_failed(self) -> int:
-        return int(self.failed.sum())
-
-    @property
-    def n_nonconverged(self) -> int:
-        return int(np.sum(~self.converged & ~self.failed))
 
     def __str__(self) -> str:
         return (f"Parametric bootstrap LR test: LR = {self.statistic:.4f}, df = {self.df}; "

@@ -36,6 +36,7 @@ from .simulation import (
     NOT_CONVERGED,
     OK,
     Parameters,
+    RefitCounts,
     Refitter,
     Rows,
     Sampler,
@@ -52,7 +53,7 @@ POWER_TESTS = ("satterthwaite", "wald", "lr")
 
 
 @dataclass(frozen=True)
-class PowerResult:
+class PowerResult(RefitCounts):
     """Simulated power of a test of fixed effects.
 
     Attributes
@@ -93,14 +94,6 @@ class PowerResult:
     @property
     def n_sim(self) -> int:
         return int(self.pvalues.size)
-
-    @property
-    def n_failed(self) -> int:
-        return int(self.failed.sum())
-
-    @property
-    def n_nonconverged(self) -> int:
-        return int(np.sum(~self.converged & ~self.failed))
 
     def __str__(self) -> str:
         tested = ", ".join(self.term)

@@ -59,7 +59,7 @@ from ._parameters import ratio_names, theta_to_sdcor
 __all__ = ["simulate", "Rows", "Parameters", "Sampler", "GaussianResponse", "FamilyResponse",
            "Refit", "Refitter", "GLMMRefitter", "refitter_for", "run_replicates",
            "replicate_generators", "parameter_names", "lme4_parameters", "lme4_parameters_many",
-           "model_rows", "simulation_model", "is_glmm"]
+           "model_rows", "simulation_model", "is_glmm", "RefitCounts"]
 
 # Responses simulated and refitted together: their cross-products come from one sparse
 # product, and the (n, batch) block of responses stays small (73,421 x 32 doubles for
@@ -81,6 +81,19 @@ REFIT_MULTISTART = False
 
 # Replicate status codes.
 OK, NOT_CONVERGED, FAILED = 0, 1, 2
+
+
+class RefitCounts:
+    """The counts a result of many refits reports, from its ``failed`` and ``converged``
+    arrays (one entry per refit; a failed refit is not counted as non-converged)."""
+
+    @property
+    def n_failed(self) -> int:
+        return int(np.sum(self.failed))
+
+    @property
+    def n_nonconverged(self) -> int:
+        return int(np.sum(~self.converged & ~self.failed))
 
 
 # ---- the rows and the parameters a response is drawn from ----------------------------------
