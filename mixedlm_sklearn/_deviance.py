@@ -68,6 +68,33 @@ def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
+def profiled_over_beta(F: np.ndarray, logdet: float, dof: int, reml: bool, sum_log_weights: float
+                       ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Fixed effects, penalised RSS and deviance from ``F = [X y]'V^{-1}[X y]`` (scale 1).
+
+    ``F`` is (p + 1, p + 1) and ``logdet`` is ``log|M|`` (exact or estimated). Returns the
+    Cholesky factor of ``A = X'V^{-1}X``, beta, ``r2`` and the (REML) deviance profiled
+    over beta and the scale (Bates et al. 2015, eqs. 34 and 41).
+    """
+    p = F.shape[0] - 1
+    if p:
+        chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
+        if info != 0:
+            raise NotPositiveDefinite("X'V^{-1}X is not positive definite")
+        beta = lapack.dpotrs(chol_a, F[:p, p], lower=1)[0]
+    else:
+        chol_a, beta = np.zeros((0, 0)), np.zeros(0)
+    # An exact fit (least squares through the points) has r2 = 0 to rounding: a tiny
+    # floor keeps the deviance finite; the estimator refuses such mixed-model fits.
+    r2 = max(float(F[p, p] - F[:p, p] @ beta), np.finfo(float).tiny)
+    if not np.isfinite(r2):
+        raise NotPositiveDefinite("the penalised residual sum of squares is not finite")
+    dev = logdet + dof * (1.0 + _LOG_2PI + np.log(r2 / dof)) - sum_log_weights
+    if reml and p:
+        dev += 2.0 * float(np.log(np.diag(chol_a)).sum())
+    return chol_a, beta, r2, float(dev)
+
+
 @dataclass(frozen=True)
 class Shift:
     """The data moved by a point of random-effects space, for precision.
@@ -298,22 +325,8 @@ class Deviance:
             for wa in wk:  # (p + 1, m): a product with a long inner dimension
                 G += wa @ wa.T
         F = xyxy - G
-        if p:
-            chol_a, info = lapack.dpotrf(F[:p, :p], lower=1, clean=1)
-            if info != 0:
-                raise NotPositiveDefinite("X'V^{-1}X is not positive definite")
-            beta = lapack.dpotrs(chol_a, F[:p, p], lower=1)[0]
-        else:
-            chol_a, beta = np.zeros((0, 0)), np.zeros(0)
-        # An exact fit (least squares through the points) has r2 = 0 to rounding: a tiny
-        # floor keeps the deviance finite; the estimator refuses such mixed-model fits.
-        r2 = max(float(F[p, p] - F[:p, p] @ beta), np.finfo(float).tiny)
-        if not np.isfinite(r2):
-            raise NotPositiveDefinite("the penalised residual sum of squares is not finite")
-        dev = factor.logdet + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) \
-            - float(prep.cp.sum_log_weights[0])
-        if self.reml and p:
-            dev += 2.0 * float(np.log(np.diag(chol_a)).sum())
+        chol_a, beta, r2, dev = profiled_over_beta(F, factor.logdet, self.dof, self.reml,
+                                                   float(prep.cp.sum_log_weights[0]))
         self._last = _Point(x.copy(), prep, lams, factor, w, chol_a, beta, r2, float(dev),
                             F, ops.zxy, A, ops)
         return self._last

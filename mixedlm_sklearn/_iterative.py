@@ -53,15 +53,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg, sparse
-from scipy.linalg import lapack
 from scipy.sparse import linalg as sparse_linalg
 
 from ._crossprod import CrossProducts
-from ._factor import NotPositiveDefinite
+from ._deviance import profiled_over_beta
 
 __all__ = ["IterativePlan", "IterativeDeviance", "IterativeSolution", "N_PROBES", "PROBE_SEED"]
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
 # Probe vectors of the stochastic estimates and the seed of their private generator: 32
 # probes give log-likelihood errors of ~1.5e-4 at 2x10^5 and 10^6 rows (notes, sec. 3).
 N_PROBES = 32
@@ -653,19 +651,7 @@ class IterativeDeviance:
         logdet_se = float(quad.std(ddof=1) / np.sqrt(self.n_probes)) if self.n_probes > 1 else np.nan
         Gm = c1.T @ V1 + c2.T @ V2
         Cxy = self.xyxy - 0.5 * (Gm + Gm.T)
-        if p:
-            chol_A, info = lapack.dpotrf(Cxy[:p, :p], lower=1, clean=1)
-            if info != 0:
-                raise NotPositiveDefinite("X'V^{-1}X is not positive definite")
-            beta = lapack.dpotrs(chol_A, Cxy[:p, p], lower=1)[0]
-        else:
-            chol_A, beta = np.zeros((0, 0)), np.zeros(0)
-        r2 = max(float(Cxy[p, p] - Cxy[:p, p] @ beta), np.finfo(float).tiny)
-        if not np.isfinite(r2):
-            raise NotPositiveDefinite("the penalised residual sum of squares is not finite")
-        dev = logdet + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_weights
-        if self.reml and p:
-            dev += 2.0 * float(np.log(np.diag(chol_A)).sum())
+        chol_A, beta, r2, dev = profiled_over_beta(Cxy, logdet, self.dof, self.reml, self.sum_log_weights)
         return dict(st=st, V1=V1, V2=V2, beta=beta, r2=r2, chol_A=chol_A, deviance=float(dev),
                     logdet=logdet, logdet_se=logdet_se, its=its, X2=X2[:, p + 1 :], wq=wq,
                     mu=mu, Vd=Vd, frob2=e2)
