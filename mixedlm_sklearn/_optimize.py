@@ -357,22 +357,51 @@ def _escape_start(tracker: _Tracker, x: np.ndarray, value: float) -> np.ndarray 
 
 
 def _face_starts(dev: Deviance, x: np.ndarray) -> list[np.ndarray]:
-    """With several terms: ``x`` with one term's ``Lambda`` at 0, for each term not already there.
+    """With several terms: starts on the other faces of the boundary near ``x``.
 
-    Two terms can explain the same variation (one factor nested in the other, or a
-    random slope that mimics an intercept), so the likelihood can have a maximum on each
-    face where one of them vanishes. A search that settles on one face with the other
-    term non-zero never visits the other face: the deviance is even in each ``Lambda_k``,
-    so from ``Lambda_k = 0`` a local search optimises the rest with term ``k`` absent,
-    and the escapes from the bounds then tell whether leaving that face pays.
+    Two terms, or two effects of one term, can explain the same variation (one factor
+    nested in the other, a random slope that mimics an intercept), so the likelihood can
+    have a maximum on each face where one of them vanishes. A search that settles on one
+    face never visits the other: the deviance is even in each column of ``L_k``, so its
+    gradient does not lead off a zero. Two kinds of start, each searched locally (the
+    escapes from the bounds then tell whether leaving a face pays):
+
+    - ``x`` with one term's ``L_k`` at 0, for each term not already there;
+    - ``x`` with the effects of a term that ``x`` has at 0 raised to the size of its
+      largest (a larger step off the bound than the escapes' probe);
+    - ``x`` with one column of some ``L_k`` at 0 (one effect gone) and the term's effects
+      that ``x`` has at 0 raised to that column's size (swapping which effect vanishes).
     """
     if len(dev.terms) < 2:
         return []
     out = []
-    for sl in dev.terms.slices:
-        if np.any(x[sl] != 0.0):
+    for term, sl in zip(dev.terms, dev.terms.slices):
+        theta = x[sl]
+        if not np.any(theta != 0.0):
+            continue
+        face = x.copy()
+        face[sl] = 0.0
+        out.append(face)
+        rows, cols = term.theta_position
+        diag = np.flatnonzero(rows == cols)
+        if diag.size < 2:
+            continue
+        zero = diag[theta[diag] == 0.0]
+        if zero.size:  # the vanished effects back, at the size of the term's largest
+            raised = x.copy()
+            raised[sl.start + zero] = np.abs(theta[diag]).max()
+            out.append(raised)
+        for j in diag:
+            if theta[j] == 0.0:
+                continue
+            swapped = theta.copy()
+            swapped[cols == cols[j]] = 0.0
+            zero = diag[(theta[diag] == 0.0) & (diag != j)]
+            if zero.size == 0:
+                continue
+            swapped[zero] = abs(theta[j])
             face = x.copy()
-            face[sl] = 0.0
+            face[sl] = swapped
             out.append(face)
     return out
 
