@@ -187,6 +187,11 @@ def _ratio_start(cp: CrossProducts) -> np.ndarray:
     return np.clip(0.5 * np.log(mean_sq[1:] / mean_sq[0]), -_RUNAWAY_LOG_RATIO, _RUNAWAY_LOG_RATIO)
 
 
+def _is_small(dev: Deviance) -> bool:
+    """Few enough levels for the other starts (and the full polish) to be affordable."""
+    return sum(t.n_levels for t in dev.terms) <= _MULTISTART_MAX_LEVELS
+
+
 def _extra_starts(dev: Deviance) -> list[np.ndarray]:
     """Further starts for small problems: multiples of the identity and a few fixed,
     pseudo-random factors (seeded: the same data always give the same fit)."""
@@ -387,18 +392,14 @@ def _face_starts(dev: Deviance, x: np.ndarray) -> list[np.ndarray]:
         if diag.size < 2:
             continue
         zero = diag[theta[diag] == 0.0]
-        if zero.size:  # the vanished effects back, at the size of the term's largest
-            raised = x.copy()
-            raised[sl.start + zero] = np.abs(theta[diag]).max()
-            out.append(raised)
-        for j in diag:
-            if theta[j] == 0.0:
-                continue
+        if zero.size == 0:
+            continue
+        raised = x.copy()  # the vanished effects back, at the size of the term's largest
+        raised[sl.start + zero] = np.abs(theta[diag]).max()
+        out.append(raised)
+        for j in diag[theta[diag] != 0.0]:  # effect j gone, the vanished ones back at its size
             swapped = theta.copy()
             swapped[cols == cols[j]] = 0.0
-            zero = diag[(theta[diag] == 0.0) & (diag != j)]
-            if zero.size == 0:
-                continue
             swapped[zero] = abs(theta[j])
             face = x.copy()
             face[sl] = swapped
@@ -441,9 +442,8 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
 def _search(tracker: _Tracker, res, max_iter: int, tol: float, multistart: bool = True):
     """Improve a first answer: other starts (small problems), the zero end, escapes."""
     dev = tracker.dev
-    n_levels = sum(t.n_levels for t in dev.terms)
     starts = []
-    if multistart and n_levels <= _MULTISTART_MAX_LEVELS:
+    if multistart and _is_small(dev):
         starts = _extra_starts(dev) + _face_starts(dev, res.x)
     zero = res.x.copy()
     zero[:dev.n_theta] = 0.0
@@ -569,7 +569,7 @@ def _information_check(tracker: _Tracker, res) -> tuple[np.ndarray, float, bool]
     dev = tracker.dev
     if dev.n_eta or res.message != _NEWTON_MESSAGE or res.status != 0:
         return None
-    if sum(t.n_levels for t in dev.terms) <= _MULTISTART_MAX_LEVELS:
+    if _is_small(dev):
         return None
     x = res.x
     for term, sl in zip(dev.terms, dev.terms.slices):
