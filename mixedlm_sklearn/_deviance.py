@@ -401,13 +401,23 @@ class Deviance:
             pt.cache["a_inv"] = np.tril(a_inv) + np.tril(a_inv, -1).T
         return pt.cache["a_inv"]
 
-    def _gradient(self, pt: _Point) -> np.ndarray:
-        prep, p, lams = pt.prep, self.p, pt.lams
-        # Z' times the residuals of each column, from the (shifted) modes: no cancellation
-        LV = [left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))]
-        R = prep.g_times(LV)
+    def _residual_products(self, pt: _Point) -> tuple[list, list]:
+        """``Lambda V`` and ``R = Z'[X y] - G Lambda V`` per term, (q_k, p + 1, m_k): Z' times
+        the residuals of each column, from the (shifted) modes, so nothing cancels.
+
+        Not cached on the point (the gradient and the average information at one point
+        both use it): each is as large as the modes, and at 10^5 levels such arrays are
+        what a fit's memory holds.
+        """
+        LV = [left_matmul(lam, Vk) for lam, Vk in zip(pt.lams, self._modes(pt))]
+        R = pt.prep.g_times(LV)
         for z, r in zip(pt.zxy, R):
             np.subtract(z, r, out=r)
+        return LV, R
+
+    def _gradient(self, pt: _Point) -> np.ndarray:
+        p = self.p
+        LV, R = self._residual_products(pt)
         if not self.n_eta:
             del LV  # (q, p + 1, m) per term: at 10^5 levels the arrays are what the memory holds
         V = self._modes_of_data(pt)
@@ -510,9 +520,7 @@ class Deviance:
             raise NotImplementedError("the average information covers theta only")
         pt = self._evaluate(x)
         prep, p, lams = pt.prep, self.p, pt.lams
-        R = prep.g_times([left_matmul(lam, Vk) for lam, Vk in zip(lams, self._modes(pt))])
-        for z, r in zip(pt.zxy, R):
-            np.subtract(z, r, out=r)
+        R = self._residual_products(pt)[1]
         V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
         n = self.n_theta
