@@ -31,7 +31,8 @@ anything is evaluated, and evaluated with nothing but:
 
 - columns of ``data``, and names given explicitly through ``context=`` (numbers, or
   arrays with one value per row of ``data``, which then act as columns); the caller's
-  variables are never looked up;
+  variables are never looked up; names are matched exactly as the data spells them
+  (Python's own parser would read a full-width ``ｘ`` as ``x``);
 - numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
   ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
 - calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
@@ -453,6 +454,12 @@ _REFUSED = {
 }
 
 
+# A backticked name, or a run of name characters (R's: word characters and dots; any
+# character outside ASCII but whitespace, so that nothing outside ASCII reaches Python's
+# parser, which would normalise it).
+_QUOTED_OR_NAME = re.compile(r"`([^`]*)`|((?:[\w.]|[^\x00-\x7f\s])+)")
+
+
 class _Refused(Exception):
     """A piece of an expression outside the allow-list (becomes a ValueError)."""
 
@@ -521,18 +528,24 @@ class _Checker:
 
     def _parse(self, text: str, piece: str) -> tuple[ast.Expression, dict[str, str], str]:
         # Backticks quote a name (formulaic's and R's convention): replace each by a
-        # placeholder identifier that occurs nowhere else in the text.
+        # placeholder identifier that occurs nowhere else in the text. So is every name
+        # with a character outside ASCII: Python's parser NFKC-normalises identifiers
+        # (full-width ``ｘ`` reads as ``x``, the micro sign ``µ`` as Greek ``μ``), and
+        # a name must be matched exactly as the data spells it.
         prefix = "_q"
         while prefix in text:
             prefix += "_"
         quoted: dict[str, str] = {}
 
         def placeholder(match: re.Match) -> str:
+            name = match.group(1) if match.group(1) is not None else match.group(2)
+            if match.group(1) is None and name.isascii():
+                return name
             key = f"{prefix}{len(quoted)}"
-            quoted[key] = match.group(1)
+            quoted[key] = name
             return key
 
-        code = re.sub(r"`([^`]*)`", placeholder, text)
+        code = _QUOTED_OR_NAME.sub(placeholder, text)
         # R's power, remainder and integer division, in Python's spelling. ``^`` becomes
         # ``**`` in the text, not in the tree: Python's ``^`` (XOR) binds more loosely than
         # ``+`` and associates to the left, ``**`` like R's ``^`` binds tightest and

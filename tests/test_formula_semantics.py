@@ -264,3 +264,32 @@ def test_names_in_other_alphabets_need_no_backticks():
     frame = parse_formula("Reaction ~ días + log(días + 1) + (días | sujeto)", df)
     assert list(frame.X.columns) == ["días", "log(días + 1)"]
     assert frame.terms[0].group == "sujeto"
+
+
+def test_names_are_matched_as_spelled_not_as_python_normalises_them():
+    """Python's parser NFKC-normalises identifiers: full-width ``ｘ`` read as ``x``, the
+    micro sign ``µ`` (U+00B5) as Greek ``μ`` (U+03BC), ``ｌｏｇ`` as ``log``."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"y": rng.normal(size=40), "x": rng.normal(size=40),
+                       "ｘ": rng.normal(size=40), "dose_µg": rng.uniform(1.0, 2.0, size=40),
+                       "g": np.repeat(np.arange(8), 5)})
+    frame = parse_formula("y ~ I(ｘ*2) + I(x*2) + log(dose_µg) + exp(ｘ) + (1 | g)", df)
+    assert list(frame.X.columns) == ["I(ｘ * 2)", "I(x * 2)", "log(dose_µg)", "exp(ｘ)"]
+    np.testing.assert_array_equal(frame.X["I(ｘ * 2)"], 2 * df["ｘ"])
+    np.testing.assert_array_equal(frame.X["I(x * 2)"], 2 * df["x"])
+    np.testing.assert_array_equal(frame.X["log(dose_µg)"], np.log(df["dose_µg"]))
+    np.testing.assert_array_equal(frame.X["exp(ｘ)"], np.exp(df["ｘ"]))
+    # the response and a random-effects term too; new data reads the same columns
+    frame = parse_formula("log(dose_µg) ~ ｘ + (0 + I(ｘ) | g)", df)
+    np.testing.assert_array_equal(frame.y, np.log(df["dose_µg"]))
+    np.testing.assert_array_equal(frame.terms[0].Z.iloc[:, 0], df["ｘ"])
+    np.testing.assert_array_equal(frame.new_data(df.iloc[:3])["Z"].iloc[:, 0], df["ｘ"][:3])
+    # a name that is no column is refused as written, never replaced by its normal form
+    only_x = df.drop(columns=["ｘ"])
+    with pytest.raises(ValueError, match=r"uses \['ｘ'\], which are not columns"):
+        parse_formula("y ~ I(ｘ*2) + (1 | g)", only_x)
+    greek_mu = "dose_\u03bcg"
+    with pytest.raises(ValueError, match=rf"uses \['{greek_mu}'\], which are not columns"):
+        parse_formula(f"y ~ log({greek_mu}) + (1 | g)", df)
+    with pytest.raises(ValueError, match="'`ｌｏｇ`' is not an allowed function"):
+        parse_formula("y ~ ｌｏｇ(dose_µg) + (1 | g)", df)
