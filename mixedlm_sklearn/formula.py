@@ -30,9 +30,10 @@ A formula is not Python code. Every name and expression in it is checked before
 anything is evaluated, and evaluated with nothing but:
 
 - columns of ``data``, and names given explicitly through ``context=`` (numbers, or
-  arrays with one value per row of ``data``, which then act as columns); the caller's
-  variables are never looked up; names are matched exactly as the data spells them
-  (Python's own parser would read a full-width ``ｘ`` as ``x``);
+  arrays with one value per row of ``data``, which then act as columns: a Series by its
+  index, as pandas aligns it, other arrays by position); the caller's variables are
+  never looked up; names are matched exactly as the data spells them (Python's own
+  parser would read a full-width ``ｘ`` as ``x``);
 - numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
   ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
 - calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
@@ -393,7 +394,10 @@ class _Names:
             if np.ndim(value) != 1:
                 raise ValueError(f"context[{name!r}] must be one-dimensional (one value per row "
                                  f"of data), got shape {np.shape(value)}")
-            # by position, in the row order of data (R does not align either)
+            if isinstance(value, pd.Series):
+                self.arrays[name] = self._aligned(name, value)
+                return
+            # an array has no labels: by position, in the row order of data
             values = pd.Series(value).reset_index(drop=True)
             if len(values) != len(self.data):
                 raise ValueError(f"context[{name!r}] has {len(values)} values, data has "
@@ -407,6 +411,25 @@ class _Names:
         raise TypeError(f"in formula {self.formula!r}, context[{name!r}] is {what}: context= "
                         "may hold numbers and arrays (one value per row of data) only. "
                         + _allowed_text())
+
+    def _aligned(self, name: str, series: pd.Series) -> pd.Series:
+        """A context= Series on the rows of data, matched by index label as pandas
+        aligns (``data.assign(k=series)``); refused where pandas would leave holes."""
+        index = self.data.index
+        if series.index.equals(index):
+            return series.set_axis(index)
+        if not series.index.is_unique:
+            dup = list(series.index[series.index.duplicated()].unique()[:5])
+            raise ValueError(f"context[{name!r}] is a Series with repeated index labels {dup}: "
+                             "it is matched with the rows of data by index label, so each "
+                             "label must appear once (pass .to_numpy() to pair by position)")
+        absent = index[~index.isin(series.index)]
+        if len(absent):
+            raise ValueError(f"context[{name!r}] is a Series whose index has no label for "
+                             f"{len(absent)} row(s) of data (e.g. {list(absent[:5])}): a Series "
+                             "is matched with the rows of data by index label, as pandas "
+                             "aligns it (pass .to_numpy() to pair by position)")
+        return series.reindex(index)
 
     def _context_number(self, name: str) -> float:
         value = self.context[name]
@@ -1607,8 +1630,10 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     context : mapping, optional
         Further names the formula may use (the caller's variables are not looked up):
         numbers (``{"k": 4.5}`` for ``I(Days - k)``), or arrays with one value per row of
-        ``data``, which act as columns. Functions and modules are refused; the allowed
-        functions (:data:`ALLOWED_FUNCTIONS`) need no context.
+        ``data``, which act as columns. A pandas Series is matched with the rows by its
+        index, as pandas aligns it (its index must have every row's label), other arrays
+        by position. Functions and modules are refused; the allowed functions
+        (:data:`ALLOWED_FUNCTIONS`) need no context.
 
     Returns
     -------
