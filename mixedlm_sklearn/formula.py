@@ -1398,9 +1398,7 @@ class ModelFrame:
                             self.fit_intercept)._pieces()
         args = self._design_arguments(X, terms if self.single_factor else None, pieces)
         if self._offset_spec is not None:
-            offsets = _evaluate(self._offset_spec, aliased, self._environment, self._naming,
-                                self.formula)
-            args["offset"] = offsets.sum(axis=1).rename("offset")
+            args["offset"] = self.offset_values(data)
         return args
 
 
@@ -1542,10 +1540,47 @@ class ModelFrame:
 
     def _fixed_variables(self) -> list[str]:
         """The variables the fixed part reads (by name, in the order of the formula)."""
+        return self._spec_variables(self._fixed_spec)
+
+    def _spec_variables(self, spec: Any) -> list[str]:
         used = set()
-        for variables in self._fixed_spec.factor_variables.values():
+        for variables in spec.factor_variables.values():
             used |= set(variables)
         return [name for name, alias in self._variables.items() if alias in used]
+
+    def offset_variables(self) -> list[str]:
+        """The variables the formula's ``offset(...)`` terms read, in the formula's order
+        (empty without an offset).
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy().assign(hours=8.0)
+        >>> parse_formula("Reaction ~ Days + offset(log(hours)) + (1 | Subject)", df
+        ...               ).offset_variables()
+        ['hours']
+        """
+        return [] if self._offset_spec is None else self._spec_variables(self._offset_spec)
+
+    def offset_values(self, data: pd.DataFrame) -> pd.Series | None:
+        """The sum of the formula's ``offset(...)`` terms on rows of ``data`` (None without
+        an offset); ``data`` needs the variables of :meth:`offset_variables` only.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> frame = parse_formula("Reaction ~ Days + offset(2 * Days) + (1 | Subject)",
+        ...                       load_sleepstudy())
+        >>> frame.offset_values(pd.DataFrame({"Days": [0.0, 4.5]})).tolist()
+        [0.0, 9.0]
+        """
+        if self._offset_spec is None:
+            return None
+        aliased = self._aliased(data, self.offset_variables())
+        offsets = _evaluate(self._offset_spec, aliased, self._environment, self._naming,
+                            self.formula)
+        return offsets.sum(axis=1).rename("offset")
 
     def fixed_design(self, data: pd.DataFrame) -> pd.DataFrame:
         """The fixed-effects design of rows of ``data``, intercept column included.
