@@ -49,12 +49,17 @@ column of factor ``Sex`` at level ``Female`` is ``"SexFemale"`` (formulaic's
 ``"Sex[T.Female]"``), expressions are written as R deparses them (``"I(Days^2)"``,
 ``"exp(Days/5)"``, ``"poly(Days, 2)1"``, ``"factor(Days)1"``, ``"I(x > 3)TRUE"``). The
 reference level is the first level: the first category of a :class:`pandas.Categorical`,
-otherwise the smallest label, as in R.
+otherwise the smallest label, as in R. Terms are coded as R's ``model.matrix`` codes
+them: a factor of a term gets contrasts when the term without it is in the model before
+it, else a column per level, so ``y ~ a:b`` has the intercept and a column per level
+combination (``au:bp``, ``av:bp``, ...); the last, aliased with the intercept and the
+others, is dropped as lme4 drops it.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import numbers
 import re
@@ -1085,11 +1090,24 @@ def _lme4_names(spec: Any, naming: _Naming) -> list[str]:
             levels[str(var)] = {str(level): str(level).upper() if isinstance(
                 level, (bool, np.bool_)) else str(level) for level in contrasts.levels}
     out = list(spec.column_names)
+    crossed = _crossed_factors(spec)
     for term, columns in spec.term_indices.items():
-        exprs = [factor.expr for factor in term.factors]
+        exprs = crossed.get(str(term)) or [factor.expr for factor in term.factors]
         for i in columns:
             out[i] = "(Intercept)" if str(term) == "1" else \
                 _column_name(out[i], exprs, levels, naming)
+    return out
+
+
+def _crossed_factors(spec: Any) -> dict[str, list[str]]:
+    """For each term coded as one product of its factors, the factors in the order their
+    columns are crossed (the first varies fastest; formulaic names the columns in it)."""
+    out = {}
+    for s in spec.structure:
+        if len(s.scoped_terms) == 1 and s.scoped_terms[0].scale == 1:
+            exprs = [str(f.factor.expr) for f in s.scoped_terms[0].factors]
+            if sorted(exprs) == sorted(str(f.expr) for f in s.term.factors):
+                out[str(s.term)] = exprs
     return out
 
 
@@ -1141,6 +1159,85 @@ def _factor_key(spec: Any, expr: str) -> Any:
 
 def _intercept_columns(spec: Any) -> list[int]:
     return [i for term, cols in spec.term_indices.items() if str(term) == "1" for i in cols]
+
+
+# ---- R's coding of the terms ------------------------------------------------------------------
+
+
+def _r_coding(spec: Any, naming: _Naming, data: pd.DataFrame,
+              environment: Mapping[str, Any]) -> Any:
+    """``spec`` with each term coded as R's ``model.matrix`` codes it, or None if it is
+    (``data``: the aliased rows the spec was made from).
+
+    R (Chambers & Hastie 1992, Statistical Models in S, sec. 2.4.1; the rule of R's
+    ``model.matrix``) codes a categorical variable ``F`` of a term ``T`` by contrasts when
+    ``T`` without ``F`` is empty or contained in a term before ``T`` (terms ordered by
+    degree), and by one indicator column per level otherwise; without an intercept, the
+    first categorical variable of the first term that has one gets indicators. A term's
+    columns are the product of its variables' codings, the first variable (in the order
+    the formula names them) varying fastest. So ``a:b`` alone codes both factors by
+    indicators: with the intercept the design is rank deficient, and lme4 drops the last
+    aliased column (``au:bp, ..., av:bq``). formulaic instead splits such a term into
+    pieces that keep the design of full rank (``b[T.q]``, ``a[T.v]:b[p]``, ...): the
+    same column space, other coefficients. Terms formulaic codes as R does are kept.
+    """
+    from formulaic.materializers.base import EncodedTermStructure
+    from formulaic.materializers.types import ScopedFactor, ScopedTerm
+
+    structure = list(spec.structure)
+    categorical = {expr for expr, (kind, _) in spec.encoder_state.items()
+                   if str(getattr(kind, "value", kind)) == "categorical"}
+    evaluated = {str(f.factor.expr): f.factor for s in structure for scoped in s.scoped_terms
+                 for f in scoped.factors}
+    intercept = any(str(s.term) == "1" for s in structure)
+    unset = len(naming.order)
+
+    previous: list[set[str]] = []
+    free = not intercept  # R's rule for the first factor of a model without intercept
+    rebuilt, changed = [], False
+    for s in structure:
+        exprs = sorted((str(f.expr) for f in s.term.factors if str(f.expr) != "1"),
+                       key=lambda e: naming.order.get(e, unset))
+        if not exprs:
+            rebuilt.append(s)
+            continue
+        term_set = set(exprs)
+        reduced = {e: e in categorical and (not term_set - {e} or
+                                            any(term_set - {e} <= p for p in previous))
+                   for e in exprs}
+        if free and term_set & categorical:
+            reduced[next(e for e in exprs if e in categorical)] = False
+            free = False
+        previous.append(term_set)
+        scoped = s.scoped_terms
+        as_r = (len(scoped) == 1 and scoped[0].scale == 1
+                and [str(f.factor.expr) for f in scoped[0].factors] == exprs
+                and all(bool(f.reduced) == reduced[str(f.factor.expr)] or
+                        str(f.factor.expr) not in categorical for f in scoped[0].factors))
+        if as_r:
+            rebuilt.append(s)
+            continue
+        if any(e not in evaluated for e in exprs) or any(t.scale != 1 for t in scoped):
+            return None  # pragma: no cover - a shape formulaic has not produced so far
+        names = [_coded_names(spec, e, reduced[e], data, environment) for e in exprs]
+        # formulaic crosses a term's factors with the first varying fastest, as R does
+        columns = [":".join(reversed(combo)) for combo in itertools.product(*reversed(names))]
+        rebuilt.append(EncodedTermStructure(
+            s.term, [ScopedTerm([ScopedFactor(evaluated[e], reduced=reduced[e]) for e in exprs])],
+            columns))
+        changed = True
+    return spec.update(structure=rebuilt) if changed else None
+
+
+def _coded_names(spec: Any, expr: str, reduced: bool, data: pd.DataFrame,
+                 environment: Mapping[str, Any]) -> list[str]:
+    """formulaic's names of the columns of one factor, coded by contrasts (``reduced``) or
+    by indicators (a numeric factor: its one or several columns)."""
+    one = spec.update(formula=f"{int(reduced)} + {expr}", structure=None,
+                      ensure_full_rank=reduced)
+    names = [str(c) for c in one.get_model_matrix(data.head(1), context=dict(environment),
+                                                  na_action="ignore").columns]
+    return [n for n in names if n != "Intercept"]
 
 
 # ---- the model frame -----------------------------------------------------------------------
@@ -1202,9 +1299,10 @@ class FixedTerm:
         Those of ``factors`` that are numeric (covariates), not categorical.
     contrasts : tuple of bool or None
         Per factor, whether it enters through contrasts (``k - 1`` columns for ``k``
-        levels, as a factor next to its margins) rather than one column per level. None
-        when the term's columns are not one product of its factors (a term without the
-        terms it is marginal to, such as ``a:b`` without ``a``).
+        levels, as a factor next to its margins) rather than one column per level (R's
+        choice, as :func:`parse_formula` codes every term: ``a:b`` alone has one column
+        per level of both). None when the term's columns are not one product of its
+        factors.
     """
 
     name: str
@@ -1492,20 +1590,23 @@ class ModelFrame:
         spec, display = self._fixed_spec, self._naming.display
         position = {c: i for i, c in enumerate(self._fe_order())}
         structure = {str(s.term): s for s in spec.structure}
+        crossed = _crossed_factors(spec)
         terms = []
         for term, cols in spec.term_indices.items():
             if str(term) == "1":
                 continue
-            exprs = [str(f.expr) for f in term.factors]
+            # the factors in the order their columns are crossed, when the term is one
+            # product of them (as R codes every term; see _r_coding)
+            exprs = crossed.get(str(term)) or [str(f.expr) for f in term.factors]
             names = [_factor_name(e, display)[0] for e in exprs]
             label = ":".join(n for _, n in sorted(
                 zip(exprs, names), key=lambda en: self._naming.order.get(en[0], len(exprs))))
             numeric = frozenset(n for e, n in zip(exprs, names)
                                 if self._factor_kind(e) != "categorical")
-            scoped = structure[str(term)].scoped_terms
             contrasts = None
-            if len(scoped) == 1 and [str(f.factor) for f in scoped[0].factors] == exprs:
-                reduced = {str(f.factor): bool(f.reduced) for f in scoped[0].factors}
+            if str(term) in crossed:
+                scoped = structure[str(term)].scoped_terms[0]
+                reduced = {str(f.factor.expr): bool(f.reduced) for f in scoped.factors}
                 contrasts = tuple(reduced[e] and self._factor_kind(e) == "categorical"
                                   for e in exprs)
             terms.append(FixedTerm(label, tuple(position[c] for c in cols), tuple(names),
@@ -1817,6 +1918,14 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
         raise ValueError(f"the response {lhs!r} must be one numeric column, got "
                          f"{_lme4_names(lhs_matrix.model_spec, naming)}")
     fixed_spec = rhs_matrix.model_spec
+    r_spec = _r_coding(fixed_spec, naming, aliased, environment)
+    if r_spec is not None:  # a term whose margins are missing: R's (lme4's) columns
+        try:
+            rhs_matrix = r_spec.get_model_matrix(aliased, context=dict(environment))
+        except Exception as err:  # pragma: no cover - the first materialisation succeeded
+            raise ValueError(f"could not evaluate formula {formula!r}: "
+                             f"{_short(err, naming.display)}") from None
+        fixed_spec = rhs_matrix.model_spec
     term_mats = [materialize(f) for f in left_formulas]
     offset_matrix = None if offset_formula is None else materialize(offset_formula)
     if offset_matrix is not None and offset_matrix.shape[1] != len(offset_matrix.model_spec.terms):

@@ -213,6 +213,47 @@ def test_offset_terms_enter_the_means_at_the_covariate_means(offset_data):
                                [-15.0 * est.fe_params_["cnt"] + np.log(5.0 / 20.0)], rtol=1e-10)
 
 
+def test_fits_with_aliased_columns_give_the_estimable_means():
+    """y ~ a:b is coded as R codes it (a column per cell, the last dropped as aliased): the
+    cell means are estimable and equal those of the full-rank a * b; a mean over an empty
+    cell is not (emmeans' nonEst) and is refused."""
+    import warnings
+
+    from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning, lmer
+
+    rng = np.random.default_rng(11)
+    n = 90
+    df = pd.DataFrame({"a": rng.choice(["u", "v", "w"], n), "b": rng.choice(["p", "q"], n),
+                       "g": np.repeat(np.arange(15), 6)})
+    df["y"] = 1.0 + 0.8 * (df["a"] == "v") + np.repeat(rng.normal(size=15), 6) + rng.normal(size=n)
+    with pytest.warns(RankDeficientWarning):
+        cells = lmer("y ~ a:b + (1 | g)", df)
+    full = lmer("y ~ a * b + (1 | g)", df)
+    for specs in ("a", ["a", "b"]):
+        for ddf in ("kenward-roger", "satterthwaite"):
+            ours, ref = cells.emmeans(specs, ddf=ddf).table, full.emmeans(specs, ddf=ddf).table
+            for column in ("emmean", "SE", "df"):
+                np.testing.assert_allclose(ours[column], ref[column], rtol=1e-5)
+    np.testing.assert_allclose(cells.emmeans("a").pairs()["estimate"],
+                               full.emmeans("a").pairs()["estimate"], rtol=1e-5)
+    empty = df[(df["a"] != "w") | (df["b"] != "q")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficientWarning)
+        est = lmer("y ~ a * b + (1 | g)", empty)
+    # the estimable means: averages of the cell means of a cell-means fit (full rank)
+    names = [f"{la}{lb}" for lb in ("p", "q") for la in ("u", "v", "w")][:5]
+    design = pd.DataFrame({c: ((empty["a"] == c[0]) & (empty["b"] == c[1])).astype(float)
+                           for c in names}, index=empty.index)
+    cell_means = MixedLMRegressor(fit_intercept=False).fit(design, empty["y"],
+                                                           groups=empty["g"]).fe_params_
+    np.testing.assert_allclose(
+        est.emmeans("b", at={"a": ["u", "v"]}).table["emmean"],
+        [(cell_means["up"] + cell_means["vp"]) / 2, (cell_means["uq"] + cell_means["vq"]) / 2],
+        rtol=1e-5)
+    with pytest.raises(ValueError, match=r"marginal means \['q'\] are not estimable"):
+        est.emmeans("b")
+
+
 def test_bad_specs_and_at_are_refused():
     est = fitted("orthodont_slopes")
     with pytest.raises(ValueError, match="not variables of the model"):

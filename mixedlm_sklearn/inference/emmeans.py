@@ -434,6 +434,13 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         ``.table`` (the ``specs`` columns, ``emmean``, ``SE``, ``df``, ``lower.CL``,
         ``upper.CL``), ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
 
+    Raises
+    ------
+    ValueError
+        For a fit that dropped fixed effects as aliased (``y ~ a:b``, as lme4 drops them),
+        for means that depend on the dropped ones (emmeans' ``nonEst``); the others are
+        computed from the kept fixed effects.
+
     Notes
     -----
     emmeans uses Kenward-Roger only up to 3,000 rows (its ``pbkrtest.limit``; above, it
@@ -466,10 +473,6 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     if frame is None:
         raise ValueError("emmeans needs a formula fit (mixedlm_sklearn.lmer): the reference "
                          "grid is made of the levels of the model's factors")
-    if model.rank is not None:
-        raise NotImplementedError("marginal means of a fit with fixed effects dropped as aliased "
-                                  f"({model.rank.dropped_names}) are not supported: remove the "
-                                  "aliased terms from the formula")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     ddf = check_ddf(ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
@@ -477,6 +480,39 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     sol = model.solution
     if ddf == "kenward-roger":
         kr = kenward_roger_model(est)
-        return marginal_means(grid, specs, sol.beta, kr.cov_beta_adj, kr.row_ddf, level)
-    df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
-    return marginal_means(grid, specs, sol.beta, sol.cov_beta(), df, level)
+        cov, df = kr.cov_beta_adj, kr.row_ddf
+    else:
+        cov = sol.cov_beta()
+        df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
+    if model.rank is None:
+        return marginal_means(grid, specs, sol.beta, cov, df, level)
+    # Fixed effects dropped as aliased (lme4 refits without them): each mean is computed
+    # on the kept ones, which is right for the estimable means, and the others refused.
+    kept = model.rank.kept
+    full_cov = np.zeros((kept.size, kept.size))
+    full_cov[np.ix_(kept, kept)] = cov
+    kept_df = None if df is None else (lambda L: df(np.atleast_2d(L)[:, kept]))
+    emm = marginal_means(grid, specs, model.rank.expand(sol.beta, 0.0), full_cov, kept_df,
+                         level)
+    bad = ~_estimable(emm.linfct, frame, kept)
+    if bad.any():
+        raise ValueError(f"the marginal means {[emm.labels[i] for i in np.flatnonzero(bad)][:5]} "
+                         "are not estimable: fixed effects "
+                         f"{model.rank.dropped_names} were dropped as aliased and these means "
+                         "depend on them (emmeans reports them as nonEst)")
+    return emm
+
+
+def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:
+    """Which rows ``l`` of ``L`` (over all fixed effects) are estimable in a fit that
+    dropped the columns ``~kept`` as aliased.
+
+    On the fitted rows each dropped column is a combination of kept ones, ``X_d = X_k C``;
+    ``l'beta`` is estimable when ``l`` is in the row space of ``X``, i.e. ``l_d = C'l_k``,
+    and then it equals ``l_k'beta_k`` whatever the dropped coefficients.
+    """
+    X = frame.fixed_design(frame.rows).to_numpy(dtype=float)
+    C = np.linalg.lstsq(X[:, kept], X[:, ~kept], rcond=None)[0]
+    gap = np.abs(L[:, ~kept] - L[:, kept] @ C).max(axis=1)
+    size = np.abs(L).max(axis=1) * (1.0 + np.abs(C).sum(axis=0).max())
+    return gap <= np.sqrt(np.finfo(float).eps) * np.maximum(size, 1.0)
