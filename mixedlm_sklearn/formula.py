@@ -1169,17 +1169,18 @@ def _r_coding(spec: Any, naming: _Naming, data: pd.DataFrame,
     """``spec`` with each term coded as R's ``model.matrix`` codes it, or None if it is
     (``data``: the aliased rows the spec was made from).
 
-    R (Chambers & Hastie 1992, Statistical Models in S, sec. 2.4.1; the rule of R's
-    ``model.matrix``) codes a categorical variable ``F`` of a term ``T`` by contrasts when
-    ``T`` without ``F`` is empty or contained in a term before ``T`` (terms ordered by
-    degree), and by one indicator column per level otherwise; without an intercept, the
-    first categorical variable of the first term that has one gets indicators. A term's
-    columns are the product of its variables' codings, the first variable (in the order
-    the formula names them) varying fastest. So ``a:b`` alone codes both factors by
-    indicators: with the intercept the design is rank deficient, and lme4 drops the last
-    aliased column (``au:bp, ..., av:bq``). formulaic instead splits such a term into
-    pieces that keep the design of full rank (``b[T.q]``, ``a[T.v]:b[p]``, ...): the
-    same column space, other coefficients. Terms formulaic codes as R does are kept.
+    R (the heuristic of Chambers & Hastie 1992, Statistical Models in S, p. 38, which R's
+    ``model.matrix`` implements) codes a categorical variable ``F`` of a term ``T`` by
+    contrasts when ``T`` without ``F`` is empty or contained in a term before ``T``
+    (terms ordered by degree), and by one indicator column per level otherwise; without
+    an intercept, the first categorical variable of the first term that has one gets
+    indicators. A term's columns are the product of its variables' codings, the first
+    variable (in the order the formula names them) varying fastest. So ``a:b`` alone
+    codes both factors by indicators: with the intercept the design is rank deficient,
+    and lme4 drops the last, aliased column and keeps ``au:bp, ..., av:bq``. formulaic
+    instead splits such a term into pieces that keep the design of full rank
+    (``b[T.q]``, ``a[T.v]:b[p]``, ...): the same column space, other coefficients.
+    Terms formulaic codes as R does are kept.
     """
     from formulaic.materializers.base import EncodedTermStructure
     from formulaic.materializers.types import ScopedFactor, ScopedTerm
@@ -1919,7 +1920,7 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
                          f"{_lme4_names(lhs_matrix.model_spec, naming)}")
     fixed_spec = rhs_matrix.model_spec
     r_spec = _r_coding(fixed_spec, naming, aliased, environment)
-    if r_spec is not None:  # a term whose margins are missing: R's (lme4's) columns
+    if r_spec is not None:  # formulaic coded a term otherwise (a:b alone): R's columns
         try:
             rhs_matrix = r_spec.get_model_matrix(aliased, context=dict(environment))
         except Exception as err:  # pragma: no cover - the first materialisation succeeded
