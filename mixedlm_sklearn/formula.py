@@ -30,8 +30,10 @@ A formula is not Python code. Every name and expression in it is checked before
 anything is evaluated, and evaluated with nothing but:
 
 - columns of ``data``, and names given explicitly through ``context=`` (numbers, or
-  arrays with one value per row of ``data``, which then act as columns); the caller's
-  variables are never looked up;
+  arrays with one value per row of ``data``, which then act as columns: a Series by its
+  index, as pandas aligns it, other arrays by position); the caller's variables are
+  never looked up; names are matched exactly as the data spells them (Python's own
+  parser would read a full-width ``ｘ`` as ``x``);
 - numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
   ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
 - calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
@@ -47,12 +49,17 @@ column of factor ``Sex`` at level ``Female`` is ``"SexFemale"`` (formulaic's
 ``"Sex[T.Female]"``), expressions are written as R deparses them (``"I(Days^2)"``,
 ``"exp(Days/5)"``, ``"poly(Days, 2)1"``, ``"factor(Days)1"``, ``"I(x > 3)TRUE"``). The
 reference level is the first level: the first category of a :class:`pandas.Categorical`,
-otherwise the smallest label, as in R.
+otherwise the smallest label, as in R. Terms are coded as R's ``model.matrix`` codes
+them: a factor of a term gets contrasts when the term without it is in the model before
+it, else a column per level, so ``y ~ a:b`` has the intercept and a column per level
+combination (``au:bp``, ``av:bp``, ...); the last, aliased with the intercept and the
+others, is dropped as lme4 drops it.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import numbers
 import re
@@ -392,7 +399,10 @@ class _Names:
             if np.ndim(value) != 1:
                 raise ValueError(f"context[{name!r}] must be one-dimensional (one value per row "
                                  f"of data), got shape {np.shape(value)}")
-            # by position, in the row order of data (R does not align either)
+            if isinstance(value, pd.Series):
+                self.arrays[name] = self._aligned(name, value)
+                return
+            # an array has no labels: by position, in the row order of data
             values = pd.Series(value).reset_index(drop=True)
             if len(values) != len(self.data):
                 raise ValueError(f"context[{name!r}] has {len(values)} values, data has "
@@ -406,6 +416,25 @@ class _Names:
         raise TypeError(f"in formula {self.formula!r}, context[{name!r}] is {what}: context= "
                         "may hold numbers and arrays (one value per row of data) only. "
                         + _allowed_text())
+
+    def _aligned(self, name: str, series: pd.Series) -> pd.Series:
+        """A context= Series on the rows of data, matched by index label as pandas
+        aligns (``data.assign(k=series)``); refused where pandas would leave holes."""
+        index = self.data.index
+        if series.index.equals(index):
+            return series.set_axis(index)
+        if not series.index.is_unique:
+            dup = list(series.index[series.index.duplicated()].unique()[:5])
+            raise ValueError(f"context[{name!r}] is a Series with repeated index labels {dup}: "
+                             "it is matched with the rows of data by index label, so each "
+                             "label must appear once (pass .to_numpy() to pair by position)")
+        absent = index[~index.isin(series.index)]
+        if len(absent):
+            raise ValueError(f"context[{name!r}] is a Series whose index has no label for "
+                             f"{len(absent)} row(s) of data (e.g. {list(absent[:5])}): a Series "
+                             "is matched with the rows of data by index label, as pandas "
+                             "aligns it (pass .to_numpy() to pair by position)")
+        return series.reindex(index)
 
     def _context_number(self, name: str) -> float:
         value = self.context[name]
@@ -451,6 +480,12 @@ _REFUSED = {
     ast.Set: "a set", ast.List: "a list", ast.Tuple: "a tuple", ast.Slice: "a slice",
     ast.Await: "'await'", ast.Yield: "'yield'", ast.YieldFrom: "'yield'",
 }
+
+
+# A backticked name, or a run of name characters (R's: word characters and dots; any
+# character outside ASCII but whitespace, so that nothing outside ASCII reaches Python's
+# parser, which would normalise it).
+_QUOTED_OR_NAME = re.compile(r"`([^`]*)`|((?:[\w.]|[^\x00-\x7f\s])+)")
 
 
 class _Refused(Exception):
@@ -521,18 +556,24 @@ class _Checker:
 
     def _parse(self, text: str, piece: str) -> tuple[ast.Expression, dict[str, str], str]:
         # Backticks quote a name (formulaic's and R's convention): replace each by a
-        # placeholder identifier that occurs nowhere else in the text.
+        # placeholder identifier that occurs nowhere else in the text. So is every name
+        # with a character outside ASCII: Python's parser NFKC-normalises identifiers
+        # (full-width ``ｘ`` reads as ``x``, the micro sign ``µ`` as Greek ``μ``), and
+        # a name must be matched exactly as the data spells it.
         prefix = "_q"
         while prefix in text:
             prefix += "_"
         quoted: dict[str, str] = {}
 
         def placeholder(match: re.Match) -> str:
+            name = match.group(1) if match.group(1) is not None else match.group(2)
+            if match.group(1) is None and name.isascii():
+                return name
             key = f"{prefix}{len(quoted)}"
-            quoted[key] = match.group(1)
+            quoted[key] = name
             return key
 
-        code = re.sub(r"`([^`]*)`", placeholder, text)
+        code = _QUOTED_OR_NAME.sub(placeholder, text)
         # R's power, remainder and integer division, in Python's spelling. ``^`` becomes
         # ``**`` in the text, not in the tree: Python's ``^`` (XOR) binds more loosely than
         # ``+`` and associates to the left, ``**`` like R's ``^`` binds tightest and
@@ -1049,11 +1090,24 @@ def _lme4_names(spec: Any, naming: _Naming) -> list[str]:
             levels[str(var)] = {str(level): str(level).upper() if isinstance(
                 level, (bool, np.bool_)) else str(level) for level in contrasts.levels}
     out = list(spec.column_names)
+    crossed = _crossed_factors(spec)
     for term, columns in spec.term_indices.items():
-        exprs = [factor.expr for factor in term.factors]
+        exprs = crossed.get(str(term)) or [factor.expr for factor in term.factors]
         for i in columns:
             out[i] = "(Intercept)" if str(term) == "1" else \
                 _column_name(out[i], exprs, levels, naming)
+    return out
+
+
+def _crossed_factors(spec: Any) -> dict[str, list[str]]:
+    """For each term coded as one product of its factors, the factors in the order their
+    columns are crossed (the first varies fastest; formulaic names the columns in it)."""
+    out = {}
+    for s in spec.structure:
+        if len(s.scoped_terms) == 1 and s.scoped_terms[0].scale == 1:
+            exprs = [str(f.factor.expr) for f in s.scoped_terms[0].factors]
+            if sorted(exprs) == sorted(str(f.expr) for f in s.term.factors):
+                out[str(s.term)] = exprs
     return out
 
 
@@ -1105,6 +1159,86 @@ def _factor_key(spec: Any, expr: str) -> Any:
 
 def _intercept_columns(spec: Any) -> list[int]:
     return [i for term, cols in spec.term_indices.items() if str(term) == "1" for i in cols]
+
+
+# ---- R's coding of the terms ------------------------------------------------------------------
+
+
+def _r_coding(spec: Any, naming: _Naming, data: pd.DataFrame,
+              environment: Mapping[str, Any]) -> Any:
+    """``spec`` with each term coded as R's ``model.matrix`` codes it, or None if it is
+    (``data``: the aliased rows the spec was made from).
+
+    R (the heuristic of Chambers & Hastie 1992, Statistical Models in S, p. 38, which R's
+    ``model.matrix`` implements) codes a categorical variable ``F`` of a term ``T`` by
+    contrasts when ``T`` without ``F`` is empty or contained in a term before ``T``
+    (terms ordered by degree), and by one indicator column per level otherwise; without
+    an intercept, the first categorical variable of the first term that has one gets
+    indicators. A term's columns are the product of its variables' codings, the first
+    variable (in the order the formula names them) varying fastest. So ``a:b`` alone
+    codes both factors by indicators: with the intercept the design is rank deficient,
+    and lme4 drops the last, aliased column and keeps ``au:bp, ..., av:bq``. formulaic
+    instead splits such a term into pieces that keep the design of full rank
+    (``b[T.q]``, ``a[T.v]:b[p]``, ...): the same column space, other coefficients.
+    Terms formulaic codes as R does are kept.
+    """
+    from formulaic.materializers.base import EncodedTermStructure
+    from formulaic.materializers.types import ScopedFactor, ScopedTerm
+
+    structure = list(spec.structure)
+    categorical = {expr for expr, (kind, _) in spec.encoder_state.items()
+                   if str(getattr(kind, "value", kind)) == "categorical"}
+    evaluated = {str(f.factor.expr): f.factor for s in structure for scoped in s.scoped_terms
+                 for f in scoped.factors}
+    intercept = any(str(s.term) == "1" for s in structure)
+    unset = len(naming.order)
+
+    previous: list[set[str]] = []
+    free = not intercept  # R's rule for the first factor of a model without intercept
+    rebuilt, changed = [], False
+    for s in structure:
+        exprs = sorted((str(f.expr) for f in s.term.factors if str(f.expr) != "1"),
+                       key=lambda e: naming.order.get(e, unset))
+        if not exprs:
+            rebuilt.append(s)
+            continue
+        term_set = set(exprs)
+        reduced = {e: e in categorical and (not term_set - {e} or
+                                            any(term_set - {e} <= p for p in previous))
+                   for e in exprs}
+        if free and term_set & categorical:
+            reduced[next(e for e in exprs if e in categorical)] = False
+            free = False
+        previous.append(term_set)
+        scoped = s.scoped_terms
+        as_r = (len(scoped) == 1 and scoped[0].scale == 1
+                and [str(f.factor.expr) for f in scoped[0].factors] == exprs
+                and all(bool(f.reduced) == reduced[str(f.factor.expr)] or
+                        str(f.factor.expr) not in categorical for f in scoped[0].factors))
+        if as_r:
+            rebuilt.append(s)
+            continue
+        if any(e not in evaluated for e in exprs) or any(t.scale != 1 for t in scoped):
+            return None  # pragma: no cover - a shape formulaic has not produced so far
+        names = [_coded_names(spec, e, reduced[e], data, environment) for e in exprs]
+        # formulaic crosses a term's factors with the first varying fastest, as R does
+        columns = [":".join(reversed(combo)) for combo in itertools.product(*reversed(names))]
+        rebuilt.append(EncodedTermStructure(
+            s.term, [ScopedTerm([ScopedFactor(evaluated[e], reduced=reduced[e]) for e in exprs])],
+            columns))
+        changed = True
+    return spec.update(structure=rebuilt) if changed else None
+
+
+def _coded_names(spec: Any, expr: str, reduced: bool, data: pd.DataFrame,
+                 environment: Mapping[str, Any]) -> list[str]:
+    """formulaic's names of the columns of one factor, coded by contrasts (``reduced``) or
+    by indicators (a numeric factor: its one or several columns)."""
+    one = spec.update(formula=f"{int(reduced)} + {expr}", structure=None,
+                      ensure_full_rank=reduced)
+    names = [str(c) for c in one.get_model_matrix(data.head(1), context=dict(environment),
+                                                  na_action="ignore").columns]
+    return [n for n in names if n != "Intercept"]
 
 
 # ---- the model frame -----------------------------------------------------------------------
@@ -1166,9 +1300,10 @@ class FixedTerm:
         Those of ``factors`` that are numeric (covariates), not categorical.
     contrasts : tuple of bool or None
         Per factor, whether it enters through contrasts (``k - 1`` columns for ``k``
-        levels, as a factor next to its margins) rather than one column per level. None
-        when the term's columns are not one product of its factors (a term without the
-        terms it is marginal to, such as ``a:b`` without ``a``).
+        levels, as a factor next to its margins) rather than one column per level (R's
+        choice, as :func:`parse_formula` codes every term: ``a:b`` alone has one column
+        per level of both). None when the term's columns are not one product of its
+        factors.
     """
 
     name: str
@@ -1362,9 +1497,7 @@ class ModelFrame:
                             self.fit_intercept)._pieces()
         args = self._design_arguments(X, terms if self.single_factor else None, pieces)
         if self._offset_spec is not None:
-            offsets = _evaluate(self._offset_spec, aliased, self._environment, self._naming,
-                                self.formula)
-            args["offset"] = offsets.sum(axis=1).rename("offset")
+            args["offset"] = self.offset_values(data)
         return args
 
 
@@ -1458,20 +1591,23 @@ class ModelFrame:
         spec, display = self._fixed_spec, self._naming.display
         position = {c: i for i, c in enumerate(self._fe_order())}
         structure = {str(s.term): s for s in spec.structure}
+        crossed = _crossed_factors(spec)
         terms = []
         for term, cols in spec.term_indices.items():
             if str(term) == "1":
                 continue
-            exprs = [str(f.expr) for f in term.factors]
+            # the factors in the order their columns are crossed, when the term is one
+            # product of them (as R codes every term; see _r_coding)
+            exprs = crossed.get(str(term)) or [str(f.expr) for f in term.factors]
             names = [_factor_name(e, display)[0] for e in exprs]
             label = ":".join(n for _, n in sorted(
                 zip(exprs, names), key=lambda en: self._naming.order.get(en[0], len(exprs))))
             numeric = frozenset(n for e, n in zip(exprs, names)
                                 if self._factor_kind(e) != "categorical")
-            scoped = structure[str(term)].scoped_terms
             contrasts = None
-            if len(scoped) == 1 and [str(f.factor) for f in scoped[0].factors] == exprs:
-                reduced = {str(f.factor): bool(f.reduced) for f in scoped[0].factors}
+            if str(term) in crossed:
+                scoped = structure[str(term)].scoped_terms[0]
+                reduced = {str(f.factor.expr): bool(f.reduced) for f in scoped.factors}
                 contrasts = tuple(reduced[e] and self._factor_kind(e) == "categorical"
                                   for e in exprs)
             terms.append(FixedTerm(label, tuple(position[c] for c in cols), tuple(names),
@@ -1506,10 +1642,47 @@ class ModelFrame:
 
     def _fixed_variables(self) -> list[str]:
         """The variables the fixed part reads (by name, in the order of the formula)."""
+        return self._spec_variables(self._fixed_spec)
+
+    def _spec_variables(self, spec: Any) -> list[str]:
         used = set()
-        for variables in self._fixed_spec.factor_variables.values():
+        for variables in spec.factor_variables.values():
             used |= set(variables)
         return [name for name, alias in self._variables.items() if alias in used]
+
+    def offset_variables(self) -> list[str]:
+        """The variables the formula's ``offset(...)`` terms read, in the formula's order
+        (empty without an offset).
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy().assign(hours=8.0)
+        >>> parse_formula("Reaction ~ Days + offset(log(hours)) + (1 | Subject)", df
+        ...               ).offset_variables()
+        ['hours']
+        """
+        return [] if self._offset_spec is None else self._spec_variables(self._offset_spec)
+
+    def offset_values(self, data: pd.DataFrame) -> pd.Series | None:
+        """The sum of the formula's ``offset(...)`` terms on rows of ``data`` (None without
+        an offset); ``data`` needs the variables of :meth:`offset_variables` only.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> frame = parse_formula("Reaction ~ Days + offset(2 * Days) + (1 | Subject)",
+        ...                       load_sleepstudy())
+        >>> frame.offset_values(pd.DataFrame({"Days": [0.0, 4.5]})).tolist()
+        [0.0, 9.0]
+        """
+        if self._offset_spec is None:
+            return None
+        aliased = self._aliased(data, self.offset_variables())
+        offsets = _evaluate(self._offset_spec, aliased, self._environment, self._naming,
+                            self.formula)
+        return offsets.sum(axis=1).rename("offset")
 
     def fixed_design(self, data: pd.DataFrame) -> pd.DataFrame:
         """The fixed-effects design of rows of ``data``, intercept column included.
@@ -1594,8 +1767,10 @@ def parse_formula(formula: str, data: pd.DataFrame, *,
     context : mapping, optional
         Further names the formula may use (the caller's variables are not looked up):
         numbers (``{"k": 4.5}`` for ``I(Days - k)``), or arrays with one value per row of
-        ``data``, which act as columns. Functions and modules are refused; the allowed
-        functions (:data:`ALLOWED_FUNCTIONS`) need no context.
+        ``data``, which act as columns. A pandas Series is matched with the rows by its
+        index, as pandas aligns it (its index must have every row's label), other arrays
+        by position. Functions and modules are refused; the allowed functions
+        (:data:`ALLOWED_FUNCTIONS`) need no context.
 
     Returns
     -------
@@ -1744,6 +1919,14 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
         raise ValueError(f"the response {lhs!r} must be one numeric column, got "
                          f"{_lme4_names(lhs_matrix.model_spec, naming)}")
     fixed_spec = rhs_matrix.model_spec
+    r_spec = _r_coding(fixed_spec, naming, aliased, environment)
+    if r_spec is not None:  # formulaic coded a term otherwise (a:b alone): R's columns
+        try:
+            rhs_matrix = r_spec.get_model_matrix(aliased, context=dict(environment))
+        except Exception as err:  # pragma: no cover - the first materialisation succeeded
+            raise ValueError(f"could not evaluate formula {formula!r}: "
+                             f"{_short(err, naming.display)}") from None
+        fixed_spec = rhs_matrix.model_spec
     term_mats = [materialize(f) for f in left_formulas]
     offset_matrix = None if offset_formula is None else materialize(offset_formula)
     if offset_matrix is not None and offset_matrix.shape[1] != len(offset_matrix.model_spec.terms):

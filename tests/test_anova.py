@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import mixedlm_sklearn.inference.anova as anova_module
 from mixedlm_sklearn.formula import FixedTerm, parse_formula
@@ -248,11 +249,49 @@ def test_nonzero_rhs_tests_the_shifted_hypothesis():
     assert row["F value"] == pytest.approx(1.0)
 
 
-def test_term_without_its_margins_is_refused_for_type3():
-    df = pd.DataFrame({"y": np.arange(12.0), "a": list("pq") * 6, "b": list("uvw") * 4,
-                       "g": np.repeat(list("ABCD"), 3)})
-    with pytest.raises(NotImplementedError, match="product of its factors"):
-        overparametrised_design(parse_formula("y ~ a:b + (1 | g)", df))
+def test_a_term_without_its_margins_is_tested_as_r_codes_it():
+    """y ~ a:b: R codes both factors by indicators (lme4 drops the last column, aliased
+    with the intercept); the table has one row a:b, the joint F test of its coefficients
+    (the default type III raised NotImplementedError)."""
+    from mixedlm_sklearn import RankDeficientWarning, lmer
+    from mixedlm_sklearn.inference._parameters import fitted_model
+
+    rng = np.random.default_rng(11)
+    n = 90
+    df = pd.DataFrame({"a": rng.choice(["u", "v", "w"], n), "b": rng.choice(["p", "q"], n),
+                       "g": np.repeat(np.arange(15), 6)})
+    df["y"] = (1.0 + 0.8 * (df["a"] == "v") + np.repeat(rng.normal(size=15), 6)
+               + rng.normal(size=n))
+    with pytest.warns(RankDeficientWarning, match=r"\['aw:bq'\]"):
+        est = lmer("y ~ a:b + (1 | g)", df)
+    frame = est.model_frame_
+    over = overparametrised_design(frame)
+    assert over.full_columns == {"a:b": [1, 2, 3, 4, 5, 6]}
+    # the Wald F test of the five kept a:b coefficients, by hand
+    sol = fitted_model(est).solution
+    beta, cov = sol.beta, sol.cov_beta()
+    b, V = beta[1:], cov[1:, 1:]
+    wald_f = float(b @ np.linalg.solve(V, b)) / 5
+    np.testing.assert_allclose(b, est.fe_params_.iloc[1:6], rtol=1e-12)
+    # lmerTest tests a model's only term with its type I contrasts (Doolittle rows of
+    # X'X; their Satterthwaite df depend on the rows, F does not): X by hand, R's columns
+    cells = [((df["a"] == la) & (df["b"] == lb)).to_numpy(float)
+             for lb in ("p", "q") for la in ("u", "v", "w")]
+    X = np.column_stack([np.ones(n), *cells[:5]])
+    L = type1_contrasts(X.T @ X, [FixedTerm("a:b", (1, 2, 3, 4, 5), ("a", "b"))])["a:b"]
+    by_hand = satterthwaite_f_test(L, beta, cov, est.scale_, _varpar_model(est).contrast_df)
+    assert by_hand["F value"] == pytest.approx(wald_f, rel=1e-10)
+    for kind in (3, 1):
+        table = est.anova(type=kind)
+        assert list(table.index) == ["a:b"]
+        row = table.loc["a:b"]
+        assert row["NumDF"] == 5
+        assert row["F value"] == pytest.approx(wald_f, rel=1e-8)
+        assert row["DenDF"] == pytest.approx(by_hand["DenDF"], rel=1e-8)
+        assert row["Pr(>F)"] == pytest.approx(stats.f.sf(wald_f, 5, by_hand["DenDF"]), rel=1e-6)
+    kr = est.anova(ddf="kenward-roger")
+    assert list(kr.index) == ["a:b"] and kr.loc["a:b", "NumDF"] == 5
+    assert np.isfinite(kr.to_numpy(dtype=float)).all()
 
 
 # ---- random effects: ranova -----------------------------------------------------------------

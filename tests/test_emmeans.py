@@ -154,6 +154,106 @@ def test_at_gives_covariate_values_and_restricts_levels():
     np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+@pytest.fixture(scope="module")
+def offset_data():
+    rng = np.random.default_rng(5)
+    n = 60
+    df = pd.DataFrame({"a": np.tile(["p", "q", "r"], 20), "x": rng.normal(size=n),
+                       "cnt": rng.integers(5, 20, size=n).astype(float),
+                       "g": np.repeat(np.arange(10), 6)})
+    df["y"] = (1.0 + 2.0 * (df["a"] == "q") + 0.5 * df["x"] + 2.0 * df["cnt"]
+               + np.repeat(rng.normal(size=10), 6) + rng.normal(size=n))
+    return df
+
+
+def test_offset_terms_enter_the_means_at_the_covariate_means(offset_data):
+    """emmeans evaluates a formula's offset() on the reference grid, its variables at
+    their means: emmean = x_grid'beta + offset(mean(cnt)). The offset was left out."""
+    from mixedlm_sklearn import lmer
+
+    df = offset_data
+    est = lmer("y ~ a + x + offset(2 * cnt) + (1 | g)", df)
+    b = est.fe_params_
+    linear = b["(Intercept)"] + np.array([0.0, b["aq"], b["ar"]]) + df["x"].mean() * b["x"]
+    for ddf in ("kenward-roger", "satterthwaite"):
+        emm = est.emmeans("a", ddf=ddf)
+        np.testing.assert_allclose(emm.table["emmean"], linear + 2.0 * df["cnt"].mean(),
+                                   rtol=1e-12)
+        low = emm.table["emmean"] - stats.t.ppf(0.975, emm.table["df"]) * emm.table["SE"]
+        np.testing.assert_allclose(emm.table["lower.CL"], low, rtol=1e-12)
+        # a constant offset cancels in differences
+        np.testing.assert_allclose(emm.pairs()["estimate"],
+                                   [-b["aq"], -b["ar"], b["aq"] - b["ar"]], rtol=1e-10)
+    grid = reference_grid(est.model_frame_)
+    assert list(grid.grid.columns) == ["a", "x", "cnt"]
+    np.testing.assert_allclose(grid.offset, 2.0 * df["cnt"].mean())
+    # the offset is a function of the grid's variables, not the mean of the offset
+    est = lmer("y ~ a + x + offset(log(cnt)) + (1 | g)", df)
+    emm = est.emmeans("a")
+    b = est.fe_params_
+    linear = b["(Intercept)"] + np.array([0.0, b["aq"], b["ar"]]) + df["x"].mean() * b["x"]
+    np.testing.assert_allclose(emm.table["emmean"], linear + np.log(df["cnt"].mean()),
+                               rtol=1e-12)
+    # at= sets the offset's variables (emmeans: at = list(cnt = 1) for rates per unit)
+    one = est.emmeans("a", at={"cnt": 1.0})
+    np.testing.assert_allclose(one.table["emmean"], linear, rtol=1e-12)
+    # several values: a mean per value
+    two = est.emmeans("cnt", at={"cnt": [5.0, 20.0]})
+    np.testing.assert_allclose(two.table["emmean"], linear.mean() + np.log([5.0, 20.0]),
+                               rtol=1e-12)
+    np.testing.assert_allclose(two.contrast({"sum": [1.0, 1.0]})["estimate"],
+                               [2 * linear.mean() + np.log(100.0)], rtol=1e-12)
+    # means that differ only by the offset have no standard error: refused, not 0/0
+    with pytest.raises(ValueError, match=r"contrasts \['cnt5.0 - cnt20.0'\] put no weight"):
+        two.pairs()
+    # contrasts carry the offset's difference
+    est = lmer("y ~ a + cnt + offset(log(cnt)) + (1 | g)", df)
+    two = est.emmeans("cnt", at={"cnt": [5.0, 20.0]})
+    np.testing.assert_allclose(two.pairs()["estimate"],
+                               [-15.0 * est.fe_params_["cnt"] + np.log(5.0 / 20.0)], rtol=1e-10)
+
+
+def test_fits_with_aliased_columns_give_the_estimable_means():
+    """y ~ a:b is coded as R codes it (a column per cell, the last dropped as aliased): the
+    cell means are estimable and equal those of the full-rank a * b; a mean over an empty
+    cell is not (emmeans' nonEst) and is refused."""
+    import warnings
+
+    from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning, lmer
+
+    rng = np.random.default_rng(11)
+    n = 90
+    df = pd.DataFrame({"a": rng.choice(["u", "v", "w"], n), "b": rng.choice(["p", "q"], n),
+                       "g": np.repeat(np.arange(15), 6)})
+    df["y"] = 1.0 + 0.8 * (df["a"] == "v") + np.repeat(rng.normal(size=15), 6) + rng.normal(size=n)
+    with pytest.warns(RankDeficientWarning):
+        cells = lmer("y ~ a:b + (1 | g)", df)
+    full = lmer("y ~ a * b + (1 | g)", df)
+    for specs in ("a", ["a", "b"]):
+        for ddf in ("kenward-roger", "satterthwaite"):
+            ours, ref = cells.emmeans(specs, ddf=ddf).table, full.emmeans(specs, ddf=ddf).table
+            for column in ("emmean", "SE", "df"):
+                np.testing.assert_allclose(ours[column], ref[column], rtol=1e-5)
+    np.testing.assert_allclose(cells.emmeans("a").pairs()["estimate"],
+                               full.emmeans("a").pairs()["estimate"], rtol=1e-5)
+    empty = df[(df["a"] != "w") | (df["b"] != "q")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficientWarning)
+        est = lmer("y ~ a * b + (1 | g)", empty)
+    # the estimable means: averages of the cell means of a cell-means fit (full rank)
+    names = [f"{la}{lb}" for lb in ("p", "q") for la in ("u", "v", "w")][:5]
+    design = pd.DataFrame({c: ((empty["a"] == c[0]) & (empty["b"] == c[1])).astype(float)
+                           for c in names}, index=empty.index)
+    cell_means = MixedLMRegressor(fit_intercept=False).fit(design, empty["y"],
+                                                           groups=empty["g"]).fe_params_
+    np.testing.assert_allclose(
+        est.emmeans("b", at={"a": ["u", "v"]}).table["emmean"],
+        [(cell_means["up"] + cell_means["vp"]) / 2, (cell_means["uq"] + cell_means["vq"]) / 2],
+        rtol=1e-5)
+    with pytest.raises(ValueError, match=r"marginal means \['q'\] are not estimable"):
+        est.emmeans("b")
+
+
 def test_bad_specs_and_at_are_refused():
     est = fitted("orthodont_slopes")
     with pytest.raises(ValueError, match="not variables of the model"):

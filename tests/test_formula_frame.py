@@ -41,6 +41,35 @@ def test_context_arrays_are_columns_and_new_data_must_have_them(df):
     assert np.isfinite(pred).all()
 
 
+def test_a_context_series_is_matched_with_rows_by_index_as_pandas_aligns(df):
+    """A Series in context= was paired with the rows by position, ignoring its index: on
+    reordered data the variable was scrambled (a wrong slope, without a word)."""
+    shuffled = df.iloc[np.random.default_rng(0).permutation(len(df))]
+    k = df["Days"] * 2.0  # labelled like df's rows, in df's order
+    by_column = lmer("Reaction ~ kk + (1 | Subject)", shuffled.assign(kk=k))
+    by_context = lmer("Reaction ~ k + (1 | Subject)", shuffled, context={"k": k})
+    np.testing.assert_array_equal(by_context.model_frame_.X["k"], shuffled["Days"] * 2.0)
+    assert by_context.fe_params_["k"] == pytest.approx(by_column.fe_params_["kk"], rel=1e-10)
+    assert by_context.llf_ == pytest.approx(by_column.llf_, abs=1e-9)
+    # extra labels are ignored, as pandas ignores them; plain arrays pair by position
+    longer = pd.concat([k, pd.Series([7.0], index=[10_000])])
+    frame = lmer("Reaction ~ k + (1 | Subject)", shuffled, context={"k": longer}).model_frame_
+    np.testing.assert_array_equal(frame.X["k"], shuffled["Days"] * 2.0)
+    frame = lmer("Reaction ~ k + (1 | Subject)", shuffled,
+                 context={"k": k.to_numpy()}).model_frame_
+    np.testing.assert_array_equal(frame.X["k"], k.to_numpy())
+    # labels that do not cover the rows, or repeat, are refused rather than guessed
+    with pytest.raises(ValueError, match=r"context\['k'\] is a Series whose index has no "
+                                         r"label for 1 row"):
+        lmer("Reaction ~ k + (1 | Subject)", shuffled, context={"k": k.iloc[1:]})
+    with pytest.raises(ValueError, match=r"no label for 180 row.*\.to_numpy\(\)"):
+        lmer("Reaction ~ k + (1 | Subject)", shuffled.set_index(shuffled.index.astype(str)),
+             context={"k": k})
+    with pytest.raises(ValueError, match="repeated index labels"):
+        lmer("Reaction ~ k + (1 | Subject)", shuffled,
+             context={"k": pd.concat([k, k.iloc[:1]])})
+
+
 # ---- formulas without fixed effects, stale model frames -----------------------------------
 
 

@@ -128,7 +128,8 @@ def test_error_messages_name_the_piece_and_list_the_allowed_functions(df):
 
 @pytest.mark.parametrize("expression, reason", [
     ("Days.__class__", "dunder name '__class__'"),
-    ("Days.__\uff43lass__", "dunder name '__class__'"),  # Python reads a fullwidth c as c
+    # Python would read a fullwidth c as c; the formula takes the name as written
+    ("Days.__\uff43lass__", r"uses \['Days.__\uff43lass__'\], which are not columns"),
     ("Days.real", "attribute access"),
     ("Days.values.sum()", "'Days.values.sum' is not an allowed function"),
     ("Days.values", "attribute access"),

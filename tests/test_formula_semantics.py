@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixedlm_sklearn import lmer
+from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning, lmer
 from mixedlm_sklearn.datasets import load_dietox, load_orthodont, load_sleepstudy
 from mixedlm_sklearn.formula import parse_formula
+
+from _oracle import profiled_dense_loglik
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "formula_lme4.json").read_text())
 RTOL = 1e-4
@@ -264,3 +266,101 @@ def test_names_in_other_alphabets_need_no_backticks():
     frame = parse_formula("Reaction ~ días + log(días + 1) + (días | sujeto)", df)
     assert list(frame.X.columns) == ["días", "log(días + 1)"]
     assert frame.terms[0].group == "sujeto"
+
+
+def test_names_are_matched_as_spelled_not_as_python_normalises_them():
+    """Python's parser NFKC-normalises identifiers: full-width ``ｘ`` read as ``x``, the
+    micro sign ``µ`` (U+00B5) as Greek ``μ`` (U+03BC), ``ｌｏｇ`` as ``log``."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"y": rng.normal(size=40), "x": rng.normal(size=40),
+                       "ｘ": rng.normal(size=40), "dose_µg": rng.uniform(1.0, 2.0, size=40),
+                       "g": np.repeat(np.arange(8), 5)})
+    frame = parse_formula("y ~ I(ｘ*2) + I(x*2) + log(dose_µg) + exp(ｘ) + (1 | g)", df)
+    assert list(frame.X.columns) == ["I(ｘ * 2)", "I(x * 2)", "log(dose_µg)", "exp(ｘ)"]
+    np.testing.assert_array_equal(frame.X["I(ｘ * 2)"], 2 * df["ｘ"])
+    np.testing.assert_array_equal(frame.X["I(x * 2)"], 2 * df["x"])
+    np.testing.assert_array_equal(frame.X["log(dose_µg)"], np.log(df["dose_µg"]))
+    np.testing.assert_array_equal(frame.X["exp(ｘ)"], np.exp(df["ｘ"]))
+    # the response and a random-effects term too; new data reads the same columns
+    frame = parse_formula("log(dose_µg) ~ ｘ + (0 + I(ｘ) | g)", df)
+    np.testing.assert_array_equal(frame.y, np.log(df["dose_µg"]))
+    np.testing.assert_array_equal(frame.terms[0].Z.iloc[:, 0], df["ｘ"])
+    np.testing.assert_array_equal(frame.new_data(df.iloc[:3])["Z"].iloc[:, 0], df["ｘ"][:3])
+    # a name that is no column is refused as written, never replaced by its normal form
+    only_x = df.drop(columns=["ｘ"])
+    with pytest.raises(ValueError, match=r"uses \['ｘ'\], which are not columns"):
+        parse_formula("y ~ I(ｘ*2) + (1 | g)", only_x)
+    greek_mu = "dose_\u03bcg"
+    with pytest.raises(ValueError, match=rf"uses \['{greek_mu}'\], which are not columns"):
+        parse_formula(f"y ~ log({greek_mu}) + (1 | g)", df)
+    with pytest.raises(ValueError, match="'`ｌｏｇ`' is not an allowed function"):
+        parse_formula("y ~ ｌｏｇ(dose_µg) + (1 | g)", df)
+
+
+def _interaction_data():
+    rng = np.random.default_rng(11)
+    n = 90
+    df = pd.DataFrame({"a": rng.choice(["u", "v", "w"], n), "b": rng.choice(["p", "q"], n),
+                       "g": np.repeat(np.arange(15), 6)})
+    df["y"] = (1.0 + 0.8 * (df["a"] == "v") - 0.5 * (df["a"] + df["b"] == "wq")
+               + np.repeat(rng.normal(size=15), 6) + rng.normal(size=n))
+    return df
+
+
+def _indicators(df, a_levels=("u", "v", "w"), b_levels=("p", "q")):
+    """R's columns of a:b coded by indicators of both factors, a varying fastest."""
+    return pd.DataFrame({f"a{la}:b{lb}": ((df["a"] == la) & (df["b"] == lb)).astype(float)
+                         for lb in b_levels for la in a_levels}, index=df.index)
+
+
+@pytest.mark.parametrize("rhs", ["a:b", "a %in% b"])
+def test_interaction_without_its_margins_is_coded_as_r_codes_it(rhs):
+    """R's model.matrix codes a factor of a term by contrasts only when the term without it
+    is in the model before it: a:b alone gets one indicator per level of each factor
+    (with the intercept, the last column is aliased and lme4 drops it). formulaic's
+    full-rank split (b[T.q], a[T.v]:b[p], ...) gave other coefficients and names."""
+    df = _interaction_data()
+    frame = parse_formula(f"y ~ {rhs} + (1 | g)", df)
+    R = _indicators(df)
+    assert list(frame.X.columns) == list(R.columns) == \
+        ["au:bp", "av:bp", "aw:bp", "au:bq", "av:bq", "aw:bq"]
+    np.testing.assert_array_equal(frame.X, R)
+    assert [(t.name, t.columns, t.contrasts) for t in frame.fixed_terms()] == \
+        [("a:b", (1, 2, 3, 4, 5, 6), (False, False))]
+    with pytest.warns(RankDeficientWarning, match=r"dropping 1 column.*\['aw:bq'\]"):
+        est = lmer(f"y ~ {rhs} + (1 | g)", df)
+    assert list(est.fe_params_.index) == ["(Intercept)", *R.columns]
+    assert est.fe_params_["aw:bq"] == 0.0
+    # the fit of the hand-built design with lme4's kept columns
+    kept = R.iloc[:, :5]
+    by_hand = MixedLMRegressor().fit(kept, df["y"], groups=df["g"])
+    np.testing.assert_allclose(est.fe_params_.iloc[:6], by_hand.fe_params_, rtol=1e-6)
+    assert est.llf_ == pytest.approx(by_hand.llf_, abs=1e-8)
+    np.testing.assert_allclose(est.predict(**est.model_frame_.new_data(df)),
+                               by_hand.predict(kept, groups=df["g"]), rtol=1e-8)
+    # and a brute-force likelihood of that design at the fit's variance parameters
+    X = np.column_stack([np.ones(len(df)), kept])
+    llf, beta = profiled_dense_loglik(X, df["y"].to_numpy(), np.ones((len(df), 1)),
+                                      df["g"].to_numpy(), np.atleast_2d(est.cov_re_),
+                                      est.scale_, reml=True)
+    assert est.llf_ == pytest.approx(llf, abs=1e-6)
+    np.testing.assert_allclose(est.fe_params_.iloc[:6], beta, rtol=1e-6)
+
+
+def test_interaction_columns_follow_r_variable_order_and_margins():
+    """b + a:b: a gets contrasts (b is in the model), b indicators; R names the term b:a
+    (b appears first) and crosses b fastest. a + a:b: b gets contrasts."""
+    df = _interaction_data()
+    frame = parse_formula("y ~ b + a:b + (1 | g)", df)
+    assert list(frame.X.columns) == ["bq", "bp:av", "bq:av", "bp:aw", "bq:aw"]
+    for level_a in ("v", "w"):
+        for level_b in ("p", "q"):
+            np.testing.assert_array_equal(frame.X[f"b{level_b}:a{level_a}"],
+                                          (df["a"] == level_a) & (df["b"] == level_b))
+    assert [(t.name, t.factors, t.contrasts) for t in frame.fixed_terms()] == \
+        [("b", ("b",), (True,)), ("b:a", ("b", "a"), (False, True))]
+    frame = parse_formula("y ~ a + a:b + (1 | g)", df)
+    assert list(frame.X.columns) == ["av", "aw", "au:bq", "av:bq", "aw:bq"]
+    # without an intercept the first factor is coded by indicators
+    frame = parse_formula("y ~ 0 + a + a:b + (1 | g)", df)
+    assert list(frame.X.columns) == ["au", "av", "aw", "au:bq", "av:bq", "aw:bq"]

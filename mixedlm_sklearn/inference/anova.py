@@ -300,8 +300,8 @@ def overparametrised_design(frame: Any) -> Overparametrised:
     Raises
     ------
     NotImplementedError
-        For a term whose columns are not one product of its factors (a term without the
-        terms it is marginal to, such as ``a:b`` without ``a`` or ``b``).
+        For a term whose columns are not one product of its factors (formula fits code
+        every term as such a product, as R does).
 
     Examples
     --------
@@ -323,7 +323,7 @@ def overparametrised_design(frame: Any) -> Overparametrised:
         if t.contrasts is None:
             raise NotImplementedError(
                 f"the term {t.name!r} is not one product of its factors; type III contrasts "
-                "need each term to be (include the terms it is marginal to)")
+                "need each term to be")
         # the term's columns: the row-wise product of its factors, the first varying fastest
         block = np.ones((n, 1))
         keep = np.ones(1, dtype=bool)
@@ -902,11 +902,12 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
 
     Notes
     -----
-    The contrasts are lmerTest 3.1's (module docstring): type III needs, for a formula
-    fit, each term's columns to be the product of its factors (``a:b`` with ``a`` and
-    ``b`` in the model). A fit from arrays has no formula: its terms are columns (or the
-    groups ``terms`` names), none contains another, and type III tests each term's
-    coefficients jointly. Fixed effects dropped as aliased are left out of the contrasts.
+    The contrasts are lmerTest 3.1's (module docstring), on the terms of the formula as R
+    codes them (``a:b`` without ``a`` and ``b``: one column per level combination, one of
+    them dropped as aliased with the intercept, as lme4 does). A fit from arrays has no
+    formula: its terms are columns (or the groups ``terms`` names), none contains another,
+    and type III tests each term's coefficients jointly. Fixed effects dropped as aliased
+    are left out of the contrasts.
 
     Examples
     --------

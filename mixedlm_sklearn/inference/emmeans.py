@@ -6,10 +6,20 @@ rows (of the *variable*: a term ``np.log(x)`` is evaluated at the mean of ``x``)
 ``at`` gives other values; the model's design evaluated on the grid gives one linear
 function ``x_g`` per cell. The estimated marginal mean of a level (combination) of the
 ``specs`` factors is the equally weighted average of the cells' ``x_g`` over the other
-factors, ``l = mean_g x_g``: ``emmean = l'beta``, ``SE = sqrt(l'Vl)``. For lmer fits emmeans'
-default uses the Kenward-Roger adjusted ``V`` (pbkrtest ``vcovAdj``) and the df of each
-row from pbkrtest's ``Lb_ddf``; Satterthwaite (``V`` unadjusted, lmerTest's df) and
-asymptotic (``df = inf``) are the alternatives. Intervals are ``emmean -+ t_{df} SE``.
+factors, ``l = mean_g x_g``: ``emmean = l'beta``, ``SE = sqrt(l'Vl)``. A formula's
+``offset(...)`` terms are part of each cell's prediction: evaluated on the grid (their
+variables at their means, or at ``at``'s values) and averaged like ``x_g``, so ``emmean =
+l'beta + mean_g offset_g``. That is emmeans' rule for ``offset()`` terms of the formula:
+the variables an offset reads are variables of the grid, reduced to their means like
+other covariates, and the offset is computed on the grid (emmeans vignettes
+"sophisticated", section "Models with offsets", and "xplanations", section "Intricacies
+of offsets"; ``.get.offset`` evaluates the offset expressions on the grid rows). So
+``offset(log(n))`` enters as ``log(mean(n))``, not as the mean of ``log(n)``.
+
+For lmer fits emmeans' default uses the Kenward-Roger adjusted ``V`` (pbkrtest
+``vcovAdj``) and the df of each row from pbkrtest's ``Lb_ddf``; Satterthwaite (``V``
+unadjusted, lmerTest's df) and asymptotic (``df = inf``) are the alternatives. Intervals
+are ``emmean -+ t_{df} SE``.
 
 ``pairs`` forms every difference ``m_i - m_j`` (``i < j`` in the table's order, named
 ``"Male - Female"``; with several factors the levels are joined by a space,
@@ -53,11 +63,15 @@ class ReferenceGrid:
     factors : list of str
         The grid's variables with several values (factors, and covariates given several
         values in ``at``), in the model's order.
+    offset : ndarray of shape (cells,) or None
+        The formula's ``offset(...)`` terms on the grid (None without an offset): added
+        to ``X beta`` in each cell's prediction.
     """
 
     grid: pd.DataFrame
     X: np.ndarray
     factors: list
+    offset: np.ndarray | None = None
 
 
 def _is_categorical(series: pd.Series) -> bool:
@@ -73,6 +87,10 @@ def _levels(series: pd.Series) -> list:
 
 def reference_grid(frame: Any, at: Mapping[str, Any] | None = None) -> ReferenceGrid:
     """emmeans' reference grid of a formula fit.
+
+    The variables of the formula's ``offset(...)`` terms are variables of the grid too
+    (covariates at their mean unless ``at`` gives values), and the offset is evaluated
+    on it, as emmeans does for ``offset()`` terms.
 
     Parameters
     ----------
@@ -112,6 +130,8 @@ def reference_grid(frame: Any, at: Mapping[str, Any] | None = None) -> Reference
             for v in factors_of[factor].variables:
                 if v not in variables:
                     variables.append(v)
+    # then those only the offset reads: emmeans puts them in the grid too
+    variables += [v for v in frame.offset_variables() if v not in variables]
     unknown = sorted(set(at) - set(variables))
     if unknown:
         raise ValueError(f"at= names {unknown}, which are not variables of the model {variables}")
@@ -121,7 +141,7 @@ def reference_grid(frame: Any, at: Mapping[str, Any] | None = None) -> Reference
         # a variable is a factor when its column is not numeric or when it only enters the
         # model through categorical factors (C(x)); otherwise a covariate
         uses = [f for f in factors_of.values() if v in f.variables]
-        is_factor[v] = _is_categorical(data[v]) or all(f.categorical for f in uses)
+        is_factor[v] = _is_categorical(data[v]) or bool(uses) and all(f.categorical for f in uses)
         if v in at:
             given = at[v]
             given = list(given) if isinstance(given, (list, tuple, np.ndarray, pd.Series)) else [given]
@@ -142,8 +162,9 @@ def reference_grid(frame: Any, at: Mapping[str, Any] | None = None) -> Reference
         if isinstance(data[v].dtype, pd.CategoricalDtype):
             grid[v] = pd.Categorical(grid[v], categories=data[v].cat.categories)
     X = frame.fixed_design(grid).to_numpy(dtype=float)
+    offset = frame.offset_values(grid)
     varying = [v for v in names if is_factor[v] or len(values[v]) > 1]
-    return ReferenceGrid(grid, X, varying)
+    return ReferenceGrid(grid, X, varying, None if offset is None else offset.to_numpy(dtype=float))
 
 
 def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: int = 0
@@ -207,6 +228,9 @@ class EMMeans:
         The linear function of the fixed effects of each mean.
     labels : list of str
         Each mean's levels joined by a space (the names in contrasts).
+    offset : ndarray of shape (means,) or None
+        The known part of each mean (the average offset of its cells): ``emmean =
+        linfct beta + offset``; contrasts combine it with their coefficients.
     """
 
     table: pd.DataFrame
@@ -216,10 +240,19 @@ class EMMeans:
     cov_beta: np.ndarray
     df_function: DfFunction | None
     level: float = 0.95
+    offset: np.ndarray | None = None
 
     def _tests(self, K: np.ndarray, names: list[str]) -> pd.DataFrame:
         L = K @ self.linfct
+        zero = ~np.any(L != 0.0, axis=1)
+        if zero.any():
+            raise ValueError(
+                f"the contrasts {[names[i] for i in np.flatnonzero(zero)][:5]} put no weight on "
+                "the fixed effects (their means differ only by the formula's offset, or the "
+                "coefficients are 0): a known constant has no standard error to test")
         estimate = L @ self.beta
+        if self.offset is not None:
+            estimate = estimate + K @ self.offset
         se = np.sqrt(np.einsum("ri,ij,rj->r", L, self.cov_beta, L))
         df = _df(self.df_function, L)
         t = estimate / se
@@ -331,13 +364,16 @@ def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, c
     # the levels of each spec in grid order, then every combination, the first fastest
     levels = {s: list(dict.fromkeys(grid.grid[s].tolist())) for s in specs}
     cells = [tuple(reversed(c)) for c in itertools.product(*[levels[s] for s in reversed(specs)])]
-    rows = []
+    rows, offsets = [], []
     keys = list(zip(*[grid.grid[s].tolist() for s in specs]))
     for cell in cells:
         match = np.array([k == cell for k in keys])
         rows.append(grid.X[match].mean(axis=0))  # equal weights over the other factors
+        if grid.offset is not None:
+            offsets.append(grid.offset[match].mean())
     L = np.array(rows)
-    estimate = L @ beta
+    offset = np.array(offsets) if grid.offset is not None else None
+    estimate = L @ beta if offset is None else L @ beta + offset
     se = np.sqrt(np.einsum("ri,ij,rj->r", L, V, L))
     dfs = _df(df, L)
     q = stats.t.ppf(0.5 + level / 2.0, dfs)
@@ -348,7 +384,7 @@ def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, c
     lower, upper = ("asymp.LCL", "asymp.UCL") if np.all(np.isinf(dfs)) else ("lower.CL", "upper.CL")
     table[lower] = estimate - q * se
     table[upper] = estimate + q * se
-    return EMMeans(table, L, _labels(table, specs), beta, V, df, level)
+    return EMMeans(table, L, _labels(table, specs), beta, V, df, level, offset)
 
 
 def _is_number(value: Any) -> bool:
@@ -398,6 +434,13 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         ``.table`` (the ``specs`` columns, ``emmean``, ``SE``, ``df``, ``lower.CL``,
         ``upper.CL``), ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
 
+    Raises
+    ------
+    ValueError
+        For a fit that dropped fixed effects as aliased (``y ~ a:b``, as lme4 drops them),
+        for means that depend on the dropped ones (emmeans' ``nonEst``); the others are
+        computed from the kept fixed effects.
+
     Notes
     -----
     emmeans uses Kenward-Roger only up to 3,000 rows (its ``pbkrtest.limit``; above, it
@@ -430,10 +473,6 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     if frame is None:
         raise ValueError("emmeans needs a formula fit (mixedlm_sklearn.lmer): the reference "
                          "grid is made of the levels of the model's factors")
-    if model.rank is not None:
-        raise NotImplementedError("marginal means of a fit with fixed effects dropped as aliased "
-                                  f"({model.rank.dropped_names}) are not supported: remove the "
-                                  "aliased terms from the formula")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     ddf = check_ddf(ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
@@ -441,6 +480,39 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     sol = model.solution
     if ddf == "kenward-roger":
         kr = kenward_roger_model(est)
-        return marginal_means(grid, specs, sol.beta, kr.cov_beta_adj, kr.row_ddf, level)
-    df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
-    return marginal_means(grid, specs, sol.beta, sol.cov_beta(), df, level)
+        cov, df = kr.cov_beta_adj, kr.row_ddf
+    else:
+        cov = sol.cov_beta()
+        df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
+    if model.rank is None:
+        return marginal_means(grid, specs, sol.beta, cov, df, level)
+    # Fixed effects dropped as aliased (lme4 refits without them): each mean is computed
+    # on the kept ones, which is right for the estimable means, and the others refused.
+    kept = model.rank.kept
+    full_cov = np.zeros((kept.size, kept.size))
+    full_cov[np.ix_(kept, kept)] = cov
+    kept_df = None if df is None else (lambda L: df(np.atleast_2d(L)[:, kept]))
+    emm = marginal_means(grid, specs, model.rank.expand(sol.beta, 0.0), full_cov, kept_df,
+                         level)
+    bad = ~_estimable(emm.linfct, frame, kept)
+    if bad.any():
+        raise ValueError(f"the marginal means {[emm.labels[i] for i in np.flatnonzero(bad)][:5]} "
+                         "are not estimable: fixed effects "
+                         f"{model.rank.dropped_names} were dropped as aliased and these means "
+                         "depend on them (emmeans reports them as nonEst)")
+    return emm
+
+
+def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:
+    """Which rows ``l`` of ``L`` (over all fixed effects) are estimable in a fit that
+    dropped the columns ``~kept`` as aliased.
+
+    On the fitted rows each dropped column is a combination of kept ones, ``X_d = X_k C``;
+    ``l'beta`` is estimable when ``l`` is in the row space of ``X``, i.e. ``l_d = C'l_k``,
+    and then it equals ``l_k'beta_k`` whatever the dropped coefficients.
+    """
+    X = frame.fixed_design(frame.rows).to_numpy(dtype=float)
+    C = np.linalg.lstsq(X[:, kept], X[:, ~kept], rcond=None)[0]
+    gap = np.abs(L[:, ~kept] - L[:, kept] @ C).max(axis=1)
+    size = np.abs(L).max(axis=1) * (1.0 + np.abs(C).sum(axis=0).max())
+    return gap <= np.sqrt(np.finfo(float).eps) * np.maximum(size, 1.0)
