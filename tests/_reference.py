@@ -196,7 +196,13 @@ PRODUCT_CASES = (
 )
 
 #: JSON references copied unchanged from the shared product references.
-PRODUCT_COPIED_CASES: tuple[str, ...] = ()
+PRODUCT_COPIED_CASES = (
+    "glmm_inference_cbpp",
+    "glmm_inference_grouseticks",
+    "glmm_proportion_weights",
+    "lmm_predict_newdata",
+    "lmm_weights",
+)
 
 #: Data the script wrote and fitted, and the columns that hold labels (read as str, so Oats'
 #: ``N`` stays "0", "0.2", ... as in R's coefficient names ``N0.2``).
