@@ -172,3 +172,83 @@ def fit_single_factor(case: dict[str, Any], **params: Any):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingularFitWarning)
         return est.fit(case["X"], case["y"], groups=case["groups"], Z=case["Z"])
+
+
+# ---- reference/product: what users ask of a fitted model --------------------------------------
+# Made by product/make_product_refs.R (its README lists every file and key) or copied unchanged
+# from the shared references (PRODUCT_COPIED_CASES). Every JSON has a `note` naming the R call
+# behind each key.
+
+PRODUCT_DIR = REFERENCE_DIR / "product"
+
+#: JSON references made by ``make_product_refs.R``.
+PRODUCT_CASES = (
+    "emmeans_oats",
+    "emmeans_orthodont",
+    "emmeans_response_scale",
+    "contrasts_coding",
+    "update_formulas",
+    "model_selection",
+    "printed_text",
+    "lmm_residuals_predict",
+    "glmm_responses",
+    "many_responses",
+)
+
+#: JSON references copied unchanged from the shared product references.
+PRODUCT_COPIED_CASES = (
+    "glmm_inference_cbpp",
+    "glmm_inference_grouseticks",
+    "glmm_proportion_weights",
+    "lmm_predict_newdata",
+    "lmm_weights",
+)
+
+#: Data the script wrote and fitted, and the columns that hold labels (read as str, so Oats'
+#: ``N`` stays "0", "0.2", ... as in R's coefficient names ``N0.2``).
+PRODUCT_DATA = {
+    "oats": ("Block", "Variety", "N"),
+    "many_responses": ("sample", "donor", "batch"),
+}
+
+
+def product_reference(name: str) -> dict[str, Any]:
+    """The raw JSON of a product reference, e.g. ``"emmeans_oats"``."""
+    if name not in PRODUCT_CASES + PRODUCT_COPIED_CASES:
+        raise ValueError(f"{name!r} is not a product reference")
+    with (PRODUCT_DIR / f"{name}.json").open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def product_data(name: str) -> pd.DataFrame:
+    """A data set the product references were fitted to (``"oats"``, ``"many_responses"``).
+
+    Label columns are str; empty cells (missing responses) are NaN.
+    """
+    if name not in PRODUCT_DATA:
+        raise ValueError(f"{name!r} is not a product data set")
+    labels = {column: str for column in PRODUCT_DATA[name]}
+    return pd.read_csv(PRODUCT_DIR / f"{name}.csv", dtype=labels)
+
+
+def r_table(entry: dict[str, Any]) -> pd.DataFrame:
+    """A table R wrote column by column, as a DataFrame.
+
+    ``rows`` (when present) becomes the index; every other entry must be a column
+    of the same length (a bare value is a one-row column); ``null`` becomes NaN
+    in numeric columns.
+    """
+    columns = {key: value if isinstance(value, list) else [value]
+               for key, value in entry.items() if key != "rows"}
+    lengths = {len(value) for value in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    frame = pd.DataFrame(columns)
+    for column in frame.columns:
+        if frame[column].dtype == object and all(
+                value is None or isinstance(value, (int, float)) for value in frame[column]):
+            frame[column] = frame[column].astype(float)
+    if "rows" in entry:
+        rows = entry["rows"]
+        frame.index = pd.Index(rows if isinstance(rows, list) else [rows])
+    return frame

@@ -6,10 +6,17 @@ from _reference import (
     CROSSED_CASES,
     JSON_ONLY_CASES,
     NESTED_VARIDENT_CASES,
+    PRODUCT_CASES,
+    PRODUCT_COPIED_CASES,
+    PRODUCT_DATA,
+    PRODUCT_DIR,
     REFERENCE_DIR,
     SINGLE_FACTOR_CASES,
     VARIDENT_CASES,
     load_case,
+    product_data,
+    product_reference,
+    r_table,
     reference_path,
     single_factor_arrays,
 )
@@ -20,7 +27,7 @@ def test_case_lists_cover_every_reference_file():
     assert len(set(cases)) == len(cases)
     expected = {f"{case}.{ext}" for case in cases for ext in ("csv", "json")}
     expected |= {f"{case}.json" for case in JSON_ONLY_CASES}
-    expected |= {"lrt.json", "extras", "inference_tables"}  # the last: make_references.R
+    expected |= {"lrt.json", "extras", "inference_tables", "product"}  # the last two: R scripts
     assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
 
 
@@ -116,3 +123,61 @@ def test_label_columns_are_strings(name):
     for column in label_columns:
         assert all(isinstance(value, str) for value in frame[column])
     assert len(frame) == answers["n"]
+
+
+def test_product_directory_holds_the_listed_references():
+    expected = {f"{name}.json" for name in PRODUCT_CASES + PRODUCT_COPIED_CASES}
+    expected |= {f"{name}.csv" for name in PRODUCT_DATA}
+    expected |= {"make_product_refs.R", "README.md"}
+    assert {path.name for path in PRODUCT_DIR.iterdir()} == expected
+
+
+# Keys that identify a reference rather than hold an answer.
+_IDENTIFICATION = {"name", "formula", "versions", "data_note", "controls", "note"}
+
+
+@pytest.mark.parametrize("name", PRODUCT_CASES + PRODUCT_COPIED_CASES)
+def test_product_reference_loads_with_its_note(name):
+    answers = product_reference(name)
+    assert answers["versions"]["lme4"] == "1.1.31"
+    assert isinstance(answers["note"], dict) and answers["note"]
+    assert all(isinstance(text, str) and text for text in answers["note"].values())
+    if name in PRODUCT_CASES:
+        # make_product_refs.R writes the R call behind every answer
+        assert answers["name"] == name
+        assert answers["formula"]
+        assert set(answers) - _IDENTIFICATION <= set(answers["note"])
+
+
+def test_product_reference_rejects_unknown_name():
+    with pytest.raises(ValueError, match="not a product reference"):
+        product_reference("no_such_reference")
+
+
+def test_r_table_builds_frames_with_row_names_and_missing_values():
+    answers = product_reference("model_selection")
+    anova = r_table({k: v for k, v in answers["anova"].items()
+                     if k not in ("heading", "messages", "text")})
+    assert list(anova.index) == ["m0", "m1", "m2"]
+    assert anova["npar"].tolist() == [3, 4, 6]
+    assert np.isnan(anova.loc["m0", "Chisq"]) and anova.loc["m1", "Chisq"] > 0
+    # a by-table without meaningful row names: one row per (Variety, contrast)
+    pairs = r_table(product_reference("emmeans_oats")["pairwise_N_by_Variety"]["contrasts"]["table"])
+    assert pairs.shape[0] == 18
+    assert pairs.groupby("Variety").size().tolist() == [6, 6, 6]
+    with pytest.raises(ValueError, match="different lengths"):
+        r_table({"a": [1, 2], "b": [1]})
+
+
+def test_product_data_keeps_labels_as_strings():
+    oats = product_data("oats")
+    assert len(oats) == 72
+    assert sorted(oats["N"].unique()) == ["0", "0.2", "0.4", "0.6"]
+    assert (oats["N"].astype(float) == oats["nitro"]).all()
+    many = product_data("many_responses")
+    assert many.shape == (200, 24)
+    assert many["y15"].isna().sum() == 40 and many["y05"].isna().sum() == 20
+    assert many["donor"].nunique() == 40 and many["batch"].nunique() == 4
+    # fitted row counts agree with the data's missing values
+    fits = product_reference("many_responses")["fits_reml"]
+    assert [fits[c]["n_obs"] for c in ("y01", "y05", "y15")] == [200, 180, 160]
