@@ -8,11 +8,14 @@ pituitary to the pterygomaxillary fissure of 27 children, measured at ages 8 to 
 3. the marginal means of Sex at the mean age with Tukey-adjusted pairs (emmeans),
 4. Nakagawa's R2 and the ICC of the random-intercept model (performance),
 5. 95% prediction intervals of new measurements, for three children and a new child,
-   plotted to ``orthodont_prediction_intervals.png`` (when matplotlib is installed).
+   plotted when matplotlib is installed: to ``--plot PATH``, by default to
+   ``orthodont_prediction_intervals.png`` in a new temporary folder (the path is printed).
 
-Run: ``python examples/analysis.py``
+Run: ``python examples/analysis.py [--plot PATH]``
 """
 
+import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ from mixedlm_sklearn import lmer
 from mixedlm_sklearn.datasets import load_orthodont
 
 
-def main(plot_path: str | None = "orthodont_prediction_intervals.png") -> dict:
+def main(plot_path: str | Path | None = None) -> dict:
+    """The example; ``plot_path`` the plot's file (default: in a new temporary folder)."""
     df = load_orthodont()
     df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])  # R's level order
     fit = lmer("distance ~ age * Sex + (age | Subject)", df)
@@ -62,30 +66,36 @@ def main(plot_path: str | None = "orthodont_prediction_intervals.png") -> dict:
         mean = fit.predict(**args)
         lower, upper = fit.predict_interval(**args)
         curves[child] = (mean, lower, upper)
-    if plot_path is not None:
-        try:
-            import matplotlib
+    try:
+        import matplotlib
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib not installed: no plot")
-        else:
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for child, (mean, lower, upper) in curves.items():
-                line, = ax.plot(ages, mean, label=child)
-                ax.fill_between(ages, lower, upper, color=line.get_color(), alpha=0.15)
-                seen = df[df["Subject"] == child]
-                ax.plot(seen["age"], seen["distance"], "o", color=line.get_color())
-            ax.set(xlabel="age (years)", ylabel="distance (mm)",
-                   title="95% prediction intervals of a new measurement")
-            ax.legend()
-            fig.savefig(plot_path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            print(f"\nprediction intervals: {Path(plot_path).resolve()}")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+    else:
+        if plot_path is None:
+            plot_path = (Path(tempfile.mkdtemp(prefix="mixedlm_sklearn_"))
+                         / "orthodont_prediction_intervals.png")
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for child, (mean, lower, upper) in curves.items():
+            line, = ax.plot(ages, mean, label=child)
+            ax.fill_between(ages, lower, upper, color=line.get_color(), alpha=0.15)
+            seen = df[df["Subject"] == child]
+            ax.plot(seen["age"], seen["distance"], "o", color=line.get_color())
+        ax.set(xlabel="age (years)", ylabel="distance (mm)",
+               title="95% prediction intervals of a new measurement")
+        ax.legend()
+        fig.savefig(plot_path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        print(f"\nprediction intervals: {Path(plot_path).resolve()}")
     return {"fit": fit, "anova": table, "ranova": ranova, "emmeans": emm.table, "pairs": pairs,
             "r2": r2, "icc": icc, "intervals": curves}
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Orthodont: from the fit to a paper's tables")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="where to write the plot of prediction intervals (PNG); default: "
+                             "a new temporary folder, printed")
+    main(parser.parse_args().plot)

@@ -3,18 +3,22 @@
 ``Reaction ~ Days + (Days | Subject)`` fitted with the formula interface, then what an
 lme4 user looks at: the summary (Satterthwaite tests as in lmerTest), profile-likelihood
 intervals, a likelihood-ratio test of the random slope, and a caterpillar plot of the
-BLUPs (written to ``sleepstudy_caterpillar.png`` when matplotlib is installed).
+BLUPs when matplotlib is installed: written to ``--plot PATH``, by default to
+``sleepstudy_caterpillar.png`` in a new temporary folder (the path is printed).
 
-Run: ``python examples/sleepstudy.py``
+Run: ``python examples/sleepstudy.py [--plot PATH]``
 """
 
+import argparse
+import tempfile
 from pathlib import Path
 
 from mixedlm_sklearn import lmer, lr_test
 from mixedlm_sklearn.datasets import load_sleepstudy
 
 
-def main(plot_path: str | None = "sleepstudy_caterpillar.png"):
+def main(plot_path: str | Path | None = None):
+    """The example; ``plot_path`` the plot's file (default: in a new temporary folder)."""
     df = load_sleepstudy()
     fit = lmer("Reaction ~ Days + (Days | Subject)", df)
     print(fit.summary())
@@ -29,20 +33,27 @@ def main(plot_path: str | None = "sleepstudy_caterpillar.png"):
     test = lr_test(intercept_ml, slopes_ml, boundary=True)
     print(f"LR test of the random slope: chi2 = {test.statistic:.3f}, df = {test.df}, "
           f"p = {test.pvalue:.3g} (boundary-corrected)")
-    if plot_path is not None:
-        try:
-            import matplotlib
+    try:
+        import matplotlib
 
-            matplotlib.use("Agg")
-            from mixedlm_sklearn.plotting import caterpillar
-        except ImportError:
-            print("matplotlib not installed: no plot")
-        else:
-            ax = caterpillar(fit, column="Days")
-            ax.figure.savefig(plot_path, dpi=100, bbox_inches="tight")
-            print(f"caterpillar plot of the Days BLUPs: {Path(plot_path).resolve()}")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from mixedlm_sklearn.plotting import caterpillar
+    except ImportError:
+        print("matplotlib not installed: no plot")
+    else:
+        if plot_path is None:
+            plot_path = Path(tempfile.mkdtemp(prefix="mixedlm_sklearn_")) / "sleepstudy_caterpillar.png"
+        ax = caterpillar(fit, column="Days")
+        ax.figure.savefig(plot_path, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
+        print(f"caterpillar plot of the Days BLUPs: {Path(plot_path).resolve()}")
     return fit, intervals, test
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="lme4's sleepstudy analysis")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="where to write the caterpillar plot (PNG); default: a new "
+                             "temporary folder, printed")
+    main(parser.parse_args().plot)

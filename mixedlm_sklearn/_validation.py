@@ -32,6 +32,7 @@ __all__ = [
     "check_residual_variance",
     "check_finite",
     "check_counts",
+    "check_exact_fit",
     "check_response",
     "check_random_design",
     "first_rows",
@@ -700,6 +701,69 @@ def check_counts(n_obs: int, levels: dict[str, int], n_random: int) -> None:
         raise ValueError(
             f"{n_random} random effects for {n_obs} observations: the number of observations "
             "must exceed the number of random effects"
+        )
+
+
+#: Largest number of fixed plus random effects for which :func:`check_exact_fit` forms
+#: ``[X Z]`` densely: an SVD of at most ``(p + N) x (p + N)``, measured 0.4 s at 500 (3.6 s
+#: at 1,000) on a shared 2-core machine at load 6.
+EXACT_FIT_MAX_COLUMNS = 500
+
+
+def check_exact_fit(X: np.ndarray, factors: Sequence[tuple[np.ndarray, np.ndarray]],
+                    n_levels: Sequence[int]) -> None:
+    """Refuse a model whose fixed and random effects can reproduce any response exactly.
+
+    With ``n <= p + N`` rows (``p`` fixed, ``N`` random effects) the columns of ``[X Z]``
+    may span every direction of the ``n`` observations. Then ``y = X b + Z u`` exactly for
+    some ``b`` and ``u``, the residual variance can go to 0 and the likelihood is unbounded
+    (lme4's ``check.nobs.vs.rankZ``, off by default, compares ``n`` with the rank of ``Z``
+    alone). Decided from the
+    rank of ``[X Z]`` on the rows, columns scaled to unit length (so no unit of a column
+    decides it), with numpy's tolerance. Fits with fewer effects than rows, or more columns
+    than :data:`EXACT_FIT_MAX_COLUMNS`, are left to :func:`check_residual_variance`, as
+    are data whose rows are not at hand (chunks, Dask).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        The fixed-effects columns fitted (intercept included, aliased columns dropped).
+    factors : sequence of (codes, Z)
+        Per random-effects term: the level of each row and the term's ``(n, q)`` design.
+    n_levels : sequence of int
+        Levels per term.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.column_stack([np.ones(4), [0.1, 0.5, 0.2, 0.9]])
+    >>> check_exact_fit(X, [(np.array([0, 0, 1, 1]), np.ones((4, 1)))], [2])  # rank 3 < 4
+    >>> check_exact_fit(X, [(np.array([0, 0, 1, 1]), np.column_stack([np.ones(4), [1, 2, 2, 3]]))],
+    ...                 [2])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: 4 observations for 2 fixed and 4 random effects: ...
+    """
+    n, p = X.shape
+    sizes = [int(m) * Z.shape[1] for (_, Z), m in zip(factors, n_levels)]
+    N = sum(sizes)
+    if n > p + N or p + N > EXACT_FIT_MAX_COLUMNS:
+        return
+    Y = np.zeros((n, p + N))
+    Y[:, :p] = X
+    start, rows = p, np.arange(n)[:, None]
+    for (codes, Z), size in zip(factors, sizes):
+        q = Z.shape[1]
+        Y[rows, start + codes[:, None] * q + np.arange(q)] = Z
+        start += size
+    norms = np.linalg.norm(Y, axis=0)
+    Y /= np.where(norms > 0, norms, 1.0)
+    if np.linalg.matrix_rank(Y) >= n:
+        raise ValueError(
+            f"{n} observations for {p} fixed and {N} random effects: the fixed and random "
+            "effects can reproduce any response exactly (the columns of [X Z] span all "
+            f"{n} observations), so the residual variance would be 0 and the likelihood "
+            "unbounded; use more observations or fewer fixed or random effects"
         )
 
 

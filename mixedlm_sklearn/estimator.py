@@ -50,6 +50,7 @@ from ._validation import (
     caller_stacklevel,
     check_counts,
     check_cross_products,
+    check_exact_fit,
     check_finite,
     check_random_design,
     check_residual_variance,
@@ -565,6 +566,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             check_counts(cp.n, {t.factor: t.n_levels for t in terms}, sum(t.size for t in terms))
             for term, d, counts in zip(terms, comb.diag, cp.counts):
                 check_random_design(d[0], counts, list(term.z_names))
+            # no more rows than effects: can [X Z] reproduce any y? (chunks and Dask, whose
+            # rows are not at hand, are left to check_residual_variance after the fit)
+            if design is not None and cp.n <= len(fe_names) + sum(t.size for t in terms):
+                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
+                check_exact_fit(X_fit, design.factors, [t.n_levels for t in terms])
         if strata_labels is not None:
             _check_strata(cp, strata_labels)
         started = time.perf_counter()

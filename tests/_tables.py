@@ -195,6 +195,45 @@ def kr_at_r(case: str, weights: Any = None):
     return kr_at(fitted(case), r_covs(ref), ref["sigma"] ** 2, weights=weights, case=case)
 
 
+def r_fixef(case: str) -> np.ndarray:
+    """lme4's fixed effects of a supplementary case (``fixef``, in our column order)."""
+    return np.array(list(supplementary(case)["fixef"].values()), dtype=float)
+
+
+def r_lambda(case: str) -> np.ndarray:
+    """lme4's relative covariance factor of a one-term case: ``theta`` fills the lower
+    triangle column by column."""
+    theta = np.atleast_1d(np.asarray(supplementary(case)["theta"], dtype=float))
+    q = int(round((np.sqrt(8 * theta.size + 1) - 1) / 2))
+    lam = np.zeros((q, q))
+    lam[np.triu_indices(q)[::-1]] = theta  # (i, j), i >= j, column by column
+    return lam
+
+
+@lru_cache(maxsize=None)
+def exact_beta_at_r(case: str) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed effects at lme4's theta solved exactly, and the rounding a double-precision
+    solution from cross-products carries (one grouping factor: V is block diagonal).
+
+    ``exact`` is :func:`_oracle.exact_gls_beta` (rational arithmetic on the same doubles).
+    ``rounding`` is, per coefficient, ``sqrt(n) u |A^{-1}| (|X|'|y| + |X|'|X| |beta|)`` with
+    ``A = X'V^{-1}X``: the rounding of cross-products of ``n`` rows (``sqrt(n) u`` per
+    entry, the probabilistic bound of Higham & Mary 2019, SIAM J. Sci. Comput. 41(5))
+    carried through the solve to first order. lme4 solves from the same cross-products.
+    """
+    from _oracle import exact_gls_beta
+
+    est = fitted(case)
+    (_, labels, Z), = re_designs(est, case)
+    X, y = design(est), np.asarray(frame(case).y, dtype=float)
+    exact, a_inv = exact_gls_beta(X, y, Z, np.asarray(labels), r_lambda(case))
+    u = np.finfo(float).eps / 2
+    absX = np.abs(X)
+    rounding = np.sqrt(len(y)) * u * (np.abs(a_inv) @ (absX.T @ np.abs(y)
+                                                       + absX.T @ absX @ np.abs(exact)))
+    return exact, rounding
+
+
 # ---- the dense oracle -----------------------------------------------------------------------
 
 

@@ -1,10 +1,21 @@
-"""Fixtures shared by the input-checking tests."""
+"""The test session's setup, and fixtures shared by the input-checking tests."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mixedlm_sklearn import MixedLMRegressor
+
+
+def pytest_configure(config):
+    """Draw with matplotlib's Agg backend in the test process, whatever ``MPLBACKEND``
+    says: no window opens and ``python -m pytest`` needs no display. Only this process's
+    matplotlib is set; the environment (and so any child process) is left as it was."""
+    try:
+        import matplotlib
+    except ImportError:  # a test requirement; without it there is nothing to draw
+        return
+    matplotlib.use("Agg")
 
 
 @pytest.fixture

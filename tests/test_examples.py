@@ -1,6 +1,12 @@
-"""Every example runs and reports the numbers it promises (issue 7)."""
+"""Every example runs and reports the numbers it promises (issue 7), and writes nothing
+into the working directory or the repository (its plots go where the caller asks, or to
+a temporary folder it prints)."""
 
 import importlib.util
+import os
+import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -8,6 +14,32 @@ import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REPOSITORY = EXAMPLES.parent
+#: directories whose contents are no part of the tree (git ignores them too)
+_NOT_THE_TREE = {".git", "__pycache__", ".pytest_cache", ".hypothesis"}
+
+
+def _files(root):
+    """Every file under ``root``, less caches, version control and virtual environments."""
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _NOT_THE_TREE
+                   and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))]
+        found.update(os.path.relpath(os.path.join(folder, f), root) for f in files)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _writes_nothing(tmp_path, monkeypatch):
+    """Each test runs its example from an empty working directory, which must stay empty,
+    and the repository must have no new file afterwards."""
+    cwd = tmp_path / "working_directory"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = _files(REPOSITORY)
+    yield
+    assert sorted(os.listdir(cwd)) == []
+    assert sorted(_files(REPOSITORY) - before) == []
 
 
 def _load(name):
@@ -51,17 +83,31 @@ def test_dietox_example_reaches_lme4(capsys):
     assert "Fixed effects (Satterthwaite df)" in out and "Linear mixed model fit by REML" in out
 
 
-def test_sleepstudy_example_matches_lme4(tmp_path):
+def test_every_example_is_run_here():
+    """Each ``examples/*.py`` has a test in this module that runs its ``main`` (under
+    :func:`_writes_nothing`)."""
+    source = Path(__file__).read_text()
+    assert [p.stem for p in sorted(EXAMPLES.glob("*.py"))
+            if f'_load("{p.stem}")' not in source] == []
+
+
+def test_sleepstudy_example_matches_lme4(capsys):
+    """With no plot path the example writes its plot into a new temporary folder and
+    prints where (the analysis example is given a path)."""
     from _reference import single_factor_arrays
 
     ref = single_factor_arrays("sleepstudy_slopes_reml")
-    fit, intervals, test = _load("sleepstudy").main(plot_path=str(tmp_path / "cat.png"))
+    fit, intervals, test = _load("sleepstudy").main()
     assert fit.llf_ == pytest.approx(ref["llf"], abs=1e-6)
     width = np.asarray(ref["profile_ci"]["upper"]) - np.asarray(ref["profile_ci"]["lower"])
     for bound in ("lower", "upper"):  # issue 3: within 1% of the interval's width
         assert np.all(np.abs(intervals[bound].to_numpy() - ref["profile_ci"][bound]) <= 0.01 * width)
     assert test.statistic == pytest.approx(42.1392985162349, rel=1e-4)  # lrt.json
-    assert (tmp_path / "cat.png").stat().st_size > 1000
+    plot = Path(re.search(r"caterpillar plot of the Days BLUPs: (.+)$", capsys.readouterr().out,
+                          re.MULTILINE).group(1))
+    assert plot.parent.parent == Path(tempfile.gettempdir())  # a new folder of its own
+    assert plot.stat().st_size > 1000
+    shutil.rmtree(plot.parent)
 
 
 def test_insteval_example_matches_lme4():

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from scipy import optimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 
+from _oracle import profiled_dense_loglik
 from conftest import fit_with  # shared with the other input tests
 
 from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning, SingularFitWarning
@@ -160,8 +162,35 @@ def test_more_random_effects_than_rows_is_refused(case):
         y = np.array([-7.78, 8.08, 3.21, -2.17, 0.05])
         Z = np.column_stack([np.ones(5), [0.57, -0.59, 0.15, -0.87, 0.86]])
         g = np.array([0, 1, 0, 0, 0])
+    est = MixedLMRegressor(reml=False, fit_intercept=False)
     with pytest.raises(ValueError, match="(?i)observations|rows"):
-        MixedLMRegressor(reml=False, fit_intercept=False).fit(X, y, groups=g, Z=Z)
+        est.fit(X, y, groups=g, Z=Z)
+    if case == "n <= p + m q":  # decided by the rank of [X Z] (= 5 = n), before the fit
+        with pytest.raises(ValueError, match=r"2 fixed and 4 random effects.*span all 5"):
+            est.fit(X, y, groups=g, Z=Z)
+        assert not hasattr(est, "model_")
+
+
+def test_as_many_effects_as_rows_is_fitted_when_they_cannot_reproduce_y():
+    """16 rows, 8 fixed effects (3 of them group-level covariates) and 8 random intercepts:
+    ``n <= p + N``, but ``[X Z]`` has rank 12 (the group-level columns lie in the span of
+    the group indicators), so the likelihood is bounded: fitted, to the maximum of the
+    dense likelihood (three starts)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(8), 2)
+    X = np.column_stack([rng.standard_normal((8, 3))[g], rng.standard_normal((16, 4))])
+    y = X @ rng.standard_normal(7) + 2 * rng.standard_normal(8)[g] + rng.standard_normal(16)
+    est = MixedLMRegressor(reml=False).fit(X, y, groups=g)
+    X_full, Z = np.column_stack([np.ones(16), X]), np.ones((16, 1))
+
+    def minus_loglik(t):
+        return -profiled_dense_loglik(X_full, y, Z, g, np.exp([[t[0]]]), np.exp(t[1]), False)[0]
+
+    best = min(optimize.minimize(minus_loglik, x0, method="Nelder-Mead",
+                                 options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000}).fun
+               for x0 in ([0.0, 0.0], [2.0, -1.0], [-2.0, 1.0]))
+    assert est.llf_ >= -best - 1e-9
+    assert est.cov_re_[0, 0] > 1.0 and est.scale_ > 0.1
 
 
 # ---- random-effects design ----------------------------------------------------------------------
