@@ -26,7 +26,8 @@ from mixedlm_sklearn.datasets import (load_dietox, load_orthodont, load_penicill
                                       load_sleepstudy)
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
-DATASETS = Path("/work/shared/datasets")
+# the bundled copies of the data sets (the repository is complete without ../shared)
+DATASETS = Path(__file__).resolve().parent.parent / "mixedlm_sklearn" / "datasets" / "data"
 
 
 def extras(name: str) -> dict:
