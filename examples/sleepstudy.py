@@ -1,4 +1,6 @@
-"""sleepstudy: random intercept and slope per subject, the lme4 way.
+"""
+sleepstudy: random intercept and slope per subject, the lme4 way
+================================================================
 
 ``Reaction ~ Days + (Days | Subject)`` fitted with the formula interface, then what an
 lme4 user looks at: the summary (Satterthwaite tests as in lmerTest), profile-likelihood
@@ -12,6 +14,10 @@ from pathlib import Path
 
 from mixedlm_sklearn import lmer, lr_test
 from mixedlm_sklearn.datasets import load_sleepstudy
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main(plot_path: str | None = "sleepstudy_caterpillar.png"):
@@ -43,6 +49,9 @@ def main(plot_path: str | None = "sleepstudy_caterpillar.png"):
             print(f"caterpillar plot of the Days BLUPs: {Path(plot_path).resolve()}")
     return fit, intervals, test
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()
