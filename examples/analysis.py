@@ -1,4 +1,6 @@
-"""Orthodont: from the fit to the tables of a paper (issue 14).
+"""
+Orthodont: from the fit to the tables of a paper
+================================================
 
 ``distance ~ age * Sex + (age | Subject)`` (nlme's Orthodont: the distance from the
 pituitary to the pterygomaxillary fissure of 27 children, measured at ages 8 to 14):
@@ -23,6 +25,10 @@ import pandas as pd
 
 from mixedlm_sklearn import lmer
 from mixedlm_sklearn.datasets import load_orthodont
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main(plot_path: str | Path | None = None) -> dict:
@@ -92,6 +98,9 @@ def main(plot_path: str | Path | None = None) -> dict:
     return {"fit": fit, "anova": table, "ranova": ranova, "emmeans": emm.table, "pairs": pairs,
             "r2": r2, "icc": icc, "intervals": curves}
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Orthodont: from the fit to a paper's tables")

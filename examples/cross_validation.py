@@ -1,4 +1,6 @@
-"""Cross-validating a mixed model inside a scikit-learn Pipeline.
+"""
+Cross-validating a mixed model inside a scikit-learn Pipeline
+=============================================================
 
 Orthodont (nlme): distance ~ age * Sex with a random intercept and slope on age per
 Subject. A ColumnTransformer centres age and one-hot encodes Sex; MixedLMRegressor gets
@@ -18,6 +20,10 @@ from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures, StandardSca
 
 from mixedlm_sklearn import MixedLMRegressor
 from mixedlm_sklearn.datasets import load_orthodont
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main(n_splits: int = 3):
@@ -46,6 +52,9 @@ def main(n_splits: int = 3):
     sklearn.set_config(enable_metadata_routing=False)
     return rmse, cv["estimator"]
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""User x item ratings: crossed random effects in a scikit-learn Pipeline (issue 13).
+"""
+User x item ratings: crossed random effects in a Pipeline
+=========================================================
 
 High-cardinality ids (users, items) enter as crossed random intercepts,
 ``rating ~ x + (1 | user) + (1 | item)``, instead of one-hot columns: the model shrinks
@@ -36,6 +38,10 @@ def ratings(n: int, users: int, items: int, seed: int = 1) -> pd.DataFrame:
                          "rating": y})
 
 
+# %%
+# The example's work: ``main`` (which the tests call too).
+
+
 def main(n: int = 200_000, users: int = 10_000, items: int = 2_000, n_splits: int = 3,
          solver: str = "auto"):
     sklearn.set_config(enable_metadata_routing=True)
@@ -62,6 +68,9 @@ def main(n: int = 200_000, users: int = 10_000, items: int = 2_000, n_splits: in
               f"fit {cv['fit_time'][fold]:.2f} s")
     return cv
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()

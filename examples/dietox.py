@@ -1,4 +1,6 @@
-"""The statsmodels MixedLM documentation example, fitted to lme4's optimum.
+"""
+The statsmodels MixedLM documentation example, fitted to lme4's optimum
+=======================================================================
 
 Pig growth (dietox): ``Weight ~ Time`` with a random intercept per pig, then a random
 intercept and a random slope on Time. statsmodels 0.15 stops on the second model with
@@ -38,6 +40,10 @@ def statsmodels_llf():
     return res.llf, len(caught)
 
 
+# %%
+# The example's work: ``main`` (which the tests call too).
+
+
 def main():
     intercept, slopes = fit_models()
     for title, est in [("random intercept", intercept), ("random intercept + slope on Time", slopes)]:
@@ -50,6 +56,9 @@ def main():
               f"mixedlm-sklearn: {slopes.llf_:.3f}, converged={slopes.converged_}")
     return intercept, slopes
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     np.set_printoptions(precision=4, suppress=True)

@@ -1,4 +1,6 @@
-"""Mixed-effects logistic regression on crossed factors, and glmer formulas.
+"""
+Mixed-effects logistic regression on crossed factors, and glmer formulas
+========================================================================
 
 VerbAgg (lme4): 316 respondents answer 24 items; ``r2`` is 1 when a respondent would
 (perhaps) react verbally aggressively in a situation. Respondents and items are crossed
@@ -19,6 +21,10 @@ from sklearn.model_selection import GroupKFold, cross_validate
 
 from mixedlm_sklearn import MixedGLMClassifier, glmer
 from mixedlm_sklearn.datasets import load_cbpp, load_verbagg
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main():
@@ -52,6 +58,9 @@ def main():
     print(cbpp.summary())
     return clf, cv, cbpp
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     with warnings.catch_warnings():

@@ -1,4 +1,6 @@
-"""Choosing REML vs ML and the random-effects covariance with GridSearchCV.
+"""
+Choosing REML vs ML and the random-effects covariance with GridSearchCV
+=======================================================================
 
 sleepstudy: Reaction ~ Days with a random intercept and slope per Subject. Two ways to
 validate:
@@ -19,6 +21,10 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from mixedlm_sklearn import MixedLMRegressor
 from mixedlm_sklearn.datasets import load_sleepstudy
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main():
@@ -42,6 +48,9 @@ def main():
     sklearn.set_config(enable_metadata_routing=False)
     return search
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""Crossed random effects on InstEval: 73,421 ratings, students x lecturers x departments.
+"""
+Crossed random effects on InstEval: students x lecturers x departments
+======================================================================
 
 ``y ~ service + (1 | s) + (1 | d) + (1 | dept)`` by REML, the model lme4's documentation
 fits (statsmodels' MixedLM cannot fit crossed factors). Three grouping factors go in
@@ -13,6 +15,10 @@ import numpy as np
 
 from mixedlm_sklearn import MixedLMRegressor
 from mixedlm_sklearn.datasets import load_insteval
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main():
@@ -30,6 +36,9 @@ def main():
     print("lecturers with the largest BLUPs:", ", ".join(f"{k} ({v:+.3f})" for k, v in top.items()))
     return est
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()

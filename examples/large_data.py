@@ -1,4 +1,6 @@
-"""Fitting data that arrive in chunks, or as a Dask DataFrame.
+"""
+Fitting data that arrive in chunks, or as a Dask DataFrame
+==========================================================
 
 The sufficient statistics of each chunk add up by group, so memory holds one chunk
 plus a few numbers per group. Here a 200,000-row synthetic data set with 2,000 groups is
@@ -28,6 +30,10 @@ def make_data(n=200_000, m=2_000, seed=0):
     return df
 
 
+# %%
+# The example's work: ``main`` (which the tests call too).
+
+
 def main(n=200_000):
     df = make_data(n)
     spec = dict(y="y", groups="store", X=["x0", "x1", "x2"], Z=["(Intercept)", "x0"])
@@ -52,6 +58,9 @@ def main(n=200_000):
         print(f"from Dask partitions: llf {dask_fit.llf_:.4f}")
     return chunked, in_memory, dask_fit
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""sleepstudy: random intercept and slope per subject, the lme4 way.
+"""
+sleepstudy: random intercept and slope per subject, the lme4 way
+================================================================
 
 ``Reaction ~ Days + (Days | Subject)`` fitted with the formula interface, then what an
 lme4 user looks at: the summary (Satterthwaite tests as in lmerTest), profile-likelihood
@@ -15,6 +17,10 @@ from pathlib import Path
 
 from mixedlm_sklearn import lmer, lr_test
 from mixedlm_sklearn.datasets import load_sleepstudy
+
+
+# %%
+# The example's work: ``main`` (which the tests call too).
 
 
 def main(plot_path: str | Path | None = None):
@@ -50,6 +56,9 @@ def main(plot_path: str | Path | None = None):
         print(f"caterpillar plot of the Days BLUPs: {Path(plot_path).resolve()}")
     return fit, intervals, test
 
+
+# %%
+# Run it: what it prints and draws.
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="lme4's sleepstudy analysis")

@@ -432,7 +432,34 @@ def check_finite(arr: np.ndarray, name: str, columns: Sequence[str] | None = Non
 
 
 class RankDeficientWarning(UserWarning):
-    """The fixed-effects design is rank deficient: aliased columns were dropped (as lme4)."""
+    """The fixed-effects design is rank deficient: aliased columns were dropped (as lme4).
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.fit : Where aliased columns are dropped.
+
+    Notes
+    -----
+    Issued by ``fit`` when columns of ``X`` are linear combinations of earlier ones
+    (lme4's "fixed-effect model matrix is rank deficient so dropping k columns"). The
+    dropped columns get ``coef_`` 0 and NaN standard errors.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal(60)
+    >>> X = np.column_stack([x, 2 * x])  # the second column is aliased
+    >>> y = x + rng.standard_normal(60)
+    >>> g = np.repeat(np.arange(12), 5)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     est = MixedLMRegressor().fit(X, y, groups=g)
+    >>> any(issubclass(w.category, RankDeficientWarning) for w in caught), float(est.coef_[1])
+    (True, 0.0)
+    """
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,25 @@ def nested_groups(outer: Any, inner: Any, sep: str = ":") -> pd.DataFrame:
 
     lme4's ``(1 | batch/cask)`` is ``(1 | batch) + (1 | batch:cask)``: cask ``a`` of
     batch ``A`` and cask ``a`` of batch ``B`` are different casks. Pass the result as
-    ``groups`` to :meth:`MixedLMRegressor.fit`.
+    ``groups`` to :meth:`~mixedlm_sklearn.MixedLMRegressor.fit`.
 
     Parameters
     ----------
-    outer, inner : array-like of shape (n,)
-        Labels of the outer factor and of the inner factor within it (a Series' name is
-        used as the column name).
+    outer : array-like of shape (n,)
+        Labels of the outer factor (a Series' name is used as the column name).
+    inner : array-like of shape (n,)
+        Labels of the inner factor within it.
     sep : str, default=":"
         Separator of the interaction labels (lme4 uses ":").
 
     Returns
     -------
-    DataFrame with columns ``outer`` and ``outer:inner`` (named after the inputs).
+    DataFrame
+        Columns ``outer`` and ``outer:inner`` (named after the inputs).
+
+    See Also
+    --------
+    mixedlm_sklearn.lmer : ``(1 | batch/cask)`` in a formula does the same.
 
     Examples
     --------

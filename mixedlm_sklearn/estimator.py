@@ -71,7 +71,32 @@ __all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]
 
 
 class SingularFitWarning(UserWarning):
-    """The random-effects covariance is singular: a variance or a correlation is on its bound."""
+    """The random-effects covariance is singular: a variance or a correlation is on its bound.
+
+    Issued by ``fit`` when the estimate lies on the boundary of the parameter space (a
+    variance of 0, a correlation of -1 or 1), lme4's ``isSingular``. The fit is still the
+    maximum; its ``singular_`` attribute is True. A simpler random-effects structure
+    (fewer terms, ``cov_type="diagonal"``) often describes such data as well.
+
+    See Also
+    --------
+    MixedLMRegressor : Its ``singular_`` attribute says the same after the fit.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> X = rng.standard_normal((50, 1))
+    >>> y = X[:, 0] + rng.standard_normal(50)  # no group effect at all
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     est = MixedLMRegressor().fit(X, y, groups=g)
+    >>> est.singular_, any(issubclass(w.category, SingularFitWarning) for w in caught)
+    (True, True)
+    """
 
 
 def _check_frame(X: Any) -> Any:
@@ -164,7 +189,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     ``e_i ~ N(0, scale * I)``, independent across groups. Estimates equal lme4's ``lmer``:
     the relative covariance factor is optimised on the profiled deviance with an analytic
     gradient, from per-group sufficient statistics (cost per evaluation grows with the
-    number of groups, not rows).
+    number of groups, not rows). Several crossed or nested grouping factors, prior weights
+    and a residual variance per stratum are arguments of :meth:`fit`; :func:`lmer` fits
+    the same estimator from an lme4 formula.
 
     Parameters
     ----------
@@ -172,9 +199,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Restricted maximum likelihood (True) or maximum likelihood.
     fit_intercept : bool, default=True
         Add an intercept column to the fixed effects. With False, X is used as given.
-    cov_type : {"unstructured", "diagonal"}, default="unstructured"
+    cov_type : {"unstructured", "diagonal"} or dict, default="unstructured"
         Covariance of the random effects: full (lme4 ``(x | g)``) or independent
-        (lme4 ``(x || g)``).
+        (lme4 ``(x || g)``); a dict from grouping factor to either gives each term its own.
     max_iter : int, default=1000
         Iteration limit of each optimiser run (small problems are also started from a
         few other points, each run with this limit; a first run that reaches it ends
@@ -202,12 +229,13 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     Attributes
     ----------
-    coef_ : ndarray of shape (n_features_in_,)
+    coef_ : ndarray of shape (n_features,)
         Fixed effects of the columns of X.
     intercept_ : float
         Fixed intercept (0.0 when ``fit_intercept=False``).
-    cov_re_ : ndarray of shape (q, q)
-        Covariance of the random effects.
+    cov_re_ : ndarray of shape (q, q) or dict
+        Covariance of the random effects (lme4's ``VarCorr``); with several grouping
+        factors a dict from factor name to its term's matrix.
     scale_ : float
         Residual variance (of the reference stratum when ``residual_groups`` is given).
     residual_var_ : dict
@@ -215,28 +243,55 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         without strata).
     llf_ : float
         Log-likelihood; for REML fits the REML criterion as lme4's ``logLik`` reports it.
-    aic_, bic_ : float
-        Information criteria with lme4's parameter count ``df_model_``.
-    random_effects_ : DataFrame of shape (n_groups_, q)
-        BLUPs (conditional modes) of the random effects, a row per group.
-    random_effects_cov_ : ndarray of shape (n_groups_, q, q) or None
+    aic_ : float
+        Akaike's information criterion with lme4's parameter count ``df_model_``.
+    bic_ : float
+        Schwarz's criterion, ``-2 llf_ + df_model_ log(n)``.
+    random_effects_ : DataFrame of shape (n_groups, q) or dict
+        BLUPs (conditional modes) of the random effects, a row per group (lme4's
+        ``ranef``); with several grouping factors a dict of such DataFrames.
+    random_effects_cov_ : ndarray of shape (n_groups, q, q), dict or None
         Conditional covariance of each group's random effects (lme4's ``condVar``); None
         for the iterative solver (``model_.solution.conditional_cov()`` on request).
     fe_params_ : Series
-        All fixed effects, intercept first, named.
+        All fixed effects, intercept first, named as lme4 names them (lme4's ``fixef``).
     bse_ : Series
         Standard errors of ``fe_params_``.
-    cov_fe_ : ndarray
-        Covariance matrix of ``fe_params_``.
+    cov_fe_ : ndarray of shape (p, p)
+        Covariance matrix of ``fe_params_`` (lme4's ``vcov``).
     theta_ : ndarray
         Relative covariance factor entries (lme4's ``getME(fit, "theta")``).
-    groups_ : ndarray
+    groups_ : ndarray or dict
         Group labels (sorted; a Categorical's in category order): the rows of
         ``random_effects_``.
-    n_groups_, n_iter_, converged_, singular_, df_model_ : fit information.
+    n_groups_ : int or dict
+        Number of groups (per grouping factor with several).
+    n_iter_ : int
+        Iterations of the optimiser.
+    converged_ : bool
+        Whether the optimiser met its convergence checks (a ``ConvergenceWarning``
+        otherwise).
+    singular_ : bool
+        Whether the estimate is on the boundary (lme4's ``isSingular``).
+    df_model_ : int
+        Number of parameters counted by AIC and BIC.
     model_ : FittedModel
         Deviance function and optimum, used by the inference methods.
-    n_features_in_, feature_names_in_ : as in scikit-learn.
+    n_features_in_ : int
+        Number of columns of X, as in scikit-learn.
+    feature_names_in_ : ndarray of shape (n_features,)
+        Column names of X when it was a DataFrame with string column names.
+
+    See Also
+    --------
+    lmer : Fit this estimator from an lme4 formula.
+    MixedGLMClassifier : Mixed-effects logistic regression.
+    MixedGLMRegressor : Poisson and binomial mixed models.
+
+    References
+    ----------
+    .. [1] Bates, D., Maechler, M., Bolker, B. and Walker, S. (2015). Fitting linear
+       mixed-effects models using lme4. Journal of Statistical Software 67(1).
 
     Examples
     --------
@@ -299,10 +354,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             :class:`RankDeficientWarning` naming them: their ``coef_`` is 0, their
             ``bse_`` and ``cov_fe_`` entries NaN, and ``df_model_`` does not count them.
         y : array-like of shape (n,)
+            The response.
         groups : array-like of shape (n,) or DataFrame, optional
             Group label of each row (any hashable values; integers and their decimal text
-            are one label, see :func:`~mixedlm_sklearn._validation.canonical_labels`); with
-            several grouping factors
+            are one label); with several grouping factors
             (crossed or nested) a DataFrame with one column per factor. Without it the
             model has no random effects and reduces to least squares (with a warning).
         Z : array-like of shape (n, q), dict or DataFrame, optional
@@ -326,7 +381,27 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        self
+        MixedLMRegressor
+            The fitted estimator (``self``).
+
+        Raises
+        ------
+        ValueError
+            For inputs that cannot be fitted (missing or infinite values, fewer than two
+            groups, a stratum with a single row, ...), with a message naming the problem; the
+            estimator is left as it was.
+
+        Warns
+        -----
+        ConvergenceWarning
+            When the optimiser does not meet its convergence checks.
+        SingularFitWarning
+            When the estimate is on the boundary.
+
+        See Also
+        --------
+        MixedLMRegressor.fit_chunks : The same fit from data read in chunks.
+        lmer : Fit from an lme4 formula.
 
         Examples
         --------
@@ -471,7 +546,20 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        self
+        MixedLMRegressor
+            The fitted estimator (``self``). It keeps no rows: methods that need them
+            (simulation, bootstrap, fitted values) are refused.
+
+        Raises
+        ------
+        TypeError
+            When ``X`` or ``Z`` is a single string rather than a list of column names.
+        ValueError
+            When ``X`` is empty or ``Z`` names a column that is not a grouping factor.
+
+        See Also
+        --------
+        MixedLMRegressor.fit : The fit from arrays, DataFrames or Dask collections.
 
         Examples
         --------
@@ -657,6 +745,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, p)
+            Fixed-effects covariates of the new rows, with the columns of ``fit``.
         groups : array-like of shape (n,), optional
             Without it (or for labels not seen in ``fit``) the prediction is the population
             (fixed-effects) prediction. With several grouping factors: a DataFrame with
@@ -677,13 +766,20 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n,), or (mean, std) with ``return_std``
+        ndarray of shape (n,) or tuple of two ndarrays
+            The predictions; with ``return_std`` the pair ``(mean, std)``.
 
         Warns
         -----
         UserWarning
             When none of the given labels was seen in ``fit`` (often labels of another
             type, e.g. "12" for 12).
+
+        See Also
+        --------
+        MixedLMRegressor.predict_interval : Prediction and confidence intervals.
+        mixedlm_sklearn.formula.ModelFrame.new_data : The arguments of ``predict`` for new
+            rows of a formula fit.
 
         Examples
         --------
@@ -810,15 +906,26 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X, y : test data
-        sample_weight : array-like, optional
-        groups, Z : optional
+        X : array-like of shape (n, p)
+            Fixed-effects covariates of the test rows.
+        y : array-like of shape (n,)
+            Their response.
+        sample_weight : array-like of shape (n,), optional
+            Weights of the rows in the R^2.
+        groups : array-like of shape (n,) or DataFrame, optional
             As in :meth:`predict`; route them with ``set_score_request(groups=True, Z=True)``
             to score conditional predictions inside model selection.
+        Z : array-like, dict or DataFrame, optional
+            As in :meth:`predict`.
 
         Returns
         -------
         float
+            The coefficient of determination of :meth:`predict`'s predictions.
+
+        See Also
+        --------
+        MixedLMRegressor.r2 : Nakagawa's marginal and conditional R2 of the fit itself.
 
         Examples
         --------
@@ -840,20 +947,34 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
 
     def summary(self, alpha: float = 0.05, ddf: str = "satterthwaite"):
-        """Fixed effects with t tests (Satterthwaite or Kenward-Roger df), random effects and
-        model information.
+        """Summarise the fit: fixed effects with t tests, random effects, model information.
 
-        See :func:`mixedlm_sklearn.inference.summary`.
+        As lme4's ``summary`` with lmerTest's t tests (Satterthwaite's degrees of freedom, or
+        Kenward-Roger's adjusted standard errors and df).
+
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the level of the confidence intervals in the table.
+        ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
+            How the t tests' degrees of freedom are obtained.
+
+        Returns
+        -------
+        Summary
+            Printable; its ``fixed_effects`` and ``random_effects`` are DataFrames.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.summary : The function behind this method.
+        MixedLMRegressor.conf_int : Wald, profile and bootstrap intervals.
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
-        >>> df = load_sleepstudy()
-        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
-        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
-        >>> est.summary().fixed_effects.loc["Days", ["estimate", "df"]].round(3).tolist()
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.summary().fixed_effects.loc["Days", ["estimate", "df"]].round(3).tolist()
         [10.467, 17.0]
         """
         from .inference import summary
@@ -862,22 +983,43 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return summary(self, alpha=alpha, ddf=ddf)
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
-        """Confidence intervals: ``method="wald"`` (fixed effects; ``ddf=None`` normal
-        quantiles, ``"satterthwaite"`` or ``"kenward-roger"`` t quantiles), ``"profile"``
-        (``criterion="ml"`` as lme4, or ``"reml"``) or ``"boot"`` (parametric bootstrap).
+        """Confidence intervals of the fixed effects and the variance parameters.
 
-        See :func:`mixedlm_sklearn.inference.conf_int`.
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the confidence level.
+        method : {"wald", "profile", "boot"}, default="wald"
+            ``"wald"``: fixed effects (``ddf=None`` normal quantiles as lme4,
+            ``"satterthwaite"`` or ``"kenward-roger"`` t quantiles); ``"profile"``:
+            profile-likelihood intervals of every parameter on lme4's scale
+            (``criterion="ml"`` as lme4, or ``"reml"``); ``"boot"``: parametric bootstrap.
+        **kwargs
+            Further arguments of :func:`mixedlm_sklearn.inference.conf_int`: ``which``,
+            ``ddf``, ``criterion``, ``n_boot``, ``boot_type``, ``random_state``, ``n_jobs``.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``lower`` and ``upper``, a row per parameter (lme4's names).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.conf_int : The function behind this method.
+        MixedLMRegressor.profile : The profile curves behind the profile intervals.
+        MixedLMRegressor.bootstrap : The replicates behind the bootstrap intervals.
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
-        >>> df = load_sleepstudy()
-        >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
-        >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
-        >>> est.conf_int().round(2).loc["Days"].tolist()
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.conf_int().round(2).loc["Days"].tolist()
         [7.44, 13.5]
+        >>> fit.conf_int(method="profile", which="sigma").round(2)
+                   lower  upper
+        parameter
+        sigma       22.9  28.86
         """
         from .inference import conf_int
 
@@ -885,10 +1027,35 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return conf_int(self, alpha=alpha, method=method, **kwargs)
 
     def profile(self, **kwargs):
-        """Profile zeta (signed square-root deviance) of each parameter over a grid:
-        ``criterion="ml"`` (lme4's, also for REML fits) or ``"reml"``.
+        """Profile zeta (signed square-root deviance) of each parameter over a grid.
 
-        See :func:`mixedlm_sklearn.inference.profile`.
+        Parameters
+        ----------
+        **kwargs
+            Arguments of :func:`mixedlm_sklearn.inference.profile`: ``which``,
+            ``alpha_max``, ``n_points``, ``criterion`` (``"ml"``, lme4's, also for REML
+            fits; or ``"reml"``).
+
+        Returns
+        -------
+        DataFrame
+            Columns ``param``, ``value``, ``zeta``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.profile : The function behind this method.
+        mixedlm_sklearn.plotting.profile_zeta : Plot the profiles.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.profile(which="sigma", n_points=3).round(3)
+           param   value   zeta
+        0  sigma  22.149 -2.576
+        1  sigma  25.592  0.000
+        2  sigma  30.028  2.576
         """
         from .inference import profile
 
@@ -896,10 +1063,34 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return profile(self, **kwargs)
 
     def wald_test(self, L: Any, **kwargs):
-        """Wald test of linear hypotheses ``L beta = c`` on the fixed effects
-        (``ddf="satterthwaite"``, ``"kenward-roger"`` or ``"chi2"``).
+        """Wald test of linear hypotheses ``L beta = rhs`` on the fixed effects.
 
-        See :func:`mixedlm_sklearn.inference.wald_test`.
+        Parameters
+        ----------
+        L : str, list of str, array-like or DataFrame
+            Fixed-effect names (a joint test that they are 0) or a contrast matrix whose
+            columns follow ``fe_params_``.
+        **kwargs
+            Further arguments of :func:`mixedlm_sklearn.inference.wald_test`: ``rhs``
+            (default 0) and ``ddf`` (``"satterthwaite"``, ``"kenward-roger"``, ``"chi2"``).
+
+        Returns
+        -------
+        WaldTestResult
+            The F (or chi-square) statistic, its degrees of freedom and p-value.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.wald_test : The function behind this method.
+        MixedLMRegressor.anova : The tests of every term.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> print(fit.wald_test("Days", ddf="kenward-roger"))
+        Wald F test (Kenward-Roger): F = 45.85, df = (1, 17), p = 3.264e-06
         """
         from .inference import wald_test
 
@@ -909,10 +1100,31 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     # ---- inference tables (mixedlm_sklearn.inference: anova, kenward_roger, emmeans, r2) ---
 
     def cov_fe(self, adjust: str | None = None) -> np.ndarray:
-        """Covariance of the fixed effects: ``cov_fe_``, or Kenward-Roger's adjusted one
-        (``adjust="kenward-roger"``, pbkrtest's ``vcovAdj``; REML fits).
+        """Covariance of the fixed effects, optionally Kenward-Roger's adjusted one.
 
-        See :func:`mixedlm_sklearn.inference.kenward_roger.cov_fe`.
+        Parameters
+        ----------
+        adjust : {None, "kenward-roger"}, default=None
+            None: ``cov_fe_``; ``"kenward-roger"``: the small-sample adjusted covariance
+            (pbkrtest's ``vcovAdj``; REML fits only).
+
+        Returns
+        -------
+        ndarray of shape (p, p)
+            Rows and columns in the order of ``fe_params_``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.kenward_roger.cov_fe : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.cov_fe(adjust="kenward-roger").round(3)
+        array([[46.575, -1.451],
+               [-1.451,  2.389]])
         """
         from .inference.kenward_roger import cov_fe
 
@@ -921,11 +1133,39 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def anova(self, type: Any = 3, ddf: str = "satterthwaite", terms: dict | None = None
               ) -> pd.DataFrame:
-        """ANOVA table of the fixed effects (lmerTest's ``anova``): an F test per term,
-        ``type`` 3 or 1, ``ddf`` ``"satterthwaite"`` or ``"kenward-roger"``.
+        """ANOVA table of the fixed effects: an F test per term (lmerTest's ``anova``).
 
-        See :func:`mixedlm_sklearn.inference.anova.anova`; to compare fits,
-        :func:`mixedlm_sklearn.anova` with several of them.
+        Parameters
+        ----------
+        type : {3, 1}, default=3
+            Type III (each term adjusted for all others) or type I (sequential) tests.
+        ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
+            The denominator degrees of freedom.
+        terms : dict, optional
+            For a fit from arrays: a term per column of ``X`` by default; a dict from term
+            name to its columns groups them.
+
+        Returns
+        -------
+        DataFrame
+            The columns of lmerTest: ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``,
+            ``F value``, ``Pr(>F)``, a row per term.
+
+        See Also
+        --------
+        mixedlm_sklearn.anova : The function behind this method; with several fits it
+            compares them.
+        MixedLMRegressor.drop1 : Tests of dropping single terms.
+        MixedLMRegressor.ranova : Tests of the random-effects terms.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.anova()[["NumDF", "DenDF", "F value"]].round(3)
+              NumDF  DenDF  F value
+        Days      1   17.0   45.853
         """
         from .inference.anova import anova
 
@@ -933,9 +1173,33 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return anova(self, type=type, ddf=ddf, terms=terms)
 
     def drop1(self, ddf: str = "satterthwaite", terms: dict | None = None) -> pd.DataFrame:
-        """F tests of dropping each term no other contains (lmerTest's ``drop1``).
+        """F tests of dropping each term no other term contains (lmerTest's ``drop1``).
 
-        See :func:`mixedlm_sklearn.inference.anova.drop1`.
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
+            The denominator degrees of freedom.
+        terms : dict, optional
+            As in :meth:`anova`.
+
+        Returns
+        -------
+        DataFrame
+            The columns of :meth:`anova`, a row per droppable term.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.drop1 : The function behind this method.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> df = load_orthodont()
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", df)
+        >>> list(fit.drop1().index)  # age and Sex are contained in age:Sex
+        ['age:Sex']
         """
         from .inference.anova import drop1
 
@@ -945,7 +1209,25 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     def ranova(self) -> pd.DataFrame:
         """Likelihood-ratio tests of the random-effects terms (lmerTest's ``ranova``).
 
-        See :func:`mixedlm_sklearn.inference.anova.ranova`.
+        Returns
+        -------
+        DataFrame
+            A row for the model and one per reduction of a random-effects term: ``npar``,
+            ``logLik``, ``AIC``, ``LRT``, ``Df``, ``Pr(>Chisq)``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.ranova : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.ranova()[["npar", "LRT", "Df"]].round(2)
+                                  npar    LRT   Df
+        <none>                       6    NaN  NaN
+        Days in (Days | Subject)     4  42.84  2.0
         """
         from .inference.anova import ranova
 
@@ -954,10 +1236,37 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def emmeans(self, specs: Any, at: dict | None = None, ddf: str = "kenward-roger",
                 level: float = 0.95):
-        """Estimated marginal means of a formula fit (emmeans), with ``.table``,
-        ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
+        """Estimated marginal means of a formula fit (emmeans).
 
-        See :func:`mixedlm_sklearn.inference.emmeans.emmeans`.
+        Parameters
+        ----------
+        specs : str or list of str
+            The factor(s) whose levels' means are estimated, averaging over the others.
+        at : dict, optional
+            Values of covariates (default their means) or levels at which to evaluate.
+        ddf : {"kenward-roger", "satterthwaite"}, default="kenward-roger"
+            The degrees of freedom of the means' t intervals, as emmeans.
+        level : float, default=0.95
+            Confidence level of the intervals.
+
+        Returns
+        -------
+        EMMeans
+            ``.table`` (a DataFrame), ``.pairs(adjust="tukey")``, ``.contrast(coefficients)``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.emmeans.emmeans : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> fit.emmeans("Sex").table[["Sex", "emmean"]].round(3)
+              Sex  emmean
+        0  Female  22.648
+        1    Male  24.969
         """
         from .inference.emmeans import emmeans
 
@@ -965,9 +1274,26 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return emmeans(self, specs, at=at, ddf=ddf, level=level)
 
     def r2(self):
-        """Nakagawa's marginal and conditional R2 (performance's ``r2_nakagawa``).
+        """Compute Nakagawa's marginal and conditional R2 (performance's ``r2_nakagawa``).
 
-        See :func:`mixedlm_sklearn.inference.r2.r2`.
+        Returns
+        -------
+        R2
+            ``.marginal`` (fixed effects) and ``.conditional`` (fixed and random effects).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.r2 : The function behind this method.
+        MixedLMRegressor.icc : The intraclass correlation.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (1 | Subject)", load_sleepstudy())
+        >>> r2 = fit.r2()
+        >>> round(r2.marginal, 3), round(r2.conditional, 3)
+        (0.28, 0.704)
         """
         from .inference.r2 import r2
 
@@ -975,9 +1301,26 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return r2(self)
 
     def icc(self):
-        """Adjusted and unadjusted intraclass correlation (performance's ``icc``).
+        """Compute the adjusted and unadjusted intraclass correlation (performance's ``icc``).
 
-        See :func:`mixedlm_sklearn.inference.r2.icc`.
+        Returns
+        -------
+        ICC
+            ``.adjusted`` (random-effects variance over random plus residual) and
+            ``.unadjusted`` (over the total, fixed effects included).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.icc : The function behind this method.
+        MixedLMRegressor.r2 : Nakagawa's R2.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (1 | Subject)", load_sleepstudy())
+        >>> round(fit.icc().adjusted, 3)
+        0.589
         """
         from .inference.r2 import icc
 
@@ -985,10 +1328,30 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return icc(self)
 
     def fitted(self, level: str = "conditional") -> Any:
-        """Fitted values of the fit's rows, ``"conditional"`` (with the BLUPs) or
-        ``"marginal"``; a Series indexed like ``X`` when ``X`` was a DataFrame.
+        """Compute the fitted values of the fit's rows (lme4's ``fitted``).
 
-        See :func:`mixedlm_sklearn.inference.prediction.fitted`.
+        Parameters
+        ----------
+        level : {"conditional", "marginal"}, default="conditional"
+            With the BLUPs (``"conditional"``) or the fixed effects only.
+
+        Returns
+        -------
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.fitted : The function behind this method.
+        MixedLMRegressor.residuals : The residuals.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.fitted().head(2).round(2).tolist()
+        [253.66, 273.33]
         """
         from .inference.prediction import fitted
 
@@ -996,9 +1359,33 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return fitted(self, level=level)
 
     def residuals(self, type: str = "response", level: str = "conditional") -> Any:
-        """Residuals of the fit's rows, ``"response"`` or ``"pearson"``.
+        """Compute the residuals of the fit's rows (lme4's ``residuals``).
 
-        See :func:`mixedlm_sklearn.inference.prediction.residuals`.
+        Parameters
+        ----------
+        type : {"response", "pearson"}, default="response"
+            Observed minus fitted, or that divided by the residual standard deviation (of
+            the row's stratum, with the prior weight).
+        level : {"conditional", "marginal"}, default="conditional"
+            As in :meth:`fitted`.
+
+        Returns
+        -------
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.residuals : The function behind this method.
+        mixedlm_sklearn.plotting.residuals_vs_fitted : Plot them.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.residuals(type="pearson").head(2).round(3).tolist()
+        [-0.16, -0.571]
         """
         from .inference.prediction import residuals
 
@@ -1008,10 +1395,45 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                          residual_groups: Any = None, alpha: float = 0.05,
                          kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of prediction (``kind="prediction"``, a new observation)
-        or confidence (``"confidence"``, the conditional mean) intervals of :meth:`predict`.
+        """Prediction or confidence intervals of :meth:`predict`.
 
-        See :func:`mixedlm_sklearn.inference.prediction.predict_interval`.
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            As in :meth:`predict`.
+        groups : array-like of shape (n,) or DataFrame, optional
+            As in :meth:`predict`; a row of an unseen group gets the random effects' full
+            variance.
+        Z : array-like, dict or DataFrame, optional
+            As in :meth:`predict`.
+        offset : array-like of shape (n,), optional
+            As in :meth:`predict`.
+        residual_groups : array-like of shape (n,), optional
+            The rows' strata, for a model with a residual variance per stratum.
+        alpha : float, default=0.05
+            One minus the coverage.
+        kind : {"prediction", "confidence"}, default="prediction"
+            An interval for a new observation (residual variance included) or for its
+            conditional mean.
+
+        Returns
+        -------
+        tuple of two ndarrays of shape (n,)
+            The lower and upper bounds.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.predict_interval : The function behind it.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", df)
+        >>> lower, upper = fit.predict_interval(**fit.model_frame_.new_data(df.head(2)))
+        >>> lower.round(1), upper.round(1)
+        (array([198.1, 219.1]), array([309.3, 327.6]))
         """
         from .inference.prediction import predict_interval
 
@@ -1019,9 +1441,35 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         return predict_interval(self, X, groups=groups, Z=Z, offset=offset,
                                 residual_groups=residual_groups, alpha=alpha, kind=kind)
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
-        """Responses drawn from the fitted model, shape (n_obs, n_sim) (lme4's ``simulate``).
+        """Draw responses from the fitted model (lme4's ``simulate``).
 
-        See :func:`mixedlm_sklearn.inference.simulate`.
+        Parameters
+        ----------
+        n_sim : int, default=1
+            Number of responses to draw.
+        random_state : None, int or numpy Generator, default=None
+            Seed; column ``j`` draws from the ``j``-th child of
+            ``np.random.default_rng(random_state)``.
+        conditional : bool, default=False
+            Keep the fitted random effects (the BLUPs) instead of drawing new ones.
+
+        Returns
+        -------
+        ndarray of shape (n_obs, n_sim)
+            A column per simulated response.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.simulate : The function behind this method.
+        MixedLMRegressor.bootstrap : Refit the model to simulated responses.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.simulate(n_sim=5, random_state=0).shape
+        (180, 5)
         """
         from .inference import simulate
 
@@ -1030,9 +1478,39 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     def bootstrap(self, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
                   statistic: Any = None):
-        """Parametric bootstrap: refits to responses drawn from the fit (lme4's ``bootMer``).
+        """Parametric bootstrap: refit the model to responses drawn from it (lme4's ``bootMer``).
 
-        See :func:`mixedlm_sklearn.inference.bootstrap`.
+        Parameters
+        ----------
+        n_boot : int, default=1000
+            Number of replicates.
+        random_state : None, int or numpy Generator, default=None
+            Seed; the same seed gives the same replicates whatever ``n_jobs`` is.
+        n_jobs : int, optional
+            Worker processes (joblib).
+        statistic : callable, optional
+            ``statistic(fitted_estimator)`` returning numbers to record besides the
+            parameters.
+
+        Returns
+        -------
+        BootstrapResult
+            The replicates of every parameter on lme4's scale, with ``conf_int`` and
+            ``summary``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.bootstrap : The function behind this method.
+        mixedlm_sklearn.pb_test : The parametric-bootstrap likelihood-ratio test.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> boot = fit.bootstrap(n_boot=100, random_state=0)
+        >>> boot.replicates.shape, boot.n_failed
+        ((100, 6), 0)
         """
         from .inference import bootstrap
 

@@ -1341,17 +1341,19 @@ class FixedFactor:
 
 
 @dataclass
-class ModelFrame:
-    """A formula evaluated on a data frame: the arrays :class:`MixedLMRegressor` fits.
+class ModelFrame:  # numpydoc ignore=PR01
+    """A formula evaluated on a data frame: the arrays :class:`~mixedlm_sklearn.MixedLMRegressor` fits.
 
     Attributes
     ----------
     formula : str
+        The formula, as given.
     X : DataFrame of shape (n, p)
         Fixed-effects design with lme4 column names, WITHOUT the intercept column when the
         formula has an intercept (the estimator adds it: ``fit_intercept``).
     y : Series of shape (n,)
-    terms : list of RandomTerm
+        The response on the fitted rows.
+    terms : list
         Random-effects terms after expanding nesting (``a/b`` gives two terms).
     fit_intercept : bool
         Whether the formula has a fixed intercept (False after ``0 +`` or ``- 1``).
@@ -1364,6 +1366,20 @@ class ModelFrame:
         The model's variables (by their names: response, covariates, grouping factors,
         ``context=`` arrays) on the fitted rows, indexed like ``X``: the rows after
         dropping those with a missing value, categoricals without their unused levels.
+
+    See Also
+    --------
+    mixedlm_sklearn.lmer : Fit a formula; the fit keeps its frame as ``model_frame_``.
+    ModelFrame.new_data : The arguments of ``predict`` for new rows.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> mf = fit.model_frame_
+    >>> mf.formula, list(mf.X.columns), len(mf.y)
+    ('distance ~ age * Sex + (age | Subject)', ['age', 'SexMale', 'age:SexMale'], 108)
     """
 
     formula: str
@@ -1419,11 +1435,44 @@ class ModelFrame:
 
     @property
     def single_factor(self) -> bool:
-        """True when the model has one random-effects term (fitted by the one-factor path)."""
+        """Whether the model has one random-effects term (fitted by the one-factor path).
+
+        See Also
+        --------
+        ModelFrame.fit_arguments : How the terms are passed to the estimator.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = fit.model_frame_
+        >>> mf.single_factor
+        True
+        """
         return len(self.terms) == 1
 
     def estimator_params(self) -> dict[str, Any]:
-        """``fit_intercept`` and ``cov_type`` for :class:`MixedLMRegressor`."""
+        """Give ``fit_intercept`` and ``cov_type`` for :class:`~mixedlm_sklearn.MixedLMRegressor`.
+
+        Returns
+        -------
+        dict
+            The estimator parameters the formula decides.
+
+        See Also
+        --------
+        ModelFrame.fit_arguments : The arguments of ``fit``.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = fit.model_frame_
+        >>> mf.estimator_params()
+        {'fit_intercept': True, 'cov_type': 'unstructured'}
+        """
         diagonal = self.single_factor and self.terms[0].diagonal
         return {
             "fit_intercept": self.fit_intercept and not self._explicit_intercept,
@@ -1431,17 +1480,41 @@ class ModelFrame:
         }
 
     def fit_arguments(self) -> dict[str, Any]:
-        """``X``, ``y``, ``groups``, ``Z`` (and ``offset``) for :meth:`MixedLMRegressor.fit`.
+        """Give ``X``, ``y``, ``groups``, ``Z`` (and ``offset``) for :meth:`~mixedlm_sklearn.MixedLMRegressor.fit`.
 
         One term: ``groups`` a Series and ``Z`` a DataFrame. Several terms: ``groups`` a
         DataFrame with a column per term and ``Z`` a dict from that column name to the
         term's design. ``offset`` is there only when the formula has ``offset(...)``.
+
+        Returns
+        -------
+        dict
+            Keyword arguments of ``fit``.
 
         Raises
         ------
         ValueError
             When the formula has no fixed effects (``y ~ 0 + (1 | g)``), which lme4 fits
             but the estimator cannot (it needs at least one fixed-effects column).
+
+        See Also
+        --------
+        ModelFrame.estimator_params : The estimator's parameters.
+        ModelFrame.new_data : The same for new rows, for ``predict``.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = fit.model_frame_
+        >>> args = mf.fit_arguments()
+        >>> sorted(args)
+        ['X', 'Z', 'groups', 'y']
+        >>> refit = MixedLMRegressor(**mf.estimator_params()).fit(**args)
+        >>> bool(abs(refit.llf_ - fit.llf_) < 1e-8)
+        True
         """
         if not self.fit_intercept and self.X.shape[1] == 0:
             raise ValueError(
@@ -1466,7 +1539,7 @@ class ModelFrame:
         return {"X": X, "groups": groups, "Z": {name: Z for name, _, Z in pieces}}
 
     def new_data(self, data: pd.DataFrame) -> dict[str, Any]:
-        """Designs of new rows for :meth:`MixedLMRegressor.predict`: ``X``, ``groups``, ``Z``.
+        """Build the designs of new rows for :meth:`~mixedlm_sklearn.MixedLMRegressor.predict`: ``X``, ``groups``, ``Z``.
 
         Categorical levels and stateful transforms (``center(x)``, ``scale(x)``,
         ``poly(x, 2)``, ``bs(x)``) are those of the fitted data; numbers given through
@@ -1474,8 +1547,28 @@ class ModelFrame:
         columns of ``data`` now. With ``offset(...)`` in the formula the result has an
         ``offset`` entry too. No response is needed; rows with missing values are an error.
 
+        Parameters
+        ----------
+        data : DataFrame
+            The new rows, with the model's variables (the response is not needed).
+
+        Returns
+        -------
+        dict
+            Keyword arguments of ``predict`` (and of ``predict_interval``).
+
+        Raises
+        ------
+        ValueError
+            When a row has a missing value, or a variable is missing.
+
+        See Also
+        --------
+        ModelFrame.fit_arguments : The same for the fitted rows.
+
         Examples
         --------
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
         >>> df = load_sleepstudy()
         >>> est = lmer("Reaction ~ Days + (Days | Subject)", df)
@@ -1502,13 +1595,29 @@ class ModelFrame:
 
 
     def reduced(self, formula: str) -> "ModelFrame":
-        """Another formula (a reduced model, e.g. of ``ranova``) on this frame's fitted rows,
-        with the same ``context=`` numbers.
+        """Evaluate another formula (a reduced model, e.g. of ``ranova``) on this frame's rows.
+
+        The formula is evaluated on the fitted rows with the same ``context=`` numbers.
+
+        Parameters
+        ----------
+        formula : str
+            The other formula, of the same data.
+
+        Returns
+        -------
+        ModelFrame
+            Its frame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.ranova : The tests that use it.
 
         Examples
         --------
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
-        >>> frame = parse_formula("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> frame = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy()).model_frame_
         >>> [list(t.Z.columns) for t in frame.reduced("Reaction ~ Days + (1 | Subject)").terms]
         [['(Intercept)']]
         """
@@ -1552,12 +1661,23 @@ class ModelFrame:
         return out
 
     def fixed_factors(self) -> dict[str, FixedFactor]:
-        """The factors of the fixed part, by R's name, in order of appearance.
+        """List the factors of the fixed part, by R's name, in order of appearance.
+
+        Returns
+        -------
+        dict
+            From name to a record of the factor's variables, whether it is categorical and
+            its levels.
+
+        See Also
+        --------
+        ModelFrame.fixed_terms : The terms built from the factors.
 
         Examples
         --------
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
-        >>> mf = parse_formula("distance ~ log(age) * Sex + (1 | Subject)", load_orthodont())
+        >>> mf = lmer("distance ~ log(age) * Sex + (1 | Subject)", load_orthodont()).model_frame_
         >>> {name: (f.variables, f.categorical, f.levels) for name, f in mf.fixed_factors().items()}
         {'log(age)': (('age',), False, None), 'Sex': (('Sex',), True, ('Female', 'Male'))}
         """
@@ -1579,12 +1699,23 @@ class ModelFrame:
         return out
 
     def fixed_terms(self) -> list[FixedTerm]:
-        """The terms of the fixed part (the intercept is not a term), in the formula's order.
+        """List the terms of the fixed part (the intercept is not a term), in the formula's order.
+
+        Returns
+        -------
+        list
+            A record per term: its name, columns of ``X`` (intercept first), factors and
+            numeric variables.
+
+        See Also
+        --------
+        ModelFrame.fixed_factors : The factors.
 
         Examples
         --------
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
-        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont()).model_frame_
         >>> [(t.name, t.columns, t.factors, sorted(t.numeric)) for t in mf.fixed_terms()]
         [('age', (1,), ('age',), ['age']), ('Sex', (2,), ('Sex',), []), ('age:Sex', (3,), ('age', 'Sex'), ['age'])]
         """
@@ -1615,13 +1746,30 @@ class ModelFrame:
         return terms
 
     def factor_columns(self, factor: str) -> np.ndarray:
-        """A factor of the fixed part on the fitted rows: one column per level (in the
-        order of :attr:`FixedFactor.levels`) for a categorical factor, else its values.
+        """Evaluate a factor of the fixed part on the fitted rows.
+
+        A categorical factor gives one column per level (in the order of its levels), a
+        numeric one its values.
+
+        Parameters
+        ----------
+        factor : str
+            The factor's name, as :meth:`fixed_factors` names it.
+
+        Returns
+        -------
+        ndarray of shape (n, levels) or (n, 1)
+            The columns.
+
+        See Also
+        --------
+        ModelFrame.fixed_factors : The factors and their levels.
 
         Examples
         --------
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
-        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont()).model_frame_
         >>> mf.factor_columns("Sex")[:2].tolist(), mf.factor_columns("age")[:2].tolist()
         ([[0.0, 1.0], [0.0, 1.0]], [[8.0], [10.0]])
         """
@@ -1685,17 +1833,32 @@ class ModelFrame:
         return offsets.sum(axis=1).rename("offset")
 
     def fixed_design(self, data: pd.DataFrame) -> pd.DataFrame:
-        """The fixed-effects design of rows of ``data``, intercept column included.
+        """Build the fixed-effects design of rows of ``data``, intercept column included.
 
         Columns in ``fe_params_`` order with lme4's names; evaluated as :meth:`new_data`
         evaluates new rows (the fit's levels and transforms); ``data`` needs the variables
         of the fixed part only.
 
+        Parameters
+        ----------
+        data : DataFrame
+            Rows with the variables of the fixed part.
+
+        Returns
+        -------
+        DataFrame
+            A column per fixed effect, named as lme4 names them.
+
+        See Also
+        --------
+        ModelFrame.new_data : All the arguments of ``predict``.
+
         Examples
         --------
         >>> import pandas as pd
+        >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
-        >>> mf = parse_formula("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> mf = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont()).model_frame_
         >>> mf.fixed_design(pd.DataFrame({"age": [11.0, 11.0], "Sex": ["Female", "Male"]}))
            (Intercept)   age  SexMale  age:SexMale
         0          1.0  11.0      0.0          0.0
@@ -1986,15 +2149,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     ----------
     formula : str
         For example ``"Reaction ~ Days + (Days | Subject)"``; see
-        :mod:`mixedlm_sklearn.formula` for the syntax and for what a formula may contain.
+        the user guide's page on random-effects terms for the syntax and for what a formula
+        may contain (``mixedlm_sklearn.formula.ALLOWED_FUNCTIONS``).
     data : DataFrame
-        Rows with a missing value in any model variable are dropped first (lme4's
+        The data. Rows with a missing value in any model variable are dropped first (lme4's
         ``na.action = na.omit``); the estimator itself refuses missing values.
     reml : bool, default=True
         REML (lme4's default) or maximum likelihood.
     context : mapping, optional
         Names the formula may use besides the columns of ``data``: numbers, or arrays
-        with one value per row (see :func:`parse_formula`). The caller's variables are
+        with one value per row. The caller's variables are
         not looked up.
     **estimator_params
         Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``).
@@ -2003,10 +2167,24 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     Returns
     -------
     MixedLMRegressor
-        Fitted, with the extra attribute ``model_frame_`` (the :class:`ModelFrame`), whose
-        :meth:`ModelFrame.fit_arguments` and :meth:`ModelFrame.new_data` give the designs
+        Fitted, with the extra attribute ``model_frame_`` (the
+        :class:`~mixedlm_sklearn.formula.ModelFrame`), whose ``fit_arguments()`` and
+        ``new_data()`` give the designs
         ``predict`` takes (and the offset, for a formula with ``offset(...)``). A later
         plain ``fit`` removes ``model_frame_``.
+
+    Raises
+    ------
+    ValueError
+        For a formula that is not allowed or cannot be evaluated on ``data``, naming the
+        offending piece.
+    TypeError
+        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them).
+
+    See Also
+    --------
+    glmer : The generalized linear mixed model.
+    MixedLMRegressor : The estimator it fits.
 
     Notes
     -----
@@ -2082,12 +2260,14 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         with the number of trials as ``sample_weight`` (R's ``glm`` convention). The rest
         of the syntax is :func:`lmer`'s.
     data : DataFrame
+        The data (rows with a missing model variable are dropped).
     family : {"binomial", "poisson"}, default="binomial"
+        The conditional distribution of the response.
     link : str, optional
         Default the family's canonical link (logit, log); binomial also takes "probit"
         and "cloglog".
     n_agq : int, default=1
-        lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
+        The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
     context : mapping, optional
         As in :func:`lmer`.
@@ -2099,6 +2279,19 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     MixedGLMRegressor
         Fitted (its ``predict`` gives the mean response: probabilities, rates), with
         ``model_frame_`` as :func:`lmer`'s.
+
+    Raises
+    ------
+    ValueError
+        For a formula that is not allowed, ``cbind`` with another family or negative
+        counts.
+    TypeError
+        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them).
+
+    See Also
+    --------
+    lmer : The linear mixed model.
+    MixedGLMRegressor : The estimator it fits.
 
     Examples
     --------

@@ -340,9 +340,29 @@ class _MixedGLMBase(BaseEstimator):
     # ---- inference -------------------------------------------------------------------
 
     def summary(self, alpha: float = 0.05):
-        """Fixed effects with Wald z tests, random effects and model information (glmer's summary).
+        """Summarise the fit: fixed effects with Wald z tests, random effects (glmer's summary).
 
-        See :func:`mixedlm_sklearn.inference.glmm.summary`.
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the level of the Wald confidence intervals in the table.
+
+        Returns
+        -------
+        GLMMSummary
+            Printable; its ``fixed_effects`` and ``random_effects`` are DataFrames.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.glmm.summary : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.summary().fixed_effects.loc["period2", "estimate"].round(3)
+        np.float64(-0.992)
         """
         from .inference.glmm import summary
 
@@ -352,7 +372,31 @@ class _MixedGLMBase(BaseEstimator):
     def wald_test(self, L: Any, rhs: Any = None):
         """Wald chi-square test of ``L beta = rhs`` on the fixed effects.
 
-        See :func:`mixedlm_sklearn.inference.wald_test` (here always ``ddf="chi2"``).
+        Parameters
+        ----------
+        L : str, list of str, array-like or DataFrame
+            Fixed-effect names (a joint test that they are 0) or a contrast matrix whose
+            columns follow ``fe_params_``.
+        rhs : array-like, optional
+            Hypothesised values of ``L beta``; default 0.
+
+        Returns
+        -------
+        WaldTestResult
+            The statistic (chi-square over its df), df and p-value.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.wald_test : The function behind this method (here
+            always ``ddf="chi2"``).
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> print(fit.wald_test(["period2", "period3", "period4"]))
+        Wald chi2 test: chi2 = 24.95, df = 3, p = 1.583e-05
         """
         from .inference import wald_test
 
@@ -361,11 +405,36 @@ class _MixedGLMBase(BaseEstimator):
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None,
                  **kwargs) -> pd.DataFrame:
-        """Confidence intervals: ``"wald"`` (fixed effects), ``"profile"`` (likelihood) or
-        ``"boot"`` (parametric bootstrap; ``n_boot``, ``boot_type``, ``random_state``,
-        ``n_jobs``).
+        """Confidence intervals: Wald, profile likelihood or parametric bootstrap.
 
-        See :func:`mixedlm_sklearn.inference.glmm.conf_int`.
+        Parameters
+        ----------
+        alpha : float, default=0.05
+            One minus the confidence level.
+        method : {"wald", "profile", "boot"}, default="wald"
+            ``"wald"`` (fixed effects), ``"profile"`` (likelihood) or ``"boot"``
+            (parametric bootstrap).
+        which : None, str or list of str
+            Profile and boot: parameter names, or ``"variance"`` / ``"fixed"``.
+        **kwargs
+            Boot only: ``n_boot``, ``boot_type``, ``random_state``, ``n_jobs``.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``lower`` and ``upper``, a row per parameter.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.glmm.conf_int : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.conf_int().round(3).loc["period2"].tolist()
+        [-1.593, -0.391]
         """
         from .inference.glmm import conf_int
 
@@ -373,12 +442,29 @@ class _MixedGLMBase(BaseEstimator):
         return conf_int(self, alpha=alpha, method=method, which=which, **kwargs)
 
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
-        """Responses drawn from the fitted model, shape (n_obs, n_sim) (lme4's ``simulate``):
-        new random effects from ``cov_re_`` (``conditional=True``: the conditional modes),
-        the linear predictor with the offset, the response from the family (binomial
-        proportions of ``sample_weight`` trials, Poisson counts).
+        """Draw responses from the fitted model (lme4's ``simulate``).
 
-        See :func:`mixedlm_sklearn.inference.simulate`.
+        New random effects are drawn from ``cov_re_`` (``conditional=True``: the conditional
+        modes are kept), then the response from the family (binomial proportions of
+        ``sample_weight`` trials, Poisson counts) at the linear predictor with the offset.
+
+        Parameters
+        ----------
+        n_sim : int, default=1
+            Number of responses to draw.
+        random_state : None, int or numpy Generator, default=None
+            Seed.
+        conditional : bool, default=False
+            Keep the fitted conditional modes instead of drawing new random effects.
+
+        Returns
+        -------
+        ndarray of shape (n_obs, n_sim)
+            A column per simulated response.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.simulate : The function behind this method.
 
         Examples
         --------
@@ -404,10 +490,30 @@ class _MixedGLMBase(BaseEstimator):
 
     def bootstrap(self, n_boot: int = 1000, random_state: Any = None, n_jobs: int | None = None,
                   statistic: Any = None):
-        """Parametric bootstrap: refits to responses drawn from the fit (lme4's ``bootMer``),
-        each started from the fit's parameters.
+        """Parametric bootstrap: refit the model to responses drawn from it (lme4's ``bootMer``).
 
-        See :func:`mixedlm_sklearn.inference.bootstrap`.
+        Each replicate is refitted from the fit's parameters.
+
+        Parameters
+        ----------
+        n_boot : int, default=1000
+            Number of replicates.
+        random_state : None, int or numpy Generator, default=None
+            Seed; the same seed gives the same replicates whatever ``n_jobs`` is.
+        n_jobs : int, optional
+            Worker processes (joblib).
+        statistic : callable, optional
+            ``statistic(fitted_estimator)`` returning numbers to record besides the
+            parameters.
+
+        Returns
+        -------
+        BootstrapResult
+            The replicates, with ``conf_int`` and ``summary``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.bootstrap : The function behind this method.
 
         Examples
         --------
@@ -471,9 +577,12 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
     Parameters
     ----------
     link : {"logit", "probit", "cloglog"}, default="logit"
+        The link function of the probability of ``classes_[1]``.
     n_agq : int, default=1
-        Quadrature nodes per group: 1 is the Laplace approximation (lme4's ``nAGQ``).
+        Quadrature nodes per group: 1 is the Laplace approximation (lme4's ``nAGQ``);
+        more nodes need a single grouping factor with a random intercept.
     fit_intercept : bool, default=True
+        Add an intercept column to the fixed effects.
     cov_type : {"unstructured", "diagonal"} or dict, default="unstructured"
         Covariance of each term's random effects (a dict per grouping factor).
     max_iter : int, default=1000
@@ -489,24 +598,65 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
     ----------
     classes_ : ndarray of shape (2,)
         The two labels; the model is for ``classes_[1]``.
-    coef_, intercept_ : fixed effects (link scale).
-    cov_re_ : ndarray (q, q) or dict
+    coef_ : ndarray of shape (n_features,)
+        Fixed effects of the columns of X (link scale).
+    intercept_ : float
+        Fixed intercept (0.0 when ``fit_intercept=False``).
+    cov_re_ : ndarray of shape (q, q) or dict
         Covariance of the random effects (one term: an array; several: a dict by factor).
     random_effects_ : DataFrame or dict
-        Conditional modes of the random effects, a row per level.
+        Conditional modes of the random effects, a row per level (lme4's ``ranef``).
     random_effects_cov_ : ndarray or dict
         Their conditional covariance (lme4's ``condVar``).
     llf_ : float
         Log-likelihood (Laplace or AGQ approximation, constants included).
-    aic_, bic_ : float
+    aic_ : float
+        Akaike's information criterion.
+    bic_ : float
+        Schwarz's criterion (log(n) per parameter).
     deviance_ : float
         Sum of squared deviance residuals at the conditional modes (lme4's ``deviance``).
-    fe_params_, bse_, cov_fe_ : fixed effects, their standard errors and covariance
-        (lme4's ``vcov``: from the Hessian of the deviance in ``(theta, beta)``).
+    fe_params_ : Series
+        All fixed effects, intercept first, with lme4's names.
+    bse_ : Series
+        Standard errors of ``fe_params_``.
+    cov_fe_ : ndarray of shape (p, p)
+        Covariance of ``fe_params_`` (lme4's ``vcov``: from the Hessian of the deviance in
+        ``(theta, beta)``).
     theta_ : ndarray
         Relative covariance factors (lme4's ``getME(fit, "theta")``).
-    groups_, n_groups_, n_iter_, converged_, singular_, df_model_ : fit information.
+    groups_ : ndarray or dict
+        Group labels: the rows of ``random_effects_``.
+    n_groups_ : int or dict
+        Number of groups (per grouping factor with several).
+    n_iter_ : int
+        Iterations of the optimiser.
+    converged_ : bool
+        Whether the optimiser met its convergence checks.
+    singular_ : bool
+        Whether a variance or correlation is on its bound.
+    df_model_ : int
+        Number of parameters counted by AIC and BIC.
     model_ : GLMMFit
+        The deviance function and the optimum, used by the inference methods.
+    n_features_in_ : int
+        Number of columns of X.
+    feature_names_in_ : ndarray of shape (n_features,)
+        Column names of X when it was a DataFrame with string column names.
+
+    See Also
+    --------
+    MixedGLMRegressor : Poisson counts and binomial proportions.
+    glmer : Fit from an lme4 formula.
+    MixedLMRegressor : The linear mixed model.
+
+    References
+    ----------
+    .. [1] Bates, D., Maechler, M., Bolker, B. and Walker, S. (2015). Fitting linear
+       mixed-effects models using lme4. Journal of Statistical Software 67(1).
+    .. [2] Pinheiro, J. C. and Chao, E. C. (2006). Efficient Laplacian and adaptive
+       Gaussian quadrature algorithms for multilevel generalized linear mixed models.
+       Journal of Computational and Graphical Statistics 15(1), 58-81.
 
     Examples
     --------
@@ -564,6 +714,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Parameters
         ----------
         X : array-like of shape (n, p)
+            Fixed-effects covariates.
         y : array-like of shape (n,)
             Two class labels (any values).
         groups : array-like of shape (n,) or DataFrame, optional
@@ -579,27 +730,88 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
         Returns
         -------
-        self
+        MixedGLMClassifier
+            The fitted estimator (``self``).
+
+        Raises
+        ------
+        ValueError
+            When ``y`` does not have exactly two classes, or for inputs that cannot be
+            fitted; the estimator is left as it was.
+
+        See Also
+        --------
+        glmer : The same fit from an lme4 formula.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = np.where(x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0, "yes", "no")
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> clf.classes_.tolist(), clf.n_groups_
+        (['no', 'yes'], 30)
         """
         with _unchanged_on_error(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
                           offset: Any = None) -> np.ndarray:
-        """The linear predictor: ``X b`` plus the BLUPs of seen groups (link scale)."""
+        """Compute the linear predictor: ``X b`` plus the BLUPs of seen groups (link scale).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        groups : array-like of shape (n,) or DataFrame, optional
+            Rows of seen groups add their conditional modes; other rows get 0.
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design of the rows, as in ``fit``.
+        offset : array-like of shape (n,), optional
+            The rows' offset.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The linear predictor of ``classes_[1]``.
+
+        See Also
+        --------
+        MixedGLMClassifier.predict_proba : The probabilities.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = (x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0).astype(int)
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> eta = clf.decision_function(x[:3, None])
+        >>> np.allclose(1 / (1 + np.exp(-eta)), clf.predict_proba(x[:3, None])[:, 1])
+        True
+        """
         check_is_fitted(self)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
     def predict_proba(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                       marginal: bool = False) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``.
+        """Predict class probabilities, columns in the order of ``classes_``.
 
         Parameters
         ----------
         X : array-like of shape (n, p)
-        groups, Z : optional
+            Fixed-effects covariates.
+        groups : array-like of shape (n,) or DataFrame, optional
             Rows of seen groups are conditional on their BLUPs.
-        offset : array-like, optional
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design of the rows, as in ``fit``.
+        offset : array-like of shape (n,), optional
+            The rows' offset.
         marginal : bool, default=False
             For rows of unseen groups (all rows without ``groups``): False gives the
             population prediction (random effect 0); True the probability averaged over
@@ -608,6 +820,25 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Returns
         -------
         ndarray of shape (n, 2)
+            The probabilities of ``classes_[0]`` and ``classes_[1]``.
+
+        See Also
+        --------
+        MixedGLMClassifier.predict : The more probable class.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = (x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0).astype(int)
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> population = clf.predict_proba(np.array([[2.0]]))[0, 1]
+        >>> averaged = clf.predict_proba(np.array([[2.0]]), marginal=True)[0, 1]
+        >>> bool(averaged < population)  # averaging over groups flattens the curve
+        True
         """
         check_is_fitted(self)
         p1 = np.clip(self._mean(X, groups, Z, offset, marginal), 0.0, 1.0)
@@ -615,20 +846,77 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                 marginal: bool = False) -> np.ndarray:
-        """The more probable class of each row (see :meth:`predict_proba`)."""
+        """Predict the more probable class of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        groups : array-like of shape (n,) or DataFrame, optional
+            As in :meth:`predict_proba`.
+        Z : array-like, dict or DataFrame, optional
+            As in :meth:`predict_proba`.
+        offset : array-like of shape (n,), optional
+            As in :meth:`predict_proba`.
+        marginal : bool, default=False
+            As in :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Labels from ``classes_``.
+
+        See Also
+        --------
+        MixedGLMClassifier.predict_proba : The probabilities.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = np.where(x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0, "yes", "no")
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> clf.predict(np.array([[-3.0], [3.0]])).tolist()
+        ['no', 'yes']
+        """
         proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal)
         return self.classes_[(proba[:, 1] > 0.5).astype(int)]
 
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
-        """Class labels drawn from the fitted model, shape (n_obs, n_sim) (lme4's
-        ``simulate``): new random effects from ``cov_re_`` (``conditional=True``: the
-        conditional modes), then a Bernoulli draw per row with the model's probability of
-        ``classes_[1]``.
+        """Draw class labels from the fitted model (lme4's ``simulate``).
 
-        A fit with ``sample_weight`` other than 1 has no label per row to draw (a row of
-        weight ``w`` stands for ``w`` rows): use
-        :func:`mixedlm_sklearn.inference.simulate`, which returns the proportion of
-        ``classes_[1]`` among them.
+        New random effects are drawn from ``cov_re_`` (``conditional=True``: the
+        conditional modes are kept), then a Bernoulli draw per row with the model's
+        probability of ``classes_[1]``.
+
+        Parameters
+        ----------
+        n_sim : int, default=1
+            Number of responses to draw.
+        random_state : None, int or numpy Generator, default=None
+            Seed.
+        conditional : bool, default=False
+            Keep the fitted conditional modes instead of drawing new random effects.
+
+        Returns
+        -------
+        ndarray of shape (n_obs, n_sim)
+            Labels from ``classes_``.
+
+        Raises
+        ------
+        ValueError
+            For a fit with ``sample_weight`` other than 1: such a row stands for several
+            rows and has no single label to draw (use
+            :func:`mixedlm_sklearn.inference.simulate`, which returns the proportion of
+            ``classes_[1]`` among them).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.simulate : The function behind this method.
 
         Examples
         --------
@@ -656,12 +944,77 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         return self.classes_[Y.astype(np.intp)]
 
     def predict_log_proba(self, X: Any, **kwargs) -> np.ndarray:
+        """Predict the logarithm of the class probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        **kwargs
+            ``groups``, ``Z``, ``offset``, ``marginal`` as in :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of shape (n, 2)
+            ``log(predict_proba(X, **kwargs))``.
+
+        See Also
+        --------
+        MixedGLMClassifier.predict_proba : The probabilities.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = (x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0).astype(int)
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> bool(np.allclose(np.exp(clf.predict_log_proba(x[:3, None])), clf.predict_proba(x[:3, None])))
+        True
+        """
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X, **kwargs))
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
-        """Accuracy (conditional on the BLUPs where ``groups`` are given)."""
+        """Compute the accuracy, conditional on the BLUPs where ``groups`` are given.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates of the test rows.
+        y : array-like of shape (n,)
+            Their labels.
+        sample_weight : array-like of shape (n,), optional
+            Weights of the rows.
+        groups : array-like of shape (n,) or DataFrame, optional
+            As in :meth:`predict_proba`; route them with ``set_score_request``.
+        Z : array-like, dict or DataFrame, optional
+            As in :meth:`predict_proba`.
+
+        Returns
+        -------
+        float
+            The fraction of rows whose predicted class is the observed one.
+
+        See Also
+        --------
+        sklearn.metrics.log_loss : A score of the probabilities (``scoring="neg_log_loss"``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMClassifier
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(30), 8)
+        >>> x = rng.standard_normal(240)
+        >>> y = (x + rng.standard_normal(30)[g] + rng.logistic(size=240) > 0).astype(int)
+        >>> clf = MixedGLMClassifier().fit(x[:, None], y, groups=g)
+        >>> bool(clf.score(x[:, None], y, groups=g) > clf.score(x[:, None], y))
+        True
+        """
         from sklearn.metrics import accuracy_score
 
         return float(accuracy_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
@@ -682,14 +1035,77 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     Parameters
     ----------
     family : {"poisson", "binomial"}, default="poisson"
+        The conditional distribution of the response.
     link : str, optional
         Default the canonical link (log, logit); binomial also takes probit, cloglog.
-    n_agq, fit_intercept, cov_type, max_iter, tol, verbose
-        As :class:`MixedGLMClassifier`.
+    n_agq : int, default=1
+        Quadrature nodes per group: 1 is the Laplace approximation (lme4's ``nAGQ``);
+        more nodes need a single grouping factor with a random intercept.
+    fit_intercept : bool, default=True
+        Add an intercept column to the fixed effects.
+    cov_type : {"unstructured", "diagonal"} or dict, default="unstructured"
+        Covariance of each term's random effects (a dict per grouping factor).
+    max_iter : int, default=1000
+        Iteration limit of the optimiser.
+    tol : float, default=1e-8
+        Relative change of the deviance at which the quasi-Newton phase hands over to
+        Newton steps (with a finite-difference Hessian), which finish the fit and check
+        it as lme4 does (scaled gradient below 1e-4).
+    verbose : int, default=0
+        Print the optimiser's work when positive.
 
     Attributes
     ----------
-    As :class:`MixedGLMClassifier` (without ``classes_``).
+    coef_ : ndarray of shape (n_features,)
+        Fixed effects of the columns of X (link scale).
+    intercept_ : float
+        Fixed intercept (0.0 when ``fit_intercept=False``).
+    cov_re_ : ndarray of shape (q, q) or dict
+        Covariance of the random effects (one term: an array; several: a dict by factor).
+    random_effects_ : DataFrame or dict
+        Conditional modes of the random effects, a row per level (lme4's ``ranef``).
+    random_effects_cov_ : ndarray or dict
+        Their conditional covariance (lme4's ``condVar``).
+    llf_ : float
+        Log-likelihood (Laplace or AGQ approximation, constants included).
+    aic_ : float
+        Akaike's information criterion.
+    bic_ : float
+        Schwarz's criterion (log(n) per parameter).
+    deviance_ : float
+        Sum of squared deviance residuals at the conditional modes (lme4's ``deviance``).
+    fe_params_ : Series
+        All fixed effects, intercept first, with lme4's names.
+    bse_ : Series
+        Standard errors of ``fe_params_``.
+    cov_fe_ : ndarray of shape (p, p)
+        Covariance of ``fe_params_`` (lme4's ``vcov``: from the Hessian of the deviance in
+        ``(theta, beta)``).
+    theta_ : ndarray
+        Relative covariance factors (lme4's ``getME(fit, "theta")``).
+    groups_ : ndarray or dict
+        Group labels: the rows of ``random_effects_``.
+    n_groups_ : int or dict
+        Number of groups (per grouping factor with several).
+    n_iter_ : int
+        Iterations of the optimiser.
+    converged_ : bool
+        Whether the optimiser met its convergence checks.
+    singular_ : bool
+        Whether a variance or correlation is on its bound.
+    df_model_ : int
+        Number of parameters counted by AIC and BIC.
+    model_ : GLMMFit
+        The deviance function and the optimum, used by the inference methods.
+    n_features_in_ : int
+        Number of columns of X.
+    feature_names_in_ : ndarray of shape (n_features,)
+        Column names of X when it was a DataFrame with string column names.
+
+    See Also
+    --------
+    MixedGLMClassifier : Binary outcomes with class labels.
+    glmer : Fit from an lme4 formula.
 
     Examples
     --------
@@ -735,33 +1151,181 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
             offset: Any = None) -> "MixedGLMRegressor":
-        """Fit the model (arguments as :meth:`MixedGLMClassifier.fit`).
+        """Fit the model.
 
         For ``family="binomial"``, ``y`` is the proportion of successes and
         ``sample_weight`` the number of trials (default 1: Bernoulli).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        y : array-like of shape (n,)
+            Counts (Poisson) or proportions of successes (binomial).
+        groups : array-like of shape (n,) or DataFrame, optional
+            Group labels; a DataFrame with a column per grouping factor for several.
+            Without it the model is a GLM (with a warning).
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design (default: a random intercept per factor), as in
+            :meth:`MixedLMRegressor.fit`.
+        sample_weight : array-like of shape (n,), optional
+            Prior weights; for binomial proportions the numbers of trials.
+        offset : array-like of shape (n,), optional
+            Known part of the linear predictor.
+
+        Returns
+        -------
+        MixedGLMRegressor
+            The fitted estimator (``self``).
+
+        Raises
+        ------
+        ValueError
+            For negative or non-integer counts, proportions outside [0, 1], or inputs that
+            cannot be fitted; the estimator is left as it was.
+
+        See Also
+        --------
+        glmer : The same fit from an lme4 formula.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> x = rng.standard_normal(200)
+        >>> y = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * rng.standard_normal(20)[g]))
+        >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
+        >>> reg.converged_, reg.n_groups_
+        (True, 20)
         """
         with _unchanged_on_error(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                 marginal: bool = False) -> np.ndarray:
-        """The mean response (counts per unit offset, proportions), conditional on the BLUPs
-        of seen groups; ``marginal`` as in :meth:`MixedGLMClassifier.predict_proba`."""
+        """Predict the mean response (counts per unit offset, proportions).
+
+        Rows of seen groups are conditional on their BLUPs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        groups : array-like of shape (n,) or DataFrame, optional
+            Rows of seen groups are conditional on their BLUPs.
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design of the rows, as in ``fit``.
+        offset : array-like of shape (n,), optional
+            The rows' offset.
+        marginal : bool, default=False
+            As in :meth:`MixedGLMClassifier.predict_proba`: for rows of unseen groups the
+            mean averaged over the random effect's distribution.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The predicted means on the response scale.
+
+        See Also
+        --------
+        MixedGLMRegressor.decision_function : The linear predictor.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> x = rng.standard_normal(200)
+        >>> y = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * rng.standard_normal(20)[g]))
+        >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
+        >>> bool(np.allclose(reg.predict(x[:3, None]), np.exp(reg.decision_function(x[:3, None]))))
+        True
+        """
         check_is_fitted(self)
         return self._mean(X, groups, Z, offset, marginal)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
                           offset: Any = None) -> np.ndarray:
-        """The linear predictor (link scale)."""
+        """Compute the linear predictor (link scale).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates.
+        groups : array-like of shape (n,) or DataFrame, optional
+            Rows of seen groups add their conditional modes.
+        Z : array-like, dict or DataFrame, optional
+            Random-effects design of the rows, as in ``fit``.
+        offset : array-like of shape (n,), optional
+            The rows' offset.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            ``X b`` (plus offset and the conditional modes of seen groups).
+
+        See Also
+        --------
+        MixedGLMRegressor.predict : The mean response.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> x = rng.standard_normal(200)
+        >>> y = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * rng.standard_normal(20)[g]))
+        >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
+        >>> bool(np.isclose(reg.decision_function(np.array([[0.0]]))[0], reg.intercept_))
+        True
+        """
         check_is_fitted(self)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
-        """D^2, the fraction of deviance explained (as scikit-learn's ``d2_tweedie_score``).
+        """Compute D^2, the fraction of deviance explained (scikit-learn's ``d2_tweedie_score``).
 
         ``1 - D(y, mu) / D(y, mean(y))`` with the family's deviance; for binomial
         proportions pass the trials as ``sample_weight``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            Fixed-effects covariates of the test rows.
+        y : array-like of shape (n,)
+            Their response.
+        sample_weight : array-like of shape (n,), optional
+            Weights (binomial: the numbers of trials).
+        groups : array-like of shape (n,) or DataFrame, optional
+            As in :meth:`predict`.
+        Z : array-like, dict or DataFrame, optional
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        float
+            D^2 of :meth:`predict`'s means.
+
+        See Also
+        --------
+        sklearn.metrics.d2_tweedie_score : The same score for GLMs.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> x = rng.standard_normal(200)
+        >>> y = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * rng.standard_normal(20)[g]))
+        >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
+        >>> bool(reg.score(x[:, None], y, groups=g) > reg.score(x[:, None], y) > 0)
+        True
         """
         check_is_fitted(self)
         mu = self.predict(X, groups=groups, Z=Z)

@@ -86,7 +86,8 @@ def caterpillar(est: Any, term: str | None = None, column: int | str = 0, level:
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : MixedLMRegressor
+        A fitted model (a GLMM works too).
     term : str, optional
         Grouping factor, for models with several random-effects terms (default the first).
     column : int or str, default=0
@@ -94,13 +95,19 @@ def caterpillar(est: Any, term: str | None = None, column: int | str = 0, level:
     level : float, default=0.95
         Coverage of the intervals.
     ax : matplotlib Axes, optional
+        Where to draw; default a new figure.
     show_labels : bool, optional
-        Group labels on the y axis; default when there are at most ``MAX_LABELS`` groups.
+        Group labels on the y axis; default when there are at most 50 groups.
 
     Returns
     -------
     matplotlib Axes
         Points in ``ax.lines[0]`` (x: sorted BLUPs), intervals in ``ax.collections[0]``.
+
+    See Also
+    --------
+    qq_ranef : Check the normality of the same effects.
+    mixedlm_sklearn.MixedLMRegressor : Its ``random_effects_cov_`` are the conditional variances.
 
     Examples
     --------
@@ -160,17 +167,24 @@ def qq_ranef(est: Any, column: int | str = 0, term: str | None = None, ax: Any =
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : MixedLMRegressor
+        A fitted model.
     column : int or str, default=0
         Random-effects column, by position or name.
     term : str, optional
         Grouping factor, for models with several random-effects terms (default the first).
     ax : matplotlib Axes, optional
+        Where to draw; default a new figure.
 
     Returns
     -------
     matplotlib Axes
         Points in ``ax.lines[0]`` (y: sorted BLUPs), the line in ``ax.lines[1]``.
+
+    See Also
+    --------
+    caterpillar : The same effects with intervals.
+    residuals_vs_fitted : The residuals.
 
     Examples
     --------
@@ -204,16 +218,29 @@ def residuals_vs_fitted(est: Any, X: Any = None, y: Any = None, groups: Any = No
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    X, y, groups, Z
-        The data, as passed to ``fit``. For a model fitted by
-        :func:`~mixedlm_sklearn.formula.lmer` they may be omitted (the model frame is used).
+    est : MixedLMRegressor
+        A fitted model.
+    X : array-like of shape (n, p), optional
+        The data, as passed to ``fit``; for a model fitted by
+        :func:`~mixedlm_sklearn.lmer` it may be omitted (the model frame is used).
+    y : array-like of shape (n,), optional
+        As ``X``.
+    groups : array-like of shape (n,) or DataFrame, optional
+        As ``X``.
+    Z : array-like, dict or DataFrame, optional
+        As ``X``.
     ax : matplotlib Axes, optional
+        Where to draw; default a new figure.
 
     Returns
     -------
     matplotlib Axes
         Points in ``ax.lines[0]``: x fitted values, y residuals.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.residuals : The residuals as a Series.
+    qq_ranef : The random effects' normal QQ plot.
 
     Examples
     --------
@@ -262,18 +289,24 @@ def profile_zeta(est_or_profile: Any, param: str | None = None, ax: Any = None):
 
     Parameters
     ----------
-    est_or_profile : fitted MixedLMRegressor or DataFrame
+    est_or_profile : MixedLMRegressor or DataFrame
         A DataFrame with columns ``param``, ``value``, ``zeta`` (what
         ``est.profile()`` returns), or an estimator to profile.
     param : str, optional
         Parameter name (``"sigma"``, ``"sd_(Intercept)|Subject"``, a fixed effect);
         required unless the profile has a single parameter.
     ax : matplotlib Axes, optional
+        Where to draw; default a new figure.
 
     Returns
     -------
     matplotlib Axes
         The curve in ``ax.lines[0]``.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.profile : The profile drawn.
+    mixedlm_sklearn.MixedLMRegressor.conf_int : The intervals (``method="profile"``).
 
     Examples
     --------

@@ -18,14 +18,16 @@ def _readme_commands():
 
 def test_ci_runs_readmes_test_command_verbatim():
     """README's second command (install with the test extras, check the installed versions
-    are consistent, run the tests) is a line of ``.ci/run``, with nothing set around it
+    are consistent, run the tests) and its third (build the documentation, warnings as
+    errors) are lines of ``.ci/run``, with nothing set around it
     that a reader of the README would not have (no environment variables exported)."""
-    install, test = _readme_commands()
+    install, test, docs = _readme_commands()
     assert install.startswith("python3 -m venv .venv && . .venv/bin/activate")
     assert "pip check" in test  # the resolver can pair mismatched dask and distributed
     ci = [line.strip() for line in (REPOSITORY / ".ci" / "run").read_text().splitlines()]
     commands = [line for line in ci if line and not line.startswith("#")]
     assert test in commands
+    assert docs in commands and docs.endswith("python -m sphinx -W -b html docs docs/_build/html")
     assert ". .venv/bin/activate" in commands
     assert not [line for line in commands if line.startswith("export")]
 

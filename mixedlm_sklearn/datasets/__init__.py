@@ -38,7 +38,7 @@ def _read_csv(filename: str, string_columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def load_sleepstudy() -> pd.DataFrame:
-    """Reaction times in a sleep-deprivation study.
+    """Load sleepstudy: reaction times in a sleep-deprivation study.
 
     Source: R package lme4 (``sleepstudy``), from Belenky et al. (2003),
     Journal of Sleep Research 12, 1-12.
@@ -51,6 +51,10 @@ def load_sleepstudy() -> pd.DataFrame:
         - ``Reaction`` (float): average reaction time in ms;
         - ``Days`` (int): days of sleep deprivation, 0 to 9;
         - ``Subject`` (str): subject label, e.g. ``"308"``.
+
+    See Also
+    --------
+    load_orthodont : Another longitudinal data set with random slopes.
 
     Notes
     -----
@@ -67,7 +71,7 @@ def load_sleepstudy() -> pd.DataFrame:
 
 
 def load_dietox() -> pd.DataFrame:
-    """Weights of slaughter pigs measured weekly for 12 weeks.
+    """Load dietox: weights of slaughter pigs measured weekly for 12 weeks.
 
     Source: R package geepack (``dietox``), from Lauridsen, Hojsgaard and
     Sorensen (1999), Journal of Animal Science 77, 906-916; the data set of
@@ -89,6 +93,10 @@ def load_dietox() -> pd.DataFrame:
           pig's first week (72 missing values);
         - ``Time`` (int): week, 1 to 12.
 
+    See Also
+    --------
+    load_sleepstudy : A smaller data set of the same shape.
+
     Notes
     -----
     Classic model: ``Weight ~ Time + (1 | Pig)``, or with random slopes
@@ -104,7 +112,7 @@ def load_dietox() -> pd.DataFrame:
 
 
 def load_penicillin() -> pd.DataFrame:
-    """Diameters of growth-inhibition zones in a penicillin assay.
+    """Load Penicillin: diameters of growth-inhibition zones in an assay.
 
     Source: R package lme4 (``Penicillin``), from Davies and Goldsmith (1972),
     Statistical Methods in Research and Production.
@@ -117,6 +125,10 @@ def load_penicillin() -> pd.DataFrame:
         - ``diameter`` (int): zone diameter in mm;
         - ``plate`` (str): assay plate, ``"a"`` to ``"x"``;
         - ``sample`` (str): penicillin sample, ``"A"`` to ``"F"``.
+
+    See Also
+    --------
+    load_insteval : Crossed factors at scale.
 
     Notes
     -----
@@ -133,7 +145,7 @@ def load_penicillin() -> pd.DataFrame:
 
 
 def load_orthodont() -> pd.DataFrame:
-    """Growth of the pituitary-pterygomaxillary distance in children.
+    """Load Orthodont: growth of a distance in the skull of children.
 
     Source: R package nlme (``Orthodont``), from Potthoff and Roy (1964),
     Biometrika 51, 313-326.
@@ -149,6 +161,10 @@ def load_orthodont() -> pd.DataFrame:
           ``"F01"`` to ``"F11"``;
         - ``Sex`` (str): ``"Male"`` or ``"Female"``.
 
+    See Also
+    --------
+    load_sleepstudy : Another longitudinal data set.
+
     Notes
     -----
     Classic model: ``distance ~ age * Sex + (age | Subject)``.
@@ -163,7 +179,7 @@ def load_orthodont() -> pd.DataFrame:
 
 
 def load_insteval() -> pd.DataFrame:
-    """Lecture evaluations by students at ETH Zurich.
+    """Load InstEval: lecture evaluations by students at ETH Zurich.
 
     Source: R package lme4 (``InstEval``).
 
@@ -183,12 +199,16 @@ def load_insteval() -> pd.DataFrame:
         - ``dept`` (str): department code (14 departments);
         - ``y`` (int): rating, 1 (poor) to 5 (very good).
 
+    See Also
+    --------
+    load_penicillin : A small crossed design.
+
+    Notes
+    -----
     ``studage``, ``lectage`` and ``service`` are factors in lme4 and are
     therefore strings here too; convert them with ``astype(int)`` to use them
     as numbers.
 
-    Notes
-    -----
     Classic model: ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``, three
     crossed random intercepts.
 
@@ -204,7 +224,7 @@ def load_insteval() -> pd.DataFrame:
 
 
 def load_cbpp() -> pd.DataFrame:
-    """Contagious bovine pleuropneumonia in zebu herds of Ethiopia.
+    """Load cbpp: contagious bovine pleuropneumonia in zebu herds of Ethiopia.
 
     Source: R package lme4 (``cbpp``), from Lesnoff et al. (2004), Preventive
     Veterinary Medicine 64, 149-162.
@@ -218,6 +238,10 @@ def load_cbpp() -> pd.DataFrame:
         - ``incidence`` (int): new serological cases in the period;
         - ``size`` (int): herd size at the start of the period;
         - ``period`` (str): period, ``"1"`` to ``"4"``.
+
+    See Also
+    --------
+    load_grouseticks : Counts for a Poisson GLMM.
 
     Notes
     -----
@@ -234,7 +258,7 @@ def load_cbpp() -> pd.DataFrame:
 
 
 def load_verbagg() -> pd.DataFrame:
-    """Verbal aggression item responses.
+    """Load VerbAgg: verbal aggression item responses.
 
     Source: R package lme4 (``VerbAgg``), from De Boeck & Wilson (2004),
     Explanatory Item Response Models, Springer.
@@ -248,6 +272,10 @@ def load_verbagg() -> pd.DataFrame:
         respondent), ``btype`` (``"curse"``, ``"scold"``, ``"shout"``),
         ``situ`` (``"other"``, ``"self"``), ``mode`` (``"want"``, ``"do"``)
         and ``r2`` (int: 1 when ``resp`` is not ``"no"``).
+
+    See Also
+    --------
+    load_cbpp : Binomial proportions.
 
     Notes
     -----
@@ -264,7 +292,7 @@ def load_verbagg() -> pd.DataFrame:
 
 
 def load_grouseticks() -> pd.DataFrame:
-    """Ticks on red grouse chicks.
+    """Load grouseticks: ticks on red grouse chicks.
 
     Source: R package lme4 (``grouseticks``), from Elston et al. (2001),
     Parasitology 122, 563-569.
@@ -276,6 +304,10 @@ def load_grouseticks() -> pd.DataFrame:
         ``BROOD`` (str), ``HEIGHT`` (int, altitude in m), ``YEAR`` (str,
         ``"95"``, ``"96"``, ``"97"``), ``LOCATION`` (str) and ``cHEIGHT``
         (float, ``HEIGHT`` centred).
+
+    See Also
+    --------
+    load_cbpp : Binomial proportions.
 
     Notes
     -----

@@ -872,25 +872,28 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
 
     With one fit, lmerTest's ``anova(fit, type, ddf)``: an F test per fixed-effects term.
     With several, lme4's ``anova(m0, m1, ...)``: likelihood-ratio tests of each model
-    against the previous one (see :func:`mixedlm_sklearn.inference.lrt.compare_models`).
+    against the previous one (see :func:`mixedlm_sklearn.inference.compare_models`).
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    *others : fitted MixedLMRegressor
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    *others : MixedLMRegressor
         Further fits of the same data: then the comparison table.
-    type : {3, 1}, default 3
+    type : {3, 1}, default=3
         lmerTest's type III (each term adjusted for all others, marginal to the terms that
         contain it) or type I (sequential, in the formula's order).
-    ddf : {"satterthwaite", "kenward-roger"}
+    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
         Denominator df of the F tests (Kenward-Roger: REML fits only).
     terms : dict, optional
         Term name -> its fixed-effects columns (``{"Machine": ["MachineB", "MachineC"]}``),
         for a fit from arrays: columns in no group are terms of their own. Formula fits
         take their terms from the formula unless ``terms`` is given.
-    names, refit
-        The comparison of several fits only: see
-        :func:`~mixedlm_sklearn.inference.lrt.compare_models`.
+    names : sequence of str, optional
+        Several fits only: the row names (see
+        :func:`~mixedlm_sklearn.inference.compare_models`).
+    refit : bool, default=True
+        Several fits only: refit REML fits by ML first, as lme4.
 
     Returns
     -------
@@ -900,6 +903,12 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
         ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``,
         ``Pr(>Chisq)``.
 
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.anova : One fit's table, as a method.
+    mixedlm_sklearn.inference.anova.drop1 : Tests of dropping single terms.
+    mixedlm_sklearn.lr_test : One pair of fits.
+
     Notes
     -----
     The contrasts are lmerTest 3.1's (module docstring), on the terms of the formula as R
@@ -908,6 +917,12 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
     formula: its terms are columns (or the groups ``terms`` names), none contains another,
     and type III tests each term's coefficients jointly. Fixed effects dropped as aliased
     are left out of the contrasts.
+
+    References
+    ----------
+    .. [1] Kuznetsova, A., Brockhoff, P. B. and Christensen, R. H. B. (2017). lmerTest
+       package: tests in linear mixed effects models. Journal of Statistical Software
+       82(13).
 
     Examples
     --------
@@ -933,15 +948,22 @@ def drop1(est: Any, ddf: str = "satterthwaite",
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    ddf : {"satterthwaite", "kenward-roger"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
+        Denominator df of the F tests.
     terms : dict, optional
-        As in :func:`anova`.
+        As in :func:`mixedlm_sklearn.anova`.
 
     Returns
     -------
     DataFrame
-        A row per droppable term; columns as :func:`anova`'s.
+        A row per droppable term; columns as :func:`mixedlm_sklearn.anova`'s.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.drop1 : The same, as a method.
+    mixedlm_sklearn.anova : The type III and type I tables.
 
     Examples
     --------
@@ -1052,13 +1074,13 @@ def ranova(est: Any) -> pd.DataFrame:
     fits by ML) on the same rows: a term whose left side has slopes loses each marginal
     slope term in turn (``age in (age | Subject)``: ``(age | Subject)`` becomes
     ``(1 | Subject)``), a random intercept alone is removed, ``||`` and ``/`` are expanded
-    as lme4 expands them first (:func:`ranova_formulas`); a fit from arrays treats each
+    as lme4 expands them first; a fit from arrays treats each
     column of ``Z`` as a term of the left side. A model left without random effects is
     least squares, whose REML log-likelihood is R's ``logLik(lm, REML = TRUE)``.
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : MixedLMRegressor
         An in-memory fit (the reduced models are refitted from its rows).
 
     Returns
@@ -1066,7 +1088,7 @@ def ranova(est: Any) -> pd.DataFrame:
     DataFrame
         Rows ``<none>`` (the model) and one per reduction; columns ``npar``, ``logLik``,
         ``AIC``, ``LRT``, ``Df``, ``Pr(>Chisq)`` (the plain chi-square p-value, as
-        lmerTest; see :func:`~mixedlm_sklearn.inference.lrt.lr_test` with
+        lmerTest; see :func:`~mixedlm_sklearn.lr_test` with
         ``boundary=True`` for the boundary-corrected one).
 
     Raises
@@ -1075,6 +1097,11 @@ def ranova(est: Any) -> pd.DataFrame:
         For a model without random effects.
     NotImplementedError
         For a fit from chunks or Dask, which keeps cross-products, not rows.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.ranova : The same, as a method.
+    mixedlm_sklearn.lr_test : The test of one pair of fits.
 
     Examples
     --------

@@ -78,7 +78,7 @@ def _report(status: np.ndarray, messages: list, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class BootstrapResult(RefitCounts):
+class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
     """Parametric bootstrap replicates (lme4's ``bootMer``).
 
     Attributes
@@ -98,6 +98,20 @@ class BootstrapResult(RefitCounts):
         Replicate index -> why its refit failed.
     n_params : int
         The first ``n_params`` columns are lme4's parameters, the rest the statistic's.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.bootstrap : Make one.
+    mixedlm_sklearn.MixedLMRegressor.conf_int : Bootstrap intervals in one call (``method="boot"``).
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> boot = fit.bootstrap(n_boot=50, random_state=0)
+    >>> boot.n_boot, list(boot.estimate.index[:2])
+    (50, ['sd_(Intercept)|Subject', 'cor_Days.(Intercept)|Subject'])
     """
 
     estimate: pd.Series
@@ -109,12 +123,47 @@ class BootstrapResult(RefitCounts):
 
     @property
     def n_boot(self) -> int:
+        """Number of replicates.
+
+        See Also
+        --------
+        BootstrapResult.summary : Bias and standard errors over the replicates.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.bootstrap(n_boot=20, random_state=0).n_boot
+        20
+        """
         return len(self.replicates)
 
     def summary(self) -> pd.DataFrame:
-        """Estimate, bootstrap bias (mean of the replicates minus the estimate) and
-        standard error per column (lme4's ``print(bootMer(...))``), over the replicates
-        that did not fail."""
+        """Tabulate the estimate, the bootstrap bias and the standard error per column.
+
+        As lme4's ``print(bootMer(...))``: the bias is the mean of the replicates minus the
+        estimate; replicates whose refit failed are left out.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``estimate``, ``bias``, ``std_error``, ``n`` (replicates used), a row per
+            parameter.
+
+        See Also
+        --------
+        BootstrapResult.conf_int : The intervals.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> boot = fit.bootstrap(n_boot=50, random_state=0)
+        >>> list(boot.summary().columns)
+        ['estimate', 'bias', 'std_error', 'n']
+        """
         rep = self.replicates
         return pd.DataFrame({"estimate": self.estimate, "bias": rep.mean() - self.estimate,
                              "std_error": rep.std(ddof=1), "n": rep.notna().sum()})
@@ -124,22 +173,36 @@ class BootstrapResult(RefitCounts):
 
         Parameters
         ----------
-        alpha : float, default 0.05
-            1 - confidence level.
-        method : {"percentile", "basic", "normal"}
+        alpha : float, default=0.05
+            One minus the confidence level.
+        method : {"percentile", "basic", "normal"}, default="percentile"
             With ``t`` the estimate and ``q_a`` the ``a`` quantile of the replicates
             (numpy's default, linear interpolation): ``"percentile"`` ``(q_{alpha/2},
             q_{1-alpha/2})``; ``"basic"`` ``(2t - q_{1-alpha/2}, 2t - q_{alpha/2})``;
             ``"normal"`` ``t - bias -+ z_{1-alpha/2} sd`` (bias and sd of the
             replicates), as the boot package's ``boot.ci`` types ``perc``, ``basic`` and
             ``norm``. Replicates whose refit failed are left out (they are counted in
-            :attr:`n_failed`); non-converged ones are used, as lme4 does.
+            ``n_failed``); non-converged ones are used, as lme4 does.
 
         Returns
         -------
         DataFrame
             ``lower`` and ``upper``, indexed by parameter (fixed effects dropped as
             aliased: NaN).
+
+        See Also
+        --------
+        BootstrapResult.summary : Bias and standard errors.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> boot = fit.bootstrap(n_boot=200, random_state=0)
+        >>> ci = boot.conf_int(method="basic")
+        >>> bool(ci.loc["Days", "lower"] < 10.467 < ci.loc["Days", "upper"])
+        True
         """
         a = check_alpha(alpha)
         if method not in BOOT_METHODS:
@@ -245,12 +308,13 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
+    est : MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
         Fitted in memory. A GLMM's replicates are drawn from its family
         (:func:`~mixedlm_sklearn.inference.simulate`) and refitted by its own fitting path
         (PIRLS with the Laplace or AGQ deviance), started from the fit.
-    n_boot : int, default 1000
-    random_state : None, int, numpy SeedSequence or Generator
+    n_boot : int, default=1000
+        Number of replicates.
+    random_state : None, int, numpy SeedSequence or Generator, default=None
         Replicate ``j`` draws from the ``j``-th child generator of
         ``np.random.default_rng(random_state)``: the same ``random_state`` gives the same
         replicates whatever ``n_jobs`` is.
@@ -268,11 +332,18 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     Returns
     -------
     BootstrapResult
+        The estimate and the replicates of every parameter (lme4's ``t0`` and ``t``).
 
     Warns
     -----
     ConvergenceWarning
         When refits fail (NaN rows) or do not converge (kept), with the counts.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.bootstrap : The same, as a method.
+    BootstrapResult.conf_int : Intervals from the replicates.
+    mixedlm_sklearn.inference.simulate : The responses the replicates are fitted to.
 
     Examples
     --------
@@ -358,7 +429,7 @@ def boot_conf_int(est: Any, alpha: float = 0.05, which: Any = None, n_boot: int 
 
 
 @dataclass(frozen=True)
-class PBTestResult(RefitCounts):
+class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
     """Parametric bootstrap likelihood-ratio test (pbkrtest's ``PBmodcomp``).
 
     Attributes
@@ -376,10 +447,29 @@ class PBTestResult(RefitCounts):
         ``P(chi2_df >= LR df / mean(LR*))`` (pbkrtest's Bartlett correction).
     replicates : ndarray of shape (n_boot,)
         ``LR*`` of each simulated response (NaN where a refit failed).
-    converged, failed : ndarray of bool
-        Per replicate: both refits converged; a refit failed.
-    llf_restricted, llf_full : float
-        Maximum-likelihood log-likelihoods.
+    converged : ndarray of bool
+        Per replicate: whether both refits converged.
+    failed : ndarray of bool
+        Per replicate: whether a refit failed.
+    llf_restricted : float
+        Maximum-likelihood log-likelihood of the restricted model.
+    llf_full : float
+        Maximum-likelihood log-likelihood of the full model.
+
+    See Also
+    --------
+    mixedlm_sklearn.pb_test : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer, pb_test
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> m0 = lmer("Reaction ~ 1 + (Days | Subject)", df, reml=False)
+    >>> m1 = lmer("Reaction ~ Days + (Days | Subject)", df, reml=False)
+    >>> test = pb_test(m0, m1, n_boot=50, random_state=0)
+    >>> test.n_boot, test.df
+    (50, 1)
     """
 
     statistic: float
@@ -396,6 +486,22 @@ class PBTestResult(RefitCounts):
 
     @property
     def n_boot(self) -> int:
+        """Number of simulated responses.
+
+        See Also
+        --------
+        mixedlm_sklearn.pb_test : Make the test.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer, pb_test
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> m0 = lmer("Reaction ~ 1 + (1 | Subject)", df, reml=False)
+        >>> m1 = lmer("Reaction ~ Days + (1 | Subject)", df, reml=False)
+        >>> pb_test(m0, m1, n_boot=20, random_state=0).n_boot
+        20
+        """
         return int(self.replicates.size)
 
     def __str__(self) -> str:
@@ -445,18 +551,24 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
 
     Parameters
     ----------
-    small, big : fitted MixedLMRegressor, or both GLMM estimators
-        The restricted and the full model, fitted in memory to the same rows. REML fits
+    small : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        The restricted model, fitted in memory.
+    big : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        The full model, fitted in memory to the same rows. REML fits
         are refitted by maximum likelihood first (as pbkrtest does). GLMMs (fitted by
         maximum likelihood) must share the family, link, ``n_agq`` and offset; their
         responses are drawn from the restricted model's family.
-    n_boot : int, default 1000
-    random_state, n_jobs
-        As in :func:`bootstrap`.
+    n_boot : int, default=1000
+        Number of simulated responses.
+    random_state : None, int, numpy SeedSequence or Generator, default=None
+        Seed, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
+    n_jobs : int, optional
+        Worker processes, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
 
     Returns
     -------
     PBTestResult
+        The statistic and its bootstrap, chi-square and Bartlett-corrected p-values.
 
     Raises
     ------
@@ -466,6 +578,17 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
         or offsets.
     TypeError
         A linear mixed model against a GLMM.
+
+    See Also
+    --------
+    mixedlm_sklearn.lr_test : The chi-square likelihood-ratio test.
+    mixedlm_sklearn.anova : Several nested fits.
+
+    References
+    ----------
+    .. [1] Halekoh, U. and Hojsgaard, S. (2014). A Kenward-Roger approximation and
+       parametric bootstrap methods for tests in linear mixed models - the R package
+       pbkrtest. Journal of Statistical Software 59(9).
 
     Examples
     --------

@@ -216,8 +216,8 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
 
 
 @dataclass(frozen=True)
-class EMMeans:
-    """Estimated marginal means; see :func:`emmeans` and :func:`marginal_means`.
+class EMMeans:  # numpydoc ignore=PR01
+    """Estimated marginal means, their pairwise differences and contrasts.
 
     Attributes
     ----------
@@ -231,6 +231,20 @@ class EMMeans:
     offset : ndarray of shape (means,) or None
         The known part of each mean (the average offset of its cells): ``emmean =
         linfct beta + offset``; contrasts combine it with their coefficients.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.emmeans.emmeans : Make one.
+    mixedlm_sklearn.MixedLMRegressor.emmeans : The same, as a method.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> emm = fit.emmeans("Sex")
+    >>> emm.labels, emm.linfct.shape
+    (['Female', 'Male'], (2, 4))
     """
 
     table: pd.DataFrame
@@ -262,7 +276,12 @@ class EMMeans:
                              ratio: t, "p.value": 2.0 * stats.t.sf(np.abs(t), df)})
 
     def pairs(self, adjust: str = "tukey") -> pd.DataFrame:
-        """All pairwise differences ``m_i - m_j``, ``i < j`` (emmeans ``pairs``).
+        """Compute all pairwise differences ``m_i - m_j``, ``i < j`` (emmeans ``pairs``).
+
+        Parameters
+        ----------
+        adjust : {"tukey", "holm", "bonferroni", "sidak", "none"}, default="tukey"
+            The adjustment of the p-values for multiple comparisons.
 
         Returns
         -------
@@ -270,6 +289,19 @@ class EMMeans:
             Columns ``contrast``, ``estimate``, ``SE``, ``df``, ``t.ratio`` (``z.ratio`` with
             infinite df), ``p.value`` (adjusted by ``adjust``: ``"tukey"``, ``"holm"``, ``"bonferroni"``,
             ``"sidak"``, ``"none"``).
+
+        See Also
+        --------
+        EMMeans.contrast : Other contrasts of the means.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> fit.emmeans("Sex").pairs()[["contrast", "estimate"]].round(3)
+                contrast  estimate
+        0  Female - Male    -2.321
         """
         k = len(self.labels)
         rows, names = [], []
@@ -284,7 +316,7 @@ class EMMeans:
         return out
 
     def contrast(self, coefficients: Any, adjust: str = "none") -> pd.DataFrame:
-        """Custom contrasts of the means (emmeans ``contrast(emm, list(...))``).
+        """Compute custom contrasts of the means (emmeans ``contrast(emm, list(...))``).
 
         Parameters
         ----------
@@ -294,6 +326,24 @@ class EMMeans:
         adjust : str, default "none"
             As in :meth:`pairs`; ``"tukey"`` is for pairwise differences only, so other
             contrasts get ``"sidak"`` (as emmeans does).
+
+        Returns
+        -------
+        DataFrame
+            Columns as :meth:`pairs`, a row per contrast.
+
+        See Also
+        --------
+        EMMeans.pairs : All pairwise differences.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_orthodont
+        >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+        >>> fit.emmeans("Sex").contrast({"boys minus girls": [-1, 1]})[["contrast", "estimate"]].round(3)
+                   contrast  estimate
+        0  boys minus girls     2.321
         """
         if isinstance(coefficients, Mapping):
             names = [str(n) for n in coefficients]
@@ -414,18 +464,19 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
 
     Parameters
     ----------
-    est : MixedLMRegressor fitted by :func:`~mixedlm_sklearn.lmer`
+    est : MixedLMRegressor
+        Fitted by :func:`~mixedlm_sklearn.lmer` (the means need the formula's terms).
     specs : str or sequence of str
         The factor(s) whose levels get a mean; with several, every combination (the first
         varies fastest).
     at : dict, optional
         Variable -> value(s): covariates at these values instead of their mean over the
         fitted rows, factors restricted to these levels (emmeans' ``at``).
-    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}
+    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, default="kenward-roger"
         emmeans' ``lmer.df``: the Kenward-Roger adjusted covariance and df (emmeans'
         default for lmer fits; REML fits only), Satterthwaite's df with ``cov_fe_``, or
         normal quantiles.
-    level : float, default 0.95
+    level : float, default=0.95
         Confidence level of the intervals.
 
     Returns
@@ -440,16 +491,26 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         For a fit that dropped fixed effects as aliased (``y ~ a:b``, as lme4 drops them),
         for means that depend on the dropped ones (emmeans' ``nonEst``); the others are
         computed from the kept fixed effects.
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.emmeans : The same, as a method.
+    EMMeans.pairs : Pairwise differences with Tukey's adjustment.
 
     Notes
     -----
     emmeans uses Kenward-Roger only up to 3,000 rows (its ``pbkrtest.limit``; above, it
     switches to Satterthwaite, and above ``lmerTest.limit`` to asymptotic df) because
     pbkrtest works with ``n x n`` matrices. Ours works with cross-products, at a cost
-    independent of the number of rows (it grows with the number of random effects, see
-    :data:`~mixedlm_sklearn.inference.kenward_roger.MAX_DIMENSION`), so there is no row
+    independent of the number of rows (it grows with the number of random effects; beyond 5,000
+    fixed and random effects together it is refused), so there is no row
     limit: on more than 3,000 rows pass ``ddf="satterthwaite"`` to reproduce emmeans'
     default numbers.
+
+    References
+    ----------
+    .. [1] Searle, S. R., Speed, F. M. and Milliken, G. A. (1980). Population marginal
+       means in the linear model: an alternative to least squares means. The American
+       Statistician 34(4), 216-221.
 
     Examples
     --------

@@ -36,7 +36,7 @@ def glmm_model(est: Any, role: str = "est"):
 
 
 @dataclass(frozen=True)
-class GLMMSummary:
+class GLMMSummary:  # numpydoc ignore=PR01
     """Summary of a fitted GLMM (lme4's ``summary`` of a ``glmer`` fit).
 
     Attributes
@@ -46,16 +46,46 @@ class GLMMSummary:
         ``ci_lower``, ``ci_upper`` (Wald).
     random_effects : DataFrame
         Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``
-        (as :class:`~mixedlm_sklearn.inference.Summary`; no residual row).
-    family, link, method : str
-        ``method`` is ``"Laplace"`` or ``"AGQ (n nodes)"``.
+        (as :class:`~mixedlm_sklearn.Summary`; no residual row).
+    family : str
+        ``"binomial"`` or ``"poisson"``.
+    link : str
+        The link function.
+    method : str
+        ``"Laplace"`` or ``"AGQ (n nodes)"``.
     n_obs : int
+        Number of rows fitted.
     n_groups : dict
-    llf, aic, bic, deviance : float
-        ``deviance`` is lme4's ``deviance()``: the sum of squared deviance residuals.
+        Levels per grouping factor.
+    llf : float
+        Log-likelihood.
+    aic : float
+        Akaike's criterion.
+    bic : float
+        Schwarz's criterion.
+    deviance : float
+        lme4's ``deviance()``: the sum of squared deviance residuals.
     df_model : int
-    converged, singular : bool
+        Parameters counted by AIC and BIC.
+    converged : bool
+        Whether the optimiser met its checks.
+    singular : bool
+        Whether the estimate is on the boundary.
     alpha : float
+        One minus the level of the Wald intervals.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.glmm.summary : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> s = fit.summary()
+    >>> s.family, s.link, s.method, s.n_groups
+    ('binomial', 'logit', 'Laplace', {'herd': 15})
     """
 
     fixed_effects: pd.DataFrame
@@ -113,16 +143,24 @@ class GLMMSummary:
 
 
 def summary(est: Any, alpha: float = 0.05) -> GLMMSummary:
-    """Fixed effects with Wald z tests, random effects and model information.
+    """Summarise a GLMM: fixed effects with Wald z tests, random effects, information.
 
     Parameters
     ----------
-    est : fitted MixedGLMClassifier or MixedGLMRegressor
-    alpha : float, default 0.05
+    est : MixedGLMClassifier or MixedGLMRegressor
+        A fitted GLMM.
+    alpha : float, default=0.05
+        One minus the level of the Wald intervals.
 
     Returns
     -------
     GLMMSummary
+        The tables and the model information.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedGLMClassifier.summary : The same, as a method.
+    mixedlm_sklearn.inference.summary : The summary of a linear mixed model.
 
     Examples
     --------
@@ -227,32 +265,44 @@ def _profile_bound(model, index: int, side: int, target: float, d_min: float) ->
 def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None, *,
              n_boot: int = 1000, boot_type: str = "percentile", random_state: Any = None,
              n_jobs: int | None = None) -> pd.DataFrame:
-    """Confidence intervals of a GLMM's parameters.
+    """Compute confidence intervals of a GLMM's parameters.
 
     Parameters
     ----------
-    est : fitted MixedGLMClassifier or MixedGLMRegressor
-    alpha : float, default 0.05
-    method : {"wald", "profile", "boot"}
+    est : MixedGLMClassifier or MixedGLMRegressor
+        A fitted GLMM.
+    alpha : float, default=0.05
+        One minus the confidence level.
+    method : {"wald", "profile", "boot"}, default="wald"
         ``"wald"``: fixed effects, estimate -+ z * std. error (lme4's ``method = "Wald"``).
         ``"profile"``: likelihood-ratio intervals, the other parameters re-optimised at
         each value (lme4's ``method = "profile"``), for the fixed effects and the standard
-        deviations of scalar or diagonal random-effects terms (named as
-        :meth:`~mixedlm_sklearn._terms.Term.param_names`).
+        deviations of scalar or diagonal random-effects terms (named as lme4 names
+        them, ``sd_(Intercept)|herd``).
         ``"boot"``: parametric bootstrap intervals of every parameter (random-effects
         standard deviations and correlations, fixed effects; lme4's ``method = "boot"``;
         see :func:`~mixedlm_sklearn.inference.bootstrap`).
     which : list of str, optional
         Parameters to profile (default all that can be); boot: names, or ``"variance"`` /
         ``"fixed"``.
-    n_boot, boot_type, random_state, n_jobs
-        Boot only: replicates, interval type (``"percentile"``, ``"basic"``,
-        ``"normal"``; lme4's ``boot.type``), seed and worker processes.
+    n_boot : int, default=1000
+        Boot only: number of replicates.
+    boot_type : {"percentile", "basic", "normal"}, default="percentile"
+        Boot only: the interval type (lme4's ``boot.type``).
+    random_state : None, int or numpy Generator, default=None
+        Boot only: seed.
+    n_jobs : int, optional
+        Boot only: worker processes.
 
     Returns
     -------
     DataFrame
-        Columns ``lower``, ``upper``.
+        Columns ``lower``, ``upper``, a row per parameter.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedGLMClassifier.conf_int : The same, as a method.
+    mixedlm_sklearn.inference.conf_int : The intervals of a linear mixed model.
 
     Examples
     --------

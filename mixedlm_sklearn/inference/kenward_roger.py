@@ -731,12 +731,13 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
 
 
 def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
-    """Covariance of the fixed effects, plain or with Kenward-Roger's adjustment.
+    """Compute the covariance of the fixed effects, plain or with Kenward-Roger's adjustment.
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    adjust : {None, "kenward-roger"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    adjust : {None, "kenward-roger"}, default=None
         None: ``cov_fe_`` (lme4's ``vcov``). ``"kenward-roger"``: pbkrtest's ``vcovAdj``
         (REML fits), the small-sample adjusted covariance ``Phi_A`` of the module docstring.
 
@@ -744,6 +745,21 @@ def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
     -------
     ndarray of shape (p, p)
         In ``fe_params_`` order; NaN rows and columns for fixed effects dropped as aliased.
+
+    Raises
+    ------
+    ValueError
+        ``adjust="kenward-roger"`` for an ML fit (the adjustment needs REML).
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.cov_fe : The same, as a method.
+    mixedlm_sklearn.MixedLMRegressor.summary : Kenward-Roger t tests (``ddf="kenward-roger"``).
+
+    References
+    ----------
+    .. [1] Kenward, M. G. and Roger, J. H. (1997). Small sample inference for fixed
+       effects from restricted maximum likelihood. Biometrics 53(3), 983-997.
 
     Examples
     --------

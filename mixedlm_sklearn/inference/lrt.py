@@ -21,7 +21,7 @@ _SPAN_TOL = 1e-8
 
 
 @dataclass(frozen=True)
-class LRTestResult:
+class LRTestResult:  # numpydoc ignore=PR01
     """Likelihood-ratio test of a restricted model against a fuller one.
 
     Attributes
@@ -33,9 +33,27 @@ class LRTestResult:
     pvalue : float
         Chi-square p-value, or with ``boundary=True`` the p-value of the 50:50 mixture of
         chi-square distributions with ``df - 1`` and ``df`` degrees of freedom.
-    llf_restricted, llf_full : float
+    llf_restricted : float
+        Log-likelihood of the restricted model.
+    llf_full : float
+        Log-likelihood of the full model.
     boundary : bool
         Whether ``pvalue`` is the boundary-corrected one.
+
+    See Also
+    --------
+    mixedlm_sklearn.lr_test : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer, lr_test
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> df = load_sleepstudy()
+    >>> small = lmer("Reaction ~ Days + (1 | Subject)", df, reml=False)
+    >>> big = lmer("Reaction ~ Days + (Days | Subject)", df, reml=False)
+    >>> result = lr_test(small, big, boundary=True)
+    >>> result.df, result.boundary, bool(result.pvalue < 1e-8)
+    (2, True, True)
     """
 
     statistic: float
@@ -182,10 +200,11 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
 
     Parameters
     ----------
-    restricted, full : fitted MixedLMRegressor (or both GLMM estimators)
-        The smaller and the larger model, fitted to the same rows. GLMMs are compared by
-        :func:`.glmm.lr_test_glmm`.
-    boundary : bool, default False
+    restricted : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        The smaller model, fitted to the same rows as ``full``.
+    full : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        The larger model (of the same kind).
+    boundary : bool, default=False
         For a test of a variance component (the restricted model puts a variance on its
         boundary 0), use the 50:50 mixture of chi-square distributions with ``df - 1`` and
         ``df`` degrees of freedom (Self & Liang 1987; Stram & Lee 1994); with ``df = 1``
@@ -194,6 +213,7 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
     Returns
     -------
     LRTestResult
+        The statistic, its degrees of freedom and p-value.
 
     Raises
     ------
@@ -204,13 +224,26 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
         their fixed effects (REML likelihoods of different fixed effects are not comparable:
         refit both with ``reml=False``).
 
+    See Also
+    --------
+    mixedlm_sklearn.anova : The table of several nested fits.
+    mixedlm_sklearn.pb_test : The same test with a simulated reference distribution.
+
     Notes
     -----
     The fits may differ in their grouping factors (a single-factor fit against one with
     several, or crossed against nested) and in their residual variances (one against one
     per stratum, ``df`` counting the variance ratios). Nesting and the same data are
-    checked on the rows of both fits (:func:`check_nested`); fits from chunks or Dask keep
+    checked on the rows of both fits; fits from chunks or Dask keep
     only cross-products, and are compared by ``y'y``, ``sum(y)``, the weights and names.
+
+    References
+    ----------
+    .. [1] Self, S. G. and Liang, K.-Y. (1987). Asymptotic properties of maximum
+       likelihood estimators and likelihood ratio tests under nonstandard conditions.
+       Journal of the American Statistical Association 82, 605-610.
+    .. [2] Stram, D. O. and Lee, J. W. (1994). Variance components testing in the
+       longitudinal mixed effects model. Biometrics 50, 1171-1177.
 
     Examples
     --------
@@ -271,7 +304,7 @@ def compare_models(models: Any, names: Any = None, refit: bool = True) -> pd.Dat
         number of parameters.
     names : sequence of str, optional
         Row names (default ``model1``, ``model2``, ... in the order given).
-    refit : bool, default True
+    refit : bool, default=True
         As lme4: if any fit is REML, every fit is refitted by maximum likelihood first,
         with a warning saying so (REML likelihoods of different fixed effects are not
         comparable; the estimators are not changed). With False, REML fits are compared
@@ -288,14 +321,19 @@ def compare_models(models: Any, names: Any = None, refit: bool = True) -> pd.Dat
     Raises
     ------
     ValueError
-        Fewer than two fits; fits of different data (:func:`check_same_data`); a fit not
-        nested in the next one (:func:`check_nested`); with ``refit=False``, REML and ML
+        Fewer than two fits; fits of different data; a fit not
+        nested in the next one; with ``refit=False``, REML and ML
         fits mixed or REML fits of different fixed effects.
 
     Warns
     -----
     UserWarning
         "refitting model(s) with ML (instead of REML)", lme4's message, when it does.
+
+    See Also
+    --------
+    mixedlm_sklearn.anova : The same table, from the fits as arguments.
+    mixedlm_sklearn.lr_test : One pair of fits.
 
     Examples
     --------

@@ -53,28 +53,51 @@ POWER_TESTS = ("satterthwaite", "wald", "lr")
 
 
 @dataclass(frozen=True)
-class PowerResult(RefitCounts):
+class PowerResult(RefitCounts):  # numpydoc ignore=PR01
     """Simulated power of a test of fixed effects.
 
     Attributes
     ----------
     power : float
         Fraction of the replicates (whose refits did not fail) with ``p < alpha``.
-    lower, upper : float
-        95% Clopper-Pearson interval of the power (simr's ``binom.test`` interval).
+    lower : float
+        Lower bound of the 95% Clopper-Pearson interval of the power (simr's
+        ``binom.test`` interval).
+    upper : float
+        Its upper bound.
     n_significant : int
+        Number of replicates with ``p < alpha``.
     pvalues : ndarray of shape (n_sim,)
         Per replicate (NaN where a refit failed).
-    converged, failed : ndarray of bool
-        Per replicate.
+    converged : ndarray of bool
+        Per replicate: whether the refits converged.
+    failed : ndarray of bool
+        Per replicate: whether a refit failed.
     term : list of str
         The fixed effects tested (jointly when several).
     test : str
+        The test used.
     alpha : float
+        Its significance level.
     effect : dict
         The fixed effects the responses were drawn with.
     n_groups : dict
         Levels of each grouping factor in the simulated design.
+
+    See Also
+    --------
+    mixedlm_sklearn.power : Make one.
+    mixedlm_sklearn.power_curve : Power against the number of groups.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> from mixedlm_sklearn import power
+    >>> result = power(fit, "Days", effect=3.0, test="wald", n_sim=20, random_state=0)
+    >>> result.n_sim, result.term, 0.0 <= result.power <= 1.0
+    (20, ['Days'], True)
     """
 
     power: float
@@ -93,6 +116,21 @@ class PowerResult(RefitCounts):
 
     @property
     def n_sim(self) -> int:
+        """Number of simulated data sets.
+
+        See Also
+        --------
+        mixedlm_sklearn.power : Make the result.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> from mixedlm_sklearn import power
+        >>> power(fit, "Days", effect=3.0, test="wald", n_sim=20, random_state=0).n_sim
+        20
+        """
         return int(self.pvalues.size)
 
     def __str__(self) -> str:
@@ -283,7 +321,7 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor or str
+    est : MixedLMRegressor or str
         The model (fitted in memory), or an lme4 formula fitted to ``data`` with
         :func:`~mixedlm_sklearn.lmer` (REML). The fit supplies the design and the
         parameters the responses are drawn with, except those given below.
@@ -300,22 +338,37 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
         Covariance of the random effects (a dict by term name with several terms).
     scale : float, optional
         Residual variance (of the reference stratum).
-    test : {"satterthwaite", "wald", "lr"}
+    test : {"satterthwaite", "wald", "lr"}, default="satterthwaite"
         ``"satterthwaite"``: t test (one term) or F test with Satterthwaite df, as
         lmerTest's ``summary``/``contest`` (simr's default for ``lmer`` is the close
         Kenward-Roger test). ``"wald"``: z / chi-square Wald test. ``"lr"``:
         likelihood-ratio chi-square test of ML refits with and without ``term``.
-    n_sim : int, default 1000
-    alpha : float, default 0.05
+    n_sim : int, default=1000
+        Number of simulated data sets.
+    alpha : float, default=0.05
         Significance level of the test.
     data : DataFrame, optional
         The data for a formula ``est``.
-    random_state, n_jobs
-        As in :func:`~mixedlm_sklearn.inference.bootstrap`.
+    random_state : None, int, numpy SeedSequence or Generator, default=None
+        Seed, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
+    n_jobs : int, optional
+        Worker processes, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
 
     Returns
     -------
     PowerResult
+        The power with its Clopper-Pearson interval and the replicates' p-values.
+
+    See Also
+    --------
+    mixedlm_sklearn.power_curve : Power against the number of groups.
+    mixedlm_sklearn.inference.simulate : Draw responses from a fit.
+
+    References
+    ----------
+    .. [1] Green, P. and MacLeod, C. J. (2016). SIMR: an R package for power analysis
+       of generalized linear mixed models by simulation. Methods in Ecology and
+       Evolution 7(4), 493-498.
 
     Examples
     --------
@@ -397,22 +450,28 @@ def power_curve(est: Any, term: str | Sequence[str], along: str, n_groups: Seque
 
     Parameters
     ----------
-    est, term
-        As in :func:`power`.
+    est : MixedLMRegressor or str
+        As in :func:`~mixedlm_sklearn.power`.
+    term : str or list of str
+        As in :func:`~mixedlm_sklearn.power`.
     along : str
         The grouping factor whose number of levels varies.
     n_groups : sequence of int
         Its numbers of levels.
-    random_state : None, int, numpy SeedSequence or Generator
+    random_state : None, int, numpy SeedSequence or Generator, default=None
         Each point draws from its own child generator.
     **kwargs
-        Passed to :func:`power` (``effect``, ``test``, ``n_sim``, ``alpha``, ``n_jobs``, ...).
+        Passed to :func:`~mixedlm_sklearn.power` (``effect``, ``test``, ``n_sim``, ``alpha``, ``n_jobs``, ...).
 
     Returns
     -------
     DataFrame
         One row per number of levels: ``n_groups``, ``power``, ``lower``, ``upper``,
         ``n_sim``, ``n_failed``.
+
+    See Also
+    --------
+    mixedlm_sklearn.power : The power at one design.
 
     Examples
     --------

@@ -70,20 +70,27 @@ def _fitted_values(est: Any, model: Any, design: Any, level: str) -> np.ndarray:
 
 
 def fitted(est: Any, level: str = "conditional") -> Any:
-    """Fitted values of the rows of the fit (lme4's ``fitted``).
+    """Compute the fitted values of the rows of the fit (lme4's ``fitted``).
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    level : {"conditional", "marginal"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    level : {"conditional", "marginal"}, default="conditional"
         ``X beta + Z b`` (with the BLUPs, lme4's ``fitted``) or ``X beta`` (lme4's
         ``predict(fit, re.form = NA)``); the offset included.
 
     Returns
     -------
-    Series indexed like the input's rows when ``X`` was a DataFrame (a formula fit: the
-    rows of ``data`` that were used), else ndarray. Rows of weight 0 are not rows of the
-    fit.
+    Series or ndarray of shape (n_obs,)
+        A Series indexed like the input's rows when ``X`` was a DataFrame (a formula fit:
+        the rows of ``data`` that were used), else an array. Rows of weight 0 are not
+        rows of the fit.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.fitted : The same, as a method.
+    mixedlm_sklearn.inference.prediction.residuals : The residuals.
 
     Examples
     --------
@@ -100,20 +107,27 @@ def fitted(est: Any, level: str = "conditional") -> Any:
 
 
 def residuals(est: Any, type: str = "response", level: str = "conditional") -> Any:
-    """Residuals of the rows of the fit (lme4's ``residuals``).
+    """Compute the residuals of the rows of the fit (lme4's ``residuals``).
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    type : {"response", "pearson"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    type : {"response", "pearson"}, default="response"
         ``y - fitted``, or that divided by the row's residual standard deviation
         ``sigma_s / sqrt(w_r)`` (its stratum's, its prior weight's).
-    level : {"conditional", "marginal"}
-        Against the conditional or the marginal fitted values (:func:`fitted`).
+    level : {"conditional", "marginal"}, default="conditional"
+        Against the conditional or the marginal fitted values.
 
     Returns
     -------
-    Series or ndarray, as :func:`fitted`.
+    Series or ndarray of shape (n_obs,)
+        As :func:`~mixedlm_sklearn.inference.prediction.fitted`.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.residuals : The same, as a method.
+    mixedlm_sklearn.plotting.residuals_vs_fitted : Plot them.
 
     Examples
     --------
@@ -327,25 +341,40 @@ def prediction_std(est: Any, X: np.ndarray, parts: list, residual_groups: Any = 
 def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                      residual_groups: Any = None, alpha: float = 0.05,
                      kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
-    """Prediction (or confidence) intervals of :meth:`MixedLMRegressor.predict`.
+    """Compute prediction (or confidence) intervals of :meth:`~mixedlm_sklearn.MixedLMRegressor.predict`.
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    X, groups, Z, offset : as in ``predict``
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    X : array-like of shape (n, p)
+        As in :meth:`~mixedlm_sklearn.MixedLMRegressor.predict`.
+    groups : array-like of shape (n,) or DataFrame, optional
+        As in ``predict``.
+    Z : array-like, dict or DataFrame, optional
+        As in ``predict``.
+    offset : array-like of shape (n,), optional
+        As in ``predict``.
     residual_groups : array-like, optional
         The rows' strata, for a model with a residual variance per stratum.
-    alpha : float, default 0.05
-        1 - coverage.
-    kind : {"prediction", "confidence"}
+    alpha : float, default=0.05
+        One minus the coverage.
+    kind : {"prediction", "confidence"}, default="prediction"
         ``"prediction"``: for a new observation of the row (the residual variance
         included); ``"confidence"``: for its conditional mean ``x'beta + z'b``.
 
     Returns
     -------
-    lower, upper : ndarray of shape (n,)
+    lower : ndarray of shape (n,)
+        The lower bounds.
+    upper : ndarray of shape (n,)
         ``predict -+ z_{1 - alpha/2} std``: normal quantiles, the prediction error being
         Gaussian at given variance parameters (their estimation error is not included).
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.predict_interval : The same, as a method.
+    mixedlm_sklearn.MixedLMRegressor.predict : The predictions (``return_std=True`` for their standard deviation).
 
     Notes
     -----
@@ -354,6 +383,11 @@ def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, off
     levels seen in the fit; a level not seen (or a factor not given) contributes its
     random effect's full variance, as the prediction of a new group; ``"prediction"`` adds
     the residual variance (prior weight 1).
+
+    References
+    ----------
+    .. [1] Henderson, C. R. (1975). Best linear unbiased estimation and prediction
+       under a selection model. Biometrics 31(2), 423-447.
 
     Examples
     --------

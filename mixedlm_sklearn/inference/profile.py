@@ -384,16 +384,17 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    which : None, str or list of str
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    which : None, str or list of str, default=None
         Parameter names as in :func:`conf_int` (``"sd_(Intercept)|Subject"``, ``"sigma"``,
         fixed-effect names), or ``"variance"`` / ``"fixed"``; default all.
-    alpha_max : float, default 0.01
+    alpha_max : float, default=0.01
         The grid of each parameter spans ``|zeta| <= z_{1 - alpha_max/2}`` (or up to the
         parameter's limit: 0 for a standard deviation, +-1 for a correlation).
-    n_points : int, default 21
+    n_points : int, default=21
         Points per parameter, equally spaced on each side of the estimate (which is one).
-    criterion : {"ml", "reml"}, default "ml"
+    criterion : {"ml", "reml"}, default="ml"
         The deviance profiled: the ML deviance (lme4's ``profile``, also for REML fits) or
         the REML criterion (variance parameters only; see the module docstring).
 
@@ -407,6 +408,11 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
     ------
     NotImplementedError
         For a heteroscedastic fit without its per-stratum statistics (see :func:`conf_int`).
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.conf_int : The intervals where zeta reaches the normal quantiles.
+    mixedlm_sklearn.plotting.profile_zeta : Plot the profiles.
 
     Notes
     -----
@@ -456,27 +462,33 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    alpha : float, default 0.05
-        1 - confidence level.
-    method : {"wald", "profile", "boot"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    alpha : float, default=0.05
+        One minus the confidence level.
+    method : {"wald", "profile", "boot"}, default="wald"
         ``"wald"``: fixed effects, ``estimate -+ z_{1-alpha/2} * std_error`` (lme4's
         ``confint(method = "Wald")``). ``"profile"``: profile-likelihood intervals of the
         variance parameters on lme4's scale, then of the fixed effects (lme4's
         ``confint(method = "profile")``). ``"boot"``: parametric bootstrap intervals of
         the same parameters (lme4's ``confint(method = "boot")``; see
         :func:`~mixedlm_sklearn.inference.bootstrap`).
-    which : None, str or list of str
+    which : None, str or list of str, default=None
         Profile and boot: parameter names, or ``"variance"`` / ``"fixed"``; default all.
-    ddf : {None, "satterthwaite", "kenward-roger"}
+    ddf : {None, "satterthwaite", "kenward-roger"}, default=None
         Wald only: None for normal quantiles (lme4); otherwise ``estimate -+ t_{df} SE``
         with Satterthwaite's df, or with Kenward-Roger's adjusted SE and df (lmerTest's
         ``confint`` of its summary).
-    criterion : {"ml", "reml"}
-        Profile only: see :func:`profile`.
-    n_boot, boot_type, random_state, n_jobs
-        Boot only: replicates, interval type (``"percentile"``, ``"basic"``, ``"normal"``;
-        lme4's ``boot.type``), seed and worker processes.
+    criterion : {"ml", "reml"}, default="ml"
+        Profile only: see :func:`~mixedlm_sklearn.inference.profile`.
+    n_boot : int, default=1000
+        Boot only: number of replicates.
+    boot_type : {"percentile", "basic", "normal"}, default="percentile"
+        Boot only: the interval type (lme4's ``boot.type``).
+    random_state : None, int or numpy Generator, default=None
+        Boot only: seed.
+    n_jobs : int, optional
+        Boot only: worker processes.
 
     Returns
     -------
@@ -494,6 +506,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     NotImplementedError
         ``method="profile"`` on a heteroscedastic fit that does not keep its per-stratum
         statistics: the profiles must be minimised over the variance ratios too.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.conf_int : The same, as a method.
+    mixedlm_sklearn.inference.profile : The profiles behind the profile intervals.
+    mixedlm_sklearn.inference.bootstrap : The replicates behind the bootstrap intervals.
 
     Notes
     -----

@@ -50,16 +50,58 @@ _SINGULAR_TOL = 1e-5
 
 
 @dataclass(frozen=True)
-class R2:
-    """Nakagawa's marginal and conditional R2."""
+class R2:  # numpydoc ignore=PR01
+    """Nakagawa's marginal and conditional R2.
+
+    Attributes
+    ----------
+    marginal : float
+        The fixed effects' share of the variance.
+    conditional : float
+        The fixed and random effects' share.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.r2.r2 : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (1 | Subject)", load_sleepstudy())
+    >>> r = fit.r2()
+    >>> bool(0 < r.marginal < r.conditional < 1)
+    True
+    """
 
     marginal: float
     conditional: float
 
 
 @dataclass(frozen=True)
-class ICC:
-    """Adjusted and unadjusted (conditional) intraclass correlation."""
+class ICC:  # numpydoc ignore=PR01
+    """Adjusted and unadjusted (conditional) intraclass correlation.
+
+    Attributes
+    ----------
+    adjusted : float
+        Random-effects variance over random plus residual variance.
+    unadjusted : float
+        Random-effects variance over the total, the fixed effects' variance included.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.r2.icc : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (1 | Subject)", load_sleepstudy())
+    >>> i = fit.icc()
+    >>> bool(0 < i.unadjusted < i.adjusted < 1)
+    True
+    """
 
     adjusted: float
     unadjusted: float
@@ -219,17 +261,31 @@ def variance_components(est: Any) -> VarianceComponents:
 
 
 def r2(est: Any) -> R2:
-    """Nakagawa & Schielzeth's marginal and conditional R2 (performance ``r2_nakagawa``).
+    """Compute Nakagawa and Schielzeth's marginal and conditional R2 (performance ``r2_nakagawa``).
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : MixedLMRegressor
+        A fitted linear mixed model.
 
     Returns
     -------
     R2
         ``.marginal`` (the fixed effects' share of the variance) and ``.conditional``
         (fixed and random effects'); random slopes enter by Johnson's (2014) extension.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.r2 : The same, as a method.
+    mixedlm_sklearn.inference.r2.icc : The intraclass correlation.
+
+    References
+    ----------
+    .. [1] Nakagawa, S. and Schielzeth, H. (2013). A general and simple method for
+       obtaining R2 from generalized linear mixed-effects models. Methods in Ecology
+       and Evolution 4(2), 133-142.
+    .. [2] Johnson, P. C. D. (2014). Extension of Nakagawa & Schielzeth's R2GLMM to
+       random slopes models. Methods in Ecology and Evolution 5(9), 944-946.
 
     Examples
     --------
@@ -244,7 +300,22 @@ def r2(est: Any) -> R2:
 
 
 def icc(est: Any) -> ICC:
-    """Adjusted and unadjusted intraclass correlation (performance ``icc``).
+    """Compute the adjusted and unadjusted intraclass correlation (performance ``icc``).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+
+    Returns
+    -------
+    ICC
+        ``.adjusted`` and ``.unadjusted``.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.icc : The same, as a method.
+    mixedlm_sklearn.inference.r2.r2 : Nakagawa's R2.
 
     Examples
     --------

@@ -93,13 +93,26 @@ def satterthwaite_df(est: Any, L: Any | None = None) -> np.ndarray:
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
+    est : MixedLMRegressor
+        A fitted linear mixed model.
     L : array-like of shape (r, p) or (p,), optional
         Contrast rows; default the identity (one df per fixed effect).
 
     Returns
     -------
     ndarray of shape (r,)
+        The degrees of freedom of each contrast row.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.wald_test : F tests of several rows.
+    mixedlm_sklearn.MixedLMRegressor.summary : The t tests of the fixed effects.
+
+    References
+    ----------
+    .. [1] Kuznetsova, A., Brockhoff, P. B. and Christensen, R. H. B. (2017). lmerTest
+       package: tests in linear mixed effects models. Journal of Statistical Software
+       82(13).
 
     Examples
     --------

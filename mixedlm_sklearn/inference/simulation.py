@@ -84,15 +84,59 @@ OK, NOT_CONVERGED, FAILED = 0, 1, 2
 
 
 class RefitCounts:
-    """The counts a result of many refits reports, from its ``failed`` and ``converged``
-    arrays (one entry per refit; a failed refit is not counted as non-converged)."""
+    """Count the failed and the non-converged refits of a result of many refits.
+
+    Computed from its ``failed`` and ``converged`` arrays (one entry per refit; a
+    failed refit is not counted as non-converged).
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.BootstrapResult : A result of many refits.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> boot = fit.bootstrap(n_boot=20, random_state=0)
+    >>> boot.n_failed, boot.n_nonconverged
+    (0, 0)
+    """
 
     @property
     def n_failed(self) -> int:
+        """Number of refits that failed (their rows are NaN).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.bootstrap : A result with refits.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.bootstrap(n_boot=20, random_state=0).n_failed
+        0
+        """
         return int(np.sum(self.failed))
 
     @property
     def n_nonconverged(self) -> int:
+        """Number of refits that did not converge (kept, as lme4 keeps them).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.bootstrap : A result with refits.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+        >>> fit.bootstrap(n_boot=20, random_state=0).n_nonconverged
+        0
+        """
         return int(np.sum(~self.converged & ~self.failed))
 
 
@@ -626,19 +670,19 @@ def _run_batch(job: Callable[[list], dict], generators: list) -> dict:
 
 
 def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
-    """Responses drawn from a fitted model (lme4's ``simulate``).
+    """Draw responses from a fitted model (lme4's ``simulate``).
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
+    est : MixedLMRegressor, MixedGLMRegressor or MixedGLMClassifier
         Fitted in memory (a fit from chunks or Dask keeps no rows to simulate).
-    n_sim : int, default 1
+    n_sim : int, default=1
         Number of responses.
-    random_state : None, int, numpy SeedSequence or Generator
+    random_state : None, int, numpy SeedSequence or Generator, default=None
         Seed. Response ``j`` is drawn from the ``j``-th child generator of
         ``np.random.default_rng(random_state)``, the same as replicate ``j`` of
         :func:`~mixedlm_sklearn.inference.bootstrap` with this ``random_state``.
-    conditional : bool, default False
+    conditional : bool, default=False
         Keep the fit's conditional modes (BLUPs) of the random effects and draw only new
         residuals (lme4's ``use.u = TRUE``); by default new random effects are drawn too.
 
@@ -657,6 +701,11 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
         A binomial GLMM whose ``sample_weight`` (trials) are not whole numbers, or a
         Poisson GLMM fitted with ``sample_weight``: no response distribution to draw from
         (R's ``simulate`` ignores a Poisson model's weights; this refuses).
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.simulate : The same, as a method.
+    mixedlm_sklearn.inference.bootstrap : Refit the model to each response.
 
     Notes
     -----

@@ -79,7 +79,7 @@ def random_effects_rows(re: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 @dataclass(frozen=True)
-class Summary:
+class Summary:  # numpydoc ignore=PR01
     """Summary of a fitted linear mixed model (lme4's ``summary`` with lmerTest's tests).
 
     Attributes
@@ -89,7 +89,7 @@ class Summary:
         or with Kenward-Roger the adjusted standard errors and their df),
         ``t_value``, ``p_value`` (two-sided t test on ``df``), ``ci_lower``, ``ci_upper``
         (``estimate -+ t_{df, 1-alpha/2} * std_error``, the interval matching the test;
-        :func:`conf_int` gives lme4's normal-quantile Wald intervals).
+        :func:`~mixedlm_sklearn.inference.conf_int` gives lme4's normal-quantile Wald intervals).
     random_effects : DataFrame
         Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``.
         Per term a row per variance (``name2`` empty), then a row per pair of effects
@@ -97,19 +97,42 @@ class Summary:
         correlation); ``Residual`` last, or with heteroscedastic residuals a row
         ``Residual (<stratum>)`` per stratum.
     method : {"REML", "ML"}
+        The fitting criterion.
     n_obs : int
+        Number of rows fitted.
     n_groups : dict
         Levels per grouping factor.
     llf : float
         Log-likelihood (for REML fits -1/2 the REML criterion, as lme4's ``logLik``).
-    aic, bic : float
+    aic : float
+        Akaike's information criterion.
+    bic : float
+        Schwarz's criterion.
     df_model : int
         Parameters counted by AIC/BIC (lme4's ``df``).
-    converged, singular : bool
+    converged : bool
+        Whether the optimiser met its convergence checks.
+    singular : bool
+        Whether the estimate is on the boundary.
     alpha : float
+        One minus the level of the confidence intervals.
     ddf : {"Satterthwaite", "Kenward-Roger", "normal"}
         How ``df`` was obtained: Satterthwaite, Kenward-Roger, or ``inf`` (normal approximation) for a
         heteroscedastic fit that lacks what the Satterthwaite df need (printed as such).
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.summary : Make one.
+    mixedlm_sklearn.MixedLMRegressor.summary : The same, as a method.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> s = fit.summary()
+    >>> s.method, s.n_obs, s.n_groups
+    ('REML', 180, {'Subject': 18})
     """
 
     fixed_effects: pd.DataFrame
@@ -188,18 +211,23 @@ def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summar
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor
-    alpha : float, default 0.05
-        1 - level of the fixed effects' confidence intervals.
-    ddf : {"satterthwaite", "kenward-roger"}
+    est : MixedLMRegressor
+        A fitted linear mixed model.
+    alpha : float, default=0.05
+        One minus the level of the fixed effects' confidence intervals.
+    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
         lmerTest's ``summary(fit, ddf = ...)``: Satterthwaite's df with ``cov_fe_``, or
-        Kenward-Roger's adjusted standard errors and df (REML fits;
-        :mod:`~mixedlm_sklearn.inference.kenward_roger`).
+        Kenward-Roger's adjusted standard errors and df (REML fits).
 
     Returns
     -------
     Summary
-        Prints as a compact table; renders as HTML in notebooks.
+        The tables and the model information. Prints as a compact table; renders as HTML in notebooks.
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.summary : The same, as a method.
+    mixedlm_sklearn.inference.glmm.summary : The summary of a GLMM.
 
     Examples
     --------

@@ -24,7 +24,7 @@ __all__ = ["WaldTestResult", "wald_test", "contrast_matrix", "combined_ddf"]
 
 
 @dataclass(frozen=True)
-class WaldTestResult:
+class WaldTestResult:  # numpydoc ignore=PR01
     """A Wald test of ``L beta = rhs``.
 
     Attributes
@@ -38,11 +38,25 @@ class WaldTestResult:
         Denominator degrees of freedom (Satterthwaite or Kenward-Roger); ``inf`` for the
         chi-square test.
     pvalue : float
+        The p-value.
     estimate : ndarray
         ``L b - rhs``.
     method : str
         ``"satterthwaite"`` or ``"kenward-roger"`` (F tests) or ``"chi2"``. With
         Kenward-Roger ``statistic`` is pbkrtest's scaled F (``KRmodcomp``'s ``Ftest``).
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.wald_test : Make one.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> test = fit.wald_test("Days")
+    >>> test.df_num, round(test.df_denom, 3), test.method
+    (1, 17.0, 'satterthwaite')
     """
 
     statistic: float
@@ -107,13 +121,14 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
 
     Parameters
     ----------
-    est : fitted MixedLMRegressor (or a GLMM estimator, with ``ddf="chi2"``)
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted model (a GLMM with ``ddf="chi2"`` only).
     L : str, sequence of str, array-like of shape (r, p) or (p,), or DataFrame
         Names of fixed effects (joint test that they are all 0), a contrast matrix whose
         columns follow ``est.fe_params_``, or a DataFrame with fixed-effect names as columns.
     rhs : array-like of shape (r,), optional
         Hypothesised values of ``L beta``; default 0.
-    ddf : {"satterthwaite", "kenward-roger", "chi2"}
+    ddf : {"satterthwaite", "kenward-roger", "chi2"}, default="satterthwaite"
         F test with Satterthwaite denominator df (lmerTest's ``contest``), Kenward-Roger's
         F test (pbkrtest's ``KRmodcomp``: adjusted covariance, scaled statistic; REML fits),
         or the asymptotic chi-square test.
@@ -121,6 +136,18 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     Returns
     -------
     WaldTestResult
+        The statistic, its degrees of freedom and p-value.
+
+    Raises
+    ------
+    ValueError
+        For a GLMM with an F test, a ``rhs`` of the wrong length, or a hypothesis that
+        tests nothing (``L cov L'`` zero).
+
+    See Also
+    --------
+    mixedlm_sklearn.MixedLMRegressor.anova : The F tests of every term.
+    mixedlm_sklearn.inference.satterthwaite_df : The df of single contrasts.
 
     Notes
     -----
