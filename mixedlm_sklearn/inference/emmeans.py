@@ -491,6 +491,7 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         For a fit that dropped fixed effects as aliased (``y ~ a:b``, as lme4 drops them),
         for means that depend on the dropped ones (emmeans' ``nonEst``); the others are
         computed from the kept fixed effects.
+
     See Also
     --------
     mixedlm_sklearn.MixedLMRegressor.emmeans : The same, as a method.
