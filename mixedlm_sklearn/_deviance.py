@@ -41,11 +41,14 @@ from ._batched import left_matmul
 from ._crossprod import CrossProducts
 from ._factor import BlockOps, Factor, NotPositiveDefinite, Plan, Prepared
 
-__all__ = ["Deviance", "Solution", "Shift", "MAX_LOG_RATIO"]
+__all__ = ["Deviance", "Solution", "ExactSolution", "Shift", "MAX_LOG_RATIO"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 # Bounds on |log delta| (variance ratios within 1e-12 .. 1e12 of the reference).
 MAX_LOG_RATIO = 0.5 * np.log(1e12)
+# Doubles of the right-hand sides of one batch of solves (prediction rows whose levels the
+# selected inverse does not hold).
+_SOLVE_BUDGET = 1 << 22
 
 
 def _combine(blocks: np.ndarray, coef: np.ndarray) -> np.ndarray:
@@ -142,7 +145,13 @@ class _Point:
 
 @dataclass(frozen=True)
 class Solution:
-    """The fit at given parameters.
+    """The fit at given parameters: the protocol every deviance's solution honours.
+
+    Inference reads a fit only through what is listed here, whichever engine computed it
+    (:class:`ExactSolution` from the factorisation of :class:`Deviance`,
+    :class:`._iterative.IterativeSolution` from conjugate gradients). Where an engine
+    cannot give a quantity exactly it says so here, not by its type: inference never
+    asks which engine it has.
 
     Attributes
     ----------
@@ -161,6 +170,23 @@ class Solution:
     a_inv : ndarray (p, p)
         ``A^{-1}``: ``scale * a_inv`` is the covariance of beta.
     lams : list of (q_k, q_k)
+    conditional_cov_on_request : bool
+        True where :meth:`conditional_cov` is costly (a stochastic estimate): the
+        estimator then leaves ``random_effects_cov_`` empty and computes it when asked.
+
+    Methods
+    -------
+    u
+        Spherical modes per term, each (q_k, m_k); the BLUPs are ``L_k u_k``.
+    cov_beta(), cov_re(), blups()
+        Covariance of beta, of each term's random effects, the conditional modes.
+    conditional_cov(), conditional_cov_se()
+        Conditional covariances of the random effects per term and level (lme4's
+        condVar), and the standard errors of a stochastic estimate of them (None: exact).
+    prediction_products(seen)
+        ``r'M^{-1}r`` and ``X'Omega Z Lambda M^{-1} r`` for rows with spherical
+        random-effects designs ``r`` (the prediction errors of
+        :mod:`.inference.prediction`).
     """
 
     x: np.ndarray
@@ -172,7 +198,54 @@ class Solution:
     scale: float
     a_inv: np.ndarray
     lams: list
-    _point: _Point = field(repr=False, compare=False)
+
+    conditional_cov_on_request = False
+
+    @property
+    def u(self) -> list:
+        """Spherical modes per term, each (q_k, m_k); the BLUPs are ``L_k u_k``."""
+        raise NotImplementedError
+
+    def cov_beta(self) -> np.ndarray:
+        return self.scale * self.a_inv
+
+    def blups(self) -> list:
+        """Conditional modes per term, each (m_k, q_k)."""
+        return [(lam @ u).T for lam, u in zip(self.lams, self.u)]
+
+    def cov_re(self) -> list:
+        """``scale * L_k L_k'`` per term."""
+        out = []
+        for lam in self.lams:
+            c = self.scale * lam @ lam.T
+            out.append(0.5 * (c + c.T))
+        return out
+
+    def conditional_cov(self) -> list:
+        """``scale * L_k Sigma_kk,l L_k'`` per term and level, each (m_k, q_k, q_k) (lme4's
+        condVar), ``Sigma = M^{-1}``."""
+        raise NotImplementedError
+
+    def conditional_cov_se(self) -> list | None:
+        """Standard errors of the entries of :meth:`conditional_cov` where it is a
+        stochastic estimate (same shapes); None where it is exact."""
+        return None
+
+    def prediction_products(self, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """``r'M^{-1}r`` (n,) and ``X'Omega Z Lambda M^{-1} r`` (n, p) for n rows.
+
+        ``seen`` holds per term ``(level, r)`` (level of each row, -1 where not seen;
+        ``r = Lambda_k' z`` rows, zero where not seen) or None (the term not given):
+        ``r`` is the row's spherical random-effects design placed at its levels.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ExactSolution(Solution):
+    """:class:`Solution` from the factorisation of :class:`Deviance` (everything exact)."""
+
+    _point: _Point = field(repr=False, compare=False, default=None)
     _modes: object = field(repr=False, compare=False, default=None)
 
     @property
@@ -181,13 +254,6 @@ class Solution:
         V = self._modes(self._point)
         gamma = np.append(-self._point.beta, 1.0)  # in the coordinates of the data it used
         return [_combine(Vk, gamma) for Vk in V]
-
-    def cov_beta(self) -> np.ndarray:
-        return self.scale * self.a_inv
-
-    def blups(self) -> list:
-        """Conditional modes per term, each (m_k, q_k)."""
-        return [(lam @ u).T for lam, u in zip(self.lams, self.u)]
 
     def conditional_cov(self) -> list:
         """``scale * L_k Sigma_kk,l L_k'`` per term and level, each (m_k, q_k, q_k) (lme4's condVar)."""
@@ -199,13 +265,80 @@ class Solution:
             out.append(self.scale * 0.5 * (cv + cv.transpose(0, 2, 1)))
         return out
 
-    def cov_re(self) -> list:
-        """``scale * L_k L_k'`` per term."""
-        out = []
-        for lam in self.lams:
-            c = self.scale * lam @ lam.T
-            out.append(0.5 * (c + c.T))
-        return out
+    def prediction_products(self, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Solution.prediction_products`: from the blocks of ``M^{-1}`` the
+        factorisation provides for a row's levels (its selected inverse); a row whose
+        combination of levels of crossed factors never occurred in the data is solved for."""
+        factor = self._point.factor
+        terms = factor.prep.cp.terms
+        p = self.beta.size
+        n = next(s[1].shape[0] for s in seen if s is not None)
+        seen_terms = np.zeros(n, dtype=int)
+        for s in seen:
+            if s is not None:
+                seen_terms += s[0] >= 0
+        several = bool(np.any(seen_terms > 1))
+        diag, pairs = factor.selected_inverse(with_crossing_pairs=several)
+        modes = self._modes(self._point)
+        quad = np.zeros(n)
+        shift = np.zeros((n, p))
+        unsolved = np.zeros(n, dtype=bool)
+        for k, s in enumerate(seen):
+            if s is None:
+                continue
+            idx, r = s
+            rows = np.flatnonzero(idx >= 0)
+            levels = idx[rows]
+            quad[rows] += np.einsum("ia,abi,ib->i", r[rows], diag[k][:, :, levels], r[rows])
+            shift[rows] += np.einsum("ia,api->ip", r[rows], modes[k][:, :p, levels])
+        if several:
+            for j, block in enumerate(factor.prep.cp.pairs):
+                sk, sl = seen[block.k], seen[block.l]
+                if sk is None or sl is None:
+                    continue
+                rows = np.flatnonzero((sk[0] >= 0) & (sl[0] >= 0))
+                if not rows.size:
+                    continue
+                m_l = terms[block.l].n_levels
+                keys = block.level_k.astype(np.int64) * m_l + block.level_l
+                wanted = sk[0][rows].astype(np.int64) * m_l + sl[0][rows]
+                pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+                found = np.zeros(rows.size, dtype=bool)
+                if keys.size and pairs[j] is not None:
+                    found = keys[pos] == wanted
+                unsolved[rows[~found]] = True
+                rows, pos = rows[found], pos[found]
+                if rows.size:
+                    quad[rows] += 2.0 * np.einsum("ia,iab,ib->i", sk[1][rows], pairs[j][pos],
+                                                  sl[1][rows])
+        if unsolved.any():
+            rows = np.flatnonzero(unsolved)
+            quad[rows], shift[rows] = self._solved(terms, seen, rows)
+        return quad, shift
+
+    def _solved(self, terms: list, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
+        factor, w_xy = self._point.factor, self._point.w
+        p = self.beta.size
+        size = sum(t.size for t in terms)
+        batch = max(1, _SOLVE_BUDGET // max(size, 1))
+        quad, shift = np.empty(rows.size), np.empty((rows.size, p))
+        for start in range(0, rows.size, batch):
+            chunk = rows[start:start + batch]
+            c = chunk.size
+            rhs = []
+            for t, s in zip(terms, seen):
+                block = np.zeros((t.q, c, t.n_levels))
+                if s is not None:
+                    idx, r = s
+                    ok = idx[chunk] >= 0
+                    block[:, np.flatnonzero(ok), idx[chunk][ok]] = r[chunk][ok].T
+                rhs.append(block)
+            w = factor.forward(rhs)
+            quad[start:start + c] = sum(np.einsum("aic,aic->i", wk, wk) for wk in w)
+            shift[start:start + c] = sum(np.einsum("apl,ail->ip", wx[:, :p, :], wk)
+                                         for wx, wk in zip(w_xy, w))
+        return quad, shift
 
 
 class Deviance:
@@ -232,6 +365,9 @@ class Deviance:
     >>> bool(np.isfinite(value)) and grad.shape
     (1,)
     """
+
+    # The value is exact (not a stochastic estimate): the full optimiser applies.
+    stochastic = False
 
     def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None,
                  shift: Shift | None = None) -> None:
@@ -357,6 +493,11 @@ class Deviance:
             shift = Shift(self.shift.cp.transformed(bases, xy_scale), C, beta0)
         return Deviance(self.cp.transformed(bases, xy_scale), self.reml, plan=self.plan, shift=shift)
 
+    def with_data(self, cp: CrossProducts, reml: bool | None = None, replan: bool = False) -> "Deviance":
+        """The deviance of other data with the same terms and levels (another response, a
+        subset of the fixed effects): this plan unless ``replan`` (other rows)."""
+        return Deviance(cp, self.reml if reml is None else reml, plan=None if replan else self.plan)
+
     def digits_lost(self, x: np.ndarray) -> float:
         """How many digits forming ``D'V^{-1}D`` from the cross-products cancels at ``x``.
 
@@ -378,8 +519,8 @@ class Deviance:
         pt = self._evaluate(x)
         theta, v = self.split(pt.x)
         beta = pt.beta if pt.A is None else pt.beta + self.shift.beta0
-        return Solution(pt.x.copy(), theta.copy(), 1.0 / v, beta.copy(), pt.r2, pt.deviance,
-                        pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes_of_data)
+        return ExactSolution(pt.x.copy(), theta.copy(), 1.0 / v, beta.copy(), pt.r2, pt.deviance,
+                             pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes_of_data)
 
     # ---- derivatives ----------------------------------------------------------------------
 

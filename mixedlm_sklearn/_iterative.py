@@ -41,6 +41,17 @@ stochastic error (measured in the tests).
 *Average information* (Gilmour, Thompson & Cullis 1995): one more batched PCG solve with
 one right-hand side per ``theta`` entry; exact up to the PCG tolerance.
 
+*The solution* (:class:`IterativeSolution`, the protocol of :class:`._deviance.Solution`):
+beta, its covariance and the modes from the same solves; prediction errors ``r'M^{-1}r``
+by one PCG solve per distinct row. Conditional covariances (the diagonal blocks of
+``M^{-1}``) exactly while one solve per random effect of the Schur complement is cheap
+(``S^{-1}`` column by column; the eliminated term's blocks ``B_l^{-1} + (W S^{-1}
+W')_ll``, ``W = M_11^{-1} M_12``), else with the probes (Bekas, Kokiopoulou & Saad 2007)
+and their standard errors. Inference differentiates the fixed-probe deviance numerically
+(Satterthwaite, profiles): with CG converged to 1e-8 it is a smooth function of theta,
+and its stochastic error varies slowly with theta, so its differences are far more
+accurate than its value (measured against the exact solver in the tests).
+
 Measurements behind the choices (preconditioners, probes, deflation):
 ``benchmarks/crossed_notes.md``. Not taken (a ValueError names them): residual strata
 (``residual_groups``) and models with a single random-effects term (solved exactly level
@@ -56,9 +67,10 @@ from scipy import linalg, sparse
 from scipy.sparse import linalg as sparse_linalg
 
 from ._crossprod import CrossProducts
-from ._deviance import profiled_over_beta
+from ._deviance import Solution, profiled_over_beta
 
-__all__ = ["IterativePlan", "IterativeDeviance", "IterativeSolution", "N_PROBES", "PROBE_SEED"]
+__all__ = ["IterativePlan", "IterativeDeviance", "IterativeSolution", "N_PROBES", "PROBE_SEED",
+           "EXACT_CONDITIONAL_COV_FLOPS"]
 
 # Probe vectors of the stochastic estimates and the seed of their private generator: 32
 # probes give log-likelihood errors of ~1.5e-4 at 2x10^5 and 10^6 rows (notes, sec. 3).
@@ -69,6 +81,12 @@ PROBE_SEED = 20261202
 # in the gradient; at 10^7 rows (10^6 users) this is a block of 2 columns, and the sparse
 # products cost the same flops in any blocking.
 _BLOCK_DOUBLES = 1 << 21
+# The conditional covariances are computed exactly (one PCG solve per random effect of the
+# Schur complement) while that costs at most this many flops (about a second), else
+# estimated with the probes.
+EXACT_CONDITIONAL_COV_FLOPS = 2e9
+# PCG iterations assumed by that cost estimate (6-7 to 1e-8 on the notes' data).
+_CG_ITERATIONS = 10
 
 
 def _colsum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -143,7 +161,9 @@ def _sparse_pair(block, q_k: int, q_l: int, shape: tuple, col_offset: int, trans
 class IterativePlan:
     """The theta-independent part of the matrix-free deviance, from the cross-products.
 
-    Shared by the REML and ML deviances of the same data (inference refits).
+    Holds only what depends on the random-effects design and the weights (the blocks of
+    ``Z'WZ``, the probes), nothing of ``[X y]``: shared by the REML and ML deviances of
+    the same data and by refits to other responses (inference).
 
     Parameters
     ----------
@@ -232,12 +252,6 @@ class IterativePlan:
         cuts = np.searchsorted(np.cumsum(work), np.arange(1, int(work.sum() // 2**20) + 1) * 2.0**20)
         edges = np.unique(np.concatenate([[0], cuts, [self.a1R.shape[1]]]))
         self.frob_chunks = list(zip(edges[:-1], edges[1:]))
-        # Z_1'W[X y] and Z_R'W[X y] as rows (level, effect).
-        # (a view of the cross-products for a scalar first term: no m_1-long copy)
-        z1 = cp.zxy[self.first][0]
-        self.r1 = z1[0].T if z1.shape[0] == 1 else _flat(z1)
-        self.rR = np.concatenate([_flat(cp.zxy[k][0]) for k in self.rest], axis=0)
-        self.xyxy = cp.xyxy[0]
         self.n_probes = int(n_probes)
         self.seed = int(seed)
         rng = np.random.default_rng(self.seed)
@@ -317,7 +331,12 @@ class IterativeDeviance:
         # The plan's arrays under the names the algorithms below use (references).
         self.blocks, self.first, self.rest, self.r = pl.blocks, pl.first, pl.rest, pl.r
         self.a11, self.a1R, self.aRR, self.aRR_diag = pl.a11, pl.a1R, pl.aRR, pl.aRR_diag
-        self.r1, self.rR, self.xyxy = pl.r1, pl.rR, pl.xyxy
+        # Z_1'W[X y] and Z_R'W[X y] as rows (level, effect).
+        # (a view of the cross-products for a scalar first term: no m_1-long copy)
+        z1 = cp.zxy[self.first][0]
+        self.r1 = z1[0].T if z1.shape[0] == 1 else _flat(z1)
+        self.rR = np.concatenate([_flat(cp.zxy[k][0]) for k in self.rest], axis=0)
+        self.xyxy = cp.xyxy[0]
         self.probes, self.n_probes, self.n_deflate = pl.probes, pl.n_probes, pl.n_deflate
         self._all_scalar, self._frob_chunks = pl.all_scalar, pl.frob_chunks
         self._rest_block_id, self.block_size = pl.rest_block_id, pl.block_size
@@ -884,99 +903,224 @@ class IterativeDeviance:
             else np.zeros((0, 0))
         theta = np.asarray(x, dtype=float)[:self.n_theta].copy()
         return IterativeSolution(
-            x=theta.copy(), theta=theta, ratios=np.ones(1), beta=res["beta"].copy(), r2=res["r2"],
-            deviance=res["deviance"], scale=res["r2"] / self.dof, a_inv=0.5 * (a_inv + a_inv.T),
-            lams=st.lams, u=u, logdet_se=res["logdet_se"], cg_iterations=res["its"],
-            _deviance=self, _theta=theta)
+            theta.copy(), theta, np.ones(1), res["beta"].copy(), res["r2"], res["deviance"],
+            res["r2"] / self.dof, 0.5 * (a_inv + a_inv.T), st.lams, u, res["logdet_se"], res["its"],
+            self)
 
-    def _conditional_cov(self, theta: np.ndarray) -> list:
-        """Stochastic diagonal blocks of ``scale * Lambda M^{-1} Lambda'`` per term and level.
+    def with_data(self, cp: CrossProducts, reml: bool | None = None, replan: bool = False
+                  ) -> "IterativeDeviance":
+        """The deviance of other data with the same terms and levels (another response, a
+        subset of the fixed effects): this plan (its probes) unless ``replan`` (other rows)."""
+        plan = IterativePlan(cp, self.plan.n_probes, self.plan.seed) if replan else self.plan
+        return IterativeDeviance(cp, self.reml if reml is None else reml, plan=plan, rtol=self.rtol,
+                                 max_iter=self.max_iter)
 
-        Estimator of the diagonal (Bekas, Kokiopoulou & Saad 2007) with the fixed probes:
-        the exact ``B_l^{-1}`` (first term) and ``P^{-1}`` (other terms) parts plus a
-        stochastic correction; one pass over the probe pairs (about a gradient's cost).
+    def in_basis(self, bases: list, xy_scale: np.ndarray) -> "IterativeDeviance":
+        """The deviance of ``Z_k P_k`` and ``[X y] / xy_scale`` (the basis of :mod:`._basis`).
+
+        ``M`` is the same matrix in either basis and the probes are drawn from the same
+        seed, so the estimate differs from this one by the basis' constant only (to
+        rounding): the whitened evaluations of inference see the same stochastic error.
+        """
+        cp = self.cp.transformed(bases, xy_scale)
+        return IterativeDeviance(cp, self.reml, plan=IterativePlan(cp, self.plan.n_probes, self.plan.seed),
+                                 rtol=self.rtol, max_iter=self.max_iter)
+
+    # ---- conditional covariances and prediction errors -----------------------------------------
+
+    def exact_conditional_cov_flops(self) -> float:
+        """Flops of the exact conditional covariances: one PCG solve per random effect of
+        the Schur complement (``r`` of them; ~10 iterations each) and two products with
+        the eliminated term's blocks per solve."""
+        f = self.blocks[self.first]
+        per_iteration = 4.0 * self.a1R.nnz + 2.0 * self.aRR.nnz + 2.0 * f.size * f.q + 4.0 * self.r
+        return self.r * (_CG_ITERATIONS * per_iteration + 4.0 * self.a1R.nnz + 4.0 * f.size * f.q)
+
+    def _conditional_cov(self, theta: np.ndarray) -> tuple[list, list | None]:
+        """Conditional covariances ``scale * L_k Sigma_kk,l L_k'`` per term and level (m_k,
+        q_k, q_k), and their standard errors (None when exact).
+
+        Exact (to the PCG tolerance) while :meth:`exact_conditional_cov_flops` is at most
+        :data:`EXACT_CONDITIONAL_COV_FLOPS`, a stochastic estimate beyond.
         """
         res = self._evaluate(theta, False)
         st = res["st"]
         sigma2 = res["r2"] / self.dof
+        if self.exact_conditional_cov_flops() <= EXACT_CONDITIONAL_COV_FLOPS:
+            blocks = self._inverse_blocks(st)
+            blocks, se = [np.einsum("ab,mbc,dc->mad", L, b, L) for L, b in zip(st.lams, blocks)], None
+        else:
+            blocks, se = self._inverse_blocks_stochastic(res)
+        out = [sigma2 * 0.5 * (b + b.transpose(0, 2, 1)) for b in blocks]
+        return out, (None if se is None else [sigma2 * e for e in se])
+
+    def _inverse_blocks(self, st: _State) -> list:
+        """The diagonal blocks of ``M^{-1}`` per term and level (m_k, q_k, q_k), exactly.
+
+        ``S^{-1}`` column by column (PCG on unit vectors, in blocks); the rest terms' blocks
+        are read from it, the eliminated term's are ``B_l^{-1} + (W S^{-1} W')_ll`` with
+        ``W = M_11^{-1} M_12`` (Schur complement: ``M^{-1}_11 = M_11^{-1} + W S^{-1} W'``).
+        """
+        f = self.blocks[self.first]
+        first = st.Binv.copy()
+        rest = [np.zeros((self.blocks[k].m, self.blocks[k].q, self.blocks[k].q)) for k in self.rest]
+        for s0 in range(0, self.r, self.block_size):
+            cols = np.arange(s0, min(self.r, s0 + self.block_size))
+            E = np.zeros((self.r, cols.size))
+            E[cols, np.arange(cols.size)] = 1.0
+            X, _, _ = self._solve_blocks(st, E, False)
+            Y = self._back1(st, X).reshape(f.m, f.q, -1)  # W S^{-1} E
+            first += np.einsum("mac,mbc->mab", Y, self._back1(st, E).reshape(f.m, f.q, -1))
+            del Y
+            for j, k in enumerate(self.rest):
+                t = self.blocks[k]
+                sel = np.flatnonzero((cols >= t.rest_offset) & (cols < t.rest_offset + t.size))
+                if not sel.size:
+                    continue
+                level, b = np.divmod(cols[sel] - t.rest_offset, t.q)
+                rows = t.rest_offset + level[:, None] * t.q + np.arange(t.q)
+                rest[j][level, :, b] = X[rows, sel[:, None]]
+        out = [None] * len(self.blocks)
+        out[self.first] = first
+        for j, k in enumerate(self.rest):
+            out[k] = rest[j]
+        return out
+
+    def _inverse_blocks_stochastic(self, res: dict) -> tuple[list, list]:
+        """Stochastic diagonal blocks of ``Lambda M^{-1} Lambda'`` per term and level, and
+        their standard errors.
+
+        Estimator of the diagonal (Bekas, Kokiopoulou & Saad 2007) with the fixed probes:
+        the exact ``B_l^{-1}`` (first term) and ``P^{-1}`` (other terms) parts plus a
+        stochastic correction, whose standard error is the spread of the per-probe terms
+        over the square root of their number; one pass over the probe pairs (about a
+        gradient's cost).
+        """
+        st = res["st"]
+        n = self.n_probes
         acc = [np.zeros((t.m, t.q, t.q)) for t in self.blocks]
+        probe_sum = [np.zeros_like(a) for a in acc]
+        probe_sq = [np.zeros_like(a) for a in acc]
+        start = 0
         for X1, X2, Y1, Y2, wts in self._lifted_pairs(res):
+            probe = np.arange(start, start + wts.size) < n  # the probes come first
+            start += wts.size
             for k in range(len(self.blocks)):
                 Xk, Yk = self._term_view(k, X1, X2), self._term_view(k, Y1, Y2)
                 if k != self.first:
                     Xk = Xk - Yk
-                acc[k] += np.einsum("mas,mbs,s->mab", Xk, Yk, wts)
-        out = []
+                L = st.lams[k]
+                T = np.einsum("mas,mbs->mabs", np.einsum("ab,mbs->mas", L, Xk), np.einsum("ab,mbs->mas", L, Yk))
+                T = 0.5 * (T + T.transpose(0, 2, 1, 3))
+                acc[k] += T @ wts
+                if probe.any():
+                    probe_sum[k] += T[..., probe].sum(axis=-1)
+                    probe_sq[k] += np.square(T[..., probe]).sum(axis=-1)
+        blocks, se = [], []
         for k, t in enumerate(self.blocks):
-            L = st.lams[k]
             if k == self.first:
-                Minv = st.Binv + acc[k]
+                exact = st.Binv
             else:
                 Cinv = np.linalg.inv(st.P_chol[self.rest.index(k)])
-                Minv = np.einsum("mba,mbc->mac", Cinv, Cinv) + acc[k]
-            Minv = 0.5 * (Minv + Minv.transpose(0, 2, 1))
-            out.append(sigma2 * np.einsum("ab,mbc,dc->mad", L, Minv, L))
-        return out
+                exact = np.einsum("mba,mbc->mac", Cinv, Cinv)
+            L = st.lams[k]
+            blocks.append(np.einsum("ab,mbc,dc->mad", L, exact, L) + acc[k])
+            var = np.maximum(probe_sq[k] - probe_sum[k] ** 2 / n, 0.0) / max(n - 1, 1) / n
+            se.append(np.sqrt(var))
+        return blocks, se
+
+    def _prediction_products(self, theta: np.ndarray, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`._deviance.Solution.prediction_products` by PCG: one solve with ``M`` per
+        distinct row (its levels and design), in blocks; the shift from the modes."""
+        res = self._evaluate(theta, False)
+        st, p = res["st"], self.p
+        given = [(k, s) for k, s in enumerate(seen) if s is not None]
+        n = given[0][1][1].shape[0]
+        shift = np.zeros((n, p))
+        any_seen = np.zeros(n, dtype=bool)
+        for k, (idx, r) in given:
+            rows = np.flatnonzero(idx >= 0)
+            any_seen[rows] = True
+            Vk = self._term_view(k, res["V1"], res["V2"])  # (m, q, p + 1)
+            shift[rows] += np.einsum("ia,iap->ip", r[rows], Vk[idx[rows], :, :p])
+        quad = np.zeros(n)
+        rows = np.flatnonzero(any_seen)
+        if not rows.size:
+            return quad, shift
+        key = np.column_stack([idx[rows] for _, (idx, _) in given] + [r[rows] for _, (_, r) in given])
+        distinct, inverse = np.unique(key, axis=0, return_inverse=True)
+        f = self.blocks[self.first]
+        values = np.empty(distinct.shape[0])
+        col = len(given)
+        parts = []
+        for j, (k, _) in enumerate(given):
+            q = self.blocks[k].q
+            parts.append((k, distinct[:, j].astype(np.int64), distinct[:, col:col + q]))
+            col += q
+        for s0 in range(0, distinct.shape[0], self.block_size):
+            sl = slice(s0, min(distinct.shape[0], s0 + self.block_size))
+            c = sl.stop - sl.start
+            b1, b2 = np.zeros((f.size, c)), np.zeros((self.r, c))
+            for k, level, r in parts:
+                t = self.blocks[k]
+                ok = np.flatnonzero(level[sl] >= 0)
+                target, offset = (b1, 0) if k == self.first else (b2, t.rest_offset)
+                for a in range(t.q):
+                    target[offset + level[sl][ok] * t.q + a, ok] = r[sl][ok, a]
+            x1, x2, _ = self._solve_M(st, b1, b2)
+            values[sl] = _colsum(b1, x1) + _colsum(b2, x2)
+        quad[rows] = values[np.asarray(inverse).reshape(-1)]
+        return quad, shift
 
 
 @dataclass(frozen=True)
-class IterativeSolution:
-    """The matrix-free fit at given parameters (the fields of :class:`._deviance.Solution`).
+class IterativeSolution(Solution):
+    """:class:`._deviance.Solution` of the matrix-free deviance.
+
+    Everything of the protocol is exact up to the PCG tolerance except, beyond a cost
+    (:data:`EXACT_CONDITIONAL_COV_FLOPS`), the conditional covariances: a stochastic
+    estimate then, computed on request (about a gradient's cost), whose standard errors
+    :meth:`conditional_cov_se` gives (typically a few percent of the variance with 32
+    probes; measured in the tests). ``deviance`` is the fixed-probe estimate.
 
     Attributes
     ----------
-    x, theta : ndarray
-    ratios : ndarray
-        ``[1.0]`` (no strata).
-    beta : ndarray (p,)
-    r2 : float
-    deviance : float
-        Stochastic estimate (deterministic given the probes) of the profiled deviance.
-    scale : float
-    a_inv : ndarray (p, p)
-    lams : list of (q_k, q_k)
-    u : list of (q_k, m_k)
-        Spherical modes per term.
     logdet_se : float
         Standard error of the stochastic part of ``log|M|`` (deviance units).
     cg_iterations : int
         Most PCG iterations any right-hand side needed.
     """
 
-    x: np.ndarray
-    theta: np.ndarray
-    ratios: np.ndarray
-    beta: np.ndarray
-    r2: float
-    deviance: float
-    scale: float
-    a_inv: np.ndarray
-    lams: list
-    u: list
-    logdet_se: float
-    cg_iterations: int
-    _deviance: IterativeDeviance = field(repr=False, compare=False)
-    _theta: np.ndarray = field(repr=False, compare=False)
+    _u: list = field(repr=False, compare=False, default=None)
+    logdet_se: float = np.nan
+    cg_iterations: int = 0
+    _deviance: IterativeDeviance = field(repr=False, compare=False, default=None)
+    _cache: dict = field(repr=False, compare=False, default_factory=dict)
 
-    # The conditional covariances are stochastic and cost about a gradient: computed on
-    # request only (the estimator leaves random_effects_cov_ as None).
-    conditional_cov_on_request = True
+    @property
+    def u(self) -> list:
+        """Spherical modes per term, each (q_k, m_k)."""
+        return self._u
 
-    def cov_beta(self) -> np.ndarray:
-        return self.scale * self.a_inv
+    @property
+    def conditional_cov_on_request(self) -> bool:
+        """True where the conditional covariances are a stochastic estimate (costly)."""
+        return self._deviance.exact_conditional_cov_flops() > EXACT_CONDITIONAL_COV_FLOPS
 
-    def blups(self) -> list:
-        """Conditional modes per term, each (m_k, q_k)."""
-        return [(lam @ u).T for lam, u in zip(self.lams, self.u)]
+    def _conditional(self) -> tuple[list, list | None]:
+        if "condvar" not in self._cache:
+            self._cache["condvar"] = self._deviance._conditional_cov(self.theta)
+        return self._cache["condvar"]
 
     def conditional_cov(self) -> list:
-        """Stochastic estimates of the conditional covariances (lme4's condVar), per term
-        (m_k, q_k, q_k): with the fixed probes, about the cost of one gradient."""
-        return self._deviance._conditional_cov(self._theta)
+        """Conditional covariances (lme4's condVar) per term, (m_k, q_k, q_k): exact while
+        cheap, else a stochastic estimate (:meth:`conditional_cov_se`)."""
+        return self._conditional()[0]
 
-    def cov_re(self) -> list:
-        out = []
-        for lam in self.lams:
-            c = self.scale * lam @ lam.T
-            out.append(0.5 * (c + c.T))
-        return out
+    def conditional_cov_se(self) -> list | None:
+        """Standard errors of a stochastic :meth:`conditional_cov` (None when exact)."""
+        return self._conditional()[1]
+
+    def prediction_products(self, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`._deviance.Solution.prediction_products`: one PCG solve per distinct row."""
+        return self._deviance._prediction_products(self.theta, seen)

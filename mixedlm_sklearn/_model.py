@@ -3,16 +3,19 @@
 lme4's pipeline (Bates et al. 2015; ``lFormula -> mkLmerDevfun -> optimizeLmer ->
 mkMerMod``): cross-products (:mod:`._crossprod`) -> deviance (:mod:`._deviance`) ->
 optimiser (:mod:`._optimize`) -> :class:`FittedModel`. Inference is written once against
-the small protocol of :class:`FittedModel`: the deviance at given parameters, the
-solution there, a refit (by ML, from a start, with the search off), the names and the
-bounds of the parameters. It never asks what kind of model it has.
+the small protocol of :class:`FittedModel`: the deviance at given parameters
+(:class:`ProfiledDeviance`), the solution there (:class:`._deviance.Solution`), a refit
+(by ML, from a start, with the search off), the names and the bounds of the parameters.
+It never asks what kind of model it has: the exact deviance (:class:`._deviance.Deviance`)
+and the matrix-free one (:class:`._iterative.IterativeDeviance`) honour the same protocol,
+and where their capabilities differ the deviance or its solution says so itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -26,7 +29,7 @@ from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
-__all__ = ["FittedModel", "fit_model", "choose_solver", "SOLVERS"]
+__all__ = ["FittedModel", "ProfiledDeviance", "fit_model", "minimise", "choose_solver", "SOLVERS"]
 
 SOLVERS = ("auto", "exact", "iterative")
 # solver="auto" takes the exact solver while one factorisation and selected inverse of
@@ -48,13 +51,101 @@ _PATH_PROBES = 8
 _STOCHASTIC_TOL = 1e-6
 
 
+class ProfiledDeviance(Protocol):
+    """What a deviance provides: the protocol of :class:`._deviance.Deviance` (exact) and
+    :class:`._iterative.IterativeDeviance` (matrix-free), on which the optimiser, the
+    fitted model and inference are written.
+
+    Attributes
+    ----------
+    cp : CrossProducts
+        The data.
+    reml : bool
+    terms : Terms
+    p, n, dof : int
+        Fixed effects, observations, residual degrees of freedom (``n - p`` for REML).
+    n_theta, n_eta, n_params : int
+        Parameters ``x = (theta, eta)``: covariance factors, log residual-variance ratios.
+    plan
+        What does not depend on ``[X y]`` (shared by refits: :meth:`with_data`).
+    stochastic : bool
+        True for an estimate with a stochastic error (fixed probes): the optimiser then
+        takes Newton steps with the average information only (:func:`minimise`).
+    n_evaluations : int
+
+    Methods
+    -------
+    __call__(x), value_and_grad(x)
+        The profiled deviance and its gradient.
+    average_information(x)
+        The average-information approximation of its Hessian in ``theta``.
+    solution(x)
+        :class:`._deviance.Solution` at ``x``.
+    lower_bounds(), upper_bounds()
+    in_basis(bases, xy_scale)
+        The same deviance of ``Z_k P_k`` and ``[X y] / xy_scale`` (:mod:`._basis`).
+    with_data(cp, reml=None, replan=False)
+        The same kind of deviance of other cross-products of the same terms.
+    rounding_of_scale(x)
+        The size of a rounding error in the residual variance.
+    """
+
+    cp: CrossProducts
+    reml: bool
+    terms: Terms
+    p: int
+    n: int
+    dof: int
+    n_theta: int
+    n_eta: int
+    plan: Any
+    stochastic: bool
+    n_evaluations: int
+
+    @property
+    def n_params(self) -> int: ...
+    def __call__(self, x: np.ndarray) -> float: ...
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]: ...
+    def average_information(self, x: np.ndarray) -> np.ndarray: ...
+    def solution(self, x: np.ndarray) -> Solution: ...
+    def lower_bounds(self) -> np.ndarray: ...
+    def upper_bounds(self) -> np.ndarray: ...
+    def in_basis(self, bases: list, xy_scale: np.ndarray) -> "ProfiledDeviance": ...
+    def with_data(self, cp: CrossProducts, reml: bool | None = None, replan: bool = False
+                  ) -> "ProfiledDeviance": ...
+    def rounding_of_scale(self, x: np.ndarray) -> float: ...
+
+
+def minimise(dev: ProfiledDeviance, x0: np.ndarray | None = None, *, max_iter: int = 1000,
+             tol: float = 1e-8, callback: Callable[[int, float], None] | None = None,
+             search: bool = True, multistart: bool = True) -> tuple[Solution, OptimizerInfo]:
+    """The optimum of a deviance (BLAS as the caller set it), by the optimiser its kind
+    takes: :func:`._optimize.fit` for an exact one (``search``, ``multistart`` as there),
+    :func:`._optimize.fit_stochastic` for a stochastic one (its own tolerance; with
+    ``search``, entries of ``x0`` on their bound start off it, as the exact optimiser's
+    escapes from bounds: Newton steps cannot leave a zero variance, where the deviance is
+    even, and the stochastic optimiser puts it back on the bound where it belongs)."""
+    if dev.n_params == 0:
+        info = OptimizerInfo(True, "no variance parameters", 0, 1, 0.0, np.zeros(0, dtype=bool))
+        return dev.solution(np.empty(0)), info
+    if dev.stochastic:
+        if search and x0 is not None:
+            x0 = np.array(x0, dtype=float)
+            zero = np.isfinite(dev.lower_bounds()) & (x0 <= dev.lower_bounds())
+            largest = float(np.abs(x0).max(initial=0.0))
+            x0[zero] = 0.1 * largest if largest > 0 else 0.1
+        return fit_stochastic(dev, x0=x0, max_iter=max_iter, tol=_STOCHASTIC_TOL, callback=callback)
+    return fit(dev, x0=x0, max_iter=max_iter, tol=tol, callback=callback, search=search,
+               multistart=multistart)
+
+
 @dataclass(frozen=True)
 class FittedModel:
     """A fitted linear mixed model.
 
     Attributes
     ----------
-    deviance : Deviance
+    deviance : ProfiledDeviance
         ``x = (theta, eta) -> deviance`` on the fitted data (REML or ML as fitted).
     solution : Solution
         The fit at the optimum.
@@ -71,9 +162,12 @@ class FittedModel:
         The rows of an in-memory fit (None for chunks and Dask).
     rank : FixedEffectsRank or None
         Set when aliased fixed-effects columns were dropped: ``fe_names`` are the kept ones.
+    derived : dict
+        Quantities inference computed from this fit and keeps (by name); a new fit, a
+        refit or a :meth:`at` copy starts empty.
     """
 
-    deviance: Deviance
+    deviance: ProfiledDeviance
     solution: Solution
     info: OptimizerInfo
     fe_names: list
@@ -84,6 +178,9 @@ class FittedModel:
     max_iter: int = 1000
     tol: float = 1e-8
     rank: Any = None
+    # What inference derives from this fit alone and reuses (Satterthwaite's derivatives,
+    # one Hessian for summary, anova, wald_test and emmeans): empty in every copy.
+    derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def reml(self) -> bool:
@@ -114,17 +211,19 @@ class FittedModel:
               search: bool = False) -> "FittedModel":
         """The same data fitted again (by ML with ``reml=False``), from ``x0`` (default the fit)."""
         reml = self.reml if reml is None else reml
-        dev = self.deviance if reml == self.reml else \
-            type(self.deviance)(self.deviance.cp, reml, plan=self.deviance.plan)
+        dev = self.deviance if reml == self.reml else self.deviance.with_data(self.deviance.cp, reml)
         x0 = self.x if x0 is None else x0
         with single_threaded_blas():
             if dev.n_params == 0:
                 sol, info = dev.solution(x0), self.info
-            elif isinstance(dev, IterativeDeviance):
-                sol, info = fit_stochastic(dev, x0=x0, max_iter=self.max_iter, tol=_STOCHASTIC_TOL)
             else:
-                sol, info = fit(dev, x0=x0, max_iter=self.max_iter, tol=self.tol, search=search)
+                sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
+
+    def at(self, x: np.ndarray) -> "FittedModel":
+        """The same model with its solution at ``x`` (no optimisation): inference evaluated
+        at given parameters (the tests' comparisons at a reference's estimates)."""
+        return dataclasses.replace(self, solution=self.deviance.solution(np.asarray(x, dtype=float)))
 
 
 # Digits the cross-products may cancel before the fit is redone on data moved by the
@@ -194,7 +293,7 @@ def choose_solver(cp: CrossProducts, solver: str = "auto") -> tuple[str, Plan | 
 def fit_model(cp: CrossProducts, reml: bool, *, solver: str = "auto", max_iter: int = 1000,
               tol: float = 1e-8, callback: Callable[[int, float], None] | None = None,
               verbose: int = 0, design: Design | None = None, kept: np.ndarray | None = None
-              ) -> tuple[Deviance | IterativeDeviance, Solution, OptimizerInfo]:
+              ) -> tuple[ProfiledDeviance, Solution, OptimizerInfo]:
     """Deviance, optimum and optimiser report of one data set (BLAS on one thread).
 
     ``solver`` as :func:`choose_solver`; ``verbose`` prints the choice and why. Where the

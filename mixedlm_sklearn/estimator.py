@@ -221,9 +221,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         Lanczos quadrature for the log-determinant with a fixed set of probe vectors (the
         fit is deterministic and reproducible), Newton steps with the average-information
         matrix; log-likelihood within ~1e-3 of the exact one. It takes two or more
-        grouping factors and no ``residual_groups``; its conditional variances are
-        stochastic and expensive, so ``random_effects_cov_`` is None and
-        ``model_.solution.conditional_cov()`` computes them on request. "auto": exact when
+        grouping factors and no ``residual_groups``; every inference method works on
+        its fits. Its conditional variances are exact while that is cheap (one solve
+        per random effect of the smaller factors); beyond, they are stochastic and
+        expensive, so ``random_effects_cov_`` is None and
+        ``model_.solution.conditional_cov()`` computes them on request (their standard
+        errors: ``model_.solution.conditional_cov_se()``). "auto": exact when
         its cost estimate (time and memory) is affordable, iterative beyond;
         ``verbose`` says which was chosen.
 
@@ -252,7 +255,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         ``ranef``); with several grouping factors a dict of such DataFrames.
     random_effects_cov_ : ndarray of shape (n_groups, q, q), dict or None
         Conditional covariance of each group's random effects (lme4's ``condVar``); None
-        for the iterative solver (``model_.solution.conditional_cov()`` on request).
+        where the iterative solver would only estimate them at a cost
+        (``model_.solution.conditional_cov()`` on request).
     fe_params_ : Series
         All fixed effects, intercept first, named as lme4 names them (lme4's ``fixef``).
     bse_ : Series
@@ -704,12 +708,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.df_model_ = df_model
         self.aic_ = -2.0 * llf + 2.0 * df_model
         self.bic_ = -2.0 * llf + np.log(model.n_obs) * df_model  # lme4: log n, also for REML
-        if not len(terms) or not getattr(sol, "conditional_cov_on_request", False):
+        if not len(terms) or not sol.conditional_cov_on_request:
             with single_threaded_blas():  # a dense inverse: threads collapse under load
                 condvar = sol.conditional_cov() if len(terms) else None
         else:
-            # The iterative solver's conditional variances are stochastic and cost about a
-            # gradient: on request only (model_.solution.conditional_cov()).
+            # Stochastic conditional variances (the iterative solver beyond a cost) cost
+            # about a gradient: on request only (model_.solution.conditional_cov()).
             condvar = None
         store_random_effects(self, model, several, condvar)
         self.converged_ = info.converged

@@ -2161,7 +2161,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
         with one value per row. The caller's variables are
         not looked up.
     **estimator_params
-        Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``).
+        Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``,
+        ``solver``).
         ``fit_intercept`` and ``cov_type`` come from the formula.
 
     Returns

@@ -50,6 +50,13 @@ def _ranef(est: Any, term: str | None) -> tuple[pd.DataFrame, np.ndarray, str]:
     """
     _check_fitted(est)
     blups, cov = est.random_effects_, est.random_effects_cov_
+    if cov is None:
+        # not stored at fit time (stochastic and costly: the iterative solver at scale):
+        # computed now, as the fit's solution provides them
+        model = est.model_
+        covs = model.solution.conditional_cov()
+        cov = ({t.factor: c for t, c in zip(model.terms, covs)} if isinstance(blups, Mapping)
+               else covs[0])
     if isinstance(blups, Mapping):
         names = list(blups)
         name = names[0] if term is None else term

@@ -341,10 +341,10 @@ def test_failed_and_nonconverged_refits_are_counted(sleep_fit, monkeypatch):
 def test_engine_failures_are_recorded(sleep_fit, monkeypatch):
     """A refit the engine cannot do (here: every one, with the batched path off) is a
     failure with its reason, not an exception."""
-    def broken(dev, **kwargs):
+    def broken(dev, *args, **kwargs):
         raise FloatingPointError("injected")
 
-    monkeypatch.setattr(simulation_module, "fit", broken)
+    monkeypatch.setattr(simulation_module, "minimise", broken)
     refitter = simulation_module.Refitter.of_model(sleep_fit.model_)
     refitter.batch = None
     products = refitter.products(sleep_fit.simulate(3, random_state=0))

@@ -411,18 +411,18 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     if resized:
         template = cross_products(rows.X, rows.X @ params.beta, rows.factors, rows.terms, rows.weights,
                                   rows.strata, rows.n_strata)
-        plan = None
+        prototype = model.deviance.with_data(template, reml, replan=True)
     else:
-        template, plan = model.cross_products, model.deviance.plan
+        template, prototype = model.cross_products, model.deviance
     x0 = params.x(rows.terms)
-    full = Refitter(rows, template, reml, x0, plan, max_iter=model.max_iter, tol=model.tol)
+    full = Refitter(rows, template, reml, x0, prototype, max_iter=model.max_iter, tol=model.tol)
     reduced = None
     if test == "lr":
         keep = np.setdiff1d(np.arange(len(names)), cols)
         if keep.size == 0:
             raise ValueError("the LR test needs a fixed effect left in the reduced model")
         reduced = Refitter(dataclasses.replace(rows, X=np.ascontiguousarray(rows.X[:, keep])),
-                           template.select_fixed(keep), False, x0, plan, max_iter=model.max_iter,
+                           template.select_fixed(keep), False, x0, prototype, max_iter=model.max_iter,
                            tol=model.tol)
     job = _PowerJob(model, Sampler(rows, params), full, reduced, cols, test)
     out = run_replicates(job, replicate_generators(random_state, n_sim), n_jobs, full.batch_size)

@@ -13,10 +13,11 @@ was seen in the fit, ``r = Lambda' z`` placed at that level,
     d = x - X'Omega Z Lambda M^{-1} r
 
 (the Schur complement of ``C``: fixed-effects uncertainty, the BLUP's conditional
-variance and their covariance). ``X'Omega Z Lambda M^{-1}`` is read from the fit's
-modes, ``r'M^{-1}r`` from the blocks of ``M^{-1}`` the factorisation already provides
-for the levels of a row (its selected inverse); a row whose combination of levels of
-crossed factors never occurred in the data is solved for. A term whose level is new (or
+variance and their covariance). Both products come from the fit's solution
+(:meth:`~mixedlm_sklearn._deviance.Solution.prediction_products`): the exact solver
+reads ``r'M^{-1}r`` from the blocks of ``M^{-1}`` its factorisation provides for a row's
+levels and solves for the rest, the iterative solver solves by conjugate gradients (one
+solve per distinct row). A term whose level is new (or
 whose factor is not given) adds its random effect's full variance ``z'Sigma_k z``, and
 a new observation adds the residual variance ``sigma_s^2`` of its stratum.
 """
@@ -33,9 +34,6 @@ from .._design import INTERCEPT
 from ._parameters import check_alpha, fitted_model
 
 __all__ = ["fitted", "residuals", "prediction_std", "predict_interval"]
-
-# Doubles of the right-hand sides of one batch of solves (rows without a selected block).
-_SOLVE_BUDGET = 1 << 22
 
 
 def _rows(est: Any) -> Any:
@@ -159,21 +157,6 @@ def residuals(est: Any, type: str = "response", level: str = "conditional") -> A
 # ---- prediction errors ------------------------------------------------------------------------
 
 
-def _engine(sol: Any) -> tuple[Any, list]:
-    """The factorisation at the solution and the forward-solved ``Lambda'Z'Omega[X y]``.
-
-    Both are the engine's own state at the fitted parameters (the solution keeps the point
-    it was computed at); read here rather than recomputed.
-    """
-    point = sol._point
-    return point.factor, point.w
-
-
-def _modes(sol: Any) -> list:
-    """``M^{-1} Lambda'Z'Omega[X y]`` per term, (q_k, p + 1, m_k): the engine's cached modes."""
-    return sol._modes(sol._point)
-
-
 def _seen_designs(model: Any, parts: list) -> list:
     """Per term: ``(level, r)`` with ``r = z Lambda_k`` rows (zeros where unseen), or None."""
     out = []
@@ -185,79 +168,6 @@ def _seen_designs(model: Any, parts: list) -> list:
         r = np.where((idx >= 0)[:, None], z @ lam, 0.0)
         out.append((idx, r))
     return out
-
-
-def _block_quadratic(factor: Any, model: Any, seen: list, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``r'M^{-1}r`` and ``X'Omega Z Lambda M^{-1} r`` per row (see the module docstring)."""
-    p = model.cross_products.p
-    seen_terms = np.zeros(n, dtype=int)
-    for s in seen:
-        if s is not None:
-            seen_terms += s[0] >= 0
-    several = bool(np.any(seen_terms > 1))
-    diag, pairs = factor.selected_inverse(with_crossing_pairs=several)
-    modes = _modes(model.solution)
-    quad = np.zeros(n)
-    shift = np.zeros((n, p))
-    unsolved = np.zeros(n, dtype=bool)
-    for k, s in enumerate(seen):
-        if s is None:
-            continue
-        idx, r = s
-        rows = np.flatnonzero(idx >= 0)
-        levels = idx[rows]
-        quad[rows] += np.einsum("ia,abi,ib->i", r[rows], diag[k][:, :, levels], r[rows])
-        shift[rows] += np.einsum("ia,api->ip", r[rows], modes[k][:, :p, levels])
-    if several:
-        cp_pairs = factor.prep.cp.pairs
-        for j, block in enumerate(cp_pairs):
-            sk, sl = seen[block.k], seen[block.l]
-            if sk is None or sl is None:
-                continue
-            rows = np.flatnonzero((sk[0] >= 0) & (sl[0] >= 0))
-            if not rows.size:
-                continue
-            m_l = model.terms[block.l].n_levels
-            keys = block.level_k.astype(np.int64) * m_l + block.level_l
-            wanted = sk[0][rows].astype(np.int64) * m_l + sl[0][rows]
-            pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
-            found = np.zeros(rows.size, dtype=bool)
-            if keys.size and pairs[j] is not None:
-                found = keys[pos] == wanted
-            unsolved[rows[~found]] = True
-            rows, pos = rows[found], pos[found]
-            if rows.size:
-                quad[rows] += 2.0 * np.einsum("ia,iab,ib->i", sk[1][rows], pairs[j][pos],
-                                              sl[1][rows])
-    if unsolved.any():
-        rows = np.flatnonzero(unsolved)
-        quad[rows], shift[rows] = _solved(factor, model, seen, rows)
-    return quad, shift
-
-
-def _solved(factor: Any, model: Any, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
-    p = model.cross_products.p
-    w_xy = _engine(model.solution)[1]
-    size = sum(t.size for t in model.terms)
-    batch = max(1, _SOLVE_BUDGET // max(size, 1))
-    quad, shift = np.empty(rows.size), np.empty((rows.size, p))
-    for start in range(0, rows.size, batch):
-        chunk = rows[start:start + batch]
-        c = chunk.size
-        rhs = []
-        for t, s in zip(model.terms, seen):
-            block = np.zeros((t.q, c, t.n_levels))
-            if s is not None:
-                idx, r = s
-                ok = idx[chunk] >= 0
-                block[:, np.flatnonzero(ok), idx[chunk][ok]] = r[chunk][ok].T
-            rhs.append(block)
-        w = factor.forward(rhs)
-        quad[start:start + c] = sum(np.einsum("aic,aic->i", wk, wk) for wk in w)
-        shift[start:start + c] = sum(np.einsum("apl,ail->ip", wx[:, :p, :], wk)
-                                     for wx, wk in zip(w_xy, w))
-    return quad, shift
 
 
 def _term_design(est: Any, k: int, n: int, part: Any) -> np.ndarray:
@@ -302,8 +212,7 @@ def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: A
     if len(model.terms):
         seen = _seen_designs(model, parts)
         if any(s is not None and np.any(s[0] >= 0) for s in seen):
-            factor, _ = _engine(sol)
-            quad, shift = _block_quadratic(factor, model, seen, n)
+            quad, shift = sol.prediction_products(seen)
             d = X_full - shift
         for k, (part, cov) in enumerate(zip(parts, sol.cov_re())):
             z = _term_design(est, k, n, part)

@@ -46,8 +46,15 @@ class VarparModel:
 
 
 def varpar_model(est: Any) -> VarparModel:
-    """lmerTest's variance-parameter model of a fit."""
+    """lmerTest's variance-parameter model of a fit (computed once per fit: its Hessian
+    costs tens of deviance evaluations)."""
     model = fitted_model(est)
+    if "varpar" not in model.derived:
+        model.derived["varpar"] = _varpar_model(model)
+    return model.derived["varpar"]
+
+
+def _varpar_model(model: Any) -> VarparModel:
     dev, sol = model.deviance, model.solution
     conditioned = Conditioned(dev)  # steps in badly scaled slopes stay accurate
     x_fit = sol.x

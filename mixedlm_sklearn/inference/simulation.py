@@ -50,8 +50,8 @@ from .._crossprod import CrossProducts, ResponseMap, ResponseProducts
 from .._deviance import Deviance, Solution
 from .._factor import NotPositiveDefinite
 from .._glmm import Family, GLMMDeviance, Link, PIRLSDivergence, fit_glmm
-from .._model import FittedModel
-from .._optimize import OptimizerInfo, fit
+from .._model import FittedModel, minimise
+from .._optimize import OptimizerInfo
 from .._terms import Terms
 from .._threads import single_threaded_blas
 from ._parameters import ratio_names, theta_to_sdcor
@@ -429,17 +429,21 @@ class Refit:
     def converged(self) -> bool:
         return self.info.converged
 
-    def solved(self) -> tuple[Deviance, Solution]:
+    def solved(self) -> tuple[Any, Solution]:
         if self._solved is None:
             refitter, products, j = self._source
-            dev = Deviance(refitter.template.with_response(products, j), refitter.reml, plan=refitter.plan)
+            dev = refitter.deviance_of(refitter.template.with_response(products, j))
             self._solved = (dev, dev.solution(self.x))
         return self._solved
 
 
 class Refitter:
     """Refits one model to responses of its rows, reusing everything that does not depend
-    on the response: the response-free cross-products, the elimination plan and a start.
+    on the response: the response-free cross-products, the deviance's plan and a start.
+
+    Each refit goes through the fitting path of the model's own kind of deviance (the
+    exact one, or the matrix-free one of ``solver="iterative"``: :func:`~mixedlm_sklearn.
+    _model.minimise`).
 
     Parameters
     ----------
@@ -449,8 +453,10 @@ class Refitter:
     reml : bool
     x0 : ndarray
         Start of every refit: the parameters the responses are drawn from.
-    plan : Plan, optional
-        The template's elimination plan (computed when not given).
+    deviance : ProfiledDeviance, optional
+        A deviance of the same terms and levels (the fit's): its kind and plan serve the
+        refits (:meth:`~mixedlm_sklearn._model.ProfiledDeviance.with_data`). Default an
+        exact deviance planned for ``template``.
     multistart : bool
         Also the optimiser's other starts (small problems). By default a refit runs the
         local search from ``x0`` and the cheap safeguards only: the comparison with the
@@ -458,11 +464,12 @@ class Refitter:
     max_iter, tol : as the estimator's.
     """
 
-    def __init__(self, rows: Rows, template: CrossProducts, reml: bool, x0: np.ndarray, plan=None,
-                 multistart: bool = REFIT_MULTISTART, max_iter: int = 1000, tol: float = 1e-8) -> None:
+    def __init__(self, rows: Rows, template: CrossProducts, reml: bool, x0: np.ndarray,
+                 deviance: Any = None, multistart: bool = REFIT_MULTISTART, max_iter: int = 1000,
+                 tol: float = 1e-8) -> None:
         self.rows, self.template, self.reml = rows, template, reml
         self.x0 = np.asarray(x0, dtype=float)
-        self.plan = plan if plan is not None else Deviance(template, reml).plan
+        self.prototype = deviance if deviance is not None else Deviance(template, reml)
         self.multistart, self.max_iter, self.tol = multistart, max_iter, tol
         self.response_map = ResponseMap(rows.X, rows.factors, rows.terms, rows.weights, rows.strata,
                                         rows.n_strata)
@@ -490,8 +497,12 @@ class Refitter:
         """A refitter of a fit's own rows (``reml`` and ``x0`` default to the fit's)."""
         rows = model_rows(model)
         return cls(rows, model.cross_products, model.reml if reml is None else reml,
-                   model.x if x0 is None else x0, model.deviance.plan, multistart, model.max_iter,
+                   model.x if x0 is None else x0, model.deviance, multistart, model.max_iter,
                    model.tol)
+
+    def deviance_of(self, cp: CrossProducts) -> Any:
+        """The refits' deviance of cross-products ``cp`` (the prototype's kind and plan)."""
+        return self.prototype.with_data(cp, self.reml)
 
     def products(self, Y: np.ndarray) -> ResponseProducts:
         """The response-dependent cross-products of responses ``Y`` (n, k) *with* offset."""
@@ -521,19 +532,14 @@ class Refitter:
                     float(res[1].deviance), res[2], _solved=(res[0], res[1]))
         return out
 
-    def refit(self, products: ResponseProducts, j: int) -> tuple[Deviance, Solution, OptimizerInfo] | str:
+    def refit(self, products: ResponseProducts, j: int) -> tuple[Any, Solution, OptimizerInfo] | str:
         """The engine's fit to response ``j``, or the reason it failed."""
         cp = self.template.with_response(products, j)
         try:
-            dev = Deviance(cp, self.reml, plan=self.plan)
+            dev = self.deviance_of(cp)
             with np.errstate(all="ignore"):
-                if dev.n_params == 0:
-                    sol = dev.solution(np.empty(0))
-                    info = OptimizerInfo(True, "no variance parameters", 0, 1, 0.0,
-                                         np.zeros(0, dtype=bool))
-                else:
-                    sol, info = fit(dev, x0=self.x0, max_iter=self.max_iter, tol=self.tol,
-                                    search=True, multistart=self.multistart)
+                sol, info = minimise(dev, self.x0, max_iter=self.max_iter, tol=self.tol,
+                                     search=True, multistart=self.multistart)
         except (FloatingPointError, ValueError, np.linalg.LinAlgError) as err:
             return f"{type(err).__name__}: {err}"
         if not (np.isfinite(sol.deviance) and np.isfinite(sol.scale) and sol.scale > 0):
