@@ -34,6 +34,7 @@ from ._glmm import (
     family_and_link,
     fit_glmm,
     glm_start,
+    separated,
 )
 from ._terms import Term, Terms
 from ._validation import (
@@ -277,13 +278,11 @@ class _MixedGLMBase(BaseEstimator):
         self.singular_ = bool(info.at_bound.any())
         if len(terms) and warn:
             self._warn_fit(info)
-        if dev.family.name == "binomial" and warn:
-            eps = 10.0 * np.finfo(float).eps  # R's glm.fit threshold
-            if np.any((sol.mu < eps) | (sol.mu > 1.0 - eps)):
-                warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
-                              "be (quasi-)separated by the covariates, and the estimates of the "
-                              "coefficients involved are then not finite", UserWarning,
-                              stacklevel=caller_stacklevel())
+        if warn and separated(dev.family, sol.mu):
+            warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
+                          "be (quasi-)separated by the covariates, and the estimates of the "
+                          "coefficients involved are then not finite", UserWarning,
+                          stacklevel=caller_stacklevel())
 
     # ---- prediction -------------------------------------------------------------------
 
