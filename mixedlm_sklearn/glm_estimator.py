@@ -46,7 +46,7 @@ from ._validation import (
     drop_aliased_columns,
     take_rows,
 )
-from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _unchanged_on_error,
+from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
@@ -256,7 +256,6 @@ class _MixedGLMBase(BaseEstimator):
         self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
                               {t.name: t.labels for t in terms_in}, design,
                               rank if rank.deficient else None, self.max_iter, tol=self.tol)
-        self._offset_fitted = offset is not None
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
@@ -580,7 +579,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         -------
         self
         """
-        with _unchanged_on_error(self), clean_failure():
+        with _refitting(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
@@ -739,7 +738,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         For ``family="binomial"``, ``y`` is the proportion of successes and
         ``sample_weight`` the number of trials (default 1: Bernoulli).
         """
-        with _unchanged_on_error(self), clean_failure():
+        with _refitting(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
