@@ -44,7 +44,7 @@ from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._terms import Terms
 
-__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "separated", "PIRLSDivergence",
+__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "separated", "non_integer_counts", "PIRLSDivergence",
            "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "glm_start"]
 
 _TINY = np.finfo(float).tiny
@@ -292,6 +292,15 @@ class _Poisson(Family):
 
 
 FAMILIES = {"binomial": _Binomial(), "poisson": _Poisson()}
+
+
+def non_integer_counts(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Rows of a binomial response whose successes ``y w`` or failures ``(1 - y) w`` are
+    not whole numbers (R's ``binomial()$initialize`` tolerance, 1e-3): a proportion
+    given without its number of trials, or fractional counts."""
+    successes, failures = y * w, (1.0 - y) * w
+    return ((np.abs(successes - np.round(successes)) > 1e-3)
+            | (np.abs(failures - np.round(failures)) > 1e-3))
 
 
 def separated(family: Family, mu: np.ndarray) -> bool:

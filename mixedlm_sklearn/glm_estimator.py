@@ -34,6 +34,7 @@ from ._glmm import (
     family_and_link,
     fit_glmm,
     glm_start,
+    non_integer_counts,
     separated,
 )
 from ._terms import Term, Terms
@@ -44,6 +45,7 @@ from ._validation import (
     check_weights,
     clean_failure,
     drop_aliased_columns,
+    first_rows,
     take_rows,
 )
 from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
@@ -190,6 +192,9 @@ class _MixedGLMBase(BaseEstimator):
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
+        """Warn of a response that is not a count of its family (see the regressor)."""
+
     # ---- fitting --------------------------------------------------------------------------
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
@@ -209,6 +214,7 @@ class _MixedGLMBase(BaseEstimator):
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
         off = np.zeros(n) if offset is None else _check_offset(offset, n)
+        self._check_counts(family, y, weights)
         if not weights.all():
             keep = weights > 0
             if keep.sum() < 2:
@@ -721,6 +727,24 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
 
     def _family_link(self):
         return family_and_link(self.family, self.link)
+
+    def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
+        # A binomial y is the proportion of successes of sample_weight trials, so y * w
+        # counts successes; lme4's glmer warns "non-integer #successes in a binomial glm!".
+        # (The classifier's y are labels and its weights importance weights: no counts.)
+        if family.name != "binomial":
+            return
+        bad = non_integer_counts(y, weights)
+        if bad.any():
+            warnings.warn(
+                f"non-integer numbers of successes or failures in a binomial model (rows "
+                f"{first_rows(bad)}; e.g. y = {y[bad][0]:.6g} with sample_weight = "
+                f"{weights[bad][0]:.6g}): y is the proportion of successes and sample_weight "
+                "the number of trials, so y * sample_weight and (1 - y) * sample_weight are "
+                "counts. Give the trials: sample_weight = trials with y = successes / trials "
+                "(in glmer, the response cbind(successes, failures) of whole numbers); "
+                "a proportion without its trials is fitted as one trial per row.",
+                UserWarning, stacklevel=caller_stacklevel())
 
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
         try:

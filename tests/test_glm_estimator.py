@@ -262,6 +262,46 @@ def test_glmer_then_a_plain_fit_drops_the_model_frame(cbpp):
     assert not hasattr(est, "model_frame_")
 
 
+def _count_warnings(f, *args, **kwargs):
+    """The messages of the non-integer-counts warnings of a fit (other warnings ignored)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(*args, **kwargs)
+    return [str(w.message) for w in caught if "non-integer" in str(w.message)]
+
+
+def test_non_integer_successes_warn_and_say_how_to_give_the_trials(cbpp):
+    """glmer warns "non-integer #successes in a binomial glm!"; so do we, for a proportion
+    without its trials and for fractional counts, and say how to give the trials."""
+    df, X, y, size = cbpp
+    binomial = MixedGLMRegressor(family="binomial")
+    # a proportion without trials (sample_weight 1)
+    [message] = _count_warnings(binomial.fit, X, y, groups=df["herd"])
+    assert "rows 0, 1, 2, 4, 5" in message and "sample_weight = trials" in message
+    assert "cbind(successes, failures)" in message
+    # fractional successes (y * w = 1.25), and whole successes with fractional failures
+    w = np.full(len(y), 2.5)
+    assert len(_count_warnings(binomial.fit, X, np.full(len(y), 0.5), groups=df["herd"],
+                               sample_weight=w)) == 1
+    assert len(_count_warnings(binomial.fit, X, np.full(len(y), 0.8), groups=df["herd"],
+                               sample_weight=w)) == 1
+    # counts: the proportion with its trials, glmer's cbind of whole numbers
+    assert _count_warnings(binomial.fit, X, y, groups=df["herd"], sample_weight=size) == []
+    assert _count_warnings(glmer, CBPP, df) == []
+    # glmer: a proportion as the response, or cbind of fractional counts
+    [message] = _count_warnings(glmer, "I(incidence / size) ~ period + (1 | herd)", df)
+    assert "cbind(successes, failures)" in message
+    assert len(_count_warnings(glmer, "cbind(incidence / 2, size - incidence) ~ period + (1 | herd)",
+                               df)) == 1
+
+
+def test_fractional_weights_of_a_classifier_are_no_counts(bernoulli):
+    """The classifier's y are labels and its sample_weight importance weights."""
+    X, y, g = bernoulli
+    w = np.random.default_rng(0).uniform(0.2, 2.0, len(y))
+    assert _count_warnings(MixedGLMClassifier().fit, X, y, groups=g, sample_weight=w) == []
+
+
 def test_link_must_suit_the_family():
     with pytest.raises(ValueError, match="the poisson family takes the links \\['log'\\], got 'logit'"):
         MixedGLMRegressor(family="poisson", link="logit").fit(np.ones((4, 1)), np.ones(4), groups=[0, 0, 1, 1])
