@@ -315,6 +315,27 @@ def test_conf_int_method_boot(cbpp_fit):
         cbpp_fit.conf_int(method="boot", n_boot=2, boot_type="bca")
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_statistic_that_raises_fails_only_its_replicate(cbpp_fit, n_jobs):
+    """A GLMM as the linear model: the statistic's failures are NaN rows, the rest kept."""
+    plain = bootstrap(cbpp_fit, n_boot=6, random_state=3)
+    t0 = cbpp_fit.fe_params_["period2"]
+
+    def effect(est):
+        if est.fe_params_["period2"] < t0:
+            raise ValueError("below the estimate")
+        return {"p2": est.fe_params_["period2"]}
+
+    low = (plain.replicates["period2"] < t0).to_numpy()
+    assert 0 < low.sum() < 6
+    with pytest.warns(UserWarning, match=rf"some runs failed \({low.sum()}/6\).*ValueError: below"):
+        boot = bootstrap(cbpp_fit, n_boot=6, random_state=3, n_jobs=n_jobs, statistic=effect)
+    assert np.array_equal(boot.failed, low)
+    assert boot.replicates[low].isna().all().all()
+    np.testing.assert_allclose(boot.replicates.loc[~low, "p2"], plain.replicates.loc[~low, "period2"],
+                               rtol=1e-10)
+
+
 def test_failed_and_nonconverged_refits_are_counted(cbpp_fit, monkeypatch):
     """A refit that raises, or does not converge from the fit nor from a plain fit's
     start, is a failed replicate (NaN row, its reason), counted in one warning (k/n)."""

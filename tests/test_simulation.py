@@ -287,6 +287,36 @@ def test_bootstrap_statistic_columns(sleep_fit, sleep):
         bootstrap(sleep_fit, n_boot=2, statistic=lambda e: pd.Series({"sigma": 1.0}))
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_statistic_that_raises_fails_only_its_replicate(sleep_fit, n_jobs):
+    """As lme4's bootMer: the replicates where the statistic raises are NaN rows, the
+    others are kept, and one warning says "some runs failed (k/n)" with the first error."""
+    plain = bootstrap(sleep_fit, n_boot=12, random_state=5)
+    t0 = sleep_fit.coef_[0]
+
+    def slope(est):
+        if est.coef_[0] > t0:
+            raise ZeroDivisionError(f"too steep: {est.coef_[0]:.3f}")
+        return est.coef_[0]
+
+    steep = (plain.replicates["Days"] > t0).to_numpy()
+    assert 0 < steep.sum() < 12
+    first = int(np.flatnonzero(steep)[0])
+    match = rf"some runs failed \({steep.sum()}/12\); .*First reason: .*ZeroDivisionError: too steep"
+    with pytest.warns(UserWarning, match=match) as caught:
+        boot = bootstrap(sleep_fit, n_boot=12, random_state=5, n_jobs=n_jobs, statistic=slope)
+    assert np.array_equal(boot.failed, steep) and boot.n_failed == steep.sum()
+    assert boot.replicates[steep].isna().all().all()
+    np.testing.assert_array_equal(boot.replicates.loc[~steep, plain.replicates.columns],
+                                  plain.replicates[~steep])
+    np.testing.assert_allclose(boot.replicates.loc[~steep, "statistic"],
+                               plain.replicates.loc[~steep, "Days"], rtol=1e-10)
+    # the first error's message: that of the first replicate that failed
+    assert boot.messages[first] == (f"the statistic raised ZeroDivisionError: too steep: "
+                                    f"{plain.replicates['Days'].iloc[first]:.3f}")
+    assert boot.messages[first] in str(caught[0].message)
+
+
 def test_bootstrap_interval_types(sleep_boot):
     rep, t0 = sleep_boot.replicates, sleep_boot.estimate
     lo, hi = rep.quantile(0.05), rep.quantile(0.95)

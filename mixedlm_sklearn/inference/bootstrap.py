@@ -64,14 +64,21 @@ def _failure(refit: Any) -> str | None:
     return None
 
 
+_STATISTIC_FAILED = "the statistic raised"
+
+
 def _report(status: np.ndarray, messages: list, what: str) -> None:
-    """One warning with the count of failed replicates and the first reason."""
+    """One warning with the count of failed replicates and the first reason (lme4's
+    "some bootstrap runs failed (k/n)"): a ConvergenceWarning when refits failed, a
+    UserWarning when only the caller's statistic did."""
     failed = int(np.sum(status == FAILED))
     if not failed:
         return
     first = messages[0][1] if messages else ""
+    refits = any(not text.startswith(_STATISTIC_FAILED) for _, text in messages)
     warnings.warn(f"{what}: some runs failed ({failed}/{status.size}); their rows are NaN. "
-                  f"First reason: {first}", ConvergenceWarning, stacklevel=caller_stacklevel())
+                  f"First reason: {first}", ConvergenceWarning if refits else UserWarning,
+                  stacklevel=caller_stacklevel())
 
 
 # ---- bootstrap ----------------------------------------------------------------------------------
@@ -91,11 +98,12 @@ class BootstrapResult(RefitCounts):
     replicates : DataFrame of shape (n_boot, len(estimate))
         One row per replicate (lme4's ``t``); NaN rows for replicates that failed.
     converged : ndarray of bool
-        Whether each replicate is a converged refit (the complement of ``failed``).
+        Whether each replicate is a converged refit with its statistic (the
+        complement of ``failed``).
     failed : ndarray of bool
         Whether each replicate failed: its refit raised or did not converge (from the
         generating parameters nor from a plain fit's start), a GLMM's simulated classes
-        were separated (estimates not finite).
+        were separated (estimates not finite), or ``statistic`` raised on it.
     messages : dict
         Replicate index -> why it failed.
     n_params : int
@@ -204,10 +212,17 @@ class _BootstrapJob:
                 values[j] = np.nan
                 messages.append((j, reason))
                 continue
-            status[j] = OK
             if self.statistic is not None:
-                values[j, n_par:] = _statistic_values(
-                    self.statistic(self._estimator(Y[:, j], out)), self.n_statistic)
+                # As lme4's bootMer: a statistic that raises on one replicate fails that
+                # replicate (a NaN row), not the bootstrap.
+                try:
+                    values[j, n_par:] = _statistic_values(
+                        self.statistic(self._estimator(Y[:, j], out)), self.n_statistic)
+                except Exception as err:  # noqa: BLE001 - the caller's code: any error
+                    values[j] = np.nan
+                    messages.append((j, f"{_STATISTIC_FAILED} {type(err).__name__}: {err}"))
+                    continue
+            status[j] = OK
         return {"values": values, "status": status, "messages": messages}
 
     def _estimator(self, y: np.ndarray, refit):
@@ -266,7 +281,9 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     statistic : callable, optional
         ``statistic(fitted_estimator)`` -> a number, array, Series or dict, evaluated on
         the fit (the estimate) and on the estimator refitted to each replicate; its values
-        are added as columns (a Series' or dict's keys name them).
+        are added as columns (a Series' or dict's keys name them). An exception on the
+        fit is raised; on a replicate it fails that replicate (a NaN row, the error in
+        ``messages``), as lme4's ``bootMer`` records NA.
 
     Returns
     -------
@@ -276,7 +293,8 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     -----
     ConvergenceWarning
         When replicates fail (NaN rows): ``some runs failed (k/n)`` with the first
-        reason (lme4's bootMer warns alike).
+        reason (lme4's bootMer warns alike); a UserWarning when only ``statistic``
+        raised.
 
     Examples
     --------
