@@ -515,7 +515,8 @@ class GLMMRefitter:
     (:func:`~mixedlm_sklearn._glmm.fit_glmm`: PIRLS inside, the Laplace or AGQ deviance
     outside), reusing the deviance's structure (the design's sparsity pattern and
     elimination plan: :meth:`~mixedlm_sklearn._glmm.GLMMDeviance.with_response`) and
-    starting from the fit's ``(theta, beta)``.
+    starting from the fit's ``(theta, beta)``; a refit that fails or does not converge
+    from there is run again from a plain fit's start (:meth:`refit`).
 
     Parameters
     ----------
