@@ -44,7 +44,7 @@ from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._terms import Terms
 
-__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "PIRLSDivergence",
+__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "separated", "non_integer_counts", "PIRLSDivergence",
            "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "glm_start"]
 
 _TINY = np.finfo(float).tiny
@@ -93,7 +93,10 @@ class _Logit(Link):
 
     def derivatives(self, eta):
         mu = special.expit(eta)
-        d1 = np.maximum(mu * (1.0 - mu), _EPS * 1e-300)  # > 0 everywhere (R floors at eps)
+        # mu (1 - mu) as expit(eta) expit(-eta): from the rounded mu it is 0 for eta > 37
+        # (mu rounds to 1), and a zero working weight makes PIRLS break down on
+        # nearly separated data. Floored at the smallest normal number: > 0 everywhere.
+        d1 = np.maximum(mu * special.expit(-eta), _TINY)
         return mu, d1, d1 * (1.0 - 2.0 * mu)
 
     def log_mu_pair(self, eta):
@@ -291,6 +294,25 @@ class _Poisson(Family):
 FAMILIES = {"binomial": _Binomial(), "poisson": _Poisson()}
 
 
+def non_integer_counts(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Rows of a binomial response whose successes ``y w`` or failures ``(1 - y) w`` are
+    not whole numbers (R's ``binomial()$initialize`` tolerance, 1e-3): a proportion
+    given without its number of trials, or fractional counts."""
+    successes, failures = y * w, (1.0 - y) * w
+    return ((np.abs(successes - np.round(successes)) > 1e-3)
+            | (np.abs(failures - np.round(failures)) > 1e-3))
+
+
+def separated(family: Family, mu: np.ndarray) -> bool:
+    """Whether fitted binomial probabilities are numerically 0 or 1 (R's ``glm.fit``
+    threshold ``10 eps``): the classes are (quasi-)separated by the covariates or the
+    random effects, and the estimates involved are not finite."""
+    if family.name != "binomial":
+        return False
+    eps = 10.0 * _EPS
+    return bool(np.any((mu < eps) | (mu > 1.0 - eps)))
+
+
 def family_and_link(family: str, link: str | None) -> tuple[Family, Link]:
     """The family and link objects, the family's canonical link by default."""
     if family not in FAMILIES:
@@ -465,8 +487,11 @@ class GLMMDeviance:
 
     def _response(self, eta: np.ndarray):
         mu, d1, d2 = self.link.derivatives(eta)
+        if self.family.name == "binomial" and self.link.name == "logit":
+            # the variance mu (1 - mu) is dmu/deta, computed without cancellation
+            return mu, d1, d2, d1.copy(), 1.0 - 2.0 * mu
         if self.family.name == "binomial":
-            mu = np.clip(mu, _EPS * 1e-10, 1.0 - _EPS * 1e-10) if self.link.name != "logit" else mu
+            mu = np.clip(mu, _EPS * 1e-10, 1.0 - _EPS * 1e-10)
         var, dvar = self.family.variance(mu)
         var = np.maximum(var, 1e-300)
         return mu, d1, d2, var, dvar
@@ -502,16 +527,25 @@ class GLMMDeviance:
         if not np.isfinite(f):
             u = [np.zeros_like(a) for a in u]
             eta, f, ll, pen = objective(u)
+            if not np.isfinite(f):
+                raise PIRLSDivergence("the deviance is not finite at the fixed effects (the "
+                                      "linear predictor ran off to infinity)")
         decrement = np.inf
         for it in range(max_iter):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 mu, d1, d2, var, dvar = self._response(eta)
-                W = self.prior * d1 * d1 / var
-                r = self.prior * (self.y - mu) * d1 / var
+                # d1 / var first: d1 * d1 underflows to 0 where mu is within ~1e-154 of
+                # 0 or 1, and a zero weight makes the working response r / W undefined
+                ratio = d1 / var
+                W = self.prior * d1 * ratio
+                r = self.prior * (self.y - mu) * ratio
             if not (np.all(np.isfinite(W)) and np.all(np.isfinite(r))):
                 raise PIRLSDivergence("the working weights are not finite (the linear predictor "
                                       "ran off to infinity)")
-            cp = self.pattern.cross_products(r / W, W)
+            with np.errstate(over="ignore"):
+                # PIRLS uses Z'W z = Z'r and Z'WZ; the unused z'Wz overflows when a row's
+                # mean is numerically 0 or 1 against its response (a far trial point)
+                cp = self.pattern.cross_products(r / W, W)
             factor = Factor(self._prepared.reweighted(cp), lams)
             self.n_pirls += 1
             if decrement < tol:
@@ -673,7 +707,8 @@ class GLMMDeviance:
     def _laplace_gradient(self, m: _Modes) -> np.ndarray | None:
         prior, mu, d1, d2, var, dvar = self.prior, m.mu, m.d1, m.d2, m.var, m.dvar
         W, r = m.weights, m.score
-        dW = prior * (2.0 * d1 * d2 / var - d1 ** 3 * dvar / var ** 2)
+        ratio = d1 / var  # first, as in PIRLS: var ** 2 underflows where mu is near 0 or 1
+        dW = prior * ratio * (2.0 * d2 - ratio * d1 * dvar)
         V, h = self._selected_rows(m)
         a = h * dW
         if self.canonical:
@@ -924,22 +959,61 @@ def _lbfgsb(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float = 1e-8
     except (linalg.LinAlgError, ValueError):
         T = np.diag(1.0 / np.sqrt(np.maximum(np.abs(np.diag(H_beta)), 1e-8 * top)))
     beta0 = x0[nt:].copy()
+    lower = np.concatenate([dev.terms.lower_bounds(), np.full(p, -np.inf)])
+    z, x, value, n_iter, shrink = np.concatenate([x0[:nt] * d, np.zeros(p)]), x0, float(value), 0, 1.0
+    # L-BFGS-B treats a failed evaluation (PIRLS breaking down far from the start, where
+    # a unit step of the basis lands on nearly separated data) as the end of its search
+    # and may return its start as "converged". A run that met a failure is therefore
+    # rerun from where it stopped with steps ten times shorter while that helps.
+    for _ in range(_LBFGSB_RESTARTS + 1):
+        z_new, x_new, nit, limited, failures = _lbfgsb_run(dev, z, beta0, d * shrink, T / shrink,
+                                                           lower, max_iter - n_iter, ftol)
+        n_iter += nit
+        if not failures:
+            return x_new, n_iter, limited
+        new_value = _safe(dev, x_new)[0]
+        progress = new_value < value - ftol * max(1.0, abs(value))
+        if new_value <= value:
+            z, x, value = z_new, x_new, new_value
+        if limited or n_iter >= max_iter:
+            break
+        if not progress:
+            shrink *= 10.0
+            z = z * 10.0  # the same point in the basis of shorter steps
+    return x, n_iter, limited
+
+
+# Reruns of L-BFGS-B with shorter steps after a run that met a failed evaluation.
+_LBFGSB_RESTARTS = 4
+
+
+def _lbfgsb_run(dev: GLMMDeviance, z0: np.ndarray, beta0: np.ndarray, d: np.ndarray,
+                T: np.ndarray, lower: np.ndarray, max_iter: int, ftol: float):
+    """One L-BFGS-B run from ``z0`` in the basis ``theta = z_t / d``, ``beta = beta0 + T z_b``.
+
+    Returns the end in both parametrisations, the iterations, whether the iteration
+    limit ended it and how many evaluations failed (PIRLS breaking down, a non-finite
+    deviance).
+    """
+    nt = dev.n_theta
+    failures = 0
 
     def to_x(z):
         return np.concatenate([z[:nt] / d, beta0 + T @ z[nt:]])
 
     def fun(z):
+        nonlocal failures
         value, grad = _safe(dev, to_x(z))
         if grad is None:
+            failures += 1
             return np.inf, np.zeros(z.size)
         return value, np.concatenate([grad[:nt] / d, T.T @ grad[nt:]])
 
-    lower = np.concatenate([dev.terms.lower_bounds(), np.full(p, -np.inf)])
-    z0 = np.concatenate([x0[:nt] * d, np.zeros(p)])
     res = optimize.minimize(fun, z0, jac=True, method="L-BFGS-B",
                             bounds=optimize.Bounds(lower, np.full(lower.size, np.inf)),
-                            options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-6, "maxcor": 20})
-    return to_x(res.x), int(res.nit), res.status == 1
+                            options={"maxiter": max(max_iter, 1), "ftol": ftol, "gtol": 1e-6,
+                                     "maxcor": 20})
+    return res.x, to_x(res.x), int(res.nit), res.status == 1, failures
 
 
 def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,

@@ -127,9 +127,19 @@ def _check_frame(X: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _unchanged_on_error(est: "MixedLMRegressor"):
-    """A fit that raises leaves the estimator as it was (no half-updated attributes)."""
+def _refitting(est: Any):
+    """The state of an estimator being fitted: the fit stores its attributes on an
+    estimator without any fitted attribute, and a fit that raises leaves it as it was.
+
+    Fitted attributes are the instance attributes whose names end in ``_``
+    (scikit-learn's convention; class attributes such as properties are not in the
+    instance's ``__dict__`` and are left alone), also those a front end attached after
+    an earlier fit (``model_frame_`` of ``lmer``/``glmer``): a refit by another path
+    (arrays, a formula, chunks, Dask) keeps nothing of the previous one.
+    """
     before = dict(est.__dict__)
+    for name in [k for k in before if k.endswith("_") and not k.startswith("__")]:
+        del est.__dict__[name]
     try:
         yield
     except BaseException:
@@ -421,9 +431,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
         """
-        with _unchanged_on_error(self), clean_failure():
-            # lmer sets model_frame_ after its fit; a refit on other data makes it stale.
-            self.__dict__.pop("model_frame_", None)
+        with _refitting(self), clean_failure():
             offset_values = None
             if offset is not None:
                 y = _minus_offset(y, offset, X)
@@ -595,8 +603,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             z_cols = {group_cols[0]: list(Z)}
         else:
             z_cols = {}
-        with _unchanged_on_error(self), clean_failure():
-            self.__dict__.pop("model_frame_", None)
+        with _refitting(self), clean_failure():
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
             labels, strata_labels, cp = cross_products_from_chunks(

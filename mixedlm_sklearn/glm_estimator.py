@@ -34,6 +34,8 @@ from ._glmm import (
     family_and_link,
     fit_glmm,
     glm_start,
+    non_integer_counts,
+    separated,
 )
 from ._terms import Term, Terms
 from ._validation import (
@@ -43,9 +45,10 @@ from ._validation import (
     check_weights,
     clean_failure,
     drop_aliased_columns,
+    first_rows,
     take_rows,
 )
-from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _unchanged_on_error,
+from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
@@ -189,6 +192,9 @@ class _MixedGLMBase(BaseEstimator):
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
+        """Warn of a response that is not a count of its family (see the regressor)."""
+
     # ---- fitting --------------------------------------------------------------------------
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
@@ -208,6 +214,7 @@ class _MixedGLMBase(BaseEstimator):
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
         off = np.zeros(n) if offset is None else _check_offset(offset, n)
+        self._check_counts(family, y, weights)
         if not weights.all():
             keep = weights > 0
             if keep.sum() < 2:
@@ -255,7 +262,6 @@ class _MixedGLMBase(BaseEstimator):
         self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
                               {t.name: t.labels for t in terms_in}, design,
                               rank if rank.deficient else None, self.max_iter, tol=self.tol)
-        self._offset_fitted = offset is not None
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
@@ -277,13 +283,11 @@ class _MixedGLMBase(BaseEstimator):
         self.singular_ = bool(info.at_bound.any())
         if len(terms) and warn:
             self._warn_fit(info)
-        if dev.family.name == "binomial" and warn:
-            eps = 10.0 * np.finfo(float).eps  # R's glm.fit threshold
-            if np.any((sol.mu < eps) | (sol.mu > 1.0 - eps)):
-                warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
-                              "be (quasi-)separated by the covariates, and the estimates of the "
-                              "coefficients involved are then not finite", UserWarning,
-                              stacklevel=caller_stacklevel())
+        if warn and separated(dev.family, sol.mu):
+            warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
+                          "be (quasi-)separated by the covariates, and the estimates of the "
+                          "coefficients involved are then not finite", UserWarning,
+                          stacklevel=caller_stacklevel())
 
     # ---- prediction -------------------------------------------------------------------
 
@@ -755,7 +759,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         >>> clf.classes_.tolist(), clf.n_groups_
         (['no', 'yes'], 30)
         """
-        with _unchanged_on_error(self), clean_failure():
+        with _refitting(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
@@ -1140,6 +1144,24 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     def _family_link(self):
         return family_and_link(self.family, self.link)
 
+    def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
+        # A binomial y is the proportion of successes of sample_weight trials, so y * w
+        # counts successes; lme4's glmer warns "non-integer #successes in a binomial glm!".
+        # (The classifier's y are labels and its weights importance weights: no counts.)
+        if family.name != "binomial":
+            return
+        bad = non_integer_counts(y, weights)
+        if bad.any():
+            warnings.warn(
+                f"non-integer numbers of successes or failures in a binomial model (rows "
+                f"{first_rows(bad)}; e.g. y = {y[bad][0]:.6g} with sample_weight = "
+                f"{weights[bad][0]:.6g}): y is the proportion of successes and sample_weight "
+                "the number of trials, so y * sample_weight and (1 - y) * sample_weight are "
+                "counts. Give the trials: sample_weight = trials with y = successes / trials "
+                "(in glmer, the response cbind(successes, failures) of whole numbers); "
+                "a proportion without its trials is fitted as one trial per row.",
+                UserWarning, stacklevel=caller_stacklevel())
+
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
         try:
             values = np.asarray(y, dtype=np.float64)
@@ -1200,7 +1222,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         >>> reg.converged_, reg.n_groups_
         (True, 20)
         """
-        with _unchanged_on_error(self), clean_failure():
+        with _refitting(self), clean_failure():
             return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,

@@ -177,6 +177,50 @@ def test_least_squares_fit_has_no_random_effects(sleep):
     assert est.n_groups_ == 0 and est.random_effects_.shape == (0, 1) and est.groups_.size == 0
 
 
+def _fit_by(path, est, df):
+    """``est`` fitted to sleepstudy by one of the fitting paths (random intercept and slope)."""
+    from mixedlm_sklearn.formula import parse_formula
+
+    if path == "arrays":  # numpy arrays: no column names
+        Z = np.column_stack([np.ones(len(df)), df["Days"]])
+        return est.fit(df[["Days"]].to_numpy(), df["Reaction"].to_numpy(), groups=df["Subject"], Z=Z)
+    if path == "formula":  # what lmer does, on this estimator
+        frame = parse_formula("Reaction ~ Days + (Days | Subject)", df)
+        est.fit(**frame.fit_arguments())
+        est.model_frame_ = frame
+        return est
+    if path == "several":  # two grouping factors: dict attributes, a DataFrame X
+        groups = pd.DataFrame({"Subject": df["Subject"], "half": df["Days"] > 4})
+        return _quietly(est.fit, df[["Days"]], df["Reaction"], groups=groups)
+    if path == "chunks":
+        return est.fit_chunks((df.iloc[i:i + 60] for i in range(0, len(df), 60)), y="Reaction",
+                              groups="Subject", X=["Days"], Z=["(Intercept)", "Days"])
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(df.assign(one=1.0), npartitions=3)
+    return est.fit(ddf[["Days"]], ddf["Reaction"], groups=ddf["Subject"], Z=ddf[["one", "Days"]])
+
+
+def _quietly(f, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return f(*args, **kwargs)
+
+
+@pytest.mark.parametrize("then", ["arrays", "formula", "chunks"])
+@pytest.mark.parametrize("first", ["arrays", "formula", "several", "chunks", "dask"])
+def test_a_refit_keeps_no_fitted_attribute_of_the_previous_fit(sleep, first, then):
+    """Whatever the previous fit's path, a refit has the fitted attributes (names ending in
+    ``_``) of a fresh fit by the new path, with its values, and nothing else."""
+    df, _ = sleep
+    est = _fit_by(then, _fit_by(first, MixedLMRegressor(), df), df)
+    fresh = _fit_by(then, MixedLMRegressor(), df)
+    attributes = {k for k in vars(fresh) if k.endswith("_")}
+    assert {k for k in vars(est) if k.endswith("_")} == attributes
+    assert est.llf_ == fresh.llf_
+    np.testing.assert_array_equal(est.cov_re_, fresh.cov_re_)
+    assert ("model_frame_" in attributes) == (then == "formula")
+
+
 def test_a_failed_refit_leaves_the_fitted_model_unchanged(sleep):
     df, Z = sleep
     est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)

@@ -213,6 +213,95 @@ def test_bad_input_is_refused_and_leaves_the_estimator(make, y, message):
     np.testing.assert_array_equal(est.coef_, before)
 
 
+def _glmm_fit_by(path, est, df):
+    """``est`` fitted to cbpp (as proportions of trials: a classifier gets the Bernoulli
+    rows ``incidence > 0``) by arrays, a formula (what glmer does) or with two factors."""
+    from mixedlm_sklearn.formula import parse_formula
+
+    y = (df["incidence"] > 0).to_numpy(float) if isinstance(est, MixedGLMClassifier) else \
+        (df["incidence"] / df["size"]).to_numpy()
+    w = None if isinstance(est, MixedGLMClassifier) else df["size"].to_numpy(float)
+    X = df["period"].str.get_dummies().iloc[:, 1:].to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path == "arrays":
+            return est.fit(X, y, groups=df["herd"].to_numpy(), sample_weight=w)
+        if path == "several":
+            groups = pd.DataFrame({"herd": df["herd"], "half": df.index % 2})
+            return est.fit(pd.DataFrame(X, columns=["p2", "p3", "p4"]), y, groups=groups,
+                           sample_weight=w, offset=np.zeros(len(df)))
+        frame = parse_formula("y ~ period + (1 | herd)", df.assign(y=y))
+        est.fit(**frame.fit_arguments(), sample_weight=w)
+        est.model_frame_ = frame
+        return est
+
+
+@pytest.mark.parametrize("make", [MixedGLMClassifier, lambda: MixedGLMRegressor(family="binomial")])
+@pytest.mark.parametrize("first, then", [("formula", "arrays"), ("arrays", "formula"),
+                                         ("several", "arrays"), ("formula", "several")])
+def test_a_refit_keeps_no_fitted_attribute_of_the_previous_fit(cbpp, make, first, then):
+    """A refit has the fitted attributes (names ending in ``_``) of a fresh fit by its
+    path and nothing else: no ``model_frame_`` of an earlier formula fit, whose
+    ``new_data`` would feed predict the old formula's columns."""
+    df = cbpp[0]
+    est = _glmm_fit_by(then, _glmm_fit_by(first, make(), df), df)
+    fresh = _glmm_fit_by(then, make(), df)
+    attributes = {k for k in vars(fresh) if k.endswith("_")}
+    assert {k for k in vars(est) if k.endswith("_")} == attributes
+    assert ("model_frame_" in attributes) == (then == "formula")
+    assert est.llf_ == fresh.llf_
+
+
+def test_glmer_then_a_plain_fit_drops_the_model_frame(cbpp):
+    df, X, y, size = cbpp
+    est = glmer(CBPP, df)
+    with pytest.raises(ValueError):  # a fit that raises leaves the model frame
+        est.fit(X, y, groups=df["herd"], sample_weight=size[:3])
+    assert est.model_frame_.fit_arguments()["X"].shape == (56, 3)
+    est.fit(X.iloc[:, :2], y, groups=df["herd"], sample_weight=size)
+    assert not hasattr(est, "model_frame_")
+
+
+def _count_warnings(f, *args, **kwargs):
+    """The messages of the non-integer-counts warnings of a fit (other warnings ignored)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(*args, **kwargs)
+    return [str(w.message) for w in caught if "non-integer" in str(w.message)]
+
+
+def test_non_integer_successes_warn_and_say_how_to_give_the_trials(cbpp):
+    """glmer warns "non-integer #successes in a binomial glm!"; so do we, for a proportion
+    without its trials and for fractional counts, and say how to give the trials."""
+    df, X, y, size = cbpp
+    binomial = MixedGLMRegressor(family="binomial")
+    # a proportion without trials (sample_weight 1)
+    [message] = _count_warnings(binomial.fit, X, y, groups=df["herd"])
+    assert "rows 0, 1, 2, 4, 5" in message and "sample_weight = trials" in message
+    assert "cbind(successes, failures)" in message
+    # fractional successes (y * w = 1.25), and whole successes with fractional failures
+    w = np.full(len(y), 2.5)
+    assert len(_count_warnings(binomial.fit, X, np.full(len(y), 0.5), groups=df["herd"],
+                               sample_weight=w)) == 1
+    assert len(_count_warnings(binomial.fit, X, np.full(len(y), 0.8), groups=df["herd"],
+                               sample_weight=w)) == 1
+    # counts: the proportion with its trials, glmer's cbind of whole numbers
+    assert _count_warnings(binomial.fit, X, y, groups=df["herd"], sample_weight=size) == []
+    assert _count_warnings(glmer, CBPP, df) == []
+    # glmer: a proportion as the response, or cbind of fractional counts
+    [message] = _count_warnings(glmer, "I(incidence / size) ~ period + (1 | herd)", df)
+    assert "cbind(successes, failures)" in message
+    assert len(_count_warnings(glmer, "cbind(incidence / 2, size - incidence) ~ period + (1 | herd)",
+                               df)) == 1
+
+
+def test_fractional_weights_of_a_classifier_are_no_counts(bernoulli):
+    """The classifier's y are labels and its sample_weight importance weights."""
+    X, y, g = bernoulli
+    w = np.random.default_rng(0).uniform(0.2, 2.0, len(y))
+    assert _count_warnings(MixedGLMClassifier().fit, X, y, groups=g, sample_weight=w) == []
+
+
 def test_link_must_suit_the_family():
     with pytest.raises(ValueError, match="the poisson family takes the links \\['log'\\], got 'logit'"):
         MixedGLMRegressor(family="poisson", link="logit").fit(np.ones((4, 1)), np.ones(4), groups=[0, 0, 1, 1])

@@ -315,7 +315,30 @@ def test_conf_int_method_boot(cbpp_fit):
         cbpp_fit.conf_int(method="boot", n_boot=2, boot_type="bca")
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_statistic_that_raises_fails_only_its_replicate(cbpp_fit, n_jobs):
+    """A GLMM as the linear model: the statistic's failures are NaN rows, the rest kept."""
+    plain = bootstrap(cbpp_fit, n_boot=6, random_state=3)
+    t0 = cbpp_fit.fe_params_["period2"]
+
+    def effect(est):
+        if est.fe_params_["period2"] < t0:
+            raise ValueError("below the estimate")
+        return {"p2": est.fe_params_["period2"]}
+
+    low = (plain.replicates["period2"] < t0).to_numpy()
+    assert 0 < low.sum() < 6
+    with pytest.warns(UserWarning, match=rf"some runs failed \({low.sum()}/6\).*ValueError: below"):
+        boot = bootstrap(cbpp_fit, n_boot=6, random_state=3, n_jobs=n_jobs, statistic=effect)
+    assert np.array_equal(boot.failed, low)
+    assert boot.replicates[low].isna().all().all()
+    np.testing.assert_allclose(boot.replicates.loc[~low, "p2"], plain.replicates.loc[~low, "period2"],
+                               rtol=1e-10)
+
+
 def test_failed_and_nonconverged_refits_are_counted(cbpp_fit, monkeypatch):
+    """A refit that raises, or does not converge from the fit nor from a plain fit's
+    start, is a failed replicate (NaN row, its reason), counted in one warning (k/n)."""
     real = simulation_module.fit_glmm
     calls = {"n": 0}
 
@@ -329,16 +352,67 @@ def test_failed_and_nonconverged_refits_are_counted(cbpp_fit, monkeypatch):
                               info.scaled_gradient, info.at_bound, info.hessian)
         return sol, info
 
+    # calls 1, 2 (raises; the plain start: 3, not converged), 4, 5 (raises; 6, not
+    # converged), 7, ...: every other replicate fails, the others converge at once
     monkeypatch.setattr(simulation_module, "fit_glmm", flaky)
-    with pytest.warns(ConvergenceWarning, match=r"of 9 refits, 3 failed .*injected.* 3 did not converge"):
+    with pytest.warns(ConvergenceWarning, match=r"some runs failed \(4/9\).*First reason: did not "
+                                                r"converge \(injected: not converged\)"):
         boot = bootstrap(cbpp_fit, n_boot=9, random_state=0)
-    assert boot.n_failed == 3 and boot.n_nonconverged == 3
-    assert boot.replicates.iloc[1::3].isna().all().all()
-    assert boot.replicates.iloc[2::3].notna().all().all()  # non-converged: kept
-    assert np.array_equal(boot.converged, np.tile([True, False, False], 3))
-    assert all("PIRLSDivergence: injected" == boot.messages[j] for j in (1, 4, 7))
+    assert boot.n_failed == 4 and boot.n_nonconverged == 0
+    assert boot.replicates.iloc[1::2].isna().all().all()
+    assert boot.replicates.iloc[0::2].notna().all().all()
+    assert np.array_equal(boot.converged, np.arange(9) % 2 == 0)
+    assert all("injected: not converged" in boot.messages[j] for j in (1, 3, 5, 7))
     kept = boot.replicates.dropna()
     np.testing.assert_allclose(boot.conf_int()["lower"], kept.quantile(0.025), rtol=1e-12)
+
+
+def _nearly_separated(seed, slope, m=6, n=6):
+    """A Bernoulli GLMM with few groups and a strong covariate: some simulated responses
+    are (quasi-)separated, and the deviance is flat far from the start."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(m), n)
+    x = np.round(rng.standard_normal(m * n), 2)
+    eta = slope * x + rng.standard_normal(m)[g]
+    y = (rng.uniform(size=m * n) < 1 / (1 + np.exp(-eta))).astype(int)
+    return x[:, None], y, g
+
+
+def _plain_fit(X, y, g):
+    """A cold fit's lme4 parameters, or None when it raises, does not converge or has
+    separated classes (estimates not finite)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fit = MixedGLMClassifier().fit(X, y, groups=g)
+        except ValueError:
+            return None
+    if not fit.converged_ or any("numerically 0 or 1" in str(w.message) for w in caught):
+        return None
+    return np.r_[np.sqrt(fit.cov_re_[0, 0]), fit.fe_params_.to_numpy()]
+
+
+@pytest.mark.parametrize("seed, slope", [(0, 4.0), (46, 5.0)])
+def test_bootstrap_replicates_of_nearly_separated_data_are_plain_fits_or_failed(seed, slope):
+    """Every replicate equals a cold fit of its simulated response, or it has failed and
+    so has the cold fit: the optimiser's start (the fit's estimate) is never a result.
+    (Before: replicates stopped at their start by a failed PIRLS evaluation, or
+    non-converged ones, were kept; with seed 46, 3 of 12 equal to the estimate.)"""
+    X, y, g = _nearly_separated(seed, slope)
+    est = _quiet(MixedGLMClassifier().fit, X, y, groups=g)
+    boot = _quiet(bootstrap, est, n_boot=12, random_state=1)
+    Y = est.simulate(12, random_state=1)
+    for j in range(12):
+        cold = _plain_fit(X, Y[:, j], g)
+        if cold is None:
+            assert boot.failed[j] and boot.replicates.iloc[j].isna().all(), j
+            assert boot.messages[j], j
+        else:
+            assert not boot.failed[j] and boot.converged[j], (j, boot.messages.get(j))
+            np.testing.assert_allclose(boot.replicates.iloc[j], cold, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(boot.failed, ~boot.converged)
+    if seed == 0:
+        assert 0 < boot.n_failed < 12  # both kinds of replicate occur
 
 
 # ---- pb_test -------------------------------------------------------------------------------------

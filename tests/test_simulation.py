@@ -287,6 +287,36 @@ def test_bootstrap_statistic_columns(sleep_fit, sleep):
         bootstrap(sleep_fit, n_boot=2, statistic=lambda e: pd.Series({"sigma": 1.0}))
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_statistic_that_raises_fails_only_its_replicate(sleep_fit, n_jobs):
+    """As lme4's bootMer: the replicates where the statistic raises are NaN rows, the
+    others are kept, and one warning says "some runs failed (k/n)" with the first error."""
+    plain = bootstrap(sleep_fit, n_boot=12, random_state=5)
+    t0 = sleep_fit.coef_[0]
+
+    def slope(est):
+        if est.coef_[0] > t0:
+            raise ZeroDivisionError(f"too steep: {est.coef_[0]:.3f}")
+        return est.coef_[0]
+
+    steep = (plain.replicates["Days"] > t0).to_numpy()
+    assert 0 < steep.sum() < 12
+    first = int(np.flatnonzero(steep)[0])
+    match = rf"some runs failed \({steep.sum()}/12\); .*First reason: .*ZeroDivisionError: too steep"
+    with pytest.warns(UserWarning, match=match) as caught:
+        boot = bootstrap(sleep_fit, n_boot=12, random_state=5, n_jobs=n_jobs, statistic=slope)
+    assert np.array_equal(boot.failed, steep) and boot.n_failed == steep.sum()
+    assert boot.replicates[steep].isna().all().all()
+    np.testing.assert_array_equal(boot.replicates.loc[~steep, plain.replicates.columns],
+                                  plain.replicates[~steep])
+    np.testing.assert_allclose(boot.replicates.loc[~steep, "statistic"],
+                               plain.replicates.loc[~steep, "Days"], rtol=1e-10)
+    # the first error's message: that of the first replicate that failed
+    assert boot.messages[first] == (f"the statistic raised ZeroDivisionError: too steep: "
+                                    f"{plain.replicates['Days'].iloc[first]:.3f}")
+    assert boot.messages[first] in str(caught[0].message)
+
+
 def test_bootstrap_interval_types(sleep_boot):
     rep, t0 = sleep_boot.replicates, sleep_boot.estimate
     lo, hi = rep.quantile(0.05), rep.quantile(0.95)
@@ -313,6 +343,8 @@ def test_conf_int_method_boot(sleep_fit):
 
 
 def test_failed_and_nonconverged_refits_are_counted(sleep_fit, monkeypatch):
+    """A replicate is a converged refit: one that raised or did not converge is a NaN row
+    with its reason, counted in one warning (k/n)."""
     real = simulation_module.Refitter.refit_all
 
     def flaky(self, products):
@@ -327,15 +359,43 @@ def test_failed_and_nonconverged_refits_are_counted(sleep_fit, monkeypatch):
         return out
 
     monkeypatch.setattr(simulation_module.Refitter, "refit_all", flaky)
-    with pytest.warns(ConvergenceWarning, match=r"3 failed .* 3 did not converge"):
+    with pytest.warns(ConvergenceWarning, match=r"some runs failed \(6/9\).*First reason: did not "
+                                                r"converge \(injected: not converged\)"):
         boot = bootstrap(sleep_fit, n_boot=9, random_state=0)
-    assert boot.n_failed == 3 and boot.n_nonconverged == 3
+    assert boot.n_failed == 6 and boot.n_nonconverged == 0
     assert boot.replicates.iloc[2::3].isna().all().all()
-    assert boot.replicates.iloc[0::3].notna().all().all()  # non-converged: kept
+    assert boot.replicates.iloc[0::3].isna().all().all()  # not converged: no estimates
+    assert boot.replicates.iloc[1::3].notna().all().all()
     assert np.array_equal(boot.converged, np.tile([False, True, False], 3))
-    assert all("injected" in boot.messages[j] for j in (2, 5, 8))
+    assert np.array_equal(boot.failed, ~boot.converged)
+    assert all("injected" in boot.messages[j] for j in (0, 2, 3, 5, 6, 8))
     kept = boot.replicates.dropna()
     np.testing.assert_allclose(boot.conf_int()["lower"], kept.quantile(0.025), rtol=1e-12)
+
+
+def test_a_refit_that_does_not_converge_is_run_again_as_a_plain_fit(sleep, monkeypatch):
+    """Every refit from the generating parameters reported as not converged: each
+    replicate is then the plain fit's (its start, its search), equal to the estimator
+    fitted to the simulated response, and none is lost."""
+    X, groups = sleep[["Days"]], pd.DataFrame({"Subject": sleep["Subject"], "late": sleep["Days"] > 4})
+    est = _quiet(MixedLMRegressor().fit, X, sleep["Reaction"], groups=groups)  # two terms: no batch
+    real = simulation_module.minimise
+
+    def warm_fails(dev, **kwargs):
+        sol, info = real(dev, **kwargs)
+        if kwargs.get("x0") is not None:
+            info = type(info)(False, "injected", info.n_iter, info.n_fev, info.scaled_gradient,
+                              info.at_bound)
+        return sol, info
+
+    monkeypatch.setattr(simulation_module, "minimise", warm_fails)
+    boot = _quiet(bootstrap, est, n_boot=3, random_state=4, statistic=lambda e: e.llf_)
+    assert boot.n_failed == 0
+    Y = est.simulate(3, random_state=4)
+    for j in range(3):
+        fit = _quiet(MixedLMRegressor().fit, X, Y[:, j], groups=groups)
+        assert abs(boot.replicates["statistic"].iloc[j] - fit.llf_) < 1e-6
+        np.testing.assert_allclose(boot.replicates["(Intercept)"].iloc[j], fit.intercept_, rtol=1e-4)
 
 
 def test_engine_failures_are_recorded(sleep_fit, monkeypatch):
@@ -414,13 +474,13 @@ def test_bootstrap_without_random_effects(sleep):
 
 
 def test_bootstrap_refits_with_the_fit_settings(sleep):
-    """A fit stopped by max_iter: its refits are stopped too, and reported."""
+    """A fit stopped by max_iter: its refits are stopped too, and are failed replicates."""
     Z = np.column_stack([np.ones(len(sleep)), sleep["Days"]])
     est = _quiet(MixedLMRegressor(max_iter=1, reml=False).fit, sleep[["Days"]], sleep["Reaction"],
                  groups=sleep["Subject"], Z=Z)
-    with pytest.warns(ConvergenceWarning, match="5 did not converge"):
+    with pytest.warns(ConvergenceWarning, match=r"failed \(5/5\).*did not converge \(iteration limit"):
         boot = bootstrap(est, n_boot=5, random_state=0)
-    assert boot.n_nonconverged == 5 and boot.n_failed == 0
+    assert boot.n_failed == 5 and boot.replicates.isna().all().all()
 
 
 # ---- pb_test --------------------------------------------------------------------------------

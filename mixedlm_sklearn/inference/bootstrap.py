@@ -10,9 +10,11 @@
 Replicates are drawn and refitted by :mod:`.simulation` (shared cross-products, a start
 at the generating parameters, per-replicate generators so that ``n_jobs`` does not change
 the result). The same code serves linear mixed models and GLMMs: the sampler draws from
-the model's family, and the refitter is the model's own fitting path. A refit that fails or does not converge is counted and reported, never
-dropped silently: failed replicates are NaN rows, non-converged ones are kept and
-flagged, and a warning gives both counts.
+the model's family, and the refitter is the model's own fitting path. A replicate is a
+converged refit, or it has failed: a refit that raises, or that does not converge from
+the generating parameters nor from a plain fit's start, gives a NaN row with its reason,
+and a warning gives the count. The point where a non-converged optimiser stopped (often
+its start) is never reported as a result.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from ._parameters import check_alpha
 from .lrt import check_nested, check_same_data
 from .simulation import (
     FAILED,
-    NOT_CONVERGED,
     OK,
     Parameters,
     RefitCounts,
@@ -54,24 +55,30 @@ __all__ = ["BootstrapResult", "bootstrap", "boot_conf_int", "PBTestResult", "pb_
 BOOT_METHODS = ("percentile", "basic", "normal")
 
 
-def _status(info) -> int:
-    return OK if info.converged else NOT_CONVERGED
+def _failure(refit: Any) -> str | None:
+    """Why a refit is no replicate (it raised, or did not converge), or None."""
+    if isinstance(refit, str):
+        return refit
+    if not refit.info.converged:
+        return f"did not converge ({refit.info.message})"
+    return None
+
+
+_STATISTIC_FAILED = "the statistic raised"
 
 
 def _report(status: np.ndarray, messages: list, what: str) -> None:
-    """One warning with the counts of failed and non-converged refits."""
+    """One warning with the count of failed replicates and the first reason (lme4's
+    "some bootstrap runs failed (k/n)"): a ConvergenceWarning when refits failed, a
+    UserWarning when only the caller's statistic did."""
     failed = int(np.sum(status == FAILED))
-    slow = int(np.sum(status == NOT_CONVERGED))
-    if not failed and not slow:
+    if not failed:
         return
-    parts = []
-    if failed:
-        first = messages[0][1] if messages else ""
-        parts.append(f"{failed} failed (their rows are NaN; first reason: {first})")
-    if slow:
-        parts.append(f"{slow} did not converge (kept, flagged in .converged)")
-    warnings.warn(f"{what}: of {status.size} refits, " + " and ".join(parts) + ".",
-                  ConvergenceWarning, stacklevel=caller_stacklevel())
+    first = messages[0][1] if messages else ""
+    refits = any(not text.startswith(_STATISTIC_FAILED) for _, text in messages)
+    warnings.warn(f"{what}: some runs failed ({failed}/{status.size}); their rows are NaN. "
+                  f"First reason: {first}", ConvergenceWarning if refits else UserWarning,
+                  stacklevel=caller_stacklevel())
 
 
 # ---- bootstrap ----------------------------------------------------------------------------------
@@ -89,13 +96,16 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
         residual standard-deviation ratios of a heteroscedastic fit, the fixed effects),
         then the statistic's values, if any (lme4's ``t0``).
     replicates : DataFrame of shape (n_boot, len(estimate))
-        One row per replicate (lme4's ``t``); NaN rows for refits that failed.
+        One row per replicate (lme4's ``t``); NaN rows for replicates that failed.
     converged : ndarray of bool
-        Whether each refit converged (failed ones: False).
+        Whether each replicate is a converged refit with its statistic (the
+        complement of ``failed``).
     failed : ndarray of bool
-        Whether each refit failed (no estimates).
+        Whether each replicate failed: its refit raised or did not converge (from the
+        generating parameters nor from a plain fit's start), a GLMM's simulated classes
+        were separated (estimates not finite), or ``statistic`` raised on it.
     messages : dict
-        Replicate index -> why its refit failed.
+        Replicate index -> why it failed.
     n_params : int
         The first ``n_params`` columns are lme4's parameters, the rest the statistic's.
 
@@ -181,8 +191,8 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
             q_{1-alpha/2})``; ``"basic"`` ``(2t - q_{1-alpha/2}, 2t - q_{alpha/2})``;
             ``"normal"`` ``t - bias -+ z_{1-alpha/2} sd`` (bias and sd of the
             replicates), as the boot package's ``boot.ci`` types ``perc``, ``basic`` and
-            ``norm``. Replicates whose refit failed are left out (they are counted in
-            ``n_failed``); non-converged ones are used, as lme4 does.
+            ``norm``. Replicates that failed are left out (they are counted in
+            :attr:`n_failed`).
 
         Returns
         -------
@@ -231,8 +241,7 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
                             index=pd.Index(self.replicates.columns, name="parameter"))
 
     def __str__(self) -> str:
-        head = (f"Parametric bootstrap: {self.n_boot} replicates, {self.n_failed} failed, "
-                f"{self.n_nonconverged} not converged")
+        head = f"Parametric bootstrap: {self.n_boot} replicates, {self.n_failed} failed"
         return head + "\n" + self.summary().to_string()
 
 
@@ -261,13 +270,22 @@ class _BootstrapJob:
         if done:
             values[done, :n_par] = lme4_parameters_many([fits[j] for j in done], self.model)
         for j, out in enumerate(fits):
-            if isinstance(out, str):
-                messages.append((j, out))
+            reason = _failure(out)
+            if reason is not None:
+                values[j] = np.nan
+                messages.append((j, reason))
                 continue
-            status[j] = _status(out.info)
             if self.statistic is not None:
-                values[j, n_par:] = _statistic_values(
-                    self.statistic(self._estimator(Y[:, j], out)), self.n_statistic)
+                # As lme4's bootMer: a statistic that raises on one replicate fails that
+                # replicate (a NaN row), not the bootstrap.
+                try:
+                    values[j, n_par:] = _statistic_values(
+                        self.statistic(self._estimator(Y[:, j], out)), self.n_statistic)
+                except Exception as err:  # noqa: BLE001 - the caller's code: any error
+                    values[j] = np.nan
+                    messages.append((j, f"{_STATISTIC_FAILED} {type(err).__name__}: {err}"))
+                    continue
+            status[j] = OK
         return {"values": values, "status": status, "messages": messages}
 
     def _estimator(self, y: np.ndarray, refit):
@@ -327,7 +345,9 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     statistic : callable, optional
         ``statistic(fitted_estimator)`` -> a number, array, Series or dict, evaluated on
         the fit (the estimate) and on the estimator refitted to each replicate; its values
-        are added as columns (a Series' or dict's keys name them).
+        are added as columns (a Series' or dict's keys name them). An exception on the
+        fit is raised; on a replicate it fails that replicate (a NaN row, the error in
+        ``messages``), as lme4's ``bootMer`` records NA.
 
     Returns
     -------
@@ -337,7 +357,9 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     Warns
     -----
     ConvergenceWarning
-        When refits fail (NaN rows) or do not converge (kept), with the counts.
+        When replicates fail (NaN rows): ``some runs failed (k/n)`` with the first
+        reason (lme4's bootMer warns alike); a UserWarning when only ``statistic``
+        raised.
 
     See Also
     --------
@@ -450,7 +472,8 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
     converged : ndarray of bool
         Per replicate: whether both refits converged.
     failed : ndarray of bool
-        Per replicate: whether a refit failed.
+        Per replicate: whether a refit failed (raised or did not converge, as in
+        :class:`BootstrapResult`).
     llf_restricted : float
         Maximum-likelihood log-likelihood of the restricted model.
     llf_full : float
@@ -526,12 +549,12 @@ class _PBJob:
         status = np.full(k, FAILED, dtype=np.int8)
         messages = []
         for j, (a, b) in enumerate(zip(self.small.refit_all(ps), self.big.refit_all(pb))):
-            failure = a if isinstance(a, str) else b if isinstance(b, str) else None
+            failure = _failure(a) or _failure(b)
             if failure is not None:
                 messages.append((j, failure))
                 continue
             lr[j] = a.deviance - b.deviance
-            status[j] = max(_status(a.info), _status(b.info))
+            status[j] = OK
         return {"lr": lr, "status": status, "messages": messages}
 
 

@@ -49,7 +49,8 @@ from .._batched_refit import OneTermBatch
 from .._crossprod import CrossProducts, ResponseMap, ResponseProducts
 from .._deviance import Deviance, Solution
 from .._factor import NotPositiveDefinite
-from .._glmm import Family, GLMMDeviance, Link, PIRLSDivergence, fit_glmm
+from .._glmm import (Family, GLMMDeviance, Link, PIRLSDivergence, fit_glmm, glm_start,
+                     separated)
 from .._model import FittedModel, minimise
 from .._optimize import OptimizerInfo
 from .._terms import Terms
@@ -533,13 +534,17 @@ class Refitter:
         return out
 
     def refit(self, products: ResponseProducts, j: int) -> tuple[Any, Solution, OptimizerInfo] | str:
-        """The engine's fit to response ``j``, or the reason it failed."""
+        """The engine's fit to response ``j``, or the reason it failed: from :attr:`x0`,
+        and when that does not converge, again as a plain fit runs (its start and
+        search)."""
         cp = self.template.with_response(products, j)
         try:
             dev = self.deviance_of(cp)
             with np.errstate(all="ignore"):
-                sol, info = minimise(dev, self.x0, max_iter=self.max_iter, tol=self.tol,
+                sol, info = minimise(dev, x0=self.x0, max_iter=self.max_iter, tol=self.tol,
                                      search=True, multistart=self.multistart)
+                if not info.converged:  # run again as a plain fit runs
+                    sol, info = minimise(dev, max_iter=self.max_iter, tol=self.tol, search=True)
         except (FloatingPointError, ValueError, np.linalg.LinAlgError) as err:
             return f"{type(err).__name__}: {err}"
         if not (np.isfinite(sol.deviance) and np.isfinite(sol.scale) and sol.scale > 0):
@@ -560,7 +565,8 @@ class GLMMRefitter:
     (:func:`~mixedlm_sklearn._glmm.fit_glmm`: PIRLS inside, the Laplace or AGQ deviance
     outside), reusing the deviance's structure (the design's sparsity pattern and
     elimination plan: :meth:`~mixedlm_sklearn._glmm.GLMMDeviance.with_response`) and
-    starting from the fit's ``(theta, beta)``.
+    starting from the fit's ``(theta, beta)``; a refit that fails or does not converge
+    from there is run again from a plain fit's start (:meth:`refit`).
 
     Parameters
     ----------
@@ -599,15 +605,38 @@ class GLMMRefitter:
         return [self.refit(Y[:, j]) for j in range(Y.shape[1])]
 
     def refit(self, y: np.ndarray) -> Refit | str:
+        """The refit to ``y``, or why it failed.
+
+        From the fit's parameters first; a refit that fails or does not converge there
+        is run again as a plain fit of ``y`` runs (:meth:`cold_start`), and that one is
+        the result (its ``info`` says whether it converged). A fit whose probabilities
+        are numerically 0 or 1 (separated classes: estimates not finite) has failed.
+        """
+        warm = self._fit(self.deviance.with_response(y), self.x0)
+        if isinstance(warm, Refit) and warm.info.converged:
+            return warm
         dev = self.deviance.with_response(y)
+        return self._fit(dev, self.cold_start(dev))
+
+    @staticmethod
+    def cold_start(dev: GLMMDeviance) -> np.ndarray:
+        """The start of a plain fit (the estimator's): identity ``theta`` and the GLM's
+        ``beta`` (lme4's)."""
+        beta0, _ = glm_start(dev.X, dev.y, dev.prior, dev.offset, dev.family, dev.link)
+        return np.concatenate([dev.terms.identity_theta(), beta0])
+
+    def _fit(self, dev: GLMMDeviance, x0: np.ndarray) -> Refit | str:
         try:
             with np.errstate(all="ignore"):
-                sol, info = fit_glmm(dev, self.x0, self.max_iter, ftol=self.tol)
+                sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
         except (PIRLSDivergence, NotPositiveDefinite, FloatingPointError, ValueError,
                 np.linalg.LinAlgError) as err:
             return f"{type(err).__name__}: {err}"
         if not (np.isfinite(sol.deviance) and np.all(np.isfinite(sol.x))):
             return "the refit gave a non-finite deviance or estimates"
+        if separated(dev.family, sol.mu):
+            return ("fitted probabilities numerically 0 or 1: the simulated classes are "
+                    "(quasi-)separated, and the estimates are not finite")
         return Refit(sol.theta, sol.ratios, sol.beta, sol.scale, float(sol.deviance), info,
                      _solved=(dev, sol))
 
