@@ -2162,7 +2162,16 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
                        if name in names.predictors}, environment, naming, fitted_rows, numbers)
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
+def _reml_argument(REML: Any, reml: Any) -> bool:
+    """lme4's ``REML=`` or the estimator's ``reml=``: one of them."""
+    if REML is not None and reml is not None:
+        raise TypeError("give REML= (lme4's spelling) or reml= (the estimator's), not both")
+    value = REML if REML is not None else reml
+    return True if value is None else value
+
+
+def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bool | None = None,
+         weights: Any = None, residual_groups: Any = None,
          context: Mapping[str, Any] | None = None, **estimator_params: Any):
     """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
 
@@ -2175,8 +2184,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     data : DataFrame
         The data. Rows with a missing value in any model variable are dropped first (lme4's
         ``na.action = na.omit``); the estimator itself refuses missing values.
-    reml : bool, default=True
-        REML (lme4's default) or maximum likelihood.
+    REML : bool, default=True
+        REML (lme4's default) or maximum likelihood, lme4's argument.
+    reml : bool, optional
+        The same under the estimator's name (give one of the two).
+    weights : str or array-like, optional
+        Prior weights (lme4's ``weights``): a column of ``data`` or one value per row; the
+        residual variance of a row is ``sigma^2 / w``.
+    residual_groups : str or array-like, optional
+        A residual variance per stratum (a column of ``data`` or one label per row), as
+        :meth:`MixedLMRegressor.fit`'s ``residual_groups``.
     context : mapping, optional
         Names the formula may use besides the columns of ``data``: numbers, or arrays
         with one value per row. The caller's variables are
@@ -2189,11 +2206,10 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     Returns
     -------
     MixedLMRegressor
-        Fitted, with the extra attribute ``model_frame_`` (the
-        :class:`~mixedlm_sklearn.formula.ModelFrame`), whose ``fit_arguments()`` and
-        ``new_data()`` give the designs
-        ``predict`` takes (and the offset, for a formula with ``offset(...)``). A later
-        plain ``fit`` removes ``model_frame_``.
+        ``MixedLMRegressor(formula=formula, reml=REML, ...)`` fitted to ``data``: a
+        scikit-learn estimator in formula mode (``predict(new_df)``, ``clone``, pipelines
+        and cross-validation work on DataFrames), with ``model_frame_`` (the
+        :class:`~mixedlm_sklearn.formula.ModelFrame`).
 
     Raises
     ------
@@ -2232,11 +2248,13 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     --------
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> est
+    MixedLMRegressor(formula='Reaction ~ Days + (Days | Subject)')
     >>> round(est.llf_, 4)
     -871.8141
     >>> est.fe_params_.round(3).to_dict()
     {'(Intercept)': 251.405, 'Days': 10.467}
-    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), reml=False)
+    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), REML=False)
     >>> est.cov_type, float(est.cov_re_[0, 1])
     ('diagonal', 0.0)
     >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
@@ -2245,16 +2263,36 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     """
     from .estimator import MixedLMRegressor
 
-    clash = {"fit_intercept", "cov_type"} & set(estimator_params)
+    _check_r_arguments(estimator_params, "lmer")
+    est = MixedLMRegressor(formula=formula, reml=_reml_argument(REML, reml), **estimator_params)
+    est.fit(data, sample_weight=weights, residual_groups=residual_groups, context=context)
+    # what the formula decided, as the estimator's parameters (clone() refits the same model)
+    return est.set_params(**_decided(est))
+
+
+def _decided(est: Any) -> dict[str, Any]:
+    decided = est.model_frame_.estimator_params()
+    return {k: v for k, v in decided.items() if v != {"fit_intercept": True,
+                                                     "cov_type": "unstructured"}[k]}
+
+
+# R's argument names of lmer/glmer that have a Python spelling here.
+_R_SPELLINGS = {"nAGQ": "n_agq", "control": "max_iter / tol", "subset": "data[rows]",
+                "na.action": "(rows with missing values are dropped, as na.omit)",
+                "offset": "offset(x) in the formula", "start": "(not supported)"}
+
+
+def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
+    clash = {"fit_intercept", "cov_type"} & set(params)
     if clash:
         raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
-                        "'||' makes the covariance diagonal); do not pass them to lmer")
-    frame = parse_formula(formula, data, context=context)
-    arguments = frame.fit_arguments()
-    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
-    est.fit(**arguments)
-    est.model_frame_ = frame
-    return est
+                        f"'||' makes the covariance diagonal); do not pass them to {function}")
+    if "formula" in params:
+        raise TypeError(f"{function} takes the formula as its first argument")
+    for name in params:
+        if name in _R_SPELLINGS:
+            raise TypeError(f"{function}() got lme4's argument {name!r}: here it is "
+                            f"{_R_SPELLINGS[name]}")
 
 
 def _cbind(response: str, formula: str) -> tuple[str, str] | None:
@@ -2269,8 +2307,9 @@ def _cbind(response: str, formula: str) -> tuple[str, str] | None:
     return parts[0].strip(), parts[1].strip()
 
 
-def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
-          n_agq: int = 1, *, context: Mapping[str, Any] | None = None, **estimator_params: Any):
+def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str | None = None,
+          n_agq: int = 1, *, nAGQ: int | None = None, weights: Any = None,
+          context: Mapping[str, Any] | None = None, **estimator_params: Any):
     """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
 
     Parameters
@@ -2291,6 +2330,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     n_agq : int, default=1
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
+    nAGQ : int, optional
+        lme4's name of ``n_agq`` (give one of the two).
+    weights : str or array-like, optional
+        Prior weights, a column of ``data`` or one value per row: for a binomial proportion
+        response (``incidence / size``) the numbers of trials (``weights="size"`` fits the
+        same model as ``cbind(incidence, size - incidence)``, as in R).
     context : mapping, optional
         As in :func:`lmer`.
     **estimator_params
@@ -2329,36 +2374,24 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     """
     from .glm_estimator import MixedGLMRegressor
 
-    clash = {"fit_intercept", "cov_type"} & set(estimator_params)
-    if clash:
-        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
-                        "'||' makes the covariance diagonal); do not pass them to glmer")
-    sides = _split_top(formula, "~")
-    pair = _cbind(sides[0], formula) if len(sides) == 2 else None
-    weights = None
-    if pair is None:
-        frame = parse_formula(formula, data, context=context)
-    else:
-        if family != "binomial":
-            raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
-        frame = parse_formula(f"I({pair[0]}) ~ {sides[1]}", data, context=context)
-        other = parse_formula(f"I({pair[1]}) ~ {sides[1]}", data, context=context)
-        if not frame.y.index.equals(other.y.index):
-            raise ValueError(f"in formula {formula!r}, the two columns of cbind() are missing in "
-                             "different rows")
-        successes, failures = frame.y.to_numpy(), other.y.to_numpy()
-        bad = (successes < 0) | (failures < 0)
-        if bad.any():
-            rows = list(frame.y.index[bad][:5])
-            raise ValueError(f"cbind(successes, failures) needs counts >= 0; rows {rows} are negative")
-        trials = successes + failures
-        with np.errstate(invalid="ignore", divide="ignore"):
-            proportion = np.where(trials > 0, successes / np.where(trials > 0, trials, 1.0), 0.0)
-        frame.y = pd.Series(proportion, index=frame.y.index, name=f"cbind({pair[0]}, {pair[1]})")
-        weights = trials  # a row with no trials carries no information (weight 0 removes it)
-    arguments = frame.fit_arguments()
-    est = MixedGLMRegressor(family=family, link=link, n_agq=n_agq, **frame.estimator_params(),
+    _check_r_arguments(estimator_params, "glmer")
+    if nAGQ is not None:
+        if n_agq != 1:
+            raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
+        n_agq = nAGQ
+    family = _family_name(family)
+    if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
+            and _cbind(_split_top(formula, "~")[0], formula) is not None:
+        raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
+    est = MixedGLMRegressor(formula=formula, family=family, link=link, n_agq=n_agq,
                             **estimator_params)
-    est.fit(**arguments, sample_weight=weights)
-    est.model_frame_ = frame
-    return est
+    est.fit(data, sample_weight=weights, context=context)
+    return est.set_params(**_decided(est))
+
+
+def _family_name(family: Any) -> str:
+    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
+    name = getattr(family, "__name__", None)
+    if callable(family) and name in ("binomial", "poisson"):
+        return name
+    return family

@@ -50,6 +50,7 @@ from ._validation import (
 )
 from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
+from .formula_mode import ALL_TERMS, FormulaMode
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
 
@@ -160,7 +161,7 @@ def _fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[flo
     return float(res.fun), x
 
 
-class _MixedGLMBase(BaseEstimator):
+class _MixedGLMBase(FormulaMode, BaseEstimator):
     """What the GLMM classifier and regressor share: fit, attributes, linear predictor."""
 
     # score() conditions on the BLUPs only when asked (see MixedLMRegressor).
@@ -173,11 +174,12 @@ class _MixedGLMBase(BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
+        "formula": [str, None],
     }
 
     # The linear predictor, its random-effects part and Z's column names are computed as
     # MixedLMRegressor computes its predictions (one implementation, shared).
-    _linear_predictor = MixedLMRegressor.predict
+    _linear_predictor = MixedLMRegressor._predict_arrays
     _predict_rows = MixedLMRegressor._predict_rows
     _new_levels = MixedLMRegressor._new_levels
     _several_levels = MixedLMRegressor._several_levels
@@ -196,6 +198,19 @@ class _MixedGLMBase(BaseEstimator):
         """Warn of a response that is not a count of its family (see the regressor)."""
 
     # ---- fitting --------------------------------------------------------------------------
+
+    def _fit_either(self, X, y, groups, Z, sample_weight, offset, context):
+        """``fit``'s body: the formula mode or the arrays."""
+        if self.formula is not None:
+            return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
+                                     sample_weight=sample_weight, context=context)
+        if context is not None:
+            raise TypeError("context= gives names a formula may use: it needs formula=...")
+        return self._fit(X, y, groups, Z, sample_weight, offset)
+
+    def _fit_arrays(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None,
+                    sample_weight: Any = None, offset: Any = None):
+        return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
         family, link = self._family_link()
@@ -597,6 +612,9 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         it as lme4 does (scaled gradient below 1e-4).
     verbose : int, default=0
         Print the optimiser's work when positive.
+    formula : str, optional
+        An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
+        factors included), as :class:`MixedLMRegressor`'s ``formula``.
 
     Attributes
     ----------
@@ -685,7 +703,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
     def __init__(self, link: str = "logit", n_agq: int = 1, fit_intercept: bool = True,
                  cov_type: str | dict = "unstructured", max_iter: int = 1000, tol: float = 1e-8,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, formula: str | None = None) -> None:
+        self.formula = formula
         self.link = link
         self.n_agq = n_agq
         self.fit_intercept = fit_intercept
@@ -693,6 +712,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+
+    _formula_labels = True  # formula mode: y holds class labels
 
     def _family_link(self):
         return family_and_link("binomial", self.link)
@@ -711,8 +732,9 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         return codes.astype(float)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            offset: Any = None) -> "MixedGLMClassifier":
+    def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
+            sample_weight: Any = None, offset: Any = None,
+            context: Any = None) -> "MixedGLMClassifier":
         """Fit the model.
 
         Parameters
@@ -731,6 +753,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             Prior weights (a row of weight 2 counts as two identical rows).
         offset : array-like of shape (n,), optional
             Known part of the linear predictor.
+        context : mapping, optional
+            With ``formula``: further names the formula may use (see :func:`lmer`).
 
         Returns
         -------
@@ -760,10 +784,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         (['no', 'yes'], 30)
         """
         with _refitting(self), clean_failure():
-            return self._fit(X, y, groups, Z, sample_weight, offset)
+            return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
-                          offset: Any = None) -> np.ndarray:
+                          offset: Any = None, re_form: Any = ALL_TERMS,
+                          allow_new_levels: bool | str = True) -> np.ndarray:
         """Compute the linear predictor: ``X b`` plus the BLUPs of seen groups (link scale).
 
         Parameters
@@ -776,6 +801,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             Random-effects design of the rows, as in ``fit``.
         offset : array-like of shape (n,), optional
             The rows' offset.
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -800,10 +830,13 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
     def predict_proba(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                      marginal: bool = False) -> np.ndarray:
+                      marginal: bool = False, re_form: Any = ALL_TERMS,
+                      allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict class probabilities, columns in the order of ``classes_``.
 
         Parameters
@@ -820,6 +853,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             For rows of unseen groups (all rows without ``groups``): False gives the
             population prediction (random effect 0); True the probability averaged over
             the random effect's distribution (what a new group's rows have on average).
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -845,11 +883,14 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         p1 = np.clip(self._mean(X, groups, Z, offset, marginal), 0.0, 1.0)
         return np.column_stack([1.0 - p1, p1])
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                marginal: bool = False) -> np.ndarray:
+                marginal: bool = False, re_form: Any = ALL_TERMS,
+                allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict the more probable class of each row.
 
         Parameters
@@ -863,6 +904,10 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         offset : array-like of shape (n,), optional
             As in :meth:`predict_proba`.
         marginal : bool, default=False
+            As in :meth:`predict_proba`.
+        re_form : "all", None, list of str or str, default="all"
+            As in :meth:`predict_proba`.
+        allow_new_levels : bool or "warn", default=True
             As in :meth:`predict_proba`.
 
         Returns
@@ -886,7 +931,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         >>> clf.predict(np.array([[-3.0], [3.0]])).tolist()
         ['no', 'yes']
         """
-        proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal)
+        proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal,
+                                   re_form=re_form, allow_new_levels=allow_new_levels)
         return self.classes_[(proba[:, 1] > 0.5).astype(int)]
 
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
@@ -981,7 +1027,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X, **kwargs))
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
         """Compute the accuracy, conditional on the BLUPs where ``groups`` are given.
 
@@ -1021,6 +1067,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         """
         from sklearn.metrics import accuracy_score
 
+        y, sample_weight = self._formula_response(X, y, sample_weight)
         return float(accuracy_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
@@ -1057,6 +1104,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         it as lme4 does (scaled gradient below 1e-4).
     verbose : int, default=0
         Print the optimiser's work when positive.
+    formula : str, optional
+        An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
+        factors included), as :class:`MixedLMRegressor`'s ``formula``.
 
     Attributes
     ----------
@@ -1131,7 +1181,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
 
     def __init__(self, family: str = "poisson", link: str | None = None, n_agq: int = 1,
                  fit_intercept: bool = True, cov_type: str | dict = "unstructured",
-                 max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0) -> None:
+                 max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0,
+                 formula: str | None = None) -> None:
+        self.formula = formula
         self.family = family
         self.link = link
         self.n_agq = n_agq
@@ -1143,6 +1195,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
 
     def _family_link(self):
         return family_and_link(self.family, self.link)
+
+    def _formula_counts(self) -> bool:
+        return self.family == "binomial"
 
     def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
         # A binomial y is the proportion of successes of sample_weight trials, so y * w
@@ -1171,8 +1226,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         return values
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            offset: Any = None) -> "MixedGLMRegressor":
+    def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
+            sample_weight: Any = None, offset: Any = None,
+            context: Any = None) -> "MixedGLMRegressor":
         """Fit the model.
 
         For ``family="binomial"``, ``y`` is the proportion of successes and
@@ -1194,6 +1250,8 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
             Prior weights; for binomial proportions the numbers of trials.
         offset : array-like of shape (n,), optional
             Known part of the linear predictor.
+        context : mapping, optional
+            With ``formula``: further names the formula may use (see :func:`lmer`).
 
         Returns
         -------
@@ -1223,10 +1281,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         (True, 20)
         """
         with _refitting(self), clean_failure():
-            return self._fit(X, y, groups, Z, sample_weight, offset)
+            return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                marginal: bool = False) -> np.ndarray:
+                marginal: bool = False, type: str = "response", re_form: Any = ALL_TERMS,
+                allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict the mean response (counts per unit offset, proportions).
 
         Rows of seen groups are conditional on their BLUPs.
@@ -1244,6 +1303,14 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         marginal : bool, default=False
             As in :meth:`MixedGLMClassifier.predict_proba`: for rows of unseen groups the
             mean averaged over the random effect's distribution.
+        type : {"response", "link"}, default="response"
+            The mean response, or the linear predictor (lme4's ``type``; ``"link"`` is
+            :meth:`decision_function`).
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -1267,10 +1334,17 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
+        if type == "link":
+            return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
         return self._mean(X, groups, Z, offset, marginal)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
-                          offset: Any = None) -> np.ndarray:
+                          offset: Any = None, re_form: Any = ALL_TERMS,
+                          allow_new_levels: bool | str = True) -> np.ndarray:
         """Compute the linear predictor (link scale).
 
         Parameters
@@ -1283,6 +1357,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
             Random-effects design of the rows, as in ``fit``.
         offset : array-like of shape (n,), optional
             The rows' offset.
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -1306,9 +1385,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
         """Compute D^2, the fraction of deviance explained (scikit-learn's ``d2_tweedie_score``).
 
@@ -1351,6 +1432,10 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         """
         check_is_fitted(self)
         mu = self.predict(X, groups=groups, Z=Z)
+        y, sample_weight = self._formula_response(X, y, sample_weight)
+        if getattr(self, "response_levels_", None) is not None and not pd.api.types.is_numeric_dtype(
+                np.asarray(y).dtype):
+            y = (np.asarray(y) == self.response_levels_[1]).astype(float)
         y = np.asarray(y, dtype=float)
         w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         dev = self.model_.deviance

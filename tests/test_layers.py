@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     # 3: inference on a fitted model; plots
     "inference": 3, "plotting": 3,
     # 4-7: the estimators' base, the estimators, formula-in functions and shims, the root
-    "_base": 4,
+    "_base": 4, "formula_mode": 4,
     "linear": 5, "generalized": 5, "families": 5,
     "api": 6, "estimator": 6, "glm_estimator": 6,
     "__init__": 7,
