@@ -42,6 +42,7 @@ from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
 from ._threads import single_threaded_blas
+from ._util.choices import canonical
 from .formula_mode import ALL_TERMS, FormulaMode
 from ._validation import (
     RankDeficientWarning,
@@ -69,6 +70,10 @@ from ._validation import (
 )
 
 __all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]
+
+
+# conf_int's methods, with R's spellings (confint(method = "Wald"), "boot" as lme4's)
+_CONF_INT_METHODS = {"wald": ("Wald",), "profile": (), "boot": ("bootstrap",)}
 
 
 class SingularFitWarning(UserWarning):
@@ -1109,6 +1114,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         """
         from .inference import conf_int
 
+        method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)
         return conf_int(self, alpha=alpha, method=method, **kwargs)
 

@@ -897,6 +897,10 @@ def _compile_part(text: str, checker: _Checker, what: str) -> str:
 
 def _compile_response(text: str, checker: _Checker) -> str:
     tokens = list(_tokens(text, checker.formula))
+    if len(tokens) > 1 and not any(kind == "op" and token in ("+", "~", "|", "||", "%in%")
+                                   for kind, token in tokens):
+        # an arithmetic response (R's incidence/size ~ ...): one expression, checked as code
+        tokens = [("code", text.strip())]
     if len(tokens) != 1 or tokens[0][0] not in ("name", "code"):
         raise ValueError(f"in formula {checker.formula!r}, the response {text.strip()!r} must "
                          "be one variable or one expression such as log(y)")

@@ -229,9 +229,9 @@ class FormulaMode:
                                   context=context)
             positions = data.index.get_indexer(frame.y.index)
             return frame, values[positions], None, None
-        if self._formula_counts() and _is_label_column(pd.Series(values)):
-            values, levels = _two_level_response(pd.Series(values, index=data.index),
-                                                 repr(lhs or name))
+        labels = pd.Series(y.array if isinstance(y, pd.Series) else values, index=data.index)
+        if self._formula_counts() and _is_label_column(labels):  # a Categorical keeps its order
+            values, levels = _two_level_response(labels, repr(getattr(y, "name", None) or name))
         frame = parse_formula(f"{name} ~ {rhs}", data.assign(**{name: values}), context=context)
         return frame, frame.y, None, levels
 

@@ -48,8 +48,9 @@ from ._validation import (
     first_rows,
     take_rows,
 )
-from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
+from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
+from ._util.choices import canonical
 from .formula_mode import ALL_TERMS, FormulaMode
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
@@ -457,6 +458,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         """
         from .inference.glmm import conf_int
 
+        method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)
         return conf_int(self, alpha=alpha, method=method, which=which, **kwargs)
 
