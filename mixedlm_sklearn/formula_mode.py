@@ -177,7 +177,9 @@ class FormulaMode:
             self.__dict__.update(saved)
         self.model_frame_ = frame
         self._formula_columns_ = list(arguments["X"].columns)
-        self._formula_data_ = X
+        self._formula_data_ = X  # a reference, for update()
+        self._formula_fit_args_ = {"y": y, "sample_weight": sample_weight,
+                                   "residual_groups": residual_groups, "context": context}
         self._formula_strata_ = residual_groups if isinstance(residual_groups, str) else None
         names = list(frame._variables)
         self.feature_names_in_ = np.asarray(names, dtype=object)
