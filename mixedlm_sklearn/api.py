@@ -12,7 +12,7 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._table import ResultTable
-from .formula import _decided, split_formula_sides, update_formula
+from .formula import split_formula_sides, update_formula
 from .inference._parameters import fitted_model
 from .inference.lrt import check_same_data, compare_models
 
@@ -82,11 +82,9 @@ def update(fit: Any, formula: str | None = None, *, data: pd.DataFrame | None = 
             raise ValueError(f"the fit's response was given as y (formula {fit.formula!r}): "
                              "its update cannot name a response")
         new = update_formula(fit.formula, formula)
-    est = clone(fit).set_params(formula=new, fit_intercept=True, cov_type="unstructured")
-    est.set_params(**params)
+    est = clone(fit).set_params(formula=new, **params)
     arguments = dict(fit._formula_fit_args_)
-    est.fit(fit._formula_data_ if data is None else data, **arguments)
-    return est.set_params(**_decided(est))
+    return est.fit(fit._formula_data_ if data is None else data, **arguments)
 
 
 def compare(*fits: Any, names: Any = None, test: Any = "auto",

@@ -82,6 +82,10 @@ def test_grid_search_over_random_effects_and_reml(df):
     # refit on all rows: the lme4 fit of the chosen formula
     ref = lmer("Reaction" + best.formula, df, REML=best.reml)
     assert best.llf_ == pytest.approx(ref.llf_, abs=1e-9)
+    # an lmer fit is such an estimator: its clone refits any other formula
+    diagonal = lmer("Reaction ~ Days + (Days || Subject)", df)
+    other = clone(diagonal).set_params(formula="~ Days + (1 | Subject)").fit(df, df["Reaction"])
+    assert other.llf_ == pytest.approx(lmer("Reaction ~ Days + (1 | Subject)", df).llf_, abs=1e-9)
 
 
 def test_formula_mode_equals_lmer_and_the_array_api(df):
