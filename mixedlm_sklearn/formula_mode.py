@@ -135,6 +135,14 @@ class FormulaMode:
 
     _formula_labels = False  # the classifier: y holds class labels
 
+    def __str__(self) -> str:
+        """lme4's ``print(fit)`` of a fitted estimator (``repr`` stays scikit-learn's)."""
+        if getattr(self, "model_", None) is None or not hasattr(self, "fe_params_"):
+            return repr(self)
+        from ._fit_text import fit_text
+
+        return fit_text(self)
+
     def _formula_counts(self) -> bool:
         return False
 
