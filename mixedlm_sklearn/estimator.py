@@ -252,7 +252,8 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         so the estimator works in ``Pipeline``, ``cross_validate(..., groups=df.Subject,
         cv=GroupKFold())`` and ``GridSearchCV`` (over ``formula`` too) without metadata
         routing; ``fit_intercept`` and ``cov_type`` then come from the formula, and
-        ``predict`` takes a DataFrame of new rows. Default None: the array API.
+        ``predict`` takes a DataFrame of new rows. The fit keeps a reference to ``X``
+        (for :func:`update`; a pickle carries it). Default None: the array API.
 
     Attributes
     ----------
@@ -622,6 +623,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         -871.814
         """
         self._validate_params()
+        if self.formula is not None:
+            raise TypeError("fit_chunks reads arrays (columns by name); a formula fit needs the "
+                            "rows in memory: use fit(df) or formula=None")
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
         if len(X) == 0:

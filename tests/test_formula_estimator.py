@@ -121,6 +121,9 @@ def test_formula_mode_refuses_what_the_formula_decides(df):
     with pytest.raises(TypeError, match="needs formula"):
         MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"],
                                context={"k": 1})
+    with pytest.raises(TypeError, match="fit_chunks"):
+        MixedLMRegressor(formula=FORMULA).fit_chunks([df], y="Reaction", groups="Subject",
+                                                     X=["Days"])
     # the formula decides: "0 +" removes the intercept although fit_intercept is True
     est = MixedLMRegressor(formula="~ 0 + Days + (1 | Subject)").fit(df, df["Reaction"])
     assert list(est.fe_params_.index) == ["Days"] and est.intercept_ == 0.0
