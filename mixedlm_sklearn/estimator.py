@@ -73,7 +73,7 @@ __all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]
 
 
 # conf_int's methods, with R's spellings (confint(method = "Wald"), "boot" as lme4's)
-_CONF_INT_METHODS = {"wald": ("Wald",), "profile": (), "boot": ("bootstrap",)}
+_CONF_INT_METHODS = {"wald": ("Wald",), "profile": (), "boot": ()}
 
 
 class SingularFitWarning(UserWarning):

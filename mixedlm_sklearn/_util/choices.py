@@ -34,10 +34,10 @@ def canonical(value: Any, name: str, choices: Mapping[str, Sequence[str]]) -> An
 
     Examples
     --------
-    >>> canonical("Wald", "method", {"wald": (), "profile": (), "boot": ("bootstrap",)})
+    >>> canonical("Wald", "method", {"wald": (), "profile": (), "boot": ()})
     'wald'
-    >>> canonical("bootstrap", "method", {"wald": (), "profile": (), "boot": ("bootstrap",)})
-    'boot'
+    >>> canonical("KR", "ddf", {"kenward-roger": ("KR",), "satterthwaite": ()})
+    'kenward-roger'
     """
     if not isinstance(value, str):
         return value
