@@ -162,3 +162,24 @@ def test_classifier_predicts_from_a_dataframe():
     np.testing.assert_allclose(proba[1], clf.predict_proba(new, re_form=None)[1])
     assert proba[0, 1] != clf.predict_proba(new, re_form=None)[0, 1]
     assert clf.predict(new).tolist() == np.where(proba[:, 1] > 0.5, "Y", "N").tolist()
+
+
+def test_array_fits_take_re_form_and_allow_new_levels():
+    ref = product_reference("lmm_residuals_predict")
+    entry = ref["predict_penicillin"]
+    new = pd.DataFrame(entry["newdata"])
+    df = load_penicillin()
+    est = MixedLMRegressor(fit_intercept=False).fit(
+        pd.DataFrame({"(Intercept)": np.ones(len(df))}), df["diameter"],
+        groups=df[["plate", "sample"]])
+    X_new = pd.DataFrame({"(Intercept)": np.ones(len(new))})
+    groups = new[["plate", "sample"]]
+    np.testing.assert_allclose(est.predict(X_new, groups=groups), entry["all"]["value"], rtol=RTOL)
+    np.testing.assert_allclose(est.predict(X_new, groups=groups, re_form=["plate"]),
+                               entry["plate_only"]["value"], rtol=RTOL)
+    np.testing.assert_allclose(est.predict(X_new, groups=groups, re_form=None),
+                               entry["population"]["value"], rtol=RTOL)
+    with pytest.raises(ValueError, match=r"new levels .*plate: 1 \(\['zz'\]\)"):
+        est.predict(X_new, groups=groups, allow_new_levels=False)
+    with pytest.raises(ValueError, match="a formula fit"):
+        est.predict(X_new, groups=groups, re_form="~ (1 | plate)")
