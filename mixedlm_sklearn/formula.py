@@ -2331,7 +2331,7 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
     nAGQ : int, optional
-        lme4's name of ``n_agq`` (give one of the two).
+        The same as ``n_agq``, under lme4's name (give one of the two).
     weights : str or array-like, optional
         Prior weights, a column of ``data`` or one value per row: for a binomial proportion
         response (``incidence / size``) the numbers of trials (``weights="size"`` fits the
@@ -2514,7 +2514,7 @@ def split_formula_sides(formula: str) -> tuple[str | None, str]:
 
 
 def update_formula(old: str, new: str) -> str:
-    """R's ``update.formula(old, new)`` on an lme4 formula.
+    """Apply R's ``update.formula(old, new)`` to an lme4 formula.
 
     ``.`` on the left of ``new`` stands for ``old``'s response (``log(.) ~ .``), on the right
     for ``old``'s terms; ``+ term`` adds, ``- term`` removes a fixed term (after expanding
@@ -2540,6 +2540,10 @@ def update_formula(old: str, new: str) -> str:
     ------
     ValueError
         A malformed formula.
+
+    See Also
+    --------
+    mixedlm_sklearn.update : Refit a fit with the updated formula.
 
     Examples
     --------
