@@ -233,7 +233,7 @@ class FormulaMode:
         name = _response_name(y, data)
         if self._formula_labels:
             labels = pd.Series(values, index=data.index)
-            codes, uniques = pd.factorize(labels, sort=True)
+            codes, _ = pd.factorize(labels, sort=True)
             numeric = np.where(codes < 0, np.nan, codes.astype(float))
             frame = parse_formula(f"{name} ~ {rhs}", data.assign(**{name: numeric}),
                                   context=context)
@@ -278,6 +278,13 @@ class FormulaMode:
         if lhs is None or not isinstance(X, pd.DataFrame):
             raise ValueError("score needs y: give it, or fit a formula with a response and "
                              "score a DataFrame")
+        levels = getattr(self, "response_levels_", None)
+        if lhs in X.columns and (self._formula_labels or levels is not None):
+            # labels: the classifier's as they are; a binomial response's by the fit's levels
+            y = X[lhs]
+            if levels is not None:
+                y = np.where(y.isna(), np.nan, (y == levels[1]).astype(float))
+            return np.asarray(y), sample_weight
         frame, y_fit, weights, _ = self._formula_frame(X, None, None)
         if len(y_fit) != len(X):
             raise ValueError(f"the response {lhs} is missing in {len(X) - len(y_fit)} rows of X")

@@ -49,6 +49,11 @@ def test_string_and_three_level_responses(verbagg):
     fit = glmer("yes_no ~ btype + (1 | id)", verbagg)
     np.testing.assert_allclose(fit.fe_params_, ref["fe_params"], rtol=1e-4)
     assert fit.response_levels_ == ("no", "yes")
+    # scoring reads the labels by the fit's levels, also where only one label is present
+    part = verbagg.head(40)
+    codes = (part["yes_no"] == "yes").astype(float)
+    assert fit.score(part) == pytest.approx(fit.score(part, codes), rel=1e-12)
+    assert np.isnan(fit.score(part[codes == 1]))  # D^2 of one class: 0 / 0, as scikit-learn's
     # lme4 fits a three-level factor as "not the first level": ambiguous, refused here
     with pytest.raises(ValueError, match="3 levels"):
         glmer("resp ~ btype + (1 | id)", verbagg)
