@@ -357,6 +357,110 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         tags.input_tags.sparse = False
         return tags
 
+    # ---- the fit's rows ---------------------------------------------------------------
+
+    def _fitted_eta(self, re_form: Any) -> np.ndarray:
+        """The linear predictor of the fit's rows: with the conditional modes ("all") or not."""
+        design = self.model_.design
+        eta = design.X @ self.coef_ + self.intercept_
+        if design.offset is not None:
+            eta = eta + design.offset
+        if re_form is None:
+            return eta
+        if not (isinstance(re_form, str) and re_form == ALL_TERMS):
+            raise ValueError(f"fitted values and residuals take re_form='all' or None, got "
+                             f"{re_form!r}")
+        for (codes, Z), b in zip(design.factors, self.model_.solution.blups()):
+            eta = eta + np.einsum("ij,ij->i", Z, b[codes])
+        return eta
+
+    def _rows_output(self, values: np.ndarray, name: str) -> Any:
+        frame = getattr(self, "model_frame_", None)
+        if frame is not None and len(frame.y) == len(values):
+            return pd.Series(values, index=frame.y.index, name=name)
+        return values
+
+    def fitted(self, *, re_form: Any = ALL_TERMS, type: str = "response") -> Any:
+        """Compute the fitted values of the fit's rows (lme4's ``fitted``).
+
+        Parameters
+        ----------
+        re_form : "all" or None, default="all"
+            With the conditional modes of the random effects (lme4's ``fitted``) or
+            without (``predict(fit, re.form = NA)``).
+        type : {"response", "link"}, default="response"
+            The mean (probabilities, proportions, rates) or the linear predictor.
+
+        Returns
+        -------
+        Series or ndarray of shape (n_obs,)
+            A Series indexed like the data's rows for a formula fit.
+
+        See Also
+        --------
+        MixedGLMRegressor.residuals : The residuals.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.fitted().head(3).round(4).tolist()  # lme4: 0.3082 0.1417 0.1260
+        [0.3082, 0.1417, 0.126]
+        """
+        check_is_fitted(self)
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        eta = self._fitted_eta(re_form)
+        values = eta if type == "link" else self.model_.deviance.link.inverse(eta)
+        return self._rows_output(values, "fitted")
+
+    def residuals(self, type: str = "deviance", *, re_form: Any = ALL_TERMS) -> Any:
+        """Compute the residuals of the fit's rows (lme4's ``residuals``).
+
+        Parameters
+        ----------
+        type : {"deviance", "pearson", "response"}, default="deviance"
+            lme4's default deviance residuals (signed square roots of each row's deviance),
+            Pearson residuals ``(y - mu) sqrt(w) / sqrt(V(mu))``, or ``y - mu`` (for a
+            binomial ``y`` the proportion).
+        re_form : "all" or None, default="all"
+            As in :meth:`fitted`.
+
+        Returns
+        -------
+        Series or ndarray of shape (n_obs,)
+            As :meth:`fitted`.
+
+        See Also
+        --------
+        MixedGLMRegressor.fitted : The fitted values.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.residuals().head(2).round(4).tolist()  # lme4: -1.4380 0.9887
+        [-1.438, 0.9887]
+        """
+        check_is_fitted(self)
+        if type not in ("deviance", "pearson", "response"):
+            raise ValueError(f"type must be 'deviance', 'pearson' or 'response', got {type!r}")
+        design, dev = self.model_.design, self.model_.deviance
+        eta = self._fitted_eta(re_form)
+        mu = dev.link.inverse(eta)
+        y, w = design.y, design.weights
+        w = np.ones_like(y) if w is None else w
+        if type == "response":
+            values = y - mu
+        elif type == "pearson":
+            values = (y - mu) * np.sqrt(w) / np.sqrt(dev.family.variance(mu)[0])
+        else:
+            values = np.sign(y - mu) * np.sqrt(dev.family.deviance_residuals(y, eta, mu, w,
+                                                                             dev.link))
+        return self._rows_output(values, "residuals")
+
     # ---- inference -------------------------------------------------------------------
 
     def summary(self, alpha: float = 0.05):

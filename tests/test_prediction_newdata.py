@@ -183,3 +183,20 @@ def test_array_fits_take_re_form_and_allow_new_levels():
         est.predict(X_new, groups=groups, allow_new_levels=False)
     with pytest.raises(ValueError, match="a formula fit"):
         est.predict(X_new, groups=groups, re_form="~ (1 | plate)")
+
+
+def test_glmm_fitted_and_residuals_match_lme4():
+    ref = product_reference("glmm_inference_cbpp")
+    fit = glmer(ref["formula"], load_cbpp())
+    np.testing.assert_allclose(fit.fitted().head(20), ref["fitted_head"], rtol=1e-6)
+    for kind in ("deviance", "pearson", "response"):
+        np.testing.assert_allclose(fit.residuals(kind).head(20), ref[f"residuals_{kind}_head"],
+                                   rtol=1e-6, atol=1e-7, err_msg=kind)  # estimates to ~1e-7
+    cbpp = load_cbpp()
+    np.testing.assert_allclose(fit.fitted(), fit.predict(cbpp), rtol=1e-12)
+    np.testing.assert_allclose(fit.fitted(re_form=None, type="link"),
+                               fit.predict(cbpp, re_form=None, type="link"), rtol=1e-12)
+    # the deviance residuals' squares sum to lme4's deviance(m) (deviance_)
+    assert float((fit.residuals() ** 2).sum()) == pytest.approx(fit.deviance_, rel=1e-10)
+    with pytest.raises(ValueError, match="type must be"):
+        fit.residuals("working")
