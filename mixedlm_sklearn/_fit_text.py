@@ -122,7 +122,9 @@ def fit_text(est: Any, width: int | None = None) -> str:
         lines.append(f" Family: {dev.family.name}  ( {dev.link.name} )")
     formula = getattr(est, "formula", None)
     if formula is not None and getattr(est, "model_frame_", None) is not None:
-        lines.append(f"Formula: {est.model_frame_.formula}")
+        # the formula as given when it names the response, else with y's name on the left
+        shown = formula if formula.split("~")[0].strip() else est.model_frame_.formula
+        lines.append(f"Formula: {shown}")
     else:
         k = len(est.model_.terms)
         lines.append(f"Fitted from arrays: {len(est.fe_params_)} fixed effects, {k} "

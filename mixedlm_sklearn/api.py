@@ -83,7 +83,7 @@ def update(fit: Any, formula: str | None = None, *, data: pd.DataFrame | None = 
                              "its update cannot name a response")
         new = update_formula(fit.formula, formula)
     est = clone(fit).set_params(formula=new, **params)
-    arguments = dict(fit._formula_fit_args_)
+    arguments = {k: v for k, v in fit._formula_fit_args_.items() if v is not None}
     return est.fit(fit._formula_data_ if data is None else data, **arguments)
 
 
@@ -155,12 +155,19 @@ def compare(*fits: Any, names: Any = None, test: Any = "auto",
     names = [f"model{i + 1}" for i in range(len(fits))] if names is None else [str(n) for n in names]
     if len(names) != len(fits) or len(set(names)) != len(names):
         raise ValueError(f"names must be {len(fits)} distinct names, one per fit, got {names}")
-    models = [fitted_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
-    for model in models[1:]:
-        check_same_data(models[0], model)
     formulas = dict(zip(names, (getattr(f, "formula", None) for f in fits)))
+    generalized = [hasattr(f, "deviance_") for f in fits]
     table = None
-    if test is not False:
+    if any(generalized):
+        if not all(generalized):
+            raise ValueError("compare fits of one kind: linear and generalized mixed models "
+                             "have likelihoods of different responses")
+        table = _generalized_table(fits, names, test)
+    else:
+        models = [fitted_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
+        for model in models[1:]:
+            check_same_data(models[0], model)
+    if table is None and test is not False and not any(generalized):
         try:
             table = compare_models(list(fits), names=names)
         except ValueError as err:
@@ -177,3 +184,43 @@ def compare(*fits: Any, names: Any = None, test: Any = "auto",
         for name, fit in zip(table.index, [fits[names.index(n)] for n in table.index])]
     stars = "Pr(>Chisq)" if "Pr(>Chisq)" in table.columns else None
     return ResultTable(table, title="\n".join(heading), formats=_FORMATS, stars=stars)
+
+
+def _generalized_table(fits: tuple, names: list[str], test: Any) -> pd.DataFrame | None:
+    """GLMM fits (maximum likelihood, no refit): the tests of lme4's ``anova`` when nested.
+
+    Nesting is checked on what the fits name: each fit's fixed effects and grouping
+    factors among those of the next larger one.
+    """
+    from scipy import stats
+
+    from .inference.glmm import check_comparable, glmm_model
+
+    models = [glmm_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
+    for model in models[1:]:
+        check_comparable(models[0], model)
+    if test is False:
+        return None
+    npar = np.array([f.df_model_ for f in fits])
+    order = np.argsort(npar, kind="stable")
+    problems = []
+    for a, b in zip(order[:-1], order[1:]):
+        small, big = fits[a], fits[b]
+        fixed = set(small.fe_params_.index) - set(big.fe_params_.index)
+        factors = ({t.factor for t in small.model_.terms} - {t.factor for t in big.model_.terms})
+        if fixed or factors or npar[a] == npar[b]:
+            problems.append(f"{names[a]} is not nested in {names[b]}")
+    if problems and test is True:
+        raise ValueError("; ".join(problems) + ". Models compared by likelihood-ratio tests "
+                         "must be nested.")
+    if problems:
+        return None
+    llf = np.array([fits[i].llf_ for i in order], dtype=float)
+    k = npar[order].astype(float)
+    chisq = np.r_[np.nan, 2.0 * np.maximum(0.0, np.diff(llf))]
+    df = np.r_[np.nan, np.diff(k)]
+    p = np.r_[np.nan, stats.chi2.sf(chisq[1:], df[1:])]
+    return pd.DataFrame({"npar": npar[order], "AIC": [fits[i].aic_ for i in order],
+                         "BIC": [fits[i].bic_ for i in order], "logLik": llf,
+                         "deviance": -2.0 * llf, "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+                        index=pd.Index([names[i] for i in order], dtype=object))

@@ -121,3 +121,26 @@ def test_compare_needs_nested_fits_for_a_test(fits):
         compare(m1)
     with pytest.raises(ValueError):
         compare(m1, lmer("Reaction ~ Days + (1 | Subject)", df.iloc[:-10], REML=False))
+
+
+def test_compare_glmm_fits_as_lme4s_anova():
+    from mixedlm_sklearn import glmer, lr_test
+    from mixedlm_sklearn.datasets import load_cbpp
+
+    cbpp = load_cbpp()
+    m1 = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp)
+    m0 = update(m1, ". ~ . - period")
+    assert m0.formula == "cbind(incidence, size - incidence) ~ (1 | herd)"
+    table = compare(m1, m0, names=["m1", "m0"])
+    assert list(table.index) == ["m0", "m1"]  # ordered by npar, as lme4
+    test = lr_test(m0, m1)
+    assert table.loc["m1", "Chisq"] == pytest.approx(test.statistic, rel=1e-12)
+    assert table.loc["m1", "Df"] == test.df
+    assert table.loc["m1", "Pr(>Chisq)"] == pytest.approx(test.pvalue, rel=1e-10)
+    np.testing.assert_allclose(table["AIC"], [m0.aic_, m1.aic_])
+    other = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                  cbpp.assign(size=cbpp["size"] + 1))
+    with pytest.raises(ValueError):
+        compare(m1, other)
+    with pytest.raises(ValueError, match="one kind"):
+        compare(m1, lmer("size ~ 1 + (1 | herd)", cbpp))
