@@ -143,6 +143,15 @@ class FormulaMode:
 
         return fit_text(self)
 
+    def _html_repr(self) -> str:
+        """Notebooks: lme4's print of a fitted estimator above scikit-learn's diagram."""
+        import html
+
+        diagram = super()._html_repr()  # type: ignore[misc]
+        if getattr(self, "model_", None) is None or not hasattr(self, "fe_params_"):
+            return diagram
+        return f"<pre>{html.escape(str(self))}</pre>" + diagram
+
     def _formula_counts(self) -> bool:
         return False
 

@@ -53,3 +53,12 @@ def test_print_of_array_fits_and_unfitted_estimators():
     assert "Fitted from arrays: 2 fixed effects, 1 random-effects term" in text
     assert "Number of obs: 180, groups:  Subject, 18" in text
     assert repr(est) == "MixedLMRegressor()"  # scikit-learn's, as Pipeline displays nest it
+
+
+def test_notebook_display_shows_the_print_above_the_diagram():
+    fit = CASES["print_sleepstudy_reml_slopes"]()
+    html = fit._repr_mimebundle_()["text/html"]
+    assert html.startswith("<pre>Linear mixed model fit by REML [MixedLMRegressor]")
+    assert "REML criterion at convergence: 1743.628" in html
+    assert "sk-" in html  # scikit-learn's diagram follows
+    assert not MixedLMRegressor()._repr_mimebundle_()["text/html"].startswith("<pre>")
