@@ -1137,6 +1137,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
               Z: Any = None) -> float:
         """Compute the accuracy, conditional on the BLUPs where ``groups`` are given.
 
+        A formula fit scores :meth:`predict`'s default: rows of groups seen in ``fit``
+        conditional on their modes, rows of unseen groups at the population level (so
+        ``GroupKFold`` scores the prediction of new groups); ``y`` may be left out when the
+        formula's response is a column of ``X``.
+
         Parameters
         ----------
         X : array-like of shape (n, p)
@@ -1498,6 +1503,10 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
         """Compute D^2, the fraction of deviance explained (scikit-learn's ``d2_tweedie_score``).
+
+        A formula fit scores :meth:`predict`'s default means (conditional on the modes of
+        groups seen in ``fit``, population level for unseen ones); without ``y`` the
+        formula's response is read from ``X`` (``cbind``: the trials are the weights).
 
         ``1 - D(y, mu) / D(y, mean(y))`` with the family's deviance; for binomial
         proportions pass the trials as ``sample_weight``.

@@ -114,6 +114,10 @@ def test_crossed_terms_one_at_a_time_match_lme4():
         fit.predict(new, re_form="~ (1 | nothing)")
     with pytest.raises(ValueError, match="not grouping factors"):
         fit.predict(new, re_form=["nothing"])
+    with pytest.raises(TypeError, match="re_form must be"):
+        fit.predict(new, re_form=3)
+    with pytest.raises(ValueError, match="must be 'all', None"):
+        fit.predict(new, re_form="(1 | plate)")
 
 
 def test_fitted_residuals_and_intervals_take_re_form():
