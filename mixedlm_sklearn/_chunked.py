@@ -59,7 +59,7 @@ def check_dask_inputs(**inputs: Any) -> None:
 def partition_cross_products(
     x: Any, y: Any, groups: pd.DataFrame, z: dict, weights: Any = None, strata: Any = None,
     intercept: bool = True, cov_type: str | dict = "unstructured", where: str = "data",
-    origin: Origin | None = None,
+    origin: Origin | None | str = "own",
 ) -> tuple[dict, np.ndarray | None, CrossProducts]:
     """Cross-products of one chunk with its own level coding.
 
@@ -77,10 +77,10 @@ def partition_cross_products(
         Covariance structure of the terms.
     where : str
         Names the chunk in error messages.
-    origin : Origin, optional
-        Where the columns are measured from (with ``intercept``); by default this chunk's
-        own (:func:`~mixedlm_sklearn._crossprod.origin_of`), which the caller passes on
-        to the other chunks (``cp.origin``).
+    origin : Origin, None or "own"
+        Where the columns are measured from (with ``intercept``; None: from 0); by
+        default this chunk's own (:func:`~mixedlm_sklearn._crossprod.origin_of`), which
+        the caller passes on to the other chunks (``cp.origin``).
 
     Returns
     -------
@@ -123,8 +123,8 @@ def partition_cross_products(
             n_strata = strata_labels.size
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
-    if intercept and origin is None:
-        origin = origin_of(x_arr, y_arr)
+    if isinstance(origin, str):
+        origin = origin_of(x_arr, y_arr) if intercept else None
     cp = cross_products(x_arr, y_arr, factors, Terms(terms), w_arr, strata_codes, n_strata,
                         intercept=intercept, origin=origin if intercept else None)
     return labels, strata_labels, cp
@@ -154,7 +154,7 @@ def cross_products_from_chunks(
     Returns the labels per term (sorted), the stratum labels and the cross-products.
     """
     acc = Accumulator()
-    origin = None  # the first chunk's, for every chunk
+    origin = "own"  # until the first chunk with rows gives its own to every chunk
     needed = [y, *groups, *X, *(c for cols in Z.values() for c in cols if c != INTERCEPT)]
     needed += [c for c in (sample_weight, residual_groups) if c is not None]
     for number, frame in enumerate(chunks):
@@ -222,13 +222,12 @@ def cross_products_from_dask(
 
     partitions = list(zip(*parts))
     results: list = []
-    origin = None
-    if intercept:
-        # the first partition with rows alone, for the origin of all (see the module docstring)
-        while len(results) < len(partitions) and origin is None:
-            (result,) = dask.compute(dask.delayed(one)(len(results), None, *partitions[len(results)]))
-            results.append(result)
-            origin = None if result is None else result[2].origin
+    origin = "own" if intercept else None
+    # the first partition with rows alone, for the origin of all (see the module docstring)
+    while len(results) < len(partitions) and isinstance(origin, str):
+        (result,) = dask.compute(dask.delayed(one)(len(results), "own", *partitions[len(results)]))
+        results.append(result)
+        origin = origin if result is None else result[2].origin
     rest = [dask.delayed(one)(number, origin, *part)
             for number, part in enumerate(partitions) if number >= len(results)]
     results += list(dask.compute(*rest))

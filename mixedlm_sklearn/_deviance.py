@@ -102,7 +102,9 @@ def profiled_over_beta(F: np.ndarray, logdet: float, dof: int, reml: bool, sum_l
 class Shift:
     """The data moved by a point of random-effects space, for precision.
 
-    ``D = [X y]`` is written ``D = D' + Z C`` with ``C`` (per term (q_k, p + 1, m_k)) the
+    ``D = [X y]`` (the columns the deviance's cross-products hold: measured from their
+    :class:`~._crossprod.Origin` when they have one, and so ``beta0`` too) is written
+    ``D = D' + Z C`` with ``C`` (per term (q_k, p + 1, m_k)) the
     conditional modes of each column at a reference fit, and ``cp`` the cross-products of
     the residual ``D'`` (same terms, levels and weights). The response is first moved by
     ``X beta0`` (the reference fixed effects: a shift of beta that changes no likelihood)
