@@ -222,6 +222,10 @@ def main(argv=None) -> None:
     env.header("crossed users x items GLMMs (Laplace): ours vs gpboost, each fit in its own process",
                args.threads, MixedGLMClassifier)
     sides = args.sides.split(",")
+    bad = [f for f in args.families.split(",") if f not in INTERCEPT] + \
+        [s for s in sides if s not in ("gpboost", "ours")]
+    if bad:
+        ap.error(f"unknown families/sides {bad}; families: {list(INTERCEPT)}, sides: gpboost, ours")
     has_gpb = "gpboost" in sides and available(args.gpboost_python, "gpboost")
     if "gpboost" in sides and not has_gpb:
         print(f"note: gpboost not importable by {args.gpboost_python}: skipped (see --gpboost-python)")

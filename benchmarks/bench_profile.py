@@ -175,6 +175,9 @@ def report(name: str, formula: str, n_rows: int, a: dict | None, b: dict | None,
         print(f"max |ours - lme4| over endpoints both report: {max(diffs):.2e} (relative {max(rel):.2e})")
     if missing:
         print(f"lme4 left {missing} endpoint(s) NA or infinite where ours has one")
+    if any("bad spline fit" in note for note in b["notes"]):
+        print("(lme4's 'bad spline fit' parameters: it interpolated linearly between its profile points, so "
+              "its endpoints there are approximate; profile(m, delta.cutoff = 1/64) refines them)")
 
 
 def main(argv=None) -> None:
@@ -188,6 +191,9 @@ def main(argv=None) -> None:
     from mixedlm_sklearn import MixedLMRegressor
 
     peers = args.peers.split(",")
+    bad = [c for c in args.cases.split(",") if c not in CASES] + [p for p in peers if p not in ("ours", "lme4")]
+    if bad:
+        ap.error(f"unknown cases/peers {bad}; cases: {list(CASES)}, peers: ours, lme4")
     env.header("profile confidence intervals: ours conf_int(method='profile') vs lme4 confint(m)",
                args.threads, MixedLMRegressor, r="lme4" in peers)
     why_r = env.r_available(("lme4",)) if "lme4" in peers else "not asked for"
