@@ -1799,8 +1799,16 @@ class ModelFrame:  # numpydoc ignore=PR01
         return [name for name, alias in self._variables.items() if alias in used]
 
     def offset_variables(self) -> list[str]:
-        """The variables the formula's ``offset(...)`` terms read, in the formula's order
-        (empty without an offset).
+        """List the variables the formula's ``offset(...)`` terms read.
+
+        Returns
+        -------
+        list of str
+            The variables in the formula's order; empty without an offset.
+
+        See Also
+        --------
+        ModelFrame.offset_values : The offset evaluated on rows of a data frame.
 
         Examples
         --------
@@ -1813,8 +1821,21 @@ class ModelFrame:  # numpydoc ignore=PR01
         return [] if self._offset_spec is None else self._spec_variables(self._offset_spec)
 
     def offset_values(self, data: pd.DataFrame) -> pd.Series | None:
-        """The sum of the formula's ``offset(...)`` terms on rows of ``data`` (None without
-        an offset); ``data`` needs the variables of :meth:`offset_variables` only.
+        """Evaluate the sum of the formula's ``offset(...)`` terms on rows of ``data``.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame
+            Rows to evaluate; needs the variables of :meth:`offset_variables` only.
+
+        Returns
+        -------
+        pandas.Series or None
+            The offset of each row, named ``"offset"``; None without an offset.
+
+        See Also
+        --------
+        ModelFrame.offset_variables : The variables the offset reads.
 
         Examples
         --------
