@@ -178,7 +178,9 @@ def test_python_constructs_outside_the_allow_list(df, expression, reason):
 
 @pytest.mark.parametrize("expression, reason", [
     ("I('Days')", "a string"),
-    ("C(Days, 'contr.sum')", r"C\(\) takes at most 1 positional argument"),
+    ("C(Days, 'contr.sum')", r"C\(\): contr must be one of contr.treatment, .*, Helmert "
+                             r"\(a name, without quotes\)"),
+    ("relevel(Days, ref=b)", r"relevel\(\): ref must be a level as a string"),
     ("poly(Days, '2')", "degree must be a whole number"),
     ("scale(Days, center='x')", "center must be TRUE, FALSE or a number"),
     ("bs(Days, knots=['a'])", "knots must be c"),
@@ -207,7 +209,7 @@ def test_string_literals_in_the_formula_language(df):
     ("scale(Days, ddof=0)", "has no parameter 'ddof'"),
     ("bs(Days, extrapolation=1)", "has no parameter 'extrapolation'"),
     ("C(Days, levels=[1, 2])", "has no parameter 'levels'"),
-    ("C(Days, contr.treatment)", "takes at most 1 positional argument"),
+    ("C(Days, contr.treatment, 2)", "takes at most 2 positional arguments"),
     ("poly(Days, degree=Days)", "degree must be a whole number"),
     ("poly(Days, 2 + 1)", "degree must be a whole number"),
     ("poly(Days, 10**9)", "degree must be a whole number"),
