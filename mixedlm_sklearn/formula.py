@@ -306,11 +306,20 @@ def _factor_levels(values: pd.Series) -> list:
     return list(pd.Series(values).astype("category").cat.categories)
 
 
+def _r_label(level: Any) -> str:
+    """A factor level as R's ``as.character`` writes it: ``TRUE``, ``1`` for the number 1.0."""
+    if isinstance(level, (bool, np.bool_)):
+        return str(bool(level)).upper()
+    if isinstance(level, numbers.Real) and math.isfinite(level):
+        return _r_number(level)
+    return str(level)
+
+
 def _releveled(levels: list, ref: Any) -> list:
     """R's ``relevel``: ``ref`` (a label, or a 1-based position) first, the others after."""
     if isinstance(ref, str):
-        labels = [str(level).upper() if isinstance(level, (bool, np.bool_)) else str(level)
-                  for level in levels]
+        # a level as R's as.character writes it (TRUE, 1 for the number 1.0) or as Python does
+        labels = [_r_label(level) for level in levels]
         matches = [i for i, (level, label) in enumerate(zip(levels, labels))
                    if ref in (label, str(level))]
         if not matches:
@@ -1342,8 +1351,7 @@ def _lme4_names(spec: Any, naming: _Naming) -> list[str]:
     for var, (kind, state) in spec.encoder_state.items():
         contrasts = state.get("contrasts") if isinstance(state, Mapping) else None
         if getattr(kind, "value", kind) == "categorical" and contrasts is not None:
-            levels[str(var)] = {str(level): str(level).upper() if isinstance(
-                level, (bool, np.bool_)) else str(level) for level in contrasts.levels}
+            levels[str(var)] = {str(level): _r_label(level) for level in contrasts.levels}
     out = list(spec.column_names)
     crossed = _crossed_factors(spec)
     for term, columns in spec.term_indices.items():

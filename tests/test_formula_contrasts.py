@@ -173,6 +173,11 @@ def test_treatment_contrasts_against_another_level_are_rs_relevel(oats):
         assert ours[f"{prefix}{new}:VarietyVictory"] == pytest.approx(
             theirs[f'relevel(N, "0.4"){old}:VarietyVictory'], rel=1e-4, abs=1e-8)
     assert fit.llf_ >= ref["llf"] - 1e-6  # the same column space: the same REML criterion
+    # lmerTest's type III table (mapped from the treatment coding as lmerTest maps it)
+    table, r = fit.anova(), r_table(REF["oats"]["relevel_positional"]["anova_type3_satterthwaite"])
+    for column in ("F value", "NumDF", "DenDF", "Pr(>F)"):
+        np.testing.assert_allclose(table[column].to_numpy(dtype=float),
+                                   r[column].to_numpy(dtype=float), rtol=1e-4)
     with pytest.raises(ValueError, match=r"C\(\): base = 5 but the factor has 4 levels"):
         parse_formula("yield ~ C(N, contr.treatment, base = 5) + (1 | Block)", oats)
 
@@ -196,6 +201,11 @@ def test_relevel_by_label_position_and_the_reference_level(oats):
         parse_formula('yield ~ relevel(Variety, "Gold") + (1 | Block)', oats)
     with pytest.raises(ValueError, match=r"ref = 4 but the factor has 3 levels"):
         parse_formula("yield ~ relevel(Variety, 4) + (1 | Block)", oats)
+    # numbers and logicals as R's as.character writes them
+    data = oats.assign(n=oats["N"].astype(float) * 5, flag=oats["N"] == "0")
+    frame = parse_formula('yield ~ relevel(n, "2") + relevel(flag, "TRUE") + (1 | Block)', data)
+    assert list(frame.X.columns) == ['relevel(n, "2")0', 'relevel(n, "2")1',
+                                     'relevel(n, "2")3', 'relevel(flag, "TRUE")FALSE']
 
 
 def test_labels_with_any_characters_and_relevel_inside_c(oats):
