@@ -297,3 +297,32 @@ def test_contrasts_left_of_a_bar(oats):
     coded = lmer('yield ~ N + (relevel(Variety, "Victory") | Block)', oats)
     plain = lmer("yield ~ N + (Variety | Block)", oats)
     assert coded.llf_ == pytest.approx(plain.llf_, abs=1e-6)
+
+
+def test_indicator_coding_follows_rs_rule(oats):
+    """R codes a factor by indicators, named by level, where its term has no margin in the
+    model (the first factor of a model without intercept, a factor nested in another); there
+    the contrast does not apply, as in R's model.matrix."""
+    frame = parse_formula("yield ~ 0 + C(N, contr.sum) + C(Variety, contr.helmert) + (1|Block)",
+                          oats)
+    assert list(frame.X.columns) == ["C(N, contr.sum)0", "C(N, contr.sum)0.2",
+                                     "C(N, contr.sum)0.4", "C(N, contr.sum)0.6",
+                                     "C(Variety, contr.helmert)1", "C(Variety, contr.helmert)2"]
+    nested = parse_formula("yield ~ Variety + C(N, contr.sum):Variety + (1|Block)", oats)
+    assert list(nested.X.columns)[2:5] == ["VarietyGolden Rain:C(N, contr.sum)1",
+                                           "VarietyMarvellous:C(N, contr.sum)1",
+                                           "VarietyVictory:C(N, contr.sum)1"]
+    # the same column space as the treatment coding: the same fitted values
+    treat = lmer("yield ~ Variety + N:Variety + (1|Block)", oats)
+    coded = lmer("yield ~ Variety + C(N, contr.sum):Variety + (1|Block)", oats)
+    np.testing.assert_allclose(coded.predict(oats), treat.predict(oats), rtol=1e-7)
+
+
+def test_a_formula_estimator_with_contrasts(oats_fits, oats):
+    from mixedlm_sklearn import MixedLMRegressor
+
+    formula = REF["oats"]["sum_in_formula"]["formula"]
+    est = MixedLMRegressor(formula=formula).fit(oats)
+    assert list(est.fe_params_.index) == REF["oats"]["sum_in_formula"]["fit"]["fe_names"]
+    np.testing.assert_allclose(est.predict(oats.head(5)),
+                               oats_fits["sum_in_formula"].predict(oats.head(5)), rtol=1e-9)
