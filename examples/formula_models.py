@@ -1,6 +1,6 @@
 """
 Formula models as scikit-learn estimators, without metadata routing
-==================================================================
+===================================================================
 
 sleepstudy: ``Reaction ~ Days + (Days | Subject)``. ``MixedLMRegressor(formula=...)``
 takes a DataFrame whose columns hold the covariates *and* the grouping factor, so that
