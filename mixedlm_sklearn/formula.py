@@ -61,7 +61,8 @@ otherwise the smallest label, as in R. Other contrasts are R's ``contr.sum`` (th
 level -1 in every column), ``contr.helmert`` (column ``j``: level ``j + 1`` against the
 levels before it) and ``contr.treatment`` against another level; as in lme4, the
 estimates and the REML criterion (which contains ``log det X'V^-1 X``) depend on the
-coding, the fitted values, the ML likelihood, type III tests and marginal means do not. Terms are coded as R's ``model.matrix`` codes
+coding, the fitted values, the ML likelihood, type III tests and marginal means do not.
+Terms are coded as R's ``model.matrix`` codes
 them: a factor of a term gets contrasts when the term without it is in the model before
 it, else a column per level, so ``y ~ a:b`` has the intercept and a column per level
 combination (``au:bp``, ``av:bp``, ...); the last, aliased with the intercept and the
@@ -228,10 +229,8 @@ def _contrast_matrix(kind: str, n: int, base: int) -> np.ndarray:
         matrix[-1] = -1.0
         return matrix
     # helmert: column j contrasts level j + 1 with the mean of the levels before it
-    matrix = np.zeros((n, n - 1))
-    for j in range(n - 1):
-        matrix[:j + 1, j] = -1.0
-        matrix[j + 1, j] = j + 1.0
+    matrix = np.triu(np.full((n, n - 1), -1.0))
+    matrix[np.arange(1, n), np.arange(n - 1)] = np.arange(1.0, n)
     return matrix
 
 

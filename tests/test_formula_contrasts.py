@@ -122,6 +122,22 @@ def test_the_contrast_matrices_are_rs(key):
         np.testing.assert_array_equal(rows.to_numpy()[:, 1:], matrix["values"])
 
 
+@pytest.mark.parametrize("key, contr", [("sum_argument", "contr.sum"),
+                                        ("helmert_argument", "contr.helmert")])
+def test_lmers_contrasts_argument_is_c_in_the_formula(oats, key, contr):
+    """R's ``lmer(..., contrasts = list(N = "contr.helmert", ...))`` (4 and 3 levels) is
+    ``C(N, contr.helmert) * C(Variety, contr.helmert)`` here: the same estimates and REML
+    criterion under other names."""
+    ref = REF["oats"][key]["fit"]
+    fit = lmer(f"yield ~ C(N, {contr}) * C(Variety, {contr}) + (1 | Block/Variety)", oats)
+    renamed = [name.replace(f"C(N, {contr})", "N").replace(f"C(Variety, {contr})", "Variety")
+               for name in _names(fit)]
+    assert renamed == ref["fe_names"]
+    np.testing.assert_allclose(fit.fe_params_, ref["fe_params"], rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(fit.bse_, ref["bse_fe"], rtol=1e-4)
+    assert fit.llf_ >= ref["llf"] - 1e-6
+
+
 def test_sum_contrasts_in_an_interaction_are_the_hand_coded_design():
     """``C(x, contr.sum)`` crossed with another: the design equals a hand-coded contr.sum
     design (the last level -1, R's column order: the first factor varying fastest)."""
