@@ -122,6 +122,19 @@ ROWS: list[Row] = [
         'assert gm.llf_ >= R_cbpp["logLik"] - 1e-6\n'
         'np.testing.assert_allclose(gm.fe_params_, R_cbpp["fixef"], rtol=1e-3)'),
     Row("lme4", "fit",
+        "glmer(cbind(incidence, size - incidence) ~ C(period, contr.sum) + (1 | herd),\n"
+        "      cbpp, family = binomial)",
+        'glmer("cbind(incidence, size - incidence) ~ C(period, contr.sum) + (1 | herd)",\n'
+        '      cbpp, family="binomial")',
+        "R's contrasts and names in the formula: ``C(x, contr.sum)``, ``contr.helmert``, "
+        "``contr.treatment``, ``relevel(x, ref = \"b\")``; lmer's ``contrasts =`` argument "
+        "is not there.",
+        "cbpp",
+        'R_sum = R["cbpp"]["contr_sum"]\n'
+        'assert list(result.fe_params_.index) == R_sum["fe_names"]\n'
+        'assert result.llf_ >= R_sum["logLik"] - 1e-6\n'
+        'np.testing.assert_allclose(result.fe_params_, R_sum["fixef"], rtol=1e-4)'),
+    Row("lme4", "fit",
         "glmer(..., nAGQ = 25)",
         'glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",\n'
         '      cbpp, family="binomial", n_agq=25)',

@@ -17,6 +17,12 @@ dependency: ``pip install formulaic``). Supported syntax, with R's meaning:
 ``0 +``, ``- 1``            no fixed intercept
 ``I(x^2)``, ``log(x)``      expressions: ``^`` is a power (as in R), never Python's XOR
 ``factor(x)``, ``C(x)``     ``x`` as a categorical variable (treatment contrasts)
+``C(x, contr.sum)``         R's contrasts: ``contr.treatment`` (``base = k``: against
+                            the k-th level), ``contr.sum``, ``contr.helmert`` (also
+                            ``Treatment``, ``Sum``, ``Helmert``); columns named as R
+                            names them (``C(x, contr.sum)1``)
+``relevel(x, ref = "b")``   treatment contrasts against level ``"b"`` (``relevel(x, "b")``;
+                            a number ``k``: the k-th level)
 ``scale(x)``, ``poly(x,2)`` R's ``scale`` (sd with n - 1) and orthogonal polynomials;
 ``center(x)``, ``bs(x)``    their state (mean, sd, coefficients, knots) is kept for
                             :meth:`ModelFrame.new_data`
@@ -37,7 +43,9 @@ anything is evaluated, and evaluated with nothing but:
 - numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
   ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
 - calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
-  ``FALSE``, ``c(...)`` of numbers) as their extra parameters.
+  ``FALSE``, ``c(...)`` of numbers) as their extra parameters; ``C``'s contrast is one of
+  the names in :data:`CONTRASTS` (markers, never looked up elsewhere), ``relevel``'s
+  ``ref`` a string (the only place a formula may hold one) or a number.
 
 Anything else (attributes such as ``x.__class__`` or ``np.random``, subscripts, strings,
 lambdas, comprehensions, ``:=``, keyword arguments a function does not have, other
@@ -49,7 +57,12 @@ column of factor ``Sex`` at level ``Female`` is ``"SexFemale"`` (formulaic's
 ``"Sex[T.Female]"``), expressions are written as R deparses them (``"I(Days^2)"``,
 ``"exp(Days/5)"``, ``"poly(Days, 2)1"``, ``"factor(Days)1"``, ``"I(x > 3)TRUE"``). The
 reference level is the first level: the first category of a :class:`pandas.Categorical`,
-otherwise the smallest label, as in R. Terms are coded as R's ``model.matrix`` codes
+otherwise the smallest label, as in R. Other contrasts are R's ``contr.sum`` (the last
+level -1 in every column), ``contr.helmert`` (column ``j``: level ``j + 1`` against the
+levels before it) and ``contr.treatment`` against another level; as in lme4, the
+estimates and the REML criterion (which contains ``log det X'V^-1 X``) depend on the
+coding, the fitted values, the ML likelihood, type III tests and marginal means do not.
+Terms are coded as R's ``model.matrix`` codes
 them: a factor of a term gets contrasts when the term without it is in the model before
 it, else a column per level, so ``y ~ a:b`` has the intercept and a column per level
 combination (``au:bp``, ``av:bp``, ...); the last, aliased with the intercept and the
@@ -59,6 +72,7 @@ others, is dropped as lme4 drops it.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 import numbers
@@ -72,7 +86,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
+__all__ = ["ALLOWED_FUNCTIONS", "CONTRASTS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
            "parse_formula", "lmer", "glmer", "update_formula"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
@@ -124,11 +138,32 @@ class _Transform:
     usage: str = ""
 
 
+# The contrasts C(x, contr) may name (R's contrast functions and formulaic's spellings):
+# written as names in the formula, they are never looked up anywhere but here.
+_CONTRAST_KINDS: dict[str, tuple[str, bool]] = {  # name -> (coding, columns numbered)
+    # R names the columns of C(x, contr.treatment) by position, as contrasts<- calls
+    # contr.treatment(nlevels(x)); those of contr.sum / contr.helmert have no names: 1, 2, ...
+    "contr.treatment": ("treatment", True), "contr.sum": ("sum", True),
+    "contr.helmert": ("helmert", True),
+    # formulaic's (patsy's) spellings; Treatment names its columns by level, as factor(x)
+    "Treatment": ("treatment", False), "Sum": ("sum", True), "Helmert": ("helmert", True),
+}
+#: The contrasts ``C(x, contr)`` accepts.
+CONTRASTS: tuple[str, ...] = tuple(_CONTRAST_KINDS)
+
 # Kinds of parameter: "count" a positive integer smaller than the number of rows,
-# "bool" TRUE/FALSE, "bool_or_number" either, "numbers" c(...) or [...] of numbers.
+# "bool" TRUE/FALSE, "bool_or_number" either, "numbers" c(...) or [...] of numbers,
+# "contrast" one of CONTRASTS, "position" a positive integer, "level" a string or a
+# positive integer (a factor level by label or position).
 _TRANSFORMS: dict[str, _Transform] = {t.name: t for t in (
     _Transform("I", usage="I(x): arithmetic, as computed"),
-    _Transform("C", usage="C(x): x as a categorical variable"),
+    _Transform("C", (("contr", "contrast"), ("base", "position")), 1,
+               "C(x, contr, base = k): x as a categorical variable coded by contr, one of "
+               + ", ".join(CONTRASTS) + " (treatment contrasts without contr); base = k: "
+               "treatment contrasts against the k-th level"),
+    _Transform("relevel", (("ref", "level"),), 1,
+               'relevel(x, ref = "b"): x as a categorical variable whose first (reference) '
+               "level is b (a number k: the k-th level)"),
     _Transform("factor", usage="factor(x): R's name for C(x)"),
     _Transform("center", usage="center(x): x minus its mean"),
     _Transform("scale", (("center", "bool_or_number"), ("scale", "bool_or_number")), 2,
@@ -159,12 +194,191 @@ def _evaluation_functions() -> dict[str, Any]:
     """The functions formulaic may call, by the names the checked code uses."""
     from formulaic.transforms import C, basis_spline, center, identity, poly, scale
 
-    functions: dict[str, Any] = {"I": identity, "C": C, "factor": C, "center": center,
-                                 "scale": scale, "poly": poly, "bs": basis_spline}
+    functions: dict[str, Any] = {"I": identity, "C": _coded, "factor": C, "center": center,
+                                 "scale": scale, "poly": poly, "bs": basis_spline,
+                                 "relevel": _relevel}
     functions.update(_UFUNCS)
     # ``np`` is a namespace holding only the allowed ufuncs, not the numpy module.
     functions["np"] = types.SimpleNamespace(**_NP_UFUNCS)
+    # the contrasts C(x, contr) names: markers _coded reads, nothing callable
+    contr = {name.removeprefix("contr."): _Coding(*kind) for name, kind in
+             _CONTRAST_KINDS.items() if name.startswith("contr.")}
+    functions["contr"] = types.SimpleNamespace(**contr)
+    functions.update({name: _Coding(*kind) for name, kind in _CONTRAST_KINDS.items()
+                      if "." not in name})
     return functions
+
+
+# ---- contrasts (C(x, contr), relevel) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Coding:
+    """A contrast named in a formula: its coding and how R names its columns."""
+
+    kind: str
+    numbered: bool
+
+
+def _contrast_matrix(kind: str, n: int, base: int) -> np.ndarray:
+    """R's ``contr.treatment(n, base)``, ``contr.sum(n)``, ``contr.helmert(n)`` (n x n-1)."""
+    if kind == "treatment":
+        return np.delete(np.eye(n), base, axis=1)
+    if kind == "sum":
+        matrix = np.eye(n, n - 1)
+        matrix[-1] = -1.0
+        return matrix
+    # helmert: column j contrasts level j + 1 with the mean of the levels before it
+    matrix = np.triu(np.full((n, n - 1), -1.0))
+    matrix[np.arange(1, n), np.arange(n - 1)] = np.arange(1.0, n)
+    return matrix
+
+
+@functools.lru_cache(maxsize=None)
+def _r_contrasts_class() -> type:
+    """formulaic's Contrasts with R's codings and column names (made on first use:
+    formulaic is an optional dependency)."""
+    from formulaic.transforms.contrasts import Contrasts
+
+    @dataclass
+    class RContrasts(Contrasts):
+        """R's contr.treatment (reference level ``base``, 0-based), contr.sum, contr.helmert.
+
+        Reduced-rank columns are named as R's model.matrix names them: by position (R's
+        contrast functions called with the number of levels), or by level for treatment
+        contrasts named by level; full-rank columns (a factor coded by indicators, as in
+        ``0 + C(x, contr.sum)``) by level.
+        """
+
+        FACTOR_FORMAT = "{name}[{field}]"
+        FACTOR_FORMAT_REDUCED = "{name}[{field}]"
+
+        kind: str = "treatment"
+        base: int = 0
+        numbered: bool = True
+
+        def _base(self, levels: Any) -> int:
+            if self.kind == "treatment" and not 0 <= self.base < len(levels):
+                raise ValueError(f"C(): base = {self.base + 1} but the factor has "
+                                 f"{len(levels)} levels")
+            return self.base
+
+        @Contrasts.override
+        def _get_coding_matrix(self, levels: Any, reduced_rank: bool = True,
+                               sparse: bool = False) -> Any:
+            n = len(levels)
+            matrix = _contrast_matrix(self.kind, n, self._base(levels)) if reduced_rank \
+                else np.eye(n)
+            if sparse:
+                import scipy.sparse
+
+                return scipy.sparse.csc_matrix(matrix)
+            return matrix
+
+        @Contrasts.override
+        def get_coding_column_names(self, levels: Any, reduced_rank: bool = True) -> Any:
+            if not reduced_rank:
+                return list(levels)
+            if self.kind != "treatment":
+                return [str(i) for i in range(1, len(levels))]
+            keep = [i for i in range(len(levels)) if i != self._base(levels)]
+            return [str(i + 1) for i in keep] if self.numbered else [levels[i] for i in keep]
+
+        @Contrasts.override
+        def get_coefficient_row_names(self, levels: Any, reduced_rank: bool = True) -> Any:
+            if not reduced_rank:
+                return list(levels)
+            return ["(Intercept)", *self.get_coding_column_names(levels, reduced_rank)]
+
+        @Contrasts.override
+        def get_drop_field(self, levels: Any, reduced_rank: bool = True) -> Any:
+            if reduced_rank:
+                return None
+            return levels[self._base(levels) if self.kind == "treatment" else 0]
+
+    return RContrasts
+
+
+def _factor_levels(values: pd.Series) -> list:
+    """The levels formulaic gives a categorical variable (a Categorical's own order,
+    otherwise sorted), before any relevel."""
+    return list(pd.Series(values).astype("category").cat.categories)
+
+
+def _r_label(level: Any) -> str:
+    """A factor level as R's ``as.character`` writes it: ``TRUE``, ``1`` for the number 1.0."""
+    if isinstance(level, (bool, np.bool_)):
+        return str(bool(level)).upper()
+    if isinstance(level, numbers.Real) and math.isfinite(level):
+        return _r_number(level)
+    return str(level)
+
+
+def _releveled(levels: list, ref: Any) -> list:
+    """R's ``relevel``: ``ref`` (a label, or a 1-based position) first, the others after."""
+    if isinstance(ref, str):
+        # a level as R's as.character writes it (TRUE, 1 for the number 1.0) or as Python does
+        labels = [_r_label(level) for level in levels]
+        matches = [i for i, (level, label) in enumerate(zip(levels, labels))
+                   if ref in (label, str(level))]
+        if not matches:
+            raise ValueError(f"relevel(): ref = {ref!r} is not a level of the factor "
+                             f"(levels: {labels})")
+        at = matches[0]
+    else:
+        if not 1 <= ref <= len(levels):
+            raise ValueError(f"relevel(): ref = {ref} but the factor has {len(levels)} levels")
+        at = int(ref) - 1
+    return [levels[at], *levels[:at], *levels[at + 1:]]
+
+
+def _categorical(data: Any, contrasts: Any, ref: Any = None) -> Any:
+    """``data`` as a categorical factor coded by ``contrasts`` (formulaic's), its levels
+    reordered by ``relevel(., ref)``. The levels are learned on the fitted data and kept in
+    the encoder's state: new data are coded with the fit's levels, in the fit's order."""
+    from formulaic.materializers.types import FactorValues
+    from formulaic.transforms.contrasts import encode_contrasts
+
+    def encoder(values: Any, reduced_rank: bool, drop_rows: list, encoder_state: dict,
+                model_spec: Any) -> Any:
+        values = pd.Series(values.__wrapped__ if isinstance(values, FactorValues) else values)
+        values = values.drop(index=values.index[drop_rows])
+        levels = encoder_state.get("categories")
+        if levels is None and ref is not None:
+            levels = _releveled(_factor_levels(values), ref)
+        return encode_contrasts(values, contrasts=contrasts, levels=levels,
+                                reduced_rank=reduced_rank, _state=encoder_state,
+                                _spec=model_spec)
+
+    encoder.relevel_ref = ref  # C(relevel(x, ref), contr) keeps the reordering
+    raw = data.__wrapped__ if isinstance(data, FactorValues) else data
+    return FactorValues(raw, kind="categorical", spans_intercept=True, encoder=encoder)
+
+
+def _relevel_ref(data: Any) -> Any:
+    """The ``ref`` of a ``relevel(...)`` result (None for anything else)."""
+    metadata = getattr(data, "__formulaic_metadata__", None)
+    return getattr(getattr(metadata, "encoder", None), "relevel_ref", None)
+
+
+def _coded(data: Any, contr: _Coding | None = None, base: int | None = None) -> Any:
+    """The formula's ``C(x, contr, base = k)``: R's contrasts (see :data:`CONTRASTS`)."""
+    from formulaic.transforms import C
+
+    ref = _relevel_ref(data)
+    if contr is None and base is None and ref is None:
+        return C(data)
+    coding = contr if contr is not None else _Coding("treatment", True)
+    contrasts = _r_contrasts_class()(coding.kind, 0 if base is None else int(base) - 1,
+                                     coding.numbered or base is not None)
+    return _categorical(data, contrasts, ref)
+
+
+def _relevel(data: Any, ref: Any) -> Any:
+    """The formula's ``relevel(x, ref)``: treatment contrasts against level ``ref``."""
+    from formulaic.transforms.contrasts import TreatmentContrasts
+
+    return _categorical(data, TreatmentContrasts(), ref)
 
 
 def _allowed_object(name: str) -> Any:
@@ -485,7 +699,11 @@ _REFUSED = {
 # A backticked name, or a run of name characters (R's: word characters and dots; any
 # character outside ASCII but whitespace, so that nothing outside ASCII reaches Python's
 # parser, which would normalise it).
-_QUOTED_OR_NAME = re.compile(r"`([^`]*)`|((?:[\w.]|[^\x00-\x7f\s])+)")
+# A string literal is kept as written (only relevel's ref takes one; everywhere else the
+# checker refuses it).
+_QUOTED_OR_NAME = re.compile(r"`([^`]*)`|((?:[\w.]|[^\x00-\x7f\s])+)"
+                             r"""|("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_STRING = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 
 
 class _Refused(Exception):
@@ -566,6 +784,8 @@ class _Checker:
         quoted: dict[str, str] = {}
 
         def placeholder(match: re.Match) -> str:
+            if match.group(3) is not None:
+                return match.group(3)  # a string literal: its characters are not names
             name = match.group(1) if match.group(1) is not None else match.group(2)
             if match.group(1) is None and name.isascii():
                 return name
@@ -579,7 +799,7 @@ class _Checker:
         # ``+`` and associates to the left, ``**`` like R's ``^`` binds tightest and
         # associates to the right (``2*x^2 + 1``, ``x^2^0.5``).
         code = code.replace("^", "**").replace("%/%", "//").replace("%%", "%")
-        if "`" in code:
+        if "`" in _STRING.sub("", code):
             raise ValueError(f"in formula {self.formula!r}, {piece!r} has an unmatched backtick")
         try:
             tree = ast.parse(code.strip(), mode="eval")
@@ -703,10 +923,28 @@ class _Checker:
             given.add(keyword.arg)
             keywords.append(ast.keyword(keyword.arg, self._parameter(
                 name, keyword.arg, params[keyword.arg], keyword.value)))
+        if name == "relevel" and "ref" not in given:
+            raise _Refused(f"relevel() without ref: {spec.usage}", node)
+        if name == "C" and "base" in given:
+            contr = args[1] if len(args) > 1 else next(
+                (k.value for k in keywords if k.arg == "contr"), None)
+            if contr is not None and _CONTRAST_KINDS[_dotted(contr)][0] != "treatment":
+                raise _Refused(f"C(): base = is a parameter of treatment contrasts, not of "
+                               f"{_dotted(contr)}", node)
         return ast.Call(func, args, keywords)
 
     def _parameter(self, function: str, param: str, kind: str, node: ast.AST) -> ast.expr:
         """A literal parameter value (no variables, no arithmetic: nothing to evaluate)."""
+        if kind == "contrast":
+            # a name of the list, as written (never a variable: R's C() takes no column here)
+            if not isinstance(node, (ast.Name, ast.Attribute)) or \
+                    _dotted(node) not in _CONTRAST_KINDS:
+                quoted = isinstance(node, ast.Constant) and node.value in _CONTRAST_KINDS
+                raise _Refused(f"{function}(): {param} must be one of {', '.join(CONTRASTS)}"
+                               + (" (a name, without quotes)" if quoted else ""), node)
+            return ast.parse(_dotted(node), mode="eval").body
+        if kind == "level" and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return ast.Constant(node.value)
         value = _literal(node)
         bad = _Refused(f"{function}(): {param} must be {_KIND_TEXT[kind]}", node)
         if kind == "bool":
@@ -724,13 +962,20 @@ class _Checker:
         elif kind == "numbers":
             if not isinstance(value, list):
                 raise bad
+        elif kind in ("position", "level"):
+            if isinstance(value, bool) or not isinstance(value, float) or \
+                    not value.is_integer() or not 1 <= value <= 1e9:
+                raise bad
+            value = int(value)
         if isinstance(value, list):
             return ast.List([ast.Constant(v) for v in value], ast.Load())
         return ast.Constant(value)
 
 
 _KIND_TEXT = {"bool": "TRUE or FALSE", "bool_or_number": "TRUE, FALSE or a number",
-              "numbers": "c(...) of numbers", "count": "a whole number"}
+              "numbers": "c(...) of numbers", "count": "a whole number",
+              "position": "a whole number from 1 (a level's position)",
+              "level": 'a level as a string ("b") or its position (a whole number from 1)'}
 
 
 def _literal(node: ast.AST) -> Any:
@@ -950,16 +1195,23 @@ def _verified(code: str, variables: set[str]) -> bool:
         return False
     functions = set(_TRANSFORMS) | set(_UFUNCS)
     parameters = {param for transform in _TRANSFORMS.values() for param, _ in transform.params}
+    contrasts = {name for name in _CONTRAST_KINDS if "." not in name}
+    # strings: only as relevel's ref
+    levels = {id(arg) for node in ast.walk(tree) if isinstance(node, ast.Call) and
+              isinstance(node.func, ast.Name) and node.func.id == "relevel"
+              for arg in [*node.args[1:2], *(k.value for k in node.keywords if k.arg == "ref")]}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            if node.id not in variables and node.id not in functions and node.id != "np":
+            if node.id not in variables and node.id not in functions and \
+                    node.id not in contrasts and node.id not in ("np", "contr"):
                 return False
         elif isinstance(node, ast.Attribute):
             if not (isinstance(node.value, ast.Name) and node.value.id == "np"
-                    and node.attr in _NP_UFUNCS):
+                    and node.attr in _NP_UFUNCS) and _dotted(node) not in _CONTRAST_KINDS:
                 return False
         elif isinstance(node, ast.Constant):
-            if not isinstance(node.value, (int, float)):  # bool is an int
+            if not isinstance(node.value, (int, float)) and not (  # bool is an int
+                    isinstance(node.value, str) and id(node) in levels):
                 return False
         elif isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id in functions) and not \
@@ -1003,6 +1255,12 @@ def _r_number(value: float) -> str:
     return fixed if len(fixed) <= len(scientific) else scientific
 
 
+def _r_string(value: str) -> str:
+    """A string as R's deparse writes it: in double quotes, with R's escapes."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(escapes.get(c, c) for c in value) + '"'
+
+
 def _deparse(node: ast.AST, names: Mapping[str, str]) -> str:
     """Checked code written back as R would deparse it (aliases -> names, ** -> ^)."""
 
@@ -1024,6 +1282,8 @@ def _deparse(node: ast.AST, names: Mapping[str, str]) -> str:
         if isinstance(n, ast.Constant):
             if isinstance(n.value, bool):
                 return "TRUE" if n.value else "FALSE"
+            if isinstance(n.value, str):
+                return _r_string(n.value)
             return _r_number(n.value)
         if isinstance(n, ast.Attribute):
             return f"{go(n.value)}.{n.attr}"
@@ -1089,10 +1349,8 @@ def _lme4_names(spec: Any, naming: _Naming) -> list[str]:
     levels: dict[str, dict[str, str]] = {}  # factor -> formulaic's level name -> R's
     for var, (kind, state) in spec.encoder_state.items():
         contrasts = state.get("contrasts") if isinstance(state, Mapping) else None
-        if getattr(kind, "value", kind) == "categorical" and contrasts is not None and \
-                type(contrasts.contrasts).__name__ == "TreatmentContrasts":
-            levels[str(var)] = {str(level): str(level).upper() if isinstance(
-                level, (bool, np.bool_)) else str(level) for level in contrasts.levels}
+        if getattr(kind, "value", kind) == "categorical" and contrasts is not None:
+            levels[str(var)] = {str(level): _r_label(level) for level in contrasts.levels}
     out = list(spec.column_names)
     crossed = _crossed_factors(spec)
     for term, columns in spec.term_indices.items():

@@ -8,7 +8,8 @@ a file; the test asserts that a ValueError/TypeError names the offending piece a
 no file appears. Then one test per family of bypass: attribute chains, subscripts,
 lambdas, comprehensions, ``:=``, strings fed to functions, keyword arguments, other
 ``np.`` attributes, names shadowing the allowed functions, formulaic's own evaluating
-features (``{...}``, ``C(x, contr...)``, stateful transforms' hidden parameters).
+features (``{...}``, ``C(x, contr...)``, stateful transforms' hidden parameters), and the
+arguments of ``C(x, contr)`` and ``relevel(x, ref)`` (a name of a fixed list; a label).
 """
 
 import os
@@ -74,6 +75,15 @@ EXPLOITS = [
     "Reaction ~ Days + center(Days, _context=open('{path}', 'w')) + (1|Subject)",
     "Reaction ~ Days + I(Days.to_csv('{path}')) + (1|Subject)",
     "Reaction ~ Days + `__import__`('os').system('touch {path}') + (1|Subject)",
+    # contrasts and relevel: their extra argument is a name of a list, or a literal level
+    "Reaction ~ C(Days, os.system('touch {path}')) + (1|Subject)",
+    "Reaction ~ C(Days, contr.sum.__init__.__globals__) + (1|Subject)",
+    "Reaction ~ C(Days, Sum.__class__) + (1|Subject)",
+    "Reaction ~ C(Days, contr=__import__('os').system('touch {path}')) + (1|Subject)",
+    "Reaction ~ relevel(Subject, ref=open('{path}', 'w')) + (1|Subject)",
+    "Reaction ~ relevel(Subject, " + IMPORT + ") + (1|Subject)",
+    "Reaction ~ relevel(Subject, '308').__class__ + (1|Subject)",
+    "Reaction ~ Days + (relevel(Subject, ref=open('{path}', 'w')) | Subject)",
 ]
 
 
@@ -178,7 +188,9 @@ def test_python_constructs_outside_the_allow_list(df, expression, reason):
 
 @pytest.mark.parametrize("expression, reason", [
     ("I('Days')", "a string"),
-    ("C(Days, 'contr.sum')", r"C\(\) takes at most 1 positional argument"),
+    ("C(Days, 'contr.sum')", r"C\(\): contr must be one of contr.treatment, .*, Helmert "
+                             r"\(a name, without quotes\)"),
+    ("relevel(Days, ref=b)", r"relevel\(\): ref must be a level as a string"),
     ("poly(Days, '2')", "degree must be a whole number"),
     ("scale(Days, center='x')", "center must be TRUE, FALSE or a number"),
     ("bs(Days, knots=['a'])", "knots must be c"),
@@ -207,7 +219,7 @@ def test_string_literals_in_the_formula_language(df):
     ("scale(Days, ddof=0)", "has no parameter 'ddof'"),
     ("bs(Days, extrapolation=1)", "has no parameter 'extrapolation'"),
     ("C(Days, levels=[1, 2])", "has no parameter 'levels'"),
-    ("C(Days, contr.treatment)", "takes at most 1 positional argument"),
+    ("C(Days, contr.treatment, 2)", "takes at most 2 positional arguments"),
     ("poly(Days, degree=Days)", "degree must be a whole number"),
     ("poly(Days, 2 + 1)", "degree must be a whole number"),
     ("poly(Days, 10**9)", "degree must be a whole number"),
@@ -220,6 +232,59 @@ def test_keyword_and_parameter_arguments(df, expression, reason):
     with pytest.raises(ValueError, match=reason):
         parse_formula(f"Reaction ~ {expression} + (1|Subject)", df)
     pd.testing.assert_frame_equal(df, before)  # no ufunc wrote into a column
+
+
+@pytest.mark.parametrize("expression, reason", [
+    ("C(Days, os.system)", "contr must be one of contr.treatment, contr.sum, contr.helmert, "
+                           "Treatment, Sum, Helmert"),
+    ("C(Days, contr.poly)", "contr must be one of"),
+    ("C(Days, contr)", "contr must be one of"),
+    ("C(Days, Sum())", "contr must be one of"),
+    ("C(Days, sum)", "contr must be one of"),
+    ("C(Days, Days)", "contr must be one of"),
+    ("C(Days, `Sum`)", "contr must be one of"),
+    ("C(Days, contr.sum, base=2)", "base = is a parameter of treatment contrasts, not of "
+                                   "contr.sum"),
+    ("C(Days, Helmert, base=2)", "base = is a parameter of treatment contrasts"),
+    ("C(Days, base=0)", "base must be a whole number from 1"),
+    ("C(Days, base=Days)", "base must be a whole number from 1"),
+    ("C(Days, contr.sum, how=2)", "C\\(\\) has no parameter 'how'"),
+    ("relevel(Days)", "relevel\\(\\) without ref"),
+    ("relevel(Days, ref=Days)", "ref must be a level as a string"),
+    ("relevel(Days, 'a' + 'b')", "ref must be a level as a string"),
+    ("relevel(Days, f'{Days}')", "ref must be a level as a string"),
+    ("relevel(Days, b'1')", "ref must be a level as a string"),
+    ("relevel(Days, 0)", "ref must be a level as a string"),
+    ("relevel(Days, 1.5)", "ref must be a level as a string"),
+    ("relevel(Days, c(1, 2))", "ref must be a level as a string"),
+    ("relevel(Days, ref=TRUE)", "ref must be a level as a string"),
+    ("relevel('Days', '1')", "a string; only numbers are allowed"),
+    ("I(relevel(Days, '1') + 'x')", "a string; only numbers are allowed"),
+])
+def test_contrast_and_relevel_arguments(df, expression, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_formula(f"Reaction ~ {expression} + (1|Subject)", df)
+
+
+def test_contrast_names_and_levels_never_reach_anything(df, target):
+    """The contrasts are markers of the evaluation namespace: context= cannot replace them
+    and a column of the same name is not read; a level that reads like code is a label."""
+    def evil(*args, **kwargs):
+        target.write_text("ran")
+
+    plain = parse_formula("Reaction ~ C(Subject, Sum) + (1|Subject)", df)
+    for context in ({"Sum": evil}, {"contr": evil}, {"relevel": np.log}):
+        frame = parse_formula("Reaction ~ C(Subject, Sum) + (1|Subject)", df, context=context)
+        np.testing.assert_array_equal(frame.X.to_numpy(), plain.X.to_numpy())
+    frame = parse_formula("Reaction ~ C(Subject, contr.sum) + (1|Subject)",
+                          df.assign(Sum=1.0, contr=2.0))
+    np.testing.assert_array_equal(frame.X.to_numpy(), plain.X.to_numpy())
+    with pytest.raises(ValueError, match="'relevel' is both a column of data and the function"):
+        parse_formula("Reaction ~ relevel(Subject, '308') + (1|Subject)",
+                      df.assign(relevel=1.0))
+    code = f"__import__('os').system('touch {target}')"
+    with pytest.raises(ValueError, match=r"relevel\(\): ref = .* is not a level of the factor"):
+        parse_formula(f'Reaction ~ relevel(Subject, ref = "{code}") + (1|Subject)', df)
 
 
 def test_names_shadowing_allowed_functions(df, target):
@@ -279,6 +344,13 @@ def test_unchecked_code_never_reaches_formulaic():
         _formula(formulaic, "~ _v0 + {__import__('os').getcwd()}", names, "f")
     with pytest.raises(ValueError, match="refused the factor"):
         _formula(formulaic, "~ _v0 + Subject", names, "f")
+    # strings only as relevel's ref; contrasts only from the list
+    for code in ("{I('x')}", "{relevel(_v0, ref=open)}", "{relevel(_v0, open('x'))}",
+                 "{C(_v0, contr.__class__)}", "{C(_v0, contr.poly)}", "{log(_v0, 'x')}",
+                 "{C(_v0, Sum, base='x')}"):
+        with pytest.raises(ValueError, match="refused the factor"):
+            _formula(formulaic, f"~ {code}", names, "f")
+    _formula(formulaic, "~ {relevel(_v0, ref='1')} + {C(_v0, contr.sum)}", names, "f")
 
 
 def test_huge_powers_are_floats_not_endless_integers(df):
