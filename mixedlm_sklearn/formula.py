@@ -40,7 +40,7 @@ anything is evaluated, and evaluated with nothing but:
   index, as pandas aligns it, other arrays by position); the caller's variables are
   never looked up; names are matched exactly as the data spells them (Python's own
   parser would read a full-width ``ｘ`` as ``x``);
-- numbers; the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
+- numbers and R's constant ``pi`` (unless the data have a column ``pi``); the arithmetic operators ``+ - * / ^`` (power; ``**`` too), R's ``%%`` and
   ``%/%`` (``%`` and ``//`` too); the comparisons ``< <= > >= == !=``;
 - calls of the functions listed in :data:`ALLOWED_FUNCTIONS`, with numbers (or ``TRUE``,
   ``FALSE``, ``c(...)`` of numbers) as their extra parameters; ``C``'s contrast is one of
@@ -200,6 +200,7 @@ def _evaluation_functions() -> dict[str, Any]:
     functions.update(_UFUNCS)
     # ``np`` is a namespace holding only the allowed ufuncs, not the numpy module.
     functions["np"] = types.SimpleNamespace(**_NP_UFUNCS)
+    functions["pi"] = math.pi  # R's constant (a column named pi is aliased, never this)
     # the contrasts C(x, contr) names: markers _coded reads, nothing callable
     contr = {name.removeprefix("contr."): _Coding(*kind) for name, kind in
              _CONTRAST_KINDS.items() if name.startswith("contr.")}
@@ -841,6 +842,11 @@ class _Checker:
             return ast.Constant(float(value))
         if isinstance(node, ast.Name):
             name = quoted.get(node.id, node.id)
+            if node.id == "pi" and not self.names.is_variable(name):
+                # R's constant (``sin(2 * pi * Time)``); a column or context name wins, as
+                # the data come before R's base environment in model.frame; kept as a name
+                # so that the column is named as R deparses it
+                return ast.Name("pi", ast.Load())
             if node.id not in quoted and not self.names.is_variable(name) and (
                     name in _TRANSFORMS or name in _UFUNCS or name in ("np", "offset")
                     or name in _R_LOGICAL):
@@ -1203,7 +1209,7 @@ def _verified(code: str, variables: set[str]) -> bool:
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             if node.id not in variables and node.id not in functions and \
-                    node.id not in contrasts and node.id not in ("np", "contr"):
+                    node.id not in contrasts and node.id not in ("np", "contr", "pi"):
                 return False
         elif isinstance(node, ast.Attribute):
             if not (isinstance(node.value, ast.Name) and node.value.id == "np"

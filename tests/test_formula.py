@@ -400,6 +400,24 @@ def test_transformations_and_context_variables(toy):
     np.testing.assert_allclose(frame.X["I(x + shift)"], toy["x"] + 100.0)
 
 
+def test_pi_is_rs_constant_unless_the_data_have_it(toy):
+    """``sin(2*pi*x)`` as nlme's and lme4's seasonal terms write it: the column is named as R
+    deparses it (``sin(2 * pi * x)``); a column or context value called ``pi`` wins, as the
+    data come before R's base environment in ``model.frame``."""
+    frame = parse_formula("y ~ sin(2*pi*x) + I(x/pi) + (1 | g)", toy)
+    assert list(frame.X.columns) == ["sin(2 * pi * x)", "I(x/pi)"]
+    np.testing.assert_allclose(frame.X["sin(2 * pi * x)"], np.sin(2 * np.pi * toy["x"]), rtol=1e-15)
+    np.testing.assert_allclose(frame.X["I(x/pi)"], toy["x"] / np.pi, rtol=1e-15)
+    frame = parse_formula("y ~ sin(2*pi*x) + (1 | g)", toy.assign(pi=0.25))
+    np.testing.assert_allclose(frame.X["sin(2 * pi * x)"], np.sin(0.5 * toy["x"]), rtol=1e-15)
+    frame = parse_formula("y ~ sin(2*pi*x) + (1 | g)", toy, context={"pi": 0.25})
+    np.testing.assert_allclose(frame.X["sin(2 * pi * x)"], np.sin(0.5 * toy["x"]), rtol=1e-15)
+    new = frame.new_data(toy.head(3))["X"]
+    np.testing.assert_allclose(new["sin(2 * pi * x)"], np.sin(0.5 * toy["x"].head(3)), rtol=1e-15)
+    with pytest.raises(ValueError, match="'pi' is not an allowed function"):
+        parse_formula("y ~ pi(x) + (1 | g)", toy)
+
+
 def test_backticked_grouping_factor(toy):
     frame = parse_formula("y ~ x + (1 | `my group`)", toy)
     assert frame.terms[0].group == "my group" and frame.terms[0].labels.nunique() == 3
