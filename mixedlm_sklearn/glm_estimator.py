@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
@@ -29,14 +27,13 @@ from ._glmm import (
     FAMILIES,
     PIRLSDivergence,
     GLMMDeviance,
-    GLMMOptimizerInfo,
-    GLMMSolution,
     family_and_link,
     fit_glmm,
     glm_start,
     non_integer_counts,
     separated,
 )
+from ._model import FittedModel
 from ._terms import Term, Terms
 from ._validation import (
     as_design,
@@ -51,113 +48,10 @@ from ._validation import (
 from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
 
-__all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
+__all__ = ["MixedGLMClassifier", "MixedGLMRegressor"]
 
 # Gauss-Hermite nodes for the marginal (population-averaged) mean of a new group.
 _MARGINAL_NODES = 40
-
-
-@dataclass(frozen=True)
-class GLMMFit:
-    """A fitted GLMM as inference sees it (the GLMM counterpart of :class:`._model.FittedModel`).
-
-    Attributes
-    ----------
-    deviance : GLMMDeviance
-        ``x = (theta, beta) -> -2 log L`` on the fitted rows.
-    solution : GLMMSolution
-    info : GLMMOptimizerInfo
-    fe_names : list of str
-        Fixed effects estimated (aliased columns dropped).
-    terms : Terms
-    labels : dict
-        Term name -> level labels.
-    design : Design
-        The fitted rows (``y`` the response as fitted: 0/1 or proportions, counts;
-        ``offset`` the known part of the linear predictor).
-    rank : FixedEffectsRank or None
-    max_iter, tol : the estimator's (refits use them too).
-    fixed_scale : bool
-        The dispersion is fixed at 1 (z tests, no residual variance): always True here.
-    """
-
-    deviance: GLMMDeviance
-    solution: GLMMSolution
-    info: GLMMOptimizerInfo
-    fe_names: list
-    terms: Terms
-    labels: dict
-    design: Design | None = field(default=None, repr=False)
-    rank: Any = None
-    max_iter: int = 1000
-    fixed_scale: bool = True
-    strata: Any = None
-    tol: float = 1e-8
-
-    # A GLMM is fitted by maximum likelihood (code comparing fits asks).
-    reml = False
-
-    @property
-    def n_obs(self) -> int:
-        return self.deviance.n
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.solution.x
-
-    @property
-    def n_theta(self) -> int:
-        return self.deviance.n_theta
-
-    @property
-    def family(self) -> str:
-        return self.deviance.family.name
-
-    @property
-    def link(self) -> str:
-        return self.deviance.link.name
-
-    @property
-    def n_agq(self) -> int:
-        return self.deviance.n_agq
-
-    def refit(self, x0: np.ndarray | None = None, fixed: dict | None = None) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
-        """The same data fitted again from ``x0``, with the parameters ``fixed`` (index -> value) held."""
-        dev = self.deviance
-        x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
-        if not fixed:
-            return fit_glmm(dev.with_nodes(dev.n_agq), x0, self.max_iter)
-        return _fit_with_fixed(dev, x0, fixed)
-
-
-def _fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[float, np.ndarray]:
-    """Minimum of the deviance over the parameters not in ``fixed`` (for profiles)."""
-    from scipy import optimize
-
-    from ._glmm import PIRLSDivergence
-    from ._factor import NotPositiveDefinite
-
-    idx = np.array(sorted(fixed), dtype=int)
-    free = np.setdiff1d(np.arange(dev.n_params), idx)
-    base = x0.copy()
-    base[idx] = [fixed[i] for i in idx]
-
-    def fun(z):
-        x = base.copy()
-        x[free] = z
-        try:
-            value, grad = dev.value_and_grad(x)
-        except (PIRLSDivergence, NotPositiveDefinite):
-            return np.inf, np.zeros(z.size)
-        return value, grad[free]
-
-    lower = dev.lower_bounds()[free]
-    res = optimize.minimize(fun, np.maximum(base[free], lower), jac=True, method="L-BFGS-B",
-                            bounds=optimize.Bounds(lower, np.full(free.size, np.inf)),
-                            options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 500})
-    x = base.copy()
-    x[free] = res.x
-    return float(res.fun), x
 
 
 class _MixedGLMBase(BaseEstimator):
@@ -202,6 +96,8 @@ class _MixedGLMBase(BaseEstimator):
         self._remember_z_names(Z)
         X = _check_frame(X)
         x_names_src = X
+        # the rows' labels: fitted values and residuals are indexed like the input's rows
+        index = X.index if isinstance(X, pd.DataFrame) else None
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False, accept_sparse=False,
                              ensure_all_finite=False)
         x_names = column_names(x_names_src, "x", X.shape[1])
@@ -221,6 +117,7 @@ class _MixedGLMBase(BaseEstimator):
                 raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
                                  "model needs at least 2 rows of positive weight")
             X, y, weights, off = X[keep], y[keep], weights[keep], off[keep]
+            index = None if index is None else index[keep]
             groups = take_rows(groups, keep, "groups")
             Z = take_rows(Z, keep, "Z")
             n = X.shape[0]
@@ -258,10 +155,11 @@ class _MixedGLMBase(BaseEstimator):
             print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} PIRLS "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         design = Design(X, self.fit_intercept, y, factors, weights, None,
-                        offset=off if offset is not None else None)
-        self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
-                              {t.name: t.labels for t in terms_in}, design,
-                              rank if rank.deficient else None, self.max_iter, tol=self.tol)
+                        offset=off if offset is not None else None, index=index)
+        self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms,
+                                  {t.name: t.labels for t in terms_in}, design=design,
+                                  rank=rank if rank.deficient else None, max_iter=self.max_iter,
+                                  tol=self.tol, family=family)
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
@@ -270,7 +168,7 @@ class _MixedGLMBase(BaseEstimator):
         separation warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
-        store_fixed_effects(self, model, _fixed_effects_cov(model))
+        store_fixed_effects(self, model, sol.cov_beta())
         self.llf_ = -0.5 * sol.deviance
         self.df_model_ = len(model.fe_names) + terms.n_theta
         self.aic_ = sol.deviance + 2.0 * self.df_model_
@@ -535,38 +433,6 @@ class _MixedGLMBase(BaseEstimator):
                          statistic=statistic)
 
 
-def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
-    """``2 H^{-1}`` on the fixed effects, ``H`` the Hessian of ``-2 log L`` in ``(theta, beta)``.
-
-    As lme4's ``vcov`` for a GLMM (``use.hessian = TRUE``): the Hessian of the deviance
-    over all parameters (those of ``theta`` on their bound held fixed), from differences
-    of the gradient at the optimum. When that Hessian is not positive definite, lme4's
-    ``use.hessian = FALSE`` covariance: the inverse Fisher information of ``beta`` with the
-    random effects integrated out (:meth:`._glmm.GLMMDeviance.beta_information`).
-    """
-    info, nt = model.info, model.n_theta
-    H = info.hessian
-    p = len(model.fe_names)
-    if H is not None:
-        free = np.ones(H.shape[0], dtype=bool)
-        free[:nt] = ~info.at_bound
-        Hf = H[np.ix_(free, free)]
-        try:
-            inv = linalg.cho_solve(linalg.cho_factor(Hf, check_finite=False), np.eye(Hf.shape[0]),
-                                   check_finite=False)
-            return 2.0 * inv[-p:, -p:] if p else np.zeros((0, 0))
-        except (linalg.LinAlgError, ValueError):
-            pass
-    # lme4's vcov(use.hessian = FALSE): the Fisher information of beta at the modes
-    dev = model.deviance
-    info_beta = dev.beta_information(dev.modes(model.x))
-    try:
-        return 2.0 * linalg.cho_solve(linalg.cho_factor(info_beta, check_finite=False), np.eye(p),
-                                      check_finite=False) if p else np.zeros((0, 0))
-    except (linalg.LinAlgError, ValueError):
-        return np.full((p, p), np.nan)
-
-
 _CLASSIFIER_DOC_EXAMPLE = ""
 
 
@@ -641,7 +507,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Whether a variance or correlation is on its bound.
     df_model_ : int
         Number of parameters counted by AIC and BIC.
-    model_ : GLMMFit
+    model_ : FittedModel
         The deviance function and the optimum, used by the inference methods.
     n_features_in_ : int
         Number of columns of X.
@@ -1099,7 +965,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         Whether a variance or correlation is on its bound.
     df_model_ : int
         Number of parameters counted by AIC and BIC.
-    model_ : GLMMFit
+    model_ : FittedModel
         The deviance function and the optimum, used by the inference methods.
     n_features_in_ : int
         Number of columns of X.

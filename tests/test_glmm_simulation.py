@@ -492,7 +492,7 @@ def test_fit_leaves_a_variance_bound_the_deviance_falls_off(cbpp, cbpp_fit):
     function there: gradient 0 at a maximum along theta) to its minimum near 0.24: the fit
     (cold start, as the bootstrap's warm one) finds the interior minimum, at or below the
     brute-force profile (beta re-optimised on a theta grid)."""
-    from mixedlm_sklearn.glm_estimator import _fit_with_fixed
+    from mixedlm_sklearn._glmm import fit_with_fixed as _fit_with_fixed
 
     y = cbpp_fit.simulate(25, random_state=20261202)[:, 24]
     dev = cbpp_fit.model_.deviance.with_response(y)

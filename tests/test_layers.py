@@ -70,10 +70,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("formula", "estimator"): "lmer lives in the parser (-> api.py)",
     ("formula", "glm_estimator"): "glmer lives in the parser (-> api.py)",
     ("inference.bootstrap", "inference.glmm"): "GLMM check_comparable (inference/glmm.py goes)",
-    ("inference.glmm", "glm_estimator"): "GLMMFit, _fit_with_fixed (one FittedModel; model.refit)",
-    ("inference.lrt", "glm_estimator"): "_is_glmm asks for GLMMFit (one lr_test path)",
     ("inference.lrt", "inference.glmm"): "dispatch to lr_test_glmm (one lr_test path)",
-    ("inference.simulation", "glm_estimator"): "is_glmm / simulation_model (fitted_model protocol)",
 }
 
 

@@ -2,7 +2,7 @@
 
 A GLMM's dispersion is fixed at 1, so the fixed effects are tested with Wald z statistics
 (lme4's ``summary.merMod`` for a GLMM), their covariance being lme4's: twice the inverse
-Hessian of the deviance in ``(theta, beta)`` (:func:`..glm_estimator._fixed_effects_cov`).
+Hessian of the deviance in ``(theta, beta)`` (:meth:`.._glmm.GLMMSolution.cov_beta`).
 Profile intervals invert the likelihood-ratio statistic of one parameter, the others
 re-optimised (lme4's ``profile``/``confint(method = "profile")``); likelihood-ratio tests
 compare nested fits of the same rows.
@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .._glmm import fit_with_fixed
+from .._model import FittedModel
 from ._parameters import check_alpha
 from .lrt import LRTestResult
 from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
@@ -26,11 +28,9 @@ __all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model", "
 
 
 def glmm_model(est: Any, role: str = "est"):
-    """The :class:`~mixedlm_sklearn.glm_estimator.GLMMFit` of a fitted GLMM estimator."""
-    from ..glm_estimator import GLMMFit
-
+    """The :class:`~mixedlm_sklearn._model.FittedModel` of a fitted GLMM estimator."""
     model = getattr(est, "model_", None)
-    if not isinstance(model, GLMMFit):
+    if not isinstance(model, FittedModel) or model.scale_estimated:
         raise TypeError(f"{role} must be a fitted MixedGLMClassifier or MixedGLMRegressor")
     return model
 
@@ -188,8 +188,8 @@ def summary(est: Any, alpha: float = 0.05) -> GLMMSummary:
     }, index=beta.index)
     table = _random_effects_table(model)
     return GLMMSummary(
-        fixed_effects=fixed, random_effects=table, family=model.family, link=model.link,
-        method="Laplace" if model.n_agq == 1 else f"AGQ ({model.n_agq} nodes)",
+        fixed_effects=fixed, random_effects=table, family=model.family.name, link=model.family.link.name,
+        method=model.method,
         n_obs=model.n_obs, n_groups={t.factor: int(t.n_levels) for t in model.terms},
         llf=float(est.llf_), aic=float(est.aic_), bic=float(est.bic_),
         deviance=float(est.deviance_), df_model=int(est.df_model_),
@@ -225,8 +225,6 @@ def _profile_parameters(model) -> list[tuple[str, int]]:
 
 def _profile_bound(model, index: int, side: int, target: float, d_min: float) -> float:
     """The value of parameter ``index`` on ``side`` where the profiled deviance rises by ``target``."""
-    from ..glm_estimator import _fit_with_fixed
-
     dev = model.deviance
     x_hat = model.x
     center = x_hat[index]
@@ -236,7 +234,7 @@ def _profile_bound(model, index: int, side: int, target: float, d_min: float) ->
     def rise(v: float) -> float:
         if v not in cache:
             start = cache.get("start", x_hat)
-            value, x = _fit_with_fixed(dev, start, {index: v})
+            value, x = fit_with_fixed(dev, start, {index: v})
             cache[v] = value - d_min
             if np.isfinite(value):
                 cache["start"] = x

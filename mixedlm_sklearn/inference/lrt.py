@@ -190,9 +190,8 @@ def _same_fixed_effects(a: FittedModel, b: FittedModel) -> bool:
 
 
 def _is_glmm(est: Any) -> bool:
-    from ..glm_estimator import GLMMFit
-
-    return isinstance(getattr(est, "model_", None), GLMMFit)
+    model = getattr(est, "model_", None)
+    return isinstance(model, FittedModel) and not model.scale_estimated
 
 
 def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:

@@ -184,10 +184,8 @@ class Rows:
 
 
 def is_glmm(model: Any) -> bool:
-    """Whether a fitted model is a GLMM's (:class:`~mixedlm_sklearn.glm_estimator.GLMMFit`)."""
-    from ..glm_estimator import GLMMFit
-
-    return isinstance(model, GLMMFit)
+    """Whether a fitted model's dispersion is fixed (a binomial or Poisson GLMM)."""
+    return isinstance(model, FittedModel) and not model.scale_estimated
 
 
 def simulation_model(est: Any, role: str = "est") -> Any:
@@ -358,7 +356,7 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
 def _sigma_names(model: Any) -> list[str]:
     """``sigma`` when the model estimates a residual scale (a GLMM's dispersion is fixed at 1,
     and lme4 reports no sigma for a binomial or Poisson glmer)."""
-    return [] if getattr(model, "fixed_scale", False) else ["sigma"]
+    return ["sigma"] if model.scale_estimated else []
 
 
 def parameter_names(model: Any) -> list[str]:
@@ -645,6 +643,23 @@ class GLMMRefitter:
         dev, sol = refit.solved()
         return dataclasses.replace(model, deviance=dev, solution=sol, info=refit.info,
                                    design=dataclasses.replace(model.design, y=np.asarray(y, dtype=float)))
+
+
+def rows_refitters(model: Any, rows: Rows, params: "Parameters", keep: np.ndarray | None = None
+                   ) -> tuple["GLMMRefitter", "GLMMRefitter | None"]:
+    """Refitters of a GLMM on ``rows`` (the fit's, or resized ones), started from
+    ``params``: the full model and, with ``keep``, the model with only those fixed-effects
+    columns (both by maximum likelihood)."""
+    # the refits' deviance on these rows (every refit replaces the response)
+    dev = GLMMDeviance(rows.X, np.zeros(rows.n), np.ones(rows.n) if rows.weights is None else rows.weights,
+                       np.zeros(rows.n) if rows.offset is None else rows.offset,
+                       rows.factors, rows.terms, rows.family, rows.link, model.deviance.n_agq)
+    theta = rows.terms.theta_of(params.lams)
+    full = GLMMRefitter(dev, np.concatenate([theta, params.beta]), model.max_iter, model.tol)
+    if keep is None:
+        return full, None
+    return full, GLMMRefitter(dev.with_columns(keep), np.concatenate([theta, params.beta[keep]]),
+                              model.max_iter, model.tol)
 
 
 def refitter_for(model: Any) -> "Refitter | GLMMRefitter":
