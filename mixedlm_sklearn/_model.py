@@ -223,13 +223,43 @@ class FittedModel:
             return ("satterthwaite", "kenward-roger", "asymptotic")
         return ("asymptotic",)
 
+    def supports(self, feature: str) -> str | None:
+        """None when the model supports ``feature``, else why not (the refusal inference
+        raises). Features: "satterthwaite" and "kenward-roger" (finite denominator df:
+        an estimated dispersion), "profile" (profiles of lme4's parameters through the
+        profiled linear-model deviance), "random-refit" (refits with reduced random effects,
+        ranova), "rows" (the fit's rows: in-memory fits)."""
+        if feature in ("satterthwaite", "kenward-roger"):
+            if self.scale_estimated:
+                return None
+            return (f"{feature} df need an estimated dispersion; a {self.family.name} model's is "
+                    "fixed, so its tests are asymptotic (z and chi-square)")
+        if feature in ("profile", "random-refit"):
+            if self.profiled_beta:
+                return None
+            what = {"profile": "profiles through the linear model's deviance (use the estimator's "
+                               "conf_int(method='profile'))",
+                    "random-refit": "refits with reduced random effects (ranova); compare nested "
+                                    "fits with lr_test"}[feature]
+            return f"a {self.family.name} GLMM has no {what}"
+        if feature == "rows":
+            return None if self.design is not None else (
+                "this needs the fit's rows; a fit from chunks or Dask keeps only their "
+                "cross-products: fit the data in memory")
+        raise ValueError(f"unknown feature {feature!r}")
+
+    @property
+    def n_agq(self) -> int:
+        """Quadrature nodes of a GLMM's deviance (1: Laplace); 0 for a linear model's exact
+        likelihood."""
+        return int(getattr(self.deviance, "n_agq", 0))
+
     @property
     def method(self) -> str:
         """How the model was fitted: "REML", "ML", "Laplace" or "AGQ (n nodes)"."""
-        n_agq = getattr(self.deviance, "n_agq", None)
-        if n_agq is None:
+        if not self.n_agq:
             return "REML" if self.reml else "ML"
-        return "Laplace" if n_agq == 1 else f"AGQ ({n_agq} nodes)"
+        return "Laplace" if self.n_agq == 1 else f"AGQ ({self.n_agq} nodes)"
 
     @property
     def llf(self) -> float:

@@ -241,6 +241,264 @@ class _MixedGLMBase(BaseEstimator):
 
     # ---- inference -------------------------------------------------------------------
 
+    def emmeans(self, specs: Any, at: dict | None = None, type: str = "link", level: float = 0.95):
+        """Estimated marginal means of a formula fit (emmeans), on the link or response scale.
+
+        Parameters
+        ----------
+        specs : str or list of str
+            The factor(s) whose levels' means are estimated, averaging over the others.
+        at : dict, optional
+            Values of covariates (default their means) or levels at which to evaluate.
+        type : {"link", "response"}, default="link"
+            The linear predictor's scale, or the mean response's (probabilities, rates:
+            delta-method SEs, back-transformed intervals; pairs as odds or rate ratios).
+        level : float, default=0.95
+            Confidence level of the (asymptotic) intervals.
+
+        Returns
+        -------
+        EMMeans
+            ``.table`` and ``.pairs(adjust="tukey")``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.emmeans.emmeans : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.emmeans("period", type="response").table["prob"].round(4).tolist()
+        [0.198, 0.0839, 0.074, 0.0484]
+        >>> fit.emmeans("period", type="response").pairs()["odds.ratio"].round(3).tolist()[:3]
+        [2.698, 3.092, 4.856]
+        """
+        from .inference.emmeans import emmeans
+
+        check_is_fitted(self)
+        return emmeans(self, specs, at=at, level=level, type=type)
+
+    def anova(self, *others: Any, type: Any = 3):
+        """Wald chi-square tests of the fixed-effects terms (car's ``Anova``), or the
+        likelihood-ratio comparison of nested fits (lme4's ``anova(m0, m1)``).
+
+        Parameters
+        ----------
+        *others : fitted GLMMs
+            Further fits of the same rows: then the comparison table.
+        type : {3, 2}, default=3
+            car's type III (each term's coefficients, and the intercept's, being 0) or
+            type II (each term after the others but those containing it).
+
+        Returns
+        -------
+        DataFrame
+            ``Chisq``, ``Df``, ``Pr(>Chisq)`` per term.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.anova : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.anova()["Chisq"].round(2).tolist()  # car: 36.19, 24.95
+        [36.19, 24.95]
+        """
+        from .inference.anova import anova
+
+        check_is_fitted(self)
+        return anova(self, *others, type=type)
+
+    def drop1(self):
+        """Likelihood-ratio tests of dropping each term no other term contains (lme4's
+        ``drop1(fit, test = "Chisq")``).
+
+        Returns
+        -------
+        DataFrame
+            ``npar``, ``AIC``, ``LRT``, ``Pr(Chi)``; a first row ``<none>``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.drop1 : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.drop1()["LRT"].round(3).tolist()  # lme4: NA, 25.61
+        [nan, 25.61]
+        """
+        from .inference.anova import drop1
+
+        check_is_fitted(self)
+        return drop1(self)
+
+    def r2(self):
+        """Nakagawa's marginal and conditional R2 (performance ``r2_nakagawa``).
+
+        Returns
+        -------
+        R2
+            ``.marginal``, ``.conditional`` (the distribution-specific variance: pi^2/3 for
+            a logit link, log1p(1/mu0) for Poisson).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.r2 : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> round(fit.r2().marginal, 4)  # performance: 0.0854
+        0.0854
+        """
+        from .inference.r2 import r2
+
+        check_is_fitted(self)
+        return r2(self)
+
+    def icc(self):
+        """The adjusted and unadjusted intraclass correlation (performance ``icc``).
+
+        Returns
+        -------
+        ICC
+            ``.adjusted``, ``.unadjusted``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.icc : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> round(fit.icc().adjusted, 4)  # performance: 0.1114
+        0.1114
+        """
+        from .inference.r2 import icc
+
+        check_is_fitted(self)
+        return icc(self)
+
+    def fitted(self, level: str = "conditional", type: str = "response") -> Any:
+        """The fitted means of the fit's rows (lme4's ``fitted``).
+
+        Parameters
+        ----------
+        level : {"conditional", "marginal"}, default="conditional"
+            With the conditional modes of the random effects, or at population level.
+        type : {"response", "link"}, default="response"
+            The mean response, or the linear predictor.
+
+        Returns
+        -------
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.fitted : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.fitted().head(2).round(4).tolist()  # lme4: 0.3082, 0.1417
+        [0.3082, 0.1417]
+        """
+        from .inference.prediction import fitted
+
+        check_is_fitted(self)
+        return fitted(self, level=level, type=type)
+
+    def residuals(self, type: str = "deviance", level: str = "conditional") -> Any:
+        """The residuals of the fit's rows (lme4's ``residuals``).
+
+        Parameters
+        ----------
+        type : {"deviance", "pearson", "response"}, default="deviance"
+            Signed roots of the deviance contributions (lme4's default), Pearson's, or
+            observed minus fitted mean.
+        level : {"conditional", "marginal"}, default="conditional"
+            As in :meth:`fitted`.
+
+        Returns
+        -------
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.residuals : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.residuals().head(2).round(4).tolist()  # lme4: -1.438, 0.9887
+        [-1.438, 0.9887]
+        """
+        from .inference.prediction import residuals
+
+        check_is_fitted(self)
+        return residuals(self, type=type, level=level)
+
+    def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                         alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        """Confidence intervals of the mean response (the inverse link of the linear
+        predictor's interval).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            As in ``predict``.
+        groups : array-like or DataFrame, optional
+            As in ``predict``.
+        Z : array-like, dict or DataFrame, optional
+            As in ``predict``.
+        offset : array-like of shape (n,), optional
+            As in ``predict``.
+        alpha : float, default=0.05
+            One minus the coverage.
+
+        Returns
+        -------
+        lower, upper : ndarray of shape (n,)
+            ``linkinv(eta -+ z sd(eta))``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.predict_interval : The function behind this method.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> new = pd.DataFrame({"herd": ["1"], "period": ["1"], "incidence": [0], "size": [1]})
+        >>> lower, upper = fit.predict_interval(**fit.model_frame_.new_data(new))
+        >>> bool(lower[0] < fit.predict(**fit.model_frame_.new_data(new))[0] < upper[0])
+        True
+        """
+        from .inference.prediction import predict_interval
+
+        check_is_fitted(self)
+        return predict_interval(self, X, groups=groups, Z=Z, offset=offset, alpha=alpha)
+
     def summary(self, alpha: float = 0.05):
         """Summarise the fit: fixed effects with Wald z tests, random effects (glmer's summary).
 

@@ -451,3 +451,38 @@ def test_power_of_a_glmm_equals_a_hand_loop(cbpp):
         power(cbpp, "period2", n_sim=2, test="satterthwaite")
     with pytest.raises(ValueError, match="no residual variance"):
         power(cbpp, "period2", n_sim=2, scale=2.0)
+
+
+# ---- one protocol: the same tests, or a named refusal -------------------------------------------
+
+
+def test_nested_glmms_compared_as_lme4_anova(cbpp, ref_cbpp):
+    """lme4's anova(m0, m1) of glmer fits: npar counts no sigma (2 and 5), AIC as drop1's."""
+    from mixedlm_sklearn.inference import compare_models, lr_test
+
+    small = glmer("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", load_cbpp())
+    table = compare_models([small, cbpp])
+    assert table["npar"].tolist() == [2, 5]
+    _close(table["AIC"].to_numpy()[::-1], r_table(ref_cbpp["drop1"])["AIC"].astype(float), rtol=1e-8)
+    test = lr_test(small, cbpp)
+    assert test.df == 3
+    _close(test.statistic, ref_cbpp["drop1_check"]["lrt_laplace_oracle_at_fits"][0], rtol=1e-6)
+
+
+def test_linear_model_methods_refuse_a_glmm_by_name(cbpp):
+    from mixedlm_sklearn.inference import conf_int, summary
+    from mixedlm_sklearn.inference.anova import ranova
+    from mixedlm_sklearn.inference.satterthwaite import satterthwaite_df
+
+    with pytest.raises(ValueError, match="dispersion"):
+        satterthwaite_df(cbpp)
+    with pytest.raises(ValueError, match="dispersion"):
+        summary(cbpp)
+    with pytest.raises(ValueError, match="conf_int\\(method='profile'\\)"):
+        conf_int(cbpp, method="profile")
+    with pytest.raises(ValueError, match="lr_test"):
+        ranova(cbpp)
+    with pytest.raises(ValueError, match="test='Chisq'"):
+        anova(cbpp, test="F")
+    with pytest.raises(ValueError, match="type must be"):
+        anova(cbpp, type=1)

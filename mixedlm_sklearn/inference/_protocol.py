@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .._model import FittedModel
 
-__all__ = ["choose_df"]
+__all__ = ["choose_df", "require"]
 
 # Spellings accepted for the asymptotic (normal / chi-square) df.
 _ASYMPTOTIC = ("asymptotic", "chi2", "z", "wald")
@@ -46,7 +46,27 @@ def choose_df(model: FittedModel, requested: str | None, preference: Sequence[st
         raise ValueError(f"{name} must be one of {list(preference)}, got {requested!r}")
     if canonical not in model.df_methods:
         raise ValueError(
-            f"{name}={requested!r} does not apply to this model: its dispersion is fixed "
-            f"({model.family.name} family), so its tests are asymptotic (z and chi-square; "
-            f"{name} one of {allowed})")
+            f"{name}={requested!r} does not apply to this model: a {model.family.name} model's "
+            f"dispersion is fixed, so its tests are asymptotic, z and chi-square "
+            f"({name}='chi2' or 'asymptotic')")
     return canonical
+
+
+def require(model: FittedModel, feature: str) -> FittedModel:
+    """``model`` if it supports ``feature`` (:meth:`FittedModel.supports`), else a
+    ValueError with the model's reason.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> require(fit.model_, "satterthwaite")
+    Traceback (most recent call last):
+    ...
+    ValueError: satterthwaite df need an estimated dispersion; a binomial model's is fixed, so its tests are asymptotic (z and chi-square)
+    """
+    reason = model.supports(feature)
+    if reason is not None:
+        raise ValueError(reason)
+    return model

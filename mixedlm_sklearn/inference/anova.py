@@ -59,7 +59,7 @@ from .._model import fit_model
 from .._terms import Term, Terms
 from ..formula import FixedTerm
 from ._parameters import check_ddf, fitted_model, log_likelihood, n_parameters
-from ._protocol import choose_df
+from ._protocol import choose_df, require
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 # lmerTest's get_Fstat_ddf (Fai & Cornelius 1996): the package's one implementation
@@ -1272,7 +1272,7 @@ def ranova(est: Any) -> pd.DataFrame:
     <none>                     8 -216.291  448.582    NaN  NaN         NaN
     age in (age | Subject)     6 -216.879  445.757  1.176  2.0       0.556
     """
-    model = fitted_model(est)
+    model = require(fitted_model(est), "random-refit")
     if not len(model.terms):
         raise ValueError("the model has no random effects to test")
     if model.design is None:

@@ -21,10 +21,9 @@ from scipy import optimize, stats
 from .._glmm import fit_with_fixed
 from .._model import FittedModel
 from ._parameters import check_alpha
-from .lrt import LRTestResult
 from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
 
-__all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model", "check_comparable"]
+__all__ = ["GLMMSummary", "summary", "conf_int", "glmm_model"]
 
 
 def glmm_model(est: Any, role: str = "est"):
@@ -350,49 +349,3 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
                           _profile_bound(model, index, +1, target, d_min))
             model.deviance.modes(model.x)
     return pd.DataFrame(rows, index=["lower", "upper"]).T
-
-
-def check_comparable(small, big, roles: tuple[str, str] = ("restricted", "full")) -> None:
-    """Refuse two GLMM fits whose likelihoods are not comparable: other families or links,
-    other numbers of quadrature nodes, other rows (response, prior weights) or offsets."""
-    a, b = small.deviance, big.deviance
-    if (a.family.name, a.link.name) != (b.family.name, b.link.name):
-        raise ValueError(f"the fits have different families or links ({a.family.name}/{a.link.name} "
-                         f"and {b.family.name}/{b.link.name}): their likelihoods are not comparable")
-    if a.n_agq != b.n_agq:
-        raise ValueError(f"the fits use different approximations (n_agq {a.n_agq} and {b.n_agq}); "
-                         "refit with the same n_agq")
-    if a.n != b.n or not (np.array_equal(a.y, b.y) and np.array_equal(a.prior, b.prior)):
-        raise ValueError("the fits used different data (rows, response or weights differ); a "
-                         "likelihood-ratio test compares fits of the same rows")
-    if not np.array_equal(a.offset, b.offset):
-        raise ValueError(f"the fits used different offsets ({roles[0]} and {roles[1]}); a "
-                         "likelihood-ratio test compares models with the same known part of the "
-                         "linear predictor")
-
-
-def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
-    """Likelihood-ratio test between nested GLMMs fitted to the same rows.
-
-    The fits must share the family, link, number of quadrature nodes and response (and
-    prior weights); ``df`` is the difference in ``df_model_``. Nesting of the designs is
-    the caller's responsibility beyond these checks (a statistic below 0 warns).
-    """
-    import warnings
-
-    check_comparable(glmm_model(restricted, "restricted"), glmm_model(full, "full"))
-    df = int(full.df_model_ - restricted.df_model_)
-    if df <= 0:
-        raise ValueError(f"full has {full.df_model_} parameters and restricted "
-                         f"{restricted.df_model_}: pass the smaller (nested) model first")
-    statistic = 2.0 * (full.llf_ - restricted.llf_)
-    if statistic < -1e-6 * max(1.0, abs(full.llf_)):
-        warnings.warn(f"the restricted model fits better than the full one (statistic "
-                      f"{statistic:.3g}): the models may not be nested, or a fit did not converge",
-                      UserWarning, stacklevel=3)
-    s = max(statistic, 0.0)
-    p = float(stats.chi2.sf(s, df))
-    if boundary:
-        below = float(stats.chi2.sf(s, df - 1)) if df > 1 else float(s <= 0.0)
-        p = 0.5 * (below + p)
-    return LRTestResult(float(statistic), df, p, float(restricted.llf_), float(full.llf_), boundary)

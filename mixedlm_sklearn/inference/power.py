@@ -25,7 +25,6 @@ import pandas as pd
 from scipy import linalg, stats
 from sklearn.exceptions import ConvergenceWarning
 
-from .._crossprod import cross_products
 from .._model import FittedModel
 from .._terms import Terms
 from .._validation import caller_stacklevel
@@ -425,24 +424,7 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     keep = np.setdiff1d(np.arange(len(names)), cols) if test == "lr" else None
     if keep is not None and keep.size == 0:
         raise ValueError("the LR test needs a fixed effect left in the reduced model")
-    if not model.profiled_beta:  # beta is a parameter of the deviance: refits on the rows
-        full, reduced = rows_refitters(model, rows, params, keep)
-        job = _PowerJob(model, Sampler(rows, params), full, reduced, cols, test)
-        return _power_result(job, random_state, n_sim, n_jobs, full.batch_size, names, params,
-                             rows, terms_tested, test, alpha)
-    if resized:
-        template = cross_products(rows.X, rows.X @ params.beta, rows.factors, rows.terms, rows.weights,
-                                  rows.strata, rows.n_strata)
-        prototype = model.deviance.with_data(template, reml, replan=True)
-    else:
-        template, prototype = model.cross_products, model.deviance
-    x0 = params.x(rows.terms)
-    full = Refitter(rows, template, reml, x0, prototype, max_iter=model.max_iter, tol=model.tol)
-    reduced = None
-    if test == "lr":
-        reduced = Refitter(dataclasses.replace(rows, X=np.ascontiguousarray(rows.X[:, keep])),
-                           template.select_fixed(keep), False, x0, prototype, max_iter=model.max_iter,
-                           tol=model.tol)
+    full, reduced = rows_refitters(model, rows, params, keep, reml, resized)
     job = _PowerJob(model, Sampler(rows, params), full, reduced, cols, test)
     return _power_result(job, random_state, n_sim, n_jobs, full.batch_size, names, params, rows,
                          terms_tested, test, alpha)
