@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .._glmm import fit_with_fixed
 from .._model import FittedModel
 from ._parameters import check_alpha
 from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
@@ -233,10 +232,11 @@ def _profile_bound(model, index: int, side: int, target: float, d_min: float) ->
     def rise(v: float) -> float:
         if v not in cache:
             start = cache.get("start", x_hat)
-            value, x = fit_with_fixed(dev, start, {index: v})
+            refit = model.refit(x0=start, fixed={index: v})
+            value = float(refit.solution.deviance) if refit.info.converged else np.inf
             cache[v] = value - d_min
             if np.isfinite(value):
-                cache["start"] = x
+                cache["start"] = refit.x
         return cache[v]
 
     se = np.sqrt(max(2.0 / max(model.info.hessian[index, index], 1e-12), 1e-12)) \

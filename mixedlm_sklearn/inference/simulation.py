@@ -16,8 +16,8 @@ mean ``g^{-1}(eta)`` (R's ``family$simulate``): binomial successes of ``w_r`` tr
 proportion (Bernoulli 0/1 for ``w_r = 1``; R's ``glm`` convention), Poisson counts. So
 :class:`Sampler` draws the linear predictor once for both kinds of model, and only the
 response's distribution (:class:`GaussianResponse`, :class:`FamilyResponse`) differs;
-refits go through the model's own fitting path (:class:`Refitter`: the linear engine;
-:class:`GLMMRefitter`: PIRLS and the Laplace or AGQ deviance), both started from the fit.
+refits go through the model's own fitting path, chosen by the engine
+(:func:`mixedlm_sklearn._refit.refitter_for`), started from the fit.
 
 Everything simulation-based (:mod:`.bootstrap`, :mod:`.power`) refits models to such
 responses. Only ``Z'Wy``, ``X'Wy`` and ``y'Wy`` depend on the response, so a refit needs
@@ -47,13 +47,12 @@ import numpy as np
 from .._deviance import Solution
 from .._model import FittedModel
 from .._terms import Terms
-from .._refit import (_BATCH, GLMMRefitter, Refit, Refitter, Rows, model_rows, refitter_for,
-                      rows_refitters)
+from .._refit import _BATCH, Refit, Refitter, Rows, model_rows, refitter_for, rows_refitters
 from .._threads import single_threaded_blas
 from ._parameters import fitted_model, ratio_names, theta_to_sdcor
 
 __all__ = ["simulate", "Rows", "Parameters", "Sampler", "GaussianResponse", "FamilyResponse",
-           "Refit", "Refitter", "GLMMRefitter", "refitter_for", "run_replicates",
+           "Refit", "Refitter", "refitter_for", "run_replicates",
            "replicate_generators", "parameter_names", "lme4_parameters", "lme4_parameters_many",
            "model_rows", "simulation_model", "rows_refitters", "RefitCounts"]
 
