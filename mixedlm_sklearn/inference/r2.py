@@ -247,11 +247,11 @@ def variance_components(est: Any) -> VarianceComponents:
     if model.fe_names[0] != "(Intercept)":
         raise ValueError("R2 needs the intercept's column (the mean of the predictions) in the "
                          "fixed effects: fit with fit_intercept=True")
-    xtx, x_sum, n, ztz = model.variance_moments()
+    beta, xtx, x_sum, n, ztz = model.variance_moments()
     lower = model.terms.lower_bounds()
     singular = bool(np.any(sol.theta[lower == 0.0] < _SINGULAR_TOL))
     residual = model.distribution_variance()
-    return components_from_moments(sol.beta, xtx, x_sum, n, ztz, sol.cov_re(), residual,
+    return components_from_moments(beta, xtx, x_sum, n, ztz, sol.cov_re(), residual,
                                    [t.n_levels for t in model.terms], singular)
 
 
