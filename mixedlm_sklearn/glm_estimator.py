@@ -242,7 +242,7 @@ class _MixedGLMBase(BaseEstimator):
     # ---- inference -------------------------------------------------------------------
 
     def emmeans(self, specs: Any, at: dict | None = None, type: str = "link", level: float = 0.95):
-        """Estimated marginal means of a formula fit (emmeans), on the link or response scale.
+        """Compute estimated marginal means of a formula fit (emmeans).
 
         Parameters
         ----------
@@ -281,8 +281,10 @@ class _MixedGLMBase(BaseEstimator):
         return emmeans(self, specs, at=at, level=level, type=type)
 
     def anova(self, *others: Any, type: Any = 3):
-        """Wald chi-square tests of the fixed-effects terms (car's ``Anova``), or the
-        likelihood-ratio comparison of nested fits (lme4's ``anova(m0, m1)``).
+        """Test the fixed-effects terms by Wald chi-square tests (car's ``Anova``).
+
+        With further fits, the likelihood-ratio comparison of nested fits instead (lme4's
+        ``anova(m0, m1)``).
 
         Parameters
         ----------
@@ -315,8 +317,9 @@ class _MixedGLMBase(BaseEstimator):
         return anova(self, *others, type=type)
 
     def drop1(self):
-        """Likelihood-ratio tests of dropping each term no other term contains (lme4's
-        ``drop1(fit, test = "Chisq")``).
+        """Test dropping each term no other term contains by likelihood ratios.
+
+        lme4's ``drop1(fit, test = "Chisq")``: each reduced model refitted.
 
         Returns
         -------
@@ -341,7 +344,7 @@ class _MixedGLMBase(BaseEstimator):
         return drop1(self)
 
     def r2(self):
-        """Nakagawa's marginal and conditional R2 (performance ``r2_nakagawa``).
+        """Compute Nakagawa's marginal and conditional R2 (performance ``r2_nakagawa``).
 
         Returns
         -------
@@ -367,7 +370,7 @@ class _MixedGLMBase(BaseEstimator):
         return r2(self)
 
     def icc(self):
-        """The adjusted and unadjusted intraclass correlation (performance ``icc``).
+        """Compute the adjusted and unadjusted intraclass correlation (performance ``icc``).
 
         Returns
         -------
@@ -392,7 +395,7 @@ class _MixedGLMBase(BaseEstimator):
         return icc(self)
 
     def fitted(self, level: str = "conditional", type: str = "response") -> Any:
-        """The fitted means of the fit's rows (lme4's ``fitted``).
+        """Compute the fitted means of the fit's rows (lme4's ``fitted``).
 
         Parameters
         ----------
@@ -424,7 +427,7 @@ class _MixedGLMBase(BaseEstimator):
         return fitted(self, level=level, type=type)
 
     def residuals(self, type: str = "deviance", level: str = "conditional") -> Any:
-        """The residuals of the fit's rows (lme4's ``residuals``).
+        """Compute the residuals of the fit's rows (lme4's ``residuals``).
 
         Parameters
         ----------
@@ -458,8 +461,9 @@ class _MixedGLMBase(BaseEstimator):
 
     def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                          alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-        """Confidence intervals of the mean response (the inverse link of the linear
-        predictor's interval).
+        """Compute confidence intervals of the mean response of new rows.
+
+        The interval of the linear predictor mapped through the inverse link.
 
         Parameters
         ----------
@@ -476,8 +480,10 @@ class _MixedGLMBase(BaseEstimator):
 
         Returns
         -------
-        lower, upper : ndarray of shape (n,)
-            ``linkinv(eta -+ z sd(eta))``.
+        lower : ndarray of shape (n,)
+            ``linkinv(eta - z sd(eta))``.
+        upper : ndarray of shape (n,)
+            ``linkinv(eta + z sd(eta))``.
 
         See Also
         --------

@@ -1068,8 +1068,9 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str | None = None,
 def drop1(est: Any, ddf: str | None = None,
           terms: Mapping[str, Sequence[str]] | None = None, test: str | None = None
           ) -> pd.DataFrame:
-    """Tests of dropping each term that no other term contains: lmerTest's F tests
-    (``drop1``), or likelihood-ratio tests (lme4's ``drop1(fit, test = "Chisq")``).
+    """Test dropping each term that no other term contains (lmerTest's or lme4's ``drop1``).
+
+    lmerTest's F tests, or likelihood-ratio tests (lme4's ``drop1(fit, test = "Chisq")``).
 
     Parameters
     ----------
