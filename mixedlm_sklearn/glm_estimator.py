@@ -301,7 +301,7 @@ class _MixedGLMBase(BaseEstimator):
 
         See Also
         --------
-        mixedlm_sklearn.inference.anova.anova : The function behind this method.
+        mixedlm_sklearn.anova : The function behind this method.
 
         Examples
         --------
