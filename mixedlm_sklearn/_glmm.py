@@ -34,7 +34,10 @@ finite-difference gradients (a handful of parameters).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
+
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,8 +47,8 @@ from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._terms import Terms
 
-__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "separated", "non_integer_counts", "PIRLSDivergence",
-           "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "glm_start"]
+__all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "make_family", "gaussian", "separated", "non_integer_counts", "PIRLSDivergence",
+           "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "fit_with_fixed", "glm_start"]
 
 _TINY = np.finfo(float).tiny
 _EPS = np.finfo(float).eps
@@ -60,9 +63,15 @@ class PIRLSDivergence(FloatingPointError):
 
 
 class Link:
-    """A link function ``eta = g(mu)``: the inverse and its first two derivatives."""
+    """A link function ``eta = g(mu)``: the inverse and its first two derivatives.
+
+    ``ratio_column``: emmeans' name of a back-transformed difference of two means on this
+    link's scale (``exp`` of a difference of log odds is an odds ratio, of logs a ratio);
+    None for a link whose differences do not back-transform to a ratio.
+    """
 
     name = ""
+    ratio_column: str | None = None
 
     def inverse(self, eta: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -84,6 +93,7 @@ class Link:
 
 class _Logit(Link):
     name = "logit"
+    ratio_column = "odds.ratio"
 
     def __call__(self, mu):
         return np.log(mu) - np.log1p(-mu)
@@ -143,6 +153,7 @@ class _Cloglog(Link):
 
 class _Log(Link):
     name = "log"
+    ratio_column = "ratio"
 
     def __call__(self, mu):
         return np.log(mu)
@@ -155,18 +166,93 @@ class _Log(Link):
         return mu, mu, mu
 
 
-LINKS = {"logit": _Logit(), "probit": _Probit(), "cloglog": _Cloglog(), "log": _Log()}
+class _Identity(Link):
+    name = "identity"
+
+    def __call__(self, mu):
+        return mu
+
+    def inverse(self, eta):
+        return eta
+
+    def derivatives(self, eta):
+        return eta, np.ones_like(eta), np.zeros_like(eta)
+
+
+# Link classes by name: every family instance makes its own link object.
+LINKS = {"logit": _Logit, "probit": _Probit, "cloglog": _Cloglog, "log": _Log, "identity": _Identity}
 
 
 # ---- families --------------------------------------------------------------------------------
 
 
 class Family:
-    """An exponential family: variance function, log-density and the checks of ``y``."""
+    """An exponential family with its link: variance function, log-density, the checks of
+    ``y`` and what inference reports on its scale.
+
+    One instance per fit (:func:`make_family`), never shared: a family with an estimated
+    parameter will carry its value.
+
+    Attributes
+    ----------
+    name : str
+    link : Link
+    canonical : str
+        The canonical link's name.
+    scale_estimated : bool
+        Whether the dispersion is estimated (Gaussian: sigma^2) or fixed at 1.
+    response_column : str
+        emmeans' name of a mean on the response scale ("prob", "rate", "response").
+    default_residual : str
+        lme4's default type of ``residuals``.
+    """
 
     name = ""
     canonical = ""
     links: tuple = ()
+    scale_estimated = False
+    response_column = "response"
+    default_residual = "deviance"
+
+    def __init__(self, link: str | None = None):
+        link = self.canonical if link is None else link
+        if link not in self.links:
+            raise ValueError(f"the {self.name} family takes the links {list(self.links)}, got {link!r}")
+        self.link = LINKS[link]()
+
+    @property
+    def canonical_link(self) -> bool:
+        return self.link.name == self.canonical
+
+    @property
+    def ratio_column(self) -> str | None:
+        """emmeans' column of a ratio of two means (pairs on the response scale)."""
+        return self.link.ratio_column
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__.lstrip('_')}(link={self.link.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (type(self) is type(other)
+                and self.link.name == other.link.name)  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.link.name))
+
+    def __reduce__(self):
+        return (type(self), (self.link.name,))
+
+    def unit_deviance(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Each row's contribution to the deviance, ``2 (saturated - fitted)`` log-density
+        (R's ``family$dev.resids``), in ``mu``."""
+        raise NotImplementedError
+
+    def distribution_variance(self, null_mean) -> float:
+        """The distribution-specific variance of Nakagawa et al. (2017) on the link scale
+        (performance's ``get_variance_distribution``). ``null_mean`` is a callable giving the
+        mean of the null model (intercept and the random part), called only by families
+        whose variance depends on it."""
+        raise NotImplementedError
 
     def variance(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``V(mu)`` and ``V'(mu)``."""
@@ -214,6 +300,15 @@ class _Binomial(Family):
     name = "binomial"
     canonical = "logit"
     links = ("logit", "probit", "cloglog")
+    response_column = "prob"
+
+    def unit_deviance(self, y, mu, w):
+        return np.maximum(2.0 * w * (_xlogy(y, y) - _xlogy(y, mu) + _xlogy(1.0 - y, 1.0 - y)
+                                     - _xlogy(1.0 - y, 1.0 - mu)), 0.0)
+
+    def distribution_variance(self, null_mean):
+        # the variance of the latent-scale residual of each link (insight's theoretical values)
+        return {"logit": np.pi ** 2 / 3.0, "probit": 1.0, "cloglog": np.pi ** 2 / 6.0}[self.link.name]
 
     def variance(self, mu):
         return mu * (1.0 - mu), 1.0 - 2.0 * mu
@@ -256,6 +351,14 @@ class _Poisson(Family):
     name = "poisson"
     canonical = "log"
     links = ("log",)
+    response_column = "rate"
+
+    def unit_deviance(self, y, mu, w):
+        return np.maximum(2.0 * w * (_xlogy(y, y) - _xlogy(y, mu) - (y - mu)), 0.0)
+
+    def distribution_variance(self, null_mean):
+        # lognormal approximation (Nakagawa et al. 2017), mu0 the null model's mean
+        return float(np.log1p(1.0 / null_mean()))
 
     def variance(self, mu):
         return mu, np.ones_like(mu)
@@ -291,7 +394,40 @@ class _Poisson(Family):
                              f"(e.g. {y[np.flatnonzero(frac)[0]]!r})")
 
 
-FAMILIES = {"binomial": _Binomial(), "poisson": _Poisson()}
+class _Gaussian(Family):
+    """The linear mixed model's family: its dispersion sigma^2 is estimated (profiled)."""
+
+    name = "gaussian"
+    canonical = "identity"
+    links = ("identity",)
+    scale_estimated = True
+    default_residual = "response"
+
+    def variance(self, mu):
+        return np.ones_like(mu), np.zeros_like(mu)
+
+    def unit_deviance(self, y, mu, w):
+        return w * (y - mu) ** 2
+
+    def distribution_variance(self, null_mean):
+        raise NotImplementedError("a Gaussian model's residual variance is its estimated scale")
+
+
+# Family classes by name (glmer's families; "gaussian" is the linear mixed model's).
+FAMILIES = {"binomial": _Binomial, "poisson": _Poisson}
+
+
+def make_family(family: str, link: str | None = None) -> Family:
+    """A new family instance with its link (the family's canonical link by default)."""
+    classes = dict(FAMILIES, gaussian=_Gaussian)
+    if family not in classes:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return classes[family](link)
+
+
+def gaussian(link: str = "identity") -> Family:
+    """The Gaussian family (the linear mixed model's)."""
+    return _Gaussian(link)
 
 
 def non_integer_counts(y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -314,14 +450,11 @@ def separated(family: Family, mu: np.ndarray) -> bool:
 
 
 def family_and_link(family: str, link: str | None) -> tuple[Family, Link]:
-    """The family and link objects, the family's canonical link by default."""
+    """A new family instance (:func:`make_family`) and its link."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    fam = FAMILIES[family]
-    link = fam.canonical if link is None else link
-    if link not in fam.links:
-        raise ValueError(f"the {family} family takes the links {list(fam.links)}, got {link!r}")
-    return fam, LINKS[link]
+    fam = make_family(family, link)
+    return fam, fam.link
 
 
 # ---- the model on its rows -------------------------------------------------------------------
@@ -388,6 +521,11 @@ class GLMMDeviance:
     >>> bool(np.isfinite(value)), grad.shape
     (True, (2,))
     """
+
+    # A GLMM is fitted by maximum likelihood; x has no residual-variance ratios.
+    reml = False
+    n_eta = 0
+    stochastic = False
 
     def __init__(self, X, y, weights, offset, factors, terms: Terms, family: Family, link: Link,
                  n_agq: int = 1) -> None:
@@ -754,13 +892,48 @@ class GLMMDeviance:
         xtwx = cp.xyxy[0][:p, :p]
         if not len(self.terms):
             return 2.0 * xtwx
-        rhs = [np.einsum("ba,bjm->ajm", lam, z[0, :, :p, :]) for lam, z in zip(m.lams, cp.zxy)]
-        w = m.factor.forward(rhs)
+        w = self._solved_x(m, cp)
         G = np.zeros((p, p))
         for wk in w:
             for wa in wk:
                 G += wa @ wa.T
         return 2.0 * (xtwx - G)
+
+    def _solved_x(self, m: _Modes, cp=None) -> list:
+        """``L^{-1} Lambda'Z'WX`` per term at the modes ``m`` (``M = LL'``), each (q_k, p, m_k)."""
+        if cp is None:
+            if self._pattern_x is None:
+                self._pattern_x = DesignPattern(self.X, self.factors, self.terms)
+            cp = self._pattern_x.cross_products(np.zeros(self.n), m.weights)
+        p = self.p
+        rhs = [np.einsum("ba,bjm->ajm", lam, z[0, :, :p, :]) for lam, z in zip(m.lams, cp.zxy)]
+        return m.factor.forward(rhs)
+
+    def prediction_products(self, m: _Modes, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """``r'M^{-1}r`` (n,) and ``X'WZ Lambda M^{-1} r`` (n, p) for new rows at the modes
+        ``m`` (``M`` with the Fisher weights; as :meth:`._deviance.Solution.prediction_products`),
+        by forward solves in batches."""
+        terms = list(self.terms)
+        p = self.p
+        n = next(s_[1].shape[0] for s_ in seen if s_ is not None)
+        w_x = self._solved_x(m)
+        size = sum(t.q * t.n_levels for t in terms)
+        batch = max(1, 2_000_000 // max(size, 1))
+        quad, shift = np.empty(n), np.empty((n, p))
+        for start in range(0, n, batch):
+            chunk = np.arange(start, min(n, start + batch))
+            rhs = []
+            for t, s_ in zip(terms, seen):
+                block = np.zeros((t.q, chunk.size, t.n_levels))
+                if s_ is not None:
+                    idx, r = s_
+                    ok = idx[chunk] >= 0
+                    block[:, np.flatnonzero(ok), idx[chunk][ok]] = r[chunk][ok].T
+                rhs.append(block)
+            w = m.factor.forward(rhs)
+            quad[chunk] = sum(np.einsum("aic,aic->i", wk, wk) for wk in w)
+            shift[chunk] = sum(np.einsum("apl,ail->ip", wx, wk) for wx, wk in zip(w_x, w))
+        return quad, shift
 
     # ---- results ----------------------------------------------------------------------------
 
@@ -768,10 +941,42 @@ class GLMMDeviance:
         x = np.asarray(x, dtype=float)
         m = self.modes(x)
         theta, beta = self.split(x)
-        return GLMMSolution(x.copy(), theta.copy(), beta.copy(), self(x), m)
+        return GLMMSolution(x.copy(), theta.copy(), beta.copy(), self(x), m,
+                            _information=self.beta_information,
+                            _products=self.prediction_products)
 
     def saturated_loglik(self) -> float:
         return float(self.family.saturated_loglik(self.y, self.prior).sum())
+
+    def with_columns(self, columns: np.ndarray) -> "GLMMDeviance":
+        """The same model with only the fixed-effects ``columns`` of ``X`` (a nested model)."""
+        return GLMMDeviance(self.X[:, columns], self.y, self.prior, self.offset, self.factors,
+                            self.terms, self.family, self.link, self.n_agq)
+
+
+def fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[float, np.ndarray]:
+    """Minimum of the deviance over the parameters not in ``fixed`` (index -> value; profiles)."""
+    idx = np.array(sorted(fixed), dtype=int)
+    free = np.setdiff1d(np.arange(dev.n_params), idx)
+    base = np.array(x0, dtype=float)
+    base[idx] = [fixed[i] for i in idx]
+
+    def fun(z):
+        x = base.copy()
+        x[free] = z
+        try:
+            value, grad = dev.value_and_grad(x)
+        except (PIRLSDivergence, NotPositiveDefinite):
+            return np.inf, np.zeros(z.size)
+        return value, grad[free]
+
+    lower = dev.lower_bounds()[free]
+    res = optimize.minimize(fun, np.maximum(base[free], lower), jac=True, method="L-BFGS-B",
+                            bounds=optimize.Bounds(lower, np.full(free.size, np.inf)),
+                            options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 500})
+    x = base.copy()
+    x[free] = res.x
+    return float(res.fun), x
 
 
 @dataclass(frozen=True)
@@ -791,6 +996,50 @@ class GLMMSolution:
     _modes: _Modes = field(repr=False, compare=False)
 
     scale: float = 1.0  # a GLMM's dispersion is fixed at 1
+    # the deviance's beta_information (the fallback covariance of beta)
+    _information: Any = field(default=None, repr=False, compare=False)
+    # lme4's vcov from the optimiser's Hessian (with_hessian), when there is one
+    _cov: Any = field(default=None, repr=False, compare=False)
+    # the deviance's prediction_products
+    _products: Any = field(default=None, repr=False, compare=False)
+
+    def prediction_products(self, seen: list) -> tuple[np.ndarray, np.ndarray]:
+        """``r'M^{-1}r`` and ``X'WZ Lambda M^{-1} r`` of new rows at the modes (see
+        :meth:`GLMMDeviance.prediction_products`)."""
+        return self._products(self._modes, seen)
+
+    def with_hessian(self, hessian: np.ndarray | None, at_bound: np.ndarray) -> "GLMMSolution":
+        """The solution whose :meth:`cov_beta` is ``2 H^{-1}`` on beta, ``H`` the Hessian of the
+        deviance in ``(theta, beta)`` (entries of theta ``at_bound`` held), as lme4's ``vcov``
+        (``use.hessian = TRUE``); the fallback when ``H`` is absent or not positive definite."""
+        p, nt = self.beta.size, self.theta.size
+        if hessian is not None:
+            free = np.ones(hessian.shape[0], dtype=bool)
+            free[:nt] = ~at_bound
+            Hf = hessian[np.ix_(free, free)]
+            try:
+                inv = linalg.cho_solve(linalg.cho_factor(Hf, check_finite=False),
+                                       np.eye(Hf.shape[0]), check_finite=False)
+                return dataclasses.replace(self, _cov=2.0 * inv[-p:, -p:] if p else np.zeros((0, 0)))
+            except (linalg.LinAlgError, ValueError):
+                pass
+        return self
+
+    def cov_beta(self) -> np.ndarray:
+        """Covariance of beta: lme4's ``vcov`` (:meth:`with_hessian`), else its
+        ``use.hessian = FALSE`` form, twice the inverse Fisher information of beta with the
+        random effects integrated out (:meth:`GLMMDeviance.beta_information`)."""
+        if self._cov is not None:
+            return self._cov.copy()
+        p = self.beta.size
+        if not p:
+            return np.zeros((0, 0))
+        info_beta = self._information(self._modes)
+        try:
+            return 2.0 * linalg.cho_solve(linalg.cho_factor(info_beta, check_finite=False), np.eye(p),
+                                          check_finite=False)
+        except (linalg.LinAlgError, ValueError):
+            return np.full((p, p), np.nan)
 
     @property
     def ratios(self) -> np.ndarray:
@@ -1144,6 +1393,7 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: floa
         sol = dev.solution(x)
     lower = dev.lower_bounds()
     at_bound = (np.isfinite(lower) & (x <= lower))[:dev.n_theta]
+    sol = sol.with_hessian(H, at_bound)
     converged = bool(not limited and pos_def and scaled < SCALED_GRADIENT_TOL)
     if converged:
         message = "converged"

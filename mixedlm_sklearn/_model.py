@@ -24,6 +24,7 @@ from ._design import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
 from ._factor import Plan
+from ._glmm import Family, GLMMDeviance, fit_glmm, fit_with_fixed, gaussian
 from ._iterative import IterativeDeviance, IterativePlan
 from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
 from ._terms import Terms
@@ -141,12 +142,16 @@ def minimise(dev: ProfiledDeviance, x0: np.ndarray | None = None, *, max_iter: i
 
 @dataclass(frozen=True)
 class FittedModel:
-    """A fitted linear mixed model.
+    """A fitted mixed model: linear (exact or iterative solver) or generalized.
+
+    Every kind honours the same protocol; inference reads it and never asks the kind.
 
     Attributes
     ----------
-    deviance : ProfiledDeviance
-        ``x = (theta, eta) -> deviance`` on the fitted data (REML or ML as fitted).
+    deviance : ProfiledDeviance or GLMMDeviance
+        ``x -> deviance`` on the fitted data: ``x = (theta, eta)`` of a linear model (REML
+        or ML as fitted, beta and sigma profiled), ``x = (theta, beta)`` of a GLMM (Laplace
+        or AGQ).
     solution : Solution
         The fit at the optimum.
     info : OptimizerInfo
@@ -162,6 +167,9 @@ class FittedModel:
         The rows of an in-memory fit (None for chunks and Dask).
     rank : FixedEffectsRank or None
         Set when aliased fixed-effects columns were dropped: ``fe_names`` are the kept ones.
+    family : Family
+        The response distribution and its link (Gaussian/identity for a linear model;
+        one instance per fit).
     derived : dict
         Quantities inference computed from this fit and keeps (by name); a new fit, a
         refit or a :meth:`at` copy starts empty.
@@ -178,6 +186,7 @@ class FittedModel:
     max_iter: int = 1000
     tol: float = 1e-8
     rank: Any = None
+    family: Family = field(default_factory=gaussian)
     # What inference derives from this fit alone and reuses (Satterthwaite's derivatives,
     # one Hessian for summary, anova, wald_test and emmeans): empty in every copy.
     derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -191,6 +200,144 @@ class FittedModel:
         """The cross-products of the columns as given (the deviance's, measured from their
         :class:`~._crossprod.Origin`, undone)."""
         return self.deviance.cp.uncentred()
+
+    @property
+    def profiled_beta(self) -> bool:
+        """Whether the fixed effects are profiled out of the deviance (a linear model's
+        ``x = (theta, eta)``) or parameters of it (a GLMM's ``x = (theta, beta)``)."""
+        return not isinstance(self.deviance, GLMMDeviance)
+
+    @property
+    def scale_estimated(self) -> bool:
+        """Whether the dispersion is estimated (sigma^2 of a linear model) or fixed at 1."""
+        return self.family.scale_estimated
+
+    @property
+    def dispersion(self) -> float:
+        """The family's dispersion: sigma^2 of the reference stratum, 1 for binomial/Poisson."""
+        return float(self.solution.scale)
+
+    @property
+    def df_methods(self) -> tuple[str, ...]:
+        """Denominator degrees of freedom the fixed effects' tests may use, preferred first:
+        finite (t and F) ones only where the scale is estimated."""
+        if self.scale_estimated:
+            return ("satterthwaite", "kenward-roger", "asymptotic")
+        return ("asymptotic",)
+
+    def supports(self, feature: str) -> str | None:
+        """None when the model supports ``feature``, else why not (the refusal inference
+        raises). Features: "satterthwaite" and "kenward-roger" (finite denominator df:
+        an estimated dispersion), "profile" (profiles of lme4's parameters through the
+        profiled linear-model deviance), "random-refit" (refits with reduced random effects,
+        ranova), "rows" (the fit's rows: in-memory fits)."""
+        if feature in ("satterthwaite", "kenward-roger"):
+            if self.scale_estimated:
+                return None
+            return (f"{feature} df need an estimated dispersion; a {self.family.name} model's is "
+                    "fixed, so its tests are asymptotic (z and chi-square)")
+        if feature in ("profile", "random-refit"):
+            if self.profiled_beta:
+                return None
+            what = {"profile": "profiles through the linear model's deviance (use the estimator's "
+                               "conf_int(method='profile'))",
+                    "random-refit": "refits with reduced random effects (ranova); compare nested "
+                                    "fits with lr_test"}[feature]
+            return f"a {self.family.name} GLMM has no {what}"
+        if feature == "rows":
+            return None if self.design is not None else (
+                "this needs the fit's rows; a fit from chunks or Dask keeps only their "
+                "cross-products: fit the data in memory")
+        raise ValueError(f"unknown feature {feature!r}")
+
+    @property
+    def n_agq(self) -> int:
+        """Quadrature nodes of a GLMM's deviance (1: Laplace); 0 for a linear model's exact
+        likelihood."""
+        return int(getattr(self.deviance, "n_agq", 0))
+
+    @property
+    def method(self) -> str:
+        """How the model was fitted: "REML", "ML", "Laplace" or "AGQ (n nodes)"."""
+        if not self.n_agq:
+            return "REML" if self.reml else "ML"
+        return "Laplace" if self.n_agq == 1 else f"AGQ ({self.n_agq} nodes)"
+
+    @property
+    def llf(self) -> float:
+        """lme4's ``logLik``: -1/2 the deviance (the REML criterion of a REML fit)."""
+        return -0.5 * float(self.solution.deviance)
+
+    @property
+    def n_parameters(self) -> int:
+        """lme4's parameter count: fixed effects (kept), the covariance parameters, the
+        residual-variance ratios, and sigma where the scale is estimated."""
+        return len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+
+    def linear_predictor(self, population: bool = False) -> np.ndarray:
+        """The linear predictor on the fit's rows (offset included): conditional on the
+        random effects' modes, or at population level (``X beta + offset``)."""
+        design = self._rows()
+        X = design.X_full if self.rank is None else design.X_full[:, self.rank.kept]
+        eta = X @ self.solution.beta
+        if design.offset is not None:
+            eta = eta + design.offset
+        if not population:
+            for (codes, Z), b in zip(design.factors, self.solution.blups()):
+                eta = eta + np.einsum("ia,ia->i", Z, b[codes])
+        return eta
+
+    def variance_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, list]:
+        """What Nakagawa's R2 needs of the rows: fixed effects ``beta`` of columns ``X`` with
+        ``X'X``, ``X'1``, their number, and per term ``sum_i z_i z_i'`` (R2's fixed and
+        random variances). A linear model's from its cross-products (prior-weighted; the
+        columns measured from the engine's origin, with their own fixed effects, so that the
+        variance of ``X beta`` has no ``n mean^2`` cancelling); a GLMM's from its rows,
+        unweighted (insight's choice: a binomial row's weight is its number of trials)."""
+        beta = self.solution.beta
+        if isinstance(self.deviance, GLMMDeviance):
+            X = self.deviance.X
+            ztz = [Z.T @ Z for _, Z in self.deviance.factors]
+            return beta, X.T @ X, X.sum(axis=0), float(X.shape[0]), ztz
+        cp = self.deviance.cp.combined()
+        if cp.origin is not None:
+            beta = cp.origin.centred_beta(beta)
+        p = cp.p
+        xtx = cp.xyxy[0][:p, :p]
+        return beta, xtx, xtx[0], float(cp.xyxy[0][0, 0]), [d[0].sum(axis=-1) for d in cp.diag]
+
+    def distribution_variance(self) -> float:
+        """The residual variance of R2 and the ICC on the link scale: a linear model's
+        residual variance (averaged over the rows' strata), a GLMM family's distribution-
+        specific variance (Nakagawa et al. 2017), for Poisson from the mean of the null
+        model (intercept and the same random part) refitted."""
+        if self.family.scale_estimated:
+            sol = self.solution
+            return float(sol.scale * (self.cross_products.n_obs @ sol.ratios) / self.n_obs)
+
+        def null_mean() -> float:
+            null = self.refit(columns=np.array([0]))
+            return float(self.family.link.inverse(null.solution.beta[:1])[0])
+
+        return float(self.family.distribution_variance(null_mean))
+
+    def response(self) -> np.ndarray:
+        """The response of the fit's rows as given (offset included: a linear model's rows
+        keep ``y - offset``; a GLMM's response is a proportion or a count)."""
+        design = self._rows()
+        if isinstance(self.deviance, GLMMDeviance):
+            return self.deviance.y
+        return design.y if design.offset is None else design.y + design.offset
+
+    def _rows(self) -> Design:
+        if self.design is None:
+            raise NotImplementedError("this needs the fit's rows; a fit from chunks or Dask keeps "
+                                      "only their cross-products: fit the data in memory")
+        return self.design
+
+    def fitted_mean(self, population: bool = False) -> np.ndarray:
+        """The mean response on the fit's rows: the inverse link of :meth:`linear_predictor`."""
+        return self.family.link.inverse(self.linear_predictor(population))
 
     @property
     def n_obs(self) -> int:
@@ -210,8 +357,19 @@ class FittedModel:
         return self.deviance.n_eta
 
     def refit(self, reml: bool | None = None, x0: np.ndarray | None = None,
-              search: bool = False) -> "FittedModel":
-        """The same data fitted again (by ML with ``reml=False``), from ``x0`` (default the fit)."""
+              search: bool = False, fixed: dict | None = None,
+              columns: np.ndarray | None = None) -> "FittedModel":
+        """The same data fitted again (by ML with ``reml=False``), from ``x0`` (default the fit).
+
+        ``fixed`` (index of ``x`` -> value) holds parameters (profiles); ``columns`` keeps
+        those fixed-effects columns only (a nested model: ``x0`` then defaults to a fresh
+        start). A GLMM is always fitted by maximum likelihood (``reml=True`` raises).
+        """
+        if isinstance(self.deviance, GLMMDeviance):
+            return self._refit_glmm(reml, x0, fixed, columns)
+        if fixed or columns is not None:
+            raise NotImplementedError("a linear model's refit with held parameters or other "
+                                      "columns goes through its cross-products")
         reml = self.reml if reml is None else reml
         dev = self.deviance if reml == self.reml else self.deviance.with_data(self.deviance.cp, reml)
         x0 = self.x if x0 is None else x0
@@ -221,6 +379,37 @@ class FittedModel:
             else:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
+
+    def _refit_glmm(self, reml, x0, fixed, columns) -> "FittedModel":
+        if reml:
+            raise ValueError("a GLMM is fitted by maximum likelihood (reml=True is not defined)")
+        from ._glmm import GLMMOptimizerInfo, glm_start
+
+        dev = self.deviance
+        fe_names, rank = self.fe_names, self.rank
+        if columns is not None:
+            columns = np.asarray(columns, dtype=int)
+            dev = dev.with_columns(columns)
+            fe_names = [fe_names[j] for j in columns]
+            if rank is not None:
+                raise NotImplementedError("a nested refit of a fit with aliased columns dropped")
+            if x0 is None:
+                beta0, _ = glm_start(dev.X, dev.y, dev.prior, dev.offset, dev.family, dev.link)
+                x0 = np.concatenate([self.x[:self.n_theta], beta0])
+        x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
+        with single_threaded_blas():
+            if fixed:
+                value, x = fit_with_fixed(dev, x0, fixed)
+                sol = dev.solution(x)
+                lower = dev.lower_bounds()
+                at_bound = (np.isfinite(lower) & (x <= lower))[:dev.n_theta]
+                info = GLMMOptimizerInfo(bool(np.isfinite(value)), "held parameters", 0,
+                                         dev.n_evaluations, np.nan, at_bound)
+            else:
+                dev = dev.with_nodes(dev.n_agq)  # a copy: the fit's deviance keeps its state
+                sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
+        return dataclasses.replace(self, deviance=dev, solution=sol, info=info, fe_names=fe_names,
+                                   rank=rank)
 
     def at(self, x: np.ndarray) -> "FittedModel":
         """The same model with its solution at ``x`` (no optimisation): inference evaluated

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
@@ -29,14 +27,13 @@ from ._glmm import (
     FAMILIES,
     PIRLSDivergence,
     GLMMDeviance,
-    GLMMOptimizerInfo,
-    GLMMSolution,
     family_and_link,
     fit_glmm,
     glm_start,
     non_integer_counts,
     separated,
 )
+from ._model import FittedModel
 from ._terms import Term, Terms
 from ._validation import (
     as_design,
@@ -48,118 +45,15 @@ from ._validation import (
     first_rows,
     take_rows,
 )
-from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, _check_frame, _check_offset, _refitting,
-                        store_fixed_effects, store_random_effects)
+from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, _check_frame, _check_offset, _level,
+                        _refitting, store_fixed_effects, store_random_effects)
 from ._util.choices import canonical
 from .formula_mode import ALL_TERMS, FormulaMode
 
-__all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
+__all__ = ["MixedGLMClassifier", "MixedGLMRegressor"]
 
 # Gauss-Hermite nodes for the marginal (population-averaged) mean of a new group.
 _MARGINAL_NODES = 40
-
-
-@dataclass(frozen=True)
-class GLMMFit:
-    """A fitted GLMM as inference sees it (the GLMM counterpart of :class:`._model.FittedModel`).
-
-    Attributes
-    ----------
-    deviance : GLMMDeviance
-        ``x = (theta, beta) -> -2 log L`` on the fitted rows.
-    solution : GLMMSolution
-    info : GLMMOptimizerInfo
-    fe_names : list of str
-        Fixed effects estimated (aliased columns dropped).
-    terms : Terms
-    labels : dict
-        Term name -> level labels.
-    design : Design
-        The fitted rows (``y`` the response as fitted: 0/1 or proportions, counts;
-        ``offset`` the known part of the linear predictor).
-    rank : FixedEffectsRank or None
-    max_iter, tol : the estimator's (refits use them too).
-    fixed_scale : bool
-        The dispersion is fixed at 1 (z tests, no residual variance): always True here.
-    """
-
-    deviance: GLMMDeviance
-    solution: GLMMSolution
-    info: GLMMOptimizerInfo
-    fe_names: list
-    terms: Terms
-    labels: dict
-    design: Design | None = field(default=None, repr=False)
-    rank: Any = None
-    max_iter: int = 1000
-    fixed_scale: bool = True
-    strata: Any = None
-    tol: float = 1e-8
-
-    # A GLMM is fitted by maximum likelihood (code comparing fits asks).
-    reml = False
-
-    @property
-    def n_obs(self) -> int:
-        return self.deviance.n
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.solution.x
-
-    @property
-    def n_theta(self) -> int:
-        return self.deviance.n_theta
-
-    @property
-    def family(self) -> str:
-        return self.deviance.family.name
-
-    @property
-    def link(self) -> str:
-        return self.deviance.link.name
-
-    @property
-    def n_agq(self) -> int:
-        return self.deviance.n_agq
-
-    def refit(self, x0: np.ndarray | None = None, fixed: dict | None = None) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
-        """The same data fitted again from ``x0``, with the parameters ``fixed`` (index -> value) held."""
-        dev = self.deviance
-        x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
-        if not fixed:
-            return fit_glmm(dev.with_nodes(dev.n_agq), x0, self.max_iter)
-        return _fit_with_fixed(dev, x0, fixed)
-
-
-def _fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[float, np.ndarray]:
-    """Minimum of the deviance over the parameters not in ``fixed`` (for profiles)."""
-    from scipy import optimize
-
-    from ._glmm import PIRLSDivergence
-    from ._factor import NotPositiveDefinite
-
-    idx = np.array(sorted(fixed), dtype=int)
-    free = np.setdiff1d(np.arange(dev.n_params), idx)
-    base = x0.copy()
-    base[idx] = [fixed[i] for i in idx]
-
-    def fun(z):
-        x = base.copy()
-        x[free] = z
-        try:
-            value, grad = dev.value_and_grad(x)
-        except (PIRLSDivergence, NotPositiveDefinite):
-            return np.inf, np.zeros(z.size)
-        return value, grad[free]
-
-    lower = dev.lower_bounds()[free]
-    res = optimize.minimize(fun, np.maximum(base[free], lower), jac=True, method="L-BFGS-B",
-                            bounds=optimize.Bounds(lower, np.full(free.size, np.inf)),
-                            options={"ftol": 1e-12, "gtol": 1e-7, "maxiter": 500})
-    x = base.copy()
-    x[free] = res.x
-    return float(res.fun), x
 
 
 class _MixedGLMBase(FormulaMode, BaseEstimator):
@@ -218,6 +112,8 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         self._remember_z_names(Z)
         X = _check_frame(X)
         x_names_src = X
+        # the rows' labels: fitted values and residuals are indexed like the input's rows
+        index = X.index if isinstance(X, pd.DataFrame) else None
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False, accept_sparse=False,
                              ensure_all_finite=False)
         x_names = column_names(x_names_src, "x", X.shape[1])
@@ -237,6 +133,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
                 raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
                                  "model needs at least 2 rows of positive weight")
             X, y, weights, off = X[keep], y[keep], weights[keep], off[keep]
+            index = None if index is None else index[keep]
             groups = take_rows(groups, keep, "groups")
             Z = take_rows(Z, keep, "Z")
             n = X.shape[0]
@@ -274,10 +171,11 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
             print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} PIRLS "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         design = Design(X, self.fit_intercept, y, factors, weights, None,
-                        offset=off if offset is not None else None)
-        self.model_ = GLMMFit(dev, sol, info, rank.kept_names, terms,
-                              {t.name: t.labels for t in terms_in}, design,
-                              rank if rank.deficient else None, self.max_iter, tol=self.tol)
+                        offset=off if offset is not None else None, index=index)
+        self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms,
+                                  {t.name: t.labels for t in terms_in}, design=design,
+                                  rank=rank if rank.deficient else None, max_iter=self.max_iter,
+                                  tol=self.tol, family=family)
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
@@ -286,7 +184,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         separation warnings, for the refits of a bootstrap, which count them instead)."""
         model = self.model_
         sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
-        store_fixed_effects(self, model, _fixed_effects_cov(model))
+        store_fixed_effects(self, model, sol.cov_beta())
         self.llf_ = -0.5 * sol.deviance
         self.df_model_ = len(model.fe_names) + terms.n_theta
         self.aic_ = sol.deviance + 2.0 * self.df_model_
@@ -357,111 +255,287 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         tags.input_tags.sparse = False
         return tags
 
-    # ---- the fit's rows ---------------------------------------------------------------
+    # ---- inference -------------------------------------------------------------------
 
-    def _fitted_eta(self, re_form: Any) -> np.ndarray:
-        """The linear predictor of the fit's rows: with the conditional modes ("all") or not."""
-        design = self.model_.design
-        eta = design.X @ self.coef_ + self.intercept_
-        if design.offset is not None:
-            eta = eta + design.offset
-        if re_form is None:
-            return eta
-        if not (isinstance(re_form, str) and re_form == ALL_TERMS):
-            raise ValueError(f"fitted values and residuals take re_form='all' or None, got "
-                             f"{re_form!r}")
-        for (codes, Z), b in zip(design.factors, self.model_.solution.blups()):
-            eta = eta + np.einsum("ij,ij->i", Z, b[codes])
-        return eta
-
-    def _rows_output(self, values: np.ndarray, name: str) -> Any:
-        frame = getattr(self, "model_frame_", None)
-        if frame is not None and len(frame.y) == len(values):
-            return pd.Series(values, index=frame.y.index, name=name)
-        return values
-
-    def fitted(self, *, re_form: Any = ALL_TERMS, type: str = "response") -> Any:
-        """Compute the fitted values of the fit's rows (lme4's ``fitted``).
+    def emmeans(self, specs: Any, at: dict | None = None, type: str = "link", level: float = 0.95):
+        """Compute estimated marginal means of a formula fit (emmeans).
 
         Parameters
         ----------
-        re_form : "all" or None, default="all"
-            With the conditional modes of the random effects (lme4's ``fitted``) or
-            without (``predict(fit, re.form = NA)``).
-        type : {"response", "link"}, default="response"
-            The mean (probabilities, proportions, rates) or the linear predictor.
+        specs : str or list of str
+            The factor(s) whose levels' means are estimated, averaging over the others.
+        at : dict, optional
+            Values of covariates (default their means) or levels at which to evaluate.
+        type : {"link", "response"}, default="link"
+            The linear predictor's scale, or the mean response's (probabilities, rates:
+            delta-method SEs, back-transformed intervals; pairs as odds or rate ratios).
+        level : float, default=0.95
+            Confidence level of the (asymptotic) intervals.
 
         Returns
         -------
-        Series or ndarray of shape (n_obs,)
-            A Series indexed like the data's rows for a formula fit.
+        EMMeans
+            ``.table`` and ``.pairs(adjust="tukey")``.
 
         See Also
         --------
-        MixedGLMRegressor.residuals : The residuals.
+        mixedlm_sklearn.inference.emmeans.emmeans : The function behind this method.
 
         Examples
         --------
         >>> from mixedlm_sklearn import glmer
         >>> from mixedlm_sklearn.datasets import load_cbpp
         >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
-        >>> fit.fitted().head(3).round(4).tolist()  # lme4: 0.3082 0.1417 0.1260
-        [0.3082, 0.1417, 0.126]
+        >>> fit.emmeans("period", type="response").table["prob"].round(4).tolist()
+        [0.198, 0.0839, 0.074, 0.0484]
+        >>> fit.emmeans("period", type="response").pairs()["odds.ratio"].round(3).tolist()[:3]
+        [2.698, 3.092, 4.856]
         """
-        check_is_fitted(self)
-        if type not in ("response", "link"):
-            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
-        eta = self._fitted_eta(re_form)
-        values = eta if type == "link" else self.model_.deviance.link.inverse(eta)
-        return self._rows_output(values, "fitted")
+        from .inference.emmeans import emmeans
 
-    def residuals(self, type: str = "deviance", *, re_form: Any = ALL_TERMS) -> Any:
+        check_is_fitted(self)
+        return emmeans(self, specs, at=at, level=level, type=type)
+
+    def anova(self, *others: Any, type: Any = 3):
+        """Test the fixed-effects terms by Wald chi-square tests (car's ``Anova``).
+
+        With further fits, the likelihood-ratio comparison of nested fits instead (lme4's
+        ``anova(m0, m1)``).
+
+        Parameters
+        ----------
+        *others : fitted GLMMs
+            Further fits of the same rows: then the comparison table.
+        type : {3, 2}, default=3
+            car's type III (each term's coefficients, and the intercept's, being 0) or
+            type II (each term after the others but those containing it).
+
+        Returns
+        -------
+        DataFrame
+            ``Chisq``, ``Df``, ``Pr(>Chisq)`` per term.
+
+        See Also
+        --------
+        mixedlm_sklearn.anova : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.anova()["Chisq"].round(2).tolist()  # car: 36.19, 24.95
+        [36.19, 24.95]
+        """
+        from .inference.anova import anova
+
+        check_is_fitted(self)
+        return anova(self, *others, type=type)
+
+    def drop1(self):
+        """Test dropping each term no other term contains by likelihood ratios.
+
+        lme4's ``drop1(fit, test = "Chisq")``: each reduced model refitted.
+
+        Returns
+        -------
+        DataFrame
+            ``npar``, ``AIC``, ``LRT``, ``Pr(Chi)``; a first row ``<none>``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.anova.drop1 : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.drop1()["LRT"].round(3).tolist()  # lme4: NA, 25.61
+        [nan, 25.61]
+        """
+        from .inference.anova import drop1
+
+        check_is_fitted(self)
+        return drop1(self)
+
+    def r2(self):
+        """Compute Nakagawa's marginal and conditional R2 (performance ``r2_nakagawa``).
+
+        Returns
+        -------
+        R2
+            ``.marginal``, ``.conditional`` (the distribution-specific variance: pi^2/3 for
+            a logit link, log1p(1/mu0) for Poisson).
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.r2 : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> round(fit.r2().marginal, 4)  # performance: 0.0854
+        0.0854
+        """
+        from .inference.r2 import r2
+
+        check_is_fitted(self)
+        return r2(self)
+
+    def icc(self):
+        """Compute the adjusted and unadjusted intraclass correlation (performance ``icc``).
+
+        Returns
+        -------
+        ICC
+            ``.adjusted``, ``.unadjusted``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.r2.icc : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> round(fit.icc().adjusted, 4)  # performance: 0.1114
+        0.1114
+        """
+        from .inference.r2 import icc
+
+        check_is_fitted(self)
+        return icc(self)
+
+    def fitted(self, level: str | None = None, *, re_form: Any = ALL_TERMS,
+               type: str = "response") -> Any:
+        """Compute the fitted means of the fit's rows (lme4's ``fitted``).
+
+        Parameters
+        ----------
+        level : {"conditional", "marginal"}, optional
+            The older spelling of ``re_form``: ``"conditional"`` is ``re_form="all"``,
+            ``"marginal"`` is ``re_form=None``.
+        re_form : "all" or None, default="all"
+            With the conditional modes of the random effects (lme4's ``fitted``) or at
+            population level (lme4's ``predict(fit, re.form = NA)``).
+        type : {"response", "link"}, default="response"
+            The mean response, or the linear predictor.
+
+        Returns
+        -------
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.fitted : The function behind this method.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.fitted().head(2).round(4).tolist()  # lme4: 0.3082, 0.1417
+        [0.3082, 0.1417]
+        """
+        from .inference.prediction import fitted
+
+        check_is_fitted(self)
+        return fitted(self, level=_level(level, re_form), type=type)
+
+    def residuals(self, type: str = "deviance", level: str | None = None, *,
+                  re_form: Any = ALL_TERMS) -> Any:
         """Compute the residuals of the fit's rows (lme4's ``residuals``).
 
         Parameters
         ----------
         type : {"deviance", "pearson", "response"}, default="deviance"
-            lme4's default deviance residuals (signed square roots of each row's deviance),
-            Pearson residuals ``(y - mu) sqrt(w) / sqrt(V(mu))``, or ``y - mu`` (for a
-            binomial ``y`` the proportion).
+            Signed roots of the deviance contributions (lme4's default), Pearson's, or
+            observed minus fitted mean.
+        level : {"conditional", "marginal"}, optional
+            As in :meth:`fitted`.
         re_form : "all" or None, default="all"
             As in :meth:`fitted`.
 
         Returns
         -------
-        Series or ndarray of shape (n_obs,)
-            As :meth:`fitted`.
+        Series or ndarray of shape (n,)
+            A Series indexed like ``X`` when ``X`` was a DataFrame.
 
         See Also
         --------
-        MixedGLMRegressor.fitted : The fitted values.
+        mixedlm_sklearn.inference.prediction.residuals : The function behind this method.
 
         Examples
         --------
         >>> from mixedlm_sklearn import glmer
         >>> from mixedlm_sklearn.datasets import load_cbpp
         >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
-        >>> fit.residuals().head(2).round(4).tolist()  # lme4: -1.4380 0.9887
+        >>> fit.residuals().head(2).round(4).tolist()  # lme4: -1.438, 0.9887
         [-1.438, 0.9887]
         """
-        check_is_fitted(self)
-        if type not in ("deviance", "pearson", "response"):
-            raise ValueError(f"type must be 'deviance', 'pearson' or 'response', got {type!r}")
-        design, dev = self.model_.design, self.model_.deviance
-        eta = self._fitted_eta(re_form)
-        mu = dev.link.inverse(eta)
-        y, w = design.y, design.weights
-        w = np.ones_like(y) if w is None else w
-        if type == "response":
-            values = y - mu
-        elif type == "pearson":
-            values = (y - mu) * np.sqrt(w) / np.sqrt(dev.family.variance(mu)[0])
-        else:
-            values = np.sign(y - mu) * np.sqrt(dev.family.deviance_residuals(y, eta, mu, w,
-                                                                             dev.link))
-        return self._rows_output(values, "residuals")
+        from .inference.prediction import residuals
 
-    # ---- inference -------------------------------------------------------------------
+        check_is_fitted(self)
+        return residuals(self, type=type, level=_level(level, re_form))
+
+    def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                         alpha: float = 0.05, re_form: Any = ALL_TERMS,
+                         allow_new_levels: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
+        """Compute confidence intervals of the mean response of new rows.
+
+        The interval of the linear predictor mapped through the inverse link.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, p)
+            As in ``predict``.
+        groups : array-like or DataFrame, optional
+            As in ``predict``.
+        Z : array-like, dict or DataFrame, optional
+            As in ``predict``.
+        offset : array-like of shape (n,), optional
+            As in ``predict``.
+        alpha : float, default=0.05
+            One minus the coverage.
+        re_form : "all", None, list of str or str, default="all"
+            As in ``predict``; a term left out contributes its random effect's full
+            variance to the linear predictor's.
+        allow_new_levels : bool or "warn", default=True
+            As in ``predict``.
+
+        Returns
+        -------
+        lower : ndarray of shape (n,)
+            ``linkinv(eta - z sd(eta))``.
+        upper : ndarray of shape (n,)
+            ``linkinv(eta + z sd(eta))``.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.prediction.predict_interval : The function behind this method.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> new = pd.DataFrame({"herd": ["1"], "period": ["1"], "incidence": [0], "size": [1]})
+        >>> lower, upper = fit.predict_interval(new)
+        >>> bool(lower[0] < fit.predict(new)[0] < upper[0])
+        True
+        """
+        from .inference.prediction import predict_interval
+
+        check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels, None)
+        return predict_interval(self, X, groups=groups, Z=Z, offset=offset, alpha=alpha)
 
     def summary(self, alpha: float = 0.05):
         """Summarise the fit: fixed effects with Wald z tests, random effects (glmer's summary).
@@ -656,38 +730,6 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
                          statistic=statistic)
 
 
-def _fixed_effects_cov(model: GLMMFit) -> np.ndarray:
-    """``2 H^{-1}`` on the fixed effects, ``H`` the Hessian of ``-2 log L`` in ``(theta, beta)``.
-
-    As lme4's ``vcov`` for a GLMM (``use.hessian = TRUE``): the Hessian of the deviance
-    over all parameters (those of ``theta`` on their bound held fixed), from differences
-    of the gradient at the optimum. When that Hessian is not positive definite, lme4's
-    ``use.hessian = FALSE`` covariance: the inverse Fisher information of ``beta`` with the
-    random effects integrated out (:meth:`._glmm.GLMMDeviance.beta_information`).
-    """
-    info, nt = model.info, model.n_theta
-    H = info.hessian
-    p = len(model.fe_names)
-    if H is not None:
-        free = np.ones(H.shape[0], dtype=bool)
-        free[:nt] = ~info.at_bound
-        Hf = H[np.ix_(free, free)]
-        try:
-            inv = linalg.cho_solve(linalg.cho_factor(Hf, check_finite=False), np.eye(Hf.shape[0]),
-                                   check_finite=False)
-            return 2.0 * inv[-p:, -p:] if p else np.zeros((0, 0))
-        except (linalg.LinAlgError, ValueError):
-            pass
-    # lme4's vcov(use.hessian = FALSE): the Fisher information of beta at the modes
-    dev = model.deviance
-    info_beta = dev.beta_information(dev.modes(model.x))
-    try:
-        return 2.0 * linalg.cho_solve(linalg.cho_factor(info_beta, check_finite=False), np.eye(p),
-                                      check_finite=False) if p else np.zeros((0, 0))
-    except (linalg.LinAlgError, ValueError):
-        return np.full((p, p), np.nan)
-
-
 _CLASSIFIER_DOC_EXAMPLE = ""
 
 
@@ -765,7 +807,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Whether a variance or correlation is on its bound.
     df_model_ : int
         Number of parameters counted by AIC and BIC.
-    model_ : GLMMFit
+    model_ : FittedModel
         The deviance function and the optimum, used by the inference methods.
     n_features_in_ : int
         Number of columns of X.
@@ -1260,7 +1302,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         Whether a variance or correlation is on its bound.
     df_model_ : int
         Number of parameters counted by AIC and BIC.
-    model_ : GLMMFit
+    model_ : FittedModel
         The deviance function and the optimum, used by the inference methods.
     n_features_in_ : int
         Number of columns of X.

@@ -409,4 +409,5 @@ def test_wald_chi_square_test_of_the_periods(cbpp):
     from mixedlm_sklearn.inference import wald_test
 
     with pytest.raises(ValueError, match="ddf='chi2'"):
-        wald_test(fit, "period2")
+        wald_test(fit, "period2", ddf="satterthwaite")
+    assert wald_test(fit, "period2").method == "chi2"  # the only test of a GLMM: the default

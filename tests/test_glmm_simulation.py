@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from mixedlm_sklearn import MixedGLMClassifier, MixedGLMRegressor, glmer, lmer, pb_test
 from mixedlm_sklearn.datasets import load_cbpp, load_sleepstudy
 from mixedlm_sklearn.inference import bootstrap, simulate
-from mixedlm_sklearn.inference import simulation as simulation_module
+from mixedlm_sklearn import _refit as refit_module
 
 R_BOOT = json.loads((Path(__file__).parent / "data" / "reference" / "extras"
                      / "glmm_bootstrap.json").read_text())
@@ -339,13 +339,14 @@ def test_a_statistic_that_raises_fails_only_its_replicate(cbpp_fit, n_jobs):
 def test_failed_and_nonconverged_refits_are_counted(cbpp_fit, monkeypatch):
     """A refit that raises, or does not converge from the fit nor from a plain fit's
     start, is a failed replicate (NaN row, its reason), counted in one warning (k/n)."""
-    real = simulation_module.fit_glmm
+    # the refitters live in the engine (mixedlm_sklearn._refit): the GLMM refit is patched there
+    real = refit_module.fit_glmm
     calls = {"n": 0}
 
     def flaky(dev, x0, max_iter, ftol):
         calls["n"] += 1
         if calls["n"] % 3 == 2:
-            raise simulation_module.PIRLSDivergence("injected")
+            raise refit_module.PIRLSDivergence("injected")
         sol, info = real(dev, x0, max_iter, ftol=ftol)
         if calls["n"] % 3 == 0:
             info = type(info)(False, "injected: not converged", info.n_iter, info.n_fev,
@@ -354,7 +355,7 @@ def test_failed_and_nonconverged_refits_are_counted(cbpp_fit, monkeypatch):
 
     # calls 1, 2 (raises; the plain start: 3, not converged), 4, 5 (raises; 6, not
     # converged), 7, ...: every other replicate fails, the others converge at once
-    monkeypatch.setattr(simulation_module, "fit_glmm", flaky)
+    monkeypatch.setattr(refit_module, "fit_glmm", flaky)
     with pytest.warns(ConvergenceWarning, match=r"some runs failed \(4/9\).*First reason: did not "
                                                 r"converge \(injected: not converged\)"):
         boot = bootstrap(cbpp_fit, n_boot=9, random_state=0)
@@ -492,7 +493,7 @@ def test_fit_leaves_a_variance_bound_the_deviance_falls_off(cbpp, cbpp_fit):
     function there: gradient 0 at a maximum along theta) to its minimum near 0.24: the fit
     (cold start, as the bootstrap's warm one) finds the interior minimum, at or below the
     brute-force profile (beta re-optimised on a theta grid)."""
-    from mixedlm_sklearn.glm_estimator import _fit_with_fixed
+    from mixedlm_sklearn._glmm import fit_with_fixed as _fit_with_fixed
 
     y = cbpp_fit.simulate(25, random_state=20261202)[:, 24]
     dev = cbpp_fit.model_.deviance.with_response(y)

@@ -351,7 +351,9 @@ def test_fitted_and_residuals_match_lme4():
     with pytest.raises(ValueError, match="level"):
         est.fitted(level="population")
     with pytest.raises(ValueError, match="type"):
-        est.residuals(type="deviance")
+        est.residuals(type="working")
+    # R's deviance residuals of a Gaussian fit: the signed root of w (y - mu)^2, here y - mu
+    np.testing.assert_allclose(est.residuals(type="deviance"), est.residuals(), rtol=1e-14)
 
 
 def test_fitted_is_indexed_like_the_input_and_includes_the_offset():

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     # 1: the engine (-> _engine/)
     "_engine": 1, "_terms": 1, "_rounds": 1, "_factor": 1, "_crossprod": 1, "_deviance": 1,
     "_iterative": 1, "_glmm": 1, "_basis": 1, "_batched_refit": 1, "_optimize": 1, "_model": 1,
+    "_refit": 1,
     # 2: user input -> arrays (-> _input/), and the formula parser
     "_input": 2, "_validation": 2, "_design": 2, "_chunked": 2, "formula": 2,
     # 3: inference on a fitted model; plots
@@ -69,11 +70,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("_model", "_design"): "FittedModel holds the fit's rows, Design (-> _engine/rows.Rows)",
     ("formula", "estimator"): "lmer lives in the parser (-> api.py)",
     ("formula", "glm_estimator"): "glmer lives in the parser (-> api.py)",
-    ("inference.bootstrap", "inference.glmm"): "GLMM check_comparable (inference/glmm.py goes)",
-    ("inference.glmm", "glm_estimator"): "GLMMFit, _fit_with_fixed (one FittedModel; model.refit)",
-    ("inference.lrt", "glm_estimator"): "_is_glmm asks for GLMMFit (one lr_test path)",
-    ("inference.lrt", "inference.glmm"): "dispatch to lr_test_glmm (one lr_test path)",
-    ("inference.simulation", "glm_estimator"): "is_glmm / simulation_model (fitted_model protocol)",
 }
 
 

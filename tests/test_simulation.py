@@ -26,6 +26,7 @@ from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 
 from mixedlm_sklearn import MixedLMRegressor, lmer, lr_test, pb_test, power
+from mixedlm_sklearn import _refit as refit_module
 from mixedlm_sklearn._crossprod import ResponseMap, cross_products
 from mixedlm_sklearn._terms import Term, Terms
 from mixedlm_sklearn.datasets import load_sleepstudy
@@ -379,7 +380,7 @@ def test_a_refit_that_does_not_converge_is_run_again_as_a_plain_fit(sleep, monke
     fitted to the simulated response, and none is lost."""
     X, groups = sleep[["Days"]], pd.DataFrame({"Subject": sleep["Subject"], "late": sleep["Days"] > 4})
     est = _quiet(MixedLMRegressor().fit, X, sleep["Reaction"], groups=groups)  # two terms: no batch
-    real = simulation_module.minimise
+    real = refit_module.minimise  # the refitters live in the engine (mixedlm_sklearn._refit)
 
     def warm_fails(dev, **kwargs):
         sol, info = real(dev, **kwargs)
@@ -388,7 +389,7 @@ def test_a_refit_that_does_not_converge_is_run_again_as_a_plain_fit(sleep, monke
                               info.at_bound)
         return sol, info
 
-    monkeypatch.setattr(simulation_module, "minimise", warm_fails)
+    monkeypatch.setattr(refit_module, "minimise", warm_fails)
     boot = _quiet(bootstrap, est, n_boot=3, random_state=4, statistic=lambda e: e.llf_)
     assert boot.n_failed == 0
     Y = est.simulate(3, random_state=4)
@@ -404,7 +405,7 @@ def test_engine_failures_are_recorded(sleep_fit, monkeypatch):
     def broken(dev, *args, **kwargs):
         raise FloatingPointError("injected")
 
-    monkeypatch.setattr(simulation_module, "minimise", broken)
+    monkeypatch.setattr(refit_module, "minimise", broken)
     refitter = simulation_module.Refitter.of_model(sleep_fit.model_)
     refitter.batch = None
     products = refitter.products(sleep_fit.simulate(3, random_state=0))

@@ -26,13 +26,15 @@ def fitted_model(est: Any, role: str = "est") -> FittedModel:
         return est
     model = getattr(est, "model_", None)
     if not isinstance(model, FittedModel):
-        raise TypeError(f"{role} must be a fitted MixedLMRegressor")
+        raise TypeError(f"{role} must be a fitted mixed model (MixedLMRegressor, "
+                        "MixedGLMClassifier or MixedGLMRegressor)")
     return model
 
 
 def n_parameters(model: FittedModel) -> int:
-    """lme4's parameter count: fixed effects (kept), theta, sigma, the variance ratios."""
-    return len(model.fe_names) + model.n_theta + 1 + model.n_eta
+    """lme4's parameter count: fixed effects (kept), theta, the variance ratios, and sigma
+    where the scale is estimated (:attr:`FittedModel.n_parameters`)."""
+    return model.n_parameters
 
 
 def log_likelihood(model: FittedModel) -> float:

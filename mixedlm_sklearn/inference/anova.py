@@ -59,6 +59,7 @@ from .._model import fit_model
 from .._terms import Term, Terms
 from ..formula import FixedTerm
 from ._parameters import check_ddf, fitted_model, log_likelihood, n_parameters
+from ._protocol import choose_df, require
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 # lmerTest's get_Fstat_ddf (Fai & Cornelius 1996): the package's one implementation
@@ -804,6 +805,83 @@ def ranova_table(full: tuple[float, int], reduced: Mapping[str, tuple[float, int
 
 
 
+# ---- Wald chi-square tables (car::Anova) --------------------------------------------------------
+
+
+def wald_type3_contrasts(terms: Sequence[FixedTerm], p: int, intercept: bool = True
+                         ) -> dict[str, np.ndarray]:
+    """car's type III hypotheses: per term (and ``(Intercept)``) its coefficients are 0,
+    ``L`` the identity rows of its columns (car's ``Anova.III``; not lmerTest's
+    containment-adjusted type III, which it equals without interactions).
+
+    Examples
+    --------
+    >>> t = [FixedTerm("a", (1, 2), ("a",))]
+    >>> {k: v.tolist() for k, v in wald_type3_contrasts(t, 3).items()}
+    {'(Intercept)': [[1.0, 0.0, 0.0]], 'a': [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}
+    """
+    eye = np.eye(p)
+    out = {"(Intercept)": eye[[0]]} if intercept else {}
+    for t in terms:
+        out[t.name] = eye[list(t.columns)]
+    return out
+
+
+def wald_type2_contrasts(terms: Sequence[FixedTerm], p: int, cov_beta: Any
+                         ) -> dict[str, np.ndarray]:
+    """car's type II hypotheses (Fox and Weisberg, car's ``Anova.II``): for a term ``T``
+    with relatives ``R`` (the terms whose factors include all of ``T``'s), the hypothesis
+    on the coefficients of ``T`` and ``R`` that is conjugate, under the inner product of
+    ``V = cov_beta``, to the hypothesis ``R = 0``: ``L = N'H_2`` with ``H_2`` the identity
+    rows of ``T``'s and ``R``'s columns and ``N`` spanning the orthogonal complement of
+    ``H_2 V H_1'`` (``H_1`` the rows of ``R``'s columns). Without relatives, ``T``'s
+    coefficients are 0 (as type III).
+    """
+    eye = np.eye(p)
+    V = np.asarray(cov_beta, dtype=float)
+    out = {}
+    for t in terms:
+        relatives = [b for b in terms if b is not t and set(t.factors) <= set(b.factors)]
+        rel_cols = [c for b in relatives for c in b.columns]
+        H2 = eye[list(t.columns) + rel_cols]
+        if not rel_cols:
+            out[t.name] = H2
+            continue
+        H1 = eye[rel_cols]
+        M = H2 @ V @ H1.T
+        u, sv, _ = np.linalg.svd(M, full_matrices=True)
+        rank = int(np.sum(sv > sv.max(initial=0.0) * max(M.shape) * np.finfo(float).eps))
+        L = u[:, rank:].T @ H2
+        out[t.name] = L[np.any(np.abs(L) > 1e-12, axis=1)]
+    return out
+
+
+def wald_chisq_table(contrast_matrices: Mapping[str, np.ndarray], beta: Any, cov_beta: Any
+                     ) -> pd.DataFrame:
+    """Wald chi-square tests ``(Lb)'(LVL')^-1(Lb)`` on ``rank(L)`` df (car's
+    ``linearHypothesis``): columns ``Chisq``, ``Df``, ``Pr(>Chisq)``, a row per hypothesis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> wald_chisq_table({"a": np.eye(2)}, [1.0, 2.0], np.eye(2)).round(4)
+       Chisq  Df  Pr(>Chisq)
+    a    5.0   2      0.0821
+    """
+    beta = np.asarray(beta, dtype=float)
+    V = np.asarray(cov_beta, dtype=float)
+    rows = {}
+    for name, L in contrast_matrices.items():
+        L = np.atleast_2d(L)
+        Lb, LVL = L @ beta, L @ V @ L.T
+        w, Q = np.linalg.eigh(0.5 * (LVL + LVL.T))
+        keep = w > w.max(initial=0.0) * L.shape[0] * 1e-10
+        df = int(keep.sum())
+        chisq = float(np.sum((Q[:, keep].T @ Lb) ** 2 / w[keep])) if df else np.nan
+        rows[name] = (chisq, df, float(stats.chi2.sf(chisq, df)) if df else np.nan)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["Chisq", "Df", "Pr(>Chisq)"])
+
+
 # ---- a fitted model ----------------------------------------------------------------------------
 
 
@@ -819,18 +897,31 @@ def _on_kept_columns(terms: Sequence[FixedTerm], kept: np.ndarray) -> list[Fixed
     return out
 
 
-def _type(kind: Any) -> Any:
-    canonical = {"1": 1, "I": 1, "3": 3, "III": 3}.get(str(kind).upper(), None)
-    if canonical is None:
-        raise ValueError(f"type must be 1 (sequential) or 3 (lmerTest's type III), got {kind!r}")
+def _type(kind: Any, test: str) -> Any:
+    canonical = {"1": 1, "I": 1, "2": 2, "II": 2, "3": 3, "III": 3}.get(str(kind).upper(), None)
+    if canonical is None or (canonical == 1 and test == "Chisq") or (canonical == 2 and test == "F"):
+        raise ValueError(f"type must be 1 (sequential) or 3 (lmerTest's type III) for F tests, 2 or "
+                         f"3 (car's) for Wald chi-square tests; got {kind!r} with test={test!r}")
     return canonical
 
 
-def _term_table(est: Any, kind: Any, ddf: str, terms: Mapping[str, Sequence[str]] | None
-                ) -> pd.DataFrame:
-    """F tests of the terms of a fit (``kind``: 1, 3 or "marginal")."""
-    model = fitted_model(est)
-    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
+def _test(model: Any, test: str | None) -> str:
+    """"F" (lmerTest's) where the model has finite denominator df, else "Chisq" (Wald)."""
+    if test is None:
+        return "F" if any(m != "asymptotic" for m in model.df_methods) else "Chisq"
+    canonical = {"f": "F", "chisq": "Chisq", "chi2": "Chisq", "lrt": "Chisq"}.get(str(test).lower())
+    if canonical is None:
+        raise ValueError(f"test must be 'F' or 'Chisq', got {test!r}")
+    if canonical == "F" and not any(m != "asymptotic" for m in model.df_methods):
+        raise ValueError(f"F tests need an estimated dispersion; a {model.family.name} model's "
+                         "is fixed: use test='Chisq'")
+    return canonical
+
+
+def _fixed_terms(est: Any, model: Any, terms: Mapping[str, Sequence[str]] | None
+                 ) -> tuple[list, bool, np.ndarray]:
+    """The fit's fixed-effects terms on its kept columns, whether it has an intercept, and
+    which columns were kept."""
     rank = model.rank
     names = list(model.fe_names) if rank is None else list(rank.names)
     kept = np.ones(len(names), dtype=bool) if rank is None else rank.kept
@@ -839,7 +930,28 @@ def _term_table(est: Any, kind: Any, ddf: str, terms: Mapping[str, Sequence[str]
         fixed, intercept = frame.fixed_terms(), "(Intercept)" in names
     else:
         fixed, intercept = terms_from_columns(names, terms)
-    fixed = _on_kept_columns(fixed, kept)
+    return _on_kept_columns(fixed, kept), intercept, kept
+
+
+def _wald_table(est: Any, kind: int, terms: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
+    """car's ``Anova(fit, type, test = "Chisq")``: Wald chi-square tests of the terms."""
+    model = fitted_model(est)
+    fixed, intercept, kept = _fixed_terms(est, model, terms)
+    sol = model.solution
+    cov = sol.cov_beta()
+    p = int(kept.sum())
+    L = (wald_type3_contrasts(fixed, p, intercept) if kind == 3
+         else wald_type2_contrasts(fixed, p, cov))
+    return wald_chisq_table(L, sol.beta, cov)
+
+
+def _term_table(est: Any, kind: Any, ddf: str | None, terms: Mapping[str, Sequence[str]] | None
+                ) -> pd.DataFrame:
+    """F tests of the terms of a fit (``kind``: 1, 3 or "marginal")."""
+    model = fitted_model(est)
+    ddf = choose_df(model, ddf, ("satterthwaite", "kenward-roger"))
+    fixed, intercept, kept = _fixed_terms(est, model, terms)
+    frame = getattr(est, "model_frame_", None) if terms is None else None
     p = int(kept.sum())
     # lmerTest's crossprod(X): X'X of the rows, without the prior weights
     if model.design is not None:
@@ -865,9 +977,9 @@ def _term_table(est: Any, kind: Any, ddf: str, terms: Mapping[str, Sequence[str]
     return f_tests(L, sol.beta, sol.cov_beta(), float(sol.scale), ddf, t_df, kr)
 
 
-def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
+def anova(est: Any, *others: Any, type: Any = 3, ddf: str | None = None,
           terms: Mapping[str, Sequence[str]] | None = None, names: Sequence[str] | None = None,
-          refit: bool = True) -> pd.DataFrame:
+          refit: bool = True, test: str | None = None) -> pd.DataFrame:
     """ANOVA table of a fit's fixed effects, or the comparison of several nested fits.
 
     With one fit, lmerTest's ``anova(fit, type, ddf)``: an F test per fixed-effects term.
@@ -883,8 +995,8 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
     type : {3, 1}, default=3
         lmerTest's type III (each term adjusted for all others, marginal to the terms that
         contain it) or type I (sequential, in the formula's order).
-    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
-        Denominator df of the F tests (Kenward-Roger: REML fits only).
+    ddf : {"satterthwaite", "kenward-roger"}, optional
+        Denominator df of the F tests (default Satterthwaite; Kenward-Roger: REML fits only).
     terms : dict, optional
         Term name -> its fixed-effects columns (``{"Machine": ["MachineB", "MachineC"]}``),
         for a fit from arrays: columns in no group are terms of their own. Formula fits
@@ -894,12 +1006,19 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
         :func:`~mixedlm_sklearn.inference.compare_models`).
     refit : bool, default=True
         Several fits only: refit REML fits by ML first, as lme4.
+    test : {"F", "Chisq"}, optional
+        One fit: lmerTest's F tests (the default where the dispersion is estimated), or
+        car's ``Anova(fit, type, test = "Chisq")`` Wald chi-square tests (the default, and
+        the only choice, for a binomial or Poisson GLMM): type 3 tests each term's
+        coefficients (and the intercept's) being 0, type 2 each term after the others
+        but the terms containing it (car's conjugate hypotheses).
 
     Returns
     -------
     DataFrame
         One fit: a row per term, columns ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``,
-        ``F value``, ``Pr(>F)`` (lmerTest's; ``Mean Sq`` is ``F sigma^2``). Several fits:
+        ``F value``, ``Pr(>F)`` (lmerTest's; ``Mean Sq`` is ``F sigma^2``), or with
+        ``test="Chisq"`` ``Chisq``, ``Df``, ``Pr(>Chisq)`` (car's). Several fits:
         ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``,
         ``Pr(>Chisq)``.
 
@@ -939,26 +1058,42 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str = "satterthwaite",
         from .lrt import compare_models
 
         return compare_models([est, *others], names=names, refit=refit)
-    return _term_table(est, _type(type), ddf, terms)
+    test = _test(fitted_model(est), test)
+    kind = _type(type, test)
+    if test == "Chisq":
+        return _wald_table(est, kind, terms)
+    return _term_table(est, kind, ddf, terms)
 
 
-def drop1(est: Any, ddf: str = "satterthwaite",
-          terms: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
-    """F tests of dropping each term that no other term contains (lmerTest's ``drop1``).
+def drop1(est: Any, ddf: str | None = None,
+          terms: Mapping[str, Sequence[str]] | None = None, test: str | None = None
+          ) -> pd.DataFrame:
+    """Test dropping each term that no other term contains (lmerTest's or lme4's ``drop1``).
+
+    lmerTest's F tests, or likelihood-ratio tests (lme4's ``drop1(fit, test = "Chisq")``).
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
-    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
-        Denominator df of the F tests.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
+    ddf : {"satterthwaite", "kenward-roger"}, optional
+        Denominator df of the F tests (default Satterthwaite).
     terms : dict, optional
         As in :func:`mixedlm_sklearn.anova`.
+    test : {"F", "Chisq"}, optional
+        ``"F"`` where the dispersion is estimated (the default there), ``"Chisq"``: each
+        reduced model refitted by maximum likelihood (from a fresh start, with the
+        optimiser's escapes from bounds) and compared by the likelihood ratio (the
+        default, and the only choice, for a binomial or Poisson GLMM; for a linear
+        model not yet).
 
     Returns
     -------
     DataFrame
-        A row per droppable term; columns as :func:`mixedlm_sklearn.anova`'s.
+        F tests: a row per droppable term, columns as :func:`mixedlm_sklearn.anova`'s.
+        Chisq: a first row ``<none>`` (the model), then a row per droppable term; columns
+        ``npar`` (parameters dropped), ``AIC`` (of the reduced model), ``LRT``,
+        ``Pr(Chi)``.
 
     See Also
     --------
@@ -974,7 +1109,32 @@ def drop1(est: Any, ddf: str = "satterthwaite",
              NumDF  F value
     age:Sex      1   5.1186
     """
+    model = fitted_model(est)
+    if _test(model, test) == "Chisq":
+        return _drop1_lr(est, model, terms)
     return _term_table(est, "marginal", ddf, terms)
+
+
+def _drop1_lr(est: Any, model: Any, terms: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
+    """lme4's ``drop1(fit, test = "Chisq")`` by refits without each marginal term."""
+    if model.reml:
+        raise NotImplementedError("drop1(test='Chisq') of a REML fit: refit by ML first")
+    fixed, intercept, kept = _fixed_terms(est, model, terms)
+    droppable = marginal_terms(fixed)
+    p = int(kept.sum())
+    aic = -2.0 * model.llf + 2.0 * model.n_parameters
+    rows = {"<none>": (np.nan, aic, np.nan, np.nan)}
+    for t in fixed:
+        if t.name not in droppable:
+            continue
+        keep = np.setdiff1d(np.arange(p), t.columns)
+        reduced = model.refit(columns=keep)
+        lrt = 2.0 * (model.llf - reduced.llf)
+        df = p - keep.size
+        rows[t.name] = (df, -2.0 * reduced.llf + 2.0 * reduced.n_parameters, lrt,
+                        float(stats.chi2.sf(max(lrt, 0.0), df)))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"])
+    return table
 
 
 # ---- ranova: refits with reduced random effects ------------------------------------------------
@@ -1113,7 +1273,7 @@ def ranova(est: Any) -> pd.DataFrame:
     <none>                     8 -216.291  448.582    NaN  NaN         NaN
     age in (age | Subject)     6 -216.879  445.757  1.176  2.0       0.556
     """
-    model = fitted_model(est)
+    model = require(fitted_model(est), "random-refit")
     if not len(model.terms):
         raise ValueError("the model has no random effects to test")
     if model.design is None:

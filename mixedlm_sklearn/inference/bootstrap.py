@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha
-from .lrt import check_nested, check_same_data
+from .lrt import check_comparable, check_nested, check_same_data
 from .simulation import (
     FAILED,
     OK,
@@ -39,7 +39,6 @@ from .simulation import (
     RefitCounts,
     Sampler,
     check_count,
-    is_glmm,
     lme4_parameters,
     lme4_parameters_many,
     model_rows,
@@ -626,13 +625,7 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     """
     model_s, model_b = simulation_model(small, "small"), simulation_model(big, "big")
     n_boot = check_count(n_boot, "n_boot")
-    if is_glmm(model_s) != is_glmm(model_b):
-        raise TypeError("pb_test compares two linear mixed models or two GLMMs; got one of each "
-                        "(their likelihoods are not comparable)")
-    if is_glmm(model_s):
-        from .glmm import check_comparable
-
-        check_comparable(model_s, model_b, ("small", "big"))
+    check_comparable(model_s, model_b, ("small", "big"))
     check_same_data(model_s, model_b)
     problems = check_nested(model_s, model_b)
     if problems:

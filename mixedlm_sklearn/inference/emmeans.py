@@ -31,6 +31,7 @@ Sidak or none.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -39,7 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._parameters import check_ddf, fitted_model
+from ._parameters import fitted_model
+from ._protocol import choose_df
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 
@@ -231,6 +233,10 @@ class EMMeans:  # numpydoc ignore=PR01
     offset : ndarray of shape (means,) or None
         The known part of each mean (the average offset of its cells): ``emmean =
         linfct beta + offset``; contrasts combine it with their coefficients.
+    link : Link or None
+        The model's link (None: identity).
+    type : {"link", "response"}
+        The scale of the table and the default scale of :meth:`pairs`.
 
     See Also
     --------
@@ -255,6 +261,8 @@ class EMMeans:  # numpydoc ignore=PR01
     df_function: DfFunction | None
     level: float = 0.95
     offset: np.ndarray | None = None
+    link: Any = None
+    type: str = "link"
 
     def _tests(self, K: np.ndarray, names: list[str]) -> pd.DataFrame:
         L = K @ self.linfct
@@ -275,13 +283,19 @@ class EMMeans:  # numpydoc ignore=PR01
         return pd.DataFrame({"contrast": names, "estimate": estimate, "SE": se, "df": df,
                              ratio: t, "p.value": 2.0 * stats.t.sf(np.abs(t), df)})
 
-    def pairs(self, adjust: str = "tukey") -> pd.DataFrame:
+    def pairs(self, adjust: str = "tukey", type: str | None = None) -> pd.DataFrame:
         """Compute all pairwise differences ``m_i - m_j``, ``i < j`` (emmeans ``pairs``).
 
         Parameters
         ----------
         adjust : {"tukey", "holm", "bonferroni", "sidak", "none"}, default="tukey"
             The adjustment of the p-values for multiple comparisons.
+        type : {"link", "response"}, optional
+            Default the means' own scale. ``"response"`` with a logit or log link: the
+            differences back-transformed to ratios ``m_i / m_j`` (``odds.ratio`` or
+            ``ratio``, ``SE = ratio * SE`` by the delta method, ``null`` 1), tested on the
+            link scale (emmeans: "Tests are performed on the log odds ratio scale"); a link
+            whose differences are no ratio keeps them on the link scale.
 
         Returns
         -------
@@ -313,6 +327,15 @@ class EMMeans:  # numpydoc ignore=PR01
                 names.append(f"{self.labels[i]} - {self.labels[j]}")
         out = self._tests(np.array(rows).reshape(-1, k), names)
         out["p.value"] = adjust_pvalues(out["p.value"], adjust, out.iloc[:, 4], out["df"], k)
+        scale = _check_type(self.type if type is None else type)
+        ratio = getattr(self.link, "ratio_column", None)
+        if scale == "response" and ratio is not None:
+            # exp of a difference of log odds (logs): the ratio of odds (means)
+            estimate = np.exp(out["estimate"].to_numpy())
+            out = pd.DataFrame({
+                "contrast": [n.replace(" - ", " / ", 1) for n in names], ratio: estimate,
+                "SE": estimate * out["SE"].to_numpy(), "df": out["df"], "null": 1.0,
+                out.columns[4]: out.iloc[:, 4], "p.value": out["p.value"]})
         return out
 
     def contrast(self, coefficients: Any, adjust: str = "none") -> pd.DataFrame:
@@ -358,6 +381,39 @@ class EMMeans:  # numpydoc ignore=PR01
         method = "sidak" if adjust == "tukey" else adjust
         out["p.value"] = adjust_pvalues(out["p.value"], method)
         return out
+
+
+def _check_type(type: str) -> str:
+    if type not in ("link", "response"):
+        raise ValueError(f"type must be 'link' or 'response', got {type!r}")
+    return type
+
+
+def on_response_scale(table: pd.DataFrame, link: Any, column: str) -> pd.DataFrame:
+    """A table of means on the link scale back-transformed (emmeans' ``type = "response"``):
+    the mean ``linkinv(emmean)`` (column ``column``), ``SE = |dmu/deta| SE`` (delta method),
+    the interval the link-scale interval back-transformed (emmeans: "Intervals are
+    back-transformed from the logit scale"); the df unchanged.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedlm_sklearn._glmm import make_family
+    >>> t = pd.DataFrame({"g": ["a"], "emmean": [0.0], "SE": [0.5], "df": [float("inf")],
+    ...                   "asymp.LCL": [-0.98], "asymp.UCL": [0.98]})
+    >>> on_response_scale(t, make_family("binomial").link, "prob").round(4)
+       g  prob     SE   df  asymp.LCL  asymp.UCL
+    0  a   0.5  0.125  inf     0.2729     0.7271
+    """
+    out = table.copy()
+    mu, d1, _ = link.derivatives(table["emmean"].to_numpy(dtype=float))
+    position = list(out.columns).index("emmean")
+    out = out.drop(columns="emmean")
+    out.insert(position, column, mu)
+    out["SE"] = np.abs(d1) * table["SE"].to_numpy(dtype=float)
+    for bound in out.columns[-2:]:
+        out[bound] = link.inverse(table[bound].to_numpy(dtype=float))
+    return out
 
 
 def _df(df_function: DfFunction | None, L: np.ndarray) -> np.ndarray:
@@ -459,25 +515,32 @@ def _labels(table: pd.DataFrame, specs: list[str]) -> list[str]:
 
 
 def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None = None,
-            ddf: str = "kenward-roger", level: float = 0.95) -> EMMeans:
+            ddf: str | None = None, level: float = 0.95, type: str = "link") -> EMMeans:
     """Estimated marginal means of a formula fit (emmeans' ``emmeans(fit, specs)``).
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        Fitted by :func:`~mixedlm_sklearn.lmer` (the means need the formula's terms).
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        Fitted by :func:`~mixedlm_sklearn.lmer` or :func:`~mixedlm_sklearn.glmer` (the
+        means need the formula's terms).
     specs : str or sequence of str
         The factor(s) whose levels get a mean; with several, every combination (the first
         varies fastest).
     at : dict, optional
         Variable -> value(s): covariates at these values instead of their mean over the
         fitted rows, factors restricted to these levels (emmeans' ``at``).
-    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, default="kenward-roger"
+    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
         emmeans' ``lmer.df``: the Kenward-Roger adjusted covariance and df (emmeans'
         default for lmer fits; REML fits only), Satterthwaite's df with ``cov_fe_``, or
-        normal quantiles.
+        normal quantiles. Default: Kenward-Roger where the model's dispersion is
+        estimated, else (a binomial or Poisson GLMM) asymptotic, the only choice there.
     level : float, default=0.95
         Confidence level of the intervals.
+    type : {"link", "response"}, default="link"
+        The scale of the means: the linear predictor's, or the mean response's
+        (``prob`` for a binomial, ``rate`` for a Poisson model: the inverse link of the
+        mean, its SE by the delta method, the interval back-transformed); also the
+        default scale of :meth:`EMMeans.pairs` (ratios for a logit or log link).
 
     Returns
     -------
@@ -537,7 +600,8 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
                          "grid is made of the levels of the model's factors")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    ddf = check_ddf(ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    type = _check_type(type)
     grid = reference_grid(frame, at)
     sol = model.solution
     if ddf == "kenward-roger":
@@ -547,7 +611,7 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         cov = sol.cov_beta()
         df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
     if model.rank is None:
-        return marginal_means(grid, specs, sol.beta, cov, df, level)
+        return _on_scale(marginal_means(grid, specs, sol.beta, cov, df, level), model, type)
     # Fixed effects dropped as aliased (lme4 refits without them): each mean is computed
     # on the kept ones, which is right for the estimable means, and the others refused.
     kept = model.rank.kept
@@ -562,7 +626,14 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
                          "are not estimable: fixed effects "
                          f"{model.rank.dropped_names} were dropped as aliased and these means "
                          "depend on them (emmeans reports them as nonEst)")
-    return emm
+    return _on_scale(emm, model, type)
+
+
+def _on_scale(emm: EMMeans, model: Any, type: str) -> EMMeans:
+    link = model.family.link
+    table = emm.table if type == "link" else on_response_scale(emm.table, link,
+                                                               model.family.response_column)
+    return dataclasses.replace(emm, table=table, link=link, type=type)
 
 
 def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A GLMM's dispersion is fixed at 1, so the fixed effects are tested with Wald z statistics
 (lme4's ``summary.merMod`` for a GLMM), their covariance being lme4's: twice the inverse
-Hessian of the deviance in ``(theta, beta)`` (:func:`..glm_estimator._fixed_effects_cov`).
+Hessian of the deviance in ``(theta, beta)`` (:meth:`.._glmm.GLMMSolution.cov_beta`).
 Profile intervals invert the likelihood-ratio statistic of one parameter, the others
 re-optimised (lme4's ``profile``/``confint(method = "profile")``); likelihood-ratio tests
 compare nested fits of the same rows.
@@ -18,19 +18,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .._model import FittedModel
 from ._parameters import check_alpha
-from .lrt import LRTestResult
 from .summary import _fmt, _fmt_p, _text_table, random_effects_rows
 
-__all__ = ["GLMMSummary", "summary", "conf_int", "lr_test_glmm", "glmm_model", "check_comparable"]
+__all__ = ["GLMMSummary", "summary", "conf_int", "glmm_model"]
 
 
 def glmm_model(est: Any, role: str = "est"):
-    """The :class:`~mixedlm_sklearn.glm_estimator.GLMMFit` of a fitted GLMM estimator."""
-    from ..glm_estimator import GLMMFit
-
+    """The :class:`~mixedlm_sklearn._model.FittedModel` of a fitted GLMM estimator."""
     model = getattr(est, "model_", None)
-    if not isinstance(model, GLMMFit):
+    if not isinstance(model, FittedModel) or model.scale_estimated:
         raise TypeError(f"{role} must be a fitted MixedGLMClassifier or MixedGLMRegressor")
     return model
 
@@ -188,8 +186,8 @@ def summary(est: Any, alpha: float = 0.05) -> GLMMSummary:
     }, index=beta.index)
     table = _random_effects_table(model)
     return GLMMSummary(
-        fixed_effects=fixed, random_effects=table, family=model.family, link=model.link,
-        method="Laplace" if model.n_agq == 1 else f"AGQ ({model.n_agq} nodes)",
+        fixed_effects=fixed, random_effects=table, family=model.family.name, link=model.family.link.name,
+        method=model.method,
         n_obs=model.n_obs, n_groups={t.factor: int(t.n_levels) for t in model.terms},
         llf=float(est.llf_), aic=float(est.aic_), bic=float(est.bic_),
         deviance=float(est.deviance_), df_model=int(est.df_model_),
@@ -225,8 +223,6 @@ def _profile_parameters(model) -> list[tuple[str, int]]:
 
 def _profile_bound(model, index: int, side: int, target: float, d_min: float) -> float:
     """The value of parameter ``index`` on ``side`` where the profiled deviance rises by ``target``."""
-    from ..glm_estimator import _fit_with_fixed
-
     dev = model.deviance
     x_hat = model.x
     center = x_hat[index]
@@ -236,10 +232,11 @@ def _profile_bound(model, index: int, side: int, target: float, d_min: float) ->
     def rise(v: float) -> float:
         if v not in cache:
             start = cache.get("start", x_hat)
-            value, x = _fit_with_fixed(dev, start, {index: v})
+            refit = model.refit(x0=start, fixed={index: v})
+            value = float(refit.solution.deviance) if refit.info.converged else np.inf
             cache[v] = value - d_min
             if np.isfinite(value):
-                cache["start"] = x
+                cache["start"] = refit.x
         return cache[v]
 
     se = np.sqrt(max(2.0 / max(model.info.hessian[index, index], 1e-12), 1e-12)) \
@@ -352,49 +349,3 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
                           _profile_bound(model, index, +1, target, d_min))
             model.deviance.modes(model.x)
     return pd.DataFrame(rows, index=["lower", "upper"]).T
-
-
-def check_comparable(small, big, roles: tuple[str, str] = ("restricted", "full")) -> None:
-    """Refuse two GLMM fits whose likelihoods are not comparable: other families or links,
-    other numbers of quadrature nodes, other rows (response, prior weights) or offsets."""
-    a, b = small.deviance, big.deviance
-    if (a.family.name, a.link.name) != (b.family.name, b.link.name):
-        raise ValueError(f"the fits have different families or links ({a.family.name}/{a.link.name} "
-                         f"and {b.family.name}/{b.link.name}): their likelihoods are not comparable")
-    if a.n_agq != b.n_agq:
-        raise ValueError(f"the fits use different approximations (n_agq {a.n_agq} and {b.n_agq}); "
-                         "refit with the same n_agq")
-    if a.n != b.n or not (np.array_equal(a.y, b.y) and np.array_equal(a.prior, b.prior)):
-        raise ValueError("the fits used different data (rows, response or weights differ); a "
-                         "likelihood-ratio test compares fits of the same rows")
-    if not np.array_equal(a.offset, b.offset):
-        raise ValueError(f"the fits used different offsets ({roles[0]} and {roles[1]}); a "
-                         "likelihood-ratio test compares models with the same known part of the "
-                         "linear predictor")
-
-
-def lr_test_glmm(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
-    """Likelihood-ratio test between nested GLMMs fitted to the same rows.
-
-    The fits must share the family, link, number of quadrature nodes and response (and
-    prior weights); ``df`` is the difference in ``df_model_``. Nesting of the designs is
-    the caller's responsibility beyond these checks (a statistic below 0 warns).
-    """
-    import warnings
-
-    check_comparable(glmm_model(restricted, "restricted"), glmm_model(full, "full"))
-    df = int(full.df_model_ - restricted.df_model_)
-    if df <= 0:
-        raise ValueError(f"full has {full.df_model_} parameters and restricted "
-                         f"{restricted.df_model_}: pass the smaller (nested) model first")
-    statistic = 2.0 * (full.llf_ - restricted.llf_)
-    if statistic < -1e-6 * max(1.0, abs(full.llf_)):
-        warnings.warn(f"the restricted model fits better than the full one (statistic "
-                      f"{statistic:.3g}): the models may not be nested, or a fit did not converge",
-                      UserWarning, stacklevel=3)
-    s = max(statistic, 0.0)
-    p = float(stats.chi2.sf(s, df))
-    if boundary:
-        below = float(stats.chi2.sf(s, df - 1)) if df > 1 else float(s <= 0.0)
-        p = 0.5 * (below + p)
-    return LRTestResult(float(statistic), df, p, float(restricted.llf_), float(full.llf_), boundary)

@@ -77,6 +77,7 @@ import scipy.sparse as sp
 from scipy import linalg, stats
 
 from ._parameters import fitted_model
+from ._protocol import require
 
 __all__ = [
     "RandomBlock",
@@ -709,7 +710,7 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
     >>> kr.row_ddf(np.eye(2)).round(6).tolist(), bool(np.allclose(kr.cov_beta_adj, est.cov_fe_))
     ([17.0, 17.0], True)
     """
-    model = fitted_model(est)
+    model = require(fitted_model(est), "kenward-roger")
     if not model.reml:
         raise ValueError("Kenward-Roger's adjustment is defined at REML estimates and this model "
                          "was fitted by maximum likelihood: refit it with reml=True (pbkrtest "

@@ -14,7 +14,8 @@ from .._model import FittedModel
 from .._validation import caller_stacklevel
 from ._parameters import fitted_model, log_likelihood, n_parameters
 
-__all__ = ["LRTestResult", "lr_test", "compare_models", "check_same_data", "check_nested"]
+__all__ = ["LRTestResult", "lr_test", "compare_models", "check_same_data", "check_nested",
+           "check_comparable"]
 
 # Relative residual below which a column counts as lying in the span of others.
 _SPAN_TOL = 1e-8
@@ -189,10 +190,28 @@ def _same_fixed_effects(a: FittedModel, b: FittedModel) -> bool:
     return xa.shape == xb.shape and np.allclose(xa[:-1], xb[:-1], rtol=1e-10, atol=0.0)
 
 
-def _is_glmm(est: Any) -> bool:
-    from ..glm_estimator import GLMMFit
-
-    return isinstance(getattr(est, "model_", None), GLMMFit)
+def check_comparable(a: FittedModel, b: FittedModel, roles: tuple[str, str] = ("restricted", "full")
+                     ) -> None:
+    """Refuse two fits whose likelihoods are not comparable: a linear model against a GLMM
+    (TypeError), other families or links, other approximations of the likelihood (AGQ
+    nodes), other offsets (the same rows are :func:`check_same_data`'s)."""
+    if a.family.scale_estimated != b.family.scale_estimated:
+        raise TypeError("the test compares two linear mixed models or two GLMMs; got one of each "
+                        "(their likelihoods are not comparable)")
+    if a.family != b.family:
+        raise ValueError(f"the fits have different families or links ({a.family.name}/"
+                         f"{a.family.link.name} and {b.family.name}/{b.family.link.name}): their "
+                         "likelihoods are not comparable")
+    if a.n_agq != b.n_agq:
+        raise ValueError(f"the fits use different approximations (n_agq {a.n_agq} and {b.n_agq}); "
+                         "refit with the same n_agq")
+    if a.design is not None and b.design is not None:
+        oa, ob = a.design.offset, b.design.offset
+        if (oa is None) != (ob is None) or (oa is not None and not np.array_equal(oa, ob)):
+            check_same_data(a, b)  # other data is the clearer message
+            raise ValueError(f"the fits used different offsets ({roles[0]} and {roles[1]}); a "
+                             "likelihood-ratio test compares models with the same known part of "
+                             "the linear predictor")
 
 
 def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResult:
@@ -259,12 +278,9 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
     >>> round(test.statistic, 3), test.df
     (42.139, 2)
     """
-    if _is_glmm(restricted) or _is_glmm(full):
-        from .glmm import lr_test_glmm
-
-        return lr_test_glmm(restricted, full, boundary=boundary)
     small = fitted_model(restricted, "restricted")
     big = fitted_model(full, "full")
+    check_comparable(small, big)
     check_same_data(small, big)
     if small.reml != big.reml:
         raise ValueError("one fit is REML and the other ML; their likelihoods are not "
@@ -284,7 +300,8 @@ def lr_test(restricted: Any, full: Any, *, boundary: bool = False) -> LRTestResu
     statistic = 2.0 * (full.llf_ - restricted.llf_)
     if statistic < -1e-6 * max(1.0, abs(full.llf_)):
         warnings.warn(f"the restricted model fits better than the full one (statistic "
-                      f"{statistic:.3g}): a fit may not have converged", UserWarning, stacklevel=2)
+                      f"{statistic:.3g}): the models may not be nested, or a fit did not converge",
+                      UserWarning, stacklevel=2)
     s = max(statistic, 0.0)
     p = float(stats.chi2.sf(s, df))
     if boundary:

@@ -25,13 +25,13 @@ import pandas as pd
 from scipy import linalg, stats
 from sklearn.exceptions import ConvergenceWarning
 
-from .._crossprod import cross_products
 from .._model import FittedModel
 from .._terms import Terms
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha, fitted_model
 from .satterthwaite import varpar_model
 from .simulation import (
+    rows_refitters,
     FAILED,
     NOT_CONVERGED,
     OK,
@@ -248,7 +248,7 @@ def _resized(rows: Rows, params: Parameters, factor: str, n: int) -> tuple[Rows,
                                      lams=[lam / np.sqrt(ref) for lam in params.lams])
     new = Rows(rows.X[take], tuple(factors), Terms(terms),
                None if rows.weights is None else rows.weights[take], strata, n_strata,
-               None if rows.offset is None else rows.offset[take])
+               None if rows.offset is None else rows.offset[take], rows.family, rows.link)
     return new, params
 
 
@@ -303,8 +303,11 @@ class _PowerJob:
                 pvalues[j] = stats.chi2.sf(stat, self.cols.size)
             else:
                 dev, sol = out.solved()
-                rep = dataclasses.replace(self.model, deviance=dev, solution=sol, info=out.info,
-                                          terms=self.full.rows.terms, design=None)
+                rep = None
+                if self.test == "satterthwaite":  # Satterthwaite's df need the refit's model
+                    rep = dataclasses.replace(self.model, deviance=dev, solution=sol,
+                                              info=out.info, terms=self.full.rows.terms,
+                                              design=None)
                 pvalues[j] = _wald_pvalue(rep, sol, self.cols, self.test == "satterthwaite")
             status[j] = OK if converged else NOT_CONVERGED
         return {"pvalues": pvalues, "status": status, "messages": messages}
@@ -314,17 +317,18 @@ class _PowerJob:
 
 
 def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: Mapping[str, int] | None = None,
-          cov_re: Any = None, scale: float | None = None, test: str = "satterthwaite",
+          cov_re: Any = None, scale: float | None = None, test: str | None = None,
           n_sim: int = 1000, alpha: float = 0.05, data: pd.DataFrame | None = None,
           random_state: Any = None, n_jobs: int | None = None) -> PowerResult:
     """Simulated power of a test of fixed effects (simr's ``powerSim``).
 
     Parameters
     ----------
-    est : MixedLMRegressor or str
+    est : MixedLMRegressor, MixedGLMClassifier, MixedGLMRegressor or str
         The model (fitted in memory), or an lme4 formula fitted to ``data`` with
         :func:`~mixedlm_sklearn.lmer` (REML). The fit supplies the design and the
-        parameters the responses are drawn with, except those given below.
+        parameters the responses are drawn with, except those given below; a GLMM's
+        responses are drawn from its family.
     term : str or list of str
         The fixed effect(s) tested (several: jointly).
     effect : float or dict, optional
@@ -337,12 +341,14 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     cov_re : array or dict, optional
         Covariance of the random effects (a dict by term name with several terms).
     scale : float, optional
-        Residual variance (of the reference stratum).
-    test : {"satterthwaite", "wald", "lr"}, default="satterthwaite"
+        Residual variance (of the reference stratum; a linear model's only).
+    test : {"satterthwaite", "wald", "lr"}, optional
         ``"satterthwaite"``: t test (one term) or F test with Satterthwaite df, as
         lmerTest's ``summary``/``contest`` (simr's default for ``lmer`` is the close
-        Kenward-Roger test). ``"wald"``: z / chi-square Wald test. ``"lr"``:
-        likelihood-ratio chi-square test of ML refits with and without ``term``.
+        Kenward-Roger test; the default for a linear model). ``"wald"``: z / chi-square
+        Wald test (the default for a binomial or Poisson GLMM, simr's ``z`` test, with
+        each refit's covariance of beta as lme4's ``vcov``). ``"lr"``: likelihood-ratio
+        chi-square test of ML refits with and without ``term``.
     n_sim : int, default=1000
         Number of simulated data sets.
     alpha : float, default=0.05
@@ -392,8 +398,15 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     model = fitted_model(est)
     alpha = check_alpha(alpha)
     n_sim = check_count(n_sim, "n_sim")
+    if test is None:
+        test = "satterthwaite" if "satterthwaite" in model.df_methods else "wald"
     if test not in POWER_TESTS:
         raise ValueError(f"test must be one of {POWER_TESTS}, got {test!r}")
+    if test == "satterthwaite" and test not in model.df_methods:
+        raise ValueError(f"a {model.family.name} model's dispersion is fixed: its tests are "
+                         "asymptotic; use test='wald' (z) or 'lr'")
+    if scale is not None and not model.scale_estimated:
+        raise ValueError(f"a {model.family.name} model has no residual variance to set (scale)")
     terms_tested = [term] if isinstance(term, str) else list(term)
     names = list(model.fe_names)
     unknown = [t for t in terms_tested if t not in names]
@@ -408,24 +421,19 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
         rows, params = _resized(rows, params, factor, n)
         resized = True
     reml = model.reml and test != "lr"
-    if resized:
-        template = cross_products(rows.X, rows.X @ params.beta, rows.factors, rows.terms, rows.weights,
-                                  rows.strata, rows.n_strata)
-        prototype = model.deviance.with_data(template, reml, replan=True)
-    else:
-        template, prototype = model.cross_products, model.deviance
-    x0 = params.x(rows.terms)
-    full = Refitter(rows, template, reml, x0, prototype, max_iter=model.max_iter, tol=model.tol)
-    reduced = None
-    if test == "lr":
-        keep = np.setdiff1d(np.arange(len(names)), cols)
-        if keep.size == 0:
-            raise ValueError("the LR test needs a fixed effect left in the reduced model")
-        reduced = Refitter(dataclasses.replace(rows, X=np.ascontiguousarray(rows.X[:, keep])),
-                           template.select_fixed(keep), False, x0, prototype, max_iter=model.max_iter,
-                           tol=model.tol)
+    keep = np.setdiff1d(np.arange(len(names)), cols) if test == "lr" else None
+    if keep is not None and keep.size == 0:
+        raise ValueError("the LR test needs a fixed effect left in the reduced model")
+    full, reduced = rows_refitters(model, rows, params, keep, reml, resized)
     job = _PowerJob(model, Sampler(rows, params), full, reduced, cols, test)
-    out = run_replicates(job, replicate_generators(random_state, n_sim), n_jobs, full.batch_size)
+    return _power_result(job, random_state, n_sim, n_jobs, full.batch_size, names, params, rows,
+                         terms_tested, test, alpha)
+
+
+def _power_result(job: "_PowerJob", random_state: Any, n_sim: int, n_jobs: int | None,
+                  batch_size: int, names: list, params: Any, rows: Any, terms_tested: list,
+                  test: str, alpha: float) -> PowerResult:
+    out = run_replicates(job, replicate_generators(random_state, n_sim), n_jobs, batch_size)
     pvalues, status, messages = out["pvalues"], out["status"], out.get("messages", [])
     failed, slow = int(np.sum(status == FAILED)), int(np.sum(status == NOT_CONVERGED))
     if failed or slow:

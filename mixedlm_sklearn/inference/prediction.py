@@ -56,27 +56,25 @@ def _as_output(values: np.ndarray, design: Any, name: str) -> Any:
     return pd.Series(values, index=design.index, name=name)
 
 
-def _fitted_values(est: Any, model: Any, design: Any, level: str) -> np.ndarray:
-    """``X beta`` (+ ``Z b`` at the conditional level) + the offset, on the fitted rows."""
-    values = design.X @ est.coef_ + est.intercept_
-    if level == "conditional":
-        for (codes, Z), b in zip(design.factors, model.solution.blups()):
-            values = values + np.einsum("ij,ij->i", Z, b[codes])
-    if design.offset is not None:
-        values = values + design.offset
-    return values
+def _check_type(type: str) -> str:
+    if type not in ("response", "link"):
+        raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+    return type
 
 
-def fitted(est: Any, level: str = "conditional") -> Any:
+def fitted(est: Any, level: str = "conditional", type: str = "response") -> Any:
     """Compute the fitted values of the rows of the fit (lme4's ``fitted``).
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
     level : {"conditional", "marginal"}, default="conditional"
-        ``X beta + Z b`` (with the BLUPs, lme4's ``fitted``) or ``X beta`` (lme4's
-        ``predict(fit, re.form = NA)``); the offset included.
+        With the random effects' conditional modes (lme4's ``fitted``) or at population
+        level (lme4's ``predict(fit, re.form = NA)``); the offset included.
+    type : {"response", "link"}, default="response"
+        The mean response (a GLMM's probabilities or rates, lme4's ``fitted``) or the
+        linear predictor (lme4's ``predict(fit)``); the same for a linear model.
 
     Returns
     -------
@@ -101,19 +99,29 @@ def fitted(est: Any, level: str = "conditional") -> Any:
     [251.41, 261.87, 272.34]
     """
     model, design = _rows(est)
-    return _as_output(_fitted_values(est, model, design, _check_level(level)), design, "fitted")
+    population = _check_level(level) == "marginal"
+    values = (model.fitted_mean(population) if _check_type(type) == "response"
+              else model.linear_predictor(population))
+    return _as_output(values, design, "fitted")
 
 
-def residuals(est: Any, type: str = "response", level: str = "conditional") -> Any:
+RESIDUAL_TYPES = ("response", "pearson", "deviance")
+
+
+def residuals(est: Any, type: str | None = None, level: str = "conditional") -> Any:
     """Compute the residuals of the rows of the fit (lme4's ``residuals``).
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
-    type : {"response", "pearson"}, default="response"
-        ``y - fitted``, or that divided by the row's residual standard deviation
-        ``sigma_s / sqrt(w_r)`` (its stratum's, its prior weight's).
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
+    type : {"response", "pearson", "deviance"}, optional
+        ``y - mu`` (``mu`` the fitted mean); that divided by the row's standard deviation
+        ``sqrt(phi V(mu) / w)`` (``phi`` the dispersion, ``sigma_s^2`` of the row's stratum
+        for a linear model, 1 for binomial and Poisson; ``V`` the family's variance
+        function; ``w`` the prior weight, a binomial row's trials); or the signed square
+        root of the row's deviance contribution. Default lme4's: "response" for a linear
+        model, "deviance" for a GLMM.
     level : {"conditional", "marginal"}, default="conditional"
         Against the conditional or the marginal fitted values.
 
@@ -137,20 +145,23 @@ def residuals(est: Any, type: str = "response", level: str = "conditional") -> A
     >>> est.residuals(type="pearson").head(3).round(4).tolist()
     [-0.1604, -0.5715, -1.6488]
     """
-    if type not in ("response", "pearson"):
-        raise ValueError(f"type must be 'response' or 'pearson', got {type!r}")
     model, design = _rows(est)
-    fit = _fitted_values(est, model, design, _check_level(level))
-    offset = 0.0 if design.offset is None else design.offset
-    values = design.y + offset - fit
+    family = model.family
+    type = family.default_residual if type is None else type
+    if type not in RESIDUAL_TYPES:
+        raise ValueError(f"type must be one of {list(RESIDUAL_TYPES)}, got {type!r}")
+    mu = model.fitted_mean(_check_level(level) == "marginal")
+    y = model.response()
+    w = np.ones_like(y) if design.weights is None else design.weights
+    values = y - mu
     if type == "pearson":
         sol = model.solution
-        variance = np.full(values.shape, float(sol.scale))
+        variance = float(sol.scale) * family.variance(mu)[0] / w
         if design.strata is not None:
             variance = variance * sol.ratios[design.strata]
-        if design.weights is not None:
-            variance = variance / design.weights
         values = values / np.sqrt(variance)
+    elif type == "deviance":
+        values = np.sign(values) * np.sqrt(family.unit_deviance(y, mu, w))
     return _as_output(values, design, "residuals")
 
 
@@ -182,8 +193,22 @@ def _term_design(est: Any, k: int, n: int, part: Any) -> np.ndarray:
                      "uncertainty")
 
 
+def _check_kind(model: Any, kind: str | None) -> str:
+    """The interval's kind: "prediction" (default) where the response is Gaussian about its
+    mean; a binomial or Poisson response has no normal prediction interval."""
+    if kind is None:
+        return "prediction" if model.scale_estimated else "confidence"
+    if kind not in ("prediction", "confidence"):
+        raise ValueError(f"kind must be 'prediction' or 'confidence', got {kind!r}")
+    if kind == "prediction" and not model.scale_estimated:
+        raise ValueError(f"a {model.family.name} response has no normal prediction interval: use "
+                         "kind='confidence' (an interval for the mean) or simulate() for new "
+                         "observations")
+    return kind
+
+
 def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: Any = None,
-                        kind: str = "prediction") -> np.ndarray:
+                        kind: str | None = None) -> np.ndarray:
     """Variance of each row's prediction error (module docstring).
 
     Parameters
@@ -196,11 +221,11 @@ def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: A
         (``MixedLMRegressor._new_levels``).
     residual_groups : array-like, optional
         The rows' strata (a model with a residual variance per stratum, ``kind="prediction"``).
-    kind : {"prediction", "confidence"}
+    kind : {"prediction", "confidence"}, optional
+        Default "prediction" (a linear model), "confidence" (a GLMM: on the link scale).
     """
-    if kind not in ("prediction", "confidence"):
-        raise ValueError(f"kind must be 'prediction' or 'confidence', got {kind!r}")
     model = fitted_model(est)
+    kind = _check_kind(model, kind)
     sol = model.solution
     n = X.shape[0]
     # a formula decides the intercept (formula mode leaves fit_intercept at its default)
@@ -220,7 +245,7 @@ def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: A
             z = _term_design(est, k, n, part)
             new = np.ones(n, dtype=bool) if part is None else part[0] < 0
             unknown[new] += np.einsum("ia,ab,ib->i", z[new], cov, z[new])
-    variance = sol.scale * (np.einsum("ia,ab,ib->i", d, sol.a_inv, d) + quad) + unknown
+    variance = np.einsum("ia,ab,ib->i", d, sol.cov_beta(), d) + sol.scale * quad + unknown
     if kind == "prediction":
         variance = variance + sol.scale * _residual_ratio(model, residual_groups, n)
     return variance
@@ -244,20 +269,20 @@ def _residual_ratio(model: Any, residual_groups: Any, n: int) -> np.ndarray:
 
 
 def prediction_std(est: Any, X: np.ndarray, parts: list, residual_groups: Any = None,
-                   kind: str = "prediction") -> np.ndarray:
+                   kind: str | None = None) -> np.ndarray:
     """Standard deviation of each row's prediction error (:func:`prediction_variance`)."""
     return np.sqrt(prediction_variance(est, X, parts, residual_groups, kind))
 
 
 def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                      residual_groups: Any = None, alpha: float = 0.05,
-                     kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+                     kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Compute prediction (or confidence) intervals of :meth:`~mixedlm_sklearn.MixedLMRegressor.predict`.
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
     X : array-like of shape (n, p)
         As in :meth:`~mixedlm_sklearn.MixedLMRegressor.predict`.
     groups : array-like of shape (n,) or DataFrame, optional
@@ -270,9 +295,12 @@ def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, off
         The rows' strata, for a model with a residual variance per stratum.
     alpha : float, default=0.05
         One minus the coverage.
-    kind : {"prediction", "confidence"}, default="prediction"
+    kind : {"prediction", "confidence"}, optional
         ``"prediction"``: for a new observation of the row (the residual variance
-        included); ``"confidence"``: for its conditional mean ``x'beta + z'b``.
+        included; the default of a linear model); ``"confidence"``: for its conditional
+        mean, ``x'beta + z'b`` (the default, and the only kind, of a GLMM, whose interval
+        is the one of the linear predictor mapped through the inverse link: an interval
+        for the mean response, a probability or a rate).
 
     Returns
     -------
@@ -280,7 +308,9 @@ def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, off
         The lower bounds.
     upper : ndarray of shape (n,)
         ``predict -+ z_{1 - alpha/2} std``: normal quantiles, the prediction error being
-        Gaussian at given variance parameters (their estimation error is not included).
+        Gaussian at given variance parameters (their estimation error is not included);
+        a GLMM's ``linkinv(eta -+ z_{1 - alpha/2} std)``, ``std`` the linear predictor's
+        (lme4's ``vcov`` for the fixed effects, the conditional variance of the modes).
 
     See Also
     --------
@@ -315,7 +345,9 @@ def predict_interval(est: Any, X: Any, *, groups: Any = None, Z: Any = None, off
            [219.1, 327.6]])
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
-    fitted_model(est)
-    mean, rows, parts = est._predict_rows(X, groups, Z, offset)
+    model = fitted_model(est)
+    kind = _check_kind(model, kind)
+    eta, rows, parts = est._predict_rows(X, groups, Z, offset)
     std = prediction_std(est, rows, parts, residual_groups, kind)
-    return mean - z * std, mean + z * std
+    inverse = model.family.link.inverse
+    return inverse(eta - z * std), inverse(eta + z * std)

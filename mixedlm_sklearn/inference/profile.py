@@ -41,6 +41,7 @@ from ._parameters import (
     ratio_names,
     theta_to_sdcor,
 )
+from ._protocol import require
 
 __all__ = ["profile", "conf_int"]
 
@@ -81,7 +82,7 @@ class _Profiler:
     def __init__(self, est: Any, criterion: str = "ml") -> None:
         if criterion not in ("ml", "reml"):
             raise ValueError(f"criterion must be 'ml' or 'reml', got {criterion!r}")
-        model = fitted_model(est)
+        model = require(fitted_model(est), "profile")
         self.terms = model.terms
         reml = criterion == "reml"
         profiled = model if model.reml == reml else model.refit(reml=reml)

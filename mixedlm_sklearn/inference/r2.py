@@ -244,21 +244,13 @@ def variance_components(est: Any) -> VarianceComponents:
     """
     model = fitted_model(est)
     sol = model.solution
-    # the columns measured from the engine's origin: the variance of X beta is that of the
-    # shifted columns with their own fixed effects, without n mean^2 cancelling (y + 1e7)
-    cp = model.deviance.cp.combined()
-    beta = sol.beta if cp.origin is None else cp.origin.centred_beta(sol.beta)
-    p = cp.p
-    n = float(cp.xyxy[0][0, 0]) if model.fe_names[0] == "(Intercept)" else None
-    if n is None:
+    if model.fe_names[0] != "(Intercept)":
         raise ValueError("R2 needs the intercept's column (the mean of the predictions) in the "
                          "fixed effects: fit with fit_intercept=True")
-    xtx = cp.xyxy[0][:p, :p]
-    x_sum = xtx[0]  # X'W 1: the intercept's row
-    ztz = [d[0].sum(axis=-1) for d in cp.diag]
+    beta, xtx, x_sum, n, ztz = model.variance_moments()
     lower = model.terms.lower_bounds()
     singular = bool(np.any(sol.theta[lower == 0.0] < _SINGULAR_TOL))
-    residual = float(sol.scale * (model.cross_products.n_obs @ sol.ratios) / model.n_obs)
+    residual = model.distribution_variance()
     return components_from_moments(beta, xtx, x_sum, n, ztz, sol.cov_re(), residual,
                                    [t.n_levels for t in model.terms], singular)
 

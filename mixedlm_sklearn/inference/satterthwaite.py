@@ -23,6 +23,7 @@ import numpy as np
 from .._basis import Conditioned
 from .._threads import single_threaded_blas
 from ._parameters import deviance_at_sigma, fitted_model, hessian, jacobian
+from ._protocol import require
 
 __all__ = ["satterthwaite_df", "VarparModel", "varpar_model"]
 
@@ -48,7 +49,7 @@ class VarparModel:
 def varpar_model(est: Any) -> VarparModel:
     """lmerTest's variance-parameter model of a fit (computed once per fit: its Hessian
     costs tens of deviance evaluations)."""
-    model = fitted_model(est)
+    model = require(fitted_model(est), "satterthwaite")
     if "varpar" not in model.derived:
         model.derived["varpar"] = _varpar_model(model)
     return model.derived["varpar"]

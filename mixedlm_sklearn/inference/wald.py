@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._parameters import check_ddf, fitted_model
+from ._parameters import fitted_model
+from ._protocol import choose_df
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 
@@ -116,7 +117,7 @@ def combined_ddf(nu: np.ndarray) -> float:
     return 2.0 * E / (E - nu.size)
 
 
-def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> WaldTestResult:
+def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str | None = None) -> WaldTestResult:
     """Wald test of the linear hypothesis ``L beta = rhs`` on the fixed effects.
 
     Parameters
@@ -128,10 +129,11 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
         columns follow ``est.fe_params_``, or a DataFrame with fixed-effect names as columns.
     rhs : array-like of shape (r,), optional
         Hypothesised values of ``L beta``; default 0.
-    ddf : {"satterthwaite", "kenward-roger", "chi2"}, default="satterthwaite"
-        F test with Satterthwaite denominator df (lmerTest's ``contest``), Kenward-Roger's
-        F test (pbkrtest's ``KRmodcomp``: adjusted covariance, scaled statistic; REML fits),
-        or the asymptotic chi-square test.
+    ddf : {"satterthwaite", "kenward-roger", "chi2"}, optional
+        F test with Satterthwaite denominator df (lmerTest's ``contest``; the default where
+        the dispersion is estimated), Kenward-Roger's F test (pbkrtest's ``KRmodcomp``:
+        adjusted covariance, scaled statistic; REML fits), or the asymptotic chi-square
+        test (the default, and the only choice, for a binomial or Poisson GLMM).
 
     Returns
     -------
@@ -166,13 +168,9 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     >>> print(est.wald_test("Days"))
     Wald F test (Satterthwaite): F = 45.85, df = (1, 17), p = 3.264e-06
     """
-    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger", "chi2"))
-    from .lrt import _is_glmm
-
-    glmm = _is_glmm(est)
-    if glmm and ddf != "chi2":
-        raise ValueError("a GLMM's dispersion is fixed: its Wald test is the chi-square test "
-                         "(ddf='chi2')")
+    model = fitted_model(est)
+    ddf = choose_df(model, ddf, ("satterthwaite", "kenward-roger", "asymptotic"))
+    ddf = "chi2" if ddf == "asymptotic" else ddf
     names = list(est.fe_params_.index)
     M = contrast_matrix(L, names)
     r = M.shape[0]
@@ -180,7 +178,7 @@ def wald_test(est: Any, L: Any, rhs: Any = None, ddf: str = "satterthwaite") -> 
     if c.shape != (r,):
         raise ValueError(f"rhs must have {r} values (one per row of L), got {c.size}")
     estimate = M @ est.fe_params_.to_numpy() - c
-    rank = est.model_.rank if glmm else fitted_model(est).rank
+    rank = model.rank
     cov = est.cov_fe_
     if rank is not None:
         ok = rank.estimable(M)

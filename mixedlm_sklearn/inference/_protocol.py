@@ -1,0 +1,72 @@
+"""What inference asks of a fitted model beyond its members: which degrees of freedom its
+tests may use, and whether it supports a method.
+
+Every kind of fit is a :class:`~mixedlm_sklearn._model.FittedModel`; its ``df_methods``
+lists the denominator degrees of freedom its fixed-effects tests may use (finite ones only
+where the dispersion is estimated), so inference chooses among them instead of asking
+what kind of model it has.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .._model import FittedModel
+
+__all__ = ["choose_df", "require"]
+
+# Spellings accepted for the asymptotic (normal / chi-square) df.
+_ASYMPTOTIC = ("asymptotic", "chi2", "z", "wald")
+
+
+def choose_df(model: FittedModel, requested: str | None, preference: Sequence[str],
+              name: str = "ddf") -> str:
+    """The df method of a test: ``requested`` (canonical spelling) if the model supports it
+    and it is one of ``preference``, else a ValueError naming what the model supports;
+    ``None``: the first of ``preference`` the model supports.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> choose_df(fit.model_, None, ("kenward-roger", "satterthwaite", "asymptotic"))
+    'asymptotic'
+    """
+    allowed = [m for m in preference if m in model.df_methods]
+    if requested is None:
+        if not allowed:
+            raise ValueError(f"none of {list(preference)} applies to this model "
+                             f"(its tests take {list(model.df_methods)})")
+        return allowed[0]
+    canonical = requested.lower().replace("_", "-") if isinstance(requested, str) else requested
+    if canonical in _ASYMPTOTIC:
+        canonical = "asymptotic"
+    if canonical not in preference:
+        raise ValueError(f"{name} must be one of {list(preference)}, got {requested!r}")
+    if canonical not in model.df_methods:
+        raise ValueError(
+            f"{name}={requested!r} does not apply to this model: a {model.family.name} model's "
+            f"dispersion is fixed, so its tests are asymptotic, z and chi-square "
+            f"({name}='chi2' or 'asymptotic')")
+    return canonical
+
+
+def require(model: FittedModel, feature: str) -> FittedModel:
+    """``model`` if it supports ``feature`` (:meth:`FittedModel.supports`), else a
+    ValueError with the model's reason.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> require(fit.model_, "satterthwaite")
+    Traceback (most recent call last):
+    ...
+    ValueError: satterthwaite df need an estimated dispersion; a binomial model's is fixed, so its tests are asymptotic (z and chi-square)
+    """
+    reason = model.supports(feature)
+    if reason is not None:
+        raise ValueError(reason)
+    return model
