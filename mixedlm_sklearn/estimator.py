@@ -355,7 +355,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            residual_groups: Any = None, offset: Any = None):
+            residual_groups: Any = None, offset: Any = None, progress: Any = None):
         """Fit the model.
 
         Parameters
@@ -432,6 +432,21 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                [  9.6 ,  35.07]])
         """
         with _refitting(self), clean_failure():
+            # ---- several responses (issue: many responses): inference/many.py ----
+            from .inference.many import fit_responses, is_multi_output
+
+            if is_multi_output(y):
+                self._remember_z_names(Z)
+                fit_responses(self, X, y, groups, Z, sample_weight, residual_groups, offset, progress)
+                if self.singular_.any():
+                    first = self.responses_[np.flatnonzero(self.singular_)[0]]
+                    warnings.warn(f"boundary (singular) fit for {int(self.singular_.sum())} of "
+                                  f"{self.singular_.size} responses (singular_), e.g. {first!r}: a "
+                                  "random-effects variance is 0 or a correlation is +-1 (see lme4's "
+                                  "?isSingular).", SingularFitWarning, stacklevel=caller_stacklevel())
+                return self
+            if progress is not None:
+                raise ValueError("progress reports the responses of a multi-output fit; y has one")
             offset_values = None
             if offset is not None:
                 y = _minus_offset(y, offset, X)
@@ -777,8 +792,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n,) or tuple of two ndarrays
-            The predictions; with ``return_std`` the pair ``(mean, std)``.
+        ndarray of shape (n,) or (n, k), or tuple of two ndarrays
+            The predictions (a column per response of a multi-output fit); with
+            ``return_std`` the pair ``(mean, std)``.
 
         Warns
         -----
@@ -810,6 +826,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         array([28.37, 27.68])
         """
         pred, X, parts = self._predict_rows(X, groups, Z, offset)
+        if return_std and hasattr(self, "many_"):
+            raise ValueError("return_std is for a single response: use for_response(j).predict")
         if return_std:
             from .inference.prediction import prediction_std
 
@@ -820,6 +838,18 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Predictions, the validated ``X`` and the rows' levels (:meth:`_new_levels`)."""
         check_is_fitted(self)
         X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64, accept_sparse=False)
+        if hasattr(self, "many_"):  # several responses: (n, k)
+            pred = X @ self.coef_.T + self.intercept_
+            if offset is not None:
+                pred = pred + _check_offset(offset, X.shape[0])[:, None]
+            parts = self._new_levels(X.shape[0], groups, Z)
+            blups = [self.random_effects_] if len(parts) == 1 else list(self.random_effects_.values())
+            for part, b in zip(parts, blups):
+                if part is not None:
+                    idx, z = part
+                    seen = idx >= 0
+                    pred[seen] += np.einsum("iq,kiq->ik", z[seen], b[:, idx[seen]])
+            return pred, X, parts
         pred = X @ self.coef_ + self.intercept_
         if offset is not None:
             pred = pred + _check_offset(offset, X.shape[0])
@@ -836,7 +866,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Per random-effects term (model order): ``(level, z)`` of new rows, the level's
         index among the fitted ones (-1 unseen) and the rows' design; None for a term
         whose factor is not given (no ``groups``, or a factor left out of them)."""
-        terms = self.model_.terms
+        terms = self._fitted_terms()
         if not len(terms) or (groups is None and Z is None):
             return [None] * len(terms)
         if isinstance(self.random_effects_, dict):
@@ -851,9 +881,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             z_design = np.ones((n, 1))
         else:
             z_design = as_design(self._aligned_z(Z, None, "Z"), n, "Z")
-            if z_design.shape[1] != self.random_effects_.shape[1]:
+            if z_design.shape[1] != terms[0].q:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
-                                 f"{self.random_effects_.shape[1]}")
+                                 f"{terms[0].q}")
         if groups is None:  # a design without levels: every row of a new group
             return [(np.full(n, -1), z_design)]
         labels = np.asarray(groups, dtype=object).ravel()
@@ -879,10 +909,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if name not in self.random_effects_:
                 raise ValueError(f"groups column {name!r} is not a grouping factor of the fit "
                                  f"({list(self.random_effects_)})")
-            blups = self.random_effects_[name]
+            z_names = [list(t.z_names) for t in self._fitted_terms() if t.factor == name][0]
             if name in Z:
                 z_k = as_design(self._aligned_z(Z[name], name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
-            elif list(blups.columns) == [INTERCEPT]:
+            elif z_names == [INTERCEPT]:
                 z_k = np.ones((n, 1))
             else:
                 raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
@@ -894,7 +924,56 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if name not in parts:
                 z_k = as_design(self._aligned_z(z, name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
                 parts[name] = (np.full(n, -1), z_k)
-        return [parts.get(t.factor) for t in self.model_.terms]
+        return [parts.get(t.factor) for t in self._fitted_terms()]
+
+    def for_response(self, response: Any) -> "MixedLMRegressor":
+        """The fit of one response of a multi-output fit, as a single-response estimator.
+
+        It equals fitting that column alone on its observed rows (the same optimum;
+        nothing is refitted), so every method of a single fit works on it (``summary``,
+        ``conf_int``, ``anova``, ``bootstrap``, ``predict(return_std=True)``, ...).
+
+        Parameters
+        ----------
+        response : int or str
+            Position or name (a column of ``Y``) of the response.
+
+        Returns
+        -------
+        MixedLMRegressor
+            Fitted to that response.
+
+        Raises
+        ------
+        ValueError
+            When that response's fit failed (``failed_``), or the estimator was fitted to
+            one response.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.many.fixed_effects_table : Tests across the responses.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"])
+        >>> round(float(est.llf_[0]), 3), round(est.for_response(0).llf_, 3)
+        (-893.233, -893.233)
+        """
+        if not hasattr(self, "many_"):
+            check_is_fitted(self)
+            raise ValueError("for_response is for an estimator fitted to several responses")
+        from .inference.many import response_estimator
+
+        return response_estimator(self, response)
+
+    def _fitted_terms(self):
+        """The random-effects terms of the fit (of a single or a multi-output fit)."""
+        return self.many_.fit.terms if hasattr(self, "many_") else self.model_.terms
 
     def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
         """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""
