@@ -65,7 +65,7 @@ import numbers
 import re
 import types
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -2163,7 +2163,8 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
-         context: Mapping[str, Any] | None = None, **estimator_params: Any):
+         context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
+         progress: Any = None, **estimator_params: Any):
     """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
 
     Parameters
@@ -2181,6 +2182,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
         Names the formula may use besides the columns of ``data``: numbers, or arrays
         with one value per row. The caller's variables are
         not looked up.
+    responses : list of str, optional
+        Several responses with one design (genes, proteins, traits): columns of ``data``,
+        each fitted as its own model of the one-sided ``formula`` (``"~ x + (1 | donor)"``),
+        sharing all work that does not depend on the response (the multi-output fit of
+        :meth:`MixedLMRegressor.fit`). Each response uses its own complete rows (a missing
+        response value drops the row for that response only); rows with a missing
+        covariate or grouping factor are dropped for all. (``cbind(...)`` on the left is
+        glmer's binomial response, hence a keyword.)
+    progress : callable, optional
+        With ``responses``: ``progress(done, total)`` after each block of responses.
     **estimator_params
         Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``,
         ``solver``).
@@ -2242,6 +2253,14 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
     >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
     (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
+
+    Several responses with one design:
+
+    >>> import numpy as np
+    >>> df = load_sleepstudy().assign(logReaction=lambda d: np.log(d["Reaction"]))
+    >>> est = lmer("~ Days + (Days | Subject)", df, responses=["Reaction", "logReaction"])
+    >>> est.llf_.round(4), est.coef_.shape
+    (array([-871.8141,  149.2406]), (2, 1))
     """
     from .estimator import MixedLMRegressor
 
@@ -2249,10 +2268,49 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     if clash:
         raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
                         "'||' makes the covariance diagonal); do not pass them to lmer")
+    if responses is not None:  # ---- several responses (inference/many.py) ----
+        return _lmer_responses(formula, data, reml, context, responses, progress, estimator_params)
+    if progress is not None:
+        raise ValueError("progress reports the responses of lmer(..., responses=[...])")
     frame = parse_formula(formula, data, context=context)
     arguments = frame.fit_arguments()
     est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
     est.fit(**arguments)
+    est.model_frame_ = frame
+    return est
+
+
+def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
+                    progress: Any, estimator_params: dict):
+    """:func:`lmer` of a one-sided formula for every column named in ``responses``: the
+    formula's design with a placeholder response (so that only covariates and factors drop
+    rows), then the multi-output fit of the responses on those rows."""
+    from .estimator import MixedLMRegressor
+
+    if isinstance(responses, str) or not all(isinstance(r, str) for r in responses) or not len(responses):
+        raise TypeError("responses must be a non-empty list of column names")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("data must be a DataFrame")
+    missing = [r for r in responses if r not in data.columns]
+    if missing:
+        raise ValueError(f"responses {missing} are not columns of data")
+    if "~" not in formula or formula.split("~", 1)[0].strip():
+        raise ValueError(f"with responses=, the formula is one-sided ('~ x + (1 | g)'), got {formula!r}")
+    placeholder = "response"
+    while placeholder in data.columns:
+        placeholder += "_"
+    rows = data.reset_index(drop=True)
+    frame = parse_formula(f"{placeholder} ~ {formula.split('~', 1)[1]}",
+                          rows.drop(columns=list(responses)).assign(**{placeholder: 0.0}), context=context)
+    arguments = frame.fit_arguments()
+    Y = rows.loc[frame.X.index, list(responses)]
+    try:
+        Y = Y.astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"responses must be numeric columns: {err}") from None
+    arguments["y"] = Y
+    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
+    est.fit(**arguments, progress=progress)
     est.model_frame_ = frame
     return est
 
