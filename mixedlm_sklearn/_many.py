@@ -215,7 +215,7 @@ def moment_starts(batch: OneTermBatch, template: CrossProducts, products: Respon
     """
     term, q, p = batch.term, batch.q, batch.p
     K = products.n_responses
-    identity = np.tile(term.lower_bounds() * 0 + theta_from_lambda(np.eye(q), term.diagonal), (K, 1))
+    identity = np.tile(theta_from_lambda(np.eye(q), term.diagonal), (K, 1))
     xx = template.xyxy[0][:p, :p]
     try:
         chol_x = np.linalg.cholesky(xx)
@@ -419,6 +419,7 @@ def _fit_block(batch: OneTermBatch, template: CrossProducts, products: ResponseP
     if classes is not None:
         products = classes.products(products)
     found = batch.fit(products, starts, max_iter)
+    _retry_near_bound(batch, products, found, max_iter)
     accepted = found.settled & np.isfinite(found.deviance) & (found.scale > 0)
     margin = 1e-10 * np.maximum(1.0, np.abs(found.deviance))
     # the zero end: every variance 0
@@ -439,6 +440,37 @@ def _fit_block(batch: OneTermBatch, template: CrossProducts, products: ResponseP
         accepted &= ~worse
     return _BlockResult(accepted, found.theta, found.beta, found.scale, found.deviance,
                         found.at_bound, found.n_iter)
+
+
+def _fixable(batch: OneTermBatch) -> np.ndarray:
+    """The theta entries the batched kernel may hold at 0 (see :meth:`OneTermBatch.fit`)."""
+    rows, cols = batch.rows, batch.cols
+    diagonal = rows == cols
+    below = np.array([np.any((cols == c) & (rows > r)) for r, c in zip(rows, cols)])
+    return diagonal & ~below if batch.term.diagonal else diagonal & (cols == batch.q - 1)
+
+
+def _retry_near_bound(batch: OneTermBatch, products: ResponseProducts, found: Any, max_iter: int) -> None:
+    """Newton may converge to a point a rounding error away from a zero variance without
+    holding it there (the kernel then declines it). Such responses whose near-zero entries
+    the kernel can hold are run again from that point with those entries just inside the
+    holding threshold, so that the kernel puts them on the bound and checks the inward
+    gradient; ``found`` is updated where they settle."""
+    reach = np.maximum(np.abs(found.theta).max(axis=1), 1e-300)[:, None]
+    diagonal = batch.rows == batch.cols
+    near = diagonal & (np.abs(found.theta) < 1e-3 * reach)
+    fixable = _fixable(batch)
+    idx = np.flatnonzero(~found.settled & np.isfinite(found.deviance) & near.any(axis=1)
+                         & ~(near & ~fixable).any(axis=1))
+    if not idx.size:
+        return
+    theta0 = np.where(near[idx], 5e-4 * reach[idx], found.theta[idx])
+    again = batch.fit(_subset(products, idx), theta0, max_iter)
+    ok = again.settled
+    for name in ("theta", "deviance", "scale", "beta", "at_bound", "scaled_gradient"):
+        getattr(found, name)[idx[ok]] = getattr(again, name)[ok]
+    found.n_iter[idx[ok]] += again.n_iter[ok]
+    found.settled[idx[ok]] = True
 
 
 # ---- the driver ------------------------------------------------------------------------------
