@@ -219,7 +219,7 @@ class OneTermBatch:
         return L[self.rows, self.cols].T
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -233,7 +233,8 @@ class OneTermBatch:
         ``known`` (n_theta,), a minimum found already (several starts of one fit), or
         (K, n_theta), one per response (other starts of many fits): a
         replicate that comes within 1e-4 of it (relative, in ``L L'``'s terms) stops there,
-        reported with ``joined`` set (Newton's method from so close converges to it).
+        reported with ``joined`` set (Newton's method from so close converges to it);
+        ``join_tol`` sets "within" (relative, default 1e-3).
         """
         K = products.n_responses
         nt = self.n_theta
@@ -255,7 +256,7 @@ class OneTermBatch:
             reach_known = np.maximum(1.0, np.abs(known).max(axis=1))
         for _ in range(min(max_iter, _MAX_NEWTON)):
             if known is not None:
-                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < 1e-3 * reach_known)
+                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
                 joined |= near
                 active &= ~near
             idx = np.flatnonzero(active)

@@ -188,6 +188,12 @@ def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray,
         warnings.warn(message, UserWarning, stacklevel=caller_stacklevel())
 
 
+def _fitted_terms(est: Any) -> Any:
+    """The random-effects terms of a fit (single or multi-output; also the GLMM
+    estimators, which share the prediction helpers)."""
+    return est.many_.fit.terms if hasattr(est, "many_") else est.model_.terms
+
+
 def _print_iteration(iteration: int, deviance: float) -> None:
     print(f"[MixedLMRegressor] iteration {iteration:3d}: deviance {deviance:.10g}")
 
@@ -367,8 +373,20 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             factor next to the intercept) are dropped as lme4 does, with a
             :class:`RankDeficientWarning` naming them: their ``coef_`` is 0, their
             ``bse_`` and ``cov_fe_`` entries NaN, and ``df_model_`` does not count them.
-        y : array-like of shape (n,)
-            The response.
+        y : array-like of shape (n,) or (n, k)
+            The response. With ``k`` columns (a 2-D array or DataFrame: genes, proteins,
+            traits with one design), ``k`` independent models are fitted, each with its own
+            variance components, sharing all work that does not depend on the response
+            (scikit-learn's multi-output convention; the user guide's "Many responses").
+            A NaN marks a missing value: each response uses its own complete rows. Every
+            fitted attribute then has a leading axis of responses (``coef_`` (k, p),
+            ``intercept_``, ``llf_``, ``scale_``, ``converged_``, ``singular_`` (k,),
+            ``cov_re_`` (k, q, q), ``random_effects_`` (k, n_groups, q), ``fe_params_``
+            and ``bse_`` DataFrames with a row per response), plus ``responses_``,
+            ``n_obs_``, ``failed_`` and ``fit_messages_``: a response that cannot be
+            fitted is NaN and reported there, never losing the others.
+            :meth:`for_response` gives one response's single-response estimator.
+            ``residual_groups`` is not supported then.
         groups : array-like of shape (n,) or DataFrame, optional
             Group label of each row (any hashable values; integers and their decimal text
             are one label); with several grouping factors
@@ -392,6 +410,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         offset : array-like of shape (n,), optional
             A known part of the linear predictor (lme4's ``offset``): the model is fitted to
             ``y - offset``. Pass the new rows' offset to :meth:`predict`.
+        progress : callable, optional
+            With several responses: ``progress(done, total)`` after each block of
+            responses (with ``verbose`` and no callable, a printed line per block).
 
         Returns
         -------
@@ -430,6 +451,13 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         >>> est.cov_re_.round(2)
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
+
+        Several responses with one design (a column each):
+
+        >>> Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
+        >>> many = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"], Z=Z)
+        >>> many.llf_.round(4), many.coef_.shape, many.predict(df[["Days"]]).shape
+        (array([-871.8141,  149.2406]), (2, 1), (180, 2))
         """
         with _refitting(self), clean_failure():
             # ---- several responses (issue: many responses): inference/many.py ----
@@ -866,7 +894,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """Per random-effects term (model order): ``(level, z)`` of new rows, the level's
         index among the fitted ones (-1 unseen) and the rows' design; None for a term
         whose factor is not given (no ``groups``, or a factor left out of them)."""
-        terms = self._fitted_terms()
+        terms = _fitted_terms(self)
         if not len(terms) or (groups is None and Z is None):
             return [None] * len(terms)
         if isinstance(self.random_effects_, dict):
@@ -909,7 +937,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if name not in self.random_effects_:
                 raise ValueError(f"groups column {name!r} is not a grouping factor of the fit "
                                  f"({list(self.random_effects_)})")
-            z_names = [list(t.z_names) for t in self._fitted_terms() if t.factor == name][0]
+            z_names = [list(t.z_names) for t in _fitted_terms(self) if t.factor == name][0]
             if name in Z:
                 z_k = as_design(self._aligned_z(Z[name], name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
             elif z_names == [INTERCEPT]:
@@ -924,7 +952,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if name not in parts:
                 z_k = as_design(self._aligned_z(z, name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
                 parts[name] = (np.full(n, -1), z_k)
-        return [parts.get(t.factor) for t in self._fitted_terms()]
+        return [parts.get(t.factor) for t in _fitted_terms(self)]
 
     def for_response(self, response: Any) -> "MixedLMRegressor":
         """The fit of one response of a multi-output fit, as a single-response estimator.
@@ -970,10 +998,6 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         from .inference.many import response_estimator
 
         return response_estimator(self, response)
-
-    def _fitted_terms(self):
-        """The random-effects terms of the fit (of a single or a multi-output fit)."""
-        return self.many_.fit.terms if hasattr(self, "many_") else self.model_.terms
 
     def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
         """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""

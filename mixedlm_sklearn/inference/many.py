@@ -321,6 +321,11 @@ def p_adjust_bh(p: Any) -> np.ndarray:
     Returns
     -------
     ndarray of shape (m,)
+        The adjusted p-values, in the order of ``p``.
+
+    See Also
+    --------
+    fixed_effects_table : Adjusted p-values of the fixed effects across responses.
 
     Examples
     --------
@@ -375,6 +380,16 @@ def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame
     DataFrame
         Indexed by response: ``estimate``, ``std_error``, ``df``, ``t``, ``p``, ``p_bh``
         (Benjamini-Hochberg over the responses). Failed responses are NaN rows.
+
+    Raises
+    ------
+    ValueError
+        For a contrast of the wrong length or naming no fixed effect, or an unknown ``ddf``.
+
+    See Also
+    --------
+    fixed_effects_table : Every fixed effect across responses.
+    mixedlm_sklearn.inference.wald_test : Tests of one response's fit.
 
     Examples
     --------
@@ -445,6 +460,16 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
         Rows ``(term, response)``; columns ``estimate``, ``std_error``, ``df``, ``t``, ``p``,
         ``p_bh``.
 
+    Raises
+    ------
+    ValueError
+        For a ``term`` that is not a fixed effect, or an unknown ``ddf``.
+
+    See Also
+    --------
+    contrast_table : A combination of fixed effects across responses.
+    variance_fractions : The variance components across responses.
+
     Examples
     --------
     >>> import numpy as np
@@ -493,10 +518,8 @@ def variance_fractions(est: Any) -> pd.DataFrame:
     """The share of variance of each random-effects term, covariate and the residual, per
     response (variancePartition's ``fitExtractVarPartModel``).
 
-    As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-effects term's
-    variance (the trace of its covariance for a term with several effects is not defined
-    there: its intercept variance, the first diagonal entry, as for ``(1|g)``), each
-    non-intercept fixed-effect column's variance of ``X_j beta_j`` (population variance
+    As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-intercept term's
+    variance, each non-intercept fixed-effect column's variance of ``X_j beta_j`` (population variance
     over the response's rows), rescaled so that they sum to the variance of the whole
     fixed part ``X beta``, and the residual variance; fractions are each over their sum.
     Fit by ML for variancePartition's numbers (``reml=False``, its default).
@@ -512,6 +535,16 @@ def variance_fractions(est: Any) -> pd.DataFrame:
         Indexed by response; a column per random-effects term (sorted by name, as
         variancePartition), per non-intercept fixed effect, and ``Residuals``; rows sum to 1
         (NaN rows for failed responses).
+
+    Raises
+    ------
+    ValueError
+        For a random-effects term with slopes (variancePartition's fractions are those of
+        random intercepts).
+
+    See Also
+    --------
+    fixed_effects_table : Tests of the fixed effects across responses.
 
     Examples
     --------
@@ -530,6 +563,10 @@ def variance_fractions(est: Any) -> pd.DataFrame:
     mr = est.many_
     f = mr.fit
     k = f.n_responses
+    slopes_terms = [t.factor for t in f.terms if t.q > 1]
+    if slopes_terms:
+        raise ValueError(f"variance fractions are defined for random intercepts; the terms of "
+                         f"{slopes_terms} have slopes (their variance changes with the covariate)")
     columns: dict[str, np.ndarray] = {}
     at = 0
     for term in sorted(f.terms, key=lambda t: t.factor):
