@@ -871,7 +871,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
             if offset is not None:
                 pred = pred + _check_offset(offset, X.shape[0])[:, None]
             parts = self._new_levels(X.shape[0], groups, Z)
-            blups = [self.random_effects_] if len(parts) == 1 else list(self.random_effects_.values())
+            blups = (list(self.random_effects_.values()) if isinstance(self.random_effects_, dict)
+                     else [self.random_effects_])
             for part, b in zip(parts, blups):
                 if part is not None:
                     idx, z = part
@@ -1635,6 +1636,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
+        tags.target_tags.multi_output = True  # Y (n, k): k models (inference/many.py)
         return tags
 
 

@@ -2188,8 +2188,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
         sharing all work that does not depend on the response (the multi-output fit of
         :meth:`MixedLMRegressor.fit`). Each response uses its own complete rows (a missing
         response value drops the row for that response only); rows with a missing
-        covariate or grouping factor are dropped for all. (``cbind(...)`` on the left is
-        glmer's binomial response, hence a keyword.)
+        covariate or grouping factor are dropped for all. A keyword because ``cbind(...)``
+        on the left is glmer's binomial response.
     progress : callable, optional
         With ``responses``: ``progress(done, total)`` after each block of responses.
     **estimator_params

@@ -234,8 +234,10 @@ def test_bad_multi_output_input_is_refused_clearly():
     Y = np.column_stack([df["Reaction"], df["Reaction"]])
     with pytest.raises(ValueError, match="residual_groups is not supported"):
         MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"], residual_groups=df["Days"] > 4)
-    with pytest.raises(ValueError, match="need groups"):
-        MixedLMRegressor().fit(df[["Days"]], Y)
+    with pytest.warns(UserWarning, match="no groups"):  # as a single fit: least squares
+        ols = MixedLMRegressor().fit(df[["Days"]], Y * [1.0, 2.0])
+    X1 = np.column_stack([np.ones(len(df)), df["Days"]])
+    np.testing.assert_allclose(ols.fe_params_.to_numpy().T, np.linalg.lstsq(X1, Y * [1.0, 2.0], rcond=None)[0])
     Y[3, 1] = np.inf
     est = MixedLMRegressor()
     with pytest.raises(ValueError, match="infinite"):

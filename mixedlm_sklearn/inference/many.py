@@ -91,8 +91,16 @@ class ManyResponses:
 
 
 def is_multi_output(y: Any) -> bool:
-    """Whether ``y`` holds several responses (2-D, not a Series)."""
-    return not isinstance(y, pd.Series) and getattr(y, "ndim", np.ndim(y) if y is not None else 1) == 2
+    """Whether ``y`` holds several responses (2-D: an array or DataFrame of columns)."""
+    if y is None or isinstance(y, pd.Series) or hasattr(y, "dask"):
+        return False
+    ndim = getattr(y, "ndim", None)
+    if ndim is None:
+        try:
+            ndim = np.asarray(y, dtype=object).ndim
+        except (TypeError, ValueError):
+            return False
+    return ndim == 2
 
 
 def _as_responses(Y: Any, n: int) -> tuple[np.ndarray, list[str]]:
@@ -123,8 +131,6 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
     if residual_groups is not None:
         raise ValueError("residual_groups is not supported with several responses: fit each "
                          "response alone for a residual variance per stratum")
-    if groups is None:
-        raise ValueError("several responses need groups: the multi-output fit is of mixed models")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(done, total), got {progress!r}")
     if hasattr(X, "dask") or hasattr(Y, "dask"):
@@ -155,7 +161,13 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
         offset_values = None if offset_values is None else offset_values[keep]
         index = None if index is None else index[keep]
         n = Xv.shape[0]
-    terms_in = random_terms(groups, Z, n, est.cov_type)
+    if groups is None:
+        warnings.warn("no groups were given: fitting without random effects (ordinary least "
+                      "squares). Pass groups=... to fit the mixed models.", UserWarning,
+                      stacklevel=caller_stacklevel())
+        terms_in = []
+    else:
+        terms_in = random_terms(groups, Z, n, est.cov_type)
     est._check_cov_type([t.name for t in terms_in])
     terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
     factors = tuple((t.codes, t.Z) for t in terms_in)
@@ -185,7 +197,8 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
                     check=check)
     est.n_features_in_ = Xv.shape[1]
     est.many_ = ManyResponses(many, names, fe_names, {t.name: t.labels for t in terms_in},
-                              several_factors(groups, Z), Xv, Yv, factors, weights, offset_values,
+                              several_factors(groups, Z) if groups is not None else False, Xv, Yv,
+                              factors, weights, offset_values,
                               index, est.fit_intercept)
     _store(est)
     _warn(est)
@@ -225,7 +238,12 @@ def _store(est: Any) -> None:
         c = np.einsum("kab,kcb->kac", lam, lam) * f.scale[:, None, None]
         cov_re[term.factor] = c
     blups = {t.factor: b for t, b in zip(f.terms, f.blups)}
-    if mr.several:
+    if not len(f.terms):  # least squares: no groups, no random effects
+        est.cov_re_ = np.zeros((k, 1, 1))
+        est.random_effects_ = np.zeros((k, 0, 1))
+        est.groups_ = np.array([], dtype=object)
+        est.n_groups_ = 0
+    elif mr.several:
         est.cov_re_ = cov_re
         est.random_effects_ = blups
         est.groups_ = dict(mr.labels)
@@ -317,6 +335,7 @@ def p_adjust_bh(p: Any) -> np.ndarray:
     Parameters
     ----------
     p : array-like of shape (m,)
+        The p-values (NaN for a missing one).
 
     Returns
     -------
@@ -515,10 +534,10 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
 
 
 def variance_fractions(est: Any) -> pd.DataFrame:
-    """The share of variance of each random-effects term, covariate and the residual, per
-    response (variancePartition's ``fitExtractVarPartModel``).
+    """Give the variance fractions per response, as variancePartition reports them.
 
-    As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-intercept term's
+    The share of variance of each random-effects term, covariate and the residual
+    (variancePartition's ``fitExtractVarPartModel``). As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-intercept term's
     variance, each non-intercept fixed-effect column's variance of ``X_j beta_j`` (population variance
     over the response's rows), rescaled so that they sum to the variance of the whole
     fixed part ``X beta``, and the residual variance; fractions are each over their sum.
