@@ -455,26 +455,46 @@ def _fixable(batch: OneTermBatch) -> np.ndarray:
 
 
 def _retry_near_bound(batch: OneTermBatch, products: ResponseProducts, found: Any, max_iter: int) -> None:
-    """Newton may converge to a point a rounding error away from a zero variance without
-    holding it there (the kernel then declines it). Such responses whose near-zero entries
-    the kernel can hold are run again from that point with those entries just inside the
-    holding threshold, so that the kernel puts them on the bound and checks the inward
-    gradient; ``found`` is updated where they settle."""
-    reach = np.maximum(np.abs(found.theta).max(axis=1), 1e-300)[:, None]
-    diagonal = batch.rows == batch.cols
-    near = diagonal & (np.abs(found.theta) < 1e-3 * reach)
+    """Run again, from where they stopped, the responses the kernel declined near a zero
+    variance it can hold (``found`` is updated where a retry settles):
+
+    1. converged a rounding error away from a zero variance without holding it: restart
+       with those entries just inside the holding threshold, so that the kernel puts them
+       on the bound and checks the inward gradient;
+    2. still creeping towards the bound after the iteration limit (the deviance is flat
+       there, Newton's convergence linear): the same from the bound for every holdable
+       entry;
+    3. held at 0 but the inward gradient is negative (the optimum is inside): restart with
+       the held entries at a fifth of the largest entry.
+
+    A retry that settles passes the kernel's own checks; the zero end and the other starts
+    are checked after it."""
     fixable = _fixable(batch)
-    idx = np.flatnonzero(~found.settled & np.isfinite(found.deviance) & near.any(axis=1)
-                         & ~(near & ~fixable).any(axis=1))
-    if not idx.size:
-        return
-    theta0 = np.where(near[idx], 5e-4 * reach[idx], found.theta[idx])
-    again = batch.fit(_subset(products, idx), theta0, max_iter)
-    ok = again.settled
-    for name in ("theta", "deviance", "scale", "beta", "at_bound", "scaled_gradient"):
-        getattr(found, name)[idx[ok]] = getattr(again, name)[ok]
-    found.n_iter[idx[ok]] += again.n_iter[ok]
-    found.settled[idx[ok]] = True
+    diagonal = batch.rows == batch.cols
+    for step in (1, 2, 3):
+        reach = np.maximum(np.abs(found.theta).max(axis=1), 1e-300)[:, None]
+        near = diagonal & (np.abs(found.theta) < 1e-3 * reach)
+        todo = ~found.settled & np.isfinite(found.deviance)
+        if step == 1:
+            todo &= near.any(axis=1) & ~(near & ~fixable).any(axis=1)
+            move = near
+        elif step == 2:
+            todo &= ~found.at_bound.any(axis=1)
+            move = np.broadcast_to(fixable, found.theta.shape)
+        else:
+            todo &= found.at_bound.any(axis=1)
+            move = found.at_bound
+        idx = np.flatnonzero(todo)
+        if not idx.size or not fixable.any():
+            continue
+        to = 5e-4 if step < 3 else 0.2
+        theta0 = np.where(move[idx], to * reach[idx], found.theta[idx])
+        again = batch.fit(_subset(products, idx), theta0, max_iter)
+        ok = again.settled
+        for name in ("theta", "deviance", "scale", "beta", "at_bound", "scaled_gradient"):
+            getattr(found, name)[idx[ok]] = getattr(again, name)[ok]
+        found.n_iter[idx[ok]] += again.n_iter[ok]
+        found.settled[idx[ok]] = True
 
 
 # ---- the driver ------------------------------------------------------------------------------
