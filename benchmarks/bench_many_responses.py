@@ -138,9 +138,7 @@ def main() -> None:
         return
     r_sample = np.sort(rng.choice(k, size=min(args.r_sample, k), replace=False))
     with tempfile.TemporaryDirectory() as tmp:
-        data = samples.copy()
-        for j in r_sample:
-            data[f"y{j}"] = Y[:, j]
+        data = pd.concat([samples, pd.DataFrame(Y[:, r_sample], columns=[f"y{j}" for j in r_sample])], axis=1)
         path = os.path.join(tmp, "many.csv")
         script = os.path.join(tmp, "loop.R")
         data.to_csv(path, index=False)
