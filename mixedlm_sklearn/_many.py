@@ -414,8 +414,8 @@ class _BlockResult:
 
 
 def _fit_block(batch: OneTermBatch, template: CrossProducts, products: ResponseProducts,
-               multistart: bool, max_iter: int, classes: LevelClasses | None = None
-               ) -> _BlockResult:
+               multistart: bool, max_iter: int, classes: LevelClasses | None = None,
+               block_size: int = _MAX_BLOCK) -> _BlockResult:
     """The batched fits of a block; ``accepted`` marks those that passed the safeguards.
     ``batch`` is on ``classes``' pseudo-levels when given."""
     K = products.n_responses
@@ -430,17 +430,21 @@ def _fit_block(batch: OneTermBatch, template: CrossProducts, products: ResponseP
     zero = batch.evaluate(np.zeros_like(found.theta), products, gradient=False)[0]
     accepted &= ~(zero < found.deviance - margin)
     if multistart and accepted.any():
-        idx = np.flatnonzero(accepted)
         extra = other_starts(batch.term)
         n_s = extra.shape[0]
-        theta0 = np.repeat(extra[None], idx.size, axis=0).reshape(-1, batch.n_theta)
-        owner = np.tile(idx[:, None], (1, n_s)).reshape(-1)
-        others = batch.fit(_subset(products, owner), theta0, _SCREEN_ITER,
-                           known=found.theta[owner], join_tol=_SCREEN_JOIN)
-        value = others.deviance
-        lower = np.isfinite(value) & (value < found.deviance[owner] - margin[owner]) & ~others.joined
         worse = np.zeros(K, dtype=bool)
-        np.logical_or.at(worse, owner, lower)
+        # n_s runs per response: in chunks of at most block_size runs (bounded memory)
+        accepted_idx = np.flatnonzero(accepted)
+        step = max(1, block_size // n_s)
+        for at in range(0, accepted_idx.size, step):
+            idx = accepted_idx[at:at + step]
+            theta0 = np.repeat(extra[None], idx.size, axis=0).reshape(-1, batch.n_theta)
+            owner = np.repeat(idx, n_s)
+            others = batch.fit(_subset(products, owner), theta0, _SCREEN_ITER,
+                               known=found.theta[owner], join_tol=_SCREEN_JOIN)
+            value = others.deviance
+            lower = np.isfinite(value) & (value < found.deviance[owner] - margin[owner]) & ~others.joined
+            np.logical_or.at(worse, owner, lower)
         accepted &= ~worse
     return _BlockResult(accepted, found.theta, found.beta, found.scale, found.deviance,
                         found.at_bound, found.n_iter)
@@ -604,18 +608,18 @@ def fit_many(X: np.ndarray, Y: np.ndarray, factors: Sequence[tuple[np.ndarray, n
                 continue
             pat.products = pat.response_map(Y[np.ix_(pat.rows, columns)])
             one_term = len(terms) == 1
-            size = block_size or (block_size_for(terms[0].q, p, pat.template.terms[0].n_levels, nt)
-                                  if one_term else 64)
             batch = classes = None
             if one_term:
                 classes = LevelClasses.of(pat.template)
                 batch = classes.batch(pat.template, reml) if classes is not None else \
                     OneTermBatch(pat.template, reml)
+            size = block_size or (block_size_for(terms[0].q, p, batch.A.shape[-1], nt)
+                                  if one_term else 64)
             small = sum(t.n_levels for t in pat.template.terms) <= _MULTISTART_MAX_LEVELS
             other_starts_on = small if multistart is None else (multistart and small)
             for start in range(0, columns.size, size):
                 local = np.arange(start, min(columns.size, start + size))
-                _fit_columns(out, pat, batch, classes, local, other_starts_on, design_of, Y)
+                _fit_columns(out, pat, batch, classes, local, other_starts_on, design_of, Y, size)
                 done += local.size
                 if progress is not None:
                     progress(done, k)
@@ -624,7 +628,7 @@ def fit_many(X: np.ndarray, Y: np.ndarray, factors: Sequence[tuple[np.ndarray, n
 
 def _fit_columns(out: ManyFit, pat: PatternDesign, batch: OneTermBatch | None,
                  classes: LevelClasses | None, local: np.ndarray, multistart: bool, design_of,
-                 Y: np.ndarray) -> None:
+                 Y: np.ndarray, block_size: int = _MAX_BLOCK) -> None:
     """Fit the responses ``pat.columns[local]`` into ``out``."""
     products = _subset(pat.products, local)
     # the single fit's check of the response: not reproduced exactly by X (e.g. constant)
@@ -636,7 +640,7 @@ def _fit_columns(out: ManyFit, pat: PatternDesign, batch: OneTermBatch | None,
         sel = np.flatnonzero(todo)
         sub = _subset(products, sel)
         with np.errstate(all="ignore"):
-            res = _fit_block(batch, pat.template, sub, multistart, out.max_iter, classes)
+            res = _fit_block(batch, pat.template, sub, multistart, out.max_iter, classes, block_size)
         ok = res.accepted & _residual_ok(res.scale, pat.template, sub)
         if ok.any():
             acc = np.flatnonzero(ok)

@@ -310,3 +310,30 @@ def test_fixed_effect_table_agrees_with_lmertest_and_p_adjust(reml_fit):
                                    expected.loc[RESPONSES, source].to_numpy(), rtol=1e-4)
     contrast = contrast_table(reml_fit, {"x": 1.0})
     np.testing.assert_allclose(contrast["p_bh"].to_numpy(), got["p_bh"].to_numpy(), rtol=1e-10)
+
+
+def test_lmer_responses_refuses_what_it_cannot_fit():
+    data = product_data("many_responses")
+    with pytest.raises(ValueError, match="one-sided"):
+        lmer("y01 ~ x + (1 | donor)", data, responses=["y02"])
+    with pytest.raises(ValueError, match="not columns"):
+        lmer("~ x + (1 | donor)", data, responses=["y01", "nope"])
+    with pytest.raises(TypeError, match="list of column names"):
+        lmer("~ x + (1 | donor)", data, responses="y01")
+    with pytest.raises(ValueError, match="responses=\\[...\\]"):
+        lmer("y01 ~ x + (1 | donor)", data, progress=print)
+
+
+def test_blocks_and_the_memory_bound_change_no_answer():
+    """Blocks of 7 responses (the other starts in chunks of one response) give the
+    answers of one block."""
+    data = product_data("many_responses")
+    X = data[["x"]].to_numpy()
+    Y = data[RESPONSES].to_numpy()
+    codes = pd.factorize(data["donor"], sort=True)[0]
+    Xf = np.column_stack([np.ones(len(X)), X])
+    terms = Terms([Term("donor", ["(Intercept)"], 40, False)])
+    one = fit_many(Xf, Y, [(codes, np.ones((len(X), 1)))], terms)
+    small = fit_many(Xf, Y, [(codes, np.ones((len(X), 1)))], terms, block_size=7)
+    np.testing.assert_allclose(small.deviance, one.deviance, rtol=1e-12)
+    np.testing.assert_allclose(small.beta, one.beta, rtol=1e-8)
