@@ -17,8 +17,8 @@ fit's safeguards, batched as well:
   variance held at 0 whose inward gradient is not negative (a singular fit);
 * the zero end (every variance 0) is not lower;
 * on small problems (at most ``_MULTISTART_MAX_LEVELS`` levels, as the single fit's
-  other starts), the other starts (multiples of the identity and seeded random factors)
-  are run too, and none settles lower.
+  other starts), the single fit's other starts (multiples of the identity and seeded
+  random factors) are run too (:func:`screen_starts`), and none reaches a lower deviance.
 
 Any other response (several terms, residual strata, a Hessian that is not positive
 definite, a variance on the way to 0 that Newton cannot hold, a lower minimum from another
@@ -47,17 +47,18 @@ from ._threads import single_threaded_blas
 __all__ = ["ManyFit", "fit_many", "missing_patterns", "block_size_for"]
 
 # Memory per block: the batched kernel's largest arrays hold (q, p + 1 + q) numbers per
-# level for every response and every shifted point of the Hessian (n_theta + 1 of them),
-# about ten such arrays at once. Blocks are sized to keep that below this many bytes.
+# (pseudo-)level for every response and every shifted point of the Hessian (n_theta + 1
+# of them), about ten such arrays at once. Blocks are sized to keep that below this many
+# bytes (measured: 4,000 benchmark responses in one block, peak RSS 262 MB with the
+# interpreter, numpy and the data); larger blocks were not faster.
 _BLOCK_BYTES = 64 * 2**20
-_MIN_BLOCK, _MAX_BLOCK = 16, 2000
-# Newton iterations of the other starts of small problems: they only have to show whether
-# a start heads below the first answer (a start that settles lower sends the response to
-# the single fit's full search) ...
+_MIN_BLOCK, _MAX_BLOCK = 16, 20000
+# Iterations of the runs from the other starts of small problems: they only have to show
+# whether a start leads below the first answer (which sends the response to the single
+# fit's full search) ...
 _SCREEN_ITER = 25
-# ... and a start within this fraction (in L L' terms) of the first answer has reached it
-# (99% of the other starts do, after 5-8 iterations on the benchmark's design; 1% instead
-# of the kernel's 0.1% saves a fifth of their cost).
+# ... and a run within this fraction (in L L' terms) of the first answer has reached it
+# (99% of the runs do on the benchmark's design, none of the others went lower).
 _SCREEN_JOIN = 1e-2
 
 
@@ -402,6 +403,102 @@ def _mul4(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
+def _hessian(batch: OneTermBatch, products: ResponseProducts, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Hessians (R, nt, nt) from differences of the analytic gradient (as the kernel)."""
+    R, nt = x.shape
+    h = 1e-6 * np.maximum(np.abs(x), 1e-2)
+    shifted = np.repeat(x[None], nt, axis=0)
+    for j in range(nt):
+        shifted[j, :, j] += h[:, j]
+    g_shift = batch.evaluate(shifted.reshape(-1, nt), _subset(products, np.tile(np.arange(R), nt)))[1]
+    H = np.swapaxes((g_shift.reshape(nt, R, nt) - grad[None]) / h.T[:, :, None], 0, 1)
+    H = np.swapaxes(H, 1, 2)
+    return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+
+def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.ndarray,
+                  known: np.ndarray, known_value: np.ndarray, margin: np.ndarray,
+                  max_iter: int = _SCREEN_ITER, join: float = _SCREEN_JOIN) -> np.ndarray:
+    """Which runs from ``starts`` (R, nt) reach a deviance below ``known_value - margin``:
+    a lower point than the answer ``known`` of their response (whose fit then goes to the
+    single fit's full search).
+
+    Quasi-Newton descent from each start: the Hessian from differences of the gradient at
+    the start (positive definite by flooring its eigenvalues), BFGS updates after, an
+    Armijo backtracking line search (one gradient evaluation per iteration instead of
+    Newton's ``1 + n_theta``). A run stops when it comes within ``join`` (relative, in
+    ``L L'`` terms) of ``known`` (it is on its way there), when its steps vanish (a
+    minimum no lower), or after ``max_iter`` iterations. The deviance depends on ``L``
+    through ``L L'`` only, so the runs are unconstrained in ``theta``.
+    """
+    R, nt = starts.shape
+    x = starts.copy()
+    value, grad = batch.evaluate(x, products)[:2]
+    lower = np.isfinite(value) & (value < known_value - margin)
+    active = np.isfinite(value) & np.all(np.isfinite(grad), axis=1) & ~lower
+    H = _hessian(batch, products, x, np.where(np.isfinite(grad), grad, 0.0))
+    H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.eye(nt))
+    vals, vecs = np.linalg.eigh(H)
+    floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
+    vals = np.maximum(np.abs(vals), floor)
+    inv_h = np.einsum("rab,rb,rcb->rac", vecs, 1.0 / vals, vecs)
+    target = batch.normalised(known)
+    reach = np.maximum(1.0, np.abs(target).max(axis=1))
+    for _ in range(max_iter):
+        near = np.abs(batch.normalised(x) - target).max(axis=1) < join * reach
+        active &= ~near
+        idx = np.flatnonzero(active)
+        if not idx.size:
+            break
+        g = grad[idx]
+        d = -np.einsum("rab,rb->ra", inv_h[idx], g)
+        uphill = ~((g * d).sum(axis=1) < 0)
+        d[uphill] = -g[uphill]
+        # steps of at most half the size of the point (theta entries are relative scales):
+        # a quasi-Newton step from a poor model overshoots by orders of magnitude
+        cap = 0.5 * np.maximum(np.abs(x[idx]).max(axis=1), 0.1)
+        d *= np.minimum(1.0, cap / np.maximum(np.abs(d).max(axis=1), 1e-300))[:, None]
+        slope = (g * d).sum(axis=1)
+        t = np.ones(idx.size)
+        new_v, new_g = value[idx].copy(), g.copy()
+        accepted = np.zeros(idx.size, dtype=bool)
+        for _ in range(20):
+            todo = np.flatnonzero(~accepted)
+            if not todo.size:
+                break
+            trial = x[idx[todo]] + t[todo, None] * d[todo]
+            tv, tg = batch.evaluate(trial, _subset(products, idx[todo]))[:2]
+            good = np.isfinite(tv) & (tv <= value[idx[todo]] + 1e-4 * t[todo] * slope[todo])
+            good &= np.all(np.isfinite(tg), axis=1)
+            acc = todo[good]
+            accepted[acc] = True
+            new_v[acc], new_g[acc] = tv[good], tg[good]
+            t[todo[~good]] *= 0.5
+        step = t[:, None] * d
+        moved = accepted & (np.abs(step).max(axis=1) > 1e-8 * np.maximum(1.0, np.abs(x[idx]).max(axis=1)))
+        active[idx[~moved]] = False  # no descent left: a minimum (or a flat spot) no lower
+        sel = np.flatnonzero(moved)
+        if not sel.size:
+            continue
+        rows = idx[sel]
+        s, yv = step[sel], new_g[sel] - g[sel]
+        x[rows] = x[rows] + s
+        value[rows], grad[rows] = new_v[sel], new_g[sel]
+        sy = (s * yv).sum(axis=1)
+        ok = sy > 1e-12 * np.sqrt((s * s).sum(axis=1) * (yv * yv).sum(axis=1))
+        if ok.any():  # BFGS update of the inverse Hessian
+            r, so, yo, rho = rows[ok], s[ok], yv[ok], 1.0 / sy[ok]
+            Hi = inv_h[r]
+            Hy = np.einsum("rab,rb->ra", Hi, yo)
+            yHy = (yo * Hy).sum(axis=1)
+            inv_h[r] = (Hi - rho[:, None, None] * (Hy[:, :, None] * so[:, None, :] + so[:, :, None] * Hy[:, None, :])
+                        + (rho ** 2 * yHy + rho)[:, None, None] * so[:, :, None] * so[:, None, :])
+        hit = value[rows] < known_value[rows] - margin[rows]
+        lower[rows[hit]] = True
+        active[rows[hit]] = False
+    return lower
+
+
 @dataclass
 class _BlockResult:
     accepted: np.ndarray
@@ -440,10 +537,8 @@ def _fit_block(batch: OneTermBatch, template: CrossProducts, products: ResponseP
             idx = accepted_idx[at:at + step]
             theta0 = np.repeat(extra[None], idx.size, axis=0).reshape(-1, batch.n_theta)
             owner = np.repeat(idx, n_s)
-            others = batch.fit(_subset(products, owner), theta0, _SCREEN_ITER,
-                               known=found.theta[owner], join_tol=_SCREEN_JOIN)
-            value = others.deviance
-            lower = np.isfinite(value) & (value < found.deviance[owner] - margin[owner]) & ~others.joined
+            lower = screen_starts(batch, _subset(products, owner), theta0, found.theta[owner],
+                                  found.deviance[owner], margin[owner])
             np.logical_or.at(worse, owner, lower)
         accepted &= ~worse
     return _BlockResult(accepted, found.theta, found.beta, found.scale, found.deviance,

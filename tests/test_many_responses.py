@@ -22,7 +22,8 @@ from mixedlm_sklearn import MixedLMRegressor, lmer
 from mixedlm_sklearn._batched_refit import OneTermBatch
 from mixedlm_sklearn._crossprod import ResponseMap, cross_products
 from mixedlm_sklearn._deviance import Deviance
-from mixedlm_sklearn._many import LevelClasses, fit_many, missing_patterns
+from mixedlm_sklearn._batched_refit import _subset
+from mixedlm_sklearn._many import LevelClasses, fit_many, missing_patterns, other_starts, screen_starts
 from mixedlm_sklearn._terms import Term, Terms
 from mixedlm_sklearn.inference.many import (
     contrast_table,
@@ -151,6 +152,29 @@ def test_folded_levels_give_the_engine_deviance_and_gradient():
             assert value[j] == pytest.approx(v, rel=1e-12)
             np.testing.assert_allclose(grad[j], gr, rtol=1e-8, atol=1e-8)
             assert plain[0][j] == pytest.approx(v, rel=1e-12)
+
+
+def test_the_other_starts_find_a_lower_minimum_and_only_then():
+    """A random-intercept ML deviance with a local minimum on the boundary (30.947 at
+    theta = 0) and the global one inside (30.0409 at theta = 1.527; a grid of 600
+    points shows no other): runs from the other starts flag the boundary answer only."""
+    x = np.array([-1.3, -0.4, 1.1, -0.7, -0.0, -0.3, -0.2, -0.4, 1.4, 0.6])
+    y = np.array([0.8, -0.4, 0.1, -0.6, -0.5, -0.2, 0.2, -3.4, 0.9, -1.1])
+    g = np.array([0, 0, 0, 1, 1, 1, 1, 2, 3, 3])
+    X, Z = np.column_stack([np.ones(10), x]), np.ones((10, 1))
+    terms = Terms([Term("g", ["(Intercept)"], 4, False)])
+    cp = cross_products(X, y, [(g, Z)], terms)
+    products = ResponseMap(X, [(g, Z)], terms)(np.column_stack([y, y]))
+    batch = OneTermBatch(cp, False)
+    inside = batch.fit(_subset(products, np.array([1])), np.array([1.5])).theta[0]
+    answers = np.array([[0.0], inside])
+    values = batch.evaluate(answers, products, gradient=False)[0]
+    assert values == pytest.approx([30.94667521, 30.04086779], abs=1e-6)
+    starts = other_starts(terms[0])
+    owner = np.repeat([0, 1], len(starts))
+    lower = screen_starts(batch, _subset(products, owner), np.tile(starts, (2, 1)), answers[owner],
+                          values[owner], np.full(owner.size, 1e-8))
+    assert lower[owner == 0].any() and not lower[owner == 1].any()
 
 
 def test_missing_patterns_group_identical_columns():
