@@ -395,6 +395,29 @@ def _one_term_solution(batch: OneTermBatch, template: CrossProducts, products: R
     return cov_beta, np.transpose(b, (1, 2, 0))
 
 
+def one_term_parts(template: CrossProducts, products: ResponseProducts, theta: np.ndarray,
+                   reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The profiled deviance (K,), the penalised residual sum of squares ``r2`` (K,) and
+    ``A^{-1}`` (K, p, p) (``scale A^{-1}`` is Cov(beta)) of a one-term model for every
+    response of ``products`` at its ``theta`` (K, n_theta): what Satterthwaite's df need
+    at the points of their finite differences, for all responses at once."""
+    classes = LevelClasses.of(template)
+    batch = classes.batch(template, reml) if classes is not None else OneTermBatch(template, reml)
+    folded = classes.products(products) if classes is not None else products
+    dev, _, scale, _ = batch.evaluate(theta, folded, gradient=False)
+    q, p = batch.q, batch.p
+    K = theta.shape[0]
+    L = batch.lams(theta)
+    Lt = np.swapaxes(L, 0, 1)
+    B = _mul4(_mul4(Lt, batch.A), L)
+    B[np.arange(q), np.arange(q)] += 1.0
+    C = batched_cholesky(B)
+    ZX = np.ascontiguousarray(np.broadcast_to(batch.ZX, (q, p, K, batch.A.shape[-1])))
+    w = batched_solve_lower(C, _mul4(Lt, ZX), overwrite=True)
+    A = template.xyxy[0][:p, :p][None] - np.einsum("aikm,ajkm->kij", w, w)
+    return dev, scale * batch.dof, np.linalg.inv(A)
+
+
 def _mul4(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Per-element product of (a, b, ...) and (b, c, ...) arrays (the small axes first)."""
     out = A[:, 0, None] * B[None, 0]

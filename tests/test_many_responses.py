@@ -361,3 +361,25 @@ def test_blocks_and_the_memory_bound_change_no_answer():
     small = fit_many(Xf, Y, [(codes, np.ones((len(X), 1)))], terms, block_size=7)
     np.testing.assert_allclose(small.deviance, one.deviance, rtol=1e-12)
     np.testing.assert_allclose(small.beta, one.beta, rtol=1e-8)
+
+
+def test_satterthwaite_df_together_equal_each_single_fit():
+    """The df of the one-term fits computed for all responses at once (batched
+    differences) equal lmerTest's per fit (the single fit's satterthwaite_df)."""
+    from mixedlm_sklearn.inference import satterthwaite_df
+
+    df, Z = _sleep()
+    rng = np.random.default_rng(4)
+    Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])]
+                        + [df["Reaction"] + 40.0 * rng.standard_normal(len(df)) for _ in range(3)])
+    Y[:7, 3] = np.nan
+    est = _quiet(MixedLMRegressor().fit, df[["Days"]], Y, groups=df["Subject"], Z=Z)
+    assert est.many_.fit.batched.all()
+    table = fixed_effects_table(est)
+    contrast = contrast_table(est, [1.0, 2.0])
+    for j, name in enumerate(est.responses_):
+        single = est.for_response(j)
+        expected = satterthwaite_df(single)
+        got = [table.loc[("(Intercept)", name), "df"], table.loc[("Days", name), "df"]]
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        assert contrast.loc[name, "df"] == pytest.approx(satterthwaite_df(single, [1.0, 2.0])[0], rel=1e-5)

@@ -33,7 +33,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._design import Design, column_names, random_terms, several_factors
-from .._many import ManyFit, PatternDesign, fit_many
+from .._batched_refit import _subset
+from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
 from .._model import FittedModel
 from .._terms import Term, Terms
 from .._validation import (
@@ -379,6 +380,96 @@ def _satterthwaite(est: Any, L: np.ndarray, j: int) -> np.ndarray:
     return satterthwaite_df(response_estimator(est, j), L)
 
 
+def _varpar_batched(f: ManyFit, pat: PatternDesign, cols: np.ndarray) -> tuple:
+    """lmerTest's variance-parameter model (:mod:`.satterthwaite`) of the one-term fits
+    ``cols`` (responses of pattern ``pat``), for all of them at once: the Hessian of the
+    deviance in ``(theta, sigma)`` (sigma not profiled) and the Jacobian of Cov(beta), by
+    the same central differences with one Richardson step and the same steps (1% of each
+    parameter, at least 1e-3), every stencil point one batched evaluation.
+
+    Returns Cov(beta) (K, p, p), its Jacobian (K, nv, p, p) and ``2 H^+`` (K, nv, nv).
+    """
+    where = np.searchsorted(pat.columns, cols)
+    products = _subset(pat.products, where)
+    theta, sigma = f.theta[cols], np.sqrt(f.scale[cols])
+    dof = pat.template.n - (pat.template.p if f.reml else 0)
+    x0 = np.column_stack([theta, sigma])
+    K, nv = x0.shape
+    nt = nv - 1
+    h0 = 1e-2 * np.maximum(np.abs(x0), 0.1)
+    h0[:, -1] = 1e-2 * sigma
+    cache: dict[bytes, tuple] = {}
+
+    def parts(v: np.ndarray) -> tuple:
+        key = v[:, :nt].tobytes()
+        if key not in cache:
+            cache[key] = one_term_parts(pat.template, products, v[:, :nt], f.reml)
+        return cache[key]
+
+    def deviance(v: np.ndarray) -> np.ndarray:
+        dev, r2, _ = parts(v)
+        ratio = r2 / dof / v[:, -1] ** 2
+        return dev + dof * (ratio - np.log(ratio) - 1.0)
+
+    def cov_beta(v: np.ndarray) -> np.ndarray:
+        return v[:, -1, None, None] ** 2 * parts(v)[2]
+
+    f0 = deviance(x0)
+
+    def hessian_at(h: np.ndarray) -> np.ndarray:
+        H = np.empty((K, nv, nv))
+        E = [np.where(np.arange(nv) == i, h, 0.0) for i in range(nv)]  # (K, nv) steps
+        for i in range(nv):
+            H[:, i, i] = (deviance(x0 + E[i]) - 2.0 * f0 + deviance(x0 - E[i])) / h[:, i] ** 2
+            for j in range(i):
+                H[:, i, j] = H[:, j, i] = (
+                    deviance(x0 + E[i] + E[j]) - deviance(x0 + E[i] - E[j])
+                    - deviance(x0 - E[i] + E[j]) + deviance(x0 - E[i] - E[j])) / (4.0 * h[:, i] * h[:, j])
+        return H
+
+    def jacobian_at(h: np.ndarray) -> np.ndarray:
+        E = [np.where(np.arange(nv) == k, h, 0.0) for k in range(nv)]
+        return np.stack([(cov_beta(x0 + E[k]) - cov_beta(x0 - E[k])) / (2.0 * h[:, k, None, None])
+                         for k in range(nv)], axis=1)
+
+    with np.errstate(all="ignore"):
+        H = (4.0 * hessian_at(h0 / 2.0) - hessian_at(h0)) / 3.0
+        J = (4.0 * jacobian_at(h0 / 2.0) - jacobian_at(h0)) / 3.0
+    H = 0.5 * (H + np.swapaxes(H, 1, 2))
+    H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.nan)
+    w, U = np.linalg.eigh(np.nan_to_num(H))
+    pos = w > 1e-8  # lmerTest's generalised inverse on the positive eigenvalues
+    inv_w = np.where(pos, 1.0 / np.where(pos, w, 1.0), 0.0)
+    V = 2.0 * np.einsum("kab,kb,kcb->kac", U, inv_w, U)
+    V[~np.all(np.isfinite(H), axis=(1, 2))] = np.nan
+    return f.cov_beta[cols], J, V
+
+
+def _contrast_df(est: Any, L: np.ndarray) -> np.ndarray:
+    """Satterthwaite df (k, r) of the rows of ``L`` for every response: batched for the
+    one-term fits of the batched kernel, the single fit's computation for the others."""
+    f = est.many_.fit
+    df = np.full((f.n_responses, L.shape[0]), np.nan)
+    done = np.zeros(f.n_responses, dtype=bool)
+    if len(f.terms) == 1:
+        for s, pat in enumerate(f.patterns):
+            cols = pat.columns[f.batched[pat.columns] & ~f.failed[pat.columns]]
+            if not cols.size:
+                continue
+            for at in range(0, cols.size, 2000):  # bounded memory
+                part = cols[at:at + 2000]
+                C, J, V = _varpar_batched(f, pat, part)
+                var = np.einsum("ri,kij,rj->kr", L, C, L)
+                grad = np.einsum("ri,kvij,rj->krv", L, J, L)
+                denom = np.einsum("krv,kvw,krw->kr", grad, V, grad)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    df[part] = np.where(denom > 0, 2.0 * var ** 2 / np.where(denom > 0, denom, 1.0), np.inf)
+                done[part] = True
+    for j in np.flatnonzero(~done & ~f.failed):
+        df[j] = _satterthwaite(est, L, int(j))
+    return df
+
+
 def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame:
     """A linear contrast of the fixed effects for every response (``dream``'s contrasts).
 
@@ -391,8 +482,9 @@ def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame
         others 0).
     ddf : {"satterthwaite", "normal"}, default="satterthwaite"
         Degrees of freedom of the t test: lmerTest's Satterthwaite approximation (its
-        Hessian costs tens of deviance evaluations per response), or a normal reference
-        (z test, no df: fast on many responses).
+        Hessian costs tens of deviance evaluations per response; for the responses of a
+        one-term model fitted together they are evaluated together), or a normal
+        reference (z test, no df).
 
     Returns
     -------
@@ -442,8 +534,7 @@ def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame
     se = np.sqrt(np.einsum("i,kij,j->k", l, f.cov_beta, l))
     df = np.full(f.n_responses, np.inf)
     if ddf == "satterthwaite":
-        for j in np.flatnonzero(~f.failed):
-            df[j] = _satterthwaite(est, row, int(j))[0]
+        df = _contrast_df(est, row)[:, 0]
     df[f.failed] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         t = estimate / se
@@ -516,8 +607,7 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
     L = np.eye(len(names))[[names.index(c) for c in chosen]]
     df = np.full((f.n_responses, len(chosen)), np.nan)
     if ddf == "satterthwaite":
-        for j in np.flatnonzero(~f.failed):
-            df[j] = _satterthwaite(est, L, int(j))
+        df = _contrast_df(est, L)
     parts = []
     for i, name in enumerate(chosen):
         c = names.index(name)
