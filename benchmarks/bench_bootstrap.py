@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _bench_env as env  # noqa: E402
 from bench_fit import best_of, unavailable  # noqa: E402
 
 CASES = {
@@ -135,9 +136,8 @@ def main() -> None:
     peers = args.peers.split(",")
     peer_n = {k: int(v) for k, v in (kv.split("=") for kv in args.peer_n_boot.split(",") if kv)}
     df, factors = load(args.case)
-    load_avg = os.getloadavg()
-    print(f"{args.case}: {CASES[args.case][0]}, {args.n_boot} replicates; best of {args.repeat}; "
-          f"load average {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f} on {os.cpu_count()} cores")
+    env.header(f"{args.case}: {CASES[args.case][0]}, {args.n_boot} parametric bootstrap replicates; "
+               f"best of {args.repeat}", r="lme4" in peers)
     rows = []
     base = None
     if "ours" in peers:
@@ -168,6 +168,7 @@ def main() -> None:
         approx = "~" if n != args.n_boot else " "
         ratio = scaled / base if base else np.nan
         print(f"{name:24s} {n:6d} {t:10.3f} {approx}{scaled:11.3f} {ratio:8.1f} {se:10.4f}  {note}")
+    env.footer()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ Peers: ``ours`` (mixedlm_sklearn.MixedLMRegressor), ``mixedlm-rs``,
 ``Rscript``). A peer that is not installed is skipped with a note.
 statsmodels is never run at 1e6 rows or more; a statsmodels fit that
 exceeds ``--timeout-statsmodels`` is abandoned and it is skipped at larger
-sizes. Convergence warnings (e.g. lme4's gradient check) go to the note column.
+sizes; lme4 runs up to ``--lme4-max-n`` rows (default 1e5: about 85 s a fit at
+1e6). Convergence warnings (e.g. lme4's gradient check) go to the note column.
+The column "/ours" is the peer's time over ours (above 1: ours is faster).
+
+The load average is printed at the start and the end, with the BLAS libraries'
+thread counts: ours keeps BLAS on one thread inside a fit; the peers use their
+defaults (both cores). ``--threads N`` is handed to ours as ``n_jobs`` once the
+estimator has that parameter (recorded otherwise).
 
 Timing is the best of ``--repeat`` runs of ``time.perf_counter`` around the
 fit call only (see each ``_fit_*`` function for what that includes); data
@@ -67,6 +74,8 @@ STATSMODELS_MAX_N = 10**5  # many minutes per fit beyond this (15 s at 1e5)
 ALL_PEERS = ("ours", "mixedlm-rs", "mixedlm", "statsmodels", "lme4")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+N_JOBS: dict = {}  # ours' n_jobs (--threads), when the estimator has it
 
 
 def make_data(n: int, seed: int) -> dict:
@@ -120,10 +129,10 @@ def _fit_ours(d, repeat, profile):
 
     # Timed: the whole estimator.fit (validation, statistics pass, optimiser).
     X, y, g, Z = d["X"], d["y"], d["g"], d["Z"]
-    t, est = best_of(lambda: MixedLMRegressor(reml=True).fit(X, y, groups=g, Z=Z), repeat)
+    t, est = best_of(lambda: MixedLMRegressor(reml=True, **N_JOBS).fit(X, y, groups=g, Z=Z), repeat)
     note = "" if getattr(est, "converged_", True) else "not converged"
     if profile:
-        _profile_ours(est, lambda: MixedLMRegressor(reml=True, verbose=1).fit(X, y, groups=g, Z=Z))
+        _profile_ours(est, lambda: MixedLMRegressor(reml=True, verbose=1, **N_JOBS).fit(X, y, groups=g, Z=Z))
     return t, float(est.llf_), note
 
 
@@ -272,6 +281,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout-statsmodels", type=float, default=600.0, metavar="SECONDS",
                     help="abandon a statsmodels fit after this long; skip it at larger sizes")
+    ap.add_argument("--lme4-max-n", type=float, default=1e5, metavar="ROWS",
+                    help="run lme4 only up to this many rows")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ours' n_jobs once it has one (recorded otherwise)")
     ap.add_argument("--profile", action="store_true",
                     help="print ours' iteration counts / phase times if it exposes them")
     ap.add_argument("--json", metavar="PATH", help="write all results as JSON")
@@ -282,6 +295,12 @@ def main(argv=None) -> None:
     bad = [s for s in sizes if s not in DESIGNS] + [p for p in peers if p not in FITTERS]
     if bad:
         ap.error(f"unknown sizes/peers {bad}; sizes: {sorted(DESIGNS)}, peers: {ALL_PEERS}")
+    import _bench_env as env
+    from mixedlm_sklearn import MixedLMRegressor
+
+    N_JOBS.update(env.ours_n_jobs(MixedLMRegressor, args.threads)[0])
+    env.header(f"REML fits of a correlated random-slope LMM, best of {args.repeat} per peer, one process",
+               args.threads, MixedLMRegressor, r="lme4" in peers)
     skipped = {p: why for p in peers if (why := unavailable(p))}
     for peer, why in skipped.items():
         print(f"note: skipping {peer}: {why}")
@@ -301,6 +320,9 @@ def main(argv=None) -> None:
             if peer == "statsmodels" and n > STATSMODELS_MAX_N:
                 row["note"] = "skipped (too slow at this size)"
                 continue
+            if peer == "lme4" and n > args.lme4_max_n:
+                row["note"] = "skipped (n > --lme4-max-n)"
+                continue
             kwargs = {"timeout": args.timeout_statsmodels} if peer == "statsmodels" else {}
             print(f"fitting {peer} at n={n:,} ...", flush=True)
             try:
@@ -314,9 +336,11 @@ def main(argv=None) -> None:
         print_table(n, d, rows)
         results.extend(rows)
         del d
+    env.footer()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"seed": args.seed, "repeat": args.repeat, "versions": versions(peers),
+                       "threads": args.threads, "blas": env.blas_threads(),
                        "results": results}, fh, indent=2)
 
 

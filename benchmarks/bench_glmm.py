@@ -40,8 +40,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mixedlm_sklearn import glmer  # noqa: E402
+import _bench_env as env  # noqa: E402
+from mixedlm_sklearn import MixedGLMClassifier, glmer  # noqa: E402
 from mixedlm_sklearn.datasets import load_cbpp, load_grouseticks, load_verbagg  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -134,8 +136,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     peers = args.peers.split(",")
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} on {os.cpu_count()} cores; "
-          f"best of {args.repeat}")
+    env.header(f"glmer fits, best of {args.repeat} per peer", None, MixedGLMClassifier, r="lme4" in peers)
     print(f"{'case':<12}{'peer':<10}{'seconds':>10}{'log-likelihood':>18}{'vs ours':>10}  note")
     for case in args.cases.split(","):
         formula, load, family, n_agq, _ = CASES[case]
@@ -164,7 +165,7 @@ def main() -> None:
                 ours_time = seconds
             ratio = f"{seconds / ours_time:.1f}x" if ours_time and peer != "ours" else ""
             print(f"{case:<12}{peer:<10}{seconds:>10.3f}{llf:>18.5f}{ratio:>10}  {note}", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    env.footer()
 
 
 if __name__ == "__main__":

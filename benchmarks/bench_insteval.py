@@ -18,6 +18,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _bench_env as env  # noqa: E402
 from bench_fit import best_of, unavailable  # noqa: E402
 
 FORMULA = "y ~ service + (1 | s) + (1 | d) + (1 | dept)"
@@ -70,7 +71,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--peers", default="ours,mixedlm,lme4")
     args = parser.parse_args(argv)
+    from mixedlm_sklearn import MixedLMRegressor
     from mixedlm_sklearn.datasets import load_insteval
+
+    env.header(f"crossed InstEval REML fit, best of {args.repeat} per peer", None, MixedLMRegressor,
+               r="lme4" in args.peers)
 
     df = load_insteval()
     runners = {"ours": _ours, "mixedlm": _mixedlm, "lme4": _lme4}
@@ -88,6 +93,7 @@ def main(argv=None) -> None:
     for peer, t, llf in rows:
         ratio = f"{t / ours:7.2f}" if ours else "      -"
         print(f"{peer:10s} {t:9.3f} {ratio} {llf:16.6f}")
+    env.footer()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _bench_env as env  # noqa: E402
 
 from mixedlm_sklearn import MixedLMRegressor  # noqa: E402
 
@@ -92,7 +95,9 @@ def main() -> None:
     samples, Y = simulate(k)
     X, donor = samples[["t"]], samples["donor"]
     Z = np.column_stack([np.ones(len(samples)), samples["t"]])
-    print(f"{k} responses x {len(samples)} samples (40 donors x 5), y ~ t + (t | donor), REML")
+    use_r = not args.no_r and shutil.which("Rscript") is not None
+    env.header(f"many responses: {k} responses x {len(samples)} samples (40 donors x 5), "
+               "y ~ t + (t | donor), REML", None, MixedLMRegressor, r=use_r)
 
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -133,8 +138,9 @@ def main() -> None:
     print(f"our loop of single fits:  ~{loop:8.2f} s   (timed on {sample.size}, extrapolated; ratio "
           f"{loop / ours:.1f}x; max |logLik difference| {diff:.2e})")
 
-    if args.no_r or shutil.which("Rscript") is None:
+    if not use_r:
         print("lme4 loop: skipped (" + ("--no-r" if args.no_r else "Rscript not found") + ")")
+        env.footer()
         return
     r_sample = np.sort(rng.choice(k, size=min(args.r_sample, k), replace=False))
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +153,7 @@ def main() -> None:
         run = subprocess.run(["Rscript", script, path], capture_output=True, text=True, check=False)
     if run.returncode != 0:
         print("lme4 loop: failed (" + run.stderr.strip().splitlines()[-1] + ")")
+        env.footer()
         return
     lines = run.stdout.split()
     r_time = float(lines[0]) * k / r_sample.size
@@ -154,6 +161,7 @@ def main() -> None:
     gap = float(np.max(r_llf - est.llf_[r_sample]))
     print(f"lme4 loop (lmer per response): ~{r_time:8.2f} s   (timed on {r_sample.size}, extrapolated; "
           f"ratio {r_time / ours:.1f}x; largest logLik of lme4 above ours {gap:.2e})")
+    env.footer()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ or Dask partition is reduced to the cross-products of its own levels
 (:class:`~mixedlm_sklearn._crossprod.Accumulator`), for any number of grouping factors and
 residual strata. Peak memory is one chunk plus what is proportional to the levels and
 level pairs.
+
+With an intercept the columns are measured from an origin
+(:class:`~mixedlm_sklearn._crossprod.Origin`) taken from the first chunk (or partition)
+that has rows: its means are close enough to the data's to keep the digits that a
+response far from 0 would otherwise lose, in one pass. (Shifting the summed
+cross-products afterwards would be exact algebra on numbers that already lost them.)
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._crossprod import Accumulator, CrossProducts, cross_products
+from ._crossprod import Accumulator, CrossProducts, Origin, cross_products, origin_of
 from ._design import INTERCEPT, term_is_diagonal
 from ._terms import Term, Terms
 from ._validation import as_design, check_weights, encode_groups, take_rows
@@ -53,6 +59,7 @@ def check_dask_inputs(**inputs: Any) -> None:
 def partition_cross_products(
     x: Any, y: Any, groups: pd.DataFrame, z: dict, weights: Any = None, strata: Any = None,
     intercept: bool = True, cov_type: str | dict = "unstructured", where: str = "data",
+    origin: Origin | None | str = "own",
 ) -> tuple[dict, np.ndarray | None, CrossProducts]:
     """Cross-products of one chunk with its own level coding.
 
@@ -70,6 +77,10 @@ def partition_cross_products(
         Covariance structure of the terms.
     where : str
         Names the chunk in error messages.
+    origin : Origin, None or "own"
+        Where the columns are measured from (with ``intercept``; None: from 0); by
+        default this chunk's own (:func:`~mixedlm_sklearn._crossprod.origin_of`), which
+        the caller passes on to the other chunks (``cp.origin``).
 
     Returns
     -------
@@ -112,8 +123,10 @@ def partition_cross_products(
             n_strata = strata_labels.size
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
+    if isinstance(origin, str):
+        origin = origin_of(x_arr, y_arr) if intercept else None
     cp = cross_products(x_arr, y_arr, factors, Terms(terms), w_arr, strata_codes, n_strata,
-                        intercept=intercept)
+                        intercept=intercept, origin=origin if intercept else None)
     return labels, strata_labels, cp
 
 
@@ -141,6 +154,7 @@ def cross_products_from_chunks(
     Returns the labels per term (sorted), the stratum labels and the cross-products.
     """
     acc = Accumulator()
+    origin = "own"  # until the first chunk with rows gives its own to every chunk
     needed = [y, *groups, *X, *(c for cols in Z.values() for c in cols if c != INTERCEPT)]
     needed += [c for c in (sample_weight, residual_groups) if c is not None]
     for number, frame in enumerate(chunks):
@@ -156,11 +170,12 @@ def cross_products_from_chunks(
             {name: _z_columns(frame, cols) for name, cols in Z.items()},
             None if sample_weight is None else frame[sample_weight],
             None if residual_groups is None else frame[residual_groups],
-            intercept, cov_type, f"chunk {number}",
+            intercept, cov_type, f"chunk {number}", origin,
         )
         if result is None:  # every row of the chunk has weight 0
             continue
         labels, strata_labels, part = result
+        origin = part.origin
         acc.add(labels, part, strata_labels)
         if verbose:
             sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())
@@ -194,7 +209,7 @@ def cross_products_from_dask(
     parts = [c.to_delayed() for _, c in named]
     has_w, has_s = sample_weight is not None, residual_groups is not None
 
-    def one(number, xp, yp, gp, *rest):
+    def one(number, origin, xp, yp, gp, *rest):
         rest = list(rest)
         zp = {k: rest.pop(0) for k in names}
         wp = rest.pop(0) if has_w else None
@@ -203,10 +218,19 @@ def cross_products_from_dask(
         if len(frame) == 0:
             return None
         return partition_cross_products(xp, yp, frame, zp, wp, sp_, intercept, cov_type,
-                                        f"partition {number}")
+                                        f"partition {number}", origin)
 
-    tasks = [dask.delayed(one)(number, *part) for number, part in enumerate(zip(*parts))]
-    results = dask.compute(*tasks)
+    partitions = list(zip(*parts))
+    results: list = []
+    origin = "own" if intercept else None
+    # the first partition with rows alone, for the origin of all (see the module docstring)
+    while len(results) < len(partitions) and isinstance(origin, str):
+        (result,) = dask.compute(dask.delayed(one)(len(results), "own", *partitions[len(results)]))
+        results.append(result)
+        origin = origin if result is None else result[2].origin
+    rest = [dask.delayed(one)(number, origin, *part)
+            for number, part in enumerate(partitions) if number >= len(results)]
+    results += list(dask.compute(*rest))
     acc = Accumulator()
     for number, result in enumerate(results):
         if result is None:

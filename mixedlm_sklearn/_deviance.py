@@ -102,7 +102,9 @@ def profiled_over_beta(F: np.ndarray, logdet: float, dof: int, reml: bool, sum_l
 class Shift:
     """The data moved by a point of random-effects space, for precision.
 
-    ``D = [X y]`` is written ``D = D' + Z C`` with ``C`` (per term (q_k, p + 1, m_k)) the
+    ``D = [X y]`` (the columns the deviance's cross-products hold: measured from their
+    :class:`~._crossprod.Origin` when they have one, and so ``beta0`` too) is written
+    ``D = D' + Z C`` with ``C`` (per term (q_k, p + 1, m_k)) the
     conditional modes of each column at a reference fit, and ``cp`` the cross-products of
     the residual ``D'`` (same terms, levels and weights). The response is first moved by
     ``X beta0`` (the reference fixed effects: a shift of beta that changes no likelihood)
@@ -161,6 +163,7 @@ class Solution:
     ratios : ndarray of shape (S,)
         Residual variance ratios ``delta_s^2`` (reference first, 1).
     beta : ndarray of shape (p,)
+        Of the columns as given (the cross-products' :class:`~._crossprod.Origin` undone).
     r2 : float
         Penalised residual sum of squares.
     deviance : float
@@ -168,7 +171,7 @@ class Solution:
     scale : float
         Residual variance of the reference stratum (``r2 / n``, REML ``r2 / (n - p)``).
     a_inv : ndarray (p, p)
-        ``A^{-1}``: ``scale * a_inv`` is the covariance of beta.
+        ``A^{-1}``: ``scale * a_inv`` is the covariance of beta (columns as given).
     lams : list of (q_k, q_k)
     conditional_cov_on_request : bool
         True where :meth:`conditional_cov` is costly (a stochastic estimate): the
@@ -314,6 +317,9 @@ class ExactSolution(Solution):
         if unsolved.any():
             rows = np.flatnonzero(unsolved)
             quad[rows], shift[rows] = self._solved(terms, seen, rows)
+        origin = factor.prep.cp.origin
+        if origin is not None:  # the modes are of X measured from its origin
+            shift = origin.x_rows(shift)
         return quad, shift
 
     def _solved(self, terms: list, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -518,9 +524,18 @@ class Deviance:
     def solution(self, x: np.ndarray) -> Solution:
         pt = self._evaluate(x)
         theta, v = self.split(pt.x)
-        beta = pt.beta if pt.A is None else pt.beta + self.shift.beta0
+        beta = self.centred_beta(pt)
+        a_inv = self._a_inv(pt)
+        origin = self.cp.origin
+        if origin is not None:  # the fixed effects of the columns as given
+            beta, a_inv = origin.beta(beta), origin.cov(a_inv)
         return ExactSolution(pt.x.copy(), theta.copy(), 1.0 / v, beta.copy(), pt.r2, pt.deviance,
-                             pt.r2 / self.dof, self._a_inv(pt), pt.lams, pt, self._modes_of_data)
+                             pt.r2 / self.dof, a_inv, pt.lams, pt, self._modes_of_data)
+
+    def centred_beta(self, pt: _Point) -> np.ndarray:
+        """The fixed effects of the columns the cross-products hold (measured from their
+        origin): the coordinates of the modes and of ``A``."""
+        return pt.beta if pt.A is None else pt.beta + self.shift.beta0
 
     # ---- derivatives ----------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ Vectors in random-effects space are lists with one ``(q_k, c, m_k)`` array per t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -523,6 +523,14 @@ class Prepared(BlockOps):
             flat = np.concatenate([b.values[0].ravel() for b in cp.pairs])
             a21_data = flat[a21_order]
             new.a21 = sp.csr_matrix((a21_data, self.a21.indices, self.a21.indptr), shape=self.a21.shape)
+            if self.plan.rounds is not None:
+                # A sparse rest block: A_RR and the fill map live on the rest block's lower
+                # pattern (as _prepare_rounds lays them out), not on a dense (r, r) array.
+                new.rest_rows, new.rest_cols = self.rest_rows, self.rest_cols
+                new.rest_off_diag, new.rest_pair_pos = self.rest_off_diag, self.rest_pair_pos
+                new.a22 = self._rest_values(new.diag, cp)
+                new.pairs = fill.values(a21_data)
+                return new
             new.a22 = new.assemble_dense(new.diag, [b.values[0] for b in cp.pairs], add_identity=False)
             if fill is None:
                 new.pairs = _DenseFill(new.a21.toarray(), self.plan.q[self.plan.crossing])
@@ -561,7 +569,13 @@ class Prepared(BlockOps):
                 raise RuntimeError("A_R1 layout changed")
             a21_order = a21.data.astype(np.int64) - 1
             size = a21.shape[0] * a21.shape[1]
-            if a21.nnz < _DENSE_FILL_DENSITY * size or size > _DENSE_FILL_SIZE:
+            if self.plan.rounds is not None:
+                # The map's rows renumbered to positions on the rest block's lower pattern.
+                fill = _pair_map_pattern(a21, self.plan.m[t], self.plan.q[t])
+                keys = self.plan.rounds.keys
+                fill = replace(fill, rows=np.searchsorted(keys, fill.rows),
+                               shape=(keys.size, fill.shape[1]))
+            elif a21.nnz < _DENSE_FILL_DENSITY * size or size > _DENSE_FILL_SIZE:
                 fill = _pair_map_pattern(a21, self.plan.m[t], self.plan.q[t])
         return pair_order, a21_order, fill
 
@@ -593,16 +607,22 @@ class Prepared(BlockOps):
         self.pairs = sp.csc_matrix((full.data, np.searchsorted(keys, full.indices), full.indptr),
                                    shape=(keys.size, full.shape[1]))
         del full
-        self.a22 = np.zeros(keys.size)
-        self.a22[rounds.diag_pos] = np.concatenate([self.diag[k][0, 0] for k in layout.terms])
         self.rest_pair_pos = {}
         for j, b in enumerate(self.cp.pairs):
             if b.k in layout.terms and b.l in layout.terms:
                 i = layout.offsets[layout.terms.index(b.k)] + b.level_k
                 l = layout.offsets[layout.terms.index(b.l)] + b.level_l
-                pos = np.searchsorted(keys, np.maximum(i, l) * r + np.minimum(i, l))
-                self.a22[pos] = b.values[0, :, 0, 0]
-                self.rest_pair_pos[j] = pos
+                self.rest_pair_pos[j] = np.searchsorted(keys, np.maximum(i, l) * r + np.minimum(i, l))
+        self.a22 = self._rest_values(self.diag, self.cp)
+
+    def _rest_values(self, diag: list, cp: CrossProducts) -> np.ndarray:
+        """``A_RR`` of a sparse (rounds) rest block on its lower pattern, from these values."""
+        layout, rounds = self.plan.dense, self.plan.rounds
+        a22 = np.zeros(rounds.keys.size)
+        a22[rounds.diag_pos] = np.concatenate([diag[k][0, 0] for k in layout.terms])
+        for j, pos in self.rest_pair_pos.items():
+            a22[pos] = cp.pairs[j].values[0, :, 0, 0]
+        return a22
 
     def assemble_dense(self, diag: list, pair_values: list, add_identity: bool) -> np.ndarray:
         """Dense block over the dense terms from per-term diagonal blocks and pair blocks."""

@@ -902,9 +902,12 @@ class IterativeDeviance:
         a_inv = linalg.cho_solve((res["chol_A"], True), np.eye(p), check_finite=False) if p \
             else np.zeros((0, 0))
         theta = np.asarray(x, dtype=float)[:self.n_theta].copy()
+        beta, a_inv = res["beta"].copy(), 0.5 * (a_inv + a_inv.T)
+        if self.cp.origin is not None:  # the fixed effects of the columns as given
+            beta, a_inv = self.cp.origin.beta(beta), self.cp.origin.cov(a_inv)
         return IterativeSolution(
-            theta.copy(), theta, np.ones(1), res["beta"].copy(), res["r2"], res["deviance"],
-            res["r2"] / self.dof, 0.5 * (a_inv + a_inv.T), st.lams, u, res["logdet_se"], res["its"],
+            theta.copy(), theta, np.ones(1), beta, res["r2"], res["deviance"],
+            res["r2"] / self.dof, a_inv, st.lams, u, res["logdet_se"], res["its"],
             self)
 
     def with_data(self, cp: CrossProducts, reml: bool | None = None, replan: bool = False
@@ -1043,6 +1046,8 @@ class IterativeDeviance:
             any_seen[rows] = True
             Vk = self._term_view(k, res["V1"], res["V2"])  # (m, q, p + 1)
             shift[rows] += np.einsum("ia,iap->ip", r[rows], Vk[idx[rows], :, :p])
+        if self.cp.origin is not None:  # the modes are of X measured from its origin
+            shift = self.cp.origin.x_rows(shift)
         quad = np.zeros(n)
         rows = np.flatnonzero(any_seen)
         if not rows.size:

@@ -188,7 +188,9 @@ class FittedModel:
 
     @property
     def cross_products(self) -> CrossProducts:
-        return self.deviance.cp
+        """The cross-products of the columns as given (the deviance's, measured from their
+        :class:`~._crossprod.Origin`, undone)."""
+        return self.deviance.cp.uncentred()
 
     @property
     def n_obs(self) -> int:
@@ -236,9 +238,10 @@ def shifted_deviance(dev: Deviance, sol: Solution, design: Design, kept: np.ndar
                      ) -> Deviance | None:
     """The deviance of the same data written ``D = D' + Z C`` (see :class:`._deviance.Shift`).
 
-    ``C`` holds the conditional modes of every column of ``D = [X y]`` at ``sol``; ``D'`` is
-    computed from the rows of ``design`` (one pass). None where ``sol`` has a
-    (near-)singular covariance factor, for which the unshifted form is the accurate one.
+    ``C`` holds the conditional modes of every column of ``D = [X y]`` (measured from the
+    cross-products' origin) at ``sol``; ``D'`` is computed from the rows of ``design`` (one
+    pass). None where ``sol`` has a (near-)singular covariance factor, for which the
+    unshifted form is the accurate one.
     """
     lams = sol.lams
     if any(np.abs(np.diag(lam)).min() <= 1e-6 * max(1.0, np.abs(lam).max()) for lam in lams):
@@ -246,15 +249,19 @@ def shifted_deviance(dev: Deviance, sol: Solution, design: Design, kept: np.ndar
     pt = sol._point
     C = [np.einsum("ab,bjm->ajm", lam, V) for lam, V in zip(lams, dev._modes_of_data(pt))]
     X = design.X_full if kept is None else design.X_full[:, kept]
+    y = design.y
+    if dev.cp.origin is not None:
+        X, y = dev.cp.origin.rows(X, y)
+    beta = dev.centred_beta(pt)
     # the response relative to the fitted fixed part: its conditional modes move with it
     for c in C:
-        c[:, -1, :] -= np.einsum("ajm,j->am", c[:, :-1, :], sol.beta)
-    D = np.column_stack([X, design.y - X @ sol.beta])
+        c[:, -1, :] -= np.einsum("ajm,j->am", c[:, :-1, :], beta)
+    D = np.column_stack([X, y - X @ beta])
     for (codes, Z), Ck in zip(design.factors, C):
         D -= np.einsum("ra,ajr->rj", Z, Ck[:, :, codes])
     cp = cross_products(D[:, :-1], D[:, -1], design.factors, dev.terms, design.weights,
                         design.strata, design.n_strata)
-    return Deviance(dev.cp, dev.reml, plan=dev.plan, shift=Shift(cp, C, sol.beta.copy()))
+    return Deviance(dev.cp, dev.reml, plan=dev.plan, shift=Shift(cp, C, beta.copy()))
 
 
 def choose_solver(cp: CrossProducts, solver: str = "auto") -> tuple[str, Plan | None, str]:

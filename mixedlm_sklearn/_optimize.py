@@ -225,11 +225,16 @@ class _Tracker:
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         try:
-            return self.dev.value_and_grad(x)
+            value, grad = self.dev.value_and_grad(x)
         except NotPositiveDefinite:
             # A trial step far out (an extreme ratio making A numerically singular): tell
             # the line search the step is bad rather than stopping the fit.
             return np.inf, np.zeros(x.size)
+        if not np.all(np.isfinite(grad)):
+            # The same far out where the random effects reproduce y to rounding (r2 at its
+            # floor): a NaN gradient would send L-BFGS-B to an arbitrary bound.
+            return np.inf, np.zeros(x.size)
+        return value, grad
 
     def value(self, x: np.ndarray) -> float:
         try:

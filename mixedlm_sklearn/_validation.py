@@ -686,29 +686,54 @@ def check_random_design(ztz: np.ndarray, counts: np.ndarray, names: Sequence[str
     """Refuse random-effects designs whose covariance cannot be estimated.
 
     ``ztz`` holds one term's ``Z_l'Z_l`` per level (q, q, m) and ``counts`` its rows per
-    level. A column of zeros has no variance to estimate. Two columns proportional within
-    every group (a slope on a covariate that is constant within each group, next to a
-    random intercept) cannot be told apart within any group: their variances and
-    correlation are not identified from within-group information.
+    level. A column of zeros has no variance to estimate. Columns that are linearly
+    dependent in every row (two of them proportional with the same ratio in every group,
+    e.g. a slope on a covariate that takes one value everywhere next to a random
+    intercept) leave the covariance unidentified: only the variance of their combination
+    enters the model. Columns that are proportional within each group but with a ratio
+    that differs between groups (a slope on a covariate constant within each group, as
+    lme4's ``(cHEIGHT | LOCATION)`` on grouseticks) are identified between the groups:
+    the group effect's variance is a quadratic in the covariate. Such a term is fitted
+    (each level's ``Z_l'Z_l`` is then singular, which the penalised factorisation
+    ``Lambda'Z'Z Lambda + I`` does not mind).
     """
     q = ztz.shape[0]
     diag = ztz[np.arange(q), np.arange(q)]
     zero = diag.sum(axis=1) == 0
     if zero.any():
         raise ValueError(f"Z column(s) {[names[j] for j in np.flatnonzero(zero)]} are all zeros")
-    several = counts >= 2
-    if not several.any() or q < 2:
+    if q < 2:
         return
+    pooled = ztz.sum(axis=2)
+    scale = np.sqrt(np.diag(pooled))
+    A = pooled / np.outer(scale, scale)
+    # a Cholesky factorisation of the scaled Z'Z that keeps the earlier columns: d_j is
+    # the squared sine of column j's angle with the span of the columns before it
+    kept: list[int] = []
+    factor = np.zeros((q, q))
     for j in range(q):
-        for c in range(j):
-            sjj, scc, sjc = diag[j, several], diag[c, several], ztz[j, c, several]
-            if np.all(sjj * scc - sjc**2 <= 1e-10 * sjj * scc):
-                raise ValueError(
-                    f"Z columns {names[c]!r} and {names[j]!r} are proportional within every "
-                    "group (e.g. a random slope on a covariate that is constant within each "
-                    "group, next to a random intercept); their random effects are not "
-                    "identifiable: drop one of them"
-                )
+        k = len(kept)
+        w = (linalg.solve_triangular(factor[:k, :k], A[kept, j], lower=True, check_finite=False)
+             if k else np.zeros(0))
+        d_j = A[j, j] - w @ w
+        if d_j > 1e-10:
+            factor[k, :k] = w
+            factor[k, k] = np.sqrt(d_j)
+            kept.append(j)
+            continue
+        pair = [c for c in kept if A[j, c] ** 2 >= 1.0 - 1e-10]
+        if pair:
+            raise ValueError(
+                f"Z columns {names[pair[0]]!r} and {names[j]!r} are proportional with the same "
+                "ratio in every group (e.g. a random slope on a covariate that takes one value "
+                "everywhere, next to a random intercept); their random effects are not "
+                "identifiable: drop one of them"
+            )
+        raise ValueError(
+            f"Z column {names[j]!r} is a linear combination of the columns "
+            f"{[names[c] for c in kept]} in every row; their random effects are not "
+            "identifiable: drop one of them"
+        )
 
 
 def check_counts(n_obs: int, levels: dict[str, int], n_random: int) -> None:

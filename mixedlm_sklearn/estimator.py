@@ -27,7 +27,7 @@ from ._chunked import (
     cross_products_from_dask,
     is_dask_collection,
 )
-from ._crossprod import CrossProducts, cross_products
+from ._crossprod import CrossProducts, cross_products, origin_of
 from ._design import (
     INTERCEPT,
     Design,
@@ -551,7 +551,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
         factors = tuple((t.codes, t.Z) for t in terms_in)
         started = time.perf_counter()
-        cp = cross_products(X, y, factors, terms, weights, strata, n_strata, intercept=self.fit_intercept)
+        # with an intercept, the columns are measured from about their means: y + 1e7 then
+        # keeps its digits (the fit reports everything in the data's own units)
+        origin = origin_of(X, y) if self.fit_intercept else None
+        cp = cross_products(X, y, factors, terms, weights, strata, n_strata, intercept=self.fit_intercept,
+                            origin=origin)
         if self.verbose:
             print(f"[MixedLMRegressor] cross-products: {n} rows, "
                   f"{sum(t.n_levels for t in terms)} levels ({time.perf_counter() - started:.3f} s)")
@@ -696,8 +700,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         comb = cp.combined()
-        check_cross_products(comb.xyxy[0], *[d for d in comb.diag], *[z for z in comb.zxy])
-        rank = drop_aliased_columns(comb.xyxy[0][:-1, :-1], fe_names, cp.n)
+        # lme4's rank check is on X as given (a column 1e8 + noise is aliased with the
+        # intercept); the likelihood is evaluated on the columns measured from their origin
+        as_given = comb.xyxy if comb.origin is None else comb.origin.uncentre_gram(comb.xyxy)
+        xtx = as_given[0][:-1, :-1]
+        check_cross_products(comb.xyxy[0], xtx, *[d for d in comb.diag], *[z for z in comb.zxy])
+        rank = drop_aliased_columns(xtx, fe_names, cp.n)
         if rank.deficient:  # fit the kept columns (lme4's rule)
             cp = cp.select_fixed(np.flatnonzero(rank.kept))
             comb, fe_names = cp.combined(), rank.kept_names

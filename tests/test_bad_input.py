@@ -127,11 +127,11 @@ def test_constant_y(data):
         _fit(X, np.full_like(y, 3.0), groups=groups, Z=Z)
 
 
-def test_slope_constant_within_every_group(data):
+def test_z_columns_with_the_same_ratio_in_every_group(data):
     X, y, groups, _ = data
-    per_group = np.repeat(np.arange(6.0), 10)  # constant within each group
-    Z = np.column_stack([np.ones(len(y)), per_group])
-    with pytest.raises(ValueError, match="'z0' and 'z1' are proportional within every group"):
+    Z = np.column_stack([np.ones(len(y)), np.full(len(y), 4.0)])  # 4 times the intercept
+    with pytest.raises(ValueError, match="'z0' and 'z1' are proportional with the same ratio in "
+                                         "every group"):
         _fit(X, y, groups=groups, Z=Z)
 
 

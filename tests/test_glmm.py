@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special
 
+import mixedlm_sklearn._factor as factor_module
+import mixedlm_sklearn._rounds as rounds_module
 from mixedlm_sklearn._crossprod import DesignPattern, cross_products
 from mixedlm_sklearn._factor import Factor, Plan, Prepared
 from mixedlm_sklearn._glmm import GLMMDeviance, PIRLSDivergence, family_and_link
@@ -99,6 +101,26 @@ def test_laplace_matches_dense_oracle(case):
         assert dev(np.concatenate([theta, beta])) == pytest.approx(expected, abs=1e-8)
 
 
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_laplace_with_a_sparse_rest_block_matches_dense_oracle(family, monkeypatch):
+    # Crossed factors whose smaller one is past the thresholds of a sparse (rounds) rest
+    # block: PIRLS reweights that block at every step (the path of users x items at scale).
+    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = _design(seed=41, n_levels=(70, 50), n=200, family=family)
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    assert dev.plan.rounds is not None and len(dev.plan.rounds.rounds) > 0
+    for theta, beta in [((0.9, 0.6), (0.2, -0.3)), ((0.4, 1.3), (-0.1, 0.4))]:
+        x = np.concatenate([theta, beta])
+        expected = _dense_laplace(X, y, w, factors, terms, fam, lnk, np.array(theta), np.array(beta))
+        assert dev(x) == pytest.approx(expected, abs=1e-8)
+    # the gradient on this path, against central differences
+    x = np.array([0.8, 0.5, 0.1, -0.2])
+    _, grad = dev.value_and_grad(x)
+    numeric = np.array([(dev(x + e) - dev(x - e)) / 2e-5 for e in 1e-5 * np.eye(x.size)])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_laplace_gradient_matches_finite_differences(case):
     X, y, w, factors, terms, fam, lnk = _design(**case)
@@ -185,13 +207,19 @@ def test_design_pattern_reproduces_cross_products():
         assert a.sum_log_weights[0] == pytest.approx(b.sum_log_weights[0])
 
 
-@pytest.mark.parametrize("levels, q", [((30, 6), (1, 1)), ((12, 5), (2, 1)), ((40, 25), (1, 2))])
-def test_reweighted_factor_equals_a_fresh_one(levels, q):
-    # dense crossings (every level meets most of the rest) and sparse ones take different paths
+@pytest.mark.parametrize("levels, q, rest", [((30, 6), (1, 1), "auto"), ((12, 5), (2, 1), "auto"),
+                                            ((40, 25), (1, 2), "auto"),
+                                            ((60, 45), (1, 1), "rounds"), ((50, 40), (2, 1), "rounds")])
+def test_reweighted_factor_equals_a_fresh_one(levels, q, rest, monkeypatch):
+    # dense crossings (every level meets most of the rest) and sparse ones take different
+    # paths; so does a rest block factored by sparse rounds (a few rounds, then a dense core)
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
     X, y, w, factors, terms, fam, lnk = _design(seed=31, n_levels=levels, q=q, n=150)
     pattern = DesignPattern(np.empty((len(y), 0)), factors, terms)
     base_cp = pattern.cross_products(np.zeros(len(y)), np.ones(len(y)))
-    plan = Plan(base_cp)
+    plan = Plan(base_cp, rest=rest)
+    if rest == "rounds":
+        assert plan.rounds is not None and len(plan.rounds.rounds) > 0
     base = Prepared(plan, base_cp)
     rng = np.random.default_rng(1)
     lams = terms.lams(terms.identity_theta() * 0.8 + 0.3 * (terms.lower_bounds() != 0))

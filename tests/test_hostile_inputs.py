@@ -2,7 +2,7 @@
 
 Complements tests/test_bad_input.py (which covers NaN/inf detection, missing labels,
 mismatched lengths, one group, rank-deficient X, a zero Z column, object and duplicate X
-columns, sparse X, bad weights, constant y, a slope constant within groups, empty input).
+columns, sparse X, bad weights, constant y, proportional Z columns, empty input).
 Tests marked xfail(strict=True) document a bug found here; the reason says what is wrong.
 """
 
@@ -196,25 +196,86 @@ def test_as_many_effects_as_rows_is_fitted_when_they_cannot_reproduce_y():
 # ---- random-effects design ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cov_type", ["unstructured", "diagonal"])
-def test_slope_constant_within_groups_names_the_columns(data, cov_type):
+def test_slope_with_one_value_everywhere_names_the_columns(data, cov_type):
+    """A slope on a covariate that takes one value in every group: its column is the
+    intercept's times that value in every row, so only the variance of their sum is
+    identified."""
     X, y, groups, _ = data
     n = len(y)
-    rng = np.random.default_rng(3)
-    Z = pd.DataFrame({"one": np.ones(n), "dose": np.repeat(rng.uniform(1, 5, 6), 10),
-                      "a": X["a"]})
-    with pytest.raises(ValueError, match="'one' and 'dose' are proportional within every group"):
+    Z = pd.DataFrame({"one": np.ones(n), "dose": np.full(n, 2.5), "a": X["a"]})
+    with pytest.raises(ValueError, match="'one' and 'dose' are proportional with the same ratio "
+                                         "in every group"):
         _fit(X, y, groups=groups, Z=Z, params={"cov_type": cov_type})
 
 
-def test_slope_constant_within_groups_with_singleton_groups(data):
-    """Groups of one row are constant in anything; they must not hide the problem."""
+def test_proportional_slopes_with_singleton_groups(data):
+    """Two slopes proportional with one ratio in every row; groups of one row (in which any
+    two columns are proportional) change nothing."""
     X, y, groups, _ = data
     g = groups.copy()
     g[[0, 10, 20]] = [100, 101, 102]  # three singletons
-    w = (g % 7).astype(float) + 1.0  # constant within every group
-    Z = pd.DataFrame({"(Intercept)": np.ones(len(y)), "w": w})
-    with pytest.raises(ValueError, match=r"'\(Intercept\)' and 'w' are proportional"):
+    Z = pd.DataFrame({"(Intercept)": np.ones(len(y)), "a": X["a"], "3a": 3.0 * X["a"]})
+    with pytest.raises(ValueError, match=r"'a' and '3a' are proportional with the same ratio"):
         _fit(X, y, groups=g, Z=Z)
+
+
+def test_a_z_column_combining_others_in_every_row_is_named(data):
+    """Pairwise not proportional, jointly dependent: ``w = 2 + 3 v`` next to 1 and ``v``."""
+    X, y, groups, _ = data
+    v = (groups % 4).astype(float)  # constant within each group, 4 values between them
+    Z = pd.DataFrame({"(Intercept)": np.ones(len(y)), "v": v, "w": 2.0 + 3.0 * v})
+    with pytest.raises(ValueError, match=r"Z column 'w' is a linear combination of the columns "
+                                         r"\['\(Intercept\)', 'v'\] in every row"):
+        _fit(X, y, groups=groups, Z=Z)
+
+
+# lme4 (REML): logLik -433.8677 (4 decimals printed). The dense n x n likelihood of
+# tests/_dense.py (DenseTermsDeviance, L-BFGS-B from our optimum, the identity, a small
+# start and 8 seeded random starts) finds -433.867684088676 at best: the correlation of
+# LOCATION's effects is -1 (a singular fit).
+GROUSETICKS_SLOPE_LOGLIK = -433.867684088676
+
+
+def test_slope_constant_within_each_group_is_identified_between_groups():
+    """``(cHEIGHT | LOCATION)`` with cHEIGHT constant within each location: every level's
+    ``Z_l'Z_l`` is singular, but the ratio of the two columns differs between locations,
+    so the location effect's variance (a quadratic in cHEIGHT) is identified. lme4 fits
+    it; so do we, to the dense likelihood's optimum."""
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.datasets import load_grouseticks
+
+    df = load_grouseticks()
+    assert (df.groupby("LOCATION")["cHEIGHT"].nunique() == 1).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)  # lme4's fit is singular too
+        est = lmer("log(TICKS + 1) ~ YEAR + cHEIGHT + (1 | BROOD) + (cHEIGHT | LOCATION)", df)
+    assert est.converged_
+    assert est.llf_ >= GROUSETICKS_SLOPE_LOGLIK - 1e-6
+    assert est.llf_ >= -433.8677 - 1e-6  # lme4's, as printed
+
+
+@pytest.mark.parametrize("m, seed, reml", [(20, 0, True), (20, 0, False), (110, 1, True)])
+def test_one_term_slope_on_a_group_level_covariate_reaches_the_dense_optimum(m, seed, reml):
+    """``(1 + x_g | g)`` with ``x_g`` constant within each group: every level's ``Z'Z`` is
+    singular (the moment start has no usable level; above 100 levels the fit takes the
+    large-problem path). The dense likelihood from several starts finds nothing higher."""
+    from _dense import DenseTermsDeviance, TermsDesign
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(m), rng.integers(1, 6, m) if m < 50 else rng.integers(2, 4, m))
+    n = g.size
+    x_g = rng.uniform(-2.0, 2.0, m)[g]
+    X = np.column_stack([rng.standard_normal(n), x_g])
+    Z = np.column_stack([np.ones(n), x_g])
+    b = rng.standard_normal((m, 2)) @ np.array([[1.0, 0.0], [0.5, 0.7]]).T
+    y = 1.0 + X @ [0.5, 0.3] + np.einsum("ij,ij->i", Z, b[g]) + rng.standard_normal(n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        est = MixedLMRegressor(reml=reml).fit(X, y, groups=g, Z=Z)
+    assert est.converged_
+    dense = DenseTermsDeviance(TermsDesign(X, y, [("g", g, Z, False)]), reml)
+    assert est.llf_ == pytest.approx(-0.5 * dense(est.theta_), abs=1e-8)
+    assert est.llf_ >= -0.5 * dense.multistart_min([est.theta_], n_random=2 if m < 50 else 0) - 1e-6
 
 
 def test_duplicate_z_column_names(data):

@@ -13,7 +13,12 @@ Exact transformations of the data map the estimates in a known way:
 * ``Z -> Z A`` (A invertible, unstructured covariance): ``cov_re -> A^{-1} cov_re A^{-T}``,
   BLUPs ``b_i -> A^{-1} b_i``, log L unchanged (V does not change);
 * a covariate shifted in X alone: only the intercept moves (by ``-coef * shift``); log L
-  unchanged for ML and REML (X -> X T with det T = 1).
+  unchanged for ML and REML (X -> X T with det T = 1);
+* ``y -> s y + c`` with an intercept: the intercept moves by ``c`` on top of the scaling, for
+  ``|c|`` up to ``1e7 sd(y)`` (lme4 gives identical fits at ``y + 1e6`` and ``y + 1e8``):
+  the cross-products are formed from columns measured from about their means, so they do
+  not carry ``n c^2`` next to the variation. Also from chunks and Dask partitions, whose
+  origin is the first chunk's.
 """
 
 from __future__ import annotations
@@ -217,6 +222,101 @@ def test_covariate_in_other_units(problem, a):
     _check_mapped(est, _expected_after_scaling(ref, x_scale=x_scale, z_map=z_map, reml=reml))
 
 
+# ---- shifts of y and of X's columns: only the intercept moves ---------------------------------
+
+# |c| / sd(y) up to 1e7, and X's columns shifted by up to 1e5 of their SDs: beyond ~1e7 lme4's
+# rank check (R's qr, tolerance 1e-7 on |x - proj x| / |x|) calls such a column aliased with
+# the intercept, and drops it.
+_SHIFTS = st.tuples(st.sampled_from([-1.0, 1.0]), st.floats(-2.0, 7.0))
+
+
+def _weighted_sd(v, w):
+    w = np.ones_like(v) if w is None else w
+    mean = np.average(v, weights=w)
+    return float(np.sqrt(np.average((v - mean) ** 2, weights=w)))
+
+
+def _check_shifted(est, ref, beta, llf, c_scale=1.0, rtol=RTOL):
+    """``est`` is ``ref`` with the fixed effects ``beta`` (intercept first) and log L ``llf``,
+    the variance components and BLUPs of ``ref`` times ``c_scale`` (squared for variances)."""
+    got = est.fe_params_.to_numpy()
+    # the intercept carries the shift: its rounding is that of the shifted data, eps |c|
+    atol = rtol * max(np.abs(ref.fe_params_.to_numpy() * c_scale).max(), 1e-300) + 64 * np.finfo(float).eps * abs(beta[0])
+    np.testing.assert_allclose(got, beta, rtol=rtol, atol=atol)
+    assert est.llf_ == pytest.approx(llf, abs=1e-6)
+    _close(est.cov_re_, ref.cov_re_ * c_scale**2, rtol)
+    _close(est.scale_, ref.scale_ * c_scale**2, rtol)
+    _close(est.random_effects_.to_numpy(), ref.random_effects_.to_numpy() * c_scale, rtol)
+
+
+@SETTINGS
+@given(problems(), _SHIFTS, st.sampled_from([1.0, -1.0, 1e-3, 250.0]))
+def test_y_shifted_and_scaled_moves_only_the_intercept(problem, shift, s):
+    """``y -> s y + c`` with ``|c|`` up to ``1e7 sd(s y)``, random slopes on X's columns."""
+    d, reml, diagonal = problem
+    sign, log_c = shift
+    c = sign * 10.0**log_c * abs(s) * _weighted_sd(d.y, d.weights)
+    ref = _fit_design(d, reml, diagonal)
+    est = _fit_design(d, reml, diagonal, y=s * d.y + c)
+    n, p = len(d.y), d.X_full.shape[1]
+    beta, _, _, llf, _ = _expected_after_scaling(ref, c=s, n=n, p=p, reml=reml)
+    beta[0] += c
+    _check_shifted(est, ref, beta, llf, c_scale=s)
+
+
+@SETTINGS
+@given(problems(), st.lists(_SHIFTS, min_size=3, max_size=3),
+       st.lists(st.sampled_from([1.0, -1.0, 1e-3, 40.0]), min_size=3, max_size=3))
+def test_shifted_and_scaled_covariates_move_only_the_fixed_effects(problem, shifts, scales):
+    """Each column of X times ``a_j`` plus ``b_j`` (``|b_j|`` up to 1e5 of its SD) in X alone:
+    ``beta_j / a_j``, the intercept minus ``sum b_j beta_j / a_j``; ML log L unchanged, REML
+    log L minus ``sum log|a_j|``; variance components and BLUPs unchanged."""
+    d, reml, diagonal = problem
+    p = d.X.shape[1]
+    a = np.array(scales[:p])
+    b = np.array([sign * 10.0 ** min(log_b, 5.0) for sign, log_b in shifts[:p]])
+    b *= [_weighted_sd(col, d.weights) * abs(aj) for col, aj in zip(d.X.T, a)]
+    ref = _fit_design(d, reml, diagonal)
+    est = _fit_design(d, reml, diagonal, X=d.X * a + b)
+    beta, _, _, llf, _ = _expected_after_scaling(ref, x_scale=a, reml=reml)
+    beta[0] -= b @ beta[1:]
+    _check_shifted(est, ref, beta, llf)
+
+
+def _sleep_frame(c: float, x_shift: float = 0.0) -> pd.DataFrame:
+    df = load_sleepstudy()
+    return df.assign(Reaction=df["Reaction"] + c, DaysX=df["Days"] + x_shift, one=1.0)
+
+
+@pytest.mark.parametrize("c", [1e6, 1e7, 1e8, 1e10])
+@pytest.mark.parametrize("reml", [True, False])
+def test_y_far_from_zero_in_memory_in_chunks_and_in_dask(c, reml):
+    """lme4 fits ``Reaction + 1e6`` and ``+ 1e8`` identically; so do fit, fit_chunks (origin
+    from the first chunk) and Dask partitions (from the first partition), with a random
+    slope and the covariate of X shifted too."""
+    ref_df = _sleep_frame(0.0)
+    ref = MixedLMRegressor(reml=reml).fit(ref_df[["DaysX"]], ref_df["Reaction"], groups=ref_df["Subject"],
+                                          Z=ref_df[["one", "Days"]])
+    df = _sleep_frame(c, x_shift=1e4)
+    beta = ref.fe_params_.to_numpy().copy()
+    beta[0] += c - 1e4 * beta[1]
+    fits = {"fit": lambda: MixedLMRegressor(reml=reml).fit(df[["DaysX"]], df["Reaction"], groups=df["Subject"],
+                                                           Z=df[["one", "Days"]]),
+            "chunks": lambda: MixedLMRegressor(reml=reml).fit_chunks(
+                (df.iloc[i:i + 40] for i in range(0, len(df), 40)), y="Reaction", groups="Subject",
+                X=["DaysX"], Z=["(Intercept)", "Days"])}
+    dd = pytest.importorskip("dask.dataframe")
+    parts = dd.from_pandas(df, npartitions=3)
+    fits["dask"] = lambda: MixedLMRegressor(reml=reml).fit(parts[["DaysX"]], parts["Reaction"],
+                                                           groups=parts["Subject"], Z=parts[["one", "Days"]])
+    for kind, fit in fits.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            est = fit()
+        assert est.converged_, kind
+        _check_shifted(est, ref, beta, ref.llf_)
+
+
 # ---- huge and tiny units --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -285,3 +385,39 @@ def test_same_input_gives_bit_identical_results(q, n_groups):
         warnings.simplefilter("ignore", SingularFitWarning)
         again = first.fit(d.X, d.y, groups=d.codes, Z=d.Z, sample_weight=d.weights)
     _assert_bit_identical(again, second)
+
+
+def test_inference_does_not_see_a_shift_of_y():
+    """Everything computed from a fit of ``y + 1e7`` equals the fit of ``y``'s, the
+    intercept moved by 1e7: t tests, Kenward-Roger, profile intervals, prediction
+    intervals, R2, simulated responses and bootstrap refits (which measure the simulated
+    responses from the fit's origin too)."""
+    from mixedlm_sklearn import lmer
+
+    c = 1e7
+    df = load_sleepstudy()
+    ref = lmer("Reaction ~ Days + (Days | Subject)", df)
+    est = lmer("Reaction ~ Days + (Days | Subject)", df.assign(Reaction=df["Reaction"] + c))
+    close = lambda a, b: _close(np.asarray(a, dtype=float), np.asarray(b, dtype=float), 1e-7)
+    table, table_ref = est.summary().fixed_effects, ref.summary().fixed_effects
+    close(table[["std_error", "df", "t_value"]].iloc[1:], table_ref[["std_error", "df", "t_value"]].iloc[1:])
+    close(table[["std_error", "df"]], table_ref[["std_error", "df"]])
+    close(est.cov_fe(adjust="kenward-roger"), ref.cov_fe(adjust="kenward-roger"))
+    profile, profile_ref = est.conf_int(method="profile"), ref.conf_int(method="profile")
+    profile.loc["(Intercept)"] -= c
+    close(profile, profile_ref)
+    new = df.head(6)
+    Z = np.column_stack([np.ones(6), new["Days"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Z without column names
+        low, high = est.predict_interval(new[["Days"]], groups=new["Subject"], Z=Z)
+        low_ref, high_ref = ref.predict_interval(new[["Days"]], groups=new["Subject"], Z=Z)
+    close(low - c, low_ref)
+    close(high - low, high_ref - low_ref)
+    r2, r2_ref = est.r2(), ref.r2()
+    close([r2.marginal, r2.conditional], [r2_ref.marginal, r2_ref.conditional])
+    close(est.simulate(3, random_state=0) - c, ref.simulate(3, random_state=0))
+    boot, boot_ref = est.bootstrap(n_boot=8, random_state=0), ref.bootstrap(n_boot=8, random_state=0)
+    values, values_ref = boot.replicates.to_numpy().copy(), boot_ref.replicates.to_numpy()
+    values[:, -2] -= c  # the intercept's column
+    np.testing.assert_allclose(values, values_ref, rtol=1e-6)

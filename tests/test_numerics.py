@@ -20,7 +20,7 @@ from scipy import optimize
 
 from mixedlm_sklearn import MixedLMRegressor
 from mixedlm_sklearn._basis import Conditioned
-from mixedlm_sklearn._crossprod import cross_products
+from mixedlm_sklearn._crossprod import Origin, cross_products
 from mixedlm_sklearn._design import Design
 from mixedlm_sklearn._deviance import Deviance
 from mixedlm_sklearn._model import shifted_deviance
@@ -98,7 +98,10 @@ def test_residual_sd_of_1e6_of_the_group_effects_beats_the_lme4_port():
     assert _exact_loglik(x, y, g, 793857.34622297, True) < reml.llf_ + 1e-9
 
 
-def test_shifted_and_whitened_deviances_equal_the_plain_one_where_it_is_accurate():
+@pytest.mark.parametrize("measured_from_origin", [False, True])
+def test_shifted_and_whitened_deviances_equal_the_plain_one_where_it_is_accurate(measured_from_origin):
+    """Also with the columns measured from an origin (``_crossprod.Origin``): the same
+    deviance, gradient and solution as the plain cross-products of the columns as given."""
     rng = np.random.default_rng(0)
     n = 300
     a, b, s = rng.integers(0, 15, n), rng.integers(0, 7, n), rng.integers(0, 2, n)
@@ -110,12 +113,28 @@ def test_shifted_and_whitened_deviances_equal_the_plain_one_where_it_is_accurate
     terms = Terms([Term("a", ("1", "x"), 15), Term("b", ("1",), 7)])
     factors = [(a, Za), (b, np.ones((n, 1)))]
     cp = cross_products(X, y, factors, terms, w, s, 2)
+    plain_dev = Deviance(cp, True)
+    design = Design(X, False, y, tuple(factors), w, s, 2)
+    if measured_from_origin:
+        origin = Origin(np.array([0.0, 0.7, -3.0]))  # x and y measured from 0.7 and -3
+        cp = cross_products(X[:, 1:], y, factors, terms, w, s, 2, intercept=True, origin=origin)
+        design = Design(X[:, 1:], True, y, tuple(factors), w, s, 2)
+        uncentred = cp.uncentred()
+        np.testing.assert_allclose(uncentred.xyxy, plain_dev.cp.xyxy, rtol=1e-12,
+                                   atol=1e-12 * np.abs(plain_dev.cp.xyxy).max())
+        for got, want in zip(uncentred.zxy, plain_dev.cp.zxy):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
     dev = Deviance(cp, True)
     x0 = np.array([1.2, 0.3, 0.4, 0.9, 0.2])
-    shifted = shifted_deviance(dev, dev.solution(x0), Design(X, False, y, tuple(factors), w, s, 2))
+    shifted = shifted_deviance(dev, dev.solution(x0), design)
     conditioned = Conditioned(dev)
     for point in (x0, x0 * 1.3, x0 * 0.7):
-        plain, sol = dev.value_and_grad(point), dev.solution(point)
+        plain, sol = plain_dev.value_and_grad(point), plain_dev.solution(point)
+        value, grad = dev.value_and_grad(point)
+        assert value == pytest.approx(plain[0], rel=1e-13)
+        np.testing.assert_allclose(grad, plain[1], rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(dev.solution(point).beta, sol.beta, rtol=1e-10)
+        np.testing.assert_allclose(dev.solution(point).a_inv, sol.a_inv, rtol=1e-10)
         value, grad = shifted.value_and_grad(point)
         assert value == pytest.approx(plain[0], rel=1e-13)
         np.testing.assert_allclose(grad, plain[1], rtol=1e-8, atol=1e-8)

@@ -244,7 +244,10 @@ def variance_components(est: Any) -> VarianceComponents:
     """
     model = fitted_model(est)
     sol = model.solution
-    cp = model.cross_products.combined()
+    # the columns measured from the engine's origin: the variance of X beta is that of the
+    # shifted columns with their own fixed effects, without n mean^2 cancelling (y + 1e7)
+    cp = model.deviance.cp.combined()
+    beta = sol.beta if cp.origin is None else cp.origin.centred_beta(sol.beta)
     p = cp.p
     n = float(cp.xyxy[0][0, 0]) if model.fe_names[0] == "(Intercept)" else None
     if n is None:
@@ -256,7 +259,7 @@ def variance_components(est: Any) -> VarianceComponents:
     lower = model.terms.lower_bounds()
     singular = bool(np.any(sol.theta[lower == 0.0] < _SINGULAR_TOL))
     residual = float(sol.scale * (model.cross_products.n_obs @ sol.ratios) / model.n_obs)
-    return components_from_moments(sol.beta, xtx, x_sum, n, ztz, sol.cov_re(), residual,
+    return components_from_moments(beta, xtx, x_sum, n, ztz, sol.cov_re(), residual,
                                    [t.n_levels for t in model.terms], singular)
 
 

@@ -450,7 +450,10 @@ class Refitter:
     ----------
     rows : Rows
     template : CrossProducts
-        Cross-products of ``rows`` with any response (the fit's own).
+        Cross-products of ``rows`` with any response (the fit's own). With an
+        :class:`~mixedlm_sklearn._crossprod.Origin` the responses are measured from it too,
+        so that a response far from 0 keeps its digits; the refits report the fixed
+        effects of the columns as given either way.
     reml : bool
     x0 : ndarray
         Start of every refit: the parameters the responses are drawn from.
@@ -472,7 +475,9 @@ class Refitter:
         self.x0 = np.asarray(x0, dtype=float)
         self.prototype = deviance if deviance is not None else Deviance(template, reml)
         self.multistart, self.max_iter, self.tol = multistart, max_iter, tol
-        self.response_map = ResponseMap(rows.X, rows.factors, rows.terms, rows.weights, rows.strata,
+        self.origin = template.origin
+        X = rows.X if self.origin is None else self.origin.rows(rows.X, np.zeros(rows.n))[0]
+        self.response_map = ResponseMap(X, rows.factors, rows.terms, rows.weights, rows.strata,
                                         rows.n_strata)
         # One term and one stratum: the responses of a batch are refitted together
         # (:mod:`.._batched_refit`), the engine taking over replicates that do not settle.
@@ -497,7 +502,7 @@ class Refitter:
                  multistart: bool = REFIT_MULTISTART) -> "Refitter":
         """A refitter of a fit's own rows (``reml`` and ``x0`` default to the fit's)."""
         rows = model_rows(model)
-        return cls(rows, model.cross_products, model.reml if reml is None else reml,
+        return cls(rows, model.deviance.cp, model.reml if reml is None else reml,
                    model.x if x0 is None else x0, model.deviance, multistart, model.max_iter,
                    model.tol)
 
@@ -509,6 +514,8 @@ class Refitter:
         """The response-dependent cross-products of responses ``Y`` (n, k) *with* offset."""
         if self.rows.offset is not None:
             Y = Y - self.rows.offset[:, None]
+        if self.origin is not None:
+            Y = self.origin.response(Y, self.rows.X)
         return self.response_map(Y)
 
     def refit_all(self, products: ResponseProducts) -> list:
@@ -523,7 +530,8 @@ class Refitter:
                 info = OptimizerInfo(True, "converged: batched Newton", int(batch.n_iter[j]),
                                      int(batch.n_iter[j]), float(batch.scaled_gradient[j]),
                                      batch.at_bound[j].copy())
-                out[j] = Refit(batch.theta[j], ratios, batch.beta[j], float(batch.scale[j]),
+                beta = batch.beta[j] if self.origin is None else self.origin.beta(batch.beta[j])
+                out[j] = Refit(batch.theta[j], ratios, beta, float(batch.scale[j]),
                                float(batch.deviance[j]), info, _source=(self, products, j))
         for j in range(k):
             if out[j] is None:
