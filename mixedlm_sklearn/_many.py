@@ -37,7 +37,7 @@ import numpy as np
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._batched_refit import OneTermBatch, _subset
-from ._crossprod import CrossProducts, ResponseMap, ResponseProducts, cross_products
+from ._crossprod import _ORIGIN_ROWS, CrossProducts, Origin, ResponseMap, ResponseProducts, cross_products
 from ._deviance import Deviance, Solution
 from ._model import fit_model
 from ._optimize import _MULTISTART_MAX_LEVELS, _MULTISTART_SEED, _EXTRA_STARTS, _RANDOM_STARTS, OptimizerInfo
@@ -149,6 +149,12 @@ class ManyFit:
     terms : Terms
         The terms on the whole data.
     reml : bool
+    y_shift : ndarray (k,)
+        Where each response is measured from (its products are those of ``y - y_shift``;
+        0 without an intercept column): the mean of its first observed values where that
+        exceeds their standard deviation, as the single fit's origin
+        (:func:`._crossprod.origin_of`). The deviance does not change; the intercept is
+        reported for ``y`` as given.
     """
 
     theta: np.ndarray
@@ -168,6 +174,7 @@ class ManyFit:
     patterns: list
     terms: Terms
     reml: bool
+    y_shift: np.ndarray | None = None
     solver: str = "auto"
     max_iter: int = 1000
     tol: float = 1e-8
@@ -178,10 +185,10 @@ class ManyFit:
         return self.theta.shape[0]
 
     def cross_products(self, j: int) -> CrossProducts:
-        """The cross-products of response ``j`` on its own rows."""
+        """The cross-products of response ``j`` on its own rows (measured from its origin)."""
         pat = self.patterns[self.pattern[j]]
         where = int(np.flatnonzero(pat.columns == j)[0])
-        return pat.template.with_response(pat.products, where)
+        return _with_origin(pat.template.with_response(pat.products, where), self.y_shift[j])
 
     def deviance_and_solution(self, j: int) -> tuple[Any, Solution]:
         """The single fit's deviance of response ``j`` and its solution at the fit."""
@@ -699,6 +706,7 @@ def fit_many(X: np.ndarray, Y: np.ndarray, factors: Sequence[tuple[np.ndarray, n
     p = X.shape[1]
     nt = terms.n_theta
     observed, pattern = missing_patterns(Y)
+    intercept = p > 0 and bool(np.all(X[:, 0] == 1.0))
     out = ManyFit(theta=np.full((k, nt), np.nan), beta=np.full((k, p), np.nan),
                   scale=np.full(k, np.nan), deviance=np.full(k, np.nan),
                   cov_beta=np.full((k, p, p), np.nan),
@@ -707,7 +715,7 @@ def fit_many(X: np.ndarray, Y: np.ndarray, factors: Sequence[tuple[np.ndarray, n
                   batched=np.zeros(k, dtype=bool), at_bound=np.zeros((k, nt), dtype=bool),
                   n_iter=np.zeros(k, dtype=np.int64), n_obs=observed.sum(axis=1)[pattern],
                   pattern=pattern, messages=[""] * k, patterns=[], terms=terms, reml=reml,
-                  solver=solver, max_iter=max_iter, tol=tol)
+                  y_shift=np.zeros(k), solver=solver, max_iter=max_iter, tol=tol)
     done = 0
     with single_threaded_blas():
         for s in range(observed.shape[0]):
@@ -724,7 +732,11 @@ def fit_many(X: np.ndarray, Y: np.ndarray, factors: Sequence[tuple[np.ndarray, n
                 if progress is not None:
                     progress(done, k)
                 continue
-            pat.products = pat.response_map(Y[np.ix_(pat.rows, columns)])
+            Yp = Y[np.ix_(pat.rows, columns)]
+            if intercept:
+                out.y_shift[columns] = _response_origin(Yp)
+                Yp = Yp - out.y_shift[columns][None]
+            pat.products = pat.response_map(Yp)
             one_term = len(terms) == 1
             batch = classes = None
             if one_term:
@@ -767,6 +779,7 @@ def _fit_columns(out: ManyFit, pat: PatternDesign, batch: OneTermBatch | None,
                                                      res.beta[acc], res.scale[acc])
             cols = pat.columns[local[sel[acc]]]
             out.theta[cols], out.beta[cols] = res.theta[acc], res.beta[acc]
+            out.beta[cols, 0] += out.y_shift[cols]  # the intercept of y as given
             out.scale[cols], out.deviance[cols] = res.scale[acc], res.deviance[acc]
             out.cov_beta[cols] = cov_beta
             out.at_bound[cols] = res.at_bound[acc]
@@ -784,7 +797,7 @@ def _fit_columns(out: ManyFit, pat: PatternDesign, batch: OneTermBatch | None,
 def _single_fit(out: ManyFit, pat: PatternDesign, products: ResponseProducts, i: int, j: int,
                 design_of, Y: np.ndarray) -> None:
     """Response ``j`` (``i`` in ``products``) by the single fit's path."""
-    cp = pat.template.with_response(products, i)
+    cp = _with_origin(pat.template.with_response(products, i), out.y_shift[j])
     design = design_of(pat.rows, Y[pat.rows, j], pat.factors) if design_of is not None else None
     try:
         with np.errstate(all="ignore"):
@@ -808,6 +821,24 @@ def _single_fit(out: ManyFit, pat: PatternDesign, products: ResponseProducts, i:
     for t, b in enumerate(sol.blups()):
         out.blups[t][j, pat.levels[t]] = b
     out._models[j] = (dev, sol)
+
+
+def _response_origin(Y: np.ndarray, rows: int = _ORIGIN_ROWS) -> np.ndarray:
+    """Per column of ``Y``, the single fit's origin of ``y`` (:func:`._crossprod.origin_of`):
+    the mean of the first ``rows`` values where it exceeds their standard deviation, else 0.
+    Responses far from 0 relative to their spread keep their digits in the cross-products."""
+    head = Y[:rows]
+    mean, sd = head.mean(axis=0), head.std(axis=0)
+    return np.where((np.abs(mean) > sd) & np.isfinite(mean), mean, 0.0)
+
+
+def _with_origin(cp: CrossProducts, shift: float) -> CrossProducts:
+    """Cross-products of ``y - shift`` labelled with that origin, so that the engine's
+    solution reports the fixed effects of ``y`` as given (``X``'s first column the
+    intercept)."""
+    if shift == 0.0:
+        return cp
+    return dataclasses.replace(cp, origin=Origin(np.append(np.zeros(cp.p), shift)))
 
 
 _ZERO_RESIDUAL = ("the residual variance is 0: the fixed and random effects reproduce y exactly "

@@ -383,3 +383,23 @@ def test_satterthwaite_df_together_equal_each_single_fit():
         got = [table.loc[("(Intercept)", name), "df"], table.loc[("Days", name), "df"]]
         np.testing.assert_allclose(got, expected, rtol=1e-5)
         assert contrast.loc[name, "df"] == pytest.approx(satterthwaite_df(single, [1.0, 2.0])[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1e5, 1e9])
+def test_responses_far_from_zero_fit_as_the_single_fit_does(shift):
+    """Each response measured from its own origin (the single fit's rule): y + 1e9 with a
+    spread of 0.1 keeps its digits; the intercept is reported for y as given."""
+    df, Z = _sleep()
+    r = df["Reaction"].to_numpy()
+    Y = np.column_stack([r + shift, np.log(r) + shift, r])
+    Y[:3, 1] = np.nan
+    est = _quiet(MixedLMRegressor().fit, df[["Days"]], Y, groups=df["Subject"], Z=Z)
+    for j in range(3):
+        rows = ~np.isnan(Y[:, j])
+        single = _quiet(MixedLMRegressor().fit, df[["Days"]][rows], Y[rows, j],
+                        groups=df["Subject"][rows], Z=Z[rows])
+        assert est.llf_[j] == pytest.approx(single.llf_, rel=1e-8)
+        assert est.intercept_[j] == pytest.approx(single.intercept_, rel=1e-12, abs=1e-6)
+        assert est.for_response(j).intercept_ == pytest.approx(single.intercept_, rel=1e-12, abs=1e-6)
+    # the deviance does not depend on where y is measured from
+    assert est.llf_[2] == pytest.approx(est.llf_[0], rel=1e-10)
