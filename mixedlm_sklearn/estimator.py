@@ -1147,6 +1147,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         from .inference import conf_int
 
         check_is_fitted(self)
+        if hasattr(self, "many_"):  # several responses: one response's intervals via for_response
+            from .inference._parameters import several_responses
+
+            raise TypeError(several_responses("est"))
         return conf_int(self, alpha=alpha, method=method, **kwargs)
 
     def profile(self, **kwargs):

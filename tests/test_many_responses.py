@@ -403,3 +403,12 @@ def test_responses_far_from_zero_fit_as_the_single_fit_does(shift):
         assert est.for_response(j).intercept_ == pytest.approx(single.intercept_, rel=1e-12, abs=1e-6)
     # the deviance does not depend on where y is measured from
     assert est.llf_[2] == pytest.approx(est.llf_[0], rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["summary", "conf_int", "r2", "bootstrap", "fitted", "anova"])
+def test_single_response_inference_names_for_response(method):
+    df, Z = _sleep()
+    Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
+    est = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"], Z=Z)
+    with pytest.raises(TypeError, match="for_response"):
+        getattr(est, method)()

@@ -197,6 +197,10 @@ def simulation_model(est: Any, role: str = "est") -> Any:
         return est
     model = getattr(est, "model_", None)
     if not (isinstance(model, FittedModel) or is_glmm(model)):
+        if hasattr(est, "many_"):
+            from ._parameters import several_responses
+
+            raise TypeError(several_responses(role))
         raise TypeError(f"{role} must be a fitted MixedLMRegressor, MixedGLMClassifier or "
                         "MixedGLMRegressor")
     return model
