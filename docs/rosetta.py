@@ -327,27 +327,22 @@ ROWS: list[Row] = [
         "assert result['power'].iloc[-1] > result['power'].iloc[0]"),
     # ---- prediction -----------------------------------------------------------------------
     Row("lme4", "prediction", "predict(m, newdata, allow.new.levels = TRUE)",
-        "m.predict(**m.model_frame_.new_data(newdata))",
-        "New levels (subject ``999``) get the population prediction without being asked; "
-        "lme4 refuses them unless ``allow.new.levels = TRUE``.",
+        "m.predict(newdata)",
+        "New levels (subject ``999``) get the population prediction without being asked "
+        "(``allow_new_levels=True``, the default here; ``False`` refuses them, lme4's default).",
         "sleepstudy",
         f"np.testing.assert_allclose(result, {_S}['predict_newdata']['allow_new_levels'], rtol=1e-6)"),
     Row("lme4", "prediction", "predict(m, newdata, re.form = NA)",
-        "args = m.model_frame_.new_data(newdata)\n"
-        'del args["groups"]  # no levels: the population prediction\n'
-        "m.predict(**args)",
-        "Today: drop ``groups`` from the new data's arguments. "
-        "``m.predict(newdata, re_form=None)`` is planned.",
+        "m.predict(newdata, re_form=None)",
+        "``re_form`` also takes a formula of terms (``\"~ (1 | Subject)\"``) or factor names.",
         "sleepstudy",
-        f"np.testing.assert_allclose(result, {_S}['predict_newdata']['re_form_NA'], rtol=1e-9)",
-        today=False),
+        f"np.testing.assert_allclose(result, {_S}['predict_newdata']['re_form_NA'], rtol=1e-9)"),
     Row("lme4", "prediction", "update(m, . ~ . + I(Days^2))",
-        'lmer("Reaction ~ Days + I(Days^2) + (Days | Subject)", sleepstudy)',
-        "Today: fit the new formula. ``update(m, \". ~ . + I(Days^2)\")`` is planned.",
+        'mixedlm_sklearn.update(m, ". ~ . + I(Days^2)")',
+        "R's ``update.formula`` rules; ``REML=False`` and other parameters as keywords.",
         "sleepstudy",
         "assert result.converged_\n"
-        f"assert abs(mixedlm_sklearn.anova(m, result)['Chisq'].iloc[1] - {_S}['anova_m0_m_m2']['Chisq'][2]) < 1e-6",
-        today=False),
+        f"assert abs(mixedlm_sklearn.anova(m, result)['Chisq'].iloc[1] - {_S}['anova_m0_m_m2']['Chisq'][2]) < 1e-6"),
     # ---- statsmodels MixedLM ------------------------------------------------------------
     Row("statsmodels", "statsmodels",
         'smf.mixedlm("Weight ~ Time", dietox, groups=dietox["Pig"]).fit()',
@@ -418,9 +413,9 @@ ROWS: list[Row] = [
         "assert 'Satterthwaite' in str(m.summary())"),
     Row("statsmodels", "statsmodels",
         "result.predict(exog)",
-        'm.predict(dietox[["Time"]])',
-        "Without ``groups`` the prediction is the population one, as statsmodels'; with "
-        "``groups`` (and ``Z``) it adds each seen level's random effects.",
+        'm.predict(dietox[["Time"]], re_form=None)',
+        "``re_form=None``: the population prediction, as statsmodels'; by default a formula "
+        "fit adds the random effects of the pigs it has seen (``Pig`` in the new rows).",
         "dietox",
         "np.testing.assert_allclose(result, m.intercept_ + m.coef_[0] * dietox['Time'], rtol=1e-12)"),
 ]

@@ -66,11 +66,10 @@ def main(plot_path: str | Path | None = None) -> dict:
         rows = pd.DataFrame({"age": ages, "Sex": pd.Categorical([sex] * ages.size,
                                                               categories=["Male", "Female"]),
                              "Subject": child, "distance": 0.0})
-        args = fit.model_frame_.new_data(rows)
-        if child not in set(df["Subject"]):
-            del args["groups"]  # a child of no group of the fit: a new level
-        mean = fit.predict(**args)
-        lower, upper = fit.predict_interval(**args)
+        # a child of no group of the fit is a new level: the population curve, and the
+        # random effects' full variance in the interval
+        mean = fit.predict(rows)
+        lower, upper = fit.predict_interval(rows)
         curves[child] = (mean, lower, upper)
     try:
         import matplotlib

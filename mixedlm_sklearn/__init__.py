@@ -5,6 +5,7 @@ Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
 """
 
 from ._validation import RankDeficientWarning
+from .api import compare, update
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .formula import glmer, lmer
 from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor
@@ -21,6 +22,8 @@ __all__ = [
     "SingularFitWarning",
     "RankDeficientWarning",
     "lmer",
+    "update",
+    "compare",
     "lr_test",
     "anova",
     "pb_test",

@@ -42,6 +42,8 @@ from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
 from ._threads import single_threaded_blas
+from ._util.choices import canonical
+from .formula_mode import ALL_TERMS, FormulaMode
 from ._validation import (
     RankDeficientWarning,
     align_columns,
@@ -68,6 +70,10 @@ from ._validation import (
 )
 
 __all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]
+
+
+# conf_int's methods, with R's spellings (confint(method = "Wald"), "boot" as lme4's)
+_CONF_INT_METHODS = {"wald": ("Wald",), "profile": (), "boot": ()}
 
 
 class SingularFitWarning(UserWarning):
@@ -198,7 +204,7 @@ def _print_iteration(iteration: int, deviance: float) -> None:
     print(f"[MixedLMRegressor] iteration {iteration:3d}: deviance {deviance:.10g}")
 
 
-class MixedLMRegressor(RegressorMixin, BaseEstimator):
+class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
     """Linear mixed-effects model fitted by REML or maximum likelihood.
 
     For each group ``i``: ``y_i = X_i b + Z_i g_i + e_i`` with ``g_i ~ N(0, cov_re)`` and
@@ -245,6 +251,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         errors: ``model_.solution.conditional_cov_se()``). "auto": exact when
         its cost estimate (time and memory) is affordable, iterative beyond;
         ``verbose`` says which was chosen.
+    formula : str, optional
+        An lme4 formula, ``"~ Days + (Days | Subject)"`` (the response given as ``y``) or
+        ``"Reaction ~ Days + (Days | Subject)"`` (``fit(df)``, as :func:`lmer`). With it,
+        ``X`` is a DataFrame holding the formula's variables, grouping factors included,
+        so the estimator works in ``Pipeline``, ``cross_validate(..., groups=df.Subject,
+        cv=GroupKFold())`` and ``GridSearchCV`` (over ``formula`` too) without metadata
+        routing; ``fit_intercept`` and ``cov_type`` then come from the formula, and
+        ``predict`` takes a DataFrame of new rows. The fit keeps a reference to ``X``
+        (for :func:`update`; a pickle carries it). Default None: the array API.
 
     Attributes
     ----------
@@ -300,7 +315,10 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     n_features_in_ : int
         Number of columns of X, as in scikit-learn.
     feature_names_in_ : ndarray of shape (n_features,)
-        Column names of X when it was a DataFrame with string column names.
+        Column names of X when it was a DataFrame with string column names; with
+        ``formula``, the variables the formula reads (``predict`` needs them).
+    model_frame_ : ModelFrame
+        With ``formula``: the formula evaluated on the data (designs, terms, the rows).
 
     See Also
     --------
@@ -337,6 +355,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
         "solver": [StrOptions({"auto", "exact", "iterative"})],
+        "formula": [str, None],
     }
 
     def __init__(
@@ -348,6 +367,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         tol: float = 1e-8,
         verbose: int = 0,
         solver: str = "auto",
+        formula: str | None = None,
     ) -> None:
         self.reml = reml
         self.fit_intercept = fit_intercept
@@ -356,12 +376,14 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         self.tol = tol
         self.verbose = verbose
         self.solver = solver
+        self.formula = formula
 
     # ---- fitting --------------------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            residual_groups: Any = None, offset: Any = None, progress: Any = None):
+    def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
+            sample_weight: Any = None, residual_groups: Any = None, offset: Any = None,
+            context: Any = None, progress: Any = None):
         """Fit the model.
 
         Parameters
@@ -410,6 +432,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         offset : array-like of shape (n,), optional
             A known part of the linear predictor (lme4's ``offset``): the model is fitted to
             ``y - offset``. Pass the new rows' offset to :meth:`predict`.
+        context : mapping, optional
+            With ``formula``: further names the formula may use (numbers, or arrays with
+            one value per row), as :func:`lmer`'s ``context``.
         progress : callable, optional
             With several responses: ``progress(done, total)`` after each block of
             responses (with ``verbose`` and no callable, a printed line per block).
@@ -460,6 +485,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         (array([-871.8141,  149.2406]), (2, 1), (180, 2))
         """
         with _refitting(self), clean_failure():
+            if self.formula is not None:
+                if progress is not None:
+                    raise ValueError("progress reports the responses of a multi-output fit, "
+                                     "which takes arrays (or lmer(..., responses=[...]))")
+                return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
+                                         sample_weight=sample_weight,
+                                         residual_groups=residual_groups, context=context)
+            if context is not None:
+                raise TypeError("context= gives names a formula may use: it needs formula=...")
             # ---- several responses (issue: many responses): inference/many.py ----
             from .inference.many import fit_responses, is_multi_output
 
@@ -475,11 +509,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 return self
             if progress is not None:
                 raise ValueError("progress reports the responses of a multi-output fit; y has one")
-            offset_values = None
-            if offset is not None:
-                y = _minus_offset(y, offset, X)
-                offset_values = _check_offset(offset, _num_samples(X))
-            return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset_values)
+            return self._fit_arrays(X, y, groups=groups, Z=Z, sample_weight=sample_weight,
+                                    residual_groups=residual_groups, offset=offset)
+
+    def _fit_arrays(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None,
+                    sample_weight: Any = None, residual_groups: Any = None,
+                    offset: Any = None) -> "MixedLMRegressor":
+        offset_values = None
+        if offset is not None:
+            y = _minus_offset(y, offset, X)
+            offset_values = _check_offset(offset, _num_samples(X))
+        return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset_values)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
         if isinstance(self.cov_type, dict):
@@ -633,6 +673,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         -871.814
         """
         self._validate_params()
+        if self.formula is not None:
+            raise TypeError("fit_chunks reads arrays (columns by name); a formula fit needs the "
+                            "rows in memory: use fit(df) or formula=None")
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
         if len(X) == 0:
@@ -801,13 +844,17 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     # ---- prediction -----------------------------------------------------------------------
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                return_std: bool = False, residual_groups: Any = None) -> Any:
+                return_std: bool = False, residual_groups: Any = None, re_form: Any = ALL_TERMS,
+                allow_new_levels: bool | str = True) -> Any:
         """Predict: fixed part, plus ``Z @ BLUP`` for rows of groups seen in ``fit``.
 
         Parameters
         ----------
-        X : array-like of shape (n, p)
-            Fixed-effects covariates of the new rows, with the columns of ``fit``.
+        X : array-like of shape (n, p) or DataFrame
+            Fixed-effects covariates of the new rows, with the columns of ``fit``. A formula
+            fit (``formula=...``, :func:`lmer`) takes a DataFrame with the formula's
+            variables (covariates and grouping factors; the response is not needed), as
+            lme4's ``predict(fit, newdata)``.
         groups : array-like of shape (n,), optional
             Without it (or for labels not seen in ``fit``) the prediction is the population
             (fixed-effects) prediction. With several grouping factors: a DataFrame with
@@ -825,6 +872,16 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         residual_groups : array-like of shape (n,), optional
             With ``return_std``, for a model with a residual variance per stratum: the
             rows' strata.
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms the prediction conditions on (lme4's ``re.form``):
+            ``"all"`` every term (``re.form = NULL``), None none: the population level
+            (``re.form = NA``); a list of grouping factors keeps their terms; a formula fit
+            also takes a formula of whole terms of the fit, ``"~ (1 | Subject)"``.
+        allow_new_levels : bool or "warn", default=True
+            Levels not seen in ``fit`` get random effect 0, the population prediction of a
+            new group (lme4's ``allow.new.levels = TRUE``; lme4's default is FALSE, ours
+            True because cross-validation predicts new groups by design). "warn": the same
+            with a warning counting them; False: a ValueError listing them.
 
         Returns
         -------
@@ -860,7 +917,24 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         ...                         Z=Z[:2], return_std=True)
         >>> std.round(2)
         array([28.37, 27.68])
+
+        A formula fit predicts from a DataFrame; a new subject gets the population line:
+
+        >>> import pandas as pd
+        >>> fit = MixedLMRegressor(formula="Reaction ~ Days + (Days | Subject)").fit(df)
+        >>> new = pd.DataFrame({"Days": [0, 9], "Subject": ["308", "new"]})
+        >>> fit.predict(new).round(2)
+        array([253.66, 345.61])
+        >>> fit.predict(new, re_form=None).round(2)
+        array([251.41, 345.61])
         """
+        X, groups, Z, offset, residual_groups = self._prediction_rows(
+            X, groups, Z, offset, re_form, allow_new_levels, residual_groups)
+        return self._predict_arrays(X, groups=groups, Z=Z, offset=offset, return_std=return_std,
+                                    residual_groups=residual_groups)
+
+    def _predict_arrays(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
+                        return_std: bool = False, residual_groups: Any = None) -> Any:
         pred, X, parts = self._predict_rows(X, groups, Z, offset)
         if return_std and hasattr(self, "many_"):
             raise ValueError("return_std is for a single response: use for_response(j).predict")
@@ -873,7 +947,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
     def _predict_rows(self, X: Any, groups: Any, Z: Any, offset: Any) -> tuple:
         """Predictions, the validated ``X`` and the rows' levels (:meth:`_new_levels`)."""
         check_is_fitted(self)
-        X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64, accept_sparse=False)
+        if getattr(self, "_formula_columns_", None) is None:
+            X = validate_data(self, _check_frame(X), reset=False, dtype=np.float64,
+                              accept_sparse=False)
+        else:
+            X = self._formula_design(X)
         if hasattr(self, "many_"):  # several responses: (n, k)
             pred = X @ self.coef_.T + self.intercept_
             if offset is not None:
@@ -927,7 +1005,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         if labels.shape[0] != n:
             raise ValueError(f"groups has {labels.shape[0]} entries but X has {n} rows")
         idx = pd.Index(self.groups_).get_indexer(labels)
-        _warn_if_none_seen(idx >= 0, labels, self.groups_, "groups")
+        if getattr(self, "_formula_columns_", None) is None:  # formula fits check their own
+            _warn_if_none_seen(idx >= 0, labels, self.groups_, "groups")
         return [(idx, z_design)]
 
     def _several_levels(self, n: int, groups: Any, Z: Any) -> list:
@@ -955,7 +1034,8 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
             labels = np.asarray(frame[col], dtype=object)
             idx = pd.Index(self.groups_[name]).get_indexer(labels)
-            _warn_if_none_seen(idx >= 0, labels, self.groups_[name], f"groups[{name!r}]")
+            if getattr(self, "_formula_columns_", None) is None:  # formula fits check their own
+                _warn_if_none_seen(idx >= 0, labels, self.groups_[name], f"groups[{name!r}]")
             parts[name] = (idx, z_k)
         for name, z in Z.items():  # a design without levels: rows of a new level
             if name not in parts:
@@ -1024,8 +1104,14 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         else:
             self._z_names_in = {None: column_names_of(Z)}
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None, Z: Any = None) -> float:
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
+              Z: Any = None) -> float:
         """R^2 of the predictions: conditional on the BLUPs where ``groups`` are given.
+
+        A formula fit scores :meth:`predict`'s default predictions: rows of groups seen in
+        ``fit`` are conditional on their BLUPs, rows of unseen groups get the population
+        prediction. So cross-validation by ``GroupKFold`` scores the prediction of new
+        groups (population level), by ``KFold`` the prediction within known groups.
 
         Parameters
         ----------
@@ -1065,6 +1151,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """
         from sklearn.metrics import r2_score
 
+        y, sample_weight = self._formula_response(X, y, sample_weight)
         return float(r2_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
 
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
@@ -1146,6 +1233,7 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         """
         from .inference import conf_int
 
+        method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)
         if hasattr(self, "many_"):  # several responses: one response's intervals via for_response
             from .inference._parameters import several_responses
@@ -1454,13 +1542,18 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return icc(self)
 
-    def fitted(self, level: str = "conditional") -> Any:
+    def fitted(self, level: str | None = None, *, re_form: Any = ALL_TERMS) -> Any:
         """Compute the fitted values of the fit's rows (lme4's ``fitted``).
 
         Parameters
         ----------
-        level : {"conditional", "marginal"}, default="conditional"
-            With the BLUPs (``"conditional"``) or the fixed effects only.
+        level : {"conditional", "marginal"}, optional
+            The older spelling of ``re_form``: ``"conditional"`` is ``re_form="all"``,
+            ``"marginal"`` is ``re_form=None``.
+        re_form : "all", None, list of str or str, default="all"
+            With the BLUPs (lme4's ``fitted``) or the fixed effects only (lme4's
+            ``predict(fit, re.form = NA)``); a formula fit also takes some of the terms,
+            as :meth:`predict`.
 
         Returns
         -------
@@ -1483,9 +1576,16 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         from .inference.prediction import fitted
 
         check_is_fitted(self)
-        return fitted(self, level=level)
+        frame = getattr(self, "model_frame_", None)
+        if level is None and frame is not None and re_form is not None and not (
+                isinstance(re_form, str) and re_form == ALL_TERMS):
+            # some of the terms: the formula's prediction on the fitted rows
+            return pd.Series(self.predict(frame.rows, re_form=re_form), index=frame.rows.index,
+                             name="fitted")
+        return fitted(self, level=_level(level, re_form))
 
-    def residuals(self, type: str = "response", level: str = "conditional") -> Any:
+    def residuals(self, type: str = "response", level: str | None = None, *,
+                  re_form: Any = ALL_TERMS) -> Any:
         """Compute the residuals of the fit's rows (lme4's ``residuals``).
 
         Parameters
@@ -1493,7 +1593,9 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         type : {"response", "pearson"}, default="response"
             Observed minus fitted, or that divided by the residual standard deviation (of
             the row's stratum, with the prior weight).
-        level : {"conditional", "marginal"}, default="conditional"
+        level : {"conditional", "marginal"}, optional
+            As in :meth:`fitted`.
+        re_form : "all" or None, default="all"
             As in :meth:`fitted`.
 
         Returns
@@ -1517,11 +1619,12 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         from .inference.prediction import residuals
 
         check_is_fitted(self)
-        return residuals(self, type=type, level=level)
+        return residuals(self, type=type, level=_level(level, re_form))
 
     def predict_interval(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                          residual_groups: Any = None, alpha: float = 0.05,
-                         kind: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+                         kind: str = "prediction", re_form: Any = ALL_TERMS,
+                         allow_new_levels: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
         """Prediction or confidence intervals of :meth:`predict`.
 
         Parameters
@@ -1542,6 +1645,11 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         kind : {"prediction", "confidence"}, default="prediction"
             An interval for a new observation (residual variance included) or for its
             conditional mean.
+        re_form : "all", None, list of str or str, default="all"
+            As in :meth:`predict`; a term left out contributes its random effect's full
+            variance.
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`predict`.
 
         Returns
         -------
@@ -1558,13 +1666,15 @@ class MixedLMRegressor(RegressorMixin, BaseEstimator):
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
         >>> df = load_sleepstudy()
         >>> fit = lmer("Reaction ~ Days + (Days | Subject)", df)
-        >>> lower, upper = fit.predict_interval(**fit.model_frame_.new_data(df.head(2)))
+        >>> lower, upper = fit.predict_interval(df.head(2))
         >>> lower.round(1), upper.round(1)
         (array([198.1, 219.1]), array([309.3, 327.6]))
         """
         from .inference.prediction import predict_interval
 
         check_is_fitted(self)
+        X, groups, Z, offset, residual_groups = self._prediction_rows(
+            X, groups, Z, offset, re_form, allow_new_levels, residual_groups)
         return predict_interval(self, X, groups=groups, Z=Z, offset=offset,
                                 residual_groups=residual_groups, alpha=alpha, kind=kind)
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
@@ -1667,6 +1777,23 @@ def _check_strata(cp: CrossProducts, labels: np.ndarray) -> None:
         )
 
 
+def _level(level: str | None, re_form: Any) -> str:
+    """``fitted``'s and ``residuals``' older ``level`` from ``re_form`` ("all" or None)."""
+    if level is not None:
+        return level
+    if re_form is None:
+        return "marginal"
+    if isinstance(re_form, str) and re_form == ALL_TERMS:
+        return "conditional"
+    raise ValueError(f"fitted values and residuals take re_form='all' or None, got {re_form!r}")
+
+
+def fitted_intercept(est: Any, model: Any) -> bool:
+    """Whether the fit added an intercept column: the formula decides in formula mode."""
+    design = getattr(model, "design", None)
+    return bool(design.intercept) if design is not None else bool(est.fit_intercept)
+
+
 def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
     """``intercept_``, ``coef_``, ``cov_fe_``, ``fe_params_``, ``bse_``, ``theta_`` of a fit
     (the linear and the generalized estimators alike)."""
@@ -1676,8 +1803,9 @@ def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
         # coefficient is 0 (so predict is unchanged), its standard error NaN.
         beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
         fe_names = model.rank.names
-    est.intercept_ = float(beta[0]) if est.fit_intercept else 0.0
-    est.coef_ = beta[1:].copy() if est.fit_intercept else beta.copy()
+    intercept = fitted_intercept(est, model)
+    est.intercept_ = float(beta[0]) if intercept else 0.0
+    est.coef_ = beta[1:].copy() if intercept else beta.copy()
     est.cov_fe_ = cov_fe
     est.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
     est.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")

@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ALLOWED_FUNCTIONS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
-           "parse_formula", "lmer", "glmer"]
+           "parse_formula", "lmer", "glmer", "update_formula"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -897,6 +897,10 @@ def _compile_part(text: str, checker: _Checker, what: str) -> str:
 
 def _compile_response(text: str, checker: _Checker) -> str:
     tokens = list(_tokens(text, checker.formula))
+    if len(tokens) > 1 and not any(kind == "op" and token in ("+", "~", "|", "||", "%in%")
+                                   for kind, token in tokens):
+        # an arithmetic response (R's incidence/size ~ ...): one expression, checked as code
+        tokens = [("code", text.strip())]
     if len(tokens) != 1 or tokens[0][0] not in ("name", "code"):
         raise ValueError(f"in formula {checker.formula!r}, the response {text.strip()!r} must "
                          "be one variable or one expression such as log(y)")
@@ -2162,7 +2166,16 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
                        if name in names.predictors}, environment, naming, fitted_rows, numbers)
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
+def _reml_argument(REML: Any, reml: Any) -> bool:
+    """lme4's ``REML=`` or the estimator's ``reml=``: one of them."""
+    if REML is not None and reml is not None:
+        raise TypeError("give REML= (lme4's spelling) or reml= (the estimator's), not both")
+    value = REML if REML is not None else reml
+    return True if value is None else value
+
+
+def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bool | None = None,
+         weights: Any = None, residual_groups: Any = None,
          context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
          progress: Any = None, **estimator_params: Any):
     """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
@@ -2176,8 +2189,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     data : DataFrame
         The data. Rows with a missing value in any model variable are dropped first (lme4's
         ``na.action = na.omit``); the estimator itself refuses missing values.
-    reml : bool, default=True
-        REML (lme4's default) or maximum likelihood.
+    REML : bool, default=True
+        REML (lme4's default) or maximum likelihood, lme4's argument.
+    reml : bool, optional
+        The same under the estimator's name (give one of the two).
+    weights : str or array-like, optional
+        Prior weights (lme4's ``weights``): a column of ``data`` or one value per row; the
+        residual variance of a row is ``sigma^2 / w``.
+    residual_groups : str or array-like, optional
+        A residual variance per stratum (a column of ``data`` or one label per row), as
+        :meth:`MixedLMRegressor.fit`'s ``residual_groups``.
     context : mapping, optional
         Names the formula may use besides the columns of ``data``: numbers, or arrays
         with one value per row. The caller's variables are
@@ -2200,11 +2221,10 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     Returns
     -------
     MixedLMRegressor
-        Fitted, with the extra attribute ``model_frame_`` (the
-        :class:`~mixedlm_sklearn.formula.ModelFrame`), whose ``fit_arguments()`` and
-        ``new_data()`` give the designs
-        ``predict`` takes (and the offset, for a formula with ``offset(...)``). A later
-        plain ``fit`` removes ``model_frame_``.
+        ``MixedLMRegressor(formula=formula, reml=REML, ...)`` fitted to ``data``: a
+        scikit-learn estimator in formula mode (``predict(new_df)``, ``clone``, pipelines
+        and cross-validation work on DataFrames), with ``model_frame_`` (the
+        :class:`~mixedlm_sklearn.formula.ModelFrame`).
 
     Raises
     ------
@@ -2212,7 +2232,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
         For a formula that is not allowed or cannot be evaluated on ``data``, naming the
         offending piece.
     TypeError
-        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them).
+        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them; the
+        returned estimator keeps them at their defaults), or both ``REML`` and ``reml``.
 
     See Also
     --------
@@ -2243,13 +2264,15 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     --------
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> est
+    MixedLMRegressor(formula='Reaction ~ Days + (Days | Subject)')
     >>> round(est.llf_, 4)
     -871.8141
     >>> est.fe_params_.round(3).to_dict()
     {'(Intercept)': 251.405, 'Days': 10.467}
-    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), reml=False)
-    >>> est.cov_type, float(est.cov_re_[0, 1])
-    ('diagonal', 0.0)
+    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), REML=False)
+    >>> float(est.cov_re_[0, 1])
+    0.0
     >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
     >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
     (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
@@ -2264,24 +2287,42 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *,
     """
     from .estimator import MixedLMRegressor
 
-    clash = {"fit_intercept", "cov_type"} & set(estimator_params)
-    if clash:
-        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
-                        "'||' makes the covariance diagonal); do not pass them to lmer")
+    _check_r_arguments(estimator_params, "lmer")
     if responses is not None:  # ---- several responses (inference/many.py) ----
-        return _lmer_responses(formula, data, reml, context, responses, progress, estimator_params)
+        if residual_groups is not None:
+            raise ValueError("residual_groups is not supported with several responses")
+        return _lmer_responses(formula, data, _reml_argument(REML, reml), context, responses,
+                               progress, weights, estimator_params)
     if progress is not None:
         raise ValueError("progress reports the responses of lmer(..., responses=[...])")
-    frame = parse_formula(formula, data, context=context)
-    arguments = frame.fit_arguments()
-    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
-    est.fit(**arguments)
-    est.model_frame_ = frame
-    return est
+    est = MixedLMRegressor(formula=formula, reml=_reml_argument(REML, reml), **estimator_params)
+    # fit_intercept and cov_type stay at their defaults: the formula decides them, so
+    # clone() and a grid over formula= refit any formula
+    return est.fit(data, sample_weight=weights, residual_groups=residual_groups,
+                   context=context)
+
+
+# R's argument names of lmer/glmer that have a Python spelling here.
+_R_SPELLINGS = {"nAGQ": "n_agq", "control": "max_iter / tol", "subset": "data[rows]",
+                "na.action": "(rows with missing values are dropped, as na.omit)",
+                "offset": "offset(x) in the formula", "start": "(not supported)"}
+
+
+def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
+    clash = {"fit_intercept", "cov_type"} & set(params)
+    if clash:
+        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
+                        f"'||' makes the covariance diagonal); do not pass them to {function}")
+    if "formula" in params:
+        raise TypeError(f"{function} takes the formula as its first argument")
+    for name in params:
+        if name in _R_SPELLINGS:
+            raise TypeError(f"{function}() got lme4's argument {name!r}: here it is "
+                            f"{_R_SPELLINGS[name]}")
 
 
 def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
-                    progress: Any, estimator_params: dict):
+                    progress: Any, weights: Any, estimator_params: dict):
     """:func:`lmer` of a one-sided formula for every column named in ``responses``: the
     formula's design with a placeholder response (so that only covariates and factors drop
     rows), then the multi-output fit of the responses on those rows."""
@@ -2309,6 +2350,11 @@ def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, 
     except (TypeError, ValueError) as err:
         raise ValueError(f"responses must be numeric columns: {err}") from None
     arguments["y"] = Y
+    if weights is not None:  # a column of data, or one value per row of data
+        w = rows[weights] if isinstance(weights, str) else pd.Series(np.asarray(weights, dtype=float))
+        if len(w) != len(rows):
+            raise ValueError(f"weights has {len(w)} values for {len(rows)} rows of data")
+        arguments["sample_weight"] = np.asarray(w, dtype=float)[frame.X.index.to_numpy()]
     est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
     est.fit(**arguments, progress=progress)
     est.model_frame_ = frame
@@ -2327,8 +2373,9 @@ def _cbind(response: str, formula: str) -> tuple[str, str] | None:
     return parts[0].strip(), parts[1].strip()
 
 
-def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
-          n_agq: int = 1, *, context: Mapping[str, Any] | None = None, **estimator_params: Any):
+def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str | None = None,
+          n_agq: int = 1, *, nAGQ: int | None = None, weights: Any = None,
+          context: Mapping[str, Any] | None = None, **estimator_params: Any):
     """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
 
     Parameters
@@ -2349,6 +2396,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     n_agq : int, default=1
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
+    nAGQ : int, optional
+        The same as ``n_agq``, under lme4's name (give one of the two).
+    weights : str or array-like, optional
+        Prior weights, a column of ``data`` or one value per row: for a binomial proportion
+        response (``incidence / size``) the numbers of trials (``weights="size"`` fits the
+        same model as ``cbind(incidence, size - incidence)``, as in R).
     context : mapping, optional
         As in :func:`lmer`.
     **estimator_params
@@ -2387,36 +2440,207 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     """
     from .glm_estimator import MixedGLMRegressor
 
-    clash = {"fit_intercept", "cov_type"} & set(estimator_params)
-    if clash:
-        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
-                        "'||' makes the covariance diagonal); do not pass them to glmer")
-    sides = _split_top(formula, "~")
-    pair = _cbind(sides[0], formula) if len(sides) == 2 else None
-    weights = None
-    if pair is None:
-        frame = parse_formula(formula, data, context=context)
-    else:
-        if family != "binomial":
-            raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
-        frame = parse_formula(f"I({pair[0]}) ~ {sides[1]}", data, context=context)
-        other = parse_formula(f"I({pair[1]}) ~ {sides[1]}", data, context=context)
-        if not frame.y.index.equals(other.y.index):
-            raise ValueError(f"in formula {formula!r}, the two columns of cbind() are missing in "
-                             "different rows")
-        successes, failures = frame.y.to_numpy(), other.y.to_numpy()
-        bad = (successes < 0) | (failures < 0)
-        if bad.any():
-            rows = list(frame.y.index[bad][:5])
-            raise ValueError(f"cbind(successes, failures) needs counts >= 0; rows {rows} are negative")
-        trials = successes + failures
-        with np.errstate(invalid="ignore", divide="ignore"):
-            proportion = np.where(trials > 0, successes / np.where(trials > 0, trials, 1.0), 0.0)
-        frame.y = pd.Series(proportion, index=frame.y.index, name=f"cbind({pair[0]}, {pair[1]})")
-        weights = trials  # a row with no trials carries no information (weight 0 removes it)
-    arguments = frame.fit_arguments()
-    est = MixedGLMRegressor(family=family, link=link, n_agq=n_agq, **frame.estimator_params(),
+    _check_r_arguments(estimator_params, "glmer")
+    if nAGQ is not None:
+        if n_agq != 1:
+            raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
+        n_agq = nAGQ
+    family = _family_name(family)
+    if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
+            and _cbind(_split_top(formula, "~")[0], formula) is not None:
+        raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
+    est = MixedGLMRegressor(formula=formula, family=family, link=link, n_agq=n_agq,
                             **estimator_params)
-    est.fit(**arguments, sample_weight=weights)
-    est.model_frame_ = frame
-    return est
+    return est.fit(data, sample_weight=weights, context=context)
+
+
+def _family_name(family: Any) -> str:
+    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
+    name = getattr(family, "__name__", None)
+    if callable(family) and name in ("binomial", "poisson"):
+        return name
+    return family
+
+
+# ---- update(): R's update.formula on lme4 formulas ------------------------------------------
+
+
+def _norm(text: str) -> str:
+    """A formula piece with R's spacing: one space around binary + and -, none inside names."""
+    text = " ".join(text.split())
+    return re.sub(r"\s*([+])\s*", r" \1 ", text)
+
+
+def _bar_text(inner: str) -> str:
+    positions = _bar_positions(inner)
+    bar = "||" if len(positions) == 2 else "|"
+    left, right = inner[:positions[0]], inner[positions[-1] + 1:]
+    return f"({_norm(left)} {bar} {' '.join(right.split())})"
+
+
+def _unwrap(text: str) -> str:
+    text = text.strip()
+    while _wraps(text):
+        text = text[1:-1].strip()
+    return text
+
+
+def _expand(text: str, order: dict[str, int]) -> list[tuple[str, ...]]:
+    """The terms of a fixed-effects expression (``a*b``, ``a:b``, ``(a + b)^2``, ``a/b``):
+    each a tuple of factors, as R's ``terms`` expands them (without the intercept)."""
+    text = _unwrap(text)
+    pieces = _signed_pieces(text) if len(_split_top(text, "+")) > 1 else [("+", text)]
+    if len(pieces) > 1:
+        out: list[tuple[str, ...]] = []
+        for sign, piece in pieces:
+            for term in _expand(piece, order):
+                key = frozenset(term)
+                if sign == "-":
+                    out = [t for t in out if frozenset(t) != key]
+                elif key not in {frozenset(t) for t in out}:
+                    out.append(term)
+        return out
+    if len(parts := _split_top(text, "*")) > 1:
+        terms = _expand(parts[0], order)
+        for part in parts[1:]:
+            right = _expand(part, order)
+            terms = terms + right + [a + tuple(f for f in b if f not in a) for a in terms for b in right]
+        return _unique(terms)
+    if len(parts := _split_top(text, "/")) > 1:
+        terms = _expand(parts[0], order)
+        factors = tuple(dict.fromkeys(f for t in terms for f in t))
+        for part in parts[1:]:
+            terms = terms + [factors + tuple(f for f in b if f not in factors)
+                             for b in _expand(part, order)]
+        return _unique(terms)
+    if len(parts := _split_top(text, "^")) == 2 and parts[1].strip().isdigit():
+        base = _expand(parts[0], order)
+        terms = list(base)
+        for _ in range(int(parts[1]) - 1):
+            terms = terms + [a + tuple(f for f in b if f not in a) for a in terms for b in base]
+        return _unique([t for t in terms if len(t) <= int(parts[1])])
+    if len(parts := _split_top(text, ":")) > 1:
+        terms: list[tuple[str, ...]] = [()]
+        for part in parts:
+            terms = [a + tuple(f for f in b if f not in a) for a in terms
+                     for b in _expand(part, order)]
+        return _unique(terms)
+    name = " ".join(text.split())
+    order.setdefault(name, len(order))
+    return [(name,)]
+
+
+def _unique(terms: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    seen, out = set(), []
+    for t in terms:
+        if frozenset(t) not in seen:
+            seen.add(frozenset(t))
+            out.append(t)
+    return out
+
+
+def _terms_of(rhs: str, old: tuple | None, order: dict[str, int]) -> tuple[list, bool]:
+    """``(terms, intercept)`` of a right side: fixed terms (tuples) and bars (strings), with
+    ``.`` standing for ``old``'s."""
+    terms: list = []
+    intercept = True
+    for sign, piece in _signed_pieces(rhs):
+        bar = _as_bar(piece)
+        if piece == ".":
+            if old is None:
+                raise ValueError("'.' in a formula that updates nothing")
+            new = list(old[0])
+            if not old[1]:
+                intercept = False
+        elif bar is not None:
+            new = [_bar_text(bar)]
+        elif piece in ("1", "0"):
+            intercept = (sign == "+") == (piece == "1")
+            continue
+        else:
+            new = _expand(piece, order)
+        keys = {_key(t) for t in new}
+        if sign == "-":
+            terms = [t for t in terms if _key(t) not in keys]
+        else:
+            terms = terms + [t for t in new if _key(t) not in {_key(u) for u in terms}]
+    return terms, intercept
+
+
+def _key(term: Any) -> Any:
+    return term if isinstance(term, str) else frozenset(term)
+
+
+def split_formula_sides(formula: str) -> tuple[str | None, str]:
+    """``(lhs or None, rhs)`` of a formula (a formula without ``~`` is a right side)."""
+    sides = _split_top(formula, "~")
+    if len(sides) == 1:
+        return None, sides[0].strip()
+    return (sides[0].strip() or None), sides[1].strip()
+
+
+def update_formula(old: str, new: str) -> str:
+    """Apply R's ``update.formula(old, new)`` to an lme4 formula.
+
+    ``.`` on the left of ``new`` stands for ``old``'s response (``log(.) ~ .``), on the right
+    for ``old``'s terms; ``+ term`` adds, ``- term`` removes a fixed term (after expanding
+    ``*``, ``/`` and ``^`` as R does) or a random-effects term ``(left | group)`` (matched
+    after normalising spaces); ``- 1`` / ``+ 0`` remove the intercept. Terms print as R's
+    ``terms`` orders them: by order (main effects and random-effects terms, then two-way
+    interactions, ...), in order of appearance within an order; a removed intercept is
+    written ``- 1`` at the end.
+
+    Parameters
+    ----------
+    old : str
+        The formula being updated, ``"Reaction ~ Days + (Days | Subject)"``.
+    new : str
+        The update, ``". ~ . - Days"``; without ``~`` it is a right side (``". + x"``).
+
+    Returns
+    -------
+    str
+        The updated formula.
+
+    Raises
+    ------
+    ValueError
+        A malformed formula.
+
+    See Also
+    --------
+    mixedlm_sklearn.update : Refit a fit with the updated formula.
+
+    Examples
+    --------
+    >>> update_formula("Reaction ~ Days + (Days | Subject)", ". ~ . - Days")
+    'Reaction ~ (Days | Subject)'
+    >>> update_formula("distance ~ age * Sex + (age | Subject)", ". ~ . - Sex")
+    'distance ~ age + (age | Subject) + age:Sex'
+    >>> update_formula("Reaction ~ Days + (Days | Subject)", "log(.) ~ . - 1")
+    'log(Reaction) ~ Days + (Days | Subject) - 1'
+    """
+    old_sides = _split_top(old, "~")
+    if len(old_sides) != 2:
+        raise ValueError(f"formula {old!r} must have one '~'")
+    new_sides = _split_top(new, "~")
+    if len(new_sides) == 1:
+        new_sides = [".", new_sides[0]]
+    if len(new_sides) != 2:
+        raise ValueError(f"update {new!r} must have at most one '~'")
+    old_lhs, new_lhs = old_sides[0].strip(), new_sides[0].strip()
+    if not new_lhs:
+        lhs = ""
+    else:
+        lhs = re.sub(r"(?<![\w.])\.(?![\w.])", lambda _: old_lhs, " ".join(new_lhs.split()))
+    order: dict[str, int] = {}
+    old_terms = _terms_of(old_sides[1].strip(), None, order)
+    terms, intercept = _terms_of(new_sides[1].strip(), old_terms, order)
+    degree = [1 if isinstance(t, str) else len(t) for t in terms]
+    ordered = [t for _, _, t in sorted(zip(degree, range(len(terms)), terms),
+                                       key=lambda item: (item[0], item[1]))]
+    texts = [t if isinstance(t, str) else ":".join(t) for t in ordered]
+    rhs = " + ".join(texts) if texts else ("1" if intercept else "0")
+    if texts and not intercept:
+        rhs += " - 1"
+    return f"{lhs} ~ {rhs}" if lhs else f"~ {rhs}"

@@ -48,8 +48,10 @@ from ._validation import (
     first_rows,
     take_rows,
 )
-from .estimator import (MixedLMRegressor, _check_frame, _check_offset, _refitting,
+from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, _check_frame, _check_offset, _refitting,
                         store_fixed_effects, store_random_effects)
+from ._util.choices import canonical
+from .formula_mode import ALL_TERMS, FormulaMode
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor", "GLMMFit"]
 
@@ -160,7 +162,7 @@ def _fit_with_fixed(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[flo
     return float(res.fun), x
 
 
-class _MixedGLMBase(BaseEstimator):
+class _MixedGLMBase(FormulaMode, BaseEstimator):
     """What the GLMM classifier and regressor share: fit, attributes, linear predictor."""
 
     # score() conditions on the BLUPs only when asked (see MixedLMRegressor).
@@ -173,11 +175,12 @@ class _MixedGLMBase(BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
+        "formula": [str, None],
     }
 
     # The linear predictor, its random-effects part and Z's column names are computed as
     # MixedLMRegressor computes its predictions (one implementation, shared).
-    _linear_predictor = MixedLMRegressor.predict
+    _linear_predictor = MixedLMRegressor._predict_arrays
     _predict_rows = MixedLMRegressor._predict_rows
     _new_levels = MixedLMRegressor._new_levels
     _several_levels = MixedLMRegressor._several_levels
@@ -196,6 +199,19 @@ class _MixedGLMBase(BaseEstimator):
         """Warn of a response that is not a count of its family (see the regressor)."""
 
     # ---- fitting --------------------------------------------------------------------------
+
+    def _fit_either(self, X, y, groups, Z, sample_weight, offset, context):
+        """``fit``'s body: the formula mode or the arrays."""
+        if self.formula is not None:
+            return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
+                                     sample_weight=sample_weight, context=context)
+        if context is not None:
+            raise TypeError("context= gives names a formula may use: it needs formula=...")
+        return self._fit(X, y, groups, Z, sample_weight, offset)
+
+    def _fit_arrays(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None,
+                    sample_weight: Any = None, offset: Any = None):
+        return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
         family, link = self._family_link()
@@ -341,6 +357,110 @@ class _MixedGLMBase(BaseEstimator):
         tags.input_tags.sparse = False
         return tags
 
+    # ---- the fit's rows ---------------------------------------------------------------
+
+    def _fitted_eta(self, re_form: Any) -> np.ndarray:
+        """The linear predictor of the fit's rows: with the conditional modes ("all") or not."""
+        design = self.model_.design
+        eta = design.X @ self.coef_ + self.intercept_
+        if design.offset is not None:
+            eta = eta + design.offset
+        if re_form is None:
+            return eta
+        if not (isinstance(re_form, str) and re_form == ALL_TERMS):
+            raise ValueError(f"fitted values and residuals take re_form='all' or None, got "
+                             f"{re_form!r}")
+        for (codes, Z), b in zip(design.factors, self.model_.solution.blups()):
+            eta = eta + np.einsum("ij,ij->i", Z, b[codes])
+        return eta
+
+    def _rows_output(self, values: np.ndarray, name: str) -> Any:
+        frame = getattr(self, "model_frame_", None)
+        if frame is not None and len(frame.y) == len(values):
+            return pd.Series(values, index=frame.y.index, name=name)
+        return values
+
+    def fitted(self, *, re_form: Any = ALL_TERMS, type: str = "response") -> Any:
+        """Compute the fitted values of the fit's rows (lme4's ``fitted``).
+
+        Parameters
+        ----------
+        re_form : "all" or None, default="all"
+            With the conditional modes of the random effects (lme4's ``fitted``) or
+            without (``predict(fit, re.form = NA)``).
+        type : {"response", "link"}, default="response"
+            The mean (probabilities, proportions, rates) or the linear predictor.
+
+        Returns
+        -------
+        Series or ndarray of shape (n_obs,)
+            A Series indexed like the data's rows for a formula fit.
+
+        See Also
+        --------
+        MixedGLMRegressor.residuals : The residuals.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.fitted().head(3).round(4).tolist()  # lme4: 0.3082 0.1417 0.1260
+        [0.3082, 0.1417, 0.126]
+        """
+        check_is_fitted(self)
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        eta = self._fitted_eta(re_form)
+        values = eta if type == "link" else self.model_.deviance.link.inverse(eta)
+        return self._rows_output(values, "fitted")
+
+    def residuals(self, type: str = "deviance", *, re_form: Any = ALL_TERMS) -> Any:
+        """Compute the residuals of the fit's rows (lme4's ``residuals``).
+
+        Parameters
+        ----------
+        type : {"deviance", "pearson", "response"}, default="deviance"
+            lme4's default deviance residuals (signed square roots of each row's deviance),
+            Pearson residuals ``(y - mu) sqrt(w) / sqrt(V(mu))``, or ``y - mu`` (for a
+            binomial ``y`` the proportion).
+        re_form : "all" or None, default="all"
+            As in :meth:`fitted`.
+
+        Returns
+        -------
+        Series or ndarray of shape (n_obs,)
+            As :meth:`fitted`.
+
+        See Also
+        --------
+        MixedGLMRegressor.fitted : The fitted values.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> fit.residuals().head(2).round(4).tolist()  # lme4: -1.4380 0.9887
+        [-1.438, 0.9887]
+        """
+        check_is_fitted(self)
+        if type not in ("deviance", "pearson", "response"):
+            raise ValueError(f"type must be 'deviance', 'pearson' or 'response', got {type!r}")
+        design, dev = self.model_.design, self.model_.deviance
+        eta = self._fitted_eta(re_form)
+        mu = dev.link.inverse(eta)
+        y, w = design.y, design.weights
+        w = np.ones_like(y) if w is None else w
+        if type == "response":
+            values = y - mu
+        elif type == "pearson":
+            values = (y - mu) * np.sqrt(w) / np.sqrt(dev.family.variance(mu)[0])
+        else:
+            values = np.sign(y - mu) * np.sqrt(dev.family.deviance_residuals(y, eta, mu, w,
+                                                                             dev.link))
+        return self._rows_output(values, "residuals")
+
     # ---- inference -------------------------------------------------------------------
 
     def summary(self, alpha: float = 0.05):
@@ -442,6 +562,7 @@ class _MixedGLMBase(BaseEstimator):
         """
         from .inference.glmm import conf_int
 
+        method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)
         return conf_int(self, alpha=alpha, method=method, which=which, **kwargs)
 
@@ -597,6 +718,9 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         it as lme4 does (scaled gradient below 1e-4).
     verbose : int, default=0
         Print the optimiser's work when positive.
+    formula : str, optional
+        An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
+        factors included), as :class:`MixedLMRegressor`'s ``formula``.
 
     Attributes
     ----------
@@ -685,7 +809,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
     def __init__(self, link: str = "logit", n_agq: int = 1, fit_intercept: bool = True,
                  cov_type: str | dict = "unstructured", max_iter: int = 1000, tol: float = 1e-8,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, formula: str | None = None) -> None:
+        self.formula = formula
         self.link = link
         self.n_agq = n_agq
         self.fit_intercept = fit_intercept
@@ -693,6 +818,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+
+    _formula_labels = True  # formula mode: y holds class labels
 
     def _family_link(self):
         return family_and_link("binomial", self.link)
@@ -711,8 +838,9 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         return codes.astype(float)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            offset: Any = None) -> "MixedGLMClassifier":
+    def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
+            sample_weight: Any = None, offset: Any = None,
+            context: Any = None) -> "MixedGLMClassifier":
         """Fit the model.
 
         Parameters
@@ -731,6 +859,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             Prior weights (a row of weight 2 counts as two identical rows).
         offset : array-like of shape (n,), optional
             Known part of the linear predictor.
+        context : mapping, optional
+            With ``formula``: further names the formula may use (see :func:`lmer`).
 
         Returns
         -------
@@ -760,10 +890,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         (['no', 'yes'], 30)
         """
         with _refitting(self), clean_failure():
-            return self._fit(X, y, groups, Z, sample_weight, offset)
+            return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
-                          offset: Any = None) -> np.ndarray:
+                          offset: Any = None, re_form: Any = ALL_TERMS,
+                          allow_new_levels: bool | str = True) -> np.ndarray:
         """Compute the linear predictor: ``X b`` plus the BLUPs of seen groups (link scale).
 
         Parameters
@@ -776,6 +907,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             Random-effects design of the rows, as in ``fit``.
         offset : array-like of shape (n,), optional
             The rows' offset.
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -800,10 +936,13 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
     def predict_proba(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                      marginal: bool = False) -> np.ndarray:
+                      marginal: bool = False, re_form: Any = ALL_TERMS,
+                      allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict class probabilities, columns in the order of ``classes_``.
 
         Parameters
@@ -820,6 +959,11 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
             For rows of unseen groups (all rows without ``groups``): False gives the
             population prediction (random effect 0); True the probability averaged over
             the random effect's distribution (what a new group's rows have on average).
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -845,11 +989,14 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         p1 = np.clip(self._mean(X, groups, Z, offset, marginal), 0.0, 1.0)
         return np.column_stack([1.0 - p1, p1])
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                marginal: bool = False) -> np.ndarray:
+                marginal: bool = False, re_form: Any = ALL_TERMS,
+                allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict the more probable class of each row.
 
         Parameters
@@ -863,6 +1010,10 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         offset : array-like of shape (n,), optional
             As in :meth:`predict_proba`.
         marginal : bool, default=False
+            As in :meth:`predict_proba`.
+        re_form : "all", None, list of str or str, default="all"
+            As in :meth:`predict_proba`.
+        allow_new_levels : bool or "warn", default=True
             As in :meth:`predict_proba`.
 
         Returns
@@ -886,7 +1037,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         >>> clf.predict(np.array([[-3.0], [3.0]])).tolist()
         ['no', 'yes']
         """
-        proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal)
+        proba = self.predict_proba(X, groups=groups, Z=Z, offset=offset, marginal=marginal,
+                                   re_form=re_form, allow_new_levels=allow_new_levels)
         return self.classes_[(proba[:, 1] > 0.5).astype(int)]
 
     def simulate(self, n_sim: int = 1, random_state: Any = None, conditional: bool = False) -> np.ndarray:
@@ -981,9 +1133,14 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X, **kwargs))
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
         """Compute the accuracy, conditional on the BLUPs where ``groups`` are given.
+
+        A formula fit scores :meth:`predict`'s default: rows of groups seen in ``fit``
+        conditional on their modes, rows of unseen groups at the population level (so
+        ``GroupKFold`` scores the prediction of new groups); ``y`` may be left out when the
+        formula's response is a column of ``X``.
 
         Parameters
         ----------
@@ -1021,6 +1178,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         """
         from sklearn.metrics import accuracy_score
 
+        y, sample_weight = self._formula_response(X, y, sample_weight)
         return float(accuracy_score(y, self.predict(X, groups=groups, Z=Z), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
@@ -1057,6 +1215,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         it as lme4 does (scaled gradient below 1e-4).
     verbose : int, default=0
         Print the optimiser's work when positive.
+    formula : str, optional
+        An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
+        factors included), as :class:`MixedLMRegressor`'s ``formula``.
 
     Attributes
     ----------
@@ -1131,7 +1292,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
 
     def __init__(self, family: str = "poisson", link: str | None = None, n_agq: int = 1,
                  fit_intercept: bool = True, cov_type: str | dict = "unstructured",
-                 max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0) -> None:
+                 max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0,
+                 formula: str | None = None) -> None:
+        self.formula = formula
         self.family = family
         self.link = link
         self.n_agq = n_agq
@@ -1143,6 +1306,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
 
     def _family_link(self):
         return family_and_link(self.family, self.link)
+
+    def _formula_counts(self) -> bool:
+        return self.family == "binomial"
 
     def _check_counts(self, family, y: np.ndarray, weights: np.ndarray) -> None:
         # A binomial y is the proportion of successes of sample_weight trials, so y * w
@@ -1171,8 +1337,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         return values
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None, sample_weight: Any = None,
-            offset: Any = None) -> "MixedGLMRegressor":
+    def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
+            sample_weight: Any = None, offset: Any = None,
+            context: Any = None) -> "MixedGLMRegressor":
         """Fit the model.
 
         For ``family="binomial"``, ``y`` is the proportion of successes and
@@ -1194,6 +1361,8 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
             Prior weights; for binomial proportions the numbers of trials.
         offset : array-like of shape (n,), optional
             Known part of the linear predictor.
+        context : mapping, optional
+            With ``formula``: further names the formula may use (see :func:`lmer`).
 
         Returns
         -------
@@ -1223,10 +1392,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         (True, 20)
         """
         with _refitting(self), clean_failure():
-            return self._fit(X, y, groups, Z, sample_weight, offset)
+            return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
-                marginal: bool = False) -> np.ndarray:
+                marginal: bool = False, type: str = "response", re_form: Any = ALL_TERMS,
+                allow_new_levels: bool | str = True) -> np.ndarray:
         """Predict the mean response (counts per unit offset, proportions).
 
         Rows of seen groups are conditional on their BLUPs.
@@ -1244,6 +1414,14 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         marginal : bool, default=False
             As in :meth:`MixedGLMClassifier.predict_proba`: for rows of unseen groups the
             mean averaged over the random effect's distribution.
+        type : {"response", "link"}, default="response"
+            The mean response, or the linear predictor (lme4's ``type``; ``"link"`` is
+            :meth:`decision_function`).
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -1267,10 +1445,17 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
+        if type == "link":
+            return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
         return self._mean(X, groups, Z, offset, marginal)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
-                          offset: Any = None) -> np.ndarray:
+                          offset: Any = None, re_form: Any = ALL_TERMS,
+                          allow_new_levels: bool | str = True) -> np.ndarray:
         """Compute the linear predictor (link scale).
 
         Parameters
@@ -1283,6 +1468,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
             Random-effects design of the rows, as in ``fit``.
         offset : array-like of shape (n,), optional
             The rows' offset.
+        re_form : "all", None, list of str or str, default="all"
+            The random-effects terms to condition on, as in
+            :meth:`MixedLMRegressor.predict` (None: the population level).
+        allow_new_levels : bool or "warn", default=True
+            As in :meth:`MixedLMRegressor.predict`.
 
         Returns
         -------
@@ -1306,11 +1496,17 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        X, groups, Z, offset, _ = self._prediction_rows(X, groups, Z, offset, re_form,
+                                                        allow_new_levels)
         return self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None, *, groups: Any = None,
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None, *, groups: Any = None,
               Z: Any = None) -> float:
         """Compute D^2, the fraction of deviance explained (scikit-learn's ``d2_tweedie_score``).
+
+        A formula fit scores :meth:`predict`'s default means (conditional on the modes of
+        groups seen in ``fit``, population level for unseen ones); without ``y`` the
+        formula's response is read from ``X`` (``cbind``: the trials are the weights).
 
         ``1 - D(y, mu) / D(y, mean(y))`` with the family's deviance; for binomial
         proportions pass the trials as ``sample_weight``.
@@ -1351,6 +1547,10 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         """
         check_is_fitted(self)
         mu = self.predict(X, groups=groups, Z=Z)
+        y, sample_weight = self._formula_response(X, y, sample_weight)
+        if getattr(self, "response_levels_", None) is not None and not pd.api.types.is_numeric_dtype(
+                np.asarray(y).dtype):
+            y = (np.asarray(y) == self.response_levels_[1]).astype(float)
         y = np.asarray(y, dtype=float)
         w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         dev = self.model_.deviance

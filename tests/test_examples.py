@@ -67,6 +67,17 @@ def test_grid_search_example():
     assert search.best_estimator_.n_groups_ == 18
 
 
+def test_formula_models_example(capsys):
+    rmse, search, table = _load("formula_models").main()
+    assert set(rmse) == {"mixed model", "ridge"} and all(v.shape == (5,) for v in rmse.values())
+    # new subjects: both predict a population line; within subjects the BLUPs help
+    assert abs(rmse["mixed model"].mean() - rmse["ridge"].mean()) < 2.0
+    assert search.best_params_["formula"] != "~ Days + (1 | Subject)"
+    assert list(table["npar"]) == [3, 4, 6]
+    out = capsys.readouterr().out
+    assert "GroupKFold(5) RMSE" in out and "Linear mixed model fit by maximum likelihood" in out
+
+
 def test_large_data_example():
     chunked, in_memory, dask_fit = _load("large_data").main(n=40_000)
     np.testing.assert_allclose(chunked.llf_, in_memory.llf_, rtol=1e-10)

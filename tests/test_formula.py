@@ -126,7 +126,7 @@ def test_default_levels_give_the_other_contrast_same_likelihood():
 def test_double_bar_is_the_diagonal_fit():
     df = load_sleepstudy()
     est = lmer("Reaction ~ Days + (Days || Subject)", df)
-    assert est.cov_type == "diagonal"
+    assert est.cov_type == "unstructured"  # the formula decides; the parameter stays default
     assert est.cov_re_[0, 1] == 0.0
     direct = MixedLMRegressor(cov_type="diagonal").fit(
         df[["Days"]], df["Reaction"], groups=df["Subject"],
@@ -481,3 +481,20 @@ def test_insteval_crossed_from_the_raw_data():
     np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-6)
     for term in ref["terms"]:
         np.testing.assert_allclose(est.cov_re_[term["vc_key"]], term["cov_re"], rtol=1e-3)
+
+
+def test_lme4_argument_spellings():
+    """lmer takes lme4's REML= (or reml=), answers lme4-only arguments with the Python
+    spelling, and conf_int's method takes R's "Wald"."""
+    df = load_sleepstudy()
+    ml = lmer("Reaction ~ Days + (Days | Subject)", df, REML=False)
+    assert ml.reml is False and ml.llf_ == pytest.approx(
+        lmer("Reaction ~ Days + (Days | Subject)", df, reml=False).llf_, abs=1e-12)
+    assert lmer("Reaction ~ Days + (1 | Subject)", df, False).reml is False  # positional, as R
+    with pytest.raises(TypeError, match="not both"):
+        lmer("Reaction ~ Days + (1 | Subject)", df, REML=False, reml=False)
+    with pytest.raises(TypeError, match="data\\[rows\\]"):
+        lmer("Reaction ~ Days + (1 | Subject)", df, subset=df["Days"] > 1)
+    pd.testing.assert_frame_equal(ml.conf_int(method="Wald"), ml.conf_int(method="wald"))
+    with pytest.raises(ValueError, match="'wald' \\(R: 'Wald'\\)"):
+        ml.conf_int(method="normal")

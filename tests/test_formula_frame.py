@@ -88,12 +88,16 @@ def test_a_plain_refit_drops_the_model_frame(df):
     est = lmer("Reaction ~ Days + (1 | Subject)", df)
     assert len(est.model_frame_.y) == 180
     other = load_orthodont()
-    est.fit(other[["age"]], other["distance"], groups=other["Subject"])
+    est.set_params(formula=None).fit(other[["age"]], other["distance"], groups=other["Subject"])
     assert not hasattr(est, "model_frame_")
+    assert not hasattr(est, "_formula_columns_")
+    np.testing.assert_array_equal(est.feature_names_in_, ["age"])
     # a refit that fails leaves the estimator as it was, model frame included
     est = lmer("Reaction ~ Days + (1 | Subject)", df)
+    with pytest.raises(TypeError, match="put their variables in X"):
+        est.fit(df, groups=df["Subject"])
     with pytest.raises(ValueError):
-        est.fit(df[["Days"]], df["Reaction"], groups=df["Subject"], offset=np.ones(3))
+        est.fit(df.drop(columns="Days"))
     assert len(est.model_frame_.y) == 180
 
 

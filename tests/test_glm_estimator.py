@@ -256,9 +256,9 @@ def test_glmer_then_a_plain_fit_drops_the_model_frame(cbpp):
     df, X, y, size = cbpp
     est = glmer(CBPP, df)
     with pytest.raises(ValueError):  # a fit that raises leaves the model frame
-        est.fit(X, y, groups=df["herd"], sample_weight=size[:3])
+        est.fit(df, sample_weight=size[:3])
     assert est.model_frame_.fit_arguments()["X"].shape == (56, 3)
-    est.fit(X.iloc[:, :2], y, groups=df["herd"], sample_weight=size)
+    est.set_params(formula=None).fit(X.iloc[:, :2], y, groups=df["herd"], sample_weight=size)
     assert not hasattr(est, "model_frame_")
 
 

@@ -174,7 +174,7 @@ def test_binomial_simulate_proportions_of_trials(cbpp, cbpp_fit):
     k = Y * size[:, None]
     np.testing.assert_allclose(k, np.round(k), atol=1e-9)
     assert Y.min() >= 0 and Y.max() <= 1
-    eta = cbpp_fit.decision_function(_cbpp_design(cbpp))
+    eta = cbpp_fit.decision_function(cbpp, re_form=None)  # the population level
     s = float(np.sqrt(cbpp_fit.cov_re_[0, 0]))
     mean = np.array([_marginal(e, s) for e in eta])
     second = np.array([_marginal(e, s, e) for e in eta])  # E[mu^2]
@@ -246,7 +246,7 @@ def test_bootstrap_cbpp_matches_an_independent_simulation(cbpp, cbpp_fit, cbpp_b
     herd = cbpp["herd"].to_numpy()
     codes = pd.factorize(herd)[0]
     size = cbpp["size"].to_numpy()
-    eta = cbpp_fit.decision_function(X)
+    eta = cbpp_fit.decision_function(cbpp, re_form=None)  # the population level
     sd = float(np.sqrt(cbpp_fit.cov_re_[0, 0]))
     rows = []
     for _ in range(60):

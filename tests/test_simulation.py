@@ -277,7 +277,7 @@ def test_bootstrap_is_the_same_for_any_n_jobs(sleep_fit, backend):
 
 def test_bootstrap_statistic_columns(sleep_fit, sleep):
     boot = bootstrap(sleep_fit, n_boot=8, random_state=2,
-                     statistic=lambda e: pd.Series({"slope": e.coef_[0], "first": e.predict(sleep[["Days"]].iloc[:1])[0]}))
+                     statistic=lambda e: pd.Series({"slope": e.coef_[0], "first": e.predict(sleep.iloc[:1], re_form=None)[0]}))
     assert boot.estimate["slope"] == pytest.approx(sleep_fit.coef_[0], rel=1e-12)
     np.testing.assert_allclose(boot.replicates["slope"], boot.replicates["Days"], rtol=1e-12)
     np.testing.assert_allclose(boot.replicates["first"],

@@ -146,3 +146,26 @@ def test_zero_weight_rows_may_hold_anything_but_nan(data):
     w[3] = 0.0
     with pytest.raises(ValueError, match="NaN"):
         fit_with(X, y, groups=groups, Z=Z, sample_weight=w)
+
+
+# ---- lmer's weights= (lme4's prior weights) --------------------------------------------------
+
+
+@pytest.mark.parametrize("key, reml", [("reml_fit", True), ("ml_fit", False)])
+def test_lmer_weights_match_lme4(key, reml):
+    from _reference import product_reference
+    from mixedlm_sklearn import lmer
+
+    ref = product_reference("lmm_weights")
+    fit_ref = ref[key]
+    df = load_sleepstudy()
+    w = np.resize([1.0, 2.0, 0.5], len(df))  # R: rep(c(1, 2, 0.5), length.out = 180)
+    fit = lmer(ref["formula"], df.assign(w=w), REML=reml, weights="w")
+    assert fit.llf_ >= fit_ref["llf"] - 1e-6
+    assert fit.llf_ == pytest.approx(fit_ref["llf"], abs=1e-6)
+    np.testing.assert_allclose(fit.fe_params_, fit_ref["fe_params"], rtol=1e-5)
+    np.testing.assert_allclose(fit.bse_, fit_ref["bse_fe"], rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(fit.scale_), fit_ref["sigma"], rtol=1e-4)
+    np.testing.assert_allclose(fit.fitted().head(20), fit_ref["fitted_head"], rtol=1e-6)
+    same = lmer(ref["formula"], df, REML=reml, weights=w)  # an array by position
+    assert same.llf_ == pytest.approx(fit.llf_, abs=1e-10)

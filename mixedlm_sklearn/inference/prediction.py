@@ -203,7 +203,9 @@ def prediction_variance(est: Any, X: np.ndarray, parts: list, residual_groups: A
     model = fitted_model(est)
     sol = model.solution
     n = X.shape[0]
-    X_full = np.column_stack([np.ones(n), X]) if est.fit_intercept else X
+    # a formula decides the intercept (formula mode leaves fit_intercept at its default)
+    intercept = model.design.intercept if model.design is not None else est.fit_intercept
+    X_full = np.column_stack([np.ones(n), X]) if intercept else X
     if model.rank is not None:
         X_full = X_full[:, model.rank.kept]
     d = X_full
