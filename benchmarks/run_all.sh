@@ -44,6 +44,7 @@ run glmm-crossed benchmarks/bench_glmm_crossed.py --gpboost-python "$GPB" --repe
 run memory       benchmarks/memory_fit.py --rows 1e7 --dir "$OUT/memory-data"
 rm -rf "$OUT/memory-data"
 run bootstrap    benchmarks/bench_bootstrap.py
+run many         benchmarks/bench_many_responses.py
 if [ "${SKIP_LONG:-0}" != 1 ]; then
     run crossed-1e7        benchmarks/bench_crossed.py --gpboost-python "$GPB" --sizes 1e7:1e6:1e5 \
                            --solvers iterative,gpboost

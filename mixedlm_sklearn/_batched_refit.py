@@ -144,6 +144,10 @@ class OneTermBatch:
         self.n = template.n
         self.dof = self.n - p if reml else self.n
         self.sum_log_w = float(template.sum_log_weights[0])
+        # Multiplicity of each level in log|M| (None: 1). A level may stand for several
+        # levels of the data that share Z_l'WZ_l and Z_l'WX (:mod:`._many`'s reduction):
+        # their y-parts enter quadratically and are folded into the levels' data.
+        self.level_weights: np.ndarray | None = None
 
     def lams(self, theta: np.ndarray) -> np.ndarray:
         """``L`` of each replicate as a (q, q, K, 1) array."""
@@ -167,7 +171,10 @@ class OneTermBatch:
         B[np.arange(q), np.arange(q)] += 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
             C = batched_cholesky(B)
-            logdet_m = 2.0 * np.log(C[np.arange(q), np.arange(q)]).sum(axis=-1).sum(axis=0)
+            log_diag = np.log(C[np.arange(q), np.arange(q)])
+            if self.level_weights is not None:
+                log_diag = log_diag * self.level_weights
+            logdet_m = 2.0 * log_diag.sum(axis=-1).sum(axis=0)
         w = batched_solve_lower(C, _mul(Lt, ZXY), overwrite=True)  # (q, p+1, K, m)
         G = _gram(w, w)
         F = np.empty((p + 1, p + 1, K))
@@ -192,7 +199,10 @@ class OneTermBatch:
         R = ZXY - _mul(self.A, _mul(L, V))
         e = _combine(R, gamma)
         sigma = _cholesky_inverse(C)  # B_l^{-1}
-        g = 2.0 * _t(_mul(sigma, LA).sum(axis=-1))  # d log|M| / dL, indexed [a, c]
+        dlogdet = _mul(sigma, LA)
+        if self.level_weights is not None:
+            dlogdet = dlogdet * self.level_weights
+        g = 2.0 * _t(dlogdet.sum(axis=-1))  # d log|M| / dL, indexed [a, c]
         g -= (2.0 * self.dof / r2) * (e[:, None] * u[None]).sum(axis=-1)
         if self.reml:
             a_inv = _cholesky_inverse(chol_a)  # (p, p, K)
@@ -209,7 +219,7 @@ class OneTermBatch:
         return L[self.rows, self.cols].T
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -220,9 +230,11 @@ class OneTermBatch:
         bound when the curvature there is not negative, which is checked at the end).
         Other entries heading for 0 are left to the engine.
 
-        ``known`` (n_theta,), a minimum found already (several starts of one fit): a
+        ``known`` (n_theta,), a minimum found already (several starts of one fit), or
+        (K, n_theta), one per response (other starts of many fits): a
         replicate that comes within 1e-4 of it (relative, in ``L L'``'s terms) stops there,
-        reported with ``joined`` set (Newton's method from so close converges to it).
+        reported with ``joined`` set (Newton's method from so close converges to it);
+        ``join_tol`` sets "within" (relative, default 1e-3).
         """
         K = products.n_responses
         nt = self.n_theta
@@ -239,12 +251,12 @@ class OneTermBatch:
         value, grad, _, _ = self.evaluate(x, products)
         eye = np.eye(nt, dtype=bool)
         joined = np.zeros(K, dtype=bool)
-        if known is not None:
-            known = self.normalised(np.asarray(known, dtype=float)[None])[0]
-            reach_known = max(1.0, float(np.abs(known).max()))
+        if known is not None:  # (n_theta,) for every response, or (K, n_theta) one each
+            known = self.normalised(np.atleast_2d(np.asarray(known, dtype=float)))
+            reach_known = np.maximum(1.0, np.abs(known).max(axis=1))
         for _ in range(min(max_iter, _MAX_NEWTON)):
             if known is not None:
-                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < 1e-3 * reach_known)
+                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
                 joined |= near
                 active &= ~near
             idx = np.flatnonzero(active)

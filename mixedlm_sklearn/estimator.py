@@ -194,6 +194,12 @@ def _warn_if_none_seen(seen: np.ndarray, labels: np.ndarray, fitted: np.ndarray,
         warnings.warn(message, UserWarning, stacklevel=caller_stacklevel())
 
 
+def _fitted_terms(est: Any) -> Any:
+    """The random-effects terms of a fit (single or multi-output; also the GLMM
+    estimators, which share the prediction helpers)."""
+    return est.many_.fit.terms if hasattr(est, "many_") else est.model_.terms
+
+
 def _print_iteration(iteration: int, deviance: float) -> None:
     print(f"[MixedLMRegressor] iteration {iteration:3d}: deviance {deviance:.10g}")
 
@@ -377,7 +383,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
             sample_weight: Any = None, residual_groups: Any = None, offset: Any = None,
-            context: Any = None):
+            context: Any = None, progress: Any = None):
         """Fit the model.
 
         Parameters
@@ -389,8 +395,20 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             factor next to the intercept) are dropped as lme4 does, with a
             :class:`RankDeficientWarning` naming them: their ``coef_`` is 0, their
             ``bse_`` and ``cov_fe_`` entries NaN, and ``df_model_`` does not count them.
-        y : array-like of shape (n,)
-            The response.
+        y : array-like of shape (n,) or (n, k)
+            The response. With ``k`` columns (a 2-D array or DataFrame: genes, proteins,
+            traits with one design), ``k`` independent models are fitted, each with its own
+            variance components, sharing all work that does not depend on the response
+            (scikit-learn's multi-output convention; the user guide's "Many responses").
+            A NaN marks a missing value: each response uses its own complete rows. Every
+            fitted attribute then has a leading axis of responses (``coef_`` (k, p),
+            ``intercept_``, ``llf_``, ``scale_``, ``converged_``, ``singular_`` (k,),
+            ``cov_re_`` (k, q, q), ``random_effects_`` (k, n_groups, q), ``fe_params_``
+            and ``bse_`` DataFrames with a row per response), plus ``responses_``,
+            ``n_obs_``, ``failed_`` and ``fit_messages_``: a response that cannot be
+            fitted is NaN and reported there, never losing the others.
+            :meth:`for_response` gives one response's single-response estimator.
+            ``residual_groups`` is not supported then.
         groups : array-like of shape (n,) or DataFrame, optional
             Group label of each row (any hashable values; integers and their decimal text
             are one label); with several grouping factors
@@ -417,6 +435,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         context : mapping, optional
             With ``formula``: further names the formula may use (numbers, or arrays with
             one value per row), as :func:`lmer`'s ``context``.
+        progress : callable, optional
+            With several responses: ``progress(done, total)`` after each block of
+            responses (with ``verbose`` and no callable, a printed line per block).
 
         Returns
         -------
@@ -455,14 +476,39 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         >>> est.cov_re_.round(2)
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
+
+        Several responses with one design (a column each):
+
+        >>> Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
+        >>> many = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"], Z=Z)
+        >>> many.llf_.round(4), many.coef_.shape, many.predict(df[["Days"]]).shape
+        (array([-871.8141,  149.2406]), (2, 1), (180, 2))
         """
         with _refitting(self), clean_failure():
             if self.formula is not None:
+                if progress is not None:
+                    raise ValueError("progress reports the responses of a multi-output fit, "
+                                     "which takes arrays (or lmer(..., responses=[...]))")
                 return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
                                          sample_weight=sample_weight,
                                          residual_groups=residual_groups, context=context)
             if context is not None:
                 raise TypeError("context= gives names a formula may use: it needs formula=...")
+            # ---- several responses (issue: many responses): inference/many.py ----
+            from .inference.many import fit_responses, is_multi_output
+
+            if is_multi_output(y):
+                self._remember_z_names(Z)
+                fit_responses(self, X, y, groups, Z, sample_weight, residual_groups, offset, progress)
+                if self.singular_.any():
+                    first = self.responses_[np.flatnonzero(self.singular_)[0]]
+                    warnings.warn(f"boundary (singular) fit for {int(self.singular_.sum())} of "
+                                  f"{self.singular_.size} responses (singular_), e.g. {first!r}: a "
+                                  "random-effects variance is 0 or a correlation is +-1 (see lme4's "
+                                  "?isSingular).", SingularFitWarning, stacklevel=caller_stacklevel())
+                return self
+            if progress is not None:
+                raise ValueError("progress reports the responses of a multi-output fit; y has one")
             return self._fit_arrays(X, y, groups=groups, Z=Z, sample_weight=sample_weight,
                                     residual_groups=residual_groups, offset=offset)
 
@@ -839,8 +885,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n,) or tuple of two ndarrays
-            The predictions; with ``return_std`` the pair ``(mean, std)``.
+        ndarray of shape (n,) or (n, k), or tuple of two ndarrays
+            The predictions (a column per response of a multi-output fit); with
+            ``return_std`` the pair ``(mean, std)``.
 
         Warns
         -----
@@ -889,6 +936,8 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
     def _predict_arrays(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                         return_std: bool = False, residual_groups: Any = None) -> Any:
         pred, X, parts = self._predict_rows(X, groups, Z, offset)
+        if return_std and hasattr(self, "many_"):
+            raise ValueError("return_std is for a single response: use for_response(j).predict")
         if return_std:
             from .inference.prediction import prediction_std
 
@@ -903,6 +952,19 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                               accept_sparse=False)
         else:
             X = self._formula_design(X)
+        if hasattr(self, "many_"):  # several responses: (n, k)
+            pred = X @ self.coef_.T + self.intercept_
+            if offset is not None:
+                pred = pred + _check_offset(offset, X.shape[0])[:, None]
+            parts = self._new_levels(X.shape[0], groups, Z)
+            blups = (list(self.random_effects_.values()) if isinstance(self.random_effects_, dict)
+                     else [self.random_effects_])
+            for part, b in zip(parts, blups):
+                if part is not None:
+                    idx, z = part
+                    seen = idx >= 0
+                    pred[seen] += np.einsum("iq,kiq->ik", z[seen], b[:, idx[seen]])
+            return pred, X, parts
         pred = X @ self.coef_ + self.intercept_
         if offset is not None:
             pred = pred + _check_offset(offset, X.shape[0])
@@ -919,7 +981,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         """Per random-effects term (model order): ``(level, z)`` of new rows, the level's
         index among the fitted ones (-1 unseen) and the rows' design; None for a term
         whose factor is not given (no ``groups``, or a factor left out of them)."""
-        terms = self.model_.terms
+        terms = _fitted_terms(self)
         if not len(terms) or (groups is None and Z is None):
             return [None] * len(terms)
         if isinstance(self.random_effects_, dict):
@@ -934,9 +996,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             z_design = np.ones((n, 1))
         else:
             z_design = as_design(self._aligned_z(Z, None, "Z"), n, "Z")
-            if z_design.shape[1] != self.random_effects_.shape[1]:
+            if z_design.shape[1] != terms[0].q:
                 raise ValueError(f"Z has {z_design.shape[1]} columns, the model was fitted with "
-                                 f"{self.random_effects_.shape[1]}")
+                                 f"{terms[0].q}")
         if groups is None:  # a design without levels: every row of a new group
             return [(np.full(n, -1), z_design)]
         labels = np.asarray(groups, dtype=object).ravel()
@@ -963,10 +1025,10 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             if name not in self.random_effects_:
                 raise ValueError(f"groups column {name!r} is not a grouping factor of the fit "
                                  f"({list(self.random_effects_)})")
-            blups = self.random_effects_[name]
+            z_names = [list(t.z_names) for t in _fitted_terms(self) if t.factor == name][0]
             if name in Z:
                 z_k = as_design(self._aligned_z(Z[name], name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
-            elif list(blups.columns) == [INTERCEPT]:
+            elif z_names == [INTERCEPT]:
                 z_k = np.ones((n, 1))
             else:
                 raise ValueError(f"Z[{name!r}] is required: that factor has random slopes")
@@ -979,7 +1041,52 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             if name not in parts:
                 z_k = as_design(self._aligned_z(z, name, f"Z[{name!r}]"), n, f"Z[{name!r}]")
                 parts[name] = (np.full(n, -1), z_k)
-        return [parts.get(t.factor) for t in self.model_.terms]
+        return [parts.get(t.factor) for t in _fitted_terms(self)]
+
+    def for_response(self, response: Any) -> "MixedLMRegressor":
+        """The fit of one response of a multi-output fit, as a single-response estimator.
+
+        It equals fitting that column alone on its observed rows (the same optimum;
+        nothing is refitted), so every method of a single fit works on it (``summary``,
+        ``conf_int``, ``anova``, ``bootstrap``, ``predict(return_std=True)``, ...).
+
+        Parameters
+        ----------
+        response : int or str
+            Position or name (a column of ``Y``) of the response.
+
+        Returns
+        -------
+        MixedLMRegressor
+            Fitted to that response.
+
+        Raises
+        ------
+        ValueError
+            When that response's fit failed (``failed_``), or the estimator was fitted to
+            one response.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.many.fixed_effects_table : Tests across the responses.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
+        >>> est = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"])
+        >>> round(float(est.llf_[0]), 3), round(est.for_response(0).llf_, 3)
+        (-893.233, -893.233)
+        """
+        if not hasattr(self, "many_"):
+            check_is_fitted(self)
+            raise ValueError("for_response is for an estimator fitted to several responses")
+        from .inference.many import response_estimator
+
+        return response_estimator(self, response)
 
     def _aligned_z(self, Z: Any, factor: str | None, what: str) -> Any:
         """Z of new rows checked by column name against fit's (see :func:`align_columns`)."""
@@ -1128,6 +1235,10 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
         method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)
+        if hasattr(self, "many_"):  # several responses: one response's intervals via for_response
+            from .inference._parameters import several_responses
+
+            raise TypeError(several_responses("est"))
         return conf_int(self, alpha=alpha, method=method, **kwargs)
 
     def profile(self, **kwargs):
@@ -1647,6 +1758,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
+        tags.target_tags.multi_output = True  # Y (n, k): k models (inference/many.py)
         return tags
 
 

@@ -79,7 +79,7 @@ import numbers
 import re
 import types
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -2440,7 +2440,8 @@ def _reml_argument(REML: Any, reml: Any) -> bool:
 
 def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bool | None = None,
          weights: Any = None, residual_groups: Any = None,
-         context: Mapping[str, Any] | None = None, **estimator_params: Any):
+         context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
+         progress: Any = None, **estimator_params: Any):
     """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
 
     Parameters
@@ -2466,6 +2467,16 @@ def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bo
         Names the formula may use besides the columns of ``data``: numbers, or arrays
         with one value per row. The caller's variables are
         not looked up.
+    responses : list of str, optional
+        Several responses with one design (genes, proteins, traits): columns of ``data``,
+        each fitted as its own model of the one-sided ``formula`` (``"~ x + (1 | donor)"``),
+        sharing all work that does not depend on the response (the multi-output fit of
+        :meth:`MixedLMRegressor.fit`). Each response uses its own complete rows (a missing
+        response value drops the row for that response only); rows with a missing
+        covariate or grouping factor are dropped for all. A keyword because ``cbind(...)``
+        on the left is glmer's binomial response.
+    progress : callable, optional
+        With ``responses``: ``progress(done, total)`` after each block of responses.
     **estimator_params
         Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``,
         ``solver``).
@@ -2529,10 +2540,25 @@ def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bo
     >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
     >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
     (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
+
+    Several responses with one design:
+
+    >>> import numpy as np
+    >>> df = load_sleepstudy().assign(logReaction=lambda d: np.log(d["Reaction"]))
+    >>> est = lmer("~ Days + (Days | Subject)", df, responses=["Reaction", "logReaction"])
+    >>> est.llf_.round(4), est.coef_.shape
+    (array([-871.8141,  149.2406]), (2, 1))
     """
     from .estimator import MixedLMRegressor
 
     _check_r_arguments(estimator_params, "lmer")
+    if responses is not None:  # ---- several responses (inference/many.py) ----
+        if residual_groups is not None:
+            raise ValueError("residual_groups is not supported with several responses")
+        return _lmer_responses(formula, data, _reml_argument(REML, reml), context, responses,
+                               progress, weights, estimator_params)
+    if progress is not None:
+        raise ValueError("progress reports the responses of lmer(..., responses=[...])")
     est = MixedLMRegressor(formula=formula, reml=_reml_argument(REML, reml), **estimator_params)
     # fit_intercept and cov_type stay at their defaults: the formula decides them, so
     # clone() and a grid over formula= refit any formula
@@ -2557,6 +2583,46 @@ def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
         if name in _R_SPELLINGS:
             raise TypeError(f"{function}() got lme4's argument {name!r}: here it is "
                             f"{_R_SPELLINGS[name]}")
+
+
+def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
+                    progress: Any, weights: Any, estimator_params: dict):
+    """:func:`lmer` of a one-sided formula for every column named in ``responses``: the
+    formula's design with a placeholder response (so that only covariates and factors drop
+    rows), then the multi-output fit of the responses on those rows."""
+    from .estimator import MixedLMRegressor
+
+    if isinstance(responses, str) or not all(isinstance(r, str) for r in responses) or not len(responses):
+        raise TypeError("responses must be a non-empty list of column names")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("data must be a DataFrame")
+    missing = [r for r in responses if r not in data.columns]
+    if missing:
+        raise ValueError(f"responses {missing} are not columns of data")
+    if "~" not in formula or formula.split("~", 1)[0].strip():
+        raise ValueError(f"with responses=, the formula is one-sided ('~ x + (1 | g)'), got {formula!r}")
+    placeholder = "response"
+    while placeholder in data.columns:
+        placeholder += "_"
+    rows = data.reset_index(drop=True)
+    frame = parse_formula(f"{placeholder} ~ {formula.split('~', 1)[1]}",
+                          rows.drop(columns=list(responses)).assign(**{placeholder: 0.0}), context=context)
+    arguments = frame.fit_arguments()
+    Y = rows.loc[frame.X.index, list(responses)]
+    try:
+        Y = Y.astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"responses must be numeric columns: {err}") from None
+    arguments["y"] = Y
+    if weights is not None:  # a column of data, or one value per row of data
+        w = rows[weights] if isinstance(weights, str) else pd.Series(np.asarray(weights, dtype=float))
+        if len(w) != len(rows):
+            raise ValueError(f"weights has {len(w)} values for {len(rows)} rows of data")
+        arguments["sample_weight"] = np.asarray(w, dtype=float)[frame.X.index.to_numpy()]
+    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
+    est.fit(**arguments, progress=progress)
+    est.model_frame_ = frame
+    return est
 
 
 def _cbind(response: str, formula: str) -> tuple[str, str] | None:

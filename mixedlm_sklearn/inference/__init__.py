@@ -18,6 +18,8 @@ one or several grouping factors, a residual variance per stratum, prior weights.
 * :mod:`.bootstrap`: the parametric bootstrap (lme4's ``bootMer``) and its LR test
   (pbkrtest's ``PBmodcomp``).
 * :mod:`.power`: simulation-based power (simr's ``powerSim`` and ``powerCurve``).
+* :mod:`.many`: the multi-output fit (many responses, one design) and its tables across
+  responses (variancePartition's fractions, ``dream``-style tests with BH-adjusted p).
 """
 
 from .bootstrap import BootstrapResult, PBTestResult, bootstrap, pb_test

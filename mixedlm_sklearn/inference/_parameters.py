@@ -26,9 +26,18 @@ def fitted_model(est: Any, role: str = "est") -> FittedModel:
         return est
     model = getattr(est, "model_", None)
     if not isinstance(model, FittedModel):
+        if hasattr(est, "many_"):
+            raise TypeError(several_responses(role))
         raise TypeError(f"{role} must be a fitted mixed model (MixedLMRegressor, "
                         "MixedGLMClassifier or MixedGLMRegressor)")
     return model
+
+
+def several_responses(role: str = "est") -> str:
+    """The message for single-response inference asked of a multi-output fit."""
+    return (f"{role} was fitted to several responses: use {role}.for_response(j) for one "
+            "response's inference, or the tables across responses in "
+            "mixedlm_sklearn.inference.many")
 
 
 def n_parameters(model: FittedModel) -> int:

@@ -1,0 +1,711 @@
+"""Many responses with one design: the multi-output fit and its tables across responses.
+
+``MixedLMRegressor().fit(X, Y, groups=g, Z=Z)`` with ``Y`` of shape (n, k) fits ``k``
+independent linear mixed models (scikit-learn's multi-output convention), sharing every
+computation that does not depend on the response (:mod:`.._many`). This module holds the
+estimator's side of it (validation, the per-response attributes, a single-response
+estimator per response) and the tables analysts read across responses:
+
+* :func:`fixed_effects_table`: per fixed effect and response the estimate, its standard
+  error, Satterthwaite df, t and p, and the Benjamini-Hochberg adjusted p over responses
+  (lmerTest per response, then ``p.adjust(p, "BH")``; variancePartition's ``dream`` +
+  ``topTable``).
+* :func:`variance_fractions`: the share of variance of each random-effects term, of each
+  fixed-effect covariate and of the residual per response, as variancePartition's
+  ``fitExtractVarPartModel`` / ``calcVarPart`` reports them.
+* :func:`contrast_table`: a linear contrast of the fixed effects per response (``dream``'s
+  contrasts), with Satterthwaite df and BH-adjusted p.
+* :func:`p_adjust_bh`: Benjamini & Hochberg (1995) adjusted p-values (R's
+  ``p.adjust(p, "BH")``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._design import Design, column_names, random_terms, several_factors
+from .._batched_refit import _subset
+from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
+from .._model import FittedModel
+from .._terms import Term, Terms
+from .._validation import (
+    caller_stacklevel,
+    check_counts,
+    check_finite,
+    check_random_design,
+    check_weights,
+    take_rows,
+)
+
+__all__ = ["ManyResponses", "fit_responses", "response_estimator", "fixed_effects_table",
+           "variance_fractions", "contrast_table", "p_adjust_bh"]
+
+INTERCEPT = "(Intercept)"
+
+
+@dataclass
+class ManyResponses:
+    """What a multi-output fit keeps: the engine's fits and the data they came from.
+
+    Attributes
+    ----------
+    fit : ManyFit
+        Per-response estimates (:mod:`.._many`).
+    responses : list of str
+        Names of the responses (``Y``'s columns).
+    fe_names : list of str
+        Fixed effects (intercept first).
+    labels : dict
+        Factor name -> level labels of the whole data.
+    several : bool
+        Several grouping factors (dict-valued per-term attributes).
+    X : ndarray (n, p_x)
+        The covariates (without the intercept).
+    Y : ndarray (n, k)
+        The responses as fitted (offset subtracted; NaN = missing).
+    factors : tuple of (codes, Z)
+    weights, offset : ndarray or None
+    index : Index or None
+    """
+
+    fit: ManyFit
+    responses: list
+    fe_names: list
+    labels: dict
+    several: bool
+    X: np.ndarray
+    Y: np.ndarray
+    factors: tuple
+    weights: np.ndarray | None
+    offset: np.ndarray | None
+    index: pd.Index | None
+    intercept: bool
+
+
+def is_multi_output(y: Any) -> bool:
+    """Whether ``y`` holds several responses (2-D: an array or DataFrame of columns)."""
+    if y is None or isinstance(y, pd.Series) or hasattr(y, "dask"):
+        return False
+    ndim = getattr(y, "ndim", None)
+    if ndim is None:
+        try:
+            ndim = np.asarray(y, dtype=object).ndim
+        except (TypeError, ValueError):
+            return False
+    return ndim == 2
+
+
+def _as_responses(Y: Any, n: int) -> tuple[np.ndarray, list[str]]:
+    names = [str(c) for c in Y.columns] if isinstance(Y, pd.DataFrame) else None
+    try:
+        values = np.asarray(Y, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Y must hold numbers (NaN for a missing value): {err}") from None
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"Y must have shape (n_samples, n_responses) with at least one column, "
+                         f"got shape {values.shape}")
+    if values.shape[0] != n:
+        raise ValueError(f"Y has {values.shape[0]} rows and X {n}")
+    if np.isinf(values).any():
+        col = int(np.flatnonzero(np.isinf(values).any(axis=0))[0])
+        raise ValueError(f"Y contains an infinite value (response {names[col] if names else col}); "
+                         "mark a missing value with NaN")
+    if names is None:
+        names = [f"y{j}" for j in range(values.shape[1])]
+    return values, names
+
+
+def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: Any,
+                  residual_groups: Any, offset: Any,
+                  progress: Callable[[int, int], None] | None = None) -> Any:
+    """Fit ``est`` (a MixedLMRegressor) to every column of ``Y`` (see
+    :meth:`~mixedlm_sklearn.MixedLMRegressor.fit`); stores the per-response attributes."""
+    if residual_groups is not None:
+        raise ValueError("residual_groups is not supported with several responses: fit each "
+                         "response alone for a residual variance per stratum")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable progress(done, total), got {progress!r}")
+    if hasattr(X, "dask") or hasattr(Y, "dask"):
+        raise TypeError("several responses are fitted in memory: pass numpy arrays or DataFrames")
+    index = X.index if isinstance(X, pd.DataFrame) else None
+    x_names_src = X
+    Xv = validate_data(est, X, dtype=np.float64, accept_sparse=False, ensure_all_finite=False,
+                       ensure_min_features=0)
+    n = Xv.shape[0]
+    x_names = column_names(x_names_src, "x", Xv.shape[1])
+    check_finite(Xv, "X", x_names)
+    Yv, names = _as_responses(Y, n)
+    if n < 2:
+        raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
+    if not est.fit_intercept and Xv.shape[1] == 0:
+        raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
+    offset_values = None
+    if offset is not None:
+        offset_values = np.asarray(offset, dtype=float).reshape(-1)
+        if offset_values.shape[0] != n or not np.all(np.isfinite(offset_values)):
+            raise ValueError(f"offset must be {n} finite numbers")
+        Yv = Yv - offset_values[:, None]
+    weights = None if sample_weight is None else check_weights(sample_weight, n)
+    if weights is not None and not weights.all():
+        keep = weights > 0
+        Xv, Yv, weights = Xv[keep], Yv[keep], weights[keep]
+        groups, Z = take_rows(groups, keep, "groups"), take_rows(Z, keep, "Z")
+        offset_values = None if offset_values is None else offset_values[keep]
+        index = None if index is None else index[keep]
+        n = Xv.shape[0]
+    if groups is None:
+        warnings.warn("no groups were given: fitting without random effects (ordinary least "
+                      "squares). Pass groups=... to fit the mixed models.", UserWarning,
+                      stacklevel=caller_stacklevel())
+        terms_in = []
+    else:
+        terms_in = random_terms(groups, Z, n, est.cov_type)
+    est._check_cov_type([t.name for t in terms_in])
+    terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
+    factors = tuple((t.codes, t.Z) for t in terms_in)
+    X_full = np.column_stack([np.ones(n), Xv]) if est.fit_intercept else Xv
+    fe_names = ([INTERCEPT] if est.fit_intercept else []) + list(x_names)
+
+    def check(pat: PatternDesign) -> str | None:
+        cp = pat.template
+        try:
+            check_counts(cp.n, {t.factor: t.n_levels for t in cp.terms}, sum(t.size for t in cp.terms))
+            for term, d, counts in zip(cp.terms, cp.diag, cp.counts):
+                check_random_design(d[0], counts, list(term.z_names))
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def design_of(rows: np.ndarray, y: np.ndarray, sub_factors: tuple) -> Design:
+        return Design(Xv[rows], est.fit_intercept, y, sub_factors,
+                      None if weights is None else weights[rows], None, 1)
+
+    if est.verbose and progress is None:
+        def progress(done: int, total: int) -> None:
+            print(f"[MixedLMRegressor] {done}/{total} responses")
+
+    many = fit_many(X_full, Yv, factors, terms, weights=weights, reml=est.reml, solver=est.solver,
+                    max_iter=est.max_iter, tol=est.tol, progress=progress, design_of=design_of,
+                    check=check)
+    est.n_features_in_ = Xv.shape[1]
+    est.many_ = ManyResponses(many, names, fe_names, {t.name: t.labels for t in terms_in},
+                              several_factors(groups, Z) if groups is not None else False, Xv, Yv,
+                              factors, weights, offset_values,
+                              index, est.fit_intercept)
+    _store(est)
+    _warn(est)
+    return est
+
+
+def _store(est: Any) -> None:
+    """The per-response fitted attributes (scikit-learn's multi-output layout: a leading
+    axis of responses)."""
+    mr = est.many_
+    f = mr.fit
+    k = f.n_responses
+    beta = f.beta
+    est.responses_ = np.asarray(mr.responses, dtype=object)
+    est.intercept_ = beta[:, 0].copy() if est.fit_intercept else np.zeros(k)
+    est.coef_ = beta[:, 1:].copy() if est.fit_intercept else beta.copy()
+    est.cov_fe_ = f.cov_beta
+    est.fe_params_ = pd.DataFrame(beta, index=mr.responses, columns=mr.fe_names)
+    se = np.sqrt(np.diagonal(f.cov_beta, axis1=1, axis2=2))
+    est.bse_ = pd.DataFrame(se, index=mr.responses, columns=mr.fe_names)
+    est.theta_ = f.theta
+    est.scale_ = f.scale
+    est.residual_var_ = {"(all)": f.scale}
+    df_model = len(mr.fe_names) + f.terms.n_theta + 1
+    est.llf_ = -0.5 * f.deviance
+    est.df_model_ = df_model
+    est.aic_ = -2.0 * est.llf_ + 2.0 * df_model
+    with np.errstate(divide="ignore"):
+        est.bic_ = -2.0 * est.llf_ + np.log(f.n_obs) * df_model
+    cov_re = {}
+    at = 0
+    for term in f.terms:
+        lam = np.zeros((k, term.q, term.q))
+        rows, cols = term.theta_position
+        lam[:, rows, cols] = f.theta[:, at:at + term.n_theta]
+        at += term.n_theta
+        c = np.einsum("kab,kcb->kac", lam, lam) * f.scale[:, None, None]
+        cov_re[term.factor] = c
+    blups = {t.factor: b for t, b in zip(f.terms, f.blups)}
+    if not len(f.terms):  # least squares: no groups, no random effects
+        est.cov_re_ = np.zeros((k, 1, 1))
+        est.random_effects_ = np.zeros((k, 0, 1))
+        est.groups_ = np.array([], dtype=object)
+        est.n_groups_ = 0
+    elif mr.several:
+        est.cov_re_ = cov_re
+        est.random_effects_ = blups
+        est.groups_ = dict(mr.labels)
+        est.n_groups_ = {t.factor: t.n_levels for t in f.terms}
+    else:
+        name = f.terms[0].factor
+        est.cov_re_ = cov_re[name]
+        est.random_effects_ = blups[name]
+        est.groups_ = mr.labels[name]
+        est.n_groups_ = f.terms[0].n_levels
+    est.converged_ = f.converged.copy()
+    est.failed_ = f.failed.copy()
+    est.singular_ = f.at_bound.any(axis=1) & ~f.failed
+    est.n_iter_ = np.maximum(f.n_iter, 1)
+    est.n_obs_ = f.n_obs.copy()
+    est.fit_messages_ = pd.Series(f.messages, index=mr.responses, name="message")
+
+
+def _warn(est: Any) -> None:
+    """One warning per kind with the count of responses and the first of them."""
+    names = est.responses_
+    failed = np.flatnonzero(est.failed_)
+    if failed.size:
+        warnings.warn(f"{failed.size} of {names.size} responses could not be fitted (their "
+                      f"estimates are NaN; fit_messages_ says why), e.g. {names[failed[0]]!r}: "
+                      f"{est.fit_messages_.iloc[failed[0]]}", UserWarning, stacklevel=caller_stacklevel())
+    bad = np.flatnonzero(~est.converged_ & ~est.failed_)
+    if bad.size:
+        warnings.warn(f"the optimiser did not converge for {bad.size} of {names.size} responses "
+                      f"(converged_ is False; fit_messages_ says why), e.g. {names[bad[0]]!r}. Try "
+                      "covariates on comparable scales or a simpler random-effects structure.",
+                      ConvergenceWarning, stacklevel=caller_stacklevel())
+
+
+def response_estimator(est: Any, response: Any) -> Any:
+    """The single-response estimator of one response of a multi-output fit.
+
+    Equal to fitting that column alone on its observed rows (the same optimum; nothing is
+    refitted): every method of a single fit (summary, conf_int, anova, bootstrap, ...)
+    works on it.
+    """
+    check_is_fitted(est, "many_")
+    mr = est.many_
+    j = _response_index(mr, response)
+    f = mr.fit
+    if f.failed[j]:
+        raise ValueError(f"response {mr.responses[j]!r} has no fit: {f.messages[j]}")
+    dev, sol = f.deviance_and_solution(j)
+    pat = f.patterns[f.pattern[j]]
+    rows = pat.rows
+    labels = {t.factor: np.asarray(mr.labels[t.factor])[lev] for t, lev in zip(f.terms, pat.levels)}
+    design = Design(mr.X[rows], mr.intercept, mr.Y[rows, j], pat.factors,
+                    None if mr.weights is None else mr.weights[rows], None, 1,
+                    None if mr.offset is None else mr.offset[rows],
+                    None if mr.index is None else mr.index[rows])
+    model = FittedModel(dev, sol, f.info(j), list(mr.fe_names), dev.terms, labels, None, design,
+                        est.max_iter, est.tol, None)
+    single = type(est)(**est.get_params())
+    single.n_features_in_ = est.n_features_in_
+    if hasattr(est, "feature_names_in_"):
+        single.feature_names_in_ = est.feature_names_in_
+    single._z_names_in = getattr(est, "_z_names_in", None)
+    single.model_ = model
+    single._set_fitted(mr.several, warn=False)
+    return single
+
+
+def _response_index(mr: ManyResponses, response: Any) -> int:
+    if isinstance(response, (int, np.integer)) and not isinstance(response, bool):
+        j = int(response)
+        if not -len(mr.responses) <= j < len(mr.responses):
+            raise IndexError(f"response {j} out of range for {len(mr.responses)} responses")
+        return j % len(mr.responses)
+    if str(response) in mr.responses:
+        return mr.responses.index(str(response))
+    raise KeyError(f"no response named {response!r}")
+
+
+# ---- tables across responses ---------------------------------------------------------------
+
+
+def p_adjust_bh(p: Any) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``).
+
+    ``p_(i) * m / i`` over the sorted p-values, made monotone from the largest down and
+    capped at 1 (Benjamini & Hochberg 1995); NaN entries are left out (and stay NaN), as R's
+    ``p.adjust`` with its default ``n = length(p[!is.na(p)])``.
+
+    Parameters
+    ----------
+    p : array-like of shape (m,)
+        The p-values (NaN for a missing one).
+
+    Returns
+    -------
+    ndarray of shape (m,)
+        The adjusted p-values, in the order of ``p``.
+
+    See Also
+    --------
+    fixed_effects_table : Adjusted p-values of the fixed effects across responses.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.inference.many import p_adjust_bh
+    >>> p_adjust_bh([0.01, 0.04, 0.03, 0.2]).round(3)
+    array([0.04 , 0.053, 0.053, 0.2  ])
+    """
+    p = np.asarray(p, dtype=float).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = np.argsort(p[ok])[::-1]
+    ranks = np.arange(m, 0, -1)
+    adjusted = np.minimum.accumulate(p[ok][order] * m / ranks)
+    out[ok[order]] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def _contrast_rows(est: Any, L: Any, names: list[str]) -> np.ndarray:
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    if L.shape[1] != len(names):
+        raise ValueError(f"a contrast needs {len(names)} entries (one per fixed effect "
+                         f"{names}), got {L.shape[1]}")
+    return L
+
+
+def _satterthwaite(est: Any, L: np.ndarray, j: int) -> np.ndarray:
+    from .satterthwaite import satterthwaite_df
+
+    return satterthwaite_df(response_estimator(est, j), L)
+
+
+def _varpar_batched(f: ManyFit, pat: PatternDesign, cols: np.ndarray) -> tuple:
+    """lmerTest's variance-parameter model (:mod:`.satterthwaite`) of the one-term fits
+    ``cols`` (responses of pattern ``pat``), for all of them at once: the Hessian of the
+    deviance in ``(theta, sigma)`` (sigma not profiled) and the Jacobian of Cov(beta), by
+    the same central differences with one Richardson step and the same steps (1% of each
+    parameter, at least 1e-3), every stencil point one batched evaluation.
+
+    Returns Cov(beta) (K, p, p), its Jacobian (K, nv, p, p) and ``2 H^+`` (K, nv, nv).
+    """
+    where = np.searchsorted(pat.columns, cols)
+    products = _subset(pat.products, where)
+    theta, sigma = f.theta[cols], np.sqrt(f.scale[cols])
+    dof = pat.template.n - (pat.template.p if f.reml else 0)
+    x0 = np.column_stack([theta, sigma])
+    K, nv = x0.shape
+    nt = nv - 1
+    h0 = 1e-2 * np.maximum(np.abs(x0), 0.1)
+    h0[:, -1] = 1e-2 * sigma
+    cache: dict[bytes, tuple] = {}
+
+    def parts(v: np.ndarray) -> tuple:
+        key = v[:, :nt].tobytes()
+        if key not in cache:
+            cache[key] = one_term_parts(pat.template, products, v[:, :nt], f.reml)
+        return cache[key]
+
+    def deviance(v: np.ndarray) -> np.ndarray:
+        dev, r2, _ = parts(v)
+        ratio = r2 / dof / v[:, -1] ** 2
+        return dev + dof * (ratio - np.log(ratio) - 1.0)
+
+    def cov_beta(v: np.ndarray) -> np.ndarray:
+        return v[:, -1, None, None] ** 2 * parts(v)[2]
+
+    f0 = deviance(x0)
+
+    def hessian_at(h: np.ndarray) -> np.ndarray:
+        H = np.empty((K, nv, nv))
+        E = [np.where(np.arange(nv) == i, h, 0.0) for i in range(nv)]  # (K, nv) steps
+        for i in range(nv):
+            H[:, i, i] = (deviance(x0 + E[i]) - 2.0 * f0 + deviance(x0 - E[i])) / h[:, i] ** 2
+            for j in range(i):
+                H[:, i, j] = H[:, j, i] = (
+                    deviance(x0 + E[i] + E[j]) - deviance(x0 + E[i] - E[j])
+                    - deviance(x0 - E[i] + E[j]) + deviance(x0 - E[i] - E[j])) / (4.0 * h[:, i] * h[:, j])
+        return H
+
+    def jacobian_at(h: np.ndarray) -> np.ndarray:
+        E = [np.where(np.arange(nv) == k, h, 0.0) for k in range(nv)]
+        return np.stack([(cov_beta(x0 + E[k]) - cov_beta(x0 - E[k])) / (2.0 * h[:, k, None, None])
+                         for k in range(nv)], axis=1)
+
+    with np.errstate(all="ignore"):
+        H = (4.0 * hessian_at(h0 / 2.0) - hessian_at(h0)) / 3.0
+        J = (4.0 * jacobian_at(h0 / 2.0) - jacobian_at(h0)) / 3.0
+    H = 0.5 * (H + np.swapaxes(H, 1, 2))
+    H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.nan)
+    w, U = np.linalg.eigh(np.nan_to_num(H))
+    pos = w > 1e-8  # lmerTest's generalised inverse on the positive eigenvalues
+    inv_w = np.where(pos, 1.0 / np.where(pos, w, 1.0), 0.0)
+    V = 2.0 * np.einsum("kab,kb,kcb->kac", U, inv_w, U)
+    V[~np.all(np.isfinite(H), axis=(1, 2))] = np.nan
+    return f.cov_beta[cols], J, V
+
+
+def _contrast_df(est: Any, L: np.ndarray) -> np.ndarray:
+    """Satterthwaite df (k, r) of the rows of ``L`` for every response: batched for the
+    one-term fits of the batched kernel, the single fit's computation for the others."""
+    f = est.many_.fit
+    df = np.full((f.n_responses, L.shape[0]), np.nan)
+    done = np.zeros(f.n_responses, dtype=bool)
+    if len(f.terms) == 1:
+        for s, pat in enumerate(f.patterns):
+            cols = pat.columns[f.batched[pat.columns] & ~f.failed[pat.columns]]
+            if not cols.size:
+                continue
+            for at in range(0, cols.size, 2000):  # bounded memory
+                part = cols[at:at + 2000]
+                C, J, V = _varpar_batched(f, pat, part)
+                var = np.einsum("ri,kij,rj->kr", L, C, L)
+                grad = np.einsum("ri,kvij,rj->krv", L, J, L)
+                denom = np.einsum("krv,kvw,krw->kr", grad, V, grad)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    df[part] = np.where(denom > 0, 2.0 * var ** 2 / np.where(denom > 0, denom, 1.0), np.inf)
+                done[part] = True
+    for j in np.flatnonzero(~done & ~f.failed):
+        df[j] = _satterthwaite(est, L, int(j))
+    return df
+
+
+def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """A linear contrast of the fixed effects for every response (``dream``'s contrasts).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor
+        Fitted to several responses.
+    L : array-like of shape (p,) or dict
+        The contrast's weights on ``fe_params_``'s columns (a dict: name -> weight, the
+        others 0).
+    ddf : {"satterthwaite", "normal"}, default="satterthwaite"
+        Degrees of freedom of the t test: lmerTest's Satterthwaite approximation (its
+        Hessian costs tens of deviance evaluations per response; for the responses of a
+        one-term model fitted together they are evaluated together), or a normal
+        reference (z test, no df).
+
+    Returns
+    -------
+    DataFrame
+        Indexed by response: ``estimate``, ``std_error``, ``df``, ``t``, ``p``, ``p_bh``
+        (Benjamini-Hochberg over the responses). Failed responses are NaN rows.
+
+    Raises
+    ------
+    ValueError
+        For a contrast of the wrong length or naming no fixed effect, or an unknown ``ddf``.
+
+    See Also
+    --------
+    fixed_effects_table : Every fixed effect across responses.
+    mixedlm_sklearn.inference.wald_test : Tests of one response's fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.inference.many import contrast_table
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 6)
+    >>> X = rng.standard_normal((60, 2))
+    >>> Y = X @ [[1.0, 0.0], [0.0, 1.0]] + rng.standard_normal((10, 2))[g] + rng.standard_normal((60, 2))
+    >>> est = MixedLMRegressor().fit(X, Y, groups=g)
+    >>> contrast_table(est, {"x0": 1.0, "x1": -1.0}).columns.tolist()
+    ['estimate', 'std_error', 'df', 't', 'p', 'p_bh']
+    """
+    check_is_fitted(est, "many_")
+    mr = est.many_
+    names = list(mr.fe_names)
+    if isinstance(L, dict):
+        unknown = [key for key in L if key not in names]
+        if unknown:
+            raise ValueError(f"the contrast names {unknown}, which are not fixed effects {names}")
+        L = [float(L.get(name, 0.0)) for name in names]
+    row = _contrast_rows(est, L, names)
+    if row.shape[0] != 1:
+        raise ValueError("contrast_table takes one contrast (a vector); call it once per contrast")
+    if ddf not in ("satterthwaite", "normal"):
+        raise ValueError(f"ddf must be 'satterthwaite' or 'normal', got {ddf!r}")
+    f = mr.fit
+    l = row[0]
+    estimate = f.beta @ l
+    se = np.sqrt(np.einsum("i,kij,j->k", l, f.cov_beta, l))
+    df = np.full(f.n_responses, np.inf)
+    if ddf == "satterthwaite":
+        df = _contrast_df(est, row)[:, 0]
+    df[f.failed] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = estimate / se
+        p = 2.0 * stats.t.sf(np.abs(t), df)
+    if ddf == "normal":
+        df[:] = np.nan
+        df_shown = df
+    else:
+        df_shown = df
+    return pd.DataFrame({"estimate": estimate, "std_error": se, "df": df_shown, "t": t, "p": p,
+                         "p_bh": p_adjust_bh(p)}, index=pd.Index(mr.responses, name="response"))
+
+
+def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """Per fixed effect and response: estimate, SE, df, t, p and the BH-adjusted p.
+
+    lmerTest's ``summary(fit)$coefficients`` of every response, with ``p_bh`` the
+    Benjamini-Hochberg adjustment over the responses of each fixed effect (R's
+    ``p.adjust(p, "BH")``; variancePartition's ``topTable`` of a ``dream`` fit).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor
+        Fitted to several responses.
+    term : str, optional
+        One fixed effect (e.g. ``"x"``); default all of them.
+    ddf : {"satterthwaite", "normal"}, default="satterthwaite"
+        As :func:`contrast_table`.
+
+    Returns
+    -------
+    DataFrame
+        Rows ``(term, response)``; columns ``estimate``, ``std_error``, ``df``, ``t``, ``p``,
+        ``p_bh``.
+
+    Raises
+    ------
+    ValueError
+        For a ``term`` that is not a fixed effect, or an unknown ``ddf``.
+
+    See Also
+    --------
+    contrast_table : A combination of fixed effects across responses.
+    variance_fractions : The variance components across responses.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.inference.many import fixed_effects_table
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 6)
+    >>> x = rng.standard_normal((60, 1))
+    >>> Y = x * [0.0, 1.0, 2.0] + rng.standard_normal((10, 3))[g] + rng.standard_normal((60, 3))
+    >>> est = MixedLMRegressor().fit(x, Y, groups=g)
+    >>> table = fixed_effects_table(est, term="x0")
+    >>> table.shape
+    (3, 6)
+    >>> bool(table["p_bh"].iloc[2] < 0.001)
+    True
+    """
+    check_is_fitted(est, "many_")
+    names = list(est.many_.fe_names)
+    if term is not None and term not in names:
+        raise ValueError(f"term {term!r} is not a fixed effect of the fit {names}")
+    chosen = names if term is None else [term]
+    if ddf not in ("satterthwaite", "normal"):
+        raise ValueError(f"ddf must be 'satterthwaite' or 'normal', got {ddf!r}")
+    f = est.many_.fit
+    L = np.eye(len(names))[[names.index(c) for c in chosen]]
+    df = np.full((f.n_responses, len(chosen)), np.nan)
+    if ddf == "satterthwaite":
+        df = _contrast_df(est, L)
+    parts = []
+    for i, name in enumerate(chosen):
+        c = names.index(name)
+        estimate = f.beta[:, c]
+        se = np.sqrt(f.cov_beta[:, c, c])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = estimate / se
+            p = 2.0 * (stats.t.sf(np.abs(t), df[:, i]) if ddf == "satterthwaite" else stats.norm.sf(np.abs(t)))
+        parts.append(pd.DataFrame({"estimate": estimate, "std_error": se, "df": df[:, i], "t": t,
+                                   "p": p, "p_bh": p_adjust_bh(p)},
+                                  index=pd.MultiIndex.from_product([[name], est.many_.responses],
+                                                                   names=["term", "response"])))
+    return pd.concat(parts)
+
+
+def variance_fractions(est: Any) -> pd.DataFrame:
+    """Give the variance fractions per response, as variancePartition reports them.
+
+    The share of variance of each random-effects term, covariate and the residual
+    (variancePartition's ``fitExtractVarPartModel``). As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-intercept term's
+    variance, each non-intercept fixed-effect column's variance of ``X_j beta_j`` (population variance
+    over the response's rows), rescaled so that they sum to the variance of the whole
+    fixed part ``X beta``, and the residual variance; fractions are each over their sum.
+    Fit by ML for variancePartition's numbers (``reml=False``, its default).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor
+        Fitted to several responses.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by response; a column per random-effects term (sorted by name, as
+        variancePartition), per non-intercept fixed effect, and ``Residuals``; rows sum to 1
+        (NaN rows for failed responses).
+
+    Raises
+    ------
+    ValueError
+        For a random-effects term with slopes (variancePartition's fractions are those of
+        random intercepts).
+
+    See Also
+    --------
+    fixed_effects_table : Tests of the fixed effects across responses.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedlm_sklearn import MixedLMRegressor
+    >>> from mixedlm_sklearn.inference.many import variance_fractions
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 6)
+    >>> Y = rng.standard_normal((10, 2))[g] * [0.5, 2.0] + rng.standard_normal((60, 2))
+    >>> est = MixedLMRegressor(reml=False).fit(np.zeros((60, 0)), Y, groups=g)
+    >>> fractions = variance_fractions(est)
+    >>> fractions.columns.tolist(), bool(np.allclose(fractions.sum(axis=1), 1.0))
+    (['group', 'Residuals'], True)
+    """
+    check_is_fitted(est, "many_")
+    mr = est.many_
+    f = mr.fit
+    k = f.n_responses
+    slopes_terms = [t.factor for t in f.terms if t.q > 1]
+    if slopes_terms:
+        raise ValueError(f"variance fractions are defined for random intercepts; the terms of "
+                         f"{slopes_terms} have slopes (their variance changes with the covariate)")
+    columns: dict[str, np.ndarray] = {}
+    at = 0
+    for term in sorted(f.terms, key=lambda t: t.factor):
+        start = sum(t.n_theta for t in f.terms[:list(f.terms).index(term)])
+        rows, cols = term.theta_position
+        lam0 = np.zeros((k, term.q))
+        first_row = rows == 0
+        lam0[:, cols[first_row]] = f.theta[:, start:start + term.n_theta][:, first_row]
+        columns[term.factor] = f.scale * (lam0 ** 2).sum(axis=1)
+        at += term.n_theta
+    names = list(mr.fe_names)
+    slopes = [i for i, name in enumerate(names) if name != INTERCEPT]
+    if slopes:
+        X_full = np.column_stack([np.ones(mr.X.shape[0]), mr.X]) if mr.intercept else mr.X
+        parts = np.full((k, len(slopes)), np.nan)
+        total = np.full(k, np.nan)
+        for s, pat in enumerate(f.patterns):
+            cols = pat.columns[~f.failed[pat.columns]]
+            if not cols.size:
+                continue
+            Xp = X_full[pat.rows]
+            B = f.beta[cols]  # (c, p)
+            each = np.stack([np.var(Xp[:, i][:, None] * B[:, i][None], axis=0) for i in slopes], axis=1)
+            fixed = Xp[:, slopes] @ B[:, slopes].T  # (rows, c)
+            parts[cols] = each
+            total[cols] = np.var(fixed, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts = parts * (total / parts.sum(axis=1))[:, None]
+        for i, c in enumerate(slopes):
+            columns[names[c]] = parts[:, i]
+    columns["Residuals"] = f.scale.copy()
+    table = pd.DataFrame(columns, index=pd.Index(mr.responses, name="response"))
+    return table.div(table.sum(axis=1), axis=0)
