@@ -194,11 +194,9 @@ def _generalized_table(fits: tuple, names: list[str], test: Any) -> pd.DataFrame
     """
     from scipy import stats
 
-    from .inference.glmm import check_comparable, glmm_model
-
-    models = [glmm_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
+    models = [fitted_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
     for model in models[1:]:
-        check_comparable(models[0], model)
+        check_same_data(models[0], model)
     if test is False:
         return None
     npar = np.array([f.df_model_ for f in fits])

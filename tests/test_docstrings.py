@@ -29,7 +29,7 @@ WITH_EXAMPLES = {
     "mixedlm_sklearn.inference.anova", "mixedlm_sklearn.inference.emmeans",
     "mixedlm_sklearn.inference.r2", "mixedlm_sklearn.inference.prediction",
     "mixedlm_sklearn.inference.simulation", "mixedlm_sklearn.inference.bootstrap",
-    "mixedlm_sklearn.inference.power", "mixedlm_sklearn.inference.glmm",
+    "mixedlm_sklearn.inference.power",
 }
 
 
