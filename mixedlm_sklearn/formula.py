@@ -1,4 +1,7 @@
-"""lme4-style model formulas: ``lmer("Reaction ~ Days + (Days | Subject)", data)``.
+"""lme4-style model formulas, the parser behind ``lmer("Reaction ~ Days + (Days | Subject)", data)``.
+
+:func:`~mixedlm_sklearn.lmer` and :func:`~mixedlm_sklearn.glmer` live in
+:mod:`mixedlm_sklearn.api`, next to the estimators: the parser imports no estimator.
 
 The random-effects terms (``( ... | ... )``, ``||``, nesting with ``/``) are parsed here;
 the fixed part, the response and the left side of each bar are checked here and then
@@ -87,7 +90,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ALLOWED_FUNCTIONS", "CONTRASTS", "RandomTerm", "FixedTerm", "FixedFactor", "ModelFrame",
-           "parse_formula", "lmer", "glmer", "update_formula"]
+           "parse_formula", "update_formula"]
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -2430,135 +2433,6 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
                        if name in names.predictors}, environment, naming, fitted_rows, numbers)
 
 
-def _reml_argument(REML: Any, reml: Any) -> bool:
-    """lme4's ``REML=`` or the estimator's ``reml=``: one of them."""
-    if REML is not None and reml is not None:
-        raise TypeError("give REML= (lme4's spelling) or reml= (the estimator's), not both")
-    value = REML if REML is not None else reml
-    return True if value is None else value
-
-
-def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bool | None = None,
-         weights: Any = None, residual_groups: Any = None,
-         context: Mapping[str, Any] | None = None, **estimator_params: Any):
-    """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
-
-    Parameters
-    ----------
-    formula : str
-        For example ``"Reaction ~ Days + (Days | Subject)"``; see
-        the user guide's page on random-effects terms for the syntax and for what a formula
-        may contain (``mixedlm_sklearn.formula.ALLOWED_FUNCTIONS``).
-    data : DataFrame
-        The data. Rows with a missing value in any model variable are dropped first (lme4's
-        ``na.action = na.omit``); the estimator itself refuses missing values.
-    REML : bool, default=True
-        REML (lme4's default) or maximum likelihood, lme4's argument.
-    reml : bool, optional
-        The same under the estimator's name (give one of the two).
-    weights : str or array-like, optional
-        Prior weights (lme4's ``weights``): a column of ``data`` or one value per row; the
-        residual variance of a row is ``sigma^2 / w``.
-    residual_groups : str or array-like, optional
-        A residual variance per stratum (a column of ``data`` or one label per row), as
-        :meth:`MixedLMRegressor.fit`'s ``residual_groups``.
-    context : mapping, optional
-        Names the formula may use besides the columns of ``data``: numbers, or arrays
-        with one value per row. The caller's variables are
-        not looked up.
-    **estimator_params
-        Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``,
-        ``solver``).
-        ``fit_intercept`` and ``cov_type`` come from the formula.
-
-    Returns
-    -------
-    MixedLMRegressor
-        ``MixedLMRegressor(formula=formula, reml=REML, ...)`` fitted to ``data``: a
-        scikit-learn estimator in formula mode (``predict(new_df)``, ``clone``, pipelines
-        and cross-validation work on DataFrames), with ``model_frame_`` (the
-        :class:`~mixedlm_sklearn.formula.ModelFrame`).
-
-    Raises
-    ------
-    ValueError
-        For a formula that is not allowed or cannot be evaluated on ``data``, naming the
-        offending piece.
-    TypeError
-        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them; the
-        returned estimator keeps them at their defaults), or both ``REML`` and ``reml``.
-
-    See Also
-    --------
-    glmer : The generalized linear mixed model.
-    MixedLMRegressor : The estimator it fits.
-
-    Notes
-    -----
-    Factor levels: the first level is the reference, so ``Sex`` with labels ``"Female"``
-    and ``"Male"`` gives the column ``SexMale``. To get lme4's ``SexFemale`` for nlme's
-    Orthodont (where R's level order is Male, Female) make the column a Categorical:
-    ``df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])``.
-
-    Several random-effects terms (``(1 | a) + (1 | b)``, ``(1 | a/b)``, or ``(x || g)``
-    together with another term, which is split into one term per column as lme4 does)
-    are passed to the estimator as a DataFrame of grouping factors and a dict of designs.
-
-    ``||`` makes every column of the term's design independent. With numeric covariates
-    that is lme4's model; with a factor on the left lme4 differs (it expands ``(f || g)`` to
-    ``(1 | g) + (0 + f | g)`` and keeps the dummy columns of ``f`` correlated).
-
-    ``offset(x)`` terms are summed and passed to ``fit`` as ``offset=``: the model is fitted
-    to ``y - offset``, and ``predict(**model_frame_.new_data(new))`` adds the offset of the
-    new rows, as lme4's ``predict(fit, newdata)``. A formula without fixed effects
-    (``y ~ 0 + (1 | g)``) is refused.
-
-    Examples
-    --------
-    >>> from mixedlm_sklearn.datasets import load_sleepstudy
-    >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
-    >>> est
-    MixedLMRegressor(formula='Reaction ~ Days + (Days | Subject)')
-    >>> round(est.llf_, 4)
-    -871.8141
-    >>> est.fe_params_.round(3).to_dict()
-    {'(Intercept)': 251.405, 'Days': 10.467}
-    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), REML=False)
-    >>> float(est.cov_re_[0, 1])
-    0.0
-    >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
-    >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
-    (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
-    """
-    from .estimator import MixedLMRegressor
-
-    _check_r_arguments(estimator_params, "lmer")
-    est = MixedLMRegressor(formula=formula, reml=_reml_argument(REML, reml), **estimator_params)
-    # fit_intercept and cov_type stay at their defaults: the formula decides them, so
-    # clone() and a grid over formula= refit any formula
-    return est.fit(data, sample_weight=weights, residual_groups=residual_groups,
-                   context=context)
-
-
-# R's argument names of lmer/glmer that have a Python spelling here.
-_R_SPELLINGS = {"nAGQ": "n_agq", "control": "max_iter / tol", "subset": "data[rows]",
-                "na.action": "(rows with missing values are dropped, as na.omit)",
-                "offset": "offset(x) in the formula", "start": "(not supported)"}
-
-
-def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
-    clash = {"fit_intercept", "cov_type"} & set(params)
-    if clash:
-        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
-                        f"'||' makes the covariance diagonal); do not pass them to {function}")
-    if "formula" in params:
-        raise TypeError(f"{function} takes the formula as its first argument")
-    for name in params:
-        if name in _R_SPELLINGS:
-            raise TypeError(f"{function}() got lme4's argument {name!r}: here it is "
-                            f"{_R_SPELLINGS[name]}")
-
-
 def _cbind(response: str, formula: str) -> tuple[str, str] | None:
     """The two columns of a ``cbind(successes, failures)`` response, or None."""
     match = re.fullmatch(r"\s*cbind\s*\((.*)\)\s*", response, flags=re.S)
@@ -2569,95 +2443,6 @@ def _cbind(response: str, formula: str) -> tuple[str, str] | None:
         raise ValueError(f"in formula {formula!r}, cbind() takes two arguments: "
                          "cbind(successes, failures)")
     return parts[0].strip(), parts[1].strip()
-
-
-def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str | None = None,
-          n_agq: int = 1, *, nAGQ: int | None = None, weights: Any = None,
-          context: Mapping[str, Any] | None = None, **estimator_params: Any):
-    """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
-
-    Parameters
-    ----------
-    formula : str
-        For example ``"r2 ~ Anger + (1 | id) + (1 | item)"``; for binomial counts the
-        response may be ``cbind(successes, failures)`` (each an expression such as
-        ``size - incidence``): the model is then fitted to the proportion of successes
-        with the number of trials as ``sample_weight`` (R's ``glm`` convention). The rest
-        of the syntax is :func:`lmer`'s.
-    data : DataFrame
-        The data (rows with a missing model variable are dropped).
-    family : {"binomial", "poisson"}, default="binomial"
-        The conditional distribution of the response.
-    link : str, optional
-        Default the family's canonical link (logit, log); binomial also takes "probit"
-        and "cloglog".
-    n_agq : int, default=1
-        The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
-        random effect.
-    nAGQ : int, optional
-        The same as ``n_agq``, under lme4's name (give one of the two).
-    weights : str or array-like, optional
-        Prior weights, a column of ``data`` or one value per row: for a binomial proportion
-        response (``incidence / size``) the numbers of trials (``weights="size"`` fits the
-        same model as ``cbind(incidence, size - incidence)``, as in R).
-    context : mapping, optional
-        As in :func:`lmer`.
-    **estimator_params
-        Other :class:`MixedGLMRegressor` parameters (``max_iter``, ``verbose``).
-
-    Returns
-    -------
-    MixedGLMRegressor
-        Fitted (its ``predict`` gives the mean response: probabilities, rates), with
-        ``model_frame_`` as :func:`lmer`'s.
-
-    Raises
-    ------
-    ValueError
-        For a formula that is not allowed, ``cbind`` with another family or negative
-        counts.
-    TypeError
-        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them).
-
-    See Also
-    --------
-    lmer : The linear mixed model.
-    MixedGLMRegressor : The estimator it fits.
-
-    Examples
-    --------
-    >>> from mixedlm_sklearn import glmer
-    >>> from mixedlm_sklearn.datasets import load_cbpp
-    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
-    >>> round(fit.llf_, 3), fit.fe_params_.round(3).to_dict()
-    (-92.026, {'(Intercept)': -1.399, 'period2': -0.992, 'period3': -1.129, 'period4': -1.58})
-    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp(),
-    ...             n_agq=25)
-    >>> round(float(fit.cov_re_[0, 0]), 4)  # lme4: 0.4193
-    0.4193
-    """
-    from .glm_estimator import MixedGLMRegressor
-
-    _check_r_arguments(estimator_params, "glmer")
-    if nAGQ is not None:
-        if n_agq != 1:
-            raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
-        n_agq = nAGQ
-    family = _family_name(family)
-    if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
-            and _cbind(_split_top(formula, "~")[0], formula) is not None:
-        raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
-    est = MixedGLMRegressor(formula=formula, family=family, link=link, n_agq=n_agq,
-                            **estimator_params)
-    return est.fit(data, sample_weight=weights, context=context)
-
-
-def _family_name(family: Any) -> str:
-    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
-    name = getattr(family, "__name__", None)
-    if callable(family) and name in ("binomial", "poisson"):
-        return name
-    return family
 
 
 # ---- update(): R's update.formula on lme4 formulas ------------------------------------------
