@@ -355,12 +355,6 @@ class CrossProducts:
         xyxy[:, p, p] = response.yy[:, j]
         return dataclasses.replace(self, zxy=tuple(zxy), xyxy=xyxy)
 
-    def with_terms(self, terms: Terms) -> "CrossProducts":
-        """The same cross-products under other covariance structures (same levels and q)."""
-        if [(t.n_levels, t.q) for t in terms] != [(t.n_levels, t.q) for t in self.terms]:
-            raise ValueError("terms must have the same levels and columns")
-        return dataclasses.replace(self, terms=terms)
-
     def select_fixed(self, keep: np.ndarray) -> "CrossProducts":
         """Keep the fixed-effects columns ``keep`` (indices into X; y stays last)."""
         cols = np.append(np.asarray(keep, dtype=int), self.p)
