@@ -5,11 +5,10 @@ Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
 """
 
 from ._validation import RankDeficientWarning
-from .api import compare, update
+from .api import compare, glmer, lmer, power, power_curve, update
 from .estimator import MixedLMRegressor, SingularFitWarning
-from .formula import glmer, lmer
 from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor
-from .inference import LRTestResult, Summary, WaldTestResult, lr_test, pb_test, power, power_curve
+from .inference import LRTestResult, Summary, WaldTestResult, lr_test, pb_test
 from .inference.anova import anova
 
 __version__ = "0.1.0"

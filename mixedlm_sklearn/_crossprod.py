@@ -10,7 +10,7 @@ the profiled likelihood of Bates et al. (2015, JSS 67(1), sec. 3) needs only
 
 They *add*: the cross-products of two sets of rows with the same level coding sum to
 those of their union, which is how chunks and Dask partitions are combined
-(:class:`Accumulator`). A residual variance per stratum (nlme's ``varIdent``) is a
+(:class:`~mixedlm_sklearn._chunked.Accumulator`). A residual variance per stratum (nlme's ``varIdent``) is a
 reweighting of the rows of each stratum by ``v_s = 1 / delta_s^2``, so every array
 carries a leading stratum axis and :meth:`CrossProducts.combined` forms
 ``sum_s v_s (cross-products of stratum s)`` for the deviance at given ratios.
@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from ._terms import Terms
 
-__all__ = ["PairBlock", "CrossProducts", "cross_products", "DesignPattern", "Accumulator",
+__all__ = ["PairBlock", "CrossProducts", "cross_products", "DesignPattern",
            "ResponseProducts", "ResponseMap", "Origin", "origin_of"]
 
 # Rows per block in the pass over the rows. Each block's sparse product writes a dense
@@ -354,12 +354,6 @@ class CrossProducts:
         xyxy[:, :p, p] = xyxy[:, p, :p] = response.xy[:, :, j]
         xyxy[:, p, p] = response.yy[:, j]
         return dataclasses.replace(self, zxy=tuple(zxy), xyxy=xyxy)
-
-    def with_terms(self, terms: Terms) -> "CrossProducts":
-        """The same cross-products under other covariance structures (same levels and q)."""
-        if [(t.n_levels, t.q) for t in terms] != [(t.n_levels, t.q) for t in self.terms]:
-            raise ValueError("terms must have the same levels and columns")
-        return dataclasses.replace(self, terms=terms)
 
     def select_fixed(self, keep: np.ndarray) -> "CrossProducts":
         """Keep the fixed-effects columns ``keep`` (indices into X; y stays last)."""
@@ -798,138 +792,3 @@ class ResponseMap:
         xy = lin[offset:].reshape(S, self.p, k)
         yy = np.asarray(self._squares @ (Y * Y))
         return ResponseProducts(tuple(zy), xy, yy)
-
-
-# ---- adding up parts whose levels are known by label ----------------------------------------
-
-
-def _merge_labels(index: pd.Index | None, labels: np.ndarray, name: str) -> tuple[pd.Index, np.ndarray]:
-    """The labels known so far extended by a part's, and the part's codes in them.
-
-    Labels are compared in one canonical form (:func:`._validation.canonical_labels`):
-    ``read_csv`` reading ids in chunks gives ``22`` in one and ``"22"`` in another.
-    """
-    from ._validation import canonical_labels
-
-    labels = np.asarray(labels, dtype=object)
-    if index is None:
-        index = pd.Index(labels, dtype=object)
-    else:
-        known, labels = canonical_labels([np.asarray(index, dtype=object), labels], name)
-        if known is not index:
-            index = pd.Index(known, dtype=object)
-        new = pd.Index(labels, dtype=object)
-        fresh = new[index.get_indexer(new) < 0]
-        if len(fresh):
-            index = index.append(fresh)
-    return index, index.get_indexer(pd.Index(labels, dtype=object))
-
-
-class Accumulator:
-    """Sums cross-products of parts (chunks, Dask partitions) that code levels by label.
-
-    Each part is reduced to cross-products over its own levels and strata; this adds them
-    into running totals indexed by label, so memory stays proportional to the levels (and
-    level pairs), never the rows. Terms on the same grouping factor share one label index.
-    """
-
-    def __init__(self) -> None:
-        self._factor_labels: dict[str, pd.Index] = {}
-        self._strata_labels: pd.Index | None = None
-        self._parts: list[tuple[list[np.ndarray], np.ndarray, CrossProducts]] = []
-        self._template: CrossProducts | None = None
-
-    def add(self, labels: dict[str, np.ndarray], part: CrossProducts,
-            strata_labels: np.ndarray | None = None) -> None:
-        """Add a part.
-
-        Parameters
-        ----------
-        labels : dict
-            Grouping factor name -> the part's labels of its levels (codes 0..m-1).
-        part : CrossProducts
-            The part's cross-products in its own coding.
-        strata_labels : ndarray, optional
-            The part's stratum labels (its strata axis), when there are strata.
-        """
-        if self._template is not None:
-            t = self._template
-            if [(x.factor, x.q) for x in part.terms] != [(x.factor, x.q) for x in t.terms] \
-                    or part.p != t.p:
-                raise ValueError("chunks have different columns")
-            if not _same_origin(part.origin, t.origin):
-                raise ValueError("chunks measured from different origins cannot be added")
-        else:
-            self._template = part
-        codes = []
-        for term in part.terms:
-            index, code = _merge_labels(self._factor_labels.get(term.factor), labels[term.factor],
-                                        f"groups[{term.factor!r}]")
-            self._factor_labels[term.factor] = index
-            codes.append(code)
-        if strata_labels is None:
-            strata_labels = np.array(["(all)"], dtype=object)
-        self._strata_labels, strata_codes = _merge_labels(self._strata_labels, strata_labels,
-                                                          "residual_groups")
-        self._parts.append((codes, strata_codes, part))
-
-    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
-        """Sorted labels per factor, sorted stratum labels, and the summed cross-products.
-
-        Levels are numbered in sorted label order, as an in-memory fit codes them.
-        """
-        if self._template is None:
-            raise ValueError("no data: every chunk was empty (or had only rows of weight 0)")
-        order, labels = {}, {}
-        for factor, index in self._factor_labels.items():
-            try:
-                sorted_labels, perm = index.sort_values(return_indexer=True)
-            except TypeError:  # unorderable mixed labels: keep order of appearance
-                sorted_labels, perm = index, np.arange(len(index))
-            rank = np.empty(len(index), dtype=np.int64)
-            rank[perm] = np.arange(len(index))
-            order[factor] = rank
-            labels[factor] = np.asarray(sorted_labels, dtype=object)
-        try:
-            strata_sorted, strata_perm = self._strata_labels.sort_values(return_indexer=True)
-        except TypeError:
-            strata_sorted, strata_perm = self._strata_labels, np.arange(len(self._strata_labels))
-        strata_rank = np.empty(len(strata_perm), dtype=np.int64)
-        strata_rank[strata_perm] = np.arange(len(strata_perm))
-        n_strata = len(strata_perm)
-
-        template = self._template
-        terms = Terms([dataclasses.replace(t, n_levels=len(labels[t.factor])) for t in template.terms])
-        S, p1 = n_strata, template.p + 1
-        diag = [np.zeros((S, t.q, t.q, t.n_levels)) for t in terms]
-        zxy = [np.zeros((S, t.q, p1, t.n_levels)) for t in terms]
-        counts = [np.zeros(t.n_levels, dtype=np.int64) for t in terms]
-        xyxy = np.zeros((S, p1, p1))
-        n_obs = np.zeros(S, dtype=np.int64)
-        sum_log_w = np.zeros(S)
-        pair_parts: list[list] = [[] for _ in template.pairs]
-        for codes, strata_codes, part in self._parts:
-            gl = [order[t.factor][c] for t, c in zip(part.terms, codes)]
-            st = strata_rank[strata_codes]
-            for k in range(len(terms)):
-                for s_local, s in enumerate(st):
-                    diag[k][s][:, :, gl[k]] += part.diag[k][s_local]
-                    zxy[k][s][:, :, gl[k]] += part.zxy[k][s_local]
-                counts[k][gl[k]] += part.counts[k]
-            for s_local, s in enumerate(st):
-                xyxy[s] += part.xyxy[s_local]
-                n_obs[s] += part.n_obs[s_local]
-                sum_log_w[s] += part.sum_log_weights[s_local]
-            for j, block in enumerate(part.pairs):
-                values = np.zeros((S,) + block.values.shape[1:])
-                values[st] = block.values
-                pair_parts[j].append((gl[block.k][block.level_k], gl[block.l][block.level_l], values))
-        pairs = []
-        for j, block in enumerate(template.pairs):
-            lk = np.concatenate([a for a, _, _ in pair_parts[j]])
-            ll = np.concatenate([b for _, b, _ in pair_parts[j]])
-            values = np.concatenate([v for _, _, v in pair_parts[j]], axis=1)
-            pairs.append(_coalesce(block.k, block.l, lk, ll, values, terms[block.l].n_levels))
-        total = CrossProducts(terms, tuple(diag), tuple(zxy), tuple(pairs), xyxy, n_obs, sum_log_w,
-                              tuple(counts), template.origin)
-        return labels, np.asarray(strata_sorted, dtype=object), total

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._rows import Design
 from ._validation import as_design, encode_groups
 
 __all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "several_factors",
@@ -34,33 +35,6 @@ class TermInput:
     z_names: tuple[str, ...]
     labels: np.ndarray  # level labels (sorted; a Categorical's in category order)
     diagonal: bool
-
-
-@dataclass(frozen=True)
-class Design:
-    """The rows of an in-memory fit, kept (by reference) for simulation and data checks.
-
-    ``X`` excludes the intercept column, which :attr:`X_full` adds when ``intercept``.
-    ``y`` is the fitted response: for a linear model the response minus ``offset``, for a
-    GLMM the response itself (its offset is inside the link); ``index`` is the row labels of
-    a DataFrame ``X`` (for fitted values and residuals indexed like the input).
-    """
-
-    X: np.ndarray
-    intercept: bool
-    y: np.ndarray
-    factors: tuple  # of (codes, Z) per term
-    weights: np.ndarray | None
-    strata: np.ndarray | None
-    n_strata: int = 1
-    offset: np.ndarray | None = None  # the known part of the linear predictor
-    index: pd.Index | None = None
-
-    @property
-    def X_full(self) -> np.ndarray:
-        if self.intercept:
-            return np.column_stack([np.ones(len(self.y)), self.X])
-        return self.X
 
 
 def column_names(values: Any, prefix: str, width: int) -> list[str]:

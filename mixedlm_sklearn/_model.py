@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ._crossprod import CrossProducts
-from ._design import Design
+from ._rows import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
 from ._factor import Plan

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import dataclasses
 import re
 import warnings
 from collections.abc import Iterator
@@ -488,17 +487,6 @@ class FixedEffectsRank:
     @property
     def dropped_names(self) -> list[str]:
         return [n for n, k in zip(self.names, self.kept) if not k]
-
-    def subset_stats(self, stats: Any) -> Any:
-        """The sufficient statistics of the kept columns (the response column stays last).
-
-        Works on any statistics object with ``ztxy`` (``(q, p + 1, m)``) and ``xyxy``
-        (``(p + 1, p + 1)``) fields, so that arrays, chunks and Dask partitions, which
-        all end in such statistics, share it.
-        """
-        cols = np.append(np.flatnonzero(self.kept), self.kept.size)
-        return dataclasses.replace(stats, ztxy=np.ascontiguousarray(stats.ztxy[:, cols, :]),
-                                   xyxy=stats.xyxy[np.ix_(cols, cols)])
 
     def expand(self, values: np.ndarray, fill: float) -> np.ndarray:
         """A vector over the kept columns as one over all columns, ``fill`` for the dropped."""

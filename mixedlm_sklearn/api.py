@@ -1,9 +1,15 @@
-"""Model selection on formula fits: :func:`update` (lme4's ``update``) and :func:`compare`
-(a table of several fits: R's ``AIC(m0, m1)``, ``BIC`` and lme4's ``anova(m0, m1)``)."""
+"""Formula in, estimator out: :func:`lmer` and :func:`glmer` (lme4's), model selection on
+formula fits, :func:`update` (lme4's ``update``) and :func:`compare` (a table of several fits:
+R's ``AIC(m0, m1)``, ``BIC`` and lme4's ``anova(m0, m1)``), and :func:`power` /
+:func:`power_curve` of a fit or a formula.
+
+This module sits above the estimators and the formula parser, so the parser imports no
+estimator and inference takes fitted models only."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,11 +18,16 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._table import ResultTable
-from .formula import split_formula_sides, update_formula
+from .estimator import MixedLMRegressor
+from .formula import _cbind, _split_top, parse_formula, split_formula_sides, update_formula
+from .glm_estimator import MixedGLMRegressor
 from .inference._parameters import fitted_model
 from .inference.lrt import check_same_data, compare_models
+from .inference.power import PowerResult
+from .inference.power import power as _power_of_fit
+from .inference.power import power_curve as _power_curve_of_fit
 
-__all__ = ["update", "compare"]
+__all__ = ["lmer", "glmer", "update", "compare", "power", "power_curve"]
 
 # R's argument names update() accepts, and the estimator's.
 _R_PARAMETERS = {"REML": "reml", "nAGQ": "n_agq"}
@@ -194,11 +205,9 @@ def _generalized_table(fits: tuple, names: list[str], test: Any) -> pd.DataFrame
     """
     from scipy import stats
 
-    from .inference.glmm import check_comparable, glmm_model
-
-    models = [glmm_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
+    models = [fitted_model(f, f"fit {i + 1}") for i, f in enumerate(fits)]
     for model in models[1:]:
-        check_comparable(models[0], model)
+        check_same_data(models[0], model)
     if test is False:
         return None
     npar = np.array([f.df_model_ for f in fits])
@@ -224,3 +233,419 @@ def _generalized_table(fits: tuple, names: list[str], test: Any) -> pd.DataFrame
                          "BIC": [fits[i].bic_ for i in order], "logLik": llf,
                          "deviance": -2.0 * llf, "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
                         index=pd.Index([names[i] for i in order], dtype=object))
+
+
+# ---- lmer and glmer: a formula fitted by an estimator ----------------------------------------
+
+
+def _reml_argument(REML: Any, reml: Any) -> bool:
+    """lme4's ``REML=`` or the estimator's ``reml=``: one of them."""
+    if REML is not None and reml is not None:
+        raise TypeError("give REML= (lme4's spelling) or reml= (the estimator's), not both")
+    value = REML if REML is not None else reml
+    return True if value is None else value
+
+
+def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bool | None = None,
+         weights: Any = None, residual_groups: Any = None,
+         context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
+         progress: Any = None, **estimator_params: Any):
+    """Fit a linear mixed model from an lme4 formula, like R's ``lme4::lmer``.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"Reaction ~ Days + (Days | Subject)"``; see
+        the user guide's page on random-effects terms for the syntax and for what a formula
+        may contain (``mixedlm_sklearn.formula.ALLOWED_FUNCTIONS``).
+    data : DataFrame
+        The data. Rows with a missing value in any model variable are dropped first (lme4's
+        ``na.action = na.omit``); the estimator itself refuses missing values.
+    REML : bool, default=True
+        REML (lme4's default) or maximum likelihood, lme4's argument.
+    reml : bool, optional
+        The same under the estimator's name (give one of the two).
+    weights : str or array-like, optional
+        Prior weights (lme4's ``weights``): a column of ``data`` or one value per row; the
+        residual variance of a row is ``sigma^2 / w``.
+    residual_groups : str or array-like, optional
+        A residual variance per stratum (a column of ``data`` or one label per row), as
+        :meth:`MixedLMRegressor.fit`'s ``residual_groups``.
+    context : mapping, optional
+        Names the formula may use besides the columns of ``data``: numbers, or arrays
+        with one value per row. The caller's variables are
+        not looked up.
+    responses : list of str, optional
+        Several responses with one design (genes, proteins, traits): columns of ``data``,
+        each fitted as its own model of the one-sided ``formula`` (``"~ x + (1 | donor)"``),
+        sharing all work that does not depend on the response (the multi-output fit of
+        :meth:`MixedLMRegressor.fit`). Each response uses its own complete rows (a missing
+        response value drops the row for that response only); rows with a missing
+        covariate or grouping factor are dropped for all. A keyword because ``cbind(...)``
+        on the left is glmer's binomial response.
+    progress : callable, optional
+        With ``responses``: ``progress(done, total)`` after each block of responses.
+    **estimator_params
+        Other :class:`MixedLMRegressor` parameters (``max_iter``, ``tol``, ``verbose``,
+        ``solver``).
+        ``fit_intercept`` and ``cov_type`` come from the formula.
+
+    Returns
+    -------
+    MixedLMRegressor
+        ``MixedLMRegressor(formula=formula, reml=REML, ...)`` fitted to ``data``: a
+        scikit-learn estimator in formula mode (``predict(new_df)``, ``clone``, pipelines
+        and cross-validation work on DataFrames), with ``model_frame_`` (the
+        :class:`~mixedlm_sklearn.formula.ModelFrame`).
+
+    Raises
+    ------
+    ValueError
+        For a formula that is not allowed or cannot be evaluated on ``data``, naming the
+        offending piece.
+    TypeError
+        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them; the
+        returned estimator keeps them at their defaults), or both ``REML`` and ``reml``.
+
+    See Also
+    --------
+    glmer : The generalized linear mixed model.
+    MixedLMRegressor : The estimator it fits.
+
+    Notes
+    -----
+    Factor levels: the first level is the reference, so ``Sex`` with labels ``"Female"``
+    and ``"Male"`` gives the column ``SexMale``. To get lme4's ``SexFemale`` for nlme's
+    Orthodont (where R's level order is Male, Female) make the column a Categorical:
+    ``df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])``.
+
+    Several random-effects terms (``(1 | a) + (1 | b)``, ``(1 | a/b)``, or ``(x || g)``
+    together with another term, which is split into one term per column as lme4 does)
+    are passed to the estimator as a DataFrame of grouping factors and a dict of designs.
+
+    ``||`` makes every column of the term's design independent. With numeric covariates
+    that is lme4's model; with a factor on the left lme4 differs (it expands ``(f || g)`` to
+    ``(1 | g) + (0 + f | g)`` and keeps the dummy columns of ``f`` correlated).
+
+    ``offset(x)`` terms are summed and passed to ``fit`` as ``offset=``: the model is fitted
+    to ``y - offset``, and ``predict(**model_frame_.new_data(new))`` adds the offset of the
+    new rows, as lme4's ``predict(fit, newdata)``. A formula without fixed effects
+    (``y ~ 0 + (1 | g)``) is refused.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
+    >>> est
+    MixedLMRegressor(formula='Reaction ~ Days + (Days | Subject)')
+    >>> round(est.llf_, 4)
+    -871.8141
+    >>> est.fe_params_.round(3).to_dict()
+    {'(Intercept)': 251.405, 'Days': 10.467}
+    >>> est = lmer("Reaction ~ Days + (Days || Subject)", load_sleepstudy(), REML=False)
+    >>> float(est.cov_re_[0, 1])
+    0.0
+    >>> est = lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", load_sleepstudy())
+    >>> round(est.llf_, 4), est.fe_params_.round(4).to_dict()  # lme4: -892.8976, 0.3370
+    (-892.8976, {'(Intercept)': 255.4494, 'Days': 7.4341, 'I(Days^2)': 0.337})
+
+    Several responses with one design:
+
+    >>> import numpy as np
+    >>> df = load_sleepstudy().assign(logReaction=lambda d: np.log(d["Reaction"]))
+    >>> est = lmer("~ Days + (Days | Subject)", df, responses=["Reaction", "logReaction"])
+    >>> est.llf_.round(4), est.coef_.shape
+    (array([-871.8141,  149.2406]), (2, 1))
+    """
+    from .estimator import MixedLMRegressor
+
+    _check_r_arguments(estimator_params, "lmer")
+    if responses is not None:  # ---- several responses (inference/many.py) ----
+        if residual_groups is not None:
+            raise ValueError("residual_groups is not supported with several responses")
+        return _lmer_responses(formula, data, _reml_argument(REML, reml), context, responses,
+                               progress, weights, estimator_params)
+    if progress is not None:
+        raise ValueError("progress reports the responses of lmer(..., responses=[...])")
+    est = MixedLMRegressor(formula=formula, reml=_reml_argument(REML, reml), **estimator_params)
+    # fit_intercept and cov_type stay at their defaults: the formula decides them, so
+    # clone() and a grid over formula= refit any formula
+    return est.fit(data, sample_weight=weights, residual_groups=residual_groups,
+                   context=context)
+
+
+# R's argument names of lmer/glmer that have a Python spelling here.
+_R_SPELLINGS = {"nAGQ": "n_agq", "control": "max_iter / tol", "subset": "data[rows]",
+                "na.action": "(rows with missing values are dropped, as na.omit)",
+                "offset": "offset(x) in the formula", "start": "(not supported)"}
+
+
+def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
+    clash = {"fit_intercept", "cov_type"} & set(params)
+    if clash:
+        raise TypeError(f"{sorted(clash)} are set by the formula ('0 +' removes the intercept, "
+                        f"'||' makes the covariance diagonal); do not pass them to {function}")
+    if "formula" in params:
+        raise TypeError(f"{function} takes the formula as its first argument")
+    for name in params:
+        if name in _R_SPELLINGS:
+            raise TypeError(f"{function}() got lme4's argument {name!r}: here it is "
+                            f"{_R_SPELLINGS[name]}")
+
+
+def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
+                    progress: Any, weights: Any, estimator_params: dict):
+    """:func:`lmer` of a one-sided formula for every column named in ``responses``: the
+    formula's design with a placeholder response (so that only covariates and factors drop
+    rows), then the multi-output fit of the responses on those rows."""
+    from .estimator import MixedLMRegressor
+
+    if isinstance(responses, str) or not all(isinstance(r, str) for r in responses) or not len(responses):
+        raise TypeError("responses must be a non-empty list of column names")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("data must be a DataFrame")
+    missing = [r for r in responses if r not in data.columns]
+    if missing:
+        raise ValueError(f"responses {missing} are not columns of data")
+    if "~" not in formula or formula.split("~", 1)[0].strip():
+        raise ValueError(f"with responses=, the formula is one-sided ('~ x + (1 | g)'), got {formula!r}")
+    placeholder = "response"
+    while placeholder in data.columns:
+        placeholder += "_"
+    rows = data.reset_index(drop=True)
+    frame = parse_formula(f"{placeholder} ~ {formula.split('~', 1)[1]}",
+                          rows.drop(columns=list(responses)).assign(**{placeholder: 0.0}), context=context)
+    arguments = frame.fit_arguments()
+    Y = rows.loc[frame.X.index, list(responses)]
+    try:
+        Y = Y.astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"responses must be numeric columns: {err}") from None
+    arguments["y"] = Y
+    if weights is not None:  # a column of data, or one value per row of data
+        w = rows[weights] if isinstance(weights, str) else pd.Series(np.asarray(weights, dtype=float))
+        if len(w) != len(rows):
+            raise ValueError(f"weights has {len(w)} values for {len(rows)} rows of data")
+        arguments["sample_weight"] = np.asarray(w, dtype=float)[frame.X.index.to_numpy()]
+    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
+    est.fit(**arguments, progress=progress)
+    est.model_frame_ = frame
+    return est
+
+
+def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str | None = None,
+          n_agq: int = 1, *, nAGQ: int | None = None, weights: Any = None,
+          context: Mapping[str, Any] | None = None, **estimator_params: Any):
+    """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"r2 ~ Anger + (1 | id) + (1 | item)"``; for binomial counts the
+        response may be ``cbind(successes, failures)`` (each an expression such as
+        ``size - incidence``): the model is then fitted to the proportion of successes
+        with the number of trials as ``sample_weight`` (R's ``glm`` convention). The rest
+        of the syntax is :func:`lmer`'s.
+    data : DataFrame
+        The data (rows with a missing model variable are dropped).
+    family : {"binomial", "poisson"}, default="binomial"
+        The conditional distribution of the response.
+    link : str, optional
+        Default the family's canonical link (logit, log); binomial also takes "probit"
+        and "cloglog".
+    n_agq : int, default=1
+        The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
+        random effect.
+    nAGQ : int, optional
+        The same as ``n_agq``, under lme4's name (give one of the two).
+    weights : str or array-like, optional
+        Prior weights, a column of ``data`` or one value per row: for a binomial proportion
+        response (``incidence / size``) the numbers of trials (``weights="size"`` fits the
+        same model as ``cbind(incidence, size - incidence)``, as in R).
+    context : mapping, optional
+        As in :func:`lmer`.
+    **estimator_params
+        Other :class:`MixedGLMRegressor` parameters (``max_iter``, ``verbose``).
+
+    Returns
+    -------
+    MixedGLMRegressor
+        Fitted (its ``predict`` gives the mean response: probabilities, rates), with
+        ``model_frame_`` as :func:`lmer`'s.
+
+    Raises
+    ------
+    ValueError
+        For a formula that is not allowed, ``cbind`` with another family or negative
+        counts.
+    TypeError
+        When ``fit_intercept`` or ``cov_type`` is passed (the formula sets them).
+
+    See Also
+    --------
+    lmer : The linear mixed model.
+    MixedGLMRegressor : The estimator it fits.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> round(fit.llf_, 3), fit.fe_params_.round(3).to_dict()
+    (-92.026, {'(Intercept)': -1.399, 'period2': -0.992, 'period3': -1.129, 'period4': -1.58})
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp(),
+    ...             n_agq=25)
+    >>> round(float(fit.cov_re_[0, 0]), 4)  # lme4: 0.4193
+    0.4193
+    """
+    _check_r_arguments(estimator_params, "glmer")
+    if nAGQ is not None:
+        if n_agq != 1:
+            raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
+        n_agq = nAGQ
+    family = _family_name(family)
+    if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
+            and _cbind(_split_top(formula, "~")[0], formula) is not None:
+        raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
+    est = MixedGLMRegressor(formula=formula, family=family, link=link, n_agq=n_agq,
+                            **estimator_params)
+    return est.fit(data, sample_weight=weights, context=context)
+
+
+def _family_name(family: Any) -> str:
+    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
+    name = getattr(family, "__name__", None)
+    if callable(family) and name in ("binomial", "poisson"):
+        return name
+    return family
+
+
+# ---- power of a formula ---------------------------------------------------------------------
+
+
+def _fitted(est: Any, data: pd.DataFrame | None) -> Any:
+    """``est`` itself, or the formula ``est`` fitted to ``data`` with :func:`lmer`."""
+    if isinstance(est, str):
+        if data is None:
+            raise ValueError("a formula needs data=...")
+        return lmer(est, data)
+    if data is not None:
+        raise ValueError("data= is for a formula; a fitted estimator carries its own rows")
+    return est
+
+
+def power(est: Any, term: str | Sequence[str], *, effect: Any = None,
+          n_groups: Mapping[str, int] | None = None, cov_re: Any = None, scale: float | None = None,
+          test: str | None = None, n_sim: int = 1000, alpha: float = 0.05,
+          data: pd.DataFrame | None = None, random_state: Any = None,
+          n_jobs: int | None = None) -> PowerResult:
+    """Simulated power of a test of fixed effects (simr's ``powerSim``).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor, MixedGLMClassifier, MixedGLMRegressor or str
+        The model (fitted in memory), or an lme4 formula fitted to ``data`` with
+        :func:`~mixedlm_sklearn.lmer` (REML). The fit supplies the design and the
+        parameters the responses are drawn with, except those given below; a GLMM's
+        responses are drawn from its family.
+    term : str or list of str
+        The fixed effect(s) tested (several: jointly).
+    effect : float or dict, optional
+        The value of ``term`` in the simulation (a float, one term), or a dict from fixed
+        effect names to values (simr's ``fixef(model)["x"] <- value``); others keep their
+        estimates.
+    n_groups : dict, optional
+        Levels of grouping factors in the simulated design: ``{"Subject": 30}`` (simr's
+        ``extend(model, along = "Subject", n = 30)``; fewer than fitted keeps the first).
+    cov_re : array or dict, optional
+        Covariance of the random effects (a dict by term name with several terms).
+    scale : float, optional
+        Residual variance (of the reference stratum; a linear model's only).
+    test : {"satterthwaite", "wald", "lr"}, optional
+        ``"satterthwaite"``: t test (one term) or F test with Satterthwaite df, as
+        lmerTest's ``summary``/``contest`` (simr's default for ``lmer`` is the close
+        Kenward-Roger test; the default for a linear model). ``"wald"``: z / chi-square
+        Wald test (the default for a binomial or Poisson GLMM, simr's ``z`` test, with
+        each refit's covariance of beta as lme4's ``vcov``). ``"lr"``: likelihood-ratio
+        chi-square test of ML refits with and without ``term``.
+    n_sim : int, default=1000
+        Number of simulated data sets.
+    alpha : float, default=0.05
+        Significance level of the test.
+    data : DataFrame, optional
+        The data for a formula ``est``.
+    random_state : None, int, numpy SeedSequence or Generator, default=None
+        Seed, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
+    n_jobs : int, optional
+        Worker processes, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
+
+    Returns
+    -------
+    PowerResult
+        The power with its Clopper-Pearson interval and the replicates' p-values.
+
+    See Also
+    --------
+    mixedlm_sklearn.power_curve : Power against the number of groups.
+    mixedlm_sklearn.inference.simulate : Draw responses from a fit.
+
+    Notes
+    -----
+    simr's method (Green & MacLeod 2016, Methods Ecol. Evol. 7(4), 493-498): responses
+    drawn from the fit, the model refitted to each and the test applied.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import power
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> result = power("Reaction ~ Days + (Days | Subject)", "Days", data=load_sleepstudy(),
+    ...                effect=3.0, test="wald", n_sim=20, random_state=1)
+    >>> result.n_sim
+    20
+    """
+    return _power_of_fit(_fitted(est, data), term, effect=effect, n_groups=n_groups,
+                         cov_re=cov_re, scale=scale, test=test, n_sim=n_sim, alpha=alpha,
+                         random_state=random_state, n_jobs=n_jobs)
+
+
+def power_curve(est: Any, term: str | Sequence[str], along: str, n_groups: Sequence[int], *,
+                data: pd.DataFrame | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Power against the number of levels of one grouping factor (simr's ``powerCurve``).
+
+    Parameters
+    ----------
+    est : MixedLMRegressor, MixedGLMClassifier, MixedGLMRegressor or str
+        As in :func:`~mixedlm_sklearn.power` (a formula is fitted once).
+    term : str or list of str
+        The fixed effect(s) tested (several: jointly).
+    along : str
+        The grouping factor whose number of levels varies.
+    n_groups : sequence of int
+        Its numbers of levels.
+    data : DataFrame, optional
+        The data for a formula ``est``.
+    **kwargs
+        Passed to :func:`~mixedlm_sklearn.power` (``random_state``, each point drawing from
+        its own child generator; ``effect``, ``test``, ``n_sim``, ``alpha``, ``n_jobs``, ...).
+
+    Returns
+    -------
+    DataFrame
+        One row per number of levels: ``n_groups``, ``power``, ``lower``, ``upper``,
+        ``n_sim``, ``n_failed``.
+
+    See Also
+    --------
+    mixedlm_sklearn.power : The power at one design.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import power_curve
+    >>> from mixedlm_sklearn.datasets import load_sleepstudy
+    >>> curve = power_curve("Reaction ~ Days + (1 | Subject)", "Days", "Subject", [6, 12],
+    ...                     data=load_sleepstudy(), effect=3.0, test="wald", n_sim=10,
+    ...                     random_state=1)
+    >>> curve["n_groups"].tolist()
+    [6, 12]
+    """
+    return _power_curve_of_fit(_fitted(est, data), term, along, n_groups, **kwargs)

@@ -547,12 +547,12 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
 
         Returns
         -------
-        GLMMSummary
+        Summary
             Printable; its ``fixed_effects`` and ``random_effects`` are DataFrames.
 
         See Also
         --------
-        mixedlm_sklearn.inference.glmm.summary : The function behind this method.
+        mixedlm_sklearn.inference.summary : The function behind this method.
 
         Examples
         --------
@@ -562,7 +562,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         >>> fit.summary().fixed_effects.loc["period2", "estimate"].round(3)
         np.float64(-0.992)
         """
-        from .inference.glmm import summary
+        from .inference.summary import summary
 
         check_is_fitted(self)
         return summary(self, alpha=alpha)
@@ -624,7 +624,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
 
         See Also
         --------
-        mixedlm_sklearn.inference.glmm.conf_int : The function behind this method.
+        mixedlm_sklearn.inference.conf_int : The function behind this method.
 
         Examples
         --------
@@ -634,7 +634,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         >>> fit.conf_int().round(3).loc["period2"].tolist()
         [-1.593, -0.391]
         """
-        from .inference.glmm import conf_int
+        from .inference.profile import conf_int
 
         method = canonical(method, "method", _CONF_INT_METHODS)
         check_is_fitted(self)

@@ -120,7 +120,7 @@ def caterpillar(est: Any, term: str | None = None, column: int | str = 0, level:
     --------
     >>> import matplotlib
     >>> matplotlib.use("Agg")
-    >>> from mixedlm_sklearn.formula import lmer
+    >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
     >>> ax = caterpillar(est, column="Days")
@@ -197,7 +197,7 @@ def qq_ranef(est: Any, column: int | str = 0, term: str | None = None, ax: Any =
     --------
     >>> import matplotlib
     >>> matplotlib.use("Agg")
-    >>> from mixedlm_sklearn.formula import lmer
+    >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> ax = qq_ranef(lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy()))
     >>> ax.get_xlabel()
@@ -253,7 +253,7 @@ def residuals_vs_fitted(est: Any, X: Any = None, y: Any = None, groups: Any = No
     --------
     >>> import matplotlib
     >>> matplotlib.use("Agg")
-    >>> from mixedlm_sklearn.formula import lmer
+    >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_sleepstudy
     >>> ax = residuals_vs_fitted(lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy()))
     >>> len(ax.lines[0].get_xdata())

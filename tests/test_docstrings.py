@@ -26,10 +26,11 @@ WITH_EXAMPLES = {
     "mixedlm_sklearn.inference.summary", "mixedlm_sklearn.inference.wald",
     "mixedlm_sklearn.inference.lrt", "mixedlm_sklearn.inference.satterthwaite",
     "mixedlm_sklearn.inference.profile", "mixedlm_sklearn.inference.kenward_roger",
-    "mixedlm_sklearn.inference.anova", "mixedlm_sklearn.inference.emmeans",
+    "mixedlm_sklearn.inference.anova", "mixedlm_sklearn.inference.ranova",
+    "mixedlm_sklearn.inference.emmeans",
     "mixedlm_sklearn.inference.r2", "mixedlm_sklearn.inference.prediction",
     "mixedlm_sklearn.inference.simulation", "mixedlm_sklearn.inference.bootstrap",
-    "mixedlm_sklearn.inference.power", "mixedlm_sklearn.inference.glmm", "mixedlm_sklearn.inference.many",
+    "mixedlm_sklearn.inference.power", "mixedlm_sklearn.inference.many",
 }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mixedlm_sklearn._crossprod import Accumulator, cross_products
+from mixedlm_sklearn._chunked import Accumulator
+from mixedlm_sklearn._crossprod import cross_products
 from mixedlm_sklearn._deviance import Deviance
 from mixedlm_sklearn._factor import Plan
 from mixedlm_sklearn._terms import Term, Terms, lambda_from_theta, theta_index

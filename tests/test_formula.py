@@ -21,7 +21,8 @@ from mixedlm_sklearn.datasets import (
     load_penicillin,
     load_sleepstudy,
 )
-from mixedlm_sklearn.formula import ModelFrame, RandomTerm, lmer, parse_formula
+from mixedlm_sklearn import lmer
+from mixedlm_sklearn.formula import ModelFrame, RandomTerm, parse_formula
 
 RTOL = 1e-4
 

@@ -71,8 +71,6 @@ def _calls(fit, small, factor, term):
 
 # What a binomial GLMM refuses, and the words of its refusal.
 GLMM_REFUSES = {
-    "summary": "dispersion",                       # inference.summary: lmerTest's t tests
-    "conf_int_profile": "conf_int\\(method='profile'\\)",
     "ranova": "lr_test",
 }
 

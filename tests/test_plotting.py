@@ -21,7 +21,7 @@ from scipy import stats  # noqa: E402
 import mixedlm_sklearn.plotting as plotting_module  # noqa: E402
 from mixedlm_sklearn import MixedLMRegressor  # noqa: E402
 from mixedlm_sklearn.datasets import load_dietox, load_sleepstudy  # noqa: E402
-from mixedlm_sklearn.formula import lmer  # noqa: E402
+from mixedlm_sklearn import lmer  # noqa: E402
 from mixedlm_sklearn.plotting import (  # noqa: E402
     Z_95,
     caterpillar,

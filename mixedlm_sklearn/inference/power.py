@@ -316,17 +316,24 @@ class _PowerJob:
 # ---- power ---------------------------------------------------------------------------------------
 
 
+def _refuse_formula(est: Any, name: str) -> None:
+    """A formula is fitted by :mod:`mixedlm_sklearn.api` (inference imports no estimator)."""
+    if isinstance(est, str):
+        raise TypeError(f"{name} here takes a fitted model; for a formula use "
+                        f"mixedlm_sklearn.{name}(formula, ..., data=df), which fits it with lmer")
+
+
 def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: Mapping[str, int] | None = None,
           cov_re: Any = None, scale: float | None = None, test: str | None = None,
-          n_sim: int = 1000, alpha: float = 0.05, data: pd.DataFrame | None = None,
+          n_sim: int = 1000, alpha: float = 0.05,
           random_state: Any = None, n_jobs: int | None = None) -> PowerResult:
     """Simulated power of a test of fixed effects (simr's ``powerSim``).
 
     Parameters
     ----------
-    est : MixedLMRegressor, MixedGLMClassifier, MixedGLMRegressor or str
-        The model (fitted in memory), or an lme4 formula fitted to ``data`` with
-        :func:`~mixedlm_sklearn.lmer` (REML). The fit supplies the design and the
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        The model (fitted in memory; :func:`mixedlm_sklearn.power` also takes an lme4
+        formula and its data). The fit supplies the design and the
         parameters the responses are drawn with, except those given below; a GLMM's
         responses are drawn from its family.
     term : str or list of str
@@ -353,8 +360,6 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
         Number of simulated data sets.
     alpha : float, default=0.05
         Significance level of the test.
-    data : DataFrame, optional
-        The data for a formula ``est``.
     random_state : None, int, numpy SeedSequence or Generator, default=None
         Seed, as in :func:`~mixedlm_sklearn.inference.bootstrap`.
     n_jobs : int, optional
@@ -387,14 +392,7 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     >>> bool(0.4 < result.power < 0.9)
     True
     """
-    if isinstance(est, str):
-        if data is None:
-            raise ValueError("a formula needs data=...")
-        from ..formula import lmer
-
-        est = lmer(est, data)
-    elif data is not None:
-        raise ValueError("data= is for a formula; a fitted estimator carries its own rows")
+    _refuse_formula(est, "power")
     model = fitted_model(est)
     alpha = check_alpha(alpha)
     n_sim = check_count(n_sim, "n_sim")
@@ -458,8 +456,9 @@ def power_curve(est: Any, term: str | Sequence[str], along: str, n_groups: Seque
 
     Parameters
     ----------
-    est : MixedLMRegressor or str
-        As in :func:`~mixedlm_sklearn.power`.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        As in :func:`~mixedlm_sklearn.inference.power` (:func:`mixedlm_sklearn.power_curve`
+        also takes a formula).
     term : str or list of str
         As in :func:`~mixedlm_sklearn.power`.
     along : str
@@ -498,13 +497,7 @@ def power_curve(est: Any, term: str | Sequence[str], along: str, n_groups: Seque
         raise ValueError("n_groups must hold at least one number of levels")
     if "n_groups" in kwargs:
         raise ValueError("give the numbers of levels as n_groups=[...] with along=...")
-    if isinstance(est, str):  # fit the formula once, not once per point
-        data = kwargs.pop("data", None)
-        if data is None:
-            raise ValueError("a formula needs data=...")
-        from ..formula import lmer
-
-        est = lmer(est, data)
+    _refuse_formula(est, "power_curve")
     seeds = replicate_generators(random_state, len(values))
     rows = []
     for n, seed in zip(values, seeds):

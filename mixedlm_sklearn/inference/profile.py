@@ -455,16 +455,96 @@ def profile(est: Any, which: Any = None, alpha_max: float = 0.01, n_points: int 
     return pd.DataFrame(rows, columns=["param", "value", "zeta"])
 
 
+def _held_parameters(model) -> list[tuple[str, int]]:
+    """Names and indices in ``x = (theta, beta)`` of the parameters a held refit can vary alone:
+    the standard deviation of a scalar or diagonal term's effect (its theta entry) and each
+    fixed effect."""
+    out = []
+    for term, sl in zip(model.terms, model.terms.slices):
+        if term.q == 1 or term.diagonal:
+            for j, name in enumerate(term.param_names()):
+                out.append((name, sl.start + j))
+    out.extend((name, model.n_theta + j) for j, name in enumerate(model.fe_names))
+    return out
+
+
+def _held_bound(model, index: int, side: int, target: float, d_min: float) -> float:
+    """The value of parameter ``index`` on ``side`` where the deviance, refitted with
+    ``x[index]`` held, rises by ``target``."""
+    dev = model.deviance
+    x_hat = model.x
+    center = x_hat[index]
+    lower = dev.lower_bounds()[index]
+    cache = {}
+
+    def rise(v: float) -> float:
+        if v not in cache:
+            start = cache.get("start", x_hat)
+            refit = model.refit(x0=start, fixed={index: v})
+            value = float(refit.solution.deviance) if refit.info.converged else np.inf
+            cache[v] = value - d_min
+            if np.isfinite(value):
+                cache["start"] = refit.x
+        return cache[v]
+
+    se = np.sqrt(max(2.0 / max(model.info.hessian[index, index], 1e-12), 1e-12)) \
+        if model.info.hessian is not None else max(abs(center), 1.0)
+    step = se * np.sqrt(target)
+    a, b = center, center + side * step
+    for _ in range(30):
+        if side < 0 and b <= lower:
+            b = lower
+            if rise(b) < target:
+                return lower  # the interval reaches the bound (a variance of 0)
+            break
+        if rise(b) >= target:
+            break
+        a, b = b, b + side * step
+        step *= 1.6
+    else:
+        return np.inf * side
+    lo, hi = (b, a) if side < 0 else (a, b)
+    return float(optimize.brentq(lambda v: rise(v) - target, lo, hi, xtol=1e-6 * max(se, 1e-8)))
+
+
+def _held_conf_int(model, alpha: float, which: Any) -> pd.DataFrame:
+    """Profile intervals of a model without a profiled deviance (a GLMM, whose ``x =
+    (theta, beta)`` holds the fixed effects): each bound is where the deviance, refitted with
+    one entry of ``x`` held (:meth:`~mixedlm_sklearn._model.FittedModel.refit`), rises by
+    the chi-square quantile (lme4's ``profile`` of a ``glmer`` fit). Only the standard
+    deviations of scalar or diagonal terms and the fixed effects can be held one by one."""
+    available = _held_parameters(model)
+    names = [n for n, _ in available]
+    if which is None:
+        chosen = available
+    else:
+        which = [which] if isinstance(which, str) else list(which)
+        unknown = [w for w in which if w not in names]
+        if unknown:
+            raise ValueError(f"cannot profile {unknown}; the parameters that can be profiled are "
+                             f"{names} (correlated random effects are not profiled one by one)")
+        chosen = [(n, i) for n, i in available if n in which]
+    target = float(stats.chi2.ppf(1.0 - alpha, 1))
+    d_min = float(model.solution.deviance)
+    rows = {}
+    with single_threaded_blas():
+        for name, index in chosen:
+            rows[name] = (_held_bound(model, index, -1, target, d_min),
+                          _held_bound(model, index, +1, target, d_min))
+            model.deviance.modes(model.x)  # leave the deviance's modes at the estimate
+    return pd.DataFrame(rows, index=["lower", "upper"]).T
+
+
 def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None,
              ddf: str | None = None, criterion: str = "ml", *, n_boot: int = 1000,
              boot_type: str = "percentile", random_state: Any = None,
              n_jobs: int | None = None) -> pd.DataFrame:
-    """Confidence intervals.
+    """Confidence intervals: Wald, profile likelihood or parametric bootstrap.
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
     alpha : float, default=0.05
         One minus the confidence level.
     method : {"wald", "profile", "boot"}, default="wald"
@@ -501,6 +581,10 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         heteroscedastic fit adds, after ``sigma`` (the reference stratum's residual
         standard deviation), the ratio of each other stratum's to it,
         ``sigma_<stratum>/sigma_<reference>`` (nlme's ``varIdent`` parameters).
+        A GLMM (no ``sigma``) profiles the standard deviations of its scalar or diagonal
+        terms and its fixed effects, each bound where the deviance refitted with that
+        parameter held rises by the chi-square quantile (lme4's ``profile`` of a ``glmer``
+        fit); correlated terms are not profiled one by one.
 
     Raises
     ------
@@ -538,18 +622,26 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
                lower  upper
     parameter
     sigma       22.9  28.86
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> fit.conf_int(method="profile", which=["sd_(Intercept)|herd"]).round(4)  # lme4: 0.3461 1.1000
+                          lower  upper
+    sd_(Intercept)|herd  0.3461    1.1
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
+    model = fitted_model(est)
     if method == "boot":
         from .bootstrap import boot_conf_int
 
-        fitted_model(est)
         return boot_conf_int(est, alpha, which, n_boot, boot_type, random_state, n_jobs)
     if method == "wald":
         if which is not None:
             raise ValueError("which= applies to method='profile' only")
         if ddf is None:
             fe, se = est.fe_params_, est.bse_
+            if model.rank is not None:  # dropped (aliased) columns: NaN, as lme4's NA
+                fe = fe.where(model.rank.kept)
             return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
         table = summary(est, alpha=alpha, ddf=ddf).fixed_effects
         return pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
@@ -558,6 +650,11 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     if ddf is not None:
         raise ValueError("ddf= applies to method='wald' only")
+    if model.supports("profile") is not None:  # no profiled deviance: refits with x[k] held
+        if criterion != "ml":
+            raise ValueError(f"criterion={criterion!r}: this model is fitted by maximum likelihood "
+                             "and profiled on it (criterion='ml')")
+        return _held_conf_int(model, check_alpha(alpha), which)
     with single_threaded_blas():
         prof = _Profiler(est, criterion)
         wanted = prof.requested(which)

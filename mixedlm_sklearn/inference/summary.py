@@ -1,4 +1,10 @@
-"""The summary of a fitted model: lme4's ``summary`` with lmerTest's tests."""
+"""The summary of a fitted model: lme4's ``summary`` with lmerTest's tests.
+
+One summary serves every kind of fit. A model whose dispersion is estimated (the linear
+model) has t tests on Satterthwaite's or Kenward-Roger's df; one whose dispersion is fixed
+(a binomial or Poisson GLMM) has only asymptotic tests, Wald z tests with lme4's covariance
+of the fixed effects, as glmer's ``summary``: the model's ``df_methods`` decide.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._parameters import check_alpha, check_ddf, fitted_model
+from ._parameters import check_alpha, fitted_model
+from ._protocol import choose_df
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import satterthwaite_df
 
@@ -18,12 +25,12 @@ __all__ = ["Summary", "summary"]
 
 
 def _random_effects_table(est: Any) -> pd.DataFrame:
-    """Per term its variances, then its correlations; the residual (per stratum) last."""
+    """Per term its variances, then its correlations; the residual (per stratum) last when
+    the model estimates its dispersion (a binomial or Poisson model's is 1: no residual row)."""
     model = fitted_model(est)
     sol = model.solution
     rows = []
-    for t, lam in zip(model.terms, sol.lams):
-        cov = sol.scale * lam @ lam.T
+    for t, cov in zip(model.terms, sol.cov_re()):
         sd = np.sqrt(np.diag(cov))
         for r in range(t.q):
             rows.append((t.factor, t.z_names[r], "", cov[r, r], sd[r], np.nan))
@@ -31,7 +38,9 @@ def _random_effects_table(est: Any) -> pd.DataFrame:
             if r != c:
                 cor = cov[r, c] / (sd[r] * sd[c]) if sd[r] > 0 and sd[c] > 0 else np.nan
                 rows.append((t.factor, t.z_names[r], t.z_names[c], cov[r, c], np.nan, cor))
-    if model.strata is not None:
+    if not model.scale_estimated:
+        pass
+    elif model.strata is not None:
         for label, ratio in zip(model.strata, sol.ratios):
             var = sol.scale * ratio
             rows.append((f"Residual ({label})", "", "", var, np.sqrt(var), np.nan))
@@ -80,7 +89,7 @@ def random_effects_rows(re: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 @dataclass(frozen=True)
 class Summary:  # numpydoc ignore=PR01
-    """Summary of a fitted linear mixed model (lme4's ``summary`` with lmerTest's tests).
+    """Summary of a fitted mixed model (lme4's ``summary`` with lmerTest's tests).
 
     Attributes
     ----------
@@ -90,14 +99,17 @@ class Summary:  # numpydoc ignore=PR01
         ``t_value``, ``p_value`` (two-sided t test on ``df``), ``ci_lower``, ``ci_upper``
         (``estimate -+ t_{df, 1-alpha/2} * std_error``, the interval matching the test;
         :func:`~mixedlm_sklearn.inference.conf_int` gives lme4's normal-quantile Wald intervals).
+        With asymptotic tests (``ddf="asymptotic"``: every test of a binomial or Poisson GLMM,
+        whose dispersion is fixed) no ``df``, and ``z_value`` instead of ``t_value``
+        (glmer's Wald z tests; normal p-values and intervals).
     random_effects : DataFrame
         Columns ``group``, ``name``, ``name2``, ``variance``, ``std_dev``, ``correlation``.
         Per term a row per variance (``name2`` empty), then a row per pair of effects
         (``name``, ``name2``; ``variance`` holds their covariance, ``correlation`` their
         correlation); ``Residual`` last, or with heteroscedastic residuals a row
-        ``Residual (<stratum>)`` per stratum.
-    method : {"REML", "ML"}
-        The fitting criterion.
+        ``Residual (<stratum>)`` per stratum. No residual row when the dispersion is fixed.
+    method : str
+        The fitting criterion: ``"REML"``, ``"ML"``, ``"Laplace"`` or ``"AGQ (n nodes)"``.
     n_obs : int
         Number of rows fitted.
     n_groups : dict
@@ -116,9 +128,17 @@ class Summary:  # numpydoc ignore=PR01
         Whether the estimate is on the boundary.
     alpha : float
         One minus the level of the confidence intervals.
-    ddf : {"Satterthwaite", "Kenward-Roger", "normal"}
+    ddf : {"Satterthwaite", "Kenward-Roger", "normal", "asymptotic"}
         How ``df`` was obtained: Satterthwaite, Kenward-Roger, or ``inf`` (normal approximation) for a
-        heteroscedastic fit that lacks what the Satterthwaite df need (printed as such).
+        heteroscedastic fit that lacks what the Satterthwaite df need (printed as such);
+        ``"asymptotic"``: Wald z tests (no ``df`` column).
+    family : str
+        The response's family: ``"gaussian"``, ``"binomial"`` or ``"poisson"``.
+    link : str
+        The link function.
+    deviance : float
+        lme4's ``deviance()`` of a GLMM, the sum of squared deviance residuals (printed in
+        the header of a fit by Laplace or AGQ); NaN for a linear model.
 
     See Also
     --------
@@ -133,6 +153,11 @@ class Summary:  # numpydoc ignore=PR01
     >>> s = fit.summary()
     >>> s.method, s.n_obs, s.n_groups
     ('REML', 180, {'Subject': 18})
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> g = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp()).summary()
+    >>> g.family, g.link, g.method, g.n_groups, g.ddf
+    ('binomial', 'logit', 'Laplace', {'herd': 15}, 'asymptotic')
     """
 
     fixed_effects: pd.DataFrame
@@ -148,9 +173,22 @@ class Summary:  # numpydoc ignore=PR01
     singular: bool = False
     alpha: float = 0.05
     ddf: str = "Satterthwaite"
+    family: str = "gaussian"
+    link: str = "identity"
+    deviance: float = np.nan
 
     def _header(self) -> list[str]:
         groups = ", ".join(f"{g} ({n})" for g, n in self.n_groups.items()) or "none"
+        if self.method not in ("REML", "ML"):  # glmer's header: Laplace or AGQ
+            return [
+                f"Generalized linear mixed model fit by maximum likelihood ({self.method})",
+                f"Family: {self.family} ({self.link})",
+                f"Observations: {self.n_obs}   Groups: {groups}",
+                f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   log-likelihood: {self.llf:.4f}   "
+                f"deviance: {self.deviance:.4f}   df: {self.df_model}",
+                f"Converged: {'yes' if self.converged else 'NO'}   "
+                f"Singular fit: {'YES' if self.singular else 'no'}",
+            ]
         crit = "REML criterion" if self.method == "REML" else "deviance"
         return [
             f"Linear mixed model fit by {'REML' if self.method == 'REML' else 'maximum likelihood'}",
@@ -166,8 +204,15 @@ class Summary:  # numpydoc ignore=PR01
 
     def _fixed_rows(self) -> tuple[list[str], list[list[str]]]:
         lo, hi = self.alpha / 2.0, 1.0 - self.alpha / 2.0
-        header = ["", "Estimate", "Std.Error", "df", "t value", "Pr(>|t|)", f"[{lo:g}", f"{hi:g}]"]
         fe = self.fixed_effects
+        if self.ddf == "asymptotic":
+            header = ["", "Estimate", "Std.Error", "z value", "Pr(>|z|)", f"[{lo:g}", f"{hi:g}]"]
+            rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error), _fmt(r.z_value, ".4g"),
+                     _fmt_p(r.p_value), _fmt(r.ci_lower), _fmt(r.ci_upper)]
+                    if np.isfinite(r.estimate) else [str(name)] + ["NA"] * 6
+                    for name, r in zip(fe.index, fe.itertuples())]
+            return header, rows
+        header = ["", "Estimate", "Std.Error", "df", "t value", "Pr(>|t|)", f"[{lo:g}", f"{hi:g}]"]
         # df = inf is the normal approximation (see ``ddf``), not a missing value
         rows = [[str(name), _fmt(r.estimate), _fmt(r.std_error),
                  "inf" if r.df == np.inf else _fmt(r.df, ".4g"),
@@ -177,6 +222,8 @@ class Summary:  # numpydoc ignore=PR01
         return header, rows
 
     def _fixed_title(self) -> str:
+        if self.ddf == "asymptotic":
+            return "Fixed effects (Wald z tests)"
         if self.ddf in ("Satterthwaite", "Kenward-Roger"):
             return f"Fixed effects ({self.ddf} df)"
         return "Fixed effects (normal approximation: Satterthwaite df unavailable for this fit)"
@@ -206,18 +253,21 @@ class Summary:  # numpydoc ignore=PR01
                 f"<p><b>{html.escape(self._fixed_title())}</b></p>{table(*self._fixed_rows(), 1)}</div>")
 
 
-def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summary:
-    """Fixed effects with t tests, random effects and model information.
+def summary(est: Any, alpha: float = 0.05, ddf: str | None = None) -> Summary:
+    """Fixed effects with t (or z) tests, random effects and model information.
 
     Parameters
     ----------
-    est : MixedLMRegressor
-        A fitted linear mixed model.
+    est : MixedLMRegressor, MixedGLMClassifier or MixedGLMRegressor
+        A fitted mixed model.
     alpha : float, default=0.05
         One minus the level of the fixed effects' confidence intervals.
-    ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
+    ddf : {None, "satterthwaite", "kenward-roger", "asymptotic"}, default=None
         lmerTest's ``summary(fit, ddf = ...)``: Satterthwaite's df with ``cov_fe_``, or
-        Kenward-Roger's adjusted standard errors and df (REML fits).
+        Kenward-Roger's adjusted standard errors and df (REML fits); ``"asymptotic"``
+        (also ``"chi2"``): Wald z tests, glmer's, the only tests of a model whose
+        dispersion is fixed (binomial, Poisson). None: Satterthwaite where the model
+        estimates its dispersion, else asymptotic.
 
     Returns
     -------
@@ -227,7 +277,7 @@ def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summar
     See Also
     --------
     mixedlm_sklearn.MixedLMRegressor.summary : The same, as a method.
-    mixedlm_sklearn.inference.glmm.summary : The summary of a GLMM.
+    mixedlm_sklearn.MixedGLMClassifier.summary : The summary of a GLMM, as a method.
 
     Examples
     --------
@@ -242,13 +292,39 @@ def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summar
                  estimate  std_error    df
     (Intercept)   251.405      6.825  17.0
     Days           10.467      1.546  17.0
+    >>> from mixedlm_sklearn import glmer
+    >>> from mixedlm_sklearn.datasets import load_cbpp
+    >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+    >>> fit.summary().fixed_effects[["estimate", "z_value"]].round(2)
+                 estimate  z_value
+    (Intercept)     -1.40    -6.02
+    period2         -0.99    -3.24
+    period3         -1.13    -3.46
+    period4         -1.58    -3.70
     """
     alpha = check_alpha(alpha)
-    ddf = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
     model = fitted_model(est)
+    ddf = choose_df(model, ddf, ("satterthwaite", "kenward-roger", "asymptotic"))
     beta, se = est.fe_params_, est.bse_
     if model.rank is not None:  # dropped (aliased) columns: NaN as lm's NA, not the 0 of coef_
         beta = beta.where(model.rank.kept)
+    information = dict(
+        random_effects=_random_effects_table(est), method=model.method, n_obs=model.n_obs,
+        n_groups={t.factor: int(t.n_levels) for t in model.terms},
+        llf=float(est.llf_), aic=float(est.aic_), bic=float(est.bic_), df_model=int(est.df_model_),
+        converged=bool(est.converged_), singular=bool(est.singular_), alpha=alpha,
+        family=model.family.name, link=model.family.link.name,
+        # lme4's deviance() of a GLMM: the sum of squared deviance residuals (not -2 logLik)
+        deviance=np.nan if model.scale_estimated else float(est.deviance_))
+    if ddf == "asymptotic":
+        z = beta / se
+        q = stats.norm.ppf(1.0 - alpha / 2.0)
+        fixed = pd.DataFrame({
+            "estimate": beta, "std_error": se, "z_value": z,
+            "p_value": 2.0 * stats.norm.sf(np.abs(z)),
+            "ci_lower": beta - q * se, "ci_upper": beta + q * se,
+        }, index=beta.index)
+        return Summary(fixed_effects=fixed, ddf="asymptotic", **information)
     if ddf == "kenward-roger":
         kr = kenward_roger_model(est)
         p = kr.cov_beta.shape[0]
@@ -272,18 +348,5 @@ def summary(est: Any, alpha: float = 0.05, ddf: str = "satterthwaite") -> Summar
         "ci_lower": beta - q * se,
         "ci_upper": beta + q * se,
     }, index=beta.index)
-    return Summary(
-        fixed_effects=fixed,
-        random_effects=_random_effects_table(est),
-        method="REML" if model.reml else "ML",
-        n_obs=model.n_obs,
-        n_groups={t.factor: int(t.n_levels) for t in model.terms},
-        llf=float(est.llf_),
-        aic=float(est.aic_),
-        bic=float(est.bic_),
-        df_model=int(est.df_model_),
-        converged=bool(est.converged_),
-        singular=bool(est.singular_),
-        alpha=alpha,
-        ddf="Kenward-Roger" if ddf == "kenward-roger" else "Satterthwaite",
-    )
+    return Summary(fixed_effects=fixed, ddf="Kenward-Roger" if ddf == "kenward-roger" else "Satterthwaite",
+                   **information)
