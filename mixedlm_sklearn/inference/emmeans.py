@@ -257,7 +257,8 @@ class EmmeansTable(ResultTable):
     def text(self, width: int | None = None) -> str:
         by = [b for b in getattr(self, "by", ()) if b in self.columns]
         if not by or len(self.index) == 0:
-            return super().text(width)
+            # without notes emmeans still ends the table with a blank line
+            return super().text(width) + ("" if self.notes else "\n")
         if width is None:
             import shutil
             width = shutil.get_terminal_size((80, 24)).columns
@@ -1040,3 +1041,144 @@ def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:
     gap = np.abs(L[:, ~kept] - L[:, kept] @ C).max(axis=1)
     size = np.abs(L).max(axis=1) * (1.0 + np.abs(C).sum(axis=0).max())
     return gap <= np.sqrt(np.finfo(float).eps) * np.maximum(size, 1.0)
+
+
+def _consec(n: int) -> np.ndarray:
+    """Consecutive differences of ``n`` levels, ``(n - 1) x n``."""
+    return np.eye(n)[1:] - np.eye(n)[:-1]
+
+
+def joint_tests(est: Any, by: str | Sequence[str] | None = None,
+                ddf: str | None = None) -> pd.DataFrame:
+    """F tests of each model term from the marginal means (emmeans' ``joint_tests``).
+
+    For each term of the fixed effects (with ``by``, each term not involving ``by``, within
+    each by group) the means of the term's variables over the reference grid (the other
+    factors averaged over, covariates at their mean -+ 1, emmeans' ``cov.reduce =
+    meanint``) are contrasted with the Kronecker product of each variable's consecutive
+    differences (the term's interaction contrasts); the rows are reduced to a basis of
+    their span, ``L``, and ``F = (L b)' (L V L')^-1 (L b) / rank(L)`` on ``df1 = rank(L)``
+    and ``df2`` the model's df for ``L``: Kenward-Roger (``V`` the adjusted covariance,
+    pbkrtest's ``Lb_ddf``; emmeans' default for lmer fits), Satterthwaite (lmerTest's
+    ``contestMD`` df) or infinite (a GLMM: ``F = chi2 / df1``).
+
+    Parameters
+    ----------
+    est : fitted formula model
+        From :func:`~mixedlm_sklearn.lmer` or :func:`~mixedlm_sklearn.glmer`.
+    by : str or sequence of str, optional
+        Test the other terms within each level of these variables.
+    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
+        As in :func:`emmeans`.
+
+    Returns
+    -------
+    EmmeansTable
+        Columns ``model term``, the ``by`` columns, ``df1``, ``df2``, ``F.ratio``,
+        ``p.value``; printed as emmeans prints it (``F.ratio`` to 3 decimals).
+
+    Raises
+    ------
+    ValueError
+        For a fit that dropped aliased fixed effects (not supported), or a by variable
+        that is not a variable of the model.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.anova.anova : lmerTest's type III table, which equals this
+        one for factor-only models with a balanced grid.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> df = load_orthodont()
+    >>> df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])
+    >>> fit = lmer("distance ~ age * Sex + (age | Subject)", df)
+    >>> print(joint_tests(fit))  # emmeans: 87.999, 9.292, 5.119
+     model term df1 df2 F.ratio p.value
+     age          1  25  87.999  <.0001
+     Sex          1  25   9.292  0.0054
+     age:Sex      1  25   5.119  0.0326
+    <BLANKLINE>
+    """
+    from .anova import satterthwaite_f_test
+
+    frame = getattr(est, "model_frame_", None)
+    model = fitted_model(est)
+    if frame is None:
+        raise ValueError("joint_tests needs a formula fit (mixedlm_sklearn.lmer or glmer)")
+    if model.rank is not None:
+        raise ValueError("joint_tests is not available for a fit that dropped aliased fixed "
+                         f"effects ({model.rank.dropped_names}); refit without them")
+    ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    base = reference_grid(frame)
+    unknown = [b for b in by if b not in base.grid.columns]
+    if unknown:
+        raise ValueError(f"by names {unknown}, which are not variables of the model "
+                         f"{list(base.grid.columns)}")
+    # covariates at mean -+ 1 (emmeans' meanint), so each is a two-level grid variable
+    covariates = [v for v in base.grid.columns if v not in base.factors]
+    at = {v: [float(base.grid[v].iloc[0]) - 1.0, float(base.grid[v].iloc[0]) + 1.0]
+          for v in covariates}
+    grid = reference_grid(frame, at)
+    sol = model.solution
+    if ddf == "kenward-roger":
+        kr = kenward_roger_model(est)
+        V = kr.cov_beta_adj
+    else:
+        V = sol.cov_beta()
+        varpar = varpar_model(est) if ddf == "satterthwaite" else None
+    beta = np.asarray(sol.beta, dtype=float)
+    factors_of = frame.fixed_factors()
+    rows: list[dict] = []
+    for term in frame.fixed_terms():
+        variables: list[str] = []
+        for factor in term.factors:
+            for v in factors_of[factor].variables:
+                if v not in variables and v in grid.grid.columns:
+                    variables.append(v)
+        if not variables or any(b in variables for b in by):
+            continue
+        name = ":".join(variables)
+        if any(r["model term"] == name for r in rows):
+            continue
+        emm = marginal_means(grid, variables, beta, V, None, 0.95, by)
+        sizes = [len(dict.fromkeys(grid.grid[v].tolist())) for v in variables]
+        K = np.ones((1, 1))
+        for n in sizes:  # the first variable varies fastest: kron(D_last, ..., D_first)
+            K = np.kron(_consec(n), K)
+        for idx in emm._groups():
+            L = K @ emm.linfct[idx]
+            U, s, Vt = np.linalg.svd(L, full_matrices=False)
+            rank = int(np.sum(s > max(s[0], 1.0) * 1e-8)) if s.size else 0
+            row = {"model term": name}
+            for b in by:
+                row[b] = emm.table[b].iloc[idx[0]]
+            if rank == 0:
+                continue
+            Lr = Vt[:rank]
+            Lb = Lr @ beta
+            F = float(Lb @ np.linalg.solve(Lr @ V @ Lr.T, Lb)) / rank
+            if ddf == "kenward-roger":
+                df2 = kr.ddf(Lr)
+            elif ddf == "satterthwaite":
+                df2 = float(satterthwaite_f_test(Lr, beta, V, float(sol.scale),
+                                                 varpar.contrast_df)["DenDF"])
+            else:
+                df2 = np.inf
+            row.update({"df1": rank, "df2": df2, "F.ratio": F,
+                        "p.value": float(stats.f.sf(F, rank, df2)) if np.isfinite(df2)
+                        else float(stats.chi2.sf(F * rank, rank))})
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=["model term", *by, "df1", "df2", "F.ratio", "p.value"])
+    if by:  # emmeans lists the tests by group
+        order = {key: i for i, key in enumerate(dict.fromkeys(
+            zip(*[grid.grid[b].tolist() for b in by])))}
+        keys = [order[k] for k in zip(*[out[b].tolist() for b in by])]
+        out = out.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+    table = _table(out, [], by)
+    table.formats["df1"] = "int"
+    return table
