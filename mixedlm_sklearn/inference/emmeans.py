@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -263,6 +264,10 @@ class EmmeansTable(ResultTable):
             import shutil
             width = shutil.get_terminal_size((80, 24)).columns
         headers, columns, left, _ = self._cells()
+        # emmeans formats the whole summary, then prints it group by group: a column has
+        # one width in every block
+        columns = [[c.ljust(max(map(len, col))) if is_left else c.rjust(max(map(len, col)))
+                    for c in col] for col, is_left in zip(columns, left)]
         keep = [j for j, c in enumerate(self.columns) if c not in by]
         labels = {b: _by_strings(self[b]) for b in by}
         lines: list[str] = [self.title] if self.title else []
@@ -356,6 +361,7 @@ class EMMeans:  # numpydoc ignore=PR01
     df_method: str | None = None
     averaged: tuple = ()
     regridded: bool = False
+    response_name: str = "response"
 
     # ---- the by groups ----
 
@@ -444,6 +450,11 @@ class EMMeans:  # numpydoc ignore=PR01
             notes.append(f"P value adjustment: {method} method for {tests} tests")
         scale = _check_type(self.type if type is None else type)
         ratio = getattr(self.link, "ratio_column", None)
+        link_name = getattr(self.link, "name", "identity")
+        if scale == "response" and ratio is None and link_name != "identity" \
+                and not self.regridded:
+            notes.insert(len(self._averaged_note()),
+                         f"Note: contrasts are still on the {link_name} scale")
         if scale == "response" and ratio is not None and not self.regridded:
             # exp of a difference of log odds (logs): the ratio of odds (means)
             estimate = np.exp(out["estimate"].to_numpy())
@@ -597,8 +608,7 @@ class EMMeans:  # numpydoc ignore=PR01
         column = "emmean" if "emmean" in table.columns else table.columns[len(self.table.columns) - 5]
         n_vars = list(table.columns).index(column)
         frame = table.iloc[:, :n_vars].copy()
-        name = "emmean" if link is None or link.name == "identity" else getattr(
-            _family_of(link), "response_column", "response")
+        name = "emmean" if link is None or link.name == "identity" else self.response_name
         se = np.sqrt(np.diag(V))
         q = stats.t.ppf(0.5 + self.level / 2.0, df_rows)
         frame[name] = mu
@@ -615,9 +625,42 @@ class EMMeans:  # numpydoc ignore=PR01
         return dataclasses.replace(new, table=_table(frame, notes, self.by))
 
 
-def _family_of(link: Any) -> Any:
-    names = {"logit": "prob", "probit": "prob", "cloglog": "prob", "log": "rate"}
-    return type("F", (), {"response_column": names.get(link.name, "response")})
+class _Transform:
+    """The response transformation of a linear model's formula as a link (emmeans'
+    ``tran``): ``log(y)`` or ``sqrt(y)``; means on the response scale are its inverse."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ratio_column = "ratio" if name == "log" else None
+
+    def inverse(self, eta: Any) -> np.ndarray:
+        eta = np.asarray(eta, dtype=float)
+        return np.exp(eta) if self.name == "log" else eta * eta
+
+    def derivatives(self, eta: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        eta = np.asarray(eta, dtype=float)
+        if self.name == "log":
+            mu = np.exp(eta)
+            return mu, mu, mu
+        return eta * eta, 2.0 * eta, np.full_like(eta, 2.0)
+
+
+_TRANSFORM = re.compile(r"^\s*(?:np\.|numpy\.)?(log|sqrt)\((.+)\)\s*$")
+
+
+def response_transform(formula: str) -> _Transform | None:
+    """The ``log`` or ``sqrt`` wrapped around a formula's response, if any.
+
+    Examples
+    --------
+    >>> response_transform("log(yield) ~ N + (1 | Block)").name
+    'log'
+    >>> response_transform("yield ~ N + (1 | Block)") is None
+    True
+    """
+    lhs = formula.split("~", 1)[0] if "~" in formula else ""
+    match = _TRANSFORM.match(lhs)
+    return None if match is None else _Transform(match.group(1))
 
 
 def _min_df(df_rows: np.ndarray) -> DfFunction:
@@ -1002,7 +1045,7 @@ def _means(est: Any, model: Any, frame: Any, grid: ReferenceGrid, spec: EmmSpec,
         df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
     if model.rank is None:
         return _on_scale(marginal_means(grid, specs, sol.beta, cov, df, level, by, df_method),
-                         model, type)
+                         model, type, frame)
     # Fixed effects dropped as aliased (lme4 refits without them): each mean is computed
     # on the kept ones, which is right for the estimable means, and the others refused.
     kept = model.rank.kept
@@ -1017,14 +1060,23 @@ def _means(est: Any, model: Any, frame: Any, grid: ReferenceGrid, spec: EmmSpec,
                          "are not estimable: fixed effects "
                          f"{model.rank.dropped_names} were dropped as aliased and these means "
                          "depend on them (emmeans reports them as nonEst)")
-    return _on_scale(emm, model, type)
+    return _on_scale(emm, model, type, frame)
 
 
-def _on_scale(emm: EMMeans, model: Any, type: str) -> EMMeans:
-    link = model.family.link
+def _on_scale(emm: EMMeans, model: Any, type: str, frame: Any = None) -> EMMeans:
+    link, name = model.family.link, model.family.response_column
+    if link.name == "identity" and frame is not None:
+        # a linear model of log(y) or sqrt(y): emmeans back-transforms with that ``tran``
+        link = response_transform(frame.formula) or link
+    if type == "response" and link.name == "identity":
+        lhs = frame.formula.split("~", 1)[0] if frame is not None else ""
+        if "(" in lhs:
+            raise ValueError(f"type='response' back-transforms log(y) and sqrt(y) responses; "
+                             f"the response {lhs.strip()!r} is another transformation")
+        type = "link"  # nothing to back-transform (emmeans leaves such means as they are)
     table = emm.table.frame() if type == "link" else on_response_scale(
-        emm.table.frame(), link, model.family.response_column)
-    emm = dataclasses.replace(emm, link=link, type=type)
+        emm.table.frame(), link, name)
+    emm = dataclasses.replace(emm, link=link, type=type, response_name=name)
     return dataclasses.replace(emm, table=_table(table, _means_notes(emm), emm.by))
 
 
