@@ -180,12 +180,16 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
     ----------
     p : array-like
         Unadjusted p-values.
-    method : {"tukey", "holm", "bonferroni", "sidak", "none"}
+    method : {"tukey", "dunnettx", "holm", "bonferroni", "sidak", "none"}
         ``"tukey"``: ``P(Q > sqrt(2)|t|)`` for the studentized range of ``n_means`` means on
-        ``df`` df (for all pairwise differences of ``n_means`` means); ``"holm"`` and
+        ``df`` df (for all pairwise differences of ``n_means`` means); ``"dunnettx"``:
+        emmeans' approximation to Dunnett's test of ``m`` comparisons with a control, one
+        minus ``w P(Q_{k'} < sqrt(2)|t|) + (1 - w) P(F_{1,df} < t^2)^m`` with ``w = (m -
+        1)/m`` and ``k' = (1 + sqrt(1 + 8m))/2`` (emmeans' ``summary.emmGrid``,
+        "P-value adjustments"); ``"holm"`` and
         ``"bonferroni"`` as R's ``p.adjust``; ``"sidak"``: ``1 - (1 - p)^m``.
     t, df : array-like, optional
-        t ratios and df (Tukey only).
+        t ratios and df (Tukey and dunnettx only).
     n_means : int
         Tukey only.
 
@@ -210,6 +214,20 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
         out = np.empty(m)
         out[order] = adj
         return out
+    if method == "dunnettx":
+        # emmeans' approximation to Dunnett's distribution for m comparisons with a control
+        # (correlations 1/2): a mixture, weight (m - 1)/m, of the studentized range of
+        # (1 + sqrt(1 + 8m))/2 means and the Sidak bound P(F_{1,df} < t^2)^m
+        t = np.abs(np.asarray(t, dtype=float))
+        df = np.broadcast_to(np.asarray(df, dtype=float), t.shape)
+        if m < 2:
+            return p
+        weight = (m - 1.0) / m
+        means = (1.0 + np.sqrt(1.0 + 8.0 * m)) / 2.0
+        tukey = np.array([float(stats.studentized_range.cdf(np.sqrt(2.0) * ti, means, di))
+                          for ti, di in zip(t, df)])
+        sidak = np.where(np.isinf(df), stats.chi2.cdf(t * t, 1), stats.f.cdf(t * t, 1, df)) ** m
+        return np.clip(1.0 - (weight * tukey + (1.0 - weight) * sidak), 0.0, 1.0)
     if method == "tukey":
         t = np.abs(np.asarray(t, dtype=float))
         df = np.broadcast_to(np.asarray(df, dtype=float), t.shape)
@@ -217,7 +235,8 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
             return p
         return np.array([float(stats.studentized_range.sf(np.sqrt(2.0) * ti, n_means, di))
                          for ti, di in zip(t, df)])
-    raise ValueError(f"adjust must be 'tukey', 'holm', 'bonferroni', 'sidak' or 'none', got {method!r}")
+    raise ValueError("adjust must be 'tukey', 'dunnettx', 'holm', 'bonferroni', 'sidak' or "
+                     f"'none', got {method!r}")
 
 
 class EmmeansTable(ResultTable):
@@ -524,9 +543,10 @@ class EMMeans:  # numpydoc ignore=PR01
             order (a matrix's rows are named ``c1``, ``c2``, ...), applied in each group.
         adjust : str, optional
             As in :meth:`pairs`. Default emmeans' for the family: ``"tukey"`` for
-            pairwise families, ``"holm"`` for ``"consec"`` and ``"trt.vs.ctrl"`` (emmeans
-            uses its multivariate-t ``"mvt"`` and ``"dunnettx"`` there, which this package
-            does not compute: pass ``adjust`` to choose), ``"none"`` for coefficients.
+            pairwise families, ``"dunnettx"`` for ``"trt.vs.ctrl"`` (as emmeans),
+            ``"holm"`` for ``"consec"`` (emmeans uses its multivariate-t ``"mvt"`` there,
+            which this package does not compute: pass ``adjust`` to choose), ``"none"`` for
+            coefficients.
             ``"tukey"`` is for pairwise differences only, so other contrasts get
             ``"sidak"`` (as emmeans does).
         type : {"link", "response"}, optional
@@ -555,7 +575,8 @@ class EMMeans:  # numpydoc ignore=PR01
             if coefficients not in CONTRAST_METHODS:
                 raise ValueError(f"contrast method must be one of {list(CONTRAST_METHODS)} or "
                                  f"coefficients, got {coefficients!r}")
-            default = "tukey" if coefficients in ("pairwise", "revpairwise") else "holm"
+            default = {"pairwise": "tukey", "revpairwise": "tukey",
+                       "trt.vs.ctrl": "dunnettx"}.get(coefficients, "holm")
             adjust = default if adjust is None else adjust
             return self._family(lambda n: (_family_matrix(coefficients, n), [None] * _family_size(
                 coefficients, n)), adjust, coefficients in ("pairwise", "revpairwise"), type)
