@@ -122,3 +122,18 @@ def test_other_response_transforms_are_refused():
     fit = lmer("log1p(`yield`) ~ N + (1 | Block)", data)
     with pytest.raises(ValueError, match="another transformation"):
         emmeans(fit, "~ N", type="response")
+
+
+def test_regrid_does_not_depend_on_the_scale_it_starts_from(cbpp):
+    a = emmeans(cbpp, "~ period", type="response").regrid()
+    b = emmeans(cbpp, "~ period").regrid()
+    np.testing.assert_allclose(a.table["prob"], b.table["prob"], rtol=1e-12)
+    assert b.regrid() is b
+    np.testing.assert_allclose(a.pairs()["estimate"], b.pairs()["estimate"], rtol=1e-12)
+
+
+def test_unknown_adjustments_are_refused(cbpp):
+    with pytest.raises(ValueError, match="adjust must be"):
+        emmeans(cbpp, "~ period").pairs(adjust="bogus")
+    with pytest.raises(ValueError, match="adjust applies to contrasts"):
+        emmeans(cbpp, "~ period", adjust="holm")
