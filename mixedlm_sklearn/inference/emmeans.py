@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -280,7 +281,6 @@ class EmmeansTable(ResultTable):
             # without notes emmeans still ends the table with a blank line
             return super().text(width) + ("" if self.notes else "\n")
         if width is None:
-            import shutil
             width = shutil.get_terminal_size((80, 24)).columns
         headers, columns, left, _ = self._cells()
         # emmeans formats the whole summary, then prints it group by group: a column has
