@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 from mixedlm_sklearn import lmer
 from mixedlm_sklearn.datasets import load_orthodont
+from mixedlm_sklearn.inference.emmeans import emmeans, joint_tests
 
 orthodont = load_orthodont()
 orthodont["Sex"] = pd.Categorical(orthodont["Sex"], categories=["Male", "Female"])
@@ -310,6 +311,24 @@ ROWS: list[Row] = [
         "Coefficients as a list, array or dict of named rows.",
         "orthodont",
         f"assert abs(result['estimate'].iloc[0] - {_O}['emmeans_sex_pairs']['estimate']) < 1e-8"),
+    Row("lme4", "means",
+        "emmeans(m, pairwise ~ Sex | age, at = list(age = c(8, 10, 12, 14)))",
+        'emmeans(m, "pairwise ~ Sex | age", at={"age": [8, 10, 12, 14]}).contrasts',
+        "Specs as emmeans writes them (read, never evaluated); ``by=`` as an argument too; "
+        "``.emmeans`` and ``.contrasts`` print as ``$emmeans`` and ``$contrasts``.",
+        "orthodont",
+        "# emmeans 1.8.4: tests/data/reference/product/emmeans_orthodont.json\n"
+        "np.testing.assert_allclose(result['estimate'], [1.406534, 2.016193, 2.625852, "
+        "3.235511], rtol=1e-6)\n"
+        "np.testing.assert_allclose(result['p.value'], [0.1005637, 0.01362261, 0.002644248, "
+        "0.00135821], rtol=1e-4)"),
+    Row("lme4", "means", "joint_tests(m)  # emmeans", "joint_tests(m)",
+        "Kenward-Roger df by default, as emmeans; ``by=`` and ``ddf=`` as there.",
+        "orthodont",
+        "# emmeans 1.8.4: F from its est.fcns, unrounded\n"
+        "np.testing.assert_allclose(result['F.ratio'], [87.99874, 9.29211, 5.118599], "
+        "rtol=1e-5)\n"
+        "np.testing.assert_allclose(result['df2'], [25, 25, 25], rtol=1e-6)"),
     Row("lme4", "means", "r2_nakagawa(m1)  # performance", "m1.r2()",
         "``.marginal`` and ``.conditional``; random slopes as Johnson (2014).",
         "orthodont",

@@ -1450,24 +1450,29 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         return ranova(self)
 
     def emmeans(self, specs: Any, at: dict | None = None, ddf: str = "kenward-roger",
-                level: float = 0.95):
+                level: float = 0.95, by: Any = None):
         """Estimated marginal means of a formula fit (emmeans).
 
         Parameters
         ----------
         specs : str or list of str
-            The factor(s) whose levels' means are estimated, averaging over the others.
+            The factor(s) whose levels' means are estimated, averaging over the others, or
+            an emmeans formula (``"~ N | V"``, ``"pairwise ~ N | V"``).
         at : dict, optional
             Values of covariates (default their means) or levels at which to evaluate.
         ddf : {"kenward-roger", "satterthwaite"}, default="kenward-roger"
             The degrees of freedom of the means' t intervals, as emmeans.
         level : float, default=0.95
             Confidence level of the intervals.
+        by : str or list of str, optional
+            Means within each level of these variables (emmeans' ``by``).
 
         Returns
         -------
-        EMMeans
-            ``.table`` (a DataFrame), ``.pairs(adjust="tukey")``, ``.contrast(coefficients)``.
+        EMMeans or EMMeansContrasts
+            ``.table`` (a DataFrame printed as emmeans prints it), ``.pairs(adjust="tukey")``,
+            ``.contrast(method_or_coefficients)``; with a contrast family in ``specs``,
+            ``.emmeans`` and ``.contrasts``.
 
         See Also
         --------
@@ -1478,7 +1483,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
         >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-        >>> fit.emmeans("Sex").table[["Sex", "emmean"]].round(3)
+        >>> fit.emmeans("Sex").table[["Sex", "emmean"]].round(3).frame()
               Sex  emmean
         0  Female  22.648
         1    Male  24.969
@@ -1486,7 +1491,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         from .inference.emmeans import emmeans
 
         check_is_fitted(self)
-        return emmeans(self, specs, at=at, ddf=ddf, level=level)
+        return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level)
 
     def r2(self):
         """Compute Nakagawa's marginal and conditional R2 (performance's ``r2_nakagawa``).

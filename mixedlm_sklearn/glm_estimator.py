@@ -257,7 +257,8 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
 
     # ---- inference -------------------------------------------------------------------
 
-    def emmeans(self, specs: Any, at: dict | None = None, type: str = "link", level: float = 0.95):
+    def emmeans(self, specs: Any, at: dict | None = None, type: str = "link", level: float = 0.95,
+                by: Any = None):
         """Compute estimated marginal means of a formula fit (emmeans).
 
         Parameters
@@ -271,6 +272,8 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
             delta-method SEs, back-transformed intervals; pairs as odds or rate ratios).
         level : float, default=0.95
             Confidence level of the (asymptotic) intervals.
+        by : str or list of str, optional
+            Means within each level of these variables (emmeans' ``by``).
 
         Returns
         -------
@@ -294,7 +297,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         from .inference.emmeans import emmeans
 
         check_is_fitted(self)
-        return emmeans(self, specs, at=at, level=level, type=type)
+        return emmeans(self, specs, by=by, at=at, level=level, type=type)
 
     def anova(self, *others: Any, type: Any = 3):
         """Test the fixed-effects terms by Wald chi-square tests (car's ``Anova``).

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,13 +42,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._table import ResultTable, _blocks, format_real
+from ._emm_spec import CONTRAST_METHODS, EmmSpec, parse_emm_spec
 from ._parameters import fitted_model
 from ._protocol import choose_df
 from .kenward_roger import kenward_roger_model
 from .satterthwaite import varpar_model
 
-__all__ = ["emmeans", "ReferenceGrid", "EMMeans", "reference_grid", "marginal_means",
-           "adjust_pvalues"]
+__all__ = ["emmeans", "ReferenceGrid", "EMMeans", "EMMeansContrasts", "EmmeansTable",
+           "reference_grid", "marginal_means", "adjust_pvalues", "joint_tests"]
 
 DfFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -177,12 +181,16 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
     ----------
     p : array-like
         Unadjusted p-values.
-    method : {"tukey", "holm", "bonferroni", "sidak", "none"}
+    method : {"tukey", "dunnettx", "holm", "bonferroni", "sidak", "none"}
         ``"tukey"``: ``P(Q > sqrt(2)|t|)`` for the studentized range of ``n_means`` means on
-        ``df`` df (for all pairwise differences of ``n_means`` means); ``"holm"`` and
+        ``df`` df (for all pairwise differences of ``n_means`` means); ``"dunnettx"``:
+        emmeans' approximation to Dunnett's test of ``m`` comparisons with a control, one
+        minus ``w P(Q_{k'} < sqrt(2)|t|) + (1 - w) P(F_{1,df} < t^2)^m`` with ``w = (m -
+        1)/m`` and ``k' = (1 + sqrt(1 + 8m))/2`` (emmeans' ``summary.emmGrid``,
+        "P-value adjustments"); ``"holm"`` and
         ``"bonferroni"`` as R's ``p.adjust``; ``"sidak"``: ``1 - (1 - p)^m``.
     t, df : array-like, optional
-        t ratios and df (Tukey only).
+        t ratios and df (Tukey and dunnettx only).
     n_means : int
         Tukey only.
 
@@ -207,6 +215,20 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
         out = np.empty(m)
         out[order] = adj
         return out
+    if method == "dunnettx":
+        # emmeans' approximation to Dunnett's distribution for m comparisons with a control
+        # (correlations 1/2): a mixture, weight (m - 1)/m, of the studentized range of
+        # (1 + sqrt(1 + 8m))/2 means and the Sidak bound P(F_{1,df} < t^2)^m
+        t = np.abs(np.asarray(t, dtype=float))
+        df = np.broadcast_to(np.asarray(df, dtype=float), t.shape)
+        if m < 2:
+            return p
+        weight = (m - 1.0) / m
+        means = (1.0 + np.sqrt(1.0 + 8.0 * m)) / 2.0
+        tukey = np.array([float(stats.studentized_range.cdf(np.sqrt(2.0) * ti, means, di))
+                          for ti, di in zip(t, df)])
+        sidak = np.where(np.isinf(df), stats.chi2.cdf(t * t, 1), stats.f.cdf(t * t, 1, df)) ** m
+        return np.clip(1.0 - (weight * tukey + (1.0 - weight) * sidak), 0.0, 1.0)
     if method == "tukey":
         t = np.abs(np.asarray(t, dtype=float))
         df = np.broadcast_to(np.asarray(df, dtype=float), t.shape)
@@ -214,7 +236,90 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
             return p
         return np.array([float(stats.studentized_range.sf(np.sqrt(2.0) * ti, n_means, di))
                          for ti, di in zip(t, df)])
-    raise ValueError(f"adjust must be 'tukey', 'holm', 'bonferroni', 'sidak' or 'none', got {method!r}")
+    raise ValueError("adjust must be 'tukey', 'dunnettx', 'holm', 'bonferroni', 'sidak' or "
+                     f"'none', got {method!r}")
+
+
+class EmmeansTable(ResultTable):
+    """A :class:`~mixedlm_sklearn._table.ResultTable` printed as emmeans prints a summary.
+
+    ``by`` names the columns whose levels split the table into blocks, each headed by
+    ``"V = level:"`` (emmeans' ``print.summary_emm``); the numbers are formatted over the
+    whole table, then each block is laid out on its own.
+
+    Examples
+    --------
+    >>> t = EmmeansTable({"g": ["a", "b", "a", "b"], "V": ["x", "x", "y", "y"],
+    ...                   "emmean": [1.0, 2.0, 3.0, 4.0], "SE": [0.5, 0.5, 0.5, 0.5]},
+    ...                  by=("V",), layout="emmeans")
+    >>> print(t.text(width=80))
+    V = x:
+     g emmean  SE
+     a      1 0.5
+     b      2 0.5
+    <BLANKLINE>
+    V = y:
+     g emmean  SE
+     a      3 0.5
+     b      4 0.5
+    <BLANKLINE>
+    """
+
+    _metadata = ResultTable._metadata + ["by"]
+
+    def __init__(self, data=None, *args: Any, by: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(data, *args, **kwargs)
+        self.by = tuple(by)
+
+    @property
+    def _constructor(self):
+        return EmmeansTable
+
+    def text(self, width: int | None = None) -> str:
+        by = [b for b in getattr(self, "by", ()) if b in self.columns]
+        if not by or len(self.index) == 0:
+            # without notes emmeans still ends the table with a blank line
+            return super().text(width) + ("" if self.notes else "\n")
+        if width is None:
+            width = shutil.get_terminal_size((80, 24)).columns
+        headers, columns, left, _ = self._cells()
+        # emmeans formats the whole summary, then prints it group by group: a column has
+        # one width in every block
+        columns = [[c.ljust(max(map(len, col))) if is_left else c.rjust(max(map(len, col)))
+                    for c in col] for col, is_left in zip(columns, left)]
+        keep = [j for j, c in enumerate(self.columns) if c not in by]
+        labels = {b: _by_strings(self[b]) for b in by}
+        lines: list[str] = [self.title] if self.title else []
+        keys = list(zip(*[labels[b] for b in by]))
+        for key in dict.fromkeys(keys):
+            rows = [i for i, k in enumerate(keys) if k == key]
+            lines.append(", ".join(f"{b} = {v}" for b, v in zip(by, key)) + ":")
+            lines.extend(_blocks(None, [headers[j] for j in keep],
+                                 [[columns[j][i] for i in rows] for j in keep],
+                                 [left[j] for j in keep], width))
+            lines.append("")
+        lines.extend(f"{n} " for n in self.notes)
+        return "\n".join(lines)
+
+
+def _by_strings(column: pd.Series) -> list[str]:
+    """A by variable's levels as R's ``format`` writes them (numbers right-justified)."""
+    values = column.tolist()
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        texts = format_real(np.asarray(values, dtype=float))
+        width = max(len(t) for t in texts)
+        return [t.rjust(width) for t in texts]
+    return [str(v) for v in values]
+
+
+_FORMATS = {"df": "df", "t.ratio": "stat", "z.ratio": "stat", "F.ratio": "stat",
+            "p.value": "p.emmeans"}
+
+
+def _table(frame: pd.DataFrame, notes: Sequence[str], by: Sequence[str]) -> EmmeansTable:
+    formats = {c: _FORMATS[c] for c in frame.columns if c in _FORMATS}
+    formats.update({c: "text" for c in frame.columns if c == "contrast" or c == "model term"})
+    return EmmeansTable(frame, by=by, notes=list(notes), formats=formats, layout="emmeans")
 
 
 @dataclass(frozen=True)
@@ -223,9 +328,11 @@ class EMMeans:  # numpydoc ignore=PR01
 
     Attributes
     ----------
-    table : DataFrame
-        The specs' factor columns, then ``emmean``, ``SE``, ``df``, ``lower.CL``, ``upper.CL``
-        (``asymp.LCL``, ``asymp.UCL`` when the df are infinite, as emmeans names them).
+    table : EmmeansTable
+        The specs' columns, the ``by`` columns, then ``emmean``, ``SE``, ``df``,
+        ``lower.CL``, ``upper.CL`` (``asymp.LCL``, ``asymp.UCL`` when the df are infinite,
+        as emmeans names them). A DataFrame that prints as emmeans prints it (a block per
+        ``by`` group, then the notes).
     linfct : ndarray of shape (means, p)
         The linear function of the fixed effects of each mean.
     labels : list of str
@@ -237,6 +344,12 @@ class EMMeans:  # numpydoc ignore=PR01
         The model's link (None: identity).
     type : {"link", "response"}
         The scale of the table and the default scale of :meth:`pairs`.
+    by : tuple of str
+        The variables within whose levels means are compared (emmeans' ``by``).
+    df_method : str or None
+        ``"kenward-roger"``, ``"satterthwaite"`` or None (asymptotic): the notes'.
+    averaged : tuple of str
+        The factors the means average over (a note).
 
     See Also
     --------
@@ -263,6 +376,36 @@ class EMMeans:  # numpydoc ignore=PR01
     offset: np.ndarray | None = None
     link: Any = None
     type: str = "link"
+    by: tuple = ()
+    df_method: str | None = None
+    averaged: tuple = ()
+    regridded: bool = False
+    response_name: str = "response"
+
+    # ---- the by groups ----
+
+    def _groups(self) -> list[np.ndarray]:
+        """Row indices of the means in each ``by`` group (one group without ``by``)."""
+        n = len(self.labels)
+        if not self.by:
+            return [np.arange(n)]
+        keys = list(zip(*[self.table[b].tolist() for b in self.by]))
+        order = list(dict.fromkeys(keys))
+        return [np.array([i for i, k in enumerate(keys) if k == key]) for key in order]
+
+    def _df_note(self) -> list[str]:
+        if self.df_method is None:
+            return []
+        if self.regridded:
+            return [f"Degrees-of-freedom method: inherited from {self.df_method} when re-gridding"]
+        return [f"Degrees-of-freedom method: {self.df_method}"]
+
+    def _averaged_note(self) -> list[str]:
+        if not self.averaged:
+            return []
+        return ["Results are averaged over the levels of: " + ", ".join(self.averaged)]
+
+    # ---- tests of contrasts ----
 
     def _tests(self, K: np.ndarray, names: list[str]) -> pd.DataFrame:
         L = K @ self.linfct
@@ -276,15 +419,80 @@ class EMMeans:  # numpydoc ignore=PR01
         if self.offset is not None:
             estimate = estimate + K @ self.offset
         se = np.sqrt(np.einsum("ri,ij,rj->r", L, self.cov_beta, L))
-        df = _df(self.df_function, L)
+        df = self._contrast_df(K, L)
         t = estimate / se
         # emmeans calls the ratio z when every df is infinite (asymptotic)
         ratio = "z.ratio" if np.all(np.isinf(df)) else "t.ratio"
         return pd.DataFrame({"contrast": names, "estimate": estimate, "SE": se, "df": df,
                              ratio: t, "p.value": 2.0 * stats.t.sf(np.abs(t), df)})
 
-    def pairs(self, adjust: str = "tukey", type: str | None = None) -> pd.DataFrame:
+    def _contrast_df(self, K: np.ndarray, L: np.ndarray) -> np.ndarray:
+        return _df(self.df_function, L)
+
+    def _family(self, rows_of_group: Callable[[int], tuple[np.ndarray, list]], adjust: str,
+                tukey: bool, type: str | None) -> pd.DataFrame:
+        """Contrasts formed within each by group, adjusted within each group."""
+        k = len(self.labels)
+        blocks, names, members, sizes, group_of = [], [], [], [], []
+        for g, idx in enumerate(self._groups()):
+            C, cnames = rows_of_group(len(idx))
+            K = np.zeros((C.shape[0], k))
+            K[:, idx] = C
+            blocks.append(K)
+            names += [_contrast_name(c, [self.labels[i] for i in idx]) if n is None else n
+                      for c, n in zip(C, cnames)]
+            members.append(idx)
+            sizes.append(len(idx))
+            group_of += [g] * C.shape[0]
+        K = np.vstack(blocks)
+        out = self._tests(K, names)
+        ratio_col = out.columns[4]
+        group_of = np.array(group_of)
+        method = adjust if tukey or adjust != "tukey" else "sidak"
+        p = out["p.value"].to_numpy(dtype=float).copy()
+        for g, size in enumerate(sizes):
+            sel = group_of == g
+            p[sel] = adjust_pvalues(p[sel], method, out[ratio_col].to_numpy()[sel],
+                                    out["df"].to_numpy()[sel], size)
+        out["p.value"] = p
+        # the by columns after ``contrast``, as emmeans' summary has them
+        for j, b in enumerate(self.by):
+            values = self.table[b].to_numpy()[[m[0] for m in members]]
+            out.insert(1 + j, b, np.repeat(values, np.bincount(group_of, minlength=len(sizes))))
+        notes = self._averaged_note() + self._df_note()
+        tests = int(np.bincount(group_of).max())
+        family = sizes[0] if len(set(sizes)) == 1 else max(sizes)
+        if method == "tukey" and family > 2:
+            notes.append(f"P value adjustment: tukey method for comparing a family of {family} "
+                         "estimates")
+        elif method != "none" and tests > 1 and not (method == "tukey" and family <= 2):
+            notes.append(f"P value adjustment: {method} method for {tests} tests")
+        scale = _check_type(self.type if type is None else type)
+        ratio = getattr(self.link, "ratio_column", None)
+        link_name = getattr(self.link, "name", "identity")
+        if scale == "response" and ratio is None and link_name != "identity" \
+                and not self.regridded:
+            notes.insert(len(self._averaged_note()),
+                         f"Note: contrasts are still on the {link_name} scale")
+        if scale == "response" and ratio is not None and not self.regridded:
+            # exp of a difference of log odds (logs): the ratio of odds (means)
+            estimate = np.exp(out["estimate"].to_numpy())
+            out["contrast"] = [n.replace(" - ", " / ", 1) for n in out["contrast"]]
+            out = out.rename(columns={"estimate": ratio})
+            out[ratio] = estimate
+            out["SE"] = estimate * out["SE"].to_numpy()
+            out.insert(out.columns.get_loc("df") + 1, "null", 1.0)
+            notes.append(f"Tests are performed on the {self.link.name.replace('logit', 'log odds')}"
+                         " ratio scale" if self.link.name == "logit" else
+                         f"Tests are performed on the {self.link.name} scale")
+        return _table(out.reset_index(drop=True), notes, self.by)
+
+    def pairs(self, adjust: str = "tukey", type: str | None = None,
+              reverse: bool = False) -> pd.DataFrame:
         """Compute all pairwise differences ``m_i - m_j``, ``i < j`` (emmeans ``pairs``).
+
+        With ``by``, the differences are formed within each by group and the p-values
+        adjusted within each group (a family of the group's means, as emmeans does).
 
         Parameters
         ----------
@@ -295,14 +503,17 @@ class EMMeans:  # numpydoc ignore=PR01
             differences back-transformed to ratios ``m_i / m_j`` (``odds.ratio`` or
             ``ratio``, ``SE = ratio * SE`` by the delta method, ``null`` 1), tested on the
             link scale (emmeans: "Tests are performed on the log odds ratio scale"); a link
-            whose differences are no ratio keeps them on the link scale.
+            whose differences are no ratio keeps them on the link scale. After
+            :meth:`regrid`, differences of the response-scale means.
+        reverse : bool, default=False
+            ``m_j - m_i`` in emmeans' ``revpairwise`` order instead.
 
         Returns
         -------
-        DataFrame
-            Columns ``contrast``, ``estimate``, ``SE``, ``df``, ``t.ratio`` (``z.ratio`` with
-            infinite df), ``p.value`` (adjusted by ``adjust``: ``"tukey"``, ``"holm"``, ``"bonferroni"``,
-            ``"sidak"``, ``"none"``).
+        EmmeansTable
+            Columns ``contrast``, the ``by`` columns, ``estimate``, ``SE``, ``df``,
+            ``t.ratio`` (``z.ratio`` with infinite df), ``p.value`` (adjusted by
+            ``adjust``).
 
         See Also
         --------
@@ -313,47 +524,38 @@ class EMMeans:  # numpydoc ignore=PR01
         >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
         >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-        >>> fit.emmeans("Sex").pairs()[["contrast", "estimate"]].round(3)
+        >>> fit.emmeans("Sex").pairs()[["contrast", "estimate"]].round(3).frame()
                 contrast  estimate
         0  Female - Male    -2.321
         """
-        k = len(self.labels)
-        rows, names = [], []
-        for i in range(k):
-            for j in range(i + 1, k):
-                row = np.zeros(k)
-                row[i], row[j] = 1.0, -1.0
-                rows.append(row)
-                names.append(f"{self.labels[i]} - {self.labels[j]}")
-        out = self._tests(np.array(rows).reshape(-1, k), names)
-        out["p.value"] = adjust_pvalues(out["p.value"], adjust, out.iloc[:, 4], out["df"], k)
-        scale = _check_type(self.type if type is None else type)
-        ratio = getattr(self.link, "ratio_column", None)
-        if scale == "response" and ratio is not None:
-            # exp of a difference of log odds (logs): the ratio of odds (means)
-            estimate = np.exp(out["estimate"].to_numpy())
-            out = pd.DataFrame({
-                "contrast": [n.replace(" - ", " / ", 1) for n in names], ratio: estimate,
-                "SE": estimate * out["SE"].to_numpy(), "df": out["df"], "null": 1.0,
-                out.columns[4]: out.iloc[:, 4], "p.value": out["p.value"]})
-        return out
+        return self.contrast("revpairwise" if reverse else "pairwise", adjust=adjust, type=type)
 
-    def contrast(self, coefficients: Any, adjust: str = "none") -> pd.DataFrame:
-        """Compute custom contrasts of the means (emmeans ``contrast(emm, list(...))``).
+    def contrast(self, coefficients: Any, adjust: str | None = None,
+                 type: str | None = None) -> pd.DataFrame:
+        """Compute contrasts of the means (emmeans ``contrast(emm, method)``).
 
         Parameters
         ----------
-        coefficients : mapping of name -> sequence, or array-like of shape (r, means)
-            Coefficients of each contrast over the means in the table's order (a matrix's
-            rows are named ``c1``, ``c2``, ...).
-        adjust : str, default "none"
-            As in :meth:`pairs`; ``"tukey"`` is for pairwise differences only, so other
-            contrasts get ``"sidak"`` (as emmeans does).
+        coefficients : str, mapping of name -> sequence, or array-like of shape (r, means)
+            A family by name: ``"pairwise"`` (``m_i - m_j``, ``i < j``), ``"revpairwise"``
+            (``m_j - m_i``), ``"consec"`` (``m_{i+1} - m_i``), ``"trt.vs.ctrl"`` (each
+            ``m_i - m_1``); or coefficients over the means of a by group in the table's
+            order (a matrix's rows are named ``c1``, ``c2``, ...), applied in each group.
+        adjust : str, optional
+            As in :meth:`pairs`. Default emmeans' for the family: ``"tukey"`` for
+            pairwise families, ``"dunnettx"`` for ``"trt.vs.ctrl"`` (as emmeans),
+            ``"holm"`` for ``"consec"`` (emmeans uses its multivariate-t ``"mvt"`` there,
+            which this package does not compute: pass ``adjust`` to choose), ``"none"`` for
+            coefficients.
+            ``"tukey"`` is for pairwise differences only, so other contrasts get
+            ``"sidak"`` (as emmeans does).
+        type : {"link", "response"}, optional
+            As in :meth:`pairs`.
 
         Returns
         -------
-        DataFrame
-            Columns as :meth:`pairs`, a row per contrast.
+        EmmeansTable
+            Columns as :meth:`pairs`, a row per contrast (and by group).
 
         See Also
         --------
@@ -364,23 +566,163 @@ class EMMeans:  # numpydoc ignore=PR01
         >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_orthodont
         >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-        >>> fit.emmeans("Sex").contrast({"boys minus girls": [-1, 1]})[["contrast", "estimate"]].round(3)
+        >>> emm = fit.emmeans("Sex")
+        >>> emm.contrast({"boys minus girls": [-1, 1]})[["contrast", "estimate"]].round(3).frame()
                    contrast  estimate
         0  boys minus girls     2.321
         """
+        if isinstance(coefficients, str):
+            if coefficients not in CONTRAST_METHODS:
+                raise ValueError(f"contrast method must be one of {list(CONTRAST_METHODS)} or "
+                                 f"coefficients, got {coefficients!r}")
+            default = {"pairwise": "tukey", "revpairwise": "tukey",
+                       "trt.vs.ctrl": "dunnettx"}.get(coefficients, "holm")
+            adjust = default if adjust is None else adjust
+            return self._family(lambda n: (_family_matrix(coefficients, n), [None] * _family_size(
+                coefficients, n)), adjust, coefficients in ("pairwise", "revpairwise"), type)
         if isinstance(coefficients, Mapping):
             names = [str(n) for n in coefficients]
             K = np.array([np.asarray(v, dtype=float) for v in coefficients.values()])
         else:
             K = np.atleast_2d(np.asarray(coefficients, dtype=float))
             names = [f"c{i + 1}" for i in range(K.shape[0])]
-        if K.shape[1] != len(self.labels):
-            raise ValueError(f"each contrast needs {len(self.labels)} coefficients (one per mean), "
-                             f"got {K.shape[1]}")
-        out = self._tests(K, names)
-        method = "sidak" if adjust == "tukey" else adjust
-        out["p.value"] = adjust_pvalues(out["p.value"], method)
-        return out
+        sizes = {len(g) for g in self._groups()}
+        if K.ndim != 2 or {K.shape[1]} != sizes:
+            raise ValueError(f"each contrast needs {sorted(sizes)[0]} coefficients (one per mean"
+                             f"{' of a by group' if self.by else ''}), got {K.shape[-1]}")
+        return self._family(lambda n: (K, names), "none" if adjust is None else adjust, False,
+                            type)
+
+    def regrid(self) -> "EMMeans":
+        """Means re-gridded to the response scale (emmeans' ``regrid``).
+
+        The means become ``mu = linkinv(eta)`` with covariance ``D (L V L') D``,
+        ``D = diag(dmu/deta)`` (delta method); contrasts of the result (``pairs``) are
+        differences of response-scale means, and intervals are ``mu -+ q SE`` (no longer
+        back-transformed). The df of a contrast are the smallest of the df of the means it
+        involves (emmeans: "inherited ... when re-gridding").
+
+        Returns
+        -------
+        EMMeans
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import glmer
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
+        >>> rg = fit.emmeans("period").regrid()
+        >>> rg.pairs()["estimate"].round(4).tolist()[:2]
+        [0.1142, 0.1241]
+        """
+        if self.regridded:
+            return self
+        link = self.link
+        eta = self.linfct @ self.beta + (0.0 if self.offset is None else self.offset)
+        if link is None or link.name == "identity":
+            mu, d1 = eta, np.ones_like(eta)
+        else:
+            mu, d1, _ = link.derivatives(eta)
+        V = self.linfct @ self.cov_beta @ self.linfct.T * np.outer(d1, d1)
+        df_rows = _df(self.df_function, self.linfct)
+        table = self.table.frame() if isinstance(self.table, ResultTable) else self.table.copy()
+        column = "emmean" if "emmean" in table.columns else table.columns[len(self.table.columns) - 5]
+        n_vars = list(table.columns).index(column)
+        frame = table.iloc[:, :n_vars].copy()
+        name = "emmean" if link is None or link.name == "identity" else self.response_name
+        se = np.sqrt(np.diag(V))
+        q = stats.t.ppf(0.5 + self.level / 2.0, df_rows)
+        frame[name] = mu
+        frame["SE"] = se
+        frame["df"] = df_rows
+        lower, upper = _ci_names(df_rows)
+        frame[lower] = mu - q * se
+        frame[upper] = mu + q * se
+        new = dataclasses.replace(
+            self, linfct=np.eye(len(mu)), beta=np.asarray(mu, dtype=float), cov_beta=V,
+            df_function=None if self.df_function is None else _min_df(df_rows), offset=None,
+            type="response", regridded=True)
+        notes = new._averaged_note() + new._df_note() + [f"Confidence level used: {self.level:g}"]
+        return dataclasses.replace(new, table=_table(frame, notes, self.by))
+
+
+class _Transform:
+    """The response transformation of a linear model's formula as a link (emmeans'
+    ``tran``): ``log(y)`` or ``sqrt(y)``; means on the response scale are its inverse."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ratio_column = "ratio" if name == "log" else None
+
+    def inverse(self, eta: Any) -> np.ndarray:
+        eta = np.asarray(eta, dtype=float)
+        return np.exp(eta) if self.name == "log" else eta * eta
+
+    def derivatives(self, eta: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        eta = np.asarray(eta, dtype=float)
+        if self.name == "log":
+            mu = np.exp(eta)
+            return mu, mu, mu
+        return eta * eta, 2.0 * eta, np.full_like(eta, 2.0)
+
+
+_TRANSFORM = re.compile(r"^\s*(?:np\.|numpy\.)?(log|sqrt)\((.+)\)\s*$")
+
+
+def response_transform(formula: str) -> _Transform | None:
+    """The ``log`` or ``sqrt`` wrapped around a formula's response, if any.
+
+    Examples
+    --------
+    >>> response_transform("log(yield) ~ N + (1 | Block)").name
+    'log'
+    >>> response_transform("yield ~ N + (1 | Block)") is None
+    True
+    """
+    lhs = formula.split("~", 1)[0] if "~" in formula else ""
+    match = _TRANSFORM.match(lhs)
+    return None if match is None else _Transform(match.group(1))
+
+
+def _min_df(df_rows: np.ndarray) -> DfFunction:
+    """df of contrasts of re-gridded means: the smallest df among the means involved."""
+    def df(L: np.ndarray) -> np.ndarray:
+        L = np.atleast_2d(L)
+        masked = np.where(L != 0.0, df_rows[None, :], np.inf)
+        return masked.min(axis=1)
+    return df
+
+
+def _ci_names(df: np.ndarray) -> tuple[str, str]:
+    return ("asymp.LCL", "asymp.UCL") if np.all(np.isinf(df)) else ("lower.CL", "upper.CL")
+
+
+def _family_size(method: str, n: int) -> int:
+    return {"pairwise": n * (n - 1) // 2, "revpairwise": n * (n - 1) // 2}.get(method, n - 1)
+
+
+def _family_matrix(method: str, n: int) -> np.ndarray:
+    """Coefficients of a named contrast family over ``n`` means (emmeans' ``*.emmc``)."""
+    rows = []
+    if method == "pairwise":
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    elif method == "revpairwise":
+        pairs = [(j, i) for j in range(1, n) for i in range(j)]
+    elif method == "consec":
+        pairs = [(i + 1, i) for i in range(n - 1)]
+    else:  # trt.vs.ctrl: each level against the first
+        pairs = [(i, 0) for i in range(1, n)]
+    for i, j in pairs:
+        row = np.zeros(n)
+        row[i], row[j] = 1.0, -1.0
+        rows.append(row)
+    return np.array(rows).reshape(-1, n)
+
+
+def _contrast_name(row: np.ndarray, labels: list[str]) -> str:
+    plus = labels[int(np.flatnonzero(row == 1.0)[0])]
+    minus = labels[int(np.flatnonzero(row == -1.0)[0])]
+    return f"{plus} - {minus}"
 
 
 def _check_type(type: str) -> str:
@@ -423,7 +765,9 @@ def _df(df_function: DfFunction | None, L: np.ndarray) -> np.ndarray:
 
 
 def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, cov_beta: Any,
-                   df: DfFunction | None = None, level: float = 0.95) -> EMMeans:
+                   df: DfFunction | None = None, level: float = 0.95,
+                   by: str | Sequence[str] | None = None,
+                   df_method: str | None = None) -> EMMeans:
     """Estimated marginal means of ``specs`` over a reference grid.
 
     Parameters
@@ -441,6 +785,12 @@ def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, c
         ``lambda L: satterthwaite_df(est, L)``); None for asymptotic (``inf``) df.
     level : float, default 0.95
         Confidence level of the intervals.
+    by : str or sequence of str, optional
+        Variables within whose levels the means of ``specs`` are formed (a mean per
+        combination of ``specs`` and ``by``, ``specs`` varying fastest); contrasts are
+        then formed within each by group.
+    df_method : str, optional
+        The df method's name for the notes (``"kenward-roger"``, ``"satterthwaite"``).
 
     Returns
     -------
@@ -452,15 +802,18 @@ def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, c
     >>> X = np.array([[1.0, 0.0], [1.0, 1.0]])
     >>> rg = ReferenceGrid(pd.DataFrame({"g": ["a", "b"]}), X, ["g"])
     >>> emm = marginal_means(rg, "g", beta=[10.0, 2.0], cov_beta=np.diag([1.0, 0.5]))
-    >>> emm.table[["g", "emmean", "SE", "df", "asymp.LCL"]].round(4)
+    >>> emm.table[["g", "emmean", "SE", "df", "asymp.LCL"]].round(4).frame()
        g  emmean      SE   df  asymp.LCL
     0  a    10.0  1.0000  inf     8.0400
     1  b    12.0  1.2247  inf     9.5995
-    >>> emm.pairs(adjust="none")[["contrast", "estimate"]]
+    >>> emm.pairs(adjust="none")[["contrast", "estimate"]].frame()
       contrast  estimate
     0    a - b      -2.0
     """
     specs = [specs] if isinstance(specs, str) else list(specs)
+    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    factors = list(specs)
+    specs = factors + [b for b in by if b not in factors]
     unknown = [s for s in specs if s not in grid.grid.columns]
     if unknown:
         raise ValueError(f"specs {unknown} are not variables of the reference grid "
@@ -487,10 +840,27 @@ def marginal_means(grid: ReferenceGrid, specs: str | Sequence[str], beta: Any, c
     table["emmean"] = estimate
     table["SE"] = se
     table["df"] = dfs
-    lower, upper = ("asymp.LCL", "asymp.UCL") if np.all(np.isinf(dfs)) else ("lower.CL", "upper.CL")
+    lower, upper = _ci_names(dfs)
     table[lower] = estimate - q * se
     table[upper] = estimate + q * se
-    return EMMeans(table, L, _labels(table, specs), beta, V, df, level, offset)
+    averaged = tuple(f for f in grid.factors if f not in specs
+                     and not pd.api.types.is_numeric_dtype(grid.grid[f]))
+    emm = EMMeans(table, L, _labels(table, factors), beta, V, df, level, offset,
+                  by=tuple(specs[len(factors):]), df_method=df_method, averaged=averaged)
+    return dataclasses.replace(emm, table=_table(table, _means_notes(emm), emm.by))
+
+
+def _means_notes(emm: EMMeans, tran: str | None = None) -> list[str]:
+    """emmeans' notes under a table of means (``tran``: the link's name when the means are
+    back-transformed, the scale's name when they are on a transformed scale)."""
+    notes = emm._averaged_note() + emm._df_note()
+    link = getattr(emm.link, "name", "identity")
+    if emm.type == "link" and link != "identity":
+        notes.append(f"Results are given on the {link} (not the response) scale.")
+    notes.append(f"Confidence level used: {emm.level:g}")
+    if emm.type == "response" and link != "identity" and not emm.regridded:
+        notes.append(f"Intervals are back-transformed from the {link} scale")
+    return notes
 
 
 def _is_number(value: Any) -> bool:
@@ -514,8 +884,9 @@ def _labels(table: pd.DataFrame, specs: list[str]) -> list[str]:
     return [f"({x})" if any(c in x for c in "-+/*") else x for x in labels]
 
 
-def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None = None,
-            ddf: str | None = None, level: float = 0.95, type: str = "link") -> EMMeans:
+def emmeans(est: Any, specs: str | Sequence[str], by: str | Sequence[str] | None = None,
+            at: Mapping[str, Any] | None = None, ddf: str | None = None, level: float = 0.95,
+            type: str = "link", adjust: str | None = None) -> "EMMeans | EMMeansContrasts":
     """Estimated marginal means of a formula fit (emmeans' ``emmeans(fit, specs)``).
 
     Parameters
@@ -525,7 +896,14 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         means need the formula's terms).
     specs : str or sequence of str
         The factor(s) whose levels get a mean; with several, every combination (the first
-        varies fastest).
+        varies fastest). Or an emmeans formula (read, never evaluated): ``"~ N"``,
+        ``"~ N * V"`` (every combination), ``"~ N | V"`` (the means of ``N`` within each
+        level of ``V``), ``"pairwise ~ N | V"`` (and ``revpairwise``, ``consec``,
+        ``trt.vs.ctrl``: the means and that family of contrasts, an
+        :class:`EMMeansContrasts`).
+    by : str or sequence of str, optional
+        Means of ``specs`` within each level (combination) of these variables, as
+        ``"~ specs | by"``; contrasts and their adjustments are per by group.
     at : dict, optional
         Variable -> value(s): covariates at these values instead of their mean over the
         fitted rows, factors restricted to these levels (emmeans' ``at``).
@@ -541,12 +919,17 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         (``prob`` for a binomial, ``rate`` for a Poisson model: the inverse link of the
         mean, its SE by the delta method, the interval back-transformed); also the
         default scale of :meth:`EMMeans.pairs` (ratios for a logit or log link).
+    adjust : str, optional
+        With a contrast family in ``specs``: the p-value adjustment of its contrasts
+        (default the family's, see :meth:`EMMeans.contrast`).
 
     Returns
     -------
-    EMMeans
-        ``.table`` (the ``specs`` columns, ``emmean``, ``SE``, ``df``, ``lower.CL``,
-        ``upper.CL``), ``.pairs(adjust="tukey")`` and ``.contrast(coefficients)``.
+    EMMeans or EMMeansContrasts
+        ``.table`` (the ``specs`` columns, the ``by`` columns, ``emmean``, ``SE``, ``df``,
+        ``lower.CL``, ``upper.CL``), ``.pairs(adjust="tukey")``,
+        ``.contrast(method_or_coefficients)`` and ``.regrid()``; with a contrast family in
+        ``specs``, ``.emmeans`` and ``.contrasts`` (R's ``$emmeans`` and ``$contrasts``).
 
     Raises
     ------
@@ -585,13 +968,35 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     >>> df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])  # R's order
     >>> est = lmer("distance ~ age * Sex + (age | Subject)", df)
     >>> emm = est.emmeans("Sex")
-    >>> emm.table.round(3)
+    >>> print(emm.table)  # as emmeans prints it
+     Sex    emmean    SE df lower.CL upper.CL
+     Male     25.0 0.486 25     24.0     26.0
+     Female   22.6 0.586 25     21.4     23.9
+    <BLANKLINE>
+    Degrees-of-freedom method: kenward-roger
+    Confidence level used: 0.95
+    >>> emm.table.round(3).frame()  # a DataFrame for code
           Sex  emmean     SE    df  lower.CL  upper.CL
     0    Male  24.969  0.486  25.0    23.968    25.970
     1  Female  22.648  0.586  25.0    21.441    23.855
-    >>> emm.pairs().round(4)  # emmeans: 2.321, 0.7614, 25, 3.048, 0.0054
+    >>> emm.pairs().round(4).frame()  # emmeans: 2.321, 0.7614, 25, 3.048, 0.0054
             contrast  estimate      SE    df  t.ratio  p.value
     0  Male - Female     2.321  0.7614  25.0   3.0483   0.0054
+
+    Means within the levels of another variable, and contrasts within each (R's
+    ``emmeans(m, pairwise ~ Sex | age, at = list(age = c(8, 14)))``):
+
+    >>> res = emmeans(est, "pairwise ~ Sex | age", at={"age": [8, 14]})
+    >>> print(res.contrasts)
+    age =  8:
+     contrast      estimate    SE df t.ratio p.value
+     Male - Female     1.41 0.825 25   1.705  0.1006
+    <BLANKLINE>
+    age = 14:
+     contrast      estimate    SE df t.ratio p.value
+     Male - Female     3.24 0.898 25   3.604  0.0014
+    <BLANKLINE>
+    Degrees-of-freedom method: kenward-roger
     """
     frame = getattr(est, "model_frame_", None)
     model = fitted_model(est)
@@ -602,7 +1007,56 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
     type = _check_type(type)
+    spec = parse_emm_spec(specs, by)
     grid = reference_grid(frame, at)
+    unknown = [v for v in spec.factors + spec.by if v not in grid.grid.columns]
+    if unknown:
+        raise ValueError(f"the emmeans spec names {unknown}, which are not variables of the "
+                         f"model {list(grid.grid.columns)}")
+    emm = _means(est, model, frame, grid, spec, ddf, level, type)
+    if spec.contrast is None:
+        if adjust is not None:
+            raise ValueError("adjust applies to contrasts: give a contrast family in specs "
+                             "('pairwise ~ ...') or call .pairs(adjust=...)")
+        return emm
+    return EMMeansContrasts(emm, emm.contrast(spec.contrast, adjust=adjust))
+
+
+@dataclass(frozen=True)
+class EMMeansContrasts:
+    """Means and a family of their contrasts (R's ``emmeans(m, pairwise ~ N | V)``: a list
+    of ``$emmeans`` and ``$contrasts``).
+
+    Attributes
+    ----------
+    emmeans : EMMeans
+        The means.
+    contrasts : EmmeansTable
+        The contrasts, adjusted within each by group.
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    >>> res = emmeans(fit, "pairwise ~ Sex")
+    >>> res.contrasts["estimate"].round(3).tolist()
+    [-2.321]
+    """
+
+    emmeans: EMMeans
+    contrasts: pd.DataFrame
+
+    def __str__(self) -> str:
+        return f"$emmeans\n{self.emmeans.table}\n\n$contrasts\n{self.contrasts}\n"
+
+    __repr__ = __str__
+
+
+def _means(est: Any, model: Any, frame: Any, grid: ReferenceGrid, spec: EmmSpec, ddf: str,
+           level: float, type: str) -> EMMeans:
+    specs, by = list(spec.factors), list(spec.by)
+    df_method = None if ddf == "asymptotic" else ddf
     sol = model.solution
     if ddf == "kenward-roger":
         kr = kenward_roger_model(est)
@@ -611,7 +1065,8 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
         cov = sol.cov_beta()
         df = varpar_model(est).contrast_df if ddf == "satterthwaite" else None
     if model.rank is None:
-        return _on_scale(marginal_means(grid, specs, sol.beta, cov, df, level), model, type)
+        return _on_scale(marginal_means(grid, specs, sol.beta, cov, df, level, by, df_method),
+                         model, type, frame)
     # Fixed effects dropped as aliased (lme4 refits without them): each mean is computed
     # on the kept ones, which is right for the estimable means, and the others refused.
     kept = model.rank.kept
@@ -619,21 +1074,31 @@ def emmeans(est: Any, specs: str | Sequence[str], at: Mapping[str, Any] | None =
     full_cov[np.ix_(kept, kept)] = cov
     kept_df = None if df is None else (lambda L: df(np.atleast_2d(L)[:, kept]))
     emm = marginal_means(grid, specs, model.rank.expand(sol.beta, 0.0), full_cov, kept_df,
-                         level)
+                         level, by, df_method)
     bad = ~_estimable(emm.linfct, frame, kept)
     if bad.any():
         raise ValueError(f"the marginal means {[emm.labels[i] for i in np.flatnonzero(bad)][:5]} "
                          "are not estimable: fixed effects "
                          f"{model.rank.dropped_names} were dropped as aliased and these means "
                          "depend on them (emmeans reports them as nonEst)")
-    return _on_scale(emm, model, type)
+    return _on_scale(emm, model, type, frame)
 
 
-def _on_scale(emm: EMMeans, model: Any, type: str) -> EMMeans:
-    link = model.family.link
-    table = emm.table if type == "link" else on_response_scale(emm.table, link,
-                                                               model.family.response_column)
-    return dataclasses.replace(emm, table=table, link=link, type=type)
+def _on_scale(emm: EMMeans, model: Any, type: str, frame: Any = None) -> EMMeans:
+    link, name = model.family.link, model.family.response_column
+    if link.name == "identity" and frame is not None:
+        # a linear model of log(y) or sqrt(y): emmeans back-transforms with that ``tran``
+        link = response_transform(frame.formula) or link
+    if type == "response" and link.name == "identity":
+        lhs = frame.formula.split("~", 1)[0] if frame is not None else ""
+        if "(" in lhs:
+            raise ValueError(f"type='response' back-transforms log(y) and sqrt(y) responses; "
+                             f"the response {lhs.strip()!r} is another transformation")
+        type = "link"  # nothing to back-transform (emmeans leaves such means as they are)
+    table = emm.table.frame() if type == "link" else on_response_scale(
+        emm.table.frame(), link, name)
+    emm = dataclasses.replace(emm, link=link, type=type, response_name=name)
+    return dataclasses.replace(emm, table=_table(table, _means_notes(emm), emm.by))
 
 
 def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:
@@ -649,3 +1114,144 @@ def _estimable(L: np.ndarray, frame: Any, kept: np.ndarray) -> np.ndarray:
     gap = np.abs(L[:, ~kept] - L[:, kept] @ C).max(axis=1)
     size = np.abs(L).max(axis=1) * (1.0 + np.abs(C).sum(axis=0).max())
     return gap <= np.sqrt(np.finfo(float).eps) * np.maximum(size, 1.0)
+
+
+def _consec(n: int) -> np.ndarray:
+    """Consecutive differences of ``n`` levels, ``(n - 1) x n``."""
+    return np.eye(n)[1:] - np.eye(n)[:-1]
+
+
+def joint_tests(est: Any, by: str | Sequence[str] | None = None,
+                ddf: str | None = None) -> pd.DataFrame:
+    """F tests of each model term from the marginal means (emmeans' ``joint_tests``).
+
+    For each term of the fixed effects (with ``by``, each term not involving ``by``, within
+    each by group) the means of the term's variables over the reference grid (the other
+    factors averaged over, covariates at their mean -+ 1, emmeans' ``cov.reduce =
+    meanint``) are contrasted with the Kronecker product of each variable's consecutive
+    differences (the term's interaction contrasts); the rows are reduced to a basis of
+    their span, ``L``, and ``F = (L b)' (L V L')^-1 (L b) / rank(L)`` on ``df1 = rank(L)``
+    and ``df2`` the model's df for ``L``: Kenward-Roger (``V`` the adjusted covariance,
+    pbkrtest's ``Lb_ddf``; emmeans' default for lmer fits), Satterthwaite (lmerTest's
+    ``contestMD`` df) or infinite (a GLMM: ``F = chi2 / df1``).
+
+    Parameters
+    ----------
+    est : fitted formula model
+        From :func:`~mixedlm_sklearn.lmer` or :func:`~mixedlm_sklearn.glmer`.
+    by : str or sequence of str, optional
+        Test the other terms within each level of these variables.
+    ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
+        As in :func:`emmeans`.
+
+    Returns
+    -------
+    EmmeansTable
+        Columns ``model term``, the ``by`` columns, ``df1``, ``df2``, ``F.ratio``,
+        ``p.value``; printed as emmeans prints it (``F.ratio`` to 3 decimals).
+
+    Raises
+    ------
+    ValueError
+        For a fit that dropped aliased fixed effects (not supported), or a by variable
+        that is not a variable of the model.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.anova.anova : lmerTest's type III table, which equals this
+        one for factor-only models with a balanced grid.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedlm_sklearn import lmer
+    >>> from mixedlm_sklearn.datasets import load_orthodont
+    >>> df = load_orthodont()
+    >>> df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])
+    >>> fit = lmer("distance ~ age * Sex + (age | Subject)", df)
+    >>> print(joint_tests(fit))  # emmeans: 87.999, 9.292, 5.119
+     model term df1 df2 F.ratio p.value
+     age          1  25  87.999  <.0001
+     Sex          1  25   9.292  0.0054
+     age:Sex      1  25   5.119  0.0326
+    <BLANKLINE>
+    """
+    from .anova import satterthwaite_f_test
+
+    frame = getattr(est, "model_frame_", None)
+    model = fitted_model(est)
+    if frame is None:
+        raise ValueError("joint_tests needs a formula fit (mixedlm_sklearn.lmer or glmer)")
+    if model.rank is not None:
+        raise ValueError("joint_tests is not available for a fit that dropped aliased fixed "
+                         f"effects ({model.rank.dropped_names}); refit without them")
+    ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    by = [] if by is None else [by] if isinstance(by, str) else list(by)
+    base = reference_grid(frame)
+    unknown = [b for b in by if b not in base.grid.columns]
+    if unknown:
+        raise ValueError(f"by names {unknown}, which are not variables of the model "
+                         f"{list(base.grid.columns)}")
+    # covariates at mean -+ 1 (emmeans' meanint), so each is a two-level grid variable
+    covariates = [v for v in base.grid.columns if v not in base.factors]
+    at = {v: [float(base.grid[v].iloc[0]) - 1.0, float(base.grid[v].iloc[0]) + 1.0]
+          for v in covariates}
+    grid = reference_grid(frame, at)
+    sol = model.solution
+    if ddf == "kenward-roger":
+        kr = kenward_roger_model(est)
+        V = kr.cov_beta_adj
+    else:
+        V = sol.cov_beta()
+        varpar = varpar_model(est) if ddf == "satterthwaite" else None
+    beta = np.asarray(sol.beta, dtype=float)
+    factors_of = frame.fixed_factors()
+    rows: list[dict] = []
+    for term in frame.fixed_terms():
+        variables: list[str] = []
+        for factor in term.factors:
+            for v in factors_of[factor].variables:
+                if v not in variables and v in grid.grid.columns:
+                    variables.append(v)
+        if not variables or any(b in variables for b in by):
+            continue
+        name = ":".join(variables)
+        if any(r["model term"] == name for r in rows):
+            continue
+        emm = marginal_means(grid, variables, beta, V, None, 0.95, by)
+        sizes = [len(dict.fromkeys(grid.grid[v].tolist())) for v in variables]
+        K = np.ones((1, 1))
+        for n in sizes:  # the first variable varies fastest: kron(D_last, ..., D_first)
+            K = np.kron(_consec(n), K)
+        for idx in emm._groups():
+            L = K @ emm.linfct[idx]
+            U, s, Vt = np.linalg.svd(L, full_matrices=False)
+            rank = int(np.sum(s > max(s[0], 1.0) * 1e-8)) if s.size else 0
+            row = {"model term": name}
+            for b in by:
+                row[b] = emm.table[b].iloc[idx[0]]
+            if rank == 0:
+                continue
+            Lr = Vt[:rank]
+            Lb = Lr @ beta
+            F = float(Lb @ np.linalg.solve(Lr @ V @ Lr.T, Lb)) / rank
+            if ddf == "kenward-roger":
+                df2 = kr.ddf(Lr)
+            elif ddf == "satterthwaite":
+                df2 = float(satterthwaite_f_test(Lr, beta, V, float(sol.scale),
+                                                 varpar.contrast_df)["DenDF"])
+            else:
+                df2 = np.inf
+            row.update({"df1": rank, "df2": df2, "F.ratio": F,
+                        "p.value": float(stats.f.sf(F, rank, df2)) if np.isfinite(df2)
+                        else float(stats.chi2.sf(F * rank, rank))})
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=["model term", *by, "df1", "df2", "F.ratio", "p.value"])
+    if by:  # emmeans lists the tests by group
+        order = {key: i for i, key in enumerate(dict.fromkeys(
+            zip(*[grid.grid[b].tolist() for b in by])))}
+        keys = [order[k] for k in zip(*[out[b].tolist() for b in by])]
+        out = out.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+    table = _table(out, [], by)
+    table.formats["df1"] = "int"
+    return table
