@@ -304,3 +304,19 @@ def test_contrast_labels_follow_emmeans():
     assert emm.pairs("none")["contrast"].tolist() == ["(a-1) - b", "(a-1) - c", "b - c"]
     grid = emmeans_module.ReferenceGrid(pd.DataFrame({"YEAR": ["95", "96"]}), np.eye(2), ["YEAR"])
     assert emmeans(grid, "YEAR", np.zeros(2), np.eye(2)).labels == ["YEAR95", "YEAR96"]
+
+
+def test_means_print_as_emmeans_prints_them():
+    """``print(emm)`` (and the notebook's repr) is the table with emmeans' notes, not the
+    arrays behind it; the same for means with their contrasts."""
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.datasets import load_orthodont
+    from mixedlm_sklearn.inference.emmeans import emmeans
+
+    fit = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
+    emm = fit.emmeans("Sex")
+    assert str(emm) == repr(emm) == str(emm.table)
+    assert "linfct" not in repr(emm) and "Degrees-of-freedom method: kenward-roger" in str(emm)
+    assert emm._repr_html_() == emm.table._repr_html_()
+    both = emmeans(fit, "pairwise ~ Sex")
+    assert repr(both).startswith("$emmeans\n") and "$contrasts" in both._repr_html_()

@@ -382,6 +382,16 @@ class EMMeans:  # numpydoc ignore=PR01
     regridded: bool = False
     response_name: str = "response"
 
+    # Printed as emmeans prints the object: its table and notes (the arrays are for code).
+    def __str__(self) -> str:
+        return str(self.table)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str | None:
+        html = getattr(self.table, "_repr_html_", None)
+        return html() if html is not None else None
+
     # ---- the by groups ----
 
     def _groups(self) -> list[np.ndarray]:
@@ -1051,6 +1061,12 @@ class EMMeansContrasts:
         return f"$emmeans\n{self.emmeans.table}\n\n$contrasts\n{self.contrasts}\n"
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str | None:
+        parts = [getattr(t, "_repr_html_", None) for t in (self.emmeans.table, self.contrasts)]
+        if any(p is None for p in parts):
+            return None
+        return f"<p>$emmeans</p>{parts[0]()}<p>$contrasts</p>{parts[1]()}"
 
 
 def _means(est: Any, model: Any, frame: Any, grid: ReferenceGrid, spec: EmmSpec, ddf: str,
