@@ -604,7 +604,7 @@ class EMMeans:  # numpydoc ignore=PR01
                             type)
 
     def regrid(self) -> "EMMeans":
-        """Means re-gridded to the response scale (emmeans' ``regrid``).
+        """Re-grid the means to the response scale (emmeans' ``regrid``).
 
         The means become ``mu = linkinv(eta)`` with covariance ``D (L V L') D``,
         ``D = diag(dmu/deta)`` (delta method); contrasts of the result (``pairs``) are
@@ -615,6 +615,11 @@ class EMMeans:  # numpydoc ignore=PR01
         Returns
         -------
         EMMeans
+            The means on the response scale (``type="response"``, ``regridded``).
+
+        See Also
+        --------
+        EMMeans.pairs : Differences of the re-gridded means.
 
         Examples
         --------
@@ -1033,9 +1038,10 @@ def emmeans(est: Any, specs: str | Sequence[str], by: str | Sequence[str] | None
 
 
 @dataclass(frozen=True)
-class EMMeansContrasts:
-    """Means and a family of their contrasts (R's ``emmeans(m, pairwise ~ N | V)``: a list
-    of ``$emmeans`` and ``$contrasts``).
+class EMMeansContrasts:  # numpydoc ignore=PR01
+    """Means and a family of their contrasts, as R's ``emmeans(m, pairwise ~ N | V)``.
+
+    R returns a list of ``$emmeans`` and ``$contrasts``; so does this, as attributes.
 
     Attributes
     ----------
@@ -1043,6 +1049,10 @@ class EMMeansContrasts:
         The means.
     contrasts : EmmeansTable
         The contrasts, adjusted within each by group.
+
+    See Also
+    --------
+    mixedlm_sklearn.inference.emmeans.emmeans : Make one (a spec with ``pairwise`` etc.).
 
     Examples
     --------
@@ -1174,7 +1184,7 @@ def joint_tests(est: Any, by: str | Sequence[str] | None = None,
 
     See Also
     --------
-    mixedlm_sklearn.inference.anova.anova : lmerTest's type III table, which equals this
+    mixedlm_sklearn.anova : The lmerTest type III table (the fit's anova), which equals this
         one for factor-only models with a balanced grid.
 
     Examples
