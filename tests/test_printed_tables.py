@@ -92,6 +92,104 @@ def test_html_has_the_heading_and_the_rows(fits):
     assert "N:Variety" in page and "0.3028" in page
 
 
+# ---- results that are not tables: performance's, pbkrtest's and simr's layouts ---------------
+
+
+@pytest.mark.parametrize("key, fit, what", [
+    ("r2_nakagawa_sleepstudy", "sleepstudy", "r2"), ("icc_sleepstudy", "sleepstudy", "icc"),
+    ("r2_nakagawa_cbpp", "cbpp", "r2"), ("icc_cbpp", "cbpp", "icc")])
+def test_r2_and_icc_print_as_performance(fits, key, fit, what):
+    result = getattr(fits[fit], what)()
+    assert str(result).split("\n") == _r_text(key)
+    page = result._repr_html_()
+    assert "R2 for Mixed Models" in page or "Intraclass Correlation Coefficient" in page
+
+
+def _numbers(text: str) -> list[float]:
+    import re
+
+    return [float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", text)]
+
+
+@pytest.fixture(scope="module")
+def ml_pair():
+    df = load_sleepstudy()
+    return (lmer("Reaction ~ Days + (1 | Subject)", df, REML=False),
+            lmer("Reaction ~ Days + (Days | Subject)", df, REML=False))
+
+
+@pytest.mark.parametrize("boundary", [False, True])
+def test_lr_test_prints_its_values(ml_pair, boundary):
+    from mixedlm_sklearn import lr_test
+
+    result = lr_test(*ml_pair, boundary=boundary)
+    text = str(result)
+    lines = text.split("\n")
+    assert lines[0] == "Likelihood ratio test"
+    assert lines[1] == f"logLik: restricted {result.llf_restricted:.2f}, full {result.llf_full:.2f}"
+    row = lines[3].split()
+    assert row[0] == "LRT" and int(row[2]) == result.df
+    assert float(row[1]) == pytest.approx(result.statistic, abs=5e-4)
+    assert float(row[3]) == pytest.approx(result.pvalue, rel=5e-4)  # 4 significant digits
+    assert ("mixture" in text) == boundary
+    assert result.table.loc["LRT", "stat"] == result.statistic
+    assert "<table" in result._repr_html_()
+
+
+def test_pb_test_prints_pbkrtests_rows(ml_pair):
+    from mixedlm_sklearn import pb_test
+
+    result = pb_test(*ml_pair, n_boot=19, random_state=1)
+    table = result.table
+    assert list(table.index) == ["LRT", "PBtest", "Bartlett"]
+    assert table["p.value"].tolist() == [result.pvalue_chi2, result.pvalue, result.pvalue_bartlett]
+    finite = result.replicates[np.isfinite(result.replicates)]
+    # pbkrtest's Bartlett statistic: its p-value is the chi-square one on df
+    from scipy import stats
+
+    assert stats.chi2.sf(table.loc["Bartlett", "stat"], result.df) == pytest.approx(
+        result.pvalue_bartlett, rel=1e-10)
+    lines = str(result).split("\n")
+    assert lines[0] == (f"Parametric bootstrap test; samples: 19; extremes: "
+                        f"{int(np.sum(finite >= result.statistic))}; failed: {result.n_failed}")
+    pb = lines[3].split()
+    assert pb[0] == "PBtest" and float(pb[2]) == pytest.approx(result.pvalue, rel=5e-4)
+    assert float(pb[1]) == pytest.approx(result.statistic, abs=5e-4)
+
+
+def test_bootstrap_tables_print_their_values(fits):
+    boot = fits["sleepstudy"].bootstrap(n_boot=12, random_state=3)
+    summary, ci = boot.summary(), boot.conf_int(method="basic")
+    assert isinstance(summary, ResultTable) and isinstance(ci, ResultTable)
+    assert list(summary.columns) == ["estimate", "bias", "std_error", "n"]
+    assert list(ci.columns) == ["lower", "upper"]
+    text = str(boot)
+    assert text.startswith("PARAMETRIC BOOTSTRAP: 12 replicates, 0 failed\n\nBootstrap Statistics :")
+    row = [line for line in text.split("\n") if line.startswith("Days ")][0].split()
+    assert [float(x) for x in row[1:4]] == pytest.approx(
+        summary.loc["Days", ["estimate", "bias", "std_error"]].tolist(), rel=1e-6)
+    ci_text = ci.text(width=80).split("\n")
+    assert ci_text[0] == "Bootstrap basic confidence intervals, 95% level"
+    assert ci_text[-1] == "Based on 12 replicates"
+    days = [line for line in ci_text if line.startswith("Days ")][0].split()
+    assert [float(x) for x in days[1:]] == pytest.approx(ci.loc["Days"].tolist(), rel=1e-6)
+    assert "Bootstrap Statistics" in boot._repr_html_()
+
+
+def test_power_prints_as_simr(fits):
+    from mixedlm_sklearn import power
+
+    result = power(fits["sleepstudy"], "Days", effect=3.0, test="wald", n_sim=10, random_state=0)
+    lines = str(result).split("\n")
+    assert lines[0] == "Power for predictor 'Days', (95% confidence interval):"
+    assert _numbers(lines[1]) == pytest.approx(
+        [100 * result.power, 100 * result.lower, 100 * result.upper], abs=0.005)
+    assert lines[4] == "      Effect size for Days is 3"
+    assert lines[6] == "Based on 10 simulations, (0 failed, 0 not converged)"
+    assert lines[7] == "alpha = 0.05, groups: Subject 18"
+    assert "Power for predictor" in result._repr_html_()
+
+
 @pytest.mark.parametrize("key, formulas", [
     ("anova_sleepstudy_m1_m2", ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)"]),
     ("anova_sleepstudy_m0_m1_m2", ["Reaction ~ 1 + (1 | Subject)", "Reaction ~ Days + (1 | Subject)",
