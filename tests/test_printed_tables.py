@@ -204,3 +204,18 @@ def test_anova_of_several_fits_prints_as_lme4(key, formulas):
     assert table.text(width=80).split("\n") == _r_text(key)[1:]
     assert list(table.columns) == ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df",
                                    "Pr(>Chisq)"]
+
+
+def test_fits_from_arrays_name_themselves_in_the_heading():
+    from mixedlm_sklearn import MixedLMRegressor
+
+    df = load_sleepstudy()
+    est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
+    for table in (est.drop1(), est.ranova()):
+        assert table.title.split("\n")[2:] == ["Model:", "MixedLMRegressor fitted from arrays"]
+    assert ranova(est).loc["(1 | Subject)", "Df"] == 1
+
+
+def test_ranova_heading_without_an_intercept():
+    fit = lmer("Reaction ~ 0 + Days + (Days | Subject)", load_sleepstudy())
+    assert ranova(fit).title.split("\n")[-1] == "Reaction ~ Days + (Days | Subject) - 1"
