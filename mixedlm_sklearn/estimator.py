@@ -1378,9 +1378,12 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
         >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
-        >>> fit.anova()[["NumDF", "DenDF", "F value"]].round(3)
-              NumDF  DenDF  F value
-        Days      1   17.0   45.853
+        >>> print(fit.anova())
+        Type III Analysis of Variance Table with Satterthwaite's method
+             Sum Sq Mean Sq NumDF DenDF F value    Pr(>F)
+        Days  30031   30031     1    17  45.853 3.264e-06 ***
+        ---
+        Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
         """
         from .inference.anova import anova
 
@@ -1439,10 +1442,16 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         >>> from mixedlm_sklearn import lmer
         >>> from mixedlm_sklearn.datasets import load_sleepstudy
         >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
-        >>> fit.ranova()[["npar", "LRT", "Df"]].round(2)
-                                  npar    LRT   Df
-        <none>                       6    NaN  NaN
-        Days in (Days | Subject)     4  42.84  2.0
+        >>> print(fit.ranova())
+        ANOVA-like table for random-effects: Single term deletions
+        <BLANKLINE>
+        Model:
+        Reaction ~ Days + (Days | Subject)
+                                 npar  logLik    AIC    LRT Df Pr(>Chisq)
+        <none>                      6 -871.81 1755.6
+        Days in (Days | Subject)    4 -893.23 1794.5 42.837  2   4.99e-10 ***
+        ---
+        Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
         """
         from .inference.anova import ranova
 

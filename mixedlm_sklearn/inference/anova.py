@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._table import ResultTable
 from ..formula import FixedTerm
 from ._parameters import check_ddf, fitted_model
 from ._protocol import choose_df
@@ -749,6 +750,37 @@ def _on_kept_columns(terms: Sequence[FixedTerm], kept: np.ndarray) -> list[Fixed
     return out
 
 
+# ---- printing: the headings lmerTest, lme4 and car print -------------------------------------
+
+F_FORMATS = {"NumDF": "int", "DenDF": "df", "F value": "stat", "Pr(>F)": "p"}
+CHISQ_FORMATS = {"Df": "int", "Chisq": "stat", "Pr(>Chisq)": "p"}
+DROP1_LR_FORMATS = {"npar": "int", "Pr(Chi)": "p"}
+MODELS_FORMATS = {"npar": "int", "Df": "int", "Chisq": "stat", "Pr(>Chisq)": "p"}
+_METHOD = {"satterthwaite": "Satterthwaite's method", "kenward-roger": "Kenward-Roger's method"}
+
+
+def _model_line(est: Any) -> list[str]:
+    """R's ``Model:`` lines under a drop1 heading: the formula, or what a fit from arrays is."""
+    formula = getattr(est, "formula", None)
+    return ["", "Model:", formula if formula else f"{type(est).__name__} fitted from arrays"]
+
+
+def _response(est: Any) -> str:
+    """car's ``Response:``: the formula's left side (``y`` for a fit from arrays)."""
+    formula = getattr(est, "formula", None)
+    if formula and "~" in formula:
+        from ..formula import split_formula_sides
+
+        lhs = split_formula_sides(formula)[0]
+        if lhs:
+            return str(lhs)
+    return "y"
+
+
+def _f_table(table: pd.DataFrame, title: str) -> ResultTable:
+    return ResultTable(table, title=title, formats=F_FORMATS, stars="Pr(>F)")
+
+
 def _type(kind: Any, test: str) -> Any:
     canonical = {"1": 1, "I": 1, "2": 2, "II": 2, "3": 3, "III": 3}.get(str(kind).upper(), None)
     if canonical is None or (canonical == 1 and test == "Chisq") or (canonical == 2 and test == "F"):
@@ -798,8 +830,9 @@ def _wald_table(est: Any, kind: int, terms: Mapping[str, Sequence[str]] | None) 
 
 
 def _term_table(est: Any, kind: Any, ddf: str | None, terms: Mapping[str, Sequence[str]] | None
-                ) -> pd.DataFrame:
-    """F tests of the terms of a fit (``kind``: 1, 3 or "marginal")."""
+                ) -> tuple[pd.DataFrame, str]:
+    """F tests of the terms of a fit (``kind``: 1, 3 or "marginal") and R's name of the
+    df method (``"Satterthwaite's method"``)."""
     model = fitted_model(est)
     ddf = choose_df(model, ddf, ("satterthwaite", "kenward-roger"))
     fixed, intercept, kept = _fixed_terms(est, model, terms)
@@ -826,12 +859,13 @@ def _term_table(est: Any, kind: Any, ddf: str | None, terms: Mapping[str, Sequen
         return varpar[0].contrast_df(M)
 
     kr = kenward_roger_model(est) if ddf == "kenward-roger" else None
-    return f_tests(L, sol.beta, sol.cov_beta(), float(sol.scale), ddf, t_df, kr)
+    table = f_tests(L, sol.beta, sol.cov_beta(), float(sol.scale), ddf, t_df, kr)
+    return table, _METHOD.get(ddf, f"{ddf} method")
 
 
 def anova(est: Any, *others: Any, type: Any = 3, ddf: str | None = None,
           terms: Mapping[str, Sequence[str]] | None = None, names: Sequence[str] | None = None,
-          refit: bool = True, test: str | None = None) -> pd.DataFrame:
+          refit: bool = True, test: str | None = None) -> ResultTable:
     """ANOVA table of a fit's fixed effects, or the comparison of several nested fits.
 
     With one fit, lmerTest's ``anova(fit, type, ddf)``: an F test per fixed-effects term.
@@ -867,8 +901,10 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str | None = None,
 
     Returns
     -------
-    DataFrame
-        One fit: a row per term, columns ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``,
+    ResultTable
+        A DataFrame that prints as lmerTest (``Type III Analysis of Variance Table with
+        Satterthwaite's method``) or car (``Analysis of Deviance Table (Type III Wald
+        chisquare tests)``) print it. One fit: a row per term, columns ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``,
         ``F value``, ``Pr(>F)`` (lmerTest's; ``Mean Sq`` is ``F sigma^2``), or with
         ``test="Chisq"`` ``Chisq``, ``Df``, ``Pr(>Chisq)`` (car's). Several fits:
         ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``,
@@ -900,26 +936,42 @@ def anova(est: Any, *others: Any, type: Any = 3, ddf: str | None = None,
     >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_orthodont
     >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-    >>> est.anova().round(4)  # lmerTest at lme4's (less converged) optimum: F 88.04, 0.419, 5.121
-               Sum Sq   Mean Sq  NumDF  DenDF  F value  Pr(>F)
-    age      151.0238  151.0238      1   25.0  87.9987  0.0000
-    Sex        0.7179    0.7179      1   25.0   0.4183  0.5237
-    age:Sex    8.7846    8.7846      1   25.0   5.1186  0.0326
+    >>> print(est.anova())  # lmerTest at lme4's (less converged) optimum: F 88.04, 0.419, 5.121
+    Type III Analysis of Variance Table with Satterthwaite's method
+             Sum Sq Mean Sq NumDF DenDF F value    Pr(>F)
+    age     151.024 151.024     1    25 87.9987 1.146e-09 ***
+    Sex       0.718   0.718     1    25  0.4183   0.52366
+    age:Sex   8.785   8.785     1    25  5.1186   0.03261 *
+    ---
+    Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
+    >>> round(float(est.anova().loc["age:Sex", "F value"]), 4)  # still a DataFrame
+    5.1186
     """
     if others:
         from .lrt import compare_models
 
-        return compare_models([est, *others], names=names, refit=refit)
+        fits = [est, *others]
+        table = compare_models(fits, names=names, refit=refit)
+        given = [f"model{i + 1}" for i in range(len(fits))] if names is None else [str(n) for n in names]
+        lines = ["Models:"]
+        for name in table.index:  # lme4's heading: each model's formula, in the table's order
+            fit = fits[given.index(name)]
+            lines.append(f"{name}: {getattr(fit, 'formula', None) or type(fit).__name__ + ' (arrays)'}")
+        return ResultTable(table, title="\n".join(lines), formats=MODELS_FORMATS, stars="Pr(>Chisq)")
     test = _test(fitted_model(est), test)
     kind = _type(type, test)
     if test == "Chisq":
-        return _wald_table(est, kind, terms)
-    return _term_table(est, kind, ddf, terms)
+        heading = (f"Analysis of Deviance Table (Type {'I' * kind} Wald chisquare tests)\n\n"
+                   f"Response: {_response(est)}")
+        return ResultTable(_wald_table(est, kind, terms), title=heading, formats=CHISQ_FORMATS,
+                           stars="Pr(>Chisq)")
+    table, method = _term_table(est, kind, ddf, terms)
+    return _f_table(table, f"Type {'I' * kind} Analysis of Variance Table with {method}")
 
 
 def drop1(est: Any, ddf: str | None = None,
           terms: Mapping[str, Sequence[str]] | None = None, test: str | None = None
-          ) -> pd.DataFrame:
+          ) -> ResultTable:
     """Test dropping each term that no other term contains (lmerTest's or lme4's ``drop1``).
 
     lmerTest's F tests, or likelihood-ratio tests (lme4's ``drop1(fit, test = "Chisq")``).
@@ -941,8 +993,9 @@ def drop1(est: Any, ddf: str | None = None,
 
     Returns
     -------
-    DataFrame
-        F tests: a row per droppable term, columns as :func:`mixedlm_sklearn.anova`'s.
+    ResultTable
+        A DataFrame printed as lmerTest's (``Single term deletions using Satterthwaite's
+        method:``) or lme4's ``drop1`` print it. F tests: a row per droppable term, columns as :func:`mixedlm_sklearn.anova`'s.
         Chisq: a first row ``<none>`` (the model), then a row per droppable term; columns
         ``npar`` (parameters dropped), ``AIC`` (of the reduced model), ``LRT``,
         ``Pr(Chi)``.
@@ -957,14 +1010,23 @@ def drop1(est: Any, ddf: str | None = None,
     >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_orthodont
     >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-    >>> est.drop1()[["NumDF", "F value"]].round(4)
-             NumDF  F value
-    age:Sex      1   5.1186
+    >>> print(est.drop1())
+    Single term deletions using Satterthwaite's method:
+    <BLANKLINE>
+    Model:
+    distance ~ age * Sex + (age | Subject)
+            Sum Sq Mean Sq NumDF DenDF F value  Pr(>F)
+    age:Sex 8.7846  8.7846     1    25  5.1186 0.03261 *
+    ---
+    Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
     """
     model = fitted_model(est)
     if _test(model, test) == "Chisq":
-        return _drop1_lr(est, model, terms)
-    return _term_table(est, "marginal", ddf, terms)
+        return ResultTable(_drop1_lr(est, model, terms),
+                           title="\n".join(["Single term deletions"] + _model_line(est)),
+                           formats=DROP1_LR_FORMATS, stars="Pr(Chi)")
+    table, method = _term_table(est, "marginal", ddf, terms)
+    return _f_table(table, "\n".join([f"Single term deletions using {method}:"] + _model_line(est)))
 
 
 def _drop1_lr(est: Any, model: Any, terms: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 
+from .._table import ResultTable, format_real
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha
 from .lrt import check_comparable, check_nested, check_same_data
@@ -148,7 +149,7 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
         """
         return len(self.replicates)
 
-    def summary(self) -> pd.DataFrame:
+    def summary(self) -> ResultTable:
         """Tabulate the estimate, the bootstrap bias and the standard error per column.
 
         As lme4's ``print(bootMer(...))``: the bias is the mean of the replicates minus the
@@ -156,9 +157,10 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
 
         Returns
         -------
-        DataFrame
-            Columns ``estimate``, ``bias``, ``std_error``, ``n`` (replicates used), a row per
-            parameter.
+        ResultTable
+            A DataFrame printed under the heading ``PARAMETRIC BOOTSTRAP: n replicates, k
+            failed`` (R's ``print.data.frame`` numbers). Columns ``estimate``, ``bias``,
+            ``std_error``, ``n`` (replicates used), a row per parameter.
 
         See Also
         --------
@@ -174,10 +176,18 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
         ['estimate', 'bias', 'std_error', 'n']
         """
         rep = self.replicates
-        return pd.DataFrame({"estimate": self.estimate, "bias": rep.mean() - self.estimate,
-                             "std_error": rep.std(ddof=1), "n": rep.notna().sum()})
+        table = pd.DataFrame({"estimate": self.estimate, "bias": rep.mean() - self.estimate,
+                              "std_error": rep.std(ddof=1), "n": rep.notna().sum()})
+        return ResultTable(table, title=f"{self._heading()}\n\nBootstrap Statistics :",
+                           formats={"n": "int"}, layout="frame")
 
-    def conf_int(self, alpha: float = 0.05, method: str = "percentile") -> pd.DataFrame:
+    def _heading(self) -> str:
+        return f"PARAMETRIC BOOTSTRAP: {self.n_boot} replicates, {self.n_failed} failed"
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+    def conf_int(self, alpha: float = 0.05, method: str = "percentile") -> ResultTable:
         """Bootstrap confidence intervals of every column.
 
         Parameters
@@ -195,8 +205,9 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
 
         Returns
         -------
-        DataFrame
-            ``lower`` and ``upper``, indexed by parameter (fixed effects dropped as
+        ResultTable
+            A DataFrame printed under ``Bootstrap <method> confidence intervals, 95% level``
+            with the number of replicates used: ``lower`` and ``upper``, indexed by parameter (fixed effects dropped as
             aliased: NaN).
 
         See Also
@@ -236,12 +247,16 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
                 lo, hi = 2.0 * t0 - hi, 2.0 * t0 - lo
             lower.append(float(lo))
             upper.append(float(hi))
-        return pd.DataFrame({"lower": lower, "upper": upper},
-                            index=pd.Index(self.replicates.columns, name="parameter"))
+        level = format_real([100.0 * (1.0 - a)], 7)[0]
+        return ResultTable({"lower": lower, "upper": upper},
+                           index=pd.Index(self.replicates.columns, name="parameter"),
+                           title=f"Bootstrap {method} confidence intervals, {level}% level",
+                           notes=[f"Based on {self.n_boot - self.n_failed} of {self.n_boot} "
+                                  "replicates (the others failed)" if self.n_failed else
+                                  f"Based on {self.n_boot} replicates"], layout="frame")
 
     def __str__(self) -> str:
-        head = f"Parametric bootstrap: {self.n_boot} replicates, {self.n_failed} failed"
-        return head + "\n" + self.summary().to_string()
+        return self.summary().text()
 
 
 @dataclass
@@ -526,10 +541,45 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
         """
         return int(self.replicates.size)
 
+    @property
+    def table(self) -> ResultTable:
+        """pbkrtest's table: rows ``LRT`` (chi-square), ``PBtest`` (bootstrap) and
+        ``Bartlett`` (``LR df / mean(LR*)`` on ``df``); columns ``stat``, ``df``,
+        ``p.value``. It prints under pbkrtest's heading (samples, extremes: the
+        replicates with ``LR* >= LR``).
+
+        Returns
+        -------
+        ResultTable
+            The three tests.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn import lmer, pb_test
+        >>> from mixedlm_sklearn.datasets import load_sleepstudy
+        >>> df = load_sleepstudy()
+        >>> m0 = lmer("Reaction ~ 1 + (1 | Subject)", df, reml=False)
+        >>> m1 = lmer("Reaction ~ Days + (1 | Subject)", df, reml=False)
+        >>> list(pb_test(m0, m1, n_boot=20, random_state=0).table.index)
+        ['LRT', 'PBtest', 'Bartlett']
+        """
+        finite = self.replicates[np.isfinite(self.replicates)]
+        extremes = int(np.sum(finite >= self.statistic))
+        mean = float(finite.mean()) if finite.size else np.nan
+        bartlett = self.statistic * self.df / mean if finite.size and mean > 0 else np.nan
+        heading = (f"Parametric bootstrap test; samples: {self.n_boot}; extremes: {extremes}; "
+                   f"failed: {self.n_failed}")
+        return ResultTable({"stat": [self.statistic] * 2 + [bartlett],
+                            "df": [self.df, np.nan, self.df],
+                            "p.value": [self.pvalue_chi2, self.pvalue, self.pvalue_bartlett]},
+                           index=["LRT", "PBtest", "Bartlett"], title=heading,
+                           formats={"stat": "stat", "df": "int", "p.value": "p"}, stars="p.value")
+
     def __str__(self) -> str:
-        return (f"Parametric bootstrap LR test: LR = {self.statistic:.4f}, df = {self.df}; "
-                f"p = {self.pvalue:.4g} ({self.n_boot - self.n_failed} simulations), "
-                f"chi2 p = {self.pvalue_chi2:.4g}, Bartlett p = {self.pvalue_bartlett:.4g}")
+        return self.table.text()
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
 
 
 @dataclass

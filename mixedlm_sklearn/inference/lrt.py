@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import linalg, stats
 
 from .._model import FittedModel
+from .._table import ResultTable, format_real
 from .._validation import caller_stacklevel
 from ._parameters import fitted_model, log_likelihood, n_parameters
 
@@ -55,6 +56,14 @@ class LRTestResult:  # numpydoc ignore=PR01
     >>> result = lr_test(small, big, boundary=True)
     >>> result.df, result.boundary, bool(result.pvalue < 1e-8)
     (2, True, True)
+    >>> print(result)
+    Likelihood ratio test
+    logLik: restricted -897.04, full -875.97
+         stat df   p.value
+    LRT 42.139  2 3.961e-10 ***
+    ---
+    Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
+    p-value: 50:50 mixture of chi-square(1) and chi-square(2) (a variance on its boundary)
     """
 
     statistic: float
@@ -64,10 +73,39 @@ class LRTestResult:  # numpydoc ignore=PR01
     llf_full: float
     boundary: bool = False
 
+    @property
+    def table(self) -> ResultTable:
+        """The test as a one-row table (pbkrtest's ``LRT`` row: ``stat``, ``df``, ``p.value``)
+        that prints with a heading, the log-likelihoods and, for the boundary test, how the
+        p-value was found.
+
+        Returns
+        -------
+        ResultTable
+            Index ``["LRT"]``.
+
+        Examples
+        --------
+        >>> from mixedlm_sklearn.inference.lrt import LRTestResult
+        >>> LRTestResult(4.0, 1, 0.0455, -10.0, -8.0).table["p.value"].tolist()
+        [0.0455]
+        """
+        notes = []
+        if self.boundary:
+            notes.append(f"p-value: 50:50 mixture of chi-square({self.df - 1}) and "
+                         f"chi-square({self.df}) (a variance on its boundary)")
+        restricted, full = format_real([self.llf_restricted, self.llf_full], 5)
+        return ResultTable({"stat": [self.statistic], "df": [self.df], "p.value": [self.pvalue]},
+                           index=["LRT"], title=f"Likelihood ratio test\nlogLik: restricted "
+                                                f"{restricted}, full {full}",
+                           notes=notes, formats={"stat": "stat", "df": "int", "p.value": "p"},
+                           stars="p.value")
+
     def __str__(self) -> str:
-        kind = "50:50 chi2 mixture (boundary)" if self.boundary else "chi2"
-        return (f"Likelihood-ratio test: statistic = {self.statistic:.4f}, df = {self.df}, "
-                f"p = {self.pvalue:.4g} ({kind}); llf {self.llf_restricted:.4f} -> {self.llf_full:.4f}")
+        return self.table.text()
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
 
 
 def _statistics(model: FittedModel) -> tuple[np.ndarray, float]:
@@ -363,10 +401,15 @@ def compare_models(models: Any, names: Any = None, refit: bool = True) -> pd.Dat
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # lme4's "refitting model(s) with ML"
     ...     table = anova(m0, m1, names=["m0", "m1"])
-    >>> table.round(3)
-        npar       AIC       BIC   logLik  deviance   Chisq   Df  Pr(>Chisq)
-    m0     5  1785.476  1801.441 -887.738  1775.476     NaN  NaN         NaN
-    m1     6  1763.939  1783.097 -875.970  1751.939  23.537  1.0         0.0
+    >>> print(table)
+    Models:
+    m0: Reaction ~ 1 + (Days | Subject)
+    m1: Reaction ~ Days + (Days | Subject)
+       npar    AIC    BIC  logLik deviance  Chisq Df Pr(>Chisq)
+    m0    5 1785.5 1801.4 -887.74   1775.5
+    m1    6 1763.9 1783.1 -875.97   1751.9 23.537  1  1.226e-06 ***
+    ---
+    Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1
     """
     models = list(models)
     if len(models) < 2:

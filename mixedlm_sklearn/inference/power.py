@@ -15,6 +15,7 @@ the generating parameters, per-replicate generators: ``n_jobs`` does not change 
 from __future__ import annotations
 
 import dataclasses
+import html
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from scipy import linalg, stats
 from sklearn.exceptions import ConvergenceWarning
 
 from .._model import FittedModel
+from .._table import format_real
 from .._terms import Terms
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha, fitted_model
@@ -98,6 +100,15 @@ class PowerResult(RefitCounts):  # numpydoc ignore=PR01
     >>> result = power(fit, "Days", effect=3.0, test="wald", n_sim=20, random_state=0)
     >>> result.n_sim, result.term, 0.0 <= result.power <= 1.0
     (20, ['Days'], True)
+    >>> print(result)  # doctest: +ELLIPSIS
+    Power for predictor 'Days', (95% confidence interval):
+          ...% (..., ...)
+    <BLANKLINE>
+    Test: Wald z or chi-square test
+          Effect size for Days is 3
+    <BLANKLINE>
+    Based on 20 simulations, (0 failed, 0 not converged)
+    alpha = 0.05, groups: Subject 18
     """
 
     power: float
@@ -134,10 +145,29 @@ class PowerResult(RefitCounts):  # numpydoc ignore=PR01
         return int(self.pvalues.size)
 
     def __str__(self) -> str:
-        tested = ", ".join(self.term)
-        return (f"Power for {tested} ({self.test} test, alpha = {self.alpha:g}): "
-                f"{100 * self.power:.2f}% (95% CI {100 * self.lower:.2f}, {100 * self.upper:.2f}); "
-                f"{self.n_sim} simulations, {self.n_failed} failed, {self.n_nonconverged} not converged")
+        # simr's print.powerSim layout: the power in percent with 2 decimals and its 95% CI
+        tested = ", ".join(f"'{t}'" for t in self.term)
+        noun = "predictor" if len(self.term) == 1 else "predictors"
+        lines = [f"Power for {noun} {tested}, (95% confidence interval):",
+                 f"      {100 * self.power:.2f}% ({100 * self.lower:.2f}, {100 * self.upper:.2f})",
+                 "", f"Test: {_TEST_NAMES.get(self.test, self.test)}"]
+        for name in self.term:  # simr shows the tested effects only
+            value = self.effect.get(name, np.nan)
+            lines.append(f"      Effect size for {name} is {format_real([value], 7)[0]}")
+        lines += ["", f"Based on {self.n_sim} simulations, ({self.n_failed} failed, "
+                      f"{self.n_nonconverged} not converged)"]
+        groups = ", ".join(f"{k} {v}" for k, v in self.n_groups.items())
+        lines.append(f"alpha = {format_real([self.alpha], 7)[0]}" + (f", groups: {groups}" if groups else ""))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head, _, body = str(self).partition("\n")
+        return (f"<div class=\"mixedlm-result\"><p><b>{html.escape(head)}</b></p>"
+                f"<pre>{html.escape(body)}</pre></div>")
+
+
+_TEST_NAMES = {"satterthwaite": "t or F test with Satterthwaite's denominator df (lmerTest)",
+               "wald": "Wald z or chi-square test", "lr": "Likelihood ratio (chi-square) test"}
 
 
 # ---- the simulated design and parameters ----------------------------------------------------
@@ -388,7 +418,14 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     >>> est = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
     >>> result = power(est, "Days", effect=3.0, test="wald", n_sim=200, random_state=1)
     >>> print(result)  # doctest: +ELLIPSIS
-    Power for Days (wald test, alpha = 0.05): ...% (95% CI ...); 200 simulations, 0 failed, 0 not converged
+    Power for predictor 'Days', (95% confidence interval):
+          ...% (..., ...)
+    <BLANKLINE>
+    Test: Wald z or chi-square test
+          Effect size for Days is 3
+    <BLANKLINE>
+    Based on 200 simulations, (0 failed, 0 not converged)
+    alpha = 0.05, groups: Subject 18
     >>> bool(0.4 < result.power < 0.9)
     True
     """

@@ -35,6 +35,7 @@ residual variance is the rows' average ``sum_s n_s sigma_s^2 / n``.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -47,6 +48,23 @@ __all__ = ["VarianceComponents", "R2", "ICC", "variance_components", "r2", "icc"
 
 # performance's check_singularity: lme4's isSingular(fit, tol = 1e-5)
 _SINGULAR_TOL = 1e-5
+
+
+def _performance_text(title: str, rows: Sequence[tuple[str, float]]) -> str:
+    """performance's printing: ``# title``, a blank line, then the labels right-aligned and
+    each value with 3 decimals (insight's ``format_value``; a missing value as ``NA``)."""
+    width = max(len(label) for label, _ in rows)
+    lines = [f"# {title}", ""]
+    for label, value in rows:
+        shown = "NA" if not np.isfinite(value) else f"{value:.3f}"
+        lines.append(f"  {label.rjust(width)}: {shown}")
+    return "\n".join(lines)
+
+
+def _html(text: str) -> str:
+    head, _, body = text.partition("\n\n")
+    return (f"<div class=\"mixedlm-result\"><p><b>{html.escape(head.lstrip('# '))}</b></p>"
+            f"<pre>{html.escape(body)}</pre></div>")
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,22 @@ class R2:  # numpydoc ignore=PR01
     >>> r = fit.r2()
     >>> bool(0 < r.marginal < r.conditional < 1)
     True
+    >>> print(r)
+    # R2 for Mixed Models
+    <BLANKLINE>
+      Conditional R2: 0.704
+         Marginal R2: 0.280
     """
 
     marginal: float
     conditional: float
+
+    def __str__(self) -> str:
+        return _performance_text("R2 for Mixed Models", [("Conditional R2", self.conditional),
+                                                         ("Marginal R2", self.marginal)])
+
+    def _repr_html_(self) -> str:
+        return _html(str(self))
 
 
 @dataclass(frozen=True)
@@ -101,10 +131,22 @@ class ICC:  # numpydoc ignore=PR01
     >>> i = fit.icc()
     >>> bool(0 < i.unadjusted < i.adjusted < 1)
     True
+    >>> print(i)
+    # Intraclass Correlation Coefficient
+    <BLANKLINE>
+        Adjusted ICC: 0.589
+      Unadjusted ICC: 0.424
     """
 
     adjusted: float
     unadjusted: float
+
+    def __str__(self) -> str:
+        return _performance_text("Intraclass Correlation Coefficient",
+                                 [("Adjusted ICC", self.adjusted), ("Unadjusted ICC", self.unadjusted)])
+
+    def _repr_html_(self) -> str:
+        return _html(str(self))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from .._crossprod import cross_products
+from .._table import ResultTable
 from .._design import INTERCEPT
 from .._model import fit_model
 from .._terms import Term, Terms
@@ -24,6 +25,8 @@ from ._parameters import fitted_model, log_likelihood, n_parameters
 from ._protocol import require
 
 __all__ = ["ranova", "ranova_formulas", "ranova_table"]
+
+RANOVA_FORMATS = {"npar": "int", "Df": "int", "Pr(>Chisq)": "p"}
 
 
 # ---- random effects: lmerTest's ranova ---------------------------------------------------------
@@ -70,6 +73,21 @@ def _random_bars(formula: str) -> tuple[str, str, list[tuple[str, str]]]:
                 bars.append((_deparse(left), _deparse(group)))
     fixed_text = " + ".join(fixed).replace("+ -", "-") if fixed else "1"
     return lhs, fixed_text, bars
+
+
+def _terms_formula(formula: str, fixed_terms: Sequence[str], intercept: bool) -> str:
+    """The formula as R's ``formula(terms(f))`` deparses it, which lmerTest's ``ranova``
+    prints: the terms ordered by degree (a random-effects term is of degree one), ``/`` and
+    ``||`` expanded, the intercept implicit (``- 1`` when absent)."""
+    lhs, _, bars = _random_bars(formula)
+    degree = [(t.count(":") + 1, i, t) for i, t in enumerate(fixed_terms)]
+    first = [t for d, _, t in degree if d == 1]
+    higher = [t for _, _, t in sorted(x for x in degree if x[0] > 1)]
+    pieces = first + [f"({left} | {group})" for left, group in bars] + higher
+    rhs = " + ".join(dict.fromkeys(pieces)) if pieces else "1"
+    if not intercept:
+        rhs += " - 1"
+    return f"{lhs} ~ {rhs}"
 
 
 def ranova_formulas(formula: str) -> dict[str, str | None]:
@@ -261,7 +279,7 @@ def _fit_random(model: Any, terms: Sequence[_RandomTerm]) -> tuple[float, int]:
     return -0.5 * float(sol.deviance), len(model.fe_names) + model_terms.n_theta + d.n_strata
 
 
-def ranova(est: Any) -> pd.DataFrame:
+def ranova(est: Any) -> ResultTable:
     """Likelihood-ratio tests of the random effects, as lmerTest's ``ranova``.
 
     Each random-effects term is reduced and the model refitted (REML fits by REML, ML
@@ -279,8 +297,10 @@ def ranova(est: Any) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame
-        Rows ``<none>`` (the model) and one per reduction; columns ``npar``, ``logLik``,
+    ResultTable
+        A DataFrame printed as lmerTest prints it (``ANOVA-like table for random-effects:
+        Single term deletions``, the model's formula as R's ``terms`` orders it). Rows
+        ``<none>`` (the model) and one per reduction; columns ``npar``, ``logLik``,
         ``AIC``, ``LRT``, ``Df``, ``Pr(>Chisq)`` (the plain chi-square p-value, as
         lmerTest; see :func:`~mixedlm_sklearn.lr_test` with
         ``boundary=True`` for the boundary-corrected one).
@@ -302,10 +322,14 @@ def ranova(est: Any) -> pd.DataFrame:
     >>> from mixedlm_sklearn import lmer
     >>> from mixedlm_sklearn.datasets import load_orthodont
     >>> est = lmer("distance ~ age * Sex + (age | Subject)", load_orthodont())
-    >>> est.ranova().round(3)
-                            npar   logLik      AIC    LRT   Df  Pr(>Chisq)
-    <none>                     8 -216.291  448.582    NaN  NaN         NaN
-    age in (age | Subject)     6 -216.879  445.757  1.176  2.0       0.556
+    >>> print(est.ranova())
+    ANOVA-like table for random-effects: Single term deletions
+    <BLANKLINE>
+    Model:
+    distance ~ age + Sex + (age | Subject) + age:Sex
+                           npar  logLik    AIC    LRT Df Pr(>Chisq)
+    <none>                    8 -216.29 448.58
+    age in (age | Subject)    6 -216.88 445.76 1.1756  2     0.5556
     """
     model = require(fitted_model(est), "random-refit")
     if not len(model.terms):
@@ -316,4 +340,13 @@ def ranova(est: Any) -> pd.DataFrame:
     frame = getattr(est, "model_frame_", None)
     reductions = _formula_reductions(frame) if frame is not None else _array_reductions(model)
     reduced = {name: _fit_random(model, terms) for name, terms in reductions.items()}
-    return ranova_table((log_likelihood(model), n_parameters(model)), reduced)
+    table = ranova_table((log_likelihood(model), n_parameters(model)), reduced)
+    if frame is not None:
+        names = list(getattr(model, "fe_names", ()))
+        shown = _terms_formula(frame.formula, [t.name for t in frame.fixed_terms()],
+                               "(Intercept)" in names)
+    else:
+        shown = f"{type(est).__name__} fitted from arrays"
+    return ResultTable(table, formats=RANOVA_FORMATS, stars="Pr(>Chisq)",
+                       title="ANOVA-like table for random-effects: Single term deletions\n\n"
+                             f"Model:\n{shown}")
