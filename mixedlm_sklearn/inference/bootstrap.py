@@ -543,15 +543,20 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
 
     @property
     def table(self) -> ResultTable:
-        """pbkrtest's table: rows ``LRT`` (chi-square), ``PBtest`` (bootstrap) and
-        ``Bartlett`` (``LR df / mean(LR*)`` on ``df``); columns ``stat``, ``df``,
-        ``p.value``. It prints under pbkrtest's heading (samples, extremes: the
-        replicates with ``LR* >= LR``).
+        """Tabulate the tests as pbkrtest's ``PBmodcomp`` table.
+
+        Rows ``LRT`` (chi-square), ``PBtest`` (bootstrap) and ``Bartlett`` (``LR df /
+        mean(LR*)`` on ``df``); columns ``stat``, ``df``, ``p.value``. It prints under
+        pbkrtest's heading (samples, extremes: the replicates with ``LR* >= LR``).
 
         Returns
         -------
         ResultTable
             The three tests.
+
+        See Also
+        --------
+        mixedlm_sklearn.pb_test : The test.
 
         Examples
         --------

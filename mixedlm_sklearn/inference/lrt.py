@@ -75,14 +75,19 @@ class LRTestResult:  # numpydoc ignore=PR01
 
     @property
     def table(self) -> ResultTable:
-        """The test as a one-row table (pbkrtest's ``LRT`` row: ``stat``, ``df``, ``p.value``)
-        that prints with a heading, the log-likelihoods and, for the boundary test, how the
-        p-value was found.
+        """Tabulate the test as pbkrtest's one-row ``LRT`` table.
+
+        Columns ``stat``, ``df``, ``p.value``; it prints with a heading, the
+        log-likelihoods and, for the boundary test, how the p-value was found.
 
         Returns
         -------
         ResultTable
             Index ``["LRT"]``.
+
+        See Also
+        --------
+        mixedlm_sklearn.lr_test : The test.
 
         Examples
         --------
