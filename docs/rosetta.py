@@ -2,7 +2,7 @@
 
 One list of rows feeds both the pages (the ``rosetta-table`` directive of
 ``docs/_ext/rosetta_table.py`` renders them) and the test that runs every row's Python
-side (``tests/test_docs_rosetta.py``), so the tables cannot drift from the package.
+side (``tests/docs/test_docs_rosetta.py``), so the tables cannot drift from the package.
 
 A row is an R call (or a statsmodels call), this package's equivalent, and one line on
 the differences. ``py`` is run in the namespace made by ``CONTEXTS[row.context]``; its

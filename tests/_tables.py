@@ -216,13 +216,13 @@ def exact_beta_at_r(case: str) -> tuple[np.ndarray, np.ndarray]:
     """The fixed effects at lme4's theta solved exactly, and the rounding a double-precision
     solution from cross-products carries (one grouping factor: V is block diagonal).
 
-    ``exact`` is :func:`_oracle.exact_gls_beta` (rational arithmetic on the same doubles).
+    ``exact`` is :func:`_dense.exact_gls_beta` (rational arithmetic on the same doubles).
     ``rounding`` is, per coefficient, ``sqrt(n) u |A^{-1}| (|X|'|y| + |X|'|X| |beta|)`` with
     ``A = X'V^{-1}X``: the rounding of cross-products of ``n`` rows (``sqrt(n) u`` per
     entry, the probabilistic bound of Higham & Mary 2019, SIAM J. Sci. Comput. 41(5))
     carried through the solve to first order. lme4 solves from the same cross-products.
     """
-    from _oracle import exact_gls_beta
+    from _dense import exact_gls_beta
 
     est = fitted(case)
     (_, labels, Z), = re_designs(est, case)

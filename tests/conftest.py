@@ -1,4 +1,25 @@
-"""The test session's setup, and fixtures shared by the input-checking tests."""
+"""The test session's setup, and fixtures shared by the input-checking tests.
+
+The tests are grouped by concept, one folder each:
+
+- ``engine/``: the deviance, the optimiser and the solvers against dense brute-force
+  likelihoods (property tests), invariances, numerics, rank deficiency;
+- ``r_agreement/``: every reference fit of lme4 and nlme reproduced;
+- ``estimator/``: the scikit-learn estimators, their input (bad and hostile input too),
+  prediction, weights, labels and plots;
+- ``formulas/``: the lme4 formula front end: parsing, semantics, the allow-list,
+  contrasts, model frames, ``update``/``compare``;
+- ``inference/``: summary, anova, emmeans, Kenward-Roger, r2/icc and the printed tables;
+- ``simulation/``: simulate, bootstrap, pb_test and power;
+- ``glmm/``: generalized models, their estimators and inference;
+- ``scale/``: chunks, Dask, crossed factors at scale, many responses at once;
+- ``docs/``: README, examples, docstrings, the documentation's R tables, the package's
+  layers.
+
+Shared helpers sit next to this file: ``_dense.py`` (dense brute-force likelihoods and
+random designs; no code shared with the package), ``_reference.py`` and ``_tables.py``
+(loading R's references); the references themselves are in ``data/``.
+"""
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,7 @@
 
 renders the rows of that source and section as a three-column table (the R or
 statsmodels call, this package's call, the differences). The same rows are run by
-``tests/test_docs_rosetta.py``.
+``tests/docs/test_docs_rosetta.py``.
 """
 
 from __future__ import annotations

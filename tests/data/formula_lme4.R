@@ -1,4 +1,4 @@
-# lme4 reference fits for the R idioms of the formula interface (tests/test_formula_semantics.py).
+# lme4 reference fits for the R idioms of the formula interface (tests/formulas/test_formula_semantics.py).
 #
 # Run from the repository root:  Rscript tests/data/formula_lme4.R
 # Writes tests/data/formula_lme4.json. Produced with R 4.2, lme4 1.1-31 (Debian packages).

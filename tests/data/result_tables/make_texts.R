@@ -1,5 +1,5 @@
 # R's printed text of result tables and R's number formatting, the test data of
-# tests/test_result_table.py (ResultTable, mixedlm_sklearn/_table.py).
+# tests/inference/test_result_table.py (ResultTable, mixedlm_sklearn/_table.py).
 #
 # Run from this directory:  Rscript make_texts.R
 # Made with R 4.2.2 (Debian), lme4 1.1-31, lmerTest 3.1-3, emmeans 1.8.4.1, jsonlite 1.8.4,

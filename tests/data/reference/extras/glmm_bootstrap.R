@@ -1,4 +1,4 @@
-# Parametric bootstrap of a glmer fit, for tests/test_glmm_simulation.py (R 4.2, lme4 1.1-31).
+# Parametric bootstrap of a glmer fit, for tests/simulation/test_glmm_simulation.py (R 4.2, lme4 1.1-31).
 # Run: Rscript glmm_bootstrap.R  (from this directory; writes glmm_bootstrap.json)
 # bootMer draws new herd effects and binomial responses (simulate, use.u = FALSE) and refits;
 # the test compares the median and quartiles of every parameter's replicates with ours (robust

@@ -1,4 +1,4 @@
-# Extra glmer references for tests/test_reference_glmm.py (R 4.2, lme4 1.1-31).
+# Extra glmer references for tests/r_agreement/test_reference_glmm.py (R 4.2, lme4 1.1-31).
 # Run: Rscript glmm_extra_checks.R  (from this directory; writes glmm_extra_checks.json)
 suppressMessages({library(lme4); library(jsonlite)})
 data_dir <- "../../../../mixedlm_sklearn/datasets/data"

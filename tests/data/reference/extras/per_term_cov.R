@@ -1,4 +1,4 @@
-# References for tests/test_per_term_cov.py: per-term covariance types in one model
+# References for tests/estimator/test_per_term_cov.py: per-term covariance types in one model
 # (R 4.2, lme4 1.1-31). Run: Rscript per_term_cov.R  (from this directory; writes
 # per_term_cov.json). Dietox (bundled): Pig is nested in Litter; Time is uncentred (1..12).
 suppressMessages({library(lme4); library(jsonlite)})
