@@ -19,7 +19,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._table import ResultTable
 from .estimator import MixedLMRegressor
-from .formula import _cbind, _split_top, parse_formula, split_formula_sides, update_formula
+from .formula import parse_formula, split_formula_sides, update_formula
+from .formula._frame import _cbind
+from .formula._parser import _split_top
 from .glm_estimator import MixedGLMRegressor
 from .inference._parameters import fitted_model
 from .inference.lrt import check_same_data, compare_models

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ._validation import caller_stacklevel, label_kind
-from .formula import ModelFrame, _cbind, _split_top, parse_formula
+from .formula import ModelFrame, parse_formula
+from .formula._frame import _cbind
+from .formula._parser import _split_top
 
 __all__ = ["FormulaMode", "split_formula", "ALL_TERMS"]
 

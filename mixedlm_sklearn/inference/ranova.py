@@ -48,7 +48,7 @@ def _random_bars(formula: str) -> tuple[str, str, list[tuple[str, str]]]:
     ``(x || g)`` becomes ``(1 | g)`` and ``(0 + x | g)`` (lme4's ``expandDoubleVerts``);
     ``(1 | a/b)`` becomes ``(1 | b:a)`` and ``(1 | a)`` (its ``expandSlash``).
     """
-    from ..formula import _as_bar, _bar_positions, _signed_pieces, _split_top
+    from ..formula._parser import _as_bar, _bar_positions, _signed_pieces, _split_top
     import formulaic
 
     lhs, rhs = (s.strip() for s in _split_top(formula, "~"))

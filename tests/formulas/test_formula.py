@@ -485,9 +485,19 @@ def test_missing_formulaic_names_the_install(monkeypatch, toy):
 def test_docstring_examples():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingularFitWarning)
-        result = doctest.testmod(formula_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 5
-    assert result.failed == 0
+        results = [doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+                   for module in _formula_modules()]
+    assert sum(r.attempted for r in results) >= 5
+    assert sum(r.failed for r in results) == 0
+
+
+def _formula_modules() -> list:
+    """The formula subpackage and each of its modules."""
+    import importlib
+    import pkgutil
+
+    names = [info.name for info in pkgutil.iter_modules(formula_module.__path__)]
+    return [formula_module] + [importlib.import_module(f"{formula_module.__name__}.{n}") for n in names]
 
 
 def test_insteval_crossed_from_the_raw_data():

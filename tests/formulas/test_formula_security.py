@@ -336,7 +336,7 @@ def test_unchecked_code_never_reaches_formulaic():
     would evaluate is checked again (here fed unchecked text directly)."""
     import formulaic
 
-    from mixedlm_sklearn.formula import _formula, _Names
+    from mixedlm_sklearn.formula._allow_list import _formula, _Names
 
     names = _Names("f", load_sleepstudy(), None)
     names.variable("Days")
