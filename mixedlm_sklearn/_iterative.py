@@ -100,7 +100,7 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Term:
+class _TermLayout:
     """One term's place in the eliminated / Schur-complement split."""
 
     m: int
@@ -183,10 +183,10 @@ class IterativePlan:
                              "factors); a single factor is solved exactly level by level: use "
                              "solver='exact' or 'auto'")
         terms = cp.terms
-        self.blocks: list[_Term] = []
+        self.blocks: list[_TermLayout] = []
         for term, sl in zip(terms, terms.slices):
             rows, cols = term.theta_position
-            self.blocks.append(_Term(term.n_levels, term.q, sl, np.asarray(rows), np.asarray(cols)))
+            self.blocks.append(_TermLayout(term.n_levels, term.q, sl, np.asarray(rows), np.asarray(cols)))
         self.N = sum(t.size for t in self.blocks)
         # Elimination order: largest block first (ties: the model's first), as _factor.Plan.
         self.first = int(np.argmax([t.size for t in self.blocks]))
@@ -429,7 +429,7 @@ class IterativeDeviance:
                         cb = t.rest_offset + np.arange(t.m) * t.q + b
                         out[:, a, b] = np.asarray(self.a1R[:, ca].multiply(T[:, cb]).sum(axis=0)).ravel()
                 corr_blocks.append(out)
-        P_chol, logdet_P, S_blocks, P_inv = [], 0.0, [], []
+        P_chol, logdet_P, S_blocks = [], 0.0, []
         eye = np.arange(0)
         for j, k in enumerate(self.rest):
             t, L = self.blocks[k], lams[k]
@@ -806,7 +806,6 @@ class IterativeDeviance:
                 AXk, AYk = self._term_view(k, AX1, AX2), self._term_view(k, AY1, AY2)
                 dlogMs[k] += np.einsum("mas,mcs,s->ac", AXk, Yk, wts) + np.einsum("mas,mcs,s->ac", AYk, Xk, wts)
         grad = np.empty(self.n_theta)
-        f = self.blocks[self.first]
         # Exact d sum_l log|B_l| for the first term: 2 (B_l^{-1} L_1' A_l)_{c,a}.
         JA = np.einsum("mab,cb,mcd->mad", st.Binv, st.lams[self.first], self.a11).sum(axis=0)
         for k, t in enumerate(self.blocks):

@@ -9,7 +9,7 @@ log-likelihoods compared (:func:`ranova_table`). :func:`ranova` is also importab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,7 +18,7 @@ from scipy import stats
 
 from .._crossprod import cross_products
 from .._table import ResultTable
-from .._design import INTERCEPT
+from .._design import INTERCEPT, TermInput
 from .._model import fit_model
 from .._terms import Term, Terms
 from ._parameters import fitted_model, log_likelihood, n_parameters
@@ -192,52 +192,45 @@ def ranova_table(full: tuple[float, int], reduced: Mapping[str, tuple[float, int
 # ---- ranova: refits with reduced random effects ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _RandomTerm:
-    """A random-effects term of a reduced model, on the fitted rows."""
-
-    name: str
-    codes: np.ndarray
-    Z: np.ndarray
-    z_names: tuple
-    diagonal: bool = False
-
-
-def _same_term(a: _RandomTerm, b: _RandomTerm) -> bool:
+def _same_term(a: TermInput, b: TermInput) -> bool:
     return (a.Z.shape == b.Z.shape and np.array_equal(a.codes, b.codes)
             and np.array_equal(a.Z, b.Z))
 
 
-def _formula_reductions(frame: Any) -> dict[str, list[_RandomTerm]]:
+def _formula_reductions(frame: Any) -> dict[str, list[TermInput]]:
     """lmerTest's reduced models of a formula fit, evaluated on its fitted rows."""
     out = {}
     for name, formula in ranova_formulas(frame.formula).items():
         terms = []
         if formula is not None:
             for group, labels, Z in frame.reduced(formula)._pieces():
-                codes = pd.factorize(labels, sort=True)[0]
-                terms.append(_RandomTerm(group, codes, Z.to_numpy(dtype=float), tuple(Z.columns)))
+                codes, levels = pd.factorize(labels, sort=True)
+                terms.append(TermInput(name=group, codes=codes, Z=Z.to_numpy(dtype=float),
+                                       z_names=tuple(Z.columns), labels=np.asarray(levels),
+                                       diagonal=False))
         out[name] = terms
     return out
 
 
-def _array_reductions(model: Any) -> dict[str, list[_RandomTerm]]:
+def _array_reductions(model: Any) -> dict[str, list[TermInput]]:
     """The reductions of a fit from arrays, by lmerTest's rules with each column of ``Z``
     a term of the left side: a random intercept alone is removed; otherwise each slope
     column is dropped in turn (a term of one slope without intercept becomes a random
     intercept); a diagonal term is lme4's ``||``, one term per column. A reduced term
     identical to another term of the model merges with it."""
-    terms = [_RandomTerm(t.factor, codes, Z, tuple(t.z_names), t.diagonal)
+    terms = [TermInput(name=t.factor, codes=codes, Z=Z, z_names=tuple(t.z_names),
+                       labels=np.asarray(model.labels.get(t.factor, np.unique(codes))),
+                       diagonal=t.diagonal)
              for t, (codes, Z) in zip(model.terms, model.design.factors)]
-    out: dict[str, list[_RandomTerm]] = {}
+    out: dict[str, list[TermInput]] = {}
 
-    def with_term(k: int, columns: list[int], add_intercept: bool = False) -> list[_RandomTerm]:
+    def with_term(k: int, columns: list[int], add_intercept: bool = False) -> list[TermInput]:
         t = terms[k]
         Z, names = t.Z[:, columns], [t.z_names[j] for j in columns]
         if add_intercept:
             Z, names = np.column_stack([np.ones(len(t.codes)), Z]), [INTERCEPT, *names]
         rest = terms[:k] + terms[k + 1:]
-        new = _RandomTerm(t.name, t.codes, Z, tuple(names), t.diagonal and len(names) > 1)
+        new = dataclasses.replace(t, Z=Z, z_names=tuple(names), diagonal=t.diagonal and len(names) > 1)
         if not names or any(_same_term(new, r) for r in rest):
             return rest
         return terms[:k] + [new] + terms[k + 1:]
@@ -265,7 +258,7 @@ def _array_reductions(model: Any) -> dict[str, list[_RandomTerm]]:
     return out
 
 
-def _fit_random(model: Any, terms: Sequence[_RandomTerm]) -> tuple[float, int]:
+def _fit_random(model: Any, terms: Sequence[TermInput]) -> tuple[float, int]:
     """Log-likelihood and parameter count of the fit's data with other random effects."""
     d = model.design
     model_terms = Terms([Term(t.name, t.z_names, int(t.codes.max()) + 1, t.diagonal)
