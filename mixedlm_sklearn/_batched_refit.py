@@ -45,6 +45,10 @@ _STEP_TOL = 1e-5
 # ... and no diagonal entry of L is below this fraction of the largest (else: singular
 # or nearly so, the engine's job).
 _SINGULAR_TOL = 1e-3
+# Halvings of a rejected step tried together in one evaluation of the line search (where
+# few steps are rejected: an evaluation costs its numpy calls more than its rows).
+_HALVINGS = 8
+_LINE_ROWS = 12
 
 
 def _mul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -211,6 +215,24 @@ class OneTermBatch:
         grad = g[self.rows, self.cols].T
         return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
 
+    def _with_hessian(self, x: np.ndarray, products: ResponseProducts):
+        """Deviance, gradient and Hessian (K, nt, nt) at ``x`` (K, nt), in one evaluation.
+
+        The Hessian is from forward differences of the analytic gradient (steps relative
+        to the entries): ``x`` and its ``nt`` shifted copies go through :meth:`evaluate`
+        together, since an evaluation costs mostly its numpy calls, not its rows.
+        """
+        K, nt = x.shape
+        h = 1e-6 * np.maximum(np.abs(x), 1e-2)
+        points = np.repeat(x[None], nt + 1, axis=0)  # (nt + 1, K, nt): x, then its shifts
+        for j in range(nt):
+            points[j + 1, :, j] += h[:, j]
+        value, grad = self.evaluate(points.reshape(-1, nt), _subset(products, np.tile(np.arange(K), nt + 1)))[:2]
+        value, grad = value[:K], grad.reshape(nt + 1, K, nt)
+        H = np.swapaxes((grad[1:] - grad[0][None]) / h.T[:, :, None], 0, 1)
+        H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
+        return value, grad[0], 0.5 * (H + np.swapaxes(H, 1, 2))
+
     def normalised(self, theta: np.ndarray) -> np.ndarray:
         """The same ``L L'`` with a non-negative diagonal (columns flipped)."""
         L = self.lams(theta)[:, :, :, 0]
@@ -248,7 +270,7 @@ class OneTermBatch:
         settled = np.zeros(K, dtype=bool)
         n_iter = np.zeros(K, dtype=int)
         scaled = np.full(K, np.inf)
-        value, grad, _, _ = self.evaluate(x, products)
+        value, grad, hess = self._with_hessian(x, products)
         eye = np.eye(nt, dtype=bool)
         joined = np.zeros(K, dtype=bool)
         if known is not None:  # (n_theta,) for every response, or (K, n_theta) one each
@@ -264,18 +286,8 @@ class OneTermBatch:
                 break
             xa, va, fa = x[idx], value[idx], fixed[idx]
             ga = np.where(fa, 0.0, grad[idx])
-            # Hessian from differences of the gradient (steps relative to the entries), the
-            # nt shifted points of every replicate in one evaluation.
-            h = 1e-6 * np.maximum(np.abs(xa), 1e-2)
-            shifted = np.repeat(xa[None], nt, axis=0)  # (nt, K_active, nt)
-            for j in range(nt):
-                shifted[j, :, j] += h[:, j]
-            g_shift = self.evaluate(shifted.reshape(-1, nt), _subset(products, np.tile(idx, nt)))[1]
-            H = np.swapaxes((g_shift.reshape(nt, idx.size, nt) - grad[idx][None]) / h.T[:, :, None], 0, 1)
-            H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
-            H = 0.5 * (H + np.swapaxes(H, 1, 2))
             held = fa[:, :, None] | fa[:, None, :]
-            H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
+            H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
             ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
             active[idx[~ok]] = False
             step = np.zeros_like(xa)
@@ -305,29 +317,45 @@ class OneTermBatch:
                 hidx = idx[to_hold]
                 x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
                 fixed[hidx] |= small[to_hold] & fixable
-                value[hidx], grad[hidx] = self.evaluate(x[hidx], _subset(products, hidx))[:2]
+                value[hidx], grad[hidx], hess[hidx] = self._with_hessian(x[hidx], _subset(products, hidx))
             move = ok & ~done & ~to_engine & ~to_hold
             if not move.any():
                 continue
             midx, xm, sm, vm, gm = idx[move], xa[move], step[move], va[move], ga[move]
             slope = (gm * sm).sum(axis=1)
+            sub_m = _subset(products, midx)
+            # Backtracking (Armijo): the full step first; where it fails, the next
+            # _HALVINGS halvings at once (the largest that passes is the one a sequential
+            # search would take). Each trial comes with the Hessian's shifted gradients,
+            # so an accepted point is ready for the next iteration.
             t = np.ones(midx.size)
             accepted = np.zeros(midx.size, dtype=bool)
-            sub_m = _subset(products, midx)
-            new_v, new_g = vm.copy(), grad[midx].copy()
-            new_x = xm.copy()
+            new_x, new_v = xm.copy(), vm.copy()
+            new_g, new_h = grad[midx].copy(), hess[midx].copy()
+            lengths = np.ones(1)
             for _ in range(20):
                 todo = np.flatnonzero(~accepted)
-                if todo.size == 0:
+                if todo.size == 0 or t[todo].min() < 2.0 ** -19:
                     break
-                trial = xm[todo] + t[todo, None] * sm[todo]
-                tv, tg, _, _ = self.evaluate(trial, _subset(sub_m, todo))
-                good = tv <= vm[todo] + 1e-4 * t[todo] * slope[todo]
-                acc = todo[good]
+                n_t = lengths.size
+                tt = (t[todo][None, :] * lengths[:, None]).reshape(-1)  # (n_t * todo,)
+                rep = np.tile(todo, n_t)
+                trial = xm[rep] + tt[:, None] * sm[rep]
+                tv, tg, th = self._with_hessian(trial, _subset(sub_m, rep))
+                good = (tv <= vm[rep] + 1e-4 * tt * slope[rep]) & (tt >= 2.0 ** -19)
+                good = good.reshape(n_t, todo.size)
+                first = np.argmax(good, axis=0)
+                hit = good[first, np.arange(todo.size)]
+                pick = first[hit] * todo.size + np.flatnonzero(hit)
+                acc = todo[hit]
                 accepted[acc] = True
-                new_x[acc], new_v[acc], new_g[acc] = trial[good], tv[good], tg[good]
-                t[todo[~good]] *= 0.5
-            x[midx], value[midx], grad[midx] = new_x, new_v, new_g
+                new_x[acc], new_v[acc], new_g[acc], new_h[acc] = trial[pick], tv[pick], tg[pick], th[pick]
+                t[todo[~hit]] *= 0.5 ** n_t
+                # (as many as fit in the rows of the first trial, or of a dozen trials: the
+                # many-responses path bounds its memory by the first)
+                n_next = int(np.clip(max(midx.size, _LINE_ROWS) // todo.size, 1, _HALVINGS))
+                lengths = 0.5 ** np.arange(n_next)
+            x[midx], value[midx], grad[midx], hess[midx] = new_x, new_v, new_g, new_h
             # No decrease along a Newton step of a positive definite Hessian: the decrease
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
