@@ -47,7 +47,7 @@ _STEP_TOL = 1e-5
 _SINGULAR_TOL = 1e-3
 # Halvings of a rejected step tried together in one evaluation of the line search (where
 # few steps are rejected: an evaluation costs its numpy calls more than its rows).
-_HALVINGS = 8
+_HALVINGS = 3
 _LINE_ROWS = 12
 
 
@@ -301,6 +301,17 @@ class OneTermBatch:
             step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
             size = np.max(np.abs(step), axis=1)
             n_iter[idx] += 1
+            if known is not None:
+                # A Newton step (positive definite Hessian) that lands next to the known
+                # minimum: the quadratic model here has its minimum there, the start has
+                # entered that minimum's basin (one iteration before the test above).
+                kn = known if known.shape[0] == 1 else known[idx]
+                rk = reach_known if known.shape[0] == 1 else reach_known[idx]
+                lands = pos_def & (np.abs(self.normalised(xa + step) - kn).max(axis=1) < join_tol * rk)
+                joined[idx[lands]] = True
+                active[idx[lands]] = False
+                pos_def = pos_def & ~lands
+                ok = ok & ~lands
             done = pos_def & (size < _STEP_TOL)
             x[idx[done]] += step[done]
             scaled[idx[done]] = size[done]
