@@ -87,8 +87,9 @@ def _combine(A: np.ndarray, gamma: np.ndarray) -> np.ndarray:
 def _cholesky_inverse(C: np.ndarray) -> np.ndarray:
     """``(C C')^{-1}`` from lower factors (q, q, ...) with any trailing axes."""
     q = C.shape[0]
-    eye = np.broadcast_to(np.eye(q).reshape((q, q) + (1,) * (C.ndim - 2)), C.shape)
-    c_inv = batched_solve_lower(C, eye)
+    eye = np.zeros(C.shape)  # (np.broadcast_to costs more than the array)
+    eye[np.arange(q), np.arange(q)] = 1.0
+    c_inv = batched_solve_lower(C, eye, overwrite=True)
     return _mul(_t(c_inv), c_inv)
 
 
@@ -169,7 +170,9 @@ class OneTermBatch:
         L = self.lams(theta)
         Lt = _t(L)
         ZY = products.zy[0][0][:, None]  # (q, 1, K, m)
-        ZXY = np.concatenate([np.broadcast_to(self.ZX, (q, p, K, self.A.shape[-1])), ZY], axis=1)
+        ZXY = np.empty((q, p + 1, K, self.A.shape[-1]))
+        ZXY[:, :p] = self.ZX
+        ZXY[:, p:] = ZY
         LA = _mul(Lt, self.A)  # L' A_l: (q, q, K, m)
         B = _mul(LA, L)
         B[np.arange(q), np.arange(q)] += 1.0
@@ -241,7 +244,7 @@ class OneTermBatch:
         return L[self.rows, self.cols].T
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None, join_tol: float = 1e-3) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -256,7 +259,14 @@ class OneTermBatch:
         (K, n_theta), one per response (other starts of many fits): a
         replicate that comes within 1e-4 of it (relative, in ``L L'``'s terms) stops there,
         reported with ``joined`` set (Newton's method from so close converges to it);
-        ``join_tol`` sets "within" (relative, default 1e-3).
+        ``join_tol`` sets "within" (relative, default 1e-3). A Newton step (positive definite
+        Hessian) that lands within ``join_tol`` of it joins as well.
+
+        ``resume``: a replicate whose held entry turns out not to be a minimum on the bound
+        (the deviance falls moving inwards) continues once, from its point with the held
+        entries raised to a tenth of the largest entry (as the engine's restart from a
+        saddle), instead of being reported unsettled; with ``known``, for the screening of
+        the other starts, whose descent this continues.
         """
         K = products.n_responses
         nt = self.n_theta
@@ -264,6 +274,7 @@ class OneTermBatch:
         below = np.array([np.any((self.cols == c) & (self.rows > r)) for r, c in zip(self.rows, self.cols)])
         fixable = diagonal & ~below if self.term.diagonal else diagonal & (self.cols == self.q - 1)
         theta0 = np.asarray(theta0, dtype=float)
+        known_given = known
         x = np.tile(theta0, (K, 1)) if theta0.ndim == 1 else theta0.copy()
         fixed = np.zeros((K, nt), dtype=bool)
         active = np.ones(K, dtype=bool)
@@ -309,6 +320,7 @@ class OneTermBatch:
                 rk = reach_known if known.shape[0] == 1 else reach_known[idx]
                 lands = pos_def & (np.abs(self.normalised(xa + step) - kn).max(axis=1) < join_tol * rk)
                 joined[idx[lands]] = True
+                x[idx[lands]] = xa[lands] + step[lands]  # reported where the step lands
                 active[idx[lands]] = False
                 pos_def = pos_def & ~lands
                 ok = ok & ~lands
@@ -377,6 +389,7 @@ class OneTermBatch:
             active[midx[stuck]] = False
         # A held entry is a minimum on the bound only if the deviance does not fall
         # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
+        escaping = np.zeros(K, dtype=bool)
         for j in np.flatnonzero(fixable):
             check = np.flatnonzero(settled & fixed[:, j])
             if check.size:
@@ -384,13 +397,27 @@ class OneTermBatch:
                 inside[:, j] = 1e-4 * np.maximum(np.abs(inside).max(axis=1), 1.0)
                 g_in = self.evaluate(inside, _subset(products, check))[1][:, j]
                 settled[check[~(g_in >= 0.0)]] = False
+                escaping[check[~(g_in >= 0.0)]] = True
         theta = self.normalised(x)
         value, _, scale, beta = self.evaluate(theta, products, gradient=False)
         reach = np.maximum(np.max(np.abs(theta), axis=1), 1e-300)[:, None]
         near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
         settled &= ~near_zero.any(axis=1) & np.isfinite(value)
         settled &= ~joined
-        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
+        out = BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
+        if resume and escaping.any():
+            again = np.flatnonzero(escaping & ~joined)
+            start = x[again].copy()
+            start[fixed[again]] = 0.0
+            raised = np.broadcast_to(0.1 * np.maximum(np.abs(start).max(axis=1), 1.0)[:, None], start.shape)
+            start[fixed[again]] = raised[fixed[again]]
+            if known_given is not None and np.ndim(known_given) == 2:
+                known_given = np.asarray(known_given)[again]
+            more = self.fit(_subset(products, again), start, max_iter, known_given, join_tol)
+            for name in ("theta", "deviance", "scale", "beta", "settled", "scaled_gradient", "at_bound", "joined"):
+                getattr(out, name)[again] = getattr(more, name)
+            out.n_iter[again] += more.n_iter
+        return out
 
 
 def repeated_response(cp: CrossProducts, k: int) -> ResponseProducts:
