@@ -287,106 +287,127 @@ class OneTermBatch:
         if known is not None:  # (n_theta,) for every response, or (K, n_theta) one each
             known = self.normalised(np.atleast_2d(np.asarray(known, dtype=float)))
             reach_known = np.maximum(1.0, np.abs(known).max(axis=1))
-        for _ in range(min(max_iter, _MAX_NEWTON)):
-            if known is not None:
-                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
+        # Each replicate alternates Newton steps (at a point with its value, gradient and
+        # Hessian) and the backtracking line search along the step; the replicates run
+        # their own course, so that one evaluation serves every replicate's next event
+        # (a first trial, further halvings, a re-evaluation at held entries) instead of
+        # every replicate waiting for the slowest line search of an iteration.
+        budget = min(max_iter, _MAX_NEWTON)
+        searching = np.zeros(K, dtype=bool)  # in a line search (else at a point)
+        ls_x, ls_step = np.zeros((K, nt)), np.zeros((K, nt))
+        ls_value, ls_slope, ls_t = np.zeros(K), np.zeros(K), np.ones(K)
+        ls_first = np.zeros(K, dtype=bool)
+        ls_pos_def, ls_size = np.zeros(K, dtype=bool), np.zeros(K)
+        while True:
+            at_point = active & ~searching & (n_iter < budget)
+            if known is not None and at_point.any():
+                near = at_point & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
                 joined |= near
                 active &= ~near
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                break
-            xa, va, fa = x[idx], value[idx], fixed[idx]
-            ga = np.where(fa, 0.0, grad[idx])
-            held = fa[:, :, None] | fa[:, None, :]
-            H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
-            ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
-            active[idx[~ok]] = False
-            step = np.zeros_like(xa)
-            vals, vecs = np.linalg.eigh(np.where(ok[:, None, None], H, np.eye(nt)))
-            pos_def = ok & np.all(vals > 0, axis=1)
-            # Where the Hessian is not positive definite (far from the optimum, or a flat
-            # direction near a zero variance), a descent step with |eigenvalues| floored.
-            floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
-            vals = np.where(pos_def[:, None], vals, np.maximum(np.abs(vals), floor))
-            coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
-            step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
-            size = np.max(np.abs(step), axis=1)
-            n_iter[idx] += 1
-            if known is not None:
-                # A Newton step (positive definite Hessian) that lands next to the known
-                # minimum: the quadratic model here has its minimum there, the start has
-                # entered that minimum's basin (one iteration before the test above).
-                kn = known if known.shape[0] == 1 else known[idx]
-                rk = reach_known if known.shape[0] == 1 else reach_known[idx]
-                lands = pos_def & (np.abs(self.normalised(xa + step) - kn).max(axis=1) < join_tol * rk)
-                joined[idx[lands]] = True
-                x[idx[lands]] = xa[lands] + step[lands]  # reported where the step lands
-                active[idx[lands]] = False
-                pos_def = pos_def & ~lands
-                ok = ok & ~lands
-            done = pos_def & (size < _STEP_TOL)
-            x[idx[done]] += step[done]
-            scaled[idx[done]] = size[done]
-            settled[idx[done]] = True
-            active[idx[done]] = False
-            # Heading for a zero variance (Newton's method slows down to linear
-            # convergence there): hold a fixable entry at 0, else leave it to the engine.
-            reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
-            small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
-            to_engine = np.any(small & ~fixable, axis=1)
-            active[idx[to_engine]] = False
-            to_hold = np.any(small & fixable, axis=1) & ~to_engine
-            if to_hold.any():
+                at_point &= ~near
+            idx = np.flatnonzero(at_point)
+            hidx = np.empty(0, dtype=int)
+            if idx.size:
+                xa, fa = x[idx], fixed[idx]
+                ga = np.where(fa, 0.0, grad[idx])
+                held = fa[:, :, None] | fa[:, None, :]
+                H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
+                ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
+                active[idx[~ok]] = False
+                step = np.zeros_like(xa)
+                vals, vecs = np.linalg.eigh(np.where(ok[:, None, None], H, np.eye(nt)))
+                pos_def = ok & np.all(vals > 0, axis=1)
+                # Where the Hessian is not positive definite (far from the optimum, or a flat
+                # direction near a zero variance), a descent step with |eigenvalues| floored.
+                floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
+                vals = np.where(pos_def[:, None], vals, np.maximum(np.abs(vals), floor))
+                coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
+                step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
+                size = np.max(np.abs(step), axis=1)
+                n_iter[idx] += 1
+                if known is not None:
+                    # A Newton step (positive definite Hessian) that lands next to the known
+                    # minimum: the quadratic model here has its minimum there, the start has
+                    # entered that minimum's basin (one iteration before the test above).
+                    kn = known if known.shape[0] == 1 else known[idx]
+                    rk = reach_known if known.shape[0] == 1 else reach_known[idx]
+                    lands = pos_def & (np.abs(self.normalised(xa + step) - kn).max(axis=1) < join_tol * rk)
+                    joined[idx[lands]] = True
+                    x[idx[lands]] = xa[lands] + step[lands]  # reported where the step lands
+                    active[idx[lands]] = False
+                    pos_def = pos_def & ~lands
+                    ok = ok & ~lands
+                done = pos_def & (size < _STEP_TOL)
+                x[idx[done]] += step[done]
+                scaled[idx[done]] = size[done]
+                settled[idx[done]] = True
+                active[idx[done]] = False
+                # Heading for a zero variance (Newton's method slows down to linear
+                # convergence there): hold a fixable entry at 0, else leave it to the engine.
+                reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
+                small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
+                to_engine = np.any(small & ~fixable, axis=1)
+                active[idx[to_engine]] = False
+                to_hold = np.any(small & fixable, axis=1) & ~to_engine
                 hidx = idx[to_hold]
                 x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
                 fixed[hidx] |= small[to_hold] & fixable
-                value[hidx], grad[hidx], hess[hidx] = self._with_hessian(x[hidx], _subset(products, hidx))
-            move = ok & ~done & ~to_engine & ~to_hold
-            if not move.any():
-                continue
-            midx, xm, sm, vm, gm = idx[move], xa[move], step[move], va[move], ga[move]
-            slope = (gm * sm).sum(axis=1)
-            sub_m = _subset(products, midx)
+                move = ok & ~done & ~to_engine & ~to_hold
+                midx = idx[move]
+                searching[midx] = True
+                ls_first[midx] = True
+                ls_x[midx], ls_step[midx], ls_value[midx] = xa[move], step[move], value[midx]
+                ls_slope[midx] = (ga[move] * step[move]).sum(axis=1)
+                ls_t[midx] = 1.0
+                ls_pos_def[midx], ls_size[midx] = pos_def[move], size[move]
             # Backtracking (Armijo): the full step first; where it fails, the next
             # _HALVINGS halvings at once (the largest that passes is the one a sequential
             # search would take). Each trial comes with the Hessian's shifted gradients,
-            # so an accepted point is ready for the next iteration.
-            t = np.ones(midx.size)
-            accepted = np.zeros(midx.size, dtype=bool)
-            new_x, new_v = xm.copy(), vm.copy()
-            new_g, new_h = grad[midx].copy(), hess[midx].copy()
-            lengths = np.ones(1)
-            for _ in range(20):
-                todo = np.flatnonzero(~accepted)
-                if todo.size == 0 or t[todo].min() < 2.0 ** -19:
-                    break
-                n_t = lengths.size
-                tt = (t[todo][None, :] * lengths[:, None]).reshape(-1)  # (n_t * todo,)
-                rep = np.tile(todo, n_t)
-                trial = xm[rep] + tt[:, None] * sm[rep]
-                tv, tg, th = self._with_hessian(trial, _subset(sub_m, rep))
-                good = (tv <= vm[rep] + 1e-4 * tt * slope[rep]) & (tt >= 2.0 ** -19)
-                good = good.reshape(n_t, todo.size)
-                first = np.argmax(good, axis=0)
-                hit = good[first, np.arange(todo.size)]
-                pick = first[hit] * todo.size + np.flatnonzero(hit)
-                acc = todo[hit]
-                accepted[acc] = True
-                new_x[acc], new_v[acc], new_g[acc], new_h[acc] = trial[pick], tv[pick], tg[pick], th[pick]
-                t[todo[~hit]] *= 0.5 ** n_t
-                # (as many as fit in the rows of the first trial, or of a dozen trials: the
-                # many-responses path bounds its memory by the first)
-                n_next = int(np.clip(max(midx.size, _LINE_ROWS) // todo.size, 1, _HALVINGS))
-                lengths = 0.5 ** np.arange(n_next)
-            x[midx], value[midx], grad[midx], hess[midx] = new_x, new_v, new_g, new_h
+            # so an accepted point is ready for its next step.
+            sidx = np.flatnonzero(searching)
+            if sidx.size == 0 and hidx.size == 0:
+                break
+            back = sidx[~ls_first[sidx]]
+            n_t = 1
+            if back.size:  # (within the rows of a trial per replicate, or of a dozen)
+                n_t = int(np.clip((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size,
+                                  1, _HALVINGS))
+            lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0, 0.5 ** np.arange(n_t)[:, None])
+            tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
+            tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
+            rows_s = sidx[tri]
+            t_rows = tt.T[tri, tcol]
+            points = np.concatenate([x[hidx], ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]])
+            owners = np.concatenate([hidx, rows_s])
+            pv, pg, ph = self._with_hessian(points, _subset(products, owners))
+            nh = hidx.size
+            value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
+            tv, tg, th = pv[nh:], pg[nh:], ph[nh:]
+            good = (tv <= ls_value[rows_s] + 1e-4 * t_rows * ls_slope[rows_s]) & (t_rows >= 2.0 ** -19)
+            # the first (largest) length that passes, per replicate
+            goodm = np.zeros(tt.T.shape, dtype=bool)
+            goodm[tri, tcol] = good
+            hit = goodm.any(axis=1)
+            first = np.argmax(goodm, axis=1)
+            row_of = np.full(tt.T.shape, -1)
+            row_of[tri, tcol] = np.arange(tri.size)
+            acc = sidx[hit]
+            pick = row_of[np.flatnonzero(hit), first[hit]]
+            x[acc], value[acc], grad[acc], hess[acc] = points[nh:][pick], tv[pick], tg[pick], th[pick]
+            searching[acc] = False
+            missed = sidx[~hit]
+            n_tried = (tt.T[~hit] > 0).sum(axis=1)
+            ls_t[missed] *= 0.5 ** n_tried
+            ls_first[sidx] = False
             # No decrease along a Newton step of a positive definite Hessian: the decrease
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
-            stuck = ~accepted
-            small_step = stuck & pos_def[move] & (size[move] < 1e-4)
-            settled[midx[small_step]] = True
-            scaled[midx[small_step]] = size[move][small_step]
-            active[midx[stuck]] = False
+            stuck = missed[ls_t[missed] < 2.0 ** -19]
+            searching[stuck] = False
+            active[stuck] = False
+            small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
+            settled[small_step] = True
+            scaled[small_step] = ls_size[small_step]
         # A held entry is a minimum on the bound only if the deviance does not fall
         # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
         escaping = np.zeros(K, dtype=bool)
