@@ -45,6 +45,10 @@ _STEP_TOL = 1e-5
 # ... and no diagonal entry of L is below this fraction of the largest (else: singular
 # or nearly so, the engine's job).
 _SINGULAR_TOL = 1e-3
+# Halvings of a rejected step tried together in one evaluation of the line search (where
+# few steps are rejected: an evaluation costs its numpy calls more than its rows).
+_HALVINGS = 3
+_LINE_ROWS = 12
 
 
 def _mul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -83,8 +87,9 @@ def _combine(A: np.ndarray, gamma: np.ndarray) -> np.ndarray:
 def _cholesky_inverse(C: np.ndarray) -> np.ndarray:
     """``(C C')^{-1}`` from lower factors (q, q, ...) with any trailing axes."""
     q = C.shape[0]
-    eye = np.broadcast_to(np.eye(q).reshape((q, q) + (1,) * (C.ndim - 2)), C.shape)
-    c_inv = batched_solve_lower(C, eye)
+    eye = np.zeros(C.shape)  # (np.broadcast_to costs more than the array)
+    eye[np.arange(q), np.arange(q)] = 1.0
+    c_inv = batched_solve_lower(C, eye, overwrite=True)
     return _mul(_t(c_inv), c_inv)
 
 
@@ -165,7 +170,9 @@ class OneTermBatch:
         L = self.lams(theta)
         Lt = _t(L)
         ZY = products.zy[0][0][:, None]  # (q, 1, K, m)
-        ZXY = np.concatenate([np.broadcast_to(self.ZX, (q, p, K, self.A.shape[-1])), ZY], axis=1)
+        ZXY = np.empty((q, p + 1, K, self.A.shape[-1]))
+        ZXY[:, :p] = self.ZX
+        ZXY[:, p:] = ZY
         LA = _mul(Lt, self.A)  # L' A_l: (q, q, K, m)
         B = _mul(LA, L)
         B[np.arange(q), np.arange(q)] += 1.0
@@ -211,6 +218,24 @@ class OneTermBatch:
         grad = g[self.rows, self.cols].T
         return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
 
+    def _with_hessian(self, x: np.ndarray, products: ResponseProducts):
+        """Deviance, gradient and Hessian (K, nt, nt) at ``x`` (K, nt), in one evaluation.
+
+        The Hessian is from forward differences of the analytic gradient (steps relative
+        to the entries): ``x`` and its ``nt`` shifted copies go through :meth:`evaluate`
+        together, since an evaluation costs mostly its numpy calls, not its rows.
+        """
+        K, nt = x.shape
+        h = 1e-6 * np.maximum(np.abs(x), 1e-2)
+        points = np.repeat(x[None], nt + 1, axis=0)  # (nt + 1, K, nt): x, then its shifts
+        for j in range(nt):
+            points[j + 1, :, j] += h[:, j]
+        value, grad = self.evaluate(points.reshape(-1, nt), _subset(products, np.tile(np.arange(K), nt + 1)))[:2]
+        value, grad = value[:K], grad.reshape(nt + 1, K, nt)
+        H = np.swapaxes((grad[1:] - grad[0][None]) / h.T[:, :, None], 0, 1)
+        H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
+        return value, grad[0], 0.5 * (H + np.swapaxes(H, 1, 2))
+
     def normalised(self, theta: np.ndarray) -> np.ndarray:
         """The same ``L L'`` with a non-negative diagonal (columns flipped)."""
         L = self.lams(theta)[:, :, :, 0]
@@ -219,7 +244,7 @@ class OneTermBatch:
         return L[self.rows, self.cols].T
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None, join_tol: float = 1e-3) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -234,7 +259,14 @@ class OneTermBatch:
         (K, n_theta), one per response (other starts of many fits): a
         replicate that comes within 1e-4 of it (relative, in ``L L'``'s terms) stops there,
         reported with ``joined`` set (Newton's method from so close converges to it);
-        ``join_tol`` sets "within" (relative, default 1e-3).
+        ``join_tol`` sets "within" (relative, default 1e-3). A Newton step (positive definite
+        Hessian) that lands within ``join_tol`` of it joins as well.
+
+        ``resume``: a replicate whose held entry turns out not to be a minimum on the bound
+        (the deviance falls moving inwards) continues once, from its point with the held
+        entries raised to a tenth of the largest entry (as the engine's restart from a
+        saddle), instead of being reported unsettled; with ``known``, for the screening of
+        the other starts, whose descent this continues.
         """
         K = products.n_responses
         nt = self.n_theta
@@ -242,102 +274,143 @@ class OneTermBatch:
         below = np.array([np.any((self.cols == c) & (self.rows > r)) for r, c in zip(self.rows, self.cols)])
         fixable = diagonal & ~below if self.term.diagonal else diagonal & (self.cols == self.q - 1)
         theta0 = np.asarray(theta0, dtype=float)
+        known_given = known
         x = np.tile(theta0, (K, 1)) if theta0.ndim == 1 else theta0.copy()
         fixed = np.zeros((K, nt), dtype=bool)
         active = np.ones(K, dtype=bool)
         settled = np.zeros(K, dtype=bool)
         n_iter = np.zeros(K, dtype=int)
         scaled = np.full(K, np.inf)
-        value, grad, _, _ = self.evaluate(x, products)
+        value, grad, hess = self._with_hessian(x, products)
         eye = np.eye(nt, dtype=bool)
         joined = np.zeros(K, dtype=bool)
         if known is not None:  # (n_theta,) for every response, or (K, n_theta) one each
             known = self.normalised(np.atleast_2d(np.asarray(known, dtype=float)))
             reach_known = np.maximum(1.0, np.abs(known).max(axis=1))
-        for _ in range(min(max_iter, _MAX_NEWTON)):
-            if known is not None:
-                near = active & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
+        # Each replicate alternates Newton steps (at a point with its value, gradient and
+        # Hessian) and the backtracking line search along the step; the replicates run
+        # their own course, so that one evaluation serves every replicate's next event
+        # (a first trial, further halvings, a re-evaluation at held entries) instead of
+        # every replicate waiting for the slowest line search of an iteration.
+        budget = min(max_iter, _MAX_NEWTON)
+        searching = np.zeros(K, dtype=bool)  # in a line search (else at a point)
+        ls_x, ls_step = np.zeros((K, nt)), np.zeros((K, nt))
+        ls_value, ls_slope, ls_t = np.zeros(K), np.zeros(K), np.ones(K)
+        ls_first = np.zeros(K, dtype=bool)
+        ls_pos_def, ls_size = np.zeros(K, dtype=bool), np.zeros(K)
+        while True:
+            at_point = active & ~searching & (n_iter < budget)
+            if known is not None and at_point.any():
+                near = at_point & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
                 joined |= near
                 active &= ~near
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                break
-            xa, va, fa = x[idx], value[idx], fixed[idx]
-            ga = np.where(fa, 0.0, grad[idx])
-            # Hessian from differences of the gradient (steps relative to the entries), the
-            # nt shifted points of every replicate in one evaluation.
-            h = 1e-6 * np.maximum(np.abs(xa), 1e-2)
-            shifted = np.repeat(xa[None], nt, axis=0)  # (nt, K_active, nt)
-            for j in range(nt):
-                shifted[j, :, j] += h[:, j]
-            g_shift = self.evaluate(shifted.reshape(-1, nt), _subset(products, np.tile(idx, nt)))[1]
-            H = np.swapaxes((g_shift.reshape(nt, idx.size, nt) - grad[idx][None]) / h.T[:, :, None], 0, 1)
-            H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
-            H = 0.5 * (H + np.swapaxes(H, 1, 2))
-            held = fa[:, :, None] | fa[:, None, :]
-            H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
-            ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
-            active[idx[~ok]] = False
-            step = np.zeros_like(xa)
-            vals, vecs = np.linalg.eigh(np.where(ok[:, None, None], H, np.eye(nt)))
-            pos_def = ok & np.all(vals > 0, axis=1)
-            # Where the Hessian is not positive definite (far from the optimum, or a flat
-            # direction near a zero variance), a descent step with |eigenvalues| floored.
-            floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
-            vals = np.where(pos_def[:, None], vals, np.maximum(np.abs(vals), floor))
-            coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
-            step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
-            size = np.max(np.abs(step), axis=1)
-            n_iter[idx] += 1
-            done = pos_def & (size < _STEP_TOL)
-            x[idx[done]] += step[done]
-            scaled[idx[done]] = size[done]
-            settled[idx[done]] = True
-            active[idx[done]] = False
-            # Heading for a zero variance (Newton's method slows down to linear
-            # convergence there): hold a fixable entry at 0, else leave it to the engine.
-            reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
-            small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
-            to_engine = np.any(small & ~fixable, axis=1)
-            active[idx[to_engine]] = False
-            to_hold = np.any(small & fixable, axis=1) & ~to_engine
-            if to_hold.any():
+                at_point &= ~near
+            idx = np.flatnonzero(at_point)
+            hidx = np.empty(0, dtype=int)
+            if idx.size:
+                xa, fa = x[idx], fixed[idx]
+                ga = np.where(fa, 0.0, grad[idx])
+                held = fa[:, :, None] | fa[:, None, :]
+                H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
+                ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
+                active[idx[~ok]] = False
+                step = np.zeros_like(xa)
+                vals, vecs = np.linalg.eigh(np.where(ok[:, None, None], H, np.eye(nt)))
+                pos_def = ok & np.all(vals > 0, axis=1)
+                # Where the Hessian is not positive definite (far from the optimum, or a flat
+                # direction near a zero variance), a descent step with |eigenvalues| floored.
+                floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
+                vals = np.where(pos_def[:, None], vals, np.maximum(np.abs(vals), floor))
+                coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
+                step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
+                size = np.max(np.abs(step), axis=1)
+                n_iter[idx] += 1
+                if known is not None:
+                    # A Newton step (positive definite Hessian) that lands next to the known
+                    # minimum: the quadratic model here has its minimum there, the start has
+                    # entered that minimum's basin (one iteration before the test above).
+                    kn = known if known.shape[0] == 1 else known[idx]
+                    rk = reach_known if known.shape[0] == 1 else reach_known[idx]
+                    lands = pos_def & (np.abs(self.normalised(xa + step) - kn).max(axis=1) < join_tol * rk)
+                    joined[idx[lands]] = True
+                    x[idx[lands]] = xa[lands] + step[lands]  # reported where the step lands
+                    active[idx[lands]] = False
+                    pos_def = pos_def & ~lands
+                    ok = ok & ~lands
+                done = pos_def & (size < _STEP_TOL)
+                x[idx[done]] += step[done]
+                scaled[idx[done]] = size[done]
+                settled[idx[done]] = True
+                active[idx[done]] = False
+                # Heading for a zero variance (Newton's method slows down to linear
+                # convergence there): hold a fixable entry at 0, else leave it to the engine.
+                reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
+                small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
+                to_engine = np.any(small & ~fixable, axis=1)
+                active[idx[to_engine]] = False
+                to_hold = np.any(small & fixable, axis=1) & ~to_engine
                 hidx = idx[to_hold]
                 x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
                 fixed[hidx] |= small[to_hold] & fixable
-                value[hidx], grad[hidx] = self.evaluate(x[hidx], _subset(products, hidx))[:2]
-            move = ok & ~done & ~to_engine & ~to_hold
-            if not move.any():
-                continue
-            midx, xm, sm, vm, gm = idx[move], xa[move], step[move], va[move], ga[move]
-            slope = (gm * sm).sum(axis=1)
-            t = np.ones(midx.size)
-            accepted = np.zeros(midx.size, dtype=bool)
-            sub_m = _subset(products, midx)
-            new_v, new_g = vm.copy(), grad[midx].copy()
-            new_x = xm.copy()
-            for _ in range(20):
-                todo = np.flatnonzero(~accepted)
-                if todo.size == 0:
-                    break
-                trial = xm[todo] + t[todo, None] * sm[todo]
-                tv, tg, _, _ = self.evaluate(trial, _subset(sub_m, todo))
-                good = tv <= vm[todo] + 1e-4 * t[todo] * slope[todo]
-                acc = todo[good]
-                accepted[acc] = True
-                new_x[acc], new_v[acc], new_g[acc] = trial[good], tv[good], tg[good]
-                t[todo[~good]] *= 0.5
-            x[midx], value[midx], grad[midx] = new_x, new_v, new_g
+                move = ok & ~done & ~to_engine & ~to_hold
+                midx = idx[move]
+                searching[midx] = True
+                ls_first[midx] = True
+                ls_x[midx], ls_step[midx], ls_value[midx] = xa[move], step[move], value[midx]
+                ls_slope[midx] = (ga[move] * step[move]).sum(axis=1)
+                ls_t[midx] = 1.0
+                ls_pos_def[midx], ls_size[midx] = pos_def[move], size[move]
+            # Backtracking (Armijo): the full step first; where it fails, the next
+            # _HALVINGS halvings at once (the largest that passes is the one a sequential
+            # search would take). Each trial comes with the Hessian's shifted gradients,
+            # so an accepted point is ready for its next step.
+            sidx = np.flatnonzero(searching)
+            if sidx.size == 0 and hidx.size == 0:
+                break
+            back = sidx[~ls_first[sidx]]
+            n_t = 1
+            if back.size:  # (within the rows of a trial per replicate, or of a dozen)
+                n_t = int(np.clip((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size,
+                                  1, _HALVINGS))
+            lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0, 0.5 ** np.arange(n_t)[:, None])
+            tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
+            tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
+            rows_s = sidx[tri]
+            t_rows = tt.T[tri, tcol]
+            points = np.concatenate([x[hidx], ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]])
+            owners = np.concatenate([hidx, rows_s])
+            pv, pg, ph = self._with_hessian(points, _subset(products, owners))
+            nh = hidx.size
+            value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
+            tv, tg, th = pv[nh:], pg[nh:], ph[nh:]
+            good = (tv <= ls_value[rows_s] + 1e-4 * t_rows * ls_slope[rows_s]) & (t_rows >= 2.0 ** -19)
+            # the first (largest) length that passes, per replicate
+            goodm = np.zeros(tt.T.shape, dtype=bool)
+            goodm[tri, tcol] = good
+            hit = goodm.any(axis=1)
+            first = np.argmax(goodm, axis=1)
+            row_of = np.full(tt.T.shape, -1)
+            row_of[tri, tcol] = np.arange(tri.size)
+            acc = sidx[hit]
+            pick = row_of[np.flatnonzero(hit), first[hit]]
+            x[acc], value[acc], grad[acc], hess[acc] = points[nh:][pick], tv[pick], tg[pick], th[pick]
+            searching[acc] = False
+            missed = sidx[~hit]
+            n_tried = (tt.T[~hit] > 0).sum(axis=1)
+            ls_t[missed] *= 0.5 ** n_tried
+            ls_first[sidx] = False
             # No decrease along a Newton step of a positive definite Hessian: the decrease
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
-            stuck = ~accepted
-            small_step = stuck & pos_def[move] & (size[move] < 1e-4)
-            settled[midx[small_step]] = True
-            scaled[midx[small_step]] = size[move][small_step]
-            active[midx[stuck]] = False
+            stuck = missed[ls_t[missed] < 2.0 ** -19]
+            searching[stuck] = False
+            active[stuck] = False
+            small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
+            settled[small_step] = True
+            scaled[small_step] = ls_size[small_step]
         # A held entry is a minimum on the bound only if the deviance does not fall
         # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
+        escaping = np.zeros(K, dtype=bool)
         for j in np.flatnonzero(fixable):
             check = np.flatnonzero(settled & fixed[:, j])
             if check.size:
@@ -345,13 +418,27 @@ class OneTermBatch:
                 inside[:, j] = 1e-4 * np.maximum(np.abs(inside).max(axis=1), 1.0)
                 g_in = self.evaluate(inside, _subset(products, check))[1][:, j]
                 settled[check[~(g_in >= 0.0)]] = False
+                escaping[check[~(g_in >= 0.0)]] = True
         theta = self.normalised(x)
         value, _, scale, beta = self.evaluate(theta, products, gradient=False)
         reach = np.maximum(np.max(np.abs(theta), axis=1), 1e-300)[:, None]
         near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
         settled &= ~near_zero.any(axis=1) & np.isfinite(value)
         settled &= ~joined
-        return BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
+        out = BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
+        if resume and escaping.any():
+            again = np.flatnonzero(escaping & ~joined)
+            start = x[again].copy()
+            start[fixed[again]] = 0.0
+            raised = np.broadcast_to(0.1 * np.maximum(np.abs(start).max(axis=1), 1.0)[:, None], start.shape)
+            start[fixed[again]] = raised[fixed[again]]
+            if known_given is not None and np.ndim(known_given) == 2:
+                known_given = np.asarray(known_given)[again]
+            more = self.fit(_subset(products, again), start, max_iter, known_given, join_tol)
+            for name in ("theta", "deviance", "scale", "beta", "settled", "scaled_gradient", "at_bound", "joined"):
+                getattr(out, name)[again] = getattr(more, name)
+            out.n_iter[again] += more.n_iter
+        return out
 
 
 def repeated_response(cp: CrossProducts, k: int) -> ResponseProducts:

@@ -430,7 +430,8 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     batch = OneTermBatch(dev.cp, dev.reml)
     theta0 = np.array([s[:dev.n_theta] for s in starts])
     with np.errstate(all="ignore"):
-        found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta])
+        found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta],
+                          resume=True)
     margin = 1e-10 * max(1.0, abs(best))
     out = []
     for start, settled, joined, value, theta in zip(starts, found.settled, found.joined,

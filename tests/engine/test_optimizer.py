@@ -346,3 +346,38 @@ def test_exactly_fitted_stratum_is_reported_not_converged():
     assert not info.converged
     assert "degenerate residual variances" in info.message
     assert sol.ratios[1] < 1e-9
+
+
+def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_optimum():
+    """Orthodont ``(age | Subject)``, REML, whitened as the optimiser sees it: from the other
+    start 0.1 x identity, the batched kernel holds the last diagonal entry of ``L`` at 0 at
+    a point 1.2 above the optimum where the deviance still falls moving inwards (a saddle
+    on the bound). The screening continues from there (the held entry raised) and joins
+    the first search's answer instead of leaving the start unsettled for a search of its
+    own; that answer is the optimum, as the engine's search from the start finds."""
+    from mixedlm_sklearn._basis import Basis
+    from mixedlm_sklearn._batched_refit import OneTermBatch, repeated_response
+    from mixedlm_sklearn._optimize import _Tracker, _local
+    from mixedlm_sklearn.datasets import load_orthodont
+
+    df = load_orthodont()
+    age = df["age"].to_numpy(float)
+    codes = pd.factorize(df["Subject"], sort=True)[0]
+    X = np.column_stack([np.ones(len(df)), age])
+    terms = Terms([Term("Subject", ("(Intercept)", "age"), int(codes.max()) + 1, False)])
+    dev = Deviance(cross_products(X, df["distance"].to_numpy(float), [(codes, X)], terms), True)
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
+    start = 0.1 * white.terms.identity_theta()
+    tracker = _Tracker(white)
+    own = _local(tracker, start, 1000, 1e-8)  # the start searched on its own
+    best = _local(tracker, basis.from_original(fit(dev)[0].theta), 1000, 1e-8)
+    assert own.fun == pytest.approx(best.fun, rel=1e-12)
+    batch = OneTermBatch(white.cp, True)
+    products = repeated_response(white.cp, 1)
+    stopped = batch.fit(products, start, known=best.x)
+    assert stopped.at_bound[0, 2] and not stopped.settled[0] and not stopped.joined[0]
+    assert stopped.deviance[0] > best.fun + 1.0
+    resumed = batch.fit(products, start, known=best.x, resume=True)
+    assert resumed.joined[0]
+    assert np.abs(resumed.theta[0] - best.x).max() < 1e-3 * np.abs(best.x).max()
