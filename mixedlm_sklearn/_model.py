@@ -272,7 +272,8 @@ class FittedModel:
     def n_parameters(self) -> int:
         """lme4's parameter count: fixed effects (kept), the covariance parameters, the
         residual-variance ratios, and sigma where the scale is estimated."""
-        return len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+        return (len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+                + len(self.family.free))
 
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
@@ -409,7 +410,7 @@ class FittedModel:
                 dev = dev.with_nodes(dev.n_agq)  # a copy: the fit's deviance keeps its state
                 sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info, fe_names=fe_names,
-                                   rank=rank)
+                                   rank=rank, family=dev.family)
 
     def at(self, x: np.ndarray) -> "FittedModel":
         """The same model with its solution at ``x`` (no optimisation): inference evaluated
