@@ -494,7 +494,8 @@ class _NegativeBinomial(Family):
         return self.values["theta"]
 
     def describe(self):
-        return f"Negative Binomial({self.theta:.4g})"
+        # glmer.nb's family name: theta rounded to 4 decimals
+        return f"Negative Binomial({round(self.theta, 4):.10g})"
 
     def start_values(self, y, mu, w):
         # method of moments on the GLM's means: E[(y - mu)^2 - mu] = mu^2 / theta
@@ -510,8 +511,9 @@ class _NegativeBinomial(Family):
         return np.maximum(out, 0.0)
 
     def distribution_variance(self, null_mean):
-        # lognormal approximation of the observation-level variance (Nakagawa et al. 2017,
-        # Table 2): log(1 + 1/mu0 + 1/theta), mu0 the null model's mean
+        # lognormal approximation of the observation-level variance (Nakagawa et al. 2017;
+        # insight's compute_variances.R for nbinom2): log(1 + 1/mu0 + 1/theta), mu0 the
+        # null model's mean (as the Poisson family's), theta the model's own
         return float(np.log1p(1.0 / null_mean() + 1.0 / self.theta))
 
     def variance(self, mu):
@@ -564,7 +566,7 @@ class _Gamma(Family):
         return self.values["shape"]
 
     def describe(self):
-        return f"Gamma(shape = {self.shape:.4g})"
+        return f"Gamma(shape = {round(self.shape, 4):.10g})"
 
     def start_values(self, y, mu, w):
         # the moment estimate of the dispersion, mean of w ((y - mu) / mu)^2
@@ -579,9 +581,12 @@ class _Gamma(Family):
         return self.unit_deviance(y, mu, w)
 
     def distribution_variance(self, null_mean):
-        # lognormal approximation (Nakagawa et al. 2017): log(1 + 1/shape), the squared
-        # coefficient of variation of a Gamma response being 1/shape
-        return float(np.log1p(1.0 / self.shape))
+        # Nakagawa et al. (2017) as insight's compute_variances.R (performance's r2/icc):
+        # log link, the lognormal approximation log(1 + CV^2) with CV^2 = 1/shape
+        # (sigma^2 in glmmTMB's terms); other links sigma^2 = 1/shape itself
+        if self.link.name == "log":
+            return float(np.log1p(1.0 / self.shape))
+        return 1.0 / self.shape
 
     def variance(self, mu):
         return mu * mu / self.shape, 2.0 * mu / self.shape

@@ -398,6 +398,13 @@ class FittedModel:
                 beta0, _ = glm_start(dev.X, dev.y, dev.prior, dev.offset, dev.family, dev.link)
                 x0 = np.concatenate([self.x[:self.n_theta], beta0])
         x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
+        if fixed and self.family.free:
+            # a held refit optimises (theta, beta) at the family's estimate: not the profile
+            names = ", ".join(self.family.free)
+            raise NotImplementedError(
+                f"profiles (refits with a parameter held) of a {self.family.name} GLMM are not "
+                f"available: the family's {names} would have to be re-estimated at every "
+                "point. Use conf_int(method='wald') or conf_int(method='boot')")
         with single_threaded_blas():
             if fixed:
                 value, x = fit_with_fixed(dev, x0, fixed)

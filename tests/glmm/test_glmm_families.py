@@ -221,3 +221,77 @@ def test_bad_responses_refused_and_the_estimator_unchanged():
         MixedGLMRegressor(family="gamma").fit(X, np.where(np.arange(40) == 5, 0.0, counts + 1), groups=g)
     with pytest.raises(ValueError, match="theta must be positive"):
         MixedGLMRegressor(family="negative_binomial", family_params={"theta": -1.0}).fit(X, counts, groups=g)
+
+
+def test_glmer_families_and_r_spellings(gamma_log):
+    from mixedlm_sklearn import glmer, glmer_nb
+
+    fit, ref, data = gamma_log
+    again = glmer("y ~ x + (1|g)", data, family="gamma", link="log")
+    assert again.llf_ == pytest.approx(fit.llf_, abs=1e-9)
+    with pytest.raises(ValueError, match=r'R\'s spelling; here write family="gamma", link="log"'):
+        glmer("y ~ x + (1|g)", data, family='Gamma(link = "log")')
+    with pytest.raises(ValueError, match='family="negative_binomial".*glmer_nb'):
+        glmer("y ~ x + (1|g)", data, family="nbinom2")
+    with pytest.raises(ValueError, match=r'family_params=\{"theta": 2.5\}'):
+        glmer("y ~ x + (1|g)", data, family="MASS::negative.binomial(theta = 2.5)")
+    with pytest.raises(ValueError, match="family must be one of"):
+        glmer("y ~ x + (1|g)", data, family="tweedie")
+    counts, nb_ref = _reference("grouseticks_nb_crossed")
+    nb = glmer_nb("TICKS ~ YEAR + cHEIGHT + (1|BROOD) + (1|LOCATION)", counts)
+    assert nb.llf_ >= nb_ref["llf"] - 1e-6
+    assert nb.family_params_["theta"] == pytest.approx(nb_ref["theta"], rel=1e-4)
+
+
+def test_summary_names_the_family_parameter(grouseticks_nb, gamma_log):
+    nb, _, _ = grouseticks_nb
+    theta = nb.family_params_["theta"]
+    text = str(nb.summary())
+    assert f"Negative Binomial({round(theta, 4):.10g}) (log)" in text
+    assert "df: 7" in text
+    gamma, _, _ = gamma_log
+    assert f"Gamma(shape = {round(gamma.family_params_['shape'], 4):.10g}) (log)" in str(gamma.summary())
+
+
+def test_r2_and_icc_use_the_family_distribution_variance(gamma_log):
+    # Nakagawa et al. (2017), as performance (insight's compute_variances.R): a Gamma
+    # model with a log link has the observation-level variance log(1 + 1/shape)
+    fit, _, data = gamma_log
+    shape = fit.family_params_["shape"]
+    var_re = float(fit.cov_re_[0, 0])
+    beta = fit.fe_params_.to_numpy()
+    var_fixed = np.var(beta[0] + beta[1] * data["x"].to_numpy(), ddof=1)
+    var_dist = np.log1p(1.0 / shape)
+    r2 = fit.r2()
+    total = var_fixed + var_re + var_dist
+    assert r2.marginal == pytest.approx(var_fixed / total, rel=1e-6)
+    assert r2.conditional == pytest.approx((var_fixed + var_re) / total, rel=1e-6)
+    assert fit.icc().adjusted == pytest.approx(var_re / (var_re + var_dist), rel=1e-6)
+
+
+def test_held_refits_refused_by_name(gamma_log):
+    fit, _, _ = gamma_log
+    with pytest.raises(NotImplementedError, match="gamma GLMM.*shape would have to be re-estimated"):
+        fit.conf_int(method="profile")
+
+
+@pytest.mark.parametrize("family, values", [("negative_binomial", {"theta": 1.3}),
+                                            ("gamma", {"shape": 2.2})])
+def test_simulated_responses_have_the_family_moments(family, values):
+    fam = make_family(family, "log", values)
+    mu = np.repeat([0.5, 4.0, 30.0], 200_000)
+    y = fam.sample(np.random.default_rng(1), mu, np.ones(mu.size))
+    var, _ = fam.variance(mu)
+    for m, v in zip([0.5, 4.0, 30.0], var[::200_000]):
+        block = y[mu == m]
+        assert block.mean() == pytest.approx(m, rel=0.01)
+        assert block.var() == pytest.approx(v, rel=0.03)
+
+
+def test_drop1_refits_reestimate_the_family_parameter(gamma_log):
+    fit, _, data = gamma_log
+    table = fit.drop1()
+    null = MixedGLMRegressor(family="gamma", link="log", formula="y ~ 1 + (1|g)").fit(data)
+    assert null.family_params_["shape"] != pytest.approx(fit.family_params_["shape"], rel=1e-3)
+    lrt = np.asarray(table.to_frame()["LRT"] if hasattr(table, "to_frame") else table["LRT"], dtype=float)
+    assert np.nanmax(lrt) == pytest.approx(2.0 * (fit.llf_ - null.llf_), abs=1e-5)
