@@ -295,3 +295,28 @@ def test_drop1_refits_reestimate_the_family_parameter(gamma_log):
     assert null.family_params_["shape"] != pytest.approx(fit.family_params_["shape"], rel=1e-3)
     lrt = np.asarray(table.to_frame()["LRT"] if hasattr(table, "to_frame") else table["LRT"], dtype=float)
     assert np.nanmax(lrt) == pytest.approx(2.0 * (fit.llf_ - null.llf_), abs=1e-5)
+
+
+def test_adaptive_quadrature_fit_is_the_maximum_of_the_integrated_likelihood(gamma_log):
+    # nAGQ = 25 on the Gamma reference (one scalar random effect): the log-likelihood at the
+    # fit is the integral by numerical quadrature, and no nearby point is higher
+    _, _, data = gamma_log
+    fit = MixedGLMRegressor(family="gamma", link="log", n_agq=25, formula="y ~ x + (1|g)").fit(data)
+    assert fit.converged_
+    codes, levels = pd.factorize(data["g"])
+    X = np.column_stack([np.ones(len(data)), data["x"].to_numpy()])
+    y = data["y"].to_numpy()
+
+    def deviance(shape, sd, beta):
+        fam, lnk = family_and_link("gamma", "log", {"shape": shape})
+        eta = X @ beta
+        return sum(_per_group(fam, lnk, y[codes == j], eta[codes == j], sd, False)
+                   for j in range(levels.size))
+
+    shape, sd = fit.family_params_["shape"], float(np.sqrt(fit.cov_re_[0, 0]))
+    beta = fit.fe_params_.to_numpy()
+    best = deviance(shape, sd, beta)
+    assert -0.5 * best == pytest.approx(fit.llf_, abs=1e-6)
+    for step in ([1.01, 1.0, 0.0, 0.0], [0.99, 1.0, 0.0, 0.0], [1.0, 1.02, 0.0, 0.0],
+                 [1.0, 0.98, 0.0, 0.0], [1.0, 1.0, 0.01, 0.0], [1.0, 1.0, 0.0, -0.005]):
+        assert deviance(shape * step[0], sd * step[1], beta + np.array(step[2:])) > best
