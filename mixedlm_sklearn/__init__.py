@@ -5,7 +5,7 @@ Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
 """
 
 from ._validation import RankDeficientWarning
-from .api import compare, glmer, lmer, power, power_curve, update
+from .api import compare, glmer, glmer_nb, lmer, power, power_curve, update
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor
 from .inference import LRTestResult, Summary, WaldTestResult, lr_test, pb_test
@@ -18,6 +18,7 @@ __all__ = [
     "MixedGLMClassifier",
     "MixedGLMRegressor",
     "glmer",
+    "glmer_nb",
     "SingularFitWarning",
     "RankDeficientWarning",
     "lmer",

@@ -119,7 +119,7 @@ def fit_text(est: Any, width: int | None = None) -> str:
         lines = textwrap.wrap(f"Generalized linear mixed model fit by maximum likelihood "
                               f"{method} [{name}]", width=width - 1, subsequent_indent="  ")
         dev = est.model_.deviance
-        lines.append(f" Family: {dev.family.name}  ( {dev.link.name} )")
+        lines.append(f" Family: {dev.family.describe()}  ( {dev.link.name} )")
     formula = getattr(est, "formula", None)
     if formula is not None and getattr(est, "model_frame_", None) is not None:
         # the formula as given when it names the response, else with y's name on the left

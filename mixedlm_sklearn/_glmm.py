@@ -46,6 +46,7 @@ from scipy import linalg, optimize, special
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._terms import Terms
+from ._threads import single_threaded_blas
 
 __all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "make_family", "gaussian", "separated", "non_integer_counts", "PIRLSDivergence",
            "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "fit_with_fixed", "glm_start"]
@@ -179,8 +180,25 @@ class _Identity(Link):
         return eta, np.ones_like(eta), np.zeros_like(eta)
 
 
+class _Inverse(Link):
+    name = "inverse"
+
+    def __call__(self, mu):
+        return 1.0 / mu
+
+    def inverse(self, eta):
+        with np.errstate(divide="ignore"):
+            return 1.0 / eta
+
+    def derivatives(self, eta):
+        with np.errstate(divide="ignore", over="ignore"):
+            mu = 1.0 / eta
+            return mu, -mu * mu, 2.0 * mu * mu * mu
+
+
 # Link classes by name: every family instance makes its own link object.
-LINKS = {"logit": _Logit, "probit": _Probit, "cloglog": _Cloglog, "log": _Log, "identity": _Identity}
+LINKS = {"logit": _Logit, "probit": _Probit, "cloglog": _Cloglog, "log": _Log, "identity": _Identity,
+         "inverse": _Inverse}
 
 
 # ---- families --------------------------------------------------------------------------------
@@ -213,12 +231,54 @@ class Family:
     scale_estimated = False
     response_column = "response"
     default_residual = "deviance"
+    # The family's own parameters (R's names), each positive and optimised on the log
+    # scale: a slot next to theta and beta (glmer.nb's "theta", glmmTMB's Gamma "shape").
+    parameter_names: tuple = ()
+    # the link by default when it is not the canonical one
+    default_link = ""
+    # Whether the Laplace approximation takes log|M| with the exact Hessian of the joint
+    # log-density in u (glmmTMB/TMB, the references of the families with a parameter) or
+    # with the Fisher weights (lme4's glmer): the two differ for a non-canonical link.
+    observed_laplace = False
 
-    def __init__(self, link: str | None = None):
-        link = self.canonical if link is None else link
+    def __init__(self, link: str | None = None, values: dict | None = None):
+        link = (self.default_link or self.canonical) if link is None else link
         if link not in self.links:
             raise ValueError(f"the {self.name} family takes the links {list(self.links)}, got {link!r}")
         self.link = LINKS[link]()
+        values = {} if values is None else dict(values)
+        unknown = sorted(set(values) - set(self.parameter_names))
+        if unknown:
+            names = list(self.parameter_names) or "no parameters"
+            raise ValueError(f"the {self.name} family has {names}, got {unknown}")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"the {self.name} family's {name} must be a number, got {value!r}")
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"the {self.name} family's {name} must be positive and finite, "
+                                 f"got {value!r}")
+        # Parameters given are held; the others are estimated (their value set by the fit).
+        self.fixed = tuple(name for name in self.parameter_names if name in values)
+        self.values = {name: float(values.get(name, 1.0)) for name in self.parameter_names}
+
+    @property
+    def free(self) -> tuple:
+        """Names of the parameters the fit estimates."""
+        return tuple(name for name in self.parameter_names if name not in self.fixed)
+
+    def with_values(self, values: dict) -> "Family":
+        """A copy with the parameters set to ``values`` (which ones are held is kept)."""
+        other = copy.copy(self)
+        other.values = {**self.values, **{k: float(v) for k, v in values.items()}}
+        return other
+
+    def start_values(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> dict:
+        """Moment estimates of the free parameters from a fit's means (a start)."""
+        return {}
+
+    def describe(self) -> str:
+        """The family as R prints it (glmer.nb's ``Negative Binomial(3.293)``)."""
+        return self.name
 
     @property
     def canonical_link(self) -> bool:
@@ -230,17 +290,20 @@ class Family:
         return self.link.ratio_column
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__.lstrip('_')}(link={self.link.name!r})"
+        extra = "".join(f", {k}={v:.6g}" for k, v in self.values.items())
+        return f"{type(self).__name__.lstrip('_')}(link={self.link.name!r}{extra})"
 
     def __eq__(self, other: object) -> bool:
+        # the same model family: nested fits of one family differ in its estimated values
         return (type(self) is type(other)
-                and self.link.name == other.link.name)  # type: ignore[attr-defined]
+                and self.link.name == other.link.name  # type: ignore[attr-defined]
+                and self.fixed == other.fixed)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash((self.name, self.link.name))
 
     def __reduce__(self):
-        return (type(self), (self.link.name,))
+        return (_rebuilt_family, (type(self), self.link.name, self.values, self.fixed))
 
     def unit_deviance(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Each row's contribution to the deviance, ``2 (saturated - fitted)`` log-density
@@ -292,8 +355,33 @@ class Family:
         raise NotImplementedError
 
 
+def _rebuilt_family(cls, link: str, values: dict, fixed: tuple) -> Family:
+    family = cls(link, {k: values[k] for k in fixed})
+    family.values = dict(values)
+    return family
+
+
 def _xlogy(x, y):
     return special.xlogy(x, y)
+
+
+def _log_mu(eta: np.ndarray, mu: np.ndarray, link: Link) -> np.ndarray:
+    """``log mu``: the linear predictor itself under the log link (no underflow to -inf)."""
+    if link.name == "log":
+        return eta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mu > 0, np.log(np.where(mu > 0, mu, 1.0)), -np.inf)
+
+
+def _check_counts(name: str, y: np.ndarray) -> None:
+    if (y < 0).any():
+        rows = ", ".join(str(r) for r in np.flatnonzero(y < 0)[:5])
+        raise ValueError(f"{name} counts must be non-negative; rows {rows} are negative")
+    frac = np.abs(y - np.round(y)) > 1e-8 * np.maximum(1.0, np.abs(y))
+    if frac.any():
+        rows = ", ".join(str(r) for r in np.flatnonzero(frac)[:5])
+        raise ValueError(f"{name} counts must be whole numbers; rows {rows} are not "
+                         f"(e.g. {y[np.flatnonzero(frac)[0]]!r})")
 
 
 class _Binomial(Family):
@@ -384,14 +472,152 @@ class _Poisson(Family):
         return generator.poisson(mu).astype(float)
 
     def check_response(self, y, w):
-        if (y < 0).any():
-            rows = ", ".join(str(r) for r in np.flatnonzero(y < 0)[:5])
-            raise ValueError(f"Poisson counts must be non-negative; rows {rows} are negative")
-        frac = np.abs(y - np.round(y)) > 1e-8 * np.maximum(1.0, np.abs(y))
-        if frac.any():
-            rows = ", ".join(str(r) for r in np.flatnonzero(frac)[:5])
-            raise ValueError(f"Poisson counts must be whole numbers; rows {rows} are not "
-                             f"(e.g. {y[np.flatnonzero(frac)[0]]!r})")
+        _check_counts("Poisson", y)
+
+
+class _NegativeBinomial(Family):
+    """NB2 counts: ``Var = mu + mu^2 / theta`` (MASS's ``negative.binomial(theta)``,
+    glmer.nb, glmmTMB's ``nbinom2``); ``theta`` estimated unless given. The log-density
+    is ``lgamma(y + theta) - lgamma(theta) - lgamma(y + 1) + theta log(theta / (theta + mu))
+    + y log(mu / (theta + mu))``, times the prior weight."""
+
+    name = "negative_binomial"
+    canonical = "log(mu / (mu + theta))"  # not one of the links offered
+    default_link = "log"
+    links = ("log",)
+    response_column = "response"
+    parameter_names = ("theta",)
+    observed_laplace = True
+
+    @property
+    def theta(self) -> float:
+        return self.values["theta"]
+
+    def describe(self):
+        # glmer.nb's family name: theta rounded to 4 decimals
+        return f"Negative Binomial({round(self.theta, 4):.10g})"
+
+    def start_values(self, y, mu, w):
+        # method of moments on the GLM's means: E[(y - mu)^2 - mu] = mu^2 / theta
+        excess = float(np.sum(w * ((y - mu) ** 2 - mu)))
+        scale = float(np.sum(w * mu * mu))
+        theta = scale / excess if excess > 0 else 100.0
+        return {"theta": float(np.clip(theta, 1e-2, 1e4))}
+
+    def unit_deviance(self, y, mu, w):
+        t = self.theta
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = 2.0 * w * (_xlogy(y, y / np.maximum(mu, _TINY)) - (y + t) * np.log((y + t) / (mu + t)))
+        return np.maximum(out, 0.0)
+
+    def distribution_variance(self, null_mean):
+        # lognormal approximation of the observation-level variance (Nakagawa et al. 2017;
+        # insight's compute_variances.R for nbinom2): log(1 + 1/mu0 + 1/theta), mu0 the
+        # null model's mean (as the Poisson family's), theta the model's own
+        return float(np.log1p(1.0 / null_mean() + 1.0 / self.theta))
+
+    def variance(self, mu):
+        return mu + mu * mu / self.theta, 1.0 + 2.0 * mu / self.theta
+
+    def log_constant(self, y, w):
+        t = self.theta
+        return w * (special.gammaln(y + t) - special.gammaln(t) - special.gammaln(y + 1.0))
+
+    def log_kernel(self, y, eta, mu, w, link):
+        t = self.theta
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_mu = _log_mu(eta, mu, link)
+            # y log mu is 0 at y = 0 whatever mu (also mu = 0)
+            y_log_mu = np.where(y > 0, y * log_mu, 0.0)
+            return w * (t * np.log(t) - (t + y) * np.log(t + mu) + y_log_mu)
+
+    def saturated_loglik(self, y, w):
+        t = self.theta
+        return self.log_constant(y, w) + w * (t * np.log(t) - (t + y) * np.log(t + y) + _xlogy(y, y))
+
+    def check_simulation_weights(self, w):
+        if np.any(w != 1.0):
+            raise ValueError("simulating a negative binomial model fitted with sample_weight is "
+                             "not defined (a weighted row stands for several identical counts); "
+                             "fit without weights, or with an offset for exposures, to simulate")
+
+    def sample(self, generator, mu, w):
+        t = self.theta
+        return generator.negative_binomial(t, t / (t + np.maximum(mu, 0.0))).astype(float)
+
+    def check_response(self, y, w):
+        _check_counts("negative binomial", y)
+
+
+class _Gamma(Family):
+    """Positive continuous responses: ``Var = mu^2 / shape`` (R's ``Gamma()`` with
+    dispersion ``1 / shape``, glmmTMB's ``Gamma``); ``shape`` estimated unless given. A
+    prior weight ``w`` multiplies the shape of its row (R's ``Gamma()$aic``)."""
+
+    name = "gamma"
+    canonical = "inverse"
+    links = ("inverse", "log")
+    response_column = "response"
+    parameter_names = ("shape",)
+    observed_laplace = True
+
+    @property
+    def shape(self) -> float:
+        return self.values["shape"]
+
+    def describe(self):
+        return f"Gamma(shape = {round(self.shape, 4):.10g})"
+
+    def start_values(self, y, mu, w):
+        # the moment estimate of the dispersion, mean of w ((y - mu) / mu)^2
+        disp = float(np.sum(w * ((y - mu) / mu) ** 2) / np.sum(w))
+        return {"shape": float(np.clip(1.0 / disp if disp > 0 else 1.0, 1e-2, 1e6))}
+
+    def unit_deviance(self, y, mu, w):
+        # R's Gamma()$dev.resids: free of the shape
+        return np.maximum(2.0 * w * (-np.log(y / mu) + (y - mu) / mu), 0.0)
+
+    def deviance_residuals(self, y, eta, mu, w, link):
+        return self.unit_deviance(y, mu, w)
+
+    def distribution_variance(self, null_mean):
+        # Nakagawa et al. (2017) as insight's compute_variances.R (performance's r2/icc):
+        # log link, the lognormal approximation log(1 + CV^2) with CV^2 = 1/shape
+        # (sigma^2 in glmmTMB's terms); other links sigma^2 = 1/shape itself
+        if self.link.name == "log":
+            return float(np.log1p(1.0 / self.shape))
+        return 1.0 / self.shape
+
+    def variance(self, mu):
+        return mu * mu / self.shape, 2.0 * mu / self.shape
+
+    def log_constant(self, y, w):
+        a = self.shape * w
+        return a * np.log(a) - special.gammaln(a) + (a - 1.0) * np.log(y)
+
+    def log_kernel(self, y, eta, mu, w, link):
+        a = self.shape * w
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out = -a * (y / mu + _log_mu(eta, mu, link))
+        return np.where(mu > 0, out, -np.inf)
+
+    def saturated_loglik(self, y, w):
+        a = self.shape * w
+        return self.log_constant(y, w) - a * (1.0 + np.log(y))
+
+    def check_simulation_weights(self, w):
+        return None  # a weight scales the shape of its row's Gamma
+
+    def sample(self, generator, mu, w):
+        a = self.shape * w
+        return generator.gamma(a, np.maximum(mu, 0.0) / a)
+
+    def check_response(self, y, w):
+        bad = ~(y > 0)
+        if bad.any():
+            rows = ", ".join(str(r) for r in np.flatnonzero(bad)[:5])
+            raise ValueError(f"a Gamma response must be positive; rows {rows} are not "
+                             f"(e.g. {y[np.flatnonzero(bad)[0]]!r})")
 
 
 class _Gaussian(Family):
@@ -414,15 +640,17 @@ class _Gaussian(Family):
 
 
 # Family classes by name (glmer's families; "gaussian" is the linear mixed model's).
-FAMILIES = {"binomial": _Binomial, "poisson": _Poisson}
+FAMILIES = {"binomial": _Binomial, "poisson": _Poisson, "negative_binomial": _NegativeBinomial,
+            "gamma": _Gamma}
 
 
-def make_family(family: str, link: str | None = None) -> Family:
-    """A new family instance with its link (the family's canonical link by default)."""
+def make_family(family: str, link: str | None = None, values: dict | None = None) -> Family:
+    """A new family instance with its link (the family's canonical link by default) and
+    the values of its parameters to hold (the others are estimated)."""
     classes = dict(FAMILIES, gaussian=_Gaussian)
     if family not in classes:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    return classes[family](link)
+    return classes[family](link, values)
 
 
 def gaussian(link: str = "identity") -> Family:
@@ -449,11 +677,11 @@ def separated(family: Family, mu: np.ndarray) -> bool:
     return bool(np.any((mu < eps) | (mu > 1.0 - eps)))
 
 
-def family_and_link(family: str, link: str | None) -> tuple[Family, Link]:
+def family_and_link(family: str, link: str | None, values: dict | None = None) -> tuple[Family, Link]:
     """A new family instance (:func:`make_family`) and its link."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    fam = make_family(family, link)
+    fam = make_family(family, link, values)
     return fam, fam.link
 
 
@@ -538,6 +766,8 @@ class GLMMDeviance:
         self.terms = terms
         self.family, self.link = family, link
         self.canonical = link.name == family.canonical
+        # log|M| with the exact Hessian of the joint log-density (see Family.observed_laplace)
+        self.observed = family.observed_laplace and not self.canonical
         self.n, self.p = self.X.shape
         self.n_theta = terms.n_theta
         self.n_params = self.n_theta + self.p
@@ -687,6 +917,14 @@ class GLMMDeviance:
             factor = Factor(self._prepared.reweighted(cp), lams)
             self.n_pirls += 1
             if decrement < tol:
+                if self.observed:
+                    # the Laplace approximation's curvature: the exact Hessian H
+                    W = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
+                    if not (np.all(W > 0) and np.all(np.isfinite(W))):
+                        raise NotPositiveDefinite("the Hessian of the joint log-density in the "
+                                                  "random effects is not positive definite")
+                    cp = self.pattern.cross_products(r / W, W)
+                    factor = Factor(self._prepared.reweighted(cp), lams)
                 return _Modes(theta, beta, u, eta, mu, d1, d2, var, dvar, W, r, ll, pen, factor,
                               cp, lams, it)
             zr = [z[0, :, 0, :] for z in cp.zxy]  # Z'r per level (q, m)
@@ -797,8 +1035,22 @@ class GLMMDeviance:
         m.cache["agq"] = value
         return value
 
+    @property
+    def analytic_gradient(self) -> bool:
+        """Whether :meth:`value_and_grad` differentiates analytically (the Laplace deviance
+        with Fisher weights in ``M``); otherwise by central differences."""
+        return self.n_agq == 1 and not self.observed
+
+    def set_family_values(self, values: dict) -> None:
+        """Set the family's parameters (a new family instance: the old one may be shared by
+        another fit's deviance) and forget the modes of the old values."""
+        self.family = self.family.with_values(values)
+        self.link = self.family.link
+        self._log_constant = float(self.family.log_constant(self.y, self.prior).sum())
+        self._last, self._base = None, None
+
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        if self.n_agq > 1:
+        if not self.analytic_gradient:
             return self(x), self._numeric_gradient(x)
         m = self.modes(x)
         g = self._laplace_gradient(m)
@@ -1145,7 +1397,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     k = x.size
     H = np.zeros((k, k))
     idx = np.flatnonzero(free)
-    if dev.n_agq == 1:
+    if dev.analytic_gradient:
         for j in idx:
             h = 1e-5 * max(1.0, abs(x[j]))
             up = x.copy()
@@ -1363,6 +1615,114 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
 
 def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
              ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+    """Minimise the deviance over ``(theta, beta)`` and the family's free parameter (the
+    deviance's family is then set to its estimate). See :func:`_fit_theta_beta` and
+    :func:`_fit_family`."""
+    if dev.family.free:
+        return _fit_family(dev, x0, max_iter, ftol)
+    return _fit_theta_beta(dev, x0, max_iter, ftol)
+
+
+# Range of the log of a family's parameter searched (theta of the negative binomial:
+# 1e-4 is a variance 1e4 mu^2, 1e7 the Poisson model to seven digits).
+_LOG_FAMILY_RANGE = (np.log(1e-4), np.log(1e7))
+
+
+def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
+                ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+    """The joint optimum over ``(theta, beta, log phi)``, ``phi`` the family's free parameter.
+
+    The deviance minimised over ``(theta, beta)`` at fixed ``phi`` (a full fit, warm
+    started from the last) is minimised over ``log phi`` by Brent's method: at the
+    minimum of this profile the gradient in all parameters is 0, so it is the joint
+    optimum (glmmTMB's; glmer.nb alternates between theta and a glmer fit to the same
+    end). The covariance of beta is then lme4's ``2 H^{-1}`` with the Hessian ``H`` in
+    all parameters, phi included (as TMB's ``sdreport``), by central differences.
+    """
+    (name,) = dev.family.free  # the families have one parameter each
+    lo, hi = _LOG_FAMILY_RANGE
+    x0 = np.asarray(x0, dtype=float)
+    with np.errstate(all="ignore"):
+        mu0 = dev.link.inverse(dev.offset + dev.X @ x0[dev.n_theta:])
+    s0 = float(np.clip(np.log(dev.family.start_values(dev.y, mu0, dev.prior)[name]), lo + 1.0, hi - 1.0))
+    state = {"x": x0}
+    fits: dict = {}
+
+    def profile(s: float) -> float:
+        s_in = float(np.clip(s, lo, hi))
+        if s_in not in fits:
+            dev.set_family_values({name: np.exp(s_in)})
+            try:
+                sol, info = _fit_theta_beta(dev, state["x"], max_iter, ftol)
+            except (PIRLSDivergence, NotPositiveDefinite):
+                fits[s_in] = (np.inf, None, None)
+            else:
+                fits[s_in] = (sol.deviance, sol, info)
+                state["x"] = sol.x
+        # outside the range: the value at its end, rising (Brent steps back in)
+        return fits[s_in][0] + (s - s_in) ** 2
+
+    res = optimize.minimize_scalar(profile, bracket=(s0 - 0.5, s0 + 0.5), method="brent",
+                                   tol=1e-7, options={"maxiter": 100})
+    best = min(fits, key=lambda k: fits[k][0])
+    value, sol, info = fits[best]
+    if sol is None:
+        raise PIRLSDivergence(f"no value of the family's {name} gave a finite deviance")
+    dev.set_family_values({name: np.exp(best)})
+    with single_threaded_blas():
+        sol = dev.solution(sol.x)
+        H = _joint_hessian(dev, sol.x, name, best, info.at_bound)
+    sol = sol.with_hessian(H, info.at_bound)
+    at_edge = best <= lo or best >= hi
+    converged = bool(info.converged and res.success and not at_edge)
+    message = info.message
+    if at_edge:
+        message = (f"the family's {name} is at the end of its range ({np.exp(best):.3g}): "
+                   "the model may not fit this family (e.g. no overdispersion)")
+    elif not res.success:
+        message = f"the search for the family's {name} did not converge: {res.message}"
+    n_fev = info.n_fev + len(fits)
+    return sol, dataclasses.replace(info, converged=converged, message=message,
+                                    n_iter=info.n_iter + int(res.nit), n_fev=n_fev)
+
+
+def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,
+                   at_bound: np.ndarray) -> np.ndarray:
+    """Hessian of the deviance in ``(theta, log phi, beta)`` (this order: beta last, as
+    :meth:`GLMMSolution.with_hessian` reads it), central second differences with steps
+    1e-4 (entries of theta on their bound left 0)."""
+    nt = dev.n_theta
+    z0 = np.concatenate([x[:nt], [s], x[nt:]])
+
+    def f(z):
+        dev.set_family_values({name: np.exp(z[nt])})
+        return dev(np.concatenate([z[:nt], z[nt + 1:]]))
+
+    k = z0.size
+    free = np.ones(k, dtype=bool)
+    free[:nt] = ~at_bound
+    idx = np.flatnonzero(free)
+    steps = 1e-4 * np.maximum(1.0, np.abs(z0))
+    lower = np.concatenate([dev.terms.lower_bounds(), [-np.inf], np.full(dev.p, -np.inf)])
+    steps = np.where(z0 - steps < lower, np.maximum(z0 - lower, 1e-7), steps)
+    H = np.zeros((k, k))
+    f0 = f(z0)
+    for a in idx:
+        ea = np.zeros(k)
+        ea[a] = steps[a]
+        H[a, a] = (f(z0 + ea) - 2.0 * f0 + f(z0 - ea)) / steps[a] ** 2
+        for b in idx[idx > a]:
+            eb = np.zeros(k)
+            eb[b] = steps[b]
+            H[a, b] = H[b, a] = (f(z0 + ea + eb) - f(z0 + ea - eb) - f(z0 - ea + eb)
+                                 + f(z0 - ea - eb)) / (4.0 * steps[a] * steps[b])
+    dev.set_family_values({name: np.exp(s)})
+    dev.modes(x)
+    return H
+
+
+def _fit_theta_beta(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
+                    ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
     """Minimise the deviance over ``(theta, beta)`` (BLAS on one thread).
 
     Laplace: bounded L-BFGS-B with the analytic gradient in a basis scaled by the

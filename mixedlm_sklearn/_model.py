@@ -272,7 +272,8 @@ class FittedModel:
     def n_parameters(self) -> int:
         """lme4's parameter count: fixed effects (kept), the covariance parameters, the
         residual-variance ratios, and sigma where the scale is estimated."""
-        return len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+        return (len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+                + len(self.family.free))
 
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
@@ -397,6 +398,13 @@ class FittedModel:
                 beta0, _ = glm_start(dev.X, dev.y, dev.prior, dev.offset, dev.family, dev.link)
                 x0 = np.concatenate([self.x[:self.n_theta], beta0])
         x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
+        if fixed and self.family.free:
+            # a held refit optimises (theta, beta) at the family's estimate: not the profile
+            names = ", ".join(self.family.free)
+            raise NotImplementedError(
+                f"profiles (refits with a parameter held) of a {self.family.name} GLMM are not "
+                f"available: the family's {names} would have to be re-estimated at every "
+                "point. Use conf_int(method='wald') or conf_int(method='boot')")
         with single_threaded_blas():
             if fixed:
                 value, x = fit_with_fixed(dev, x0, fixed)
@@ -409,7 +417,7 @@ class FittedModel:
                 dev = dev.with_nodes(dev.n_agq)  # a copy: the fit's deviance keeps its state
                 sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info, fe_names=fe_names,
-                                   rank=rank)
+                                   rank=rank, family=dev.family)
 
     def at(self, x: np.ndarray) -> "FittedModel":
         """The same model with its solution at ``x`` (no optimisation): inference evaluated

@@ -8,6 +8,7 @@ estimator and inference takes fitted models only."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from .inference.power import PowerResult
 from .inference.power import power as _power_of_fit
 from .inference.power import power_curve as _power_curve_of_fit
 
-__all__ = ["lmer", "glmer", "update", "compare", "power", "power_curve"]
+__all__ = ["lmer", "glmer", "glmer_nb", "update", "compare", "power", "power_curve"]
 
 # R's argument names update() accepts, and the estimator's.
 _R_PARAMETERS = {"REML": "reml", "nAGQ": "n_agq"}
@@ -450,11 +451,14 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         of the syntax is :func:`lmer`'s.
     data : DataFrame
         The data (rows with a missing model variable are dropped).
-    family : {"binomial", "poisson"}, default="binomial"
-        The conditional distribution of the response.
+    family : {"binomial", "poisson", "negative_binomial", "gamma"}, default="binomial"
+        The conditional distribution of the response (R's ``binomial`` and ``poisson``
+        functions are accepted as themselves). R's other spellings (``Gamma(link =
+        "log")``, ``nbinom2``, ``negative.binomial``) are answered with this one's:
+        ``family="gamma", link="log"``; lme4's ``glmer.nb`` is :func:`glmer_nb`.
     link : str, optional
-        Default the family's canonical link (logit, log); binomial also takes "probit"
-        and "cloglog".
+        Default the family's canonical link (logit, log, inverse for Gamma; log for the
+        negative binomial); binomial also takes "probit" and "cloglog", Gamma "log".
     n_agq : int, default=1
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
@@ -486,6 +490,7 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
     See Also
     --------
     lmer : The linear mixed model.
+    glmer_nb : The negative binomial model, lme4's ``glmer.nb``.
     MixedGLMRegressor : The estimator it fits.
 
     Examples
@@ -514,11 +519,87 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
     return est.fit(data, sample_weight=weights, context=context)
 
 
+def glmer_nb(formula: str, data: pd.DataFrame, link: str | None = None, n_agq: int = 1, *,
+             nAGQ: int | None = None, weights: Any = None,
+             context: Mapping[str, Any] | None = None, **estimator_params: Any):
+    """Fit a negative binomial (NB2) mixed model from an lme4 formula, like ``lme4::glmer.nb``.
+
+    ``Var(y | u) = mu + mu^2 / theta`` with ``theta`` estimated jointly with the other
+    parameters (``family_params={"theta": value}`` holds it). The Laplace approximation is
+    glmmTMB's (``family = nbinom2``: the exact Hessian in the log-determinant); lme4's
+    ``glmer.nb`` uses the Fisher weights there, whose logLik differs slightly.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)"``.
+    data : DataFrame
+        The data.
+    link : str, optional
+        The link (log, the only one offered).
+    n_agq : int, default=1
+        Quadrature nodes (lme4's ``nAGQ``; more than 1 needs a single scalar random effect).
+    nAGQ : int, optional
+        The same as ``n_agq``, under lme4's name.
+    weights : str or array-like, optional
+        Prior weights, a column of ``data`` or one value per row.
+    context : mapping, optional
+        As in :func:`lmer`.
+    **estimator_params
+        Other :class:`MixedGLMRegressor` parameters (``family_params``, ``max_iter``).
+
+    Returns
+    -------
+    MixedGLMRegressor
+        Fitted; ``family_params_["theta"]`` is glmer.nb's theta.
+
+    See Also
+    --------
+    glmer : Any family.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from mixedlm_sklearn import glmer_nb
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(15), 10)
+    >>> mu = np.exp(1.0 + 0.5 * rng.standard_normal(15))[g]
+    >>> df = pd.DataFrame({"y": rng.negative_binomial(2.0, 2.0 / (2.0 + mu)), "g": g})
+    >>> fit = glmer_nb("y ~ 1 + (1 | g)", df)
+    >>> sorted(fit.family_params_)
+    ['theta']
+    """
+    return glmer(formula, data, family="negative_binomial", link=link, n_agq=n_agq, nAGQ=nAGQ,
+                 weights=weights, context=context, **estimator_params)
+
+
+# R's names of the families (as strings) and their names here.
+_R_FAMILIES = {"binomial": "binomial", "poisson": "poisson", "Gamma": "gamma",
+               "gamma": "gamma", "nbinom2": "negative_binomial",
+               "negative.binomial": "negative_binomial", "negbin": "negative_binomial",
+               "negative_binomial": "negative_binomial", "glmer.nb": "negative_binomial"}
+
+
 def _family_name(family: Any) -> str:
-    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
+    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``.
+    Other R spellings are refused with the Python one."""
     name = getattr(family, "__name__", None)
     if callable(family) and name in ("binomial", "poisson"):
         return name
+    if isinstance(family, str) and family not in ("binomial", "poisson", "negative_binomial", "gamma"):
+        call = re.fullmatch(r"\s*(?:\w+::)?([\w.]+)\s*(?:\((.*)\))?\s*", family)
+        if call and call.group(1) in _R_FAMILIES:
+            ours = _R_FAMILIES[call.group(1)]
+            link = re.search(r"link\s*=\s*[\"']?(\w+)", call.group(2) or "")
+            theta = re.search(r"theta\s*=\s*([\d.eE+-]+)", call.group(2) or "")
+            spelled = f'family="{ours}"' + (f', link="{link.group(1)}"' if link else "")
+            if theta:
+                spelled += f', family_params={{"theta": {theta.group(1)}}}'
+            if ours == "negative_binomial" and not theta and not link:
+                spelled += " (or glmer_nb(formula, data), lme4's glmer.nb)"
+            raise ValueError(f"family={family!r} is R's spelling; here write {spelled}")
+        raise ValueError(f"family must be one of 'binomial', 'poisson', 'negative_binomial', "
+                         f"'gamma', got {family!r}")
     return family
 
 

@@ -175,7 +175,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms,
                                   {t.name: t.labels for t in terms_in}, design=design,
                                   rank=rank if rank.deficient else None, max_iter=self.max_iter,
-                                  tol=self.tol, family=family)
+                                  tol=self.tol, family=dev.family)
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
@@ -186,7 +186,8 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         sol, info, terms, dev = model.solution, model.info, model.terms, model.deviance
         store_fixed_effects(self, model, sol.cov_beta())
         self.llf_ = -0.5 * sol.deviance
-        self.df_model_ = len(model.fe_names) + terms.n_theta
+        self.df_model_ = model.n_parameters
+        self.family_params_ = dict(dev.family.values)
         self.aic_ = sol.deviance + 2.0 * self.df_model_
         self.bic_ = sol.deviance + np.log(model.n_obs) * self.df_model_
         self.deviance_ = float(dev.family.deviance_residuals(dev.y, sol.eta, sol.mu, dev.prior,
@@ -1233,18 +1234,28 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
 
 class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
-    """Poisson and binomial mixed models for counts and proportions: lme4's ``glmer``.
+    """Generalized linear mixed models for counts, proportions and positive responses:
+    lme4's ``glmer`` and ``glmer.nb``, glmmTMB's ``nbinom2`` and ``Gamma``.
 
-    ``E[y_i | u] = g^{-1}(x_i'b + z_i'u_g)``, ``u_g ~ N(0, cov_re)``; Poisson counts, or
-    binomial proportions with ``sample_weight`` the number of trials (R's ``glm``
-    convention: ``cbind(successes, failures)`` is ``y = successes / trials``).
+    ``E[y_i | u] = g^{-1}(x_i'b + z_i'u_g)``, ``u_g ~ N(0, cov_re)``; Poisson or negative
+    binomial counts, binomial proportions with ``sample_weight`` the number of trials
+    (R's ``glm`` convention: ``cbind(successes, failures)`` is ``y = successes / trials``),
+    or positive Gamma responses.
+
+    The negative binomial (NB2, ``Var = mu + mu^2 / theta``) and the Gamma family
+    (``Var = mu^2 / shape``) have a parameter of their own, estimated jointly with the
+    others (or held at the value given in ``family_params``); their Laplace
+    approximation takes the exact Hessian of the joint log-density in the random
+    effects, as glmmTMB does (lme4's ``glmer.nb`` uses the Fisher weights, which differ
+    for the log link: its logLik is not the same approximation).
 
     Parameters
     ----------
-    family : {"poisson", "binomial"}, default="poisson"
+    family : {"poisson", "binomial", "negative_binomial", "gamma"}, default="poisson"
         The conditional distribution of the response.
     link : str, optional
-        Default the canonical link (log, logit); binomial also takes probit, cloglog.
+        Default the canonical link (log, logit, inverse for Gamma) and log for the
+        negative binomial; binomial also takes probit, cloglog; Gamma also log.
     n_agq : int, default=1
         Quadrature nodes per group: 1 is the Laplace approximation (lme4's ``nAGQ``);
         more nodes need a single grouping factor with a random intercept.
@@ -1263,9 +1274,17 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     formula : str, optional
         An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
         factors included), as :class:`MixedLMRegressor`'s ``formula``.
+    family_params : dict, optional
+        Values at which to hold the family's parameters (R's names: ``{"theta": 2.0}``
+        for the negative binomial, as MASS's ``negative.binomial(theta)``;
+        ``{"shape": 3.0}`` for Gamma); the ones not given are estimated.
 
     Attributes
     ----------
+    family_params_ : dict
+        The family's parameters (estimated or held): ``theta`` of the negative binomial
+        (glmer.nb's ``getME(fit, "glmer.nb.theta")``), ``shape`` of Gamma (glmmTMB's
+        ``sigma(fit)^-2``); empty for binomial and Poisson.
     coef_ : ndarray of shape (n_features,)
         Fixed effects of the columns of X (link scale).
     intercept_ : float
@@ -1332,15 +1351,17 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     _parameter_constraints: dict = {
         **_MixedGLMBase._shared_constraints,
         "family": [StrOptions(set(FAMILIES))],
-        "link": [StrOptions({"logit", "probit", "cloglog", "log"}), None],
+        "link": [StrOptions({"logit", "probit", "cloglog", "log", "inverse"}), None],
+        "family_params": [dict, None],
     }
 
     def __init__(self, family: str = "poisson", link: str | None = None, n_agq: int = 1,
                  fit_intercept: bool = True, cov_type: str | dict = "unstructured",
                  max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0,
-                 formula: str | None = None) -> None:
+                 formula: str | None = None, family_params: dict | None = None) -> None:
         self.formula = formula
         self.family = family
+        self.family_params = family_params
         self.link = link
         self.n_agq = n_agq
         self.fit_intercept = fit_intercept
@@ -1350,7 +1371,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         self.verbose = verbose
 
     def _family_link(self):
-        return family_and_link(self.family, self.link)
+        return family_and_link(self.family, self.link, self.family_params)
 
     def _formula_counts(self) -> bool:
         return self.family == "binomial"

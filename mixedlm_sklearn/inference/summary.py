@@ -313,7 +313,7 @@ def summary(est: Any, alpha: float = 0.05, ddf: str | None = None) -> Summary:
         n_groups={t.factor: int(t.n_levels) for t in model.terms},
         llf=float(est.llf_), aic=float(est.aic_), bic=float(est.bic_), df_model=int(est.df_model_),
         converged=bool(est.converged_), singular=bool(est.singular_), alpha=alpha,
-        family=model.family.name, link=model.family.link.name,
+        family=model.family.describe(), link=model.family.link.name,
         # lme4's deviance() of a GLMM: the sum of squared deviance residuals (not -2 logLik)
         deviance=np.nan if model.scale_estimated else float(est.deviance_))
     if ddf == "asymptotic":
