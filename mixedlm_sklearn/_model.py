@@ -187,6 +187,7 @@ class FittedModel:
     tol: float = 1e-8
     rank: Any = None
     family: Family = field(default_factory=gaussian)
+    correlation: Any = None  # a FittedCorrelation (._correlation) with correlated residuals
     # What inference derives from this fit alone and reuses (Satterthwaite's derivatives,
     # one Hessian for summary, anova, wald_test and emmeans): empty in every copy.
     derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -272,7 +273,12 @@ class FittedModel:
     def n_parameters(self) -> int:
         """lme4's parameter count: fixed effects (kept), the covariance parameters, the
         residual-variance ratios, and sigma where the scale is estimated."""
-        return len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
+        return len(self.fe_names) + self.n_theta + self.n_eta + self.n_corr + int(self.scale_estimated)
+
+    @property
+    def n_corr(self) -> int:
+        """Parameters of the residual correlation (0 with independent residuals)."""
+        return 0 if self.correlation is None else 1
 
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
@@ -367,6 +373,11 @@ class FittedModel:
         """
         if isinstance(self.deviance, GLMMDeviance):
             return self._refit_glmm(reml, x0, fixed, columns)
+        if self.correlation is not None:
+            raise NotImplementedError(
+                "refits of a model with correlated residuals (by ML, with held parameters or "
+                "other columns) are not supported yet: fit the models to compare with the "
+                "estimator (e.g. reml=False) and compare them with lr_test")
         if fixed or columns is not None:
             raise NotImplementedError("a linear model's refit with held parameters or other "
                                       "columns goes through its cross-products")
