@@ -426,7 +426,7 @@ class FittedCorrelation:
     internal : float
         Its internal (unconstrained) parameter.
     group_name : str
-        What the residual groups are (a column name, or the grouping factor's).
+        nlme's ``form`` of the structure (``~ visit | Mare``: the times and the groups).
     bounds : tuple
         Bounds of the internal parameter.
     reml : bool
@@ -467,8 +467,9 @@ class FittedCorrelation:
         return _deviance_at(self.data, reml, self.solver, self.max_iter, self.tol, value)[0]
 
     def describe(self) -> str:
-        return (f"{self.structure.nlme_class}(form = ~ time | {self.group_name}): "
-                f"{self.name} = {self.value:.6g}")
+        """nlme's spelling of the structure and the estimate: ``corAR1(form = ~ visit | Mare),
+        Phi = 0.607``."""
+        return f"{self.structure.nlme_class}(form = {self.group_name}), {self.name} = {self.value:.6g}"
 
 
 def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: str = "auto",

@@ -222,7 +222,7 @@ class FittedModel:
     def df_methods(self) -> tuple[str, ...]:
         """Denominator degrees of freedom the fixed effects' tests may use, preferred first:
         finite (t and F) ones only where the scale is estimated."""
-        if self.scale_estimated:
+        if self.scale_estimated and self.correlation is None:
             return ("satterthwaite", "kenward-roger", "asymptotic")
         return ("asymptotic",)
 
@@ -231,7 +231,18 @@ class FittedModel:
         raises). Features: "satterthwaite" and "kenward-roger" (finite denominator df:
         an estimated dispersion), "profile" (profiles of lme4's parameters through the
         profiled linear-model deviance), "random-refit" (refits with reduced random effects,
-        ranova), "rows" (the fit's rows: in-memory fits)."""
+        ranova), "rows" (the fit's rows: in-memory fits), "simulation" (responses drawn
+        from the fitted model: simulate, bootstrap, power), "variance-components" (R2, ICC),
+        "refits" (refits with held parameters: profiles).
+
+        With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
+        hold the correlation parameter, whose estimation these methods would have to take
+        into account: they are refused, naming what works (Wald tests with z statistics)."""
+        if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
+            return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
+                    f"({self.correlation.structure.nlme_class}) is not supported yet; its Wald "
+                    "tests are asymptotic (z and chi-square: summary(), wald_test(..., "
+                    "ddf='asymptotic'), conf_int(method='wald'))")
         if feature in ("satterthwaite", "kenward-roger"):
             if self.scale_estimated:
                 return None
@@ -245,6 +256,8 @@ class FittedModel:
                     "random-refit": "refits with reduced random effects (ranova); compare nested "
                                     "fits with lr_test"}[feature]
             return f"a {self.family.name} GLMM has no {what}"
+        if feature in ("simulation", "variance-components", "refits"):
+            return None
         if feature == "rows":
             return None if self.design is not None else (
                 "this needs the fit's rows; a fit from chunks or Dask keeps only their "
@@ -426,6 +439,17 @@ class FittedModel:
         """The same model with its solution at ``x`` (no optimisation): inference evaluated
         at given parameters (the tests' comparisons at a reference's estimates)."""
         return dataclasses.replace(self, solution=self.deviance.solution(np.asarray(x, dtype=float)))
+
+
+# What a model with correlated residuals does not support yet (feature -> what it is).
+_NOT_WITH_CORRELATION = {
+    "satterthwaite": "Satterthwaite's df",
+    "kenward-roger": "Kenward-Roger's df",
+    "refits": "profiling (refits with held parameters)",
+    "random-refit": "refitting with reduced random effects (ranova)",
+    "simulation": "simulating responses (simulate, bootstrap, power)",
+    "variance-components": "R2 and the ICC",
+}
 
 
 # Digits the cross-products may cancel before the fit is redone on data moved by the

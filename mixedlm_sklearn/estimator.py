@@ -692,7 +692,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         rows = CorrelationRows.from_arrays(codes, time_values, st.needs_integer_times,
                                            group_name=str(name))
         check_nested(rows, [(t.codes, t.Z) for t in terms_in], [t.name for t in terms_in], str(name))
-        return st, rows, str(name)
+        raw_time = given.get("time")
+        time_name = "1" if raw_time is None else str(getattr(raw_time, "name", None) or "time")
+        return st, rows, f"~ {time_name} | {name}"
 
     def fit_chunks(
         self,
@@ -1263,7 +1265,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
 
-    def summary(self, alpha: float = 0.05, ddf: str = "satterthwaite"):
+    def summary(self, alpha: float = 0.05, ddf: str | None = None):
         """Summarise the fit: fixed effects with t tests, random effects, model information.
 
         As lme4's ``summary`` with lmerTest's t tests (Satterthwaite's degrees of freedom, or
@@ -1273,8 +1275,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         ----------
         alpha : float, default=0.05
             One minus the level of the confidence intervals in the table.
-        ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
-            How the t tests' degrees of freedom are obtained.
+        ddf : {"satterthwaite", "kenward-roger", "asymptotic"}, optional
+            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's;
+            Wald z tests (``"asymptotic"``) for a model with correlated residuals.
 
         Returns
         -------

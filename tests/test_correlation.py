@@ -332,3 +332,44 @@ def test_a_singular_residual_correlation_at_the_estimate_warns():
         est = MixedLMRegressor(correlation="cs", reml=False).fit(
             X[:, 1:], y, groups=codes, Z=Z, time=times)
     assert est.correlation_params_["Rho"] < -0.19999
+
+
+# ---- inference -----------------------------------------------------------------------------------
+
+
+def test_summary_and_print_report_the_correlation_and_wald_z_tests():
+    _, ref, est = _ovary("ovary_ar1_reml")
+    s = est.summary()
+    assert s.ddf == "asymptotic"
+    assert "corAR1(form = ~ visit | Mare), Phi = 0.607442" in str(s)
+    np.testing.assert_allclose(s.fixed_effects["std_error"], ref["bse_fe"], rtol=1e-4)
+    assert "Residual correlation: corAR1" in str(est)
+    # the Wald intervals of the fixed effects use nlme's covariance of beta
+    ci = est.conf_int()
+    z = 1.959963984540054
+    np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["r2", "icc", "ranova", "simulate", "bootstrap"])
+def test_methods_that_ignore_the_correlation_refuse(method):
+    _, _, est = _ovary("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="correlated residuals"):
+        getattr(est, method)()
+    with pytest.raises(ValueError, match="correlated residuals"):
+        est.conf_int(method="profile")
+    with pytest.raises(ValueError, match="correlated residuals"):
+        est.summary(ddf="kenward-roger")
+
+
+@pytest.mark.parametrize("name", ["ovary_ar1_ml", "ovary_ar1_reml"])
+def test_lr_test_against_independent_residuals(name):
+    """Independent residuals are phi = 0 of the AR(1) model: one parameter fewer (nlme's
+    anova(m0, m1) with the same fixed effects, REML or ML)."""
+    from mixedlm_sklearn import lr_test
+
+    df, ref, m1 = _ovary(name)
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    m0 = MixedLMRegressor(reml=ref["method"] == "REML").fit(X, df.follicles, groups=df.Mare)
+    res = lr_test(m0, m1)
+    assert res.df == 1
+    np.testing.assert_allclose(res.statistic, 2 * (ref["llf"] - m0.llf_), rtol=1e-6)

@@ -650,6 +650,7 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     if ddf is not None:
         raise ValueError("ddf= applies to method='wald' only")
+    require(model, "refits")
     if model.supports("profile") is not None:  # no profiled deviance: refits with x[k] held
         if criterion != "ml":
             raise ValueError(f"criterion={criterion!r}: this model is fitted by maximum likelihood "
