@@ -35,11 +35,13 @@ two rows, the whitening and the log-determinant.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested"]
+__all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested",
+           "CorrelationSpec", "parse_spec"]
 
 # Internal parameters are searched within these bounds: correlations within about 1e-9
 # of their limits (beyond, 1 - phi^2 loses all its digits).
@@ -303,11 +305,49 @@ STRUCTURES: dict[str, type[CorrelationStructure]] = {
     cls.name: cls for cls in (AR1, CAR1, Exp, CompoundSymmetry)}
 
 
+_NLME_NAMES = {"corar1": "ar1", "corcar1": "car1", "corexp": "exp",
+               "corcompsymm": "cs"}
+_NAME = r"[A-Za-z_.][A-Za-z0-9_.]*"
+# "ar1", "car1(~ Time | Rat)", "corAR1(form = ~ 1 | Mare)": read by this pattern, never evaluated
+_SPEC = re.compile(rf"^\s*(?P<name>[A-Za-z0-9]+)\s*(?:\(\s*(?:form\s*=\s*)?~\s*(?P<time>{_NAME}|1)"
+                   rf"\s*(?:\|\s*(?P<groups>{_NAME})\s*)?\)|\(\s*\))?\s*$")
+
+
+@dataclass(frozen=True)
+class CorrelationSpec:
+    """A parsed ``correlation=`` string: the structure's name, the time column (None: the
+    row order) and the residual groups' column (None: the grouping factor)."""
+
+    name: str
+    time: str | None = None
+    groups: str | None = None
+
+    @property
+    def names_columns(self) -> bool:
+        return self.time is not None or self.groups is not None
+
+
+def parse_spec(text: str) -> CorrelationSpec:
+    """``"ar1"``, ``"car1(~ Time | Rat)"``, nlme's ``"corCAR1(form = ~ Time | Rat)"``, or a
+    ValueError naming the accepted forms. Only this pattern is read; nothing is evaluated."""
+    accepted = (f"correlation must be one of {sorted(STRUCTURES)}, optionally with nlme's form "
+                "('car1(~ Time | Rat)', 'ar1(~ 1 | Mare)', 'corAR1(form = ~ visit | Mare)'), or None")
+    if not isinstance(text, str):
+        raise ValueError(f"{accepted}; got {text!r}")
+    m = _SPEC.match(text)
+    if m is None:
+        raise ValueError(f"{accepted}; got {text!r}")
+    name = m.group("name").lower()
+    name = _NLME_NAMES.get(name, name)
+    if name not in STRUCTURES:
+        raise ValueError(f"{accepted}; got {text!r}")
+    time = m.group("time")
+    return CorrelationSpec(name, None if time in (None, "1") else time, m.group("groups"))
+
+
 def structure(name: str) -> CorrelationStructure:
-    """The structure called ``name`` ("ar1", "car1", "exp", "cs"), or a ValueError."""
-    if not isinstance(name, str) or name.lower() not in STRUCTURES:
-        raise ValueError(f"correlation must be one of {sorted(STRUCTURES)} (or None), got {name!r}")
-    return STRUCTURES[name.lower()]()
+    """The structure of a ``correlation=`` string (:func:`parse_spec`), or a ValueError."""
+    return STRUCTURES[parse_spec(name).name]()
 
 
 def check_nested(rows: CorrelationRows, factors: list, factor_names: list, group_name: str) -> None:

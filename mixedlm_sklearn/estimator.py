@@ -38,7 +38,14 @@ from ._design import (
     several_factors,
     z_by_factor,
 )
-from ._correlation import CorrelatedRows, CorrelationRows, check_nested, fit_correlated, structure
+from ._correlation import (
+    CorrelatedRows,
+    CorrelationRows,
+    check_nested,
+    fit_correlated,
+    parse_spec,
+    structure,
+)
 from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
@@ -261,7 +268,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         routing; ``fit_intercept`` and ``cov_type`` then come from the formula, and
         ``predict`` takes a DataFrame of new rows. The fit keeps a reference to ``X``
         (for :func:`update`; a pickle carries it). Default None: the array API.
-    correlation : {"ar1", "car1", "exp", "cs"}, optional
+    correlation : {"ar1", "car1", "exp", "cs"} or str, optional
         Correlated residuals within residual groups (nlme's ``correlation=``): "ar1"
         ``phi^|i - j|`` on integer positions (``corAR1``), "car1" ``phi^|t_i - t_j|`` on
         real times (``corCAR1``), "exp" ``exp(-|t_i - t_j| / range)`` (``corExp``), "cs"
@@ -271,7 +278,10 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         residual group must lie within one level of every grouping factor. The
         parameter is estimated with the variance components (the likelihood profiled
         over it); ``correlation_params_`` holds it under nlme's name (``Phi``, ``range``,
-        ``Rho``). Not combined with ``sample_weight``, ``residual_groups``, several
+        ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~ Time |
+        Rat)"``, ``"ar1(~ 1 | Mare)"`` (row order), also spelled
+        ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
+        evaluated. Not combined with ``sample_weight``, ``residual_groups``, several
         responses, chunks or Dask. Default None: independent residuals.
 
     Attributes
@@ -531,7 +541,8 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                                      "which takes arrays (or lmer(..., responses=[...]))")
                 return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
                                          sample_weight=sample_weight,
-                                         residual_groups=residual_groups, context=context)
+                                         residual_groups=residual_groups, context=context,
+                                         correlated=corr_inputs)
             if context is not None:
                 raise TypeError("context= gives names a formula may use: it needs formula=...")
             # ---- several responses (issue: many responses): inference/many.py ----
@@ -581,7 +592,13 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         self._remember_z_names(Z)
         corr_structure = None
         if self.correlation is not None:
-            corr_structure = structure(self.correlation)
+            spec = parse_spec(self.correlation)
+            if spec.names_columns and not (correlated or {}).get("from_formula"):
+                raise ValueError(
+                    f"correlation={self.correlation!r} names columns, which are read in formula "
+                    "mode (formula=... or lmer); with arrays give the structure's name and pass "
+                    "time= and correlation_groups= to fit")
+            corr_structure = structure(spec.name)
             unsupported = {"sample_weight": sample_weight, "residual_groups": residual_groups}
             for name, value in unsupported.items():
                 if value is not None:

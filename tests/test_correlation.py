@@ -373,3 +373,50 @@ def test_lr_test_against_independent_residuals(name):
     res = lr_test(m0, m1)
     assert res.df == 1
     np.testing.assert_allclose(res.statistic, 2 * (ref["llf"] - m0.llf_), rtol=1e-6)
+
+
+# ---- formulas ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["ar1(~ visit | Mare)", "corAR1(form = ~ 1 | Mare)", "ar1"])
+def test_lmer_with_nlme_correlation_forms_on_ovary(spec):
+    from mixedlm_sklearn import lmer
+
+    df, ref = _load("ovary_ar1_reml")
+    m = lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", df, correlation=spec)
+    _check_against(ref, m, "Phi")
+    assert list(m.fe_params_.index) == ref["fe_names"]
+
+
+def test_lmer_car1_with_random_slopes_on_bodyweight():
+    from mixedlm_sklearn import lmer
+
+    df, ref = _load("bodyweight_car1_reml")
+    m = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    _check_against(ref, m, "Phi")
+    assert list(m.fe_params_.index) == ref["fe_names"]
+    assert "corCAR1(form = ~ Time | Rat)" in str(m.summary())
+
+
+@pytest.mark.parametrize("spec", ['ar1(~ __import__("os").getcwd() | Mare)', "ar1(~ visit + 1 | Mare)",
+                                  "arma(~ visit | Mare)", "ar1(~ visit | Mare); 1"])
+def test_correlation_strings_are_matched_never_evaluated(spec):
+    from mixedlm_sklearn import lmer
+
+    df, _ = _load("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        lmer("follicles ~ Time + (1 | Mare)", df, correlation=spec)
+
+
+def test_correlation_columns_outside_formula_mode_are_refused():
+    X, y, g, t = _small()
+    with pytest.raises(ValueError, match="read in formula mode"):
+        MixedLMRegressor(correlation="car1(~ Time | Rat)").fit(X, y, groups=g)
+
+
+def test_correlation_column_must_exist():
+    from mixedlm_sklearn import lmer
+
+    df, _ = _load("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="not a column"):
+        lmer("follicles ~ Time + (1 | Mare)", df, correlation="ar1(~ day | Mare)")
