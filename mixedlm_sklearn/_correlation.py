@@ -470,6 +470,8 @@ class FittedCorrelation:
     bounds : tuple
         Bounds of the internal parameter.
     reml : bool
+    deviance : float
+        The deviance at the estimate.
     solver : str
     max_iter : int
     tol : float
@@ -481,6 +483,7 @@ class FittedCorrelation:
     group_name: str
     bounds: tuple
     reml: bool
+    deviance: float
     solver: str = "auto"
     max_iter: int = 1000
     tol: float = 1e-8
@@ -505,6 +508,37 @@ class FittedCorrelation:
         reml = self.reml if reml is None else reml
         value = self.structure.value(float(u), self.data.rows)
         return _deviance_at(self.data, reml, self.solver, self.max_iter, self.tol, value)[0]
+
+    def profile_interval(self, alpha: float = 0.05) -> tuple[float, float]:
+        """The profile-likelihood interval of the parameter (nlme's scale): where the deviance,
+        theta re-optimised, exceeds its minimum by the chi-square(1) quantile. A side whose
+        profile stays below it up to a bound of the parameter ends at that bound."""
+        from scipy import optimize, stats
+
+        q = float(stats.chi2.ppf(1.0 - alpha, 1))
+        st, rows = self.structure, self.data.rows
+        lo, hi = self.bounds
+
+        def excess(u: float) -> float:
+            return self.deviance_at(u) - self.deviance - q
+
+        def side(direction: int) -> float:
+            start = self.internal if np.isfinite(self.internal) else lo
+            if direction < 0 and not np.isfinite(self.internal):
+                return self.value  # at the bound of independence already
+            inner, step = start, 0.25
+            while True:
+                outer = float(np.clip(inner + direction * step, lo, hi))
+                if excess(outer) > 0:
+                    a, b = sorted((inner, outer))
+                    u = optimize.brentq(excess, a, b, xtol=1e-10)
+                    return st.value(u, rows)
+                if outer in (lo, hi):
+                    edge = st.boundary_value()
+                    return edge if (direction < 0 and edge is not None) else st.value(outer, rows)
+                inner, step = outer, 2.0 * step
+
+        return side(-1), side(+1)
 
     def describe(self) -> str:
         """nlme's spelling of the structure and the estimate: ``corAR1(form = ~ visit | Mare),
@@ -550,6 +584,6 @@ def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: st
         if on_edge[0] <= sol.deviance:
             _, dev, sol, info = on_edge
             u_hat, value = -np.inf, edge
-    fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, solver, max_iter,
-                               tol)
+    fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(sol.deviance),
+                               solver, max_iter, tol)
     return dev, sol, info, fitted

@@ -420,3 +420,32 @@ def test_correlation_column_must_exist():
     df, _ = _load("ovary_ar1_reml")
     with pytest.raises(ValueError, match="not a column"):
         lmer("follicles ~ Time + (1 | Mare)", df, correlation="ar1(~ day | Mare)")
+
+
+def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_profile():
+    """The interval's ends are where the dense REML criterion, minimised over the other
+    parameters at phi held, exceeds the minimum by the chi-square(1) 95% quantile."""
+    from scipy import stats
+
+    X, y, Z, codes, times = _random_design("car1", 1, 0.6, seed=2)  # an interior fit
+    est = MixedLMRegressor(correlation="car1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times)
+    ci = est.conf_int(method="profile", which=["Phi"])
+    lower, upper = ci.loc["Phi"]
+    phi = est.correlation_params_["Phi"]
+    assert lower < phi < upper
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense_profile(value):
+        f = lambda p: _dense_deviance(X, y, Z, codes, times, "car1", np.array([[np.exp(p[0])]]),
+                                      np.exp(p[1]), value, True)
+        best = np.inf
+        for s in ([0.0, 0.0], [-2.0, 0.5], [1.0, -1.0]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000})
+            best = min(best, r.fun)
+        return best
+
+    for end in (lower, upper):
+        np.testing.assert_allclose(dense_profile(end), -2 * est.llf_ + q, atol=1e-6)
+    with pytest.raises(ValueError, match="correlation parameter only"):
+        est.conf_int(method="profile")
