@@ -449,3 +449,10 @@ def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_prof
         np.testing.assert_allclose(dense_profile(end), -2 * est.llf_ + q, atol=1e-6)
     with pytest.raises(ValueError, match="correlation parameter only"):
         est.conf_int(method="profile")
+
+
+def test_predict_on_seen_groups_is_nlmes_conditional_prediction():
+    df, ref, est = _ovary("ovary_ar1_reml")
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    np.testing.assert_allclose(est.predict(X[:30], groups=df.Mare[:30]), ref["fitted_head"], rtol=1e-6)
+    np.testing.assert_allclose(est.fitted(level="marginal")[:30], ref["fitted_head_fixed"], rtol=1e-6)
