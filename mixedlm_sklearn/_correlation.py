@@ -414,6 +414,10 @@ class WhitenedDeviance:
         self.logdet = float(logdet)
 
     def __getattr__(self, name):
+        # private and dunder names are this object's own (pickle looks up __setstate__
+        # before _inner exists)
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     @property

@@ -456,3 +456,17 @@ def test_predict_on_seen_groups_is_nlmes_conditional_prediction():
     X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
     np.testing.assert_allclose(est.predict(X[:30], groups=df.Mare[:30]), ref["fitted_head"], rtol=1e-6)
     np.testing.assert_allclose(est.fitted(level="marginal")[:30], ref["fitted_head_fixed"], rtol=1e-6)
+
+
+def test_a_correlated_fit_pickles_and_clones():
+    import pickle
+
+    from sklearn.base import clone
+
+    df, _, est = _ovary("ovary_ar1_reml")
+    again = pickle.loads(pickle.dumps(est))
+    assert again.llf_ == est.llf_
+    assert again.summary().correlation == est.summary().correlation
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})[:5]
+    np.testing.assert_array_equal(again.predict(X, groups=df.Mare[:5]), est.predict(X, groups=df.Mare[:5]))
+    assert clone(est).get_params()["correlation"] == "ar1"
