@@ -281,8 +281,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~ Time |
         Rat)"``, ``"ar1(~ 1 | Mare)"`` (row order), also spelled
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
-        evaluated. Not combined with ``sample_weight``, ``residual_groups``, several
-        responses, chunks or Dask. Default None: independent residuals.
+        evaluated. Fitted with the exact solver; not combined with ``sample_weight``,
+        ``residual_groups``, several responses, chunks or Dask. Default None: independent
+        residuals.
 
     Attributes
     ----------
@@ -607,6 +608,11 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                         "in memory, any random-effects terms the residual groups are nested in")
             if is_dask_collection(X):
                 raise NotImplementedError("correlation= needs the rows in memory (not Dask)")
+            if self.solver == "iterative":
+                # the correlation's search needs exact deviances (a stochastic estimate's
+                # noise would move its optimum)
+                raise NotImplementedError("correlation= is fitted with solver='exact' (or 'auto'); "
+                                          "the iterative solver's deviance is a stochastic estimate")
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
         index = X.index if isinstance(X, pd.DataFrame) else None
@@ -885,7 +891,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
                 data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms)
                 dev, sol, info, fitted_corr = fit_correlated(
-                    data, reml, corr_name, solver=self.solver, max_iter=self.max_iter, tol=self.tol)
+                    data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             else:
                 with np.errstate(all="ignore"):
                     dev, sol, info = fit_model(cp, reml, solver=self.solver, verbose=self.verbose,

@@ -470,3 +470,9 @@ def test_a_correlated_fit_pickles_and_clones():
     X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})[:5]
     np.testing.assert_array_equal(again.predict(X, groups=df.Mare[:5]), est.predict(X, groups=df.Mare[:5]))
     assert clone(est).get_params()["correlation"] == "ar1"
+
+
+def test_the_iterative_solver_is_refused():
+    X, y, g, t = _small()
+    with pytest.raises(NotImplementedError, match="solver='exact'"):
+        MixedLMRegressor(correlation="ar1", solver="iterative").fit(X, y, groups=g)
