@@ -42,6 +42,10 @@ CROSSED_CASES = (
 #: ``stratum``.
 NESTED_VARIDENT_CASES = ("oats_nested_varident_reml",)
 
+#: nlme fits with correlated residuals, in ``structures/`` (columns as in R's data; see
+#: tests/test_correlation.py).
+STRUCTURE_CASES = ("ovary_ar1_reml", "ovary_ar1_ml", "bodyweight_car1_reml", "orthodont_cs_reml")
+
 #: Crossed terms whose JSON comes without its CSV (rebuilt from the bundled data set).
 JSON_ONLY_CASES = ("insteval_slope_crossed_reml",)
 

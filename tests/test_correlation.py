@@ -9,7 +9,6 @@ maximised with scipy from several starts.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,11 +17,14 @@ from scipy import linalg, optimize
 
 from mixedlm_sklearn import MixedLMRegressor
 
-STRUCT_DIR = Path(__file__).resolve().parent / "data" / "reference" / "structures"
+from _reference import REFERENCE_DIR, STRUCTURE_CASES
+
+STRUCT_DIR = REFERENCE_DIR / "structures"
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def _load(name):
+    assert name in STRUCTURE_CASES
     ref = json.loads((STRUCT_DIR / f"{name}.json").read_text())
     labels = {"Mare": str, "Rat": str, "Diet": str, "Subject": str, "Sex": str}
     return pd.read_csv(STRUCT_DIR / f"{name}.csv", dtype=labels), ref
