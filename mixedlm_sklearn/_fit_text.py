@@ -146,6 +146,9 @@ def fit_text(est: Any, width: int | None = None) -> str:
         lines.append(f"Number of obs: {n_obs}, groups:  {groups}")
     else:
         lines.append(f"Number of obs: {n_obs}")
+    correlation = getattr(est.model_, "correlation", None)
+    if correlation is not None:  # nlme's print(lme): "Correlation Structure: AR(1)" block
+        lines.append(f"Residual correlation: {correlation.describe()}")
     lines.append("Fixed Effects:")
     fe = est.fe_params_
     lines.extend(_named_vector(list(map(str, fe.index)), format_real(fe.to_numpy(), _DIGITS),

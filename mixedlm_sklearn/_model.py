@@ -187,6 +187,7 @@ class FittedModel:
     tol: float = 1e-8
     rank: Any = None
     family: Family = field(default_factory=gaussian)
+    correlation: Any = None  # a FittedCorrelation (._correlation) with correlated residuals
     # What inference derives from this fit alone and reuses (Satterthwaite's derivatives,
     # one Hessian for summary, anova, wald_test and emmeans): empty in every copy.
     derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -221,7 +222,7 @@ class FittedModel:
     def df_methods(self) -> tuple[str, ...]:
         """Denominator degrees of freedom the fixed effects' tests may use, preferred first:
         finite (t and F) ones only where the scale is estimated."""
-        if self.scale_estimated:
+        if self.scale_estimated and self.correlation is None:
             return ("satterthwaite", "kenward-roger", "asymptotic")
         return ("asymptotic",)
 
@@ -230,7 +231,18 @@ class FittedModel:
         raises). Features: "satterthwaite" and "kenward-roger" (finite denominator df:
         an estimated dispersion), "profile" (profiles of lme4's parameters through the
         profiled linear-model deviance), "random-refit" (refits with reduced random effects,
-        ranova), "rows" (the fit's rows: in-memory fits)."""
+        ranova), "rows" (the fit's rows: in-memory fits), "simulation" (responses drawn
+        from the fitted model: simulate, bootstrap, power), "variance-components" (R2, ICC),
+        "refits" (refits with held parameters: profiles).
+
+        With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
+        hold the correlation parameter, whose estimation these methods would have to take
+        into account: they are refused, naming what works (Wald tests with z statistics)."""
+        if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
+            return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
+                    f"({self.correlation.structure.nlme_class}) is not supported yet; its Wald "
+                    "tests are asymptotic (z and chi-square: summary(), wald_test(..., "
+                    "ddf='asymptotic'), conf_int(method='wald'))")
         if feature in ("satterthwaite", "kenward-roger"):
             if self.scale_estimated:
                 return None
@@ -244,6 +256,8 @@ class FittedModel:
                     "random-refit": "refits with reduced random effects (ranova); compare nested "
                                     "fits with lr_test"}[feature]
             return f"a {self.family.name} GLMM has no {what}"
+        if feature in ("simulation", "variance-components", "refits"):
+            return None
         if feature == "rows":
             return None if self.design is not None else (
                 "this needs the fit's rows; a fit from chunks or Dask keeps only their "
@@ -271,9 +285,15 @@ class FittedModel:
     @property
     def n_parameters(self) -> int:
         """lme4's parameter count: fixed effects (kept), the covariance parameters, the
-        residual-variance ratios, and sigma where the scale is estimated."""
-        return (len(self.fe_names) + self.n_theta + self.n_eta + int(self.scale_estimated)
-                + len(self.family.free))
+        residual-variance ratios, the residual correlation's parameter, sigma where the
+        scale is estimated and the family's estimated parameters (NB theta, Gamma shape)."""
+        return (len(self.fe_names) + self.n_theta + self.n_eta + self.n_corr
+                + int(self.scale_estimated) + len(self.family.free))
+
+    @property
+    def n_corr(self) -> int:
+        """Parameters of the residual correlation (0 with independent residuals)."""
+        return 0 if self.correlation is None else 1
 
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
@@ -368,6 +388,11 @@ class FittedModel:
         """
         if isinstance(self.deviance, GLMMDeviance):
             return self._refit_glmm(reml, x0, fixed, columns)
+        if self.correlation is not None:
+            raise NotImplementedError(
+                "refits of a model with correlated residuals (by ML, with held parameters or "
+                "other columns) are not supported yet: fit the models to compare with the "
+                "estimator (e.g. reml=False) and compare them with lr_test")
         if fixed or columns is not None:
             raise NotImplementedError("a linear model's refit with held parameters or other "
                                       "columns goes through its cross-products")
@@ -423,6 +448,17 @@ class FittedModel:
         """The same model with its solution at ``x`` (no optimisation): inference evaluated
         at given parameters (the tests' comparisons at a reference's estimates)."""
         return dataclasses.replace(self, solution=self.deviance.solution(np.asarray(x, dtype=float)))
+
+
+# What a model with correlated residuals does not support yet (feature -> what it is).
+_NOT_WITH_CORRELATION = {
+    "satterthwaite": "Satterthwaite's df",
+    "kenward-roger": "Kenward-Roger's df",
+    "refits": "profiling (refits with held parameters)",
+    "random-refit": "refitting with reduced random effects (ranova)",
+    "simulation": "simulating responses (simulate, bootstrap, power)",
+    "variance-components": "R2 and the ICC",
+}
 
 
 # Digits the cross-products may cancel before the fit is redone on data moved by the

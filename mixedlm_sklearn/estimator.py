@@ -38,6 +38,14 @@ from ._design import (
     several_factors,
     z_by_factor,
 )
+from ._correlation import (
+    CorrelatedRows,
+    CorrelationRows,
+    check_nested,
+    fit_correlated,
+    parse_spec,
+    structure,
+)
 from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
 from ._terms import Term, Terms
@@ -260,6 +268,22 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         routing; ``fit_intercept`` and ``cov_type`` then come from the formula, and
         ``predict`` takes a DataFrame of new rows. The fit keeps a reference to ``X``
         (for :func:`update`; a pickle carries it). Default None: the array API.
+    correlation : {"ar1", "car1", "exp", "cs"} or str, optional
+        Correlated residuals within residual groups (nlme's ``correlation=``): "ar1"
+        ``phi^|i - j|`` on integer positions (``corAR1``), "car1" ``phi^|t_i - t_j|`` on
+        real times (``corCAR1``), "exp" ``exp(-|t_i - t_j| / range)`` (``corExp``), "cs"
+        the same correlation ``rho`` between any two rows of a group (``corCompSymm``).
+        :meth:`fit` takes the times (``time``, default the row order within a group) and
+        the residual groups (``correlation_groups``, default the grouping factor); each
+        residual group must lie within one level of every grouping factor. The
+        parameter is estimated with the variance components (the likelihood profiled
+        over it); ``correlation_params_`` holds it under nlme's name (``Phi``, ``range``,
+        ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~ Time |
+        Rat)"``, ``"ar1(~ 1 | Mare)"`` (row order), also spelled
+        ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
+        evaluated. Fitted with the exact solver; not combined with ``sample_weight``,
+        ``residual_groups``, several responses, chunks or Dask. Default None: independent
+        residuals.
 
     Attributes
     ----------
@@ -310,6 +334,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         Whether the estimate is on the boundary (lme4's ``isSingular``).
     df_model_ : int
         Number of parameters counted by AIC and BIC.
+    correlation_params_ : dict
+        With ``correlation``: the estimated correlation parameter under nlme's name
+        (``{"Phi": ...}``, ``{"range": ...}`` or ``{"Rho": ...}``); empty without.
     model_ : FittedModel
         Deviance function and optimum, used by the inference methods.
     n_features_in_ : int
@@ -356,6 +383,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         "verbose": ["verbose"],
         "solver": [StrOptions({"auto", "exact", "iterative"})],
         "formula": [str, None],
+        "correlation": [str, None],
     }
 
     def __init__(
@@ -368,6 +396,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         verbose: int = 0,
         solver: str = "auto",
         formula: str | None = None,
+        correlation: str | None = None,
     ) -> None:
         self.reml = reml
         self.fit_intercept = fit_intercept
@@ -377,13 +406,15 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         self.verbose = verbose
         self.solver = solver
         self.formula = formula
+        self.correlation = correlation
 
     # ---- fitting --------------------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
             sample_weight: Any = None, residual_groups: Any = None, offset: Any = None,
-            context: Any = None, progress: Any = None):
+            context: Any = None, progress: Any = None, time: Any = None,
+            correlation_groups: Any = None):
         """Fit the model.
 
         Parameters
@@ -438,6 +469,14 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         progress : callable, optional
             With several responses: ``progress(done, total)`` after each block of
             responses (with ``verbose`` and no callable, a printed line per block).
+        time : array-like of shape (n,), optional
+            With ``correlation``: the time (car1, exp) or integer position (ar1) of each
+            row, increasing strictly within a residual group. Default: the rows' order
+            within their group (positions 1, 2, ...).
+        correlation_groups : array-like of shape (n,), optional
+            With ``correlation``: the residual group of each row (nlme's ``form = ~ t |
+            g``); rows of different groups are independent. Default: the grouping factor
+            (needed with several factors or none).
 
         Returns
         -------
@@ -477,6 +516,13 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         array([[612.09,   9.6 ],
                [  9.6 ,  35.07]])
 
+        Correlated residuals within each group (nlme's ``corCAR1(form = ~ Time | Rat)``):
+
+        >>> car1 = MixedLMRegressor(correlation="car1").fit(
+        ...     df[["Days"]], df["Reaction"], groups=df["Subject"], time=df["Days"])
+        >>> round(car1.correlation_params_["Phi"], 4), round(car1.llf_, 4)
+        (0.6531, -868.0955)
+
         Several responses with one design (a column each):
 
         >>> Y = np.column_stack([df["Reaction"], np.log(df["Reaction"])])
@@ -485,19 +531,28 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         (array([-871.8141,  149.2406]), (2, 1), (180, 2))
         """
         with _refitting(self), clean_failure():
+            corr_inputs = {"time": time, "correlation_groups": correlation_groups}
+            if self.correlation is None and any(v is not None for v in corr_inputs.values()):
+                given = [k for k, v in corr_inputs.items() if v is not None]
+                raise TypeError(f"{' and '.join(given)} describe correlated residuals: they need "
+                                "correlation='ar1', 'car1', 'exp' or 'cs'")
             if self.formula is not None:
                 if progress is not None:
                     raise ValueError("progress reports the responses of a multi-output fit, "
                                      "which takes arrays (or lmer(..., responses=[...]))")
                 return self._fit_formula(X, y, groups=groups, Z=Z, offset=offset,
                                          sample_weight=sample_weight,
-                                         residual_groups=residual_groups, context=context)
+                                         residual_groups=residual_groups, context=context,
+                                         correlated=corr_inputs)
             if context is not None:
                 raise TypeError("context= gives names a formula may use: it needs formula=...")
             # ---- several responses (issue: many responses): inference/many.py ----
             from .inference.many import fit_responses, is_multi_output
 
             if is_multi_output(y):
+                if self.correlation is not None:
+                    raise NotImplementedError("correlation= is supported with one response; fit "
+                                              "each response on its own")
                 self._remember_z_names(Z)
                 fit_responses(self, X, y, groups, Z, sample_weight, residual_groups, offset, progress)
                 if self.singular_.any():
@@ -510,16 +565,18 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             if progress is not None:
                 raise ValueError("progress reports the responses of a multi-output fit; y has one")
             return self._fit_arrays(X, y, groups=groups, Z=Z, sample_weight=sample_weight,
-                                    residual_groups=residual_groups, offset=offset)
+                                    residual_groups=residual_groups, offset=offset,
+                                    correlated=corr_inputs)
 
     def _fit_arrays(self, X: Any, y: Any, *, groups: Any = None, Z: Any = None,
                     sample_weight: Any = None, residual_groups: Any = None,
-                    offset: Any = None) -> "MixedLMRegressor":
+                    offset: Any = None, correlated: dict | None = None) -> "MixedLMRegressor":
         offset_values = None
         if offset is not None:
             y = _minus_offset(y, offset, X)
             offset_values = _check_offset(offset, _num_samples(X))
-        return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset_values)
+        return self._fit(X, y, groups, Z, sample_weight, residual_groups, offset_values,
+                         correlated=correlated)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
         if isinstance(self.cov_type, dict):
@@ -532,8 +589,30 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                 raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
 
     def _fit(self, X, y, groups, Z, sample_weight, residual_groups,
-             offset: np.ndarray | None = None) -> "MixedLMRegressor":
+             offset: np.ndarray | None = None, correlated: dict | None = None) -> "MixedLMRegressor":
         self._remember_z_names(Z)
+        corr_structure = None
+        if self.correlation is not None:
+            spec = parse_spec(self.correlation)
+            if spec.names_columns and not (correlated or {}).get("from_formula"):
+                raise ValueError(
+                    f"correlation={self.correlation!r} names columns, which are read in formula "
+                    "mode (formula=... or lmer); with arrays give the structure's name and pass "
+                    "time= and correlation_groups= to fit")
+            corr_structure = structure(spec.name)
+            unsupported = {"sample_weight": sample_weight, "residual_groups": residual_groups}
+            for name, value in unsupported.items():
+                if value is not None:
+                    raise NotImplementedError(
+                        f"correlation= is not combined with {name} yet; supported: one response "
+                        "in memory, any random-effects terms the residual groups are nested in")
+            if is_dask_collection(X):
+                raise NotImplementedError("correlation= needs the rows in memory (not Dask)")
+            if self.solver == "iterative":
+                # the correlation's search needs exact deviances (a stochastic estimate's
+                # noise would move its optimum)
+                raise NotImplementedError("correlation= is fitted with solver='exact' (or 'auto'); "
+                                          "the iterative solver's deviance is a stochastic estimate")
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
         index = X.index if isinstance(X, pd.DataFrame) else None
@@ -574,6 +653,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             if residual_groups is not None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "
                                  "estimated together with the random effects")
+        if groups is None and corr_structure is not None:
+            terms_in = []  # generalised least squares (nlme's gls)
+        elif groups is None:
             warnings.warn(
                 "no groups were given: fitting without random effects (ordinary least "
                 "squares). Pass groups=... to fit the mixed model.",
@@ -601,9 +683,41 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
                   f"{sum(t.n_levels for t in terms)} levels ({time.perf_counter() - started:.3f} s)")
         design = Design(X, self.fit_intercept, y, factors, weights, strata, n_strata, offset, index)
         several = several_factors(groups, Z) if groups is not None else False
+        corr = None
+        if corr_structure is not None:
+            corr = self._correlation_rows(corr_structure, correlated or {}, terms_in, n)
         self._fit_cross_products(cp, x_names, {t.name: t.labels for t in terms_in}, strata_labels,
-                                 several, design)
+                                 several, design, correlation=corr)
         return self
+
+    def _correlation_rows(self, st, given: dict, terms_in: list, n: int) -> tuple:
+        """The structure, its rows and the residual groups' name, checked."""
+        groups = given.get("correlation_groups")
+        if groups is None:
+            if len(terms_in) != 1:
+                raise ValueError("correlation= needs correlation_groups= (the residual groups) "
+                                 f"when the model has {'no' if not terms_in else 'several'} "
+                                 "grouping factors")
+            codes, name = terms_in[0].codes, terms_in[0].name
+        else:
+            name = group_name(groups) if hasattr(groups, "name") else "correlation_groups"
+            codes, _ = encode_groups(groups, n, name="correlation_groups")
+        time_values = given.get("time")
+        if time_values is not None:
+            time_values = np.asarray(time_values)
+            if time_values.ndim != 1 or time_values.shape[0] != n:
+                raise ValueError(f"time must have one value per row ({n}), got shape "
+                                 f"{time_values.shape}")
+            try:
+                time_values = time_values.astype(float)
+            except (TypeError, ValueError):
+                raise ValueError("time must be numeric (times or integer positions)") from None
+        rows = CorrelationRows.from_arrays(codes, time_values, st.needs_integer_times,
+                                           group_name=str(name))
+        check_nested(rows, [(t.codes, t.Z) for t in terms_in], [t.name for t in terms_in], str(name))
+        raw_time = given.get("time")
+        time_name = "1" if raw_time is None else str(getattr(raw_time, "name", None) or "time")
+        return st, rows, f"~ {time_name} | {name}"
 
     def fit_chunks(
         self,
@@ -737,7 +851,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
     def _fit_cross_products(self, cp: CrossProducts, x_names: list[str], labels: dict,
                             strata_labels: np.ndarray | None, several: bool,
-                            design: Design | None) -> None:
+                            design: Design | None, correlation: tuple | None = None) -> None:
         """Everything after the cross-products: checks, optimisation, fitted attributes."""
         fe_names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
         if not fe_names:
@@ -771,11 +885,19 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         try:
             # least squares with as many rows as kept columns: no residual df for REML
             reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
-            with np.errstate(all="ignore"):
-                dev, sol, info = fit_model(cp, reml, solver=self.solver, verbose=self.verbose,
-                                           max_iter=self.max_iter, tol=self.tol,
-                                           callback=callback, design=design,
-                                           kept=None if not rank.deficient else rank.kept)
+            fitted_corr = None
+            if correlation is not None:
+                st, rows, corr_name = correlation
+                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
+                data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms)
+                dev, sol, info, fitted_corr = fit_correlated(
+                    data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
+            else:
+                with np.errstate(all="ignore"):
+                    dev, sol, info = fit_model(cp, reml, solver=self.solver, verbose=self.verbose,
+                                               max_iter=self.max_iter, tol=self.tol,
+                                               callback=callback, design=design,
+                                               kept=None if not rank.deficient else rank.kept)
         except FloatingPointError as err:
             raise ValueError(
                 f"the fit broke down numerically ({err}) as the residual variance went to 0: "
@@ -785,11 +907,19 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             check_residual_variance(sol.scale, xyxy, cp.n, None if strata_labels is None else
                                     dict(zip(strata_labels, sol.scale * sol.ratios)),
                                     rounding=dev.rounding_of_scale(sol.x))
+        if fitted_corr is not None and fitted_corr.degenerate:
+            warnings.warn(
+                f"the residual correlation is (nearly) singular at the estimate ({fitted_corr.name} = "
+                f"{fitted_corr.value:.6g}): the likelihood keeps increasing towards a singular "
+                "residual correlation (e.g. compound symmetry next to random effects that can fit "
+                "a group's mean). The fit is degenerate: simplify the random effects or the "
+                "correlation structure.", ConvergenceWarning, stacklevel=caller_stacklevel())
         if self.verbose:
             print(f"[MixedLMRegressor] optimiser: {info.n_fev} evaluations, {info.n_iter} "
                   f"iterations, converged={info.converged} ({time.perf_counter() - started:.3f} s)")
         self.model_ = FittedModel(dev, sol, info, fe_names, terms, dict(labels), strata_labels, design,
-                                  self.max_iter, self.tol, rank if rank.deficient else None)
+                                  self.max_iter, self.tol, rank if rank.deficient else None,
+                                  correlation=fitted_corr)
         self._set_fitted(several)
 
     def _set_fitted(self, several: bool, warn: bool = True) -> None:
@@ -803,7 +933,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             self.residual_var_ = {label: float(sol.scale * r) for label, r in zip(model.strata, sol.ratios)}
         else:
             self.residual_var_ = {"(all)": float(sol.scale)}
-        df_model = len(model.fe_names) + terms.n_theta + 1 + model.n_eta
+        df_model = len(model.fe_names) + terms.n_theta + 1 + model.n_eta + model.n_corr
+        self.correlation_params_ = ({} if model.correlation is None
+                                    else {model.correlation.name: float(model.correlation.value)})
         llf = -0.5 * sol.deviance
         self.llf_ = llf
         self.df_model_ = df_model
@@ -1156,7 +1288,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
     # ---- inference (implemented in mixedlm_sklearn.inference) --------------------------
 
-    def summary(self, alpha: float = 0.05, ddf: str = "satterthwaite"):
+    def summary(self, alpha: float = 0.05, ddf: str | None = None):
         """Summarise the fit: fixed effects with t tests, random effects, model information.
 
         As lme4's ``summary`` with lmerTest's t tests (Satterthwaite's degrees of freedom, or
@@ -1166,8 +1298,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         ----------
         alpha : float, default=0.05
             One minus the level of the confidence intervals in the table.
-        ddf : {"satterthwaite", "kenward-roger"}, default="satterthwaite"
-            How the t tests' degrees of freedom are obtained.
+        ddf : {"satterthwaite", "kenward-roger", "asymptotic"}, optional
+            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's;
+            Wald z tests (``"asymptotic"``) for a model with correlated residuals.
 
         Returns
         -------

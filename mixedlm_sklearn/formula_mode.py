@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._correlation import parse_spec
 from ._validation import caller_stacklevel, label_kind
 from .formula import ModelFrame, parse_formula
 from .formula._frame import _cbind
@@ -34,6 +35,26 @@ __all__ = ["FormulaMode", "split_formula", "ALL_TERMS"]
 ALL_TERMS = "all"
 
 _REFUSED_IN_FORMULA_MODE = ("groups", "Z", "offset")
+
+
+def _correlation_columns(text: str, given: dict, data: pd.DataFrame, positions: np.ndarray) -> dict:
+    """``time`` and ``correlation_groups`` of the fit's rows from the columns a
+    ``correlation="car1(~ Time | Rat)"`` names (or as given to fit: columns or arrays)."""
+    spec = parse_spec(text)
+    out: dict = {"from_formula": True}
+    for key, column in (("time", spec.time), ("correlation_groups", spec.groups)):
+        value = given.get(key)
+        if column is not None and value is not None:
+            raise ValueError(f"correlation={text!r} names {key} ({column!r}); do not pass {key}= "
+                             "to fit as well")
+        source = column if column is not None else value
+        if source is None:
+            continue
+        values = _column_or_array(source, data, len(data), key)
+        series = pd.Series(np.asarray(values)[positions],
+                           name=source if isinstance(source, str) else key)
+        out[key] = series
+    return out
 
 
 def split_formula(formula: str) -> tuple[str | None, str]:
@@ -160,7 +181,8 @@ class FormulaMode:
     # ---- fitting ------------------------------------------------------------------------
 
     def _fit_formula(self, X: Any, y: Any, *, sample_weight: Any = None,
-                     residual_groups: Any = None, context: Any = None, **refused: Any):
+                     residual_groups: Any = None, context: Any = None,
+                     correlated: dict | None = None, **refused: Any):
         """Fit from ``self.formula`` on the DataFrame ``X``: the arrays, then the array fit."""
         given = [name for name in _REFUSED_IN_FORMULA_MODE if refused.get(name) is not None]
         if given:
@@ -187,6 +209,9 @@ class FormulaMode:
             arguments["sample_weight"] = np.asarray(weights, dtype=float)
         if strata is not None:
             arguments["residual_groups"] = strata[positions]
+        if getattr(self, "correlation", None) is not None:
+            arguments["correlated"] = _correlation_columns(self.correlation, correlated or {},
+                                                           data, positions)
         decided = self._decided_params(frame)
         saved = {name: self.__dict__[name] for name in decided}
         self.__dict__.update(decided)

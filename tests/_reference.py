@@ -42,6 +42,14 @@ CROSSED_CASES = (
 #: ``stratum``.
 NESTED_VARIDENT_CASES = ("oats_nested_varident_reml",)
 
+#: nlme fits with correlated residuals, in ``structures/`` (columns as in R's data; see
+#: tests/engine/test_correlation.py).
+STRUCTURE_CASES = ("ovary_ar1_reml", "ovary_ar1_ml", "bodyweight_car1_reml", "orthodont_cs_reml")
+
+#: glmmTMB fits of the families with a parameter (negative binomial, Gamma), also in
+#: ``structures/`` (see tests/glmm/test_glmm_families.py).
+FAMILY_CASES = ("grouseticks_nb_crossed", "gamma_log_sim")
+
 #: Crossed terms whose JSON comes without its CSV (rebuilt from the bundled data set).
 JSON_ONLY_CASES = ("insteval_slope_crossed_reml",)
 

@@ -45,6 +45,9 @@ def choose_df(model: FittedModel, requested: str | None, preference: Sequence[st
     if canonical not in preference:
         raise ValueError(f"{name} must be one of {list(preference)}, got {requested!r}")
     if canonical not in model.df_methods:
+        reason = model.supports(canonical) if canonical != "asymptotic" else None
+        if reason is not None and model.scale_estimated:  # the model says why
+            raise ValueError(f"{name}={requested!r} does not apply to this model: {reason}")
         raise ValueError(
             f"{name}={requested!r} does not apply to this model: a {model.family.name} model's "
             f"dispersion is fixed, so its tests are asymptotic, z and chi-square "

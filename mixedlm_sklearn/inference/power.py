@@ -31,6 +31,7 @@ from .._table import format_real
 from .._terms import Terms
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha, fitted_model
+from ._protocol import require
 from .satterthwaite import varpar_model
 from .simulation import (
     rows_refitters,
@@ -430,7 +431,7 @@ def power(est: Any, term: str | Sequence[str], *, effect: Any = None, n_groups: 
     True
     """
     _refuse_formula(est, "power")
-    model = fitted_model(est)
+    model = require(fitted_model(est), "simulation")
     alpha = check_alpha(alpha)
     n_sim = check_count(n_sim, "n_sim")
     if test is None:

@@ -605,6 +605,9 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     estimate of exactly 0) has the lower bound 0; a correlation likewise -1 or 1.
     Wald intervals use the covariance of the fixed effects at the estimates (for a
     heteroscedastic fit, at the estimated variance ratios, as nlme's ``intervals``).
+    With correlated residuals, ``method="profile", which=["Phi"]`` (``"range"``,
+    ``"Rho"``) profiles the correlation parameter on the fit's own criterion (REML or
+    ML), the variance components re-optimised at each value.
 
     Examples
     --------
@@ -650,6 +653,16 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     if ddf is not None:
         raise ValueError("ddf= applies to method='wald' only")
+    corr = model.correlation
+    if corr is not None and which is not None and list(np.atleast_1d(which)) == [corr.name]:
+        # the correlation parameter's profile, on the criterion of the fit (nlme's)
+        with single_threaded_blas():
+            bounds = corr.profile_interval(check_alpha(alpha))
+        return pd.DataFrame([bounds], index=pd.Index([corr.name], name="parameter"),
+                            columns=["lower", "upper"])
+    if corr is not None:
+        raise ValueError(f"profile intervals of a model with correlated residuals cover its "
+                         f"correlation parameter only: which=[{corr.name!r}]")
     if model.supports("profile") is not None:  # no profiled deviance: refits with x[k] held
         if criterion != "ml":
             raise ValueError(f"criterion={criterion!r}: this model is fitted by maximum likelihood "

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._parameters import fitted_model
+from ._protocol import require
 
 __all__ = ["VarianceComponents", "R2", "ICC", "variance_components", "r2", "icc",
            "components_from_moments", "components_from_designs"]
@@ -284,7 +285,7 @@ def variance_components(est: Any) -> VarianceComponents:
     >>> round(vc.fixed, 2), round(vc.random, 2), round(vc.residual, 2)
     (908.95, 1378.18, 960.46)
     """
-    model = fitted_model(est)
+    model = require(fitted_model(est), "variance-components")
     sol = model.solution
     if model.fe_names[0] != "(Intercept)":
         raise ValueError("R2 needs the intercept's column (the mean of the predictions) in the "

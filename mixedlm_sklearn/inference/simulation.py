@@ -50,6 +50,7 @@ from .._terms import Terms
 from .._refit import _BATCH, Refit, Refitter, Rows, model_rows, refitter_for, rows_refitters
 from .._threads import single_threaded_blas
 from ._parameters import fitted_model, ratio_names, theta_to_sdcor
+from ._protocol import require
 
 __all__ = ["simulate", "Rows", "Parameters", "Sampler", "GaussianResponse", "FamilyResponse",
            "Refit", "Refitter", "refitter_for", "run_replicates",
@@ -122,8 +123,9 @@ class RefitCounts:
 
 def simulation_model(est: Any, role: str = "est") -> FittedModel:
     """The fitted model of an estimator (or the model itself), or a TypeError naming the
-    argument (:func:`._parameters.fitted_model`)."""
-    return fitted_model(est, role)
+    argument (:func:`._parameters.fitted_model`), or a ValueError where the model cannot be
+    simulated from (:meth:`FittedModel.supports`)."""
+    return require(fitted_model(est, role), "simulation")
 
 
 @dataclass(frozen=True)

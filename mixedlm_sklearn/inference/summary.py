@@ -139,6 +139,9 @@ class Summary:  # numpydoc ignore=PR01
     deviance : float
         lme4's ``deviance()`` of a GLMM, the sum of squared deviance residuals (printed in
         the header of a fit by Laplace or AGQ); NaN for a linear model.
+    correlation : str
+        The residual correlation structure and its estimate in nlme's terms
+        (``corAR1(form = ~ visit | Mare), Phi = 0.607``); empty without one.
 
     See Also
     --------
@@ -176,6 +179,7 @@ class Summary:  # numpydoc ignore=PR01
     family: str = "gaussian"
     link: str = "identity"
     deviance: float = np.nan
+    correlation: str = ""
 
     def _header(self) -> list[str]:
         groups = ", ".join(f"{g} ({n})" for g, n in self.n_groups.items()) or "none"
@@ -193,6 +197,7 @@ class Summary:  # numpydoc ignore=PR01
         return [
             f"Linear mixed model fit by {'REML' if self.method == 'REML' else 'maximum likelihood'}",
             f"Observations: {self.n_obs}   Groups: {groups}",
+        ] + ([f"Residual correlation: {self.correlation}"] if self.correlation else []) + [
             f"{crit}: {-2.0 * self.llf:.4f}   log-likelihood: {self.llf:.4f}   "
             f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   df: {self.df_model}",
             f"Converged: {'yes' if self.converged else 'NO'}   "
@@ -315,7 +320,8 @@ def summary(est: Any, alpha: float = 0.05, ddf: str | None = None) -> Summary:
         converged=bool(est.converged_), singular=bool(est.singular_), alpha=alpha,
         family=model.family.describe(), link=model.family.link.name,
         # lme4's deviance() of a GLMM: the sum of squared deviance residuals (not -2 logLik)
-        deviance=np.nan if model.scale_estimated else float(est.deviance_))
+        deviance=np.nan if model.scale_estimated else float(est.deviance_),
+        correlation="" if model.correlation is None else model.correlation.describe())
     if ddf == "asymptotic":
         z = beta / se
         q = stats.norm.ppf(1.0 - alpha / 2.0)

@@ -19,7 +19,7 @@ from mixedlm_sklearn import MixedGLMRegressor
 from mixedlm_sklearn._glmm import GLMMDeviance, family_and_link, make_family
 from mixedlm_sklearn._terms import Term, Terms
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "structures"
+DATA = Path(__file__).resolve().parents[1] / "data" / "reference" / "structures"
 
 
 def _reference(name):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from _reference import (
     CROSSED_CASES,
+    FAMILY_CASES,
     JSON_ONLY_CASES,
     NESTED_VARIDENT_CASES,
     PRODUCT_CASES,
@@ -12,6 +13,7 @@ from _reference import (
     PRODUCT_DIR,
     REFERENCE_DIR,
     SINGLE_FACTOR_CASES,
+    STRUCTURE_CASES,
     VARIDENT_CASES,
     load_case,
     product_data,
@@ -28,7 +30,10 @@ def test_case_lists_cover_every_reference_file():
     expected = {f"{case}.{ext}" for case in cases for ext in ("csv", "json")}
     expected |= {f"{case}.json" for case in JSON_ONLY_CASES}
     expected |= {"lrt.json", "extras", "inference_tables", "product"}  # the last two: R scripts
+    expected |= {"structures"}  # STRUCTURE_CASES and FAMILY_CASES
     assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
+    structures = {f"{case}.{ext}" for case in STRUCTURE_CASES + FAMILY_CASES for ext in ("csv", "json")}
+    assert {path.name for path in (REFERENCE_DIR / "structures").iterdir()} == structures
 
 
 def test_reference_path_rejects_unknown_file():

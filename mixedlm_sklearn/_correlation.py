@@ -1,0 +1,593 @@
+"""Correlated residuals within groups: the residual correlation structures of the linear model.
+
+The residuals of the rows of one residual group ``g`` have covariance ``sigma^2 R_g``
+with ``R_g`` a correlation matrix given by one parameter (nlme's ``corStruct`` classes,
+Pinheiro & Bates 2000, sec. 5.3). With ``L_g`` a factor of ``R_g`` (``R_g = L_g L_g'``)
+the model of ``L_g^{-1}[y X Z]`` has independent residuals, so the deviance (ML and REML
+alike) is the deviance of the whitened data plus ``log|R| = sum_g log|R_g|`` (the
+Jacobian of the transformation; ``X'V^{-1}X`` of the REML term is the whitened one).
+Whitening stays within a residual group, so a row's random-effects design keeps the
+support of its own level when every residual group lies within one level of every
+grouping factor; :func:`check_nested` refuses other designs.
+
+Structures, with ``d`` the distance in time between two rows of a group:
+
+* ``ar1``: ``phi^d`` on integer positions (nlme's ``corAR1``; ``-1 < phi < 1``);
+* ``car1``: ``phi^d`` on real times (``corCAR1``; ``0 < phi < 1``);
+* ``exp``: ``exp(-d / range)`` (``corExp`` without nugget; ``range > 0``);
+* ``cs``: ``rho`` between any two rows of a group (``corCompSymm``;
+  ``-1/(n_max - 1) < rho < 1`` with ``n_max`` the largest group).
+
+The first three are Markov in time: with rows sorted by time and ``c_t`` the correlation
+of row ``t`` with the previous row of its group, ``L^{-1}`` is bidiagonal (the
+Prais-Winsten transform): row ``t`` of the whitened data is ``(e_t - c_t e_{t-1}) /
+sqrt(1 - c_t^2)``, the first row of a group is kept, and ``log|R_g| = sum_t log(1 - c_t^2)``.
+For ``cs`` the symmetric inverse root is ``R_g^{-1/2} = a (I - P) + b P`` with
+``P = 11'/n_g``, ``a = (1 - rho)^{-1/2}``, ``b = (1 + (n_g - 1) rho)^{-1/2}``, and
+``log|R_g| = (n_g - 1) log(1 - rho) + log(1 + (n_g - 1) rho)``. All are vectorised over
+groups (shifted rows with a "same group as the previous row" mask, group sums by
+``np.add.reduceat``).
+
+Each structure is a :class:`CorrelationStructure`: its parameter's name (nlme's),
+its internal (unconstrained) parameter with bounds and transform, the correlation of
+two rows, the whitening and the log-determinant.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested",
+           "CorrelationSpec", "parse_spec"]
+
+# Internal parameters are searched within these bounds: correlations within about 1e-9
+# of their limits (beyond, 1 - phi^2 loses all its digits).
+_MAX_INTERNAL = 20.0
+
+
+@dataclass(frozen=True)
+class CorrelationRows:
+    """The rows of a fit arranged for whitening.
+
+    Attributes
+    ----------
+    order : ndarray of int
+        Permutation putting the rows in residual-group order (stable: within a group the
+        rows keep their order, which is their time order).
+    same : ndarray of bool
+        In that order: whether a row belongs to the group of the previous row.
+    gaps : ndarray of float
+        In that order: time since the previous row of the group (1 where ``same`` is False).
+    starts : ndarray of int
+        First row (in that order) of each group.
+    sizes : ndarray of int
+        Rows per group.
+    """
+
+    order: np.ndarray
+    same: np.ndarray
+    gaps: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.order.size)
+
+    @property
+    def n_max(self) -> int:
+        return int(self.sizes.max(initial=1))
+
+    @classmethod
+    def from_arrays(cls, codes: np.ndarray, times: np.ndarray | None, integer: bool,
+                    group_name: str = "correlation_groups") -> "CorrelationRows":
+        """Rows of residual groups ``codes`` (ints) at ``times`` (None: positions 1, 2, ...
+        within the group in row order). Times must increase strictly within a group."""
+        codes = np.asarray(codes)
+        n = codes.size
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        same = np.zeros(n, dtype=bool)
+        same[1:] = sorted_codes[1:] == sorted_codes[:-1]
+        starts = np.flatnonzero(~same)
+        sizes = np.diff(np.append(starts, n))
+        if times is None:
+            gaps = np.ones(n)
+        else:
+            t = np.asarray(times, dtype=float)[order]
+            if not np.all(np.isfinite(t)):
+                raise ValueError("the correlation's times contain missing or infinite values")
+            if np.any(t < 0):
+                raise ValueError("the correlation's times must be non-negative (times or "
+                                 "positions within a group)")
+            if integer and np.any(t != np.round(t)):
+                raise ValueError("correlation='ar1' needs integer positions (e.g. visit 1, 2, 3 "
+                                 "within a group); for real-valued times use 'car1' or 'exp'")
+            gaps = np.ones(n)
+            gaps[1:] = t[1:] - t[:-1]
+            inner = same.copy()
+            if np.any(gaps[inner] == 0):
+                raise ValueError(f"duplicate times within a group of {group_name}: each row of a "
+                                 "group needs its own time")
+            if np.any(gaps[inner] < 0):
+                raise ValueError(f"times are not increasing within a group of {group_name}: sort "
+                                 "the rows of each group by time")
+            gaps[~same] = 1.0
+        return cls(order, same, gaps, starts, sizes)
+
+
+class CorrelationStructure:
+    """A residual correlation structure with one parameter (abstract).
+
+    Attributes
+    ----------
+    name : str
+        The spelling of ``MixedLMRegressor(correlation=...)``.
+    nlme_class : str
+        nlme's class of the same structure.
+    param_name : str
+        nlme's name of the parameter (``Phi``, ``range``, ``Rho``).
+    needs_integer_times : bool
+    """
+
+    name = ""
+    nlme_class = ""
+    param_name = ""
+    needs_integer_times = False
+
+    def bounds(self, rows: CorrelationRows) -> tuple[float, float]:
+        """Bounds of the internal parameter searched."""
+        return -_MAX_INTERNAL, _MAX_INTERNAL
+
+    def value(self, u: float, rows: CorrelationRows) -> float:
+        """The parameter (nlme's scale) of internal parameter ``u``."""
+        raise NotImplementedError
+
+    def internal(self, value: float, rows: CorrelationRows) -> float:
+        """Inverse of :meth:`value`."""
+        raise NotImplementedError
+
+    def boundary_value(self) -> float | None:
+        """The parameter of independent residuals where it is a bound of the internal scale
+        (None where it is an interior value): the search reaches it only in the limit, so
+        it is evaluated on its own."""
+        return None
+
+    def near_singular(self, value: float, rows: CorrelationRows) -> bool:
+        """Whether ``R`` at ``value`` is within rounding of singular (a degenerate estimate)."""
+        raise NotImplementedError
+
+    def correlation(self, value: float, d: np.ndarray) -> np.ndarray:
+        """The correlation of two rows of one group ``d`` apart in time (``d >= 0``)."""
+        raise NotImplementedError
+
+    def whiten(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
+        """``L^{-1} M`` of rows ``M`` given in residual-group order (n, k)."""
+        raise NotImplementedError
+
+    def logdet(self, rows: CorrelationRows, value: float) -> float:
+        """``log|R| = sum_g log|R_g|``."""
+        raise NotImplementedError
+
+    def dense(self, value: float, times: np.ndarray) -> np.ndarray:
+        """``R_g`` of one group with times ``times`` (tests' oracle, printing)."""
+        t = np.asarray(times, dtype=float)
+        return self.correlation(value, np.abs(t[:, None] - t[None, :]))
+
+
+class _Markov(CorrelationStructure):
+    """Structures whose correlation at lag ``d1 + d2`` is the product of those at ``d1``, ``d2``:
+    ``L^{-1}`` bidiagonal."""
+
+    def _lag_corr(self, rows: CorrelationRows, value: float) -> np.ndarray:
+        c = self.correlation(value, rows.gaps)
+        return np.where(rows.same, c, 0.0)
+
+    def near_singular(self, value, rows):
+        return bool(np.any(np.abs(self._lag_corr(rows, value)) > 1.0 - 1e-6))
+
+    def whiten(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
+        c = self._lag_corr(rows, value)
+        scale = 1.0 / np.sqrt(1.0 - c * c)
+        out = M.copy()
+        out[1:] -= c[1:, None] * M[:-1]
+        return out * scale[:, None]
+
+    def logdet(self, rows: CorrelationRows, value: float) -> float:
+        c = self._lag_corr(rows, value)
+        return float(np.log1p(-c * c).sum())
+
+
+class AR1(_Markov):
+    name, nlme_class, param_name = "ar1", "corAR1", "Phi"
+    needs_integer_times = True
+
+    def value(self, u, rows):
+        return float(np.tanh(0.5 * u))  # nlme's log((1 + phi) / (1 - phi))
+
+    def internal(self, value, rows):
+        return float(2.0 * np.arctanh(value))
+
+    def correlation(self, value, d):
+        d = np.asarray(d, dtype=float)
+        # integer lags: a negative phi alternates in sign
+        return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
+
+
+class CAR1(_Markov):
+    name, nlme_class, param_name = "car1", "corCAR1", "Phi"
+
+    def value(self, u, rows):
+        return float(1.0 / (1.0 + np.exp(-u)))  # nlme's log(phi / (1 - phi))
+
+    def internal(self, value, rows):
+        return float(np.log(value / (1.0 - value)))
+
+    def correlation(self, value, d):
+        return np.power(value, np.asarray(d, dtype=float))
+
+    def bounds(self, rows):
+        # down to a correlation of 1e-10 at the shortest gap (phi^d with d << 1 stays large
+        # for a tiny phi: the search must reach far below the usual bound)
+        inner = rows.gaps[rows.same]
+        d_min = float(inner.min()) if inner.size else 1.0
+        return min(-_MAX_INTERNAL, np.log(1e-10) / d_min), _MAX_INTERNAL
+
+    def boundary_value(self):
+        return 0.0
+
+
+class Exp(_Markov):
+    name, nlme_class, param_name = "exp", "corExp", "range"
+
+    def bounds(self, rows):
+        # range from far below the smallest gap to far above the largest time span
+        inner = rows.gaps[rows.same]
+        lo = float(inner.min()) if inner.size else 1.0
+        hi = float(inner.sum()) if inner.size else 1.0
+        return float(np.log(lo) - 6.0), float(np.log(max(hi, lo)) + 12.0)
+
+    def value(self, u, rows):
+        return float(np.exp(u))  # nlme's log(range)
+
+    def internal(self, value, rows):
+        return float(np.log(value))
+
+    def boundary_value(self):
+        return 0.0
+
+    def correlation(self, value, d):
+        d = np.asarray(d, dtype=float)
+        if value == 0:
+            return np.where(d == 0, 1.0, 0.0)
+        return np.exp(-d / value)
+
+
+class CompoundSymmetry(CorrelationStructure):
+    name, nlme_class, param_name = "cs", "corCompSymm", "Rho"
+
+    def _lower(self, rows: CorrelationRows) -> float:
+        return -1.0 / (rows.n_max - 1) if rows.n_max > 1 else -1.0
+
+    def value(self, u, rows):
+        lo = self._lower(rows)
+        return float(lo + (1.0 - lo) / (1.0 + np.exp(-u)))
+
+    def internal(self, value, rows):
+        lo = self._lower(rows)
+        f = (value - lo) / (1.0 - lo)
+        return float(np.log(f / (1.0 - f)))
+
+    def correlation(self, value, d):
+        return np.where(np.asarray(d) == 0, 1.0, value)
+
+    def near_singular(self, value, rows):
+        lo = self._lower(rows)
+        return bool((value - lo) / (1.0 - lo) < 1e-4 or value > 1.0 - 1e-6)
+
+    def whiten(self, M, rows, value):
+        n_g = rows.sizes.astype(float)
+        a = 1.0 / np.sqrt(1.0 - value)
+        b = 1.0 / np.sqrt(1.0 + (n_g - 1.0) * value)
+        means = np.add.reduceat(M, rows.starts, axis=0) / n_g[:, None]
+        per_row = np.repeat(np.arange(rows.starts.size), rows.sizes)
+        return a * M + ((b - a)[:, None] * means)[per_row]
+
+    def logdet(self, rows, value):
+        n_g = rows.sizes.astype(float)
+        return float(((n_g - 1.0) * np.log1p(-value) + np.log1p((n_g - 1.0) * value)).sum())
+
+
+STRUCTURES: dict[str, type[CorrelationStructure]] = {
+    cls.name: cls for cls in (AR1, CAR1, Exp, CompoundSymmetry)}
+
+
+_NLME_NAMES = {"corar1": "ar1", "corcar1": "car1", "corexp": "exp",
+               "corcompsymm": "cs"}
+_NAME = r"[A-Za-z_.][A-Za-z0-9_.]*"
+# "ar1", "car1(~ Time | Rat)", "corAR1(form = ~ 1 | Mare)": read by this pattern, never evaluated
+_SPEC = re.compile(rf"^\s*(?P<name>[A-Za-z0-9]+)\s*(?:\(\s*(?:form\s*=\s*)?~\s*(?P<time>{_NAME}|1)"
+                   rf"\s*(?:\|\s*(?P<groups>{_NAME})\s*)?\)|\(\s*\))?\s*$")
+
+
+@dataclass(frozen=True)
+class CorrelationSpec:
+    """A parsed ``correlation=`` string: the structure's name, the time column (None: the
+    row order) and the residual groups' column (None: the grouping factor)."""
+
+    name: str
+    time: str | None = None
+    groups: str | None = None
+
+    @property
+    def names_columns(self) -> bool:
+        return self.time is not None or self.groups is not None
+
+
+def parse_spec(text: str) -> CorrelationSpec:
+    """``"ar1"``, ``"car1(~ Time | Rat)"``, nlme's ``"corCAR1(form = ~ Time | Rat)"``, or a
+    ValueError naming the accepted forms. Only this pattern is read; nothing is evaluated."""
+    accepted = (f"correlation must be one of {sorted(STRUCTURES)}, optionally with nlme's form "
+                "('car1(~ Time | Rat)', 'ar1(~ 1 | Mare)', 'corAR1(form = ~ visit | Mare)'), or None")
+    if not isinstance(text, str):
+        raise ValueError(f"{accepted}; got {text!r}")
+    m = _SPEC.match(text)
+    if m is None:
+        raise ValueError(f"{accepted}; got {text!r}")
+    name = m.group("name").lower()
+    name = _NLME_NAMES.get(name, name)
+    if name not in STRUCTURES:
+        raise ValueError(f"{accepted}; got {text!r}")
+    time = m.group("time")
+    return CorrelationSpec(name, None if time in (None, "1") else time, m.group("groups"))
+
+
+def structure(name: str) -> CorrelationStructure:
+    """The structure of a ``correlation=`` string (:func:`parse_spec`), or a ValueError."""
+    return STRUCTURES[parse_spec(name).name]()
+
+
+def check_nested(rows: CorrelationRows, factors: list, factor_names: list, group_name: str) -> None:
+    """A ValueError unless every residual group lies within one level of every grouping factor
+    (whitening within a group would otherwise mix levels' random effects)."""
+    for (codes, _), fname in zip(factors, factor_names):
+        c = np.asarray(codes)[rows.order]
+        if np.any(rows.same[1:] & (c[1:] != c[:-1])):
+            raise ValueError(
+                f"the residual groups ({group_name}) are not nested in the levels of the grouping "
+                f"factor {fname!r}: a residual group has rows of several of its levels. Correlated "
+                "residuals are supported within groups that lie in one level of every grouping "
+                "factor (e.g. the grouping factor itself, or a factor nested in it)")
+
+
+# ---- the fit: the correlation parameter profiled by a bounded search -------------------------
+
+# Starting grid of the search, in internal units (nlme's scale: |phi| up to 0.995 for ar1).
+_GRID = np.linspace(-6.0, 6.0, 13)
+# Tolerance of the bounded search on the internal parameter.
+_XATOL = 1e-9
+
+
+@dataclass(frozen=True)
+class CorrelatedRows:
+    """A fit's rows in residual-group order: ``[X y]`` (intercept column included), the
+    random-effects designs, and the structure that whitens them."""
+
+    structure: CorrelationStructure
+    rows: CorrelationRows
+    X: np.ndarray
+    y: np.ndarray
+    factors: tuple
+    terms: object
+
+    @classmethod
+    def of(cls, structure: CorrelationStructure, rows: CorrelationRows, X: np.ndarray,
+           y: np.ndarray, factors, terms) -> "CorrelatedRows":
+        o = rows.order
+        return cls(structure, rows, np.ascontiguousarray(X[o]), np.asarray(y, dtype=float)[o],
+                   tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms)
+
+    def cross_products(self, value: float):
+        """The cross-products of the data whitened at parameter ``value``."""
+        from ._crossprod import cross_products
+
+        p = self.X.shape[1]
+        blocks = [self.X, self.y[:, None]] + [Z for _, Z in self.factors]
+        W = self.structure.whiten(np.column_stack(blocks), self.rows, value)
+        factors, at = [], p + 1
+        for codes, Z in self.factors:
+            factors.append((codes, W[:, at:at + Z.shape[1]]))
+            at += Z.shape[1]
+        return cross_products(W[:, :p], W[:, p], factors, self.terms)
+
+
+class WhitenedDeviance:
+    """The deviance of a correlated model at a fixed correlation parameter: the deviance of
+    the whitened data (``x = (theta, eta)``) plus ``log|R|``. Everything else (the
+    solution's covariances, modes, bounds) is the whitened model's."""
+
+    def __init__(self, inner, logdet: float) -> None:
+        self._inner = inner
+        self.logdet = float(logdet)
+
+    def __getattr__(self, name):
+        # private and dunder names are this object's own (pickle looks up __setstate__
+        # before _inner exists)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    @property
+    def n_params(self) -> int:
+        return self._inner.n_params
+
+    def __call__(self, x: np.ndarray) -> float:
+        return float(self._inner(x)) + self.logdet
+
+    def value_and_grad(self, x: np.ndarray):
+        value, grad = self._inner.value_and_grad(x)
+        return float(value) + self.logdet, grad
+
+    def solution(self, x: np.ndarray):
+        import dataclasses
+
+        sol = self._inner.solution(x)
+        return dataclasses.replace(sol, deviance=float(sol.deviance) + self.logdet)
+
+    def with_data(self, cp, reml=None, replan=False):
+        raise NotImplementedError(
+            "refits of a model with correlated residuals (other columns, another criterion) "
+            "must re-estimate the correlation: fit the model again with the estimator")
+
+
+def _deviance_at(data: CorrelatedRows, reml: bool, solver: str, max_iter: int, tol: float,
+                 value: float):
+    """``(deviance, dev, sol, info)`` at parameter ``value``, theta re-optimised."""
+    from ._model import fit_model
+
+    st, rows = data.structure, data.rows
+    cp = data.cross_products(value)
+    with np.errstate(all="ignore"):
+        dev, sol, info = fit_model(cp, reml, solver=solver, max_iter=max_iter, tol=tol)
+    dev = WhitenedDeviance(dev, st.logdet(rows, value))
+    sol = dev.solution(sol.x)
+    return float(sol.deviance), dev, sol, info
+
+
+@dataclass(frozen=True)
+class FittedCorrelation:
+    """The correlation of a fit: structure, estimate, and what its profile needs.
+
+    Attributes
+    ----------
+    data : CorrelatedRows
+        The rows (residual-group order) and the structure.
+    value : float
+        The estimate on nlme's scale (``Phi``, ``range``, ``Rho``).
+    internal : float
+        Its internal (unconstrained) parameter.
+    group_name : str
+        nlme's ``form`` of the structure (``~ visit | Mare``: the times and the groups).
+    bounds : tuple
+        Bounds of the internal parameter.
+    reml : bool
+    deviance : float
+        The deviance at the estimate.
+    solver : str
+    max_iter : int
+    tol : float
+    """
+
+    data: CorrelatedRows
+    value: float
+    internal: float
+    group_name: str
+    bounds: tuple
+    reml: bool
+    deviance: float
+    solver: str = "auto"
+    max_iter: int = 1000
+    tol: float = 1e-8
+
+    @property
+    def structure(self) -> CorrelationStructure:
+        return self.data.structure
+
+    @property
+    def name(self) -> str:
+        return self.structure.param_name
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether the estimate makes ``R`` (nearly) singular: e.g. compound symmetry at
+        rho -> -1/(n_max - 1), where a group's mean residual fitted exactly by random
+        effects makes the likelihood unbounded, or phi -> 1."""
+        return self.structure.near_singular(self.value, self.data.rows)
+
+    def deviance_at(self, u: float, reml: bool | None = None) -> float:
+        """The deviance profiled over theta (and beta, sigma) at internal parameter ``u``."""
+        reml = self.reml if reml is None else reml
+        value = self.structure.value(float(u), self.data.rows)
+        return _deviance_at(self.data, reml, self.solver, self.max_iter, self.tol, value)[0]
+
+    def profile_interval(self, alpha: float = 0.05) -> tuple[float, float]:
+        """The profile-likelihood interval of the parameter (nlme's scale): where the deviance,
+        theta re-optimised, exceeds its minimum by the chi-square(1) quantile. A side whose
+        profile stays below it up to a bound of the parameter ends at that bound."""
+        from scipy import optimize, stats
+
+        q = float(stats.chi2.ppf(1.0 - alpha, 1))
+        st, rows = self.structure, self.data.rows
+        lo, hi = self.bounds
+
+        def excess(u: float) -> float:
+            return self.deviance_at(u) - self.deviance - q
+
+        def side(direction: int) -> float:
+            start = self.internal if np.isfinite(self.internal) else lo
+            if direction < 0 and not np.isfinite(self.internal):
+                return self.value  # at the bound of independence already
+            inner, step = start, 0.25
+            while True:
+                outer = float(np.clip(inner + direction * step, lo, hi))
+                if excess(outer) > 0:
+                    a, b = sorted((inner, outer))
+                    u = optimize.brentq(excess, a, b, xtol=1e-10)
+                    return st.value(u, rows)
+                if outer in (lo, hi):
+                    edge = st.boundary_value()
+                    return edge if (direction < 0 and edge is not None) else st.value(outer, rows)
+                inner, step = outer, 2.0 * step
+
+        return side(-1), side(+1)
+
+    def describe(self) -> str:
+        """nlme's spelling of the structure and the estimate: ``corAR1(form = ~ visit | Mare),
+        Phi = 0.607``."""
+        return f"{self.structure.nlme_class}(form = {self.group_name}), {self.name} = {self.value:.6g}"
+
+
+def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: str = "auto",
+                   max_iter: int = 1000, tol: float = 1e-8):
+    """Deviance, solution, optimiser report and :class:`FittedCorrelation` of a correlated
+    model: the deviance profiled over the correlation parameter (theta re-optimised at each
+    value), minimised over a grid of starts then by a bounded Brent search around the best
+    (the profile in the correlation may have several local optima; the grid catches the far
+    ones)."""
+    from scipy import optimize
+
+    st, rows = data.structure, data.rows
+    lo, hi = st.bounds(rows)
+    cache: dict = {}
+
+    def at(u: float):
+        u = float(u)
+        if u not in cache:
+            cache[u] = _deviance_at(data, reml, solver, max_iter, tol, st.value(u, rows))
+        return cache[u]
+
+    grid = _GRID if (lo, hi) == (-_MAX_INTERNAL, _MAX_INTERNAL) else np.unique(np.concatenate(
+        [_GRID[(_GRID > lo) & (_GRID < hi)], np.linspace(lo, hi, 15)[1:-1]]))
+    values = np.array([at(u)[0] for u in grid])
+    values[~np.isfinite(values)] = np.inf
+    best = int(np.argmin(values))
+    left = grid[best - 1] if best > 0 else lo
+    right = grid[best + 1] if best < grid.size - 1 else hi
+    res = optimize.minimize_scalar(lambda u: at(u)[0], bounds=(left, right), method="bounded",
+                                   options={"xatol": _XATOL, "maxiter": 200})
+    u_hat = float(res.x) if at(res.x)[0] <= values[best] else float(grid[best])
+    value = st.value(u_hat, rows)
+    _, dev, sol, info = at(u_hat)
+    edge = st.boundary_value()
+    if edge is not None and u_hat <= grid[0]:
+        # the optimum runs to the bound of independent residuals: take the bound itself
+        on_edge = _deviance_at(data, reml, solver, max_iter, tol, edge)
+        if on_edge[0] <= sol.deviance:
+            _, dev, sol, info = on_edge
+            u_hat, value = -np.inf, edge
+    fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(sol.deviance),
+                               solver, max_iter, tol)
+    return dev, sol, info, fitted

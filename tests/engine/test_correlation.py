@@ -1,0 +1,480 @@
+"""Correlated residuals within groups (nlme's corAR1, corCAR1, corExp, corCompSymm).
+
+References: nlme fits in ``data/reference/structures`` (see /work/shared/README.md,
+"reference/structures/"); their REML log-likelihood excludes ``0.5 log|X'X|``, as ours.
+Oracle: the dense marginal likelihood with ``V = Z D Z' + sigma^2 R`` built explicitly and
+maximised with scipy from several starts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import linalg, optimize
+
+from mixedlm_sklearn import MixedLMRegressor
+
+from _reference import REFERENCE_DIR, STRUCTURE_CASES
+
+STRUCT_DIR = REFERENCE_DIR / "structures"
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def _load(name):
+    assert name in STRUCTURE_CASES
+    ref = json.loads((STRUCT_DIR / f"{name}.json").read_text())
+    labels = {"Mare": str, "Rat": str, "Diet": str, "Subject": str, "Sex": str}
+    return pd.read_csv(STRUCT_DIR / f"{name}.csv", dtype=labels), ref
+
+
+def _ovary(name):
+    df, ref = _load(name)
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    est = MixedLMRegressor(correlation="ar1", reml=ref["method"] == "REML").fit(
+        X, df.follicles, groups=df.Mare, time=df.visit)
+    return df, ref, est
+
+
+def _bodyweight():
+    df, ref = _load("bodyweight_car1_reml")
+    d2, d3 = (df.Diet == "2").astype(float), (df.Diet == "3").astype(float)
+    X = pd.DataFrame({"Time": df.Time, "Diet2": d2, "Diet3": d3, "Time:Diet2": df.Time * d2,
+                      "Time:Diet3": df.Time * d3})
+    Z = np.column_stack([np.ones(len(df)), df.Time])
+    est = MixedLMRegressor(correlation="car1").fit(X, df.weight, groups=df.Rat, Z=Z, time=df.Time)
+    return df, ref, est
+
+
+def _orthodont():
+    df, ref = _load("orthodont_cs_reml")
+    male = (df.Sex == "Male").astype(float)
+    X = pd.DataFrame({"age": df.age, "SexMale": male, "age:SexMale": df.age * male})
+    est = MixedLMRegressor(correlation="cs").fit(X, df.distance, correlation_groups=df.Subject)
+    return df, ref, est
+
+
+def _check_against(ref, est, param):
+    assert est.llf_ >= ref["llf"] - 1e-6
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    np.testing.assert_allclose(est.bse_.to_numpy(), ref["bse_fe"], rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(est.scale_), ref["sigma"], rtol=1e-4)
+    np.testing.assert_allclose(est.correlation_params_[param], ref["correlation_params"][param],
+                               rtol=1e-4)
+    np.testing.assert_allclose(est.df_model_, ref["df_model"])
+    np.testing.assert_allclose(est.aic_, ref["aic"], rtol=1e-8, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["ovary_ar1_reml", "ovary_ar1_ml"])
+def test_ar1_agrees_with_nlme_on_ovary(name):
+    _, ref, est = _ovary(name)
+    _check_against(ref, est, "Phi")
+    np.testing.assert_allclose(est.cov_re_, ref["cov_re"]["Mare"], rtol=1e-4)
+    np.testing.assert_allclose(est.fitted()[:30], ref["fitted_head"], rtol=1e-6)
+
+
+def test_car1_with_random_slopes_agrees_with_nlme_on_bodyweight():
+    _, ref, est = _bodyweight()
+    _check_against(ref, est, "Phi")
+    np.testing.assert_allclose(est.cov_re_, ref["cov_re"]["Rat"], rtol=1e-4)
+
+
+def test_compound_symmetry_agrees_with_nlme_gls_on_orthodont():
+    _, ref, est = _orthodont()
+    _check_against(ref, est, "Rho")
+
+
+def test_compound_symmetry_equals_the_random_intercept_model():
+    """nlme's note: with rho >= 0, compound symmetry and a random intercept are one marginal
+    covariance: the same log-likelihood, rho = s_u^2 / (s_u^2 + s_e^2)."""
+    df, ref, est = _orthodont()
+    male = (df.Sex == "Male").astype(float)
+    X = pd.DataFrame({"age": df.age, "SexMale": male, "age:SexMale": df.age * male})
+    ri = MixedLMRegressor().fit(X, df.distance, groups=df.Subject)
+    assert abs(ri.llf_ - est.llf_) < 1e-6
+    rho = float(ri.cov_re_[0, 0] / (ri.cov_re_[0, 0] + ri.scale_))
+    np.testing.assert_allclose(est.correlation_params_["Rho"], rho, rtol=1e-4)
+
+
+def test_reference_marginal_covariance_of_the_first_group():
+    """nlme's marginal covariance of the first group rebuilt from our estimates."""
+    df, ref, est = _bodyweight()
+    g1 = ref["group1"]
+    rows = np.asarray(g1["rows_1based"]) - 1
+    t = df.Time.to_numpy()[rows]
+    R = est.correlation_params_["Phi"] ** np.abs(t[:, None] - t[None, :])
+    Z = np.column_stack([np.ones(rows.size), t])
+    V = Z @ est.cov_re_ @ Z.T + est.scale_ * R
+    np.testing.assert_allclose(est.scale_ * R, g1["resid_cov"], rtol=2e-4)
+    np.testing.assert_allclose(V, g1["marginal_cov"], rtol=2e-4)
+
+
+# ---- the dense oracle ---------------------------------------------------------------------------
+
+
+def _corr_matrix(kind, value, t):
+    d = np.abs(t[:, None] - t[None, :])
+    if kind in ("ar1", "car1"):
+        return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
+    if kind == "exp":
+        return np.exp(-d / value)
+    return np.where(d == 0, 1.0, value)
+
+
+def _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml):
+    """-2 log-likelihood (REML: lme4's/nlme's criterion, without log|X'X|), beta by GLS."""
+    n = y.size
+    V = np.zeros((n, n))
+    for g in np.unique(codes):
+        i = np.flatnonzero(codes == g)
+        V[np.ix_(i, i)] = Z[i] @ cov_re @ Z[i].T + sigma2 * _corr_matrix(kind, value, times[i])
+    c = linalg.cho_factor(V)
+    Vi_X = linalg.cho_solve(c, X)
+    A = X.T @ Vi_X
+    beta = np.linalg.solve(A, Vi_X.T @ y)
+    r = y - X @ beta
+    logdet = 2.0 * np.log(np.diag(c[0])).sum()
+    dev = logdet + r @ linalg.cho_solve(c, r) + n * _LOG_2PI
+    if reml:
+        dev += np.linalg.slogdet(A)[1] - X.shape[1] * _LOG_2PI
+    return float(dev)
+
+
+def _unpack(par, q, kind, n_max):
+    L = np.zeros((q, q))
+    L[np.tril_indices(q)] = par[:q * (q + 1) // 2]
+    sigma2 = float(np.exp(par[q * (q + 1) // 2]))
+    u = par[-1]
+    if kind == "ar1":
+        value = np.tanh(u)
+    elif kind == "car1":
+        value = 1.0 / (1.0 + np.exp(-u))
+    elif kind == "exp":
+        value = np.exp(u)
+    else:
+        lo = -1.0 / (n_max - 1)
+        value = lo + (1.0 - lo) / (1.0 + np.exp(-u))
+    return L @ L.T, sigma2, value
+
+
+def _oracle_min(X, y, Z, codes, times, kind, reml, starts):
+    q = Z.shape[1]
+    n_max = np.bincount(codes).max()
+
+    def f(par):
+        cov_re, sigma2, value = _unpack(par, q, kind, n_max)
+        try:
+            return _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml)
+        except (np.linalg.LinAlgError, ValueError):
+            return np.inf
+
+    best = np.inf
+    for s in starts:
+        res = optimize.minimize(f, s, method="Nelder-Mead",
+                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000,
+                                         "maxfev": 20000})
+        res = optimize.minimize(f, res.x, method="BFGS", options={"gtol": 1e-9})
+        best = min(best, res.fun)
+    return best
+
+
+def _random_design(kind, q, true_value, seed):
+    rng = np.random.default_rng(seed)
+    m = 7
+    sizes = rng.integers(3, 7, m)
+    codes = np.repeat(np.arange(m), sizes)
+    times = []
+    for s in sizes:
+        if kind == "ar1":
+            times.append(np.cumsum(rng.integers(1, 3, s)).astype(float))
+        else:  # uneven gaps
+            times.append(np.cumsum(rng.uniform(0.2, 2.0, s)))
+    times = np.concatenate(times)
+    n = codes.size
+    x = rng.standard_normal(n)
+    X = np.column_stack([np.ones(n), x])
+    Z = np.column_stack([np.ones(n), times])[:, :q]
+    cov_re = np.diag([1.0, 0.1][:q])
+    y = X @ np.array([1.0, 0.5])
+    for g in range(m):
+        i = np.flatnonzero(codes == g)
+        R = _corr_matrix(kind, true_value, times[i])
+        y[i] += Z[i] @ rng.multivariate_normal(np.zeros(q), cov_re)
+        y[i] += np.linalg.cholesky(R) @ rng.standard_normal(i.size)
+    return X, y, Z, codes, times
+
+
+CASES = [("ar1", 0.05), ("ar1", 0.95), ("car1", 0.05), ("car1", 0.95), ("exp", 0.3),
+         ("exp", 5.0), ("cs", 0.05), ("cs", 0.9)]
+
+
+@pytest.mark.parametrize("q", [0, 1, 2])
+@pytest.mark.parametrize("kind,true_value", CASES)
+def test_likelihood_equals_the_dense_one_at_its_optimum(kind, true_value, q):
+    """Random intercept (q=1, REML), random intercept and slope (q=2, ML), none (q=0,
+    generalised least squares, REML). Compound symmetry with random effects whose
+    group means can absorb a group's mean residual (a slope, or an intercept) has an
+    unbounded likelihood as rho -> -1/(n_max - 1) or a ridge of optima (nlme's note on
+    Orthodont): it is checked with a random intercept, whose ridge has one height."""
+    if kind == "cs" and q == 2:
+        pytest.skip("compound symmetry with a random slope: see the docstring")
+    reml = q != 2
+    seed = CASES.index((kind, true_value)) * 10 + q
+    X, y, Z, codes, times = _random_design(kind, max(q, 1), true_value, seed=seed)
+    Z = Z if q else np.zeros((y.size, 0))
+    est = MixedLMRegressor(correlation=kind, reml=reml).fit(
+        X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+        correlation_groups=None if q else codes)
+    value = est.correlation_params_[{"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]]
+    cov_re = np.atleast_2d(est.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_deviance(X, y, Z, codes, times, kind, cov_re, est.scale_, value, reml)
+    # our log-likelihood is the dense one at our estimates ...
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
+    # ... and no start of the dense optimiser finds a better one
+    k = q * (q + 1) // 2
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = []
+    for scale, u in [(1.0, u0), (0.3, u0 - 2.0), (2.0, u0 + 2.0)]:
+        chol = np.eye(q)[np.tril_indices(q)] * scale
+        starts.append(np.concatenate([chol[:k], [np.log(scale)], [u]]))
+    best = _oracle_min(X, y, Z, codes, times, kind, reml, starts)
+    assert -2.0 * est.llf_ <= best + 2e-6
+
+
+# ---- input ---------------------------------------------------------------------------------------
+
+
+def _small(n_groups=5, size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), size)
+    t = np.tile(np.arange(1.0, size + 1), n_groups)
+    X = rng.standard_normal((g.size, 1))
+    y = X[:, 0] + rng.standard_normal(n_groups)[g] + rng.standard_normal(g.size)
+    return X, y, g, t
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda t: t[[1, 0, 2, 3] + list(range(4, t.size))], "not increasing"),
+    (lambda t: np.where(np.arange(t.size) == 1, t[0], t), "duplicate times"),
+    (lambda t: t - 3.0, "non-negative"),
+    (lambda t: np.where(np.arange(t.size) == 2, np.nan, t), "missing or infinite"),
+])
+def test_bad_times_are_refused(change, match):
+    X, y, g, t = _small()
+    est = MixedLMRegressor(correlation="car1")
+    with pytest.raises(ValueError, match=match):
+        est.fit(X, y, groups=g, time=change(t))
+    assert not hasattr(est, "model_")
+
+
+def test_ar1_needs_integer_positions():
+    X, y, g, t = _small()
+    with pytest.raises(ValueError, match="integer positions"):
+        MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, time=t + 0.5)
+
+
+def test_unknown_structure_is_refused():
+    X, y, g, t = _small()
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        MixedLMRegressor(correlation="arma").fit(X, y, groups=g)
+
+
+def test_residual_groups_not_nested_in_the_grouping_factor_are_refused():
+    X, y, g, t = _small()
+    other = np.arange(g.size) % 3  # cuts across the groups
+    with pytest.raises(ValueError, match="not nested in the levels of the grouping factor"):
+        MixedLMRegressor(correlation="cs").fit(X, y, groups=g, correlation_groups=other)
+
+
+def test_correlation_inputs_without_a_structure_are_refused():
+    X, y, g, t = _small()
+    with pytest.raises(TypeError, match="need correlation="):
+        MixedLMRegressor().fit(X, y, groups=g, time=t)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sample_weight": np.ones(20)}, "sample_weight"),
+    ({"residual_groups": np.arange(20) % 2}, "residual_groups"),
+])
+def test_unsupported_combinations_say_what_is_supported(kwargs, match):
+    X, y, g, t = _small()
+    with pytest.raises(NotImplementedError, match=match):
+        MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, **kwargs)
+
+
+def test_residual_groups_nested_within_the_grouping_factor():
+    """A residual group inside a level (two series per subject): whitening per series equals
+    the dense likelihood with a block-diagonal R within each level."""
+    X, y, g, t = _small(n_groups=6, size=6, seed=3)
+    series = g * 2 + (np.arange(g.size) % 6 >= 3)
+    t = np.tile([1.0, 2.0, 3.0, 1.0, 2.0, 3.0], 6)
+    est = MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, time=t, correlation_groups=series)
+    phi = est.correlation_params_["Phi"]
+    n = y.size
+    V = est.cov_re_[0, 0] * (g[:, None] == g[None, :]) + est.scale_ * np.where(
+        series[:, None] == series[None, :], phi ** np.abs(t[:, None] - t[None, :]), 0.0)
+    Xf = np.column_stack([np.ones(n), X])
+    c = linalg.cho_factor(V)
+    A = Xf.T @ linalg.cho_solve(c, Xf)
+    r = y - Xf @ np.linalg.solve(A, Xf.T @ linalg.cho_solve(c, y))
+    dev = (2 * np.log(np.diag(c[0])).sum() + r @ linalg.cho_solve(c, r) + (n - 2) * _LOG_2PI
+           + np.linalg.slogdet(A)[1])
+    np.testing.assert_allclose(-2 * est.llf_, dev, rtol=1e-10)
+
+
+def test_a_singular_residual_correlation_at_the_estimate_warns():
+    """Compound symmetry next to a random intercept and slope: rho runs to -1/(n_max - 1),
+    where fitting a group's mean exactly makes the likelihood unbounded."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y, Z, codes, times = _random_design("cs", 2, 0.05, seed=0)
+    with pytest.warns(ConvergenceWarning, match="nearly\\) singular"):
+        est = MixedLMRegressor(correlation="cs", reml=False).fit(
+            X[:, 1:], y, groups=codes, Z=Z, time=times)
+    assert est.correlation_params_["Rho"] < -0.19999
+
+
+# ---- inference -----------------------------------------------------------------------------------
+
+
+def test_summary_and_print_report_the_correlation_and_wald_z_tests():
+    _, ref, est = _ovary("ovary_ar1_reml")
+    s = est.summary()
+    assert s.ddf == "asymptotic"
+    assert "corAR1(form = ~ visit | Mare), Phi = 0.607442" in str(s)
+    np.testing.assert_allclose(s.fixed_effects["std_error"], ref["bse_fe"], rtol=1e-4)
+    assert "Residual correlation: corAR1" in str(est)
+    # the Wald intervals of the fixed effects use nlme's covariance of beta
+    ci = est.conf_int()
+    z = 1.959963984540054
+    np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["r2", "icc", "ranova", "simulate", "bootstrap"])
+def test_methods_that_ignore_the_correlation_refuse(method):
+    _, _, est = _ovary("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="correlated residuals"):
+        getattr(est, method)()
+    with pytest.raises(ValueError, match="correlated residuals"):
+        est.conf_int(method="profile")
+    with pytest.raises(ValueError, match="correlated residuals"):
+        est.summary(ddf="kenward-roger")
+
+
+@pytest.mark.parametrize("name", ["ovary_ar1_ml", "ovary_ar1_reml"])
+def test_lr_test_against_independent_residuals(name):
+    """Independent residuals are phi = 0 of the AR(1) model: one parameter fewer (nlme's
+    anova(m0, m1) with the same fixed effects, REML or ML)."""
+    from mixedlm_sklearn import lr_test
+
+    df, ref, m1 = _ovary(name)
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    m0 = MixedLMRegressor(reml=ref["method"] == "REML").fit(X, df.follicles, groups=df.Mare)
+    res = lr_test(m0, m1)
+    assert res.df == 1
+    np.testing.assert_allclose(res.statistic, 2 * (ref["llf"] - m0.llf_), rtol=1e-6)
+
+
+# ---- formulas ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["ar1(~ visit | Mare)", "corAR1(form = ~ 1 | Mare)", "ar1"])
+def test_lmer_with_nlme_correlation_forms_on_ovary(spec):
+    from mixedlm_sklearn import lmer
+
+    df, ref = _load("ovary_ar1_reml")
+    m = lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", df, correlation=spec)
+    _check_against(ref, m, "Phi")
+    assert list(m.fe_params_.index) == ref["fe_names"]
+
+
+def test_lmer_car1_with_random_slopes_on_bodyweight():
+    from mixedlm_sklearn import lmer
+
+    df, ref = _load("bodyweight_car1_reml")
+    m = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    _check_against(ref, m, "Phi")
+    assert list(m.fe_params_.index) == ref["fe_names"]
+    assert "corCAR1(form = ~ Time | Rat)" in str(m.summary())
+
+
+@pytest.mark.parametrize("spec", ['ar1(~ __import__("os").getcwd() | Mare)', "ar1(~ visit + 1 | Mare)",
+                                  "arma(~ visit | Mare)", "ar1(~ visit | Mare); 1"])
+def test_correlation_strings_are_matched_never_evaluated(spec):
+    from mixedlm_sklearn import lmer
+
+    df, _ = _load("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        lmer("follicles ~ Time + (1 | Mare)", df, correlation=spec)
+
+
+def test_correlation_columns_outside_formula_mode_are_refused():
+    X, y, g, t = _small()
+    with pytest.raises(ValueError, match="read in formula mode"):
+        MixedLMRegressor(correlation="car1(~ Time | Rat)").fit(X, y, groups=g)
+
+
+def test_correlation_column_must_exist():
+    from mixedlm_sklearn import lmer
+
+    df, _ = _load("ovary_ar1_reml")
+    with pytest.raises(ValueError, match="not a column"):
+        lmer("follicles ~ Time + (1 | Mare)", df, correlation="ar1(~ day | Mare)")
+
+
+def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_profile():
+    """The interval's ends are where the dense REML criterion, minimised over the other
+    parameters at phi held, exceeds the minimum by the chi-square(1) 95% quantile."""
+    from scipy import stats
+
+    X, y, Z, codes, times = _random_design("car1", 1, 0.6, seed=2)  # an interior fit
+    est = MixedLMRegressor(correlation="car1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times)
+    ci = est.conf_int(method="profile", which=["Phi"])
+    lower, upper = ci.loc["Phi"]
+    phi = est.correlation_params_["Phi"]
+    assert lower < phi < upper
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense_profile(value):
+        f = lambda p: _dense_deviance(X, y, Z, codes, times, "car1", np.array([[np.exp(p[0])]]),
+                                      np.exp(p[1]), value, True)
+        best = np.inf
+        for s in ([0.0, 0.0], [-2.0, 0.5], [1.0, -1.0]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000})
+            best = min(best, r.fun)
+        return best
+
+    for end in (lower, upper):
+        np.testing.assert_allclose(dense_profile(end), -2 * est.llf_ + q, atol=1e-6)
+    with pytest.raises(ValueError, match="correlation parameter only"):
+        est.conf_int(method="profile")
+
+
+def test_predict_on_seen_groups_is_nlmes_conditional_prediction():
+    df, ref, est = _ovary("ovary_ar1_reml")
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    np.testing.assert_allclose(est.predict(X[:30], groups=df.Mare[:30]), ref["fitted_head"], rtol=1e-6)
+    np.testing.assert_allclose(est.fitted(level="marginal")[:30], ref["fitted_head_fixed"], rtol=1e-6)
+
+
+def test_a_correlated_fit_pickles_and_clones():
+    import pickle
+
+    from sklearn.base import clone
+
+    df, _, est = _ovary("ovary_ar1_reml")
+    again = pickle.loads(pickle.dumps(est))
+    assert again.llf_ == est.llf_
+    assert again.summary().correlation == est.summary().correlation
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})[:5]
+    np.testing.assert_array_equal(again.predict(X, groups=df.Mare[:5]), est.predict(X, groups=df.Mare[:5]))
+    assert clone(est).get_params()["correlation"] == "ar1"
+
+
+def test_the_iterative_solver_is_refused():
+    X, y, g, t = _small()
+    with pytest.raises(NotImplementedError, match="solver='exact'"):
+        MixedLMRegressor(correlation="ar1", solver="iterative").fit(X, y, groups=g)
