@@ -7,6 +7,9 @@ are the same as before they printed as R does.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,11 +153,31 @@ def test_pb_test_prints_pbkrtests_rows(ml_pair):
     assert stats.chi2.sf(table.loc["Bartlett", "stat"], result.df) == pytest.approx(
         result.pvalue_bartlett, rel=1e-10)
     lines = str(result).split("\n")
-    assert lines[0] == (f"Parametric bootstrap test; samples: 19; extremes: "
-                        f"{int(np.sum(finite >= result.statistic))}; failed: {result.n_failed}")
-    pb = lines[3].split()
+    # pbkrtest's heading (.PBcommon): time, samples, extremes, then the large and small formulas
+    extremes = int(np.sum(finite >= result.statistic))
+    assert re.fullmatch(rf"Bootstrap test; time: \d+\.\d\d sec; samples: 19; extremes: {extremes};",
+                        lines[0])
+    assert float(lines[0].split()[3]) == pytest.approx(result.elapsed, abs=0.005)
+    # pbkrtest 0.5.2 prints the small model's formula without its "small : " label
+    assert lines[1:3] == _r_text("PBmodcomp_sleepstudy")[1:3]
+    pb = lines[5].split()
     assert pb[0] == "PBtest" and float(pb[2]) == pytest.approx(result.pvalue, rel=5e-4)
     assert float(pb[1]) == pytest.approx(result.statistic, abs=5e-4)
+
+
+def test_pb_test_prints_the_used_samples_when_refits_failed(ml_pair):
+    from mixedlm_sklearn import pb_test
+
+    result = pb_test(*ml_pair, n_boot=6, random_state=2)
+    failed = np.array([True, False, True, False, False, False])
+    replicates = np.where(failed, np.nan, result.replicates)
+    broken = dataclasses.replace(result, replicates=replicates, failed=failed,
+                                 converged=~failed, formula_full=None, formula_restricted=None)
+    extremes = int(np.sum(replicates[~failed] >= result.statistic))
+    lines = str(broken).split("\n")
+    assert lines[0].endswith(f" samples: 6; extremes: {extremes};")
+    assert lines[1] == f"Requested samples: 6 Used samples: 4 Extremes: {extremes}"
+    assert lines[2].split() == ["stat", "df", "p.value"]  # no formulas: a fit from arrays
 
 
 def test_bootstrap_tables_print_their_values(fits):
