@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
+from ._glmm import parse_family
 from ._table import ResultTable
 from .estimator import MixedLMRegressor
 from .formula import _cbind, _split_top, parse_formula, split_formula_sides, update_formula
@@ -448,11 +449,15 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         of the syntax is :func:`lmer`'s.
     data : DataFrame
         The data (rows with a missing model variable are dropped).
-    family : {"binomial", "poisson"}, default="binomial"
-        The conditional distribution of the response.
+    family : {"binomial", "poisson"} or R's spelling, default="binomial"
+        The conditional distribution of the response. R's spellings are accepted: a
+        function named ``binomial`` or ``poisson``, or the text of R's call with its
+        link, ``'binomial(link = "probit")'``, ``"binomial(link = 'cloglog')"``,
+        ``'poisson(link = "log")'`` (read by a strict pattern, never run; an unknown
+        family or link is refused with the allowed ones).
     link : str, optional
         Default the family's canonical link (logit, log); binomial also takes "probit"
-        and "cloglog".
+        and "cloglog". When ``family`` names a link too, the two must agree.
     n_agq : int, default=1
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
@@ -503,7 +508,7 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         if n_agq != 1:
             raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
         n_agq = nAGQ
-    family = _family_name(family)
+    family, link = _family_name(family, link)
     if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
             and _cbind(_split_top(formula, "~")[0], formula) is not None:
         raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
@@ -512,12 +517,16 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
     return est.fit(data, sample_weight=weights, context=context)
 
 
-def _family_name(family: Any) -> str:
-    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``."""
+def _family_name(family: Any, link: str | None) -> tuple[Any, str | None]:
+    """``(family, link)`` from ``"binomial"`` or R's ways of writing a family: a function
+    called ``binomial`` / ``poisson``, or the text of R's call, ``'binomial(link = "probit")'``
+    (parsed by a strict pattern, never run)."""
     name = getattr(family, "__name__", None)
     if callable(family) and name in ("binomial", "poisson"):
-        return name
-    return family
+        return name, link
+    if isinstance(family, str):
+        return parse_family(family, link)
+    return family, link
 
 
 # ---- power of a formula ---------------------------------------------------------------------
