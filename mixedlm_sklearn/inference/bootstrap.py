@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 
-from .._table import ResultTable, format_real
+from .._table import ResultTable, format_real, percent_headings
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha
 from .lrt import check_comparable, check_nested, check_same_data
@@ -254,7 +254,8 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
                            title=f"Bootstrap {method} confidence intervals, {level}% level",
                            notes=[f"Based on {self.n_boot - self.n_failed} of {self.n_boot} "
                                   "replicates (the others failed)" if self.n_failed else
-                                  f"Based on {self.n_boot} replicates"], layout="frame")
+                                  f"Based on {self.n_boot} replicates"], layout="frame",
+                           headings=percent_headings(a))
 
     def __str__(self) -> str:
         return self.summary().text()
@@ -437,7 +438,7 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
 
 def boot_conf_int(est: Any, alpha: float = 0.05, which: Any = None, n_boot: int = 1000,
                   boot_type: str = "percentile", random_state: Any = None,
-                  n_jobs: int | None = None) -> pd.DataFrame:
+                  n_jobs: int | None = None) -> ResultTable:
     """Bootstrap intervals of lme4's parameters (``conf_int(method="boot")`` of the linear
     and the generalized estimators; lme4's ``confint(method = "boot")``).
 
