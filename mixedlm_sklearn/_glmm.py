@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from typing import Any
@@ -675,6 +676,63 @@ def separated(family: Family, mu: np.ndarray) -> bool:
         return False
     eps = 10.0 * _EPS
     return bool(np.any((mu < eps) | (mu > 1.0 - eps)))
+
+
+# R's way of writing a family: ``binomial``, ``binomial()``, ``binomial(link = "probit")``,
+# ``binomial(link = probit)``, ``binomial("probit")``; nothing else (the text is never run).
+_R_FAMILY = re.compile(r"""\s*([A-Za-z][A-Za-z0-9._]*)\s*(?:\(\s*(?:(?:link\s*=\s*)?
+                           (?:"([A-Za-z]+)"|'([A-Za-z]+)'|([A-Za-z]+)))?\s*\))?\s*""", re.VERBOSE)
+# R's names of families fitted here under another name (R's function ``Gamma``).
+_R_NAMES = {"Gamma": "gamma"}
+# R's spellings of the negative binomial, which carry more than a link (MASS's
+# ``negative.binomial(theta = k)``, glmmTMB's ``nbinom2``): answered with ours.
+_R_NEGATIVE_BINOMIAL = ("nbinom2", "negative.binomial", "negbin", "glmer.nb")
+# R's families glmer takes that this package does not fit (named in the error message).
+_R_ONLY = ("gaussian", "inverse.gaussian", "quasi", "quasibinomial", "quasipoisson", "tweedie")
+
+
+def parse_family(text: str, link: str | None = None) -> tuple[str, str | None]:
+    """``(family, link)`` from R's spelling of a family, e.g. ``'binomial(link = "probit")'``.
+
+    A strict pattern, never evaluated: a family name, optionally a call with one link given
+    as ``link = "name"``, ``link = name`` or ``"name"``. ``link`` (the separate argument)
+    must agree with the link in the text when both are given.
+
+    Examples
+    --------
+    >>> parse_family('binomial(link = "probit")')
+    ('binomial', 'probit')
+    >>> parse_family("poisson")
+    ('poisson', None)
+    >>> parse_family('Gamma(link = "log")')
+    ('gamma', 'log')
+    """
+    call = re.fullmatch(r"\s*(?:\w+::)?([\w.]+)\s*(?:\((.*)\))?\s*", text, flags=re.S)
+    if call is not None and call.group(1) in _R_NEGATIVE_BINOMIAL:
+        theta = re.search(r"theta\s*=\s*([\d.eE+-]+)", call.group(2) or "")
+        spelled = 'family="negative_binomial"'
+        spelled += (f', family_params={{"theta": {theta.group(1)}}}' if theta
+                    else " (or glmer_nb(formula, data), lme4's glmer.nb)")
+        raise ValueError(f"family={text!r} is R's spelling; here write {spelled}")
+    match = _R_FAMILY.fullmatch(text)
+    if match is None:
+        raise ValueError(f"family {text!r} is not a family as R writes it: give a name "
+                         f"({sorted(FAMILIES)}) or a call such as 'binomial(link = \"probit\")'")
+    name, *quoted = match.groups()
+    name = _R_NAMES.get(name, name)
+    if name not in FAMILIES:
+        known = (" (R has it; this package fits binomial, poisson, negative_binomial and "
+                 "gamma GLMMs)") if name in _R_ONLY else ""
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {name!r}{known}")
+    given = next((q for q in quoted if q is not None), None)
+    if given is not None:
+        allowed = FAMILIES[name].links
+        if given not in allowed:
+            raise ValueError(f"link {given!r} is not a link of the {name} family; its links are "
+                             f"{list(allowed)}")
+        if link is not None and link != given:
+            raise ValueError(f"family {text!r} sets link {given!r} but link={link!r} was given too")
+    return name, given if given is not None else link
 
 
 def family_and_link(family: str, link: str | None, values: dict | None = None) -> tuple[Family, Link]:

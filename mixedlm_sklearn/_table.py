@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ResultTable", "format_real", "format_pval", "zapsmall", "signif_codes", "legend_lines",
-           "SIGNIF_LEGEND"]
+           "percent_headings", "SIGNIF_LEGEND"]
 
 FORMATS = ("num", "int", "df", "stat", "p", "p.emmeans", "text")
 LAYOUTS = ("anova", "frame", "emmeans")
@@ -347,6 +347,13 @@ def legend_lines(width: int = 80) -> list[str]:
     return text.split("\n")
 
 
+def percent_headings(alpha: float) -> dict[str, str]:
+    """R's ``confint`` headings of the bounds: ``"2.5 %"`` and ``"97.5 %"`` at alpha 0.05
+    (``paste(format(100 * a, trim = TRUE, scientific = FALSE, digits = 3), "%")``)."""
+    lower, upper = format_real([50.0 * alpha, 100.0 - 50.0 * alpha], 3, scientific=False)
+    return {"lower": f"{lower} %", "upper": f"{upper} %"}
+
+
 # ---- emmeans' choice of digits -------------------------------------------------------------
 
 
@@ -403,6 +410,9 @@ class ResultTable(pd.DataFrame):
         R's legend line, when some p-value is below 0.1).
     layout : {"anova", "frame", "emmeans"}
         Which R printer to follow (see the module's description).
+    headings : dict
+        Column -> the heading printed for it (text and HTML only; code keeps the column's
+        name), e.g. ``{"lower": "2.5 %", "upper": "97.5 %"}`` as R's ``confint`` prints.
 
     Notes
     -----
@@ -426,11 +436,12 @@ class ResultTable(pd.DataFrame):
     87.99874
     """
 
-    _metadata = ["title", "notes", "formats", "stars", "layout"]
+    _metadata = ["title", "notes", "formats", "stars", "layout", "headings"]
 
     def __init__(self, data=None, index=None, columns=None, dtype=None, copy=None, *,
                  title: str = "", notes: Sequence[str] = (), formats: Mapping[str, str] | None = None,
-                 stars: str | None = None, layout: str = "anova") -> None:
+                 stars: str | None = None, layout: str = "anova",
+                 headings: Mapping[str, str] | None = None) -> None:
         super().__init__(data, index=index, columns=columns, dtype=dtype, copy=copy)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -445,6 +456,7 @@ class ResultTable(pd.DataFrame):
         self.formats = formats
         self.stars = stars
         self.layout = layout
+        self.headings = dict(headings or {})
 
     @property
     def _constructor(self):
@@ -457,7 +469,7 @@ class ResultTable(pd.DataFrame):
             tables = [o for o in objs if isinstance(o, ResultTable)]
             if tables:
                 first = tables[0]
-                for name in ("title", "notes", "stars", "layout"):
+                for name in ("title", "notes", "stars", "layout", "headings"):
                     object.__setattr__(result, name, getattr(first, name))
                 merged: dict[str, str] = {}
                 for t in reversed(tables):
@@ -563,7 +575,8 @@ class ResultTable(pd.DataFrame):
     def _cells(self) -> tuple[list[str], list[list[str]], list[bool], bool]:
         """Headers, formatted columns, left-justified?, and whether the legend applies."""
         digits = self._column_digits()
-        headers = [str(c) for c in self.columns]
+        headings = getattr(self, "headings", None) or {}
+        headers = [str(headings.get(c, c)) for c in self.columns]
         columns = [self._format_column(c, digits) for c in self.columns]
         left = [self.layout == "emmeans" and self._kind(c) == "text" for c in self.columns]
         legend = False

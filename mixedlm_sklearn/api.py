@@ -8,7 +8,6 @@ estimator and inference takes fitted models only."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
+from ._glmm import parse_family
 from ._table import ResultTable
 from .estimator import MixedLMRegressor
 from .formula import parse_formula, split_formula_sides, update_formula
@@ -451,14 +451,18 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         of the syntax is :func:`lmer`'s.
     data : DataFrame
         The data (rows with a missing model variable are dropped).
-    family : {"binomial", "poisson", "negative_binomial", "gamma"}, default="binomial"
-        The conditional distribution of the response (R's ``binomial`` and ``poisson``
-        functions are accepted as themselves). R's other spellings (``Gamma(link =
-        "log")``, ``nbinom2``, ``negative.binomial``) are answered with this one's:
-        ``family="gamma", link="log"``; lme4's ``glmer.nb`` is :func:`glmer_nb`.
+    family : {"binomial", "poisson", "negative_binomial", "gamma"} or R's spelling, default="binomial"
+        The conditional distribution of the response. R's spellings are accepted: a
+        function named ``binomial`` or ``poisson``, or the text of R's call with its link,
+        ``'binomial(link = "probit")'``, ``"binomial(link = 'cloglog')"``,
+        ``'poisson(link = "log")'``, ``'Gamma(link = "log")'`` (read by a strict pattern,
+        never run; an unknown family or link is refused with the allowed ones). R's
+        negative binomial spellings (``nbinom2``, ``negative.binomial(theta = k)``) are
+        answered with this one's; lme4's ``glmer.nb`` is :func:`glmer_nb`.
     link : str, optional
         Default the family's canonical link (logit, log, inverse for Gamma; log for the
-        negative binomial); binomial also takes "probit" and "cloglog", Gamma "log".
+        negative binomial); binomial also takes "probit" and "cloglog", Gamma "log". When
+        ``family`` names a link too, the two must agree.
     n_agq : int, default=1
         The number of quadrature nodes, lme4's ``nAGQ``: 1 is the Laplace approximation; more nodes need a single scalar
         random effect.
@@ -510,7 +514,7 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         if n_agq != 1:
             raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
         n_agq = nAGQ
-    family = _family_name(family)
+    family, link = _family_name(family, link)
     if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
             and _cbind(_split_top(formula, "~")[0], formula) is not None:
         raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
@@ -573,34 +577,16 @@ def glmer_nb(formula: str, data: pd.DataFrame, link: str | None = None, n_agq: i
                  weights=weights, context=context, **estimator_params)
 
 
-# R's names of the families (as strings) and their names here.
-_R_FAMILIES = {"binomial": "binomial", "poisson": "poisson", "Gamma": "gamma",
-               "gamma": "gamma", "nbinom2": "negative_binomial",
-               "negative.binomial": "negative_binomial", "negbin": "negative_binomial",
-               "negative_binomial": "negative_binomial", "glmer.nb": "negative_binomial"}
-
-
-def _family_name(family: Any) -> str:
-    """``"binomial"``, or R's way of writing it: the name of a function called ``binomial``.
-    Other R spellings are refused with the Python one."""
+def _family_name(family: Any, link: str | None) -> tuple[Any, str | None]:
+    """``(family, link)`` from ``"binomial"`` or R's ways of writing a family: a function
+    called ``binomial`` / ``poisson``, or the text of R's call, ``'binomial(link = "probit")'``
+    (parsed by a strict pattern, never run)."""
     name = getattr(family, "__name__", None)
     if callable(family) and name in ("binomial", "poisson"):
-        return name
-    if isinstance(family, str) and family not in ("binomial", "poisson", "negative_binomial", "gamma"):
-        call = re.fullmatch(r"\s*(?:\w+::)?([\w.]+)\s*(?:\((.*)\))?\s*", family)
-        if call and call.group(1) in _R_FAMILIES:
-            ours = _R_FAMILIES[call.group(1)]
-            link = re.search(r"link\s*=\s*[\"']?(\w+)", call.group(2) or "")
-            theta = re.search(r"theta\s*=\s*([\d.eE+-]+)", call.group(2) or "")
-            spelled = f'family="{ours}"' + (f', link="{link.group(1)}"' if link else "")
-            if theta:
-                spelled += f', family_params={{"theta": {theta.group(1)}}}'
-            if ours == "negative_binomial" and not theta and not link:
-                spelled += " (or glmer_nb(formula, data), lme4's glmer.nb)"
-            raise ValueError(f"family={family!r} is R's spelling; here write {spelled}")
-        raise ValueError(f"family must be one of 'binomial', 'poisson', 'negative_binomial', "
-                         f"'gamma', got {family!r}")
-    return family
+        return name, link
+    if isinstance(family, str):
+        return parse_family(family, link)
+    return family, link
 
 
 # ---- power of a formula ---------------------------------------------------------------------

@@ -48,6 +48,7 @@ from ._correlation import (
 )
 from ._model import FittedModel, fit_model
 from ._optimize import OptimizerInfo
+from ._table import ResultTable
 from ._terms import Term, Terms
 from ._threads import single_threaded_blas
 from ._util.choices import canonical
@@ -1325,7 +1326,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return summary(self, alpha=alpha, ddf=ddf)
 
-    def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> pd.DataFrame:
+    def conf_int(self, alpha: float = 0.05, method: str = "wald", **kwargs) -> ResultTable:
         """Confidence intervals of the fixed effects and the variance parameters.
 
         Parameters
@@ -1343,8 +1344,10 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        DataFrame
-            Columns ``lower`` and ``upper``, a row per parameter (lme4's names).
+        ResultTable
+            A DataFrame with columns ``lower`` and ``upper``, a row per parameter (lme4's
+            names), printed as R's ``confint`` (``2.5 %`` / ``97.5 %``) under a title and
+            notes naming the method, the df or criterion and the level.
 
         See Also
         --------
@@ -1359,10 +1362,11 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         >>> fit = lmer("Reaction ~ Days + (Days | Subject)", load_sleepstudy())
         >>> fit.conf_int().round(2).loc["Days"].tolist()
         [7.44, 13.5]
-        >>> fit.conf_int(method="profile", which="sigma").round(2)
-                   lower  upper
-        parameter
-        sigma       22.9  28.86
+        >>> print(fit.conf_int(method="profile", which="sigma").round(2))
+        Profile likelihood confidence intervals, 95% level
+              2.5 % 97.5 %
+        sigma  22.9  28.86
+        Bounds where the signed root of the ML deviance's rise is -+ 1.96 (lme4's confint(method = "profile"))
         """
         from .inference import conf_int
 

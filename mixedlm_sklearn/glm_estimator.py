@@ -34,6 +34,7 @@ from ._glmm import (
     separated,
 )
 from ._model import FittedModel
+from ._table import ResultTable
 from ._terms import Term, Terms
 from ._validation import (
     as_design,
@@ -606,7 +607,7 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         return wald_test(self, L, rhs=rhs, ddf="chi2")
 
     def conf_int(self, alpha: float = 0.05, method: str = "wald", which: Any = None,
-                 **kwargs) -> pd.DataFrame:
+                 **kwargs) -> ResultTable:
         """Confidence intervals: Wald, profile likelihood or parametric bootstrap.
 
         Parameters
@@ -623,8 +624,9 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
 
         Returns
         -------
-        DataFrame
-            Columns ``lower`` and ``upper``, a row per parameter.
+        ResultTable
+            A DataFrame with columns ``lower`` and ``upper``, a row per parameter, printed
+            as R's ``confint`` under a title and notes naming the method and level.
 
         See Also
         --------

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._model import FittedModel
 from .._terms import Terms
+from ._protocol import spell_df
 
 __all__ = ["fitted_model", "check_ddf", "n_parameters", "log_likelihood", "theta_to_sdcor", "sdcor_to_theta", "deviance_at_sigma", "hessian",
            "jacobian", "check_alpha", "ratio_names"]
@@ -58,9 +59,9 @@ def check_alpha(alpha: float) -> float:
 
 
 def check_ddf(ddf: Any, allowed: tuple[str, ...], name: str = "ddf") -> str:
-    """A denominator-df method in canonical spelling (``"Kenward-Roger"``, ``"kenward_roger"``
-    -> ``"kenward-roger"``), or a ValueError listing the allowed ones."""
-    canonical = ddf.lower().replace("_", "-") if isinstance(ddf, str) else ddf
+    """A denominator-df method in canonical spelling (``"Kenward-Roger"``, ``"kenward_roger"``,
+    ``"KR"`` -> ``"kenward-roger"``), or a ValueError listing the allowed ones."""
+    canonical = spell_df(ddf)
     if canonical not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {ddf!r}")
     return canonical

@@ -13,10 +13,29 @@ from typing import Sequence
 
 from .._model import FittedModel
 
-__all__ = ["choose_df", "require"]
+__all__ = ["choose_df", "require", "spell_df"]
 
 # Spellings accepted for the asymptotic (normal / chi-square) df.
 _ASYMPTOTIC = ("asymptotic", "chi2", "z", "wald")
+# R's spellings of the finite-df methods (lmerTest's ddf = "Satterthwaite" / "Kenward-Roger",
+# emmeans' lmer.df = "kenward-roger", pbkrtest's "KR"), compared in lower case with "_" as "-".
+_ALIASES = {"kr": "kenward-roger", "kenward-roger": "kenward-roger", "kenwardroger": "kenward-roger",
+            "kenward roger": "kenward-roger", "satterthwaite": "satterthwaite", "satt": "satterthwaite"}
+
+
+def spell_df(requested: object) -> object:
+    """The canonical spelling of a df method: lower case, ``_`` read as ``-``, R's aliases
+    (``"KR"``, ``"Kenward-Roger"``, ``"Satterthwaite"``) mapped; a non-string as it is.
+
+    Examples
+    --------
+    >>> spell_df("KR"), spell_df("Kenward_Roger"), spell_df("Satterthwaite")
+    ('kenward-roger', 'kenward-roger', 'satterthwaite')
+    """
+    if not isinstance(requested, str):
+        return requested
+    key = requested.strip().lower().replace("_", "-")
+    return _ALIASES.get(key, key)
 
 
 def choose_df(model: FittedModel, requested: str | None, preference: Sequence[str],
@@ -39,11 +58,12 @@ def choose_df(model: FittedModel, requested: str | None, preference: Sequence[st
             raise ValueError(f"none of {list(preference)} applies to this model "
                              f"(its tests take {list(model.df_methods)})")
         return allowed[0]
-    canonical = requested.lower().replace("_", "-") if isinstance(requested, str) else requested
+    canonical = spell_df(requested)
     if canonical in _ASYMPTOTIC:
         canonical = "asymptotic"
     if canonical not in preference:
-        raise ValueError(f"{name} must be one of {list(preference)}, got {requested!r}")
+        raise ValueError(f"{name} must be one of {list(preference)} (R's \"Satterthwaite\", "
+                         f"\"Kenward-Roger\" and \"KR\" are accepted too), got {requested!r}")
     if canonical not in model.df_methods:
         reason = model.supports(canonical) if canonical != "asymptotic" else None
         if reason is not None and model.scale_estimated:  # the model says why

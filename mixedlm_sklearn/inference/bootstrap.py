@@ -20,6 +20,7 @@ its start) is never reported as a result.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 
-from .._table import ResultTable, format_real
+from .._table import ResultTable, format_real, percent_headings
 from .._validation import caller_stacklevel
 from ._parameters import check_alpha
 from .lrt import check_comparable, check_nested, check_same_data
@@ -253,7 +254,8 @@ class BootstrapResult(RefitCounts):  # numpydoc ignore=PR01
                            title=f"Bootstrap {method} confidence intervals, {level}% level",
                            notes=[f"Based on {self.n_boot - self.n_failed} of {self.n_boot} "
                                   "replicates (the others failed)" if self.n_failed else
-                                  f"Based on {self.n_boot} replicates"], layout="frame")
+                                  f"Based on {self.n_boot} replicates"], layout="frame",
+                           headings=percent_headings(a))
 
     def __str__(self) -> str:
         return self.summary().text()
@@ -436,7 +438,7 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
 
 def boot_conf_int(est: Any, alpha: float = 0.05, which: Any = None, n_boot: int = 1000,
                   boot_type: str = "percentile", random_state: Any = None,
-                  n_jobs: int | None = None) -> pd.DataFrame:
+                  n_jobs: int | None = None) -> ResultTable:
     """Bootstrap intervals of lme4's parameters (``conf_int(method="boot")`` of the linear
     and the generalized estimators; lme4's ``confint(method = "boot")``).
 
@@ -492,6 +494,12 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
         Maximum-likelihood log-likelihood of the restricted model.
     llf_full : float
         Maximum-likelihood log-likelihood of the full model.
+    elapsed : float
+        Seconds the replicates took (pbkrtest's ``time``).
+    formula_full : str or None
+        The full model's formula (None for a fit from arrays).
+    formula_restricted : str or None
+        The restricted model's formula (None for a fit from arrays).
 
     See Also
     --------
@@ -520,6 +528,9 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
     llf_restricted: float
     llf_full: float
     messages: dict = field(default_factory=dict)
+    elapsed: float = float("nan")
+    formula_full: str | None = None
+    formula_restricted: str | None = None
 
     @property
     def n_boot(self) -> int:
@@ -547,7 +558,10 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
 
         Rows ``LRT`` (chi-square), ``PBtest`` (bootstrap) and ``Bartlett`` (``LR df /
         mean(LR*)`` on ``df``); columns ``stat``, ``df``, ``p.value``. It prints under
-        pbkrtest's heading (samples, extremes: the replicates with ``LR* >= LR``).
+        pbkrtest's heading: ``Bootstrap test; time: ... sec; samples: n; extremes: e;``
+        (extremes: the replicates with ``LR* >= LR``), the requested and used samples when
+        some refits failed, then (fits from formulas) ``large : <formula>`` and the small
+        model's formula on a line of its own, as pbkrtest 0.5 prints them.
 
         Returns
         -------
@@ -572,12 +586,20 @@ class PBTestResult(RefitCounts):  # numpydoc ignore=PR01
         extremes = int(np.sum(finite >= self.statistic))
         mean = float(finite.mean()) if finite.size else np.nan
         bartlett = self.statistic * self.df / mean if finite.size and mean > 0 else np.nan
-        heading = (f"Parametric bootstrap test; samples: {self.n_boot}; extremes: {extremes}; "
-                   f"failed: {self.n_failed}")
+        # pbkrtest's .PBcommon: time and samples, used samples when fewer, the two formulas
+        heading = ["Bootstrap test; " + (f"time: {self.elapsed:.2f} sec;" if np.isfinite(self.elapsed)
+                                          else "") + f" samples: {self.n_boot}; extremes: {extremes};"]
+        if self.n_failed:
+            heading.append(f"Requested samples: {self.n_boot} Used samples: "
+                           f"{self.n_boot - self.n_failed} Extremes: {extremes}")
+        if self.formula_full is not None:
+            heading.append(f"large : {self.formula_full}")
+        if self.formula_restricted is not None:  # pbkrtest prints it without "small : "
+            heading.append(self.formula_restricted)
         return ResultTable({"stat": [self.statistic] * 2 + [bartlett],
                             "df": [self.df, np.nan, self.df],
                             "p.value": [self.pvalue_chi2, self.pvalue, self.pvalue_bartlett]},
-                           index=["LRT", "PBtest", "Bartlett"], title=heading,
+                           index=["LRT", "PBtest", "Bartlett"], title="\n".join(heading),
                            formats={"stat": "stat", "df": "int", "p.value": "p"}, stars="p.value")
 
     def __str__(self) -> str:
@@ -694,9 +716,11 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     model_rows(model_b, "pb_test")  # refuse before the refits below
     ml_s, ml_b = _ml(model_s), _ml(model_b)
     sampler = Sampler(rows, Parameters.of(ml_s.solution))
+    start = time.perf_counter()
     job = _PBJob(sampler, refitter_for(ml_s), refitter_for(ml_b))
     out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs,
                          min(job.small.batch_size, job.big.batch_size))
+    elapsed = time.perf_counter() - start
     status, messages, lr_star = out["status"], out.get("messages", []), out["lr"]
     _report(status, messages, "pb_test")
     statistic = float(ml_s.solution.deviance - ml_b.solution.deviance)
@@ -710,4 +734,11 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
         p_boot = p_bartlett = np.nan
     return PBTestResult(statistic, df, float(stats.chi2.sf(s, df)), p_boot, p_bartlett, lr_star,
                         status == OK, status == FAILED, -0.5 * ml_s.solution.deviance,
-                        -0.5 * ml_b.solution.deviance, dict(messages))
+                        -0.5 * ml_b.solution.deviance, dict(messages), elapsed,
+                        _formula(big), _formula(small))
+
+
+def _formula(est: Any) -> str | None:
+    """The formula a fit came from, None for a fit from arrays."""
+    formula = getattr(est, "formula", None)
+    return formula if isinstance(formula, str) else None

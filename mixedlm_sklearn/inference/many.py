@@ -37,6 +37,7 @@ from .._batched_refit import _subset
 from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
 from .._model import FittedModel
 from .._terms import Term, Terms
+from ._parameters import check_ddf
 from .._validation import (
     caller_stacklevel,
     check_counts,
@@ -526,8 +527,7 @@ def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame
     row = _contrast_rows(est, L, names)
     if row.shape[0] != 1:
         raise ValueError("contrast_table takes one contrast (a vector); call it once per contrast")
-    if ddf not in ("satterthwaite", "normal"):
-        raise ValueError(f"ddf must be 'satterthwaite' or 'normal', got {ddf!r}")
+    ddf = check_ddf(ddf, ("satterthwaite", "normal"))
     f = mr.fit
     l = row[0]
     estimate = f.beta @ l
@@ -601,8 +601,7 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
     if term is not None and term not in names:
         raise ValueError(f"term {term!r} is not a fixed effect of the fit {names}")
     chosen = names if term is None else [term]
-    if ddf not in ("satterthwaite", "normal"):
-        raise ValueError(f"ddf must be 'satterthwaite' or 'normal', got {ddf!r}")
+    ddf = check_ddf(ddf, ("satterthwaite", "normal"))
     f = est.many_.fit
     L = np.eye(len(names))[[names.index(c) for c in chosen]]
     df = np.full((f.n_responses, len(chosen)), np.nan)

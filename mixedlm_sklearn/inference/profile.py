@@ -32,6 +32,7 @@ from .._basis import Conditioned, lower_factor
 from .._deviance import MAX_LOG_RATIO
 from .._factor import NotPositiveDefinite
 from .._terms import theta_from_lambda
+from .._table import ResultTable, format_real, percent_headings
 from .._threads import single_threaded_blas
 from .summary import summary
 from ._parameters import (
@@ -535,10 +536,18 @@ def _held_conf_int(model, alpha: float, which: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, index=["lower", "upper"]).T
 
 
+def interval_table(frame: pd.DataFrame, alpha: float, title: str, notes: list[str]) -> ResultTable:
+    """Intervals (columns ``lower``, ``upper``) as a table printed as R's ``confint``
+    (R's percent headings), under ``title`` at the confidence level, with ``notes``."""
+    level = format_real([100.0 * (1.0 - alpha)], 7)[0]
+    return ResultTable(frame, title=f"{title}, {level}% level", notes=notes, layout="frame",
+                       headings=percent_headings(alpha))
+
+
 def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = None,
              ddf: str | None = None, criterion: str = "ml", *, n_boot: int = 1000,
              boot_type: str = "percentile", random_state: Any = None,
-             n_jobs: int | None = None) -> pd.DataFrame:
+             n_jobs: int | None = None) -> ResultTable:
     """Confidence intervals: Wald, profile likelihood or parametric bootstrap.
 
     Parameters
@@ -573,8 +582,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
 
     Returns
     -------
-    DataFrame
-        Columns ``lower`` and ``upper``, indexed by parameter name. Profile names follow
+    ResultTable
+        A DataFrame with columns ``lower`` and ``upper``, indexed by parameter name,
+        printed as R prints ``confint`` (bounds headed ``2.5 %`` / ``97.5 %``) under a
+        title naming the method and level, with notes saying how the bounds were found
+        (normal or t quantiles and whose df; profile criterion; bootstrap type and
+        replicates). Profile names follow
         lme4: per random-effects term (grouping factors in the order of the fit)
         ``sd_<effect>|<group>`` and ``cor_<effect1>.<effect2>|<group>`` (the covariance's
         lower triangle column by column), then ``sigma``, then the fixed effects. A
@@ -617,20 +630,23 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     >>> df = load_sleepstudy()
     >>> Z = np.column_stack([np.ones(len(df)), df["Days"]])
     >>> est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
-    >>> est.conf_int().round(2)
-                  lower   upper
-    (Intercept)  238.03  264.78
-    Days           7.44   13.50
-    >>> est.conf_int(method="profile", which=["sigma"]).round(2)
-               lower  upper
-    parameter
-    sigma       22.9  28.86
+    >>> print(est.conf_int().round(2))
+    Wald confidence intervals, 95% level
+                 2.5 % 97.5 %
+    (Intercept) 238.03 264.78
+    Days          7.44  13.50
+    estimate -+ 1.96 * SE (normal quantiles; lme4's confint(method = "Wald"))
+    >>> ci = est.conf_int(method="profile", which=["sigma"])
+    >>> ci.round(2).loc["sigma"].tolist()
+    [22.9, 28.86]
     >>> from mixedlm_sklearn import glmer
     >>> from mixedlm_sklearn.datasets import load_cbpp
     >>> fit = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_cbpp())
-    >>> fit.conf_int(method="profile", which=["sd_(Intercept)|herd"]).round(4)  # lme4: 0.3461 1.1000
-                          lower  upper
-    sd_(Intercept)|herd  0.3461    1.1
+    >>> print(fit.conf_int(method="profile", which=["sd_(Intercept)|herd"]).round(4))  # lme4: 0.3461 1.1000
+    Profile likelihood confidence intervals, 95% level
+                         2.5 % 97.5 %
+    sd_(Intercept)|herd 0.3461    1.1
+    Bounds where the deviance, refitted with the parameter held, rises by 3.841 (lme4's profile of a glmer fit)
     """
     z = stats.norm.ppf(1.0 - check_alpha(alpha) / 2.0)
     model = fitted_model(est)
@@ -645,10 +661,21 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
             fe, se = est.fe_params_, est.bse_
             if model.rank is not None:  # dropped (aliased) columns: NaN, as lme4's NA
                 fe = fe.where(model.rank.kept)
-            return pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
-        table = summary(est, alpha=alpha, ddf=ddf).fixed_effects
-        return pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
-                            index=table.index)
+            frame = pd.DataFrame({"lower": fe - z * se, "upper": fe + z * se}, index=fe.index)
+            note = (f"estimate -+ {format_real([z], 4)[0]} * SE (normal quantiles; lme4's "
+                    "confint(method = \"Wald\"))")
+            return interval_table(frame, alpha, "Wald confidence intervals", [note])
+        result = summary(est, alpha=alpha, ddf=ddf)
+        table = result.fixed_effects
+        frame = pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
+                             index=table.index)
+        if result.ddf == "Kenward-Roger":
+            note = "estimate -+ t(df) * SE, Kenward-Roger's adjusted SE and df (pbkrtest)"
+        elif result.ddf == "Satterthwaite":
+            note = "estimate -+ t(df) * SE, Satterthwaite's df (lmerTest)"
+        else:
+            note = f"estimate -+ {format_real([z], 4)[0]} * SE (normal quantiles: fixed dispersion)"
+        return interval_table(frame, alpha, "Wald confidence intervals", [note])
     if method != "profile":
         raise ValueError(f"method must be 'wald', 'profile' or 'boot', got {method!r}")
     if ddf is not None:
@@ -667,15 +694,22 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         if criterion != "ml":
             raise ValueError(f"criterion={criterion!r}: this model is fitted by maximum likelihood "
                              "and profiled on it (criterion='ml')")
-        return _held_conf_int(model, check_alpha(alpha), which)
+        frame = _held_conf_int(model, check_alpha(alpha), which)
+        return interval_table(frame, alpha, "Profile likelihood confidence intervals", [
+            "Bounds where the deviance, refitted with the parameter held, rises by "
+            f"{format_real([stats.chi2.ppf(1.0 - alpha, 1)], 4)[0]} (lme4's profile of a glmer fit)"])
     with single_threaded_blas():
         prof = _Profiler(est, criterion)
         wanted = prof.requested(which)
         idx = prof.indices([w for w in wanted if w not in prof.dropped])
         bounds = {prof.names[k]: (prof.bound(k, z, -1), prof.bound(k, z, +1)) for k in idx}
     # fixed effects dropped as aliased (rank-deficient X) have no interval: NaN, as lme4's NA
-    return pd.DataFrame([bounds.get(w, (np.nan, np.nan)) for w in wanted],
-                        index=pd.Index(wanted, name="parameter"), columns=["lower", "upper"])
+    frame = pd.DataFrame([bounds.get(w, (np.nan, np.nan)) for w in wanted],
+                         index=pd.Index(wanted, name="parameter"), columns=["lower", "upper"])
+    deviance = "ML deviance" if criterion == "ml" else "REML criterion"
+    return interval_table(frame, alpha, "Profile likelihood confidence intervals", [
+        f"Bounds where the signed root of the {deviance}'s rise is -+ {format_real([z], 4)[0]} "
+        "(lme4's confint(method = \"profile\"))"])
 
 
 # ---- summary ------------------------------------------------------------------------------

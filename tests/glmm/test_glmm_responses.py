@@ -98,3 +98,56 @@ def test_r_argument_names(verbagg):
         glmer(formula, cbpp, nAGQ=5, n_agq=3)
     with pytest.raises(TypeError, match="max_iter / tol"):
         glmer(formula, cbpp, control={"optimizer": "bobyqa"})
+
+
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+
+
+@pytest.mark.parametrize("family,link", [
+    ("binomial(link = 'probit')", "probit"), ('binomial(link="probit")', "probit"),
+    ("binomial(link = probit)", "probit"), ("binomial('probit')", "probit"),
+    ('binomial(link="cloglog")', "cloglog"), ("binomial()", "logit")])
+def test_family_as_r_writes_it(family, link):
+    # the text of R's call fits the same model as the link= argument; lme4's probit fit
+    # (glmer(f, cbpp, family = binomial(link = "probit")), glmm_extra_checks.json)
+    import json
+
+    from _reference import REFERENCE_DIR
+
+    fit = glmer(CBPP, load_cbpp(), family=family)
+    same = glmer(CBPP, load_cbpp(), link=link)
+    assert fit.link == (None if family == "binomial()" else link) and fit.family == "binomial"
+    assert fit.llf_ == same.llf_
+    pd.testing.assert_series_equal(fit.fe_params_, same.fe_params_)
+    refs = json.loads((REFERENCE_DIR / "extras" / "glmm_extra_checks.json").read_text())
+    ref = refs.get(f"cbpp_{link}")
+    if ref is not None:
+        assert fit.llf_ >= ref["llf"] - 1e-6
+        np.testing.assert_allclose(fit.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+
+
+def test_poisson_family_as_r_writes_it():
+    df = load_cbpp()
+    fit = glmer("incidence ~ period + (1 | herd)", df, family='poisson(link = "log")')
+    same = glmer("incidence ~ period + (1 | herd)", df, family="poisson")
+    assert fit.family == "poisson" and fit.link == "log" and fit.llf_ == same.llf_
+
+
+@pytest.mark.parametrize("family,message", [
+    ("quasipoisson(link = 'log')", r"binomial.*poisson.*'quasipoisson'.*R has it"),
+    ("binomial(link = 'log')", r"'log' is not a link of the binomial family.*logit.*probit.*cloglog"),
+    ("poisson(link = 'logit')", r"'logit' is not a link of the poisson family.*\['log'\]"),
+    ("binomial(link = __import__('os').getcwd())", "not a family as R writes it"),
+    ("binomial(link = 'probit'); x", "not a family as R writes it"),
+    ("binomial(link = 'probit', extra)", "not a family as R writes it"),
+])
+def test_family_text_is_read_strictly(family, message):
+    with pytest.raises(ValueError, match=message):
+        glmer(CBPP, load_cbpp(), family=family)
+
+
+def test_family_link_and_link_argument_must_agree():
+    with pytest.raises(ValueError, match="sets link 'probit' but link='logit'"):
+        glmer(CBPP, load_cbpp(), family="binomial(link = 'probit')", link="logit")
+    fit = glmer(CBPP, load_cbpp(), family="binomial(link = 'probit')", link="probit")
+    assert fit.link == "probit"

@@ -130,3 +130,35 @@ def test_families_are_instances_per_fit(glmm):
     assert probit.model_.family != glmm.model_.family
     assert probit.model_.family.link.name == "probit"
     assert pd.Series([glmm.model_.family]).iloc[0].ratio_column == "odds.ratio"
+
+
+# lmerTest writes ddf = "Satterthwaite" / "Kenward-Roger", pbkrtest and emmeans "KR" /
+# "kenward-roger": each spelling gives the canonical method's numbers wherever ddf is taken.
+SPELLINGS = {"kenward-roger": ["KR", "kr", "Kenward-Roger", "kenward_roger", "Kenward_Roger"],
+             "satterthwaite": ["Satterthwaite", "SATTERTHWAITE"]}
+
+
+@pytest.mark.parametrize("canonical,alias", [(c, a) for c, aliases in SPELLINGS.items() for a in aliases])
+def test_r_spellings_of_ddf_are_accepted_everywhere(canonical, alias, lmm):
+    calls = {
+        "summary": lambda d: summary(lmm, ddf=d).fixed_effects,
+        "summary method": lambda d: lmm.summary(ddf=d).fixed_effects,
+        "anova": lambda d: anova(lmm, ddf=d),
+        "anova method": lambda d: lmm.anova(ddf=d),
+        "drop1": lambda d: drop1(lmm, ddf=d),
+        "emmeans": lambda d: emmeans(lmm, "Sex", ddf=d).table,
+        "pairs": lambda d: emmeans(lmm, "Sex", ddf=d).pairs(),
+        "conf_int": lambda d: conf_int(lmm, ddf=d),
+    }
+    for name, call in calls.items():
+        expected, got = call(canonical), call(alias)
+        if isinstance(expected, pd.DataFrame):
+            pd.testing.assert_frame_equal(pd.DataFrame(got), pd.DataFrame(expected), obj=name)
+        else:
+            assert got == expected, name
+    assert wald_test(lmm, "age", ddf=alias).pvalue == wald_test(lmm, "age", ddf=canonical).pvalue
+
+
+def test_unknown_ddf_lists_the_methods(lmm):
+    with pytest.raises(ValueError, match="satterthwaite.*Kenward-Roger"):
+        summary(lmm, ddf="containment")

@@ -7,6 +7,9 @@ are the same as before they printed as R does.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,11 +153,31 @@ def test_pb_test_prints_pbkrtests_rows(ml_pair):
     assert stats.chi2.sf(table.loc["Bartlett", "stat"], result.df) == pytest.approx(
         result.pvalue_bartlett, rel=1e-10)
     lines = str(result).split("\n")
-    assert lines[0] == (f"Parametric bootstrap test; samples: 19; extremes: "
-                        f"{int(np.sum(finite >= result.statistic))}; failed: {result.n_failed}")
-    pb = lines[3].split()
+    # pbkrtest's heading (.PBcommon): time, samples, extremes, then the large and small formulas
+    extremes = int(np.sum(finite >= result.statistic))
+    assert re.fullmatch(rf"Bootstrap test; time: \d+\.\d\d sec; samples: 19; extremes: {extremes};",
+                        lines[0])
+    assert float(lines[0].split()[3]) == pytest.approx(result.elapsed, abs=0.005)
+    # pbkrtest 0.5.2 prints the small model's formula without its "small : " label
+    assert lines[1:3] == _r_text("PBmodcomp_sleepstudy")[1:3]
+    pb = lines[5].split()
     assert pb[0] == "PBtest" and float(pb[2]) == pytest.approx(result.pvalue, rel=5e-4)
     assert float(pb[1]) == pytest.approx(result.statistic, abs=5e-4)
+
+
+def test_pb_test_prints_the_used_samples_when_refits_failed(ml_pair):
+    from mixedlm_sklearn import pb_test
+
+    result = pb_test(*ml_pair, n_boot=6, random_state=2)
+    failed = np.array([True, False, True, False, False, False])
+    replicates = np.where(failed, np.nan, result.replicates)
+    broken = dataclasses.replace(result, replicates=replicates, failed=failed,
+                                 converged=~failed, formula_full=None, formula_restricted=None)
+    extremes = int(np.sum(replicates[~failed] >= result.statistic))
+    lines = str(broken).split("\n")
+    assert lines[0].endswith(f" samples: 6; extremes: {extremes};")
+    assert lines[1] == f"Requested samples: 6 Used samples: 4 Extremes: {extremes}"
+    assert lines[2].split() == ["stat", "df", "p.value"]  # no formulas: a fit from arrays
 
 
 def test_bootstrap_tables_print_their_values(fits):
@@ -219,3 +242,52 @@ def test_fits_from_arrays_name_themselves_in_the_heading():
 def test_ranova_heading_without_an_intercept():
     fit = lmer("Reaction ~ 0 + Days + (Days | Subject)", load_sleepstudy())
     assert ranova(fit).title.split("\n")[-1] == "Reaction ~ Days + (Days | Subject) - 1"
+
+
+def test_wald_conf_int_prints_as_r_confint(fits):
+    # lme4's confint(m, method = "Wald") prints the bounds under "2.5 %" / "97.5 %" (its
+    # variance rows are NA: here only the fixed effects, the rows it has numbers for)
+    ci = fits["sleepstudy"].conf_int()
+    assert isinstance(ci, ResultTable) and list(ci.columns) == ["lower", "upper"]
+    lines = str(ci).split("\n")
+    r = _r_text("confint_wald_sleepstudy")
+    assert lines[0] == "Wald confidence intervals, 95% level"
+    assert lines[1] == r[0]
+    for ours, theirs in zip(lines[2:4], r[-2:]):
+        assert ours.split()[0] == theirs.split()[0]
+        assert [float(x) for x in ours.split()[1:]] == pytest.approx(
+            [float(x) for x in theirs.split()[1:]], rel=1e-8)
+    assert lines[4] == "estimate -+ 1.96 * SE (normal quantiles; lme4's confint(method = \"Wald\"))"
+
+
+@pytest.mark.parametrize("kwargs,title,note", [
+    ({"ddf": "satterthwaite"}, "Wald", "Satterthwaite's df"),
+    ({"ddf": "kenward-roger"}, "Wald", "Kenward-Roger's adjusted SE and df"),
+    ({"method": "profile", "which": "sigma"}, "Profile likelihood", "ML deviance"),
+    ({"method": "profile", "which": "sd_(Intercept)|Subject", "criterion": "reml"},
+     "Profile likelihood", "REML criterion"),
+    ({"method": "boot", "n_boot": 8, "random_state": 0}, "Bootstrap percentile",
+     "Based on 8 replicates"),
+])
+def test_every_conf_int_is_a_titled_table(fits, kwargs, title, note):
+    from mixedlm_sklearn.inference import summary
+
+    fit = fits["sleepstudy"]
+    ci = fit.conf_int(alpha=0.1, **kwargs)
+    assert isinstance(ci, ResultTable) and list(ci.columns) == ["lower", "upper"]
+    text = str(ci).split("\n")
+    assert text[0] == f"{title} confidence intervals, 90% level"
+    assert text[1].split() == ["5", "%", "95", "%"]  # R's headings at alpha = 0.1
+    assert any(note in line for line in ci.notes)
+    if "ddf" in kwargs:  # the numbers are the summary's intervals
+        fixed = summary(fit, alpha=0.1, ddf=kwargs["ddf"]).fixed_effects
+        np.testing.assert_array_equal(ci["lower"], fixed["ci_lower"])
+    assert "<th>5 %</th>" in ci._repr_html_()
+
+
+def test_glmm_conf_int_tables(fits):
+    ci = fits["cbpp"].conf_int()
+    assert isinstance(ci, ResultTable) and ci.title == "Wald confidence intervals, 95% level"
+    prof = fits["cbpp"].conf_int(method="profile", which=["sd_(Intercept)|herd"])
+    assert prof.title == "Profile likelihood confidence intervals, 95% level"
+    assert "3.841" in prof.notes[0]  # the chi-square quantile the deviance rises by

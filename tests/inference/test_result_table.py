@@ -282,3 +282,14 @@ def test_docstring_examples():
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_headings_print_but_columns_keep_their_names():
+    t = ResultTable({"lower": [1.0, 2.0], "upper": [3.0, 4.0]}, index=["a", "b"],
+                    headings={"lower": "2.5 %", "upper": "97.5 %"}, layout="frame")
+    assert str(t).split("\n")[0].split() == ["2.5", "%", "97.5", "%"]
+    assert list(t.columns) == ["lower", "upper"]
+    for derived in (t.loc[["a"]], t.round(1), t.copy(), pd.concat([t, t])):
+        assert derived.headings == t.headings
+        assert "97.5 %" in str(derived)
+    assert "2.5 %" not in str(t.frame())
