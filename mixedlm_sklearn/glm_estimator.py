@@ -1236,7 +1236,8 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
 
 class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
-    """Generalized linear mixed models for counts, proportions and positive responses:
+    """Generalized linear mixed models for counts, proportions and positive responses.
+
     lme4's ``glmer`` and ``glmer.nb``, glmmTMB's ``nbinom2`` and ``Gamma``.
 
     ``E[y_i | u] = g^{-1}(x_i'b + z_i'u_g)``, ``u_g ~ N(0, cov_re)``; Poisson or negative
