@@ -685,8 +685,12 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         # the correlation parameter's profile, on the criterion of the fit (nlme's)
         with single_threaded_blas():
             bounds = corr.profile_interval(check_alpha(alpha))
-        return pd.DataFrame([bounds], index=pd.Index([corr.name], name="parameter"),
-                            columns=["lower", "upper"])
+        frame = pd.DataFrame([bounds], index=pd.Index([corr.name], name="parameter"),
+                             columns=["lower", "upper"])
+        criterion_name = "REML criterion" if model.reml else "ML deviance"
+        return interval_table(frame, alpha, "Profile likelihood confidence intervals", [
+            f"Bounds where the {criterion_name}, refitted with {corr.name} held, rises by "
+            f"{format_real([stats.chi2.ppf(1.0 - alpha, 1)], 4)[0]} (the fit's own criterion, as nlme's)"])
     if corr is not None:
         raise ValueError(f"profile intervals of a model with correlated residuals cover its "
                          f"correlation parameter only: which=[{corr.name!r}]")

@@ -432,6 +432,10 @@ def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_prof
     X, y, Z, codes, times = _random_design("car1", 1, 0.6, seed=2)  # an interior fit
     est = MixedLMRegressor(correlation="car1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times)
     ci = est.conf_int(method="profile", which=["Phi"])
+    # printed as every conf_int table: a title with the level, R's percent headings
+    text = str(ci)
+    assert text.startswith("Profile likelihood confidence intervals, 95% level")
+    assert "2.5 %" in text and "97.5 %" in text and "REML criterion" in text
     lower, upper = ci.loc["Phi"]
     phi = est.correlation_params_["Phi"]
     assert lower < phi < upper
