@@ -343,6 +343,13 @@ class Family:
     def check_response(self, y: np.ndarray, w: np.ndarray) -> None:
         raise NotImplementedError
 
+    def observed_weight_slope(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+        """``dH/deta`` per row, ``H = -d^2 log f / d eta^2`` the observed weight of the
+        Laplace approximation of an ``observed_laplace`` family (the slope the analytic
+        gradient of ``log|M|`` needs); None where the family has no closed form for its
+        link (the gradient is then taken by differences)."""
+        return None
+
     def deviance_residuals(self, y, eta, mu, w, link) -> np.ndarray:
         """``2 (saturated - fitted)`` log-density per row (R's ``dev.resids``)."""
         return np.maximum(2.0 * (self.saturated_loglik(y, w) - self.loglik(y, eta, mu, w, link)), 0.0)
@@ -549,6 +556,14 @@ class _NegativeBinomial(Family):
     def check_response(self, y, w):
         _check_counts("negative binomial", y)
 
+    def observed_weight_slope(self, y, mu, w):
+        # log link: d log f / d eta = y - (y + t) mu / (t + mu), so
+        # H = w (y + t) t mu / (t + mu)^2 and dH/deta = w (y + t) t mu (t - mu) / (t + mu)^3
+        if self.link.name != "log":
+            return None
+        t = self.theta
+        return w * (y + t) * t * mu * (t - mu) / (t + mu) ** 3
+
 
 class _Gamma(Family):
     """Positive continuous responses: ``Var = mu^2 / shape`` (R's ``Gamma()`` with
@@ -619,6 +634,12 @@ class _Gamma(Family):
             rows = ", ".join(str(r) for r in np.flatnonzero(bad)[:5])
             raise ValueError(f"a Gamma response must be positive; rows {rows} are not "
                              f"(e.g. {y[np.flatnonzero(bad)[0]]!r})")
+
+    def observed_weight_slope(self, y, mu, w):
+        # log link: d log f / d eta = a (y / mu - 1), so H = a y / mu and dH/deta = -a y / mu
+        if self.link.name != "log":
+            return None
+        return -self.shape * w * y / mu
 
 
 class _Gaussian(Family):
@@ -1095,9 +1116,15 @@ class GLMMDeviance:
 
     @property
     def analytic_gradient(self) -> bool:
-        """Whether :meth:`value_and_grad` differentiates analytically (the Laplace deviance
-        with Fisher weights in ``M``); otherwise by central differences."""
-        return self.n_agq == 1 and not self.observed
+        """Whether :meth:`value_and_grad` differentiates analytically (the Laplace deviance,
+        with Fisher weights in ``M`` or with the observed weights of a family that gives
+        their slope, :meth:`Family.observed_weight_slope`); otherwise by central differences."""
+        return self.n_agq == 1 and (not self.observed or self._observed_slope_known)
+
+    @property
+    def _observed_slope_known(self) -> bool:
+        probe = np.ones(1)
+        return self.family.observed_weight_slope(probe, probe, probe) is not None
 
     def set_family_values(self, values: dict) -> None:
         """Set the family's parameters (a new family instance: the old one may be shared by
@@ -1155,11 +1182,16 @@ class GLMMDeviance:
     def _laplace_gradient(self, m: _Modes) -> np.ndarray | None:
         prior, mu, d1, d2, var, dvar = self.prior, m.mu, m.d1, m.d2, m.var, m.dvar
         W, r = m.weights, m.score
-        ratio = d1 / var  # first, as in PIRLS: var ** 2 underflows where mu is near 0 or 1
-        dW = prior * ratio * (2.0 * d2 - ratio * d1 * dvar)
+        if self.observed:
+            # M holds the observed weights H themselves (the modes' Hessian): the slope
+            # of log|M| in eta is that of H, and the modes move with H's factor
+            dW = self.family.observed_weight_slope(self.y, mu, prior)
+        else:
+            ratio = d1 / var  # first, as in PIRLS: var ** 2 underflows where mu is near 0 or 1
+            dW = prior * ratio * (2.0 * d2 - ratio * d1 * dvar)
         V, h = self._selected_rows(m)
         a = h * dW
-        if self.canonical:
+        if self.canonical or self.observed:
             H, factor_h = W, m.factor
         else:
             H = W - prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / var ** 2
@@ -1695,7 +1727,7 @@ def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
     minimum of this profile the gradient in all parameters is 0, so it is the joint
     optimum (glmmTMB's; glmer.nb alternates between theta and a glmer fit to the same
     end). The covariance of beta is then lme4's ``2 H^{-1}`` with the Hessian ``H`` in
-    all parameters, phi included (as TMB's ``sdreport``), by central differences.
+    all parameters, phi included (as TMB's ``sdreport``), by :func:`_joint_hessian`.
     """
     (name,) = dev.family.free  # the families have one parameter each
     lo, hi = _LOG_FAMILY_RANGE
@@ -1747,33 +1779,53 @@ def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
 def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,
                    at_bound: np.ndarray) -> np.ndarray:
     """Hessian of the deviance in ``(theta, log phi, beta)`` (this order: beta last, as
-    :meth:`GLMMSolution.with_hessian` reads it), central second differences with steps
-    1e-4 (entries of theta on their bound left 0)."""
+    :meth:`GLMMSolution.with_hessian` reads it; entries of theta on their bound left 0).
+
+    With the analytic gradient in ``x = (theta, beta)``: the ``x`` block by forward
+    differences of it (:func:`_hessian`), the cross terms by central differences of it in
+    ``log phi`` and the ``log phi`` entry by a central second difference of the deviance,
+    all with steps 1e-4 in ``log phi`` (truncation ~1e-8, rounding ~eps |D| / 1e-8).
+    Without it, central second differences of the deviance in every pair.
+    """
     nt = dev.n_theta
-    z0 = np.concatenate([x[:nt], [s], x[nt:]])
-
-    def f(z):
-        dev.set_family_values({name: np.exp(z[nt])})
-        return dev(np.concatenate([z[:nt], z[nt + 1:]]))
-
-    k = z0.size
+    k = x.size + 1
     free = np.ones(k, dtype=bool)
     free[:nt] = ~at_bound
-    idx = np.flatnonzero(free)
-    steps = 1e-4 * np.maximum(1.0, np.abs(z0))
-    lower = np.concatenate([dev.terms.lower_bounds(), [-np.inf], np.full(dev.p, -np.inf)])
-    steps = np.where(z0 - steps < lower, np.maximum(z0 - lower, 1e-7), steps)
+    h = 1e-4 * max(1.0, abs(s))
     H = np.zeros((k, k))
-    f0 = f(z0)
-    for a in idx:
-        ea = np.zeros(k)
-        ea[a] = steps[a]
-        H[a, a] = (f(z0 + ea) - 2.0 * f0 + f(z0 - ea)) / steps[a] ** 2
-        for b in idx[idx > a]:
-            eb = np.zeros(k)
-            eb[b] = steps[b]
-            H[a, b] = H[b, a] = (f(z0 + ea + eb) - f(z0 + ea - eb) - f(z0 - ea + eb)
-                                 + f(z0 - ea - eb)) / (4.0 * steps[a] * steps[b])
+    xs = np.r_[0:nt, nt + 1:k]  # positions of x in the joint order
+    if dev.analytic_gradient:
+        f0, g0 = dev.value_and_grad(x)
+        H[np.ix_(xs, xs)] = _hessian(dev, x, g0, free[xs])
+        dev.set_family_values({name: np.exp(s + h)})
+        f_up, g_up = dev.value_and_grad(x)
+        dev.set_family_values({name: np.exp(s - h)})
+        f_down, g_down = dev.value_and_grad(x)
+        cross = (g_up - g_down) / (2.0 * h)
+        cross[:nt][at_bound] = 0.0
+        H[xs, nt] = H[nt, xs] = cross
+        H[nt, nt] = (f_up - 2.0 * f0 + f_down) / h ** 2
+    else:
+        z0 = np.concatenate([x[:nt], [s], x[nt:]])
+
+        def f(z):
+            dev.set_family_values({name: np.exp(z[nt])})
+            return dev(np.concatenate([z[:nt], z[nt + 1:]]))
+
+        idx = np.flatnonzero(free)
+        steps = 1e-4 * np.maximum(1.0, np.abs(z0))
+        lower = np.concatenate([dev.terms.lower_bounds(), [-np.inf], np.full(dev.p, -np.inf)])
+        steps = np.where(z0 - steps < lower, np.maximum(z0 - lower, 1e-7), steps)
+        f0 = f(z0)
+        for a in idx:
+            ea = np.zeros(k)
+            ea[a] = steps[a]
+            H[a, a] = (f(z0 + ea) - 2.0 * f0 + f(z0 - ea)) / steps[a] ** 2
+            for b in idx[idx > a]:
+                eb = np.zeros(k)
+                eb[b] = steps[b]
+                H[a, b] = H[b, a] = (f(z0 + ea + eb) - f(z0 + ea - eb) - f(z0 - ea + eb)
+                                     + f(z0 - ea - eb)) / (4.0 * steps[a] * steps[b])
     dev.set_family_values({name: np.exp(s)})
     dev.modes(x)
     return H

@@ -189,6 +189,36 @@ def test_laplace_and_quadrature_match_an_independent_computation(family, link, v
     assert abs(many(x) - exact) < abs(one(x) - exact)
 
 
+@pytest.mark.parametrize("family, link, values", [
+    ("negative_binomial", None, {"theta": 1.7}),
+    ("negative_binomial", None, {"theta": 40.0}),
+    ("gamma", "log", {"shape": 2.5}),
+])
+def test_analytic_gradient_of_the_exact_hessian_laplace_is_the_deviance_slope(family, link, values):
+    # The gradient follows log|M| through the modes with the slope of the observed
+    # weights; Richardson-extrapolated central differences of the deviance (truncation
+    # O(h^4)) are the independent check, at points away from the optimum, with prior
+    # weights and a random slope (q = 2).
+    X, y, codes, fam, lnk, _ = _one_factor(11, family, link, values, n=80)
+    rng = np.random.default_rng(3)
+    terms = Terms([Term("g", ("(Intercept)", "x"), 8)])
+    factors = [(codes, X.copy())]
+    weights = rng.uniform(0.5, 2.0, y.size)
+    dev = GLMMDeviance(X, y, weights, np.zeros(y.size), factors, terms, fam, lnk)
+    assert dev.analytic_gradient
+    for x in (np.array([0.6, 0.1, 0.3, 0.8, 0.2]), np.array([1.1, -0.4, 0.5, 0.5, 0.5])):
+        _, grad = dev.value_and_grad(x)
+
+        def slope(j, h):
+            up, down = x.copy(), x.copy()
+            up[j] += h
+            down[j] -= h
+            return (dev(up) - dev(down)) / (2.0 * h)
+
+        numeric = [(4.0 * slope(j, 1e-4) - slope(j, 2e-4)) / 3.0 for j in range(x.size)]
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
 def test_family_parameters_refused_clearly():
     with pytest.raises(ValueError, match="theta must be positive"):
         make_family("negative_binomial", None, {"theta": 0.0})
