@@ -50,7 +50,7 @@ from ._terms import Terms
 from ._threads import single_threaded_blas
 
 __all__ = ["Link", "Family", "LINKS", "FAMILIES", "family_and_link", "make_family", "gaussian", "separated", "non_integer_counts", "PIRLSDivergence",
-           "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "fit_with_fixed", "glm_start"]
+           "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "fit_with_fixed", "fit_with_fixed_family", "glm_start"]
 
 _TINY = np.finfo(float).tiny
 _EPS = np.finfo(float).eps
@@ -1010,7 +1010,9 @@ class GLMMDeviance:
             rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, zr, u)]
             step_factor = factor
             if not self.canonical:
-                H = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                    # a far trial point's non-finite H falls back to scoring below
+                    H = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
                 if np.all(H > 0) and np.all(np.isfinite(H)):
                     try:
                         step_factor = Factor(self._prepared.reweighted(
@@ -1718,23 +1720,24 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: floa
 _LOG_FAMILY_RANGE = (np.log(1e-4), np.log(1e7))
 
 
-def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
-                ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
-    """The joint optimum over ``(theta, beta, log phi)``, ``phi`` the family's free parameter.
+def _search_family(dev: GLMMDeviance, x0: np.ndarray, inner, s0: float | None = None,
+                   width: float = 0.5) -> tuple[float, Any, Any]:
+    """Brent's search over ``s = log phi`` (``phi`` the family's free parameter) of
+    ``inner(dev, x) -> (value, x, payload)``, the deviance minimised over the other
+    parameters at the family's value ``phi`` (warm started from the last answer).
 
-    The deviance minimised over ``(theta, beta)`` at fixed ``phi`` (a full fit, warm
-    started from the last) is minimised over ``log phi`` by Brent's method: at the
-    minimum of this profile the gradient in all parameters is 0, so it is the joint
-    optimum (glmmTMB's; glmer.nb alternates between theta and a glmer fit to the same
-    end). The covariance of beta is then lme4's ``2 H^{-1}`` with the Hessian ``H`` in
-    all parameters, phi included (as TMB's ``sdreport``), by :func:`_joint_hessian`.
+    The search starts at ``s0`` (default: the moment estimate at ``x0``'s fixed effects)
+    with a first bracket ``s0 -+ width``. Returns the best ``s`` (the deviance's family is
+    left there), its ``(value, x, payload)`` and scipy's result of the search.
     """
     (name,) = dev.family.free  # the families have one parameter each
     lo, hi = _LOG_FAMILY_RANGE
     x0 = np.asarray(x0, dtype=float)
-    with np.errstate(all="ignore"):
-        mu0 = dev.link.inverse(dev.offset + dev.X @ x0[dev.n_theta:])
-    s0 = float(np.clip(np.log(dev.family.start_values(dev.y, mu0, dev.prior)[name]), lo + 1.0, hi - 1.0))
+    if s0 is None:
+        with np.errstate(all="ignore"):
+            mu0 = dev.link.inverse(dev.offset + dev.X @ x0[dev.n_theta:])
+        s0 = np.log(dev.family.start_values(dev.y, mu0, dev.prior)[name])
+    s0 = float(np.clip(s0, lo + 1.0, hi - 1.0))
     state = {"x": x0}
     fits: dict = {}
 
@@ -1743,22 +1746,45 @@ def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
         if s_in not in fits:
             dev.set_family_values({name: np.exp(s_in)})
             try:
-                sol, info = _fit_theta_beta(dev, state["x"], max_iter, ftol)
+                value, x, payload = inner(dev, state["x"])
             except (PIRLSDivergence, NotPositiveDefinite):
                 fits[s_in] = (np.inf, None, None)
             else:
-                fits[s_in] = (sol.deviance, sol, info)
-                state["x"] = sol.x
+                fits[s_in] = (value, x, payload)
+                if np.isfinite(value):
+                    state["x"] = x
         # outside the range: the value at its end, rising (Brent steps back in)
         return fits[s_in][0] + (s - s_in) ** 2
 
-    res = optimize.minimize_scalar(profile, bracket=(s0 - 0.5, s0 + 0.5), method="brent",
+    res = optimize.minimize_scalar(profile, bracket=(s0 - width, s0 + width), method="brent",
                                    tol=1e-7, options={"maxiter": 100})
     best = min(fits, key=lambda k: fits[k][0])
-    value, sol, info = fits[best]
-    if sol is None:
+    if fits[best][1] is None:
         raise PIRLSDivergence(f"no value of the family's {name} gave a finite deviance")
     dev.set_family_values({name: np.exp(best)})
+    return best, fits[best], res
+
+
+def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
+                ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+    """The joint optimum over ``(theta, beta, log phi)``, ``phi`` the family's free parameter.
+
+    The deviance minimised over ``(theta, beta)`` at fixed ``phi`` (a full fit, warm
+    started from the last) is minimised over ``log phi`` by Brent's method
+    (:func:`_search_family`): at the minimum of this profile the gradient in all
+    parameters is 0, so it is the joint optimum (glmmTMB's; glmer.nb alternates between
+    theta and a glmer fit to the same end). The covariance of beta is then lme4's
+    ``2 H^{-1}`` with the Hessian ``H`` in all parameters, phi included (as TMB's
+    ``sdreport``), by :func:`_joint_hessian`.
+    """
+    (name,) = dev.family.free
+    lo, hi = _LOG_FAMILY_RANGE
+
+    def inner(dev, x):
+        sol, info = _fit_theta_beta(dev, x, max_iter, ftol)
+        return sol.deviance, sol.x, (sol, info)
+
+    best, (value, _, (sol, info)), res = _search_family(dev, x0, inner)
     with single_threaded_blas():
         sol = dev.solution(sol.x)
         H = _joint_hessian(dev, sol.x, name, best, info.at_bound)
@@ -1771,9 +1797,26 @@ def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
                    "the model may not fit this family (e.g. no overdispersion)")
     elif not res.success:
         message = f"the search for the family's {name} did not converge: {res.message}"
-    n_fev = info.n_fev + len(fits)
+    n_fev = info.n_fev + int(res.nfev)
     return sol, dataclasses.replace(info, converged=converged, message=message,
                                     n_iter=info.n_iter + int(res.nit), n_fev=n_fev)
+
+
+def fit_with_fixed_family(dev: GLMMDeviance, x0: np.ndarray, fixed: dict) -> tuple[float, np.ndarray]:
+    """:func:`fit_with_fixed` with the family's free parameter re-estimated as well (the
+    profile of a negative binomial or Gamma GLMM); ``dev``'s family is left at its
+    estimate for the held values."""
+    if not dev.family.free:
+        return fit_with_fixed(dev, x0, fixed)
+
+    def inner(dev, x):
+        value, x = fit_with_fixed(dev, x, fixed)
+        return value, x, None
+
+    # along a profile the family's estimate moves little from the fit's: start there
+    (name,) = dev.family.free
+    _, (value, x, _), _ = _search_family(dev, x0, inner, s0=np.log(dev.family.values[name]), width=0.05)
+    return value, x
 
 
 def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,

@@ -24,7 +24,7 @@ from ._rows import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
 from ._factor import Plan
-from ._glmm import Family, GLMMDeviance, fit_glmm, fit_with_fixed, gaussian
+from ._glmm import Family, GLMMDeviance, fit_glmm, fit_with_fixed_family, gaussian
 from ._iterative import IterativeDeviance, IterativePlan
 from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
 from ._terms import Terms
@@ -423,16 +423,13 @@ class FittedModel:
                 beta0, _ = glm_start(dev.X, dev.y, dev.prior, dev.offset, dev.family, dev.link)
                 x0 = np.concatenate([self.x[:self.n_theta], beta0])
         x0 = self.x.copy() if x0 is None else np.asarray(x0, dtype=float)
-        if fixed and self.family.free:
-            # a held refit optimises (theta, beta) at the family's estimate: not the profile
-            names = ", ".join(self.family.free)
-            raise NotImplementedError(
-                f"profiles (refits with a parameter held) of a {self.family.name} GLMM are not "
-                f"available: the family's {names} would have to be re-estimated at every "
-                "point. Use conf_int(method='wald') or conf_int(method='boot')")
         with single_threaded_blas():
             if fixed:
-                value, x = fit_with_fixed(dev, x0, fixed)
+                if dev.family.free:
+                    # the family's parameter is re-estimated at the held values (the
+                    # profile): on a copy, the fit's deviance keeps its family
+                    dev = dev.with_nodes(dev.n_agq)
+                value, x = fit_with_fixed_family(dev, x0, fixed)
                 sol = dev.solution(x)
                 lower = dev.lower_bounds()
                 at_bound = (np.isfinite(lower) & (x <= lower))[:dev.n_theta]

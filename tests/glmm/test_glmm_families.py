@@ -299,10 +299,45 @@ def test_r2_and_icc_use_the_family_distribution_variance(gamma_log):
     assert fit.icc().adjusted == pytest.approx(var_re / (var_re + var_dist), rel=1e-6)
 
 
-def test_held_refits_refused_by_name(gamma_log):
+def _brute_force_rise(fit, j, value):
+    """The deviance's rise with parameter ``j`` of ``x = (theta, beta)`` held at ``value``,
+    everything else (the random-effect sd, the fixed effects, the family's log shape)
+    minimised by Nelder-Mead from two starts: independent of the profile's own search."""
+    dev = fit.model_.deviance.with_nodes(1)
+    x_hat, s_hat = fit.model_.x.copy(), np.log(fit.family_params_["shape"])
+    rest = [k for k in range(x_hat.size) if k != j]
+
+    def f(z):
+        dev.set_family_values({"shape": np.exp(z[-1])})
+        x = x_hat.copy()
+        x[rest] = z[:-1]
+        x[j] = value
+        x[:dev.n_theta] = np.abs(x[:dev.n_theta])
+        return dev(x)
+
+    start = np.append(x_hat[rest], s_hat)
+    best = min(optimize.minimize(f, z0, method="Nelder-Mead",
+                                 options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000}).fun
+               for z0 in (start, start * 1.1))
+    return best - fit.model_.solution.deviance
+
+
+def test_profile_intervals_reestimate_the_family_parameter(gamma_log):
+    # glmmTMB's confint(method = "profile") (extras/gamma_profile.json); the shape is
+    # re-estimated at every held value. glmmTMB interpolates its profile: at its lower
+    # ends of x and of the sd the brute-force profile decides (the deviance rises there by
+    # 3.8475 and 3.8442; at ours by qchisq(0.95, 1) = 3.84146).
     fit, _, _ = gamma_log
-    with pytest.raises(NotImplementedError, match="gamma GLMM.*shape would have to be re-estimated"):
-        fit.conf_int(method="profile")
+    ref = json.loads((DATA.parent / "extras" / "gamma_profile.json").read_text())
+    ci = fit.conf_int(method="profile")
+    np.testing.assert_allclose(ci.loc["(Intercept)"], [ref["lower"][0], ref["upper"][0]], rtol=1e-6)
+    assert ci.loc["x"].iloc[1] == pytest.approx(ref["upper"][1], rel=1e-6)
+    assert np.log(ci.loc["sd_(Intercept)|g"].iloc[1]) == pytest.approx(ref["upper"][2], rel=1e-5)
+    cutoff = stats.chi2.ppf(0.95, 1)
+    for j, ours, theirs in ((2, ci.loc["x"].iloc[0], ref["lower"][1]),
+                            (0, ci.loc["sd_(Intercept)|g"].iloc[0], np.exp(ref["lower"][2]))):
+        assert _brute_force_rise(fit, j, ours) == pytest.approx(cutoff, abs=1e-4)
+        assert _brute_force_rise(fit, j, theirs) > cutoff + 2e-3
 
 
 @pytest.mark.parametrize("family, values", [("negative_binomial", {"theta": 1.3}),
