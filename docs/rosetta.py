@@ -81,6 +81,13 @@ from mixedlm_sklearn.datasets import load_dietox
 dietox = load_dietox()
 m = lmer("Weight ~ Time + (Time | Pig)", dietox)
 """,
+    "beyond": """
+import numpy as np
+from mixedlm_sklearn import MixedLMRegressor, glmer_nb, lmer, lr_test
+from mixedlm_sklearn.datasets import load_bodyweight, load_grouseticks, load_ovary
+
+ovary, bodyweight, grouseticks = load_ovary(), load_bodyweight(), load_grouseticks()
+""",
 }
 
 _S = 'R["sleepstudy"]'
@@ -375,6 +382,52 @@ ROWS: list[Row] = [
         "sleepstudy",
         "assert result.converged_\n"
         f"assert abs(mixedlm_sklearn.anova(m, result)['Chisq'].iloc[1] - {_S}['anova_m0_m_m2']['Chisq'][2]) < 1e-6"),
+    # ---- beyond lme4: nlme's correlated residuals, glmmTMB's families ---------------------
+    Row("lme4", "beyond",
+        "lme(follicles ~ sin(2*pi*Time) + cos(2*pi*Time), Ovary,\n"
+        "    random = ~ 1 | Mare, correlation = corAR1(form = ~ 1 | Mare))",
+        'lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", ovary,\n'
+        '     correlation="corAR1(form = ~ 1 | Mare)")',
+        "nlme's ``corAR1``, ``corCAR1``, ``corExp``, ``corCompSymm`` as ``correlation=`` "
+        "(nlme's spelling or ``\"ar1(~ visit | Mare)\"``), the random part in lme4's syntax; "
+        "``correlation_params_`` holds ``Phi``.",
+        "beyond",
+        'R_ov = R["ovary"]\n'
+        'assert result.llf_ >= R_ov["logLik"] - 1e-6\n'
+        'assert abs(result.correlation_params_["Phi"] / R_ov["Phi"] - 1) < 1e-4\n'
+        'np.testing.assert_allclose(result.fe_params_, R_ov["fixef"], rtol=1e-4)'),
+    Row("lme4", "beyond",
+        "lme(weight ~ Time * Diet, BodyWeight, random = ~ Time | Rat,\n"
+        "    correlation = corCAR1(form = ~ Time | Rat))",
+        'lmer("weight ~ Time * Diet + (Time | Rat)", bodyweight,\n'
+        '     correlation="car1(~ Time | Rat)")',
+        "Continuous time: the correlation of two rows is ``Phi^|t - s|`` (uneven gaps).",
+        "beyond",
+        'R_bw = R["bodyweight"]\n'
+        'assert result.llf_ >= R_bw["logLik"] - 1e-6\n'
+        'assert abs(result.correlation_params_["Phi"] / R_bw["Phi"] - 1) < 1e-4'),
+    Row("lme4", "beyond",
+        'intervals(fit, which = "var-cov")$corStruct',
+        'fit = lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", ovary,\n'
+        '           correlation="ar1(~ visit | Mare)")\n'
+        'fit.conf_int(method="profile", which=["Phi"])',
+        "A profile-likelihood interval (nlme's is a Wald interval on a transformed scale).",
+        "beyond",
+        'lo, hi = result.iloc[0]\n'
+        'assert lo < R["ovary"]["Phi"] < hi'),
+    Row("lme4", "beyond",
+        "glmer.nb(TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION), grouseticks)\n"
+        "glmmTMB(..., family = nbinom2)",
+        'glmer_nb("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", grouseticks)',
+        "NB2, theta estimated jointly as by glmmTMB, whose Laplace approximation (exact "
+        "Hessian) this is: its log-likelihood is glmmTMB's, not glmer.nb's (-888.84, Fisher "
+        "weights). ``family_params_`` holds ``theta``; ``family=\"gamma\", link=\"log\"`` "
+        "(or R's ``'Gamma(link = \"log\")'``) fits glmmTMB's Gamma GLMM the same way.",
+        "beyond",
+        'R_nb = R["grouseticks_nb"]\n'
+        'assert result.llf_ >= R_nb["logLik_glmmTMB"] - 1e-6\n'
+        'assert abs(result.family_params_["theta"] / R_nb["theta_glmmTMB"] - 1) < 1e-4\n'
+        'np.testing.assert_allclose(result.fe_params_, R_nb["fixef_glmmTMB"], rtol=1e-4)'),
     # ---- statsmodels MixedLM ------------------------------------------------------------
     Row("statsmodels", "statsmodels",
         'smf.mixedlm("Weight ~ Time", dietox, groups=dietox["Pig"]).fit()',

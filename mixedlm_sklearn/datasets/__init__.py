@@ -18,11 +18,13 @@ from importlib import resources
 import pandas as pd
 
 __all__ = [
+    "load_bodyweight",
     "load_cbpp",
     "load_dietox",
     "load_grouseticks",
     "load_insteval",
     "load_orthodont",
+    "load_ovary",
     "load_penicillin",
     "load_sleepstudy",
     "load_verbagg",
@@ -321,3 +323,67 @@ def load_grouseticks() -> pd.DataFrame:
     (403, 7)
     """
     return _read_csv("grouseticks.csv", ("INDEX", "BROOD", "YEAR", "LOCATION"))
+
+
+def load_ovary() -> pd.DataFrame:
+    """Load Ovary: ovarian follicles of mares over their oestrus cycles.
+
+    Source: R package nlme (``Ovary``), from Pierson and Ginther (1987), Animal
+    Reproduction Science 14, 219-231.
+
+    Returns
+    -------
+    pandas.DataFrame
+        308 rows, columns ``follicles`` (int, follicles above 10 mm), ``Time`` (float,
+        time in the cycle, 0 at ovulation and 1 at the next), ``Mare`` (str, 11 mares)
+        and ``visit`` (int, 1, 2, ... within each mare, in time order).
+
+    See Also
+    --------
+    load_bodyweight : Repeated measures at uneven times.
+
+    Notes
+    -----
+    Classic model (Pinheiro and Bates 2000, section 5.3): ``follicles ~ sin(2*pi*Time) +
+    cos(2*pi*Time)`` with a random intercept per mare and AR(1) residuals within mare
+    (``lmer(..., correlation="ar1(~ visit | Mare)")``).
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_ovary
+    >>> load_ovary().shape
+    (308, 4)
+    """
+    return _read_csv("ovary.csv", ("Mare",))
+
+
+def load_bodyweight() -> pd.DataFrame:
+    """Load BodyWeight: rat body weights under three diets.
+
+    Source: R package nlme (``BodyWeight``), from Crowder and Hand (1990), Analysis of
+    Repeated Measures, Chapman and Hall.
+
+    Returns
+    -------
+    pandas.DataFrame
+        176 rows, columns ``weight`` (int, grams), ``Time`` (int, days 1, 8, ..., 43, 44,
+        50, 57, 64: uneven gaps), ``Rat`` (str, 16 rats) and ``Diet`` (str, ``"1"``,
+        ``"2"``, ``"3"``).
+
+    See Also
+    --------
+    load_ovary : Repeated counts over a cycle.
+
+    Notes
+    -----
+    Classic model (Pinheiro and Bates 2000, section 6.3): ``weight ~ Time * Diet`` with
+    a random intercept and slope per rat and continuous-time AR(1) residuals on ``Time``
+    (``lmer(..., correlation="car1(~ Time | Rat)")``).
+
+    Examples
+    --------
+    >>> from mixedlm_sklearn.datasets import load_bodyweight
+    >>> load_bodyweight().shape
+    (176, 4)
+    """
+    return _read_csv("bodyweight.csv", ("Rat", "Diet"))

@@ -1,5 +1,7 @@
 """The bundled data sets load with the right shapes, types and values."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,6 +99,25 @@ def test_loaders_return_independent_frames():
     first = datasets.load_sleepstudy()
     first.loc[0, "Reaction"] = -1.0
     assert datasets.load_sleepstudy().loc[0, "Reaction"] == 249.56
+
+
+def test_ovary_and_bodyweight_are_the_correlation_references_data():
+    # the nlme references of correlated residuals were fitted to these rows
+    ref_dir = Path(__file__).resolve().parents[1] / "data" / "reference" / "structures"
+    for frame, name, labels in ((datasets.load_ovary(), "ovary_ar1_reml", ["Mare"]),
+                                (datasets.load_bodyweight(), "bodyweight_car1_reml", ["Rat", "Diet"])):
+        reference = pd.read_csv(ref_dir / f"{name}.csv", dtype=dict.fromkeys(labels, str))
+        pd.testing.assert_frame_equal(frame, reference)
+        for column in labels:
+            assert_labels(frame[column])
+    ovary = datasets.load_ovary()
+    assert ovary["Mare"].nunique() == 11
+    # visit numbers the rows of a mare in time order
+    assert (ovary.groupby("Mare")["Time"].apply(lambda t: t.is_monotonic_increasing)).all()
+    assert (ovary.groupby("Mare")["visit"].apply(lambda v: list(v) == list(range(1, len(v) + 1)))).all()
+    bodyweight = datasets.load_bodyweight()
+    assert bodyweight["Rat"].nunique() == 16
+    assert sorted(bodyweight["Time"].unique()) == [1, 8, 15, 22, 29, 36, 43, 44, 50, 57, 64]
 
 
 @pytest.mark.parametrize(
