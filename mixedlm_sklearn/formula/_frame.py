@@ -357,15 +357,12 @@ class ModelFrame:  # numpydoc ignore=PR01
         [430.66, 227.63]
         """
         aliased = self._aliased(data, list(self._variables))
-        X = _evaluate(self._fixed_spec, aliased, self._environment, self._naming, self.formula)
-        intercept = _intercept_columns(self._fixed_spec)
-        X = X.drop(columns=[X.columns[i] for i in intercept])
-        terms = []
-        for term, spec in zip(self.terms, self._term_specs):
-            labels = _group_labels(data, list(term.factors), term.group)
-            Z = _evaluate(spec, aliased, self._environment, self._naming, self.formula)
-            terms.append(RandomTerm(term.group, labels, Z, term.diagonal, term.left,
-                                    term.factors))
+        X, _ = _without_intercept(
+            _evaluate(self._fixed_spec, aliased, self._environment, self._naming, self.formula),
+            self._fixed_spec)
+        terms = [_random_term(data, term.factors, term.diagonal, term.left,
+                              _evaluate(spec, aliased, self._environment, self._naming, self.formula))
+                 for term, spec in zip(self.terms, self._term_specs)]
         pieces = ModelFrame(self.formula, X, pd.Series(dtype=float), terms,
                             self.fit_intercept)._pieces()
         args = self._design_arguments(X, terms if self.single_factor else None, pieces)
@@ -715,6 +712,22 @@ def _group_labels(data: pd.DataFrame, names: list[str], group: str) -> pd.Series
     return pd.Series(labels.to_numpy(), index=data.index, name=group)
 
 
+def _without_intercept(X: pd.DataFrame, spec: Any) -> tuple[pd.DataFrame, bool]:
+    """The fixed-effects columns without the intercept (the estimators add their own), and
+    whether the formula had one; for the fitted rows and for new rows alike."""
+    intercept = _intercept_columns(spec)
+    return X.drop(columns=[X.columns[i] for i in intercept]), bool(intercept)
+
+
+def _random_term(rows: pd.DataFrame, group_names: tuple, diagonal: bool, left: str,
+                 Z: pd.DataFrame) -> RandomTerm:
+    """A random-effects term of ``rows``: its grouping factor's labels (``a:b`` for an
+    interaction of factors) with its evaluated design ``Z``."""
+    group = ":".join(group_names)
+    return RandomTerm(group, _group_labels(rows, list(group_names), group), Z, diagonal, left,
+                      tuple(group_names))
+
+
 def parse_formula(formula: str, data: pd.DataFrame, *,
                   context: Mapping[str, Any] | None = None) -> ModelFrame:
     """Evaluate an lme4 formula on a data frame.
@@ -908,10 +921,9 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
 
     y = pd.Series(np.asarray(lhs_matrix.loc[keep].iloc[:, 0], dtype=float), index=row_index,
                   name=_lme4_names(lhs_matrix.model_spec, naming)[0])
-    X = pd.DataFrame(np.asarray(rhs_matrix.loc[keep], dtype=float), index=row_index,
-                     columns=_lme4_names(fixed_spec, naming))
-    intercept = _intercept_columns(fixed_spec)
-    X = X.drop(columns=[X.columns[i] for i in intercept])
+    X, intercept = _without_intercept(
+        pd.DataFrame(np.asarray(rhs_matrix.loc[keep], dtype=float), index=row_index,
+                     columns=_lme4_names(fixed_spec, naming)), fixed_spec)
     offset = None
     if offset_matrix is not None:
         offset = pd.Series(np.asarray(offset_matrix.loc[keep], dtype=float).sum(axis=1),
@@ -927,16 +939,15 @@ def _parse_formula(formulaic: Any, formula: str, data: pd.DataFrame,
             raise ValueError(f"in formula {formula!r}, the random-effects term with left side "
                              f"{left!r} has no columns")
         for group_names in factors:
-            group = ":".join(group_names)
-            labels = _group_labels(rows, list(group_names), group)
-            labels.index = row_index
-            terms.append(RandomTerm(group, labels, Z, diagonal, left, tuple(group_names)))
+            term = _random_term(rows, tuple(group_names), diagonal, left, Z)
+            term.labels.index = row_index
+            terms.append(term)
             term_specs.append(spec)
     fitted_rows = rows.copy()
     fitted_rows.index = row_index
     numbers = {name: names.scalars[alias] for name, alias in names.aliases.items()
                if alias in names.scalars}
-    return ModelFrame(formula, X, y, terms, bool(intercept), dropped, fixed_spec, term_specs,
+    return ModelFrame(formula, X, y, terms, intercept, dropped, fixed_spec, term_specs,
                       offset, None if offset_matrix is None else offset_matrix.model_spec,
                       {name: names.aliases[name] for name in work.columns
                        if name in names.predictors}, environment, naming, fitted_rows, numbers)
