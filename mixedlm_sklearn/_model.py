@@ -24,7 +24,8 @@ from ._rows import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
 from ._factor import Plan
-from ._glmm import Family, GLMMDeviance, fit_glmm, fit_with_fixed_family, gaussian
+from ._family import Family, gaussian
+from ._glmm import GLMMDeviance, fit_glmm, fit_with_fixed_family
 from ._iterative import IterativeDeviance, IterativePlan
 from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
 from ._terms import Terms

@@ -21,8 +21,8 @@ from ._batched_refit import OneTermBatch
 from ._crossprod import CrossProducts, ResponseMap, ResponseProducts, cross_products
 from ._deviance import Deviance, Solution
 from ._factor import NotPositiveDefinite
-from ._glmm import (Family, GLMMDeviance, Link, PIRLSDivergence, fit_glmm, glm_start,
-                    separated)
+from ._family import Family, Link, separated
+from ._glmm import GLMMDeviance, PIRLSDivergence, fit_glmm, glm_start
 from ._model import FittedModel, minimise
 from ._optimize import OptimizerInfo
 from ._terms import Terms

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
-from ._glmm import parse_family
+from ._family import parse_family
 from ._table import ResultTable
 from .estimator import MixedLMRegressor
 from .formula import parse_formula, split_formula_sides, update_formula

@@ -23,16 +23,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._design import INTERCEPT, Design, column_names, factor_frame, random_terms, several_factors
 from ._factor import NotPositiveDefinite
-from ._glmm import (
-    FAMILIES,
-    PIRLSDivergence,
-    GLMMDeviance,
-    family_and_link,
-    fit_glmm,
-    glm_start,
-    non_integer_counts,
-    separated,
-)
+from ._family import FAMILIES, family_and_link, non_integer_counts, separated
+from ._glmm import PIRLSDivergence, GLMMDeviance, fit_glmm, glm_start
 from ._model import FittedModel
 from ._table import ResultTable
 from ._terms import Term, Terms

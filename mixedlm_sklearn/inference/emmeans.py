@@ -755,7 +755,7 @@ def on_response_scale(table: pd.DataFrame, link: Any, column: str) -> pd.DataFra
     Examples
     --------
     >>> import pandas as pd
-    >>> from mixedlm_sklearn._glmm import make_family
+    >>> from mixedlm_sklearn._family import make_family
     >>> t = pd.DataFrame({"g": ["a"], "emmean": [0.0], "SE": [0.5], "df": [float("inf")],
     ...                   "asymp.LCL": [-0.98], "asymp.UCL": [0.98]})
     >>> on_response_scale(t, make_family("binomial").link, "prob").round(4)

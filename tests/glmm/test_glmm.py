@@ -13,7 +13,8 @@ import mixedlm_sklearn._factor as factor_module
 import mixedlm_sklearn._rounds as rounds_module
 from mixedlm_sklearn._crossprod import DesignPattern, cross_products
 from mixedlm_sklearn._factor import Factor, Plan, Prepared
-from mixedlm_sklearn._glmm import GLMMDeviance, PIRLSDivergence, family_and_link
+from mixedlm_sklearn._family import family_and_link
+from mixedlm_sklearn._glmm import GLMMDeviance, PIRLSDivergence
 from mixedlm_sklearn._terms import Term, Terms
 
 

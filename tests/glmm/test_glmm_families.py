@@ -16,7 +16,8 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from mixedlm_sklearn import MixedGLMRegressor
-from mixedlm_sklearn._glmm import GLMMDeviance, family_and_link, make_family
+from mixedlm_sklearn._family import family_and_link, make_family
+from mixedlm_sklearn._glmm import GLMMDeviance
 from mixedlm_sklearn._terms import Term, Terms
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "reference" / "structures"
