@@ -45,6 +45,7 @@ run memory       benchmarks/memory_fit.py --rows 1e7 --dir "$OUT/memory-data"
 rm -rf "$OUT/memory-data"
 run bootstrap    benchmarks/bench_bootstrap.py
 run many         benchmarks/bench_many_responses.py
+run structures   benchmarks/bench_structures.py --repeat 3
 if [ "${SKIP_LONG:-0}" != 1 ]; then
     run crossed-1e7        benchmarks/bench_crossed.py --gpboost-python "$GPB" --sizes 1e7:1e6:1e5 \
                            --solvers iterative,gpboost
