@@ -386,3 +386,41 @@ def test_adaptive_quadrature_fit_is_the_maximum_of_the_integrated_likelihood(gam
     for step in ([1.01, 1.0, 0.0, 0.0], [0.99, 1.0, 0.0, 0.0], [1.0, 1.02, 0.0, 0.0],
                  [1.0, 0.98, 0.0, 0.0], [1.0, 1.0, 0.01, 0.0], [1.0, 1.0, 0.0, -0.005]):
         assert deviance(shape * step[0], sd * step[1], beta + np.array(step[2:])) > best
+
+
+@pytest.mark.parametrize("s_min, s0, width", [(1.19, -0.17, 0.5), (-3.0, 4.0, 0.5), (2.5, 2.4999, 0.05),
+                                            (0.0, 7.0, 0.05)])
+def test_search_on_the_family_parameter_finds_the_profile_minimum(s_min, s0, width):
+    # the search on log phi closes on the root of the profile's slope: a smooth,
+    # asymmetric profile (quartic and exponential terms), several starts and first steps
+    from mixedlm_sklearn._glmm import _LOG_FAMILY_RANGE, _root_of_slope
+
+    lo, hi = _LOG_FAMILY_RANGE
+    seen = []
+
+    def value(s):
+        d = s - s_min
+        return d ** 2 + 0.1 * d ** 4 + np.expm1(0.3 * d) - 0.3 * d
+
+    def profile(s):
+        seen.append(s)
+        return value(s)
+
+    def slope(s):
+        d = s - s_min
+        return 2 * d + 0.4 * d ** 3 + 0.3 * np.exp(0.3 * d) - 0.3
+
+    result = _root_of_slope(profile, slope, s0, width, lo, hi)
+    assert result.success
+    assert min(seen, key=value) == pytest.approx(s_min, abs=1e-7)
+    assert len(seen) <= 25
+
+
+def test_search_on_the_family_parameter_stops_at_the_end_of_the_range():
+    from mixedlm_sklearn._glmm import _LOG_FAMILY_RANGE, _root_of_slope
+
+    lo, hi = _LOG_FAMILY_RANGE
+    seen = []
+    result = _root_of_slope(lambda s: seen.append(s) or -s, lambda s: -1.0, 0.0, 0.5, lo, hi)
+    assert result.success and max(seen) == hi  # no overdispersion: theta runs to its end
+    assert _root_of_slope(lambda s: 0.0, lambda s: np.nan, 0.0, 0.5, lo, hi) is None
