@@ -5,7 +5,8 @@
 #   Rscript tests/data/reference/product/make_many_counts_refs.R
 # It simulates two small data sets (set.seed), writes them next to itself (many_counts.csv,
 # many_slopes.csv), reads them back, fits what it read and writes many_counts.json and
-# many_slopes.json. Deterministic: two runs give identical files.
+# many_slopes.json. Two runs give identical count files; lmer's estimates in many_slopes.json move
+# by ~1e-8 between runs (bobyqa's optimum; the logLiks do not move).
 #
 # Every fit is run to the optimum: glmer with tolPwrss = 1e-12 and two optimisers (bobyqa with
 # rhoend 1e-12, a tight Nelder-Mead), the higher logLik kept; lmer likewise (bobyqa rhoend 1e-12,
