@@ -71,7 +71,7 @@ class CountPattern:
     terms : Terms
         The terms on these rows.
     deviance : GLMMDeviance or None
-        The deviance of these rows (with the first response), whose structure every
+        The deviance of these rows (with a response of zeros), whose structure every
         response's deviance shares.
     problem : str or None
         Why these rows cannot be fitted (every response of the pattern fails with it).
@@ -176,7 +176,7 @@ class ManyGLMMResponses:
 
 def _pattern(X_full: np.ndarray, groups: Any, Z: Any, weights: np.ndarray, offset: np.ndarray,
              rows: np.ndarray, columns: np.ndarray, est: Any, all_labels: dict, family, link,
-             y_first: np.ndarray) -> CountPattern:
+             y_zero: np.ndarray) -> CountPattern:
     """The design of the observed rows ``rows``, made as the single fit of those rows makes
     it (:meth:`MixedGLMRegressor.fit` on ``X[rows]``, ``groups[rows]``), or why it cannot be
     fitted."""
@@ -209,7 +209,7 @@ def _pattern(X_full: np.ndarray, groups: Any, Z: Any, weights: np.ndarray, offse
     pat.labels = {t.name: t.labels for t in terms_in}
     pat.levels = [pd.Index(all_labels[t.name]).get_indexer(t.labels) for t in terms_in]
     try:
-        pat.deviance = GLMMDeviance(np.ascontiguousarray(Xp), y_first, w, offset[rows], pat.factors,
+        pat.deviance = GLMMDeviance(np.ascontiguousarray(Xp), y_zero, w, offset[rows], pat.factors,
                                     pat.terms, family, link, est.n_agq)
     except (ValueError, NotPositiveDefinite) as err:
         pat.problem = str(err)
@@ -294,8 +294,10 @@ def fit_count_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_we
         for s in range(observed.shape[0]):
             columns = np.flatnonzero(pattern == s)
             rows = observed[s]
+            # the structure does not depend on the response: built with zeros, each
+            # response's deviance takes its own y (with_response)
             pat = _pattern(X_full, groups, Z, weights, off, rows, columns, est, all_labels, family,
-                           link, np.nan_to_num(Yv[rows, columns[0]]))
+                           link, np.zeros(int(rows.sum())))
             out.patterns.append(pat)
             for j in columns:
                 if pat.problem is not None:
