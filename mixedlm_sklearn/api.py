@@ -398,11 +398,19 @@ def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
 
 def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
                     progress: Any, weights: Any, estimator_params: dict):
-    """:func:`lmer` of a one-sided formula for every column named in ``responses``: the
-    formula's design with a placeholder response (so that only covariates and factors drop
-    rows), then the multi-output fit of the responses on those rows."""
+    """:func:`lmer` of a one-sided formula for every column named in ``responses``."""
     from .estimator import MixedLMRegressor
 
+    return _responses_fit(MixedLMRegressor(reml=reml, **estimator_params), formula, data, context,
+                          responses, progress, weights)
+
+
+def _responses_fit(est: Any, formula: str, data: pd.DataFrame, context: Any, responses: Any,
+                   progress: Any, weights: Any):
+    """``est`` (not fitted, in array mode) fitted to every column named in ``responses`` with
+    the one-sided ``formula``: the formula's design with a placeholder response (so that only
+    covariates and factors drop rows), then the multi-output fit of the responses on those
+    rows (:func:`lmer` and :func:`glmer` with ``responses``)."""
     if isinstance(responses, str) or not all(isinstance(r, str) for r in responses) or not len(responses):
         raise TypeError("responses must be a non-empty list of column names")
     if not isinstance(data, pd.DataFrame):
@@ -430,7 +438,7 @@ def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, 
         if len(w) != len(rows):
             raise ValueError(f"weights has {len(w)} values for {len(rows)} rows of data")
         arguments["sample_weight"] = np.asarray(w, dtype=float)[frame.X.index.to_numpy()]
-    est = MixedLMRegressor(reml=reml, **frame.estimator_params(), **estimator_params)
+    est.set_params(**frame.estimator_params())
     est.fit(**arguments, progress=progress)
     est.model_frame_ = frame
     return est
@@ -438,7 +446,8 @@ def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, 
 
 def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str | None = None,
           n_agq: int = 1, *, nAGQ: int | None = None, weights: Any = None,
-          context: Mapping[str, Any] | None = None, **estimator_params: Any):
+          context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
+          progress: Any = None, **estimator_params: Any):
     """Fit a generalized linear mixed model from an lme4 formula, like R's ``lme4::glmer``.
 
     Parameters
@@ -474,6 +483,14 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
         same model as ``cbind(incidence, size - incidence)``, as in R).
     context : mapping, optional
         As in :func:`lmer`.
+    responses : list of str, optional
+        Several count responses with one design (genes): columns of ``data``, each fitted
+        as its own GLMM of the one-sided ``formula`` (``"~ x + (1 | donor)"``) with
+        ``family="poisson"`` or ``"negative_binomial"`` (the multi-output fit of
+        :meth:`MixedGLMRegressor.fit`), as :func:`lmer`'s ``responses``: each response uses
+        its own complete rows.
+    progress : callable, optional
+        With ``responses``: ``progress(done, total)`` after each block of responses.
     **estimator_params
         Other :class:`MixedGLMRegressor` parameters (``max_iter``, ``verbose``).
 
@@ -508,6 +525,17 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
     ...             n_agq=25)
     >>> round(float(fit.cov_re_[0, 0]), 4)  # lme4: 0.4193
     0.4193
+
+    Several count responses with one design:
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(20), 5)
+    >>> genes = pd.DataFrame(rng.poisson(np.exp(1 + 0.5 * rng.standard_normal((20, 3)))[g]),
+    ...                      columns=["g1", "g2", "g3"]).assign(donor=g, x=rng.standard_normal(100))
+    >>> fits = glmer("~ x + (1 | donor)", genes, family="poisson", responses=["g1", "g2", "g3"])
+    >>> fits.fe_params_.shape, bool(fits.converged_.all())
+    ((3, 2), True)
     """
     _check_r_arguments(estimator_params, "glmer")
     if nAGQ is not None:
@@ -515,6 +543,11 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
             raise TypeError("give nAGQ= (lme4's spelling) or n_agq=, not both")
         n_agq = nAGQ
     family, link = _family_name(family, link)
+    if responses is not None:  # ---- several responses (inference/many_glmm.py) ----
+        est = MixedGLMRegressor(family=family, link=link, n_agq=n_agq, **estimator_params)
+        return _responses_fit(est, formula, data, context, responses, progress, weights)
+    if progress is not None:
+        raise ValueError("progress reports the responses of glmer(..., responses=[...])")
     if isinstance(formula, str) and len(_split_top(formula, "~")) == 2 and family != "binomial" \
             and _cbind(_split_top(formula, "~")[0], formula) is not None:
         raise ValueError(f"cbind(successes, failures) is a binomial response; family is {family!r}")
@@ -525,7 +558,8 @@ def glmer(formula: str, data: pd.DataFrame, family: Any = "binomial", link: str 
 
 def glmer_nb(formula: str, data: pd.DataFrame, link: str | None = None, n_agq: int = 1, *,
              nAGQ: int | None = None, weights: Any = None,
-             context: Mapping[str, Any] | None = None, **estimator_params: Any):
+             context: Mapping[str, Any] | None = None, responses: Sequence[str] | None = None,
+             progress: Any = None, **estimator_params: Any):
     """Fit a negative binomial (NB2) mixed model from an lme4 formula, like ``lme4::glmer.nb``.
 
     ``Var(y | u) = mu + mu^2 / theta`` with ``theta`` estimated jointly with the other
@@ -549,6 +583,11 @@ def glmer_nb(formula: str, data: pd.DataFrame, link: str | None = None, n_agq: i
         Prior weights, a column of ``data`` or one value per row.
     context : mapping, optional
         As in :func:`lmer`.
+    responses : list of str, optional
+        Several count responses with one design, as :func:`glmer`'s ``responses`` (each with
+        its own ``theta``: ``family_params_["theta"]`` has one per response).
+    progress : callable, optional
+        With ``responses``: ``progress(done, total)`` after each block of responses.
     **estimator_params
         Other :class:`MixedGLMRegressor` parameters (``family_params``, ``max_iter``).
 
@@ -574,7 +613,8 @@ def glmer_nb(formula: str, data: pd.DataFrame, link: str | None = None, n_agq: i
     ['theta']
     """
     return glmer(formula, data, family="negative_binomial", link=link, n_agq=n_agq, nAGQ=nAGQ,
-                 weights=weights, context=context, **estimator_params)
+                 weights=weights, context=context, responses=responses, progress=progress,
+                 **estimator_params)
 
 
 def _family_name(family: Any, link: str | None) -> tuple[Any, str | None]:

@@ -38,7 +38,8 @@ from ._validation import (
     first_rows,
     take_rows,
 )
-from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, _check_frame, _check_offset, _level,
+from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, SingularFitWarning, _check_frame,
+                        _check_offset, _level,
                         _refitting, store_fixed_effects, store_random_effects)
 from ._util.choices import canonical
 from .formula_mode import ALL_TERMS, FormulaMode
@@ -203,6 +204,12 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         """The mean response: conditional on the BLUPs of seen levels; for the other levels
         the population value (effect 0) or, with ``marginal``, the mean over their effects."""
         eta = self._linear_predictor(X, groups=groups, Z=Z, offset=offset)
+        if hasattr(self, "many_"):  # several responses: (n, k)
+            if marginal:
+                raise ValueError("marginal=True averages over one response's random effects: use "
+                                 "for_response(j).predict(..., marginal=True)")
+            with np.errstate(over="ignore"):
+                return self.many_.family.link.inverse(eta)
         link = self.model_.deviance.link
         if not marginal or self.model_.terms is None or not len(self.model_.terms):
             return link.inverse(eta)
@@ -929,6 +936,13 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         >>> clf.classes_.tolist(), clf.n_groups_
         (['no', 'yes'], 30)
         """
+        from .inference.many import is_multi_output
+
+        if is_multi_output(y) and np.shape(y)[1] > 1:
+            raise ValueError(f"MixedGLMClassifier fits one binary response; y has shape "
+                             f"{np.shape(y)}. Several responses with one design are fitted for "
+                             "counts (MixedGLMRegressor(family='poisson' or 'negative_binomial')); "
+                             "fit each binary response on its own.")
         with _refitting(self), clean_failure():
             return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
@@ -1368,6 +1382,11 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     def _family_link(self):
         return family_and_link(self.family, self.link, self.family_params)
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # count matrices: k GLMMs (inference/many_glmm.py)
+        return tags
+
     def _formula_counts(self) -> bool:
         return self.family == "binomial"
 
@@ -1400,7 +1419,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,
             sample_weight: Any = None, offset: Any = None,
-            context: Any = None) -> "MixedGLMRegressor":
+            context: Any = None, progress: Any = None) -> "MixedGLMRegressor":
         """Fit the model.
 
         For ``family="binomial"``, ``y`` is the proportion of successes and
@@ -1410,8 +1429,21 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         ----------
         X : array-like of shape (n, p)
             Fixed-effects covariates.
-        y : array-like of shape (n,)
-            Counts (Poisson) or proportions of successes (binomial).
+        y : array-like of shape (n,) or (n, k)
+            Counts (Poisson) or proportions of successes (binomial). With ``k`` columns
+            (genes, proteins with one design; ``family="poisson"`` or
+            ``"negative_binomial"``) ``k`` independent GLMMs are fitted, each with its own
+            variance components (and ``theta``), sharing all set-up that does not depend on
+            the response (NEBULA's use case; the user guide's "Many responses"). A NaN
+            marks a missing value: each response uses its own complete rows. Every fitted
+            attribute then has a leading axis of responses (``coef_`` (k, p),
+            ``intercept_``, ``llf_``, ``aic_``, ``deviance_``, ``converged_``,
+            ``singular_`` (k,), ``cov_re_`` (k, q, q), ``random_effects_`` (k, n_groups,
+            q), ``family_params_`` a dict of (k,) arrays, ``fe_params_`` and ``bse_``
+            DataFrames with a row per response), plus ``responses_``, ``n_obs_``,
+            ``failed_`` and ``fit_messages_``: a response that cannot be fitted is NaN and
+            reported there, never losing the others. :meth:`for_response` gives one
+            response's single-response estimator.
         groups : array-like of shape (n,) or DataFrame, optional
             Group labels; a DataFrame with a column per grouping factor for several.
             Without it the model is a GLM (with a warning).
@@ -1424,6 +1456,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
             Known part of the linear predictor.
         context : mapping, optional
             With ``formula``: further names the formula may use (see :func:`lmer`).
+        progress : callable, optional
+            With several responses: ``progress(done, total)`` after each block of
+            responses (with ``verbose`` and no callable, a printed line per block).
 
         Returns
         -------
@@ -1451,9 +1486,83 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         >>> reg = MixedGLMRegressor(family="poisson").fit(x[:, None], y, groups=g)
         >>> reg.converged_, reg.n_groups_
         (True, 20)
+
+        Several count responses with one design (a column each):
+
+        >>> Y = rng.poisson(np.exp(0.5 + 0.5 * rng.standard_normal((20, 3)))[g])
+        >>> many = MixedGLMRegressor(family="poisson").fit(x[:, None], Y, groups=g)
+        >>> many.llf_.shape, many.coef_.shape, many.predict(x[:5, None], groups=g[:5]).shape
+        ((3,), (3, 1), (5, 3))
         """
+        from .inference.many import is_multi_output
+
         with _refitting(self), clean_failure():
+            if is_multi_output(y) and self.formula is None:
+                # ---- several responses: inference/many_glmm.py ----
+                from .inference.many_glmm import fit_count_responses
+
+                if context is not None:
+                    raise TypeError("context= gives names a formula may use: it needs formula=...")
+                self._remember_z_names(Z)
+                fit_count_responses(self, X, y, groups, Z, sample_weight, offset, progress)
+                if self.singular_.any():
+                    first = self.responses_[np.flatnonzero(self.singular_)[0]]
+                    warnings.warn(f"boundary (singular) fit for {int(self.singular_.sum())} of "
+                                  f"{self.singular_.size} responses (singular_), e.g. {first!r}: a "
+                                  "random-effects variance is 0 or a correlation is +-1 (see lme4's "
+                                  "?isSingular).", SingularFitWarning, stacklevel=caller_stacklevel())
+                return self
+            if progress is not None:
+                raise ValueError("progress reports the responses of a multi-output fit (y of "
+                                 "shape (n, k), or glmer(..., responses=[...])); y has one")
             return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
+
+    def for_response(self, response: Any) -> "MixedGLMRegressor":
+        """The fit of one response of a multi-output fit, as a single-response estimator.
+
+        Its optimum is the multi-output fit's, which is the single fit of that column on its
+        observed rows (nothing is optimised again), so every method of a single fit works
+        on it (``summary``, ``conf_int``, ``anova``, ``emmeans``, ``predict(marginal=True)``,
+        ...).
+
+        Parameters
+        ----------
+        response : int or str
+            Position or name (a column of ``Y``) of the response.
+
+        Returns
+        -------
+        MixedGLMRegressor
+            Fitted to that response.
+
+        Raises
+        ------
+        ValueError
+            When that response's fit failed (``failed_``), or the estimator was fitted to
+            one response.
+
+        See Also
+        --------
+        mixedlm_sklearn.inference.many.fixed_effects_table : Wald tests across the responses.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(20), 10)
+        >>> Y = rng.poisson(np.exp(0.5 + 0.5 * rng.standard_normal((20, 2)))[g])
+        >>> est = MixedGLMRegressor(family="poisson").fit(np.zeros((200, 0)), Y, groups=g)
+        >>> one = est.for_response(1)
+        >>> bool(np.isclose(one.llf_, est.llf_[1], rtol=1e-10)), one.cov_re_.shape
+        (True, (1, 1))
+        """
+        if not hasattr(self, "many_"):
+            check_is_fitted(self)
+            raise ValueError("for_response is for an estimator fitted to several responses")
+        from .inference.many_glmm import count_response_estimator
+
+        return count_response_estimator(self, response)
 
     def predict(self, X: Any, *, groups: Any = None, Z: Any = None, offset: Any = None,
                 marginal: bool = False, type: str = "response", re_form: Any = ALL_TERMS,
@@ -1607,6 +1716,8 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         True
         """
         check_is_fitted(self)
+        if hasattr(self, "many_"):
+            raise ValueError("score is for a single response: use for_response(j).score")
         mu = self.predict(X, groups=groups, Z=Z)
         y, sample_weight = self._formula_response(X, y, sample_weight)
         if getattr(self, "response_levels_", None) is not None and not pd.api.types.is_numeric_dtype(

@@ -189,7 +189,8 @@ def fit_single_factor(case: dict[str, Any], **params: Any):
 
 PRODUCT_DIR = REFERENCE_DIR / "product"
 
-#: JSON references made by ``make_product_refs.R``.
+#: JSON references made by ``make_product_refs.R`` (``many_counts`` and ``many_slopes`` by
+#: ``make_many_counts_refs.R``).
 PRODUCT_CASES = (
     "emmeans_oats",
     "emmeans_orthodont",
@@ -201,6 +202,8 @@ PRODUCT_CASES = (
     "lmm_residuals_predict",
     "glmm_responses",
     "many_responses",
+    "many_counts",
+    "many_slopes",
 )
 
 #: JSON references copied unchanged from the shared product references.
@@ -217,6 +220,8 @@ PRODUCT_COPIED_CASES = (
 PRODUCT_DATA = {
     "oats": ("Block", "Variety", "N"),
     "many_responses": ("sample", "donor", "batch"),
+    "many_counts": ("sample", "donor"),
+    "many_slopes": ("sample", "donor", "batch"),
 }
 
 

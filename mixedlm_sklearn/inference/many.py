@@ -471,27 +471,60 @@ def _contrast_df(est: Any, L: np.ndarray) -> np.ndarray:
     return df
 
 
-def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame:
+def _is_glmm(est: Any) -> bool:
+    """A multi-output fit of GLMMs (:mod:`.many_glmm`): Wald z tests, no residual variance."""
+    return getattr(est.many_, "family", None) is not None
+
+
+def _table_ddf(est: Any, ddf: str | None) -> str:
+    """The df method of a table across responses: Satterthwaite's for linear fits by
+    default, the normal reference (Wald z, as lme4's ``summary`` of a ``glmer`` fit) for
+    GLMMs, which have no Satterthwaite df."""
+    if ddf is None:
+        return "normal" if _is_glmm(est) else "satterthwaite"
+    ddf = check_ddf(ddf, ("satterthwaite", "normal"))
+    if ddf == "satterthwaite" and _is_glmm(est):
+        raise ValueError("Satterthwaite df are for linear mixed models; the GLMMs' tests are Wald "
+                         "z tests (ddf='normal', the default for them), as lme4's summary of glmer")
+    return ddf
+
+
+def _wald_frame(est: Any, estimate: np.ndarray, se: np.ndarray, df: np.ndarray, ddf: str,
+                index: Any) -> pd.DataFrame:
+    """Estimate, SE, (df,) t or z, p and BH-adjusted p of one quantity across responses."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = estimate / se
+        p = 2.0 * (stats.t.sf(np.abs(t), df) if ddf == "satterthwaite" else stats.norm.sf(np.abs(t)))
+    if _is_glmm(est):
+        return pd.DataFrame({"estimate": estimate, "std_error": se, "z": t, "p": p,
+                             "p_bh": p_adjust_bh(p)}, index=index)
+    return pd.DataFrame({"estimate": estimate, "std_error": se, "df": df, "t": t, "p": p,
+                         "p_bh": p_adjust_bh(p)}, index=index)
+
+
+def contrast_table(est: Any, L: Any, ddf: str | None = None) -> pd.DataFrame:
     """A linear contrast of the fixed effects for every response (``dream``'s contrasts).
 
     Parameters
     ----------
-    est : MixedLMRegressor
+    est : MixedLMRegressor or MixedGLMRegressor
         Fitted to several responses.
     L : array-like of shape (p,) or dict
         The contrast's weights on ``fe_params_``'s columns (a dict: name -> weight, the
         others 0).
-    ddf : {"satterthwaite", "normal"}, default="satterthwaite"
-        Degrees of freedom of the t test: lmerTest's Satterthwaite approximation (its
-        Hessian costs tens of deviance evaluations per response; for the responses of a
-        one-term model fitted together they are evaluated together), or a normal
-        reference (z test, no df).
+    ddf : {"satterthwaite", "normal"}, optional
+        Degrees of freedom of the t test: lmerTest's Satterthwaite approximation (the
+        default for linear models; its Hessian costs tens of deviance evaluations per
+        response; for the responses of a one-term model fitted together they are
+        evaluated together), or a normal reference (z test, no df; the default and the
+        only choice for GLMMs, as lme4's ``summary`` of a ``glmer`` fit).
 
     Returns
     -------
     DataFrame
         Indexed by response: ``estimate``, ``std_error``, ``df``, ``t``, ``p``, ``p_bh``
-        (Benjamini-Hochberg over the responses). Failed responses are NaN rows.
+        (Benjamini-Hochberg over the responses); for GLMMs ``estimate``, ``std_error``,
+        ``z``, ``p``, ``p_bh``. Failed responses are NaN rows.
 
     Raises
     ------
@@ -527,48 +560,42 @@ def contrast_table(est: Any, L: Any, ddf: str = "satterthwaite") -> pd.DataFrame
     row = _contrast_rows(est, L, names)
     if row.shape[0] != 1:
         raise ValueError("contrast_table takes one contrast (a vector); call it once per contrast")
-    ddf = check_ddf(ddf, ("satterthwaite", "normal"))
+    ddf = _table_ddf(est, ddf)
     f = mr.fit
     l = row[0]
     estimate = f.beta @ l
     se = np.sqrt(np.einsum("i,kij,j->k", l, f.cov_beta, l))
-    df = np.full(f.n_responses, np.inf)
+    df = np.full(f.n_responses, np.nan)
     if ddf == "satterthwaite":
         df = _contrast_df(est, row)[:, 0]
-    df[f.failed] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = estimate / se
-        p = 2.0 * stats.t.sf(np.abs(t), df)
-    if ddf == "normal":
-        df[:] = np.nan
-        df_shown = df
-    else:
-        df_shown = df
-    return pd.DataFrame({"estimate": estimate, "std_error": se, "df": df_shown, "t": t, "p": p,
-                         "p_bh": p_adjust_bh(p)}, index=pd.Index(mr.responses, name="response"))
+        df[f.failed] = np.nan
+    return _wald_frame(est, estimate, se, df, ddf, pd.Index(mr.responses, name="response"))
 
 
-def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthwaite") -> pd.DataFrame:
+def fixed_effects_table(est: Any, term: str | None = None, ddf: str | None = None) -> pd.DataFrame:
     """Per fixed effect and response: estimate, SE, df, t, p and the BH-adjusted p.
 
     lmerTest's ``summary(fit)$coefficients`` of every response, with ``p_bh`` the
     Benjamini-Hochberg adjustment over the responses of each fixed effect (R's
-    ``p.adjust(p, "BH")``; variancePartition's ``topTable`` of a ``dream`` fit).
+    ``p.adjust(p, "BH")``; variancePartition's ``topTable`` of a ``dream`` fit). For
+    GLMMs (a multi-output :class:`~mixedlm_sklearn.MixedGLMRegressor`) lme4's ``summary``
+    of each ``glmer`` fit: Wald z tests.
 
     Parameters
     ----------
-    est : MixedLMRegressor
+    est : MixedLMRegressor or MixedGLMRegressor
         Fitted to several responses.
     term : str, optional
         One fixed effect (e.g. ``"x"``); default all of them.
-    ddf : {"satterthwaite", "normal"}, default="satterthwaite"
-        As :func:`contrast_table`.
+    ddf : {"satterthwaite", "normal"}, optional
+        As :func:`contrast_table` (default Satterthwaite for linear models, the normal
+        reference for GLMMs).
 
     Returns
     -------
     DataFrame
         Rows ``(term, response)``; columns ``estimate``, ``std_error``, ``df``, ``t``, ``p``,
-        ``p_bh``.
+        ``p_bh`` (for GLMMs ``estimate``, ``std_error``, ``z``, ``p``, ``p_bh``).
 
     Raises
     ------
@@ -601,7 +628,7 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
     if term is not None and term not in names:
         raise ValueError(f"term {term!r} is not a fixed effect of the fit {names}")
     chosen = names if term is None else [term]
-    ddf = check_ddf(ddf, ("satterthwaite", "normal"))
+    ddf = _table_ddf(est, ddf)
     f = est.many_.fit
     L = np.eye(len(names))[[names.index(c) for c in chosen]]
     df = np.full((f.n_responses, len(chosen)), np.nan)
@@ -610,45 +637,54 @@ def fixed_effects_table(est: Any, term: str | None = None, ddf: str = "satterthw
     parts = []
     for i, name in enumerate(chosen):
         c = names.index(name)
-        estimate = f.beta[:, c]
-        se = np.sqrt(f.cov_beta[:, c, c])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = estimate / se
-            p = 2.0 * (stats.t.sf(np.abs(t), df[:, i]) if ddf == "satterthwaite" else stats.norm.sf(np.abs(t)))
-        parts.append(pd.DataFrame({"estimate": estimate, "std_error": se, "df": df[:, i], "t": t,
-                                   "p": p, "p_bh": p_adjust_bh(p)},
-                                  index=pd.MultiIndex.from_product([[name], est.many_.responses],
-                                                                   names=["term", "response"])))
+        index = pd.MultiIndex.from_product([[name], est.many_.responses], names=["term", "response"])
+        parts.append(_wald_frame(est, f.beta[:, c], np.sqrt(f.cov_beta[:, c, c]), df[:, i], ddf,
+                                 index))
     return pd.concat(parts)
 
 
 def variance_fractions(est: Any) -> pd.DataFrame:
     """Give the variance fractions per response, as variancePartition reports them.
 
-    The share of variance of each random-effects term, covariate and the residual
-    (variancePartition's ``fitExtractVarPartModel``). As variancePartition's ``calcVarPart`` for an ``lmerMod``: each random-intercept term's
-    variance, each non-intercept fixed-effect column's variance of ``X_j beta_j`` (population variance
-    over the response's rows), rescaled so that they sum to the variance of the whole
-    fixed part ``X beta``, and the residual variance; fractions are each over their sum.
-    Fit by ML for variancePartition's numbers (``reml=False``, its default).
+    The share of variance of each random-effects column, covariate and the residual
+    (variancePartition's ``fitExtractVarPartModel``), as its ``calcVarPart`` computes them
+    for an ``lmerMod`` (Hoffman & Schadt 2016, BMC Bioinformatics 17:483; the definition
+    in its ``getVarianceComponents``):
+
+    * per random-effects term, terms sorted by grouping factor, the variance of each of its
+      columns: the diagonal of the term's covariance (lme4's ``attr(VarCorr(fit)[[g]],
+      "stddev")^2``), named by the factor for the intercept and ``factor.column`` for a
+      random slope (``donor.x``). The covariances between the columns do not enter, and a
+      slope's variance is per unit of its covariate, as variancePartition reports it;
+    * per non-intercept fixed-effect column the population variance of ``X_j beta_j`` over
+      the response's rows, rescaled so that they sum to the variance of the whole fixed
+      part ``X beta``;
+    * ``Residuals``: the residual variance; for a GLMM the variance of the family's
+      distribution on the link scale (Nakagawa, Johnson & Schielzeth 2017, J. R. Soc.
+      Interface 14: 20170213, as ``calcVarPart`` of a ``glmerMod``): Poisson
+      ``log(1 + 1/exp(b0))``, negative binomial ``log(1 + 1/exp(b0) + 1/theta)``, ``b0`` the
+      intercept.
+
+    Fractions are each over their sum. Fit by ML for variancePartition's numbers
+    (``reml=False``, its default).
 
     Parameters
     ----------
-    est : MixedLMRegressor
+    est : MixedLMRegressor or MixedGLMRegressor
         Fitted to several responses.
 
     Returns
     -------
     DataFrame
-        Indexed by response; a column per random-effects term (sorted by name, as
+        Indexed by response; a column per random-effects column (sorted by factor name, as
         variancePartition), per non-intercept fixed effect, and ``Residuals``; rows sum to 1
         (NaN rows for failed responses).
 
     Raises
     ------
     ValueError
-        For a random-effects term with slopes (variancePartition's fractions are those of
-        random intercepts).
+        For a GLMM without an intercept (its distribution variance is taken at the
+        intercept).
 
     See Also
     --------
@@ -666,25 +702,37 @@ def variance_fractions(est: Any) -> pd.DataFrame:
     >>> fractions = variance_fractions(est)
     >>> fractions.columns.tolist(), bool(np.allclose(fractions.sum(axis=1), 1.0))
     (['group', 'Residuals'], True)
+
+    With a random slope, its variance is a component of its own:
+
+    >>> x = rng.standard_normal(60)
+    >>> b = rng.standard_normal((10, 2))
+    >>> Y = b[g, :1] + (1 + b[g, 1:]) * x[:, None] + rng.standard_normal((60, 2))
+    >>> est = MixedLMRegressor(reml=False).fit(x[:, None], Y, groups=g,
+    ...                                        Z=np.column_stack([np.ones(60), x]))
+    >>> variance_fractions(est).columns.tolist()
+    ['group', 'group.z1', 'x0', 'Residuals']
     """
     check_is_fitted(est, "many_")
     mr = est.many_
     f = mr.fit
     k = f.n_responses
-    slopes_terms = [t.factor for t in f.terms if t.q > 1]
-    if slopes_terms:
-        raise ValueError(f"variance fractions are defined for random intercepts; the terms of "
-                         f"{slopes_terms} have slopes (their variance changes with the covariate)")
+    glmm = _is_glmm(est)
+    if glmm and not mr.intercept:
+        raise ValueError("variance fractions of a GLMM take the distribution's variance at the "
+                         "intercept (variancePartition's calcVarPart): fit with an intercept")
     columns: dict[str, np.ndarray] = {}
-    at = 0
-    for term in sorted(f.terms, key=lambda t: t.factor):
-        start = sum(t.n_theta for t in f.terms[:list(f.terms).index(term)])
+    starts = np.cumsum([0] + [t.n_theta for t in f.terms])
+    for t in sorted(range(len(f.terms)), key=lambda i: f.terms[i].factor):
+        term = f.terms[t]
         rows, cols = term.theta_position
-        lam0 = np.zeros((k, term.q))
-        first_row = rows == 0
-        lam0[:, cols[first_row]] = f.theta[:, start:start + term.n_theta][:, first_row]
-        columns[term.factor] = f.scale * (lam0 ** 2).sum(axis=1)
-        at += term.n_theta
+        lam = np.zeros((k, term.q, term.q))
+        lam[:, rows, cols] = f.theta[:, starts[t]:starts[t + 1]]
+        variances = f.scale[:, None] * (lam ** 2).sum(axis=2)  # diag(scale Lambda Lambda')
+        z = mr.factors[t][1]
+        for a, column in enumerate(term.z_names):
+            intercept = column == INTERCEPT or bool(np.all(z[:, a] == 1.0))
+            columns[term.factor if intercept else f"{term.factor}.{column}"] = variances[:, a]
     names = list(mr.fe_names)
     slopes = [i for i, name in enumerate(names) if name != INTERCEPT]
     if slopes:
@@ -705,6 +753,12 @@ def variance_fractions(est: Any) -> pd.DataFrame:
             parts = parts * (total / parts.sum(axis=1))[:, None]
         for i, c in enumerate(slopes):
             columns[names[c]] = parts[:, i]
-    columns["Residuals"] = f.scale.copy()
+    if glmm:
+        inverse_mean = np.exp(-f.beta[:, 0])  # 1 / exp(b0)
+        if mr.family.name == "negative_binomial":
+            inverse_mean = inverse_mean + 1.0 / f.family_values["theta"]
+        columns["Residuals"] = np.log1p(inverse_mean)
+    else:
+        columns["Residuals"] = f.scale.copy()
     table = pd.DataFrame(columns, index=pd.Index(mr.responses, name="response"))
     return table.div(table.sum(axis=1), axis=0)

@@ -133,7 +133,7 @@ def test_label_columns_are_strings(name):
 def test_product_directory_holds_the_listed_references():
     expected = {f"{name}.json" for name in PRODUCT_CASES + PRODUCT_COPIED_CASES}
     expected |= {f"{name}.csv" for name in PRODUCT_DATA}
-    expected |= {"make_product_refs.R", "README.md"}
+    expected |= {"make_product_refs.R", "make_many_counts_refs.R", "README.md"}
     assert {path.name for path in PRODUCT_DIR.iterdir()} == expected
 
 

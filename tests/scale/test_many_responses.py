@@ -412,3 +412,50 @@ def test_single_response_inference_names_for_response(method):
     est = MixedLMRegressor().fit(df[["Days"]], Y, groups=df["Subject"], Z=Z)
     with pytest.raises(TypeError, match="for_response"):
         getattr(est, method)()
+
+
+# ---- variance fractions with a random slope (variancePartition's calcVarPart) ---------------------
+
+SLOPES = product_reference("many_slopes")
+SLOPE_RESPONSES = ["y1", "y2", "y3", "y4"]
+
+
+@pytest.fixture(scope="module")
+def slope_fit():
+    return _quiet(lmer, "~ x + (1 + x | donor) + (1 | batch)", product_data("many_slopes"),
+                  responses=SLOPE_RESPONSES, reml=False)
+
+
+def test_random_slopes_agree_with_lme4(slope_fit):
+    for j, name in enumerate(SLOPE_RESPONSES):
+        r = SLOPES["fits_ml"][name]
+        assert slope_fit.n_obs_[j] == r["n_obs"]
+        assert slope_fit.llf_[j] >= r["llf"] - 1e-6
+        assert slope_fit.llf_[j] == pytest.approx(r["llf"], abs=1e-6)
+        np.testing.assert_allclose(slope_fit.fe_params_.loc[name].to_numpy(), r["fe_params"], rtol=1e-4)
+
+
+def test_variance_fractions_with_a_random_slope_agree_with_variance_partition(slope_fit):
+    got = variance_fractions(slope_fit)
+    assert list(got.columns) == ["batch", "donor", "donor.x", "x", "Residuals"]
+    for name in SLOPE_RESPONSES:
+        expected = SLOPES["fits_ml"][name]["fractions"]
+        np.testing.assert_allclose(got.loc[name].to_numpy(), [expected[c] for c in got.columns],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_variance_fractions_with_slopes_are_the_formula_by_hand(slope_fit):
+    # calcVarPart's definition evaluated from the fit's public attributes: each random-effects
+    # column's variance (the diagonal of cov_re_), each covariate's population variance of
+    # x_j b_j rescaled to the fixed part's variance, sigma^2; fractions of their sum
+    data = product_data("many_slopes")
+    got = variance_fractions(slope_fit)
+    for j, name in enumerate(SLOPE_RESPONSES):
+        rows = data[name].notna().to_numpy()
+        donor = np.diag(slope_fit.cov_re_["donor"][j])
+        batch = slope_fit.cov_re_["batch"][j][0, 0]
+        fixed = np.var(data["x"].to_numpy()[rows] * slope_fit.coef_[j, 0])  # one covariate
+        parts = np.array([batch, donor[0], donor[1], fixed, slope_fit.scale_[j]])
+        np.testing.assert_allclose(got.loc[name].to_numpy(), parts / parts.sum(), rtol=1e-12)
+        # the slope's covariance with the intercept does not enter
+        assert abs(slope_fit.cov_re_["donor"][j][0, 1]) > 1e-3
