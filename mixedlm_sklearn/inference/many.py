@@ -21,7 +21,6 @@ estimator per response) and the tables analysts read across responses:
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
