@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -38,11 +38,10 @@ from ._validation import (
     first_rows,
     take_rows,
 )
-from .estimator import (_CONF_INT_METHODS, MixedLMRegressor, SingularFitWarning, _check_frame,
-                        _check_offset, _level,
-                        _refitting, store_fixed_effects, store_random_effects)
+from ._base import (_CONF_INT_METHODS, MixedModelBase, SingularFitWarning, _check_frame,
+                    _check_offset, _level, _refitting, store_fixed_effects, store_random_effects)
 from ._util.choices import canonical
-from .formula_mode import ALL_TERMS, FormulaMode
+from .formula_mode import ALL_TERMS
 
 __all__ = ["MixedGLMClassifier", "MixedGLMRegressor"]
 
@@ -50,7 +49,7 @@ __all__ = ["MixedGLMClassifier", "MixedGLMRegressor"]
 _MARGINAL_NODES = 40
 
 
-class _MixedGLMBase(FormulaMode, BaseEstimator):
+class _MixedGLMBase(MixedModelBase):
     """What the GLMM classifier and regressor share: fit, attributes, linear predictor."""
 
     # score() conditions on the BLUPs only when asked (see MixedLMRegressor).
@@ -65,17 +64,6 @@ class _MixedGLMBase(FormulaMode, BaseEstimator):
         "verbose": ["verbose"],
         "formula": [str, None],
     }
-
-    # The linear predictor, its random-effects part and Z's column names are computed as
-    # MixedLMRegressor computes its predictions (one implementation, shared).
-    _linear_predictor = MixedLMRegressor._predict_arrays
-    _predict_rows = MixedLMRegressor._predict_rows
-    _new_levels = MixedLMRegressor._new_levels
-    _several_levels = MixedLMRegressor._several_levels
-    _aligned_z = MixedLMRegressor._aligned_z
-    _remember_z_names = MixedLMRegressor._remember_z_names
-    _check_cov_type = MixedLMRegressor._check_cov_type
-    _warn_fit = MixedLMRegressor._warn_fit
 
     def _family_link(self):
         raise NotImplementedError
