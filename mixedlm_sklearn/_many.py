@@ -433,6 +433,15 @@ def _mul4(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
+def _add(terms) -> np.ndarray | float:
+    """The sum of arrays (without the extra pass of adding them to 0); 0 when there are none."""
+    it = iter(terms)
+    out = next(it, 0.0)
+    for term in it:
+        out = out + term
+    return out
+
+
 class RunDeviance:
     """The deviance and its gradient of a one-term model for many runs at once, each run a
     response and a point: what the screening of the other starts evaluates.
@@ -496,11 +505,11 @@ class RunDeviance:
         A, Lr = self.A, [[L[a][c][None] for c in range(q)] for a in range(q)]
         nz = self.nonzero  # (a, c) where L can be nonzero: the sums below skip the others
         # L' A_l and B_l = L' A_l L + I
-        LA = [[sum(Lr[c][a] * A[c][b] for c in range(q) if (c, a) in nz) for b in range(q)] for a in range(q)]
+        LA = [[_add(Lr[c][a] * A[c][b] for c in range(q) if (c, a) in nz) for b in range(q)] for a in range(q)]
         B = [[None] * q for _ in range(q)]
         for a in range(q):
             for b in range(a + 1):
-                B[a][b] = sum(LA[a][c] * Lr[c][b] for c in range(q) if (c, b) in nz)
+                B[a][b] = _add(LA[a][c] * Lr[c][b] for c in range(q) if (c, b) in nz)
             B[a][a] = B[a][a] + 1.0
         C = [[None] * q for _ in range(q)]
         for j in range(q):
@@ -513,11 +522,11 @@ class RunDeviance:
                 for k in range(j):
                     v = v - C[i][k] * C[j][k]
                 C[i][j] = v / C[j][j]
-        logdet_m = 2.0 * (sum(np.log(C[a][a]) for a in range(q)) * self.weights).sum(axis=0)
+        logdet_m = 2.0 * (_add(np.log(C[a][a]) for a in range(q)) * self.weights).sum(axis=0)
         Cd = C if self.spread is None else [[None if c is None else c[self.spread] for c in row] for row in C]
         # w = C^{-1} L' Z'[X y] per column j of [X y]
         ZXY = [[self.ZX[a][j] for j in range(p)] + [zy[a]] for a in range(q)]
-        w = [[sum(Lr[c][a] * ZXY[c][j] for c in range(q) if (c, a) in nz) for j in range(p + 1)] for a in range(q)]
+        w = [[_add(Lr[c][a] * ZXY[c][j] for c in range(q) if (c, a) in nz) for j in range(p + 1)] for a in range(q)]
         for a in range(q):
             for k in range(a):
                 w[a] = [w[a][j] - Cd[a][k] * w[k][j] for j in range(p + 1)]
@@ -527,7 +536,7 @@ class RunDeviance:
         F[:p, p], F[p, :p], F[p, p] = xy, xy, yy
         for i in range(p + 1):
             for j in range(i + 1):
-                g_ij = sum(w[a][i] * w[a][j] for a in range(q)).sum(axis=0)
+                g_ij = _add(w[a][i] * w[a][j] for a in range(q)).sum(axis=0)
                 F[i, j] -= g_ij
                 if i != j:
                     F[j, i] -= g_ij
@@ -545,30 +554,30 @@ class RunDeviance:
                 V[a] = [V[a][j] - Cd[k][a] * V[k][j] for j in range(p + 1)]
             V[a] = [V[a][j] / Cd[a][a] for j in range(p + 1)]
         gamma = [-beta[j][None] for j in range(p)] + [None]
-        u = [V[a][p] + sum(V[a][j] * gamma[j] for j in range(p)) for a in range(q)]
-        LV = [[sum(Lr[b][c] * V[c][j] for c in range(q) if (b, c) in nz) for j in range(p + 1)] for b in range(q)]
+        u = [V[a][p] + _add(V[a][j] * gamma[j] for j in range(p)) for a in range(q)]
+        LV = [[_add(Lr[b][c] * V[c][j] for c in range(q) if (b, c) in nz) for j in range(p + 1)] for b in range(q)]
         Al = A if self.spread is None else [[x[self.spread] for x in row] for row in A]
-        Rm = [[ZXY[a][j] - sum(Al[a][b] * LV[b][j] for b in range(q)) for j in range(p + 1)] for a in range(q)]
-        e = [Rm[a][p] + sum(Rm[a][j] * gamma[j] for j in range(p)) for a in range(q)]
+        Rm = [[ZXY[a][j] - _add(Al[a][b] * LV[b][j] for b in range(q)) for j in range(p + 1)] for a in range(q)]
+        e = [Rm[a][p] + _add(Rm[a][j] * gamma[j] for j in range(p)) for a in range(q)]
         # B_l^{-1} = C'^{-1} C^{-1}
         Ci = [[None] * q for _ in range(q)]  # C^{-1}, lower
         for j in range(q):
             Ci[j][j] = 1.0 / C[j][j]
             for i in range(j + 1, q):
-                v = sum(C[i][k] * Ci[k][j] for k in range(j, i))
+                v = _add(C[i][k] * Ci[k][j] for k in range(j, i))
                 Ci[i][j] = -v / C[i][i]
-        sigma = [[sum(Ci[k][a] * Ci[k][b] for k in range(max(a, b), q)) for b in range(q)] for a in range(q)]
+        sigma = [[_add(Ci[k][a] * Ci[k][b] for k in range(max(a, b), q)) for b in range(q)] for a in range(q)]
         scale = 2.0 * self.dof / r2
         grad = np.empty((r, self.rows.size))
         if self.reml:
             a_inv = _cholesky_inverse(chol_a)  # (p, p, r)
-            RA = [[sum(Rm[a][i] * a_inv[i, j][None] for i in range(p)) for j in range(p)] for a in range(q)]
+            RA = [[_add(Rm[a][i] * a_inv[i, j][None] for i in range(p)) for j in range(p)] for a in range(q)]
         for k, (a, c) in enumerate(zip(self.rows, self.cols)):
             # d log|M| / dL[a, c] = 2 sum_l (B_l^{-1} L' A_l)[c, a]
-            dl = (sum(sigma[c][b] * LA[b][a] for b in range(q)) * self.weights).sum(axis=0)
+            dl = (_add(sigma[c][b] * LA[b][a] for b in range(q)) * self.weights).sum(axis=0)
             total = scale * (e[a] * u[c])
             if self.reml:
-                total = total + 2.0 * sum(RA[a][j] * V[c][j] for j in range(p))
+                total = total + 2.0 * _add(RA[a][j] * V[c][j] for j in range(p))
             grad[:, k] = 2.0 * dl - total.sum(axis=0)
         return dev, np.where(np.isfinite(grad), grad, np.nan)
 
@@ -616,9 +625,10 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
     target = batch.normalised(known)
     reach = np.maximum(1.0, np.abs(target).max(axis=1))
     for _ in range(max_iter):
-        near = np.abs(batch.normalised(x) - target).max(axis=1) < join * reach
-        active &= ~near
         idx = np.flatnonzero(active)
+        near = np.abs(batch.normalised(x[idx]) - target[idx]).max(axis=1) < join * reach[idx]
+        active[idx[near]] = False
+        idx = idx[~near]
         if not idx.size:
             break
         g = grad[idx]

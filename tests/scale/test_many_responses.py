@@ -23,7 +23,14 @@ from mixedlm_sklearn._batched_refit import OneTermBatch
 from mixedlm_sklearn._crossprod import ResponseMap, cross_products
 from mixedlm_sklearn._deviance import Deviance
 from mixedlm_sklearn._batched_refit import _subset
-from mixedlm_sklearn._many import LevelClasses, fit_many, missing_patterns, other_starts, screen_starts
+from mixedlm_sklearn._many import (
+    LevelClasses,
+    RunDeviance,
+    fit_many,
+    missing_patterns,
+    other_starts,
+    screen_starts,
+)
 from mixedlm_sklearn._terms import Term, Terms
 from mixedlm_sklearn.inference.many import (
     contrast_table,
@@ -152,6 +159,45 @@ def test_folded_levels_give_the_engine_deviance_and_gradient():
             assert value[j] == pytest.approx(v, rel=1e-12)
             np.testing.assert_allclose(grad[j], gr, rtol=1e-8, atol=1e-8)
             assert plain[0][j] == pytest.approx(v, rel=1e-12)
+
+
+@pytest.mark.parametrize("q, diagonal", [(1, False), (2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("design", ["distinct", "balanced", "two kinds"])
+def test_the_screens_evaluation_is_the_kernels(q, diagonal, design):
+    """The screen's layout of the deviance (one factor per distinct Z_l'Z_l, levels first)
+    gives the batched kernel's value and gradient, on every level, on folded balanced
+    levels and on levels of two designs (factors spread to the levels), for all runs or
+    some of them."""
+    rng = np.random.default_rng(q + 10 * diagonal + len(design))
+    per, m = 4, 9
+    g = np.repeat(np.arange(m), per)
+    t = np.tile(np.arange(per, dtype=float), m)
+    if design == "distinct":
+        t = t + rng.standard_normal(t.size)
+    elif design == "two kinds":
+        t[g % 3 == 0] *= 2.0
+    X = np.column_stack([np.ones(g.size), t])
+    Z = np.column_stack([np.ones(g.size), t, t ** 2 / 4])[:, :q]
+    terms = Terms([Term("g", ["(Intercept)", "t", "t2"][:q], m, diagonal)])
+    Y = rng.standard_normal((g.size, 5)) + rng.standard_normal((m, 5))[g]
+    cp = cross_products(X, Y[:, 0], [(g, Z)], terms)
+    products = ResponseMap(X, [(g, Z)], terms)(Y)
+    classes = LevelClasses.of(cp) if design != "distinct" else None
+    for reml in (True, False):
+        batch = classes.batch(cp, reml) if classes is not None else OneTermBatch(cp, reml)
+        folded = classes.products(products) if classes is not None else products
+        theta = rng.standard_normal((5, batch.n_theta))
+        value, grad = batch.evaluate(theta, folded)[:2]
+        run = RunDeviance(batch, folded)
+        got_value, got_grad = run(theta)
+        np.testing.assert_allclose(got_value, value, rtol=1e-12)
+        np.testing.assert_allclose(got_grad, grad, rtol=1e-9, atol=1e-9 * np.abs(grad).max())
+        some = np.array([3, 1, 3])
+        part_value, part_grad = run(theta[some], some)
+        np.testing.assert_allclose(part_value, value[some], rtol=1e-12)
+        np.testing.assert_allclose(part_grad, grad[some], rtol=1e-9, atol=1e-9 * np.abs(grad).max())
+    if design == "two kinds" and q > 1:
+        assert run.spread is not None  # the factors of two designs spread to the levels
 
 
 def test_the_other_starts_find_a_lower_minimum_and_only_then():
