@@ -468,35 +468,42 @@ class RunDeviance:
         self.rows, self.cols = batch.rows, batch.cols
         self.nonzero = set(zip(self.rows.tolist(), self.cols.tolist()))
         q, p = self.q, self.p
+        # The levels whose Z_l'WX is not 0 first: the X-columns of the per-level solves
+        # vanish on the others (a folded design's pseudo-levels of the deviations from the
+        # class means), so those columns are computed on the first n_x levels only.
+        ZX = batch.ZX[:, :, 0]  # (q, p, m)
+        has_x = np.any(ZX.reshape(q * p, -1) != 0.0, axis=0)
+        order = np.concatenate([np.flatnonzero(has_x), np.flatnonzero(~has_x)])
+        self.n_x = int(has_x.sum())
+        A = batch.A[:, :, 0][:, :, order]  # (q, q, m)
+        m = A.shape[-1]
         # Levels with the same Z_l'WZ_l (all of them in a balanced design) share their
         # B_l = L'A_l L + I and its factor: those are computed once per distinct A_l and
         # spread to the levels (by broadcasting when there is one).
-        A = batch.A[:, :, 0]  # (q, q, m)
-        m = A.shape[-1]
         _, first, inverse = np.unique(A.reshape(q * q, m).T, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         self.spread = None if first.size in (1, m) else inverse
         distinct = np.arange(m) if first.size == m else first
         self.A = [[np.ascontiguousarray(A[a, b, distinct])[:, None] for b in range(q)] for a in range(q)]
-        self.ZX = [[np.ascontiguousarray(batch.ZX[a, j, 0])[:, None] for j in range(p)] for a in range(q)]
-        weights = np.ones(m) if batch.level_weights is None else np.asarray(batch.level_weights, dtype=float)
+        self.ZX = [[np.ascontiguousarray(ZX[a, j, order[:self.n_x]])[:, None] for j in range(p)] for a in range(q)]
+        weights = np.ones(m) if batch.level_weights is None else np.asarray(batch.level_weights, dtype=float)[order]
         # log|M| and its gradient weight each level by its multiplicity: per distinct A_l,
         # the sum of the weights of its levels
         index = np.arange(m) if first.size == m else inverse
         self.weights = np.bincount(index, weights=weights, minlength=distinct.size)[:, None]
         self.XX = batch.XX
         self.constant = -batch.sum_log_w + self.dof * (1.0 + _LOG_2PI)
-        self.zy = np.ascontiguousarray(np.swapaxes(products.zy[0][0], 1, 2))  # (q, m, R)
+        self.zy = np.ascontiguousarray(np.swapaxes(products.zy[0][0][:, :, order], 1, 2))  # (q, m, R)
         self.xy, self.yy = products.xy[0], products.yy[0]
 
     def __call__(self, theta: np.ndarray, runs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Deviance (r,) and gradient (r, n_theta) at ``theta`` (r, n_theta) for the runs
         ``runs`` (all when None); ``inf``/NaN where the point is not admissible."""
-        q, p = self.q, self.p
+        q, p, nx = self.q, self.p, self.n_x
         if runs is None:
             zy, xy, yy = self.zy, self.xy, self.yy
         else:
-            zy, xy, yy = self.zy[:, :, runs], self.xy[:, runs], self.yy[runs]
+            zy, xy, yy = np.take(self.zy, runs, axis=2), np.take(self.xy, runs, axis=1), self.yy[runs]
         r = theta.shape[0]
         zero = np.zeros(r)
         L = [[zero] * q for _ in range(q)]
@@ -504,7 +511,7 @@ class RunDeviance:
             L[a][c] = theta[:, k]
         A, Lr = self.A, [[L[a][c][None] for c in range(q)] for a in range(q)]
         nz = self.nonzero  # (a, c) where L can be nonzero: the sums below skip the others
-        # L' A_l and B_l = L' A_l L + I
+        # L' A_l and B_l = L' A_l L + I, per distinct A_l
         LA = [[_add(Lr[c][a] * A[c][b] for c in range(q) if (c, a) in nz) for b in range(q)] for a in range(q)]
         B = [[None] * q for _ in range(q)]
         for a in range(q):
@@ -523,23 +530,33 @@ class RunDeviance:
                     v = v - C[i][k] * C[j][k]
                 C[i][j] = v / C[j][j]
         logdet_m = 2.0 * (_add(np.log(C[a][a]) for a in range(q)) * self.weights).sum(axis=0)
-        Cd = C if self.spread is None else [[None if c is None else c[self.spread] for c in row] for row in C]
-        # w = C^{-1} L' Z'[X y] per column j of [X y]
-        ZXY = [[self.ZX[a][j] for j in range(p)] + [zy[a]] for a in range(q)]
-        w = [[_add(Lr[c][a] * ZXY[c][j] for c in range(q) if (c, a) in nz) for j in range(p + 1)] for a in range(q)]
+        # the factors and A_l on the levels (Cy, Ay) and on the first n_x of them (Cx, Ax)
+        Cy = C if self.spread is None else [[None if c is None else c[self.spread] for c in row] for row in C]
+        Ay = A if self.spread is None else [[x[self.spread] for x in row] for row in A]
+        Cx = [[c if c is None or c.shape[0] == 1 else c[:nx] for c in row] for row in Cy]
+        Ax = [[x if x.shape[0] == 1 else x[:nx] for x in row] for row in Ay]
+        # w = C^{-1} L' Z'[X y]: its X-columns (n_x levels) and its y-column (all levels)
+        wx = [[_add(Lr[c][a] * self.ZX[c][j] for c in range(q) if (c, a) in nz) for j in range(p)] for a in range(q)]
+        wy = [_add(Lr[c][a] * zy[c] for c in range(q) if (c, a) in nz) for a in range(q)]
         for a in range(q):
             for k in range(a):
-                w[a] = [w[a][j] - Cd[a][k] * w[k][j] for j in range(p + 1)]
-            w[a] = [w[a][j] / Cd[a][a] for j in range(p + 1)]
+                wx[a] = [wx[a][j] - Cx[a][k] * wx[k][j] for j in range(p)]
+                wy[a] = wy[a] - Cy[a][k] * wy[k]
+            wx[a] = [wx[a][j] / Cx[a][a] for j in range(p)]
+            wy[a] = wy[a] / Cy[a][a]
         F = np.empty((p + 1, p + 1, r))
         F[:p, :p] = self.XX[:, :, None]
         F[:p, p], F[p, :p], F[p, p] = xy, xy, yy
-        for i in range(p + 1):
+        for i in range(p):
             for j in range(i + 1):
-                g_ij = _add(w[a][i] * w[a][j] for a in range(q)).sum(axis=0)
+                g_ij = _add(wx[a][i] * wx[a][j] for a in range(q)).sum(axis=0)
                 F[i, j] -= g_ij
                 if i != j:
                     F[j, i] -= g_ij
+            g_ip = _add(wx[a][i] * wy[a][:nx] for a in range(q)).sum(axis=0)
+            F[i, p] -= g_ip
+            F[p, i] -= g_ip
+        F[p, p] -= _add(wy[a] * wy[a] for a in range(q)).sum(axis=0)
         chol_a = batched_cholesky(F[:p, :p])
         beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
         r2 = np.maximum(F[p, p] - (F[:p, p] * beta).sum(axis=0), np.finfo(float).tiny)
@@ -548,17 +565,28 @@ class RunDeviance:
             dev = dev + 2.0 * np.log(chol_a[np.arange(p), np.arange(p)]).sum(axis=0)
         dev = np.where(np.isfinite(dev), dev, np.inf)
         # V = C'^{-1} w = M^{-1} L' Z'[X y]
-        V = [list(row) for row in w]
+        Vx, Vy = [list(row) for row in wx], list(wy)
         for a in reversed(range(q)):
             for k in range(a + 1, q):
-                V[a] = [V[a][j] - Cd[k][a] * V[k][j] for j in range(p + 1)]
-            V[a] = [V[a][j] / Cd[a][a] for j in range(p + 1)]
-        gamma = [-beta[j][None] for j in range(p)] + [None]
-        u = [V[a][p] + _add(V[a][j] * gamma[j] for j in range(p)) for a in range(q)]
-        LV = [[_add(Lr[b][c] * V[c][j] for c in range(q) if (b, c) in nz) for j in range(p + 1)] for b in range(q)]
-        Al = A if self.spread is None else [[x[self.spread] for x in row] for row in A]
-        Rm = [[ZXY[a][j] - _add(Al[a][b] * LV[b][j] for b in range(q)) for j in range(p + 1)] for a in range(q)]
-        e = [Rm[a][p] + _add(Rm[a][j] * gamma[j] for j in range(p)) for a in range(q)]
+                Vx[a] = [Vx[a][j] - Cx[k][a] * Vx[k][j] for j in range(p)]
+                Vy[a] = Vy[a] - Cy[k][a] * Vy[k]
+            Vx[a] = [Vx[a][j] / Cx[a][a] for j in range(p)]
+            Vy[a] = Vy[a] / Cy[a][a]
+        # u = V [-beta; 1] and e = R [-beta; 1] with R = Z'[X y] - A_l L V (the residuals)
+        gamma = [-beta[j][None] for j in range(p)]
+        u = []
+        for a in range(q):
+            ua = Vy[a].copy()
+            ua[:nx] += _add(Vx[a][j] * gamma[j] for j in range(p))
+            u.append(ua)
+        LVx = [[_add(Lr[b][c] * Vx[c][j] for c in range(q) if (b, c) in nz) for j in range(p)] for b in range(q)]
+        LVy = [_add(Lr[b][c] * Vy[c] for c in range(q) if (b, c) in nz) for b in range(q)]
+        Rx = [[self.ZX[a][j] - _add(Ax[a][b] * LVx[b][j] for b in range(q)) for j in range(p)] for a in range(q)]
+        e = []
+        for a in range(q):
+            ea = zy[a] - _add(Ay[a][b] * LVy[b] for b in range(q))
+            ea[:nx] += _add(Rx[a][j] * gamma[j] for j in range(p))
+            e.append(ea)
         # B_l^{-1} = C'^{-1} C^{-1}
         Ci = [[None] * q for _ in range(q)]  # C^{-1}, lower
         for j in range(q):
@@ -571,14 +599,14 @@ class RunDeviance:
         grad = np.empty((r, self.rows.size))
         if self.reml:
             a_inv = _cholesky_inverse(chol_a)  # (p, p, r)
-            RA = [[_add(Rm[a][i] * a_inv[i, j][None] for i in range(p)) for j in range(p)] for a in range(q)]
+            RA = [[_add(Rx[a][i] * a_inv[i, j][None] for i in range(p)) for j in range(p)] for a in range(q)]
         for k, (a, c) in enumerate(zip(self.rows, self.cols)):
             # d log|M| / dL[a, c] = 2 sum_l (B_l^{-1} L' A_l)[c, a]
             dl = (_add(sigma[c][b] * LA[b][a] for b in range(q)) * self.weights).sum(axis=0)
-            total = scale * (e[a] * u[c])
-            if self.reml:
-                total = total + 2.0 * _add(RA[a][j] * V[c][j] for j in range(p))
-            grad[:, k] = 2.0 * dl - total.sum(axis=0)
+            total = scale * (e[a] * u[c]).sum(axis=0)
+            if self.reml and p:
+                total = total + 2.0 * _add(RA[a][j] * Vx[c][j] for j in range(p)).sum(axis=0)
+            grad[:, k] = 2.0 * dl - total
         return dev, np.where(np.isfinite(grad), grad, np.nan)
 
 
