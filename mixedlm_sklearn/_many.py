@@ -636,7 +636,9 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
     Newton's ``1 + n_theta``). A run stops when it comes within ``join`` (relative, in
     ``L L'`` terms) of ``known`` (it is on its way there), when its steps vanish (a
     minimum no lower), or after ``max_iter`` iterations. The deviance depends on ``L``
-    through ``L L'`` only, so the runs are unconstrained in ``theta``.
+    through ``L L'`` only, so the runs are unconstrained in ``theta``. Values and
+    gradients come from :class:`RunDeviance` (the kernel's numbers in a layout made for
+    many runs on few levels: the screen is most of a small problem's cost).
     """
     R, nt = starts.shape
     x = starts.copy()
