@@ -114,6 +114,25 @@ def test_each_response_is_the_single_fit_of_its_column(case):
                                    rtol=1e-4, atol=1e-6 * (1 + np.abs(single.fe_params_).max()))
 
 
+def test_a_response_its_effects_reproduce_exactly_fails_as_its_single_fit():
+    """The second response is observed on 4 rows of 3 groups: 2 fixed and 3 random
+    effects reproduce any y there, so its single fit refuses it (an unbounded likelihood);
+    it fails with that reason, the first response (2 groups) is fitted."""
+    g = np.array([0, 0, 1, 1, 2, 2])
+    x = np.array([2.04, -2.56, 0.42, -0.57, -0.45, -0.22])[:, None]
+    Y = np.array([[np.nan, np.nan], [np.nan, -0.09], [0.2, np.nan], [0.03, 0.58], [0.36, -0.39],
+                  [1.87, 0.83]])
+    with pytest.raises(ValueError, match="reproduce any response exactly"):
+        _quiet(MixedLMRegressor().fit, x[~np.isnan(Y[:, 1])], Y[~np.isnan(Y[:, 1]), 1],
+               groups=g[~np.isnan(Y[:, 1])])
+    est = _quiet(MixedLMRegressor().fit, x, Y, groups=g)
+    assert est.failed_.tolist() == [False, True]
+    assert "reproduce any response exactly" in est.fit_messages_.iloc[1]
+    rows = ~np.isnan(Y[:, 0])
+    single = _quiet(MixedLMRegressor().fit, x[rows], Y[rows, 0], groups=g[rows])
+    assert est.llf_[0] == pytest.approx(single.llf_, rel=1e-8)
+
+
 # Random-intercept ML fits with a second local maximum (test_properties.py's cases): the
 # other starts of small problems must find the higher one here too.
 @pytest.mark.parametrize("x, y, g", [
