@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
-from ._batched_refit import OneTermBatch, _subset
+from ._batched_refit import _LOG_2PI, OneTermBatch, _cholesky_inverse, _subset
 from ._crossprod import _ORIGIN_ROWS, CrossProducts, Origin, ResponseMap, ResponseProducts, cross_products
 from ._deviance import Deviance, Solution
 from ._model import fit_model
@@ -433,14 +433,191 @@ def _mul4(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hessian(batch: OneTermBatch, products: ResponseProducts, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+def _add(terms) -> np.ndarray | float:
+    """The sum of arrays (without the extra pass of adding them to 0); 0 when there are none."""
+    it = iter(terms)
+    out = next(it, 0.0)
+    for term in it:
+        out = out + term
+    return out
+
+
+class RunDeviance:
+    """The deviance and its gradient of a one-term model for many runs at once, each run a
+    response and a point: what the screening of the other starts evaluates.
+
+    The formulas of :meth:`._batched_refit.OneTermBatch.evaluate` (value and gradient only,
+    no scale or fixed effects), laid out for speed: each entry of a per-level ``q x q`` or
+    ``q x (p + 1)`` matrix is a contiguous (levels, runs) array, so that the small matrix
+    algebra (Cholesky factors, triangular solves, products) is unrolled into elementwise
+    operations on whole arrays and the sums over levels add rows of contiguous memory. (The
+    kernel's layout puts the few levels of a folded design last, where numpy's reductions
+    are slow, and loops over ``(q, q, runs, levels)`` blocks.) Evaluated at the same point,
+    both give the same numbers to rounding (checked by the tests).
+
+    Parameters
+    ----------
+    batch : OneTermBatch
+        The kernel (possibly on folded pseudo-levels, with their weights).
+    products : ResponseProducts
+        The response of each run (``R`` of them, repeated as needed).
+    """
+
+    def __init__(self, batch: OneTermBatch, products: ResponseProducts) -> None:
+        self.q, self.p, self.reml, self.dof = batch.q, batch.p, batch.reml, batch.dof
+        self.rows, self.cols = batch.rows, batch.cols
+        self.nonzero = set(zip(self.rows.tolist(), self.cols.tolist()))
+        q, p = self.q, self.p
+        # The levels whose Z_l'WX is not 0 first: the X-columns of the per-level solves
+        # vanish on the others (a folded design's pseudo-levels of the deviations from the
+        # class means), so those columns are computed on the first n_x levels only.
+        ZX = batch.ZX[:, :, 0]  # (q, p, m)
+        has_x = np.any(ZX.reshape(q * p, -1) != 0.0, axis=0)
+        order = np.concatenate([np.flatnonzero(has_x), np.flatnonzero(~has_x)])
+        self.n_x = int(has_x.sum())
+        A = batch.A[:, :, 0][:, :, order]  # (q, q, m)
+        m = A.shape[-1]
+        # Levels with the same Z_l'WZ_l (all of them in a balanced design) share their
+        # B_l = L'A_l L + I and its factor: those are computed once per distinct A_l and
+        # spread to the levels (by broadcasting when there is one).
+        _, first, inverse = np.unique(A.reshape(q * q, m).T, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        self.spread = None if first.size in (1, m) else inverse
+        distinct = np.arange(m) if first.size == m else first
+        self.A = [[np.ascontiguousarray(A[a, b, distinct])[:, None] for b in range(q)] for a in range(q)]
+        self.ZX = [[np.ascontiguousarray(ZX[a, j, order[:self.n_x]])[:, None] for j in range(p)] for a in range(q)]
+        weights = np.ones(m) if batch.level_weights is None else np.asarray(batch.level_weights, dtype=float)[order]
+        # log|M| and its gradient weight each level by its multiplicity: per distinct A_l,
+        # the sum of the weights of its levels
+        index = np.arange(m) if first.size == m else inverse
+        self.weights = np.bincount(index, weights=weights, minlength=distinct.size)[:, None]
+        self.XX = batch.XX
+        self.constant = -batch.sum_log_w + self.dof * (1.0 + _LOG_2PI)
+        self.zy = np.ascontiguousarray(np.swapaxes(products.zy[0][0][:, :, order], 1, 2))  # (q, m, R)
+        self.xy, self.yy = products.xy[0], products.yy[0]
+
+    def __call__(self, theta: np.ndarray, runs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Deviance (r,) and gradient (r, n_theta) at ``theta`` (r, n_theta) for the runs
+        ``runs`` (all when None); ``inf``/NaN where the point is not admissible."""
+        q, p, nx = self.q, self.p, self.n_x
+        if runs is None:
+            zy, xy, yy = self.zy, self.xy, self.yy
+        else:
+            zy, xy, yy = np.take(self.zy, runs, axis=2), np.take(self.xy, runs, axis=1), self.yy[runs]
+        r = theta.shape[0]
+        zero = np.zeros(r)
+        L = [[zero] * q for _ in range(q)]
+        for k, (a, c) in enumerate(zip(self.rows, self.cols)):
+            L[a][c] = theta[:, k]
+        A, Lr = self.A, [[L[a][c][None] for c in range(q)] for a in range(q)]
+        nz = self.nonzero  # (a, c) where L can be nonzero: the sums below skip the others
+        # L' A_l and B_l = L' A_l L + I, per distinct A_l
+        LA = [[_add(Lr[c][a] * A[c][b] for c in range(q) if (c, a) in nz) for b in range(q)] for a in range(q)]
+        B = [[None] * q for _ in range(q)]
+        for a in range(q):
+            for b in range(a + 1):
+                B[a][b] = _add(LA[a][c] * Lr[c][b] for c in range(q) if (c, b) in nz)
+            B[a][a] = B[a][a] + 1.0
+        C = [[None] * q for _ in range(q)]
+        for j in range(q):
+            d = B[j][j]
+            for k in range(j):
+                d = d - C[j][k] * C[j][k]
+            C[j][j] = np.sqrt(d)
+            for i in range(j + 1, q):
+                v = B[i][j]
+                for k in range(j):
+                    v = v - C[i][k] * C[j][k]
+                C[i][j] = v / C[j][j]
+        logdet_m = 2.0 * (_add(np.log(C[a][a]) for a in range(q)) * self.weights).sum(axis=0)
+        # the factors and A_l on the levels (Cy, Ay) and on the first n_x of them (Cx, Ax)
+        Cy = C if self.spread is None else [[None if c is None else c[self.spread] for c in row] for row in C]
+        Ay = A if self.spread is None else [[x[self.spread] for x in row] for row in A]
+        Cx = [[c if c is None or c.shape[0] == 1 else c[:nx] for c in row] for row in Cy]
+        Ax = [[x if x.shape[0] == 1 else x[:nx] for x in row] for row in Ay]
+        # w = C^{-1} L' Z'[X y]: its X-columns (n_x levels) and its y-column (all levels)
+        wx = [[_add(Lr[c][a] * self.ZX[c][j] for c in range(q) if (c, a) in nz) for j in range(p)] for a in range(q)]
+        wy = [_add(Lr[c][a] * zy[c] for c in range(q) if (c, a) in nz) for a in range(q)]
+        for a in range(q):
+            for k in range(a):
+                wx[a] = [wx[a][j] - Cx[a][k] * wx[k][j] for j in range(p)]
+                wy[a] = wy[a] - Cy[a][k] * wy[k]
+            wx[a] = [wx[a][j] / Cx[a][a] for j in range(p)]
+            wy[a] = wy[a] / Cy[a][a]
+        F = np.empty((p + 1, p + 1, r))
+        F[:p, :p] = self.XX[:, :, None]
+        F[:p, p], F[p, :p], F[p, p] = xy, xy, yy
+        for i in range(p):
+            for j in range(i + 1):
+                g_ij = _add(wx[a][i] * wx[a][j] for a in range(q)).sum(axis=0)
+                F[i, j] -= g_ij
+                if i != j:
+                    F[j, i] -= g_ij
+            g_ip = _add(wx[a][i] * wy[a][:nx] for a in range(q)).sum(axis=0)
+            F[i, p] -= g_ip
+            F[p, i] -= g_ip
+        F[p, p] -= _add(wy[a] * wy[a] for a in range(q)).sum(axis=0)
+        chol_a = batched_cholesky(F[:p, :p])
+        beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
+        r2 = np.maximum(F[p, p] - (F[:p, p] * beta).sum(axis=0), np.finfo(float).tiny)
+        dev = logdet_m + self.constant + self.dof * np.log(r2 / self.dof)
+        if self.reml:
+            dev = dev + 2.0 * np.log(chol_a[np.arange(p), np.arange(p)]).sum(axis=0)
+        dev = np.where(np.isfinite(dev), dev, np.inf)
+        # V = C'^{-1} w = M^{-1} L' Z'[X y]
+        Vx, Vy = [list(row) for row in wx], list(wy)
+        for a in reversed(range(q)):
+            for k in range(a + 1, q):
+                Vx[a] = [Vx[a][j] - Cx[k][a] * Vx[k][j] for j in range(p)]
+                Vy[a] = Vy[a] - Cy[k][a] * Vy[k]
+            Vx[a] = [Vx[a][j] / Cx[a][a] for j in range(p)]
+            Vy[a] = Vy[a] / Cy[a][a]
+        # u = V [-beta; 1] and e = R [-beta; 1] with R = Z'[X y] - A_l L V (the residuals)
+        gamma = [-beta[j][None] for j in range(p)]
+        u = []
+        for a in range(q):
+            ua = Vy[a].copy()
+            ua[:nx] += _add(Vx[a][j] * gamma[j] for j in range(p))
+            u.append(ua)
+        LVx = [[_add(Lr[b][c] * Vx[c][j] for c in range(q) if (b, c) in nz) for j in range(p)] for b in range(q)]
+        LVy = [_add(Lr[b][c] * Vy[c] for c in range(q) if (b, c) in nz) for b in range(q)]
+        Rx = [[self.ZX[a][j] - _add(Ax[a][b] * LVx[b][j] for b in range(q)) for j in range(p)] for a in range(q)]
+        e = []
+        for a in range(q):
+            ea = zy[a] - _add(Ay[a][b] * LVy[b] for b in range(q))
+            ea[:nx] += _add(Rx[a][j] * gamma[j] for j in range(p))
+            e.append(ea)
+        # B_l^{-1} = C'^{-1} C^{-1}
+        Ci = [[None] * q for _ in range(q)]  # C^{-1}, lower
+        for j in range(q):
+            Ci[j][j] = 1.0 / C[j][j]
+            for i in range(j + 1, q):
+                v = _add(C[i][k] * Ci[k][j] for k in range(j, i))
+                Ci[i][j] = -v / C[i][i]
+        sigma = [[_add(Ci[k][a] * Ci[k][b] for k in range(max(a, b), q)) for b in range(q)] for a in range(q)]
+        scale = 2.0 * self.dof / r2
+        grad = np.empty((r, self.rows.size))
+        if self.reml:
+            a_inv = _cholesky_inverse(chol_a)  # (p, p, r)
+            RA = [[_add(Rx[a][i] * a_inv[i, j][None] for i in range(p)) for j in range(p)] for a in range(q)]
+        for k, (a, c) in enumerate(zip(self.rows, self.cols)):
+            # d log|M| / dL[a, c] = 2 sum_l (B_l^{-1} L' A_l)[c, a]
+            dl = (_add(sigma[c][b] * LA[b][a] for b in range(q)) * self.weights).sum(axis=0)
+            total = scale * (e[a] * u[c]).sum(axis=0)
+            if self.reml and p:
+                total = total + 2.0 * _add(RA[a][j] * Vx[c][j] for j in range(p)).sum(axis=0)
+            grad[:, k] = 2.0 * dl - total
+        return dev, np.where(np.isfinite(grad), grad, np.nan)
+
+
+def _hessian(run: RunDeviance, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """Hessians (R, nt, nt) from differences of the analytic gradient (as the kernel)."""
     R, nt = x.shape
     h = 1e-6 * np.maximum(np.abs(x), 1e-2)
     shifted = np.repeat(x[None], nt, axis=0)
     for j in range(nt):
         shifted[j, :, j] += h[:, j]
-    g_shift = batch.evaluate(shifted.reshape(-1, nt), _subset(products, np.tile(np.arange(R), nt)))[1]
+    g_shift = run(shifted.reshape(-1, nt), np.tile(np.arange(R), nt))[1]
     H = np.swapaxes((g_shift.reshape(nt, R, nt) - grad[None]) / h.T[:, :, None], 0, 1)
     H = np.swapaxes(H, 1, 2)
     return 0.5 * (H + np.swapaxes(H, 1, 2))
@@ -459,14 +636,17 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
     Newton's ``1 + n_theta``). A run stops when it comes within ``join`` (relative, in
     ``L L'`` terms) of ``known`` (it is on its way there), when its steps vanish (a
     minimum no lower), or after ``max_iter`` iterations. The deviance depends on ``L``
-    through ``L L'`` only, so the runs are unconstrained in ``theta``.
+    through ``L L'`` only, so the runs are unconstrained in ``theta``. Values and
+    gradients come from :class:`RunDeviance` (the kernel's numbers in a layout made for
+    many runs on few levels: the screen is most of a small problem's cost).
     """
     R, nt = starts.shape
     x = starts.copy()
-    value, grad = batch.evaluate(x, products)[:2]
+    run = RunDeviance(batch, products)
+    value, grad = run(x)
     lower = np.isfinite(value) & (value < known_value - margin)
     active = np.isfinite(value) & np.all(np.isfinite(grad), axis=1) & ~lower
-    H = _hessian(batch, products, x, np.where(np.isfinite(grad), grad, 0.0))
+    H = _hessian(run, x, np.where(np.isfinite(grad), grad, 0.0))
     H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.eye(nt))
     vals, vecs = np.linalg.eigh(H)
     floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
@@ -475,9 +655,10 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
     target = batch.normalised(known)
     reach = np.maximum(1.0, np.abs(target).max(axis=1))
     for _ in range(max_iter):
-        near = np.abs(batch.normalised(x) - target).max(axis=1) < join * reach
-        active &= ~near
         idx = np.flatnonzero(active)
+        near = np.abs(batch.normalised(x[idx]) - target[idx]).max(axis=1) < join * reach[idx]
+        active[idx[near]] = False
+        idx = idx[~near]
         if not idx.size:
             break
         g = grad[idx]
@@ -497,7 +678,7 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
             if not todo.size:
                 break
             trial = x[idx[todo]] + t[todo, None] * d[todo]
-            tv, tg = batch.evaluate(trial, _subset(products, idx[todo]))[:2]
+            tv, tg = run(trial, idx[todo])
             good = np.isfinite(tv) & (tv <= value[idx[todo]] + 1e-4 * t[todo] * slope[todo])
             good &= np.all(np.isfinite(tg), axis=1)
             acc = todo[good]

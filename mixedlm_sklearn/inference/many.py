@@ -40,6 +40,7 @@ from ._parameters import check_ddf
 from .._validation import (
     caller_stacklevel,
     check_counts,
+    check_exact_fit,
     check_finite,
     check_random_design,
     check_weights,
@@ -181,6 +182,9 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
             check_counts(cp.n, {t.factor: t.n_levels for t in cp.terms}, sum(t.size for t in cp.terms))
             for term, d, counts in zip(cp.terms, cp.diag, cp.counts):
                 check_random_design(d[0], counts, list(term.z_names))
+            # no more rows than effects: can [X Z] reproduce any y? (as the single fit asks)
+            if cp.n <= cp.p + sum(t.size for t in cp.terms):
+                check_exact_fit(X_full[pat.rows], pat.factors, [t.n_levels for t in cp.terms])
         except ValueError as err:
             return str(err)
         return None

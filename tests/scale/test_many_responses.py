@@ -23,7 +23,14 @@ from mixedlm_sklearn._batched_refit import OneTermBatch
 from mixedlm_sklearn._crossprod import ResponseMap, cross_products
 from mixedlm_sklearn._deviance import Deviance
 from mixedlm_sklearn._batched_refit import _subset
-from mixedlm_sklearn._many import LevelClasses, fit_many, missing_patterns, other_starts, screen_starts
+from mixedlm_sklearn._many import (
+    LevelClasses,
+    RunDeviance,
+    fit_many,
+    missing_patterns,
+    other_starts,
+    screen_starts,
+)
 from mixedlm_sklearn._terms import Term, Terms
 from mixedlm_sklearn.inference.many import (
     contrast_table,
@@ -107,6 +114,25 @@ def test_each_response_is_the_single_fit_of_its_column(case):
                                    rtol=1e-4, atol=1e-6 * (1 + np.abs(single.fe_params_).max()))
 
 
+def test_a_response_its_effects_reproduce_exactly_fails_as_its_single_fit():
+    """The second response is observed on 4 rows of 3 groups: 2 fixed and 3 random
+    effects reproduce any y there, so its single fit refuses it (an unbounded likelihood);
+    it fails with that reason, the first response (2 groups) is fitted."""
+    g = np.array([0, 0, 1, 1, 2, 2])
+    x = np.array([2.04, -2.56, 0.42, -0.57, -0.45, -0.22])[:, None]
+    Y = np.array([[np.nan, np.nan], [np.nan, -0.09], [0.2, np.nan], [0.03, 0.58], [0.36, -0.39],
+                  [1.87, 0.83]])
+    with pytest.raises(ValueError, match="reproduce any response exactly"):
+        _quiet(MixedLMRegressor().fit, x[~np.isnan(Y[:, 1])], Y[~np.isnan(Y[:, 1]), 1],
+               groups=g[~np.isnan(Y[:, 1])])
+    est = _quiet(MixedLMRegressor().fit, x, Y, groups=g)
+    assert est.failed_.tolist() == [False, True]
+    assert "reproduce any response exactly" in est.fit_messages_.iloc[1]
+    rows = ~np.isnan(Y[:, 0])
+    single = _quiet(MixedLMRegressor().fit, x[rows], Y[rows, 0], groups=g[rows])
+    assert est.llf_[0] == pytest.approx(single.llf_, rel=1e-8)
+
+
 # Random-intercept ML fits with a second local maximum (test_properties.py's cases): the
 # other starts of small problems must find the higher one here too.
 @pytest.mark.parametrize("x, y, g", [
@@ -152,6 +178,45 @@ def test_folded_levels_give_the_engine_deviance_and_gradient():
             assert value[j] == pytest.approx(v, rel=1e-12)
             np.testing.assert_allclose(grad[j], gr, rtol=1e-8, atol=1e-8)
             assert plain[0][j] == pytest.approx(v, rel=1e-12)
+
+
+@pytest.mark.parametrize("q, diagonal", [(1, False), (2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("design", ["distinct", "balanced", "two kinds"])
+def test_the_screens_evaluation_is_the_kernels(q, diagonal, design):
+    """The screen's layout of the deviance (one factor per distinct Z_l'Z_l, levels first)
+    gives the batched kernel's value and gradient, on every level, on folded balanced
+    levels and on levels of two designs (factors spread to the levels), for all runs or
+    some of them."""
+    rng = np.random.default_rng(q + 10 * diagonal + len(design))
+    per, m = 4, 9
+    g = np.repeat(np.arange(m), per)
+    t = np.tile(np.arange(per, dtype=float), m)
+    if design == "distinct":
+        t = t + rng.standard_normal(t.size)
+    elif design == "two kinds":
+        t[g % 3 == 0] *= 2.0
+    X = np.column_stack([np.ones(g.size), t])
+    Z = np.column_stack([np.ones(g.size), t, t ** 2 / 4])[:, :q]
+    terms = Terms([Term("g", ["(Intercept)", "t", "t2"][:q], m, diagonal)])
+    Y = rng.standard_normal((g.size, 5)) + rng.standard_normal((m, 5))[g]
+    cp = cross_products(X, Y[:, 0], [(g, Z)], terms)
+    products = ResponseMap(X, [(g, Z)], terms)(Y)
+    classes = LevelClasses.of(cp) if design != "distinct" else None
+    for reml in (True, False):
+        batch = classes.batch(cp, reml) if classes is not None else OneTermBatch(cp, reml)
+        folded = classes.products(products) if classes is not None else products
+        theta = rng.standard_normal((5, batch.n_theta))
+        value, grad = batch.evaluate(theta, folded)[:2]
+        run = RunDeviance(batch, folded)
+        got_value, got_grad = run(theta)
+        np.testing.assert_allclose(got_value, value, rtol=1e-12)
+        np.testing.assert_allclose(got_grad, grad, rtol=1e-9, atol=1e-9 * np.abs(grad).max())
+        some = np.array([3, 1, 3])
+        part_value, part_grad = run(theta[some], some)
+        np.testing.assert_allclose(part_value, value[some], rtol=1e-12)
+        np.testing.assert_allclose(part_grad, grad[some], rtol=1e-9, atol=1e-9 * np.abs(grad).max())
+    if design == "two kinds" and q > 1:
+        assert run.spread is not None  # the factors of two designs spread to the levels
 
 
 def test_the_other_starts_find_a_lower_minimum_and_only_then():
