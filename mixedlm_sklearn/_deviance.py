@@ -591,10 +591,21 @@ class Deviance:
             np.subtract(z, r, out=r)
         return LV, R
 
+    def gradient_in_lambda(self, x: np.ndarray) -> tuple[np.ndarray, list]:
+        """The gradient of the deviance and, per term, its derivatives in *every* entry of
+        ``L_k`` (a (q_k, q_k) array; the formulas of the module docstring hold for any
+        entry, the strict upper triangle too). With ``D`` a function of ``L L'`` only,
+        the gradient at any ``N = L Q`` (``Q`` orthogonal) is that array times ``Q``:
+        a profile whose constraint moves a full (not triangular) factor chains through it."""
+        pt = self._evaluate(x)
+        full: list = []
+        return self._gradient(pt, full=full), full
+
     def _gradient(self, pt: _Point, r2_gammas: list | None = None,
-                  r2_grads: np.ndarray | None = None) -> np.ndarray:
+                  r2_grads: np.ndarray | None = None, full: list | None = None) -> np.ndarray:
         """The deviance's gradient; with ``r2_gammas``, row ``i`` of ``r2_grads`` (filled
-        in) the theta gradient of the penalised RSS of ``D gamma_i`` (:meth:`gradient_with_r2`)."""
+        in) the theta gradient of the penalised RSS of ``D gamma_i`` (:meth:`gradient_with_r2`);
+        with ``full``, each term's derivatives in every entry of ``L_k`` appended to it."""
         p = self.p
         LV, R = self._residual_products(pt)
         if not self.n_eta:
@@ -617,6 +628,8 @@ class Deviance:
                 del AR
             rows, cols = term.theta_position
             grad[sl] = g[rows, cols]
+            if full is not None:
+                full.append(g)
             for i, gm in enumerate(r2_gammas or ()):
                 r2_grads[i, sl] = -2.0 * (_combine(R[k], gm) @ _combine(V[k], gm).T)[rows, cols]
         if self.n_eta:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import linalg, optimize, stats
 
 from .._basis import Conditioned, lower_factor
 from .._deviance import MAX_LOG_RATIO
@@ -240,7 +240,7 @@ class _Profiler:
         scale, a standard deviation off 0 and a fixed effect (whose constraint leaves
         ``x`` as it is), without residual strata."""
         kind = self.kinds[k]
-        return bool(self.analytic and (kind in ("sigma", "beta") or (kind == "sd" and value > 0)))
+        return bool(self.analytic and (kind in ("sigma", "beta", "cor") or (kind == "sd" and value > 0)))
 
     def _value_and_gradient(self, k: int, value: float, x: np.ndarray) -> tuple[float, np.ndarray]:
         """:meth:`_deviance` and its gradient in ``x`` (analytic; see :meth:`_has_gradient`).
@@ -266,6 +266,8 @@ class _Profiler:
             r2w = ev.r2 / sy2
             grad = grad + dof * (dr2[1] / (r2w + excess / sy2) - dr2[0] / r2w)
             return ev.deviance + dof * np.log1p(excess / ev.r2), grad
+        if kind == "cor":
+            return self._cor_value_and_gradient(k, value, x)
         grad, dr2 = white.gradient_with_r2(x)
         if kind == "sigma":
             sigma = value
@@ -284,6 +286,77 @@ class _Profiler:
             d_sigma = 2.0 * dof / sigma - 2.0 * ev.r2 / sigma**3
             grad[sl] -= d_sigma * (sigma / norm) * d_norm
         return deviance_at_sigma(ev, dof, sigma), grad
+
+    def _cor_value_and_gradient(self, k: int, value: float, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """A correlation held: the deviance at the rotated factor of :meth:`_impose` and its
+        gradient in ``x``.
+
+        The rotation gives a full factor ``N(x)`` of the term in the whitened basis;
+        ``lower_factor`` writes it ``N = T S Q'`` (QR of ``N'``, ``S`` the signs), and the
+        deviance's derivatives in every entry of ``T`` (:meth:`~mixedlm_sklearn._deviance.
+        Deviance.gradient_in_lambda`) times ``S Q'`` are those in ``N``. ``N(x)`` is
+        smooth and explicit: its Jacobian comes from complex steps (exact to rounding).
+        """
+        imposed = self._impose(k, value, x)
+        if imposed is None:
+            return self.dev_min + 1e10, np.zeros(x.size)
+        xi = imposed[0]
+        white = self.conditioned.white
+        try:
+            dev = self.conditioned.evaluate_white(xi).deviance
+        except NotPositiveDefinite:
+            return self.dev_min + 1e10, np.zeros(x.size)
+        grad, full = white.gradient_in_lambda(xi)
+        if xi is x:  # the correlation is undefined here (a zero row): nothing was rotated
+            return dev, grad
+        term = self.position[k][0]
+        sl = self.terms.slices[term]
+        jac = self._rotation_jacobian(k, value, x)
+        if jac is None:  # a row along the other: _impose turns it in a direction of its own
+            return dev, self._numeric_gradient(k, value, x)
+        N = jac[1]
+        q_, r_ = linalg.qr(N.T)
+        signs = np.where(np.diag(r_) < 0, -1.0, 1.0)
+        G = full[term] @ (signs[:, None] * q_.T)
+        grad[sl] = np.einsum("nab,ab->n", jac[0], G)
+        return dev, grad
+
+    def _rotation_jacobian(self, k: int, value: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The derivatives of the rotated factor ``N`` of :meth:`_impose` (a correlation
+        held) in the term's entries of ``x`` (complex steps, one per entry, at once), and
+        ``N``; None where the rotated row lies along the other."""
+        term, r, c = self.position[k]
+        t, sl, P = self.terms[term], self.terms.slices[term], self.conditioned.basis.P[term]
+        rows, cols = t.theta_position
+        n, h = sl.stop - sl.start, 1e-30
+        L = np.zeros((n + 1, t.q, t.q), dtype=complex)
+        L[:, rows, cols] = x[sl]
+        L[np.arange(n), rows, cols] += 1j * h  # the last one unperturbed: N itself
+        A = P @ L
+        a_r, a_c = A[:, r], A[:, c]
+        norm_r = np.sqrt(np.sum(a_r * a_r, axis=1))
+        unit_c = a_c / np.sqrt(np.sum(a_c * a_c, axis=1))[:, None]
+        w = a_r - np.sum(a_r * unit_c, axis=1)[:, None] * unit_c
+        w_norm = np.sqrt(np.sum(w * w, axis=1))
+        new = norm_r[:, None] * value * unit_c
+        if abs(value) < 1.0:  # at +-1 the row is along the other whatever w is
+            if w_norm[-1].real <= 1e-12 * norm_r[-1].real:
+                return None
+            new += norm_r[:, None] * np.sqrt(1.0 - value**2) * w / w_norm[:, None]
+        e = linalg.solve(P, np.eye(t.q)[r])
+        N = L + e[None, :, None] * (new - a_r)[:, None, :]
+        return N[:n].imag / h, N[n].real
+
+    def _numeric_gradient(self, k: int, value: float, x: np.ndarray) -> np.ndarray:
+        """Central differences of :meth:`_deviance` in ``x``."""
+        out = np.zeros(x.size)
+        for i in range(x.size):
+            h = 1e-6 * self.x_scale[i]
+            up, down = x.copy(), x.copy()
+            up[i] += h
+            down[i] -= h
+            out[i] = (self._deviance(k, value, up)[0] - self._deviance(k, value, down)[0]) / (2.0 * h)
+        return out
 
     def _boundary_starts(self, k: int) -> list[np.ndarray]:
         """The estimate with one row of the parameter's term's ``Lambda`` shrunk towards 0.
@@ -343,6 +416,8 @@ class _Profiler:
         best_value, best_x = np.inf, self.x_hat
         analytic = self._has_gradient(k, value)
         scale = self.x_scale[free]
+        if analytic and self._precondition is not None:
+            return self._minimise_preconditioned(k, value, starts)
         for start in starts:
             # The deviance is even in Lambda, so Lambda = 0 is a stationary point that a
             # gradient method never leaves, even where the minimum has moved inside
@@ -367,6 +442,54 @@ class _Profiler:
             )
             if res.fun < best_value:
                 x[free] = res.x * scale
+                best_value, best_x = float(res.fun), self._canonical(self._deviance(k, value, x)[1])
+        return best_value, best_x
+
+    @property
+    def _precondition(self) -> np.ndarray | None:
+        """``M = H^{-1/2}`` of the Hessian ``H`` of the profiled deviance at the estimate
+        (central differences of its gradient; eigenvalues made positive, at least 1e-8 of
+        the largest): the constrained searches run in ``z``, ``x = x_hat + M z``, where a
+        quasi-Newton method starts with the curvature about right. None with strata
+        (their bounds are not boxes in ``z``)."""
+        if not hasattr(self, "_M"):
+            self._M = None
+            if self.analytic:
+                white, x0 = self.conditioned.white, self.x_hat
+                n = x0.size
+                H = np.empty((n, n))
+                for i in range(n):
+                    h = 1e-5 * self.x_scale[i]
+                    up, down = x0.copy(), x0.copy()
+                    up[i] += h
+                    down[i] -= h
+                    H[i] = (white.value_and_grad(up)[1] - white.value_and_grad(down)[1]) / (2.0 * h)
+                vals, vecs = np.linalg.eigh(0.5 * (H + H.T))
+                vals = np.maximum(np.abs(vals), 1e-8 * np.abs(vals).max(initial=0.0))
+                if np.all(np.isfinite(vals)) and vals.max() > 0:
+                    self._M = (vecs / np.sqrt(vals)) @ vecs.T
+        return self._M
+
+    def _minimise_preconditioned(self, k: int, value: float, starts: list[np.ndarray]
+                                 ) -> tuple[float, np.ndarray]:
+        """:meth:`_minimise` in the preconditioned variables of :attr:`_precondition`."""
+        M = self._precondition
+        M_inv = np.linalg.inv(M)
+        best_value, best_x = np.inf, self.x_hat
+        for start in starts:
+            for t, sl in zip(self.terms, self.terms.slices):
+                diag = np.flatnonzero(np.equal(*t.theta_position)) + sl.start
+                start[diag] = np.where(start[diag] == 0.0, 0.1 * self.x_scale[diag], start[diag])
+
+            def objective(z):
+                f, g = self._value_and_gradient(k, value, self.x_hat + M @ z)
+                return f, M.T @ g
+
+            res = optimize.minimize(objective, M_inv @ (start - self.x_hat), method="L-BFGS-B",
+                                    jac=True, options={"ftol": _INNER_FTOL, "gtol": _INNER_GTOL,
+                                                       "maxiter": 1000})
+            if res.fun < best_value:
+                x = self.x_hat + M @ res.x
                 best_value, best_x = float(res.fun), self._canonical(self._deviance(k, value, x)[1])
         return best_value, best_x
 
@@ -410,8 +533,11 @@ class _Profiler:
             return self._dev_at[key, True] >= self._dev_at[key, False] - _BRANCH_DTOL
         found = self._dev_at[key, False]
         other, _ = self._minimise(k, value, self._other_starts(k))
-        if other < found - _BRANCH_DTOL:
+        at_limit = value in (self.lower[k], self.upper[k])
+        if other < found - _BRANCH_DTOL and not at_limit:
             return False
+        # (at the parameter's limit zeta stayed short of the cutoff; a lower minimum
+        # there leaves it shorter still: the limit is the bound either way)
         # both are the profile here (to within the tolerance): the lower one is kept
         dev = min(found, other)
         self._zeta[key] = float(np.sign(value - self.estimate[k]) * np.sqrt(max(dev - self.dev_min, 0.0)))
