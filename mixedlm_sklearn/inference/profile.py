@@ -81,7 +81,12 @@ class _Profiler:
       A^{-1}_jj`` to ``r2``; minimising over sigma then gives ``D(x) + dof log(1 + c/r2)``.
 
     Each point is minimised by L-BFGS-B from the nearest points already computed
-    (extrapolated along the profile) and from the estimate, keeping the lower minimum.
+    (extrapolated along the profile); without residual strata with analytic gradients
+    (:meth:`_value_and_gradient`) in variables preconditioned by the Hessian at the
+    estimate (:attr:`_precondition`). The points of the profile curves are also
+    minimised from the estimate and the boundary starts, keeping the lowest minimum; an
+    interval's endpoint is found from the neighbours alone and then confirmed from those
+    starts (:meth:`bound`).
     """
 
     def __init__(self, est: Any, criterion: str = "ml") -> None:
