@@ -459,7 +459,7 @@ class _Profiler:
         (their bounds are not boxes in ``z``)."""
         if not hasattr(self, "_M"):
             self._M = None
-            if self.analytic:
+            if self.analytic and self.x_hat.size:  # (no random effects: nothing to search)
                 white, x0 = self.conditioned.white, self.x_hat
                 n = x0.size
                 H = np.empty((n, n))
