@@ -521,6 +521,26 @@ class Deviance:
         pt = self._evaluate(x)
         return pt.deviance, self._gradient(pt)
 
+    def gradient_with_r2(self, x: np.ndarray, beta_steps: list | tuple = ()
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient of the deviance and, in ``theta``, of the penalised residual sum of
+        squares at fixed effects ``beta + step`` (minimised over the random effects only)
+        for each step of ``beta_steps`` (in the coordinates of :meth:`solution`'s
+        ``pt.beta``; no steps: at the optimum ``beta``, the ``r2`` of the deviance).
+
+        By the envelope theorem (``r2(b)`` is a minimum over the modes) each is ``-2 e
+        u'`` with ``e`` and ``u`` the residual products and modes of ``D gamma``, ``gamma
+        = (-b, 1)``, both linear in ``gamma``. A profile that holds the scale or a fixed
+        effect needs these apart from the deviance's own gradient. Without strata only.
+        """
+        if self.n_eta:
+            raise NotImplementedError("the r2 gradients cover fits without residual strata")
+        pt = self._evaluate(x)
+        steps = list(beta_steps) if len(beta_steps) else [np.zeros(self.p)]
+        gammas = [np.append(-(pt.beta + s), 1.0) for s in steps]
+        r2_grads = np.empty((len(gammas), self.n_theta))
+        return self._gradient(pt, gammas, r2_grads), r2_grads
+
     def solution(self, x: np.ndarray) -> Solution:
         pt = self._evaluate(x)
         theta, v = self.split(pt.x)
@@ -571,7 +591,21 @@ class Deviance:
             np.subtract(z, r, out=r)
         return LV, R
 
-    def _gradient(self, pt: _Point) -> np.ndarray:
+    def gradient_in_lambda(self, x: np.ndarray) -> tuple[np.ndarray, list]:
+        """The gradient of the deviance and, per term, its derivatives in *every* entry of
+        ``L_k`` (a (q_k, q_k) array; the formulas of the module docstring hold for any
+        entry, the strict upper triangle too). With ``D`` a function of ``L L'`` only,
+        the gradient at any ``N = L Q`` (``Q`` orthogonal) is that array times ``Q``:
+        a profile whose constraint moves a full (not triangular) factor chains through it."""
+        pt = self._evaluate(x)
+        full: list = []
+        return self._gradient(pt, full=full), full
+
+    def _gradient(self, pt: _Point, r2_gammas: list | None = None,
+                  r2_grads: np.ndarray | None = None, full: list | None = None) -> np.ndarray:
+        """The deviance's gradient; with ``r2_gammas``, row ``i`` of ``r2_grads`` (filled
+        in) the theta gradient of the penalised RSS of ``D gamma_i`` (:meth:`gradient_with_r2`);
+        with ``full``, each term's derivatives in every entry of ``L_k`` appended to it."""
         p = self.p
         LV, R = self._residual_products(pt)
         if not self.n_eta:
@@ -594,6 +628,10 @@ class Deviance:
                 del AR
             rows, cols = term.theta_position
             grad[sl] = g[rows, cols]
+            if full is not None:
+                full.append(g)
+            for i, gm in enumerate(r2_gammas or ()):
+                r2_grads[i, sl] = -2.0 * (_combine(R[k], gm) @ _combine(V[k], gm).T)[rows, cols]
         if self.n_eta:
             grad[self.n_theta:] = self._ratio_gradient(pt, LV, R, gamma)[1:]
         return grad

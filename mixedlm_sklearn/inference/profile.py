@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import linalg, optimize, stats
 
 from .._basis import Conditioned, lower_factor
 from .._deviance import MAX_LOG_RATIO
@@ -50,6 +50,10 @@ _INNER_FTOL = 1e-11
 _INNER_GTOL = 1e-6
 # |zeta - target| accepted at a bound: 1e-6 of a standard error, far below the 1% goal.
 _ROOT_ZTOL = 1e-6
+# A minimum from the other starts lower than the neighbours' by more than this at an
+# endpoint means another branch of the profile; below it the endpoint moves by at most
+# 1e-6 / (2 * 1.96) in zeta, a quarter of _ROOT_ZTOL.
+_BRANCH_DTOL = 1e-6
 
 
 class _Profiler:
@@ -77,7 +81,12 @@ class _Profiler:
       A^{-1}_jj`` to ``r2``; minimising over sigma then gives ``D(x) + dof log(1 + c/r2)``.
 
     Each point is minimised by L-BFGS-B from the nearest points already computed
-    (extrapolated along the profile) and from the estimate, keeping the lower minimum.
+    (extrapolated along the profile); without residual strata with analytic gradients
+    (:meth:`_value_and_gradient`) in variables preconditioned by the Hessian at the
+    estimate (:attr:`_precondition`). The points of the profile curves are also
+    minimised from the estimate and the boundary starts, keeping the lowest minimum; an
+    interval's endpoint is found from the neighbours alone and then confirmed from those
+    starts (:meth:`bound`).
     """
 
     def __init__(self, est: Any, criterion: str = "ml") -> None:
@@ -138,6 +147,26 @@ class _Profiler:
                                     2.0 * se_beta[:len(fixed)]])
         self._warm: dict[int, list[tuple[float, np.ndarray]]] = {}
         self._zeta: dict[tuple[int, float], float] = {}
+        self._zeta_fast: dict[tuple[int, float], float] = {}
+        self._dev_at: dict[tuple[tuple[int, float], bool], float] = {}
+        # Analytic gradients of the constrained deviances (no residual strata): the fixed
+        # effects reported are ``L b + c`` of the whitened deviance's own ``b`` (the
+        # origin's and the basis's affine maps); a step of the reported ones is ``L^{-1}``
+        # of it in the deviance's coordinates.
+        # (the exact deviance's; the matrix-free one of solver='iterative' has finite differences)
+        self.analytic = n_eta == 0 and hasattr(self.conditioned.white, "gradient_with_r2")
+        if self.analytic and not reml and len(fixed):
+            white = self.conditioned.white
+            origin = white.cp.origin
+            ratio = self.conditioned.sy / self.conditioned.sx
+
+            def reported(b):
+                return (b if origin is None else origin.beta(b)) * ratio
+
+            p = ratio.size
+            zero = reported(np.zeros(p))
+            L = np.column_stack([reported(e) - zero for e in np.eye(p)])
+            self._beta_back = np.linalg.inv(L)
 
     # ---- the constrained deviance ---------------------------------------------------------
 
@@ -211,6 +240,129 @@ class _Profiler:
             return ev.deviance + dof * np.log1p(excess / ev.r2), x
         return ev.deviance, x
 
+    def _has_gradient(self, k: int, value: float) -> bool:
+        """Whether :meth:`_value_and_gradient` covers parameter ``k`` at ``value``: the
+        scale, a standard deviation off 0 and a fixed effect (whose constraint leaves
+        ``x`` as it is), without residual strata."""
+        kind = self.kinds[k]
+        return bool(self.analytic and (kind in ("sigma", "beta", "cor") or (kind == "sd" and value > 0)))
+
+    def _value_and_gradient(self, k: int, value: float, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """:meth:`_deviance` and its gradient in ``x`` (analytic; see :meth:`_has_gradient`).
+
+        With sigma held the deviance is ``c(x) + dof log sigma^2 + r2(x) / sigma^2``: its
+        gradient is the profiled deviance's plus ``dr2 (1/sigma^2 - dof/r2)``. A standard
+        deviation held adds the chain through ``sigma = s / |a_j(x)|``. A fixed effect held
+        replaces ``r2`` by the penalised RSS at the constrained fixed effects, ``r2 + c``,
+        whose gradient is that of ``r2`` at those fixed effects (envelope theorem).
+        """
+        white, cond = self.conditioned.white, self.conditioned
+        try:
+            ev = cond.evaluate_white(x)
+        except NotPositiveDefinite:
+            return self.dev_min + 1e10, np.zeros(x.size)
+        dof, kind, sy2 = self.dev.dof, self.kinds[k], cond.sy**2
+        if kind == "beta":
+            j = k - self.n_var
+            t = value - ev.beta[j]
+            excess = t * t / ev.a_inv[j, j]
+            step = (t / ev.a_inv[j, j]) * (self._beta_back @ ev.a_inv[:, j])
+            grad, dr2 = white.gradient_with_r2(x, [np.zeros(step.size), step])
+            r2w = ev.r2 / sy2
+            grad = grad + dof * (dr2[1] / (r2w + excess / sy2) - dr2[0] / r2w)
+            return ev.deviance + dof * np.log1p(excess / ev.r2), grad
+        if kind == "cor":
+            return self._cor_value_and_gradient(k, value, x)
+        grad, dr2 = white.gradient_with_r2(x)
+        if kind == "sigma":
+            sigma = value
+        else:  # sd: sigma = s / |a_j|
+            term, r, _ = self.position[k]
+            t, sl, P = self.terms[term], self.terms.slices[term], self.conditioned.basis.P[term]
+            a = (P @ t.lam(x[sl]))[r]
+            norm = float(np.sqrt(a @ a))
+            if norm == 0.0:
+                return self.dev_min + 1e10, np.zeros(x.size)
+            sigma = value / norm
+        grad = grad + sy2 * dr2[0] * (1.0 / sigma**2 - dof / ev.r2)
+        if kind == "sd":
+            rows, cols = t.theta_position
+            d_norm = a[cols] * P[r, rows] / norm
+            d_sigma = 2.0 * dof / sigma - 2.0 * ev.r2 / sigma**3
+            grad[sl] -= d_sigma * (sigma / norm) * d_norm
+        return deviance_at_sigma(ev, dof, sigma), grad
+
+    def _cor_value_and_gradient(self, k: int, value: float, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """A correlation held: the deviance at the rotated factor of :meth:`_impose` and its
+        gradient in ``x``.
+
+        The rotation gives a full factor ``N(x)`` of the term in the whitened basis;
+        ``lower_factor`` writes it ``N = T S Q'`` (QR of ``N'``, ``S`` the signs), and the
+        deviance's derivatives in every entry of ``T`` (:meth:`~mixedlm_sklearn._deviance.
+        Deviance.gradient_in_lambda`) times ``S Q'`` are those in ``N``. ``N(x)`` is
+        smooth and explicit: its Jacobian comes from complex steps (exact to rounding).
+        """
+        imposed = self._impose(k, value, x)
+        if imposed is None:
+            return self.dev_min + 1e10, np.zeros(x.size)
+        xi = imposed[0]
+        white = self.conditioned.white
+        try:
+            dev = self.conditioned.evaluate_white(xi).deviance
+        except NotPositiveDefinite:
+            return self.dev_min + 1e10, np.zeros(x.size)
+        grad, full = white.gradient_in_lambda(xi)
+        if xi is x:  # the correlation is undefined here (a zero row): nothing was rotated
+            return dev, grad
+        term = self.position[k][0]
+        sl = self.terms.slices[term]
+        jac = self._rotation_jacobian(k, value, x)
+        if jac is None:  # a row along the other: _impose turns it in a direction of its own
+            return dev, self._numeric_gradient(k, value, x)
+        N = jac[1]
+        q_, r_ = linalg.qr(N.T)
+        signs = np.where(np.diag(r_) < 0, -1.0, 1.0)
+        G = full[term] @ (signs[:, None] * q_.T)
+        grad[sl] = np.einsum("nab,ab->n", jac[0], G)
+        return dev, grad
+
+    def _rotation_jacobian(self, k: int, value: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The derivatives of the rotated factor ``N`` of :meth:`_impose` (a correlation
+        held) in the term's entries of ``x`` (complex steps, one per entry, at once), and
+        ``N``; None where the rotated row lies along the other."""
+        term, r, c = self.position[k]
+        t, sl, P = self.terms[term], self.terms.slices[term], self.conditioned.basis.P[term]
+        rows, cols = t.theta_position
+        n, h = sl.stop - sl.start, 1e-30
+        L = np.zeros((n + 1, t.q, t.q), dtype=complex)
+        L[:, rows, cols] = x[sl]
+        L[np.arange(n), rows, cols] += 1j * h  # the last one unperturbed: N itself
+        A = P @ L
+        a_r, a_c = A[:, r], A[:, c]
+        norm_r = np.sqrt(np.sum(a_r * a_r, axis=1))
+        unit_c = a_c / np.sqrt(np.sum(a_c * a_c, axis=1))[:, None]
+        w = a_r - np.sum(a_r * unit_c, axis=1)[:, None] * unit_c
+        w_norm = np.sqrt(np.sum(w * w, axis=1))
+        new = norm_r[:, None] * value * unit_c
+        if abs(value) < 1.0:  # at +-1 the row is along the other whatever w is
+            if w_norm[-1].real <= 1e-12 * norm_r[-1].real:
+                return None
+            new += norm_r[:, None] * np.sqrt(1.0 - value**2) * w / w_norm[:, None]
+        e = linalg.solve(P, np.eye(t.q)[r])
+        N = L + e[None, :, None] * (new - a_r)[:, None, :]
+        return N[:n].imag / h, N[n].real
+
+    def _numeric_gradient(self, k: int, value: float, x: np.ndarray) -> np.ndarray:
+        """Central differences of :meth:`_deviance` in ``x``."""
+        out = np.zeros(x.size)
+        for i in range(x.size):
+            h = 1e-6 * self.x_scale[i]
+            up, down = x.copy(), x.copy()
+            up[i] += h
+            down[i] -= h
+            out[i] = (self._deviance(k, value, up)[0] - self._deviance(k, value, down)[0]) / (2.0 * h)
+        return out
+
     def _boundary_starts(self, k: int) -> list[np.ndarray]:
         """The estimate with one row of the parameter's term's ``Lambda`` shrunk towards 0.
 
@@ -233,11 +385,14 @@ class _Profiler:
             starts.append(x)
         return starts
 
-    def profiled_deviance(self, k: int, value: float) -> float:
-        """Minimum of the deviance over everything else, with parameter ``k`` at ``value``."""
-        free = np.ones(self.x_hat.size, dtype=bool)
-        if self.kinds[k] == "ratio":
-            free[self.n_theta + k - self.n_sdcor - 1] = False
+    def profiled_deviance(self, k: int, value: float, thorough: bool = True) -> float:
+        """Minimum of the deviance over everything else, with parameter ``k`` at ``value``.
+
+        From the nearest points already computed (extrapolated along the profile); when
+        ``thorough``, also from the estimate and the boundary starts, keeping the lower
+        minimum. The endpoints of an interval are found without them and confirmed with
+        them (:meth:`bound`).
+        """
         warm = self._warm.setdefault(k, [(self.estimate[k], self.x_hat)])
         near = sorted(warm, key=lambda item: abs(item[0] - value))[:2]
         starts = [near[0][1].copy()]
@@ -245,12 +400,29 @@ class _Profiler:
             # The optimum moves smoothly along a profile: extrapolate from the two nearest points.
             (c1, v1), (c2, v2) = near
             starts = [v1 + (value - c1) / (c1 - c2) * (v1 - v2)]
-        # and from the estimate: where the profile turns (a correlation nearing +-1) the
-        # neighbours' optimum can lie on a branch that no longer holds the minimum
-        if not np.array_equal(near[0][1], self.x_hat):
-            starts.append(self.x_hat.copy())
-        starts += self._boundary_starts(k)
+        if thorough:
+            starts += self._other_starts(k, skip_estimate=np.array_equal(near[0][1], self.x_hat))
+        best_value, best_x = self._minimise(k, value, starts)
+        warm.append((value, best_x))
+        return best_value
+
+    def _other_starts(self, k: int, skip_estimate: bool = False) -> list[np.ndarray]:
+        """The starts besides the neighbours: the estimate (where the profile turns, a
+        correlation nearing +-1, the neighbours' optimum can lie on a branch that no
+        longer holds the minimum) and the boundary starts."""
+        return ([] if skip_estimate else [self.x_hat.copy()]) + self._boundary_starts(k)
+
+    def _minimise(self, k: int, value: float, starts: list[np.ndarray]) -> tuple[float, np.ndarray]:
+        """The lowest of the local minima from ``starts`` with parameter ``k`` at ``value``
+        (L-BFGS-B; analytic gradients where :meth:`_has_gradient`), and where it is."""
+        free = np.ones(self.x_hat.size, dtype=bool)
+        if self.kinds[k] == "ratio":
+            free[self.n_theta + k - self.n_sdcor - 1] = False
         best_value, best_x = np.inf, self.x_hat
+        analytic = self._has_gradient(k, value)
+        scale = self.x_scale[free]
+        if analytic and self._precondition is not None:
+            return self._minimise_preconditioned(k, value, starts)
         for start in starts:
             # The deviance is even in Lambda, so Lambda = 0 is a stationary point that a
             # gradient method never leaves, even where the minimum has moved inside
@@ -260,35 +432,124 @@ class _Profiler:
                 start[diag] = np.where(start[diag] == 0.0, 0.1 * self.x_scale[diag], start[diag])
             start = np.clip(start, self.x_lower, self.x_upper)
             x = start.copy()
-            scale = self.x_scale[free]
 
             def objective(z):
                 x[free] = z * scale
+                if analytic:
+                    f, g = self._value_and_gradient(k, value, x)
+                    return f, g[free] * scale
                 return self._deviance(k, value, x)[0]
 
             res = optimize.minimize(
-                objective, start[free] / scale, method="L-BFGS-B",
+                objective, start[free] / scale, method="L-BFGS-B", jac=analytic,
                 bounds=optimize.Bounds(self.x_lower[free] / scale, self.x_upper[free] / scale),
                 options={"ftol": _INNER_FTOL, "gtol": _INNER_GTOL, "maxiter": 1000},
             )
             if res.fun < best_value:
                 x[free] = res.x * scale
                 best_value, best_x = float(res.fun), self._canonical(self._deviance(k, value, x)[1])
-        warm.append((value, best_x))
-        return best_value
+        return best_value, best_x
 
-    def zeta(self, k: int, value: float) -> float:
-        """Signed square root of the deviance increase with parameter ``k`` at ``value``."""
+    @property
+    def _precondition(self) -> np.ndarray | None:
+        """``M = H^{-1/2}`` of the Hessian ``H`` of the profiled deviance at the estimate
+        (central differences of its gradient; eigenvalues made positive, at least 1e-8 of
+        the largest): the constrained searches run in ``z``, ``x = x_hat + M z``, where a
+        quasi-Newton method starts with the curvature about right. None with strata
+        (their bounds are not boxes in ``z``)."""
+        if not hasattr(self, "_M"):
+            self._M = None
+            if self.analytic and self.x_hat.size:  # (no random effects: nothing to search)
+                white, x0 = self.conditioned.white, self.x_hat
+                n = x0.size
+                H = np.empty((n, n))
+                for i in range(n):
+                    h = 1e-5 * self.x_scale[i]
+                    up, down = x0.copy(), x0.copy()
+                    up[i] += h
+                    down[i] -= h
+                    H[i] = (white.value_and_grad(up)[1] - white.value_and_grad(down)[1]) / (2.0 * h)
+                vals, vecs = np.linalg.eigh(0.5 * (H + H.T))
+                vals = np.maximum(np.abs(vals), 1e-8 * np.abs(vals).max(initial=0.0))
+                if np.all(np.isfinite(vals)) and vals.max() > 0:
+                    self._M = (vecs / np.sqrt(vals)) @ vecs.T
+        return self._M
+
+    def _minimise_preconditioned(self, k: int, value: float, starts: list[np.ndarray]
+                                 ) -> tuple[float, np.ndarray]:
+        """:meth:`_minimise` in the preconditioned variables of :attr:`_precondition`."""
+        M = self._precondition
+        M_inv = np.linalg.inv(M)
+        best_value, best_x = np.inf, self.x_hat
+        for start in starts:
+            for t, sl in zip(self.terms, self.terms.slices):
+                diag = np.flatnonzero(np.equal(*t.theta_position)) + sl.start
+                start[diag] = np.where(start[diag] == 0.0, 0.1 * self.x_scale[diag], start[diag])
+
+            def objective(z):
+                f, g = self._value_and_gradient(k, value, self.x_hat + M @ z)
+                return f, M.T @ g
+
+            res = optimize.minimize(objective, M_inv @ (start - self.x_hat), method="L-BFGS-B",
+                                    jac=True, options={"ftol": _INNER_FTOL, "gtol": _INNER_GTOL,
+                                                       "maxiter": 1000})
+            if res.fun < best_value:
+                x = self.x_hat + M @ res.x
+                best_value, best_x = float(res.fun), self._canonical(self._deviance(k, value, x)[1])
+        return best_value, best_x
+
+    def zeta(self, k: int, value: float, thorough: bool = True) -> float:
+        """Signed square root of the deviance increase with parameter ``k`` at ``value``
+        (``thorough``: see :meth:`profiled_deviance`)."""
         key = (k, float(value))
-        if key not in self._zeta:
-            excess = 0.0
+        cache = self._zeta if thorough else self._zeta_fast
+        if key not in cache:
+            dev = self.dev_min
             if value != self.estimate[k]:
-                excess = max(self.profiled_deviance(k, value) - self.dev_min, 0.0)
-            self._zeta[key] = float(np.sign(value - self.estimate[k]) * np.sqrt(excess))
-        return self._zeta[key]
+                dev = self.profiled_deviance(k, value, thorough)
+            excess = max(dev - self.dev_min, 0.0)
+            cache[key] = float(np.sign(value - self.estimate[k]) * np.sqrt(excess))
+            self._dev_at[key, thorough] = dev
+        return cache[key]
 
     def bound(self, k: int, z: float, side: int) -> float:
-        """Where ``zeta = side * z``, or the parameter's limit if zeta stays short of it."""
+        """Where ``zeta = side * z``, or the parameter's limit if zeta stays short of it.
+
+        Found first from the neighbours alone (each point a warm-started local search);
+        then the other starts (:meth:`_other_starts`) are run at that endpoint. When they
+        find a lower minimum there (another branch of the profile), the bound is searched
+        again with every point from every start.
+        """
+        try:
+            x = self._bound(k, z, side, thorough=False)
+        except RuntimeError:
+            x = None
+        if x is not None and self._confirmed(k, x):
+            return x
+        self._warm.pop(k, None)  # neighbours on the wrong branch
+        return self._bound(k, z, side, thorough=True)
+
+    def _confirmed(self, k: int, value: float) -> bool:
+        """Whether the other starts find no lower minimum at ``value`` than the neighbours did."""
+        key = (k, float(value))
+        if (key, False) not in self._dev_at or value == self.estimate[k]:
+            return True
+        if key in self._zeta:
+            return self._dev_at[key, True] >= self._dev_at[key, False] - _BRANCH_DTOL
+        found = self._dev_at[key, False]
+        other, _ = self._minimise(k, value, self._other_starts(k))
+        at_limit = value in (self.lower[k], self.upper[k])
+        if other < found - _BRANCH_DTOL and not at_limit:
+            return False
+        # (at the parameter's limit zeta stayed short of the cutoff; a lower minimum
+        # there leaves it shorter still: the limit is the bound either way)
+        # both are the profile here (to within the tolerance): the lower one is kept
+        dev = min(found, other)
+        self._zeta[key] = float(np.sign(value - self.estimate[k]) * np.sqrt(max(dev - self.dev_min, 0.0)))
+        self._dev_at[key, True] = dev
+        return True
+
+    def _bound(self, k: int, z: float, side: int, thorough: bool) -> float:
         est = self.estimate[k]
         limit = self.lower[k] if side < 0 else self.upper[k]
         if est == limit:  # e.g. a variance estimated as exactly 0
@@ -302,9 +563,9 @@ class _Profiler:
         for _ in range(100):
             if side * (x - limit) >= 0:
                 x = 0.5 * (inner + limit) if open_limit else limit
-            zx = self.zeta(k, x)
+            zx = self.zeta(k, x, thorough)
             if side * zx >= z:
-                return self._root(k, target, inner, z_inner, x, zx)
+                return self._root(k, target, inner, z_inner, x, zx, thorough)
             if x == limit:
                 return float(limit)
             # Secant toward the target with a small overshoot (to bracket the root in one
@@ -315,7 +576,8 @@ class _Profiler:
             x = x + side * min(jump, 4.0 * abs(x - est))
         raise RuntimeError(f"the profile of {self.names[k]} does not reach |zeta| = {z:g}")
 
-    def _root(self, k: int, target: float, a: float, za: float, b: float, zb: float) -> float:
+    def _root(self, k: int, target: float, a: float, za: float, b: float, zb: float,
+              thorough: bool = True) -> float:
         """``zeta(k, x) = target`` in the bracket ``[a, b]``: safeguarded secant.
 
         zeta is close to linear, so secant steps through the two latest points converge
@@ -330,7 +592,7 @@ class _Profiler:
             x = x2 - f2 * (x2 - x1) / (f2 - f1) if f2 != f1 else np.nan
             if not min(a, b) < x < max(a, b):
                 x = b - fb * (b - a) / (fb - fa)
-            fx = self.zeta(k, x) - target
+            fx = self.zeta(k, x, thorough) - target
             if abs(fx) < _ROOT_ZTOL or abs(b - a) <= 1e-12 * abs(x):
                 break
             if fx * fb < 0:

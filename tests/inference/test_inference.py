@@ -212,14 +212,15 @@ def test_orthodont_sigma_profile_by_brute_force():
 
 # ---- three correlated random effects: every endpoint by brute force ------------
 
-def _three_levels(seed: int):
+def _three_levels(seed: int, sd_last: float = 1.5):
     """A random effect per level of a 3-level factor, 6 groups, 3 replicates per cell:
     ``y ~ cond + (0 + cond | group)``; the first two levels' effects correlate at -0.9."""
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(6), 9)
     Z = np.eye(3)[np.tile(np.repeat(np.arange(3), 3), 6)]
     R = np.array([[1.0, -0.9, 0.3], [-0.9, 1.0, 0.1], [0.3, 0.1, 1.0]])
-    b = rng.multivariate_normal(np.zeros(3), np.outer([3.0, 2.0, 1.5], [3.0, 2.0, 1.5]) * R, 6)
+    sd = [3.0, 2.0, sd_last]
+    b = rng.multivariate_normal(np.zeros(3), np.outer(sd, sd) * R, 6)
     y = 50.0 + Z @ [0.0, 2.0, -1.0] + np.einsum("ij,ij->i", Z, b[g]) + rng.standard_normal(g.size)
     return Z[:, 1:], y, Z, g
 
@@ -319,6 +320,40 @@ def test_three_correlated_effects_profile_endpoints_by_brute_force(seed):
     else:
         assert -0.9995 < lower < -0.998
         assert brute("cor_z1.z0|group", -1.0) > Z95**2
+
+
+def test_profile_endpoints_at_a_zero_variance_and_near_a_perfect_correlation_by_brute_force():
+    """Each endpoint, found from the neighbouring profile points alone and confirmed from
+    the other starts, is where the brute-force profile deviance (several starts on the
+    dense likelihood) has risen by the chi2(1) cutoff, or a limit the profile stays below
+    the cutoff up to: here the third effect's standard deviation profiles down to 0, the
+    first two effects' correlation to -0.978 (near -1), and the third effect's
+    correlations across all of [-1, 1]. The fixed effects too (beta_j held: the response
+    less b x_j, GLS on the other columns)."""
+    X, y, Z, g = _three_levels(7, sd_last=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        est = MixedLMRegressor(reml=False).fit(X, y, groups=g, Z=Z)
+    ci = est.conf_int(method="profile")
+    brute = _BruteProfile(X, y, Z, g, est)
+    for name in _BruteProfile.NAMES:
+        for side in ("lower", "upper"):
+            value = ci.loc[name, side]
+            if value == 0.0 or abs(value) == 1.0:
+                assert brute(name, value) < Z95**2, (name, side, value)
+            else:
+                assert brute(name, value) == pytest.approx(Z95**2, abs=1e-4), (name, side, value)
+    assert ci.loc["sd_z2|group", "lower"] == 0.0
+    assert -0.99 < ci.loc["cor_z1.z0|group", "lower"] < -0.96
+    assert ci.loc["cor_z2.z0|group"].tolist() == [-1.0, 1.0]
+    # the fixed effects: the deviance with beta_j = b is the model of y - b x_j without x_j
+    design = np.column_stack([np.ones(len(y)), X])
+    for j, name in enumerate(ci.index[len(_BruteProfile.NAMES):]):
+        for side in ("lower", "upper"):
+            b = ci.loc[name, side]
+            held = _BruteProfile(X, y, Z, g, est)
+            held.args = (np.delete(design, j, axis=1), y - b * design[:, j], Z, g)
+            assert held(name, b) == pytest.approx(Z95**2, abs=1e-4), (name, side, b)
 
 
 def test_profile_reml_fits_use_ml_deviance():
