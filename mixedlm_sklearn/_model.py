@@ -295,6 +295,18 @@ class FittedModel:
         """Parameters of the residual correlation (0 with independent residuals)."""
         return 0 if self.correlation is None else 1
 
+    @property
+    def correlation_names(self) -> list:
+        """nlme's names of the residual correlation's parameters (empty with independent
+        residuals)."""
+        return [] if self.correlation is None else [self.correlation.name]
+
+    @property
+    def correlation_values(self) -> np.ndarray:
+        """The residual correlation's parameters at the fit (nlme's scale), as
+        :attr:`correlation_names`."""
+        return np.array([] if self.correlation is None else [self.correlation.value], dtype=float)
+
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
         random effects' modes, or at population level (``X beta + offset``)."""
@@ -389,10 +401,7 @@ class FittedModel:
         if isinstance(self.deviance, GLMMDeviance):
             return self._refit_glmm(reml, x0, fixed, columns)
         if self.correlation is not None:
-            raise NotImplementedError(
-                "refits of a model with correlated residuals (by ML, with held parameters or "
-                "other columns) are not supported yet: fit the models to compare with the "
-                "estimator (e.g. reml=False) and compare them with lr_test")
+            return self._refit_correlated(reml, fixed, columns)
         if fixed or columns is not None:
             raise NotImplementedError("a linear model's refit with held parameters or other "
                                       "columns goes through its cross-products")
@@ -405,6 +414,20 @@ class FittedModel:
             else:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
+
+    def _refit_correlated(self, reml, fixed, columns) -> "FittedModel":
+        """A refit of a model with correlated residuals: the correlation parameter searched
+        again (:func:`._correlation.fit_correlated`), every refit from scratch."""
+        if fixed or columns is not None:
+            raise NotImplementedError(
+                "refits of a model with correlated residuals with held parameters or other "
+                "columns are not supported yet: fit the models to compare with the estimator "
+                "and compare them with lr_test")
+        corr = self.correlation
+        reml = self.reml if reml is None else bool(reml)
+        with single_threaded_blas():
+            dev, sol, info, fitted = corr.refit(reml, self.max_iter, self.tol)
+        return dataclasses.replace(self, deviance=dev, solution=sol, info=info, correlation=fitted)
 
     def _refit_glmm(self, reml, x0, fixed, columns) -> "FittedModel":
         if reml:
@@ -456,7 +479,6 @@ _NOT_WITH_CORRELATION = {
     "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
     "random-refit": "refitting with reduced random effects (ranova)",
-    "simulation": "simulating responses (simulate, bootstrap, power)",
     "variance-components": "R2 and the ICC",
 }
 
