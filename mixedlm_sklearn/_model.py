@@ -332,6 +332,12 @@ class FittedModel:
             X = self.deviance.X
             ztz = [Z.T @ Z for _, Z in self.deviance.factors]
             return beta, X.T @ X, X.sum(axis=0), float(X.shape[0]), ztz
+        if self.correlation is not None:
+            # the deviance's cross-products are those of the whitened rows: the moments of
+            # the rows as given (R2's variances are of the data, the residual's sigma^2)
+            data = self.correlation.data
+            ztz = [Z.T @ Z for _, Z in data.factors]
+            return beta, data.X.T @ data.X, data.X.sum(axis=0), float(data.X.shape[0]), ztz
         cp = self.deviance.cp.combined()
         if cp.origin is not None:
             beta = cp.origin.centred_beta(beta)
@@ -479,7 +485,6 @@ _NOT_WITH_CORRELATION = {
     "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
     "random-refit": "refitting with reduced random effects (ranova)",
-    "variance-components": "R2 and the ICC",
 }
 
 

@@ -352,7 +352,7 @@ def test_summary_and_print_report_the_correlation_and_wald_z_tests():
     np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["r2", "icc", "ranova"])
+@pytest.mark.parametrize("method", ["ranova"])
 def test_methods_that_ignore_the_correlation_refuse(method):
     _, _, est = _ovary("ovary_ar1_reml")
     with pytest.raises(ValueError, match="correlated residuals"):
