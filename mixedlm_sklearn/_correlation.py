@@ -35,6 +35,7 @@ two rows, the whitening and the log-determinant.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -578,10 +579,18 @@ class FittedCorrelation:
 
         return side(-1), side(+1)
 
-    def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None):
-        """The model fitted again to the same rows (``reml`` default as fitted):
+    def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None,
+              random: tuple | None = None):
+        """The model fitted again to the same rows (``reml`` default as fitted; ``random``:
+        other random effects ``(factors, terms)``, the factors in the rows' own order):
         :func:`fit_correlated`'s ``(deviance, solution, info, FittedCorrelation)``."""
-        return fit_correlated(self.data, self.reml if reml is None else bool(reml), self.group_name,
+        data = self.data
+        if random is not None:
+            factors, terms = random
+            o = data.rows.order
+            data = dataclasses.replace(data, terms=terms, factors=tuple(
+                (np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors))
+        return fit_correlated(data, self.reml if reml is None else bool(reml), self.group_name,
                               self.solver, self.max_iter if max_iter is None else max_iter,
                               self.tol if tol is None else tol)
 

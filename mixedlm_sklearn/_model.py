@@ -421,6 +421,23 @@ class FittedModel:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
 
+    def deviance_with_random_effects(self, factors: list, terms: Terms) -> float:
+        """The deviance (the fit's criterion) of the fit's rows with other random effects
+        (``factors``: per term the rows' levels and design, in the rows' order; ``terms``
+        their :class:`._terms.Terms`), minimised over every parameter: ranova's reduced
+        models. With correlated residuals the correlation stays and is searched again."""
+        d = self._rows()
+        if self.correlation is not None:
+            return float(self.correlation.refit(self.reml, self.max_iter, self.tol,
+                                                random=(factors, terms))[1].deviance)
+        cp = cross_products(d.X, d.y, factors, terms, d.weights, d.strata, d.n_strata,
+                            intercept=d.intercept)
+        if self.rank is not None:
+            cp = cp.select_fixed(np.flatnonzero(self.rank.kept))
+        with np.errstate(all="ignore"):
+            _, sol, _ = fit_model(cp, self.reml, max_iter=self.max_iter, tol=self.tol)
+        return float(sol.deviance)
+
     def _refit_correlated(self, reml, fixed, columns) -> "FittedModel":
         """A refit of a model with correlated residuals: the correlation parameter searched
         again (:func:`._correlation.fit_correlated`), every refit from scratch."""
@@ -484,7 +501,6 @@ _NOT_WITH_CORRELATION = {
     "satterthwaite": "Satterthwaite's df",
     "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
-    "random-refit": "refitting with reduced random effects (ranova)",
 }
 
 

@@ -352,15 +352,32 @@ def test_summary_and_print_report_the_correlation_and_wald_z_tests():
     np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["ranova"])
-def test_methods_that_ignore_the_correlation_refuse(method):
+def test_methods_that_ignore_the_correlation_refuse():
     _, _, est = _ovary("ovary_ar1_reml")
-    with pytest.raises(ValueError, match="correlated residuals"):
-        getattr(est, method)()
     with pytest.raises(ValueError, match="correlated residuals"):
         est.conf_int(method="profile")
     with pytest.raises(ValueError, match="correlated residuals"):
         est.summary(ddf="kenward-roger")
+
+
+def test_ranova_keeps_the_correlation_as_nlme_anova():
+    """ranova drops a random-effects term and keeps the residual correlation, searched
+    again: nlme's anova of the REML fits with and without the term (ranova_correlated.json:
+    Ovary's AR(1) lme against its gls, BodyWeight's CAR1 (Time | Rat) against (1 | Rat))."""
+    from mixedlm_sklearn import lmer
+
+    ref = json.loads((STRUCT_DIR / "ranova_correlated.json").read_text())
+    _, _, ovary = _ovary("ovary_ar1_reml")
+    df, _ = _load("bodyweight_car1_reml")
+    bodyweight = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    for est, r in ((ovary, ref["ovary"]), (bodyweight, ref["bodyweight"])):
+        table = est.ranova()
+        assert table["logLik"].iloc[1] >= r["llf_reduced"] - 1e-6
+        np.testing.assert_allclose(table["logLik"].to_numpy(), [r["llf_full"], r["llf_reduced"]],
+                                   rtol=1e-7)
+        np.testing.assert_allclose(table["LRT"].iloc[1], r["L_ratio"], rtol=1e-5)
+        assert list(table["npar"]) == list(r["df"])
+        np.testing.assert_allclose(table["Pr(>Chisq)"].iloc[1], r["p"], rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["ovary_ar1_ml", "ovary_ar1_reml"])
