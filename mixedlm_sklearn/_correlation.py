@@ -579,6 +579,16 @@ class FittedCorrelation:
 
         return side(-1), side(+1)
 
+    def solution_at(self, x: np.ndarray, u: float, prototype):
+        """The solution (deviance with ``log|R|``) at ``x = (theta, eta)`` and internal
+        correlation parameter ``u``, no optimisation; ``prototype`` a deviance of the
+        whitened data whose plan serves."""
+        value = self.structure.value(float(u), self.data.rows)
+        inner = prototype.with_data(self.data.cross_products(value), self.reml)
+        dev = WhitenedDeviance(inner, self.structure.logdet(self.data.rows, value))
+        with np.errstate(all="ignore"):
+            return dev.solution(np.asarray(x, dtype=float))
+
     def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None,
               random: tuple | None = None):
         """The model fitted again to the same rows (``reml`` default as fitted; ``random``:

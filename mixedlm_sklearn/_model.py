@@ -224,6 +224,8 @@ class FittedModel:
         finite (t and F) ones only where the scale is estimated."""
         if self.scale_estimated and self.correlation is None:
             return ("satterthwaite", "kenward-roger", "asymptotic")
+        if self.scale_estimated:  # Kenward-Roger's adjustment is not derived for correlated residuals
+            return ("satterthwaite", "asymptotic")
         return ("asymptotic",)
 
     def supports(self, feature: str) -> str | None:
@@ -236,13 +238,15 @@ class FittedModel:
         "refits" (refits with held parameters: profiles).
 
         With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
-        hold the correlation parameter, whose estimation these methods would have to take
-        into account: they are refused, naming what works (Wald tests with z statistics)."""
+        hold the correlation parameter, whose estimation Kenward-Roger's adjustment and the
+        profiles of theta would have to take into account: they are refused, naming what
+        works (Satterthwaite's df, z tests, the correlation parameter's own profile)."""
         if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
             return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
-                    f"({self.correlation.structure.nlme_class}) is not supported yet; its Wald "
-                    "tests are asymptotic (z and chi-square: summary(), wald_test(..., "
-                    "ddf='asymptotic'), conf_int(method='wald'))")
+                    f"({self.correlation.structure.nlme_class}) is not supported yet; its "
+                    "tests take Satterthwaite's df (summary(), wald_test(..., "
+                    "ddf='satterthwaite')) or are asymptotic (ddf='asymptotic', "
+                    "conf_int(method='wald'))")
         if feature in ("satterthwaite", "kenward-roger"):
             if self.scale_estimated:
                 return None
@@ -421,6 +425,26 @@ class FittedModel:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
 
+    def variance_parameters(self) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+        """The variance parameters other than sigma at the fit and the evaluation at given
+        ones (Satterthwaite's derivatives): ``v = (theta, eta)``, with correlated residuals
+        followed by the correlation's internal parameter (held where the estimate is on
+        the bound of independent residuals). ``evaluate(v)`` has the ``deviance`` (sigma
+        profiled), ``r2`` and ``a_inv`` (``Cov(beta) = sigma^2 a_inv``) there."""
+        from ._basis import Conditioned
+
+        corr = self.correlation
+        if corr is None:
+            return self.x.copy(), Conditioned(self.deviance).evaluate
+        if not np.isfinite(corr.internal):
+            return self.x.copy(), self.deviance.solution
+        n, inner = self.x.size, self.deviance.inner
+
+        def evaluate(v: np.ndarray) -> Any:
+            return corr.solution_at(v[:n], float(v[n]), inner)
+
+        return np.append(self.x, corr.internal), evaluate
+
     def deviance_with_random_effects(self, factors: list, terms: Terms) -> float:
         """The deviance (the fit's criterion) of the fit's rows with other random effects
         (``factors``: per term the rows' levels and design, in the rows' order; ``terms``
@@ -498,7 +522,6 @@ class FittedModel:
 
 # What a model with correlated residuals does not support yet (feature -> what it is).
 _NOT_WITH_CORRELATION = {
-    "satterthwaite": "Satterthwaite's df",
     "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
 }

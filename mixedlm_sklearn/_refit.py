@@ -400,13 +400,16 @@ class CorrelatedRefitter:
         around it, the inner fits locally from ``x0``
         (:func:`~._correlation.fit_correlated`); None: every refit as a plain fit runs.
     max_iter, tol : as the estimator's.
+    rows : Rows, optional
+        The rows the responses belong to (as :attr:`Refitter.rows`).
     """
 
     batch_size = _BATCH
 
     def __init__(self, correlation: Any, reml: bool, offset: np.ndarray | None = None,
                  columns: np.ndarray | None = None, max_iter: int = 1000, tol: float = 1e-8,
-                 start: tuple | None = None) -> None:
+                 start: tuple | None = None, rows: Rows | None = None) -> None:
+        self.rows = rows
         data = correlation.data
         if columns is not None:
             data = dataclasses.replace(data, X=np.ascontiguousarray(data.X[:, np.asarray(columns)]))
@@ -424,7 +427,7 @@ class CorrelatedRefitter:
     @classmethod
     def of_model(cls, model: FittedModel) -> "CorrelatedRefitter":
         return cls(model.correlation, model.reml, model.design.offset, None, model.max_iter,
-                   model.tol, (model.correlation.value, model.x, model.deviance))
+                   model.tol, (model.correlation.value, model.x, model.deviance), model_rows(model))
 
     def products(self, Y: np.ndarray) -> np.ndarray:
         """The responses without offset, in residual-group order (n, k)."""
@@ -478,11 +481,12 @@ def rows_refitters(model: FittedModel, rows: Rows, params: Any, keep: np.ndarray
         offset = model.design.offset
         start = (float(params.correlation[0]), params.x(rows.terms), model.deviance)
         full = CorrelatedRefitter(model.correlation, reml, offset, None, model.max_iter, model.tol,
-                                  start)
+                                  start, rows)
         if keep is None:
             return full, None
         return full, CorrelatedRefitter(model.correlation, False, offset, keep, model.max_iter,
-                                        model.tol, start)
+                                        model.tol, start,
+                                        dataclasses.replace(rows, X=np.ascontiguousarray(rows.X[:, keep])))
     if not model.profiled_beta:
         # the refits' deviance on these rows (every refit replaces the response)
         dev = GLMMDeviance(rows.X, np.zeros(rows.n),

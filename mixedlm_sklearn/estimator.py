@@ -1300,8 +1300,9 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         alpha : float, default=0.05
             One minus the level of the confidence intervals in the table.
         ddf : {"satterthwaite", "kenward-roger", "asymptotic"}, optional
-            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's;
-            Wald z tests (``"asymptotic"``) for a model with correlated residuals.
+            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's
+            (with correlated residuals too; Kenward-Roger's is not available for them);
+            ``"asymptotic"``: Wald z tests.
 
         Returns
         -------

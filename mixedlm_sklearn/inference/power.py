@@ -338,7 +338,7 @@ class _PowerJob:
                 if self.test == "satterthwaite":  # Satterthwaite's df need the refit's model
                     rep = dataclasses.replace(self.model, deviance=dev, solution=sol,
                                               info=out.info, terms=self.full.rows.terms,
-                                              design=None)
+                                              design=None, correlation=out.correlation)
                 pvalues[j] = _wald_pvalue(rep, sol, self.cols, self.test == "satterthwaite")
             status[j] = OK if converged else NOT_CONVERGED
         return {"pvalues": pvalues, "status": status, "messages": messages}

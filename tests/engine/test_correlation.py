@@ -339,12 +339,13 @@ def test_a_singular_residual_correlation_at_the_estimate_warns():
 # ---- inference -----------------------------------------------------------------------------------
 
 
-def test_summary_and_print_report_the_correlation_and_wald_z_tests():
+def test_summary_and_print_report_the_correlation_and_its_tests():
     _, ref, est = _ovary("ovary_ar1_reml")
     s = est.summary()
-    assert s.ddf == "asymptotic"
+    assert s.ddf == "Satterthwaite"  # the df's own test: tests/inference/test_inference.py
     assert "corAR1(form = ~ visit | Mare), Phi = 0.607442" in str(s)
     np.testing.assert_allclose(s.fixed_effects["std_error"], ref["bse_fe"], rtol=1e-4)
+    assert est.summary(ddf="asymptotic").ddf == "asymptotic"
     assert "Residual correlation: corAR1" in str(est)
     # the Wald intervals of the fixed effects use nlme's covariance of beta
     ci = est.conf_int()
