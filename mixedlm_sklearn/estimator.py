@@ -1596,7 +1596,7 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return ranova(self)
 
-    def emmeans(self, specs: Any, at: dict | None = None, ddf: str = "kenward-roger",
+    def emmeans(self, specs: Any, at: dict | None = None, ddf: str | None = None,
                 level: float = 0.95, by: Any = None):
         """Estimated marginal means of a formula fit (emmeans).
 
@@ -1607,8 +1607,10 @@ class MixedLMRegressor(FormulaMode, RegressorMixin, BaseEstimator):
             an emmeans formula (``"~ N | V"``, ``"pairwise ~ N | V"``).
         at : dict, optional
             Values of covariates (default their means) or levels at which to evaluate.
-        ddf : {"kenward-roger", "satterthwaite"}, default="kenward-roger"
-            The degrees of freedom of the means' t intervals, as emmeans.
+        ddf : {"kenward-roger", "satterthwaite"}, optional
+            The degrees of freedom of the means' t intervals, as emmeans. Default
+            Kenward-Roger's, Satterthwaite's where the model has no Kenward-Roger df
+            (correlated residuals).
         level : float, default=0.95
             Confidence level of the intervals.
         by : str or list of str, optional

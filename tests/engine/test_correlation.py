@@ -500,3 +500,19 @@ def test_the_iterative_solver_is_refused():
     X, y, g, t = _small()
     with pytest.raises(NotImplementedError, match="solver='exact'"):
         MixedLMRegressor(correlation="ar1", solver="iterative").fit(X, y, groups=g)
+
+
+def test_emmeans_of_a_correlated_fit_take_satterthwaite_df():
+    """Without Kenward-Roger's df for correlated residuals, emmeans defaults to
+    Satterthwaite's: each mean's df is satterthwaite_df of its row of the design at the
+    mean time (BodyWeight's CAR1 fit)."""
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.inference import satterthwaite_df
+
+    df, _ = _load("bodyweight_car1_reml")
+    m = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    table = m.emmeans("Diet").table.frame()
+    t = df.Time.mean()
+    L = np.array([[1, t, 0, 0, 0, 0], [1, t, 1, 0, t, 0], [1, t, 0, 1, 0, t]], dtype=float)
+    np.testing.assert_allclose(table["df"].to_numpy(), satterthwaite_df(m, L), rtol=1e-10)
+    np.testing.assert_allclose(table["emmean"].to_numpy(), L @ m.fe_params_.to_numpy(), rtol=1e-10)
