@@ -35,6 +35,7 @@ two rows, the whitening and the log-determinant.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -172,6 +173,12 @@ class CorrelationStructure:
         """``log|R| = sum_g log|R_g|``."""
         raise NotImplementedError
 
+    def colour(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
+        """``L M`` of rows ``M`` in residual-group order (n, k): the inverse of
+        :meth:`whiten`, so that ``L z`` of standard normal ``z`` has covariance ``R``
+        (simulated residuals)."""
+        raise NotImplementedError
+
     def dense(self, value: float, times: np.ndarray) -> np.ndarray:
         """``R_g`` of one group with times ``times`` (tests' oracle, printing)."""
         t = np.asarray(times, dtype=float)
@@ -199,6 +206,19 @@ class _Markov(CorrelationStructure):
     def logdet(self, rows: CorrelationRows, value: float) -> float:
         c = self._lag_corr(rows, value)
         return float(np.log1p(-c * c).sum())
+
+    def colour(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
+        # e_t = c_t e_{t-1} + sqrt(1 - c_t^2) z_t: one step per position within a group,
+        # all groups at once (the first row of a group has c = 0)
+        c = self._lag_corr(rows, value)
+        out = M * np.sqrt(1.0 - c * c)[:, None]
+        position = np.arange(rows.n) - np.repeat(rows.starts, rows.sizes)
+        by_position = np.argsort(position, kind="stable")
+        bounds = np.searchsorted(position[by_position], np.arange(1, rows.n_max + 1))
+        for k in range(1, rows.n_max):
+            at = by_position[bounds[k - 1]:bounds[k]]
+            out[at] += c[at, None] * out[at - 1]
+        return out
 
 
 class AR1(_Markov):
@@ -299,6 +319,16 @@ class CompoundSymmetry(CorrelationStructure):
     def logdet(self, rows, value):
         n_g = rows.sizes.astype(float)
         return float(((n_g - 1.0) * np.log1p(-value) + np.log1p((n_g - 1.0) * value)).sum())
+
+    def colour(self, M, rows, value):
+        # the symmetric root R_g^{1/2} = a (I - P) + b P, a = (1 - rho)^{1/2},
+        # b = (1 + (n_g - 1) rho)^{1/2}
+        n_g = rows.sizes.astype(float)
+        a = np.sqrt(1.0 - value)
+        b = np.sqrt(1.0 + (n_g - 1.0) * value)
+        means = np.add.reduceat(M, rows.starts, axis=0) / n_g[:, None]
+        per_row = np.repeat(np.arange(rows.starts.size), rows.sizes)
+        return a * M + ((b - a)[:, None] * means)[per_row]
 
 
 STRUCTURES: dict[str, type[CorrelationStructure]] = {
@@ -424,6 +454,11 @@ class WhitenedDeviance:
     def n_params(self) -> int:
         return self._inner.n_params
 
+    @property
+    def inner(self):
+        """The deviance of the whitened data (its plan serves other responses)."""
+        return self._inner
+
     def __call__(self, x: np.ndarray) -> float:
         return float(self._inner(x)) + self.logdet
 
@@ -544,23 +579,103 @@ class FittedCorrelation:
 
         return side(-1), side(+1)
 
+    def solution_at(self, x: np.ndarray, u: float, prototype):
+        """The solution (deviance with ``log|R|``) at ``x = (theta, eta)`` and internal
+        correlation parameter ``u``, no optimisation; ``prototype`` a deviance of the
+        whitened data whose plan serves."""
+        value = self.structure.value(float(u), self.data.rows)
+        inner = prototype.with_data(self.data.cross_products(value), self.reml)
+        dev = WhitenedDeviance(inner, self.structure.logdet(self.data.rows, value))
+        with np.errstate(all="ignore"):
+            return dev.solution(np.asarray(x, dtype=float))
+
+    def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None,
+              random: tuple | None = None):
+        """The model fitted again to the same rows (``reml`` default as fitted; ``random``:
+        other random effects ``(factors, terms)``, the factors in the rows' own order):
+        :func:`fit_correlated`'s ``(deviance, solution, info, FittedCorrelation)``."""
+        data = self.data
+        if random is not None:
+            factors, terms = random
+            o = data.rows.order
+            data = dataclasses.replace(data, terms=terms, factors=tuple(
+                (np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors))
+        return fit_correlated(data, self.reml if reml is None else bool(reml), self.group_name,
+                              self.solver, self.max_iter if max_iter is None else max_iter,
+                              self.tol if tol is None else tol)
+
     def describe(self) -> str:
         """nlme's spelling of the structure and the estimate: ``corAR1(form = ~ visit | Mare),
         Phi = 0.607``."""
         return f"{self.structure.nlme_class}(form = {self.group_name}), {self.name} = {self.value:.6g}"
 
 
+def _deviance_from(data: CorrelatedRows, reml: bool, prototype, x0: np.ndarray, max_iter: int,
+                   tol: float, value: float):
+    """As :func:`_deviance_at`, theta re-optimised by a local search from ``x0`` on the plan
+    of ``prototype`` (a deviance of the same terms): the refits' inner fit."""
+    from ._model import minimise
+
+    st, rows = data.structure, data.rows
+    cp = data.cross_products(value)
+    with np.errstate(all="ignore"):
+        inner = prototype.with_data(cp, reml)
+        sol, info = minimise(inner, x0, max_iter=max_iter, tol=tol, search=True, multistart=False)
+    dev = WhitenedDeviance(inner, st.logdet(rows, value))
+    sol = dev.solution(sol.x)
+    return float(sol.deviance), dev, sol, info
+
+
+# Half-width (internal units) of the bracket a refit searches around its start; an optimum
+# on its edge sends the refit to the full search.
+_START_HALF_WIDTH = 3.0
+
+
 def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: str = "auto",
-                   max_iter: int = 1000, tol: float = 1e-8):
+                   max_iter: int = 1000, tol: float = 1e-8, start: tuple | None = None):
     """Deviance, solution, optimiser report and :class:`FittedCorrelation` of a correlated
     model: the deviance profiled over the correlation parameter (theta re-optimised at each
     value), minimised over a grid of starts then by a bounded Brent search around the best
     (the profile in the correlation may have several local optima; the grid catches the far
-    ones)."""
+    ones).
+
+    ``start`` (a refit to a response simulated from known parameters): ``(u0, x0, dev0)``,
+    the internal correlation parameter and ``(theta, eta)`` the response was drawn from and
+    a deviance whose plan serves the inner fits. The search then runs in a bracket around
+    ``u0`` and the inner fits locally from ``x0`` (as the refits of independent residuals:
+    ``._refit.REFIT_MULTISTART``); an optimum on the bracket's edge runs the full search.
+    """
     from scipy import optimize
 
     st, rows = data.structure, data.rows
     lo, hi = st.bounds(rows)
+    if start is not None:
+        u0, x0, prototype = start
+        if np.isfinite(u0):
+            a = max(lo, float(u0) - _START_HALF_WIDTH)
+            b = min(hi, float(u0) + _START_HALF_WIDTH)
+            local: dict = {}
+
+            def near(u: float):
+                u = float(u)
+                if u not in local:
+                    local[u] = _deviance_from(data, reml, prototype, x0, max_iter, tol,
+                                              st.value(u, rows))
+                return local[u]
+
+            res = optimize.minimize_scalar(lambda u: near(u)[0], bounds=(a, b), method="bounded",
+                                           options={"xatol": _XATOL, "maxiter": 200})
+            u_hat = float(res.x)
+            inside = (u_hat - a > 1e-3 or a == lo) and (b - u_hat > 1e-3 or b == hi)
+            if inside and np.isfinite(res.fun):
+                _, dev, sol, info = near(u_hat)
+                on_edge = _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, a, sol)
+                if on_edge is not None:
+                    (_, dev, sol, info), u_hat = on_edge, -np.inf
+                value = st.boundary_value() if not np.isfinite(u_hat) else st.value(u_hat, rows)
+                fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml,
+                                           float(sol.deviance), solver, max_iter, tol)
+                return dev, sol, info, fitted
     cache: dict = {}
 
     def at(u: float):
@@ -591,3 +706,13 @@ def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: st
     fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(sol.deviance),
                                solver, max_iter, tol)
     return dev, sol, info, fitted
+
+
+def _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, a, sol):
+    """The fit at the bound of independent residuals where a bracket reaching down to the
+    lowest bound ends there and the bound is better (None otherwise)."""
+    edge = st.boundary_value()
+    if edge is None or u_hat - a > 1e-3:
+        return None
+    on_edge = _deviance_at(data, reml, solver, max_iter, tol, edge)
+    return on_edge if on_edge[0] <= sol.deviance else None

@@ -225,6 +225,8 @@ class FittedModel:
         finite (t and F) ones only where the scale is estimated."""
         if self.scale_estimated and self.correlation is None:
             return ("satterthwaite", "kenward-roger", "asymptotic")
+        if self.scale_estimated:  # Kenward-Roger's adjustment is not derived for correlated residuals
+            return ("satterthwaite", "asymptotic")
         return ("asymptotic",)
 
     def supports(self, feature: str) -> str | None:
@@ -237,13 +239,15 @@ class FittedModel:
         "refits" (refits with held parameters: profiles).
 
         With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
-        hold the correlation parameter, whose estimation these methods would have to take
-        into account: they are refused, naming what works (Wald tests with z statistics)."""
+        hold the correlation parameter, whose estimation Kenward-Roger's adjustment and the
+        profiles of theta would have to take into account: they are refused, naming what
+        works (Satterthwaite's df, z tests, the correlation parameter's own profile)."""
         if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
             return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
-                    f"({self.correlation.structure.nlme_class}) is not supported yet; its Wald "
-                    "tests are asymptotic (z and chi-square: summary(), wald_test(..., "
-                    "ddf='asymptotic'), conf_int(method='wald'))")
+                    f"({self.correlation.structure.nlme_class}) is not supported yet; its "
+                    "tests take Satterthwaite's df (summary(), wald_test(..., "
+                    "ddf='satterthwaite')) or are asymptotic (ddf='asymptotic', "
+                    "conf_int(method='wald'))")
         if feature in ("satterthwaite", "kenward-roger"):
             if self.scale_estimated:
                 return None
@@ -296,6 +300,18 @@ class FittedModel:
         """Parameters of the residual correlation (0 with independent residuals)."""
         return 0 if self.correlation is None else 1
 
+    @property
+    def correlation_names(self) -> list:
+        """nlme's names of the residual correlation's parameters (empty with independent
+        residuals)."""
+        return [] if self.correlation is None else [self.correlation.name]
+
+    @property
+    def correlation_values(self) -> np.ndarray:
+        """The residual correlation's parameters at the fit (nlme's scale), as
+        :attr:`correlation_names`."""
+        return np.array([] if self.correlation is None else [self.correlation.value], dtype=float)
+
     def linear_predictor(self, population: bool = False) -> np.ndarray:
         """The linear predictor on the fit's rows (offset included): conditional on the
         random effects' modes, or at population level (``X beta + offset``)."""
@@ -321,6 +337,12 @@ class FittedModel:
             X = self.deviance.X
             ztz = [Z.T @ Z for _, Z in self.deviance.factors]
             return beta, X.T @ X, X.sum(axis=0), float(X.shape[0]), ztz
+        if self.correlation is not None:
+            # the deviance's cross-products are those of the whitened rows: the moments of
+            # the rows as given (R2's variances are of the data, the residual's sigma^2)
+            data = self.correlation.data
+            ztz = [Z.T @ Z for _, Z in data.factors]
+            return beta, data.X.T @ data.X, data.X.sum(axis=0), float(data.X.shape[0]), ztz
         cp = self.deviance.cp.combined()
         if cp.origin is not None:
             beta = cp.origin.centred_beta(beta)
@@ -390,10 +412,7 @@ class FittedModel:
         if isinstance(self.deviance, GLMMDeviance):
             return self._refit_glmm(reml, x0, fixed, columns)
         if self.correlation is not None:
-            raise NotImplementedError(
-                "refits of a model with correlated residuals (by ML, with held parameters or "
-                "other columns) are not supported yet: fit the models to compare with the "
-                "estimator (e.g. reml=False) and compare them with lr_test")
+            return self._refit_correlated(reml, fixed, columns)
         if fixed or columns is not None:
             raise NotImplementedError("a linear model's refit with held parameters or other "
                                       "columns goes through its cross-products")
@@ -406,6 +425,57 @@ class FittedModel:
             else:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
+
+    def variance_parameters(self) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+        """The variance parameters other than sigma at the fit and the evaluation at given
+        ones (Satterthwaite's derivatives): ``v = (theta, eta)``, with correlated residuals
+        followed by the correlation's internal parameter (held where the estimate is on
+        the bound of independent residuals). ``evaluate(v)`` has the ``deviance`` (sigma
+        profiled), ``r2`` and ``a_inv`` (``Cov(beta) = sigma^2 a_inv``) there."""
+        from ._basis import Conditioned
+
+        corr = self.correlation
+        if corr is None:
+            return self.x.copy(), Conditioned(self.deviance).evaluate
+        if not np.isfinite(corr.internal):
+            return self.x.copy(), self.deviance.solution
+        n, inner = self.x.size, self.deviance.inner
+
+        def evaluate(v: np.ndarray) -> Any:
+            return corr.solution_at(v[:n], float(v[n]), inner)
+
+        return np.append(self.x, corr.internal), evaluate
+
+    def deviance_with_random_effects(self, factors: list, terms: Terms) -> float:
+        """The deviance (the fit's criterion) of the fit's rows with other random effects
+        (``factors``: per term the rows' levels and design, in the rows' order; ``terms``
+        their :class:`._terms.Terms`), minimised over every parameter: ranova's reduced
+        models. With correlated residuals the correlation stays and is searched again."""
+        d = self._rows()
+        if self.correlation is not None:
+            return float(self.correlation.refit(self.reml, self.max_iter, self.tol,
+                                                random=(factors, terms))[1].deviance)
+        cp = cross_products(d.X, d.y, factors, terms, d.weights, d.strata, d.n_strata,
+                            intercept=d.intercept)
+        if self.rank is not None:
+            cp = cp.select_fixed(np.flatnonzero(self.rank.kept))
+        with np.errstate(all="ignore"):
+            _, sol, _ = fit_model(cp, self.reml, max_iter=self.max_iter, tol=self.tol)
+        return float(sol.deviance)
+
+    def _refit_correlated(self, reml, fixed, columns) -> "FittedModel":
+        """A refit of a model with correlated residuals: the correlation parameter searched
+        again (:func:`._correlation.fit_correlated`), every refit from scratch."""
+        if fixed or columns is not None:
+            raise NotImplementedError(
+                "refits of a model with correlated residuals with held parameters or other "
+                "columns are not supported yet: fit the models to compare with the estimator "
+                "and compare them with lr_test")
+        corr = self.correlation
+        reml = self.reml if reml is None else bool(reml)
+        with single_threaded_blas():
+            dev, sol, info, fitted = corr.refit(reml, self.max_iter, self.tol)
+        return dataclasses.replace(self, deviance=dev, solution=sol, info=info, correlation=fitted)
 
     def _refit_glmm(self, reml, x0, fixed, columns) -> "FittedModel":
         if reml:
@@ -450,12 +520,8 @@ class FittedModel:
 
 # What a model with correlated residuals does not support yet (feature -> what it is).
 _NOT_WITH_CORRELATION = {
-    "satterthwaite": "Satterthwaite's df",
     "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
-    "random-refit": "refitting with reduced random effects (ranova)",
-    "simulation": "simulating responses (simulate, bootstrap, power)",
-    "variance-components": "R2 and the ICC",
 }
 
 

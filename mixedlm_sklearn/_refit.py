@@ -27,8 +27,8 @@ from ._model import FittedModel, minimise
 from ._optimize import OptimizerInfo
 from ._terms import Terms
 
-__all__ = ["Rows", "model_rows", "Refit", "Refitter", "GLMMRefitter", "refitter_for",
-           "rows_refitters", "REFIT_MULTISTART"]
+__all__ = ["Rows", "model_rows", "Refit", "Refitter", "GLMMRefitter", "CorrelatedRefitter",
+           "refitter_for", "rows_refitters", "REFIT_MULTISTART"]
 
 # Responses simulated and refitted together: their cross-products come from one sparse
 # product, and the (n, batch) block of responses stays small (73,421 x 32 doubles for
@@ -71,6 +71,11 @@ class Rows:
     family, link : Family and Link, or None
         A GLMM's response distribution and link; None for a linear mixed model (normal
         residuals, identity link).
+    correlation : tuple or None
+        Correlated residuals within residual groups: the structure
+        (:class:`~._correlation.CorrelationStructure`) and the rows' arrangement
+        (:class:`~._correlation.CorrelationRows`); the parameter's value is one of the
+        parameters a response is drawn from. None: independent residuals.
     """
 
     X: np.ndarray
@@ -82,6 +87,7 @@ class Rows:
     offset: np.ndarray | None
     family: Family | None = None
     link: Link | None = None
+    correlation: tuple | None = None
 
     @property
     def n(self) -> int:
@@ -102,9 +108,11 @@ def model_rows(model: Any, what: str = "simulation") -> Rows:
     # a response drawn from the family (None: normal about the mean with the fit's scale)
     family = None if model.family.scale_estimated else model.family
     link = None if family is None else family.link
+    corr = model.correlation
+    correlation = None if corr is None else (corr.structure, corr.data.rows)
     return Rows(np.ascontiguousarray(X, dtype=float), tuple(design.factors), model.terms,
                 design.weights, design.strata, design.n_strata, getattr(design, "offset", None),
-                family, link)
+                family, link, correlation)
 
 
 # ---- refitting a model to new responses -----------------------------------------------------
@@ -128,10 +136,18 @@ class Refit:
     info: OptimizerInfo
     _solved: tuple | None = None
     _source: tuple | None = None  # (refitter, products, j) to solve on demand
+    # the refit's residual correlation (a FittedCorrelation) with correlated residuals
+    correlation: Any = None
 
     @property
     def x(self) -> np.ndarray:
         return np.concatenate([self.theta, 0.5 * np.log(self.ratios[1:])])
+
+    @property
+    def correlation_values(self) -> np.ndarray:
+        """The residual correlation's parameters of the refit (empty: independent
+        residuals), as :attr:`~._model.FittedModel.correlation_values`."""
+        return np.array([] if self.correlation is None else [self.correlation.value], dtype=float)
 
     @property
     def converged(self) -> bool:
@@ -362,6 +378,93 @@ class GLMMRefitter:
                                    design=dataclasses.replace(model.design, y=np.asarray(y, dtype=float)))
 
 
+class CorrelatedRefitter:
+    """Refits a model with correlated residuals to responses of its rows through its own
+    fitting path (:func:`~._correlation.fit_correlated`: the correlation parameter searched
+    as in the fit, theta, beta and sigma of the whitened data at each value). Only the
+    response changes: the rows' arrangement, whitening structure and designs are the fit's.
+
+    Parameters
+    ----------
+    correlation : FittedCorrelation
+        The fit's correlation (its rows in residual-group order and its settings).
+    reml : bool
+    offset : ndarray or None
+        The rows' offset (in the rows' own order), subtracted from the responses.
+    columns : ndarray of int, optional
+        Keep these fixed-effects columns only (a nested model).
+    start : tuple, optional
+        ``(value, x0, deviance)``: the correlation parameter (nlme's scale) and the
+        ``(theta, eta)`` the responses are drawn from, and a deviance of the fit (its plan
+        serves the inner fits). Each refit then searches the correlation in a bracket
+        around it, the inner fits locally from ``x0``
+        (:func:`~._correlation.fit_correlated`); None: every refit as a plain fit runs.
+    max_iter, tol : as the estimator's.
+    rows : Rows, optional
+        The rows the responses belong to (as :attr:`Refitter.rows`).
+    """
+
+    batch_size = _BATCH
+
+    def __init__(self, correlation: Any, reml: bool, offset: np.ndarray | None = None,
+                 columns: np.ndarray | None = None, max_iter: int = 1000, tol: float = 1e-8,
+                 start: tuple | None = None, rows: Rows | None = None) -> None:
+        self.rows = rows
+        data = correlation.data
+        if columns is not None:
+            data = dataclasses.replace(data, X=np.ascontiguousarray(data.X[:, np.asarray(columns)]))
+        self.data, self.correlation, self.reml, self.offset = data, correlation, bool(reml), offset
+        self.max_iter, self.tol = max_iter, tol
+        self.start = None
+        if start is not None:
+            value, x0, deviance = start
+            st = correlation.structure
+            edge = st.boundary_value()
+            u0 = -np.inf if edge is not None and value == edge else st.internal(value, data.rows)
+            inner = getattr(deviance, "inner", deviance)
+            self.start = (u0, np.asarray(x0, dtype=float), inner)
+
+    @classmethod
+    def of_model(cls, model: FittedModel) -> "CorrelatedRefitter":
+        return cls(model.correlation, model.reml, model.design.offset, None, model.max_iter,
+                   model.tol, (model.correlation.value, model.x, model.deviance), model_rows(model))
+
+    def products(self, Y: np.ndarray) -> np.ndarray:
+        """The responses without offset, in residual-group order (n, k)."""
+        if self.offset is not None:
+            Y = Y - self.offset[:, None]
+        return np.asarray(Y, dtype=float)[self.data.rows.order]
+
+    def refit_all(self, Y: np.ndarray) -> list:
+        """The refit (:class:`Refit`) to every column of ``Y`` (from :meth:`products`), or
+        why it failed."""
+        return [self.refit(Y[:, j]) for j in range(Y.shape[1])]
+
+    def refit(self, y_sorted: np.ndarray) -> Refit | str:
+        from ._correlation import fit_correlated
+
+        data = dataclasses.replace(self.data, y=np.ascontiguousarray(y_sorted))
+        corr = self.correlation
+        try:
+            dev, sol, info, fitted = fit_correlated(data, self.reml, corr.group_name, corr.solver,
+                                                    self.max_iter, self.tol, self.start)
+        except (FloatingPointError, ValueError, np.linalg.LinAlgError) as err:
+            return f"{type(err).__name__}: {err}"
+        if not (np.isfinite(sol.deviance) and np.isfinite(sol.scale) and sol.scale > 0):
+            return "the refit gave a non-finite deviance or a zero residual variance"
+        return Refit(sol.theta, sol.ratios, sol.beta, float(sol.scale), float(sol.deviance), info,
+                     _solved=(dev, sol), correlation=fitted)
+
+    def replicate_model(self, model: FittedModel, y: np.ndarray, refit: Refit) -> FittedModel:
+        """``model`` as refitted to the response ``y`` (offset included) by ``refit``."""
+        dev, sol = refit.solved()
+        design = model.design
+        y_model = y - design.offset if design.offset is not None else y
+        return dataclasses.replace(model, deviance=dev, solution=sol, info=refit.info,
+                                   correlation=refit.correlation,
+                                   design=dataclasses.replace(design, y=y_model))
+
+
 def rows_refitters(model: FittedModel, rows: Rows, params: Any, keep: np.ndarray | None = None,
                    reml: bool = False, resized: bool = False) -> tuple[Any, Any]:
     """Refitters of ``model`` on ``rows`` (the fit's, or resized ones: ``resized``), started
@@ -370,6 +473,20 @@ def rows_refitters(model: FittedModel, rows: Rows, params: Any, keep: np.ndarray
     maximum likelihood). A linear model is refitted through its cross-products (``reml``
     for the full model), a GLMM on its rows."""
     theta = rows.terms.theta_of(params.lams)
+    if model.correlation is not None:
+        if resized:
+            raise NotImplementedError(
+                "simulated designs with other numbers of levels (n_groups) are not supported "
+                "with correlated residuals: the residual groups would have to be resized too")
+        offset = model.design.offset
+        start = (float(params.correlation[0]), params.x(rows.terms), model.deviance)
+        full = CorrelatedRefitter(model.correlation, reml, offset, None, model.max_iter, model.tol,
+                                  start, rows)
+        if keep is None:
+            return full, None
+        return full, CorrelatedRefitter(model.correlation, False, offset, keep, model.max_iter,
+                                        model.tol, start,
+                                        dataclasses.replace(rows, X=np.ascontiguousarray(rows.X[:, keep])))
     if not model.profiled_beta:
         # the refits' deviance on these rows (every refit replaces the response)
         dev = GLMMDeviance(rows.X, np.zeros(rows.n),
@@ -399,4 +516,6 @@ def rows_refitters(model: FittedModel, rows: Rows, params: Any, keep: np.ndarray
 
 def refitter_for(model: Any) -> "Refitter | GLMMRefitter":
     """The refitter of a fit's own rows, started from its parameters."""
+    if model.correlation is not None:
+        return CorrelatedRefitter.of_model(model)
     return Refitter.of_model(model) if model.profiled_beta else GLMMRefitter.of_model(model)

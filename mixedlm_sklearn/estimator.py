@@ -1042,8 +1042,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         alpha : float, default=0.05
             One minus the level of the confidence intervals in the table.
         ddf : {"satterthwaite", "kenward-roger", "asymptotic"}, optional
-            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's;
-            Wald z tests (``"asymptotic"``) for a model with correlated residuals.
+            How the t tests' degrees of freedom are obtained. Default: Satterthwaite's
+            (with correlated residuals too; Kenward-Roger's is not available for them);
+            ``"asymptotic"``: Wald z tests.
 
         Returns
         -------
@@ -1337,7 +1338,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         check_is_fitted(self)
         return ranova(self)
 
-    def emmeans(self, specs: Any, at: dict | None = None, ddf: str = "kenward-roger",
+    def emmeans(self, specs: Any, at: dict | None = None, ddf: str | None = None,
                 level: float = 0.95, by: Any = None):
         """Estimated marginal means of a formula fit (emmeans).
 
@@ -1348,8 +1349,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             an emmeans formula (``"~ N | V"``, ``"pairwise ~ N | V"``).
         at : dict, optional
             Values of covariates (default their means) or levels at which to evaluate.
-        ddf : {"kenward-roger", "satterthwaite"}, default="kenward-roger"
-            The degrees of freedom of the means' t intervals, as emmeans.
+        ddf : {"kenward-roger", "satterthwaite"}, optional
+            The degrees of freedom of the means' t intervals, as emmeans. Default
+            Kenward-Roger's, Satterthwaite's where the model has no Kenward-Roger df
+            (correlated residuals).
         level : float, default=0.95
             Confidence level of the intervals.
         by : str or list of str, optional

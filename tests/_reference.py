@@ -46,6 +46,10 @@ NESTED_VARIDENT_CASES = ("oats_nested_varident_reml",)
 #: tests/engine/test_correlation.py).
 STRUCTURE_CASES = ("ovary_ar1_reml", "ovary_ar1_ml", "bodyweight_car1_reml", "orthodont_cs_reml")
 
+#: Inference references of the correlated fits, also in ``structures/`` (JSON only: the
+#: data are the STRUCTURE_CASES' CSVs): performance's r2/icc and nlme's anova.
+STRUCTURE_INFERENCE_FILES = ("r2_correlated.json", "ranova_correlated.json")
+
 #: glmmTMB fits of the families with a parameter (negative binomial, Gamma), also in
 #: ``structures/`` (see tests/glmm/test_glmm_families.py).
 FAMILY_CASES = ("grouseticks_nb_crossed", "gamma_log_sim")

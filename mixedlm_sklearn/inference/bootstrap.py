@@ -411,7 +411,7 @@ def bootstrap(est: Any, n_boot: int = 1000, random_state: Any = None, n_jobs: in
     if statistic is not None and not callable(statistic):
         raise TypeError(f"statistic must be a callable taking the fitted estimator, got {statistic!r}")
     rows = model_rows(model, "bootstrap")
-    sampler = Sampler(rows, Parameters.of(model.solution))
+    sampler = Sampler(rows, Parameters.of_model(model))
     refitter = refitter_for(model)
     names = parameter_names(model)
     estimate = lme4_parameters(model.solution, model)
@@ -715,7 +715,7 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
     rows = model_rows(model_s, "pb_test")
     model_rows(model_b, "pb_test")  # refuse before the refits below
     ml_s, ml_b = _ml(model_s), _ml(model_b)
-    sampler = Sampler(rows, Parameters.of(ml_s.solution))
+    sampler = Sampler(rows, Parameters.of_model(ml_s))
     start = time.perf_counter()
     job = _PBJob(sampler, refitter_for(ml_s), refitter_for(ml_b))
     out = run_replicates(job, replicate_generators(random_state, n_boot), n_jobs,
@@ -741,4 +741,10 @@ def pb_test(small: Any, big: Any, n_boot: int = 1000, random_state: Any = None,
 def _formula(est: Any) -> str | None:
     """The formula a fit came from, None for a fit from arrays."""
     formula = getattr(est, "formula", None)
-    return formula if isinstance(formula, str) else None
+    if not isinstance(formula, str):
+        return None
+    # the residual correlation is no part of the formula (nlme's correlation = argument)
+    corr = getattr(getattr(est, "model_", None), "correlation", None)
+    if corr is not None:
+        formula = f"{formula}, correlation = {corr.structure.nlme_class}(form = {corr.group_name})"
+    return formula

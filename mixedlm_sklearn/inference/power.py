@@ -196,7 +196,7 @@ def _relative_factor(cov: Any, scale: float, q: int, diagonal: bool, name: str) 
 
 
 def _parameters(model: FittedModel, effect: Any, term: list, cov_re: Any, scale: Any) -> Parameters:
-    params = Parameters.of(model.solution)
+    params = Parameters.of_model(model)
     names = list(model.fe_names)
     beta = params.beta.copy()
     if effect is not None:
@@ -233,7 +233,7 @@ def _parameters(model: FittedModel, effect: Any, term: list, cov_re: Any, scale:
         for k, t in enumerate(terms):
             if t.factor in cov_re:
                 lams[k] = _relative_factor(cov_re[t.factor], new_scale, t.q, t.diagonal, t.factor)
-    return Parameters(beta, lams, new_scale, params.ratios)
+    return Parameters(beta, lams, new_scale, params.ratios, correlation=params.correlation)
 
 
 def _meets_one(inner: np.ndarray, outer: np.ndarray) -> bool:
@@ -338,7 +338,7 @@ class _PowerJob:
                 if self.test == "satterthwaite":  # Satterthwaite's df need the refit's model
                     rep = dataclasses.replace(self.model, deviance=dev, solution=sol,
                                               info=out.info, terms=self.full.rows.terms,
-                                              design=None)
+                                              design=None, correlation=out.correlation)
                 pvalues[j] = _wald_pvalue(rep, sol, self.cols, self.test == "satterthwaite")
             status[j] = OK if converged else NOT_CONVERGED
         return {"pvalues": pvalues, "status": status, "messages": messages}

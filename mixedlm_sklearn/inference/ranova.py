@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._crossprod import cross_products
 from .._table import ResultTable
 from .._design import INTERCEPT, TermInput
-from .._model import fit_model
 from .._terms import Term, Terms
 from ._parameters import fitted_model, log_likelihood, n_parameters
 from ._protocol import require
@@ -260,16 +258,12 @@ def _array_reductions(model: Any) -> dict[str, list[TermInput]]:
 
 def _fit_random(model: Any, terms: Sequence[TermInput]) -> tuple[float, int]:
     """Log-likelihood and parameter count of the fit's data with other random effects."""
-    d = model.design
     model_terms = Terms([Term(t.name, t.z_names, int(t.codes.max()) + 1, t.diagonal)
                          for t in terms])
-    cp = cross_products(d.X, d.y, [(t.codes, t.Z) for t in terms], model_terms, d.weights,
-                        d.strata, d.n_strata, intercept=d.intercept)
-    if model.rank is not None:
-        cp = cp.select_fixed(np.flatnonzero(model.rank.kept))
-    with np.errstate(all="ignore"):
-        dev, sol, _ = fit_model(cp, model.reml, max_iter=model.max_iter, tol=model.tol)
-    return -0.5 * float(sol.deviance), len(model.fe_names) + model_terms.n_theta + d.n_strata
+    deviance = model.deviance_with_random_effects([(t.codes, t.Z) for t in terms], model_terms)
+    n_params = (len(model.fe_names) + model_terms.n_theta + model.design.n_strata
+                + len(model.correlation_names))
+    return -0.5 * deviance, n_params
 
 
 def ranova(est: Any) -> ResultTable:

@@ -7,7 +7,10 @@ the deviance in ``varpar`` (sigma *not* profiled; the REML criterion for REML fi
 Derivatives are central differences with one Richardson step.
 
 ``varpar = (theta, eta, sigma)``: ``eta_s = log delta_s`` are the log ratios of the
-residual standard deviations of the non-reference strata (none without strata). The
+residual standard deviations of the non-reference strata (none without strata); with
+correlated residuals the correlation's internal parameter follows ``eta``
+(:meth:`~mixedlm_sklearn._model.FittedModel.variance_parameters`), so ``Cov(beta)``'s
+dependence on it and its uncertainty enter the df. The
 ratios are estimated like ``theta``, so their uncertainty belongs in ``V``. (The df do not
 depend on how the variance parameters are parametrised: at the optimum ``g'H^{-1}g`` is
 invariant.)
@@ -20,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .._basis import Conditioned
 from .._threads import single_threaded_blas
 from ._parameters import deviance_at_sigma, fitted_model, hessian, jacobian
 from ._protocol import require
@@ -57,8 +59,9 @@ def varpar_model(est: Any) -> VarparModel:
 
 def _varpar_model(model: Any) -> VarparModel:
     dev, sol = model.deviance, model.solution
-    conditioned = Conditioned(dev)  # steps in badly scaled slopes stay accurate
-    x_fit = sol.x
+    # (theta, eta[, the residual correlation's parameter]) and the evaluation there (in a
+    # whitened basis where that keeps steps in badly scaled slopes accurate)
+    x_fit, evaluate = model.variance_parameters()
     x0 = np.append(x_fit, np.sqrt(sol.scale))
     solved: dict[bytes, Any] = {}
 
@@ -67,7 +70,7 @@ def _varpar_model(model: Any) -> VarparModel:
         # halves the number of factorisations.
         key = v[:-1].tobytes()
         if key not in solved:
-            solved[key] = conditioned.evaluate(v[:-1])
+            solved[key] = evaluate(v[:-1])
         return solved[key]
 
     def deviance(v):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -143,6 +143,9 @@ class Parameters:
         Residual variance of each stratum relative to the reference (first, 1).
     modes : list of (m_k, q_k) arrays or None
         Conditional modes of the random effects (for ``conditional=True``).
+    correlation : ndarray of shape (0,) or (1,)
+        The residual correlation's parameter (nlme's scale) of rows with a correlation
+        structure (:attr:`Rows.correlation`); empty for independent residuals.
     """
 
     beta: np.ndarray
@@ -150,11 +153,21 @@ class Parameters:
     scale: float
     ratios: np.ndarray
     modes: list | None = None
+    correlation: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
-    def of(cls, solution: Solution, modes: bool = False) -> "Parameters":
+    def of(cls, solution: Solution, modes: bool = False,
+           correlation: np.ndarray | None = None) -> "Parameters":
+        """The parameters of a solution (``correlation``: the model's
+        :attr:`~mixedlm_sklearn._model.FittedModel.correlation_values`)."""
+        corr = np.zeros(0) if correlation is None else np.array(correlation, dtype=float)
         return cls(solution.beta.copy(), [np.array(lam) for lam in solution.lams], float(solution.scale),
-                   np.array(solution.ratios, dtype=float), solution.blups() if modes else None)
+                   np.array(solution.ratios, dtype=float), solution.blups() if modes else None, corr)
+
+    @classmethod
+    def of_model(cls, model: FittedModel, modes: bool = False) -> "Parameters":
+        """The parameters of a fitted model (its solution and residual correlation)."""
+        return cls.of(model.solution, modes, model.correlation_values)
 
     def x(self, terms: Terms) -> np.ndarray:
         """``(theta, eta)`` of these parameters (the optimiser's start for refits)."""
@@ -163,7 +176,11 @@ class Parameters:
 
 class GaussianResponse:
     """A linear mixed model's response: the linear predictor plus a normal residual of
-    variance ``scale * ratio_s / w_r`` (stratum ratio, prior weight)."""
+    variance ``scale * ratio_s / w_r`` (stratum ratio, prior weight). With a residual
+    correlation structure (:attr:`Rows.correlation`) the residuals of a residual group are
+    ``e_g = sigma L_g z_g`` with ``L_g L_g' = R_g`` the group's correlation at the
+    parameter drawn from (all groups at once: :meth:`~mixedlm_sklearn._correlation.
+    CorrelationStructure.colour`)."""
 
     def __init__(self, rows: Rows, params: Parameters) -> None:
         variance = params.scale * (params.ratios[rows.strata] if rows.strata is not None
@@ -171,9 +188,22 @@ class GaussianResponse:
         if rows.weights is not None:
             variance = variance / rows.weights
         self.residual_sd = np.sqrt(variance)
+        self.correlation = None
+        if rows.correlation is not None:
+            if params.correlation.size != 1:
+                raise ValueError("rows with a residual correlation structure need its parameter "
+                                 "(Parameters.correlation)")
+            structure, corr_rows = rows.correlation
+            self.correlation = (structure, corr_rows, float(params.correlation[0]))
 
     def draw(self, generator: np.random.Generator, eta: np.ndarray) -> np.ndarray:
-        return eta + self.residual_sd * generator.standard_normal(eta.size)
+        z = generator.standard_normal(eta.size)
+        if self.correlation is not None:
+            structure, corr_rows, value = self.correlation
+            e = np.empty_like(z)
+            e[corr_rows.order] = structure.colour(z[corr_rows.order, None], corr_rows, value)[:, 0]
+            z = e
+        return eta + self.residual_sd * z
 
 
 class FamilyResponse:
@@ -271,9 +301,18 @@ def _sigma_names(model: Any) -> list[str]:
 
 
 def parameter_names(model: Any) -> list[str]:
-    """lme4's names of the parameters (as in ``conf_int(method="profile")``)."""
+    """lme4's names of the parameters (as in ``conf_int(method="profile")``), the residual
+    correlation's (nlme's name, e.g. ``Phi``) before the fixed effects."""
     fixed = list(model.fe_names) if model.rank is None else list(model.rank.names)
-    return model.terms.param_names() + _sigma_names(model) + ratio_names(model) + fixed
+    return (model.terms.param_names() + _sigma_names(model) + ratio_names(model)
+            + list(model.correlation_names) + fixed)
+
+
+def _correlation_values(fit: Any, model: Any) -> np.ndarray:
+    """The residual correlation's parameters of a :class:`Refit` (its own) or of a solution
+    of ``model`` (the model's)."""
+    values = getattr(fit, "correlation_values", None)
+    return model.correlation_values if values is None else values
 
 
 def lme4_parameters(solution: Any, model: Any) -> np.ndarray:
@@ -282,7 +321,8 @@ def lme4_parameters(solution: Any, model: Any) -> np.ndarray:
     sigma = float(np.sqrt(solution.scale))
     beta = solution.beta if model.rank is None else model.rank.expand(solution.beta, np.nan)
     return np.concatenate([theta_to_sdcor(solution.theta, sigma, model.terms),
-                           [sigma] * len(_sigma_names(model)), np.sqrt(solution.ratios[1:]), beta])
+                           [sigma] * len(_sigma_names(model)), np.sqrt(solution.ratios[1:]),
+                           _correlation_values(solution, model), beta])
 
 
 def lme4_parameters_many(fits: Sequence[Any], model: FittedModel) -> np.ndarray:
@@ -306,7 +346,8 @@ def lme4_parameters_many(fits: Sequence[Any], model: FittedModel) -> np.ndarray:
         cor = np.divide(rel[:, rows, cols], denom, out=np.zeros_like(denom), where=denom > 0)
         parts.append(np.where(rows == cols, sigma[:, None] * sd[:, rows], cor))
     sigmas = [sigma] * len(_sigma_names(model))
-    return np.column_stack(parts + sigmas + [np.sqrt(ratios[:, 1:]), beta])
+    corr = np.array([_correlation_values(f, model) for f in fits], dtype=float).reshape(len(fits), -1)
+    return np.column_stack(parts + sigmas + [np.sqrt(ratios[:, 1:]), corr, beta])
 
 
 # ---- running replicates ----------------------------------------------------------------------
@@ -403,7 +444,8 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
     -----
     Works for every model kind: several grouping factors, a residual variance per stratum
     (``residual_groups``; row variance ``scale * ratio``), prior weights (variance
-    ``scale / w``). Aliased fixed-effects columns contribute nothing (their coefficient is
+    ``scale / w``), correlated residuals (``correlation=``: each residual group's residuals
+    drawn with the fitted correlation). Aliased fixed-effects columns contribute nothing (their coefficient is
     0, as in ``predict``). For a GLMM the random effects are drawn from ``cov_re_``, the
     linear predictor includes the offset, and the response is drawn from the family
     (binomial, Poisson) with mean ``g^{-1}(eta)``.
@@ -436,6 +478,6 @@ def simulate(est: Any, n_sim: int = 1, random_state: Any = None, conditional: bo
     if not isinstance(conditional, (bool, np.bool_)):
         raise TypeError(f"conditional must be True or False, got {conditional!r}")
     rows = model_rows(model, "simulate")
-    sampler = Sampler(rows, Parameters.of(model.solution, modes=bool(conditional)), bool(conditional))
+    sampler = Sampler(rows, Parameters.of_model(model, modes=bool(conditional)), bool(conditional))
     generators = replicate_generators(random_state, n_sim)
     return np.concatenate([sampler.draw(generators[sl]) for sl in _batches(n_sim, _BATCH * 8)], axis=1)

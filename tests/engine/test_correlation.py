@@ -339,12 +339,13 @@ def test_a_singular_residual_correlation_at_the_estimate_warns():
 # ---- inference -----------------------------------------------------------------------------------
 
 
-def test_summary_and_print_report_the_correlation_and_wald_z_tests():
+def test_summary_and_print_report_the_correlation_and_its_tests():
     _, ref, est = _ovary("ovary_ar1_reml")
     s = est.summary()
-    assert s.ddf == "asymptotic"
+    assert s.ddf == "Satterthwaite"  # the df's own test: tests/inference/test_inference.py
     assert "corAR1(form = ~ visit | Mare), Phi = 0.607442" in str(s)
     np.testing.assert_allclose(s.fixed_effects["std_error"], ref["bse_fe"], rtol=1e-4)
+    assert est.summary(ddf="asymptotic").ddf == "asymptotic"
     assert "Residual correlation: corAR1" in str(est)
     # the Wald intervals of the fixed effects use nlme's covariance of beta
     ci = est.conf_int()
@@ -352,15 +353,32 @@ def test_summary_and_print_report_the_correlation_and_wald_z_tests():
     np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["r2", "icc", "ranova", "simulate", "bootstrap"])
-def test_methods_that_ignore_the_correlation_refuse(method):
+def test_methods_that_ignore_the_correlation_refuse():
     _, _, est = _ovary("ovary_ar1_reml")
-    with pytest.raises(ValueError, match="correlated residuals"):
-        getattr(est, method)()
     with pytest.raises(ValueError, match="correlated residuals"):
         est.conf_int(method="profile")
     with pytest.raises(ValueError, match="correlated residuals"):
         est.summary(ddf="kenward-roger")
+
+
+def test_ranova_keeps_the_correlation_as_nlme_anova():
+    """ranova drops a random-effects term and keeps the residual correlation, searched
+    again: nlme's anova of the REML fits with and without the term (ranova_correlated.json:
+    Ovary's AR(1) lme against its gls, BodyWeight's CAR1 (Time | Rat) against (1 | Rat))."""
+    from mixedlm_sklearn import lmer
+
+    ref = json.loads((STRUCT_DIR / "ranova_correlated.json").read_text())
+    _, _, ovary = _ovary("ovary_ar1_reml")
+    df, _ = _load("bodyweight_car1_reml")
+    bodyweight = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    for est, r in ((ovary, ref["ovary"]), (bodyweight, ref["bodyweight"])):
+        table = est.ranova()
+        assert table["logLik"].iloc[1] >= r["llf_reduced"] - 1e-6
+        np.testing.assert_allclose(table["logLik"].to_numpy(), [r["llf_full"], r["llf_reduced"]],
+                                   rtol=1e-7)
+        np.testing.assert_allclose(table["LRT"].iloc[1], r["L_ratio"], rtol=1e-5)
+        assert list(table["npar"]) == list(r["df"])
+        np.testing.assert_allclose(table["Pr(>Chisq)"].iloc[1], r["p"], rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["ovary_ar1_ml", "ovary_ar1_reml"])
@@ -482,3 +500,19 @@ def test_the_iterative_solver_is_refused():
     X, y, g, t = _small()
     with pytest.raises(NotImplementedError, match="solver='exact'"):
         MixedLMRegressor(correlation="ar1", solver="iterative").fit(X, y, groups=g)
+
+
+def test_emmeans_of_a_correlated_fit_take_satterthwaite_df():
+    """Without Kenward-Roger's df for correlated residuals, emmeans defaults to
+    Satterthwaite's: each mean's df is satterthwaite_df of its row of the design at the
+    mean time (BodyWeight's CAR1 fit)."""
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.inference import satterthwaite_df
+
+    df, _ = _load("bodyweight_car1_reml")
+    m = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
+    table = m.emmeans("Diet").table.frame()
+    t = df.Time.mean()
+    L = np.array([[1, t, 0, 0, 0, 0], [1, t, 1, 0, t, 0], [1, t, 0, 1, 0, t]], dtype=float)
+    np.testing.assert_allclose(table["df"].to_numpy(), satterthwaite_df(m, L), rtol=1e-10)
+    np.testing.assert_allclose(table["emmean"].to_numpy(), L @ m.fe_params_.to_numpy(), rtol=1e-10)

@@ -1040,3 +1040,69 @@ def test_heteroscedastic_profile(orthodont_fits):
     wald = reml.conf_int()
     assert np.all(ci.loc[["x0", "x1"], "lower"] < wald["lower"])
     assert np.all(ci.loc[["x0", "x1"], "upper"] > wald["upper"])
+
+
+# ---- Satterthwaite's df with correlated residuals ------------------------------------------------
+
+
+def _dense_ovary_varpar(df, X, params, reml=True):
+    """The REML deviance (sigma not profiled) and Cov(beta) of Ovary's AR(1) model at
+    ``params = (sd_Mare, sigma, phi)``, from ``V_g = sd^2 11' + sigma^2 phi^|i-j|`` built
+    densely per mare (no package code)."""
+    sd, sigma, phi = params
+    y = df.follicles.to_numpy()
+    XtViX = np.zeros((X.shape[1], X.shape[1]))
+    XtViy = np.zeros(X.shape[1])
+    logdet, blocks = 0.0, []
+    for mare in df.Mare.unique():
+        rows = (df.Mare == mare).to_numpy()
+        t = df.visit.to_numpy()[rows].astype(float)
+        V = sd ** 2 + sigma ** 2 * phi ** np.abs(t[:, None] - t[None, :])
+        c = np.linalg.cholesky(V)
+        Xw, yw = np.linalg.solve(c, X[rows]), np.linalg.solve(c, y[rows])
+        XtViX += Xw.T @ Xw
+        XtViy += Xw.T @ yw
+        logdet += 2 * np.log(np.diag(c)).sum()
+        blocks.append((Xw, yw))
+    cov = np.linalg.inv(XtViX)
+    beta = cov @ XtViy
+    quad = sum(float(np.sum((yw - Xw @ beta) ** 2)) for Xw, yw in blocks)
+    dev = logdet + quad + (np.linalg.slogdet(XtViX)[1] if reml else 0.0)
+    return dev, cov
+
+
+def test_satterthwaite_df_of_a_correlated_fit_equal_a_dense_brute_force():
+    """Satterthwaite's formula ``2 C_jj^2 / (g' 2 H^-1 g)`` evaluated here with the dense
+    REML deviance and Cov(beta) of Ovary's AR(1) model as functions of (sd, sigma, phi)
+    and central differences (the df do not depend on the parametrisation at the optimum):
+    the model's df, whose derivatives step the correlation's internal parameter too."""
+    import pandas as pd
+
+    from _reference import REFERENCE_DIR
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.inference import satterthwaite_df
+
+    df = pd.read_csv(REFERENCE_DIR / "structures" / "ovary_ar1_reml.csv", dtype={"Mare": str})
+    est = lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", df,
+               correlation="ar1(~ visit | Mare)")
+    X = np.column_stack([np.ones(len(df)), np.sin(2 * np.pi * df.Time), np.cos(2 * np.pi * df.Time)])
+    p0 = np.array([np.sqrt(est.cov_re_[0, 0]), np.sqrt(est.scale_), est.correlation_params_["Phi"]])
+    np.testing.assert_allclose(_dense_ovary_varpar(df, X, p0)[1], est.cov_fe_,
+                               rtol=1e-6)
+    h = 1e-4 * p0
+    k = p0.size
+    E = np.diag(h)
+    f = lambda p: _dense_ovary_varpar(df, X, p)[0]  # noqa: E731
+    H = np.empty((k, k))
+    for i in range(k):
+        for j in range(k):
+            H[i, j] = (f(p0 + E[i] + E[j]) - f(p0 + E[i] - E[j]) - f(p0 - E[i] + E[j])
+                       + f(p0 - E[i] - E[j])) / (4 * h[i] * h[j])
+    G = np.stack([(_dense_ovary_varpar(df, X, p0 + E[i])[1] - _dense_ovary_varpar(df, X, p0 - E[i])[1])
+                  / (2 * h[i]) for i in range(k)])
+    C = _dense_ovary_varpar(df, X, p0)[1]
+    g = np.stack([G[:, j, j] for j in range(3)])  # (contrast, param)
+    expected = 2 * np.diag(C) ** 2 / np.einsum("ck,kl,cl->c", g, 2 * np.linalg.inv(H), g)
+    np.testing.assert_allclose(satterthwaite_df(est), expected, rtol=1e-5)  # 4e-7 measured
+    # independence would be far off: the within-mare effects' df fall from 295 to ~50
+    assert np.all(expected[1:] < 100)

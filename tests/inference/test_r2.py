@@ -116,3 +116,52 @@ def test_singular_fit_has_no_random_variance():
     r = vc.r2()
     assert r.marginal == pytest.approx(2.0 / 3.0) and np.isnan(r.conditional)
     assert all(np.isnan(v) for v in (vc.icc().adjusted, vc.icc().unadjusted))
+
+
+# ---- correlated residuals: the residual variance is sigma^2, the marginal variance of a row ----
+
+def _correlated_fits():
+    import json
+
+    import pandas as pd
+
+    from _reference import REFERENCE_DIR
+
+    struct = REFERENCE_DIR / "structures"
+    ref = json.loads((struct / "r2_correlated.json").read_text())
+    ov = pd.read_csv(struct / "ovary_ar1_reml.csv", dtype={"Mare": str})
+    bw = pd.read_csv(struct / "bodyweight_car1_reml.csv", dtype={"Rat": str, "Diet": str})
+    ovary = lmer("follicles ~ sin(2*pi*Time) + cos(2*pi*Time) + (1 | Mare)", ov,
+                 correlation="ar1(~ visit | Mare)")
+    bodyweight = lmer("weight ~ Time * Diet + (Time | Rat)", bw, correlation="car1(~ Time | Rat)")
+    return ref, ovary, bodyweight
+
+
+def test_r2_and_icc_of_correlated_fits_agree_with_performance_on_nlme():
+    """performance 0.10.2 on nlme's lme fits (r2_correlated.json): BodyWeight (CAR1, random
+    slopes) its r2_nakagawa and icc; Ovary (AR(1)) insight's variance components (for that
+    fit performance itself reports NA: insight finds no random-effect variance), with R2
+    and the ICC formed from them as performance does."""
+    from mixedlm_sklearn.inference.r2 import variance_components
+
+    ref, ovary, bodyweight = _correlated_fits()
+    o = ref["ovary"]
+    vc = variance_components(ovary)
+    np.testing.assert_allclose([vc.fixed, vc.random, vc.residual],
+                               [o["var_fixed"], o["var_intercept"], o["var_residual"]], rtol=1e-4)
+    total = o["var_fixed"] + o["var_intercept"] + o["var_residual"]
+    r2, icc = ovary.r2(), ovary.icc()
+    np.testing.assert_allclose([r2.marginal, r2.conditional],
+                               [o["var_fixed"] / total, (o["var_fixed"] + o["var_intercept"]) / total],
+                               rtol=1e-4)
+    np.testing.assert_allclose([icc.adjusted, icc.unadjusted],
+                               [o["var_intercept"] / (o["var_intercept"] + o["var_residual"]),
+                                o["var_intercept"] / total], rtol=1e-4)
+    b = ref["bodyweight"]
+    vc = variance_components(bodyweight)
+    np.testing.assert_allclose([vc.fixed, vc.random, vc.residual],
+                               [b["var_fixed"], b["var_random"], b["var_residual"]], rtol=1e-4)
+    r2, icc = bodyweight.r2(), bodyweight.icc()
+    np.testing.assert_allclose([r2.marginal, r2.conditional, icc.adjusted, icc.unadjusted],
+                               [b["r2_marginal"], b["r2_conditional"], b["icc_adjusted"],
+                                b["icc_unadjusted"]], rtol=1e-4)

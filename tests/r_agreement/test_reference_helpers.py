@@ -14,6 +14,7 @@ from _reference import (
     REFERENCE_DIR,
     SINGLE_FACTOR_CASES,
     STRUCTURE_CASES,
+    STRUCTURE_INFERENCE_FILES,
     VARIDENT_CASES,
     load_case,
     product_data,
@@ -33,6 +34,7 @@ def test_case_lists_cover_every_reference_file():
     expected |= {"structures"}  # STRUCTURE_CASES and FAMILY_CASES
     assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
     structures = {f"{case}.{ext}" for case in STRUCTURE_CASES + FAMILY_CASES for ext in ("csv", "json")}
+    structures |= set(STRUCTURE_INFERENCE_FILES)
     assert {path.name for path in (REFERENCE_DIR / "structures").iterdir()} == structures
 
 

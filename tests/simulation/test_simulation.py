@@ -611,3 +611,145 @@ def test_power_refuses_to_extend_a_factor_with_a_nested_one():
     est = _quiet(lmer, "y ~ x + (1 | school/klass)", df)
     with pytest.raises(ValueError, match="nested"):
         power(est, "x", n_groups={"school": 8}, n_sim=2)
+
+
+# ---- correlated residuals within groups (nlme's corAR1, corCAR1, corCompSymm) ---------------------
+
+OVARY_DIR = Path(__file__).resolve().parents[1] / "data" / "reference" / "structures"
+
+
+def _ovary_fits(reml=True):
+    df = pd.read_csv(OVARY_DIR / "ovary_ar1_ml.csv", dtype={"Mare": str})
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    m0 = MixedLMRegressor(reml=reml).fit(X, df.follicles, groups=df.Mare)
+    m1 = MixedLMRegressor(reml=reml, correlation="ar1").fit(X, df.follicles, groups=df.Mare,
+                                                           time=df.visit)
+    return df, X, m0, m1
+
+
+def _correlated_design(kind, seed=11, n_groups=6, size=8):
+    """Groups of ``size`` rows (uneven real times for car1, gaps of 1-2 for ar1), a random
+    intercept, residuals drawn with the structure's correlation (dense Cholesky here)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), size)
+    if kind == "car1":
+        t = np.concatenate([np.cumsum(rng.uniform(0.3, 2.0, size)) for _ in range(n_groups)])
+    else:
+        t = np.concatenate([np.cumsum(rng.integers(1, 3, size)) for _ in range(n_groups)]).astype(float)
+    x = rng.standard_normal(g.size)
+    e = np.concatenate([np.linalg.cholesky(_dense_corr(kind, 0.6, t[g == k])) @ rng.standard_normal(size)
+                        for k in range(n_groups)])
+    y = 1.0 + 0.5 * x + 0.7 * rng.standard_normal(n_groups)[g] + e
+    return pd.DataFrame({"x": x}), y, g, t
+
+
+def _dense_corr(kind, value, t):
+    d = np.abs(t[:, None] - t[None, :])
+    return np.where(d == 0, 1.0, value) if kind == "cs" else value ** d
+
+
+@pytest.mark.parametrize("kind", ["ar1", "car1", "cs"])
+@pytest.mark.parametrize("conditional", [True, False])
+def test_correlated_residuals_are_drawn_with_the_fitted_covariance(kind, conditional):
+    """The covariance of the simulated responses of a group over many draws is the model's:
+    ``sigma^2 R_g`` about the conditional mean (BLUPs kept), ``sd^2 11' + sigma^2 R_g``
+    about the fixed part (new random effects; compound symmetry without random effects, as
+    nlme's gls), ``R_g`` built densely here. Every entry is
+    within 4.5 Monte Carlo standard errors (``sqrt((S_ii S_jj + S_ij^2) / N)``); drawing
+    independent residuals misses a lag-1 entry by more than 8 of them."""
+    X, y, g, t = _correlated_design(kind)
+    # compound symmetry is the random intercept's covariance: fitted without one (gls)
+    kw = {"correlation_groups": g} if kind == "cs" else {"time": t, "groups": g}
+    est = MixedLMRegressor(correlation=kind).fit(X, y, **kw)
+    value = next(iter(est.correlation_params_.values()))
+    n_sim = 4000
+    Y = est.simulate(n_sim=n_sim, random_state=3, conditional=conditional)
+    mean = np.asarray(est.fitted() if conditional else est.predict(X))
+    for k in (0, 3):
+        rows = g == k
+        E = Y[rows] - mean[rows, None]
+        S = E @ E.T / n_sim
+        R = _dense_corr(kind, value, t[rows])
+        model = est.scale_ * R
+        if not conditional and kind != "cs":
+            model = model + est.cov_re_[0, 0]
+        se = np.sqrt((np.outer(np.diag(model), np.diag(model)) + model ** 2) / n_sim)
+        assert np.all(np.abs(S - model) < 4.5 * se), np.max(np.abs(S - model) / se)
+        # the test's power: independent residuals would miss a lag-1 entry by this much
+        assert np.max(np.abs(np.diag(est.scale_ * R, 1)) / np.diag(se, 1)) > 8
+
+
+def test_bootstrap_replicates_of_a_correlated_fit_are_plain_fits():
+    """Replicate j of a bootstrap of Ovary's AR(1) fit is the estimator fitted to
+    ``simulate(...)[:, j]`` (the refits search the correlation in a bracket around the
+    fit's, the plain fits over the whole range: the same optimum)."""
+    df, X, _, m1 = _ovary_fits()
+    boot = bootstrap(m1, n_boot=4, random_state=7)
+    Y = simulate(m1, n_sim=4, random_state=7)
+    assert list(boot.estimate.index) == ["sd_(Intercept)|Mare", "sigma", "Phi", "(Intercept)",
+                                         "sin", "cos"]
+    assert boot.estimate["Phi"] == m1.correlation_params_["Phi"]
+    for j in range(4):
+        plain = MixedLMRegressor(correlation="ar1").fit(X, Y[:, j], groups=df.Mare, time=df.visit)
+        expected = np.concatenate([[np.sqrt(plain.cov_re_[0, 0]), np.sqrt(plain.scale_),
+                                    plain.correlation_params_["Phi"]], plain.fe_params_])
+        np.testing.assert_allclose(boot.replicates.iloc[j].to_numpy(), expected, rtol=1e-5)
+
+
+def test_bootstrap_of_a_correlated_fit_recovers_its_phi_on_average():
+    """The bootstrap's mean Phi equals the mean estimate of fits to responses drawn here
+    (an AR(1) recursion in numpy, no package code) from the same parameters: both estimate
+    E[Phi_hat] (which differs from Phi by the estimator's bias), so the two means agree
+    within 4.5 standard errors of their difference; residuals drawn independently would
+    give a mean near 0."""
+    rng = np.random.default_rng(5)
+    n_groups, size = 100, 10
+    g = np.repeat(np.arange(n_groups), size)
+    t = np.tile(np.arange(1, size + 1), n_groups)
+    X = pd.DataFrame({"x": rng.standard_normal(g.size)})
+
+    def ar1(phi, sigma, rng):
+        z = rng.standard_normal((n_groups, size))
+        e = np.empty_like(z)
+        e[:, 0] = z[:, 0]
+        for k in range(1, size):
+            e[:, k] = phi * e[:, k - 1] + np.sqrt(1 - phi ** 2) * z[:, k]
+        return sigma * e.ravel()
+
+    y = 1.0 + 0.5 * X["x"].to_numpy() + ar1(0.5, 1.0, rng)
+    est = MixedLMRegressor(correlation="ar1").fit(X, y, correlation_groups=g, time=t)
+    phi, sigma = est.correlation_params_["Phi"], np.sqrt(est.scale_)
+    n = 40
+    boot = bootstrap(est, n_boot=n, random_state=2).replicates["Phi"].to_numpy()
+    mean_fit = X.to_numpy() @ est.coef_ + est.intercept_
+    oracle = np.array([
+        MixedLMRegressor(correlation="ar1").fit(X, mean_fit + ar1(phi, sigma, rng), correlation_groups=g,
+                                                time=t).correlation_params_["Phi"] for _ in range(n)])
+    se = np.sqrt(boot.var(ddof=1) / n + oracle.var(ddof=1) / n)
+    assert abs(boot.mean() - oracle.mean()) < 4.5 * se
+    assert abs(boot.mean() - phi) < 0.05
+
+
+def test_pb_test_of_ar1_against_independent_residuals_on_ovary():
+    """pbkrtest's PBmodcomp of nlme's Ovary AR(1) model against independent residuals: the
+    statistic is the ML likelihood ratio (nlme's ML logLik of the AR(1) fit, in
+    ovary_ar1_ml.json), no simulated LR (phi = 0) reaches it."""
+    ref = json.loads((OVARY_DIR / "ovary_ar1_ml.json").read_text())
+    _, _, m0, m1 = _ovary_fits()
+    _, _, m0_ml, _ = _ovary_fits(reml=False)
+    test = pb_test(m0, m1, n_boot=10, random_state=1)
+    assert test.df == 1
+    np.testing.assert_allclose(test.statistic, 2 * (ref["llf"] - m0_ml.llf_), rtol=1e-6)
+    assert test.n_failed == 0
+    assert np.all(test.replicates > -1e-6) and np.all(test.replicates < test.statistic)
+    assert test.pvalue == 1 / 11
+
+
+def test_power_of_a_correlated_fit_refits_with_its_correlation():
+    """power's replicates are refits of the correlated model (Wald and LR); designs with
+    other numbers of levels are refused (the residual groups would change)."""
+    _, _, _, m1 = _ovary_fits()
+    res = power(m1, "cos", effect=-2.0, test="lr", n_sim=6, random_state=1)
+    assert res.n_failed == 0 and 0 <= res.power <= 1
+    with pytest.raises(NotImplementedError, match="correlated residuals"):
+        power(m1, "cos", n_groups={"Mare": 20}, n_sim=2, test="wald")
