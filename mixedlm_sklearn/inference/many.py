@@ -206,7 +206,7 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
                               factors, weights, offset_values,
                               index, est.fit_intercept)
     _store(est)
-    _warn(est)
+    warn_responses(est)
     return est
 
 
@@ -233,6 +233,13 @@ def _store(est: Any) -> None:
     est.aic_ = -2.0 * est.llf_ + 2.0 * df_model
     with np.errstate(divide="ignore"):
         est.bic_ = -2.0 * est.llf_ + np.log(f.n_obs) * df_model
+    store_random_part(est, mr, f, f.scale)
+
+
+def store_random_part(est: Any, mr: Any, f: Any, scale: np.ndarray) -> None:
+    """The per-response random-effects attributes and the fits' reports of a many-response
+    fit ``f`` (linear or GLMM: ``scale`` is sigma^2 per response, or ones for a GLMM)."""
+    k = f.theta.shape[0]
     cov_re = {}
     at = 0
     for term in f.terms:
@@ -240,8 +247,7 @@ def _store(est: Any) -> None:
         rows, cols = term.theta_position
         lam[:, rows, cols] = f.theta[:, at:at + term.n_theta]
         at += term.n_theta
-        c = np.einsum("kab,kcb->kac", lam, lam) * f.scale[:, None, None]
-        cov_re[term.factor] = c
+        cov_re[term.factor] = np.einsum("kab,kcb->kac", lam, lam) * scale[:, None, None]
     blups = {t.factor: b for t, b in zip(f.terms, f.blups)}
     if not len(f.terms):  # least squares: no groups, no random effects
         est.cov_re_ = np.zeros((k, 1, 1))
@@ -267,7 +273,7 @@ def _store(est: Any) -> None:
     est.fit_messages_ = pd.Series(f.messages, index=mr.responses, name="message")
 
 
-def _warn(est: Any) -> None:
+def warn_responses(est: Any) -> None:
     """One warning per kind with the count of responses and the first of them."""
     names = est.responses_
     failed = np.flatnonzero(est.failed_)
@@ -278,9 +284,10 @@ def _warn(est: Any) -> None:
     bad = np.flatnonzero(~est.converged_ & ~est.failed_)
     if bad.size:
         warnings.warn(f"the optimiser did not converge for {bad.size} of {names.size} responses "
-                      f"(converged_ is False; fit_messages_ says why), e.g. {names[bad[0]]!r}. Try "
-                      "covariates on comparable scales or a simpler random-effects structure.",
-                      ConvergenceWarning, stacklevel=caller_stacklevel())
+                      f"(converged_ is False; fit_messages_ says why), e.g. {names[bad[0]]!r}: "
+                      f"{est.fit_messages_.iloc[bad[0]]}. Try covariates on comparable scales or a "
+                      "simpler random-effects structure.", ConvergenceWarning,
+                      stacklevel=caller_stacklevel())
 
 
 def response_estimator(est: Any, response: Any) -> Any:

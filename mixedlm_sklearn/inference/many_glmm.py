@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._design import Design, column_names, random_terms, several_factors
@@ -37,7 +36,7 @@ from .._model import FittedModel
 from .._terms import Term, Terms
 from .._threads import single_threaded_blas
 from .._validation import caller_stacklevel, check_finite, check_weights, take_rows
-from .many import INTERCEPT, _as_responses
+from .many import INTERCEPT, _as_responses, store_random_part, warn_responses
 
 __all__ = ["ManyGLMMFit", "COUNT_FAMILIES", "fit_count_responses", "count_response_estimator"]
 
@@ -314,7 +313,7 @@ def fit_count_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_we
                                   Xv, Yv, tuple((t.codes, t.Z) for t in terms_in), weights,
                                   offset_values, index, est.fit_intercept, family)
     _store(est)
-    _warn(est)
+    warn_responses(est)
     return est
 
 
@@ -394,54 +393,7 @@ def _store(est: Any) -> None:
         est.bic_ = f.deviance + np.log(f.n_obs) * est.df_model_
     est.deviance_ = f.residual_deviance.copy()
     est.family_params_ = {name: v.copy() for name, v in f.family_values.items()}
-    cov_re = {}
-    at = 0
-    for term in f.terms:
-        lam = np.zeros((k, term.q, term.q))
-        rows, cols = term.theta_position
-        lam[:, rows, cols] = f.theta[:, at:at + term.n_theta]
-        at += term.n_theta
-        cov_re[term.factor] = np.einsum("kab,kcb->kac", lam, lam)
-    blups = {t.factor: b for t, b in zip(f.terms, f.blups)}
-    if not len(f.terms):
-        est.cov_re_ = np.zeros((k, 1, 1))
-        est.random_effects_ = np.zeros((k, 0, 1))
-        est.groups_ = np.array([], dtype=object)
-        est.n_groups_ = 0
-    elif mr.several:
-        est.cov_re_ = cov_re
-        est.random_effects_ = blups
-        est.groups_ = dict(mr.labels)
-        est.n_groups_ = {t.factor: t.n_levels for t in f.terms}
-    else:
-        name = f.terms[0].factor
-        est.cov_re_ = cov_re[name]
-        est.random_effects_ = blups[name]
-        est.groups_ = mr.labels[name]
-        est.n_groups_ = f.terms[0].n_levels
-    est.converged_ = f.converged.copy()
-    est.failed_ = f.failed.copy()
-    est.singular_ = f.at_bound.any(axis=1) & ~f.failed
-    est.n_iter_ = np.maximum(f.n_iter, 1)
-    est.n_obs_ = f.n_obs.copy()
-    est.fit_messages_ = pd.Series(f.messages, index=mr.responses, name="message")
-
-
-def _warn(est: Any) -> None:
-    """One warning per kind with the count of responses and the first of them."""
-    names = est.responses_
-    failed = np.flatnonzero(est.failed_)
-    if failed.size:
-        warnings.warn(f"{failed.size} of {names.size} responses could not be fitted (their "
-                      f"estimates are NaN; fit_messages_ says why), e.g. {names[failed[0]]!r}: "
-                      f"{est.fit_messages_.iloc[failed[0]]}", UserWarning, stacklevel=caller_stacklevel())
-    bad = np.flatnonzero(~est.converged_ & ~est.failed_)
-    if bad.size:
-        warnings.warn(f"the optimiser did not converge for {bad.size} of {names.size} responses "
-                      f"(converged_ is False; fit_messages_ says why), e.g. {names[bad[0]]!r}: "
-                      f"{est.fit_messages_.iloc[bad[0]]}. Try covariates on comparable scales or a "
-                      "simpler random-effects structure.", ConvergenceWarning,
-                      stacklevel=caller_stacklevel())
+    store_random_part(est, mr, f, np.ones(f.theta.shape[0]))
 
 
 def count_response_estimator(est: Any, response: Any) -> Any:
