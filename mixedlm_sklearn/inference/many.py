@@ -125,14 +125,10 @@ def _as_responses(Y: Any, n: int) -> tuple[np.ndarray, list[str]]:
     return values, names
 
 
-def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: Any,
-                  residual_groups: Any, offset: Any,
-                  progress: Callable[[int, int], None] | None = None) -> Any:
-    """Fit ``est`` (a MixedLMRegressor) to every column of ``Y`` (see
-    :meth:`~mixedlm_sklearn.MixedLMRegressor.fit`); stores the per-response attributes."""
-    if residual_groups is not None:
-        raise ValueError("residual_groups is not supported with several responses: fit each "
-                         "response alone for a residual variance per stratum")
+def read_responses(est: Any, X: Any, Y: Any, offset: Any, progress: Any) -> tuple:
+    """The checks and validation every multi-output fit starts with (linear or counts):
+    ``X`` validated (its index and column names), ``Y`` as an (n, k) array with the
+    responses' names, and the offset as n finite numbers (None when not given)."""
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(done, total), got {progress!r}")
     if hasattr(X, "dask") or hasattr(Y, "dask"):
@@ -154,6 +150,20 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
         offset_values = np.asarray(offset, dtype=float).reshape(-1)
         if offset_values.shape[0] != n or not np.all(np.isfinite(offset_values)):
             raise ValueError(f"offset must be {n} finite numbers")
+    return index, Xv, x_names, Yv, names, offset_values
+
+
+def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: Any,
+                  residual_groups: Any, offset: Any,
+                  progress: Callable[[int, int], None] | None = None) -> Any:
+    """Fit ``est`` (a MixedLMRegressor) to every column of ``Y`` (see
+    :meth:`~mixedlm_sklearn.MixedLMRegressor.fit`); stores the per-response attributes."""
+    if residual_groups is not None:
+        raise ValueError("residual_groups is not supported with several responses: fit each "
+                         "response alone for a residual variance per stratum")
+    index, Xv, x_names, Yv, names, offset_values = read_responses(est, X, Y, offset, progress)
+    n = Xv.shape[0]
+    if offset_values is not None:
         Yv = Yv - offset_values[:, None]
     weights = None if sample_weight is None else check_weights(sample_weight, n)
     if weights is not None and not weights.all():

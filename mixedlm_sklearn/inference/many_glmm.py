@@ -26,17 +26,17 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from .._design import Design, column_names, random_terms, several_factors
+from .._design import Design, random_terms, several_factors
 from .._factor import NotPositiveDefinite
 from .._glmm import GLMMDeviance, PIRLSDivergence, fit_glmm, glm_start
 from .._many import missing_patterns
 from .._model import FittedModel
 from .._terms import Term, Terms
 from .._threads import single_threaded_blas
-from .._validation import caller_stacklevel, check_finite, check_weights, take_rows
-from .many import INTERCEPT, _as_responses, store_random_part, warn_responses
+from .._validation import caller_stacklevel, check_weights, take_rows
+from .many import INTERCEPT, read_responses, store_random_part, warn_responses
 
 __all__ = ["ManyGLMMFit", "COUNT_FAMILIES", "fit_count_responses", "count_response_estimator"]
 
@@ -224,28 +224,9 @@ def fit_count_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_we
         raise ValueError(f"several responses (y of shape (n, k)) are fitted for the count families "
                          f"{list(COUNT_FAMILIES)}; family={est.family!r} takes one response: fit "
                          "each column on its own")
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be a callable progress(done, total), got {progress!r}")
-    if hasattr(X, "dask") or hasattr(Y, "dask"):
-        raise TypeError("several responses are fitted in memory: pass numpy arrays or DataFrames")
-    index = X.index if isinstance(X, pd.DataFrame) else None
-    x_names_src = X
-    Xv = validate_data(est, X, dtype=np.float64, accept_sparse=False, ensure_all_finite=False,
-                       ensure_min_features=0)
+    index, Xv, x_names, Yv, names, offset_values = read_responses(est, X, Y, offset, progress)
     n = Xv.shape[0]
-    x_names = column_names(x_names_src, "x", Xv.shape[1])
-    check_finite(Xv, "X", x_names)
-    Yv, names = _as_responses(Y, n)
-    if n < 2:
-        raise ValueError(f"n_samples={n}: a model needs at least 2 samples")
-    if not est.fit_intercept and Xv.shape[1] == 0:
-        raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
     weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
-    offset_values = None
-    if offset is not None:
-        offset_values = np.asarray(offset, dtype=float).reshape(-1)
-        if offset_values.shape[0] != n or not np.all(np.isfinite(offset_values)):
-            raise ValueError(f"offset must be {n} finite numbers")
     if not weights.all():
         keep = weights > 0
         if keep.sum() < 2:
