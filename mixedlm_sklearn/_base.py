@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._design import INTERCEPT, factor_frame, z_by_factor
+from ._design import INTERCEPT, factor_frame, random_terms, z_by_factor
 from ._optimize import OptimizerInfo
 from ._validation import (
     align_columns,
@@ -220,6 +220,23 @@ class MixedModelBase(FormulaMode, BaseEstimator):
                                  f"fit {list(names)}")
             if bad:
                 raise ValueError(f"cov_type values must be 'unstructured' or 'diagonal', got {bad}")
+
+    def _random_terms(self, groups: Any, Z: Any, n: int, instead: str) -> list:
+        """The random-effects terms of ``groups`` and ``Z`` (``cov_type`` checked against
+        their names, and ``n_agq`` where the estimator has it). Without ``groups`` there are
+        none, with a warning naming what is fitted ``instead``."""
+        if groups is None:
+            warnings.warn(f"no groups were given: fitting without random effects ({instead}). "
+                          "Pass groups=... to fit the mixed model.", UserWarning,
+                          stacklevel=caller_stacklevel())
+            terms_in = []
+        else:
+            terms_in = random_terms(groups, Z, n, self.cov_type)
+        self._check_cov_type([t.name for t in terms_in])
+        if getattr(self, "n_agq", 1) > 1 and (len(terms_in) != 1 or terms_in[0].Z.shape[1] != 1):
+            raise ValueError("n_agq > 1 (adaptive Gauss-Hermite quadrature) needs a single grouping "
+                             "factor with a scalar random effect, as in lme4; use n_agq=1 (Laplace)")
+        return terms_in
 
     def _warn_fit(self, info: OptimizerInfo) -> None:
         if not info.converged:

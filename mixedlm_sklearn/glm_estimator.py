@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._design import INTERCEPT, Design, column_names, factor_frame, random_terms, several_factors
+from ._design import INTERCEPT, Design, column_names, factor_frame, several_factors
 from ._factor import NotPositiveDefinite
 from ._family import FAMILIES, family_and_link, non_integer_counts, separated
 from ._glmm import PIRLSDivergence, GLMMDeviance, fit_glmm, glm_start
@@ -36,7 +36,7 @@ from ._validation import (
     clean_failure,
     drop_aliased_columns,
     first_rows,
-    take_rows,
+    without_zero_weights,
 )
 from ._base import (_CONF_INT_METHODS, MixedModelBase, SingularFitWarning, _check_frame,
                     _check_offset, _level, _refitting, store_fixed_effects, store_random_effects)
@@ -109,28 +109,14 @@ class _MixedGLMBase(MixedModelBase):
         weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
         off = np.zeros(n) if offset is None else _check_offset(offset, n)
         self._check_counts(family, y, weights)
-        if not weights.all():
-            keep = weights > 0
-            if keep.sum() < 2:
-                raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
-                                 "model needs at least 2 rows of positive weight")
-            X, y, weights, off = X[keep], y[keep], weights[keep], off[keep]
-            index = None if index is None else index[keep]
-            groups = take_rows(groups, keep, "groups")
-            Z = take_rows(Z, keep, "Z")
-            n = X.shape[0]
+        arrays, inputs = without_zero_weights(
+            weights, {"X": X, "y": y, "weights": weights, "offset": off, "index": index},
+            {"groups": groups, "Z": Z})
+        X, y, weights, off, index = (arrays[k] for k in ("X", "y", "weights", "offset", "index"))
+        groups, Z = inputs["groups"], inputs["Z"]
+        n = X.shape[0]
         family.check_response(y, weights)
-        if groups is None:
-            warnings.warn("no groups were given: fitting without random effects (a GLM). Pass "
-                          "groups=... to fit the mixed model.", UserWarning,
-                          stacklevel=caller_stacklevel())
-            terms_in = []
-        else:
-            terms_in = random_terms(groups, Z, n, self.cov_type)
-        self._check_cov_type([t.name for t in terms_in])
-        if self.n_agq > 1 and (len(terms_in) != 1 or terms_in[0].Z.shape[1] != 1):
-            raise ValueError("n_agq > 1 (adaptive Gauss-Hermite quadrature) needs a single grouping "
-                             "factor with a scalar random effect, as in lme4; use n_agq=1 (Laplace)")
+        terms_in = self._random_terms(groups, Z, n, instead="a GLM")
         X_full = np.column_stack([np.ones(n), X]) if self.fit_intercept else X
         names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
         rank = drop_aliased_columns(X_full.T @ (weights[:, None] * X_full), names, n)

@@ -31,7 +31,7 @@ from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._design import Design, column_names, random_terms, several_factors
+from .._design import Design, column_names, several_factors
 from .._batched_refit import _subset
 from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
 from .._model import FittedModel
@@ -44,7 +44,7 @@ from .._validation import (
     check_finite,
     check_random_design,
     check_weights,
-    take_rows,
+    without_zero_weights,
 )
 
 __all__ = ["ManyResponses", "fit_responses", "response_estimator", "fixed_effects_table",
@@ -166,21 +166,13 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
     if offset_values is not None:
         Yv = Yv - offset_values[:, None]
     weights = None if sample_weight is None else check_weights(sample_weight, n)
-    if weights is not None and not weights.all():
-        keep = weights > 0
-        Xv, Yv, weights = Xv[keep], Yv[keep], weights[keep]
-        groups, Z = take_rows(groups, keep, "groups"), take_rows(Z, keep, "Z")
-        offset_values = None if offset_values is None else offset_values[keep]
-        index = None if index is None else index[keep]
-        n = Xv.shape[0]
-    if groups is None:
-        warnings.warn("no groups were given: fitting without random effects (ordinary least "
-                      "squares). Pass groups=... to fit the mixed models.", UserWarning,
-                      stacklevel=caller_stacklevel())
-        terms_in = []
-    else:
-        terms_in = random_terms(groups, Z, n, est.cov_type)
-    est._check_cov_type([t.name for t in terms_in])
+    arrays, inputs = without_zero_weights(
+        weights, {"X": Xv, "Y": Yv, "weights": weights, "offset": offset_values, "index": index},
+        {"groups": groups, "Z": Z})
+    Xv, Yv, weights, offset_values, index = (arrays[k] for k in ("X", "Y", "weights", "offset", "index"))
+    groups, Z = inputs["groups"], inputs["Z"]
+    n = Xv.shape[0]
+    terms_in = est._random_terms(groups, Z, n, instead="ordinary least squares per response")
     terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
     factors = tuple((t.codes, t.Z) for t in terms_in)
     X_full = np.column_stack([np.ones(n), Xv]) if est.fit_intercept else Xv

@@ -20,7 +20,6 @@ with the reason; the others are unaffected.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,7 +34,7 @@ from .._many import missing_patterns
 from .._model import FittedModel
 from .._terms import Term, Terms
 from .._threads import single_threaded_blas
-from .._validation import caller_stacklevel, check_weights, take_rows
+from .._validation import check_weights, take_rows, without_zero_weights
 from .many import INTERCEPT, read_responses, store_random_part, warn_responses
 
 __all__ = ["ManyGLMMFit", "COUNT_FAMILIES", "fit_count_responses", "count_response_estimator"]
@@ -227,28 +226,14 @@ def fit_count_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_we
     index, Xv, x_names, Yv, names, offset_values = read_responses(est, X, Y, offset, progress)
     n = Xv.shape[0]
     weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
-    if not weights.all():
-        keep = weights > 0
-        if keep.sum() < 2:
-            raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
-                             "model needs at least 2 rows of positive weight")
-        Xv, Yv, weights = Xv[keep], Yv[keep], weights[keep]
-        groups, Z = take_rows(groups, keep, "groups"), take_rows(Z, keep, "Z")
-        offset_values = None if offset_values is None else offset_values[keep]
-        index = None if index is None else index[keep]
-        n = Xv.shape[0]
+    arrays, inputs = without_zero_weights(
+        weights, {"X": Xv, "Y": Yv, "weights": weights, "offset": offset_values, "index": index},
+        {"groups": groups, "Z": Z})
+    Xv, Yv, weights, offset_values, index = (arrays[k] for k in ("X", "Y", "weights", "offset", "index"))
+    groups, Z = inputs["groups"], inputs["Z"]
+    n = Xv.shape[0]
     off = np.zeros(n) if offset_values is None else offset_values
-    if groups is None:
-        warnings.warn("no groups were given: fitting without random effects (a GLM per "
-                      "response). Pass groups=... to fit the mixed models.", UserWarning,
-                      stacklevel=caller_stacklevel())
-        terms_in = []
-    else:
-        terms_in = random_terms(groups, Z, n, est.cov_type)
-    est._check_cov_type([t.name for t in terms_in])
-    if est.n_agq > 1 and (len(terms_in) != 1 or terms_in[0].Z.shape[1] != 1):
-        raise ValueError("n_agq > 1 (adaptive Gauss-Hermite quadrature) needs a single grouping "
-                         "factor with a scalar random effect, as in lme4; use n_agq=1 (Laplace)")
+    terms_in = est._random_terms(groups, Z, n, instead="a GLM per response")
     terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])
     all_labels = {t.name: t.labels for t in terms_in}
     X_full = np.column_stack([np.ones(n), Xv]) if est.fit_intercept else Xv
