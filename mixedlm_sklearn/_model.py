@@ -35,9 +35,13 @@ __all__ = ["FittedModel", "ProfiledDeviance", "fit_model", "minimise", "choose_s
 
 SOLVERS = ("auto", "exact", "iterative")
 # solver="auto" takes the exact solver while one factorisation and selected inverse of
-# its rest block cost at most this many flops (~2-5 s on one core) and it fits in memory
-# (:class:`._factor.Plan` refuses it otherwise), the iterative solver beyond.
-AUTO_MAX_EXACT_FLOPS = 1e11
+# its rest block cost at most this many flops (~1 s on one core) and it fits in memory
+# (:class:`._factor.Plan` refuses it otherwise), the iterative solver beyond. Past
+# HYBRID_MIN_FLOPS an exact fit is the iterative path plus an exact finish, so the finish
+# is what exactness costs: at 2x10^5 users x items (2.7e9 flops) 0.1 s of 0.5 s, worth the
+# exact log-likelihood; at 10^6 (3.6e10 flops) ~2 s of 4.7 s, against 2.6 s for the whole
+# iterative fit (bench_crossed.py, idle machine) -- there "auto" takes the faster solver.
+AUTO_MAX_EXACT_FLOPS = 1e10
 # ... and while the symbolic phase of its sparse rest block (the crossing term's fill,
 # enumerated once) stays cheap: beyond this many level pairs "auto" does not even plan
 # it (at 10^7 rows, 10^6 users and 10^5 items: 3.4e7 pairs, a dense core far beyond 10^4).
