@@ -4,7 +4,7 @@ Main entry points: :class:`MixedLMRegressor`, :class:`MixedGLMClassifier`,
 :class:`MixedGLMRegressor` (and :func:`lmer`, :func:`glmer` for R formulas).
 """
 
-from ._validation import RankDeficientWarning
+from ._rank import RankDeficientWarning
 from .api import compare, glmer, glmer_nb, lmer, power, power_curve, update
 from .estimator import MixedLMRegressor, SingularFitWarning
 from .glm_estimator import MixedGLMClassifier, MixedGLMRegressor

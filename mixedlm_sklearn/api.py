@@ -8,7 +8,6 @@ estimator and inference takes fitted models only."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -360,8 +359,6 @@ def lmer(formula: str, data: pd.DataFrame, REML: bool | None = None, *, reml: bo
     >>> est.llf_.round(4), est.coef_.shape
     (array([-871.8141,  149.2406]), (2, 1))
     """
-    from .estimator import MixedLMRegressor
-
     _check_r_arguments(estimator_params, "lmer")
     if responses is not None:  # ---- several responses (inference/many.py) ----
         if residual_groups is not None:
@@ -399,8 +396,6 @@ def _check_r_arguments(params: Mapping[str, Any], function: str) -> None:
 def _lmer_responses(formula: str, data: pd.DataFrame, reml: bool, context: Any, responses: Any,
                     progress: Any, weights: Any, estimator_params: dict):
     """:func:`lmer` of a one-sided formula for every column named in ``responses``."""
-    from .estimator import MixedLMRegressor
-
     return _responses_fit(MixedLMRegressor(reml=reml, **estimator_params), formula, data, context,
                           responses, progress, weights)
 

@@ -61,23 +61,24 @@ from ._threads import single_threaded_blas
 from ._util.choices import canonical
 from .formula_mode import ALL_TERMS
 from ._validation import (
-    RankDeficientWarning,
     as_response,
     caller_stacklevel,
+    check_finite,
+    check_weights,
+    clean_failure,
+    encode_groups,
+    is_sparse,
+    take_rows,
+)
+from ._rank import RankDeficientWarning, drop_aliased_columns
+from ._checks import (
     check_counts,
     check_cross_products,
     check_exact_fit,
-    check_finite,
     check_random_design,
     check_residual_variance,
     check_response,
-    check_weights,
-    clean_failure,
-    drop_aliased_columns,
-    encode_groups,
-    is_sparse,
     least_squares_reml,
-    take_rows,
 )
 
 __all__ = ["MixedLMRegressor", "SingularFitWarning", "RankDeficientWarning"]

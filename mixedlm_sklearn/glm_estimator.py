@@ -34,10 +34,10 @@ from ._validation import (
     check_finite,
     check_weights,
     clean_failure,
-    drop_aliased_columns,
     first_rows,
     without_zero_weights,
 )
+from ._rank import drop_aliased_columns
 from ._base import (_CONF_INT_METHODS, MixedModelBase, SingularFitWarning, _check_frame,
                     _check_offset, _level, _refitting, store_fixed_effects, store_random_effects)
 from ._util.choices import canonical

@@ -37,15 +37,8 @@ from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
 from .._model import FittedModel
 from .._terms import Term, Terms
 from ._parameters import check_ddf
-from .._validation import (
-    caller_stacklevel,
-    check_counts,
-    check_exact_fit,
-    check_finite,
-    check_random_design,
-    check_weights,
-    without_zero_weights,
-)
+from .._validation import caller_stacklevel, check_finite, check_weights, without_zero_weights
+from .._checks import check_counts, check_exact_fit, check_random_design
 
 __all__ = ["ManyResponses", "fit_responses", "response_estimator", "fixed_effects_table",
            "variance_fractions", "contrast_table", "p_adjust_bh"]

@@ -26,7 +26,7 @@ from sklearn.preprocessing import OneHotEncoder
 from conftest import fit_with
 
 from mixedlm_sklearn import MixedLMRegressor, RankDeficientWarning, lr_test
-from mixedlm_sklearn._validation import fixed_effects_rank
+from mixedlm_sklearn._rank import fixed_effects_rank
 from mixedlm_sklearn.datasets import load_sleepstudy
 from mixedlm_sklearn.inference import satterthwaite_df
 
