@@ -5,11 +5,19 @@ independent ``q x q`` blocks. They are stored as ``(q, q, m)`` arrays and every
 operation below is a loop over the small dimension ``q`` acting on ``(m,)`` rows: for
 ``q <= 4`` this is an order of magnitude faster than stacked LAPACK calls, whose cost is
 dominated by per-matrix overhead, and it never touches BLAS (so it needs no thread pool).
+
+With the package's threads (``n_jobs``, :func:`._threads.level_threads`) each kernel
+splits the levels into contiguous slices, one per thread: every level's arithmetic is the
+same as on one thread, so the results are identical bit for bit.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
+
+from ._threads import level_slices, run_in_threads
 
 __all__ = [
     "left_matmul",
@@ -30,6 +38,20 @@ __all__ = [
 _CHUNK = 2048
 
 
+def _per_slice(serial, out: np.ndarray, *arrays: np.ndarray) -> np.ndarray | None:
+    """``out[..., s] = serial(*arrays[..., s])`` for the threads' slices of the levels (the
+    last axis); None (nothing done) when the work stays on one thread."""
+    slices = level_slices(out.shape[-1])
+    if slices is None:
+        return None
+
+    def job(s: slice) -> None:
+        out[..., s] = serial(*(a[..., s] for a in arrays))
+
+    run_in_threads([partial(job, s) for s in slices])
+    return out
+
+
 def left_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A @ B`` over the first axis of ``B`` (any trailing shape), for a small ``A``.
 
@@ -45,8 +67,19 @@ def left_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     rest = B.shape[1:]
     flat = B.reshape(B.shape[0], -1)
     out = np.empty((A.shape[0], flat.shape[1]))
-    for start in range(0, flat.shape[1], _CHUNK):
-        np.matmul(A, flat[:, start:start + _CHUNK], out=out[:, start:start + _CHUNK])
+    starts = range(0, flat.shape[1], _CHUNK)
+
+    def columns(chunk: range) -> None:
+        for start in chunk:
+            np.matmul(A, flat[:, start:start + _CHUNK], out=out[:, start:start + _CHUNK])
+
+    # the threads take runs of whole chunks: every product is the one a single thread makes
+    slices = level_slices(flat.shape[1])
+    if slices is None:
+        columns(starts)
+    else:
+        bounds = [s.start // _CHUNK for s in slices] + [len(starts)]
+        run_in_threads([partial(columns, starts[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
     return out.reshape((A.shape[0],) + rest)
 
 
@@ -58,6 +91,8 @@ def batched_cholesky(T: np.ndarray) -> np.ndarray:
     """
     q = T.shape[0]
     C = np.zeros_like(T)
+    if _per_slice(batched_cholesky, C, T) is not None:
+        return C
     for j in range(q):
         d = T[j, j].copy()
         for k in range(j):
@@ -80,6 +115,8 @@ def batched_logdet(C: np.ndarray) -> float:
 def batched_solve_lower(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """``C^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
     X = B if overwrite else B.copy()
+    if _per_slice(partial(batched_solve_lower, overwrite=True), X, C, X) is not None:
+        return X
     for j in range(C.shape[0]):
         for k in range(j):
             X[j] -= C[j, k] * X[k]
@@ -90,6 +127,8 @@ def batched_solve_lower(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -
 def batched_solve_lower_t(C: np.ndarray, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """``C'^{-1} B`` for lower-triangular ``C`` (q, q, m) and ``B`` (q, ..., m)."""
     X = B if overwrite else B.copy()
+    if _per_slice(partial(batched_solve_lower_t, overwrite=True), X, C, X) is not None:
+        return X
     for j in reversed(range(C.shape[0])):
         for k in range(j + 1, C.shape[0]):
             X[j] -= C[k, j] * X[k]
@@ -99,6 +138,10 @@ def batched_solve_lower_t(C: np.ndarray, B: np.ndarray, overwrite: bool = False)
 
 def batched_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Per-level matrix product of (a, b, m) and (b, c, m) arrays (a loop over ``b``)."""
+    m = max(A.shape[-1], B.shape[-1])
+    if level_slices(m) is not None and A.shape[-1] == B.shape[-1]:
+        out = np.empty((A.shape[0], B.shape[1], m))
+        return _per_slice(batched_matmul, out, A, B)
     out = A[:, 0, None, :] * B[None, 0]
     for k in range(1, A.shape[1]):
         out += A[:, k, None, :] * B[None, k]

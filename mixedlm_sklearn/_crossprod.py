@@ -30,20 +30,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from ._terms import Terms
+from ._threads import n_level_threads, run_in_threads
 
 __all__ = ["PairBlock", "CrossProducts", "cross_products", "DesignPattern",
            "ResponseProducts", "ResponseMap", "Origin", "origin_of"]
 
 # Rows per block in the pass over the rows. Each block's sparse product writes a dense
 # (levels * q, k) result, so a block must hold at least about levels * q rows for that
-# cost to stay proportional to the rows; the cap bounds the temporaries (~0.5 GB).
-_MIN_BLOCK_ROWS = 1 << 17
+# cost to stay proportional to the rows; the cap bounds the temporaries (~0.5 GB). The
+# blocks do not depend on the number of threads (n_jobs), so neither do the sums.
+_MIN_BLOCK_ROWS = 1 << 15
 _MAX_BLOCK_ROWS = 1 << 22
 # Rows whose means make the origin (:func:`origin_of`): enough to land within a fraction of
 # a standard deviation of the mean, few enough to cost nothing (at 131072 rows the means
@@ -434,7 +437,8 @@ def _term_blocks(Z: np.ndarray, codes: np.ndarray, n_levels: int, X: np.ndarray,
     shift_x = None if shift is None or not np.any(shift[1:p]) else shift[1:p]
     shift_y = 0.0 if shift is None else float(shift[p])
     index_type = np.int32 if n_levels * q < 2**31 else np.int64  # scipy's own index type
-    for start in range(0, n, block_rows):
+
+    def block_products(start: int) -> tuple[np.ndarray, np.ndarray]:
         stop = min(n, start + block_rows)
         rows = stop - start
         block = np.empty((rows, k))
@@ -457,8 +461,18 @@ def _term_blocks(Z: np.ndarray, codes: np.ndarray, n_levels: int, X: np.ndarray,
         z_values = zb.ravel() if sqrt_w is not None else np.ascontiguousarray(Z[start:stop]).ravel()
         z_blocks = sp.csr_matrix((z_values, cols, np.arange(0, rows * q + 1, q, dtype=index_type)),
                                  shape=(rows, n_levels * q))
-        zw += z_blocks.T @ block
-        xyxy += xyb.T @ xyb
+        return z_blocks.T @ block, xyb.T @ xyb
+
+    # With the package's threads, a wave of blocks at a time (memory: one block and one
+    # per-level result per thread), added in the blocks' order: the sums are those of one
+    # thread, bit for bit.
+    wave = n_level_threads()
+    starts = list(range(0, n, block_rows))
+    for first in range(0, len(starts), wave):
+        jobs = [partial(block_products, start) for start in starts[first:first + wave]]
+        for zw_part, xyxy_part in run_in_threads(jobs):
+            zw += zw_part
+            xyxy += xyxy_part
     per_level = zw.reshape(n_levels, q, k).transpose(1, 2, 0)
     return (np.ascontiguousarray(per_level[:, :q, :]), np.ascontiguousarray(per_level[:, q:, :]),
             xyxy)

@@ -18,12 +18,16 @@ setting the first one found, so the process is left as it was.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar, copy_context
 from typing import Iterator
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["single_threaded_blas"]
+__all__ = ["single_threaded_blas", "level_threads", "level_slices", "n_level_threads", "run_in_threads"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -49,3 +53,73 @@ def single_threaded_blas() -> Iterator[None]:
             if _depth == 0:
                 _limiter.restore_original_limits()
                 _limiter = None
+
+
+# The package's own threads of the fit running in this context (``n_jobs``): a pool and its
+# size, or None. A context variable, so that fits in other threads (cross-validation,
+# bootstrap workers) each have their own, and the pool's workers, which do not inherit
+# it, never split their work again.
+_pool: ContextVar[tuple[ThreadPoolExecutor, int] | None] = ContextVar("mixedlm_level_pool",
+                                                                       default=None)
+# Fewest levels per thread: below this a slice's numpy calls cost more in overhead than
+# the thread saves (each batched kernel is a few dozen numpy calls on (m,) rows).
+MIN_LEVELS_PER_THREAD = 4096
+
+
+@contextmanager
+def level_threads(n_threads: int) -> Iterator[None]:
+    """Run the body with ``n_threads`` of the package's threads for the work over levels and
+    rows (:func:`level_slices`, :func:`run_in_threads`); 1 runs everything on the caller's
+    thread. The pool is this call's own and is shut down when it ends."""
+    if n_threads <= 1:
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="mixedlm") as pool:
+        token = _pool.set((pool, n_threads))
+        try:
+            yield
+        finally:
+            _pool.reset(token)
+
+
+def level_slices(m: int) -> list[slice] | None:
+    """Contiguous slices of ``m`` levels, one per thread of :func:`level_threads`, or None
+    when the work stays on the caller's thread (no pool, or too few levels to pay)."""
+    ctx = _pool.get()
+    if ctx is None:
+        return None
+    k = min(ctx[1], m // MIN_LEVELS_PER_THREAD)
+    if k < 2:
+        return None
+    bounds = np.linspace(0, m, k + 1).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def n_level_threads() -> int:
+    """How many of the package's threads the fit in this context has (1 without a pool)."""
+    ctx = _pool.get()
+    return 1 if ctx is None else ctx[1]
+
+
+def run_in_threads(jobs: list[Callable[[], object]]) -> list:
+    """The results of ``jobs`` in their order, run by the pool of :func:`level_threads` (on
+    the caller's thread without one). numpy and scipy release the GIL inside their loops,
+    so the threads run at once; each job must write only its own output."""
+    ctx = _pool.get()
+    if ctx is None or len(jobs) < 2:
+        return [job() for job in jobs]
+
+    def in_callers_context(job: Callable[[], object]) -> Callable[[], object]:
+        # numpy's errstate (the fit's handling of floating-point warnings) lives in the
+        # context: each job runs in a copy of the caller's, without the pool (no nesting)
+        context = copy_context()
+
+        def run() -> object:
+            def body() -> object:
+                _pool.set(None)
+                return job()
+            return context.run(body)
+        return run
+
+    futures = [ctx[0].submit(in_callers_context(job)) for job in jobs]
+    return [f.result() for f in futures]
