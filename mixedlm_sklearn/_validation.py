@@ -454,25 +454,23 @@ def take_rows(values: Any, keep: np.ndarray, name: str) -> Any:
     return values[keep]
 
 
-def without_zero_weights(weights: np.ndarray | None, arrays: dict, inputs: dict) -> tuple[dict, dict]:
-    """The rows of positive weight of a fit's per-row arrays and inputs.
+def without_zero_weights(weights: np.ndarray | None, **rows: Any) -> tuple:
+    """The rows of positive weight of a fit's per-row values, in the order given.
 
     A weight of 0 is an infinite residual variance: the row carries no information, so it
-    is removed before anything else (a group of such rows is no group). ``arrays`` are
-    numpy arrays (or None) indexed by row, ``inputs`` the per-row inputs in the user's own
-    types (taken by :func:`take_rows`, named by their keys); both are returned filtered,
-    unchanged when every weight is positive (or ``weights`` is None).
+    is removed before anything else (a group of such rows is no group). Each keyword is a
+    per-row value (arrays, the user's DataFrames, dicts of them, None; taken by
+    :func:`take_rows`, named by its keyword in errors); all come back unchanged when every
+    weight is positive (or ``weights`` is None).
     """
     if weights is None or weights.all():
-        return arrays, inputs
+        return tuple(rows.values())
     keep = weights > 0
     n = keep.size
     if keep.sum() < 2:
         raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
                          "model needs at least 2 rows of positive weight")
-    arrays = {k: None if v is None else v[keep] for k, v in arrays.items()}
-    inputs = {k: take_rows(v, keep, k) for k, v in inputs.items()}
-    return arrays, inputs
+    return tuple(take_rows(v, keep, k) for k, v in rows.items())
 
 
 @contextlib.contextmanager

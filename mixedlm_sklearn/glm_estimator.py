@@ -109,11 +109,8 @@ class _MixedGLMBase(MixedModelBase):
         weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
         off = np.zeros(n) if offset is None else _check_offset(offset, n)
         self._check_counts(family, y, weights)
-        arrays, inputs = without_zero_weights(
-            weights, {"X": X, "y": y, "weights": weights, "offset": off, "index": index},
-            {"groups": groups, "Z": Z})
-        X, y, weights, off, index = (arrays[k] for k in ("X", "y", "weights", "offset", "index"))
-        groups, Z = inputs["groups"], inputs["Z"]
+        X, y, weights, off, index, groups, Z = without_zero_weights(
+            weights, X=X, y=y, sample_weight=weights, offset=off, index=index, groups=groups, Z=Z)
         n = X.shape[0]
         family.check_response(y, weights)
         terms_in = self._random_terms(groups, Z, n, instead="a GLM")

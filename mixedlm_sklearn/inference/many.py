@@ -159,11 +159,9 @@ def fit_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_weight: 
     if offset_values is not None:
         Yv = Yv - offset_values[:, None]
     weights = None if sample_weight is None else check_weights(sample_weight, n)
-    arrays, inputs = without_zero_weights(
-        weights, {"X": Xv, "Y": Yv, "weights": weights, "offset": offset_values, "index": index},
-        {"groups": groups, "Z": Z})
-    Xv, Yv, weights, offset_values, index = (arrays[k] for k in ("X", "Y", "weights", "offset", "index"))
-    groups, Z = inputs["groups"], inputs["Z"]
+    Xv, Yv, weights, offset_values, index, groups, Z = without_zero_weights(
+        weights, X=Xv, Y=Yv, sample_weight=weights, offset=offset_values, index=index,
+        groups=groups, Z=Z)
     n = Xv.shape[0]
     terms_in = est._random_terms(groups, Z, n, instead="ordinary least squares per response")
     terms = Terms([Term(t.name, t.z_names, t.labels.size, t.diagonal) for t in terms_in])

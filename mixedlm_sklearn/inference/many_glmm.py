@@ -226,11 +226,9 @@ def fit_count_responses(est: Any, X: Any, Y: Any, groups: Any, Z: Any, sample_we
     index, Xv, x_names, Yv, names, offset_values = read_responses(est, X, Y, offset, progress)
     n = Xv.shape[0]
     weights = np.ones(n) if sample_weight is None else check_weights(sample_weight, n)
-    arrays, inputs = without_zero_weights(
-        weights, {"X": Xv, "Y": Yv, "weights": weights, "offset": offset_values, "index": index},
-        {"groups": groups, "Z": Z})
-    Xv, Yv, weights, offset_values, index = (arrays[k] for k in ("X", "Y", "weights", "offset", "index"))
-    groups, Z = inputs["groups"], inputs["Z"]
+    Xv, Yv, weights, offset_values, index, groups, Z = without_zero_weights(
+        weights, X=Xv, Y=Yv, sample_weight=weights, offset=offset_values, index=index,
+        groups=groups, Z=Z)
     n = Xv.shape[0]
     off = np.zeros(n) if offset_values is None else offset_values
     terms_in = est._random_terms(groups, Z, n, instead="a GLM per response")
