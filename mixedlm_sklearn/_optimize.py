@@ -676,7 +676,8 @@ def fit(
         theta0 = _moment_start(basis.white)
         if theta0 is None:
             theta0 = dev.terms.identity_theta()
-        start = np.concatenate([theta0, _ratio_start(dev.cp)])
+        residual = dev.residual_start()
+        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
     else:
         start = basis.from_original(np.asarray(x0, dtype=float))
     shift = 0.0
@@ -725,7 +726,7 @@ def fit(
     solution = dev.solution(x_orig)
     theta = x_orig[:dev.n_theta]
     at_bound = np.isfinite(dev.lower_bounds()[:dev.n_theta]) & (theta <= dev.lower_bounds()[:dev.n_theta])
-    eta = x_orig[dev.n_theta:]
+    eta = x_orig[dev.n_theta:dev.n_theta + dev.n_ratios]
     runaway = np.abs(eta) > _RUNAWAY_LOG_RATIO
     converged = bool(not limited and scaled < SCALED_GRADIENT_TOL and pos_def and not runaway.any())
     if limited:

@@ -180,7 +180,9 @@ def _oracle_min(X, y, Z, codes, times, kind, reml, starts):
     return best
 
 
-def _random_design(kind, q, true_value, seed):
+def _random_design(kind, q, true_value, seed, few_gaps=False):
+    """Uneven gaps: integers 1-2 for ar1; otherwise real ones, all distinct or (few_gaps)
+    three distinct values."""
     rng = np.random.default_rng(seed)
     m = 7
     sizes = rng.integers(3, 7, m)
@@ -189,7 +191,9 @@ def _random_design(kind, q, true_value, seed):
     for s in sizes:
         if kind == "ar1":
             times.append(np.cumsum(rng.integers(1, 3, s)).astype(float))
-        else:  # uneven gaps
+        elif few_gaps:
+            times.append(np.cumsum(rng.choice([0.4, 1.0, 1.7], s)))
+        else:
             times.append(np.cumsum(rng.uniform(0.2, 2.0, s)))
     times = np.concatenate(times)
     n = codes.size
@@ -241,6 +245,84 @@ def test_likelihood_equals_the_dense_one_at_its_optimum(kind, true_value, q):
         starts.append(np.concatenate([chol[:k], [np.log(scale)], [u]]))
     best = _oracle_min(X, y, Z, codes, times, kind, reml, starts)
     assert -2.0 * est.llf_ <= best + 2e-6
+
+
+# ---- the joint deviance: the correlation parameter in the optimiser's x -------------------------
+
+
+def _joint(kind, q, true_value, seed, reml):
+    from mixedlm_sklearn._correlation import (STRUCTURES, CorrelatedRows, CorrelationRows,
+                                              JointDeviance, components)
+    from mixedlm_sklearn._terms import Term, Terms
+
+    X, y, Z, codes, times = _random_design(kind, q, true_value, seed, few_gaps=True)
+    terms = Terms([Term("g", tuple(f"z{j}" for j in range(q)), int(codes.max()) + 1)])
+    st = STRUCTURES[kind]()
+    rows = CorrelationRows.from_arrays(codes, times, kind == "ar1")
+    comps = components(CorrelatedRows.of(st, rows, X, y, [(codes, Z)], terms))
+    assert comps is not None  # few lags or group sizes: the components
+    return X, y, Z, codes, times, st, rows, JointDeviance(comps, reml)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("kind", ["ar1", "car1", "exp", "cs"])
+def test_joint_deviance_is_the_dense_one_and_its_gradient_the_central_differences(kind, reml):
+    """x = (theta, u) with a random intercept and slope: the value is the dense profiled
+    deviance at the solution's parameters, the analytic gradient (the correlation's
+    coordinate included) equals central differences; u from near independence to a
+    strong correlation."""
+    X, y, Z, codes, times, st, rows, dev = _joint(kind, 2, 0.5 if kind != "exp" else 1.0, 3, reml)
+    for u in (-3.0, 0.3, 3.0):
+        x = np.array([1.2, -0.3, 0.5, u])
+        value, grad = dev.value_and_grad(x)
+        sol = dev.solution(x)
+        L = np.array([[x[0], 0.0], [x[1], x[2]]])
+        dense = _dense_deviance(X, y, Z, codes, times, kind, sol.scale * L @ L.T, sol.scale,
+                                st.value(u, rows), reml)
+        np.testing.assert_allclose(value, dense, rtol=1e-10)
+        h = 1e-5
+        numeric = np.array([(dev(x + h * e) - dev(x - h * e)) / (2 * h) for e in np.eye(x.size)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,true_value", [("ar1", 0.05), ("ar1", 0.95), ("car1", 0.05),
+                                             ("car1", 0.95), ("exp", 0.3), ("exp", 5.0),
+                                             ("cs", 0.05), ("cs", 0.6)])
+def test_joint_fit_equals_the_outer_search_and_the_dense_optimum(kind, true_value, monkeypatch):
+    """Gaps of three distinct lengths (the joint fit's components): the estimate equals the
+    outer search's (the correlation profiled by a bounded search around whole fits) and the
+    dense likelihood's optimum from several starts. Compound symmetry without random
+    effects (next to a random intercept its optima form a ridge of one height)."""
+    import mixedlm_sklearn._correlation as corr
+
+    q = 0 if kind == "cs" else 2
+    reml = kind in ("ar1", "cs")
+    X, y, Z, codes, times = _random_design(kind, max(q, 1), true_value, seed=7, few_gaps=True)
+    Z = Z[:, :q]
+
+    def fit():
+        return MixedLMRegressor(correlation=kind, reml=reml).fit(
+            X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+            correlation_groups=None if q else codes)
+
+    joint = fit()
+    monkeypatch.setattr(corr, "MAX_COMPONENTS", 0)  # every design to the outer search
+    outer = fit()
+    assert joint.llf_ >= outer.llf_ - 1e-7
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    if abs(joint.llf_ - outer.llf_) < 1e-6:
+        np.testing.assert_allclose(joint.correlation_params_[name], outer.correlation_params_[name],
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(joint.fe_params_, outer.fe_params_, rtol=1e-4, atol=1e-6)
+    value = joint.correlation_params_[name]
+    cov_re = np.atleast_2d(joint.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_deviance(X, y, Z, codes, times, kind, cov_re, joint.scale_, value, reml)
+    np.testing.assert_allclose(-2.0 * joint.llf_, ours, rtol=1e-9, atol=1e-8)
+    k = q * (q + 1) // 2
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.concatenate([np.eye(q)[np.tril_indices(q)][:k] * s, [np.log(s)], [u]])
+              for s, u in [(1.0, u0), (0.3, u0 - 2.0), (2.0, u0 + 2.0)]]
+    assert -2.0 * joint.llf_ <= _oracle_min(X, y, Z, codes, times, kind, reml, starts) + 2e-6
 
 
 # ---- input ---------------------------------------------------------------------------------------
