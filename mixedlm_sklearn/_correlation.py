@@ -536,7 +536,7 @@ def components(data: "CorrelatedRows") -> Components | None:
 
     st, rows = data.structure, data.rows
     p = data.X.shape[1]
-    D = np.column_stack([data.X, data.y[:, None]] + [Z for _, Z in data.factors])
+    D = data.scaled()
     if isinstance(st, _Markov):
         inner = np.flatnonzero(rows.same)
         lags, cls = _lag_classes(rows.gaps[inner])
@@ -571,7 +571,8 @@ def components(data: "CorrelatedRows") -> Components | None:
     cp = cross_products(W[:, :p], W[:, p], factors, data.terms, strata=np.concatenate(strata),
                         n_strata=n_strata)
     cp = dataclasses.replace(
-        cp, n_obs=np.array(n_obs), sum_log_weights=np.zeros(n_strata),
+        cp, n_obs=np.array(n_obs),
+        sum_log_weights=np.append(data.sum_log_weights, np.zeros(n_strata - 1)),
         counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(data.factors, data.terms)))
     return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts)
 
@@ -649,7 +650,13 @@ _XATOL = 1e-9
 @dataclass(frozen=True)
 class CorrelatedRows:
     """A fit's rows in residual-group order: ``[X y]`` (intercept column included), the
-    random-effects designs, and the structure that whitens them."""
+    random-effects designs, the prior weights (None: all 1) and the structure that whitens
+    them.
+
+    With weights ``w`` the residuals' covariance is ``sigma^2 W^{-1/2} R W^{-1/2}`` (a
+    row's variance ``sigma^2 / w``, nlme's ``varFixed(~ 1/w)`` next to the correlation):
+    the rows are scaled by ``sqrt(w)`` before whitening and ``sum log w`` enters the
+    deviance as the prior weights' term."""
 
     structure: CorrelationStructure
     rows: CorrelationRows
@@ -657,26 +664,37 @@ class CorrelatedRows:
     y: np.ndarray
     factors: tuple
     terms: object
+    weights: np.ndarray | None = None
 
     @classmethod
     def of(cls, structure: CorrelationStructure, rows: CorrelationRows, X: np.ndarray,
-           y: np.ndarray, factors, terms) -> "CorrelatedRows":
+           y: np.ndarray, factors, terms, weights: np.ndarray | None = None) -> "CorrelatedRows":
         o = rows.order
         return cls(structure, rows, np.ascontiguousarray(X[o]), np.asarray(y, dtype=float)[o],
-                   tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms)
+                   tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms,
+                   None if weights is None else np.asarray(weights, dtype=float)[o])
+
+    @property
+    def sum_log_weights(self) -> float:
+        return 0.0 if self.weights is None else float(np.log(self.weights).sum())
+
+    def scaled(self) -> np.ndarray:
+        """``[X y Z]`` (n, p + 1 + sum q_k), rows times ``sqrt(w)``."""
+        D = np.column_stack([self.X, self.y[:, None]] + [Z for _, Z in self.factors])
+        return D if self.weights is None else D * np.sqrt(self.weights)[:, None]
 
     def cross_products(self, value: float):
         """The cross-products of the data whitened at parameter ``value``."""
         from ._crossprod import cross_products
 
         p = self.X.shape[1]
-        blocks = [self.X, self.y[:, None]] + [Z for _, Z in self.factors]
-        W = self.structure.whiten(np.column_stack(blocks), self.rows, value)
+        W = self.structure.whiten(self.scaled(), self.rows, value)
         factors, at = [], p + 1
         for codes, Z in self.factors:
             factors.append((codes, W[:, at:at + Z.shape[1]]))
             at += Z.shape[1]
-        return cross_products(W[:, :p], W[:, p], factors, self.terms)
+        cp = cross_products(W[:, :p], W[:, p], factors, self.terms)
+        return dataclasses.replace(cp, sum_log_weights=np.array([self.sum_log_weights]))
 
 
 class WhitenedDeviance:
@@ -993,6 +1011,7 @@ def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, m
     the outer search fits.
     """
     from ._model import minimise
+    from ._optimize import ITERATION_LIMIT
     from ._threads import single_threaded_blas
 
     if solver == "iterative":
@@ -1034,6 +1053,17 @@ def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, m
                 sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
                 x0 = np.append(sol.x, x0[-1])
         sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True, multistart=False)
+        if not info.converged and not info.message.startswith(ITERATION_LIMIT):
+            # a Hessian singular in a direction that moves u: a ridge of equal optima
+            # (compound symmetry next to a random intercept) or a likelihood running off
+            # to a singular R (warned as degenerate). Convergence is then judged in theta
+            # at the estimate of u, as the outer search judges it.
+            u = float(sol.x[-1])
+            at = Deviance(comps.cp.combined(comps.weights(u)[0], row_weights=False), reml,
+                          plan=dev.plan)
+            held, held_info = minimise(at, sol.x[:-1], max_iter=max_iter, tol=tol, search=False)
+            if held_info.converged and held.deviance + comps.logdet(u)[0] <= sol.deviance + 1e-9:
+                sol, info = dev.solution(np.append(held.x, u)), held_info
     theta, u_hat = sol.x[:-1], float(sol.x[-1])
     value = st.value(u_hat, rows)
     # the solution from the rows whitened at the estimate (as the outer search's)
