@@ -532,25 +532,33 @@ def _lag_classes(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def components(data: "CorrelatedRows") -> Components | None:
     """The :class:`Components` of the rows, or None where there are more than
     :data:`MAX_COMPONENTS` distinct lags or group sizes (the outer search then fits)."""
-    from ._crossprod import cross_products
+    from ._crossprod import _stack_strata, cross_products
 
     st, rows = data.structure, data.rows
     p = data.X.shape[1]
     D = data.scaled()
+
+    def products(block: np.ndarray, at: np.ndarray):
+        """The cross-products of rows ``block`` at the levels of rows ``at``."""
+        factors, col = [], p + 1
+        for codes, Z in data.factors:
+            factors.append((codes[at], block[:, col:col + Z.shape[1]]))
+            col += Z.shape[1]
+        return cross_products(block[:, :p], block[:, p], factors, data.terms)
+
     if isinstance(st, _Markov):
         inner = np.flatnonzero(rows.same)
         lags, cls = _lag_classes(rows.gaps[inner])
         if lags.size > MAX_COMPONENTS:
             return None
         first = np.flatnonzero(~rows.same)
-        blocks, at, strata = [D[first]], [first], [np.zeros(first.size, dtype=int)]
+        parts = [products(D[first], first)]
         counts = np.bincount(cls, minlength=lags.size)
         n_obs = [first.size]
         for j in range(lags.size):
             t = inner[cls == j]
-            blocks += [D[t], D[t - 1], D[t] - D[t - 1]]
-            at += [t, t, t]
-            strata += [np.full(t.size, 3 * j + k + 1) for k in range(3)]
+            now, before = D[t], D[t - 1]
+            parts += [products(now, t), products(before, t), products(now - before, t)]
             n_obs += [t.size, 0, 0]
     else:
         lags, size_class = np.unique(rows.sizes, return_inverse=True)
@@ -558,21 +566,15 @@ def components(data: "CorrelatedRows") -> Components | None:
             return None
         counts = np.bincount(size_class, minlength=lags.size)
         sums = np.add.reduceat(D, rows.starts, axis=0)
-        blocks, at = [D, sums], [np.arange(rows.n), rows.starts]
-        strata = [np.zeros(rows.n, dtype=int), size_class + 1]
+        parts = [products(D, np.arange(rows.n))]
+        for j in range(lags.size):
+            g = np.flatnonzero(size_class == j)
+            parts.append(products(sums[g], rows.starts[g]))
         n_obs = [rows.n] + [0] * lags.size
-    W = np.concatenate(blocks)
-    at = np.concatenate(at)
-    factors, col = [], p + 1
-    for codes, Z in data.factors:
-        factors.append((codes[at], W[:, col:col + Z.shape[1]]))
-        col += Z.shape[1]
-    n_strata = len(n_obs)
-    cp = cross_products(W[:, :p], W[:, p], factors, data.terms, strata=np.concatenate(strata),
-                        n_strata=n_strata)
+    cp = _stack_strata(parts)
     cp = dataclasses.replace(
         cp, n_obs=np.array(n_obs),
-        sum_log_weights=np.append(data.sum_log_weights, np.zeros(n_strata - 1)),
+        sum_log_weights=np.append(data.sum_log_weights, np.zeros(len(n_obs) - 1)),
         counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(data.factors, data.terms)))
     return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts)
 
