@@ -11,6 +11,9 @@ Cases (issue "Beyond lme4"; the first five are the references in
   random effects; nlme ``gls(..., correlation = corCompSymm(form = ~ 1 | Subject))``;
 * ``ar1_1e4`` / ``ar1_1e5``: simulated, 10^4 / 10^5 rows, 10 visits per subject, random
   intercept per subject and AR(1) residuals (phi = 0.6), ``y ~ x + (1 | g)``, REML; nlme;
+* ``ar1_1e6``: the same with 10^6 rows (10^5 subjects), fitted from arrays
+  (``MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, time=visit)``); nlme with
+  ``--slow-r`` only;
 * ``grouse_nb``: ``TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)``, negative binomial
   (NB2, theta estimated), Laplace; ``glmer.nb`` and glmmTMB ``nbinom2``;
 * ``gamma_log``: ``y ~ x + (1 | g)``, Gamma with log link, 480 rows, Laplace; ``glmer`` and
@@ -113,6 +116,11 @@ def _ours_ar1(d):
     return lmer("y ~ x + (1 | g)", d, correlation="ar1(~ visit | g)")
 
 
+def _ours_ar1_arrays(d):
+    return MixedLMRegressor(correlation="ar1").fit(d[["x"]].to_numpy(), d.y.to_numpy(),
+                                                   groups=d.g.to_numpy(), time=d.visit.to_numpy())
+
+
 _LABEL_READ = 'd <- read.csv(path, colClasses = "character"); for (v in names(d)) {{ if (!(v %in% c({labels}))) d[[v]] <- as.numeric(d[[v]]) }}'
 
 CASES = {
@@ -131,6 +139,9 @@ CASES = {
     "ar1_1e5": (lambda: _ar1_sim(100_000), _ours_ar1, '"g"', {
         "nlme": "lme(y ~ x, data = d, random = ~ 1 | g, correlation = corAR1(form = ~ visit | g), "
                 "method = 'REML')"}),
+    "ar1_1e6": (lambda: _ar1_sim(1_000_000), _ours_ar1_arrays, '"g"', {
+        "nlme": "lme(y ~ x, data = d, random = ~ 1 | g, correlation = corAR1(form = ~ visit | g), "
+                "method = 'REML')"}),
     "grouse_nb": (_grouse, lambda d: glmer_nb("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", d),
                   '"BROOD", "LOCATION", "YEAR", "INDEX"', {
                       "glmer.nb": "glmer.nb(TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION), data = d)",
@@ -145,8 +156,8 @@ CASES = {
                            "glmmTMB": "glmmTMB(y ~ x + (1 | u) + (1 | v), family = nbinom2, data = d)",
                            "glmer.nb": "glmer.nb(y ~ x + (1 | u) + (1 | v), data = d)"}),
 }
-_SLOW_R = {("nb_crossed_1e5", "glmer.nb")}
-_REML = {"ovary_ar1", "bodyweight_car1", "orthodont_cs", "ar1_1e4", "ar1_1e5"}
+_SLOW_R = {("nb_crossed_1e5", "glmer.nb"), ("ar1_1e6", "nlme")}
+_REML = {"ovary_ar1", "bodyweight_car1", "orthodont_cs", "ar1_1e4", "ar1_1e5", "ar1_1e6"}
 _PACKAGE = {"nlme": "nlme", "glmer.nb": "lme4", "glmer": "lme4", "glmmTMB": "glmmTMB"}
 
 
@@ -189,7 +200,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--peers", default="ours,R", help="ours and/or R (nlme, glmmTMB, lme4)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--slow-r", action="store_true", help="also glmer.nb on the 10^5-row crossed case")
+    parser.add_argument("--slow-r", action="store_true", help="also glmer.nb on the 10^5-row crossed case and nlme on 10^6 rows")
     args = parser.parse_args()
     peers = args.peers.split(",")
     r_missing = env.r_available(("lme4", "nlme", "glmmTMB")) if "R" in peers else "not asked"

@@ -31,6 +31,15 @@ groups (shifted rows with a "same group as the previous row" mask, group sums by
 Each structure is a :class:`CorrelationStructure`: its parameter's name (nlme's),
 its internal (unconstrained) parameter with bounds and transform, the correlation of
 two rows, the whitening and the log-determinant.
+
+The fit (:func:`fit_correlated`) is joint: the correlation's internal parameter ``u`` is a
+coordinate of the deviance's ``x = (theta, u)`` (:class:`JointDeviance`, with an analytic
+gradient), minimised by the linear model's optimiser with its safeguards run once. The
+whitened cross-products are a weighted sum of :class:`Components` formed once from the
+rows (weights and ``log|R|`` closed forms in ``u``), as the strata's variances are. Rows
+with more than :data:`MAX_COMPONENTS` distinct lags (continuous times with irregular
+gaps) or group sizes are fitted by the outer search: the deviance profiled over ``u`` by
+a grid and a bounded Brent search around whole fits of the whitened rows.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._deviance import Deviance
 
 __all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested",
            "CorrelationSpec", "parse_spec"]
@@ -151,6 +162,12 @@ class CorrelationStructure:
         """Inverse of :meth:`value`."""
         raise NotImplementedError
 
+    def lag_correlation(self, u: float, d: np.ndarray, rows: CorrelationRows
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The correlation of two rows ``d > 0`` apart at internal parameter ``u`` and its
+        derivative in ``u`` (the joint fit's gradient, :class:`JointDeviance`)."""
+        raise NotImplementedError
+
     def boundary_value(self) -> float | None:
         """The parameter of independent residuals where it is a bound of the internal scale
         (None where it is an interior value): the search reaches it only in the limit, so
@@ -231,6 +248,11 @@ class AR1(_Markov):
     def internal(self, value, rows):
         return float(2.0 * np.arctanh(value))
 
+    def lag_correlation(self, u, d, rows):
+        phi = np.tanh(0.5 * u)
+        d = np.asarray(d, dtype=float)  # integer lags >= 1: a negative base is exact
+        return np.power(phi, d), d * np.power(phi, d - 1.0) * 0.5 * (1.0 - phi * phi)
+
     def correlation(self, value, d):
         d = np.asarray(d, dtype=float)
         # integer lags: a negative phi alternates in sign
@@ -248,6 +270,11 @@ class CAR1(_Markov):
 
     def correlation(self, value, d):
         return np.power(value, np.asarray(d, dtype=float))
+
+    def lag_correlation(self, u, d, rows):
+        phi = 1.0 / (1.0 + np.exp(-u))
+        c = np.power(phi, np.asarray(d, dtype=float))
+        return c, np.asarray(d, dtype=float) * c * (1.0 - phi)
 
     def bounds(self, rows):
         # down to a correlation of 1e-10 at the shortest gap (phi^d with d << 1 stays large
@@ -279,6 +306,11 @@ class Exp(_Markov):
     def boundary_value(self):
         return 0.0
 
+    def lag_correlation(self, u, d, rows):
+        d = np.asarray(d, dtype=float)
+        c = np.exp(-d * np.exp(-u))
+        return c, c * d * np.exp(-u)
+
     def correlation(self, value, d):
         d = np.asarray(d, dtype=float)
         if value == 0:
@@ -303,6 +335,12 @@ class CompoundSymmetry(CorrelationStructure):
 
     def correlation(self, value, d):
         return np.where(np.asarray(d) == 0, 1.0, value)
+
+    def lag_correlation(self, u, d, rows):
+        lo = self._lower(rows)
+        f = 1.0 / (1.0 + np.exp(-u))
+        shape = np.shape(d)
+        return np.full(shape, lo + (1.0 - lo) * f), np.full(shape, (1.0 - lo) * f * (1.0 - f))
 
     def near_singular(self, value, rows):
         lo = self._lower(rows)
@@ -393,6 +431,216 @@ def check_nested(rows: CorrelationRows, factors: list, factor_names: list, group
                 "factor (e.g. the grouping factor itself, or a factor nested in it)")
 
 
+# ---- the joint fit: the correlation parameter next to theta in the deviance's x --------------
+
+# Distinct lags (Markov structures) or group sizes (compound symmetry) up to which the
+# correlated cross-products are held as components; beyond, the outer search is used
+# (each component is a stratum of the cross-products that every evaluation combines).
+MAX_COMPONENTS = 16
+
+
+@dataclass(frozen=True)
+class Components:
+    """The cross-products of correlated rows as a weighted sum of components.
+
+    Markov structures (``ar1``, ``car1``, ``exp``): with rows in time order within a group,
+    ``c_t`` the correlation of row ``t`` with the previous row and ``x_t`` a row of
+    ``[X y Z]``, the whitened products are ``x_1 x_1' + sum_t (x_t - c_t x_{t-1})(x_t -
+    c_t x_{t-1})' / (1 - c_t^2)`` (the Prais-Winsten rows of the module docstring). Written
+    with ``x_t x_t'``, ``x_{t-1} x_{t-1}'`` and ``(x_t - x_{t-1})(x_t - x_{t-1})'`` (which
+    carries the lag products by polarisation) summed over the rows whose lag ``d`` is
+    ``d_j``, this is the sum of the first rows' products and, per lag class ``j``, those
+    three with weights ``1 / (1 + c)``, ``-c / (1 + c)`` and ``c / (1 - c^2)``,
+    ``c = c(d_j)``. Compound symmetry: ``R_g^{-1} = (I - c_m 11') / (1 - rho)``,
+    ``c_m = rho / (1 + (m - 1) rho)`` for a group of size ``m``, so the products are
+    those of all rows with weight ``1 / (1 - rho)`` and, per group size ``m``, those of the
+    groups' sums ``s_g`` with weight ``-c_m / (1 - rho)``. Residual groups lie within one
+    level of every grouping factor, so the lag rows and the sums keep the level of their
+    rows, and no new pair of levels appears.
+
+    Attributes
+    ----------
+    cp : CrossProducts
+        One stratum per component (``n_obs`` puts the rows' count on the components
+        holding each row once, so that ``cp.n`` is the number of rows).
+    structure : CorrelationStructure
+    rows : CorrelationRows
+    lags : ndarray
+        The distinct lags (Markov) or group sizes (compound symmetry).
+    counts : ndarray
+        Rows per lag class (Markov) or groups per size (compound symmetry).
+    """
+
+    cp: object
+    structure: CorrelationStructure
+    rows: CorrelationRows
+    lags: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def markov(self) -> bool:
+        return isinstance(self.structure, _Markov)
+
+    def weights(self, u: float) -> tuple[np.ndarray, np.ndarray]:
+        """The components' weights at internal parameter ``u`` and their derivatives in ``u``."""
+        c, dc = self.structure.lag_correlation(float(u), self.lags, self.rows)
+        if self.markov:
+            a = 1.0 / (1.0 + c)
+            b = 1.0 / (1.0 - c * c)
+            w = np.column_stack([a, -c * a, c * b]).ravel()
+            dw = np.column_stack([-dc * a * a, -dc * a * a, dc * (1.0 + c * c) * b * b]).ravel()
+            return np.concatenate([[1.0], w]), np.concatenate([[0.0], dw])
+        m = self.lags.astype(float)
+        rho, drho = float(c[0]), float(dc[0])
+        g = (1.0 - rho) * (1.0 + (m - 1.0) * rho)
+        dg = (m - 2.0) - 2.0 * (m - 1.0) * rho
+        w = np.concatenate([[1.0 / (1.0 - rho)], -rho / g])
+        dw = np.concatenate([[1.0 / (1.0 - rho) ** 2], -(g - rho * dg) / (g * g)]) * drho
+        return w, dw
+
+    def logdet(self, u: float) -> tuple[float, float]:
+        """``log|R|`` at internal parameter ``u`` and its derivative in ``u``."""
+        c, dc = self.structure.lag_correlation(float(u), self.lags, self.rows)
+        if self.markov:
+            return (float(self.counts @ np.log1p(-c * c)),
+                    float(self.counts @ (-2.0 * c * dc / (1.0 - c * c))))
+        m1 = self.lags.astype(float) - 1.0
+        rho, drho = float(c[0]), float(dc[0])
+        value = self.counts @ (m1 * np.log1p(-rho) + np.log1p(m1 * rho))
+        deriv = self.counts @ (-m1 / (1.0 - rho) + m1 / (1.0 + m1 * rho))
+        return float(value), float(deriv * drho)
+
+
+# Lags equal to this relative precision are one class (times computed in floating point,
+# e.g. 0.37 * visit, give gaps that differ in the last digits).
+_LAG_RTOL = 1e-12
+
+
+def _lag_classes(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct lags (each class's smallest) and each gap's class."""
+    if not gaps.size:
+        return np.empty(0), np.empty(0, dtype=int)
+    order = np.argsort(gaps, kind="stable")
+    s = gaps[order]
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] - s[:-1] > _LAG_RTOL * s[1:]
+    cls = np.empty(s.size, dtype=int)
+    cls[order] = np.cumsum(new) - 1
+    return s[new], cls
+
+
+def components(data: "CorrelatedRows") -> Components | None:
+    """The :class:`Components` of the rows, or None where there are more than
+    :data:`MAX_COMPONENTS` distinct lags or group sizes (the outer search then fits)."""
+    from ._crossprod import _stack_strata, cross_products
+
+    st, rows = data.structure, data.rows
+    p = data.X.shape[1]
+    D = data.scaled()
+
+    def products(block: np.ndarray, at: np.ndarray):
+        """The cross-products of rows ``block`` at the levels of rows ``at``."""
+        factors, col = [], p + 1
+        for codes, Z in data.factors:
+            factors.append((codes[at], block[:, col:col + Z.shape[1]]))
+            col += Z.shape[1]
+        return cross_products(block[:, :p], block[:, p], factors, data.terms)
+
+    if isinstance(st, _Markov):
+        inner = np.flatnonzero(rows.same)
+        lags, cls = _lag_classes(rows.gaps[inner])
+        if lags.size > MAX_COMPONENTS:
+            return None
+        first = np.flatnonzero(~rows.same)
+        parts = [products(D[first], first)]
+        counts = np.bincount(cls, minlength=lags.size)
+        n_obs = [first.size]
+        for j in range(lags.size):
+            t = inner[cls == j]
+            now, before = D[t], D[t - 1]
+            parts += [products(now, t), products(before, t), products(now - before, t)]
+            n_obs += [t.size, 0, 0]
+    else:
+        lags, size_class = np.unique(rows.sizes, return_inverse=True)
+        if lags.size > MAX_COMPONENTS:
+            return None
+        counts = np.bincount(size_class, minlength=lags.size)
+        sums = np.add.reduceat(D, rows.starts, axis=0)
+        parts = [products(D, np.arange(rows.n))]
+        for j in range(lags.size):
+            g = np.flatnonzero(size_class == j)
+            parts.append(products(sums[g], rows.starts[g]))
+        n_obs = [rows.n] + [0] * lags.size
+    cp = _stack_strata(parts)
+    cp = dataclasses.replace(
+        cp, n_obs=np.array(n_obs),
+        sum_log_weights=np.append(data.sum_log_weights, np.zeros(len(n_obs) - 1)),
+        counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(data.factors, data.terms)))
+    return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts)
+
+
+class JointDeviance(Deviance):
+    """The profiled deviance of a model with correlated residuals as a function of ``x =
+    (theta, u)``, ``u`` the correlation's internal parameter: the cross-products at ``u``
+    are the :class:`Components` combined with their weights, the deviance is theirs plus
+    ``log|R|``. The derivative in ``u`` is that of each weight times the deviance's
+    derivative in it (the formulas of the strata's weights, :mod:`._deviance`, linear in a
+    stratum's cross-products whatever the weight's sign) plus that of ``log|R|``, so the
+    one optimiser fits theta and the correlation together.
+    """
+
+    row_weights = False
+
+    def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None) -> None:
+        super().__init__(comps.cp if cp is None else cp, reml, plan=plan)
+        self.components = comps
+        self.n_eta = 1
+        self.n_ratios = 0
+
+    def residual_start(self) -> np.ndarray:
+        st, rows = self.components.structure, self.components.rows
+        lo, hi = st.bounds(rows)
+        if isinstance(st, Exp):  # a range of the typical lag
+            inner = rows.gaps[rows.same]
+            return np.array([np.clip(np.log(np.median(inner)) if inner.size else 0.0, lo, hi)])
+        return np.array([np.clip(0.0, lo, hi)])
+
+    def lower_bounds(self) -> np.ndarray:
+        lo, _ = self.components.structure.bounds(self.components.rows)
+        return np.append(self.terms.lower_bounds(), lo)
+
+    def upper_bounds(self) -> np.ndarray:
+        _, hi = self.components.structure.bounds(self.components.rows)
+        return np.append(np.full(self.n_theta, np.inf), hi)
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``theta`` and the components' weights."""
+        x = np.asarray(x, dtype=float)
+        return x[:self.n_theta], self.components.weights(x[self.n_theta])[0]
+
+    def _evaluate(self, x: np.ndarray):
+        x = np.asarray(x, dtype=float)
+        if self._last is not None and np.array_equal(self._last.x, x):
+            return self._last
+        pt = super()._evaluate(x)
+        pt.deviance += self.components.logdet(x[self.n_theta])[0]
+        return pt
+
+    def _ratio_gradient(self, pt, LV, R, gamma) -> np.ndarray:
+        u = pt.x[self.n_theta]
+        d = self._weight_derivatives(pt, LV, R, gamma)
+        dw = self.components.weights(u)[1]
+        return np.array([0.0, float(d @ dw) + self.components.logdet(u)[1]])
+
+    def in_basis(self, bases: list, xy_scale: np.ndarray) -> "JointDeviance":
+        return JointDeviance(self.components, self.reml, plan=self.plan,
+                             cp=self.cp.transformed(bases, xy_scale))
+
+    def with_data(self, cp, reml: bool | None = None, replan: bool = False) -> "JointDeviance":
+        return JointDeviance(self.components, self.reml if reml is None else reml,
+                             plan=None if replan else self.plan, cp=cp)
+
+
 # ---- the fit: the correlation parameter profiled by a bounded search -------------------------
 
 # Starting grid of the search, in internal units (nlme's scale: |phi| up to 0.995 for ar1).
@@ -404,7 +652,13 @@ _XATOL = 1e-9
 @dataclass(frozen=True)
 class CorrelatedRows:
     """A fit's rows in residual-group order: ``[X y]`` (intercept column included), the
-    random-effects designs, and the structure that whitens them."""
+    random-effects designs, the prior weights (None: all 1) and the structure that whitens
+    them.
+
+    With weights ``w`` the residuals' covariance is ``sigma^2 W^{-1/2} R W^{-1/2}`` (a
+    row's variance ``sigma^2 / w``, nlme's ``varFixed(~ 1/w)`` next to the correlation):
+    the rows are scaled by ``sqrt(w)`` before whitening and ``sum log w`` enters the
+    deviance as the prior weights' term."""
 
     structure: CorrelationStructure
     rows: CorrelationRows
@@ -412,26 +666,37 @@ class CorrelatedRows:
     y: np.ndarray
     factors: tuple
     terms: object
+    weights: np.ndarray | None = None
 
     @classmethod
     def of(cls, structure: CorrelationStructure, rows: CorrelationRows, X: np.ndarray,
-           y: np.ndarray, factors, terms) -> "CorrelatedRows":
+           y: np.ndarray, factors, terms, weights: np.ndarray | None = None) -> "CorrelatedRows":
         o = rows.order
         return cls(structure, rows, np.ascontiguousarray(X[o]), np.asarray(y, dtype=float)[o],
-                   tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms)
+                   tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms,
+                   None if weights is None else np.asarray(weights, dtype=float)[o])
+
+    @property
+    def sum_log_weights(self) -> float:
+        return 0.0 if self.weights is None else float(np.log(self.weights).sum())
+
+    def scaled(self) -> np.ndarray:
+        """``[X y Z]`` (n, p + 1 + sum q_k), rows times ``sqrt(w)``."""
+        D = np.column_stack([self.X, self.y[:, None]] + [Z for _, Z in self.factors])
+        return D if self.weights is None else D * np.sqrt(self.weights)[:, None]
 
     def cross_products(self, value: float):
         """The cross-products of the data whitened at parameter ``value``."""
         from ._crossprod import cross_products
 
         p = self.X.shape[1]
-        blocks = [self.X, self.y[:, None]] + [Z for _, Z in self.factors]
-        W = self.structure.whiten(np.column_stack(blocks), self.rows, value)
+        W = self.structure.whiten(self.scaled(), self.rows, value)
         factors, at = [], p + 1
         for codes, Z in self.factors:
             factors.append((codes, W[:, at:at + Z.shape[1]]))
             at += Z.shape[1]
-        return cross_products(W[:, :p], W[:, p], factors, self.terms)
+        cp = cross_products(W[:, :p], W[:, p], factors, self.terms)
+        return dataclasses.replace(cp, sum_log_weights=np.array([self.sum_log_weights]))
 
 
 class WhitenedDeviance:
@@ -634,10 +899,11 @@ _START_HALF_WIDTH = 3.0
 def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: str = "auto",
                    max_iter: int = 1000, tol: float = 1e-8, start: tuple | None = None):
     """Deviance, solution, optimiser report and :class:`FittedCorrelation` of a correlated
-    model: the deviance profiled over the correlation parameter (theta re-optimised at each
-    value), minimised over a grid of starts then by a bounded Brent search around the best
-    (the profile in the correlation may have several local optima; the grid catches the far
-    ones).
+    model: jointly in ``(theta, u)`` where the rows have few components (:func:`_fit_joint`),
+    otherwise the deviance profiled over the correlation parameter (theta re-optimised at
+    each value), minimised over a grid of starts then by a bounded Brent search around the
+    best (the profile in the correlation may have several local optima; the grid catches
+    the far ones).
 
     ``start`` (a refit to a response simulated from known parameters): ``(u0, x0, dev0)``,
     the internal correlation parameter and ``(theta, eta)`` the response was drawn from and
@@ -647,6 +913,9 @@ def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: st
     """
     from scipy import optimize
 
+    joint = _fit_joint(data, reml, group_name, solver, max_iter, tol, start)
+    if joint is not None:
+        return joint
     st, rows = data.structure, data.rows
     lo, hi = st.bounds(rows)
     if start is not None:
@@ -716,3 +985,96 @@ def _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, a, sol):
         return None
     on_edge = _deviance_at(data, reml, solver, max_iter, tol, edge)
     return on_edge if on_edge[0] <= sol.deviance else None
+
+
+# Distance (internal units) from its bounds of the joint search's outermost grid points,
+# and the gain in deviance that makes one of them the start.
+_NEAR_BOUND = 0.5
+_BOUND_GAIN = 1e-4
+
+
+def _search_grid(lo: float, hi: float) -> np.ndarray:
+    """The starting grid of the correlation's internal parameter within its bounds: the
+    outer search's and points next to the bounds (where a degenerate ``R`` can make the
+    likelihood run off beyond a flat stretch, which the joint search would not cross)."""
+    inner = (_GRID if (lo, hi) == (-_MAX_INTERNAL, _MAX_INTERNAL) else np.concatenate(
+        [_GRID[(_GRID > lo) & (_GRID < hi)], np.linspace(lo, hi, 15)[1:-1]]))
+    return np.unique(inner), np.array([lo + _NEAR_BOUND, hi - _NEAR_BOUND])
+
+
+def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, max_iter: int,
+               tol: float, start: tuple | None):
+    """:func:`fit_correlated` by one optimiser over ``x = (theta, u)``
+    (:class:`JointDeviance`), started from the best point of a grid of ``u`` (the deviance
+    may have local minima in it: a random intercept against a strong correlation), where
+    theta is found by a local search on the components combined at each ``u`` (no pass
+    over the rows). With ``start`` (a refit to a simulated response) one search from it.
+    None where the rows have too many components (or the iterative solver is asked for):
+    the outer search fits.
+    """
+    from ._model import minimise
+    from ._optimize import ITERATION_LIMIT
+    from ._threads import single_threaded_blas
+
+    if solver == "iterative":
+        return None
+    comps = components(data)
+    if comps is None:
+        return None
+    st, rows = data.structure, data.rows
+    lo, hi = st.bounds(rows)
+    dev = JointDeviance(comps, reml)
+    with single_threaded_blas(), np.errstate(all="ignore"):
+        if start is not None and np.isfinite(start[0]):
+            u0, x0, _ = start
+            x0 = np.append(np.asarray(x0, dtype=float)[:dev.n_theta], np.clip(u0, lo, hi))
+        else:
+            best, x0 = np.inf, None
+            inner, outer = _search_grid(lo, hi)
+            for i, u in enumerate(np.concatenate([inner, outer])):
+                w = comps.weights(u)[0]
+                at = Deviance(comps.cp.combined(w, row_weights=False), reml, plan=dev.plan)
+                # inside, a local search from the best so far; next to the bounds a full
+                # fit (a degenerate R is reached with other random effects: another basin)
+                near_bound = i >= inner.size
+                try:
+                    sol, _ = minimise(at, None if (x0 is None or near_bound) else x0[:-1],
+                                      max_iter=max_iter, tol=tol, search=near_bound,
+                                      multistart=False)
+                except (ValueError, np.linalg.LinAlgError):
+                    continue
+                value = float(sol.deviance) + comps.logdet(u)[0]
+                # next to a bound only a clear gain counts (a ridge of equal heights, as
+                # compound symmetry next to a random intercept, keeps its interior point)
+                margin = _BOUND_GAIN if near_bound else 0.0
+                if np.isfinite(value) and value < best - margin:
+                    best, x0, best_dev = value, np.append(sol.x, u), at
+            if x0 is not None:
+                # theta's other starts (small problems) at the best grid point, where the
+                # deviance in theta alone takes Newton steps; then the joint search from it
+                sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
+                x0 = np.append(sol.x, x0[-1])
+        sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True, multistart=False)
+        if not info.converged and not info.message.startswith(ITERATION_LIMIT):
+            # a Hessian singular in a direction that moves u: a ridge of equal optima
+            # (compound symmetry next to a random intercept) or a likelihood running off
+            # to a singular R (warned as degenerate). Convergence is then judged in theta
+            # at the estimate of u, as the outer search judges it.
+            u = float(sol.x[-1])
+            at = Deviance(comps.cp.combined(comps.weights(u)[0], row_weights=False), reml,
+                          plan=dev.plan)
+            held, held_info = minimise(at, sol.x[:-1], max_iter=max_iter, tol=tol, search=False)
+            if held_info.converged and held.deviance + comps.logdet(u)[0] <= sol.deviance + 1e-9:
+                sol, info = dev.solution(np.append(held.x, u)), held_info
+    theta, u_hat = sol.x[:-1], float(sol.x[-1])
+    value = st.value(u_hat, rows)
+    # the solution from the rows whitened at the estimate (as the outer search's)
+    wdev = WhitenedDeviance(Deviance(data.cross_products(value), reml), st.logdet(rows, value))
+    with np.errstate(all="ignore"):
+        wsol = wdev.solution(theta)
+    on_edge = _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, lo, wsol)
+    if on_edge is not None:
+        (_, wdev, wsol, info), u_hat, value = on_edge, -np.inf, st.boundary_value()
+    fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(wsol.deviance),
+                               solver, max_iter, tol)
+    return wdev, wsol, info, fitted

@@ -251,11 +251,14 @@ class CrossProducts:
                 return block
         return None
 
-    def combined(self, weights: np.ndarray | None = None) -> "CrossProducts":
+    def combined(self, weights: np.ndarray | None = None, row_weights: bool = True) -> "CrossProducts":
         """``sum_s weights_s * (stratum s)``: one stratum (all ones by default).
 
         The log-weights become ``sum_s (sum_log_weights_s + n_s log weights_s)``: row
-        weights ``weights_s`` on top of the prior weights.
+        weights ``weights_s`` on top of the prior weights. With ``row_weights=False`` the
+        strata are components of a sum (of any sign, e.g. the lag products of a residual
+        correlation, :mod:`._correlation`) rather than reweighted rows: the log-weights
+        stay the prior weights'.
         """
         if weights is None:
             if self.n_strata == 1:
@@ -275,7 +278,8 @@ class CrossProducts:
             pairs=tuple(dataclasses.replace(b, values=comb(b.values)) for b in self.pairs),
             xyxy=comb(self.xyxy),
             n_obs=np.array([self.n]),
-            sum_log_weights=np.array([float(self.sum_log_weights.sum() + self.n_obs @ np.log(w))]),
+            sum_log_weights=np.array([float(self.sum_log_weights.sum()
+                                            + (self.n_obs @ np.log(w) if row_weights else 0.0))]),
             counts=self.counts,
             origin=self.origin,
         )

@@ -374,6 +374,9 @@ class Deviance:
 
     # The value is exact (not a stochastic estimate): the full optimiser applies.
     stochastic = False
+    # Whether the strata are rows reweighted by ``v_s`` (their ``n_s log v_s`` enters the
+    # deviance) or components of a sum (:class:`._correlation.JointDeviance`).
+    row_weights = True
 
     def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None,
                  shift: Shift | None = None) -> None:
@@ -390,6 +393,9 @@ class Deviance:
                              + (" with REML" if reml else ""))
         self.n_theta = self.terms.n_theta
         self.n_eta = cp.n_strata - 1
+        # residual parameters that are variance ratios (the rest, e.g. a correlation, are
+        # not checked for running off to 0 or infinity)
+        self.n_ratios = self.n_eta
         self.plan = plan if plan is not None else Plan(cp.combined())
         self._prepared: dict[bytes, Prepared] = {}
         self._strata_ops: dict[bool, list[BlockOps]] = {}
@@ -408,6 +414,11 @@ class Deviance:
     def upper_bounds(self) -> np.ndarray:
         return np.concatenate([np.full(self.n_theta, np.inf), np.full(self.n_eta, MAX_LOG_RATIO)])
 
+    def residual_start(self) -> np.ndarray | None:
+        """A start for the residual parameters (None: the optimiser's default, ratios from
+        the pooled OLS residuals)."""
+        return None
+
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``theta`` and the stratum weights ``v_s = exp(-2 eta_s)`` (reference first)."""
         x = np.asarray(x, dtype=float)
@@ -421,7 +432,7 @@ class Deviance:
             if len(cache) > 8:  # keep the reference (eta = 0) and a few recent ones
                 for k in list(cache)[1:5]:
                     del cache[k]
-            combined = cp.combined(v if self.n_eta else None)
+            combined = cp.combined(v if self.n_eta else None, row_weights=self.row_weights)
             prep = BlockOps(combined) if shifted else Prepared(self.plan, combined)
             cache[key] = prep
         return prep
@@ -750,12 +761,19 @@ class Deviance:
 
     def _ratio_gradient(self, pt: _Point, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
         """d deviance / d eta_s for every stratum (the reference's entry included)."""
+        v = self.split(pt.x)[1]
+        d = self._weight_derivatives(pt, LV, R, gamma)
+        return -2.0 * v * (d - self.cp.n_obs / v)
+
+    def _weight_derivatives(self, pt: _Point, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
+        """The derivative of the deviance (without its ``sum log w``) in the weight ``v_s``
+        of each stratum's cross-products in the combined ones (linear in them, so any
+        sign of weight: the components of :mod:`._correlation` too)."""
         if "selected" in pt.cache:
             diag, pairs = pt.cache["selected"]
         else:
             diag, pairs = pt.factor.selected_inverse()
         p, lams = self.p, pt.lams
-        theta, v = self.split(pt.x)
         # residual terms from the modes of the data the point used (D' when shifted)
         b = [np.einsum("ab,bjm,j->am", lam, Vk, gamma) for lam, Vk in zip(lams, self._modes(pt))]
         a_inv = self._a_inv(pt)
@@ -773,11 +791,12 @@ class Deviance:
             d_r2 = float(gamma @ ops.xyxy @ gamma) - 2.0 * zr + quad
             d = dlogm + self.dof / pt.r2 * d_r2
             if self.reml and p:
-                cross = sum(np.einsum("axm,aym->xy", lv, z[:, :p, :]) for lv, z in zip(LVx, ops.zxy))
+                zero = np.zeros((p, p))  # (a model without random-effects terms: gls)
+                cross = sum((np.einsum("axm,aym->xy", lv, z[:, :p, :]) for lv, z in zip(LVx, ops.zxy)),
+                            zero)
                 GLVx = ops.g_times(LVx)
-                quad_x = sum(np.einsum("axm,aym->xy", lv, g) for lv, g in zip(LVx, GLVx))
+                quad_x = sum((np.einsum("axm,aym->xy", lv, g) for lv, g in zip(LVx, GLVx)), zero)
                 dA = ops.xyxy[:p, :p] - cross - cross.T + quad_x
                 d += float(np.sum(a_inv * dA))
-            n_s = float(self.cp.n_obs[s])
-            grad[s] = -2.0 * v[s] * (d - n_s / v[s])
+            grad[s] = d
         return grad

@@ -323,7 +323,7 @@ class IterativeDeviance:
                              + (" with REML" if reml else ""))
         self.plan = plan if plan is not None else IterativePlan(cp)
         self.n_theta = self.terms.n_theta
-        self.n_eta = 0
+        self.n_eta = self.n_ratios = 0
         self.sum_log_weights = float(cp.sum_log_weights[0])
         self.rtol, self.max_iter = float(rtol), int(max_iter)
         self.preconditioner = "gs"
@@ -346,6 +346,10 @@ class IterativeDeviance:
     @property
     def n_params(self) -> int:
         return self.n_theta
+
+    def residual_start(self) -> None:
+        """No residual parameters: nothing to start."""
+        return None
 
     def lower_bounds(self) -> np.ndarray:
         return self.terms.lower_bounds()

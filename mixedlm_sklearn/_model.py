@@ -71,7 +71,11 @@ class ProfiledDeviance(Protocol):
     p, n, dof : int
         Fixed effects, observations, residual degrees of freedom (``n - p`` for REML).
     n_theta, n_eta, n_params : int
-        Parameters ``x = (theta, eta)``: covariance factors, log residual-variance ratios.
+        Parameters ``x = (theta, eta)``: covariance factors and the residual structure's
+        parameters (log residual-variance ratios; a correlation's internal parameter in
+        :class:`._correlation.JointDeviance`).
+    n_ratios : int
+        How many of the residual parameters are variance ratios (checked for running off).
     plan
         What does not depend on ``[X y]`` (shared by refits: :meth:`with_data`).
     stochastic : bool
@@ -94,6 +98,8 @@ class ProfiledDeviance(Protocol):
         The same kind of deviance of other cross-products of the same terms.
     rounding_of_scale(x)
         The size of a rounding error in the residual variance.
+    residual_start()
+        A start of the residual parameters, or None for the optimiser's default.
     """
 
     cp: CrossProducts
@@ -104,6 +110,7 @@ class ProfiledDeviance(Protocol):
     dof: int
     n_theta: int
     n_eta: int
+    n_ratios: int
     plan: Any
     stochastic: bool
     n_evaluations: int
@@ -120,6 +127,7 @@ class ProfiledDeviance(Protocol):
     def with_data(self, cp: CrossProducts, reml: bool | None = None, replan: bool = False
                   ) -> "ProfiledDeviance": ...
     def rounding_of_scale(self, x: np.ndarray) -> float: ...
+    def residual_start(self) -> np.ndarray | None: ...
 
 
 def minimise(dev: ProfiledDeviance, x0: np.ndarray | None = None, *, max_iter: int = 1000,

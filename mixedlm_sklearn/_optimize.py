@@ -54,6 +54,8 @@ __all__ = ["OptimizerInfo", "fit", "fit_stochastic", "SCALED_GRADIENT_TOL"]
 # Largest |H^{-1} g| on free parameters accepted as converged (lme4 warns above 2e-3 on
 # its own scale; we ask for much less because an analytic gradient makes it cheap).
 SCALED_GRADIENT_TOL = 1e-4
+# How the report of a search stopped by max_iter begins.
+ITERATION_LIMIT = "iteration limit reached"
 # |log delta| beyond which a stratum's residual variance counts as running off to 0 or
 # infinity (a degenerate fit, reported as not converged).
 _RUNAWAY_LOG_RATIO = 0.5 * np.log(1e10)
@@ -676,7 +678,8 @@ def fit(
         theta0 = _moment_start(basis.white)
         if theta0 is None:
             theta0 = dev.terms.identity_theta()
-        start = np.concatenate([theta0, _ratio_start(dev.cp)])
+        residual = dev.residual_start()
+        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
     else:
         start = basis.from_original(np.asarray(x0, dtype=float))
     shift = 0.0
@@ -725,11 +728,11 @@ def fit(
     solution = dev.solution(x_orig)
     theta = x_orig[:dev.n_theta]
     at_bound = np.isfinite(dev.lower_bounds()[:dev.n_theta]) & (theta <= dev.lower_bounds()[:dev.n_theta])
-    eta = x_orig[dev.n_theta:]
+    eta = x_orig[dev.n_theta:dev.n_theta + dev.n_ratios]
     runaway = np.abs(eta) > _RUNAWAY_LOG_RATIO
     converged = bool(not limited and scaled < SCALED_GRADIENT_TOL and pos_def and not runaway.any())
     if limited:
-        message = f"iteration limit reached ({res.message})"
+        message = f"{ITERATION_LIMIT} ({res.message})"
     elif runaway.any():
         message = "degenerate residual variances: a stratum's variance ratio runs off to 0 or infinity"
     elif not pos_def:

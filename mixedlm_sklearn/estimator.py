@@ -175,14 +175,17 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         :meth:`fit` takes the times (``time``, default the row order within a group) and
         the residual groups (``correlation_groups``, default the grouping factor); each
         residual group must lie within one level of every grouping factor. The
-        parameter is estimated with the variance components (the likelihood profiled
-        over it); ``correlation_params_`` holds it under nlme's name (``Phi``, ``range``,
-        ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~ Time |
-        Rat)"``, ``"ar1(~ 1 | Mare)"`` (row order), also spelled
+        parameter is estimated jointly with the variance components (one optimiser over
+        both; rows with more than 16 distinct time gaps by a search over the likelihood
+        profiled in it); ``correlation_params_`` holds it under nlme's name (``Phi``,
+        ``range``, ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~
+        Time | Rat)"``, ``"ar1(~ 1 | Mare)"`` (row order), also spelled
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
-        evaluated. Fitted with the exact solver; not combined with ``sample_weight``,
-        ``residual_groups``, several responses, chunks or Dask. Default None: independent
-        residuals.
+        evaluated. With ``sample_weight`` ``w`` (positive) the residual covariance of a
+        group is ``scale * W^{-1/2} R W^{-1/2}`` (nlme's ``weights = varFixed(~ 1/w)``
+        next to the correlation). Fitted with the exact solver; not combined with
+        ``residual_groups``, several responses, chunks or Dask. Default None:
+        independent residuals.
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
         the rows and the algebra over the levels of the largest factor run in blocks, one
@@ -363,7 +366,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             (lme4's ``weights``). A weight of 0 (an infinite residual variance) removes
             the row before anything else: the fit equals the fit without those rows, and
             a group whose rows all have weight 0 is not a group of the fit (predict treats
-            it as unseen). Negative and non-finite weights are refused.
+            it as unseen). Negative and non-finite weights are refused, and weights of 0
+            with ``correlation``.
         residual_groups : array-like of shape (n,), optional
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
@@ -498,7 +502,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                     "mode (formula=... or lmer); with arrays give the structure's name and pass "
                     "time= and correlation_groups= to fit")
             corr_structure = structure(spec.name)
-            unsupported = {"sample_weight": sample_weight, "residual_groups": residual_groups}
+            unsupported = {"residual_groups": residual_groups}
             for name, value in unsupported.items():
                 if value is not None:
                     raise NotImplementedError(
@@ -532,6 +536,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         if not self.fit_intercept and X.shape[1] == 0:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         weights = None if sample_weight is None else check_weights(sample_weight, n)
+        if weights is not None and corr_structure is not None and not weights.all():
+            # a row of infinite variance would break its residual group's series in two
+            raise ValueError("with correlation=, sample_weight must be positive in every row; "
+                             "remove rows of weight 0 (with their times) before fitting")
         if weights is not None and not weights.all():
             # a weight of 0 is an infinite residual variance: the row carries no information,
             # so it is removed before anything else (a group of such rows is no group)
@@ -787,7 +795,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             if correlation is not None:
                 st, rows, corr_name = correlation
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
-                data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms)
+                data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms,
+                                         design.weights)
                 dev, sol, info, fitted_corr = fit_correlated(
                     data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             else:

@@ -47,8 +47,10 @@ NESTED_VARIDENT_CASES = ("oats_nested_varident_reml",)
 STRUCTURE_CASES = ("ovary_ar1_reml", "ovary_ar1_ml", "bodyweight_car1_reml", "orthodont_cs_reml")
 
 #: Inference references of the correlated fits, also in ``structures/`` (JSON only: the
-#: data are the STRUCTURE_CASES' CSVs): performance's r2/icc and nlme's anova.
-STRUCTURE_INFERENCE_FILES = ("r2_correlated.json", "ranova_correlated.json")
+#: data are the STRUCTURE_CASES' CSVs): performance's r2/icc, nlme's anova, and nlme's
+#: weighted AR(1) fits of Ovary (``weights = varFixed(~ 1/w)``, the call in the JSON).
+STRUCTURE_INFERENCE_FILES = ("r2_correlated.json", "ranova_correlated.json",
+                             "ovary_ar1_weighted.json")
 
 #: glmmTMB fits of the families with a parameter (negative binomial, Gamma), also in
 #: ``structures/`` (see tests/glmm/test_glmm_families.py).

@@ -123,13 +123,17 @@ def _corr_matrix(kind, value, t):
     return np.where(d == 0, 1.0, value)
 
 
-def _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml):
-    """-2 log-likelihood (REML: lme4's/nlme's criterion, without log|X'X|), beta by GLS."""
+def _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml, weights=None):
+    """-2 log-likelihood (REML: lme4's/nlme's criterion, without log|X'X|), beta by GLS;
+    with weights ``w`` the residual covariance ``sigma^2 D^{1/2} C D^{1/2}``, ``D =
+    diag(1/w)`` (nlme's varFixed(~ 1/w) next to the correlation)."""
     n = y.size
+    sd = np.ones(n) if weights is None else 1.0 / np.sqrt(weights)
     V = np.zeros((n, n))
     for g in np.unique(codes):
         i = np.flatnonzero(codes == g)
-        V[np.ix_(i, i)] = Z[i] @ cov_re @ Z[i].T + sigma2 * _corr_matrix(kind, value, times[i])
+        C = _corr_matrix(kind, value, times[i]) * np.outer(sd[i], sd[i])
+        V[np.ix_(i, i)] = Z[i] @ cov_re @ Z[i].T + sigma2 * C
     c = linalg.cho_factor(V)
     Vi_X = linalg.cho_solve(c, X)
     A = X.T @ Vi_X
@@ -159,14 +163,15 @@ def _unpack(par, q, kind, n_max):
     return L @ L.T, sigma2, value
 
 
-def _oracle_min(X, y, Z, codes, times, kind, reml, starts):
+def _oracle_min(X, y, Z, codes, times, kind, reml, starts, weights=None):
     q = Z.shape[1]
     n_max = np.bincount(codes).max()
 
     def f(par):
         cov_re, sigma2, value = _unpack(par, q, kind, n_max)
         try:
-            return _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml)
+            return _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml,
+                                   weights)
         except (np.linalg.LinAlgError, ValueError):
             return np.inf
 
@@ -180,7 +185,9 @@ def _oracle_min(X, y, Z, codes, times, kind, reml, starts):
     return best
 
 
-def _random_design(kind, q, true_value, seed):
+def _random_design(kind, q, true_value, seed, few_gaps=False):
+    """Uneven gaps: integers 1-2 for ar1; otherwise real ones, all distinct or (few_gaps)
+    three distinct values."""
     rng = np.random.default_rng(seed)
     m = 7
     sizes = rng.integers(3, 7, m)
@@ -189,7 +196,9 @@ def _random_design(kind, q, true_value, seed):
     for s in sizes:
         if kind == "ar1":
             times.append(np.cumsum(rng.integers(1, 3, s)).astype(float))
-        else:  # uneven gaps
+        elif few_gaps:
+            times.append(np.cumsum(rng.choice([0.4, 1.0, 1.7], s)))
+        else:
             times.append(np.cumsum(rng.uniform(0.2, 2.0, s)))
     times = np.concatenate(times)
     n = codes.size
@@ -241,6 +250,134 @@ def test_likelihood_equals_the_dense_one_at_its_optimum(kind, true_value, q):
         starts.append(np.concatenate([chol[:k], [np.log(scale)], [u]]))
     best = _oracle_min(X, y, Z, codes, times, kind, reml, starts)
     assert -2.0 * est.llf_ <= best + 2e-6
+
+
+# ---- the joint deviance: the correlation parameter in the optimiser's x -------------------------
+
+
+def _joint(kind, q, true_value, seed, reml):
+    from mixedlm_sklearn._correlation import (STRUCTURES, CorrelatedRows, CorrelationRows,
+                                              JointDeviance, components)
+    from mixedlm_sklearn._terms import Term, Terms
+
+    X, y, Z, codes, times = _random_design(kind, q, true_value, seed, few_gaps=True)
+    terms = Terms([Term("g", tuple(f"z{j}" for j in range(q)), int(codes.max()) + 1)])
+    st = STRUCTURES[kind]()
+    rows = CorrelationRows.from_arrays(codes, times, kind == "ar1")
+    comps = components(CorrelatedRows.of(st, rows, X, y, [(codes, Z)], terms))
+    assert comps is not None  # few lags or group sizes: the components
+    return X, y, Z, codes, times, st, rows, JointDeviance(comps, reml)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("kind", ["ar1", "car1", "exp", "cs"])
+def test_joint_deviance_is_the_dense_one_and_its_gradient_the_central_differences(kind, reml):
+    """x = (theta, u) with a random intercept and slope: the value is the dense profiled
+    deviance at the solution's parameters, the analytic gradient (the correlation's
+    coordinate included) equals central differences; u from near independence to a
+    strong correlation."""
+    X, y, Z, codes, times, st, rows, dev = _joint(kind, 2, 0.5 if kind != "exp" else 1.0, 3, reml)
+    for u in (-3.0, 0.3, 3.0):
+        x = np.array([1.2, -0.3, 0.5, u])
+        value, grad = dev.value_and_grad(x)
+        sol = dev.solution(x)
+        L = np.array([[x[0], 0.0], [x[1], x[2]]])
+        dense = _dense_deviance(X, y, Z, codes, times, kind, sol.scale * L @ L.T, sol.scale,
+                                st.value(u, rows), reml)
+        np.testing.assert_allclose(value, dense, rtol=1e-10)
+        h = 1e-5
+        numeric = np.array([(dev(x + h * e) - dev(x - h * e)) / (2 * h) for e in np.eye(x.size)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,true_value", [("ar1", 0.05), ("ar1", 0.95), ("car1", 0.05),
+                                             ("car1", 0.95), ("exp", 0.3), ("exp", 5.0),
+                                             ("cs", 0.05), ("cs", 0.6)])
+def test_joint_fit_equals_the_outer_search_and_the_dense_optimum(kind, true_value, monkeypatch):
+    """Gaps of three distinct lengths (the joint fit's components): the estimate equals the
+    outer search's (the correlation profiled by a bounded search around whole fits) and the
+    dense likelihood's optimum from several starts. Compound symmetry without random
+    effects (next to a random intercept its optima form a ridge of one height)."""
+    import mixedlm_sklearn._correlation as corr
+
+    q = 0 if kind == "cs" else 2
+    reml = kind in ("ar1", "cs")
+    X, y, Z, codes, times = _random_design(kind, max(q, 1), true_value, seed=7, few_gaps=True)
+    Z = Z[:, :q]
+
+    def fit():
+        return MixedLMRegressor(correlation=kind, reml=reml).fit(
+            X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+            correlation_groups=None if q else codes)
+
+    joint = fit()
+    monkeypatch.setattr(corr, "MAX_COMPONENTS", 0)  # every design to the outer search
+    outer = fit()
+    assert joint.llf_ >= outer.llf_ - 1e-7
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    if abs(joint.llf_ - outer.llf_) < 1e-6:
+        np.testing.assert_allclose(joint.correlation_params_[name], outer.correlation_params_[name],
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(joint.fe_params_, outer.fe_params_, rtol=1e-4, atol=1e-6)
+    value = joint.correlation_params_[name]
+    cov_re = np.atleast_2d(joint.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_deviance(X, y, Z, codes, times, kind, cov_re, joint.scale_, value, reml)
+    np.testing.assert_allclose(-2.0 * joint.llf_, ours, rtol=1e-9, atol=1e-8)
+    k = q * (q + 1) // 2
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.concatenate([np.eye(q)[np.tril_indices(q)][:k] * s, [np.log(s)], [u]])
+              for s, u in [(1.0, u0), (0.3, u0 - 2.0), (2.0, u0 + 2.0)]]
+    assert -2.0 * joint.llf_ <= _oracle_min(X, y, Z, codes, times, kind, reml, starts) + 2e-6
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_weighted_ar1_agrees_with_nlme_varfixed_on_ovary(method):
+    """sample_weight w with AR(1): nlme's lme(..., weights = varFixed(~ 1/w)), w = 1 +
+    (visit mod 3) / 2."""
+    df, _ = _load("ovary_ar1_reml")
+    ref = json.loads((STRUCT_DIR / "ovary_ar1_weighted.json").read_text())[method]
+    X = pd.DataFrame({"sin": np.sin(2 * np.pi * df.Time), "cos": np.cos(2 * np.pi * df.Time)})
+    est = MixedLMRegressor(correlation="ar1", reml=method == "REML").fit(
+        X, df.follicles, groups=df.Mare, time=df.visit, sample_weight=1 + (df.visit % 3) / 2)
+    assert est.llf_ >= ref["llf"] - 1e-6
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    np.testing.assert_allclose(est.bse_.to_numpy(), ref["bse_fe"], rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(est.scale_), ref["sigma"], rtol=1e-4)
+    np.testing.assert_allclose(est.correlation_params_["Phi"], ref["Phi"], rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(est.cov_re_[0, 0]), ref["sd_re"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,few_gaps", [("ar1", False), ("car1", True), ("car1", False),
+                                           ("exp", True), ("cs", False)])
+def test_weights_with_a_correlation_equal_the_dense_likelihood(kind, few_gaps):
+    """sample_weight w next to a correlation: the residual covariance sigma^2 D^{1/2} C
+    D^{1/2}, D = diag(1/w). Our log-likelihood is the dense one at our estimates, and no
+    start of the dense optimiser finds a better one (joint fit and, with irregular times,
+    the outer search). Compound symmetry without random effects (gls)."""
+    X, y, Z, codes, times = _random_design(kind, 1, 0.6 if kind != "exp" else 1.0, seed=11,
+                                           few_gaps=few_gaps)
+    q = 0 if kind == "cs" else 1
+    Z = Z[:, :q]
+    w = np.random.default_rng(5).uniform(0.3, 3.0, y.size)
+
+    def fit(**kwargs):
+        return MixedLMRegressor(correlation=kind).fit(
+            X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+            correlation_groups=None if q else codes, **kwargs)
+
+    est = fit(sample_weight=w)
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    value = est.correlation_params_[name]
+    cov_re = np.atleast_2d(est.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_deviance(X, y, Z, codes, times, kind, cov_re, est.scale_, value, True, w)
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.array([s] * q + [np.log(s), u]) for s, u in [(1.0, u0), (0.3, u0 - 2.0),
+                                                              (2.0, u0 + 2.0)]]
+    assert -2.0 * est.llf_ <= _oracle_min(X, y, Z, codes, times, kind, True, starts, w) + 2e-6
+    # unit weights are no weights
+    plain, ones = fit(), fit(sample_weight=np.ones(y.size))
+    np.testing.assert_allclose(ones.llf_, plain.llf_, rtol=1e-12)
 
 
 # ---- input ---------------------------------------------------------------------------------------
@@ -295,13 +432,22 @@ def test_correlation_inputs_without_a_structure_are_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"sample_weight": np.ones(20)}, "sample_weight"),
     ({"residual_groups": np.arange(20) % 2}, "residual_groups"),
 ])
 def test_unsupported_combinations_say_what_is_supported(kwargs, match):
     X, y, g, t = _small()
     with pytest.raises(NotImplementedError, match=match):
         MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, **kwargs)
+
+
+def test_zero_weights_with_a_correlation_are_refused():
+    X, y, g, t = _small()
+    w = np.ones(20)
+    w[3] = 0.0
+    est = MixedLMRegressor(correlation="ar1")
+    with pytest.raises(ValueError, match="sample_weight must be positive"):
+        est.fit(X, y, groups=g, sample_weight=w)
+    assert not hasattr(est, "model_")
 
 
 def test_residual_groups_nested_within_the_grouping_factor():
