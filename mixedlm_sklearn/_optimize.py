@@ -697,9 +697,10 @@ def fit(
     else:
         checked = _information_check(tracker, res)
         x, scaled, pos_def = checked if checked is not None else _settle(tracker, res, polish)
-    if not limited and (not pos_def or scaled >= SCALED_GRADIENT_TOL):
+    if not limited and dev.n_theta and (not pos_def or scaled >= SCALED_GRADIENT_TOL):
         # A saddle or a flat valley near a zero variance (the deviance is even there):
-        # restart with the small diagonal entries raised, and keep what is lower.
+        # restart with the small diagonal entries raised, and keep what is lower (nothing
+        # to raise without random effects: generalised least squares with a correlation).
         nudged = x.copy()
         theta = x[:dev.n_theta]
         lower = dev.lower_bounds()[:dev.n_theta]

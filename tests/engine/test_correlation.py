@@ -662,3 +662,27 @@ def test_emmeans_of_a_correlated_fit_take_satterthwaite_df():
     L = np.array([[1, t, 0, 0, 0, 0], [1, t, 1, 0, t, 0], [1, t, 0, 1, 0, t]], dtype=float)
     np.testing.assert_allclose(table["df"].to_numpy(), satterthwaite_df(m, L), rtol=1e-10)
     np.testing.assert_allclose(table["emmean"].to_numpy(), L @ m.fe_params_.to_numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["car1", "exp"])
+def test_generalised_least_squares_on_independent_rows_reaches_the_dense_optimum(kind):
+    """No random effects and independent rows: the correlation's estimate lands at or near
+    its independence edge (exp's range at its lower bound, car1's phi at 0), where the
+    first search does not pass the convergence check; the fit ends at the dense optimum
+    (it raised numpy's 'zero-size array' error from the restart meant for variances)."""
+    rng = np.random.default_rng(1)
+    codes = np.repeat(np.arange(20), 6)
+    times = np.tile(np.arange(1.0, 7.0), 20)
+    x = rng.standard_normal(codes.size)
+    y = x + rng.standard_normal(codes.size)
+    X = np.column_stack([np.ones(codes.size), x])
+    est = MixedLMRegressor(correlation=kind).fit(x[:, None], y, correlation_groups=codes,
+                                                 time=times)
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    Z = np.zeros((codes.size, 0))
+    ours = _dense_deviance(X, y, Z, codes, times, kind, np.zeros((0, 0)), est.scale_,
+                           est.correlation_params_[name], True)
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.array([np.log(s), u]) for s, u in [(1.0, u0), (0.5, u0 - 4.0), (2.0, u0 + 4.0)]]
+    assert -2.0 * est.llf_ <= _oracle_min(X, y, Z, codes, times, kind, True, starts) + 2e-6
