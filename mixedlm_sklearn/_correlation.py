@@ -1054,7 +1054,7 @@ def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, m
                 # deviance in theta alone takes Newton steps; then the joint search from it
                 sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
                 x0 = np.append(sol.x, x0[-1])
-        sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True, multistart=False)
+        sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True, multistart=start is None)
         if not info.converged and not info.message.startswith(ITERATION_LIMIT):
             # a Hessian singular in a direction that moves u: a ridge of equal optima
             # (compound symmetry next to a random intercept) or a likelihood running off
