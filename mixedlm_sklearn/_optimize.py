@@ -35,6 +35,7 @@ Phases (each written once, for any number of terms and strata):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -195,20 +196,29 @@ def _is_small(dev: Deviance) -> bool:
 def _extra_starts(dev: Deviance) -> list[np.ndarray]:
     """Further starts for small problems: multiples of the identity and a few fixed,
     pseudo-random factors (seeded: the same data always give the same fit)."""
-    terms = dev.terms
-    eye = terms.identity_theta()
-    eta = np.zeros(dev.n_eta)
+    shape = tuple((term.q, term.diagonal) for term in dev.terms)
+    return [start.copy() for start in _extra_starts_of(shape, dev.n_eta)]
+
+
+@functools.lru_cache(maxsize=64)
+def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[np.ndarray, ...]:
+    """:func:`_extra_starts` for terms of these ``(q, diagonal)``: they depend on nothing
+    else, and drawing them (a generator, a dozen small draws) cost more than a tenth of a
+    small fit, so each shape's are drawn once."""
+    eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape])
+    eta = np.zeros(n_eta)
     starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
     for _ in range(_RANDOM_STARTS):
         parts = []
-        for term in terms:
-            q = term.q
+        for q, diagonal in shape:
             lam = np.tril(rng.standard_normal((q, q)))
             lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
-            parts.append(theta_from_lambda(lam, term.diagonal))
+            parts.append(theta_from_lambda(lam, diagonal))
         starts.append(np.concatenate(parts + [eta]))
-    return starts
+    for start in starts:
+        start.flags.writeable = False
+    return tuple(starts)
 
 
 # ---- one local search ----------------------------------------------------------------------
