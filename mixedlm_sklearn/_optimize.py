@@ -67,6 +67,10 @@ _MULTISTART_MAX_LEVELS = 100
 _EXTRA_STARTS = (1.0, 0.1, 10.0)
 _RANDOM_STARTS = 6
 _MULTISTART_SEED = 20261126
+# The screening of those starts (:func:`_screen_starts`) stops a start once it comes
+# within this of the first search's answer (relative, in ``L L'``'s terms) or a Newton
+# step lands there: it has entered that minimum's basin.
+_SCREEN_JOIN = 1e-2
 # Newton steps may shrink a bounded theta entry by at most this fraction.
 _MAX_SHRINK = 0.75
 _NEWTON_MESSAGE = "Newton (average information)"
@@ -433,7 +437,8 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     handed on from where it settled (the engine's search finishes it with its
     safeguards); one that does not settle (a zero variance on the way, a Hessian that is
     not positive definite) is searched from its own start, as without the screening. A
-    start that reaches ``best_x`` (the first search's answer) stops there.
+    start that comes within ``_SCREEN_JOIN`` of ``best_x`` (the first search's answer), or
+    whose Newton step lands there, stops: it is in that minimum's basin.
     """
     if not starts or len(dev.terms) != 1 or dev.n_eta or dev.cp.n_strata != 1 or dev.shift is not None:
         return starts
@@ -441,7 +446,7 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     theta0 = np.array([s[:dev.n_theta] for s in starts])
     with np.errstate(all="ignore"):
         found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta],
-                          resume=True)
+                          join_tol=_SCREEN_JOIN, resume=True)
     margin = 1e-10 * max(1.0, abs(best))
     out = []
     for start, settled, joined, value, theta in zip(starts, found.settled, found.joined,
