@@ -41,6 +41,7 @@ from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
+from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts
@@ -110,7 +111,22 @@ def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     also warn about ill-conditioning, a warning the fit must not leak: an ill-conditioned
     Hessian is a normal event the checks handle.)
     """
-    return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
+    A, b = np.asarray(A), np.asarray(b)
+    if (A.dtype != np.float64 or b.dtype != np.float64 or A.ndim != 2 or A.size == 0
+            or A.shape[0] != A.shape[1] or b.ndim not in (1, 2) or b.shape[0] != A.shape[0]):
+        return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
+    # The LAPACK routines cho_factor and cho_solve call, called directly: the same numbers
+    # without their ~45 us of argument handling per call, which on matrices of a few rows
+    # is all of the cost (the optimiser solves several per fit).
+    c, info = _potrf(A, lower=0, clean=0)
+    if info > 0:
+        raise linalg.LinAlgError(f"{info}-th leading minor of the array is not positive definite")
+    if info < 0:
+        raise ValueError(f"LAPACK reported an illegal value in {-info}-th argument on entry to POTRF")
+    x, info = _potrs(c, b, lower=0)
+    if info != 0:
+        raise ValueError(f"illegal value in {-info}th argument of internal potrs")
+    return x
 
 
 # ---- the whitened basis ------------------------------------------------------------------
