@@ -174,6 +174,8 @@ def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
     generalized estimators alike); ``fe_params_`` and ``bse_`` follow from them on first
     access (:class:`_FittedTable`)."""
     beta, _ = _fixed_effects_of(model)
+    for name in ("fe_params_", "bse_"):  # tables built from an earlier fit (a copied estimator's)
+        est.__dict__.pop(name, None)
     if model.rank is not None:
         cov_fe = model.rank.expand_cov(cov_fe)
     intercept = fitted_intercept(est, model)
@@ -196,7 +198,9 @@ def store_random_effects(est: Any, model: Any, several: bool, condvar: list | No
         est.random_effects_cov_ = np.zeros((0, 1, 1))
         return
     cov_re = sol.cov_re()
-    # random_effects_ follows on first access (_FittedTable), by factor when cov_re_ is
+    # random_effects_ follows on first access (_FittedTable), by factor when cov_re_ is;
+    # one built from an earlier fit (a copied estimator's, as a bootstrap's replicates) goes
+    est.__dict__.pop("random_effects_", None)
     if several:
         est.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
         est.groups_ = {t.factor: model.labels[t.factor] for t in terms}
@@ -233,8 +237,9 @@ class _FittedTable:
     Building the tables (a pandas index of the names or group labels each) cost a fifth of
     a 10^4-row fit and a tenth of a small one, and many fits (a bootstrap, a grid search)
     never read them. A non-data descriptor: a value stored on the instance (the
-    multi-response fits store theirs) takes precedence, and the refit's clearing of the
-    fitted attributes (:func:`_refitting`) clears a built one. Before a fit, or after a
+    multi-response fits store theirs) takes precedence; the refit's clearing of the fitted
+    attributes (:func:`_refitting`) and storing a fit's attributes on an estimator (a
+    bootstrap's copies of the fitted one) clear a built one. Before a fit, or after a
     fit that stores its own, reading it is an ``AttributeError`` as for any fitted
     attribute that is not there.
     """

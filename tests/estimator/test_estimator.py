@@ -224,8 +224,10 @@ def test_a_refit_keeps_no_fitted_attribute_of_the_previous_fit(sleep, first, the
 def test_fitted_tables_follow_the_latest_fit(sleep):
     """fe_params_, bse_ and random_effects_ are built from the fit on first access: the
     same numbers as coef_, cov_fe_ and the BLUPs of the fit they belong to, never those of
-    an earlier fit (read before a refit or not), none before a fit, and the same after
+    an earlier fit (read before a refit or not, or on a copied estimator given another
+    fit), none before a fit, and the same after
     pickling an estimator whose tables were not yet read."""
+    import copy
     import pickle
 
     df, Z = sleep
@@ -246,6 +248,13 @@ def test_fitted_tables_follow_the_latest_fit(sleep):
     np.testing.assert_array_equal(est.bse_.to_numpy(), np.sqrt(np.diag(est.cov_fe_)))
     assert list(est.random_effects_.index) == list(est.groups_)
     assert list(est.random_effects_.columns) == ["z0", "z1"]  # Z given as an array
+    # a copy of a fitted estimator whose tables were read, given another fit (as the
+    # replicates of a bootstrap are made)
+    replicate = copy.copy(est)
+    replicate.model_ = fresh[1].model_
+    replicate._set_fitted(False, warn=False)
+    pd.testing.assert_series_equal(replicate.fe_params_, fresh[1].fe_params_)
+    pd.testing.assert_frame_equal(replicate.random_effects_, fresh[1].random_effects_)
     unread = pickle.loads(pickle.dumps(MixedLMRegressor().fit(X, 2.0 * df["Reaction"], groups=g, Z=Z)))
     pd.testing.assert_frame_equal(unread.random_effects_, fresh[1].random_effects_)
     pd.testing.assert_series_equal(unread.fe_params_, fresh[1].fe_params_)
