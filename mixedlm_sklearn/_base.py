@@ -159,21 +159,29 @@ def fitted_intercept(est: Any, model: Any) -> bool:
     return bool(design.intercept) if design is not None else bool(est.fit_intercept)
 
 
-def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
-    """``intercept_``, ``coef_``, ``cov_fe_``, ``fe_params_``, ``bse_``, ``theta_`` of a fit
-    (the linear and the generalized estimators alike)."""
+def _fixed_effects_of(model: Any) -> tuple[np.ndarray, list]:
+    """The coefficients with the dropped (aliased) columns' back in, and all names."""
     beta, fe_names = model.solution.beta, model.fe_names
     if model.rank is not None:
         # As lme4's fixef(fit, add.dropped = TRUE): a dropped (aliased) column's
         # coefficient is 0 (so predict is unchanged), its standard error NaN.
-        beta, cov_fe = model.rank.expand(beta, 0.0), model.rank.expand_cov(cov_fe)
-        fe_names = model.rank.names
+        beta, fe_names = model.rank.expand(beta, 0.0), model.rank.names
+    return beta, fe_names
+
+
+def store_fixed_effects(est: Any, model: Any, cov_fe: np.ndarray) -> None:
+    """``intercept_``, ``coef_``, ``cov_fe_``, ``theta_`` of a fit (the linear and the
+    generalized estimators alike); ``fe_params_`` and ``bse_`` follow from them on first
+    access (:class:`_FittedTable`)."""
+    beta, _ = _fixed_effects_of(model)
+    for name in ("fe_params_", "bse_"):  # tables built from an earlier fit (a copied estimator's)
+        est.__dict__.pop(name, None)
+    if model.rank is not None:
+        cov_fe = model.rank.expand_cov(cov_fe)
     intercept = fitted_intercept(est, model)
     est.intercept_ = float(beta[0]) if intercept else 0.0
     est.coef_ = beta[1:].copy() if intercept else beta.copy()
     est.cov_fe_ = cov_fe
-    est.fe_params_ = pd.Series(beta, index=fe_names, name="estimate")
-    est.bse_ = pd.Series(np.sqrt(np.diag(cov_fe)), index=fe_names, name="std_error")
     est.theta_ = model.solution.theta.copy()
 
 
@@ -190,26 +198,75 @@ def store_random_effects(est: Any, model: Any, several: bool, condvar: list | No
         est.random_effects_cov_ = np.zeros((0, 1, 1))
         return
     cov_re = sol.cov_re()
-    tables = {t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
-                                     columns=list(t.z_names))
-              for t, b in zip(terms, sol.blups())}
+    # random_effects_ follows on first access (_FittedTable), by factor when cov_re_ is;
+    # one built from an earlier fit (a copied estimator's, as a bootstrap's replicates) goes
+    est.__dict__.pop("random_effects_", None)
     if several:
         est.cov_re_ = {t.factor: c for t, c in zip(terms, cov_re)}
         est.groups_ = {t.factor: model.labels[t.factor] for t in terms}
         est.n_groups_ = {t.factor: t.n_levels for t in terms}
-        est.random_effects_ = tables
         est.random_effects_cov_ = None if condvar is None else {t.factor: c for t, c in zip(terms, condvar)}
     else:
         term = terms[0]
         est.cov_re_ = cov_re[0]
         est.groups_ = model.labels[term.factor]
         est.n_groups_ = term.n_levels
-        est.random_effects_ = tables[term.factor]
         est.random_effects_cov_ = None if condvar is None else condvar[0]
+
+
+def _fe_params_table(est: Any, model: Any) -> pd.Series:
+    beta, fe_names = _fixed_effects_of(model)
+    return pd.Series(beta, index=fe_names, name="estimate")
+
+
+def _bse_table(est: Any, model: Any) -> pd.Series:
+    return pd.Series(np.sqrt(np.diag(est.cov_fe_)), index=_fixed_effects_of(model)[1], name="std_error")
+
+
+def _random_effects_table(est: Any, model: Any) -> pd.DataFrame | dict:
+    tables = {t.factor: pd.DataFrame(b, index=pd.Index(model.labels[t.factor], name=t.factor),
+                                     columns=list(t.z_names))
+              for t, b in zip(model.terms, model.solution.blups())}
+    return tables if isinstance(est.cov_re_, dict) else tables[model.terms[0].factor]
+
+
+class _FittedTable:
+    """A fitted attribute that is a pandas table of numbers stored by the fit, built from
+    ``model_`` on first access and then kept on the instance.
+
+    Building the tables (a pandas index of the names or group labels each) cost a fifth of
+    a 10^4-row fit and a tenth of a small one, and many fits (a bootstrap, a grid search)
+    never read them. A non-data descriptor: a value stored on the instance (the
+    multi-response fits store theirs) takes precedence; the refit's clearing of the fitted
+    attributes (:func:`_refitting`) and storing a fit's attributes on an estimator (a
+    bootstrap's copies of the fitted one) clear a built one. Before a fit, or after a
+    fit that stores its own, reading it is an ``AttributeError`` as for any fitted
+    attribute that is not there.
+    """
+
+    def __init__(self, build) -> None:
+        self.build = build
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, est, owner=None):
+        if est is None:
+            return self
+        model = est.__dict__.get("model_")
+        if model is None or getattr(model, "solution", None) is None or "cov_re_" not in est.__dict__:
+            raise AttributeError(f"{type(est).__name__!r} object has no attribute {self.name!r}")
+        value = self.build(est, model)
+        est.__dict__[self.name] = value
+        return value
 
 
 class MixedModelBase(FormulaMode, BaseEstimator):
     """The estimators' shared machinery (no public API of its own)."""
+
+    fe_params_ = _FittedTable(_fe_params_table)
+    bse_ = _FittedTable(_bse_table)
+    random_effects_ = _FittedTable(_random_effects_table)
 
     def _check_cov_type(self, names: Sequence[str]) -> None:
         if isinstance(self.cov_type, dict):

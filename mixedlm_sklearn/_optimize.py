@@ -35,11 +35,13 @@ Phases (each written once, for any number of terms and strata):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
+from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts
@@ -68,6 +70,10 @@ _MULTISTART_MAX_LEVELS = 100
 _EXTRA_STARTS = (1.0, 0.1, 10.0)
 _RANDOM_STARTS = 6
 _MULTISTART_SEED = 20261126
+# The screening of those starts (:func:`_screen_starts`) stops a start once it comes
+# within this of the first search's answer (relative, in ``L L'``'s terms) or a Newton
+# step lands there: it has entered that minimum's basin.
+_SCREEN_JOIN = 1e-2
 # Newton steps may shrink a bounded theta entry by at most this fraction.
 _MAX_SHRINK = 0.75
 _NEWTON_MESSAGE = "Newton (average information)"
@@ -107,7 +113,22 @@ def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     also warn about ill-conditioning, a warning the fit must not leak: an ill-conditioned
     Hessian is a normal event the checks handle.)
     """
-    return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
+    A, b = np.asarray(A), np.asarray(b)
+    if (A.dtype != np.float64 or b.dtype != np.float64 or A.ndim != 2 or A.size == 0
+            or A.shape[0] != A.shape[1] or b.ndim not in (1, 2) or b.shape[0] != A.shape[0]):
+        return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
+    # The LAPACK routines cho_factor and cho_solve call, called directly: the same numbers
+    # without their ~45 us of argument handling per call, which on matrices of a few rows
+    # is all of the cost (the optimiser solves several per fit).
+    c, info = _potrf(A, lower=0, clean=0)
+    if info > 0:
+        raise linalg.LinAlgError(f"{info}-th leading minor of the array is not positive definite")
+    if info < 0:
+        raise ValueError(f"LAPACK reported an illegal value in {-info}-th argument on entry to POTRF")
+    x, info = _potrs(c, b, lower=0)
+    if info != 0:
+        raise ValueError(f"illegal value in {-info}th argument of internal potrs")
+    return x
 
 
 # ---- the whitened basis ------------------------------------------------------------------
@@ -197,20 +218,29 @@ def _is_small(dev: Deviance) -> bool:
 def _extra_starts(dev: Deviance) -> list[np.ndarray]:
     """Further starts for small problems: multiples of the identity and a few fixed,
     pseudo-random factors (seeded: the same data always give the same fit)."""
-    terms = dev.terms
-    eye = terms.identity_theta()
-    eta = np.zeros(dev.n_eta)
+    shape = tuple((term.q, term.diagonal) for term in dev.terms)
+    return [start.copy() for start in _extra_starts_of(shape, dev.n_eta)]
+
+
+@functools.lru_cache(maxsize=64)
+def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[np.ndarray, ...]:
+    """:func:`_extra_starts` for terms of these ``(q, diagonal)``: they depend on nothing
+    else, and drawing them (a generator, a dozen small draws) cost more than a tenth of a
+    small fit, so each shape's are drawn once."""
+    eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape])
+    eta = np.zeros(n_eta)
     starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
     for _ in range(_RANDOM_STARTS):
         parts = []
-        for term in terms:
-            q = term.q
+        for q, diagonal in shape:
             lam = np.tril(rng.standard_normal((q, q)))
             lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
-            parts.append(theta_from_lambda(lam, term.diagonal))
+            parts.append(theta_from_lambda(lam, diagonal))
         starts.append(np.concatenate(parts + [eta]))
-    return starts
+    for start in starts:
+        start.flags.writeable = False
+    return tuple(starts)
 
 
 # ---- one local search ----------------------------------------------------------------------
@@ -425,7 +455,8 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     handed on from where it settled (the engine's search finishes it with its
     safeguards); one that does not settle (a zero variance on the way, a Hessian that is
     not positive definite) is searched from its own start, as without the screening. A
-    start that reaches ``best_x`` (the first search's answer) stops there.
+    start that comes within ``_SCREEN_JOIN`` of ``best_x`` (the first search's answer), or
+    whose Newton step lands there, stops: it is in that minimum's basin.
     """
     if not starts or len(dev.terms) != 1 or dev.n_eta or dev.cp.n_strata != 1 or dev.shift is not None:
         return starts
@@ -433,7 +464,7 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     theta0 = np.array([s[:dev.n_theta] for s in starts])
     with np.errstate(all="ignore"):
         found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta],
-                          resume=True)
+                          join_tol=_SCREEN_JOIN, resume=True)
     margin = 1e-10 * max(1.0, abs(best))
     out = []
     for start, settled, joined, value, theta in zip(starts, found.settled, found.joined,

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg.lapack import dtrtrs as _trtrs
 
 from ._validation import caller_stacklevel
 
@@ -106,6 +107,20 @@ class FixedEffectsRank:
                 "coefficients are reported as 0, their standard errors as NaN)")
 
 
+def _solve_lower(block: np.ndarray, b: np.ndarray, trans: int) -> np.ndarray:
+    """``block^{-1} b`` (``trans=0``) or ``block'^{-1} b`` (1) for a lower-triangular float
+    ``block``: what ``linalg.solve_triangular(block, b, lower=True, trans=trans,
+    check_finite=False)`` computes, by the LAPACK call it makes (the same numbers), without
+    its argument handling (most of the cost on the few columns of ``X``)."""
+    if block.flags.f_contiguous:
+        x, info = _trtrs(block, b, lower=1, trans=trans)
+    else:  # the transposed system, as scipy solves a C-ordered one
+        x, info = _trtrs(block.T, b, lower=0, trans=1 - trans)
+    if info != 0:
+        return linalg.solve_triangular(block, b, lower=True, trans=trans, check_finite=False)
+    return x
+
+
 def fixed_effects_rank(xtx: np.ndarray, names: Sequence[str], n_obs: int,
                        tol: float = 1e-7) -> FixedEffectsRank:
     """lme4's rank check of the fixed effects, on ``X'X``: which columns to keep.
@@ -162,8 +177,8 @@ def fixed_effects_rank(xtx: np.ndarray, names: Sequence[str], n_obs: int,
         k = len(kept)
         if k:
             block = factor[:k, :k]
-            w = linalg.solve_triangular(block, A[kept, j], lower=True, check_finite=False)
-            c = linalg.solve_triangular(block, w, lower=True, trans="T", check_finite=False)
+            w = _solve_lower(block, A[kept, j], 0)
+            c = _solve_lower(block, w, 1)
         else:
             w = c = np.zeros(0)
         d_j = A[j, j] - w @ w

@@ -248,6 +248,37 @@ def test_screening_the_starts_together_changes_no_answer(case):
     assert screened.llf_ >= each.llf_ - 1e-8 * max(1.0, abs(each.llf_))
 
 
+@pytest.mark.parametrize("case", [ML_INTERCEPT_LOCAL_MAX, Q3_OTHER_BOUNDARY_FACE],
+                         ids=["ml-intercept", "q3-boundary-faces"])
+def test_screening_keeps_the_start_that_reaches_the_better_optimum(case):
+    """Two local optima, the first search stopping at the worse one: the screening of the
+    other starts, which lets a start go once it comes near the first search's answer,
+    hands on a start that leads to the better optimum, and the fit reaches it (the dense
+    likelihood from several starts finds nothing higher). Without the other starts the
+    fit stays at the worse optimum: the case needs them."""
+    from unittest import mock
+
+    from mixedlm_sklearn import _optimize
+
+    handed_on = []
+    screen = _optimize._screen_starts
+
+    def spy(dev, starts, best, best_x):
+        out = screen(dev, starts, best, best_x)
+        handed_on.append(len(out))
+        return out
+
+    with mock.patch.object(_optimize, "_screen_starts", spy):
+        screened, _ = _fit(case)
+    with mock.patch.object(_optimize, "_extra_starts", lambda dev: []):
+        alone, _ = _fit(case)
+    best, _ = DenseLikelihood(case.design, case.reml, case.diagonal).multistart_max(
+        screened.cov_re_, screened.scale_)
+    assert handed_on and handed_on[0] >= 1
+    assert alone.llf_ < screened.llf_ - 1e-3
+    assert best <= screened.llf_ + 1e-6
+
+
 # Minimal reproducers of the two failures (data rounded to one decimal). Each asserts only
 # what must hold once fixed, so that a fix turns it into an XPASS (strict: remove the mark).
 

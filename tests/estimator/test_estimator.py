@@ -221,6 +221,45 @@ def test_a_refit_keeps_no_fitted_attribute_of_the_previous_fit(sleep, first, the
     assert ("model_frame_" in attributes) == (then == "formula")
 
 
+def test_fitted_tables_follow_the_latest_fit(sleep):
+    """fe_params_, bse_ and random_effects_ are built from the fit on first access: the
+    same numbers as coef_, cov_fe_ and the BLUPs of the fit they belong to, never those of
+    an earlier fit (read before a refit or not, or on a copied estimator given another
+    fit), none before a fit, and the same after
+    pickling an estimator whose tables were not yet read."""
+    import copy
+    import pickle
+
+    df, Z = sleep
+    assert not hasattr(MixedLMRegressor(), "fe_params_")
+    assert not hasattr(MixedLMRegressor(), "random_effects_")
+    X, g = df[["Days"]], df["Subject"]
+    fresh = [MixedLMRegressor().fit(X, y, groups=g, Z=Z) for y in (df["Reaction"], 2.0 * df["Reaction"])]
+    for read_first in (True, False):
+        est = MixedLMRegressor().fit(X, df["Reaction"], groups=g, Z=Z)
+        if read_first:
+            est.fe_params_, est.bse_, est.random_effects_
+        est.fit(X, 2.0 * df["Reaction"], groups=g, Z=Z)
+        pd.testing.assert_series_equal(est.fe_params_, fresh[1].fe_params_)
+        pd.testing.assert_series_equal(est.bse_, fresh[1].bse_)
+        pd.testing.assert_frame_equal(est.random_effects_, fresh[1].random_effects_)
+    est = fresh[0]
+    np.testing.assert_array_equal(est.fe_params_.to_numpy(), [est.intercept_, *est.coef_])
+    np.testing.assert_array_equal(est.bse_.to_numpy(), np.sqrt(np.diag(est.cov_fe_)))
+    assert list(est.random_effects_.index) == list(est.groups_)
+    assert list(est.random_effects_.columns) == ["z0", "z1"]  # Z given as an array
+    # a copy of a fitted estimator whose tables were read, given another fit (as the
+    # replicates of a bootstrap are made)
+    replicate = copy.copy(est)
+    replicate.model_ = fresh[1].model_
+    replicate._set_fitted(False, warn=False)
+    pd.testing.assert_series_equal(replicate.fe_params_, fresh[1].fe_params_)
+    pd.testing.assert_frame_equal(replicate.random_effects_, fresh[1].random_effects_)
+    unread = pickle.loads(pickle.dumps(MixedLMRegressor().fit(X, 2.0 * df["Reaction"], groups=g, Z=Z)))
+    pd.testing.assert_frame_equal(unread.random_effects_, fresh[1].random_effects_)
+    pd.testing.assert_series_equal(unread.fe_params_, fresh[1].fe_params_)
+
+
 def test_a_failed_refit_leaves_the_fitted_model_unchanged(sleep):
     df, Z = sleep
     est = MixedLMRegressor().fit(df[["Days"]], df["Reaction"], groups=df["Subject"], Z=Z)
