@@ -235,6 +235,48 @@ def test_reweighted_factor_equals_a_fresh_one(levels, q, rest, monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _dense_m(factors, terms, weights, lams):
+    """``M = Lambda'Z'WZ Lambda + I`` as a dense matrix, columns (term, level, effect)."""
+    n = len(weights)
+    Zs = []
+    for (codes, Z), t, lam in zip(factors, terms, lams):
+        full = np.zeros((n, t.n_levels * t.q))
+        for a in range(t.q):
+            full[np.arange(n), codes * t.q + a] = Z[:, a]
+        Zs.append(full @ np.kron(np.eye(t.n_levels), lam))
+    ZL = np.hstack(Zs)
+    return np.eye(ZL.shape[1]) + ZL.T @ (weights[:, None] * ZL)
+
+
+@pytest.mark.parametrize("levels, q, rest", [((60, 45), (1, 1), "rounds"), ((50, 40), (2, 1), "rounds"),
+                                            ((30, 6), (1, 1), "auto"), ((12, 5), (2, 1), "auto")])
+def test_selected_inverse_with_crossing_pairs_equals_the_dense_inverse(levels, q, rest, monkeypatch):
+    # the blocks of M^{-1} between the crossing term and the rest (the GLMM gradient's
+    # leverages read them at every evaluation), reweighted, against inv(M) itself
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = _design(seed=33, n_levels=levels, q=q, n=150)
+    pattern = DesignPattern(np.empty((len(y), 0)), factors, terms)
+    plan = Plan(pattern.cross_products(np.zeros(len(y)), np.ones(len(y))), rest=rest)
+    if rest == "rounds":
+        assert plan.rounds is not None and len(plan.rounds.rounds) > 0
+    base = Prepared(plan, pattern.cross_products(np.zeros(len(y)), np.ones(len(y))))
+    rng = np.random.default_rng(2)
+    lams = terms.lams(terms.identity_theta() * 0.8 + 0.3 * (terms.lower_bounds() != 0))
+    weights = rng.uniform(0.1, 3, len(y))
+    cp = pattern.cross_products(np.zeros(len(y)), weights)
+    diag, pairs = Factor(base.reweighted(cp), lams).selected_inverse(with_crossing_pairs=True)
+    inv = np.linalg.inv(_dense_m(factors, terms, weights, lams))
+    starts = np.cumsum([0] + [t.n_levels * t.q for t in terms])
+    for k, t in enumerate(terms):
+        rows = starts[k] + np.arange(t.n_levels)[:, None] * t.q + np.arange(t.q)  # (m, q)
+        expected = inv[rows[:, :, None], rows[:, None, :]].transpose(1, 2, 0)
+        np.testing.assert_allclose(diag[k], expected, rtol=1e-10, atol=1e-12)
+    for b, vals in zip(cp.pairs, pairs):
+        rk = starts[b.k] + b.level_k[:, None] * terms[b.k].q + np.arange(terms[b.k].q)
+        rl = starts[b.l] + b.level_l[:, None] * terms[b.l].q + np.arange(terms[b.l].q)
+        np.testing.assert_allclose(vals, inv[rk[:, :, None], rl[:, None, :]], rtol=1e-10, atol=1e-12)
+
+
 def test_pirls_divergence_is_reported():
     X, y, w, factors, terms, fam, lnk = _design(seed=4, family="poisson")
     dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
