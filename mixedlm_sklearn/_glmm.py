@@ -56,6 +56,14 @@ __all__ = ["PIRLSDivergence", "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo
 _EPS = np.finfo(float).eps
 
 
+# Chord steps of PIRLS (solves with a nearby evaluation's factor): at most this many, each
+# cutting the decrement by at least this factor, ending below this decrement (whose square
+# root bounds the error of the modes: 1e-10, the rounding of the deviance's gradient).
+_CHORD_STEPS = 12
+_CHORD_RATE = 0.1
+_CHORD_TOL = 1e-20
+
+
 class PIRLSDivergence(FloatingPointError):
     """The inner iteration for the conditional modes did not converge."""
 
@@ -246,7 +254,7 @@ class GLMMDeviance:
     # ---- PIRLS ----------------------------------------------------------------------------
 
     def _modes(self, theta: np.ndarray, beta: np.ndarray, u0: list | None = None,
-               tol: float = 1e-10, max_iter: int = 60) -> _Modes:
+               tol: float = 1e-10, max_iter: int = 60, chord: Factor | None = None) -> _Modes:
         """Conditional modes at ``(theta, beta)``: Newton's method with step halving.
 
         The step solves with the Fisher weights ``W`` (scoring; for a canonical link the
@@ -254,6 +262,11 @@ class GLMMDeviance:
         ``H`` are used where all positive (otherwise scoring), so that the iteration
         converges quadratically: the modes must be exact for ``log|M|`` and the gradient.
         Returns with the factor of ``M`` (Fisher weights, lme4's definition) at the modes.
+
+        ``chord``: the factor of a nearby evaluation. Steps that solve with it (a chord
+        method: no factorisation, linear convergence) are taken first while they converge
+        fast (:meth:`_chord_steps`); when they reach a gradient far below ``tol`` the
+        factor at the modes, needed for ``log|M|``, is the only factorisation.
         """
         lams = self.terms.lams(theta)
         fixed = self.offset + self.X @ beta if self.p else self.offset.copy()
@@ -275,6 +288,8 @@ class GLMMDeviance:
                 raise PIRLSDivergence("the deviance is not finite at the fixed effects (the "
                                       "linear predictor ran off to infinity)")
         decrement = np.inf
+        if chord is not None:
+            u, eta, f, ll, pen, decrement = self._chord_steps(chord, lams, u, eta, f, ll, pen, objective)
         for it in range(max_iter):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 mu, d1, d2, var, dvar = self._response(eta)
@@ -332,6 +347,46 @@ class GLMMDeviance:
             decrement *= step
         raise PIRLSDivergence(f"the conditional modes did not converge in {max_iter} iterations")
 
+    def _chord_steps(self, chord: Factor, lams: list, u: list, eta, f, ll, pen, objective):
+        """Steps ``M_0^{-1} g`` with a nearby evaluation's factor ``M_0`` (``g`` the gradient
+        of ``-f / 2`` in ``u``), with step halving, while each cuts the decrement
+        ``g'M_0^{-1}g`` by at least ``_CHORD_RATE``.
+
+        Returns the point and, when the decrement at it is below ``_CHORD_TOL`` (the modes
+        to ~1e-10 in ``M``'s norm: the gradient in ``theta`` and its differences then as
+        exact as after Newton's method), that decrement; otherwise ``inf`` (Newton's method
+        goes on from the point).
+        """
+        previous = np.inf
+        for _ in range(_CHORD_STEPS):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                mu, d1, _, var, _ = self._response(eta)
+                r = self.prior * (self.y - mu) * (d1 / var)
+            if not np.all(np.isfinite(r)):
+                break
+            rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, self._zt_times(r), u)]
+            try:
+                delta = [d[:, 0, :] for d in chord.solve(rhs)]
+            except (NotPositiveDefinite, FloatingPointError, ValueError):
+                break
+            decrement = float(sum((d * b[:, 0, :]).sum() for d, b in zip(delta, rhs)))
+            if not np.isfinite(decrement) or decrement > _CHORD_RATE * previous:
+                break
+            if decrement < _CHORD_TOL:
+                return u, eta, f, ll, pen, decrement
+            step = 1.0
+            for _ in range(10):
+                trial = [a + step * d for a, d in zip(u, delta)]
+                eta_t, f_t, ll_t, pen_t = objective(trial)
+                if np.isfinite(f_t) and f_t <= f + 1e-10 * max(1.0, abs(f)):
+                    break
+                step *= 0.5
+            else:
+                break
+            u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
+            previous = decrement
+        return u, eta, f, ll, pen, np.inf
+
     def modes(self, x: np.ndarray) -> _Modes:
         x = np.asarray(x, dtype=float)
         if self._last is not None and np.array_equal(np.concatenate([self._last.theta, self._last.beta]), x):
@@ -339,7 +394,7 @@ class GLMMDeviance:
         theta, beta = self.split(x)
         start = None if self._base is None else self._predicted_modes(self._base, theta, beta)
         try:
-            m = self._modes(theta, beta, start)
+            m = self._modes(theta, beta, start, chord=None if self._base is None else self._base.factor)
         except (PIRLSDivergence, NotPositiveDefinite):
             if start is None:
                 raise

@@ -277,6 +277,32 @@ def test_selected_inverse_with_crossing_pairs_equals_the_dense_inverse(levels, q
         np.testing.assert_allclose(vals, inv[rk[:, :, None], rl[:, None, :]], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", [dict(seed=41, n_levels=(70, 50), n=200),
+                                  dict(seed=42, n_levels=(70, 50), n=200, family="poisson"),
+                                  dict(seed=43, q=(2, 1), n_levels=(6, 5), n=80, link="probit")])
+def test_chord_steps_give_the_modes_of_a_fresh_newton_iteration(case, monkeypatch):
+    # an evaluation next to the last one solves with the last factor (one factorisation,
+    # at the modes); its deviance and gradient equal those of Newton's method from zero
+    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = _design(**case)
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    x0 = np.concatenate([terms.identity_theta() * 0.7 + 0.1 * (terms.lower_bounds() != 0), [0.1, -0.2]])
+    dev.value_and_grad(x0)
+    for shift in (1e-5, 1e-2):
+        x = x0 + shift * np.linspace(1.0, -1.0, x0.size)
+        before = dev.n_pirls
+        value, grad = dev.value_and_grad(x)
+        if shift == 1e-5:
+            assert dev.n_pirls - before == 1  # the chord converged: only the factor at the modes
+        fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+        value0, grad0 = fresh.value_and_grad(x)
+        assert value == pytest.approx(value0, rel=1e-13, abs=1e-10)
+        np.testing.assert_allclose(grad, grad0, rtol=1e-8, atol=1e-8)
+        for a, b in zip(dev.modes(x).u, fresh.modes(x).u):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_pirls_divergence_is_reported():
     X, y, w, factors, terms, fam, lnk = _design(seed=4, family="poisson")
     dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
