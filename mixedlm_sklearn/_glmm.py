@@ -492,10 +492,18 @@ class GLMMDeviance:
         if not self.analytic_gradient:
             return self(x), self._numeric_gradient(x)
         m = self.modes(x)
-        g = self._laplace_gradient(m)
+        g = m.cache.get("grad")
         if g is None:
-            g = self._numeric_gradient(x)
-        return m.laplace, g
+            g = self._laplace_gradient(m)
+            if g is None:
+                g = self._numeric_gradient(x)
+            m.cache["grad"] = g
+        return m.laplace, g.copy()
+
+    def restore(self, m: _Modes) -> None:
+        """Make ``m`` (modes computed earlier, at a point evaluated again next) the last
+        evaluation, instead of recomputing them."""
+        self._last = m
 
     def _numeric_gradient(self, x: np.ndarray) -> np.ndarray:
         """Central differences (the AGQ deviance, or a non-canonical link whose ``M_H`` fails)."""
@@ -841,6 +849,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     k = x.size
     H = np.zeros((k, k))
     idx = np.flatnonzero(free)
+    center = dev.modes(x)  # (the point just evaluated) kept, not recomputed, at the end
     if dev.analytic_gradient:
         for j in idx:
             h = 1e-5 * max(1.0, abs(x[j]))
@@ -862,7 +871,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
                 eb[b] = steps[b]
                 H[a, b] = H[b, a] = (dev(x + ea + eb) - dev(x + ea - eb) - dev(x - ea + eb)
                                      + dev(x - ea - eb)) / (4.0 * steps[a] * steps[b])
-    dev.modes(x)
+    dev.restore(center)
     return H
 
 
@@ -1042,6 +1051,7 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
     f0 = _safe(dev, x)[0]
     if not np.isfinite(f0):
         return None
+    center = dev.modes(x)
     best, best_x = f0 - 1e-8 * max(1.0, abs(f0)), None
     for k in at:
         for h in _BOUND_PROBES:
@@ -1053,7 +1063,7 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
                 continue
             if value < best:
                 best, best_x = value, trial
-    dev.modes(x)
+    dev.restore(center)
     return best_x
 
 

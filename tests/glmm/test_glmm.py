@@ -303,6 +303,26 @@ def test_chord_steps_give_the_modes_of_a_fresh_newton_iteration(case, monkeypatc
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
+def test_hessian_keeps_the_modes_and_gradient_of_its_centre():
+    # the optimiser evaluates the centre again after the finite-difference Hessian: its
+    # modes and gradient are kept, not recomputed, and equal a fresh evaluation's
+    from mixedlm_sklearn._glmm import _hessian
+
+    X, y, w, factors, terms, fam, lnk = _design(seed=1, family="binomial")
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    x = np.array([0.7, 0.6, 0.1, -0.2])
+    value, g = dev.value_and_grad(x)
+    before = dev.n_evaluations
+    _hessian(dev, x, g, np.ones(x.size, dtype=bool))
+    assert dev.n_evaluations - before == x.size
+    value2, g2 = dev.value_and_grad(x)
+    assert dev.n_evaluations - before == x.size
+    fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    value0, g0 = fresh.value_and_grad(x)
+    assert value2 == value == pytest.approx(value0, rel=1e-13)
+    np.testing.assert_allclose(g2, g0, rtol=1e-9, atol=1e-9)
+
+
 def test_pirls_divergence_is_reported():
     X, y, w, factors, terms, fam, lnk = _design(seed=4, family="poisson")
     dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
