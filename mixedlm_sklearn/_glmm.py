@@ -266,7 +266,8 @@ class GLMMDeviance:
         ``chord``: the factor of a nearby evaluation. Steps that solve with it (a chord
         method: no factorisation, linear convergence) are taken first while they converge
         fast (:meth:`_chord_steps`); when they reach a gradient far below ``tol`` the
-        factor at the modes, needed for ``log|M|``, is the only factorisation.
+        factor at the modes, needed for ``log|M|``, is the only factorisation. After a
+        Newton step that is not the last, chord steps with its factor go on the same way.
         """
         lams = self.terms.lams(theta)
         fixed = self.offset + self.X @ beta if self.p else self.offset.copy()
@@ -345,6 +346,12 @@ class GLMMDeviance:
                                       "the conditional modes")
             u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
             decrement *= step
+            if decrement >= tol:
+                # on with the factor just made (linear convergence) while that is fast; a
+                # chord that reaches the modes leaves only the factorisation at them
+                u, eta, f, ll, pen, chord_decrement = self._chord_steps(
+                    step_factor, lams, u, eta, f, ll, pen, objective)
+                decrement = min(decrement, chord_decrement) if chord_decrement < _CHORD_TOL else np.inf
         raise PIRLSDivergence(f"the conditional modes did not converge in {max_iter} iterations")
 
     def _chord_steps(self, chord: Factor, lams: list, u: list, eta, f, ll, pen, objective):
