@@ -279,6 +279,7 @@ class GLMMDeviance:
                 mu = self.link.inverse(eta)
                 ll = self._loglik(eta, mu)
             pen = float(sum((a * a).sum() for a in u))
+            objective.mu = mu  # the mean at the point last evaluated (the chord steps' score)
             return eta, -2.0 * ll + pen, ll, pen
 
         eta, f, ll, pen = objective(u)
@@ -365,10 +366,16 @@ class GLMMDeviance:
         goes on from the point).
         """
         previous = np.inf
-        for _ in range(_CHORD_STEPS):
+        logit = self.family.name == "binomial" and self.link.name == "logit"
+        for k in range(_CHORD_STEPS):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                mu, d1, _, var, _ = self._response(eta)
-                r = self.prior * (self.y - mu) * (d1 / var)
+                if logit and k:
+                    # the score y - mu (dmu/deta is the variance): the mean of the point
+                    # just accepted (the last one evaluated), as _response would give it
+                    r = self.prior * (self.y - objective.mu)
+                else:
+                    mu, d1, _, var, _ = self._response(eta)
+                    r = self.prior * (self.y - mu) * (d1 / var)
             if not np.all(np.isfinite(r)):
                 break
             rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, self._zt_times(r), u)]
