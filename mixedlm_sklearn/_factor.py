@@ -657,18 +657,18 @@ class _CrossingPairs:
     """The entries of ``A_1R`` grouped by (level, row) and their pairs within a level.
 
     ``slots[key, a]`` indexes ``A_1R.data`` (CSR) for key ``(level, row)`` and component
-    ``a`` (``-1``: none); ``ka >= kb`` run over every pair of keys of one level, ``pos`` is
-    the position of the pair ``(row[ka], row[kb])`` on the rest block's lower pattern and
-    ``off`` marks the pairs of two different keys; ``entry[j]`` is the key of each entry
-    of pair block ``j`` between the crossing term and a rest term.
+    ``a`` (``-1``: none); ``ka > kb`` run over every pair of two keys of one level, ``pos``
+    is the position of the pair ``(row[ka], row[kb])`` on the rest block's lower pattern
+    and ``diag_pos`` that of ``(row, row)`` for each key; ``entry[j]`` is the key of each
+    entry of pair block ``j`` between the crossing term and a rest term.
     """
 
     slots: np.ndarray
     key_row: np.ndarray
     ka: np.ndarray
     kb: np.ndarray
-    off: np.ndarray
     pos: np.ndarray
+    diag_pos: np.ndarray
     entry: dict
 
 
@@ -682,23 +682,26 @@ def _crossing_pairs(prep: "Prepared") -> _CrossingPairs:
     slots = np.full((keys.size, q1), -1, dtype=np.int64)
     slots[inv.ravel(), comp] = np.arange(coo.nnz)
     key_level, key_row = np.divmod(keys, r)
-    # key number s within its level pairs with the keys before it and itself (rows
-    # sorted within a level, so row[ka] >= row[kb]: a lower-pattern key)
+    # key number s within its level pairs with the keys before it (rows sorted within a
+    # level, so row[ka] > row[kb]: a lower-pattern key)
     count = np.bincount(key_level, minlength=plan.m[t])
     first_key = np.repeat(np.cumsum(count) - count, count)
-    partners = np.arange(1, keys.size + 1) - first_key
+    partners = np.arange(keys.size) - first_key
     pair_start = np.cumsum(partners) - partners
     idx = np.int32 if keys.size < 2**31 - 1 else np.int64
     ka = np.repeat(np.arange(keys.size, dtype=idx), partners)
     kb = (np.arange(ka.size, dtype=np.int64) - np.repeat(pair_start - first_key, partners)).astype(idx)
-    pos = np.searchsorted(plan.rounds.keys, key_row[ka] * r + key_row[kb])
+    pattern = plan.rounds.keys
+    pos_type = np.int32 if pattern.size < 2**31 - 1 else np.int64
+    pos = np.searchsorted(pattern, key_row[ka] * r + key_row[kb]).astype(pos_type)
+    diag_pos = np.searchsorted(pattern, key_row * (r + 1)).astype(pos_type)
     entry = {}
     for u, o in zip(layout.terms, layout.offsets):
         j = plan.block_index(t, u)
         b = prep.cp.pairs[j]
         lt, lu = (b.level_k, b.level_l) if t < u else (b.level_l, b.level_k)
         entry[j] = np.searchsorted(keys, lt.astype(np.int64) * r + o + lu)
-    return _CrossingPairs(slots, key_row, ka, kb, ka != kb, pos, entry)
+    return _CrossingPairs(slots, key_row, ka, kb, pos, diag_pos, entry)
 
 
 # ---- the numeric factor at one theta --------------------------------------------------------
@@ -1081,11 +1084,11 @@ class Factor:
         vals = np.append(prep.a21.data, 0.0)[cpairs.slots] * scale[cpairs.key_row][:, None]  # (keys, q1)
         s = sig[cpairs.pos]
         n_keys = cpairs.key_row.size
-        Y = np.empty((n_keys, q1))
-        ka, kb, off = cpairs.ka, cpairs.kb, cpairs.off
+        Y = vals * sig[cpairs.diag_pos][:, None]  # each key with itself
+        ka, kb = cpairs.ka, cpairs.kb
         for a in range(q1):
-            Y[:, a] = np.bincount(kb, weights=vals[ka, a] * s, minlength=n_keys)
-            Y[:, a] += np.bincount(ka[off], weights=vals[kb[off], a] * s[off], minlength=n_keys)
+            Y[:, a] += np.bincount(kb, weights=vals[ka, a] * s, minlength=n_keys)
+            Y[:, a] += np.bincount(ka, weights=vals[kb, a] * s, minlength=n_keys)
         for u in layout.terms:
             j = plan.block_index(t, u)
             lt = prep.cp.pairs[j].level_k if t < u else prep.cp.pairs[j].level_l
