@@ -494,6 +494,7 @@ class Prepared(BlockOps):
         self.plan = plan
         self.a21 = self.a22 = self.pairs = None
         self._value_maps = None
+        self._shared: dict = {}  # symbolic structures built on demand, shared by reweighted copies
         if plan.crossing is not None:
             self._prepare_crossing()
 
@@ -519,6 +520,7 @@ class Prepared(BlockOps):
                                                shape=mat.shape))
         new.a21 = new.a22 = new.pairs = None
         new._value_maps = self._value_maps
+        new._shared = self._shared
         if self.plan.crossing is not None:
             flat = np.concatenate([b.values[0].ravel() for b in cp.pairs])
             a21_data = flat[a21_order]
@@ -578,6 +580,13 @@ class Prepared(BlockOps):
             elif a21.nnz < _DENSE_FILL_DENSITY * size or size > _DENSE_FILL_SIZE:
                 fill = _pair_map_pattern(a21, self.plan.m[t], self.plan.q[t])
         return pair_order, a21_order, fill
+
+    def crossing_pairs(self) -> "_CrossingPairs":
+        """The pairs of rest rows met by each level of the crossing term (sparse rounds),
+        for :meth:`Factor.selected_inverse`'s ``Sigma_1R``; built once per pattern."""
+        if "crossing_pairs" not in self._shared:
+            self._shared["crossing_pairs"] = _crossing_pairs(self)
+        return self._shared["crossing_pairs"]
 
     def _prepare_crossing(self) -> None:
         plan, dense = self.plan, self.plan.dense
@@ -641,6 +650,58 @@ class Prepared(BlockOps):
         if add_identity:
             S.flat[:: layout.r + 1] += 1.0
         return S
+
+
+@dataclass(frozen=True)
+class _CrossingPairs:
+    """The entries of ``A_1R`` grouped by (level, row) and their pairs within a level.
+
+    ``slots[key, a]`` indexes ``A_1R.data`` (CSR) for key ``(level, row)`` and component
+    ``a`` (``-1``: none); ``ka > kb`` run over every pair of two keys of one level, ``pos``
+    is the position of the pair ``(row[ka], row[kb])`` on the rest block's lower pattern
+    and ``diag_pos`` that of ``(row, row)`` for each key; ``entry[j]`` is the key of each
+    entry of pair block ``j`` between the crossing term and a rest term.
+    """
+
+    slots: np.ndarray
+    key_row: np.ndarray
+    ka: np.ndarray
+    kb: np.ndarray
+    pos: np.ndarray
+    diag_pos: np.ndarray
+    entry: dict
+
+
+def _crossing_pairs(prep: "Prepared") -> _CrossingPairs:
+    plan = prep.plan
+    layout, t, q1 = plan.dense, plan.crossing, plan.q[plan.crossing]
+    r = layout.r
+    coo = prep.a21.tocoo()
+    level, comp = np.divmod(coo.col.astype(np.int64), q1)
+    keys, inv = np.unique(level * r + coo.row, return_inverse=True)
+    slots = np.full((keys.size, q1), -1, dtype=np.int64)
+    slots[inv.ravel(), comp] = np.arange(coo.nnz)
+    key_level, key_row = np.divmod(keys, r)
+    # key number s within its level pairs with the keys before it (rows sorted within a
+    # level, so row[ka] > row[kb]: a lower-pattern key)
+    count = np.bincount(key_level, minlength=plan.m[t])
+    first_key = np.repeat(np.cumsum(count) - count, count)
+    partners = np.arange(keys.size) - first_key
+    pair_start = np.cumsum(partners) - partners
+    idx = np.int32 if keys.size < 2**31 - 1 else np.int64
+    ka = np.repeat(np.arange(keys.size, dtype=idx), partners)
+    kb = (np.arange(ka.size, dtype=np.int64) - np.repeat(pair_start - first_key, partners)).astype(idx)
+    pattern = plan.rounds.keys
+    pos_type = np.int32 if pattern.size < 2**31 - 1 else np.int64
+    pos = np.searchsorted(pattern, key_row[ka] * r + key_row[kb]).astype(pos_type)
+    diag_pos = np.searchsorted(pattern, key_row * (r + 1)).astype(pos_type)
+    entry = {}
+    for u, o in zip(layout.terms, layout.offsets):
+        j = plan.block_index(t, u)
+        b = prep.cp.pairs[j]
+        lt, lu = (b.level_k, b.level_l) if t < u else (b.level_l, b.level_k)
+        entry[j] = np.searchsorted(keys, lt.astype(np.int64) * r + o + lu)
+    return _CrossingPairs(slots, key_row, ka, kb, pos, diag_pos, entry)
 
 
 # ---- the numeric factor at one theta --------------------------------------------------------
@@ -1013,20 +1074,27 @@ class Factor:
         diag[t] = self.cross["Binv"] + np.einsum("abm,bcm,dcm->adm", J, K, J)
         if not with_pairs:
             return
-        # Sigma_1R = -J (A_1R L_R S^{-1}) on the pattern of A_1R (fits with strata only).
-        r, scale = layout.r, self._rest_scale()
-        lower = sp.csr_matrix((sig, (prep.rest_rows, prep.rest_cols)), shape=(r, r))
-        full = lower + sp.triu(lower.T, k=1)
-        AP = sp.csr_matrix(prep.a21.T @ (full.multiply(scale[:, None]).tocsr()))
+        # Sigma_1R = -J Y on the pattern of A_1R, Y = A_1R L_R S^{-1} (the GLMM gradient's
+        # leverages and fits with strata need it). Y at (level l, row j) sums over the rows
+        # k that l meets, and every such (k, j) is a fill pair of S: Y is one pass over
+        # the pairs of the fill map (as many as the fill's own products), never a sparse
+        # product A_1R S^{-1} whose fill is rows x levels.
+        cpairs = prep.crossing_pairs()
+        scale = self._rest_scale()
+        vals = np.append(prep.a21.data, 0.0)[cpairs.slots] * scale[cpairs.key_row][:, None]  # (keys, q1)
+        s = sig[cpairs.pos]
+        n_keys = cpairs.key_row.size
+        Y = vals * sig[cpairs.diag_pos][:, None]  # each key with itself
+        ka, kb = cpairs.ka, cpairs.kb
+        for a in range(q1):
+            Y[:, a] += np.bincount(kb, weights=vals[ka, a] * s, minlength=n_keys)
+            Y[:, a] += np.bincount(ka, weights=vals[kb, a] * s, minlength=n_keys)
         for u in layout.terms:
             j = plan.block_index(t, u)
-            b = prep.cp.pairs[j]
-            lt, lu = (b.level_k, b.level_l) if t < u else (b.level_l, b.level_k)
-            rows_t = lt[:, None] * q1 + np.arange(q1)  # (nnz, q1)
-            col_u = layout.offsets[layout.terms.index(u)] + lu
-            Yb = np.asarray(AP[rows_t.ravel(), np.repeat(col_u, q1)]).reshape(-1, q1, 1)
-            vals = -np.einsum("abe,ebu->eau", J[:, :, lt], Yb)
-            pairs[j] = vals if t < u else vals.transpose(0, 2, 1)
+            lt = prep.cp.pairs[j].level_k if t < u else prep.cp.pairs[j].level_l
+            Yb = Y[cpairs.entry[j]]  # (nnz, q1)
+            vals_j = -np.einsum("abe,eb->ea", J[:, :, lt], Yb)[:, :, None]
+            pairs[j] = vals_j if t < u else vals_j.transpose(0, 2, 1)
 
     def rounds_rest_gradient(self, sig: np.ndarray) -> list:
         """``d log|M|`` of the scalar rest terms with sparse rounds (see the dense formula in

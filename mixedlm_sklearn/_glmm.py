@@ -56,6 +56,14 @@ __all__ = ["PIRLSDivergence", "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo
 _EPS = np.finfo(float).eps
 
 
+# Chord steps of PIRLS (solves with a nearby evaluation's factor): at most this many, each
+# cutting the decrement by at least this factor, ending below this decrement (whose square
+# root bounds the error of the modes: 1e-10, the rounding of the deviance's gradient).
+_CHORD_STEPS = 12
+_CHORD_RATE = 0.1
+_CHORD_TOL = 1e-20
+
+
 class PIRLSDivergence(FloatingPointError):
     """The inner iteration for the conditional modes did not converge."""
 
@@ -246,7 +254,7 @@ class GLMMDeviance:
     # ---- PIRLS ----------------------------------------------------------------------------
 
     def _modes(self, theta: np.ndarray, beta: np.ndarray, u0: list | None = None,
-               tol: float = 1e-10, max_iter: int = 60) -> _Modes:
+               tol: float = 1e-10, max_iter: int = 60, chord: Factor | None = None) -> _Modes:
         """Conditional modes at ``(theta, beta)``: Newton's method with step halving.
 
         The step solves with the Fisher weights ``W`` (scoring; for a canonical link the
@@ -254,6 +262,12 @@ class GLMMDeviance:
         ``H`` are used where all positive (otherwise scoring), so that the iteration
         converges quadratically: the modes must be exact for ``log|M|`` and the gradient.
         Returns with the factor of ``M`` (Fisher weights, lme4's definition) at the modes.
+
+        ``chord``: the factor of a nearby evaluation. Steps that solve with it (a chord
+        method: no factorisation, linear convergence) are taken first while they converge
+        fast (:meth:`_chord_steps`); when they reach a gradient far below ``tol`` the
+        factor at the modes, needed for ``log|M|``, is the only factorisation. After a
+        Newton step that is not the last, chord steps with its factor go on the same way.
         """
         lams = self.terms.lams(theta)
         fixed = self.offset + self.X @ beta if self.p else self.offset.copy()
@@ -265,6 +279,7 @@ class GLMMDeviance:
                 mu = self.link.inverse(eta)
                 ll = self._loglik(eta, mu)
             pen = float(sum((a * a).sum() for a in u))
+            objective.mu = mu  # the mean at the point last evaluated (the chord steps' score)
             return eta, -2.0 * ll + pen, ll, pen
 
         eta, f, ll, pen = objective(u)
@@ -275,6 +290,8 @@ class GLMMDeviance:
                 raise PIRLSDivergence("the deviance is not finite at the fixed effects (the "
                                       "linear predictor ran off to infinity)")
         decrement = np.inf
+        if chord is not None:
+            u, eta, f, ll, pen, decrement = self._chord_steps(chord, lams, u, eta, f, ll, pen, objective)
         for it in range(max_iter):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 mu, d1, d2, var, dvar = self._response(eta)
@@ -330,7 +347,59 @@ class GLMMDeviance:
                                       "the conditional modes")
             u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
             decrement *= step
+            if decrement >= tol:
+                # on with the factor just made (linear convergence) while that is fast; a
+                # chord that reaches the modes leaves only the factorisation at them
+                u, eta, f, ll, pen, chord_decrement = self._chord_steps(
+                    step_factor, lams, u, eta, f, ll, pen, objective)
+                decrement = min(decrement, chord_decrement) if chord_decrement < _CHORD_TOL else np.inf
         raise PIRLSDivergence(f"the conditional modes did not converge in {max_iter} iterations")
+
+    def _chord_steps(self, chord: Factor, lams: list, u: list, eta, f, ll, pen, objective):
+        """Steps ``M_0^{-1} g`` with a nearby evaluation's factor ``M_0`` (``g`` the gradient
+        of ``-f / 2`` in ``u``), with step halving, while each cuts the decrement
+        ``g'M_0^{-1}g`` by at least ``_CHORD_RATE``.
+
+        Returns the point and, when the decrement at it is below ``_CHORD_TOL`` (the modes
+        to ~1e-10 in ``M``'s norm: the gradient in ``theta`` and its differences then as
+        exact as after Newton's method), that decrement; otherwise ``inf`` (Newton's method
+        goes on from the point).
+        """
+        previous = np.inf
+        logit = self.family.name == "binomial" and self.link.name == "logit"
+        for k in range(_CHORD_STEPS):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                if logit and k:
+                    # the score y - mu (dmu/deta is the variance): the mean of the point
+                    # just accepted (the last one evaluated), as _response would give it
+                    r = self.prior * (self.y - objective.mu)
+                else:
+                    mu, d1, _, var, _ = self._response(eta)
+                    r = self.prior * (self.y - mu) * (d1 / var)
+            if not np.all(np.isfinite(r)):
+                break
+            rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, self._zt_times(r), u)]
+            try:
+                delta = [d[:, 0, :] for d in chord.solve(rhs)]
+            except (NotPositiveDefinite, FloatingPointError, ValueError):
+                break
+            decrement = float(sum((d * b[:, 0, :]).sum() for d, b in zip(delta, rhs)))
+            if not np.isfinite(decrement) or decrement > _CHORD_RATE * previous:
+                break
+            if decrement < _CHORD_TOL:
+                return u, eta, f, ll, pen, decrement
+            step = 1.0
+            for _ in range(10):
+                trial = [a + step * d for a, d in zip(u, delta)]
+                eta_t, f_t, ll_t, pen_t = objective(trial)
+                if np.isfinite(f_t) and f_t <= f + 1e-10 * max(1.0, abs(f)):
+                    break
+                step *= 0.5
+            else:
+                break
+            u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
+            previous = decrement
+        return u, eta, f, ll, pen, np.inf
 
     def modes(self, x: np.ndarray) -> _Modes:
         x = np.asarray(x, dtype=float)
@@ -339,7 +408,7 @@ class GLMMDeviance:
         theta, beta = self.split(x)
         start = None if self._base is None else self._predicted_modes(self._base, theta, beta)
         try:
-            m = self._modes(theta, beta, start)
+            m = self._modes(theta, beta, start, chord=None if self._base is None else self._base.factor)
         except (PIRLSDivergence, NotPositiveDefinite):
             if start is None:
                 raise
@@ -437,10 +506,18 @@ class GLMMDeviance:
         if not self.analytic_gradient:
             return self(x), self._numeric_gradient(x)
         m = self.modes(x)
-        g = self._laplace_gradient(m)
+        g = m.cache.get("grad")
         if g is None:
-            g = self._numeric_gradient(x)
-        return m.laplace, g
+            g = self._laplace_gradient(m)
+            if g is None:
+                g = self._numeric_gradient(x)
+            m.cache["grad"] = g
+        return m.laplace, g.copy()
+
+    def restore(self, m: _Modes) -> None:
+        """Make ``m`` (modes computed earlier, at a point evaluated again next) the last
+        evaluation, instead of recomputing them."""
+        self._last = m
 
     def _numeric_gradient(self, x: np.ndarray) -> np.ndarray:
         """Central differences (the AGQ deviance, or a non-canonical link whose ``M_H`` fails)."""
@@ -786,6 +863,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     k = x.size
     H = np.zeros((k, k))
     idx = np.flatnonzero(free)
+    center = dev.modes(x)  # (the point just evaluated) kept, not recomputed, at the end
     if dev.analytic_gradient:
         for j in idx:
             h = 1e-5 * max(1.0, abs(x[j]))
@@ -807,7 +885,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
                 eb[b] = steps[b]
                 H[a, b] = H[b, a] = (dev(x + ea + eb) - dev(x + ea - eb) - dev(x - ea + eb)
                                      + dev(x - ea - eb)) / (4.0 * steps[a] * steps[b])
-    dev.modes(x)
+    dev.restore(center)
     return H
 
 
@@ -987,6 +1065,7 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
     f0 = _safe(dev, x)[0]
     if not np.isfinite(f0):
         return None
+    center = dev.modes(x)
     best, best_x = f0 - 1e-8 * max(1.0, abs(f0)), None
     for k in at:
         for h in _BOUND_PROBES:
@@ -998,7 +1077,7 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
                 continue
             if value < best:
                 best, best_x = value, trial
-    dev.modes(x)
+    dev.restore(center)
     return best_x
 
 

@@ -235,6 +235,94 @@ def test_reweighted_factor_equals_a_fresh_one(levels, q, rest, monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _dense_m(factors, terms, weights, lams):
+    """``M = Lambda'Z'WZ Lambda + I`` as a dense matrix, columns (term, level, effect)."""
+    n = len(weights)
+    Zs = []
+    for (codes, Z), t, lam in zip(factors, terms, lams):
+        full = np.zeros((n, t.n_levels * t.q))
+        for a in range(t.q):
+            full[np.arange(n), codes * t.q + a] = Z[:, a]
+        Zs.append(full @ np.kron(np.eye(t.n_levels), lam))
+    ZL = np.hstack(Zs)
+    return np.eye(ZL.shape[1]) + ZL.T @ (weights[:, None] * ZL)
+
+
+@pytest.mark.parametrize("levels, q, rest", [((60, 45), (1, 1), "rounds"), ((50, 40), (2, 1), "rounds"),
+                                            ((30, 6), (1, 1), "auto"), ((12, 5), (2, 1), "auto")])
+def test_selected_inverse_with_crossing_pairs_equals_the_dense_inverse(levels, q, rest, monkeypatch):
+    # the blocks of M^{-1} between the crossing term and the rest (the GLMM gradient's
+    # leverages read them at every evaluation), reweighted, against inv(M) itself
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = _design(seed=33, n_levels=levels, q=q, n=150)
+    pattern = DesignPattern(np.empty((len(y), 0)), factors, terms)
+    plan = Plan(pattern.cross_products(np.zeros(len(y)), np.ones(len(y))), rest=rest)
+    if rest == "rounds":
+        assert plan.rounds is not None and len(plan.rounds.rounds) > 0
+    base = Prepared(plan, pattern.cross_products(np.zeros(len(y)), np.ones(len(y))))
+    rng = np.random.default_rng(2)
+    lams = terms.lams(terms.identity_theta() * 0.8 + 0.3 * (terms.lower_bounds() != 0))
+    weights = rng.uniform(0.1, 3, len(y))
+    cp = pattern.cross_products(np.zeros(len(y)), weights)
+    diag, pairs = Factor(base.reweighted(cp), lams).selected_inverse(with_crossing_pairs=True)
+    inv = np.linalg.inv(_dense_m(factors, terms, weights, lams))
+    starts = np.cumsum([0] + [t.n_levels * t.q for t in terms])
+    for k, t in enumerate(terms):
+        rows = starts[k] + np.arange(t.n_levels)[:, None] * t.q + np.arange(t.q)  # (m, q)
+        expected = inv[rows[:, :, None], rows[:, None, :]].transpose(1, 2, 0)
+        np.testing.assert_allclose(diag[k], expected, rtol=1e-10, atol=1e-12)
+    for b, vals in zip(cp.pairs, pairs):
+        rk = starts[b.k] + b.level_k[:, None] * terms[b.k].q + np.arange(terms[b.k].q)
+        rl = starts[b.l] + b.level_l[:, None] * terms[b.l].q + np.arange(terms[b.l].q)
+        np.testing.assert_allclose(vals, inv[rk[:, :, None], rl[:, None, :]], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [dict(seed=41, n_levels=(70, 50), n=200),
+                                  dict(seed=42, n_levels=(70, 50), n=200, family="poisson"),
+                                  dict(seed=43, q=(2, 1), n_levels=(6, 5), n=80, link="probit")])
+def test_chord_steps_give_the_modes_of_a_fresh_newton_iteration(case, monkeypatch):
+    # an evaluation next to the last one solves with the last factor (one factorisation,
+    # at the modes); its deviance and gradient equal those of Newton's method from zero
+    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = _design(**case)
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    x0 = np.concatenate([terms.identity_theta() * 0.7 + 0.1 * (terms.lower_bounds() != 0), [0.1, -0.2]])
+    dev.value_and_grad(x0)
+    for shift in (1e-5, 1e-2):
+        x = x0 + shift * np.linspace(1.0, -1.0, x0.size)
+        before = dev.n_pirls
+        value, grad = dev.value_and_grad(x)
+        if shift == 1e-5:
+            assert dev.n_pirls - before == 1  # the chord converged: only the factor at the modes
+        fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+        value0, grad0 = fresh.value_and_grad(x)
+        assert value == pytest.approx(value0, rel=1e-13, abs=1e-10)
+        np.testing.assert_allclose(grad, grad0, rtol=1e-8, atol=1e-8)
+        for a, b in zip(dev.modes(x).u, fresh.modes(x).u):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_hessian_keeps_the_modes_and_gradient_of_its_centre():
+    # the optimiser evaluates the centre again after the finite-difference Hessian: its
+    # modes and gradient are kept, not recomputed, and equal a fresh evaluation's
+    from mixedlm_sklearn._glmm import _hessian
+
+    X, y, w, factors, terms, fam, lnk = _design(seed=1, family="binomial")
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    x = np.array([0.7, 0.6, 0.1, -0.2])
+    value, g = dev.value_and_grad(x)
+    before = dev.n_evaluations
+    _hessian(dev, x, g, np.ones(x.size, dtype=bool))
+    assert dev.n_evaluations - before == x.size
+    value2, g2 = dev.value_and_grad(x)
+    assert dev.n_evaluations - before == x.size
+    fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    value0, g0 = fresh.value_and_grad(x)
+    assert value2 == value == pytest.approx(value0, rel=1e-13)
+    np.testing.assert_allclose(g2, g0, rtol=1e-9, atol=1e-9)
+
+
 def test_pirls_divergence_is_reported():
     X, y, w, factors, terms, fam, lnk = _design(seed=4, family="poisson")
     dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
