@@ -227,7 +227,7 @@ def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[n
     """:func:`_extra_starts` for terms of these ``(q, diagonal)``: they depend on nothing
     else, and drawing them (a generator, a dozen small draws) cost more than a tenth of a
     small fit, so each shape's are drawn once."""
-    eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape])
+    eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape] + [np.zeros(0)])
     eta = np.zeros(n_eta)
     starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
