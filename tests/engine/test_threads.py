@@ -16,7 +16,16 @@ from mixedlm_sklearn._batched import (
     batched_solve_lower_t,
     left_matmul,
 )
-from mixedlm_sklearn._threads import MIN_LEVELS_PER_THREAD, level_slices, level_threads
+import mixedlm_sklearn._threads as threads_module
+from mixedlm_sklearn._threads import level_slices, level_threads
+
+# Slices this small make the tests fast; the arithmetic per level is the same at any size.
+MIN_LEVELS_PER_THREAD = 1024
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch):
+    monkeypatch.setattr(threads_module, "MIN_LEVELS_PER_THREAD", MIN_LEVELS_PER_THREAD)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def data():
     for several blocks of the pass over the rows; a random slope with a full covariance."""
     rng = np.random.default_rng(7)
     m = 3 * MIN_LEVELS_PER_THREAD + 123
-    n = 8 * m
+    n = 24 * m  # three blocks of the pass over the rows (_crossprod._MIN_BLOCK_ROWS)
     g = rng.integers(0, m, n)
     X = rng.standard_normal((n, 2))
     b = rng.standard_normal((m, 2)) * [0.8, 0.3]
