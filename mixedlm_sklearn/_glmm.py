@@ -99,6 +99,20 @@ class _Modes:
         return -2.0 * self.loglik + self.penalty + self.factor.logdet
 
 
+def _halving_step(u: list, delta: list, f: float, objective, tries: int):
+    """The step ``u + s delta`` with the largest ``s`` in 1, 1/2, 1/4, ... (at most ``tries``)
+    that does not raise the penalised deviance ``f``: ``((u, eta, f, ll, pen), s)``, or None
+    when none of them does (PIRLS's Newton and chord steps alike)."""
+    step = 1.0
+    for _ in range(tries):
+        trial = [a + step * d for a, d in zip(u, delta)]
+        eta_t, f_t, ll_t, pen_t = objective(trial)
+        if np.isfinite(f_t) and f_t <= f + 1e-10 * max(1.0, abs(f)):
+            return (trial, eta_t, f_t, ll_t, pen_t), step
+        step *= 0.5
+    return None
+
+
 class GLMMDeviance:
     """``-2 log L`` of a GLMM as a function of ``x = (theta, beta)``.
 
@@ -335,17 +349,11 @@ class GLMMDeviance:
                         step_factor = factor
             delta = [d[:, 0, :] for d in step_factor.solve(rhs)]
             decrement = float(sum((d * b[:, 0, :]).sum() for d, b in zip(delta, rhs)))
-            step = 1.0
-            for _ in range(30):
-                trial = [a + step * d for a, d in zip(u, delta)]
-                eta_t, f_t, ll_t, pen_t = objective(trial)
-                if np.isfinite(f_t) and f_t <= f + 1e-10 * max(1.0, abs(f)):
-                    break
-                step *= 0.5
-            else:
+            accepted = _halving_step(u, delta, f, objective, 30)
+            if accepted is None:
                 raise PIRLSDivergence("step halving failed to reduce the penalised deviance of "
                                       "the conditional modes")
-            u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
+            (u, eta, f, ll, pen), step = accepted
             decrement *= step
             if decrement >= tol:
                 # on with the factor just made (linear convergence) while that is fast; a
@@ -388,16 +396,10 @@ class GLMMDeviance:
                 break
             if decrement < _CHORD_TOL:
                 return u, eta, f, ll, pen, decrement
-            step = 1.0
-            for _ in range(10):
-                trial = [a + step * d for a, d in zip(u, delta)]
-                eta_t, f_t, ll_t, pen_t = objective(trial)
-                if np.isfinite(f_t) and f_t <= f + 1e-10 * max(1.0, abs(f)):
-                    break
-                step *= 0.5
-            else:
+            accepted = _halving_step(u, delta, f, objective, 10)
+            if accepted is None:
                 break
-            u, eta, f, ll, pen = trial, eta_t, f_t, ll_t, pen_t
+            (u, eta, f, ll, pen), _ = accepted
             previous = decrement
         return u, eta, f, ll, pen, np.inf
 
