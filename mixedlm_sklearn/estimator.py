@@ -69,7 +69,7 @@ from ._validation import (
     clean_failure,
     encode_groups,
     is_sparse,
-    take_rows,
+    without_zero_weights,
 )
 from ._rank import RankDeficientWarning, drop_aliased_columns
 from ._checks import (
@@ -541,21 +541,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             # a row of infinite variance would break its residual group's series in two
             raise ValueError("with correlation=, sample_weight must be positive in every row; "
                              "remove rows of weight 0 (with their times) before fitting")
-        if weights is not None and not weights.all():
-            # a weight of 0 is an infinite residual variance: the row carries no information,
-            # so it is removed before anything else (a group of such rows is no group)
-            keep = weights > 0
-            if keep.sum() < 2:
-                raise ValueError(f"sample_weight is zero in {n - int(keep.sum())} of {n} rows: a "
-                                 "model needs at least 2 rows of positive weight")
-            X, y, weights = X[keep], y[keep], weights[keep]
-            offset = None if offset is None else offset[keep]
-            groups = take_rows(groups, keep, "groups")
-            Z = take_rows(Z, keep, "Z")
-            residual_groups = take_rows(residual_groups, keep, "residual_groups")
-            offset = None if offset is None else offset[keep]
-            index = None if index is None else index[keep]
-            n = X.shape[0]
+        X, y, weights, offset, index, groups, Z, residual_groups = without_zero_weights(
+            weights, X=X, y=y, sample_weight=weights, offset=offset, index=index, groups=groups,
+            Z=Z, residual_groups=residual_groups)
+        n = X.shape[0]
         if groups is None:
             if residual_groups is not None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "

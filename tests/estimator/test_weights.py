@@ -57,7 +57,7 @@ def test_a_group_whose_weights_are_all_zero_disappears(data):
 
 
 @pytest.mark.parametrize("case", ["residual_groups", "several factors", "least squares",
-                                  "DataFrame Z", "MultiIndex Z"])
+                                  "DataFrame Z", "MultiIndex Z", "offset"])
 def test_zero_weights_in_every_kind_of_fit(data, case):
     X, y, groups, Z = data
     w = np.resize([1.0, 0.0, 3.0, 0.5, 2.0], len(y))
@@ -72,6 +72,8 @@ def test_zero_weights_in_every_kind_of_fit(data, case):
         kw = {}
     elif case == "DataFrame Z":
         kw["Z"] = pd.DataFrame(Z, columns=["one", "a"], index=np.arange(100, 160))
+    elif case == "offset":  # once an IndexError: the offset was filtered twice
+        kw["offset"] = np.linspace(-1.0, 1.0, len(y))
     else:
         kw = {"groups": pd.DataFrame({"g": groups, "h": np.tile(np.arange(4), 15)}),
               "Z": pd.DataFrame(Z, columns=pd.MultiIndex.from_product([["g"], ["one", "a"]]))}
