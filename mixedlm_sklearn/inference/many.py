@@ -208,6 +208,16 @@ def _store(est: Any) -> None:
     axis of responses)."""
     mr = est.many_
     f = mr.fit
+    # the parameters: beta, theta and sigma
+    store_fixed_part(est, mr, f, len(mr.fe_names) + f.terms.n_theta + 1)
+    est.scale_ = f.scale
+    est.residual_var_ = {"(all)": f.scale}
+    store_random_part(est, mr, f, f.scale)
+
+
+def store_fixed_part(est: Any, mr: Any, f: Any, n_params: int) -> None:
+    """The per-response fixed effects, theta and likelihood criteria of a many-response fit
+    ``f`` (linear or GLMM) with ``n_params`` parameters per response."""
     k = f.n_responses
     beta = f.beta
     est.responses_ = np.asarray(mr.responses, dtype=object)
@@ -217,16 +227,12 @@ def _store(est: Any) -> None:
     est.fe_params_ = pd.DataFrame(beta, index=mr.responses, columns=mr.fe_names)
     se = np.sqrt(np.diagonal(f.cov_beta, axis1=1, axis2=2))
     est.bse_ = pd.DataFrame(se, index=mr.responses, columns=mr.fe_names)
-    est.theta_ = f.theta
-    est.scale_ = f.scale
-    est.residual_var_ = {"(all)": f.scale}
-    df_model = len(mr.fe_names) + f.terms.n_theta + 1
+    est.theta_ = f.theta.copy()
     est.llf_ = -0.5 * f.deviance
-    est.df_model_ = df_model
-    est.aic_ = -2.0 * est.llf_ + 2.0 * df_model
+    est.df_model_ = n_params
+    est.aic_ = f.deviance + 2.0 * n_params
     with np.errstate(divide="ignore"):
-        est.bic_ = -2.0 * est.llf_ + np.log(f.n_obs) * df_model
-    store_random_part(est, mr, f, f.scale)
+        est.bic_ = f.deviance + np.log(f.n_obs) * n_params
 
 
 def store_random_part(est: Any, mr: Any, f: Any, scale: np.ndarray) -> None:

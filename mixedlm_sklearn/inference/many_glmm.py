@@ -35,7 +35,7 @@ from .._model import FittedModel
 from .._terms import Term, Terms
 from .._threads import single_threaded_blas
 from .._validation import check_weights, take_rows, without_zero_weights
-from .many import INTERCEPT, read_responses, store_random_part, warn_responses
+from .many import INTERCEPT, read_responses, store_fixed_part, store_random_part, warn_responses
 
 __all__ = ["ManyGLMMFit", "COUNT_FAMILIES", "fit_count_responses", "count_response_estimator"]
 
@@ -339,22 +339,8 @@ def _store(est: Any) -> None:
     multi-output fit's)."""
     mr = est.many_
     f = mr.fit
-    k = f.n_responses
-    beta = f.beta
-    est.responses_ = np.asarray(mr.responses, dtype=object)
-    est.intercept_ = beta[:, 0].copy() if est.fit_intercept else np.zeros(k)
-    est.coef_ = beta[:, 1:].copy() if est.fit_intercept else beta.copy()
-    est.cov_fe_ = f.cov_beta
-    est.fe_params_ = pd.DataFrame(beta, index=mr.responses, columns=mr.fe_names)
-    est.bse_ = pd.DataFrame(np.sqrt(np.diagonal(f.cov_beta, axis1=1, axis2=2)),
-                            index=mr.responses, columns=mr.fe_names)
-    est.theta_ = f.theta.copy()
-    est.llf_ = -0.5 * f.deviance
     # as the single fit's FittedModel.n_parameters: beta, theta and the family's free parameter
-    est.df_model_ = len(mr.fe_names) + f.terms.n_theta + len(mr.family.free)
-    est.aic_ = f.deviance + 2.0 * est.df_model_
-    with np.errstate(divide="ignore"):
-        est.bic_ = f.deviance + np.log(f.n_obs) * est.df_model_
+    store_fixed_part(est, mr, f, len(mr.fe_names) + f.terms.n_theta + len(mr.family.free))
     est.deviance_ = f.residual_deviance.copy()
     est.family_params_ = {name: v.copy() for name, v in f.family_values.items()}
     store_random_part(est, mr, f, np.ones(f.theta.shape[0]))
