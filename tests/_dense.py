@@ -482,6 +482,29 @@ def profiled_dense_loglik(X, y, Z, codes, cov_re, scale, reml, weights=None):
     return dense_loglik(X, y, Z, codes, beta, cov_re, scale, reml, weights), beta
 
 
+def profiled_dense_ml_deviance(X, y, Z, codes, cov_re, scale):
+    """``-2`` times :func:`profiled_dense_loglik` (ML) through one Cholesky factor of ``V``.
+
+    The same dense likelihood: ``V = L L'``, the GLS fit on the whitened ``L^{-1} X`` and
+    ``L^{-1} y`` (normal equations), ``log|V| = 2 sum log L_ii``. A few times faster than
+    three dense solves and two determinants per call, for oracles that minimise it
+    thousands of times; inf where ``V`` is not positive definite.
+    """
+    n = len(y)
+    same = codes[:, None] == codes[None, :]
+    V = same * (Z @ cov_re @ Z.T)
+    V[np.diag_indices(n)] += scale
+    try:
+        L = np.linalg.cholesky(V)
+    except np.linalg.LinAlgError:
+        return np.inf
+    wxy = linalg.solve_triangular(L, np.column_stack([X, y]), lower=True, check_finite=False)
+    wx, wy = wxy[:, :-1], wxy[:, -1]
+    beta = np.linalg.solve(wx.T @ wx, wx.T @ wy)
+    r = wy - wx @ beta
+    return float(n * np.log(2 * np.pi) + 2.0 * np.log(np.diag(L)).sum() + r @ r)
+
+
 def exact_gls_beta(X, y, Z, codes, lam):
     """The GLS fixed effects at a given relative covariance factor, in exact arithmetic.
 

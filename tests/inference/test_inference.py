@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from _dense import profiled_dense_loglik
+from _dense import profiled_dense_loglik, profiled_dense_ml_deviance
 from _reference import SINGLE_FACTOR_CASES, fit_single_factor, load_case, reference_path, single_factor_arrays
 from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
@@ -276,7 +276,7 @@ class _BruteProfile:
 
         def deviance(z):
             sd, R, sigma = unpack(z)
-            return -2.0 * profiled_dense_loglik(*self.args, np.outer(sd, sd) * R, sigma**2, reml=False)[0]
+            return profiled_dense_ml_deviance(*self.args, np.outer(sd, sd) * R, sigma**2)
 
         best = np.inf
         for shrink in (1.0, 0.0):  # the estimate, and the same with its correlations at 0
