@@ -48,6 +48,7 @@ from scipy import linalg, optimize
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
+from ._newton import fd_hessian, minimize
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
@@ -867,12 +868,7 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     idx = np.flatnonzero(free)
     center = dev.modes(x)  # (the point just evaluated) kept, not recomputed, at the end
     if dev.analytic_gradient:
-        for j in idx:
-            h = 1e-5 * max(1.0, abs(x[j]))
-            up = x.copy()
-            up[j] += h
-            H[:, j] = (dev.value_and_grad(up)[1] - g) / h
-        H = 0.5 * (H + H.T)
+        H = fd_hessian(lambda z: dev.value_and_grad(z)[1], x, g, free, 1e-5, 1.0)
     else:
         f0 = dev(x)
         steps = 1e-4 * np.maximum(1.0, np.abs(x))
@@ -1008,31 +1004,18 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
         H = _hessian(dev, x, g, free)
         approximation = None
     x_h = x.copy()
-    scaled, pos_def = np.inf, False
-    for _ in range(max_steps):
-        free = ~(np.isfinite(lower) & (x <= lower))
-        try:
-            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
-                                    g[free], check_finite=False)
-            pos_def = True
-        except (linalg.LinAlgError, ValueError):
-            pos_def = False
-            break
-        scaled = float(np.max(np.abs(step))) if step.size else 0.0
-        if scaled < (1e-10 if approximation is None else 1e-7):
-            break
-        t = 1.0
-        for _ in range(8):
-            trial = x.copy()
-            trial[free] -= t * step
-            trial = np.maximum(trial, lower)
-            new_value, new_g = _safe(dev, trial)
-            if new_g is not None and new_value <= value + 1e-13 * abs(value):
-                break
-            t *= 0.5
-        else:
-            break
-        x, value, g = trial, new_value, new_g
+    tol = 1e-10 if approximation is None else 1e-7
+
+    def value_and_grad(z: np.ndarray) -> tuple[float, np.ndarray | None]:
+        return _safe(dev, z)  # (inf, None) where PIRLS breaks down: never accepted
+
+    # one Hessian for every step (computed above), the steps projected onto the bounds
+    res = minimize(value_and_grad, lambda z: H, x,
+                   lambda it, f, decrement, newton: (float(np.max(np.abs(newton))) if newton.size else 0.0) < tol,
+                   max_iter=max_steps, start=(value, g), held=lambda z, g: np.isfinite(lower) & (z <= lower),
+                   project=lambda z: np.maximum(z, lower), armijo=0.0, slack=1e-13, max_trials=8)
+    x, value, g = res.x, res.value, res.grad
+    scaled, pos_def = res.scaled, res.pos_def
     if approximation is not None or np.max(np.abs(x - x_h)) > 1e-3:
         free = ~(np.isfinite(lower) & (x <= lower))
         H = _hessian(dev, x, g, free)

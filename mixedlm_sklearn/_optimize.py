@@ -41,7 +41,6 @@ from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
-from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts
@@ -50,6 +49,7 @@ from ._factor import NotPositiveDefinite
 from ._basis import Basis
 from ._batched_refit import OneTermBatch, repeated_response
 from ._terms import theta_from_lambda
+from ._newton import fd_hessian, interior_step, minimize, solve_pd as _solve_pd
 
 __all__ = ["OptimizerInfo", "fit", "fit_stochastic", "SCALED_GRADIENT_TOL"]
 
@@ -104,31 +104,6 @@ class OptimizerInfo:
     n_fev: int
     scaled_gradient: float
     at_bound: np.ndarray
-
-
-def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``A^{-1} b`` for a symmetric positive definite ``A`` by Cholesky.
-
-    Raises ``LinAlgError`` when ``A`` is not positive definite. (scipy's ``solve`` would
-    also warn about ill-conditioning, a warning the fit must not leak: an ill-conditioned
-    Hessian is a normal event the checks handle.)
-    """
-    A, b = np.asarray(A), np.asarray(b)
-    if (A.dtype != np.float64 or b.dtype != np.float64 or A.ndim != 2 or A.size == 0
-            or A.shape[0] != A.shape[1] or b.ndim not in (1, 2) or b.shape[0] != A.shape[0]):
-        return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
-    # The LAPACK routines cho_factor and cho_solve call, called directly: the same numbers
-    # without their ~45 us of argument handling per call, which on matrices of a few rows
-    # is all of the cost (the optimiser solves several per fit).
-    c, info = _potrf(A, lower=0, clean=0)
-    if info > 0:
-        raise linalg.LinAlgError(f"{info}-th leading minor of the array is not positive definite")
-    if info < 0:
-        raise ValueError(f"LAPACK reported an illegal value in {-info}-th argument on entry to POTRF")
-    x, info = _potrs(c, b, lower=0)
-    if info != 0:
-        raise ValueError(f"illegal value in {-info}th argument of internal potrs")
-    return x
 
 
 # ---- the whitened basis ------------------------------------------------------------------
@@ -303,48 +278,33 @@ class _Tracker:
         """
         dev = self.dev
         lower = dev.lower_bounds()
-        bounded = np.isfinite(lower)
-        value, grad = self.value_and_grad(x)
-        for it in range(1, max_iter + 1):
-            self.n_iter += 1
-            if not np.isfinite(value):
-                return x, value, grad, False, False
+
+        def hessian(z: np.ndarray) -> np.ndarray:
             try:
-                H = dev.average_information(x)
-                step = -_solve_pd(H, grad)
-            except (linalg.LinAlgError, ValueError, NotPositiveDefinite):
-                return x, value, grad, False, False
-            decrement = -grad @ step  # ~ twice the predicted decrease
-            if decrement < tol * max(1.0, abs(value)) * 1e-2:
-                return x, value, grad, True, False
+                return dev.average_information(z)
+            except NotPositiveDefinite as err:
+                raise linalg.LinAlgError(str(err)) from None
+
+        def guard(z: np.ndarray, step: np.ndarray, it: int) -> np.ndarray | None:
             # Far from the optimum the average information can be a poor model: a step
             # longer than the parameters themselves (whitened, so of order 1) can throw
             # the iterates onto the plateau of a variance going to infinity, where the
             # deviance is nearly flat. Such steps are shortened to that length.
             longest = np.max(np.abs(step))
-            reach = max(1.0, np.max(np.abs(x)))
+            reach = max(1.0, np.max(np.abs(z)))
             if longest > reach:
-                step *= reach / longest
-            limit = np.where(bounded, -_MAX_SHRINK * (x - lower), -np.inf)
-            clipped = np.maximum(step, limit)
+                step = step * (reach / longest)
+            clipped = interior_step(z, step, lower, _MAX_SHRINK)
             if np.any(clipped != step) and it > 3:
-                return x, value, grad, False, False  # heading for a bound: L-BFGS-B's job
-            slope = grad @ clipped
-            if slope >= 0:
-                return x, value, grad, False, False
-            t = 1.0
-            for _ in range(30):
-                trial = x + t * clipped
-                trial_value = self.value(trial)
-                if trial_value <= value + 1e-4 * t * slope:
-                    break
-                t *= 0.5
-            else:
-                return x, value, grad, False, False
-            x = trial
-            value, grad = self.value_and_grad(x)
-            self.report(value)
-        return x, value, grad, False, True
+                return None  # heading for a bound: L-BFGS-B's job
+            return clipped
+
+        res = minimize(self.value_and_grad, hessian, x,
+                       lambda it, value, decrement, newton: decrement < tol * max(1.0, abs(value)) * 1e-2,
+                       max_iter=max_iter, value=self.value, guard=guard, armijo=1e-4, max_trials=30,
+                       on_step=self.report)
+        self.n_iter += res.n_iter
+        return res.x, res.value, res.grad, res.converged, res.status == "iteration limit"
 
 
 def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
@@ -547,51 +507,55 @@ def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
     lower, upper = dev.lower_bounds(), dev.upper_bounds()
     at_bound = np.zeros(x.size, dtype=bool)
     at_bound[:dev.n_theta] = np.isfinite(lower[:dev.n_theta]) & (x[:dev.n_theta] <= lower[:dev.n_theta])
-    free = np.flatnonzero(~at_bound)
+    free = ~at_bound
     if value is None or grad is None:
         value, grad = tracker.value_and_grad(x)
-    if free.size == 0:
+    if not free.any():
         return x, 0.0, True
-    step = 1e-6 * np.maximum(np.abs(x[free]), 1e-2)
-    hess = np.empty((free.size, free.size))
-    for k, j in enumerate(free):
-        shifted = x.copy()
-        shifted[j] += step[k]
-        hess[:, k] = (tracker.value_and_grad(shifted)[1][free] - grad[free]) / step[k]
-    hess = 0.5 * (hess + hess.T)
-    if not np.all(np.isfinite(hess)):
-        return x, float(np.max(np.abs(grad[free]))), False
-    try:
-        newton = _solve_pd(hess, grad[free])
-    except (linalg.LinAlgError, ValueError):
-        return x, float(np.max(np.abs(grad[free]))), False
     # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
     # (a very high intra-class correlation) is not known to 1e-4 absolute, whose deviance
     # changes by less than its own rounding over such a step
     unit = np.maximum(1.0, np.abs(x[free]))
-    scaled = float(np.max(np.abs(newton) / unit))
     # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the deviance
     # itself; then the smaller gradient decides.
     rounding = 1e-13 * max(1.0, abs(value))
-    t = 1.0
-    for _ in range(12):
-        trial = x.copy()
-        trial[free] = np.clip(x[free] - t * newton, lower[free], upper[free])
-        trial_value, trial_grad = tracker.value_and_grad(trial)
+    measured = {}
+
+    def hessian(z: np.ndarray) -> np.ndarray:
+        H = fd_hessian(lambda u: tracker.value_and_grad(u)[1], z, grad, free, 1e-6, 1e-2)
+        if not np.all(np.isfinite(H[np.ix_(free, free)])):
+            raise linalg.LinAlgError("the finite-difference Hessian is not finite")
+        measured["hess"] = H[np.ix_(free, free)]
+        return H
+
+    def converged(it: int, f: float, decrement: float, newton: np.ndarray) -> bool:
+        measured["scaled"] = float(np.max(np.abs(newton) / unit))
+        return False  # the step is taken in any case: it gains the last digits
+
+    def accept(t: float, trial: np.ndarray, trial_value: float, trial_grad: np.ndarray) -> bool | None:
+        scaled = measured["scaled"]
         if np.isfinite(trial_value):
             on_bound = np.isfinite(lower) & (trial <= lower)
             on_bound[dev.n_theta:] = False
             if on_bound[free].any():  # the step reached a bound: measured at the next step
                 if trial_value < value - rounding:
-                    return trial, scaled, True
+                    return True
             else:
-                trial_scaled = float(np.max(np.abs(_solve_pd(hess, trial_grad[free])) / unit))
+                trial_scaled = float(np.max(np.abs(_solve_pd(measured["hess"], trial_grad[free])) / unit))
                 if trial_value <= value or (trial_value <= value + rounding and trial_scaled < scaled):
-                    return trial, trial_scaled, True
-        if scaled < SCALED_GRADIENT_TOL:
-            break  # already converged: nothing to gain from shorter steps
-        t *= 0.5
-    return x, scaled, True
+                    measured["scaled"] = trial_scaled
+                    return True
+        # already converged: nothing to gain from shorter steps
+        return None if scaled < SCALED_GRADIENT_TOL else False
+
+    res = minimize(tracker.value_and_grad, hessian, x, converged, max_iter=1, start=(value, grad),
+                   held=lambda z, g: at_bound, project=lambda z: np.clip(z, lower, upper), accept=accept,
+                   max_trials=12)
+    if res.status == "not positive definite":
+        return x, float(np.max(np.abs(grad[free]))), False
+    if res.status == "not finite":
+        return x, np.inf, False
+    return res.x, measured["scaled"], True
 
 
 def _information_check(tracker: _Tracker, res) -> tuple[np.ndarray, float, bool] | None:
@@ -818,9 +782,7 @@ def fit_stochastic(dev, x0: np.ndarray | None = None, max_iter: int = 50, tol: f
     lower = dev.lower_bounds()
     x = dev.terms.identity_theta() if x0 is None else np.maximum(np.asarray(x0, dtype=float), lower)
     bounded = np.isfinite(lower)
-    on_bound = bounded & (x <= lower)
     start_fev = dev.n_evaluations
-    converged, message, it, scaled = False, "iteration limit", 0, np.inf
 
     def value(trial: np.ndarray) -> float:
         try:
@@ -828,56 +790,41 @@ def fit_stochastic(dev, x0: np.ndarray | None = None, max_iter: int = 50, tol: f
         except (NotPositiveDefinite, linalg.LinAlgError):
             return np.inf
 
-    for it in range(1, max_iter + 1):
-        val, grad = dev.value_and_grad(x)
-        if callback is not None:
-            callback(it, val)
-        free = np.flatnonzero(~on_bound)
-        if free.size == 0:
-            converged, message, scaled = True, "every variance on its bound", 0.0
-            break
-        H = dev.average_information(x)[np.ix_(free, free)]
-        try:
-            newton = _solve_pd(H, grad[free])
-        except (linalg.LinAlgError, ValueError):
-            message = "average-information matrix not positive definite"
-            break
-        scaled = float(np.max(np.abs(newton)))
-        step = np.zeros_like(x)
-        step[free] = -newton
-        decrement = float(grad[free] @ newton)
-        if decrement < tol:
-            converged, message = True, "Newton decrement below tol"
-            break
-        limit = np.where(bounded, -(1.0 - 0.25) * (x - lower), -np.inf)
-        clipped = np.maximum(step, limit)
-        if decrement < _QUADRATIC_DECREMENT and np.array_equal(clipped, step):
-            x = x + step
-            continue
-        t = 1.0
-        for _ in range(10):
-            if value(x + t * clipped) <= val + 1e-4 * t * (grad @ clipped):
-                break
-            t *= 0.5
-        else:
-            message = "line search failed (gradient estimate inconsistent with the objective)"
-            converged = decrement < 100 * tol
-            break
-        x = x + t * clipped
+    def snap(z: np.ndarray, step: np.ndarray) -> np.ndarray:
         # Entries driven towards their bound: the deviance is even in a scalar term's
-        # theta, so Newton only approaches 0; compare the value exactly on the bound.
-        near = np.flatnonzero(bounded & ~on_bound & (x - lower < _NEAR_BOUND) & (clipped < 0))
+        # theta, so Newton only approaches 0; compare the value exactly on the bound
+        # (held there from then on: an entry on its bound is not free).
+        near = np.flatnonzero(bounded & (z > lower) & (z - lower < _NEAR_BOUND) & (step < 0))
         if near.size:
-            current = value(x)
+            current = value(z)
             for j in near:
-                trial = x.copy()
+                trial = z.copy()
                 trial[j] = lower[j]
                 trial_value = value(trial)
                 if trial_value <= current:
-                    x, current = trial, trial_value
-                    on_bound[j] = True
+                    z, current = trial, trial_value
+        return z
+
+    res = minimize(dev.value_and_grad, dev.average_information, x,
+                   lambda it, val, decrement, newton: decrement < tol, max_iter=max_iter, value=value,
+                   held=lambda z, g: bounded & (z <= lower),
+                   guard=lambda z, step, it: interior_step(z, step, lower, 0.75),
+                   armijo=1e-4, max_trials=10, full_step_below=_QUADRATIC_DECREMENT, after_step=snap,
+                   on_iteration=callback)
+    x, scaled, converged = res.x, res.scaled, res.converged
+    if res.converged:
+        message = "every variance on its bound" if res.newton.size == 0 else "Newton decrement below tol"
+    elif res.status == "not positive definite":
+        message = "average-information matrix not positive definite"
+    elif res.status == "line search failed":
+        message = "line search failed (gradient estimate inconsistent with the objective)"
+        converged = res.decrement < 100 * tol
+    elif res.status == "iteration limit":
+        message = "iteration limit"
+    else:
+        message = f"Newton's method stopped: {res.status}"
     sol = dev.solution(x)
-    info = OptimizerInfo(converged, message, it, dev.n_evaluations - start_fev, scaled,
+    info = OptimizerInfo(converged, message, res.n_iter, dev.n_evaluations - start_fev, scaled,
                          bounded & (sol.theta <= lower))
     return sol, info
 
@@ -899,28 +846,33 @@ def finish_from(dev: Deviance, x0: np.ndarray, max_iter: int = 5) -> tuple[Solut
     if dev.n_eta or np.any(np.isfinite(lower) & (x <= lower)):
         return None
     start_fev = dev.n_evaluations if hasattr(dev, "n_evaluations") else 0
-    for it in range(1, max_iter + 1):
+    bounded = np.isfinite(lower)
+
+    def value_and_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
         try:
-            val, grad = dev.value_and_grad(x)
-            newton = _solve_pd(dev.average_information(x), grad)
+            return dev.value_and_grad(z)
         except (NotPositiveDefinite, linalg.LinAlgError, ValueError):
-            return None
-        scaled = float(np.max(np.abs(newton)))
-        if scaled < SCALED_GRADIENT_TOL and it > 1:
-            info = OptimizerInfo(True, "Newton steps from the iterative optimum", it - 1,
-                                 dev.n_evaluations - start_fev, scaled, np.zeros(x.size, dtype=bool))
-            return dev.solution(x), info
-        t = 1.0
-        for _ in range(8):
-            trial = x - t * newton
-            if np.all(trial > lower) or not np.any(np.isfinite(lower)):
-                try:
-                    if dev(trial) <= val:
-                        break
-                except NotPositiveDefinite:
-                    pass
-            t *= 0.5
-        else:
-            return None
-        x = trial
-    return None
+            return np.inf, np.zeros(z.size)
+
+    def value(trial: np.ndarray) -> float:
+        if bounded.any() and not np.all(trial > lower):
+            return np.inf  # (not evaluated) only interior points
+        try:
+            return dev(trial)
+        except NotPositiveDefinite:
+            return np.inf
+
+    def hessian(z: np.ndarray) -> np.ndarray:
+        try:
+            return dev.average_information(z)
+        except NotPositiveDefinite as err:
+            raise linalg.LinAlgError(str(err)) from None
+
+    res = minimize(value_and_grad, hessian, x,
+                   lambda it, val, decrement, newton: it > 1 and float(np.max(np.abs(newton))) < SCALED_GRADIENT_TOL,
+                   max_iter=max_iter, value=value, armijo=0.0, max_trials=8)
+    if not res.converged:
+        return None
+    info = OptimizerInfo(True, "Newton steps from the iterative optimum", res.n_iter - 1,
+                         dev.n_evaluations - start_fev, res.scaled, np.zeros(x.size, dtype=bool))
+    return dev.solution(res.x), info
