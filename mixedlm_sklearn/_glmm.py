@@ -48,7 +48,7 @@ from scipy import linalg, optimize
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
-from ._newton import fd_hessian, minimize
+from ._newton import central_hessian, fd_hessian, minimize
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
@@ -863,26 +863,11 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     (~1e-8) and rounding (~eps |D| / 1e-8) errors are both small; differences of a
     finite-difference gradient would amplify its rounding error.
     """
-    k = x.size
-    H = np.zeros((k, k))
-    idx = np.flatnonzero(free)
     center = dev.modes(x)  # (the point just evaluated) kept, not recomputed, at the end
     if dev.analytic_gradient:
         H = fd_hessian(lambda z: dev.value_and_grad(z)[1], x, g, free, 1e-5, 1.0)
     else:
-        f0 = dev(x)
-        steps = 1e-4 * np.maximum(1.0, np.abs(x))
-        lower = dev.lower_bounds()
-        steps = np.where(x - steps < lower, np.maximum(x - lower, 1e-7), steps)
-        for a in idx:
-            ea = np.zeros(k)
-            ea[a] = steps[a]
-            H[a, a] = (dev(x + ea) - 2.0 * f0 + dev(x - ea)) / steps[a] ** 2
-            for b in idx[idx > a]:
-                eb = np.zeros(k)
-                eb[b] = steps[b]
-                H[a, b] = H[b, a] = (dev(x + ea + eb) - dev(x + ea - eb) - dev(x - ea + eb)
-                                     + dev(x - ea - eb)) / (4.0 * steps[a] * steps[b])
+        H = central_hessian(dev, x, free, dev.lower_bounds())
     dev.restore(center)
     return H
 
@@ -1305,20 +1290,8 @@ def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,
             dev.set_family_values({name: np.exp(z[nt])})
             return dev(np.concatenate([z[:nt], z[nt + 1:]]))
 
-        idx = np.flatnonzero(free)
-        steps = 1e-4 * np.maximum(1.0, np.abs(z0))
         lower = np.concatenate([dev.terms.lower_bounds(), [-np.inf], np.full(dev.p, -np.inf)])
-        steps = np.where(z0 - steps < lower, np.maximum(z0 - lower, 1e-7), steps)
-        f0 = f(z0)
-        for a in idx:
-            ea = np.zeros(k)
-            ea[a] = steps[a]
-            H[a, a] = (f(z0 + ea) - 2.0 * f0 + f(z0 - ea)) / steps[a] ** 2
-            for b in idx[idx > a]:
-                eb = np.zeros(k)
-                eb[b] = steps[b]
-                H[a, b] = H[b, a] = (f(z0 + ea + eb) - f(z0 + ea - eb) - f(z0 - ea + eb)
-                                     + f(z0 - ea - eb)) / (4.0 * steps[a] * steps[b])
+        H = central_hessian(f, z0, free, lower)
     dev.set_family_values({name: np.exp(s)})
     dev.modes(x)
     return H

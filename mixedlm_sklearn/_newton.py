@@ -282,3 +282,69 @@ def minimize(
         if on_step is not None:
             on_step(f)
     return result("iteration limit", max_iter)
+
+
+# ---- the batched refits' pieces --------------------------------------------------------------
+# (:mod:`._batched_refit` and :mod:`._many` run many problems in lockstep, with a step that
+# floors the Hessian's eigenvalues instead of stopping where it is not positive definite.)
+
+
+def batched_shifts(x: np.ndarray, with_center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a forward-difference Hessian for each row of ``x`` (K, nt).
+
+    Returns the points (nt, K, nt), shifted copies of ``x`` (entry ``j`` of the ``j``-th
+    by ``h``), preceded by ``x`` itself with ``with_center`` ((nt + 1, K, nt)), and the
+    steps ``h = 1e-6 max(|x|, 1e-2)`` (K, nt): all evaluated in one batched call.
+    """
+    nt = x.shape[1]
+    h = 1e-6 * np.maximum(np.abs(x), 1e-2)
+    off = 1 if with_center else 0
+    points = np.repeat(x[None], nt + off, axis=0)
+    for j in range(nt):
+        points[j + off, :, j] += h[:, j]
+    return points, h
+
+
+def batched_fd_hessian(g_shift: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Hessians (K, nt, nt), symmetrised, from the gradients (nt, K, nt) at the shifted
+    points of :func:`batched_shifts`, the gradients ``g`` (K, nt) at the points and the
+    steps ``h`` (K, nt)."""
+    H = np.swapaxes((g_shift - g[None]) / h.T[:, :, None], 0, 1)
+    H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
+    return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+
+def floored_eigenvalues(vals: np.ndarray) -> np.ndarray:
+    """``|vals|`` floored at 1e-6 of the largest per row (K, nt): the eigenvalues of a
+    positive definite stand-in for a Hessian that is not (a descent step from it)."""
+    floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
+    return np.maximum(np.abs(vals), floor)
+
+
+def central_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, free: np.ndarray,
+                    lower: np.ndarray, rel_step: float = 1e-4) -> np.ndarray:
+    """Hessian on the ``free`` entries from central second differences of ``f`` alone.
+
+    For a function without an analytic gradient (an adaptive Gauss-Hermite deviance):
+    steps ``h_j = rel_step * max(1, |x_j|)``, shortened to stay above ``lower`` (at least
+    1e-7); the diagonal from ``f(x +- h_a)``, the off-diagonal from the four points
+    ``x +- h_a +- h_b``. With ``rel_step = 1e-4`` truncation (~1e-8) and rounding
+    (~eps |f| / 1e-8) errors are both small; differences of a finite-difference gradient
+    would amplify its rounding error. Entries not free are 0. ``f(x)`` is evaluated first.
+    """
+    k = x.size
+    H = np.zeros((k, k))
+    idx = np.flatnonzero(free)
+    steps = rel_step * np.maximum(1.0, np.abs(x))
+    steps = np.where(x - steps < lower, np.maximum(x - lower, 1e-7), steps)
+    f0 = f(x)
+    for a in idx:
+        ea = np.zeros(k)
+        ea[a] = steps[a]
+        H[a, a] = (f(x + ea) - 2.0 * f0 + f(x - ea)) / steps[a] ** 2
+        for b in idx[idx > a]:
+            eb = np.zeros(k)
+            eb[b] = steps[b]
+            H[a, b] = H[b, a] = (f(x + ea + eb) - f(x + ea - eb) - f(x - ea + eb)
+                                 + f(x - ea - eb)) / (4.0 * steps[a] * steps[b])
+    return H
