@@ -995,7 +995,7 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
         return _safe(dev, z)  # (inf, None) where PIRLS breaks down: never accepted
 
     # one Hessian for every step (computed above), the steps projected onto the bounds
-    res = minimize(value_and_grad, lambda z: H, x,
+    res = minimize(value_and_grad, lambda z, g: H, x,
                    lambda it, f, decrement, newton: (float(np.max(np.abs(newton))) if newton.size else 0.0) < tol,
                    max_iter=max_steps, start=(value, g), held=lambda z, g: np.isfinite(lower) & (z <= lower),
                    project=lambda z: np.maximum(z, lower), armijo=0.0, slack=1e-13, max_trials=8)

@@ -131,7 +131,7 @@ class NewtonResult:
 
 def minimize(
     value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    hessian: Callable[[np.ndarray], np.ndarray],
+    hessian: Callable[[np.ndarray, np.ndarray], np.ndarray],
     x: np.ndarray,
     converged: Callable[[int, float, float, np.ndarray], bool],
     *,
@@ -147,6 +147,7 @@ def minimize(
     accept: Callable[[float, np.ndarray, float, np.ndarray | None], bool | None] | None = None,
     full_step_below: float = 0.0,
     after_step: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    stop_after_step: Callable[[int, np.ndarray, np.ndarray], bool] | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
     on_step: Callable[[float], None] | None = None,
 ) -> NewtonResult:
@@ -186,7 +187,7 @@ def minimize(
     value_and_grad : callable
         ``x -> (f, g)``; a failed evaluation should return ``(inf, anything)``.
     hessian : callable
-        ``x -> H`` (all entries; only the free block is used). Called once per iteration:
+        ``(x, g) -> H`` (all entries; only the free block is used). Called once per iteration:
         a caller that keeps one Hessian returns it every time. ``LinAlgError`` or
         ``ValueError`` from it count as a Hessian that is not positive definite.
     x : ndarray
@@ -207,6 +208,10 @@ def minimize(
         ``(iteration, f)`` at the start of each iteration.
     on_step : callable, optional
         ``f`` after each accepted step.
+    stop_after_step : callable, optional
+        ``(iteration, x_old, x_new) -> bool`` after each accepted step: True ends the loop
+        (status ``"converged"``) without a further Hessian, for a caller that measures
+        convergence at the new point with the Hessian of the step.
 
     Returns
     -------
@@ -230,7 +235,7 @@ def minimize(
             newton, decrement, pos_def = np.zeros(0), 0.0, True
             return result("converged", it)
         try:
-            H = hessian(x)
+            H = hessian(x, g)
             newton = solve_pd(H[np.ix_(free, free)] if not free.all() else H, g[free])
         except (linalg.LinAlgError, ValueError):
             pos_def = False
@@ -272,7 +277,7 @@ def minimize(
             t *= 0.5
         else:
             return result("line search failed", it)
-        x = trial
+        x_old, x = x, trial
         if after_step is not None:
             x = after_step(x, d)
         if value is None and x is trial:
@@ -281,6 +286,8 @@ def minimize(
             f, g = value_and_grad(x)
         if on_step is not None:
             on_step(f)
+        if stop_after_step is not None and stop_after_step(it, x_old, x):
+            return result("converged", it)
     return result("iteration limit", max_iter)
 
 

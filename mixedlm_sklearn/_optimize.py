@@ -279,7 +279,7 @@ class _Tracker:
         dev = self.dev
         lower = dev.lower_bounds()
 
-        def hessian(z: np.ndarray) -> np.ndarray:
+        def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
             try:
                 return dev.average_information(z)
             except NotPositiveDefinite as err:
@@ -492,69 +492,79 @@ def _snap_to_bounds(tracker: _Tracker, x: np.ndarray, value: float) -> tuple[np.
 
 
 def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
-                   grad: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
-    """One Newton step on the free parameters, and lme4's convergence measure.
+                   grad: np.ndarray | None = None, max_steps: int = 1,
+                   polish_steps: int = 1) -> tuple[np.ndarray, float, bool]:
+    """Newton steps on the free parameters, and lme4's convergence measure.
 
-    The Hessian comes from forward differences of the analytic gradient. The step both
+    The Hessian comes from forward differences of the analytic gradient. A step both
     checks convergence (``max |H^{-1} g|``, invariant to rescaling the parameters) and,
     from an L-BFGS-B answer, gains the last digits. A step that leaves the feasible region
     or does not lower the deviance is projected onto the bounds and halved until it does
     (in a flat valley ending on a zero variance the quasi-Newton phase can stop short).
-    Returns the (possibly improved) ``x``, the scaled gradient there and whether the
-    Hessian is positive definite.
+    After each step the measure is taken at the new point with the step's Hessian; the
+    steps (at most ``max_steps``) continue while it fails and a step still moves, and at
+    least ``polish_steps`` are taken while they improve the last digits. Returns the
+    (possibly improved) ``x``, the scaled gradient there and whether the Hessian is
+    positive definite.
     """
     dev = tracker.dev
     lower, upper = dev.lower_bounds(), dev.upper_bounds()
-    at_bound = np.zeros(x.size, dtype=bool)
-    at_bound[:dev.n_theta] = np.isfinite(lower[:dev.n_theta]) & (x[:dev.n_theta] <= lower[:dev.n_theta])
-    free = ~at_bound
-    if value is None or grad is None:
-        value, grad = tracker.value_and_grad(x)
-    if not free.any():
-        return x, 0.0, True
-    # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
-    # (a very high intra-class correlation) is not known to 1e-4 absolute, whose deviance
-    # changes by less than its own rounding over such a step
-    unit = np.maximum(1.0, np.abs(x[free]))
-    # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the deviance
-    # itself; then the smaller gradient decides.
-    rounding = 1e-13 * max(1.0, abs(value))
+    bounded = np.isfinite(lower)
+    bounded[dev.n_theta:] = False  # (only variances are held on their bound)
     measured = {}
 
-    def hessian(z: np.ndarray) -> np.ndarray:
-        H = fd_hessian(lambda u: tracker.value_and_grad(u)[1], z, grad, free, 1e-6, 1e-2)
-        if not np.all(np.isfinite(H[np.ix_(free, free)])):
+    def held(z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return bounded & (z <= lower)
+
+    def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        free = ~held(z, g)
+        H = fd_hessian(lambda u: tracker.value_and_grad(u)[1], z, g, free, 1e-6, 1e-2)
+        hess = H[np.ix_(free, free)]
+        if not np.all(np.isfinite(hess)):
             raise linalg.LinAlgError("the finite-difference Hessian is not finite")
-        measured["hess"] = H[np.ix_(free, free)]
+        # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
+        # (a very high intra-class correlation) is not known to 1e-4 absolute, whose
+        # deviance changes by less than its own rounding over such a step
+        measured.update(hess=hess, free=free, unit=np.maximum(1.0, np.abs(z[free])))
         return H
 
     def converged(it: int, f: float, decrement: float, newton: np.ndarray) -> bool:
-        measured["scaled"] = float(np.max(np.abs(newton) / unit))
+        measured.update(value=f, scaled=float(np.max(np.abs(newton) / measured["unit"])))
         return False  # the step is taken in any case: it gains the last digits
 
     def accept(t: float, trial: np.ndarray, trial_value: float, trial_grad: np.ndarray) -> bool | None:
-        scaled = measured["scaled"]
+        current, scaled, free = measured["value"], measured["scaled"], measured["free"]
+        # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the
+        # deviance itself; then the smaller gradient decides.
+        rounding = 1e-13 * max(1.0, abs(current))
         if np.isfinite(trial_value):
-            on_bound = np.isfinite(lower) & (trial <= lower)
-            on_bound[dev.n_theta:] = False
-            if on_bound[free].any():  # the step reached a bound: measured at the next step
-                if trial_value < value - rounding:
+            if held(trial, trial_grad)[free].any():  # the step reached a bound: measured at the next step
+                if trial_value < current - rounding:
                     return True
             else:
-                trial_scaled = float(np.max(np.abs(_solve_pd(measured["hess"], trial_grad[free])) / unit))
-                if trial_value <= value or (trial_value <= value + rounding and trial_scaled < scaled):
+                trial_scaled = float(np.max(np.abs(_solve_pd(measured["hess"], trial_grad[free]))
+                                            / measured["unit"]))
+                if trial_value <= current or (trial_value <= current + rounding and trial_scaled < scaled):
                     measured["scaled"] = trial_scaled
                     return True
         # already converged: nothing to gain from shorter steps
         return None if scaled < SCALED_GRADIENT_TOL else False
 
-    res = minimize(tracker.value_and_grad, hessian, x, converged, max_iter=1, start=(value, grad),
-                   held=lambda z, g: at_bound, project=lambda z: np.clip(z, lower, upper), accept=accept,
-                   max_trials=12)
+    def stop_after_step(it: int, x_old: np.ndarray, x_new: np.ndarray) -> bool:
+        scaled = measured["scaled"]
+        return (np.array_equal(x_new, x_old)
+                or scaled < SCALED_GRADIENT_TOL and (it >= polish_steps or scaled < 1e-8))
+
+    res = minimize(tracker.value_and_grad, hessian, x, converged, max_iter=max_steps,
+                   start=None if value is None or grad is None else (value, grad), held=held,
+                   project=lambda z: np.clip(z, lower, upper), accept=accept, max_trials=12,
+                   stop_after_step=stop_after_step)
     if res.status == "not positive definite":
-        return x, float(np.max(np.abs(grad[free]))), False
+        return res.x, float(np.max(np.abs(res.grad[res.free]))), False
     if res.status == "not finite":
-        return x, np.inf, False
+        return res.x, np.inf, False
+    if res.newton is not None and res.newton.size == 0:  # every entry on its bound
+        return res.x, 0.0, True
     return res.x, measured["scaled"], True
 
 
@@ -604,18 +614,8 @@ def _settle(tracker: _Tracker, res, polish_steps: int = 1) -> tuple[np.ndarray, 
     ``polish_steps`` are taken while they improve the last digits.
     """
     x, value = _snap_to_bounds(tracker, res.x, res.fun)
-    if x is res.x and res.jac is not None:
-        x_new, scaled, pos_def = _newton_polish(tracker, x, res.fun, res.jac)
-    else:
-        x_new, scaled, pos_def = _newton_polish(tracker, x)
-    for k in range(1, 10):
-        moved = not np.array_equal(x_new, x)
-        x = x_new
-        if not pos_def or not moved:
-            break
-        if scaled < SCALED_GRADIENT_TOL and (k >= polish_steps or scaled < 1e-8):
-            break
-        x_new, scaled, pos_def = _newton_polish(tracker, x)
+    known = (res.fun, res.jac) if x is res.x and res.jac is not None else (None, None)
+    x_new, scaled, pos_def = _newton_polish(tracker, x, *known, max_steps=10, polish_steps=polish_steps)
     # The polish may have walked a variance down towards 0 (a valley ending on the
     # bound): put it there if that costs nothing, and check there.
     snapped, _ = _snap_to_bounds(tracker, x_new, tracker.value(x_new))
@@ -805,7 +805,7 @@ def fit_stochastic(dev, x0: np.ndarray | None = None, max_iter: int = 50, tol: f
                     z, current = trial, trial_value
         return z
 
-    res = minimize(dev.value_and_grad, dev.average_information, x,
+    res = minimize(dev.value_and_grad, lambda z, g: dev.average_information(z), x,
                    lambda it, val, decrement, newton: decrement < tol, max_iter=max_iter, value=value,
                    held=lambda z, g: bounded & (z <= lower),
                    guard=lambda z, step, it: interior_step(z, step, lower, 0.75),
@@ -862,7 +862,7 @@ def finish_from(dev: Deviance, x0: np.ndarray, max_iter: int = 5) -> tuple[Solut
         except NotPositiveDefinite:
             return np.inf
 
-    def hessian(z: np.ndarray) -> np.ndarray:
+    def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
         try:
             return dev.average_information(z)
         except NotPositiveDefinite as err:

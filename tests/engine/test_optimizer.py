@@ -395,7 +395,7 @@ def _quadratic(A, c):
         r = x - c
         return 0.5 * float(r @ A @ r), A @ r
 
-    return value_and_grad, (lambda x: A), calls
+    return value_and_grad, (lambda x, g: A), calls
 
 
 def _scaled_below(tol):
@@ -434,7 +434,7 @@ def test_newton_halves_a_step_that_overshoots():
         trials.append(x[0])
         return value_and_grad(x)[0]
 
-    res = minimize(value_and_grad, lambda x: np.array([[(1.0 + x[0] ** 2) ** -1.5]]), np.array([3.0]),
+    res = minimize(value_and_grad, lambda x, g: np.array([[(1.0 + x[0] ** 2) ** -1.5]]), np.array([3.0]),
                    _scaled_below(1e-10), max_iter=50, value=value, on_step=values.append)
     assert res.converged and abs(res.x[0]) < 1e-10
     assert len(trials) > res.n_iter  # some steps needed more than the full-length trial
