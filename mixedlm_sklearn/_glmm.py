@@ -48,7 +48,7 @@ from scipy import linalg, optimize
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
-from ._newton import central_hessian, fd_hessian, minimize
+from ._newton import central_hessian, fd_hessian, minimize, solve_pd
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
@@ -1005,8 +1005,7 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
         free = ~(np.isfinite(lower) & (x <= lower))
         H = _hessian(dev, x, g, free)
         try:
-            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
-                                    g[free], check_finite=False)
+            step = solve_pd(H[np.ix_(free, free)], g[free])
             scaled, pos_def = float(np.max(np.abs(step))) if step.size else 0.0, True
         except (linalg.LinAlgError, ValueError):
             pos_def = False

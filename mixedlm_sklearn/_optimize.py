@@ -221,6 +221,19 @@ def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[n
 # ---- one local search ----------------------------------------------------------------------
 
 
+def _average_information(dev) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The deviance's average-information matrix as the Newton routine's Hessian (a
+    factor that is not positive definite at the point counts as a Hessian that is not)."""
+
+    def hessian(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        try:
+            return dev.average_information(x)
+        except NotPositiveDefinite as err:
+            raise linalg.LinAlgError(str(err)) from None
+
+    return hessian
+
+
 class _Tracker:
     """Counts iterations and evaluations over all runs of one fit, and records failures."""
 
@@ -279,12 +292,6 @@ class _Tracker:
         dev = self.dev
         lower = dev.lower_bounds()
 
-        def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
-            try:
-                return dev.average_information(z)
-            except NotPositiveDefinite as err:
-                raise linalg.LinAlgError(str(err)) from None
-
         def guard(z: np.ndarray, step: np.ndarray, it: int) -> np.ndarray | None:
             # Far from the optimum the average information can be a poor model: a step
             # longer than the parameters themselves (whitened, so of order 1) can throw
@@ -299,7 +306,7 @@ class _Tracker:
                 return None  # heading for a bound: L-BFGS-B's job
             return clipped
 
-        res = minimize(self.value_and_grad, hessian, x,
+        res = minimize(self.value_and_grad, _average_information(dev), x,
                        lambda it, value, decrement, newton: decrement < tol * max(1.0, abs(value)) * 1e-2,
                        max_iter=max_iter, value=self.value, guard=guard, armijo=1e-4, max_trials=30,
                        on_step=self.report)
@@ -590,21 +597,19 @@ def _information_check(tracker: _Tracker, res) -> tuple[np.ndarray, float, bool]
         diag = np.abs(x[sl][rows == cols])
         if diag.min() < _CLEAR_OF_BOUND * max(1.0, np.abs(x[sl]).max()):
             return None
-    try:
-        H = dev.average_information(x)
-        newton = _solve_pd(H, res.jac)
-    except (linalg.LinAlgError, ValueError, NotPositiveDefinite):
-        return None
     unit = np.maximum(1.0, np.abs(x))
-    if np.max(np.abs(newton) / unit) >= SCALED_GRADIENT_TOL:
+
+    def only_if_converged(z: np.ndarray, step: np.ndarray, it: int) -> np.ndarray | None:
+        return step if np.max(np.abs(step) / unit) < SCALED_GRADIENT_TOL else None
+
+    # the measure at x, then one more Newton step gains the last digits (what the
+    # polish's step did), kept if it does not raise the deviance
+    step = minimize(tracker.value_and_grad, _average_information(dev), x, lambda *_: False, max_iter=1,
+                    start=(res.fun, res.jac), guard=only_if_converged, armijo=0.0, max_trials=1)
+    if step.status != "iteration limit":  # (not positive definite, not converged, or higher)
         return None
-    # one more Newton step gains the last digits (what the polish's step did)
-    trial = x - newton
-    value, grad = tracker.value_and_grad(trial)
-    if not value <= res.fun:
-        return None
-    scaled = float(np.max(np.abs(_solve_pd(H, grad)) / unit))
-    return (trial, scaled, True) if scaled < SCALED_GRADIENT_TOL else None
+    scaled = float(np.max(np.abs(_solve_pd(step.hessian, step.grad)) / unit))
+    return (step.x, scaled, True) if scaled < SCALED_GRADIENT_TOL else None
 
 
 def _settle(tracker: _Tracker, res, polish_steps: int = 1) -> tuple[np.ndarray, float, bool]:
@@ -862,13 +867,7 @@ def finish_from(dev: Deviance, x0: np.ndarray, max_iter: int = 5) -> tuple[Solut
         except NotPositiveDefinite:
             return np.inf
 
-    def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
-        try:
-            return dev.average_information(z)
-        except NotPositiveDefinite as err:
-            raise linalg.LinAlgError(str(err)) from None
-
-    res = minimize(value_and_grad, hessian, x,
+    res = minimize(value_and_grad, _average_information(dev), x,
                    lambda it, val, decrement, newton: it > 1 and float(np.max(np.abs(newton))) < SCALED_GRADIENT_TOL,
                    max_iter=max_iter, value=value, armijo=0.0, max_trials=8)
     if not res.converged:
