@@ -8,12 +8,17 @@ rule on the Newton decrement or on the scaled gradient. The callers differ in wh
 their Hessian comes from (the average information, differences of the analytic
 gradient; recomputed each step or kept), in how the bounds are kept (the iterates
 strictly inside, or projected onto the bounds), and in what they call converged;
-:func:`minimize` takes those as arguments and is otherwise the same loop for all.
+:func:`minimize` takes those as arguments and is otherwise the same loop for all: the
+linear model's Newton phase, settling polish and large-problem check
+(:mod:`._optimize`), the stochastic optimiser and its exact finish, the GLMM's Newton
+steps (:mod:`._glmm`).
 
-The batched refits of :mod:`._batched_refit` run many problems in lockstep, each
-replicate its own course of steps and line-search trials in one shared evaluation; that
-is a scheduler over many problems, not this loop, and it has its own modified-Newton
-step for a Hessian that is not positive definite (where every caller here stops).
+The batched refits of :mod:`._batched_refit` (and the screening of :mod:`._many`) run
+many problems in lockstep, each replicate its own course of steps and line-search trials
+in one shared evaluation; that is a scheduler over many problems, not this loop, and
+its step floors the eigenvalues of a Hessian that is not positive definite (where every
+caller of :func:`minimize` stops). They share the Hessian pieces below
+(:func:`batched_shifts`, :func:`batched_fd_hessian`, :func:`floored_eigenvalues`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 from scipy import linalg
 from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
-__all__ = ["NewtonResult", "minimize", "solve_pd", "interior_step", "fd_hessian"]
+__all__ = ["NewtonResult", "minimize", "solve_pd", "interior_step", "fd_hessian", "central_hessian",
+           "batched_shifts", "batched_fd_hessian", "floored_eigenvalues"]
 
 
 def solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -154,7 +160,8 @@ def minimize(
     """Minimise a smooth function by Newton steps with a backtracking line search.
 
     Each iteration (Nocedal & Wright 2006, *Numerical Optimization*, 2nd ed., sec. 3.1
-    and 3.5; bounds by holding the active entries or projecting, as in their sec. 16.7):
+    and 3.5; bounds by holding the active entries and projecting, the projected Newton
+    method of Bertsekas 1982, SIAM J. Control Optim. 20(2), 221-246):
 
     1. the entries ``held(x, g)`` are fixed this iteration (e.g. those on their bound, or
        only those whose gradient points outwards, so that a bound is released when the
@@ -174,13 +181,17 @@ def minimize(
        ``accept(t, trial, f_trial, g_trial)`` says (True, False: halve, None: give up).
        Below a decrement of ``full_step_below`` an unshortened step is taken without a
        trial (where the objective's own noise exceeds the predicted decrease; no
-       ``after_step`` then).
+       ``after_step`` then);
+    6. ``stop_after_step`` may end the loop at the accepted point.
 
-    Guarantees: every accepted point passed the acceptance test (so with ``slack = 0``
-    the value never increases), every iterate is ``project``-ed and ``guard``-ed (so it
-    is feasible when those keep it so), held entries never move, and the loop ends after
-    at most ``max_iter`` iterations, each with at most ``max_trials`` evaluations of
-    ``value`` besides the caller's hooks.
+    Guarantees: no step is taken from a Hessian that is not positive definite on the
+    free entries, nor along a direction that is not a descent direction; every accepted
+    point passed the acceptance test (with Armijo's and ``slack = 0`` the value strictly
+    decreases); every iterate is ``guard``-ed and ``project``-ed (feasible when those
+    keep it so); held entries move only through ``project`` or ``after_step``; the loop
+    ends after at most ``max_iter`` iterations, each with one Hessian, at most
+    ``max_trials`` trial evaluations and one gradient at the accepted point. The result
+    is the last accepted point with its own value and gradient.
 
     Parameters
     ----------

@@ -31,6 +31,11 @@ Phases (each written once, for any number of terms and strata):
 5. **lme4's basis.** The answer is mapped back (``theta`` of the lower-triangular factor
    of ``P L L' P'``); a fit singular in the whitened basis is re-polished in lme4's basis
    so that its zero lands exactly on the bound, and checked there.
+
+Every Newton iteration here (phases 2 and 4, the large-problem check, the stochastic
+optimiser and its exact finish) is one call of :func:`._newton.minimize`, the routine the
+GLMM's optimiser uses too; they differ only in the Hessian, the bounds' handling and the
+stopping rule they pass.
 """
 
 from __future__ import annotations
