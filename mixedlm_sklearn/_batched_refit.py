@@ -32,6 +32,7 @@ import numpy as np
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts, ResponseProducts
+from ._newton import batched_fd_hessian, batched_shifts, floored_eigenvalues
 
 __all__ = ["OneTermBatch", "BatchFit", "repeated_response"]
 
@@ -226,15 +227,10 @@ class OneTermBatch:
         together, since an evaluation costs mostly its numpy calls, not its rows.
         """
         K, nt = x.shape
-        h = 1e-6 * np.maximum(np.abs(x), 1e-2)
-        points = np.repeat(x[None], nt + 1, axis=0)  # (nt + 1, K, nt): x, then its shifts
-        for j in range(nt):
-            points[j + 1, :, j] += h[:, j]
+        points, h = batched_shifts(x, with_center=True)  # (nt + 1, K, nt): x, then its shifts
         value, grad = self.evaluate(points.reshape(-1, nt), _subset(products, np.tile(np.arange(K), nt + 1)))[:2]
         value, grad = value[:K], grad.reshape(nt + 1, K, nt)
-        H = np.swapaxes((grad[1:] - grad[0][None]) / h.T[:, :, None], 0, 1)
-        H = np.swapaxes(H, 1, 2)  # H[k, i, j] = d grad_i / d x_j
-        return value, grad[0], 0.5 * (H + np.swapaxes(H, 1, 2))
+        return value, grad[0], batched_fd_hessian(grad[1:], grad[0], h)
 
     def normalised(self, theta: np.ndarray) -> np.ndarray:
         """The same ``L L'`` with a non-negative diagonal (columns flipped)."""
@@ -319,8 +315,7 @@ class OneTermBatch:
                 pos_def = ok & np.all(vals > 0, axis=1)
                 # Where the Hessian is not positive definite (far from the optimum, or a flat
                 # direction near a zero variance), a descent step with |eigenvalues| floored.
-                floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
-                vals = np.where(pos_def[:, None], vals, np.maximum(np.abs(vals), floor))
+                vals = np.where(pos_def[:, None], vals, floored_eigenvalues(vals))
                 coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
                 step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
                 size = np.max(np.abs(step), axis=1)

@@ -48,6 +48,7 @@ from scipy import linalg, optimize
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
+from ._newton import central_hessian, fd_hessian, minimize, solve_pd
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
@@ -862,31 +863,11 @@ def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) 
     (~1e-8) and rounding (~eps |D| / 1e-8) errors are both small; differences of a
     finite-difference gradient would amplify its rounding error.
     """
-    k = x.size
-    H = np.zeros((k, k))
-    idx = np.flatnonzero(free)
     center = dev.modes(x)  # (the point just evaluated) kept, not recomputed, at the end
     if dev.analytic_gradient:
-        for j in idx:
-            h = 1e-5 * max(1.0, abs(x[j]))
-            up = x.copy()
-            up[j] += h
-            H[:, j] = (dev.value_and_grad(up)[1] - g) / h
-        H = 0.5 * (H + H.T)
+        H = fd_hessian(lambda z: dev.value_and_grad(z)[1], x, g, free, 1e-5, 1.0)
     else:
-        f0 = dev(x)
-        steps = 1e-4 * np.maximum(1.0, np.abs(x))
-        lower = dev.lower_bounds()
-        steps = np.where(x - steps < lower, np.maximum(x - lower, 1e-7), steps)
-        for a in idx:
-            ea = np.zeros(k)
-            ea[a] = steps[a]
-            H[a, a] = (dev(x + ea) - 2.0 * f0 + dev(x - ea)) / steps[a] ** 2
-            for b in idx[idx > a]:
-                eb = np.zeros(k)
-                eb[b] = steps[b]
-                H[a, b] = H[b, a] = (dev(x + ea + eb) - dev(x + ea - eb) - dev(x - ea + eb)
-                                     + dev(x - ea - eb)) / (4.0 * steps[a] * steps[b])
+        H = central_hessian(dev, x, free, dev.lower_bounds())
     dev.restore(center)
     return H
 
@@ -1008,37 +989,23 @@ def _newton(dev: GLMMDeviance, x: np.ndarray, max_steps: int = 8,
         H = _hessian(dev, x, g, free)
         approximation = None
     x_h = x.copy()
-    scaled, pos_def = np.inf, False
-    for _ in range(max_steps):
-        free = ~(np.isfinite(lower) & (x <= lower))
-        try:
-            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
-                                    g[free], check_finite=False)
-            pos_def = True
-        except (linalg.LinAlgError, ValueError):
-            pos_def = False
-            break
-        scaled = float(np.max(np.abs(step))) if step.size else 0.0
-        if scaled < (1e-10 if approximation is None else 1e-7):
-            break
-        t = 1.0
-        for _ in range(8):
-            trial = x.copy()
-            trial[free] -= t * step
-            trial = np.maximum(trial, lower)
-            new_value, new_g = _safe(dev, trial)
-            if new_g is not None and new_value <= value + 1e-13 * abs(value):
-                break
-            t *= 0.5
-        else:
-            break
-        x, value, g = trial, new_value, new_g
+    tol = 1e-10 if approximation is None else 1e-7
+
+    def value_and_grad(z: np.ndarray) -> tuple[float, np.ndarray | None]:
+        return _safe(dev, z)  # (inf, None) where PIRLS breaks down: never accepted
+
+    # one Hessian for every step (computed above), the steps projected onto the bounds
+    res = minimize(value_and_grad, lambda z, g: H, x,
+                   lambda it, f, decrement, newton: (float(np.max(np.abs(newton))) if newton.size else 0.0) < tol,
+                   max_iter=max_steps, start=(value, g), held=lambda z, g: np.isfinite(lower) & (z <= lower),
+                   project=lambda z: np.maximum(z, lower), armijo=0.0, slack=1e-13, max_trials=8)
+    x, value, g = res.x, res.value, res.grad
+    scaled, pos_def = res.scaled, res.pos_def
     if approximation is not None or np.max(np.abs(x - x_h)) > 1e-3:
         free = ~(np.isfinite(lower) & (x <= lower))
         H = _hessian(dev, x, g, free)
         try:
-            step = linalg.cho_solve(linalg.cho_factor(H[np.ix_(free, free)], check_finite=False),
-                                    g[free], check_finite=False)
+            step = solve_pd(H[np.ix_(free, free)], g[free])
             scaled, pos_def = float(np.max(np.abs(step))) if step.size else 0.0, True
         except (linalg.LinAlgError, ValueError):
             pos_def = False
@@ -1322,20 +1289,8 @@ def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,
             dev.set_family_values({name: np.exp(z[nt])})
             return dev(np.concatenate([z[:nt], z[nt + 1:]]))
 
-        idx = np.flatnonzero(free)
-        steps = 1e-4 * np.maximum(1.0, np.abs(z0))
         lower = np.concatenate([dev.terms.lower_bounds(), [-np.inf], np.full(dev.p, -np.inf)])
-        steps = np.where(z0 - steps < lower, np.maximum(z0 - lower, 1e-7), steps)
-        f0 = f(z0)
-        for a in idx:
-            ea = np.zeros(k)
-            ea[a] = steps[a]
-            H[a, a] = (f(z0 + ea) - 2.0 * f0 + f(z0 - ea)) / steps[a] ** 2
-            for b in idx[idx > a]:
-                eb = np.zeros(k)
-                eb[b] = steps[b]
-                H[a, b] = H[b, a] = (f(z0 + ea + eb) - f(z0 + ea - eb) - f(z0 - ea + eb)
-                                     + f(z0 - ea - eb)) / (4.0 * steps[a] * steps[b])
+        H = central_hessian(f, z0, free, lower)
     dev.set_family_values({name: np.exp(s)})
     dev.modes(x)
     return H

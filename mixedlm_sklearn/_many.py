@@ -39,6 +39,7 @@ from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower
 from ._batched_refit import _LOG_2PI, OneTermBatch, _cholesky_inverse, _subset
 from ._crossprod import _ORIGIN_ROWS, CrossProducts, Origin, ResponseMap, ResponseProducts, cross_products
 from ._deviance import Deviance, Solution
+from ._newton import batched_fd_hessian, batched_shifts, floored_eigenvalues
 from ._model import fit_model
 from ._optimize import _MULTISTART_MAX_LEVELS, _MULTISTART_SEED, _EXTRA_STARTS, _RANDOM_STARTS, OptimizerInfo
 from ._terms import Term, Terms, theta_from_lambda
@@ -613,14 +614,9 @@ class RunDeviance:
 def _hessian(run: RunDeviance, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """Hessians (R, nt, nt) from differences of the analytic gradient (as the kernel)."""
     R, nt = x.shape
-    h = 1e-6 * np.maximum(np.abs(x), 1e-2)
-    shifted = np.repeat(x[None], nt, axis=0)
-    for j in range(nt):
-        shifted[j, :, j] += h[:, j]
+    shifted, h = batched_shifts(x, with_center=False)
     g_shift = run(shifted.reshape(-1, nt), np.tile(np.arange(R), nt))[1]
-    H = np.swapaxes((g_shift.reshape(nt, R, nt) - grad[None]) / h.T[:, :, None], 0, 1)
-    H = np.swapaxes(H, 1, 2)
-    return 0.5 * (H + np.swapaxes(H, 1, 2))
+    return batched_fd_hessian(g_shift.reshape(nt, R, nt), grad, h)
 
 
 def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.ndarray,
@@ -649,8 +645,7 @@ def screen_starts(batch: OneTermBatch, products: ResponseProducts, starts: np.nd
     H = _hessian(run, x, np.where(np.isfinite(grad), grad, 0.0))
     H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.eye(nt))
     vals, vecs = np.linalg.eigh(H)
-    floor = 1e-6 * np.maximum(np.abs(vals).max(axis=1, keepdims=True), 1e-12)
-    vals = np.maximum(np.abs(vals), floor)
+    vals = floored_eigenvalues(vals)
     inv_h = np.einsum("rab,rb,rcb->rac", vecs, 1.0 / vals, vecs)
     target = batch.normalised(known)
     reach = np.maximum(1.0, np.abs(target).max(axis=1))

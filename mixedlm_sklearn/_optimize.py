@@ -31,6 +31,11 @@ Phases (each written once, for any number of terms and strata):
 5. **lme4's basis.** The answer is mapped back (``theta`` of the lower-triangular factor
    of ``P L L' P'``); a fit singular in the whitened basis is re-polished in lme4's basis
    so that its zero lands exactly on the bound, and checked there.
+
+Every Newton iteration here (phases 2 and 4, the large-problem check, the stochastic
+optimiser and its exact finish) is one call of :func:`._newton.minimize`, the routine the
+GLMM's optimiser uses too; they differ only in the Hessian, the bounds' handling and the
+stopping rule they pass.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
-from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
 from ._crossprod import CrossProducts
@@ -50,6 +54,7 @@ from ._factor import NotPositiveDefinite
 from ._basis import Basis
 from ._batched_refit import OneTermBatch, repeated_response
 from ._terms import theta_from_lambda
+from ._newton import fd_hessian, interior_step, minimize, solve_pd as _solve_pd
 
 __all__ = ["OptimizerInfo", "fit", "fit_stochastic", "SCALED_GRADIENT_TOL"]
 
@@ -104,31 +109,6 @@ class OptimizerInfo:
     n_fev: int
     scaled_gradient: float
     at_bound: np.ndarray
-
-
-def _solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``A^{-1} b`` for a symmetric positive definite ``A`` by Cholesky.
-
-    Raises ``LinAlgError`` when ``A`` is not positive definite. (scipy's ``solve`` would
-    also warn about ill-conditioning, a warning the fit must not leak: an ill-conditioned
-    Hessian is a normal event the checks handle.)
-    """
-    A, b = np.asarray(A), np.asarray(b)
-    if (A.dtype != np.float64 or b.dtype != np.float64 or A.ndim != 2 or A.size == 0
-            or A.shape[0] != A.shape[1] or b.ndim not in (1, 2) or b.shape[0] != A.shape[0]):
-        return linalg.cho_solve(linalg.cho_factor(A, check_finite=False), b, check_finite=False)
-    # The LAPACK routines cho_factor and cho_solve call, called directly: the same numbers
-    # without their ~45 us of argument handling per call, which on matrices of a few rows
-    # is all of the cost (the optimiser solves several per fit).
-    c, info = _potrf(A, lower=0, clean=0)
-    if info > 0:
-        raise linalg.LinAlgError(f"{info}-th leading minor of the array is not positive definite")
-    if info < 0:
-        raise ValueError(f"LAPACK reported an illegal value in {-info}-th argument on entry to POTRF")
-    x, info = _potrs(c, b, lower=0)
-    if info != 0:
-        raise ValueError(f"illegal value in {-info}th argument of internal potrs")
-    return x
 
 
 # ---- the whitened basis ------------------------------------------------------------------
@@ -246,6 +226,19 @@ def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[n
 # ---- one local search ----------------------------------------------------------------------
 
 
+def _average_information(dev) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The deviance's average-information matrix as the Newton routine's Hessian (a
+    factor that is not positive definite at the point counts as a Hessian that is not)."""
+
+    def hessian(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        try:
+            return dev.average_information(x)
+        except NotPositiveDefinite as err:
+            raise linalg.LinAlgError(str(err)) from None
+
+    return hessian
+
+
 class _Tracker:
     """Counts iterations and evaluations over all runs of one fit, and records failures."""
 
@@ -303,48 +296,27 @@ class _Tracker:
         """
         dev = self.dev
         lower = dev.lower_bounds()
-        bounded = np.isfinite(lower)
-        value, grad = self.value_and_grad(x)
-        for it in range(1, max_iter + 1):
-            self.n_iter += 1
-            if not np.isfinite(value):
-                return x, value, grad, False, False
-            try:
-                H = dev.average_information(x)
-                step = -_solve_pd(H, grad)
-            except (linalg.LinAlgError, ValueError, NotPositiveDefinite):
-                return x, value, grad, False, False
-            decrement = -grad @ step  # ~ twice the predicted decrease
-            if decrement < tol * max(1.0, abs(value)) * 1e-2:
-                return x, value, grad, True, False
+
+        def guard(z: np.ndarray, step: np.ndarray, it: int) -> np.ndarray | None:
             # Far from the optimum the average information can be a poor model: a step
             # longer than the parameters themselves (whitened, so of order 1) can throw
             # the iterates onto the plateau of a variance going to infinity, where the
             # deviance is nearly flat. Such steps are shortened to that length.
             longest = np.max(np.abs(step))
-            reach = max(1.0, np.max(np.abs(x)))
+            reach = max(1.0, np.max(np.abs(z)))
             if longest > reach:
-                step *= reach / longest
-            limit = np.where(bounded, -_MAX_SHRINK * (x - lower), -np.inf)
-            clipped = np.maximum(step, limit)
+                step = step * (reach / longest)
+            clipped = interior_step(z, step, lower, _MAX_SHRINK)
             if np.any(clipped != step) and it > 3:
-                return x, value, grad, False, False  # heading for a bound: L-BFGS-B's job
-            slope = grad @ clipped
-            if slope >= 0:
-                return x, value, grad, False, False
-            t = 1.0
-            for _ in range(30):
-                trial = x + t * clipped
-                trial_value = self.value(trial)
-                if trial_value <= value + 1e-4 * t * slope:
-                    break
-                t *= 0.5
-            else:
-                return x, value, grad, False, False
-            x = trial
-            value, grad = self.value_and_grad(x)
-            self.report(value)
-        return x, value, grad, False, True
+                return None  # heading for a bound: L-BFGS-B's job
+            return clipped
+
+        res = minimize(self.value_and_grad, _average_information(dev), x,
+                       lambda it, value, decrement, newton: decrement < tol * max(1.0, abs(value)) * 1e-2,
+                       max_iter=max_iter, value=self.value, guard=guard, armijo=1e-4, max_trials=30,
+                       on_step=self.report)
+        self.n_iter += res.n_iter
+        return res.x, res.value, res.grad, res.converged, res.status == "iteration limit"
 
 
 def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
@@ -532,66 +504,80 @@ def _snap_to_bounds(tracker: _Tracker, x: np.ndarray, value: float) -> tuple[np.
 
 
 def _newton_polish(tracker: _Tracker, x: np.ndarray, value: float | None = None,
-                   grad: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
-    """One Newton step on the free parameters, and lme4's convergence measure.
+                   grad: np.ndarray | None = None, max_steps: int = 1,
+                   polish_steps: int = 1) -> tuple[np.ndarray, float, bool]:
+    """Newton steps on the free parameters, and lme4's convergence measure.
 
-    The Hessian comes from forward differences of the analytic gradient. The step both
+    The Hessian comes from forward differences of the analytic gradient. A step both
     checks convergence (``max |H^{-1} g|``, invariant to rescaling the parameters) and,
     from an L-BFGS-B answer, gains the last digits. A step that leaves the feasible region
     or does not lower the deviance is projected onto the bounds and halved until it does
     (in a flat valley ending on a zero variance the quasi-Newton phase can stop short).
-    Returns the (possibly improved) ``x``, the scaled gradient there and whether the
-    Hessian is positive definite.
+    After each step the measure is taken at the new point with the step's Hessian; the
+    steps (at most ``max_steps``) continue while it fails and a step still moves, and at
+    least ``polish_steps`` are taken while they improve the last digits. Returns the
+    (possibly improved) ``x``, the scaled gradient there and whether the Hessian is
+    positive definite.
     """
     dev = tracker.dev
     lower, upper = dev.lower_bounds(), dev.upper_bounds()
-    at_bound = np.zeros(x.size, dtype=bool)
-    at_bound[:dev.n_theta] = np.isfinite(lower[:dev.n_theta]) & (x[:dev.n_theta] <= lower[:dev.n_theta])
-    free = np.flatnonzero(~at_bound)
-    if value is None or grad is None:
-        value, grad = tracker.value_and_grad(x)
-    if free.size == 0:
-        return x, 0.0, True
-    step = 1e-6 * np.maximum(np.abs(x[free]), 1e-2)
-    hess = np.empty((free.size, free.size))
-    for k, j in enumerate(free):
-        shifted = x.copy()
-        shifted[j] += step[k]
-        hess[:, k] = (tracker.value_and_grad(shifted)[1][free] - grad[free]) / step[k]
-    hess = 0.5 * (hess + hess.T)
-    if not np.all(np.isfinite(hess)):
-        return x, float(np.max(np.abs(grad[free]))), False
-    try:
-        newton = _solve_pd(hess, grad[free])
-    except (linalg.LinAlgError, ValueError):
-        return x, float(np.max(np.abs(grad[free]))), False
-    # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
-    # (a very high intra-class correlation) is not known to 1e-4 absolute, whose deviance
-    # changes by less than its own rounding over such a step
-    unit = np.maximum(1.0, np.abs(x[free]))
-    scaled = float(np.max(np.abs(newton) / unit))
-    # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the deviance
-    # itself; then the smaller gradient decides.
-    rounding = 1e-13 * max(1.0, abs(value))
-    t = 1.0
-    for _ in range(12):
-        trial = x.copy()
-        trial[free] = np.clip(x[free] - t * newton, lower[free], upper[free])
-        trial_value, trial_grad = tracker.value_and_grad(trial)
+    bounded = np.isfinite(lower)
+    bounded[dev.n_theta:] = False  # (only variances are held on their bound)
+    measured = {}
+
+    def held(z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return bounded & (z <= lower)
+
+    def hessian(z: np.ndarray, g: np.ndarray) -> np.ndarray:
+        free = ~held(z, g)
+        H = fd_hessian(lambda u: tracker.value_and_grad(u)[1], z, g, free, 1e-6, 1e-2)
+        hess = H[np.ix_(free, free)]
+        if not np.all(np.isfinite(hess)):
+            raise linalg.LinAlgError("the finite-difference Hessian is not finite")
+        # lme4's measure, relative for entries above 1: a standard deviation ratio of 5000
+        # (a very high intra-class correlation) is not known to 1e-4 absolute, whose
+        # deviance changes by less than its own rounding over such a step
+        measured.update(hess=hess, free=free, unit=np.maximum(1.0, np.abs(z[free])))
+        return H
+
+    def converged(it: int, f: float, decrement: float, newton: np.ndarray) -> bool:
+        measured.update(value=f, scaled=float(np.max(np.abs(newton) / measured["unit"])))
+        return False  # the step is taken in any case: it gains the last digits
+
+    def accept(t: float, trial: np.ndarray, trial_value: float, trial_grad: np.ndarray) -> bool | None:
+        current, scaled, free = measured["value"], measured["scaled"], measured["free"]
+        # Near the optimum the decrease (~ g'H^{-1}g / 2) is below the rounding of the
+        # deviance itself; then the smaller gradient decides.
+        rounding = 1e-13 * max(1.0, abs(current))
         if np.isfinite(trial_value):
-            on_bound = np.isfinite(lower) & (trial <= lower)
-            on_bound[dev.n_theta:] = False
-            if on_bound[free].any():  # the step reached a bound: measured at the next step
-                if trial_value < value - rounding:
-                    return trial, scaled, True
+            if held(trial, trial_grad)[free].any():  # the step reached a bound: measured at the next step
+                if trial_value < current - rounding:
+                    return True
             else:
-                trial_scaled = float(np.max(np.abs(_solve_pd(hess, trial_grad[free])) / unit))
-                if trial_value <= value or (trial_value <= value + rounding and trial_scaled < scaled):
-                    return trial, trial_scaled, True
-        if scaled < SCALED_GRADIENT_TOL:
-            break  # already converged: nothing to gain from shorter steps
-        t *= 0.5
-    return x, scaled, True
+                trial_scaled = float(np.max(np.abs(_solve_pd(measured["hess"], trial_grad[free]))
+                                            / measured["unit"]))
+                if trial_value <= current or (trial_value <= current + rounding and trial_scaled < scaled):
+                    measured["scaled"] = trial_scaled
+                    return True
+        # already converged: nothing to gain from shorter steps
+        return None if scaled < SCALED_GRADIENT_TOL else False
+
+    def stop_after_step(it: int, x_old: np.ndarray, x_new: np.ndarray) -> bool:
+        scaled = measured["scaled"]
+        return (np.array_equal(x_new, x_old)
+                or scaled < SCALED_GRADIENT_TOL and (it >= polish_steps or scaled < 1e-8))
+
+    res = minimize(tracker.value_and_grad, hessian, x, converged, max_iter=max_steps,
+                   start=None if value is None or grad is None else (value, grad), held=held,
+                   project=lambda z: np.clip(z, lower, upper), accept=accept, max_trials=12,
+                   stop_after_step=stop_after_step)
+    if res.status == "not positive definite":
+        return res.x, float(np.max(np.abs(res.grad[res.free]))), False
+    if res.status == "not finite":
+        return res.x, np.inf, False
+    if res.newton is not None and res.newton.size == 0:  # every entry on its bound
+        return res.x, 0.0, True
+    return res.x, measured["scaled"], True
 
 
 def _information_check(tracker: _Tracker, res) -> tuple[np.ndarray, float, bool] | None:
@@ -616,21 +602,19 @@ def _information_check(tracker: _Tracker, res) -> tuple[np.ndarray, float, bool]
         diag = np.abs(x[sl][rows == cols])
         if diag.min() < _CLEAR_OF_BOUND * max(1.0, np.abs(x[sl]).max()):
             return None
-    try:
-        H = dev.average_information(x)
-        newton = _solve_pd(H, res.jac)
-    except (linalg.LinAlgError, ValueError, NotPositiveDefinite):
-        return None
     unit = np.maximum(1.0, np.abs(x))
-    if np.max(np.abs(newton) / unit) >= SCALED_GRADIENT_TOL:
+
+    def only_if_converged(z: np.ndarray, step: np.ndarray, it: int) -> np.ndarray | None:
+        return step if np.max(np.abs(step) / unit) < SCALED_GRADIENT_TOL else None
+
+    # the measure at x, then one more Newton step gains the last digits (what the
+    # polish's step did), kept if it does not raise the deviance
+    step = minimize(tracker.value_and_grad, _average_information(dev), x, lambda *_: False, max_iter=1,
+                    start=(res.fun, res.jac), guard=only_if_converged, armijo=0.0, max_trials=1)
+    if step.status != "iteration limit":  # (not positive definite, not converged, or higher)
         return None
-    # one more Newton step gains the last digits (what the polish's step did)
-    trial = x - newton
-    value, grad = tracker.value_and_grad(trial)
-    if not value <= res.fun:
-        return None
-    scaled = float(np.max(np.abs(_solve_pd(H, grad)) / unit))
-    return (trial, scaled, True) if scaled < SCALED_GRADIENT_TOL else None
+    scaled = float(np.max(np.abs(_solve_pd(step.hessian, step.grad)) / unit))
+    return (step.x, scaled, True) if scaled < SCALED_GRADIENT_TOL else None
 
 
 def _settle(tracker: _Tracker, res, polish_steps: int = 1) -> tuple[np.ndarray, float, bool]:
@@ -640,18 +624,8 @@ def _settle(tracker: _Tracker, res, polish_steps: int = 1) -> tuple[np.ndarray, 
     ``polish_steps`` are taken while they improve the last digits.
     """
     x, value = _snap_to_bounds(tracker, res.x, res.fun)
-    if x is res.x and res.jac is not None:
-        x_new, scaled, pos_def = _newton_polish(tracker, x, res.fun, res.jac)
-    else:
-        x_new, scaled, pos_def = _newton_polish(tracker, x)
-    for k in range(1, 10):
-        moved = not np.array_equal(x_new, x)
-        x = x_new
-        if not pos_def or not moved:
-            break
-        if scaled < SCALED_GRADIENT_TOL and (k >= polish_steps or scaled < 1e-8):
-            break
-        x_new, scaled, pos_def = _newton_polish(tracker, x)
+    known = (res.fun, res.jac) if x is res.x and res.jac is not None else (None, None)
+    x_new, scaled, pos_def = _newton_polish(tracker, x, *known, max_steps=10, polish_steps=polish_steps)
     # The polish may have walked a variance down towards 0 (a valley ending on the
     # bound): put it there if that costs nothing, and check there.
     snapped, _ = _snap_to_bounds(tracker, x_new, tracker.value(x_new))
@@ -818,9 +792,7 @@ def fit_stochastic(dev, x0: np.ndarray | None = None, max_iter: int = 50, tol: f
     lower = dev.lower_bounds()
     x = dev.terms.identity_theta() if x0 is None else np.maximum(np.asarray(x0, dtype=float), lower)
     bounded = np.isfinite(lower)
-    on_bound = bounded & (x <= lower)
     start_fev = dev.n_evaluations
-    converged, message, it, scaled = False, "iteration limit", 0, np.inf
 
     def value(trial: np.ndarray) -> float:
         try:
@@ -828,56 +800,41 @@ def fit_stochastic(dev, x0: np.ndarray | None = None, max_iter: int = 50, tol: f
         except (NotPositiveDefinite, linalg.LinAlgError):
             return np.inf
 
-    for it in range(1, max_iter + 1):
-        val, grad = dev.value_and_grad(x)
-        if callback is not None:
-            callback(it, val)
-        free = np.flatnonzero(~on_bound)
-        if free.size == 0:
-            converged, message, scaled = True, "every variance on its bound", 0.0
-            break
-        H = dev.average_information(x)[np.ix_(free, free)]
-        try:
-            newton = _solve_pd(H, grad[free])
-        except (linalg.LinAlgError, ValueError):
-            message = "average-information matrix not positive definite"
-            break
-        scaled = float(np.max(np.abs(newton)))
-        step = np.zeros_like(x)
-        step[free] = -newton
-        decrement = float(grad[free] @ newton)
-        if decrement < tol:
-            converged, message = True, "Newton decrement below tol"
-            break
-        limit = np.where(bounded, -(1.0 - 0.25) * (x - lower), -np.inf)
-        clipped = np.maximum(step, limit)
-        if decrement < _QUADRATIC_DECREMENT and np.array_equal(clipped, step):
-            x = x + step
-            continue
-        t = 1.0
-        for _ in range(10):
-            if value(x + t * clipped) <= val + 1e-4 * t * (grad @ clipped):
-                break
-            t *= 0.5
-        else:
-            message = "line search failed (gradient estimate inconsistent with the objective)"
-            converged = decrement < 100 * tol
-            break
-        x = x + t * clipped
+    def snap(z: np.ndarray, step: np.ndarray) -> np.ndarray:
         # Entries driven towards their bound: the deviance is even in a scalar term's
-        # theta, so Newton only approaches 0; compare the value exactly on the bound.
-        near = np.flatnonzero(bounded & ~on_bound & (x - lower < _NEAR_BOUND) & (clipped < 0))
+        # theta, so Newton only approaches 0; compare the value exactly on the bound
+        # (held there from then on: an entry on its bound is not free).
+        near = np.flatnonzero(bounded & (z > lower) & (z - lower < _NEAR_BOUND) & (step < 0))
         if near.size:
-            current = value(x)
+            current = value(z)
             for j in near:
-                trial = x.copy()
+                trial = z.copy()
                 trial[j] = lower[j]
                 trial_value = value(trial)
                 if trial_value <= current:
-                    x, current = trial, trial_value
-                    on_bound[j] = True
+                    z, current = trial, trial_value
+        return z
+
+    res = minimize(dev.value_and_grad, lambda z, g: dev.average_information(z), x,
+                   lambda it, val, decrement, newton: decrement < tol, max_iter=max_iter, value=value,
+                   held=lambda z, g: bounded & (z <= lower),
+                   guard=lambda z, step, it: interior_step(z, step, lower, 0.75),
+                   armijo=1e-4, max_trials=10, full_step_below=_QUADRATIC_DECREMENT, after_step=snap,
+                   on_iteration=callback)
+    x, scaled, converged = res.x, res.scaled, res.converged
+    if res.converged:
+        message = "every variance on its bound" if res.newton.size == 0 else "Newton decrement below tol"
+    elif res.status == "not positive definite":
+        message = "average-information matrix not positive definite"
+    elif res.status == "line search failed":
+        message = "line search failed (gradient estimate inconsistent with the objective)"
+        converged = res.decrement < 100 * tol
+    elif res.status == "iteration limit":
+        message = "iteration limit"
+    else:
+        message = f"Newton's method stopped: {res.status}"
     sol = dev.solution(x)
-    info = OptimizerInfo(converged, message, it, dev.n_evaluations - start_fev, scaled,
+    info = OptimizerInfo(converged, message, res.n_iter, dev.n_evaluations - start_fev, scaled,
                          bounded & (sol.theta <= lower))
     return sol, info
 
@@ -899,28 +856,27 @@ def finish_from(dev: Deviance, x0: np.ndarray, max_iter: int = 5) -> tuple[Solut
     if dev.n_eta or np.any(np.isfinite(lower) & (x <= lower)):
         return None
     start_fev = dev.n_evaluations if hasattr(dev, "n_evaluations") else 0
-    for it in range(1, max_iter + 1):
+    bounded = np.isfinite(lower)
+
+    def value_and_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
         try:
-            val, grad = dev.value_and_grad(x)
-            newton = _solve_pd(dev.average_information(x), grad)
+            return dev.value_and_grad(z)
         except (NotPositiveDefinite, linalg.LinAlgError, ValueError):
-            return None
-        scaled = float(np.max(np.abs(newton)))
-        if scaled < SCALED_GRADIENT_TOL and it > 1:
-            info = OptimizerInfo(True, "Newton steps from the iterative optimum", it - 1,
-                                 dev.n_evaluations - start_fev, scaled, np.zeros(x.size, dtype=bool))
-            return dev.solution(x), info
-        t = 1.0
-        for _ in range(8):
-            trial = x - t * newton
-            if np.all(trial > lower) or not np.any(np.isfinite(lower)):
-                try:
-                    if dev(trial) <= val:
-                        break
-                except NotPositiveDefinite:
-                    pass
-            t *= 0.5
-        else:
-            return None
-        x = trial
-    return None
+            return np.inf, np.zeros(z.size)
+
+    def value(trial: np.ndarray) -> float:
+        if bounded.any() and not np.all(trial > lower):
+            return np.inf  # (not evaluated) only interior points
+        try:
+            return dev(trial)
+        except NotPositiveDefinite:
+            return np.inf
+
+    res = minimize(value_and_grad, _average_information(dev), x,
+                   lambda it, val, decrement, newton: it > 1 and float(np.max(np.abs(newton))) < SCALED_GRADIENT_TOL,
+                   max_iter=max_iter, value=value, armijo=0.0, max_trials=8)
+    if not res.converged:
+        return None
+    info = OptimizerInfo(True, "Newton steps from the iterative optimum", res.n_iter - 1,
+                         dev.n_evaluations - start_fev, res.scaled, np.zeros(x.size, dtype=bool))
+    return dev.solution(res.x), info

@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     # 1: the engine (-> _engine/)
     "_engine": 1, "_terms": 1, "_rounds": 1, "_factor": 1, "_crossprod": 1, "_deviance": 1,
     "_iterative": 1, "_glmm": 1, "_basis": 1, "_batched_refit": 1, "_optimize": 1, "_model": 1,
-    "_refit": 1, "_many": 1, "_rows": 1, "_correlation": 1, "_family": 1,
+    "_refit": 1, "_many": 1, "_rows": 1, "_correlation": 1, "_family": 1, "_newton": 1,
     # 2: user input -> arrays (-> _input/), and the formula parser
     "_input": 2, "_validation": 2, "_rank": 2, "_checks": 2, "_design": 2, "_chunked": 2, "formula": 2,
     # 3: inference on a fitted model; plots

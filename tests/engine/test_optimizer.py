@@ -381,3 +381,114 @@ def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_opti
     resumed = batch.fit(products, start, known=best.x, resume=True)
     assert resumed.joined[0]
     assert np.abs(resumed.theta[0] - best.x).max() < 1e-3 * np.abs(best.x).max()
+
+
+# ---- the Newton routine every caller shares -------------------------------------------------
+
+
+def _quadratic(A, c):
+    A, c = np.asarray(A, dtype=float), np.asarray(c, dtype=float)
+    calls = []
+
+    def value_and_grad(x):
+        calls.append(x.copy())
+        r = x - c
+        return 0.5 * float(r @ A @ r), A @ r
+
+    return value_and_grad, (lambda x, g: A), calls
+
+
+def _scaled_below(tol):
+    return lambda it, value, decrement, newton: (np.max(np.abs(newton)) if newton.size else 0.0) < tol
+
+
+def test_newton_reaches_a_bound_of_a_quadratic_in_one_projected_step():
+    from mixedlm_sklearn._newton import minimize
+
+    # separable quadratic whose unconstrained minimum (2, -3) lies outside x >= 0: the
+    # projected Newton step lands on the constrained minimum (2, 0) at once, and the next
+    # iteration, with the entry on its bound held, finds nothing left to do
+    lower = np.zeros(2)
+    value_and_grad, hessian, calls = _quadratic(np.diag([2.0, 5.0]), [2.0, -3.0])
+    res = minimize(value_and_grad, hessian, np.array([1.0, 1.0]), _scaled_below(1e-12), max_iter=10,
+                   held=lambda x, g: np.isfinite(lower) & (x <= lower) & (g > 0),
+                   project=lambda x: np.maximum(x, lower))
+    assert res.converged and res.n_iter == 2
+    assert res.x[1] == 0.0 and res.x[0] == pytest.approx(2.0, rel=1e-15)
+    assert len(calls) == 2  # the start and the one accepted trial
+    assert res.free.tolist() == [True, False]
+
+
+def test_newton_halves_a_step_that_overshoots():
+    from mixedlm_sklearn._newton import minimize
+
+    # f = sqrt(1 + x^2): a full Newton step from |x| > 1 lands at -x^3, further out and
+    # higher; backtracking halves it until Armijo's condition holds, every step descends
+    values = []
+    trials = []
+
+    def value_and_grad(x):
+        return float(np.sqrt(1.0 + x[0] ** 2)), np.array([x[0] / np.sqrt(1.0 + x[0] ** 2)])
+
+    def value(x):
+        trials.append(x[0])
+        return value_and_grad(x)[0]
+
+    res = minimize(value_and_grad, lambda x, g: np.array([[(1.0 + x[0] ** 2) ** -1.5]]), np.array([3.0]),
+                   _scaled_below(1e-10), max_iter=50, value=value, on_step=values.append)
+    assert res.converged and abs(res.x[0]) < 1e-10
+    assert len(trials) > res.n_iter  # some steps needed more than the full-length trial
+    assert trials[0] == pytest.approx(-27.0)  # the full step, rejected
+    assert np.all(np.diff([np.sqrt(10.0)] + values) < 0)
+
+
+def test_newton_releases_a_bound_when_the_gradient_points_inside():
+    from mixedlm_sklearn._newton import minimize
+
+    # x0 starts on its bound with the descent direction pointing inside: it is free and
+    # moves to its minimum 1; x1 heads out of the region, is projected onto its bound and
+    # held there (its gradient then points outwards)
+    lower = np.zeros(2)
+    value_and_grad, hessian, _ = _quadratic(np.eye(2), [1.0, -1.0])
+    res = minimize(value_and_grad, hessian, np.array([0.0, 0.5]), _scaled_below(1e-12), max_iter=10,
+                   held=lambda x, g: np.isfinite(lower) & (x <= lower) & (g > 0),
+                   project=lambda x: np.maximum(x, lower))
+    assert res.converged and res.x[1] == 0.0 and res.x[0] == pytest.approx(1.0, rel=1e-15)
+
+
+def test_newton_interior_guard_keeps_the_iterates_strictly_inside():
+    from mixedlm_sklearn._newton import interior_step, minimize
+
+    # the minimum is on the bound x >= 0; with the interior guard (each step goes at most
+    # 75% of the way to the bound) the iterates approach it but never reach it
+    lower = np.zeros(1)
+    value_and_grad, hessian, calls = _quadratic(np.eye(1), [-1.0])
+    res = minimize(value_and_grad, hessian, np.array([1.0]), _scaled_below(1e-12), max_iter=8,
+                   guard=lambda x, step, it: interior_step(x, step, lower, 0.75))
+    assert res.status == "iteration limit" and res.n_iter == 8
+    assert all(point[0] > 0.0 for point in calls)
+    assert res.x[0] == pytest.approx(0.25 ** 8)
+
+
+def test_newton_stops_where_the_hessian_is_not_positive_definite():
+    from mixedlm_sklearn._newton import minimize
+
+    # a saddle's Hessian: no step is taken, the point is reported with pos_def False (the
+    # callers treat that as information: a saddle to escape, a fit reported not converged)
+    A = np.diag([1.0, -1.0])
+    value_and_grad, hessian, calls = _quadratic(A, [0.0, 0.0])
+    x0 = np.array([0.5, 0.5])
+    res = minimize(value_and_grad, hessian, x0, _scaled_below(1e-12), max_iter=10)
+    assert res.status == "not positive definite" and not res.pos_def and not res.converged
+    np.testing.assert_array_equal(res.x, x0)
+    assert len(calls) == 1
+
+
+def test_newton_finite_difference_hessian_of_a_quadratic():
+    from mixedlm_sklearn._newton import fd_hessian
+
+    A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+    x = np.array([0.3, -1.2, 2.0])
+    H = fd_hessian(lambda z: A @ z, x, A @ x, np.array([True, True, False]), 1e-6, 1e-2)
+    np.testing.assert_allclose(H[:2, :2], A[:2, :2], rtol=1e-8)
+    np.testing.assert_allclose(H[2, :2], 0.5 * A[2, :2], rtol=1e-8)  # a held column: half, by symmetrising
