@@ -12,6 +12,12 @@ With an intercept the columns are measured from an origin
 that has rows: its means are close enough to the data's to keep the digits that a
 response far from 0 would otherwise lose, in one pass. (Shifting the summed
 cross-products afterwards would be exact algebra on numbers that already lost them.)
+
+Correlated residuals (:mod:`._correlation`): the joint fit needs the whitened
+cross-products as components (per lag class, or per group size), sums over residual
+groups. With every residual group inside one chunk, each chunk's components
+(:func:`chunk_components`, the in-memory function applied to the chunk's rows) add up by
+level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows.
 """
 
 from __future__ import annotations

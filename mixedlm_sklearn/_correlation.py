@@ -40,6 +40,12 @@ rows (weights and ``log|R|`` closed forms in ``u``), as the strata's variances a
 with more than :data:`MAX_COMPONENTS` distinct lags (continuous times with irregular
 gaps) or group sizes are fitted by the outer search: the deviance profiled over ``u`` by
 a grid and a bounded Brent search around whole fits of the whitened rows.
+
+The components are sums over residual groups, so those of rows read in chunks (or Dask
+partitions) that each hold whole residual groups add up to those of all rows
+(:mod:`._chunked`); :func:`fit_components` fits from them alone, the structures reading
+only a :class:`RowsSummary` of the rows. The outer search needs the rows: it is not run
+from chunks.
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ import numpy as np
 
 from ._deviance import Deviance
 
-__all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested",
-           "CorrelationSpec", "parse_spec"]
+__all__ = ["CorrelationStructure", "CorrelationRows", "RowsSummary", "STRUCTURES", "structure",
+           "check_nested", "CorrelationSpec", "parse_spec", "components", "fit_components"]
 
 # Internal parameters are searched within these bounds: correlations within about 1e-9
 # of their limits (beyond, 1 - phi^2 loses all its digits).

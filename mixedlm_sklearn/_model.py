@@ -23,13 +23,12 @@ from ._crossprod import CrossProducts
 from ._rows import Design
 from ._crossprod import cross_products
 from ._deviance import Deviance, Shift, Solution
-from ._design import INTERCEPT
 from ._factor import Plan
 from ._family import Family, gaussian
 from ._glmm import GLMMDeviance, fit_glmm, fit_with_fixed_family
 from ._iterative import IterativeDeviance, IterativePlan
 from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
-from ._terms import Terms
+from ._terms import INTERCEPT, Terms
 from ._threads import single_threaded_blas
 
 __all__ = ["FittedModel", "ProfiledDeviance", "fit_model", "minimise", "choose_solver", "SOLVERS"]

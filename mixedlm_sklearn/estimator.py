@@ -185,8 +185,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
         evaluated. With ``sample_weight`` ``w`` (positive) the residual covariance of a
         group is ``scale * W^{-1/2} R W^{-1/2}`` (nlme's ``weights = varFixed(~ 1/w)``
-        next to the correlation). Fitted with the exact solver; not combined with
-        ``residual_groups``, several responses, chunks or Dask. Default None:
+        next to the correlation). Also from chunks (:meth:`fit_chunks`) and Dask
+        partitions that each hold whole residual groups. Fitted with the exact solver;
+        not combined with ``residual_groups`` or several responses. Default None:
         independent residuals.
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
