@@ -181,7 +181,8 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
                      factors: list, terms: Terms, weights: np.ndarray | None,
                      factor_labels: list, factor_names: list
                      ) -> tuple[np.ndarray, Components, np.ndarray]:
-    """The residual-group labels of a chunk, the :class:`~._correlation.Components` of its
+    """The residual-group labels of a chunk (None: those of its one grouping factor), the
+    :class:`~._correlation.Components` of its
     rows, computed as an in-memory fit computes those of all rows
     (:func:`~._correlation.components`), and the largest lag of each lag class (group size
     for compound symmetry). With every residual group inside one chunk, the components of
@@ -193,7 +194,7 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
         if len(factors) != 1:
             raise ValueError("correlation= needs correlation_groups= (the residual groups) "
                              "when the model has several grouping factors")
-        codes, labels = factors[0][0], factor_labels[0]
+        codes, labels = factors[0][0], None  # the grouping factor's levels
     else:
         codes, labels = encode_groups(correlation.groups, n, name="correlation_groups")
     times = None
@@ -233,10 +234,12 @@ class CorrelatedAccumulator:
     refused, naming it (its rows' lags and whitening would span the chunks).
     """
 
-    def __init__(self, structure: CorrelationStructure, group_name: str) -> None:
+    def __init__(self, structure: CorrelationStructure, group_name: str,
+                 plain: Accumulator) -> None:
         self.structure = structure
         self.group_name = group_name
-        self._acc = Accumulator()
+        self.plain = plain  # the chunks' cross-products as given: the coding of the levels
+        self._acc = Accumulator(levels_of=plain)
         self._groups: pd.Index | None = None
         self._group_part: list[np.ndarray] = []
         self._classes: list[list[float]] = []  # [smallest, largest] lag of each class
@@ -273,15 +276,26 @@ class CorrelatedAccumulator:
         cls[1] = max([hi] + [self._classes[k][1] for k in hits])
         return root
 
-    def add(self, number: int, where: str, group_labels: np.ndarray, comps: Components,
-            lag_max: np.ndarray, labels: dict) -> None:
-        """Add chunk ``number`` (``where`` names it): its residual groups' labels, components,
-        largest lags per class and grouping factors' labels (as :meth:`Accumulator.add`)."""
-        known = 0 if self._groups is None else len(self._groups)
-        self._groups, codes = _merge_labels(self._groups, group_labels, "correlation_groups")
+    def add(self, number: int, where: str, labels: dict, part: CrossProducts,
+            strata_labels: np.ndarray | None, group_labels: np.ndarray | None, comps: Components,
+            lag_max: np.ndarray) -> None:
+        """Add chunk ``number`` (``where`` names it): its grouping factors' labels, its
+        cross-products as given and stratum labels (added to :attr:`plain`), and its
+        residual groups' labels (None: the one grouping factor's), components and largest
+        lags per class (:func:`chunk_components`)."""
+        if group_labels is None:  # the residual groups are the grouping factor's levels
+            factor = part.terms[0].factor
+            known = self.plain.n_levels(factor)
+            level_codes = self.plain.add(labels, part, strata_labels)
+            groups, codes = self.plain._factor_labels[factor], level_codes[0]
+        else:
+            level_codes = self.plain.add(labels, part, strata_labels)
+            known = 0 if self._groups is None else len(self._groups)
+            self._groups, codes = _merge_labels(self._groups, group_labels, "correlation_groups")
+            groups = self._groups
         again = np.flatnonzero(codes < known)
         if again.size:
-            label = self._groups[codes[again[0]]]
+            label = groups[codes[again[0]]]
             label = label.item() if isinstance(label, np.generic) else label
             first = int(np.concatenate(self._group_part)[codes[again[0]]])
             column = self.group_name.split("|")[-1].strip()
@@ -291,7 +305,7 @@ class CorrelatedAccumulator:
                 "chunks or partitions needs every residual group's rows in one of them (sort "
                 "the data by the group, e.g. write the file in group order, or "
                 "set_index/shuffle the Dask DataFrame on it)")
-        self._group_part.append(np.full(len(self._groups) - known, number, dtype=np.int64))
+        self._group_part.append(np.full(len(groups) - known, number, dtype=np.int64))
         markov = comps.markov
         slots = [0]
         for j in range(comps.lags.size):
@@ -301,7 +315,7 @@ class CorrelatedAccumulator:
         rows = comps.rows
         self._weighted = self._weighted or comps.weighted
         self._summary = rows if self._summary is None else self._summary.merged(rows)
-        self._acc.add(labels, comps.cp, np.array(slots, dtype=np.int64))
+        self._acc.add(labels, comps.cp, np.array(slots, dtype=np.int64), codes=level_codes)
 
     def result(self) -> tuple[dict, Components]:
         """The grouping factors' sorted labels and the data's :class:`Components`, the lag
@@ -376,7 +390,7 @@ def cross_products_from_chunks(
     ``correlation``, the correlation's :class:`~._correlation.Components` (else None).
     """
     acc = Accumulator()
-    corr_acc = None if correlation is None else CorrelatedAccumulator(correlation[0], correlation[3])
+    corr_acc = None if correlation is None else CorrelatedAccumulator(correlation[0], correlation[3], acc)
     origin = "own"  # until the first chunk with rows gives its own to every chunk
     needed = [y, *groups, *X, *(c for cols in Z.values() for c in cols if c != INTERCEPT)]
     needed += [c for c in (sample_weight, residual_groups) if c is not None]
@@ -406,9 +420,10 @@ def cross_products_from_chunks(
             continue
         labels, strata_labels, part, correlated = result
         origin = part.origin
-        acc.add(labels, part, strata_labels)
-        if corr_acc is not None:
-            corr_acc.add(number, f"chunk {number}", *correlated, labels)
+        if corr_acc is None:
+            acc.add(labels, part, strata_labels)
+        else:
+            corr_acc.add(number, f"chunk {number}", labels, part, strata_labels, *correlated)
         if verbose:
             sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())
             print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, levels {sizes}")
@@ -419,13 +434,8 @@ def _results(acc: Accumulator, corr_acc: "CorrelatedAccumulator | None") -> tupl
     """The accumulated labels, stratum labels and cross-products, and the correlation's
     components (None without correlated residuals)."""
     labels, strata_labels, cp = acc.result()
-    if corr_acc is None:
-        return labels, strata_labels, cp, None
-    corr_labels, comps = corr_acc.result()
-    for name, lab in labels.items():  # one coding of the levels for both
-        if not np.array_equal(np.asarray(corr_labels[name], dtype=object), np.asarray(lab, dtype=object)):
-            raise AssertionError(f"the levels of {name!r} are coded differently")
-    return labels, strata_labels, cp, comps
+    # the components' levels are coded as the cross-products' (Accumulator(levels_of=acc))
+    return labels, strata_labels, cp, None if corr_acc is None else corr_acc.result()[1]
 
 
 def cross_products_from_dask(
@@ -486,14 +496,15 @@ def cross_products_from_dask(
             for number, part in enumerate(partitions) if number >= len(results)]
     results += list(dask.compute(*rest))
     acc = Accumulator()
-    corr_acc = None if st is None else CorrelatedAccumulator(st, corr_name)
+    corr_acc = None if st is None else CorrelatedAccumulator(st, corr_name, acc)
     for number, result in enumerate(results):
         if result is None:
             continue
         labels, strata_labels, part, correlated = result
-        acc.add(labels, part, strata_labels)
-        if corr_acc is not None:
-            corr_acc.add(number, f"partition {number}", *correlated, labels)
+        if corr_acc is None:
+            acc.add(labels, part, strata_labels)
+        else:
+            corr_acc.add(number, f"partition {number}", labels, part, strata_labels, *correlated)
         if verbose:
             print(f"[MixedLMRegressor] partition {number}: {part.n} rows")
     return _results(acc, corr_acc)
@@ -530,15 +541,18 @@ class Accumulator:
     level pairs), never the rows. Terms on the same grouping factor share one label index.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, levels_of: "Accumulator | None" = None) -> None:
+        # levels_of: an accumulator of the same parts whose level coding this one shares
+        # (its add gives the codes: the labels are merged once)
+        self._levels_of = levels_of
         self._factor_labels: dict[str, pd.Index] = {}
         self._strata_labels: pd.Index | None = None
         self._parts: list[tuple[list[np.ndarray], np.ndarray, CrossProducts]] = []
         self._template: CrossProducts | None = None
 
     def add(self, labels: dict[str, np.ndarray], part: CrossProducts,
-            strata_labels: np.ndarray | None = None) -> None:
-        """Add a part.
+            strata_labels: np.ndarray | None = None, codes: list | None = None) -> list:
+        """Add a part; returns its levels' codes per term in the running coding.
 
         Parameters
         ----------
@@ -548,6 +562,8 @@ class Accumulator:
             The part's cross-products in its own coding.
         strata_labels : ndarray, optional
             The part's stratum labels (its strata axis), when there are strata.
+        codes : list, optional
+            The codes per term, given by the accumulator whose coding this one shares.
         """
         if self._template is not None:
             t = self._template
@@ -558,17 +574,24 @@ class Accumulator:
                 raise ValueError("chunks measured from different origins cannot be added")
         else:
             self._template = part
-        codes = []
-        for term in part.terms:
-            index, code = _merge_labels(self._factor_labels.get(term.factor), labels[term.factor],
-                                        f"groups[{term.factor!r}]")
-            self._factor_labels[term.factor] = index
-            codes.append(code)
+        if codes is None:
+            codes = []
+            for term in part.terms:
+                index, code = _merge_labels(self._factor_labels.get(term.factor),
+                                            labels[term.factor], f"groups[{term.factor!r}]")
+                self._factor_labels[term.factor] = index
+                codes.append(code)
         if strata_labels is None:
             strata_labels = np.array(["(all)"], dtype=object)
         self._strata_labels, strata_codes = _merge_labels(self._strata_labels, strata_labels,
                                                           "residual_groups")
         self._parts.append((codes, strata_codes, part))
+        return codes
+
+    def n_levels(self, factor: str) -> int:
+        """Levels of ``factor`` seen so far."""
+        index = self._factor_labels.get(factor)
+        return 0 if index is None else len(index)
 
     def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
         """Sorted labels per factor, sorted stratum labels, and the summed cross-products.
@@ -578,7 +601,8 @@ class Accumulator:
         if self._template is None:
             raise ValueError("no data: every chunk was empty (or had only rows of weight 0)")
         order, labels = {}, {}
-        for factor, index in self._factor_labels.items():
+        coding = self if self._levels_of is None else self._levels_of
+        for factor, index in coding._factor_labels.items():
             try:
                 sorted_labels, perm = index.sort_values(return_indexer=True)
             except TypeError:  # unorderable mixed labels: keep order of appearance
