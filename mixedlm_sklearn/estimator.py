@@ -392,7 +392,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         correlation_groups : array-like of shape (n,), optional
             With ``correlation``: the residual group of each row (nlme's ``form = ~ t |
             g``); rows of different groups are independent. Default: the grouping factor
-            (needed with several factors or none).
+            (needed with several factors or none). With Dask input, ``time`` and
+            ``correlation_groups`` are Dask Series of the same partitions, and each
+            residual group's rows must lie in one partition.
 
         Returns
         -------

@@ -262,3 +262,39 @@ def test_weighted_chunks_equal_the_weighted_fit(regular):
     with pytest.raises(ValueError, match="chunk 0: with correlation=, sample_weight must be positive"):
         MixedLMRegressor(correlation="ar1").fit_chunks(
             [df.assign(w=0.0)], y="y", groups="g", X=["x"], time="visit", sample_weight="w")
+
+
+def test_an_estimate_on_the_bound_of_independence_equals_in_memory():
+    """Negatively correlated neighbours: continuous-time AR(1) (0 < phi < 1) ends on phi = 0,
+    the bound of independent residuals, which the fit from chunks evaluates from its
+    components (weights at phi = 0) as the in-memory fit does from the rows; its profile
+    interval too."""
+    rng = np.random.default_rng(5)
+    n_groups, visits = 100, 6
+    z = rng.standard_normal(n_groups * visits)
+    e = z.copy()
+    for k in range(1, visits):
+        e[k::visits] = -0.6 * e[k - 1::visits] + 0.8 * z[k::visits]
+    g = np.repeat(np.arange(n_groups), visits)
+    x = rng.standard_normal(g.size)
+    df = pd.DataFrame({"y": 1 + x + rng.standard_normal(n_groups)[g] + e, "x": x, "g": g,
+                       "t": np.tile(np.arange(visits) * 1.5, n_groups)})
+    in_memory = MixedLMRegressor(correlation="car1").fit(df[["x"]], df["y"], groups=df["g"],
+                                                         time=df["t"])
+    est = MixedLMRegressor(correlation="car1").fit_chunks(
+        iter(_chunks_at_group_bounds(df, "g", 100)), y="y", groups="g", X=["x"], time="t")
+    assert est.correlation_params_["Phi"] == in_memory.correlation_params_["Phi"] == 0.0
+    _assert_same(est, in_memory, "Phi")
+    np.testing.assert_allclose(est.model_.correlation.profile_interval(),
+                               in_memory.model_.correlation.profile_interval(), rtol=1e-8)
+
+
+def test_residual_groups_of_their_own_column_split_across_chunks_are_refused(regular):
+    """Compound symmetry within blocks (correlation_groups): a block in two chunks is named."""
+    df = regular.sort_values("block", kind="stable")
+    cut = int(np.flatnonzero(df["block"].to_numpy() == 7)[1])  # inside block 7
+    with pytest.raises(ValueError, match="chunk 1: the residual group 7 of block also has rows "
+                                         "in chunk 0"):
+        MixedLMRegressor(correlation="cs").fit_chunks(
+            iter([df.iloc[:cut], df.iloc[cut:]]), y="y", groups="g", X=["x"],
+            correlation_groups="block")
