@@ -111,8 +111,9 @@ def partition_cross_products(
     strata_labels : ndarray or None
     cp : CrossProducts
     correlated : tuple or None
-        With ``correlation``: the chunk's residual-group labels and the
-        :class:`~._correlation.Components` of its rows (:func:`chunk_components`).
+        With ``correlation``: the chunk's residual-group labels, the
+        :class:`~._correlation.Components` of its rows and the largest lag per lag class
+        (:func:`chunk_components`).
         (None instead of the tuple when every row has weight 0.)
     """
     try:
@@ -154,8 +155,7 @@ def partition_cross_products(
         if correlation is not None:
             x_full = np.column_stack([np.ones(n), x_arr]) if intercept else x_arr
             correlated = chunk_components(correlation, x_full, y_arr, factors, Terms(terms),
-                                          w_arr, [labels[str(c)] for c in groups.columns],
-                                          [str(c) for c in groups.columns])
+                                          w_arr, [str(c) for c in groups.columns])
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
     if isinstance(origin, str):
@@ -179,8 +179,7 @@ class ChunkCorrelation:
 
 def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.ndarray,
                      factors: list, terms: Terms, weights: np.ndarray | None,
-                     factor_labels: list, factor_names: list
-                     ) -> tuple[np.ndarray, Components, np.ndarray]:
+                     factor_names: list) -> tuple[np.ndarray | None, Components, np.ndarray]:
     """The residual-group labels of a chunk (None: those of its one grouping factor), the
     :class:`~._correlation.Components` of its
     rows, computed as an in-memory fit computes those of all rows
@@ -287,7 +286,7 @@ class CorrelatedAccumulator:
             factor = part.terms[0].factor
             known = self.plain.n_levels(factor)
             level_codes = self.plain.add(labels, part, strata_labels)
-            groups, codes = self.plain._factor_labels[factor], level_codes[0]
+            groups, codes = self.plain.factor_labels(factor), level_codes[0]
         else:
             level_codes = self.plain.add(labels, part, strata_labels)
             known = 0 if self._groups is None else len(self._groups)
@@ -588,9 +587,13 @@ class Accumulator:
         self._parts.append((codes, strata_codes, part))
         return codes
 
+    def factor_labels(self, factor: str) -> pd.Index | None:
+        """The labels of ``factor``'s levels seen so far, in the running coding."""
+        return self._factor_labels.get(factor)
+
     def n_levels(self, factor: str) -> int:
         """Levels of ``factor`` seen so far."""
-        index = self._factor_labels.get(factor)
+        index = self.factor_labels(factor)
         return 0 if index is None else len(index)
 
     def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
