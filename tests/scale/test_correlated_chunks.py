@@ -200,6 +200,11 @@ def test_chunks_refuse_what_needs_the_rows_or_the_outer_search(regular):
     with pytest.raises(ValueError, match="more than 16 distinct lags.*fit the data in memory"):
         MixedLMRegressor(correlation="car1").fit_chunks(
             iter(_chunks_at_group_bounds(wild, "g", 200)), y="y", groups="g", X=["x"], time="t")
+    # as in memory, the rows of a group come in time order
+    backwards = [chunks[0], chunks[1].iloc[::-1]]
+    with pytest.raises(ValueError, match="chunk 1: times are not increasing within a group"):
+        MixedLMRegressor(correlation="ar1").fit_chunks(iter(backwards), y="y", groups="g",
+                                                       X=["x"], time="visit")
     est = MixedLMRegressor(correlation="ar1").fit_chunks(iter(chunks), y="y", groups="g",
                                                          X=["x"], time="visit")
     with pytest.raises(NotImplementedError, match="rows"):
