@@ -14,6 +14,10 @@ Cases (issue "Beyond lme4"; the first five are the references in
 * ``ar1_1e6``: the same with 10^6 rows (10^5 subjects), fitted from arrays
   (``MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, time=visit)``); nlme with
   ``--slow-r`` only;
+* ``ar1_1e6_chunks``: the same data fitted from chunks of 10^5 rows
+  (``MixedLMRegressor(correlation="ar1").fit_chunks(chunks, ..., time="visit")``, each
+  subject's rows in one chunk), printed next to the in-memory fit of ``ar1_1e6`` (its time
+  and the difference in log-likelihood);
 * ``grouse_nb``: ``TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)``, negative binomial
   (NB2, theta estimated), Laplace; ``glmer.nb`` and glmmTMB ``nbinom2``;
 * ``gamma_log``: ``y ~ x + (1 | g)``, Gamma with log link, 480 rows, Laplace; ``glmer`` and
@@ -121,6 +125,13 @@ def _ours_ar1_arrays(d):
                                                    groups=d.g.to_numpy(), time=d.visit.to_numpy())
 
 
+def _ours_ar1_chunks(d, rows=100_000):
+    # 10 visits per subject: chunks of 10^5 rows hold whole subjects
+    chunks = (d.iloc[i:i + rows] for i in range(0, len(d), rows))
+    return MixedLMRegressor(correlation="ar1").fit_chunks(chunks, y="y", groups="g", X=["x"],
+                                                          time="visit")
+
+
 _LABEL_READ = 'd <- read.csv(path, colClasses = "character"); for (v in names(d)) {{ if (!(v %in% c({labels}))) d[[v]] <- as.numeric(d[[v]]) }}'
 
 CASES = {
@@ -142,6 +153,7 @@ CASES = {
     "ar1_1e6": (lambda: _ar1_sim(1_000_000), _ours_ar1_arrays, '"g"', {
         "nlme": "lme(y ~ x, data = d, random = ~ 1 | g, correlation = corAR1(form = ~ visit | g), "
                 "method = 'REML')"}),
+    "ar1_1e6_chunks": (lambda: _ar1_sim(1_000_000), _ours_ar1_chunks, '"g"', {}),
     "grouse_nb": (_grouse, lambda d: glmer_nb("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", d),
                   '"BROOD", "LOCATION", "YEAR", "INDEX"', {
                       "glmer.nb": "glmer.nb(TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION), data = d)",
@@ -157,12 +169,15 @@ CASES = {
                            "glmer.nb": "glmer.nb(y ~ x + (1 | u) + (1 | v), data = d)"}),
 }
 _SLOW_R = {("nb_crossed_1e5", "glmer.nb"), ("ar1_1e6", "nlme")}
-_REML = {"ovary_ar1", "bodyweight_car1", "orthodont_cs", "ar1_1e4", "ar1_1e5", "ar1_1e6"}
+_REML = {"ovary_ar1", "bodyweight_car1", "orthodont_cs", "ar1_1e4", "ar1_1e5", "ar1_1e6",
+         "ar1_1e6_chunks"}
+# cases printed next to another fit of ours: case -> (its label, the fit)
+_ALSO_OURS = {"ar1_1e6_chunks": ("in memory", _ours_ar1_arrays)}
 _PACKAGE = {"nlme": "nlme", "glmer.nb": "lme4", "glmer": "lme4", "glmmTMB": "glmmTMB"}
 
 
-def time_ours(case: str, data: pd.DataFrame, repeat: int) -> tuple[float, float, str]:
-    fit_ours = CASES[case][1]
+def time_ours(case: str, data: pd.DataFrame, repeat: int, fit_ours=None) -> tuple[float, float, str]:
+    fit_ours = CASES[case][1] if fit_ours is None else fit_ours
     best, fit = np.inf, None
     for _ in range(repeat):
         start = time.perf_counter()
@@ -213,6 +228,12 @@ def main() -> None:
         ours = time_ours(case, data, args.repeat) if "ours" in peers else None
         if ours:
             print(f"{case:<16}{'ours':<10}{ours[0]:>10.3f}{ours[1]:>18.6f}{'':>11}  {ours[2]}", flush=True)
+        if ours and case in _ALSO_OURS:
+            label, fit_other = _ALSO_OURS[case]
+            other = time_ours(case, data, args.repeat, fit_other)
+            note = f"logLik - ours = {other[1] - ours[1]:.2e}" + (f"; {other[2]}" if other[2] else "")
+            print(f"{case:<16}{label:<10}{other[0]:>10.3f}{other[1]:>18.6f}"
+                  f"{other[0] / ours[0]:>10.2f}x  {note}", flush=True)
         if "R" not in peers:
             continue
         if r_missing:

@@ -12,6 +12,12 @@ With an intercept the columns are measured from an origin
 that has rows: its means are close enough to the data's to keep the digits that a
 response far from 0 would otherwise lose, in one pass. (Shifting the summed
 cross-products afterwards would be exact algebra on numbers that already lost them.)
+
+Correlated residuals (:mod:`._correlation`): the joint fit needs the whitened
+cross-products as components (per lag class, or per group size), sums over residual
+groups. With every residual group inside one chunk, each chunk's components
+(:func:`chunk_components`, the in-memory function applied to the chunk's rows) add up by
+level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows.
 """
 
 from __future__ import annotations
@@ -23,13 +29,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._correlation import (
+    MAX_COMPONENTS,
+    Components,
+    CorrelatedRows,
+    CorrelationRows,
+    CorrelationStructure,
+    RowsSummary,
+    _lag_classes,
+    _LAG_RTOL,
+    check_nested,
+    components,
+)
 from ._crossprod import CrossProducts, Origin, _coalesce, _same_origin, cross_products, origin_of
 from ._design import INTERCEPT, term_is_diagonal
 from ._terms import Term, Terms
 from ._validation import as_design, canonical_labels, check_weights, encode_groups, take_rows
 
 __all__ = ["check_dask_inputs", "is_dask_collection", "cross_products_from_chunks", "cross_products_from_dask",
-           "partition_cross_products", "Accumulator"]
+           "partition_cross_products", "Accumulator", "ChunkCorrelation", "chunk_components",
+           "CorrelatedAccumulator"]
 
 
 def is_dask_collection(obj: Any) -> bool:
@@ -60,8 +79,8 @@ def check_dask_inputs(**inputs: Any) -> None:
 def partition_cross_products(
     x: Any, y: Any, groups: pd.DataFrame, z: dict, weights: Any = None, strata: Any = None,
     intercept: bool = True, cov_type: str | dict = "unstructured", where: str = "data",
-    origin: Origin | None | str = "own",
-) -> tuple[dict, np.ndarray | None, CrossProducts]:
+    origin: Origin | None | str = "own", correlation: ChunkCorrelation | None = None,
+) -> tuple[dict, np.ndarray | None, CrossProducts, tuple | None]:
     """Cross-products of one chunk with its own level coding.
 
     Parameters
@@ -82,6 +101,8 @@ def partition_cross_products(
         Where the columns are measured from (with ``intercept``; None: from 0); by
         default this chunk's own (:func:`~mixedlm_sklearn._crossprod.origin_of`), which
         the caller passes on to the other chunks (``cp.origin``).
+    correlation : ChunkCorrelation, optional
+        Correlated residuals: the structure and the chunk's residual groups and times.
 
     Returns
     -------
@@ -89,13 +110,21 @@ def partition_cross_products(
         Term name -> the chunk's level labels (its codes 0..m-1).
     strata_labels : ndarray or None
     cp : CrossProducts
-        (None instead of the triple when every row has weight 0.)
+    correlated : tuple or None
+        With ``correlation``: the chunk's residual-group labels, the
+        :class:`~._correlation.Components` of its rows and the largest lag per lag class
+        (:func:`chunk_components`).
+        (None instead of the tuple when every row has weight 0.)
     """
     try:
         y_arr = as_design(y, len(y), "y")[:, 0]
         n = y_arr.shape[0]
         x_arr = as_design(x, n, "X") if np.shape(x)[1] else np.empty((n, 0))
         w_arr = None if weights is None else check_weights(weights, n)
+        if correlation is not None and w_arr is not None and not w_arr.all():
+            # as in memory: a row of infinite variance would break its group's series
+            raise ValueError("with correlation=, sample_weight must be positive in every row; "
+                             "remove rows of weight 0 (with their times) before fitting")
         if w_arr is not None and not w_arr.all():
             # rows of weight 0 carry no information: removed before anything else, so a
             # level whose rows all have weight 0 is not a level of the fit
@@ -122,13 +151,213 @@ def partition_cross_products(
         if strata is not None:
             strata_codes, strata_labels = encode_groups(strata, n, name="residual_groups")
             n_strata = strata_labels.size
+        correlated = None
+        if correlation is not None:
+            x_full = np.column_stack([np.ones(n), x_arr]) if intercept else x_arr
+            correlated = chunk_components(correlation, x_full, y_arr, factors, Terms(terms),
+                                          w_arr, [str(c) for c in groups.columns])
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
     if isinstance(origin, str):
         origin = origin_of(x_arr, y_arr) if intercept else None
     cp = cross_products(x_arr, y_arr, factors, Terms(terms), w_arr, strata_codes, n_strata,
                         intercept=intercept, origin=origin if intercept else None)
-    return labels, strata_labels, cp
+    return labels, strata_labels, cp, correlated
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkCorrelation:
+    """Correlated residuals in one chunk: the structure, the chunk's residual groups (None:
+    the grouping factor's levels) and times (None: positions 1, 2, ... in row order within a
+    group), and the residual groups' name (messages, nlme's form)."""
+
+    structure: CorrelationStructure
+    groups: Any
+    times: Any
+    group_name: str
+
+
+def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.ndarray,
+                     factors: list, terms: Terms, weights: np.ndarray | None,
+                     factor_names: list) -> tuple[np.ndarray | None, Components, np.ndarray]:
+    """The residual-group labels of a chunk (None: those of its one grouping factor), the
+    :class:`~._correlation.Components` of its
+    rows, computed as an in-memory fit computes those of all rows
+    (:func:`~._correlation.components`), and the largest lag of each lag class (group size
+    for compound symmetry). With every residual group inside one chunk, the components of
+    the chunks add up to those of the data (:class:`CorrelatedAccumulator`). The components
+    hold the rows' :class:`~._correlation.RowsSummary` instead of the rows (a partition's
+    result travels to the client)."""
+    n = y.shape[0]
+    if correlation.groups is None:
+        if len(factors) != 1:
+            raise ValueError("correlation= needs correlation_groups= (the residual groups) "
+                             "when the model has several grouping factors")
+        codes, labels = factors[0][0], None  # the grouping factor's levels
+    else:
+        codes, labels = encode_groups(correlation.groups, n, name="correlation_groups")
+    times = None
+    if correlation.times is not None:
+        try:
+            times = np.asarray(correlation.times, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError("time must be numeric (times or integer positions)") from None
+    st = correlation.structure
+    rows = CorrelationRows.from_arrays(codes, times, st.needs_integer_times,
+                                       group_name=correlation.group_name)
+    check_nested(rows, factors, factor_names, correlation.group_name)
+    comps = components(CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights))
+    if comps is None:
+        what = "group sizes" if st.name == "cs" else "lags between consecutive rows"
+        raise ValueError(
+            f"more than {MAX_COMPONENTS} distinct {what} in this chunk: a fit from chunks adds "
+            "the correlation's components (one per distinct lag or group size) and cannot run "
+            "the outer search that more of them need; fit the data in memory (fit), or round "
+            "the times to a coarser grid")
+    if comps.markov:
+        inner = rows.gaps[rows.same]
+        _, cls = _lag_classes(inner)
+        lag_max = np.zeros(comps.lags.size)
+        np.maximum.at(lag_max, cls, inner)
+    else:
+        lag_max = comps.lags.astype(float)
+    return labels, dataclasses.replace(comps, rows=rows.summary()), lag_max
+
+
+class CorrelatedAccumulator:
+    """Adds up the correlation :class:`~._correlation.Components` of chunks whose residual
+    groups are disjoint (:func:`chunk_components`), by level label as :class:`Accumulator`
+    does, and by lag class (group size): the components of the chunks' lag classes that
+    are one class of the data (lags equal to the in-memory fit's relative precision,
+    :data:`~._correlation._LAG_RTOL`) are summed. A residual group seen in two chunks is
+    refused, naming it (its rows' lags and whitening would span the chunks).
+    """
+
+    def __init__(self, structure: CorrelationStructure, group_name: str,
+                 plain: Accumulator) -> None:
+        self.structure = structure
+        self.group_name = group_name
+        self.plain = plain  # the chunks' cross-products as given: the coding of the levels
+        self._acc = Accumulator(levels_of=plain)
+        self._groups: pd.Index | None = None
+        self._group_part: list[np.ndarray] = []
+        self._classes: list[list[float]] = []  # [smallest, largest] lag of each class
+        self._parent: list[int] = []  # classes joined by a later chunk's lags
+        self._counts: list[int] = []
+        self._summary: RowsSummary | None = None
+        self._weighted = False
+
+    def _root(self, k: int) -> int:
+        while self._parent[k] != k:
+            k = self._parent[k]
+        return k
+
+    def _slot(self, lo: float, hi: float) -> int:
+        """The class of a chunk's lag class ``[lo, hi]``: an existing one within the
+        relative precision (joining those it bridges), or a new one."""
+        rtol = _LAG_RTOL if self.structure.name != "cs" else 0.0
+        hits = []
+        for k, (a, b) in enumerate(self._classes):
+            if self._parent[k] == k and max(lo, a) - min(hi, b) <= rtol * max(lo, a):
+                hits.append(k)
+        if not hits:
+            self._classes.append([lo, hi])
+            self._parent.append(len(self._parent))
+            self._counts.append(0)
+            return len(self._classes) - 1
+        root = hits[0]
+        for k in hits[1:]:
+            self._parent[k] = root
+            self._counts[root] += self._counts[k]
+            self._counts[k] = 0
+        cls = self._classes[root]
+        cls[0] = min([lo] + [self._classes[k][0] for k in hits])
+        cls[1] = max([hi] + [self._classes[k][1] for k in hits])
+        return root
+
+    def add(self, number: int, where: str, labels: dict, part: CrossProducts,
+            strata_labels: np.ndarray | None, group_labels: np.ndarray | None, comps: Components,
+            lag_max: np.ndarray) -> None:
+        """Add chunk ``number`` (``where`` names it): its grouping factors' labels, its
+        cross-products as given and stratum labels (added to :attr:`plain`), and its
+        residual groups' labels (None: the one grouping factor's), components and largest
+        lags per class (:func:`chunk_components`)."""
+        if group_labels is None:  # the residual groups are the grouping factor's levels
+            factor = part.terms[0].factor
+            known = self.plain.n_levels(factor)
+            level_codes = self.plain.add(labels, part, strata_labels)
+            groups, codes = self.plain.factor_labels(factor), level_codes[0]
+        else:
+            level_codes = self.plain.add(labels, part, strata_labels)
+            known = 0 if self._groups is None else len(self._groups)
+            self._groups, codes = _merge_labels(self._groups, group_labels, "correlation_groups")
+            groups = self._groups
+        again = np.flatnonzero(codes < known)
+        if again.size:
+            label = groups[codes[again[0]]]
+            label = label.item() if isinstance(label, np.generic) else label
+            first = int(np.concatenate(self._group_part)[codes[again[0]]])
+            column = self.group_name.split("|")[-1].strip()
+            raise ValueError(
+                f"{where}: the residual group {label!r} of {column} also has rows in "
+                f"{'chunk' if where.startswith('chunk') else 'partition'} {first}: a fit from "
+                "chunks or partitions needs every residual group's rows in one of them (sort "
+                "the data by the group, e.g. write the file in group order, or "
+                "set_index/shuffle the Dask DataFrame on it)")
+        self._group_part.append(np.full(len(groups) - known, number, dtype=np.int64))
+        markov = comps.markov
+        slots = [0]
+        for j in range(comps.lags.size):
+            k = self._slot(float(comps.lags[j]), float(lag_max[j]))
+            self._counts[k] += int(comps.counts[j])
+            slots += [1 + 3 * k + i for i in range(3)] if markov else [1 + k]
+        rows = comps.rows
+        self._weighted = self._weighted or comps.weighted
+        self._summary = rows if self._summary is None else self._summary.merged(rows)
+        self._acc.add(labels, comps.cp, np.array(slots, dtype=np.int64), codes=level_codes)
+
+    def result(self) -> tuple[dict, Components]:
+        """The grouping factors' sorted labels and the data's :class:`Components`, the lag
+        classes in increasing order (as :func:`~._correlation.components` orders them)."""
+        labels, slots, cp = self._acc.result()
+        roots = sorted({self._root(k) for k in range(len(self._classes))},
+                       key=lambda k: self._classes[k][0])
+        if len(roots) > MAX_COMPONENTS:
+            what = "group sizes" if self.structure.name == "cs" else "lags between consecutive rows"
+            raise ValueError(
+                f"the data have {len(roots)} distinct {what} (more than {MAX_COMPONENTS}): a fit "
+                "from chunks adds the correlation's components (one per distinct lag or group "
+                "size) and cannot run the outer search that more of them need; fit the data in "
+                "memory (fit)")
+        rank = {k: r for r, k in enumerate(roots)}
+        width = 3 if self.structure.name != "cs" else 1
+        target = np.zeros(len(slots), dtype=np.int64)
+        for s, slot in enumerate(slots):
+            slot = int(slot)
+            if slot:
+                k, i = divmod(slot - 1, width)
+                target[s] = 1 + width * rank[self._root(k)] + i
+        cp = _sum_strata(cp, target, 1 + width * len(roots))
+        lags = np.array([self._classes[k][0] for k in roots])
+        counts = np.array([self._counts[k] for k in roots], dtype=np.int64)
+        if self.structure.name == "cs":
+            lags = lags.astype(np.int64)
+        return labels, Components(cp, self.structure, self._summary, lags, counts, self._weighted)
+
+
+def _sum_strata(cp: CrossProducts, target: np.ndarray, n: int) -> CrossProducts:
+    """The cross-products with stratum ``s`` added into stratum ``target[s]`` of ``n``."""
+
+    def summed(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((n,) + a.shape[1:], dtype=a.dtype)
+        for s, t in enumerate(target):
+            out[t] += a[s]
+        return out
+
+    return dataclasses.replace(
+        cp, diag=tuple(summed(d) for d in cp.diag), zxy=tuple(summed(z) for z in cp.zxy),
+        pairs=tuple(dataclasses.replace(b, values=summed(b.values)) for b in cp.pairs),
+        xyxy=summed(cp.xyxy), n_obs=summed(cp.n_obs), sum_log_weights=summed(cp.sum_log_weights))
 
 
 def _z_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -149,15 +378,23 @@ def cross_products_from_chunks(
     intercept: bool = True,
     cov_type: str | dict = "unstructured",
     verbose: int = 0,
-) -> tuple[dict, np.ndarray, CrossProducts]:
+    correlation: tuple | None = None,
+) -> tuple[dict, np.ndarray, CrossProducts, Components | None]:
     """Cross-products summed over an iterable of DataFrames, columns named by the caller.
 
-    Returns the labels per term (sorted), the stratum labels and the cross-products.
+    ``correlation``: ``(structure, correlation_groups column or None, time column or None,
+    the residual groups' name)`` for correlated residuals.
+
+    Returns the labels per term (sorted), the stratum labels, the cross-products and, with
+    ``correlation``, the correlation's :class:`~._correlation.Components` (else None).
     """
     acc = Accumulator()
+    corr_acc = None if correlation is None else CorrelatedAccumulator(correlation[0], correlation[3], acc)
     origin = "own"  # until the first chunk with rows gives its own to every chunk
     needed = [y, *groups, *X, *(c for cols in Z.values() for c in cols if c != INTERCEPT)]
     needed += [c for c in (sample_weight, residual_groups) if c is not None]
+    if correlation is not None:
+        needed += [c for c in correlation[1:3] if c is not None]
     for number, frame in enumerate(chunks):
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"chunk {number} is a {type(frame).__name__}, expected a pandas DataFrame")
@@ -166,40 +403,61 @@ def cross_products_from_chunks(
             raise ValueError(f"chunk {number} lacks column(s) {missing}")
         if len(frame) == 0:
             continue
+        chunk_corr = None
+        if correlation is not None:
+            st, group_col, time_col, name = correlation
+            chunk_corr = ChunkCorrelation(st, None if group_col is None else frame[group_col],
+                                          None if time_col is None else frame[time_col], name)
         result = partition_cross_products(
             frame[list(X)], frame[y], frame[list(groups)],
             {name: _z_columns(frame, cols) for name, cols in Z.items()},
             None if sample_weight is None else frame[sample_weight],
             None if residual_groups is None else frame[residual_groups],
-            intercept, cov_type, f"chunk {number}", origin,
+            intercept, cov_type, f"chunk {number}", origin, chunk_corr,
         )
         if result is None:  # every row of the chunk has weight 0
             continue
-        labels, strata_labels, part = result
+        labels, strata_labels, part, correlated = result
         origin = part.origin
-        acc.add(labels, part, strata_labels)
+        if corr_acc is None:
+            acc.add(labels, part, strata_labels)
+        else:
+            corr_acc.add(number, f"chunk {number}", labels, part, strata_labels, *correlated)
         if verbose:
             sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())
             print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, levels {sizes}")
-    return acc.result()
+    return _results(acc, corr_acc)
+
+
+def _results(acc: Accumulator, corr_acc: "CorrelatedAccumulator | None") -> tuple:
+    """The accumulated labels, stratum labels and cross-products, and the correlation's
+    components (None without correlated residuals)."""
+    labels, strata_labels, cp = acc.result()
+    # the components' levels are coded as the cross-products' (Accumulator(levels_of=acc))
+    return labels, strata_labels, cp, None if corr_acc is None else corr_acc.result()[1]
 
 
 def cross_products_from_dask(
     X: Any, y: Any, groups: Any, Z: dict, sample_weight: Any = None, residual_groups: Any = None,
     intercept: bool = True, cov_type: str | dict = "unstructured", verbose: int = 0,
-) -> tuple[dict, np.ndarray, CrossProducts]:
+    correlation: tuple | None = None,
+) -> tuple[dict, np.ndarray, CrossProducts, Components | None]:
     """Cross-products of Dask collections, computed partition by partition where the data live.
 
     ``X``, ``y``, ``groups`` (a Series or a DataFrame with a column per term), the designs
     in ``Z`` and the optional columns must be partitioned alike, as columns selected from
     one Dask DataFrame are. Uses the active scheduler (a ``dask.distributed.Client`` if
-    one exists).
+    one exists). ``correlation``: ``(structure, correlation_groups, time, the residual
+    groups' name)`` with Dask Series (or None) for correlated residuals; every residual
+    group's rows must lie in one partition.
     """
     import dask
 
     names = list(Z)
+    st, corr_groups, corr_time, corr_name = correlation if correlation is not None else (None,) * 4
     named = [("X", X), ("y", y), ("groups", groups)] + [(f"Z[{k!r}]", Z[k]) for k in names] \
-        + [("sample_weight", sample_weight), ("residual_groups", residual_groups)]
+        + [("sample_weight", sample_weight), ("residual_groups", residual_groups),
+           ("correlation_groups", corr_groups), ("time", corr_time)]
     named = [(label, c) for label, c in named if c is not None]
     not_dask = [label for label, c in named if not is_dask_collection(c)]
     if not_dask:
@@ -209,17 +467,21 @@ def cross_products_from_dask(
         raise ValueError("X, y, groups and Z must have the same Dask partitions")
     parts = [c.to_delayed() for _, c in named]
     has_w, has_s = sample_weight is not None, residual_groups is not None
+    has_cg, has_t = corr_groups is not None, corr_time is not None
 
     def one(number, origin, xp, yp, gp, *rest):
         rest = list(rest)
         zp = {k: rest.pop(0) for k in names}
         wp = rest.pop(0) if has_w else None
         sp_ = rest.pop(0) if has_s else None
+        cgp = rest.pop(0) if has_cg else None
+        tp = rest.pop(0) if has_t else None
         frame = gp.to_frame() if isinstance(gp, pd.Series) else gp
         if len(frame) == 0:
             return None
+        corr = None if st is None else ChunkCorrelation(st, cgp, tp, corr_name)
         return partition_cross_products(xp, yp, frame, zp, wp, sp_, intercept, cov_type,
-                                        f"partition {number}", origin)
+                                        f"partition {number}", origin, corr)
 
     partitions = list(zip(*parts))
     results: list = []
@@ -233,14 +495,18 @@ def cross_products_from_dask(
             for number, part in enumerate(partitions) if number >= len(results)]
     results += list(dask.compute(*rest))
     acc = Accumulator()
+    corr_acc = None if st is None else CorrelatedAccumulator(st, corr_name, acc)
     for number, result in enumerate(results):
         if result is None:
             continue
-        labels, strata_labels, part = result
-        acc.add(labels, part, strata_labels)
+        labels, strata_labels, part, correlated = result
+        if corr_acc is None:
+            acc.add(labels, part, strata_labels)
+        else:
+            corr_acc.add(number, f"partition {number}", labels, part, strata_labels, *correlated)
         if verbose:
             print(f"[MixedLMRegressor] partition {number}: {part.n} rows")
-    return acc.result()
+    return _results(acc, corr_acc)
 
 
 # ---- adding up parts whose levels are known by label ----------------------------------------
@@ -274,15 +540,18 @@ class Accumulator:
     level pairs), never the rows. Terms on the same grouping factor share one label index.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, levels_of: "Accumulator | None" = None) -> None:
+        # levels_of: an accumulator of the same parts whose level coding this one shares
+        # (its add gives the codes: the labels are merged once)
+        self._levels_of = levels_of
         self._factor_labels: dict[str, pd.Index] = {}
         self._strata_labels: pd.Index | None = None
         self._parts: list[tuple[list[np.ndarray], np.ndarray, CrossProducts]] = []
         self._template: CrossProducts | None = None
 
     def add(self, labels: dict[str, np.ndarray], part: CrossProducts,
-            strata_labels: np.ndarray | None = None) -> None:
-        """Add a part.
+            strata_labels: np.ndarray | None = None, codes: list | None = None) -> list:
+        """Add a part; returns its levels' codes per term in the running coding.
 
         Parameters
         ----------
@@ -292,6 +561,8 @@ class Accumulator:
             The part's cross-products in its own coding.
         strata_labels : ndarray, optional
             The part's stratum labels (its strata axis), when there are strata.
+        codes : list, optional
+            The codes per term, given by the accumulator whose coding this one shares.
         """
         if self._template is not None:
             t = self._template
@@ -302,17 +573,28 @@ class Accumulator:
                 raise ValueError("chunks measured from different origins cannot be added")
         else:
             self._template = part
-        codes = []
-        for term in part.terms:
-            index, code = _merge_labels(self._factor_labels.get(term.factor), labels[term.factor],
-                                        f"groups[{term.factor!r}]")
-            self._factor_labels[term.factor] = index
-            codes.append(code)
+        if codes is None:
+            codes = []
+            for term in part.terms:
+                index, code = _merge_labels(self._factor_labels.get(term.factor),
+                                            labels[term.factor], f"groups[{term.factor!r}]")
+                self._factor_labels[term.factor] = index
+                codes.append(code)
         if strata_labels is None:
             strata_labels = np.array(["(all)"], dtype=object)
         self._strata_labels, strata_codes = _merge_labels(self._strata_labels, strata_labels,
                                                           "residual_groups")
         self._parts.append((codes, strata_codes, part))
+        return codes
+
+    def factor_labels(self, factor: str) -> pd.Index | None:
+        """The labels of ``factor``'s levels seen so far, in the running coding."""
+        return self._factor_labels.get(factor)
+
+    def n_levels(self, factor: str) -> int:
+        """Levels of ``factor`` seen so far."""
+        index = self.factor_labels(factor)
+        return 0 if index is None else len(index)
 
     def result(self) -> tuple[dict[str, np.ndarray], np.ndarray, CrossProducts]:
         """Sorted labels per factor, sorted stratum labels, and the summed cross-products.
@@ -322,7 +604,8 @@ class Accumulator:
         if self._template is None:
             raise ValueError("no data: every chunk was empty (or had only rows of weight 0)")
         order, labels = {}, {}
-        for factor, index in self._factor_labels.items():
+        coding = self if self._levels_of is None else self._levels_of
+        for factor, index in coding._factor_labels.items():
             try:
                 sorted_labels, perm = index.sort_values(return_indexer=True)
             except TypeError:  # unorderable mixed labels: keep order of appearance

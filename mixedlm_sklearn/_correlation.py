@@ -40,6 +40,12 @@ rows (weights and ``log|R|`` closed forms in ``u``), as the strata's variances a
 with more than :data:`MAX_COMPONENTS` distinct lags (continuous times with irregular
 gaps) or group sizes are fitted by the outer search: the deviance profiled over ``u`` by
 a grid and a bounded Brent search around whole fits of the whitened rows.
+
+The components are sums over residual groups, so those of rows read in chunks (or Dask
+partitions) that each hold whole residual groups add up to those of all rows
+(:mod:`._chunked`); :func:`fit_components` fits from them alone, the structures reading
+only a :class:`RowsSummary` of the rows. The outer search needs the rows: it is not run
+from chunks.
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ import numpy as np
 
 from ._deviance import Deviance
 
-__all__ = ["CorrelationStructure", "CorrelationRows", "STRUCTURES", "structure", "check_nested",
-           "CorrelationSpec", "parse_spec"]
+__all__ = ["CorrelationStructure", "CorrelationRows", "RowsSummary", "STRUCTURES", "structure",
+           "check_nested", "CorrelationSpec", "parse_spec", "components", "fit_components"]
 
 # Internal parameters are searched within these bounds: correlations within about 1e-9
 # of their limits (beyond, 1 - phi^2 loses all its digits).
@@ -93,6 +99,23 @@ class CorrelationRows:
     def n_max(self) -> int:
         return int(self.sizes.max(initial=1))
 
+    @property
+    def inner_gap_min(self) -> float | None:
+        """The shortest time between consecutive rows of a group (None: no group has two rows)."""
+        inner = self.gaps[self.same]
+        return float(inner.min()) if inner.size else None
+
+    @property
+    def inner_gap_sum(self) -> float | None:
+        """The sum of the times between consecutive rows of the groups (None: no group has
+        two rows)."""
+        inner = self.gaps[self.same]
+        return float(inner.sum()) if inner.size else None
+
+    def summary(self) -> "RowsSummary":
+        """What the structures' bounds and scales need of the rows (:class:`RowsSummary`)."""
+        return RowsSummary(self.n, self.n_max, self.inner_gap_min, self.inner_gap_sum)
+
     @classmethod
     def from_arrays(cls, codes: np.ndarray, times: np.ndarray | None, integer: bool,
                     group_name: str = "correlation_groups") -> "CorrelationRows":
@@ -129,6 +152,28 @@ class CorrelationRows:
                                  "the rows of each group by time")
             gaps[~same] = 1.0
         return cls(order, same, gaps, starts, sizes)
+
+
+@dataclass(frozen=True)
+class RowsSummary:
+    """What a structure's bounds, parameter scale and singularity check read of the rows:
+    their number, the largest group and the shortest and summed times between consecutive
+    rows of a group (the attributes of :class:`CorrelationRows` of the same names). A fit
+    from chunks (:mod:`._chunked`) holds this instead of the rows; the summaries of chunks
+    whose residual groups are disjoint add up (:meth:`merged`)."""
+
+    n: int
+    n_max: int
+    inner_gap_min: float | None
+    inner_gap_sum: float | None
+
+    def merged(self, other: "RowsSummary") -> "RowsSummary":
+        def both(a, b, f):
+            return b if a is None else a if b is None else f(a, b)
+
+        return RowsSummary(self.n + other.n, max(self.n_max, other.n_max),
+                           both(self.inner_gap_min, other.inner_gap_min, min),
+                           both(self.inner_gap_sum, other.inner_gap_sum, lambda a, b: a + b))
 
 
 class CorrelationStructure:
@@ -211,7 +256,10 @@ class _Markov(CorrelationStructure):
         return np.where(rows.same, c, 0.0)
 
     def near_singular(self, value, rows):
-        return bool(np.any(np.abs(self._lag_corr(rows, value)) > 1.0 - 1e-6))
+        # |c(d)| decreases in the gap d (>= 1 for ar1's integer positions): the shortest
+        # gap's is the largest
+        d = rows.inner_gap_min
+        return d is not None and bool(abs(float(self.correlation(value, d))) > 1.0 - 1e-6)
 
     def whiten(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
         c = self._lag_corr(rows, value)
@@ -279,8 +327,7 @@ class CAR1(_Markov):
     def bounds(self, rows):
         # down to a correlation of 1e-10 at the shortest gap (phi^d with d << 1 stays large
         # for a tiny phi: the search must reach far below the usual bound)
-        inner = rows.gaps[rows.same]
-        d_min = float(inner.min()) if inner.size else 1.0
+        d_min = rows.inner_gap_min if rows.inner_gap_min is not None else 1.0
         return min(-_MAX_INTERNAL, np.log(1e-10) / d_min), _MAX_INTERNAL
 
     def boundary_value(self):
@@ -292,9 +339,8 @@ class Exp(_Markov):
 
     def bounds(self, rows):
         # range from far below the smallest gap to far above the largest time span
-        inner = rows.gaps[rows.same]
-        lo = float(inner.min()) if inner.size else 1.0
-        hi = float(inner.sum()) if inner.size else 1.0
+        lo = rows.inner_gap_min if rows.inner_gap_min is not None else 1.0
+        hi = rows.inner_gap_sum if rows.inner_gap_sum is not None else 1.0
         return float(np.log(lo) - 6.0), float(np.log(max(hi, lo)) + 12.0)
 
     def value(self, u, rows):
@@ -469,6 +515,8 @@ class Components:
         The distinct lags (Markov) or group sizes (compound symmetry).
     counts : ndarray
         Rows per lag class (Markov) or groups per size (compound symmetry).
+    weighted : bool
+        Whether the rows had prior weights (each row scaled by ``sqrt(w)``).
     """
 
     cp: object
@@ -476,6 +524,12 @@ class Components:
     rows: CorrelationRows
     lags: np.ndarray
     counts: np.ndarray
+    weighted: bool = False
+
+    def rows_products(self):
+        """The cross-products of the rows as given (prior-weighted, not whitened): the sum
+        of the components that hold each row once (those with rows counted in ``n_obs``)."""
+        return self.cp.combined((self.cp.n_obs > 0).astype(float), row_weights=False)
 
     @property
     def markov(self) -> bool:
@@ -497,6 +551,20 @@ class Components:
         w = np.concatenate([[1.0 / (1.0 - rho)], -rho / g])
         dw = np.concatenate([[1.0 / (1.0 - rho) ** 2], -(g - rho * dg) / (g * g)]) * drho
         return w, dw
+
+    def median_lag(self) -> float:
+        """The median of the lags between consecutive rows of a group (Markov structures),
+        each lag as its class's."""
+        order = np.argsort(self.lags)
+        lags, cum = self.lags[order], np.cumsum(self.counts[order])
+        n = int(cum[-1])
+        at = np.searchsorted(cum, [(n - 1) // 2, n // 2], side="right")
+        return float(0.5 * (lags[at[0]] + lags[at[1]]))
+
+    def whitened(self, u: float):
+        """The cross-products of the rows whitened at internal parameter ``u`` (the
+        components combined) and ``log|R|`` there."""
+        return self.cp.combined(self.weights(u)[0], row_weights=False), self.logdet(u)[0]
 
     def logdet(self, u: float) -> tuple[float, float]:
         """``log|R|`` at internal parameter ``u`` and its derivative in ``u``."""
@@ -576,7 +644,8 @@ def components(data: "CorrelatedRows") -> Components | None:
         cp, n_obs=np.array(n_obs),
         sum_log_weights=np.append(data.sum_log_weights, np.zeros(len(n_obs) - 1)),
         counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(data.factors, data.terms)))
-    return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts)
+    return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts,
+                      data.weights is not None)
 
 
 class JointDeviance(Deviance):
@@ -598,11 +667,11 @@ class JointDeviance(Deviance):
         self.n_ratios = 0
 
     def residual_start(self) -> np.ndarray:
-        st, rows = self.components.structure, self.components.rows
+        comps = self.components
+        st, rows = comps.structure, comps.rows
         lo, hi = st.bounds(rows)
-        if isinstance(st, Exp):  # a range of the typical lag
-            inner = rows.gaps[rows.same]
-            return np.array([np.clip(np.log(np.median(inner)) if inner.size else 0.0, lo, hi)])
+        if isinstance(st, Exp) and comps.counts.sum():  # a range of the typical lag
+            return np.array([np.clip(np.log(comps.median_lag()), lo, hi)])
         return np.array([np.clip(0.0, lo, hi)])
 
     def lower_bounds(self) -> np.ndarray:
@@ -743,16 +812,23 @@ class WhitenedDeviance:
             "must re-estimate the correlation: fit the model again with the estimator")
 
 
-def _deviance_at(data: CorrelatedRows, reml: bool, solver: str, max_iter: int, tol: float,
-                 value: float):
-    """``(deviance, dev, sol, info)`` at parameter ``value``, theta re-optimised."""
+def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, max_iter: int,
+                 tol: float, value: float):
+    """``(deviance, dev, sol, info)`` at parameter ``value``, theta re-optimised; ``data``
+    the rows (whitened at ``value``) or their :class:`Components` (combined there)."""
     from ._model import fit_model
 
     st, rows = data.structure, data.rows
-    cp = data.cross_products(value)
+    if isinstance(data, Components):
+        edge = st.boundary_value()
+        u = -np.inf if edge is not None and value == edge else st.internal(value, rows)
+        with np.errstate(all="ignore"):
+            cp, logdet = data.whitened(u)
+    else:
+        cp, logdet = data.cross_products(value), st.logdet(rows, value)
     with np.errstate(all="ignore"):
         dev, sol, info = fit_model(cp, reml, solver=solver, max_iter=max_iter, tol=tol)
-    dev = WhitenedDeviance(dev, st.logdet(rows, value))
+    dev = WhitenedDeviance(dev, logdet)
     sol = dev.solution(sol.x)
     return float(sol.deviance), dev, sol, info
 
@@ -763,8 +839,9 @@ class FittedCorrelation:
 
     Attributes
     ----------
-    data : CorrelatedRows
-        The rows (residual-group order) and the structure.
+    data : CorrelatedRows or None
+        The rows (residual-group order) and the structure; None for a fit from chunks,
+        which keeps :attr:`components` instead.
     value : float
         The estimate on nlme's scale (``Phi``, ``range``, ``Rho``).
     internal : float
@@ -779,9 +856,13 @@ class FittedCorrelation:
     solver : str
     max_iter : int
     tol : float
+    components : Components or None
+        Of a fit from chunks (no rows): the whitened cross-products' components, from which
+        the profile, the solution at other parameters and the refits (ML, REML) are
+        computed.
     """
 
-    data: CorrelatedRows
+    data: CorrelatedRows | None
     value: float
     internal: float
     group_name: str
@@ -791,10 +872,29 @@ class FittedCorrelation:
     solver: str = "auto"
     max_iter: int = 1000
     tol: float = 1e-8
+    components: Components | None = None
+
+    @property
+    def source(self) -> "CorrelatedRows | Components":
+        """The rows, or the components of a fit from chunks."""
+        return self.data if self.data is not None else self.components
 
     @property
     def structure(self) -> CorrelationStructure:
-        return self.data.structure
+        return self.source.structure
+
+    @property
+    def rows(self) -> "CorrelationRows | RowsSummary":
+        return self.source.rows
+
+    def rows_statistics(self) -> tuple[np.ndarray, float]:
+        """``[X y]'W[X y]`` of the rows as given (prior weights ``W``, not whitened) and
+        ``sum log w``: what tells two fits' data apart (:func:`~.inference.lrt.check_same_data`)."""
+        if self.data is None:
+            cp = self.components.rows_products()
+            return cp.xyxy[0], float(cp.sum_log_weights[0])
+        D = self.data.scaled()[:, :self.data.X.shape[1] + 1]
+        return D.T @ D, self.data.sum_log_weights
 
     @property
     def name(self) -> str:
@@ -805,13 +905,13 @@ class FittedCorrelation:
         """Whether the estimate makes ``R`` (nearly) singular: e.g. compound symmetry at
         rho -> -1/(n_max - 1), where a group's mean residual fitted exactly by random
         effects makes the likelihood unbounded, or phi -> 1."""
-        return self.structure.near_singular(self.value, self.data.rows)
+        return self.structure.near_singular(self.value, self.rows)
 
     def deviance_at(self, u: float, reml: bool | None = None) -> float:
         """The deviance profiled over theta (and beta, sigma) at internal parameter ``u``."""
         reml = self.reml if reml is None else reml
-        value = self.structure.value(float(u), self.data.rows)
-        return _deviance_at(self.data, reml, self.solver, self.max_iter, self.tol, value)[0]
+        value = self.structure.value(float(u), self.rows)
+        return _deviance_at(self.source, reml, self.solver, self.max_iter, self.tol, value)[0]
 
     def profile_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """The profile-likelihood interval of the parameter (nlme's scale): where the deviance,
@@ -820,7 +920,7 @@ class FittedCorrelation:
         from scipy import optimize, stats
 
         q = float(stats.chi2.ppf(1.0 - alpha, 1))
-        st, rows = self.structure, self.data.rows
+        st, rows = self.structure, self.rows
         lo, hi = self.bounds
 
         def excess(u: float) -> float:
@@ -848,9 +948,13 @@ class FittedCorrelation:
         """The solution (deviance with ``log|R|``) at ``x = (theta, eta)`` and internal
         correlation parameter ``u``, no optimisation; ``prototype`` a deviance of the
         whitened data whose plan serves."""
-        value = self.structure.value(float(u), self.data.rows)
-        inner = prototype.with_data(self.data.cross_products(value), self.reml)
-        dev = WhitenedDeviance(inner, self.structure.logdet(self.data.rows, value))
+        if self.data is None:
+            with np.errstate(all="ignore"):
+                cp, logdet = self.components.whitened(float(u))
+        else:
+            value = self.structure.value(float(u), self.rows)
+            cp, logdet = self.data.cross_products(value), self.structure.logdet(self.rows, value)
+        dev = WhitenedDeviance(prototype.with_data(cp, self.reml), logdet)
         with np.errstate(all="ignore"):
             return dev.solution(np.asarray(x, dtype=float))
 
@@ -860,14 +964,22 @@ class FittedCorrelation:
         other random effects ``(factors, terms)``, the factors in the rows' own order):
         :func:`fit_correlated`'s ``(deviance, solution, info, FittedCorrelation)``."""
         data = self.data
+        max_iter = self.max_iter if max_iter is None else max_iter
+        tol = self.tol if tol is None else tol
+        reml = self.reml if reml is None else bool(reml)
+        if data is None:
+            if random is not None:
+                raise NotImplementedError(
+                    "refits with other random effects need the fit's rows; a fit from chunks "
+                    "or Dask keeps only their cross-products: fit the data in memory")
+            return fit_components(self.components, reml, self.group_name, self.solver, max_iter,
+                                  tol)
         if random is not None:
             factors, terms = random
             o = data.rows.order
             data = dataclasses.replace(data, terms=terms, factors=tuple(
                 (np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors))
-        return fit_correlated(data, self.reml if reml is None else bool(reml), self.group_name,
-                              self.solver, self.max_iter if max_iter is None else max_iter,
-                              self.tol if tol is None else tol)
+        return fit_correlated(data, reml, self.group_name, self.solver, max_iter, tol)
 
     def describe(self) -> str:
         """nlme's spelling of the structure and the estimate: ``corAR1(form = ~ visit | Mare),
@@ -979,7 +1091,8 @@ def fit_correlated(data: CorrelatedRows, reml: bool, group_name: str, solver: st
 
 def _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, a, sol):
     """The fit at the bound of independent residuals where a bracket reaching down to the
-    lowest bound ends there and the bound is better (None otherwise)."""
+    lowest bound ends there and the bound is better (None otherwise). ``data``: the rows
+    (:class:`CorrelatedRows`) or their :class:`Components`."""
     edge = st.boundary_value()
     if edge is None or u_hat - a > 1e-3:
         return None
@@ -1004,24 +1117,35 @@ def _search_grid(lo: float, hi: float) -> np.ndarray:
 
 def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, max_iter: int,
                tol: float, start: tuple | None):
-    """:func:`fit_correlated` by one optimiser over ``x = (theta, u)``
-    (:class:`JointDeviance`), started from the best point of a grid of ``u`` (the deviance
-    may have local minima in it: a random intercept against a strong correlation), where
-    theta is found by a local search on the components combined at each ``u`` (no pass
-    over the rows). With ``start`` (a refit to a simulated response) one search from it.
-    None where the rows have too many components (or the iterative solver is asked for):
-    the outer search fits.
-    """
-    from ._model import minimise
-    from ._optimize import ITERATION_LIMIT
-    from ._threads import single_threaded_blas
-
+    """:func:`fit_components` of the rows' :class:`Components`; None where the rows have
+    too many components (or the iterative solver is asked for): the outer search fits."""
     if solver == "iterative":
         return None
     comps = components(data)
     if comps is None:
         return None
-    st, rows = data.structure, data.rows
+    return fit_components(comps, reml, group_name, solver, max_iter, tol, start, data)
+
+
+def fit_components(comps: Components, reml: bool, group_name: str, solver: str = "auto",
+                   max_iter: int = 1000, tol: float = 1e-8, start: tuple | None = None,
+                   data: CorrelatedRows | None = None):
+    """:func:`fit_correlated`'s result by one optimiser over ``x = (theta, u)``
+    (:class:`JointDeviance`), started from the best point of a grid of ``u`` (the deviance
+    may have local minima in it: a random intercept against a strong correlation), where
+    theta is found by a local search on the components combined at each ``u`` (no pass
+    over the rows). With ``start`` (a refit to a simulated response) one search from it.
+
+    ``data``: the rows the components are of, where they are in memory; the solution is
+    then formed from the rows whitened at the estimate. Without them (a fit from chunks,
+    :mod:`._chunked`, whose components were added up) everything comes from the
+    components, and :class:`FittedCorrelation` keeps them instead of the rows.
+    """
+    from ._model import minimise
+    from ._optimize import ITERATION_LIMIT
+    from ._threads import single_threaded_blas
+
+    st, rows = comps.structure, comps.rows
     lo, hi = st.bounds(rows)
     dev = JointDeviance(comps, reml)
     with single_threaded_blas(), np.errstate(all="ignore"):
@@ -1068,13 +1192,25 @@ def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, m
                 sol, info = dev.solution(np.append(held.x, u)), held_info
     theta, u_hat = sol.x[:-1], float(sol.x[-1])
     value = st.value(u_hat, rows)
-    # the solution from the rows whitened at the estimate (as the outer search's)
-    wdev = WhitenedDeviance(Deviance(data.cross_products(value), reml), st.logdet(rows, value))
+    # the solution from the rows whitened at the estimate (as the outer search's), or from
+    # the components combined there
+    if data is not None:
+        wdev = WhitenedDeviance(Deviance(data.cross_products(value), reml), st.logdet(rows, value))
+    else:
+        wdev = WhitenedDeviance(*_whitened_deviance(comps, u_hat, reml))
     with np.errstate(all="ignore"):
         wsol = wdev.solution(theta)
-    on_edge = _edge_fit(data, reml, solver, max_iter, tol, st, u_hat, lo, wsol)
+    source = data if data is not None else comps
+    on_edge = _edge_fit(source, reml, solver, max_iter, tol, st, u_hat, lo, wsol)
     if on_edge is not None:
         (_, wdev, wsol, info), u_hat, value = on_edge, -np.inf, st.boundary_value()
     fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(wsol.deviance),
-                               solver, max_iter, tol)
+                               solver, max_iter, tol, None if data is not None else comps)
     return wdev, wsol, info, fitted
+
+
+def _whitened_deviance(comps: Components, u: float, reml: bool) -> tuple:
+    """The deviance of the components combined at ``u`` (the whitened rows') and ``log|R|``."""
+    with np.errstate(all="ignore"):  # u = -inf: the bound of independent residuals
+        cp, logdet = comps.whitened(u)
+    return Deviance(cp, reml), logdet

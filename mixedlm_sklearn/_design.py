@@ -16,13 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ._rows import Design
+from ._terms import INTERCEPT  # defined with the terms: the engine names it too
 from ._validation import as_design, encode_groups
 
 __all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "several_factors",
            "z_by_factor", "factor_frame", "group_name", "column_names", "term_is_diagonal"]
-
-#: Name of the intercept column (fixed or random), as lme4 prints it.
-INTERCEPT = "(Intercept)"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ._family import Family, gaussian
 from ._glmm import GLMMDeviance, fit_glmm, fit_with_fixed_family
 from ._iterative import IterativeDeviance, IterativePlan
 from ._optimize import OptimizerInfo, finish_from, fit, fit_stochastic
-from ._terms import Terms
+from ._terms import INTERCEPT, Terms
 from ._threads import single_threaded_blas
 
 __all__ = ["FittedModel", "ProfiledDeviance", "fit_model", "minimise", "choose_solver", "SOLVERS"]
@@ -349,6 +349,18 @@ class FittedModel:
             X = self.deviance.X
             ztz = [Z.T @ Z for _, Z in self.deviance.factors]
             return beta, X.T @ X, X.sum(axis=0), float(X.shape[0]), ztz
+        if self.correlation is not None and self.correlation.data is None:
+            # a fit from chunks: the components that hold each row once give the moments
+            # of the rows as given, where they are unweighted and X has the intercept
+            comps = self.correlation.components
+            if comps.weighted or self.fe_names[:1] != [INTERCEPT]:
+                raise NotImplementedError(
+                    "R2 and the ICC of a fit from chunks with correlated residuals need the "
+                    "rows' unweighted moments, which its cross-products hold only without "
+                    "sample_weight and with an intercept: fit the data in memory")
+            cp = comps.rows_products()
+            xtx = cp.xyxy[0][:cp.p, :cp.p]
+            return beta, xtx, xtx[0], float(cp.n), [d[0].sum(axis=-1) for d in cp.diag]
         if self.correlation is not None:
             # the deviance's cross-products are those of the whitened rows: the moments of
             # the rows as given (R2's variances are of the data, the residual's sigma^2)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "INTERCEPT",
     "Term",
     "Terms",
     "lambda_from_theta",
@@ -24,6 +25,9 @@ __all__ = [
     "theta_index",
     "theta_lower_bounds",
 ]
+
+#: Name of the intercept column (fixed or random), as lme4 prints it.
+INTERCEPT = "(Intercept)"
 
 
 @functools.lru_cache(maxsize=64)

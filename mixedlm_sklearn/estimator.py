@@ -7,6 +7,7 @@ the cross-products (:mod:`._design`, :mod:`._crossprod`), runs the fit
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,7 @@ from ._correlation import (
     CorrelatedRows,
     CorrelationRows,
     check_nested,
+    fit_components,
     fit_correlated,
     parse_spec,
     structure,
@@ -183,8 +185,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
         evaluated. With ``sample_weight`` ``w`` (positive) the residual covariance of a
         group is ``scale * W^{-1/2} R W^{-1/2}`` (nlme's ``weights = varFixed(~ 1/w)``
-        next to the correlation). Fitted with the exact solver; not combined with
-        ``residual_groups``, several responses, chunks or Dask. Default None:
+        next to the correlation). Also from chunks (:meth:`fit_chunks`) and Dask
+        partitions that each hold whole residual groups. Fitted with the exact solver;
+        not combined with ``residual_groups`` or several responses. Default None:
         independent residuals.
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
@@ -389,7 +392,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         correlation_groups : array-like of shape (n,), optional
             With ``correlation``: the residual group of each row (nlme's ``form = ~ t |
             g``); rows of different groups are independent. Default: the grouping factor
-            (needed with several factors or none).
+            (needed with several factors or none). With Dask input, ``time`` and
+            ``correlation_groups`` are Dask Series of the same partitions, and each
+            residual group's rows must lie in one partition.
 
         Returns
         -------
@@ -494,30 +499,12 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
     def _fit(self, X, y, groups, Z, sample_weight, residual_groups,
              offset: np.ndarray | None = None, correlated: dict | None = None) -> "MixedLMRegressor":
         self._remember_z_names(Z)
-        corr_structure = None
-        if self.correlation is not None:
-            spec = parse_spec(self.correlation)
-            if spec.names_columns and not (correlated or {}).get("from_formula"):
-                raise ValueError(
-                    f"correlation={self.correlation!r} names columns, which are read in formula "
-                    "mode (formula=... or lmer); with arrays give the structure's name and pass "
-                    "time= and correlation_groups= to fit")
-            corr_structure = structure(spec.name)
-            unsupported = {"residual_groups": residual_groups}
-            for name, value in unsupported.items():
-                if value is not None:
-                    raise NotImplementedError(
-                        f"correlation= is not combined with {name} yet; supported: one response "
-                        "in memory, any random-effects terms the residual groups are nested in")
-            if is_dask_collection(X):
-                raise NotImplementedError("correlation= needs the rows in memory (not Dask)")
-            if self.solver == "iterative":
-                # the correlation's search needs exact deviances (a stochastic estimate's
-                # noise would move its optimum)
-                raise NotImplementedError("correlation= is fitted with solver='exact' (or 'auto'); "
-                                          "the iterative solver's deviance is a stochastic estimate")
+        corr_structure = self._correlation_structure(
+            residual_groups, (correlated or {}).get("from_formula", False), "time= and "
+            "correlation_groups= to fit")
         if is_dask_collection(X):
-            return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups)
+            return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups,
+                                  corr_structure, correlated or {})
         index = X.index if isinstance(X, pd.DataFrame) else None
         X = _check_frame(X)
         X_names_src = X
@@ -586,6 +573,29 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                  several, design, correlation=corr)
         return self
 
+    def _correlation_structure(self, residual_groups: Any, from_formula: bool, columns: str):
+        """The structure of ``correlation`` (None without), after the checks every fit
+        (arrays, chunks, Dask) makes; ``columns`` says where the time and the residual groups
+        are given."""
+        if self.correlation is None:
+            return None
+        spec = parse_spec(self.correlation)
+        if spec.names_columns and not from_formula:
+            raise ValueError(
+                f"correlation={self.correlation!r} names columns, which are read in formula "
+                f"mode (formula=... or lmer); otherwise give the structure's name and pass "
+                f"{columns}")
+        if residual_groups is not None:
+            raise NotImplementedError(
+                "correlation= is not combined with residual_groups yet; supported: one response, "
+                "any random-effects terms the residual groups are nested in")
+        if self.solver == "iterative":
+            # the correlation's search needs exact deviances (a stochastic estimate's
+            # noise would move its optimum)
+            raise NotImplementedError("correlation= is fitted with solver='exact' (or 'auto'); "
+                                      "the iterative solver's deviance is a stochastic estimate")
+        return structure(spec.name)
+
     def _correlation_rows(self, st, given: dict, terms_in: list, n: int) -> tuple:
         """The structure, its rows and the residual groups' name, checked."""
         groups = given.get("correlation_groups")
@@ -625,6 +635,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         Z: Sequence[str] | dict | None = None,
         sample_weight: str | None = None,
         residual_groups: str | None = None,
+        time: str | None = None,
+        correlation_groups: str | None = None,
     ) -> "MixedLMRegressor":
         """Fit from an iterable of DataFrames, e.g. a file read in chunks.
 
@@ -632,6 +644,15 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         chunk plus a few numbers per level (and per pair of levels of crossed factors that
         share a row); a level may span chunks. The result equals :meth:`fit` on the
         concatenated data (to rounding).
+
+        With ``correlation`` (correlated residuals within residual groups), each chunk's
+        whitened cross-products are reduced to the components of the joint fit (per lag
+        between consecutive rows, or per group size for ``"cs"``) and added up by level
+        label and lag, so the fit equals :meth:`fit` with ``time=`` and
+        ``correlation_groups=``. Every residual group must have all its rows in one chunk,
+        in time order (a group seen in two chunks is refused, naming it), and the data at
+        most 16 distinct lags (group sizes): the outer search that more need is not run from
+        chunks.
 
         Parameters
         ----------
@@ -652,6 +673,13 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             Column of prior weights.
         residual_groups : str, optional
             Column of the residual strata (a residual variance per stratum).
+        time : str, optional
+            With ``correlation``: column of the time (car1, exp) or integer position (ar1)
+            of each row, increasing strictly within a residual group. Default: the rows'
+            order within their group.
+        correlation_groups : str, optional
+            With ``correlation``: column of the residual groups. Default: the grouping
+            factor (needed with several factors).
 
         Returns
         -------
@@ -681,6 +709,19 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         ...     chunks, y="Reaction", groups="Subject", X=["Days"], Z=["(Intercept)", "Days"])
         >>> round(est.llf_, 3)
         -871.814
+
+        AR(1) residuals within each subject (every subject's rows in one chunk), as
+        ``fit(..., time=df["Days"])``:
+
+        >>> chunks = (df.iloc[i:i + 60] for i in range(0, len(df), 60))
+        >>> ar1 = MixedLMRegressor(correlation="ar1").fit_chunks(
+        ...     chunks, y="Reaction", groups="Subject", X=["Days"], time="Days")
+        >>> in_memory = MixedLMRegressor(correlation="ar1").fit(
+        ...     df[["Days"]], df["Reaction"], groups=df["Subject"], time=df["Days"])
+        >>> round(ar1.correlation_params_["Phi"], 4), round(ar1.llf_, 4)
+        (0.6531, -868.0955)
+        >>> bool(abs(ar1.llf_ - in_memory.llf_) < 1e-8)
+        True
         """
         self._validate_params()
         if self.formula is not None:
@@ -703,19 +744,38 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             z_cols = {group_cols[0]: list(Z)}
         else:
             z_cols = {}
+        if self.correlation is None and (time is not None or correlation_groups is not None):
+            given = [k for k, v in {"time": time, "correlation_groups": correlation_groups}.items()
+                     if v is not None]
+            raise TypeError(f"{' and '.join(given)} describe correlated residuals: they need "
+                            "correlation='ar1', 'car1', 'exp' or 'cs'")
         with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
+            st = self._correlation_structure(residual_groups, False, "the columns as time= and "
+                                             "correlation_groups=")
+            correlation = None
+            if st is not None:
+                if correlation_groups is None and len(group_cols) != 1:
+                    raise ValueError("correlation= needs correlation_groups= (the residual groups) "
+                                     "when the model has several grouping factors")
+                correlation = (st, correlation_groups, time,
+                               f"~ {time or 1} | {correlation_groups or group_cols[0]}")
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
-            labels, strata_labels, cp = cross_products_from_chunks(
+            labels, strata_labels, cp, comps = cross_products_from_chunks(
                 chunks, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
                 residual_groups=residual_groups, intercept=self.fit_intercept,
-                cov_type=self.cov_type, verbose=self.verbose)
-            self._fit_external(cp, [str(c) for c in X], labels, strata_labels, len(group_cols) > 1)
+                cov_type=self.cov_type, verbose=self.verbose, correlation=correlation)
+            self._fit_external(cp, [str(c) for c in X], labels, strata_labels, len(group_cols) > 1,
+                               None if comps is None else (comps, correlation[3]))
             return self
 
-    def _fit_dask(self, X, y, groups, Z, sample_weight, residual_groups) -> "MixedLMRegressor":
+    def _fit_dask(self, X, y, groups, Z, sample_weight, residual_groups, st=None,
+                  correlated: dict | None = None) -> "MixedLMRegressor":
+        correlated = correlated or {}
+        corr_groups, corr_time = correlated.get("correlation_groups"), correlated.get("time")
         check_dask_inputs(X=X, y=y, groups=groups, sample_weight=sample_weight,
-                          residual_groups=residual_groups,
+                          residual_groups=residual_groups, correlation_groups=corr_groups,
+                          time=corr_time,
                           **({f"Z[{k!r}]": v for k, v in Z.items()} if isinstance(Z, dict) else {"Z": Z}))
         names = list(groups.columns) if hasattr(groups, "columns") else [group_name(groups)]
         if Z is None:
@@ -726,14 +786,24 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             z = {names[0]: Z}
         if not hasattr(groups, "columns"):
             groups = groups.rename(names[0]) if getattr(groups, "name", None) != names[0] else groups
-        labels, strata_labels, cp = cross_products_from_dask(
+        correlation = None
+        if st is not None:
+            if corr_groups is None and len(names) != 1:
+                raise ValueError("correlation= needs correlation_groups= (the residual groups) "
+                                 "when the model has several grouping factors")
+            name = names[0] if corr_groups is None else group_name(corr_groups)
+            time_name = "1" if corr_time is None else str(getattr(corr_time, "name", None) or "time")
+            correlation = (st, corr_groups, corr_time, f"~ {time_name} | {name}")
+        labels, strata_labels, cp, comps = cross_products_from_dask(
             X, y, groups, z, sample_weight, residual_groups, intercept=self.fit_intercept,
-            cov_type=self.cov_type, verbose=self.verbose)
-        self._fit_external(cp, [str(c) for c in X.columns], labels, strata_labels, len(names) > 1)
+            cov_type=self.cov_type, verbose=self.verbose, correlation=correlation)
+        self._fit_external(cp, [str(c) for c in X.columns], labels, strata_labels, len(names) > 1,
+                           None if comps is None else (comps, correlation[3]))
         return self
 
     def _fit_external(self, cp: CrossProducts, x_names: list[str], labels: dict,
-                      strata_labels: np.ndarray | None, several: bool) -> None:
+                      strata_labels: np.ndarray | None, several: bool,
+                      correlation: tuple | None = None) -> None:
         """Finish a fit whose cross-products were computed outside ``fit`` (chunks, Dask)."""
         for name, lab in labels.items():
             if lab.size < 2:
@@ -743,12 +813,15 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         self.feature_names_in_ = np.asarray(x_names, dtype=object)
         if strata_labels is not None and strata_labels.size == 1 and strata_labels[0] == "(all)":
             strata_labels = None
-        self._fit_cross_products(cp, x_names, labels, strata_labels, several, None)
+        self._fit_cross_products(cp, x_names, labels, strata_labels, several, None, correlation)
 
     def _fit_cross_products(self, cp: CrossProducts, x_names: list[str], labels: dict,
                             strata_labels: np.ndarray | None, several: bool,
                             design: Design | None, correlation: tuple | None = None) -> None:
-        """Everything after the cross-products: checks, optimisation, fitted attributes."""
+        """Everything after the cross-products: checks, optimisation, fitted attributes.
+
+        ``correlation``: ``(structure, rows, name)`` with the rows in ``design``, or
+        ``(components, name)`` of a fit from chunks or Dask (no rows)."""
         fe_names = ([INTERCEPT] if self.fit_intercept else []) + list(x_names)
         if not fe_names:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
@@ -782,7 +855,14 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             # least squares with as many rows as kept columns: no residual df for REML
             reml = self.reml if len(terms) else least_squares_reml(self.reml, cp.n, len(fe_names))
             fitted_corr = None
-            if correlation is not None:
+            if correlation is not None and design is None:
+                comps, corr_name = correlation
+                if rank.deficient:
+                    comps = dataclasses.replace(comps, cp=comps.cp.select_fixed(
+                        np.flatnonzero(rank.kept)))
+                dev, sol, info, fitted_corr = fit_components(
+                    comps, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
+            elif correlation is not None:
                 st, rows, corr_name = correlation
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
                 data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms,

@@ -114,7 +114,10 @@ class LRTestResult:  # numpydoc ignore=PR01
 
 
 def _statistics(model: FittedModel) -> tuple[np.ndarray, float]:
-    """``[X y]'W[X y]`` with the prior weights only, and ``sum log w``."""
+    """``[X y]'W[X y]`` with the prior weights only, and ``sum log w`` (of the rows as given:
+    with correlated residuals the deviance's cross-products are those of whitened rows)."""
+    if model.correlation is not None:
+        return model.correlation.rows_statistics()
     comb = model.cross_products.combined()
     return comb.xyxy[0], float(comb.sum_log_weights[0])
 
