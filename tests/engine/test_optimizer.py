@@ -383,6 +383,31 @@ def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_opti
     assert np.abs(resumed.theta[0] - best.x).max() < 1e-3 * np.abs(best.x).max()
 
 
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_batched_refit_normalises_by_flipping_columns(q, diagonal):
+    """The batched refit reports each replicate's ``L`` with a non-negative diagonal: the
+    columns with a negative diagonal entry flipped, so ``L L'`` is unchanged to the bit and
+    the other columns are left alone."""
+    from mixedlm_sklearn._batched_refit import OneTermBatch
+
+    rng = np.random.default_rng(q)
+    n, m = 40, 6
+    Z = np.column_stack([np.ones(n)] + [rng.standard_normal(n) for _ in range(q - 1)])
+    g = np.arange(n) % m
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    terms = Terms([Term("g", tuple(f"z{i}" for i in range(q)), m, diagonal)])
+    batch = OneTermBatch(cross_products(X, rng.standard_normal(n), [(g, Z)], terms), True)
+    theta = rng.standard_normal((25, batch.n_theta))
+    out = batch.normalised(theta)
+    L, L_out = batch.lams(theta)[..., 0], batch.lams(out)[..., 0]
+    diag = np.arange(q)
+    assert np.all(L_out[diag, diag] >= 0.0)
+    flipped = L[diag, diag] < 0.0  # (q, K)
+    assert np.array_equal(L_out, np.where(flipped[None], -L, L))
+    assert np.array_equal(np.einsum("abk,cbk->ack", L_out, L_out), np.einsum("abk,cbk->ack", L, L))
+
 # ---- the Newton routine every caller shares -------------------------------------------------
 
 
