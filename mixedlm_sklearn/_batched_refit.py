@@ -246,7 +246,8 @@ class OneTermBatch:
         return theta * signs[:, self.cols]
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False,
+            leader: int | None = None) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -269,6 +270,13 @@ class OneTermBatch:
         entries raised to a tenth of the largest entry (as the engine's restart from a
         saddle), instead of being reported unsettled; with ``known``, for the screening of
         the other starts, whose descent this continues.
+
+        ``leader`` (without ``known``): the replicate whose answer is the known minimum of
+        the others once it settles (none of its free entries near 0), so that a fit's
+        first search runs in the same batch as its other starts; it never joins. Until
+        then the others run on their own. Its answer is a minimum only if it is reported
+        settled (a held entry passes the check above): otherwise the others' joins are
+        void, and the caller screens them again.
         """
         K = products.n_responses
         nt = self.n_theta
@@ -365,6 +373,10 @@ class OneTermBatch:
                 ls_slope[midx] = (ga[move] * step[move]).sum(axis=1)
                 ls_t[midx] = 1.0
                 ls_pos_def[midx], ls_size[midx] = pos_def[move], size[move]
+            if leader is not None and known is None and settled[leader]:
+                lead = self.normalised(x[leader:leader + 1])
+                if not np.any(diagonal & ~fixed[leader] & (lead[0] < _SINGULAR_TOL * max(np.abs(lead).max(), 1e-300))):
+                    known, reach_known = lead, np.maximum(1.0, np.abs(lead).max(axis=1))
             # Backtracking (Armijo): the full step first; where it fails, the next
             # _HALVINGS halvings at once (the largest that passes is the one a sequential
             # search would take). Each trial comes with the Hessian's shifted gradients,
@@ -436,8 +448,11 @@ class OneTermBatch:
         near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
         settled &= ~near_zero.any(axis=1) & np.isfinite(value) & ~joined
         out = BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
-        if resume and escaping.any():
-            again = np.flatnonzero(escaping & ~joined)
+        again = np.flatnonzero(escaping & ~joined) if resume else np.empty(0, dtype=int)
+        if leader is not None:  # the leader is handed back as it is, not resumed
+            again = again[again != leader]
+            known_given = None if known is None else known[0]
+        if again.size:
             start = x[again].copy()
             start[fixed[again]] = 0.0
             raised = np.broadcast_to(0.1 * np.maximum(np.abs(start).max(axis=1), 1.0)[:, None], start.shape)
