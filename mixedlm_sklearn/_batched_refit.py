@@ -89,7 +89,8 @@ def _cholesky_inverse(C: np.ndarray) -> np.ndarray:
     """``(C C')^{-1}`` from lower factors (q, q, ...) with any trailing axes."""
     q = C.shape[0]
     eye = np.zeros(C.shape)  # (np.broadcast_to costs more than the array)
-    eye[np.arange(q), np.arange(q)] = 1.0
+    for i in range(q):  # (q assignments cost less than two index arrays)
+        eye[i, i] = 1.0
     c_inv = batched_solve_lower(C, eye, overwrite=True)
     return _mul(_t(c_inv), c_inv)
 
@@ -112,7 +113,9 @@ class BatchFit:
     at_bound : ndarray of bool (K, n_theta)
         Entries held at 0 (a singular fit).
     joined : ndarray of bool (K,)
-        Stopped on reaching the ``known`` minimum (see :meth:`OneTermBatch.fit`).
+        Stopped on reaching the ``known`` minimum (see :meth:`OneTermBatch.fit`); their
+        ``theta`` is where they stopped, their deviance, scale and beta are not evaluated
+        (NaN).
     """
 
     theta: np.ndarray
@@ -144,6 +147,9 @@ class OneTermBatch:
         p = self.p
         self.rows, self.cols = term.theta_position
         self.n_theta = self.rows.size
+        self._diag_q, self._diag_p = np.arange(self.q), np.arange(p)  # (made once: every evaluation indexes them)
+        # the entry of theta on the diagonal of each column of L
+        self._diag_entry = np.array([np.flatnonzero((self.rows == c) & (self.cols == c))[0] for c in range(self.q)])
         self.A = template.diag[0][0][:, :, None, :]  # (q, q, 1, m)
         self.ZX = template.zxy[0][0][:, :p, None, :]  # (q, p, 1, m)
         self.XX = template.xyxy[0][:p, :p]
@@ -176,10 +182,11 @@ class OneTermBatch:
         ZXY[:, p:] = ZY
         LA = _mul(Lt, self.A)  # L' A_l: (q, q, K, m)
         B = _mul(LA, L)
-        B[np.arange(q), np.arange(q)] += 1.0
+        dq, dp = self._diag_q, self._diag_p
+        B[dq, dq] += 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
             C = batched_cholesky(B)
-            log_diag = np.log(C[np.arange(q), np.arange(q)])
+            log_diag = np.log(C[dq, dq])
             if self.level_weights is not None:
                 log_diag = log_diag * self.level_weights
             logdet_m = 2.0 * log_diag.sum(axis=-1).sum(axis=0)
@@ -197,7 +204,7 @@ class OneTermBatch:
             r2 = np.maximum(r2, np.finfo(float).tiny)
             dev = logdet_m + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_w
             if self.reml:
-                dev += 2.0 * np.log(chol_a[np.arange(p), np.arange(p)]).sum(axis=0)
+                dev += 2.0 * np.log(chol_a[dp, dp]).sum(axis=0)
         dev = np.where(np.isfinite(dev), dev, np.inf)
         if not gradient:
             return dev, None, r2 / self.dof, beta.T
@@ -219,8 +226,9 @@ class OneTermBatch:
         grad = g[self.rows, self.cols].T
         return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
 
-    def _with_hessian(self, x: np.ndarray, products: ResponseProducts):
-        """Deviance, gradient and Hessian (K, nt, nt) at ``x`` (K, nt), in one evaluation.
+    def _with_hessian(self, x: np.ndarray, products: ResponseProducts, owners: np.ndarray):
+        """Deviance, gradient and Hessian (K, nt, nt) at ``x`` (K, nt), ``x[i]`` a point of
+        response ``owners[i]`` of ``products``, in one evaluation.
 
         The Hessian is from forward differences of the analytic gradient (steps relative
         to the entries): ``x`` and its ``nt`` shifted copies go through :meth:`evaluate`
@@ -228,19 +236,18 @@ class OneTermBatch:
         """
         K, nt = x.shape
         points, h = batched_shifts(x, with_center=True)  # (nt + 1, K, nt): x, then its shifts
-        value, grad = self.evaluate(points.reshape(-1, nt), _subset(products, np.tile(np.arange(K), nt + 1)))[:2]
+        value, grad = self.evaluate(points.reshape(-1, nt), _subset(products, np.tile(owners, nt + 1)))[:2]
         value, grad = value[:K], grad.reshape(nt + 1, K, nt)
         return value, grad[0], batched_fd_hessian(grad[1:], grad[0], h)
 
     def normalised(self, theta: np.ndarray) -> np.ndarray:
         """The same ``L L'`` with a non-negative diagonal (columns flipped)."""
-        L = self.lams(theta)[:, :, :, 0]
-        signs = np.where(L[np.arange(self.q), np.arange(self.q)] < 0, -1.0, 1.0)  # (q, K)
-        L = L * signs[None]
-        return L[self.rows, self.cols].T
+        signs = np.where(theta[:, self._diag_entry] < 0, -1.0, 1.0)  # (K, q): each column's
+        return theta * signs[:, self.cols]
 
     def fit(self, products: ResponseProducts, theta0: np.ndarray, max_iter: int = _MAX_NEWTON,
-            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False) -> BatchFit:
+            known: np.ndarray | None = None, join_tol: float = 1e-3, resume: bool = False,
+            leader: int | None = None) -> BatchFit:
         """Newton's method for every response from ``theta0`` (n_theta,) or from a start
         of its own (``theta0`` of shape (K, n_theta)), at most ``max_iter`` iterations (and
         at most 25).
@@ -263,6 +270,13 @@ class OneTermBatch:
         entries raised to a tenth of the largest entry (as the engine's restart from a
         saddle), instead of being reported unsettled; with ``known``, for the screening of
         the other starts, whose descent this continues.
+
+        ``leader`` (without ``known``): the replicate whose answer is the known minimum of
+        the others once it settles (none of its free entries near 0), so that a fit's
+        first search runs in the same batch as its other starts; it never joins. Until
+        then the others run on their own. Its answer is a minimum only if it is reported
+        settled (a held entry passes the check above): otherwise the others' joins are
+        void, and the caller screens them again.
         """
         K = products.n_responses
         nt = self.n_theta
@@ -277,7 +291,7 @@ class OneTermBatch:
         settled = np.zeros(K, dtype=bool)
         n_iter = np.zeros(K, dtype=int)
         scaled = np.full(K, np.inf)
-        value, grad, hess = self._with_hessian(x, products)
+        value, grad, hess = self._with_hessian(x, products, np.arange(K))
         eye = np.eye(nt, dtype=bool)
         joined = np.zeros(K, dtype=bool)
         if known is not None:  # (n_theta,) for every response, or (K, n_theta) one each
@@ -297,10 +311,13 @@ class OneTermBatch:
         while True:
             at_point = active & ~searching & (n_iter < budget)
             if known is not None and at_point.any():
-                near = at_point & (np.abs(self.normalised(x) - known).max(axis=1) < join_tol * reach_known)
-                joined |= near
-                active &= ~near
-                at_point &= ~near
+                pidx = np.flatnonzero(at_point)
+                kn = known if known.shape[0] == 1 else known[pidx]
+                rk = reach_known if known.shape[0] == 1 else reach_known[pidx]
+                near = pidx[np.abs(self.normalised(x[pidx]) - kn).max(axis=1) < join_tol * rk]
+                joined[near] = True
+                active[near] = False
+                at_point[near] = False
             idx = np.flatnonzero(at_point)
             hidx = np.empty(0, dtype=int)
             if idx.size:
@@ -311,11 +328,12 @@ class OneTermBatch:
                 ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
                 active[idx[~ok]] = False
                 step = np.zeros_like(xa)
-                vals, vecs = np.linalg.eigh(np.where(ok[:, None, None], H, np.eye(nt)))
+                vals, vecs = np.linalg.eigh(H if ok.all() else np.where(ok[:, None, None], H, np.eye(nt)))
                 pos_def = ok & np.all(vals > 0, axis=1)
                 # Where the Hessian is not positive definite (far from the optimum, or a flat
                 # direction near a zero variance), a descent step with |eigenvalues| floored.
-                vals = np.where(pos_def[:, None], vals, floored_eigenvalues(vals))
+                if not pos_def.all():
+                    vals = np.where(pos_def[:, None], vals, floored_eigenvalues(vals))
                 coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
                 step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
                 size = np.max(np.abs(step), axis=1)
@@ -355,6 +373,10 @@ class OneTermBatch:
                 ls_slope[midx] = (ga[move] * step[move]).sum(axis=1)
                 ls_t[midx] = 1.0
                 ls_pos_def[midx], ls_size[midx] = pos_def[move], size[move]
+            if leader is not None and known is None and settled[leader]:
+                lead = self.normalised(x[leader:leader + 1])
+                if not np.any(diagonal & ~fixed[leader] & (lead[0] < _SINGULAR_TOL * max(np.abs(lead).max(), 1e-300))):
+                    known, reach_known = lead, np.maximum(1.0, np.abs(lead).max(axis=1))
             # Backtracking (Armijo): the full step first; where it fails, the next
             # _HALVINGS halvings at once (the largest that passes is the one a sequential
             # search would take). Each trial comes with the Hessian's shifted gradients,
@@ -365,8 +387,8 @@ class OneTermBatch:
             back = sidx[~ls_first[sidx]]
             n_t = 1
             if back.size:  # (within the rows of a trial per replicate, or of a dozen)
-                n_t = int(np.clip((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size,
-                                  1, _HALVINGS))
+                n_t = min(max((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size, 1),
+                          _HALVINGS)
             lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0, 0.5 ** np.arange(n_t)[:, None])
             tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
             tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
@@ -374,7 +396,7 @@ class OneTermBatch:
             t_rows = tt.T[tri, tcol]
             points = np.concatenate([x[hidx], ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]])
             owners = np.concatenate([hidx, rows_s])
-            pv, pg, ph = self._with_hessian(points, _subset(products, owners))
+            pv, pg, ph = self._with_hessian(points, products, owners)
             nh = hidx.size
             value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
             tv, tg, th = pv[nh:], pg[nh:], ph[nh:]
@@ -415,14 +437,22 @@ class OneTermBatch:
                 settled[check[~(g_in >= 0.0)]] = False
                 escaping[check[~(g_in >= 0.0)]] = True
         theta = self.normalised(x)
-        value, _, scale, beta = self.evaluate(theta, products, gradient=False)
+        # The final evaluation leaves out the replicates that joined ``known`` (the
+        # screening of the other starts drops them unread): NaN there.
+        value, scale, beta = np.full(K, np.nan), np.full(K, np.nan), np.full((K, self.p), np.nan)
+        rest = np.flatnonzero(~joined)
+        if rest.size:
+            value[rest], _, scale[rest], beta[rest] = self.evaluate(theta[rest], _subset(products, rest),
+                                                                    gradient=False)
         reach = np.maximum(np.max(np.abs(theta), axis=1), 1e-300)[:, None]
         near_zero = diagonal & (theta < _SINGULAR_TOL * reach) & ~fixed
-        settled &= ~near_zero.any(axis=1) & np.isfinite(value)
-        settled &= ~joined
+        settled &= ~near_zero.any(axis=1) & np.isfinite(value) & ~joined
         out = BatchFit(theta, value, scale, beta, settled, n_iter, scaled, fixed, joined)
-        if resume and escaping.any():
-            again = np.flatnonzero(escaping & ~joined)
+        again = np.flatnonzero(escaping & ~joined) if resume else np.empty(0, dtype=int)
+        if leader is not None:  # the leader is handed back as it is, not resumed
+            again = again[again != leader]
+            known_given = None if known is None else known[0]
+        if again.size:
             start = x[again].copy()
             start[fixed[again]] = 0.0
             raised = np.broadcast_to(0.1 * np.maximum(np.abs(start).max(axis=1), 1.0)[:, None], start.shape)

@@ -383,6 +383,66 @@ def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_opti
     assert np.abs(resumed.theta[0] - best.x).max() < 1e-3 * np.abs(best.x).max()
 
 
+
+
+def test_the_first_search_leads_the_other_starts_in_one_batch():
+    """Sleepstudy ``(Days | Subject)``, REML, whitened as the optimiser sees it: the first
+    search runs in the batched kernel together with the other starts of a small fit and
+    leads them. It reaches the minimum the engine's own search from the same start
+    reaches; every other start joins it once it has settled (none needs a search of its
+    own), and none joins before: with the leader stopped after one iteration, unsettled,
+    a start placed on the minimum itself is not reported as joined, and the first search
+    is left to the engine."""
+    from mixedlm_sklearn._basis import Basis
+    from mixedlm_sklearn._batched_refit import OneTermBatch, repeated_response
+    from mixedlm_sklearn._optimize import (_Tracker, _extra_starts, _lead, _local, _moment_start,
+                                           _screen_starts)
+    from mixedlm_sklearn.datasets import load_sleepstudy
+
+    df = load_sleepstudy()
+    days = df["Days"].to_numpy(float)
+    codes = pd.factorize(df["Subject"], sort=True)[0]
+    X = np.column_stack([np.ones(len(df)), days])
+    terms = Terms([Term("Subject", ("(Intercept)", "Days"), int(codes.max()) + 1, False)])
+    dev = Deviance(cross_products(X, df["Reaction"].to_numpy(float), [(codes, X)], terms), True)
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
+    start = _moment_start(basis.white)
+    others = _extra_starts(white)
+    first, ran = _lead(_Tracker(white), start, others)
+    own = _local(_Tracker(white), start, 1000, 1e-8)
+    assert first.fun == pytest.approx(own.fun, abs=1e-8)
+    assert np.abs(first.x - own.x).max() < 1e-4 * np.abs(own.x).max()
+    assert ran.joined.all() and len(ran.theta) == len(others)
+    assert _screen_starts(white, others, first.fun, first.x, ran) == []
+    batch = OneTermBatch(white.cp, True)
+    early = batch.fit(repeated_response(white.cp, 2), np.array([start, first.x]), max_iter=1, leader=0)
+    assert not early.settled[0] and not early.joined.any()
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_batched_refit_normalises_by_flipping_columns(q, diagonal):
+    """The batched refit reports each replicate's ``L`` with a non-negative diagonal: the
+    columns with a negative diagonal entry flipped, so ``L L'`` is unchanged to the bit and
+    the other columns are left alone."""
+    from mixedlm_sklearn._batched_refit import OneTermBatch
+
+    rng = np.random.default_rng(q)
+    n, m = 40, 6
+    Z = np.column_stack([np.ones(n)] + [rng.standard_normal(n) for _ in range(q - 1)])
+    g = np.arange(n) % m
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    terms = Terms([Term("g", tuple(f"z{i}" for i in range(q)), m, diagonal)])
+    batch = OneTermBatch(cross_products(X, rng.standard_normal(n), [(g, Z)], terms), True)
+    theta = rng.standard_normal((25, batch.n_theta))
+    out = batch.normalised(theta)
+    L, L_out = batch.lams(theta)[..., 0], batch.lams(out)[..., 0]
+    diag = np.arange(q)
+    assert np.all(L_out[diag, diag] >= 0.0)
+    flipped = L[diag, diag] < 0.0  # (q, K)
+    assert np.array_equal(L_out, np.where(flipped[None], -L, L))
+    assert np.array_equal(np.einsum("abk,cbk->ack", L_out, L_out), np.einsum("abk,cbk->ack", L, L))
+
 # ---- the Newton routine every caller shares -------------------------------------------------
 
 

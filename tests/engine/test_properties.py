@@ -235,15 +235,16 @@ def test_the_oracle_started_at_the_fit_cannot_improve_it(case):
 @example(case=SIGN_FLIP_Q3)
 @given(cases(max_m=8))
 def test_screening_the_starts_together_changes_no_answer(case):
-    """The other starts of a small fit first run together in the batched kernel, and only
-    those that settle lower or do not settle get a search of their own: the answer is the
-    one every start searched on its own gives."""
+    """The other starts of a small fit first run together in the batched kernel (with the
+    first search, whose answer they join), and only those that settle lower or do not
+    settle get a search of their own: the answer is the one every start searched on its
+    own gives."""
     from unittest import mock
 
     from mixedlm_sklearn import _optimize
 
     screened, _ = _fit(case)
-    with mock.patch.object(_optimize, "_screen_starts", lambda dev, starts, best, best_x: starts):
+    with mock.patch.object(_optimize, "_screen_starts", lambda dev, starts, best, best_x, ran=None: starts):
         each, _ = _fit(case)
     assert screened.llf_ >= each.llf_ - 1e-8 * max(1.0, abs(each.llf_))
 
@@ -263,8 +264,8 @@ def test_screening_keeps_the_start_that_reaches_the_better_optimum(case):
     handed_on = []
     screen = _optimize._screen_starts
 
-    def spy(dev, starts, best, best_x):
-        out = screen(dev, starts, best, best_x)
+    def spy(dev, starts, best, best_x, ran=None):
+        out = screen(dev, starts, best, best_x, ran)
         handed_on.append(len(out))
         return out
 
