@@ -183,9 +183,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
         evaluated. With ``sample_weight`` ``w`` (positive) the residual covariance of a
         group is ``scale * W^{-1/2} R W^{-1/2}`` (nlme's ``weights = varFixed(~ 1/w)``
-        next to the correlation). Fitted with the exact solver; not combined with
-        ``residual_groups``, several responses, chunks or Dask. Default None:
-        independent residuals.
+        next to the correlation); with ``residual_groups`` it is ``S^{1/2} R S^{1/2}``, ``S``
+        the rows' stratum variances (nlme's ``weights = varIdent(form = ~ 1 | s)`` next to
+        the correlation; the strata may vary within a residual group, which the joint fit
+        handles for up to 16 distinct gaps). Fitted with the exact solver; not combined
+        with several responses, chunks or Dask. Default None: independent residuals.
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
         the rows and the algebra over the levels of the largest factor run in blocks, one
@@ -372,7 +374,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         residual_groups : array-like of shape (n,), optional
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
-            first stratum in sorted order and ``residual_var_`` holds them all.
+            first stratum in sorted order and ``residual_var_`` holds them all. With
+            ``correlation`` the strata scale the correlated residuals; without groups (a
+            generalised least squares fit) they need ``correlation_groups``.
         offset : array-like of shape (n,), optional
             A known part of the linear predictor (lme4's ``offset``): the model is fitted to
             ``y - offset``. Pass the new rows' offset to :meth:`predict`.
@@ -503,12 +507,6 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                     "mode (formula=... or lmer); with arrays give the structure's name and pass "
                     "time= and correlation_groups= to fit")
             corr_structure = structure(spec.name)
-            unsupported = {"residual_groups": residual_groups}
-            for name, value in unsupported.items():
-                if value is not None:
-                    raise NotImplementedError(
-                        f"correlation= is not combined with {name} yet; supported: one response "
-                        "in memory, any random-effects terms the residual groups are nested in")
             if is_dask_collection(X):
                 raise NotImplementedError("correlation= needs the rows in memory (not Dask)")
             if self.solver == "iterative":
@@ -545,7 +543,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             weights, X=X, y=y, sample_weight=weights, offset=offset, index=index, groups=groups,
             Z=Z, residual_groups=residual_groups)
         n = X.shape[0]
-        if groups is None:
+        if groups is None and corr_structure is None:
             if residual_groups is not None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "
                                  "estimated together with the random effects")
@@ -786,7 +784,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                 st, rows, corr_name = correlation
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
                 data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms,
-                                         design.weights)
+                                         design.weights, design.strata, design.n_strata)
                 dev, sol, info, fitted_corr = fit_correlated(
                     data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             else:

@@ -432,15 +432,6 @@ def test_correlation_inputs_without_a_structure_are_refused():
         MixedLMRegressor().fit(X, y, groups=g, time=t)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"residual_groups": np.arange(20) % 2}, "residual_groups"),
-])
-def test_unsupported_combinations_say_what_is_supported(kwargs, match):
-    X, y, g, t = _small()
-    with pytest.raises(NotImplementedError, match=match):
-        MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, **kwargs)
-
-
 def test_zero_weights_with_a_correlation_are_refused():
     X, y, g, t = _small()
     w = np.ones(20)
@@ -713,3 +704,242 @@ def test_joint_fit_leaves_a_local_optimum_for_a_singular_random_slope_basin(monk
     ours = _dense_deviance(X, y, Z, codes, times, "car1", joint.cov_re_, joint.scale_,
                            joint.correlation_params_["Phi"], False, w)
     np.testing.assert_allclose(-2.0 * joint.llf_, ours, rtol=1e-9, atol=1e-8)
+
+
+# ---- a residual variance per stratum next to the correlation (nlme's varIdent) -------------------
+
+VARIDENT_CASES = ("bodyweight_car1_varident_reml", "bodyweight_car1_varident_ml",
+                  "orthodont_ar1_varident_sex_reml", "orthodont_ar1_varident_sex_ml",
+                  "orthodont_cs_varident_sex_reml", "orthodont_cs_varident_sex_ml",
+                  "orthodont_cs_varident_age_reml",
+                  "orthodont_cs_varident_age_ml")
+
+
+def _varident_fit(name, **kwargs):
+    """nlme's lme/gls with correlation= and weights = varIdent(form = ~ 1 | s): the call
+    is in the JSON (tests/data/reference/structures/varident_correlated.R)."""
+    ref = json.loads((STRUCT_DIR / f"{name}.json").read_text())
+    reml = ref["method"] == "REML"
+    if name.startswith("bodyweight"):
+        df = pd.read_csv(STRUCT_DIR / "bodyweight_car1_varident.csv", dtype={"Rat": str, "Diet": str})
+        d2, d3 = (df.Diet == "2").astype(float), (df.Diet == "3").astype(float)
+        X = pd.DataFrame({"Time": df.Time, "Diet2": d2, "Diet3": d3, "Time:Diet2": df.Time * d2,
+                          "Time:Diet3": df.Time * d3})
+        Z = np.column_stack([np.ones(len(df)), df.Time])
+        est = MixedLMRegressor(correlation="car1", reml=reml, **kwargs).fit(
+            X, df.weight, groups=df.Rat, Z=Z, time=df.Time, residual_groups=df.Diet)
+        return df, ref, est
+    df = pd.read_csv(STRUCT_DIR / "orthodont_varident.csv", dtype={"Subject": str, "Sex": str})
+    male = (df.Sex == "Male").astype(float)
+    X = pd.DataFrame({"age": df.age, "SexMale": male, "age:SexMale": df.age * male})
+    strata = df.Sex if name.endswith(("sex_reml", "sex_ml")) else df.age.astype(str)
+    if "_ar1_" in name:
+        est = MixedLMRegressor(correlation="ar1", reml=reml, **kwargs).fit(
+            X, df.distance, groups=df.Subject, time=(df.age - 6) // 2, residual_groups=strata)
+    else:  # gls
+        est = MixedLMRegressor(correlation="cs", reml=reml, **kwargs).fit(
+            X, df.distance, correlation_groups=df.Subject, residual_groups=strata)
+    return df, ref, est
+
+
+def _stratum_sds(est):
+    """Each stratum's residual standard deviation."""
+    return {k: float(np.sqrt(v)) for k, v in est.residual_var_.items()}
+
+
+@pytest.mark.parametrize("name", VARIDENT_CASES)
+def test_correlation_with_a_variance_per_stratum_agrees_with_nlme(name):
+    """BodyWeight (corCAR1, random slopes, a variance per Diet), Orthodont (corAR1 with a
+    random intercept, corCompSymm without random effects; a variance per Sex, constant
+    within a subject, or per age (gls), varying within a subject), REML and ML. The strata's
+    standard deviations are compared (nlme's reference stratum is its first level met).
+    nlme's gls by ML scales the covariance of beta by N / (N - p) (as without strata)."""
+    df, ref, est = _varident_fit(name)
+    assert est.converged_
+    assert est.llf_ >= ref["llf"] - 1e-6
+    np.testing.assert_allclose(est.llf_, ref["llf"], atol=1e-5)
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    gls_ml = "cov_re" not in ref and ref["method"] == "ML"
+    n, p = len(df), len(ref["fe_params"])
+    factor = np.sqrt(n / (n - p)) if gls_ml else 1.0
+    np.testing.assert_allclose(est.bse_.to_numpy() * factor, ref["bse_fe"], rtol=1e-4)
+    sds = _stratum_sds(est)
+    theirs = {k: ref["sigma"] * r for k, r in ref["var_ratios_sd"].items()}
+    assert set(sds) == set(theirs)
+    for k in theirs:
+        np.testing.assert_allclose(sds[k], theirs[k], rtol=1e-4)
+    value = ref["correlation"]["value"]
+    ours = est.correlation_params_[ref["correlation"]["name"]]
+    np.testing.assert_allclose(ours, value, rtol=1e-4, atol=1e-5)
+    if "cov_re" in ref:
+        np.testing.assert_allclose(est.cov_re_, np.atleast_2d(ref["cov_re"]), rtol=2e-4)
+        np.testing.assert_allclose(est.fitted()[:20], ref["fitted_head"], rtol=1e-6)
+
+
+def _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml, strata,
+                           ratios):
+    """The dense deviance with the residual covariance sigma^2 S^{1/2} C S^{1/2}, S the
+    rows' variance ratios (stratum ``s`` has ``ratios[s]``)."""
+    return _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml,
+                           1.0 / np.asarray(ratios)[strata])
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_orthodont_ar1_with_a_variance_per_age_goes_beyond_nlmes_optimum(method):
+    """AR(1), a random intercept and a variance per age (varying within a subject): our
+    deviance at nlme's estimates is nlme's (and the dense one), but nlme stops at a local
+    optimum (Phi near 0): beyond it the likelihood keeps rising as the variance at age 10
+    runs to 0 with Phi near 0.67 (dense likelihood: higher than nlme's by more than 0.5).
+    The fit warns that it did not converge (a boundary of the variances)."""
+    from mixedlm_sklearn._correlation import JointDeviance, components
+
+    ref = json.loads((STRUCT_DIR / f"orthodont_ar1_varident_age_{method}.json").read_text())
+    reml = method == "reml"
+    df = pd.read_csv(STRUCT_DIR / "orthodont_varident.csv", dtype={"Subject": str, "Sex": str})
+    male = (df.Sex == "Male").astype(float).to_numpy()
+    X = np.column_stack([np.ones(len(df)), df.age, male, df.age * male])
+    y = df.distance.to_numpy(float)
+    codes = pd.factorize(df.Subject)[0]
+    visit = ((df.age - 6) // 2).to_numpy(float)
+    ages = ["10", "12", "14", "8"]  # our strata (sorted labels; the reference first)
+    strata = np.array([ages.index(str(a)) for a in df.age])
+    with pytest.warns(Warning, match="did not converge"):
+        _, _, est = _varident_fit(f"orthodont_ar1_varident_age_{method}")
+    # nlme's estimates in our parameters: x = (theta, eta, u) relative to stratum "10"
+    sds = np.array([ref["sigma"] * ref["var_ratios_sd"][a] for a in ages])
+    theta = np.sqrt(ref["cov_re"][0][0]) / sds[0]
+    u = 2.0 * np.arctanh(ref["correlation"]["value"])
+    dev = JointDeviance(components(est.model_.correlation.data), reml)
+    x = np.concatenate([[theta], np.log(sds[1:] / sds[0]), [u]])
+    np.testing.assert_allclose(-0.5 * dev(x), ref["llf"], rtol=1e-9)
+    theirs = _dense_strata_deviance(X, y, np.ones((y.size, 1)), codes, visit, "ar1",
+                                    np.atleast_2d(ref["cov_re"]), sds[0] ** 2,
+                                    ref["correlation"]["value"], reml, strata, (sds / sds[0]) ** 2)
+    np.testing.assert_allclose(-0.5 * theirs, ref["llf"], rtol=1e-10)
+    # ours: higher, and the dense likelihood at our estimates confirms it
+    assert est.llf_ > ref["llf"] + 0.5
+    ratios = [est.residual_var_[a] / est.scale_ for a in ages]
+    ours = _dense_strata_deviance(X, y, np.ones((y.size, 1)), codes, visit, "ar1",
+                                  np.atleast_2d(est.cov_re_), est.scale_,
+                                  est.correlation_params_["Phi"], reml, strata, ratios)
+    assert -0.5 * ours > ref["llf"] + 0.5
+    assert est.residual_var_["10"] < 1e-3 * min(est.residual_var_[a] for a in ages[1:])
+
+
+def _strata_design(kind, q, seed, mixed):
+    """A random design with two or three strata of residual variance: constant within each
+    group (``mixed=False``) or varying within groups; few distinct gaps (the joint fit)."""
+    X, y, Z, codes, times = _random_design(kind, max(q, 1), 0.6 if kind != "exp" else 1.0,
+                                           seed=seed, few_gaps=True)
+    rng = np.random.default_rng(seed + 100)
+    if mixed:
+        strata = rng.integers(0, 3, y.size)
+    else:
+        strata = rng.integers(0, 2, codes.max() + 1)[codes]
+    sd = np.array([1.0, 2.0, 0.6])[strata]
+    # the residuals scaled per stratum (a generating model with a variance per stratum)
+    fixed = X @ np.array([1.0, 0.5])
+    y = fixed + (y - fixed) * sd
+    return X, y, Z[:, :q], codes, times, strata
+
+
+def _strata_oracle_min(X, y, Z, codes, times, kind, reml, strata, starts):
+    q = Z.shape[1]
+    k = q * (q + 1) // 2
+    n_max = np.bincount(codes).max()
+    S = strata.max() + 1
+
+    def f(par):
+        cov_re, sigma2, value = _unpack(np.append(par[:k + 1], par[-1]), q, kind, n_max)
+        ratios = np.exp(np.append(0.0, par[k + 1:k + S]))
+        try:
+            return _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml,
+                                          strata, ratios)
+        except (np.linalg.LinAlgError, ValueError):
+            return np.inf
+
+    best = np.inf
+    for s in starts:
+        res = optimize.minimize(f, s, method="Nelder-Mead",
+                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 40000,
+                                         "maxfev": 40000})
+        res = optimize.minimize(f, res.x, method="BFGS", options={"gtol": 1e-9})
+        best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("kind,q,reml,mixed", [
+    ("ar1", 1, True, False), ("ar1", 1, True, True), ("car1", 2, False, False),
+    ("car1", 1, False, True), ("exp", 2, True, False), ("exp", 1, True, True),
+    ("cs", 0, True, False), ("cs", 0, True, True)])
+def test_a_variance_per_stratum_with_a_correlation_reaches_the_dense_optimum(kind, q, reml, mixed):
+    """Strata constant within each group or varying within groups (as nlme allows), uneven
+    gaps, with and without random slopes (compound symmetry without random effects): our
+    log-likelihood is the dense one at our estimates, and no start of the dense optimiser
+    finds a better one. (Strata varying within groups of 3-6 rows next to a random slope
+    leave a stratum with at most two rows of a group, which the slope fits exactly: the
+    likelihood is unbounded there, and the fit says so.)"""
+    X, y, Z, codes, times, strata = _strata_design(kind, q, seed=21 + q, mixed=mixed)
+    est = MixedLMRegressor(correlation=kind, reml=reml).fit(
+        X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+        correlation_groups=None if q else codes, residual_groups=strata)
+    assert est.converged_
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    value = est.correlation_params_[name]
+    S = strata.max() + 1
+    ratios = np.array([est.residual_var_[s] / est.scale_ for s in range(S)])
+    cov_re = np.atleast_2d(est.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, est.scale_, value, reml,
+                                  strata, ratios)
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
+    k = q * (q + 1) // 2
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.concatenate([np.eye(q)[np.tril_indices(q)][:k] * s, [np.log(s)],
+                              np.full(S - 1, r), [u]])
+              for s, r, u in [(1.0, 0.0, u0), (0.3, 1.0, u0 - 2.0), (2.0, -0.5, u0 + 2.0)]]
+    best = _strata_oracle_min(X, y, Z, codes, times, kind, reml, strata, starts)
+    assert -2.0 * est.llf_ <= best + 2e-6
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("kind", ["ar1", "car1", "cs"])
+def test_joint_deviance_with_strata_is_the_dense_one_and_its_gradient_the_central_differences(
+        kind, reml):
+    """x = (theta, eta, u) with strata varying within groups: the value is the dense
+    deviance at the solution's parameters and the analytic gradient (eta and u included)
+    equals central differences."""
+    from mixedlm_sklearn._correlation import (STRUCTURES, CorrelatedRows, CorrelationRows,
+                                              JointDeviance, components)
+    from mixedlm_sklearn._terms import Term, Terms
+
+    X, y, Z, codes, times, strata = _strata_design(kind, 2, seed=4, mixed=True)
+    terms = Terms([Term("g", ("z0", "z1"), int(codes.max()) + 1)])
+    st = STRUCTURES[kind]()
+    rows = CorrelationRows.from_arrays(codes, times, kind == "ar1")
+    data = CorrelatedRows.of(st, rows, X, y, [(codes, Z)], terms, strata=strata, n_strata=3)
+    assert data.mixed_strata
+    dev = JointDeviance(components(data), reml)
+    assert dev.n_eta == 3 and dev.n_ratios == 2
+    for u in (-2.0, 0.3, 2.5):
+        x = np.array([1.2, -0.3, 0.5, 0.4, -0.7, u])
+        value, grad = dev.value_and_grad(x)
+        sol = dev.solution(x)
+        np.testing.assert_allclose(sol.ratios, np.exp(2.0 * np.array([0.0, 0.4, -0.7])))
+        L = np.array([[x[0], 0.0], [x[1], x[2]]])
+        dense = _dense_strata_deviance(X, y, Z, codes, times, kind, sol.scale * L @ L.T,
+                                       sol.scale, st.value(u, rows), reml, strata, sol.ratios)
+        np.testing.assert_allclose(value, dense, rtol=1e-10)
+        h = 1e-5
+        numeric = np.array([(dev(x + h * e) - dev(x - h * e)) / (2 * h) for e in np.eye(x.size)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_a_stratum_the_random_slopes_fit_exactly_is_refused():
+    """Strata varying within groups with at most two rows of a stratum per group: a random
+    intercept and slope reproduce that stratum's rows, its variance runs to 0 and the
+    likelihood is unbounded. A clear error, the estimator as it was."""
+    X, y, Z, codes, times, strata = _strata_design("car1", 2, seed=23, mixed=True)
+    est = MixedLMRegressor(correlation="car1", reml=False)
+    with pytest.raises(ValueError, match="residual variance of stratum"):
+        est.fit(X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=strata)
+    assert not hasattr(est, "model_")
