@@ -736,6 +736,11 @@ class JointDeviance(Deviance):
         self.n_ratios = comps.n_strata - 1
         self.n_eta = self.n_ratios + (held is None)
 
+    @property
+    def strata_counts(self) -> np.ndarray:
+        """Rows per residual stratum (the cross-products' strata are components)."""
+        return self.components.strata_counts
+
     def residual_start(self) -> np.ndarray:
         st, rows = self.components.structure, self.components.rows
         eta = np.zeros(self.n_ratios)
@@ -1096,6 +1101,23 @@ class FittedCorrelation:
             dev = WhitenedDeviance(inner, self.structure.logdet(self.data.rows, value))
         with np.errstate(all="ignore"):
             return dev.solution(np.asarray(x, dtype=float))
+
+    def joint_deviance(self, x: np.ndarray):
+        """The :class:`JointDeviance` of the rows (``x = (theta, eta, u)``) and its solution at
+        ``x = (theta, eta)`` of the fit and the estimate ``u`` (its bound where the estimate
+        is independence): the deviance that profiles of theta and sigma minimise."""
+        comps = components(self.data)
+        if comps is None:
+            raise NotImplementedError(
+                f"profiles of the variance parameters of a model with correlated residuals "
+                f"hold the correlation in the optimiser, which takes rows with at most "
+                f"{MAX_COMPONENTS} distinct time gaps (or group sizes); these have more. "
+                f"The correlation's own profile works: which=[{self.name!r}]")
+        dev = JointDeviance(comps, self.reml)
+        lo, hi = self.bounds
+        u = float(np.clip(self.internal, lo, hi)) if np.isfinite(self.internal) else lo
+        with np.errstate(all="ignore"):
+            return dev, dev.solution(np.append(np.asarray(x, dtype=float), u))
 
     def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None,
               random: tuple | None = None):

@@ -494,8 +494,6 @@ def test_summary_and_print_report_the_correlation_and_its_tests():
 def test_methods_that_ignore_the_correlation_refuse():
     _, _, est = _ovary("ovary_ar1_reml")
     with pytest.raises(ValueError, match="correlated residuals"):
-        est.conf_int(method="profile")
-    with pytest.raises(ValueError, match="correlated residuals"):
         est.summary(ddf="kenward-roger")
 
 
@@ -609,8 +607,57 @@ def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_prof
 
     for end in (lower, upper):
         np.testing.assert_allclose(dense_profile(end), -2 * est.llf_ + q, atol=1e-6)
-    with pytest.raises(ValueError, match="correlation parameter only"):
+    # the variance parameters' profiles hold the correlation in the optimiser, which these
+    # irregular times (more lag classes than the joint deviance holds) do not allow
+    with pytest.raises(NotImplementedError, match="distinct time gaps"):
         est.conf_int(method="profile")
+
+
+@pytest.mark.parametrize("criterion,seed", [("ml", 13), ("reml", 13), ("ml", 16)])
+def test_profile_intervals_of_sd_and_sigma_with_a_correlation_equal_the_dense_profile(criterion, seed):
+    """A random intercept with CAR(1) residuals (gaps of three lengths): the profile
+    intervals of the random intercept's sd and of sigma (the correlation re-estimated at
+    every point: the joint deviance's x holds it) have the endpoints of a brute-force
+    profile of the dense criterion (minimised over the other variance parameters and the
+    correlation from several starts, the endpoint by root finding) to 1e-4; a lower end of 0
+    where the brute-force profile stays below the cutoff there (the correlation takes over
+    the within-rat covariance)."""
+    from scipy import stats
+
+    X, y, Z, codes, times = _random_design("car1", 1, 0.5, seed=seed, few_gaps=True)
+    reml = criterion == "reml"
+    est = MixedLMRegressor(correlation="car1", reml=reml).fit(X[:, 1:], y, groups=codes, Z=Z,
+                                                                time=times)
+    ci = est.conf_int(method="profile", criterion=criterion, which=["sd_z0|group", "sigma"])
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense(log_sd, log_sigma, u):
+        return _dense_deviance(X, y, Z, codes, times, "car1", np.array([[np.exp(2 * log_sd)]]),
+                               np.exp(2 * log_sigma), 1.0 / (1.0 + np.exp(-u)), reml)
+
+    def dense_min(held, value):
+        """The dense criterion minimised over the other parameters with one held."""
+        def f(p):
+            args = (np.log(value), p[0], p[1]) if held == "sd" else (p[0], np.log(value), p[1])
+            return dense(*args)
+        best = np.inf
+        for s in ([0.0, 0.5], [-1.0, -1.0], [0.5, 2.0]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000})
+            best = min(best, r.fun)
+        return best
+
+    d_min = -2.0 * est.llf_
+    for name, held in (("sd_z0|group", "sd"), ("sigma", "sigma")):
+        for end in ci.loc[name]:
+            excess = lambda v: dense_min(held, v) - d_min - q
+            if end == 0.0:  # the profile stays below the cutoff down to a variance of 0
+                assert held == "sd" and excess(1e-8) < 0
+                continue
+            a, b = 0.97 * end, 1.03 * end
+            assert excess(a) * excess(b) < 0  # the brute-force endpoint lies within 3%
+            brute = optimize.brentq(excess, a, b, xtol=1e-9 * end)
+            np.testing.assert_allclose(end, brute, rtol=1e-4)
 
 
 def test_predict_on_seen_groups_is_nlmes_conditional_prediction():
@@ -943,3 +990,94 @@ def test_a_stratum_the_random_slopes_fit_exactly_is_refused():
     with pytest.raises(ValueError, match="residual variance of stratum"):
         est.fit(X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=strata)
     assert not hasattr(est, "model_")
+
+
+def test_outer_search_with_strata_equals_the_joint_fit(monkeypatch):
+    """Strata constant within each group: the rows whitened by the correlation keep their
+    stratum, so the outer search (whole fits of the whitened rows, the strata as row
+    weights) finds the joint fit's optimum. Strata varying within groups with more lag
+    classes than the joint fit holds are refused, naming what works."""
+    import mixedlm_sklearn._correlation as corr
+
+    X, y, Z, codes, times, strata = _strata_design("car1", 1, seed=31, mixed=False)
+
+    def fit(s):
+        return MixedLMRegressor(correlation="car1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times,
+                                                        residual_groups=s)
+
+    joint = fit(strata)
+    monkeypatch.setattr(corr, "MAX_COMPONENTS", 0)  # every design to the outer search
+    outer = fit(strata)
+    np.testing.assert_allclose(outer.llf_, joint.llf_, atol=1e-7)
+    np.testing.assert_allclose(outer.correlation_params_["Phi"], joint.correlation_params_["Phi"],
+                               rtol=1e-4)
+    for k in joint.residual_var_:
+        np.testing.assert_allclose(outer.residual_var_[k], joint.residual_var_[k], rtol=1e-4)
+    mixed = np.random.default_rng(0).integers(0, 2, y.size)
+    est = MixedLMRegressor(correlation="car1")
+    with pytest.raises(NotImplementedError, match="vary within a residual group"):
+        est.fit(X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=mixed)
+    assert not hasattr(est, "model_")
+
+
+def test_strata_with_a_correlation_in_lmer_summary_simulation_and_intervals():
+    """lmer with correlation= and residual_groups= a column: nlme's fit; summary prints each
+    stratum's residual variance next to the correlation; simulated residuals (the fitted
+    random effects kept) have each stratum's variance and the CAR(1) correlation between a
+    rat's consecutive weeks; a prediction interval's variance exceeds the confidence
+    interval's by the row's stratum variance; a parametric bootstrap refits the strata."""
+    from scipy import stats
+
+    from mixedlm_sklearn import lmer
+
+    df = pd.read_csv(STRUCT_DIR / "bodyweight_car1_varident.csv", dtype={"Rat": str, "Diet": str})
+    ref = json.loads((STRUCT_DIR / "bodyweight_car1_varident_reml.json").read_text())
+    est = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)",
+               residual_groups="Diet")
+    assert est.llf_ >= ref["llf"] - 1e-6
+    for k, r in ref["var_ratios_sd"].items():
+        np.testing.assert_allclose(np.sqrt(est.residual_var_[k]), ref["sigma"] * r, rtol=1e-4)
+    text = str(est.summary())
+    assert "corCAR1(form = ~ Time | Rat)" in text
+    for k in ("1", "2", "3"):
+        assert f"Residual ({k})" in text
+    # simulation: e = y_sim - conditional mean, 4000 draws
+    sims = est.simulate(n_sim=4000, random_state=1, conditional=True)
+    e = sims - est.fitted().to_numpy()[:, None]
+    diet = df.Diet.to_numpy()
+    for k in ("1", "2", "3"):
+        rows = diet == k
+        var = e[rows].var(axis=1).mean()
+        se = est.residual_var_[k] * np.sqrt(2.0 / 4000)  # of one row's variance
+        assert abs(var - est.residual_var_[k]) < 4.0 * se, (k, var, est.residual_var_[k])
+    phi = est.correlation_params_["Phi"]
+    week = (df.Rat.to_numpy()[1:] == df.Rat.to_numpy()[:-1]) & (np.diff(df.Time.to_numpy()) == 7)
+    r = np.array([np.corrcoef(e[i], e[i + 1])[0, 1] for i in np.flatnonzero(week)])
+    assert abs(r.mean() - phi ** 7) < 4.0 * (1 - phi ** 14) / np.sqrt(4000 * week.sum())
+    # prediction intervals: the stratum's residual variance on top of the confidence's
+    rows = df.iloc[[0, 70, 150]]
+    lo, hi = est.predict_interval(rows)
+    lo_c, hi_c = est.predict_interval(rows, kind="confidence")
+    extra = ((hi - lo) / 2) ** 2 - ((hi_c - lo_c) / 2) ** 2
+    expected = stats.norm.ppf(0.975) ** 2 * np.array([est.residual_var_[d] for d in rows.Diet])
+    np.testing.assert_allclose(extra, expected, rtol=1e-8)
+    assert len(set(np.round(extra, 6))) > 1  # the strata differ
+    # a parametric bootstrap refits the correlation and the strata from their estimates
+    boot = est.bootstrap(n_boot=4, random_state=0)
+    assert np.all(np.isfinite(np.asarray(boot.replicates, dtype=float)))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_r2_residual_variance_of_a_correlated_fit_averages_the_rows_strata(mixed):
+    """R2's residual variance (insight's get_variance) of a model with a variance per
+    stratum is the rows' average of their strata's variances, also where the strata vary
+    within the correlation's groups (whose deviance holds the strata as components)."""
+    from mixedlm_sklearn.inference.r2 import variance_components
+
+    X, y, Z, codes, times, strata = _strata_design("ar1", 1, seed=22, mixed=mixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        est = MixedLMRegressor(correlation="ar1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times,
+                                                      residual_groups=strata)
+    rows = np.array([est.residual_var_[s] for s in strata])
+    np.testing.assert_allclose(variance_components(est).residual, rows.mean(), rtol=1e-12)
