@@ -1081,3 +1081,39 @@ def test_r2_residual_variance_of_a_correlated_fit_averages_the_rows_strata(mixed
                                                       residual_groups=strata)
     rows = np.array([est.residual_var_[s] for s in strata])
     np.testing.assert_allclose(variance_components(est).residual, rows.mean(), rtol=1e-12)
+
+
+def test_profile_of_sigma_with_strata_varying_within_groups_equals_the_dense_profile():
+    """AR(1), a random intercept and two strata of residual variance varying within the
+    groups: the profile interval of sigma (the reference stratum's; the other stratum's
+    ratio, the random intercept and the correlation re-estimated at every point) has the
+    endpoints of a brute-force profile of the dense ML deviance to 1e-4."""
+    from scipy import stats
+
+    X, y, Z, codes, times, strata = _strata_design("ar1", 1, seed=29, mixed=True)
+    strata = strata % 2
+    est = MixedLMRegressor(correlation="ar1", reml=False).fit(
+        X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=strata)
+    assert est.converged_ and est.cov_re_[0, 0] > 0
+    lower, upper = est.conf_int(method="profile", which=["sigma"]).loc["sigma"]
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense_min(sigma):
+        def f(p):  # log sd, log ratio of stratum 1, the AR(1)'s internal parameter
+            return _dense_strata_deviance(X, y, Z, codes, times, "ar1",
+                                          np.array([[np.exp(2 * p[0])]]), sigma ** 2,
+                                          np.tanh(p[2]), False, strata, [1.0, np.exp(p[1])])
+        best = np.inf
+        for s in ([0.0, 0.0, 0.5], [-1.0, 1.0, -0.5], [0.5, -1.0, 1.5]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 6000})
+            best = min(best, r.fun)
+        return best
+
+    d_min = -2.0 * est.llf_
+    for end in (lower, upper):
+        excess = lambda v: dense_min(v) - d_min - q
+        a, b = 0.97 * end, 1.03 * end
+        assert excess(a) * excess(b) < 0
+        brute = optimize.brentq(excess, a, b, xtol=1e-9 * end)
+        np.testing.assert_allclose(end, brute, rtol=1e-4)
