@@ -40,6 +40,14 @@ rows (weights and ``log|R|`` closed forms in ``u``), as the strata's variances a
 with more than :data:`MAX_COMPONENTS` distinct lags (continuous times with irregular
 gaps) or group sizes are fitted by the outer search: the deviance profiled over ``u`` by
 a grid and a bounded Brent search around whole fits of the whitened rows.
+
+A residual variance per stratum (``residual_groups``, nlme's ``varIdent``) makes a
+group's residual covariance ``sigma^2 S^{1/2} R_g S^{1/2}``: the strata's log ratios join
+``x = (theta, eta, u)`` and the components are held per pair of strata (see
+:class:`Components`). Strata constant within each residual group commute with the
+whitening (the whitened rows keep their stratum's variance), so the outer search fits
+them as row weights of the whitened rows; strata varying within a group need the joint
+form.
 """
 
 from __future__ import annotations
@@ -625,7 +633,8 @@ def _lag_classes(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def components(data: "CorrelatedRows") -> Components | None:
     """The :class:`Components` of the rows, or None where there are more than
-    :data:`MAX_COMPONENTS` distinct lags or group sizes (the outer search then fits)."""
+    :data:`MAX_COMPONENTS` distinct lags or group sizes, or more than :data:`MAX_CLASSES`
+    classes of lag (group size) and pair of strata (the outer search then fits)."""
     from ._crossprod import _stack_strata, cross_products
 
     st, rows = data.structure, data.rows

@@ -60,6 +60,9 @@ VARIDENT_CORRELATED_CASES = tuple(
                                       ("orthodont", "cs_varident_sex"), ("orthodont", "ar1_varident_age"),
                                       ("orthodont", "cs_varident_age")]
     for m in ("reml", "ml"))
+#: Their data (written and read back by the script) and the script itself.
+VARIDENT_CORRELATED_FILES = ("bodyweight_car1_varident.csv", "orthodont_varident.csv",
+                             "varident_correlated.R")
 
 #: glmmTMB fits of the families with a parameter (negative binomial, Gamma), also in
 #: ``structures/`` (see tests/glmm/test_glmm_families.py).

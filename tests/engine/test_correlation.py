@@ -18,7 +18,7 @@ from scipy import linalg, optimize
 
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
 
-from _reference import REFERENCE_DIR, STRUCTURE_CASES
+from _reference import REFERENCE_DIR, STRUCTURE_CASES, VARIDENT_CORRELATED_CASES
 
 STRUCT_DIR = REFERENCE_DIR / "structures"
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -765,6 +765,7 @@ VARIDENT_CASES = ("bodyweight_car1_varident_reml", "bodyweight_car1_varident_ml"
 def _varident_fit(name, **kwargs):
     """nlme's lme/gls with correlation= and weights = varIdent(form = ~ 1 | s): the call
     is in the JSON (tests/data/reference/structures/varident_correlated.R)."""
+    assert name in VARIDENT_CORRELATED_CASES
     ref = json.loads((STRUCT_DIR / f"{name}.json").read_text())
     reml = ref["method"] == "REML"
     if name.startswith("bodyweight"):
