@@ -342,7 +342,8 @@ class CorrelatedAccumulator:
         counts = np.array([self._counts[k] for k in roots], dtype=np.int64)
         if self.structure.name == "cs":
             lags = lags.astype(np.int64)
-        return labels, Components(cp, self.structure, self._summary, lags, counts, self._weighted)
+        return labels, Components.of_one_stratum(cp, self.structure, self._summary, lags, counts,
+                                                 self._weighted)
 
 
 def _sum_strata(cp: CrossProducts, target: np.ndarray, n: int) -> CrossProducts:

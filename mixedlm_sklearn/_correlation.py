@@ -46,6 +46,14 @@ partitions) that each hold whole residual groups add up to those of all rows
 (:mod:`._chunked`); :func:`fit_components` fits from them alone, the structures reading
 only a :class:`RowsSummary` of the rows. The outer search needs the rows: it is not run
 from chunks.
+
+A residual variance per stratum (``residual_groups``, nlme's ``varIdent``) makes a
+group's residual covariance ``sigma^2 S^{1/2} R_g S^{1/2}``: the strata's log ratios join
+``x = (theta, eta, u)`` and the components are held per pair of strata (see
+:class:`Components`). Strata constant within each residual group commute with the
+whitening (the whitened rows keep their stratum's variance), so the outer search fits
+them as row weights of the whitened rows; strata varying within a group need the joint
+form. (Not from chunks: their components are added up for one residual variance.)
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._deviance import Deviance
+from ._deviance import MAX_LOG_RATIO, Deviance
 
 __all__ = ["CorrelationStructure", "CorrelationRows", "RowsSummary", "STRUCTURES", "structure",
            "check_nested", "CorrelationSpec", "parse_spec", "components", "fit_components"]
@@ -485,6 +493,35 @@ def check_nested(rows: CorrelationRows, factors: list, factor_names: list, group
 MAX_COMPONENTS = 16
 
 
+# The kinds of component weight, functions of the correlation ``c`` of a lag class (Markov)
+# or of ``rho`` and the group size ``m`` (compound symmetry), ``g = (1 - rho)(1 + (m - 1) rho)``:
+# 0: 1; 1: 1/(1+c); 2: -c/(1+c); 3: c/(1-c^2) (a lag's three components);
+# 8: 1/(1-rho); 9: -rho/g; 10: -rho/(2g); 11: rho/(2g).
+
+
+def _kind_weights(kind: np.ndarray, c: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's weight of its kind and its derivative in ``c`` (``rho``)."""
+    f, df = np.zeros(kind.size), np.zeros(kind.size)
+    one = 1.0 - c * c
+    g = (1.0 - c) * (1.0 + (m - 1.0) * c)
+    dg = (m - 2.0) - 2.0 * (m - 1.0) * c
+    table = {
+        0: (np.ones_like(c), np.zeros_like(c)),
+        1: (1.0 / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+        2: (-c / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+        3: (c / one, (1.0 + c * c) / one ** 2),
+        8: (1.0 / (1.0 - c), 1.0 / (1.0 - c) ** 2),
+        9: (-c / g, -(g - c * dg) / (g * g)),
+        10: (-0.5 * c / g, -0.5 * (g - c * dg) / (g * g)),
+        11: (0.5 * c / g, 0.5 * (g - c * dg) / (g * g)),
+    }
+    for k in np.unique(kind):
+        at = kind == k
+        fk, dk = table[int(k)]
+        f[at], df[at] = fk[at], dk[at]
+    return f, df
+
+
 @dataclass(frozen=True)
 class Components:
     """The cross-products of correlated rows as a weighted sum of components.
@@ -504,6 +541,22 @@ class Components:
     level of every grouping factor, so the lag rows and the sums keep the level of their
     rows, and no new pair of levels appears.
 
+    With a residual variance per stratum (nlme's ``varIdent`` next to the correlation) the
+    residuals of a group have covariance ``sigma^2 S^{1/2} R_g S^{1/2}``, ``S`` the
+    diagonal of the rows' variance ratios ``1 / v_s``: the whitened products are those of
+    ``R_g^{-1/2} S^{-1/2}`` applied to the rows, and ``log|S| = -sum_s n_s log v_s`` joins
+    ``log|R|``. The components are held per lag class (group size) and pair of strata.
+    With ``e_s = sqrt(v_s)``, a lag from a row of stratum ``b`` to one of stratum ``a``
+    whitens ``e_a x_t - c e_b x_{t-1}``; the same three components as above (``x_t``,
+    ``x_{t-1}`` and ``D = x_t - x_{t-1}``) carry it, with ``k = c / (1 - c^2)`` and
+    ``delta = e_b - e_a``, by weights ``e_a^2 / (1 + c) - k e_a delta``, ``-c e_b^2 / (1 +
+    c) + k e_b delta`` and ``k e_a e_b`` (expand ``(e_a D - delta x_{t-1})(.)'``): within
+    one stratum (``delta = 0``) the stable weights above times ``v_a``, and across two
+    strata (varying within a group, as nlme allows) the large weights ``k`` cancel only
+    to the size of ``delta``. Compound symmetry: the rows' products with ``v_a / (1 -
+    rho)``, and ``s_g s_g'`` of the sums ``s_g = sum_a e_a s_{g,a}`` of each stratum's rows,
+    written with ``s_{g,a} s_{g,a}'`` and, by polarisation, ``(s_{g,a} +- s_{g,b})(.)'``.
+
     Attributes
     ----------
     cp : CrossProducts
@@ -517,6 +570,12 @@ class Components:
         Rows per lag class (Markov) or groups per size (compound symmetry).
     weighted : bool
         Whether the rows had prior weights (each row scaled by ``sqrt(w)``).
+    kind, lag_of, pair : ndarray
+        Per component: the kind of its weight (:func:`_kind_weights`), its lag class (-1:
+        none) and its two strata ``(a, b)`` (``(0, 0)`` without strata; a lag's: the
+        stratum of the later row, then of the earlier).
+    strata_counts : ndarray
+        Rows per stratum.
     """
 
     cp: object
@@ -525,6 +584,27 @@ class Components:
     lags: np.ndarray
     counts: np.ndarray
     weighted: bool = False
+    kind: np.ndarray = None
+    lag_of: np.ndarray = None
+    pair: np.ndarray = None
+    strata_counts: np.ndarray = None
+
+    @classmethod
+    def of_one_stratum(cls, cp, structure: "CorrelationStructure", rows, lags: np.ndarray,
+                       counts: np.ndarray, weighted: bool = False) -> "Components":
+        """The components of rows in one stratum, laid out as :func:`components` lays them
+        out (the first rows, then per lag class its three components; compound symmetry:
+        all rows, then per group size the groups' sums): for components added up from
+        chunks (:mod:`._chunked`)."""
+        L = int(np.size(lags))
+        if isinstance(structure, _Markov):
+            kind = np.concatenate([[0], np.tile([1, 2, 3], L)])
+            lag_of = np.concatenate([[-1], np.repeat(np.arange(L), 3)])
+        else:
+            kind = np.concatenate([[8], np.full(L, 9)])
+            lag_of = np.concatenate([[-1], np.arange(L)])
+        return cls(cp, structure, rows, lags, counts, weighted, kind.astype(int), lag_of.astype(int),
+                   np.zeros((kind.size, 2), dtype=int), np.array([rows.n], dtype=np.int64))
 
     def rows_products(self):
         """The cross-products of the rows as given (prior-weighted, not whitened): the sum
@@ -535,22 +615,59 @@ class Components:
     def markov(self) -> bool:
         return isinstance(self.structure, _Markov)
 
-    def weights(self, u: float) -> tuple[np.ndarray, np.ndarray]:
-        """The components' weights at internal parameter ``u`` and their derivatives in ``u``."""
+    @property
+    def n_strata(self) -> int:
+        return int(self.strata_counts.size)
+
+    def weights(self, u: float, eta: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The components' weights at internal parameter ``u`` and the strata's log ratios
+        ``eta`` (reference first; None: no strata), their derivatives in ``u`` and in each
+        ``eta_s`` (J, S)."""
         c, dc = self.structure.lag_correlation(float(u), self.lags, self.rows)
+        c = np.broadcast_to(np.asarray(c, dtype=float), self.lags.shape)
+        dc = np.broadcast_to(np.asarray(dc, dtype=float), self.lags.shape)
+        J = self.kind.size
+        at = np.maximum(self.lag_of, 0)
         if self.markov:
-            a = 1.0 / (1.0 + c)
-            b = 1.0 / (1.0 - c * c)
-            w = np.column_stack([a, -c * a, c * b]).ravel()
-            dw = np.column_stack([-dc * a * a, -dc * a * a, dc * (1.0 + c * c) * b * b]).ravel()
-            return np.concatenate([[1.0], w]), np.concatenate([[0.0], dw])
-        m = self.lags.astype(float)
-        rho, drho = float(c[0]), float(dc[0])
-        g = (1.0 - rho) * (1.0 + (m - 1.0) * rho)
-        dg = (m - 2.0) - 2.0 * (m - 1.0) * rho
-        w = np.concatenate([[1.0 / (1.0 - rho)], -rho / g])
-        dw = np.concatenate([[1.0 / (1.0 - rho) ** 2], -(g - rho * dg) / (g * g)]) * drho
-        return w, dw
+            cj = np.where(self.lag_of >= 0, c[at], 0.0) if c.size else np.zeros(J)
+            dcj = np.where(self.lag_of >= 0, dc[at], 0.0) if c.size else np.zeros(J)
+        else:  # compound symmetry: one rho for every component
+            cj, dcj = np.full(J, float(c[0])), np.full(J, float(dc[0]))
+        m = self.lags.astype(float)[at] if self.lags.size else np.ones(J)
+        f, dfdc = _kind_weights(self.kind, cj, m)
+        e = np.exp(-(np.zeros(self.n_strata) if eta is None else np.asarray(eta, dtype=float)))
+        a, b = self.pair[:, 0], self.pair[:, 1]
+        ea, eb = e[a], e[b]
+        w, dw = f * ea * eb, dfdc * ea * eb
+        jac = np.zeros((J, self.n_strata))
+        rows = np.arange(J)
+        np.add.at(jac, (rows, a), -w)
+        np.add.at(jac, (rows, b), -w)
+        cross = (a != b) & np.isin(self.kind, (1, 2)) if self.markov else np.zeros(J, dtype=bool)
+        if cross.any():
+            # a lag across two strata (see the class docstring); the third component's
+            # k e_a e_b is of the general form
+            x, ca, cb = cj[cross], ea[cross], eb[cross]
+            one = 1.0 - x * x
+            k, dk = x / one, (1.0 + x * x) / one ** 2
+            f1, df1 = f[cross], dfdc[cross]
+            later = self.kind[cross] == 1
+            w_now = ca * ca * f1 - k * ca * cb + k * ca * ca
+            w_before = cb * cb * f1 + k * (cb * cb - ca * cb)
+            d_now = ca * ca * df1 - dk * (ca * cb - ca * ca)
+            d_before = cb * cb * df1 + dk * (cb * cb - ca * cb)
+            ja_now = -2.0 * ca * ca * f1 + k * ca * cb - 2.0 * k * ca * ca
+            jb_now = k * ca * cb
+            ja_before = k * ca * cb
+            jb_before = -2.0 * cb * cb * f1 + k * (ca * cb - 2.0 * cb * cb)
+            idx = rows[cross]
+            w[idx] = np.where(later, w_now, w_before)
+            dw[idx] = np.where(later, d_now, d_before)
+            jac[idx] = 0.0
+            jac[idx, a[idx]] = np.where(later, ja_now, ja_before)
+            jac[idx, b[idx]] = np.where(later, jb_now, jb_before)
+        return w, dw * dcj, jac
 
     def median_lag(self) -> float:
         """The median of the lags between consecutive rows of a group (Markov structures),
@@ -582,6 +699,8 @@ class Components:
 # Lags equal to this relative precision are one class (times computed in floating point,
 # e.g. 0.37 * visit, give gaps that differ in the last digits).
 _LAG_RTOL = 1e-12
+# Components (lag classes times pairs of strata) beyond which the joint fit is not used.
+MAX_CLASSES = 64
 
 
 def _lag_classes(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -605,6 +724,9 @@ def components(data: "CorrelatedRows") -> Components | None:
     st, rows = data.structure, data.rows
     p = data.X.shape[1]
     D = data.scaled()
+    s = data.strata_codes
+    n_strata = data.n_strata
+    parts, n_obs, kinds, lag_of, pairs = [], [], [], [], []
 
     def products(block: np.ndarray, at: np.ndarray):
         """The cross-products of rows ``block`` at the levels of rows ``at``."""
@@ -614,100 +736,194 @@ def components(data: "CorrelatedRows") -> Components | None:
             col += Z.shape[1]
         return cross_products(block[:, :p], block[:, p], factors, data.terms)
 
+    def add(block, at, kind, lag, a, b, count=0):
+        parts.append(products(block, at))
+        n_obs.append(count)
+        kinds.append(kind)
+        lag_of.append(lag)
+        pairs.append((a, b))
+
     if isinstance(st, _Markov):
         inner = np.flatnonzero(rows.same)
         lags, cls = _lag_classes(rows.gaps[inner])
         if lags.size > MAX_COMPONENTS:
             return None
-        first = np.flatnonzero(~rows.same)
-        parts = [products(D[first], first)]
         counts = np.bincount(cls, minlength=lags.size)
-        n_obs = [first.size]
-        for j in range(lags.size):
-            t = inner[cls == j]
+        now_s, before_s = s[inner], s[inner - 1]
+        keys = np.unique(np.column_stack([cls, now_s, before_s]), axis=0) if inner.size else \
+            np.zeros((0, 3), dtype=int)
+        if keys.shape[0] > MAX_CLASSES:
+            return None
+        first = np.flatnonzero(~rows.same)
+        for a in range(n_strata):
+            f = first[s[first] == a]
+            if f.size:
+                add(D[f], f, 0, -1, a, a, f.size)
+        for j, a, b in keys:
+            t = inner[(cls == j) & (now_s == a) & (before_s == b)]
             now, before = D[t], D[t - 1]
-            parts += [products(now, t), products(before, t), products(now - before, t)]
-            n_obs += [t.size, 0, 0]
+            add(now, t, 1, j, a, b, t.size)
+            add(before, t, 2, j, a, b)
+            add(now - before, t, 3, j, a, b)
     else:
         lags, size_class = np.unique(rows.sizes, return_inverse=True)
         if lags.size > MAX_COMPONENTS:
             return None
         counts = np.bincount(size_class, minlength=lags.size)
-        sums = np.add.reduceat(D, rows.starts, axis=0)
-        parts = [products(D, np.arange(rows.n))]
+        for a in range(n_strata):
+            r = np.flatnonzero(s == a)
+            if r.size:
+                add(D[r], r, 8, -1, a, a, r.size)
+        group_of = np.repeat(np.arange(rows.starts.size), rows.sizes)
+        # per group, the sums of its rows of each stratum
+        sums = np.zeros((rows.starts.size, n_strata, D.shape[1]))
+        np.add.at(sums, (group_of, s), D)
+        present = np.zeros((rows.starts.size, n_strata), dtype=bool)
+        present[group_of, s] = True
+        n_pairs = sum(1 for a in range(n_strata) for b in range(a + 1, n_strata)
+                      if np.any(present[:, a] & present[:, b]))
+        if lags.size * (n_strata + 2 * n_pairs) > MAX_CLASSES:
+            return None
         for j in range(lags.size):
-            g = np.flatnonzero(size_class == j)
-            parts.append(products(sums[g], rows.starts[g]))
-        n_obs = [rows.n] + [0] * lags.size
+            in_size = size_class == j
+            for a in range(n_strata):
+                g = np.flatnonzero(in_size & present[:, a])
+                if g.size:
+                    add(sums[g, a], rows.starts[g], 9, j, a, a)
+            for a in range(n_strata):
+                for b in range(a + 1, n_strata):
+                    g = np.flatnonzero(in_size & present[:, a] & present[:, b])
+                    if g.size:
+                        add(sums[g, a] + sums[g, b], rows.starts[g], 10, j, a, b)
+                        add(sums[g, a] - sums[g, b], rows.starts[g], 11, j, a, b)
     cp = _stack_strata(parts)
     cp = dataclasses.replace(
         cp, n_obs=np.array(n_obs),
         sum_log_weights=np.append(data.sum_log_weights, np.zeros(len(n_obs) - 1)),
         counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(data.factors, data.terms)))
     return Components(cp, st, rows, lags.astype(float) if isinstance(st, _Markov) else lags, counts,
-                      data.weights is not None)
+                      weighted=data.weights is not None, kind=np.array(kinds),
+                      lag_of=np.array(lag_of), pair=np.array(pairs, dtype=int).reshape(-1, 2),
+                      strata_counts=np.bincount(s, minlength=n_strata))
 
 
 class JointDeviance(Deviance):
     """The profiled deviance of a model with correlated residuals as a function of ``x =
-    (theta, u)``, ``u`` the correlation's internal parameter: the cross-products at ``u``
-    are the :class:`Components` combined with their weights, the deviance is theirs plus
-    ``log|R|``. The derivative in ``u`` is that of each weight times the deviance's
-    derivative in it (the formulas of the strata's weights, :mod:`._deviance`, linear in a
-    stratum's cross-products whatever the weight's sign) plus that of ``log|R|``, so the
-    one optimiser fits theta and the correlation together.
+    (theta, eta, u)``, ``eta`` the strata's log ratios (none without strata) and ``u`` the
+    correlation's internal parameter: the cross-products at ``(eta, u)`` are the
+    :class:`Components` combined with their weights ``f_j(u) sqrt(v_a v_b)``, the deviance
+    is theirs plus ``log|R| + log|S|``. The derivative in ``u`` (``eta_s``) is that of each
+    weight times the deviance's derivative in it (the formulas of the strata's weights,
+    :mod:`._deviance`, linear in a stratum's cross-products whatever the weight's sign)
+    plus that of ``log|R|`` (``log|S|``), so the one optimiser fits theta, the strata and
+    the correlation together. With ``held`` the correlation is held at ``u = held`` and
+    ``x = (theta, eta)``.
     """
 
     row_weights = False
 
-    def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None) -> None:
+    def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None,
+                 held: float | None = None) -> None:
         super().__init__(comps.cp if cp is None else cp, reml, plan=plan)
         self.components = comps
-        self.n_eta = 1
-        self.n_ratios = 0
+        self.held = None if held is None else float(held)
+        self.n_ratios = comps.n_strata - 1
+        self.n_eta = self.n_ratios + (held is None)
+
+    @property
+    def strata_counts(self) -> np.ndarray:
+        """Rows per residual stratum (the cross-products' strata are components)."""
+        return self.components.strata_counts
 
     def residual_start(self) -> np.ndarray:
         comps = self.components
         st, rows = comps.structure, comps.rows
+        eta = np.zeros(self.n_ratios)
+        if self.held is not None:
+            return eta
         lo, hi = st.bounds(rows)
         if isinstance(st, Exp) and comps.counts.sum():  # a range of the typical lag
-            return np.array([np.clip(np.log(comps.median_lag()), lo, hi)])
-        return np.array([np.clip(0.0, lo, hi)])
+            return np.append(eta, np.clip(np.log(comps.median_lag()), lo, hi))
+        return np.append(eta, np.clip(0.0, lo, hi))
 
     def lower_bounds(self) -> np.ndarray:
         lo, _ = self.components.structure.bounds(self.components.rows)
-        return np.append(self.terms.lower_bounds(), lo)
+        out = np.append(self.terms.lower_bounds(), np.full(self.n_ratios, -MAX_LOG_RATIO))
+        return out if self.held is not None else np.append(out, lo)
 
     def upper_bounds(self) -> np.ndarray:
         _, hi = self.components.structure.bounds(self.components.rows)
-        return np.append(np.full(self.n_theta, np.inf), hi)
+        out = np.append(np.full(self.n_theta, np.inf), np.full(self.n_ratios, MAX_LOG_RATIO))
+        return out if self.held is not None else np.append(out, hi)
+
+    def _parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``theta``, the strata's ``eta`` (reference first, 0) and ``u``."""
+        x = np.asarray(x, dtype=float)
+        eta = np.concatenate([[0.0], x[self.n_theta:self.n_theta + self.n_ratios]])
+        u = self.held if self.held is not None else float(x[self.n_theta + self.n_ratios])
+        return x[:self.n_theta], eta, u
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``theta`` and the components' weights."""
-        x = np.asarray(x, dtype=float)
-        return x[:self.n_theta], self.components.weights(x[self.n_theta])[0]
+        theta, eta, u = self._parts(x)
+        return theta, self.components.weights(u, eta)[0]
+
+    def _prepare(self, v: np.ndarray, shifted: bool = False):
+        # the weights change with u even without strata (the parent keys on n_eta)
+        from ._factor import BlockOps, Prepared
+
+        cache, cp = (self._shifted, self.shift.cp) if shifted else (self._prepared, self.cp)
+        key = v.tobytes()
+        prep = cache.get(key)
+        if prep is None:
+            if len(cache) > 8:
+                for k in list(cache)[1:5]:
+                    del cache[k]
+            combined = cp.combined(v, row_weights=False)
+            prep = BlockOps(combined) if shifted else Prepared(self.plan, combined)
+            cache[key] = prep
+        return prep
+
+    def log_jacobian(self, x: np.ndarray) -> float:
+        """``log|R| + log|S|`` at ``x``."""
+        _, eta, u = self._parts(x)
+        return self.components.logdet(u)[0] + 2.0 * float(self.components.strata_counts @ eta)
 
     def _evaluate(self, x: np.ndarray):
         x = np.asarray(x, dtype=float)
         if self._last is not None and np.array_equal(self._last.x, x):
             return self._last
         pt = super()._evaluate(x)
-        pt.deviance += self.components.logdet(x[self.n_theta])[0]
+        pt.deviance += self.log_jacobian(x)
         return pt
 
     def _ratio_gradient(self, pt, LV, R, gamma) -> np.ndarray:
-        u = pt.x[self.n_theta]
+        _, eta, u = self._parts(pt.x)
         d = self._weight_derivatives(pt, LV, R, gamma)
-        dw = self.components.weights(u)[1]
-        return np.array([0.0, float(d @ dw) + self.components.logdet(u)[1]])
+        comps = self.components
+        _, dw, jac = comps.weights(u, eta)
+        out = d @ jac + 2.0 * comps.strata_counts
+        out[0] = 0.0
+        if self.held is None:
+            out = np.append(out, float(d @ dw) + comps.logdet(u)[1])
+        return out
+
+    def solution(self, x: np.ndarray):
+        sol = super().solution(x)
+        _, eta, _ = self._parts(sol.x)
+        return dataclasses.replace(sol, ratios=np.exp(2.0 * eta))
 
     def in_basis(self, bases: list, xy_scale: np.ndarray) -> "JointDeviance":
         return JointDeviance(self.components, self.reml, plan=self.plan,
-                             cp=self.cp.transformed(bases, xy_scale))
+                             cp=self.cp.transformed(bases, xy_scale), held=self.held)
 
     def with_data(self, cp, reml: bool | None = None, replan: bool = False) -> "JointDeviance":
         return JointDeviance(self.components, self.reml if reml is None else reml,
-                             plan=None if replan else self.plan, cp=cp)
+                             plan=None if replan else self.plan, cp=cp, held=self.held)
+
+    def held_at(self, u: float) -> "JointDeviance":
+        """This deviance with the correlation held at ``u`` (``x = (theta, eta)``)."""
+        return JointDeviance(self.components, self.reml, plan=self.plan, held=u)
 
 
 # ---- the fit: the correlation parameter profiled by a bounded search -------------------------
@@ -736,14 +952,34 @@ class CorrelatedRows:
     factors: tuple
     terms: object
     weights: np.ndarray | None = None
+    strata: np.ndarray | None = None
+    n_strata: int = 1
 
     @classmethod
     def of(cls, structure: CorrelationStructure, rows: CorrelationRows, X: np.ndarray,
-           y: np.ndarray, factors, terms, weights: np.ndarray | None = None) -> "CorrelatedRows":
+           y: np.ndarray, factors, terms, weights: np.ndarray | None = None,
+           strata: np.ndarray | None = None, n_strata: int = 1) -> "CorrelatedRows":
         o = rows.order
         return cls(structure, rows, np.ascontiguousarray(X[o]), np.asarray(y, dtype=float)[o],
                    tuple((np.asarray(c)[o], np.asarray(Z, dtype=float)[o]) for c, Z in factors), terms,
-                   None if weights is None else np.asarray(weights, dtype=float)[o])
+                   None if weights is None else np.asarray(weights, dtype=float)[o],
+                   None if strata is None or n_strata < 2 else np.asarray(strata, dtype=np.intp)[o],
+                   int(n_strata) if strata is not None and n_strata > 1 else 1)
+
+    @property
+    def strata_codes(self) -> np.ndarray:
+        """The stratum of each row (all 0 without strata)."""
+        return np.zeros(self.rows.n, dtype=np.intp) if self.strata is None else self.strata
+
+    @property
+    def mixed_strata(self) -> bool:
+        """Whether the strata vary within a residual group (then whitening by the
+        correlation and weighting by the strata do not commute: the fit holds the
+        cross-products as :class:`Components` of strata pairs)."""
+        if self.strata is None:
+            return False
+        s = self.strata
+        return bool(np.any(self.rows.same[1:] & (s[1:] != s[:-1])))
 
     @property
     def sum_log_weights(self) -> float:
@@ -754,8 +990,15 @@ class CorrelatedRows:
         D = np.column_stack([self.X, self.y[:, None]] + [Z for _, Z in self.factors])
         return D if self.weights is None else D * np.sqrt(self.weights)[:, None]
 
+    def whitens_exactly(self, value: float) -> bool:
+        """Whether the rows whitened at ``value`` with the strata as row weights are the
+        model (strata constant within each residual group, or independent residuals)."""
+        return not self.mixed_strata or value == self.structure.boundary_value()
+
     def cross_products(self, value: float):
-        """The cross-products of the data whitened at parameter ``value``."""
+        """The cross-products of the data whitened at parameter ``value``, one stratum per
+        residual stratum (exact where :meth:`whitens_exactly`: a group's rows share the
+        stratum's variance, a scalar that commutes with the whitening)."""
         from ._crossprod import cross_products
 
         p = self.X.shape[1]
@@ -764,8 +1007,11 @@ class CorrelatedRows:
         for codes, Z in self.factors:
             factors.append((codes, W[:, at:at + Z.shape[1]]))
             at += Z.shape[1]
-        cp = cross_products(W[:, :p], W[:, p], factors, self.terms)
-        return dataclasses.replace(cp, sum_log_weights=np.array([self.sum_log_weights]))
+        cp = cross_products(W[:, :p], W[:, p], factors, self.terms, strata=self.strata,
+                            n_strata=self.n_strata)
+        logw = np.zeros(self.rows.n) if self.weights is None else np.log(self.weights)
+        return dataclasses.replace(cp, sum_log_weights=np.bincount(
+            self.strata_codes, weights=logw, minlength=self.n_strata).astype(float))
 
 
 class WhitenedDeviance:
@@ -814,9 +1060,10 @@ class WhitenedDeviance:
 
 def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, max_iter: int,
                  tol: float, value: float):
-    """``(deviance, dev, sol, info)`` at parameter ``value``, theta re-optimised; ``data``
-    the rows (whitened at ``value``) or their :class:`Components` (combined there)."""
-    from ._model import fit_model
+    """``(deviance, dev, sol, info)`` at parameter ``value``, theta (and the strata's
+    ratios) re-optimised; ``data`` the rows (whitened at ``value``) or their
+    :class:`Components` (combined there: a fit from chunks)."""
+    from ._model import fit_model, minimise
 
     st, rows = data.structure, data.rows
     if isinstance(data, Components):
@@ -824,6 +1071,13 @@ def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, m
         u = -np.inf if edge is not None and value == edge else st.internal(value, rows)
         with np.errstate(all="ignore"):
             cp, logdet = data.whitened(u)
+    elif not data.whitens_exactly(value):
+        held = _held_deviance(data, reml, st.internal(value, rows))
+        with np.errstate(all="ignore"):
+            sol, info = minimise(held, None, max_iter=max_iter, tol=tol, search=True)
+        dev = WhitenedDeviance(held, 0.0)
+        sol = dev.solution(sol.x)
+        return float(sol.deviance), dev, sol, info
     else:
         cp, logdet = data.cross_products(value), st.logdet(rows, value)
     with np.errstate(all="ignore"):
@@ -831,6 +1085,22 @@ def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, m
     dev = WhitenedDeviance(dev, logdet)
     sol = dev.solution(sol.x)
     return float(sol.deviance), dev, sol, info
+
+
+def _held_deviance(data: CorrelatedRows, reml: bool, u: float) -> JointDeviance:
+    """The deviance in ``(theta, eta)`` of rows whose strata vary within a residual group,
+    the correlation held at internal parameter ``u`` (its :class:`Components`)."""
+    comps = components(data)
+    if comps is None:
+        raise NotImplementedError(_MIXED_TOO_MANY)
+    return JointDeviance(comps, reml, held=u)
+
+
+_MIXED_TOO_MANY = (
+    f"residual_groups that vary within a residual group of the correlation are fitted with "
+    f"at most {MAX_COMPONENTS} distinct time lags (group sizes for 'cs') and {MAX_CLASSES} "
+    "combinations of lag and strata; these rows have more. Use residual strata constant "
+    "within each residual group, or times on fewer distinct gaps")
 
 
 @dataclass(frozen=True)
@@ -948,15 +1218,35 @@ class FittedCorrelation:
         """The solution (deviance with ``log|R|``) at ``x = (theta, eta)`` and internal
         correlation parameter ``u``, no optimisation; ``prototype`` a deviance of the
         whitened data whose plan serves."""
-        if self.data is None:
+        if self.data is None:  # a fit from chunks: the components combined at u
             with np.errstate(all="ignore"):
                 cp, logdet = self.components.whitened(float(u))
+            dev = WhitenedDeviance(prototype.with_data(cp, self.reml), logdet)
+        elif isinstance(prototype, JointDeviance):  # strata varying within groups
+            dev = WhitenedDeviance(prototype.held_at(float(u)), 0.0)
         else:
-            value = self.structure.value(float(u), self.rows)
-            cp, logdet = self.data.cross_products(value), self.structure.logdet(self.rows, value)
-        dev = WhitenedDeviance(prototype.with_data(cp, self.reml), logdet)
+            value = self.structure.value(float(u), self.data.rows)
+            inner = prototype.with_data(self.data.cross_products(value), self.reml)
+            dev = WhitenedDeviance(inner, self.structure.logdet(self.data.rows, value))
         with np.errstate(all="ignore"):
             return dev.solution(np.asarray(x, dtype=float))
+
+    def joint_deviance(self, x: np.ndarray):
+        """The :class:`JointDeviance` of the rows (``x = (theta, eta, u)``) and its solution at
+        ``x = (theta, eta)`` of the fit and the estimate ``u`` (its bound where the estimate
+        is independence): the deviance that profiles of theta and sigma minimise."""
+        comps = components(self.data)
+        if comps is None:
+            raise NotImplementedError(
+                f"profiles of the variance parameters of a model with correlated residuals "
+                f"hold the correlation in the optimiser, which takes rows with at most "
+                f"{MAX_COMPONENTS} distinct time gaps (or group sizes); these have more. "
+                f"The correlation's own profile works: which=[{self.name!r}]")
+        dev = JointDeviance(comps, self.reml)
+        lo, hi = self.bounds
+        u = float(np.clip(self.internal, lo, hi)) if np.isfinite(self.internal) else lo
+        with np.errstate(all="ignore"):
+            return dev, dev.solution(np.append(np.asarray(x, dtype=float), u))
 
     def refit(self, reml: bool | None = None, max_iter: int | None = None, tol: float | None = None,
               random: tuple | None = None):
@@ -994,11 +1284,15 @@ def _deviance_from(data: CorrelatedRows, reml: bool, prototype, x0: np.ndarray, 
     from ._model import minimise
 
     st, rows = data.structure, data.rows
-    cp = data.cross_products(value)
+    if not data.whitens_exactly(value):
+        inner = _held_deviance(data, reml, st.internal(value, rows))
+        logdet = 0.0
+    else:
+        inner = prototype.with_data(data.cross_products(value), reml)
+        logdet = st.logdet(rows, value)
     with np.errstate(all="ignore"):
-        inner = prototype.with_data(cp, reml)
         sol, info = minimise(inner, x0, max_iter=max_iter, tol=tol, search=True, multistart=False)
-    dev = WhitenedDeviance(inner, st.logdet(rows, value))
+    dev = WhitenedDeviance(inner, logdet)
     sol = dev.solution(sol.x)
     return float(sol.deviance), dev, sol, info
 
@@ -1148,16 +1442,26 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     st, rows = comps.structure, comps.rows
     lo, hi = st.bounds(rows)
     dev = JointDeviance(comps, reml)
+    n_in = dev.n_theta + dev.n_ratios  # (theta, eta): the parameters at a held u
+
+    def held(u: float):
+        """The deviance in ``(theta, eta)`` at ``u`` and what to add to it (``log|R|``
+        where the deviance is of the combined components alone: Newton steps in theta)."""
+        if dev.n_ratios:
+            return dev.held_at(u), 0.0
+        at = Deviance(comps.cp.combined(comps.weights(u)[0], row_weights=False), reml,
+                      plan=dev.plan)
+        return at, comps.logdet(u)[0]
+
     with single_threaded_blas(), np.errstate(all="ignore"):
         if start is not None and np.isfinite(start[0]):
             u0, x0, _ = start
-            x0 = np.append(np.asarray(x0, dtype=float)[:dev.n_theta], np.clip(u0, lo, hi))
+            x0 = np.append(np.asarray(x0, dtype=float)[:n_in], np.clip(u0, lo, hi))
         else:
             best, x0 = np.inf, None
             inner, outer = _search_grid(lo, hi)
             for i, u in enumerate(np.concatenate([inner, outer])):
-                w = comps.weights(u)[0]
-                at = Deviance(comps.cp.combined(w, row_weights=False), reml, plan=dev.plan)
+                at, extra = held(u)
                 # inside, a local search from the best so far; next to the bounds a full
                 # fit (a degenerate R is reached with other random effects: another basin)
                 near_bound = i >= inner.size
@@ -1165,9 +1469,9 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
                     sol, _ = minimise(at, None if (x0 is None or near_bound) else x0[:-1],
                                       max_iter=max_iter, tol=tol, search=near_bound,
                                       multistart=False)
-                except (ValueError, np.linalg.LinAlgError):
+                except (ValueError, FloatingPointError, np.linalg.LinAlgError):
                     continue
-                value = float(sol.deviance) + comps.logdet(u)[0]
+                value = float(sol.deviance) + extra
                 # next to a bound only a clear gain counts (a ridge of equal heights, as
                 # compound symmetry next to a random intercept, keeps its interior point)
                 margin = _BOUND_GAIN if near_bound else 0.0
@@ -1185,19 +1489,21 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
             # to a singular R (warned as degenerate). Convergence is then judged in theta
             # at the estimate of u, as the outer search judges it.
             u = float(sol.x[-1])
-            at = Deviance(comps.cp.combined(comps.weights(u)[0], row_weights=False), reml,
-                          plan=dev.plan)
-            held, held_info = minimise(at, sol.x[:-1], max_iter=max_iter, tol=tol, search=False)
-            if held_info.converged and held.deviance + comps.logdet(u)[0] <= sol.deviance + 1e-9:
-                sol, info = dev.solution(np.append(held.x, u)), held_info
+            at, extra = held(u)
+            fixed, held_info = minimise(at, sol.x[:-1], max_iter=max_iter, tol=tol, search=False)
+            if held_info.converged and fixed.deviance + extra <= sol.deviance + 1e-9:
+                sol, info = dev.solution(np.append(fixed.x, u)), held_info
     theta, u_hat = sol.x[:-1], float(sol.x[-1])
     value = st.value(u_hat, rows)
-    # the solution from the rows whitened at the estimate (as the outer search's), or from
-    # the components combined there
-    if data is not None:
+    # the solution from the rows whitened at the estimate (as the outer search's); with
+    # strata varying within groups the components' at the estimate; from chunks the
+    # components combined there
+    if data is None:
+        wdev = WhitenedDeviance(*_whitened_deviance(comps, u_hat, reml))
+    elif data.whitens_exactly(value):
         wdev = WhitenedDeviance(Deviance(data.cross_products(value), reml), st.logdet(rows, value))
     else:
-        wdev = WhitenedDeviance(*_whitened_deviance(comps, u_hat, reml))
+        wdev = WhitenedDeviance(dev.held_at(u_hat), 0.0)
     with np.errstate(all="ignore"):
         wsol = wdev.solution(theta)
     source = data if data is not None else comps

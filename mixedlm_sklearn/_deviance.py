@@ -408,6 +408,11 @@ class Deviance:
     def n_params(self) -> int:
         return self.n_theta + self.n_eta
 
+    @property
+    def strata_counts(self) -> np.ndarray:
+        """Rows per residual stratum (the order of :attr:`Solution.ratios`)."""
+        return self.cp.n_obs
+
     def lower_bounds(self) -> np.ndarray:
         return np.concatenate([self.terms.lower_bounds(), np.full(self.n_eta, -MAX_LOG_RATIO)])
 

@@ -251,9 +251,10 @@ class FittedModel:
         "refits" (refits with held parameters: profiles).
 
         With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
-        hold the correlation parameter, whose estimation Kenward-Roger's adjustment and the
-        profiles of theta would have to take into account: they are refused, naming what
-        works (Satterthwaite's df, z tests, the correlation parameter's own profile)."""
+        hold the correlation parameter, whose estimation Kenward-Roger's adjustment and
+        refits with held entries of ``x`` would have to take into account: they are
+        refused, naming what works (Satterthwaite's df, z tests; profiles go through
+        :meth:`profile_deviance`, whose ``x`` holds the correlation)."""
         if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
             return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
                     f"({self.correlation.structure.nlme_class}) is not supported yet; its "
@@ -381,7 +382,9 @@ class FittedModel:
         model (intercept and the same random part) refitted."""
         if self.family.scale_estimated:
             sol = self.solution
-            return float(sol.scale * (self.cross_products.n_obs @ sol.ratios) / self.n_obs)
+            counts = getattr(self.deviance, "strata_counts", None)
+            counts = self.cross_products.n_obs if counts is None else counts
+            return float(sol.scale * (counts @ sol.ratios) / self.n_obs)
 
         def null_mean() -> float:
             null = self.refit(columns=np.array([0]))
@@ -449,6 +452,16 @@ class FittedModel:
             else:
                 sol, info = minimise(dev, x0, max_iter=self.max_iter, tol=self.tol, search=search)
         return dataclasses.replace(self, deviance=dev, solution=sol, info=info)
+
+    def profile_deviance(self) -> tuple[Any, Solution]:
+        """The deviance (beta and sigma profiled out) as a function of every other variance
+        parameter, and its solution at the fit: ``x = (theta, eta)``, with correlated
+        residuals followed by the correlation's internal parameter
+        (:class:`._correlation.JointDeviance`; at the bound of independent residuals where
+        the estimate is there). Profiles hold one parameter and minimise over the rest."""
+        if self.correlation is None:
+            return self.deviance, self.solution
+        return self.correlation.joint_deviance(self.x)
 
     def variance_parameters(self) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
         """The variance parameters other than sigma at the fit and the evaluation at given

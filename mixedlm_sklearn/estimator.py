@@ -185,9 +185,12 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         ``"corCAR1(form = ~ Time | Rat)"``; the string is matched by a pattern, never
         evaluated. With ``sample_weight`` ``w`` (positive) the residual covariance of a
         group is ``scale * W^{-1/2} R W^{-1/2}`` (nlme's ``weights = varFixed(~ 1/w)``
-        next to the correlation). Also from chunks (:meth:`fit_chunks`) and Dask
-        partitions that each hold whole residual groups. Fitted with the exact solver;
-        not combined with ``residual_groups`` or several responses. Default None:
+        next to the correlation); with ``residual_groups`` it is ``S^{1/2} R S^{1/2}``, ``S``
+        the rows' stratum variances (nlme's ``weights = varIdent(form = ~ 1 | s)`` next to
+        the correlation; the strata may vary within a residual group, which the joint fit
+        handles for up to 16 distinct gaps). Also from chunks (:meth:`fit_chunks`) and Dask
+        partitions that each hold whole residual groups (without ``residual_groups``).
+        Fitted with the exact solver; not combined with several responses. Default None:
         independent residuals.
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
@@ -375,7 +378,9 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         residual_groups : array-like of shape (n,), optional
             Stratum of each row: each stratum gets its own residual variance (nlme's
             ``weights = varIdent(~ 1 | stratum)``); ``scale_`` is then the variance of the
-            first stratum in sorted order and ``residual_var_`` holds them all.
+            first stratum in sorted order and ``residual_var_`` holds them all. With
+            ``correlation`` the strata scale the correlated residuals; without groups (a
+            generalised least squares fit) they need ``correlation_groups``.
         offset : array-like of shape (n,), optional
             A known part of the linear predictor (lme4's ``offset``): the model is fitted to
             ``y - offset``. Pass the new rows' offset to :meth:`predict`.
@@ -501,7 +506,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         self._remember_z_names(Z)
         corr_structure = self._correlation_structure(
             residual_groups, (correlated or {}).get("from_formula", False), "time= and "
-            "correlation_groups= to fit")
+            "correlation_groups= to fit", in_memory=not is_dask_collection(X))
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups,
                                   corr_structure, correlated or {})
@@ -532,7 +537,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             weights, X=X, y=y, sample_weight=weights, offset=offset, index=index, groups=groups,
             Z=Z, residual_groups=residual_groups)
         n = X.shape[0]
-        if groups is None:
+        if groups is None and corr_structure is None:
             if residual_groups is not None:
                 raise ValueError("residual_groups needs groups: a residual variance per stratum is "
                                  "estimated together with the random effects")
@@ -573,10 +578,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                  several, design, correlation=corr)
         return self
 
-    def _correlation_structure(self, residual_groups: Any, from_formula: bool, columns: str):
+    def _correlation_structure(self, residual_groups: Any, from_formula: bool, columns: str,
+                               in_memory: bool = True):
         """The structure of ``correlation`` (None without), after the checks every fit
         (arrays, chunks, Dask) makes; ``columns`` says where the time and the residual groups
-        are given."""
+        are given, ``in_memory`` whether the rows are (not chunks or Dask)."""
         if self.correlation is None:
             return None
         spec = parse_spec(self.correlation)
@@ -585,10 +591,12 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                 f"correlation={self.correlation!r} names columns, which are read in formula "
                 f"mode (formula=... or lmer); otherwise give the structure's name and pass "
                 f"{columns}")
-        if residual_groups is not None:
+        if residual_groups is not None and not in_memory:
+            # the chunks' components are added up for one residual variance; the strata's
+            # pairs of components (strata varying within a group) are not laid out by chunk
             raise NotImplementedError(
-                "correlation= is not combined with residual_groups yet; supported: one response, "
-                "any random-effects terms the residual groups are nested in")
+                "correlation= with residual_groups needs the rows in memory (fit); from chunks "
+                "or Dask partitions a correlated fit has one residual variance")
         if self.solver == "iterative":
             # the correlation's search needs exact deviances (a stochastic estimate's
             # noise would move its optimum)
@@ -751,7 +759,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                             "correlation='ar1', 'car1', 'exp' or 'cs'")
         with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
             st = self._correlation_structure(residual_groups, False, "the columns as time= and "
-                                             "correlation_groups=")
+                                             "correlation_groups=", in_memory=False)
             correlation = None
             if st is not None:
                 if correlation_groups is None and len(group_cols) != 1:
@@ -866,7 +874,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                 st, rows, corr_name = correlation
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
                 data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms,
-                                         design.weights)
+                                         design.weights, design.strata, design.n_strata)
                 dev, sol, info, fitted_corr = fit_correlated(
                     data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             else:

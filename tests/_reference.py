@@ -52,6 +52,18 @@ STRUCTURE_CASES = ("ovary_ar1_reml", "ovary_ar1_ml", "bodyweight_car1_reml", "or
 STRUCTURE_INFERENCE_FILES = ("r2_correlated.json", "ranova_correlated.json",
                              "ovary_ar1_weighted.json")
 
+#: nlme's correlated fits with a residual variance per stratum (``weights = varIdent(form =
+#: ~ 1 | s)``), also in ``structures/``: the R script ``varident_correlated.R`` there writes
+#: them (data: ``bodyweight_car1_varident.csv``, ``orthodont_varident.csv``).
+VARIDENT_CORRELATED_CASES = tuple(
+    f"{data}_{s}_{m}" for data, s in [("bodyweight", "car1_varident"), ("orthodont", "ar1_varident_sex"),
+                                      ("orthodont", "cs_varident_sex"), ("orthodont", "ar1_varident_age"),
+                                      ("orthodont", "cs_varident_age")]
+    for m in ("reml", "ml"))
+#: Their data (written and read back by the script) and the script itself.
+VARIDENT_CORRELATED_FILES = ("bodyweight_car1_varident.csv", "orthodont_varident.csv",
+                             "varident_correlated.R")
+
 #: glmmTMB fits of the families with a parameter (negative binomial, Gamma), also in
 #: ``structures/`` (see tests/glmm/test_glmm_families.py).
 FAMILY_CASES = ("grouseticks_nb_crossed", "gamma_log_sim")

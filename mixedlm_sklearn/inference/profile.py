@@ -96,7 +96,7 @@ class _Profiler:
         self.terms = model.terms
         reml = criterion == "reml"
         profiled = model if model.reml == reml else model.refit(reml=reml)
-        self.dev, sol = profiled.deviance, profiled.solution
+        self.dev, sol = profiled.profile_deviance()
         # evaluated in the whitened basis: profiles reach variances far from the estimate,
         # where lme4's basis of uncentred slopes loses every digit
         self.conditioned = Conditioned(self.dev)
@@ -130,14 +130,20 @@ class _Profiler:
         # sigma, around 1e4 for a very high intra-class correlation)
         self.n_theta = self.terms.n_theta
         basis = self.conditioned.basis
-        self.x_hat = self._canonical(basis.from_original(np.concatenate([sol.theta, np.log(delta)])))
+        # x = (theta, eta[, a residual structure's parameters, e.g. a correlation's])
+        self.x_hat = self._canonical(basis.from_original(np.concatenate(
+            [sol.theta, np.log(delta), sol.x[self.n_theta + delta.size:]])))
         self.x_scale = np.ones(self.x_hat.size)
         for sl in self.terms.slices:
             self.x_scale[sl] = max(float(np.abs(self.x_hat[sl]).max(initial=0.0)), 0.1)
         n_eta = self.x_hat.size - self.n_theta
-        # theta is unbounded (Lambda and -Lambda are the same model: no bound to stop at)
-        self.x_lower = np.concatenate([np.full(self.n_theta, -inf), np.full(n_eta, -MAX_LOG_RATIO)])
-        self.x_upper = -self.x_lower
+        n_other = n_eta - delta.size
+        # theta is unbounded (Lambda and -Lambda are the same model: no bound to stop at);
+        # the residual structure's parameters keep the deviance's own bounds
+        self.x_lower = np.concatenate([np.full(self.n_theta, -inf), np.full(delta.size, -MAX_LOG_RATIO),
+                                       self.dev.lower_bounds()[self.x_hat.size - n_other:]])
+        self.x_upper = np.concatenate([np.full(self.n_theta, inf), np.full(delta.size, MAX_LOG_RATIO),
+                                       self.dev.upper_bounds()[self.x_hat.size - n_other:]])
         var_est, var_kinds = self.estimate[: self.n_var], self.kinds[: self.n_var]
         se_beta = np.sqrt(np.diag(sol.cov_beta()))
         # first steps of the root search
@@ -882,7 +888,10 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
     heteroscedastic fit, at the estimated variance ratios, as nlme's ``intervals``).
     With correlated residuals, ``method="profile", which=["Phi"]`` (``"range"``,
     ``"Rho"``) profiles the correlation parameter on the fit's own criterion (REML or
-    ML), the variance components re-optimised at each value.
+    ML), the variance components re-optimised at each value; the other parameters'
+    profiles (as lme4's, on the ML deviance by default) re-estimate the correlation at
+    every point (it is a coordinate of the minimised deviance: rows with at most 16
+    distinct time gaps or group sizes).
 
     Examples
     --------
@@ -953,9 +962,6 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         return interval_table(frame, alpha, "Profile likelihood confidence intervals", [
             f"Bounds where the {criterion_name}, refitted with {corr.name} held, rises by "
             f"{format_real([stats.chi2.ppf(1.0 - alpha, 1)], 4)[0]} (the fit's own criterion, as nlme's)"])
-    if corr is not None:
-        raise ValueError(f"profile intervals of a model with correlated residuals cover its "
-                         f"correlation parameter only: which=[{corr.name!r}]")
     if model.supports("profile") is not None:  # no profiled deviance: refits with x[k] held
         if criterion != "ml":
             raise ValueError(f"criterion={criterion!r}: this model is fitted by maximum likelihood "

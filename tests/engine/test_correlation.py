@@ -18,7 +18,7 @@ from scipy import linalg, optimize
 
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
 
-from _reference import REFERENCE_DIR, STRUCTURE_CASES
+from _reference import REFERENCE_DIR, STRUCTURE_CASES, VARIDENT_CORRELATED_CASES
 
 STRUCT_DIR = REFERENCE_DIR / "structures"
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -432,15 +432,6 @@ def test_correlation_inputs_without_a_structure_are_refused():
         MixedLMRegressor().fit(X, y, groups=g, time=t)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"residual_groups": np.arange(20) % 2}, "residual_groups"),
-])
-def test_unsupported_combinations_say_what_is_supported(kwargs, match):
-    X, y, g, t = _small()
-    with pytest.raises(NotImplementedError, match=match):
-        MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, **kwargs)
-
-
 def test_zero_weights_with_a_correlation_are_refused():
     X, y, g, t = _small()
     w = np.ones(20)
@@ -502,8 +493,6 @@ def test_summary_and_print_report_the_correlation_and_its_tests():
 
 def test_methods_that_ignore_the_correlation_refuse():
     _, _, est = _ovary("ovary_ar1_reml")
-    with pytest.raises(ValueError, match="correlated residuals"):
-        est.conf_int(method="profile")
     with pytest.raises(ValueError, match="correlated residuals"):
         est.summary(ddf="kenward-roger")
 
@@ -618,8 +607,57 @@ def test_profile_interval_of_phi_reaches_the_chi_square_cutoff_of_the_dense_prof
 
     for end in (lower, upper):
         np.testing.assert_allclose(dense_profile(end), -2 * est.llf_ + q, atol=1e-6)
-    with pytest.raises(ValueError, match="correlation parameter only"):
+    # the variance parameters' profiles hold the correlation in the optimiser, which these
+    # irregular times (more lag classes than the joint deviance holds) do not allow
+    with pytest.raises(NotImplementedError, match="distinct time gaps"):
         est.conf_int(method="profile")
+
+
+@pytest.mark.parametrize("criterion,seed", [("ml", 13), ("reml", 13), ("ml", 16)])
+def test_profile_intervals_of_sd_and_sigma_with_a_correlation_equal_the_dense_profile(criterion, seed):
+    """A random intercept with CAR(1) residuals (gaps of three lengths): the profile
+    intervals of the random intercept's sd and of sigma (the correlation re-estimated at
+    every point: the joint deviance's x holds it) have the endpoints of a brute-force
+    profile of the dense criterion (minimised over the other variance parameters and the
+    correlation from several starts, the endpoint by root finding) to 1e-4; a lower end of 0
+    where the brute-force profile stays below the cutoff there (the correlation takes over
+    the within-rat covariance)."""
+    from scipy import stats
+
+    X, y, Z, codes, times = _random_design("car1", 1, 0.5, seed=seed, few_gaps=True)
+    reml = criterion == "reml"
+    est = MixedLMRegressor(correlation="car1", reml=reml).fit(X[:, 1:], y, groups=codes, Z=Z,
+                                                                time=times)
+    ci = est.conf_int(method="profile", criterion=criterion, which=["sd_z0|group", "sigma"])
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense(log_sd, log_sigma, u):
+        return _dense_deviance(X, y, Z, codes, times, "car1", np.array([[np.exp(2 * log_sd)]]),
+                               np.exp(2 * log_sigma), 1.0 / (1.0 + np.exp(-u)), reml)
+
+    def dense_min(held, value):
+        """The dense criterion minimised over the other parameters with one held."""
+        def f(p):
+            args = (np.log(value), p[0], p[1]) if held == "sd" else (p[0], np.log(value), p[1])
+            return dense(*args)
+        best = np.inf
+        for s in ([0.0, 0.5], [-1.0, -1.0], [0.5, 2.0]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000})
+            best = min(best, r.fun)
+        return best
+
+    d_min = -2.0 * est.llf_
+    for name, held in (("sd_z0|group", "sd"), ("sigma", "sigma")):
+        for end in ci.loc[name]:
+            excess = lambda v: dense_min(held, v) - d_min - q
+            if end == 0.0:  # the profile stays below the cutoff down to a variance of 0
+                assert held == "sd" and excess(1e-8) < 0
+                continue
+            a, b = 0.97 * end, 1.03 * end
+            assert excess(a) * excess(b) < 0  # the brute-force endpoint lies within 3%
+            brute = optimize.brentq(excess, a, b, xtol=1e-9 * end)
+            np.testing.assert_allclose(end, brute, rtol=1e-4)
 
 
 def test_predict_on_seen_groups_is_nlmes_conditional_prediction():
@@ -713,3 +751,370 @@ def test_joint_fit_leaves_a_local_optimum_for_a_singular_random_slope_basin(monk
     ours = _dense_deviance(X, y, Z, codes, times, "car1", joint.cov_re_, joint.scale_,
                            joint.correlation_params_["Phi"], False, w)
     np.testing.assert_allclose(-2.0 * joint.llf_, ours, rtol=1e-9, atol=1e-8)
+
+
+# ---- a residual variance per stratum next to the correlation (nlme's varIdent) -------------------
+
+VARIDENT_CASES = ("bodyweight_car1_varident_reml", "bodyweight_car1_varident_ml",
+                  "orthodont_ar1_varident_sex_reml", "orthodont_ar1_varident_sex_ml",
+                  "orthodont_cs_varident_sex_reml", "orthodont_cs_varident_sex_ml",
+                  "orthodont_cs_varident_age_reml",
+                  "orthodont_cs_varident_age_ml")
+
+
+def _varident_fit(name, **kwargs):
+    """nlme's lme/gls with correlation= and weights = varIdent(form = ~ 1 | s): the call
+    is in the JSON (tests/data/reference/structures/varident_correlated.R)."""
+    assert name in VARIDENT_CORRELATED_CASES
+    ref = json.loads((STRUCT_DIR / f"{name}.json").read_text())
+    reml = ref["method"] == "REML"
+    if name.startswith("bodyweight"):
+        df = pd.read_csv(STRUCT_DIR / "bodyweight_car1_varident.csv", dtype={"Rat": str, "Diet": str})
+        d2, d3 = (df.Diet == "2").astype(float), (df.Diet == "3").astype(float)
+        X = pd.DataFrame({"Time": df.Time, "Diet2": d2, "Diet3": d3, "Time:Diet2": df.Time * d2,
+                          "Time:Diet3": df.Time * d3})
+        Z = np.column_stack([np.ones(len(df)), df.Time])
+        est = MixedLMRegressor(correlation="car1", reml=reml, **kwargs).fit(
+            X, df.weight, groups=df.Rat, Z=Z, time=df.Time, residual_groups=df.Diet)
+        return df, ref, est
+    df = pd.read_csv(STRUCT_DIR / "orthodont_varident.csv", dtype={"Subject": str, "Sex": str})
+    male = (df.Sex == "Male").astype(float)
+    X = pd.DataFrame({"age": df.age, "SexMale": male, "age:SexMale": df.age * male})
+    strata = df.Sex if name.endswith(("sex_reml", "sex_ml")) else df.age.astype(str)
+    if "_ar1_" in name:
+        est = MixedLMRegressor(correlation="ar1", reml=reml, **kwargs).fit(
+            X, df.distance, groups=df.Subject, time=(df.age - 6) // 2, residual_groups=strata)
+    else:  # gls
+        est = MixedLMRegressor(correlation="cs", reml=reml, **kwargs).fit(
+            X, df.distance, correlation_groups=df.Subject, residual_groups=strata)
+    return df, ref, est
+
+
+def _stratum_sds(est):
+    """Each stratum's residual standard deviation."""
+    return {k: float(np.sqrt(v)) for k, v in est.residual_var_.items()}
+
+
+@pytest.mark.parametrize("name", VARIDENT_CASES)
+def test_correlation_with_a_variance_per_stratum_agrees_with_nlme(name):
+    """BodyWeight (corCAR1, random slopes, a variance per Diet), Orthodont (corAR1 with a
+    random intercept, corCompSymm without random effects; a variance per Sex, constant
+    within a subject, or per age (gls), varying within a subject), REML and ML. The strata's
+    standard deviations are compared (nlme's reference stratum is its first level met).
+    nlme's gls by ML scales the covariance of beta by N / (N - p) (as without strata)."""
+    df, ref, est = _varident_fit(name)
+    assert est.converged_
+    assert est.llf_ >= ref["llf"] - 1e-6
+    np.testing.assert_allclose(est.llf_, ref["llf"], atol=1e-5)
+    np.testing.assert_allclose(est.fe_params_.to_numpy(), ref["fe_params"], rtol=1e-4)
+    gls_ml = "cov_re" not in ref and ref["method"] == "ML"
+    n, p = len(df), len(ref["fe_params"])
+    factor = np.sqrt(n / (n - p)) if gls_ml else 1.0
+    np.testing.assert_allclose(est.bse_.to_numpy() * factor, ref["bse_fe"], rtol=1e-4)
+    sds = _stratum_sds(est)
+    theirs = {k: ref["sigma"] * r for k, r in ref["var_ratios_sd"].items()}
+    assert set(sds) == set(theirs)
+    for k in theirs:
+        np.testing.assert_allclose(sds[k], theirs[k], rtol=1e-4)
+    value = ref["correlation"]["value"]
+    ours = est.correlation_params_[ref["correlation"]["name"]]
+    np.testing.assert_allclose(ours, value, rtol=1e-4, atol=1e-5)
+    if "cov_re" in ref:
+        np.testing.assert_allclose(est.cov_re_, np.atleast_2d(ref["cov_re"]), rtol=2e-4)
+        np.testing.assert_allclose(est.fitted()[:20], ref["fitted_head"], rtol=1e-6)
+
+
+def _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml, strata,
+                           ratios):
+    """The dense deviance with the residual covariance sigma^2 S^{1/2} C S^{1/2}, S the
+    rows' variance ratios (stratum ``s`` has ``ratios[s]``)."""
+    return _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml,
+                           1.0 / np.asarray(ratios)[strata])
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_orthodont_ar1_with_a_variance_per_age_goes_beyond_nlmes_optimum(method):
+    """AR(1), a random intercept and a variance per age (varying within a subject): our
+    deviance at nlme's estimates is nlme's (and the dense one), but nlme stops at a local
+    optimum (Phi near 0): beyond it the likelihood keeps rising as the variance at age 10
+    runs to 0 with Phi near 0.67 (dense likelihood: higher than nlme's by more than 0.5).
+    The fit warns that it did not converge (a boundary of the variances)."""
+    from mixedlm_sklearn._correlation import JointDeviance, components
+
+    ref = json.loads((STRUCT_DIR / f"orthodont_ar1_varident_age_{method}.json").read_text())
+    reml = method == "reml"
+    df = pd.read_csv(STRUCT_DIR / "orthodont_varident.csv", dtype={"Subject": str, "Sex": str})
+    male = (df.Sex == "Male").astype(float).to_numpy()
+    X = np.column_stack([np.ones(len(df)), df.age, male, df.age * male])
+    y = df.distance.to_numpy(float)
+    codes = pd.factorize(df.Subject)[0]
+    visit = ((df.age - 6) // 2).to_numpy(float)
+    ages = ["10", "12", "14", "8"]  # our strata (sorted labels; the reference first)
+    strata = np.array([ages.index(str(a)) for a in df.age])
+    with pytest.warns(Warning, match="did not converge"):
+        _, _, est = _varident_fit(f"orthodont_ar1_varident_age_{method}")
+    # nlme's estimates in our parameters: x = (theta, eta, u) relative to stratum "10"
+    sds = np.array([ref["sigma"] * ref["var_ratios_sd"][a] for a in ages])
+    theta = np.sqrt(ref["cov_re"][0][0]) / sds[0]
+    u = 2.0 * np.arctanh(ref["correlation"]["value"])
+    dev = JointDeviance(components(est.model_.correlation.data), reml)
+    x = np.concatenate([[theta], np.log(sds[1:] / sds[0]), [u]])
+    np.testing.assert_allclose(-0.5 * dev(x), ref["llf"], rtol=1e-9)
+    theirs = _dense_strata_deviance(X, y, np.ones((y.size, 1)), codes, visit, "ar1",
+                                    np.atleast_2d(ref["cov_re"]), sds[0] ** 2,
+                                    ref["correlation"]["value"], reml, strata, (sds / sds[0]) ** 2)
+    np.testing.assert_allclose(-0.5 * theirs, ref["llf"], rtol=1e-10)
+    # ours: higher, and the dense likelihood at our estimates confirms it
+    assert est.llf_ > ref["llf"] + 0.5
+    ratios = [est.residual_var_[a] / est.scale_ for a in ages]
+    ours = _dense_strata_deviance(X, y, np.ones((y.size, 1)), codes, visit, "ar1",
+                                  np.atleast_2d(est.cov_re_), est.scale_,
+                                  est.correlation_params_["Phi"], reml, strata, ratios)
+    assert -0.5 * ours > ref["llf"] + 0.5
+    assert est.residual_var_["10"] < 1e-3 * min(est.residual_var_[a] for a in ages[1:])
+
+
+def _strata_design(kind, q, seed, mixed):
+    """A random design with two or three strata of residual variance: constant within each
+    group (``mixed=False``) or varying within groups; few distinct gaps (the joint fit)."""
+    X, y, Z, codes, times = _random_design(kind, max(q, 1), 0.6 if kind != "exp" else 1.0,
+                                           seed=seed, few_gaps=True)
+    rng = np.random.default_rng(seed + 100)
+    if mixed:
+        strata = rng.integers(0, 3, y.size)
+    else:
+        strata = rng.integers(0, 2, codes.max() + 1)[codes]
+    sd = np.array([1.0, 2.0, 0.6])[strata]
+    # the residuals scaled per stratum (a generating model with a variance per stratum)
+    fixed = X @ np.array([1.0, 0.5])
+    y = fixed + (y - fixed) * sd
+    return X, y, Z[:, :q], codes, times, strata
+
+
+def _strata_oracle_min(X, y, Z, codes, times, kind, reml, strata, starts):
+    q = Z.shape[1]
+    k = q * (q + 1) // 2
+    n_max = np.bincount(codes).max()
+    S = strata.max() + 1
+
+    def f(par):
+        cov_re, sigma2, value = _unpack(np.append(par[:k + 1], par[-1]), q, kind, n_max)
+        ratios = np.exp(np.append(0.0, par[k + 1:k + S]))
+        try:
+            return _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml,
+                                          strata, ratios)
+        except (np.linalg.LinAlgError, ValueError):
+            return np.inf
+
+    best = np.inf
+    for s in starts:
+        res = optimize.minimize(f, s, method="Nelder-Mead",
+                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 40000,
+                                         "maxfev": 40000})
+        res = optimize.minimize(f, res.x, method="BFGS", options={"gtol": 1e-9})
+        best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("kind,q,reml,mixed", [
+    ("ar1", 1, True, False), ("ar1", 1, True, True), ("car1", 2, False, False),
+    ("car1", 1, False, True), ("exp", 2, True, False), ("exp", 1, True, True),
+    ("cs", 0, True, False), ("cs", 0, True, True)])
+def test_a_variance_per_stratum_with_a_correlation_reaches_the_dense_optimum(kind, q, reml, mixed):
+    """Strata constant within each group or varying within groups (as nlme allows), uneven
+    gaps, with and without random slopes (compound symmetry without random effects): our
+    log-likelihood is the dense one at our estimates, and no start of the dense optimiser
+    finds a better one. (Strata varying within groups of 3-6 rows next to a random slope
+    leave a stratum with at most two rows of a group, which the slope fits exactly: the
+    likelihood is unbounded there, and the fit says so.)"""
+    X, y, Z, codes, times, strata = _strata_design(kind, q, seed=21 + q, mixed=mixed)
+    est = MixedLMRegressor(correlation=kind, reml=reml).fit(
+        X[:, 1:], y, groups=codes if q else None, Z=Z if q else None, time=times,
+        correlation_groups=None if q else codes, residual_groups=strata)
+    assert est.converged_
+    name = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}[kind]
+    value = est.correlation_params_[name]
+    S = strata.max() + 1
+    ratios = np.array([est.residual_var_[s] / est.scale_ for s in range(S)])
+    cov_re = np.atleast_2d(est.cov_re_) if q else np.zeros((0, 0))
+    ours = _dense_strata_deviance(X, y, Z, codes, times, kind, cov_re, est.scale_, value, reml,
+                                  strata, ratios)
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
+    k = q * (q + 1) // 2
+    u0 = {"ar1": 0.5, "car1": 0.0, "exp": 0.0, "cs": 0.0}[kind]
+    starts = [np.concatenate([np.eye(q)[np.tril_indices(q)][:k] * s, [np.log(s)],
+                              np.full(S - 1, r), [u]])
+              for s, r, u in [(1.0, 0.0, u0), (0.3, 1.0, u0 - 2.0), (2.0, -0.5, u0 + 2.0)]]
+    best = _strata_oracle_min(X, y, Z, codes, times, kind, reml, strata, starts)
+    assert -2.0 * est.llf_ <= best + 2e-6
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("kind", ["ar1", "car1", "cs"])
+def test_joint_deviance_with_strata_is_the_dense_one_and_its_gradient_the_central_differences(
+        kind, reml):
+    """x = (theta, eta, u) with strata varying within groups: the value is the dense
+    deviance at the solution's parameters and the analytic gradient (eta and u included)
+    equals central differences."""
+    from mixedlm_sklearn._correlation import (STRUCTURES, CorrelatedRows, CorrelationRows,
+                                              JointDeviance, components)
+    from mixedlm_sklearn._terms import Term, Terms
+
+    X, y, Z, codes, times, strata = _strata_design(kind, 2, seed=4, mixed=True)
+    terms = Terms([Term("g", ("z0", "z1"), int(codes.max()) + 1)])
+    st = STRUCTURES[kind]()
+    rows = CorrelationRows.from_arrays(codes, times, kind == "ar1")
+    data = CorrelatedRows.of(st, rows, X, y, [(codes, Z)], terms, strata=strata, n_strata=3)
+    assert data.mixed_strata
+    dev = JointDeviance(components(data), reml)
+    assert dev.n_eta == 3 and dev.n_ratios == 2
+    for u in (-2.0, 0.3, 2.5):
+        x = np.array([1.2, -0.3, 0.5, 0.4, -0.7, u])
+        value, grad = dev.value_and_grad(x)
+        sol = dev.solution(x)
+        np.testing.assert_allclose(sol.ratios, np.exp(2.0 * np.array([0.0, 0.4, -0.7])))
+        L = np.array([[x[0], 0.0], [x[1], x[2]]])
+        dense = _dense_strata_deviance(X, y, Z, codes, times, kind, sol.scale * L @ L.T,
+                                       sol.scale, st.value(u, rows), reml, strata, sol.ratios)
+        np.testing.assert_allclose(value, dense, rtol=1e-10)
+        h = 1e-5
+        numeric = np.array([(dev(x + h * e) - dev(x - h * e)) / (2 * h) for e in np.eye(x.size)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_a_stratum_the_random_slopes_fit_exactly_is_refused():
+    """Strata varying within groups with at most two rows of a stratum per group: a random
+    intercept and slope reproduce that stratum's rows, its variance runs to 0 and the
+    likelihood is unbounded. A clear error, the estimator as it was."""
+    X, y, Z, codes, times, strata = _strata_design("car1", 2, seed=23, mixed=True)
+    est = MixedLMRegressor(correlation="car1", reml=False)
+    with pytest.raises(ValueError, match="residual variance of stratum"):
+        est.fit(X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=strata)
+    assert not hasattr(est, "model_")
+
+
+def test_outer_search_with_strata_equals_the_joint_fit(monkeypatch):
+    """Strata constant within each group: the rows whitened by the correlation keep their
+    stratum, so the outer search (whole fits of the whitened rows, the strata as row
+    weights) finds the joint fit's optimum. Strata varying within groups with more lag
+    classes than the joint fit holds are refused, naming what works."""
+    import mixedlm_sklearn._correlation as corr
+
+    X, y, Z, codes, times, strata = _strata_design("car1", 1, seed=31, mixed=False)
+
+    def fit(s):
+        return MixedLMRegressor(correlation="car1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times,
+                                                        residual_groups=s)
+
+    joint = fit(strata)
+    monkeypatch.setattr(corr, "MAX_COMPONENTS", 0)  # every design to the outer search
+    outer = fit(strata)
+    np.testing.assert_allclose(outer.llf_, joint.llf_, atol=1e-7)
+    np.testing.assert_allclose(outer.correlation_params_["Phi"], joint.correlation_params_["Phi"],
+                               rtol=1e-4)
+    for k in joint.residual_var_:
+        np.testing.assert_allclose(outer.residual_var_[k], joint.residual_var_[k], rtol=1e-4)
+    mixed = np.random.default_rng(0).integers(0, 2, y.size)
+    est = MixedLMRegressor(correlation="car1")
+    with pytest.raises(NotImplementedError, match="vary within a residual group"):
+        est.fit(X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=mixed)
+    assert not hasattr(est, "model_")
+
+
+def test_strata_with_a_correlation_in_lmer_summary_simulation_and_intervals():
+    """lmer with correlation= and residual_groups= a column: nlme's fit; summary prints each
+    stratum's residual variance next to the correlation; simulated residuals (the fitted
+    random effects kept) have each stratum's variance and the CAR(1) correlation between a
+    rat's consecutive weeks; a prediction interval's variance exceeds the confidence
+    interval's by the row's stratum variance; a parametric bootstrap refits the strata."""
+    from scipy import stats
+
+    from mixedlm_sklearn import lmer
+
+    df = pd.read_csv(STRUCT_DIR / "bodyweight_car1_varident.csv", dtype={"Rat": str, "Diet": str})
+    ref = json.loads((STRUCT_DIR / "bodyweight_car1_varident_reml.json").read_text())
+    est = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)",
+               residual_groups="Diet")
+    assert est.llf_ >= ref["llf"] - 1e-6
+    for k, r in ref["var_ratios_sd"].items():
+        np.testing.assert_allclose(np.sqrt(est.residual_var_[k]), ref["sigma"] * r, rtol=1e-4)
+    text = str(est.summary())
+    assert "corCAR1(form = ~ Time | Rat)" in text
+    for k in ("1", "2", "3"):
+        assert f"Residual ({k})" in text
+    # simulation: e = y_sim - conditional mean, 4000 draws
+    sims = est.simulate(n_sim=4000, random_state=1, conditional=True)
+    e = sims - est.fitted().to_numpy()[:, None]
+    diet = df.Diet.to_numpy()
+    for k in ("1", "2", "3"):
+        rows = diet == k
+        var = e[rows].var(axis=1).mean()
+        se = est.residual_var_[k] * np.sqrt(2.0 / 4000)  # of one row's variance
+        assert abs(var - est.residual_var_[k]) < 4.0 * se, (k, var, est.residual_var_[k])
+    phi = est.correlation_params_["Phi"]
+    week = (df.Rat.to_numpy()[1:] == df.Rat.to_numpy()[:-1]) & (np.diff(df.Time.to_numpy()) == 7)
+    r = np.array([np.corrcoef(e[i], e[i + 1])[0, 1] for i in np.flatnonzero(week)])
+    assert abs(r.mean() - phi ** 7) < 4.0 * (1 - phi ** 14) / np.sqrt(4000 * week.sum())
+    # prediction intervals: the stratum's residual variance on top of the confidence's
+    rows = df.iloc[[0, 70, 150]]
+    lo, hi = est.predict_interval(rows)
+    lo_c, hi_c = est.predict_interval(rows, kind="confidence")
+    extra = ((hi - lo) / 2) ** 2 - ((hi_c - lo_c) / 2) ** 2
+    expected = stats.norm.ppf(0.975) ** 2 * np.array([est.residual_var_[d] for d in rows.Diet])
+    np.testing.assert_allclose(extra, expected, rtol=1e-8)
+    assert len(set(np.round(extra, 6))) > 1  # the strata differ
+    # a parametric bootstrap refits the correlation and the strata from their estimates
+    boot = est.bootstrap(n_boot=4, random_state=0)
+    assert np.all(np.isfinite(np.asarray(boot.replicates, dtype=float)))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_r2_residual_variance_of_a_correlated_fit_averages_the_rows_strata(mixed):
+    """R2's residual variance (insight's get_variance) of a model with a variance per
+    stratum is the rows' average of their strata's variances, also where the strata vary
+    within the correlation's groups (whose deviance holds the strata as components)."""
+    from mixedlm_sklearn.inference.r2 import variance_components
+
+    X, y, Z, codes, times, strata = _strata_design("ar1", 1, seed=22, mixed=mixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        est = MixedLMRegressor(correlation="ar1").fit(X[:, 1:], y, groups=codes, Z=Z, time=times,
+                                                      residual_groups=strata)
+    rows = np.array([est.residual_var_[s] for s in strata])
+    np.testing.assert_allclose(variance_components(est).residual, rows.mean(), rtol=1e-12)
+
+
+def test_profile_of_sigma_with_strata_varying_within_groups_equals_the_dense_profile():
+    """AR(1), a random intercept and two strata of residual variance varying within the
+    groups: the profile interval of sigma (the reference stratum's; the other stratum's
+    ratio, the random intercept and the correlation re-estimated at every point) has the
+    endpoints of a brute-force profile of the dense ML deviance to 1e-4."""
+    from scipy import stats
+
+    X, y, Z, codes, times, strata = _strata_design("ar1", 1, seed=29, mixed=True)
+    strata = strata % 2
+    est = MixedLMRegressor(correlation="ar1", reml=False).fit(
+        X[:, 1:], y, groups=codes, Z=Z, time=times, residual_groups=strata)
+    assert est.converged_ and est.cov_re_[0, 0] > 0
+    lower, upper = est.conf_int(method="profile", which=["sigma"]).loc["sigma"]
+    q = stats.chi2.ppf(0.95, 1)
+
+    def dense_min(sigma):
+        def f(p):  # log sd, log ratio of stratum 1, the AR(1)'s internal parameter
+            return _dense_strata_deviance(X, y, Z, codes, times, "ar1",
+                                          np.array([[np.exp(2 * p[0])]]), sigma ** 2,
+                                          np.tanh(p[2]), False, strata, [1.0, np.exp(p[1])])
+        best = np.inf
+        for s in ([0.0, 0.0, 0.5], [-1.0, 1.0, -0.5], [0.5, -1.0, 1.5]):
+            r = optimize.minimize(f, s, method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 6000})
+            best = min(best, r.fun)
+        return best
+
+    d_min = -2.0 * est.llf_
+    for end in (lower, upper):
+        excess = lambda v: dense_min(v) - d_min - q
+        a, b = 0.97 * end, 1.03 * end
+        assert excess(a) * excess(b) < 0
+        brute = optimize.brentq(excess, a, b, xtol=1e-9 * end)
+        np.testing.assert_allclose(end, brute, rtol=1e-4)

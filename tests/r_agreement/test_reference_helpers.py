@@ -16,6 +16,8 @@ from _reference import (
     STRUCTURE_CASES,
     STRUCTURE_INFERENCE_FILES,
     VARIDENT_CASES,
+    VARIDENT_CORRELATED_CASES,
+    VARIDENT_CORRELATED_FILES,
     load_case,
     product_data,
     product_reference,
@@ -35,6 +37,8 @@ def test_case_lists_cover_every_reference_file():
     assert {path.name for path in REFERENCE_DIR.iterdir()} == expected
     structures = {f"{case}.{ext}" for case in STRUCTURE_CASES + FAMILY_CASES for ext in ("csv", "json")}
     structures |= set(STRUCTURE_INFERENCE_FILES)
+    structures |= {f"{case}.json" for case in VARIDENT_CORRELATED_CASES}
+    structures |= set(VARIDENT_CORRELATED_FILES)
     assert {path.name for path in (REFERENCE_DIR / "structures").iterdir()} == structures
 
 
