@@ -303,3 +303,28 @@ def test_residual_groups_of_their_own_column_split_across_chunks_are_refused(reg
         MixedLMRegressor(correlation="cs").fit_chunks(
             iter([df.iloc[:cut], df.iloc[cut:]]), y="y", groups="g", X=["x"],
             correlation_groups="block")
+
+
+def test_residual_strata_with_a_correlation_need_the_rows_in_memory(regular):
+    """The chunks' components are added up for one residual variance: residual_groups with
+    correlation= are refused from chunks and Dask (before any chunk is read), and fitted
+    from the same rows in memory."""
+    df = regular.assign(s=np.where(regular["visit"] <= 3, "early", "late"))
+    est = MixedLMRegressor(correlation="ar1")
+    read = []
+
+    def chunks():
+        for part in _chunks_at_group_bounds(df, "g", 300):
+            read.append(len(part))
+            yield part
+
+    with pytest.raises(NotImplementedError, match="residual_groups needs the rows in memory"):
+        est.fit_chunks(chunks(), y="y", groups="g", X=["x"], time="visit", residual_groups="s")
+    assert not read and not hasattr(est, "model_")
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(df, npartitions=2, sort=False)
+    with pytest.raises(NotImplementedError, match="residual_groups needs the rows in memory"):
+        est.fit(ddf[["x"]], ddf["y"], groups=ddf["g"], time=ddf["visit"], residual_groups=ddf["s"])
+    assert not hasattr(est, "model_")
+    fitted = est.fit(df[["x"]], df["y"], groups=df["g"], time=df["visit"], residual_groups=df["s"])
+    assert np.isfinite(fitted.llf_) and 0.3 < fitted.correlation_params_["Phi"] < 0.7
