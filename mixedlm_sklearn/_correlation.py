@@ -750,17 +750,20 @@ def components(data: "CorrelatedRows") -> Components | None:
             return None
         counts = np.bincount(cls, minlength=lags.size)
         now_s, before_s = s[inner], s[inner - 1]
-        keys = np.unique(np.column_stack([cls, now_s, before_s]), axis=0) if inner.size else \
-            np.zeros((0, 3), dtype=int)
-        if keys.shape[0] > MAX_CLASSES:
+        # one integer per (lag class, stratum of the row, of its predecessor), ordered as
+        # the triples are (a row-wise np.unique(axis=0) sorts ~10x slower)
+        key = (cls.astype(np.int64) * n_strata + now_s) * n_strata + before_s
+        keys = np.unique(key)
+        if keys.size > MAX_CLASSES:
             return None
         first = np.flatnonzero(~rows.same)
         for a in range(n_strata):
             f = first[s[first] == a]
             if f.size:
                 add(D[f], f, 0, -1, a, a, f.size)
-        for j, a, b in keys:
-            t = inner[(cls == j) & (now_s == a) & (before_s == b)]
+        for k in keys:
+            j, a, b = int(k // (n_strata * n_strata)), int(k // n_strata % n_strata), int(k % n_strata)
+            t = inner[key == k]
             now, before = D[t], D[t - 1]
             add(now, t, 1, j, a, b, t.size)
             add(before, t, 2, j, a, b)
@@ -776,8 +779,10 @@ def components(data: "CorrelatedRows") -> Components | None:
                 add(D[r], r, 8, -1, a, a, r.size)
         group_of = np.repeat(np.arange(rows.starts.size), rows.sizes)
         # per group, the sums of its rows of each stratum
-        sums = np.zeros((rows.starts.size, n_strata, D.shape[1]))
-        np.add.at(sums, (group_of, s), D)
+        # (rows in group order: one reduceat per stratum, not an unbuffered np.add.at)
+        sums = np.empty((rows.starts.size, n_strata, D.shape[1]))
+        for a in range(n_strata):
+            sums[:, a] = np.add.reduceat(D if n_strata == 1 else D * (s == a)[:, None], rows.starts, axis=0)
         present = np.zeros((rows.starts.size, n_strata), dtype=bool)
         present[group_of, s] = True
         n_pairs = sum(1 for a in range(n_strata) for b in range(a + 1, n_strata)
