@@ -176,11 +176,17 @@ def _oracle_min(X, y, Z, codes, times, kind, reml, starts, weights=None):
         except (np.linalg.LinAlgError, ValueError):
             return np.inf
 
+    return _lowest_from(f, starts, 20000)
+
+
+def _lowest_from(f, starts, max_evaluations: int) -> float:
+    """The lowest value of ``f`` found from each start by Nelder-Mead, then BFGS from
+    where it stopped (the brute-force oracles' minimiser)."""
     best = np.inf
     for s in starts:
         res = optimize.minimize(f, s, method="Nelder-Mead",
-                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000,
-                                         "maxfev": 20000})
+                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": max_evaluations,
+                                         "maxfev": max_evaluations})
         res = optimize.minimize(f, res.x, method="BFGS", options={"gtol": 1e-9})
         best = min(best, res.fun)
     return best
@@ -906,14 +912,7 @@ def _strata_oracle_min(X, y, Z, codes, times, kind, reml, strata, starts):
         except (np.linalg.LinAlgError, ValueError):
             return np.inf
 
-    best = np.inf
-    for s in starts:
-        res = optimize.minimize(f, s, method="Nelder-Mead",
-                                options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 40000,
-                                         "maxfev": 40000})
-        res = optimize.minimize(f, res.x, method="BFGS", options={"gtol": 1e-9})
-        best = min(best, res.fun)
-    return best
+    return _lowest_from(f, starts, 40000)
 
 
 @pytest.mark.parametrize("kind,q,reml,mixed", [
