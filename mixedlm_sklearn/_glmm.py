@@ -48,11 +48,11 @@ from scipy import linalg, optimize
 from ._crossprod import DesignPattern
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
-from ._newton import central_hessian, fd_hessian, minimize, solve_pd
+from ._newton import SCALED_GRADIENT_TOL, OptimizerInfo, central_hessian, fd_hessian, minimize, solve_pd
 from ._terms import Terms
 from ._threads import single_threaded_blas
 
-__all__ = ["PIRLSDivergence", "GLMMDeviance", "GLMMSolution", "GLMMOptimizerInfo", "fit_glmm", "fit_with_fixed", "fit_with_fixed_family", "glm_start"]
+__all__ = ["PIRLSDivergence", "GLMMDeviance", "GLMMSolution", "fit_glmm", "fit_with_fixed", "fit_with_fixed_family", "glm_start"]
 
 _EPS = np.finfo(float).eps
 
@@ -838,23 +838,6 @@ def glm_start(X, y, weights, offset, family: Family, link: Link, max_iter: int =
     return beta, xtwx
 
 
-@dataclass(frozen=True)
-class GLMMOptimizerInfo:
-    """How the optimiser went (as :class:`._optimize.OptimizerInfo`)."""
-
-    converged: bool
-    message: str
-    n_iter: int
-    n_fev: int
-    scaled_gradient: float
-    at_bound: np.ndarray
-    hessian: np.ndarray | None = None
-
-
-# Largest |H^{-1} g| (free parameters) accepted as converged; lme4 warns above 2e-3.
-SCALED_GRADIENT_TOL = 1e-4
-
-
 def _hessian(dev: GLMMDeviance, x: np.ndarray, g: np.ndarray, free: np.ndarray) -> np.ndarray:
     """Hessian of the deviance on the free parameters.
 
@@ -1051,7 +1034,7 @@ def _off_bound(dev: GLMMDeviance, x: np.ndarray) -> np.ndarray | None:
 
 
 def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
-             ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+             ) -> tuple[GLMMSolution, OptimizerInfo]:
     """Minimise the deviance over ``(theta, beta)`` and the family's free parameter (the
     deviance's family is then set to its estimate). See :func:`_fit_theta_beta` and
     :func:`_fit_family`."""
@@ -1200,7 +1183,7 @@ def _root_of_slope(profile, slope, s0: float, width: float, lo: float, hi: float
 
 
 def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float
-                ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+                ) -> tuple[GLMMSolution, OptimizerInfo]:
     """The joint optimum over ``(theta, beta, log phi)``, ``phi`` the family's free parameter.
 
     The deviance minimised over ``(theta, beta)`` at fixed ``phi`` (a full fit, warm
@@ -1297,7 +1280,7 @@ def _joint_hessian(dev: GLMMDeviance, x: np.ndarray, name: str, s: float,
 
 
 def _fit_theta_beta(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: float = 1e-8,
-                    ) -> tuple[GLMMSolution, GLMMOptimizerInfo]:
+                    ) -> tuple[GLMMSolution, OptimizerInfo]:
     """Minimise the deviance over ``(theta, beta)`` (BLAS on one thread).
 
     Laplace: bounded L-BFGS-B with the analytic gradient in a basis scaled by the
@@ -1339,4 +1322,4 @@ def _fit_theta_beta(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, fto
     else:
         message = f"scaled gradient {scaled:.2g} above {SCALED_GRADIENT_TOL}"
     n_fev = dev.n_evaluations + (laplace.n_evaluations if laplace is not dev else 0)
-    return sol, GLMMOptimizerInfo(converged, message, n_iter, n_fev, scaled, at_bound, H)
+    return sol, OptimizerInfo(converged, message, n_iter, n_fev, scaled, at_bound, H)

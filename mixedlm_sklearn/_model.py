@@ -517,7 +517,7 @@ class FittedModel:
     def _refit_glmm(self, reml, x0, fixed, columns) -> "FittedModel":
         if reml:
             raise ValueError("a GLMM is fitted by maximum likelihood (reml=True is not defined)")
-        from ._glmm import GLMMOptimizerInfo, glm_start
+        from ._glmm import glm_start
 
         dev = self.deviance
         fe_names, rank = self.fe_names, self.rank
@@ -541,7 +541,7 @@ class FittedModel:
                 sol = dev.solution(x)
                 lower = dev.lower_bounds()
                 at_bound = (np.isfinite(lower) & (x <= lower))[:dev.n_theta]
-                info = GLMMOptimizerInfo(bool(np.isfinite(value)), "held parameters", 0,
+                info = OptimizerInfo(bool(np.isfinite(value)), "held parameters", 0,
                                          dev.n_evaluations, np.nan, at_bound)
             else:
                 dev = dev.with_nodes(dev.n_agq)  # a copy: the fit's deviance keeps its state

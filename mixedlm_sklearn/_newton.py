@@ -30,8 +30,42 @@ import numpy as np
 from scipy import linalg
 from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
-__all__ = ["NewtonResult", "minimize", "solve_pd", "interior_step", "fd_hessian", "central_hessian",
+__all__ = ["NewtonResult", "OptimizerInfo", "SCALED_GRADIENT_TOL", "minimize", "solve_pd", "interior_step", "fd_hessian", "central_hessian",
            "batched_shifts", "batched_fd_hessian", "floored_eigenvalues"]
+
+
+# Largest |H^{-1} g| on free parameters accepted as converged (lme4 warns above 2e-3 on
+# its own scale; we ask for much less because an analytic gradient makes it cheap): the
+# linear model's and the GLMM's optimisers alike.
+SCALED_GRADIENT_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """How an outer optimisation went (the linear model's and the GLMM's).
+
+    Attributes
+    ----------
+    converged : bool
+    message : str
+    n_iter, n_fev : int
+        Iterations and deviance evaluations (the final checks included).
+    scaled_gradient : float
+        ``max |H^{-1} g|`` on the parameters off their bounds (0 when all are on bounds).
+    at_bound : ndarray of bool
+        Which entries of ``theta`` sit exactly on their lower bound (0).
+    hessian : ndarray or None
+        The Hessian at the optimum where the optimiser keeps it (the GLMM's, in ``(theta,
+        beta)``: lme4's covariance of beta is ``2 H^{-1}``).
+    """
+
+    converged: bool
+    message: str
+    n_iter: int
+    n_fev: int
+    scaled_gradient: float
+    at_bound: np.ndarray
+    hessian: np.ndarray | None = None
 
 
 def solve_pd(A: np.ndarray, b: np.ndarray) -> np.ndarray:

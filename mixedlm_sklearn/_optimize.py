@@ -45,7 +45,7 @@ stopping rule they pass.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Callable
 
 import numpy as np
@@ -58,13 +58,10 @@ from ._factor import NotPositiveDefinite
 from ._basis import Basis
 from ._batched_refit import _MAX_NEWTON, BatchFit, OneTermBatch, repeated_response
 from ._terms import theta_from_lambda
-from ._newton import fd_hessian, interior_step, minimize, solve_pd as _solve_pd
+from ._newton import SCALED_GRADIENT_TOL, OptimizerInfo, fd_hessian, interior_step, minimize, solve_pd as _solve_pd
 
 __all__ = ["OptimizerInfo", "fit", "fit_stochastic", "SCALED_GRADIENT_TOL"]
 
-# Largest |H^{-1} g| on free parameters accepted as converged (lme4 warns above 2e-3 on
-# its own scale; we ask for much less because an analytic gradient makes it cheap).
-SCALED_GRADIENT_TOL = 1e-4
 # How the report of a search stopped by max_iter begins.
 ITERATION_LIMIT = "iteration limit reached"
 # |log delta| beyond which a stratum's residual variance counts as running off to 0 or
@@ -90,30 +87,6 @@ _LEAD_MESSAGE = "Newton (finite-difference Hessian, in lockstep with the other s
 # A whitened diagonal entry of L_k above this (relative to the term's largest entry) is
 # clear of its bound for :func:`_information_check`.
 _CLEAR_OF_BOUND = 1e-2
-
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    """How the optimiser went.
-
-    Attributes
-    ----------
-    converged : bool
-    message : str
-    n_iter, n_fev : int
-        Iterations and deviance evaluations (the final checks included).
-    scaled_gradient : float
-        ``max |H^{-1} g|`` on the parameters off their bounds (0 when all are on bounds).
-    at_bound : ndarray of bool
-        Which entries of ``theta`` sit exactly on their lower bound (0).
-    """
-
-    converged: bool
-    message: str
-    n_iter: int
-    n_fev: int
-    scaled_gradient: float
-    at_bound: np.ndarray
 
 
 # ---- the whitened basis ------------------------------------------------------------------
