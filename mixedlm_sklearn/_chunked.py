@@ -33,16 +33,14 @@ from ._correlation import (
     MAX_COMPONENTS,
     Components,
     CorrelatedRows,
-    CorrelationRows,
     CorrelationStructure,
     RowsSummary,
     _lag_classes,
     _LAG_RTOL,
-    check_nested,
     components,
 )
 from ._crossprod import CrossProducts, Origin, _coalesce, _same_origin, cross_products, origin_of
-from ._design import INTERCEPT, term_is_diagonal
+from ._design import INTERCEPT, residual_rows, term_is_diagonal
 from ._terms import Term, Terms
 from ._validation import as_design, canonical_labels, check_weights, encode_groups, take_rows
 
@@ -188,24 +186,9 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
     the chunks add up to those of the data (:class:`CorrelatedAccumulator`). The components
     hold the rows' :class:`~._correlation.RowsSummary` instead of the rows (a partition's
     result travels to the client)."""
-    n = y.shape[0]
-    if correlation.groups is None:
-        if len(factors) != 1:
-            raise ValueError("correlation= needs correlation_groups= (the residual groups) "
-                             "when the model has several grouping factors")
-        codes, labels = factors[0][0], None  # the grouping factor's levels
-    else:
-        codes, labels = encode_groups(correlation.groups, n, name="correlation_groups")
-    times = None
-    if correlation.times is not None:
-        try:
-            times = np.asarray(correlation.times, dtype=float)
-        except (TypeError, ValueError):
-            raise ValueError("time must be numeric (times or integer positions)") from None
     st = correlation.structure
-    rows = CorrelationRows.from_arrays(codes, times, st.needs_integer_times,
-                                       group_name=correlation.group_name)
-    check_nested(rows, factors, factor_names, correlation.group_name)
+    rows, labels = residual_rows(st, correlation.groups, correlation.times, factors, factor_names,
+                                 y.shape[0], correlation.group_name)
     comps = components(CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights))
     if comps is None:
         what = "group sizes" if st.name == "cs" else "lags between consecutive rows"

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._correlation import CorrelationRows, CorrelationStructure, check_nested
 from ._rows import Design
 from ._terms import INTERCEPT  # defined with the terms: the engine names it too
 from ._validation import as_design, encode_groups
 
-__all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "several_factors",
+__all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "check_residual_groups", "residual_rows", "several_factors",
            "z_by_factor", "factor_frame", "group_name", "column_names", "term_is_diagonal"]
 
 
@@ -150,3 +151,41 @@ def random_terms(groups: Any, Z: Any, n: int, cov_type: str | dict) -> list[Term
         _zero_columns(z, z_names, f"Z[{name!r}]")
         out.append(TermInput(name, codes, z, tuple(z_names), labels, term_is_diagonal(cov_type, name)))
     return out
+
+
+def check_residual_groups(groups: Any, n_factors: int) -> None:
+    """Refuse correlated residuals without their groups where the model has no single
+    grouping factor to take them from (before any chunk or partition is read, too)."""
+    if groups is None and n_factors != 1:
+        raise ValueError("correlation= needs correlation_groups= (the residual groups) "
+                         f"when the model has {'no' if not n_factors else 'several'} "
+                         "grouping factors")
+
+
+def residual_rows(structure: CorrelationStructure, groups: Any, times: Any, factors: list,
+                  factor_names: list, n: int, group_name: str
+                  ) -> tuple[CorrelationRows, np.ndarray | None]:
+    """The rows of correlated residuals in residual-group and time order, checked: the
+    residual groups ``groups`` (None: the levels of the model's one grouping factor) must
+    lie within one level of every grouping factor (``factors``, ``(codes, Z)`` each) and
+    ``times`` (None: positions in row order) must be numeric, one per row. Also the groups'
+    labels (None when they are the grouping factor's). For a fit's rows and for each chunk
+    or partition of them alike.
+    """
+    check_residual_groups(groups, len(factors))
+    if groups is None:
+        codes, labels = factors[0][0], None
+    else:
+        codes, labels = encode_groups(groups, n, name="correlation_groups")
+    if times is not None:
+        times = np.asarray(times)
+        if times.ndim != 1 or times.shape[0] != n:
+            raise ValueError(f"time must have one value per row ({n}), got shape {times.shape}")
+        try:
+            times = times.astype(float)
+        except (TypeError, ValueError):
+            raise ValueError("time must be numeric (times or integer positions)") from None
+    rows = CorrelationRows.from_arrays(codes, times, structure.needs_integer_times,
+                                       group_name=group_name)
+    check_nested(rows, factors, factor_names, group_name)
+    return rows, labels

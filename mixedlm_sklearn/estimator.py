@@ -43,15 +43,15 @@ from ._crossprod import CrossProducts, cross_products, origin_of
 from ._design import (
     INTERCEPT,
     Design,
+    check_residual_groups,
     column_names,
     group_name,
     random_terms,
+    residual_rows,
     several_factors,
 )
 from ._correlation import (
     CorrelatedRows,
-    CorrelationRows,
-    check_nested,
     fit_components,
     fit_correlated,
     parse_spec,
@@ -608,27 +608,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         """The structure, its rows and the residual groups' name, checked."""
         groups = given.get("correlation_groups")
         if groups is None:
-            if len(terms_in) != 1:
-                raise ValueError("correlation= needs correlation_groups= (the residual groups) "
-                                 f"when the model has {'no' if not terms_in else 'several'} "
-                                 "grouping factors")
-            codes, name = terms_in[0].codes, terms_in[0].name
+            name = terms_in[0].name if len(terms_in) == 1 else "correlation_groups"
         else:
             name = group_name(groups) if hasattr(groups, "name") else "correlation_groups"
-            codes, _ = encode_groups(groups, n, name="correlation_groups")
-        time_values = given.get("time")
-        if time_values is not None:
-            time_values = np.asarray(time_values)
-            if time_values.ndim != 1 or time_values.shape[0] != n:
-                raise ValueError(f"time must have one value per row ({n}), got shape "
-                                 f"{time_values.shape}")
-            try:
-                time_values = time_values.astype(float)
-            except (TypeError, ValueError):
-                raise ValueError("time must be numeric (times or integer positions)") from None
-        rows = CorrelationRows.from_arrays(codes, time_values, st.needs_integer_times,
-                                           group_name=str(name))
-        check_nested(rows, [(t.codes, t.Z) for t in terms_in], [t.name for t in terms_in], str(name))
+        rows, _ = residual_rows(st, groups, given.get("time"), [(t.codes, t.Z) for t in terms_in],
+                                [t.name for t in terms_in], n, str(name))
         raw_time = given.get("time")
         time_name = "1" if raw_time is None else str(getattr(raw_time, "name", None) or "time")
         return st, rows, f"~ {time_name} | {name}"
@@ -762,9 +746,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                              "correlation_groups=", in_memory=False)
             correlation = None
             if st is not None:
-                if correlation_groups is None and len(group_cols) != 1:
-                    raise ValueError("correlation= needs correlation_groups= (the residual groups) "
-                                     "when the model has several grouping factors")
+                check_residual_groups(correlation_groups, len(group_cols))
                 correlation = (st, correlation_groups, time,
                                f"~ {time or 1} | {correlation_groups or group_cols[0]}")
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
@@ -796,9 +778,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             groups = groups.rename(names[0]) if getattr(groups, "name", None) != names[0] else groups
         correlation = None
         if st is not None:
-            if corr_groups is None and len(names) != 1:
-                raise ValueError("correlation= needs correlation_groups= (the residual groups) "
-                                 "when the model has several grouping factors")
+            check_residual_groups(corr_groups, len(names))
             name = names[0] if corr_groups is None else group_name(corr_groups)
             time_name = "1" if corr_time is None else str(getattr(corr_time, "name", None) or "time")
             correlation = (st, corr_groups, corr_time, f"~ {time_name} | {name}")
