@@ -40,16 +40,22 @@ def _design(seed, n_levels=(7, 4), q=(1, 1), n=60, family="binomial", link=None,
     return X, y, w, factors, Terms(terms), fam, lnk
 
 
-def _dense_laplace(X, y, w, factors, terms, fam, lnk, theta, beta):
-    """``-2 log p(y | u*) + |u*|^2 + log|M|`` with dense matrices (Newton on all of u)."""
-    n = len(y)
-    Zs, lams = [], terms.lams(theta)
+def _dense_z_lambda(factors, terms, lams, n):
+    """``Z Lambda`` as a dense (n, sum of levels x effects) matrix, columns (term, level,
+    effect)."""
+    Zs = []
     for (codes, Z), t, lam in zip(factors, terms, lams):
         full = np.zeros((n, t.n_levels * t.q))
         for a in range(t.q):
             full[np.arange(n), codes * t.q + a] = Z[:, a]
         Zs.append(full @ np.kron(np.eye(t.n_levels), lam))
-    ZL = np.hstack(Zs)
+    return np.hstack(Zs)
+
+
+def _dense_laplace(X, y, w, factors, terms, fam, lnk, theta, beta):
+    """``-2 log p(y | u*) + |u*|^2 + log|M|`` with dense matrices (Newton on all of u)."""
+    n = len(y)
+    ZL = _dense_z_lambda(factors, terms, terms.lams(theta), n)
     fixed = X @ beta
 
     def f(u):
@@ -237,14 +243,7 @@ def test_reweighted_factor_equals_a_fresh_one(levels, q, rest, monkeypatch):
 
 def _dense_m(factors, terms, weights, lams):
     """``M = Lambda'Z'WZ Lambda + I`` as a dense matrix, columns (term, level, effect)."""
-    n = len(weights)
-    Zs = []
-    for (codes, Z), t, lam in zip(factors, terms, lams):
-        full = np.zeros((n, t.n_levels * t.q))
-        for a in range(t.q):
-            full[np.arange(n), codes * t.q + a] = Z[:, a]
-        Zs.append(full @ np.kron(np.eye(t.n_levels), lam))
-    ZL = np.hstack(Zs)
+    ZL = _dense_z_lambda(factors, terms, lams, len(weights))
     return np.eye(ZL.shape[1]) + ZL.T @ (weights[:, None] * ZL)
 
 
