@@ -355,19 +355,11 @@ def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_opti
     on the bound). The screening continues from there (the held entry raised) and joins
     the first search's answer instead of leaving the start unsettled for a search of its
     own; that answer is the optimum, as the engine's search from the start finds."""
-    from mixedlm_sklearn._basis import Basis
     from mixedlm_sklearn._batched_refit import OneTermBatch, repeated_response
     from mixedlm_sklearn._optimize import _Tracker, _local
     from mixedlm_sklearn.datasets import load_orthodont
 
-    df = load_orthodont()
-    age = df["age"].to_numpy(float)
-    codes = pd.factorize(df["Subject"], sort=True)[0]
-    X = np.column_stack([np.ones(len(df)), age])
-    terms = Terms([Term("Subject", ("(Intercept)", "age"), int(codes.max()) + 1, False)])
-    dev = Deviance(cross_products(X, df["distance"].to_numpy(float), [(codes, X)], terms), True)
-    basis = Basis(dev.cp)
-    white = dev.in_basis(basis.P, basis.xy_scale)
+    dev, basis, white = _whitened_slope_model(load_orthodont(), "distance", "age", "Subject")
     start = 0.1 * white.terms.identity_theta()
     tracker = _Tracker(white)
     own = _local(tracker, start, 1000, 1e-8)  # the start searched on its own
@@ -383,8 +375,6 @@ def test_a_screened_start_stopped_at_a_saddle_on_the_bound_continues_to_the_opti
     assert np.abs(resumed.theta[0] - best.x).max() < 1e-3 * np.abs(best.x).max()
 
 
-
-
 def test_the_first_search_leads_the_other_starts_in_one_batch():
     """Sleepstudy ``(Days | Subject)``, REML, whitened as the optimiser sees it: the first
     search runs in the batched kernel together with the other starts of a small fit and
@@ -393,20 +383,12 @@ def test_the_first_search_leads_the_other_starts_in_one_batch():
     own), and none joins before: with the leader stopped after one iteration, unsettled,
     a start placed on the minimum itself is not reported as joined, and the first search
     is left to the engine."""
-    from mixedlm_sklearn._basis import Basis
     from mixedlm_sklearn._batched_refit import OneTermBatch, repeated_response
     from mixedlm_sklearn._optimize import (_Tracker, _extra_starts, _lead, _local, _moment_start,
                                            _screen_starts)
     from mixedlm_sklearn.datasets import load_sleepstudy
 
-    df = load_sleepstudy()
-    days = df["Days"].to_numpy(float)
-    codes = pd.factorize(df["Subject"], sort=True)[0]
-    X = np.column_stack([np.ones(len(df)), days])
-    terms = Terms([Term("Subject", ("(Intercept)", "Days"), int(codes.max()) + 1, False)])
-    dev = Deviance(cross_products(X, df["Reaction"].to_numpy(float), [(codes, X)], terms), True)
-    basis = Basis(dev.cp)
-    white = dev.in_basis(basis.P, basis.xy_scale)
+    dev, basis, white = _whitened_slope_model(load_sleepstudy(), "Reaction", "Days", "Subject")
     start = _moment_start(basis.white)
     others = _extra_starts(white)
     first, ran = _lead(_Tracker(white), start, others)
@@ -444,6 +426,19 @@ def test_batched_refit_normalises_by_flipping_columns(q, diagonal):
     assert np.array_equal(np.einsum("abk,cbk->ack", L_out, L_out), np.einsum("abk,cbk->ack", L, L))
 
 # ---- the Newton routine every caller shares -------------------------------------------------
+
+
+def _whitened_slope_model(df, y, x, group):
+    """``y ~ x + (x | group)`` by REML: the deviance, the optimiser's basis and the deviance
+    in it (whitened, as the optimiser sees it)."""
+    from mixedlm_sklearn._basis import Basis
+
+    codes = pd.factorize(df[group], sort=True)[0]
+    X = np.column_stack([np.ones(len(df)), df[x].to_numpy(float)])
+    terms = Terms([Term(group, ("(Intercept)", x), int(codes.max()) + 1, False)])
+    dev = Deviance(cross_products(X, df[y].to_numpy(float), [(codes, X)], terms), True)
+    basis = Basis(dev.cp)
+    return dev, basis, dev.in_basis(basis.P, basis.xy_scale)
 
 
 def _quadratic(A, c):
