@@ -826,6 +826,8 @@ class JointDeviance(Deviance):
     """
 
     row_weights = False
+    # the components' weights change with u, also where x holds no stratum ratio
+    weights_vary = True
 
     def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None,
                  held: float | None = None) -> None:
@@ -872,22 +874,6 @@ class JointDeviance(Deviance):
         """``theta`` and the components' weights."""
         theta, eta, u = self._parts(x)
         return theta, self.components.weights(u, eta)[0]
-
-    def _prepare(self, v: np.ndarray, shifted: bool = False):
-        # the weights change with u even without strata (the parent keys on n_eta)
-        from ._factor import BlockOps, Prepared
-
-        cache, cp = (self._shifted, self.shift.cp) if shifted else (self._prepared, self.cp)
-        key = v.tobytes()
-        prep = cache.get(key)
-        if prep is None:
-            if len(cache) > 8:
-                for k in list(cache)[1:5]:
-                    del cache[k]
-            combined = cp.combined(v, row_weights=False)
-            prep = BlockOps(combined) if shifted else Prepared(self.plan, combined)
-            cache[key] = prep
-        return prep
 
     def log_jacobian(self, x: np.ndarray) -> float:
         """``log|R| + log|S|`` at ``x``."""

@@ -378,6 +378,13 @@ class Deviance:
     # deviance) or components of a sum (:class:`._correlation.JointDeviance`).
     row_weights = True
 
+    @property
+    def weights_vary(self) -> bool:
+        """Whether the strata are combined with weights that change with ``x``: those of
+        the strata's ratios (the correlation's components are weighted even where ``x``
+        holds no ratio: :class:`._correlation.JointDeviance`)."""
+        return self.n_eta > 0
+
     def __init__(self, cp: CrossProducts, reml: bool = True, plan: Plan | None = None,
                  shift: Shift | None = None) -> None:
         self.cp = cp
@@ -431,13 +438,13 @@ class Deviance:
 
     def _prepare(self, v: np.ndarray, shifted: bool = False) -> Prepared:
         cache, cp = (self._shifted, self.shift.cp) if shifted else (self._prepared, self.cp)
-        key = b"" if self.n_eta == 0 else v.tobytes()
+        key = v.tobytes() if self.weights_vary else b""
         prep = cache.get(key)
         if prep is None:
             if len(cache) > 8:  # keep the reference (eta = 0) and a few recent ones
                 for k in list(cache)[1:5]:
                     del cache[k]
-            combined = cp.combined(v if self.n_eta else None, row_weights=self.row_weights)
+            combined = cp.combined(v if self.weights_vary else None, row_weights=self.row_weights)
             prep = BlockOps(combined) if shifted else Prepared(self.plan, combined)
             cache[key] = prep
         return prep
