@@ -59,6 +59,7 @@ form. (Not from chunks: their components are added up for one residual variance.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 
@@ -957,6 +958,13 @@ class CorrelatedRows:
                    None if strata is None or n_strata < 2 else np.asarray(strata, dtype=np.intp)[o],
                    int(n_strata) if strata is not None and n_strata > 1 else 1)
 
+    @functools.cached_property
+    def joint_components(self) -> "Components | None":
+        """The rows' :class:`Components` (None beyond the joint form's limits), formed once
+        per rows: the fit, the profiles of theta and the deviance at each correlation
+        parameter held (strata varying within groups) all use them."""
+        return components(self)
+
     @property
     def strata_codes(self) -> np.ndarray:
         """The stratum of each row (all 0 without strata)."""
@@ -1081,7 +1089,7 @@ def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, m
 def _held_deviance(data: CorrelatedRows, reml: bool, u: float) -> JointDeviance:
     """The deviance in ``(theta, eta)`` of rows whose strata vary within a residual group,
     the correlation held at internal parameter ``u`` (its :class:`Components`)."""
-    comps = components(data)
+    comps = data.joint_components
     if comps is None:
         raise NotImplementedError(_MIXED_TOO_MANY)
     return JointDeviance(comps, reml, held=u)
@@ -1226,7 +1234,7 @@ class FittedCorrelation:
         """The :class:`JointDeviance` of the rows (``x = (theta, eta, u)``) and its solution at
         ``x = (theta, eta)`` of the fit and the estimate ``u`` (its bound where the estimate
         is independence): the deviance that profiles of theta and sigma minimise."""
-        comps = components(self.data)
+        comps = self.data.joint_components
         if comps is None:
             raise NotImplementedError(
                 f"profiles of the variance parameters of a model with correlated residuals "
@@ -1406,7 +1414,7 @@ def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, m
     too many components (or the iterative solver is asked for): the outer search fits."""
     if solver == "iterative":
         return None
-    comps = components(data)
+    comps = data.joint_components
     if comps is None:
         return None
     return fit_components(comps, reml, group_name, solver, max_iter, tol, start, data)
