@@ -20,7 +20,7 @@ from ._rows import Design
 from ._terms import INTERCEPT  # defined with the terms: the engine names it too
 from ._validation import as_design, encode_groups
 
-__all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "check_residual_groups", "residual_rows", "several_factors",
+__all__ = ["INTERCEPT", "TermInput", "Design", "random_terms", "check_residual_groups", "correlation_form", "residual_rows", "several_factors",
            "z_by_factor", "factor_frame", "group_name", "column_names", "term_is_diagonal"]
 
 
@@ -151,6 +151,18 @@ def random_terms(groups: Any, Z: Any, n: int, cov_type: str | dict) -> list[Term
         _zero_columns(z, z_names, f"Z[{name!r}]")
         out.append(TermInput(name, codes, z, tuple(z_names), labels, term_is_diagonal(cov_type, name)))
     return out
+
+
+def correlation_form(time: Any, groups: str) -> str:
+    """nlme's ``form`` of a correlation, ``~ time | groups``: ``time`` a column name, an
+    array or Series (its name, else "time"), or None (``1``: the rows' order)."""
+    if time is None:
+        name = "1"
+    elif isinstance(time, str):
+        name = time
+    else:
+        name = str(getattr(time, "name", None) or "time")
+    return f"~ {name} | {groups}"
 
 
 def check_residual_groups(groups: Any, n_factors: int) -> None:

@@ -44,6 +44,7 @@ from ._design import (
     INTERCEPT,
     Design,
     check_residual_groups,
+    correlation_form,
     column_names,
     group_name,
     random_terms,
@@ -613,9 +614,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             name = group_name(groups) if hasattr(groups, "name") else "correlation_groups"
         rows, _ = residual_rows(st, groups, given.get("time"), [(t.codes, t.Z) for t in terms_in],
                                 [t.name for t in terms_in], n, str(name))
-        raw_time = given.get("time")
-        time_name = "1" if raw_time is None else str(getattr(raw_time, "name", None) or "time")
-        return st, rows, f"~ {time_name} | {name}"
+        return st, rows, correlation_form(given.get("time"), name)
 
     def fit_chunks(
         self,
@@ -748,7 +747,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             if st is not None:
                 check_residual_groups(correlation_groups, len(group_cols))
                 correlation = (st, correlation_groups, time,
-                               f"~ {time or 1} | {correlation_groups or group_cols[0]}")
+                               correlation_form(time, correlation_groups or group_cols[0]))
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
             labels, strata_labels, cp, comps = cross_products_from_chunks(
@@ -780,8 +779,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         if st is not None:
             check_residual_groups(corr_groups, len(names))
             name = names[0] if corr_groups is None else group_name(corr_groups)
-            time_name = "1" if corr_time is None else str(getattr(corr_time, "name", None) or "time")
-            correlation = (st, corr_groups, corr_time, f"~ {time_name} | {name}")
+            correlation = (st, corr_groups, corr_time, correlation_form(corr_time, name))
         labels, strata_labels, cp, comps = cross_products_from_dask(
             X, y, groups, z, sample_weight, residual_groups, intercept=self.fit_intercept,
             cov_type=self.cov_type, verbose=self.verbose, correlation=correlation)
