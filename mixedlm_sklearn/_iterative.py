@@ -347,6 +347,11 @@ class IterativeDeviance:
     def n_params(self) -> int:
         return self.n_theta
 
+    @property
+    def strata_counts(self) -> np.ndarray:
+        """Rows per residual stratum: one (the protocol of :class:`._deviance.Deviance`)."""
+        return self.cp.n_obs
+
     def residual_start(self) -> None:
         """No residual parameters: nothing to start."""
         return None

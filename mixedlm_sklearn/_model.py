@@ -76,6 +76,8 @@ class ProfiledDeviance(Protocol):
         :class:`._correlation.JointDeviance`).
     n_ratios : int
         How many of the residual parameters are variance ratios (checked for running off).
+    strata_counts : ndarray
+        Rows per residual stratum, in the order of the solution's ``ratios``.
     plan
         What does not depend on ``[X y]`` (shared by refits: :meth:`with_data`).
     stochastic : bool
@@ -382,9 +384,7 @@ class FittedModel:
         model (intercept and the same random part) refitted."""
         if self.family.scale_estimated:
             sol = self.solution
-            counts = getattr(self.deviance, "strata_counts", None)
-            counts = self.cross_products.n_obs if counts is None else counts
-            return float(sol.scale * (counts @ sol.ratios) / self.n_obs)
+            return float(sol.scale * (self.deviance.strata_counts @ sol.ratios) / self.n_obs)
 
         def null_mean() -> float:
             null = self.refit(columns=np.array([0]))
