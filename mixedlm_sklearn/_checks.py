@@ -17,7 +17,7 @@ from scipy import linalg
 from ._validation import caller_stacklevel
 
 __all__ = ["check_response", "check_random_design", "check_counts", "EXACT_FIT_MAX_COLUMNS",
-           "check_exact_fit", "check_residual_variance", "check_cross_products", "least_squares_reml"]
+           "check_exact_fit", "check_stratum_exact_fit", "check_residual_variance", "check_cross_products", "least_squares_reml"]
 
 
 def check_response(xyxy: np.ndarray) -> None:
@@ -151,26 +151,109 @@ def check_exact_fit(X: np.ndarray, factors: Sequence[tuple[np.ndarray, np.ndarra
     ValueError: 4 observations for 2 fixed and 4 random effects: ...
     """
     n, p = X.shape
-    sizes = [int(m) * Z.shape[1] for (_, Z), m in zip(factors, n_levels)]
-    N = sum(sizes)
+    N = sum(int(m) * Z.shape[1] for (_, Z), m in zip(factors, n_levels))
     if n > p + N or p + N > EXACT_FIT_MAX_COLUMNS:
         return
-    Y = np.zeros((n, p + N))
-    Y[:, :p] = X
-    start, rows = p, np.arange(n)[:, None]
-    for (codes, Z), size in zip(factors, sizes):
-        q = Z.shape[1]
-        Y[rows, start + codes[:, None] * q + np.arange(q)] = Z
-        start += size
-    norms = np.linalg.norm(Y, axis=0)
-    Y /= np.where(norms > 0, norms, 1.0)
-    if np.linalg.matrix_rank(Y) >= n:
+    if _rank(_dense_design(X, factors, n_levels)) >= n:
         raise ValueError(
             f"{n} observations for {p} fixed and {N} random effects: the fixed and random "
             "effects can reproduce any response exactly (the columns of [X Z] span all "
             f"{n} observations), so the residual variance would be 0 and the likelihood "
             "unbounded; use more observations or fewer fixed or random effects"
         )
+
+
+def _dense_design(X: np.ndarray, factors: Sequence[tuple[np.ndarray, np.ndarray]],
+                  n_levels: Sequence[int]) -> np.ndarray:
+    """``[X Z]`` as one dense matrix (random effects term by term, level by level)."""
+    n, p = X.shape
+    sizes = [int(m) * Z.shape[1] for (_, Z), m in zip(factors, n_levels)]
+    Y = np.zeros((n, p + sum(sizes)))
+    Y[:, :p] = X
+    start, rows = p, np.arange(n)[:, None]
+    for (codes, Z), size in zip(factors, sizes):
+        q = Z.shape[1]
+        Y[rows, start + codes[:, None] * q + np.arange(q)] = Z
+        start += size
+    return Y
+
+
+def _rank(A: np.ndarray) -> int:
+    """Rank with the columns scaled to unit length (no unit of a column decides it)."""
+    norms = np.linalg.norm(A, axis=0)
+    return int(np.linalg.matrix_rank(A / np.where(norms > 0, norms, 1.0))) if A.size else 0
+
+
+def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
+                            factors: Sequence[tuple[np.ndarray, np.ndarray]],
+                            n_levels: Sequence[int], strata: np.ndarray,
+                            labels: Sequence) -> None:
+    """Refuse residual strata whose rows the fixed and random effects reproduce exactly.
+
+    With a residual variance per stratum the likelihood is unbounded as stratum ``s``'s
+    variance goes to 0 when (i) the random effects leave a direction of the stratum's rows
+    free (``rank(Z_s) < n_s``: a covariance ``V`` with that stratum's variance at 0 is
+    singular there, so ``log|V|`` goes to minus infinity) and (ii) the residual can be
+    kept out of that direction, which holds exactly when ``y_s`` lies in the span of
+    ``[X_s Z_s]`` (then ``y_s - X_s b = Z_s u`` for some ``b``, ``u``). A residual
+    correlation within groups does not change this: the stratum's rows decouple as its
+    variance goes to 0. Whether the optimiser runs down that ridge or stops at a local
+    optimum beside it depends on rounding (the same data gave either on two machines),
+    so the design is checked before the fit. Strata whose rows need more than
+    :data:`EXACT_FIT_MAX_COLUMNS` columns (or number more than four times that) are left
+    to :func:`check_residual_variance`.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Fixed-effects design (with the intercept column).
+    y : ndarray of shape (n,)
+        Response.
+    factors : sequence of (codes, Z)
+        Level codes and random-effects design per term.
+    n_levels : sequence of int
+        Levels per term.
+    strata : ndarray of shape (n,)
+        Stratum code of each row.
+    labels : sequence
+        Stratum labels, for the message.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = np.repeat([0, 1, 2], 3)
+    >>> X = np.column_stack([np.ones(9), np.arange(9.0)])
+    >>> y = np.array([0.3, 1.2, -0.4, 2.0, 0.1, 0.8, -1.1, 0.5, 0.9])
+    >>> Z = np.ones((9, 1))  # a random intercept
+    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], np.repeat([0, 1], [5, 4]), ["a", "b"])
+    >>> strata = np.array([0, 0, 1, 0, 0, 1, 0, 1, 1])  # stratum 'b': 1, 1 and 2 rows per group
+    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], strata, ["a", "b"])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the residual variance of stratum 'b' has no finite estimate: ...
+    """
+    for s, label in enumerate(labels):
+        rows = np.flatnonzero(strata == s)
+        n_s = rows.size
+        # the stratum's own levels: [X Z] on its rows without the columns of other levels
+        local = [np.unique(codes[rows], return_inverse=True) for codes, _ in factors]
+        n_columns = X.shape[1] + sum(u.size * Z.shape[1] for (u, _), (_, Z) in zip(local, factors))
+        if n_s < 2 or n_columns > EXACT_FIT_MAX_COLUMNS or n_s > 4 * EXACT_FIT_MAX_COLUMNS:
+            continue
+        Zs = _dense_design(np.zeros((n_s, 0)), [(inv, Z[rows]) for (_, inv), (_, Z)
+                                                 in zip(local, factors)], [u.size for u, _ in local])
+        if _rank(Zs) >= n_s:  # (i) fails: every direction of the rows has a random effect
+            continue
+        Ys = np.column_stack([X[rows], Zs])
+        ys = y[rows]
+        if _rank(np.column_stack([Ys, ys])) == _rank(Ys):
+            raise ValueError(
+                f"the residual variance of stratum {label!r} has no finite estimate: the fixed "
+                f"and random effects reproduce that stratum's {n_s} rows exactly (y in the span "
+                "of [X Z] on them, with a direction no random effect covers), so the likelihood "
+                "grows without bound as that variance goes to 0; merge the stratum with another, "
+                "or simplify the random effects")
 
 
 def check_residual_variance(scale: float, xyxy: np.ndarray, n_obs: int,

@@ -79,6 +79,7 @@ from ._checks import (
     check_counts,
     check_cross_products,
     check_exact_fit,
+    check_stratum_exact_fit,
     check_random_design,
     check_residual_variance,
     check_response,
@@ -835,6 +836,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                 check_exact_fit(X_fit, design.factors, [t.n_levels for t in terms])
         if strata_labels is not None:
             _check_strata(cp, strata_labels)
+            if design is not None and len(terms):
+                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
+                check_stratum_exact_fit(X_fit, design.y, design.factors,
+                                        [t.n_levels for t in terms], design.strata, strata_labels)
         started = time.perf_counter()
         callback = _print_iteration if self.verbose and len(terms) else None
         try:

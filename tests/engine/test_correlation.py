@@ -982,9 +982,14 @@ def test_joint_deviance_with_strata_is_the_dense_one_and_its_gradient_the_centra
 
 
 def test_a_stratum_the_random_slopes_fit_exactly_is_refused():
-    """Strata varying within groups with at most two rows of a stratum per group: a random
-    intercept and slope reproduce that stratum's rows, its variance runs to 0 and the
-    likelihood is unbounded. A clear error, the estimator as it was."""
+    """Strata varying within groups, a random intercept and slope: the fixed and random
+    effects span the 10 rows of one stratum with a direction left free of random effects
+    (rank of Z on them 9), so the likelihood is unbounded as that stratum's variance goes to
+    0. A dense brute force confirms it: 12 Nelder-Mead starts all stop at a local optimum
+    (deviance 63.8235, the stratum's log ratio -6.4), but the deviance profiled over that
+    log ratio falls past a ridge (67.0 at -8) without bound (61.8 at -15, 51.8 at -25).
+    One machine's optimiser ran down the ridge, another's stopped at the local optimum:
+    the design is refused before the fit, with a clear error, the estimator as it was."""
     X, y, Z, codes, times, strata = _strata_design("car1", 2, seed=23, mixed=True)
     est = MixedLMRegressor(correlation="car1", reml=False)
     with pytest.raises(ValueError, match="residual variance of stratum"):
