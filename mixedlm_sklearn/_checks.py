@@ -236,10 +236,12 @@ def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
     for s, label in enumerate(labels):
         rows = np.flatnonzero(strata == s)
         n_s = rows.size
+        if n_s < 2 or n_s > 4 * EXACT_FIT_MAX_COLUMNS:
+            continue
         # the stratum's own levels: [X Z] on its rows without the columns of other levels
         local = [np.unique(codes[rows], return_inverse=True) for codes, _ in factors]
         n_columns = X.shape[1] + sum(u.size * Z.shape[1] for (u, _), (_, Z) in zip(local, factors))
-        if n_s < 2 or n_columns > EXACT_FIT_MAX_COLUMNS or n_s > 4 * EXACT_FIT_MAX_COLUMNS:
+        if n_columns > EXACT_FIT_MAX_COLUMNS:
             continue
         Zs = _dense_design(np.zeros((n_s, 0)), [(inv, Z[rows]) for (_, inv), (_, Z)
                                                  in zip(local, factors)], [u.size for u, _ in local])
