@@ -153,7 +153,8 @@ def partition_cross_products(
         if correlation is not None:
             x_full = np.column_stack([np.ones(n), x_arr]) if intercept else x_arr
             correlated = chunk_components(correlation, x_full, y_arr, factors, Terms(terms),
-                                          w_arr, [str(c) for c in groups.columns])
+                                          w_arr, [str(c) for c in groups.columns],
+                                          strata_codes, n_strata)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{where}: {err}") from None
     if isinstance(origin, str):
@@ -177,7 +178,8 @@ class ChunkCorrelation:
 
 def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.ndarray,
                      factors: list, terms: Terms, weights: np.ndarray | None,
-                     factor_names: list) -> tuple[np.ndarray | None, Components, np.ndarray]:
+                     factor_names: list, strata: np.ndarray | None = None,
+                     n_strata: int = 1) -> tuple[np.ndarray | None, Components, np.ndarray]:
     """The residual-group labels of a chunk (None: those of its one grouping factor), the
     :class:`~._correlation.Components` of its
     rows, computed as an in-memory fit computes those of all rows
@@ -185,11 +187,13 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
     for compound symmetry). With every residual group inside one chunk, the components of
     the chunks add up to those of the data (:class:`CorrelatedAccumulator`). The components
     hold the rows' :class:`~._correlation.RowsSummary` instead of the rows (a partition's
-    result travels to the client)."""
+    result travels to the client). ``strata``: the rows' codes of the chunk's residual
+    strata (``residual_groups``), whose pairs the components are held per."""
     st = correlation.structure
     rows, labels = residual_rows(st, correlation.groups, correlation.times, factors, factor_names,
                                  y.shape[0], correlation.group_name)
-    comps = components(CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights))
+    comps = components(CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights, strata,
+                                         n_strata))
     if comps is None:
         what = "group sizes" if st.name == "cs" else "lags between consecutive rows"
         raise ValueError(
@@ -229,6 +233,12 @@ class CorrelatedAccumulator:
         self._counts: list[int] = []
         self._summary: RowsSummary | None = None
         self._weighted = False
+        # the components' keys: (kind, lag class or -1, the two strata's codes in _strata);
+        # a key's position in this list is its label for the cross-products' accumulator
+        self._keys: list[tuple[int, int, int, int]] = []
+        self._key_slot: dict[tuple[int, int, int, int], int] = {}
+        self._strata: pd.Index | None = None
+        self._strata_counts: list[int] = []
 
     def _root(self, k: int) -> int:
         while self._parent[k] != k:
@@ -288,12 +298,25 @@ class CorrelatedAccumulator:
                 "the data by the group, e.g. write the file in group order, or "
                 "set_index/shuffle the Dask DataFrame on it)")
         self._group_part.append(np.full(len(groups) - known, number, dtype=np.int64))
-        markov = comps.markov
-        slots = [0]
+        classes = []
         for j in range(comps.lags.size):
             k = self._slot(float(comps.lags[j]), float(lag_max[j]))
             self._counts[k] += int(comps.counts[j])
-            slots += [1 + 3 * k + i for i in range(3)] if markov else [1 + k]
+            classes.append(k)
+        # the chunk's strata (one, unnamed, without residual_groups) in the data's
+        if strata_labels is None:
+            strata_labels = np.array(["(all)"], dtype=object)
+        self._strata, stratum = _merge_labels(self._strata, strata_labels, "residual_groups")
+        self._strata_counts += [0] * (len(self._strata) - len(self._strata_counts))
+        for a, count in enumerate(comps.strata_counts):
+            self._strata_counts[stratum[a]] += int(count)
+        slots = []
+        for kind, lag, (a, b) in zip(comps.kind, comps.lag_of, comps.pair):
+            key = (int(kind), -1 if lag < 0 else classes[lag], int(stratum[a]), int(stratum[b]))
+            if key not in self._key_slot:
+                self._key_slot[key] = len(self._keys)
+                self._keys.append(key)
+            slots.append(self._key_slot[key])
         rows = comps.rows
         self._weighted = self._weighted or comps.weighted
         self._summary = rows if self._summary is None else self._summary.merged(rows)
@@ -313,20 +336,30 @@ class CorrelatedAccumulator:
                 "size) and cannot run the outer search that more of them need; fit the data in "
                 "memory (fit)")
         rank = {k: r for r, k in enumerate(roots)}
-        width = 3 if self.structure.name != "cs" else 1
+        # the strata in the order the plain accumulator gives them (sorted where they sort)
+        try:
+            _, perm = self._strata.sort_values(return_indexer=True)
+        except TypeError:
+            perm = np.arange(len(self._strata))
+        order = np.empty(len(perm), dtype=np.int64)
+        order[perm] = np.arange(len(perm))
+        # each accumulated key's place among the data's components: lag classes joined by
+        # later chunks fall on one component
+        final: dict[tuple[int, int, int, int], int] = {}
         target = np.zeros(len(slots), dtype=np.int64)
         for s, slot in enumerate(slots):
-            slot = int(slot)
-            if slot:
-                k, i = divmod(slot - 1, width)
-                target[s] = 1 + width * rank[self._root(k)] + i
-        cp = _sum_strata(cp, target, 1 + width * len(roots))
+            kind, k, a, b = self._keys[int(slot)]
+            key = (kind, -1 if k < 0 else rank[self._root(k)], int(order[a]), int(order[b]))
+            target[s] = final.setdefault(key, len(final))
+        cp = _sum_strata(cp, target, len(final))
+        keys = np.array(list(final), dtype=np.int64).reshape(-1, 4)
         lags = np.array([self._classes[k][0] for k in roots])
         counts = np.array([self._counts[k] for k in roots], dtype=np.int64)
         if self.structure.name == "cs":
             lags = lags.astype(np.int64)
-        return labels, Components.of_one_stratum(cp, self.structure, self._summary, lags, counts,
-                                                 self._weighted)
+        strata_counts = np.array(self._strata_counts, dtype=np.int64)[perm]
+        return labels, Components(cp, self.structure, self._summary, lags, counts, self._weighted,
+                                  keys[:, 0], keys[:, 1], keys[:, 2:], strata_counts)
 
 
 def _sum_strata(cp: CrossProducts, target: np.ndarray, n: int) -> CrossProducts:

@@ -53,7 +53,7 @@ group's residual covariance ``sigma^2 S^{1/2} R_g S^{1/2}``: the strata's log ra
 :class:`Components`). Strata constant within each residual group commute with the
 whitening (the whitened rows keep their stratum's variance), so the outer search fits
 them as row weights of the whitened rows; strata varying within a group need the joint
-form. (Not from chunks: their components are added up for one residual variance.)
+form. From chunks the components of each pair of strata add up by the strata's labels.
 """
 
 from __future__ import annotations
@@ -589,23 +589,6 @@ class Components:
     lag_of: np.ndarray = None
     pair: np.ndarray = None
     strata_counts: np.ndarray = None
-
-    @classmethod
-    def of_one_stratum(cls, cp, structure: "CorrelationStructure", rows, lags: np.ndarray,
-                       counts: np.ndarray, weighted: bool = False) -> "Components":
-        """The components of rows in one stratum, laid out as :func:`components` lays them
-        out (the first rows, then per lag class its three components; compound symmetry:
-        all rows, then per group size the groups' sums): for components added up from
-        chunks (:mod:`._chunked`)."""
-        L = int(np.size(lags))
-        if isinstance(structure, _Markov):
-            kind = np.concatenate([[0], np.tile([1, 2, 3], L)])
-            lag_of = np.concatenate([[-1], np.repeat(np.arange(L), 3)])
-        else:
-            kind = np.concatenate([[8], np.full(L, 9)])
-            lag_of = np.concatenate([[-1], np.arange(L)])
-        return cls(cp, structure, rows, lags, counts, weighted, kind.astype(int), lag_of.astype(int),
-                   np.zeros((kind.size, 2), dtype=int), np.array([rows.n], dtype=np.int64))
 
     def rows_products(self):
         """The cross-products of the rows as given (prior-weighted, not whitened): the sum
@@ -1496,9 +1479,11 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     value = st.value(u_hat, rows)
     # the solution from the rows whitened at the estimate (as the outer search's); with
     # strata varying within groups the components' at the estimate; from chunks the
-    # components combined there
-    if data is None:
+    # components combined there (with strata: weighed by their ratios too, as held_at does)
+    if data is None and not dev.n_ratios:
         wdev = WhitenedDeviance(*_whitened_deviance(comps, u_hat, reml))
+    elif data is None:
+        wdev = WhitenedDeviance(dev.held_at(u_hat), 0.0)
     elif data.whitens_exactly(value):
         wdev = WhitenedDeviance(Deviance(data.cross_products(value), reml), st.logdet(rows, value))
     else:

@@ -191,7 +191,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         the rows' stratum variances (nlme's ``weights = varIdent(form = ~ 1 | s)`` next to
         the correlation; the strata may vary within a residual group, which the joint fit
         handles for up to 16 distinct gaps). Also from chunks (:meth:`fit_chunks`) and Dask
-        partitions that each hold whole residual groups (without ``residual_groups``).
+        partitions that each hold whole residual groups (``residual_groups`` too).
         Fitted with the exact solver; not combined with several responses. Default None:
         independent residuals.
     n_jobs : int, optional
@@ -593,12 +593,6 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                 f"correlation={self.correlation!r} names columns, which are read in formula "
                 f"mode (formula=... or lmer); otherwise give the structure's name and pass "
                 f"{columns}")
-        if residual_groups is not None and not in_memory:
-            # the chunks' components are added up for one residual variance; the strata's
-            # pairs of components (strata varying within a group) are not laid out by chunk
-            raise NotImplementedError(
-                "correlation= with residual_groups needs the rows in memory (fit); from chunks "
-                "or Dask partitions a correlated fit has one residual variance")
         if self.solver == "iterative":
             # the correlation's search needs exact deviances (a stochastic estimate's
             # noise would move its optimum)

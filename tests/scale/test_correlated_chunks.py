@@ -305,26 +305,52 @@ def test_residual_groups_of_their_own_column_split_across_chunks_are_refused(reg
             correlation_groups="block")
 
 
-def test_residual_strata_with_a_correlation_need_the_rows_in_memory(regular):
-    """The chunks' components are added up for one residual variance: residual_groups with
-    correlation= are refused from chunks and Dask (before any chunk is read), and fitted
-    from the same rows in memory."""
-    df = regular.assign(s=np.where(regular["visit"] <= 3, "early", "late"))
-    est = MixedLMRegressor(correlation="ar1")
-    read = []
+@pytest.mark.parametrize("kind,within", [("ar1", True), ("ar1", False), ("car1", True),
+                                         ("cs", True), ("cs", False)])
+def test_residual_strata_with_a_correlation_from_chunks_equal_in_memory(kind, within, regular,
+                                                                      irregular):
+    """A residual variance per stratum next to the correlation (nlme's varIdent with a
+    corStruct): strata varying within a residual group (early and late visits: the
+    components are held per pair of strata, a lag's for the strata of its two rows) or
+    constant within one (by subject; the first chunks may hold one stratum only), added
+    up from chunks by stratum label as in memory."""
+    df = irregular if kind == "car1" else regular
+    cs = kind == "cs"
+    if within:
+        s = np.where(df["visit"].to_numpy() <= 3, "early", "late")
+    else:
+        s = np.where(df["g"].str[1:].astype(int).to_numpy() % 3 == 0, "third", "rest")
+    # extra noise in one stratum: the strata's residual variances differ
+    extra = np.random.default_rng(5).normal(0.0, 1.2, len(df)) * (s == s[0])
+    df = df.assign(s=s, y=df["y"] + extra)
+    kw = dict(time=None if cs else "visit", correlation_groups="block" if cs else None,
+              residual_groups="s")
+    in_memory = MixedLMRegressor(correlation=kind).fit(
+        df[["x"]], df["y"], groups=df["g"], time=None if cs else df["visit"],
+        correlation_groups=df["block"] if cs else None, residual_groups=df["s"])
+    chunks = _chunks_at_group_bounds(df, "block" if cs else "g", 150)
+    est = MixedLMRegressor(correlation=kind).fit_chunks(iter(chunks), y="y", groups="g", X=["x"],
+                                                         **kw)
+    assert in_memory.converged_ and est.converged_
+    _assert_same(est, in_memory, PARAM[kind])
+    assert list(est.residual_var_) == list(in_memory.residual_var_)
+    np.testing.assert_allclose(list(est.residual_var_.values()),
+                               list(in_memory.residual_var_.values()), rtol=1e-8)
+    ratio = np.divide(*list(in_memory.residual_var_.values()))
+    assert abs(np.log(ratio)) > 0.3  # the strata's variances differ: the strata matter
 
-    def chunks():
-        for part in _chunks_at_group_bounds(df, "g", 300):
-            read.append(len(part))
-            yield part
 
-    with pytest.raises(NotImplementedError, match="residual_groups needs the rows in memory"):
-        est.fit_chunks(chunks(), y="y", groups="g", X=["x"], time="visit", residual_groups="s")
-    assert not read and not hasattr(est, "model_")
+def test_residual_strata_with_a_correlation_from_dask_equal_in_memory(regular):
     dd = pytest.importorskip("dask.dataframe")
-    ddf = dd.from_pandas(df, npartitions=2, sort=False)
-    with pytest.raises(NotImplementedError, match="residual_groups needs the rows in memory"):
-        est.fit(ddf[["x"]], ddf["y"], groups=ddf["g"], time=ddf["visit"], residual_groups=ddf["s"])
-    assert not hasattr(est, "model_")
-    fitted = est.fit(df[["x"]], df["y"], groups=df["g"], time=df["visit"], residual_groups=df["s"])
-    assert np.isfinite(fitted.llf_) and 0.3 < fitted.correlation_params_["Phi"] < 0.7
+    dask = pytest.importorskip("dask")
+    df = regular.assign(s=np.where(regular["visit"] <= 3, "early", "late"))
+    in_memory = MixedLMRegressor(correlation="ar1", reml=False).fit(
+        df[["x"]], df["y"], groups=df["g"], time=df["visit"], residual_groups=df["s"])
+    ddf = dd.from_pandas(df.set_index(pd.Index(df["g"].str[1:].astype(int), name="k")),
+                         npartitions=4, sort=True)
+    with dask.config.set(scheduler="synchronous"):
+        est = MixedLMRegressor(correlation="ar1", reml=False).fit(
+            ddf[["x"]], ddf["y"], groups=ddf["g"], time=ddf["visit"], residual_groups=ddf["s"])
+    _assert_same(est, in_memory, "Phi")
+    np.testing.assert_allclose(list(est.residual_var_.values()),
+                               list(in_memory.residual_var_.values()), rtol=1e-8)
