@@ -46,12 +46,15 @@ def _r_text(key: str) -> list[str]:
 
 
 # R's exact ties: the oats N:Variety sum of squares is 321.75 exactly (brute force below); R's
-# (321.7499...) rounds down at one decimal, ours, exact, to even (R's round(321.75, 1) = 321.8).
+# (321.7499...) rounds down at one decimal; ours lands on either side of the tie by a few
+# units in the last place, which the machine's BLAS and LAPACK decide (321.8 where it is
+# 321.75 or above, as R's round(321.75, 1) = 321.8; 321.7 on another machine's Kenward-Roger
+# table). Either printing of an exact tie is R's printing of the exact value's neighbours.
 _TIE = ("N:Variety   321.7 ", "N:Variety   321.8 ")
 
 CASES = {
     "anova_oats_type3_satterthwaite": (lambda f: anova(f["oats"]), _TIE),
-    "anova_oats_type3_kenward_roger": (lambda f: anova(f["oats"], ddf="kenward-roger"), None),
+    "anova_oats_type3_kenward_roger": (lambda f: anova(f["oats"], ddf="kenward-roger"), _TIE),
     "anova_oats_type1_satterthwaite": (lambda f: anova(f["oats"], type=1), _TIE),
     "anova_sleepstudy_type3_satterthwaite": (lambda f: anova(f["sleepstudy"]), None),
     "drop1_oats": (lambda f: drop1(f["oats"]), None),
@@ -69,10 +72,11 @@ def test_tables_print_as_r(fits, key):
     make, tie = CASES[key]
     table = make(fits)
     assert isinstance(table, ResultTable) and isinstance(table, pd.DataFrame)
-    expected = _r_text(key)
-    if tie is not None:
-        expected = [line.replace(*tie) for line in expected]
-    assert table.text(width=80).split("\n") == expected
+    expected = [_r_text(key)]
+    if tie is not None:  # either side of the exact tie (every other character as R prints)
+        expected.append([line.replace(*tie) for line in expected[0]])
+        assert expected[1] != expected[0]
+    assert table.text(width=80).split("\n") in expected
 
 
 def test_the_tie_is_exact():
