@@ -1068,7 +1068,7 @@ def _other_starts(dev: GLMMDeviance) -> list[np.ndarray]:
 
 
 def _from_other_starts(dev: GLMMDeviance, x: np.ndarray, max_iter: int, ftol: float
-                       ) -> tuple[np.ndarray, int, bool] | None:
+                       ) -> tuple[np.ndarray | None, int, bool]:
     """A lower minimum than ``x``'s from the other starts (:func:`_other_starts`), or None.
 
     The starts (each its ``theta`` with ``x``'s ``beta``) are ranked by their deviance (a
@@ -1078,15 +1078,15 @@ def _from_other_starts(dev: GLMMDeviance, x: np.ndarray, max_iter: int, ftol: fl
     ``(x | g)`` designs, PIRLS taking many iterations far from the optimum. Of the 36
     designs of :func:`_other_starts` where the first search stopped above the brute force,
     34 now reach it; on 29 of them a search from every start did as well as these four
-    but for one.) Returns the lowest point, the iterations spent and whether its search
-    reached ``max_iter``.
+    but for one.) Returns the lowest point (None without one), the iterations spent and
+    whether its search reached ``max_iter``.
     """
     starts = _other_starts(dev)
     if not starts:
-        return None
+        return None, 0, False
     best = _safe(dev, x)[0]
     if not np.isfinite(best):
-        return None
+        return None, 0, False
     center = dev.modes(x)
     points = [np.concatenate([theta, x[dev.n_theta:]]) for theta in starts]
     values = []
@@ -1115,7 +1115,7 @@ def _from_other_starts(dev: GLMMDeviance, x: np.ndarray, max_iter: int, ftol: fl
         if value < best - margin:
             best, found = value, (z, limited)
     if found is None:
-        return None
+        return None, n_iter, False
     return found[0], n_iter, found[1]
 
 
@@ -1414,14 +1414,14 @@ def _fit_theta_beta(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, fto
     with single_threaded_blas():
         laplace = dev if dev.n_agq == 1 else dev.with_nodes(1)
         x, n_iter, limited = _lbfgsb(laplace, x0, max_iter, ftol)
-        other = _from_other_starts(laplace, x, max_iter, ftol) if multistart and not limited else None
-        settled = _settle(dev, laplace, x, n_iter, limited, max_iter, ftol)
-        if other is not None:
+        x_other, more, limited_other = (_from_other_starts(laplace, x, max_iter, ftol)
+                                        if multistart and not limited else (None, 0, False))
+        settled = _settle(dev, laplace, x, n_iter + more, limited, max_iter, ftol)
+        if x_other is not None:
             # Both ends settled, the other start's kept only if lower by more than rounding:
             # one that went below the first search's unpolished end may have found the same
             # minimum (from inside, where the first landed exactly on a bound).
-            x_other, more, limited_other = other
-            moved = _settle(dev, laplace, x_other, settled[4] + more, limited_other, max_iter, ftol)
+            moved = _settle(dev, laplace, x_other, settled[4], limited_other, max_iter, ftol)
             first = _safe(dev, settled[0])[0]
             if _safe(dev, moved[0])[0] < first - 1e-10 * max(1.0, abs(first)):
                 settled = moved
