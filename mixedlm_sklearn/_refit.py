@@ -297,7 +297,11 @@ class GLMMRefitter:
     outside), reusing the deviance's structure (the design's sparsity pattern and
     elimination plan: :meth:`~mixedlm_sklearn._glmm.GLMMDeviance.with_response`) and
     starting from the fit's ``(theta, beta)``; a refit that fails or does not converge
-    from there is run again from a plain fit's start (:meth:`refit`).
+    from there is run again from a plain fit's start (:meth:`refit`). Unlike the linear
+    model's refits (:data:`REFIT_MULTISTART`) these keep the other starts of small problems
+    (:func:`~mixedlm_sklearn._glmm._other_starts`): on four small ``(x | g)`` designs
+    they lowered 3 of 100 refits started from the generating parameters, by up to 0.27
+    deviance units (at about 8 times the cost of such a refit).
 
     Parameters
     ----------
