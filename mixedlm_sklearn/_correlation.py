@@ -236,6 +236,13 @@ class CorrelationStructure:
         """The correlation of two rows of one group ``d`` apart in time (``d >= 0``)."""
         raise NotImplementedError
 
+    def correlation_derivatives(self, value: float, d: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The correlation of two rows ``d >= 0`` apart and its first and second derivatives
+        in the parameter on nlme's scale (``Phi``, ``range``, ``Rho``): Kenward-Roger's
+        variance parameter (:meth:`CorrelatedRows.kr_products`)."""
+        raise NotImplementedError
+
     def whiten(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
         """``L^{-1} M`` of rows ``M`` given in residual-group order (n, k)."""
         raise NotImplementedError
@@ -315,6 +322,13 @@ class AR1(_Markov):
         # integer lags: a negative phi alternates in sign
         return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
 
+    def correlation_derivatives(self, value, d):
+        d = np.round(np.asarray(d, dtype=float))
+        # phi^d, d phi^(d-1), d (d-1) phi^(d-2) with integer exponents (exact for a negative
+        # phi); the exponents are clipped at 0 where their factor d or d - 1 vanishes
+        power = lambda e: np.power(float(value), np.maximum(e, 0.0))  # noqa: E731
+        return power(d), d * power(d - 1.0), d * (d - 1.0) * power(d - 2.0)
+
 
 class CAR1(_Markov):
     name, nlme_class, param_name = "car1", "corCAR1", "Phi"
@@ -327,6 +341,11 @@ class CAR1(_Markov):
 
     def correlation(self, value, d):
         return np.power(value, np.asarray(d, dtype=float))
+
+    def correlation_derivatives(self, value, d):
+        d = np.asarray(d, dtype=float)
+        c = np.power(value, d)  # 0 < phi < 1 inside the bounds: phi^(d-k) = c / phi^k
+        return c, d * c / value, d * (d - 1.0) * c / value ** 2
 
     def lag_correlation(self, u, d, rows):
         phi = 1.0 / (1.0 + np.exp(-u))
@@ -372,6 +391,12 @@ class Exp(_Markov):
             return np.where(d == 0, 1.0, 0.0)
         return np.exp(-d / value)
 
+    def correlation_derivatives(self, value, d):
+        d = np.asarray(d, dtype=float)
+        c = np.exp(-d / value)
+        a = d / value ** 2  # d/drange of -d / range
+        return c, a * c, (a * a - 2.0 * a / value) * c
+
 
 class CompoundSymmetry(CorrelationStructure):
     name, nlme_class, param_name = "cs", "corCompSymm", "Rho"
@@ -390,6 +415,10 @@ class CompoundSymmetry(CorrelationStructure):
 
     def correlation(self, value, d):
         return np.where(np.asarray(d) == 0, 1.0, value)
+
+    def correlation_derivatives(self, value, d):
+        off = np.asarray(d) != 0
+        return np.where(off, value, 1.0), off.astype(float), np.zeros(off.shape)
 
     def lag_correlation(self, u, d, rows):
         lo = self._lower(rows)
@@ -1011,6 +1040,104 @@ class CorrelatedRows:
         logw = np.zeros(self.rows.n) if self.weights is None else np.log(self.weights)
         return dataclasses.replace(cp, sum_log_weights=np.bincount(
             self.strata_codes, weights=logw, minlength=self.n_strata).astype(float))
+
+
+    def kr_products(self, value: float) -> "KRProducts":
+        """What Kenward-Roger's adjustment needs of the rows at parameter ``value`` (nlme's
+        scale): :class:`KRProducts`.
+
+        Dense within each residual group (``R_g``, its derivatives and ``R_g^{-1}`` are
+        ``n_g x n_g``), vectorised over the groups of each size (a batch of at most
+        :data:`_KR_BATCH` entries per array); the cost is ``O(sum_g n_g^3)``, refused
+        above :data:`MAX_KR_COST`. Strata must be constant within each residual group
+        (``V`` is then linear in the strata's variances)."""
+        if self.mixed_strata:
+            raise NotImplementedError(
+                "Kenward-Roger's adjustment for residual_groups that vary within a residual "
+                "group of the correlation is not supported (the residual covariance is then not "
+                "linear in the strata's variances); use ddf='satterthwaite'")
+        rows, st = self.rows, self.structure
+        cost = float(np.sum(rows.sizes.astype(float) ** 3))
+        if cost > MAX_KR_COST:
+            raise ValueError(
+                f"Kenward-Roger's adjustment with correlated residuals works with dense "
+                f"matrices per residual group: sum of n_g^3 = {cost:.3g} over the groups is above "
+                f"the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
+                "ddf='satterthwaite'")
+        D = self.scaled()
+        k = D.shape[1]
+        # times within each group (ar1: positions; cs: any distinct times)
+        cum = np.cumsum(np.where(rows.same, rows.gaps, 0.0))
+        t = cum - np.repeat(cum[rows.starts], rows.sizes)
+        left = np.empty_like(D)
+        right = np.empty((3,) + D.shape)
+        trace = np.zeros(rows.starts.size)
+        trace_product = np.zeros(rows.starts.size)
+        for m in np.unique(rows.sizes):
+            starts = rows.starts[rows.sizes == m]
+            n_batches = int(np.ceil(starts.size * m * max(m, k) / _KR_BATCH))
+            for batch in np.array_split(starts, max(n_batches, 1)):
+                idx = batch[:, None] + np.arange(m)  # (G, m) rows of each group
+                tt = t[idx]
+                c, dc, d2c = st.correlation_derivatives(value, np.abs(tt[:, :, None] - tt[:, None, :]))
+                Y = D[idx]
+                OY = np.linalg.solve(c, Y)  # R^{-1} Y
+                OdR = np.linalg.solve(c, dc)  # R^{-1} R'
+                dR_OY = dc @ OY
+                left[idx] = OY
+                right[0][idx] = dR_OY
+                right[1][idx] = dc @ np.linalg.solve(c, dR_OY)
+                right[2][idx] = d2c @ OY
+                g = np.searchsorted(rows.starts, batch)  # the groups' numbers
+                trace[g] = np.einsum("gii->g", OdR)
+                trace_product[g] = np.einsum("gij,gji->g", OdR, OdR)
+        stratum = self.strata_codes[rows.starts]
+        S = self.n_strata
+        return KRProducts(D, left, right[0], right[1], right[2],
+                          np.bincount(stratum, weights=trace, minlength=S),
+                          np.bincount(stratum, weights=trace_product, minlength=S))
+
+
+# Entries of one batch of per-group arrays in :meth:`CorrelatedRows.kr_products`.
+_KR_BATCH = 1 << 20
+#: Largest ``sum_g n_g^3`` (residual groups of ``n_g`` rows) for which Kenward-Roger's
+#: adjustment is computed with correlated residuals (dense algebra within each group).
+MAX_KR_COST = 2e10
+
+
+@dataclass(frozen=True)
+class KRProducts:
+    """Rows of a correlated model for Kenward-Roger's adjustment, in residual-group order.
+
+    With ``Y`` the rows ``[X y Z]`` (times ``sqrt(w)``), ``R`` the block-diagonal residual
+    correlation and ``R'``, ``R''`` its derivatives in the parameter on nlme's scale, the
+    bilinear forms Kenward-Roger needs are ``Y' A B`` for the row arrays below (all in the
+    residual-group order and column layout of ``Y``; ``A`` and ``B`` keep each row's
+    levels, as a residual group lies within one level of every grouping factor).
+
+    Attributes
+    ----------
+    rows : ndarray (n, k)
+        ``Y``.
+    inverse : ndarray (n, k)
+        ``R^{-1} Y``: ``Y'R^{-1}Y`` is the whitened cross-products.
+    first : ndarray (n, k)
+        ``R' R^{-1} Y``: ``(R^{-1}Y)' first = Y'R^{-1}R'R^{-1}Y``.
+    product : ndarray (n, k)
+        ``R' R^{-1} R' R^{-1} Y``.
+    second : ndarray (n, k)
+        ``R'' R^{-1} Y``.
+    trace, trace_product : ndarray (n_strata,)
+        ``tr(R^{-1}R')`` and ``tr(R^{-1}R'R^{-1}R')`` summed over each stratum's groups.
+    """
+
+    rows: np.ndarray
+    inverse: np.ndarray
+    first: np.ndarray
+    product: np.ndarray
+    second: np.ndarray
+    trace: np.ndarray
+    trace_product: np.ndarray
 
 
 class WhitenedDeviance:
