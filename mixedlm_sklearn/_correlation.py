@@ -1101,7 +1101,9 @@ class CorrelatedRows:
 # Entries of one batch of per-group arrays in :meth:`CorrelatedRows.kr_products`.
 _KR_BATCH = 1 << 20
 #: Largest ``sum_g n_g^3`` (residual groups of ``n_g`` rows) for which Kenward-Roger's
-#: adjustment is computed with correlated residuals (dense algebra within each group).
+#: adjustment is computed with correlated residuals (dense algebra within each group):
+#: measured 0.02 s for 1,000 groups of 10 rows, 4 s for 4 groups of 1,000 and 6.5 s for
+#: one of 2,500 (2 shared cores at load 6).
 MAX_KR_COST = 2e10
 
 

@@ -613,8 +613,8 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
     if np.any(s2 <= 0):
         raise ValueError(f"residual variances must be positive, got {s2}")
     blocks = list(blocks)
-    if not blocks:
-        raise ValueError("Kenward-Roger needs at least one random-effects term")
+    if not blocks and correlation is None:
+        raise ValueError("Kenward-Roger needs at least one random-effects term or a residual correlation")
     p = xtx_l[0].shape[0]
     sizes = [b.n_levels * b.q for b in blocks]
     N = int(sum(sizes))
@@ -852,7 +852,7 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         raise ValueError("Kenward-Roger's adjustment is defined at REML estimates and this model "
                          "was fitted by maximum likelihood: refit it with reml=True (pbkrtest "
                          "refits such a model by REML behind the scenes)")
-    if not len(model.terms):
+    if not len(model.terms) and model.correlation is None:
         raise ValueError("Kenward-Roger needs random effects: this model has none (least "
                          "squares); its t and F tests are exact with n - p df")
     dimension = model.cross_products.p + sum(t.size for t in model.terms)

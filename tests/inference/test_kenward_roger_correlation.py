@@ -220,7 +220,20 @@ def _simulated(kind, seed=0, weights=False):
     return est, design
 
 
+def _orthodont_gls():
+    """Orthodont (nlme): gls(distance ~ age * Sex, corCompSymm(~ 1 | Subject)), no random
+    effects: V = sigma^2 R(Rho)."""
+    df = pd.read_csv(STRUCT_DIR / "orthodont_cs_reml.csv", dtype={"Subject": str, "Sex": str})
+    male = (df.Sex == "Male").astype(float)
+    X = pd.DataFrame({"age": df.age, "SexMale": male, "age:SexMale": df.age * male})
+    est = MixedLMRegressor(correlation="cs").fit(X, df.distance, correlation_groups=df.Subject)
+    design = Design(np.column_stack([np.ones(len(df)), X]), [], df.Subject.to_numpy(),
+                    np.arange(len(df), dtype=float), "cs")
+    return est, design
+
+
 CASES = {
+    "orthodont_cs_gls": _orthodont_gls,
     "ovary_ar1": _ovary,
     "bodyweight_car1_slopes": lambda: _bodyweight(False),
     "bodyweight_car1_slopes_strata": lambda: _bodyweight(True),
