@@ -74,8 +74,10 @@ eq. 2) second-derivative terms stay:
 nonzero for ``(phi, phi)`` (``d^2V = sum_s sigma_s^2 R''``) and ``(sigma_s^2, phi)`` (``R'``
 on stratum ``s``'s rows). This is SAS PROC MIXED's ``DDFM=KR`` (its default, not
 ``KR(FIRSTORDER)``); ``W`` is, as above, twice the inverse expected information, and the
-df formulas are unchanged. There is no R reference (pbkrtest takes lme4 fits, which have
-no residual correlation): the tests check a dense ``n x n`` oracle. Everything stays in
+df formulas are unchanged. There is no R reference for these numbers: pbkrtest takes lme4
+fits, which have no residual correlation, and mmrm (models without random effects)
+differentiates in its own unconstrained parameters and takes ``W`` from the observed
+information; the tests check a dense ``n x n`` oracle. Everything stays in
 cross-products: ``K_s`` become the whitened ``Y'R^{-1}Y`` of the stratum's rows, and
 ``phi`` is treated like a residual variance with ``A_phi = sum_s Y'R^{-1}R'R^{-1}Y /
 sigma_s^2`` in place of ``K_s / sigma_s^4``:

@@ -1,7 +1,9 @@
 """Kenward-Roger with correlated residuals (corAR1, corCAR1, corExp, corCompSymm).
 
 There is no R reference: pbkrtest takes lme4 fits only, and lme4 has no residual
-correlation. The cross-product implementation is checked against a brute-force oracle
+correlation; mmrm's Kenward-Roger (models without random effects) differentiates in its
+own unconstrained parameters with ``W`` from the observed information, so its numbers
+differ by design (the second-derivative terms depend on the parametrisation). The cross-product implementation is checked against a brute-force oracle
 written here with ``n x n`` matrices: ``V`` built from the fitted parameters, its first
 and second derivatives in every variance parameter (each covariance entry, each stratum's
 residual variance and the correlation's parameter on nlme's scale) by central finite
@@ -253,7 +255,25 @@ def _two_factors_aliased():
     return est, design
 
 
+def _negative_ar1_missing_visits():
+    """AR(1) with a negative Phi on visits with gaps (missed visits: lags above 1)."""
+    rng = np.random.default_rng(8)
+    sizes = rng.integers(4, 9, size=25)
+    g = np.repeat(np.arange(25), sizes)
+    n = g.size
+    visit = np.concatenate([np.sort(rng.choice(np.arange(1, 12), s, replace=False))
+                            for s in sizes]).astype(float)
+    R = np.where(g[:, None] == g[None, :],
+                 _correlation("ar1", -0.45, np.abs(visit[:, None] - visit[None, :])), 0.0)
+    x = rng.standard_normal((n, 1))
+    y = x[:, 0] + rng.standard_normal(25)[g] + np.linalg.cholesky(R) @ rng.standard_normal(n)
+    est = MixedLMRegressor(correlation="ar1").fit(x, y, groups=g, time=visit)
+    design = Design(np.column_stack([np.ones(n), x]), [(g, np.ones((n, 1)))], g, visit, "ar1")
+    return est, design
+
+
 CASES = {
+    "negative_ar1_missing_visits": _negative_ar1_missing_visits,
     "two_factors_aliased_ar1": _two_factors_aliased,
     "orthodont_cs_gls": _orthodont_gls,
     "ovary_ar1": _ovary,
