@@ -616,7 +616,8 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         raise ValueError(f"residual variances must be positive, got {s2}")
     blocks = list(blocks)
     if not blocks and correlation is None:
-        raise ValueError("Kenward-Roger needs at least one random-effects term or a residual correlation")
+        raise ValueError("Kenward-Roger needs at least one random-effects term or a residual "
+                         "correlation")
     p = xtx_l[0].shape[0]
     sizes = [b.n_levels * b.q for b in blocks]
     N = int(sum(sizes))

@@ -3,14 +3,16 @@
 There is no R reference: pbkrtest takes lme4 fits only, and lme4 has no residual
 correlation; mmrm's Kenward-Roger (models without random effects) differentiates in its
 own unconstrained parameters with ``W`` from the observed information, so its numbers
-differ by design (the second-derivative terms depend on the parametrisation). The cross-product implementation is checked against a brute-force oracle
-written here with ``n x n`` matrices: ``V`` built from the fitted parameters, its first
-and second derivatives in every variance parameter (each covariance entry, each stratum's
-residual variance and the correlation's parameter on nlme's scale) by central finite
-differences of ``V`` itself, and Kenward & Roger's (1997) formulas with their
-second-derivative terms ``R_ij`` (SAS PROC MIXED's DDFM=KR). A continuity property ties
-the correlated adjustment at ``Phi -> 0`` to the uncorrelated one, whose numbers are
-pbkrtest's (tests/inference/test_kenward_roger.py).
+differ by design (the second-derivative terms depend on the parametrisation).
+
+The cross-product implementation is checked against a brute-force oracle written here
+with ``n x n`` matrices: ``V`` built from the fitted parameters, its first and second
+derivatives in every variance parameter (each covariance entry, each stratum's residual
+variance and the correlation's parameter on nlme's scale) by central finite differences
+of ``V`` itself, and Kenward & Roger's (1997) formulas with their second-derivative terms
+``R_ij`` (SAS PROC MIXED's DDFM=KR). A continuity property ties the correlated
+adjustment at ``Phi -> 0`` to the uncorrelated one, whose numbers are pbkrtest's
+(tests/inference/test_kenward_roger.py).
 """
 
 from __future__ import annotations
