@@ -480,3 +480,12 @@ def test_ml_fits_are_refused():
         df[["Time"]], df.follicles, groups=df.Mare, time=df.visit)
     with pytest.raises(ValueError, match="REML"):
         kenward_roger_model(est)
+
+
+def test_residual_groups_too_large_for_dense_algebra_are_refused(monkeypatch):
+    import mixedlm_sklearn._correlation as corr
+
+    est, _ = _ovary()
+    monkeypatch.setattr(corr, "MAX_KR_COST", 1e3)
+    with pytest.raises(ValueError, match="dense matrices per residual group"):
+        est.summary(ddf="kenward-roger")
