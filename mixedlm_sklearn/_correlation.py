@@ -1042,20 +1042,23 @@ class CorrelatedRows:
             self.strata_codes, weights=logw, minlength=self.n_strata).astype(float))
 
 
-    def kr_products(self, value: float) -> "KRProducts":
+    def kr_products(self, value: float, sigma2) -> "KRProducts":
         """What Kenward-Roger's adjustment needs of the rows at parameter ``value`` (nlme's
-        scale): :class:`KRProducts`.
+        scale) and the strata's residual variances ``sigma2``: :class:`KRProducts`.
 
-        Dense within each residual group (``R_g``, its derivatives and ``R_g^{-1}`` are
-        ``n_g x n_g``), vectorised over the groups of each size (a batch of at most
-        :data:`_KR_BATCH` entries per array); the cost is ``O(sum_g n_g^3)``, refused
-        above :data:`MAX_KR_COST`. Strata must be constant within each residual group
-        (``V`` is then linear in the strata's variances)."""
-        if self.mixed_strata:
-            raise NotImplementedError(
-                "Kenward-Roger's adjustment for residual_groups that vary within a residual "
-                "group of the correlation is not supported (the residual covariance is then not "
-                "linear in the strata's variances); use ddf='satterthwaite'")
+        The residual covariance of a group is ``V_g = d d' * R_g`` (elementwise), ``d_r =
+        sqrt(sigma2_{s(r)} / w_r)``; its variance parameters are the strata's ``sigma2_s``
+        then ``value``. With ``n_s = u_s 1' + 1 u_s'`` (``u_s`` the rows of stratum ``s``),
+        ``V_g`` is ``prod_s sigma2_s^(n_s / 2)`` times a constant entry by entry, so
+
+            dV/dsigma2_s = n_s / (2 sigma2_s) * V,   dV/dvalue = d d' * R',
+            d2V/dsigma2_s dsigma2_t = n_s (n_t - 2 delta_st) / (4 sigma2_s sigma2_t) * V,
+            d2V/dsigma2_s dvalue = n_s / (2 sigma2_s) * d d' * R',   d2V/dvalue2 = d d' * R''
+
+        (strata constant within a group: ``n_s`` is 2 or 0 on the whole block, ``V`` is
+        linear in each ``sigma2_s``). Dense within each residual group, vectorised over the
+        groups of each size (a batch of at most :data:`_KR_BATCH` entries per array); the
+        cost is ``O(sum_g n_g^3)``, refused above :data:`MAX_KR_COST`."""
         rows, st = self.rows, self.structure
         cost = float(np.sum(rows.sizes.astype(float) ** 3))
         if cost > MAX_KR_COST:
@@ -1064,38 +1067,54 @@ class CorrelatedRows:
                 f"matrices per residual group: sum of n_g^3 = {cost:.3g} over the groups is above "
                 f"the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
                 "ddf='satterthwaite'")
-        D = self.scaled()
-        k = D.shape[1]
+        sigma2 = np.asarray(sigma2, dtype=float).reshape(-1)
+        S = self.n_strata
+        if sigma2.size != S:
+            raise ValueError(f"sigma2 needs one residual variance per stratum ({S})")
+        Y = self.scaled()
+        n, k = Y.shape
+        stratum = self.strata_codes
+        # the rows' residual standard deviations (the prior weights are in Y already)
+        sd = np.sqrt(sigma2)[stratum]
         # times within each group (ar1: positions; cs: any distinct times)
         cum = np.cumsum(np.where(rows.same, rows.gaps, 0.0))
         t = cum - np.repeat(cum[rows.starts], rows.sizes)
-        left = np.empty_like(D)
-        right = np.empty((3,) + D.shape)
-        trace = np.zeros(rows.starts.size)
-        trace_product = np.zeros(rows.starts.size)
+        n_par = S + 1
+        pairs = [(a, b) for a in range(n_par) for b in range(a, n_par)]
+        inverse = np.empty((n, k))
+        first = np.empty((n_par, n, k))
+        inverse_first = np.empty((n_par, n, k))
+        second = np.empty((len(pairs), n, k))
+        traces = np.zeros((n_par, n_par))
         for m in np.unique(rows.sizes):
             starts = rows.starts[rows.sizes == m]
-            n_batches = int(np.ceil(starts.size * m * max(m, k) / _KR_BATCH))
+            n_batches = int(np.ceil(starts.size * m * max(m, k) * n_par / _KR_BATCH))
             for batch in np.array_split(starts, max(n_batches, 1)):
                 idx = batch[:, None] + np.arange(m)  # (G, m) rows of each group
                 tt = t[idx]
                 c, dc, d2c = st.correlation_derivatives(value, np.abs(tt[:, :, None] - tt[:, None, :]))
-                Y = D[idx]
-                OY = np.linalg.solve(c, Y)  # R^{-1} Y
-                OdR = np.linalg.solve(c, dc)  # R^{-1} R'
-                dR_OY = dc @ OY
-                left[idx] = OY
-                right[0][idx] = dR_OY
-                right[1][idx] = dc @ np.linalg.solve(c, dR_OY)
-                right[2][idx] = d2c @ OY
-                g = np.searchsorted(rows.starts, batch)  # the groups' numbers
-                trace[g] = np.einsum("gii->g", OdR)
-                trace_product[g] = np.einsum("gij,gji->g", OdR, OdR)
-        stratum = self.strata_codes[rows.starts]
-        S = self.n_strata
-        return KRProducts(D, left, right[0], right[1], right[2],
-                          np.bincount(stratum, weights=trace, minlength=S),
-                          np.bincount(stratum, weights=trace_product, minlength=S))
+                dd = sd[idx][:, :, None] * sd[idx][:, None, :]
+                V = dd * c
+                u = (stratum[idx][None, :, :] == np.arange(S)[:, None, None]).astype(float)
+                half = 0.5 * (u[:, :, :, None] + u[:, :, None, :])  # n_s / 2, (S, G, m, m)
+                G = [half[s] * V / sigma2[s] for s in range(S)] + [dd * dc]
+                VY = np.linalg.solve(V, Y[idx])
+                inverse[idx] = VY
+                ViG = [np.linalg.solve(V, g) for g in G]
+                for a in range(n_par):
+                    first[a][idx] = G[a] @ VY
+                    inverse_first[a][idx] = ViG[a] @ VY
+                for j, (a, b) in enumerate(pairs):
+                    traces[a, b] += np.einsum("gij,gji->", ViG[a], ViG[b])
+                    if b < S:  # two variances
+                        H = half[a] * (half[b] - (a == b)) * V / (sigma2[a] * sigma2[b])
+                    elif a < S:  # a variance and the correlation
+                        H = half[a] * G[S] / sigma2[a]
+                    else:
+                        H = dd * d2c
+                    second[j][idx] = H @ VY
+        traces = np.triu(traces) + np.triu(traces, 1).T
+        return KRProducts(Y, inverse, first, inverse_first, second, pairs, traces)
 
 
 # Entries of one batch of per-group arrays in :meth:`CorrelatedRows.kr_products`.
@@ -1111,35 +1130,37 @@ MAX_KR_COST = 2e10
 class KRProducts:
     """Rows of a correlated model for Kenward-Roger's adjustment, in residual-group order.
 
-    With ``Y`` the rows ``[X y Z]`` (times ``sqrt(w)``), ``R`` the block-diagonal residual
-    correlation and ``R'``, ``R''`` its derivatives in the parameter on nlme's scale, the
-    bilinear forms Kenward-Roger needs are ``Y' A B`` for the row arrays below (all in the
-    residual-group order and column layout of ``Y``; ``A`` and ``B`` keep each row's
-    levels, as a residual group lies within one level of every grouping factor).
+    With ``Y`` the rows ``[X y Z]`` (times ``sqrt(w)``), ``V`` the block-diagonal residual
+    covariance and ``G_a``, ``H_ab`` its first and second derivatives in the variance
+    parameters (the strata's residual variances, then the correlation's parameter), the
+    bilinear forms Kenward-Roger needs are ``A'B`` of the row arrays below (each row keeps
+    its levels, as a residual group lies within one level of every grouping factor).
 
     Attributes
     ----------
     rows : ndarray (n, k)
         ``Y``.
     inverse : ndarray (n, k)
-        ``R^{-1} Y``: ``Y'R^{-1}Y`` is the whitened cross-products.
-    first : ndarray (n, k)
-        ``R' R^{-1} Y``: ``(R^{-1}Y)' first = Y'R^{-1}R'R^{-1}Y``.
-    product : ndarray (n, k)
-        ``R' R^{-1} R' R^{-1} Y``.
-    second : ndarray (n, k)
-        ``R'' R^{-1} Y``.
-    trace, trace_product : ndarray (n_strata,)
-        ``tr(R^{-1}R')`` and ``tr(R^{-1}R'R^{-1}R')`` summed over each stratum's groups.
+        ``V^{-1}Y``: ``rows' inverse = Y'V^{-1}Y``.
+    first : ndarray (n_par, n, k)
+        ``G_a V^{-1}Y``: ``inverse' first[a] = Y'V^{-1}G_aV^{-1}Y``.
+    inverse_first : ndarray (n_par, n, k)
+        ``V^{-1}G_aV^{-1}Y``: ``inverse_first[a]' first[b] = Y'V^{-1}G_aV^{-1}G_bV^{-1}Y``.
+    second : ndarray (len(pairs), n, k)
+        ``H_ab V^{-1}Y`` for each pair: ``inverse' second[j] = Y'V^{-1}H_abV^{-1}Y``.
+    pairs : list of (a, b)
+        The pairs ``a <= b`` of :attr:`second`.
+    traces : ndarray (n_par, n_par)
+        ``tr(V^{-1}G_aV^{-1}G_b)``.
     """
 
     rows: np.ndarray
     inverse: np.ndarray
     first: np.ndarray
-    product: np.ndarray
+    inverse_first: np.ndarray
     second: np.ndarray
-    trace: np.ndarray
-    trace_product: np.ndarray
+    pairs: list
+    traces: np.ndarray
 
 
 class WhitenedDeviance:

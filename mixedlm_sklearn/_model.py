@@ -256,17 +256,13 @@ class FittedModel:
         would have to take into account: they are refused, naming what works (profiles go
         through :meth:`profile_deviance`, whose ``x`` holds the correlation). Kenward-Roger's
         adjustment takes the correlation's parameter as a variance parameter; it needs the
-        rows (not a fit from chunks) and strata constant within each residual group."""
+        rows (not a fit from chunks)."""
         if self.correlation is not None and feature == "kenward-roger":
             data = self.correlation.data
             if data is None:
                 return ("Kenward-Roger's df with correlated residuals need the fit's rows; a fit "
                         "from chunks or Dask keeps only their cross-products: fit the data in "
                         "memory, or use ddf='satterthwaite'")
-            if data.mixed_strata:
-                return ("Kenward-Roger's df with residual_groups that vary within a residual "
-                        "group of the correlation are not supported (the residual covariance is "
-                        "then not linear in the strata's variances); use ddf='satterthwaite'")
         if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
             return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
                     f"({self.correlation.structure.nlme_class}) is not supported yet; its "

@@ -62,42 +62,38 @@ term k's block of the random-effects space, and residual parameters ``s``, ``t``
 memory, independent of the number of rows.
 
 Correlated residuals (``MixedLMRegressor(correlation=...)``, nlme's ``corStruct``): the
-residual part is ``sigma_s^2 W^{-1/2} R(phi) W^{-1/2}`` on the rows of stratum ``s``, ``R``
-block diagonal over residual groups (each within one stratum), and the correlation's
-parameter ``phi`` joins ``gamma`` last, on nlme's scale (corAR1's and corCAR1's ``Phi``,
-corExp's ``range``, corCompSymm's ``Rho``; Kenward-Roger's adjustment depends on this
-choice through ``R_ij``). ``V`` is not linear in ``phi``, so Kenward & Roger's (1997,
-eq. 2) second-derivative terms stay:
+residual covariance ``V_e`` is block diagonal over residual groups, ``V_e = D R(phi) D``
+with ``D = diag(sigma_{s(r)} / sqrt(w_r))`` (a variance per stratum, possibly varying
+within a group: nlme's ``varIdent`` next to the correlation). Its variance parameters are
+the ``sigma_s^2`` and the correlation's parameter ``phi``, last, on nlme's scale (corAR1's
+and corCAR1's ``Phi``, corExp's ``range``, corCompSymm's ``Rho``; the adjustment depends
+on this choice through ``R_ij``). ``V`` is not linear in ``phi`` (nor in the
+``sigma_s^2`` where strata vary within a group), so Kenward & Roger's (1997, eq. 2)
+second-derivative terms stay:
 
-    Phi_A = Phi + 2 Phi (U - 1/4 sum_ij W_ij R_ij) Phi,   R_ij = X'V^{-1} (d^2V / dgamma_i dgamma_j) V^{-1}X,
+    Phi_A = Phi + 2 Phi (U - 1/4 sum_ij W_ij R_ij) Phi,   R_ij = X'V^{-1} (d^2V / dgamma_i dgamma_j) V^{-1}X.
 
-nonzero for ``(phi, phi)`` (``d^2V = sum_s sigma_s^2 R''``) and ``(sigma_s^2, phi)`` (``R'``
-on stratum ``s``'s rows). This is SAS PROC MIXED's ``DDFM=KR`` (its default, not
-``KR(FIRSTORDER)``); ``W`` is, as above, twice the inverse expected information, and the
-df formulas are unchanged. There is no R reference for these numbers: pbkrtest takes lme4
-fits, which have no residual correlation, and mmrm (models without random effects)
-differentiates in its own unconstrained parameters and takes ``W`` from the observed
-information; the tests check a dense ``n x n`` oracle. Everything stays in
-cross-products: ``K_s`` become the whitened ``Y'R^{-1}Y`` of the stratum's rows, and
-``phi`` is treated like a residual variance with ``A_phi = sum_s Y'R^{-1}R'R^{-1}Y /
-sigma_s^2`` in place of ``K_s / sigma_s^4``:
+This is SAS PROC MIXED's ``DDFM=KR`` (its default, not ``KR(FIRSTORDER)``); ``W`` is, as
+above, twice the inverse expected information, and the df formulas are unchanged. There
+is no R reference for these numbers: pbkrtest takes lme4 fits, which have no residual
+correlation, and mmrm (models without random effects) differentiates in its own
+unconstrained parameters and takes ``W`` from the observed information; the tests check a
+dense ``n x n`` oracle. Everything stays in cross-products: ``K = Y'V_e^{-1}Y`` (one
+stratum) in place of ``sum_s K_s / sigma_s^2``, and each residual parameter ``a`` (with
+``G_a = dV_e/da``, ``H_ab = d^2V_e/da db``) is treated as the residual variances above with
+``A_a = Y'V_e^{-1}G_aV_e^{-1}Y`` in place of ``K_s / sigma_s^4``:
 
-    F_phi = Gamma' A_phi Gamma,   P_phi = -(F_phi)_xx,   Q_i,phi = H_xz E_i (F_phi)_zx,
-    K_i,phi = tr(E_i (F_phi)_zz),
-    Q_s,phi = [Gamma'(B_s / sigma_s^4)Gamma]_xx - (K_s Gamma_{.x})_z' C (A_phi Gamma_{.x})_z / sigma_s^4,
-    K_s,phi = tr(R^{-1}R')_s / sigma_s^2 - 2 tr(C B_{s,zz}) / sigma_s^4 + tr(C K_{s,zz} C A_{phi,zz}) / sigma_s^4,
-    Q_phi,phi = [Gamma' A_2 Gamma]_xx - (A_phi Gamma_{.x})_z' C (A_phi Gamma_{.x})_z,
-    K_phi,phi = tr(R^{-1}R'R^{-1}R') - 2 tr(C A_{2,zz}) + tr(C A_{phi,zz} C A_{phi,zz}),
-    R_phi,phi = [Gamma' (sum_s Y'R^{-1}R''R^{-1}Y / sigma_s^2) Gamma]_xx,
-    R_s,phi = [Gamma' (B_s / sigma_s^4) Gamma]_xx
+    F_a = Gamma' A_a Gamma,   P_a = -(F_a)_xx,   Q_ia = H_xz E_i (F_a)_zx,   K_ia = tr(E_i (F_a)_zz),
+    Q_ab = [Gamma' A_ab Gamma]_xx - (A_a Gamma_{.x})_z' C (A_b Gamma_{.x})_z,
+    K_ab = tr(V_e^{-1}G_aV_e^{-1}G_b) - 2 tr(C A_ab,zz) + tr(C A_a,zz C A_b,zz),
+    R_ab = [Gamma' (Y'V_e^{-1}H_abV_e^{-1}Y) Gamma]_xx
 
-with ``B_s = Y'R^{-1}R'R^{-1}Y`` and ``A_2 = sum_s Y'R^{-1}R'R^{-1}R'R^{-1}Y / sigma_s^2``
-(each over stratum ``s``'s rows). These products come from the rows, dense within each
-residual group and vectorised over the groups
-(:meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`). A correlation
-estimated on its bound of independence (car1's ``Phi = 0``, exp's ``range = 0``, where
-``R'`` is not finite) is left out. Not covered: strata varying within a residual group
-(``V`` is then not linear in the ``sigma_s^2``) and fits from chunks (no rows).
+with ``A_ab = Y'V_e^{-1}G_aV_e^{-1}G_bV_e^{-1}Y`` (:class:`ResidualParameters`). These
+products come from the rows, dense within each residual group and vectorised over the
+groups (:meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`, which gives
+``G_a`` and ``H_ab`` in closed form). A correlation estimated on its bound of independence
+(car1's ``Phi = 0``, exp's ``range = 0``, where ``R'`` is not finite) is left out (the
+uncorrelated model's adjustment). Not covered: fits from chunks (no rows).
 
 pbkrtest (0.5.2) builds the residual part as ``sigma^2 I`` even for an lmer fit with prior
 weights, while taking ``Phi`` from the weighted fit; with weights the two disagree and the
@@ -120,7 +116,7 @@ from ._protocol import require
 __all__ = [
     "RandomBlock",
     "KRInputs",
-    "CorrelationParameter",
+    "ResidualParameters",
     "KenwardRoger",
     "KRFTest",
     "covariance_derivatives",
@@ -369,37 +365,32 @@ class KRInputs:
 
 
 @dataclass(frozen=True)
-class CorrelationParameter:
-    """A residual correlation's parameter ``phi`` as a variance parameter of Kenward-Roger.
+class ResidualParameters:
+    """Variance parameters of a residual covariance ``V_e`` that is not diagonal (correlated
+    residuals), given by products of the rows.
 
-    The residual covariance is ``sigma_s^2 W^{-1/2} R(phi) W^{-1/2}`` on the rows of
-    stratum ``s`` (``R`` block diagonal over residual groups, each group within one
-    stratum), so ``V`` is linear in the ``sigma_s^2`` and not in ``phi``. With ``Y = [X
-    Z]`` (rows times ``sqrt(w)``, the columns of :class:`KRInputs`) and ``R'``, ``R''`` the
-    derivatives of ``R`` in ``phi``, per stratum (the rows of its groups):
+    ``V = Z G Z' + V_e`` with ``V_e`` depending on the parameters ``a`` (derivatives ``G_a``,
+    second derivatives ``H_ab``); with ``Y = [X Z]`` (the columns of :class:`KRInputs`):
 
     Attributes
     ----------
     first : list of (p + N, p + N) arrays
-        ``Y'R^{-1}R'R^{-1}Y``.
-    product : list of (p + N, p + N) arrays
-        ``Y'R^{-1}R'R^{-1}R'R^{-1}Y``.
-    second : list of (p + N, p + N) arrays
-        ``Y'R^{-1}R''R^{-1}Y``.
-    trace : sequence of float
-        ``tr(R^{-1}R')``.
-    trace_product : sequence of float
-        ``tr(R^{-1}R'R^{-1}R')``.
-    name : str
-        The parameter's name (nlme's: ``Phi``, ``range``, ``Rho``).
+        ``Y'V_e^{-1}G_aV_e^{-1}Y`` per parameter.
+    product : list of lists of (p + N, p + N) arrays
+        ``Y'V_e^{-1}G_aV_e^{-1}G_bV_e^{-1}Y`` (symmetrised) per pair.
+    second : list of lists of (p + N, p + N) arrays
+        ``Y'V_e^{-1}H_abV_e^{-1}Y`` per pair (Kenward & Roger's ``R_ab`` before the
+        projection on ``X``).
+    traces : ndarray (k, k)
+        ``tr(V_e^{-1}G_aV_e^{-1}G_b)``.
+    names : list of str
     """
 
     first: list
     product: list
     second: list
-    trace: Sequence[float]
-    trace_product: Sequence[float]
-    name: str = "phi"
+    traces: np.ndarray
+    names: list
 
 
 class KRFTest(NamedTuple):
@@ -559,7 +550,7 @@ def _apply_blocks(M: np.ndarray, block: RandomBlock, D: np.ndarray) -> np.ndarra
 
 
 def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
-                  correlation: CorrelationParameter | None = None) -> KenwardRoger:
+                  residual: ResidualParameters | None = None) -> KenwardRoger:
     """Kenward-Roger quantities from the cross-products of a linear mixed model.
 
     Parameters
@@ -571,10 +562,11 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         at the (REML) estimates.
     sigma2 : float, or a list of float
         Residual variance of each stratum at the estimates.
-    correlation : CorrelationParameter, optional
-        Correlated residuals: ``inputs`` are then the whitened cross-products
-        (``Y'R^{-1}Y`` per stratum) and the correlation's parameter is the last variance
-        parameter, with Kenward & Roger's second-derivative terms ``R_ij``.
+    residual : ResidualParameters, optional
+        A residual covariance ``V_e`` that is not diagonal (correlated residuals): its
+        parameters replace the strata's residual variances, with Kenward & Roger's
+        second-derivative terms ``R_ij``; ``inputs`` then hold ``Y'V_e^{-1}Y`` as one
+        stratum, and ``sigma2`` must be 1.
 
     Returns
     -------
@@ -615,7 +607,10 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
     if np.any(s2 <= 0):
         raise ValueError(f"residual variances must be positive, got {s2}")
     blocks = list(blocks)
-    if not blocks and correlation is None:
+    if residual is not None and (S != 1 or s2[0] != 1.0):
+        raise ValueError("with residual parameters, inputs hold Y'V_e^{-1}Y as one stratum "
+                         "and sigma2 is 1")
+    if not blocks and residual is None:
         raise ValueError("Kenward-Roger needs at least one random-effects term or a residual "
                          "correlation")
     p = xtx_l[0].shape[0]
@@ -666,7 +661,7 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         return np.asarray(Lam @ linalg.cho_solve(cho, np.asarray(Lam.T @ A)))
 
     Fx, Fdiag, a_res, CKs = [], [], [], []
-    for s in range(S):
+    for s in range(S if residual is None else 0):
         KsGx = K_s[s] @ Gx
         Fx.append((KsGx - CK.T @ KsGx[p:]) / s2[s] ** 2)  # F_s[:, :p] = Gamma' K_s Gx / s^4
         a_res.append(KsGx[p:])  # K_{s,z.} Gamma_{.x}
@@ -687,31 +682,37 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         Fdiag.append(blocks_s)
         kinds.append(("res", s))
         names.append("sigma2" if S == 1 else f"sigma2|{inputs.strata[s]}")
-    if correlation is not None:
-        # phi's derivative of V, whitened, is sigma_g^2 L^{-1}R'L^{-T} per group: the residual
-        # variances' formulas with A_phi = Y'V_e^{-1} dV/dphi V_e^{-1} Y = sum_s first_s / sigma_s^2
-        # (V_e the residual covariance) in place of K_s / sigma_s^4
-        cor = correlation
-        if not (len(cor.first) == len(cor.product) == len(cor.second) == len(cor.trace)
-                == len(cor.trace_product) == S):
-            raise ValueError("the correlation's products need one entry per stratum")
-        first_l = [_dense(a) for a in cor.first]
-        if any(a.shape != (D, D) for a in first_l):
-            raise ValueError(f"the correlation's products must be ({D}, {D})")
-        A_phi = sum(a / v for a, v in zip(first_l, s2))
-        A_phiphi = sum(_dense(a) / v for a, v in zip(cor.product, s2))
-        AG_phi = A_phi @ Gx  # A_phi Gamma_{.x}
-        Fx_phi = AG_phi - CK.T @ AG_phi[p:]  # F_phi[:, :p]
-        Wz = A_phi[p:, p:] @ Gzz
-        Fdiag_phi = []
-        for k, b in enumerate(blocks):
-            cols = slice(starts[k], starts[k + 1])
-            G3 = np.ascontiguousarray(Gzz[:, cols]).reshape(N * b.n_levels, b.q)
-            W3 = np.ascontiguousarray(Wz[:, cols]).reshape(N * b.n_levels, b.q)
-            Fdiag_phi.append(G3.T @ W3)
-        CA_phi = C_times(A_phi[p:, p:])
-        kinds.append(("cor",))
-        names.append(cor.name)
+    if residual is not None:
+        # each parameter as the strata's variances above, with A_a = Y'V_e^{-1}G_aV_e^{-1}Y
+        # in place of K_s / sigma_s^4: F_a = Gamma'A_aGamma, and for two of them
+        # Q_ab = [Gamma'A_abGamma]_xx - (A_aGamma_{.x})_z' C (A_bGamma_{.x})_z,
+        # K_ab = tr(V_e^{-1}G_aV_e^{-1}G_b) - 2 tr(C A_ab,zz) + tr(C A_a,zz C A_b,zz)
+        res = residual
+        k_res = len(res.first)
+        if not (len(res.product) == len(res.second) == len(res.names) == k_res
+                and np.shape(res.traces) == (k_res, k_res)):
+            raise ValueError("residual parameters need first, product, second, traces and "
+                             "names for each")
+        A_res = [_dense(a) for a in res.first]
+        if any(a.shape != (D, D) for a in A_res):
+            raise ValueError(f"the residual parameters' products must be ({D}, {D})")
+        Cmat = C_times(np.eye(N))  # once: tr(C A) = sum(C * A) for the k(k+1)/2 pairs
+        AG, Fx_gen, Fdiag_gen, CA = [], [], [], []
+        for a, A in enumerate(A_res):
+            AGa = A @ Gx  # A_a Gamma_{.x}
+            AG.append(AGa)
+            Fx_gen.append(AGa - CK.T @ AGa[p:])  # F_a[:, :p]
+            Wz = A[p:, p:] @ Gzz
+            blocks_a = []
+            for k, b in enumerate(blocks):
+                cols = slice(starts[k], starts[k + 1])
+                G3 = np.ascontiguousarray(Gzz[:, cols]).reshape(N * b.n_levels, b.q)
+                W3 = np.ascontiguousarray(Wz[:, cols]).reshape(N * b.n_levels, b.q)
+                blocks_a.append(G3.T @ W3)
+            Fdiag_gen.append(blocks_a)
+            CA.append(Cmat @ A[p:, p:])
+            kinds.append(("gen", a))
+            names.append(res.names[a])
     n_par = len(kinds)
 
     P = np.empty((n_par, p, p))
@@ -722,7 +723,7 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         elif kind[0] == "res":
             P[i] = -Fx[kind[1]][:p]
         else:
-            P[i] = -Fx_phi[:p]
+            P[i] = -Fx_gen[kind[1]][:p]
         P[i] = 0.5 * (P[i] + P[i].T)
 
     Q = np.empty((n_par, n_par, p, p))
@@ -735,28 +736,21 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
                 # H_xz E_i H_zz E_j H_zx, and tr(H_zz E_i H_zz E_j)
                 Q[i, j] = HEi[:p] @ HEj[zsl[k]] @ H[zsl[l], :p]
                 Ktr[i, j] = np.sum(HEi[zsl[l]] * HEj[zsl[k]].T)
-            elif ki[0] == "re" and kj[0] == "cor":
-                k, d, HEi = ki[1], ki[2], ki[3]
-                Q[i, j] = HEi[:p] @ Fx_phi[zsl[k]]  # H_xz E_i (F_phi)_zx
-                Ktr[i, j] = float(np.sum(Fdiag_phi[k] * d))  # tr(E_i (F_phi)_zz)
+            elif ki[0] == "re" and kj[0] == "gen":
+                k, d, HEi, a = ki[1], ki[2], ki[3], kj[1]
+                Q[i, j] = HEi[:p] @ Fx_gen[a][zsl[k]]  # H_xz E_i (F_a)_zx
+                Ktr[i, j] = float(np.sum(Fdiag_gen[a][k] * d))  # tr(E_i (F_a)_zz)
             elif ki[0] == "re":
                 k, d, HEi, s = ki[1], ki[2], ki[3], kj[1]
                 Q[i, j] = HEi[:p] @ Fx[s][zsl[k]]  # H_xz E_i (F_s)_zx
                 Ktr[i, j] = float(np.sum(Fdiag[s][k] * d))  # tr(E_i (F_s)_zz)
-            elif ki[0] == "res" and kj[0] == "cor":
-                # A_{s phi} = first_s / sigma_s^4; Q = Gx'A_{s phi}Gx - (A_s Gx)_z' C (A_phi Gx)_z,
-                # K = tr(V_e^{-1}D_sV_e^{-1}dV/dphi) - 2 tr(C A_{s phi,zz}) + tr(C A_s,zz C A_phi,zz)
-                s = ki[1]
-                v4 = s2[s] ** 2
-                Q[i, j] = (Gx.T @ first_l[s] @ Gx - a_res[s].T @ C_times(AG_phi[p:])) / v4
-                Ktr[i, j] = (cor.trace[s] / s2[s]
-                             - 2.0 * float(np.trace(C_times(first_l[s][p:, p:]))) / v4
-                             + float(np.sum(CKs[s] * CA_phi.T)) / v4)
-            elif ki[0] == "cor":
-                Q[i, j] = Gx.T @ A_phiphi @ Gx - AG_phi[p:].T @ C_times(AG_phi[p:])
-                Ktr[i, j] = (float(np.sum(cor.trace_product))
-                             - 2.0 * float(np.trace(C_times(A_phiphi[p:, p:])))
-                             + float(np.sum(CA_phi * CA_phi.T)))
+            elif ki[0] == "gen":
+                a, b = ki[1], kj[1]
+                Aab = _dense(res.product[a][b])
+                Q[i, j] = Gx.T @ Aab @ Gx - AG[a][p:].T @ C_times(AG[b][p:])
+                Ktr[i, j] = (float(res.traces[a][b])
+                             - 2.0 * float(np.sum(Cmat * Aab[p:, p:]))
+                             + float(np.sum(CA[a] * CA[b].T)))
             else:
                 s, t = ki[1], kj[1]
                 cross = a_res[s].T @ C_times(a_res[t]) / (s2[s] ** 2 * s2[t] ** 2)
@@ -782,17 +776,13 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
         W = 2.0 * np.linalg.pinv(info, rcond=_GINV_TOL)
     W = 0.5 * (W + W.T)
     U = np.einsum("ij,ijab->ab", W, Q) - np.einsum("ij,iab,bc,jcd->ad", W, P, Phi, P)
-    if correlation is not None:
-        # Kenward & Roger's R_ij = X'V^{-1} d^2V/dgamma_i dgamma_j V^{-1}X, nonzero for
-        # (phi, phi): sum_s sigma_s^2 R'' and (sigma_s^2, phi): R' on stratum s's rows
-        f = n_par - 1
-        R_phiphi = Gx.T @ sum(_dense(a) / v for a, v in zip(correlation.second, s2)) @ Gx
-        U -= 0.25 * W[f, f] * R_phiphi
-        for i, kind in enumerate(kinds):
-            if kind[0] == "res":
-                s = kind[1]
-                R_sphi = Gx.T @ first_l[s] @ Gx / s2[s] ** 2
-                U -= 0.25 * (W[i, f] + W[f, i]) * R_sphi
+    if residual is not None:
+        # Kenward & Roger's R_ij = X'V^{-1} d^2V/dgamma_i dgamma_j V^{-1}X of the residual
+        # parameters: [Gamma' (Y'V_e^{-1}H_abV_e^{-1}Y) Gamma]_xx
+        at = [i for i, kind in enumerate(kinds) if kind[0] == "gen"]
+        for a, i in enumerate(at):
+            for b, j in enumerate(at):
+                U -= 0.25 * W[i, j] * (Gx.T @ _dense(res.second[a][b]) @ Gx)
     U = 0.5 * (U + U.T)
     Phi_A = Phi + 2.0 * Phi @ U @ Phi
     return KenwardRoger(Phi, 0.5 * (Phi_A + Phi_A.T), P, W, info, names)
@@ -834,9 +824,8 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         estimates; pbkrtest silently refits such a model by REML, we ask for the REML fit
         instead, so the adjusted covariance belongs to the estimates shown); for a model
         without random effects; when ``p + N`` exceeds :data:`MAX_DIMENSION`; with
-        correlated residuals, for a fit from chunks, strata varying within a residual
-        group, or residual groups too large for dense algebra
-        (:data:`~mixedlm_sklearn._correlation.MAX_KR_COST`).
+        correlated residuals, for a fit from chunks or residual groups too large for dense
+        algebra (:data:`~mixedlm_sklearn._correlation.MAX_KR_COST`).
 
     Examples
     --------
@@ -867,30 +856,31 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
     blocks = [RandomBlock(t.n_levels, cov, diagonal=t.diagonal, name=t.factor)
               for t, cov in zip(model.terms, sol.cov_re())]
     sigma2 = [float(v) for v in sol.scale * sol.ratios]
-    correlation = None
+    residual = None
     if model.correlation is None:
         inputs = KRInputs.from_cross_products(model.cross_products, model.strata)
     else:
-        inputs, correlation = _correlated_inputs(model)
-    return kenward_roger(inputs, blocks, sigma2 if len(sigma2) > 1 else sigma2[0], correlation)
+        inputs, residual = _correlated_inputs(model, sigma2)
+        if residual is not None:
+            sigma2 = [1.0]  # in Y'V_e^{-1}Y and the residual parameters
+    return kenward_roger(inputs, blocks, sigma2 if len(sigma2) > 1 else sigma2[0], residual)
 
 
-def _correlated_inputs(model: Any) -> tuple[KRInputs, CorrelationParameter | None]:
-    """The whitened cross-products and the correlation's products of a correlated fit (its
-    rows, :meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`).
+def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualParameters | None]:
+    """The inputs of a correlated fit from its rows
+    (:meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`): ``Y'V_e^{-1}Y`` and
+    the residual parameters (the strata's variances ``sigma2``, the correlation's parameter).
 
     At a correlation estimated on its bound of independent residuals (``car1``'s ``Phi =
     0``, ``exp``'s ``range = 0``, where ``R``'s derivative is not finite) the parameter is
-    left out: the adjustment is the uncorrelated model's."""
+    left out: the inputs are the uncorrelated model's (per stratum, ``residual`` None)."""
     fitted = model.correlation
     data = fitted.data  # not None: FittedModel.supports refuses fits from chunks
-    at_bound = fitted.structure.boundary_value() is not None and \
-        fitted.value == fitted.structure.boundary_value()
-    products = data.kr_products(fitted.value) if not at_bound else None
     p = data.X.shape[1]
     codes = [c for c, _ in data.factors]
     qs = [Z.shape[1] for _, Z in data.factors]
     n_levels = [t.n_levels for t in model.terms]
+    labels = list(model.strata) if model.strata is not None else [None]
 
     def expand(A: np.ndarray) -> sp.csr_matrix:
         """Rows ``[X y Z]`` (n, k) as rows of ``[X Z]`` with Z in the random effects' columns."""
@@ -905,34 +895,36 @@ def _correlated_inputs(model: Any) -> tuple[KRInputs, CorrelationParameter | Non
                               np.arange(n + 1) * (p + sum(qs))),
                              shape=(n, off))
 
-    stratum = data.strata_codes
-    S = data.n_strata
-
-    def per_stratum(A: sp.csr_matrix, B: np.ndarray) -> list:
-        """``A'B`` over each stratum's rows, symmetrised ((p + N) x (p + N) dense)."""
+    def product(A: sp.csr_matrix, B: np.ndarray, rows: Any = None) -> np.ndarray:
+        """``A'B`` (over ``rows``, a mask, or all), symmetrised, dense."""
         Bx = expand(B)
-        out = []
-        for s in range(S):
-            M = (A.T @ sp.diags((stratum == s).astype(float)) @ Bx).toarray()
-            out.append(0.5 * (M + M.T))
-        return out
+        M = (A.T @ (Bx if rows is None else sp.diags(rows.astype(float)) @ Bx)).toarray()
+        return 0.5 * (M + M.T)
 
-    if at_bound:  # R = I: the rows as they are
-        Y = expand(data.scaled())
-        K = per_stratum(Y, data.scaled())
-    else:
-        K = per_stratum(expand(products.rows), products.inverse)  # Y'R^{-1}Y
-    inputs = KRInputs([k[:p, :p] for k in K], [k[p:, :p] for k in K], [k[p:, p:] for k in K],
-                      [int(np.sum(stratum == s)) for s in range(S)], n_levels,
-                      list(model.strata) if model.strata is not None else [None])
-    if at_bound:
-        return inputs, None
-    # Y'R^{-1}R'R^{-1}Y = (R^{-1}Y)'(R'R^{-1}Y), and so on: the left side is R^{-1}Y
-    left = expand(products.inverse)
-    return inputs, CorrelationParameter(
-        per_stratum(left, products.first), per_stratum(left, products.product),
-        per_stratum(left, products.second), list(products.trace), list(products.trace_product),
-        fitted.name)
+    def inputs_of(K: list, n_obs: list, strata: list) -> KRInputs:
+        return KRInputs([k[:p, :p] for k in K], [k[p:, :p] for k in K], [k[p:, p:] for k in K],
+                        n_obs, n_levels, strata)
+
+    edge = fitted.structure.boundary_value()
+    if edge is not None and fitted.value == edge:  # R = I: per stratum, the rows as they are
+        Y = data.scaled()
+        stratum = data.strata_codes
+        Yx = expand(Y)
+        K = [product(Yx, Y, stratum == s) for s in range(data.n_strata)]
+        return inputs_of(K, [int(np.sum(stratum == s)) for s in range(data.n_strata)], labels), None
+    pr = data.kr_products(fitted.value, sigma2)
+    left = expand(pr.inverse)  # V_e^{-1}Y
+    k = pr.first.shape[0]
+    firsts = [product(left, pr.first[a]) for a in range(k)]
+    products = [[None] * k for _ in range(k)]
+    seconds = [[None] * k for _ in range(k)]
+    lefts = [expand(pr.inverse_first[a]) for a in range(k)]
+    for j, (a, b) in enumerate(pr.pairs):
+        products[a][b] = products[b][a] = product(lefts[a], pr.first[b])
+        seconds[a][b] = seconds[b][a] = product(left, pr.second[j])
+    names = (["sigma2"] if len(labels) == 1 else [f"sigma2|{s}" for s in labels]) + [fitted.name]
+    inputs = inputs_of([product(expand(pr.rows), pr.inverse)], [pr.rows.shape[0]], [None])
+    return inputs, ResidualParameters(firsts, products, seconds, pr.traces, names)
 
 
 def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
