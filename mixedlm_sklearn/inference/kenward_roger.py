@@ -797,6 +797,12 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
 MAX_DIMENSION = 5_000
 
 
+#: Largest number of entries of the dense ``(p + N) x (p + N)`` products a correlated fit's
+#: residual parameters hold (``k (k + 1) + k + 1`` of them for ``k`` parameters: the
+#: strata's variances and the correlation's): 3e8, 2.4 GB.
+MAX_RESIDUAL_ENTRIES = 3e8
+
+
 def kenward_roger_model(est: Any) -> KenwardRoger:
     """The Kenward-Roger quantities of a fitted model, at its REML estimates.
 
@@ -912,9 +918,15 @@ def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualPara
         Yx = expand(Y)
         K = [product(Yx, Y, stratum == s) for s in range(data.n_strata)]
         return inputs_of(K, [int(np.sum(stratum == s)) for s in range(data.n_strata)], labels), None
+    k = data.n_strata + 1
+    D = p + sum(q * m for q, m in zip(qs, n_levels))
+    if (k * (k + 1) + k + 1) * D * D > MAX_RESIDUAL_ENTRIES:
+        raise ValueError(
+            f"Kenward-Roger with correlated residuals and {data.n_strata} residual strata holds "
+            f"{k * (k + 1) + k + 1} dense matrices of size p + N = {D}, above the limit of "
+            f"{MAX_RESIDUAL_ENTRIES:.3g} entries; use ddf='satterthwaite'")
     pr = data.kr_products(fitted.value, sigma2)
     left = expand(pr.inverse)  # V_e^{-1}Y
-    k = pr.first.shape[0]
     firsts = [product(left, pr.first[a]) for a in range(k)]
     products = [[None] * k for _ in range(k)]
     seconds = [[None] * k for _ in range(k)]

@@ -499,3 +499,12 @@ def test_residual_groups_too_large_for_dense_algebra_are_refused(monkeypatch):
     monkeypatch.setattr(corr, "MAX_KR_COST", 1e3)
     with pytest.raises(ValueError, match="dense matrices per residual group"):
         est.summary(ddf="kenward-roger")
+
+
+def test_too_many_dense_products_are_refused(monkeypatch):
+    import mixedlm_sklearn.inference.kenward_roger as kr_module
+
+    est, _ = _bodyweight(True)
+    monkeypatch.setattr(kr_module, "MAX_RESIDUAL_ENTRIES", 1e4)
+    with pytest.raises(ValueError, match="3 residual strata holds 25 dense matrices"):
+        kenward_roger_model(est)
