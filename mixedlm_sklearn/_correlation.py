@@ -1058,13 +1058,13 @@ class CorrelatedRows:
         (strata constant within a group: ``n_s`` is 2 or 0 on the whole block, ``V`` is
         linear in each ``sigma2_s``). Dense within each residual group, vectorised over the
         groups of each size (a batch of at most :data:`_KR_BATCH` entries per array); the
-        cost is ``O(sum_g n_g^3)``, refused above :data:`MAX_KR_COST`."""
+        cost is ``O((n_strata + 1) sum_g n_g^3)``, refused above :data:`MAX_KR_COST`."""
         rows, st = self.rows, self.structure
-        cost = float(np.sum(rows.sizes.astype(float) ** 3))
+        cost = float(np.sum(rows.sizes.astype(float) ** 3)) * (self.n_strata + 1)
         if cost > MAX_KR_COST:
             raise ValueError(
                 f"Kenward-Roger's adjustment with correlated residuals works with dense "
-                f"matrices per residual group: sum of n_g^3 = {cost:.3g} over the groups is above "
+                f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is above "
                 f"the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
                 "ddf='satterthwaite'")
         sigma2 = np.asarray(sigma2, dtype=float).reshape(-1)
@@ -1119,10 +1119,10 @@ class CorrelatedRows:
 
 # Entries of one batch of per-group arrays in :meth:`CorrelatedRows.kr_products`.
 _KR_BATCH = 1 << 20
-#: Largest ``sum_g n_g^3`` (residual groups of ``n_g`` rows) for which Kenward-Roger's
-#: adjustment is computed with correlated residuals (dense algebra within each group):
-#: measured 0.02 s for 1,000 groups of 10 rows, 4 s for 4 groups of 1,000 and 6.5 s for
-#: one of 2,500 (2 shared cores at load 6).
+#: Largest ``(n_strata + 1) sum_g n_g^3`` (residual groups of ``n_g`` rows) for which
+#: Kenward-Roger's adjustment is computed with correlated residuals (dense algebra within
+#: each group): one stratum, measured 0.04 s for 1,000 groups of 10 rows, 4.6 s for 4
+#: groups of 1,000 (8e9) and 11.6 s for one of 2,500 (3.1e10; 2 shared cores at load 4.5).
 MAX_KR_COST = 2e10
 
 
