@@ -858,6 +858,18 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         raise ValueError(f"Kenward-Roger works with dense matrices of size p + N = {dimension} "
                          f"(fixed plus random effects), above the limit {MAX_DIMENSION}; use "
                          "ddf='satterthwaite', whose cost does not grow with N")
+    # once per fit: summary, anova, wald_test and emmeans share it (a correlated fit's costs
+    # seconds on 10^4 rows)
+    if "kenward-roger" not in model.derived:
+        kr = _kenward_roger_of(model)
+        for a in (kr.cov_beta, kr.cov_beta_adj, kr.P, kr.W, kr.information):
+            a.flags.writeable = False  # shared by every later call on this fit
+        model.derived["kenward-roger"] = kr
+    return model.derived["kenward-roger"]
+
+
+def _kenward_roger_of(model: Any) -> KenwardRoger:
+    """:func:`kenward_roger` of a fitted model (checked by :func:`kenward_roger_model`)."""
     sol = model.solution
     blocks = [RandomBlock(t.n_levels, cov, diagonal=t.diagonal, name=t.factor)
               for t, cov in zip(model.terms, sol.cov_re())]
@@ -986,4 +998,5 @@ def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
         return np.array(est.cov_fe_, dtype=float)
     check_ddf(adjust, ("kenward-roger",), "adjust")
     cov = kenward_roger_model(est).cov_beta_adj
-    return cov if model.rank is None else model.rank.expand_cov(cov)
+    # a copy: the fit keeps its Kenward-Roger quantities
+    return cov.copy() if model.rank is None else model.rank.expand_cov(cov)

@@ -508,3 +508,15 @@ def test_too_many_dense_products_are_refused(monkeypatch):
     monkeypatch.setattr(kr_module, "MAX_RESIDUAL_ENTRIES", 1e4)
     with pytest.raises(ValueError, match="3 residual strata holds 25 dense matrices"):
         kenward_roger_model(est)
+
+
+def test_computed_once_per_fit_and_read_only(bodyweight):
+    """summary, anova, wald_test and emmeans share one computation; its arrays cannot be
+    changed through any of them, and cov_fe returns a copy."""
+    kr = kenward_roger_model(bodyweight)
+    assert kenward_roger_model(bodyweight) is kr
+    with pytest.raises(ValueError, match="read-only"):
+        kr.cov_beta_adj[0, 0] = 0.0
+    cov = bodyweight.cov_fe(adjust="kenward-roger")
+    cov[0, 0] = 0.0
+    assert kr.cov_beta_adj[0, 0] != 0.0
