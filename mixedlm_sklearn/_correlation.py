@@ -236,6 +236,13 @@ class CorrelationStructure:
         """The correlation of two rows of one group ``d`` apart in time (``d >= 0``)."""
         raise NotImplementedError
 
+    def correlation_derivatives(self, value: float, d: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The correlation of two rows ``d >= 0`` apart and its first and second derivatives
+        in the parameter on nlme's scale (``Phi``, ``range``, ``Rho``): Kenward-Roger's
+        variance parameter (:meth:`CorrelatedRows.kr_products`)."""
+        raise NotImplementedError
+
     def whiten(self, M: np.ndarray, rows: CorrelationRows, value: float) -> np.ndarray:
         """``L^{-1} M`` of rows ``M`` given in residual-group order (n, k)."""
         raise NotImplementedError
@@ -315,6 +322,13 @@ class AR1(_Markov):
         # integer lags: a negative phi alternates in sign
         return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
 
+    def correlation_derivatives(self, value, d):
+        d = np.round(np.asarray(d, dtype=float))
+        # phi^d, d phi^(d-1), d (d-1) phi^(d-2) with integer exponents (exact for a negative
+        # phi); the exponents are clipped at 0 where their factor d or d - 1 vanishes
+        power = lambda e: np.power(float(value), np.maximum(e, 0.0))  # noqa: E731
+        return power(d), d * power(d - 1.0), d * (d - 1.0) * power(d - 2.0)
+
 
 class CAR1(_Markov):
     name, nlme_class, param_name = "car1", "corCAR1", "Phi"
@@ -327,6 +341,11 @@ class CAR1(_Markov):
 
     def correlation(self, value, d):
         return np.power(value, np.asarray(d, dtype=float))
+
+    def correlation_derivatives(self, value, d):
+        d = np.asarray(d, dtype=float)
+        c = np.power(value, d)  # 0 < phi < 1 inside the bounds: phi^(d-k) = c / phi^k
+        return c, d * c / value, d * (d - 1.0) * c / value ** 2
 
     def lag_correlation(self, u, d, rows):
         phi = 1.0 / (1.0 + np.exp(-u))
@@ -372,6 +391,12 @@ class Exp(_Markov):
             return np.where(d == 0, 1.0, 0.0)
         return np.exp(-d / value)
 
+    def correlation_derivatives(self, value, d):
+        d = np.asarray(d, dtype=float)
+        c = np.exp(-d / value)
+        a = d / value ** 2  # d/drange of -d / range
+        return c, a * c, (a * a - 2.0 * a / value) * c
+
 
 class CompoundSymmetry(CorrelationStructure):
     name, nlme_class, param_name = "cs", "corCompSymm", "Rho"
@@ -390,6 +415,10 @@ class CompoundSymmetry(CorrelationStructure):
 
     def correlation(self, value, d):
         return np.where(np.asarray(d) == 0, 1.0, value)
+
+    def correlation_derivatives(self, value, d):
+        off = np.asarray(d) != 0
+        return np.where(off, value, 1.0), off.astype(float), np.zeros(off.shape)
 
     def lag_correlation(self, u, d, rows):
         lo = self._lower(rows)
@@ -994,6 +1023,127 @@ class CorrelatedRows:
         logw = np.zeros(self.rows.n) if self.weights is None else np.log(self.weights)
         return dataclasses.replace(cp, sum_log_weights=np.bincount(
             self.strata_codes, weights=logw, minlength=self.n_strata).astype(float))
+
+
+    def kr_products(self, value: float, sigma2) -> "KRProducts":
+        """What Kenward-Roger's adjustment needs of the rows at parameter ``value`` (nlme's
+        scale) and the strata's residual variances ``sigma2``: :class:`KRProducts`.
+
+        The residual covariance of a group is ``V_g = d d' * R_g`` (elementwise), ``d_r =
+        sqrt(sigma2_{s(r)} / w_r)``; its variance parameters are the strata's ``sigma2_s``
+        then ``value``. With ``n_s = u_s 1' + 1 u_s'`` (``u_s`` the rows of stratum ``s``),
+        ``V_g`` is ``prod_s sigma2_s^(n_s / 2)`` times a constant entry by entry, so
+
+            dV/dsigma2_s = n_s / (2 sigma2_s) * V,   dV/dvalue = d d' * R',
+            d2V/dsigma2_s dsigma2_t = n_s (n_t - 2 delta_st) / (4 sigma2_s sigma2_t) * V,
+            d2V/dsigma2_s dvalue = n_s / (2 sigma2_s) * d d' * R',   d2V/dvalue2 = d d' * R''
+
+        (strata constant within a group: ``n_s`` is 2 or 0 on the whole block, ``V`` is
+        linear in each ``sigma2_s``). Dense within each residual group, vectorised over the
+        groups of each size (a batch of at most :data:`_KR_BATCH` entries per array); the
+        cost is ``O((n_strata + 1) sum_g n_g^3)``, refused above :data:`MAX_KR_COST`."""
+        rows, st = self.rows, self.structure
+        cost = float(np.sum(rows.sizes.astype(float) ** 3)) * (self.n_strata + 1)
+        if cost > MAX_KR_COST:
+            raise ValueError(
+                f"Kenward-Roger's adjustment with correlated residuals works with dense "
+                f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is above "
+                f"the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
+                "ddf='satterthwaite'")
+        sigma2 = np.asarray(sigma2, dtype=float).reshape(-1)
+        S = self.n_strata
+        if sigma2.size != S:
+            raise ValueError(f"sigma2 needs one residual variance per stratum ({S})")
+        Y = self.scaled()
+        n, k = Y.shape
+        stratum = self.strata_codes
+        # the rows' residual standard deviations (the prior weights are in Y already)
+        sd = np.sqrt(sigma2)[stratum]
+        # times within each group (ar1: positions; cs: any distinct times)
+        cum = np.cumsum(np.where(rows.same, rows.gaps, 0.0))
+        t = cum - np.repeat(cum[rows.starts], rows.sizes)
+        n_par = S + 1
+        pairs = [(a, b) for a in range(n_par) for b in range(a, n_par)]
+        inverse = np.empty((n, k))
+        first = np.empty((n_par, n, k))
+        inverse_first = np.empty((n_par, n, k))
+        second = np.empty((len(pairs), n, k))
+        traces = np.zeros((n_par, n_par))
+        for m in np.unique(rows.sizes):
+            starts = rows.starts[rows.sizes == m]
+            n_batches = int(np.ceil(starts.size * m * max(m, k) * n_par / _KR_BATCH))
+            for batch in np.array_split(starts, max(n_batches, 1)):
+                idx = batch[:, None] + np.arange(m)  # (G, m) rows of each group
+                tt = t[idx]
+                c, dc, d2c = st.correlation_derivatives(value, np.abs(tt[:, :, None] - tt[:, None, :]))
+                dd = sd[idx][:, :, None] * sd[idx][:, None, :]
+                V = dd * c
+                u = (stratum[idx][None, :, :] == np.arange(S)[:, None, None]).astype(float)
+                half = 0.5 * (u[:, :, :, None] + u[:, :, None, :])  # n_s / 2, (S, G, m, m)
+                G = [half[s] * V / sigma2[s] for s in range(S)] + [dd * dc]
+                VY = np.linalg.solve(V, Y[idx])
+                inverse[idx] = VY
+                ViG = [np.linalg.solve(V, g) for g in G]
+                for a in range(n_par):
+                    first[a][idx] = G[a] @ VY
+                    inverse_first[a][idx] = ViG[a] @ VY
+                for j, (a, b) in enumerate(pairs):
+                    traces[a, b] += np.einsum("gij,gji->", ViG[a], ViG[b])
+                    if b < S:  # two variances
+                        H = half[a] * (half[b] - (a == b)) * V / (sigma2[a] * sigma2[b])
+                    elif a < S:  # a variance and the correlation
+                        H = half[a] * G[S] / sigma2[a]
+                    else:
+                        H = dd * d2c
+                    second[j][idx] = H @ VY
+        traces = np.triu(traces) + np.triu(traces, 1).T
+        return KRProducts(Y, inverse, first, inverse_first, second, pairs, traces)
+
+
+# Entries of one batch of per-group arrays in :meth:`CorrelatedRows.kr_products`.
+_KR_BATCH = 1 << 20
+#: Largest ``(n_strata + 1) sum_g n_g^3`` (residual groups of ``n_g`` rows) for which
+#: Kenward-Roger's adjustment is computed with correlated residuals (dense algebra within
+#: each group): one stratum, measured 0.04 s for 1,000 groups of 10 rows, 4.6 s for 4
+#: groups of 1,000 (8e9) and 11.6 s for one of 2,500 (3.1e10; 2 shared cores at load 4.5).
+MAX_KR_COST = 2e10
+
+
+@dataclass(frozen=True)
+class KRProducts:
+    """Rows of a correlated model for Kenward-Roger's adjustment, in residual-group order.
+
+    With ``Y`` the rows ``[X y Z]`` (times ``sqrt(w)``), ``V`` the block-diagonal residual
+    covariance and ``G_a``, ``H_ab`` its first and second derivatives in the variance
+    parameters (the strata's residual variances, then the correlation's parameter), the
+    bilinear forms Kenward-Roger needs are ``A'B`` of the row arrays below (each row keeps
+    its levels, as a residual group lies within one level of every grouping factor).
+
+    Attributes
+    ----------
+    rows : ndarray (n, k)
+        ``Y``.
+    inverse : ndarray (n, k)
+        ``V^{-1}Y``: ``rows' inverse = Y'V^{-1}Y``.
+    first : ndarray (n_par, n, k)
+        ``G_a V^{-1}Y``: ``inverse' first[a] = Y'V^{-1}G_aV^{-1}Y``.
+    inverse_first : ndarray (n_par, n, k)
+        ``V^{-1}G_aV^{-1}Y``: ``inverse_first[a]' first[b] = Y'V^{-1}G_aV^{-1}G_bV^{-1}Y``.
+    second : ndarray (len(pairs), n, k)
+        ``H_ab V^{-1}Y`` for each pair: ``inverse' second[j] = Y'V^{-1}H_abV^{-1}Y``.
+    pairs : list of (a, b)
+        The pairs ``a <= b`` of :attr:`second`.
+    traces : ndarray (n_par, n_par)
+        ``tr(V^{-1}G_aV^{-1}G_b)``.
+    """
+
+    rows: np.ndarray
+    inverse: np.ndarray
+    first: np.ndarray
+    inverse_first: np.ndarray
+    second: np.ndarray
+    pairs: list
+    traces: np.ndarray
 
 
 class WhitenedDeviance:

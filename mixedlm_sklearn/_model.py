@@ -237,10 +237,9 @@ class FittedModel:
     def df_methods(self) -> tuple[str, ...]:
         """Denominator degrees of freedom the fixed effects' tests may use, preferred first:
         finite (t and F) ones only where the scale is estimated."""
-        if self.scale_estimated and self.correlation is None:
-            return ("satterthwaite", "kenward-roger", "asymptotic")
-        if self.scale_estimated:  # Kenward-Roger's adjustment is not derived for correlated residuals
-            return ("satterthwaite", "asymptotic")
+        if self.scale_estimated:
+            return tuple(m for m in ("satterthwaite", "kenward-roger", "asymptotic")
+                         if m == "asymptotic" or self.supports(m) is None)
         return ("asymptotic",)
 
     def supports(self, feature: str) -> str | None:
@@ -253,10 +252,17 @@ class FittedModel:
         "refits" (refits with held parameters: profiles).
 
         With correlated residuals (:mod:`._correlation`) the deviance's parameters do not
-        hold the correlation parameter, whose estimation Kenward-Roger's adjustment and
-        refits with held entries of ``x`` would have to take into account: they are
-        refused, naming what works (Satterthwaite's df, z tests; profiles go through
-        :meth:`profile_deviance`, whose ``x`` holds the correlation)."""
+        hold the correlation parameter, whose estimation refits with held entries of ``x``
+        would have to take into account: they are refused, naming what works (profiles go
+        through :meth:`profile_deviance`, whose ``x`` holds the correlation). Kenward-Roger's
+        adjustment takes the correlation's parameter as a variance parameter; it needs the
+        rows (not a fit from chunks)."""
+        if self.correlation is not None and feature == "kenward-roger":
+            data = self.correlation.data
+            if data is None:
+                return ("Kenward-Roger's df with correlated residuals need the fit's rows; a fit "
+                        "from chunks or Dask keeps only their cross-products: fit the data in "
+                        "memory, or use ddf='satterthwaite'")
         if self.correlation is not None and feature in _NOT_WITH_CORRELATION:
             return (f"{_NOT_WITH_CORRELATION[feature]} of a model with correlated residuals "
                     f"({self.correlation.structure.nlme_class}) is not supported yet; its "
@@ -557,7 +563,6 @@ class FittedModel:
 
 # What a model with correlated residuals does not support yet (feature -> what it is).
 _NOT_WITH_CORRELATION = {
-    "kenward-roger": "Kenward-Roger's df",
     "refits": "profiling (refits with held parameters)",
 }
 

@@ -1118,7 +1118,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             One minus the level of the confidence intervals in the table.
         ddf : {"satterthwaite", "kenward-roger", "asymptotic"}, optional
             How the t tests' degrees of freedom are obtained. Default: Satterthwaite's
-            (with correlated residuals too; Kenward-Roger's is not available for them);
+            (with correlated residuals too); ``"kenward-roger"``: Kenward-Roger's (with
+            correlated residuals the correlation's parameter is a variance parameter);
             ``"asymptotic"``: Wald z tests.
 
         Returns

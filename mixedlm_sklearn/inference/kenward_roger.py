@@ -61,6 +61,40 @@ term k's block of the random-effects space, and residual parameters ``s``, ``t``
 ``p + N`` dimensional space (``N`` random effects): O((p + N)^3) time, O((p + N)^2)
 memory, independent of the number of rows.
 
+Correlated residuals (``MixedLMRegressor(correlation=...)``, nlme's ``corStruct``): the
+residual covariance ``V_e`` is block diagonal over residual groups, ``V_e = D R(phi) D``
+with ``D = diag(sigma_{s(r)} / sqrt(w_r))`` (a variance per stratum, possibly varying
+within a group: nlme's ``varIdent`` next to the correlation). Its variance parameters are
+the ``sigma_s^2`` and the correlation's parameter ``phi``, last, on nlme's scale (corAR1's
+and corCAR1's ``Phi``, corExp's ``range``, corCompSymm's ``Rho``; the adjustment depends
+on this choice through ``R_ij``). ``V`` is not linear in ``phi`` (nor in the
+``sigma_s^2`` where strata vary within a group), so Kenward & Roger's (1997, eq. 2)
+second-derivative terms stay:
+
+    Phi_A = Phi + 2 Phi (U - 1/4 sum_ij W_ij R_ij) Phi,   R_ij = X'V^{-1} (d^2V / dgamma_i dgamma_j) V^{-1}X.
+
+This is SAS PROC MIXED's ``DDFM=KR`` (its default, not ``KR(FIRSTORDER)``); ``W`` is, as
+above, twice the inverse expected information, and the df formulas are unchanged. There
+is no R reference for these numbers: pbkrtest takes lme4 fits, which have no residual
+correlation, and mmrm (models without random effects) differentiates in its own
+unconstrained parameters and takes ``W`` from the observed information; the tests check a
+dense ``n x n`` oracle. Everything stays in cross-products: ``K = Y'V_e^{-1}Y`` (one
+stratum) in place of ``sum_s K_s / sigma_s^2``, and each residual parameter ``a`` (with
+``G_a = dV_e/da``, ``H_ab = d^2V_e/da db``) is treated as the residual variances above with
+``A_a = Y'V_e^{-1}G_aV_e^{-1}Y`` in place of ``K_s / sigma_s^4``:
+
+    F_a = Gamma' A_a Gamma,   P_a = -(F_a)_xx,   Q_ia = H_xz E_i (F_a)_zx,   K_ia = tr(E_i (F_a)_zz),
+    Q_ab = [Gamma' A_ab Gamma]_xx - (A_a Gamma_{.x})_z' C (A_b Gamma_{.x})_z,
+    K_ab = tr(V_e^{-1}G_aV_e^{-1}G_b) - 2 tr(C A_ab,zz) + tr(C A_a,zz C A_b,zz),
+    R_ab = [Gamma' (Y'V_e^{-1}H_abV_e^{-1}Y) Gamma]_xx
+
+with ``A_ab = Y'V_e^{-1}G_aV_e^{-1}G_bV_e^{-1}Y`` (:class:`ResidualParameters`). These
+products come from the rows, dense within each residual group and vectorised over the
+groups (:meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`, which gives
+``G_a`` and ``H_ab`` in closed form). A correlation estimated on its bound of independence
+(car1's ``Phi = 0``, exp's ``range = 0``, where ``R'`` is not finite) is left out (the
+uncorrelated model's adjustment). Not covered: fits from chunks (no rows).
+
 pbkrtest (0.5.2) builds the residual part as ``sigma^2 I`` even for an lmer fit with prior
 weights, while taking ``Phi`` from the weighted fit; with weights the two disagree and the
 numbers here (which use ``sigma^2 W^{-1}``, the model that was fitted) differ from R's.
@@ -82,6 +116,7 @@ from ._protocol import require
 __all__ = [
     "RandomBlock",
     "KRInputs",
+    "ResidualParameters",
     "KenwardRoger",
     "KRFTest",
     "covariance_derivatives",
@@ -329,6 +364,35 @@ class KRInputs:
         return cls(xtx, ztx, ztz, n_obs, [t.n_levels for t in terms], labels)
 
 
+@dataclass(frozen=True)
+class ResidualParameters:
+    """Variance parameters of a residual covariance ``V_e`` that is not diagonal (correlated
+    residuals), given by products of the rows.
+
+    ``V = Z G Z' + V_e`` with ``V_e`` depending on the parameters ``a`` (derivatives ``G_a``,
+    second derivatives ``H_ab``); with ``Y = [X Z]`` (the columns of :class:`KRInputs`):
+
+    Attributes
+    ----------
+    first : list of (p + N, p + N) arrays
+        ``Y'V_e^{-1}G_aV_e^{-1}Y`` per parameter.
+    product : list of lists of (p + N, p + N) arrays
+        ``Y'V_e^{-1}G_aV_e^{-1}G_bV_e^{-1}Y`` (symmetrised) per pair.
+    second : list of lists of (p + N, p + N) arrays
+        ``Y'V_e^{-1}H_abV_e^{-1}Y`` per pair (Kenward & Roger's ``R_ab`` before the
+        projection on ``X``).
+    traces : ndarray (k, k)
+        ``tr(V_e^{-1}G_aV_e^{-1}G_b)``.
+    names : list of str
+    """
+
+    first: list
+    product: list
+    second: list
+    traces: np.ndarray
+    names: list
+
+
 class KRFTest(NamedTuple):
     """Kenward-Roger F test of ``L beta = rhs`` (pbkrtest ``KRmodcomp``).
 
@@ -485,7 +549,8 @@ def _apply_blocks(M: np.ndarray, block: RandomBlock, D: np.ndarray) -> np.ndarra
     return (M.reshape(rows * block.n_levels, block.q) @ D).reshape(rows, -1)
 
 
-def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) -> KenwardRoger:
+def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any,
+                  residual: ResidualParameters | None = None) -> KenwardRoger:
     """Kenward-Roger quantities from the cross-products of a linear mixed model.
 
     Parameters
@@ -497,6 +562,11 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
         at the (REML) estimates.
     sigma2 : float, or a list of float
         Residual variance of each stratum at the estimates.
+    residual : ResidualParameters, optional
+        A residual covariance ``V_e`` that is not diagonal (correlated residuals): its
+        parameters replace the strata's residual variances, with Kenward & Roger's
+        second-derivative terms ``R_ij``; ``inputs`` then hold ``Y'V_e^{-1}Y`` as one
+        stratum, and ``sigma2`` must be 1.
 
     Returns
     -------
@@ -537,8 +607,12 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
     if np.any(s2 <= 0):
         raise ValueError(f"residual variances must be positive, got {s2}")
     blocks = list(blocks)
-    if not blocks:
-        raise ValueError("Kenward-Roger needs at least one random-effects term")
+    if residual is not None and (S != 1 or s2[0] != 1.0):
+        raise ValueError("with residual parameters, inputs hold Y'V_e^{-1}Y as one stratum "
+                         "and sigma2 is 1")
+    if not blocks and residual is None:
+        raise ValueError("Kenward-Roger needs at least one random-effects term or a residual "
+                         "correlation")
     p = xtx_l[0].shape[0]
     sizes = [b.n_levels * b.q for b in blocks]
     N = int(sum(sizes))
@@ -587,7 +661,7 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
         return np.asarray(Lam @ linalg.cho_solve(cho, np.asarray(Lam.T @ A)))
 
     Fx, Fdiag, a_res, CKs = [], [], [], []
-    for s in range(S):
+    for s in range(S if residual is None else 0):
         KsGx = K_s[s] @ Gx
         Fx.append((KsGx - CK.T @ KsGx[p:]) / s2[s] ** 2)  # F_s[:, :p] = Gamma' K_s Gx / s^4
         a_res.append(KsGx[p:])  # K_{s,z.} Gamma_{.x}
@@ -608,6 +682,37 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
         Fdiag.append(blocks_s)
         kinds.append(("res", s))
         names.append("sigma2" if S == 1 else f"sigma2|{inputs.strata[s]}")
+    if residual is not None:
+        # each parameter as the strata's variances above, with A_a = Y'V_e^{-1}G_aV_e^{-1}Y
+        # in place of K_s / sigma_s^4: F_a = Gamma'A_aGamma, and for two of them
+        # Q_ab = [Gamma'A_abGamma]_xx - (A_aGamma_{.x})_z' C (A_bGamma_{.x})_z,
+        # K_ab = tr(V_e^{-1}G_aV_e^{-1}G_b) - 2 tr(C A_ab,zz) + tr(C A_a,zz C A_b,zz)
+        res = residual
+        k_res = len(res.first)
+        if not (len(res.product) == len(res.second) == len(res.names) == k_res
+                and np.shape(res.traces) == (k_res, k_res)):
+            raise ValueError("residual parameters need first, product, second, traces and "
+                             "names for each")
+        A_res = [_dense(a) for a in res.first]
+        if any(a.shape != (D, D) for a in A_res):
+            raise ValueError(f"the residual parameters' products must be ({D}, {D})")
+        Cmat = C_times(np.eye(N))  # once: tr(C A) = sum(C * A) for the k(k+1)/2 pairs
+        AG, Fx_gen, Fdiag_gen, CA = [], [], [], []
+        for a, A in enumerate(A_res):
+            AGa = A @ Gx  # A_a Gamma_{.x}
+            AG.append(AGa)
+            Fx_gen.append(AGa - CK.T @ AGa[p:])  # F_a[:, :p]
+            Wz = A[p:, p:] @ Gzz
+            blocks_a = []
+            for k, b in enumerate(blocks):
+                cols = slice(starts[k], starts[k + 1])
+                G3 = np.ascontiguousarray(Gzz[:, cols]).reshape(N * b.n_levels, b.q)
+                W3 = np.ascontiguousarray(Wz[:, cols]).reshape(N * b.n_levels, b.q)
+                blocks_a.append(G3.T @ W3)
+            Fdiag_gen.append(blocks_a)
+            CA.append(Cmat @ A[p:, p:])
+            kinds.append(("gen", a))
+            names.append(res.names[a])
     n_par = len(kinds)
 
     P = np.empty((n_par, p, p))
@@ -615,8 +720,10 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
         if kind[0] == "re":
             k, HE = kind[1], kind[3]
             P[i] = -HE[:p] @ H[zsl[k], :p]
-        else:
+        elif kind[0] == "res":
             P[i] = -Fx[kind[1]][:p]
+        else:
+            P[i] = -Fx_gen[kind[1]][:p]
         P[i] = 0.5 * (P[i] + P[i].T)
 
     Q = np.empty((n_par, n_par, p, p))
@@ -629,10 +736,21 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
                 # H_xz E_i H_zz E_j H_zx, and tr(H_zz E_i H_zz E_j)
                 Q[i, j] = HEi[:p] @ HEj[zsl[k]] @ H[zsl[l], :p]
                 Ktr[i, j] = np.sum(HEi[zsl[l]] * HEj[zsl[k]].T)
+            elif ki[0] == "re" and kj[0] == "gen":
+                k, d, HEi, a = ki[1], ki[2], ki[3], kj[1]
+                Q[i, j] = HEi[:p] @ Fx_gen[a][zsl[k]]  # H_xz E_i (F_a)_zx
+                Ktr[i, j] = float(np.sum(Fdiag_gen[a][k] * d))  # tr(E_i (F_a)_zz)
             elif ki[0] == "re":
                 k, d, HEi, s = ki[1], ki[2], ki[3], kj[1]
                 Q[i, j] = HEi[:p] @ Fx[s][zsl[k]]  # H_xz E_i (F_s)_zx
                 Ktr[i, j] = float(np.sum(Fdiag[s][k] * d))  # tr(E_i (F_s)_zz)
+            elif ki[0] == "gen":
+                a, b = ki[1], kj[1]
+                Aab = _dense(res.product[a][b])
+                Q[i, j] = Gx.T @ Aab @ Gx - AG[a][p:].T @ C_times(AG[b][p:])
+                Ktr[i, j] = (float(res.traces[a][b])
+                             - 2.0 * float(np.sum(Cmat * Aab[p:, p:]))
+                             + float(np.sum(CA[a] * CA[b].T)))
             else:
                 s, t = ki[1], kj[1]
                 cross = a_res[s].T @ C_times(a_res[t]) / (s2[s] ** 2 * s2[t] ** 2)
@@ -658,6 +776,13 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
         W = 2.0 * np.linalg.pinv(info, rcond=_GINV_TOL)
     W = 0.5 * (W + W.T)
     U = np.einsum("ij,ijab->ab", W, Q) - np.einsum("ij,iab,bc,jcd->ad", W, P, Phi, P)
+    if residual is not None:
+        # Kenward & Roger's R_ij = X'V^{-1} d^2V/dgamma_i dgamma_j V^{-1}X of the residual
+        # parameters: [Gamma' (Y'V_e^{-1}H_abV_e^{-1}Y) Gamma]_xx
+        at = [i for i, kind in enumerate(kinds) if kind[0] == "gen"]
+        for a, i in enumerate(at):
+            for b, j in enumerate(at):
+                U -= 0.25 * W[i, j] * (Gx.T @ _dense(res.second[a][b]) @ Gx)
     U = 0.5 * (U + U.T)
     Phi_A = Phi + 2.0 * Phi @ U @ Phi
     return KenwardRoger(Phi, 0.5 * (Phi_A + Phi_A.T), P, W, info, names)
@@ -672,6 +797,12 @@ def kenward_roger(inputs: KRInputs, blocks: Sequence[RandomBlock], sigma2: Any) 
 MAX_DIMENSION = 5_000
 
 
+#: Largest number of entries of the dense ``(p + N) x (p + N)`` products a correlated fit's
+#: residual parameters hold (``k (k + 1) + k + 1`` of them for ``k`` parameters: the
+#: strata's variances and the correlation's): 3e8, 2.4 GB.
+MAX_RESIDUAL_ENTRIES = 3e8
+
+
 def kenward_roger_model(est: Any) -> KenwardRoger:
     """The Kenward-Roger quantities of a fitted model, at its REML estimates.
 
@@ -679,7 +810,9 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
     covariances), prior weights and a residual variance per stratum: the inputs come from
     the fit's cross-products (:meth:`KRInputs.from_cross_products`), the covariances and
     residual variances from its solution. Fixed effects dropped as aliased are left out
-    (the model is the model of the kept columns).
+    (the model is the model of the kept columns). With correlated residuals the
+    correlation's parameter is a variance parameter too (module docstring), the inputs
+    coming from the fit's rows.
 
     Parameters
     ----------
@@ -696,7 +829,9 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         For a fit by maximum likelihood (Kenward & Roger's adjustment is defined at REML
         estimates; pbkrtest silently refits such a model by REML, we ask for the REML fit
         instead, so the adjusted covariance belongs to the estimates shown); for a model
-        without random effects; when ``p + N`` exceeds :data:`MAX_DIMENSION`.
+        without random effects; when ``p + N`` exceeds :data:`MAX_DIMENSION`; with
+        correlated residuals, for a fit from chunks or residual groups too large for dense
+        algebra (:data:`~mixedlm_sklearn._correlation.MAX_KR_COST`).
 
     Examples
     --------
@@ -715,7 +850,7 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         raise ValueError("Kenward-Roger's adjustment is defined at REML estimates and this model "
                          "was fitted by maximum likelihood: refit it with reml=True (pbkrtest "
                          "refits such a model by REML behind the scenes)")
-    if not len(model.terms):
+    if not len(model.terms) and model.correlation is None:
         raise ValueError("Kenward-Roger needs random effects: this model has none (least "
                          "squares); its t and F tests are exact with n - p df")
     dimension = model.cross_products.p + sum(t.size for t in model.terms)
@@ -723,12 +858,97 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
         raise ValueError(f"Kenward-Roger works with dense matrices of size p + N = {dimension} "
                          f"(fixed plus random effects), above the limit {MAX_DIMENSION}; use "
                          "ddf='satterthwaite', whose cost does not grow with N")
+    # once per fit: summary, anova, wald_test and emmeans share it (a correlated fit's costs
+    # seconds on 10^4 rows)
+    if "kenward-roger" not in model.derived:
+        kr = _kenward_roger_of(model)
+        for a in (kr.cov_beta, kr.cov_beta_adj, kr.P, kr.W, kr.information):
+            a.flags.writeable = False  # shared by every later call on this fit
+        model.derived["kenward-roger"] = kr
+    return model.derived["kenward-roger"]
+
+
+def _kenward_roger_of(model: Any) -> KenwardRoger:
+    """:func:`kenward_roger` of a fitted model (checked by :func:`kenward_roger_model`)."""
     sol = model.solution
     blocks = [RandomBlock(t.n_levels, cov, diagonal=t.diagonal, name=t.factor)
               for t, cov in zip(model.terms, sol.cov_re())]
     sigma2 = [float(v) for v in sol.scale * sol.ratios]
-    inputs = KRInputs.from_cross_products(model.cross_products, model.strata)
-    return kenward_roger(inputs, blocks, sigma2 if len(sigma2) > 1 else sigma2[0])
+    residual = None
+    if model.correlation is None:
+        inputs = KRInputs.from_cross_products(model.cross_products, model.strata)
+    else:
+        inputs, residual = _correlated_inputs(model, sigma2)
+        if residual is not None:
+            sigma2 = [1.0]  # in Y'V_e^{-1}Y and the residual parameters
+    return kenward_roger(inputs, blocks, sigma2 if len(sigma2) > 1 else sigma2[0], residual)
+
+
+def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualParameters | None]:
+    """The inputs of a correlated fit from its rows
+    (:meth:`~mixedlm_sklearn._correlation.CorrelatedRows.kr_products`): ``Y'V_e^{-1}Y`` and
+    the residual parameters (the strata's variances ``sigma2``, the correlation's parameter).
+
+    At a correlation estimated on its bound of independent residuals (``car1``'s ``Phi =
+    0``, ``exp``'s ``range = 0``, where ``R``'s derivative is not finite) the parameter is
+    left out: the inputs are the uncorrelated model's (per stratum, ``residual`` None)."""
+    fitted = model.correlation
+    data = fitted.data  # not None: FittedModel.supports refuses fits from chunks
+    p = data.X.shape[1]
+    codes = [c for c, _ in data.factors]
+    qs = [Z.shape[1] for _, Z in data.factors]
+    n_levels = [t.n_levels for t in model.terms]
+    labels = list(model.strata) if model.strata is not None else [None]
+
+    def expand(A: np.ndarray) -> sp.csr_matrix:
+        """Rows ``[X y Z]`` (n, k) as rows of ``[X Z]`` with Z in the random effects' columns."""
+        n = A.shape[0]
+        cols, vals, col, off = [np.broadcast_to(np.arange(p), (n, p))], [A[:, :p]], p + 1, p
+        for c, q, m in zip(codes, qs, n_levels):
+            cols.append(off + c[:, None] * q + np.arange(q))
+            vals.append(A[:, col:col + q])
+            col, off = col + q, off + m * q
+        return sp.csr_matrix((np.concatenate(vals, axis=1).ravel(),
+                              np.concatenate(cols, axis=1).ravel(),
+                              np.arange(n + 1) * (p + sum(qs))),
+                             shape=(n, off))
+
+    def product(A: sp.csr_matrix, B: np.ndarray, rows: Any = None) -> np.ndarray:
+        """``A'B`` (over ``rows``, a mask, or all), symmetrised, dense."""
+        Bx = expand(B)
+        M = (A.T @ (Bx if rows is None else sp.diags(rows.astype(float)) @ Bx)).toarray()
+        return 0.5 * (M + M.T)
+
+    def inputs_of(K: list, n_obs: list, strata: list) -> KRInputs:
+        return KRInputs([k[:p, :p] for k in K], [k[p:, :p] for k in K], [k[p:, p:] for k in K],
+                        n_obs, n_levels, strata)
+
+    edge = fitted.structure.boundary_value()
+    if edge is not None and fitted.value == edge:  # R = I: per stratum, the rows as they are
+        Y = data.scaled()
+        stratum = data.strata_codes
+        Yx = expand(Y)
+        K = [product(Yx, Y, stratum == s) for s in range(data.n_strata)]
+        return inputs_of(K, [int(np.sum(stratum == s)) for s in range(data.n_strata)], labels), None
+    k = data.n_strata + 1
+    D = p + sum(q * m for q, m in zip(qs, n_levels))
+    if (k * (k + 1) + k + 1) * D * D > MAX_RESIDUAL_ENTRIES:
+        raise ValueError(
+            f"Kenward-Roger with correlated residuals and {data.n_strata} residual strata holds "
+            f"{k * (k + 1) + k + 1} dense matrices of size p + N = {D}, above the limit of "
+            f"{MAX_RESIDUAL_ENTRIES:.3g} entries; use ddf='satterthwaite'")
+    pr = data.kr_products(fitted.value, sigma2)
+    left = expand(pr.inverse)  # V_e^{-1}Y
+    firsts = [product(left, pr.first[a]) for a in range(k)]
+    products = [[None] * k for _ in range(k)]
+    seconds = [[None] * k for _ in range(k)]
+    lefts = [expand(pr.inverse_first[a]) for a in range(k)]
+    for j, (a, b) in enumerate(pr.pairs):
+        products[a][b] = products[b][a] = product(lefts[a], pr.first[b])
+        seconds[a][b] = seconds[b][a] = product(left, pr.second[j])
+    names = (["sigma2"] if len(labels) == 1 else [f"sigma2|{s}" for s in labels]) + [fitted.name]
+    inputs = inputs_of([product(expand(pr.rows), pr.inverse)], [pr.rows.shape[0]], [None])
+    return inputs, ResidualParameters(firsts, products, seconds, pr.traces, names)
 
 
 def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
@@ -778,4 +998,5 @@ def cov_fe(est: Any, adjust: str | None = None) -> np.ndarray:
         return np.array(est.cov_fe_, dtype=float)
     check_ddf(adjust, ("kenward-roger",), "adjust")
     cov = kenward_roger_model(est).cov_beta_adj
-    return cov if model.rank is None else model.rank.expand_cov(cov)
+    # a copy: the fit keeps its Kenward-Roger quantities
+    return cov.copy() if model.rank is None else model.rank.expand_cov(cov)

@@ -941,7 +941,8 @@ def conf_int(est: Any, alpha: float = 0.05, method: str = "wald", which: Any = N
         frame = pd.DataFrame({"lower": table["ci_lower"], "upper": table["ci_upper"]},
                              index=table.index)
         if result.ddf == "Kenward-Roger":
-            note = "estimate -+ t(df) * SE, Kenward-Roger's adjusted SE and df (pbkrtest)"
+            note = ("estimate -+ t(df) * SE, Kenward-Roger's adjusted SE and df (Kenward & Roger "
+                    "1997; pbkrtest)")
         elif result.ddf == "Satterthwaite":
             note = "estimate -+ t(df) * SE, Satterthwaite's df (lmerTest)"
         else:

@@ -497,10 +497,18 @@ def test_summary_and_print_report_the_correlation_and_its_tests():
     np.testing.assert_allclose(ci["upper"] - ci["lower"], 2 * z * np.asarray(ref["bse_fe"]), rtol=1e-4)
 
 
-def test_methods_that_ignore_the_correlation_refuse():
+def test_kenward_roger_takes_the_correlation_as_a_variance_parameter():
+    """summary(ddf="kenward-roger") of a correlated fit: the correlation's parameter is a
+    variance parameter (the numbers: tests/inference/test_kenward_roger_correlation.py)."""
+    from mixedlm_sklearn.inference.kenward_roger import kenward_roger_model
+
     _, _, est = _ovary("ovary_ar1_reml")
-    with pytest.raises(ValueError, match="correlated residuals"):
-        est.summary(ddf="kenward-roger")
+    s = est.summary(ddf="kenward-roger")
+    assert s.ddf == "Kenward-Roger"
+    kr = kenward_roger_model(est)
+    assert kr.param_names[-1] == "Phi"
+    np.testing.assert_allclose(s.fixed_effects["std_error"], np.sqrt(np.diag(kr.cov_beta_adj)),
+                               rtol=1e-12)
 
 
 def test_ranova_keeps_the_correlation_as_nlme_anova():
@@ -693,16 +701,16 @@ def test_the_iterative_solver_is_refused():
         MixedLMRegressor(correlation="ar1", solver="iterative").fit(X, y, groups=g)
 
 
-def test_emmeans_of_a_correlated_fit_take_satterthwaite_df():
-    """Without Kenward-Roger's df for correlated residuals, emmeans defaults to
-    Satterthwaite's: each mean's df is satterthwaite_df of its row of the design at the
-    mean time (BodyWeight's CAR1 fit)."""
+def test_emmeans_of_a_correlated_fit_with_satterthwaite_df():
+    """emmeans(..., ddf="satterthwaite") of a correlated fit: each mean's df is
+    satterthwaite_df of its row of the design at the mean time (BodyWeight's CAR1 fit; the
+    default, Kenward-Roger: tests/inference/test_kenward_roger_correlation.py)."""
     from mixedlm_sklearn import lmer
     from mixedlm_sklearn.inference import satterthwaite_df
 
     df, _ = _load("bodyweight_car1_reml")
     m = lmer("weight ~ Time * Diet + (Time | Rat)", df, correlation="car1(~ Time | Rat)")
-    table = m.emmeans("Diet").table.frame()
+    table = m.emmeans("Diet", ddf="satterthwaite").table.frame()
     t = df.Time.mean()
     L = np.array([[1, t, 0, 0, 0, 0], [1, t, 1, 0, t, 0], [1, t, 0, 1, 0, t]], dtype=float)
     np.testing.assert_allclose(table["df"].to_numpy(), satterthwaite_df(m, L), rtol=1e-10)
