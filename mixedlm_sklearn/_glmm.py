@@ -1124,8 +1124,9 @@ def fit_glmm(dev: GLMMDeviance, x0: np.ndarray, max_iter: int = 1000, ftol: floa
     """Minimise the deviance over ``(theta, beta)`` and the family's free parameter (the
     deviance's family is then set to its estimate). See :func:`_fit_theta_beta` and
     :func:`_fit_family`. ``multistart``: also the other starts of small problems
-    (:func:`_other_starts`); refits to simulated responses skip them, as the linear
-    model's do."""
+    (:func:`_other_starts`). Refits to simulated responses (the bootstrap's refitter) keep
+    them, unlike the linear model's: from the generating parameters they lowered 3 of 100
+    refits of small ``(x | g)`` designs."""
     if dev.family.free:
         return _fit_family(dev, x0, max_iter, ftol, multistart)
     return _fit_theta_beta(dev, x0, max_iter, ftol, multistart)
