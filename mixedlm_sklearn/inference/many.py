@@ -22,7 +22,7 @@ estimator per response) and the tables analysts read across responses:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._design import Design, column_names, several_factors
+from .._family import Family, gaussian
 from .._batched_refit import _subset
 from .._many import ManyFit, PatternDesign, fit_many, one_term_parts
 from .._model import FittedModel
@@ -69,6 +70,9 @@ class ManyResponses:
     factors : tuple of (codes, Z)
     weights, offset : ndarray or None
     index : Index or None
+    family : Family
+        The responses' family (Gaussian here; the GLMMs' :class:`.many_glmm.ManyGLMMResponses`
+        has theirs): whether the dispersion is estimated decides the tables' tests.
     """
 
     fit: ManyFit
@@ -83,6 +87,7 @@ class ManyResponses:
     offset: np.ndarray | None
     index: pd.Index | None
     intercept: bool
+    family: Family = field(default_factory=gaussian)
 
 
 def is_multi_output(y: Any) -> bool:
@@ -480,9 +485,11 @@ def _contrast_df(est: Any, L: np.ndarray) -> np.ndarray:
     return df
 
 
-def _is_glmm(est: Any) -> bool:
-    """A multi-output fit of GLMMs (:mod:`.many_glmm`): Wald z tests, no residual variance."""
-    return getattr(est.many_, "family", None) is not None
+def _dispersion_fixed(est: Any) -> bool:
+    """Whether the responses' family has a fixed dispersion (binomial, Poisson, negative
+    binomial: the GLMMs of :mod:`.many_glmm`): Wald z tests and no residual variance, as
+    :attr:`~.._model.FittedModel.scale_estimated` decides for one fit."""
+    return not est.many_.family.scale_estimated
 
 
 def _table_ddf(est: Any, ddf: str | None) -> str:
@@ -490,9 +497,9 @@ def _table_ddf(est: Any, ddf: str | None) -> str:
     default, the normal reference (Wald z, as lme4's ``summary`` of a ``glmer`` fit) for
     GLMMs, which have no Satterthwaite df."""
     if ddf is None:
-        return "normal" if _is_glmm(est) else "satterthwaite"
+        return "normal" if _dispersion_fixed(est) else "satterthwaite"
     ddf = check_ddf(ddf, ("satterthwaite", "normal"))
-    if ddf == "satterthwaite" and _is_glmm(est):
+    if ddf == "satterthwaite" and _dispersion_fixed(est):
         raise ValueError("Satterthwaite df are for linear mixed models; the GLMMs' tests are Wald "
                          "z tests (ddf='normal', the default for them), as lme4's summary of glmer")
     return ddf
@@ -504,7 +511,7 @@ def _wald_frame(est: Any, estimate: np.ndarray, se: np.ndarray, df: np.ndarray, 
     with np.errstate(invalid="ignore", divide="ignore"):
         t = estimate / se
         p = 2.0 * (stats.t.sf(np.abs(t), df) if ddf == "satterthwaite" else stats.norm.sf(np.abs(t)))
-    if _is_glmm(est):
+    if _dispersion_fixed(est):
         return pd.DataFrame({"estimate": estimate, "std_error": se, "z": t, "p": p,
                              "p_bh": p_adjust_bh(p)}, index=index)
     return pd.DataFrame({"estimate": estimate, "std_error": se, "df": df, "t": t, "p": p,
@@ -726,8 +733,8 @@ def variance_fractions(est: Any) -> pd.DataFrame:
     mr = est.many_
     f = mr.fit
     k = f.n_responses
-    glmm = _is_glmm(est)
-    if glmm and not mr.intercept:
+    fixed_dispersion = _dispersion_fixed(est)
+    if fixed_dispersion and not mr.intercept:
         raise ValueError("variance fractions of a GLMM take the distribution's variance at the "
                          "intercept (variancePartition's calcVarPart): fit with an intercept")
     columns: dict[str, np.ndarray] = {}
@@ -762,7 +769,7 @@ def variance_fractions(est: Any) -> pd.DataFrame:
             parts = parts * (total / parts.sum(axis=1))[:, None]
         for i, c in enumerate(slopes):
             columns[names[c]] = parts[:, i]
-    if glmm:
+    if fixed_dispersion:  # the distribution's variance on the log link's scale
         inverse_mean = np.exp(-f.beta[:, 0])  # 1 / exp(b0)
         if mr.family.name == "negative_binomial":
             inverse_mean = inverse_mean + 1.0 / f.family_values["theta"]
