@@ -36,6 +36,8 @@ import scipy.sparse as sp
 from scipy import linalg
 from scipy.linalg import lapack
 
+from ._threads import dense_blas_threads
+
 __all__ = ["RoundsPlan", "RoundsFactor", "lower_pattern_keys"]
 
 # Rounds stop when fewer than this fraction of the nodes left would go (each round has a
@@ -269,7 +271,8 @@ class RoundsFactor:
         core = np.zeros((c, c))
         core[plan.core_rows, plan.core_cols] = data
         # LAPACK on the Fortran view core' (upper): its factor U is L_core'.
-        chol, info = lapack.dpotrf(core.T, lower=0, overwrite_a=1, clean=1)
+        with dense_blas_threads(c):  # the fit's n_jobs threads at large orders
+            chol, info = lapack.dpotrf(core.T, lower=0, overwrite_a=1, clean=1)
         if info:
             raise NotPositiveDefiniteRest("the dense core of the rest block is not positive definite")
         self.chol = chol
@@ -301,7 +304,8 @@ class RoundsFactor:
     def selected_inverse(self) -> np.ndarray:
         """``S^{-1}`` on the plan's lower pattern (values aligned with its keys)."""
         plan = self.plan
-        inv, info = lapack.dpotri(self.chol, lower=0)
+        with dense_blas_threads(plan.core):
+            inv, info = lapack.dpotri(self.chol, lower=0)
         if info:
             raise NotPositiveDefiniteRest("potri failed on the dense core")
         # potri fills the upper triangle of the Fortran factor, i.e. the lower in C order.
