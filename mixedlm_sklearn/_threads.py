@@ -64,9 +64,11 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 # Smallest order of a dense block whose Cholesky factor and inverse run on the fit's
-# ``n_jobs`` BLAS threads. Measured (OpenBLAS 0.3.30, 2 cores, potrf + potri): at order 800
-# two threads gain ~1.3x on idle cores; from ~1,000 up ~1.5x; below that the calls take
-# milliseconds and the threads' start-up and spinning eat the gain.
+# ``n_jobs`` BLAS threads. Measured (OpenBLAS 0.3.30, 2 shared cores, potrf + potri, best
+# of 7): 2 threads took 0.70x one thread's time at order 800 and 0.66x at 1,000, but
+# 1.2x at 1,399 and 2,000 in the same run as the load rose; median times under load 2-6
+# were up to 20x one thread's. Below ~1,000 a call takes a few milliseconds, so the
+# threads' start and synchronisation are a larger share and a fit gains little.
 MIN_DENSE_THREADED = 1000
 
 

@@ -749,7 +749,9 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         block (order 1,000 or more, e.g. a few thousand items) on that many threads. The
         dense block's sums then run in another order: the fit agrees with one thread's to
         rounding (measured: log-likelihood identical, estimates to 2e-15 relative;
-        guaranteed to 1e-10). It pays on idle cores only.
+        guaranteed to 1e-10). BLAS threads pay on idle cores only: on a busy machine
+        OpenBLAS's threads wait for each other by spinning and made these calls many times
+        slower.
 
     Attributes
     ----------
@@ -1277,7 +1279,9 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         block (order 1,000 or more, e.g. a few thousand items) on that many threads. The
         dense block's sums then run in another order: the fit agrees with one thread's to
         rounding (measured: log-likelihood identical, estimates to 2e-15 relative;
-        guaranteed to 1e-10). It pays on idle cores only.
+        guaranteed to 1e-10). BLAS threads pay on idle cores only: on a busy machine
+        OpenBLAS's threads wait for each other by spinning and made these calls many times
+        slower.
 
     Attributes
     ----------

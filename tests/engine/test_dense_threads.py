@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_info
 
+import mixedlm_sklearn._factor as factor_module
+import mixedlm_sklearn._rounds as rounds_module
 import mixedlm_sklearn._threads as threads_module
 from mixedlm_sklearn import MixedGLMClassifier, MixedLMRegressor
 from mixedlm_sklearn._threads import dense_blas_threads, level_threads, single_threaded_blas
@@ -29,7 +31,7 @@ def _blas_threads() -> list[int]:
 @pytest.fixture
 def recorded(monkeypatch):
     """A low threshold, and the thread counts the dense calls set."""
-    monkeypatch.setattr(threads_module, "MIN_DENSE_THREADED", 100)
+    monkeypatch.setattr(threads_module, "MIN_DENSE_THREADED", 50)
     calls: list[int] = []
     original = threads_module._set_blas_threads
 
@@ -43,9 +45,9 @@ def recorded(monkeypatch):
 
 @pytest.fixture(scope="module")
 def crossed():
-    """Users x items with Zipf-like items: a dense rest block of a few hundred items."""
+    """Users x items with Zipf-like items: a dense rest block of about 120 items."""
     rng = np.random.default_rng(3)
-    n, users, items = 6000, 400, 300
+    n, users, items = 2000, 150, 150
     u = rng.integers(0, users, n)
     it = np.minimum(rng.zipf(1.3, n) - 1, items - 1)
     x = rng.standard_normal((n, 2))
@@ -67,9 +69,9 @@ def test_dense_calls_widen_only_inside_a_fit_with_threads(recorded):
         with dense_blas_threads(10_000):  # no pool: one thread
             assert _blas_threads() == [1] * len(before)
         with level_threads(2):
-            with dense_blas_threads(99):  # below the threshold
+            with dense_blas_threads(49):  # below the threshold
                 assert _blas_threads() == [1] * len(before)
-            with dense_blas_threads(100):
+            with dense_blas_threads(50):
                 assert _blas_threads() == [2] * len(before)
             assert _blas_threads() == [1] * len(before)
     with level_threads(2), dense_blas_threads(10_000):  # outside a single-threaded section
@@ -90,15 +92,28 @@ def test_lmm_with_blas_threads_matches_one_thread(crossed, recorded):
     _same_fit(one, two)
 
 
-def test_glmm_with_blas_threads_matches_one_thread(crossed, recorded):
+@pytest.mark.parametrize("rest", ["dense", "rounds"])
+def test_glmm_with_blas_threads_matches_one_thread(crossed, recorded, rest, monkeypatch):
     x, eta, groups, rng = crossed
     y = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
+    cores = []
+    if rest == "rounds":  # sparse rounds down to a dense core of about 60 items
+        monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 0)
+        monkeypatch.setattr(rounds_module, "_DENSE_OK", 60)
+        original = rounds_module.RoundsFactor.__init__
+
+        def spy(self, plan, data):
+            cores.append(plan.core)
+            original(self, plan, data)
+
+        monkeypatch.setattr(rounds_module.RoundsFactor, "__init__", spy)
     before = _blas_threads()
     one = MixedGLMClassifier(n_jobs=1).fit(x, y, groups=groups)
     assert recorded == []
     two = MixedGLMClassifier(n_jobs=2).fit(x, y, groups=groups)
     assert 2 in recorded and recorded[-1] == 1
     assert _blas_threads() == before
+    assert (min(cores) >= 50) if rest == "rounds" else not cores
     _same_fit(one, two)
 
 
