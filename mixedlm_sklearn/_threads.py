@@ -9,7 +9,8 @@ package's numerical work runs with BLAS on one thread, and parallelism, where it
 comes from the package's own threads over blocks of levels, and, in a fit with several
 threads (``n_jobs``), from BLAS threads inside the few LAPACK calls on large dense blocks
 (:func:`dense_blas_threads`: the Cholesky factor of a crossed design's dense rest block and
-its inverse), where each call is long enough for the threads to pay.
+its inverse), where each call is long enough for the threads to pay when the cores are
+idle (on busy cores the same spinning makes them slower: :data:`MIN_DENSE_THREADED`).
 
 OpenBLAS has no per-thread setting (``openblas_set_num_threads_local`` of the pthreads
 build that numpy and scipy ship changes the global count: measured), so the limit is
@@ -64,11 +65,11 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 # Smallest order of a dense block whose Cholesky factor and inverse run on the fit's
-# ``n_jobs`` BLAS threads. Measured (OpenBLAS 0.3.30, 2 shared cores, potrf + potri, best
-# of 7): 2 threads took 0.70x one thread's time at order 800 and 0.66x at 1,000, but
-# 1.2x at 1,399 and 2,000 in the same run as the load rose; median times under load 2-6
-# were up to 20x one thread's. Below ~1,000 a call takes a few milliseconds, so the
-# threads' start and synchronisation are a larger share and a fit gains little.
+# ``n_jobs`` BLAS threads. Below ~1,000 a call takes a few milliseconds, and the threads'
+# start and synchronisation are a large share of it. Measured (OpenBLAS 0.3.30, 2 shared
+# cores, potrf + potri, best of 7): at load ~2 two threads took 0.70x one thread's time
+# at order 800 and 0.66x at 1,000; at load 2.4-5.5 they took 1.8-4.7x at every order from
+# 1,000 to 3,291, and median times were up to 20x one thread's: they pay on idle cores only.
 MIN_DENSE_THREADED = 1000
 
 
