@@ -6,19 +6,16 @@ synchronises them by spinning; on a machine whose cores are busy (another proces
 cross-validation running folds in parallel) that made a 1,142-row Cholesky 30x and a
 9 x 9 by 9 x 20,000 product 100x slower than on one thread (measured here). So the
 package's numerical work runs with BLAS on one thread, and parallelism, where it pays,
-comes from the package's own threads over blocks of levels, and, in a fit with several
-threads (``n_jobs``), from BLAS threads inside the few LAPACK calls on large dense blocks
-(:func:`dense_blas_threads`: the Cholesky factor of a crossed design's dense rest block and
-its inverse), where each call is long enough for the threads to pay when the cores are
-idle (on busy cores the same spinning makes them slower: :data:`MIN_DENSE_THREADED`).
+comes from the package's own threads over blocks of levels and, for the Cholesky factor
+and inverse of a large dense block, over its tiles (:mod:`._tiled`). Handing those two
+LAPACK calls to OpenBLAS's own threads instead (the limit raised for each call) made fits
+up to 11x slower at load 4-8 on 2 cores: its threads wait for each other by spinning.
 
 OpenBLAS has no per-thread setting (``openblas_set_num_threads_local`` of the pthreads
 build that numpy and scipy ship changes the global count: measured), so the limit is
 process-wide while any fit runs. It is reference-counted under a lock: fits running in
 several threads at once share one limit, and the last one to finish restores the
-setting the first one found, so the process is left as it was. A dense call with several
-threads raises that limit for its duration (the fits of other threads running then share
-it) and puts it back to one after.
+setting the first one found, so the process is left as it was.
 """
 
 from __future__ import annotations
@@ -33,15 +30,12 @@ from typing import Iterator
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["single_threaded_blas", "dense_blas_threads", "level_threads", "level_slices",
-           "n_level_threads", "run_in_threads"]
+__all__ = ["single_threaded_blas", "level_threads", "level_slices", "n_level_threads", "run_in_threads"]
 
 _lock = threading.Lock()
 _depth = 0
 _limiter = None
 _controller: ThreadpoolController | None = None
-# The thread counts of the dense calls running now (:func:`dense_blas_threads`), under _lock.
-_widened: list[int] = []
 
 
 @contextmanager
@@ -62,51 +56,6 @@ def single_threaded_blas() -> Iterator[None]:
             if _depth == 0:
                 _limiter.restore_original_limits()
                 _limiter = None
-
-
-# Smallest order of a dense block whose Cholesky factor and inverse run on the fit's
-# ``n_jobs`` BLAS threads. Below ~1,000 a call takes a few milliseconds, and the threads'
-# start and synchronisation are a large share of it. Measured (OpenBLAS 0.3.30, 2 shared
-# cores, potrf + potri, best of 7): at load ~2 two threads took 0.70x one thread's time
-# at order 800 and 0.66x at 1,000; at load 2.4-5.5 they took 1.8-4.7x at every order from
-# 1,000 to 3,291, and median times were up to 20x one thread's: they pay on idle cores only.
-MIN_DENSE_THREADED = 1000
-
-
-def _set_blas_threads(n: int) -> None:
-    for lib in _controller.select(user_api="blas").lib_controllers:
-        lib.set_num_threads(n)
-
-
-@contextmanager
-def dense_blas_threads(order: int) -> Iterator[None]:
-    """Run the body, one LAPACK/BLAS call on a dense ``order x order`` block, with as many
-    BLAS threads as the fit has (:func:`level_threads`, ``n_jobs``) when ``order`` is at
-    least :data:`MIN_DENSE_THREADED`; otherwise (and on the pool's own workers, or outside
-    :func:`single_threaded_blas`, where BLAS keeps its own setting) nothing changes.
-
-    The limit is process-wide (see the module's docstring): it is raised to the largest
-    count of the dense calls running at once and set back to one thread when the last of
-    them ends, while :func:`single_threaded_blas` is still in force. Multithreaded BLAS
-    sums in another order: the results differ from one thread's in the last bits.
-    """
-    n = n_level_threads()
-    if n < 2 or order < MIN_DENSE_THREADED:
-        yield
-        return
-    with _lock:
-        widen = _depth > 0  # outside a single-threaded section BLAS has its own setting
-        if widen:
-            _widened.append(n)
-            _set_blas_threads(max(_widened))
-    try:
-        yield
-    finally:
-        if widen:
-            with _lock:
-                _widened.remove(n)
-                if _depth > 0:  # else the last section ended meanwhile and restored the setting
-                    _set_blas_threads(max(_widened, default=1))
 
 
 # The package's own threads of the fit running in this context (``n_jobs``): a pool and its

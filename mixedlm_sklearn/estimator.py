@@ -199,14 +199,12 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         per thread (numpy and scipy release the GIL there); the results are identical to
         one thread's, bit for bit. It pays only at the largest sizes (measured on 2 cores:
         no gain at 10^5-10^6 rows; at 10^7 rows and 200,000 levels the optimiser 1.3x
-        faster). BLAS stays on one thread, except in the Cholesky factor and inverse of a
-        crossed design's dense block of order 1,000 or more (e.g. a few thousand items),
-        which run on ``n_jobs`` BLAS threads: their sums then run in another order and
-        the fit agrees with one thread's to rounding (measured: log-likelihood identical,
-        estimates to 5.6e-15 relative; tested to 1e-10). Those threads pay on idle cores
-        only: on a busy machine OpenBLAS's threads wait for each other by spinning and
-        made these calls many times slower (at load 5-6 on 2 cores the 10^6-row users x
-        items fit took 13 s with ``n_jobs=2`` against 6.9 s).
+        faster). BLAS stays on one thread. The Cholesky factor and inverse of a crossed
+        design's dense block of order 1,000 or more (e.g. a few thousand items) then run
+        in tiles on these threads, whose sums run in another order than LAPACK's: the fit
+        agrees with one thread's to rounding (measured: log-likelihood identical,
+        estimates to 1.6e-14 relative; tested to 1e-10) and is the same for any
+        ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------

@@ -746,13 +746,10 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Threads of the fit (joblib's convention: None is 1, -1 every core), as
         :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
         factor in slices, and the Cholesky factor and inverse of a crossed design's dense
-        block (order 1,000 or more, e.g. a few thousand items) on that many threads. The
-        dense block's sums then run in another order: the fit agrees with one thread's to
-        rounding (measured: log-likelihood identical, estimates to 2.2e-15 relative;
-        tested to 1e-10). BLAS threads pay on idle cores only: on a busy machine
-        OpenBLAS's threads wait for each other by spinning and made these calls many times
-        slower (at load 4-8 on 2 cores the 2x10^5-row users x items fits took up to 11x longer
-        with ``n_jobs=2``).
+        block (order 1,000 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        one thread. The tiles sum in another order than LAPACK: the fit agrees with one
+        thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
+        relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------
@@ -1277,13 +1274,10 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         Threads of the fit (joblib's convention: None is 1, -1 every core), as
         :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
         factor in slices, and the Cholesky factor and inverse of a crossed design's dense
-        block (order 1,000 or more, e.g. a few thousand items) on that many threads. The
-        dense block's sums then run in another order: the fit agrees with one thread's to
-        rounding (measured: log-likelihood identical, estimates to 2.2e-15 relative;
-        tested to 1e-10). BLAS threads pay on idle cores only: on a busy machine
-        OpenBLAS's threads wait for each other by spinning and made these calls many times
-        slower (at load 4-8 on 2 cores the 2x10^5-row users x items fits took up to 11x longer
-        with ``n_jobs=2``).
+        block (order 1,000 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        one thread. The tiles sum in another order than LAPACK: the fit agrees with one
+        thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
+        relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------

@@ -1,25 +1,26 @@
-"""BLAS threads in the large dense calls of a crossed fit (``n_jobs``, ``_threads.dense_blas_threads``).
+"""The dense block's Cholesky factor and inverse in tiles on the fit's threads (``n_jobs``).
 
-The Cholesky factor and the inverse of the dense rest block run on ``n_jobs`` BLAS threads
-above an order (``MIN_DENSE_THREADED``, lowered here so that a small design crosses it).
-Multithreaded BLAS sums in another order, so the fit agrees with one thread's to rounding
-(the docstrings promise 1e-10 relative), and the process's BLAS setting is restored.
+Above an order (``_tiled.MIN_TILED_ORDER``, lowered here with the tile size so that a small
+design crosses it and has several tiles) a fit with several threads factors and inverts
+the dense rest block in tiles. The tiles sum in another order than LAPACK, so the fit
+agrees with one thread's to rounding (the docstrings say 1e-10 relative), and the same
+whatever the number of threads, bit for bit; BLAS stays on one thread.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.linalg import lapack
 from threadpoolctl import threadpool_info
 
 import mixedlm_sklearn._factor as factor_module
 import mixedlm_sklearn._rounds as rounds_module
-import mixedlm_sklearn._threads as threads_module
+import mixedlm_sklearn._tiled as tiled_module
 from mixedlm_sklearn import MixedGLMClassifier, MixedLMRegressor
-from mixedlm_sklearn._threads import dense_blas_threads, level_threads, single_threaded_blas
+from mixedlm_sklearn._threads import level_threads, single_threaded_blas
+from mixedlm_sklearn._tiled import dense_cholesky, dense_cholesky_inverse
 
 RTOL = 1e-10
 
@@ -29,18 +30,64 @@ def _blas_threads() -> list[int]:
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    """A low threshold, and the thread counts the dense calls set."""
-    monkeypatch.setattr(threads_module, "MIN_DENSE_THREADED", 50)
+def tiled_calls(monkeypatch):
+    """Tiles from order 50 in tiles of 16; the orders the tiled factorisation saw."""
+    monkeypatch.setattr(tiled_module, "MIN_TILED_ORDER", 50)
+    monkeypatch.setattr(tiled_module, "TILE", 16)
     calls: list[int] = []
-    original = threads_module._set_blas_threads
+    original = tiled_module._tiled_cholesky
 
-    def spy(n: int) -> None:
-        calls.append(n)
-        original(n)
+    def spy(A, b):
+        calls.append(A.shape[0])
+        return original(A, b)
 
-    monkeypatch.setattr(threads_module, "_set_blas_threads", spy)
+    monkeypatch.setattr(tiled_module, "_tiled_cholesky", spy)
     return calls
+
+
+def _spd(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, n + 5))
+    return A @ A.T / n + np.eye(n)
+
+
+@pytest.mark.parametrize("n", [50, 77, 130])
+def test_tiles_equal_lapack_and_do_not_depend_on_the_threads(tiled_calls, n):
+    S = _spd(n, n)
+    U_ref, info = lapack.dpotrf(S.T.copy(), lower=0, clean=1)
+    inv_ref = np.tril(lapack.dpotri(U_ref, lower=0)[0].T)
+    results = []
+    for threads in (2, 3):
+        B = np.tril(S) + np.triu(np.full((n, n), 9.0), 1)  # the upper triangle is not read
+        with single_threaded_blas(), level_threads(threads):
+            U, info = dense_cholesky(B)
+            inv, info_inv = dense_cholesky_inverse(U)
+        assert info == 0 and info_inv == 0
+        np.testing.assert_allclose(U, U_ref, rtol=0, atol=1e-13)
+        assert not np.tril(U, -1).any()  # the factor's other triangle is cleared, as clean=1
+        np.testing.assert_allclose(np.tril(inv.T), inv_ref, rtol=0, atol=1e-12 * np.abs(inv_ref).max())
+        results.append((U.copy(), np.tril(inv.T)))
+    assert np.array_equal(results[0][0], results[1][0])  # 2 and 3 threads: bit for bit
+    assert np.array_equal(results[0][1], results[1][1])
+    assert tiled_calls == [n, n]
+
+
+def test_tiles_report_the_leading_minor_that_is_not_positive_definite(tiled_calls):
+    S = _spd(80, 1)
+    S[40, 40] = -5.0  # the leading minor of order 41 is indefinite
+    expected = lapack.dpotrf(S.T.copy(), lower=0, clean=1)[1]
+    with single_threaded_blas(), level_threads(2):
+        _, info = dense_cholesky(S.copy())
+    assert info == expected == 41
+
+
+def test_lapack_without_threads_or_below_the_order(tiled_calls):
+    S = _spd(60, 2)
+    with single_threaded_blas():
+        dense_cholesky(S.copy())  # one thread
+        with level_threads(2):
+            dense_cholesky(_spd(49, 3))  # below the order
+    assert tiled_calls == []
 
 
 @pytest.fixture(scope="module")
@@ -56,44 +103,29 @@ def crossed():
     return x, eta, groups, rng
 
 
-def _same_fit(one, two) -> None:
-    np.testing.assert_allclose(two.llf_, one.llf_, rtol=RTOL, atol=0)
-    np.testing.assert_allclose(two.fe_params_, one.fe_params_, rtol=RTOL, atol=0)
+def _same_fit(one, two, rtol: float) -> None:
+    np.testing.assert_allclose(two.llf_, one.llf_, rtol=rtol, atol=0)
+    np.testing.assert_allclose(two.fe_params_, one.fe_params_, rtol=rtol, atol=0)
     for name, cov in one.cov_re_.items():
-        np.testing.assert_allclose(two.cov_re_[name], cov, rtol=RTOL, atol=0)
+        np.testing.assert_allclose(two.cov_re_[name], cov, rtol=rtol, atol=0)
 
 
-def test_dense_calls_widen_only_inside_a_fit_with_threads(recorded):
-    before = _blas_threads()
-    with single_threaded_blas():
-        with dense_blas_threads(10_000):  # no pool: one thread
-            assert _blas_threads() == [1] * len(before)
-        with level_threads(2):
-            with dense_blas_threads(49):  # below the threshold
-                assert _blas_threads() == [1] * len(before)
-            with dense_blas_threads(50):
-                assert _blas_threads() == [2] * len(before)
-            assert _blas_threads() == [1] * len(before)
-    with level_threads(2), dense_blas_threads(10_000):  # outside a single-threaded section
-        assert _blas_threads() == before
-    assert recorded == [2, 1]
-    assert _blas_threads() == before
-
-
-def test_lmm_with_blas_threads_matches_one_thread(crossed, recorded):
+def test_lmm_with_tiles_matches_one_thread(crossed, tiled_calls):
     x, eta, groups, rng = crossed
     y = eta + rng.standard_normal(eta.size)
     before = _blas_threads()
     one = MixedLMRegressor(reml=False, n_jobs=1).fit(x, y, groups=groups)
-    assert recorded == []
+    assert tiled_calls == []
     two = MixedLMRegressor(reml=False, n_jobs=2).fit(x, y, groups=groups)
-    assert 2 in recorded and recorded[-1] == 1  # the dense calls ran on two threads, then one
-    assert _blas_threads() == before
-    _same_fit(one, two)
+    assert tiled_calls and min(tiled_calls) >= 50
+    three = MixedLMRegressor(reml=False, n_jobs=3).fit(x, y, groups=groups)
+    assert _blas_threads() == before  # BLAS left as it was
+    _same_fit(one, two, RTOL)
+    _same_fit(two, three, 0.0)  # the tiles do not depend on the number of threads
 
 
 @pytest.mark.parametrize("rest", ["dense", "rounds"])
-def test_glmm_with_blas_threads_matches_one_thread(crossed, recorded, rest, monkeypatch):
+def test_glmm_with_tiles_matches_one_thread(crossed, tiled_calls, rest, monkeypatch):
     x, eta, groups, rng = crossed
     y = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
     cores = []
@@ -109,31 +141,9 @@ def test_glmm_with_blas_threads_matches_one_thread(crossed, recorded, rest, monk
         monkeypatch.setattr(rounds_module.RoundsFactor, "__init__", spy)
     before = _blas_threads()
     one = MixedGLMClassifier(n_jobs=1).fit(x, y, groups=groups)
-    assert recorded == []
+    assert tiled_calls == []
     two = MixedGLMClassifier(n_jobs=2).fit(x, y, groups=groups)
-    assert 2 in recorded and recorded[-1] == 1
+    assert tiled_calls and min(tiled_calls) >= 50
     assert _blas_threads() == before
     assert (min(cores) >= 50) if rest == "rounds" else not cores
-    _same_fit(one, two)
-
-
-def test_concurrent_fits_with_threads_restore_blas(crossed, recorded):
-    x, eta, groups, rng = crossed
-    y = eta + rng.standard_normal(eta.size)
-    before = _blas_threads()
-    results, errors = [], []
-
-    def work() -> None:
-        try:
-            results.append(MixedLMRegressor(reml=False, n_jobs=2).fit(x, y, groups=groups).llf_)
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    workers = [threading.Thread(target=work) for _ in range(3)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    assert not errors
-    np.testing.assert_allclose(results, results[0], rtol=RTOL, atol=0)
-    assert _blas_threads() == before
+    _same_fit(one, two, RTOL)
