@@ -10,8 +10,9 @@ with the GIL released, spread over the fit's threads. BLAS stays on one thread: 
 own threads synchronise by spinning, and on this shared 2-core machine (load 4-8) raising
 the BLAS limit for these two calls made the 2x10^5-row users x items GLMMs up to 11x and
 the 10^6-row LMM 2-3.5x slower than one thread; the package's threads wait on a lock and
-lose at most what the busy cores take from them (same load: 1.17x and 1.01x one
-thread's time; the gain on idle cores is not measured yet).
+lose at most what the busy cores take from them. With tiles, those fits took 0.6-1.2x one
+thread's time at load 1.8-6.6 (interleaved runs): no collapse, and no gain that the
+noise of this shared machine lets one measure; the calls alone, 0.7-0.9x from order 1,399.
 
 Each tile is computed by the same sequence of products whatever the number of threads, so
 the results do not depend on it; they differ from LAPACK's one-thread calls (which the fit
@@ -28,12 +29,13 @@ from ._threads import n_level_threads, run_in_threads
 __all__ = ["dense_cholesky", "dense_cholesky_inverse", "MIN_TILED_ORDER", "TILE"]
 
 # Smallest order factored and inverted in tiles on the fit's threads, and the tiles' size.
-# Below ~1,000 the two calls take milliseconds and the tiles' products (a few dozen, each
-# with tens of microseconds of Python around it) a larger share. Tiles of 128-350 at order
-# 1,399 (one thread, OpenBLAS 0.3.30, load 6): 256 the fastest inverse; one thread runs
-# the tiles 1.2-2x slower than LAPACK (extra products on the diagonal tiles, solves as
-# products with the diagonal tiles' inverses), hence LAPACK whenever the fit has one thread.
-MIN_TILED_ORDER = 1000
+# Measured on 2 cores (OpenBLAS 0.3.30; potrf + potri, best of 7, one other busy process):
+# LAPACK on one thread against two threads over tiles of 256 took 0.041 s / 0.050 s at
+# order 1,000, 0.091 / 0.079 s at 1,399 and 0.67 / 0.45 s at 3,291 (two OpenBLAS threads:
+# 1.8 s, 0.91 s and 0.36 s). Tiles of 128-350 at order 1,399: 256 the fastest inverse. One
+# thread runs the tiles 1.2-2x slower than LAPACK (extra products on the diagonal tiles,
+# solves as products with the diagonal tiles' inverses), hence LAPACK with one thread.
+MIN_TILED_ORDER = 1200
 TILE = 256
 
 

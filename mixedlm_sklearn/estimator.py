@@ -200,7 +200,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         one thread's, bit for bit. It pays only at the largest sizes (measured on 2 cores:
         no gain at 10^5-10^6 rows; at 10^7 rows and 200,000 levels the optimiser 1.3x
         faster). BLAS stays on one thread. The Cholesky factor and inverse of a crossed
-        design's dense block of order 1,000 or more (e.g. a few thousand items) then run
+        design's dense block of order 1,200 or more (e.g. a few thousand items) then run
         in tiles on these threads, whose sums run in another order than LAPACK's: the fit
         agrees with one thread's to rounding (measured: log-likelihood identical,
         estimates to 1.6e-14 relative; tested to 1e-10) and is the same for any

@@ -746,7 +746,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         Threads of the fit (joblib's convention: None is 1, -1 every core), as
         :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
         factor in slices, and the Cholesky factor and inverse of a crossed design's dense
-        block (order 1,000 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        block (order 1,200 or more, e.g. a few thousand items) in tiles; BLAS stays on
         one thread. The tiles sum in another order than LAPACK: the fit agrees with one
         thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
         relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
@@ -1274,7 +1274,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         Threads of the fit (joblib's convention: None is 1, -1 every core), as
         :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
         factor in slices, and the Cholesky factor and inverse of a crossed design's dense
-        block (order 1,000 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        block (order 1,200 or more, e.g. a few thousand items) in tiles; BLAS stays on
         one thread. The tiles sum in another order than LAPACK: the fit agrees with one
         thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
         relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
