@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 from scipy import linalg
-from scipy.linalg import lapack
 
 from ._batched import (
     batched_cholesky,
@@ -50,6 +49,7 @@ from ._batched import (
 )
 from ._crossprod import CrossProducts
 from ._rounds import NotPositiveDefiniteRest, RoundsFactor, RoundsPlan
+from ._tiled import dense_cholesky, dense_cholesky_inverse
 
 __all__ = ["Plan", "BlockOps", "Prepared", "Factor", "NotPositiveDefinite"]
 
@@ -767,8 +767,8 @@ class Factor:
                 S = prep.assemble_dense(self.Md, self.Mp, add_identity=False)
             else:
                 S = self.cross["S"]
-            # LAPACK on the Fortran view S' (no copy): its upper factor U is L'.
-            chol_S, info = lapack.dpotrf(S.T, lower=0, overwrite_a=1, clean=1)
+            # S = U'U, U the Fortran view of the lower factor L (LAPACK, or tiles on the fit's threads)
+            chol_S, info = dense_cholesky(S)
             if info:
                 raise NotPositiveDefinite("the dense block of the penalised system is not positive definite")
             self.chol_S = chol_S
@@ -945,7 +945,7 @@ class Factor:
         """``S^{-1}`` of the dense block: the full symmetric matrix, or (``lower``) an array
         whose lower triangle holds it and whose upper triangle is not to be read (filling
         it in is a transposed pass over the matrix, a third of the inverse's time)."""
-        Sinv, info = lapack.dpotri(self.chol_S, lower=0)
+        Sinv, info = dense_cholesky_inverse(self.chol_S)
         if info:
             raise NotPositiveDefinite("potri failed on the dense block")
         # potri fills the upper triangle of the Fortran factor, i.e. the lower in C order.

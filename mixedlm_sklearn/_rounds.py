@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy import linalg
-from scipy.linalg import lapack
+
+from ._tiled import dense_cholesky, dense_cholesky_inverse
 
 __all__ = ["RoundsPlan", "RoundsFactor", "lower_pattern_keys"]
 
@@ -268,8 +269,8 @@ class RoundsFactor:
         c = plan.core
         core = np.zeros((c, c))
         core[plan.core_rows, plan.core_cols] = data
-        # LAPACK on the Fortran view core' (upper): its factor U is L_core'.
-        chol, info = lapack.dpotrf(core.T, lower=0, overwrite_a=1, clean=1)
+        # core = U'U, U the Fortran view of L_core (LAPACK, or tiles on the fit's threads)
+        chol, info = dense_cholesky(core)
         if info:
             raise NotPositiveDefiniteRest("the dense core of the rest block is not positive definite")
         self.chol = chol
@@ -301,7 +302,7 @@ class RoundsFactor:
     def selected_inverse(self) -> np.ndarray:
         """``S^{-1}`` on the plan's lower pattern (values aligned with its keys)."""
         plan = self.plan
-        inv, info = lapack.dpotri(self.chol, lower=0)
+        inv, info = dense_cholesky_inverse(self.chol)
         if info:
             raise NotPositiveDefiniteRest("potri failed on the dense core")
         # potri fills the upper triangle of the Fortran factor, i.e. the lower in C order.

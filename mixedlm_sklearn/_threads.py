@@ -6,7 +6,10 @@ synchronises them by spinning; on a machine whose cores are busy (another proces
 cross-validation running folds in parallel) that made a 1,142-row Cholesky 30x and a
 9 x 9 by 9 x 20,000 product 100x slower than on one thread (measured here). So the
 package's numerical work runs with BLAS on one thread, and parallelism, where it pays,
-comes from the package's own threads over blocks of levels.
+comes from the package's own threads over blocks of levels and, for the Cholesky factor
+and inverse of a large dense block, over its tiles (:mod:`._tiled`). Handing those two
+LAPACK calls to OpenBLAS's own threads instead (the limit raised for each call) made fits
+up to 11x slower at load 4-8 on 2 cores: its threads wait for each other by spinning.
 
 OpenBLAS has no per-thread setting (``openblas_set_num_threads_local`` of the pthreads
 build that numpy and scipy ship changes the global count: measured), so the limit is

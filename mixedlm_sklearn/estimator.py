@@ -197,10 +197,15 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
     n_jobs : int, optional
         Threads of the fit (joblib's convention: None is 1, -1 every core): the pass over
         the rows and the algebra over the levels of the largest factor run in blocks, one
-        per thread (numpy and scipy release the GIL there). The results are identical to
+        per thread (numpy and scipy release the GIL there); the results are identical to
         one thread's, bit for bit. It pays only at the largest sizes (measured on 2 cores:
         no gain at 10^5-10^6 rows; at 10^7 rows and 200,000 levels the optimiser 1.3x
-        faster); BLAS stays on one thread either way.
+        faster). BLAS stays on one thread. The Cholesky factor and inverse of a crossed
+        design's dense block of order 1,200 or more (e.g. a few thousand items) then run
+        in tiles on these threads, whose sums run in another order than LAPACK's: the fit
+        agrees with one thread's to rounding (measured: log-likelihood identical,
+        estimates to 1.6e-14 relative; tested to 1e-10) and is the same for any
+        ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
@@ -28,6 +29,7 @@ from ._glmm import PIRLSDivergence, GLMMDeviance, fit_glmm, glm_start
 from ._model import FittedModel
 from ._table import ResultTable
 from ._terms import Term, Terms
+from ._threads import level_threads
 from ._validation import (
     as_design,
     caller_stacklevel,
@@ -63,6 +65,7 @@ class _MixedGLMBase(MixedModelBase):
         "tol": [Interval(Real, 0, None, closed="neither")],
         "verbose": ["verbose"],
         "formula": [str, None],
+        "n_jobs": [Integral, None],
     }
 
     def _family_link(self):
@@ -739,6 +742,14 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
     formula : str, optional
         An lme4 formula; ``X`` is then a DataFrame with the formula's variables (grouping
         factors included), as :class:`MixedLMRegressor`'s ``formula``.
+    n_jobs : int, optional
+        Threads of the fit (joblib's convention: None is 1, -1 every core), as
+        :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
+        factor in slices, and the Cholesky factor and inverse of a crossed design's dense
+        block (order 1,200 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        one thread. The tiles sum in another order than LAPACK: the fit agrees with one
+        thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
+        relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------
@@ -827,7 +838,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
 
     def __init__(self, link: str = "logit", n_agq: int = 1, fit_intercept: bool = True,
                  cov_type: str | dict = "unstructured", max_iter: int = 1000, tol: float = 1e-8,
-                 verbose: int = 0, formula: str | None = None) -> None:
+                 verbose: int = 0, formula: str | None = None, n_jobs: int | None = None) -> None:
         self.formula = formula
         self.link = link
         self.n_agq = n_agq
@@ -836,6 +847,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+        self.n_jobs = n_jobs
 
     _formula_labels = True  # formula mode: y holds class labels
 
@@ -914,7 +926,7 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
                              f"{np.shape(y)}. Several responses with one design are fitted for "
                              "counts (MixedGLMRegressor(family='poisson' or 'negative_binomial')); "
                              "fit each binary response on its own.")
-        with _refitting(self), clean_failure():
+        with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
             return self._fit_either(X, y, groups, Z, sample_weight, offset, context)
 
     def decision_function(self, X: Any, *, groups: Any = None, Z: Any = None,
@@ -1258,6 +1270,14 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         Values at which to hold the family's parameters (R's names: ``{"theta": 2.0}``
         for the negative binomial, as MASS's ``negative.binomial(theta)``;
         ``{"shape": 3.0}`` for Gamma); the ones not given are estimated.
+    n_jobs : int, optional
+        Threads of the fit (joblib's convention: None is 1, -1 every core), as
+        :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
+        factor in slices, and the Cholesky factor and inverse of a crossed design's dense
+        block (order 1,200 or more, e.g. a few thousand items) in tiles; BLAS stays on
+        one thread. The tiles sum in another order than LAPACK: the fit agrees with one
+        thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
+        relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
 
     Attributes
     ----------
@@ -1338,7 +1358,8 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
     def __init__(self, family: str = "poisson", link: str | None = None, n_agq: int = 1,
                  fit_intercept: bool = True, cov_type: str | dict = "unstructured",
                  max_iter: int = 1000, tol: float = 1e-8, verbose: int = 0,
-                 formula: str | None = None, family_params: dict | None = None) -> None:
+                 formula: str | None = None, family_params: dict | None = None,
+                 n_jobs: int | None = None) -> None:
         self.formula = formula
         self.family = family
         self.family_params = family_params
@@ -1349,6 +1370,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+        self.n_jobs = n_jobs
 
     def _family_link(self):
         return family_and_link(self.family, self.link, self.family_params)
@@ -1467,7 +1489,7 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         """
         from .inference.many import is_multi_output
 
-        with _refitting(self), clean_failure():
+        with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
             if is_multi_output(y) and self.formula is None:
                 # ---- several responses: inference/many_glmm.py ----
                 from .inference.many_glmm import fit_count_responses

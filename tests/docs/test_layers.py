@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 # flat modules are listed with the sub-package they move to (design of issues 23-24, 5.1).
 LAYERS: dict[str, int] = {
     # 0: leaves (-> _util/, _table.py, and the public helpers that import nothing of ours)
-    "_util": 0, "_threads": 0, "_batched": 0, "_table": 0, "_fit_text": 0, "design": 0, "datasets": 0,
+    "_util": 0, "_threads": 0, "_batched": 0, "_tiled": 0, "_table": 0, "_fit_text": 0, "design": 0, "datasets": 0,
     # 1: the engine (-> _engine/)
     "_engine": 1, "_terms": 1, "_rounds": 1, "_factor": 1, "_crossprod": 1, "_deviance": 1,
     "_iterative": 1, "_glmm": 1, "_basis": 1, "_batched_refit": 1, "_optimize": 1, "_model": 1,
