@@ -187,6 +187,13 @@ def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[n
     small fit, so each shape's are drawn once."""
     eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape] + [np.zeros(0)])
     eta = np.zeros(n_eta)
+    if not shape:
+        # no random effects: the starts differ only in theta, so they are one point (the
+        # same local search ten times over, e.g. generalised least squares with a
+        # correlation, whose joint search runs the other starts)
+        start = eta.copy()
+        start.flags.writeable = False
+        return (start,)
     starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
     for _ in range(_RANDOM_STARTS):
