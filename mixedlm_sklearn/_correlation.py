@@ -1418,7 +1418,7 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     components, and :class:`FittedCorrelation` keeps them instead of the rows.
     """
     from ._model import minimise
-    from ._optimize import ITERATION_LIMIT
+    from ._optimize import ITERATION_LIMIT, local_minimum
     from ._threads import single_threaded_blas
 
     st, rows = comps.structure, comps.rows
@@ -1440,7 +1440,7 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
             u0, x0, _ = start
             x0 = np.append(np.asarray(x0, dtype=float)[:n_in], np.clip(u0, lo, hi))
         else:
-            best, x0 = np.inf, None
+            best, x0, previous = np.inf, None, None
             inner, outer = _search_grid(lo, hi)
             for i, u in enumerate(np.concatenate([inner, outer])):
                 at, extra = held(u)
@@ -1448,23 +1448,43 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
                 # fit (a degenerate R is reached with other random effects: another basin)
                 near_bound = i >= inner.size
                 try:
-                    sol, _ = minimise(at, None if (x0 is None or near_bound) else x0[:-1],
-                                      max_iter=max_iter, tol=tol, search=near_bound,
-                                      multistart=False)
+                    if near_bound:
+                        sol, _ = minimise(at, None, max_iter=max_iter, tol=tol, search=True,
+                                          multistart=False)
+                        x_at, value = sol.x, float(sol.deviance)
+                    else:
+                        # a grid point only chooses the start, which is fitted in full
+                        # below: one local search, without the fit's settling and check
+                        x_at, value = local_minimum(at, previous, max_iter=max_iter, tol=tol)
+                        # the next point starts here, unless a variance ended on its bound
+                        # (the deviance is even there: a gradient method would stay): then
+                        # from the last point that ended inside
+                        on_bound = x_at[:dev.n_theta] <= at.lower_bounds()[:dev.n_theta]
+                        previous = previous if on_bound.any() else x_at
                 except (ValueError, FloatingPointError, np.linalg.LinAlgError):
                     continue
-                value = float(sol.deviance) + extra
+                value += extra
                 # next to a bound only a clear gain counts (a ridge of equal heights, as
                 # compound symmetry next to a random intercept, keeps its interior point)
                 margin = _BOUND_GAIN if near_bound else 0.0
                 if np.isfinite(value) and value < best - margin:
-                    best, x0, best_dev = value, np.append(sol.x, u), at
+                    best, x0, best_dev = value, np.append(x_at, u), at
             if x0 is not None:
                 # theta's other starts (small problems) at the best grid point, where the
                 # deviance in theta alone takes Newton steps; then the joint search from it
                 sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
                 x0 = np.append(sol.x, x0[-1])
-        sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True, multistart=start is None)
+        # the small-problem other starts: without strata in theta at the joint estimate of
+        # u (_other_basins); with strata, or without a start from the grid (every grid
+        # point failed), by the joint search itself, in (theta, eta, u) (on Orthodont with
+        # a variance per age the joint starts reach the basin where the variance at age 10
+        # runs to 0 at Phi 0.67, and those in (theta, eta) at the first estimate of Phi,
+        # near 0, do not)
+        in_theta = start is None and x0 is not None and not dev.n_ratios
+        sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True,
+                             multistart=start is None and not in_theta)
+        if in_theta:
+            sol, info = _other_basins(dev, held, sol, info, max_iter, tol)
         if not info.converged and not info.message.startswith(ITERATION_LIMIT):
             # a Hessian singular in a direction that moves u: a ridge of equal optima
             # (compound symmetry next to a random intercept) or a likelihood running off
@@ -1497,6 +1517,43 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     fitted = FittedCorrelation(data, value, u_hat, group_name, (lo, hi), reml, float(wsol.deviance),
                                solver, max_iter, tol, None if data is not None else comps)
     return wdev, wsol, info, fitted
+
+
+# At most this many times the joint search follows a lower minimum in theta found at its
+# estimate of u, and the gain in deviance that counts as lower (beyond the polish's digits).
+_MAX_BASINS = 3
+_BASIN_GAIN = 1e-8
+
+
+def _other_basins(dev: "JointDeviance", held, sol, info, max_iter: int, tol: float):
+    """The joint search's answer ``(sol, info)`` moved to a lower basin where the other
+    starts find one (rows without strata).
+
+    The other starts of small problems (:func:`._optimize.fit`) run in theta at the joint
+    estimate of ``u`` (``held(u)``: the deviance in theta there and what to add to it),
+    where the deviance in theta alone runs them batched with Newton steps, instead of in
+    ``(theta, u)`` (nine searches by L-BFGS-B, about half of a small fit). A minimum in
+    theta lower than the joint answer's lies in another basin of ``(theta, u)`` (e.g. a
+    singular random-effects covariance next to a non-singular one, each at its own
+    correlation), which the joint search then follows from there; its answer is checked
+    the same way."""
+    from ._model import minimise
+
+    for _ in range(_MAX_BASINS):
+        u = float(sol.x[-1])
+        at, extra = held(u)
+        try:
+            other, _ = minimise(at, sol.x[:-1], max_iter=max_iter, tol=tol, search=True)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            break
+        if not float(other.deviance) + extra < float(sol.deviance) - _BASIN_GAIN:
+            break
+        moved, moved_info = minimise(dev, np.append(other.x, u), max_iter=max_iter, tol=tol,
+                                     search=True, multistart=False)
+        if not moved.deviance < sol.deviance:
+            break
+        sol, info = moved, moved_info
+    return sol, info
 
 
 def _whitened_deviance(comps: Components, u: float, reml: bool) -> tuple:

@@ -786,6 +786,36 @@ def fit(
     return solution, info
 
 
+def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1000,
+                  tol: float = 1e-8) -> tuple[np.ndarray, float]:
+    """One local search of :func:`fit` (its whitened basis and start), without the
+    safeguards, the settling and the convergence check: ``(x, deviance)`` where the search
+    stopped, in lme4's basis.
+
+    For a point that only chooses a start (the correlation's grid, :mod:`._correlation`):
+    the Newton steps of the search reach the minimum to the deviance's rounding, and the
+    check's finite-difference Hessian (``n_theta + 1`` gradients) would confirm what the
+    fit from the chosen start checks again."""
+    if dev.n_params == 0:
+        return np.empty(0), float(dev(np.empty(0)))
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
+    if x0 is None:
+        theta0 = _moment_start(basis.white)
+        if theta0 is None:
+            theta0 = dev.terms.identity_theta()
+        residual = dev.residual_start()
+        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
+    else:
+        start = basis.from_original(np.asarray(x0, dtype=float))
+    res = _local(_Tracker(white), start, max_iter, tol)
+    x = basis.to_original(res.x)
+    try:
+        return x, float(dev(x))
+    except NotPositiveDefinite:
+        return x, np.inf
+
+
 # ---- a stochastic (fixed-probe) deviance ----------------------------------------------------
 
 # Below this Newton decrement full steps are taken without a line search: the predicted
