@@ -820,6 +820,9 @@ class JointDeviance(Deviance):
         self.held = None if held is None else float(held)
         self.n_ratios = comps.n_strata - 1
         self.n_eta = self.n_ratios + (held is None)
+        # the components' weights and log|R| at the last (u, eta): an evaluation and its
+        # gradient both need them
+        self._at: tuple | None = None
 
     @property
     def strata_counts(self) -> np.ndarray:
@@ -854,15 +857,26 @@ class JointDeviance(Deviance):
         u = self.held if self.held is not None else float(x[self.n_theta + self.n_ratios])
         return x[:self.n_theta], eta, u
 
+    def _weights_at(self, u: float, eta: np.ndarray) -> tuple:
+        """:meth:`Components.weights` and :meth:`Components.logdet` at ``(u, eta)``, kept for
+        the last pair."""
+        if self._at is None or self._at[0] != u or not np.array_equal(self._at[1], eta):
+            comps = self.components
+            weights = comps.weights(u, eta)
+            for a in weights:  # shared by the evaluation and its gradient: not to be changed
+                a.flags.writeable = False
+            self._at = (u, eta.copy(), weights, comps.logdet(u))
+        return self._at[2], self._at[3]
+
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``theta`` and the components' weights."""
         theta, eta, u = self._parts(x)
-        return theta, self.components.weights(u, eta)[0]
+        return theta, self._weights_at(u, eta)[0][0]
 
     def log_jacobian(self, x: np.ndarray) -> float:
         """``log|R| + log|S|`` at ``x``."""
         _, eta, u = self._parts(x)
-        return self.components.logdet(u)[0] + 2.0 * float(self.components.strata_counts @ eta)
+        return self._weights_at(u, eta)[1][0] + 2.0 * float(self.components.strata_counts @ eta)
 
     def _evaluate(self, x: np.ndarray):
         x = np.asarray(x, dtype=float)
@@ -876,11 +890,11 @@ class JointDeviance(Deviance):
         _, eta, u = self._parts(pt.x)
         d = self._weight_derivatives(pt, LV, R, gamma)
         comps = self.components
-        _, dw, jac = comps.weights(u, eta)
+        (_, dw, jac), logdet = self._weights_at(u, eta)
         out = d @ jac + 2.0 * comps.strata_counts
         out[0] = 0.0
         if self.held is None:
-            out = np.append(out, float(d @ dw) + comps.logdet(u)[1])
+            out = np.append(out, float(d @ dw) + logdet[1])
         return out
 
     def solution(self, x: np.ndarray):
