@@ -809,11 +809,12 @@ def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1
     else:
         start = basis.from_original(np.asarray(x0, dtype=float))
     res = _local(_Tracker(white), start, max_iter, tol)
-    x = basis.to_original(res.x)
-    try:
-        return x, float(dev(x))
-    except NotPositiveDefinite:
-        return x, np.inf
+    # the deviances of the two bases differ by a constant: ``[X y] / xy_scale`` divides
+    # ``r2`` by ``s_y^2`` and (REML) ``|X'V^{-1}X|`` by ``prod s_j^2``; ``Z_k P_k`` with
+    # theta mapped leaves ``log|M|`` as it is (one evaluation fewer per point)
+    log_scale = np.log(basis.xy_scale)
+    shift = 2.0 * dev.dof * log_scale[-1] + (2.0 * float(log_scale[:-1].sum()) if dev.reml else 0.0)
+    return basis.to_original(res.x), float(res.fun) + shift
 
 
 # ---- a stochastic (fixed-probe) deviance ----------------------------------------------------
