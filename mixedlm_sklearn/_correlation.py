@@ -1458,8 +1458,9 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
             inner, outer = _search_grid(lo, hi)
             for i, u in enumerate(np.concatenate([inner, outer])):
                 at, extra = held(u)
-                # inside, a local search from the best so far; next to the bounds a full
-                # fit (a degenerate R is reached with other random effects: another basin)
+                # inside, a local search from the previous point's theta; next to the
+                # bounds a full fit (a degenerate R is reached with other random effects:
+                # another basin)
                 near_bound = i >= inner.size
                 try:
                     if near_bound:
