@@ -187,6 +187,13 @@ def _extra_starts_of(shape: tuple[tuple[int, bool], ...], n_eta: int) -> tuple[n
     small fit, so each shape's are drawn once."""
     eye = np.concatenate([theta_from_lambda(np.eye(q), diagonal) for q, diagonal in shape] + [np.zeros(0)])
     eta = np.zeros(n_eta)
+    if not shape:
+        # no random effects: the starts differ only in theta, so they are one point (the
+        # same local search ten times over, e.g. generalised least squares with a
+        # correlation, whose joint search runs the other starts)
+        start = eta.copy()
+        start.flags.writeable = False
+        return (start,)
     starts = [np.concatenate([s * eye, eta]) for s in _EXTRA_STARTS]
     rng = np.random.default_rng(_MULTISTART_SEED)
     for _ in range(_RANDOM_STARTS):
@@ -777,6 +784,37 @@ def fit(
         message = "converged: scaled gradient below tolerance"
     info = OptimizerInfo(converged, message, int(n_iter), int(n_fev), float(scaled), at_bound)
     return solution, info
+
+
+def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1000,
+                  tol: float = 1e-8) -> tuple[np.ndarray, float]:
+    """One local search of :func:`fit` (its whitened basis and start), without the
+    safeguards, the settling and the convergence check: ``(x, deviance)`` where the search
+    stopped, in lme4's basis.
+
+    For a point that only chooses a start (the correlation's grid, :mod:`._correlation`):
+    the Newton steps of the search reach the minimum to the deviance's rounding, and the
+    check's finite-difference Hessian (``n_theta + 1`` gradients) would confirm what the
+    fit from the chosen start checks again."""
+    if dev.n_params == 0:
+        return np.empty(0), float(dev(np.empty(0)))
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
+    if x0 is None:
+        theta0 = _moment_start(basis.white)
+        if theta0 is None:
+            theta0 = dev.terms.identity_theta()
+        residual = dev.residual_start()
+        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
+    else:
+        start = basis.from_original(np.asarray(x0, dtype=float))
+    res = _local(_Tracker(white), start, max_iter, tol)
+    # the deviances of the two bases differ by a constant: ``[X y] / xy_scale`` divides
+    # ``r2`` by ``s_y^2`` and (REML) ``|X'V^{-1}X|`` by ``prod s_j^2``; ``Z_k P_k`` with
+    # theta mapped leaves ``log|M|`` as it is (one evaluation fewer per point)
+    log_scale = np.log(basis.xy_scale)
+    shift = 2.0 * dev.dof * log_scale[-1] + (2.0 * float(log_scale[:-1].sum()) if dev.reml else 0.0)
+    return basis.to_original(res.x), float(res.fun) + shift
 
 
 # ---- a stochastic (fixed-probe) deviance ----------------------------------------------------

@@ -1130,3 +1130,18 @@ def test_profile_of_sigma_with_strata_varying_within_groups_equals_the_dense_pro
         assert excess(a) * excess(b) < 0
         brute = optimize.brentq(excess, a, b, xtol=1e-9 * end)
         np.testing.assert_allclose(end, brute, rtol=1e-4)
+
+
+def test_joint_fit_with_a_random_slope_keeps_the_joint_other_starts():
+    """AR(1) (phi 0.95) next to a random intercept and slope, REML (the design of the dense
+    test above, seed 104): the grid's best point leads the joint search to a non-singular
+    optimum at Phi 0.74 (log-likelihood -30.3731); the joint search's other starts from
+    u = 0 reach a singular covariance at Phi 0.95 (-30.3591), to which no start in theta
+    at Phi 0.74 leads, so the joint fit keeps them where a term has a slope. The dense
+    likelihood at our estimates is our log-likelihood."""
+    X, y, Z, codes, times = _random_design("ar1", 2, 0.95, seed=104)
+    est = MixedLMRegressor(correlation="ar1", reml=True).fit(X[:, 1:], y, groups=codes, Z=Z, time=times)
+    assert est.llf_ == pytest.approx(-30.35906485334902, abs=1e-7)
+    ours = _dense_deviance(X, y, Z, codes, times, "ar1", np.atleast_2d(est.cov_re_), est.scale_,
+                           est.correlation_params_["Phi"], True)
+    np.testing.assert_allclose(-2.0 * est.llf_, ours, rtol=1e-9, atol=1e-8)
