@@ -708,16 +708,7 @@ def fit(
         The fit at the optimum, in lme4's parametrisation.
     info : OptimizerInfo
     """
-    basis = Basis(dev.cp)
-    white = dev.in_basis(basis.P, basis.xy_scale)
-    if x0 is None:
-        theta0 = _moment_start(basis.white)
-        if theta0 is None:
-            theta0 = dev.terms.identity_theta()
-        residual = dev.residual_start()
-        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
-    else:
-        start = basis.from_original(np.asarray(x0, dtype=float))
+    basis, white, start = _whitened_start(dev, x0)
     shift = 0.0
     if callback is not None:  # report deviances on the caller's scale, not the whitened one
         shift = dev(basis.to_original(start)) - white(start)
@@ -786,6 +777,23 @@ def fit(
     return solution, info
 
 
+def _whitened_start(dev: Deviance, x0: np.ndarray | None):
+    """The whitened basis of the cross-products, the deviance in it and the start there:
+    ``x0`` mapped into it, or (None) the moment start of theta (the identity where there
+    is none) with the residual parameters' start."""
+    basis = Basis(dev.cp)
+    white = dev.in_basis(basis.P, basis.xy_scale)
+    if x0 is None:
+        theta0 = _moment_start(basis.white)
+        if theta0 is None:
+            theta0 = dev.terms.identity_theta()
+        residual = dev.residual_start()
+        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
+    else:
+        start = basis.from_original(np.asarray(x0, dtype=float))
+    return basis, white, start
+
+
 def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1000,
                   tol: float = 1e-8) -> tuple[np.ndarray, float]:
     """One local search of :func:`fit` (its whitened basis and start), without the
@@ -798,16 +806,7 @@ def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1
     fit from the chosen start checks again."""
     if dev.n_params == 0:
         return np.empty(0), float(dev(np.empty(0)))
-    basis = Basis(dev.cp)
-    white = dev.in_basis(basis.P, basis.xy_scale)
-    if x0 is None:
-        theta0 = _moment_start(basis.white)
-        if theta0 is None:
-            theta0 = dev.terms.identity_theta()
-        residual = dev.residual_start()
-        start = np.concatenate([theta0, _ratio_start(dev.cp) if residual is None else residual])
-    else:
-        start = basis.from_original(np.asarray(x0, dtype=float))
+    basis, white, start = _whitened_start(dev, x0)
     res = _local(_Tracker(white), start, max_iter, tol)
     # the deviances of the two bases differ by a constant: ``[X y] / xy_scale`` divides
     # ``r2`` by ``s_y^2`` and (REML) ``|X'V^{-1}X|`` by ``prod s_j^2``; ``Z_k P_k`` with

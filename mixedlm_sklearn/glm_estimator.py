@@ -1271,13 +1271,8 @@ class MixedGLMRegressor(RegressorMixin, _MixedGLMBase):
         for the negative binomial, as MASS's ``negative.binomial(theta)``;
         ``{"shape": 3.0}`` for Gamma); the ones not given are estimated.
     n_jobs : int, optional
-        Threads of the fit (joblib's convention: None is 1, -1 every core), as
-        :class:`MixedLMRegressor`'s ``n_jobs``: the algebra over the levels of the largest
-        factor in slices, and the Cholesky factor and inverse of a crossed design's dense
-        block (order 1,200 or more, e.g. a few thousand items) in tiles; BLAS stays on
-        one thread. The tiles sum in another order than LAPACK: the fit agrees with one
-        thread's to rounding (measured: log-likelihood identical, estimates to 2.5e-15
-        relative; tested to 1e-10) and is the same for any ``n_jobs > 1``, bit for bit.
+        Threads of the fit, as :class:`MixedGLMClassifier`'s ``n_jobs`` (joblib's
+        convention: None is 1, -1 every core).
 
     Attributes
     ----------
