@@ -187,21 +187,24 @@ def _rank(A: np.ndarray) -> int:
 def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
                             factors: Sequence[tuple[np.ndarray, np.ndarray]],
                             n_levels: Sequence[int], strata: np.ndarray,
-                            labels: Sequence) -> None:
-    """Refuse residual strata whose rows the fixed and random effects reproduce exactly.
+                            labels: Sequence, reml: bool = True) -> None:
+    """Refuse residual strata whose variance has no finite estimate: rows the fixed and
+    random effects reproduce exactly, with directions left over.
 
-    With a residual variance per stratum the likelihood is unbounded as stratum ``s``'s
-    variance goes to 0 when (i) the random effects leave a direction of the stratum's rows
-    free (``rank(Z_s) < n_s``: a covariance ``V`` with that stratum's variance at 0 is
-    singular there, so ``log|V|`` goes to minus infinity) and (ii) the residual can be
-    kept out of that direction, which holds exactly when ``y_s`` lies in the span of
-    ``[X_s Z_s]`` (then ``y_s - X_s b = Z_s u`` for some ``b``, ``u``). A residual
-    correlation within groups does not change this: the stratum's rows decouple as its
-    variance goes to 0. Whether the optimiser runs down that ridge or stops at a local
-    optimum beside it depends on rounding (the same data gave either on two machines),
-    so the design is checked before the fit. Strata whose rows need more than
-    :data:`EXACT_FIT_MAX_COLUMNS` columns (or number more than four times that) are left
-    to :func:`check_residual_variance`.
+    With a residual variance per stratum, let stratum ``s``'s variance go to 0. Where
+    ``y_s`` lies in the span of ``[X_s Z_s]`` (``y_s - X_s b = Z_s u`` for some ``b``,
+    ``u``), the residual stays out of the directions of the stratum's rows that the
+    random effects leave free, ``n_s - rank(Z_s)`` of them, along which ``log|V|`` goes
+    to minus infinity: the likelihood is unbounded when there is one. REML's
+    ``log|X'V^{-1}X|`` rises along those of them that ``X`` reaches, so the REML
+    criterion is unbounded only when ``rank([X_s Z_s]) < n_s``. A residual correlation
+    within groups does not change this: the stratum's rows decouple as its variance goes
+    to 0. Whether the optimiser runs down that ridge or stops at a local optimum beside it
+    depends on rounding (the same data gave either on two machines), so the design is
+    checked before the fit. Only strata with at most as many rows as columns of
+    ``[X_s Z_s]`` (at most :data:`EXACT_FIT_MAX_COLUMNS`) are checked: with more rows,
+    ``y_s`` in that span is a property of particular data (``y`` constant within groups),
+    left to :func:`check_residual_variance`.
 
     Parameters
     ----------
@@ -217,6 +220,8 @@ def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
         Stratum code of each row.
     labels : sequence
         Stratum labels, for the message.
+    reml : bool, default=True
+        Whether the fit is by REML.
 
     Examples
     --------
@@ -225,9 +230,9 @@ def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
     >>> X = np.column_stack([np.ones(9), np.arange(9.0)])
     >>> y = np.array([0.3, 1.2, -0.4, 2.0, 0.1, 0.8, -1.1, 0.5, 0.9])
     >>> Z = np.ones((9, 1))  # a random intercept
-    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], np.repeat([0, 1], [5, 4]), ["a", "b"])
     >>> strata = np.array([0, 0, 1, 0, 0, 1, 0, 1, 1])  # stratum 'b': 1, 1 and 2 rows per group
-    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], strata, ["a", "b"])
+    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], strata, ["a", "b"], reml=True)  # bounded
+    >>> check_stratum_exact_fit(X, y, [(g, Z)], [3], strata, ["a", "b"], reml=False)
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -236,26 +241,28 @@ def check_stratum_exact_fit(X: np.ndarray, y: np.ndarray,
     for s, label in enumerate(labels):
         rows = np.flatnonzero(strata == s)
         n_s = rows.size
-        if n_s < 2 or n_s > 4 * EXACT_FIT_MAX_COLUMNS:
+        if n_s < 2 or n_s > EXACT_FIT_MAX_COLUMNS:
             continue
         # the stratum's own levels: [X Z] on its rows without the columns of other levels
         local = [np.unique(codes[rows], return_inverse=True) for codes, _ in factors]
         n_columns = X.shape[1] + sum(u.size * Z.shape[1] for (u, _), (_, Z) in zip(local, factors))
-        if n_columns > EXACT_FIT_MAX_COLUMNS:
+        if n_columns < n_s:
             continue
         Zs = _dense_design(np.zeros((n_s, 0)), [(inv, Z[rows]) for (_, inv), (_, Z)
                                                  in zip(local, factors)], [u.size for u, _ in local])
-        if _rank(Zs) >= n_s:  # (i) fails: every direction of the rows has a random effect
-            continue
         Ys = np.column_stack([X[rows], Zs])
-        ys = y[rows]
-        if _rank(np.column_stack([Ys, ys])) == _rank(Ys):
+        rank = _rank(Ys)
+        if _rank(np.column_stack([Ys, y[rows]])) > rank:
+            continue  # y_s is not in the span: the residual reaches every free direction
+        free = n_s - (rank if reml else _rank(Zs))
+        if free > 0:
             raise ValueError(
                 f"the residual variance of stratum {label!r} has no finite estimate: the fixed "
                 f"and random effects reproduce that stratum's {n_s} rows exactly (y in the span "
-                "of [X Z] on them, with a direction no random effect covers), so the likelihood "
-                "grows without bound as that variance goes to 0; merge the stratum with another, "
-                "or simplify the random effects")
+                "of [X Z] on them, with a direction no random effect covers), so the "
+                f"{'REML criterion' if reml else 'likelihood'} grows without bound as that "
+                "variance goes to 0; merge the stratum with another, or simplify the random "
+                "effects")
 
 
 def check_residual_variance(scale: float, xyxy: np.ndarray, n_obs: int,

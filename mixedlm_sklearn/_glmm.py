@@ -1109,12 +1109,15 @@ def _from_other_starts(dev: GLMMDeviance, x: np.ndarray, max_iter: int, ftol: fl
             if limited:  # leads below the first answer: search on
                 z, nit, limited = _lbfgsb(dev, z, max_iter, ftol)
                 n_iter += nit
-        except PIRLSDivergence:  # PIRLS breaks down from this start: not a candidate
+        except (PIRLSDivergence, NotPositiveDefinite):  # breaks down here: not a candidate
             continue
         value = _safe(dev, z)[0]
         if value < best - margin:
             best, found = value, (z, limited)
     if found is None:
+        # the first answer goes on from its own modes, not the last start's (PIRLS is warm
+        # started from the last modes: the settling would otherwise depend on the starts)
+        dev.restore(center)
         return None, n_iter, False
     return found[0], n_iter, found[1]
 
@@ -1285,16 +1288,25 @@ def _fit_family(dev: GLMMDeviance, x0: np.ndarray, max_iter: int, ftol: float,
     """
     (name,) = dev.family.free
     lo, hi = _LOG_FAMILY_RANGE
-    first = [multistart]
 
     def inner(dev, x):
-        # the other starts at the first value of phi only: the later fits start from the
-        # last answer, at a nearby phi
-        sol, info = _fit_theta_beta(dev, x, max_iter, ftol, first[0])
-        first[0] = False
+        # every point of the profile the same way (warm started from the last answer, no
+        # other starts): a profile whose first point alone had them is not one function,
+        # and its search stopped short of its own maximum (a small (x | g) NB design)
+        sol, info = _fit_theta_beta(dev, x, max_iter, ftol, False)
         return sol.deviance, sol.x, (sol, info)
 
     best, (value, _, (sol, info)), res = _search_family(dev, x0, inner)
+    if multistart:
+        # the other starts at the estimate of phi; a lower minimum there is another basin
+        # of the profile, searched again from it
+        lower, _, _ = _from_other_starts(dev, sol.x, max_iter, ftol)
+        if lower is not None:
+            again = _search_family(dev, lower, inner, s0=best, width=0.05)
+            if again[1][0] < value:
+                best, (value, _, (sol, info)), res = again
+            else:
+                dev.set_family_values({name: np.exp(best)})
     with single_threaded_blas():
         sol = dev.solution(sol.x)
         H = _joint_hessian(dev, sol.x, name, best, info.at_bound)

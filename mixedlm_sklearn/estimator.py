@@ -838,7 +838,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             if design is not None and len(terms):
                 X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
                 check_stratum_exact_fit(X_fit, design.y, design.factors,
-                                        [t.n_levels for t in terms], design.strata, strata_labels)
+                                        [t.n_levels for t in terms], design.strata, strata_labels,
+                                        reml=self.reml)
         started = time.perf_counter()
         callback = _print_iteration if self.verbose and len(terms) else None
         try:

@@ -46,7 +46,7 @@ from .._table import ResultTable, _blocks, format_real
 from ._emm_spec import CONTRAST_METHODS, EmmSpec, parse_emm_spec
 from ._parameters import fitted_model
 from ._protocol import choose_df
-from .kenward_roger import kenward_roger_model
+from .kenward_roger import kenward_roger_model, kenward_roger_refusal
 from .satterthwaite import varpar_model
 
 __all__ = ["emmeans", "ReferenceGrid", "EMMeans", "EMMeansContrasts", "EmmeansTable",
@@ -1020,7 +1020,7 @@ def emmeans(est: Any, specs: str | Sequence[str], by: str | Sequence[str] | None
                          "grid is made of the levels of the model's factors")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    ddf = _emmeans_df(model, ddf)
     type = _check_type(type)
     spec = parse_emm_spec(specs, by)
     grid = reference_grid(frame, at)
@@ -1211,7 +1211,7 @@ def joint_tests(est: Any, by: str | Sequence[str] | None = None,
     if model.rank is not None:
         raise ValueError("joint_tests is not available for a fit that dropped aliased fixed "
                          f"effects ({model.rank.dropped_names}); refit without them")
-    ddf = choose_df(model, ddf, ("kenward-roger", "satterthwaite", "asymptotic"))
+    ddf = _emmeans_df(model, ddf)
     by = [] if by is None else [by] if isinstance(by, str) else list(by)
     base = reference_grid(frame)
     unknown = [b for b in by if b not in base.grid.columns]
@@ -1281,3 +1281,14 @@ def joint_tests(est: Any, by: str | Sequence[str] | None = None,
     table = _table(out, [], by)
     table.formats["df1"] = "int"
     return table
+
+
+def _emmeans_df(model: Any, ddf: str | None) -> str:
+    """emmeans' df method: the one asked for, else Kenward-Roger's (emmeans' default for
+    lmer fits) where it can be computed, else Satterthwaite's (a fit by ML, or beyond
+    Kenward-Roger's size limits: emmeans itself falls back past ``pbkrtest.limit``)."""
+    preference = ("kenward-roger", "satterthwaite", "asymptotic")
+    chosen = choose_df(model, ddf, preference)
+    if ddf is None and chosen == "kenward-roger" and kenward_roger_refusal(model) is not None:
+        chosen = choose_df(model, None, preference[1:])
+    return chosen

@@ -112,6 +112,7 @@ from scipy import linalg, stats
 
 from ._parameters import fitted_model
 from ._protocol import require
+from .._correlation import MAX_KR_COST
 
 __all__ = [
     "RandomBlock",
@@ -803,6 +804,40 @@ MAX_DIMENSION = 5_000
 MAX_RESIDUAL_ENTRIES = 3e8
 
 
+def kenward_roger_refusal(model: Any) -> str | None:
+    """Why :func:`kenward_roger_model` refuses a fitted model (a fit by ML, no random
+    effects, dense algebra beyond the size limits), or None; checked without computing the
+    adjustment, so that a default df method (emmeans') can fall back to Satterthwaite's."""
+    if not model.reml:
+        return ("Kenward-Roger's adjustment is defined at REML estimates and this model was "
+                "fitted by maximum likelihood: refit it with reml=True (pbkrtest refits such a "
+                "model by REML behind the scenes)")
+    if not len(model.terms) and model.correlation is None:
+        return ("Kenward-Roger needs random effects: this model has none (least squares); its "
+                "t and F tests are exact with n - p df")
+    dimension = model.cross_products.p + sum(t.size for t in model.terms)
+    if dimension > MAX_DIMENSION:
+        return (f"Kenward-Roger works with dense matrices of size p + N = {dimension} (fixed "
+                f"plus random effects), above the limit {MAX_DIMENSION}; use "
+                "ddf='satterthwaite', whose cost does not grow with N")
+    data = None if model.correlation is None else model.correlation.data
+    if data is not None:
+        rows = data.rows
+        cost = float(np.sum(rows.sizes.astype(float) ** 3)) * (data.n_strata + 1)
+        if cost > MAX_KR_COST:
+            return (f"Kenward-Roger's adjustment with correlated residuals works with dense "
+                    f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is "
+                    f"above the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
+                    "ddf='satterthwaite'")
+        k = data.n_strata + 1
+        if (k * (k + 1) + k + 1) * dimension * dimension > MAX_RESIDUAL_ENTRIES:
+            return (f"Kenward-Roger with correlated residuals and {data.n_strata} residual strata "
+                    f"holds {k * (k + 1) + k + 1} dense matrices of size p + N = {dimension}, "
+                    f"above the limit of {MAX_RESIDUAL_ENTRIES:.3g} entries; use "
+                    "ddf='satterthwaite'")
+    return None
+
+
 def kenward_roger_model(est: Any) -> KenwardRoger:
     """The Kenward-Roger quantities of a fitted model, at its REML estimates.
 
@@ -846,18 +881,9 @@ def kenward_roger_model(est: Any) -> KenwardRoger:
     ([17.0, 17.0], True)
     """
     model = require(fitted_model(est), "kenward-roger")
-    if not model.reml:
-        raise ValueError("Kenward-Roger's adjustment is defined at REML estimates and this model "
-                         "was fitted by maximum likelihood: refit it with reml=True (pbkrtest "
-                         "refits such a model by REML behind the scenes)")
-    if not len(model.terms) and model.correlation is None:
-        raise ValueError("Kenward-Roger needs random effects: this model has none (least "
-                         "squares); its t and F tests are exact with n - p df")
-    dimension = model.cross_products.p + sum(t.size for t in model.terms)
-    if dimension > MAX_DIMENSION:
-        raise ValueError(f"Kenward-Roger works with dense matrices of size p + N = {dimension} "
-                         f"(fixed plus random effects), above the limit {MAX_DIMENSION}; use "
-                         "ddf='satterthwaite', whose cost does not grow with N")
+    reason = kenward_roger_refusal(model)
+    if reason is not None:
+        raise ValueError(reason)
     # once per fit: summary, anova, wald_test and emmeans share it (a correlated fit's costs
     # seconds on 10^4 rows)
     if "kenward-roger" not in model.derived:
@@ -930,13 +956,7 @@ def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualPara
         Yx = expand(Y)
         K = [product(Yx, Y, stratum == s) for s in range(data.n_strata)]
         return inputs_of(K, [int(np.sum(stratum == s)) for s in range(data.n_strata)], labels), None
-    k = data.n_strata + 1
-    D = p + sum(q * m for q, m in zip(qs, n_levels))
-    if (k * (k + 1) + k + 1) * D * D > MAX_RESIDUAL_ENTRIES:
-        raise ValueError(
-            f"Kenward-Roger with correlated residuals and {data.n_strata} residual strata holds "
-            f"{k * (k + 1) + k + 1} dense matrices of size p + N = {D}, above the limit of "
-            f"{MAX_RESIDUAL_ENTRIES:.3g} entries; use ddf='satterthwaite'")
+    k = data.n_strata + 1  # (the size limit is kenward_roger_refusal's)
     pr = data.kr_products(fitted.value, sigma2)
     left = expand(pr.inverse)  # V_e^{-1}Y
     firsts = [product(left, pr.first[a]) for a in range(k)]

@@ -1005,6 +1005,42 @@ def test_a_stratum_the_random_slopes_fit_exactly_is_refused():
     assert not hasattr(est, "model_")
 
 
+
+def test_a_stratum_reproduced_exactly_is_bounded_under_reml():
+    """A random intercept, a stratum of three rows (two in one group): the fixed and random
+    effects span them with one direction no random effect covers, so the likelihood is
+    unbounded as the stratum's variance goes to 0 (ML: refused), but REML's log|X'V^-1X|
+    rises along that direction as fast (rank [X_s Z_s] = n_s): the REML criterion has an
+    interior optimum, which the fit reaches (a dense REML deviance minimised from several
+    starts by Nelder-Mead, then BFGS)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(12), 4)
+    n = g.size
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + rng.normal(size=12)[g] + rng.normal(size=n)
+    strata = np.zeros(n, dtype=int)
+    strata[[0, 1, 4]] = 1
+    with pytest.raises(ValueError, match="residual variance of stratum 1 has no finite"):
+        MixedLMRegressor(reml=False).fit(x[:, None], y, groups=g, residual_groups=strata)
+    est = MixedLMRegressor().fit(x[:, None], y, groups=g, residual_groups=strata)
+    X = np.column_stack([np.ones(n), x])
+    Z = (g[:, None] == np.arange(12)).astype(float)
+
+    def reml_deviance(par):
+        tau2, s0, s1 = np.exp(par)
+        V = tau2 * Z @ Z.T + np.diag(np.where(strata == 1, s1, s0))
+        Vi = np.linalg.inv(V)
+        A = X.T @ Vi @ X
+        beta = np.linalg.solve(A, X.T @ Vi @ y)
+        r = y - X @ beta
+        return (np.linalg.slogdet(V)[1] + np.linalg.slogdet(A)[1] + r @ Vi @ r
+                + (n - 2) * np.log(2 * np.pi))
+
+    starts = [np.log([1.0, 1.0, 1.0]), np.log([0.5, 1.5, 0.2]), np.log([2.0, 0.8, 2.0])]
+    best = _lowest_from(reml_deviance, starts, 4000)
+    assert est.converged_ and est.residual_var_[1] > 1e-3
+    np.testing.assert_allclose(-2 * est.llf_, best, rtol=1e-9)
+
 def test_outer_search_with_strata_equals_the_joint_fit(monkeypatch):
     """Strata constant within each group: the rows whitened by the correlation keep their
     stratum, so the outer search (whole fits of the whitened rows, the strata as row

@@ -320,3 +320,24 @@ def test_means_print_as_emmeans_prints_them():
     assert emm._repr_html_() == emm.table._repr_html_()
     both = emmeans(fit, "pairwise ~ Sex")
     assert repr(both).startswith("$emmeans\n") and "$contrasts" in both._repr_html_()
+
+
+def test_the_default_df_falls_back_to_satterthwaite_where_kenward_roger_is_refused(monkeypatch):
+    """emmeans' default df is Kenward-Roger's; for a fit by ML (Kenward-Roger is defined at
+    REML estimates) or beyond its size limits the default is Satterthwaite's, the table
+    the same as asked for by name, while asking for Kenward-Roger still says why not."""
+    import mixedlm_sklearn.inference.kenward_roger as kr_module
+    from mixedlm_sklearn import lmer
+    from mixedlm_sklearn.datasets import load_orthodont
+
+    d = load_orthodont()
+    ml = lmer("distance ~ age + Sex + (1 | Subject)", d, reml=False)
+    default, named = ml.emmeans("Sex"), ml.emmeans("Sex", ddf="satterthwaite")
+    assert str(default) == str(named)
+    assert "Degrees-of-freedom method: satterthwaite" in str(default)
+    with pytest.raises(ValueError, match="defined at REML estimates"):
+        ml.emmeans("Sex", ddf="kenward-roger")
+    reml = lmer("distance ~ age + Sex + (1 | Subject)", d)
+    assert "kenward-roger" in str(reml.emmeans("Sex"))
+    monkeypatch.setattr(kr_module, "MAX_DIMENSION", 10)  # p + N = 3 + 27
+    assert "Degrees-of-freedom method: satterthwaite" in str(reml.emmeans("Sex"))
