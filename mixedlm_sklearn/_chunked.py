@@ -337,12 +337,7 @@ class CorrelatedAccumulator:
                 "memory (fit)")
         rank = {k: r for r, k in enumerate(roots)}
         # the strata in the order the plain accumulator gives them (sorted where they sort)
-        try:
-            _, perm = self._strata.sort_values(return_indexer=True)
-        except TypeError:
-            perm = np.arange(len(self._strata))
-        order = np.empty(len(perm), dtype=np.int64)
-        order[perm] = np.arange(len(perm))
+        _, order = _sorted_labels(self._strata)
         # each accumulated key's place among the data's components: lag classes joined by
         # later chunks fall on one component
         final: dict[tuple[int, int, int, int], int] = {}
@@ -357,7 +352,8 @@ class CorrelatedAccumulator:
         counts = np.array([self._counts[k] for k in roots], dtype=np.int64)
         if self.structure.name == "cs":
             lags = lags.astype(np.int64)
-        strata_counts = np.array(self._strata_counts, dtype=np.int64)[perm]
+        strata_counts = np.empty(len(order), dtype=np.int64)
+        strata_counts[order] = self._strata_counts
         return labels, Components(cp, self.structure, self._summary, lags, counts, self._weighted,
                                   keys[:, 0], keys[:, 1], keys[:, 2:], strata_counts)
 
@@ -529,6 +525,17 @@ def cross_products_from_dask(
 # ---- adding up parts whose levels are known by label ----------------------------------------
 
 
+def _sorted_labels(index: pd.Index) -> tuple[pd.Index, np.ndarray]:
+    """The labels sorted (in order of appearance where they do not sort: mixed types) and
+    each label's rank in that order, as an in-memory fit numbers its levels and strata."""
+    try:
+        sorted_labels, perm = index.sort_values(return_indexer=True)
+    except TypeError:  # unorderable mixed labels: keep order of appearance
+        sorted_labels, perm = index, np.arange(len(index))
+    rank = np.empty(len(index), dtype=np.int64)
+    rank[perm] = np.arange(len(index))
+    return sorted_labels, rank
+
 def _merge_labels(index: pd.Index | None, labels: np.ndarray, name: str) -> tuple[pd.Index, np.ndarray]:
     """The labels known so far extended by a part's, and the part's codes in them.
 
@@ -623,21 +630,10 @@ class Accumulator:
         order, labels = {}, {}
         coding = self if self._levels_of is None else self._levels_of
         for factor, index in coding._factor_labels.items():
-            try:
-                sorted_labels, perm = index.sort_values(return_indexer=True)
-            except TypeError:  # unorderable mixed labels: keep order of appearance
-                sorted_labels, perm = index, np.arange(len(index))
-            rank = np.empty(len(index), dtype=np.int64)
-            rank[perm] = np.arange(len(index))
-            order[factor] = rank
+            sorted_labels, order[factor] = _sorted_labels(index)
             labels[factor] = np.asarray(sorted_labels, dtype=object)
-        try:
-            strata_sorted, strata_perm = self._strata_labels.sort_values(return_indexer=True)
-        except TypeError:
-            strata_sorted, strata_perm = self._strata_labels, np.arange(len(self._strata_labels))
-        strata_rank = np.empty(len(strata_perm), dtype=np.int64)
-        strata_rank[strata_perm] = np.arange(len(strata_perm))
-        n_strata = len(strata_perm)
+        strata_sorted, strata_rank = _sorted_labels(self._strata_labels)
+        n_strata = len(strata_rank)
 
         template = self._template
         terms = Terms([dataclasses.replace(t, n_levels=len(labels[t.factor])) for t in template.terms])
