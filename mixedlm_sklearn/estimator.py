@@ -8,6 +8,7 @@ the cross-products (:mod:`._design`, :mod:`._crossprod`), runs the fit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -512,8 +513,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
              offset: np.ndarray | None = None, correlated: dict | None = None) -> "MixedLMRegressor":
         self._remember_z_names(Z)
         corr_structure = self._correlation_structure(
-            residual_groups, (correlated or {}).get("from_formula", False), "time= and "
-            "correlation_groups= to fit", in_memory=not is_dask_collection(X))
+            (correlated or {}).get("from_formula", False), "time= and "
+            "correlation_groups= to fit")
         if is_dask_collection(X):
             return self._fit_dask(X, y, groups, Z, sample_weight, residual_groups,
                                   corr_structure, correlated or {})
@@ -585,11 +586,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                  several, design, correlation=corr)
         return self
 
-    def _correlation_structure(self, residual_groups: Any, from_formula: bool, columns: str,
-                               in_memory: bool = True):
+    def _correlation_structure(self, from_formula: bool, columns: str):
         """The structure of ``correlation`` (None without), after the checks every fit
         (arrays, chunks, Dask) makes; ``columns`` says where the time and the residual groups
-        are given, ``in_memory`` whether the rows are (not chunks or Dask)."""
+        are given."""
         if self.correlation is None:
             return None
         spec = parse_spec(self.correlation)
@@ -741,8 +741,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             raise TypeError(f"{' and '.join(given)} describe correlated residuals: they need "
                             "correlation='ar1', 'car1', 'exp' or 'cs'")
         with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
-            st = self._correlation_structure(residual_groups, False, "the columns as time= and "
-                                             "correlation_groups=", in_memory=False)
+            st = self._correlation_structure(False, "the columns as time= and "
+                                             "correlation_groups=")
             correlation = None
             if st is not None:
                 check_residual_groups(correlation_groups, len(group_cols))
@@ -823,6 +823,12 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             comb, fe_names = cp.combined(), rank.kept_names
         xyxy = comb.xyxy[0]
         terms = cp.terms
+
+        @functools.cache
+        def x_kept() -> np.ndarray:
+            """The rows' fixed-effects columns the fit keeps, formed once (``X_full`` is a
+            new array with the intercept at each call) for whichever check or fit needs them."""
+            return design.X_full if not rank.deficient else design.X_full[:, rank.kept]
         if len(terms):  # least squares without groups may fit exactly (sklearn's checks do)
             check_response(xyxy)
             check_counts(cp.n, {t.factor: t.n_levels for t in terms}, sum(t.size for t in terms))
@@ -831,13 +837,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             # no more rows than effects: can [X Z] reproduce any y? (chunks and Dask, whose
             # rows are not at hand, are left to check_residual_variance after the fit)
             if design is not None and cp.n <= len(fe_names) + sum(t.size for t in terms):
-                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
-                check_exact_fit(X_fit, design.factors, [t.n_levels for t in terms])
+                check_exact_fit(x_kept(), design.factors, [t.n_levels for t in terms])
         if strata_labels is not None:
             _check_strata(cp, strata_labels)
             if design is not None and len(terms):
-                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
-                check_stratum_exact_fit(X_fit, design.y, design.factors,
+                check_stratum_exact_fit(x_kept(), design.y, design.factors,
                                         [t.n_levels for t in terms], design.strata, strata_labels,
                                         reml=self.reml)
         started = time.perf_counter()
@@ -855,8 +859,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                     comps, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             elif correlation is not None:
                 st, rows, corr_name = correlation
-                X_fit = design.X_full if not rank.deficient else design.X_full[:, rank.kept]
-                data = CorrelatedRows.of(st, rows, X_fit, design.y, design.factors, terms,
+                data = CorrelatedRows.of(st, rows, x_kept(), design.y, design.factors, terms,
                                          design.weights, design.strata, design.n_strata)
                 dev, sol, info, fitted_corr = fit_correlated(
                     data, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
