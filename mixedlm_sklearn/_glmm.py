@@ -1104,14 +1104,15 @@ def _from_other_starts(dev: GLMMDeviance, x: np.ndarray, max_iter: int, ftol: fl
         try:
             z, nit, limited = _lbfgsb(dev, points[k], _SCREEN_ITER, ftol)
             n_iter += nit
-            if not _safe(dev, z)[0] < best - margin:
+            value = _safe(dev, z)[0]
+            if not value < best - margin:
                 continue
             if limited:  # leads below the first answer: search on
                 z, nit, limited = _lbfgsb(dev, z, max_iter, ftol)
                 n_iter += nit
+                value = _safe(dev, z)[0]
         except (PIRLSDivergence, NotPositiveDefinite):  # breaks down here: not a candidate
             continue
-        value = _safe(dev, z)[0]
         if value < best - margin:
             best, found = value, (z, limited)
     if found is None:
