@@ -1039,6 +1039,17 @@ class CorrelatedRows:
             self.strata_codes, weights=logw, minlength=self.n_strata).astype(float))
 
 
+    def kr_refusal(self) -> str | None:
+        """Why :meth:`kr_products` refuses these rows (dense algebra within residual groups
+        beyond :data:`MAX_KR_COST`), or None."""
+        cost = float(np.sum(self.rows.sizes.astype(float) ** 3)) * (self.n_strata + 1)
+        if cost <= MAX_KR_COST:
+            return None
+        return (f"Kenward-Roger's adjustment with correlated residuals works with dense "
+                f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is above "
+                f"the limit {MAX_KR_COST:.3g} (largest group {self.rows.n_max} rows); use "
+                "ddf='satterthwaite'")
+
     def kr_products(self, value: float, sigma2) -> "KRProducts":
         """What Kenward-Roger's adjustment needs of the rows at parameter ``value`` (nlme's
         scale) and the strata's residual variances ``sigma2``: :class:`KRProducts`.
@@ -1055,15 +1066,12 @@ class CorrelatedRows:
         (strata constant within a group: ``n_s`` is 2 or 0 on the whole block, ``V`` is
         linear in each ``sigma2_s``). Dense within each residual group, vectorised over the
         groups of each size (a batch of at most :data:`_KR_BATCH` entries per array); the
-        cost is ``O((n_strata + 1) sum_g n_g^3)``, refused above :data:`MAX_KR_COST`."""
+        cost is ``O((n_strata + 1) sum_g n_g^3)``, refused above :data:`MAX_KR_COST`
+        (:meth:`kr_refusal`)."""
+        reason = self.kr_refusal()
+        if reason is not None:
+            raise ValueError(reason)
         rows, st = self.rows, self.structure
-        cost = float(np.sum(rows.sizes.astype(float) ** 3)) * (self.n_strata + 1)
-        if cost > MAX_KR_COST:
-            raise ValueError(
-                f"Kenward-Roger's adjustment with correlated residuals works with dense "
-                f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is above "
-                f"the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
-                "ddf='satterthwaite'")
         sigma2 = np.asarray(sigma2, dtype=float).reshape(-1)
         S = self.n_strata
         if sigma2.size != S:

@@ -112,7 +112,6 @@ from scipy import linalg, stats
 
 from ._parameters import fitted_model
 from ._protocol import require
-from .._correlation import MAX_KR_COST
 
 __all__ = [
     "RandomBlock",
@@ -822,13 +821,9 @@ def kenward_roger_refusal(model: Any) -> str | None:
                 "ddf='satterthwaite', whose cost does not grow with N")
     data = None if model.correlation is None else model.correlation.data
     if data is not None:
-        rows = data.rows
-        cost = float(np.sum(rows.sizes.astype(float) ** 3)) * (data.n_strata + 1)
-        if cost > MAX_KR_COST:
-            return (f"Kenward-Roger's adjustment with correlated residuals works with dense "
-                    f"matrices per residual group: (strata + 1) * sum of n_g^3 = {cost:.3g} is "
-                    f"above the limit {MAX_KR_COST:.3g} (largest group {rows.n_max} rows); use "
-                    "ddf='satterthwaite'")
+        reason = data.kr_refusal()
+        if reason is not None:
+            return reason
         k = data.n_strata + 1
         if (k * (k + 1) + k + 1) * dimension * dimension > MAX_RESIDUAL_ENTRIES:
             return (f"Kenward-Roger with correlated residuals and {data.n_strata} residual strata "
@@ -939,10 +934,9 @@ def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualPara
                               np.arange(n + 1) * (p + sum(qs))),
                              shape=(n, off))
 
-    def product(A: sp.csr_matrix, B: np.ndarray, rows: Any = None) -> np.ndarray:
-        """``A'B`` (over ``rows``, a mask, or all), symmetrised, dense."""
-        Bx = expand(B)
-        M = (A.T @ (Bx if rows is None else sp.diags(rows.astype(float)) @ Bx)).toarray()
+    def product(A: sp.csr_matrix, B: sp.csr_matrix, rows: Any = None) -> np.ndarray:
+        """``A'B`` of expanded rows (over ``rows``, a mask, or all), symmetrised, dense."""
+        M = (A.T @ (B if rows is None else sp.diags(rows.astype(float)) @ B)).toarray()
         return 0.5 * (M + M.T)
 
     def inputs_of(K: list, n_obs: list, strata: list) -> KRInputs:
@@ -954,20 +948,22 @@ def _correlated_inputs(model: Any, sigma2: list) -> tuple[KRInputs, ResidualPara
         Y = data.scaled()
         stratum = data.strata_codes
         Yx = expand(Y)
-        K = [product(Yx, Y, stratum == s) for s in range(data.n_strata)]
+        K = [product(Yx, Yx, stratum == s) for s in range(data.n_strata)]
         return inputs_of(K, [int(np.sum(stratum == s)) for s in range(data.n_strata)], labels), None
     k = data.n_strata + 1  # (the size limit is kenward_roger_refusal's)
     pr = data.kr_products(fitted.value, sigma2)
+    # each array of rows expanded once: G_aV^{-1}Y enters k + 1 products
     left = expand(pr.inverse)  # V_e^{-1}Y
-    firsts = [product(left, pr.first[a]) for a in range(k)]
+    first = [expand(pr.first[a]) for a in range(k)]
+    firsts = [product(left, first[a]) for a in range(k)]
     products = [[None] * k for _ in range(k)]
     seconds = [[None] * k for _ in range(k)]
     lefts = [expand(pr.inverse_first[a]) for a in range(k)]
     for j, (a, b) in enumerate(pr.pairs):
-        products[a][b] = products[b][a] = product(lefts[a], pr.first[b])
-        seconds[a][b] = seconds[b][a] = product(left, pr.second[j])
+        products[a][b] = products[b][a] = product(lefts[a], first[b])
+        seconds[a][b] = seconds[b][a] = product(left, expand(pr.second[j]))
     names = (["sigma2"] if len(labels) == 1 else [f"sigma2|{s}" for s in labels]) + [fitted.name]
-    inputs = inputs_of([product(expand(pr.rows), pr.inverse)], [pr.rows.shape[0]], [None])
+    inputs = inputs_of([product(expand(pr.rows), left)], [pr.rows.shape[0]], [None])
     return inputs, ResidualParameters(firsts, products, seconds, pr.traces, names)
 
 
