@@ -503,16 +503,19 @@ def structure(name: str) -> CorrelationStructure:
 
 
 def check_nested(rows: CorrelationRows, factors: list, factor_names: list, group_name: str) -> None:
-    """A ValueError unless every residual group lies within one level of every grouping factor
-    (whitening within a group would otherwise mix levels' random effects)."""
+    """A ValueError unless every residual group lies within one level of every grouping
+    factor: the fits from chunks and Dask partitions, whose components are summed with
+    the levels' block structure of independent rows. A fit in memory takes residual groups
+    spanning levels (:attr:`CorrelatedRows.crossed`) and does not call this."""
     for (codes, _), fname in zip(factors, factor_names):
         c = np.asarray(codes)[rows.order]
         if np.any(rows.same[1:] & (c[1:] != c[:-1])):
             raise ValueError(
                 f"the residual groups ({group_name}) are not nested in the levels of the grouping "
-                f"factor {fname!r}: a residual group has rows of several of its levels. Correlated "
-                "residuals are supported within groups that lie in one level of every grouping "
-                "factor (e.g. the grouping factor itself, or a factor nested in it)")
+                f"factor {fname!r}: a residual group has rows of several of its levels. A fit "
+                "from chunks or Dask takes correlated residuals within groups that lie in one "
+                "level of every grouping factor (e.g. the grouping factor itself, or a factor "
+                "nested in it); fit the data in memory (fit) for other residual groups")
 
 
 # ---- the joint fit: the correlation parameter next to theta in the deviance's x --------------
@@ -741,13 +744,29 @@ def components(data: "CorrelatedRows") -> Components | None:
     n_strata = data.n_strata
     parts, n_obs, kinds, lag_of, pairs = [], [], [], [], []
 
-    def products(block: np.ndarray, at: np.ndarray):
-        """The cross-products of rows ``block`` at the levels of rows ``at``."""
+    def products(block: np.ndarray, at):
+        """The cross-products of rows ``block`` at the levels of rows ``at``; with residual
+        groups spanning levels (:attr:`CorrelatedRows.crossed`) ``at`` is the rows
+        ``block`` combine, an index per row or ``(entry_row, entry_at, coef)``."""
+        if data.crossed:
+            if not isinstance(at, tuple):
+                at = (np.arange(at.size), at, np.ones(at.size))
+            return data.entry_products(block[:, :p + 1], np.ones(block.shape[0]), *at)
         factors, col = [], p + 1
         for codes, Z in data.factors:
             factors.append((codes[at], block[:, col:col + Z.shape[1]]))
             col += Z.shape[1]
         return cross_products(block[:, :p], block[:, p], factors, data.terms)
+
+    def members(groups: np.ndarray, coef: np.ndarray):
+        """The entries of the sums over ``groups`` (residual groups) of their rows times
+        ``coef`` (per row; 0: not in the sum)."""
+        size = rows.sizes[groups]
+        entry_row = np.repeat(np.arange(groups.size), size)
+        entry_at = (np.repeat(rows.starts[groups], size) + np.arange(size.sum())
+                    - np.repeat(np.cumsum(size) - size, size))
+        keep = coef[entry_at] != 0
+        return entry_row[keep], entry_at[keep], coef[entry_at][keep]
 
     def add(block, at, kind, lag, a, b, count=0):
         parts.append(products(block, at))
@@ -779,8 +798,14 @@ def components(data: "CorrelatedRows") -> Components | None:
             t = inner[key == k]
             now, before = D[t], D[t - 1]
             add(now, t, 1, j, a, b, t.size)
-            add(before, t, 2, j, a, b)
-            add(now - before, t, 3, j, a, b)
+            if data.crossed:  # the earlier rows at their own levels, the differences at both
+                pair_row = np.repeat(np.arange(t.size), 2)
+                pair_at = np.column_stack([t, t - 1]).ravel()
+                add(before, t - 1, 2, j, a, b)
+                add(now - before, (pair_row, pair_at, np.tile([1.0, -1.0], t.size)), 3, j, a, b)
+            else:
+                add(before, t, 2, j, a, b)
+                add(now - before, t, 3, j, a, b)
     else:
         lags, size_class = np.unique(rows.sizes, return_inverse=True)
         if lags.size > MAX_COMPONENTS:
@@ -807,13 +832,18 @@ def components(data: "CorrelatedRows") -> Components | None:
             for a in range(n_strata):
                 g = np.flatnonzero(in_size & present[:, a])
                 if g.size:
-                    add(sums[g, a], rows.starts[g], 9, j, a, a)
+                    at = (members(g, (s == a).astype(float)) if data.crossed else rows.starts[g])
+                    add(sums[g, a], at, 9, j, a, a)
             for a in range(n_strata):
                 for b in range(a + 1, n_strata):
                     g = np.flatnonzero(in_size & present[:, a] & present[:, b])
                     if g.size:
-                        add(sums[g, a] + sums[g, b], rows.starts[g], 10, j, a, b)
-                        add(sums[g, a] - sums[g, b], rows.starts[g], 11, j, a, b)
+                        plus = minus = rows.starts[g]
+                        if data.crossed:
+                            in_a, in_b = (s == a).astype(float), (s == b).astype(float)
+                            plus, minus = members(g, in_a + in_b), members(g, in_a - in_b)
+                        add(sums[g, a] + sums[g, b], plus, 10, j, a, b)
+                        add(sums[g, a] - sums[g, b], minus, 11, j, a, b)
     cp = _stack_strata(parts)
     cp = dataclasses.replace(
         cp, n_obs=np.array(n_obs),
@@ -991,6 +1021,86 @@ class CorrelatedRows:
         parameter held (strata varying within groups) all use them."""
         return components(self)
 
+    @functools.cached_property
+    def crossed(self) -> bool:
+        """Whether a residual group spans levels of a grouping factor. A whitened row is
+        then a combination of rows of several levels of the factor, and ``Z_k'R^{-1}Z_k``
+        has entries between its levels (self pairs: :func:`._crossprod.entry_cross_products`),
+        which the factorisation holds in its dense block (:class:`._factor.Plan`)."""
+        same = self.rows.same[1:]
+        return any(bool(np.any(same & (np.asarray(c)[1:] != np.asarray(c)[:-1])))
+                   for c, _ in self.factors)
+
+    @functools.cached_property
+    def _scaled_z(self) -> list:
+        """The random-effects designs times ``sqrt(w)`` (:meth:`scaled`'s Z columns)."""
+        root = None if self.weights is None else np.sqrt(self.weights)[:, None]
+        return [Z if root is None else Z * root for _, Z in self.factors]
+
+    def entry_products(self, xy: np.ndarray, weights: np.ndarray, entry_row: np.ndarray,
+                       entry_at: np.ndarray, coef: np.ndarray):
+        """:func:`._crossprod.entry_cross_products` of rows ``xy`` (weights ``weights``)
+        whose random-effects parts are the sums of ``coef`` times the scaled designs of
+        the data's rows ``entry_at``, at those rows' levels."""
+        from ._crossprod import entry_cross_products
+
+        factors = [(np.asarray(c)[entry_at], Z[entry_at] * coef[:, None])
+                   for (c, _), Z in zip(self.factors, self._scaled_z)]
+        return entry_cross_products(xy, weights, entry_row, factors, self.terms)
+
+    def _crossed_products(self, value: float):
+        """:meth:`cross_products` of residual groups spanning levels: ``Z'R^{-1}Z`` as the
+        cross-products of rows on several levels. Markov structures: the Prais-Winsten rows
+        (a row and its predecessor); compound symmetry: ``R_g^{-1} = a^2 I + (b_g^2 - a^2)
+        11' / n_g`` (the module docstring's ``a``, ``b``), the rows with weight ``a^2`` and
+        the groups' sums with weight ``(b_g^2 - a^2) / n_g``. One stratum per residual
+        stratum (constant within a group: :meth:`whitens_exactly`)."""
+        from ._crossprod import _stack_strata
+
+        rows, st, p = self.rows, self.structure, self.X.shape[1]
+        xy = np.column_stack([self.X, self.y])
+        if self.weights is not None:
+            xy = xy * np.sqrt(self.weights)[:, None]
+        n = rows.n
+        idx = np.arange(n)
+        if isinstance(st, _Markov):
+            c = st._lag_corr(rows, value)
+            scale = 1.0 / np.sqrt(1.0 - c * c)
+            later = np.flatnonzero(rows.same)
+            order = np.argsort(np.concatenate([idx, later]), kind="stable")
+            entry_row = np.concatenate([idx, later])[order]
+            entry_at = np.concatenate([idx, later - 1])[order]
+            coef = np.concatenate([scale, -c[later] * scale[later]])[order]
+            xy_rows, weights = st.whiten(xy, rows, value), np.ones(n)
+            row_stratum = self.strata_codes
+        else:
+            n_g = rows.sizes.astype(float)
+            a2 = 1.0 / (1.0 - value)
+            b2 = 1.0 / (1.0 + (n_g - 1.0) * value)
+            groups = np.arange(rows.starts.size)
+            member_row = np.repeat(groups, rows.sizes) + n
+            entry_row = np.concatenate([idx, member_row])
+            entry_at = np.concatenate([idx, idx])
+            coef = np.ones(2 * n)
+            xy_rows = np.concatenate([xy, np.add.reduceat(xy, rows.starts, axis=0)])
+            weights = np.concatenate([np.full(n, a2), (b2 - a2) / n_g])
+            row_stratum = np.concatenate([self.strata_codes, self.strata_codes[rows.starts]])
+        parts = []
+        for s in range(self.n_strata):
+            keep = row_stratum == s
+            new_row = np.cumsum(keep) - 1
+            at = keep[entry_row]
+            parts.append(self.entry_products(xy_rows[keep], weights[keep], new_row[entry_row[at]],
+                                             entry_at[at], coef[at]))
+        cp = _stack_strata(parts) if len(parts) > 1 else parts[0]
+        logw = np.zeros(n) if self.weights is None else np.log(self.weights)
+        return dataclasses.replace(
+            cp, n_obs=np.bincount(self.strata_codes, minlength=self.n_strata),
+            sum_log_weights=np.bincount(self.strata_codes, weights=logw,
+                                        minlength=self.n_strata).astype(float),
+            counts=tuple(np.bincount(c, minlength=t.n_levels)
+                         for (c, _), t in zip(self.factors, self.terms)))
+
     @property
     def strata_codes(self) -> np.ndarray:
         """The stratum of each row (all 0 without strata)."""
@@ -1026,6 +1136,8 @@ class CorrelatedRows:
         stratum's variance, a scalar that commutes with the whitening)."""
         from ._crossprod import cross_products
 
+        if self.crossed:
+            return self._crossed_products(value)
         p = self.X.shape[1]
         W = self.structure.whiten(self.scaled(), self.rows, value)
         factors, at = [], p + 1
@@ -1041,7 +1153,13 @@ class CorrelatedRows:
 
     def kr_refusal(self) -> str | None:
         """Why :meth:`kr_products` refuses these rows (dense algebra within residual groups
-        beyond :data:`MAX_KR_COST`), or None."""
+        beyond :data:`MAX_KR_COST`, or residual groups spanning levels of a grouping
+        factor), or None."""
+        if self.crossed:
+            return ("Kenward-Roger's adjustment with correlated residuals works within residual "
+                    "groups that lie in one level of every grouping factor; these span levels "
+                    "of one (the products of the random effects' design with V^{-1} then leave "
+                    "their rows' levels): use ddf='satterthwaite'")
         cost = float(np.sum(self.rows.sizes.astype(float) ** 3)) * (self.n_strata + 1)
         if cost <= MAX_KR_COST:
             return None

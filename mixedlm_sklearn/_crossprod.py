@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from ._terms import Terms
 from ._threads import n_level_threads, run_in_threads
 
-__all__ = ["PairBlock", "CrossProducts", "cross_products", "DesignPattern",
+__all__ = ["PairBlock", "CrossProducts", "cross_products", "entry_cross_products", "DesignPattern",
            "ResponseProducts", "ResponseMap", "Origin", "origin_of"]
 
 # Rows per block in the pass over the rows. Each block's sparse product writes a dense
@@ -56,7 +56,9 @@ _ORIGIN_ROWS = 1024
 
 @dataclass(frozen=True)
 class PairBlock:
-    """``Z_k' W Z_l`` for two terms ``k < l``: a ``q_k x q_l`` block per level pair.
+    """``Z_k' W Z_l`` for two terms ``k < l``: a ``q_k x q_l`` block per level pair; or,
+    ``k == l`` (a self pair, :func:`entry_cross_products`), the blocks between two levels
+    ``level_k < level_l`` of one term.
 
     Attributes
     ----------
@@ -243,6 +245,12 @@ class CrossProducts:
     @property
     def n(self) -> int:
         return int(self.n_obs.sum())
+
+    @property
+    def self_paired(self) -> frozenset:
+        """The terms with entries between two of their levels (a self pair block ``(k, k)``
+        with entries, :func:`entry_cross_products`): they are factored in the dense block."""
+        return frozenset(b.k for b in self.pairs if b.k == b.l and b.nnz)
 
     def pair(self, k: int, l: int) -> PairBlock | None:
         """The block of terms ``k < l``."""
@@ -583,6 +591,86 @@ def cross_products(
         sum_log_weights=np.array([0.0 if weights is None else float(np.log(weights).sum())]),
         counts=tuple(counts),
         origin=origin,
+    )
+
+
+def entry_cross_products(xy: np.ndarray, weights: np.ndarray, entry_row: np.ndarray,
+                         factors: Sequence[tuple[np.ndarray, np.ndarray]], terms: Terms
+                         ) -> CrossProducts:
+    """The cross-products ``sum_r w_r v_r v_r'`` of rows ``v_r = [x_r y_r z_r]`` whose
+    random-effects part ``z_r`` may fall on several levels of a term (one stratum).
+
+    A whitened row of correlated residuals whose group spans levels of a term (AR(1)
+    within subjects next to a crossed item factor) is a combination of rows of different
+    levels: ``Z_k' R^{-1} Z_k`` then has entries between levels of one term, which the
+    result holds as a *self pair* block ``(k, k)`` (level pairs ``i < j``; the block of
+    ``j, i`` is its transpose), after the blocks ``k < l`` of :func:`cross_products`.
+    Every term gets its self pair block (possibly empty), so that cross-products of the
+    same terms from other rows stack and add.
+
+    Parameters
+    ----------
+    xy : ndarray of shape (n_rows, p + 1)
+        ``[x_r y_r]`` of each row.
+    weights : ndarray of shape (n_rows,)
+        ``w_r``, of any sign (components of a sum, :mod:`._correlation`).
+    entry_row : int ndarray of shape (E,)
+        The row of each entry of the random-effects parts, non-decreasing.
+    factors : sequence of (codes, Z)
+        Per term, each entry's level (E,) and its values (E, q_k): ``z_r`` of term ``k``
+        is the sum of its entries' values at their levels.
+    terms : Terms
+
+    Returns
+    -------
+    CrossProducts
+        ``n_obs`` is ``n_rows`` and ``counts`` the entries per level: callers whose rows
+        are not the data's set both.
+    """
+    xy = np.asarray(xy, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    entry_row = np.asarray(entry_row, dtype=np.int64)
+    n_rows, E = xy.shape[0], entry_row.size
+    if E and np.any(np.diff(entry_row) < 0):
+        raise ValueError("entry_row must be non-decreasing")
+    # every ordered pair (a, b) of entries of one row: the row's product z z' summed
+    count = np.bincount(entry_row, minlength=n_rows)
+    first = (np.cumsum(count) - count)[entry_row]
+    partners = count[entry_row]
+    ea = np.repeat(np.arange(E, dtype=np.int64), partners)
+    eb = np.repeat(first, partners) + (np.arange(ea.size, dtype=np.int64)
+                                       - np.repeat(np.cumsum(partners) - partners, partners))
+    w_pair = w[entry_row[ea]]
+    wxy = xy * w[:, None]
+    diag, zxy, pairs, self_pairs = [], [], [], []
+    for (codes, Z), term in zip(factors, terms):
+        q, m = Z.shape[1], term.n_levels
+        zt = sp.csr_matrix((Z.ravel(), ((codes[:, None].astype(np.int64) * q + np.arange(q)).ravel(),
+                                         np.repeat(np.arange(E), q))), shape=(m * q, E))
+        zxy.append(np.ascontiguousarray((zt @ wxy[entry_row]).reshape(m, q, -1).transpose(1, 2, 0))[None])
+        ca, cb = codes[ea], codes[eb]
+        vals = Z[ea][:, :, None] * Z[eb][:, None, :] * w_pair[:, None, None]
+        same = ca == cb
+        d = np.zeros((m, q, q))
+        np.add.at(d, ca[same], vals[same])
+        diag.append(np.ascontiguousarray(d.transpose(1, 2, 0))[None])
+        below = ca < cb
+        k = len(diag) - 1
+        self_pairs.append(_coalesce(k, k, ca[below], cb[below], vals[below][None], m))
+    for k in range(len(factors)):
+        for l in range(k + 1, len(factors)):
+            (ck, Zk), (cl, Zl) = factors[k], factors[l]
+            vals = Zk[ea][:, :, None] * Zl[eb][:, None, :] * w_pair[:, None, None]
+            pairs.append(_coalesce(k, l, ck[ea], cl[eb], vals[None], terms[l].n_levels))
+    return CrossProducts(
+        terms=terms,
+        diag=tuple(diag),
+        zxy=tuple(zxy),
+        pairs=tuple(pairs + self_pairs),
+        xyxy=(xy.T @ wxy)[None],
+        n_obs=np.array([n_rows]),
+        sum_log_weights=np.zeros(1),
+        counts=tuple(np.bincount(c, minlength=t.n_levels) for (c, _), t in zip(factors, terms)),
     )
 
 

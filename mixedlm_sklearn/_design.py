@@ -175,14 +175,15 @@ def check_residual_groups(groups: Any, n_factors: int) -> None:
 
 
 def residual_rows(structure: CorrelationStructure, groups: Any, times: Any, factors: list,
-                  factor_names: list, n: int, group_name: str
+                  factor_names: list, n: int, group_name: str, nested: bool = True
                   ) -> tuple[CorrelationRows, np.ndarray | None]:
     """The rows of correlated residuals in residual-group and time order, checked: the
     residual groups ``groups`` (None: the levels of the model's one grouping factor) must
     lie within one level of every grouping factor (``factors``, ``(codes, Z)`` each) and
     ``times`` (None: positions in row order) must be numeric, one per row. Also the groups'
     labels (None when they are the grouping factor's). For a fit's rows and for each chunk
-    or partition of them alike.
+    or partition of them alike. ``nested=False`` (a fit in memory): residual groups may
+    span levels of the grouping factors (:attr:`._correlation.CorrelatedRows.crossed`).
     """
     check_residual_groups(groups, len(factors))
     if groups is None:
@@ -199,5 +200,6 @@ def residual_rows(structure: CorrelationStructure, groups: Any, times: Any, fact
             raise ValueError("time must be numeric (times or integer positions)") from None
     rows = CorrelationRows.from_arrays(codes, times, structure.needs_integer_times,
                                        group_name=group_name)
-    check_nested(rows, factors, factor_names, group_name)
+    if nested:
+        check_nested(rows, factors, factor_names, group_name)
     return rows, labels

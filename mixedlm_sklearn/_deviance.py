@@ -297,7 +297,9 @@ class ExactSolution(Solution):
         if several:
             for j, block in enumerate(factor.prep.cp.pairs):
                 sk, sl = seen[block.k], seen[block.l]
-                if sk is None or sl is None:
+                # a row has one level of each term: a self pair (two levels of one term,
+                # correlated residuals) is no product of its
+                if sk is None or sl is None or block.k == block.l:
                     continue
                 rows = np.flatnonzero((sk[0] >= 0) & (sl[0] >= 0))
                 if not rows.size:

@@ -168,7 +168,11 @@ class Plan:
         self.n_terms = K
         self.q = tuple(t.q for t in terms)
         self.m = tuple(t.n_levels for t in terms)
-        self.order = tuple(sorted(range(K), key=lambda k: -terms[k].size))
+        # terms with entries between two of their levels (correlated residuals whose
+        # groups span their levels) are not block diagonal: they go last, into the dense
+        # block, behind the terms that can be eliminated level by level or cross
+        paired = cp.self_paired
+        self.order = tuple(sorted(range(K), key=lambda k: (k in paired, -terms[k].size)))
         self._pair_index = {(b.k, b.l): j for j, b in enumerate(cp.pairs)}
         remaining = list(self.order)
         stages: list[_Stage] = []
@@ -176,6 +180,9 @@ class Plan:
         dense_terms: list[int] = []
         while remaining:
             t, later = remaining[0], remaining[1:]
+            if t in paired:
+                dense_terms = remaining
+                break
             if all(self._nested(cp, t, u) for u in later):
                 stages.append(self._stage(cp, t, later))
                 remaining = later
@@ -197,6 +204,13 @@ class Plan:
             if self.crossing is not None and rest != "dense":
                 self._choose_rest(cp, max_dense, force=rest == "rounds")
             if self.rounds is None and self.dense.r > max_dense:
+                if paired:
+                    raise ValueError(
+                        f"the correlated residuals' groups span levels of the grouping factors "
+                        f"{[terms[k].factor for k in sorted(paired)]}, whose random effects are "
+                        f"then held in one dense block: {self.dense.r} random effects (more "
+                        f"than {max_dense}). Use residual groups nested in those factors, or "
+                        "fewer levels")
                 raise ValueError(
                     f"the random-effects terms {[terms[k].factor for k in dense_terms]} need a "
                     f"dense block of {self.dense.r} random effects (more than {max_dense}); "
@@ -984,6 +998,9 @@ class Factor:
                 self._crossing_inverse(Sinv, diag, pairs, with_crossing_pairs)
         for stage in reversed(plan.stages):
             self._stage_inverse(stage, diag, pairs)
+        for j, b in enumerate(cp.pairs):
+            if not b.nnz:  # an empty block (a self pair of a term without one)
+                pairs[j] = np.zeros((0, plan.q[b.k], plan.q[b.l]))
         return diag, pairs
 
     def _stage_inverse(self, stage: _Stage, diag: list, pairs: list) -> None:

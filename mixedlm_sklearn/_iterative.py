@@ -178,6 +178,10 @@ class IterativePlan:
         if cp.n_strata != 1:
             raise ValueError("solver='iterative' does not take residual_groups (a residual variance "
                              "per stratum); use solver='exact'")
+        if cp.self_paired:
+            raise ValueError("solver='iterative' does not take random effects whose "
+                             "cross-products connect two levels of one term (correlated "
+                             "residuals); use solver='exact'")
         if len(cp.terms) < 2:
             raise ValueError("solver='iterative' is for crossed random effects (two or more grouping "
                              "factors); a single factor is solved exactly level by level: use "

@@ -613,7 +613,7 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         else:
             name = group_name(groups) if hasattr(groups, "name") else "correlation_groups"
         rows, _ = residual_rows(st, groups, given.get("time"), [(t.codes, t.Z) for t in terms_in],
-                                [t.name for t in terms_in], n, str(name))
+                                [t.name for t in terms_in], n, str(name), nested=False)
         return st, rows, correlation_form(given.get("time"), name)
 
     def fit_chunks(
