@@ -425,13 +425,6 @@ def test_unknown_structure_is_refused():
         MixedLMRegressor(correlation="arma").fit(X, y, groups=g)
 
 
-def test_residual_groups_not_nested_in_the_grouping_factor_are_refused():
-    X, y, g, t = _small()
-    other = np.arange(g.size) % 3  # cuts across the groups
-    with pytest.raises(ValueError, match="not nested in the levels of the grouping factor"):
-        MixedLMRegressor(correlation="cs").fit(X, y, groups=g, correlation_groups=other)
-
-
 def test_correlation_inputs_without_a_structure_are_refused():
     X, y, g, t = _small()
     with pytest.raises(TypeError, match="need correlation="):
