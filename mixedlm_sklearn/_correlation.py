@@ -8,7 +8,17 @@ alike) is the deviance of the whitened data plus ``log|R| = sum_g log|R_g|`` (th
 Jacobian of the transformation; ``X'V^{-1}X`` of the REML term is the whitened one).
 Whitening stays within a residual group, so a row's random-effects design keeps the
 support of its own level when every residual group lies within one level of every
-grouping factor; :func:`check_nested` refuses other designs.
+grouping factor. Where a group spans levels of a factor (AR(1) within subjects next to a
+crossed item factor, or residual groups that are another column), a whitened row is a
+combination of rows of several levels, and ``Z_k'R^{-1}Z_k`` has blocks between two
+levels of one term (for AR(1), items adjacent in a subject's series; for ``cs``, any two
+items of a subject): the cross-products hold them as *self pairs*
+(:func:`._crossprod.entry_cross_products`, :attr:`CorrelatedRows.crossed`) and the
+factorisation puts such terms in its dense block, behind a term the groups are nested in
+(eliminated level by level or crossing, :class:`._factor.Plan`), up to its size limit
+(``MAX_DENSE`` random effects, refused beyond). Fits from chunks and Dask still need
+nested groups (:func:`check_nested`); Kenward-Roger's adjustment (dense per residual
+group) refuses such fits, naming Satterthwaite's df.
 
 Structures, with ``d`` the distance in time between two rows of a group:
 
@@ -570,9 +580,11 @@ class Components:
     ``c = c(d_j)``. Compound symmetry: ``R_g^{-1} = (I - c_m 11') / (1 - rho)``,
     ``c_m = rho / (1 + (m - 1) rho)`` for a group of size ``m``, so the products are
     those of all rows with weight ``1 / (1 - rho)`` and, per group size ``m``, those of the
-    groups' sums ``s_g`` with weight ``-c_m / (1 - rho)``. Residual groups lie within one
-    level of every grouping factor, so the lag rows and the sums keep the level of their
-    rows, and no new pair of levels appears.
+    groups' sums ``s_g`` with weight ``-c_m / (1 - rho)``. Where residual groups lie within
+    one level of every grouping factor the lag rows and the sums keep the level of their
+    rows, and no new pair of levels appears; otherwise (:attr:`CorrelatedRows.crossed`)
+    the earlier rows are at their own levels and the differences and sums on the levels of
+    all their rows (:func:`._crossprod.entry_cross_products`: self pairs).
 
     With a residual variance per stratum (nlme's ``varIdent`` next to the correlation) the
     residuals of a group have covariance ``sigma^2 S^{1/2} R_g S^{1/2}``, ``S`` the
@@ -1057,7 +1069,7 @@ class CorrelatedRows:
         stratum (constant within a group: :meth:`whitens_exactly`)."""
         from ._crossprod import _stack_strata
 
-        rows, st, p = self.rows, self.structure, self.X.shape[1]
+        rows, st = self.rows, self.structure
         xy = np.column_stack([self.X, self.y])
         if self.weights is not None:
             xy = xy * np.sqrt(self.weights)[:, None]
@@ -1257,7 +1269,8 @@ class KRProducts:
     covariance and ``G_a``, ``H_ab`` its first and second derivatives in the variance
     parameters (the strata's residual variances, then the correlation's parameter), the
     bilinear forms Kenward-Roger needs are ``A'B`` of the row arrays below (each row keeps
-    its levels, as a residual group lies within one level of every grouping factor).
+    its levels where a residual group lies within one level of every grouping factor: other
+    groups are refused, :meth:`CorrelatedRows.kr_refusal`).
 
     Attributes
     ----------

@@ -6,7 +6,10 @@ the profiled likelihood of Bates et al. (2015, JSS 67(1), sec. 3) needs only
 * per term and level ``l``: ``Z_kl' W Z_kl`` (``diag``) and ``Z_kl' W [X y]`` (``zxy``),
 * per pair of terms ``k < l``: ``Z_k' W Z_l``, one ``q_k x q_l`` block per pair of levels
   that share a row (:class:`PairBlock`; at most one entry per distinct level pair),
-* ``[X y]' W [X y]``, the number of rows and ``sum log w``.
+* ``[X y]' W [X y]``, the number of rows and ``sum log w``;
+* with rows whose random-effects part falls on several levels of a term (whitened rows of
+  correlated residuals, :func:`entry_cross_products`), per term the blocks between two of
+  its levels (a *self pair* ``k == l``).
 
 They *add*: the cross-products of two sets of rows with the same level coding sum to
 those of their union, which is how chunks and Dask partitions are combined

@@ -19,6 +19,11 @@ elimination of whole terms, largest first (lme4's and MixedModels.jl's order):
   data (:func:`_pair_map`).
 * Otherwise (nested stages, then crossed terms) the remaining blocks are assembled into
   one dense matrix.
+* A term whose block of ``G`` has entries between two of its levels (a *self pair*:
+  correlated residuals whose groups span its levels, :mod:`._correlation`) is not block
+  diagonal: it is never eliminated level by level and goes into the dense block, the
+  other terms first (so that a term the residual groups are nested in is the crossing
+  term or a stage).
 
 Besides ``log|M|`` and solves with ``M``, the factor gives the *selected inverse*: the
 blocks of ``M^{-1}`` on the pattern of ``G`` (the diagonal blocks of every term and the

@@ -178,9 +178,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         real times (``corCAR1``), "exp" ``exp(-|t_i - t_j| / range)`` (``corExp``), "cs"
         the same correlation ``rho`` between any two rows of a group (``corCompSymm``).
         :meth:`fit` takes the times (``time``, default the row order within a group) and
-        the residual groups (``correlation_groups``, default the grouping factor); each
-        residual group must lie within one level of every grouping factor. The
-        parameter is estimated jointly with the variance components (one optimiser over
+        the residual groups (``correlation_groups``, default the grouping factor). A
+        residual group may span levels of a grouping factor (AR(1) within subjects next
+        to crossed items ``(1 | subject) + (1 | item)``): that factor's random effects are
+        then factored in one dense block (at most 10,000), the fit is in memory only and
+        takes Satterthwaite's df, not Kenward-Roger's. The parameter is estimated jointly with the variance components (one optimiser over
         both; rows with more than 16 distinct time gaps by a search over the likelihood
         profiled in it); ``correlation_params_`` holds it under nlme's name (``Phi``,
         ``range``, ``Rho``). With ``formula``, nlme's form names the columns: ``"car1(~

@@ -234,6 +234,7 @@ def test_residual_groups_not_nested_in_the_single_factor_reach_the_dense_optimum
     _check_against_oracle(d, est, reml, ("item",), 0.0)
 
 
+@pytest.mark.filterwarnings("ignore::mixedlm_sklearn.SingularFitWarning")
 @pytest.mark.parametrize("mixed", [False, True])
 def test_a_variance_per_stratum_next_to_crossed_items_reaches_the_dense_optimum(mixed):
     """nlme's varIdent next to AR(1) within subjects and crossed items: strata constant
