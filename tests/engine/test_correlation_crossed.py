@@ -411,3 +411,15 @@ def test_too_many_effects_in_the_dense_block_are_refused():
     y = rng.standard_normal(n)
     with pytest.raises(ValueError, match="span levels of the grouping factors"):
         MixedLMRegressor(correlation="ar1").fit(X, y, groups=g, correlation_groups=series)
+
+
+def test_lmer_with_the_correlation_within_subjects_next_to_crossed_items_is_the_same_fit():
+    from mixedlm_sklearn import lmer
+
+    d, est = _item_fit()
+    frame = pd.DataFrame({"y": d["y"], "x": d["X"][:, 1], "subject": d["subject"],
+                          "item": d["item"], "t": d["times"]})
+    fit = lmer("y ~ x + (1 | subject) + (1 | item)", frame, correlation="ar1(~ t | subject)")
+    np.testing.assert_allclose(fit.llf_, est.llf_, rtol=1e-10)
+    np.testing.assert_allclose(fit.correlation_params_["Phi"], est.correlation_params_["Phi"],
+                               rtol=1e-6)
