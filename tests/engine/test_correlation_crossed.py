@@ -52,6 +52,8 @@ def _dense_deviance(d, covs, sigma2, value, reml, ratios=None):
     variance ratios (reference first)."""
     n = d["y"].size
     sd = np.ones(n) if ratios is None else np.sqrt(np.asarray(ratios)[d["strata"]])
+    if d.get("weights") is not None:  # nlme's varFixed(~ 1/w)
+        sd = sd / np.sqrt(d["weights"])
     V = sigma2 * _residual_cov(d["kind"], value, d["groups"], d["times"], sd)
     for (codes, Z), cov in zip(d["factors"], covs):
         ZD = np.zeros((n, Z.shape[1] * (codes.max() + 1)))
@@ -178,7 +180,7 @@ def _fit(d, reml, names=("subject", "item"), **kwargs):
     return MixedLMRegressor(correlation=d["kind"], reml=reml, **kwargs).fit(
         pd.DataFrame({"x": d["X"][:, 1]}), d["y"],
         groups=groups if n_terms > 1 else groups.iloc[:, 0], Z=Z or None, time=d["times"],
-        correlation_groups=d["groups"],
+        correlation_groups=d["groups"], sample_weight=d.get("weights"),
         residual_groups=None if d.get("strata") is None else d["strata"])
 
 
@@ -248,6 +250,18 @@ def test_a_variance_per_stratum_next_to_crossed_items_reaches_the_dense_optimum(
     d = _subjects_items("ar1", 21, strata=strata)
     est = _fit(d, True)
     _check_against_oracle(d, est, True, ("subject", "item"), 0.5)
+
+
+@pytest.mark.parametrize("kind,reml", [("ar1", True), ("cs", False)])
+def test_prior_weights_with_groups_spanning_levels_reach_the_dense_optimum(kind, reml):
+    """Positive sample_weight next to the correlation (the rows scaled before whitening),
+    AR(1) within subjects next to crossed items, CS within subjects across the item factor."""
+    d = _subjects_items(kind, 30, true=0.4)
+    if kind == "cs":
+        d["factors"] = d["factors"][1:]
+    d["weights"] = np.random.default_rng(30).uniform(0.5, 2.0, d["y"].size)
+    names = ("subject", "item") if kind == "ar1" else ("item",)
+    _check_against_oracle(d, _fit(d, reml, names=names), reml, names, 0.5 if kind == "ar1" else 0.0)
 
 
 # ---- the engine: self pairs ---------------------------------------------------------------------
