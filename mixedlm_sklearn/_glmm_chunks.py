@@ -498,6 +498,12 @@ class ChunkedGLMMDeviance(GLMMDeviance):
         dev, none_separated = self._pass(one)
         return dev, not none_separated
 
+    def row_moments(self) -> tuple:
+        """``X'X``, ``X'1``, the rows and ``Z_k'Z_k`` per term, unweighted (Nakagawa's R2
+        and the ICC, as the in-memory :meth:`~._model.FittedModel.variance_moments`)."""
+        return self._pass(lambda R: (R.X.T @ R.X, R.X.sum(axis=0), R.n,
+                                     [Z.T @ Z for _, Z in R.factors]))
+
     def _refuse(self, what: str):
         raise ValueError(f"{what} needs the rows in memory; this GLMM was fitted from chunks")
 

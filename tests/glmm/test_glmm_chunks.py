@@ -1,0 +1,188 @@
+"""GLMMs from chunks and Dask partitions (fit_chunks): the in-memory fit, to 1e-8.
+
+Each PIRLS step and each gradient is one pass over the chunks adding per-level
+cross-products; the oracle is the estimator's fit on the concatenated rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixedlm_sklearn import MixedGLMClassifier, MixedGLMRegressor
+from mixedlm_sklearn.datasets import load_cbpp, load_grouseticks, load_verbagg
+
+TOL = 1e-8
+
+
+def _same_fit(chunked, in_memory) -> None:
+    """Log-likelihood, fixed effects and their covariance, theta, random effects."""
+    assert abs(chunked.llf_ - in_memory.llf_) < TOL
+    assert abs(chunked.intercept_ - in_memory.intercept_) < TOL
+    np.testing.assert_allclose(chunked.coef_, in_memory.coef_, rtol=0, atol=TOL)
+    np.testing.assert_allclose(chunked.theta_, in_memory.theta_, rtol=0, atol=TOL)
+    np.testing.assert_allclose(chunked.cov_fe_, in_memory.cov_fe_, rtol=0, atol=TOL)
+    assert abs(chunked.deviance_ - in_memory.deviance_) < TOL
+    re_c, re_m = chunked.random_effects_, in_memory.random_effects_
+    if isinstance(re_m, dict):
+        for name in re_m:
+            pd.testing.assert_frame_equal(re_c[name], re_m[name], check_exact=False, rtol=0, atol=TOL,
+                                          check_index_type=False, check_dtype=False)
+    else:
+        pd.testing.assert_frame_equal(re_c, re_m, check_exact=False, rtol=0, atol=TOL,
+                                      check_index_type=False, check_dtype=False)
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    df = load_cbpp()
+    df["p"] = df["incidence"] / df["size"]
+    return pd.concat([df, pd.get_dummies(df["period"], prefix="period", dtype=float)], axis=1)
+
+
+CBPP_X = ["period_2", "period_3", "period_4"]
+
+
+@pytest.fixture(scope="module")
+def cbpp_in_memory(cbpp):
+    return MixedGLMRegressor(family="binomial").fit(cbpp[CBPP_X], cbpp["p"], groups=cbpp["herd"],
+                                                    sample_weight=cbpp["size"])
+
+
+# ---- binomial with trials, one factor ---------------------------------------------------------
+
+
+def test_binomial_trials_chunks_splitting_levels_equal_in_memory(cbpp, cbpp_in_memory):
+    # chunks of 13 rows: herds (4 rows each, in order) split across chunk boundaries
+    chunks = [cbpp.iloc[i:i + 13] for i in range(0, len(cbpp), 13)]
+    assert cbpp.iloc[12]["herd"] == cbpp.iloc[13]["herd"]
+    est = MixedGLMRegressor(family="binomial").fit_chunks(chunks, y="p", groups="herd", X=CBPP_X,
+                                                          sample_weight="size")
+    _same_fit(est, cbpp_in_memory)
+    # lme4: logLik(glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp))
+    assert round(est.llf_, 4) == -92.0263
+
+
+def test_a_callable_source_is_read_afresh_at_every_pass(cbpp, cbpp_in_memory, tmp_path):
+    path = tmp_path / "cbpp.csv"
+    cbpp.sample(frac=1.0, random_state=0).to_csv(path, index=False)  # levels across chunks
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        return pd.read_csv(path, chunksize=10, dtype={"herd": str})  # labels as in memory
+
+    est = MixedGLMRegressor(family="binomial").fit_chunks(chunks, y="p", groups="herd", X=CBPP_X,
+                                                          sample_weight="size")
+    _same_fit(est, cbpp_in_memory)
+    assert len(calls) > 10  # one reader per pass
+
+
+def test_predictions_and_wald_intervals_need_no_rows(cbpp, cbpp_in_memory):
+    chunks = [cbpp.iloc[i:i + 20] for i in range(0, len(cbpp), 20)]
+    est = MixedGLMRegressor(family="binomial").fit_chunks(chunks, y="p", groups="herd", X=CBPP_X,
+                                                          sample_weight="size")
+    new = cbpp.iloc[::3]
+    np.testing.assert_allclose(est.predict(new[CBPP_X], groups=new["herd"]),
+                               cbpp_in_memory.predict(new[CBPP_X], groups=new["herd"]), atol=TOL)
+    a = est.conf_int(method="wald").to_numpy(dtype=float)
+    b = cbpp_in_memory.conf_int(method="wald").to_numpy(dtype=float)
+    np.testing.assert_allclose(a, b, atol=TOL)
+    assert "binomial" in str(est.summary())
+
+
+# ---- Poisson, crossed factors -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grouse():
+    df = load_grouseticks()
+    df["y96"] = (df["YEAR"].astype(str) == "96").astype(float)
+    df["y97"] = (df["YEAR"].astype(str) == "97").astype(float)
+    return df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+
+GROUSE_X = ["y96", "y97", "cHEIGHT"]
+
+
+@pytest.fixture(scope="module")
+def grouse_in_memory(grouse):
+    return MixedGLMRegressor(family="poisson").fit(
+        grouse[GROUSE_X], grouse["TICKS"], groups=grouse[["BROOD", "LOCATION"]])
+
+
+def test_poisson_crossed_chunks_equal_in_memory(grouse, grouse_in_memory):
+    # shuffled rows: every brood and location has rows in several chunks
+    chunks = [grouse.iloc[i:i + 150] for i in range(0, len(grouse), 150)]
+    est = MixedGLMRegressor(family="poisson").fit_chunks(
+        chunks, y="TICKS", groups=["BROOD", "LOCATION"], X=GROUSE_X)
+    _same_fit(est, grouse_in_memory)
+
+
+def test_poisson_crossed_dask_partitions_equal_in_memory(grouse, grouse_in_memory):
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(grouse[["TICKS", "BROOD", "LOCATION", *GROUSE_X]], npartitions=3)
+    est = MixedGLMRegressor(family="poisson").fit_chunks(
+        ddf, y="TICKS", groups=["BROOD", "LOCATION"], X=GROUSE_X)
+    _same_fit(est, grouse_in_memory)
+
+
+# ---- Bernoulli: the classifier, crossed; a non-canonical link ------------------------------------
+
+
+def test_bernoulli_classifier_crossed_chunks_equal_in_memory():
+    df = load_verbagg()
+    df = df[df["id"].astype(int) <= 60].reset_index(drop=True)  # 60 subjects x 24 items
+    df["male"] = (df["Gender"] == "M").astype(float)
+    df["answer"] = np.where(df["r2"] == 1, "Y", "N")
+    X = ["Anger", "male"]
+    in_memory = MixedGLMClassifier().fit(df[X], df["answer"], groups=df[["id", "item"]])
+    chunks = [df.iloc[i:i + 500] for i in range(0, len(df), 500)]
+    est = MixedGLMClassifier().fit_chunks(chunks, y="answer", groups=["id", "item"], X=X)
+    assert est.classes_.tolist() == ["N", "Y"]
+    _same_fit(est, in_memory)
+
+
+def test_probit_with_a_correlated_slope_equals_in_memory():
+    rng = np.random.default_rng(3)
+    n, m = 400, 20
+    g = rng.integers(0, m, n)
+    x = rng.standard_normal(n)
+    b = rng.multivariate_normal([0, 0], [[0.5, 0.1], [0.1, 0.2]], m)
+    eta = 0.2 + 0.6 * x + b[g, 0] + b[g, 1] * x
+    df = pd.DataFrame({"y": (rng.standard_normal(n) < eta).astype(int), "g": g, "x": x})
+    in_memory = MixedGLMClassifier(link="probit").fit(
+        df[["x"]], df["y"], groups=df["g"], Z=pd.DataFrame({"(Intercept)": 1.0, "x": x}))
+    chunks = [df.iloc[i:i + 150] for i in range(0, n, 150)]
+    est = MixedGLMClassifier(link="probit").fit_chunks(chunks, y="y", groups="g", X=["x"],
+                                                       Z=["(Intercept)", "x"])
+    _same_fit(est, in_memory)
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+
+
+def test_a_one_shot_iterator_is_refused_naming_what_to_pass(cbpp):
+    chunks = (cbpp.iloc[i:i + 20] for i in range(0, len(cbpp), 20))
+    with pytest.raises(ValueError, match="one-shot iterator.*list of DataFrames or a zero-argument callable"):
+        MixedGLMRegressor(family="binomial").fit_chunks(chunks, y="p", groups="herd", X=CBPP_X,
+                                                        sample_weight="size")
+
+
+@pytest.mark.parametrize("est, match", [
+    (MixedGLMRegressor(family="binomial", n_agq=5), "Laplace"),
+    (MixedGLMRegressor(family="negative_binomial"), "estimated"),
+    (MixedGLMRegressor(family="binomial", formula="p ~ period + (1 | herd)"), "formula"),
+])
+def test_what_is_not_fitted_from_chunks_is_refused(cbpp, est, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        est.fit_chunks([cbpp], y="p", groups="herd", X=CBPP_X, sample_weight="size")
+
+
+@pytest.mark.parametrize("method", ["fitted", "residuals", "simulate", "bootstrap"])
+def test_methods_that_need_the_rows_are_refused(cbpp, method):
+    est = MixedGLMRegressor(family="binomial").fit_chunks(
+        [cbpp.iloc[:30], cbpp.iloc[30:]], y="p", groups="herd", X=CBPP_X, sample_weight="size")
+    with pytest.raises(NotImplementedError, match="rows"):
+        getattr(est, method)()
