@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections.abc
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -44,23 +43,41 @@ _ONE_SHOT = ("chunks is a one-shot iterator (e.g. a generator or pd.read_csv(...
              "lambda: pd.read_csv(path, chunksize=100_000)")
 
 
-@dataclass
 class _Rows:
     """One chunk's rows coded by the levels of all the data (what :class:`~._glmm.GLMMDeviance`'s
     row methods read): ``X`` (the kept fixed-effects columns), ``y``, ``prior``, ``offset``,
-    ``factors`` (global codes, Z), ``pattern`` (its cross-products' structure),
+    ``factors`` (global codes, Z); and, made when first asked for (a pass for the
+    log-likelihood needs none of them), ``pattern`` (the cross-products' structure),
     ``_entries`` (each row's entry in the data's pair blocks) and ``pair_pos`` (the
     positions of the chunk's level pairs among the data's)."""
 
-    X: np.ndarray
-    y: np.ndarray
-    prior: np.ndarray
-    offset: np.ndarray
-    factors: list
-    pattern: DesignPattern
-    _entries: list
-    pair_pos: list
-    n: int
+    def __init__(self, X: np.ndarray, y: np.ndarray, prior: np.ndarray, offset: np.ndarray,
+                 factors: list, terms: Terms, pair_keys: list) -> None:
+        self.X, self.y, self.prior, self.offset, self.factors = X, y, prior, offset, factors
+        self.n = y.shape[0]
+        self._terms, self._pair_keys = terms, pair_keys
+        self._pattern: DesignPattern | None = None
+
+    @property
+    def pattern(self) -> DesignPattern:
+        if self._pattern is None:
+            self._pattern = DesignPattern(np.empty((self.n, 0)), self.factors, self._terms)
+            self._pair_entries, self._pair_pos = [], []
+            for j, (k, l, inv, lk, ll) in enumerate(self._pattern._pairs):
+                where = np.searchsorted(self._pair_keys[j], lk * self._terms[l].n_levels + ll)
+                self._pair_pos.append(where)
+                self._pair_entries.append(where[inv])
+        return self._pattern
+
+    @property
+    def _entries(self) -> list:
+        self.pattern  # noqa: B018 -- made with the pattern
+        return self._pair_entries
+
+    @property
+    def pair_pos(self) -> list:
+        self.pattern  # noqa: B018
+        return self._pair_pos
 
 
 class ChunkSource:
@@ -244,14 +261,8 @@ class ChunkSource:
                 codes = self._rank[g][at][local]
             z = _z_columns(frame, self.Z[g]).to_numpy(dtype=float) if g in self.Z else np.ones((n, 1))
             factors.append((codes, z))
-        pattern = DesignPattern(np.empty((n, 0)), factors, self.terms)
-        entries, pos = [], []
-        for j, (k, l, inv, lk, ll) in enumerate(pattern._pairs):
-            where = np.searchsorted(self._pair_keys[j], lk * self.terms[l].n_levels + ll)
-            pos.append(where)
-            entries.append(where[inv])
         X = x if self.kept is None else np.ascontiguousarray(x[:, self.kept])
-        return _Rows(X, y, w, off, factors, pattern, entries, pos, n)
+        return _Rows(X, y, w, off, factors, self.terms, self._pair_keys)
 
     def _map(self, fn: Callable) -> list:
         """``fn(frame, number)`` of every chunk (Dask: computed partition by partition where
