@@ -186,3 +186,31 @@ def test_methods_that_need_the_rows_are_refused(cbpp, method):
         [cbpp.iloc[:30], cbpp.iloc[30:]], y="p", groups="herd", X=CBPP_X, sample_weight="size")
     with pytest.raises(NotImplementedError, match="rows"):
         getattr(est, method)()
+
+
+def test_poisson_offset_and_rows_of_weight_zero_equal_in_memory():
+    rng = np.random.default_rng(7)
+    n, m = 300, 15
+    g = rng.integers(0, m, n)
+    x = rng.standard_normal(n)
+    exposure = rng.uniform(0.5, 3.0, n)
+    y = rng.poisson(exposure * np.exp(0.1 + 0.4 * x + 0.5 * rng.standard_normal(m)[g]))
+    w = np.where(rng.uniform(size=n) < 0.1, 0.0, 1.0)  # rows of weight 0 drop out
+    df = pd.DataFrame({"y": y, "g": g, "x": x, "log_e": np.log(exposure), "w": w})
+    in_memory = MixedGLMRegressor(family="poisson").fit(df[["x"]], df["y"], groups=df["g"],
+                                                        offset=df["log_e"], sample_weight=df["w"])
+    chunks = [df.iloc[i:i + 70] for i in range(0, n, 70)]
+    est = MixedGLMRegressor(family="poisson").fit_chunks(chunks, y="y", groups="g", X=["x"],
+                                                         offset="log_e", sample_weight="w")
+    _same_fit(est, in_memory)
+
+
+def test_dask_on_a_local_cluster_with_two_workers(cbpp, cbpp_in_memory):
+    dd = pytest.importorskip("dask.dataframe")
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        ddf = dd.from_pandas(cbpp[["p", "herd", "size", *CBPP_X]], npartitions=3)
+        est = MixedGLMRegressor(family="binomial").fit_chunks(ddf, y="p", groups="herd", X=CBPP_X,
+                                                              sample_weight="size")
+    _same_fit(est, cbpp_in_memory)
