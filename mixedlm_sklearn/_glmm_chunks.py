@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ._chunked import _merge_labels, _sorted_labels, _z_columns, is_dask_collection
+from ._chunked import _merge_labels, _sorted_labels, is_dask_collection
 from ._crossprod import CrossProducts, DesignPattern, PairBlock
 from ._design import INTERCEPT
 from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
@@ -162,9 +162,12 @@ class ChunkSource:
             frame, w = frame[w > 0], w[w > 0]
             if len(frame) == 0:
                 return None
-        x = frame[self.X].to_numpy(dtype=float) if self.X else np.empty((len(frame), 0))
-        if self.fit_intercept:
-            x = np.column_stack([np.ones(len(frame)), x])
+        # column by column: a DataFrame's take of a list of columns costs more than the
+        # columns themselves in a pass over small chunks
+        start = int(self.fit_intercept)
+        x = np.ones((len(frame), start + len(self.X)))
+        for j, c in enumerate(self.X):
+            x[:, start + j] = frame[c].to_numpy(dtype=float)
         if not np.all(np.isfinite(x)):
             raise ValueError(f"chunk {number}: X has non-finite values")
         y = self.encode_y(frame[self.y])
@@ -204,7 +207,8 @@ class ChunkSource:
             terms.append(Term(g, z_names[g], len(index[g]), diagonal.get(g, False)))
         self.terms = Terms(terms)
         self.labels = {g: np.asarray(_sorted_labels(index[g])[0], dtype=object) for g in self.groups}
-        self._sorted = {g: pd.Index(self.labels[g]) for g in self.groups}
+        # in the labels' own dtype (integers: a hash table of ints, not of objects)
+        self._sorted = {g: pd.Index(self.labels[g]).infer_objects() for g in self.groups}
         # each pair of factors' level pairs: sorted keys level_k * m_l + level_l (global codes)
         self._pair_keys = []
         j = 0
@@ -259,7 +263,10 @@ class ChunkSource:
                     raise ValueError(f"chunk {number} has levels of {g} that the first pass did "
                                      "not see: the chunks must be the same at every pass")
                 codes = self._rank[g][at][local]
-            z = _z_columns(frame, self.Z[g]).to_numpy(dtype=float) if g in self.Z else np.ones((n, 1))
+            z = np.ones((n, len(self.Z.get(g, [INTERCEPT]))))
+            for j, c in enumerate(self.Z.get(g, [])):
+                if not (c == INTERCEPT and c not in frame.columns):  # "(Intercept)": ones
+                    z[:, j] = frame[c].to_numpy(dtype=float)
             factors.append((codes, z))
         X = x if self.kept is None else np.ascontiguousarray(x[:, self.kept])
         return _Rows(X, y, w, off, factors, self.terms, self._pair_keys)
