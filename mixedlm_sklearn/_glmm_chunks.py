@@ -29,9 +29,9 @@ import pandas as pd
 from ._chunked import _merge_labels, _sorted_labels, is_dask_collection
 from ._crossprod import CrossProducts, DesignPattern, PairBlock
 from ._design import INTERCEPT
-from ._factor import Factor, NotPositiveDefinite, Plan, Prepared
+from ._factor import NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
-from ._glmm import GLMMDeviance, PIRLSDivergence, _Modes
+from ._glmm import GLMMDeviance, _Modes
 from ._terms import Term, Terms
 from ._validation import check_weights, encode_groups
 
