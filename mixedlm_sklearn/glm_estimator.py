@@ -204,7 +204,8 @@ class _MixedGLMBase(MixedModelBase):
 
         See Also
         --------
-        fit : The fit from arrays in memory.
+        MixedGLMClassifier.fit : The classifier's fit from arrays in memory.
+        MixedGLMRegressor.fit : The regressor's fit from arrays in memory.
         MixedLMRegressor.fit_chunks : The linear mixed model from chunks.
 
         Examples
