@@ -31,7 +31,7 @@ from ._crossprod import CrossProducts, DesignPattern, PairBlock
 from ._design import INTERCEPT
 from ._factor import NotPositiveDefinite, Plan, Prepared
 from ._family import Family, Link
-from ._glmm import GLMMDeviance, _Modes
+from ._glmm import GLMMDeviance, PIRLSDivergence, _Modes
 from ._terms import Term, Terms
 from ._validation import check_weights, encode_groups
 
@@ -405,12 +405,35 @@ class ChunkedGLMMDeviance(GLMMDeviance):
         return np.array(beta, dtype=float)
 
     def _evaluate(self, fixed, b: list):
+        """The log-likelihood at ``(beta, b)`` and, in the same pass, PIRLS's cross-products
+        there (:meth:`_working`'s and the chord's score, :meth:`_score_products`): the point
+        a step accepts is the last one evaluated, so PIRLS reads each chunk once per step
+        (where the working weights are not finite, the cross-products are left to
+        :meth:`_working`, which says so)."""
         def one(R):
-            return self._eta_of(R.offset + R.X @ fixed if self.p else R.offset.copy(), b, R)[2]
+            eta, _, ll = self._eta_of(R.offset + R.X @ fixed if self.p else R.offset.copy(), b, R)
+            try:
+                _, _, _, _, _, W, r = self._weights_at(eta, R)
+            except PIRLSDivergence:
+                return ll, False, None
+            with np.errstate(over="ignore"):
+                return ll, True, self._global(R.pattern.cross_products(r / W, W), R)
 
-        return (fixed, b), None, self._log_constant + self._pass(one)
+        state = (fixed, b)
+        ll, ok, cp = self._pass(one)
+        self._at_last = (state, cp if ok else None)
+        return state, None, self._log_constant + ll
+
+    def _products_of_last(self, eta) -> CrossProducts | None:
+        """The cross-products :meth:`_evaluate` made at ``eta``, if it was the last point."""
+        last = getattr(self, "_at_last", None)
+        return last[1] if last is not None and last[0] is eta else None
 
     def _working(self, eta, observed: bool = False, rows: tuple | None = None):
+        cp = None if observed else self._products_of_last(eta)
+        if cp is not None:
+            return cp, (None,) * 7
+
         def one(R):
             rows_c = self._weights_at(self._eta_rows(eta, R), R)
             W, r = rows_c[5], rows_c[6]
@@ -435,6 +458,10 @@ class ChunkedGLMMDeviance(GLMMDeviance):
         return cp if ok else None
 
     def _score_products(self, eta, mu) -> list | None:
+        cp = self._products_of_last(eta)
+        if cp is not None:  # Z'W (r / W), the score's products made with the point's
+            return [z[0, :, 0, :] for z in cp.zxy]
+
         def one(R):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 mu_c, d1, _, var, _ = self._response(self._eta_rows(eta, R))
