@@ -96,11 +96,15 @@ class ChunkSource:
     fit_intercept : bool
     encode_y : callable, optional
         Maps a chunk's response column to the fit's numeric response.
+    z_names : dict, optional
+        Factor -> the names of its random-effects columns, where they differ from the
+        chunks' column names.
     """
 
     def __init__(self, chunks: Any, *, y: str, X: list, groups: list, Z: dict,
                  sample_weight: str | None = None, offset: str | None = None,
-                 fit_intercept: bool = True, encode_y: Callable | None = None) -> None:
+                 fit_intercept: bool = True, encode_y: Callable | None = None,
+                 z_names: dict | None = None) -> None:
         self.dask = is_dask_collection(chunks)
         if self.dask:
             self._frames = None
@@ -120,6 +124,7 @@ class ChunkSource:
         self.y, self.X, self.groups, self.Z = y, list(X), list(groups), dict(Z)
         self.sample_weight, self.offset = sample_weight, offset
         self.fit_intercept = fit_intercept
+        self.z_names = dict(z_names or {})
         self.encode_y = encode_y or (lambda v: np.asarray(v, dtype=float))
         self.kept: np.ndarray | None = None  # the kept fixed-effects columns (set by the fit)
         self.terms: Terms | None = None
@@ -231,7 +236,7 @@ class ChunkSource:
         labels, codes, names = {}, {}, {}
         for g in self.groups:
             codes[g], labels[g] = encode_groups(frame[g], n, name=f"groups[{g!r}]")
-            names[g] = tuple(str(c) for c in self.Z.get(g, [INTERCEPT]))
+            names[g] = tuple(str(c) for c in self.z_names.get(g, self.Z.get(g, [INTERCEPT])))
         pair_labels = []
         for k in range(len(self.groups)):
             for l in range(k + 1, len(self.groups)):

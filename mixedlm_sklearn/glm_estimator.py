@@ -94,6 +94,10 @@ class _MixedGLMBase(MixedModelBase):
         return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
+        from ._chunked import is_dask_collection
+
+        if is_dask_collection(X):  # from the partitions, where they live
+            return self._fit_dask(X, y, groups, Z, sample_weight, offset)
         family, link = self._family_link()
         self._remember_z_names(Z)
         X = _check_frame(X)
@@ -163,7 +167,9 @@ class _MixedGLMBase(MixedModelBase):
         A fit reads the chunks many times (hundreds of passes), so they must be
         re-iterable: a list of DataFrames, a zero-argument callable returning a fresh
         iterable of them, or a Dask DataFrame (each pass computes every partition's sums
-        where it lives, with the active scheduler). A one-shot iterator is refused.
+        where it lives, with the active scheduler). A one-shot iterator is refused. Dask
+        collections given to :meth:`fit` (``X``, ``y``, ``groups``, ``Z``, ``sample_weight``,
+        ``offset``: columns of one Dask DataFrame) are fitted the same way.
 
         Parameters
         ----------
@@ -227,24 +233,12 @@ class _MixedGLMBase(MixedModelBase):
         >>> bool(abs(est.llf_ - in_memory.llf_) < 1e-8)
         True
         """
-        from ._glmm_chunks import ChunkSource, ChunkedGLMMDeviance, chunked_glm_start
-
         self._validate_params()
         if self.formula is not None:
             raise TypeError("fit_chunks reads columns by name; a formula fit needs the rows in "
                             "memory: use fit(df) or formula=None")
-        if self.n_agq != 1:
-            raise ValueError(f"n_agq={self.n_agq}: a GLMM from chunks is fitted with the Laplace "
-                             "approximation (n_agq=1); adaptive quadrature needs the rows in memory")
         if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
             raise TypeError("X and Z must be lists of column names")
-        if not self.fit_intercept and len(X) == 0:
-            raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
-        family, link = self._family_link()
-        if family.free:
-            raise ValueError(f"a {family.name} GLMM has an estimated {family.free[0]}, whose search "
-                             "is not run from chunks yet: fit it in memory (fit), or use a family "
-                             "without one (binomial, poisson)")
         group_cols = [groups] if isinstance(groups, str) else list(groups)
         if isinstance(Z, dict):
             z_cols = {str(k): list(v) for k, v in Z.items()}
@@ -258,43 +252,115 @@ class _MixedGLMBase(MixedModelBase):
         else:
             z_cols = {}
         with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
-            source = ChunkSource(chunks, y=y, X=list(X), groups=group_cols, Z=z_cols,
-                                 sample_weight=sample_weight, offset=offset,
-                                 fit_intercept=self.fit_intercept)
-            source.encode_y = self._chunk_encoder(source, y)
-            self._check_cov_type(group_cols)
-            diagonal = {g: term_is_diagonal(self.cov_type, g) for g in group_cols}
-            survey = source.survey(family, diagonal)
-            terms = source.terms
-            for term in terms:
-                if term.n_levels < 2:
-                    raise ValueError(f"random effects need at least two groups; {term.name!r} has "
-                                     f"{term.n_levels}")
-            names = ([INTERCEPT] if self.fit_intercept else []) + [str(c) for c in X]
-            rank = drop_aliased_columns(survey["xtx"], names, survey["n"])
-            source.kept = np.asarray(rank.kept)
-            p = len(rank.kept_names)
-            dev = ChunkedGLMMDeviance(source, p, survey["log_constant"], survey["n"], family, link)
-            beta0 = chunked_glm_start(source, family, link, p)
-            x0 = np.concatenate([terms.identity_theta(), beta0])
-            started = time.perf_counter()
-            try:
-                sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
-            except (PIRLSDivergence, NotPositiveDefinite) as err:
-                raise ValueError(f"the GLMM fit broke down numerically ({err}); see fit()") from None
-            if self.verbose:
-                print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} "
-                      f"PIRLS iterations, {dev.n_passes} passes over the chunks, "
-                      f"converged={info.converged} ({time.perf_counter() - started:.3f} s)")
-            self.n_features_in_ = len(X)
-            self.feature_names_in_ = np.asarray([str(c) for c in X], dtype=object)
-            self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
-                                else {None: v for v in map(list, z_cols.values())})
-            self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms, dict(source.labels),
-                                      design=None, rank=rank if rank.deficient else None,
-                                      max_iter=self.max_iter, tol=self.tol, family=dev.family)
-            self._set_fitted(len(group_cols) > 1)
-            return self
+            return self._fit_source(chunks, y, group_cols, [str(c) for c in X], z_cols,
+                                    sample_weight, offset)
+
+    def _fit_source(self, chunks: Any, y: str, group_cols: list, X: list, z_cols: dict,
+                    sample_weight: str | None, offset: str | None, z_names: dict | None = None):
+        """The fit from chunks or a Dask DataFrame of named columns (:meth:`fit_chunks`;
+        ``z_names``: the random-effects columns' names where the frame's differ)."""
+        from ._glmm_chunks import ChunkSource, ChunkedGLMMDeviance, chunked_glm_start
+
+        if self.n_agq != 1:
+            raise ValueError(f"n_agq={self.n_agq}: a GLMM from chunks or Dask partitions is fitted "
+                             "with the Laplace approximation (n_agq=1); adaptive quadrature needs "
+                             "the rows in memory")
+        if not self.fit_intercept and len(X) == 0:
+            raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
+        family, link = self._family_link()
+        if family.free:
+            raise ValueError(f"a {family.name} GLMM has an estimated {family.free[0]}, whose search "
+                             "is not run from chunks or Dask partitions yet: fit it in memory, or "
+                             "use a family without one (binomial, poisson)")
+        source = ChunkSource(chunks, y=y, X=X, groups=group_cols, Z=z_cols,
+                             sample_weight=sample_weight, offset=offset,
+                             fit_intercept=self.fit_intercept, z_names=z_names)
+        source.encode_y = self._chunk_encoder(source, y)
+        self._check_cov_type(group_cols)
+        diagonal = {g: term_is_diagonal(self.cov_type, g) for g in group_cols}
+        survey = source.survey(family, diagonal)
+        terms = source.terms
+        for term in terms:
+            if term.n_levels < 2:
+                raise ValueError(f"random effects need at least two groups; {term.name!r} has "
+                                 f"{term.n_levels}")
+        names = ([INTERCEPT] if self.fit_intercept else []) + X
+        rank = drop_aliased_columns(survey["xtx"], names, survey["n"])
+        source.kept = np.asarray(rank.kept)
+        p = len(rank.kept_names)
+        dev = ChunkedGLMMDeviance(source, p, survey["log_constant"], survey["n"], family, link)
+        beta0 = chunked_glm_start(source, family, link, p)
+        x0 = np.concatenate([terms.identity_theta(), beta0])
+        started = time.perf_counter()
+        try:
+            sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
+        except (PIRLSDivergence, NotPositiveDefinite) as err:
+            raise ValueError(f"the GLMM fit broke down numerically ({err}); see fit()") from None
+        if self.verbose:
+            print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} "
+                  f"PIRLS iterations, {dev.n_passes} passes over the chunks, "
+                  f"converged={info.converged} ({time.perf_counter() - started:.3f} s)")
+        self.n_features_in_ = len(X)
+        self.feature_names_in_ = np.asarray(X, dtype=object)
+        shown = {g: list(terms[k].z_names) for k, g in enumerate(group_cols) if g in z_cols}
+        self._z_names_in = shown if len(group_cols) > 1 else {None: v for v in shown.values()}
+        self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms, dict(source.labels),
+                                  design=None, rank=rank if rank.deficient else None,
+                                  max_iter=self.max_iter, tol=self.tol, family=dev.family)
+        self._set_fitted(len(group_cols) > 1)
+        return self
+
+    def _fit_dask(self, X, y, groups, Z, sample_weight, offset):
+        """``fit`` with Dask collections: the columns joined into one Dask DataFrame (they
+        must be partitioned alike, as columns of one DataFrame are), fitted from its
+        partitions (:meth:`_fit_source`)."""
+        import dask.dataframe as dd
+
+        from ._chunked import check_dask_inputs
+
+        check_dask_inputs(X=X, y=y, groups=groups, sample_weight=sample_weight, offset=offset,
+                          **({f"Z[{k!r}]": v for k, v in Z.items()} if isinstance(Z, dict) else {"Z": Z}))
+        if not hasattr(X, "columns"):
+            raise TypeError("with Dask input, X must be a Dask DataFrame (named columns)")
+        x_names = [str(c) for c in X.columns]
+        if hasattr(groups, "columns"):
+            g_names = [str(c) for c in groups.columns]
+            parts = [groups[c].rename(f"__g{k}") for k, c in enumerate(groups.columns)]
+        else:
+            g_names = [str(groups.name) if groups.name is not None else "group"]
+            parts = [groups.rename("__g0")]
+        if Z is None:
+            by_factor = {}
+        elif isinstance(Z, dict):
+            by_factor = {str(k): v for k, v in Z.items()}
+        else:
+            by_factor = {g_names[0]: Z}
+        unknown = [k for k in by_factor if k not in g_names]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {g_names}")
+        z_cols, z_names = {}, {}
+        for k, (g, z) in enumerate(by_factor.items()):
+            z = z.to_frame() if not hasattr(z, "columns") else z
+            z_cols[f"__g{g_names.index(g)}"] = [f"__z{k}_{j}" for j in range(len(z.columns))]
+            z_names[f"__g{g_names.index(g)}"] = [str(c) for c in z.columns]
+            parts += [z[c].rename(f"__z{k}_{j}") for j, c in enumerate(z.columns)]
+        parts.append(y.rename("__y"))
+        if sample_weight is not None:
+            parts.append(sample_weight.rename("__w"))
+        if offset is not None:
+            parts.append(offset.rename("__offset"))
+        frame = dd.concat([X.rename(columns=dict(zip(X.columns, x_names))), *parts], axis=1)
+        # the factors by their own names (the terms'), renamed in each partition
+        rename = {f"__g{k}": g for k, g in enumerate(g_names)}
+        frame = frame.rename(columns=rename)
+        z_cols = {rename[k]: v for k, v in z_cols.items()}
+        z_names = {rename[k]: v for k, v in z_names.items()}
+        clash = sorted(set(x_names) & set(g_names))
+        if clash:
+            raise ValueError(f"{clash} name(s) both a column of X and a grouping factor")
+        return self._fit_source(frame, "__y", g_names, x_names, z_cols,
+                                None if sample_weight is None else "__w",
+                                None if offset is None else "__offset", z_names)
 
     def _chunk_encoder(self, source: Any, column: str):
         """The response of a chunk as the fit takes it (the classifier's reads the classes

@@ -214,3 +214,26 @@ def test_dask_on_a_local_cluster_with_two_workers(cbpp, cbpp_in_memory):
         est = MixedGLMRegressor(family="binomial").fit_chunks(ddf, y="p", groups="herd", X=CBPP_X,
                                                               sample_weight="size")
     _same_fit(est, cbpp_in_memory)
+
+
+def test_dask_collections_in_fit_are_fitted_from_their_partitions():
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(11)
+    n, m = 500, 25
+    g = rng.integers(0, m, n)
+    x = rng.standard_normal(n)
+    h = rng.integers(0, 6, n)
+    eta = 0.3 + 0.5 * x + 0.6 * rng.standard_normal(m)[g] + 0.4 * rng.standard_normal(6)[h]
+    df = pd.DataFrame({"count": rng.poisson(np.exp(eta)), "g": g, "x": x, "one": 1.0,
+                       "h": np.array(list("abcdef"))[h]})
+    # Z named by the user (a column "one"), crossed factors
+    in_memory = MixedGLMRegressor(family="poisson").fit(
+        df[["x"]], df["count"], groups=df[["g", "h"]], Z={"g": df[["one"]]})
+    ddf = dd.from_pandas(df, npartitions=3)
+    est = MixedGLMRegressor(family="poisson").fit(
+        ddf[["x"]], ddf["count"], groups=ddf[["g", "h"]], Z={"g": ddf[["one"]]})
+    _same_fit(est, in_memory)
+    new = df.iloc[:20]
+    kw = dict(groups=new[["g", "h"]], Z={"g": new[["one"]]})
+    np.testing.assert_allclose(est.predict(new[["x"]], **kw), in_memory.predict(new[["x"]], **kw),
+                               rtol=1e-8)
