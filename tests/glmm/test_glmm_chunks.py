@@ -92,6 +92,19 @@ def test_predictions_and_wald_intervals_need_no_rows(cbpp, cbpp_in_memory):
     assert "binomial" in str(est.summary())
 
 
+def test_profile_intervals_and_r2_from_passes_equal_in_memory(cbpp, cbpp_in_memory):
+    # profiles refit with held parameters (passes over the chunks); R2 reads the rows'
+    # moments in one pass
+    chunks = [cbpp.iloc[i:i + 20] for i in range(0, len(cbpp), 20)]
+    est = MixedGLMRegressor(family="binomial").fit_chunks(chunks, y="p", groups="herd", X=CBPP_X,
+                                                          sample_weight="size")
+    np.testing.assert_allclose(est.conf_int(method="profile").to_numpy(dtype=float),
+                               cbpp_in_memory.conf_int(method="profile").to_numpy(dtype=float),
+                               rtol=0, atol=TOL)
+    a, b = est.r2(), cbpp_in_memory.r2()
+    assert abs(a.marginal - b.marginal) < TOL and abs(a.conditional - b.conditional) < TOL
+
+
 # ---- Poisson, crossed factors -------------------------------------------------------------------
 
 
@@ -237,3 +250,10 @@ def test_dask_collections_in_fit_are_fitted_from_their_partitions():
     kw = dict(groups=new[["g", "h"]], Z={"g": new[["one"]]})
     np.testing.assert_allclose(est.predict(new[["x"]], **kw), in_memory.predict(new[["x"]], **kw),
                                rtol=1e-8)
+
+
+def test_refits_with_other_fixed_effects_are_refused(cbpp):
+    est = MixedGLMRegressor(family="binomial").fit_chunks(
+        [cbpp.iloc[:30], cbpp.iloc[30:]], y="p", groups="herd", X=CBPP_X, sample_weight="size")
+    with pytest.raises(ValueError, match="needs the rows in memory; this GLMM was fitted from chunks"):
+        est.drop1()
