@@ -566,6 +566,12 @@ class GLMMDeviance:
         probe = np.ones(1)
         return self.family.observed_weight_slope(probe, probe, probe) is not None
 
+    def family_start(self, beta: np.ndarray) -> dict:
+        """The family's moment estimates at the fixed effects ``beta`` (its search's start)."""
+        with np.errstate(all="ignore"):
+            mu0 = self.link.inverse(self.offset + self.X @ beta)
+        return self.family.start_values(self.y, mu0, self.prior)
+
     def set_family_values(self, values: dict) -> None:
         """Set the family's parameters (a new family instance: the old one may be shared by
         another fit's deviance) and forget the modes of the old values."""
@@ -1258,9 +1264,7 @@ def _search_family(dev: GLMMDeviance, x0: np.ndarray, inner, s0: float | None = 
     lo, hi = _LOG_FAMILY_RANGE
     x0 = np.asarray(x0, dtype=float)
     if s0 is None:
-        with np.errstate(all="ignore"):
-            mu0 = dev.link.inverse(dev.offset + dev.X @ x0[dev.n_theta:])
-        s0 = np.log(dev.family.start_values(dev.y, mu0, dev.prior)[name])
+        s0 = np.log(dev.family_start(x0[dev.n_theta:])[name])
     s0 = float(np.clip(s0, lo + 1.0, hi - 1.0))
     state = {"x": x0}
     fits: dict = {}

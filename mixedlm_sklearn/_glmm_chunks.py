@@ -526,6 +526,23 @@ class ChunkedGLMMDeviance(GLMMDeviance):
 
         return self._gradient_of(m, *self._pass(second))
 
+    # ---- the family's free parameter (negative binomial, Gamma) ----------------------------
+
+    def family_start(self, beta: np.ndarray) -> dict:
+        def one(R):
+            with np.errstate(all="ignore"):
+                mu0 = self.link.inverse(R.offset + R.X @ beta)
+            return self.family.start_sums(R.y, mu0, R.prior)
+
+        return self.family.start_from_sums(self._pass(one))
+
+    def set_family_values(self, values: dict) -> None:
+        self.family = self.family.with_values(values)
+        self.link = self.family.link
+        family = self.family
+        self._log_constant = float(self._pass(lambda R: float(family.log_constant(R.y, R.prior).sum())))
+        self._last = self._base = self._at_last = None
+
     # ---- what needs the rows themselves ----------------------------------------------------
 
     def saturated_loglik(self) -> float:

@@ -162,7 +162,9 @@ class _MixedGLMBase(MixedModelBase):
         rows per level (and per pair of levels of crossed factors that share a row); a
         level may span chunks. Peak memory is one chunk plus a few numbers per level: no
         row is kept between passes. The fit is the in-memory one (:meth:`fit` on the
-        concatenated data, to rounding), with the Laplace approximation (``n_agq=1``).
+        concatenated data, to rounding), with the Laplace approximation (``n_agq=1``); a
+        negative binomial's ``theta`` or a Gamma's ``shape`` is searched as in memory, each
+        point of the search a fit.
 
         A fit reads the chunks many times (hundreds of passes), so they must be
         re-iterable: a list of DataFrames, a zero-argument callable returning a fresh
@@ -203,8 +205,7 @@ class _MixedGLMBase(MixedModelBase):
         Raises
         ------
         ValueError
-            For a one-shot iterator, ``n_agq > 1``, a family with an estimated parameter
-            (negative binomial, Gamma), or inputs that cannot be fitted.
+            For a one-shot iterator, ``n_agq > 1``, or inputs that cannot be fitted.
         TypeError
             For a formula fit or column lists given as one string.
 
@@ -268,10 +269,6 @@ class _MixedGLMBase(MixedModelBase):
         if not self.fit_intercept and len(X) == 0:
             raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
         family, link = self._family_link()
-        if family.free:
-            raise ValueError(f"a {family.name} GLMM has an estimated {family.free[0]}, whose search "
-                             "is not run from chunks or Dask partitions yet: fit it in memory, or "
-                             "use a family without one (binomial, poisson)")
         source = ChunkSource(chunks, y=y, X=X, groups=group_cols, Z=z_cols,
                              sample_weight=sample_weight, offset=offset,
                              fit_intercept=self.fit_intercept, z_names=z_names)
