@@ -240,6 +240,15 @@ class Family:
 
     def start_values(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> dict:
         """Moment estimates of the free parameters from a fit's means (a start)."""
+        return self.start_from_sums(self.start_sums(y, mu, w))
+
+    def start_sums(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The sums over the rows that :meth:`start_values` is made of: they add over
+        chunks of the rows (:meth:`start_from_sums` finishes)."""
+        return np.zeros(0)
+
+    def start_from_sums(self, sums: np.ndarray) -> dict:
+        """:meth:`start_values` from the rows' :meth:`start_sums`."""
         return {}
 
     def describe(self) -> str:
@@ -470,10 +479,12 @@ class _NegativeBinomial(Family):
         # glmer.nb's family name: theta rounded to 4 decimals
         return f"Negative Binomial({round(self.theta, 4):.10g})"
 
-    def start_values(self, y, mu, w):
+    def start_sums(self, y, mu, w):
         # method of moments on the GLM's means: E[(y - mu)^2 - mu] = mu^2 / theta
-        excess = float(np.sum(w * ((y - mu) ** 2 - mu)))
-        scale = float(np.sum(w * mu * mu))
+        return np.array([np.sum(w * ((y - mu) ** 2 - mu)), np.sum(w * mu * mu)], dtype=float)
+
+    def start_from_sums(self, sums):
+        excess, scale = float(sums[0]), float(sums[1])
         theta = scale / excess if excess > 0 else 100.0
         return {"theta": float(np.clip(theta, 1e-2, 1e4))}
 
@@ -549,9 +560,12 @@ class _Gamma(Family):
     def describe(self):
         return f"Gamma(shape = {round(self.shape, 4):.10g})"
 
-    def start_values(self, y, mu, w):
+    def start_sums(self, y, mu, w):
         # the moment estimate of the dispersion, mean of w ((y - mu) / mu)^2
-        disp = float(np.sum(w * ((y - mu) / mu) ** 2) / np.sum(w))
+        return np.array([np.sum(w * ((y - mu) / mu) ** 2), np.sum(w)], dtype=float)
+
+    def start_from_sums(self, sums):
+        disp = float(sums[0] / sums[1])
         return {"shape": float(np.clip(1.0 / disp if disp > 0 else 1.0, 1e-2, 1e6))}
 
     def unit_deviance(self, y, mu, w):

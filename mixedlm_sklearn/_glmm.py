@@ -232,26 +232,128 @@ class GLMMDeviance:
 
     # ---- rows <-> random effects ----------------------------------------------------------
 
-    def _per_row(self, k: int, A: np.ndarray) -> np.ndarray:
-        """A term's (q, m) per-level values at each row: (n, q)."""
-        return A[:, self.factors[k][0]].T
+    # The methods below that take ``R`` work on the rows ``R`` (default: this deviance's
+    # own): a deviance over chunks (:mod:`._glmm_chunks`) applies them to each chunk's rows
+    # (:class:`_RowsLike`: X, y, prior, offset, factors, pattern, entries, n) and adds up.
 
-    def _z_times(self, b: list) -> np.ndarray:
+    def _per_row(self, k: int, A: np.ndarray, R: Any = None) -> np.ndarray:
+        """A term's (q, m) per-level values at each row: (n, q)."""
+        return A[:, (R or self).factors[k][0]].T
+
+    def _z_times(self, b: list, R: Any = None) -> np.ndarray:
         """``Z b`` for per-term (q, m) effects ``b``."""
-        out = np.zeros(self.n)
-        for k, (codes, Z) in enumerate(self.factors):
+        R = R or self
+        out = np.zeros(R.n)
+        for k, (codes, Z) in enumerate(R.factors):
             if Z.shape[1] == 1:
                 out += Z[:, 0] * b[k][0, codes]
             else:
                 out += np.einsum("iq,qi->i", Z, b[k][:, codes])
         return out
 
-    def _zt_times(self, v: np.ndarray) -> list:
+    def _zt_times(self, v: np.ndarray, R: Any = None) -> list:
         """``Z_k' v`` per level of every term: (q_k, m_k)."""
+        R = R or self
         out = []
-        for (codes, Z), term, zt in zip(self.factors, self.terms, self.pattern._zt):
+        for (codes, Z), term, zt in zip(R.factors, self.terms, R.pattern._zt):
             out.append((zt @ v).reshape(term.n_levels, Z.shape[1]).T)
         return out
+
+    def _eta_of(self, fixed: np.ndarray, b: list, R: Any = None):
+        """The linear predictor ``fixed + Z b``, its mean and the log-likelihood of rows ``R``."""
+        R = R or self
+        eta = fixed + self._z_times(b, R)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            mu = self.link.inverse(eta)
+            ll = float(self.family.log_kernel(R.y, eta, mu, R.prior, self.link).sum())
+        return eta, mu, ll
+
+    def _weights_at(self, eta: np.ndarray, R: Any = None) -> tuple:
+        """``(mu, d1, d2, var, dvar, W, r)`` at ``eta`` on rows ``R``: the Fisher working
+        weights ``W`` and the score ``r``; PIRLSDivergence where they are not finite."""
+        R = R or self
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            mu, d1, d2, var, dvar = self._response(eta)
+            # d1 / var first: d1 * d1 underflows to 0 where mu is within ~1e-154 of
+            # 0 or 1, and a zero weight makes the working response r / W undefined
+            ratio = d1 / var
+            W = R.prior * d1 * ratio
+            r = R.prior * (R.y - mu) * ratio
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(r))):
+            raise PIRLSDivergence("the working weights are not finite (the linear predictor "
+                                  "ran off to infinity)")
+        return mu, d1, d2, var, dvar, W, r
+
+    def _observed_at(self, rows: tuple, R: Any = None) -> np.ndarray:
+        """The observed weights ``H = -dr/deta`` (the exact Hessian of the log-density)."""
+        R = R or self
+        mu, d1, d2, var, dvar, W, _ = rows
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return W - R.prior * (R.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
+
+    # ---- the rows' sums: what a deviance over chunks replaces (one pass each) ---------------
+
+    def _fixed(self, beta: np.ndarray):
+        """What the linear predictor's fixed part is kept as (here the rows' values)."""
+        return self.offset + self.X @ beta if self.p else self.offset.copy()
+
+    def _evaluate(self, fixed, b: list):
+        """``(eta, mu, loglik)`` at ``fixed + Z b`` (``eta``, ``mu``: what :meth:`_working`
+        and :meth:`_score_products` take; the log-likelihood with its constant)."""
+        eta, mu, ll = self._eta_of(fixed, b)
+        return eta, mu, self._log_constant + ll
+
+    def _working(self, eta, observed: bool = False, rows: tuple | None = None):
+        """The cross-products of PIRLS at ``eta``: of ``r / W`` with weights ``W`` (with
+        ``observed``, ``H`` for ``W``: NotPositiveDefinite unless all positive), and the
+        per-row ``(mu, d1, d2, var, dvar, W, r)`` (``rows``: those of ``eta`` already)."""
+        rows = self._weights_at(eta) if rows is None else rows
+        W, r = rows[5], rows[6]
+        if observed:
+            W = self._observed_at(rows)
+            if not (np.all(W > 0) and np.all(np.isfinite(W))):
+                raise NotPositiveDefinite("the Hessian of the joint log-density in the "
+                                          "random effects is not positive definite")
+            rows = rows[:5] + (W, r)
+        with np.errstate(over="ignore"):
+            # PIRLS uses Z'W z = Z'r and Z'WZ; the unused z'Wz overflows when a row's
+            # mean is numerically 0 or 1 against its response (a far trial point)
+            cp = self.pattern.cross_products(r / W, W)
+        return cp, rows
+
+    def _newton_products(self, eta, rows: tuple):
+        """The cross-products with the observed weights ``H`` (a non-canonical link's
+        Newton step), or None where ``H`` is not positive and finite everywhere."""
+        H = self._observed_at(rows)
+        if np.all(H > 0) and np.all(np.isfinite(H)):
+            return self.pattern.cross_products(np.zeros(self.n), H)
+        return None
+
+    def _score_products(self, eta, mu: np.ndarray | None) -> list | None:
+        """``Z'r`` per level at ``eta`` (``mu``: its mean, when the logit score is
+        ``y - mu``), or None where ``r`` is not finite."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            if mu is not None:
+                r = self.prior * (self.y - mu)
+            else:
+                mu, d1, _, var, _ = self._response(eta)
+                r = self.prior * (self.y - mu) * (d1 / var)
+        if not np.all(np.isfinite(r)):
+            return None
+        return self._zt_times(r)
+
+    def _shift_products(self, base: _Modes, d_lams: list, d_beta: np.ndarray) -> list:
+        """``Z'W (Z dLambda u + X dbeta)`` per level with the weights of ``base``."""
+        shift = self._z_times([dl @ u for dl, u in zip(d_lams, base.u)])
+        if self.p:
+            shift = shift + self.X @ d_beta
+        return self._zt_times(base.weights * shift)
+
+    def _x_products(self, m: _Modes):
+        """The cross-products of ``[X 0]`` with the modes' weights (``beta``'s information)."""
+        if self._pattern_x is None:
+            self._pattern_x = DesignPattern(self.X, self.factors, self.terms)
+        return self._pattern_x.cross_products(np.zeros(self.n), m.weights)
 
     def _response(self, eta: np.ndarray):
         mu, d1, d2 = self.link.derivatives(eta)
@@ -263,9 +365,6 @@ class GLMMDeviance:
         var, dvar = self.family.variance(mu)
         var = np.maximum(var, 1e-300)
         return mu, d1, d2, var, dvar
-
-    def _loglik(self, eta: np.ndarray, mu: np.ndarray) -> float:
-        return self._log_constant + float(self.family.log_kernel(self.y, eta, mu, self.prior, self.link).sum())
 
     # ---- PIRLS ----------------------------------------------------------------------------
 
@@ -286,14 +385,11 @@ class GLMMDeviance:
         Newton step that is not the last, chord steps with its factor go on the same way.
         """
         lams = self.terms.lams(theta)
-        fixed = self.offset + self.X @ beta if self.p else self.offset.copy()
+        fixed = self._fixed(beta)
         u = [np.zeros((t.q, t.n_levels)) for t in self.terms] if u0 is None else [a.copy() for a in u0]
 
         def objective(u):
-            eta = fixed + self._z_times([lam @ a for lam, a in zip(lams, u)])
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                mu = self.link.inverse(eta)
-                ll = self._loglik(eta, mu)
+            eta, mu, ll = self._evaluate(fixed, [lam @ a for lam, a in zip(lams, u)])
             pen = float(sum((a * a).sum() for a in u))
             objective.mu = mu  # the mean at the point last evaluated (the chord steps' score)
             return eta, -2.0 * ll + pen, ll, pen
@@ -309,44 +405,24 @@ class GLMMDeviance:
         if chord is not None:
             u, eta, f, ll, pen, decrement = self._chord_steps(chord, lams, u, eta, f, ll, pen, objective)
         for it in range(max_iter):
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                mu, d1, d2, var, dvar = self._response(eta)
-                # d1 / var first: d1 * d1 underflows to 0 where mu is within ~1e-154 of
-                # 0 or 1, and a zero weight makes the working response r / W undefined
-                ratio = d1 / var
-                W = self.prior * d1 * ratio
-                r = self.prior * (self.y - mu) * ratio
-            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(r))):
-                raise PIRLSDivergence("the working weights are not finite (the linear predictor "
-                                      "ran off to infinity)")
-            with np.errstate(over="ignore"):
-                # PIRLS uses Z'W z = Z'r and Z'WZ; the unused z'Wz overflows when a row's
-                # mean is numerically 0 or 1 against its response (a far trial point)
-                cp = self.pattern.cross_products(r / W, W)
+            cp, rows = self._working(eta)
             factor = Factor(self._prepared.reweighted(cp), lams)
             self.n_pirls += 1
             if decrement < tol:
                 if self.observed:
                     # the Laplace approximation's curvature: the exact Hessian H
-                    W = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
-                    if not (np.all(W > 0) and np.all(np.isfinite(W))):
-                        raise NotPositiveDefinite("the Hessian of the joint log-density in the "
-                                                  "random effects is not positive definite")
-                    cp = self.pattern.cross_products(r / W, W)
+                    cp, rows = self._working(eta, observed=True, rows=rows)
                     factor = Factor(self._prepared.reweighted(cp), lams)
-                return _Modes(theta, beta, u, eta, mu, d1, d2, var, dvar, W, r, ll, pen, factor,
-                              cp, lams, it)
+                return _Modes(theta, beta, u, eta, *rows, ll, pen, factor, cp, lams, it)
             zr = [z[0, :, 0, :] for z in cp.zxy]  # Z'r per level (q, m)
             rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, zr, u)]
             step_factor = factor
             if not self.canonical:
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                    # a far trial point's non-finite H falls back to scoring below
-                    H = W - self.prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / (var * var)
-                if np.all(H > 0) and np.all(np.isfinite(H)):
+                # a far trial point's non-finite H falls back to scoring
+                cp_h = self._newton_products(eta, rows)
+                if cp_h is not None:
                     try:
-                        step_factor = Factor(self._prepared.reweighted(
-                            self.pattern.cross_products(np.zeros(self.n), H)), lams)
+                        step_factor = Factor(self._prepared.reweighted(cp_h), lams)
                     except NotPositiveDefinite:
                         step_factor = factor
             delta = [d[:, 0, :] for d in step_factor.solve(rhs)]
@@ -378,17 +454,12 @@ class GLMMDeviance:
         previous = np.inf
         logit = self.family.name == "binomial" and self.link.name == "logit"
         for k in range(_CHORD_STEPS):
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                if logit and k:
-                    # the score y - mu (dmu/deta is the variance): the mean of the point
-                    # just accepted (the last one evaluated), as _response would give it
-                    r = self.prior * (self.y - objective.mu)
-                else:
-                    mu, d1, _, var, _ = self._response(eta)
-                    r = self.prior * (self.y - mu) * (d1 / var)
-            if not np.all(np.isfinite(r)):
+            # logit: the score y - mu (dmu/deta is the variance) with the mean of the point
+            # just accepted (the last one evaluated), as _response would give it
+            zr = self._score_products(eta, objective.mu if logit and k else None)
+            if zr is None:
                 break
-            rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, self._zt_times(r), u)]
+            rhs = [(lam.T @ g - a)[:, None, :] for lam, g, a in zip(lams, zr, u)]
             try:
                 delta = [d[:, 0, :] for d in chord.solve(rhs)]
             except (NotPositiveDefinite, FloatingPointError, ValueError):
@@ -435,10 +506,7 @@ class GLMMDeviance:
         lams = self.terms.lams(theta)
         d_lams = [a - b for a, b in zip(lams, base.lams)]
         zr = [z[0, :, 0, :] for z in base.cp.zxy]
-        shift = self._z_times([dl @ u for dl, u in zip(d_lams, base.u)])
-        if self.p:
-            shift = shift + self.X @ (beta - base.beta)
-        zhv = self._zt_times(base.weights * shift)
+        zhv = self._shift_products(base, d_lams, beta - base.beta)
         rhs = [(dl.T @ g - lam.T @ h)[:, None, :] for dl, lam, g, h in zip(d_lams, base.lams, zr, zhv)]
         try:
             du = base.factor.solve(rhs)
@@ -498,6 +566,12 @@ class GLMMDeviance:
         probe = np.ones(1)
         return self.family.observed_weight_slope(probe, probe, probe) is not None
 
+    def family_start(self, beta: np.ndarray) -> dict:
+        """The family's moment estimates at the fixed effects ``beta`` (its search's start)."""
+        with np.errstate(all="ignore"):
+            mu0 = self.link.inverse(self.offset + self.X @ beta)
+        return self.family.start_values(self.y, mu0, self.prior)
+
     def set_family_values(self, values: dict) -> None:
         """Set the family's parameters (a new family instance: the old one may be shared by
         another fit's deviance) and forget the modes of the old values."""
@@ -542,63 +616,97 @@ class GLMMDeviance:
 
     # ---- the analytic gradient of the Laplace deviance ---------------------------------
 
-    def _selected_rows(self, m: _Modes) -> tuple[list, np.ndarray]:
-        """``v_ik = (M^{-1} Lambda' z_i)`` at row i's level of term k, and the leverages h."""
-        diag, pairs = m.factor.selected_inverse(with_crossing_pairs=True)
-        Y = [Z @ lam for (codes, Z), lam in zip(self.factors, m.lams)]  # rows of Lambda' z_i
+    def _selected_rows(self, m: _Modes, sel: tuple, R: Any = None) -> tuple[list, np.ndarray]:
+        """``v_ik = (M^{-1} Lambda' z_i)`` at row i's level of term k, and the leverages h
+        (``sel``: the selected inverse of ``M`` with the crossing pairs)."""
+        R = R or self
+        diag, pairs = sel
+        Y = [Z @ lam for (codes, Z), lam in zip(R.factors, m.lams)]  # rows of Lambda' z_i
         V = []
-        for k, ((codes, Z), d) in enumerate(zip(self.factors, diag)):
+        for k, ((codes, Z), d) in enumerate(zip(R.factors, diag)):
             if Z.shape[1] == 1:
                 V.append(d[0, 0, codes][:, None] * Y[k])
             else:
                 V.append(np.einsum("abi,ib->ia", d[:, :, codes], Y[k]))
         for j, (k, l) in enumerate(self._pairs_kl):
-            S = pairs[j][self._entries[j]]  # (n, q_k, q_l)
+            S = pairs[j][R._entries[j]]  # (n, q_k, q_l)
             V[k] += np.einsum("iab,ib->ia", S, Y[l])
             V[l] += np.einsum("iab,ia->ib", S, Y[k])
         h = sum((y * v).sum(axis=1) for y, v in zip(Y, V))
         return V, h
 
-    def _laplace_gradient(self, m: _Modes) -> np.ndarray | None:
-        prior, mu, d1, d2, var, dvar = self.prior, m.mu, m.d1, m.d2, m.var, m.dvar
-        W, r = m.weights, m.score
+    def _gradient_rows(self, m: _Modes, rows: tuple, sel: tuple, R: Any = None) -> tuple:
+        """The gradient's per-row parts on rows ``R`` at the modes ``m`` (their
+        ``(mu, d1, d2, var, dvar, W, r)``): ``(V, a, H)`` (see the module docstring)."""
+        R = R or self
+        mu, d1, d2, var, dvar, W, r = rows
+        prior, y = R.prior, R.y
         if self.observed:
             # M holds the observed weights H themselves (the modes' Hessian): the slope
             # of log|M| in eta is that of H, and the modes move with H's factor
-            dW = self.family.observed_weight_slope(self.y, mu, prior)
+            dW = self.family.observed_weight_slope(y, mu, prior)
         else:
             ratio = d1 / var  # first, as in PIRLS: var ** 2 underflows where mu is near 0 or 1
             dW = prior * ratio * (2.0 * d2 - ratio * d1 * dvar)
-        V, h = self._selected_rows(m)
+        V, h = self._selected_rows(m, sel, R)
         a = h * dW
         if self.canonical or self.observed:
-            H, factor_h = W, m.factor
+            H = W
         else:
-            H = W - prior * (self.y - mu) * (d2 * var - d1 * d1 * dvar) / var ** 2
-            try:
-                cp_h = self.pattern.cross_products(np.zeros(self.n), H)
-                factor_h = Factor(self._prepared.reweighted(cp_h), m.lams)
-                if not np.isfinite(factor_h.logdet):
-                    return None
-            except (NotPositiveDefinite, FloatingPointError, ValueError):
-                return None
-        za = self._zt_times(a)
-        s = [x[:, 0, :] for x in factor_h.solve([(lam.T @ g)[:, None, :] for lam, g in zip(m.lams, za)])]
-        t = self._z_times([lam @ sk for lam, sk in zip(m.lams, s)])
+            H = W - prior * (y - mu) * (d2 * var - d1 * d1 * dvar) / var ** 2
+        return V, a, H
+
+    def _gradient_sums(self, m: _Modes, rows: tuple, parts: tuple, s: list,
+                       R: Any = None) -> tuple[np.ndarray, list]:
+        """``X'(c - 2 r)`` and ``Z_k'F_k`` per term on rows ``R`` (see the module docstring),
+        given :meth:`_gradient_rows`'s ``parts`` and ``s = M_H^{-1} Lambda'Z'a``."""
+        R = R or self
+        W, r = rows[5], rows[6]
+        V, a, H = parts
+        t = self._z_times([lam @ sk for lam, sk in zip(m.lams, s)], R)
         c = a - H * t
+        xg = R.X.T @ (c - 2.0 * r) if self.p else np.zeros(0)
+        zg = []
+        for k in range(len(self.terms)):
+            F = ((c - 2.0 * r)[:, None] * self._per_row(k, m.u[k], R) + 2.0 * W[:, None] * V[k]
+                 + r[:, None] * self._per_row(k, s[k], R))
+            zg.append(R.factors[k][1].T @ F)
+        return xg, zg
+
+    def _gradient_of(self, m: _Modes, xg: np.ndarray, zg: list) -> np.ndarray | None:
+        """The gradient from the sums of :meth:`_gradient_sums` (None where not finite)."""
         grad = np.empty(self.n_params)
-        if self.p:
-            grad[self.n_theta:] = self.X.T @ (c - 2.0 * r)
-        for k, (term, sl) in enumerate(zip(self.terms, self.terms.slices)):
-            codes, Z = self.factors[k]
-            F = ((c - 2.0 * r)[:, None] * self._per_row(k, m.u[k]) + 2.0 * W[:, None] * V[k]
-                 + r[:, None] * self._per_row(k, s[k]))
-            G = Z.T @ F
+        grad[self.n_theta:] = xg
+        for term, sl, G in zip(self.terms, self.terms.slices, zg):
             rows, cols = term.theta_position
             grad[sl] = G[rows, cols]
         if not np.all(np.isfinite(grad)):
             return None
         return grad
+
+    def _h_factor(self, m: _Modes, cp_h) -> Factor | None:
+        """The factor of ``M_H`` (a non-canonical link's observed weights), or None."""
+        try:
+            factor_h = Factor(self._prepared.reweighted(cp_h), m.lams)
+            if not np.isfinite(factor_h.logdet):
+                return None
+        except (NotPositiveDefinite, FloatingPointError, ValueError):
+            return None
+        return factor_h
+
+    def _laplace_gradient(self, m: _Modes) -> np.ndarray | None:
+        rows = (m.mu, m.d1, m.d2, m.var, m.dvar, m.weights, m.score)
+        sel = m.factor.selected_inverse(with_crossing_pairs=True)
+        parts = self._gradient_rows(m, rows, sel)
+        V, a, H = parts
+        factor_h = m.factor
+        if not (self.canonical or self.observed):
+            factor_h = self._h_factor(m, self.pattern.cross_products(np.zeros(self.n), H))
+            if factor_h is None:
+                return None
+        za = self._zt_times(a)
+        s = [x[:, 0, :] for x in factor_h.solve([(lam.T @ g)[:, None, :] for lam, g in zip(m.lams, za)])]
+        return self._gradient_of(m, *self._gradient_sums(m, rows, parts, s))
 
     def beta_information(self, m: _Modes) -> np.ndarray:
         """``2 (X'WX - X'WZ Lambda M^{-1} Lambda'Z'WX)`` at the modes ``m``.
@@ -607,10 +715,8 @@ class GLMMDeviance:
         out (Laplace): the ``beta`` block of the deviance's Hessian up to the change of the
         weights with ``beta``; ``2 / it`` is lme4's ``vcov(use.hessian = FALSE)``.
         """
-        if self._pattern_x is None:
-            self._pattern_x = DesignPattern(self.X, self.factors, self.terms)
         p = self.p
-        cp = self._pattern_x.cross_products(np.zeros(self.n), m.weights)
+        cp = self._x_products(m)
         xtwx = cp.xyxy[0][:p, :p]
         if not len(self.terms):
             return 2.0 * xtwx
@@ -624,9 +730,7 @@ class GLMMDeviance:
     def _solved_x(self, m: _Modes, cp=None) -> list:
         """``L^{-1} Lambda'Z'WX`` per term at the modes ``m`` (``M = LL'``), each (q_k, p, m_k)."""
         if cp is None:
-            if self._pattern_x is None:
-                self._pattern_x = DesignPattern(self.X, self.factors, self.terms)
-            cp = self._pattern_x.cross_products(np.zeros(self.n), m.weights)
+            cp = self._x_products(m)
         p = self.p
         rhs = [np.einsum("ba,bjm->ajm", lam, z[0, :, :p, :]) for lam, z in zip(m.lams, cp.zxy)]
         return m.factor.forward(rhs)
@@ -1160,9 +1264,7 @@ def _search_family(dev: GLMMDeviance, x0: np.ndarray, inner, s0: float | None = 
     lo, hi = _LOG_FAMILY_RANGE
     x0 = np.asarray(x0, dtype=float)
     if s0 is None:
-        with np.errstate(all="ignore"):
-            mu0 = dev.link.inverse(dev.offset + dev.X @ x0[dev.n_theta:])
-        s0 = np.log(dev.family.start_values(dev.y, mu0, dev.prior)[name])
+        s0 = np.log(dev.family_start(x0[dev.n_theta:])[name])
     s0 = float(np.clip(s0, lo + 1.0, hi - 1.0))
     state = {"x": x0}
     fits: dict = {}

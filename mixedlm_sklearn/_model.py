@@ -354,6 +354,9 @@ class FittedModel:
         variance of ``X beta`` has no ``n mean^2`` cancelling); a GLMM's from its rows,
         unweighted (insight's choice: a binomial row's weight is its number of trials)."""
         beta = self.solution.beta
+        if hasattr(self.deviance, "row_moments"):  # a GLMM from chunks: one pass over them
+            xtx, x_sum, n, ztz = self.deviance.row_moments()
+            return beta, xtx, x_sum, float(n), ztz
         if isinstance(self.deviance, GLMMDeviance):
             X = self.deviance.X
             ztz = [Z.T @ Z for _, Z in self.deviance.factors]

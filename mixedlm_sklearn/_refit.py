@@ -101,7 +101,8 @@ def model_rows(model: Any, what: str = "simulation") -> Rows:
     if design is None:
         raise NotImplementedError(
             f"{what} needs the rows of the fit; a model fitted from chunks or Dask keeps only "
-            "its cross-products. Fit the data in memory (MixedLMRegressor.fit) to simulate.")
+            "its cross-products (a GLMM's, re-read at every step). Fit the data in memory "
+            "(the estimator's fit) to simulate.")
     X = design.X_full
     if model.rank is not None:
         X = X[:, model.rank.kept]

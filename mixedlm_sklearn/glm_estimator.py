@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from numbers import Integral, Real
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._design import INTERCEPT, Design, column_names, factor_frame, several_factors
+from ._design import INTERCEPT, Design, column_names, factor_frame, several_factors, term_is_diagonal
 from ._factor import NotPositiveDefinite
 from ._family import FAMILIES, family_and_link, non_integer_counts, separated
 from ._glmm import PIRLSDivergence, GLMMDeviance, fit_glmm, glm_start
@@ -93,6 +94,10 @@ class _MixedGLMBase(MixedModelBase):
         return self._fit(X, y, groups, Z, sample_weight, offset)
 
     def _fit(self, X, y, groups, Z, sample_weight, offset):
+        from ._chunked import is_dask_collection
+
+        if is_dask_collection(X):  # from the partitions, where they live
+            return self._fit_dask(X, y, groups, Z, sample_weight, offset)
         family, link = self._family_link()
         self._remember_z_names(Z)
         X = _check_frame(X)
@@ -147,6 +152,218 @@ class _MixedGLMBase(MixedModelBase):
         self._set_fitted(several_factors(groups, Z) if groups is not None else False)
         return self
 
+    def fit_chunks(self, chunks: Any, *, y: str, groups: str | Sequence[str], X: Sequence[str],
+                   Z: Sequence[str] | dict | None = None, sample_weight: str | None = None,
+                   offset: str | None = None):
+        """Fit from DataFrames read in chunks, or from a Dask DataFrame's partitions.
+
+        Each step of PIRLS (and each gradient and information the optimiser asks for) is
+        one pass over the chunks, adding up the weighted cross-products of each chunk's
+        rows per level (and per pair of levels of crossed factors that share a row); a
+        level may span chunks. Peak memory is one chunk plus a few numbers per level: no
+        row is kept between passes. The fit is the in-memory one (:meth:`fit` on the
+        concatenated data, to rounding), with the Laplace approximation (``n_agq=1``); a
+        negative binomial's ``theta`` or a Gamma's ``shape`` is searched as in memory, each
+        point of the search a fit.
+
+        A fit reads the chunks many times (hundreds of passes), so they must be
+        re-iterable: a list of DataFrames, a zero-argument callable returning a fresh
+        iterable of them, or a Dask DataFrame (each pass computes every partition's sums
+        where it lives, with the active scheduler). A one-shot iterator is refused. Dask
+        collections given to :meth:`fit` (``X``, ``y``, ``groups``, ``Z``, ``sample_weight``,
+        ``offset``: columns of one Dask DataFrame) are fitted the same way.
+
+        Parameters
+        ----------
+        chunks : list of DataFrame, callable or Dask DataFrame
+            For example ``[df.iloc[i:i + 10_000] for i in range(0, len(df), 10_000)]``,
+            ``lambda: pd.read_csv(path, chunksize=1_000_000)`` or
+            ``dask.dataframe.read_parquet(path)``.
+        y : str
+            Column of the response (class labels for the classifier; counts, or
+            proportions of ``sample_weight`` trials, for the regressor).
+        groups : str or list of str
+            Column(s) of the grouping factor(s): one term per column.
+        X : list of str
+            Fixed-effects columns (the intercept is added when ``fit_intercept``).
+        Z : list of str or dict, optional
+            Random-effects columns (``"(Intercept)"`` stands for a column of ones); with
+            several factors a dict from factor column to its list of columns. Default: a
+            random intercept for every factor.
+        sample_weight : str, optional
+            Column of prior weights (binomial: the number of trials).
+        offset : str, optional
+            Column of the offset.
+
+        Returns
+        -------
+        self
+            The fitted estimator. It keeps no rows: predictions on new data, ``summary``,
+            Wald tests and intervals work; what needs the fit's rows (fitted values,
+            residuals, simulation, bootstrap, profiles, refits) is refused.
+
+        Raises
+        ------
+        ValueError
+            For a one-shot iterator, ``n_agq > 1``, or inputs that cannot be fitted.
+        TypeError
+            For a formula fit or column lists given as one string.
+
+        See Also
+        --------
+        MixedGLMClassifier.fit : The classifier's fit from arrays in memory.
+        MixedGLMRegressor.fit : The regressor's fit from arrays in memory.
+        MixedLMRegressor.fit_chunks : The linear mixed model from chunks.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedlm_sklearn import MixedGLMRegressor
+        >>> from mixedlm_sklearn.datasets import load_cbpp
+        >>> df = load_cbpp()
+        >>> df["p"] = df["incidence"] / df["size"]
+        >>> df = pd.concat([df, pd.get_dummies(df["period"], prefix="period", dtype=float)], axis=1)
+        >>> X = ["period_2", "period_3", "period_4"]
+        >>> chunks = [df.iloc[i:i + 20] for i in range(0, len(df), 20)]
+        >>> est = MixedGLMRegressor(family="binomial").fit_chunks(
+        ...     chunks, y="p", groups="herd", X=X, sample_weight="size")
+        >>> round(est.llf_, 4)  # glmer's logLik: -92.0263
+        -92.0263
+        >>> in_memory = MixedGLMRegressor(family="binomial").fit(
+        ...     df[X], df["p"], groups=df["herd"], sample_weight=df["size"])
+        >>> bool(abs(est.llf_ - in_memory.llf_) < 1e-8)
+        True
+        """
+        self._validate_params()
+        if self.formula is not None:
+            raise TypeError("fit_chunks reads columns by name; a formula fit needs the rows in "
+                            "memory: use fit(df) or formula=None")
+        if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
+            raise TypeError("X and Z must be lists of column names")
+        group_cols = [groups] if isinstance(groups, str) else list(groups)
+        if isinstance(Z, dict):
+            z_cols = {str(k): list(v) for k, v in Z.items()}
+            unknown = [k for k in z_cols if k not in group_cols]
+            if unknown:
+                raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {group_cols}")
+        elif Z is not None:
+            if len(group_cols) != 1:
+                raise TypeError("with several grouping factors, Z must be a dict from factor to columns")
+            z_cols = {group_cols[0]: list(Z)}
+        else:
+            z_cols = {}
+        with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
+            return self._fit_source(chunks, y, group_cols, [str(c) for c in X], z_cols,
+                                    sample_weight, offset)
+
+    def _fit_source(self, chunks: Any, y: str, group_cols: list, X: list, z_cols: dict,
+                    sample_weight: str | None, offset: str | None, z_names: dict | None = None):
+        """The fit from chunks or a Dask DataFrame of named columns (:meth:`fit_chunks`;
+        ``z_names``: the random-effects columns' names where the frame's differ)."""
+        from ._glmm_chunks import ChunkSource, ChunkedGLMMDeviance, chunked_glm_start
+
+        if self.n_agq != 1:
+            raise ValueError(f"n_agq={self.n_agq}: a GLMM from chunks or Dask partitions is fitted "
+                             "with the Laplace approximation (n_agq=1); adaptive quadrature needs "
+                             "the rows in memory")
+        if not self.fit_intercept and len(X) == 0:
+            raise ValueError("the model has no fixed effects: give X columns or fit_intercept=True")
+        family, link = self._family_link()
+        source = ChunkSource(chunks, y=y, X=X, groups=group_cols, Z=z_cols,
+                             sample_weight=sample_weight, offset=offset,
+                             fit_intercept=self.fit_intercept, z_names=z_names)
+        source.encode_y = self._chunk_encoder(source, y)
+        self._check_cov_type(group_cols)
+        diagonal = {g: term_is_diagonal(self.cov_type, g) for g in group_cols}
+        survey = source.survey(family, diagonal)
+        terms = source.terms
+        for term in terms:
+            if term.n_levels < 2:
+                raise ValueError(f"random effects need at least two groups; {term.name!r} has "
+                                 f"{term.n_levels}")
+        names = ([INTERCEPT] if self.fit_intercept else []) + X
+        rank = drop_aliased_columns(survey["xtx"], names, survey["n"])
+        source.kept = np.asarray(rank.kept)
+        p = len(rank.kept_names)
+        dev = ChunkedGLMMDeviance(source, p, survey["log_constant"], survey["n"], family, link)
+        beta0 = chunked_glm_start(source, family, link, p)
+        x0 = np.concatenate([terms.identity_theta(), beta0])
+        started = time.perf_counter()
+        try:
+            sol, info = fit_glmm(dev, x0, self.max_iter, ftol=self.tol)
+        except (PIRLSDivergence, NotPositiveDefinite) as err:
+            raise ValueError(f"the GLMM fit broke down numerically ({err}); see fit()") from None
+        if self.verbose:
+            print(f"[{type(self).__name__}] {info.n_fev} deviance evaluations, {dev.n_pirls} "
+                  f"PIRLS iterations, {dev.n_passes} passes over the chunks, "
+                  f"converged={info.converged} ({time.perf_counter() - started:.3f} s)")
+        self.n_features_in_ = len(X)
+        self.feature_names_in_ = np.asarray(X, dtype=object)
+        shown = {g: list(terms[k].z_names) for k, g in enumerate(group_cols) if g in z_cols}
+        self._z_names_in = shown if len(group_cols) > 1 else {None: v for v in shown.values()}
+        self.model_ = FittedModel(dev, sol, info, rank.kept_names, terms, dict(source.labels),
+                                  design=None, rank=rank if rank.deficient else None,
+                                  max_iter=self.max_iter, tol=self.tol, family=dev.family)
+        self._set_fitted(len(group_cols) > 1)
+        return self
+
+    def _fit_dask(self, X, y, groups, Z, sample_weight, offset):
+        """``fit`` with Dask collections: the columns joined into one Dask DataFrame (they
+        must be partitioned alike, as columns of one DataFrame are), fitted from its
+        partitions (:meth:`_fit_source`)."""
+        import dask.dataframe as dd
+
+        from ._chunked import check_dask_inputs
+
+        check_dask_inputs(X=X, y=y, groups=groups, sample_weight=sample_weight, offset=offset,
+                          **({f"Z[{k!r}]": v for k, v in Z.items()} if isinstance(Z, dict) else {"Z": Z}))
+        if not hasattr(X, "columns"):
+            raise TypeError("with Dask input, X must be a Dask DataFrame (named columns)")
+        x_names = [str(c) for c in X.columns]
+        if hasattr(groups, "columns"):
+            g_names = [str(c) for c in groups.columns]
+            parts = [groups[c].rename(f"__g{k}") for k, c in enumerate(groups.columns)]
+        else:
+            g_names = [str(groups.name) if groups.name is not None else "group"]
+            parts = [groups.rename("__g0")]
+        if Z is None:
+            by_factor = {}
+        elif isinstance(Z, dict):
+            by_factor = {str(k): v for k, v in Z.items()}
+        else:
+            by_factor = {g_names[0]: Z}
+        unknown = [k for k in by_factor if k not in g_names]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {g_names}")
+        z_cols, z_names = {}, {}
+        for k, (g, z) in enumerate(by_factor.items()):
+            z = z.to_frame() if not hasattr(z, "columns") else z
+            z_cols[f"__g{g_names.index(g)}"] = [f"__z{k}_{j}" for j in range(len(z.columns))]
+            z_names[f"__g{g_names.index(g)}"] = [str(c) for c in z.columns]
+            parts += [z[c].rename(f"__z{k}_{j}") for j, c in enumerate(z.columns)]
+        parts.append(y.rename("__y"))
+        if sample_weight is not None:
+            parts.append(sample_weight.rename("__w"))
+        if offset is not None:
+            parts.append(offset.rename("__offset"))
+        frame = dd.concat([X.rename(columns=dict(zip(X.columns, x_names))), *parts], axis=1)
+        # the factors by their own names (the terms'), renamed in each partition
+        rename = {f"__g{k}": g for k, g in enumerate(g_names)}
+        frame = frame.rename(columns=rename)
+        z_cols = {rename[k]: v for k, v in z_cols.items()}
+        z_names = {rename[k]: v for k, v in z_names.items()}
+        clash = sorted(set(x_names) & set(g_names))
+        if clash:
+            raise ValueError(f"{clash} name(s) both a column of X and a grouping factor")
+        return self._fit_source(frame, "__y", g_names, x_names, z_cols,
+                                None if sample_weight is None else "__w",
+                                None if offset is None else "__offset", z_names)
+
+    def _chunk_encoder(self, source: Any, column: str):
+        """The response of a chunk as the fit takes it (the classifier's reads the classes
+        of all chunks first)."""
+        return lambda values: self._encode_y(np.asarray(values))
+
     def _set_fitted(self, several: bool, warn: bool = True) -> None:
         """The fitted attributes of ``model_`` (``warn=False``: without the convergence and
         separation warnings, for the refits of a bootstrap, which count them instead)."""
@@ -158,15 +375,19 @@ class _MixedGLMBase(MixedModelBase):
         self.family_params_ = dict(dev.family.values)
         self.aic_ = sol.deviance + 2.0 * self.df_model_
         self.bic_ = sol.deviance + np.log(model.n_obs) * self.df_model_
-        self.deviance_ = float(dev.family.deviance_residuals(dev.y, sol.eta, sol.mu, dev.prior,
-                                                              dev.link).sum())
+        if model.design is None:  # from chunks: one pass over them
+            self.deviance_, extreme = dev.deviance_and_extremes(sol._modes)
+        else:
+            self.deviance_ = float(dev.family.deviance_residuals(dev.y, sol.eta, sol.mu, dev.prior,
+                                                                  dev.link).sum())
+            extreme = separated(dev.family, sol.mu)
         store_random_effects(self, model, several, sol.conditional_cov() if len(terms) else None)
         self.converged_ = info.converged
         self.n_iter_ = max(info.n_iter, 1)
         self.singular_ = bool(info.at_bound.any())
         if len(terms) and warn:
             self._warn_fit(info)
-        if warn and separated(dev.family, sol.mu):
+        if warn and extreme:
             warnings.warn("fitted probabilities numerically 0 or 1 occurred: the classes may "
                           "be (quasi-)separated by the covariates, and the estimates of the "
                           "coefficients involved are then not finite", UserWarning,
@@ -866,6 +1087,25 @@ class MixedGLMClassifier(ClassifierMixin, _MixedGLMBase):
                              "MixedGLMClassifier needs exactly 2")
         self.classes_ = classes
         return codes.astype(float)
+
+    def _chunk_encoder(self, source: Any, column: str):
+        """0/1 codes of the classes of all chunks (one pass over them, first), as
+        :meth:`_encode_y` codes those of the rows in memory."""
+        def classes_of(frame, number):
+            if not isinstance(frame, pd.DataFrame) or column not in frame.columns:
+                return np.array([])
+            return pd.unique(frame[column].dropna())
+
+        values = [c for c in source._map(classes_of) if len(c)]
+        classes = np.unique(np.concatenate(values)) if values else np.array([])
+        self._encode_y(classes)  # the checks and classes_ of fit (two classes)
+        classes = self.classes_
+
+        def encode(values):
+            values = np.asarray(values)
+            codes = np.searchsorted(classes, values)
+            return (codes == 1).astype(float)
+        return encode
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None, *, groups: Any = None, Z: Any = None,

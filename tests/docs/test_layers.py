@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "_refit": 1, "_many": 1, "_rows": 1, "_correlation": 1, "_family": 1, "_newton": 1,
     # 2: user input -> arrays (-> _input/), and the formula parser
     "_input": 2, "_validation": 2, "_rank": 2, "_checks": 2, "_design": 2, "_chunked": 2, "formula": 2,
+    "_glmm_chunks": 2,
     # 3: inference on a fitted model; plots
     "inference": 3, "plotting": 3,
     # 4-7: the estimators' base, the estimators, formula-in functions and shims, the root
