@@ -56,11 +56,11 @@ import numpy as np
 from scipy import linalg, optimize
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
-from ._crossprod import CrossProducts
+from ._crossprod import CrossProducts, ResponseProducts
 from ._deviance import Deviance, Solution
 from ._factor import NotPositiveDefinite
 from ._basis import Basis
-from ._batched_refit import _MAX_NEWTON, BatchFit, OneTermBatch, repeated_response
+from ._batched_refit import _MAX_NEWTON, BatchFit, LevelClasses, OneTermBatch, _subset, repeated_response
 from ._terms import theta_from_lambda
 from ._newton import SCALED_GRADIENT_TOL, OptimizerInfo, fd_hessian, interior_step, minimize, solve_pd as _solve_pd
 
@@ -412,6 +412,22 @@ def _screenable(dev: Deviance) -> bool:
     return len(dev.terms) == 1 and not dev.n_eta and dev.cp.n_strata == 1 and dev.shift is None
 
 
+def _starts_batch(dev: Deviance, k: int) -> tuple[OneTermBatch, ResponseProducts]:
+    """The batched kernel for ``k`` starts of one fit, and the fit's response ``k`` times.
+
+    Levels that share ``Z_l'WZ_l`` and ``Z_l'WX`` (a balanced design: every subject of
+    sleepstudy or Orthodont has the same days or ages) are folded into a few pseudo-levels
+    (:class:`._batched_refit.LevelClasses`, the same deviance): an evaluation then costs per
+    class, not per level, and with ten starts and their shifted copies the levels' rows
+    were half of it.
+    """
+    classes = LevelClasses.of(dev.cp)
+    if classes is None:
+        return OneTermBatch(dev.cp, dev.reml), repeated_response(dev.cp, k)
+    folded = classes.products(repeated_response(dev.cp, 1))
+    return classes.batch(dev.cp, dev.reml), _subset(folded, np.zeros(k, dtype=int))
+
+
 def _lead(tracker: _Tracker, start: np.ndarray, others: list[np.ndarray]):
     """The first search and the screening of the other starts in one batch.
 
@@ -424,11 +440,10 @@ def _lead(tracker: _Tracker, start: np.ndarray, others: list[np.ndarray]):
     engine's search then runs from the start and the others are screened after it).
     """
     dev = tracker.dev
-    batch = OneTermBatch(dev.cp, dev.reml)
     theta0 = np.array([start[:dev.n_theta]] + [s[:dev.n_theta] for s in others])
+    batch, products = _starts_batch(dev, len(theta0))
     with np.errstate(all="ignore"):
-        found = batch.fit(repeated_response(dev.cp, len(theta0)), theta0, join_tol=_SCREEN_JOIN, resume=True,
-                          leader=0)
+        found = batch.fit(products, theta0, join_tol=_SCREEN_JOIN, resume=True, leader=0)
     if not found.settled[0]:
         return None, None
     x = found.theta[0].copy()
@@ -485,11 +500,10 @@ def _screen_starts(dev: Deviance, starts: list[np.ndarray], best: float,
     elif not starts or not _screenable(dev):
         return starts
     else:
-        batch = OneTermBatch(dev.cp, dev.reml)
         theta0 = np.array([s[:dev.n_theta] for s in starts])
+        batch, products = _starts_batch(dev, len(starts))
         with np.errstate(all="ignore"):
-            found = batch.fit(repeated_response(dev.cp, len(starts)), theta0, known=best_x[:dev.n_theta],
-                              join_tol=_SCREEN_JOIN, resume=True)
+            found = batch.fit(products, theta0, known=best_x[:dev.n_theta], join_tol=_SCREEN_JOIN, resume=True)
     margin = 1e-10 * max(1.0, abs(best))
     out = []
     for start, settled, joined, value, theta in zip(starts, found.settled, found.joined,
