@@ -321,22 +321,30 @@ class OneTermBatch:
             idx = np.flatnonzero(at_point)
             hidx = np.empty(0, dtype=int)
             if idx.size:
+                # (the masks and index updates below are skipped where they select nothing:
+                # on a small fit this block's numpy calls cost about what an evaluation does)
                 xa, fa = x[idx], fixed[idx]
-                ga = np.where(fa, 0.0, grad[idx])
-                held = fa[:, :, None] | fa[:, None, :]
-                H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
-                ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
-                active[idx[~ok]] = False
-                step = np.zeros_like(xa)
-                vals, vecs = np.linalg.eigh(H if ok.all() else np.where(ok[:, None, None], H, np.eye(nt)))
-                pos_def = ok & np.all(vals > 0, axis=1)
+                any_held = fa.any()
+                ga, H = grad[idx], hess[idx]
+                if any_held:
+                    ga = np.where(fa, 0.0, ga)
+                    held = fa[:, :, None] | fa[:, None, :]
+                    H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
+                ok = np.isfinite(H).all(axis=(1, 2)) & np.isfinite(ga).all(axis=1)
+                all_ok = ok.all()
+                if not all_ok:
+                    active[idx[~ok]] = False
+                vals, vecs = np.linalg.eigh(H if all_ok else np.where(ok[:, None, None], H, np.eye(nt)))
+                pos_def = ok & (vals > 0).all(axis=1)
                 # Where the Hessian is not positive definite (far from the optimum, or a flat
                 # direction near a zero variance), a descent step with |eigenvalues| floored.
                 if not pos_def.all():
                     vals = np.where(pos_def[:, None], vals, floored_eigenvalues(vals))
                 coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
-                step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
-                size = np.max(np.abs(step), axis=1)
+                step = -(vecs @ coef[:, :, None])[:, :, 0]
+                if not all_ok:
+                    step[~ok] = 0.0
+                size = np.abs(step).max(axis=1)
                 n_iter[idx] += 1
                 if known is not None:
                     # A Newton step (positive definite Hessian) that lands next to the known
@@ -351,21 +359,31 @@ class OneTermBatch:
                     pos_def = pos_def & ~lands
                     ok = ok & ~lands
                 done = pos_def & (size < _STEP_TOL)
-                x[idx[done]] += step[done]
-                scaled[idx[done]] = size[done]
-                settled[idx[done]] = True
-                active[idx[done]] = False
+                any_done = done.any()
+                if any_done:
+                    didx = idx[done]
+                    x[didx] += step[done]
+                    scaled[didx] = size[done]
+                    settled[didx] = True
+                    active[didx] = False
                 # Heading for a zero variance (Newton's method slows down to linear
                 # convergence there): hold a fixable entry at 0, else leave it to the engine.
-                reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
-                small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
-                to_engine = np.any(small & ~fixable, axis=1)
-                active[idx[to_engine]] = False
-                to_hold = np.any(small & fixable, axis=1) & ~to_engine
-                hidx = idx[to_hold]
-                x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
-                fixed[hidx] |= small[to_hold] & fixable
-                move = ok & ~done & ~to_engine & ~to_hold
+                absx = np.abs(xa)
+                reach = np.maximum(absx.max(axis=1, keepdims=True), 1e-300)
+                small = diagonal & (absx < _SINGULAR_TOL * reach)
+                if any_held:
+                    small &= ~fa
+                if any_done:
+                    small &= ~done[:, None]
+                move = ok & ~done
+                if small.any():
+                    to_engine = (small & ~fixable).any(axis=1)
+                    active[idx[to_engine]] = False
+                    to_hold = (small & fixable).any(axis=1) & ~to_engine
+                    hidx = idx[to_hold]
+                    x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
+                    fixed[hidx] |= small[to_hold] & fixable
+                    move &= ~to_engine & ~to_hold
                 midx = idx[move]
                 searching[midx] = True
                 ls_first[midx] = True
@@ -389,42 +407,55 @@ class OneTermBatch:
             if back.size:  # (within the rows of a trial per replicate, or of a dozen)
                 n_t = min(max((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size, 1),
                           _HALVINGS)
-            lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0, 0.5 ** np.arange(n_t)[:, None])
-            tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
-            tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
-            rows_s = sidx[tri]
-            t_rows = tt.T[tri, tcol]
-            points = np.concatenate([x[hidx], ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]])
-            owners = np.concatenate([hidx, rows_s])
-            pv, pg, ph = self._with_hessian(points, products, owners)
+            if n_t == 1:  # one trial per replicate, in the order of sidx (the usual case)
+                rows_s, t_rows = sidx, ls_t[sidx]
+            else:
+                lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0,
+                                   0.5 ** np.arange(n_t)[:, None])
+                tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
+                tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
+                rows_s = sidx[tri]
+                t_rows = tt.T[tri, tcol]
+            trials = ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]
             nh = hidx.size
-            value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
+            if nh:
+                points, owners = np.concatenate([x[hidx], trials]), np.concatenate([hidx, rows_s])
+            else:
+                points, owners = trials, rows_s
+            pv, pg, ph = self._with_hessian(points, products, owners)
+            if nh:
+                value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
             tv, tg, th = pv[nh:], pg[nh:], ph[nh:]
             good = (tv <= ls_value[rows_s] + 1e-4 * t_rows * ls_slope[rows_s]) & (t_rows >= 2.0 ** -19)
-            # the first (largest) length that passes, per replicate
-            goodm = np.zeros(tt.T.shape, dtype=bool)
-            goodm[tri, tcol] = good
-            hit = goodm.any(axis=1)
-            first = np.argmax(goodm, axis=1)
-            row_of = np.full(tt.T.shape, -1)
-            row_of[tri, tcol] = np.arange(tri.size)
+            if n_t == 1:
+                hit, pick = good, np.flatnonzero(good)
+            else:
+                # the first (largest) length that passes, per replicate
+                goodm = np.zeros(tt.T.shape, dtype=bool)
+                goodm[tri, tcol] = good
+                hit = goodm.any(axis=1)
+                first = np.argmax(goodm, axis=1)
+                row_of = np.full(tt.T.shape, -1)
+                row_of[tri, tcol] = np.arange(tri.size)
+                pick = row_of[np.flatnonzero(hit), first[hit]]
             acc = sidx[hit]
-            pick = row_of[np.flatnonzero(hit), first[hit]]
-            x[acc], value[acc], grad[acc], hess[acc] = points[nh:][pick], tv[pick], tg[pick], th[pick]
+            x[acc], value[acc], grad[acc], hess[acc] = trials[pick], tv[pick], tg[pick], th[pick]
             searching[acc] = False
-            missed = sidx[~hit]
-            n_tried = (tt.T[~hit] > 0).sum(axis=1)
-            ls_t[missed] *= 0.5 ** n_tried
             ls_first[sidx] = False
+            if hit.all():
+                continue
+            missed = sidx[~hit]
+            ls_t[missed] *= 0.5 if n_t == 1 else 0.5 ** (tt.T[~hit] > 0).sum(axis=1)
             # No decrease along a Newton step of a positive definite Hessian: the decrease
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
             stuck = missed[ls_t[missed] < 2.0 ** -19]
-            searching[stuck] = False
-            active[stuck] = False
-            small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
-            settled[small_step] = True
-            scaled[small_step] = ls_size[small_step]
+            if stuck.size:
+                searching[stuck] = False
+                active[stuck] = False
+                small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
+                settled[small_step] = True
+                scaled[small_step] = ls_size[small_step]
         # A held entry is a minimum on the bound only if the deviance does not fall
         # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
         escaping = np.zeros(K, dtype=bool)
