@@ -535,8 +535,17 @@ class LevelClasses:
         A, ZX = template.diag[0][0], template.zxy[0][0][:, :p]
         q, m = A.shape[0], A.shape[-1]
         keys = np.concatenate([A.reshape(q * q, m), ZX.reshape(q * p, m)]).T
-        _, inverse, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.reshape(-1)
+        # the classes in the lexicographic order of their keys: np.unique's (axis=0), at
+        # less than half its cost
+        order = np.lexsort(keys.T[::-1])
+        sorted_keys = keys[order]
+        new = np.empty(m, dtype=bool)
+        new[:1] = True
+        new[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)
+        labels = np.cumsum(new) - 1
+        inverse = np.empty(m, dtype=int)
+        inverse[order] = labels
+        sizes = np.bincount(labels)
         if int(np.where(sizes > 1, 1 + q, 1).sum()) >= m:
             return None
         members = [np.flatnonzero(inverse == c) for c in range(sizes.size)]

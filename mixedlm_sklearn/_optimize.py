@@ -447,17 +447,18 @@ def _lead(tracker: _Tracker, start: np.ndarray, others: list[np.ndarray]):
     if not found.settled[0]:
         return None, None
     x = found.theta[0].copy()
-    value, grad = tracker.value_and_grad(x)
-    if not np.isfinite(value):
-        return None, None
-    tracker.n_iter += int(found.n_iter[0])
     # Settled with no entry held at 0 and every variance clear of the snapping zone of
     # :func:`_snap_to_bounds`: the batch's last step was a Newton step of a positive
     # definite Hessian shorter than 1e-5 (or, where no decrease was left to rounding,
     # 1e-4): lme4's measure (the step, absolute: at least the relative one) is
-    # passed, and a polish would only repeat it (:func:`_settled_lead`).
+    # passed, and a polish would only repeat it (:func:`_settled_lead`). Nothing then
+    # reads the gradient at the answer (the polish would start from it).
     clean = (not found.at_bound[0].any() and found.scaled_gradient[0] < SCALED_GRADIENT_TOL
              and _clear_of_snap(dev, x))
+    value, grad = (tracker.value(x), None) if clean else tracker.value_and_grad(x)
+    if not np.isfinite(value):
+        return None, None
+    tracker.n_iter += int(found.n_iter[0])
     first = optimize.OptimizeResult(x=x, fun=value, jac=grad, status=0, message=_LEAD_MESSAGE,
                                     nit=int(found.n_iter[0]),
                                     lead_scaled=float(found.scaled_gradient[0]) if clean else None)
