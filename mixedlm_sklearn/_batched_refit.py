@@ -22,6 +22,12 @@ is handed back to the engine's optimiser by the caller.
 The deviance depends on ``L`` only through ``L L'``, so the iterations run unconstrained
 in ``theta`` and the answer is normalised to lme4's (non-negative diagonal) by flipping
 column signs, which leaves ``L L'`` unchanged.
+
+With two effects per level the evaluation is written in closed form (the adjugate of
+``B_l``, :meth:`OneTermBatch._evaluate_q2`), and levels that share their design can be
+folded into a few pseudo-levels (:class:`LevelClasses`): both serve the bootstrap and the
+other starts of one small fit (:func:`._optimize._lead`), where an evaluation costs its
+numpy calls.
 """
 
 from __future__ import annotations
@@ -148,6 +154,7 @@ class OneTermBatch:
         self.rows, self.cols = term.theta_position
         self.n_theta = self.rows.size
         self._diag_q, self._diag_p = np.arange(self.q), np.arange(p)  # (made once: every evaluation indexes them)
+        self._slot = self.rows + self.cols  # q = 2: L's entries (0, 0), (1, 0), (1, 1) as 0, 1, 2
         # the entry of theta on the diagonal of each column of L
         self._diag_entry = np.array([np.flatnonzero((self.rows == c) & (self.cols == c))[0] for c in range(self.q)])
         self.A = template.diag[0][0][:, :, None, :]  # (q, q, 1, m)
@@ -172,6 +179,8 @@ class OneTermBatch:
 
         ``products`` holds the ``K`` responses (their ``Z'Wy``, ``X'Wy``, ``y'Wy``).
         """
+        if self.q == 2:
+            return self._evaluate_q2(theta, products, gradient)
         q, p = self.q, self.p
         K = theta.shape[0]
         L = self.lams(theta)
@@ -182,7 +191,7 @@ class OneTermBatch:
         ZXY[:, p:] = ZY
         LA = _mul(Lt, self.A)  # L' A_l: (q, q, K, m)
         B = _mul(LA, L)
-        dq, dp = self._diag_q, self._diag_p
+        dq = self._diag_q
         B[dq, dq] += 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
             C = batched_cholesky(B)
@@ -192,20 +201,7 @@ class OneTermBatch:
             logdet_m = 2.0 * log_diag.sum(axis=-1).sum(axis=0)
         w = batched_solve_lower(C, _mul(Lt, ZXY), overwrite=True)  # (q, p+1, K, m)
         G = _gram(w, w)
-        F = np.empty((p + 1, p + 1, K))
-        F[:p, :p] = self.XX[:, :, None]
-        F[:p, p] = F[p, :p] = products.xy[0]
-        F[p, p] = products.yy[0]
-        F -= G
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chol_a = batched_cholesky(F[:p, :p])
-            beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
-            r2 = F[p, p] - (F[:p, p] * beta).sum(axis=0)
-            r2 = np.maximum(r2, np.finfo(float).tiny)
-            dev = logdet_m + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_w
-            if self.reml:
-                dev += 2.0 * np.log(chol_a[dp, dp]).sum(axis=0)
-        dev = np.where(np.isfinite(dev), dev, np.inf)
+        dev, beta, r2, chol_a = self._profiled(G, logdet_m, products)
         if not gradient:
             return dev, None, r2 / self.dof, beta.T
         V = batched_solve_lower_t(C, w, overwrite=True)  # M^{-1} L' Z'[X y]
@@ -224,6 +220,88 @@ class OneTermBatch:
             RA = _mul(R[:, :p], a_inv[:, :, :, None])  # R_x A^{-1}: (q, p, K, m)
             g -= 2.0 * _gram(_t(RA), _t(V[:, :p]))
         grad = g[self.rows, self.cols].T
+        return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
+
+    def _profiled(self, G: np.ndarray, logdet_m: np.ndarray, products: ResponseProducts):
+        """The deviance (K,), beta (p, K), the residual sum of squares r2 (K,) and the
+        Cholesky factor of the fixed effects' system (p, p, K), from ``G`` (p+1, p+1, K),
+        ``sum_l [Z_l'X Z_l'y]' L M_l^{-1} L' [Z_l'X Z_l'y]``, and ``log|M|`` (K,)."""
+        p, K = self.p, G.shape[-1]
+        F = np.empty((p + 1, p + 1, K))
+        F[:p, :p] = self.XX[:, :, None]
+        F[:p, p] = F[p, :p] = products.xy[0]
+        F[p, p] = products.yy[0]
+        F -= G
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chol_a = batched_cholesky(F[:p, :p])
+            beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
+            r2 = F[p, p] - (F[:p, p] * beta).sum(axis=0)
+            r2 = np.maximum(r2, np.finfo(float).tiny)
+            dev = logdet_m + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_w
+            if self.reml:
+                dev += 2.0 * np.log(chol_a[self._diag_p, self._diag_p]).sum(axis=0)
+        dev = np.where(np.isfinite(dev), dev, np.inf)
+        return dev, beta, r2, chol_a
+
+    def _evaluate_q2(self, theta: np.ndarray, products: ResponseProducts, gradient: bool):
+        """:meth:`evaluate` for two effects per level, in closed form.
+
+        The same deviance and gradient, with ``L = [[a, 0], [b, c]]``: ``B_l = L'A_lL + I``
+        is inverted by its adjugate (``log|B_l|`` from its determinant) instead of the
+        column-by-column Cholesky factor and triangular solves, and the gradient's two
+        quadratic parts are one sum, ``-2 sum_l R_l Phi V_l'`` with ``Phi = (dof / r2)
+        gamma gamma' + [A^{-1} 0; 0 0]`` (REML) and ``R_l = Z_l'[X y] - A_l L V_l``,
+        ``V_l = B_l^{-1} L' Z_l'[X y]``, ``gamma = (-beta, 1)``: with a folded design's few
+        (pseudo-)levels an evaluation costs its numpy calls, and this form has a third
+        fewer of them. Every product is per level and every sum over levels is along the
+        last axis, as in :meth:`evaluate` (a replicate's result does not depend on its
+        batch).
+        """
+        p = self.p
+        K = theta.shape[0]
+        ent = np.zeros((3, K, 1))  # a, b, c: L's entries (0, 0), (1, 0), (1, 1)
+        ent[self._slot, :, 0] = theta.T
+        a, b, c = ent
+        A00, A01, A11 = self.A[0, 0, 0], self.A[0, 1, 0], self.A[1, 1, 0]  # (m,)
+        m = A00.shape[-1]
+        la00, la01 = a * A00 + b * A01, a * A01 + b * A11  # L'A_l: (K, m)
+        la10, la11 = c * A01, c * A11
+        b00 = la00 * a + la01 * b + 1.0  # B_l
+        b01 = la01 * c
+        b11 = la11 * c + 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            det = b00 * b11 - b01 * b01
+            det = np.where(det > 0.0, det, np.nan)  # (positive definite: only rounding fails)
+            log_det = np.log(det)
+            if self.level_weights is not None:
+                log_det = log_det * self.level_weights
+            logdet_m = log_det.sum(axis=-1)
+            i00, i01, i11 = b11 / det, -b01 / det, b00 / det  # B_l^{-1}
+        Z0, Z1 = np.empty((p + 1, K, m)), np.empty((p + 1, K, m))  # rows of Z_l'[X y]
+        Z0[:p], Z1[:p] = self.ZX[0], self.ZX[1]
+        Z0[p], Z1[p] = products.zy[0][0]
+        H0, H1 = a * Z0 + b * Z1, c * Z1  # L' Z_l'[X y]
+        V0, V1 = i00 * H0 + i01 * H1, i01 * H0 + i11 * H1  # B_l^{-1} L' Z_l'[X y]
+        G = (H0[:, None] * V0[None] + H1[:, None] * V1[None]).sum(axis=-1)
+        dev, beta, r2, chol_a = self._profiled(G, logdet_m, products)
+        if not gradient:
+            return dev, None, r2 / self.dof, beta.T
+        gamma = np.concatenate([-beta, np.ones((1, K))])  # (p+1, K)
+        phi = (self.dof / r2) * (gamma[:, None] * gamma[None])  # (p+1, p+1, K)
+        if self.reml:
+            phi[:p, :p] += _cholesky_inverse(chol_a)
+        W0, W1 = a * V0, b * V0 + c * V1  # L V_l
+        R0, R1 = Z0 - (A00 * W0 + A01 * W1), Z1 - (A01 * W0 + A11 * W1)
+        RP0 = (R0[:, None] * phi[:, :, :, None]).sum(axis=0)  # R_l Phi: (p+1, K, m)
+        RP1 = (R1[:, None] * phi[:, :, :, None]).sum(axis=0)
+        # d log|M| / dL = 2 sum_l A_l L B_l^{-1}, entries (0, 0), (1, 0), (1, 1)
+        D = np.stack([la00 * i00 + la10 * i01, la01 * i00 + la11 * i01, la01 * i01 + la11 * i11])
+        if self.level_weights is not None:
+            D = D * self.level_weights
+        Q = np.stack([(RP0 * V0).sum(axis=-1).sum(axis=0), (RP1 * V0).sum(axis=-1).sum(axis=0),
+                      (RP1 * V1).sum(axis=-1).sum(axis=0)])  # (3, K)
+        g = 2.0 * (D.sum(axis=-1) - Q)
+        grad = g[self._slot].T
         return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
 
     def _with_hessian(self, x: np.ndarray, products: ResponseProducts, owners: np.ndarray):
