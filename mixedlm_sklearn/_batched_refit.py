@@ -22,6 +22,12 @@ is handed back to the engine's optimiser by the caller.
 The deviance depends on ``L`` only through ``L L'``, so the iterations run unconstrained
 in ``theta`` and the answer is normalised to lme4's (non-negative diagonal) by flipping
 column signs, which leaves ``L L'`` unchanged.
+
+With two effects per level the evaluation is written in closed form (the adjugate of
+``B_l``, :meth:`OneTermBatch._evaluate_q2`), and levels that share their design can be
+folded into a few pseudo-levels (:class:`LevelClasses`): both serve the bootstrap and the
+other starts of one small fit (:func:`._optimize._lead`), where an evaluation costs its
+numpy calls.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower
 from ._crossprod import CrossProducts, ResponseProducts
 from ._newton import batched_fd_hessian, batched_shifts, floored_eigenvalues
 
-__all__ = ["OneTermBatch", "BatchFit", "repeated_response"]
+__all__ = ["OneTermBatch", "BatchFit", "LevelClasses", "repeated_response"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 # Newton iterations before a replicate is handed to the engine; a refit from the
@@ -148,6 +154,7 @@ class OneTermBatch:
         self.rows, self.cols = term.theta_position
         self.n_theta = self.rows.size
         self._diag_q, self._diag_p = np.arange(self.q), np.arange(p)  # (made once: every evaluation indexes them)
+        self._slot = self.rows + self.cols  # q = 2: L's entries (0, 0), (1, 0), (1, 1) as 0, 1, 2
         # the entry of theta on the diagonal of each column of L
         self._diag_entry = np.array([np.flatnonzero((self.rows == c) & (self.cols == c))[0] for c in range(self.q)])
         self.A = template.diag[0][0][:, :, None, :]  # (q, q, 1, m)
@@ -172,6 +179,8 @@ class OneTermBatch:
 
         ``products`` holds the ``K`` responses (their ``Z'Wy``, ``X'Wy``, ``y'Wy``).
         """
+        if self.q == 2:
+            return self._evaluate_q2(theta, products, gradient)
         q, p = self.q, self.p
         K = theta.shape[0]
         L = self.lams(theta)
@@ -182,7 +191,7 @@ class OneTermBatch:
         ZXY[:, p:] = ZY
         LA = _mul(Lt, self.A)  # L' A_l: (q, q, K, m)
         B = _mul(LA, L)
-        dq, dp = self._diag_q, self._diag_p
+        dq = self._diag_q
         B[dq, dq] += 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
             C = batched_cholesky(B)
@@ -192,20 +201,7 @@ class OneTermBatch:
             logdet_m = 2.0 * log_diag.sum(axis=-1).sum(axis=0)
         w = batched_solve_lower(C, _mul(Lt, ZXY), overwrite=True)  # (q, p+1, K, m)
         G = _gram(w, w)
-        F = np.empty((p + 1, p + 1, K))
-        F[:p, :p] = self.XX[:, :, None]
-        F[:p, p] = F[p, :p] = products.xy[0]
-        F[p, p] = products.yy[0]
-        F -= G
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chol_a = batched_cholesky(F[:p, :p])
-            beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
-            r2 = F[p, p] - (F[:p, p] * beta).sum(axis=0)
-            r2 = np.maximum(r2, np.finfo(float).tiny)
-            dev = logdet_m + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_w
-            if self.reml:
-                dev += 2.0 * np.log(chol_a[dp, dp]).sum(axis=0)
-        dev = np.where(np.isfinite(dev), dev, np.inf)
+        dev, beta, r2, chol_a = self._profiled(G, logdet_m, products)
         if not gradient:
             return dev, None, r2 / self.dof, beta.T
         V = batched_solve_lower_t(C, w, overwrite=True)  # M^{-1} L' Z'[X y]
@@ -224,6 +220,88 @@ class OneTermBatch:
             RA = _mul(R[:, :p], a_inv[:, :, :, None])  # R_x A^{-1}: (q, p, K, m)
             g -= 2.0 * _gram(_t(RA), _t(V[:, :p]))
         grad = g[self.rows, self.cols].T
+        return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
+
+    def _profiled(self, G: np.ndarray, logdet_m: np.ndarray, products: ResponseProducts):
+        """The deviance (K,), beta (p, K), the residual sum of squares r2 (K,) and the
+        Cholesky factor of the fixed effects' system (p, p, K), from ``G`` (p+1, p+1, K),
+        ``sum_l [Z_l'X Z_l'y]' L M_l^{-1} L' [Z_l'X Z_l'y]``, and ``log|M|`` (K,)."""
+        p, K = self.p, G.shape[-1]
+        F = np.empty((p + 1, p + 1, K))
+        F[:p, :p] = self.XX[:, :, None]
+        F[:p, p] = F[p, :p] = products.xy[0]
+        F[p, p] = products.yy[0]
+        F -= G
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chol_a = batched_cholesky(F[:p, :p])
+            beta = batched_solve_lower_t(chol_a, batched_solve_lower(chol_a, F[:p, p]))
+            r2 = F[p, p] - (F[:p, p] * beta).sum(axis=0)
+            r2 = np.maximum(r2, np.finfo(float).tiny)
+            dev = logdet_m + self.dof * (1.0 + _LOG_2PI + np.log(r2 / self.dof)) - self.sum_log_w
+            if self.reml:
+                dev += 2.0 * np.log(chol_a[self._diag_p, self._diag_p]).sum(axis=0)
+        dev = np.where(np.isfinite(dev), dev, np.inf)
+        return dev, beta, r2, chol_a
+
+    def _evaluate_q2(self, theta: np.ndarray, products: ResponseProducts, gradient: bool):
+        """:meth:`evaluate` for two effects per level, in closed form.
+
+        The same deviance and gradient, with ``L = [[a, 0], [b, c]]``: ``B_l = L'A_lL + I``
+        is inverted by its adjugate (``log|B_l|`` from its determinant) instead of the
+        column-by-column Cholesky factor and triangular solves, and the gradient's two
+        quadratic parts are one sum, ``-2 sum_l R_l Phi V_l'`` with ``Phi = (dof / r2)
+        gamma gamma' + [A^{-1} 0; 0 0]`` (REML) and ``R_l = Z_l'[X y] - A_l L V_l``,
+        ``V_l = B_l^{-1} L' Z_l'[X y]``, ``gamma = (-beta, 1)``: with a folded design's few
+        (pseudo-)levels an evaluation costs its numpy calls, and this form has a third
+        fewer of them. Every product is per level and every sum over levels is along the
+        last axis, as in :meth:`evaluate` (a replicate's result does not depend on its
+        batch).
+        """
+        p = self.p
+        K = theta.shape[0]
+        ent = np.zeros((3, K, 1))  # a, b, c: L's entries (0, 0), (1, 0), (1, 1)
+        ent[self._slot, :, 0] = theta.T
+        a, b, c = ent
+        A00, A01, A11 = self.A[0, 0, 0], self.A[0, 1, 0], self.A[1, 1, 0]  # (m,)
+        m = A00.shape[-1]
+        la00, la01 = a * A00 + b * A01, a * A01 + b * A11  # L'A_l: (K, m)
+        la10, la11 = c * A01, c * A11
+        b00 = la00 * a + la01 * b + 1.0  # B_l
+        b01 = la01 * c
+        b11 = la11 * c + 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            det = b00 * b11 - b01 * b01
+            det = np.where(det > 0.0, det, np.nan)  # (positive definite: only rounding fails)
+            log_det = np.log(det)
+            if self.level_weights is not None:
+                log_det = log_det * self.level_weights
+            logdet_m = log_det.sum(axis=-1)
+            i00, i01, i11 = b11 / det, -b01 / det, b00 / det  # B_l^{-1}
+        Z0, Z1 = np.empty((p + 1, K, m)), np.empty((p + 1, K, m))  # rows of Z_l'[X y]
+        Z0[:p], Z1[:p] = self.ZX[0], self.ZX[1]
+        Z0[p], Z1[p] = products.zy[0][0]
+        H0, H1 = a * Z0 + b * Z1, c * Z1  # L' Z_l'[X y]
+        V0, V1 = i00 * H0 + i01 * H1, i01 * H0 + i11 * H1  # B_l^{-1} L' Z_l'[X y]
+        G = (H0[:, None] * V0[None] + H1[:, None] * V1[None]).sum(axis=-1)
+        dev, beta, r2, chol_a = self._profiled(G, logdet_m, products)
+        if not gradient:
+            return dev, None, r2 / self.dof, beta.T
+        gamma = np.concatenate([-beta, np.ones((1, K))])  # (p+1, K)
+        phi = (self.dof / r2) * (gamma[:, None] * gamma[None])  # (p+1, p+1, K)
+        if self.reml:
+            phi[:p, :p] += _cholesky_inverse(chol_a)
+        W0, W1 = a * V0, b * V0 + c * V1  # L V_l
+        R0, R1 = Z0 - (A00 * W0 + A01 * W1), Z1 - (A01 * W0 + A11 * W1)
+        RP0 = (R0[:, None] * phi[:, :, :, None]).sum(axis=0)  # R_l Phi: (p+1, K, m)
+        RP1 = (R1[:, None] * phi[:, :, :, None]).sum(axis=0)
+        # d log|M| / dL = 2 sum_l A_l L B_l^{-1}, entries (0, 0), (1, 0), (1, 1)
+        D = np.stack([la00 * i00 + la10 * i01, la01 * i00 + la11 * i01, la01 * i01 + la11 * i11])
+        if self.level_weights is not None:
+            D = D * self.level_weights
+        Q = np.stack([(RP0 * V0).sum(axis=-1).sum(axis=0), (RP1 * V0).sum(axis=-1).sum(axis=0),
+                      (RP1 * V1).sum(axis=-1).sum(axis=0)])  # (3, K)
+        g = 2.0 * (D.sum(axis=-1) - Q)
+        grad = g[self._slot].T
         return dev, np.where(np.isfinite(grad), grad, np.nan), r2 / self.dof, beta.T
 
     def _with_hessian(self, x: np.ndarray, products: ResponseProducts, owners: np.ndarray):
@@ -321,22 +399,30 @@ class OneTermBatch:
             idx = np.flatnonzero(at_point)
             hidx = np.empty(0, dtype=int)
             if idx.size:
+                # (the masks and index updates below are skipped where they select nothing:
+                # on a small fit this block's numpy calls cost about what an evaluation does)
                 xa, fa = x[idx], fixed[idx]
-                ga = np.where(fa, 0.0, grad[idx])
-                held = fa[:, :, None] | fa[:, None, :]
-                H = np.where(held, np.where(eye, 1.0, 0.0), hess[idx])  # held entries do not move
-                ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(ga), axis=1)
-                active[idx[~ok]] = False
-                step = np.zeros_like(xa)
-                vals, vecs = np.linalg.eigh(H if ok.all() else np.where(ok[:, None, None], H, np.eye(nt)))
-                pos_def = ok & np.all(vals > 0, axis=1)
+                any_held = fa.any()
+                ga, H = grad[idx], hess[idx]
+                if any_held:
+                    ga = np.where(fa, 0.0, ga)
+                    held = fa[:, :, None] | fa[:, None, :]
+                    H = np.where(held, np.where(eye, 1.0, 0.0), H)  # held entries do not move
+                ok = np.isfinite(H).all(axis=(1, 2)) & np.isfinite(ga).all(axis=1)
+                all_ok = ok.all()
+                if not all_ok:
+                    active[idx[~ok]] = False
+                vals, vecs = np.linalg.eigh(H if all_ok else np.where(ok[:, None, None], H, np.eye(nt)))
+                pos_def = ok & (vals > 0).all(axis=1)
                 # Where the Hessian is not positive definite (far from the optimum, or a flat
                 # direction near a zero variance), a descent step with |eigenvalues| floored.
                 if not pos_def.all():
                     vals = np.where(pos_def[:, None], vals, floored_eigenvalues(vals))
                 coef = (np.swapaxes(vecs, 1, 2) @ ga[:, :, None])[:, :, 0] / vals
-                step[ok] = -(vecs @ coef[:, :, None])[ok, :, 0]
-                size = np.max(np.abs(step), axis=1)
+                step = -(vecs @ coef[:, :, None])[:, :, 0]
+                if not all_ok:
+                    step[~ok] = 0.0
+                size = np.abs(step).max(axis=1)
                 n_iter[idx] += 1
                 if known is not None:
                     # A Newton step (positive definite Hessian) that lands next to the known
@@ -351,21 +437,31 @@ class OneTermBatch:
                     pos_def = pos_def & ~lands
                     ok = ok & ~lands
                 done = pos_def & (size < _STEP_TOL)
-                x[idx[done]] += step[done]
-                scaled[idx[done]] = size[done]
-                settled[idx[done]] = True
-                active[idx[done]] = False
+                any_done = done.any()
+                if any_done:
+                    didx = idx[done]
+                    x[didx] += step[done]
+                    scaled[didx] = size[done]
+                    settled[didx] = True
+                    active[didx] = False
                 # Heading for a zero variance (Newton's method slows down to linear
                 # convergence there): hold a fixable entry at 0, else leave it to the engine.
-                reach = np.maximum(np.abs(xa).max(axis=1, keepdims=True), 1e-300)
-                small = diagonal & ~fa & (np.abs(xa) < _SINGULAR_TOL * reach) & ~done[:, None]
-                to_engine = np.any(small & ~fixable, axis=1)
-                active[idx[to_engine]] = False
-                to_hold = np.any(small & fixable, axis=1) & ~to_engine
-                hidx = idx[to_hold]
-                x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
-                fixed[hidx] |= small[to_hold] & fixable
-                move = ok & ~done & ~to_engine & ~to_hold
+                absx = np.abs(xa)
+                reach = np.maximum(absx.max(axis=1, keepdims=True), 1e-300)
+                small = diagonal & (absx < _SINGULAR_TOL * reach)
+                if any_held:
+                    small &= ~fa
+                if any_done:
+                    small &= ~done[:, None]
+                move = ok & ~done
+                if small.any():
+                    to_engine = (small & ~fixable).any(axis=1)
+                    active[idx[to_engine]] = False
+                    to_hold = (small & fixable).any(axis=1) & ~to_engine
+                    hidx = idx[to_hold]
+                    x[hidx] = np.where(small[to_hold] & fixable, 0.0, x[hidx])
+                    fixed[hidx] |= small[to_hold] & fixable
+                    move &= ~to_engine & ~to_hold
                 midx = idx[move]
                 searching[midx] = True
                 ls_first[midx] = True
@@ -389,42 +485,55 @@ class OneTermBatch:
             if back.size:  # (within the rows of a trial per replicate, or of a dozen)
                 n_t = min(max((max(K, _LINE_ROWS) - hidx.size - (sidx.size - back.size)) // back.size, 1),
                           _HALVINGS)
-            lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0, 0.5 ** np.arange(n_t)[:, None])
-            tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
-            tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
-            rows_s = sidx[tri]
-            t_rows = tt.T[tri, tcol]
-            points = np.concatenate([x[hidx], ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]])
-            owners = np.concatenate([hidx, rows_s])
-            pv, pg, ph = self._with_hessian(points, products, owners)
+            if n_t == 1:  # one trial per replicate, in the order of sidx (the usual case)
+                rows_s, t_rows = sidx, ls_t[sidx]
+            else:
+                lengths = np.where(ls_first[sidx][None, :], np.arange(n_t)[:, None] == 0,
+                                   0.5 ** np.arange(n_t)[:, None])
+                tt = ls_t[sidx][None, :] * lengths  # (n_t, searching); 0: no trial
+                tri, tcol = np.nonzero(tt.T > 0)  # per replicate in order, its lengths
+                rows_s = sidx[tri]
+                t_rows = tt.T[tri, tcol]
+            trials = ls_x[rows_s] + t_rows[:, None] * ls_step[rows_s]
             nh = hidx.size
-            value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
+            if nh:
+                points, owners = np.concatenate([x[hidx], trials]), np.concatenate([hidx, rows_s])
+            else:
+                points, owners = trials, rows_s
+            pv, pg, ph = self._with_hessian(points, products, owners)
+            if nh:
+                value[hidx], grad[hidx], hess[hidx] = pv[:nh], pg[:nh], ph[:nh]
             tv, tg, th = pv[nh:], pg[nh:], ph[nh:]
             good = (tv <= ls_value[rows_s] + 1e-4 * t_rows * ls_slope[rows_s]) & (t_rows >= 2.0 ** -19)
-            # the first (largest) length that passes, per replicate
-            goodm = np.zeros(tt.T.shape, dtype=bool)
-            goodm[tri, tcol] = good
-            hit = goodm.any(axis=1)
-            first = np.argmax(goodm, axis=1)
-            row_of = np.full(tt.T.shape, -1)
-            row_of[tri, tcol] = np.arange(tri.size)
+            if n_t == 1:
+                hit, pick = good, np.flatnonzero(good)
+            else:
+                # the first (largest) length that passes, per replicate
+                goodm = np.zeros(tt.T.shape, dtype=bool)
+                goodm[tri, tcol] = good
+                hit = goodm.any(axis=1)
+                first = np.argmax(goodm, axis=1)
+                row_of = np.full(tt.T.shape, -1)
+                row_of[tri, tcol] = np.arange(tri.size)
+                pick = row_of[np.flatnonzero(hit), first[hit]]
             acc = sidx[hit]
-            pick = row_of[np.flatnonzero(hit), first[hit]]
-            x[acc], value[acc], grad[acc], hess[acc] = points[nh:][pick], tv[pick], tg[pick], th[pick]
+            x[acc], value[acc], grad[acc], hess[acc] = trials[pick], tv[pick], tg[pick], th[pick]
             searching[acc] = False
-            missed = sidx[~hit]
-            n_tried = (tt.T[~hit] > 0).sum(axis=1)
-            ls_t[missed] *= 0.5 ** n_tried
             ls_first[sidx] = False
+            if hit.all():
+                continue
+            missed = sidx[~hit]
+            ls_t[missed] *= 0.5 if n_t == 1 else 0.5 ** (tt.T[~hit] > 0).sum(axis=1)
             # No decrease along a Newton step of a positive definite Hessian: the decrease
             # is below the rounding of the deviance, so the point is the optimum to
             # rounding when the step is already small; otherwise the engine takes over.
             stuck = missed[ls_t[missed] < 2.0 ** -19]
-            searching[stuck] = False
-            active[stuck] = False
-            small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
-            settled[small_step] = True
-            scaled[small_step] = ls_size[small_step]
+            if stuck.size:
+                searching[stuck] = False
+                active[stuck] = False
+                small_step = stuck[ls_pos_def[stuck] & (ls_size[stuck] < 1e-4)]
+                settled[small_step] = True
+                scaled[small_step] = ls_size[small_step]
         # A held entry is a minimum on the bound only if the deviance does not fall
         # moving inwards: its gradient just inside is not negative (it is 0 at the bound).
         escaping = np.zeros(K, dtype=bool)
@@ -464,6 +573,99 @@ class OneTermBatch:
                 getattr(out, name)[again] = getattr(more, name)
             out.n_iter[again] += more.n_iter
         return out
+
+
+# ---- levels that share their design ---------------------------------------------------------
+
+
+@dataclass
+class LevelClasses:
+    """Levels with identical ``Z_l'WZ_l`` and ``Z_l'WX`` (a balanced design: every donor
+    has the same covariate values), folded into a few pseudo-levels.
+
+    For a one-term model the deviance and its gradient depend on the levels through
+    ``log|M_l|`` and sums over levels of quadratic forms in ``[Z_l'WX, Z_l'Wy]``. For the
+    ``n_c`` levels of a class (one ``A_c``, one ``Z'WX_c``) those sums equal the sums over
+    ``1 + q`` pseudo-levels: ``sqrt(n_c) [Z'WX_c, ybar_c]`` with ``log|M|`` counted
+    ``n_c`` times, and ``[0, d_a]`` (``a = 1..q``, ``log|M|`` not counted) where
+    ``sum_a d_a d_a' = sum_l (Z_l'Wy - ybar_c)(Z_l'Wy - ybar_c)'`` (the cross terms vanish
+    about the class mean). The evaluation then costs per class, not per level.
+
+    Attributes
+    ----------
+    members : list of int ndarrays
+        The levels of each class.
+    A, ZX : ndarrays (q, q, 1, m') and (q, p, 1, m')
+        The pseudo-levels' ``Z'WZ`` and ``Z'WX`` (the batched kernel's layout).
+    weights : ndarray (m',)
+        Multiplicity of each pseudo-level in ``log|M|``.
+    """
+
+    members: list
+    A: np.ndarray
+    ZX: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, template: CrossProducts) -> "LevelClasses | None":
+        """The classes of a one-term template; None when folding saves nothing."""
+        p = template.p
+        A, ZX = template.diag[0][0], template.zxy[0][0][:, :p]
+        q, m = A.shape[0], A.shape[-1]
+        keys = np.concatenate([A.reshape(q * q, m), ZX.reshape(q * p, m)]).T
+        # the classes in the lexicographic order of their keys: np.unique's (axis=0), at
+        # less than half its cost
+        order = np.lexsort(keys.T[::-1])
+        sorted_keys = keys[order]
+        new = np.empty(m, dtype=bool)
+        new[:1] = True
+        new[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)
+        labels = np.cumsum(new) - 1
+        inverse = np.empty(m, dtype=int)
+        inverse[order] = labels
+        sizes = np.bincount(labels)
+        if int(np.where(sizes > 1, 1 + q, 1).sum()) >= m:
+            return None
+        members = [np.flatnonzero(inverse == c) for c in range(sizes.size)]
+        As, ZXs, weights = [], [], []
+        for idx in members:
+            first, n_c = idx[0], idx.size
+            As.append(A[:, :, first])
+            ZXs.append(np.sqrt(n_c) * ZX[:, :, first])
+            weights.append(float(n_c))
+            if n_c > 1:
+                for _ in range(q):
+                    As.append(A[:, :, first])
+                    ZXs.append(np.zeros((q, p)))
+                    weights.append(0.0)
+        return cls(members, np.stack(As, axis=-1)[:, :, None], np.stack(ZXs, axis=-1)[:, :, None],
+                   np.array(weights))
+
+    def batch(self, template: CrossProducts, reml: bool) -> OneTermBatch:
+        """The batched kernel on the pseudo-levels."""
+        batch = OneTermBatch(template, reml)
+        batch.A, batch.ZX, batch.level_weights = self.A, self.ZX, self.weights
+        return batch
+
+    def products(self, products: ResponseProducts) -> ResponseProducts:
+        """The responses' ``Z'Wy`` on the pseudo-levels."""
+        zy = products.zy[0][0]  # (q, K, m)
+        q, K = zy.shape[0], zy.shape[1]
+        out = np.empty((q, K, self.weights.size))
+        at = 0
+        for idx in self.members:
+            part = zy[:, :, idx]
+            mean = part.mean(axis=-1)
+            out[:, :, at] = np.sqrt(idx.size) * mean
+            at += 1
+            if idx.size > 1:
+                dev = part - mean[:, :, None]
+                D = np.einsum("akl,bkl->kab", dev, dev)
+                vals, vecs = np.linalg.eigh(D)
+                d = vecs * np.sqrt(np.maximum(vals, 0.0))[:, None, :]  # (K, q, a)
+                out[:, :, at:at + q] = np.transpose(d, (1, 0, 2))
+                at += q
+        return ResponseProducts((out[None],), products.xy, products.yy)
 
 
 def repeated_response(cp: CrossProducts, k: int) -> ResponseProducts:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._batched import batched_cholesky, batched_solve_lower, batched_solve_lower_t
-from ._batched_refit import _LOG_2PI, OneTermBatch, _cholesky_inverse, _subset
+from ._batched_refit import _LOG_2PI, LevelClasses, OneTermBatch, _cholesky_inverse, _subset
 from ._crossprod import _ORIGIN_ROWS, CrossProducts, Origin, ResponseMap, ResponseProducts, cross_products
 from ._deviance import Deviance, Solution
 from ._newton import batched_fd_hessian, batched_shifts, floored_eigenvalues
@@ -282,90 +282,6 @@ def other_starts(term: Term) -> np.ndarray:
         lam[np.diag_indices(q)] = np.abs(lam[np.diag_indices(q)]) * rng.choice([1.0, 3.0, 10.0])
         starts.append(theta_from_lambda(lam, term.diagonal))
     return np.array(starts)
-
-
-# ---- levels that share their design ---------------------------------------------------------
-
-
-@dataclass
-class LevelClasses:
-    """Levels with identical ``Z_l'WZ_l`` and ``Z_l'WX`` (a balanced design: every donor
-    has the same covariate values), folded into a few pseudo-levels.
-
-    For a one-term model the deviance and its gradient depend on the levels through
-    ``log|M_l|`` and sums over levels of quadratic forms in ``[Z_l'WX, Z_l'Wy]``. For the
-    ``n_c`` levels of a class (one ``A_c``, one ``Z'WX_c``) those sums equal the sums over
-    ``1 + q`` pseudo-levels: ``sqrt(n_c) [Z'WX_c, ybar_c]`` with ``log|M|`` counted
-    ``n_c`` times, and ``[0, d_a]`` (``a = 1..q``, ``log|M|`` not counted) where
-    ``sum_a d_a d_a' = sum_l (Z_l'Wy - ybar_c)(Z_l'Wy - ybar_c)'`` (the cross terms vanish
-    about the class mean). The evaluation then costs per class, not per level.
-
-    Attributes
-    ----------
-    members : list of int ndarrays
-        The levels of each class.
-    A, ZX : ndarrays (q, q, 1, m') and (q, p, 1, m')
-        The pseudo-levels' ``Z'WZ`` and ``Z'WX`` (the batched kernel's layout).
-    weights : ndarray (m',)
-        Multiplicity of each pseudo-level in ``log|M|``.
-    """
-
-    members: list
-    A: np.ndarray
-    ZX: np.ndarray
-    weights: np.ndarray
-
-    @classmethod
-    def of(cls, template: CrossProducts) -> "LevelClasses | None":
-        """The classes of a one-term template; None when folding saves nothing."""
-        p = template.p
-        A, ZX = template.diag[0][0], template.zxy[0][0][:, :p]
-        q, m = A.shape[0], A.shape[-1]
-        keys = np.concatenate([A.reshape(q * q, m), ZX.reshape(q * p, m)]).T
-        _, inverse, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.reshape(-1)
-        if int(np.where(sizes > 1, 1 + q, 1).sum()) >= m:
-            return None
-        members = [np.flatnonzero(inverse == c) for c in range(sizes.size)]
-        As, ZXs, weights = [], [], []
-        for idx in members:
-            first, n_c = idx[0], idx.size
-            As.append(A[:, :, first])
-            ZXs.append(np.sqrt(n_c) * ZX[:, :, first])
-            weights.append(float(n_c))
-            if n_c > 1:
-                for _ in range(q):
-                    As.append(A[:, :, first])
-                    ZXs.append(np.zeros((q, p)))
-                    weights.append(0.0)
-        return cls(members, np.stack(As, axis=-1)[:, :, None], np.stack(ZXs, axis=-1)[:, :, None],
-                   np.array(weights))
-
-    def batch(self, template: CrossProducts, reml: bool) -> OneTermBatch:
-        """The batched kernel on the pseudo-levels."""
-        batch = OneTermBatch(template, reml)
-        batch.A, batch.ZX, batch.level_weights = self.A, self.ZX, self.weights
-        return batch
-
-    def products(self, products: ResponseProducts) -> ResponseProducts:
-        """The responses' ``Z'Wy`` on the pseudo-levels."""
-        zy = products.zy[0][0]  # (q, K, m)
-        q, K = zy.shape[0], zy.shape[1]
-        out = np.empty((q, K, self.weights.size))
-        at = 0
-        for idx in self.members:
-            part = zy[:, :, idx]
-            mean = part.mean(axis=-1)
-            out[:, :, at] = np.sqrt(idx.size) * mean
-            at += 1
-            if idx.size > 1:
-                dev = part - mean[:, :, None]
-                D = np.einsum("akl,bkl->kab", dev, dev)
-                vals, vecs = np.linalg.eigh(D)
-                d = vecs * np.sqrt(np.maximum(vals, 0.0))[:, None, :]  # (K, q, a)
-                out[:, :, at:at + q] = np.transpose(d, (1, 0, 2))
-                at += q
-        return ResponseProducts((out[None],), products.xy, products.yy)
 
 
 # ---- the batched path ----------------------------------------------------------------------
