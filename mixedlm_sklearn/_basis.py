@@ -47,7 +47,8 @@ class Basis:
                 chol = linalg.cholesky(pooled, lower=True)
                 self.P.append(linalg.solve_triangular(chol, np.eye(term.q), lower=True).T)
         self.xy_scale = np.sqrt(np.maximum(np.diag(comb.xyxy[0]), np.finfo(float).tiny) / n)
-        self.white = cp.transformed(self.P, self.xy_scale)
+        # the whitened cross-products are formed once, by the deviance's ``in_basis``: a
+        # second copy here held as much memory as the data's per-level statistics
 
     def _map(self, theta: np.ndarray, forward: bool) -> np.ndarray:
         out = []

@@ -52,13 +52,16 @@ def _per_slice(serial, out: np.ndarray, *arrays: np.ndarray) -> np.ndarray | Non
     return out
 
 
-def left_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def left_matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``A @ B`` over the first axis of ``B`` (any trailing shape), for a small ``A``.
 
     Parameters
     ----------
     A : ndarray of shape (a, b)
     B : ndarray of shape (b, ...)
+    out : ndarray of shape (a, ...), optional
+        Where to write the product (C-contiguous); it may be ``B`` itself (square ``A``):
+        each block of columns is read before it is written.
 
     Returns
     -------
@@ -66,7 +69,12 @@ def left_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """
     rest = B.shape[1:]
     flat = B.reshape(B.shape[0], -1)
-    out = np.empty((A.shape[0], flat.shape[1]))
+    if out is None:
+        out = np.empty((A.shape[0], flat.shape[1]))
+    else:
+        if not out.flags.c_contiguous:
+            raise ValueError("left_matmul's out must be C-contiguous")
+        out = out.reshape(A.shape[0], -1)  # a view of the caller's array
     starts = range(0, flat.shape[1], _CHUNK)
 
     def columns(chunk: range) -> None:

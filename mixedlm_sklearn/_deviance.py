@@ -133,7 +133,10 @@ class _Point:
     prep: Prepared
     lams: list
     factor: Factor
-    w: list  # forward-solved Lambda' Z'[X y] per term (shifted: Lambda'Z'WD' - A)
+    # forward-solved Lambda' Z'[X y] per term (shifted: Lambda'Z'WD' - A); None once the
+    # modes are formed from it, in its place (two such arrays at 10^5 levels are most of a
+    # fit's memory)
+    w: list | None
     chol_a: np.ndarray  # lower Cholesky factor of A (p x p)
     beta: np.ndarray  # relative to the shift's beta0 when shifted
     r2: float
@@ -143,6 +146,15 @@ class _Point:
     A: list | None  # Lambda^{-1} C per term when shifted
     ops: Prepared  # where zxy and the strata's cross-products come from
     cache: dict = field(default_factory=dict)
+
+
+def _point_modes(pt: _Point) -> list:
+    """``M^{-1}`` times the right-hand sides ``pt.w`` was forward-solved from, per term (the
+    modes of the point's own data, ``D'`` when shifted), formed once in ``pt.w``'s place."""
+    if "V" not in pt.cache:
+        pt.cache["V"] = pt.factor.backward(pt.w, overwrite=True)
+        pt.w = None
+    return pt.cache["V"]
 
 
 @dataclass(frozen=True)
@@ -326,7 +338,8 @@ class ExactSolution(Solution):
 
     def _solved(self, terms: list, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
-        factor, w_xy = self._point.factor, self._point.w
+        factor = self._point.factor
+        V = _point_modes(self._point)  # w_r'w_x = r'M^{-1}(Lambda'Z'X) = r'V_x
         p = self.beta.size
         size = sum(t.size for t in terms)
         batch = max(1, _SOLVE_BUDGET // max(size, 1))
@@ -344,9 +357,25 @@ class ExactSolution(Solution):
                 rhs.append(block)
             w = factor.forward(rhs)
             quad[start:start + c] = sum(np.einsum("aic,aic->i", wk, wk) for wk in w)
-            shift[start:start + c] = sum(np.einsum("apl,ail->ip", wx[:, :p, :], wk)
-                                         for wx, wk in zip(w_xy, w))
+            shift[start:start + c] = sum(np.einsum("apl,ail->ip", v[:, :p, :], r)
+                                         for v, r in zip(V, rhs))
         return quad, shift
+
+
+# Entries of the temporaries of :meth:`Deviance._residual_blocks` (``R``, ``Lambda V`` and
+# ``G Lambda V`` for some columns), summed over the terms: 16 MB. At 2x10^5 levels with
+# q = 3 and p = 10 the whole arrays are 55 MB each, and they were what a 10^7-row fit's
+# memory peaked at; small fits take all columns at once.
+_COLUMN_BLOCK_SIZE = 2**21
+
+
+def _column_blocks(blocks: list) -> list[slice]:
+    """Slices of the columns (axis 1) of per-term ``(q_k, c, m_k)`` arrays, each with at most
+    :data:`_COLUMN_BLOCK_SIZE` entries over all terms (at least one column)."""
+    c = blocks[0].shape[1] if blocks else 0
+    per_column = sum(b.shape[0] * b.shape[2] for b in blocks)
+    step = max(1, min(c, _COLUMN_BLOCK_SIZE // max(per_column, 1)))
+    return [slice(a, min(a + step, c)) for a in range(0, c, step)]
 
 
 class Deviance:
@@ -473,6 +502,9 @@ class Deviance:
         if self._last is not None and np.array_equal(self._last.x, x):
             return self._last
         self.n_evaluations += 1
+        # the previous point's per-level arrays go before this point's are formed (unless a
+        # solution holds them): at 10^5 levels two points at once are what a fit's memory peaks at
+        self._last = None
         theta, v = self.split(x)
         prep = self._prepare(v)
         lams = self.terms.lams(theta)
@@ -485,7 +517,8 @@ class Deviance:
         if A is not None:
             rhs = [r - a for r, a in zip(rhs, A)]
             xyxy = xyxy + sum(_gram(a, a) for a in A)
-        w = factor.forward(rhs)
+        w = factor.forward(rhs, overwrite=True)
+        del rhs
         p = self.p
         G = np.zeros((p + 1, p + 1))
         for wk in w:
@@ -587,9 +620,7 @@ class Deviance:
     def _modes(self, pt: _Point) -> list:
         """``V = M^{-1} Lambda' Z'[X y]`` per term, (q_k, p + 1, m_k): the spherical modes of
         each column (of ``D'`` when shifted: add ``A`` for those of ``D``)."""
-        if "V" not in pt.cache:
-            pt.cache["V"] = pt.factor.backward(pt.w)
-        return pt.cache["V"]
+        return _point_modes(pt)
 
     def _modes_of_data(self, pt: _Point) -> list:
         """The spherical modes of the columns of ``D`` itself."""
@@ -602,19 +633,39 @@ class Deviance:
             pt.cache["a_inv"] = np.tril(a_inv) + np.tril(a_inv, -1).T
         return pt.cache["a_inv"]
 
-    def _residual_products(self, pt: _Point) -> tuple[list, list]:
-        """``Lambda V`` and ``R = Z'[X y] - G Lambda V`` per term, (q_k, p + 1, m_k): Z' times
-        the residuals of each column, from the (shifted) modes, so nothing cancels.
+    def _residual_blocks(self, pt: _Point, stop: int | None = None):
+        """``(cols, R)`` for blocks of the columns ``< stop`` (all by default) of ``R = Z'[X y]
+        - G Lambda V`` per term (each (q_k, len(cols), m_k)): Z' times the residuals of those
+        columns, from the (shifted) modes, so nothing cancels; the same for ``D`` and ``D'``.
 
-        Not cached on the point (the gradient and the average information at one point
-        both use it): each is as large as the modes, and at 10^5 levels such arrays are
-        what a fit's memory holds.
+        A few columns at a time (:func:`_column_blocks`): the whole of ``R``, ``Lambda V`` and
+        ``G Lambda V`` are each as large as the modes, and at 10^5 levels such arrays are
+        what a fit's memory peaks at. Small fits get all columns in one block.
         """
+        V = self._modes(pt)
+        c = V[0].shape[1] if V else 0
+        c = c if stop is None else min(stop, c)
+        for cols in _column_blocks([v[:, :c] for v in V]):
+            lv = [left_matmul(lam, Vk[:, cols]) for lam, Vk in zip(pt.lams, V)]
+            yield cols, [z[:, cols] - g for z, g in zip(pt.zxy, pt.prep.g_times(lv))]
+
+    def _residual_products(self, pt: _Point) -> tuple[list, list]:
+        """``Lambda V`` and ``R`` (:meth:`_residual_blocks`) per term, whole (q_k, p + 1, m_k)."""
         LV = [left_matmul(lam, Vk) for lam, Vk in zip(pt.lams, self._modes(pt))]
         R = pt.prep.g_times(LV)
         for z, r in zip(pt.zxy, R):
             np.subtract(z, r, out=r)
         return LV, R
+
+    def _residual_combinations(self, pt: _Point, gammas: list) -> list:
+        """``R gamma`` per term (q_k, m_k) for each column combination ``gamma`` of ``gammas``,
+        without forming ``R``: ``Z'D gamma - G Lambda (V gamma)``."""
+        V = self._modes(pt)
+        out = []
+        for gm in gammas:
+            lu = [left_matmul(lam, _combine(Vk, gm)[:, None, :]) for lam, Vk in zip(pt.lams, V)]
+            out.append([_combine(z, gm) - g[:, 0, :] for z, g in zip(pt.zxy, pt.prep.g_times(lu))])
+        return out
 
     def gradient_in_lambda(self, x: np.ndarray) -> tuple[np.ndarray, list]:
         """The gradient of the deviance and, per term, its derivatives in *every* entry of
@@ -632,32 +683,32 @@ class Deviance:
         in) the theta gradient of the penalised RSS of ``D gamma_i`` (:meth:`gradient_with_r2`);
         with ``full``, each term's derivatives in every entry of ``L_k`` appended to it."""
         p = self.p
-        LV, R = self._residual_products(pt)
-        if not self.n_eta:
-            del LV  # (q, p + 1, m) per term: at 10^5 levels the arrays are what the memory holds
         V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
+        gms = list(r2_gammas or ())
+        E = self._residual_combinations(pt, [gamma] + gms)
         a_inv = self._a_inv(pt)
         dlogm = self._logdet_gradient(pt)
+        # the REML term sum_l R_x A^{-1} V_x' per term, by blocks of R's columns j:
+        # sum_j R[:, j] (A^{-1} V_x)[:, j]', both factors (q, len(cols) m) with no transposes
+        reml_terms = [np.zeros((t.q, t.q)) for t in self.terms]
+        if self.reml and p:
+            for cols, Rb in self._residual_blocks(pt, stop=p):
+                for k, (term, rb) in enumerate(zip(self.terms, Rb)):
+                    AV = np.stack([left_matmul(a_inv[cols], V[k][c, :p]) for c in range(term.q)])
+                    reml_terms[k] += rb.reshape(term.q, -1) @ AV.reshape(term.q, -1).T
         grad = np.empty(self.n_params)
         for k, (term, sl) in enumerate(zip(self.terms, self.terms.slices)):
-            e, u = _combine(R[k], gamma), _combine(V[k], gamma)
-            g = dlogm[k].T - (2.0 * self.dof / pt.r2) * (e @ u.T)
-            if self.reml and p:
-                # sum over levels of R_x A^{-1} V_x': A^{-1} applied per row of R_x, so that
-                # both factors are (q, p m) views with no transposed copies
-                AR = np.empty((term.q, p, term.n_levels))
-                for a in range(term.q):
-                    AR[a] = left_matmul(a_inv, R[k][a, :p])
-                g -= 2.0 * (AR.reshape(term.q, -1) @ V[k][:, :p].reshape(term.q, -1).T)
-                del AR
+            e, u = E[0][k], _combine(V[k], gamma)
+            g = dlogm[k].T - (2.0 * self.dof / pt.r2) * (e @ u.T) - 2.0 * reml_terms[k]
             rows, cols = term.theta_position
             grad[sl] = g[rows, cols]
             if full is not None:
                 full.append(g)
-            for i, gm in enumerate(r2_gammas or ()):
-                r2_grads[i, sl] = -2.0 * (_combine(R[k], gm) @ _combine(V[k], gm).T)[rows, cols]
+            for i, gm in enumerate(gms):
+                r2_grads[i, sl] = -2.0 * (E[i + 1][k] @ _combine(V[k], gm).T)[rows, cols]
         if self.n_eta:
+            LV, R = self._residual_products(pt)
             grad[self.n_theta:] = self._ratio_gradient(pt, LV, R, gamma)[1:]
         return grad
 
@@ -739,29 +790,34 @@ class Deviance:
             raise NotImplementedError("the average information covers theta only")
         pt = self._evaluate(x)
         prep, p, lams = pt.prep, self.p, pt.lams
-        R = self._residual_products(pt)[1]
         V = self._modes_of_data(pt)
         gamma = np.append(-pt.beta, 1.0)
+        E = self._residual_combinations(pt, [gamma])[0]
         n = self.n_theta
         C = []
-        for term, sl, lam, Vk, Rk in zip(self.terms, self.terms.slices, lams, V, R):
-            u, e = _combine(Vk, gamma), _combine(Rk, gamma)
+        for term, sl, lam, Vk, e in zip(self.terms, self.terms.slices, lams, V, E):
+            u = _combine(Vk, gamma)
             Ck = np.zeros((term.q, n, term.n_levels))
             rows, cols = term.theta_position
             for j, a, c in zip(range(sl.start, sl.stop), rows, cols):
                 Ck[a, j] += u[c]
                 Ck[:, j] += lam[:, c, None] * e[a]
             C.append(Ck)
-        GC = prep.g_times(C)
-        b = [left_matmul(lam.T, g) for lam, g in zip(lams, GC)]
-        Y = pt.factor.solve(b)
-        PW = np.zeros((n, n))
+        # (each temporary below is as large as C; they are dropped as soon as used)
+        b = prep.g_times(C)  # G C, then (in its place) b = Lambda' G C
+        PW = sum((_gram(Ck, g) for Ck, g in zip(C, b)), np.zeros((n, n)))
+        for lam, g in zip(lams, b):
+            left_matmul(lam.T, g, out=g)
+        # b' M^{-1} b = w'w with w = L^{-1} b: one triangular solve instead of two
+        w = pt.factor.forward(b, overwrite=True)
+        del b
+        PW -= sum((_gram(wk, wk) for wk in w), np.zeros((n, n)))
+        del w
         XW = np.zeros((p, n))
-        we = np.zeros(n)
-        for Ck, g, bk, yk, Rk in zip(C, GC, b, Y, R):
-            PW += _gram(Ck, g) - _gram(bk, yk)
-            XW += _gram(Rk[:, :p], Ck)  # (X - Z Lambda V_x)' W Z C_j
-            we += np.einsum("ajm,am->j", Ck, _combine(Rk, gamma))
+        for cols, Rb in self._residual_blocks(pt, stop=p):
+            for Ck, rb in zip(C, Rb):
+                XW[cols] += _gram(rb, Ck)  # (X - Z Lambda V_x)' W Z C_j
+        we = sum(np.einsum("ajm,am->j", Ck, e) for Ck, e in zip(C, E)) if C else np.zeros(n)
         if p:
             PW -= XW.T @ self._a_inv(pt) @ XW
         return (PW - np.outer(we, we) / pt.r2) * self.dof / pt.r2

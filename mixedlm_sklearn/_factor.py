@@ -911,15 +911,16 @@ class Factor:
 
     # ---- solves ---------------------------------------------------------------------------
 
-    def forward(self, rhs: list) -> list:
+    def forward(self, rhs: list, overwrite: bool = False) -> list:
         """``w = L^{-1} rhs`` with ``M = L L'`` the block factor; ``G = w'w`` block-wise.
 
         Returns a list with, per term, the transformed block; for the dense terms (and the
         crossing term) see :meth:`backward`'s expectations. ``sum_k <w_k, w_k>`` over all
-        blocks equals ``rhs' M^{-1} rhs``.
+        blocks equals ``rhs' M^{-1} rhs``. With ``overwrite`` the blocks of ``rhs`` (the
+        caller's temporaries) may be overwritten: no copy of them is made.
         """
         plan = self.prep.plan
-        w = [None if b is None else b.copy() for b in rhs]
+        w = [None if b is None else (b if overwrite else b.copy()) for b in rhs]
         for stage in plan.stages:
             t = stage.t
             w[t] = batched_solve_lower(self.chol[t], w[t], overwrite=True)
@@ -936,8 +937,9 @@ class Factor:
             self._from_dense_rows(self._dense_solve(self._dense_rows(w), "T"), w)
         return w
 
-    def backward(self, w: list) -> list:
-        """``x = L'^{-1} w``: with :meth:`forward`, ``x = M^{-1} rhs``."""
+    def backward(self, w: list, overwrite: bool = False) -> list:
+        """``x = L'^{-1} w``: with :meth:`forward`, ``x = M^{-1} rhs``. With ``overwrite`` the
+        blocks of ``w`` may be overwritten (they become the result's)."""
         plan = self.prep.plan
         x = [None] * plan.n_terms
         if plan.dense is not None:
@@ -949,7 +951,7 @@ class Factor:
             x[t] = batched_solve_lower_t(self.chol[t], w[t]) - batched_matmul(self.cross["J"], z)
         for stage in reversed(plan.stages):
             t = stage.t
-            acc = w[t].copy()
+            acc = w[t] if overwrite else w[t].copy()
             for link, W in zip(stage.links, self.W[t]):
                 acc -= np.einsum("aul,ucl->acl", W, x[link.u][:, :, link.parent])
             x[t] = batched_solve_lower_t(self.chol[t], acc, overwrite=True)

@@ -804,6 +804,9 @@ def fit(
             x=x_orig, fun=original.value(x_orig), jac=None), polish)
     n_iter = tracker.n_iter + original.n_iter
     n_fev = white.n_evaluations + dev.n_evaluations
+    # the whitened cross-products and the search's last point are as large as the data's
+    # per-level statistics: they go before the solution's point is formed
+    del tracker, white
     solution = dev.solution(x_orig)
     theta = x_orig[:dev.n_theta]
     at_bound = np.isfinite(dev.lower_bounds()[:dev.n_theta]) & (theta <= dev.lower_bounds()[:dev.n_theta])
@@ -831,7 +834,7 @@ def _whitened_start(dev: Deviance, x0: np.ndarray | None):
     basis = Basis(dev.cp)
     white = dev.in_basis(basis.P, basis.xy_scale)
     if x0 is None:
-        theta0 = _moment_start(basis.white)
+        theta0 = _moment_start(white.cp)
         if theta0 is None:
             theta0 = dev.terms.identity_theta()
         residual = dev.residual_start()

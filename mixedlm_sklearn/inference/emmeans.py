@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, special, stats
 
 from .._table import ResultTable, _blocks, format_real
 from ._emm_spec import CONTRAST_METHODS, EmmSpec, parse_emm_spec
@@ -234,10 +234,56 @@ def adjust_pvalues(p: Any, method: str, t: Any = None, df: Any = None, n_means: 
         df = np.broadcast_to(np.asarray(df, dtype=float), t.shape)
         if n_means < 2:
             return p
-        return np.array([float(stats.studentized_range.sf(np.sqrt(2.0) * ti, n_means, di))
+        return np.array([studentized_range_sf(np.sqrt(2.0) * ti, n_means, di)
                          for ti, di in zip(t, df)])
     raise ValueError("adjust must be 'tukey', 'dunnettx', 'holm', 'bonferroni', 'sidak' or "
                      f"'none', got {method!r}")
+
+
+# Below this scipy's studentized range survival function loses its relative accuracy
+# (5-6% at 1e-13: Oats' N0 - N0.6 moved 1.1% with the ulps of its t ratio), and the tail
+# is integrated from positive terms instead.
+_TUKEY_TAIL = 1e-8
+
+
+def studentized_range_sf(q: float, k: int, df: float) -> float:
+    """``P(Q > q)`` for the studentized range of ``k`` means on ``df`` df (inf: normals).
+
+    scipy's ``studentized_range.sf`` where it is above ``1e-8``; below, where its relative
+    accuracy goes, by quadrature of positive terms only: the range ``R`` of ``k`` standard
+    normals has ``P(R > w) = k int phi(z) [Phi(z)^(k-1) - (Phi(z) - Phi(z - w))^(k-1)] dz``
+    (the smallest at ``z``), and ``a^n - (a - b)^n = b sum_i a^i (a - b)^(n-1-i)`` removes
+    the cancellation; then ``Q = R / s`` with ``df s^2 ~ chi2_df`` (Hochberg & Tamhane
+    1987, sec. 3.1).
+    """
+    p = float(stats.studentized_range.sf(q, k, df))
+    if p >= _TUKEY_TAIL or q <= 0:
+        return p
+    powers = np.arange(k - 1)
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+
+    def range_sf(w: float) -> float:
+        # Gauss-Legendre on panels of width 1/2 over [-12, w + 12]: both phi(z) and
+        # Phi(z - w) vary on a scale of 1, so each panel is integrated to rounding
+        mid = np.arange(-12.0, w + 12.0, 0.5) + 0.25
+        z = (mid[:, None] + 0.25 * nodes).ravel()
+        a, b = special.ndtr(z), special.ndtr(z - w)
+        terms = (a[:, None] ** powers * (a - b)[:, None] ** (k - 2 - powers)).sum(axis=1)
+        phi = np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+        return float(k * np.sum(np.tile(0.25 * weights, mid.size) * phi * b * terms))
+
+    if not np.isfinite(df):
+        return range_sf(q)
+    log_norm = np.log(2.0) + 0.5 * df * np.log(0.5 * df) - special.gammaln(0.5 * df)
+
+    def outer(s: float) -> float:
+        return float(np.exp(log_norm + (df - 1.0) * np.log(s) - 0.5 * df * s * s)) * range_sf(q * s)
+    # the density of s peaks at about 1 with spread 1/sqrt(2 df)
+    spread = 1.0 / np.sqrt(2.0 * df)
+    edges = sorted({1e-12, max(1e-12, 1.0 - 12.0 * spread), 1.0, 1.0 + 12.0 * spread, 1.0 + 40.0 * spread})
+    edges = [e for e in edges if e <= max(4.0, 1.0 + 40.0 * spread)]
+    return float(sum(integrate.quad(outer, lo, hi, epsabs=0.0, epsrel=1e-10, limit=400)[0]
+                     for lo, hi in zip(edges[:-1], edges[1:])))
 
 
 class EmmeansTable(ResultTable):

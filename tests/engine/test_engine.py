@@ -201,6 +201,29 @@ def test_cross_products_add_up_over_chunks_by_label():
     assert Deviance(total, True)(x) == pytest.approx(Deviance(whole, True)(x), rel=1e-12)
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_per_level_cross_products_equal_each_levels_own_sums(monkeypatch, in_place):
+    """The pass over the rows in several blocks, with the sparse products added into the
+    sums in place (scipy's kernel) or through the public product: each level's
+    ``Z_l'W Z_l`` and ``Z_l'W [X y]`` equal its rows' own products."""
+    import mixedlm_sklearn._crossprod as crossprod_module
+
+    monkeypatch.setattr(crossprod_module, "_BLOCK_ROWS", 70)
+    monkeypatch.setattr(crossprod_module, "_MIN_BLOCK_ROWS", 70)
+    if not in_place:
+        monkeypatch.setattr(crossprod_module, "_csc_matvecs", None)
+    X, y, factors, terms, w, _ = _design("single", weights=True)  # 300 rows: five blocks
+    cp = cross_products(X, y, factors, terms, w)
+    codes, Z = factors[0]
+    D = np.column_stack([X, y]) * np.sqrt(w)[:, None]
+    Zw = Z * np.sqrt(w)[:, None]
+    for level in range(terms[0].n_levels):
+        rows = codes == level
+        np.testing.assert_allclose(cp.diag[0][0][:, :, level], Zw[rows].T @ Zw[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cp.zxy[0][0][:, :, level], Zw[rows].T @ D[rows], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cp.xyxy[0], D.T @ D, rtol=1e-12)
+
+
 def test_a_change_of_basis_of_z_leaves_the_deviance_unchanged():
     X, y, factors, terms, w, strata = _design("crossed slopes", seed=5)
     cp = cross_products(X, y, factors, terms)

@@ -409,7 +409,7 @@ def test_the_first_search_leads_the_other_starts_in_one_batch():
     from mixedlm_sklearn.datasets import load_sleepstudy
 
     dev, basis, white = _whitened_slope_model(load_sleepstudy(), "Reaction", "Days", "Subject")
-    start = _moment_start(basis.white)
+    start = _moment_start(white.cp)
     others = _extra_starts(white)
     first, ran = _lead(_Tracker(white), start, others)
     own = _local(_Tracker(white), start, 1000, 1e-8)

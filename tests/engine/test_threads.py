@@ -16,6 +16,7 @@ from mixedlm_sklearn._batched import (
     batched_solve_lower_t,
     left_matmul,
 )
+import mixedlm_sklearn._crossprod as crossprod_module
 import mixedlm_sklearn._threads as threads_module
 from mixedlm_sklearn._threads import level_slices, level_threads
 
@@ -26,6 +27,7 @@ MIN_LEVELS_PER_THREAD = 1024
 @pytest.fixture(autouse=True)
 def small_slices(monkeypatch):
     monkeypatch.setattr(threads_module, "MIN_LEVELS_PER_THREAD", MIN_LEVELS_PER_THREAD)
+    monkeypatch.setattr(crossprod_module, "_BLOCK_ROWS", 20_000)  # several blocks of rows
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def data():
     for several blocks of the pass over the rows; a random slope with a full covariance."""
     rng = np.random.default_rng(7)
     m = 3 * MIN_LEVELS_PER_THREAD + 123
-    n = 24 * m  # three blocks of the pass over the rows (_crossprod._MIN_BLOCK_ROWS)
+    n = 24 * m  # four blocks of the pass over the rows (_BLOCK_ROWS patched above)
     g = rng.integers(0, m, n)
     X = rng.standard_normal((n, 2))
     b = rng.standard_normal((m, 2)) * [0.8, 0.3]
