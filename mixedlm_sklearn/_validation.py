@@ -500,3 +500,27 @@ def clean_failure() -> Iterator[None]:
     for kind in kinds:
         warnings.warn(f"{kind} encountered in a numpy operation during the fit", RuntimeWarning,
                       stacklevel=3)
+
+
+def chunk_columns(X: Any, Z: Any, groups: Any) -> tuple[list, dict]:
+    """The grouping columns and the random-effects columns per factor of a fit from chunks
+    or Dask partitions (columns given by name), or a TypeError/ValueError naming the problem.
+
+    ``Z``: None (random intercepts), a list of columns (one factor) or a dict from factor to
+    columns.
+    """
+    if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
+        raise TypeError("X and Z must be lists of column names")
+    group_cols = [groups] if isinstance(groups, str) else list(groups)
+    if isinstance(Z, dict):
+        z_cols = {str(k): list(v) for k, v in Z.items()}
+        unknown = [k for k in z_cols if k not in group_cols]
+        if unknown:
+            raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {group_cols}")
+    elif Z is not None:
+        if len(group_cols) != 1:
+            raise TypeError("with several grouping factors, Z must be a dict from factor to columns")
+        z_cols = {group_cols[0]: list(Z)}
+    else:
+        z_cols = {}
+    return group_cols, z_cols

@@ -70,6 +70,7 @@ from ._validation import (
     caller_stacklevel,
     check_finite,
     check_weights,
+    chunk_columns,
     clean_failure,
     encode_groups,
     is_sparse,
@@ -720,23 +721,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         if self.formula is not None:
             raise TypeError("fit_chunks reads arrays (columns by name); a formula fit needs the "
                             "rows in memory: use fit(df) or formula=None")
-        if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
-            raise TypeError("X and Z must be lists of column names")
         if len(X) == 0:
             raise ValueError("X is an empty list: give at least one fixed-effects column (for an "
                              "intercept-only model, a column of ones with fit_intercept=False)")
-        group_cols = [groups] if isinstance(groups, str) else list(groups)
-        if isinstance(Z, dict):
-            z_cols = {str(k): list(v) for k, v in Z.items()}
-            unknown = [k for k in z_cols if k not in group_cols]
-            if unknown:
-                raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {group_cols}")
-        elif Z is not None:
-            if len(group_cols) != 1:
-                raise TypeError("with several grouping factors, Z must be a dict from factor to columns")
-            z_cols = {group_cols[0]: list(Z)}
-        else:
-            z_cols = {}
+        group_cols, z_cols = chunk_columns(X, Z, groups)
         if self.correlation is None and (time is not None or correlation_groups is not None):
             given = [k for k, v in {"time": time, "correlation_groups": correlation_groups}.items()
                      if v is not None]

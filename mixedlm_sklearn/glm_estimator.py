@@ -36,6 +36,7 @@ from ._validation import (
     caller_stacklevel,
     check_finite,
     check_weights,
+    chunk_columns,
     clean_failure,
     first_rows,
     without_zero_weights,
@@ -238,20 +239,7 @@ class _MixedGLMBase(MixedModelBase):
         if self.formula is not None:
             raise TypeError("fit_chunks reads columns by name; a formula fit needs the rows in "
                             "memory: use fit(df) or formula=None")
-        if isinstance(X, str) or (Z is not None and isinstance(Z, str)):
-            raise TypeError("X and Z must be lists of column names")
-        group_cols = [groups] if isinstance(groups, str) else list(groups)
-        if isinstance(Z, dict):
-            z_cols = {str(k): list(v) for k, v in Z.items()}
-            unknown = [k for k in z_cols if k not in group_cols]
-            if unknown:
-                raise ValueError(f"Z key(s) {unknown} name no grouping factor; the factors are {group_cols}")
-        elif Z is not None:
-            if len(group_cols) != 1:
-                raise TypeError("with several grouping factors, Z must be a dict from factor to columns")
-            z_cols = {group_cols[0]: list(Z)}
-        else:
-            z_cols = {}
+        group_cols, z_cols = chunk_columns(X, Z, groups)
         with _refitting(self), clean_failure(), level_threads(effective_n_jobs(self.n_jobs)):
             return self._fit_source(chunks, y, group_cols, [str(c) for c in X], z_cols,
                                     sample_weight, offset)
