@@ -570,3 +570,14 @@ def exact_gls_beta(X, y, Z, codes, lam):
     beta = np.array([float(row[0]) for row in sol])
     a_inv = np.array([[float(v) for v in row[1:]] for row in sol])
     return beta, a_inv
+
+
+def correlation_matrix(kind: str, value: float, t: np.ndarray) -> np.ndarray:
+    """nlme's correlation of the rows of one residual group at times ``t``: ``ar1``/``car1``
+    ``phi^d``, ``exp`` ``exp(-d / range)``, ``cs`` ``rho`` off the diagonal."""
+    d = np.abs(t[:, None] - t[None, :])
+    if kind in ("ar1", "car1"):
+        return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
+    if kind == "exp":
+        return np.exp(-d / value)
+    return np.where(d == 0, 1.0, value)

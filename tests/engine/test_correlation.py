@@ -18,6 +18,7 @@ from scipy import linalg, optimize
 
 from mixedlm_sklearn import MixedLMRegressor, SingularFitWarning
 
+from _dense import correlation_matrix
 from _reference import REFERENCE_DIR, STRUCTURE_CASES, VARIDENT_CORRELATED_CASES
 
 STRUCT_DIR = REFERENCE_DIR / "structures"
@@ -115,15 +116,6 @@ def test_reference_marginal_covariance_of_the_first_group():
 # ---- the dense oracle ---------------------------------------------------------------------------
 
 
-def _corr_matrix(kind, value, t):
-    d = np.abs(t[:, None] - t[None, :])
-    if kind in ("ar1", "car1"):
-        return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
-    if kind == "exp":
-        return np.exp(-d / value)
-    return np.where(d == 0, 1.0, value)
-
-
 def _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml, weights=None):
     """-2 log-likelihood (REML: lme4's/nlme's criterion, without log|X'X|), beta by GLS;
     with weights ``w`` the residual covariance ``sigma^2 D^{1/2} C D^{1/2}``, ``D =
@@ -133,7 +125,7 @@ def _dense_deviance(X, y, Z, codes, times, kind, cov_re, sigma2, value, reml, we
     V = np.zeros((n, n))
     for g in np.unique(codes):
         i = np.flatnonzero(codes == g)
-        C = _corr_matrix(kind, value, times[i]) * np.outer(sd[i], sd[i])
+        C = correlation_matrix(kind, value, times[i]) * np.outer(sd[i], sd[i])
         V[np.ix_(i, i)] = Z[i] @ cov_re @ Z[i].T + sigma2 * C
     c = linalg.cho_factor(V)
     Vi_X = linalg.cho_solve(c, X)
@@ -216,7 +208,7 @@ def _random_design(kind, q, true_value, seed, few_gaps=False):
     y = X @ np.array([1.0, 0.5])
     for g in range(m):
         i = np.flatnonzero(codes == g)
-        R = _corr_matrix(kind, true_value, times[i])
+        R = correlation_matrix(kind, true_value, times[i])
         y[i] += Z[i] @ rng.multivariate_normal(np.zeros(q), cov_re)
         y[i] += np.linalg.cholesky(R) @ rng.standard_normal(i.size)
     return X, y, Z, codes, times

@@ -22,6 +22,8 @@ from mixedlm_sklearn._deviance import Deviance
 from mixedlm_sklearn._factor import Plan
 from mixedlm_sklearn._terms import Term, Terms
 
+from _dense import correlation_matrix
+
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _PARAM = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}
 
@@ -29,21 +31,12 @@ _PARAM = {"ar1": "Phi", "car1": "Phi", "exp": "range", "cs": "Rho"}
 # ---- the dense oracle -------------------------------------------------------------------------
 
 
-def _corr(kind, value, t):
-    d = np.abs(t[:, None] - t[None, :])
-    if kind in ("ar1", "car1"):
-        return np.where(d == 0, 1.0, np.sign(value) ** np.round(d) * np.abs(value) ** d)
-    if kind == "exp":
-        return np.exp(-d / value)
-    return np.where(d == 0, 1.0, value)
-
-
 def _residual_cov(kind, value, groups, times, sd):
     n = groups.size
     R = np.zeros((n, n))
     for g in np.unique(groups):
         i = np.flatnonzero(groups == g)
-        R[np.ix_(i, i)] = _corr(kind, value, times[i]) * np.outer(sd[i], sd[i])
+        R[np.ix_(i, i)] = correlation_matrix(kind, value, times[i]) * np.outer(sd[i], sd[i])
     return R
 
 
@@ -166,7 +159,7 @@ def _subjects_items(kind, seed, slope=False, n_subjects=9, n_items=6, size=(4, 8
     sd = np.ones(n) if strata is None else np.sqrt(np.array([1.0, 2.5])[strata])
     for g in range(n_subjects):
         i = np.flatnonzero(subject == g)
-        R = _corr(kind, true, times[i]) * np.outer(sd[i], sd[i])
+        R = correlation_matrix(kind, true, times[i]) * np.outer(sd[i], sd[i])
         y[i] += np.linalg.cholesky(R) @ rng.standard_normal(i.size)
     return {"kind": kind, "X": X, "y": y, "groups": subject, "times": times,
             "factors": [(subject, Zs), (item, np.ones((n, 1)))], "subject": subject,
