@@ -542,27 +542,45 @@ MAX_COMPONENTS = 16
 # 8: 1/(1-rho); 9: -rho/g; 10: -rho/(2g); 11: rho/(2g).
 
 
-def _kind_weights(kind: np.ndarray, c: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each component's weight of its kind and its derivative in ``c`` (``rho``)."""
+def _g(c: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``g = (1 - rho)(1 + (m - 1) rho)`` and ``dg / drho``."""
+    return (1.0 - c) * (1.0 + (m - 1.0) * c), (m - 2.0) - 2.0 * (m - 1.0) * c
+
+
+def _cs_weight(scale: float):
+    """Kinds 9-11: ``scale * (-rho / g)`` and its derivative."""
+    def weight(c, m):
+        g, dg = _g(c, m)
+        return scale * (-c / g), scale * (-(g - c * dg) / (g * g))
+    return weight
+
+
+# kind -> (c, m) -> (weight, derivative in c), evaluated only on the components of the kind
+_KIND_WEIGHTS = {
+    0: lambda c, m: (np.ones_like(c), np.zeros_like(c)),
+    1: lambda c, m: (1.0 / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+    2: lambda c, m: (-c / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+    3: lambda c, m: (c / (1.0 - c * c), (1.0 + c * c) / (1.0 - c * c) ** 2),
+    8: lambda c, m: (1.0 / (1.0 - c), 1.0 / (1.0 - c) ** 2),
+    9: _cs_weight(1.0),
+    10: _cs_weight(0.5),
+    11: _cs_weight(-0.5),
+}
+
+
+def _kind_weights(kind: np.ndarray, c: np.ndarray, m: np.ndarray,
+                  groups: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's weight of its kind and its derivative in ``c`` (``rho``);
+    ``groups``: the ``(kind, components)`` pairs of ``kind`` (:func:`_kind_groups`)."""
     f, df = np.zeros(kind.size), np.zeros(kind.size)
-    one = 1.0 - c * c
-    g = (1.0 - c) * (1.0 + (m - 1.0) * c)
-    dg = (m - 2.0) - 2.0 * (m - 1.0) * c
-    table = {
-        0: (np.ones_like(c), np.zeros_like(c)),
-        1: (1.0 / (1.0 + c), -1.0 / (1.0 + c) ** 2),
-        2: (-c / (1.0 + c), -1.0 / (1.0 + c) ** 2),
-        3: (c / one, (1.0 + c * c) / one ** 2),
-        8: (1.0 / (1.0 - c), 1.0 / (1.0 - c) ** 2),
-        9: (-c / g, -(g - c * dg) / (g * g)),
-        10: (-0.5 * c / g, -0.5 * (g - c * dg) / (g * g)),
-        11: (0.5 * c / g, 0.5 * (g - c * dg) / (g * g)),
-    }
-    for k in np.unique(kind):
-        at = kind == k
-        fk, dk = table[int(k)]
-        f[at], df[at] = fk[at], dk[at]
+    for k, at in _kind_groups(kind) if groups is None else groups:
+        f[at], df[at] = _KIND_WEIGHTS[k](c[at], m[at])
     return f, df
+
+
+def _kind_groups(kind: np.ndarray) -> list:
+    """The kinds present and the components of each."""
+    return [(int(k), np.flatnonzero(kind == k)) for k in np.unique(kind)]
 
 
 @dataclass(frozen=True)
@@ -656,23 +674,23 @@ class Components:
         c = np.broadcast_to(np.asarray(c, dtype=float), self.lags.shape)
         dc = np.broadcast_to(np.asarray(dc, dtype=float), self.lags.shape)
         J = self.kind.size
-        at = np.maximum(self.lag_of, 0)
+        at, has_lag, m, cross, groups = self._layout
         if self.markov:
-            cj = np.where(self.lag_of >= 0, c[at], 0.0) if c.size else np.zeros(J)
-            dcj = np.where(self.lag_of >= 0, dc[at], 0.0) if c.size else np.zeros(J)
+            cj = np.where(has_lag, c[at], 0.0) if c.size else np.zeros(J)
+            dcj = np.where(has_lag, dc[at], 0.0) if c.size else np.zeros(J)
         else:  # compound symmetry: one rho for every component
             cj, dcj = np.full(J, float(c[0])), np.full(J, float(dc[0]))
-        m = self.lags.astype(float)[at] if self.lags.size else np.ones(J)
-        f, dfdc = _kind_weights(self.kind, cj, m)
-        e = np.exp(-(np.zeros(self.n_strata) if eta is None else np.asarray(eta, dtype=float)))
+        f, dfdc = _kind_weights(self.kind, cj, m, groups)
+        rows = np.arange(J)
         a, b = self.pair[:, 0], self.pair[:, 1]
+        if self.n_strata == 1:  # (the joint search's every evaluation: no ratios to weigh)
+            return f, dfdc * dcj, (-2.0 * f)[:, None]
+        e = np.exp(-(np.zeros(self.n_strata) if eta is None else np.asarray(eta, dtype=float)))
         ea, eb = e[a], e[b]
         w, dw = f * ea * eb, dfdc * ea * eb
         jac = np.zeros((J, self.n_strata))
-        rows = np.arange(J)
         np.add.at(jac, (rows, a), -w)
         np.add.at(jac, (rows, b), -w)
-        cross = (a != b) & np.isin(self.kind, (1, 2)) if self.markov else np.zeros(J, dtype=bool)
         if cross.any():
             # a lag across two strata (see the class docstring); the third component's
             # k e_a e_b is of the general form
@@ -696,6 +714,18 @@ class Components:
             jac[idx, a[idx]] = np.where(later, ja_now, ja_before)
             jac[idx, b[idx]] = np.where(later, jb_now, jb_before)
         return w, dw * dcj, jac
+
+    @functools.cached_property
+    def _layout(self) -> tuple:
+        """What :meth:`weights` reads of the components alone (not of ``u``): each one's
+        lag class (0 for none), whether it has one, its group size (compound symmetry),
+        whether it is a lag across two strata, and the components of each kind."""
+        J = self.kind.size
+        at = np.maximum(self.lag_of, 0)
+        m = self.lags.astype(float)[at] if self.lags.size else np.ones(J)
+        a, b = self.pair[:, 0], self.pair[:, 1]
+        cross = (a != b) & np.isin(self.kind, (1, 2)) if self.markov else np.zeros(J, dtype=bool)
+        return at, self.lag_of >= 0, m, cross, _kind_groups(self.kind)
 
     def median_lag(self) -> float:
         """The median of the lags between consecutive rows of a group (Markov structures),
@@ -956,6 +986,48 @@ class JointDeviance(Deviance):
         pt = super()._evaluate(x)
         pt.deviance += self.log_jacobian(x)
         return pt
+
+    def _weight_derivatives(self, pt, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
+        """The deviance's derivative in each component's weight (as
+        :meth:`._deviance.Deviance._weight_derivatives`), for all components at once.
+
+        Each derivative is linear in its component's cross-products (``log|M|``, ``r2``
+        and the REML term alike), so it is their inner product with one set of arrays
+        formed once from the point (the adjoints of ``diag``, ``zxy``, the pair blocks and
+        ``xyxy``): a few products over the components' axis instead of a dozen per
+        component (a joint fit's gradient spent most of its time in that loop)."""
+        if pt.A is not None:  # a shifted point: the engine's form, stratum by stratum
+            return super()._weight_derivatives(pt, LV, R, gamma)
+        diag, pairs = pt.cache["selected"] if "selected" in pt.cache else pt.factor.selected_inverse()
+        cp, p, lams = self.cp, self.p, pt.lams
+        c = self.dof / pt.r2
+        b = [np.einsum("ab,bjm,j->am", lam, Vk, gamma) for lam, Vk in zip(lams, self._modes(pt))]
+        reml = bool(self.reml and p)
+        a_inv = self._a_inv(pt)
+        LVx = [x[:, :p, :] for x in LV]
+        adj = c * np.outer(gamma, gamma)
+        if reml:
+            adj[:p, :p] += a_inv
+        out = np.einsum("sij,ij->s", cp.xyxy, adj)
+        for k, (dk, lam, bk) in enumerate(zip(diag, lams, b)):
+            # log|M|: Lambda' Sigma Lambda; r2: b b'; REML: LV_x A^{-1} LV_x'
+            adj = np.einsum("abl,ca,db->cdl", dk, lam, lam) + c * (bk[:, None, :] * bk[None, :, :])
+            if reml:
+                adj += np.einsum("axl,xy,cyl->acl", LVx[k], a_inv, LVx[k])
+            out += np.einsum("sacl,acl->s", cp.diag[k], adj)
+            adj = (-2.0 * c) * (bk[:, None, :] * gamma[None, :, None])
+            if reml:
+                adj[:, :p] -= 2.0 * np.einsum("axl,xy->ayl", LVx[k], a_inv)
+            out += np.einsum("sajl,ajl->s", cp.zxy[k], adj)
+        for j, blk in enumerate(cp.pairs):
+            k, l = blk.k, blk.l
+            adj = 2.0 * np.einsum("eab,ca,db->ecd", pairs[j], lams[k], lams[l])
+            adj += (2.0 * c) * (b[k][:, blk.level_k].T[:, :, None] * b[l][:, blk.level_l].T[:, None, :])
+            if reml:
+                adj += 2.0 * np.einsum("axe,xy,bye->eab", LVx[k][:, :, blk.level_k], a_inv,
+                                       LVx[l][:, :, blk.level_l])
+            out += np.einsum("seab,eab->s", blk.values, adj)
+        return out
 
     def _ratio_gradient(self, pt, LV, R, gamma) -> np.ndarray:
         _, eta, u = self._parts(pt.x)
