@@ -913,6 +913,10 @@ class JointDeviance(Deviance):
     row_weights = False
     # the components' weights change with u, also where x holds no stratum ratio
     weights_vary = True
+    # the other starts of small problems run by L-BFGS-B in (theta, eta, u), not in the
+    # batched screen: each stops once it reaches the first answer's basin (on BodyWeight
+    # every one of the nine did, after half of its evaluations or more)
+    joins_other_starts = True
 
     def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None,
                  held: float | None = None) -> None:
@@ -1766,6 +1770,26 @@ def _search_grid(lo: float, hi: float) -> np.ndarray:
     return np.unique(inner), np.array([lo + _NEAR_BOUND, hi - _NEAR_BOUND])
 
 
+# Relative tolerance of the grid points' local searches (the fit's own is tighter).
+_GRID_TOL = 1e-5
+
+
+def _vertex(grid: np.ndarray, found: dict, i: int) -> float:
+    """The joint search's start in ``u`` from grid point ``i``: the vertex of the parabola
+    through its profiled deviance and its two neighbours' (``found[j][1]``), within them,
+    where both were fitted and it is a minimum of the three; ``grid[i]`` otherwise."""
+    if i - 1 not in found or i + 1 not in found:
+        return float(grid[i])
+    (a, fa), (b, fb), (c, fc) = ((grid[j], found[j][1]) for j in (i - 1, i, i + 1))
+    if not (fb <= fa and fb <= fc):
+        return float(b)
+    den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    if not den != 0.0:
+        return float(b)
+    step = 0.5 * ((b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)) / den
+    return float(np.clip(b - step, a, c))
+
+
 def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, max_iter: int,
                tol: float, start: tuple | None):
     """:func:`fit_components` of the rows' :class:`Components`; None where the rows have
@@ -1815,14 +1839,15 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
             u0, x0, _ = start
             x0 = np.append(np.asarray(x0, dtype=float)[:n_in], np.clip(u0, lo, hi))
         else:
-            best, x0, previous = np.inf, None, None
+            best, x0 = np.inf, None
             inner, outer = _search_grid(lo, hi)
-            for i, u in enumerate(np.concatenate([inner, outer])):
+
+            def grid_point(u: float, x_start, near_bound: bool):
+                """``(x, deviance)`` at ``u`` and its held deviance (None: failed)."""
                 at, extra = held(u)
-                # inside, a local search from the previous point's theta; next to the
-                # bounds a full fit (a degenerate R is reached with other random effects:
-                # another basin)
-                near_bound = i >= inner.size
+                # inside, a local search from a neighbour's theta; next to the bounds a
+                # full fit (a degenerate R is reached with other random effects: another
+                # basin)
                 try:
                     if near_bound:
                         sol, _ = minimise(at, None, max_iter=max_iter, tol=tol, search=True,
@@ -1830,26 +1855,52 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
                         x_at, value = sol.x, float(sol.deviance)
                     else:
                         # a grid point only chooses the start, which is fitted in full
-                        # below: one local search, without the fit's settling and check
-                        x_at, value = local_minimum(at, previous, max_iter=max_iter, tol=tol)
-                        # the next point starts here, unless a variance ended on its bound
-                        # (the deviance is even there: a gradient method would stay): then
-                        # from the last point that ended inside
-                        on_bound = x_at[:dev.n_theta] <= at.lower_bounds()[:dev.n_theta]
-                        previous = previous if on_bound.any() else x_at
+                        # below: one local search, without the fit's settling and check,
+                        # to a deviance within about 1e-7 of its size (the grid's points
+                        # differ by far more; the vertex between them moves by little)
+                        x_at, value = local_minimum(at, x_start, max_iter=max_iter,
+                                                    tol=max(tol, _GRID_TOL))
                 except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-                    continue
+                    return None
                 value += extra
+                return (x_at, value, at) if np.isfinite(value) else None
+
+            def inside(x_at, at) -> bool:
+                # a variance that ended on its bound (the deviance is even there: a
+                # gradient method would stay) is no start for the next point
+                return not np.any(x_at[:dev.n_theta] <= at.lower_bounds()[:dev.n_theta])
+
+            # every other grid point first (each from the previous one's theta), then the
+            # two next to the best of them (from its theta): the grid only chooses the
+            # joint search's start, and the profile in u varies on the grid's scale
+            coarse = np.zeros(inner.size, dtype=bool)
+            coarse[::2] = True
+            coarse[-1] = True
+            found: dict = {}
+            previous = None
+            for i in np.flatnonzero(coarse):
+                got = grid_point(inner[i], previous, False)
+                if got is not None:
+                    found[i] = got
+                    previous = got[0] if inside(got[0], got[2]) else previous
+            if found:
+                top = min(found, key=lambda i: found[i][1])
+                near = found[top][0] if inside(found[top][0], found[top][2]) else None
+                for i in (top - 1, top + 1):
+                    if 0 <= i < inner.size and i not in found:
+                        got = grid_point(inner[i], near, False)
+                        if got is not None:
+                            found[i] = got
+            for i in sorted(found):
+                x_at, value, at = found[i]
+                if value < best:
+                    best, x0, best_dev = value, np.append(x_at, _vertex(inner, found, i)), at
+            for u in outer:
+                got = grid_point(u, None, True)
                 # next to a bound only a clear gain counts (a ridge of equal heights, as
                 # compound symmetry next to a random intercept, keeps its interior point)
-                margin = _BOUND_GAIN if near_bound else 0.0
-                if np.isfinite(value) and value < best - margin:
-                    best, x0, best_dev = value, np.append(x_at, u), at
-            if x0 is not None:
-                # theta's other starts (small problems) at the best grid point, where the
-                # deviance in theta alone takes Newton steps; then the joint search from it
-                sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
-                x0 = np.append(sol.x, x0[-1])
+                if got is not None and got[1] < best - _BOUND_GAIN:
+                    best, x0, best_dev = got[1], np.append(got[0], u), got[2]
         # the small-problem other starts: with scalar random effects (or none) and no
         # strata in theta at the joint estimate of u (_other_basins); otherwise, or
         # without a start from the grid (every grid point failed), by the joint search
@@ -1862,6 +1913,14 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
         # (Phi 0.74) leads to.
         in_theta = (start is None and x0 is not None and not dev.n_ratios
                     and all(t.q == 1 for t in dev.terms))
+        if x0 is not None and start is None and not in_theta:
+            # theta's other starts (small problems) at the best grid point, where the
+            # deviance in theta alone takes Newton steps; then the joint search from it.
+            # (Where _other_basins runs them at the joint estimate, it also follows a
+            # lower basin found there: the same starts at the grid point would be a
+            # second batch of them.)
+            sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
+            x0 = np.append(sol.x, x0[-1])
         sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True,
                              multistart=start is None and not in_theta)
         if in_theta:
