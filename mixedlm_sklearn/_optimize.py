@@ -811,25 +811,30 @@ def _whitened_start(dev: Deviance, x0: np.ndarray | None):
 
 
 def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1000,
-                  tol: float = 1e-8) -> tuple[np.ndarray, float]:
+                  tol: float = 1e-8, whitened: np.ndarray | None = None) -> tuple:
     """One local search of :func:`fit` (its whitened basis and start), without the
-    safeguards, the settling and the convergence check: ``(x, deviance)`` where the search
-    stopped, in lme4's basis.
+    safeguards, the settling and the convergence check: ``(x, deviance, x_whitened)``
+    where the search stopped, in lme4's basis and in the whitened one.
 
     For a point that only chooses a start (the correlation's grid, :mod:`._correlation`):
     the Newton steps of the search reach the minimum to the deviance's rounding, and the
     check's finite-difference Hessian (``n_theta + 1`` gradients) would confirm what the
-    fit from the chosen start checks again."""
+    fit from the chosen start checks again. ``whitened``: the start in the whitened basis
+    (instead of ``x0``), e.g. where the last search stopped in its own basis: along the
+    correlation's grid the whitened optimum moves less than lme4's."""
     if dev.n_params == 0:
-        return np.empty(0), float(dev(np.empty(0)))
-    basis, white, start = _whitened_start(dev, x0)
+        return np.empty(0), float(dev(np.empty(0))), np.empty(0)
+    # (with a whitened start, zeros stand in for x0: the start mapped is not used)
+    basis, white, start = _whitened_start(dev, x0 if whitened is None else np.zeros(dev.n_params))
+    if whitened is not None:
+        start = np.asarray(whitened, dtype=float)
     res = _local(_Tracker(white), start, max_iter, tol)
     # the deviances of the two bases differ by a constant: ``[X y] / xy_scale`` divides
     # ``r2`` by ``s_y^2`` and (REML) ``|X'V^{-1}X|`` by ``prod s_j^2``; ``Z_k P_k`` with
     # theta mapped leaves ``log|M|`` as it is (one evaluation fewer per point)
     log_scale = np.log(basis.xy_scale)
     shift = 2.0 * dev.dof * log_scale[-1] + (2.0 * float(log_scale[:-1].sum()) if dev.reml else 0.0)
-    return basis.to_original(res.x), float(res.fun) + shift
+    return basis.to_original(res.x), float(res.fun) + shift, res.x
 
 
 # ---- a stochastic (fixed-probe) deviance ----------------------------------------------------
