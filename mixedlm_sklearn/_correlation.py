@@ -542,27 +542,45 @@ MAX_COMPONENTS = 16
 # 8: 1/(1-rho); 9: -rho/g; 10: -rho/(2g); 11: rho/(2g).
 
 
-def _kind_weights(kind: np.ndarray, c: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each component's weight of its kind and its derivative in ``c`` (``rho``)."""
+def _g(c: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``g = (1 - rho)(1 + (m - 1) rho)`` and ``dg / drho``."""
+    return (1.0 - c) * (1.0 + (m - 1.0) * c), (m - 2.0) - 2.0 * (m - 1.0) * c
+
+
+def _cs_weight(scale: float):
+    """Kinds 9-11: ``scale * (-rho / g)`` and its derivative."""
+    def weight(c, m):
+        g, dg = _g(c, m)
+        return scale * (-c / g), scale * (-(g - c * dg) / (g * g))
+    return weight
+
+
+# kind -> (c, m) -> (weight, derivative in c), evaluated only on the components of the kind
+_KIND_WEIGHTS = {
+    0: lambda c, m: (np.ones_like(c), np.zeros_like(c)),
+    1: lambda c, m: (1.0 / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+    2: lambda c, m: (-c / (1.0 + c), -1.0 / (1.0 + c) ** 2),
+    3: lambda c, m: (c / (1.0 - c * c), (1.0 + c * c) / (1.0 - c * c) ** 2),
+    8: lambda c, m: (1.0 / (1.0 - c), 1.0 / (1.0 - c) ** 2),
+    9: _cs_weight(1.0),
+    10: _cs_weight(0.5),
+    11: _cs_weight(-0.5),
+}
+
+
+def _kind_weights(kind: np.ndarray, c: np.ndarray, m: np.ndarray,
+                  groups: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's weight of its kind and its derivative in ``c`` (``rho``);
+    ``groups``: the ``(kind, components)`` pairs of ``kind`` (:func:`_kind_groups`)."""
     f, df = np.zeros(kind.size), np.zeros(kind.size)
-    one = 1.0 - c * c
-    g = (1.0 - c) * (1.0 + (m - 1.0) * c)
-    dg = (m - 2.0) - 2.0 * (m - 1.0) * c
-    table = {
-        0: (np.ones_like(c), np.zeros_like(c)),
-        1: (1.0 / (1.0 + c), -1.0 / (1.0 + c) ** 2),
-        2: (-c / (1.0 + c), -1.0 / (1.0 + c) ** 2),
-        3: (c / one, (1.0 + c * c) / one ** 2),
-        8: (1.0 / (1.0 - c), 1.0 / (1.0 - c) ** 2),
-        9: (-c / g, -(g - c * dg) / (g * g)),
-        10: (-0.5 * c / g, -0.5 * (g - c * dg) / (g * g)),
-        11: (0.5 * c / g, 0.5 * (g - c * dg) / (g * g)),
-    }
-    for k in np.unique(kind):
-        at = kind == k
-        fk, dk = table[int(k)]
-        f[at], df[at] = fk[at], dk[at]
+    for k, at in _kind_groups(kind) if groups is None else groups:
+        f[at], df[at] = _KIND_WEIGHTS[k](c[at], m[at])
     return f, df
+
+
+def _kind_groups(kind: np.ndarray) -> list:
+    """The kinds present and the components of each."""
+    return [(int(k), np.flatnonzero(kind == k)) for k in np.unique(kind)]
 
 
 @dataclass(frozen=True)
@@ -656,23 +674,23 @@ class Components:
         c = np.broadcast_to(np.asarray(c, dtype=float), self.lags.shape)
         dc = np.broadcast_to(np.asarray(dc, dtype=float), self.lags.shape)
         J = self.kind.size
-        at = np.maximum(self.lag_of, 0)
+        at, has_lag, m, cross, groups = self._layout
         if self.markov:
-            cj = np.where(self.lag_of >= 0, c[at], 0.0) if c.size else np.zeros(J)
-            dcj = np.where(self.lag_of >= 0, dc[at], 0.0) if c.size else np.zeros(J)
+            cj = np.where(has_lag, c[at], 0.0) if c.size else np.zeros(J)
+            dcj = np.where(has_lag, dc[at], 0.0) if c.size else np.zeros(J)
         else:  # compound symmetry: one rho for every component
             cj, dcj = np.full(J, float(c[0])), np.full(J, float(dc[0]))
-        m = self.lags.astype(float)[at] if self.lags.size else np.ones(J)
-        f, dfdc = _kind_weights(self.kind, cj, m)
-        e = np.exp(-(np.zeros(self.n_strata) if eta is None else np.asarray(eta, dtype=float)))
+        f, dfdc = _kind_weights(self.kind, cj, m, groups)
+        rows = np.arange(J)
         a, b = self.pair[:, 0], self.pair[:, 1]
+        if self.n_strata == 1:  # (the joint search's every evaluation: no ratios to weigh)
+            return f, dfdc * dcj, (-2.0 * f)[:, None]
+        e = np.exp(-(np.zeros(self.n_strata) if eta is None else np.asarray(eta, dtype=float)))
         ea, eb = e[a], e[b]
         w, dw = f * ea * eb, dfdc * ea * eb
         jac = np.zeros((J, self.n_strata))
-        rows = np.arange(J)
         np.add.at(jac, (rows, a), -w)
         np.add.at(jac, (rows, b), -w)
-        cross = (a != b) & np.isin(self.kind, (1, 2)) if self.markov else np.zeros(J, dtype=bool)
         if cross.any():
             # a lag across two strata (see the class docstring); the third component's
             # k e_a e_b is of the general form
@@ -696,6 +714,18 @@ class Components:
             jac[idx, a[idx]] = np.where(later, ja_now, ja_before)
             jac[idx, b[idx]] = np.where(later, jb_now, jb_before)
         return w, dw * dcj, jac
+
+    @functools.cached_property
+    def _layout(self) -> tuple:
+        """What :meth:`weights` reads of the components alone (not of ``u``): each one's
+        lag class (0 for none), whether it has one, its group size (compound symmetry),
+        whether it is a lag across two strata, and the components of each kind."""
+        J = self.kind.size
+        at = np.maximum(self.lag_of, 0)
+        m = self.lags.astype(float)[at] if self.lags.size else np.ones(J)
+        a, b = self.pair[:, 0], self.pair[:, 1]
+        cross = (a != b) & np.isin(self.kind, (1, 2)) if self.markov else np.zeros(J, dtype=bool)
+        return at, self.lag_of >= 0, m, cross, _kind_groups(self.kind)
 
     def median_lag(self) -> float:
         """The median of the lags between consecutive rows of a group (Markov structures),
@@ -883,6 +913,11 @@ class JointDeviance(Deviance):
     row_weights = False
     # the components' weights change with u, also where x holds no stratum ratio
     weights_vary = True
+    # the other starts of small problems run by L-BFGS-B in (theta, eta, u), not in the
+    # batched screen: each stops once it reaches the basin of a minimum found before (on
+    # BodyWeight every one of the nine joins the first answer's, saving about a sixth of
+    # their evaluations)
+    joins_other_starts = True
 
     def __init__(self, comps: Components, reml: bool = True, plan=None, cp=None,
                  held: float | None = None) -> None:
@@ -956,6 +991,48 @@ class JointDeviance(Deviance):
         pt = super()._evaluate(x)
         pt.deviance += self.log_jacobian(x)
         return pt
+
+    def _weight_derivatives(self, pt, LV: list, R: list, gamma: np.ndarray) -> np.ndarray:
+        """The deviance's derivative in each component's weight (as
+        :meth:`._deviance.Deviance._weight_derivatives`), for all components at once.
+
+        Each derivative is linear in its component's cross-products (``log|M|``, ``r2``
+        and the REML term alike), so it is their inner product with one set of arrays
+        formed once from the point (the adjoints of ``diag``, ``zxy``, the pair blocks and
+        ``xyxy``): a few products over the components' axis instead of a dozen per
+        component (a joint fit's gradient spent most of its time in that loop)."""
+        if pt.A is not None:  # a shifted point: the engine's form, stratum by stratum
+            return super()._weight_derivatives(pt, LV, R, gamma)
+        diag, pairs = pt.cache["selected"] if "selected" in pt.cache else pt.factor.selected_inverse()
+        cp, p, lams = self.cp, self.p, pt.lams
+        c = self.dof / pt.r2
+        b = [np.einsum("ab,bjm,j->am", lam, Vk, gamma) for lam, Vk in zip(lams, self._modes(pt))]
+        reml = bool(self.reml and p)
+        a_inv = self._a_inv(pt)
+        LVx = [x[:, :p, :] for x in LV]
+        adj = c * np.outer(gamma, gamma)
+        if reml:
+            adj[:p, :p] += a_inv
+        out = np.einsum("sij,ij->s", cp.xyxy, adj)
+        for k, (dk, lam, bk) in enumerate(zip(diag, lams, b)):
+            # log|M|: Lambda' Sigma Lambda; r2: b b'; REML: LV_x A^{-1} LV_x'
+            adj = np.einsum("abl,ca,db->cdl", dk, lam, lam) + c * (bk[:, None, :] * bk[None, :, :])
+            if reml:
+                adj += np.einsum("axl,xy,cyl->acl", LVx[k], a_inv, LVx[k])
+            out += np.einsum("sacl,acl->s", cp.diag[k], adj)
+            adj = (-2.0 * c) * (bk[:, None, :] * gamma[None, :, None])
+            if reml:
+                adj[:, :p] -= 2.0 * np.einsum("axl,xy->ayl", LVx[k], a_inv)
+            out += np.einsum("sajl,ajl->s", cp.zxy[k], adj)
+        for j, blk in enumerate(cp.pairs):
+            k, l = blk.k, blk.l
+            adj = 2.0 * np.einsum("eab,ca,db->ecd", pairs[j], lams[k], lams[l])
+            adj += (2.0 * c) * (b[k][:, blk.level_k].T[:, :, None] * b[l][:, blk.level_l].T[:, None, :])
+            if reml:
+                adj += 2.0 * np.einsum("axe,xy,bye->eab", LVx[k][:, :, blk.level_k], a_inv,
+                                       LVx[l][:, :, blk.level_l])
+            out += np.einsum("seab,eab->s", blk.values, adj)
+        return out
 
     def _ratio_gradient(self, pt, LV, R, gamma) -> np.ndarray:
         _, eta, u = self._parts(pt.x)
@@ -1694,6 +1771,26 @@ def _search_grid(lo: float, hi: float) -> np.ndarray:
     return np.unique(inner), np.array([lo + _NEAR_BOUND, hi - _NEAR_BOUND])
 
 
+# Relative tolerance of the grid points' local searches (the fit's own is tighter).
+_GRID_TOL = 1e-5
+
+
+def _vertex(grid: np.ndarray, found: dict, i: int) -> float:
+    """The joint search's start in ``u`` from grid point ``i``: the vertex of the parabola
+    through its profiled deviance and its two neighbours' (``found[j][1]``), within them,
+    where both were fitted and it is a minimum of the three; ``grid[i]`` otherwise."""
+    if i - 1 not in found or i + 1 not in found:
+        return float(grid[i])
+    (a, fa), (b, fb), (c, fc) = ((grid[j], found[j][1]) for j in (i - 1, i, i + 1))
+    if not (fb <= fa and fb <= fc):
+        return float(b)
+    den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    if not den != 0.0:
+        return float(b)
+    step = 0.5 * ((b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)) / den
+    return float(np.clip(b - step, a, c))
+
+
 def _fit_joint(data: CorrelatedRows, reml: bool, group_name: str, solver: str, max_iter: int,
                tol: float, start: tuple | None):
     """:func:`fit_components` of the rows' :class:`Components`; None where the rows have
@@ -1743,41 +1840,78 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
             u0, x0, _ = start
             x0 = np.append(np.asarray(x0, dtype=float)[:n_in], np.clip(u0, lo, hi))
         else:
-            best, x0, previous = np.inf, None, None
+            best, x0 = np.inf, None
             inner, outer = _search_grid(lo, hi)
-            for i, u in enumerate(np.concatenate([inner, outer])):
+
+            def grid_point(u: float, x_start, near_bound: bool):
+                """``(x, deviance, held deviance, x whitened)`` at ``u`` (None: failed);
+                ``x_start`` in the whitened basis."""
                 at, extra = held(u)
-                # inside, a local search from the previous point's theta; next to the
-                # bounds a full fit (a degenerate R is reached with other random effects:
-                # another basin)
-                near_bound = i >= inner.size
+                # inside, a local search from a neighbour's theta; next to the bounds one
+                # from the default start, and no random effects (a degenerate R is reached
+                # with other random effects: another basin)
                 try:
                     if near_bound:
-                        sol, _ = minimise(at, None, max_iter=max_iter, tol=tol, search=True,
-                                          multistart=False)
-                        x_at, value = sol.x, float(sol.deviance)
+                        # (what the full fit's search adds, its zero end; the point
+                        # chooses the start only, which is fitted in full below)
+                        x_at, value, x_white = local_minimum(at, None, max_iter=max_iter,
+                                                             tol=max(tol, _GRID_TOL))
+                        zero = x_at.copy()
+                        zero[:dev.n_theta] = 0.0
+                        zero_value = float(at(zero))
+                        if zero_value < value:
+                            x_at, value, x_white = zero, zero_value, zero
                     else:
                         # a grid point only chooses the start, which is fitted in full
-                        # below: one local search, without the fit's settling and check
-                        x_at, value = local_minimum(at, previous, max_iter=max_iter, tol=tol)
-                        # the next point starts here, unless a variance ended on its bound
-                        # (the deviance is even there: a gradient method would stay): then
-                        # from the last point that ended inside
-                        on_bound = x_at[:dev.n_theta] <= at.lower_bounds()[:dev.n_theta]
-                        previous = previous if on_bound.any() else x_at
+                        # below: one local search, without the fit's settling and check,
+                        # to a deviance within about 1e-7 of its size (the grid's points
+                        # differ by far more; the vertex between them moves by little)
+                        # (from the last point's whitened optimum: the whitened basis
+                        # follows the weights of the rows as u moves, lme4's does not)
+                        x_at, value, x_white = local_minimum(at, None, max_iter=max_iter,
+                                                             tol=max(tol, _GRID_TOL),
+                                                             whitened=x_start)
                 except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-                    continue
+                    return None
                 value += extra
+                return (x_at, value, at, x_white) if np.isfinite(value) else None
+
+            def inside(x_at, at) -> bool:
+                # a variance that ended on its bound (the deviance is even there: a
+                # gradient method would stay) is no start for the next point
+                return not np.any(x_at[:dev.n_theta] <= at.lower_bounds()[:dev.n_theta])
+
+            # every other grid point first (each from the previous one's theta), then the
+            # two next to the best of them (from its theta): the grid only chooses the
+            # joint search's start, and the profile in u varies on the grid's scale
+            coarse = np.zeros(inner.size, dtype=bool)
+            coarse[::2] = True
+            coarse[-1] = True
+            found: dict = {}
+            previous = None
+            for i in np.flatnonzero(coarse):
+                got = grid_point(inner[i], previous, False)
+                if got is not None:
+                    found[i] = got
+                    previous = got[3] if inside(got[0], got[2]) else previous
+            if found:
+                top = min(found, key=lambda i: found[i][1])
+                near = found[top][3] if inside(found[top][0], found[top][2]) else None
+                for i in (top - 1, top + 1):
+                    if 0 <= i < inner.size and i not in found:
+                        got = grid_point(inner[i], near, False)
+                        if got is not None:
+                            found[i] = got
+            for i in sorted(found):
+                x_at, value, at, _ = found[i]
+                if value < best:
+                    best, x0, best_dev = value, np.append(x_at, _vertex(inner, found, i)), at
+            for u in outer:
+                got = grid_point(u, None, True)
                 # next to a bound only a clear gain counts (a ridge of equal heights, as
                 # compound symmetry next to a random intercept, keeps its interior point)
-                margin = _BOUND_GAIN if near_bound else 0.0
-                if np.isfinite(value) and value < best - margin:
-                    best, x0, best_dev = value, np.append(x_at, u), at
-            if x0 is not None:
-                # theta's other starts (small problems) at the best grid point, where the
-                # deviance in theta alone takes Newton steps; then the joint search from it
-                sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
-                x0 = np.append(sol.x, x0[-1])
+                if got is not None and got[1] < best - _BOUND_GAIN:
+                    best, x0, best_dev = got[1], np.append(got[0], u), got[2]
         # the small-problem other starts: with scalar random effects (or none) and no
         # strata in theta at the joint estimate of u (_other_basins); otherwise, or
         # without a start from the grid (every grid point failed), by the joint search
@@ -1790,6 +1924,14 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
         # (Phi 0.74) leads to.
         in_theta = (start is None and x0 is not None and not dev.n_ratios
                     and all(t.q == 1 for t in dev.terms))
+        if x0 is not None and start is None and not in_theta:
+            # theta's other starts (small problems) at the best grid point, where the
+            # deviance in theta alone takes Newton steps; then the joint search from it.
+            # (Where _other_basins runs them at the joint estimate, it also follows a
+            # lower basin found there: the same starts at the grid point would be a
+            # second batch of them.)
+            sol, _ = minimise(best_dev, x0[:-1], max_iter=max_iter, tol=tol, search=True)
+            x0 = np.append(sol.x, x0[-1])
         sol, info = minimise(dev, x0, max_iter=max_iter, tol=tol, search=True,
                              multistart=start is None and not in_theta)
         if in_theta:

@@ -263,16 +263,25 @@ class _Tracker:
         if self.callback is not None:
             self.callback(self.iteration, value + self.shift)
 
-    def lbfgsb(self, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
+    def lbfgsb(self, x0: np.ndarray, max_iter: int, tol: float, report: bool = False,
+               join: list | None = None):
+        """L-BFGS-B from ``x0``; with ``join`` (minima found already) the search stops once
+        an iterate comes within ``_SCREEN_JOIN`` of one (relative to its largest entry):
+        it is in that minimum's basin, where it finds nothing lower."""
         dev = self.dev
         bounds = optimize.Bounds(dev.lower_bounds(), dev.upper_bounds())
+        known = [(x, _SCREEN_JOIN * max(1.0, float(np.max(np.abs(x))))) for x in join or ()]
 
         def on_iteration(intermediate_result):
-            self.report(float(intermediate_result.fun))
+            if report:
+                self.report(float(intermediate_result.fun))
+            if any(np.max(np.abs(intermediate_result.x - x)) < reach for x, reach in known):
+                raise StopIteration
 
         res = optimize.minimize(
             self.value_and_grad, np.clip(x0, dev.lower_bounds(), dev.upper_bounds()), jac=True,
-            method="L-BFGS-B", bounds=bounds, callback=on_iteration if report else None,
+            method="L-BFGS-B", bounds=bounds,
+            callback=on_iteration if report or known else None,
             options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-6, "maxcor": 20},
         )
         self.n_iter += res.nit
@@ -310,8 +319,10 @@ class _Tracker:
         return res.x, res.value, res.grad, res.converged, res.status == "iteration limit"
 
 
-def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report: bool = False):
-    """One local minimisation from ``x0``: Newton (no strata), then L-BFGS-B."""
+def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report: bool = False,
+           join: list | None = None):
+    """One local minimisation from ``x0``: Newton (no strata), then L-BFGS-B (stopped on
+    reaching ``join``, see :meth:`_Tracker.lbfgsb`)."""
     dev = tracker.dev
     if dev.n_eta == 0:
         x, value, grad, converged, limited = tracker.newton(x0, max_iter, tol)
@@ -319,7 +330,7 @@ def _local(tracker: _Tracker, x0: np.ndarray, max_iter: int, tol: float, report:
             return optimize.OptimizeResult(x=x, fun=value, jac=grad, status=int(limited),
                                            message=_NEWTON_MESSAGE, nit=0)
         x0 = x
-    return tracker.lbfgsb(x0, max_iter, tol, report=report)
+    return tracker.lbfgsb(x0, max_iter, tol, report=report, join=join)
 
 
 # ---- safeguards ----------------------------------------------------------------------------
@@ -539,10 +550,15 @@ def _search(tracker: _Tracker, res, max_iter: int, tol: float, multistart: bool 
                   + _screen_starts(dev, starts[n_ran:], res.fun, res.x))
     else:
         others = _screen_starts(dev, starts, res.fun, res.x)
+    # deviances the batched screen cannot run (the correlation's joint one) stop each
+    # other start's L-BFGS-B on reaching the basin of a minimum found before instead
+    joins = [res.x.copy()] if getattr(dev, "joins_other_starts", False) else None
     for other in others:
-        retry = _local(tracker, other, max_iter, tol)
+        retry = _local(tracker, other, max_iter, tol, join=joins)
         if retry.fun < res.fun:
             res = retry
+            if joins is not None:
+                joins.append(res.x.copy())
     if zero_value < res.fun:
         res = optimize.OptimizeResult(x=zero, fun=zero_value, jac=tracker.value_and_grad(zero)[1],
                                       status=0, message="no random-effects variance", nit=0)
@@ -845,25 +861,30 @@ def _whitened_start(dev: Deviance, x0: np.ndarray | None):
 
 
 def local_minimum(dev: Deviance, x0: np.ndarray | None = None, max_iter: int = 1000,
-                  tol: float = 1e-8) -> tuple[np.ndarray, float]:
+                  tol: float = 1e-8, whitened: np.ndarray | None = None) -> tuple:
     """One local search of :func:`fit` (its whitened basis and start), without the
-    safeguards, the settling and the convergence check: ``(x, deviance)`` where the search
-    stopped, in lme4's basis.
+    safeguards, the settling and the convergence check: ``(x, deviance, x_whitened)``
+    where the search stopped, in lme4's basis and in the whitened one.
 
     For a point that only chooses a start (the correlation's grid, :mod:`._correlation`):
     the Newton steps of the search reach the minimum to the deviance's rounding, and the
     check's finite-difference Hessian (``n_theta + 1`` gradients) would confirm what the
-    fit from the chosen start checks again."""
+    fit from the chosen start checks again. ``whitened``: the start in the whitened basis
+    (instead of ``x0``), e.g. where the last search stopped in its own basis: along the
+    correlation's grid the whitened optimum moves less than lme4's."""
     if dev.n_params == 0:
-        return np.empty(0), float(dev(np.empty(0)))
-    basis, white, start = _whitened_start(dev, x0)
+        return np.empty(0), float(dev(np.empty(0))), np.empty(0)
+    # (with a whitened start, zeros stand in for x0: the start mapped is not used)
+    basis, white, start = _whitened_start(dev, x0 if whitened is None else np.zeros(dev.n_params))
+    if whitened is not None:
+        start = np.asarray(whitened, dtype=float)
     res = _local(_Tracker(white), start, max_iter, tol)
     # the deviances of the two bases differ by a constant: ``[X y] / xy_scale`` divides
     # ``r2`` by ``s_y^2`` and (REML) ``|X'V^{-1}X|`` by ``prod s_j^2``; ``Z_k P_k`` with
     # theta mapped leaves ``log|M|`` as it is (one evaluation fewer per point)
     log_scale = np.log(basis.xy_scale)
     shift = 2.0 * dev.dof * log_scale[-1] + (2.0 * float(log_scale[:-1].sum()) if dev.reml else 0.0)
-    return basis.to_original(res.x), float(res.fun) + shift
+    return basis.to_original(res.x), float(res.fun) + shift, res.x
 
 
 # ---- a stochastic (fixed-probe) deviance ----------------------------------------------------

@@ -11,6 +11,8 @@ S^{1/2}`` built explicitly (``n x n``) and maximised with scipy from several sta
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -430,3 +432,34 @@ def test_lmer_with_the_correlation_within_subjects_next_to_crossed_items_is_the_
     np.testing.assert_allclose(fit.llf_, est.llf_, rtol=1e-10)
     np.testing.assert_allclose(fit.correlation_params_["Phi"], est.correlation_params_["Phi"],
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,slope,strata", [("ar1", True, False), ("ar1", False, True),
+                                                ("cs", False, True)])
+def test_component_derivatives_at_once_equal_the_engines_per_stratum_ones(kind, slope, strata):
+    """The joint deviance's derivatives in its components' weights, formed for all of them
+    at once (adjoint arrays contracted with the components), equal the engine's formula
+    stratum by stratum (:meth:`Deviance._weight_derivatives`), self pairs between items
+    included: nested terms (subjects only) and subjects crossed with items, with strata."""
+    from mixedlm_sklearn._correlation import JointDeviance
+
+    rng = np.random.default_rng(5)
+    d = _subjects_items(kind, 31, slope=slope)
+    if strata:
+        d["strata"] = (rng.uniform(size=d["y"].size) < 0.4).astype(int)
+    for names in (("subject",), ("subject", "item")):
+        e = dict(d, factors=d["factors"][:len(names)])
+        with warnings.catch_warnings():  # (cs: a degenerate estimate; not what is checked)
+            warnings.simplefilter("ignore")
+            est = _fit(e, reml=True, names=names)
+        data = est.model_.correlation.data
+        assert data.crossed == (len(names) == 2)
+        dev = JointDeviance(data.joint_components, reml=True)
+        for u in (-2.0, 0.4, 2.5):
+            x = np.append(np.linspace(0.4, 1.3, dev.n_params - 1), u)
+            pt = dev._evaluate(x)
+            LV, R = dev._residual_products(pt)
+            gamma = np.append(-pt.beta, 1.0)
+            ours = dev._weight_derivatives(pt, LV, R, gamma)
+            engine = Deviance._weight_derivatives(dev, pt, LV, R, gamma)
+            np.testing.assert_allclose(ours, engine, rtol=1e-10, atol=1e-10 * np.abs(engine).max())

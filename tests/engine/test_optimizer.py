@@ -68,18 +68,24 @@ def test_one_local_search_reaches_the_fits_optimum_where_it_is_inside(name):
     check) from the fit's start and from a start off the optimum: the deviance there is
     the fit's to rounding where the fit's optimum is inside the bounds (a singular fit is
     the safeguards' job), and never below it; the deviance it reports (the whitened
-    basis's plus the basis's constant) is the deviance at the point it returns."""
+    basis's plus the basis's constant) is the deviance at the point it returns, also from
+    a start given in the whitened basis, whose point it returns too."""
+    from mixedlm_sklearn._basis import Basis
     from mixedlm_sklearn._optimize import local_minimum
 
     ref = single_factor_arrays(name)
     codes = pd.factorize(ref["groups"], sort=True)[0]
     dev, sol, info = _fit(ref["X"], ref["y"], [(codes, ref["Z"])], reml=bool(ref["reml"]))
+    basis = Basis(dev.cp)
     for x0 in (None, 1.5 * sol.x):
-        x, value = local_minimum(dev, x0)
-        assert value == pytest.approx(float(dev(x)), rel=1e-12)
-        assert value >= sol.deviance - 1e-8 * abs(sol.deviance)
-        if not info.at_bound.any():
-            assert value == pytest.approx(sol.deviance, abs=1e-7)
+        x, value, white = local_minimum(dev, x0)
+        np.testing.assert_allclose(basis.to_original(white), x, rtol=1e-12, atol=1e-14)
+        again = local_minimum(dev, None, whitened=basis.from_original(1.5 * sol.x) if x0 is not None else white)
+        for x, value, _ in ((x, value, white), again):
+            assert value == pytest.approx(float(dev(x)), rel=1e-12)
+            assert value >= sol.deviance - 1e-8 * abs(sol.deviance)
+            if not info.at_bound.any():
+                assert value == pytest.approx(sol.deviance, abs=1e-7)
 
 
 @pytest.mark.parametrize("name", CROSSED_CASES)
