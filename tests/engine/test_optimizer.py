@@ -451,6 +451,32 @@ def test_batched_refit_normalises_by_flipping_columns(q, diagonal):
     assert np.array_equal(L_out, np.where(flipped[None], -L, L))
     assert np.array_equal(np.einsum("abk,cbk->ack", L_out, L_out), np.einsum("abk,cbk->ack", L, L))
 
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("diagonal, weighted", [(False, False), (False, True), (True, False)])
+def test_batched_two_effect_kernel_equals_the_engines_deviance(reml, diagonal, weighted):
+    """The batch's closed form for two effects per level (the adjugate of ``B_l``) gives
+    the engine's deviance and gradient at every theta of a batch, signs of L's entries
+    and near-singular factors included."""
+    from mixedlm_sklearn._batched_refit import OneTermBatch, repeated_response
+
+    rng = np.random.default_rng(11 + 2 * reml + weighted)
+    n, m = 90, 9
+    g = rng.integers(0, m, n)
+    g[:m] = np.arange(m)
+    x = rng.standard_normal(n)
+    Z, X = np.column_stack([np.ones(n), x]), np.column_stack([np.ones(n), rng.standard_normal(n)])
+    y = X @ [1.0, 0.5] + rng.standard_normal(m)[g] + 0.4 * rng.standard_normal(m)[g] * x + rng.standard_normal(n)
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    cp = cross_products(X, y, [(g, Z)], Terms([Term("g", ("z0", "z1"), m, diagonal)]), w)
+    batch, dev = OneTermBatch(cp, reml), Deviance(cp, reml)
+    theta = rng.standard_normal((12, batch.n_theta)) * rng.choice([0.01, 1.0, 5.0], (12, 1))
+    value, grad, _, _ = batch.evaluate(theta, repeated_response(cp, theta.shape[0]))
+    for k in range(theta.shape[0]):
+        want, want_grad = dev.value_and_grad(theta[k])
+        assert value[k] == pytest.approx(want, rel=1e-11)
+        np.testing.assert_allclose(grad[k], want_grad, rtol=1e-8, atol=1e-8 * max(1.0, abs(want)))
+
+
 # ---- the Newton routine every caller shares -------------------------------------------------
 
 
