@@ -1351,7 +1351,7 @@ def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, m
     from ._model import fit_model, minimise
 
     st, rows = data.structure, data.rows
-    if isinstance(data, Components):
+    if not isinstance(data, CorrelatedRows):  # Components, or rows read in chunks
         edge = st.boundary_value()
         u = -np.inf if edge is not None and value == edge else st.internal(value, rows)
         with np.errstate(all="ignore"):
@@ -1720,6 +1720,8 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     :mod:`._chunked`, whose components were added up) everything comes from the
     components, and :class:`FittedCorrelation` keeps them instead of the rows.
     """
+    if not isinstance(comps, Components):  # rows read in chunks: the outer search over them
+        return comps.fit(reml, group_name, solver, max_iter, tol)
     from ._model import minimise
     from ._optimize import ITERATION_LIMIT, local_minimum
     from ._threads import single_threaded_blas

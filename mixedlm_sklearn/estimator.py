@@ -39,6 +39,7 @@ from ._chunked import (
     cross_products_from_chunks,
     cross_products_from_dask,
     is_dask_collection,
+    reiterable,
 )
 from ._crossprod import CrossProducts, cross_products, origin_of
 from ._design import (
@@ -53,6 +54,7 @@ from ._design import (
     several_factors,
 )
 from ._correlation import (
+    Components,
     CorrelatedRows,
     fit_components,
     fit_correlated,
@@ -752,8 +754,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                correlation_form(time, correlation_groups or group_cols[0]))
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
+            again = reiterable(chunks)  # the outer search reads the chunks once per value
+            chunks = chunks if again is None else again()
             labels, strata_labels, cp, comps = cross_products_from_chunks(
-                chunks, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
+                chunks, again=again, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
                 residual_groups=residual_groups, intercept=self.fit_intercept,
                 cov_type=self.cov_type, verbose=self.verbose, correlation=correlation)
             self._fit_external(cp, [str(c) for c in X], labels, strata_labels, len(group_cols) > 1,
@@ -854,9 +858,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             fitted_corr = None
             if correlation is not None and design is None:
                 comps, corr_name = correlation
-                if rank.deficient:
+                if rank.deficient and isinstance(comps, Components):
                     comps = dataclasses.replace(comps, cp=comps.cp.select_fixed(
                         np.flatnonzero(rank.kept)))
+                elif rank.deficient:  # rows read in chunks (the outer search)
+                    comps = comps.select_fixed(np.flatnonzero(rank.kept))
                 dev, sol, info, fitted_corr = fit_components(
                     comps, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             elif correlation is not None:
