@@ -17,7 +17,10 @@ Correlated residuals (:mod:`._correlation`): the joint fit needs the whitened
 cross-products as components (per lag class, or per group size), sums over residual
 groups. With every residual group inside one chunk, each chunk's components
 (:func:`chunk_components`, the in-memory function applied to the chunk's rows) add up by
-level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows.
+level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows. Rows
+with more lag classes than components are fitted by the in-memory fit's outer search, each
+value of the correlation parameter one pass over re-iterable chunks (:func:`reiterable`)
+or the Dask partitions, every chunk's rows whitened there (:class:`ChunkedRows`).
 """
 
 from __future__ import annotations

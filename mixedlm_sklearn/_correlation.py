@@ -54,8 +54,9 @@ a grid and a bounded Brent search around whole fits of the whitened rows.
 The components are sums over residual groups, so those of rows read in chunks (or Dask
 partitions) that each hold whole residual groups add up to those of all rows
 (:mod:`._chunked`); :func:`fit_components` fits from them alone, the structures reading
-only a :class:`RowsSummary` of the rows. The outer search needs the rows: it is not run
-from chunks.
+only a :class:`RowsSummary` of the rows. The outer search reads the rows whitened at each
+value: from chunks, one pass over them per value (:class:`._chunked.ChunkedRows`, which
+stands for the rows where the search reads them).
 
 A residual variance per stratum (``residual_groups``, nlme's ``varIdent``) makes a
 group's residual covariance ``sigma^2 S^{1/2} R_g S^{1/2}``: the strata's log ratios join
@@ -1520,7 +1521,9 @@ class FittedCorrelation:
         """The :class:`JointDeviance` of the rows (``x = (theta, eta, u)``) and its solution at
         ``x = (theta, eta)`` of the fit and the estimate ``u`` (its bound where the estimate
         is independence): the deviance that profiles of theta and sigma minimise."""
-        comps = self.data.joint_components
+        # the rows' components; a fit from chunks holds them (or, outer search, none)
+        comps = self.data.joint_components if self.data is not None else getattr(
+            self.components, "joint_components", self.components)
         if comps is None:
             raise NotImplementedError(
                 f"profiles of the variance parameters of a model with correlated residuals "

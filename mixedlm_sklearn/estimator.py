@@ -645,15 +645,20 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         between consecutive rows, or per group size for ``"cs"``) and added up by level
         label and lag, so the fit equals :meth:`fit` with ``time=`` and
         ``correlation_groups=``. Every residual group must have all its rows in one chunk,
-        in time order (a group seen in two chunks is refused, naming it), and the data at
-        most 16 distinct lags (group sizes): the outer search that more need is not run from
-        chunks.
+        in time order (a group seen in two chunks is refused, naming it). Rows with more
+        than 16 distinct lags (group sizes; continuous times with irregular gaps) are fitted
+        by the in-memory fit's outer search, one pass over the chunks per value of the
+        correlation parameter: ``chunks`` must then be re-iterable (a list, or a callable
+        returning a fresh iterator), a one-shot iterator is refused.
 
         Parameters
         ----------
-        chunks : iterable of DataFrame
+        chunks : iterable of DataFrame, or callable
             For example ``pd.read_csv(path, chunksize=1_000_000)`` or
-            ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``.
+            ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``;
+            or a zero-argument callable returning such an iterable afresh at each call
+            (``lambda: pd.read_csv(path, chunksize=1_000_000)``), which a correlated fit
+            with many distinct lags reads once per pass.
         y : str
             Column of the response.
         groups : str or list of str

@@ -163,8 +163,9 @@ def test_one_shot_iterators_are_refused_once_the_lags_add_up_beyond_16(data):
 
 
 def test_inference_after_the_outer_search_from_chunks(data):
-    """Without rows, the profile interval of phi, the ML refit, R2 and the ICC come from
-    passes over the chunks, as in memory from the rows."""
+    """Without rows, the profile interval of phi, the ML refit, Satterthwaite's df, R2 and
+    the ICC come from passes over the chunks, as in memory from the rows; the profiles of
+    the variance parameters, which need the joint form, are refused as in memory."""
     df = data
     in_memory = MixedLMRegressor(correlation="car1").fit(df[["x"]], df["y"], groups=df["g"],
                                                          time=df["t"])
@@ -177,3 +178,9 @@ def test_inference_after_the_outer_search_from_chunks(data):
     np.testing.assert_allclose([est.r2().marginal, est.r2().conditional, est.icc().adjusted],
                                [in_memory.r2().marginal, in_memory.r2().conditional,
                                 in_memory.icc().adjusted], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(est.summary().fixed_effects["df"], float),
+                               np.asarray(in_memory.summary().fixed_effects["df"], float),
+                               rtol=1e-6)
+    for fitted in (est, in_memory):
+        with pytest.raises(NotImplementedError, match="at most 16 distinct time gaps.*which="):
+            fitted.conf_int(method="profile")
