@@ -442,6 +442,11 @@ def reiterable(chunks: Any) -> "Callable[[], Iterable] | None":
     return None
 
 
+_CHANGED = ("the chunks changed between passes (other rows or levels than the first pass "
+            "read): the fit reads them once per value of the correlation parameter, so each "
+            "call of the chunks callable must give the same rows")
+
+
 class ChunkedRows:
     """The rows of a correlated fit read in chunks (or Dask partitions), for the outer search
     (:func:`~._correlation.fit_correlated`) where they have more lags (group sizes) than the
@@ -462,6 +467,9 @@ class ChunkedRows:
         Of all rows (the parameter's bounds and scale).
     weighted : bool
         Whether the rows have prior weights.
+    labels : dict
+        Factor -> the labels of all the data's levels (sorted, as the first pass gave
+        them): each pass codes a chunk's levels in them (no merging of labels per pass).
     kept : ndarray of int, optional
         The fixed-effects columns the fit keeps (lme4's rank rule).
     """
@@ -469,8 +477,13 @@ class ChunkedRows:
     joint_components = None  # the outer search is the fit (no components)
 
     def __init__(self, each: "Callable[[float | str], Iterable]", structure: CorrelationStructure,
-                 rows: RowsSummary, weighted: bool, kept: np.ndarray | None = None) -> None:
+                 rows: RowsSummary, weighted: bool, labels: dict,
+                 kept: np.ndarray | None = None) -> None:
         self._each = each
+        self.labels = labels
+        # the coding of every pass's accumulator: the data's levels, known
+        self._coding = Accumulator()
+        self._coding._factor_labels = {k: pd.Index(v, dtype=object) for k, v in labels.items()}
         self.structure = structure
         self.rows = rows
         self.weighted = bool(weighted)
@@ -479,18 +492,34 @@ class ChunkedRows:
 
     def select_fixed(self, kept: np.ndarray) -> "ChunkedRows":
         """The same rows with the fixed-effects columns ``kept`` only."""
-        return ChunkedRows(self._each, self.structure, self.rows, self.weighted,
+        return ChunkedRows(self._each, self.structure, self.rows, self.weighted, self.labels,
                            np.asarray(kept))
 
+    def _codes(self, factor: str, labels: np.ndarray) -> np.ndarray:
+        """A chunk's level labels coded in the data's (canonical form where the data's
+        labels mix integers and their text, as the first pass merged them)."""
+        index = self._coding._factor_labels[factor]
+        codes = index.get_indexer(pd.Index(labels, dtype=object))
+        if (codes < 0).any():
+            _, labels = canonical_labels([np.asarray(index, dtype=object),
+                                          np.asarray(labels, dtype=object)], f"groups[{factor!r}]")
+            codes = index.get_indexer(pd.Index(labels, dtype=object))
+        if (codes < 0).any():
+            raise ValueError(_CHANGED)
+        return codes
+
     def _pass(self, value: float | str) -> tuple[CrossProducts, float]:
-        acc, logdet = Accumulator(), 0.0
+        acc, logdet = Accumulator(levels_of=self._coding), 0.0
         for result in self._each(value):
             if result is None:
                 continue
             labels, strata_labels, cp, part_logdet = result
-            acc.add(labels, cp, strata_labels)
+            codes = [self._codes(t.factor, labels[t.factor]) for t in cp.terms]
+            acc.add(labels, cp, strata_labels, codes=codes)
             logdet += part_logdet
         cp = acc.result()[2]
+        if cp.n != self.rows.n:
+            raise ValueError(_CHANGED)
         return (cp if self.kept is None else cp.select_fixed(self.kept)), logdet
 
     def whitened(self, u: float) -> tuple[CrossProducts, float]:
@@ -636,7 +665,7 @@ def _results(acc: Accumulator, corr_acc: "CorrelatedAccumulator | None",
         if each is None:
             raise ValueError(_ONE_SHOT_OUTER.format(
                 what=_too_many(corr_acc.structure, corr_acc.n_classes()), limit=MAX_COMPONENTS))
-        comps = ChunkedRows(each, corr_acc.structure, comps, corr_acc._weighted)
+        comps = ChunkedRows(each, corr_acc.structure, comps, corr_acc._weighted, labels)
     return labels, strata_labels, cp, comps
 
 

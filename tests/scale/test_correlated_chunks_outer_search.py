@@ -184,3 +184,18 @@ def test_inference_after_the_outer_search_from_chunks(data):
     for fitted in (est, in_memory):
         with pytest.raises(NotImplementedError, match="at most 16 distinct time gaps.*which="):
             fitted.conf_int(method="profile")
+
+
+def test_a_source_that_changes_between_passes_is_refused(data):
+    """Every pass must read the rows of the first: a callable giving fewer rows later (e.g.
+    a file being appended to or truncated) is refused rather than fitted to a mixture."""
+    parts = _chunks_at_group_bounds(data, "g", 150)
+    calls = []
+
+    def source():
+        calls.append(1)
+        return iter(parts if len(calls) < 3 else parts[:-1])
+
+    with pytest.raises(ValueError, match="the chunks changed between passes"):
+        MixedLMRegressor(correlation="car1").fit_chunks(source, y="y", groups="g", X=["x"],
+                                                        time="t")
