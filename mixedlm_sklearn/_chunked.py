@@ -197,7 +197,7 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
                      factors: list, terms: Terms, weights: np.ndarray | None,
                      factor_names: list, strata: np.ndarray | None = None,
                      n_strata: int = 1
-                     ) -> tuple[np.ndarray | None, Components | None, np.ndarray | RowsSummary]:
+                     ) -> tuple[np.ndarray | None, Components | None, np.ndarray | tuple]:
     """The residual-group labels of a chunk (None: those of its one grouping factor), the
     :class:`~._correlation.Components` of its
     rows, computed as an in-memory fit computes those of all rows
@@ -206,7 +206,11 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
     the chunks add up to those of the data (:class:`CorrelatedAccumulator`). The components
     hold the rows' :class:`~._correlation.RowsSummary` instead of the rows (a partition's
     result travels to the client). ``strata``: the rows' codes of the chunk's residual
-    strata (``residual_groups``), whose pairs the components are held per."""
+    strata (``residual_groups``), whose pairs the components are held per.
+
+    Rows with more than :data:`~._correlation.MAX_COMPONENTS` lags (group sizes) have no
+    components: then ``(labels, None, (their RowsSummary, whether they have prior
+    weights))``, and the fit runs the outer search over the chunks (:class:`ChunkedRows`)."""
     st = correlation.structure
     rows, labels = residual_rows(st, correlation.groups, correlation.times, factors, factor_names,
                                  y.shape[0], correlation.group_name)
@@ -218,7 +222,7 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
         # need the components, as in memory
         if data.mixed_strata:
             raise NotImplementedError(_MIXED_TOO_MANY)
-        return labels, None, rows.summary()
+        return labels, None, (rows.summary(), weights is not None)
     if comps.markov:
         inner = rows.gaps[rows.same]
         _, cls = _lag_classes(inner)
@@ -344,10 +348,11 @@ class CorrelatedAccumulator:
                 "the data by the group, e.g. write the file in group order, or "
                 "set_index/shuffle the Dask DataFrame on it)")
         self._group_part.append(np.full(len(groups) - known, number, dtype=np.int64))
-        if comps is None:  # no components (lag_max: the rows' summary): the outer search
+        if comps is None:  # no components (lag_max: the rows' summary, weighted): outer search
             self.outer = True
-            self._summary = lag_max if self._summary is None else self._summary.merged(lag_max)
-            self._weighted = self._weighted or part.sum_log_weights.any()
+            summary, weighted = lag_max
+            self._summary = summary if self._summary is None else self._summary.merged(summary)
+            self._weighted = self._weighted or weighted
             return
         classes = []
         for j in range(comps.lags.size):

@@ -199,3 +199,20 @@ def test_a_source_that_changes_between_passes_is_refused(data):
     with pytest.raises(ValueError, match="the chunks changed between passes"):
         MixedLMRegressor(correlation="car1").fit_chunks(source, y="y", groups="g", X=["x"],
                                                         time="t")
+
+
+def test_weighted_rows_in_the_outer_search_from_chunks_equal_in_memory(data):
+    """Prior weights next to CAR(1) (varFixed(~ 1/w)): each chunk's rows scaled by sqrt(w)
+    before whitening, sum log w in the deviance; R2 and the ICC, which need the unweighted
+    moments, refused as from components."""
+    # 2 at visits 1-3, 1/2 at 4-6, 1 at 7: log w sums to about 0 (the refusal of R2 reads
+    # whether weights were given, not their log-sum)
+    df = data.assign(w=np.select([data["visit"] <= 3, data["visit"] <= 6], [2.0, 0.5], 1.0))
+    in_memory = MixedLMRegressor(correlation="car1").fit(df[["x"]], df["y"], groups=df["g"],
+                                                         time=df["t"], sample_weight=df["w"])
+    est = MixedLMRegressor(correlation="car1").fit_chunks(
+        _chunks_at_group_bounds(df, "g", 150), y="y", groups="g", X=["x"], time="t",
+        sample_weight="w")
+    _assert_same(est, in_memory, "Phi")
+    with pytest.raises(NotImplementedError, match="R2 and the ICC of a fit from chunks"):
+        est.r2()
