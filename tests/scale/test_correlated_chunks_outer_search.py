@@ -216,3 +216,17 @@ def test_weighted_rows_in_the_outer_search_from_chunks_equal_in_memory(data):
     _assert_same(est, in_memory, "Phi")
     with pytest.raises(NotImplementedError, match="R2 and the ICC of a fit from chunks"):
         est.r2()
+
+
+def test_an_aliased_column_is_dropped_from_every_pass(data):
+    """lme4's rank rule on the first pass's products: the aliased column (2 x) is dropped,
+    and each pass's whitened products keep the same columns, as in memory."""
+    df = data.assign(x2=2 * data["x"])
+    with pytest.warns(UserWarning, match="x2"):
+        in_memory = MixedLMRegressor(correlation="car1").fit(df[["x", "x2"]], df["y"],
+                                                             groups=df["g"], time=df["t"])
+    with pytest.warns(UserWarning, match="x2"):
+        est = MixedLMRegressor(correlation="car1").fit_chunks(
+            _chunks_at_group_bounds(df, "g", 150), y="y", groups="g", X=["x", "x2"], time="t")
+    assert est.fe_params_["x2"] == in_memory.fe_params_["x2"] == 0.0
+    _assert_same(est, in_memory, "Phi")
