@@ -17,19 +17,23 @@ Correlated residuals (:mod:`._correlation`): the joint fit needs the whitened
 cross-products as components (per lag class, or per group size), sums over residual
 groups. With every residual group inside one chunk, each chunk's components
 (:func:`chunk_components`, the in-memory function applied to the chunk's rows) add up by
-level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows.
+level label and lag class (:class:`CorrelatedAccumulator`) to those of all rows. Rows
+with more lag classes than components are fitted by the in-memory fit's outer search, each
+value of the correlation parameter one pass over re-iterable chunks (:func:`reiterable`)
+or the Dask partitions, every chunk's rows whitened there (:class:`ChunkedRows`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._correlation import (
+    _MIXED_TOO_MANY,
     MAX_COMPONENTS,
     Components,
     CorrelatedRows,
@@ -38,6 +42,7 @@ from ._correlation import (
     _lag_classes,
     _LAG_RTOL,
     components,
+    fit_correlated,
 )
 from ._crossprod import CrossProducts, Origin, _coalesce, _same_origin, cross_products, origin_of
 from ._design import INTERCEPT, residual_rows, term_is_diagonal
@@ -46,7 +51,7 @@ from ._validation import as_design, canonical_labels, check_weights, encode_grou
 
 __all__ = ["check_dask_inputs", "is_dask_collection", "cross_products_from_chunks", "cross_products_from_dask",
            "partition_cross_products", "Accumulator", "ChunkCorrelation", "chunk_components",
-           "CorrelatedAccumulator"]
+           "chunk_whitened", "CorrelatedAccumulator", "ChunkedRows", "reiterable"]
 
 
 def is_dask_collection(obj: Any) -> bool:
@@ -78,6 +83,7 @@ def partition_cross_products(
     x: Any, y: Any, groups: pd.DataFrame, z: dict, weights: Any = None, strata: Any = None,
     intercept: bool = True, cov_type: str | dict = "unstructured", where: str = "data",
     origin: Origin | None | str = "own", correlation: ChunkCorrelation | None = None,
+    whiten_at: float | str | None = None,
 ) -> tuple[dict, np.ndarray | None, CrossProducts, tuple | None]:
     """Cross-products of one chunk with its own level coding.
 
@@ -101,6 +107,11 @@ def partition_cross_products(
         the caller passes on to the other chunks (``cp.origin``).
     correlation : ChunkCorrelation, optional
         Correlated residuals: the structure and the chunk's residual groups and times.
+    whiten_at : float or "rows", optional
+        With ``correlation``, a pass of the outer search (:class:`ChunkedRows`): instead of
+        the components, the chunk's rows whitened at this parameter value (nlme's scale)
+        give the cross-products (``"rows"``: the rows as given, not whitened), and
+        ``correlated`` is ``log|R|`` of the chunk's residual groups there (0 for "rows").
 
     Returns
     -------
@@ -150,6 +161,12 @@ def partition_cross_products(
             strata_codes, strata_labels = encode_groups(strata, n, name="residual_groups")
             n_strata = strata_labels.size
         correlated = None
+        if correlation is not None and whiten_at is not None:
+            x_full = np.column_stack([np.ones(n), x_arr]) if intercept else x_arr
+            cp, logdet = chunk_whitened(correlation, x_full, y_arr, factors, Terms(terms), w_arr,
+                                        [str(c) for c in groups.columns], strata_codes,
+                                        n_strata, whiten_at)
+            return labels, strata_labels, cp, logdet
         if correlation is not None:
             x_full = np.column_stack([np.ones(n), x_arr]) if intercept else x_arr
             correlated = chunk_components(correlation, x_full, y_arr, factors, Terms(terms),
@@ -179,7 +196,8 @@ class ChunkCorrelation:
 def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.ndarray,
                      factors: list, terms: Terms, weights: np.ndarray | None,
                      factor_names: list, strata: np.ndarray | None = None,
-                     n_strata: int = 1) -> tuple[np.ndarray | None, Components, np.ndarray]:
+                     n_strata: int = 1
+                     ) -> tuple[np.ndarray | None, Components | None, np.ndarray | tuple]:
     """The residual-group labels of a chunk (None: those of its one grouping factor), the
     :class:`~._correlation.Components` of its
     rows, computed as an in-memory fit computes those of all rows
@@ -188,19 +206,23 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
     the chunks add up to those of the data (:class:`CorrelatedAccumulator`). The components
     hold the rows' :class:`~._correlation.RowsSummary` instead of the rows (a partition's
     result travels to the client). ``strata``: the rows' codes of the chunk's residual
-    strata (``residual_groups``), whose pairs the components are held per."""
+    strata (``residual_groups``), whose pairs the components are held per.
+
+    Rows with more than :data:`~._correlation.MAX_COMPONENTS` lags (group sizes) have no
+    components: then ``(labels, None, (their RowsSummary, whether they have prior
+    weights))``, and the fit runs the outer search over the chunks (:class:`ChunkedRows`)."""
     st = correlation.structure
     rows, labels = residual_rows(st, correlation.groups, correlation.times, factors, factor_names,
                                  y.shape[0], correlation.group_name)
-    comps = components(CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights, strata,
-                                         n_strata))
+    data = CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights, strata, n_strata)
+    comps = components(data)
     if comps is None:
-        what = "group sizes" if st.name == "cs" else "lags between consecutive rows"
-        raise ValueError(
-            f"more than {MAX_COMPONENTS} distinct {what} in this chunk: a fit from chunks adds "
-            "the correlation's components (one per distinct lag or group size) and cannot run "
-            "the outer search that more of them need; fit the data in memory (fit), or round "
-            "the times to a coarser grid")
+        # more lags than components: the outer search (ChunkedRows), which whitens the rows
+        # as a scalar stratum's variance commutes with it; strata varying within a group
+        # need the components, as in memory
+        if data.mixed_strata:
+            raise NotImplementedError(_MIXED_TOO_MANY)
+        return labels, None, (rows.summary(), weights is not None)
     if comps.markov:
         inner = rows.gaps[rows.same]
         _, cls = _lag_classes(inner)
@@ -209,6 +231,27 @@ def chunk_components(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.nd
     else:
         lag_max = comps.lags.astype(float)
     return labels, dataclasses.replace(comps, rows=rows.summary()), lag_max
+
+
+def chunk_whitened(correlation: ChunkCorrelation, x_full: np.ndarray, y: np.ndarray,
+                   factors: list, terms: Terms, weights: np.ndarray | None, factor_names: list,
+                   strata: np.ndarray | None, n_strata: int, value: float | str
+                   ) -> tuple[CrossProducts, float]:
+    """A chunk's cross-products whitened at parameter ``value`` (nlme's scale; ``"rows"``:
+    the rows as given) and ``log|R|`` of its residual groups there, as an in-memory fit's
+    outer search forms those of all rows
+    (:meth:`~._correlation.CorrelatedRows.cross_products`): whitening stays within a
+    residual group, so with every group inside one chunk the chunks' sums add up to the
+    data's. The columns are not measured from an origin (a whitened intercept is not
+    constant), as in memory."""
+    st = correlation.structure
+    if isinstance(value, str):  # the rows as given: no whitening, prior weights
+        return cross_products(x_full, y, factors, terms, weights, strata, n_strata), 0.0
+    rows, _ = residual_rows(st, correlation.groups, correlation.times, factors, factor_names,
+                            y.shape[0], correlation.group_name)
+    data = CorrelatedRows.of(st, rows, x_full, y, factors, terms, weights, strata, n_strata)
+    with np.errstate(all="ignore"):
+        return data.cross_products(value), float(st.logdet(rows, value))
 
 
 class CorrelatedAccumulator:
@@ -239,6 +282,13 @@ class CorrelatedAccumulator:
         self._key_slot: dict[tuple[int, int, int, int], int] = {}
         self._strata: pd.Index | None = None
         self._strata_counts: list[int] = []
+        self.outer = False  # a chunk had more lags than components: the outer search fits
+
+    def n_classes(self) -> int | None:
+        """The distinct lag classes (group sizes) seen (None: a chunk had too many to hold)."""
+        if self.outer:
+            return None
+        return len({self._root(k) for k in range(len(self._classes))})
 
     def _root(self, k: int) -> int:
         while self._parent[k] != k:
@@ -298,6 +348,12 @@ class CorrelatedAccumulator:
                 "the data by the group, e.g. write the file in group order, or "
                 "set_index/shuffle the Dask DataFrame on it)")
         self._group_part.append(np.full(len(groups) - known, number, dtype=np.int64))
+        if comps is None:  # no components (lag_max: the rows' summary, weighted): outer search
+            self.outer = True
+            summary, weighted = lag_max
+            self._summary = summary if self._summary is None else self._summary.merged(summary)
+            self._weighted = self._weighted or weighted
+            return
         classes = []
         for j in range(comps.lags.size):
             k = self._slot(float(comps.lags[j]), float(lag_max[j]))
@@ -322,19 +378,21 @@ class CorrelatedAccumulator:
         self._summary = rows if self._summary is None else self._summary.merged(rows)
         self._acc.add(labels, comps.cp, np.array(slots, dtype=np.int64), codes=level_codes)
 
-    def result(self) -> tuple[dict, Components]:
+    def result(self) -> tuple[dict, "Components | RowsSummary"]:
         """The grouping factors' sorted labels and the data's :class:`Components`, the lag
-        classes in increasing order (as :func:`~._correlation.components` orders them)."""
-        labels, slots, cp = self._acc.result()
+        classes in increasing order (as :func:`~._correlation.components` orders them);
+        where the data have more than :data:`~._correlation.MAX_COMPONENTS` lag classes
+        (group sizes), their :class:`~._correlation.RowsSummary` instead: the fit then runs
+        the outer search over the chunks (:class:`ChunkedRows`)."""
         roots = sorted({self._root(k) for k in range(len(self._classes))},
                        key=lambda k: self._classes[k][0])
-        if len(roots) > MAX_COMPONENTS:
-            what = "group sizes" if self.structure.name == "cs" else "lags between consecutive rows"
-            raise ValueError(
-                f"the data have {len(roots)} distinct {what} (more than {MAX_COMPONENTS}): a fit "
-                "from chunks adds the correlation's components (one per distinct lag or group "
-                "size) and cannot run the outer search that more of them need; fit the data in "
-                "memory (fit)")
+        if self.outer or len(roots) > MAX_COMPONENTS:
+            if any(a != b for _, _, a, b in self._keys):
+                # a lag between rows of two strata: strata vary within a residual group,
+                # which the outer search's whitening cannot take (as in memory)
+                raise NotImplementedError(_MIXED_TOO_MANY)
+            return self.plain.result()[0], self._summary
+        labels, slots, cp = self._acc.result()
         rank = {k: r for r, k in enumerate(roots)}
         # the strata in the order the plain accumulator gives them (sorted where they sort)
         _, order = _sorted_labels(self._strata)
@@ -356,6 +414,140 @@ class CorrelatedAccumulator:
         strata_counts[order] = self._strata_counts
         return labels, Components(cp, self.structure, self._summary, lags, counts, self._weighted,
                                   keys[:, 0], keys[:, 1], keys[:, 2:], strata_counts)
+
+
+_ONE_SHOT_OUTER = (
+    "{what} (more than {limit}): the fit then runs the outer search (the deviance profiled "
+    "over the correlation parameter), one pass over the chunks per value of it, but chunks "
+    "is a one-shot iterator (e.g. a generator or pd.read_csv(..., chunksize=...)). Pass a "
+    "list of DataFrames or a zero-argument callable that returns a fresh iterator, e.g. "
+    "lambda: pd.read_csv(path, chunksize=100_000); or round the times to a coarser grid")
+
+
+def reiterable(chunks: Any) -> "Callable[[], Iterable] | None":
+    """A zero-argument callable giving the chunks of one pass afresh at each call, or None
+    where ``chunks`` cannot be read twice (a one-shot iterator: a generator,
+    ``pd.read_csv(..., chunksize=...)``) or is no iterable. ``chunks``: a sequence of
+    DataFrames or a zero-argument callable returning a fresh iterable of them at each call
+    (:class:`ChunkedRows`' passes, :class:`._glmm_chunks.ChunkSource`)."""
+    if isinstance(chunks, (pd.DataFrame, str)):
+        return None
+    if callable(chunks):
+        def again() -> Iterable:
+            it = chunks()
+            if isinstance(it, pd.DataFrame):
+                raise TypeError("the chunks callable returned one DataFrame: it must return an "
+                                "iterable of DataFrames (e.g. a list, or pd.read_csv(..., "
+                                "chunksize=...))")
+            return iter(it)
+
+        return again
+    if isinstance(chunks, Iterable) and not isinstance(chunks, Iterator):
+        return lambda: iter(chunks)
+    return None
+
+
+_CHANGED = ("the chunks changed between passes (other rows or levels than the first pass "
+            "read): the fit reads them once per value of the correlation parameter, so each "
+            "call of the chunks callable must give the same rows")
+
+
+class ChunkedRows:
+    """The rows of a correlated fit read in chunks (or Dask partitions), for the outer search
+    (:func:`~._correlation.fit_correlated`) where they have more lags (group sizes) than the
+    joint fit's components: each value of the correlation parameter is one pass, every
+    chunk's rows whitened there (:func:`chunk_whitened`) and their cross-products added up
+    by label (:class:`Accumulator`), then the ordinary fit of those. Stands where the
+    search reads :class:`~._correlation.Components` (:meth:`whitened`, :meth:`rows_products`,
+    :attr:`structure`, :attr:`rows`); a fit keeps it as its components.
+
+    Parameters
+    ----------
+    each : callable
+        ``each(value)``: the results of one pass at parameter ``value`` (nlme's scale;
+        ``"rows"``: not whitened), one per chunk, each ``(labels, strata_labels, cp,
+        log|R|)`` of :func:`partition_cross_products` with ``whiten_at`` (None: no rows).
+    structure : CorrelationStructure
+    rows : RowsSummary
+        Of all rows (the parameter's bounds and scale).
+    weighted : bool
+        Whether the rows have prior weights.
+    labels : dict
+        Factor -> the labels of all the data's levels (sorted, as the first pass gave
+        them): each pass codes a chunk's levels in them (no merging of labels per pass).
+    kept : ndarray of int, optional
+        The fixed-effects columns the fit keeps (lme4's rank rule).
+    """
+
+    joint_components = None  # the outer search is the fit (no components)
+
+    def __init__(self, each: "Callable[[float | str], Iterable]", structure: CorrelationStructure,
+                 rows: RowsSummary, weighted: bool, labels: dict,
+                 kept: np.ndarray | None = None) -> None:
+        self._each = each
+        self.labels = labels
+        # the coding of every pass's accumulator: the data's levels, known
+        self._coding = Accumulator()
+        self._coding._factor_labels = {k: pd.Index(v, dtype=object) for k, v in labels.items()}
+        self.structure = structure
+        self.rows = rows
+        self.weighted = bool(weighted)
+        self.kept = kept
+        self._rows_products: CrossProducts | None = None
+
+    def select_fixed(self, kept: np.ndarray) -> "ChunkedRows":
+        """The same rows with the fixed-effects columns ``kept`` only."""
+        return ChunkedRows(self._each, self.structure, self.rows, self.weighted, self.labels,
+                           np.asarray(kept))
+
+    def _codes(self, factor: str, labels: np.ndarray) -> np.ndarray:
+        """A chunk's level labels coded in the data's (canonical form where the data's
+        labels mix integers and their text, as the first pass merged them)."""
+        index = self._coding._factor_labels[factor]
+        codes = index.get_indexer(pd.Index(labels, dtype=object))
+        if (codes < 0).any():
+            _, labels = canonical_labels([np.asarray(index, dtype=object),
+                                          np.asarray(labels, dtype=object)], f"groups[{factor!r}]")
+            codes = index.get_indexer(pd.Index(labels, dtype=object))
+        if (codes < 0).any():
+            raise ValueError(_CHANGED)
+        return codes
+
+    def _pass(self, value: float | str) -> tuple[CrossProducts, float]:
+        acc, logdet = Accumulator(levels_of=self._coding), 0.0
+        for result in self._each(value):
+            if result is None:
+                continue
+            labels, strata_labels, cp, part_logdet = result
+            codes = [self._codes(t.factor, labels[t.factor]) for t in cp.terms]
+            acc.add(labels, cp, strata_labels, codes=codes)
+            logdet += part_logdet
+        cp = acc.result()[2]
+        if cp.n != self.rows.n:
+            raise ValueError(_CHANGED)
+        return (cp if self.kept is None else cp.select_fixed(self.kept)), logdet
+
+    def whitened(self, u: float) -> tuple[CrossProducts, float]:
+        """The cross-products of the rows whitened at internal parameter ``u`` (``-inf``:
+        the bound of independent residuals) and ``log|R|`` there: one pass."""
+        st, edge = self.structure, self.structure.boundary_value()
+        value = edge if edge is not None and not np.isfinite(u) else st.value(float(u), self.rows)
+        return self._pass(value)
+
+    def rows_products(self) -> CrossProducts:
+        """The cross-products of the rows as given (prior-weighted, not whitened), one
+        stratum: one pass, made once."""
+        if self._rows_products is None:
+            self._rows_products = self._pass("rows")[0].combined()
+        return self._rows_products
+
+    def fit(self, reml: bool, group_name: str, solver: str = "auto", max_iter: int = 1000,
+            tol: float = 1e-8):
+        """:func:`~._correlation.fit_correlated`'s outer search over the chunks: ``(dev,
+        solution, info, FittedCorrelation)``, the fitted correlation holding this object as
+        its components (a fit without rows)."""
+        dev, sol, info, fitted = fit_correlated(self, reml, group_name, solver, max_iter, tol)
+        return dev, sol, info, dataclasses.replace(fitted, data=None, components=self)
 
 
 def _sum_strata(cp: CrossProducts, target: np.ndarray, n: int) -> CrossProducts:
@@ -392,14 +584,18 @@ def cross_products_from_chunks(
     cov_type: str | dict = "unstructured",
     verbose: int = 0,
     correlation: tuple | None = None,
-) -> tuple[dict, np.ndarray, CrossProducts, Components | None]:
+    again: "Callable[[], Iterable[pd.DataFrame]] | None" = None,
+) -> tuple[dict, np.ndarray, CrossProducts, "Components | ChunkedRows | None"]:
     """Cross-products summed over an iterable of DataFrames, columns named by the caller.
 
     ``correlation``: ``(structure, correlation_groups column or None, time column or None,
-    the residual groups' name)`` for correlated residuals.
+    the residual groups' name)`` for correlated residuals. ``again``: a zero-argument
+    callable giving the chunks afresh (:func:`reiterable`; None: they are read once),
+    which the outer search needs where the rows have more lags than components.
 
     Returns the labels per term (sorted), the stratum labels, the cross-products and, with
-    ``correlation``, the correlation's :class:`~._correlation.Components` (else None).
+    ``correlation``, the correlation's :class:`~._correlation.Components`, or the
+    :class:`ChunkedRows` of the outer search (else None).
     """
     acc = Accumulator()
     corr_acc = None if correlation is None else CorrelatedAccumulator(correlation[0], correlation[3], acc)
@@ -408,46 +604,74 @@ def cross_products_from_chunks(
     needed += [c for c in (sample_weight, residual_groups) if c is not None]
     if correlation is not None:
         needed += [c for c in correlation[1:3] if c is not None]
-    for number, frame in enumerate(chunks):
+
+    def read(number: int, frame: Any, origin: Any, whiten_at: float | str | None = None):
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"chunk {number} is a {type(frame).__name__}, expected a pandas DataFrame")
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ValueError(f"chunk {number} lacks column(s) {missing}")
         if len(frame) == 0:
-            continue
+            return None
         chunk_corr = None
         if correlation is not None:
             st, group_col, time_col, name = correlation
             chunk_corr = ChunkCorrelation(st, None if group_col is None else frame[group_col],
                                           None if time_col is None else frame[time_col], name)
-        result = partition_cross_products(
+        return partition_cross_products(
             frame[list(X)], frame[y], frame[list(groups)],
             {name: _z_columns(frame, cols) for name, cols in Z.items()},
             None if sample_weight is None else frame[sample_weight],
             None if residual_groups is None else frame[residual_groups],
-            intercept, cov_type, f"chunk {number}", origin, chunk_corr,
+            intercept, cov_type, f"chunk {number}", origin, chunk_corr, whiten_at,
         )
-        if result is None:  # every row of the chunk has weight 0
+
+    for number, frame in enumerate(chunks):
+        result = read(number, frame, origin)
+        if result is None:  # an empty chunk, or every row of it has weight 0
             continue
         labels, strata_labels, part, correlated = result
         origin = part.origin
         if corr_acc is None:
             acc.add(labels, part, strata_labels)
         else:
+            if correlated[1] is None and again is None:
+                raise ValueError(f"chunk {number}: " + _ONE_SHOT_OUTER.format(
+                    what=_too_many(correlation[0], None), limit=MAX_COMPONENTS))
             corr_acc.add(number, f"chunk {number}", labels, part, strata_labels, *correlated)
         if verbose:
             sizes = ", ".join(f"{k}: {v.size}" for k, v in labels.items())
             print(f"[MixedLMRegressor] chunk {number}: {len(frame)} rows, levels {sizes}")
-    return _results(acc, corr_acc)
+
+    def each(value: float | str) -> Iterable:
+        return (read(number, frame, None, value) for number, frame in enumerate(again()))
+
+    return _results(acc, corr_acc, None if again is None else each)
 
 
-def _results(acc: Accumulator, corr_acc: "CorrelatedAccumulator | None") -> tuple:
+def _too_many(st: CorrelationStructure, count: int | None) -> str:
+    what = "group sizes" if st.name == "cs" else "lags between consecutive rows"
+    return (f"the data have {count} distinct {what}" if count is not None
+            else f"this chunk has many distinct {what}")
+
+
+def _results(acc: Accumulator, corr_acc: "CorrelatedAccumulator | None",
+             each: "Callable | None" = None) -> tuple:
     """The accumulated labels, stratum labels and cross-products, and the correlation's
-    components (None without correlated residuals)."""
+    components (None without correlated residuals), or the :class:`ChunkedRows` whose
+    passes ``each`` the outer search reads (where the rows have more lags than components;
+    refused without ``each``: chunks read once)."""
     labels, strata_labels, cp = acc.result()
+    if corr_acc is None:
+        return labels, strata_labels, cp, None
     # the components' levels are coded as the cross-products' (Accumulator(levels_of=acc))
-    return labels, strata_labels, cp, None if corr_acc is None else corr_acc.result()[1]
+    comps = corr_acc.result()[1]
+    if isinstance(comps, RowsSummary):
+        if each is None:
+            raise ValueError(_ONE_SHOT_OUTER.format(
+                what=_too_many(corr_acc.structure, corr_acc.n_classes()), limit=MAX_COMPONENTS))
+        comps = ChunkedRows(each, corr_acc.structure, comps, corr_acc._weighted, labels)
+    return labels, strata_labels, cp, comps
 
 
 def cross_products_from_dask(
@@ -482,7 +706,7 @@ def cross_products_from_dask(
     has_w, has_s = sample_weight is not None, residual_groups is not None
     has_cg, has_t = corr_groups is not None, corr_time is not None
 
-    def one(number, origin, xp, yp, gp, *rest):
+    def one(number, origin, xp, yp, gp, *rest, whiten_at=None):
         rest = list(rest)
         zp = {k: rest.pop(0) for k in names}
         wp = rest.pop(0) if has_w else None
@@ -494,7 +718,7 @@ def cross_products_from_dask(
             return None
         corr = None if st is None else ChunkCorrelation(st, cgp, tp, corr_name)
         return partition_cross_products(xp, yp, frame, zp, wp, sp_, intercept, cov_type,
-                                        f"partition {number}", origin, corr)
+                                        f"partition {number}", origin, corr, whiten_at)
 
     partitions = list(zip(*parts))
     results: list = []
@@ -519,7 +743,13 @@ def cross_products_from_dask(
             corr_acc.add(number, f"partition {number}", labels, part, strata_labels, *correlated)
         if verbose:
             print(f"[MixedLMRegressor] partition {number}: {part.n} rows")
-    return _results(acc, corr_acc)
+
+    def each(value: float | str) -> list:
+        # one pass of the outer search: every partition's whitened sums where it lives
+        return list(dask.compute(*[dask.delayed(one)(number, None, *part, whiten_at=value)
+                                   for number, part in enumerate(partitions)]))
+
+    return _results(acc, corr_acc, each)
 
 
 # ---- adding up parts whose levels are known by label ----------------------------------------

@@ -54,8 +54,9 @@ a grid and a bounded Brent search around whole fits of the whitened rows.
 The components are sums over residual groups, so those of rows read in chunks (or Dask
 partitions) that each hold whole residual groups add up to those of all rows
 (:mod:`._chunked`); :func:`fit_components` fits from them alone, the structures reading
-only a :class:`RowsSummary` of the rows. The outer search needs the rows: it is not run
-from chunks.
+only a :class:`RowsSummary` of the rows. The outer search reads the rows whitened at each
+value: from chunks, one pass over them per value (:class:`._chunked.ChunkedRows`, which
+stands for the rows where the search reads them).
 
 A residual variance per stratum (``residual_groups``, nlme's ``varIdent``) makes a
 group's residual covariance ``sigma^2 S^{1/2} R_g S^{1/2}``: the strata's log ratios join
@@ -1428,7 +1429,7 @@ def _deviance_at(data: "CorrelatedRows | Components", reml: bool, solver: str, m
     from ._model import fit_model, minimise
 
     st, rows = data.structure, data.rows
-    if isinstance(data, Components):
+    if not isinstance(data, CorrelatedRows):  # Components, or rows read in chunks
         edge = st.boundary_value()
         u = -np.inf if edge is not None and value == edge else st.internal(value, rows)
         with np.errstate(all="ignore"):
@@ -1597,7 +1598,9 @@ class FittedCorrelation:
         """The :class:`JointDeviance` of the rows (``x = (theta, eta, u)``) and its solution at
         ``x = (theta, eta)`` of the fit and the estimate ``u`` (its bound where the estimate
         is independence): the deviance that profiles of theta and sigma minimise."""
-        comps = self.data.joint_components
+        # the rows' components; a fit from chunks holds them (or, outer search, none)
+        comps = self.data.joint_components if self.data is not None else getattr(
+            self.components, "joint_components", self.components)
         if comps is None:
             raise NotImplementedError(
                 f"profiles of the variance parameters of a model with correlated residuals "
@@ -1817,6 +1820,8 @@ def fit_components(comps: Components, reml: bool, group_name: str, solver: str =
     :mod:`._chunked`, whose components were added up) everything comes from the
     components, and :class:`FittedCorrelation` keeps them instead of the rows.
     """
+    if not isinstance(comps, Components):  # rows read in chunks: the outer search over them
+        return comps.fit(reml, group_name, solver, max_iter, tol)
     from ._model import minimise
     from ._optimize import ITERATION_LIMIT, local_minimum
     from ._threads import single_threaded_blas

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ._chunked import _merge_labels, _sorted_labels, is_dask_collection
+from ._chunked import _merge_labels, _sorted_labels, is_dask_collection, reiterable
 from ._crossprod import CrossProducts, DesignPattern, PairBlock
 from ._design import INTERCEPT
 from ._factor import NotPositiveDefinite, Plan, Prepared
@@ -111,13 +111,10 @@ class ChunkSource:
             self._parts = chunks
         elif isinstance(chunks, pd.DataFrame):
             raise TypeError("chunks is one DataFrame: fit it with fit(), or pass a list of DataFrames")
-        elif callable(chunks):
-            self._frames = chunks
+        elif reiterable(chunks) is not None:
+            self._frames = reiterable(chunks)
         elif isinstance(chunks, collections.abc.Iterator):
             raise ValueError(_ONE_SHOT)
-        elif isinstance(chunks, collections.abc.Iterable):
-            frames = chunks
-            self._frames = lambda: iter(frames)
         else:
             raise TypeError(f"chunks is a {type(chunks).__name__}: expected a list of DataFrames, a "
                             "callable returning an iterable of them, or a Dask DataFrame")

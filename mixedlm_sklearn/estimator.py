@@ -39,6 +39,7 @@ from ._chunked import (
     cross_products_from_chunks,
     cross_products_from_dask,
     is_dask_collection,
+    reiterable,
 )
 from ._crossprod import CrossProducts, cross_products, origin_of
 from ._design import (
@@ -53,6 +54,7 @@ from ._design import (
     several_factors,
 )
 from ._correlation import (
+    Components,
     CorrelatedRows,
     fit_components,
     fit_correlated,
@@ -644,15 +646,20 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         between consecutive rows, or per group size for ``"cs"``) and added up by level
         label and lag, so the fit equals :meth:`fit` with ``time=`` and
         ``correlation_groups=``. Every residual group must have all its rows in one chunk,
-        in time order (a group seen in two chunks is refused, naming it), and the data at
-        most 16 distinct lags (group sizes): the outer search that more need is not run from
-        chunks.
+        in time order (a group seen in two chunks is refused, naming it). Rows with more
+        than 16 distinct lags (group sizes; continuous times with irregular gaps) are fitted
+        by the in-memory fit's outer search, one pass over the chunks per value of the
+        correlation parameter: ``chunks`` must then be re-iterable (a list, or a callable
+        returning a fresh iterator), a one-shot iterator is refused.
 
         Parameters
         ----------
-        chunks : iterable of DataFrame
+        chunks : iterable of DataFrame, or callable
             For example ``pd.read_csv(path, chunksize=1_000_000)`` or
-            ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``.
+            ``(b.to_pandas() for b in pyarrow.parquet.ParquetFile(path).iter_batches())``;
+            or a zero-argument callable returning such an iterable afresh at each call
+            (``lambda: pd.read_csv(path, chunksize=1_000_000)``), which a correlated fit
+            with many distinct lags reads once per pass.
         y : str
             Column of the response.
         groups : str or list of str
@@ -740,8 +747,10 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                correlation_form(time, correlation_groups or group_cols[0]))
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
+            again = reiterable(chunks)  # the outer search reads the chunks once per value
+            chunks = chunks if again is None else again()
             labels, strata_labels, cp, comps = cross_products_from_chunks(
-                chunks, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
+                chunks, again=again, y=y, groups=group_cols, X=list(X), Z=z_cols, sample_weight=sample_weight,
                 residual_groups=residual_groups, intercept=self.fit_intercept,
                 cov_type=self.cov_type, verbose=self.verbose, correlation=correlation)
             self._fit_external(cp, [str(c) for c in X], labels, strata_labels, len(group_cols) > 1,
@@ -842,9 +851,11 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
             fitted_corr = None
             if correlation is not None and design is None:
                 comps, corr_name = correlation
-                if rank.deficient:
+                if rank.deficient and isinstance(comps, Components):
                     comps = dataclasses.replace(comps, cp=comps.cp.select_fixed(
                         np.flatnonzero(rank.kept)))
+                elif rank.deficient:  # rows read in chunks (the outer search)
+                    comps = comps.select_fixed(np.flatnonzero(rank.kept))
                 dev, sol, info, fitted_corr = fit_components(
                     comps, reml, corr_name, solver="exact", max_iter=self.max_iter, tol=self.tol)
             elif correlation is not None:

@@ -189,15 +189,17 @@ def test_a_residual_group_split_across_chunks_is_refused(regular):
         est.fit(ddf[["x"]], ddf["y"], groups=ddf["g"], time=ddf["visit"])
 
 
-def test_chunks_refuse_what_needs_the_rows_or_the_outer_search(regular):
+def test_chunks_refuse_what_needs_the_rows_or_a_second_pass(regular):
     df = regular
     chunks = _chunks_at_group_bounds(df, "g", 200)
     with pytest.raises(TypeError, match="time describe correlated residuals"):
         MixedLMRegressor().fit_chunks(iter(chunks), y="y", groups="g", X=["x"], time="visit")
-    # times at many distinct gaps: more than 16 components
+    # times at many distinct gaps (more than 16 components): the outer search reads the
+    # chunks once per value of phi, which a one-shot iterator cannot give
     rng = np.random.default_rng(0)
     wild = df.assign(t=df.groupby("g").cumcount() + rng.uniform(0, 0.5, len(df)))
-    with pytest.raises(ValueError, match="more than 16 distinct lags.*fit the data in memory"):
+    with pytest.raises(ValueError, match="chunk 0: .*more than 16.*outer search.*one-shot "
+                                         "iterator.*list of DataFrames or a zero-argument callable"):
         MixedLMRegressor(correlation="car1").fit_chunks(
             iter(_chunks_at_group_bounds(wild, "g", 200)), y="y", groups="g", X=["x"], time="t")
     # as in memory, the rows of a group come in time order
