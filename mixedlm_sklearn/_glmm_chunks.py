@@ -373,7 +373,7 @@ class ChunkedGLMMDeviance(GLMMDeviance):
         self.plan = Plan(cp0)
         self._prepared = Prepared(self.plan, cp0)
         self._pairs_kl = [(b.k, b.l) for b in cp0.pairs]
-        self._last = self._base = None
+        self._last = self._base = self._best = None
         self.n_evaluations = self.n_pirls = 0
         self.n_passes = 1
 
@@ -538,7 +538,7 @@ class ChunkedGLMMDeviance(GLMMDeviance):
         self.link = self.family.link
         family = self.family
         self._log_constant = float(self._pass(lambda R: float(family.log_constant(R.y, R.prior).sum())))
-        self._last = self._base = self._at_last = None
+        self._last = self._base = self._best = self._at_last = None
 
     # ---- what needs the rows themselves ----------------------------------------------------
 
@@ -574,7 +574,7 @@ class ChunkedGLMMDeviance(GLMMDeviance):
     def with_nodes(self, n_agq: int):
         if int(n_agq) == 1:
             other = copy.copy(self)
-            other._last = other._base = None
+            other._last = other._base = other._best = None
             return other
         self._refuse("adaptive Gauss-Hermite quadrature (n_agq > 1)")
 
