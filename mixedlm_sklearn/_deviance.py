@@ -339,7 +339,9 @@ class ExactSolution(Solution):
     def _solved(self, terms: list, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
         factor = self._point.factor
-        V = _point_modes(self._point)  # w_r'w_x = r'M^{-1}(Lambda'Z'X) = r'V_x
+        # r'V_x with V the modes of the data's own columns (D, not the shifted point's D':
+        # the rows whose levels were seen take the same, prediction_products' ``modes``)
+        V = self._modes(self._point)
         p = self.beta.size
         size = sum(t.size for t in terms)
         batch = max(1, _SOLVE_BUDGET // max(size, 1))
