@@ -174,6 +174,8 @@ class ChunkSource:
             raise ValueError(f"chunk {number}: X has non-finite values")
         y = self.encode_y(frame[self.y])
         off = np.zeros(len(frame)) if self.offset is None else frame[self.offset].to_numpy(dtype=float)
+        if not np.all(np.isfinite(off)):  # else the fit fails later as a numerical breakdown
+            raise ValueError(f"chunk {number}: the offset has non-finite values")
         return frame, x, y, w, off
 
     # ---- the first pass: the levels, the level pairs, the constant parts -------------------
@@ -269,6 +271,9 @@ class ChunkSource:
             for j, c in enumerate(self.Z.get(g, [])):
                 if not (c == INTERCEPT and c not in frame.columns):  # "(Intercept)": ones
                     z[:, j] = frame[c].to_numpy(dtype=float)
+            if not np.all(np.isfinite(z)):
+                raise ValueError(f"chunk {number}: the random-effects columns of {g} have "
+                                 "non-finite values")
             factors.append((codes, z))
         X = x if self.kept is None else np.ascontiguousarray(x[:, self.kept])
         return _Rows(X, y, w, off, factors, self.terms, self._pair_keys)
