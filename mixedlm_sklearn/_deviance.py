@@ -31,6 +31,7 @@ term gives ``-n_s / v_s``; then ``d/d eta_s = -2 v_s d/dv_s``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,13 +149,23 @@ class _Point:
     cache: dict = field(default_factory=dict)
 
 
+# Forming a point's modes overwrites its ``w``: a fitted solution's point is shared by
+# whoever reads it (threads predicting with one estimator), so the first formation is
+# serialised (a module lock: a point is pickled with its estimator, a lock is not).
+_MODES_LOCK = threading.Lock()
+
+
 def _point_modes(pt: _Point) -> list:
     """``M^{-1}`` times the right-hand sides ``pt.w`` was forward-solved from, per term (the
     modes of the point's own data, ``D'`` when shifted), formed once in ``pt.w``'s place."""
-    if "V" not in pt.cache:
-        pt.cache["V"] = pt.factor.backward(pt.w, overwrite=True)
-        pt.w = None
-    return pt.cache["V"]
+    V = pt.cache.get("V")
+    if V is None:
+        with _MODES_LOCK:
+            V = pt.cache.get("V")
+            if V is None:
+                V = pt.cache["V"] = pt.factor.backward(pt.w, overwrite=True)
+                pt.w = None
+    return V
 
 
 @dataclass(frozen=True)
