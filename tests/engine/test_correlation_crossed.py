@@ -463,3 +463,28 @@ def test_component_derivatives_at_once_equal_the_engines_per_stratum_ones(kind, 
             ours = dev._weight_derivatives(pt, LV, R, gamma)
             engine = Deviance._weight_derivatives(dev, pt, LV, R, gamma)
             np.testing.assert_allclose(ours, engine, rtol=1e-10, atol=1e-10 * np.abs(engine).max())
+
+
+@pytest.mark.parametrize("solver", ["auto", "exact"])
+def test_too_large_a_core_next_to_a_crossing_term_is_refused_without_pointing_to_iterative(
+        monkeypatch, solver):
+    """AR(1) within subjects next to crossed items with more items than the dense block
+    holds (here 2,100 for a limit of 2,000): the sparse elimination of the rest leaves a core
+    too large, and the refusal names the spanning groups instead of sending the user to
+    solver='iterative' (which refuses self pairs)."""
+    import mixedlm_sklearn._factor as factor_module
+
+    monkeypatch.setattr(factor_module, "MAX_DENSE", 2000)
+    rng = np.random.default_rng(0)
+    n_items, n_subjects = 2100, 20
+    n = 2 * n_items
+    subject = np.repeat(np.arange(n_subjects), n // n_subjects)
+    item = rng.permutation(np.tile(np.arange(n_items), 2))
+    t = pd.Series(np.ones(n)).groupby(subject).cumsum().to_numpy()
+    x = rng.standard_normal(n)
+    y = x + rng.standard_normal(n_subjects)[subject] + rng.standard_normal(n_items)[item] + rng.standard_normal(n)
+    with pytest.raises(ValueError, match=r"span levels of the grouping factors \['item'\]") as err:
+        MixedLMRegressor(correlation="ar1", solver=solver).fit(
+            pd.DataFrame({"x": x}), y, groups=pd.DataFrame({"subject": subject, "item": item}),
+            time=t, correlation_groups=pd.Series(subject))
+    assert "use solver='iterative'" not in str(err.value)
