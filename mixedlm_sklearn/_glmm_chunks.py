@@ -172,7 +172,10 @@ class ChunkSource:
             x[:, start + j] = frame[c].to_numpy(dtype=float)
         if not np.all(np.isfinite(x)):
             raise ValueError(f"chunk {number}: X has non-finite values")
-        y = self.encode_y(frame[self.y])
+        try:
+            y = self.encode_y(frame[self.y])
+        except ValueError as err:
+            raise ValueError(f"chunk {number}: {err}") from None
         off = np.zeros(len(frame)) if self.offset is None else frame[self.offset].to_numpy(dtype=float)
         if not np.all(np.isfinite(off)):  # else the fit fails later as a numerical breakdown
             raise ValueError(f"chunk {number}: the offset has non-finite values")
@@ -230,7 +233,10 @@ class ChunkSource:
         if cols is None:
             return None
         frame, x, y, w, off = cols
-        family.check_response(y, w)
+        try:
+            family.check_response(y, w)
+        except ValueError as err:  # its rows are the chunk's: name the chunk, as X's check does
+            raise ValueError(f"chunk {number}: {err}") from None
         n = len(frame)
         labels, codes, names = {}, {}, {}
         for g in self.groups:
