@@ -279,7 +279,7 @@ class Plan:
             if r <= max_dense:
                 return
             if cp.self_paired:  # the iterative solver does not take them either
-                raise ValueError(_paired_too_large(cp, rounds.core, max_dense))
+                raise ValueError(_paired_too_large(cp, r, max_dense))
             raise ValueError(
                 f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} are crossed "
                 f"with {cp.terms[self.crossing].factor!r} in {fill} level pairs (more than "

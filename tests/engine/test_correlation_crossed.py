@@ -358,6 +358,15 @@ def test_entries_of_a_row_at_the_same_levels_are_merged_exactly():
                                rtol=1e-10)
 
 
+def test_too_many_fill_pairs_next_to_self_pairs_are_refused_naming_the_spanning_groups():
+    """The crossing term's fill beyond the plan's limit with a self-paired rest: the same
+    refusal as a dense block too large (not 'use solver=iterative', which refuses them)."""
+    X, y, w, rows, factors, terms, _ = _entry_design(5, q0=1)
+    cp = entry_cross_products(np.column_stack([X, y]), w, rows, factors, terms)
+    with pytest.raises(ValueError, match=r"span levels of the grouping factors \['i'\]"):
+        Plan(cp.combined(), max_dense=2, rest="rounds", max_fill_pairs=0)
+
+
 def test_self_pairs_of_every_term_are_factored_in_one_dense_block():
     """Both terms self-paired (residual groups nested in neither): no level-by-level term."""
     X, y, w, rows, factors, terms, Zd = _entry_design(6)
