@@ -31,6 +31,7 @@ term gives ``-n_s / v_s``; then ``d/d eta_s = -2 v_s d/dv_s``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,13 +149,23 @@ class _Point:
     cache: dict = field(default_factory=dict)
 
 
+# Forming a point's modes overwrites its ``w``: a fitted solution's point is shared by
+# whoever reads it (threads predicting with one estimator), so the first formation is
+# serialised (a module lock: a point is pickled with its estimator, a lock is not).
+_MODES_LOCK = threading.Lock()
+
+
 def _point_modes(pt: _Point) -> list:
     """``M^{-1}`` times the right-hand sides ``pt.w`` was forward-solved from, per term (the
     modes of the point's own data, ``D'`` when shifted), formed once in ``pt.w``'s place."""
-    if "V" not in pt.cache:
-        pt.cache["V"] = pt.factor.backward(pt.w, overwrite=True)
-        pt.w = None
-    return pt.cache["V"]
+    V = pt.cache.get("V")
+    if V is None:
+        with _MODES_LOCK:
+            V = pt.cache.get("V")
+            if V is None:
+                V = pt.cache["V"] = pt.factor.backward(pt.w, overwrite=True)
+                pt.w = None
+    return V
 
 
 @dataclass(frozen=True)
@@ -339,7 +350,9 @@ class ExactSolution(Solution):
     def _solved(self, terms: list, seen: list, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``r'M^{-1}r`` and the shift for ``rows`` by forward solves (levels never seen together)."""
         factor = self._point.factor
-        V = _point_modes(self._point)  # w_r'w_x = r'M^{-1}(Lambda'Z'X) = r'V_x
+        # r'V_x with V the modes of the data's own columns (D, not the shifted point's D':
+        # the rows whose levels were seen take the same, prediction_products' ``modes``)
+        V = self._modes(self._point)
         p = self.beta.size
         size = sum(t.size for t in terms)
         batch = max(1, _SOLVE_BUDGET // max(size, 1))

@@ -139,6 +139,16 @@ class _DenseLayout:
         return self.offsets[self.terms.index(k)] + levels[:, None] * q + np.arange(q)
 
 
+def _paired_too_large(cp: CrossProducts, size: int, max_dense: int) -> str:
+    """The refusal of self-paired terms (correlated residuals' groups spanning their levels)
+    whose dense block, or its core after sparse elimination, has ``size`` random effects."""
+    return (f"the correlated residuals' groups span levels of the grouping factors "
+            f"{[cp.terms[k].factor for k in sorted(cp.self_paired)]}, whose random effects are "
+            f"then held in one dense block: {size} random effects (more than {max_dense}); the "
+            "iterative solver does not take them. Use residual groups nested in those factors, "
+            "or fewer levels")
+
+
 class Plan:
     """How ``M`` is eliminated, from the sparsity pattern of the cross-products.
 
@@ -210,12 +220,7 @@ class Plan:
                 self._choose_rest(cp, max_dense, force=rest == "rounds")
             if self.rounds is None and self.dense.r > max_dense:
                 if paired:
-                    raise ValueError(
-                        f"the correlated residuals' groups span levels of the grouping factors "
-                        f"{[terms[k].factor for k in sorted(paired)]}, whose random effects are "
-                        f"then held in one dense block: {self.dense.r} random effects (more "
-                        f"than {max_dense}). Use residual groups nested in those factors, or "
-                        "fewer levels")
+                    raise ValueError(_paired_too_large(cp, self.dense.r, max_dense))
                 raise ValueError(
                     f"the random-effects terms {[terms[k].factor for k in dense_terms]} need a "
                     f"dense block of {self.dense.r} random effects (more than {max_dense}); "
@@ -273,6 +278,8 @@ class Plan:
         if fill > self.max_fill_pairs:
             if r <= max_dense:
                 return
+            if cp.self_paired:  # the iterative solver does not take them either
+                raise ValueError(_paired_too_large(cp, r, max_dense))
             raise ValueError(
                 f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} are crossed "
                 f"with {cp.terms[self.crossing].factor!r} in {fill} level pairs (more than "
@@ -301,6 +308,8 @@ class Plan:
         if rounds.core > max_dense:
             if r <= max_dense:
                 return
+            if cp.self_paired:  # the iterative solver does not take them either
+                raise ValueError(_paired_too_large(cp, rounds.core, max_dense))
             raise ValueError(
                 f"the random-effects terms {[cp.terms[k].factor for k in layout.terms]} leave a "
                 f"dense core of {rounds.core} random effects after sparse elimination (more than "

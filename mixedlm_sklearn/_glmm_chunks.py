@@ -172,8 +172,13 @@ class ChunkSource:
             x[:, start + j] = frame[c].to_numpy(dtype=float)
         if not np.all(np.isfinite(x)):
             raise ValueError(f"chunk {number}: X has non-finite values")
-        y = self.encode_y(frame[self.y])
+        try:
+            y = self.encode_y(frame[self.y])
+        except ValueError as err:
+            raise ValueError(f"chunk {number}: {err}") from None
         off = np.zeros(len(frame)) if self.offset is None else frame[self.offset].to_numpy(dtype=float)
+        if not np.all(np.isfinite(off)):  # else the fit fails later as a numerical breakdown
+            raise ValueError(f"chunk {number}: the offset has non-finite values")
         return frame, x, y, w, off
 
     # ---- the first pass: the levels, the level pairs, the constant parts -------------------
@@ -228,7 +233,10 @@ class ChunkSource:
         if cols is None:
             return None
         frame, x, y, w, off = cols
-        family.check_response(y, w)
+        try:
+            family.check_response(y, w)
+        except ValueError as err:  # its rows are the chunk's: name the chunk, as X's check does
+            raise ValueError(f"chunk {number}: {err}") from None
         n = len(frame)
         labels, codes, names = {}, {}, {}
         for g in self.groups:
@@ -269,6 +277,9 @@ class ChunkSource:
             for j, c in enumerate(self.Z.get(g, [])):
                 if not (c == INTERCEPT and c not in frame.columns):  # "(Intercept)": ones
                     z[:, j] = frame[c].to_numpy(dtype=float)
+            if not np.all(np.isfinite(z)):
+                raise ValueError(f"chunk {number}: the random-effects columns of {g} have "
+                                 "non-finite values")
             factors.append((codes, z))
         X = x if self.kept is None else np.ascontiguousarray(x[:, self.kept])
         return _Rows(X, y, w, off, factors, self.terms, self._pair_keys)

@@ -747,6 +747,14 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
                                correlation_form(time, correlation_groups or group_cols[0]))
             self._z_names_in = ({k: list(v) for k, v in z_cols.items()} if len(group_cols) > 1
                                 else {None: v for v in map(list, z_cols.values())})
+            # (iterating one DataFrame gives its column names: "chunk 0 is a str")
+            if isinstance(chunks, pd.DataFrame):
+                raise TypeError("chunks is one DataFrame: fit it with fit(), or pass a list of "
+                                "DataFrames")
+            if is_dask_collection(chunks):
+                raise TypeError("chunks is a Dask collection: give its columns to fit() "
+                                "(fit(ddf[X], ddf[y], groups=ddf[groups])), which fits them "
+                                "partition by partition")
             again = reiterable(chunks)  # the outer search reads the chunks once per value
             chunks = chunks if again is None else again()
             labels, strata_labels, cp, comps = cross_products_from_chunks(

@@ -331,6 +331,42 @@ def test_self_pairs_deviance_and_gradient_equal_the_dense_ones(reml, rest):
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
 
 
+def test_entries_of_a_row_at_the_same_levels_are_merged_exactly():
+    """A row on many entries at few level combinations (a compound-symmetry group's sum):
+    its entries at the same levels are merged before the pairs are formed (a group of 2,000
+    rows took 1.6 GB, n_g^2 pairs); the deviance is the dense one."""
+    rng = np.random.default_rng(3)
+    n, m0, m1, per_row = 12, 3, 4, 40
+    rows = np.repeat(np.arange(n), per_row)
+    c0 = np.repeat(np.arange(n) % m0, per_row)
+    c1 = rng.integers(0, m1, rows.size)
+    z0 = rng.standard_normal((rows.size, 2))
+    z1 = rng.standard_normal((rows.size, 1))
+    terms = Terms([Term("s", ("z0", "z1"), m0), Term("i", ("z",), m1)])
+    Zd = []
+    for codes, Z, m in ((c0, z0, m0), (c1, z1, m1)):
+        q = Z.shape[1]
+        D = np.zeros((n, m * q))
+        np.add.at(D, (rows[:, None], codes[:, None] * q + np.arange(q)), Z)
+        Zd.append(D)
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    y, w = rng.standard_normal(n), rng.uniform(0.5, 2.0, n)
+    cp = entry_cross_products(np.column_stack([X, y]), w, rows, [(c0, z0), (c1, z1)], terms)
+    assert sum(cp.counts[1]) <= n * m1 < rows.size  # merged: at most one entry per row and item
+    theta = np.array([0.8, 0.3, 0.5, 1.3])
+    np.testing.assert_allclose(Deviance(cp, True)(theta), _dense_profiled(X, y, w, Zd, terms, theta, True),
+                               rtol=1e-10)
+
+
+def test_too_many_fill_pairs_next_to_self_pairs_are_refused_naming_the_spanning_groups():
+    """The crossing term's fill beyond the plan's limit with a self-paired rest: the same
+    refusal as a dense block too large (not 'use solver=iterative', which refuses them)."""
+    X, y, w, rows, factors, terms, _ = _entry_design(5, q0=1)
+    cp = entry_cross_products(np.column_stack([X, y]), w, rows, factors, terms)
+    with pytest.raises(ValueError, match=r"span levels of the grouping factors \['i'\]"):
+        Plan(cp.combined(), max_dense=2, rest="rounds", max_fill_pairs=0)
+
+
 def test_self_pairs_of_every_term_are_factored_in_one_dense_block():
     """Both terms self-paired (residual groups nested in neither): no level-by-level term."""
     X, y, w, rows, factors, terms, Zd = _entry_design(6)
@@ -463,3 +499,28 @@ def test_component_derivatives_at_once_equal_the_engines_per_stratum_ones(kind, 
             ours = dev._weight_derivatives(pt, LV, R, gamma)
             engine = Deviance._weight_derivatives(dev, pt, LV, R, gamma)
             np.testing.assert_allclose(ours, engine, rtol=1e-10, atol=1e-10 * np.abs(engine).max())
+
+
+@pytest.mark.parametrize("solver", ["auto", "exact"])
+def test_too_large_a_core_next_to_a_crossing_term_is_refused_without_pointing_to_iterative(
+        monkeypatch, solver):
+    """AR(1) within subjects next to crossed items with more items than the dense block
+    holds (here 2,100 for a limit of 2,000): the sparse elimination of the rest leaves a core
+    too large, and the refusal names the spanning groups instead of sending the user to
+    solver='iterative' (which refuses self pairs)."""
+    import mixedlm_sklearn._factor as factor_module
+
+    monkeypatch.setattr(factor_module, "MAX_DENSE", 2000)
+    rng = np.random.default_rng(0)
+    n_items, n_subjects = 2100, 20
+    n = 2 * n_items
+    subject = np.repeat(np.arange(n_subjects), n // n_subjects)
+    item = rng.permutation(np.tile(np.arange(n_items), 2))
+    t = pd.Series(np.ones(n)).groupby(subject).cumsum().to_numpy()
+    x = rng.standard_normal(n)
+    y = x + rng.standard_normal(n_subjects)[subject] + rng.standard_normal(n_items)[item] + rng.standard_normal(n)
+    with pytest.raises(ValueError, match=r"span levels of the grouping factors \['item'\]") as err:
+        MixedLMRegressor(correlation="ar1", solver=solver).fit(
+            pd.DataFrame({"x": x}), y, groups=pd.DataFrame({"subject": subject, "item": item}),
+            time=t, correlation_groups=pd.Series(subject))
+    assert "use solver='iterative'" not in str(err.value)

@@ -88,3 +88,36 @@ def test_chunks_with_threads_equal_one_thread(data):
     two = MixedLMRegressor(n_jobs=2).fit_chunks(chunks(), y="y", groups="g", X=["x0", "x1"], Z=["x0"])
     assert two.llf_ == one.llf_
     assert np.array_equal(two.theta_, one.theta_)
+
+
+def test_a_fitted_points_modes_read_by_several_threads_at_once_are_the_serial_ones():
+    """The modes overwrite the point's forward-solved ``w`` when first formed
+    (``_deviance._point_modes``): threads asking a fitted solution for them at once must
+    not read a ``w`` another is overwriting (measured before the lock: 30 of 40 wrong)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mixedlm_sklearn._crossprod import cross_products
+    from mixedlm_sklearn._deviance import Deviance
+    from mixedlm_sklearn._terms import Term, Terms
+
+    rng = np.random.default_rng(0)
+    m, n = 50_000, 150_000
+    g, x = rng.integers(0, m, n), rng.standard_normal(n)
+    X = np.column_stack([np.ones(n), x])
+    y = X @ [1.0, 2.0] + rng.standard_normal(m)[g] + rng.standard_normal(n)
+    cp = cross_products(X, y, [(g, X)], Terms([Term("g", ("1", "x"), m)]), np.ones(n), None, 1)
+    x0 = np.array([1.0, 0.1, 0.9])
+    want = Deviance(cp, True).solution(x0).u
+    for _ in range(10):
+        sol = Deviance(cp, True).solution(x0)  # its modes not formed yet
+        barrier = threading.Barrier(4)
+
+        def modes():
+            barrier.wait()
+            return sol.u
+
+        with ThreadPoolExecutor(4) as pool:
+            results = [f.result() for f in [pool.submit(modes) for _ in range(4)]]
+        for got in results:
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)

@@ -224,6 +224,20 @@ def test_what_is_not_fitted_from_chunks_is_refused(cbpp, est, match):
         est.fit_chunks([cbpp], y="p", groups="herd", X=CBPP_X, sample_weight="size")
 
 
+@pytest.mark.parametrize("column, match", [("off", "chunk 1: the offset has non-finite"),
+                                           ("z", "chunk 1: the random-effects columns of herd"),
+                                           ("p", "chunk 1: Input y contains NaN")])
+def test_non_finite_offset_or_random_effects_column_is_refused_by_name(cbpp, column, match):
+    """As the in-memory fit's refusal (not a numerical breakdown at the start), naming the
+    chunk (the rows the message counts are the chunk's)."""
+    df = cbpp.assign(off=0.0, z=1.0)
+    df.loc[df.index[40], column] = np.nan
+    with pytest.raises(ValueError, match=match):
+        MixedGLMRegressor(family="binomial").fit_chunks(
+            [df.iloc[:30], df.iloc[30:]], y="p", groups="herd", X=CBPP_X, sample_weight="size",
+            offset="off", Z={"herd": ["(Intercept)", "z"]})
+
+
 @pytest.mark.parametrize("method", ["fitted", "residuals", "simulate", "bootstrap"])
 def test_methods_that_need_the_rows_are_refused(cbpp, method):
     est = MixedGLMRegressor(family="binomial").fit_chunks(

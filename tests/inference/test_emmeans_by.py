@@ -117,6 +117,16 @@ def test_tukey_tail_probabilities_equal_the_quadrature(q, k, df):
     assert studentized_range_sf(q, k, df) == pytest.approx(exact, rel=1e-9)
 
 
+@pytest.mark.parametrize("q", [1e3, 1e6])
+@pytest.mark.parametrize("df", [1.5, 4.0, np.inf])
+def test_tukey_tail_of_two_means_is_the_t_distributions_at_large_ratios(q, df):
+    """With two means ``Q = sqrt(2) |T|``: exactly ``2 P(T > q / sqrt(2))``. At ``q = 10^6``
+    the quadrature used to run over ~10^7 panels (killed for memory); it stops where the
+    range's tail is 0 in doubles."""
+    exact = 2.0 * (stats.t.sf(q / np.sqrt(2.0), df) if np.isfinite(df) else stats.norm.sf(q / np.sqrt(2.0)))
+    assert studentized_range_sf(q, 2, df) == pytest.approx(exact, rel=1e-9, abs=0.0)
+
+
 def assert_tukey_p(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
     """Tukey p-values: R's to 1e-4 down to 1e-8; below, R's ptukey (a complement of a
     cdf) loses its relative accuracy (R 4.276e-12 where the quadrature above gives

@@ -88,6 +88,16 @@ def test_chunk_errors_name_the_chunk(data):
         MixedLMRegressor().fit_chunks([], y="y", groups="g", X=X_COLS)
 
 
+def test_one_dataframe_or_a_dask_dataframe_as_chunks_is_refused_naming_fit(data):
+    """Iterating either gives column names ("chunk 0 is a str" before); the GLMM's
+    fit_chunks takes a Dask DataFrame, the linear model's takes its columns in fit()."""
+    with pytest.raises(TypeError, match="one DataFrame: fit it with fit"):
+        MixedLMRegressor().fit_chunks(data, y="y", groups="g", X=X_COLS)
+    dd = pytest.importorskip("dask.dataframe")
+    with pytest.raises(TypeError, match=r"Dask collection: give its columns to fit\(\)"):
+        MixedLMRegressor().fit_chunks(dd.from_pandas(data, npartitions=2), y="y", groups="g", X=X_COLS)
+
+
 def test_dask_partitions_equal_in_memory(data, in_memory):
     dd = pytest.importorskip("dask.dataframe")
     ddf = dd.from_pandas(data.assign(one=1.0), npartitions=5)
