@@ -15,8 +15,8 @@ levels of one term (for AR(1), items adjacent in a subject's series; for ``cs``,
 items of a subject): the cross-products hold them as *self pairs*
 (:func:`._crossprod.entry_cross_products`, :attr:`CorrelatedRows.crossed`) and the
 factorisation puts such terms in its dense block, behind a term the groups are nested in
-(eliminated level by level or crossing, :class:`._factor.Plan`), up to its size limit
-(``MAX_DENSE`` random effects, refused beyond). Fits from chunks and Dask still need
+(eliminated level by level or crossing, :class:`._factor.Plan`; sparse rounds where they
+pay), refused when the dense core left is above ``MAX_DENSE`` random effects. Fits from chunks and Dask still need
 nested groups (:func:`check_nested`); Kenward-Roger's adjustment (dense per residual
 group) refuses such fits, naming Satterthwaite's df.
 

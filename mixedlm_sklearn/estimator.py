@@ -184,7 +184,8 @@ class MixedLMRegressor(RegressorMixin, MixedModelBase):
         the residual groups (``correlation_groups``, default the grouping factor). A
         residual group may span levels of a grouping factor (AR(1) within subjects next
         to crossed items ``(1 | subject) + (1 | item)``): that factor's random effects are
-        then factored in one dense block (at most 10,000), the fit is in memory only and
+        then in the factorisation's dense core (refused when it is above 10,000 random
+        effects after sparse elimination), the fit is in memory only and
         takes Satterthwaite's df, not Kenward-Roger's. The parameter is estimated jointly with the variance components (one optimiser over
         both; rows with more than 16 distinct time gaps by a search over the likelihood
         profiled in it); ``correlation_params_`` holds it under nlme's name (``Phi``,
