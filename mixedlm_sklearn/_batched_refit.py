@@ -23,8 +23,8 @@ The deviance depends on ``L`` only through ``L L'``, so the iterations run uncon
 in ``theta`` and the answer is normalised to lme4's (non-negative diagonal) by flipping
 column signs, which leaves ``L L'`` unchanged.
 
-With two effects per level the evaluation is written in closed form (the adjugate of
-``B_l``, :meth:`OneTermBatch._evaluate_q2`), and levels that share their design can be
+With two effects per level the evaluation is written in closed form (the 2 x 2 Cholesky
+factor of ``B_l``, :meth:`OneTermBatch._evaluate_q2`), and levels that share their design can be
 folded into a few pseudo-levels (:class:`LevelClasses`): both serve the bootstrap and the
 other starts of one small fit (:func:`._optimize._lead`), where an evaluation costs its
 numpy calls.
@@ -247,8 +247,9 @@ class OneTermBatch:
         """:meth:`evaluate` for two effects per level, in closed form.
 
         The same deviance and gradient, with ``L = [[a, 0], [b, c]]``: ``B_l = L'A_lL + I``
-        is inverted by its adjugate (``log|B_l|`` from its determinant) instead of the
-        column-by-column Cholesky factor and triangular solves, and the gradient's two
+        is factored by its 2 x 2 Cholesky factor written out (the general path's loops over
+        columns unrolled; the adjugate lost digits where ``B_l`` has one very large
+        eigenvalue), and the gradient's two
         quadratic parts are one sum, ``-2 sum_l R_l Phi V_l'`` with ``Phi = (dof / r2)
         gamma gamma' + [A^{-1} 0; 0 0]`` (REML) and ``R_l = Z_l'[X y] - A_l L V_l``,
         ``V_l = B_l^{-1} L' Z_l'[X y]``, ``gamma = (-beta, 1)``: with a folded design's few
@@ -270,19 +271,27 @@ class OneTermBatch:
         b01 = la01 * c
         b11 = la11 * c + 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
-            det = b00 * b11 - b01 * b01
-            det = np.where(det > 0.0, det, np.nan)  # (positive definite: only rounding fails)
-            log_det = np.log(det)
+            # B_l = C C' by its 2 x 2 Cholesky factor, as the general path factors it: with
+            # one large and one unit eigenvalue (x nearly constant within levels, large
+            # theta) the adjugate's products of large numbers cancel where C's do not
+            c00 = np.sqrt(b00)
+            c10 = b01 / c00
+            c11 = np.sqrt(b11 - c10 * c10)  # (positive definite: only rounding fails: NaN)
+            log_det = 2.0 * (np.log(c00) + np.log(c11))
             if self.level_weights is not None:
                 log_det = log_det * self.level_weights
             logdet_m = log_det.sum(axis=-1)
-            i00, i01, i11 = b11 / det, -b01 / det, b00 / det  # B_l^{-1}
+            r00, r11 = 1.0 / c00, 1.0 / c11
+            r10 = -c10 * r00 * r11  # C^{-1} = [[r00, 0], [r10, r11]]
+            i00, i01, i11 = r00 * r00 + r10 * r10, r10 * r11, r11 * r11  # B_l^{-1} = C^-T C^-1
         Z0, Z1 = np.empty((p + 1, K, m)), np.empty((p + 1, K, m))  # rows of Z_l'[X y]
         Z0[:p], Z1[:p] = self.ZX[0], self.ZX[1]
         Z0[p], Z1[p] = products.zy[0][0]
         H0, H1 = a * Z0 + b * Z1, c * Z1  # L' Z_l'[X y]
-        V0, V1 = i00 * H0 + i01 * H1, i01 * H0 + i11 * H1  # B_l^{-1} L' Z_l'[X y]
-        G = (H0[:, None] * V0[None] + H1[:, None] * V1[None]).sum(axis=-1)
+        W0, W1 = r00 * H0, r10 * H0 + r11 * H1  # C^{-1} L' Z_l'[X y]
+        V1 = r11 * W1  # B_l^{-1} L' Z_l'[X y] = C^{-T} W
+        V0 = r00 * W0 + r10 * W1
+        G = (W0[:, None] * W0[None] + W1[:, None] * W1[None]).sum(axis=-1)
         dev, beta, r2, chol_a = self._profiled(G, logdet_m, products)
         if not gradient:
             return dev, None, r2 / self.dof, beta.T
