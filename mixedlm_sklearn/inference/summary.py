@@ -188,8 +188,9 @@ class Summary:  # numpydoc ignore=PR01
                 f"Generalized linear mixed model fit by maximum likelihood ({self.method})",
                 f"Family: {self.family} ({self.link})",
                 f"Observations: {self.n_obs}   Groups: {groups}",
-                f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   log-likelihood: {self.llf:.4f}   "
-                f"deviance: {self.deviance:.4f}   df: {self.df_model}",
+                # two lines: one would be wider than a terminal's or the docs' code blocks
+                f"log-likelihood: {self.llf:.4f}   deviance: {self.deviance:.4f}   df: {self.df_model}",
+                f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
                 f"Converged: {'yes' if self.converged else 'NO'}   "
                 f"Singular fit: {'YES' if self.singular else 'no'}",
             ]
@@ -198,8 +199,8 @@ class Summary:  # numpydoc ignore=PR01
             f"Linear mixed model fit by {'REML' if self.method == 'REML' else 'maximum likelihood'}",
             f"Observations: {self.n_obs}   Groups: {groups}",
         ] + ([f"Residual correlation: {self.correlation}"] if self.correlation else []) + [
-            f"{crit}: {-2.0 * self.llf:.4f}   log-likelihood: {self.llf:.4f}   "
-            f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}   df: {self.df_model}",
+            f"{crit}: {-2.0 * self.llf:.4f}   log-likelihood: {self.llf:.4f}   df: {self.df_model}",
+            f"AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
             f"Converged: {'yes' if self.converged else 'NO'}   "
             f"Singular fit: {'YES' if self.singular else 'no'}",
         ]
