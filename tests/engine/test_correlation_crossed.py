@@ -262,6 +262,18 @@ def test_prior_weights_with_groups_spanning_levels_reach_the_dense_optimum(kind,
 # ---- the engine: self pairs ---------------------------------------------------------------------
 
 
+def _dense_designs(n, rows, factors):
+    """Per term the dense (n, m * q) design of entries ``(codes, Z, m)`` at their rows (a
+    row's entries at one level add up)."""
+    out = []
+    for codes, Z, m in factors:
+        q = Z.shape[1]
+        D = np.zeros((n, m * q))
+        np.add.at(D, (rows[:, None], codes[:, None] * q + np.arange(q)), Z)
+        out.append(D)
+    return out
+
+
 def _entry_design(seed, q0=2):
     """Rows whose item part falls on one or two items, with signed coefficients."""
     rng = np.random.default_rng(seed)
@@ -282,12 +294,7 @@ def _entry_design(seed, q0=2):
     y = rng.standard_normal(n)
     w = rng.uniform(0.5, 2.0, n)
     terms = Terms([Term("s", tuple(f"z{a}" for a in range(q0)), m0), Term("i", ("z",), m1)])
-    Zd = []
-    for codes, Z, m in ((c0, z0, m0), (c1, z1, m1)):
-        q = Z.shape[1]
-        D = np.zeros((n, m * q))
-        np.add.at(D, (rows[:, None], codes[:, None] * q + np.arange(q)), Z)
-        Zd.append(D)
+    Zd = _dense_designs(n, rows, ((c0, z0, m0), (c1, z1, m1)))
     return X, y, w, rows, [(c0, z0), (c1, z1)], terms, Zd
 
 
@@ -343,12 +350,7 @@ def test_entries_of_a_row_at_the_same_levels_are_merged_exactly():
     z0 = rng.standard_normal((rows.size, 2))
     z1 = rng.standard_normal((rows.size, 1))
     terms = Terms([Term("s", ("z0", "z1"), m0), Term("i", ("z",), m1)])
-    Zd = []
-    for codes, Z, m in ((c0, z0, m0), (c1, z1, m1)):
-        q = Z.shape[1]
-        D = np.zeros((n, m * q))
-        np.add.at(D, (rows[:, None], codes[:, None] * q + np.arange(q)), Z)
-        Zd.append(D)
+    Zd = _dense_designs(n, rows, ((c0, z0, m0), (c1, z1, m1)))
     X = np.column_stack([np.ones(n), rng.standard_normal(n)])
     y, w = rng.standard_normal(n), rng.uniform(0.5, 2.0, n)
     cp = entry_cross_products(np.column_stack([X, y]), w, rows, [(c0, z0), (c1, z1)], terms)
