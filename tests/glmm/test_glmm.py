@@ -276,17 +276,36 @@ def test_selected_inverse_with_crossing_pairs_equals_the_dense_inverse(levels, q
         np.testing.assert_allclose(vals, inv[rk[:, :, None], rl[:, None, :]], rtol=1e-10, atol=1e-12)
 
 
+def _rounds_deviance(design, monkeypatch):
+    """The GLMM deviance of ``design`` with sparse rounds at small sizes, and a start."""
+    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
+    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
+    X, y, w, factors, terms, fam, lnk = design
+    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    x0 = np.concatenate([terms.identity_theta() * 0.7 + 0.1 * (terms.lower_bounds() != 0), [0.1, -0.2]])
+    return dev, x0
+
+
+def _assert_newton_from_zero(dev, design, x, value, grad):
+    """``value``, ``grad`` and ``dev``'s modes at ``x`` equal a fresh deviance's (Newton's
+    method from zero modes)."""
+    X, y, w, factors, terms, fam, lnk = design
+    fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
+    value0, grad0 = fresh.value_and_grad(x)
+    assert value == pytest.approx(value0, rel=1e-13, abs=1e-10)
+    np.testing.assert_allclose(grad, grad0, rtol=1e-8, atol=1e-8)
+    for a, b in zip(dev.modes(x).u, fresh.modes(x).u):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("case", [dict(seed=41, n_levels=(70, 50), n=200),
                                   dict(seed=42, n_levels=(70, 50), n=200, family="poisson"),
                                   dict(seed=43, q=(2, 1), n_levels=(6, 5), n=80, link="probit")])
 def test_chord_steps_give_the_modes_of_a_fresh_newton_iteration(case, monkeypatch):
     # an evaluation next to the last one solves with the last factor (one factorisation,
     # at the modes); its deviance and gradient equal those of Newton's method from zero
-    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
-    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
-    X, y, w, factors, terms, fam, lnk = _design(**case)
-    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
-    x0 = np.concatenate([terms.identity_theta() * 0.7 + 0.1 * (terms.lower_bounds() != 0), [0.1, -0.2]])
+    design = _design(**case)
+    dev, x0 = _rounds_deviance(design, monkeypatch)
     dev.value_and_grad(x0)
     for shift in (1e-5, 1e-2):
         x = x0 + shift * np.linspace(1.0, -1.0, x0.size)
@@ -294,12 +313,7 @@ def test_chord_steps_give_the_modes_of_a_fresh_newton_iteration(case, monkeypatc
         value, grad = dev.value_and_grad(x)
         if shift == 1e-5:
             assert dev.n_pirls - before == 1  # the chord converged: only the factor at the modes
-        fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
-        value0, grad0 = fresh.value_and_grad(x)
-        assert value == pytest.approx(value0, rel=1e-13, abs=1e-10)
-        np.testing.assert_allclose(grad, grad0, rtol=1e-8, atol=1e-8)
-        for a, b in zip(dev.modes(x).u, fresh.modes(x).u):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+        _assert_newton_from_zero(dev, design, x, value, grad)
 
 
 @pytest.mark.parametrize("case", [dict(seed=41, n_levels=(70, 50), n=200),
@@ -308,27 +322,20 @@ def test_after_a_far_trial_pirls_starts_from_the_lowest_evaluation(case, monkeyp
     # a line search's trial far uphill, then one back near the last iterate: PIRLS starts
     # from the lowest evaluation (the chord converges: one factorisation), and the
     # deviance, gradient and modes equal those of Newton's method from zero
-    monkeypatch.setattr(factor_module, "_ROUNDS_MIN", 10)
-    monkeypatch.setattr(rounds_module, "_DENSE_OK", 12)
-    X, y, w, factors, terms, fam, lnk = _design(**case)
-    dev = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
-    x0 = np.concatenate([terms.identity_theta() * 0.7 + 0.1 * (terms.lower_bounds() != 0), [0.1, -0.2]])
+    design = _design(**case)
+    dev, x0 = _rounds_deviance(design, monkeypatch)
+    n_theta = design[4].n_theta
     low = dev.value_and_grad(x0)[0]
     far = x0.copy()
-    far[:terms.n_theta] = 3.0  # theta far off: modes extrapolated from here are far off
-    far[terms.n_theta] += 1.5
+    far[:n_theta] = 3.0  # theta far off: modes extrapolated from here are far off
+    far[n_theta] += 1.5
     assert dev.value_and_grad(far)[0] > low + 10.0
     assert dev._best is not dev._base
     x = x0 + 1e-6 * np.linspace(1.0, -1.0, x0.size)
     before = dev.n_pirls
     value, grad = dev.value_and_grad(x)
     assert dev.n_pirls - before == 1
-    fresh = GLMMDeviance(X, y, w, np.zeros(len(y)), factors, terms, fam, lnk)
-    value0, grad0 = fresh.value_and_grad(x)
-    assert value == pytest.approx(value0, rel=1e-13, abs=1e-10)
-    np.testing.assert_allclose(grad, grad0, rtol=1e-8, atol=1e-8)
-    for a, b in zip(dev.modes(x).u, fresh.modes(x).u):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    _assert_newton_from_zero(dev, design, x, value, grad)
 
 
 def test_hessian_keeps_the_modes_and_gradient_of_its_centre():
