@@ -646,10 +646,17 @@ class Deviance:
             pt.cache["a_inv"] = np.tril(a_inv) + np.tril(a_inv, -1).T
         return pt.cache["a_inv"]
 
+    @staticmethod
+    def _residuals(pt: _Point, modes: list, zxy: list) -> tuple[list, list]:
+        """``Lambda V`` and ``R = Z'D - G Lambda V`` per term for some columns: their
+        (shifted) modes ``V`` and ``Z'D`` (each (q_k, c, m_k)). Z' times the residuals of
+        those columns, from the modes, so nothing cancels; the same for ``D`` and ``D'``."""
+        lv = [left_matmul(lam, v) for lam, v in zip(pt.lams, modes)]
+        return lv, [z - g for z, g in zip(zxy, pt.prep.g_times(lv))]
+
     def _residual_blocks(self, pt: _Point, stop: int | None = None):
-        """``(cols, R)`` for blocks of the columns ``< stop`` (all by default) of ``R = Z'[X y]
-        - G Lambda V`` per term (each (q_k, len(cols), m_k)): Z' times the residuals of those
-        columns, from the (shifted) modes, so nothing cancels; the same for ``D`` and ``D'``.
+        """``(cols, R)`` (:meth:`_residuals`) for blocks of the columns ``< stop`` (all by
+        default), each per term (q_k, len(cols), m_k).
 
         A few columns at a time (:func:`_column_blocks`): the whole of ``R``, ``Lambda V`` and
         ``G Lambda V`` are each as large as the modes, and at 10^5 levels such arrays are
@@ -659,25 +666,21 @@ class Deviance:
         c = V[0].shape[1] if V else 0
         c = c if stop is None else min(stop, c)
         for cols in _column_blocks([v[:, :c] for v in V]):
-            lv = [left_matmul(lam, Vk[:, cols]) for lam, Vk in zip(pt.lams, V)]
-            yield cols, [z[:, cols] - g for z, g in zip(pt.zxy, pt.prep.g_times(lv))]
+            yield cols, self._residuals(pt, [v[:, cols] for v in V], [z[:, cols] for z in pt.zxy])[1]
 
     def _residual_products(self, pt: _Point) -> tuple[list, list]:
-        """``Lambda V`` and ``R`` (:meth:`_residual_blocks`) per term, whole (q_k, p + 1, m_k)."""
-        LV = [left_matmul(lam, Vk) for lam, Vk in zip(pt.lams, self._modes(pt))]
-        R = pt.prep.g_times(LV)
-        for z, r in zip(pt.zxy, R):
-            np.subtract(z, r, out=r)
-        return LV, R
+        """``Lambda V`` and ``R`` (:meth:`_residuals`) per term, whole (q_k, p + 1, m_k)."""
+        return self._residuals(pt, self._modes(pt), pt.zxy)
 
     def _residual_combinations(self, pt: _Point, gammas: list) -> list:
         """``R gamma`` per term (q_k, m_k) for each column combination ``gamma`` of ``gammas``,
-        without forming ``R``: ``Z'D gamma - G Lambda (V gamma)``."""
+        without forming ``R``: the residual products of the combined column ``D gamma``."""
         V = self._modes(pt)
         out = []
         for gm in gammas:
-            lu = [left_matmul(lam, _combine(Vk, gm)[:, None, :]) for lam, Vk in zip(pt.lams, V)]
-            out.append([_combine(z, gm) - g[:, 0, :] for z, g in zip(pt.zxy, pt.prep.g_times(lu))])
+            R = self._residuals(pt, [_combine(v, gm)[:, None, :] for v in V],
+                                [_combine(z, gm)[:, None, :] for z in pt.zxy])[1]
+            out.append([r[:, 0, :] for r in R])
         return out
 
     def gradient_in_lambda(self, x: np.ndarray) -> tuple[np.ndarray, list]:
